@@ -1,0 +1,92 @@
+"""The `galmerge` command group. Commands load lazily so `galmerge --help` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from galmerge import __version__
+from galmerge.errors import GalmergeError
+
+# name -> ("module:attribute", one-line help shown without importing the module)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("galmerge.commands.train:train", "Train a merger classifier with domain adaptation."),
+    "classify": (
+        "galmerge.commands.classify:classify",
+        "Classify every galaxy of a catalog (or an HDF5 image file).",
+    ),
+    "evaluate": (
+        "galmerge.commands.evaluate:evaluate",
+        "Metrics, plots and a report for a run directory.",
+    ),
+    "compare": (
+        "galmerge.commands.evaluate:compare",
+        "Paper-style table over several run directories.",
+    ),
+    "fetch": ("galmerge.commands.fetch:fetch", "Download the real DeepMerge data files."),
+    "preview": ("galmerge.commands.preview:preview", "Write a PNG grid of a survey's images."),
+    "plugins": ("galmerge.commands.plugins:plugins_cmd", "List installed plugins."),
+    "list": ("galmerge.commands.plugins:list_cmd", "List backbones, strategies or surveys."),
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs; adds plugin commands."""
+
+    _plugin_commands_loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        if self._plugin_commands_loaded:
+            return
+        self._plugin_commands_loaded = True
+        from galmerge.plugins import get_plugin_manager
+
+        get_plugin_manager().add_commands(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS and name not in self.commands:
+            target, _ = COMMANDS[name]
+            module, _, attr = target.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        if name not in self.commands:
+            self._load_plugin_commands()
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._load_plugin_commands()
+        rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
+        rows += [
+            (name, cmd.get_short_help_str(60))
+            for name, cmd in self.commands.items()
+            if name not in COMMANDS
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GalmergeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="galmerge")
+def cli() -> None:
+    """galmerge: find merging galaxies in sky surveys with domain-adapted deep learning."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="galmerge")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""`galmerge plugins` and `galmerge list`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from galmerge.plugins import KINDS, get_plugin_manager
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_cmd(as_json: bool) -> None:
+    """List installed plugins: name, components, distribution, version, built-in or not."""
+    infos = get_plugin_manager().plugin_infos()
+    if as_json:
+        click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("plugin", "components", "distribution", "version", "built-in", "status")
+    for info in infos:
+        comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.components.items() if v)
+        if "register_commands" in info.hooks:
+            comps = f"{comps}; commands" if comps else "commands"
+        table.add_row(
+            info.name,
+            comps or "-",
+            info.distribution or "-",
+            info.version or "-",
+            "yes" if info.builtin else "no",
+            f"failed: {info.error}" if info.error else "ok",
+        )
+    Console().print(table)
+
+
+@click.command("list")
+@click.argument("kind", type=click.Choice(sorted(KINDS)))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_cmd(kind: str, as_json: bool) -> None:
+    """List the backbones, strategies or surveys that plugins provide."""
+    manager = get_plugin_manager()
+    records = manager.components(kind)
+    rows = []
+    for name, record in records.items():
+        owner = manager.owner(kind, name)
+        row = {
+            "name": name,
+            "description": record.description,
+            "plugin": owner.name if owner else None,
+            "distribution": owner.distribution if owner else None,
+            "version": owner.version if owner else None,
+        }
+        if kind == "strategies":
+            row["aliases"] = list(record.aliases)
+            row["options"] = dict(record.defaults)
+        if kind == "backbones":
+            row["options"] = dict(record.defaults)
+        if kind == "surveys":
+            row["presets"] = list(record.presets)
+            row["training_data"] = record.load is not None
+            row["cutouts"] = record.cutouts is not None
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "description", "distribution")
+    for row in rows:
+        name = row["name"]
+        if row.get("aliases"):
+            name += f" (alias {', '.join(row['aliases'])})"
+        if row.get("presets"):
+            name += f" [{'|'.join(row['presets'])}]"
+        table.add_row(name, row["description"], row["distribution"] or "-")
+    Console().print(table)

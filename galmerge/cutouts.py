@@ -1,0 +1,41 @@
+"""What a survey with an image service provides to `classify`: cutouts for catalog positions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CutoutRequest:
+    """One catalog row to cut: its position in the input and its sky position (degrees)."""
+
+    row: int
+    ra: float
+    dec: float
+    id: str
+
+
+@dataclass
+class CutoutResult:
+    """A stamp (C, H, W) float32 in the units the model was trained on, or None and why."""
+
+    row: int
+    image: np.ndarray | None
+    status: str  # "ok", "no-coverage", "fetch-failed: <reason>"
+
+
+class CutoutService(Protocol):
+    """Fetches stamps; does its own bounded concurrency, retries and frame caching."""
+
+    #: identifies the stamp kind (survey, bands, size, pixel scale, source) for cache keys
+    cache_key: str
+
+    def fetch(self, requests: Sequence[CutoutRequest]) -> Iterator[CutoutResult]:
+        """Yield one result per request, in any order."""
+        ...
+
+    def close(self) -> None: ...

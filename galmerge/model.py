@@ -1,0 +1,139 @@
+"""The classifier (backbone + head) and its checkpoint format.
+
+A checkpoint is a dict that loads with ``torch.load(weights_only=True)``::
+
+    {"format": "galmerge-checkpoint/1", "galmerge_version": str,
+     "backbone": str, "backbone_options": dict, "in_channels": int, "image_size": int,
+     "num_classes": int, "model": state_dict, "temperature": float,
+     "preprocess": {"source": spec, "target": spec},   # see galmerge.preprocess
+     "config": dict,                                   # the resolved run config
+     "epoch": int, "training_state": dict | None}      # optimiser etc., for --resume
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from galmerge.errors import GalmergeError
+from galmerge.plugins import get_plugin_manager
+
+CHECKPOINT_FORMAT = "galmerge-checkpoint/1"
+
+
+class GalaxyClassifier(nn.Module):
+    """Backbone features -> head logits; ``forward`` returns both (DA losses need features)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.out_features = int(backbone.out_features)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(x)
+        return features, self.head(features)
+
+
+def build_model(
+    backbone: str,
+    in_channels: int,
+    image_size: int,
+    num_classes: int = 2,
+    options: dict[str, Any] | None = None,
+) -> GalaxyClassifier:
+    """Build a classifier from a registered backbone name."""
+    record = get_plugin_manager().get("backbones", backbone)
+    opts = {**dict(record.defaults), **(options or {})}
+    unknown = set(opts) - set(record.defaults)
+    if unknown:
+        raise GalmergeError(
+            f"unknown option(s) {', '.join(sorted(unknown))} for backbone '{backbone}'; "
+            f"known: {', '.join(sorted(record.defaults)) or 'none'}"
+        )
+    net = record.build(in_channels, image_size, **opts)
+    if record.build_head is not None:
+        head = record.build_head(int(net.out_features), num_classes)
+    else:
+        head = nn.Linear(int(net.out_features), num_classes)
+    return GalaxyClassifier(net, head)
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": CHECKPOINT_FORMAT, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its ``best.pt``; a file is taken as it is."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise GalmergeError(f"no best.pt or last.pt in run directory {p}; train first")
+    if not p.is_file():
+        raise GalmergeError(f"model {p} does not exist; pass a run directory or a .pt file")
+    return p
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    p = resolve_checkpoint(path)
+    try:
+        payload = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise GalmergeError(f"cannot read checkpoint {p}: {exc}".splitlines()[0]) from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise GalmergeError(f"{p} is not a galmerge checkpoint ({CHECKPOINT_FORMAT})")
+    return payload
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference plus what is needed to feed it."""
+
+    model: GalaxyClassifier
+    preprocess: dict[str, Any]
+    config: dict[str, Any]
+    temperature: float
+    path: Path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the classifier of a run directory or checkpoint, in eval mode."""
+    p = resolve_checkpoint(path)
+    payload = read_checkpoint(p)
+    model = build_model(
+        payload["backbone"],
+        int(payload["in_channels"]),
+        int(payload["image_size"]),
+        int(payload.get("num_classes", 2)),
+        dict(payload.get("backbone_options") or {}),
+    )
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        preprocess=dict(payload["preprocess"]),
+        config=dict(payload.get("config") or {}),
+        temperature=float(payload.get("temperature", 1.0)),
+        path=p,
+    )

@@ -1,0 +1,294 @@
+"""Plugin manager: built-ins and third-party plugins, all loaded from entry points "galmerge".
+
+Environment:
+- ``GALMERGE_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point name.
+- ``GALMERGE_LOAD_PLUGINS=a,b`` loads only these third-party plugins (built-ins always load);
+  set it empty to load none. Tests use it to keep a developer's installed plugins out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from galmerge import hookspecs
+from galmerge.errors import PluginError
+from galmerge.records import Backbone, Strategy, Survey
+
+GROUP = "galmerge"
+OWN_DISTRIBUTION = "galmerge"
+
+# Used only when galmerge runs from a checkout that was never pip-installed (no entry points).
+DEFAULT_PLUGINS: dict[str, str] = {
+    "deepmerge_backbones": "galmerge.builtin.backbones",
+    "da_strategies": "galmerge.builtin.strategies",
+    "synthetic_survey": "galmerge.builtin.synthetic_survey",
+    "hdf5_survey": "galmerge.builtin.hdf5_survey",
+    "illustris_survey": "galmerge.builtin.illustris_survey",
+    "sdss_survey": "galmerge.builtin.sdss_survey",
+}
+
+KINDS = {
+    "backbones": ("register_backbones", Backbone),
+    "strategies": ("register_strategies", Strategy),
+    "surveys": ("register_surveys", Survey),
+}
+
+
+@dataclass
+class PluginInfo:
+    """What `galmerge plugins` reports for one plugin."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    builtin: bool
+    hooks: list[str] = field(default_factory=list)
+    components: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "builtin": self.builtin,
+            "hooks": self.hooks,
+            "components": self.components,
+            "error": self.error,
+        }
+
+
+def _env_list(var: str) -> list[str] | None:
+    value = os.environ.get(var)
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+class PluginManager:
+    """pluggy manager plus typed component registries (backbones, strategies, surveys)."""
+
+    def __init__(self, load_entrypoints: bool = True) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self.failed: list[PluginInfo] = []
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._owner: dict[str, dict[str, str]] = {}
+        if load_entrypoints:
+            self._load_entrypoints()
+
+    # -- loading -----------------------------------------------------------------------
+    def _load_entrypoints(self) -> None:
+        blocked = set(_env_list("GALMERGE_DISABLE_PLUGINS") or [])
+        allowed = _env_list("GALMERGE_LOAD_PLUGINS")
+        for name in blocked:
+            self.pm.set_blocked(name)
+        eps = list(metadata.entry_points(group=GROUP))
+        own = [ep for ep in eps if ep.dist is not None and ep.dist.name == OWN_DISTRIBUTION]
+        if not own:
+            for name, module in DEFAULT_PLUGINS.items():
+                if name not in blocked:
+                    self._register_module(name, module, OWN_DISTRIBUTION, _own_version(), True)
+        seen: set[str] = set()
+        for ep in sorted(eps, key=lambda e: e.name):
+            if ep.name in seen:  # the same distribution visible twice on sys.path
+                continue
+            seen.add(ep.name)
+            dist = ep.dist.name if ep.dist is not None else None
+            version = ep.dist.version if ep.dist is not None else None
+            builtin = dist == OWN_DISTRIBUTION
+            if ep.name in blocked:
+                continue
+            if not builtin and allowed is not None and ep.name not in allowed:
+                continue
+            self._register_module(ep.name, ep.value, dist, version, builtin, ep=ep)
+
+    def _register_module(
+        self,
+        name: str,
+        target: str,
+        dist: str | None,
+        version: str | None,
+        builtin: bool,
+        ep: metadata.EntryPoint | None = None,
+    ) -> None:
+        info = PluginInfo(name=name, distribution=dist, version=version, builtin=builtin)
+        try:
+            plugin = ep.load() if ep is not None else importlib.import_module(target)
+            self.register(plugin, name=name, info=info)
+        except Exception as exc:  # a broken plugin must never take the others down
+            info.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self.failed.append(info)
+            print(
+                f"galmerge: warning: plugin '{name}' ({dist or 'unknown distribution'}) failed to "
+                f"load and was skipped ({info.error}); block it with "
+                f"GALMERGE_DISABLE_PLUGINS={name}",
+                file=sys.stderr,
+            )
+
+    def register(self, plugin: object, name: str, info: PluginInfo | None = None) -> None:
+        """Register a plugin object in-process; a hookimpl that matches no hook is an error."""
+        if self.pm.is_blocked(name):
+            return
+        self.pm.register(plugin, name=name)
+        try:
+            self._check_hook_names(name, plugin)
+        except PluginError:
+            self.pm.unregister(name=name)
+            raise
+        self.infos[name] = info or PluginInfo(
+            name=name, distribution=None, version=None, builtin=False
+        )
+        self.infos[name].hooks = sorted(
+            h.name for h in self.pm.get_hookcallers(plugin) or []
+        )
+        self._cache.clear()
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.infos.pop(name, None)
+        self._cache.clear()
+
+    def _check_hook_names(self, name: str, plugin: object) -> None:
+        known = {n for n in dir(hookspecs) if n.startswith("register_")}
+        for attr in dir(plugin):
+            func = getattr(plugin, attr, None)
+            if callable(func) and hasattr(func, f"{hookspecs.PROJECT}_impl") and attr not in known:
+                hint = _closest(attr, known)
+                raise PluginError(
+                    f"plugin '{name}' implements '{attr}', which is no galmerge hook"
+                    + (f" (did you mean '{hint}'?)" if hint else "")
+                    + f"; known hooks: {', '.join(sorted(known))}"
+                )
+
+    # -- components --------------------------------------------------------------------
+    def components(self, kind: str) -> dict[str, Any]:
+        """All records of one kind (``backbones``, ``strategies``, ``surveys``) by name."""
+        if kind in self._cache:
+            return self._cache[kind]
+        hook_name, record_type = KINDS[kind]
+        found: dict[str, Any] = {}
+        owner: dict[str, str] = {}
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            result = impl.function()
+            for record in _flatten(result):
+                if not isinstance(record, record_type):
+                    raise PluginError(
+                        f"plugin '{impl.plugin_name}' returned {type(record).__name__} from "
+                        f"{hook_name}; expected galmerge.records.{record_type.__name__}"
+                    )
+                names = [record.name, *getattr(record, "aliases", ())]
+                for n in names:
+                    if n in owner:
+                        raise PluginError(
+                            f"{kind[:-1]} name '{n}' is registered by two plugins: "
+                            f"{self._describe(owner[n])} and {self._describe(impl.plugin_name)}; "
+                            f"uninstall one or block it with GALMERGE_DISABLE_PLUGINS=<name>"
+                        )
+                    owner[n] = impl.plugin_name
+                found[record.name] = record
+        for plugin_name, info in self.infos.items():
+            info.components[kind] = sorted(
+                n for n, p in owner.items() if p == plugin_name and n in found
+            )
+        self._cache[kind] = dict(sorted(found.items()))
+        self._owner[kind] = owner
+        return self._cache[kind]
+
+    def owner(self, kind: str, name: str) -> PluginInfo | None:
+        self.components(kind)
+        plugin = self._owner[kind].get(name)
+        return self.infos.get(plugin) if plugin else None
+
+    def get(self, kind: str, name: str) -> Any:
+        """One record by name or alias; an unknown name lists what exists."""
+        records = self.components(kind)
+        if name in records:
+            return records[name]
+        for record in records.values():
+            if name in getattr(record, "aliases", ()):
+                return record
+        available = ", ".join(records) or "none"
+        raise PluginError(
+            f"unknown {kind[:-1]} '{name}'; available: {available} "
+            f"(see `galmerge list {kind}`)"
+        )
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        for kind in KINDS:
+            try:
+                self.components(kind)
+            except PluginError:
+                pass
+        return sorted([*self.infos.values(), *self.failed], key=lambda i: (not i.builtin, i.name))
+
+    def add_commands(self, cli: Any) -> None:
+        self.pm.hook.register_commands(cli=cli)
+
+    def _describe(self, plugin_name: str) -> str:
+        info = self.infos.get(plugin_name)
+        dist = info.distribution if info and info.distribution else "no distribution"
+        return f"'{plugin_name}' ({dist})"
+
+
+def _flatten(result: Any) -> Iterable[Any]:
+    if result is None:
+        return []
+    if isinstance(result, (Backbone, Strategy, Survey)):
+        return [result]
+    return list(result)
+
+
+def _closest(name: str, options: Iterable[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _own_version() -> str:
+    from galmerge import __version__
+
+    return __version__
+
+
+_manager: PluginManager | None = None
+_lock = threading.Lock()
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, created on first use."""
+    global _manager
+    with _lock:
+        if _manager is None:
+            _manager = PluginManager()
+        return _manager
+
+
+def reset_plugin_manager() -> None:
+    """Forget the manager so the next call reloads plugins (tests, changed environment)."""
+    global _manager
+    with _lock:
+        _manager = None
+
+
+def get_backbone(name: str) -> Backbone:
+    return get_plugin_manager().get("backbones", name)
+
+
+def get_strategy(name: str) -> Strategy:
+    return get_plugin_manager().get("strategies", name)
+
+
+def get_survey(name: str) -> Survey:
+    return get_plugin_manager().get("surveys", name)

@@ -1,0 +1,63 @@
+"""Typed records that plugins return from the registration hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from galmerge.cutouts import CutoutService
+    from galmerge.imageset import ImageSet
+    from galmerge.strategy_api import StrategyContext
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A feature extractor.
+
+    ``build(in_channels, image_size, **options)`` returns an ``nn.Module`` whose forward maps
+    images (N, C, H, W) to features (N, out_features) and that exposes ``out_features``.
+    ``build_head(out_features, num_classes)`` returns the classifier on top (default: Linear).
+    """
+
+    name: str
+    description: str
+    build: Callable[..., nn.Module]
+    build_head: Callable[[int, int], nn.Module] | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A domain-adaptation strategy contributing named loss terms.
+
+    ``build(context, options)`` returns an ``nn.Module`` whose ``forward(step: StepInputs)``
+    returns ``{term_name: scalar tensor}``; the trainer adds ``weight * term`` to the loss and
+    optimises the module's own parameters (a discriminator, class centres) too.
+    ``defaults`` lists every option with its default value (``weight`` included).
+    """
+
+    name: str
+    description: str
+    build: Callable[[StrategyContext, Mapping[str, Any]], nn.Module]
+    defaults: Mapping[str, Any] = field(default_factory=lambda: {"weight": 1.0})
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Survey:
+    """A data source.
+
+    ``load(arg, options)`` returns a labelled ``ImageSet`` (``arg`` is the part after the colon
+    in ``NAME:ARG``, or None). ``cutouts(preprocess, options)`` returns a ``CutoutService`` that
+    fetches stamps for catalog positions, for surveys with an image service.
+    """
+
+    name: str
+    description: str
+    load: Callable[[str | None, Mapping[str, Any]], ImageSet] | None = None
+    cutouts: Callable[[Mapping[str, Any], Mapping[str, Any]], CutoutService] | None = None
+    presets: tuple[str, ...] = ()

@@ -1,0 +1,27 @@
+"""Deterministic train/val/test splits: the same seed gives the same split in every script."""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
+
+
+def split_indices(
+    n: int, seed: int, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+) -> dict[str, np.ndarray]:
+    """Shuffle ``range(n)`` with ``seed`` and cut it into sorted train/val/test index arrays."""
+    if n < 3:
+        raise ValueError(f"need at least 3 images to split, got {n}")
+    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    n_val = max(1, n_val) if fractions[1] > 0 else 0
+    n_train = min(n_train, n - n_val - (1 if fractions[2] > 0 else 0))
+    return {
+        "train": np.sort(perm[:n_train]),
+        "val": np.sort(perm[n_train : n_train + n_val]),
+        "test": np.sort(perm[n_train + n_val :]),
+    }
