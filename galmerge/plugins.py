@@ -8,6 +8,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -226,10 +227,8 @@ class PluginManager:
 
     def plugin_infos(self) -> list[PluginInfo]:
         for kind in KINDS:
-            try:
+            with contextlib.suppress(PluginError):
                 self.components(kind)
-            except PluginError:
-                pass
         return sorted([*self.infos.values(), *self.failed], key=lambda i: (not i.builtin, i.name))
 
     def add_commands(self, cli: Any) -> None:

@@ -25,3 +25,8 @@ def split_indices(
         "val": np.sort(perm[n_train : n_train + n_val]),
         "test": np.sort(perm[n_train + n_val :]),
     }
+
+
+def domain_splits(n_source: int, n_target: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """The splits of a run: source with ``seed``, target with ``seed + 1`` (70/10/20 each)."""
+    return {"source": split_indices(n_source, seed), "target": split_indices(n_target, seed + 1)}
