@@ -1,0 +1,285 @@
+"""The plugin contract: discovery, broken and conflicting plugins, blocking, typo protection."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from galmerge import hookimpl
+from galmerge.cli import cli
+from galmerge.errors import PluginError
+from galmerge.records import Backbone, Strategy, Survey
+
+BUILTIN_PLUGINS = {
+    "deepmerge_backbones",
+    "da_strategies",
+    "synthetic_survey",
+    "hdf5_survey",
+    "illustris_survey",
+    "sdss_survey",
+}
+
+
+def _fake_distribution(root: Path, dist: str, ep_name: str, module: str, source: str) -> Path:
+    """Install a plugin the way pip does: a module plus a .dist-info with entry_points.txt."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[galmerge]\n{ep_name} = {module}\n")
+    return root
+
+
+def _run_cli(*args: str, extra_path: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **env}
+    if extra_path is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [str(extra_path), *filter(None, [full_env.get("PYTHONPATH")])]
+        )
+    return subprocess.run(
+        [sys.executable, "-m", "galmerge", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
+
+
+def test_builtins_are_loaded_through_entry_points():
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    names = {r["name"] for r in rows}
+    assert names >= BUILTIN_PLUGINS
+    for row in rows:
+        assert set(row) >= {"name", "distribution", "version", "builtin", "hooks", "components"}
+        if row["name"] in BUILTIN_PLUGINS:
+            assert row["builtin"] is True
+            assert row["distribution"] == "galmerge"
+            assert row["error"] is None
+
+
+def test_plugins_table_output():
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0
+    assert "sdss_survey" in result.output
+
+
+@pytest.mark.parametrize("kind", ["backbones", "strategies", "surveys"])
+def test_list_json_shape(kind):
+    result = CliRunner().invoke(cli, ["list", kind, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert rows, f"no {kind} registered"
+    for row in rows:
+        assert row["name"] and row["description"]
+        assert row["distribution"] == "galmerge"
+
+
+def test_list_unknown_kind_exits_nonzero():
+    result = CliRunner().invoke(cli, ["list", "telescopes"])
+    assert result.exit_code == 2
+    assert "telescopes" in result.output
+
+
+def test_in_process_plugin_adds_components(register_plugin):
+    class Extra:
+        @hookimpl
+        def register_backbones(self):
+            yield Backbone(name="tiny-test", description="a test backbone", build=lambda c, s: None)
+
+    register_plugin(Extra(), "extra-test")
+    result = CliRunner().invoke(cli, ["list", "backbones", "--json"])
+    assert result.exit_code == 0, result.output
+    names = [r["name"] for r in json.loads(result.output)]
+    assert "tiny-test" in names
+
+
+def test_conflicting_names_name_both_plugins(register_plugin, plugin_manager):
+    def make(tag: str):
+        class P:
+            @hookimpl
+            def register_surveys(self):
+                return [Survey(name="lsst", description=f"LSST from {tag}")]
+
+        return P()
+
+    register_plugin(make("a"), "lsst-a")
+    register_plugin(make("b"), "lsst-b")
+    with pytest.raises(PluginError) as err:
+        plugin_manager.components("surveys")
+    message = str(err.value)
+    assert "'lsst'" in message and "lsst-a" in message and "lsst-b" in message
+    # the CLI turns it into one line and a non-zero exit, no traceback
+    result = CliRunner().invoke(cli, ["list", "surveys"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "lsst-a" in result.output and "lsst-b" in result.output
+
+
+def test_alias_conflict_is_detected(register_plugin, plugin_manager):
+    def make(name: str):
+        class P:
+            @hookimpl
+            def register_strategies(self):
+                return [Strategy(name=name, description="x", build=lambda c, o: None, aliases=("zz",))]
+
+        return P()
+
+    register_plugin(make("adv-one"), "alias-one")
+    register_plugin(make("adv-two"), "alias-two")
+    with pytest.raises(PluginError, match="'zz'.*alias-one.*alias-two"):
+        plugin_manager.components("strategies")
+    assert plugin_manager.get is not None
+
+
+def test_hookimpl_typo_fails_loudly(register_plugin):
+    class Typo:
+        @hookimpl
+        def register_backbone(self):  # missing "s"
+            return []
+
+    with pytest.raises(PluginError, match="did you mean 'register_backbones'"):
+        register_plugin(Typo(), "typo")
+
+
+def test_wrong_record_type_is_reported(register_plugin, plugin_manager):
+    class Wrong:
+        @hookimpl
+        def register_backbones(self):
+            return [{"name": "dict-not-record"}]
+
+    register_plugin(Wrong(), "wrong")
+    with pytest.raises(PluginError, match="expected galmerge.records.Backbone"):
+        plugin_manager.components("backbones")
+
+
+def test_unknown_component_lists_available(plugin_manager):
+    with pytest.raises(PluginError, match="available: .*sdss"):
+        plugin_manager.get("surveys", "euclid")
+
+
+def test_plugin_commands_are_added(register_plugin):
+    import click
+
+    class Cmd:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command(name="hello-test")
+            def hello():
+                """Say hello."""
+                click.echo("hello from a plugin")
+
+    register_plugin(Cmd(), "cmd-test")
+    from galmerge.cli import LazyGroup
+    from galmerge.cli import cli as group
+
+    group._plugin_commands_loaded = False
+    try:
+        result = CliRunner().invoke(group, ["hello-test"])
+        assert result.exit_code == 0, result.output
+        assert "hello from a plugin" in result.output
+    finally:
+        group.commands.pop("hello-test", None)
+        LazyGroup._plugin_commands_loaded = False
+        group._plugin_commands_loaded = False
+
+
+def test_broken_installed_plugin_warns_and_cli_still_works(tmp_path):
+    site = _fake_distribution(
+        tmp_path / "site",
+        "galmerge-broken",
+        "broken",
+        "galmerge_broken_plugin",
+        "raise RuntimeError('this plugin is broken on purpose')\n",
+    )
+    proc = _run_cli("list", "surveys", "--json", extra_path=site, GALMERGE_LOAD_PLUGINS="broken")
+    assert proc.returncode == 0, proc.stderr
+    assert "sdss" in {r["name"] for r in json.loads(proc.stdout)}
+    warning = [line for line in proc.stderr.splitlines() if "broken" in line]
+    assert len(warning) == 1
+    assert "GALMERGE_DISABLE_PLUGINS=broken" in warning[0]
+    assert "galmerge-broken" in warning[0]
+    assert "Traceback" not in proc.stderr
+
+    proc = _run_cli("plugins", "--json", extra_path=site, GALMERGE_LOAD_PLUGINS="broken")
+    row = next(r for r in json.loads(proc.stdout) if r["name"] == "broken")
+    assert row["error"].startswith("RuntimeError")
+
+    blocked = _run_cli(
+        "list",
+        "surveys",
+        extra_path=site,
+        GALMERGE_LOAD_PLUGINS="broken",
+        GALMERGE_DISABLE_PLUGINS="broken",
+    )
+    assert blocked.returncode == 0
+    assert "broken" not in blocked.stderr
+
+
+def test_installed_third_party_plugin_is_discovered(tmp_path):
+    site = _fake_distribution(
+        tmp_path / "site",
+        "galmerge-lsst",
+        "lsst",
+        "galmerge_lsst_plugin",
+        """
+        from galmerge import hookimpl
+        from galmerge.records import Survey
+
+        @hookimpl
+        def register_surveys():
+            return [Survey(name="lsst", description="Rubin LSST cutouts")]
+        """,
+    )
+    proc = _run_cli("list", "surveys", "--json", extra_path=site, GALMERGE_LOAD_PLUGINS="lsst")
+    assert proc.returncode == 0, proc.stderr
+    row = next(r for r in json.loads(proc.stdout) if r["name"] == "lsst")
+    assert row["distribution"] == "galmerge-lsst" and row["version"] == "1.2.3"
+
+    # not allowed -> not loaded; blocked -> not loaded
+    proc = _run_cli("list", "surveys", "--json", extra_path=site, GALMERGE_LOAD_PLUGINS="")
+    assert "lsst" not in {r["name"] for r in json.loads(proc.stdout)}
+    proc = _run_cli(
+        "list", "surveys", "--json", extra_path=site, GALMERGE_LOAD_PLUGINS="lsst",
+        GALMERGE_DISABLE_PLUGINS="lsst",
+    )
+    assert "lsst" not in {r["name"] for r in json.loads(proc.stdout)}
+
+
+def test_disable_builtin_plugin(monkeypatch, plugin_manager):
+    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+
+    monkeypatch.setenv("GALMERGE_DISABLE_PLUGINS", "sdss_survey")
+    reset_plugin_manager()
+    assert "sdss" not in get_plugin_manager().components("surveys")
+    assert "illustris" in get_plugin_manager().components("surveys")
+
+
+def test_importing_cli_loads_no_plugin():
+    code = (
+        "import sys, galmerge.cli; "
+        "print(any(m.startswith(('galmerge.builtin.', 'torch')) for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_version_and_help_exit_codes():
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0 and "galmerge" in result.output
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for name in ("train", "classify", "evaluate", "fetch", "plugins", "list"):
+        assert name in result.output
+    result = runner.invoke(cli, ["no-such-command"])
+    assert result.exit_code == 2
