@@ -1,12 +1,89 @@
-"""`galmerge train` (placeholder until its issue lands)."""
+"""`galmerge train`: a thin layer over `galmerge.training.train`."""
 
 from __future__ import annotations
 
 import click
 
 
-@click.command("train", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train(args: tuple[str, ...]) -> None:
-    """Not implemented yet."""
-    raise click.ClickException("galmerge train is not implemented yet")
+@click.command("train")
+@click.option("--source", help="Labelled source survey spec, e.g. synthetic:illustris or hdf5:PATH.")
+@click.option("--target", help="Target survey spec (its labels are only used for reporting).")
+@click.option("--strategy", help="DA strategy expression, e.g. none, mmd+fisher+entropy, dann+fisher.")
+@click.option("--backbone", help="Backbone name (deepmerge, resnet18, ...).")
+@click.option("--epochs", type=int, help="Maximum number of epochs.")
+@click.option("--batch-size", type=int, help="Images per domain per step (global over processes).")
+@click.option("--lr", type=float, help="Peak learning rate of the one-cycle schedule.")
+@click.option("--seed", type=int, help="Seed for splits, initialisation and batch order.")
+@click.option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Output run directory.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="TOML config (e.g. a run's config.toml); flags override it.")
+@click.option("--preset", help="Paper hyperparameters: deepmerge2-sim-sim or deepmerge2-sim-real.")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue this run directory.")
+@click.option("--init-from", help="Start from the weights of a run directory or checkpoint.")
+@click.option("--patience", type=int, help="Early-stopping patience in epochs (0 = off).")
+@click.option("--weight-decay", type=float, help="Adam weight decay.")
+@click.option("--select-by", help="Model selection: source_val_loss or a label-free score.")
+@click.option("--set", "sets", multiple=True, metavar="NAME.OPTION=VALUE",
+              help="Strategy/optimizer/schedule option, e.g. --set fisher.intra_weight=0.01.")
+@click.option("--backbone-option", "backbone_options", multiple=True, metavar="KEY=VALUE",
+              help="Backbone option, e.g. --backbone-option dropout=0.3.")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
+@click.option("--max-steps-per-epoch", type=int, help="Cap on steps per epoch.")
+@click.option("--checkpoint-every", type=int, help="Also write last.pt every N steps.")
+@click.option("--quiet", is_flag=True, help="No progress display or results table.")
+def train(
+    source: str | None,
+    target: str | None,
+    strategy: str | None,
+    backbone: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    seed: int | None,
+    device: str | None,
+    run_dir: str | None,
+    config_file: str | None,
+    preset: str | None,
+    resume: str | None,
+    init_from: str | None,
+    patience: int | None,
+    weight_decay: float | None,
+    select_by: str | None,
+    sets: tuple[str, ...],
+    backbone_options: tuple[str, ...],
+    compile_: bool | None,
+    max_steps_per_epoch: int | None,
+    checkpoint_every: int | None,
+    quiet: bool,
+) -> None:
+    """Train a merger classifier with domain adaptation; writes a run directory."""
+    from galmerge.config import parse_assignment
+    from galmerge.training import train as run_training
+
+    bopts = dict(parse_assignment(text, "--backbone-option") for text in backbone_options)
+    run_training(
+        source=source,
+        target=target,
+        strategy=strategy,
+        backbone=backbone,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        run_dir=run_dir,
+        config=config_file,
+        preset=preset,
+        resume=resume,
+        init_from=init_from,
+        patience=patience,
+        weight_decay=weight_decay,
+        select_by=select_by,
+        sets=sets,
+        backbone_options=bopts or None,
+        compile=compile_,
+        quiet=quiet,
+        max_steps_per_epoch=max_steps_per_epoch,
+        checkpoint_every=checkpoint_every,
+    )

@@ -1,0 +1,242 @@
+"""The run configuration: defaults -> preset -> ``--config FILE.toml`` -> CLI flags.
+
+A resolved config is a plain dict with every default made explicit, so ``config.toml`` of a run
+feeds straight back into ``--config`` and reproduces the same run::
+
+    source, target, strategy, backbone, seed, device, epochs, batch_size, lr, weight_decay,
+    patience, select_by, max_steps_per_epoch (0 = a full pass), checkpoint_every (steps,
+    0 = each epoch only), compile, init_from ("" = none), preset ("" = none)
+    [optimizer]         Adam: betas, eps, amsgrad
+    [schedule]          one-cycle: pct_start, div_factor, final_div_factor
+    [backbone_options]  options of the backbone (all of its defaults)
+    [strategies.NAME]   weight and options of each term of the strategy expression
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from galmerge.errors import GalmergeError
+
+DEFAULTS: dict[str, Any] = {
+    "source": "",
+    "target": "",
+    "strategy": "none",
+    "backbone": "deepmerge",
+    "seed": 0,
+    "device": "auto",
+    "epochs": 200,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "weight_decay": 1e-3,
+    "patience": 20,
+    "select_by": "source_val_loss",
+    "max_steps_per_epoch": 0,
+    "checkpoint_every": 0,
+    "compile": False,
+    "init_from": "",
+    "preset": "",
+    # Adam with the paper's betas (DeepMerge II; deepmerge-public train_MMD.py uses (0.7, 0.8))
+    "optimizer": {"betas": [0.7, 0.8], "eps": 1e-8, "amsgrad": False},
+    # torch.optim.lr_scheduler.OneCycleLR arguments (its own defaults)
+    "schedule": {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4},
+    "backbone_options": {},
+    "strategies": {},
+}
+
+TOP_KEYS = set(DEFAULTS)
+SECTIONS = ("optimizer", "schedule")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a one-line error."""
+    p = Path(path)
+    if not p.is_file():
+        raise GalmergeError(f"config file {p} does not exist")
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise GalmergeError(f"config file {p} is not valid TOML: {exc}") from exc
+
+
+def write_toml(path: str | Path, config: Mapping[str, Any]) -> None:
+    """Write a resolved config (keys sorted in a stable, readable order)."""
+    import tomli_w
+
+    Path(path).write_text(tomli_w.dumps(_toml_safe(config)))
+
+
+def _toml_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _toml_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, tuple | list):
+        return [_toml_safe(v) for v in value]
+    return value
+
+
+def parse_assignment(text: str, flag: str) -> tuple[str, Any]:
+    """``"key=value"`` -> (key, typed value); values are TOML literals or bare strings."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise GalmergeError(f"{flag} '{text}' is not KEY=VALUE; e.g. {flag} fisher.intra_weight=0.01")
+    return key, parse_value(raw.strip())
+
+
+def parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def cli_overrides(
+    flags: Mapping[str, Any],
+    sets: list[str] | tuple[str, ...] = (),
+    backbone_options: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """CLI flags (None = not given) plus ``--set`` and ``--backbone-option`` as a config layer."""
+    layer: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    for text in sets:
+        key, value = parse_assignment(text, "--set")
+        section, dot, option = key.partition(".")
+        if not dot or not option:
+            raise GalmergeError(
+                f"--set '{text}' needs SECTION.OPTION=VALUE, e.g. --set mmd.weight=0.5"
+            )
+        section = section.lower()
+        if section in SECTIONS:
+            layer.setdefault(section, {})[option] = value
+        elif section in ("backbone", "backbone_options"):
+            layer.setdefault("backbone_options", {})[option] = value
+        else:
+            layer.setdefault("strategies", {}).setdefault(section, {})[option] = value
+    for text in backbone_options:
+        key, value = parse_assignment(text, "--backbone-option")
+        layer.setdefault("backbone_options", {})[key] = value
+    return layer
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_keys(layer: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(layer) - TOP_KEYS)
+    if unknown:
+        raise GalmergeError(
+            f"unknown setting(s) {', '.join(unknown)} in {where}; known: {', '.join(sorted(TOP_KEYS))}"
+        )
+    for section in SECTIONS:
+        extra = sorted(set(layer.get(section) or {}) - set(DEFAULTS[section]))
+        if extra:
+            raise GalmergeError(
+                f"unknown {section} option(s) {', '.join(extra)} in {where}; "
+                f"known: {', '.join(sorted(DEFAULTS[section]))}"
+            )
+
+
+def resolve_config(
+    cli: Mapping[str, Any] | None = None, file: str | Path | Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Merge defaults, the preset, a config file and CLI overrides; validate every name."""
+    from galmerge.plugins import get_plugin_manager
+    from galmerge.presets import preset_values
+    from galmerge.strategy_api import parse_strategy_expression
+
+    cli = dict(cli or {})
+    if file is None:
+        file_layer: dict[str, Any] = {}
+        where = "the config"
+    elif isinstance(file, Mapping):
+        file_layer, where = dict(file), "the config"
+    else:
+        file_layer, where = read_toml(file), f"config file {file}"
+    _check_keys(file_layer, where)
+    _check_keys(cli, "the command line")
+
+    def pick(key: str) -> Any:
+        for layer in (cli, file_layer):
+            if key in layer:
+                return layer[key]
+        return DEFAULTS[key]
+
+    pm = get_plugin_manager()
+    names = parse_strategy_expression(str(pick("strategy")))
+    records = [pm.get("strategies", n) for n in names]
+    canonical = [r.name for r in records]
+    backbone = pm.get("backbones", str(pick("backbone")))
+    preset_name = str(pick("preset") or "")
+    preset = preset_values(preset_name, canonical, backbone.name) if preset_name else {}
+
+    config = deep_merge(DEFAULTS, preset)
+    config = deep_merge(config, file_layer)
+    config = deep_merge(config, cli)
+    config["strategy"] = "+".join(canonical)
+    config["backbone"] = backbone.name
+    config["preset"] = preset_name
+
+    aliases = {a: r.name for r in records for a in (r.name, *r.aliases)}
+    given = dict(config.get("strategies") or {})
+    resolved_strategies: dict[str, dict[str, Any]] = {}
+    for key, options in given.items():
+        name = aliases.get(str(key).lower())
+        if name is None:
+            raise GalmergeError(
+                f"options given for strategy '{key}', which is not in --strategy "
+                f"{config['strategy']}; add it there or drop its options"
+            )
+        resolved_strategies.setdefault(name, {}).update(dict(options))
+    config["strategies"] = {}
+    for record in records:
+        options = {**dict(record.defaults), **resolved_strategies.get(record.name, {})}
+        unknown = sorted(set(options) - set(record.defaults))
+        if unknown:
+            raise GalmergeError(
+                f"unknown option(s) {', '.join(unknown)} for strategy '{record.name}'; "
+                f"known: {', '.join(sorted(record.defaults)) or 'none'}"
+            )
+        config["strategies"][record.name] = options
+
+    bopts = {**dict(backbone.defaults), **dict(config.get("backbone_options") or {})}
+    unknown = sorted(set(bopts) - set(backbone.defaults))
+    if unknown:
+        raise GalmergeError(
+            f"unknown option(s) {', '.join(unknown)} for backbone '{backbone.name}'; "
+            f"known: {', '.join(sorted(backbone.defaults)) or 'none'}"
+        )
+    config["backbone_options"] = bopts
+    _validate_values(config)
+    return config
+
+
+def _validate_values(config: dict[str, Any]) -> None:
+    for key in ("epochs", "batch_size"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise GalmergeError(f"{key} must be a whole number >= 1, got {config[key]!r}")
+    for key in ("patience", "max_steps_per_epoch", "checkpoint_every", "seed"):
+        if not isinstance(config[key], int) or config[key] < 0:
+            raise GalmergeError(f"{key} must be a whole number >= 0, got {config[key]!r}")
+    for key in ("lr", "weight_decay"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise GalmergeError(f"{key} must be a number >= 0, got {value!r}")
+    if not (config["lr"] > 0):
+        raise GalmergeError("lr must be > 0")
+    betas = config["optimizer"]["betas"]
+    if not isinstance(betas, list | tuple) or len(betas) != 2:
+        raise GalmergeError(f"optimizer.betas must be two numbers, got {betas!r}")
+    for key in ("source", "target"):
+        if not config[key]:
+            raise GalmergeError(f"no --{key} given; e.g. --{key} synthetic:illustris")

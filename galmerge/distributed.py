@@ -1,0 +1,107 @@
+"""torchrun / DistributedDataParallel support: gloo on CPU, nccl on CUDA, rank 0 writes.
+
+Each rank takes a contiguous shard of every global batch; features, logits and labels are
+all-gathered (differentiably) before the losses, so the loss — including batch-level DA terms
+such as MMD — is the one a single process computes on the whole batch, and DDP's gradient mean
+restores the single-process gradient. BatchNorm statistics stay per shard on CPU (PyTorch's
+SyncBatchNorm needs a GPU); on CUDA BatchNorm layers become SyncBatchNorm.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from galmerge.errors import GalmergeError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_environment() -> DistInfo:
+    """Read torchrun's variables (WORLD_SIZE, RANK, LOCAL_RANK); a plain run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(
+        rank=int(os.environ.get("RANK", "0")),
+        world=world,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def setup(info: DistInfo, device: torch.device) -> torch.device:
+    """Join the process group; on CUDA each rank takes GPU ``LOCAL_RANK``."""
+    if not info.enabled:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    elif device.type == "cpu":
+        backend = "gloo"
+    else:
+        raise GalmergeError(f"distributed training supports cpu and cuda devices, not {device.type}")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return device
+
+
+def teardown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate every rank's shard in rank order, keeping the autograd graph."""
+    if not info.enabled:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor), dim=0)
+
+
+def gather_plain(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """All-gather without gradients (labels)."""
+    if not info.enabled:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(info.world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def any_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank if it is true on any rank (a non-finite loss stops all ranks)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def broadcast_object(obj: object, info: DistInfo) -> object:
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,165 @@
+"""The run directory: config.toml, env.json, metrics.csv, summary.json, TensorBoard events and
+checkpoints (best.pt, last.pt). Only rank 0 of a distributed run writes here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from galmerge.config import read_toml, write_toml
+from galmerge.errors import GalmergeError
+
+CONFIG, ENV, METRICS, SUMMARY, BEST, LAST = (
+    "config.toml",
+    "env.json",
+    "metrics.csv",
+    "summary.json",
+    "best.pt",
+    "last.pt",
+)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-") or "x"
+
+
+def default_run_dir(source: str, target: str, strategy: str, root: str | Path = "runs") -> Path:
+    """``runs/<YYYYmmdd-HHMMSS>-<source>-<target>-<strategy>`` (':' '/' '?' made safe)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{stamp}-{_slug(source)}-{_slug(target)}-{_slug(strategy)}"
+
+
+def prepare_new(run_dir: Path) -> Path:
+    """Create a fresh run directory; refuse one that already holds a run (never overwrite)."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise GalmergeError(
+            f"run directory {run_dir} is not empty; pick another --run-dir or continue it with "
+            f"--resume {run_dir}"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
+    write_toml(run_dir / CONFIG, config)
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    return read_toml(run_dir / CONFIG)
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """Versions and machine facts recorded in env.json."""
+    import torch
+
+    from galmerge import __version__
+    from galmerge.plugins import get_plugin_manager
+
+    name = str(device)
+    if getattr(device, "type", None) == "cuda":
+        name = torch.cuda.get_device_name(device)
+    plugins = {
+        info.name: {"distribution": info.distribution, "version": info.version}
+        for info in get_plugin_manager().plugin_infos()
+        if info.error is None
+    }
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": name,
+        "cpu_threads": torch.get_num_threads(),
+        "galmerge": __version__,
+        "plugins": plugins,
+        "git_commit": _git_commit(),
+        "argv": sys.argv,
+    }
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_json_safe(payload), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.csv from all rows so far (a resumed run drops rows past its checkpoint)."""
+    if not rows:
+        return
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    tmp = run_dir / f".{METRICS}.tmp"
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _fmt(row.get(c)) for c in columns})
+    os.replace(tmp, run_dir / METRICS)
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "nan"
+    return "" if value is None else value
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    with (run_dir / METRICS).open() as fh:
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+class TensorBoard:
+    """Scalars per epoch in TensorBoard event files (silently absent if tensorboard is missing)."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # pragma: no cover - tensorboard is a dependency
+            self.writer = None
+            return
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+
+    def log(self, row: Mapping[str, Any], step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(key.replace("_", "/", 1), float(value), step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,159 @@
+"""Tiny components for trainer tests: a small backbone, a small strategy, toy image sets.
+
+Used in-process by tests/test_train*.py and by the helper scripts those tests run in
+subprocesses (resume after SIGKILL, torchrun), which register them the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from galmerge import hookimpl
+from galmerge.imageset import ImageSet
+from galmerge.records import Backbone, Strategy
+
+
+class TinyNet(nn.Module):
+    def __init__(self, in_channels: int, image_size: int, width: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.drop = nn.Dropout(dropout)  # uses the RNG: resume must restore it
+        self.out_features = width * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
+class MeanGap(nn.Module):
+    """Squared distance between source and target feature means, times a learnable scale."""
+
+    def __init__(self, feature_dim: int, power: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.power = power
+
+    def forward(self, step: Any) -> dict[str, torch.Tensor]:
+        gap = (step.source_features.mean(0) - step.target_features.mean(0)).pow(2).sum()
+        return {"meangap": self.scale.abs().pow(self.power) * gap, "_gap": gap}
+
+
+class ToyPlugin:
+    @hookimpl
+    def register_backbones(self):
+        return [
+            Backbone(
+                name="tiny",
+                description="test backbone",
+                build=lambda c, s, **o: TinyNet(c, s, **o),
+                defaults={"width": 4, "dropout": 0.1},
+            )
+        ]
+
+    @hookimpl
+    def register_strategies(self):
+        def build(context, options: Mapping[str, Any]) -> nn.Module:
+            return MeanGap(context.feature_dim, float(options["power"]))
+
+        def build_none(context, options):
+            return _NoTerms()
+
+        return [
+            Strategy(
+                name="meangap",
+                description="test strategy",
+                build=build,
+                defaults={"weight": 1.0, "power": 1.0},
+                aliases=("mg",),
+            ),
+            Strategy(name="none", description="source only", build=build_none),
+        ]
+
+
+class _NoTerms(nn.Module):
+    def forward(self, step: Any) -> dict[str, torch.Tensor]:
+        return {}
+
+
+def register(plugin_manager: Any = None, with_none: bool = True) -> None:
+    """Register the toy plugin on the process plugin manager (for subprocess scripts)."""
+    from galmerge.plugins import get_plugin_manager
+
+    pm = plugin_manager or get_plugin_manager()
+    has_none = "none" in _names(pm)
+    pm.register(ToyPlugin() if with_none and not has_none else _NoNone(), name="toys")
+
+
+def _names(pm: Any) -> set[str]:
+    try:
+        return set(pm.components("strategies"))
+    except Exception:
+        return set()
+
+
+class _NoNone(ToyPlugin):
+    @hookimpl
+    def register_strategies(self):
+        return [r for r in ToyPlugin.register_strategies(self) if r.name != "none"]
+
+
+def toy_sets(
+    n_source: int = 60, n_target: int = 60, channels: int = 2, size: int = 8, seed: int = 0
+) -> tuple[ImageSet, ImageSet]:
+    """Mergers carry a bright blob; the target is dimmer, offset and noisier (a domain shift)."""
+    rng = np.random.default_rng(seed)
+
+    def make(n: int, gain: float, offset: float, noise: float, name: str) -> ImageSet:
+        labels = rng.integers(0, 2, n)
+        x = rng.normal(0, noise, (n, channels, size, size)).astype(np.float32)
+        x[labels == 1, :, 2:5, 2:5] += gain
+        x += offset
+        return ImageSet(
+            images=torch.from_numpy(x),
+            labels=torch.from_numpy(labels),
+            ids=np.arange(n),
+            bands=tuple("gri"[:channels]) if channels <= 3 else tuple(map(str, range(channels))),
+            survey=name,
+        )
+
+    return make(n_source, 2.0, 0.0, 0.5, "toy-source"), make(n_target, 1.2, 0.5, 0.8, "toy-target")
+
+
+if __name__ == "__main__":  # pragma: no cover - used by subprocess tests
+    # usage: python train_toys.py RUN_DIR EPOCHS [--resume] [--checkpoint-every N] [extra k=v]
+    import galmerge
+
+    register()
+    run_dir, epochs = sys.argv[1], int(sys.argv[2])
+    extra = sys.argv[3:]
+    source, target = toy_sets()
+    kwargs: dict[str, Any] = dict(quiet=True)
+    if "--resume" in extra:
+        kwargs["resume"] = run_dir
+    else:
+        kwargs.update(
+            strategy="meangap", backbone="tiny", epochs=epochs, batch_size=8, seed=3,
+            run_dir=run_dir, patience=0, device="cpu",
+        )
+        if "--checkpoint-every" in extra:
+            kwargs["checkpoint_every"] = int(extra[extra.index("--checkpoint-every") + 1])
+        if "--slow" in extra:
+            import time
+
+            import galmerge.batches as b
+
+            original = b.TensorBatches.next
+
+            def slow_next(self):  # give the parent time to kill us mid-epoch
+                time.sleep(0.05)
+                return original(self)
+
+            b.TensorBatches.next = slow_next
+    summary = galmerge.train(source=source, target=target, **kwargs)
+    print("SUMMARY", summary["metrics"]["source_test"]["accuracy"])
