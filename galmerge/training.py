@@ -544,7 +544,7 @@ def _train_loop(
         step_module = DistributedDataParallel(
             step_module,
             device_ids=[device.index] if cuda else None,
-            find_unused_parameters=True,
+            find_unused_parameters=False,
         )
 
     if source_set.in_memory:

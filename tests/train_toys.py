@@ -16,7 +16,7 @@ from torch import nn
 
 from galmerge import hookimpl
 from galmerge.imageset import ImageSet
-from galmerge.records import Backbone, Strategy
+from galmerge.records import Backbone, Strategy, Survey
 
 
 class TinyNet(nn.Module):
@@ -34,14 +34,20 @@ class TinyNet(nn.Module):
 class MeanGap(nn.Module):
     """Squared distance between source and target feature means, times a learnable scale."""
 
-    def __init__(self, feature_dim: int, power: float) -> None:
+    def __init__(self, feature_dim: int, power: float, nan_at: int = -1) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
         self.power = power
+        self.nan_at = nan_at  # step at which the term turns NaN (tests of the NaN guard)
+        self.calls = 0
 
     def forward(self, step: Any) -> dict[str, torch.Tensor]:
+        self.calls += 1
         gap = (step.source_features.mean(0) - step.target_features.mean(0)).pow(2).sum()
-        return {"meangap": self.scale.abs().pow(self.power) * gap, "_gap": gap}
+        term = self.scale.abs().pow(self.power) * gap
+        if 0 <= self.nan_at < self.calls:
+            term = term * float("nan")
+        return {"meangap": term, "_gap": gap}
 
 
 class ToyPlugin:
@@ -57,9 +63,22 @@ class ToyPlugin:
         ]
 
     @hookimpl
+    def register_surveys(self):
+        def load(arg: str | None, options: Mapping[str, Any]) -> ImageSet:
+            pair = toy_sets(
+                n_source=int(options.get("n", 60)),
+                n_target=int(options.get("n", 60)),
+                channels=int(options.get("channels", 2)),
+                size=int(options.get("size", 8)),
+            )
+            return pair[0] if arg == "source" else pair[1]
+
+        return [Survey(name="toy", description="toy survey", load=load)]
+
+    @hookimpl
     def register_strategies(self):
         def build(context, options: Mapping[str, Any]) -> nn.Module:
-            return MeanGap(context.feature_dim, float(options["power"]))
+            return MeanGap(context.feature_dim, float(options["power"]), int(options["nan_at"]))
 
         def build_none(context, options):
             return _NoTerms()
@@ -69,7 +88,7 @@ class ToyPlugin:
                 name="meangap",
                 description="test strategy",
                 build=build,
-                defaults={"weight": 1.0, "power": 1.0},
+                defaults={"weight": 1.0, "power": 1.0, "nan_at": -1},
                 aliases=("mg",),
             ),
             Strategy(name="none", description="source only", build=build_none),
@@ -141,6 +160,8 @@ if __name__ == "__main__":  # pragma: no cover - used by subprocess tests
             strategy="meangap", backbone="tiny", epochs=epochs, batch_size=8, seed=3,
             run_dir=run_dir, patience=0, device="cpu",
         )
+        if "--nodrop" in extra:  # dropout masks differ per process under DDP
+            kwargs["backbone_options"] = {"dropout": 0.0}
         if "--checkpoint-every" in extra:
             kwargs["checkpoint_every"] = int(extra[extra.index("--checkpoint-every") + 1])
         if "--slow" in extra:
