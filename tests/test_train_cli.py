@@ -1,0 +1,126 @@
+"""`galmerge train` on the command line: config layers, round trip, one-line errors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from train_toys import ToyPlugin, _NoNone
+
+from galmerge.cli import cli
+from galmerge.config import resolve_config
+
+BASE = ["train", "--source", "toy:source", "--target", "toy:target", "--backbone", "tiny",
+        "--device", "cpu", "--quiet", "--epochs", "1", "--batch-size", "8"]
+
+
+@pytest.fixture
+def toys(register_plugin, plugin_manager):
+    plugin = _NoNone() if "none" in plugin_manager.components("strategies") else ToyPlugin()
+    register_plugin(plugin, "toys")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def config_of(run: Path) -> dict:
+    return tomllib.loads((run / "config.toml").read_text())
+
+
+def test_cli_trains_and_prints_device(toys, tmp_path):
+    result = invoke(*BASE, "--strategy", "meangap", "--run-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert "device cpu" in result.output
+    assert (tmp_path / "r" / "summary.json").is_file()
+
+
+def test_precedence_preset_then_file_then_flags(toys, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('lr = 0.01\nweight_decay = 0.5\n[strategies.meangap]\nweight = 0.3\n')
+    run = tmp_path / "r"
+    result = invoke(
+        *BASE, "--strategy", "meangap", "--preset", "deepmerge2-sim-sim",
+        "--config", str(cfg), "--lr", "0.02", "--set", "meangap.power=3",
+        "--run-dir", str(run),
+    )
+    assert result.exit_code == 0, result.output
+    config = config_of(run)
+    assert config["lr"] == 0.02  # flag beats file
+    assert config["weight_decay"] == 0.5  # file beats preset
+    assert config["optimizer"]["amsgrad"] is True  # preset beats defaults
+    assert config["patience"] == 20 and config["preset"] == "deepmerge2-sim-sim"
+    assert config["batch_size"] == 8  # flag beats preset's 128
+    assert config["strategies"]["meangap"] == {"weight": 0.3, "power": 3, "nan_at": -1}
+
+
+def test_saved_config_reproduces_itself(toys, tmp_path):
+    first = tmp_path / "first"
+    assert invoke(*BASE, "--strategy", "mg", "--set", "mg.weight=0.5", "--seed", "4",
+                  "--run-dir", str(first)).exit_code == 0
+    second = tmp_path / "second"
+    result = invoke("train", "--config", str(first / "config.toml"), "--quiet",
+                    "--run-dir", str(second))
+    assert result.exit_code == 0, result.output
+    assert config_of(first) == config_of(second)
+    assert resolve_config(file=first / "config.toml") == config_of(first)
+    a = (first / "metrics.csv").read_text().splitlines()
+    b = (second / "metrics.csv").read_text().splitlines()
+    assert [r.rsplit(",", 1)[0] for r in a] == [r.rsplit(",", 1)[0] for r in b]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--strategy", "nosuch"], "unknown strategy 'nosuch'; available:"),
+        (["--strategy", "meangap", "--backbone", "nosuch"], "unknown backbone 'nosuch'"),
+        (["--strategy", "meangap", "--set", "meangap.bogus=1"], "unknown option(s) bogus"),
+        (["--strategy", "meangap", "--set", "other.weight=1"], "not in --strategy"),
+        (["--strategy", "meangap", "--set", "noequals"], "KEY=VALUE"),
+        (["--strategy", "meangap", "--backbone-option", "depth=3"], "unknown option(s) depth"),
+        (["--strategy", "meangap", "--preset", "nosuch"], "unknown preset 'nosuch'"),
+        (["--strategy", "meangap", "--select-by", "nosuch"], "unknown --select-by 'nosuch'"),
+        (["--strategy", "meangap", "--epochs", "0"], "epochs must be"),
+        (["--strategy", "meangap", "--device", "cuda:7"], "--device"),
+        (["--strategy", "mean+"], "bad strategy expression"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(toys, tmp_path, extra, expected):
+    result = CliRunner().invoke(cli, [*BASE, *extra, "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code != 0
+    assert expected in result.output
+    assert "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) <= 2
+
+
+def test_mismatched_channels_and_missing_config(toys, tmp_path):
+    result = CliRunner().invoke(cli, [
+        "train", "--source", "toy:source?channels=2", "--target", "toy:target?channels=3",
+        "--backbone", "tiny", "--strategy", "meangap", "--device", "cpu", "--quiet",
+        "--run-dir", str(tmp_path / "r"),
+    ])
+    assert result.exit_code != 0 and "same bands" in result.output
+    result = CliRunner().invoke(cli, [*BASE, "--config", str(tmp_path / "missing.toml")])
+    assert result.exit_code != 0 and "does not exist" in result.output
+
+
+def test_refuses_to_overwrite_a_run_and_bad_resume(toys, tmp_path):
+    run = tmp_path / "r"
+    assert invoke(*BASE, "--strategy", "meangap", "--run-dir", str(run)).exit_code == 0
+    result = CliRunner().invoke(cli, [*BASE, "--strategy", "meangap", "--run-dir", str(run)])
+    assert result.exit_code != 0 and "not empty" in result.output
+    result = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "nothing")])
+    assert result.exit_code != 0 and "--resume" in result.output
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run), "--lr", "0.5"])
+    assert result.exit_code != 0 and "saved config" in result.output
+
+
+def test_resume_of_a_finished_run_changes_nothing(toys, tmp_path):
+    run = tmp_path / "r"
+    assert invoke(*BASE, "--strategy", "meangap", "--run-dir", str(run)).exit_code == 0
+    before = (run / "metrics.csv").read_text()
+    result = invoke("train", "--resume", str(run), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (run / "metrics.csv").read_text() == before
