@@ -37,6 +37,8 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "sdss_survey": "galmerge.builtin.sdss_survey",
 }
 
+SINGULAR = {"backbones": "backbone", "strategies": "strategy", "surveys": "survey"}
+
 KINDS = {
     "backbones": ("register_backbones", Backbone),
     "strategies": ("register_strategies", Strategy),
@@ -192,7 +194,7 @@ class PluginManager:
                 for n in names:
                     if n in owner:
                         raise PluginError(
-                            f"{kind[:-1]} name '{n}' is registered by two plugins: "
+                            f"{SINGULAR.get(kind, kind)} name '{n}' is registered by two plugins: "
                             f"{self._describe(owner[n])} and {self._describe(impl.plugin_name)}; "
                             f"uninstall one or block it with GALMERGE_DISABLE_PLUGINS=<name>"
                         )
@@ -221,7 +223,7 @@ class PluginManager:
                 return record
         available = ", ".join(records) or "none"
         raise PluginError(
-            f"unknown {kind[:-1]} '{name}'; available: {available} "
+            f"unknown {SINGULAR.get(kind, kind)} '{name}'; available: {available} "
             f"(see `galmerge list {kind}`)"
         )
 
