@@ -36,9 +36,7 @@ class ResNetFeatures(nn.Module):
         from torchvision.models import resnet18
 
         if stem not in STEMS:
-            raise GalmergeError(
-                f"unknown resnet18 stem '{stem}'; choose one of {', '.join(STEMS)}"
-            )
+            raise GalmergeError(f"unknown resnet18 stem '{stem}'; choose one of {', '.join(STEMS)}")
         if bottleneck < 0:
             raise GalmergeError(f"resnet18 bottleneck must be >= 0 (0 = none), got {bottleneck}")
         net = resnet18(weights=None)  # never download weights: random initialisation

@@ -1,3 +1,149 @@
-"""Built-in plugin module (being written)."""
+"""Built-in DA strategies: none, mmd, coral, dann (alias ada), fisher, entropy.
+
+Each builder imports its loss module lazily (no torch at import time, so `galmerge --help` stays
+fast) and checks options against the record's ``defaults``. The returned module's forward gives
+unweighted terms; the trainer multiplies them by the ``weight`` option. Keys starting with ``_``
+are detached diagnostics to log, never to add to the loss.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from galmerge.errors import GalmergeError
+from galmerge.hookspecs import hookimpl
+from galmerge.losses.options import resolve_options
+from galmerge.records import Strategy
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from galmerge.strategy_api import StrategyContext
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "none": {"weight": 1.0},
+    "mmd": {"weight": 1.0},
+    "coral": {"weight": 1.0},
+    "dann": {"weight": 1.0, "hidden": 1024, "dropout": 0.5, "gamma": 10.0, "max_coeff": 1.0},
+    "fisher": {"weight": 1.0, "intra_weight": 0.01, "inter_weight": 0.01, "form": "tr"},
+    "entropy": {"weight": 1.0},
+}
+
+
+def _build_none(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.none import NoLoss
+
+    resolve_options("none", DEFAULTS["none"], options)
+    return NoLoss()
+
+
+def _build_mmd(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.mmd import MMDLoss
+
+    resolve_options("mmd", DEFAULTS["mmd"], options)
+    return MMDLoss().to(context.device)
+
+
+def _build_coral(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.coral import CORALLoss
+
+    resolve_options("coral", DEFAULTS["coral"], options)
+    return CORALLoss().to(context.device)
+
+
+def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.dann import DANNLoss
+
+    opts = resolve_options("dann", DEFAULTS["dann"], options)
+    if opts["hidden"] < 1:
+        raise GalmergeError(f"dann option hidden must be >= 1, got {opts['hidden']}")
+    if not 0.0 <= opts["dropout"] < 1.0:
+        raise GalmergeError(f"dann option dropout must be in [0, 1), got {opts['dropout']}")
+    if opts["gamma"] < 0 or opts["max_coeff"] < 0:
+        raise GalmergeError("dann options gamma and max_coeff must be >= 0")
+    module = DANNLoss(
+        context.feature_dim,
+        hidden=opts["hidden"],
+        dropout=opts["dropout"],
+        gamma=opts["gamma"],
+        max_coeff=opts["max_coeff"],
+    )
+    return module.to(context.device)
+
+
+def _build_fisher(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.fisher import FORMS, FisherLoss
+
+    opts = resolve_options("fisher", DEFAULTS["fisher"], options)
+    if opts["form"] not in FORMS:
+        raise GalmergeError(
+            f"fisher option form must be one of {', '.join(FORMS)}, got '{opts['form']}'"
+        )
+    if opts["intra_weight"] < 0 or opts["inter_weight"] < 0:
+        raise GalmergeError("fisher options intra_weight and inter_weight must be >= 0")
+    if opts["form"] == "tr" and opts["inter_weight"] == 0:
+        raise GalmergeError(
+            "fisher option inter_weight must be > 0 with form 'tr' (it divides the loss)"
+        )
+    module = FisherLoss(
+        context.num_classes,
+        context.feature_dim,
+        intra_weight=opts["intra_weight"],
+        inter_weight=opts["inter_weight"],
+        form=opts["form"],
+    )
+    return module.to(context.device)
+
+
+def _build_entropy(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.entropy import EntropyLoss
+
+    resolve_options("entropy", DEFAULTS["entropy"], options)
+    return EntropyLoss().to(context.device)
+
+
+@hookimpl
+def register_strategies() -> list[Strategy]:
+    return [
+        Strategy(
+            name="none",
+            description="source only: no domain adaptation term",
+            build=_build_none,
+            defaults=DEFAULTS["none"],
+        ),
+        Strategy(
+            name="mmd",
+            description="Gaussian-kernel MMD between source and target features "
+            "(19 bandwidths, DeepMerge II)",
+            build=_build_mmd,
+            defaults=DEFAULTS["mmd"],
+        ),
+        Strategy(
+            name="coral",
+            description="CORAL: align source and target feature covariances (Sun & Saenko 2016)",
+            build=_build_coral,
+            defaults=DEFAULTS["coral"],
+        ),
+        Strategy(
+            name="dann",
+            description="domain-adversarial: discriminator behind a ramped gradient-reversal "
+            "layer (the paper's ADA)",
+            build=_build_dann,
+            defaults=DEFAULTS["dann"],
+            aliases=("ada",),
+        ),
+        Strategy(
+            name="fisher",
+            description="Fisher loss (trace ratio) around learnable class centres on source "
+            "features",
+            build=_build_fisher,
+            defaults=DEFAULTS["fisher"],
+        ),
+        Strategy(
+            name="entropy",
+            description="entropy minimisation of target predictions",
+            build=_build_entropy,
+            defaults=DEFAULTS["entropy"],
+        ),
+    ]

@@ -1,0 +1,27 @@
+"""Entropy minimisation on target predictions (Grandvalet & Bengio 2005), as in DeepMerge II.
+
+DeepMerge II's ``loss.EntropyLoss`` takes softmax outputs of source and target together and masks
+p < 1e-6 before the log; we use target logits only (source samples already have labels) and
+log-softmax, which is exact and stable without a mask.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from galmerge.strategy_api import StepInputs
+
+
+def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean Shannon entropy (nats) of softmax(logits) over the batch."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+class EntropyLoss(nn.Module):
+    """Strategy module: ``{"entropy": mean entropy of target predictions}``."""
+
+    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        return {"entropy": prediction_entropy(step.target_logits)}

@@ -1,0 +1,66 @@
+"""Fisher loss around learnable class centres (Zhang et al. 2020), DeepMerge II's "FisherTR".
+
+On labelled source features h_i with class centres c_k (``nn.Parameter``, N(0, 1) initialised,
+learned by the optimiser together with the network, as ``loss.FisherTR`` in
+github.com/AleksCipri/DeepMergeDomainAdaptation does):
+
+- intra = Σ_i ‖h_i - c_{y_i}‖²              (trace of the within-class scatter; a sum over the batch)
+- inter = Σ_k ‖c_k - mean_k c_k‖²           (trace of the between-class scatter, "global" form)
+- ``form="tr"`` (trace ratio, the paper's): intra_weight · intra / (inter_weight · inter)
+- ``form="td"`` (trace difference): intra_weight · intra - inter_weight · inter
+
+Defaults intra_weight = inter_weight = 0.01 are the DeepMerge II code's (``--intra_loss_coef``,
+``--inter_loss_coef``). Because intra is a sum, the term grows with the batch size, as there.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from galmerge.strategy_api import StepInputs
+
+FORMS = ("tr", "td")
+
+
+class FisherLoss(nn.Module):
+    """Strategy module: ``{"fisher": loss}`` plus ``_fisher_intra`` and ``_fisher_inter``."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        feature_dim: int,
+        intra_weight: float = 0.01,
+        inter_weight: float = 0.01,
+        form: str = "tr",
+    ) -> None:
+        super().__init__()
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        # drawn on the CPU generator so a seed gives the same centres on every device
+        self.centers = nn.Parameter(torch.randn(num_classes, feature_dim))
+        self.intra_weight = float(intra_weight)
+        self.inter_weight = float(inter_weight)
+        self.form = form
+
+    def terms(
+        self, features: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(intra, inter) scatter traces for a labelled batch."""
+        features = features.flatten(1)
+        centers = self.centers.to(features.dtype)
+        labels = labels.long()
+        # unlabelled samples (-1) contribute nothing; a mask, not boolean indexing, avoids a sync
+        known = (labels >= 0).to(features.dtype)
+        per_sample = (features - centers[labels.clamp_min(0)]).pow(2).sum(dim=1)
+        intra = (known * per_sample).sum()
+        inter = (centers - centers.mean(dim=0, keepdim=True)).pow(2).sum()
+        return intra, inter
+
+    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        intra, inter = self.terms(step.source_features, step.source_labels)
+        if self.form == "tr":
+            loss = self.intra_weight * intra / (self.inter_weight * inter).clamp_min(1e-12)
+        else:
+            loss = self.intra_weight * intra - self.inter_weight * inter
+        return {"fisher": loss, "_fisher_intra": intra.detach(), "_fisher_inter": inter.detach()}

@@ -1,0 +1,76 @@
+"""Multi-kernel Gaussian MMD between source and target feature batches (DeepMerge II's MMD).
+
+DeepMerge II (``loss.mmd_distance`` in github.com/AleksCipri/DeepMergeDomainAdaptation) sums 19
+Gaussian kernels exp(-‖x-y‖² / (2σ)) with fixed σ from 1e-6 to 1e6 and takes the biased
+estimate mean K(x,x') + mean K(y,y') - 2 mean K(x,y), clamped at zero. We compute the same value
+from squared norms and one matrix product instead of a (batch × batch × features) broadcast:
+about 8× faster on CPU at 64 × 2592 (benchmarks/bench_mmd.py). That code also floors the result
+at 1e-4, which only hides small values (its gradient there is zero); we leave it out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from galmerge.strategy_api import StepInputs
+
+BANDWIDTHS: tuple[float, ...] = (
+    1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 100.0,
+    1e3, 1e4, 1e5, 1e6,
+)  # fmt: skip
+
+
+def squared_distances(z: torch.Tensor) -> torch.Tensor:
+    """All pairwise squared distances of the rows of ``z`` (exact zeros on the diagonal)."""
+    sq = (z * z).sum(dim=1)
+    norms = sq[:, None] + sq[None, :]
+    d2 = norms - 2.0 * (z @ z.T)
+    # ‖x‖² + ‖y‖² - 2x·y leaves rounding noise of up to ~8 eps (‖x‖² + ‖y‖²) (measured, float32,
+    # 16-20000 features) where the true distance is 0; with σ = 1e-6 that noise would read as
+    # exp(-huge) instead of 1. Distances below the noise level are therefore taken as exact
+    # zeros, as the broadcast formulation gives for duplicates, and the diagonal is pinned.
+    noise = 16.0 * torch.finfo(z.dtype).eps * norms
+    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    return torch.where((d2 <= noise) | eye, torch.zeros_like(d2), d2)
+
+
+def gaussian_mmd(
+    source: torch.Tensor, target: torch.Tensor, bandwidths: Sequence[float] = BANDWIDTHS
+) -> torch.Tensor:
+    """Biased multi-kernel MMD² between two batches (sizes may differ), clamped at zero."""
+    n, m = source.shape[0], target.shape[0]
+    z = torch.cat([source.flatten(1), target.flatten(1)], dim=0)
+    d2 = squared_distances(z)
+    betas = 1.0 / (2.0 * torch.tensor(bandwidths, dtype=z.dtype, device=z.device))
+    exponent = -d2.unsqueeze(0) * betas[:, None, None]
+    # Subnormal numbers (below ~1e-38 in float32), from exp() or from gradients multiplied by
+    # tiny kernel values in the backward pass, cost x86 CPUs ~100× more per operation (measured:
+    # 40 ms instead of 0.4 ms for 19 × 128 × 128). Kernel values below sqrt(smallest normal)
+    # (1e-19 in float32) are set to exact zeros: every kernel sum includes the σ = 1e6 term,
+    # which is ~1, so they are far below float resolution anyway.
+    floor = 0.5 * math.log(torch.finfo(z.dtype).tiny)
+    exponent = torch.where(exponent < floor, torch.full_like(exponent, -math.inf), exponent)
+    kernel = torch.exp(exponent).sum(dim=0)
+    # s^T K s with s = (1/n, ..., -1/m, ...) is mean Kxx + mean Kyy - 2 mean Kxy
+    s = torch.cat(
+        [
+            torch.full((n,), 1.0 / n, dtype=z.dtype, device=z.device),
+            torch.full((m,), -1.0 / m, dtype=z.dtype, device=z.device),
+        ]
+    )
+    return (s @ kernel @ s).clamp_min(0.0)
+
+
+class MMDLoss(nn.Module):
+    """Strategy module: ``{"mmd": MMD²(source features, target features)}``."""
+
+    def __init__(self, bandwidths: Sequence[float] = BANDWIDTHS) -> None:
+        super().__init__()
+        self.bandwidths = tuple(float(b) for b in bandwidths)
+
+    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        return {"mmd": gaussian_mmd(step.source_features, step.target_features, self.bandwidths)}

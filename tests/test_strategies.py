@@ -1,0 +1,342 @@
+"""Built-in DA strategies through the plugin manager: values, gradients, toy optimisation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from galmerge.errors import GalmergeError
+from galmerge.strategy_api import StepInputs, StrategyContext, parse_strategy_expression
+
+BUILTIN = ["none", "mmd", "coral", "dann", "fisher", "entropy"]
+SIGMAS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 5, 10, 15, 20, 25, 30, 35, 100, 1e3, 1e4, 1e5, 1e6]
+
+
+def _context(dim: int = 16, classes: int = 2) -> StrategyContext:
+    return StrategyContext(
+        feature_dim=dim, num_classes=classes, total_steps=100, device=torch.device("cpu")
+    )
+
+
+def _build(plugin_manager, name: str, dim: int = 16, **options):
+    record = plugin_manager.get("strategies", name)
+    return record.build(_context(dim), {**record.defaults, **options})
+
+
+def _step(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    source_logits: torch.Tensor | None = None,
+    target_logits: torch.Tensor | None = None,
+    progress: float = 0.5,
+) -> StepInputs:
+    n, m = source.shape[0], target.shape[0]
+    return StepInputs(
+        source_features=source,
+        source_logits=source_logits if source_logits is not None else torch.zeros(n, 2),
+        source_labels=labels if labels is not None else torch.arange(n) % 2,
+        target_features=target,
+        target_logits=target_logits if target_logits is not None else torch.zeros(m, 2),
+        progress=progress,
+    )
+
+
+def _mmd_reference(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The DeepMerge II formulation: a (batch × batch × features) broadcast per kernel block."""
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(dim=2)
+        return sum(torch.exp(-d2 / (2.0 * s)) for s in SIGMAS)
+
+    cost = kernel(x, x).mean() + kernel(y, y).mean() - 2.0 * kernel(x, y).mean()
+    return cost.clamp_min(0.0)
+
+
+def _coral_reference(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    d = x.shape[1]
+    return (torch.cov(x.T) - torch.cov(y.T)).pow(2).sum() / (4 * d * d)
+
+
+# -- registry ---------------------------------------------------------------------------------
+def test_every_builtin_strategy_is_registered_with_a_weight(plugin_manager) -> None:
+    records = plugin_manager.components("strategies")
+    for name in BUILTIN:
+        assert name in records
+        assert records[name].defaults["weight"] == 1.0
+        assert records[name].description
+    assert plugin_manager.get("strategies", "ada") is records["dann"]
+
+
+def test_none_adds_nothing(plugin_manager) -> None:
+    module = _build(plugin_manager, "none")
+    assert module(_step(torch.randn(4, 16), torch.randn(4, 16))) == {}
+    assert not list(module.parameters())
+
+
+@pytest.mark.parametrize("name", ["mmd", "coral", "dann", "ada", "fisher", "entropy"])
+def test_terms_are_finite_scalars_with_gradients(plugin_manager, name: str) -> None:
+    torch.manual_seed(0)
+    module = _build(plugin_manager, name)
+    source = torch.randn(8, 16, requires_grad=True)
+    target = (torch.randn(6, 16) + 1).requires_grad_()
+    target_logits = torch.randn(6, 2, requires_grad=True)
+    terms = module(_step(source, target, target_logits=target_logits))
+    losses = {k: v for k, v in terms.items() if not k.startswith("_")}
+    assert losses, f"{name} returned no loss term"
+    for key, value in terms.items():
+        assert value.dim() == 0 and torch.isfinite(value), key
+        if key.startswith("_"):
+            assert not value.requires_grad, f"diagnostic {key} must be detached"
+    sum(losses.values()).backward()
+    grads = [t.grad for t in (source, target, target_logits)]
+    reached = [g is not None and g.abs().sum().item() > 0 for g in grads]
+    expected = {
+        "mmd": [True, True, False],
+        "coral": [True, True, False],
+        "dann": [True, True, False],
+        "ada": [True, True, False],
+        "fisher": [True, False, False],
+        "entropy": [False, False, True],
+    }[name]
+    assert reached == expected
+
+
+def test_combined_expression_has_distinct_term_names(plugin_manager) -> None:
+    names = parse_strategy_expression("mmd+dann+fisher+entropy+coral")
+    seen: set[str] = set()
+    step = _step(torch.randn(8, 16), torch.randn(8, 16), target_logits=torch.randn(8, 2))
+    for name in names:
+        keys = set(_build(plugin_manager, name)(step))
+        assert not keys & seen
+        seen |= keys
+
+
+# -- MMD --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("n", "m"), [(12, 12), (10, 7)])
+def test_mmd_equals_the_broadcast_reference(plugin_manager, n: int, m: int) -> None:
+    from galmerge.losses.mmd import gaussian_mmd
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 24, generator=gen, dtype=torch.float64).requires_grad_()
+    y = (torch.randn(m, 24, generator=gen, dtype=torch.float64) * 1.5 + 0.5).requires_grad_()
+    ours = gaussian_mmd(x, y)
+    reference = _mmd_reference(x, y)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-8)
+    g_ours = torch.autograd.grad(ours, (x, y))
+    g_ref = torch.autograd.grad(reference, (x, y))
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    # and through the registered strategy, in float32 at the paper's feature size
+    module = _build(plugin_manager, "mmd", dim=2592)
+    xs = torch.randn(n, 2592, generator=gen)
+    ys = torch.randn(m, 2592, generator=gen) * 1.2
+    value = module(_step(xs, ys))["mmd"]
+    torch.testing.assert_close(
+        value.double(), _mmd_reference(xs.double(), ys.double()), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_mmd_is_zero_for_identical_and_grows_with_shift(plugin_manager) -> None:
+    module = _build(plugin_manager, "mmd")
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(32, 16, generator=gen)
+    assert module(_step(x, x.clone()))["mmd"].item() == pytest.approx(0.0, abs=1e-5)
+    same = module(_step(x, torch.randn(32, 16, generator=gen)))["mmd"].item()
+    shifted = module(_step(x, torch.randn(32, 16, generator=gen) + 1.0))["mmd"].item()
+    far = module(_step(x, torch.randn(32, 16, generator=gen) + 3.0))["mmd"].item()
+    assert shifted > 3 * same
+    assert far > shifted
+
+
+# -- CORAL ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("n", "m", "d"), [(10, 7, 32), (40, 30, 8)])  # Gram path, then d × d
+def test_coral_equals_the_covariance_reference(plugin_manager, n: int, m: int, d: int) -> None:
+    from galmerge.losses.coral import coral_loss
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64).requires_grad_()
+    y = (torch.randn(m, d, generator=gen, dtype=torch.float64) * 2.0).requires_grad_()
+    ours, reference = coral_loss(x, y), _coral_reference(x, y)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-12)
+    for a, b in zip(
+        torch.autograd.grad(ours, (x, y)), torch.autograd.grad(reference, (x, y)), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+    module = _build(plugin_manager, "coral", dim=d)
+    value = module(_step(x.detach().float(), y.detach().float()))["coral"]
+    torch.testing.assert_close(value.double(), reference.detach(), rtol=1e-4, atol=1e-9)
+    assert module(_step(x.detach().float(), x.detach().float()))["coral"].item() < 1e-6
+
+
+# -- toy problems: a few Adam steps on each loss ----------------------------------------------
+def _optimise(module, make_step, params, steps: int, lr: float = 0.05) -> None:
+    opt = torch.optim.Adam([*params, *module.parameters()], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        terms = module(make_step())
+        sum(v for k, v in terms.items() if not k.startswith("_")).backward()
+        opt.step()
+
+
+def _clouds(dim: int = 8, n: int = 64, shift: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(4)
+    return torch.randn(n, dim, generator=gen), torch.randn(n, dim, generator=gen) + shift
+
+
+def test_mmd_steps_align_shifted_clouds(plugin_manager) -> None:
+    module = _build(plugin_manager, "mmd", dim=8)
+    source, target = _clouds(n=32)
+    offset = torch.zeros(8, requires_grad=True)
+    before = module(_step(source, target))["mmd"].item()
+    _optimise(module, lambda: _step(source, target + offset), [offset], steps=60, lr=0.1)
+    after = module(_step(source, target + offset))["mmd"].item()
+    assert after < 0.3 * before
+    gap = (source.mean(0) - (target + offset).mean(0)).norm().item()
+    assert gap < 0.5 * (source.mean(0) - target.mean(0)).norm().item()
+
+
+def test_coral_steps_match_covariances(plugin_manager) -> None:
+    module = _build(plugin_manager, "coral", dim=8)
+    source, target = _clouds(shift=0.0)
+    scale = torch.full((8,), 3.0, requires_grad=True)
+    before = module(_step(source, target * scale))["coral"].item()
+    _optimise(module, lambda: _step(source, target * scale), [scale], steps=60, lr=0.1)
+    after = module(_step(source, target * scale))["coral"].item()
+    assert after < 0.1 * before
+    assert (scale.detach() - 1.0).abs().max() < 0.5
+
+
+def test_dann_steps_align_shifted_clouds(plugin_manager) -> None:
+    torch.manual_seed(5)
+    module = _build(plugin_manager, "dann", dim=8, hidden=32, dropout=0.0)
+    source, target = _clouds(shift=1.5)
+    offset = torch.zeros(8, requires_grad=True)
+    start_gap = (source.mean(0) - target.mean(0)).norm().item()
+    # adversarial games oscillate later on; the first ~100 steps are a steady approach
+    _optimise(
+        module, lambda: _step(source, target + offset, progress=1.0), [offset], steps=80, lr=0.02
+    )
+    gap = (source.mean(0) - (target + offset).mean(0)).norm().item()
+    assert gap < 0.5 * start_gap
+
+
+def test_fisher_steps_tighten_class_clusters(plugin_manager) -> None:
+    torch.manual_seed(6)
+    module = _build(plugin_manager, "fisher", dim=8)
+    gen = torch.Generator().manual_seed(6)
+    labels = torch.arange(64) % 2
+    raw = torch.randn(64, 8, generator=gen) + labels[:, None] * 0.5
+    proj = torch.eye(8).requires_grad_()
+
+    def ratio() -> float:
+        f = (raw @ proj).detach()
+        means = torch.stack([f[labels == k].mean(0) for k in (0, 1)])
+        within = sum((f[labels == k] - means[k]).pow(2).sum() for k in (0, 1))
+        between = (means - means.mean(0)).pow(2).sum() * 32
+        return (within / between).item()
+
+    before, loss_before = ratio(), module(_step(raw @ proj, raw, labels))["fisher"].item()
+    _optimise(module, lambda: _step(raw @ proj, raw, labels), [proj], steps=80, lr=0.05)
+    assert module(_step(raw @ proj, raw, labels))["fisher"].item() < 0.5 * loss_before
+    assert ratio() < 0.5 * before
+
+
+def test_fisher_ignores_unlabelled_samples(plugin_manager) -> None:
+    module = _build(plugin_manager, "fisher")
+    x = torch.randn(6, 16)
+    labelled = module(_step(x[:4], x, torch.tensor([0, 1, 0, 1])))
+    mixed = module(_step(torch.cat([x[:4], x[4:] * 100]), x, torch.tensor([0, 1, 0, 1, -1, -1])))
+    torch.testing.assert_close(mixed["fisher"], labelled["fisher"])
+
+
+def test_fisher_difference_form(plugin_manager) -> None:
+    module = _build(plugin_manager, "fisher", form="td", intra_weight=1.0, inter_weight=0.5)
+    x, labels = torch.randn(6, 16), torch.tensor([0, 1, 0, 1, 0, 1])
+    terms = module(_step(x, x, labels))
+    torch.testing.assert_close(
+        terms["fisher"], terms["_fisher_intra"] - 0.5 * terms["_fisher_inter"]
+    )
+
+
+def test_entropy_steps_sharpen_predictions(plugin_manager) -> None:
+    module = _build(plugin_manager, "entropy")
+    gen = torch.Generator().manual_seed(7)
+    logits = (torch.randn(32, 2, generator=gen) * 0.1).requires_grad_()
+    x = torch.randn(32, 16)
+    value = module(_step(x, x, target_logits=logits))["entropy"]
+    assert value.item() == pytest.approx(math.log(2), abs=0.01)
+    _optimise(module, lambda: _step(x, x, target_logits=logits), [logits], steps=40, lr=0.1)
+    assert module(_step(x, x, target_logits=logits))["entropy"].item() < 0.3
+
+
+# -- DANN gradient reversal -------------------------------------------------------------------
+def test_grl_coefficient_ramps_with_progress() -> None:
+    from galmerge.losses.dann import grl_coefficient
+
+    values = [grl_coefficient(p) for p in (0.0, 0.1, 0.3, 0.6, 1.0)]
+    assert values[0] == 0.0
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))
+    assert values[-1] == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+    assert grl_coefficient(1.0, gamma=10, max_coeff=0.3) == pytest.approx(0.3 * values[-1])
+    assert grl_coefficient(2.0) == values[-1]  # progress past the plan is clipped
+
+
+def test_dann_reverses_and_scales_the_feature_gradient(plugin_manager) -> None:
+    from galmerge.losses.dann import grl_coefficient
+
+    module = _build(plugin_manager, "ada", dim=16, dropout=0.0, gamma=5.0)
+    source, target = torch.randn(8, 16), torch.randn(8, 16) + 1
+    features = torch.cat([source, target]).requires_grad_()
+    domain = torch.cat([torch.ones(8), torch.zeros(8)])
+    plain = F.binary_cross_entropy_with_logits(module.discriminator(features), domain)
+    (direct,) = torch.autograd.grad(plain, features)
+    for progress in (0.0, 0.2, 1.0):
+        s, t = source.clone().requires_grad_(), target.clone().requires_grad_()
+        terms = module(_step(s, t, progress=progress))
+        torch.testing.assert_close(terms["dann"], plain.detach())
+        terms["dann"].backward()
+        coeff = grl_coefficient(progress, gamma=5.0)
+        assert terms["_grl_coeff"].item() == pytest.approx(coeff)
+        torch.testing.assert_close(torch.cat([s.grad, t.grad]), -coeff * direct)
+    # the discriminator itself receives the ordinary (unreversed) gradient
+    module.zero_grad()
+    module(_step(source, target, progress=1.0))["dann"].backward()
+    disc_grad = module.discriminator.net[-1].weight.grad.clone()
+    module.zero_grad()
+    F.binary_cross_entropy_with_logits(module.discriminator(features.detach()), domain).backward()
+    torch.testing.assert_close(disc_grad, module.discriminator.net[-1].weight.grad)
+
+
+# -- options ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("mmd", {"wieght": 2.0}, "unknown option"),
+        ("dann", {"gama": 3.0}, "did you mean|unknown option"),
+        ("dann", {"hidden": "big"}, "hidden"),
+        ("fisher", {"form": "ratio"}, "form"),
+        ("fisher", {"inter_weight": 0.0}, "inter_weight"),
+        ("entropy", {"weight": -1.0}, "weight"),
+    ],
+)
+def test_bad_options_are_one_line_errors(plugin_manager, name, options, message) -> None:
+    record = plugin_manager.get("strategies", name)
+    with pytest.raises(GalmergeError, match=message) as info:
+        record.build(_context(), options)
+    assert "\n" not in str(info.value)
+
+
+def test_options_from_text_are_coerced(plugin_manager) -> None:
+    record = plugin_manager.get("strategies", "dann")
+    module = record.build(_context(), {"hidden": "8", "gamma": "4", "max_coeff": 1})
+    assert module.discriminator.net[0].out_features == 8
+    assert module.gamma == 4.0
+
+
+def test_unknown_strategy_lists_what_exists(plugin_manager) -> None:
+    with pytest.raises(GalmergeError, match="available: .*mmd"):
+        plugin_manager.get("strategies", "mdd")
