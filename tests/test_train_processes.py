@@ -1,0 +1,109 @@
+"""Resume after SIGKILL and torchrun DDP: real subprocesses running the real trainer."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from train_toys import ToyPlugin, _NoNone, toy_sets
+
+import galmerge
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "train_toys.py"
+
+
+@pytest.fixture
+def toys(register_plugin, plugin_manager):
+    plugin = _NoNone() if "none" in plugin_manager.components("strategies") else ToyPlugin()
+    register_plugin(plugin, "toys")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _rows(run: Path) -> list[dict[str, float]]:
+    with (run / "metrics.csv").open() as fh:
+        return [
+            {k: float(v) for k, v in r.items() if k != "images_per_s"} for r in csv.DictReader(fh)
+        ]
+
+
+def _reference(tmp_path: Path, name: str, epochs: int, **extra) -> dict:
+    """The same run as train_toys.py's __main__, in this process."""
+    source, target = toy_sets()
+    return galmerge.train(
+        source=source, target=target, strategy="meangap", backbone="tiny", epochs=epochs,
+        batch_size=8, seed=3, run_dir=tmp_path / name, patience=0, device="cpu", quiet=True,
+        **extra,
+    )
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_uninterrupted_run(toys, tmp_path):
+    reference = _reference(tmp_path, "reference", epochs=4)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(run), "4", "--checkpoint-every", "3", "--slow"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "last.pt").exists():
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "summary.json").exists()  # it really died before the end
+    assert not list(run.glob(".*.tmp"))  # no half-written checkpoint left behind
+
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(run), "4", "--resume"],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    resumed = json.loads((run / "summary.json").read_text())
+    assert _rows(run) == _rows(tmp_path / "reference")
+    assert resumed["metrics"] == reference["metrics"]
+    assert resumed["best_epoch"] == reference["best_epoch"]
+    assert resumed["epochs_run"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")
+def test_ddp_two_processes_match_one_process(toys, tmp_path):
+    # no dropout: per-process dropout masks are the one thing DDP cannot reproduce
+    one = _reference(tmp_path, "one", epochs=2, backbone_options={"dropout": 0.0})
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    run = tmp_path / "two"
+    done = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(SCRIPT), str(run),
+         "2", "--nodrop"],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "last.pt"]
+    two = json.loads((run / "summary.json").read_text())
+    assert two["world_size"] == 2
+    for a, b in zip(_rows(tmp_path / "one"), _rows(run), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    for split in ("source_test", "target_test"):
+        for key, value in one["metrics"][split].items():
+            assert two["metrics"][split][key] == pytest.approx(value, rel=1e-4, abs=1e-6)
