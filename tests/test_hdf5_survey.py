@@ -1,0 +1,98 @@
+"""The `hdf5:PATH` survey: option handling, stretch metadata, chunked reading of big files."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from galmerge import hdf5io
+from galmerge.datasets import load_imageset
+from galmerge.errors import GalmergeError
+from galmerge.imageset import ImageSet
+
+
+def _write(path, images, **meta):
+    s = ImageSet(
+        images=images,
+        labels=torch.zeros(len(images), dtype=torch.int64),
+        ids=np.arange(len(images)),
+        bands=("g", "r", "i"),
+        survey="test",
+        meta=meta,
+    )
+    hdf5io.write_imageset(path, s)
+    return s
+
+
+def test_survey_is_registered(plugin_manager):
+    assert plugin_manager.get("surveys", "hdf5").load is not None
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("hdf5", "use hdf5:PATH"),
+        ("hdf5:/nonexistent/where.h5", "no such file"),
+    ],
+)
+def test_missing_path_is_one_line_with_fix(spec, expected):
+    with pytest.raises(GalmergeError, match=expected) as info:
+        load_imageset(spec)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_option_is_rejected(tmp_path):
+    path = tmp_path / "s.h5"
+    _write(path, torch.zeros(2, 3, 8, 8))
+    with pytest.raises(GalmergeError, match="unknown option 'in_memroy'"):
+        load_imageset(f"hdf5:{path}?in_memroy=false")
+
+
+def test_float_images_get_noise_based_arcsinh(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    sigma = 0.05
+    images = sigma * torch.randn(40, 3, 32, 32, generator=gen)
+    images[:, :, 12:20, 12:20] += 5.0  # a bright galaxy in the middle, noise at the border
+    path = tmp_path / "noisy.h5"
+    _write(path, images)
+    s = load_imageset(f"hdf5:{path}")
+    assert s.meta["stretch"] == "arcsinh"
+    assert s.meta["stretch_scale"] == pytest.approx(sigma, rel=0.1)
+
+
+def test_noise_free_images_still_get_a_positive_scale(tmp_path):
+    images = torch.zeros(5, 3, 16, 16)
+    images[:, :, 6:10, 6:10] = 100.0
+    path = tmp_path / "pristine.h5"
+    _write(path, images)
+    s = load_imageset(f"hdf5:{path}")
+    assert s.meta["stretch"] == "arcsinh" and 0 < s.meta["stretch_scale"] <= 1.0
+
+
+def test_uint8_images_are_not_stretched(tmp_path):
+    path = tmp_path / "jpeg.h5"
+    _write(path, torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8))
+    assert load_imageset(f"hdf5:{path}").meta["stretch"] == "none"
+
+
+def test_declared_stretch_wins(tmp_path):
+    path = tmp_path / "declared.h5"
+    _write(path, torch.rand(3, 3, 8, 8))
+    with h5py.File(path, "a") as f:
+        del f.attrs[hdf5io.META_ATTR]
+        f.attrs["stretch"] = "none"
+    assert load_imageset(f"hdf5:{path}").meta["stretch"] == "none"
+
+
+def test_memory_limit_gives_lazy_set_read_in_chunks(tmp_path):
+    original = _write(tmp_path / "big.h5", torch.rand(50, 3, 16, 16))
+    lazy = load_imageset(f"hdf5:{tmp_path / 'big.h5'}?memory_limit_mb=0")
+    assert not lazy.in_memory
+    eager = load_imageset(f"hdf5:{tmp_path / 'big.h5'}?in_memory=true&memory_limit_mb=0")
+    assert eager.in_memory
+    perm = np.random.default_rng(0).permutation(50)
+    for start in range(0, 50, 16):  # how a trainer walks a shuffled epoch
+        idx = perm[start : start + 16]
+        assert torch.equal(lazy.batch(idx), original.images[torch.as_tensor(idx)])
