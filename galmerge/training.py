@@ -259,10 +259,9 @@ def _validate(
     selection = _selection_module()
     if selection is not None and hasattr(selection, "label_free_scores"):
         hidden = torch.full_like(yt, -1)  # target labels stay out of every label-free score
-        target_losses = torch.full((len(yt),), math.nan)
         scores = selection.label_free_scores(
             selection.SplitOutputs(fs, zs, ys, losses_s),
-            selection.SplitOutputs(ft, zt, hidden, target_losses),
+            selection.SplitOutputs(ft, zt, hidden, None),
         )
         for name, value in scores.items():
             row[f"score_{name}"] = float(value)
