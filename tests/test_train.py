@@ -182,3 +182,42 @@ def test_strategy_alias_and_options_recorded(toys, tmp_path):
     assert config["strategy"] == "meangap"
     assert config["strategies"]["meangap"]["weight"] == 0.25
     assert config["strategies"]["meangap"]["power"] == 2
+
+
+def _hide_labels(imageset: ImageSet, labels: torch.Tensor) -> ImageSet:
+    return ImageSet(images=imageset.images, labels=labels, ids=imageset.ids,
+                    bands=imageset.bands, survey=imageset.survey)
+
+
+@pytest.mark.parametrize("select_by", ["source_val_loss", "im"])
+def test_target_labels_never_change_training_or_selection(toys, tmp_path, select_by):
+    source, target = toy_sets()
+    flipped = _hide_labels(target, 1 - target.labels)
+    unknown = _hide_labels(target, torch.full_like(target.labels, -1))
+    runs = {}
+    for name, tgt in (("real", target), ("flipped", flipped), ("unknown", unknown)):
+        runs[name] = _run(tmp_path, name, source=source, target=tgt, epochs=3,
+                          select_by=select_by)
+    blind = [
+        [{k: v for k, v in r.items() if not k.startswith(("target_val", "images_per_s"))}
+         for r in _rows(tmp_path / name)]
+        for name in runs
+    ]
+    assert blind[0] == blind[1] == blind[2]
+    assert {r["best_epoch"] for r in runs.values()} == {runs["real"]["best_epoch"]}
+    assert runs["real"]["metrics"]["source_test"] == runs["flipped"]["metrics"]["source_test"]
+    # ...while the reported target numbers do see the labels
+    real, flip = (runs[n]["metrics"]["target_test"]["accuracy"] for n in ("real", "flipped"))
+    assert real == pytest.approx(1 - flip)
+    assert runs["unknown"]["metrics"]["target_test"]["accuracy"] is None  # NaN -> null
+
+
+def test_select_by_label_free_score_and_oracle(toys, tmp_path):
+    summary = _run(tmp_path, "im", select_by="im", epochs=3)
+    rows = _rows(tmp_path / "im")
+    scores = [float(r["score_im"]) for r in rows]
+    assert summary["select_by"] == "im"
+    assert summary["best_epoch"] == 1 + scores.index(min(scores))
+    oracle = _run(tmp_path, "oracle", select_by="oracle_target_accuracy", epochs=3)
+    accs = [float(r["target_val_accuracy"]) for r in _rows(tmp_path / "oracle")]
+    assert oracle["best_epoch"] == 1 + accs.index(max(accs))
