@@ -1,0 +1,596 @@
+"""SDSS cutouts for `classify`: corrected frames through astroquery, or SkyServer colour JPEGs.
+
+Frames (``image_source = "frames"``): positions are resolved to the (run, rerun, camcol, field)
+of the nearest primary object with ``astroquery.sdss.SDSS.query_sql`` (many positions per query,
+as ``get_images(coordinates=...)`` does one at a time through CrossID), corrected frames are
+downloaded from the SAS at astroquery's ``IMAGING_URL_SUFFIX`` (our own GET, because astroquery's
+download path has no retries, 429 handling or body checks), cached on disk under
+``$GALMERGE_DATA/cache/sdss-frames/`` and in a small in-memory LRU, and stamps are cut with
+``astropy.nddata.Cutout2D`` plus the frame WCS and resampled onto a north-up grid at the model's
+pixel scale. Output: (C, size, size) float32 nanomaggies per output pixel (flux conserved when the
+scale differs from the native 0.396"), bands in the model's order, FITS pixel order (row 0 south,
+column 0 east, i.e. north up and east left when drawn with origin at the bottom).
+
+JPEG (``image_source = "jpeg"``): SkyServer ImgCutout ``getjpeg`` at the model's scale and size,
+channels picked by the model's bands (``R,G,B`` or the filters ``i,r,g`` that SDSS maps to R,G,B),
+values 0..255 as float32 times ``preprocess["jpeg_scale"]`` (default 1), rows as in the JPEG
+(row 0 north), the form the DeepMerge II SDSS images were made from.
+
+Base URLs: env ``GALMERGE_SDSS_SKYSERVER_URL`` and ``GALMERGE_SDSS_SAS_URL``, applied through
+``astroquery.sdss.conf``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import math
+import os
+import threading
+import warnings
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmerge.cutouts import CutoutRequest, CutoutResult
+from galmerge.errors import GalmergeError
+from galmerge.http_retry import (
+    CorruptResponse,
+    FetchError,
+    RetryingClient,
+    RetryPolicy,
+    bounded_map,
+)
+
+SDSS_BANDS = ("u", "g", "r", "i", "z")
+NATIVE_SCALE_ARCSEC = 0.396
+DEFAULT_SKYSERVER_URL = "https://skyserver.sdss.org"
+DEFAULT_SAS_URL = "https://data.sdss.org/sas"
+#: SDSS colour JPEGs put i, r, g into R, G, B (Lupton et al. 2004)
+JPEG_FILTER_CHANNEL = {"i": 0, "r": 1, "g": 2}
+JPEG_NAME_CHANNEL = {"R": 0, "G": 1, "B": 2}
+
+
+@dataclass(frozen=True, order=True)
+class FieldKey:
+    """One SDSS imaging field."""
+
+    run: int
+    rerun: int
+    camcol: int
+    field: int
+
+    def frame_name(self, band: str) -> str:
+        return f"frame-{band}-{self.run:06d}-{self.camcol}-{self.field:04d}.fits.bz2"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a service reads from options and environment, resolved once."""
+
+    skyserver_url: str
+    sas_url: str
+    data_release: int
+    workers: int
+    policy: RetryPolicy
+    sleep: Callable[[float], None]
+    frame_cache_dir: Path | None
+    memory_frames: int
+    resolve_batch: int
+    radius_arcmin: float
+    check_footprint: bool
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Settings:
+        import time
+
+        data = Path(os.environ.get("GALMERGE_DATA") or "data")
+        cache = options.get("frame_cache_dir", data / "cache" / "sdss-frames")
+        policy = RetryPolicy.from_options(options)
+        return cls(
+            skyserver_url=str(
+                options.get("skyserver_url")
+                or os.environ.get("GALMERGE_SDSS_SKYSERVER_URL")
+                or DEFAULT_SKYSERVER_URL
+            ).rstrip("/"),
+            sas_url=str(
+                options.get("sas_url") or os.environ.get("GALMERGE_SDSS_SAS_URL") or DEFAULT_SAS_URL
+            ).rstrip("/"),
+            data_release=int(options.get("data_release", 17)),
+            workers=max(1, int(options.get("workers", 4))),
+            policy=policy,
+            sleep=options.get("sleep", time.sleep),
+            frame_cache_dir=None if cache in (None, "", False, "none") else Path(cache),
+            memory_frames=max(0, int(options.get("memory_frames", 6))),
+            resolve_batch=max(1, int(options.get("resolve_batch", 25))),
+            radius_arcmin=float(options.get("radius_arcmin", 0.5)),
+            check_footprint=bool(options.get("check_footprint", True)),
+        )
+
+
+def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any]):
+    """The SDSS cutout service that reproduces a model's recorded inputs, or a one-line refusal."""
+    source = str(preprocess.get("image_source") or "frames")
+    bands = [str(b) for b in preprocess.get("bands") or []]
+    size = int(preprocess.get("image_size") or 0)
+    if size < 4 or size > 2048:
+        raise GalmergeError(
+            f"SDSS cannot cut {size}-pixel stamps; the model's image_size must be 4..2048"
+        )
+    scale = float(preprocess.get("pixel_scale_arcsec") or NATIVE_SCALE_ARCSEC)
+    if not 0.05 <= scale <= 60:
+        raise GalmergeError(f"SDSS cannot produce {scale} arcsec/pixel stamps; expected 0.05..60")
+    if source == "frames":
+        bad = [b for b in bands if b not in SDSS_BANDS]
+        if not bands or bad or len(set(bands)) != len(bands):
+            raise GalmergeError(
+                f"SDSS frames cannot produce bands {','.join(bands) or '(none)'}; "
+                f"this model needs distinct bands from {','.join(SDSS_BANDS)}"
+            )
+        return SdssFrameCutouts(bands, size, scale, Settings.from_options(options))
+    if source == "jpeg":
+        channels = jpeg_channels(bands)
+        jpeg_scale = float(preprocess.get("jpeg_scale", 1.0))
+        return SdssJpegCutouts(bands, channels, size, scale, jpeg_scale, Settings.from_options(options))
+    raise GalmergeError(
+        f"SDSS cannot produce image_source '{source}'; it serves 'frames' (FITS) or 'jpeg'"
+    )
+
+
+def jpeg_channels(bands: Sequence[str]) -> list[int]:
+    """JPEG channel index per model band: filter names i/r/g or channel names R/G/B."""
+    if len(bands) == 3 and len(set(bands)) == 3:
+        if set(bands) <= set(JPEG_FILTER_CHANNEL):
+            return [JPEG_FILTER_CHANNEL[b] for b in bands]
+        upper = [b.upper() for b in bands]
+        if set(upper) <= set(JPEG_NAME_CHANNEL):
+            return [JPEG_NAME_CHANNEL[b] for b in upper]
+    raise GalmergeError(
+        f"SDSS colour JPEGs have 3 channels (R,G,B = i,r,g) but this model expects bands "
+        f"{','.join(bands) or '(none)'}; train on 3 JPEG channels or use image_source 'frames'"
+    )
+
+
+def _configure_astroquery(settings: Settings) -> None:
+    # astroquery reads its base URLs from this config at call time.
+    from astroquery.sdss import conf
+
+    conf.skyserver_baseurl = settings.skyserver_url
+    conf.sas_baseurl = settings.sas_url
+
+
+def _valid_position(r: CutoutRequest) -> bool:
+    return math.isfinite(r.ra) and math.isfinite(r.dec) and 0 <= r.ra < 360 and -90 <= r.dec <= 90
+
+
+def _short(err: BaseException) -> str:
+    return f"fetch-failed: {getattr(err, 'reason', None) or type(err).__name__}"
+
+
+# --------------------------------------------------------------------------------------------
+# Position -> field, through astroquery's SQL search
+# --------------------------------------------------------------------------------------------
+class FieldResolver:
+    """Finds the field of the nearest primary object for many positions per SkyServer query."""
+
+    def __init__(self, client: RetryingClient, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._local = threading.local()
+
+    def _sdss(self):
+        # astroquery keeps one requests.Session per instance: one instance per thread.
+        sdss = getattr(self._local, "sdss", None)
+        if sdss is None:
+            from astroquery.sdss import SDSSClass
+
+            sdss = self._local.sdss = SDSSClass()
+        return sdss
+
+    def sql(self, batch: Sequence[CutoutRequest]) -> str:
+        values = ",".join(f"({i},{r.ra:.7f},{r.dec:.7f})" for i, r in enumerate(batch))
+        return (
+            "SELECT t.up_id, p.run, p.rerun, p.camcol, p.field "
+            f"FROM (VALUES {values}) AS t(up_id, ra, dec) "
+            "CROSS APPLY (SELECT TOP 1 q.run, q.rerun, q.camcol, q.field "
+            f"FROM dbo.fGetNearbyObjEq(t.ra, t.dec, {self._settings.radius_arcmin:g}) AS n "
+            "JOIN PhotoPrimary AS q ON q.objID = n.objID ORDER BY n.distance) AS p "
+            "ORDER BY t.up_id"
+        )
+
+    def resolve(self, batch: Sequence[CutoutRequest]) -> list[FieldKey | None]:
+        """The field for each request, None where SDSS has no object nearby (no coverage)."""
+        sql = self.sql(batch)
+        s = self._settings
+
+        def query():
+            table = self._sdss().query_sql(
+                sql, timeout=s.policy.timeout, data_release=s.data_release, cache=False
+            )
+            if table is None:  # astroquery's answer to an empty result
+                return {}
+            names = {c.lower(): c for c in table.colnames}
+            need = ("up_id", "run", "rerun", "camcol", "field")
+            if any(n not in names for n in need):
+                raise CorruptResponse("unexpected SkyServer columns")
+            return {
+                int(row[names["up_id"]]): FieldKey(*(int(row[names[n]]) for n in need[1:]))
+                for row in table
+            }
+
+        found = self._client.call(query, "position lookup")
+        return [found.get(i) for i in range(len(batch))]
+
+    def resolve_all(
+        self, reqs: Sequence[CutoutRequest], pool: ThreadPoolExecutor
+    ) -> Iterator[tuple[CutoutRequest, FieldKey | None, BaseException | None]]:
+        n = self._settings.resolve_batch
+        batches = [reqs[i : i + n] for i in range(0, len(reqs), n)]
+        for batch, keys, exc in bounded_map(self.resolve, batches, self._settings.workers, pool):
+            for j, r in enumerate(batch):
+                yield r, (None if exc else keys[j]), exc
+
+
+# --------------------------------------------------------------------------------------------
+# Frames: download once, keep on disk and in memory
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Frame:
+    """A corrected frame: image in nanomaggies and its celestial WCS."""
+
+    data: np.ndarray
+    wcs: Any
+
+
+def decode_frame(blob: bytes) -> Frame:
+    """Decode a (bz2-compressed) SDSS frame file; raises on truncated or corrupt bytes."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    raw = bz2.decompress(blob) if blob[:3] == b"BZh" else blob
+    with fits.HDUList.fromstring(raw) as hdul:
+        hdu = hdul[0]
+        if hdu.data is None or hdu.data.ndim != 2:
+            raise ValueError("frame HDU0 holds no 2-D image")
+        data = np.array(hdu.data, dtype=np.float32)  # native byte order, own memory
+        ny, nx = data.shape
+        if (hdu.header.get("NAXIS1"), hdu.header.get("NAXIS2")) != (nx, ny):
+            raise ValueError("frame shape does not match its header")
+        wcs = WCS(hdu.header, naxis=2)
+    if not wcs.has_celestial:
+        raise ValueError("frame has no celestial WCS")
+    return Frame(data, wcs)
+
+
+class FrameStore:
+    """Frames by (field, band): memory LRU, then disk cache, then one download (single-flight)."""
+
+    N_LOCKS = 64
+
+    def __init__(self, client: RetryingClient, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._memory: OrderedDict[tuple[FieldKey, str], Frame] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks = [threading.Lock() for _ in range(self.N_LOCKS)]
+        self.downloads = 0
+        self.disk_hits = 0
+        self.corrupt_cache_files = 0
+
+    def url(self, key: FieldKey, band: str) -> str:
+        from astroquery.sdss import SDSSClass
+
+        dr = self._settings.data_release
+        # Same instrument rule and URL template as SDSSClass.get_images_async.
+        instrument = "boss" if dr <= 12 else "eboss" if dr <= 17 else "prior-surveys/sdss4-dr17-eboss"
+        return SDSSClass.IMAGING_URL_SUFFIX.format(
+            base=self._settings.sas_url, dr=dr, instrument=instrument, rerun=key.rerun,
+            run=key.run, camcol=key.camcol, field=key.field, band=band,
+        )
+
+    def path(self, key: FieldKey, band: str) -> Path | None:
+        root = self._settings.frame_cache_dir
+        if root is None:
+            return None
+        dr = f"dr{self._settings.data_release}"
+        return root / dr / str(key.rerun) / str(key.run) / str(key.camcol) / key.frame_name(band)
+
+    def get(self, key: FieldKey, band: str) -> Frame:
+        mk = (key, band)
+        with self._lock:
+            frame = self._memory.get(mk)
+            if frame is not None:
+                self._memory.move_to_end(mk)
+                return frame
+        with self._key_locks[hash(mk) % self.N_LOCKS]:
+            with self._lock:
+                frame = self._memory.get(mk)
+            if frame is None:
+                frame = self._load(key, band)
+                self._remember(mk, frame)
+        return frame
+
+    def _remember(self, mk: tuple[FieldKey, str], frame: Frame) -> None:
+        if self._settings.memory_frames <= 0:
+            return
+        with self._lock:
+            self._memory[mk] = frame
+            self._memory.move_to_end(mk)
+            while len(self._memory) > self._settings.memory_frames:
+                self._memory.popitem(last=False)
+
+    def _load(self, key: FieldKey, band: str) -> Frame:
+        path = self.path(key, band)
+        if path is not None and path.exists():
+            try:
+                frame = decode_frame(path.read_bytes())
+                with self._lock:
+                    self.disk_hits += 1
+                return frame
+            except Exception:  # a damaged cache file is set aside and fetched again
+                with self._lock:
+                    self.corrupt_cache_files += 1
+                os.replace(path, path.with_suffix(path.suffix + ".corrupt"))
+        blob, frame = self._client.get(
+            self.url(key, band), validate=lambda b: (b, decode_frame(b)), what="frame"
+        )
+        with self._lock:
+            self.downloads += 1
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)  # atomic: a kill never leaves half a frame in the cache
+        return frame
+
+
+# --------------------------------------------------------------------------------------------
+# Stamp geometry
+# --------------------------------------------------------------------------------------------
+def _sky_offset(ra: float, dec: float, pa_deg: float, sep_arcsec: float) -> tuple[float, float]:
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    c = SkyCoord(ra * u.deg, dec * u.deg).directional_offset_by(
+        pa_deg * u.deg, sep_arcsec * u.arcsec
+    )
+    return float(c.ra.deg), float(c.dec.deg)
+
+
+def cut_stamp(
+    data: np.ndarray, wcs: Any, ra: float, dec: float, size: int, scale_arcsec: float
+) -> np.ndarray | None:
+    """A (size, size) stamp centred on (ra, dec), north up and east left in FITS pixel order.
+
+    Cut with `Cutout2D` around the position, then sampled on the output grid through the local
+    affine map of the frame WCS: nearest pixel when the grids align (exact frame values),
+    bilinear otherwise, averaged over sub-samples when the output pixel is coarser; values are
+    scaled by the pixel-area ratio so fluxes are conserved. Returns None if (ra, dec) is off
+    the frame; pixels beyond the frame edge are 0 (frames are sky-subtracted).
+    """
+    from astropy.nddata import Cutout2D
+    from scipy.ndimage import map_coordinates
+
+    ny, nx = data.shape
+    x0, y0 = (float(v) for v in wcs.world_to_pixel_values(ra, dec))
+    if not (math.isfinite(x0) and math.isfinite(y0)):
+        return None
+    if not (-0.5 <= x0 < nx - 0.5 and -0.5 <= y0 < ny - 0.5):
+        return None
+    # Frame-pixel steps for one output pixel to the west (+column) and to the north (+row).
+    step = scale_arcsec
+    wx, wy = wcs.world_to_pixel_values(*_sky_offset(ra, dec, 270.0, step))
+    nx_, ny_ = wcs.world_to_pixel_values(*_sky_offset(ra, dec, 0.0, step))
+    jac = np.array([[float(wx) - x0, float(nx_) - x0], [float(wy) - y0, float(ny_) - y0]])
+    ratio = math.sqrt(abs(np.linalg.det(jac)))
+    half = int(math.ceil(size * ratio * 0.75)) + 3
+    cut = Cutout2D(
+        data, (x0, y0), (2 * half + 1, 2 * half + 1), wcs=wcs, mode="partial",
+        fill_value=np.nan, copy=False,
+    )
+    # Cutout2D.to_cutout_position is off when a partial cutout overhangs both edges of the
+    # frame (astropy 8.0); the slices are exact.
+    so, sc = cut.slices_original, cut.slices_cutout
+    cx, cy = x0 - so[1].start + sc[1].start, y0 - so[0].start + sc[0].start
+    aligned = np.allclose(np.abs(jac), np.round(np.abs(jac)), atol=2e-3) and abs(ratio - 1) < 2e-3
+    if aligned:
+        jac = np.round(jac)  # exact unit steps: nearest-pixel sampling never repeats a pixel
+    k = 1 if ratio <= 1.25 else int(math.ceil(ratio))
+    sub = (np.arange(k) + 0.5) / k - 0.5
+    grid = np.arange(size) - (size - 1) / 2.0
+    cols = (grid[None, :, None, None] + sub[None, None, None, :]) * np.ones((size, 1, k, 1))
+    rows = (grid[:, None, None, None] + sub[None, None, :, None]) * np.ones((1, size, 1, k))
+    fx = cx + jac[0, 0] * cols + jac[0, 1] * rows
+    fy = cy + jac[1, 0] * cols + jac[1, 1] * rows
+    if aligned:
+        fx, fy = np.floor(fx + 0.5), np.floor(fy + 0.5)  # np.round halves to even
+    samples = map_coordinates(
+        cut.data, [fy.ravel(), fx.ravel()], order=0 if aligned else 1, mode="constant",
+        cval=np.nan, prefilter=False,
+    ).reshape(size, size, k, k)
+    if k > 1:
+        with warnings.catch_warnings():  # off-frame pixels have only NaN samples
+            warnings.simplefilter("ignore", RuntimeWarning)
+            stamp = np.nanmean(samples, axis=(2, 3))
+    else:
+        stamp = samples[:, :, 0, 0]
+    stamp = np.nan_to_num(stamp, nan=0.0) * (ratio**2)
+    return stamp.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Services
+# --------------------------------------------------------------------------------------------
+class _SdssService:
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.settings = settings
+        _configure_astroquery(settings)
+        self.client = RetryingClient(settings.policy, name=name, sleep=settings.sleep)
+        self.resolver = FieldResolver(self.client, settings)
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix=f"galmerge-{name}")
+
+    def summary(self) -> str:
+        """One line: requests, retries and failures with their reasons."""
+        return self.client.summary()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SdssFrameCutouts(_SdssService):
+    """Stamps cut from SDSS corrected frames (nanomaggies), one download per field and band."""
+
+    def __init__(self, bands: Sequence[str], size: int, scale: float, settings: Settings) -> None:
+        super().__init__(settings, "sdss")
+        self.bands = list(bands)
+        self.size = size
+        self.scale = scale
+        self.frames = FrameStore(self.client, settings)
+        self.cache_key = (
+            f"sdss:frames:{','.join(self.bands)}:{size}px:{scale:.4f}arcsec:"
+            f"dr{settings.data_release}:v1"
+        )
+
+    def fetch(self, requests: Sequence[CutoutRequest]) -> Iterator[CutoutResult]:
+        todo = []
+        for r in requests:
+            if _valid_position(r):
+                todo.append(r)
+            else:
+                yield CutoutResult(r.row, None, "bad-coordinates")
+        by_field: dict[FieldKey, list[CutoutRequest]] = defaultdict(list)
+        for r, key, exc in self.resolver.resolve_all(todo, self._pool):
+            if exc is not None:
+                yield CutoutResult(r.row, None, _short(exc))
+            elif key is None:
+                yield CutoutResult(r.row, None, "no-coverage")
+            else:
+                by_field[key].append(r)
+        for (_key, reqs), results, exc in bounded_map(
+            self._cut_field, sorted(by_field.items()), self.settings.workers, self._pool
+        ):
+            if exc is not None:
+                if not isinstance(exc, FetchError):
+                    raise exc
+                for r in reqs:
+                    yield CutoutResult(r.row, None, _short(exc))
+            else:
+                yield from results
+
+    def _cut_field(self, item: tuple[FieldKey, list[CutoutRequest]]) -> list[CutoutResult]:
+        key, reqs = item
+        frames = [self.frames.get(key, band) for band in self.bands]
+        out = []
+        for r in reqs:
+            planes = [cut_stamp(f.data, f.wcs, r.ra, r.dec, self.size, self.scale) for f in frames]
+            if any(p is None for p in planes):
+                out.append(CutoutResult(r.row, None, "no-coverage"))
+            else:
+                out.append(CutoutResult(r.row, np.stack(planes).astype(np.float32), "ok"))
+        return out
+
+    def summary(self) -> str:
+        f = self.frames
+        extra = f"; frames: {f.downloads} downloaded, {f.disk_hits} from disk cache"
+        if f.corrupt_cache_files:
+            extra += f", {f.corrupt_cache_files} corrupt cache files set aside"
+        return super().summary() + extra
+
+
+class SdssJpegCutouts(_SdssService):
+    """SkyServer ImgCutout colour JPEG stamps (0..255 times jpeg_scale), one request per galaxy."""
+
+    def __init__(
+        self,
+        bands: Sequence[str],
+        channels: Sequence[int],
+        size: int,
+        scale: float,
+        jpeg_scale: float,
+        settings: Settings,
+    ) -> None:
+        super().__init__(settings, "sdss-jpeg")
+        self.bands = list(bands)
+        self.channels = list(channels)
+        self.size = size
+        self.scale = scale
+        self.jpeg_scale = jpeg_scale
+        self.url = f"{settings.skyserver_url}/dr{settings.data_release}/SkyServerWS/ImgCutout/getjpeg"
+        self.cache_key = (
+            f"sdss:jpeg:{','.join(self.bands)}:{size}px:{scale:.4f}arcsec:"
+            f"x{jpeg_scale:g}:dr{settings.data_release}:v1"
+        )
+
+    def fetch(self, requests: Sequence[CutoutRequest]) -> Iterator[CutoutResult]:
+        todo = []
+        for r in requests:
+            if _valid_position(r):
+                todo.append(r)
+            else:
+                yield CutoutResult(r.row, None, "bad-coordinates")
+        if self.settings.check_footprint:
+            covered = []
+            for r, key, exc in self.resolver.resolve_all(todo, self._pool):
+                if exc is not None:
+                    yield CutoutResult(r.row, None, _short(exc))
+                elif key is None:
+                    yield CutoutResult(r.row, None, "no-coverage")
+                else:
+                    covered.append(r)
+            todo = covered
+        for r, result, exc in bounded_map(self._one, todo, self.settings.workers, self._pool):
+            if exc is not None:
+                if not isinstance(exc, FetchError):
+                    raise exc
+                yield CutoutResult(r.row, None, _short(exc))
+            else:
+                yield result
+
+    def _decode(self, blob: bytes) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(blob)) as img:
+            if img.format != "JPEG":
+                raise ValueError(f"expected a JPEG, got {img.format}")
+            img.load()  # raises on a truncated body
+            rgb = np.asarray(img.convert("RGB"))
+        if rgb.shape != (self.size, self.size, 3):
+            raise CorruptResponse(f"JPEG is {rgb.shape[1]}x{rgb.shape[0]}, asked {self.size}")
+        return rgb
+
+    def _one(self, r: CutoutRequest) -> CutoutResult:
+        params = {
+            "ra": f"{r.ra:.7f}", "dec": f"{r.dec:.7f}", "scale": f"{self.scale:g}",
+            "width": self.size, "height": self.size,
+        }
+        rgb = self.client.get(self.url, params=params, validate=self._decode, what="JPEG")
+        if int(rgb.max()) <= 2:  # ImgCutout draws an empty black sky outside the footprint
+            return CutoutResult(r.row, None, "no-coverage")
+        image = rgb[:, :, self.channels].transpose(2, 0, 1).astype(np.float32) * self.jpeg_scale
+        return CutoutResult(r.row, np.ascontiguousarray(image), "ok")
+
+
+__all__ = [
+    "FieldKey",
+    "FieldResolver",
+    "Frame",
+    "FrameStore",
+    "SdssFrameCutouts",
+    "SdssJpegCutouts",
+    "cut_stamp",
+    "decode_frame",
+    "jpeg_channels",
+    "make_cutout_service",
+]

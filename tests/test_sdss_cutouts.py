@@ -1,0 +1,267 @@
+"""SDSS cutouts end to end through the service API against a loopback server speaking SDSS."""
+
+from __future__ import annotations
+
+import math
+import time
+from email.utils import formatdate
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_sdss import (
+    FakeSdss,
+    fake_sdss_fixture,  # noqa: F401  (the `fake_sdss` fixture)
+)
+
+from galmerge.cutouts import CutoutRequest
+from galmerge.errors import GalmergeError
+from galmerge.plugins import get_survey
+from galmerge.sdss_cutouts import make_cutout_service
+
+FRAMES = {"bands": ["g", "r", "i"], "image_size": 31, "pixel_scale_arcsec": 0.396,
+          "image_source": "frames"}
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def options(tmp_path: Path, sleeps: list[float]) -> dict:
+    """Fast, deterministic retry settings and a private frame cache."""
+    return {"backoff": 0.001, "attempts": 3, "timeout": 2.0, "sleep": sleeps.append,
+            "frame_cache_dir": str(tmp_path / "frames"), "workers": 3}
+
+
+def _service(preprocess: dict, options: dict):
+    return get_survey("sdss").cutouts(preprocess, options)
+
+
+def _requests(fake: FakeSdss, idx=None) -> list[CutoutRequest]:
+    idx = range(len(fake.galaxies)) if idx is None else idx
+    return [CutoutRequest(i, fake.galaxies[i].ra, fake.galaxies[i].dec, f"g{i}") for i in idx]
+
+
+def _fetch(service, reqs) -> dict[int, object]:
+    results = {r.row: r for r in service.fetch(reqs)}
+    assert sorted(results) == sorted(r.row for r in reqs)  # one result per request
+    return results
+
+
+def _peak(plane: np.ndarray) -> tuple[int, int]:
+    return tuple(int(v) for v in np.unravel_index(np.argmax(plane), plane.shape))
+
+
+def test_stamps_centre_each_galaxy_with_its_flux_in_band_order(fake_sdss, options):
+    pre = {**FRAMES, "bands": ["i", "g", "r"]}
+    with _service(pre, options) as svc:
+        results = _fetch(svc, _requests(fake_sdss))
+    for i, g in enumerate(fake_sdss.galaxies):
+        r = results[i]
+        assert r.status == "ok"
+        assert r.image.shape == (3, 31, 31) and r.image.dtype == np.float32
+        for c, band in enumerate(["i", "g", "r"]):
+            assert _peak(r.image[c]) == (15, 15)
+            # a sigma <= 1.2" Gaussian fits in a 12" stamp: the sum is its flux in nanomaggies
+            assert r.image[c].sum() == pytest.approx(g.flux[band], rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("centre", "other", "scale", "size"),
+    [(0, 1, 0.396, 181), (0, 1, 0.8, 91), (4, 5, 0.396, 121), (4, 5, 1.0, 55)],
+    ids=["sdss-like-native", "sdss-like-resampled", "rotated-native", "rotated-resampled"],
+)
+def test_north_up_east_left_at_any_pixel_scale(fake_sdss, options, centre, other, scale, size):
+    a, b = fake_sdss.galaxies[centre], fake_sdss.galaxies[other]
+    pre = {**FRAMES, "bands": ["r"], "image_size": size, "pixel_scale_arcsec": scale}
+    with _service(pre, options) as svc:
+        image = _fetch(svc, [CutoutRequest(0, a.ra, a.dec, "a")])[0].image[0]
+    c = (size - 1) // 2
+    north = (b.dec - a.dec) * 3600 / scale
+    east = (b.ra - a.ra) * math.cos(math.radians(a.dec)) * 3600 / scale
+    # FITS pixel order: rows grow to the north, columns grow to the west
+    row, col = round(c + north), round(c - east)
+    assert _peak(image[c - 4 : c + 5, c - 4 : c + 5]) == (4, 4)
+    assert _peak(image[row - 4 : row + 5, col - 4 : col + 5]) in {
+        (4 + dr, 4 + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+    }
+    # light is where the galaxies are, and its total is conserved at any pixel scale
+    for g, (r0, c0) in [(a, (c, c)), (b, (row, col))]:
+        peak = g.flux["r"] * scale**2 / (2 * math.pi * g.sigma_arcsec**2)
+        assert image[r0, c0] > 0.3 * peak
+    inside, edge = 0.0, 0
+    for g in fake_sdss.galaxies:
+        off = max(abs(g.dec - a.dec), abs(g.ra - a.ra) * math.cos(math.radians(a.dec))) * 3600
+        inside += g.flux["r"] if off < size * scale / 2 - 4 * g.sigma_arcsec else 0.0
+        edge += abs(off - size * scale / 2) < 4 * g.sigma_arcsec
+    assert edge == 0  # the sum below is exact only with no galaxy cut by the stamp edge
+    assert image.sum() == pytest.approx(inside, rel=0.03)
+
+
+def test_one_frame_download_per_field_and_band_then_disk_cache(fake_sdss, options):
+    reqs = _requests(fake_sdss, [0, 1, 2, 3]) + [CutoutRequest(9, 150.001, 2.001, "near0")]
+    with _service(FRAMES, options) as svc:
+        first = _fetch(svc, reqs)
+        second = _fetch(svc, reqs)
+    assert all(r.status == "ok" for r in [*first.values(), *second.values()])
+    for band in "gri":
+        assert fake_sdss.count(f"frame-{band}-001000-1-0100") == 1  # 4 galaxies, one field
+        assert fake_sdss.count(f"frame-{band}-001000-1-0101") == 1
+    assert fake_sdss.count("frame-") == 6
+    assert fake_sdss.count("x_results.aspx") == 2  # one position lookup per fetch of 5 rows
+    # a new service (a new run) reads the frames from the disk cache
+    with _service(FRAMES, options) as svc:
+        third = _fetch(svc, reqs)
+        assert "6 from disk cache" in svc.summary()
+    assert fake_sdss.count("frame-") == 6
+    np.testing.assert_array_equal(third[0].image, first[0].image)
+
+
+def test_position_lookup_is_batched(fake_sdss, options):
+    reqs = [CutoutRequest(i, 150.0 + 1e-6 * i, 2.0, str(i)) for i in range(30)]
+    with _service(FRAMES, {**options, "resolve_batch": 25}) as svc:
+        results = _fetch(svc, reqs)
+    assert {r.status for r in results.values()} == {"ok"}
+    assert fake_sdss.count("x_results.aspx") == 2
+
+
+def test_http_429_retry_after_is_honoured(fake_sdss, options, sleeps):
+    fake_sdss.add_fault("x_results.aspx", "429", retry_after="7")
+    fake_sdss.add_fault("frame-g-", "429", retry_after=formatdate(time.time() + 30, usegmt=True))
+    with _service(FRAMES, options) as svc:
+        results = _fetch(svc, _requests(fake_sdss, [0]))
+        summary = svc.summary()
+    assert results[0].status == "ok"
+    assert 7.0 in sleeps  # delta-seconds form
+    assert any(25 <= s <= 31 for s in sleeps)  # HTTP-date form
+    assert fake_sdss.count("x_results.aspx") == 2
+    assert "HTTP 429" in summary
+
+
+def test_server_errors_are_retried_until_success(fake_sdss, options):
+    fake_sdss.add_fault("frame-r-", "500", times=2)
+    fake_sdss.add_fault("x_results.aspx", "503")
+    with _service(FRAMES, options) as svc:
+        results = _fetch(svc, _requests(fake_sdss, [0]))
+        summary = svc.summary()
+    assert results[0].status == "ok"
+    assert fake_sdss.count("frame-r-") == 3
+    assert "2 HTTP 500" in summary and "none failed" in summary
+
+
+@pytest.mark.parametrize("kind", ["drop", "corrupt", "truncate", "garbage"])
+def test_damaged_downloads_are_fetched_again(fake_sdss, options, kind):
+    fake_sdss.add_fault("frame-i-", kind)
+    with _service(FRAMES, options) as svc:
+        results = _fetch(svc, _requests(fake_sdss, [0]))
+    assert results[0].status == "ok"
+    assert results[0].image[2].sum() == pytest.approx(30.0, rel=0.01)
+    assert fake_sdss.count("frame-i-") == 2
+
+
+def test_truncated_frame_fails_after_max_retries_others_still_ok(fake_sdss, options):
+    fake_sdss.add_fault("frame-i-001000-1-0101", "truncate", times=-1)
+    with _service(FRAMES, options) as svc:
+        results = _fetch(svc, _requests(fake_sdss, [0, 3, 4]))
+        summary = svc.summary()
+    assert results[3].status.startswith("fetch-failed: corrupt frame")
+    assert results[3].image is None
+    assert results[0].status == results[4].status == "ok"
+    assert fake_sdss.count("frame-i-001000-1-0101") == options["attempts"]
+    assert "1 failed after retries" in summary
+
+
+def test_slow_responses_time_out_and_are_retried(fake_sdss, options):
+    fake_sdss.add_fault("frame-g-", "slow", delay=1.5)
+    with _service(FRAMES, {**options, "timeout": 0.4}) as svc:
+        results = _fetch(svc, _requests(fake_sdss, [0]))
+        summary = svc.summary()
+    assert results[0].status == "ok"
+    assert "timeout" in summary
+
+
+def test_lookup_failure_is_a_status_not_a_crash(fake_sdss, options):
+    fake_sdss.add_fault("x_results.aspx", "500", times=-1)
+    with _service(FRAMES, options) as svc:
+        results = _fetch(svc, _requests(fake_sdss, [0, 1]))
+    assert {r.status for r in results.values()} == {"fetch-failed: HTTP 500"}
+
+
+def test_outside_footprint_and_bad_positions(fake_sdss, options):
+    reqs = [CutoutRequest(0, 10.0, -10.0, "far"), CutoutRequest(1, float("nan"), 2.0, "nan"),
+            CutoutRequest(2, 400.0, 2.0, "ra"), CutoutRequest(3, 150.0, 2.0, "ok")]
+    with _service(FRAMES, options) as svc:
+        results = _fetch(svc, reqs)
+    assert results[0].status == "no-coverage" and results[0].image is None
+    assert results[1].status == results[2].status == "bad-coordinates"
+    assert results[3].status == "ok"
+    assert fake_sdss.count("frame-") == 3
+
+
+def test_corrupt_disk_cache_is_set_aside_and_rebuilt(fake_sdss, options, tmp_path):
+    with _service(FRAMES, options) as svc:
+        good = _fetch(svc, _requests(fake_sdss, [0]))[0].image
+    cached = next((tmp_path / "frames").rglob("frame-r-001000-1-0100.fits.bz2"))
+    cached.write_bytes(cached.read_bytes()[:1000])
+    with _service(FRAMES, options) as svc:
+        again = _fetch(svc, _requests(fake_sdss, [0]))[0]
+        assert "1 corrupt cache files set aside" in svc.summary()
+    np.testing.assert_array_equal(again.image, good)
+    assert cached.with_suffix(".bz2.corrupt").exists()
+    assert fake_sdss.count("frame-r-") == 2
+
+
+JPEG = {"bands": ["R", "G", "B"], "image_size": 48, "pixel_scale_arcsec": 0.4,
+        "image_source": "jpeg"}
+
+
+def test_jpeg_cutouts(fake_sdss, options):
+    reqs = _requests(fake_sdss, [0, 4]) + [CutoutRequest(7, 10.0, -10.0, "far")]
+    with _service(JPEG, options) as svc:
+        rgb = _fetch(svc, reqs)
+    with _service({**JPEG, "bands": ["g", "r", "i"], "jpeg_scale": 1 / 255}, options) as svc:
+        gri = _fetch(svc, reqs)
+    assert rgb[7].status == gri[7].status == "no-coverage"
+    for row in (0, 4):
+        image = rgb[row].image
+        assert rgb[row].status == "ok" and image.shape == (3, 48, 48) and image.dtype == np.float32
+        assert image.min() >= 0 and image.max() <= 255
+        assert abs(_peak(image[0])[0] - 23.5) <= 1 and abs(_peak(image[0])[1] - 23.5) <= 1
+        # R,G,B = i,r,g: asking for g,r,i gives the channels reversed, scaled to 0..1
+        np.testing.assert_allclose(gri[row].image, image[::-1] / 255, rtol=1e-6)
+        # the i band is brightest in this galaxy, so R carries the most light
+        assert image[0].sum() > image[2].sum()
+    assert fake_sdss.count("getjpeg") == 4
+
+
+def test_jpeg_truncated_then_ok(fake_sdss, options):
+    fake_sdss.add_fault("getjpeg", "truncate")
+    with _service(JPEG, options) as svc:
+        results = _fetch(svc, _requests(fake_sdss, [0]))
+    assert results[0].status == "ok"
+    assert fake_sdss.count("getjpeg") == 2
+
+
+@pytest.mark.parametrize(
+    ("preprocess", "words"),
+    [
+        ({**FRAMES, "bands": ["g", "r", "y"]}, "cannot produce bands g,r,y"),
+        ({**FRAMES, "bands": []}, "cannot produce bands (none)"),
+        ({**JPEG, "bands": ["R", "G", "B", "NIR"]}, "3 channels"),
+        ({**JPEG, "bands": ["g", "r", "z"]}, "3 channels"),
+        ({**FRAMES, "image_source": "spectra"}, "image_source 'spectra'"),
+        ({**FRAMES, "image_size": 0}, "image_size"),
+    ],
+)
+def test_models_sdss_cannot_feed_are_refused_in_one_line(preprocess, words, options):
+    with pytest.raises(GalmergeError) as info:
+        _service(preprocess, options)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cache_key_names_what_the_stamps_are(fake_sdss, options):
+    with make_cutout_service(FRAMES, options) as a, make_cutout_service(JPEG, options) as b:
+        assert a.cache_key != b.cache_key
+        assert "g,r,i" in a.cache_key and "31px" in a.cache_key and "jpeg" in b.cache_key
