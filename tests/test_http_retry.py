@@ -1,0 +1,159 @@
+"""The shared retry helper, against a real loopback HTTP server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from galmerge.http_retry import (
+    FetchError,
+    RetryingClient,
+    RetryPolicy,
+    bounded_map,
+    parse_retry_after,
+)
+
+
+class _Script(BaseHTTPRequestHandler):
+    """Answers each request with the next (status, headers, body) of the server's script."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        with self.server.lock:
+            self.server.hits += 1
+            step = self.server.script.pop(0) if self.server.script else (200, {}, b"done")
+        status, headers, body = step
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def scripted():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Script)
+    server.daemon_threads = True
+    server.lock, server.hits, server.script = threading.Lock(), 0, []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, f"http://127.0.0.1:{server.server_address[1]}/x"
+    server.shutdown()
+    server.server_close()
+
+
+def _client(sleeps: list[float], **policy) -> RetryingClient:
+    policy = {"attempts": 4, "backoff": 0.5, "jitter": 0.0, "timeout": 2.0, **policy}
+    return RetryingClient(RetryPolicy(**policy), name="test", sleep=sleeps.append)
+
+
+def test_retry_after_forms():
+    now = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=90), usegmt=True), now) == 90.0
+    assert parse_retry_after(format_datetime(now - timedelta(seconds=90), usegmt=True), now) == 0.0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+def test_backoff_doubles_then_succeeds(scripted):
+    server, url = scripted
+    server.script = [(500, {}, b"x"), (502, {}, b"x"), (504, {}, b"x")]
+    sleeps: list[float] = []
+    client = _client(sleeps)
+    assert client.get(url) == b"done"
+    assert sleeps == [0.5, 1.0, 2.0]
+    assert server.hits == 4
+    assert "3 retried" in client.summary() and "none failed" in client.summary()
+
+
+def test_429_and_503_wait_as_told(scripted):
+    server, url = scripted
+    server.script = [(429, {"Retry-After": "3"}, b""), (503, {"Retry-After": "5"}, b"")]
+    sleeps: list[float] = []
+    assert _client(sleeps).get(url) == b"done"
+    assert sleeps == [3.0, 5.0]
+
+
+def test_retry_after_is_capped(scripted):
+    server, url = scripted
+    server.script = [(429, {"Retry-After": "86400"}, b"")]
+    sleeps: list[float] = []
+    assert _client(sleeps, max_retry_after=10).get(url) == b"done"
+    assert sleeps == [10.0]
+
+
+def test_client_errors_are_not_retried(scripted):
+    server, url = scripted
+    server.script = [(404, {}, b"no")]
+    sleeps: list[float] = []
+    client = _client(sleeps)
+    with pytest.raises(FetchError, match="HTTP 404"):
+        client.get(url)
+    assert server.hits == 1 and sleeps == []
+    assert "1 failed after retries (1 HTTP 404)" in client.summary()
+
+
+def test_bad_bodies_are_retried_then_reported(scripted):
+    server, url = scripted
+    server.script = [(200, {}, b"junk")] * 4
+
+    def must_be_done(body: bytes) -> str:
+        if body != b"done":
+            raise ValueError("not done")
+        return body.decode()
+
+    sleeps: list[float] = []
+    with pytest.raises(FetchError, match=r"corrupt thing \(ValueError\)"):
+        _client(sleeps).get(url, validate=must_be_done, what="thing")
+    server.script = [(200, {}, b"junk")]
+    assert _client(sleeps).get(url, validate=must_be_done) == "done"
+
+
+def test_jitter_is_seeded():
+    def delays(seed: int) -> list[float]:
+        client = RetryingClient(RetryPolicy(jitter=0.5, seed=seed), sleep=lambda s: None)
+        return [client._backoff(a) for a in range(1, 6)]
+
+    assert delays(1) == delays(1) != delays(2)
+    assert all(0.25 * 2**i <= d <= 0.75 * 2**i for i, d in enumerate(delays(3)))
+
+
+def test_bounded_map_limits_work_in_flight_and_reports_errors():
+    lock = threading.Lock()
+    running, peak = 0, 0
+
+    def work(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.005)
+        with lock:
+            running -= 1
+        if i == 7:
+            raise ValueError("seven")
+        return i * i
+
+    started = []
+
+    def items():
+        for i in range(40):
+            started.append(i)
+            yield i
+
+    seen = {}
+    for item, result, err in bounded_map(work, items(), workers=3):
+        seen[item] = err if err is not None else result
+        assert len(started) - len(seen) <= 6  # never more than 2 * workers queued
+    assert peak <= 3
+    assert isinstance(seen.pop(7), ValueError)
+    assert seen == {i: i * i for i in range(40) if i != 7}
