@@ -1,0 +1,153 @@
+"""Training throughput: `galmerge.train` vs a bare PyTorch loop, same model/data/batch, JSON.
+
+Both sides run the DeepMerge backbone on the same in-memory 3x75x75 images, one source and one
+target batch per step through one forward pass, Adam + one-cycle, and the same strategy modules
+(built from the same plugin records). Images/s counts source + target images over training
+steps only (validation excluded on both sides). Measurements alternate bare/trainer and the
+ratio is the median over rounds, because the machine may be shared.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--steps 40] [--batch-size 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import galmerge
+from galmerge.imageset import ImageSet
+from galmerge.model import build_model
+from galmerge.plugins import get_plugin_manager
+from galmerge.preprocess import compute_spec, normalise
+from galmerge.strategy_api import StepInputs, StrategyContext, parse_strategy_expression
+
+
+def make_sets(n: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    rng = np.random.default_rng(seed)
+
+    def make(shift: float, name: str) -> ImageSet:
+        labels = rng.integers(0, 2, n)
+        x = rng.normal(shift, 1.0, (n, 3, 75, 75)).astype(np.float32)
+        x[labels == 1, :, 30:45, 30:45] += 1.5
+        return ImageSet(images=torch.from_numpy(x), labels=torch.from_numpy(labels),
+                        ids=np.arange(n), bands=("g", "r", "i"), survey=name)
+
+    return make(0.0, "bench-source"), make(0.5, "bench-target")
+
+
+def bare_loop(source: ImageSet, target: ImageSet, strategy: str, batch: int, steps: int,
+              seed: int) -> float:
+    """The minimal loop: pre-normalised tensors, random batches, one forward, Adam, one-cycle."""
+    torch.manual_seed(seed)
+    idx = np.arange(len(source))
+    xs_all = normalise(source.images, compute_spec(source, idx, "s"))
+    xt_all = normalise(target.images, compute_spec(target, idx, "t"))
+    ys_all = source.labels
+    model = build_model("deepmerge", 3, 75)
+    context = StrategyContext(model.out_features, 2, steps, torch.device("cpu"))
+    pm = get_plugin_manager()
+    modules, weights = [], []
+    for name in parse_strategy_expression(strategy):
+        record = pm.get("strategies", name)
+        modules.append(record.build(context, dict(record.defaults)))
+        weights.append(float(record.defaults.get("weight", 1.0)))
+    params = list(model.parameters()) + [p for m in modules for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3, betas=(0.7, 0.8), weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps,
+                                                cycle_momentum=False)
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for i in range(steps):
+        si = torch.randint(0, len(xs_all), (batch,), generator=gen)
+        ti = torch.randint(0, len(xt_all), (batch,), generator=gen)
+        xs, ys, xt = xs_all[si], ys_all[si], xt_all[ti]
+        feats, logits = model(torch.cat([xs, xt]))
+        loss = F.cross_entropy(logits[:batch], ys)
+        step = StepInputs(feats[:batch], logits[:batch], ys, feats[batch:], logits[batch:],
+                          i / max(1, steps - 1))
+        for w, m in zip(weights, modules, strict=True):
+            for key, value in m(step).items():
+                if not key.startswith("_"):
+                    loss = loss + w * value
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return 2 * batch * steps / (time.perf_counter() - start)
+
+
+def trainer(source: ImageSet, target: ImageSet, strategy: str, batch: int, steps: int,
+            seed: int, root: Path) -> float:
+    summary = galmerge.train(
+        source=source, target=target, strategy=strategy, backbone="deepmerge", epochs=1,
+        batch_size=batch, max_steps_per_epoch=steps, seed=seed, device="cpu", quiet=True,
+        run_dir=root / f"{strategy}-{seed}-{time.monotonic_ns()}",
+    )
+    return float(summary["train_images_per_s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--output", default="benchmarks/results/bench_train.json")
+    args = parser.parse_args()
+    source, target = make_sets(args.images)
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for strategy in ("none", "mmd+fisher+entropy"):
+            bare_runs, train_runs, ratios = [], [], []
+            # one warm-up of each (allocator, thread pools) that is not counted
+            bare_loop(source, target, strategy, args.batch_size, 5, 0)
+            trainer(source, target, strategy, args.batch_size, 5, 0, root)
+            for r in range(args.rounds):
+                b = bare_loop(source, target, strategy, args.batch_size, args.steps, r)
+                t = trainer(source, target, strategy, args.batch_size, args.steps, r, root)
+                bare_runs.append(b)
+                train_runs.append(t)
+                ratios.append(t / b)
+            results[strategy] = {
+                "bare_images_per_s": [round(v, 1) for v in bare_runs],
+                "galmerge_images_per_s": [round(v, 1) for v in train_runs],
+                "ratio_median": round(statistics.median(ratios), 3),
+                "goal": ">= 0.9",
+            }
+    report = {
+        "benchmark": "bench_train",
+        "backbone": "deepmerge",
+        "batch_size_per_domain": args.batch_size,
+        "steps_per_measurement": args.steps,
+        "rounds": args.rounds,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "load_average_at_end": os.getloadavg(),
+        "machine_shared": True,
+        "note": "2-core machine shared with other engineers' jobs; ratios alternate bare and "
+                "trainer runs to cancel load drift",
+        "results": results,
+    }
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
