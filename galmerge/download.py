@@ -1,0 +1,428 @@
+"""Resumable, verified downloads of the DeepMerge data files (Zenodo record, MAST HLSP).
+
+A file is written to ``NAME.part`` (resumed with an HTTP Range request after a dropped
+connection or a later run), checked against the size and MD5 the Zenodo API publishes, then
+renamed into place. A file that fails its check is moved to ``NAME.corrupt`` and reported.
+
+Environment: ``GALMERGE_ZENODO_URL`` (default https://zenodo.org) and ``GALMERGE_MAST_URL``
+(default https://archive.stsci.edu) set the servers, so tests can use a loopback server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from galmerge import deepmerge_data
+from galmerge.errors import GalmergeError
+
+ZENODO_ENV = "GALMERGE_ZENODO_URL"
+MAST_ENV = "GALMERGE_MAST_URL"
+DEFAULT_ZENODO = "https://zenodo.org"
+DEFAULT_MAST = "https://archive.stsci.edu"
+# small reads: a dropped connection loses at most one chunk of what arrived
+CHUNK = 64 * 1024
+USER_AGENT = "galmerge-fetch"
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_RANGE_TOTAL = re.compile(r"bytes\s+\*/(\d+)")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file to download; ``size``/``md5`` None when the server publishes none."""
+
+    name: str
+    url: str
+    size: int | None = None
+    md5: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What happened to one file: ``status`` is "downloaded" or "present"."""
+
+    name: str
+    path: Path
+    status: str
+    size: int
+    verified: str  # "md5", "size" or "structure"
+
+
+class _Retryable(Exception):
+    """A failure worth another try: a 5xx, a timeout, a connection dropped mid-body."""
+
+
+def zenodo_url() -> str:
+    return (os.environ.get(ZENODO_ENV) or DEFAULT_ZENODO).rstrip("/")
+
+
+def mast_url() -> str:
+    return (os.environ.get(MAST_ENV) or DEFAULT_MAST).rstrip("/")
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(64 * CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified")
+
+
+def _write_marker(path: Path, md5: str | None) -> None:
+    st = path.stat()
+    record = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": md5}
+    _marker(path).write_text(json.dumps(record))
+
+
+def _marker_matches(path: Path, remote: RemoteFile) -> bool:
+    try:
+        record = json.loads(_marker(path).read_text())
+    except (OSError, ValueError):
+        return False
+    st = path.stat()
+    return (
+        record.get("size") == st.st_size
+        and record.get("mtime_ns") == st.st_mtime_ns
+        and (remote.size is None or remote.size == st.st_size)
+        and (remote.md5 is None or record.get("md5") == remote.md5)
+    )
+
+
+def _move_aside(path: Path) -> Path:
+    target = path.with_name(path.name + ".corrupt")
+    os.replace(path, target)
+    return target
+
+
+class Downloader:
+    """Downloads files with retries (exponential backoff), resume and verification."""
+
+    def __init__(
+        self,
+        *,
+        session: requests.Session | None = None,
+        retries: int = 5,
+        backoff: float = 0.5,
+        timeout: tuple[float, float] = (10.0, 60.0),
+        progress: Any = None,
+    ) -> None:
+        self.session = session or requests.Session()
+        self.session.headers.setdefault("User-Agent", USER_AGENT)
+        self.retries = retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self.progress = progress  # a rich Progress, or None for silence
+
+    # -- metadata -------------------------------------------------------------------------
+    def get_json(self, url: str, what: str, env: str) -> Any:
+        """GET a JSON document with the same retry policy as file downloads."""
+        failures = 0
+        while True:
+            try:
+                resp = self.session.get(url, timeout=self.timeout)
+                if resp.status_code >= 500 or resp.status_code == 429:
+                    raise _Retryable(f"HTTP {resp.status_code}")
+                if resp.status_code >= 400:
+                    raise GalmergeError(
+                        f"{what}: HTTP {resp.status_code} from {url}; check the record id or {env}"
+                    )
+                return resp.json()
+            except ValueError:
+                raise GalmergeError(f"{what}: {url} did not return JSON; check {env}") from None
+            except (requests.ConnectionError, requests.Timeout, _Retryable) as exc:
+                failures += 1
+                if failures > self.retries:
+                    raise GalmergeError(
+                        f"{what}: cannot reach {url} ({_short(exc)}); check the network or "
+                        f"set {env}"
+                    ) from None
+                self._sleep(failures)
+
+    def head_size(self, url: str) -> int | None:
+        try:
+            resp = self.session.head(url, timeout=self.timeout, allow_redirects=True)
+        except (requests.ConnectionError, requests.Timeout):
+            return None
+        length = resp.headers.get("Content-Length")
+        return int(length) if resp.ok and length and length.isdigit() else None
+
+    # -- one file -------------------------------------------------------------------------
+    def fetch(self, remote: RemoteFile, folder: Path, *, force: bool = False) -> FetchResult:
+        """Make ``folder/remote.name`` a verified copy of ``remote``; skip it when it is one."""
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / remote.name
+        part = dest.with_name(dest.name + ".part")
+        if force:
+            part.unlink(missing_ok=True)
+        elif dest.is_file():
+            present = self._check_present(remote, dest)
+            if present is not None:
+                return present
+        remote = self._with_size(remote)
+        self._download(remote, part)
+        verified = self._verify(remote, part, dest)
+        os.replace(part, dest)
+        _write_marker(dest, remote.md5 if verified == "md5" else None)
+        return FetchResult(remote.name, dest, "downloaded", dest.stat().st_size, verified)
+
+    def _check_present(self, remote: RemoteFile, dest: Path) -> FetchResult | None:
+        size = dest.stat().st_size
+        if _marker_matches(dest, remote):
+            return FetchResult(remote.name, dest, "present", size, "md5" if remote.md5 else "size")
+        remote = self._with_size(remote)
+        ok = remote.size is None or remote.size == size
+        if ok and remote.md5 is not None:
+            ok = md5sum(dest) == remote.md5
+        if ok:
+            _write_marker(dest, remote.md5)
+            return FetchResult(remote.name, dest, "present", size, "md5" if remote.md5 else "size")
+        aside = _move_aside(dest)
+        self._say(f"{remote.name}: existing copy failed its check; moved to {aside.name}")
+        return None
+
+    def _with_size(self, remote: RemoteFile) -> RemoteFile:
+        if remote.size is not None:
+            return remote
+        size = self.head_size(remote.url)
+        return RemoteFile(remote.name, remote.url, size, remote.md5)
+
+    def _download(self, remote: RemoteFile, part: Path) -> None:
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task(remote.name, total=remote.size)
+        size = remote.size
+        failures = 0
+        while True:
+            offset = part.stat().st_size if part.exists() else 0
+            if size is not None and offset > size:
+                part.unlink()
+                offset = 0
+            if size is not None and offset == size:
+                break
+            moved = False
+            try:
+                moved, size = self._attempt(remote, part, offset, size, task)
+                if size is not None and part.stat().st_size < size:
+                    raise _Retryable("connection closed before the end of the file")
+                break
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+                _Retryable,
+            ) as exc:
+                failures = 0 if moved else failures + 1
+                if failures > self.retries:
+                    raise GalmergeError(
+                        f"{remote.name}: download failed after {self.retries} retries "
+                        f"({_short(exc)}); run the same fetch again to resume"
+                    ) from None
+                self._sleep(max(failures, 1))
+        if task is not None:
+            self.progress.update(task, completed=part.stat().st_size, total=part.stat().st_size)
+
+    def _attempt(
+        self, remote: RemoteFile, part: Path, offset: int, size: int | None, task: Any
+    ) -> tuple[bool, int | None]:
+        """One GET from ``offset``; returns (bytes were written, total size)."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        moved = False
+        with self.session.get(remote.url, headers=headers, stream=True, timeout=self.timeout) as r:
+            if r.status_code == 416:
+                match = _RANGE_TOTAL.search(r.headers.get("Content-Range", ""))
+                if match and int(match.group(1)) == offset:
+                    return False, offset  # the part already holds the whole file
+                part.unlink(missing_ok=True)  # the part is longer than the file: start over
+                raise _Retryable("HTTP 416 for a stale partial file")
+            if r.status_code >= 500 or r.status_code == 429:
+                raise _Retryable(f"HTTP {r.status_code}")
+            if r.status_code >= 400:
+                raise GalmergeError(
+                    f"{remote.name}: HTTP {r.status_code} from {remote.url}; the file may have "
+                    "moved, check the server URL variables (GALMERGE_ZENODO_URL/GALMERGE_MAST_URL)"
+                )
+            mode = "ab"
+            if r.status_code == 206:
+                match = _CONTENT_RANGE.search(r.headers.get("Content-Range", ""))
+                if not match or int(match.group(1)) != offset:
+                    part.unlink(missing_ok=True)
+                    raise _Retryable("server answered a different range")
+                if match.group(3) != "*":
+                    size = size if size is not None else int(match.group(3))
+            else:  # a full body: the server ignored the Range header
+                mode = "wb"
+                offset = 0
+                length = r.headers.get("Content-Length")
+                if size is None and length and length.isdigit():
+                    size = int(length)
+            if task is not None:
+                self.progress.update(task, total=size, completed=offset)
+            with open(part, mode) as fh:
+                for chunk in r.iter_content(CHUNK):
+                    if chunk:
+                        fh.write(chunk)
+                        moved = True
+                        if task is not None:
+                            self.progress.advance(task, len(chunk))
+        return moved, size
+
+    def _verify(self, remote: RemoteFile, part: Path, dest: Path) -> str:
+        got = part.stat().st_size
+        problem = None
+        verified = "size"
+        if remote.size is not None and got != remote.size:
+            problem = f"size {got} bytes, expected {remote.size}"
+        elif remote.md5 is not None:
+            digest = md5sum(part)
+            verified = "md5"
+            if digest != remote.md5:
+                problem = f"checksum mismatch (md5 {digest}, expected {remote.md5})"
+        if problem is None and remote.md5 is None:
+            problem = _structure_problem(part, remote.name)
+            verified = "structure"
+        if problem is not None:
+            dest.unlink(missing_ok=True)
+            aside = part.with_name(dest.name + ".corrupt")
+            os.replace(part, aside)
+            raise GalmergeError(
+                f"{remote.name}: {problem}; moved to {aside}; run the fetch again with --force"
+            )
+        return verified
+
+    def _sleep(self, failures: int) -> None:
+        time.sleep(self.backoff * 2 ** min(failures - 1, 6))
+
+    def _say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text)
+
+
+def _structure_problem(path: Path, name: str) -> str | None:
+    """Without a published checksum, at least the file must open in its format."""
+    import numpy as np
+
+    try:
+        if name.lower().endswith((".fits", ".fit")):
+            from astropy.io import fits
+
+            with fits.open(path, memmap=True) as hdul:
+                data = hdul[0].data
+                if data is None or data.ndim != 4 or len(hdul) < 2:
+                    return "not a DeepMerge FITS file (images in HDU0, labels in HDU1)"
+        elif name.lower().endswith(".npy"):
+            np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, TypeError) as exc:
+        return f"unreadable ({_short(exc)})"
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:160] + "...") if len(text) > 160 else text or type(exc).__name__
+
+
+def zenodo_files(
+    names: Iterable[str], downloader: Downloader, record: str = deepmerge_data.ZENODO_RECORD
+) -> list[RemoteFile]:
+    """Look ``names`` up in the Zenodo record's file list (``GET /api/records/<id>``)."""
+    base = zenodo_url()
+    url = f"{base}/api/records/{record}"
+    doc = downloader.get_json(url, f"Zenodo record {record}", ZENODO_ENV)
+    entries = doc.get("files") if isinstance(doc, dict) else None
+    if isinstance(entries, dict):  # the InvenioRDM form: {"entries": {key: {...}}}
+        entries = list((entries.get("entries") or {}).values())
+    if not isinstance(entries, list):
+        raise GalmergeError(f"Zenodo record {record}: {url} lists no files; check {ZENODO_ENV}")
+    by_name: dict[str, RemoteFile] = {}
+    for entry in entries:
+        key = entry.get("key") or entry.get("filename")
+        if not key:
+            continue
+        checksum = str(entry.get("checksum") or "")
+        md5 = checksum.split(":", 1)[1] if checksum.startswith("md5:") else None
+        if md5 is None and re.fullmatch(r"[0-9a-f]{32}", checksum):
+            md5 = checksum
+        links = entry.get("links") or {}
+        link = (
+            links.get("content")
+            or links.get("self")
+            or links.get("download")
+            or f"{base}/records/{record}/files/{key}?download=1"
+        )
+        size = entry.get("size", entry.get("filesize"))
+        by_name[key.lower()] = RemoteFile(key, link, int(size) if size is not None else None, md5)
+    wanted = []
+    for name in names:
+        found = by_name.get(name.lower())
+        if found is None:
+            raise GalmergeError(
+                f"Zenodo record {record} has no file {name}; the record changed, please report it"
+            )
+        wanted.append(found)
+    return wanted
+
+
+def mast_files(names: Iterable[str]) -> list[RemoteFile]:
+    """MAST HLSP files: the directory listing publishes no checksums."""
+    base = mast_url()
+    return [RemoteFile(n, f"{base}/{deepmerge_data.MAST_HLSP_PATH}/{n}") for n in names]
+
+
+TARGETS = {
+    "illustris": ("illustris",),
+    "sdss": ("sdss",),
+    "deepmerge1": ("deepmerge1",),
+    "all": ("illustris", "sdss"),
+}
+
+
+def remote_files(target: str, downloader: Downloader) -> list[RemoteFile]:
+    """The files a `galmerge fetch TARGET` downloads."""
+    if target not in TARGETS:
+        raise GalmergeError(f"unknown fetch target {target!r}; choose one of {', '.join(TARGETS)}")
+    files: list[RemoteFile] = []
+    for group in TARGETS[target]:
+        source, names = deepmerge_data.FETCH_GROUPS[group]
+        files += zenodo_files(names, downloader) if source == "zenodo" else mast_files(names)
+    return files
+
+
+def fetch(
+    target: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    downloader: Downloader | None = None,
+) -> list[FetchResult]:
+    """Download every file of ``target`` into ``<data_dir>/deepmerge``; raise after trying all.
+
+    A failed file does not stop the others; the error names the first failure.
+    """
+    downloader = downloader or Downloader()
+    folder = deepmerge_data.data_root(data_dir)
+    results: list[FetchResult] = []
+    errors: list[str] = []
+    for remote in remote_files(target, downloader):
+        try:
+            results.append(downloader.fetch(remote, folder, force=force))
+        except GalmergeError as exc:
+            if errors:  # the first failure becomes the command's error line
+                downloader._say(str(exc))
+            errors.append(str(exc))
+    if errors:
+        more = f" (and {len(errors) - 1} more failed)" if len(errors) > 1 else ""
+        raise GalmergeError(errors[0] + more)
+    return results

@@ -1,0 +1,140 @@
+"""A real HTTP/1.1 file server on 127.0.0.1 for download tests, with injectable faults.
+
+Serves byte blobs at paths, honours ``Range: bytes=N-``, answers HEAD, and pops one fault per
+request from a per-path queue: "drop" (send half the body, then close the connection),
+"corrupt" (flip bytes, same length), "500", "ignore-range" (answer 200 with the whole file),
+"stall" (send headers, then wait past the client's read timeout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STALL_SECONDS = 3.0
+
+
+class LoopbackServer:
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.content_type: dict[str, str] = {}
+        self.faults: dict[str, list[str]] = defaultdict(list)
+        self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+            def do_HEAD(self) -> None:
+                self._serve(head=True)
+
+            def do_GET(self) -> None:
+                self._serve(head=False)
+
+            def _serve(self, head: bool) -> None:
+                path = self.path.split("?", 1)[0]
+                rng = self.headers.get("Range")
+                with server._lock:
+                    server.log.append((self.command, path, rng))
+                    blob = server.blobs.get(path)
+                    fault = server.faults[path].pop(0) if server.faults[path] and not head else None
+                if blob is None:
+                    self._reply(404, b"not found", "text/plain", head)
+                    return
+                if fault == "500":
+                    self._reply(500, b"server error", "text/plain", head)
+                    return
+                if fault == "corrupt":
+                    blob = bytes(b ^ 0xFF if i % 97 == 0 else b for i, b in enumerate(blob))
+                total = len(blob)
+                start = 0
+                match = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
+                if match and fault != "ignore-range":
+                    start = int(match.group(1))
+                    if start >= total:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{total}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    end = int(match.group(2)) if match.group(2) else total - 1
+                    body = blob[start : end + 1]
+                    self.send_response(206)
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{start + len(body) - 1}/{total}"
+                    )
+                else:
+                    body = blob
+                    self.send_response(200)
+                self.send_header(
+                    "Content-Type", server.content_type.get(path, "application/octet-stream")
+                )
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                if head:
+                    return
+                if fault == "stall":
+                    time.sleep(STALL_SECONDS)
+                if fault == "drop":
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+            def _reply(self, code: int, body: bytes, ctype: str, head: bool) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> LoopbackServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def add(self, path: str, blob: bytes, content_type: str = "application/octet-stream") -> None:
+        self.blobs[path] = blob
+        self.content_type[path] = content_type
+
+    def add_zenodo_record(self, record: str, files: dict[str, bytes]) -> None:
+        """Serve files and the Zenodo API document that lists them (key, size, md5, link)."""
+        entries = []
+        for name, blob in files.items():
+            path = f"/api/records/{record}/files/{name}/content"
+            self.add(path, blob)
+            entries.append(
+                {
+                    "id": hashlib.sha1(name.encode()).hexdigest()[:12],
+                    "key": name,
+                    "size": len(blob),
+                    "checksum": "md5:" + hashlib.md5(blob).hexdigest(),
+                    "links": {"self": self.url + path},
+                }
+            )
+        doc = {"id": int(record), "doi": f"10.5281/zenodo.{record}", "files": entries}
+        self.add(f"/api/records/{record}", json.dumps(doc).encode(), "application/json")
+
+    def gets(self, suffix: str) -> list[str | None]:
+        """Range headers of the GET requests for paths ending with ``suffix``."""
+        return [r for m, p, r in self.log if m == "GET" and p.endswith(suffix)]
