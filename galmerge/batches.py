@@ -73,13 +73,18 @@ class TensorBatches:
         seed: int,
         rank: int = 0,
         world: int = 1,
+        pool: torch.Tensor | None = None,
     ) -> None:
+        # ``pool``: the rows of ``images`` to draw from (a split), so no copy of the split is made
         self.images, self.labels = images, labels
-        self.stream = IndexStream(len(images), batch_size, seed)
+        self.pool = None if pool is None else pool.to(images.device)
+        self.stream = IndexStream(len(images) if pool is None else len(pool), batch_size, seed)
         self.rank, self.world = rank, world
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = shard(self.stream.next(), self.rank, self.world).to(self.images.device)
+        if self.pool is not None:
+            idx = self.pool.index_select(0, idx)
         x = self.images.index_select(0, idx)
         y = None if self.labels is None else self.labels.index_select(0, idx)
         return x, y

@@ -546,24 +546,21 @@ def _train_loop(
             find_unused_parameters=False,
         )
 
-    if source_set.in_memory:
-        s_train = torch.as_tensor(source.splits["train"], device=device)
+    if source.images is not None:
         src_batches: Any = TensorBatches(
-            source.images.index_select(0, s_train),  # type: ignore[union-attr]
-            source_set.labels.to(device).index_select(0, s_train),
-            batch, seed * 101 + 1, dist.rank, dist.world,
+            source.images, source_set.labels.to(device), batch, seed * 101 + 1, dist.rank,
+            dist.world, pool=torch.as_tensor(source.splits["train"]),
         )
     else:
         src_batches = StreamingBatches(
             source_set, source.splits["train"], source.spec, batch, seed * 101 + 1, device,
             True, dist.rank, dist.world,
         )
-    if target_set.in_memory:
-        t_train = torch.as_tensor(target.splits["train"], device=device)
+    if target.images is not None:
         # no labels: target labels never reach training
         tgt_batches: Any = TensorBatches(
-            target.images.index_select(0, t_train),  # type: ignore[union-attr]
-            None, batch, seed * 101 + 2, dist.rank, dist.world,
+            target.images, None, batch, seed * 101 + 2, dist.rank, dist.world,
+            pool=torch.as_tensor(target.splits["train"]),
         )
     else:
         tgt_batches = StreamingBatches(
@@ -574,6 +571,7 @@ def _train_loop(
     # -- state (fresh or resumed) --------------------------------------------------------
     rows: list[dict[str, Any]] = []
     epoch, step_in_epoch, global_step = 1, 0, 0
+    train_seconds, train_images = 0.0, 0  # over the whole run, resumed sessions included
     best: dict[str, Any] = {"value": math.nan, "epoch": 0, "bad_epochs": 0, "stopped": False}
     acc: dict[str, torch.Tensor] = {}
     if resume_state is not None:
@@ -588,6 +586,8 @@ def _train_loop(
         epoch, step_in_epoch, global_step = ts["epoch"], ts["step_in_epoch"], ts["global_step"]
         best = dict(ts["best"])
         acc = {k: v.to(device) for k, v in ts["accumulators"].items()}
+        train_seconds = float(ts.get("train_seconds", 0.0))
+        train_images = int(ts.get("train_images", 0))
         _set_rng_state(ts["rng"], device)
     else:
         if dist.is_main:
@@ -628,6 +628,8 @@ def _train_loop(
             "best": dict(best),
             "rows": [dict(r) for r in rows],
             "accumulators": {k: v.detach().cpu() for k, v in acc.items()},
+            "train_seconds": train_seconds,
+            "train_images": train_images,
         }
 
     def save_last(ep: int, sie: int) -> None:
@@ -636,7 +638,8 @@ def _train_loop(
 
     tb = None
     if dist.is_main:
-        rundir.write_config(out_dir, cfg)
+        if resume_state is None:  # a resumed run keeps its config.toml as written
+            rundir.write_config(out_dir, cfg)
         if resume_state is None or not (out_dir / rundir.ENV).exists():
             env = rundir.environment(device)
             env["world_size"] = dist.world
@@ -656,8 +659,6 @@ def _train_loop(
     direction = directions[select_by]
     patience = int(cfg["patience"])
     images_per_step = 2 * batch
-    train_seconds = 0.0
-    train_images = 0
 
     term_keys: set[str] = set(k[5:] for r in rows for k in r if k.startswith("loss_"))
     term_keys.discard("total")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -121,6 +122,12 @@ def test_resume_of_a_finished_run_changes_nothing(toys, tmp_path):
     run = tmp_path / "r"
     assert invoke(*BASE, "--strategy", "meangap", "--run-dir", str(run)).exit_code == 0
     before = (run / "metrics.csv").read_text()
+    summary_before = json.loads((run / "summary.json").read_text())
+    config_before = (run / "config.toml").read_text()
     result = invoke("train", "--resume", str(run), "--quiet")
     assert result.exit_code == 0, result.output
     assert (run / "metrics.csv").read_text() == before
+    assert (run / "config.toml").read_text() == config_before
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("metrics", "best_epoch", "epochs_run", "train_images_per_s"):
+        assert summary[key] == summary_before[key], key
