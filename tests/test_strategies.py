@@ -273,6 +273,16 @@ def test_entropy_steps_sharpen_predictions(plugin_manager) -> None:
     assert module(_step(x, x, target_logits=logits))["entropy"].item() < 0.3
 
 
+def test_entropy_can_include_source_predictions(plugin_manager) -> None:
+    x = torch.randn(4, 16)
+    sharp, flat = torch.tensor([[9.0, -9.0]] * 4), torch.zeros(4, 2)
+    target_only = _build(plugin_manager, "entropy")
+    both = _build(plugin_manager, "entropy", include_source="true")
+    step = _step(x, x, source_logits=flat, target_logits=sharp)
+    assert target_only(step)["entropy"].item() < 1e-6
+    assert both(step)["entropy"].item() == pytest.approx(math.log(2) / 2, rel=1e-4)
+
+
 # -- DANN gradient reversal -------------------------------------------------------------------
 def test_grl_coefficient_ramps_with_progress() -> None:
     from galmerge.losses.dann import grl_coefficient

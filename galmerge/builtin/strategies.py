@@ -27,7 +27,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "coral": {"weight": 1.0},
     "dann": {"weight": 1.0, "hidden": 1024, "dropout": 0.5, "gamma": 10.0, "max_coeff": 1.0},
     "fisher": {"weight": 1.0, "intra_weight": 0.01, "inter_weight": 0.01, "form": "tr"},
-    "entropy": {"weight": 1.0},
+    "entropy": {"weight": 1.0, "include_source": False},
 }
 
 
@@ -99,8 +99,8 @@ def _build_fisher(context: StrategyContext, options: Mapping[str, Any]) -> nn.Mo
 def _build_entropy(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.entropy import EntropyLoss
 
-    resolve_options("entropy", DEFAULTS["entropy"], options)
-    return EntropyLoss().to(context.device)
+    opts = resolve_options("entropy", DEFAULTS["entropy"], options)
+    return EntropyLoss(include_source=opts["include_source"]).to(context.device)
 
 
 @hookimpl

@@ -1,8 +1,9 @@
 """Entropy minimisation on target predictions (Grandvalet & Bengio 2005), as in DeepMerge II.
 
 DeepMerge II's ``loss.EntropyLoss`` takes softmax outputs of source and target together and masks
-p < 1e-6 before the log; we use target logits only (source samples already have labels) and
-log-softmax, which is exact and stable without a mask.
+p < 1e-6 before the log. By default we use target logits only (source samples already have
+labels; ``include_source=True`` reproduces the code), and log-softmax, which is exact and stable
+without a mask.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 class EntropyLoss(nn.Module):
-    """Strategy module: ``{"entropy": mean entropy of target predictions}``."""
+    """Strategy module: ``{"entropy": mean entropy of the target (+ source) predictions}``."""
+
+    def __init__(self, include_source: bool = False) -> None:
+        super().__init__()
+        self.include_source = bool(include_source)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        return {"entropy": prediction_entropy(step.target_logits)}
+        logits = step.target_logits
+        if self.include_source:
+            logits = torch.cat([step.source_logits, logits], dim=0)
+        return {"entropy": prediction_entropy(logits)}

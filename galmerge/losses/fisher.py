@@ -4,8 +4,8 @@ On labelled source features h_i with class centres c_k (``nn.Parameter``, N(0, 1
 learned by the optimiser together with the network, as ``loss.FisherTR`` in
 github.com/AleksCipri/DeepMergeDomainAdaptation does):
 
-- intra = Σ_i ‖h_i - c_{y_i}‖²              (trace of the within-class scatter; a sum over the batch)
-- inter = Σ_k ‖c_k - mean_k c_k‖²           (trace of the between-class scatter, "global" form)
+- intra = Σ_i ‖h_i - c_{y_i}‖²     (trace of the within-class scatter; a sum over the batch)
+- inter = Σ_k ‖c_k - mean_k c_k‖²  (trace of the between-class scatter, "global" form)
 - ``form="tr"`` (trace ratio, the paper's): intra_weight · intra / (inter_weight · inter)
 - ``form="td"`` (trace difference): intra_weight · intra - inter_weight · inter
 

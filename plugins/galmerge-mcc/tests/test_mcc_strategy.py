@@ -144,6 +144,44 @@ def test_gradient_flows_and_steps_reduce_confusion(manager) -> None:
     assert module(_step(logits))["mcc"].item() < 0.5 * before.item()
 
 
+def test_trains_with_mmd_plus_mcc(manager, tmp_path, monkeypatch) -> None:
+    """The third-party route end to end: `galmerge train --strategy mmd+mcc` on tiny files."""
+    import csv
+    import tomllib
+
+    import h5py
+    import numpy as np
+    from click.testing import CliRunner
+
+    from galmerge.cli import cli
+
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path / "data"))
+    rng = np.random.default_rng(0)
+    for name, shift in (("source", 0.0), ("target", 0.5)):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as fh:
+            fh["images"] = rng.normal(shift, 1.0, (32, 3, 32, 32)).astype("float32")
+            fh["labels"] = np.arange(32) % 2
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--source", f"hdf5:{tmp_path / 'source.h5'}",
+            "--target", f"hdf5:{tmp_path / 'target.h5'}",
+            "--strategy", "mmd+mcc",
+            "--set", "mcc.temperature=2.0",
+            "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--quiet",
+            "--run-dir", str(run),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with open(run / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and float(rows[0]["loss_mcc"]) > 0
+    config = tomllib.loads((run / "config.toml").read_text())
+    assert config["strategies"]["mcc"] == {"weight": 1.0, "temperature": 2.0}
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [({"temprature": 2.0}, "unknown option"), ({"temperature": 0}, "temperature")],
