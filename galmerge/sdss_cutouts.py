@@ -253,6 +253,8 @@ def decode_frame(blob: bytes) -> Frame:
     from astropy.wcs import WCS
 
     raw = bz2.decompress(blob) if blob[:3] == b"BZh" else blob
+    if len(raw) % 2880:  # FITS files come in 2880-byte blocks; anything else is cut short
+        raise ValueError("not a whole FITS file")
     with fits.HDUList.fromstring(raw) as hdul:
         hdu = hdul[0]
         if hdu.data is None or hdu.data.ndim != 2:

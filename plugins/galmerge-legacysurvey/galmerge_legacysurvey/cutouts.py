@@ -1,0 +1,149 @@
+"""Legacy Surveys cutouts: one ``cutout.fits`` request per galaxy, fetched through galmerge's
+retry helper (bounded concurrency, timeouts, backoff, HTTP 429).
+
+The service (``{base}/cutout.fits?ra=&dec=&layer=ls-dr10&pixscale=0.262&size=N&bands=grz``)
+resamples the DR10 coadds itself, so any pixel scale and size the model asks for is served
+exactly; it answers a FITS cube (C, H, W) in nanomaggies, north up and east left in FITS pixel
+order (row 0 south, column 0 east) -- the same convention as galmerge's SDSS frame stamps.
+Outside the footprint it answers zeros, which we report as ``no-coverage``.
+
+Base URL: env ``GALMERGE_LEGACYSURVEY_URL`` (default ``https://www.legacysurvey.org/viewer``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from galmerge.cutouts import CutoutRequest, CutoutResult
+from galmerge.errors import GalmergeError
+from galmerge.http_retry import (
+    CorruptResponse,
+    FetchError,
+    RetryingClient,
+    RetryPolicy,
+    bounded_map,
+)
+
+DEFAULT_URL = "https://www.legacysurvey.org/viewer"
+DEFAULT_LAYER = "ls-dr10"
+NATIVE_SCALE_ARCSEC = 0.262
+#: DR10 (south) images g, r, i and z; DR9 and the north have no i
+LAYER_BANDS = {"ls-dr10": "griz", "ls-dr10-south": "griz", "ls-dr9": "grz"}
+
+
+def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any]):
+    """A LegacySurveyCutouts for the model's bands, size and scale, or a one-line refusal."""
+    layer = str(options.get("layer", DEFAULT_LAYER))
+    allowed = LAYER_BANDS.get(layer, "grz")
+    source = str(preprocess.get("image_source") or "frames")
+    if source not in ("frames", "fits"):
+        raise GalmergeError(
+            f"the Legacy Surveys plugin serves FITS images, not image_source '{source}'; "
+            f"use a model trained on FITS-like (frames) inputs"
+        )
+    bands = [str(b) for b in preprocess.get("bands") or []]
+    if not bands or any(b not in allowed for b in bands) or len(set(bands)) != len(bands):
+        raise GalmergeError(
+            f"Legacy Surveys layer {layer} cannot produce bands {','.join(bands) or '(none)'}; "
+            f"it has {','.join(allowed)}"
+        )
+    size = int(preprocess.get("image_size") or 0)
+    if not 4 <= size <= 3000:
+        raise GalmergeError(f"Legacy Surveys cannot cut {size}-pixel stamps; expected 4..3000")
+    scale = float(preprocess.get("pixel_scale_arcsec") or NATIVE_SCALE_ARCSEC)
+    return LegacySurveyCutouts(bands, size, scale, layer, options)
+
+
+class LegacySurveyCutouts:
+    """Fetches (C, size, size) float32 nanomaggie stamps from the Legacy Surveys cutout service."""
+
+    def __init__(
+        self, bands: Sequence[str], size: int, scale: float, layer: str, options: Mapping[str, Any]
+    ) -> None:
+        self.bands = list(bands)
+        self.size = size
+        self.scale = scale
+        self.layer = layer
+        base = options.get("url") or os.environ.get("GALMERGE_LEGACYSURVEY_URL") or DEFAULT_URL
+        self.url = str(base).rstrip("/") + "/cutout.fits"
+        self.workers = max(1, int(options.get("workers", 4)))
+        self.client = RetryingClient(
+            RetryPolicy.from_options(options), name="legacysurvey",
+            sleep=options.get("sleep", time.sleep),
+        )
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="galmerge-legacysurvey")
+        self.cache_key = f"legacysurvey:{layer}:{','.join(self.bands)}:{size}px:{scale:.4f}arcsec:v1"
+
+    def fetch(self, requests: Sequence[CutoutRequest]) -> Iterator[CutoutResult]:
+        todo = []
+        for r in requests:
+            ok = math.isfinite(r.ra) and math.isfinite(r.dec) and 0 <= r.ra < 360
+            if ok and -90 <= r.dec <= 90:
+                todo.append(r)
+            else:
+                yield CutoutResult(r.row, None, "bad-coordinates")
+        for r, result, exc in bounded_map(self._one, todo, self.workers, self._pool):
+            if exc is None:
+                yield result
+            elif isinstance(exc, FetchError):
+                yield CutoutResult(r.row, None, f"fetch-failed: {exc.reason}")
+            else:
+                raise exc
+
+    def _params(self, r: CutoutRequest) -> dict[str, str]:
+        return {
+            "ra": f"{r.ra:.7f}", "dec": f"{r.dec:.7f}", "layer": self.layer,
+            "pixscale": f"{self.scale:g}", "size": str(self.size), "bands": "".join(self.bands),
+        }
+
+    def _decode(self, blob: bytes) -> np.ndarray:
+        from astropy.io import fits
+
+        if len(blob) % 2880:  # FITS files come in 2880-byte blocks; anything else is cut short
+            raise ValueError("not a whole FITS file")
+        with fits.open(io.BytesIO(blob)) as hdul:
+            hdu = hdul[0]
+            if hdu.data is None:
+                raise ValueError("no image in HDU0")
+            cube = np.array(hdu.data, dtype=np.float32)
+            header = hdu.header
+        if cube.ndim == 2:
+            cube = cube[None]
+        if cube.shape != (len(self.bands), self.size, self.size):
+            raise CorruptResponse(f"cutout shape {cube.shape}, asked {len(self.bands)}x{self.size}")
+        # The service names its planes BAND0, BAND1, ...; follow them rather than assume order.
+        names = [header.get(f"BAND{i}") for i in range(cube.shape[0])]
+        if all(names) and sorted(names) == sorted(self.bands):
+            cube = cube[[names.index(b) for b in self.bands]]
+        return cube
+
+    def _one(self, r: CutoutRequest) -> CutoutResult:
+        cube = self.client.get(self.url, params=self._params(r), validate=self._decode,
+                               what="cutout")
+        if not np.isfinite(cube).all():
+            cube = np.nan_to_num(cube, nan=0.0, posinf=0.0, neginf=0.0)
+        if any(not plane.any() for plane in cube):  # a band the survey never imaged here
+            return CutoutResult(r.row, None, "no-coverage")
+        return CutoutResult(r.row, cube, "ok")
+
+    def summary(self) -> str:
+        """One line: requests, retries and failures with their reasons."""
+        return self.client.summary()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.client.close()
+
+    def __enter__(self) -> LegacySurveyCutouts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

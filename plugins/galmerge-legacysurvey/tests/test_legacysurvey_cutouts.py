@@ -1,0 +1,167 @@
+"""galmerge-legacysurvey end to end: discovery, then stamps from a loopback cutout service."""
+
+from __future__ import annotations
+
+import math
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from galmerge.cutouts import CutoutRequest
+from galmerge.errors import GalmergeError
+
+try:
+    metadata.distribution("galmerge-legacysurvey")
+    INSTALLED = True
+except metadata.PackageNotFoundError:  # run from a checkout: import the package from its folder
+    INSTALLED = False
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+
+PRE = {"bands": ["g", "r", "z"], "image_size": 41, "pixel_scale_arcsec": 0.262,
+       "image_source": "frames"}
+
+
+@pytest.fixture
+def survey():
+    """The `legacysurvey` survey record, from the entry point when the plugin is installed."""
+    from galmerge.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    if not INSTALLED:
+        import galmerge_legacysurvey.plugin as module
+
+        pm.register(module, name="legacysurvey")
+    return pm.get("surveys", "legacysurvey")
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def options(sleeps) -> dict:
+    return {"backoff": 0.001, "attempts": 3, "timeout": 2.0, "sleep": sleeps.append, "workers": 3}
+
+
+def _fetch(service, reqs):
+    out = {r.row: r for r in service.fetch(reqs)}
+    assert sorted(out) == sorted(r.row for r in reqs)
+    return out
+
+
+def _req(server, i: int, row: int | None = None) -> CutoutRequest:
+    g = server.galaxies[i]
+    return CutoutRequest(i if row is None else row, g.ra, g.dec, f"g{i}")
+
+
+@pytest.mark.skipif(not INSTALLED, reason="pip install -e plugins/galmerge-legacysurvey --no-deps")
+def test_discovered_through_its_entry_point_and_can_be_blocked(monkeypatch):
+    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+
+    pm = get_plugin_manager()
+    assert pm.get("surveys", "legacysurvey").cutouts is not None
+    assert pm.owner("surveys", "legacysurvey").distribution == "galmerge-legacysurvey"
+    monkeypatch.setenv("GALMERGE_DISABLE_PLUGINS", "legacysurvey")
+    reset_plugin_manager()
+    with pytest.raises(GalmergeError, match="unknown survey 'legacysurvey'"):
+        get_plugin_manager().get("surveys", "legacysurvey")
+
+
+def test_stamps_are_centred_with_their_flux_in_band_order(survey, legacy_server, options):
+    pre = {**PRE, "bands": ["z", "g", "r"]}
+    with survey.cutouts(pre, options) as svc:
+        results = _fetch(svc, [_req(legacy_server, 0), _req(legacy_server, 2)])
+    for row in (0, 2):
+        g = legacy_server.galaxies[row]
+        image = results[row].image
+        assert results[row].status == "ok" and image.shape == (3, 41, 41)
+        assert image.dtype == np.float32
+        for c, band in enumerate("zgr"):
+            assert np.unravel_index(np.argmax(image[c]), (41, 41)) == (20, 20)
+            if row == 2:  # galaxy 0 has a neighbour within the stamp
+                assert image[c].sum() == pytest.approx(g.flux[band], rel=0.01)
+    query = legacy_server.queries[0]
+    assert query["layer"] == "ls-dr10" and query["pixscale"] == "0.262"
+    assert query["size"] == "41" and query["bands"] == "zgr"
+
+
+def test_north_is_up_in_fits_order(survey, legacy_server, options):
+    pre = {**PRE, "bands": ["r"], "image_size": 81, "pixel_scale_arcsec": 0.5}
+    with survey.cutouts(pre, options) as svc:
+        image = _fetch(svc, [_req(legacy_server, 0)])[0].image[0]
+    a, b = legacy_server.galaxies[0], legacy_server.galaxies[1]
+    row = round(40 + (b.dec - a.dec) * 3600 / 0.5)
+    window = image[row - 3 : row + 4, 37:44]
+    assert np.unravel_index(np.argmax(window), window.shape) == (3, 3)
+    assert image.sum() == pytest.approx(a.flux["r"] + b.flux["r"], rel=0.01)
+
+
+def test_429_500_drop_truncation_and_slowness_are_survived(survey, legacy_server, options, sleeps):
+    legacy_server.add_fault("ra=180.0000000", "429", retry_after="4")
+    legacy_server.add_fault("ra=180.0000000", "500", times=1)
+    legacy_server.add_fault("ra=180.0000000", "drop")
+    legacy_server.add_fault("ra=35.5000000", "truncate")
+    legacy_server.add_fault("ra=35.5000000", "slow", delay=1.5)
+    with survey.cutouts(PRE, {**options, "timeout": 0.5, "attempts": 4}) as svc:
+        results = _fetch(svc, [_req(legacy_server, 0), _req(legacy_server, 2)])
+        summary = svc.summary()
+    assert {r.status for r in results.values()} == {"ok"}
+    assert 4.0 in sleeps
+    assert legacy_server.count("cutout.fits") == 4 + 3
+    assert "HTTP 429" in summary and "timeout" in summary and "none failed" in summary
+
+
+def test_failures_after_retries_become_statuses(survey, legacy_server, options):
+    legacy_server.add_fault("ra=35.5000000", "truncate", times=-1)
+    legacy_server.add_fault("dec=10.0040000", "503", times=-1)
+    with survey.cutouts(PRE, options) as svc:
+        results = _fetch(svc, [_req(legacy_server, i) for i in range(3)])
+        summary = svc.summary()
+    assert results[0].status == "ok"
+    assert results[1].status == "fetch-failed: HTTP 503"
+    assert results[2].status == "fetch-failed: corrupt cutout (ValueError)"
+    assert legacy_server.count() == 1 + 2 * options["attempts"]
+    assert "2 failed after retries" in summary
+
+
+def test_outside_footprint_and_bad_positions(survey, legacy_server, options):
+    reqs = [CutoutRequest(0, 10.0, -45.0, "south"), CutoutRequest(1, math.nan, 0.0, "nan"),
+            CutoutRequest(2, 12.0, 91.0, "pole"), _req(legacy_server, 0, row=3)]
+    with survey.cutouts(PRE, options) as svc:
+        results = _fetch(svc, reqs)
+    assert results[0].status == "no-coverage" and results[0].image is None
+    assert results[1].status == results[2].status == "bad-coordinates"
+    assert results[3].status == "ok"
+    assert legacy_server.count() == 2
+
+
+def test_many_galaxies_fetch_concurrently(survey, legacy_server, options):
+    reqs = [CutoutRequest(i, 180.0 + i * 1e-4, 10.0, str(i)) for i in range(12)]
+    with survey.cutouts({**PRE, "image_size": 16}, options) as svc:
+        results = _fetch(svc, reqs)
+    assert all(r.status == "ok" for r in results.values())
+    assert legacy_server.count() == 12
+
+
+@pytest.mark.parametrize(
+    ("preprocess", "options_", "words"),
+    [
+        ({**PRE, "bands": ["u", "g", "r"]}, {}, "cannot produce bands u,g,r"),
+        ({**PRE, "bands": ["g", "i", "z"]}, {"layer": "ls-dr9"}, "it has g,r,z"),
+        ({**PRE, "image_source": "jpeg"}, {}, "image_source 'jpeg'"),
+        ({**PRE, "image_size": 2}, {}, "2-pixel stamps"),
+    ],
+)
+def test_impossible_models_are_refused_in_one_line(survey, preprocess, options_, words):
+    with pytest.raises(GalmergeError) as info:
+        survey.cutouts(preprocess, options_)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cache_key_names_layer_bands_size_and_scale(survey):
+    with survey.cutouts(PRE, {}) as svc:
+        assert svc.cache_key == "legacysurvey:ls-dr10:g,r,z:41px:0.2620arcsec:v1"
