@@ -1,0 +1,75 @@
+"""Temperature scaling (Guo et al. 2017) fitted on the source validation split, and ECE."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ECE_BINS = 15
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
+    """The T > 0 minimising the NLL of ``softmax(logits / T)`` (LBFGS on log T); 1.0 if no labels."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    keep = labels >= 0
+    z, y = logits[keep].double(), labels[keep]
+    if len(y) == 0:
+        return 1.0
+    # optimising log T keeps T positive without constraints
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = float(log_t.detach().exp())
+    if not math.isfinite(t) or nll(z, y, t) > nll(z, y, 1.0):
+        return 1.0  # never return a temperature worse than none at all
+    return t
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the labelled rows at temperature ``temperature``."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    keep = labels >= 0
+    if not bool(keep.any()):
+        return math.nan
+    return float(F.cross_entropy(logits[keep].double() / temperature, labels[keep]))
+
+
+def reliability(
+    p_merger: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> dict[str, np.ndarray]:
+    """Per-bin confidence, accuracy and count for the predicted class (top-label calibration)."""
+    y = np.asarray(labels).astype(np.int64)
+    p = np.asarray(p_merger, dtype=np.float64)
+    keep = y >= 0
+    y, p = y[keep], p[keep]
+    pred = (p >= 0.5).astype(np.int64)
+    conf = np.where(pred == 1, p, 1.0 - p)
+    correct = (pred == y).astype(np.float64)
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    count = np.bincount(which, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, weights=conf, minlength=bins) / count
+        accuracy = np.bincount(which, weights=correct, minlength=bins) / count
+    return {"edges": edges, "confidence": mean_conf, "accuracy": accuracy, "count": count}
+
+
+def expected_calibration_error(p_merger: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: count-weighted mean |accuracy - confidence| over confidence bins (NaN if no labels)."""
+    r = reliability(p_merger, labels, bins)
+    total = r["count"].sum()
+    if total == 0:
+        return math.nan
+    used = r["count"] > 0
+    gap = np.abs(r["accuracy"][used] - r["confidence"][used])
+    return float((gap * r["count"][used]).sum() / total)
