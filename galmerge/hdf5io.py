@@ -160,6 +160,10 @@ class ImageSetWriter:
         for name, arr in (("id", id_arr), ("labels", lab)):
             if len(arr) != n:
                 raise ValueError(f"{name} has {len(arr)} entries for {n} images")
+        if dset.dtype == np.uint8 and block.dtype != np.uint8:
+            if block.size and (np.nanmin(block) < 0 or np.nanmax(block) > 255):
+                raise ValueError("uint8 images need values in 0..255; store float32 instead")
+            block = np.rint(block)
         dset.resize(start + n, axis=0)
         dset[start:] = block.astype(dset.dtype, copy=False)
         f["labels"].resize(start + n, axis=0)

@@ -96,3 +96,13 @@ def test_memory_limit_gives_lazy_set_read_in_chunks(tmp_path):
     for start in range(0, 50, 16):  # how a trainer walks a shuffled epoch
         idx = perm[start : start + 16]
         assert torch.equal(lazy.batch(idx), original.images[torch.as_tensor(idx)])
+
+
+def test_check_finite_can_be_skipped_for_huge_files(tmp_path):
+    images = torch.rand(3, 3, 8, 8)
+    images[1, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.h5"
+    _write(path, images)
+    with pytest.raises(GalmergeError, match="non-finite pixels"):
+        load_imageset(f"hdf5:{path}")
+    assert len(load_imageset(f"hdf5:{path}?check_finite=false")) == 3

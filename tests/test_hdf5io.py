@@ -195,3 +195,12 @@ def test_good_raw_file_without_optional_parts_loads(tmp_path):
     assert len(s) == 4 and s.labels.tolist() == [-1] * 4
     assert s.ids.tolist() == [0, 1, 2, 3]
     assert s.bands == ("ch0", "ch1", "ch2")
+
+
+def test_uint8_writer_refuses_values_it_cannot_hold(tmp_path):
+    with hdf5io.ImageSetWriter(tmp_path / "u8.h5", dtype="uint8") as writer:
+        writer.append(np.full((1, 3, 4, 4), 254.6, np.float32))
+        with pytest.raises(ValueError, match="0..255"):
+            writer.append(np.full((1, 3, 4, 4), 300.0, np.float32))
+    back = hdf5io.read_imageset(tmp_path / "u8.h5")
+    assert len(back) == 1 and float(back.images.max()) == 255.0

@@ -10,7 +10,7 @@ from galmerge.errors import GalmergeError
 from galmerge.hookspecs import hookimpl
 from galmerge.records import Survey
 
-OPTIONS = ("in_memory", "memory_limit_mb")
+OPTIONS = ("in_memory", "memory_limit_mb", "check_finite")
 
 
 def _load(arg: str | None, options: Mapping[str, Any]):
@@ -35,10 +35,13 @@ def _load(arg: str | None, options: Mapping[str, Any]):
     limit = options.get("memory_limit_mb")
     if limit is not None and (not isinstance(limit, (int, float)) or limit < 0):
         raise GalmergeError(f"hdf5:{arg}: memory_limit_mb must be a number >= 0, not {limit!r}")
+    # the NaN/inf scan reads every pixel once; ?check_finite=false skips it for huge files
+    hdf5io.validate_imageset_file(path, check_finite=bool(options.get("check_finite", True)))
     imageset = hdf5io.read_imageset(
         path,
         in_memory=in_memory,
         memory_limit=None if limit is None else int(limit * 1024**2),
+        validate=False,
     )
     if "stretch" not in imageset.meta:
         sample = hdf5io.sample_images(imageset.images)
