@@ -1,12 +1,46 @@
-"""`galmerge classify` (placeholder until its issue lands)."""
+"""`galmerge classify`: a thin layer over `galmerge.classification.classify`."""
 
 from __future__ import annotations
 
 import click
 
 
-@click.command("classify", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def classify(args: tuple[str, ...]) -> None:
-    """Not implemented yet."""
-    raise click.ClickException("galmerge classify is not implemented yet")
+@click.command("classify")
+@click.argument("catalog", type=click.Path(dir_okay=False))
+@click.option("--model", required=True, help="Run directory (its best.pt) or checkpoint file.")
+@click.option("--survey", default="sdss", show_default=True,
+              help="Survey whose cutout service cuts the stamps.")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Output file: .csv (default), .h5 or .fits. "
+                   "Default: <catalog stem>_galmerge.csv in the working directory.")
+@click.option("--cache", type=click.Path(dir_okay=False),
+              help="Cutout cache (HDF5). Default: $GALMERGE_DATA/cache/<survey>-<kind>.h5.")
+@click.option("--ra-col", help="RA column (default: ra, RA, ra_deg, raj2000, ...).")
+@click.option("--dec-col", help="Dec column (default: dec, DEC, dec_deg, dej2000, ...).")
+@click.option("--id-col", help="Id column (default: objID, objid, specobjid, id, ...).")
+@click.option("--batch-size", type=int, default=256, show_default=True,
+              help="Images per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--workers", type=int, default=4, show_default=True,
+              help="Concurrent downloads.")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="is_merger = 1 when p_merger >= threshold.")
+@click.option("--domain", type=click.Choice(["target", "source"]), default="target",
+              show_default=True, help="Whose preprocessing to apply (the model adapted to target).")
+@click.option("--chunk-rows", type=int, default=4096, show_default=True,
+              help="Rows read, fetched and written per step (memory stays flat).")
+@click.option("--quiet", is_flag=True, help="No progress display or summary.")
+def classify(catalog: str, model: str, survey: str, output: str | None, cache: str | None,
+             ra_col: str | None, dec_col: str | None, id_col: str | None, batch_size: int,
+             device: str, workers: int, threshold: float, domain: str, chunk_rows: int,
+             quiet: bool) -> None:
+    """Classify every galaxy of CATALOG (CSV/FITS/VOTable, or an HDF5 image file).
+
+    Writes every input row with p_merger, is_merger and status. Under torchrun the catalog is
+    sharded over the processes and rank 0 merges the parts in input order.
+    """
+    from galmerge.classification import classify as run
+
+    run(catalog, model, survey=survey, output=output, cache=cache, ra_col=ra_col,
+        dec_col=dec_col, id_col=id_col, batch_size=batch_size, device=device, workers=workers,
+        threshold=threshold, domain=domain, quiet=quiet, chunk_rows=chunk_rows)
