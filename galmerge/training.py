@@ -113,7 +113,7 @@ class TrainStep(nn.Module):
     def forward(
         self, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, progress: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        net = self._forward_model or self.model
+        net = self._forward_model if self._forward_model is not None else self.model
         x = torch.cat([xs, xt])
         if self.autocast:
             with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
