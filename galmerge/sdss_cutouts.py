@@ -12,9 +12,9 @@ scale differs from the native 0.396"), bands in the model's order, FITS pixel or
 column 0 east, i.e. north up and east left when drawn with origin at the bottom).
 
 JPEG (``image_source = "jpeg"``): SkyServer ImgCutout ``getjpeg`` at the model's scale and size,
-channels picked by the model's bands (``R,G,B`` or the filters ``i,r,g`` that SDSS maps to R,G,B),
-values 0..255 as float32 times ``preprocess["jpeg_scale"]`` (default 1), rows as in the JPEG
-(row 0 north), the form the DeepMerge II SDSS images were made from.
+channels in R,G,B order (= i,r,g filters) unless the model names channels R/G/B in another
+order, values 0..255 as float32 times ``preprocess["jpeg_scale"]`` (default 1, as the DeepMerge II
+SDSS arrays `galmerge.deepmerge_data` loads), rows as in the JPEG (row 0 north).
 
 Base URLs: env ``GALMERGE_SDSS_SKYSERVER_URL`` and ``GALMERGE_SDSS_SAS_URL``, applied through
 ``astroquery.sdss.conf``.
@@ -52,7 +52,6 @@ NATIVE_SCALE_ARCSEC = 0.396
 DEFAULT_SKYSERVER_URL = "https://skyserver.sdss.org"
 DEFAULT_SAS_URL = "https://data.sdss.org/sas"
 #: SDSS colour JPEGs put i, r, g into R, G, B (Lupton et al. 2004)
-JPEG_FILTER_CHANNEL = {"i": 0, "r": 1, "g": 2}
 JPEG_NAME_CHANNEL = {"R": 0, "G": 1, "B": 2}
 
 
@@ -143,13 +142,18 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
 
 
 def jpeg_channels(bands: Sequence[str]) -> list[int]:
-    """JPEG channel index per model band: filter names i/r/g or channel names R/G/B."""
+    """JPEG channel index per model band.
+
+    Channel names (R, G, B in any order and case) are followed. Any other three names keep the
+    JPEG's own R, G, B order: training arrays made from colour JPEGs are stored that way whatever
+    filters they are labelled with -- the DeepMerge II SDSS set is labelled g,r,i, yet its
+    channel means (25.8 > 21.1 > 14.3) are those of R, G, B.
+    """
     if len(bands) == 3 and len(set(bands)) == 3:
-        if set(bands) <= set(JPEG_FILTER_CHANNEL):
-            return [JPEG_FILTER_CHANNEL[b] for b in bands]
         upper = [b.upper() for b in bands]
         if set(upper) <= set(JPEG_NAME_CHANNEL):
             return [JPEG_NAME_CHANNEL[b] for b in upper]
+        return [0, 1, 2]
     raise GalmergeError(
         f"SDSS colour JPEGs have 3 channels (R,G,B = i,r,g) but this model expects bands "
         f"{','.join(bands) or '(none)'}; train on 3 JPEG channels or use image_source 'frames'"
@@ -355,13 +359,13 @@ class FrameStore:
 # Stamp geometry
 # --------------------------------------------------------------------------------------------
 def _sky_offset(ra: float, dec: float, pa_deg: float, sep_arcsec: float) -> tuple[float, float]:
-    from astropy import units as u
-    from astropy.coordinates import SkyCoord
-
-    c = SkyCoord(ra * u.deg, dec * u.deg).directional_offset_by(
-        pa_deg * u.deg, sep_arcsec * u.arcsec
-    )
-    return float(c.ra.deg), float(c.dec.deg)
+    """The point ``sep_arcsec`` away at position angle ``pa_deg`` (east of north), on the sphere
+    (the formula of astropy's ``directional_offset_by``, without building SkyCoords per stamp)."""
+    d, pa, s = math.radians(dec), math.radians(pa_deg), math.radians(sep_arcsec / 3600.0)
+    sin_d2 = math.sin(d) * math.cos(s) + math.cos(d) * math.sin(s) * math.cos(pa)
+    d2 = math.asin(max(-1.0, min(1.0, sin_d2)))
+    dra = math.atan2(math.sin(pa) * math.sin(s) * math.cos(d), math.cos(s) - math.sin(d) * sin_d2)
+    return (ra + math.degrees(dra)) % 360.0, math.degrees(d2)
 
 
 def cut_stamp(

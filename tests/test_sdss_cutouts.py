@@ -221,19 +221,23 @@ def test_jpeg_cutouts(fake_sdss, options):
     reqs = _requests(fake_sdss, [0, 4]) + [CutoutRequest(7, 10.0, -10.0, "far")]
     with _service(JPEG, options) as svc:
         rgb = _fetch(svc, reqs)
-    with _service({**JPEG, "bands": ["g", "r", "i"], "jpeg_scale": 1 / 255}, options) as svc:
+    with _service({**JPEG, "bands": ["b", "g", "r"], "jpeg_scale": 1 / 255}, options) as svc:
+        bgr = _fetch(svc, reqs)
+    # filter labels, as the DeepMerge II SDSS set records them, keep the JPEG's R,G,B order
+    with _service({**JPEG, "bands": ["g", "r", "i"]}, options) as svc:
         gri = _fetch(svc, reqs)
-    assert rgb[7].status == gri[7].status == "no-coverage"
+    assert rgb[7].status == bgr[7].status == gri[7].status == "no-coverage"
     for row in (0, 4):
         image = rgb[row].image
         assert rgb[row].status == "ok" and image.shape == (3, 48, 48) and image.dtype == np.float32
         assert image.min() >= 0 and image.max() <= 255
         assert abs(_peak(image[0])[0] - 23.5) <= 1 and abs(_peak(image[0])[1] - 23.5) <= 1
-        # R,G,B = i,r,g: asking for g,r,i gives the channels reversed, scaled to 0..1
-        np.testing.assert_allclose(gri[row].image, image[::-1] / 255, rtol=1e-6)
-        # the i band is brightest in this galaxy, so R carries the most light
+        # channel names are followed, here reversed and scaled to 0..1
+        np.testing.assert_allclose(bgr[row].image, image[::-1] / 255, rtol=1e-6)
+        np.testing.assert_array_equal(gri[row].image, image)
+        # R,G,B = i,r,g and the i band is brightest in these galaxies: R carries the most light
         assert image[0].sum() > image[2].sum()
-    assert fake_sdss.count("getjpeg") == 4
+    assert fake_sdss.count("getjpeg") == 6
 
 
 def test_jpeg_truncated_then_ok(fake_sdss, options):
@@ -250,7 +254,7 @@ def test_jpeg_truncated_then_ok(fake_sdss, options):
         ({**FRAMES, "bands": ["g", "r", "y"]}, "cannot produce bands g,r,y"),
         ({**FRAMES, "bands": []}, "cannot produce bands (none)"),
         ({**JPEG, "bands": ["R", "G", "B", "NIR"]}, "3 channels"),
-        ({**JPEG, "bands": ["g", "r", "z"]}, "3 channels"),
+        ({**JPEG, "bands": ["g", "r"]}, "3 channels"),
         ({**FRAMES, "image_source": "spectra"}, "image_source 'spectra'"),
         ({**FRAMES, "image_size": 0}, "image_size"),
     ],
