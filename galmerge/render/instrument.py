@@ -1,0 +1,112 @@
+"""Observing a rendered sky: cosmology (angular scale, dimming), PSF transfer functions, noise."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+# flat Lambda-CDM, H0 = 70 km/s/Mpc, Omega_m = 0.3
+H0 = 70.0
+OMEGA_M = 0.3
+C_KM_S = 299792.458
+ARCSEC_PER_RAD = 206264.806
+
+
+@lru_cache(maxsize=1)
+def _comoving_table() -> tuple[np.ndarray, np.ndarray]:
+    z = np.linspace(0.0, 6.0, 6001)
+    inv_e = 1.0 / np.sqrt(OMEGA_M * (1.0 + z) ** 3 + (1.0 - OMEGA_M))
+    dc = np.concatenate([[0.0], np.cumsum(0.5 * (inv_e[1:] + inv_e[:-1]) * np.diff(z))])
+    return z, dc * C_KM_S / H0  # Mpc
+
+
+def comoving_distance_mpc(z: np.ndarray) -> np.ndarray:
+    zs, dc = _comoving_table()
+    return np.interp(np.asarray(z, dtype=np.float64), zs, dc)
+
+
+def arcsec_per_kpc(z: np.ndarray) -> np.ndarray:
+    """Angular size of 1 proper kpc at redshift ``z``."""
+    da_kpc = comoving_distance_mpc(z) / (1.0 + np.asarray(z)) * 1000.0
+    return ARCSEC_PER_RAD / da_kpc
+
+
+def distance_modulus(z: np.ndarray) -> np.ndarray:
+    """5 log10(D_L / 10 pc): with angular sizes it gives the (1+z)^-4 surface-brightness dimming."""
+    dl_pc = comoving_distance_mpc(z) * (1.0 + np.asarray(z)) * 1e6
+    return 5.0 * np.log10(dl_pc / 10.0)
+
+
+def mag_to_nmgy(mag: np.ndarray) -> np.ndarray:
+    return np.power(10.0, -0.4 * (np.asarray(mag) - 22.5))
+
+
+# -- PSF transfer functions ---------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def _moffat_transfer_table(beta: float) -> tuple[torch.Tensor, float]:
+    """Hankel transform G(q) of a unit-flux Moffat with alpha = 1, on q = 0..QMAX cycles/alpha."""
+    qmax, nq = 5.0, 1001
+    # alpha units out to 25 alpha: beyond it a beta >= 2.5 Moffat holds < 1e-6 of the light
+    r = (torch.arange(2500, dtype=torch.float64) + 0.5) * 0.01
+    profile = (1.0 + r * r) ** (-beta) * r
+    q = torch.linspace(0.0, qmax, nq, dtype=torch.float64)
+    table = torch.empty(nq, dtype=torch.float64)
+    for start in range(0, nq, 200):
+        qs = q[start : start + 200, None]
+        table[start : start + 200] = (torch.special.bessel_j0(2 * math.pi * qs * r) * profile).sum(
+            1
+        )
+    table = table / table[0]
+    return table.float(), qmax / (nq - 1)
+
+
+def moffat_alpha(fwhm: torch.Tensor, beta: float) -> torch.Tensor:
+    return fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+
+def frequency_radius(fft_size: int) -> torch.Tensor:
+    """|k| in cycles per pixel on the rfft2 grid of an ``fft_size`` square."""
+    ky = torch.fft.fftfreq(fft_size)[:, None]
+    kx = torch.fft.rfftfreq(fft_size)[None, :]
+    return torch.sqrt(kx * kx + ky * ky)
+
+
+def psf_transfer(kind: str, fwhm_px: torch.Tensor, fft_size: int, beta: float) -> torch.Tensor:
+    """Optical transfer functions for FWHMs (pixels, any shape) -> ``(..., F, F // 2 + 1)``."""
+    k = frequency_radius(fft_size)
+    if kind == "gaussian":
+        sigma = fwhm_px / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+        return torch.exp(-2.0 * math.pi**2 * (sigma[..., None, None] * k) ** 2)
+    if kind == "moffat":
+        table, dq = _moffat_transfer_table(float(beta))
+        x = (moffat_alpha(fwhm_px, beta)[..., None, None] * (k / dq)).clamp(max=len(table) - 1.001)
+        i0 = x.long()  # x >= 0, so truncation is floor
+        lo = table[i0]
+        return lo + (table[i0 + 1] - lo) * (x - i0)
+    raise ValueError(f"unknown PSF kind {kind!r}")
+
+
+def convolve(images: torch.Tensor, transfer: torch.Tensor, fft_size: int) -> torch.Tensor:
+    """Convolve (N, C, H, W) images with per-image, per-band transfer functions (zero padded)."""
+    h, w = images.shape[-2:]
+    spec = torch.fft.rfft2(images, s=(fft_size, fft_size))
+    return torch.fft.irfft2(spec * transfer, s=(fft_size, fft_size))[..., :h, :w]
+
+
+def add_noise(
+    images: torch.Tensor,
+    sky_sigma: tuple[float, float, float],
+    gain: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Sky-subtracted frames: Gaussian sky noise plus source shot noise (Gaussian limit)."""
+    sky_var = torch.tensor(sky_sigma, dtype=images.dtype).view(1, -1, 1, 1) ** 2
+    # counts per pixel are >> 10 everywhere on these frames, so Poisson is Gaussian there
+    var = sky_var + images.clamp_min(0.0) / gain
+    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
+    return images + noise * torch.sqrt(var)
