@@ -71,9 +71,14 @@ def gather(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Concatenate every rank's shard in rank order, keeping the autograd graph."""
     if not info.enabled:
         return tensor
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(tensor), dim=0)
+    with warnings.catch_warnings():
+        # deprecated in favour of a private API; it is the public differentiable all-gather
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(tensor), dim=0)
 
 
 def gather_plain(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

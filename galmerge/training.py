@@ -663,6 +663,7 @@ def _train_loop(
     term_keys: set[str] = set(k[5:] for r in rows for k in r if k.startswith("loss_"))
     term_keys.discard("total")
     stopped_early = bool(best.get("stopped", False))
+    step_lr = float(optimizer.param_groups[0]["lr"])
     try:
         while epoch <= int(cfg["epochs"]) and not stopped_early:
             step_module.train()
@@ -679,6 +680,7 @@ def _train_loop(
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
+                step_lr = float(optimizer.param_groups[0]["lr"])  # the lr this step used
                 scheduler.step()
                 global_step += 1
                 step_in_epoch += 1
@@ -712,7 +714,7 @@ def _train_loop(
                 row[f"{prefix}_{key}"] = float(value) / steps
             acc = {}
             row.update(_validate(model, source, target, device, cuda))
-            row["lr"] = float(optimizer.param_groups[0]["lr"])
+            row["lr"] = step_lr  # at the epoch's last step
             row["images_per_s"] = (
                 n_steps_here * images_per_step / epoch_seconds if epoch_seconds > 0 else math.nan
             )
