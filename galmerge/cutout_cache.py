@@ -463,6 +463,11 @@ class CutoutCache:
         tmp = self.path.with_name(f".{self.path.name}~{socket.gethostname()}~{os.getpid()}~.tmp")
         text = h5py.string_dtype("utf-8")
         with h5py.File(tmp, "w") as out:
+            if readable:  # keep what earlier runs recorded (bands, survey...) unless given now
+                with h5py.File(readable[0][0], "r") as first_file:
+                    for name, value in first_file.attrs.items():
+                        if name not in ("n_images", "n_missing"):
+                            out.attrs[name] = value
             self._write_header(out)
             dset = _create_images(out, np.zeros((0, *self.shape), np.float32), self.shape,
                                   total=n)
