@@ -250,6 +250,7 @@ class H5Images:
         self.dataset = dataset
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        self._raw_ok: bool | None = None
         with h5py.File(self.path, "r") as f:
             self.shape: tuple[int, ...] = tuple(f[dataset].shape)
             self.dtype = f[dataset].dtype
@@ -282,14 +283,44 @@ class H5Images:
         uniq, inverse = np.unique(idx, return_inverse=True)
         if uniq[0] < 0 or uniq[-1] >= self.shape[0]:
             raise IndexError(f"index out of range for {self.shape[0]} images")
-        # contiguous runs are read as slices: far faster than h5py's point selection
         out = np.empty((len(uniq), *self.shape[1:]), dtype=self.dtype)
-        breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
-        pos = 0
-        for run in np.split(uniq, breaks):
-            out[pos : pos + len(run)] = dset[int(run[0]) : int(run[-1]) + 1]
-            pos += len(run)
+        if not self._read_raw_chunks(dset, uniq, out):
+            # contiguous runs are read as slices: far faster than h5py's point selection
+            breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
+            pos = 0
+            for run in np.split(uniq, breaks):
+                out[pos : pos + len(run)] = dset[int(run[0]) : int(run[-1]) + 1]
+                pos += len(run)
         return out if len(uniq) == len(idx) and np.all(uniq == idx) else out[inverse]
+
+    def _read_raw_chunks(self, dset: h5py.Dataset, uniq: np.ndarray, out: np.ndarray) -> bool:
+        """Copy whole one-image chunks straight from the file when they are stored unfiltered.
+
+        This skips HDF5's selection machinery (about 2x faster for shuffled batches); any
+        other layout (compression, several images per chunk) takes the slice path.
+        """
+        if self._raw_ok is None:
+            self._raw_ok = (
+                dset.chunks == (1, *self.shape[1:])
+                and dset.compression is None
+                and not dset.shuffle
+                and not dset.fletcher32
+                and dset.scaleoffset is None
+                and dset.dtype.isnative
+            )
+        if not self._raw_ok:
+            return False
+        tail = (0,) * (len(self.shape) - 1)
+        read = dset.id.read_direct_chunk
+        try:
+            for pos, i in enumerate(uniq.tolist()):
+                out[pos] = np.frombuffer(read((i, *tail))[1], dtype=self.dtype).reshape(
+                    self.shape[1:]
+                )
+        except (KeyError, OSError, ValueError):  # e.g. a chunk never written
+            self._raw_ok = False
+            return False
+        return True
 
     def close(self) -> None:
         if self._file is not None:
