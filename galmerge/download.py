@@ -10,12 +10,13 @@ Environment: ``GALMERGE_ZENODO_URL`` (default https://zenodo.org) and ``GALMERGE
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,9 @@ class Downloader:
         progress: Any = None,
     ) -> None:
         self.session = session or requests.Session()
-        self.session.headers.setdefault("User-Agent", USER_AGENT)
+        self.session.headers["User-Agent"] = USER_AGENT
+        # byte ranges and sizes must refer to the file itself, never to a compressed transfer
+        self.session.headers["Accept-Encoding"] = "identity"
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
@@ -163,7 +166,10 @@ class Downloader:
     def fetch(self, remote: RemoteFile, folder: Path, *, force: bool = False) -> FetchResult:
         """Make ``folder/remote.name`` a verified copy of ``remote``; skip it when it is one."""
         folder.mkdir(parents=True, exist_ok=True)
-        dest = folder / remote.name
+        with _exclusive(folder / f".{remote.name}.lock", remote.name):
+            return self._fetch_locked(remote, folder / remote.name, force)
+
+    def _fetch_locked(self, remote: RemoteFile, dest: Path, force: bool) -> FetchResult:
         part = dest.with_name(dest.name + ".part")
         if force:
             part.unlink(missing_ok=True)
@@ -308,6 +314,28 @@ class Downloader:
     def _say(self, text: str) -> None:
         if self.progress is not None:
             self.progress.console.print(text)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, name: str) -> Iterator[None]:
+    """One process at a time per file: two writers appending to one .part would corrupt it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks, carry on
+        yield
+        return
+    with open(lock_path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GalmergeError(
+                f"{name}: another galmerge fetch is downloading it into {lock_path.parent}; "
+                "wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _structure_problem(path: Path, name: str) -> str | None:

@@ -68,8 +68,9 @@ def server(monkeypatch, tmp_path):
         yield srv
 
 
-def _fetch(*args: str):
-    return CliRunner().invoke(cli, ["fetch", *args, "--no-progress"], catch_exceptions=False)
+def _fetch(*args: str, progress: bool = False):
+    extra = [] if progress else ["--no-progress"]
+    return CliRunner().invoke(cli, ["fetch", *args, *extra], catch_exceptions=False)
 
 
 def _folder(tmp_path):
@@ -107,7 +108,7 @@ def test_second_fetch_skips_complete_files(server, tmp_path):
 def test_dropped_connection_is_resumed_with_range(server, tmp_path):
     name = "SimReal_SOURCE_X_Illustris0.npy"
     server.faults[f"/api/records/{RECORD}/files/{name}/content"] = ["drop"]
-    result = _fetch("illustris", "--data-dir", str(tmp_path))
+    result = _fetch("illustris", "--data-dir", str(tmp_path), progress=True)
     assert result.exit_code == 0, result.output
     ranges = server.gets(f"/{name}/content")
     assert len(ranges) == 2 and ranges[0] is None
@@ -219,3 +220,19 @@ def test_record_without_a_file_is_reported(server, tmp_path):
     )
     assert result.exit_code != 0
     assert "has no file SimReal_TARGET_y_postmergers_SDSS.npy" in result.output
+
+
+def test_a_second_fetch_of_the_same_file_waits_its_turn(server, tmp_path):
+    import fcntl
+
+    folder = _folder(tmp_path)
+    folder.mkdir(parents=True)
+    name = "SimReal_TARGET_X_postmergers_SDSS.npy"
+    with open(folder / f".{name}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = CliRunner().invoke(
+            cli, ["fetch", "sdss", "--data-dir", str(tmp_path), "--no-progress"]
+        )
+    assert result.exit_code != 0
+    assert "another galmerge fetch is downloading it" in result.output
+    assert not (folder / name).exists()
