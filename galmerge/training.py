@@ -444,6 +444,8 @@ def _run(
     t_start = time.time()
     quiet = quiet or not dist.is_main
     device = ddp.setup(dist, resolve_device(cfg["device"]))
+    # one run directory for all ranks (a default name holds a timestamp that may differ)
+    out_dir = Path(str(ddp.broadcast_object(str(out_dir), dist)))
     try:
         return _train_loop(
             cfg, out_dir, source_set, target_set, dist, quiet, resume_state, directions, device,
