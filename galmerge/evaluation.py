@@ -115,22 +115,45 @@ def bootstrap_metrics(
     out: dict[str, Any] = {"value": value, "n": int(len(y)), "bootstrap": int(n_boot)}
     if n_boot > 0 and len(y) > 1:
         rng = np.random.default_rng(seed)
-        draws = {name: [] for name in METRIC_NAMES}
-        for _ in range(n_boot):
-            idx = rng.integers(0, len(y), len(y))
-            m = binary_metrics(y[idx], q[idx])
-            for name in METRIC_NAMES:
-                draws[name].append(m[name])
+        draws = _resampled_metrics(y, q, rng.integers(0, len(y), (n_boot, len(y))))
         intervals = {}
         for name, vals in draws.items():
-            arr = np.asarray(vals, dtype=float)
-            arr = arr[np.isfinite(arr)]
+            arr = vals[np.isfinite(vals)]
             intervals[name] = (
                 [float(np.percentile(arr, 16)), float(np.percentile(arr, 84))] if len(arr) else
                 [math.nan, math.nan]
             )
         out["interval_68"] = intervals
     return out
+
+
+def _resampled_metrics(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """`binary_metrics` for every row of resample indices ``idx`` (B, n) at once; the per-call
+    overhead of sklearn would dominate otherwise. AUC is the Mann-Whitney rank statistic."""
+    from scipy.stats import rankdata
+
+    yy, pp = y[idx].astype(np.float64), p[idx]
+    pred = (pp >= 0.5).astype(np.float64)
+    tp = (pred * yy).sum(1)
+    fp = (pred * (1 - yy)).sum(1)
+    fn = ((1 - pred) * yy).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        ranks = rankdata(pp, axis=1)  # ties get average ranks, as roc_auc_score
+        n1 = yy.sum(1)
+        n0 = yy.shape[1] - n1
+        auc = ((ranks * yy).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    auc[(n1 == 0) | (n0 == 0)] = np.nan
+    return {
+        "accuracy": (pred == yy).mean(1),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "brier": ((pp - yy) ** 2).mean(1),
+        "auc": auc,
+    }
 
 
 def selection_choices(
@@ -222,11 +245,12 @@ def _gallery_picks(labels: np.ndarray, p: np.ndarray, k: int) -> list[tuple[str,
     non = np.flatnonzero(cls == 0)
     m_order = mergers[np.argsort(-p[mergers], kind="stable")]
     n_order = non[np.argsort(p[non], kind="stable")]
+    # the "least confident" rows skip images already shown as "most confident" (small sets)
     return [
         (f"{kind} mergers,\nmost confident", m_order[:k]),
-        (f"{kind} mergers,\nleast confident", m_order[::-1][:k]),
+        (f"{kind} mergers,\nleast confident", m_order[k:][::-1][:k]),
         (f"{kind} non-mergers,\nmost confident", n_order[:k]),
-        (f"{kind} non-mergers,\nleast confident", n_order[::-1][:k]),
+        (f"{kind} non-mergers,\nleast confident", n_order[k:][::-1][:k]),
     ]
 
 
@@ -246,7 +270,7 @@ def _gallery(
             if j < len(pos):
                 chosen.append(int(pos[j]))
                 images.append(None)
-                captions.append(f"p_merger={p[pos[j]]:.2f}")
+                captions.append(f"p_merger={p[pos[j]]:.3f}")
             else:
                 chosen.append(-1)
                 images.append(None)
@@ -266,7 +290,7 @@ def _gallery(
     for slot, c in enumerate(chosen):
         if c >= 0:
             images[slot] = raw[it].numpy()
-            captions[slot] = f"id {ids[it]}\n{captions[slot]}"
+            captions[slot] = f"id {_short(ids[it])}\n{captions[slot]}"
             cams.append(cams_valid[it] if cams_valid else None)
             it += 1
         else:
@@ -278,8 +302,14 @@ def _gallery(
     if cams_valid:
         files.append("gradcam_target.png")
         plots.gallery(images, captions, titles, k, out / files[1], cams=cams,
-                      title="Grad-CAM for the merger class (red = drives 'merger')")
+                      title="Grad-CAM for the merger class: contours at 30, 60, 90% of each "
+                            "map's peak (yellow = strongest evidence for 'merger')")
     return files
+
+
+def _short(identifier: object, width: int = 18) -> str:
+    text = str(identifier)
+    return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
 def _embedding(

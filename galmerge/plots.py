@@ -255,7 +255,9 @@ def gallery(
                 continue
             ax.imshow(composite(images[k]), interpolation="nearest")
             if cams is not None and cams[k] is not None:
-                ax.imshow(cams[k], cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+                # contours keep the galaxy visible, unlike an opaque heat map
+                ax.contour(cams[k], levels=[0.3, 0.6, 0.9], cmap="autumn_r", vmin=0.3, vmax=0.9,
+                           linewidths=1.2)
             ax.set_title(captions[k], fontsize=8)
         axes[i, 0].set_ylabel(row_titles[i], fontsize=9)
         axes[i, 0].axis("on")

@@ -1,0 +1,189 @@
+"""`galmerge evaluate` on two tiny real runs (`none` and `mmd`), and Grad-CAM on real backbones."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from eval_helpers import tiny_run, write_pair
+from PIL import Image
+
+from galmerge.cli import cli
+from galmerge.model import build_model, load_model, read_checkpoint
+
+PNGS = ("training_curves.png", "roc.png", "confusion.png", "reliability.png", "embedding.png",
+        "gallery_target.png", "gradcam_target.png", "selection.png")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    source, target = write_pair(root / "data")
+    out = {}
+    for strategy in ("none", "mmd"):
+        out[strategy] = root / "runs" / strategy
+        tiny_run(out[strategy], source, target, strategy, epochs=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(runs: dict[str, Path]) -> tuple[Path, str]:
+    result = CliRunner().invoke(
+        cli, ["evaluate", str(runs["mmd"]), "--device", "cpu", "--bootstrap", "30",
+              "--embedding-points", "16"],
+    )
+    assert result.exit_code == 0, result.output
+    return runs["mmd"] / "report", result.output
+
+
+def test_every_report_file_exists_and_every_png_is_a_real_image(evaluated) -> None:
+    report, _ = evaluated
+    for name in (*PNGS, "metrics.json", "report.html"):
+        assert (report / name).is_file(), name
+    for name in PNGS:
+        with Image.open(report / name) as img:
+            img.verify()
+        with Image.open(report / name) as img:
+            pixels = np.asarray(img.convert("RGB"), dtype=np.float64)
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100, name
+        assert pixels.std() > 5, f"{name} is blank"
+    html = (report / "report.html").read_text()
+    for name in PNGS:
+        assert f"data-file='{name}'" in html, name
+    assert html.count("data:image/png;base64,") == len(PNGS)
+    assert "oracle" in html
+
+
+def test_metrics_reproduce_the_trainers_test_numbers(runs, evaluated) -> None:
+    """Same splits, same model: evaluate's point metrics equal summary.json's."""
+    report, output = evaluated
+    metrics = json.loads((report / "metrics.json").read_text())
+    summary = json.loads((runs["mmd"] / "summary.json").read_text())
+    for split in ("source_test", "target_test"):
+        ours = metrics["metrics"][split]
+        for name, value in summary["metrics"][split].items():
+            if value is None:
+                assert ours["value"][name] is None
+                continue
+            assert math.isclose(ours["value"][name], value, abs_tol=1e-5), (split, name)
+            low, high = ours["interval_68"][name]
+            assert low <= high
+        assert ours["bootstrap"] == 30
+    assert "source_test" in output and "target_test" in output and "report.html" in output
+
+
+def test_selection_table_matches_metrics_csv_and_marks_the_oracle(runs, evaluated) -> None:
+    report, _ = evaluated
+    metrics = json.loads((report / "metrics.json").read_text())
+    with (runs["mmd"] / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    by_score = {c["score"]: c for c in metrics["selection"]}
+    directions = {"source_val_loss": min, "entropy": min, "im": min, "snd": max, "dev": min}
+    for score, pick in directions.items():
+        values = [float(r[f"score_{score}"]) for r in rows]
+        best = values.index(pick(values))
+        assert by_score[score]["epoch"] == int(rows[best]["epoch"]), score
+        assert by_score[score]["target_val_accuracy"] == pytest.approx(
+            float(rows[best]["target_val_accuracy"]))
+        assert not by_score[score]["oracle"]
+    accs = [float(r["target_val_accuracy"]) for r in rows]
+    oracle = by_score["oracle_target_accuracy"]
+    assert oracle["oracle"] and "oracle" in oracle["label"]
+    assert oracle["target_val_accuracy"] == max(accs)
+    assert all(c["gap_to_oracle"] >= -1e-12 for c in metrics["selection"])
+
+
+def test_embedding_includes_the_none_baseline_found_beside_the_run(runs, evaluated) -> None:
+    report, _ = evaluated
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert Path(metrics["baseline"]).resolve() == runs["none"].resolve()
+    assert metrics["embedding_method"] in ("t-SNE", "UMAP")
+
+
+def test_calibrate_writes_the_fitted_temperature_into_the_checkpoint(runs, tmp_path) -> None:
+    run = tmp_path / "none-copy"
+    shutil.copytree(runs["none"], run, ignore=shutil.ignore_patterns("report"))
+    before = read_checkpoint(run / "best.pt")
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "--device", "cpu", "--calibrate",
+                                      "--bootstrap", "0", "--embedding-points", "8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    cal = metrics["calibration"]
+    assert cal["applied"] and cal["fitted_temperature"] > 0
+    assert cal["source_val_nll"]["fitted"] <= cal["source_val_nll"]["T=1"] + 1e-12
+    assert set(cal["ece"]) == {"source_test", "target_test"}
+    after = read_checkpoint(run / "best.pt")
+    assert after["temperature"] == pytest.approx(cal["fitted_temperature"])
+    assert load_model(run).temperature == pytest.approx(cal["fitted_temperature"])
+    for key, value in before["model"].items():  # only the temperature changed
+        assert torch.equal(value, after["model"][key])
+    assert metrics["baseline"] is None  # a `none` run has no baseline of its own
+    assert "interval_68" not in metrics["metrics"]["target_test"]  # --bootstrap 0
+
+
+def test_user_errors_are_one_line(runs, tmp_path) -> None:
+    runner = CliRunner()
+    cases = [
+        (["evaluate", str(tmp_path)], "not a run directory"),
+        (["evaluate", str(runs["none"]), "--source", "hdf5:" + str(tmp_path / "gone.h5")],
+         "--source"),
+        (["evaluate", str(runs["none"]), "--bootstrap", "-1"], "--bootstrap"),
+    ]
+    for args, needle in cases:
+        result = runner.invoke(cli, args)
+        assert result.exit_code != 0
+        assert needle in result.output, result.output
+        assert "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("backbone", ["deepmerge", "resnet18"])
+def test_grad_cam_maps_for_built_in_backbones(backbone: str) -> None:
+    from galmerge.gradcam import grad_cam
+
+    torch.manual_seed(0)
+    model = build_model(backbone, 3, 75)
+    x = torch.randn(2, 3, 75, 75)
+    cams = grad_cam(model, x)
+    assert cams.shape == (2, 75, 75)
+    assert torch.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1 + 1e-6
+    assert model.training  # the model's mode is restored
+
+
+def test_grad_cam_points_at_the_feature_that_drives_the_merger_logit() -> None:
+    """A positive filter and a head that rewards its response: the map peaks on the blob."""
+    from torch import nn
+
+    from galmerge.gradcam import grad_cam
+    from galmerge.model import GalaxyClassifier
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+            self.out_features = 1
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.conv(x)).mean(dim=(2, 3))
+
+    net = Net()
+    with torch.no_grad():
+        net.conv.weight.fill_(1 / 9)
+        net.conv.bias.zero_()
+    head = nn.Linear(1, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+        head.bias.zero_()
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 8:11, 20:23] = 5.0
+    cam = grad_cam(GalaxyClassifier(net, head), x)[0]
+    row, col = divmod(int(cam.argmax()), 32)
+    assert 8 <= row <= 10 and 20 <= col <= 22
+    assert cam[28:, :5].max() < 0.05  # nothing far from the blob
