@@ -157,7 +157,8 @@ class CsvWriter(OutputWriter):
         self._fh = open(  # noqa: SIM115 (kept open across writes; closed by commit/abort)
             self.tmp, "w", encoding=ENCODING, errors=ERRORS, newline=""
         )
-        self._csv = csv.writer(self._fh, lineterminator="\n")
+        # RFC 4180 line ends: Python's writer then also quotes fields holding a bare CR
+        self._csv = csv.writer(self._fh, lineterminator="\r\n")
         self._csv.writerow([*self.columns, *self.names])
 
     def _write(self, block: ResultBlock) -> None:

@@ -166,7 +166,6 @@ def test_casjobs_csv_every_row_kept_with_status_and_probability(env):
     header, rows = read_csv(tmp / "dr16_galmerge.csv")
     assert header == ["objID", "ra", "dec", "petroMag_r", "note", "p_merger", "is_merger",
                       "status"]
-    _, original = read_csv(cat.with_suffix(".csv")) if False else (None, None)
     src = list(csv.reader(CASJOBS.splitlines()[2:]))
     assert len(rows) == len(src)
     for out, inp in zip(rows, src, strict=True):
