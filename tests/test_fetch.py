@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
+from loopback_http import LoopbackServer
 
 from galmerge import deepmerge_data
 from galmerge.cli import cli
 from galmerge.datasets import load_imageset
-from tests.loopback_http import LoopbackServer
 
 RECORD = deepmerge_data.ZENODO_RECORD
 SIZES = {"SimReal_SOURCE": 6, "SimSim_SOURCE": 5, "SimSim_TARGET": 5, "SimReal_TARGET": 4}
