@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fake_sdss import fake_sdss_fixture  # noqa: F401  (the loopback SDSS server fixture)
 
 from galmerge import hookimpl
 from galmerge.cutouts import CutoutResult
@@ -462,3 +463,57 @@ def test_torchrun_two_processes_merge_in_input_order(env):
     assert Counter(fetch_lines(log)).most_common(1)[0][1] == 1  # each row fetched by one rank
     assert len(fetch_lines(log)) == len(rows)
     assert not (tmp / "sharded.csv.parts").exists()
+
+
+# -- end to end through the real `sdss` survey and the loopback SkyServer/SAS -------------------
+
+def _sdss_checkpoint(path: Path, size: int = 24) -> Path:
+    import torch
+
+    from galmerge.model import build_model, save_checkpoint
+
+    torch.manual_seed(3)
+    model = build_model("deepmerge", 3, size)
+    spec = {"survey": "sdss", "bands": ["g", "r", "i"], "channels": 3, "image_size": size,
+            "pixel_scale_arcsec": 0.396, "image_source": "frames", "stretch": "arcsinh",
+            "stretch_scale": 0.05, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    save_checkpoint(path, {
+        "galmerge_version": "test", "backbone": "deepmerge", "backbone_options": {},
+        "in_channels": 3, "image_size": size, "num_classes": 2, "model": model.state_dict(),
+        "temperature": 1.0, "preprocess": {"source": spec, "target": spec}, "config": {},
+        "epoch": 1, "training_state": None,
+    })
+    return path
+
+
+def test_sdss_survey_end_to_end_over_loopback(fake_sdss, tmp_path, monkeypatch):
+    from galmerge.cutouts import CutoutRequest
+    from galmerge.plugins import get_survey
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = _sdss_checkpoint(tmp_path / "best.pt")
+    g = fake_sdss.galaxies
+    cat = tmp_path / "dr16.csv"
+    lines = ["#Table1", "objID,ra,dec"]
+    lines += [f"{1237648720693755918 + i},{x.ra},{x.dec}" for i, x in enumerate(g)]
+    lines += ["1237648720693700000,10.0,-10.0", "1237648720693700001,,"]
+    cat.write_text("\n".join(lines) + "\n")
+    fake_sdss.add_fault("frame-r-001000", "500", times=1)  # retried, not a failure
+    args = ["classify", str(cat), "--model", str(ckpt), "--cache", str(tmp_path / "c.h5"),
+            "--workers", "2", "--quiet"]
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    _, rows = read_csv(tmp_path / "dr16_galmerge.csv")
+    assert [r[0] for r in rows] == [ln.split(",")[0] for ln in lines[2:]]
+    assert [r[-1] for r in rows] == ["ok"] * len(g) + ["no-coverage", "bad-coordinates"]
+    spec = {"bands": ["g", "r", "i"], "image_size": 24, "pixel_scale_arcsec": 0.396,
+            "image_source": "frames"}
+    with get_survey("sdss").cutouts(spec, {}) as svc:  # the same stamps, asked for directly
+        direct = {r.row: r.image for r in svc.fetch(
+            [CutoutRequest(i, x.ra, x.dec, str(i)) for i, x in enumerate(g)])}
+    expected = oracle(ckpt, np.stack([direct[i] for i in range(len(g))]))
+    np.testing.assert_allclose([float(r[3]) for r in rows[: len(g)]], expected, atol=1e-5)
+    frames, lookups = fake_sdss.count("frame-"), fake_sdss.count("x_results")
+    assert run_cli(*args).exit_code == 0  # second run: everything from the cache...
+    assert fake_sdss.count("x_results") == lookups  # ...no lookup...
+    assert fake_sdss.count("frame-") == frames  # ...and no download
