@@ -1,0 +1,119 @@
+"""`galmerge compare`: its numbers against the runs' summary.json files, computed here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from eval_helpers import tiny_run, write_pair
+
+from galmerge.cli import cli
+
+NAMES = ("accuracy", "precision", "recall", "f1", "brier", "auc")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two seeds of `none` and two of `coral` on the same data (one epoch each)."""
+    root = tmp_path_factory.mktemp("compare")
+    source, target = write_pair(root / "data", n=40)
+    for strategy in ("none", "coral"):
+        for seed in (1, 2):
+            tiny_run(root / "runs" / f"{strategy}-{seed}", source, target, strategy, seed,
+                     epochs=1)
+    return root / "runs"
+
+
+def _summaries(folder: Path) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for path in sorted(folder.glob("*/summary.json")):
+        s = json.loads(path.read_text())
+        out.setdefault(s["strategy"], []).append(s)
+    return out
+
+
+def _float(text: str) -> float:
+    return float("nan") if text in ("", "nan") else float(text)
+
+
+def test_csv_numbers_are_mean_and_std_over_seeds_of_summary_json(runs, tmp_path) -> None:
+    out = tmp_path / "table.csv"
+    result = CliRunner().invoke(cli, ["compare", f"{runs}/*", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    with out.open() as fh:
+        rows = {r["strategy"]: r for r in csv.DictReader(fh)}
+    summaries = _summaries(runs)
+    assert set(rows) == set(summaries) == {"none", "coral"}
+    for strategy, members in summaries.items():
+        row = rows[strategy]
+        assert int(row["runs"]) == 2 and row["seeds"] == "1;2"
+        for split in ("source_test", "target_test"):
+            for name in NAMES:
+                values = [m["metrics"][split][name] for m in members]
+                if any(v is None for v in values):
+                    continue
+                assert _float(row[f"{split}_{name}_mean"]) == pytest.approx(
+                    statistics.mean(values), abs=1e-12)
+                assert _float(row[f"{split}_{name}_std"]) == pytest.approx(
+                    statistics.stdev(values), abs=1e-12)
+    gain = statistics.mean(m["metrics"]["target_test"]["accuracy"] for m in summaries["coral"]) \
+        - statistics.mean(m["metrics"]["target_test"]["accuracy"] for m in summaries["none"])
+    assert _float(rows["coral"]["target_accuracy_gain_over_none"]) == pytest.approx(gain, abs=1e-12)
+    assert _float(rows["none"]["target_accuracy_gain_over_none"]) == 0.0
+    assert "coral" in result.output and "none" in result.output
+
+
+def test_markdown_table_shows_mean_plus_minus_std(runs, tmp_path) -> None:
+    out = tmp_path / "table.md"
+    dirs = [str(p) for p in sorted(runs.iterdir())]
+    result = CliRunner().invoke(cli, ["compare", *dirs, "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(lines) == 3  # header + one row per strategy
+    coral = next(line for line in lines if line.startswith("| coral "))
+    members = _summaries(runs)["coral"]
+    acc = [m["metrics"]["target_test"]["accuracy"] for m in members]
+    assert f"{statistics.mean(acc):.3f} ± {statistics.stdev(acc):.3f}" in coral
+    assert lines[1].startswith("| none ")  # the baseline comes first
+
+
+def _fake_summary(folder: Path, strategy: str, backbone: str, seed: int, acc: float) -> None:
+    m = {n: acc for n in NAMES}
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({
+        "source": "synthetic:illustris", "target": "synthetic:sdss", "strategy": strategy,
+        "backbone": backbone, "seed": seed, "epochs_run": 1, "best_epoch": 1,
+        "train_images_per_s": 1.0, "metrics": {"source_test": m, "target_test": m},
+    }))
+
+
+def test_groups_by_backbone_and_gain_needs_a_matching_none_run(tmp_path) -> None:
+    _fake_summary(tmp_path / "a", "none", "deepmerge", 0, 0.6)
+    _fake_summary(tmp_path / "b", "mmd", "deepmerge", 0, 0.7)
+    _fake_summary(tmp_path / "c", "mmd", "resnet18", 0, 0.9)
+    out = tmp_path / "t.csv"
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    with out.open() as fh:
+        rows = {(r["strategy"], r["backbone"]): r for r in csv.DictReader(fh)}
+    assert _float(rows[("mmd", "deepmerge")]["target_accuracy_gain_over_none"]) == pytest.approx(0.1)
+    assert rows[("mmd", "resnet18")]["target_accuracy_gain_over_none"] == "nan"
+    assert rows[("mmd", "resnet18")]["target_test_accuracy_std"] == "nan"  # one seed: no spread
+
+
+def test_compare_user_errors_are_one_line(tmp_path) -> None:
+    runner = CliRunner()
+    for args, needle in (
+        (["compare", str(tmp_path / "nothing-*")], "no run directory matches"),
+        (["compare", str(tmp_path)], "no finished run"),
+        (["compare", str(tmp_path), "--output", str(tmp_path / "t.txt")], ".md or .csv"),
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code != 0
+        assert needle in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
