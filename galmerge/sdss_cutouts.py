@@ -182,10 +182,15 @@ def _short(err: BaseException) -> str:
 class FieldResolver:
     """Finds the field of the nearest primary object for many positions per SkyServer query."""
 
+    MEMO_SIZE = 200_000
+
     def __init__(self, client: RetryingClient, settings: Settings) -> None:
         self._client = client
         self._settings = settings
         self._local = threading.local()
+        self._memo: dict[tuple[float, float], FieldKey | None] = {}  # answers already had
+        self._memo_lock = threading.Lock()
+        self.queries = 0
 
     def _sdss(self):
         # astroquery keeps one requests.Session per instance: one instance per thread.
@@ -228,13 +233,31 @@ class FieldResolver:
             }
 
         found = self._client.call(query, "position lookup")
-        return [found.get(i) for i in range(len(batch))]
+        keys = [found.get(i) for i in range(len(batch))]
+        with self._memo_lock:
+            self.queries += 1
+            if len(self._memo) > self.MEMO_SIZE:
+                self._memo.clear()
+            for r, key in zip(batch, keys, strict=True):
+                self._memo[(round(r.ra, 7), round(r.dec, 7))] = key
+        return keys
 
     def resolve_all(
         self, reqs: Sequence[CutoutRequest], pool: ThreadPoolExecutor
     ) -> Iterator[tuple[CutoutRequest, FieldKey | None, BaseException | None]]:
+        """``(request, field or None, error or None)`` for every request; positions seen
+        before are answered from memory, the rest in batched queries on the pool."""
+        todo = []
+        for r in reqs:
+            with self._memo_lock:
+                pos = (round(r.ra, 7), round(r.dec, 7))
+                known, key = pos in self._memo, self._memo.get(pos)
+            if known:
+                yield r, key, None
+            else:
+                todo.append(r)
         n = self._settings.resolve_batch
-        batches = [reqs[i : i + n] for i in range(0, len(reqs), n)]
+        batches = [todo[i : i + n] for i in range(0, len(todo), n)]
         for batch, keys, exc in bounded_map(self.resolve, batches, self._settings.workers, pool):
             for j, r in enumerate(batch):
                 yield r, (None if exc else keys[j]), exc
@@ -374,7 +397,7 @@ def cut_stamp(
     """A (size, size) stamp centred on (ra, dec), north up and east left in FITS pixel order.
 
     Cut with `Cutout2D` around the position, then sampled on the output grid through the local
-    affine map of the frame WCS: nearest pixel when the grids align (exact frame values),
+    affine map of the frame WCS (exact for TAN over a stamp's few arcmin): nearest pixel when the grids align (exact frame values),
     bilinear otherwise, averaged over sub-samples when the output pixel is coarser; values are
     scaled by the pixel-area ratio so fluxes are conserved. Returns None if (ra, dec) is off
     the frame; pixels beyond the frame edge are 0 (frames are sky-subtracted).
@@ -395,9 +418,11 @@ def cut_stamp(
     jac = np.array([[float(wx) - x0, float(nx_) - x0], [float(wy) - y0, float(ny_) - y0]])
     ratio = math.sqrt(abs(np.linalg.det(jac)))
     half = int(math.ceil(size * ratio * 0.75)) + 3
+    # No wcs= here: the geometry comes from the frame WCS above, and copying it per stamp
+    # would cost more than the cut itself.
     cut = Cutout2D(
-        data, (x0, y0), (2 * half + 1, 2 * half + 1), wcs=wcs, mode="partial",
-        fill_value=np.nan, copy=False,
+        data, (x0, y0), (2 * half + 1, 2 * half + 1), mode="partial", fill_value=np.nan,
+        copy=False,
     )
     # Cutout2D.to_cutout_position is off when a partial cutout overhangs both edges of the
     # frame (astropy 8.0); the slices are exact.

@@ -309,7 +309,10 @@ class FakeSdss:
             east = ((width - 1) / 2.0 - cols) * scale / 3600.0  # column 0 is east
             pra = ra + east / math.cos(math.radians(dec))
             pdec = dec + north
-            planes = [render(self.galaxies, b, pra, pdec, scale) for b in ("i", "r", "g")]
+            reach = (max(width, height) * scale / 2 + 20) / 3600  # galaxies that can show
+            near = [g for g in self.galaxies if abs(g.dec - dec) < reach
+                    and abs(g.ra - ra) * math.cos(math.radians(dec)) < reach]
+            planes = [render(near, b, pra, pdec, scale) for b in ("i", "r", "g")]
             stack = np.stack(planes, axis=-1)
             rgb = np.clip(12 + 240 * stack / max(stack.max(), 1e-9), 0, 255).astype(np.uint8)
         buf = io.BytesIO()

@@ -110,7 +110,7 @@ def test_one_frame_download_per_field_and_band_then_disk_cache(fake_sdss, option
         assert fake_sdss.count(f"frame-{band}-001000-1-0100") == 1  # 4 galaxies, one field
         assert fake_sdss.count(f"frame-{band}-001000-1-0101") == 1
     assert fake_sdss.count("frame-") == 6
-    assert fake_sdss.count("x_results.aspx") == 2  # one position lookup per fetch of 5 rows
+    assert fake_sdss.count("x_results.aspx") == 1  # one lookup for 5 rows, then remembered
     # a new service (a new run) reads the frames from the disk cache
     with _service(FRAMES, options) as svc:
         third = _fetch(svc, reqs)
