@@ -9,10 +9,14 @@ import torch
 import torch.nn.functional as F
 
 ECE_BINS = 15
+# A model whose source logits carry no information drives the optimum T to infinity; a
+# bounded range keeps the stored temperature meaningful (T = 100 already means p ~ 0.5).
+T_MIN, T_MAX = 0.01, 100.0
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
-    """The T > 0 minimising the NLL of ``softmax(logits / T)`` (LBFGS on log T); 1.0 if no labels."""
+    """The T in [0.01, 100] minimising the NLL of ``softmax(logits / T)`` (LBFGS on log T);
+    1.0 when there are no labels or nothing beats T = 1."""
     labels = torch.as_tensor(labels, dtype=torch.int64)
     keep = labels >= 0
     z, y = logits[keep].double(), labels[keep]
@@ -30,6 +34,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
     opt.step(closure)
     t = float(log_t.detach().exp())
+    if math.isfinite(t):
+        t = min(max(t, T_MIN), T_MAX)
     if not math.isfinite(t) or nll(z, y, t) > nll(z, y, 1.0):
         return 1.0  # never return a temperature worse than none at all
     return t

@@ -56,3 +56,10 @@ def test_ece_known_values() -> None:
     assert math.isclose(expected_calibration_error(np.array([1.0, 1.0, 0.0, 0.0]),
                                                    np.array([1, 0, 0, 1])), 0.5)
     assert math.isnan(expected_calibration_error(np.array([0.3]), np.array([-1])))
+
+
+def test_uninformative_logits_get_a_bounded_temperature() -> None:
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(400, 2, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 2, (400,), generator=g)
+    assert 1.0 < fit_temperature(logits, labels) <= 100.0
