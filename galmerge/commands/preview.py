@@ -1,12 +1,35 @@
-"""`galmerge preview` (placeholder until its issue lands)."""
+"""`galmerge preview SURVEY`: a PNG grid of mergers and non-mergers, to look before training."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import click
 
 
-@click.command("preview", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def preview(args: tuple[str, ...]) -> None:
-    """Not implemented yet."""
-    raise click.ClickException("galmerge preview is not implemented yet")
+def _default_output(spec: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-") or "survey"
+    return Path(f"preview-{slug}.png")
+
+
+@click.command("preview")
+@click.argument("survey")
+@click.option("--n", "n", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Examples in the grid, split evenly between mergers and non-mergers.")  # fmt: skip
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG to write (default: preview-<survey>.png).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Which examples are drawn.")  # fmt: skip
+def preview(survey: str, n: int, output: Path | None, seed: int) -> None:
+    """Write a PNG grid of SURVEY's images per class (arcsinh colour composites).
+
+    SURVEY is any survey spec with labels, e.g. synthetic:sdss, synthetic:illustris?n=500,
+    hdf5:data/my_set.h5, illustris, sdss.
+    """
+    from galmerge.datasets import load_imageset
+    from galmerge.preview import write_preview
+
+    imageset = load_imageset(survey)
+    path = write_preview(imageset, output or _default_output(survey), n=n, seed=seed)
+    click.echo(f"wrote {path} ({imageset.describe()})")

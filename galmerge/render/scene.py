@@ -69,6 +69,16 @@ class Scenes:
     def subset(self, index: np.ndarray | slice) -> Scenes:
         return Scenes(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    @classmethod
+    def blank(cls, n: int) -> Scenes:
+        """``n`` empty non-merger scenes at mid redshift, to be filled by hand (tests, demos)."""
+        return cls(
+            label=np.zeros(n, dtype=np.int64),
+            kind=np.full(n, ISOLATED, dtype=np.int64),
+            z_quantile=np.full(n, 0.5),
+            **_empty(n),
+        )
+
     def as_arrays(self) -> dict[str, np.ndarray]:
         """All parameters by name (saved beside the images in the HDF5 cache)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,64 @@
+"""`galmerge preview`: a PNG grid per class for any labelled survey spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from matplotlib.image import imread
+
+from galmerge import hdf5io
+from galmerge.cli import cli
+from galmerge.imageset import ImageSet
+
+
+def _check_png(path: Path) -> np.ndarray:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[0] > 150 and img.shape[1] > 300
+    assert float(img[..., :3].std()) > 0.05  # not blank
+    return img
+
+
+def test_preview_of_a_synthetic_survey(tmp_path):
+    out = tmp_path / "grid.png"
+    result = CliRunner().invoke(
+        cli, ["preview", "synthetic:sdss?n=20&seed=2", "--n", "8", "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "10 mergers" in result.output
+    _check_png(out)
+
+
+def test_preview_of_an_hdf5_file_and_seed_changes_the_examples(tmp_path):
+    rng = np.random.default_rng(0)
+    images = torch.as_tensor(rng.gamma(2.0, 0.05, (30, 3, 40, 40)), dtype=torch.float32)
+    images[::2, :, 15:25, 15:25] += 5.0  # something to see
+    imageset = ImageSet(images=images, labels=torch.arange(30) % 2, ids=np.arange(30),
+                        bands=("g", "r", "i"), survey="toy", pixel_scale_arcsec=0.4)  # fmt: skip
+    path = tmp_path / "toy.h5"
+    hdf5io.write_imageset(path, imageset)
+    outs = []
+    for seed in (0, 1):
+        out = tmp_path / f"toy{seed}.png"
+        result = CliRunner().invoke(
+            cli, ["preview", f"hdf5:{path}", "--n", "6", "--seed", str(seed), "-o", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        outs.append(_check_png(out))
+    assert outs[0].shape == outs[1].shape and not np.array_equal(outs[0], outs[1])
+
+
+def test_preview_rejects_a_missing_file_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["preview", f"hdf5:{tmp_path / 'none.h5'}"])
+    assert result.exit_code != 0
+    assert "no such file" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_preview_rejects_bad_counts(n):
+    result = CliRunner().invoke(cli, ["preview", "synthetic:sdss", "--n", n])
+    assert result.exit_code != 0 and "--n" in result.output

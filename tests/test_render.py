@@ -1,0 +1,119 @@
+"""Renderer behaviour: determinism, class balance, paired domains, PSF, noise, flux."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from galmerge.render import PRESETS, Scenes, draw_scenes, sample_scenes
+from galmerge.render.instrument import distance_modulus, mag_to_nmgy
+from galmerge.render.scene import PAIR, POSTMERGER
+
+
+def test_same_seed_same_images_other_seed_other_images():
+    a, _ = draw_scenes(sample_scenes(12, seed=4), PRESETS["sdss"], seed=4)
+    b, _ = draw_scenes(sample_scenes(12, seed=4), PRESETS["sdss"], seed=4)
+    c, _ = draw_scenes(sample_scenes(12, seed=5), PRESETS["sdss"], seed=5)
+    assert a.dtype == torch.float32 and a.shape == (12, 3, 75, 75)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize(("n", "fraction"), [(40, 0.5), (101, 0.3), (10, 0.0), (10, 1.0)])
+def test_merger_fraction_sets_class_balance(n, fraction):
+    scenes = sample_scenes(n, seed=1, merger_fraction=fraction)
+    assert int(scenes.label.sum()) == round(n * fraction)
+    # mergers are close pairs or remnants; non-mergers are isolated or have a neighbour
+    merging = np.isin(scenes.kind, (PAIR, POSTMERGER))
+    assert np.array_equal(merging, scenes.label == 1)
+
+
+def test_scene_is_independent_of_the_preset_so_domains_pair_up():
+    scenes = sample_scenes(8, seed=2)
+    clean, _ = draw_scenes(scenes, PRESETS["illustris"], seed=2)
+    observed, _ = draw_scenes(scenes, PRESETS["sdss"], seed=2)
+    assert clean.shape == observed.shape
+    # the same galaxies: bright pixels of the clean image are bright in the observed one
+    for k in range(8):
+        top = clean[k, 1].flatten().argsort()[-20:]
+        assert observed[k, 1].flatten()[top].mean() > 5 * PRESETS["sdss"].sky_sigma[1]
+
+
+def _point_source(preset_name: str) -> tuple[torch.Tensor, np.ndarray, float]:
+    """One star-like compact component at the stamp centre, drawn without noise or field."""
+    preset = PRESETS[preset_name]
+    scenes = Scenes.blank(1)
+    scenes.s_re[0, 0], scenes.s_n[0, 0] = 0.005, 1.0
+    scenes.s_mag[0, 0] = -21.0
+    images, obs = draw_scenes(scenes, preset, seed=3, noise=False, field=False)
+    return images[0], obs.psf_fwhm[0], float(obs.z[0])
+
+
+@pytest.mark.parametrize("preset_name", ["sdss", "noisy"])
+def test_psf_fwhm_measured_on_a_star_matches_the_preset(preset_name):
+    preset = PRESETS[preset_name]
+    star, fwhm, _ = _point_source(preset_name)
+    lo, hi = preset.psf_fwhm
+    assert lo * min(preset.band_fwhm) <= fwhm.min() and fwhm.max() <= hi * max(preset.band_fwhm)
+    y, x = np.mgrid[: star.shape[1], : star.shape[2]]
+    for band in range(3):
+        img = star[band].double().numpy()
+        total = img.sum()
+        cx, cy = (img * x).sum() / total, (img * y).sum() / total
+        var_x = (img * (x - cx) ** 2).sum() / total
+        var_y = (img * (y - cy) ** 2).sum() / total
+        var = 0.5 * (var_x + var_y) - 1 / 12  # remove the pixel's own width
+        if preset.psf == "gaussian":
+            measured = 2 * math.sqrt(2 * math.log(2) * var)
+        else:  # Moffat: per-axis variance alpha^2 / (2 (beta - 2))
+            beta = preset.moffat_beta
+            alpha = math.sqrt(2 * (beta - 2) * var)
+            measured = 2 * alpha * math.sqrt(2 ** (1 / beta) - 1)
+        assert measured * preset.pixel_scale == pytest.approx(fwhm[band], rel=0.06)
+
+
+def test_no_psf_presets_leave_a_point_source_in_one_pixel():
+    star, fwhm, _ = _point_source("illustris")
+    assert (fwhm == 0).all()
+    assert float(star[1].max() / star[1].sum()) > 0.99
+
+
+@pytest.mark.parametrize("preset_name", ["sdss", "noisy"])
+def test_noise_level_of_empty_sky_matches_the_preset(preset_name):
+    preset = PRESETS[preset_name]
+    images, _ = draw_scenes(Scenes.blank(16), preset, seed=7, field=False)
+    measured = images.std(dim=(0, 2, 3)).numpy()
+    np.testing.assert_allclose(measured, preset.sky_sigma, rtol=0.03)
+    assert abs(float(images.mean())) < 0.01 * preset.sky_sigma[1]
+
+
+@pytest.mark.parametrize("preset_name", ["sdss", "noisy", "illustris"])
+def test_flux_is_conserved_through_pixels_and_psf(preset_name):
+    preset = PRESETS[preset_name]
+    star, _, z = _point_source(preset_name)
+    expected = mag_to_nmgy(-21.0 + distance_modulus(z) + np.asarray(preset.mag_offset))
+    # a Moffat's wings beyond the stamp hold ~0.5% of the light
+    np.testing.assert_allclose(star.double().sum(dim=(1, 2)).numpy(), expected, rtol=0.01)
+
+
+def test_sdss_adds_field_stars_and_galaxies_that_illustris_lacks():
+    scenes = Scenes.blank(32)
+    sdss, _ = draw_scenes(scenes, PRESETS["sdss"], seed=1, noise=False)
+    illustris, _ = draw_scenes(scenes, PRESETS["illustris"], seed=1, noise=False)
+    assert float(illustris.abs().max()) == 0.0
+    with_sources = (sdss.flatten(1).max(dim=1).values > 3 * PRESETS["sdss"].sky_sigma[2]).sum()
+    assert int(with_sources) >= 16  # ~3.6 sources per stamp on average
+
+
+def test_mergers_carry_more_faint_light_outside_the_galaxies_than_non_mergers():
+    """Tidal features: light at low surface brightness far from the centre."""
+    scenes = sample_scenes(64, seed=11)
+    images, _ = draw_scenes(scenes, PRESETS["illustris"], seed=11)
+    r = np.hypot(*np.mgrid[-37:38, -37:38])
+    ring = torch.as_tensor((r > 12) & (r < 34))
+    outer = (images[:, 1] * ring).sum(dim=(1, 2)) / images[:, 1].sum(dim=(1, 2))
+    labels = torch.as_tensor(scenes.label)
+    assert float(outer[labels == 1].median()) > float(outer[labels == 0].median())
