@@ -53,6 +53,11 @@ class FakeGalaxy:
     dec: float
     flux: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FLUX))
     sigma_arcsec: float = 1.2
+    #: optional pixels instead of a Gaussian: band -> odd-sized (n, n) nanomaggies at 0.396"/px,
+    #: FITS order (row 0 south, column 0 east), centred on (ra, dec); only on frames whose
+    #: axes align with north/east (angle a multiple of 90), and (ra, dec) on a pixel centre
+    stamp: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    name: str = ""
 
 
 @dataclass
@@ -144,6 +149,9 @@ def render_frame(fld: FakeField, galaxies: list[FakeGalaxy], band: str) -> np.nd
     cd = wcs.wcs.cd * 3600.0  # arcsec per pixel
     for g in galaxies:
         x, y = (float(v) for v in wcs.world_to_pixel_values(g.ra, g.dec))
+        if g.stamp is not None:
+            _paste(image, g.stamp[band], x, y, cd)
+            continue
         half = int(math.ceil(7 * g.sigma_arcsec / PIXEL_SCALE)) + 1
         x0, x1 = max(0, int(x) - half), min(nx, int(x) + half + 2)
         y0, y1 = max(0, int(y) - half), min(ny, int(y) + half + 2)
@@ -156,6 +164,42 @@ def render_frame(fld: FakeField, galaxies: list[FakeGalaxy], band: str) -> np.nd
         image[y0:y1, x0:x1] += (g.flux.get(band, 0.0) * np.exp(-(dxi**2 + deta**2) / (2 * s2))
                                 / (2 * math.pi * s2) * PIXEL_SCALE**2)
     return image
+
+
+def _paste(image: np.ndarray, stamp: np.ndarray, x: float, y: float, cd: np.ndarray) -> None:
+    """Add a north-up stamp into an axis-aligned frame at pixel (x, y)."""
+    inv = np.linalg.inv(cd / PIXEL_SCALE)  # (xi east, eta north) in pixels -> frame pixels
+    west, north = np.round(inv @ [-1.0, 0.0]), np.round(inv @ [0.0, 1.0])
+    assert np.abs(west).sum() == np.abs(north).sum() == 1, "stamps need an axis-aligned frame"
+    n = stamp.shape[0]
+    c = (n - 1) // 2
+    rows, cols = np.mgrid[0:n, 0:n]
+    fx = int(round(x)) + west[0] * (cols - c) + north[0] * (rows - c)
+    fy = int(round(y)) + west[1] * (cols - c) + north[1] * (rows - c)
+    ny, nx = image.shape
+    ok = (fx >= 0) & (fx < nx) & (fy >= 0) & (fy < ny)
+    np.add.at(image, (fy[ok].astype(int), fx[ok].astype(int)), stamp[ok])
+
+
+def rendered_galaxies(fld: FakeField, n: int, seed: int = 0, size: int = 41) -> list[FakeGalaxy]:
+    """``n`` merging galaxies drawn by galmerge's renderer (sdss preset, no noise or field),
+    on pixel centres in a row across the lower quarter of ``fld``."""
+    from galmerge.render import draw_scenes, get_preset, sample_scenes
+
+    scenes = sample_scenes(n, seed=seed, merger_fraction=1.0)
+    images, _ = draw_scenes(scenes, get_preset("sdss"), seed=seed, size=size, noise=False,
+                            field=False)
+    wcs = fld.wcs()
+    ny, nx = fld.shape
+    out = []
+    for i in range(n):
+        x, y = nx // 2 + (i - n // 2) * (size + 5), ny // 4 + 3 * i
+        ra, dec = (float(v) for v in wcs.pixel_to_world_values(x, y))
+        planes = {b: images[i, k].numpy().astype(np.float32) for k, b in enumerate("gri")}
+        flux = {b: float(p.sum()) for b, p in planes.items()}
+        out.append(FakeGalaxy(ra, dec, {**flux, "u": flux["g"], "z": flux["i"]}, 1.5,
+                              stamp=planes, name=f"rendered-merger-{i}"))
+    return out
 
 
 @dataclass

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from fake_sdss import (
     FakeSdss,
+    default_sky,
     fake_sdss_fixture,  # noqa: F401  (the `fake_sdss` fixture)
+    rendered_galaxies,
 )
 
 from galmerge.cutouts import CutoutRequest
@@ -98,6 +100,23 @@ def test_north_up_east_left_at_any_pixel_scale(fake_sdss, options, centre, other
         edge += abs(off - size * scale / 2) < 4 * g.sigma_arcsec
     assert edge == 0  # the sum below is exact only with no galaxy cut by the stamp edge
     assert image.sum() == pytest.approx(inside, rel=0.03)
+
+
+def test_rendered_mergers_come_back_pixel_for_pixel(monkeypatch, options):
+    """Galaxies drawn by galmerge's renderer, put in the sky on a real-looking frame, are cut
+    out exactly as drawn: same pixels, same orientation, bands in the model's order."""
+    fields, galaxies = default_sky()
+    mergers = rendered_galaxies(fields[1], 3, seed=5)  # clear of the Gaussian galaxies
+    with FakeSdss(fields, galaxies + mergers) as server:
+        monkeypatch.setenv("GALMERGE_SDSS_SKYSERVER_URL", server.url)
+        monkeypatch.setenv("GALMERGE_SDSS_SAS_URL", server.sas_url)
+        reqs = [CutoutRequest(i, g.ra, g.dec, g.name) for i, g in enumerate(mergers)]
+        with _service({**FRAMES, "image_size": 41, "bands": ["i", "r", "g"]}, options) as svc:
+            results = _fetch(svc, reqs)
+    for i, g in enumerate(mergers):
+        expected = np.stack([g.stamp[b] for b in "irg"])
+        assert results[i].status == "ok"
+        np.testing.assert_allclose(results[i].image, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_one_frame_download_per_field_and_band_then_disk_cache(fake_sdss, options):
