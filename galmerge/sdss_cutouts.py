@@ -1,8 +1,8 @@
 """SDSS cutouts for `classify`: corrected frames through astroquery, or SkyServer colour JPEGs.
 
 Frames (``image_source = "frames"``): positions are resolved to the (run, rerun, camcol, field)
-of the nearest primary object with ``astroquery.sdss.SDSS.query_sql`` (many positions per query,
-as ``get_images(coordinates=...)`` does one at a time through CrossID), corrected frames are
+of the nearest primary object with ``astroquery.sdss.SDSS.query_sql_async`` (many positions per
+query, as ``get_images(coordinates=...)`` does one at a time through CrossID), corrected frames are
 downloaded from the SAS at astroquery's ``IMAGING_URL_SUFFIX`` (our own GET, because astroquery's
 download path has no retries, 429 handling or body checks), cached on disk under
 ``$GALMERGE_DATA/cache/sdss-frames/`` and in a small in-memory LRU, and stamps are cut with
@@ -179,6 +179,27 @@ def _short(err: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 # Position -> field, through astroquery's SQL search
 # --------------------------------------------------------------------------------------------
+LOOKUP_COLUMNS = ("up_id", "run", "rerun", "camcol", "field")
+
+
+def parse_lookup_csv(text: str) -> dict[int, FieldKey]:
+    """SkyServer's CSV answer (``#Table1``, header, rows) -> field per up_id; raises on
+    anything else (error text, an HTML page, a row cut short)."""
+    if "error_message" in text:
+        raise FetchError("SkyServer error: " + text.strip().splitlines()[-1][:80])
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if not lines or tuple(c.strip().lower() for c in lines[0].split(",")) != LOOKUP_COLUMNS:
+        raise CorruptResponse("unexpected SkyServer answer")
+    found = {}
+    for ln in lines[1:]:
+        parts = ln.split(",")
+        if len(parts) != len(LOOKUP_COLUMNS):
+            raise CorruptResponse("SkyServer row cut short")
+        up_id, *rest = (int(p) for p in parts)
+        found[up_id] = FieldKey(*rest)
+    return found
+
+
 class FieldResolver:
     """Finds the field of the nearest primary object for many positions per SkyServer query."""
 
@@ -218,19 +239,13 @@ class FieldResolver:
         s = self._settings
 
         def query():
-            table = self._sdss().query_sql(
+            # query_sql_async, not query_sql: astroquery turns an empty table *and* a
+            # maintenance page alike into None, and only the first means "no coverage".
+            response = self._sdss().query_sql_async(
                 sql, timeout=s.policy.timeout, data_release=s.data_release, cache=False
             )
-            if table is None:  # astroquery's answer to an empty result
-                return {}
-            names = {c.lower(): c for c in table.colnames}
-            need = ("up_id", "run", "rerun", "camcol", "field")
-            if any(n not in names for n in need):
-                raise CorruptResponse("unexpected SkyServer columns")
-            return {
-                int(row[names["up_id"]]): FieldKey(*(int(row[names[n]]) for n in need[1:]))
-                for row in table
-            }
+            response.raise_for_status()
+            return parse_lookup_csv(response.text)
 
         found = self._client.call(query, "position lookup")
         keys = [found.get(i) for i in range(len(batch))]
@@ -616,6 +631,7 @@ class SdssJpegCutouts(_SdssService):
 __all__ = [
     "FieldKey",
     "FieldResolver",
+    "parse_lookup_csv",
     "Frame",
     "FrameStore",
     "SdssFrameCutouts",

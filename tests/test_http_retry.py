@@ -157,3 +157,16 @@ def test_bounded_map_limits_work_in_flight_and_reports_errors():
     assert peak <= 3
     assert isinstance(seen.pop(7), ValueError)
     assert seen == {i: i * i for i in range(40) if i != 7}
+
+
+def test_a_429_holds_back_every_thread_of_the_client(scripted):
+    server, url = scripted
+    server.script = [(429, {"Retry-After": "5"}, b"")]
+    sleeps: list[float] = []
+    client = _client(sleeps)
+    worker = threading.Thread(target=client.get, args=(url,))
+    worker.start()
+    worker.join()
+    assert sleeps == [5.0]  # the thread that was told to wait
+    assert client.get(url) == b"done"  # another caller, moments later, waits out the rest
+    assert len(sleeps) == 2 and 4.0 < sleeps[1] <= 5.0

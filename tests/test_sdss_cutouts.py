@@ -180,6 +180,17 @@ def test_damaged_downloads_are_fetched_again(fake_sdss, options, kind):
     assert fake_sdss.count("frame-i-") == 2
 
 
+@pytest.mark.parametrize("kind", ["garbage", "truncate", "drop"])
+def test_damaged_lookup_answers_are_asked_again_not_taken_as_no_coverage(
+    fake_sdss, options, kind
+):
+    fake_sdss.add_fault("x_results.aspx", kind)
+    with _service(FRAMES, options) as svc:
+        results = _fetch(svc, _requests(fake_sdss, [0, 4]))
+    assert {r.status for r in results.values()} == {"ok"}
+    assert fake_sdss.count("x_results.aspx") == 2
+
+
 def test_truncated_frame_fails_after_max_retries_others_still_ok(fake_sdss, options):
     fake_sdss.add_fault("frame-i-001000-1-0101", "truncate", times=-1)
     with _service(FRAMES, options) as svc:
