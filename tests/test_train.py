@@ -221,3 +221,14 @@ def test_select_by_label_free_score_and_oracle(toys, tmp_path):
     oracle = _run(tmp_path, "oracle", select_by="oracle_target_accuracy", epochs=3)
     accs = [float(r["target_val_accuracy"]) for r in _rows(tmp_path / "oracle")]
     assert oracle["best_epoch"] == 1 + accs.index(max(accs))
+
+
+def test_adaptation_term_decreases_when_weighted(toys, tmp_path):
+    gaps = {}
+    for weight in (0.0, 5.0):
+        name = f"w{weight}"
+        _run(tmp_path, name, epochs=8, lr=0.02, patience=0,
+             strategy_options={"meangap": {"weight": weight}})
+        gaps[weight] = [float(r["diag_gap"]) for r in _rows(tmp_path / name)]
+    assert gaps[5.0][-1] < gaps[5.0][0]
+    assert gaps[5.0][-1] < 0.5 * gaps[0.0][-1], gaps
