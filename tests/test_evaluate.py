@@ -187,3 +187,21 @@ def test_grad_cam_points_at_the_feature_that_drives_the_merger_logit() -> None:
     row, col = divmod(int(cam.argmax()), 32)
     assert 8 <= row <= 10 and 20 <= col <= 22
     assert cam[28:, :5].max() < 0.05  # nothing far from the blob
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["deepmerge", "resnet18"])
+def test_sim_to_real_synthetic_runs_end_to_end(backbone: str, tmp_path) -> None:
+    """The built-in synthetic surveys at 75x75, a DANN run and its `none` baseline."""
+    source, target = "synthetic:illustris?n=60", "synthetic:sdss?n=60"
+    for strategy in ("none", "dann"):
+        tiny_run(tmp_path / strategy, source, target, strategy, epochs=2, backbone=backbone)
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "dann"), "--device", "cpu",
+                                      "--bootstrap", "20", "--embedding-points", "20"])
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "dann" / "report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert Path(metrics["baseline"]).name == "none"
+    for name in PNGS:
+        with Image.open(report / name) as img:
+            assert np.asarray(img.convert("RGB"), dtype=np.float64).std() > 5, name
