@@ -97,8 +97,9 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - now).total_seconds())
 
 
-def classify_exception(exc: BaseException) -> FetchError:
-    """Map any exception from a request to a FetchError saying whether a retry may help."""
+def classify_exception(exc: BaseException) -> FetchError | None:
+    """A FetchError saying whether a retry may help, or None for an exception that is no
+    network trouble (a bug: the caller re-raises it with its traceback)."""
     if isinstance(exc, FetchError):
         return exc
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
@@ -111,8 +112,9 @@ def classify_exception(exc: BaseException) -> FetchError:
         return FetchError("connection failed", retryable=True)
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return FetchError(type(exc).__name__, retryable=True)
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return FetchError(f"{type(exc).__name__}: {text}"[:120], retryable=False)
+    if isinstance(exc, requests.RequestException):
+        return FetchError(type(exc).__name__, retryable=False)
+    return None
 
 
 def http_status_error(response: requests.Response) -> FetchError:
@@ -203,8 +205,10 @@ class RetryingClient:
                 self.stats.requests += 1
             try:
                 return fn()
-            except Exception as exc:  # classified below; bugs (non-retryable) are re-raised
+            except Exception as exc:
                 err = classify_exception(exc)
+                if err is None:  # not a network problem: a bug keeps its traceback
+                    raise
                 if not err.retryable or attempt == policy.attempts:
                     with self._lock:
                         self.stats.failures += 1

@@ -192,11 +192,11 @@ def parse_lookup_csv(text: str) -> dict[int, FieldKey]:
         raise CorruptResponse("unexpected SkyServer answer")
     found = {}
     for ln in lines[1:]:
-        parts = ln.split(",")
-        if len(parts) != len(LOOKUP_COLUMNS):
-            raise CorruptResponse("SkyServer row cut short")
-        up_id, *rest = (int(p) for p in parts)
-        found[up_id] = FieldKey(*rest)
+        try:
+            up_id, *rest = (int(p) for p in ln.split(","))
+            found[up_id] = FieldKey(*rest)
+        except (ValueError, TypeError):
+            raise CorruptResponse("SkyServer row cut short") from None
     return found
 
 
@@ -274,6 +274,8 @@ class FieldResolver:
         n = self._settings.resolve_batch
         batches = [todo[i : i + n] for i in range(0, len(todo), n)]
         for batch, keys, exc in bounded_map(self.resolve, batches, self._settings.workers, pool):
+            if exc is not None and not isinstance(exc, FetchError):
+                raise exc  # a bug, not a network failure
             for j, r in enumerate(batch):
                 yield r, (None if exc else keys[j]), exc
 

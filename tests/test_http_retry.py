@@ -170,3 +170,11 @@ def test_a_429_holds_back_every_thread_of_the_client(scripted):
     assert sleeps == [5.0]  # the thread that was told to wait
     assert client.get(url) == b"done"  # another caller, moments later, waits out the rest
     assert len(sleeps) == 2 and 4.0 < sleeps[1] <= 5.0
+
+
+def test_bugs_are_not_dressed_up_as_fetch_failures():
+    sleeps: list[float] = []
+    client = _client(sleeps)
+    with pytest.raises(ZeroDivisionError):
+        client.call(lambda: 1 / 0)
+    assert sleeps == []
