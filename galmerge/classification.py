@@ -139,8 +139,14 @@ class _Inference:
         self.size = int(self.spec.get("image_size", self.loaded.config.get("image_size", 75)))
         self.batch_size = max(1, int(batch_size))
         self.model = self.loaded.model.eval()
-        if dev.type == "cpu":  # ~15% faster convolutions on CPU
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.channels_last = False
+        if dev.type == "cpu":
+            fast = _cpu_inference_model(self.model, self.shape)
+            if fast is not None:  # BN folded into MKL-DNN convolutions: ~2-3x on CPU
+                self.model = fast
+            else:  # ~15% faster convolutions than the default layout
+                self.model = self.model.to(memory_format=torch.channels_last)
+                self.channels_last = True
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -153,17 +159,50 @@ class _Inference:
         from galmerge.preprocess import normalise
 
         out = np.empty(len(images), dtype=np.float64)
+        spec = self.spec
+        stretch = None
+        if spec.get("stretch", "none") == "arcsinh":
+            # the same stretch normalise applies (asinh(x / stretch_scale)), done by numpy:
+            # torch.asinh on CPU is ~20x slower and was the largest cost of a warm-cache run
+            stretch = float(spec.get("stretch_scale", 1.0))
+            spec = {**spec, "stretch": "none"}
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size],
-                                                          dtype=np.float32)).to(self.device)
-                x = normalise(x, self.spec)
-                if self.device.type == "cpu":
+                block = np.asarray(images[start : start + self.batch_size], dtype=np.float32)
+                if stretch is not None:
+                    block = np.arcsinh(block / np.float32(stretch))
+                x = torch.from_numpy(np.ascontiguousarray(block)).to(self.device)
+                x = normalise(x, spec)
+                if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 _, logits = self.model(x)
                 out[start : start + len(x)] = merger_probability(logits.cpu(),
                                                                  self.loaded.temperature)
         return np.clip(out, 0.0, 1.0)
+
+
+def _cpu_inference_model(model: Any, shape: tuple[int, int, int]) -> Any | None:
+    """The model traced and optimised for CPU inference, if that works and agrees with it."""
+    import copy
+    import warnings
+
+    import torch
+
+    try:
+        from torch.fx.experimental.optimization import optimize_for_inference
+
+        with warnings.catch_warnings():  # it calls deprecated torch.jit helpers
+            warnings.simplefilter("ignore")
+            fast = optimize_for_inference(torch.fx.symbolic_trace(copy.deepcopy(model)))
+        gen = torch.Generator().manual_seed(0)
+        with torch.inference_mode():
+            for n in (3, 5):  # any batch size
+                x = torch.randn(n, *shape, generator=gen)
+                if not torch.allclose(fast(x)[1], model(x)[1], atol=1e-4, rtol=1e-4):
+                    return None
+        return fast
+    except Exception:  # not traceable or no MKL-DNN: the plain model is the fallback
+        return None
 
 
 class _ImageFileInput:

@@ -280,7 +280,14 @@ class CutoutCache:
                 out[i] = pending[4]
                 got[i] = True
         need = ~got & (file >= 0) & (row >= 0)
-        for f_no in np.unique(file[need]):
+        files = np.unique(file[need])
+        if len(files) == 1 and need.all():  # the usual warm case: no extra copy
+            try:
+                return self._read_rows(int(files[0]), row), need
+            except (OSError, ValueError, KeyError) as exc:
+                self._drop_file(int(files[0]), f"bad data on read ({exc})".splitlines()[0])
+                return out, got
+        for f_no in files:
             sel = np.flatnonzero(need & (file == f_no))
             rows = row[sel]
             try:
@@ -308,8 +315,11 @@ class CutoutCache:
         breaks = np.flatnonzero(np.diff(srows) != 1) + 1
         pos = 0
         for run in np.split(srows, breaks):
-            data[pos : pos + len(run)] = dset[int(run[0]) : int(run[-1]) + 1]
+            dset.read_direct(data, np.s_[int(run[0]) : int(run[-1]) + 1],
+                             np.s_[pos : pos + len(run)])
             pos += len(run)
+        if np.array_equal(order, np.arange(len(order))):  # already in file order: no copy
+            return data
         out = np.empty_like(data)
         out[order] = data
         return out
