@@ -123,7 +123,7 @@ def reliability_diagram(
     calibrated: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Accuracy vs confidence per bin for each domain; calibrated curves dashed when given."""
-    fig = Figure(figsize=(11, 4.6))
+    fig = Figure(figsize=(11, 5.2))
     axes = fig.subplots(1, 2)
     ax, hist = axes
     ax.plot([0.5, 1], [0.5, 1], ls=":", color="grey", label="perfect calibration")
@@ -149,7 +149,8 @@ def reliability_diagram(
     ax.set_title("reliability diagram (test splits)")
     ax.set_xlim(0.48, 1.02)
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8, loc="upper left")
+    # below the axes: curves fill the upper left, where a legend inside would cover them
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax.grid(alpha=0.3)
     hist.set_xlabel("confidence of the predicted class")
     hist.set_ylabel("number of images")
