@@ -53,6 +53,7 @@ DEFAULT_SKYSERVER_URL = "https://skyserver.sdss.org"
 DEFAULT_SAS_URL = "https://data.sdss.org/sas"
 #: SDSS colour JPEGs put i, r, g into R, G, B (Lupton et al. 2004)
 JPEG_NAME_CHANNEL = {"R": 0, "G": 1, "B": 2}
+JPEG_MIN_SIZE = 64
 
 
 @dataclass(frozen=True, order=True)
@@ -124,21 +125,31 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
     scale = float(preprocess.get("pixel_scale_arcsec") or NATIVE_SCALE_ARCSEC)
     if not 0.05 <= scale <= 60:
         raise GalmergeError(f"SDSS cannot produce {scale} arcsec/pixel stamps; expected 0.05..60")
+    if source not in ("frames", "jpeg"):
+        raise GalmergeError(
+            f"SDSS cannot produce image_source '{source}'; it serves 'frames' (FITS) or 'jpeg'"
+        )
     if source == "frames":
         bad = [b for b in bands if b not in SDSS_BANDS]
         if not bands or bad or len(set(bands)) != len(bands):
             raise GalmergeError(
-                f"SDSS frames cannot produce bands {','.join(bands) or '(none)'}; "
-                f"this model needs distinct bands from {','.join(SDSS_BANDS)}"
+                f"SDSS frames cannot produce bands {','.join(bands) or '(none)'}; SDSS images "
+                f"{','.join(SDSS_BANDS)}: use a model trained on distinct bands among those"
             )
-        return SdssFrameCutouts(bands, size, scale, Settings.from_options(options))
-    if source == "jpeg":
+    else:
         channels = jpeg_channels(bands)
+    try:
+        settings = Settings.from_options(options)
         jpeg_scale = float(preprocess.get("jpeg_scale", 1.0))
-        return SdssJpegCutouts(bands, channels, size, scale, jpeg_scale, Settings.from_options(options))
-    raise GalmergeError(
-        f"SDSS cannot produce image_source '{source}'; it serves 'frames' (FITS) or 'jpeg'"
-    )
+    except (TypeError, ValueError) as exc:
+        raise GalmergeError(
+            f"bad sdss survey option ({exc}); numeric options: workers, attempts, retries, "
+            f"timeout, backoff, max_retry_after, memory_frames, resolve_batch, radius_arcmin"
+        ) from None
+    if source == "frames":
+        return SdssFrameCutouts(bands, size, scale, settings)
+    return SdssJpegCutouts(bands, channels, size, scale, jpeg_scale, settings)
+
 
 
 def jpeg_channels(bands: Sequence[str]) -> list[int]:
@@ -576,6 +587,8 @@ class SdssJpegCutouts(_SdssService):
         self.scale = scale
         self.jpeg_scale = jpeg_scale
         self.url = f"{settings.skyserver_url}/dr{settings.data_release}/SkyServerWS/ImgCutout/getjpeg"
+        # ImgCutout draws 64..2048 pixels: ask for at least 64 (same parity) and keep the centre
+        self.request_size = size if size >= JPEG_MIN_SIZE else JPEG_MIN_SIZE + size % 2
         self.cache_key = (
             f"sdss:jpeg:{','.join(self.bands)}:{size}px:{scale:.4f}arcsec:"
             f"x{jpeg_scale:g}:dr{settings.data_release}:v1"
@@ -614,16 +627,19 @@ class SdssJpegCutouts(_SdssService):
                 raise ValueError(f"expected a JPEG, got {img.format}")
             img.load()  # raises on a truncated body
             rgb = np.asarray(img.convert("RGB"))
-        if rgb.shape != (self.size, self.size, 3):
-            raise CorruptResponse(f"JPEG is {rgb.shape[1]}x{rgb.shape[0]}, asked {self.size}")
+        n = self.request_size
+        if rgb.shape != (n, n, 3):
+            raise CorruptResponse(f"JPEG is {rgb.shape[1]}x{rgb.shape[0]}, asked {n}")
         return rgb
 
     def _one(self, r: CutoutRequest) -> CutoutResult:
         params = {
             "ra": f"{r.ra:.7f}", "dec": f"{r.dec:.7f}", "scale": f"{self.scale:g}",
-            "width": self.size, "height": self.size,
+            "width": self.request_size, "height": self.request_size,
         }
         rgb = self.client.get(self.url, params=params, validate=self._decode, what="JPEG")
+        lo = (self.request_size - self.size) // 2
+        rgb = rgb[lo : lo + self.size, lo : lo + self.size]
         if int(rgb.max()) <= 2:  # ImgCutout draws an empty black sky outside the footprint
             return CutoutResult(r.row, None, "no-coverage")
         image = rgb[:, :, self.channels].transpose(2, 0, 1).astype(np.float32) * self.jpeg_scale

@@ -421,8 +421,11 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, csv.encode(), "text/plain"
         if parts.path.endswith("/SkyServerWS/ImgCutout/getjpeg"):
             try:
+                # like ImgCutout, sizes are moved into 64..2048
+                width = min(max(int(q.get("width", 64)), 64), 2048)
+                height = min(max(int(q.get("height", 64)), 64), 2048)
                 args = (float(q["ra"]), float(q["dec"]), float(q.get("scale", PIXEL_SCALE)),
-                        int(q.get("width", 64)), int(q.get("height", 64)))
+                        width, height)
             except (KeyError, ValueError):
                 return 400, b"bad parameters", "text/plain"
             return 200, fake.jpeg_bytes(*args), "image/jpeg"

@@ -287,9 +287,12 @@ def test_jpeg_truncated_then_ok(fake_sdss, options):
         ({**JPEG, "bands": ["g", "r"]}, "3 channels"),
         ({**FRAMES, "image_source": "spectra"}, "image_source 'spectra'"),
         ({**FRAMES, "image_size": 0}, "image_size"),
+        ({**FRAMES, "bands": ["r"], "image_size": 8}, "bad sdss survey option"),
     ],
 )
 def test_models_sdss_cannot_feed_are_refused_in_one_line(preprocess, words, options):
+    if preprocess["image_size"] == 8:  # a good model with a bad option
+        options = {**options, "workers": "many"}
     with pytest.raises(GalmergeError) as info:
         _service(preprocess, options)
     assert words in str(info.value) and "\n" not in str(info.value)

@@ -59,7 +59,13 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
     if not 4 <= size <= 3000:
         raise GalmergeError(f"Legacy Surveys cannot cut {size}-pixel stamps; expected 4..3000")
     scale = float(preprocess.get("pixel_scale_arcsec") or NATIVE_SCALE_ARCSEC)
-    return LegacySurveyCutouts(bands, size, scale, layer, options)
+    try:
+        return LegacySurveyCutouts(bands, size, scale, layer, options)
+    except (TypeError, ValueError) as exc:
+        raise GalmergeError(
+            f"bad legacysurvey option ({exc}); numeric options: workers, attempts, retries, "
+            f"timeout, backoff, max_retry_after"
+        ) from None
 
 
 class LegacySurveyCutouts:

@@ -154,6 +154,7 @@ def test_many_galaxies_fetch_concurrently(survey, legacy_server, options):
         ({**PRE, "bands": ["g", "i", "z"]}, {"layer": "ls-dr9"}, "it has g,r,z"),
         ({**PRE, "image_source": "jpeg"}, {}, "image_source 'jpeg'"),
         ({**PRE, "image_size": 2}, {}, "2-pixel stamps"),
+        (PRE, {"timeout": "soon"}, "bad legacysurvey option"),
     ],
 )
 def test_impossible_models_are_refused_in_one_line(survey, preprocess, options_, words):
