@@ -205,3 +205,26 @@ def test_sim_to_real_synthetic_runs_end_to_end(backbone: str, tmp_path) -> None:
     for name in PNGS:
         with Image.open(report / name) as img:
             assert np.asarray(img.convert("RGB"), dtype=np.float64).std() > 5, name
+
+
+def test_unlabelled_target_gets_a_report_without_target_metrics(tmp_path) -> None:
+    """A real-sky target has no labels: metrics are null, the gallery uses predicted classes."""
+    import torch as _torch
+    from train_toys import toy_sets
+
+    from galmerge.hdf5io import write_imageset
+
+    source, target = toy_sets(n_source=40, n_target=40, channels=3, size=16, seed=4)
+    target.labels = _torch.full_like(target.labels, -1)
+    write_imageset(tmp_path / "s.h5", source)
+    write_imageset(tmp_path / "t.h5", target)
+    run = tmp_path / "run"
+    tiny_run(run, f"hdf5:{tmp_path / 's.h5'}", f"hdf5:{tmp_path / 't.h5'}", "coral", epochs=1)
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "--device", "cpu", "--bootstrap", "5",
+                                      "--embedding-points", "8"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["metrics"]["target_test"]["n"] == 0
+    assert all(v is None for v in metrics["metrics"]["target_test"]["value"].values())
+    assert metrics["metrics"]["source_test"]["value"]["accuracy"] is not None
+    assert (run / "report" / "gallery_target.png").is_file()
