@@ -524,6 +524,8 @@ def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
         rows = [[c["label"], c["direction"], c["epoch"], c["target_val_accuracy"],
                  c["gap_to_oracle"]] for c in payload["selection"]]
         classes = ["oracle" if c["oracle"] else "" for c in payload["selection"]]
+        labelled = any(c["target_val_accuracy"] is not None and
+                       math.isfinite(c["target_val_accuracy"]) for c in payload["selection"])
         out.append(Section(
             "Model selection without target labels",
             "<p>Epoch each label-free score would pick (from metrics.csv) and the target "
@@ -531,7 +533,9 @@ def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
             "labels: research only, the best any rule could do.</p>"
             + table(["score", "better", "epoch", "target val accuracy", "gap to oracle"], rows,
                     classes),
-            [Figure(files["selection"], "Selection comparison", "Grey bars: oracle.")],
+            [Figure(files["selection"], "Selection comparison",
+                    "Grey bars: oracle." if labelled else
+                    "No target labels: each score's curve and the epoch it picks.")],
         ))
     return out
 

@@ -76,7 +76,8 @@ def roc_curves(outputs: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path)
     for domain, (y, p) in outputs.items():
         keep = y >= 0
         if len(np.unique(y[keep])) < 2:
-            ax.plot([], [], color=DOMAIN_COLOURS.get(domain), label=f"{domain}: needs both classes")
+            ax.plot([], [], color=DOMAIN_COLOURS.get(domain),
+                    label=f"{domain}: no ROC (needs labelled mergers and non-mergers)")
             continue
         fpr, tpr, _ = roc_curve(y[keep], p[keep])
         auc = roc_auc_score(y[keep], p[keep])
@@ -273,7 +274,10 @@ def gallery(
 def selection_comparison(
     rows: Sequence[Mapping[str, float]], choices: Sequence[Mapping[str, Any]], path: Path
 ) -> Path:
-    """Target validation accuracy per epoch with each score's chosen epoch, and a bar chart."""
+    """Target validation accuracy per epoch with each score's chosen epoch, and a bar chart;
+    without target labels, each score's curve (scaled to [0, 1]) and its chosen epoch."""
+    if not _finite(rows, "target_val_accuracy")[0].size:
+        return _score_curves(rows, [c for c in choices if not c["oracle"]], path)
     fig = Figure(figsize=(12, 4.6))
     curve, bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
     x, y = _finite(rows, "target_val_accuracy")
@@ -304,5 +308,34 @@ def selection_comparison(
     bars.set_xlim(0, 1.12)
     bars.set_xlabel("target validation accuracy at the chosen epoch")
     bars.set_title("label-free choices vs the oracle (grey)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _score_curves(
+    rows: Sequence[Mapping[str, float]], choices: Sequence[Mapping[str, Any]], path: Path
+) -> Path:
+    fig = Figure(figsize=(8, 4.6))
+    ax = fig.subplots()
+    for choice in choices:
+        name = choice["score"]
+        key = f"score_{name}" if f"score_{name}" in rows[0] else name
+        x, y = _finite(rows, key)
+        if not len(y):
+            continue
+        span = y.max() - y.min()
+        scaled = (y - y.min()) / span if span > 0 else np.zeros_like(y)
+        line = ax.plot(x, scaled, marker="o", ms=3, label=f"{choice['label']} "
+                       f"({choice['direction']}; picks epoch {choice['epoch']})")[0]
+        if choice["epoch"] is not None:
+            at = np.flatnonzero(x == choice["epoch"])
+            if at.size:
+                ax.scatter(x[at], scaled[at], s=120, marker="*", color=line.get_color(), zorder=3)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("score, scaled to [0, 1] per score")
+    ax.set_title("label-free scores per epoch (no target labels, so no oracle); star = pick")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.tight_layout()
     return _save(fig, path)
