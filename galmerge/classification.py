@@ -34,14 +34,7 @@ from galmerge.catalogs import CatalogChunk, open_catalog
 from galmerge.cutout_cache import STATUS_OK, CutoutCache, make_key
 from galmerge.cutouts import CutoutRequest
 from galmerge.errors import GalmergeError
-from galmerge.outputs import (
-    OutputWriter,
-    PartWriter,
-    ResultBlock,
-    Tally,
-    open_writer,
-    read_part,
-)
+from galmerge.outputs import ResultBlock, ResultJournal, Tally, open_writer
 
 DEFAULT_CHUNK_ROWS = 4096
 PART_POLL_SECONDS = 0.5
@@ -366,49 +359,38 @@ def classify(
     sig = _signature(_file_stamp(cat_path), _file_stamp(infer.loaded.path), domain,
                      float(threshold), survey, chunk_rows, ra_col, dec_col, id_col)
     parts_dir = out_path.with_name(out_path.name + ".parts")
-    part_path = parts_dir / f"part-{dist.rank:05d}-of-{dist.world:05d}-{sig}.pkl"
-    writer: OutputWriter | PartWriter | None = None
+    if dist.is_main:
+        _remove_stale_parts(parts_dir, sig)
+    journal = ResultJournal(parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}")
     tally = Tally()
     try:
-        if dist.enabled and part_path.exists():
+        if journal.finished:
             if show:
-                progress.console.print(f"rank {dist.rank}: part {part_path.name} is complete")
+                progress.console.print(f"rank {dist.rank}: its share was already complete")
         else:
-            if dist.enabled:
-                writer = PartWriter(part_path)
-            else:
-                writer = open_writer(out_path, source.columns)
             done = 0
             for index, chunk in enumerate(source.chunks(chunk_rows)):
                 if index % dist.world != dist.rank:
                     continue
-                block = _classify_chunk(chunk, source, service, store, infer, threshold,
-                                        fetched)
-                tally.add(block)
-                if isinstance(writer, PartWriter):
-                    writer.write(index, block)
-                else:
-                    writer.write(block)
+                if index not in journal.done:  # else: finished before a kill, kept
+                    block = _classify_chunk(chunk, source, service, store, infer, threshold,
+                                            fetched)
+                    tally.add(block)
+                    journal.add(index, block)
                 done += len(chunk)
                 progress.update(done, tally.failed)
-            writer.commit()
-            writer = None
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
+            journal.finish()
     finally:
         progress.stop()
         if service is not None:
             service.close()
         if store is not None:
             store.close(compact=not dist.enabled)
-    if dist.enabled:
-        if not dist.is_main:
-            return _summary(out_path, tally, fetched, t0, store)
-        tally = _merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show)
-        if store is not None:
-            store.compact(force=False)
+    if not dist.is_main:
+        return _summary(out_path, tally, fetched, t0, store)
+    tally = _merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show)
+    if store is not None and dist.enabled:
+        store.compact(force=False)
     summary = _summary(out_path, tally, fetched, t0, store)
     if show:
         _print_summary(summary)
@@ -515,21 +497,35 @@ def _stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service
     return out
 
 
+def _remove_stale_parts(parts_dir: Path, sig: str) -> None:
+    """Results of a run on another catalog/model version can never be merged: drop them."""
+    import shutil
+
+    if not parts_dir.is_dir():
+        return
+    for entry in parts_dir.iterdir():
+        if sig not in entry.name:
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
 def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
                  show: bool) -> Tally:
-    """Rank 0: wait for every rank's part, then write them in input order."""
-    paths = [parts_dir / f"part-{r:05d}-of-{world:05d}-{sig}.pkl" for r in range(world)]
+    """Rank 0: wait until every rank's share is complete, then write them in input order."""
+    journals = [ResultJournal(parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}")
+                for r in range(world)]
     waited = 0.0
-    while not all(p.exists() for p in paths):
+    while not all(j.finished for j in journals):
         if show and waited and waited % 60 < PART_POLL_SECONDS:
-            missing = [p.name for p in paths if not p.exists()]
-            print(f"galmerge: waiting for {len(missing)} part(s): {', '.join(missing[:4])}",
-                  file=sys.stderr)
+            missing = [str(r) for r, j in enumerate(journals) if not j.finished]
+            print(f"galmerge: waiting for rank(s) {', '.join(missing[:8])}", file=sys.stderr)
         time.sleep(PART_POLL_SECONDS)
         waited += PART_POLL_SECONDS
     writer = open_writer(out_path, columns)
     try:
-        readers = [read_part(p) for p in paths]
+        readers = [j.blocks() for j in journals]
         index = 0
         while True:
             item = next(readers[index % world], None)
@@ -537,16 +533,19 @@ def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns:
                 break
             chunk_index, block = item
             if chunk_index != index:
-                raise GalmergeError(f"part files in {parts_dir} are inconsistent (chunk "
+                raise GalmergeError(f"result segments in {parts_dir} are inconsistent (chunk "
                                     f"{chunk_index} where {index} was expected); delete them")
             writer.write(block)
             index += 1
+        if any(next(r, None) is not None for r in readers):
+            raise GalmergeError(f"result segments in {parts_dir} are incomplete; delete the "
+                                "folder and run again")
         writer.commit()
     except BaseException:
         writer.abort()
         raise
-    for p in paths:
-        p.unlink(missing_ok=True)
+    for j in journals:
+        j.remove()
     with contextlib.suppress(OSError):  # another run may share the folder
         parts_dir.rmdir()
     return writer.tally

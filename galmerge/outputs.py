@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -338,30 +339,75 @@ def open_writer(path: str | os.PathLike[str], columns: Sequence[str]) -> OutputW
     return CsvWriter(p, columns)
 
 
-class PartWriter:
-    """One rank's share of a sharded run: result blocks pickled in order, renamed when done."""
+class ResultJournal:
+    """One rank's finished result blocks, committed in segment files (temp + rename).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = _temp_path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.tmp, "wb")  # noqa: SIM115 (closed by commit/abort)
+    A run killed at any point keeps every committed segment; started again, it skips the
+    chunks those segments hold (``done``), so neither fetching nor inference is repeated.
+    ``finish()`` writes a ``.done`` marker next to the folder: the rank's share is complete.
+    """
 
-    def write(self, chunk_index: int, block: ResultBlock) -> None:
-        pickle.dump((chunk_index, block), self._fh, protocol=pickle.HIGHEST_PROTOCOL)
+    def __init__(self, folder: Path, segment_chunks: int = 8, segment_seconds: float = 30.0):
+        self.folder = folder
+        self.marker = folder.with_name(folder.name + ".done")
+        self.segment_chunks = max(1, segment_chunks)
+        self.segment_seconds = segment_seconds
+        folder.mkdir(parents=True, exist_ok=True)
+        for tmp in folder.glob(".*.tmp"):  # a segment being written when a run was killed
+            tmp.unlink(missing_ok=True)
+        self.done: set[int] = set()
+        for seg in self.segments():
+            self.done.update(index for index, _ in read_part(seg))
+        self._buffer: list[tuple[int, ResultBlock]] = []
+        self._last = time.monotonic()
+
+    @property
+    def finished(self) -> bool:
+        return self.marker.exists()
+
+    def segments(self) -> list[Path]:
+        return sorted(self.folder.glob("seg-*.pkl"))
+
+    def add(self, index: int, block: ResultBlock) -> None:
+        self._buffer.append((index, block))
+        if (len(self._buffer) >= self.segment_chunks
+                or time.monotonic() - self._last >= self.segment_seconds):
+            self.commit()
 
     def commit(self) -> None:
-        self._fh.close()
-        _fsync(self.tmp)
-        os.replace(self.tmp, self.path)
+        self._last = time.monotonic()
+        if not self._buffer:
+            return
+        first = self._buffer[0][0]
+        final = self.folder / f"seg-{first:012d}.pkl"
+        tmp = self.folder / f".{final.name}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            for item in self._buffer:
+                pickle.dump(item, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        _fsync(tmp)
+        os.replace(tmp, final)
+        self.done.update(index for index, _ in self._buffer)
+        self._buffer = []
 
-    def abort(self) -> None:
-        self._fh.close()
-        self.tmp.unlink(missing_ok=True)
+    def finish(self) -> None:
+        self.commit()
+        self.marker.write_text("done\n")
+
+    def blocks(self) -> Iterator[tuple[int, ResultBlock]]:
+        """Every committed block, in chunk order."""
+        for seg in self.segments():
+            yield from read_part(seg)
+
+    def remove(self) -> None:
+        for seg in self.segments():
+            seg.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
+        self.marker.unlink(missing_ok=True)
 
 
 def read_part(path: Path) -> Iterator[tuple[int, ResultBlock]]:
-    """The blocks of a part file, in order (our own files, written by `PartWriter`)."""
+    """The blocks of a segment file, in order (our own files, written by `ResultJournal`)."""
     with open(path, "rb") as fh:
         while True:
             try:

@@ -410,7 +410,7 @@ def _catalog(path: Path, n: int) -> list[list[str]]:
 def test_sigkill_at_any_point_then_restart_finishes_every_row_once(env):
     tmp, ckpt, log = env
     rows = _catalog(tmp / "cat.csv", 120)
-    chunk = 32  # stamps are committed at least once per chunk of rows
+    chunk = 8  # stamps are committed once per chunk of rows, results every 8 chunks
     cmd = [sys.executable, str(_script(tmp)), "classify", str(tmp / "cat.csv"), "--model",
            str(ckpt), "--survey", "stamps", "--quiet", "--cache", str(tmp / "c.h5"),
            "--output", str(tmp / "out.csv"), "--chunk-rows", str(chunk), "--batch-size", "16"]
@@ -419,7 +419,7 @@ def test_sigkill_at_any_point_then_restart_finishes_every_row_once(env):
     kills = 0
     for _ in range(3):  # kill after a random number of fetches: mid-chunk, mid-flush, ...
         before = len(fetch_lines(log))
-        target = before + int(rng.integers(1, 40))
+        target = before + int(rng.integers(1, 60))
         proc = subprocess.Popen(cmd, env=env_)
         deadline = time.monotonic() + 60
         while proc.poll() is None and len(fetch_lines(log)) < target:
@@ -442,6 +442,7 @@ def test_sigkill_at_any_point_then_restart_finishes_every_row_once(env):
     # only stamps fetched but not yet committed when a kill landed are fetched again
     assert refetched <= kills * chunk, counts.most_common(3)
     assert not list(tmp.glob("*.corrupt-*")) and not list(tmp.glob("c.h5.journal/*.corrupt-*"))
+    assert not (tmp / "out.csv.parts").exists()  # result segments merged and removed
 
 
 @pytest.mark.slow
