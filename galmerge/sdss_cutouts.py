@@ -17,7 +17,11 @@ order, values 0..255 as float32 times ``preprocess["jpeg_scale"]`` (default 1, a
 SDSS arrays `galmerge.deepmerge_data` loads), rows as in the JPEG (row 0 north).
 
 Base URLs: env ``GALMERGE_SDSS_SKYSERVER_URL`` and ``GALMERGE_SDSS_SAS_URL``, applied through
-``astroquery.sdss.conf``.
+``astroquery.sdss.conf``. Options (``--survey 'sdss?workers=8&timeout=30'``): ``workers`` (4),
+``attempts`` (5) or ``retries``, ``timeout`` (60 s), ``backoff`` (0.5 s), ``max_retry_after``
+(300 s), ``data_release`` (17), ``frame_cache_dir`` (``none`` for memory only), ``memory_frames``
+(6 decoded frames kept), ``resolve_batch`` (25 positions per SkyServer query), ``radius_arcmin``
+(0.5, lookup radius), ``check_footprint`` (JPEG: look positions up first; default true).
 """
 
 from __future__ import annotations
