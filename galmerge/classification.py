@@ -37,6 +37,7 @@ from galmerge.errors import GalmergeError
 from galmerge.outputs import ResultBlock, ResultJournal, Tally, open_writer
 
 DEFAULT_CHUNK_ROWS = 4096
+INFER_ROWS = 1024  # stamps held in memory at once for inference
 PART_POLL_SECONDS = 0.5
 
 
@@ -431,26 +432,41 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: Any, store: Cutou
         unique = list(first)
         key_status = _stamps(unique, first, chunk, service, store, fetched, infer.shape)
         ok_keys = [k for k in unique if key_status[k] == STATUS_OK]
-        images, got = store.images(ok_keys)
-        if not got.all():  # a cache file failed its checksum: fetch those stamps again
-            retry = [k for k, g in zip(ok_keys, got, strict=True) if not g]
-            key_status.update(_stamps(retry, first, chunk, service, store, fetched, infer.shape))
-            again, got2 = store.images(retry)
-            missing = np.flatnonzero(~got)
-            images[missing] = again
-            for k, g in zip(retry, got2, strict=True):
-                if not g and key_status[k] == STATUS_OK:
-                    key_status[k] = "fetch-failed: cache read failed"
-            got[missing] = got2
-        probs = infer.probabilities(images[got]) if got.any() else np.zeros(0)
-        key_p = dict(zip([k for k, g in zip(ok_keys, got, strict=True) if g], probs,
-                         strict=True))
+        key_p: dict[str, float] = {}
+        step = max(INFER_ROWS, infer.batch_size)
+        for start in range(0, len(ok_keys), step):  # bounded memory: a slice of stamps at a time
+            part = ok_keys[start : start + step]
+            key_p.update(_infer_keys(part, first, chunk, service, store, infer, fetched,
+                                     key_status))
         for i, key in zip(rows, keys, strict=True):
             status[i] = key_status[key]
             if key in key_p and key_status[key] == STATUS_OK:
                 p[i] = key_p[key]
     flag = np.where(np.isfinite(p), (p >= threshold).astype(np.int8), -1).astype(np.int8)
     return ResultBlock(chunk.columns, p, flag, status)
+
+
+def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service: Any,
+                store: CutoutCache, infer: _Inference, fetched: Counter,
+                key_status: dict[str, str]) -> dict[str, float]:
+    """Probabilities for cached stamps; a stamp whose cache file fails its checksum is fetched
+    again (and its status updated) before giving up on it."""
+    images, got = store.images(keys)
+    if not got.all():
+        retry = [k for k, g in zip(keys, got, strict=True) if not g]
+        key_status.update(_stamps(retry, first, chunk, service, store, fetched, infer.shape))
+        again, got2 = store.images(retry)
+        missing = np.flatnonzero(~got)
+        images[missing] = again
+        for k, g in zip(retry, got2, strict=True):
+            if not g and key_status[k] == STATUS_OK:
+                key_status[k] = "fetch-failed: cache read failed"
+        got[missing] = got2
+    if not got.any():
+        return {}
+    probs = infer.probabilities(images if got.all() else images[got])
+    return dict(zip([k for k, g in zip(keys, got, strict=True) if g], probs.tolist(),
+                    strict=True))
 
 
 def _stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service: Any,

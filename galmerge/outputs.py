@@ -358,7 +358,10 @@ class ResultJournal:
         self.done: set[int] = set()
         for seg in self.segments():
             self.done.update(index for index, _ in read_part(seg))
-        self._buffer: list[tuple[int, ResultBlock]] = []
+        self._fh: Any = None
+        self._tmp: Path | None = None
+        self._final: Path | None = None
+        self._pending: list[int] = []
         self._last = time.monotonic()
 
     @property
@@ -369,25 +372,27 @@ class ResultJournal:
         return sorted(self.folder.glob("seg-*.pkl"))
 
     def add(self, index: int, block: ResultBlock) -> None:
-        self._buffer.append((index, block))
-        if (len(self._buffer) >= self.segment_chunks
+        """Append a block to the open segment (streamed, not held); commit it now and then."""
+        if self._fh is None:
+            self._final = self.folder / f"seg-{index:012d}.pkl"
+            self._tmp = self.folder / f".{self._final.name}.{os.getpid()}.tmp"
+            self._fh = open(self._tmp, "wb")  # noqa: SIM115 (closed by commit)
+        pickle.dump((index, block), self._fh, protocol=pickle.HIGHEST_PROTOCOL)
+        self._pending.append(index)
+        if (len(self._pending) >= self.segment_chunks
                 or time.monotonic() - self._last >= self.segment_seconds):
             self.commit()
 
     def commit(self) -> None:
         self._last = time.monotonic()
-        if not self._buffer:
+        if self._fh is None:
             return
-        first = self._buffer[0][0]
-        final = self.folder / f"seg-{first:012d}.pkl"
-        tmp = self.folder / f".{final.name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            for item in self._buffer:
-                pickle.dump(item, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        _fsync(tmp)
-        os.replace(tmp, final)
-        self.done.update(index for index, _ in self._buffer)
-        self._buffer = []
+        self._fh.close()
+        self._fh = None
+        _fsync(self._tmp)
+        os.replace(self._tmp, self._final)
+        self.done.update(self._pending)
+        self._pending = []
 
     def finish(self) -> None:
         self.commit()
