@@ -21,7 +21,9 @@ Base URLs: env ``GALMERGE_SDSS_SKYSERVER_URL`` and ``GALMERGE_SDSS_SAS_URL``, ap
 ``attempts`` (5) or ``retries``, ``timeout`` (60 s), ``backoff`` (0.5 s), ``max_retry_after``
 (300 s), ``data_release`` (17), ``frame_cache_dir`` (``none`` for memory only), ``memory_frames``
 (6 decoded frames kept), ``resolve_batch`` (25 positions per SkyServer query), ``radius_arcmin``
-(0.5, lookup radius), ``check_footprint`` (JPEG: look positions up first; default true).
+(0.5, lookup radius), ``check_footprint`` (JPEG: look positions up first; default true),
+``max_edge_fraction`` (0.5: a stamp with more of its area past the frame edge is
+``no-coverage``; less is zero-filled and counted in the summary).
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Settings:
     resolve_batch: int
     radius_arcmin: float
     check_footprint: bool
+    max_edge_fraction: float
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Settings:
@@ -114,6 +117,7 @@ class Settings:
             resolve_batch=max(1, int(options.get("resolve_batch", 25))),
             radius_arcmin=float(options.get("radius_arcmin", 0.5)),
             check_footprint=bool(options.get("check_footprint", True)),
+            max_edge_fraction=float(options.get("max_edge_fraction", 0.5)),
         )
 
 
@@ -429,20 +433,29 @@ def cut_stamp(
     """A (size, size) stamp centred on (ra, dec), north up and east left in FITS pixel order.
 
     Cut with `Cutout2D` around the position, then sampled on the output grid through the local
-    affine map of the frame WCS (exact for TAN over a stamp's few arcmin): nearest pixel when the grids align (exact frame values),
-    bilinear otherwise, averaged over sub-samples when the output pixel is coarser; values are
-    scaled by the pixel-area ratio so fluxes are conserved. Returns None if (ra, dec) is off
-    the frame; pixels beyond the frame edge are 0 (frames are sky-subtracted).
+    affine map of the frame WCS (TAN is flat over a stamp): nearest pixel when the grids align
+    (exact frame values), bilinear otherwise, averaged over sub-samples when the output pixel
+    is coarser; values are scaled by the pixel-area ratio so fluxes are conserved. Returns None
+    if (ra, dec) is off the frame; pixels beyond the frame edge are 0 (frames are
+    sky-subtracted) -- `cut_stamp_with_edge` also says which fraction that was.
     """
+    stamp, _ = cut_stamp_with_edge(data, wcs, ra, dec, size, scale_arcsec)
+    return stamp
+
+
+def cut_stamp_with_edge(
+    data: np.ndarray, wcs: Any, ra: float, dec: float, size: int, scale_arcsec: float
+) -> tuple[np.ndarray | None, float]:
+    """`cut_stamp` plus the fraction of the stamp that lies beyond the frame edge."""
     from astropy.nddata import Cutout2D
     from scipy.ndimage import map_coordinates
 
     ny, nx = data.shape
     x0, y0 = (float(v) for v in wcs.world_to_pixel_values(ra, dec))
     if not (math.isfinite(x0) and math.isfinite(y0)):
-        return None
+        return None, 1.0
     if not (-0.5 <= x0 < nx - 0.5 and -0.5 <= y0 < ny - 0.5):
-        return None
+        return None, 1.0
     # Frame-pixel steps for one output pixel to the west (+column) and to the north (+row).
     step = scale_arcsec
     wx, wy = wcs.world_to_pixel_values(*_sky_offset(ra, dec, 270.0, step))
@@ -482,8 +495,11 @@ def cut_stamp(
             stamp = np.nanmean(samples, axis=(2, 3))
     else:
         stamp = samples[:, :, 0, 0]
-    stamp = np.nan_to_num(stamp, nan=0.0) * (ratio**2)
-    return stamp.astype(np.float32)
+    off_frame = np.isnan(stamp)
+    missing = float(off_frame.mean())
+    if missing:
+        stamp = np.where(off_frame, 0.0, stamp)
+    return (stamp * (ratio**2)).astype(np.float32), missing
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,6 +537,8 @@ class SdssFrameCutouts(_SdssService):
         self.size = size
         self.scale = scale
         self.frames = FrameStore(self.client, settings)
+        self.edge_stamps = 0  # ok stamps that reach past the frame edge (zero-filled there)
+        self._edge_lock = threading.Lock()
         self.cache_key = (
             f"sdss:frames:{','.join(self.bands)}:{size}px:{scale:.4f}arcsec:"
             f"dr{settings.data_release}:v1"
@@ -557,16 +575,23 @@ class SdssFrameCutouts(_SdssService):
         frames = [self.frames.get(key, band) for band in self.bands]
         out = []
         for r in reqs:
-            planes = [cut_stamp(f.data, f.wcs, r.ra, r.dec, self.size, self.scale) for f in frames]
-            if any(p is None for p in planes):
+            cuts = [cut_stamp_with_edge(f.data, f.wcs, r.ra, r.dec, self.size, self.scale)
+                    for f in frames]
+            missing = max(m for _, m in cuts)
+            if any(p is None for p, _ in cuts) or missing > self.settings.max_edge_fraction:
                 out.append(CutoutResult(r.row, None, "no-coverage"))
-            else:
-                out.append(CutoutResult(r.row, np.stack(planes).astype(np.float32), "ok"))
+                continue
+            if missing:
+                with self._edge_lock:
+                    self.edge_stamps += 1
+            out.append(CutoutResult(r.row, np.stack([p for p, _ in cuts]), "ok"))
         return out
 
     def summary(self) -> str:
         f = self.frames
         extra = f"; frames: {f.downloads} downloaded, {f.disk_hits} from disk cache"
+        if self.edge_stamps:
+            extra += f", {self.edge_stamps} stamps zero-filled past a frame edge"
         if f.corrupt_cache_files:
             extra += f", {f.corrupt_cache_files} corrupt cache files set aside"
         return super().summary() + extra
@@ -659,6 +684,7 @@ __all__ = [
     "SdssFrameCutouts",
     "SdssJpegCutouts",
     "cut_stamp",
+    "cut_stamp_with_edge",
     "decode_frame",
     "jpeg_channels",
     "make_cutout_service",

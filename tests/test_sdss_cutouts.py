@@ -230,6 +230,26 @@ def test_outside_footprint_and_bad_positions(fake_sdss, options):
     assert fake_sdss.count("frame-") == 3
 
 
+def test_stamps_past_a_frame_edge_are_zero_filled_or_refused(monkeypatch, options):
+    with FakeSdss(noise=0.01) as server:  # sky noise: no pixel on the frame is exactly 0
+        monkeypatch.setenv("GALMERGE_SDSS_SKYSERVER_URL", server.url)
+        monkeypatch.setenv("GALMERGE_SDSS_SAS_URL", server.sas_url)
+        wcs = server.fields[0].wcs()
+        # field A is 240 x 160 pixels; its corner still resolves to it (a galaxy is 27" away)
+        edge = [float(v) for v in wcs.pixel_to_world_values(5, 80)]
+        corner = [float(v) for v in wcs.pixel_to_world_values(0, 0)]
+        reqs = [CutoutRequest(0, *edge, "edge"), CutoutRequest(1, *corner, "corner")]
+        with _service(FRAMES, options) as svc:
+            results = _fetch(svc, reqs)
+            summary = svc.summary()
+    image = results[0].image
+    assert results[0].status == "ok"
+    # frame x runs along dec here: 15 - 5 = 10 output rows lie south of the frame edge
+    assert not image[:, :10, :].any() and image[:, 10:, :].all()
+    assert results[1].status == "no-coverage"  # three quarters of it off the frame
+    assert "1 stamps zero-filled past a frame edge" in summary
+
+
 def test_corrupt_disk_cache_is_set_aside_and_rebuilt(fake_sdss, options, tmp_path):
     with _service(FRAMES, options) as svc:
         good = _fetch(svc, _requests(fake_sdss, [0]))[0].image
