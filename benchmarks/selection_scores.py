@@ -29,23 +29,28 @@ def _time(fn, repeat: int = 3) -> float:
 
 def main() -> None:
     g = torch.Generator().manual_seed(0)
-    results = {"torch_threads": torch.get_num_threads(),
-               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "sizes": []}
+    results = {
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "sizes": [],
+    }
     for n, dim in ((150, 2592), (1500, 2592), (1500, 512)):
         fs, ft = torch.randn(n, dim, generator=g), torch.randn(n, dim, generator=g) + 0.1
         zs, zt = torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g)
         ys = torch.randint(0, 2, (n,), generator=g)
         src = SplitOutputs(fs, zs, ys)
         tgt = SplitOutputs(ft, zt, torch.full((n,), -1))
-        results["sizes"].append({
-            "n_per_domain": n,
-            "feature_dim": dim,
-            "all_scores_s": _time(partial(selection.label_free_scores, src, tgt)),
-            "dev_s": _time(partial(selection.deep_embedded_validation, src, tgt)),
-            "snd_s": _time(partial(selection.soft_neighbourhood_density, zt)),
-            "entropy_s": _time(partial(selection.prediction_entropy, zt)),
-            "im_s": _time(partial(selection.information_maximisation, zt)),
-        })
+        results["sizes"].append(
+            {
+                "n_per_domain": n,
+                "feature_dim": dim,
+                "all_scores_s": _time(partial(selection.label_free_scores, src, tgt)),
+                "dev_s": _time(partial(selection.deep_embedded_validation, src, tgt)),
+                "snd_s": _time(partial(selection.soft_neighbourhood_density, zt)),
+                "entropy_s": _time(partial(selection.prediction_entropy, zt)),
+                "im_s": _time(partial(selection.information_maximisation, zt)),
+            }
+        )
     print(json.dumps(results, indent=2))
 
 

@@ -70,7 +70,9 @@ def reliability(
     return {"edges": edges, "confidence": mean_conf, "accuracy": accuracy, "count": count}
 
 
-def expected_calibration_error(p_merger: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    p_merger: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> float:
     """ECE: count-weighted mean |accuracy - confidence| over confidence bins (NaN if no labels)."""
     r = reliability(p_merger, labels, bins)
     total = r["count"].sum()

@@ -30,8 +30,10 @@ def expand_runs(patterns: Iterable[str]) -> list[Path]:
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) or ([pattern] if Path(pattern).exists() else [])
         if not matches:
-            raise GalmergeError(f"no run directory matches '{pattern}'; pass run directories "
-                                "or a glob such as 'runs/*'")
+            raise GalmergeError(
+                f"no run directory matches '{pattern}'; pass run directories "
+                "or a glob such as 'runs/*'"
+            )
         for match in matches:
             path = Path(match)
             if (path / "summary.json").is_file():
@@ -49,7 +51,9 @@ def read_summary(run: Path) -> dict[str, Any]:
         summary = json.loads((run / "summary.json").read_text())
     except (OSError, ValueError) as exc:
         raise GalmergeError(f"cannot read {run / 'summary.json'}: {exc}") from exc
-    missing = [k for k in ("source", "target", "strategy", "backbone", "metrics") if k not in summary]
+    missing = [
+        k for k in ("source", "target", "strategy", "backbone", "metrics") if k not in summary
+    ]
     if missing:
         raise GalmergeError(f"{run / 'summary.json'} lacks {', '.join(missing)}; re-run training")
     return summary
@@ -87,14 +91,31 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
                 row[f"{split}_{name}_std"] = std
         rows.append(row)
     for row in rows:
-        base = next((r for r in rows if r["strategy"] == "none" and r["backbone"] == row["backbone"]
-                     and r["source"] == row["source"] and r["target"] == row["target"]), None)
+        base = next(
+            (
+                r
+                for r in rows
+                if r["strategy"] == "none"
+                and r["backbone"] == row["backbone"]
+                and r["source"] == row["source"]
+                and r["target"] == row["target"]
+            ),
+            None,
+        )
         row["target_accuracy_gain_over_none"] = (
             row["target_test_accuracy_mean"] - base["target_test_accuracy_mean"]
-            if base is not None else math.nan
+            if base is not None
+            else math.nan
         )
-    rows.sort(key=lambda r: (r["source"], r["target"], r["backbone"], r["strategy"] != "none",
-                             r["strategy"]))
+    rows.sort(
+        key=lambda r: (
+            r["source"],
+            r["target"],
+            r["backbone"],
+            r["strategy"] != "none",
+            r["strategy"],
+        )
+    )
     return rows
 
 
@@ -109,15 +130,25 @@ def _gain(value: float) -> str:
     return f"{value:+.3f}" if math.isfinite(value) else "n/a"
 
 
-TABLE_HEADER = ["strategy", "backbone", "source → target", "runs",
-                *[f"{split.split('_')[0]} {name}" for split in SPLITS for name in METRIC_NAMES],
-                "target acc gain over none"]
+TABLE_HEADER = [
+    "strategy",
+    "backbone",
+    "source → target",
+    "runs",
+    *[f"{split.split('_')[0]} {name}" for split in SPLITS for name in METRIC_NAMES],
+    "target acc gain over none",
+]
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
-    return [row["strategy"], row["backbone"], f"{row['source']} → {row['target']}", str(row["runs"]),
-            *[_pm(row, split, name) for split in SPLITS for name in METRIC_NAMES],
-            _gain(row["target_accuracy_gain_over_none"])]
+    return [
+        row["strategy"],
+        row["backbone"],
+        f"{row['source']} → {row['target']}",
+        str(row["runs"]),
+        *[_pm(row, split, name) for split in SPLITS for name in METRIC_NAMES],
+        _gain(row["target_accuracy_gain_over_none"]),
+    ]
 
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -126,7 +157,10 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
     lines += ["| " + " | ".join(esc(c) for c in table_cells(r)) + " |" for r in rows]
-    return "\n".join(lines) + "\n\nMean ± sample standard deviation over seeds (test splits; one seed: mean only).\n"
+    return (
+        "\n".join(lines)
+        + "\n\nMean ± sample standard deviation over seeds (test splits; one seed: mean only).\n"
+    )
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -138,8 +172,14 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ";".join(map(str, v)) if isinstance(v, list) else
-                         (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow(
+            {
+                k: ";".join(map(str, v))
+                if isinstance(v, list)
+                else (repr(v) if isinstance(v, float) else v)
+                for k, v in row.items()
+            }
+        )
     return buf.getvalue()
 
 
@@ -171,9 +211,14 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
             t.add_column(f"{split.split('_')[0]} {name}", justify="right")
     t.add_column("target acc gain over none", justify="right")
     for r in rows:
-        t.add_row(r["strategy"], r["backbone"], f"{r['source']} → {r['target']}", str(r["runs"]),
-                  *[_pm(r, split, name) for split in SPLITS for name in short],
-                  _gain(r["target_accuracy_gain_over_none"]))
+        t.add_row(
+            r["strategy"],
+            r["backbone"],
+            f"{r['source']} → {r['target']}",
+            str(r["runs"]),
+            *[_pm(r, split, name) for split in SPLITS for name in short],
+            _gain(r["target_accuracy_gain_over_none"]),
+        )
     # a pipe or file would otherwise get 80 columns and a squashed table
     width = None if sys.stdout.isatty() else 220
     Console(file=sys.stdout, width=width).print(t)

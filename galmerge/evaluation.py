@@ -68,7 +68,10 @@ def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str) -
 
 
 def _outputs(
-    loaded: LoadedModel, imageset: ImageSet, idx: np.ndarray, spec: dict[str, Any],
+    loaded: LoadedModel,
+    imageset: ImageSet,
+    idx: np.ndarray,
+    spec: dict[str, Any],
     device: torch.device,
 ) -> SplitData:
     from galmerge.inference import forward_in_batches
@@ -120,8 +123,9 @@ def bootstrap_metrics(
         for name, vals in draws.items():
             arr = vals[np.isfinite(vals)]
             intervals[name] = (
-                [float(np.percentile(arr, 16)), float(np.percentile(arr, 84))] if len(arr) else
-                [math.nan, math.nan]
+                [float(np.percentile(arr, 16)), float(np.percentile(arr, 84))]
+                if len(arr)
+                else [math.nan, math.nan]
             )
         out["interval_68"] = intervals
     return out
@@ -179,13 +183,20 @@ def selection_choices(
         i = next((k for k, r in enumerate(rows) if int(r["epoch"]) == best), None)
         picked = summary.get("select_by", "?")
         label = f"trainer best.pt ({picked})"
-        choices.append(_choice(f"trainer:{picked}", label, rows, i, oracle_acc,
-                               oracle=picked == selection.ORACLE))
+        choices.append(
+            _choice(
+                f"trainer:{picked}", label, rows, i, oracle_acc, oracle=picked == selection.ORACLE
+            )
+        )
     return choices
 
 
 def _choice(
-    name: str, label: str, rows: list[dict[str, float]], i: int | None, oracle_acc: float,
+    name: str,
+    label: str,
+    rows: list[dict[str, float]],
+    i: int | None,
+    oracle_acc: float,
     oracle: bool,
 ) -> dict[str, Any]:
     acc = rows[i].get("target_val_accuracy", math.nan) if i is not None else math.nan
@@ -255,7 +266,11 @@ def _gallery_picks(labels: np.ndarray, p: np.ndarray, k: int) -> list[tuple[str,
 
 
 def _gallery(
-    loaded: LoadedModel, dom: DomainData, p: np.ndarray, out: Path, device: torch.device,
+    loaded: LoadedModel,
+    dom: DomainData,
+    p: np.ndarray,
+    out: Path,
+    device: torch.device,
     k: int = GALLERY_COLUMNS,
 ) -> list[str]:
     from galmerge.gradcam import grad_cam
@@ -297,24 +312,41 @@ def _gallery(
             cams.append(None)
     titles = [t for t, _ in picks]
     files = ["gallery_target.png"]
-    plots.gallery(images, captions, titles, k, out / files[0],
-                  title="target test images: colour composites (arcsinh), p_merger of the model")
+    plots.gallery(
+        images,
+        captions,
+        titles,
+        k,
+        out / files[0],
+        title="target test images: colour composites (arcsinh), p_merger of the model",
+    )
     if cams_valid:
         files.append("gradcam_target.png")
-        plots.gallery(images, captions, titles, k, out / files[1], cams=cams,
-                      title="Grad-CAM for the merger class: contours at 30, 60, 90% of each "
-                            "map's peak (yellow = strongest evidence for 'merger')")
+        plots.gallery(
+            images,
+            captions,
+            titles,
+            k,
+            out / files[1],
+            cams=cams,
+            title="Grad-CAM for the merger class: contours at 30, 60, 90% of each "
+            "map's peak (yellow = strongest evidence for 'merger')",
+        )
     return files
 
 
 def _short(identifier: object, width: int = 18) -> str:
     text = str(identifier)
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def _embedding(
-    panels_models: list[tuple[str, LoadedModel]], domains: dict[str, DomainData], out: Path,
-    device: torch.device, seed: int, points: int,
+    panels_models: list[tuple[str, LoadedModel]],
+    domains: dict[str, DomainData],
+    out: Path,
+    device: torch.device,
+    seed: int,
+    points: int,
 ) -> tuple[str, str]:
     from galmerge.inference import forward_in_batches
 
@@ -324,8 +356,9 @@ def _embedding(
         for name, dom in domains.items():
             pick = _subsample(len(dom.test.indices), points, seed)
             idx = dom.test.indices[pick]
-            feats, _ = forward_in_batches(model.model, dom.imageset, idx, model.preprocess[name],
-                                          device)
+            feats, _ = forward_in_batches(
+                model.model, dom.imageset, idx, model.preprocess[name], device
+            )
             per_domain[name] = (feats.numpy(), dom.test.labels[pick])
         panels[title] = per_domain
     path, method = plots.embedding(panels, out / "embedding.png", seed=seed)
@@ -354,14 +387,17 @@ def evaluate(
 
     run = Path(run_dir)
     if not (run / rundir.CONFIG).is_file():
-        raise GalmergeError(f"{run} is not a run directory (no {rundir.CONFIG}); pass one from "
-                            "galmerge train")
+        raise GalmergeError(
+            f"{run} is not a run directory (no {rundir.CONFIG}); pass one from galmerge train"
+        )
     if checkpoint not in ("best", "last"):
         raise GalmergeError(f"--checkpoint {checkpoint}: use best or last")
     ckpt = run / f"{checkpoint}.pt"
     if not ckpt.is_file():
-        raise GalmergeError(f"{ckpt} does not exist; train the run first or use --checkpoint "
-                            f"{'last' if checkpoint == 'best' else 'best'}")
+        raise GalmergeError(
+            f"{ckpt} does not exist; train the run first or use --checkpoint "
+            f"{'last' if checkpoint == 'best' else 'best'}"
+        )
     if bootstrap < 0:
         raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
     dev = resolve_device(device)
@@ -369,8 +405,10 @@ def evaluate(
     summary = _read_json(run / rundir.SUMMARY)
     rows = rundir.read_metrics(run) if (run / rundir.METRICS).is_file() else []
     loaded = load_model(ckpt, dev)
-    sets = {"source": _load_set(source, config, "source"),
-            "target": _load_set(target, config, "target")}
+    sets = {
+        "source": _load_set(source, config, "source"),
+        "target": _load_set(target, config, "target"),
+    }
     domains = _domains(loaded, sets, int(config.get("seed", 0)), dev)
     out = run / REPORT_DIR
     out.mkdir(exist_ok=True)
@@ -390,11 +428,15 @@ def evaluate(
         "checkpoint_temperature": t_ckpt,
         "fitted_temperature": t_fit,
         "applied": bool(calibrate),
-        "source_val_nll": {"T=1": nll(sv.logits, torch.as_tensor(sv.labels), 1.0),
-                           "fitted": nll(sv.logits, torch.as_tensor(sv.labels), t_fit)},
+        "source_val_nll": {
+            "T=1": nll(sv.logits, torch.as_tensor(sv.labels), 1.0),
+            "fitted": nll(sv.logits, torch.as_tensor(sv.labels), t_fit),
+        },
         "ece": {
-            f"{n}_test": {"T=1": expected_calibration_error(probs_uncal[n], d.test.labels),
-                          "fitted": expected_calibration_error(probs_fit[n], d.test.labels)}
+            f"{n}_test": {
+                "T=1": expected_calibration_error(probs_uncal[n], d.test.labels),
+                "fitted": expected_calibration_error(probs_fit[n], d.test.labels),
+            }
             for n, d in domains.items()
         },
     }
@@ -416,7 +458,9 @@ def evaluate(
     files["confusion"] = plots.confusion_matrices(labels_probs, out / "confusion.png").name
     files["reliability"] = plots.reliability_diagram(
         {n: (d.test.labels, probs_uncal[n]) for n, d in domains.items()},
-        out / "reliability.png", calibrated=probs_fit).name
+        out / "reliability.png",
+        calibrated=probs_fit,
+    ).name
 
     base_dir = Path(baseline) if baseline is not None else find_baseline(run, summary)
     models = [(f"this run: {config.get('strategy', '?')} ({checkpoint}.pt)", loaded)]
@@ -452,11 +496,13 @@ def evaluate(
     }
     rundir.write_json(out / "metrics.json", payload)
     figs = _sections(payload, files)
-    intro = (f"<p>Run <code>{fmt(str(run))}</code>: strategy <b>{fmt(config.get('strategy'))}</b>,"
-             f" backbone <b>{fmt(config.get('backbone'))}</b>, source <code>"
-             f"{fmt(config.get('source'))}</code> &rarr; target <code>{fmt(config.get('target'))}"
-             f"</code>, seed {fmt(config.get('seed'))}; checkpoint {checkpoint}.pt (epoch "
-             f"{payload['epoch']}).</p>")
+    intro = (
+        f"<p>Run <code>{fmt(str(run))}</code>: strategy <b>{fmt(config.get('strategy'))}</b>,"
+        f" backbone <b>{fmt(config.get('backbone'))}</b>, source <code>"
+        f"{fmt(config.get('source'))}</code> &rarr; target <code>{fmt(config.get('target'))}"
+        f"</code>, seed {fmt(config.get('seed'))}; checkpoint {checkpoint}.pt (epoch "
+        f"{payload['epoch']}).</p>"
+    )
     write_report(out / "report.html", "galmerge evaluation report", intro, figs)
     if not quiet:
         _print_summary(payload)
@@ -490,53 +536,118 @@ def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
         )
     ]
     if "training_curves" in files:
-        out.append(Section("Training", figures=[Figure(
-            files["training_curves"], "Training curves",
-            "Loss terms per epoch, source validation loss, validation accuracy per domain. The "
-            "target accuracy uses target labels and is never used for training or selection.")]))
-    out.append(Section("Discrimination", figures=[
-        Figure(files["roc"], "ROC curves", "Source and target test splits."),
-        Figure(files["confusion"], "Confusion matrices", "Counts and fraction of each true class."),
-    ]))
+        out.append(
+            Section(
+                "Training",
+                figures=[
+                    Figure(
+                        files["training_curves"],
+                        "Training curves",
+                        "Loss terms per epoch, source validation loss, validation accuracy per "
+                        "domain. The target accuracy uses target labels and is never used for "
+                        "training or selection.",
+                    )
+                ],
+            )
+        )
+    out.append(
+        Section(
+            "Discrimination",
+            figures=[
+                Figure(files["roc"], "ROC curves", "Source and target test splits."),
+                Figure(
+                    files["confusion"],
+                    "Confusion matrices",
+                    "Counts and fraction of each true class.",
+                ),
+            ],
+        )
+    )
     ece = cal["ece"]
     cal_rows = [[f"{d}", ece[d]["T=1"], ece[d]["fitted"]] for d in ece]
-    out.append(Section(
-        "Calibration",
-        f"<p>Temperature fitted on the source validation split: T = "
-        f"{fmt(cal['fitted_temperature'])} (source val NLL {fmt(cal['source_val_nll']['T=1'])} "
-        f"&rarr; {fmt(cal['source_val_nll']['fitted'])}); "
-        f"{'written to the checkpoint' if cal['applied'] else 'not applied (use --calibrate)'}."
-        f"</p>" + table(["split", "ECE at T=1", "ECE at fitted T"], cal_rows),
-        [Figure(files["reliability"], "Reliability diagram",
-                "Solid: T = 1; dashed: temperature-scaled.")],
-    ))
-    out.append(Section("Latent space", figures=[Figure(
-        files["embedding"], f"{payload['embedding_method']} of test features",
-        "Colour = domain, marker = class. Overlap of the domains is what adaptation aims for."
-        + (" Right: the `none` baseline on the same images." if payload["baseline"] else ""))]))
-    gal = [Figure(files["gallery"], "Target gallery",
-                  "Most and least confident target mergers and non-mergers.")]
+    out.append(
+        Section(
+            "Calibration",
+            f"<p>Temperature fitted on the source validation split: T = "
+            f"{fmt(cal['fitted_temperature'])} (source val NLL {fmt(cal['source_val_nll']['T=1'])} "
+            f"&rarr; {fmt(cal['source_val_nll']['fitted'])}); "
+            f"{'written to the checkpoint' if cal['applied'] else 'not applied (use --calibrate)'}."
+            f"</p>" + table(["split", "ECE at T=1", "ECE at fitted T"], cal_rows),
+            [
+                Figure(
+                    files["reliability"],
+                    "Reliability diagram",
+                    "Solid: T = 1; dashed: temperature-scaled.",
+                )
+            ],
+        )
+    )
+    out.append(
+        Section(
+            "Latent space",
+            figures=[
+                Figure(
+                    files["embedding"],
+                    f"{payload['embedding_method']} of test features",
+                    "Colour = domain, marker = class. Overlap of the domains is what "
+                    "adaptation aims for."
+                    + (
+                        " Right: the `none` baseline on the same images."
+                        if payload["baseline"]
+                        else ""
+                    ),
+                )
+            ],
+        )
+    )
+    gal = [
+        Figure(
+            files["gallery"],
+            "Target gallery",
+            "Most and least confident target mergers and non-mergers.",
+        )
+    ]
     if "gradcam" in files:
-        gal.append(Figure(files["gradcam"], "Grad-CAM",
-                          "Where the last convolution's evidence for 'merger' lies."))
+        gal.append(
+            Figure(
+                files["gradcam"],
+                "Grad-CAM",
+                "Where the last convolution's evidence for 'merger' lies.",
+            )
+        )
     out.append(Section("Target examples", figures=gal))
     if payload["selection"]:
-        rows = [[c["label"], c["direction"], c["epoch"], c["target_val_accuracy"],
-                 c["gap_to_oracle"]] for c in payload["selection"]]
+        rows = [
+            [c["label"], c["direction"], c["epoch"], c["target_val_accuracy"], c["gap_to_oracle"]]
+            for c in payload["selection"]
+        ]
         classes = ["oracle" if c["oracle"] else "" for c in payload["selection"]]
-        labelled = any(c["target_val_accuracy"] is not None and
-                       math.isfinite(c["target_val_accuracy"]) for c in payload["selection"])
-        out.append(Section(
-            "Model selection without target labels",
-            "<p>Epoch each label-free score would pick (from metrics.csv) and the target "
-            "validation accuracy there. The <span class='oracle'>oracle</span> uses target "
-            "labels: research only, the best any rule could do.</p>"
-            + table(["score", "better", "epoch", "target val accuracy", "gap to oracle"], rows,
-                    classes),
-            [Figure(files["selection"], "Selection comparison",
-                    "Grey bars: oracle." if labelled else
-                    "No target labels: each score's curve and the epoch it picks.")],
-        ))
+        labelled = any(
+            c["target_val_accuracy"] is not None and math.isfinite(c["target_val_accuracy"])
+            for c in payload["selection"]
+        )
+        out.append(
+            Section(
+                "Model selection without target labels",
+                "<p>Epoch each label-free score would pick (from metrics.csv) and the target "
+                "validation accuracy there. The <span class='oracle'>oracle</span> uses target "
+                "labels: research only, the best any rule could do.</p>"
+                + table(
+                    ["score", "better", "epoch", "target val accuracy", "gap to oracle"],
+                    rows,
+                    classes,
+                ),
+                [
+                    Figure(
+                        files["selection"],
+                        "Selection comparison",
+                        "Grey bars: oracle."
+                        if labelled
+                        else "No target labels: each score's curve and the epoch it picks.",
+                    )
+                ],
+            )
+        )
     return out
 
 
@@ -545,8 +656,10 @@ def _print_summary(payload: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(file=sys.stdout)
-    t = Table(title=f"{payload['strategy']} / {payload['backbone']}: test metrics "
-              f"({payload['checkpoint']}.pt, 68% bootstrap intervals)")
+    t = Table(
+        title=f"{payload['strategy']} / {payload['backbone']}: test metrics "
+        f"({payload['checkpoint']}.pt, 68% bootstrap intervals)"
+    )
     t.add_column("metric")
     for split in payload["metrics"]:
         t.add_column(split, justify="right")
@@ -565,12 +678,18 @@ def _print_summary(payload: dict[str, Any]) -> None:
         for col in ("score", "epoch", "target val acc", "gap to oracle"):
             s.add_column(col, justify="left" if col == "score" else "right")
         for c in payload["selection"]:
-            s.add_row(c["label"], str(c["epoch"]), _num(c["target_val_accuracy"]),
-                      _num(c["gap_to_oracle"]))
+            s.add_row(
+                c["label"],
+                str(c["epoch"]),
+                _num(c["target_val_accuracy"]),
+                _num(c["gap_to_oracle"]),
+            )
         console.print(s)
     cal = payload["calibration"]
-    console.print(f"temperature fitted on source val: {cal['fitted_temperature']:.3f} "
-                  f"({'applied' if cal['applied'] else 'not applied; --calibrate writes it'})")
+    console.print(
+        f"temperature fitted on source val: {cal['fitted_temperature']:.3f} "
+        f"({'applied' if cal['applied'] else 'not applied; --calibrate writes it'})"
+    )
     console.print(f"report: {Path(payload['run_dir']) / REPORT_DIR / 'report.html'}")
 
 

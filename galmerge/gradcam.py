@@ -19,9 +19,7 @@ def last_conv_layer(model: GalaxyClassifier) -> nn.Conv2d:
     return convs[-1]
 
 
-def grad_cam(
-    model: GalaxyClassifier, x: torch.Tensor, target_class: int = MERGER
-) -> torch.Tensor:
+def grad_cam(model: GalaxyClassifier, x: torch.Tensor, target_class: int = MERGER) -> torch.Tensor:
     """Maps (N, H, W) in [0, 1] of where ``x`` (already normalised) drives the class logit.
 
     Per image: ReLU(sum_k a_k A_k) with A the last conv activations and a_k the spatial mean of

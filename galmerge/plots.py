@@ -76,8 +76,12 @@ def roc_curves(outputs: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path)
     for domain, (y, p) in outputs.items():
         keep = y >= 0
         if len(np.unique(y[keep])) < 2:
-            ax.plot([], [], color=DOMAIN_COLOURS.get(domain),
-                    label=f"{domain}: no ROC (needs labelled mergers and non-mergers)")
+            ax.plot(
+                [],
+                [],
+                color=DOMAIN_COLOURS.get(domain),
+                label=f"{domain}: no ROC (needs labelled mergers and non-mergers)",
+            )
             continue
         fpr, tpr, _ = roc_curve(y[keep], p[keep])
         auc = roc_auc_score(y[keep], p[keep])
@@ -107,8 +111,15 @@ def confusion_matrices(outputs: Mapping[str, tuple[np.ndarray, np.ndarray]], pat
         for i in (0, 1):
             for j in (0, 1):
                 colour = "white" if frac[i, j] > 0.6 else "black"
-                ax.text(j, i, f"{m[i, j]}\n({frac[i, j]:.0%})", ha="center", va="center",
-                        color=colour, fontsize=11)
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]}\n({frac[i, j]:.0%})",
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=11,
+                )
         ax.set_xticks([0, 1], names)
         ax.set_yticks([0, 1], names)
         ax.set_xlabel("predicted class")
@@ -137,14 +148,22 @@ def reliability_diagram(
             r = reliability(probs, y, bins=10)
             used = r["count"] > 0
             ece = expected_calibration_error(probs, y)
-            ax.plot(r["confidence"][used], r["accuracy"][used], style, marker="o", ms=4,
-                    color=colour, label=f"{domain}{suffix} (ECE {ece:.3f})")
+            ax.plot(
+                r["confidence"][used],
+                r["accuracy"][used],
+                style,
+                marker="o",
+                ms=4,
+                color=colour,
+                label=f"{domain}{suffix} (ECE {ece:.3f})",
+            )
             if not suffix:
                 centres = 0.5 * (r["edges"][1:] + r["edges"][:-1])
                 width = (r["edges"][1] - r["edges"][0]) * 0.45
                 shift = -width / 2 if domain == "source" else width / 2
-                hist.bar(centres + shift, r["count"], width=width, color=colour, alpha=0.8,
-                         label=domain)
+                hist.bar(
+                    centres + shift, r["count"], width=width, color=colour, alpha=0.8, label=domain
+                )
     ax.set_xlabel("confidence of the predicted class")
     ax.set_ylabel("fraction correct")
     ax.set_title("reliability diagram (test splits)")
@@ -188,9 +207,15 @@ def embedding(
             for cls in (0, 1, -1):
                 sel = labels == cls
                 if sel.any():
-                    ax.scatter(part[sel, 0], part[sel, 1], s=16, alpha=0.7,
-                               color=DOMAIN_COLOURS.get(domain), marker=CLASS_MARKERS[cls],
-                               label=f"{domain} {CLASS_NAMES[cls]}")
+                    ax.scatter(
+                        part[sel, 0],
+                        part[sel, 1],
+                        s=16,
+                        alpha=0.7,
+                        color=DOMAIN_COLOURS.get(domain),
+                        marker=CLASS_MARKERS[cls],
+                        label=f"{domain} {CLASS_NAMES[cls]}",
+                    )
         ax.set_title(title)
         ax.set_xlabel(f"{method} 1")
         ax.set_ylabel(f"{method} 2")
@@ -204,12 +229,15 @@ def _reduce(feats: np.ndarray, method: str, seed: int, umap: Any) -> np.ndarray:
     if len(feats) < 5:
         return np.column_stack([feats[:, 0], feats[:, 1 % feats.shape[1]]])
     if method == "UMAP":
-        return umap.UMAP(random_state=seed, n_neighbors=min(15, len(feats) - 1)).fit_transform(feats)
+        return umap.UMAP(random_state=seed, n_neighbors=min(15, len(feats) - 1)).fit_transform(
+            feats
+        )
     from sklearn.manifold import TSNE
 
     perplexity = float(min(30, max(2, (len(feats) - 1) // 3)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                max_iter=500).fit_transform(feats)
+    return TSNE(
+        n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500
+    ).fit_transform(feats)
 
 
 def composite(image: np.ndarray) -> np.ndarray:
@@ -258,8 +286,14 @@ def gallery(
             ax.imshow(composite(images[k]), interpolation="nearest")
             if cams is not None and cams[k] is not None:
                 # contours keep the galaxy visible, unlike an opaque heat map
-                ax.contour(cams[k], levels=[0.3, 0.6, 0.9], cmap="autumn_r", vmin=0.3, vmax=0.9,
-                           linewidths=1.2)
+                ax.contour(
+                    cams[k],
+                    levels=[0.3, 0.6, 0.9],
+                    cmap="autumn_r",
+                    vmin=0.3,
+                    vmax=0.9,
+                    linewidths=1.2,
+                )
             ax.set_title(captions[k], fontsize=8)
         axes[i, 0].set_ylabel(row_titles[i], fontsize=9)
         axes[i, 0].axis("on")
@@ -286,9 +320,15 @@ def selection_comparison(
     for i, choice in enumerate(choices):
         if choice["epoch"] is None or not math.isfinite(choice["target_val_accuracy"]):
             continue
-        curve.scatter([choice["epoch"]], [choice["target_val_accuracy"]], s=70, zorder=3,
-                      marker=markers[i % len(markers)], label=f"{choice['label']}: epoch "
-                      f"{choice['epoch']}", alpha=0.85)
+        curve.scatter(
+            [choice["epoch"]],
+            [choice["target_val_accuracy"]],
+            s=70,
+            zorder=3,
+            marker=markers[i % len(markers)],
+            label=f"{choice['label']}: epoch {choice['epoch']}",
+            alpha=0.85,
+        )
     curve.set_xlabel("epoch")
     curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     curve.set_ylabel("target validation accuracy")
@@ -296,8 +336,10 @@ def selection_comparison(
     curve.grid(alpha=0.3)
     curve.legend(fontsize=8, loc="best")
     labels = [c["label"] for c in choices]
-    values = [c["target_val_accuracy"] if math.isfinite(c["target_val_accuracy"]) else 0.0
-              for c in choices]
+    values = [
+        c["target_val_accuracy"] if math.isfinite(c["target_val_accuracy"]) else 0.0
+        for c in choices
+    ]
     colours = ["#7f7f7f" if c["oracle"] else "#2ca02c" for c in choices]
     pos = np.arange(len(choices))
     bars.barh(pos, values, color=colours, hatch=None)
@@ -325,8 +367,13 @@ def _score_curves(
             continue
         span = y.max() - y.min()
         scaled = (y - y.min()) / span if span > 0 else np.zeros_like(y)
-        line = ax.plot(x, scaled, marker="o", ms=3, label=f"{choice['label']} "
-                       f"({choice['direction']}; picks epoch {choice['epoch']})")[0]
+        line = ax.plot(
+            x,
+            scaled,
+            marker="o",
+            ms=3,
+            label=f"{choice['label']} ({choice['direction']}; picks epoch {choice['epoch']})",
+        )[0]
         if choice["epoch"] is not None:
             at = np.flatnonzero(x == choice["epoch"])
             if at.size:

@@ -137,10 +137,14 @@ def density_ratio_weights(
 
 
 def deep_embedded_validation(source: SplitOutputs, target: SplitOutputs, seed: int = 0) -> float:
-    """DEV risk of You et al. (2019): weighted source loss with a control variate; lower is better."""
+    """DEV risk (You et al. 2019): weighted source loss with a control variate; lower is better."""
     ns, nt = len(source.features), len(target.features)
     if ns < 2 or nt < 2:
         return math.nan
+    if not (
+        bool(torch.isfinite(source.features).all()) and bool(torch.isfinite(target.features).all())
+    ):
+        return math.nan  # a diverged model: the domain classifier cannot be fitted
     weights = density_ratio_weights(source.features, target.features, seed)
     losses = _source_losses(source).numpy()
     weighted = weights * losses
@@ -152,9 +156,7 @@ def deep_embedded_validation(source: SplitOutputs, target: SplitOutputs, seed: i
 
 def label_free_scores(source_val: SplitOutputs, target_val: SplitOutputs) -> dict[str, float]:
     """Every score in ``SCORES`` for one model; target labels are not read."""
-    source_loss = (
-        float(_source_losses(source_val).mean()) if len(source_val.logits) else math.nan
-    )
+    source_loss = float(_source_losses(source_val).mean()) if len(source_val.logits) else math.nan
     return {
         "source_val_loss": source_loss,
         "entropy": prediction_entropy(target_val.logits),

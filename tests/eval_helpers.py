@@ -25,7 +25,12 @@ def tiny_run(
     run_dir: Path, source: str, target: str, strategy: str = "none", seed: int = 0, **kw: Any
 ) -> dict[str, Any]:
     args: dict[str, Any] = dict(
-        backbone="deepmerge", epochs=2, batch_size=8, device="cpu", quiet=True, patience=0,
+        backbone="deepmerge",
+        epochs=2,
+        batch_size=8,
+        device="cpu",
+        quiet=True,
+        patience=0,
     )
     args.update(kw)
     return galmerge.train(

@@ -29,7 +29,8 @@ def test_overconfident_logits_get_their_temperature_back_and_lower_nll() -> None
     p_before = torch.softmax(overconfident, 1)[:, 1].numpy()
     p_after = torch.softmax(overconfident / t, 1)[:, 1].numpy()
     assert expected_calibration_error(p_after, labels.numpy()) < 0.5 * expected_calibration_error(
-        p_before, labels.numpy())
+        p_before, labels.numpy()
+    )
 
 
 def test_underconfident_logits_get_a_temperature_below_one() -> None:
@@ -53,8 +54,9 @@ def test_ece_known_values() -> None:
     labels = np.array([1] * 8 + [0] * 2)
     assert expected_calibration_error(np.full(10, 0.8), labels) < 1e-12
     # fully sure of the predicted class and right half of the time: ECE 0.5
-    assert math.isclose(expected_calibration_error(np.array([1.0, 1.0, 0.0, 0.0]),
-                                                   np.array([1, 0, 0, 1])), 0.5)
+    assert math.isclose(
+        expected_calibration_error(np.array([1.0, 1.0, 0.0, 0.0]), np.array([1, 0, 0, 1])), 0.5
+    )
     assert math.isnan(expected_calibration_error(np.array([0.3]), np.array([-1])))
 
 

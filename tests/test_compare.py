@@ -23,8 +23,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source, target = write_pair(root / "data", n=40)
     for strategy in ("none", "coral"):
         for seed in (1, 2):
-            tiny_run(root / "runs" / f"{strategy}-{seed}", source, target, strategy, seed,
-                     epochs=1)
+            tiny_run(root / "runs" / f"{strategy}-{seed}", source, target, strategy, seed, epochs=1)
     return root / "runs"
 
 
@@ -57,11 +56,14 @@ def test_csv_numbers_are_mean_and_std_over_seeds_of_summary_json(runs, tmp_path)
                 if any(v is None for v in values):
                     continue
                 assert _float(row[f"{split}_{name}_mean"]) == pytest.approx(
-                    statistics.mean(values), abs=1e-12)
+                    statistics.mean(values), abs=1e-12
+                )
                 assert _float(row[f"{split}_{name}_std"]) == pytest.approx(
-                    statistics.stdev(values), abs=1e-12)
-    gain = statistics.mean(m["metrics"]["target_test"]["accuracy"] for m in summaries["coral"]) \
-        - statistics.mean(m["metrics"]["target_test"]["accuracy"] for m in summaries["none"])
+                    statistics.stdev(values), abs=1e-12
+                )
+    gain = statistics.mean(
+        m["metrics"]["target_test"]["accuracy"] for m in summaries["coral"]
+    ) - statistics.mean(m["metrics"]["target_test"]["accuracy"] for m in summaries["none"])
     assert _float(rows["coral"]["target_accuracy_gain_over_none"]) == pytest.approx(gain, abs=1e-12)
     assert _float(rows["none"]["target_accuracy_gain_over_none"]) == 0.0
     assert "coral" in result.output and "none" in result.output
@@ -85,11 +87,21 @@ def test_markdown_table_shows_mean_plus_minus_std(runs, tmp_path) -> None:
 def _fake_summary(folder: Path, strategy: str, backbone: str, seed: int, acc: float) -> None:
     m = {n: acc for n in NAMES}
     folder.mkdir(parents=True)
-    (folder / "summary.json").write_text(json.dumps({
-        "source": "synthetic:illustris", "target": "synthetic:sdss", "strategy": strategy,
-        "backbone": backbone, "seed": seed, "epochs_run": 1, "best_epoch": 1,
-        "train_images_per_s": 1.0, "metrics": {"source_test": m, "target_test": m},
-    }))
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {
+                "source": "synthetic:illustris",
+                "target": "synthetic:sdss",
+                "strategy": strategy,
+                "backbone": backbone,
+                "seed": seed,
+                "epochs_run": 1,
+                "best_epoch": 1,
+                "train_images_per_s": 1.0,
+                "metrics": {"source_test": m, "target_test": m},
+            }
+        )
+    )
 
 
 def test_groups_by_backbone_and_gain_needs_a_matching_none_run(tmp_path) -> None:
@@ -101,7 +113,9 @@ def test_groups_by_backbone_and_gain_needs_a_matching_none_run(tmp_path) -> None
     assert result.exit_code == 0, result.output
     with out.open() as fh:
         rows = {(r["strategy"], r["backbone"]): r for r in csv.DictReader(fh)}
-    assert _float(rows[("mmd", "deepmerge")]["target_accuracy_gain_over_none"]) == pytest.approx(0.1)
+    assert _float(rows[("mmd", "deepmerge")]["target_accuracy_gain_over_none"]) == pytest.approx(
+        0.1
+    )
     assert rows[("mmd", "resnet18")]["target_accuracy_gain_over_none"] == "nan"
     assert rows[("mmd", "resnet18")]["target_test_accuracy_std"] == "nan"  # one seed: no spread
 

@@ -18,8 +18,16 @@ from PIL import Image
 from galmerge.cli import cli
 from galmerge.model import build_model, load_model, read_checkpoint
 
-PNGS = ("training_curves.png", "roc.png", "confusion.png", "reliability.png", "embedding.png",
-        "gallery_target.png", "gradcam_target.png", "selection.png")
+PNGS = (
+    "training_curves.png",
+    "roc.png",
+    "confusion.png",
+    "reliability.png",
+    "embedding.png",
+    "gallery_target.png",
+    "gradcam_target.png",
+    "selection.png",
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +44,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def evaluated(runs: dict[str, Path]) -> tuple[Path, str]:
     result = CliRunner().invoke(
-        cli, ["evaluate", str(runs["mmd"]), "--device", "cpu", "--bootstrap", "30",
-              "--embedding-points", "16"],
+        cli,
+        [
+            "evaluate",
+            str(runs["mmd"]),
+            "--device",
+            "cpu",
+            "--bootstrap",
+            "30",
+            "--embedding-points",
+            "16",
+        ],
     )
     assert result.exit_code == 0, result.output
     return runs["mmd"] / "report", result.output
@@ -91,7 +108,8 @@ def test_selection_table_matches_metrics_csv_and_marks_the_oracle(runs, evaluate
         best = values.index(pick(values))
         assert by_score[score]["epoch"] == int(rows[best]["epoch"]), score
         assert by_score[score]["target_val_accuracy"] == pytest.approx(
-            float(rows[best]["target_val_accuracy"]))
+            float(rows[best]["target_val_accuracy"])
+        )
         assert not by_score[score]["oracle"]
     accs = [float(r["target_val_accuracy"]) for r in rows]
     oracle = by_score["oracle_target_accuracy"]
@@ -111,8 +129,21 @@ def test_calibrate_writes_the_fitted_temperature_into_the_checkpoint(runs, tmp_p
     run = tmp_path / "none-copy"
     shutil.copytree(runs["none"], run, ignore=shutil.ignore_patterns("report"))
     before = read_checkpoint(run / "best.pt")
-    result = CliRunner().invoke(cli, ["evaluate", str(run), "--device", "cpu", "--calibrate",
-                                      "--bootstrap", "0", "--embedding-points", "8", "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            str(run),
+            "--device",
+            "cpu",
+            "--calibrate",
+            "--bootstrap",
+            "0",
+            "--embedding-points",
+            "8",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     cal = metrics["calibration"]
@@ -132,8 +163,10 @@ def test_user_errors_are_one_line(runs, tmp_path) -> None:
     runner = CliRunner()
     cases = [
         (["evaluate", str(tmp_path)], "not a run directory"),
-        (["evaluate", str(runs["none"]), "--source", "hdf5:" + str(tmp_path / "gone.h5")],
-         "--source"),
+        (
+            ["evaluate", str(runs["none"]), "--source", "hdf5:" + str(tmp_path / "gone.h5")],
+            "--source",
+        ),
         (["evaluate", str(runs["none"]), "--bootstrap", "-1"], "--bootstrap"),
     ]
     for args, needle in cases:
@@ -196,8 +229,19 @@ def test_sim_to_real_synthetic_runs_end_to_end(backbone: str, tmp_path) -> None:
     source, target = "synthetic:illustris?n=60", "synthetic:sdss?n=60"
     for strategy in ("none", "dann"):
         tiny_run(tmp_path / strategy, source, target, strategy, epochs=2, backbone=backbone)
-    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "dann"), "--device", "cpu",
-                                      "--bootstrap", "20", "--embedding-points", "20"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            str(tmp_path / "dann"),
+            "--device",
+            "cpu",
+            "--bootstrap",
+            "20",
+            "--embedding-points",
+            "20",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = tmp_path / "dann" / "report"
     metrics = json.loads((report / "metrics.json").read_text())
@@ -220,8 +264,10 @@ def test_unlabelled_target_gets_a_report_without_target_metrics(tmp_path) -> Non
     write_imageset(tmp_path / "t.h5", target)
     run = tmp_path / "run"
     tiny_run(run, f"hdf5:{tmp_path / 's.h5'}", f"hdf5:{tmp_path / 't.h5'}", "coral", epochs=1)
-    result = CliRunner().invoke(cli, ["evaluate", str(run), "--device", "cpu", "--bootstrap", "5",
-                                      "--embedding-points", "8"])
+    result = CliRunner().invoke(
+        cli,
+        ["evaluate", str(run), "--device", "cpu", "--bootstrap", "5", "--embedding-points", "8"],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     assert metrics["metrics"]["target_test"]["n"] == 0

@@ -40,15 +40,21 @@ def test_im_prefers_confident_and_balanced_over_collapsed() -> None:
     assert selection.better("im", im_balanced, im_collapsed)
     # entropy alone cannot tell these two apart; IM can
     assert math.isclose(
-        selection.prediction_entropy(balanced), selection.prediction_entropy(collapsed), rel_tol=1e-4
+        selection.prediction_entropy(balanced),
+        selection.prediction_entropy(collapsed),
+        rel_tol=1e-4,
     )
 
 
 def test_snd_is_higher_for_clustered_than_for_scattered_predictions() -> None:
     g = torch.Generator().manual_seed(0)
     n = 60
-    clustered = torch.cat([0.97 + 0.02 * torch.rand(n // 2, generator=g),
-                           0.01 + 0.02 * torch.rand(n // 2, generator=g)])
+    clustered = torch.cat(
+        [
+            0.97 + 0.02 * torch.rand(n // 2, generator=g),
+            0.01 + 0.02 * torch.rand(n // 2, generator=g),
+        ]
+    )
     scattered = torch.linspace(0.01, 0.99, n)
     snd_clustered = selection.soft_neighbourhood_density(_logits_from_probs(clustered))
     snd_scattered = selection.soft_neighbourhood_density(_logits_from_probs(scattered))

@@ -8,21 +8,42 @@ import click
 
 @click.command("evaluate")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="Which checkpoint of the run to evaluate.")
+@click.option(
+    "--checkpoint",
+    type=click.Choice(["best", "last"]),
+    default="best",
+    show_default=True,
+    help="Which checkpoint of the run to evaluate.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
-@click.option("--bootstrap", type=int, default=200, show_default=True,
-              help="Bootstrap resamples for the 68% intervals (0 = none).")
-@click.option("--baseline", type=click.Path(exists=True),
-              help="A `none` run on the same data for the embedding plot (default: a sibling "
-                   "run directory that matches).")
-@click.option("--calibrate", is_flag=True,
-              help="Write the temperature fitted on the source validation split into the "
-                   "checkpoint, so classify outputs calibrated p_merger.")
+@click.option(
+    "--bootstrap",
+    type=int,
+    default=200,
+    show_default=True,
+    help="Bootstrap resamples for the 68% intervals (0 = none).",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(exists=True),
+    help="A `none` run on the same data for the embedding plot (default: a sibling "
+    "run directory that matches).",
+)
+@click.option(
+    "--calibrate",
+    is_flag=True,
+    help="Write the temperature fitted on the source validation split into the "
+    "checkpoint, so classify outputs calibrated p_merger.",
+)
 @click.option("--source", help="Source data spec if config.toml's cannot be reloaded here.")
 @click.option("--target", help="Target data spec if config.toml's cannot be reloaded here.")
-@click.option("--embedding-points", type=int, default=400, show_default=True,
-              help="Test images per domain in the t-SNE/UMAP plot.")
+@click.option(
+    "--embedding-points",
+    type=int,
+    default=400,
+    show_default=True,
+    help="Test images per domain in the t-SNE/UMAP plot.",
+)
 @click.option("--quiet", is_flag=True, help="Do not print the summary tables.")
 def evaluate(
     run_dir: str,
@@ -40,16 +61,26 @@ def evaluate(
     from galmerge.evaluation import evaluate as run_evaluate
 
     run_evaluate(
-        run_dir, checkpoint=checkpoint, device=device, bootstrap=bootstrap, baseline=baseline,
-        calibrate=calibrate, source=source, target=target, embedding_points=embedding_points,
+        run_dir,
+        checkpoint=checkpoint,
+        device=device,
+        bootstrap=bootstrap,
+        baseline=baseline,
+        calibrate=calibrate,
+        source=source,
+        target=target,
+        embedding_points=embedding_points,
         quiet=quiet,
     )
 
 
 @click.command("compare")
 @click.argument("runs", nargs=-1, required=True)
-@click.option("--output", type=click.Path(dir_okay=False),
-              help="Also write the table: .md (markdown) or .csv (mean and std columns).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Also write the table: .md (markdown) or .csv (mean and std columns).",
+)
 def compare(runs: tuple[str, ...], output: str | None) -> None:
     """Paper-style table over RUNS (run directories or globs): mean ± std over seeds per
     strategy, backbone and data pair, and the target-accuracy gain over `none`."""
