@@ -47,7 +47,7 @@ def colour_composite(images: np.ndarray, imageset: ImageSet) -> np.ndarray:
             scale = float(np.percentile(np.abs(img), 50)) or 1e-3
         # display weights as in SDSS colour images, so discs look blue and bulges yellow
         planes = [planes[0] * 0.9, planes[1] * 1.1, planes[2] * 1.6]
-        out[k] = make_lupton_rgb(*planes, minimum=-scale, stretch=6 * scale, Q=8)
+        out[k] = make_lupton_rgb(*planes, minimum=0.0, stretch=6 * scale, Q=8)
     return out
 
 
@@ -103,4 +103,4 @@ def write_preview(
 
 def _short_id(value: object) -> str:
     text = value.decode() if isinstance(value, bytes) else str(value)
-    return text if len(text) <= 24 else "…" + text[-23:]
+    return text if len(text) <= 28 else "…" + text[-27:]

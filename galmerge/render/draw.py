@@ -16,6 +16,7 @@ from galmerge.render.scene import ABSENT, DISC_SLOTS, Scenes
 # Scenes rendered together; fixed so a seed gives the same noise whatever n is.
 CHUNK = 64
 MAX_FIELD = 8  # field stars + background galaxies kept per stamp
+FWHM_STEP = 0.002  # arcsec
 
 
 @dataclass
@@ -44,6 +45,8 @@ def observe(scenes: Scenes, preset: Preset, seed: int, size: int) -> Observation
         fwhm = np.zeros((n, 3))
     else:
         fwhm = rng.uniform(*preset.psf_fwhm, n)[:, None] * np.asarray(preset.band_fwhm)
+        # seeing on a 0.002" grid: far below any measurement, and PSF tables get reused
+        fwhm = np.round(fwhm / FWHM_STEP) * FWHM_STEP
     half = size / 2 + 4  # sources just outside the stamp still spill light in
     f_x = rng.uniform(-half, half, (n, MAX_FIELD))
     f_y = rng.uniform(-half, half, (n, MAX_FIELD))
@@ -75,14 +78,29 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
 
 
+def _accumulate(
+    image: torch.Tensor, ni: np.ndarray, slot: np.ndarray, prof: torch.Tensor, flux: np.ndarray
+) -> None:
+    """image[n] += sum over components of flux (3 bands) x profile, as one batched matmul."""
+    n, bands, h, w = image.shape
+    _, pos = np.unique(slot, return_inverse=True)
+    k = int(pos.max()) + 1
+    dense = torch.zeros(n, k, h * w)
+    weights = torch.zeros(n, bands, k)
+    ni_t, pos_t = torch.from_numpy(ni), torch.from_numpy(pos.astype(np.int64))
+    dense[ni_t, pos_t] = prof.reshape(len(ni), h * w)
+    weights[ni_t, :, pos_t] = _t(flux)
+    image += torch.bmm(weights, dense).view(n, bands, h, w)
+
+
 def _canvas_geometry(preset: Preset, size: int) -> tuple[int, int]:
     """(margin, fft size): the canvas is padded so the PSF brings in light from outside."""
     if preset.psf == "none":
         return 0, 0
     fwhm_px = preset.psf_fwhm[1] * max(preset.band_fwhm) / preset.pixel_scale
     margin = int(min(16, math.ceil(1.6 * fwhm_px)))
-    canvas = size + 2 * margin
-    return margin, int(16 * math.ceil((canvas + margin) / 16))
+    # FFT a little larger than the canvas: what wraps around lands in the cropped margin
+    return margin, int(8 * math.ceil((size + 2 * margin + 4) / 8))
 
 
 def _draw_chunk(
@@ -129,10 +147,10 @@ def _draw_chunk(
             side,
             spiral=arm,
         )
-        image.index_add_(0, torch.from_numpy(ni), prof[:, None] * _t(flux[sel])[:, :, None, None])
+        _accumulate(image, ni, si, prof, flux[sel])
 
     # -- tails, bridges, shells, plumes: peak surface brightness -> flux per pixel
-    peak = _flux(sc.a_mu + (dimming + 0)[:, None, None] + offset) * px_area  # (N, A, 3)
+    peak = _flux(sc.a_mu + dimming[:, None, None] + offset) * px_area  # (N, A, 3)
     ni, ai = np.nonzero(peak.sum(-1) > 0)
     if len(ni):
         sel = (ni, ai)
@@ -152,9 +170,7 @@ def _draw_chunk(
             side,
             side,
         )
-        image.index_add_(
-            0, torch.from_numpy(ni), ribbons[:, None] * _t(peak[sel])[:, :, None, None]
-        )
+        _accumulate(image, ni, ai, ribbons, peak[sel])
 
     # -- Gaussian sources: knots in the scene, stars and background galaxies in the field
     k_sigma = sc.k_sigma * scale[:, None]
@@ -172,8 +188,8 @@ def _draw_chunk(
         image += torch.bmm(weighted, gx).reshape(n, 3, side, side)
 
     if preset.psf != "none":
-        fwhm_px = _t(ob.psf_fwhm / preset.pixel_scale)
-        transfer = instrument.psf_transfer(preset.psf, fwhm_px, fft_size, preset.moffat_beta)
+        fwhm_px = ob.psf_fwhm / preset.pixel_scale
+        transfer = instrument.psf_transfers(preset.psf, fwhm_px, fft_size, preset.moffat_beta)
         image = instrument.convolve(image, transfer, fft_size)
     image = image[..., margin : margin + size, margin : margin + size]
     if noise is not None and preset.sky_sigma is not None:

@@ -91,6 +91,21 @@ def psf_transfer(kind: str, fwhm_px: torch.Tensor, fft_size: int, beta: float) -
     raise ValueError(f"unknown PSF kind {kind!r}")
 
 
+@lru_cache(maxsize=8192)
+def _cached_transfer(kind: str, fwhm_px: float, fft_size: int, beta: float) -> torch.Tensor:
+    return psf_transfer(kind, torch.tensor(fwhm_px, dtype=torch.float32), fft_size, beta)
+
+
+def psf_transfers(kind: str, fwhm_px: np.ndarray, fft_size: int, beta: float) -> torch.Tensor:
+    """`psf_transfer` for an (N, C) array of FWHMs, reusing tables of FWHMs seen before.
+
+    Seeing is drawn on a fine grid (presets.FWHM_STEP), so the few hundred distinct tables
+    are computed once per process instead of once per image.
+    """
+    flat = [_cached_transfer(kind, float(v), fft_size, float(beta)) for v in fwhm_px.ravel()]
+    return torch.stack(flat).view(*fwhm_px.shape, *flat[0].shape)
+
+
 def convolve(images: torch.Tensor, transfer: torch.Tensor, fft_size: int) -> torch.Tensor:
     """Convolve (N, C, H, W) images with per-image, per-band transfer functions (zero padded)."""
     h, w = images.shape[-2:]

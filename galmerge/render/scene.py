@@ -167,15 +167,15 @@ class _Builder:
         """A curved tidal tail leaving a galaxy at (gx, gy) in direction ``psi``."""
         rng, k = self.rng, len(idx)
         radius = rng.uniform(10.0, 25.0, k)
-        length = rng.uniform(14.0, 32.0, k)
+        length = rng.uniform(20.0, 40.0, k)
         p0x, p0y = gx + start * np.cos(psi), gy + start * np.sin(psi)
         cx = p0x + radius * np.cos(psi + sign * np.pi / 2)
         cy = p0y + radius * np.sin(psi + sign * np.pi / 2)
         dtheta = sign * np.minimum(length / radius, 1.6 * np.pi)
         mu = np.where(present, mu, ABSENT)
         self.arc(idx, slot, cx, cy, radius, psi - sign * np.pi / 2, dtheta,
-                 rng.uniform(1.0, 2.2, k), rng.uniform(1.0, 2.2, k), rng.uniform(0.3, 1.2, k),
-                 rng.uniform(0.2, 1.0, k), np.full(k, 0.08), np.full(k, 0.35), mu,
+                 rng.uniform(1.2, 2.5, k), rng.uniform(1.2, 2.5, k), rng.uniform(0.3, 1.2, k),
+                 rng.uniform(0.1, 0.7, k), np.full(k, 0.08), np.full(k, 0.25), mu,
                  _colour(rng, k, 0.38, 0.2, 0.08))  # fmt: skip
         # star-forming knots along the tail (tidal dwarf candidates)
         for j in range(2):
@@ -239,12 +239,12 @@ def sample_scenes(n: int, seed: int, merger_fraction: float = 0.5) -> Scenes:
     x2, y2 = x1[pr] + sep * np.cos(ang), y1[pr] + sep * np.sin(ang)
     g2 = b.galaxy(pr, 2, 3, x2, y2, m1[pr] + rng.uniform(0.0, 1.5, k), np.ones(k, bool),
                   np.ones(k, bool))  # fmt: skip
-    mu_tail = rng.uniform(22.3, 24.8, k)
+    mu_tail = rng.uniform(21.8, 24.2, k)
     sign = np.where(rng.random(k) < 0.5, 1.0, -1.0)
     psi = ang + rng.uniform(-2.2, 2.2, k)  # tails leave roughly across the pair axis
     b.tail(pr, 0, x1[pr], y1[pr], 1.0 * g1["re_d"][pr], psi, sign, mu_tail, np.ones(k, bool))
     b.tail(pr, 1, x1[pr], y1[pr], 1.0 * g1["re_d"][pr], psi + np.pi, sign,
-           mu_tail + rng.uniform(0.0, 1.0, k), rng.random(k) < 0.6)  # fmt: skip
+           mu_tail + rng.uniform(0.0, 1.0, k), rng.random(k) < 0.8)  # fmt: skip
     b.tail(pr, 2, x2, y2, 1.0 * g2["re_d"], ang + np.pi + rng.uniform(-1.5, 1.5, k), -sign,
            mu_tail + rng.uniform(-0.3, 1.0, k), rng.random(k) < 0.6)  # fmt: skip
     # bridge: a gently curved arc from one galaxy to the other
@@ -267,11 +267,12 @@ def sample_scenes(n: int, seed: int, merger_fraction: float = 0.5) -> Scenes:
     # -- post-merger remnants: spheroid + disturbed disc, shells, a plume, maybe two nuclei
     pm = np.flatnonzero(kind == POSTMERGER)
     k = len(pm)
-    re_d = g1["re_d"][pm]
+    b.p["s_re"][pm, 1] *= 0.6  # the remnant's envelope is compact; its light went to features
+    re_d = 0.6 * g1["re_d"][pm]
     centre = rng.uniform(0, 2 * np.pi, k)
     n_shells = rng.choice([0, 1, 2, 3], size=k, p=[0.3, 0.25, 0.25, 0.2])
-    r_shell = rng.uniform(1.3, 2.2, k) * re_d
-    mu_feat = rng.uniform(22.6, 24.8, k)
+    r_shell = rng.uniform(2.0, 3.2, k) * re_d
+    mu_feat = rng.uniform(22.0, 24.2, k)
     for j in range(3):
         present = n_shells > j
         width = rng.uniform(1.3, 2.4, k)
@@ -291,8 +292,8 @@ def sample_scenes(n: int, seed: int, merger_fraction: float = 0.5) -> Scenes:
     p0x, p0y = x1[pm] + start * np.cos(psi), y1[pm] + start * np.sin(psi)
     b.arc(pm, 3, p0x + radius * np.cos(psi + sign * np.pi / 2),
           p0y + radius * np.sin(psi + sign * np.pi / 2), radius, psi - sign * np.pi / 2,
-          sign * rng.uniform(8.0, 20.0, k) / radius, w_plume, w_plume, rng.uniform(0.2, 0.8, k),
-          rng.uniform(0.5, 1.5, k),
+          sign * rng.uniform(12.0, 26.0, k) / radius, w_plume, w_plume, rng.uniform(0.3, 1.0, k),
+          rng.uniform(0.3, 1.0, k),
           np.full(k, 0.05), np.full(k, 0.45),
           np.where(has_plume | (n_shells == 0), mu_feat - 0.3, ABSENT),
           _colour(rng, k, 0.55, 0.28, 0.06))  # fmt: skip
