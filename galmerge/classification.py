@@ -54,6 +54,7 @@ class ClassifySummary:
     seconds: float
     cache: str | None = None
     statuses: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)
 
     @property
     def merger_fraction(self) -> float:
@@ -574,7 +575,7 @@ def _summary(out_path: Path, tally: Tally, fetched: Counter, t0: float,
         output=str(out_path), rows=tally.rows, ok=tally.ok, failed=failed,
         mergers=tally.mergers, fetched=int(sum(fetched.values())),
         seconds=time.monotonic() - t0, cache=None if store is None else str(store.path),
-        statuses=dict(tally.statuses),
+        statuses=dict(tally.statuses), examples=dict(tally.examples),
     )
 
 
@@ -582,7 +583,9 @@ def _print_summary(summary: ClassifySummary) -> None:
     from rich.console import Console
 
     console = Console(stderr=True)
-    failed = ", ".join(f"{k} {v}" for k, v in summary.failed.items()) or "none"
+    failed = ", ".join(
+        f"{k} {v}" + (f" e.g. '{summary.examples[k]}'" if summary.examples.get(k, k) != k else "")
+        for k, v in summary.failed.items()) or "none"
     frac = summary.merger_fraction
     console.print(
         f"classified {summary.rows} rows in {summary.seconds:.1f} s "

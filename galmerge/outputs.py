@@ -52,12 +52,16 @@ class Tally:
     rows: int = 0
     mergers: int = 0
     statuses: Counter = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)  # first full status per reason
 
     def add(self, block: ResultBlock) -> None:
         self.rows += len(block)
         self.mergers += int((block.flag == 1).sum())
         for status in block.status:
-            self.statuses[_reason(status)] += 1
+            reason = _reason(status)
+            self.statuses[reason] += 1
+            if reason not in self.examples:
+                self.examples[reason] = str(status)
 
     @property
     def ok(self) -> int:

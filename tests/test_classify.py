@@ -211,6 +211,10 @@ def test_default_cache_location_and_summary(env):
     cat.write_text(CASJOBS)
     res = run_cli("classify", str(cat), "--model", str(ckpt), "--survey", "stamps")
     assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "classified 11 rows" in text and "ok 4, failed 7" in text
+    assert "bad-coordinates 5" in text and "no-coverage 1" in text
+    assert "fetch-failed 1 e.g. 'fetch-failed: HTTP 500 from fake server'" in text
     caches = list((Path(os.environ["GALMERGE_DATA"]) / "cache").glob("stamps-*.h5"))
     assert len(caches) == 1
     with h5py.File(caches[0]) as f:  # consolidated in the DESIGN image schema
