@@ -531,8 +531,13 @@ def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
         Section(
             "Test metrics",
             metrics_table(m) + f"<p class='note'>Merger is the positive class; threshold "
-            f"p_merger = 0.5 at temperature {fmt(payload['temperature_used'])}. Brackets: 68% "
-            f"bootstrap interval over {n_boot} resamples of the test images.</p>",
+            f"p_merger = 0.5 at temperature {fmt(payload['temperature_used'])}. "
+            + (
+                f"Brackets: 68% bootstrap interval over {n_boot} resamples of the test images."
+                if n_boot
+                else "No bootstrap intervals (--bootstrap 0)."
+            )
+            + "</p>",
         )
     ]
     if "training_curves" in files:
