@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from fake_sdss import fake_sdss_fixture  # noqa: F401  (the loopback SDSS server fixture)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from galmerge import hookimpl
 from galmerge.cutouts import CutoutResult
@@ -522,3 +524,39 @@ def test_sdss_survey_end_to_end_over_loopback(fake_sdss, tmp_path, monkeypatch):
     assert run_cli(*args).exit_code == 0  # second run: everything from the cache...
     assert fake_sdss.count("x_results") == lookups  # ...no lookup...
     assert fake_sdss.count("frame-") == frames  # ...and no download
+
+
+# -- property: whatever the catalog holds, classify writes one row per input row, in order -------
+
+_bytes_rows = st.lists(st.binary(max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b),
+                       max_size=12)
+
+
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(lines=_bytes_rows, data=st.data())
+def test_malformed_catalogs_never_crash_and_never_lose_a_row(env, lines, data):
+    tmp, ckpt, _ = env
+    good = data.draw(st.lists(st.tuples(st.floats(-10, 370), st.floats(-100, 100)), max_size=5))
+    body = [b"%d,%r,%r" % (i, ra, dec) for i, (ra, dec) in enumerate(good)] + lines
+    order = data.draw(st.permutations(body))
+    cat = tmp / "fuzz.csv"
+    cat.write_bytes(b"#Table1\nobjid,ra,dec\n" + b"\n".join(order) + b"\n")
+    from galmerge.catalogs import open_catalog
+
+    expected = sum(len(c) for c in open_catalog(cat).chunks(1000))
+    res = run_cli("classify", str(cat), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+                  "--output", str(tmp / "fuzz_out.csv"), "--chunk-rows", "3")
+    assert res.exit_code == 0, res.output
+    with open(tmp / "fuzz_out.csv", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        out = list(csv.reader(fh))[1:]
+    assert len(out) == expected
+    if not any(b'"' in ln or b"\x00" in ln for ln in order):  # then one row per line
+        text = [ln.decode("utf-8", "surrogateescape") for ln in order]
+        assert expected == len([t for t in text if t.strip() or "," in t])
+    for r in out:
+        assert r[-1] in ("ok", "bad-coordinates", "no-coverage") or r[-1].startswith(
+            ("bad-row", "fetch-failed"))
+        assert (r[-3] == "") == (r[-1] != "ok")
+        if r[-3]:
+            assert 0.0 <= float(r[-3]) <= 1.0
