@@ -355,7 +355,11 @@ def classify(
         )
 
     total = source.estimated_rows()
-    shard_total = None if total is None else (total + dist.world - 1 - dist.rank) // dist.world
+    shard_total = None
+    if total is not None:  # this rank's chunks: rank, rank + W, rank + 2W, ...
+        n_chunks = -(-total // chunk_rows)
+        shard_total = sum(min(chunk_rows, total - c * chunk_rows)
+                          for c in range(dist.rank, n_chunks, dist.world))
     progress = _Progress(show, shard_total)
     fetched = Counter()
     sig = _signature(_file_stamp(cat_path), _file_stamp(infer.loaded.path), domain,
