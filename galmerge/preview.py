@@ -90,7 +90,7 @@ def write_preview(
                 ax.set_ylabel(CLASS_NAMES[cls], fontsize=11, fontweight="bold")
     bands = ",".join(imageset.bands)
     scale = imageset.pixel_scale_arcsec
-    scale_txt = f', {scale:g}"/px, {imageset.image_size * scale:.0f}" across' if scale else ""
+    scale_txt = f', {scale:g}"/px, {imageset.image_size * scale:.3g}" across' if scale else ""
     fig.suptitle(title or f"{imageset.survey}  ({bands}{scale_txt})", fontsize=12)
     top = 1 - 0.55 / fig.get_figheight()
     fig.subplots_adjust(left=0.04, right=0.995, bottom=0.01, top=top, wspace=0.06, hspace=0.2)

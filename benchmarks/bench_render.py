@@ -1,0 +1,128 @@
+"""Renderer throughput (3x75x75 stamps/s) per preset, with GalSim's rate on the same scenes. JSON.
+
+Usage: python benchmarks/bench_render.py [--n 2000] [--threads 2] [--galsim-n 60]
+
+Figures: full scenes (galaxies, tidal features, knots, field, PSF, noise) per preset, and for
+single galaxies (the primary's bulge + disc only) both our renderer and GalSim drawing the same
+bulge + disc in three bands, convolved with the same PSF, with Gaussian sky noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from galmerge.render import PRESETS, Scenes, draw_scenes, sample_scenes
+from galmerge.render.draw import observe
+from galmerge.render.instrument import arcsec_per_kpc, distance_modulus, mag_to_nmgy
+from galmerge.render.scene import ABSENT
+
+
+def single_galaxies(scenes: Scenes) -> Scenes:
+    """The same scenes with everything but the primary's bulge and disc removed."""
+    out = scenes.subset(slice(None))
+    out.s_mag = out.s_mag.copy()
+    out.s_mag[:, 2:] = ABSENT
+    out.a_mu = np.full_like(out.a_mu, ABSENT)
+    out.k_mu = np.full_like(out.k_mu, ABSENT)
+    return out
+
+
+def rate(fn, n: int) -> dict[str, float]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    fn()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return {
+        "stamps_per_s": round(n / wall, 1),
+        # a process starved by other work on a shared machine still shows its CPU cost
+        "stamps_per_cpu_s": round(n / max(cpu, 1e-9), 1),
+        "cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+    }
+
+
+def galsim_draw(scenes: Scenes, preset_name: str, seed: int) -> None:
+    import galsim
+
+    preset = PRESETS[preset_name]
+    ob = observe(scenes, preset, seed, 75)
+    scale = arcsec_per_kpc(ob.z)  # arcsec per kpc
+    dm = distance_modulus(ob.z)
+    rng = galsim.BaseDeviate(seed)
+    for i in range(len(scenes)):
+        comps = []
+        for slot in (0, 1):
+            if scenes.s_mag[i, slot, 0] >= ABSENT - 1:
+                continue
+            q = float(scenes.s_q[i, slot])
+            hlr = float(scenes.s_re[i, slot] * scale[i] * np.sqrt(q))
+            prof = galsim.Sersic(float(scenes.s_n[i, slot]), half_light_radius=hlr)
+            prof = prof.shear(q=q, beta=float(scenes.s_pa[i, slot]) * galsim.radians)
+            shift = scenes.s_x[i, slot] * scale[i], scenes.s_y[i, slot] * scale[i]
+            comps.append((slot, prof.shift(*shift)))
+        for band in range(3):
+            parts = []
+            for slot, prof in comps:
+                mag = scenes.s_mag[i, slot, band] + dm[i] + preset.mag_offset[band]
+                parts.append(prof.withFlux(float(mag_to_nmgy(mag))))
+            gal = galsim.Add(parts) if len(parts) > 1 else parts[0]
+            if preset.psf == "moffat":
+                fwhm = float(ob.psf_fwhm[i, band])
+                gal = galsim.Convolve(gal, galsim.Moffat(preset.moffat_beta, fwhm=fwhm))
+            elif preset.psf == "gaussian":
+                gal = galsim.Convolve(gal, galsim.Gaussian(fwhm=float(ob.psf_fwhm[i, band])))
+            img = gal.drawImage(nx=75, ny=75, scale=preset.pixel_scale)
+            if preset.sky_sigma is not None:
+                img.addNoise(galsim.GaussianNoise(rng, sigma=preset.sky_sigma[band]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--galsim-n", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    scenes = sample_scenes(args.n, args.seed)
+    singles = single_galaxies(scenes)
+    small = singles.subset(slice(0, args.galsim_n))
+    results: dict[str, object] = {}
+    for name, preset in PRESETS.items():
+        draw_scenes(scenes.subset(slice(0, 64)), preset, seed=args.seed)  # warm-up: PSF tables
+        full = rate(lambda p=preset: draw_scenes(scenes, p, seed=args.seed), args.n)
+        single = rate(lambda p=preset: draw_scenes(singles, p, seed=args.seed), args.n)
+        try:
+            gs = rate(lambda p=name: galsim_draw(small, p, args.seed), len(small))
+        except ImportError:
+            gs = None
+        results[name] = {"full_scenes": full, "single_galaxy": single, "galsim_single_galaxy": gs}
+    print(
+        json.dumps(
+            {
+                "benchmark": "renderer stamps/s (3 bands x 75 x 75)",
+                "n_stamps": args.n,
+                "galsim_n_stamps": args.galsim_n,
+                "torch_threads": args.threads,
+                "cpu_count": os.cpu_count(),
+                "platform": platform.platform(),
+                "load_average_before": [round(v, 2) for v in load_before],
+                "load_average_after": [round(v, 2) for v in os.getloadavg()],
+                "note": "machine shared with other engineers while measured (load average "
+                "above the 2 cores); cpu_s is this process's CPU time",
+                "presets": results,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
