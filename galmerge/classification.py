@@ -366,7 +366,7 @@ def classify(
                      float(threshold), survey, chunk_rows, ra_col, dec_col, id_col)
     parts_dir = out_path.with_name(out_path.name + ".parts")
     if dist.is_main:
-        _remove_stale_parts(parts_dir, sig)
+        _remove_stale_parts(parts_dir, f"-of-{dist.world:05d}-{sig}")
     journal = ResultJournal(parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}")
     tally = Tally()
     try:
@@ -519,7 +519,7 @@ def _stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service
 
 
 def _remove_stale_parts(parts_dir: Path, sig: str) -> None:
-    """Results of a run on another catalog/model version can never be merged: drop them."""
+    """Results of a run with another catalog, model or process count can never be merged."""
     import shutil
 
     if not parts_dir.is_dir():
