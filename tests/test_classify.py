@@ -58,7 +58,10 @@ class StampService:
         self.closed = False
 
     def fetch(self, requests):
+        limit = int(os.environ.get("GALMERGE_TEST_FETCH_LIMIT", "-1"))
         for req in requests:
+            if limit >= 0 and len(fetch_lines(Path(self.log))) >= limit:
+                raise KeyboardInterrupt  # as if the run were stopped here
             if self.delay:
                 time.sleep(self.delay)
             if self.log:
@@ -560,3 +563,28 @@ def test_malformed_catalogs_never_crash_and_never_lose_a_row(env, lines, data):
         assert (r[-3] == "") == (r[-1] != "ok")
         if r[-3]:
             assert 0.0 <= float(r[-3]) <= 1.0
+
+
+def test_interrupted_run_resumes_from_its_result_journal(env, monkeypatch):
+    tmp, ckpt, log = env
+    rows = _catalog(tmp / "cat.csv", 40)
+    args = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--cache", str(tmp / "c.h5"), "--output", str(tmp / "out.csv"),
+            "--chunk-rows", "2"]
+    monkeypatch.setenv("GALMERGE_TEST_FETCH_LIMIT", "21")
+    assert run_cli(*args).exit_code != 0  # stopped during the 11th chunk
+    assert not (tmp / "out.csv").exists()
+    for path in tmp.glob("c.h5*"):  # even without the cutout cache...
+        if path.is_dir():
+            for f in path.iterdir():
+                f.unlink()
+            path.rmdir()
+        else:
+            path.unlink()
+    monkeypatch.delenv("GALMERGE_TEST_FETCH_LIMIT")
+    n = len(fetch_lines(log))
+    assert run_cli(*args).exit_code == 0
+    # ...the first 8 chunks (one committed result segment, 16 rows) are not done again
+    assert fetch_lines(log)[n:] == [f"{r[0]}|{r[1]}|{r[2]}" for r in rows[16:]]
+    _, out = read_csv(tmp / "out.csv")
+    assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
