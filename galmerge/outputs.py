@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -361,7 +362,14 @@ class ResultJournal:
             tmp.unlink(missing_ok=True)
         self.done: set[int] = set()
         for seg in self.segments():
-            self.done.update(index for index, _ in read_part(seg))
+            try:
+                indices = [index for index, _ in read_part(seg)]  # all or nothing
+            except Exception as exc:  # damaged from outside: these rows are simply redone
+                seg.unlink(missing_ok=True)
+                print(f"galmerge: result segment {seg} was unreadable ({type(exc).__name__}); "
+                      "its rows will be classified again", file=sys.stderr)
+            else:
+                self.done.update(indices)
         self._fh: Any = None
         self._tmp: Path | None = None
         self._final: Path | None = None
