@@ -588,3 +588,22 @@ def test_interrupted_run_resumes_from_its_result_journal(env, monkeypatch):
     assert fetch_lines(log)[n:] == [f"{r[0]}|{r[1]}|{r[2]}" for r in rows[16:]]
     _, out = read_csv(tmp / "out.csv")
     assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
+
+
+def test_damaged_result_segment_is_redone(env, monkeypatch):
+    tmp, ckpt, log = env
+    rows = _catalog(tmp / "cat.csv", 30)
+    args = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--cache", str(tmp / "c.h5"), "--output", str(tmp / "out.csv"),
+            "--chunk-rows", "2"]
+    monkeypatch.setenv("GALMERGE_TEST_FETCH_LIMIT", "21")
+    assert run_cli(*args).exit_code != 0
+    monkeypatch.delenv("GALMERGE_TEST_FETCH_LIMIT")
+    segments = list((tmp / "out.csv.parts").glob("*/seg-*.pkl"))
+    assert len(segments) == 1
+    segments[0].write_bytes(segments[0].read_bytes()[:50])
+    res = run_cli(*args)
+    assert res.exit_code == 0
+    assert "was unreadable" in res.output and "classified again" in res.output
+    _, out = read_csv(tmp / "out.csv")
+    assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
