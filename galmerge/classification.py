@@ -339,6 +339,7 @@ def classify(
     infer = _Inference(model, domain, device, batch_size, dist.local_rank)
     service = None
     store: CutoutCache | None = None
+    per_rank_cache = cache is not None and "{rank}" in str(cache)
     if _is_image_file(cat_path):
         source: Any = _ImageFileInput(cat_path, infer.shape)
     else:
@@ -347,7 +348,9 @@ def classify(
         options = {"workers": int(workers), **dict(survey_options or {})}
         service = record.cutouts(infer.spec, options)
         key = str(getattr(service, "cache_key", "") or f"{survey}:{_signature(infer.spec)}")
-        cache_path = Path(cache) if cache is not None else default_cache(survey, key)
+        # "{rank}" in --cache gives each process its own cache (and index) at survey scale
+        cache_path = (Path(str(cache).replace("{rank}", str(dist.rank))) if cache is not None
+                      else default_cache(survey, key))
         store = CutoutCache(
             cache_path, key, infer.shape, flush_rows=flush_rows,
             attrs={"survey": survey, "bands": ",".join(map(str, infer.spec.get("bands", []))),
@@ -391,11 +394,12 @@ def classify(
         if service is not None:
             service.close()
         if store is not None:
-            store.close(compact=not dist.enabled)
+            # a cache shared by processes is consolidated once, by rank 0 after the merge
+            store.close(compact=not dist.enabled or per_rank_cache)
     if not dist.is_main:
         return _summary(out_path, tally, fetched, t0, store)
     tally = _merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show)
-    if store is not None and dist.enabled:
+    if store is not None and dist.enabled and not per_rank_cache:
         store.compact(force=False)
     summary = _summary(out_path, tally, fetched, t0, store)
     if show:

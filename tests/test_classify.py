@@ -466,13 +466,16 @@ def test_torchrun_two_processes_merge_in_input_order(env):
     (tmp / "c.h5").unlink()
     log.unlink()
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29561",
-                    str(_script(tmp)), *base, "--output", str(tmp / "sharded.csv")],
-                   env=env_, check=True, timeout=120)
-    assert (tmp / "sharded.csv").read_text() == (tmp / "single.csv").read_text()
-    assert Counter(fetch_lines(log)).most_common(1)[0][1] == 1  # each row fetched by one rank
-    assert len(fetch_lines(log)) == len(rows)
-    assert not (tmp / "sharded.csv.parts").exists()
+    for cache in ("c.h5", "c-{rank}.h5"):  # one shared cache, then one cache per process
+        subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29561",
+                        str(_script(tmp)), *base[:-1], str(tmp / cache), "--output",
+                        str(tmp / "sharded.csv")], env=env_, check=True, timeout=180)
+        assert (tmp / "sharded.csv").read_text() == (tmp / "single.csv").read_text()
+        assert Counter(fetch_lines(log)).most_common(1)[0][1] == 1  # each row: one rank
+        assert len(fetch_lines(log)) == len(rows)
+        assert not (tmp / "sharded.csv.parts").exists()
+        log.unlink()
+    assert (tmp / "c-0.h5").exists() and (tmp / "c-1.h5").exists()
 
 
 # -- end to end through the real `sdss` survey and the loopback SkyServer/SAS -------------------

@@ -14,7 +14,8 @@ import click
               help="Output file: .csv (default), .h5 or .fits. "
                    "Default: <catalog stem>_galmerge.csv in the working directory.")
 @click.option("--cache", type=click.Path(dir_okay=False),
-              help="Cutout cache (HDF5). Default: $GALMERGE_DATA/cache/<survey>-<kind>.h5.")
+              help="Cutout cache (HDF5); '{rank}' in the name gives each torchrun process its "
+                   "own. Default: $GALMERGE_DATA/cache/<survey>-<kind>.h5.")
 @click.option("--ra-col", help="RA column (default: ra, RA, ra_deg, raj2000, ...).")
 @click.option("--dec-col", help="Dec column (default: dec, DEC, dec_deg, dej2000, ...).")
 @click.option("--id-col", help="Id column (default: objID, objid, specobjid, id, ...).")
