@@ -329,7 +329,7 @@ def classify(
     if domain not in ("source", "target"):
         raise GalmergeError(f"--domain must be source or target, got {domain}")
     if chunk_rows < 1 or batch_size < 1 or workers < 1:
-        raise GalmergeError("--batch-size and --workers must be at least 1")
+        raise GalmergeError("--batch-size, --workers and --chunk-rows must be at least 1")
     out_path = Path(output) if output is not None else default_output(cat_path)
     if out_path.exists() and out_path.resolve() == cat_path.resolve():
         raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")
