@@ -98,7 +98,7 @@ def _canvas_geometry(preset: Preset, size: int) -> tuple[int, int]:
     if preset.psf == "none":
         return 0, 0
     fwhm_px = preset.psf_fwhm[1] * max(preset.band_fwhm) / preset.pixel_scale
-    margin = int(min(16, math.ceil(1.6 * fwhm_px)))
+    margin = int(min(16, math.ceil(1.25 * fwhm_px)))
     # FFT a little larger than the canvas: what wraps around lands in the cropped margin
     return margin, int(8 * math.ceil((size + 2 * margin + 4) / 8))
 
@@ -190,8 +190,9 @@ def _draw_chunk(
     if preset.psf != "none":
         fwhm_px = ob.psf_fwhm / preset.pixel_scale
         transfer = instrument.psf_transfers(preset.psf, fwhm_px, fft_size, preset.moffat_beta)
-        image = instrument.convolve(image, transfer, fft_size)
-    image = image[..., margin : margin + size, margin : margin + size]
+        image = instrument.convolve(image, transfer, fft_size, crop=(margin, size))
+    else:
+        image = image[..., margin : margin + size, margin : margin + size]
     if noise is not None and preset.sky_sigma is not None:
         image = instrument.add_noise(image, preset.sky_sigma, preset.gain, noise)
     return image.contiguous()

@@ -106,11 +106,21 @@ def psf_transfers(kind: str, fwhm_px: np.ndarray, fft_size: int, beta: float) ->
     return torch.stack(flat).view(*fwhm_px.shape, *flat[0].shape)
 
 
-def convolve(images: torch.Tensor, transfer: torch.Tensor, fft_size: int) -> torch.Tensor:
-    """Convolve (N, C, H, W) images with per-image, per-band transfer functions (zero padded)."""
+def convolve(
+    images: torch.Tensor, transfer: torch.Tensor, fft_size: int, crop: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Convolve (N, C, H, W) images with per-image, per-band transfer functions (zero padded).
+
+    ``crop = (start, size)`` returns only that square of the result; the inverse transform
+    then skips the rows outside it.
+    """
     h, w = images.shape[-2:]
-    spec = torch.fft.rfft2(images, s=(fft_size, fft_size))
-    return torch.fft.irfft2(spec * transfer, s=(fft_size, fft_size))[..., :h, :w]
+    start, size = crop if crop is not None else (0, max(h, w))
+    spec = torch.fft.rfft(images, n=fft_size, dim=-1)
+    spec = torch.fft.fft(spec, n=fft_size, dim=-2)
+    spec.mul_(transfer)
+    rows = torch.fft.ifft(spec, dim=-2)[..., start : start + min(size, h), :]
+    return torch.fft.irfft(rows, n=fft_size, dim=-1)[..., start : start + min(size, w)]
 
 
 def add_noise(
