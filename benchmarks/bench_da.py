@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--keep-runs", help="keep the run directories here (default: a temp dir)")
     parser.add_argument("--reuse", action="store_true",
                         help="with --keep-runs: take finished runs (summary.json) from there")
+    parser.add_argument("--note", action="append", default=[],
+                        help="free text for the JSON and the markdown (how the runs were made)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 120 images per domain, 1 epoch of 2 steps, seed 0, "
                              "results in a temp dir unless --out-dir is given")
@@ -220,6 +222,9 @@ def main() -> None:
             "python": platform.python_version(),
         },
         "wall_seconds": round(wall, 1),
+        "run_seconds_total": round(sum(r["seconds"] for r in runs), 1),
+        "reused_runs": sum(bool(r["reused"]) for r in runs),
+        "notes": list(args.note),
         "table": table,
         "runs": runs,
     }
@@ -267,14 +272,23 @@ def _markdown(report: dict[str, Any]) -> str:
             f"{terms}"
         )
     m = report["machine"]
+    if report["reused_runs"] == len(report["runs"]):
+        how = "every run was made by earlier invocations (see below)"
+    else:
+        how = (f"load average {m['load_average_start'][0]} at start, {m['parallel_runs']} runs "
+               f"at once with {m['torch_threads_per_run']} torch thread each, wall time "
+               f"{report['wall_seconds']:.0f} s")
     lines += [
         "",
         f"Tuning: {report['tuning']}",
         "",
-        f"Machine: {m['note']} ({m['cpu_count']} CPUs, load average {m['load_average_start'][0]} "
-        f"at start, {m['parallel_runs']} runs at once with {m['torch_threads_per_run']} torch "
-        f"thread each); wall time {report['wall_seconds']:.0f} s.",
+        f"Machine: {m['note']} ({m['cpu_count']} CPUs; {how}); "
+        f"{report['run_seconds_total']:.0f} s of training runs in all, mean "
+        f"{statistics.fmean(r['train_images_per_s'] for r in report['runs']):.0f} training "
+        f"images/s per run (source + target images).",
     ]
+    if report["notes"]:
+        lines += ["", *report["notes"]]
     return "\n".join(lines)
 
 
