@@ -259,6 +259,12 @@ def _markdown(report: dict[str, Any]) -> str:
             f"| {row['target_auc_mean']:.3f} ± {row['target_auc_std']:.3f} "
             f"| {gain:+.1f} | {change:+.1f} | {goal} |"
         )
+    lines += ["", "Per seed (source / target test accuracy):", "",
+              "| strategy | " + " | ".join(f"seed {x}" for x in seeds) + " |",
+              "| --- |" + " --- |" * len(seeds)]
+    for strategy, row in report["table"].items():
+        pairs = zip(row["source_accuracy_per_seed"], row["target_accuracy_per_seed"], strict=True)
+        lines.append(f"| {strategy} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in pairs) + " |")
     lines += ["", "Settings per strategy (from the config files):", ""]
     for strategy, s in report["settings"].items():
         terms = "; ".join(
