@@ -81,7 +81,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # for ResNet18 were NOT FOUND; the DeepMerge values are used.
 BACKBONE_OPTIONS: dict[str, dict[str, Any]] = {
     "resnet18": {"bottleneck_dim": 256, "bottleneck": 256},
-    "deepmerge": {},
+    # the paper's code: Dropout(0.5) after every conv block (galmerge's default is 0.1)
+    "deepmerge": {"dropout": 0.5},
 }
 
 

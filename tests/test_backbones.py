@@ -58,7 +58,7 @@ def test_deepmerge_dropout_option_is_used() -> None:
     x = torch.randn(4, 3, 75, 75)
     plain = build_model("deepmerge", 3, 75, options={"dropout": 0.0}).train()
     assert torch.equal(plain.backbone(x), plain.backbone(x))  # deterministic without dropout
-    noisy = build_model("deepmerge", 3, 75).train()  # paper default 0.5
+    noisy = build_model("deepmerge", 3, 75).train()  # default 0.1
     assert not torch.equal(noisy.backbone(x), noisy.backbone(x))
 
 

@@ -24,7 +24,7 @@ def _number(backbone: str, key: str, value: Any, kind: type) -> Any:
         ) from None
 
 
-def _build_deepmerge(in_channels: int, image_size: int, dropout: float = 0.5) -> nn.Module:
+def _build_deepmerge(in_channels: int, image_size: int, dropout: float = 0.1) -> nn.Module:
     from galmerge.backbones.deepmerge import DeepMergeFeatures
 
     dropout = _number("deepmerge", "dropout", dropout, float)
@@ -65,7 +65,10 @@ def register_backbones() -> list[Backbone]:
             description="DeepMerge II CNN: 3 conv blocks (2592 features at 75x75) + 64-32-2 head",
             build=_build_deepmerge,
             build_head=_deepmerge_head,
-            defaults={"dropout": 0.5},
+            # The paper's code uses 0.5 (the deepmerge2-* presets keep it). Dropout that strong
+            # before the next BatchNorm shifts its statistics between train and eval mode: on the
+            # synthetic pair eval accuracy fell to chance, so the default is milder.
+            defaults={"dropout": 0.1},
         ),
         Backbone(
             name="resnet18",
