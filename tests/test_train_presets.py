@@ -47,3 +47,24 @@ def test_flags_beat_presets_and_unknown_preset_is_an_error():
     assert c["lr"] == 0.5
     with pytest.raises(GalmergeError, match="available: deepmerge2-sim-real, deepmerge2-sim-sim"):
         resolved(preset="deepmerge3")
+
+
+def test_paper_presets_keep_the_papers_deepmerge_dropout():
+    c = resolved(preset="deepmerge2-sim-real", strategy="mmd")
+    assert c["backbone_options"]["dropout"] == 0.5
+
+
+def test_synthetic_preset_matches_the_benchmark_configs():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+    for strategy in ("mmd+fisher+entropy", "dann+fisher", "none"):
+        c = resolved(preset="synthetic-sim-real", strategy=strategy)
+        bench = tomllib.loads((root / f"{strategy}.toml").read_text())
+        for key in ("epochs", "batch_size", "lr"):
+            assert c[key] == bench[key], key
+        assert c["backbone_options"]["dropout"] == bench["backbone_options"]["dropout"]
+        for name, options in bench.get("strategies", {}).items():
+            for option, value in options.items():
+                assert c["strategies"][name][option] == value, (name, option)
