@@ -539,15 +539,18 @@ def _remove_stale_parts(parts_dir: Path, sig: str) -> None:
 def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
                  show: bool) -> Tally:
     """Rank 0: wait until every rank's share is complete, then write them in input order."""
-    journals = [ResultJournal(parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}")
-                for r in range(world)]
+    folders = [parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}" for r in range(world)]
+    # Wait on the .done markers alone: opening another rank's journal before it has finished
+    # would clear its in-flight temporary segment under its feet.
+    markers = [f.with_name(f.name + ".done") for f in folders]
     waited = 0.0
-    while not all(j.finished for j in journals):
+    while not all(m.exists() for m in markers):
         if show and waited and waited % 60 < PART_POLL_SECONDS:
-            missing = [str(r) for r, j in enumerate(journals) if not j.finished]
+            missing = [str(r) for r, m in enumerate(markers) if not m.exists()]
             print(f"galmerge: waiting for rank(s) {', '.join(missing[:8])}", file=sys.stderr)
         time.sleep(PART_POLL_SECONDS)
         waited += PART_POLL_SECONDS
+    journals = [ResultJournal(f) for f in folders]
     writer = open_writer(out_path, columns)
     try:
         readers = [j.blocks() for j in journals]
