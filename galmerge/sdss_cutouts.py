@@ -19,7 +19,9 @@ SDSS arrays `galmerge.deepmerge_data` loads), rows as in the JPEG (row 0 north).
 Base URLs: env ``GALMERGE_SDSS_SKYSERVER_URL`` and ``GALMERGE_SDSS_SAS_URL``, applied through
 ``astroquery.sdss.conf``. Options (``--survey 'sdss?workers=8&timeout=30'``): ``workers`` (4),
 ``attempts`` (5) or ``retries``, ``timeout`` (60 s), ``backoff`` (0.5 s), ``max_retry_after``
-(300 s), ``data_release`` (17), ``frame_cache_dir`` (``none`` for memory only), ``memory_frames``
+(300 s), ``data_release`` (17), ``frame_cache_dir`` (``none`` for memory only),
+``frame_cache_gb`` (size bound of that folder: env ``GALMERGE_SDSS_FRAME_CACHE_GB``, default 4;
+``inf`` for none; least recently used frame files go first), ``memory_frames``
 (6 decoded frames kept), ``resolve_batch`` (25 positions per SkyServer query), ``radius_arcmin``
 (0.5, lookup radius), ``check_footprint`` (JPEG: look positions up first; default true),
 ``max_edge_fraction`` (0.5: a stamp with more of its area past the frame edge is
@@ -29,10 +31,12 @@ Base URLs: env ``GALMERGE_SDSS_SKYSERVER_URL`` and ``GALMERGE_SDSS_SAS_URL``, ap
 from __future__ import annotations
 
 import bz2
+import contextlib
 import io
 import math
 import os
 import threading
+import time
 import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -60,6 +64,8 @@ DEFAULT_SAS_URL = "https://data.sdss.org/sas"
 #: SDSS colour JPEGs put i, r, g into R, G, B (Lupton et al. 2004)
 JPEG_NAME_CHANNEL = {"R": 0, "G": 1, "B": 2}
 JPEG_MIN_SIZE = 64
+FRAME_CACHE_ENV = "GALMERGE_SDSS_FRAME_CACHE_GB"
+DEFAULT_FRAME_CACHE_GB = 4.0
 
 
 @dataclass(frozen=True, order=True)
@@ -86,6 +92,7 @@ class Settings:
     policy: RetryPolicy
     sleep: Callable[[float], None]
     frame_cache_dir: Path | None
+    frame_cache_bytes: float
     memory_frames: int
     resolve_batch: int
     radius_arcmin: float
@@ -94,8 +101,6 @@ class Settings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Settings:
-        import time
-
         data = Path(os.environ.get("GALMERGE_DATA") or "data")
         cache = options.get("frame_cache_dir", data / "cache" / "sdss-frames")
         policy = RetryPolicy.from_options(options)
@@ -113,12 +118,33 @@ class Settings:
             policy=policy,
             sleep=options.get("sleep", time.sleep),
             frame_cache_dir=None if cache in (None, "", False, "none") else Path(cache),
+            frame_cache_bytes=frame_cache_bytes(options),
             memory_frames=max(0, int(options.get("memory_frames", 6))),
             resolve_batch=max(1, int(options.get("resolve_batch", 25))),
             radius_arcmin=float(options.get("radius_arcmin", 0.5)),
             check_footprint=bool(options.get("check_footprint", True)),
             max_edge_fraction=float(options.get("max_edge_fraction", 0.5)),
         )
+
+
+def frame_cache_bytes(options: Mapping[str, Any]) -> float:
+    """The frame folder's size bound in bytes: option ``frame_cache_gb``, else the environment
+    variable, else 4 GB; ``inf`` (or ``none``) means unbounded."""
+    raw, where = options.get("frame_cache_gb"), "sdss survey option frame_cache_gb"
+    if raw is None or raw == "":
+        raw, where = os.environ.get(FRAME_CACHE_ENV, ""), FRAME_CACHE_ENV
+    if raw is None or str(raw).strip() == "":
+        return DEFAULT_FRAME_CACHE_GB * 1e9
+    text = str(raw).strip().lower()
+    try:
+        gb = math.inf if text in ("none", "inf", "unlimited") else float(text)
+    except ValueError:
+        gb = math.nan
+    if not gb >= 0:  # NaN too
+        raise GalmergeError(
+            f"{where} must be a size in GB (0 or more, or 'inf' for no bound), got '{raw}'"
+        )
+    return gb * 1e9
 
 
 def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any]):
@@ -152,7 +178,8 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
     except (TypeError, ValueError) as exc:
         raise GalmergeError(
             f"bad sdss survey option ({exc}); numeric options: workers, attempts, retries, "
-            f"timeout, backoff, max_retry_after, memory_frames, resolve_batch, radius_arcmin"
+            f"timeout, backoff, max_retry_after, memory_frames, resolve_batch, radius_arcmin, "
+            f"frame_cache_gb"
         ) from None
     if source == "frames":
         return SdssFrameCutouts(bands, size, scale, settings)
@@ -332,6 +359,158 @@ def decode_frame(blob: bytes) -> Frame:
     return Frame(data, wcs)
 
 
+def _lock_file(fh: Any, *, shared: bool, wait: bool) -> bool:
+    """flock the open file (shared or exclusive); False if ``wait`` is off and it is held.
+    Without fcntl (Windows) there are no locks, and removing an open file fails there anyway."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return True
+    flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fh.fileno(), flags)
+    except BlockingIOError:
+        return False
+    except OSError:  # a filesystem without flock: fall back to unlocked use
+        return True
+    return True
+
+
+class FrameDiskCache:
+    """Frame files in one folder, bounded in size: the least recently used files go first.
+
+    Last use is a file's mtime: set when it is written, refreshed on every read. Readers hold a
+    shared ``flock`` while they read; eviction takes an exclusive non-blocking lock on a file and
+    skips it when that fails or when its mtime moved since the folder was scanned, so a frame
+    being read -- by a thread of this process or by another process sharing the folder (torchrun
+    shards) -- is never removed under it (and on POSIX a reader that already has the file open
+    keeps its bytes in any case). One thread of one process evicts at a time (``.evict.lock``).
+    Eviction runs when a write takes this process's running estimate of the folder size past the
+    bound, and at least every ``RESCAN_SECONDS`` of writing (other processes write too); it
+    removes files until the folder is at ``LOW_WATER`` of the bound, so it does not rescan the
+    folder on every write.
+    """
+
+    RESCAN_SECONDS = 60.0
+    LOW_WATER = 0.9
+    TMP_MAX_AGE = 3600.0  # a temporary download older than this was left by a killed run
+    LOCK_NAME = ".evict.lock"
+
+    def __init__(self, root: Path, max_bytes: float) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.evicted = 0
+        self.kept_in_use = 0  # files eviction skipped because they were being read
+        self._lock = threading.Lock()
+        self._evicting = threading.Lock()
+        self._estimate: float | None = None  # bytes: the last scan plus our writes since
+        self._scanned_at = -math.inf
+
+    @contextlib.contextmanager
+    def reading(self, path: Path) -> Iterator[Any]:
+        """The file open for reading under a shared lock (FileNotFoundError if absent)."""
+        with open(path, "rb") as fh:
+            _lock_file(fh, shared=True, wait=True)
+            yield fh
+
+    def read(self, path: Path) -> bytes | None:
+        """The file's bytes, or None if it is not (or no longer) cached; marks it used."""
+        try:
+            with self.reading(path) as fh:
+                blob = fh.read()
+                with contextlib.suppress(OSError):
+                    # last use, for LRU; set under the lock: see _remove_idle
+                    os.utime(fh.fileno() if os.utime in os.supports_fd else path)
+        except FileNotFoundError:
+            return None
+        return blob
+
+    def write(self, path: Path, blob: bytes) -> None:
+        """Store a file atomically (a kill never leaves half a frame), then keep the bound."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+        with self._lock:
+            if self._estimate is not None:
+                self._estimate += len(blob)
+            due = (self._estimate is None or self._estimate > self.max_bytes
+                   or time.monotonic() - self._scanned_at > self.RESCAN_SECONDS)
+        if due and math.isfinite(self.max_bytes):
+            self.evict()
+
+    def _scan(self) -> list[tuple[int, int, Path, bool]]:
+        """(mtime_ns, size, path, removable) of every file under the folder."""
+        now = time.time_ns()
+        out = []
+        for folder, _dirs, names in os.walk(self.root):
+            for name in names:
+                if name == self.LOCK_NAME:
+                    continue
+                path = Path(folder) / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                # a temporary file is some thread's download in progress, unless it is old
+                removable = not name.endswith(".tmp") or (
+                    now - st.st_mtime_ns > self.TMP_MAX_AGE * 1e9)
+                out.append((st.st_mtime_ns, st.st_size, path, removable))
+        return out
+
+    def evict(self) -> None:
+        """Remove least recently used files until the folder is under the bound."""
+        if not self._evicting.acquire(blocking=False):
+            return  # another thread is at it
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.root / self.LOCK_NAME, "a+b") as guard:
+                if not _lock_file(guard, shared=False, wait=False):
+                    return  # another process is at it
+                files = self._scan()
+                total = sum(size for _, size, _, _ in files)
+                if total > self.max_bytes:
+                    target = self.max_bytes * self.LOW_WATER
+                    for mtime_ns, size, path, removable in sorted(files):
+                        if total <= target:
+                            break
+                        if removable and self._remove_idle(path, mtime_ns):
+                            total -= size
+                with self._lock:
+                    self._estimate = float(total)
+                    self._scanned_at = time.monotonic()
+        finally:
+            self._evicting.release()
+
+    def _remove_idle(self, path: Path, mtime_ns: int) -> bool:
+        """Unlink ``path`` unless someone reads it or used it since the scan."""
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            return True  # gone already (another process, a corrupt file set aside)
+        except OSError:
+            return False
+        with fh:
+            if not _lock_file(fh, shared=False, wait=False):
+                with self._lock:
+                    self.kept_in_use += 1
+                return False
+            st = os.fstat(fh.fileno())
+            if st.st_mtime_ns != mtime_ns:
+                return False  # read (or rewritten) since the scan: no longer least recent
+            try:
+                if os.stat(path).st_ino != st.st_ino:
+                    return False  # replaced by a fresh download meanwhile
+                os.unlink(path)
+            except FileNotFoundError:
+                return True
+            except OSError:  # e.g. Windows: an open file cannot be removed
+                return False
+        with self._lock:
+            self.evicted += 1
+        return True
+
+
 class FrameStore:
     """Frames by (field, band): memory LRU, then disk cache, then one download (single-flight)."""
 
@@ -343,6 +522,8 @@ class FrameStore:
         self._memory: OrderedDict[tuple[FieldKey, str], Frame] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks = [threading.Lock() for _ in range(self.N_LOCKS)]
+        root = settings.frame_cache_dir
+        self.disk = None if root is None else FrameDiskCache(root, settings.frame_cache_bytes)
         self.downloads = 0
         self.disk_hits = 0
         self.corrupt_cache_files = 0
@@ -391,26 +572,25 @@ class FrameStore:
 
     def _load(self, key: FieldKey, band: str) -> Frame:
         path = self.path(key, band)
-        if path is not None and path.exists():
+        blob = None if path is None or self.disk is None else self.disk.read(path)
+        if blob is not None:
             try:
-                frame = decode_frame(path.read_bytes())
+                frame = decode_frame(blob)
                 with self._lock:
                     self.disk_hits += 1
                 return frame
             except Exception:  # a damaged cache file is set aside and fetched again
                 with self._lock:
                     self.corrupt_cache_files += 1
-                os.replace(path, path.with_suffix(path.suffix + ".corrupt"))
+                with contextlib.suppress(OSError):  # another process may have done it
+                    os.replace(path, path.with_suffix(path.suffix + ".corrupt"))
         blob, frame = self._client.get(
             self.url(key, band), validate=lambda b: (b, decode_frame(b)), what="frame"
         )
         with self._lock:
             self.downloads += 1
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(blob)
-            os.replace(tmp, path)  # atomic: a kill never leaves half a frame in the cache
+        if path is not None and self.disk is not None:
+            self.disk.write(path, blob)
         return frame
 
 
@@ -590,6 +770,8 @@ class SdssFrameCutouts(_SdssService):
     def summary(self) -> str:
         f = self.frames
         extra = f"; frames: {f.downloads} downloaded, {f.disk_hits} from disk cache"
+        if f.disk is not None and f.disk.evicted:
+            extra += f", {f.disk.evicted} least recently used evicted from it"
         if self.edge_stamps:
             extra += f", {self.edge_stamps} stamps zero-filled past a frame edge"
         if f.corrupt_cache_files:
@@ -680,12 +862,14 @@ __all__ = [
     "FieldResolver",
     "parse_lookup_csv",
     "Frame",
+    "FrameDiskCache",
     "FrameStore",
     "SdssFrameCutouts",
     "SdssJpegCutouts",
     "cut_stamp",
     "cut_stamp_with_edge",
     "decode_frame",
+    "frame_cache_bytes",
     "jpeg_channels",
     "make_cutout_service",
 ]

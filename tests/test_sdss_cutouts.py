@@ -19,7 +19,7 @@ from fake_sdss import (
 from galmerge.cutouts import CutoutRequest
 from galmerge.errors import GalmergeError
 from galmerge.plugins import get_survey
-from galmerge.sdss_cutouts import make_cutout_service
+from galmerge.sdss_cutouts import FrameDiskCache, make_cutout_service
 
 FRAMES = {"bands": ["g", "r", "i"], "image_size": 31, "pixel_scale_arcsec": 0.396,
           "image_source": "frames"}
@@ -322,3 +322,149 @@ def test_cache_key_names_what_the_stamps_are(fake_sdss, options):
     with make_cutout_service(FRAMES, options) as a, make_cutout_service(JPEG, options) as b:
         assert a.cache_key != b.cache_key
         assert "g,r,i" in a.cache_key and "31px" in a.cache_key and "jpeg" in b.cache_key
+
+
+# -- the frame disk cache is bounded: least recently used frame files go first -------------------
+
+FIELD_A, FIELD_B, FIELD_C = "001000-1-0100", "001000-1-0101", "002000-3-0050"
+
+
+def _frame_files(root: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in root.rglob("frame-*.fits.bz2")}
+
+
+def _field_sizes(fake: FakeSdss, options: dict) -> dict[str, int]:
+    """Bytes of each field's three frame files, from an unbounded first run."""
+    root = Path(options["frame_cache_dir"])
+    with _service(FRAMES, {**options, "frame_cache_gb": "inf"}) as svc:
+        _fetch(svc, _requests(fake, [0, 3, 4]))
+    files = _frame_files(root)
+    for p in root.rglob("frame-*"):
+        p.unlink()
+    return {f: sum(v for k, v in files.items() if f in k) for f in (FIELD_A, FIELD_B, FIELD_C)}
+
+
+def test_frame_disk_cache_keeps_its_bound_evicting_least_recently_used(fake_sdss, options):
+    sizes = _field_sizes(fake_sdss, options)
+    # two fields fit, three do not, and eviction (down to 90 % of the bound) stops at two
+    limit = (sizes[FIELD_A] + sizes[FIELD_C]) / FrameDiskCache.LOW_WATER + 100
+    assert sizes[FIELD_A] + sizes[FIELD_B] <= limit < sum(sizes.values())
+    opts = {**options, "frame_cache_gb": limit / 1e9, "memory_frames": 0}
+    root = Path(options["frame_cache_dir"])
+    with _service(FRAMES, opts) as svc:
+        for i in (0, 3, 0):  # field A, field B, then A again: B is now least recently used
+            assert _fetch(svc, _requests(fake_sdss, [i]))[i].status == "ok"
+            time.sleep(0.05)  # distinct mtimes on coarse filesystem clocks
+        downloads = fake_sdss.count("frame-")
+        assert _fetch(svc, _requests(fake_sdss, [4]))[4].status == "ok"  # field C
+        summary = svc.summary()
+    files = _frame_files(root)
+    assert sum(files.values()) <= limit
+    assert all(any(f"-{FIELD_A}." in k and k.startswith(f"frame-{b}") for k in files)
+               for b in "gri")  # recently used: kept
+    assert all(any(FIELD_C in k and k.startswith(f"frame-{b}") for k in files) for b in "gri")
+    evicted = [b for b in "gri" if f"frame-{b}-{FIELD_B}.fits.bz2" not in files]
+    assert evicted[:1] == ["g"]  # least recently used first: B, in the order it was written
+    assert f"{len(evicted)} least recently used evicted" in summary
+    assert fake_sdss.count("frame-") == downloads + 3
+    with _service(FRAMES, opts) as svc:  # a new run: A from disk, B downloaded again
+        _fetch(svc, _requests(fake_sdss, [0, 3]))
+    assert fake_sdss.count(f"frame-g-{FIELD_A}") == 2  # the sizing run and the first run
+    assert fake_sdss.count(f"frame-g-{FIELD_B}") == 3
+
+
+def test_a_frame_being_read_by_another_process_is_never_evicted(fake_sdss, options):
+    import subprocess
+    import sys
+
+    sizes = _field_sizes(fake_sdss, options)
+    limit = sizes[FIELD_A] + sizes[FIELD_B] + 100
+    opts = {**options, "frame_cache_gb": limit / 1e9, "memory_frames": 0}
+    root = Path(options["frame_cache_dir"])
+    with _service(FRAMES, opts) as svc:
+        _fetch(svc, _requests(fake_sdss, [0]))
+        time.sleep(0.05)
+        _fetch(svc, _requests(fake_sdss, [3]))
+    oldest = min(root.rglob("frame-*.fits.bz2"), key=lambda p: p.stat().st_mtime_ns)
+    assert FIELD_A in oldest.name
+    # another process holds the least recently used frame open for reading, as a reader does
+    reader = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path; from galmerge.sdss_cutouts import "
+         "FrameDiskCache as C\nwith C(Path(sys.argv[1]), 0).reading(Path(sys.argv[2])):\n"
+         "    print('reading', flush=True); sys.stdin.read()",
+         str(root), str(oldest)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "reading"
+        with _service(FRAMES, opts) as svc:
+            assert _fetch(svc, _requests(fake_sdss, [4]))[4].status == "ok"  # field C
+            assert svc.frames.disk.kept_in_use >= 1
+        assert oldest.exists()  # skipped while read; newer frames went instead
+        assert sum(_frame_files(root).values()) <= limit + oldest.stat().st_size
+    finally:
+        reader.communicate("")
+    assert not any(f"frame-g-{FIELD_B}" in k for k in _frame_files(root))
+    with _service(FRAMES, opts) as svc:  # released: the next write evicts it
+        _fetch(svc, _requests(fake_sdss, [3]))  # field B again: downloaded, written
+    assert not oldest.exists()
+    assert sum(_frame_files(root).values()) <= limit
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", "nan"])
+def test_bad_frame_cache_size_is_a_one_line_error(monkeypatch, options, value):
+    monkeypatch.setenv("GALMERGE_SDSS_FRAME_CACHE_GB", value)
+    with pytest.raises(GalmergeError, match="GALMERGE_SDSS_FRAME_CACHE_GB must be a size in GB"):
+        _service(FRAMES, options)
+    with pytest.raises(GalmergeError, match="option frame_cache_gb must be a size"):
+        _service(FRAMES, {**options, "frame_cache_gb": value})
+
+
+def test_frame_cache_size_from_the_environment(monkeypatch, fake_sdss, options):
+    monkeypatch.setenv("GALMERGE_SDSS_FRAME_CACHE_GB", "0")  # keep nothing once read
+    with _service(FRAMES, options) as svc:
+        assert _fetch(svc, _requests(fake_sdss, [0]))[0].status == "ok"
+    assert _frame_files(Path(options["frame_cache_dir"])) == {}
+
+
+STRESS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_sdss_cutouts import FRAMES, _requests, _service
+from fake_sdss import default_sky
+import fake_sdss
+class Fake:  # the galaxies of the server the parent process started
+    galaxies = default_sky()[1]
+opts = {{"frame_cache_dir": sys.argv[1], "frame_cache_gb": float(sys.argv[2]),
+        "memory_frames": 0, "workers": 3, "backoff": 0.001, "attempts": 3}}
+statuses = []
+for _ in range(4):
+    with _service(FRAMES, opts) as svc:
+        statuses += [r.status for r in svc.fetch(_requests(Fake))]
+        corrupt = svc.frames.corrupt_cache_files
+        assert corrupt == 0, svc.summary()
+print(" ".join(sorted(set(statuses))), len(statuses))
+"""
+
+
+def test_shared_bounded_frame_cache_under_threads_and_processes(fake_sdss, options, tmp_path):
+    """Two processes with three download threads each share one frame folder whose bound
+    holds about one field: frames are evicted while others read them, and every stamp is ok."""
+    import os
+    import subprocess
+    import sys
+
+    sizes = _field_sizes(fake_sdss, options)
+    script = tmp_path / "stress.py"
+    script.write_text(STRESS.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), options["frame_cache_dir"],
+                               str(sizes[FIELD_A] * 1.2 / 1e9)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        assert out.split() == ["ok", str(4 * len(fake_sdss.galaxies))]
+    assert sum(_frame_files(Path(options["frame_cache_dir"])).values()) <= sizes[FIELD_A] * 1.2
+    assert not list(Path(options["frame_cache_dir"]).rglob("*.corrupt"))
