@@ -12,15 +12,21 @@ rows with unusable positions get ``bad-coordinates``, malformed CSV lines ``bad-
 Sharding: under torchrun (or any launcher setting ``RANK``/``WORLD_SIZE``) rank r takes chunks
 r, r + W, r + 2W, ... and writes a part file next to the output; rank 0 waits for every part and
 merges them in input order. A rank whose part from an identical earlier run is complete skips
-its work.
+its work. Every other rank refreshes a heartbeat file while it works; rank 0 gives up, naming the
+ranks, when one has been silent for ``GALMERGE_SHARD_HEARTBEAT_TIMEOUT`` seconds (dead: default
+300) or is still unfinished ``--shard-timeout`` seconds after rank 0 finished its own share (hung:
+default 24 h, env ``GALMERGE_SHARD_TIMEOUT``). Nothing is lost then: the same command, run again,
+resumes every rank from its result journal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -39,6 +45,11 @@ from galmerge.outputs import ResultBlock, ResultJournal, Tally, open_writer
 DEFAULT_CHUNK_ROWS = 4096
 INFER_ROWS = 1024  # stamps held in memory at once for inference
 PART_POLL_SECONDS = 0.5
+SHARD_TIMEOUT_ENV = "GALMERGE_SHARD_TIMEOUT"
+HEARTBEAT_TIMEOUT_ENV = "GALMERGE_SHARD_HEARTBEAT_TIMEOUT"
+DEFAULT_SHARD_TIMEOUT = 24 * 3600.0
+DEFAULT_HEARTBEAT_TIMEOUT = 300.0
+HEARTBEAT_SECONDS = 10.0  # at most; a fifth of the heartbeat timeout when that is shorter
 
 
 @dataclass
@@ -312,15 +323,23 @@ def classify(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     flush_rows: int = 256,
     survey_options: Mapping[str, Any] | None = None,
+    shard_timeout: float | None = None,
+    heartbeat_timeout: float | None = None,
 ) -> ClassifySummary:
     """Classify every row of ``catalog`` (CSV/FITS/VOTable, or an HDF5 image file).
 
     Writes ``output`` (default ``<stem>_galmerge.csv`` in the working directory) with every
     input column plus ``p_merger``, ``is_merger`` (p >= ``threshold``) and ``status``.
+    Sharded runs: ``shard_timeout`` and ``heartbeat_timeout`` (seconds; default from
+    GALMERGE_SHARD_TIMEOUT and GALMERGE_SHARD_HEARTBEAT_TIMEOUT) bound rank 0's wait.
     """
     from galmerge.distributed import from_environment
 
     t0 = time.monotonic()
+    shard_timeout = _seconds(shard_timeout, SHARD_TIMEOUT_ENV, "--shard-timeout",
+                             DEFAULT_SHARD_TIMEOUT)
+    heartbeat_timeout = _seconds(heartbeat_timeout, HEARTBEAT_TIMEOUT_ENV,
+                                 HEARTBEAT_TIMEOUT_ENV, DEFAULT_HEARTBEAT_TIMEOUT)
     cat_path = Path(catalog)
     if not cat_path.is_file():
         raise GalmergeError(f"catalog {cat_path} does not exist")
@@ -372,6 +391,10 @@ def classify(
         _remove_stale_parts(parts_dir, f"-of-{dist.world:05d}-{sig}")
     journal = ResultJournal(parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}")
     tally = Tally()
+    heartbeat = None
+    if dist.enabled and not dist.is_main and not journal.finished:
+        heartbeat = _Heartbeat(_beat_path(journal.folder),
+                               min(HEARTBEAT_SECONDS, heartbeat_timeout / 5))
     try:
         if journal.finished:
             if show:
@@ -388,8 +411,12 @@ def classify(
                     journal.add(index, block)
                 done += len(chunk)
                 progress.update(done, tally.failed)
+            if heartbeat is not None:  # stopped first: rank 0 removes the file after merging
+                heartbeat.stop()
             journal.finish()
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         progress.stop()
         if service is not None:
             service.close()
@@ -398,7 +425,8 @@ def classify(
             store.close(compact=not dist.enabled or per_rank_cache)
     if not dist.is_main:
         return _summary(out_path, tally, fetched, t0, store)
-    tally = _merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show)
+    tally = _merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show,
+                         shard_timeout, heartbeat_timeout)
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact(force=False)
     summary = _summary(out_path, tally, fetched, t0, store)
@@ -536,20 +564,100 @@ def _remove_stale_parts(parts_dir: Path, sig: str) -> None:
                 entry.unlink(missing_ok=True)
 
 
+def _seconds(value: float | None, env: str, name: str, default: float) -> float:
+    """A timeout in seconds: the argument, else the environment variable, else the default."""
+    raw: Any = value
+    if raw is None:
+        raw, name = os.environ.get(env, "").strip() or default, env
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds > 0:
+        raise GalmergeError(f"{name} must be a number of seconds above 0, got '{raw}'")
+    return seconds
+
+
+def _beat_path(journal_folder: Path) -> Path:
+    return journal_folder.with_name(journal_folder.name + ".alive")
+
+
+class _Heartbeat:
+    """A rank's sign of life for rank 0: a daemon thread refreshes a file's mtime."""
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True,
+                                        name="galmerge-heartbeat")
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            with contextlib.suppress(OSError):  # removed by rank 0's merge: nothing to do
+                os.utime(self.path)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, show: bool,
+                    shard_timeout: float, heartbeat_timeout: float) -> None:
+    """Rank 0: block until every marker exists; one-line error on a dead or hung rank.
+
+    A rank is dead when its heartbeat file's mtime has not changed for ``heartbeat_timeout``
+    seconds of rank 0's clock (changes, not values, are compared: node clocks may differ).
+    """
+    world = len(markers)
+    start = time.monotonic()
+    seen: dict[int, tuple[int | None, float]] = {}
+    next_note = start + 60.0
+    again = (f"finished results are kept in {parts_dir}; run the same command again (every "
+             "rank) to finish: done chunks and cached stamps are not redone")
+    while True:
+        missing = [r for r, m in enumerate(markers) if not m.exists()]
+        if not missing:
+            return
+        now = time.monotonic()
+        silent = []
+        for r in missing:
+            try:
+                mtime: int | None = beats[r].stat().st_mtime_ns
+            except OSError:
+                mtime = None
+            last = seen.get(r)
+            if last is None or last[0] != mtime:
+                seen[r] = (mtime, now)
+            elif now - last[1] >= heartbeat_timeout:
+                silent.append(r)
+        names = ", ".join(map(str, (silent or missing)[:16]))
+        if silent:
+            raise GalmergeError(
+                f"rank(s) {names} of {world} stopped (no heartbeat for {heartbeat_timeout:g} s; "
+                f"{HEARTBEAT_TIMEOUT_ENV} sets that); {again}")
+        if now - start >= shard_timeout:
+            raise GalmergeError(
+                f"rank(s) {names} of {world} still unfinished {shard_timeout:g} s after rank 0 "
+                f"finished (--shard-timeout); {again}")
+        if show and now >= next_note:
+            print(f"galmerge: waiting for rank(s) {names}", file=sys.stderr)
+            next_note = now + 60.0
+        time.sleep(PART_POLL_SECONDS)
+
+
 def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
-                 show: bool) -> Tally:
+                 show: bool, shard_timeout: float = DEFAULT_SHARD_TIMEOUT,
+                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT) -> Tally:
     """Rank 0: wait until every rank's share is complete, then write them in input order."""
     folders = [parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}" for r in range(world)]
     # Wait on the .done markers alone: opening another rank's journal before it has finished
     # would clear its in-flight temporary segment under its feet.
     markers = [f.with_name(f.name + ".done") for f in folders]
-    waited = 0.0
-    while not all(m.exists() for m in markers):
-        if show and waited and waited % 60 < PART_POLL_SECONDS:
-            missing = [str(r) for r, m in enumerate(markers) if not m.exists()]
-            print(f"galmerge: waiting for rank(s) {', '.join(missing[:8])}", file=sys.stderr)
-        time.sleep(PART_POLL_SECONDS)
-        waited += PART_POLL_SECONDS
+    _wait_for_ranks(markers, [_beat_path(f) for f in folders], parts_dir, show, shard_timeout,
+                    heartbeat_timeout)
     journals = [ResultJournal(f) for f in folders]
     writer = open_writer(out_path, columns)
     try:
@@ -574,6 +682,7 @@ def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns:
         raise
     for j in journals:
         j.remove()
+        _beat_path(j.folder).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # another run may share the folder
         parts_dir.rmdir()
     return writer.tally

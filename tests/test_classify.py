@@ -610,3 +610,89 @@ def test_damaged_result_segment_is_redone(env, monkeypatch):
     assert "was unreadable" in res.output and "classified again" in res.output
     _, out = read_csv(tmp / "out.csv")
     assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
+
+
+# -- sharded runs: rank 0 gives up on a dead or hung rank, loses nothing, and a re-run finishes --
+
+def _rank_env(log: Path, rank: int, **extra: str) -> dict[str, str]:
+    env = _sub_env(log)
+    env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), **extra)
+    return env
+
+
+def _wait_for_fetches(proc: subprocess.Popen, log: Path, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while len(fetch_lines(log)) < n:
+        assert proc.poll() is None, "rank 1 ended early"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_rank0_names_a_dead_rank_then_the_same_command_finishes(env, monkeypatch):
+    tmp, ckpt, log = env
+    rows = _catalog(tmp / "cat.csv", 40)
+    args = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--cache", str(tmp / "c-{rank}.h5"), "--output", str(tmp / "out.csv"),
+            "--chunk-rows", "4"]
+    rank1 = subprocess.Popen([sys.executable, str(_script(tmp)), *args],
+                             env=_rank_env(log, 1, GALMERGE_TEST_FETCH_DELAY="0.05",
+                                           GALMERGE_SHARD_HEARTBEAT_TIMEOUT="1"))
+    _wait_for_fetches(rank1, log, 6)
+    os.kill(rank1.pid, signal.SIGKILL)  # dies mid-share, with no chance to say so
+    rank1.wait()
+    by_rank1 = len(fetch_lines(log))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("GALMERGE_SHARD_HEARTBEAT_TIMEOUT", "1.5")
+    t0 = time.monotonic()
+    res = run_cli(*args)
+    assert res.exit_code != 0
+    error = res.output.strip().splitlines()
+    assert len(error) == 1 and "rank(s) 1 of 2 stopped (no heartbeat for 1.5 s" in error[0]
+    assert "run the same command again" in error[0] and "out.csv.parts" in error[0]
+    assert time.monotonic() - t0 < 60
+    assert not (tmp / "out.csv").exists()
+    parts = tmp / "out.csv.parts"
+    assert len(list(parts.glob("rank00000-*.done"))) == 1  # rank 0's share is kept...
+    fetched_by_0 = fetch_lines(log)[by_rank1:]
+    assert len(fetched_by_0) == 20
+    # ...so the same command, run again by every rank, fetches only rank 1's unfinished rows
+    subprocess.run([sys.executable, str(_script(tmp)), *args], env=_rank_env(log, 1),
+                   check=True, timeout=120)
+    assert run_cli(*args).exit_code == 0
+    _, out = read_csv(tmp / "out.csv")
+    assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
+    counts = Counter(fetch_lines(log))
+    assert set(counts) == {f"{r[0]}|{r[1]}|{r[2]}" for r in rows}
+    assert all(counts[ln] == 1 for ln in fetched_by_0)  # rank 0's rows: never fetched again
+    assert not parts.exists()  # segments, markers and heartbeats merged and removed
+
+
+@pytest.mark.slow
+def test_rank0_gives_up_on_a_live_but_unfinished_rank_after_shard_timeout(env, monkeypatch):
+    tmp, ckpt, log = env
+    _catalog(tmp / "cat.csv", 16)
+    args = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--cache", str(tmp / "c-{rank}.h5"), "--output", str(tmp / "out.csv"),
+            "--chunk-rows", "4"]
+    # rank 1 is slow but alive: its heartbeat (every 0.2 s) keeps it from being taken as dead
+    rank1 = subprocess.Popen([sys.executable, str(_script(tmp)), *args],
+                             env=_rank_env(log, 1, GALMERGE_TEST_FETCH_DELAY="5",
+                                           GALMERGE_SHARD_HEARTBEAT_TIMEOUT="1"))
+    try:
+        _wait_for_fetches(rank1, log, 1)
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("GALMERGE_SHARD_HEARTBEAT_TIMEOUT", "1")
+        res = run_cli(*args, "--shard-timeout", "3")
+        assert rank1.poll() is None
+    finally:
+        rank1.kill()
+        rank1.wait()
+    assert res.exit_code != 0
+    assert "rank(s) 1 of 2 still unfinished 3 s after rank 0 finished (--shard-timeout)" in (
+        res.output)
+    assert not (tmp / "out.csv").exists()
+    bad = run_cli(*args, "--shard-timeout", "0")
+    assert bad.exit_code != 0 and "--shard-timeout must be a number of seconds" in bad.output

@@ -30,11 +30,15 @@ import click
               show_default=True, help="Whose preprocessing to apply (the model adapted to target).")
 @click.option("--chunk-rows", type=int, default=4096, show_default=True,
               help="Rows read, fetched and written per step (memory stays flat).")
+@click.option("--shard-timeout", type=float, default=None,
+              help="torchrun: seconds rank 0 waits for the other ranks once its own share is "
+                   "done (default $GALMERGE_SHARD_TIMEOUT or 86400). A rank silent for "
+                   "$GALMERGE_SHARD_HEARTBEAT_TIMEOUT s (default 300) is taken as dead sooner.")
 @click.option("--quiet", is_flag=True, help="No progress display or summary.")
 def classify(catalog: str, model: str, survey: str, output: str | None, cache: str | None,
              ra_col: str | None, dec_col: str | None, id_col: str | None, batch_size: int,
              device: str, workers: int, threshold: float, domain: str, chunk_rows: int,
-             quiet: bool) -> None:
+             shard_timeout: float | None, quiet: bool) -> None:
     """Classify every galaxy of CATALOG (CSV/FITS/VOTable, or an HDF5 image file).
 
     Writes every input row with p_merger, is_merger and status. Under torchrun the catalog is
@@ -44,4 +48,5 @@ def classify(catalog: str, model: str, survey: str, output: str | None, cache: s
 
     run(catalog, model, survey=survey, output=output, cache=cache, ra_col=ra_col,
         dec_col=dec_col, id_col=id_col, batch_size=batch_size, device=device, workers=workers,
-        threshold=threshold, domain=domain, quiet=quiet, chunk_rows=chunk_rows)
+        threshold=threshold, domain=domain, quiet=quiet, chunk_rows=chunk_rows,
+        shard_timeout=shard_timeout)
