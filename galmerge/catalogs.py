@@ -2,17 +2,22 @@
 
 A catalog is read as a stream of `CatalogChunk` blocks so a 10^7-row file never sits in memory.
 CSV fields stay the exact text of the file (ids never pass through float); FITS tables are
-memory-mapped. Every data row yields one chunk row, in file order: a row whose coordinates
+memory-mapped; a VOTable's TABLEDATA rows are streamed (BINARY/BINARY2/FITS-serialised VOTables
+are read whole). Every data row yields one chunk row, in file order: a row whose coordinates
 cannot be read is flagged, never dropped. For CSV a "row" is every non-blank line after the
 header (blank lines are skipped; a line of empty fields is a row).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import math
 import os
+import re
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,8 +302,22 @@ def _native(values: Any) -> np.ndarray:
     return arr
 
 
+def _table_columns(table: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """An astropy Table's columns as plain arrays; masked cells become None."""
+    columns = {}
+    for name in names:
+        col = table[name]
+        mask = np.asarray(getattr(col, "mask", False))
+        arr = _native(np.asarray(getattr(col, "data", col)))
+        if mask.ndim == 1 and mask.any():  # masked cells become empty, not fill values
+            arr = arr.astype(object)
+            arr[mask] = None
+        columns[name] = arr
+    return columns
+
+
 class TableCatalog(Catalog):
-    """An astropy Table held in memory (VOTable: XML has no random access)."""
+    """An astropy Table held in memory (VOTables that are not TABLEDATA)."""
 
     def __init__(self, path: Path, table: Any, kind: str, ra_col: str | None,
                  dec_col: str | None, id_col: str | None) -> None:
@@ -316,17 +335,215 @@ class TableCatalog(Catalog):
     def chunks(self, chunk_rows: int) -> Iterator[CatalogChunk]:
         n = len(self._table)
         for start in range(0, n, chunk_rows):
-            block = self._table[start : start + chunk_rows]
-            columns = {}
+            yield self._chunk(start, _table_columns(self._table[start : start + chunk_rows],
+                                                    self.columns))
+
+
+class _RowScanner:
+    """Finds, with expat, the byte span of every ``<TR>`` of the first TABLE's TABLEDATA.
+
+    Also records where the header ends (just past the ``<TABLEDATA>`` start tag) and the end
+    tags that close it, so rows can be parsed by astropy a chunk at a time as a small document:
+    header + rows + end tags. ``kind`` is the first table's serialisation once known
+    (``TABLEDATA``, ``BINARY``, ``BINARY2``, ``FITS``, or ``EMPTY`` for no DATA).
+    """
+
+    BLOCK = 1 << 20
+
+    def __init__(self, fh: Any) -> None:
+        from xml.parsers import expat
+
+        self._fh = fh
+        self._parser = expat.ParserCreate()
+        self._parser.StartElementHandler = self._start
+        self._parser.EndElementHandler = self._end
+        self._stack: list[str] = []
+        self._table_depth = -1
+        self._row_start = -1
+        self.state = "before"  # before -> table -> data -> rows -> after
+        self.kind: str | None = None
+        self.nrows: int | None = None
+        self.header_start = -1  # offset of "<TABLEDATA"
+        self.closing = b""
+        self.rows: list[tuple[int, int]] = []  # (offset of "<TR", offset of its end tag)
+        self.eof = False
+
+    def _start(self, name: str, attrs: dict[str, str]) -> None:
+        self._stack.append(name)
+        depth, local = len(self._stack), name.rpartition(":")[2]
+        if self.state == "before" and local == "TABLE":
+            self.state, self._table_depth = "table", depth
+            with contextlib.suppress(KeyError, ValueError):
+                self.nrows = int(attrs["nrows"])
+        elif self.state == "table" and depth == self._table_depth + 1 and local == "DATA":
+            self.state = "data"
+        elif self.state == "data" and depth == self._table_depth + 2:
+            self.kind = local
+            if local == "TABLEDATA":
+                self.state = "rows"
+                self.header_start = self._parser.CurrentByteIndex
+                self.closing = "".join(f"</{n}>" for n in reversed(self._stack)).encode()
+            else:
+                self.state = "after"
+        elif self.state == "rows" and depth == self._table_depth + 3 and local == "TR":
+            self._row_start = self._parser.CurrentByteIndex
+
+    def _end(self, name: str) -> None:
+        depth, local = len(self._stack), name.rpartition(":")[2]
+        self._stack.pop()
+        if self.state == "rows":
+            if depth == self._table_depth + 3 and local == "TR":
+                self.rows.append((self._row_start, self._parser.CurrentByteIndex))
+            elif depth == self._table_depth + 2:
+                self.state = "after"
+        elif self.state in ("table", "data") and depth == self._table_depth:
+            self.state, self.kind = "after", self.kind or "EMPTY"
+
+    def feed(self) -> None:
+        """Parse the next block of the file (raises expat.ExpatError on malformed XML)."""
+        block = self._fh.read(self.BLOCK)
+        self.eof = not block
+        self._parser.Parse(block, self.eof)
+
+    @property
+    def done(self) -> bool:
+        return self.eof or self.state == "after"
+
+
+def _votable_table(doc: bytes) -> Any:
+    from astropy.io.votable import parse_single_table
+
+    with warnings.catch_warnings():  # astropy's VOTable warnings say nothing the rows don't
+        warnings.simplefilter("ignore")
+        return parse_single_table(io.BytesIO(doc)).to_table()
+
+
+class VotableCatalog(Catalog):
+    """The first table of a VOTable with TABLEDATA rows, streamed: expat finds the rows,
+    astropy parses each chunk of them (so types, nulls and masks are exactly astropy's), and
+    only one chunk of rows is in memory at a time."""
+
+    kind = "votable"
+    SAMPLE_ROWS = 1000
+
+    def __init__(self, path: Path, scanner: _RowScanner, header: bytes, ra_col: str | None,
+                 dec_col: str | None, id_col: str | None) -> None:
+        self.path = path
+        self._header = header
+        self._closing = scanner.closing
+        table = _votable_table(header + scanner.closing)
+        self.columns = list(table.colnames)
+        self.ra_col = _pick(self.columns, ra_col, RA_NAMES, "RA", path, "--ra-col", True)
+        self.dec_col = _pick(self.columns, dec_col, DEC_NAMES, "Dec", path, "--dec-col", True)
+        self.id_col = _pick(self.columns, id_col, ID_NAMES, "id", path, "--id-col", False)
+        rows = scanner.rows
+        if scanner.done:
+            self._estimate = len(rows)
+        elif scanner.nrows is not None:
+            self._estimate = scanner.nrows
+        elif len(rows) > 1:  # the file size over the mean row size so far (progress only)
+            per_row = (rows[-1][0] - rows[0][0]) / (len(rows) - 1)
+            self._estimate = round((path.stat().st_size - rows[0][0]) / max(1.0, per_row))
+        else:
+            self._estimate = None
+
+    def estimated_rows(self) -> int | None:
+        return self._estimate
+
+    def chunks(self, chunk_rows: int) -> Iterator[CatalogChunk]:
+        from xml.parsers import expat
+
+        start = 0
+        with open(self.path, "rb") as fh, open(self.path, "rb") as raw:
+            scanner = _RowScanner(fh)
+            while True:
+                try:
+                    scanner.feed()
+                except expat.ExpatError as exc:
+                    raise GalmergeError(
+                        f"{self.path}: the VOTable breaks off after row {start + len(scanner.rows)}"
+                        f" ({exc}); rows before it were read -- repair the file and run again"
+                    ) from None
+                done = scanner.done
+                while len(scanner.rows) >= chunk_rows or (done and scanner.rows):
+                    spans, scanner.rows = scanner.rows[:chunk_rows], scanner.rows[chunk_rows:]
+                    yield self._parse_rows(raw, spans, start)
+                    start += len(spans)
+                if done:
+                    return
+
+    def _parse_rows(self, raw: Any, spans: list[tuple[int, int]], start: int) -> CatalogChunk:
+        first, last_end_tag = spans[0][0], spans[-1][1]
+        raw.seek(first)
+        body = raw.read(last_end_tag - first + 256)
+        close = body.find(b">", last_end_tag - first)
+        try:
+            table = _votable_table(self._header + body[: close + 1] + self._closing)
+            if len(table) == len(spans):
+                return self._chunk(start, _table_columns(table, self.columns))
+        except Exception:  # astropy rejects a whole table for one bad row (E21 and the like)
+            pass
+        # one row at a time: a row astropy cannot read is kept, empty, with the reason
+        values: dict[str, list[Any]] = {name: [] for name in self.columns}
+        notes = []
+        for row_start, end_tag in spans:
+            row = body[row_start - first : body.find(b">", end_tag - first) + 1]
+            note = ""
+            try:
+                one = _votable_table(self._header + row + self._closing)
+                if len(one) != 1:
+                    raise ValueError(f"{len(one)} rows")
+                cells = _table_columns(one, self.columns)
+            except Exception as exc:  # astropy says "<file>:<line>:<col>: E21: why"
+                why = re.sub(r"^\S*:\d+:\d+: ", "", str(exc).splitlines()[0] if str(exc) else
+                             type(exc).__name__)
+                note = f"bad-row: {why}"[:80]
+                cells = {name: [None] for name in self.columns}
             for name in self.columns:
-                col = block[name]
-                mask = np.asarray(getattr(col, "mask", False))
-                arr = _native(np.asarray(getattr(col, "data", col)))
-                if mask.ndim == 1 and mask.any():  # masked cells become empty, not fill values
-                    arr = arr.astype(object)
-                    arr[mask] = None
-                columns[name] = arr
-            yield self._chunk(start, columns)
+                values[name].append(cells[name][0])
+            notes.append(note)
+        columns = {}
+        for name, col in values.items():
+            arr = np.empty(len(col), dtype=object)
+            arr[:] = col
+            columns[name] = arr
+        return self._chunk(start, columns, np.array(notes, dtype=object))
+
+
+def _open_votable(p: Path, ra_col: str | None, dec_col: str | None,
+                  id_col: str | None) -> Catalog:
+    """A streamed `VotableCatalog` for TABLEDATA; anything else is read whole by astropy."""
+    from xml.parsers import expat
+
+    stream_error = None
+    with open(p, "rb") as fh:
+        # byte offsets and appended end tags assume an ASCII-compatible encoding
+        ascii_ok = fh.read(4)[:2] not in (b"\xff\xfe", b"\xfe\xff", b"\x00<", b"<\x00")
+        fh.seek(0)
+        scanner = _RowScanner(fh)
+        try:
+            while ascii_ok and not scanner.done and len(scanner.rows) < VotableCatalog.SAMPLE_ROWS:
+                scanner.feed()
+        except expat.ExpatError as exc:
+            stream_error = exc
+        if ascii_ok and stream_error is None and scanner.kind == "TABLEDATA":
+            fh.seek(0)
+            header = fh.read(scanner.header_start)
+            tag = fh.read(256)  # the <TABLEDATA> start tag itself
+            header += tag[: tag.find(b">") + 1]
+            try:
+                return VotableCatalog(p, scanner, header, ra_col, dec_col, id_col)
+            except GalmergeError:
+                raise
+            except Exception as exc:
+                stream_error = exc
+    try:
+        from astropy.io.votable import parse_single_table
+
+        table = parse_single_table(str(p)).to_table()
+    except Exception as exc:  # malformed XML comes in many exception types
+        raise GalmergeError(f"{p}: cannot read as VOTable ({exc})".splitlines()[0]) from None
+    return TableCatalog(p, table, "votable", ra_col, dec_col, id_col)
 
 
 def open_catalog(path: str | os.PathLike[str], *, ra_col: str | None = None,
@@ -339,13 +556,7 @@ def open_catalog(path: str | os.PathLike[str], *, ra_col: str | None = None,
     if name.endswith(FITS_SUFFIXES) or _starts_with(p, b"SIMPLE  ="):
         return FitsCatalog(p, ra_col, dec_col, id_col)
     if name.endswith(VOTABLE_SUFFIXES) or _starts_with(p, b"<?xml"):
-        try:
-            from astropy.io.votable import parse_single_table
-
-            table = parse_single_table(str(p)).to_table()
-        except Exception as exc:  # malformed XML comes in many exception types
-            raise GalmergeError(f"{p}: cannot read as VOTable ({exc})".splitlines()[0]) from None
-        return TableCatalog(p, table, "votable", ra_col, dec_col, id_col)
+        return _open_votable(p, ra_col, dec_col, id_col)
     return CsvCatalog(p, ra_col, dec_col, id_col)
 
 
