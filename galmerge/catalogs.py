@@ -360,6 +360,8 @@ class _RowScanner:
         self._stack: list[str] = []
         self._table_depth = -1
         self._row_start = -1
+        self._depth = self._tr_depth = -1
+        self._tr_name = "TR"
         self.state = "before"  # before -> table -> data -> rows -> after
         self.kind: str | None = None
         self.nrows: int | None = None
@@ -383,21 +385,32 @@ class _RowScanner:
                 self.state = "rows"
                 self.header_start = self._parser.CurrentByteIndex
                 self.closing = "".join(f"</{n}>" for n in reversed(self._stack)).encode()
+                # rows are most of the file: lean handlers from here on
+                self._depth, self._tr_depth = depth, depth + 1
+                self._tr_name = name[: len(name) - len("TABLEDATA")] + "TR"
+                self._parser.StartElementHandler = self._row_start_tag
+                self._parser.EndElementHandler = self._row_end_tag
             else:
                 self.state = "after"
-        elif self.state == "rows" and depth == self._table_depth + 3 and local == "TR":
-            self._row_start = self._parser.CurrentByteIndex
 
     def _end(self, name: str) -> None:
-        depth, local = len(self._stack), name.rpartition(":")[2]
+        depth = len(self._stack)
         self._stack.pop()
-        if self.state == "rows":
-            if depth == self._table_depth + 3 and local == "TR":
-                self.rows.append((self._row_start, self._parser.CurrentByteIndex))
-            elif depth == self._table_depth + 2:
-                self.state = "after"
-        elif self.state in ("table", "data") and depth == self._table_depth:
+        if self.state in ("table", "data") and depth == self._table_depth:
             self.state, self.kind = "after", self.kind or "EMPTY"
+
+    def _row_start_tag(self, name: str, attrs: dict[str, str]) -> None:
+        self._depth += 1
+        if self._depth == self._tr_depth and name == self._tr_name:
+            self._row_start = self._parser.CurrentByteIndex
+
+    def _row_end_tag(self, name: str) -> None:
+        if self._depth == self._tr_depth and name == self._tr_name:
+            self.rows.append((self._row_start, self._parser.CurrentByteIndex))
+        elif self._depth < self._tr_depth:  # </TABLEDATA>: the first table's rows are all read
+            self.state = "after"
+            self._parser.StartElementHandler = self._parser.EndElementHandler = None
+        self._depth -= 1
 
     def feed(self) -> None:
         """Parse the next block of the file (raises expat.ExpatError on malformed XML)."""
