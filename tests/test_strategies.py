@@ -306,6 +306,22 @@ def test_entropy_can_include_source_predictions(plugin_manager) -> None:
     assert both(step)["entropy"].item() == pytest.approx(math.log(2) / 2, rel=1e-4)
 
 
+def test_entropy_diversity_keeps_target_predictions_from_collapsing(plugin_manager) -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(32, 16)
+    start = torch.randn(32, 2, generator=gen) * 0.1 + torch.tensor([0.5, 0.0])  # all lean to 0
+    predicted_ones = {}
+    for diversity in (0.0, 1.0):
+        logits = start.clone().requires_grad_()
+        module = _build(plugin_manager, "entropy", diversity=diversity)
+        _optimise(
+            module, lambda z=logits: _step(x, x, target_logits=z), [logits], steps=80, lr=0.1
+        )
+        predicted_ones[diversity] = (logits.argmax(1) == 1).float().mean().item()
+    assert predicted_ones[0.0] == 0.0  # plain entropy sharpens the one-class guess
+    assert 0.2 < predicted_ones[1.0] < 0.8  # the diversity term spreads the predictions
+
+
 # -- DANN gradient reversal -------------------------------------------------------------------
 def test_grl_coefficient_ramps_with_progress() -> None:
     from galmerge.losses.dann import grl_coefficient

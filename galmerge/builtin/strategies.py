@@ -27,7 +27,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "coral": {"weight": 1.0},
     "dann": {"weight": 1.0, "hidden": 1024, "dropout": 0.5, "gamma": 10.0, "max_coeff": 1.0},
     "fisher": {"weight": 1.0, "intra_weight": 0.01, "inter_weight": 0.01, "form": "tr"},
-    "entropy": {"weight": 1.0, "include_source": False},
+    "entropy": {"weight": 1.0, "include_source": False, "diversity": 0.0},
 }
 
 
@@ -100,7 +100,7 @@ def _build_entropy(context: StrategyContext, options: Mapping[str, Any]) -> nn.M
     from galmerge.losses.entropy import EntropyLoss
 
     opts = resolve_options("entropy", DEFAULTS["entropy"], options)
-    return EntropyLoss(include_source=opts["include_source"]).to(context.device)
+    return EntropyLoss(include_source=opts["include_source"], diversity=opts["diversity"]).to(context.device)
 
 
 @hookimpl

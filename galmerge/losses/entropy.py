@@ -4,6 +4,11 @@ DeepMerge II's ``loss.EntropyLoss`` takes softmax outputs of source and target t
 p < 1e-6 before the log. By default we use target logits only (source samples already have
 labels; ``include_source=True`` reproduces the code), and log-softmax, which is exact and stable
 without a mask.
+
+``diversity`` > 0 subtracts that multiple of the entropy of the batch-mean prediction
+(information maximisation, as in SHOT, Liang et al. 2020): minimising per-sample entropy alone
+can push every target sample into one class; rewarding a spread mean prediction prevents it.
+The default 0 is DeepMerge II's plain entropy term.
 """
 
 from __future__ import annotations
@@ -24,12 +29,18 @@ def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
 class EntropyLoss(nn.Module):
     """Strategy module: ``{"entropy": mean entropy of the target (+ source) predictions}``."""
 
-    def __init__(self, include_source: bool = False) -> None:
+    def __init__(self, include_source: bool = False, diversity: float = 0.0) -> None:
         super().__init__()
         self.include_source = bool(include_source)
+        self.diversity = float(diversity)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         logits = step.target_logits
         if self.include_source:
             logits = torch.cat([step.source_logits, logits], dim=0)
-        return {"entropy": prediction_entropy(logits)}
+        loss = prediction_entropy(logits)
+        if self.diversity:
+            mean_p = F.softmax(logits, dim=1).mean(dim=0)
+            spread = -(mean_p * mean_p.clamp_min(1e-12).log()).sum()
+            return {"entropy": loss - self.diversity * spread, "_mean_entropy": loss.detach()}
+        return {"entropy": loss}
