@@ -363,16 +363,20 @@ def classify(
         source: Any = _ImageFileInput(cat_path, infer.shape)
     else:
         source = open_catalog(cat_path, ra_col=ra_col, dec_col=dec_col, id_col=id_col)
-        record = _survey_record(survey)
-        options = {"workers": int(workers), **dict(survey_options or {})}
+        from galmerge.datasets import parse_survey_spec
+
+        # "sdss?workers=8&frame_cache_gb=20": options after '?' go to the cutout service
+        survey_name, _, spec_options = parse_survey_spec(survey)
+        record = _survey_record(survey_name)
+        options = {"workers": int(workers), **spec_options, **dict(survey_options or {})}
         service = record.cutouts(infer.spec, options)
-        key = str(getattr(service, "cache_key", "") or f"{survey}:{_signature(infer.spec)}")
+        key = str(getattr(service, "cache_key", "") or f"{survey_name}:{_signature(infer.spec)}")
         # "{rank}" in --cache gives each process its own cache (and index) at survey scale
         cache_path = (Path(str(cache).replace("{rank}", str(dist.rank))) if cache is not None
-                      else default_cache(survey, key))
+                      else default_cache(survey_name, key))
         store = CutoutCache(
             cache_path, key, infer.shape, flush_rows=flush_rows,
-            attrs={"survey": survey, "bands": ",".join(map(str, infer.spec.get("bands", []))),
+            attrs={"survey": survey_name, "bands": ",".join(map(str, infer.spec.get("bands", []))),
                    "pixel_scale_arcsec": float(infer.spec.get("pixel_scale_arcsec") or np.nan)},
         )
 

@@ -532,6 +532,25 @@ def test_sdss_survey_end_to_end_over_loopback(fake_sdss, tmp_path, monkeypatch):
     assert fake_sdss.count("frame-") == frames  # ...and no download
 
 
+def test_survey_options_reach_the_sdss_service(fake_sdss, tmp_path, monkeypatch):
+    """`--survey 'sdss?frame_cache_gb=0'`: frames are used, then not kept on disk."""
+    monkeypatch.chdir(tmp_path)
+    ckpt = _sdss_checkpoint(tmp_path / "best.pt")
+    cat = tmp_path / "c.csv"
+    g = fake_sdss.galaxies
+    cat.write_text("objID,ra,dec\n" + "".join(f"{i},{x.ra},{x.dec}\n" for i, x in enumerate(g)))
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path / "data"))
+    frames = tmp_path / "data" / "cache" / "sdss-frames"
+    for options, kept in (("?frame_cache_gb=0&workers=2", False), ("", True)):
+        res = run_cli("classify", str(cat), "--model", str(ckpt), "--quiet", "--survey",
+                      "sdss" + options, "--cache", str(tmp_path / f"c{int(kept)}.h5"))
+        assert res.exit_code == 0, res.output
+        assert [r[-1] for r in read_csv(tmp_path / "c_galmerge.csv")[1]] == ["ok"] * len(g)
+        assert bool(list(frames.rglob("frame-*.fits.bz2"))) == kept
+    assert run_cli("classify", str(cat), "--model", str(ckpt), "--quiet", "--survey",
+                   "sdss?frame_cache_gb=-2").exit_code != 0
+
+
 # -- property: whatever the catalog holds, classify writes one row per input row, in order -------
 
 _bytes_rows = st.lists(st.binary(max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b),
