@@ -421,7 +421,7 @@ class FrameDiskCache:
                 with contextlib.suppress(OSError):
                     # last use, for LRU; set under the lock: see _remove_idle
                     os.utime(fh.fileno() if os.utime in os.supports_fd else path)
-        except FileNotFoundError:
+        except OSError:  # gone (evicted), or unreadable (e.g. ESTALE on NFS): download again
             return None
         return blob
 
