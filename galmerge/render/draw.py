@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,16 +82,11 @@ def _t(a: np.ndarray) -> torch.Tensor:
 def _accumulate(
     image: torch.Tensor, ni: np.ndarray, slot: np.ndarray, prof: torch.Tensor, flux: np.ndarray
 ) -> None:
-    """image[n] += sum over components of flux (3 bands) x profile, as one batched matmul."""
+    """image[n] += flux (3 bands) x profile for each component of scene n (``slot`` unused)."""
     n, bands, h, w = image.shape
-    _, pos = np.unique(slot, return_inverse=True)
-    k = int(pos.max()) + 1
-    dense = torch.zeros(n, k, h * w)
-    weights = torch.zeros(n, bands, k)
-    ni_t, pos_t = torch.from_numpy(ni), torch.from_numpy(pos.astype(np.int64))
-    dense[ni_t, pos_t] = prof.reshape(len(ni), h * w)
-    weights[ni_t, :, pos_t] = _t(flux)
-    image += torch.bmm(weights, dense).view(n, bands, h, w)
+    k = len(ni)
+    weighted = prof.reshape(k, 1, h * w) * _t(flux)[:, :, None]
+    image.view(n, bands * h * w).index_add_(0, torch.from_numpy(ni), weighted.view(k, -1))
 
 
 def _canvas_geometry(preset: Preset, size: int) -> tuple[int, int]:
@@ -104,8 +100,13 @@ def _canvas_geometry(preset: Preset, size: int) -> tuple[int, int]:
 
 
 def _draw_chunk(
-    sc: Scenes, ob: Observation, preset: Preset, size: int, noise: torch.Generator | None
-) -> torch.Tensor:
+    sc: Scenes,
+    ob: Observation,
+    preset: Preset,
+    size: int,
+    noise: torch.Generator | None,
+    out: torch.Tensor,
+) -> None:
     n = len(sc)
     margin, fft_size = _canvas_geometry(preset, size)
     side = size + 2 * margin
@@ -189,13 +190,15 @@ def _draw_chunk(
 
     if preset.psf != "none":
         fwhm_px = ob.psf_fwhm / preset.pixel_scale
-        transfer = instrument.psf_transfers(preset.psf, fwhm_px, fft_size, preset.moffat_beta)
-        image = instrument.convolve(image, transfer, fft_size, crop=(margin, size))
+        image = instrument.convolve_psf(
+            image, preset.psf, fwhm_px, fft_size, preset.moffat_beta, crop=(margin, size)
+        )
     else:
         image = image[..., margin : margin + size, margin : margin + size]
     if noise is not None and preset.sky_sigma is not None:
-        image = instrument.add_noise(image, preset.sky_sigma, preset.gain, noise)
-    return image.contiguous()
+        instrument.add_noise(image, preset.sky_sigma, preset.gain, noise, out=out)
+    else:
+        out.copy_(image)
 
 
 def draw_scenes(
@@ -217,7 +220,8 @@ def draw_scenes(
         ob = Observation(ob.z, ob.psf_fwhm, ob.f_x, ob.f_y, ob.f_sigma,
                          np.full_like(ob.f_mag, ABSENT))  # fmt: skip
     out = torch.empty(len(scenes), 3, size, size)
-    for start in range(0, len(scenes), CHUNK):
+
+    def chunk(start: int) -> None:
         idx = slice(start, start + CHUNK)
         gen = None
         if noise:
@@ -225,5 +229,34 @@ def draw_scenes(
                 zlib.crc32(f"{seed}:{preset.name}:{start}".encode())
             )
         part = Observation(*(getattr(ob, f)[idx] for f in Observation.__dataclass_fields__))
-        out[idx] = _draw_chunk(scenes.subset(idx), part, preset, size, gen)
+        _draw_chunk(scenes.subset(idx), part, preset, size, gen, out[idx])
+
+    _run_chunks(chunk, range(0, len(scenes), CHUNK))
     return out, ob
+
+
+def _run_chunks(fn, starts: range) -> None:
+    """Chunks on ``torch.get_num_threads()`` Python threads, each op single-threaded.
+
+    Chunks are independent (own noise generator, own slice of the output), so the result is
+    the same whatever the thread count; the small ops of one chunk parallelise poorly inside
+    torch, whole chunks side by side keep every core busy. Torch releases the GIL in its ops.
+    """
+    threads = min(torch.get_num_threads(), len(starts))
+    if threads <= 1:
+        for start in starts:
+            fn(start)
+        return
+    main_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def single(start: int) -> None:
+        if torch.get_num_threads() != 1:  # OpenMP keeps the thread count per thread
+            torch.set_num_threads(1)
+        fn(start)
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(single, starts))
+    finally:
+        torch.set_num_threads(main_threads)

@@ -97,16 +97,14 @@ def sersic_images(
     return img
 
 
-def _quadratic(a, b, c, dx, dy, dxx, dyy) -> torch.Tensor:
+def _quadratic(a, b, c, dx, dy, dxx, dyy, out=None) -> torch.Tensor:
     """a dx^2 + b dx dy + c dy^2 on the full grid from (..., 1, W) and (..., H, 1) factors.
 
-    Written as one outer product and two broadcast adds, so a full-size tensor is touched
-    three times instead of once per term of the rotated, stretched coordinates.
+    Written as one fused outer product and one broadcast add, so a full-size tensor is
+    touched twice instead of once per term of the rotated, stretched coordinates.
     """
-    out = (b * dy) * dx
-    out += a * dxx
-    out += c * dyy
-    return out
+    out = torch.addcmul(a * dxx, b * dy, dx, out=out)
+    return out.add_(c * dyy)
 
 
 def _sersic_grid(dx, dy, cos_t, sin_t, inv_q, inv_re2, half_inv_n, b, log_norm, spiral=None):
@@ -114,30 +112,31 @@ def _sersic_grid(dx, dy, cos_t, sin_t, inv_q, inv_re2, half_inv_n, b, log_norm, 
 
     The arms multiply by 1 + A cos(2 phi + psi), psi = phase - ln(r^2/re^2) / tan(pitch),
     with cos 2phi and sin 2phi taken from quadratic forms (no atan2) and A fading in
-    outside ~0.5 re, where a bulge or bar would dominate.
+    outside ~0.5 re, where a bulge or bar would dominate. Full-size temporaries are few and
+    reused: on a CPU these grids cost memory traffic more than arithmetic.
     """
     c2, s2, cs, iq2 = cos_t * cos_t, sin_t * sin_t, cos_t * sin_t, inv_q * inv_q
     dxx, dyy = dx * dx, dy * dy
     r2 = _quadratic((c2 + s2 * iq2) * inv_re2, 2 * cs * (1 - iq2) * inv_re2,
                     (s2 + c2 * iq2) * inv_re2, dx, dy, dxx, dyy)  # fmt: skip
-    if spiral is not None:
-        r2.clamp_min_(1e-12)
-    log_r2 = torch.log(r2)
-    img = torch.mul(log_r2, half_inv_n).exp_().mul_(-b).add_(log_norm).exp_()
     if spiral is None:
-        return img
+        return r2.log_().mul_(half_inv_n).exp_().mul_(-b).add_(log_norm).exp_()
+    r2.clamp_min_(1e-12)
+    psi = torch.log(r2)
+    img = torch.mul(psi, half_inv_n).exp_().mul_(-b).add_(log_norm).exp_()
     amp = spiral["amp"][..., None, None]
-    psi = log_r2.mul_(-1.0 / torch.tan(spiral["pitch"])[..., None, None])
+    psi.mul_(-1.0 / torch.tan(spiral["pitch"])[..., None, None])
     psi += spiral["phase"][..., None, None]
-    cos_psi = torch.cos(psi)
-    sin_psi = psi.sin_()
     arms = _quadratic(c2 - s2 * iq2, 2 * cs * (1 + iq2), s2 - c2 * iq2, dx, dy, dxx, dyy)
-    cross = _quadratic(-2 * cs * inv_q, 2 * (c2 - s2) * inv_q, 2 * cs * inv_q, dx, dy, dxx, dyy)
-    arms.mul_(cos_psi).sub_(cross.mul_(sin_psi))
-    arms.mul_(inv_re2).div_(r2)  # the quadratic forms are in pixels^2, r2 in re^2
-    fade = r2.mul_(4.0)
-    fade.div_(fade + 1.0).mul_(amp)  # 4r^2 / (1 + 4r^2): smooth, and no exp
-    return img.mul_(arms.mul_(fade).add_(1.0))
+    buf = torch.cos(psi)
+    arms.mul_(buf)
+    cross = _quadratic(-2 * cs * inv_q, 2 * (c2 - s2) * inv_q, 2 * cs * inv_q, dx, dy, dxx,
+                       dyy, out=buf)  # fmt: skip
+    arms.sub_(cross.mul_(psi.sin_()))
+    # amplitude A 4r^2 / (1 + 4r^2) (smooth, no exp) times cos(2 phi + psi) = arms / r2 with
+    # arms in pixels^2 and r2 in re^2: r2 cancels
+    arms.mul_(4.0 * amp * inv_re2).div_(r2.mul_(4.0).add_(1.0))
+    return img.mul_(arms.add_(1.0))
 
 
 def _integrate_core(img, cx, cy, params, height, width) -> None:
@@ -225,17 +224,19 @@ def arc_ribbons(
     cx_, cy_, rad, t0, dt, win, wout, wid, fad, tp0, tp1 = e
     dx = torch.arange(width, dtype=dtype) - cx_  # (..., 1, W)
     dy = torch.arange(height, dtype=dtype)[:, None] - cy_  # (..., H, 1)
-    shape = torch.broadcast_shapes(dx.shape, dy.shape)
-    d = (dx * dx + dy * dy).sqrt_().sub_(rad)  # signed distance from the arc's circle
-    s = torch.atan2(dy.expand(shape), dx.expand(shape))
-    # fraction of the way along the arc (in place, to keep full-size temporaries few)
-    s.sub_(t0).mul_(torch.sign(dt)).remainder_(2.0 * math.pi).div_(dt.abs())
-    along = torch.clamp(s / tp0, max=1.0)
+    # angle from the arc's start in its direction, in [0, 2 pi): atan2 of the negated offsets
+    # rotated into the start's frame, plus pi (no remainder over the full grid)
+    c0, s0, sg = torch.cos(t0), torch.sin(t0), torch.sign(dt)
+    s = torch.sub(dx * (sg * s0), dy * (sg * c0))  # -v, v the offset across the start
+    tmp = torch.add(dx * -c0, dy * -s0)  # -u, u the offset along the start
+    s.atan2_(tmp).add_(math.pi).div_(dt.abs())  # fraction of the way along the arc
+    d = torch.add(dx * dx, dy * dy, out=tmp).sqrt_().sub_(rad)  # signed distance to the circle
+    along = torch.div(s, tp0).clamp_(max=1.0)
     along.mul_(torch.sub(1.0, s).div_(tp1).clamp_(0.0, 1.0))
-    width_px = torch.where(d > 0, wout, win)
-    width_px.mul_(torch.clamp(s, max=1.0).mul_(wid).add_(1.0))
+    d.div_(torch.where(d > 0, wout, win))
+    d.div_(torch.clamp(s, max=1.0).mul_(wid).add_(1.0))  # ribbons widen along the arc
     # fading along the arc and the Gaussian cross-section in one exp
-    profile = d.div_(width_px).square_().mul_(-0.5).sub_(s.mul_(fad))
+    profile = d.square_().mul_(-0.5).sub_(s.mul_(fad))
     return along.mul_(profile.exp_())
 
 
