@@ -16,6 +16,8 @@ import torch
 # pixels, each split into SUB x SUB samples. Outside it the profile is smooth on pixel scales.
 PATCH = 5
 SUB = 4
+# Spiral discs are drawn in blocks of this many components (temporaries fit in a CPU cache).
+SPIRAL_BLOCK = 24
 # Rays used to integrate the pixel holding the centre (enclosed light along each ray).
 CORE_RAYS = 48
 
@@ -92,7 +94,14 @@ def sersic_images(
     xs = torch.arange(width, dtype=dtype)
     dx = xs - cx[..., None, None]  # (..., 1, W)
     dy = ys[:, None] - cy[..., None, None]  # (..., H, 1)
-    img = _sersic_grid(dx, dy, *grid, spiral=spiral)
+    if spiral is None or cx.dim() != 1 or len(cx) <= SPIRAL_BLOCK:
+        img = _sersic_grid(dx, dy, *grid, spiral=spiral)
+    else:  # blocks whose temporaries stay in cache: the arms take many passes
+        img = torch.empty(len(cx), height, width, dtype=dtype)
+        for start in range(0, len(cx), SPIRAL_BLOCK):
+            part = slice(start, start + SPIRAL_BLOCK)
+            _sersic_grid(dx[part], dy[part], *(g[part] for g in grid),
+                         spiral={k: v[part] for k, v in spiral.items()}, out=img[part])  # fmt: skip
     _integrate_core(img, cx, cy, params, height, width)
     return img
 
@@ -107,7 +116,9 @@ def _quadratic(a, b, c, dx, dy, dxx, dyy, out=None) -> torch.Tensor:
     return out.add_(c * dyy)
 
 
-def _sersic_grid(dx, dy, cos_t, sin_t, inv_q, inv_re2, half_inv_n, b, log_norm, spiral=None):
+def _sersic_grid(
+    dx, dy, cos_t, sin_t, inv_q, inv_re2, half_inv_n, b, log_norm, spiral=None, out=None
+):
     """Unit-flux Sérsic on a grid (``dx`` along W, ``dy`` along H); optional m=2 spiral arms.
 
     The arms multiply by 1 + A cos(2 phi + psi), psi = phase - ln(r^2/re^2) / tan(pitch),
@@ -120,7 +131,8 @@ def _sersic_grid(dx, dy, cos_t, sin_t, inv_q, inv_re2, half_inv_n, b, log_norm, 
     r2 = _quadratic((c2 + s2 * iq2) * inv_re2, 2 * cs * (1 - iq2) * inv_re2,
                     (s2 + c2 * iq2) * inv_re2, dx, dy, dxx, dyy)  # fmt: skip
     if spiral is None:
-        return r2.log_().mul_(half_inv_n).exp_().mul_(-b).add_(log_norm).exp_()
+        r2.log_().mul_(half_inv_n).exp_().mul_(-b).add_(log_norm)
+        return r2.exp_() if out is None else torch.exp(r2, out=out)
     r2.clamp_min_(1e-12)
     psi = torch.log(r2)
     img = torch.mul(psi, half_inv_n).exp_().mul_(-b).add_(log_norm).exp_()
@@ -136,7 +148,7 @@ def _sersic_grid(dx, dy, cos_t, sin_t, inv_q, inv_re2, half_inv_n, b, log_norm, 
     # amplitude A 4r^2 / (1 + 4r^2) (smooth, no exp) times cos(2 phi + psi) = arms / r2 with
     # arms in pixels^2 and r2 in re^2: r2 cancels
     arms.mul_(4.0 * amp * inv_re2).div_(r2.mul_(4.0).add_(1.0))
-    return img.mul_(arms.add_(1.0))
+    return torch.mul(img, arms.add_(1.0), out=out)
 
 
 def _integrate_core(img, cx, cy, params, height, width) -> None:
