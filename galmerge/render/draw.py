@@ -116,7 +116,8 @@ def _draw_chunk(
     offset = np.asarray(preset.mag_offset)
     dimming = 10.0 * np.log10(1.0 + ob.z)  # (1+z)^-4 in surface brightness
     px_area = preset.pixel_scale**2
-    image = torch.zeros(n, 3, side, side)
+    # without a PSF the canvas is the output itself (no margin, no copy)
+    image = out.zero_() if margin == 0 else torch.zeros(n, 3, side, side)
 
     # -- Sérsic bulges and discs: only the components present in some scene are drawn
     flux = _flux(sc.s_mag + dm[:, None, None] + offset)  # (N, S, 3)
@@ -197,7 +198,7 @@ def _draw_chunk(
         image = image[..., margin : margin + size, margin : margin + size]
     if noise is not None and preset.sky_sigma is not None:
         instrument.add_noise(image, preset.sky_sigma, preset.gain, noise, out=out)
-    else:
+    elif image.data_ptr() != out.data_ptr():
         out.copy_(image)
 
 

@@ -145,16 +145,28 @@ def _cos_sin_basis(fft_size: int, first: int, length: int) -> tuple[torch.Tensor
     return basis, basis.T.contiguous()
 
 
-@lru_cache(maxsize=4096)
-def _even_weights(fwhm_px: float, kind: str, fft_size: int, beta: float) -> torch.Tensor:
-    """W (F, F): the transfer on frequencies 0..F/2 (rows ky, columns kx) in B's layout."""
+_EVEN_WEIGHTS: dict[tuple[str, float, int, float], torch.Tensor] = {}
+
+
+def _even_weights(kind: str, fwhm_px: np.ndarray, fft_size: int, beta: float) -> torch.Tensor:
+    """(N, F/2+1, F/2+1): the transfer on frequencies 0..F/2 (ky, kx), weighted for the folded
+    negative frequencies and the 1/F^2 of the inverse transform, one per FWHM in ``fwhm_px``.
+
+    Cached per FWHM (seeing is drawn on a grid); missing ones are computed in one batch.
+    """
     half = fft_size // 2
-    t = _cached_transfer(kind, fwhm_px, fft_size, beta)[: half + 1].double()
-    fold = torch.full((half + 1,), 2.0, dtype=torch.float64)  # u and -u
-    fold[0] = fold[half] = 1.0
-    t = t * torch.outer(fold, fold) / fft_size**2
-    idx = torch.cat([torch.arange(half + 1), torch.arange(1, half)])
-    return t[idx][:, idx].float()
+    keys = [(kind, float(v), fft_size, float(beta)) for v in fwhm_px]
+    missing = sorted({k[1] for k in keys if k not in _EVEN_WEIGHTS})
+    if missing:
+        if len(_EVEN_WEIGHTS) > 16384:  # bounded memory in long-lived processes
+            _EVEN_WEIGHTS.clear()
+        t = psf_transfer(kind, torch.tensor(missing, dtype=torch.float32), fft_size, beta)
+        fold = torch.full((half + 1,), 2.0, dtype=torch.float64)  # u and -u
+        fold[0] = fold[half] = 1.0
+        t = (t[:, : half + 1].double() * torch.outer(fold, fold) / fft_size**2).float()
+        for v, table in zip(missing, t, strict=True):
+            _EVEN_WEIGHTS[(kind, v, fft_size, float(beta))] = table
+    return torch.stack([_EVEN_WEIGHTS[k] for k in keys])
 
 
 @lru_cache(maxsize=4096)
@@ -194,11 +206,17 @@ def convolve_psf(
         raise ValueError(f"unknown PSF kind {kind!r}")
     b_in, b_in_t = _cos_sin_basis(fft_size, 0, h)
     b_out, b_out_t = _cos_sin_basis(fft_size, start, size)
-    weights = _stack(_even_weights, fwhm_px, kind, fft_size, float(beta))  # (NC, F, F)
+    weights = _even_weights(kind, fwhm_px.ravel(), fft_size, beta)  # (NC, F/2+1, F/2+1)
     nc = n * c
     rows = torch.mm(x.reshape(nc * h, w), b_in).view(nc, h, fft_size)
     # shared left factors as stride-0 batches: bmm reads them without copies
-    spec = torch.bmm(b_in_t.expand(nc, -1, -1), rows).mul_(weights)
+    spec = torch.bmm(b_in_t.expand(nc, -1, -1), rows)
+    # B's columns are [cos u = 0..F/2 | sin u = 1..F/2-1]: the weights of each quadrant
+    half = fft_size // 2
+    cos, sin = slice(0, half + 1), slice(half + 1, None)
+    for rows_q, rows_w in ((cos, slice(None)), (sin, slice(1, half))):
+        spec[:, rows_q, cos].mul_(weights[:, rows_w])
+        spec[:, rows_q, sin].mul_(weights[:, rows_w, 1:half])
     rows = torch.bmm(b_out.expand(nc, -1, -1), spec)
     return torch.mm(rows.view(nc * size, fft_size), b_out_t).view(n, c, size, size)
 

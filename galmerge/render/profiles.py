@@ -186,8 +186,9 @@ def _integrate_core(img, cx, cy, params, height, width) -> None:
     inside = (gx >= 0) & (gx < width) & (gy >= 0) & (gy < height)
     flat_idx = (gy.clamp(0, height - 1) * width + gx.clamp(0, width - 1)).flatten(-2)
     flat_delta = (delta * inside).flatten(-2)
-    flat_img = img.view(*img.shape[:-2], height * width)
-    flat_img.scatter_add_(-1, flat_idx, flat_delta)
+    # one flat index_add_: scatter_add_ along the last dim walks the whole image
+    base = torch.arange(flat_idx.shape[:-1].numel()).view(*flat_idx.shape[:-1], 1)
+    img.view(-1).index_add_(0, (flat_idx + base * (height * width)).flatten(), flat_delta.flatten())
 
 
 def gaussian_blobs(
