@@ -119,25 +119,16 @@ def _draw_chunk(
     # without a PSF the canvas is the output itself (no margin, no copy)
     image = out.zero_() if margin == 0 else torch.zeros(n, 3, side, side)
 
-    # -- Sérsic bulges and discs: only the components present in some scene are drawn
+    # -- Sérsic bulges and discs: only the components present are drawn, bulges first (one
+    # run without arms), then the discs
     flux = _flux(sc.s_mag + dm[:, None, None] + offset)  # (N, S, 3)
-    for spiral in (False, True):
-        slots = np.zeros(sc.s_x.shape[1], dtype=bool)
-        slots[list(DISC_SLOTS)] = True
-        if not spiral:
-            slots = ~slots
-        present = (flux.sum(-1) > 0) & slots[None, :]
-        ni, si = np.nonzero(present)
-        if len(ni) == 0:
-            continue
+    disc = np.zeros(sc.s_x.shape[1], dtype=bool)
+    disc[list(DISC_SLOTS)] = True
+    ni, si = np.nonzero(flux.sum(-1) > 0)
+    order = np.argsort(disc[si], kind="stable")
+    ni, si = ni[order], si[order]
+    if len(ni):
         sel = (ni, si)
-        arm = None
-        if spiral:
-            arm = {
-                "amp": _t(sc.s_arm_amp[sel]),
-                "pitch": _t(sc.s_arm_pitch[sel]),
-                "phase": _t(sc.s_arm_phase[sel]),
-            }
         prof = profiles.sersic_images(
             _t(centre + sc.s_x[sel] * scale[ni]),
             _t(centre + sc.s_y[sel] * scale[ni]),
@@ -147,7 +138,11 @@ def _draw_chunk(
             _t(sc.s_pa[sel]),
             side,
             side,
-            spiral=arm,
+            spiral={
+                "amp": _t(np.where(disc[si], sc.s_arm_amp[sel], 0.0)),
+                "pitch": _t(sc.s_arm_pitch[sel]),
+                "phase": _t(sc.s_arm_phase[sel]),
+            },
         )
         _accumulate(image, ni, si, prof, flux[sel])
 

@@ -94,14 +94,27 @@ def sersic_images(
     xs = torch.arange(width, dtype=dtype)
     dx = xs - cx[..., None, None]  # (..., 1, W)
     dy = ys[:, None] - cy[..., None, None]  # (..., H, 1)
-    if spiral is None or cx.dim() != 1 or len(cx) <= SPIRAL_BLOCK:
+    if spiral is None or cx.dim() != 1:
         img = _sersic_grid(dx, dy, *grid, spiral=spiral)
-    else:  # blocks whose temporaries stay in cache: the arms take many passes
+    else:
         img = torch.empty(len(cx), height, width, dtype=dtype)
-        for start in range(0, len(cx), SPIRAL_BLOCK):
-            part = slice(start, start + SPIRAL_BLOCK)
-            _sersic_grid(dx[part], dy[part], *(g[part] for g in grid),
-                         spiral={k: v[part] for k, v in spiral.items()}, out=img[part])  # fmt: skip
+        # runs of components with and without arms; arms in blocks whose temporaries stay
+        # in cache (they take many passes over the grid)
+        has_arms = (spiral["amp"] != 0).tolist()
+        start = 0
+        while start < len(has_arms):
+            arms = has_arms[start]
+            stop = start + 1
+            while (
+                stop < len(has_arms)
+                and has_arms[stop] == arms
+                and (not arms or stop - start < SPIRAL_BLOCK)
+            ):
+                stop += 1
+            part = slice(start, stop)
+            _sersic_grid(dx[part], dy[part], *(g[part] for g in grid), out=img[part],
+                         spiral={k: v[part] for k, v in spiral.items()} if arms else None)  # fmt: skip
+            start = stop
     _integrate_core(img, cx, cy, params, height, width)
     return img
 
