@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from galmerge.render import PRESETS, Scenes, draw_scenes, sample_scenes
-from galmerge.render.instrument import distance_modulus, mag_to_nmgy
+from galmerge.render.instrument import (
+    convolve,
+    convolve_psf,
+    distance_modulus,
+    mag_to_nmgy,
+    psf_transfers,
+)
 from galmerge.render.scene import PAIR, POSTMERGER
 
 
@@ -117,3 +123,31 @@ def test_mergers_carry_more_faint_light_outside_the_galaxies_than_non_mergers():
     outer = (images[:, 1] * ring).sum(dim=(1, 2)) / images[:, 1].sum(dim=(1, 2))
     labels = torch.as_tensor(scenes.label)
     assert float(outer[labels == 1].median()) > float(outer[labels == 0].median())
+
+
+def test_images_do_not_depend_on_the_thread_count():
+    """Chunks run side by side on torch's threads; each keeps its own noise stream."""
+    scenes = sample_scenes(140, seed=6)  # three chunks
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, _ = draw_scenes(scenes, PRESETS["sdss"], seed=6)
+        torch.set_num_threads(2)
+        two, _ = draw_scenes(scenes, PRESETS["sdss"], seed=6)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize(("kind", "fwhm"), [("gaussian", (1.7, 3.1)), ("moffat", (2.8, 4.5))])
+def test_matrix_psf_convolution_equals_the_fft_definition(kind, fwhm):
+    rng = np.random.default_rng(0)
+    images = torch.as_tensor(rng.random((3, 3, 40, 40)), dtype=torch.float32)
+    fwhm_px = np.round(rng.uniform(*fwhm, (3, 3)), 3)
+    fft_size, crop = 48, (5, 30)
+    transfer = psf_transfers(kind, fwhm_px, fft_size, 3.5)
+    expected = convolve(images, transfer, fft_size, crop=crop)
+    got = convolve_psf(images, kind, fwhm_px, fft_size, 3.5, crop=crop)
+    assert got.shape == (3, 3, 30, 30)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
