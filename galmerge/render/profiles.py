@@ -258,11 +258,12 @@ def arc_ribbons(
     s.atan2_(tmp).add_(math.pi).div_(dt.abs())  # fraction of the way along the arc
     d = torch.add(dx * dx, dy * dy, out=tmp).sqrt_().sub_(rad)  # signed distance to the circle
     along = torch.div(s, tp0).clamp_(max=1.0)
-    along.mul_(torch.sub(1.0, s).div_(tp1).clamp_(0.0, 1.0))
-    d.div_(torch.where(d > 0, wout, win))
+    along.mul_(torch.addcmul(1.0 / tp1, s, -1.0 / tp1).clamp_(0.0, 1.0))  # (1 - s) / tp1
+    root2 = math.sqrt(2.0)  # folds the 1/2 of the Gaussian into the width
+    d.div_(torch.where(d > 0, wout * root2, win * root2))
     d.div_(torch.clamp(s, max=1.0).mul_(wid).add_(1.0))  # ribbons widen along the arc
     # fading along the arc and the Gaussian cross-section in one exp
-    profile = d.square_().mul_(-0.5).sub_(s.mul_(fad))
+    profile = d.square_().neg_().addcmul_(s, -fad)
     return along.mul_(profile.exp_())
 
 
