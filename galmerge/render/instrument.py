@@ -235,5 +235,8 @@ def add_noise(
     sky_var = torch.tensor(sky_sigma, dtype=images.dtype).view(1, -1, 1, 1) ** 2
     # counts per pixel are >> 10 everywhere on these frames, so Poisson is Gaussian there
     std = images.clamp_min(0.0).div_(gain).add_(sky_var).sqrt_()
-    noise = torch.empty_like(images).normal_(generator=generator)
-    return torch.add(images, std.mul_(noise), out=out)
+    # the noise is drawn straight into the output, which then becomes noise * std + images
+    aliased = out is None or out.data_ptr() == images.data_ptr()
+    noise = (torch.empty_like(images) if aliased else out).normal_(generator=generator)
+    noisy = noise.mul_(std).add_(images)
+    return noisy if out is None or not aliased else out.copy_(noisy)
