@@ -78,7 +78,11 @@ def frequency_radius(fft_size: int) -> torch.Tensor:
 
 def psf_transfer(kind: str, fwhm_px: torch.Tensor, fft_size: int, beta: float) -> torch.Tensor:
     """Optical transfer functions for FWHMs (pixels, any shape) -> ``(..., F, F // 2 + 1)``."""
-    k = frequency_radius(fft_size)
+    return _transfer_at(kind, fwhm_px, frequency_radius(fft_size), beta)
+
+
+def _transfer_at(kind: str, fwhm_px: torch.Tensor, k: torch.Tensor, beta: float) -> torch.Tensor:
+    """`psf_transfer` on any grid ``k`` of |k| (cycles per pixel)."""
     if kind == "gaussian":
         sigma = fwhm_px / (2.0 * math.sqrt(2.0 * math.log(2.0)))
         return torch.exp(-2.0 * math.pi**2 * (sigma[..., None, None] * k) ** 2)
@@ -86,8 +90,8 @@ def psf_transfer(kind: str, fwhm_px: torch.Tensor, fft_size: int, beta: float) -
         table, dq = _moffat_transfer_table(float(beta))
         x = (moffat_alpha(fwhm_px, beta)[..., None, None] * (k / dq)).clamp(max=len(table) - 1.001)
         i0 = x.long()  # x >= 0, so truncation is floor
-        lo = table[i0]
-        return lo + (table[i0 + 1] - lo) * (x - i0)
+        lo = torch.take(table, i0)
+        return lo + (torch.take(table, i0 + 1) - lo) * (x - i0)
     raise ValueError(f"unknown PSF kind {kind!r}")
 
 
@@ -160,10 +164,11 @@ def _even_weights(kind: str, fwhm_px: np.ndarray, fft_size: int, beta: float) ->
     if missing:
         if len(_EVEN_WEIGHTS) > 16384:  # bounded memory in long-lived processes
             _EVEN_WEIGHTS.clear()
-        t = psf_transfer(kind, torch.tensor(missing, dtype=torch.float32), fft_size, beta)
+        k = frequency_radius(fft_size)[: half + 1]  # ky = 0..F/2 (psf_transfer's first rows)
+        t = _transfer_at(kind, torch.tensor(missing, dtype=torch.float32), k, beta)
         fold = torch.full((half + 1,), 2.0, dtype=torch.float64)  # u and -u
         fold[0] = fold[half] = 1.0
-        t = (t[:, : half + 1].double() * torch.outer(fold, fold) / fft_size**2).float()
+        t = (t.double() * torch.outer(fold, fold) / fft_size**2).float()
         for v, table in zip(missing, t, strict=True):
             _EVEN_WEIGHTS[(kind, v, fft_size, float(beta))] = table
     return torch.stack([_EVEN_WEIGHTS[k] for k in keys])
