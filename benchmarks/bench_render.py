@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from galmerge.render import PRESETS, Scenes, draw_scenes, sample_scenes
+from galmerge.render import PRESETS, RENDERER_VERSION, Scenes, draw_scenes, sample_scenes
 from galmerge.render.draw import observe
 from galmerge.render.instrument import arcsec_per_kpc, distance_modulus, mag_to_nmgy
 from galmerge.render.scene import ABSENT
@@ -152,9 +152,12 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "renderer stamps/s (3 bands x 75 x 75)",
+                "renderer_version": RENDERER_VERSION,
                 "n_stamps": args.n,
                 "galsim_n_stamps": args.galsim_n,
                 "torch_threads": args.threads,
+                "threading": "draw_scenes runs its 64-stamp chunks side by side on torch_threads "
+                "Python threads (each torch op single-threaded)",
                 "cpu_count": os.cpu_count(),
                 "platform": platform.platform(),
                 "load_average_before": [round(v, 2) for v in load_before],
