@@ -3,6 +3,8 @@
 A file is written to ``NAME.part`` (resumed with an HTTP Range request after a dropped
 connection or a later run), checked against the size and MD5 the Zenodo API publishes, then
 renamed into place. A file that fails its check is moved to ``NAME.corrupt`` and reported.
+Retries, backoff and ``Retry-After`` follow `galmerge.http_retry`, like every other HTTP
+client in galmerge; a try that got further into the file does not use up the retries.
 
 Environment: ``GALMERGE_ZENODO_URL`` (default https://zenodo.org) and ``GALMERGE_MAST_URL``
 (default https://archive.stsci.edu) set the servers, so tests can use a loopback server.
@@ -16,7 +18,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import requests
 
 from galmerge import deepmerge_data
 from galmerge.errors import GalmergeError
+from galmerge.http_retry import FetchError, RetryingClient, RetryPolicy, http_status_error
 
 ZENODO_ENV = "GALMERGE_ZENODO_URL"
 MAST_ENV = "GALMERGE_MAST_URL"
@@ -33,6 +36,7 @@ DEFAULT_MAST = "https://archive.stsci.edu"
 # small reads: a dropped connection loses at most one chunk of what arrived
 CHUNK = 64 * 1024
 USER_AGENT = "galmerge-fetch"
+ANNOUNCE_WAIT_S = 10.0  # retry waits at least this long are shown on the console
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _RANGE_TOTAL = re.compile(r"bytes\s+\*/(\d+)")
 
@@ -56,10 +60,6 @@ class FetchResult:
     status: str
     size: int
     verified: str  # "md5", "size" or "structure"
-
-
-class _Retryable(Exception):
-    """A failure worth another try: a 5xx, a timeout, a connection dropped mid-body."""
 
 
 def zenodo_url() -> str:
@@ -108,8 +108,22 @@ def _move_aside(path: Path) -> Path:
     return target
 
 
+class _Transfer:
+    """Where one file's download stands, across tries."""
+
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+        self.furthest = 0  # the most bytes the part file has held: beyond it is progress
+        self.advanced = False  # the last try pushed ``furthest`` on
+
+    def note(self, part_size: int) -> None:
+        if part_size > self.furthest:
+            self.furthest = part_size
+            self.advanced = True
+
+
 class Downloader:
-    """Downloads files with retries (exponential backoff), resume and verification."""
+    """Downloads files with retries (`galmerge.http_retry` policy), resume and verification."""
 
     def __init__(
         self,
@@ -119,6 +133,8 @@ class Downloader:
         backoff: float = 0.5,
         timeout: tuple[float, float] = (10.0, 60.0),
         progress: Any = None,
+        sleep: Callable[[float], None] = time.sleep,
+        max_retry_after: float = RetryPolicy.max_retry_after,
     ) -> None:
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
@@ -128,31 +144,34 @@ class Downloader:
         self.backoff = backoff
         self.timeout = timeout
         self.progress = progress  # a rich Progress, or None for silence
+        policy = RetryPolicy(attempts=retries + 1, backoff=backoff, max_retry_after=max_retry_after)
+        # only the retry loop of the client is used: requests go through self.session
+        self.client = RetryingClient(policy, name="fetch", sleep=sleep, user_agent=USER_AGENT)
 
     # -- metadata -------------------------------------------------------------------------
     def get_json(self, url: str, what: str, env: str) -> Any:
         """GET a JSON document with the same retry policy as file downloads."""
-        failures = 0
-        while True:
+
+        def once() -> Any:
+            resp = self.session.get(url, timeout=self.timeout)
+            if resp.status_code != 200:
+                err = http_status_error(resp)
+                if err.retryable:
+                    raise err
+                raise GalmergeError(
+                    f"{what}: HTTP {resp.status_code} from {url}; check the record id or {env}"
+                )
             try:
-                resp = self.session.get(url, timeout=self.timeout)
-                if resp.status_code >= 500 or resp.status_code == 429:
-                    raise _Retryable(f"HTTP {resp.status_code}")
-                if resp.status_code >= 400:
-                    raise GalmergeError(
-                        f"{what}: HTTP {resp.status_code} from {url}; check the record id or {env}"
-                    )
                 return resp.json()
             except ValueError:
                 raise GalmergeError(f"{what}: {url} did not return JSON; check {env}") from None
-            except (requests.ConnectionError, requests.Timeout, _Retryable) as exc:
-                failures += 1
-                if failures > self.retries:
-                    raise GalmergeError(
-                        f"{what}: cannot reach {url} ({_short(exc)}); check the network or "
-                        f"set {env}"
-                    ) from None
-                self._sleep(failures)
+
+        try:
+            return self.client.call(once, what, on_retry=self._announce(what))
+        except FetchError as err:
+            raise GalmergeError(
+                f"{what}: cannot reach {url} ({_reason(err)}); check the network or set {env}"
+            ) from None
 
     def head_size(self, url: str) -> int | None:
         try:
@@ -209,53 +228,54 @@ class Downloader:
         task = None
         if self.progress is not None:
             task = self.progress.add_task(remote.name, total=remote.size)
-        size = remote.size
-        failures = 0
-        while True:
+        transfer = _Transfer(remote.size)
+
+        def once() -> None:
+            transfer.advanced = False
             offset = part.stat().st_size if part.exists() else 0
-            if size is not None and offset > size:
+            if transfer.size is not None and offset > transfer.size:
                 part.unlink()
                 offset = 0
-            if size is not None and offset == size:
-                break
-            moved = False
-            try:
-                moved, size = self._attempt(remote, part, offset, size, task)
-                if size is not None and part.stat().st_size < size:
-                    raise _Retryable("connection closed before the end of the file")
-                break
-            except (
-                requests.ConnectionError,
-                requests.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-                _Retryable,
-            ) as exc:
-                failures = 0 if moved else failures + 1
-                if failures > self.retries:
-                    raise GalmergeError(
-                        f"{remote.name}: download failed after {self.retries} retries "
-                        f"({_short(exc)}); run the same fetch again to resume"
-                    ) from None
-                self._sleep(max(failures, 1))
+            if transfer.size is not None and offset == transfer.size:
+                return
+            self._attempt(remote, part, offset, transfer, task)
+            got = part.stat().st_size
+            if transfer.size is not None and got < transfer.size:
+                raise FetchError("connection closed before the end of the file", retryable=True)
+
+        try:
+            self.client.call(
+                once,
+                remote.name,
+                progressed=lambda: transfer.advanced,
+                on_retry=self._announce(remote.name),
+            )
+        except FetchError as err:
+            tried = f"after {self.retries} retries " if err.retryable else ""
+            raise GalmergeError(
+                f"{remote.name}: download failed {tried}({_reason(err)}); "
+                "run the same fetch again to resume"
+            ) from None
         if task is not None:
             self.progress.update(task, completed=part.stat().st_size, total=part.stat().st_size)
 
     def _attempt(
-        self, remote: RemoteFile, part: Path, offset: int, size: int | None, task: Any
-    ) -> tuple[bool, int | None]:
-        """One GET from ``offset``; returns (bytes were written, total size)."""
+        self, remote: RemoteFile, part: Path, offset: int, transfer: _Transfer, task: Any
+    ) -> None:
+        """One GET from ``offset``, appended to ``part``; learns the total size on the way."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        moved = False
         with self.session.get(remote.url, headers=headers, stream=True, timeout=self.timeout) as r:
             if r.status_code == 416:
                 match = _RANGE_TOTAL.search(r.headers.get("Content-Range", ""))
                 if match and int(match.group(1)) == offset:
-                    return False, offset  # the part already holds the whole file
+                    transfer.size = offset  # the part already holds the whole file
+                    return
                 part.unlink(missing_ok=True)  # the part is longer than the file: start over
-                raise _Retryable("HTTP 416 for a stale partial file")
-            if r.status_code >= 500 or r.status_code == 429:
-                raise _Retryable(f"HTTP {r.status_code}")
-            if r.status_code >= 400:
+                raise FetchError("HTTP 416 for a stale partial file", retryable=True)
+            if r.status_code not in (200, 206):
+                err = http_status_error(r)
+                if err.retryable:
+                    raise err
                 raise GalmergeError(
                     f"{remote.name}: HTTP {r.status_code} from {remote.url}; the file may have "
                     "moved, check the server URL variables (GALMERGE_ZENODO_URL/GALMERGE_MAST_URL)"
@@ -265,25 +285,28 @@ class Downloader:
                 match = _CONTENT_RANGE.search(r.headers.get("Content-Range", ""))
                 if not match or int(match.group(1)) != offset:
                     part.unlink(missing_ok=True)
-                    raise _Retryable("server answered a different range")
-                if match.group(3) != "*":
-                    size = size if size is not None else int(match.group(3))
+                    raise FetchError("server answered a different range", retryable=True)
+                if match.group(3) != "*" and transfer.size is None:
+                    transfer.size = int(match.group(3))
             else:  # a full body: the server ignored the Range header
                 mode = "wb"
                 offset = 0
                 length = r.headers.get("Content-Length")
-                if size is None and length and length.isdigit():
-                    size = int(length)
+                if transfer.size is None and length and length.isdigit():
+                    transfer.size = int(length)
             if task is not None:
-                self.progress.update(task, total=size, completed=offset)
+                self.progress.update(task, total=transfer.size, completed=offset)
+            written = offset
             with open(part, mode) as fh:
-                for chunk in r.iter_content(CHUNK):
-                    if chunk:
-                        fh.write(chunk)
-                        moved = True
-                        if task is not None:
-                            self.progress.advance(task, len(chunk))
-        return moved, size
+                try:
+                    for chunk in r.iter_content(CHUNK):
+                        if chunk:
+                            fh.write(chunk)
+                            written += len(chunk)
+                            if task is not None:
+                                self.progress.advance(task, len(chunk))
+                finally:  # a dropped connection still counts what reached the disk
+                    transfer.note(written)
 
     def _verify(self, remote: RemoteFile, part: Path, dest: Path) -> str:
         got = part.stat().st_size
@@ -308,8 +331,14 @@ class Downloader:
             )
         return verified
 
-    def _sleep(self, failures: int) -> None:
-        time.sleep(self.backoff * 2 ** min(failures - 1, 6))
+    def _announce(self, what: str) -> Callable[[FetchError, float], None]:
+        """Say so before a long wait (a server's Retry-After), so a quiet fetch is not a hang."""
+
+        def announce(err: FetchError, delay: float) -> None:
+            if delay >= ANNOUNCE_WAIT_S:
+                self._say(f"{what}: {err.reason}; waiting {delay:.0f} s before trying again")
+
+        return announce
 
     def _say(self, text: str) -> None:
         if self.progress is not None:
@@ -355,6 +384,29 @@ def _structure_problem(path: Path, name: str) -> str | None:
     except (OSError, ValueError, TypeError) as exc:
         return f"unreadable ({_short(exc)})"
     return None
+
+
+def _reason(err: FetchError) -> str:
+    """The retry helper's reason, with the detail of the exception behind it when there is one."""
+    cause = err.__cause__
+    if cause is None or isinstance(cause, FetchError):
+        return err.reason
+    return f"{err.reason}: {_short(_innermost(cause))}"
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """requests wraps urllib3 wraps socket errors; the innermost says what happened."""
+    seen = 0
+    while seen < 8:
+        seen += 1
+        reason = getattr(exc, "reason", None)
+        inner = reason if isinstance(reason, BaseException) else None
+        if inner is None and exc.args and isinstance(exc.args[0], BaseException):
+            inner = exc.args[0]
+        if inner is None:
+            break
+        exc = inner
+    return exc
 
 
 def _short(exc: BaseException) -> str:

@@ -106,7 +106,9 @@ def classify_exception(exc: BaseException) -> FetchError | None:
         return http_status_error(exc.response)
     if isinstance(exc, requests.Timeout):
         return FetchError("timeout", retryable=True)
-    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+    if isinstance(
+        exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
+    ):
         return FetchError("connection dropped mid-body", retryable=True)
     if isinstance(exc, requests.ConnectionError):
         return FetchError("connection failed", retryable=True)
@@ -196,10 +198,24 @@ class RetryingClient:
             s.close()
 
     # -- retry core ---------------------------------------------------------------------------
-    def call(self, fn: Callable[[], T], what: str = "request") -> T:
-        """Run ``fn`` until it succeeds or the policy gives up; raises FetchError then."""
+    def call(
+        self,
+        fn: Callable[[], T],
+        what: str = "request",
+        *,
+        progressed: Callable[[], bool] | None = None,
+        on_retry: Callable[[FetchError, float], None] | None = None,
+    ) -> T:
+        """Run ``fn`` until it succeeds or the policy gives up; raises FetchError then.
+
+        ``progressed`` (for resumable transfers) is asked after each retryable failure: when
+        it answers True the failed try moved the work forward, so the attempt count starts
+        afresh. ``on_retry(error, delay)`` is told before each wait, e.g. to show a long one.
+        """
         policy = self.policy
-        for attempt in range(1, policy.attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             self._wait_for_hold()
             with self._lock:
                 self.stats.requests += 1
@@ -209,7 +225,9 @@ class RetryingClient:
                 err = classify_exception(exc)
                 if err is None:  # not a network problem: a bug keeps its traceback
                     raise
-                if not err.retryable or attempt == policy.attempts:
+                if err.retryable and progressed is not None and progressed():
+                    attempt = 0  # a resumed transfer got further: its tries start again
+                if not err.retryable or attempt >= policy.attempts:
                     with self._lock:
                         self.stats.failures += 1
                         self.stats.failure_reasons[err.reason] += 1
@@ -225,10 +243,11 @@ class RetryingClient:
                     with self._lock:
                         self._hold_until = max(self._hold_until, time.monotonic() + delay)
                         self._local.held = self._hold_until  # this thread waits right here
-                    self._pause(delay)
                 else:
-                    self._pause(self._backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+                    delay = self._backoff(max(attempt, 1))
+                if on_retry is not None:
+                    on_retry(err, delay)
+                self._pause(delay)
 
     def _backoff(self, attempt: int) -> float:
         p = self.policy
@@ -307,7 +326,10 @@ class RetryingClient:
 
 
 def bounded_map(
-    fn: Callable[[T], R], items: Iterable[T], workers: int, executor: ThreadPoolExecutor | None = None
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    workers: int,
+    executor: ThreadPoolExecutor | None = None,
 ) -> Iterator[tuple[T, R | None, BaseException | None]]:
     """Run ``fn`` over ``items`` on at most ``workers`` threads, yielding ``(item, result, error)``
     as each finishes; at most ``2 * workers`` items are in flight, so a huge iterable is fine."""
