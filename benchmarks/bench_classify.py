@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     if args.child:
         _child(args)
         return
@@ -198,11 +199,13 @@ def main() -> None:
     rate = warm["rows_per_cpu_second"]
     result = {
         "benchmark": "classify",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, shared with other "
-                   f"work (load average {os.getloadavg()[0]:.1f} at the end)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, load average "
+                   f"{load_before:.2f} before the run ("
+                   + ("other work shared the CPU" if load_before > 0.5 else "otherwise idle")
+                   + f"), {os.getloadavg()[0]:.2f} at the end",
         "torch_threads": args.threads,
         "backbone": "deepmerge", "stamp": [3, SIZE, SIZE],
-        "note": "wall-clock rates depend on how busy the shared machine was; per CPU second "
+        "note": "wall-clock rates depend on how busy the machine was; per CPU second "
                 "rates are what one dedicated core of this CPU would do",
         "model_only_images_per_s": round(model_rate, 1),
         "model_only_images_per_cpu_second": round(model_cpu_rate, 1),

@@ -209,9 +209,12 @@ def main() -> None:
         "tuning": TUNING_NOTE,
         "goal": "DA target accuracy >= none + 10 points, source within 3 points (mean of seeds)",
         "machine": {
-            "shared": True,
-            "note": "2-core CPU VM shared with several other engineers' jobs while this ran; "
-                    "images/s and times are low and noisy",
+            # other work on the machine when the runs started (accuracies do not depend on it;
+            # images/s and times do)
+            "shared": load_before[0] > 0.5,
+            "note": (f"{os.cpu_count()}-CPU machine, load average {load_before[0]:.2f} before the "
+                     "runs" + ("; other jobs were running, images/s and times are low"
+                               if load_before[0] > 0.5 else "; otherwise idle")),
             "cpu_count": os.cpu_count(),
             "load_average_start": [round(v, 2) for v in load_before],
             "load_average_end": [round(v, 2) for v in os.getloadavg()],

@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--output", default="benchmarks/results/bench_train.json")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     source, target = make_sets(args.images)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,10 +138,12 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "load_average_at_end": os.getloadavg(),
-        "machine_shared": True,
-        "note": "2-core machine shared with other engineers' jobs; ratios alternate bare and "
-                "trainer runs to cancel load drift",
+        "load_average_at_start": [round(v, 2) for v in load_before],
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        # more than half a core busy before we started: other work shared the CPU
+        "machine_shared": load_before[0] > 0.5,
+        "note": "ratios alternate bare and trainer runs to cancel load drift; absolute images/s "
+                "are only comparable between runs on an idle machine (machine_shared false)",
         "results": results,
     }
     out = Path(args.output)
