@@ -116,6 +116,12 @@ class _Transfer:
         self.furthest = 0  # the most bytes the part file has held: beyond it is progress
         self.advanced = False  # the last try pushed ``furthest`` on
 
+    def start(self, offset: int) -> None:
+        """A try begins with ``offset`` bytes on disk: they are no progress of this try (a part
+        file from an earlier run counts as where this run starts)."""
+        self.advanced = False
+        self.furthest = max(self.furthest, offset)
+
     def note(self, part_size: int) -> None:
         if part_size > self.furthest:
             self.furthest = part_size
@@ -231,11 +237,11 @@ class Downloader:
         transfer = _Transfer(remote.size)
 
         def once() -> None:
-            transfer.advanced = False
             offset = part.stat().st_size if part.exists() else 0
             if transfer.size is not None and offset > transfer.size:
                 part.unlink()
                 offset = 0
+            transfer.start(offset)
             if transfer.size is not None and offset == transfer.size:
                 return
             self._attempt(remote, part, offset, transfer, task)

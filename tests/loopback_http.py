@@ -2,8 +2,11 @@
 
 Serves byte blobs at paths, honours ``Range: bytes=N-``, answers HEAD, and pops one fault per
 request from a per-path queue: "drop" (send half the body, then close the connection),
-"corrupt" (flip bytes, same length), "500", "ignore-range" (answer 200 with the whole file),
-"stall" (send headers, then wait past the client's read timeout).
+"drop-empty" (send the headers, then close before any byte of the body), "corrupt" (flip
+bytes, same length), a status such as "500" or "501" (answer with it), "429" and
+"503-retry-after" (rate limited, with a ``Retry-After`` header: ``DEFAULT_RETRY_AFTER``, or the
+value after a colon, e.g. "429:7" or an HTTP-date), "ignore-range" (answer 200 with the whole
+file), "stall" (send headers, then wait past the client's read timeout).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STALL_SECONDS = 3.0
+DEFAULT_RETRY_AFTER = "1"
 
 
 class LoopbackServer:
@@ -50,8 +54,14 @@ class LoopbackServer:
                 if blob is None:
                     self._reply(404, b"not found", "text/plain", head)
                     return
-                if fault == "500":
-                    self._reply(500, b"server error", "text/plain", head)
+                kind, _, retry_after = (fault or "").partition(":")
+                if kind in ("429", "503-retry-after"):
+                    code = 429 if kind == "429" else 503
+                    extra = {"Retry-After": retry_after or DEFAULT_RETRY_AFTER}
+                    self._reply(code, b"slow down", "text/plain", head, extra)
+                    return
+                if fault is not None and fault.isdigit():  # "500", "501", "505", ...
+                    self._reply(int(fault), b"server error", "text/plain", head)
                     return
                 if fault == "corrupt":
                     blob = bytes(b ^ 0xFF if i % 97 == 0 else b for i, b in enumerate(blob))
@@ -85,17 +95,26 @@ class LoopbackServer:
                     return
                 if fault == "stall":
                     time.sleep(STALL_SECONDS)
-                if fault == "drop":
-                    self.wfile.write(body[: len(body) // 2])
+                if fault in ("drop", "drop-empty"):
+                    self.wfile.write(body[: len(body) // 2] if fault == "drop" else b"")
                     self.wfile.flush()
                     self.close_connection = True
                     return
                 self.wfile.write(body)
 
-            def _reply(self, code: int, body: bytes, ctype: str, head: bool) -> None:
+            def _reply(
+                self,
+                code: int,
+                body: bytes,
+                ctype: str,
+                head: bool,
+                headers: dict[str, str] | None = None,
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
                 self.end_headers()
                 if not head:
                     self.wfile.write(body)
@@ -103,7 +122,7 @@ class LoopbackServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> LoopbackServer:
         self.thread.start()

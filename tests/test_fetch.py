@@ -105,7 +105,7 @@ def test_second_fetch_skips_complete_files(server, tmp_path):
     assert [p for m, p, r in server.log if "/files/" in p] == []  # only the API document
 
 
-def test_dropped_connection_is_resumed_with_range(server, tmp_path):
+def test_dropped_connection_is_resumed_with_range(server, tmp_path, sleeps):
     name = "SimReal_SOURCE_X_Illustris0.npy"
     server.faults[f"/api/records/{RECORD}/files/{name}/content"] = ["drop"]
     result = _fetch("illustris", "--data-dir", str(tmp_path), progress=True)
@@ -137,17 +137,18 @@ def test_server_ignoring_range_still_gives_the_right_file(server, tmp_path):
     assert (folder / name).read_bytes() == server.zenodo[name]
 
 
-def test_server_errors_are_retried(server, tmp_path):
+def test_server_errors_are_retried(server, tmp_path, sleeps):
     name = "SimReal_TARGET_X_postmergers_SDSS.npy"
     server.faults[f"/api/records/{RECORD}/files/{name}/content"] = ["500", "500"]
     server.faults[f"/api/records/{RECORD}"] = ["500"]
     result = _fetch("sdss", "--data-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert len(server.gets(f"/{name}/content")) == 3
+    assert len(sleeps) == 3  # backoff, not real sleeping: the record once, the file twice
     assert (_folder(tmp_path) / name).read_bytes() == server.zenodo[name]
 
 
-def test_stalled_transfer_times_out_and_resumes(server, tmp_path, monkeypatch):
+def test_stalled_transfer_times_out_and_resumes(server, tmp_path, monkeypatch, sleeps):
     from galmerge import download
 
     original = download.Downloader.__init__
@@ -236,3 +237,138 @@ def test_a_second_fetch_of_the_same_file_waits_its_turn(server, tmp_path):
     assert result.exit_code != 0
     assert "another galmerge fetch is downloading it" in result.output
     assert not (folder / name).exists()
+
+
+# -- retry policy: Retry-After, statuses not worth a retry, progress resets the tries ------------
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Every Downloader the CLI builds records its waits here instead of sleeping."""
+    from galmerge import download
+
+    waits: list[float] = []
+    original = download.Downloader.__init__
+
+    def recording(self, **kw):
+        original(self, **{**kw, "sleep": waits.append})
+
+    monkeypatch.setattr(download.Downloader, "__init__", recording)
+    return waits
+
+
+X_SDSS = "SimReal_TARGET_X_postmergers_SDSS.npy"
+
+
+def _content(name: str) -> str:
+    return f"/api/records/{RECORD}/files/{name}/content"
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "Error" in line]
+
+
+def test_429_waits_as_long_as_retry_after_says(server, tmp_path, sleeps):
+    server.faults[_content(X_SDSS)] = ["429:7"]
+    server.faults[f"/api/records/{RECORD}"] = ["503-retry-after:2"]
+    result = _fetch("sdss", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert sleeps == [2.0, 7.0]  # the record document's 503, then the file's 429
+    assert len(server.gets(f"/{X_SDSS}/content")) == 2
+    assert (_folder(tmp_path) / X_SDSS).read_bytes() == server.zenodo[X_SDSS]
+    assert "waiting" not in result.output  # short waits pass quietly
+
+
+def test_long_retry_after_is_announced_and_capped(server, tmp_path, sleeps):
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    server.faults[_content(X_SDSS)] = ["429:86400", f"503-retry-after:{when}"]
+    result = _fetch("sdss", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert sleeps[0] == 300.0  # a day's Retry-After is capped at five minutes
+    assert 55.0 < sleeps[1] <= 60.0  # an HTTP-date counts from now
+    assert len(sleeps) == 2
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert f"{X_SDSS}: HTTP 429; waiting 300 s before trying again" in said
+    assert f"{X_SDSS}: HTTP 503; waiting" in said
+    assert (_folder(tmp_path) / X_SDSS).read_bytes() == server.zenodo[X_SDSS]
+
+
+@pytest.mark.parametrize("status", ["501", "505"])
+def test_status_not_worth_a_retry_fails_at_once_in_one_line(server, tmp_path, sleeps, status):
+    server.faults[_content(X_SDSS)] = [status]
+    result = CliRunner().invoke(
+        cli, ["fetch", "sdss", "--data-dir", str(tmp_path), "--no-progress"]
+    )
+    assert result.exit_code != 0
+    assert len(server.gets(f"/{X_SDSS}/content")) == 1  # no retry
+    assert sleeps == []
+    error = _error_lines(result.output)
+    assert len(error) == 1 and f"{X_SDSS}: HTTP {status}" in error[0]
+    assert "Traceback" not in result.output
+    folder = _folder(tmp_path)
+    assert not (folder / X_SDSS).exists()
+    assert (folder / "SimReal_TARGET_y_postmergers_SDSS.npy").exists()  # the other file came
+
+
+def test_drops_that_get_further_do_not_use_up_the_retries(server, tmp_path, sleeps, monkeypatch):
+    from galmerge import download
+
+    monkeypatch.setattr(download, "CHUNK", 1024)  # a drop loses at most 1 KiB of what came
+    server.faults[_content(X_SDSS)] = ["drop"] * 6  # each try sends half of what is left
+    result = _fetch("sdss", "--data-dir", str(tmp_path), "--retries", "2")
+    assert result.exit_code == 0, result.output
+    ranges = server.gets(f"/{X_SDSS}/content")
+    assert len(ranges) == 7  # six drops, far more than 2 retries, then the rest
+    offsets = [0] + [int(r.removeprefix("bytes=").rstrip("-")) for r in ranges[1:]]
+    assert offsets == sorted(set(offsets))  # every resume started further on
+    assert len(sleeps) == 6
+    assert (_folder(tmp_path) / X_SDSS).read_bytes() == server.zenodo[X_SDSS]
+
+
+def test_drops_without_progress_use_up_the_retries_and_keep_the_part(
+    server, tmp_path, sleeps, monkeypatch
+):
+    from galmerge import download
+
+    monkeypatch.setattr(download, "CHUNK", 1024)
+    # one drop that gets somewhere (tries start afresh), then three that get nowhere
+    server.faults[_content(X_SDSS)] = ["drop"] + ["drop-empty"] * 3
+    result = CliRunner().invoke(
+        cli, ["fetch", "sdss", "--data-dir", str(tmp_path), "--retries", "2", "--no-progress"]
+    )
+    assert result.exit_code != 0
+    ranges = server.gets(f"/{X_SDSS}/content")
+    assert len(ranges) == 4 and ranges[0] is None
+    assert len(set(ranges[1:])) == 1  # the three empty tries all asked for the same range
+    error = _error_lines(result.output)
+    assert len(error) == 1
+    assert f"{X_SDSS}: download failed after 2 retries (connection dropped" in error[0]
+    assert "run the same fetch again to resume" in error[0]
+    folder = _folder(tmp_path)
+    part = folder / f"{X_SDSS}.part"
+    kept = part.stat().st_size
+    assert kept == int(ranges[1].removeprefix("bytes=").rstrip("-")) > 0
+    assert part.read_bytes() == server.zenodo[X_SDSS][:kept]
+    assert not (folder / X_SDSS).exists()
+    # the next run resumes from the kept part and completes the file
+    server.log.clear()
+    assert _fetch("sdss", "--data-dir", str(tmp_path)).exit_code == 0
+    assert server.gets(f"/{X_SDSS}/content") == [f"bytes={kept}-"]
+    assert (folder / X_SDSS).read_bytes() == server.zenodo[X_SDSS]
+    assert not part.exists()
+
+
+def test_bytes_from_an_earlier_run_are_not_progress_of_this_one(server, tmp_path, sleeps):
+    folder = _folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / f"{X_SDSS}.part").write_bytes(server.zenodo[X_SDSS][:5000])
+    server.faults[_content(X_SDSS)] = ["drop-empty"] * 3
+    result = CliRunner().invoke(
+        cli, ["fetch", "sdss", "--data-dir", str(tmp_path), "--retries", "1", "--no-progress"]
+    )
+    assert result.exit_code != 0
+    assert server.gets(f"/{X_SDSS}/content") == ["bytes=5000-"] * 2  # one try, one retry
+    assert (folder / f"{X_SDSS}.part").stat().st_size == 5000

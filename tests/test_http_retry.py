@@ -43,7 +43,7 @@ def scripted():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Script)
     server.daemon_threads = True
     server.lock, server.hits, server.script = threading.Lock(), 0, []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server, f"http://127.0.0.1:{server.server_address[1]}/x"
     server.shutdown()
@@ -178,3 +178,144 @@ def test_bugs_are_not_dressed_up_as_fetch_failures():
     with pytest.raises(ZeroDivisionError):
         client.call(lambda: 1 / 0)
     assert sleeps == []
+
+
+# -- call(progressed=..., on_retry=...) ---------------------------------------------------------
+
+
+class _Flaky:
+    """Fails with the given errors in turn, then returns "ok"; counts its calls."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+def _drop() -> FetchError:
+    return FetchError("connection dropped mid-body", retryable=True)
+
+
+def test_tries_that_progress_start_the_count_afresh():
+    sleeps: list[float] = []
+    fn = _Flaky(*[_drop() for _ in range(6)])
+    assert _client(sleeps, attempts=2).call(fn, progressed=lambda: True) == "ok"
+    assert fn.calls == 7  # six failures, far beyond two attempts, then success
+    assert sleeps == [0.5] * 6  # the backoff starts afresh too
+
+
+def test_tries_without_progress_use_up_the_attempts():
+    sleeps: list[float] = []
+    asked: list[int] = []
+    fn = _Flaky(*[_drop() for _ in range(6)])
+
+    def progressed() -> bool:
+        asked.append(fn.calls)
+        return False
+
+    client = _client(sleeps, attempts=3)
+    with pytest.raises(FetchError, match="connection dropped") as info:
+        client.call(fn, progressed=progressed)
+    assert info.value.retryable
+    assert fn.calls == 3 and asked == [1, 2, 3]  # asked after each failure
+    assert sleeps == [0.5, 1.0]
+    assert "1 failed after retries" in client.summary()
+
+
+def test_progress_resets_then_stalls():
+    # progress on the 2nd and 3rd failures only: the count restarts there, then runs out
+    sleeps: list[float] = []
+    answers = iter([False, True, True, False, False, False])
+    fn = _Flaky(*[_drop() for _ in range(10)])
+    with pytest.raises(FetchError):
+        _client(sleeps, attempts=3).call(fn, progressed=lambda: next(answers))
+    assert fn.calls == 6  # 1 + 1 (reset) + 1 (reset) + 3
+    assert sleeps == [0.5, 0.5, 0.5, 0.5, 1.0]
+
+
+def test_progress_is_not_asked_about_errors_that_are_not_retried():
+    sleeps: list[float] = []
+    asked: list[bool] = []
+
+    def progressed() -> bool:
+        asked.append(True)
+        return True
+
+    client = _client(sleeps)
+    fn = _Flaky(FetchError("HTTP 501"))
+    with pytest.raises(FetchError, match="HTTP 501"):
+        client.call(fn, progressed=progressed)
+    with pytest.raises(ZeroDivisionError):
+        client.call(lambda: 1 / 0, progressed=progressed)
+    assert fn.calls == 1 and asked == [] and sleeps == []
+    assert client.call(_Flaky(), progressed=progressed) == "ok" and asked == []
+
+
+def test_on_retry_is_told_each_wait_before_it():
+    events: list[tuple] = []
+    client = RetryingClient(
+        RetryPolicy(attempts=4, backoff=0.5, jitter=0.0, max_retry_after=60),
+        sleep=lambda s: events.append(("sleep", s)),
+    )
+    fn = _Flaky(
+        _drop(),
+        FetchError("HTTP 429", retryable=True, retry_after=7),
+        FetchError("HTTP 503", retryable=True, retry_after=3600),
+    )
+
+    def on_retry(err: FetchError, delay: float) -> None:
+        events.append(("retry", err.reason, delay))
+
+    assert client.call(fn, on_retry=on_retry) == "ok"
+    assert events == [
+        ("retry", "connection dropped mid-body", 0.5),
+        ("sleep", 0.5),
+        ("retry", "HTTP 429", 7.0),
+        ("sleep", 7.0),
+        ("retry", "HTTP 503", 60.0),  # capped by max_retry_after
+        ("sleep", 60.0),
+    ]
+
+
+def test_on_retry_is_not_called_when_giving_up():
+    told: list[str] = []
+    sleeps: list[float] = []
+    fn = _Flaky(_drop(), _drop(), FetchError("HTTP 404"))
+    with pytest.raises(FetchError, match="HTTP 404"):
+        _client(sleeps).call(fn, on_retry=lambda err, d: told.append(err.reason))
+    assert told == ["connection dropped mid-body"] * 2
+    told.clear()
+    with pytest.raises(FetchError):
+        _client(sleeps, attempts=2).call(
+            _Flaky(_drop(), _drop(), _drop()), on_retry=lambda err, d: told.append(err.reason)
+        )
+    assert len(told) == 1  # two attempts: one retry, then the last failure is raised
+
+
+def test_retry_after_from_a_real_429_reaches_on_retry(scripted):
+    server, url = scripted
+    server.script = [(429, {"Retry-After": "4"}, b"")]
+    sleeps: list[float] = []
+    told: list[tuple[str, float]] = []
+    client = _client(sleeps)
+    body = client.call(
+        lambda: client._get_body(url, None), on_retry=lambda e, d: told.append((e.reason, d))
+    )
+    assert body == b"done" and server.hits == 2
+    assert told == [("HTTP 429", 4.0)] and sleeps == [4.0]
+
+
+@pytest.mark.parametrize("status", [501, 505])
+def test_not_implemented_and_bad_version_are_not_retried(scripted, status):
+    server, url = scripted
+    server.script = [(status, {}, b"no")]
+    sleeps: list[float] = []
+    with pytest.raises(FetchError, match=f"HTTP {status}") as info:
+        _client(sleeps).get(url)
+    assert not info.value.retryable
+    assert server.hits == 1 and sleeps == []
