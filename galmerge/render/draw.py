@@ -18,6 +18,8 @@ from galmerge.render.scene import ABSENT, DISC_SLOTS, Scenes
 CHUNK = 64
 MAX_FIELD = 8  # field stars + background galaxies kept per stamp
 FWHM_STEP = 0.002  # arcsec
+# Components weighted and added to the canvas per step (their 3-band copies stay in cache)
+ACC_BLOCK = 16
 
 
 @dataclass
@@ -85,8 +87,15 @@ def _accumulate(
     """image[n] += flux (3 bands) x profile for each component of scene n (``slot`` unused)."""
     n, bands, h, w = image.shape
     k = len(ni)
-    weighted = prof.reshape(k, 1, h * w) * _t(flux)[:, :, None]
-    image.view(n, bands * h * w).index_add_(0, torch.from_numpy(ni), weighted.view(k, -1))
+    flat = image.view(n, bands * h * w)
+    prof = prof.reshape(k, 1, h * w)
+    flux_t = _t(flux)[:, :, None]
+    idx = torch.from_numpy(ni)
+    # in blocks: index_add_ adds rows in order, so the sums are the same as in one call
+    for start in range(0, k, ACC_BLOCK):
+        part = slice(start, start + ACC_BLOCK)
+        weighted = prof[part] * flux_t[part]
+        flat.index_add_(0, idx[part], weighted.view(len(weighted), -1))
 
 
 def _canvas_geometry(preset: Preset, size: int) -> tuple[int, int]:
@@ -182,7 +191,8 @@ def _draw_chunk(
         gy, gx = profiles.gaussian_blobs(_t(g_x), _t(g_y), _t(g_sigma), side, side)
         weighted = _t(g_flux).transpose(1, 2)[..., None] * gy[:, None]  # (N, 3, G, H)
         weighted = weighted.transpose(1, 2).reshape(n, -1, 3 * side).transpose(1, 2)
-        image += torch.bmm(weighted, gx).reshape(n, 3, side, side)
+        # image += weighted @ gx, the sum accumulated in place (no product temporary)
+        image.view(n, 3 * side, side).baddbmm_(weighted, gx)
 
     if preset.psf != "none":
         fwhm_px = ob.psf_fwhm / preset.pixel_scale
