@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 from torch.nn import functional as F
 
 from galmerge.errors import GalmergeError
@@ -360,6 +361,51 @@ def test_dann_reverses_and_scales_the_feature_gradient(plugin_manager) -> None:
     torch.testing.assert_close(disc_grad, module.discriminator.net[-1].weight.grad)
 
 
+def _saturated_dann(plugin_manager, **options):
+    """A DANN module whose discriminator tells features 50 and -50 apart with logits +-800."""
+    module = _build(plugin_manager, "dann", dim=16, dropout=0.0, hidden=8, **options)
+    first, middle, last = (m for m in module.discriminator.net if isinstance(m, nn.Linear))
+    with torch.no_grad():
+        for layer in (first, middle, last):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        first.weight[0], first.weight[1] = 0.1, -0.1
+        middle.weight[0, 0], middle.weight[1, 1] = 1.0, 1.0
+        last.weight[0, 0], last.weight[0, 1] = 10.0, -10.0
+    return module
+
+
+def _feature_grad(module, progress: float = 1.0):
+    s = torch.full((8, 16), 50.0).requires_grad_()
+    t = torch.full((8, 16), -50.0).requires_grad_()
+    terms = module(_step(s, t, progress=progress))
+    terms["dann"].backward()
+    return terms, s.grad, t.grad
+
+
+def test_dann_feature_losses_on_a_saturated_discriminator(plugin_manager) -> None:
+    # the paper's reversed BCE: a confident discriminator sends no signal to the features
+    _, gs, gt = _feature_grad(_saturated_dann(plugin_manager))
+    assert gs.abs().sum() + gt.abs().sum() < 1e-6
+    # the inverted (non-saturating) loss pushes source features towards the target side
+    module = _saturated_dann(plugin_manager, feature_loss="inverted", gamma=5.0)
+    terms, gs, gt = _feature_grad(module, progress=0.4)
+    assert (gs > 0).all() and (gt < 0).all()  # gradient descent moves s down and t up
+    coeff = terms["_grl_coeff"].item()
+    assert terms["_feature_bce"].item() == pytest.approx(800.0, rel=1e-3)
+    # scaled by the ramp: d(mean BCE)/d(logit) = 1/16 per sample, d(logit)/ds = 10 * 0.1 per
+    # element, so the 8 x 16 source elements sum to coeff * 8
+    assert gs.sum().item() == pytest.approx(coeff * 8.0, rel=1e-3)
+    # the discriminator learns from its own BCE only
+    disc_grads = [p.grad.clone() for p in module.discriminator.parameters()]
+    module.zero_grad()
+    both = torch.cat([torch.full((8, 16), 50.0), torch.full((8, 16), -50.0)])
+    domain = torch.cat([torch.ones(8), torch.zeros(8)])
+    F.binary_cross_entropy_with_logits(module.discriminator(both), domain).backward()
+    for got, want in zip(disc_grads, module.discriminator.parameters(), strict=True):
+        torch.testing.assert_close(got, want.grad)
+
+
 # -- options ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "options", "message"),
@@ -367,6 +413,7 @@ def test_dann_reverses_and_scales_the_feature_gradient(plugin_manager) -> None:
         ("mmd", {"wieght": 2.0}, "unknown option"),
         ("dann", {"gama": 3.0}, "did you mean|unknown option"),
         ("dann", {"hidden": "big"}, "hidden"),
+        ("dann", {"feature_loss": "flipped"}, "feature_loss"),
         ("fisher", {"form": "ratio"}, "form"),
         ("fisher", {"inter_weight": 0.0}, "inter_weight"),
         ("entropy", {"weight": -1.0}, "weight"),

@@ -25,7 +25,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {"weight": 1.0},
     "mmd": {"weight": 1.0},
     "coral": {"weight": 1.0},
-    "dann": {"weight": 1.0, "hidden": 1024, "dropout": 0.5, "gamma": 10.0, "max_coeff": 1.0},
+    "dann": {"weight": 1.0, "hidden": 1024, "dropout": 0.5, "gamma": 10.0, "max_coeff": 1.0,
+             "feature_loss": "reversed"},
     "fisher": {"weight": 1.0, "intra_weight": 0.01, "inter_weight": 0.01, "form": "tr"},
     "entropy": {"weight": 1.0, "include_source": False, "diversity": 0.0},
 }
@@ -53,7 +54,7 @@ def _build_coral(context: StrategyContext, options: Mapping[str, Any]) -> nn.Mod
 
 
 def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
-    from galmerge.losses.dann import DANNLoss
+    from galmerge.losses.dann import FEATURE_LOSSES, DANNLoss
 
     opts = resolve_options("dann", DEFAULTS["dann"], options)
     if opts["hidden"] < 1:
@@ -62,12 +63,18 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
         raise GalmergeError(f"dann option dropout must be in [0, 1), got {opts['dropout']}")
     if opts["gamma"] < 0 or opts["max_coeff"] < 0:
         raise GalmergeError("dann options gamma and max_coeff must be >= 0")
+    if opts["feature_loss"] not in FEATURE_LOSSES:
+        raise GalmergeError(
+            f"dann option feature_loss must be one of {', '.join(FEATURE_LOSSES)}, "
+            f"got {opts['feature_loss']!r}"
+        )
     module = DANNLoss(
         context.feature_dim,
         hidden=opts["hidden"],
         dropout=opts["dropout"],
         gamma=opts["gamma"],
         max_coeff=opts["max_coeff"],
+        feature_loss=opts["feature_loss"],
     )
     return module.to(context.device)
 

@@ -7,6 +7,14 @@ training progress p goes 0 → 1 (γ = 10 in both papers). The discriminator fol
 ``network.AdversarialNetwork`` (github.com/AleksCipri/DeepMergeDomainAdaptation): two hidden
 layers of 1024 with ReLU and dropout 0.5, weights N(0, 0.01) and N(0, 0.3) for the output.
 That code computes λ from a step counter that never advances; we use the training progress.
+
+``feature_loss`` chooses what the features minimise. ``"reversed"`` (default, the paper): the
+negated discriminator BCE, through the GRL. ``"inverted"``: the BCE of the *flipped* domain
+labels against the (frozen) discriminator, scaled by the same λ(p) — the non-saturating form of
+the adversarial game (Goodfellow et al. 2014; ADDA, Tzeng et al. 2017). When the domains are
+easy to tell apart, the reversed BCE of a confident discriminator is flat and the features get
+no signal until the discriminator happens to break down; the inverted loss pushes hardest
+exactly then.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from galmerge.strategy_api import StepInputs
+
+FEATURE_LOSSES = ("reversed", "inverted")
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -80,28 +90,46 @@ class DANNLoss(nn.Module):
         dropout: float = 0.5,
         gamma: float = 10.0,
         max_coeff: float = 1.0,
+        feature_loss: str = "reversed",
     ) -> None:
         super().__init__()
         self.discriminator = DomainDiscriminator(in_features, hidden, dropout)
         self.gamma = float(gamma)
         self.max_coeff = float(max_coeff)
+        if feature_loss not in FEATURE_LOSSES:
+            raise ValueError(f"feature_loss must be one of {FEATURE_LOSSES}, got {feature_loss!r}")
+        self.feature_loss = feature_loss
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         source, target = step.source_features.flatten(1), step.target_features.flatten(1)
         coeff = grl_coefficient(step.progress, self.gamma, self.max_coeff)
-        features = reverse_gradient(torch.cat([source, target], dim=0), coeff)
-        logits = self.discriminator(features)
+        both = torch.cat([source, target], dim=0)
         domain = torch.cat(
             [
-                torch.ones(source.shape[0], dtype=logits.dtype, device=logits.device),
-                torch.zeros(target.shape[0], dtype=logits.dtype, device=logits.device),
+                torch.ones(source.shape[0], dtype=both.dtype, device=both.device),
+                torch.zeros(target.shape[0], dtype=both.dtype, device=both.device),
             ]
         )
-        loss = F.binary_cross_entropy_with_logits(logits, domain)
+        extra: dict[str, torch.Tensor] = {}
+        if self.feature_loss == "reversed":
+            logits = self.discriminator(reverse_gradient(both, coeff))
+            loss = F.binary_cross_entropy_with_logits(logits, domain)
+        else:
+            # the discriminator learns on detached features; the features learn against a
+            # frozen copy of it (same weights, no gradient into them) with flipped labels
+            logits = self.discriminator(both.detach())
+            loss = F.binary_cross_entropy_with_logits(logits, domain)
+            frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
+            frozen.update(self.discriminator.named_buffers())
+            fooled = torch.func.functional_call(self.discriminator, frozen, (both,))
+            feature_bce = F.binary_cross_entropy_with_logits(fooled, 1.0 - domain)
+            loss = loss + coeff * feature_bce
+            extra["_feature_bce"] = feature_bce.detach()
         with torch.no_grad():
             acc = ((logits > 0).to(domain.dtype) == domain).to(logits.dtype).mean()
         return {
             "dann": loss,
             "_domain_acc": acc,
             "_grl_coeff": torch.tensor(coeff, dtype=logits.dtype, device=logits.device),
+            **extra,
         }
