@@ -423,12 +423,24 @@ class _RowScanner:
         return self.eof or self.state == "after"
 
 
-def _votable_table(doc: bytes) -> Any:
-    from astropy.io.votable import parse_single_table
+def _votable_table(doc: bytes | str) -> Any:
+    """astropy's table of a VOTable document (bytes) or file (path).
 
-    with warnings.catch_warnings():  # astropy's VOTable warnings say nothing the rows don't
-        warnings.simplefilter("ignore")
-        return parse_single_table(io.BytesIO(doc)).to_table()
+    astropy clamps an integer that overflows its FIELD's datatype to the type's limit and only
+    warns (W51): an objid changed that way would be silent data loss, so W51 is an error here.
+    Its other warnings say nothing the rows don't.
+    """
+    from astropy.io.votable import parse_single_table
+    from astropy.io.votable.exceptions import W51
+
+    source = io.BytesIO(doc) if isinstance(doc, bytes) else doc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = parse_single_table(source, verify="warn").to_table()
+    for w in caught:
+        if isinstance(w.message, W51):
+            raise ValueError(str(w.message).splitlines()[0])
+    return table
 
 
 class VotableCatalog(Catalog):
@@ -551,9 +563,7 @@ def _open_votable(p: Path, ra_col: str | None, dec_col: str | None,
             except Exception as exc:
                 stream_error = exc
     try:
-        from astropy.io.votable import parse_single_table
-
-        table = parse_single_table(str(p)).to_table()
+        table = _votable_table(str(p))
     except Exception as exc:  # malformed XML comes in many exception types
         raise GalmergeError(f"{p}: cannot read as VOTable ({exc})".splitlines()[0]) from None
     return TableCatalog(p, table, "votable", ra_col, dec_col, id_col)

@@ -7,6 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (CI must not go red by chance); set
+# HYPOTHESIS_PROFILE=explore to search fresh random examples, which is how a bug is found.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 # Before anything imports galmerge: no third-party entry points unless a test opts in, and
 # one torch thread per worker so tests on a 2-core machine do not fight.

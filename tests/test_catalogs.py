@@ -358,6 +358,38 @@ def test_broken_votable_is_a_one_line_error(tmp_path):
         open_catalog(p)
 
 
+def _objid_votable(path: Path, objids: list[str], encoding: str = "utf-8") -> Path:
+    rows = "".join(f"<TR><TD>{i}</TD><TD>150.1</TD><TD>2.2</TD></TR>\n" for i in objids)
+    path.write_text(
+        f'<?xml version="1.0" encoding="{encoding}"?>\n<VOTABLE version="1.4"><RESOURCE><TABLE>'
+        '<FIELD name="objid" datatype="long"/><FIELD name="ra" datatype="double"/>'
+        '<FIELD name="dec" datatype="char" arraysize="*"/>'
+        f"<DATA><TABLEDATA>\n{rows}</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>\n",
+        encoding=encoding)
+    return path
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_votable_objid_beyond_64_bits_is_a_bad_row_not_a_clamped_id(tmp_path, chunk):
+    # astropy clamps it to 2**63 - 1 with only a warning: that would be another galaxy's id
+    p = _objid_votable(tmp_path / "ids.vot",
+                       ["1237648720693755918", "9223372036854775808", "-9223372036854775809", "7"])
+    _, notes, ids, ra = rows_of(open_catalog(p), chunk)
+    assert ids[0] == "1237648720693755918" and ids[3] == "7"
+    assert notes[0] == notes[3] == ""
+    for k in (1, 2):
+        assert notes[k].startswith("bad-row: W51") and "out of range" in notes[k]
+        assert ids[k] != "9223372036854775807" and np.isnan(ra[k])
+
+
+def test_votable_read_whole_refuses_a_clamped_objid(tmp_path):
+    # UTF-16 goes to astropy's whole-file reader (no byte offsets): it cannot mark one row
+    p = _objid_votable(tmp_path / "ids.vot", ["5", "9223372036854775808"], encoding="utf-16")
+    with pytest.raises(GalmergeError, match="out of range for a 64-bit integer") as info:
+        open_catalog(p)
+    assert "\n" not in str(info.value)
+
+
 td_text = st.one_of(st.just(""), st.sampled_from(["1", "-5", "2.5", "nan", "inf", "T", "?", "1e400",
                                                  "9223372036854775808", " 7 "]), cell_text)
 
