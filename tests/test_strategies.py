@@ -108,6 +108,32 @@ def test_terms_are_finite_scalars_with_gradients(plugin_manager, name: str) -> N
     assert reached == expected
 
 
+@pytest.mark.parametrize("name", ["mmd", "coral", "dann", "fisher", "entropy"])
+def test_gradients_are_identical_on_every_run_with_two_threads(plugin_manager, name) -> None:
+    """Same inputs, same gradients, bit for bit, with intra-op threads (DeepMerge's 2592-d
+    features, batch 64: big enough for ATen's parallel paths). Fisher's centre gradient once
+    went through index_put_ with atomic adds and changed from run to run."""
+    torch.manual_seed(0)
+    module = _build(plugin_manager, name, dim=2592)
+    source, target = torch.randn(64, 2592), torch.randn(64, 2592) + 0.5
+    logits = torch.randn(64, 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = set()
+        for _ in range(8):
+            module.zero_grad()
+            torch.manual_seed(1)  # the same dropout masks (dann's discriminator)
+            inputs = [t.clone().requires_grad_() for t in (source, target, logits)]
+            terms = module(_step(inputs[0], inputs[1], target_logits=inputs[2], progress=0.7))
+            sum(v for k, v in terms.items() if not k.startswith("_")).backward()
+            grads = [t.grad for t in inputs] + [p.grad for p in module.parameters()]
+            seen.add(b"".join(g.numpy().tobytes() for g in grads if g is not None))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seen) == 1, f"{name}: {len(seen)} different gradients from 8 identical steps"
+
+
 def test_combined_expression_has_distinct_term_names(plugin_manager) -> None:
     names = parse_strategy_expression("mmd+dann+fisher+entropy+coral")
     seen: set[str] = set()

@@ -52,7 +52,11 @@ class FisherLoss(nn.Module):
         labels = labels.long()
         # unlabelled samples (-1) contribute nothing; a mask, not boolean indexing, avoids a sync
         known = (labels >= 0).to(features.dtype)
-        per_sample = (features - centers[labels.clamp_min(0)]).pow(2).sum(dim=1)
+        # index_select, not centers[labels]: the latter's backward (index_put_ with accumulate)
+        # adds with atomics on several CPU threads, so the centres' gradient changed from run to
+        # run; index_select's (index_add_ along dim 0) adds the rows in order on any thread count
+        own = centers.index_select(0, labels.clamp_min(0))
+        per_sample = (features - own).pow(2).sum(dim=1)
         intra = (known * per_sample).sum()
         inter = (centers - centers.mean(dim=0, keepdim=True)).pow(2).sum()
         return intra, inter
