@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_description  # benchmarks/machine.py
 
 from galmerge import hookimpl
 
@@ -203,6 +204,7 @@ def main() -> None:
                    f"{load_before:.2f} before the run ("
                    + ("other work shared the CPU" if load_before > 0.5 else "otherwise idle")
                    + f"), {os.getloadavg()[0]:.2f} at the end",
+        "cpu": cpu_description(),
         "torch_threads": args.threads,
         "backbone": "deepmerge", "stamp": [3, SIZE, SIZE],
         "note": "wall-clock rates depend on how busy the machine was; per CPU second "

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+from machine import cpu_description  # benchmarks/machine.py
 
 from galmerge.render import PRESETS, RENDERER_VERSION, Scenes, draw_scenes, sample_scenes
 from galmerge.render.draw import observe
@@ -172,6 +173,7 @@ def main() -> None:
                 "Python threads (each torch op single-threaded)",
                 "cpu_count": os.cpu_count(),
                 "platform": platform.platform(),
+                "cpu": cpu_description(),
                 "load_average_before": [round(v, 2) for v in load_before],
                 "load_average_after": [round(v, 2) for v in load_after],
                 "note": machine_note(load_before, load_after, args.threads),

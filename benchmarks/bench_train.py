@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine import cpu_description  # benchmarks/machine.py
 
 import galmerge
 from galmerge.imageset import ImageSet
@@ -137,6 +138,7 @@ def main() -> None:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "torch": torch.__version__,
         "load_average_at_start": [round(v, 2) for v in load_before],
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
