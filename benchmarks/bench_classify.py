@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import cpu_description  # benchmarks/machine.py
 
 from galmerge import hookimpl
+from galmerge.rundir import cpu_description
 
 SIZE = 75
 SPEC = {"survey": "sdss", "bands": ["g", "r", "i"], "channels": 3, "image_size": SIZE,

@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 import torch
-from machine import cpu_description  # benchmarks/machine.py
 
 from galmerge.render import PRESETS, RENDERER_VERSION, Scenes, draw_scenes, sample_scenes
 from galmerge.render.draw import observe
 from galmerge.render.instrument import arcsec_per_kpc, distance_modulus, mag_to_nmgy
 from galmerge.render.scene import ABSENT
+from galmerge.rundir import cpu_description
 
 
 def single_galaxies(scenes: Scenes) -> Scenes:

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from machine import cpu_description  # benchmarks/machine.py
 
 import galmerge
 from galmerge.imageset import ImageSet
 from galmerge.model import build_model
 from galmerge.plugins import get_plugin_manager
 from galmerge.preprocess import compute_spec, normalise
+from galmerge.rundir import cpu_description
 from galmerge.strategy_api import StepInputs, StrategyContext, parse_strategy_expression
 
 

@@ -69,6 +69,26 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def cpu_description() -> dict[str, str]:
+    """The CPU's model name (/proc/cpuinfo where there is one) and the SIMD level torch uses.
+
+    Results are bit-for-bit repeatable only on the same kind of CPU with the same thread count.
+    """
+    import torch
+
+    model = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    try:
+        lines = cpuinfo.read_text(errors="replace").splitlines() if cpuinfo.is_file() else []
+    except OSError:
+        lines = []
+    for line in lines:
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {"model": model, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def environment(device: Any) -> dict[str, Any]:
     """Versions and machine facts recorded in env.json."""
     import torch
@@ -91,6 +111,7 @@ def environment(device: Any) -> dict[str, Any]:
         "device": str(device),
         "device_name": name,
         "cpu_threads": torch.get_num_threads(),
+        "cpu": cpu_description(),
         "galmerge": __version__,
         "plugins": plugins,
         "git_commit": _git_commit(),

@@ -76,7 +76,11 @@ def test_run_directory_and_summary(toys, tmp_path):
     assert float(r["loss_total"]) == pytest.approx(float(r["loss_ce"]) + float(r["loss_meangap"]),
                                                    rel=1e-5)
     env = json.loads((run / "env.json").read_text())
-    assert {"python", "torch", "platform", "device", "galmerge", "plugins"} <= set(env)
+    assert {"python", "torch", "platform", "device", "galmerge", "plugins", "cpu_threads"} <= set(env)
+    # bit-for-bit reruns need the same CPU kind and thread count: both are recorded
+    assert env["cpu"]["model"] and env["cpu"]["torch_cpu_capability"] == (
+        torch.backends.cpu.get_cpu_capability()
+    )
     config = tomllib.loads((run / "config.toml").read_text())
     assert config["seed"] == 1 and config["strategies"]["meangap"] == {
         "weight": 1.0, "power": 1.0, "nan_at": -1
