@@ -635,8 +635,10 @@ def _train_loop(
         }
 
     def save_last(ep: int, sie: int) -> None:
+        """last.pt to resume at step ``sie`` of epoch ``ep``; its ``epoch`` counts the epochs
+        the weights have completed (ep - 1), as best.pt's does."""
         if dist.is_main:
-            save_checkpoint(out_dir / rundir.LAST, payload(training_state(ep, sie), ep))
+            save_checkpoint(out_dir / rundir.LAST, payload(training_state(ep, sie), ep - 1))
 
     tb = None
     if dist.is_main:
@@ -655,7 +657,7 @@ def _train_loop(
         f"batch {batch}, run directory {out_dir}"
     )
     progress.start((epoch - 1) * steps_per_epoch + step_in_epoch, epoch)
-    check_every = 1 if device.type == "cpu" else 25
+    check_every = _nonfinite_check_interval(device)
     ckpt_every = int(cfg["checkpoint_every"])
     select_by = cfg["select_by"]
     direction = directions[select_by]
@@ -692,11 +694,15 @@ def _train_loop(
                     v = value.detach().float()
                     acc[key] = acc[key] + v if key in acc else v.clone()
                 acc["_steps"] = acc.get("_steps", torch.zeros((), device=device)) + 1
-                if global_step % check_every == 0 or step_in_epoch == steps_per_epoch:
+                saving = bool(ckpt_every) and global_step % ckpt_every == 0 and (
+                    step_in_epoch < steps_per_epoch
+                )
+                # always checked before a save: a NaN state must never replace the last good one
+                if saving or global_step % check_every == 0 or step_in_epoch == steps_per_epoch:
                     bad = not bool(torch.isfinite(acc["total"]).item())
                     if ddp.any_flag(bad, dist, device):
                         _non_finite(out_dir, epoch, step_in_epoch)
-                if ckpt_every and global_step % ckpt_every == 0 and step_in_epoch < steps_per_epoch:
+                if saving:
                     save_last(epoch, step_in_epoch)
                 progress.step(
                     (epoch - 1) * steps_per_epoch + step_in_epoch, epoch,
@@ -798,6 +804,12 @@ def _better(value: float, best: float, direction: str) -> bool:
     if not math.isfinite(best):
         return True
     return value < best if direction == "min" else value > best
+
+
+def _nonfinite_check_interval(device: torch.device) -> int:
+    """Steps between checks that the loss is finite: every step on the CPU; on accelerators
+    every 25 (each check waits for the device), and always before a checkpoint is written."""
+    return 1 if device.type == "cpu" else 25
 
 
 def _non_finite(out_dir: Path, epoch: int, step: int) -> None:

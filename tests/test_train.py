@@ -158,6 +158,30 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(toys, tmp_path):
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
+def test_a_checkpoint_is_never_written_from_a_non_finite_state(toys, tmp_path, monkeypatch):
+    """On accelerators the loss is checked every 25 steps only; a --checkpoint-every save in
+    between must check first, or NaN weights replace the last good last.pt."""
+    from galmerge import training
+
+    monkeypatch.setattr(training, "_nonfinite_check_interval", lambda device: 25)
+    with pytest.raises(GalmergeError, match="non-finite"):
+        # 5 steps per epoch, saves at global steps 2, 4, 6, 8; the term is NaN from step 8 on
+        _run(tmp_path, epochs=3, checkpoint_every=2, strategy_options={"meangap": {"nan_at": 7}})
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    state = last["training_state"]
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (2, 1, 6)
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in state["accumulators"].values())
+
+
+def test_checkpoints_record_the_epochs_their_weights_completed(toys, tmp_path):
+    summary = _run(tmp_path, epochs=3, checkpoint_every=7)
+    run = tmp_path / "run"
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["epoch"] == 3 and last["training_state"]["epoch"] == 4  # resumes at epoch 4
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == summary["best_epoch"]
+
+
 def test_init_from_loads_weights_and_rejects_mismatch(toys, tmp_path):
     _run(tmp_path, "first")
     best = torch.load(tmp_path / "first" / "best.pt", weights_only=True)["model"]
