@@ -5,6 +5,9 @@ output; `commit()` renames it into place, so a kill never leaves a truncated out
 every input column, then ``p_merger``, ``is_merger`` and ``status`` (suffixed ``_1``, ``_2``...
 if the input already has such columns). Unavailable values are empty in CSV; in HDF5 and FITS
 ``p_merger`` is NaN and ``is_merger`` -1 (FITS: TNULL -1, so astropy shows it masked).
+Missing cells of numeric input columns (VOTable/FITS nulls) are NaN in float columns and, in
+integer ones, the type's extreme value, named by the dataset attribute ``null`` (FITS: TNULL);
+boolean columns are stored as int8 0/1, so that they can have one too.
 """
 
 from __future__ import annotations
@@ -205,41 +208,120 @@ class Hdf5Writer(OutputWriter):
         self._f.attrs["rows"] = 0
         self._n = 0
 
-    def _arrays(self, block: ResultBlock) -> list[np.ndarray]:
-        out = [_storable(block.columns[c]) for c in self.columns]
-        status = np.array([s.encode(ENCODING, ERRORS) for s in block.status], dtype=object)
-        return [*out, block.p.astype(np.float64), block.flag.astype(np.int8), status]
-
     def _write(self, block: ResultBlock) -> None:
-        arrays = self._arrays(block)
         n = len(block)
-        for name, arr in zip(self.datasets, arrays, strict=True):
-            if name not in self._f:
-                dtype = h5py.string_dtype("utf-8") if arr.dtype == object else arr.dtype
-                self._f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
-                                       chunks=(min(65536, max(n, 1024)),))
-            dset = self._f[name]
-            if arr.dtype != object and dset.dtype != arr.dtype:
-                arr = arr.astype(dset.dtype) if np.can_cast(arr.dtype, dset.dtype) else arr
+        status = np.array([s.encode(ENCODING, ERRORS) for s in block.status], dtype=object)
+        fixed = [block.p.astype(np.float64), block.flag.astype(np.int8), status]
+        inputs = [block.columns[c] for c in self.columns]
+        for name, values in zip(self.datasets, [*inputs, *fixed], strict=True):
+            dset = self._f.get(name)
+            if dset is None and values.dtype == object and all(v is None for v in values):
+                continue  # no value yet to type the column by: created at its first value
+            # a column's type can change from chunk to chunk (a VOTable int column is an object
+            # array with None in the chunks that hold a null): the first chunk with a value sets
+            # the dataset's type, later ones are converted to it
+            arr, null = _storable(values, None if dset is None else dset.dtype)
+            if dset is None:
+                dset = self._create(name, arr.dtype, n)
+                if self._n and arr.dtype != object:  # the rows before were all missing
+                    null = _null_value(arr.dtype)
+                    dset[: self._n] = null
+            if null is not None and "null" not in dset.attrs:
+                dset.attrs["null"] = null
             dset.resize(self._n + n, axis=0)
             dset[self._n :] = arr
         self._n += n
         self._f.attrs["rows"] = self._n
 
+    def _create(self, name: str, dtype: np.dtype, n: int) -> h5py.Dataset:
+        """A column's dataset, ``self._n`` rows long (empty text, or zeros the caller fills)."""
+        dtype = h5py.string_dtype("utf-8") if np.dtype(dtype).kind == "O" else dtype
+        return self._f.create_dataset(name, shape=(self._n,), maxshape=(None,), dtype=dtype,
+                                      chunks=(min(65536, max(n, 1024)),))
+
     def _finish(self) -> None:
         if self._f.id.valid:
-            if self._n == 0:  # still create every column, empty
-                for name in self.datasets:
-                    if name not in self._f:
-                        self._f.create_dataset(name, shape=(0,), dtype=h5py.string_dtype())
+            for name in self.datasets:  # columns without a single value: empty text
+                if name not in self._f:
+                    self._create(name, np.dtype(object), 1)
             self._f.close()
 
 
-def _storable(values: np.ndarray) -> np.ndarray:
-    """A column in a dtype HDF5 can store: numbers stay, everything else becomes UTF-8 bytes."""
-    if values.dtype.kind in "iufb" and values.ndim == 1:
-        return values
-    return np.array([_text(v).encode(ENCODING, ERRORS) for v in values], dtype=object)
+def _null_value(dtype: np.dtype) -> Any:
+    """What a numeric column holds for a missing cell: NaN, or the integer type's extreme."""
+    if dtype.kind == "f":
+        return np.nan
+    info = np.iinfo(dtype)
+    return info.max if dtype.kind == "u" else info.min
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(
+        v, bool | np.bool_
+    )
+
+
+def _storable(values: np.ndarray, dtype: np.dtype | None = None) -> tuple[np.ndarray, Any]:
+    """(column HDF5 can store, its null value or None): numbers stay numbers, missing cells
+    (None) of a numeric column become its null value, everything else UTF-8 bytes.
+
+    ``dtype`` is the dataset's type when an earlier chunk created it; the chunk is made to fit
+    it, or a one-line error says that the output needs to be CSV.
+    """
+    if values.ndim == 1 and values.dtype.kind == "b":
+        values = values.astype(np.int8)  # 0/1, so that a missing cell can be -128
+    if values.dtype == object and dtype is None:
+        present = [v for v in values if v is not None]
+        if present and all(isinstance(v, bool | np.bool_) for v in present):
+            dtype = np.dtype(np.int8)
+    numeric = values.ndim == 1 and values.dtype.kind in "iuf"
+    if dtype is None:
+        if numeric:
+            return values, None
+        if values.dtype == object:
+            kind = _number_type([v for v in values if v is not None])
+            if kind is not None:
+                return _storable(values, kind)
+    elif dtype.kind in "iuf":
+        if numeric and np.can_cast(values.dtype, dtype, "safe"):
+            return values.astype(dtype, copy=False), None
+        if not numeric and values.dtype == object:
+            fitted = _fit_numbers(values, dtype)
+            if fitted is not None:
+                return fitted
+        raise GalmergeError(
+            f"an input column holds {values.dtype} values in a later chunk that do not fit the "
+            f"{dtype} of its first chunk; write the output as .csv, which keeps every cell"
+        )
+    return np.array([_text(v).encode(ENCODING, ERRORS) for v in values], dtype=object), None
+
+
+def _number_type(present: list[Any]) -> np.dtype | None:
+    """The numpy type that holds all of ``present`` (numbers) exactly, or None."""
+    if not present or not all(_is_number(v) for v in present):
+        return None
+    if all(isinstance(v, int | np.integer) for v in present):
+        ints = [int(v) for v in present]
+        lo, hi = min(ints), max(ints)
+        if lo >= -(2**63) and hi < 2**63:
+            return np.dtype(np.int64)
+        return np.dtype(np.uint64) if lo >= 0 and hi < 2**64 else None
+    return np.dtype(np.float64)
+
+
+def _fit_numbers(values: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, Any] | None:
+    """Numbers and None as ``dtype`` (None -> its null value), if every number fits exactly."""
+    null = _null_value(dtype)
+    if not all(v is None or _is_number(v) or isinstance(v, bool | np.bool_) for v in values):
+        return None
+    try:
+        out = np.array([null if v is None else v for v in values], dtype=dtype)
+    except (OverflowError, ValueError):
+        return None
+    for got, v in zip(out.tolist(), values, strict=True):
+        if v is not None and got != v and not (got != got and v != v):  # NaN stays NaN
+            return None
+    return out, null if any(v is None for v in values) else None
 
 
 class FitsWriter(OutputWriter):
@@ -289,19 +371,23 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
                         width = max(width, max(len(v) for v in block))
                 cols.append(fits.Column(name=ascii_name, format=f"{width}A"))
                 dtypes.append((f"S{width}", "str"))
-            elif d.dtype.kind == "b":
-                cols.append(fits.Column(name=ascii_name, format="L"))
-                dtypes.append(("S1", "bool"))
             elif d.dtype.kind == "f":
                 fmt = "E" if d.dtype.itemsize == 4 else "D"
                 cols.append(fits.Column(name=ascii_name, format=fmt))
                 dtypes.append((f">f{d.dtype.itemsize if fmt == 'E' else 8}", "num"))
+            elif d.dtype.kind == "u" and d.dtype.itemsize == 8:
+                # FITS's unsigned 64-bit: K stored as value - 2**63, with TZERO = 2**63
+                null = d.attrs.get("null")
+                null = None if null is None else int(null) - 2**63
+                cols.append(fits.Column(name=ascii_name, format="K", null=null, bzero=2**63))
+                dtypes.append((">i8", "u64"))
             else:
                 size = max(d.dtype.itemsize, 2)
                 if d.dtype.kind == "u":
                     size = min(size * 2, 8)
                 fmt = {2: "I", 4: "J", 8: "K"}[size]
-                null = -1 if ds == dsets[-2] else None
+                null = -1 if ds == dsets[-2] else d.attrs.get("null")
+                null = None if null is None else int(null)
                 cols.append(fits.Column(name=ascii_name, format=fmt, null=null))
                 dtypes.append((f">i{size}", "num"))
         header = fits.BinTableHDU.from_columns(cols, nrows=0).header
@@ -316,8 +402,8 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
                 rows = np.zeros(stop - start, dtype=record)
                 for i, (ds, (_, kind)) in enumerate(zip(dsets, dtypes, strict=True)):
                     values = f[ds][start:stop]
-                    if kind == "bool":
-                        rows[f"f{i}"] = np.where(values, b"T", b"F")
+                    if kind == "u64":
+                        rows[f"f{i}"] = (values.astype(np.uint64) ^ np.uint64(2**63)).view(np.int64)
                     elif kind == "str":
                         rows[f"f{i}"] = [v if isinstance(v, bytes) else str(v).encode() for v in
                                          values]

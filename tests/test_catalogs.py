@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -421,3 +423,92 @@ def test_malformed_votable_rows_never_crash_and_never_lose_a_row(tmp_path, rows,
             assert i == str(int(r[0]))  # ids exact
     out = _write_through(cat, tmp_path)
     assert len(out) == len(rows)
+
+
+# -- HDF5/FITS outputs of typed inputs: nulls, changing chunk types, unsigned 64-bit ids -----------
+
+def _nullable_votable(path: Path, null_rows: set[int], n: int = 8) -> Path:
+    rows = "".join(
+        f"<TR><TD>{1237648720693755918 + i}</TD><TD>{150 + i * 0.01}</TD><TD>2.0</TD>"
+        f"<TD>{'' if i in null_rows else i * 10}</TD><TD>{'' if i in null_rows else i / 4}</TD>"
+        f"<TD>{'' if i in null_rows else ('T' if i % 2 else 'F')}</TD></TR>\n"
+        for i in range(n))
+    path.write_text(
+        '<?xml version="1.0"?>\n<VOTABLE version="1.3"><RESOURCE><TABLE>'
+        '<FIELD name="objid" datatype="long"/><FIELD name="ra" datatype="double"/>'
+        '<FIELD name="dec" datatype="double"/><FIELD name="nspec" datatype="int"/>'
+        '<FIELD name="z" datatype="float"/><FIELD name="clean" datatype="boolean"/>'
+        f"<DATA><TABLEDATA>\n{rows}</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>\n")
+    return path
+
+
+def _write_all(cat, out: Path, chunk: int = 4) -> None:
+    from galmerge.outputs import open_writer
+
+    writer = open_writer(out, cat.columns)
+    for part in cat.chunks(chunk):
+        n = len(part)
+        writer.write(ResultBlock(part.columns, np.full(n, 0.25), np.zeros(n, np.int8),
+                                 np.array(["ok"] * n, dtype=object)))
+    writer.commit()
+
+
+@pytest.mark.parametrize("null_rows", [{5}, {1}, {0, 1, 2, 3}, set()])
+@pytest.mark.parametrize("suffix", [".h5", ".fits"])
+def test_typed_columns_with_nulls_in_some_chunks_keep_numbers_and_gaps(tmp_path, null_rows,
+                                                                       suffix):
+    """A VOTable int column is int32 in chunks without a null and object (None) in chunks with
+    one; HDF5 and FITS outputs used to fail at the end of a classify run on such input."""
+    from astropy.table import Table
+
+    cat = open_catalog(_nullable_votable(tmp_path / "cat.vot", null_rows))
+    out = tmp_path / f"out{suffix}"
+    _write_all(cat, out)
+    if suffix == ".h5":
+        with h5py.File(out, "r") as f:
+            names = json.loads(f.attrs["datasets"])
+            nspec, z, clean = (f[names[3]], f[names[4]], f[names[5]])
+            assert nspec.dtype.kind == "i" and z.dtype.kind == "f"
+            null = nspec.attrs.get("null")
+            got = [None if v == null else int(v) for v in nspec[:]]
+            zs = [None if np.isnan(v) else float(v) for v in z[:]]
+            flags = [None if v == clean.attrs.get("null") else int(v) for v in clean[:]]
+            ids = f[names[0]][:].tolist()
+    else:
+        t = Table.read(out)
+        got = [None if np.ma.is_masked(v) else int(v) for v in t["nspec"]]
+        zs = [None if np.ma.is_masked(v) or np.isnan(v) else float(v) for v in t["z"]]
+        flags = [None if np.ma.is_masked(v) else int(v) for v in t["clean"]]
+        ids = [int(v) for v in t["objid"]]
+    assert got == [None if i in null_rows else i * 10 for i in range(8)]
+    assert zs == [None if i in null_rows else i / 4 for i in range(8)]
+    assert flags == [None if i in null_rows else i % 2 for i in range(8)]
+    assert ids == [1237648720693755918 + i for i in range(8)]
+
+
+def test_unsigned_64_bit_ids_survive_fits_output(tmp_path):
+    from astropy.table import Table
+
+    from galmerge.outputs import open_writer
+
+    ids = np.array([2**63 + 5, 12345, 2**64 - 2], dtype=np.uint64)
+    writer = open_writer(tmp_path / "out.fits", ["id"])
+    writer.write(ResultBlock({"id": ids}, np.array([0.2, 0.9, 0.5]), np.array([0, 1, 0], np.int8),
+                             np.array(["ok"] * 3, dtype=object)))
+    writer.commit()
+    assert [int(v) for v in Table.read(tmp_path / "out.fits")["id"]] == ids.tolist()
+
+
+def test_a_later_chunk_that_cannot_fit_the_first_is_a_one_line_error(tmp_path):
+    from galmerge.outputs import open_writer
+
+    writer = open_writer(tmp_path / "out.h5", ["x"])
+    block = ResultBlock({"x": np.array([1, 2], np.int32)}, np.array([0.1, 0.2]),
+                        np.array([0, 0], np.int8), np.array(["ok", "ok"], dtype=object))
+    writer.write(block)
+    block.columns["x"] = np.array(["a", None], dtype=object)
+    with pytest.raises(GalmergeError, match=r"write the output as \.csv") as info:
+        writer.write(block)
+    writer.abort()
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out.h5").exists()
