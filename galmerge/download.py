@@ -329,11 +329,14 @@ class Downloader:
             problem = _structure_problem(part, remote.name)
             verified = "structure"
         if problem is not None:
-            dest.unlink(missing_ok=True)
+            # a copy already at dest (there is one only with --force) passed its own check
+            # before: it stays, a bad transfer must not cost the good file
             aside = part.with_name(dest.name + ".corrupt")
             os.replace(part, aside)
+            kept = "; the copy already there is kept" if dest.is_file() else ""
             raise GalmergeError(
-                f"{remote.name}: {problem}; moved to {aside}; run the fetch again with --force"
+                f"{remote.name}: {problem}; moved to {aside}{kept}; run the fetch again with "
+                "--force"
             )
         return verified
 

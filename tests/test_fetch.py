@@ -194,6 +194,23 @@ def test_tampered_local_file_is_replaced_and_force_downloads_again(server, tmp_p
     assert len(server.gets("/content")) == 2
 
 
+def test_a_bad_forced_transfer_keeps_the_good_copy(server, tmp_path):
+    assert _fetch("sdss", "--data-dir", str(tmp_path)).exit_code == 0
+    name = "SimReal_TARGET_X_postmergers_SDSS.npy"
+    path = _folder(tmp_path) / name
+    server.faults[f"/api/records/{RECORD}/files/{name}/content"] = ["corrupt"]
+    result = CliRunner().invoke(
+        cli, ["fetch", "sdss", "--data-dir", str(tmp_path), "--no-progress", "--force"]
+    )
+    assert result.exit_code != 0
+    assert "checksum mismatch" in result.output and "copy already there is kept" in result.output
+    assert path.read_bytes() == server.zenodo[name]  # the verified file survived
+    assert (path.parent / f"{name}.corrupt").exists()
+    server.log.clear()
+    assert _fetch("sdss", "--data-dir", str(tmp_path)).exit_code == 0  # still counts as present
+    assert not server.gets("/content")
+
+
 def test_deepmerge1_fits_from_mast(server, tmp_path):
     result = _fetch("deepmerge1", "--data-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
