@@ -220,6 +220,17 @@ def test_deepmerge1_fits_from_mast(server, tmp_path):
     assert s.bands == ("F814W", "F160W", "F356W")
 
 
+def test_a_damaged_file_without_a_published_checksum_is_fetched_again(server, tmp_path):
+    assert _fetch("deepmerge1", "--data-dir", str(tmp_path)).exit_code == 0
+    path = next(_folder(tmp_path).parent.rglob("*.fits"))
+    good = path.read_bytes()
+    path.write_bytes(b"\0" * len(good))  # same size, not FITS any more: size alone passes it
+    server.log.clear()
+    result = _fetch("deepmerge1", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert path.read_bytes() == good and len(server.gets(path.name)) == 1
+
+
 def test_unreachable_server_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("GALMERGE_ZENODO_URL", "http://127.0.0.1:9")
     result = CliRunner().invoke(
