@@ -1,7 +1,8 @@
 """Resumable, verified downloads of the DeepMerge data files (Zenodo record, MAST HLSP).
 
 A file is written to ``NAME.part`` (resumed with an HTTP Range request after a dropped
-connection or a later run), checked against the size and MD5 the Zenodo API publishes, then
+connection or a later run, with If-Range on the ETag or Last-Modified the part began with, kept
+in ``NAME.part.validator``, so a file that changed on the server starts over), checked against the size and MD5 the Zenodo API publishes, then
 renamed into place. A file that fails its check is moved to ``NAME.corrupt`` and reported.
 Retries, backoff and ``Retry-After`` follow `galmerge.http_retry`, like every other HTTP
 client in galmerge; a try that got further into the file does not use up the retries.
@@ -198,6 +199,7 @@ class Downloader:
         part = dest.with_name(dest.name + ".part")
         if force:
             part.unlink(missing_ok=True)
+            _validator_path(part).unlink(missing_ok=True)
         elif dest.is_file():
             present = self._check_present(remote, dest)
             if present is not None:
@@ -206,6 +208,7 @@ class Downloader:
         self._download(remote, part)
         verified = self._verify(remote, part, dest)
         os.replace(part, dest)
+        _validator_path(part).unlink(missing_ok=True)
         _write_marker(dest, remote.md5 if verified == "md5" else None)
         return FetchResult(remote.name, dest, "downloaded", dest.stat().st_size, verified)
 
@@ -272,6 +275,10 @@ class Downloader:
     ) -> None:
         """One GET from ``offset``, appended to ``part``; learns the total size on the way."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
+        validator = _validator_path(part)
+        if offset and validator.is_file():
+            # the rest only if the file is still the one the part began with, else all of it
+            headers["If-Range"] = validator.read_text().strip()
         with self.session.get(remote.url, headers=headers, stream=True, timeout=self.timeout) as r:
             if r.status_code == 416:
                 match = _RANGE_TOTAL.search(r.headers.get("Content-Range", ""))
@@ -296,9 +303,10 @@ class Downloader:
                     raise FetchError("server answered a different range", retryable=True)
                 if match.group(3) != "*" and transfer.size is None:
                     transfer.size = int(match.group(3))
-            else:  # a full body: the server ignored the Range header
+            else:  # a full body: the server ignored the Range header, or the file changed
                 mode = "wb"
                 offset = 0
+                _remember_validator(validator, r.headers)
                 length = r.headers.get("Content-Length")
                 if transfer.size is None and length and length.isdigit():
                     transfer.size = int(length)
@@ -335,6 +343,7 @@ class Downloader:
             # before: it stays, a bad transfer must not cost the good file
             aside = part.with_name(dest.name + ".corrupt")
             os.replace(part, aside)
+            _validator_path(part).unlink(missing_ok=True)
             kept = "; the copy already there is kept" if dest.is_file() else ""
             raise GalmergeError(
                 f"{remote.name}: {problem}; moved to {aside}{kept}; run the fetch again with "
@@ -376,6 +385,21 @@ def _exclusive(lock_path: Path, name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _validator_path(part: Path) -> Path:
+    """Beside ``NAME.part``: the ETag (or Last-Modified) of the file the part is a prefix of."""
+    return part.with_name(part.name + ".validator")
+
+
+def _remember_validator(path: Path, headers: Any) -> None:
+    """Keep a strong ETag, else Last-Modified, for If-Range on a later resume; none: forget."""
+    etag = headers.get("ETag") or ""
+    value = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified") or ""
+    if value:
+        path.write_text(value + "\n")
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _structure_problem(path: Path, name: str) -> str | None:

@@ -1,6 +1,7 @@
 """A real HTTP/1.1 file server on 127.0.0.1 for download tests, with injectable faults.
 
-Serves byte blobs at paths, honours ``Range: bytes=N-``, answers HEAD, and pops one fault per
+Serves byte blobs at paths, honours ``Range: bytes=N-`` and ``If-Range`` (ETag: the blob's
+md5), answers HEAD, and pops one fault per
 request from a per-path queue: "drop" (send half the body, then close the connection),
 "drop-empty" (send the headers, then close before any byte of the body), "corrupt" (flip
 bytes, same length), a status such as "500" or "501" (answer with it), "429" and
@@ -68,7 +69,9 @@ class LoopbackServer:
                 total = len(blob)
                 start = 0
                 match = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
-                if match and fault != "ignore-range":
+                etag = f'"{hashlib.md5(blob).hexdigest()}"'
+                if_range = self.headers.get("If-Range")
+                if match and fault != "ignore-range" and if_range in (None, etag):
                     start = int(match.group(1))
                     if start >= total:
                         self.send_response(416)
@@ -90,6 +93,7 @@ class LoopbackServer:
                 )
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", etag)
                 self.end_headers()
                 if head:
                     return

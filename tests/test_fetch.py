@@ -231,6 +231,31 @@ def test_a_damaged_file_without_a_published_checksum_is_fetched_again(server, tm
     assert path.read_bytes() == good and len(server.gets(path.name)) == 1
 
 
+def test_a_part_of_a_file_that_changed_on_the_server_is_not_completed_with_the_new_tail(
+    server, tmp_path, sleeps, monkeypatch
+):
+    """MAST publishes no checksum: a resume must ask If-Range, or an old head + a new tail of
+    the same size would pass as the file."""
+    from galmerge import download
+
+    monkeypatch.setattr(download, "CHUNK", 1024)
+    name = deepmerge_data.FETCH_GROUPS["deepmerge1"][1][0]
+    path = f"/{deepmerge_data.MAST_HLSP_PATH}/{name}"
+    server.faults[path] = ["drop"] + ["drop-empty"] * 3  # leaves half the file in NAME.part
+    result = CliRunner().invoke(cli, ["fetch", "deepmerge1", "--data-dir", str(tmp_path),
+                                      "--retries", "2", "--no-progress"])
+    assert result.exit_code != 0
+    old = server.blobs[path]
+    new = bytearray(old)
+    new[3000:3400] = bytes(400)  # replaced by a file of the same size, its head changed
+    server.add(path, bytes(new))
+    server.log.clear()
+    assert _fetch("deepmerge1", "--data-dir", str(tmp_path)).exit_code == 0
+    got = next(p for p in tmp_path.rglob(name) if p.is_file()).read_bytes()
+    assert got == bytes(new)
+    assert [r for r in server.gets(name)][0] is not None  # it did try to resume
+
+
 def test_unreachable_server_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("GALMERGE_ZENODO_URL", "http://127.0.0.1:9")
     result = CliRunner().invoke(
