@@ -2,8 +2,8 @@
 
 A file is written to ``NAME.part`` (resumed with an HTTP Range request after a dropped
 connection or a later run, with If-Range on the ETag or Last-Modified the part began with, kept
-in ``NAME.part.validator``, so a file that changed on the server starts over), checked against the size and MD5 the Zenodo API publishes, then
-renamed into place. A file that fails its check is moved to ``NAME.corrupt`` and reported.
+in ``NAME.part.validator``, so a file that changed on the server starts over), checked against
+the size and MD5 the Zenodo API publishes, then renamed into place. A file that fails its check is moved to ``NAME.corrupt`` and reported.
 Retries, backoff and ``Retry-After`` follow `galmerge.http_retry`, like every other HTTP
 client in galmerge; a try that got further into the file does not use up the retries.
 

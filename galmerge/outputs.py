@@ -270,10 +270,6 @@ def _storable(values: np.ndarray, dtype: np.dtype | None = None) -> tuple[np.nda
     """
     if values.ndim == 1 and values.dtype.kind == "b":
         values = values.astype(np.int8)  # 0/1, so that a missing cell can be -128
-    if values.dtype == object and dtype is None:
-        present = [v for v in values if v is not None]
-        if present and all(isinstance(v, bool | np.bool_) for v in present):
-            dtype = np.dtype(np.int8)
     numeric = values.ndim == 1 and values.dtype.kind in "iuf"
     if dtype is None:
         if numeric:
@@ -297,7 +293,12 @@ def _storable(values: np.ndarray, dtype: np.dtype | None = None) -> tuple[np.nda
 
 
 def _number_type(present: list[Any]) -> np.dtype | None:
-    """The numpy type that holds all of ``present`` (numbers) exactly, or None."""
+    """The numpy type that holds all of ``present`` (numbers) exactly, or None.
+
+    Booleans alone are int8 0/1, as boolean arrays are stored.
+    """
+    if present and all(isinstance(v, bool | np.bool_) for v in present):
+        return np.dtype(np.int8)
     if not present or not all(_is_number(v) for v in present):
         return None
     if all(isinstance(v, int | np.integer) for v in present):
