@@ -65,3 +65,40 @@ def test_fisher_default_weights_are_the_papers_command_lines(plugin_manager) -> 
     terms = module(_step(torch.randn(8, 16), torch.randn(8, 16), 0.5))
     ratio = terms["_fisher_intra"] / terms["_fisher_inter"]
     torch.testing.assert_close(terms["fisher"].detach(), 0.01 * ratio)
+
+
+def test_resnet18_as_deepmerge2_builds_it() -> None:
+    """bottleneck_layer="linear": a plain Linear(512, 256) bottleneck (N(0, 0.005), zero bias),
+    a Linear head N(0, 0.01), the ImageNet stem, and x10 multipliers declared for both."""
+    from torch import nn
+
+    from galmerge.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(
+        "resnet18", 3, 75, 2,
+        {"bottleneck": 256, "bottleneck_layer": "linear", "stem": "imagenet", "lr_mult": 10.0},
+    )
+    bottleneck = model.backbone.bottleneck
+    assert [type(m) for m in bottleneck] == [nn.Linear]
+    assert bottleneck[0].weight.shape == (256, 512)
+    assert bottleneck[0].weight.std().item() == pytest.approx(0.005, rel=0.05)
+    assert model.head.weight.std().item() == pytest.approx(0.01, rel=0.15)
+    assert not bottleneck[0].bias.any() and not model.head.bias.any()
+    assert model.backbone.body.conv1.kernel_size == (7, 7)
+    assert model.backbone.lr_multipliers == {"bottleneck": 10.0, "head": 10.0}
+    model.eval()
+    features, logits = model(torch.randn(4, 3, 75, 75))
+    assert features.shape == (4, 256) and logits.shape == (4, 2)
+    assert (features < 0).any()  # no ReLU after the bottleneck
+    # the default layout is unchanged: BatchNorm + ReLU, no multipliers
+    default = build_model("resnet18", 3, 75, 2, {"bottleneck": 256})
+    assert any(isinstance(m, nn.BatchNorm1d) for m in default.backbone.bottleneck)
+    assert default.backbone.lr_multipliers == {}
+
+
+def test_resnet18_bottleneck_layer_is_checked() -> None:
+    from galmerge.model import build_model
+
+    with pytest.raises(GalmergeError, match="bottleneck_layer 'plain'"):
+        build_model("resnet18", 3, 75, 2, {"bottleneck": 8, "bottleneck_layer": "plain"})
