@@ -6,9 +6,7 @@ label-free choice is from the best possible one) and is named "oracle" wherever 
 
 Conventions (``SCORES`` gives the direction of "better" for each name):
 
-- ``source_val_loss``: mean cross-entropy on the source validation split (min). The DeepMerge II
-  code uses a source-validation cross-entropy for early stopping only; it keeps the checkpoint of
-  highest source-validation accuracy.
+- ``source_val_loss``: mean cross-entropy on the source validation split (the paper's rule; min).
 - ``entropy``: mean Shannon entropy (nats) of target predictions (min).
 - ``im``: information-maximisation *loss* = mean entropy of target predictions minus the entropy
   of their mean prediction, i.e. minus the mutual information between inputs and predicted
