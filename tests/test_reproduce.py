@@ -4,12 +4,13 @@ over seeds and the gain over source-only, and a killed call picks up where it st
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,7 @@ def test_reproduce_sim_real_grid_survives_a_kill(data, tmp_path):
     assert len(runs) == 10
     for run in runs:
         assert (run / "report" / "metrics.json").is_file()
-        config = json.loads(json.dumps(__import__("tomllib").loads(
-            (run / "config.toml").read_text())))
+        config = tomllib.loads((run / "config.toml").read_text())
         assert config["preset"] == "deepmerge2-sim-real"
         assert config["source"] == "illustris:sim-real" and config["target"] == "sdss"
     assert sorted(r["strategy"] for r in rows) == sorted(PAPER_METHODS)
@@ -120,8 +120,6 @@ def test_transfer_learning_starts_from_the_sim_sim_run(data, tmp_path):
     out = tmp_path / "out"
     rows = reproduce("deepmerge2", "sim-real-tl", seeds=1, methods=["none", "mmd"], out=out,
                      settings={**QUICK, **LEGACY}, device="cpu", evaluate=False, quiet=True)
-    import tomllib
-
     tl = tomllib.loads((out / "sim-real-tl/deepmerge/mmd/seed1/config.toml").read_text())
     assert tl["preset"] == "deepmerge2-sim-real-tl"
     assert tl["init_from"] == str(out / "sim-sim/deepmerge/mmd/seed1")
@@ -146,3 +144,22 @@ def test_reproduce_mistakes_are_one_line(data, tmp_path, args, message):
                                       str(tmp_path / "o"), "--device", "cpu"])
     assert result.exit_code != 0
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_rerun_resumes_partial_runs_and_restarts_empty_ones(data, tmp_path, capsys):
+    from galmerge.reproduce import reproduce
+
+    out = tmp_path / "out"
+    kwargs = dict(seeds=1, methods=["none", "mmd"], out=out, settings={**QUICK, **LEGACY},
+                  device="cpu", evaluate=False)
+    reproduce("deepmerge2", "sim-real", quiet=True, **kwargs)
+    none, mmd = (out / "sim-real/deepmerge" / m / "seed1" for m in ("none", "mmd"))
+    (none / "summary.json").unlink()  # killed after its last checkpoint
+    for path in list(mmd.iterdir()):  # killed before its first checkpoint
+        if path.name != "config.toml":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    capsys.readouterr()
+    reproduce("deepmerge2", "sim-real", quiet=False, **kwargs)
+    said = capsys.readouterr().out
+    assert "none seed 1: resuming" in said and "mmd seed 1: training into" in said
+    assert (none / "summary.json").is_file() and (mmd / "summary.json").is_file()
