@@ -49,7 +49,7 @@ def reproduce(
 ) -> None:
     """Train PAPER's method grid with its presets, evaluate each run and write the paper-style
     table (mean ± std over seeds, gain over source-only) to OUT/EXPERIMENT/table.md. Needs the
-    data of `galmerge fetch illustris sdss`. Rerun the same command after a kill: finished runs
+    data of `galmerge fetch illustris` and `galmerge fetch sdss`. Rerun the same command after a kill: finished runs
     are skipped, interrupted ones resumed."""
     from galmerge.errors import GalmergeError
     from galmerge.reproduce import reproduce as run_reproduce
