@@ -410,3 +410,23 @@ def preset_values(name: str, strategies: list[str], backbone: str) -> dict[str, 
     options = preset.get("backbone_options", {}).get(backbone, {})
     layer["backbone_options"] = {k: v for k, v in options.items() if k in bknown}
     return layer
+
+
+def borrowed_note(name: str, strategy: str, backbone: str) -> str | None:
+    """One line for `galmerge train` when a DeepMerge II preset borrows values for this run."""
+    from galmerge.plugins import get_plugin_manager
+    from galmerge.strategy_api import parse_strategy_expression
+
+    if "paper" not in PRESETS.get(name, {}):
+        return None
+    pm = get_plugin_manager()
+    names = [pm.get("strategies", n).name for n in parse_strategy_expression(strategy)]
+    bname = pm.get("backbones", backbone).name
+    borrowed = [k for k, c in cited_values(name, names, bname) if c.caveat]
+    if not borrowed:
+        return None
+    return (
+        f"note: --preset {name}: {', '.join(borrowed)} carry a caveat (taken from another "
+        f"experiment, method or backbone, or the sources disagree); `galmerge presets {name} "
+        f"--strategy {'+'.join(names)} --backbone {bname}` shows them"
+    )

@@ -46,13 +46,15 @@ class PlannedRun:
     backbone: str
     seed: int
     run_dir: Path
+    source: str
+    target: str
     init_from: Path | None = None
 
     def layer(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The config layer this run trains with (the preset does the rest)."""
-        source, target, preset = EXPERIMENTS[self.experiment]
+        preset = EXPERIMENTS[self.experiment][2]
         layer: dict[str, Any] = {
-            "source": source, "target": target, "strategy": self.method,
+            "source": self.source, "target": self.target, "strategy": self.method,
             "backbone": self.backbone, "seed": self.seed, "preset": preset,
             **dict(settings),
         }
@@ -67,13 +69,19 @@ def plan(
     backbones: Sequence[str],
     methods: Sequence[str],
     out: Path,
+    data: Mapping[str, str] | None = None,
 ) -> list[PlannedRun]:
-    """Every run of the grid in training order (TL prerequisites first)."""
+    """Every run of the grid in training order (TL prerequisites first). ``data`` may replace
+    the experiment's ``source``/``target`` specs (not those of TL's sim-sim runs)."""
     runs: list[PlannedRun] = []
+    data = dict(data or {})
 
     def run(exp: str, method: str, backbone: str, seed: int, init: Path | None = None):
         path = out / exp / backbone / method / f"seed{seed}"
-        return PlannedRun(exp, method, backbone, seed, path, init)
+        source, target, _ = EXPERIMENTS[exp]
+        if exp != "sim-sim" or experiment == "sim-sim":
+            source, target = data.get("source", source), data.get("target", target)
+        return PlannedRun(exp, method, backbone, seed, path, source, target, init)
 
     for backbone in backbones:
         for seed in seeds:
@@ -99,17 +107,16 @@ def run_state(path: Path) -> str:
     return "new"
 
 
-def _check_data(experiment: str) -> None:
+def _check_data(runs: Sequence[PlannedRun]) -> None:
     """Fail before the first run when a released file is missing."""
     from galmerge.deepmerge_data import SETS, data_root, find_file
 
-    source, target, _ = EXPERIMENTS[experiment]
-    specs = [source, target] + (["illustris:pristine", "illustris:noisy"]
-                                if experiment == "sim-real-tl" else [])
     root = data_root()
-    for spec in specs:
+    for spec in dict.fromkeys(s for r in runs for s in (r.source, r.target)):
         survey, _, key = spec.partition(":")
-        ds = SETS[(survey, key or "postmergers")]
+        ds = SETS.get((survey, key or "postmergers"))
+        if ds is None:  # not a released DeepMerge set: its survey reports what is missing
+            continue
         for file in ds.files:
             if find_file(file, root) is None:
                 raise GalmergeError(
@@ -149,6 +156,7 @@ def reproduce(
     methods: Sequence[str] = PAPER_METHODS,
     out: str | Path = "reproduce-deepmerge2",
     settings: Mapping[str, Any] | None = None,
+    data: Mapping[str, str] | None = None,
     device: str | None = None,
     evaluate: bool = True,
     bootstrap: int = 200,
@@ -157,7 +165,8 @@ def reproduce(
     """Train, evaluate and table the grid; returns the table rows (`galmerge.comparison`).
 
     ``settings`` overrides preset values for every run (e.g. ``{"epochs": 2}`` for a quick look);
-    seeds are 1..``seeds`` (the authors' commands use seed 1).
+    ``data`` replaces the released data specs (``{"source": ..., "target": ...}``, e.g. the
+    synthetic pair); seeds are 1..``seeds`` (the authors' commands use seed 1).
     """
     from galmerge.comparison import compare, to_markdown, write_table
     from galmerge.training import train
@@ -180,10 +189,10 @@ def reproduce(
             raise GalmergeError(
                 f"--method {method}: the paper's methods are {', '.join(PAPER_METHODS)}"
             )
-    _check_data(experiment)
     settings = dict(settings or {})
     out = Path(out)
-    runs = plan(experiment, range(1, seeds + 1), backbones, methods, out)
+    runs = plan(experiment, range(1, seeds + 1), backbones, methods, out, data)
+    _check_data(runs)
     for i, run in enumerate(runs, 1):
         label = f"[{i}/{len(runs)}] {run.experiment} {run.backbone} {run.method} seed {run.seed}"
         state = run_state(run.run_dir)
@@ -211,7 +220,8 @@ def reproduce(
     members = [r.run_dir for r in runs if r.experiment == experiment or (
         experiment == "sim-real-tl" and r.experiment == "sim-real")]
     rows = compare(members)
-    source, target, preset = EXPERIMENTS[experiment]
+    source, target = runs[-1].source, runs[-1].target
+    preset = EXPERIMENTS[experiment][2]
     heading = (
         f"# DeepMerge II {experiment}: {source} -> {target}, --preset {preset}\n\n"
         f"Seeds 1-{seeds}; settings beyond the preset: {settings or 'none'}. Gains are over the "

@@ -170,3 +170,20 @@ def test_presets_command_lists_and_cites():
     bad = CliRunner().invoke(cli, ["presets", "nosuch"])
     assert bad.exit_code != 0 and "unknown preset 'nosuch'" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_train_says_when_a_paper_preset_borrows_values(tmp_path, monkeypatch):
+    """The note comes before training starts; a missing data file then stops the run."""
+    from click.testing import CliRunner
+
+    from galmerge.cli import cli
+
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path))
+    result = CliRunner().invoke(cli, ["train", "--source", "illustris", "--target", "sdss",
+                                      "--strategy", "ada", "--preset", "deepmerge2-sim-real",
+                                      "--select-by", "source_val_loss",
+                                      "--run-dir", str(tmp_path / "r")])
+    assert "note: --preset deepmerge2-sim-real: lr, weight_decay" in result.output
+    assert "galmerge presets deepmerge2-sim-real --strategy dann --backbone deepmerge" in (
+        result.output)
+    assert result.exit_code != 0 and "galmerge fetch" in result.output

@@ -12,7 +12,8 @@ import click
 @click.option("--backbone", default="deepmerge", show_default=True, help="Backbone name.")
 def presets_cmd(name: str | None, strategy: str | None, backbone: str) -> None:
     """List presets; with NAME, every value a DeepMerge II preset sets and its source. Lines
-    marked "!" were not found for this exact experiment, method or backbone."""
+    marked "!" were not found for this exact experiment, method or backbone, or their sources
+    disagree."""
     from galmerge.plugins import get_plugin_manager
     from galmerge.presets import PAPER_METHODS, PRESETS, SOURCES, cited_values, preset_names
     from galmerge.strategy_api import parse_strategy_expression
@@ -44,8 +45,8 @@ def presets_cmd(name: str | None, strategy: str | None, backbone: str) -> None:
     if PRESETS[name].get("needs_init_from"):
         click.echo("Needs --init-from RUN_DIR: a finished deepmerge2-sim-sim run of the same "
                    "strategy and backbone (its normalisation is kept).")
-    click.echo(f"{borrowed} value(s) marked '!' were not found for this exact experiment, "
-               "method or backbone.")
+    click.echo(f"{borrowed} value(s) marked '!' carry a caveat: not found for this exact "
+               "experiment, method or backbone, or the sources disagree.")
     click.echo("Sources:")
     for tag, text in SOURCES.items():
         click.echo(f"  {tag:<7} {text}")

@@ -25,6 +25,9 @@ from galmerge.reproduce import BACKBONES, PAPERS
 @click.option("--batch-size", type=int, help="Override the paper's 128 (quick look).")
 @click.option("--out", default="reproduce-deepmerge2", show_default=True,
               type=click.Path(file_okay=False), help="Folder for the runs and tables.")
+@click.option("--source", help="Replace the experiment's source data spec (e.g. the synthetic "
+              "pair 'synthetic:illustris?n=2000&seed=0').")
+@click.option("--target", help="Replace the experiment's target data spec.")
 @click.option("--device", help="auto (default), cpu, cuda or mps.")
 @click.option("--evaluate/--no-evaluate", default=True, show_default=True,
               help="Write each run's report/ (galmerge evaluate).")
@@ -42,6 +45,8 @@ def reproduce(
     max_steps_per_epoch: int | None,
     batch_size: int | None,
     out: str,
+    source: str | None,
+    target: str | None,
     device: str | None,
     evaluate: bool,
     bootstrap: int,
@@ -67,6 +72,7 @@ def reproduce(
         methods=methods or PAPER_METHODS,
         out=out,
         settings=settings,
+        data={k: v for k, v in (("source", source), ("target", target)) if v},
         device=device,
         evaluate=evaluate,
         bootstrap=bootstrap,

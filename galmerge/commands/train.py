@@ -62,6 +62,12 @@ def train(
     from galmerge.training import train as run_training
 
     bopts = dict(parse_assignment(text, "--backbone-option") for text in backbone_options)
+    if preset and strategy and not quiet:
+        from galmerge.presets import borrowed_note
+
+        note = borrowed_note(preset, strategy, backbone or "deepmerge")
+        if note:
+            click.echo(note, err=True)
     run_training(
         source=source,
         target=target,
