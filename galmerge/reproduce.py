@@ -224,7 +224,8 @@ def reproduce(
     preset = EXPERIMENTS[experiment][2]
     heading = (
         f"# DeepMerge II {experiment}: {source} -> {target}, --preset {preset}\n\n"
-        f"Seeds 1-{seeds}; settings beyond the preset: {settings or 'none'}. Gains are over the "
+        f"Seeds {f'1-{seeds}' if seeds > 1 else '1'}; settings beyond the preset: "
+        f"{settings or 'none'}. Gains are over the "
         f"source-only (`none`) runs{' without TL' if experiment == 'sim-real-tl' else ''}.\n\n"
     )
     table = out / experiment / "table.md"
