@@ -220,12 +220,14 @@ _KEEP = C(True, "[NB] note cell AK-rgAMCqpMK: TL keeps the pretrained data's nor
 
 
 def _tl(method: str) -> dict[str, Cited]:
-    row = {k: Cited(v.value, v.source, v.caveat or TL_NOTE)
+    row = {k: Cited(v.value, v.source, "; ".join(filter(None, (TL_NOTE, v.caveat))))
            if k in ("lr", "weight_decay", "schedule.cycle_length") else v
            for k, v in _SIM_REAL[method].items()}
     if method.startswith("mmd"):
-        row["lr"] = C(0.01, "[A3] TL+MMD lr 0.01")
-        row["weight_decay"] = C(1e-4, "[A3] TL+MMD weight decay 1e-4")
+        fisher = ("Table A3's TL+MMD row; the quote does not separate MMD+Fisher"
+                  if method != "mmd" else "")
+        row["lr"] = C(0.01, "[A3] TL+MMD lr 0.01", fisher)
+        row["weight_decay"] = C(1e-4, "[A3] TL+MMD weight decay 1e-4", fisher)
         row["schedule.cycle_length"] = C(5, "[A3] MMD cycle 5",
                                          "no TL cycle quoted; the non-TL MMD row's")
     if method == "none":
