@@ -28,7 +28,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "fetch": ("galmerge.commands.fetch:fetch", "Download the real DeepMerge data files."),
     "preview": ("galmerge.commands.preview:preview", "Write a PNG grid of a survey's images."),
+    "reproduce": (
+        "galmerge.commands.reproduce:reproduce",
+        "Train, evaluate and table a paper's method grid (deepmerge2).",
+    ),
     "plugins": ("galmerge.commands.plugins:plugins_cmd", "List installed plugins."),
+    "presets": (
+        "galmerge.commands.presets:presets_cmd",
+        "List hyperparameter presets and the source of each value.",
+    ),
     "list": ("galmerge.commands.plugins:list_cmd", "List backbones, strategies or surveys."),
 }
 

@@ -42,8 +42,15 @@ DEFAULTS: dict[str, Any] = {
     "preset": "",
     # Adam with the paper's betas (DeepMerge II; deepmerge-public train_MMD.py uses (0.7, 0.8))
     "optimizer": {"betas": [0.7, 0.8], "eps": 1e-8, "amsgrad": False},
-    # torch.optim.lr_scheduler.OneCycleLR arguments (its own defaults)
-    "schedule": {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4},
+    # torch.optim.lr_scheduler.OneCycleLR arguments (its own defaults); kind "cyclic" is
+    # DeepMerge II's triangular lr/10..lr cycle of period 0.9 * cycle_length epochs
+    "schedule": {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4,
+                 "kind": "onecycle", "cycle_length": 5},
+    # learning-rate multipliers by "OWNER.PREFIX" (fisher.centers, dann.discriminator, model.head)
+    "lr_multipliers": {},
+    "stop_by": "",  # early-stopping quantity ("" = select_by)
+    "early_stopping": "patience",  # or "deepmerge" (DeepMerge II's graded counter)
+    "init_keep_preprocess": False,  # --init-from keeps the pretrained run's normalisation
     "backbone_options": {},
     "strategies": {},
 }

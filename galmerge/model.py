@@ -62,6 +62,10 @@ def build_model(
         head = record.build_head(int(net.out_features), num_classes)
     else:
         head = nn.Linear(int(net.out_features), num_classes)
+    # a backbone may initialise the head it feeds (ResNet-18's DeepMerge II layout does)
+    init_head = getattr(net, "init_head", None)
+    if callable(init_head):
+        init_head(head)
     return GalaxyClassifier(net, head)
 
 

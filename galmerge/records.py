@@ -21,6 +21,9 @@ class Backbone:
     ``build(in_channels, image_size, **options)`` returns an ``nn.Module`` whose forward maps
     images (N, C, H, W) to features (N, out_features) and that exposes ``out_features``.
     ``build_head(out_features, num_classes)`` returns the classifier on top (default: Linear).
+    The module may define ``init_head(head)`` (called once the head is built) and a dict
+    ``lr_multipliers`` of learning-rate multipliers by parameter-name prefix (its own names, and
+    ``head`` for the classifier's head).
     """
 
     name: str

@@ -45,7 +45,7 @@ def test_precedence_preset_then_file_then_flags(toys, tmp_path):
     result = invoke(
         *BASE, "--strategy", "meangap", "--preset", "deepmerge2-sim-sim",
         "--config", str(cfg), "--lr", "0.02", "--set", "meangap.power=3",
-        "--run-dir", str(run),
+        "--select-by", "source_val_loss", "--run-dir", str(run),
     )
     assert result.exit_code == 0, result.output
     config = config_of(run)

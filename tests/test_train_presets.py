@@ -1,4 +1,5 @@
-"""The DeepMerge II presets resolve to the documented values for each strategy and backbone."""
+"""The DeepMerge II presets resolve to the values of the authors' code, per experiment, method and
+backbone (galmerge/presets.py cites each), and the synthetic preset to the benchmark configs."""
 
 from __future__ import annotations
 
@@ -14,44 +15,113 @@ def resolved(**cli):
     return resolve_config(cli={**BASE, **cli})
 
 
-def test_sim_sim_mmd_fisher_entropy_deepmerge():
-    c = resolved(preset="deepmerge2-sim-sim", strategy="mmd+fisher+entropy")
-    assert (c["lr"], c["weight_decay"], c["batch_size"], c["epochs"], c["patience"]) == (
-        1e-3, 1e-3, 128, 200, 20)
-    assert c["optimizer"] == {"betas": [0.7, 0.8], "eps": 1e-8, "amsgrad": True}
-    assert c["strategies"]["mmd"]["weight"] == 1.0
-    assert c["strategies"]["fisher"]["intra_weight"] == 0.01
-    assert c["strategies"]["fisher"]["inter_weight"] == 1.0
-    assert c["strategies"]["entropy"]["weight"] == 0.05
-    assert c["backbone"] == "deepmerge"
+def get(config: dict, key: str):
+    """A dotted key of a resolved config; lr_multipliers keys hold a dot themselves."""
+    head, _, rest = key.partition(".")
+    if head == "lr_multipliers":
+        return config[head].get(rest)
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
-def test_sim_sim_ada_uses_its_weight_decay_and_alias():
+COMMON = {
+    "batch_size": 128, "epochs": 200, "patience": 20, "optimizer.betas": [0.7, 0.8],
+    "optimizer.eps": 1e-8, "schedule.kind": "cyclic", "select_by": "source_val_accuracy",
+    "stop_by": "source_val_batch_loss", "early_stopping": "deepmerge",
+    "backbone_options.dropout": 0.0,
+}
+FISHER_ENTROPY = {"strategies.fisher.weight": 1.0, "strategies.fisher.inter_weight": 1.0,
+                  "strategies.fisher.form": "tr", "strategies.entropy.include_source": True,
+                  "lr_multipliers.fisher.centers": 10.0}
+DANN = {"strategies.dann.weight": 1.0, "strategies.dann.grl": "constant",
+        "strategies.dann.feature_loss": "reversed", "strategies.dann.hidden": 1024,
+        "optimizer.amsgrad": False}
+
+# (preset, strategy): expected values beyond COMMON
+EXPECTED = {
+    ("deepmerge2-sim-sim", "none"): {
+        "lr": 1e-3, "weight_decay": 1e-3, "schedule.cycle_length": 5, "optimizer.amsgrad": False},
+    ("deepmerge2-sim-sim", "mmd"): {
+        "lr": 1e-3, "weight_decay": 1e-3, "schedule.cycle_length": 5, "optimizer.amsgrad": True,
+        "strategies.mmd.weight": 1.0},
+    ("deepmerge2-sim-sim", "mmd+fisher+entropy"): {
+        "lr": 1e-3, "weight_decay": 1e-3, "schedule.cycle_length": 5, "optimizer.amsgrad": True,
+        "strategies.fisher.intra_weight": 0.01, "strategies.entropy.weight": 0.05,
+        **FISHER_ENTROPY},
+    ("deepmerge2-sim-sim", "dann"): {
+        "lr": 1e-3, "weight_decay": 1e-4, "schedule.cycle_length": 8,
+        "lr_multipliers.dann.discriminator": 1.0, **DANN},
+    ("deepmerge2-sim-sim", "dann+fisher+entropy"): {
+        "lr": 1e-3, "weight_decay": 1e-4, "schedule.cycle_length": 8,
+        "lr_multipliers.dann.discriminator": 0.1, "strategies.fisher.intra_weight": 0.01,
+        "strategies.entropy.weight": 0.05, **FISHER_ENTROPY, **DANN},
+    ("deepmerge2-sim-real", "none"): {
+        "lr": 1e-3, "weight_decay": 1e-3, "schedule.cycle_length": 5, "optimizer.amsgrad": False},
+    ("deepmerge2-sim-real", "mmd"): {
+        "lr": 1e-3, "weight_decay": 1e-3, "schedule.cycle_length": 5, "optimizer.amsgrad": True},
+    ("deepmerge2-sim-real", "mmd+fisher+entropy"): {
+        "lr": 1e-3, "weight_decay": 1e-3, "schedule.cycle_length": 5, "optimizer.amsgrad": True,
+        "strategies.fisher.intra_weight": 0.01, "strategies.entropy.weight": 0.05,
+        **FISHER_ENTROPY},
+    ("deepmerge2-sim-real", "dann"): {
+        "lr": 1e-3, "weight_decay": 1e-4, "schedule.cycle_length": 8,
+        "lr_multipliers.dann.discriminator": 1.0, **DANN},
+    ("deepmerge2-sim-real", "dann+fisher+entropy"): {
+        "lr": 1e-3, "weight_decay": 1e-4, "schedule.cycle_length": 8,
+        "lr_multipliers.dann.discriminator": 0.01, "strategies.fisher.intra_weight": 1e-4,
+        "strategies.entropy.weight": 1e-4, **FISHER_ENTROPY, **DANN},
+    ("deepmerge2-sim-real-tl", "mmd+fisher+entropy"): {
+        "lr": 0.01, "weight_decay": 1e-4, "schedule.cycle_length": 5, "optimizer.amsgrad": True,
+        "init_keep_preprocess": True, **FISHER_ENTROPY},
+    ("deepmerge2-sim-real-tl", "dann+fisher+entropy"): {
+        "lr": 1e-3, "weight_decay": 1e-4, "lr_multipliers.dann.discriminator": 0.01,
+        "init_keep_preprocess": True, **DANN},
+}
+
+
+@pytest.mark.parametrize(("preset", "strategy"), sorted(EXPECTED))
+def test_paper_preset_resolves_to_the_authors_values(preset, strategy):
+    c = resolved(preset=preset, strategy=strategy)
+    for key, value in {**COMMON, **EXPECTED[(preset, strategy)]}.items():
+        assert get(c, key) == value, key
+    # multipliers only for components in use
+    owners = {k.partition(".")[0] for k in c["lr_multipliers"]}
+    assert owners <= set(strategy.split("+"))
+    assert c["init_keep_preprocess"] is preset.endswith("-tl")
+
+
+def test_resnet18_is_built_as_the_paper_built_it():
+    c = resolved(preset="deepmerge2-sim-real", strategy="mmd", backbone="resnet18")
+    assert c["backbone_options"] == {"bottleneck": 256, "bottleneck_layer": "linear",
+                                     "stem": "imagenet", "dropout": 0.0, "lr_mult": 10.0}
+    assert c["lr_multipliers"] == {"model.bottleneck": 10.0, "model.head": 10.0}
+    assert (c["lr"], c["weight_decay"]) == (1e-3, 1e-3)
+
+
+def test_ada_alias_and_flags_beat_presets():
     c = resolved(preset="deepmerge2-sim-sim", strategy="ada+fisher+entropy")
     assert c["strategy"] == "dann+fisher+entropy"
     assert (c["lr"], c["weight_decay"]) == (1e-3, 1e-4)
-    assert c["strategies"]["dann"]["weight"] == 1.0
-
-
-def test_sim_real_and_resnet_bottleneck():
-    c = resolved(preset="deepmerge2-sim-real", strategy="mmd+fisher+entropy",
-                 backbone="resnet18")
-    assert (c["lr"], c["weight_decay"]) == (1e-4, 1e-4)
-    assert c["backbone_options"]["bottleneck"] == 256
-    none = resolved(preset="deepmerge2-sim-real", strategy="none")
-    assert none["strategies"] == {"none": {"weight": 1.0}}
-
-
-def test_flags_beat_presets_and_unknown_preset_is_an_error():
-    c = resolved(preset="deepmerge2-sim-real", strategy="mmd", lr=0.5)
-    assert c["lr"] == 0.5
-    with pytest.raises(GalmergeError, match="available: deepmerge2-sim-real, deepmerge2-sim-sim"):
+    c = resolved(preset="deepmerge2-sim-real", strategy="mmd", lr=0.5,
+                 schedule={"kind": "onecycle"})
+    assert c["lr"] == 0.5 and c["schedule"]["kind"] == "onecycle"
+    with pytest.raises(GalmergeError, match="available: deepmerge2-sim-real, "):
         resolved(preset="deepmerge3")
 
 
-def test_paper_presets_keep_the_papers_deepmerge_dropout():
-    c = resolved(preset="deepmerge2-sim-real", strategy="mmd")
-    assert c["backbone_options"]["dropout"] == 0.5
+def test_values_borrowed_from_another_experiment_say_so():
+    from galmerge.presets import cited_values
+
+    rows = dict(cited_values("deepmerge2-sim-real", ["dann"], "deepmerge"))
+    assert "plain-ADA" in rows["lr"].caveat
+    assert rows["strategies.dann.grl"].caveat == ""
+    assert all(c.source for c in rows.values())
+    rows = dict(cited_values("deepmerge2-sim-sim", ["none"], "resnet18"))
+    assert "ResNet18" in rows["lr"].caveat and "experiment" in rows["lr"].caveat
+    rows = dict(cited_values("deepmerge2-sim-real", ["coral"], "deepmerge"))
+    assert "not one of the paper's methods" in rows["lr"].caveat
 
 
 def test_synthetic_preset_matches_the_benchmark_configs():
@@ -68,3 +138,52 @@ def test_synthetic_preset_matches_the_benchmark_configs():
         for name, options in bench.get("strategies", {}).items():
             for option, value in options.items():
                 assert c["strategies"][name][option] == value, (name, option)
+
+
+def test_synthetic_preset_resolves_as_before():
+    """The README main job's numbers rest on these values: pinned, whatever the defaults."""
+    c = resolved(preset="synthetic-sim-real", strategy="mmd+fisher+entropy")
+    assert (c["lr"], c["weight_decay"], c["batch_size"], c["epochs"], c["patience"]) == (
+        2e-3, 1e-3, 32, 30, 20)
+    assert c["strategies"] == {
+        "mmd": {"weight": 0.3},
+        "fisher": {"weight": 0.01, "intra_weight": 0.01, "inter_weight": 0.01, "form": "tr"},
+        "entropy": {"weight": 0.3, "include_source": False, "diversity": 1.0},
+    }
+    assert c["optimizer"]["amsgrad"] is False
+    assert c["schedule"]["kind"] == "onecycle" and c["select_by"] == "source_val_loss"
+
+
+def test_presets_command_lists_and_cites():
+    from click.testing import CliRunner
+
+    from galmerge.cli import cli
+
+    listed = CliRunner().invoke(cli, ["presets"])
+    assert listed.exit_code == 0, listed.output
+    assert "deepmerge2-sim-real-tl" in listed.output and "synthetic-sim-real" in listed.output
+    shown = CliRunner().invoke(cli, ["presets", "deepmerge2-sim-real", "--strategy", "ada"])
+    assert shown.exit_code == 0, shown.output
+    assert "strategies.dann.grl = 'constant'" in shown.output
+    assert "! no sim-real plain-ADA command found" in shown.output
+    assert "[A3]" in shown.output
+    bad = CliRunner().invoke(cli, ["presets", "nosuch"])
+    assert bad.exit_code != 0 and "unknown preset 'nosuch'" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_train_says_when_a_paper_preset_borrows_values(tmp_path, monkeypatch):
+    """The note comes before training starts; a missing data file then stops the run."""
+    from click.testing import CliRunner
+
+    from galmerge.cli import cli
+
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path))
+    result = CliRunner().invoke(cli, ["train", "--source", "illustris", "--target", "sdss",
+                                      "--strategy", "ada", "--preset", "deepmerge2-sim-real",
+                                      "--select-by", "source_val_loss",
+                                      "--run-dir", str(tmp_path / "r")])
+    assert "note: --preset deepmerge2-sim-real: lr, weight_decay" in result.output
+    assert "galmerge presets deepmerge2-sim-real --strategy dann --backbone deepmerge" in (
+        result.output)
+    assert result.exit_code != 0 and "galmerge fetch" in result.output

@@ -4,8 +4,10 @@ Layer by layer as in DeepMerge II (arXiv:2103.01373, and ``network.DeepMerge`` i
 github.com/AleksCipri/DeepMergeDomainAdaptation): conv 3→8 5×5 pad 2, BN, ReLU, maxpool 2 →
 conv 8→16 3×3 pad 1, BN, ReLU, maxpool 2 → conv 16→32 3×3 pad 1, BN, ReLU, maxpool 2 → flatten
 (32·9·9 = 2592 for 75×75, the features used for DA) → FC 64, ReLU → FC 32, ReLU → FC 2.
-That code also applies Dropout(0.5) after every conv block's max-pool: the ``dropout`` option
-(default 0.1, see galmerge/builtin/backbones.py; the deepmerge2-* presets set 0.5).
+The final version of that code has no dropout; its June 2020 drafts and DeepMerge I (Keras)
+applied Dropout(0.5) after every conv block's max-pool. Here the ``dropout`` option does that
+(default 0.1, see galmerge/builtin/backbones.py; the deepmerge2-* presets set 0, as the paper's
+final code).
 """
 
 from __future__ import annotations

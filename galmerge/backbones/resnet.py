@@ -7,8 +7,16 @@ max-pool: layer1 then sees 38×38 and layer4 5×5 (close to ImageNet's 7×7 at 2
 a quarter of the cost of also dropping the max-pool. ``stem="imagenet"`` keeps torchvision's
 original stem, which is what the DeepMerge II code (``network.ResNetFc``) trained.
 
-``bottleneck=b > 0`` adds Linear(512, b) + BatchNorm + ReLU (+ dropout) as the DA feature layer,
-the usual DANN/CDAN bottleneck; DeepMerge II used b = 256 with a plain Linear layer.
+``bottleneck=b > 0`` adds a DA feature layer Linear(512, b). ``bottleneck_layer="bn-relu"``
+(default) follows it with BatchNorm + ReLU (+ dropout), the usual DANN/CDAN bottleneck.
+``bottleneck_layer="linear"`` is DeepMerge II's (``network.ResNetFc``, b = 256): the plain Linear
+layer, weights N(0, 0.005) and zero bias, and a Linear head with weights N(0, 0.01) and zero bias;
+the features are the bottleneck's raw output.
+
+``lr_mult`` (default 1) is declared in the module attribute ``lr_multipliers`` for the bottleneck
+and the head (parameter-name prefixes ``bottleneck`` of this module and ``head`` of the classifier,
+`galmerge.model.GalaxyClassifier`); DeepMerge II trains both at 10× the base learning rate
+(``train_MMD.py``, ``train_ADA.py``, ``no_domain_adaptation.py``: ``lr_mult`` 10).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from torch import nn
 from galmerge.errors import GalmergeError
 
 STEMS = ("small", "imagenet")
+BOTTLENECK_LAYERS = ("bn-relu", "linear")
 
 
 class ResNetFeatures(nn.Module):
@@ -31,12 +40,21 @@ class ResNetFeatures(nn.Module):
         bottleneck: int = 0,
         dropout: float = 0.0,
         stem: str = "small",
+        bottleneck_layer: str = "bn-relu",
+        lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
         from torchvision.models import resnet18
 
         if stem not in STEMS:
             raise GalmergeError(f"unknown resnet18 stem '{stem}'; choose one of {', '.join(STEMS)}")
+        if bottleneck_layer not in BOTTLENECK_LAYERS:
+            raise GalmergeError(
+                f"unknown resnet18 bottleneck_layer '{bottleneck_layer}'; choose one of "
+                f"{', '.join(BOTTLENECK_LAYERS)}"
+            )
+        if not lr_mult > 0:
+            raise GalmergeError(f"resnet18 lr_mult must be > 0, got {lr_mult}")
         if bottleneck < 0:
             raise GalmergeError(f"resnet18 bottleneck must be >= 0 (0 = none), got {bottleneck}")
         net = resnet18(weights=None)  # never download weights: random initialisation
@@ -49,7 +67,14 @@ class ResNetFeatures(nn.Module):
         net.fc = nn.Identity()
         self.body = net
         width = 512
-        if bottleneck:
+        self.paper_init = bottleneck_layer == "linear"
+        if bottleneck and self.paper_init:
+            linear = nn.Linear(width, bottleneck)
+            nn.init.normal_(linear.weight, 0.0, 0.005)
+            nn.init.zeros_(linear.bias)
+            self.bottleneck = nn.Sequential(linear, *([nn.Dropout(dropout)] if dropout > 0 else []))
+            width = bottleneck
+        elif bottleneck:
             layers: list[nn.Module] = [
                 nn.Linear(width, bottleneck),
                 nn.BatchNorm1d(bottleneck),
@@ -62,6 +87,16 @@ class ResNetFeatures(nn.Module):
         else:
             self.bottleneck = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_features = width
+        # read by the trainer: learning-rate multipliers by parameter-name prefix
+        self.lr_multipliers: dict[str, float] = (
+            {"bottleneck": float(lr_mult), "head": float(lr_mult)} if lr_mult != 1.0 else {}
+        )
+
+    def init_head(self, head: nn.Module) -> None:
+        """DeepMerge II's head initialisation (weights N(0, 0.01), zero bias) with ``linear``."""
+        if self.paper_init and isinstance(head, nn.Linear):
+            nn.init.normal_(head.weight, 0.0, 0.01)
+            nn.init.zeros_(head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bottleneck(self.body(x))

@@ -45,15 +45,19 @@ def _build_resnet18(
     bottleneck: int = 0,
     dropout: float = 0.0,
     stem: str = "small",
+    bottleneck_layer: str = "bn-relu",
+    lr_mult: float = 1.0,
 ) -> nn.Module:
     from galmerge.backbones.resnet import ResNetFeatures
 
     bottleneck = _number("resnet18", "bottleneck", bottleneck, int)
     dropout = _number("resnet18", "dropout", dropout, float)
+    lr_mult = _number("resnet18", "lr_mult", lr_mult, float)
     if not 0.0 <= dropout < 1.0:
         raise GalmergeError(f"resnet18 dropout must be in [0, 1), got {dropout}")
     return ResNetFeatures(
-        in_channels, image_size, bottleneck=bottleneck, dropout=dropout, stem=str(stem)
+        in_channels, image_size, bottleneck=bottleneck, dropout=dropout, stem=str(stem),
+        bottleneck_layer=str(bottleneck_layer), lr_mult=lr_mult,
     )
 
 
@@ -65,9 +69,10 @@ def register_backbones() -> list[Backbone]:
             description="DeepMerge II CNN: 3 conv blocks (2592 features at 75x75) + 64-32-2 head",
             build=_build_deepmerge,
             build_head=_deepmerge_head,
-            # The paper's code uses 0.5 (the deepmerge2-* presets keep it). Dropout that strong
-            # before the next BatchNorm shifts its statistics between train and eval mode: on the
-            # synthetic pair eval accuracy fell to chance, so the default is milder.
+            # The final DeepMerge II code has no dropout (its June 2020 drafts and DeepMerge I had
+            # 0.5 after every block; the deepmerge2-* presets set 0). 0.5 before the next
+            # BatchNorm shifts its statistics between train and eval mode: on the synthetic pair
+            # eval accuracy fell to chance, so the default is a mild 0.1.
             defaults={"dropout": 0.1},
         ),
         Backbone(
@@ -75,6 +80,7 @@ def register_backbones() -> list[Backbone]:
             description="torchvision ResNet-18, random init, 3x3 stem for 75x75 stamps; "
             "optional bottleneck",
             build=_build_resnet18,
-            defaults={"bottleneck": 0, "dropout": 0.0, "stem": "small"},
+            defaults={"bottleneck": 0, "dropout": 0.0, "stem": "small",
+                      "bottleneck_layer": "bn-relu", "lr_mult": 1.0},
         ),
     ]

@@ -26,8 +26,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "mmd": {"weight": 1.0},
     "coral": {"weight": 1.0},
     "dann": {"weight": 1.0, "hidden": 1024, "dropout": 0.5, "gamma": 10.0, "max_coeff": 1.0,
-             "feature_loss": "reversed"},
-    "fisher": {"weight": 1.0, "intra_weight": 0.01, "inter_weight": 0.01, "form": "tr"},
+             "feature_loss": "reversed", "grl": "ramp"},
+    # intra 0.01 / inter 1.0: every Fisher command line of the DeepMerge II repository
+    "fisher": {"weight": 1.0, "intra_weight": 0.01, "inter_weight": 1.0, "form": "tr"},
     "entropy": {"weight": 1.0, "include_source": False, "diversity": 0.0},
 }
 
@@ -54,7 +55,7 @@ def _build_coral(context: StrategyContext, options: Mapping[str, Any]) -> nn.Mod
 
 
 def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
-    from galmerge.losses.dann import FEATURE_LOSSES, DANNLoss
+    from galmerge.losses.dann import FEATURE_LOSSES, GRL_SCHEDULES, DANNLoss
 
     opts = resolve_options("dann", DEFAULTS["dann"], options)
     if opts["hidden"] < 1:
@@ -68,6 +69,10 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
             f"dann option feature_loss must be one of {', '.join(FEATURE_LOSSES)}, "
             f"got {opts['feature_loss']!r}"
         )
+    if opts["grl"] not in GRL_SCHEDULES:
+        raise GalmergeError(
+            f"dann option grl must be one of {', '.join(GRL_SCHEDULES)}, got {opts['grl']!r}"
+        )
     module = DANNLoss(
         context.feature_dim,
         hidden=opts["hidden"],
@@ -75,6 +80,7 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
         gamma=opts["gamma"],
         max_coeff=opts["max_coeff"],
         feature_loss=opts["feature_loss"],
+        grl=opts["grl"],
     )
     return module.to(context.device)
 
@@ -134,8 +140,8 @@ def register_strategies() -> list[Strategy]:
         ),
         Strategy(
             name="dann",
-            description="domain-adversarial: discriminator behind a ramped gradient-reversal "
-            "layer (the paper's ADA)",
+            description="domain-adversarial: discriminator behind a gradient-reversal layer, "
+            "ramped or constant (the paper's ADA)",
             build=_build_dann,
             defaults=DEFAULTS["dann"],
             aliases=("ada",),

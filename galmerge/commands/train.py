@@ -18,7 +18,7 @@ import click
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Output run directory.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML config (e.g. a run's config.toml); flags override it.")
-@click.option("--preset", help="Hyperparameter preset: deepmerge2-sim-sim, deepmerge2-sim-real (the paper) or synthetic-sim-real (tuned for the built-in pair).")
+@click.option("--preset", help="Hyperparameter preset: deepmerge2-sim-sim, deepmerge2-sim-real, deepmerge2-sim-real-tl (the paper's code; `galmerge presets NAME` shows each value's source) or synthetic-sim-real (tuned for the built-in pair).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue this run directory.")
 @click.option("--init-from", help="Start from the weights of a run directory or checkpoint.")
 @click.option("--patience", type=int, help="Early-stopping patience in epochs (0 = off).")
@@ -62,6 +62,12 @@ def train(
     from galmerge.training import train as run_training
 
     bopts = dict(parse_assignment(text, "--backbone-option") for text in backbone_options)
+    if preset and strategy and not quiet:
+        from galmerge.presets import borrowed_note
+
+        note = borrowed_note(preset, strategy, backbone or "deepmerge")
+        if note:
+            click.echo(note, err=True)
     run_training(
         source=source,
         target=target,

@@ -1,12 +1,14 @@
 """Domain-adversarial training (Ganin & Lempitsky 2015; Ganin et al. 2016): DeepMerge II's "ADA".
 
 A discriminator learns to tell source features from target features; a gradient-reversal layer
-(GRL) between the features and the discriminator hands the feature extractor the negated gradient,
-scaled by λ(p) = max_coeff · (2 / (1 + exp(-γ p)) - 1), which ramps from 0 to ~max_coeff as
-training progress p goes 0 → 1 (γ = 10 in both papers). The discriminator follows DeepMerge II's
-``network.AdversarialNetwork`` (github.com/AleksCipri/DeepMergeDomainAdaptation): two hidden
-layers of 1024 with ReLU and dropout 0.5, weights N(0, 0.01) and N(0, 0.3) for the output.
-That code computes λ from a step counter that never advances; we use the training progress.
+(GRL) between the features and the discriminator hands the feature extractor the negated gradient
+scaled by λ. ``grl="ramp"`` (default): λ(p) = max_coeff · (2 / (1 + exp(-γ p)) - 1), rising from
+0 to ~max_coeff as training progress p goes 0 → 1 (γ = 10, Ganin et al. 2016). ``grl="constant"``:
+λ = max_coeff for the whole run, which is what the DeepMerge II code does: its
+``network.AdversarialLayer.backward`` returns ``-1 * grad`` and the ramp survives there only as a
+comment (github.com/AleksCipri/DeepMergeDomainAdaptation, ``python_files/network.py``). The
+discriminator follows that code's ``network.AdversarialNetwork``: two hidden layers of 1024 with
+ReLU and dropout 0.5, weights N(0, 0.01) and N(0, 0.3) for the output.
 
 ``feature_loss`` chooses what the features minimise. ``"reversed"`` (default, the paper): the
 negated discriminator BCE, through the GRL. ``"inverted"``: the BCE of the *flipped* domain
@@ -28,6 +30,7 @@ from torch.nn import functional as F
 from galmerge.strategy_api import StepInputs
 
 FEATURE_LOSSES = ("reversed", "inverted")
+GRL_SCHEDULES = ("ramp", "constant")
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -91,6 +94,7 @@ class DANNLoss(nn.Module):
         gamma: float = 10.0,
         max_coeff: float = 1.0,
         feature_loss: str = "reversed",
+        grl: str = "ramp",
     ) -> None:
         super().__init__()
         self.discriminator = DomainDiscriminator(in_features, hidden, dropout)
@@ -99,10 +103,19 @@ class DANNLoss(nn.Module):
         if feature_loss not in FEATURE_LOSSES:
             raise ValueError(f"feature_loss must be one of {FEATURE_LOSSES}, got {feature_loss!r}")
         self.feature_loss = feature_loss
+        if grl not in GRL_SCHEDULES:
+            raise ValueError(f"grl must be one of {GRL_SCHEDULES}, got {grl!r}")
+        self.grl = grl
+
+    def coefficient(self, progress: float) -> float:
+        """λ at training progress ``progress`` (0 → 1)."""
+        if self.grl == "constant":
+            return self.max_coeff
+        return grl_coefficient(progress, self.gamma, self.max_coeff)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         source, target = step.source_features.flatten(1), step.target_features.flatten(1)
-        coeff = grl_coefficient(step.progress, self.gamma, self.max_coeff)
+        coeff = self.coefficient(step.progress)
         both = torch.cat([source, target], dim=0)
         domain = torch.cat(
             [

@@ -9,8 +9,12 @@ github.com/AleksCipri/DeepMergeDomainAdaptation does):
 - ``form="tr"`` (trace ratio, the paper's): intra_weight · intra / (inter_weight · inter)
 - ``form="td"`` (trace difference): intra_weight · intra - inter_weight · inter
 
-Defaults intra_weight = inter_weight = 0.01 are the DeepMerge II code's (``--intra_loss_coef``,
-``--inter_loss_coef``). Because intra is a sum, the term grows with the batch size, as there.
+Defaults intra_weight = 0.01, inter_weight = 1.0: the values of every command line in the
+DeepMerge II repository that uses Fisher with MMD (the notebook's MMD and ADA cells, the
+``train_MMD.py`` docstring), so that the trace ratio has the paper's scale. That code's own CLI
+defaults are 0 / 0 (``--intra_loss_coef``, ``--inter_loss_coef``), which would switch the term
+off; its sim-to-real ADA+Fisher command uses intra 1e-4. Only the ratio intra/inter matters for
+the ``tr`` form. Because intra is a sum, the term grows with the batch size, as there.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class FisherLoss(nn.Module):
         num_classes: int,
         feature_dim: int,
         intra_weight: float = 0.01,
-        inter_weight: float = 0.01,
+        inter_weight: float = 1.0,
         form: str = "tr",
     ) -> None:
         super().__init__()
