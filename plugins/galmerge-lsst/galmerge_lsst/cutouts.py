@@ -428,7 +428,7 @@ def _decode_image(blob: bytes) -> tuple[np.ndarray, Any]:
     import warnings
 
     from astropy.io import fits
-    from astropy.wcs import FITSFixedWarning, WCS
+    from astropy.wcs import WCS, FITSFixedWarning
 
     if len(blob) % 2880:  # FITS files come in 2880-byte blocks; anything else is cut short
         raise ValueError("not a whole FITS file")

@@ -35,8 +35,8 @@ NJY = 3631.0  # nJy per nanomaggy
 class Galaxy:
     ra: float
     dec: float
-    flux: dict[str, float] = field(default_factory=lambda: dict(zip("ugrizy", (5.0, 10.0, 20.0,
-                                                                            25.0, 30.0, 32.0))))
+    flux: dict[str, float] = field(default_factory=lambda: {"u": 5.0, "g": 10.0, "r": 20.0,
+                                                            "i": 25.0, "z": 30.0, "y": 32.0})
     sigma_arcsec: float = 1.0
 
 
