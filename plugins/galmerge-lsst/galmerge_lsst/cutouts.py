@@ -58,7 +58,7 @@ NATIVE_SCALE_ARCSEC = 0.2
 NJY_PER_NANOMAGGY = 3631.0
 DEFAULTS: dict[str, Any] = {
     "subtype": "lsst.deep_coadd", "collection": "LSST.DP1", "obscore_table": "ivoa.ObsCore",
-    "units": "nanomaggies", "max_edge_fraction": 0.5, "datalink_cache": 4096,
+    "units": "nanomaggies", "max_edge_fraction": 0.5, "datalink_cache": 4096, "tap_batch": 20,
 }  # fmt: skip
 #: ADQL identifiers and literals we splice into the query: nothing that could end a string
 _SAFE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
@@ -122,7 +122,7 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
     except (TypeError, ValueError) as exc:
         raise GalmergeError(
             f"bad lsst option ({exc}); numeric options: workers, attempts, retries, timeout, "
-            f"backoff, max_retry_after, max_edge_fraction, datalink_cache"
+            f"backoff, max_retry_after, max_edge_fraction, datalink_cache, tap_batch"
         ) from None
 
 
@@ -223,8 +223,11 @@ class LsstCutouts:
         self._sessions: list[_RspSession] = []
         self._lock = threading.Lock()
         self._datalinks: OrderedDict[str, Any] = OrderedDict()
+        self._fetching: dict[str, threading.Lock] = {}
         self._datalink_cap = max(1, int(options.get("datalink_cache", DEFAULTS["datalink_cache"])))
+        self.tap_batch = max(1, int(options.get("tap_batch", DEFAULTS["tap_batch"])))
         self.datalink_hits = 0
+        self.tap_queries = 0
         self.edge_stamps = 0
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="galmerge-lsst")
         self.cache_key = (
@@ -260,30 +263,38 @@ class LsstCutouts:
         return self.client.call(once, what)
 
     # -- the three protocol steps --------------------------------------------------------------
-    def adql(self, ra: float, dec: float) -> str:
-        """The ObsCore query for the coadd images of the model's bands that contain (ra, dec)."""
+    def adql(self, positions: Sequence[tuple[float, float]]) -> str:
+        """The ObsCore query for the coadd images of the model's bands that contain any of
+        ``positions`` (ra, dec in degrees); ``s_region`` tells which position each row holds."""
         bands = ", ".join(f"'{b}'" for b in self.bands)
+        where = " OR ".join(f"CONTAINS(POINT('ICRS', {ra:.7f}, {dec:.7f}), s_region) = 1"
+                            for ra, dec in positions)
         return (
-            f"SELECT lsst_band, lsst_tract, lsst_patch, s_ra, s_dec, access_url "
+            f"SELECT lsst_band, lsst_tract, lsst_patch, s_ra, s_dec, access_url, s_region "
             f"FROM {self.table} WHERE dataproduct_subtype = '{self.subtype}' "
             f"AND obs_collection = '{self.collection}' AND lsst_band IN ({bands}) "
-            f"AND CONTAINS(POINT('ICRS', {ra:.7f}, {dec:.7f}), s_region) = 1"
+            f"AND ({where})"
         )
 
-    def _find_images(self, ra: float, dec: float) -> dict[str, str] | None:
-        """``{band: DataLink URL}`` for one patch holding every band, or None (no coverage)."""
+    def _obscore(self, positions: Sequence[tuple[float, float]]) -> list[tuple]:
         from pyvo.dal import TAPService
 
         def query():
             table = TAPService(f"{self.base}/tap", session=self._session()).run_sync(
-                self.adql(ra, dec)).to_table()
+                self.adql(positions)).to_table()
             return [(str(r["lsst_band"]), str(r["lsst_tract"]), str(r["lsst_patch"]),
-                     float(r["s_ra"]), float(r["s_dec"]), str(r["access_url"])) for r in table]
+                     float(r["s_ra"]), float(r["s_dec"]), str(r["access_url"]), r["s_region"])
+                    for r in table]
 
-        rows = self._call(query, "ObsCore query")
+        with self._lock:
+            self.tap_queries += 1
+        return self._call(query, "ObsCore query")
+
+    def _choose(self, ra: float, dec: float, rows: Sequence[tuple]) -> dict[str, str] | None:
+        """``{band: DataLink URL}`` of the patch holding every band, nearest its centre."""
         patches: dict[tuple[str, str], dict[str, str]] = {}
         centre: dict[tuple[str, str], float] = {}
-        for band, tract, patch, s_ra, s_dec, url in rows:
+        for band, tract, patch, s_ra, s_dec, url, _ in rows:
             key = (tract, patch)
             patches.setdefault(key, {})[band] = url
             centre[key] = _separation(ra, dec, s_ra, s_dec)
@@ -291,6 +302,24 @@ class LsstCutouts:
         if not full:
             return None
         return patches[min(full, key=lambda k: (centre[k], k))]
+
+    def _resolve(self, batch: Sequence[CutoutRequest]) -> list[dict[str, str] | None]:
+        """The images for each request of a batch (``tap_batch`` positions), one ObsCore query.
+
+        Rows are matched to positions by their ``s_region`` polygon; when one does not parse,
+        each position of the batch is asked on its own (then no matching is needed). Either
+        way a position sees every patch that holds it, so the choice does not depend on the
+        batching.
+        """
+        rows = self._obscore([(r.ra, r.dec) for r in batch])
+        if len(batch) == 1:
+            return [self._choose(batch[0].ra, batch[0].dec, rows)]
+        polygons = [parse_polygon(row[6]) for row in rows]
+        if any(p is None for p in polygons):
+            return [self._choose(r.ra, r.dec, self._obscore([(r.ra, r.dec)])) for r in batch]
+        return [self._choose(r.ra, r.dec, [row for row, poly in zip(rows, polygons, strict=True)
+                                           if polygon_contains(poly, r.ra, r.dec)])
+                for r in batch]
 
     def _cutout_descriptor(self, url: str) -> tuple[Any, Any]:
         """The DataLink ``#cutout`` row and its service-descriptor resource, cached per image."""
@@ -302,21 +331,30 @@ class LsstCutouts:
                 self._datalinks.move_to_end(url)
                 self.datalink_hits += 1
                 return hit
+            # one fetch per document: workers cutting neighbours on one patch wait for it
+            url_lock = self._fetching.setdefault(url, threading.Lock())
+        with url_lock:
+            with self._lock:
+                hit = self._datalinks.get(url)
+                if hit is not None:
+                    self.datalink_hits += 1
+                    return hit
 
-        def query():
-            return DatalinkQuery(url, session=self._session()).execute()
+            def query():
+                return DatalinkQuery(url, session=self._session()).execute()
 
-        links = self._call(query, "DataLink")
-        # include_narrower=False: the narrower terms would be looked up in the IVOA vocabulary
-        # online (a download per process, impossible on a compute node); #cutout is exact.
-        row = next(iter(links.bysemantics("#cutout", include_narrower=False)), None)
-        if row is None or not row.service_def:
-            raise FetchError("DataLink has no #cutout service", retryable=False)
-        found = (row, links.get_adhocservice_by_id(row.service_def))
-        with self._lock:
-            self._datalinks[url] = found
-            while len(self._datalinks) > self._datalink_cap:
-                self._datalinks.popitem(last=False)
+            links = self._call(query, "DataLink")
+            # include_narrower=False: the narrower terms would be looked up in the IVOA
+            # vocabulary online (a download per process, impossible on a compute node)
+            row = next(iter(links.bysemantics("#cutout", include_narrower=False)), None)
+            if row is None or not row.service_def:
+                raise FetchError("DataLink has no #cutout service", retryable=False)
+            found = (row, links.get_adhocservice_by_id(row.service_def))
+            with self._lock:
+                self._datalinks[url] = found
+                self._fetching.pop(url, None)
+                while len(self._datalinks) > self._datalink_cap:
+                    self._datalinks.popitem(last=False)
         return found
 
     def _soda(self, url: str, ra: float, dec: float) -> tuple[np.ndarray, Any]:
@@ -349,12 +387,10 @@ class LsstCutouts:
 
         return self._call(query, "SODA cutout")
 
-    def _one(self, r: CutoutRequest) -> CutoutResult:
+    def _one(self, job: tuple[CutoutRequest, dict[str, str]]) -> CutoutResult:
         from galmerge.sdss_cutouts import cut_stamp_with_edge
 
-        images = self._find_images(r.ra, r.dec)
-        if images is None:
-            return CutoutResult(r.row, None, "no-coverage")
+        r, images = job
         planes = []
         worst = 0.0
         for band in self.bands:
@@ -381,7 +417,21 @@ class LsstCutouts:
                 todo.append(r)
             else:
                 yield CutoutResult(r.row, None, "bad-coordinates")
-        for r, result, exc in bounded_map(self._one, todo, self.workers, self._pool):
+        batches = [todo[i : i + self.tap_batch] for i in range(0, len(todo), self.tap_batch)]
+        jobs = []
+        for batch, found, exc in bounded_map(self._resolve, batches, self.workers, self._pool):
+            if exc is not None:
+                if not isinstance(exc, FetchError):
+                    raise exc
+                for r in batch:
+                    yield CutoutResult(r.row, None, f"fetch-failed: {exc.reason}")
+                continue
+            for r, images in zip(batch, found, strict=True):
+                if images is None:
+                    yield CutoutResult(r.row, None, "no-coverage")
+                else:
+                    jobs.append((r, images))
+        for (r, _), result, exc in bounded_map(self._one, jobs, self.workers, self._pool):
             if exc is None:
                 yield result
             elif isinstance(exc, FetchError):
@@ -391,7 +441,8 @@ class LsstCutouts:
 
     def summary(self) -> str:
         """One line: requests, retries and failures with their reasons; cache reuse."""
-        extra = f"; DataLink documents reused {self.datalink_hits} times"
+        extra = (f"; {self.tap_queries} ObsCore queries, DataLink documents reused "
+                 f"{self.datalink_hits} times")
         if self.edge_stamps:
             extra += f", {self.edge_stamps} stamps zero-filled past a coadd edge"
         return self.client.summary() + extra
@@ -417,6 +468,54 @@ def _separation(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
     h = (math.sin((p2 - p1) / 2) ** 2
          + math.cos(p1) * math.cos(p2) * math.sin(math.radians(ra2 - ra1) / 2) ** 2)
     return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
+
+
+def parse_polygon(region: Any) -> list[tuple[float, float]] | None:
+    """(ra, dec) vertices of an ObsCore ``s_region``: STC-S text (``POLYGON ICRS ra dec ...``)
+    or a DALI polygon (a flat array of numbers); None when it is neither."""
+    try:
+        if isinstance(region, bytes):
+            region = region.decode()
+        if isinstance(region, str):
+            words = region.split()
+            if not words or words[0].upper() != "POLYGON":
+                return None
+            numbers = []
+            for w in words[1:]:
+                try:
+                    numbers.append(float(w))
+                except ValueError:
+                    if numbers:  # a word after the coordinates: not one plain polygon
+                        return None
+        else:
+            numbers = [float(v) for v in np.ravel(np.ma.filled(np.ma.asarray(region, dtype=float),
+                                                                np.nan))]
+    except (TypeError, ValueError):
+        return None
+    if len(numbers) < 6 or len(numbers) % 2 or not all(math.isfinite(v) for v in numbers):
+        return None
+    return list(zip(numbers[0::2], numbers[1::2], strict=True))
+
+
+def polygon_contains(vertices: Sequence[tuple[float, float]], ra: float, dec: float) -> bool:
+    """Whether (ra, dec) lies inside a small spherical polygon: the vertices are projected on
+    the plane tangent at the point (gnomonic: great-circle edges stay straight) and the edges
+    crossing the ray from the origin along +x are counted."""
+    r0, d0 = math.radians(ra), math.radians(dec)
+    xy = []
+    for vra, vdec in vertices:
+        r, d = math.radians(vra), math.radians(vdec)
+        cos_c = math.sin(d0) * math.sin(d) + math.cos(d0) * math.cos(d) * math.cos(r - r0)
+        if cos_c <= 0:  # a vertex 90 degrees away: no patch around this point
+            return False
+        xy.append((math.cos(d) * math.sin(r - r0) / cos_c,
+                   (math.cos(d0) * math.sin(d) - math.sin(d0) * math.cos(d) * math.cos(r - r0))
+                   / cos_c))
+    inside = False
+    for (x1, y1), (x2, y2) in zip(xy, xy[1:] + xy[:1], strict=True):
+        if (y1 > 0) != (y2 > 0) and x1 - y1 * (x2 - x1) / (y2 - y1) > 0:
+            inside = not inside
+    return inside
 
 
 def _decode_image(blob: bytes) -> tuple[np.ndarray, Any]:

@@ -1,7 +1,8 @@
 """A loopback Rubin Science Platform: the three IVOA services the lsst plugin uses.
 
-``{base}/tap/sync`` (GET or POST, ADQL): answers an ObsCore VOTable of deep-coadd images whose
-square footprint holds ``POINT('ICRS', ra, dec)``, for the bands in ``lsst_band IN (...)``;
+``{base}/tap/sync`` (GET or POST, ADQL): answers an ObsCore VOTable (with STC-S ``s_region``)
+of deep-coadd images whose square footprint holds any ``POINT('ICRS', ra, dec)`` of the query,
+for the bands in ``lsst_band IN (...)``;
 ``{base}/datalink/links?ID=``: a DataLink VOTable with ``#this`` and a ``#cutout`` row pointing
 at the ``cutout-sync`` SODA service descriptor; ``{base}/cutout/sync?ID=&CIRCLE=ra dec r``: a
 FITS file (empty primary HDU, then the image in nJy with the patch's TAN WCS, optionally
@@ -53,6 +54,13 @@ class Patch:
     def contains(self, ra: float, dec: float) -> bool:
         dra = ((ra - self.ra + 180) % 360 - 180) * math.cos(math.radians(self.dec))
         return abs(dra) <= self.half_deg and abs(dec - self.dec) <= self.half_deg
+
+    def region(self) -> str:
+        """The footprint `contains` tests, as an STC-S polygon (counter-clockwise on the sky)."""
+        w = self.half_deg / math.cos(math.radians(self.dec))
+        corners = [(self.ra - w, self.dec - self.half_deg), (self.ra + w, self.dec - self.half_deg),
+                   (self.ra + w, self.dec + self.half_deg), (self.ra - w, self.dec + self.half_deg)]
+        return "POLYGON ICRS " + " ".join(f"{ra % 360:.7f} {dec:.7f}" for ra, dec in corners)
 
     @property
     def npix(self) -> int:
@@ -188,26 +196,26 @@ class FakeRsp:
     def obscore(self, adql: str) -> bytes:
         from astropy.table import Table
 
-        point = re.search(r"POINT\('ICRS',\s*([-\d.eE+]+),\s*([-\d.eE+]+)\)", adql)
+        points = re.findall(r"POINT\('ICRS',\s*([-\d.eE+]+),\s*([-\d.eE+]+)\)", adql)
         bands = re.search(r"lsst_band IN \(([^)]*)\)", adql)
-        if (not point or not bands or "FROM ivoa.ObsCore" not in adql
+        if (not points or not bands or "FROM ivoa.ObsCore" not in adql
                 or "dataproduct_subtype = 'lsst.deep_coadd'" not in adql
                 or "obs_collection = 'LSST.DP1'" not in adql):
             raise ValueError("unexpected ADQL")
-        ra, dec = float(point[1]), float(point[2])
         wanted = re.findall(r"'([a-z])'", bands[1])
         rows = []
         for p in self.patches:
-            if p.contains(ra, dec):
+            if any(p.contains(float(ra), float(dec)) for ra, dec in points):
                 for b in wanted:
                     if b in p.bands:
                         link = f"{self.url}/datalink/links?ID={quote(self.image_id(p, b), safe='')}"
-                        rows.append((b, p.tract, p.patch, p.ra, p.dec, link))
-        names = ["lsst_band", "lsst_tract", "lsst_patch", "s_ra", "s_dec", "access_url"]
+                        rows.append((b, p.tract, p.patch, p.ra, p.dec, link, p.region()))
+        names = ["lsst_band", "lsst_tract", "lsst_patch", "s_ra", "s_dec", "access_url",
+                 "s_region"]
         if rows:
             table = Table(rows=rows, names=names)
         else:
-            table = Table(names=names, dtype=["U1", "i8", "i8", "f8", "f8", "U200"])
+            table = Table(names=names, dtype=["U1", "i8", "i8", "f8", "f8", "U200", "U200"])
         return _votable_bytes(table)
 
     def datalink(self, image_id: str) -> bytes:

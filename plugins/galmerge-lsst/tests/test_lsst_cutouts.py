@@ -95,10 +95,12 @@ def test_stamps_through_tap_datalink_and_soda_in_nanomaggies(survey, rsp, option
 
 
 def test_units_njy_and_datalink_documents_reused(survey, rsp, options):
-    with survey.cutouts({**PRE, "bands": ["r"]}, {**options, "units": "nJy", "workers": 1}) as svc:
+    with survey.cutouts({**PRE, "bands": ["r"]}, {**options, "units": "nJy"}) as svc:
         results = _fetch(svc, [_req(rsp, 0), _req(rsp, 1)])
         summary = svc.summary()
     assert results[0].image.sum() == pytest.approx(20.0 * 3631, rel=0.01)
+    # the two galaxies share patch 14: its DataLink document is fetched once, even though two
+    # workers want it at the same moment
     assert rsp.count("/datalink/") == 1 and "reused 1 times" in summary
 
 
@@ -144,7 +146,7 @@ def test_429_503_500_drop_and_truncation_are_retried(survey, rsp, options, sleep
 def test_failures_after_retries_become_statuses(survey, rsp, options):
     rsp.add_fault("tap/sync|POINT('ICRS', 180.0000000", "503", times=-1)
     rsp.add_fault("cutout/sync|coadd-5063-14-g", "truncate", times=-1)
-    with survey.cutouts(PRE, options) as svc:
+    with survey.cutouts(PRE, {**options, "tap_batch": 1}) as svc:
         results = _fetch(svc, [_req(rsp, 0), _req(rsp, 3), _req(rsp, 2)])
         summary = svc.summary()
     assert results[3].status == "fetch-failed: HTTP 503"
@@ -163,7 +165,38 @@ def test_no_coverage_missing_band_no_data_and_bad_positions(survey, rsp, options
         results = _fetch(svc, reqs)
     assert [results[i].status for i in range(5)] == ["no-coverage"] * 3 + ["bad-coordinates"] * 2
     assert all(results[i].image is None for i in range(5))
-    assert rsp.count("tap/sync") == 3 and rsp.count("cutout") == 2  # only galaxy 2 is cut
+    assert rsp.count("tap/sync") == 1  # the three valid positions in one ObsCore query
+    assert rsp.count("cutout") == 2  # only galaxy 2 is cut
+
+
+def test_one_obscore_query_per_batch_gives_the_same_stamps_as_one_per_galaxy(survey, rsp,
+                                                                            options):
+    reqs = [_req(rsp, i) for i in range(4)] + [CutoutRequest(4, 10.0, 45.0, "outside")]
+    with survey.cutouts(PRE, {**options, "tap_batch": 1}) as svc:
+        single = _fetch(svc, reqs)
+    assert rsp.count("tap/sync") == 5
+    with survey.cutouts(PRE, {**options, "tap_batch": 3}) as svc:
+        batched = _fetch(svc, reqs)
+        summary = svc.summary()
+    assert rsp.count("tap/sync") == 5 + 2 and "2 ObsCore queries" in summary
+    assert [batched[i].status for i in range(5)] == ["ok"] * 4 + ["no-coverage"]
+    for i in range(5):  # galaxy 1 lies in patches 14 and 15: both ways pick 14, nearest
+        assert batched[i].status == single[i].status
+        if single[i].image is not None:
+            np.testing.assert_array_equal(batched[i].image, single[i].image)
+
+
+def test_s_region_polygons_parse_and_contain_points_across_ra_zero():
+    from galmerge_lsst.cutouts import parse_polygon, polygon_contains
+
+    stcs = parse_polygon("POLYGON ICRS 359.99 -0.01 0.01 -0.01 0.01 0.01 359.99 0.01")
+    dali = parse_polygon(np.array([359.99, -0.01, 0.01, -0.01, 0.01, 0.01, 359.99, 0.01]))
+    assert stcs == dali and len(stcs) == 4
+    for poly in (stcs, list(reversed(stcs))):  # either winding
+        assert polygon_contains(poly, 0.0, 0.0) and polygon_contains(poly, 359.995, 0.005)
+        assert not polygon_contains(poly, 0.02, 0.0) and not polygon_contains(poly, 180.0, 0.0)
+    for bad in ("CIRCLE ICRS 1 2 3", "POLYGON ICRS 1 2 3", "POLYGON 1 2 3 4 5 6 UNION x", None):
+        assert parse_polygon(bad) is None
 
 
 def test_no_token_is_refused_before_any_request(survey, rsp, options, monkeypatch):
