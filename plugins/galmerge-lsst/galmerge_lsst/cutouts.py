@@ -158,6 +158,16 @@ class _RspSession(requests.Session):
         return f"<RSP session for {self._origin[0]}://{self._origin[1]}>"
 
 
+def auth_error(code: int, token_env: str, url: str | None = None) -> RspAuthError:
+    """One line for a refused token, naming the host that refused it (never the token)."""
+    host = urlsplit(url).netloc if url else ""
+    who = f"the Rubin Science Platform ({host})" if host else "the Rubin Science Platform"
+    return RspAuthError(
+        f"{who} refused the token in {token_env} (HTTP {code}); make a new one with "
+        f"read:tap and read:image scopes at https://data.lsst.cloud/auth/tokens and export it"
+    )
+
+
 def _fetch_error(exc: BaseException, token_env: str) -> BaseException:
     """pyvo and requests failures as galmerge FetchErrors; a refused token as RspAuthError."""
     from pyvo.dal.exceptions import DALFormatError, DALQueryError, DALServiceError
@@ -172,11 +182,8 @@ def _fetch_error(exc: BaseException, token_env: str) -> BaseException:
     elif isinstance(exc, requests.HTTPError) and exc.response is not None:
         code = exc.response.status_code
     if code in (401, 403):
-        return RspAuthError(
-            f"the Rubin Science Platform refused the token in {token_env} (HTTP {code}); "
-            f"make a new one with read:tap and read:image scopes at "
-            f"https://data.lsst.cloud/auth/tokens and export it"
-        )
+        response = getattr(cause, "response", None)
+        return auth_error(code, token_env, getattr(response, "url", None))
     if isinstance(cause, requests.RequestException):  # HTTP status, timeout, dropped link
         mapped = classify_exception(cause)
         if mapped is not None:
@@ -371,6 +378,8 @@ class LsstCutouts:
             # submit() and our own status check instead of execute_stream(): the response's
             # Retry-After (429/503) and a short body must reach the retry policy.
             with soda.submit() as response:
+                if response.status_code in (401, 403):
+                    raise auth_error(response.status_code, self._token_env, response.url)
                 if response.status_code != 200:
                     raise http_status_error(response)
                 body = response.content

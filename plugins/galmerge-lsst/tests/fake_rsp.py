@@ -139,6 +139,7 @@ class FakeRsp:
         self.token = token
         self.patches = default_patches() if patches is None else patches
         self.galaxies = default_galaxies() if galaxies is None else galaxies
+        self.soda_base: str | None = None  # the cutout descriptor's host (default: this one)
         self.faults: list[Fault] = []
         self.counts: Counter[str] = Counter()
         self.seen: list[tuple[str, dict[str, str], str | None]] = []  # path, params, auth
@@ -221,7 +222,8 @@ class FakeRsp:
     def datalink(self, image_id: str) -> bytes:
         from xml.sax.saxutils import escape
 
-        return DATALINK.format(id=escape(image_id), base=self.url).encode()
+        return DATALINK.format(id=escape(image_id), base=self.url).replace(
+            f"{self.url}/cutout/sync", f"{self.soda_base or self.url}/cutout/sync").encode()
 
     def wcs_header(self, p: Patch, x0: int = 0, y0: int = 0) -> dict[str, float | str]:
         s = SCALE / 3600.0

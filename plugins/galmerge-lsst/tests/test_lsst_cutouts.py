@@ -236,6 +236,21 @@ def test_a_wrong_token_stops_the_run_in_one_line_without_showing_it(survey, rsp,
     assert rsp.count() == 1  # a refused token is not retried
 
 
+def test_the_token_goes_to_the_configured_host_only(survey, rsp, options):
+    from fake_rsp import FakeRsp
+
+    elsewhere = FakeRsp(token="another-service").start()
+    rsp.soda_base = elsewhere.url  # another port: another origin
+    try:
+        with (survey.cutouts(PRE, {**options, "workers": 1}) as svc,
+              pytest.raises(GalmergeError, match="HTTP 401")):
+            _fetch(svc, [_req(rsp, 3)])
+    finally:
+        elsewhere.stop()
+    assert elsewhere.count("cutout") == 1
+    assert [auth for *_, auth in elsewhere.seen] == [None]
+
+
 @pytest.mark.parametrize(
     ("preprocess", "options_", "words"),
     [
