@@ -190,8 +190,9 @@ def _fetch_error(exc: BaseException, token_env: str) -> BaseException:
             return mapped
     if code:
         return FetchError(f"HTTP {code}", retryable=code >= 500 or code in (408, 429))
-    if isinstance(exc, DALQueryError):
-        return FetchError("TAP query refused", retryable=False)
+    if isinstance(exc, DALQueryError):  # the service's own words say what it disliked
+        why = " ".join(str(exc.reason or "").split())[:100]
+        return FetchError(f"TAP query refused ({why})" if why else "TAP query refused")
     if isinstance(exc, DALFormatError):
         return CorruptResponse("corrupt VOTable")
     if isinstance(exc, DALServiceError):

@@ -10,7 +10,7 @@ rotated) holding Gaussian galaxies, clipped to the patch. Every endpoint wants
 ``Authorization: Bearer <token>`` and answers 401 otherwise.
 
 Faults: ``server.add_fault(match, kind, times=1, retry_after="1")`` with kind one of
-``500 503 429 truncate drop nodata``, matched against the path plus the query text (the ADQL
+``500 503 429 truncate drop nodata queryerror``, matched against the path plus the query text (the ADQL
 for TAP; ``a|b`` needs both a and b); ``server.count(part)`` counts requests whose path contains ``part``.
 """
 
@@ -125,6 +125,16 @@ DATALINK = """<?xml version="1.0" encoding="UTF-8"?>
 <PARAM name="ID" datatype="char" arraysize="*" ucd="meta.id;meta.dataset" value="{id}"/>
 <PARAM name="CIRCLE" datatype="double" arraysize="3" xtype="circle" unit="deg" ucd="obs.field" value=""/>
 </GROUP>
+</RESOURCE>
+</VOTABLE>
+"""
+
+
+QUERY_ERROR = b"""<?xml version="1.0" encoding="UTF-8"?>
+<VOTABLE xmlns="http://www.ivoa.net/xml/VOTable/v1.3" version="1.3">
+<RESOURCE type="results">
+<INFO name="QUERY_STATUS" value="ERROR">Column not found: lsst_band
+(in table ivoa.ObsCore)</INFO>
 </RESOURCE>
 </VOTABLE>
 """
@@ -300,6 +310,8 @@ class _Handler(BaseHTTPRequestHandler):
                               {"Retry-After": fault.retry_after} if fault.kind == "503" else None)
         if fault and fault.kind == "429":
             return self._send(429, b"slow down", "text/plain", {"Retry-After": fault.retry_after})
+        if fault and fault.kind == "queryerror":  # TAP: HTTP 200, the error in the VOTable
+            return self._send(200, QUERY_ERROR, "application/x-votable+xml")
         try:
             if path == "/api/tap/sync":
                 body, ctype = fake.obscore(q.get("QUERY", "")), "application/x-votable+xml"

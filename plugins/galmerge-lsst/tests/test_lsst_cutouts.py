@@ -156,6 +156,15 @@ def test_failures_after_retries_become_statuses(survey, rsp, options):
     assert "2 failed after retries" in summary
 
 
+def test_a_refused_adql_query_is_a_status_with_the_services_words(survey, rsp, options):
+    rsp.add_fault("tap/sync", "queryerror", times=-1)
+    with survey.cutouts(PRE, options) as svc:
+        results = _fetch(svc, [_req(rsp, 0), _req(rsp, 3)])
+    assert {r.status for r in results.values()} == {
+        "fetch-failed: TAP query refused (Column not found: lsst_band (in table ivoa.ObsCore))"}
+    assert rsp.count("tap/sync") == 1  # not worth a retry
+
+
 def test_no_coverage_missing_band_no_data_and_bad_positions(survey, rsp, options):
     rsp.add_fault("cutout/sync|coadd-5063-15-z", "nodata")
     reqs = [CutoutRequest(0, 10.0, 45.0, "outside"), _req(rsp, 3, row=1),  # patch 7000: g,r,i
