@@ -1,0 +1,367 @@
+"""galmerge-lsst: discovery, then stamps through a loopback RSP (TAP, DataLink, SODA)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from galmerge.cutouts import CutoutRequest
+from galmerge.errors import GalmergeError
+
+try:
+    metadata.distribution("galmerge-lsst")
+    INSTALLED = True
+except metadata.PackageNotFoundError:  # run from a checkout: import the package from its folder
+    INSTALLED = False
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+
+PRE = {"bands": ["g", "r", "i"], "image_size": 41, "pixel_scale_arcsec": 0.2,
+       "image_source": "frames"}
+
+
+@pytest.fixture
+def survey():
+    """The `lsst` survey record, from the entry point when the plugin is installed."""
+    from galmerge.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    if not INSTALLED:
+        import galmerge_lsst.plugin as module
+
+        pm.register(module, name="lsst")
+    return pm.get("surveys", "lsst")
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def options(sleeps) -> dict:
+    return {"backoff": 0.001, "attempts": 3, "timeout": 5.0, "sleep": sleeps.append, "workers": 2}
+
+
+def _fetch(service, reqs):
+    out = {r.row: r for r in service.fetch(reqs)}
+    assert sorted(out) == sorted(r.row for r in reqs)
+    return out
+
+
+def _req(server, i: int, row: int | None = None) -> CutoutRequest:
+    g = server.galaxies[i]
+    return CutoutRequest(i if row is None else row, g.ra, g.dec, f"g{i}")
+
+
+@pytest.mark.skipif(not INSTALLED, reason="pip install ./plugins/galmerge-lsst")
+def test_discovered_through_its_entry_point_and_can_be_blocked(monkeypatch):
+    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+
+    pm = get_plugin_manager()
+    assert pm.get("surveys", "lsst").cutouts is not None
+    assert pm.owner("surveys", "lsst").distribution == "galmerge-lsst"
+    monkeypatch.setenv("GALMERGE_DISABLE_PLUGINS", "lsst")
+    reset_plugin_manager()
+    with pytest.raises(GalmergeError, match="unknown survey 'lsst'"):
+        get_plugin_manager().get("surveys", "lsst")
+
+
+def test_stamps_through_tap_datalink_and_soda_in_nanomaggies(survey, rsp, options):
+    pre = {**PRE, "bands": ["i", "g", "r"], "image_size": 40}
+    with survey.cutouts(pre, options) as svc:
+        results = _fetch(svc, [_req(rsp, 0), _req(rsp, 3)])
+    for row in (0, 3):
+        image = results[row].image
+        assert results[row].status == "ok" and image.shape == (3, 40, 40)
+        assert image.dtype == np.float32
+        for c, band in enumerate("igr"):
+            # an even stamp: the galaxy sits on the corner of the four central pixels
+            assert image[c, 19:21, 19:21].min() == pytest.approx(image[c].max(), rel=1e-3)
+            assert image[c].sum() == pytest.approx(rsp.galaxies[row].flux[band], rel=0.01)
+    tap = [q["QUERY"] for path, q, _ in rsp.seen if path.endswith("/tap/sync")]
+    assert any("lsst_band IN ('i', 'g', 'r')" in a and "POINT('ICRS', 53.1000000, -28.1000000)"
+               in a for a in tap)
+    cut = [q for path, q, _ in rsp.seen if path.endswith("/cutout/sync")]
+    assert len(cut) == 6 and all(q["ID"].startswith("ivo://org.rubinobs/usdac/lsst-dp1") for q in cut)
+    radius = float(cut[0]["CIRCLE"].split()[2]) * 3600
+    assert 40 * 0.2 / 2 * math.sqrt(2) <= radius <= 40 * 0.2  # covers the stamp, not much more
+    assert {auth for *_, auth in rsp.seen} == {f"Bearer {rsp.token}"}
+
+
+def test_units_njy_and_datalink_documents_reused(survey, rsp, options):
+    with survey.cutouts({**PRE, "bands": ["r"]}, {**options, "units": "nJy"}) as svc:
+        results = _fetch(svc, [_req(rsp, 0), _req(rsp, 1)])
+        summary = svc.summary()
+    assert results[0].image.sum() == pytest.approx(20.0 * 3631, rel=0.01)
+    # the two galaxies share patch 14: its DataLink document is fetched once, even though two
+    # workers want it at the same moment
+    assert rsp.count("/datalink/") == 1 and "reused 1 times" in summary
+
+
+def test_rotated_coadd_is_resampled_north_up_east_left(survey, monkeypatch, options):
+    from fake_rsp import FakeRsp, Galaxy, Patch
+
+    a = Galaxy(150.0, 2.0, {"g": 10.0})
+    b = Galaxy(150.0, 2.0 + 4.0 / 3600, {"g": 5.0})  # 4" north
+    c = Galaxy(150.0 + 3.5 / 3600 / math.cos(math.radians(2.0)), 2.0, {"g": 4.0})  # 3.5" east
+    server = FakeRsp(patches=[Patch(9000, 1, 150.0, 2.0, rotation_deg=25.0, bands="g")],
+                     galaxies=[a, b, c]).start()
+    monkeypatch.setenv("GALMERGE_LSST_URL", server.url)
+    monkeypatch.setenv("GALMERGE_RSP_TOKEN", server.token)
+    try:
+        pre = {**PRE, "bands": ["g"], "image_size": 61, "pixel_scale_arcsec": 0.25}
+        with survey.cutouts(pre, options) as svc:
+            image = _fetch(svc, [CutoutRequest(0, a.ra, a.dec, "a")])[0].image[0]
+    finally:
+        server.stop()
+    peak = lambda r, col: np.unravel_index(np.argmax(image[r - 2 : r + 3, col - 2 : col + 3]),  # noqa: E731
+                                           (5, 5))
+    assert peak(30, 30) == (2, 2)
+    assert peak(30 + 16, 30) == (2, 2)  # north is up: +16 rows of 0.25"
+    assert peak(30, 30 - 14) == (2, 2)  # east is left: -14 columns
+    assert image.sum() == pytest.approx(19.0, rel=0.02)  # flux conserved through resampling
+
+
+def test_429_503_500_drop_and_truncation_are_retried(survey, rsp, options, sleeps):
+    rsp.add_fault("tap/sync|POINT('ICRS', 53.1000000", "429", retry_after="4")
+    rsp.add_fault("tap/sync|POINT('ICRS', 53.1000000", "500")
+    rsp.add_fault("datalink|coadd-5063-14-r", "503", retry_after="2")
+    rsp.add_fault("datalink|coadd-5063-14-r", "drop")
+    rsp.add_fault("cutout/sync|coadd-5063-14-i", "truncate")
+    with survey.cutouts(PRE, {**options, "workers": 1}) as svc:
+        results = _fetch(svc, [_req(rsp, 0)])
+        summary = svc.summary()
+    assert results[0].status == "ok"
+    assert 4.0 in sleeps and 2.0 in sleeps
+    assert (rsp.count("tap/sync"), rsp.count("datalink"), rsp.count("cutout")) == (3, 5, 4)
+    assert "HTTP 429" in summary and "HTTP 503" in summary and "none failed" in summary
+
+
+def test_failures_after_retries_become_statuses(survey, rsp, options):
+    rsp.add_fault("tap/sync|POINT('ICRS', 180.0000000", "503", times=-1)
+    rsp.add_fault("cutout/sync|coadd-5063-14-g", "truncate", times=-1)
+    with survey.cutouts(PRE, {**options, "tap_batch": 1}) as svc:
+        results = _fetch(svc, [_req(rsp, 0), _req(rsp, 3), _req(rsp, 2)])
+        summary = svc.summary()
+    assert results[3].status == "fetch-failed: HTTP 503"
+    assert results[0].status == "fetch-failed: corrupt cutout (ValueError)"
+    assert results[2].status == "ok"
+    assert rsp.count("tap/sync|") == 0 and rsp.count("tap/sync") == 3 + 2
+    assert "2 failed after retries" in summary
+
+
+def test_a_refused_adql_query_is_a_status_with_the_services_words(survey, rsp, options):
+    rsp.add_fault("tap/sync", "queryerror", times=-1)
+    with survey.cutouts(PRE, options) as svc:
+        results = _fetch(svc, [_req(rsp, 0), _req(rsp, 3)])
+    assert {r.status for r in results.values()} == {
+        "fetch-failed: TAP query refused (Column not found: lsst_band (in table ivoa.ObsCore))"}
+    assert rsp.count("tap/sync") == 1  # not worth a retry
+
+
+def test_no_coverage_missing_band_no_data_and_bad_positions(survey, rsp, options):
+    rsp.add_fault("cutout/sync|coadd-5063-15-z", "nodata")
+    reqs = [CutoutRequest(0, 10.0, 45.0, "outside"), _req(rsp, 3, row=1),  # patch 7000: g,r,i
+            _req(rsp, 2, row=2), CutoutRequest(3, math.nan, 0.0, "nan"),
+            CutoutRequest(4, 12.0, -91.0, "pole")]
+    with survey.cutouts({**PRE, "bands": ["r", "z"]}, options) as svc:
+        results = _fetch(svc, reqs)
+    assert [results[i].status for i in range(5)] == ["no-coverage"] * 3 + ["bad-coordinates"] * 2
+    assert all(results[i].image is None for i in range(5))
+    assert rsp.count("tap/sync") == 1  # the three valid positions in one ObsCore query
+    assert rsp.count("cutout") == 2  # only galaxy 2 is cut
+
+
+def test_one_obscore_query_per_batch_gives_the_same_stamps_as_one_per_galaxy(survey, rsp,
+                                                                            options):
+    reqs = [_req(rsp, i) for i in range(4)] + [CutoutRequest(4, 10.0, 45.0, "outside")]
+    with survey.cutouts(PRE, {**options, "tap_batch": 1}) as svc:
+        single = _fetch(svc, reqs)
+    assert rsp.count("tap/sync") == 5
+    with survey.cutouts(PRE, {**options, "tap_batch": 3}) as svc:
+        batched = _fetch(svc, reqs)
+        summary = svc.summary()
+    assert rsp.count("tap/sync") == 5 + 2 and "2 ObsCore queries" in summary
+    assert [batched[i].status for i in range(5)] == ["ok"] * 4 + ["no-coverage"]
+    for i in range(5):  # galaxy 1 lies in patches 14 and 15: both ways pick 14, nearest
+        assert batched[i].status == single[i].status
+        if single[i].image is not None:
+            np.testing.assert_array_equal(batched[i].image, single[i].image)
+
+
+def test_s_region_polygons_parse_and_contain_points_across_ra_zero():
+    from galmerge_lsst.cutouts import parse_polygon, polygon_contains
+
+    stcs = parse_polygon("POLYGON ICRS 359.99 -0.01 0.01 -0.01 0.01 0.01 359.99 0.01")
+    dali = parse_polygon(np.array([359.99, -0.01, 0.01, -0.01, 0.01, 0.01, 359.99, 0.01]))
+    assert stcs == dali and len(stcs) == 4
+    for poly in (stcs, list(reversed(stcs))):  # either winding
+        assert polygon_contains(poly, 0.0, 0.0) and polygon_contains(poly, 359.995, 0.005)
+        assert not polygon_contains(poly, 0.02, 0.0) and not polygon_contains(poly, 180.0, 0.0)
+    for bad in ("CIRCLE ICRS 1 2 3", "POLYGON ICRS 1 2 3", "POLYGON 1 2 3 4 5 6 UNION x", None):
+        assert parse_polygon(bad) is None
+
+
+def test_no_token_is_refused_before_any_request(survey, rsp, options, monkeypatch):
+    monkeypatch.delenv("GALMERGE_RSP_TOKEN")
+    with pytest.raises(GalmergeError) as info:
+        survey.cutouts(PRE, options)
+    assert "GALMERGE_RSP_TOKEN" in str(info.value) and "\n" not in str(info.value)
+    assert rsp.count() == 0
+    with pytest.raises(GalmergeError, match="takes no token option"):
+        survey.cutouts(PRE, {**options, "token": rsp.token})
+
+
+def test_the_rsp_answers_401_without_the_bearer_header(rsp):
+    import requests
+
+    answer = requests.get(f"{rsp.url}/tap/sync", params={"QUERY": "x"}, timeout=5)
+    assert answer.status_code == 401 and "Bearer" in answer.headers["WWW-Authenticate"]
+
+
+def test_the_notebook_access_token_is_used_when_ours_is_unset(survey, rsp, options, monkeypatch):
+    monkeypatch.delenv("GALMERGE_RSP_TOKEN")
+    monkeypatch.setenv("ACCESS_TOKEN", rsp.token)
+    with survey.cutouts(PRE, options) as svc:
+        assert _fetch(svc, [_req(rsp, 3)])[3].status == "ok"
+
+
+def test_a_wrong_token_stops_the_run_in_one_line_without_showing_it(survey, rsp, options,
+                                                                    monkeypatch):
+    monkeypatch.setenv("GALMERGE_RSP_TOKEN", "wrong-token-do-not-print")
+    with survey.cutouts(PRE, {**options, "workers": 1}) as svc:
+        with pytest.raises(GalmergeError) as info:
+            _fetch(svc, [_req(rsp, 0)])
+        text = f"{info.value} {svc!r} {svc.summary()}"
+    message = str(info.value)
+    assert "HTTP 401" in message and "GALMERGE_RSP_TOKEN" in message and "\n" not in message
+    assert "wrong-token" not in text
+    assert rsp.count() == 1  # a refused token is not retried
+
+
+def test_the_token_goes_to_the_configured_host_only(survey, rsp, options):
+    from fake_rsp import FakeRsp
+
+    elsewhere = FakeRsp(token="another-service").start()
+    rsp.soda_base = elsewhere.url  # another port: another origin
+    try:
+        with (survey.cutouts(PRE, {**options, "workers": 1}) as svc,
+              pytest.raises(GalmergeError, match="HTTP 401")):
+            _fetch(svc, [_req(rsp, 3)])
+    finally:
+        elsewhere.stop()
+    assert elsewhere.count("cutout") == 1
+    assert [auth for *_, auth in elsewhere.seen] == [None]
+
+
+@pytest.mark.parametrize(
+    ("preprocess", "options_", "words"),
+    [
+        ({**PRE, "bands": ["F814W", "g"]}, {}, "cannot provide this model's bands F814W,g"),
+        ({**PRE, "bands": ["R", "G", "B"], "image_source": "jpeg"}, {}, "image_source 'jpeg'"),
+        ({**PRE, "image_size": 2}, {}, "2-pixel stamps"),
+        (PRE, {"timeout": "soon"}, "bad lsst option"),
+        (PRE, {"collection": "x' OR 1=1 --"}, "must be a plain name"),
+        (PRE, {"units": "ADU"}, "choose nanomaggies or nJy"),
+    ],
+)
+def test_impossible_models_are_refused_in_one_line(survey, rsp, preprocess, options_, words):
+    with pytest.raises(GalmergeError) as info:
+        survey.cutouts(preprocess, options_)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    assert rsp.count() == 0
+
+
+def test_cache_key_names_release_bands_size_scale_and_units(survey, rsp):
+    with survey.cutouts(PRE, {}) as svc:
+        assert svc.cache_key == "lsst:LSST.DP1:lsst.deep_coadd:g,r,i:41px:0.2000arcsec:nanomaggies:v1"
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end: `galmerge classify --survey lsst` with a tiny trained model
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """One step of training, source synthetic HST-like, target synthetic SDSS g,r,i."""
+    import os
+
+    import galmerge
+
+    run = tmp_path_factory.mktemp("lsst-model") / "run"
+    old = os.environ.get("GALMERGE_DATA")
+    os.environ["GALMERGE_DATA"] = str(run.parent / "data")
+    try:
+        galmerge.train(
+            source="synthetic:pristine?n=16&size=16&cache=false",
+            target="synthetic:sdss?n=16&size=16&cache=false&seed=1", strategy="none",
+            backbone="deepmerge", epochs=1, max_steps_per_epoch=1, batch_size=8, device="cpu",
+            quiet=True, patience=0, run_dir=run,
+        )
+    finally:
+        if old is None:
+            os.environ.pop("GALMERGE_DATA", None)
+        else:
+            os.environ["GALMERGE_DATA"] = old
+    return run
+
+
+@pytest.mark.slow
+def test_classify_a_catalog_through_the_loopback_rsp(survey, rsp, tiny_model, tmp_path):
+    import torch
+    from click.testing import CliRunner
+
+    from galmerge.cli import cli
+    from galmerge.hdf5io import write_imageset
+    from galmerge.imageset import ImageSet
+
+    rsp.add_fault("tap/sync|POINT('ICRS', 53.1000000", "429", retry_after="0")
+    cat = tmp_path / "cat.csv"
+    rows = [("1", 53.1, -28.1), ("2", 180.0, 10.0), ("3", 10.0, 45.0), ("4", "nan", 0.0),
+            ("5", 53.105, -28.07)]
+    cat.write_text("id,ra,dec\n" + "".join(f"{i},{ra},{dec}\n" for i, ra, dec in rows))
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(
+        cli, ["classify", str(cat), "--model", str(tiny_model), "--survey", "lsst?backoff=0.001",
+              "--output", str(out), "--device", "cpu", "--cache", str(tmp_path / "cache.h5")],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert [r["status"] for r in got] == ["ok", "ok", "no-coverage", "bad-coordinates", "ok"]
+    assert [r["id"] for r in got] == ["1", "2", "3", "4", "5"]
+    p = [float(r["p_merger"]) if r["p_merger"] else math.nan for r in got]
+    assert all(0.0 <= p[i] <= 1.0 for i in (0, 1, 4)) and math.isnan(p[2]) and math.isnan(p[3])
+
+    # The same stamps, fetched by the service and classified from an HDF5 image file, give the
+    # same p_merger: the catalog path classified exactly what the RSP served.
+    with survey.cutouts({"bands": ["g", "r", "i"], "image_size": 16, "pixel_scale_arcsec": 0.396,
+                         "image_source": "frames"}, {}) as svc:
+        stamps = {r.row: r.image for r in svc.fetch([CutoutRequest(i, float(rows[i][1]),
+                                                                   float(rows[i][2]), rows[i][0])
+                                                     for i in (0, 1, 4)])}
+    images = torch.from_numpy(np.stack([stamps[i] for i in (0, 1, 4)]))
+    write_imageset(tmp_path / "stamps.h5", ImageSet(
+        images=images, labels=torch.full((3,), -1), ids=np.array(["1", "2", "5"]),
+        bands=("g", "r", "i"), survey="lsst", pixel_scale_arcsec=0.396))
+    again = tmp_path / "again.csv"
+    result2 = CliRunner().invoke(
+        cli, ["classify", str(tmp_path / "stamps.h5"), "--model", str(tiny_model), "--output",
+              str(again), "--device", "cpu", "--quiet"], catch_exceptions=False)
+    assert result2.exit_code == 0, result2.output
+    with open(again, newline="") as fh:
+        direct = [float(r["p_merger"]) for r in csv.DictReader(fh)]
+    assert direct == pytest.approx([p[0], p[1], p[4]], abs=1e-5)
+
+    # The token is in no output, log or cache file, and nowhere on screen.
+    secret = rsp.token.encode()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes(), path
+    assert rsp.token not in result.output + result2.output
