@@ -30,6 +30,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preview": ("galmerge.commands.preview:preview", "Write a PNG grid of a survey's images."),
     "plugins": ("galmerge.commands.plugins:plugins_cmd", "List installed plugins."),
     "list": ("galmerge.commands.plugins:list_cmd", "List backbones, strategies or surveys."),
+    "install": (
+        "galmerge.commands.install:install",
+        "Install plugins into galmerge's own environment (pip).",
+    ),
+    "uninstall": (
+        "galmerge.commands.install:uninstall",
+        "Uninstall plugins from galmerge's own environment (pip).",
+    ),
 }
 
 
