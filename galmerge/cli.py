@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preview": ("galmerge.commands.preview:preview", "Write a PNG grid of a survey's images."),
     "plugins": ("galmerge.commands.plugins:plugins_cmd", "List installed plugins."),
     "list": ("galmerge.commands.plugins:list_cmd", "List backbones, strategies or surveys."),
+    "export": (
+        "galmerge.commands.export:export",
+        "Write a trained model as ONNX or TorchScript (runs without galmerge).",
+    ),
     "install": (
         "galmerge.commands.install:install",
         "Install plugins into galmerge's own environment (pip).",
