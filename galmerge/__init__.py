@@ -61,6 +61,7 @@ __all__ = [
     "GalmergeError",
     "PluginError",
     "resolve_options",
+    "register_plugin",
     "StepInputs",
     "StrategyContext",
     "ImageSet",
@@ -109,3 +110,14 @@ def evaluate(*args: Any, **kwargs: Any) -> Any:
     from galmerge.evaluation import evaluate as _evaluate
 
     return _evaluate(*args, **kwargs)
+
+
+def register_plugin(plugin: object, name: str) -> None:
+    """Register a plugin object in this process (a notebook, a test), as if it were installed.
+
+    ``plugin`` is a module, class instance or namespace with ``@hookimpl`` methods; its
+    components are available at once (``galmerge.train(strategy=...)``, ``galmerge list``).
+    """
+    from galmerge.plugins import get_plugin_manager
+
+    get_plugin_manager().register(plugin, name=name)

@@ -111,3 +111,20 @@ def test_plugin_modules_stay_light() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_register_plugin_makes_a_component_available() -> None:
+    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+
+    class Plugin:
+        @galmerge.hookimpl
+        def register_strategies(self):
+            return [galmerge.Strategy(name="inprocess", description="test", build=print)]
+
+    reset_plugin_manager()
+    try:
+        assert "inprocess" not in get_plugin_manager().components("strategies")
+        galmerge.register_plugin(Plugin(), name="inprocess-test")
+        assert "inprocess" in get_plugin_manager().components("strategies")
+    finally:
+        reset_plugin_manager()
