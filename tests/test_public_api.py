@@ -22,8 +22,9 @@ PLUGIN_SOURCES = sorted(
     for plugin in (ROOT / "plugins").iterdir()
     if plugin.is_dir()
     for path in plugin.rglob("*.py")
-    # the plugins' own tests may reach into galmerge's internals (the manager, the CLI)
-    if "tests" not in path.relative_to(plugin).parts
+    # the plugins' own tests may reach into galmerge's internals (the manager, the CLI);
+    # build/ holds copies made by setuptools
+    if not {"tests", "build"} & set(path.relative_to(plugin).parts)
 )
 
 
