@@ -20,7 +20,7 @@ When the hooks run:
 
 Strategy outputs: the module's ``forward(step)`` returns ``{term: scalar tensor}``. Every term
 is multiplied by the strategy's ``weight`` and added to the loss, except terms whose name starts
-with ``_``: those are diagnostics, logged (without the underscore) to metrics.jsonl and
+with ``_``: those are diagnostics, logged (without the underscore, as per-epoch means) to metrics.csv and
 TensorBoard but detached and never added to the loss, nor weighted. Use them for quantities worth
 watching (a discriminator's accuracy, a kernel bandwidth) that must not be optimised.
 """
