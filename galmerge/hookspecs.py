@@ -20,9 +20,10 @@ When the hooks run:
 
 Strategy outputs: the module's ``forward(step)`` returns ``{term: scalar tensor}``. Every term
 is multiplied by the strategy's ``weight`` and added to the loss, except terms whose name starts
-with ``_``: those are diagnostics, logged (without the underscore, as per-epoch means) to metrics.csv and
-TensorBoard but detached and never added to the loss, nor weighted. Use them for quantities worth
-watching (a discriminator's accuracy, a kernel bandwidth) that must not be optimised.
+with ``_``: those are diagnostics, detached, never weighted nor added to the loss, and logged as
+per-epoch means in metrics.csv column ``diag_NAME`` (NAME without the underscore; loss terms are
+``loss_NAME``) and in TensorBoard. Use them for quantities worth watching (a discriminator's
+accuracy, a kernel bandwidth) that must not be optimised.
 """
 
 from __future__ import annotations
