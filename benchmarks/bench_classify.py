@@ -116,6 +116,43 @@ def _model_only(ckpt: Path, threads: int, batch_size: int, n: int = 2048) -> tup
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
+def _model_only_eager(ckpt: Path, threads: int, batch_size: int, n: int = 2048) -> dict:
+    """The same measurement for plain eager torch and for the `galmerge export` ONNX file run
+    by ONNX Runtime (classify --model model.onnx), both on the same stamps."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from galmerge.inference import merger_probability
+    from galmerge.model import load_model
+    from galmerge.preprocess import normalise
+
+    loaded = load_model(ckpt)
+    images = np.random.default_rng(0).normal(0, 0.1, (n, 3, SIZE, SIZE)).astype(np.float32)
+
+    def eager(block: np.ndarray) -> None:
+        with torch.inference_mode():
+            for start in range(0, len(block), batch_size):
+                x = normalise(torch.from_numpy(block[start : start + batch_size]), SPEC)
+                merger_probability(loaded.model(x)[1], loaded.temperature)
+
+    def rate(fn) -> tuple[float, float]:
+        fn(images[:batch_size])
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn(images)
+        return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+
+    out = {"eager_torch": rate(eager)}
+    try:
+        from galmerge.export import OnnxInference, export_model
+
+        onnx_file = export_model(ckpt, "onnx", ckpt.parent / "model.onnx")
+        onnx = OnnxInference(onnx_file, "target", batch_size, threads=threads)
+        out["onnxruntime"] = rate(onnx.probabilities)
+    except Exception as exc:  # onnx extra not installed: say so in the JSON
+        out["onnxruntime_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return out
+
+
 def _checkpoint(path: Path) -> Path:
     import torch
 
@@ -180,6 +217,7 @@ def main() -> None:
         tmp = Path(d)
         ckpt = _checkpoint(tmp / "best.pt")
         model_rate, model_cpu_rate = _model_only(ckpt, args.threads, args.batch_size)
+        others = _model_only_eager(ckpt, args.threads, args.batch_size)
         warm_cat = _catalog(tmp / "warm.csv", args.warm_rows, args.warm_rows)
         cache = tmp / "cache.h5"
         cold = _run(tmp, warm_cat, ckpt, cache, "cold.csv", args.chunk_rows, args.threads,
@@ -211,6 +249,14 @@ def main() -> None:
                 "rates are what one dedicated core of this CPU would do",
         "model_only_images_per_s": round(model_rate, 1),
         "model_only_images_per_cpu_second": round(model_cpu_rate, 1),
+        "model_only_by_runtime": {
+            "note": "same stamps, batch size and threads; galmerge = classify's own CPU path "
+                    "(FX-optimised torch), onnxruntime = classify --model model.onnx",
+            "galmerge": [round(model_rate, 1), round(model_cpu_rate, 1)],
+            **{k: [round(v[0], 1), round(v[1], 1)] if isinstance(v, tuple) else v
+               for k, v in others.items()},
+            "columns": ["images_per_s", "images_per_cpu_second"],
+        },
         "cold_cache_rows_per_s_inprocess_survey": cold["rows_per_s"],
         "warm_cache": {**warm, "goal_rows_per_s": 1000},
         "cache_bytes_per_stamp": round(cache_bytes / args.warm_rows),

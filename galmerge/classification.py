@@ -356,7 +356,12 @@ def classify(
     dist = from_environment()
     show = not quiet and dist.is_main
 
-    infer = _Inference(model, domain, device, batch_size, dist.local_rank)
+    if str(model).lower().endswith(".onnx"):  # `galmerge export` output: ONNX Runtime, CPU
+        from galmerge.export import OnnxInference
+
+        infer: Any = OnnxInference(model, domain, batch_size)
+    else:
+        infer = _Inference(model, domain, device, batch_size, dist.local_rank)
     service = None
     store: CutoutCache | None = None
     per_rank_cache = cache is not None and "{rank}" in str(cache)

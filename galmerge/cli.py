@@ -38,6 +38,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "List hyperparameter presets and the source of each value.",
     ),
     "list": ("galmerge.commands.plugins:list_cmd", "List backbones, strategies or surveys."),
+    "export": (
+        "galmerge.commands.export:export",
+        "Write a trained model as ONNX or TorchScript (runs without galmerge).",
+    ),
+    "install": (
+        "galmerge.commands.install:install",
+        "Install plugins into galmerge's own environment (pip).",
+    ),
+    "uninstall": (
+        "galmerge.commands.install:uninstall",
+        "Uninstall plugins from galmerge's own environment (pip).",
+    ),
 }
 
 

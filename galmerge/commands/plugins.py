@@ -12,7 +12,11 @@ from galmerge.plugins import KINDS, get_plugin_manager
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins_cmd(as_json: bool) -> None:
-    """List installed plugins: name, components, distribution, version, built-in or not."""
+    """List installed plugins: name, components, distribution, version, built-in or not.
+
+    More plugins: PyPI packages with the keyword `galmerge-plugin`; install one with
+    `galmerge install NAME`.
+    """
     infos = get_plugin_manager().plugin_infos()
     if as_json:
         click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
@@ -34,6 +38,9 @@ def plugins_cmd(as_json: bool) -> None:
             f"failed: {info.error}" if info.error else "ok",
         )
     Console().print(table)
+    from galmerge.commands.install import PLUGIN_INDEX_URL
+
+    click.echo(f"More plugins: {PLUGIN_INDEX_URL}  (install one with `galmerge install NAME`)")
 
 
 @click.command("list")

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from galmerge.cutouts import CutoutRequest, CutoutResult
-from galmerge.errors import GalmergeError
-from galmerge.http_retry import (
+from galmerge import (
     CorruptResponse,
+    CutoutRequest,
+    CutoutResult,
     FetchError,
+    GalmergeError,
     RetryingClient,
     RetryPolicy,
     bounded_map,

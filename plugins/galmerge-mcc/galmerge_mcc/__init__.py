@@ -7,20 +7,22 @@ below. Keep the module light: torch is imported only when the strategy is built.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from galmerge import hookimpl
-from galmerge.errors import GalmergeError
-from galmerge.losses.options import resolve_options
-from galmerge.records import Strategy
+from galmerge import GalmergeError, Strategy, hookimpl, resolve_options
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from galmerge import StrategyContext
 
 __version__ = "0.1.0"
 
 DEFAULTS = {"weight": 1.0, "temperature": 2.5}
 
 
-def build(context: Any, options: Mapping[str, Any]) -> Any:
-    """Make the loss module for one run (``context`` is a galmerge StrategyContext)."""
+def build(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    """Make the loss module for one run."""
     from galmerge_mcc.loss import MCCLoss
 
     opts = resolve_options("mcc", DEFAULTS, options)

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from galmerge import StepInputs
+
 
 def mcc_loss(logits: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
     """Class confusion of a batch of target logits (0 = no two classes predicted together)."""
@@ -36,5 +38,5 @@ class MCCLoss(nn.Module):
         super().__init__()
         self.temperature = float(temperature)
 
-    def forward(self, step) -> dict[str, torch.Tensor]:  # step: galmerge StepInputs
+    def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         return {"mcc": mcc_loss(step.target_logits, self.temperature)}

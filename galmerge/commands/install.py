@@ -1,0 +1,86 @@
+"""`galmerge install` / `galmerge uninstall`: pip, run by the interpreter galmerge runs in.
+
+A plugin must be installed where galmerge is installed (the same environment), which a bare
+``pip`` on PATH may not be; running ``sys.executable -m pip`` makes that automatic (the llm
+pattern). Options pip knows and these commands do not (``--index-url``, ``--no-index``,
+``--find-links DIR``, ``--no-build-isolation``...) are passed through to pip unchanged.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+
+from galmerge.errors import GalmergeError
+
+#: where third-party plugins are listed: every plugin declares this keyword in its pyproject
+PLUGIN_KEYWORD = "galmerge-plugin"
+PLUGIN_INDEX_URL = f"https://pypi.org/search/?q={PLUGIN_KEYWORD}"
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]}
+
+
+def _pip(*args: str) -> None:
+    command = [sys.executable, "-m", "pip", *args]
+    try:
+        code = subprocess.call(command)
+    except OSError as exc:  # the interpreter itself is gone or not executable
+        raise GalmergeError(f"cannot run pip with {sys.executable}: {exc}") from None
+    if code != 0:
+        # pip has printed why; exit with its status so scripts see the failure
+        raise click.exceptions.Exit(code)
+
+
+@click.command("install", context_settings=_PASS_THROUGH)
+@click.argument("packages", nargs=-1, type=click.UNPROCESSED)
+@click.option("-U", "--upgrade", is_flag=True, help="Upgrade the packages to their newest version.")
+@click.option("-e", "--editable", metavar="PATH", help="Install a plugin checkout in editable mode.")
+@click.option("--force-reinstall", is_flag=True, help="Reinstall even if already up to date.")
+@click.option("--no-cache-dir", is_flag=True, help="Do not use pip's download cache.")
+@click.option("--dry-run", is_flag=True, help="Say what would be installed; install nothing.")
+def install(
+    packages: tuple[str, ...],
+    upgrade: bool,
+    editable: str | None,
+    force_reinstall: bool,
+    no_cache_dir: bool,
+    dry_run: bool,
+) -> None:
+    """Install plugins (PyPI names, paths or wheels) into galmerge's own environment.
+
+    Other pip options are passed on, e.g. `galmerge install --no-index --find-links wheels/
+    galmerge-mcc`. Plugins on PyPI carry the keyword `galmerge-plugin`.
+    """
+    if not packages and not editable:
+        raise GalmergeError(
+            "name a plugin to install, e.g. `galmerge install galmerge-mcc` "
+            f"(plugins on PyPI: {PLUGIN_INDEX_URL})"
+        )
+    args = ["install"]
+    if upgrade:
+        args.append("--upgrade")
+    if editable:
+        args += ["--editable", editable]
+    if force_reinstall:
+        args.append("--force-reinstall")
+    if no_cache_dir:
+        args.append("--no-cache-dir")
+    if dry_run:
+        args.append("--dry-run")
+    _pip(*args, *packages)
+
+
+@click.command("uninstall", context_settings=_PASS_THROUGH)
+@click.argument("packages", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def uninstall(packages: tuple[str, ...], yes: bool) -> None:
+    """Uninstall plugins from galmerge's own environment."""
+    names = [p for p in packages if not p.startswith("-")]
+    if any(name.lower().replace("_", "-") == "galmerge" for name in names):
+        raise GalmergeError(
+            "`galmerge uninstall` removes plugins, not galmerge itself; "
+            f"use `{sys.executable} -m pip uninstall galmerge`"
+        )
+    _pip("uninstall", *(["--yes"] if yes else []), *packages)

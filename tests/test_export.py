@@ -1,0 +1,149 @@
+"""`galmerge export`: ONNX and TorchScript files that agree with the checkpoint and run without
+galmerge; `classify --model model.onnx` through ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from galmerge.cli import cli
+from galmerge.inference import merger_probability
+from galmerge.model import build_model, load_model, save_checkpoint
+from galmerge.preprocess import normalise
+
+SIZE = 24
+SPEC = {"survey": "test", "bands": ["g", "r", "i"], "channels": 3, "image_size": SIZE,
+        "pixel_scale_arcsec": 0.396, "image_source": "frames", "stretch": "arcsinh",
+        "stretch_scale": 0.5, "mean": [0.1, 0.2, 0.3], "std": [0.9, 1.1, 1.3]}  # fmt: skip
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = build_model("deepmerge", 3, SIZE)
+    with torch.no_grad():  # spread the probabilities over [0, 1]
+        model.head[-1].weight.mul_(200)
+    model.eval()
+    source = {**SPEC, "stretch": "none", "mean": [0.0] * 3, "std": [2.0] * 3}
+    path = tmp_path / "run" / "best.pt"
+    save_checkpoint(path, {
+        "galmerge_version": "test", "backbone": "deepmerge", "backbone_options": {},
+        "in_channels": 3, "image_size": SIZE, "num_classes": 2, "model": model.state_dict(),
+        "temperature": 1.5, "preprocess": {"source": source, "target": dict(SPEC)},
+        "config": {}, "epoch": 1, "training_state": None,
+    })  # fmt: skip
+    return path
+
+
+def stamps(n: int = 13) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return (rng.standard_normal((n, 3, SIZE, SIZE)) * 2.0).astype(np.float32)
+
+
+def checkpoint_outputs(ckpt: Path, images: np.ndarray, domain: str = "target"):
+    loaded = load_model(ckpt)
+    with torch.no_grad():
+        _, logits = loaded.model(normalise(torch.from_numpy(images), loaded.preprocess[domain]))
+    return merger_probability(logits, loaded.temperature), logits.numpy()
+
+
+def test_onnx_runtime_agrees_with_the_checkpoint(checkpoint: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    result = CliRunner().invoke(cli, ["export", str(checkpoint.parent), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    path = checkpoint.parent / "model.onnx"
+    assert path.is_file()
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = stamps()
+    p_onnx, logits_onnx = session.run(["p_merger", "logits"], {"images": images})
+    p_ckpt, logits_ckpt = checkpoint_outputs(checkpoint, images)
+    assert p_ckpt.std() > 0.05  # the comparison covers more than one value
+    np.testing.assert_allclose(p_onnx, p_ckpt, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(logits_onnx, logits_ckpt, rtol=1e-5, atol=1e-5)
+
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["galmerge"])
+    assert meta["preprocess"] == SPEC
+    assert meta["temperature"] == 1.5 and meta["domain"] == "target"
+    assert meta["input"]["shape"] == ["N", 3, SIZE, SIZE]
+
+
+def test_onnx_file_runs_without_galmerge(checkpoint: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "elsewhere" / "m.onnx"
+    assert CliRunner().invoke(cli, ["export", str(checkpoint), "--output", str(out)]).exit_code == 0
+    np.save(tmp_path / "x.npy", stamps(5))
+    code = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        "sys.modules['galmerge'] = None  # any import of galmerge would fail\n"
+        f"s = ort.InferenceSession({str(out)!r}, providers=['CPUExecutionProvider'])\n"
+        f"print(list(s.run(['p_merger'], {{'images': np.load({str(tmp_path / 'x.npy')!r})}})[0]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, check=True)  # fmt: skip
+    p = np.array(json.loads(run.stdout.replace("np.float32(", "").replace(")", "")))
+    np.testing.assert_allclose(p, checkpoint_outputs(checkpoint, stamps(5))[0], atol=1e-5)
+
+
+def test_torchscript_agrees_and_carries_the_spec(checkpoint: Path) -> None:
+    result = CliRunner().invoke(cli, ["export", str(checkpoint), "--format", "torchscript",
+                                      "--domain", "source"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    extra = {"galmerge.json": ""}
+    module = torch.jit.load(str(checkpoint.parent / "model.torchscript.pt"), _extra_files=extra)
+    assert json.loads(extra["galmerge.json"])["domain"] == "source"
+    images = stamps()
+    with torch.no_grad():
+        p, logits = module(torch.from_numpy(images))
+    p_ckpt, logits_ckpt = checkpoint_outputs(checkpoint, images, domain="source")
+    np.testing.assert_allclose(p.numpy(), p_ckpt, atol=1e-5)
+    np.testing.assert_allclose(logits.numpy(), logits_ckpt, rtol=1e-5, atol=1e-5)
+
+
+def test_classify_with_an_onnx_model(checkpoint: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from galmerge.hdf5io import write_imageset
+    from galmerge.imageset import ImageSet
+
+    images = stamps(9)
+    write_imageset(tmp_path / "stamps.h5", ImageSet(
+        images=torch.from_numpy(images), labels=torch.zeros(9), ids=np.arange(9).astype(str),
+        bands=("g", "r", "i"), survey="test", ra=np.arange(9.0), dec=np.arange(9.0)))  # fmt: skip
+    assert CliRunner().invoke(cli, ["export", str(checkpoint)]).exit_code == 0
+    onnx_file = checkpoint.parent / "model.onnx"
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(cli, ["classify", str(tmp_path / "stamps.h5"), "--model",
+                                      str(onnx_file), "--output", str(out), "--quiet",
+                                      "--batch-size", "4"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    header = lines[0].split(",")
+    got = np.array([float(line.split(",")[header.index("p_merger")]) for line in lines[1:]])
+    np.testing.assert_allclose(got, checkpoint_outputs(checkpoint, images)[0], atol=1e-5)
+
+    # the file holds one domain's preprocessing: asking for the other is a one-line refusal
+    result = CliRunner().invoke(cli, ["classify", str(tmp_path / "stamps.h5"), "--model",
+                                      str(onnx_file), "--domain", "source", "--quiet"])  # fmt: skip
+    assert result.exit_code != 0 and "export again with --domain source" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "nowhere"], "does not exist"),
+        (["export", "{tmp}", "--format", "tflite"], "Invalid value for '--format'"),
+    ],
+)
+def test_export_mistakes_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, [a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code != 0 and message in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,131 @@
+"""The public API for plugin authors: everything importable from ``galmerge`` itself.
+
+The two plugins under plugins/ are the reference users: they may import only names that
+``galmerge`` exports, never a submodule (whose path may move between releases).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import galmerge
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_SOURCES = sorted(
+    path
+    for plugin in (ROOT / "plugins").iterdir()
+    if plugin.is_dir()
+    for path in plugin.rglob("*.py")
+    # the plugins' own tests may reach into galmerge's internals (the manager, the CLI);
+    # build/ holds copies made by setuptools
+    if not {"tests", "build"} & set(path.relative_to(plugin).parts)
+)
+
+
+def galmerge_imports(source: str, filename: str) -> list[tuple[int, str, list[str]]]:
+    """(line, module, names) for every import of galmerge or one of its submodules."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "galmerge":
+                    found.append((node.lineno, alias.name, []))
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] == "galmerge"
+        ):
+            found.append((node.lineno, node.module, [a.name for a in node.names]))
+    return found
+
+
+def private_imports(source: str, filename: str) -> list[str]:
+    """Imports that bypass the public API, as ``file:line module[.name]``."""
+    bad = []
+    for line, module, names in galmerge_imports(source, filename):
+        if module != "galmerge":
+            bad.append(f"{filename}:{line} {module}")
+            continue
+        bad += [f"{filename}:{line} galmerge.{n}" for n in names if n not in galmerge.__all__]
+    return bad
+
+
+def test_plugins_import_only_the_public_api() -> None:
+    assert len(PLUGIN_SOURCES) >= 4, PLUGIN_SOURCES  # both plugins were found
+    bad = []
+    for path in PLUGIN_SOURCES:
+        bad += private_imports(path.read_text(), str(path.relative_to(ROOT)))
+    assert not bad, "plugins import private galmerge modules:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from galmerge.records import Strategy",
+        "import galmerge.http_retry",
+        "from galmerge import training",
+        "def f():\n    from galmerge.strategy_api import StepInputs\n",
+    ],
+)
+def test_the_check_catches_private_imports(source: str) -> None:
+    assert private_imports(source, "plugin.py")
+
+
+def test_the_check_passes_public_imports() -> None:
+    assert not private_imports("from galmerge import hookimpl, ImageSet\nimport numpy", "p.py")
+
+
+def test_every_public_name_resolves_to_its_definition() -> None:
+    from galmerge import cutouts, http_retry, imageset, records, strategy_api
+
+    assert set(galmerge._LAZY) <= set(galmerge.__all__)
+    for name in galmerge.__all__:
+        assert getattr(galmerge, name) is not None, name
+    assert galmerge.ImageSet is imageset.ImageSet
+    assert galmerge.StepInputs is strategy_api.StepInputs
+    assert galmerge.StrategyContext is strategy_api.StrategyContext
+    assert galmerge.CutoutService is cutouts.CutoutService
+    assert galmerge.CutoutRequest is cutouts.CutoutRequest
+    assert galmerge.RetryingClient is http_retry.RetryingClient
+    assert galmerge.Strategy is records.Strategy
+    assert issubclass(galmerge.PluginError, galmerge.GalmergeError)
+    with pytest.raises(AttributeError):
+        galmerge.no_such_name  # noqa: B018
+
+
+def test_plugin_modules_stay_light() -> None:
+    """Listing components imports every plugin: that must not pull in torch or requests."""
+    paths = [str(p) for p in sorted((ROOT / "plugins").iterdir()) if p.is_dir()]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *paths])}
+    code = (
+        "import sys, galmerge, galmerge_mcc, galmerge_legacysurvey.plugin\n"
+        "heavy = sorted({'torch', 'numpy', 'requests'} & set(sys.modules))\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_register_plugin_makes_a_component_available() -> None:
+    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+
+    class Plugin:
+        @galmerge.hookimpl
+        def register_strategies(self):
+            return [galmerge.Strategy(name="inprocess", description="test", build=print)]
+
+    reset_plugin_manager()
+    try:
+        assert "inprocess" not in get_plugin_manager().components("strategies")
+        galmerge.register_plugin(Plugin(), name="inprocess-test")
+        assert "inprocess" in get_plugin_manager().components("strategies")
+    finally:
+        reset_plugin_manager()
