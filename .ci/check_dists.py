@@ -16,6 +16,7 @@ EXPECTED = {
     ),
     "galmerge_mcc-": ("galmerge_mcc", {"mcc"}),
     "galmerge_legacysurvey-": ("galmerge_legacysurvey", {"legacysurvey"}),
+    "galmerge_lsst-": ("galmerge_lsst", {"lsst"}),
 }
 
 

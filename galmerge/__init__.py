@@ -27,8 +27,11 @@ if TYPE_CHECKING:
         RetryingClient,
         RetryPolicy,
         bounded_map,
+        classify_exception,
+        http_status_error,
     )
     from galmerge.imageset import ImageSet, LazyImages
+    from galmerge.sdss_cutouts import cut_stamp_with_edge
     from galmerge.strategy_api import StepInputs, StrategyContext
 
 #: public name -> module that defines it, imported on first access (PEP 562)
@@ -45,6 +48,10 @@ _LAZY: dict[str, str] = {
     "FetchError": "galmerge.http_retry",
     "CorruptResponse": "galmerge.http_retry",
     "bounded_map": "galmerge.http_retry",
+    "classify_exception": "galmerge.http_retry",
+    "http_status_error": "galmerge.http_retry",
+    # resample a survey image around (ra, dec) onto a model's pixel grid (north up, flux kept)
+    "cut_stamp_with_edge": "galmerge.sdss_cutouts",
 }
 
 __all__ = [
@@ -74,6 +81,9 @@ __all__ = [
     "FetchError",
     "CorruptResponse",
     "bounded_map",
+    "classify_exception",
+    "http_status_error",
+    "cut_stamp_with_edge",
 ]
 
 

@@ -38,15 +38,17 @@ from urllib.parse import urlsplit
 import numpy as np
 import requests
 
-from galmerge.cutouts import CutoutRequest, CutoutResult
-from galmerge.errors import GalmergeError
-from galmerge.http_retry import (
+from galmerge import (
     CorruptResponse,
+    CutoutRequest,
+    CutoutResult,
     FetchError,
+    GalmergeError,
     RetryingClient,
     RetryPolicy,
     bounded_map,
     classify_exception,
+    cut_stamp_with_edge,
     http_status_error,
 )
 
@@ -398,8 +400,6 @@ class LsstCutouts:
         return self._call(query, "SODA cutout")
 
     def _one(self, job: tuple[CutoutRequest, dict[str, str]]) -> CutoutResult:
-        from galmerge.sdss_cutouts import cut_stamp_with_edge
-
         r, images = job
         planes = []
         worst = 0.0

@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from galmerge import hookimpl
-from galmerge.records import Survey
+from galmerge import Survey, hookimpl
 
 
 def _cutouts(preprocess: Mapping[str, Any], options: Mapping[str, Any]):
