@@ -41,6 +41,7 @@ from galmerge.cutout_cache import STATUS_OK, CutoutCache, make_key
 from galmerge.cutouts import CutoutRequest
 from galmerge.errors import GalmergeError
 from galmerge.outputs import ResultBlock, ResultJournal, Tally, open_writer
+from galmerge.segments import check_private_folder
 
 DEFAULT_CHUNK_ROWS = 4096
 INFER_ROWS = 1024  # stamps held in memory at once for inference
@@ -392,6 +393,7 @@ def classify(
     sig = _signature(_file_stamp(cat_path), _file_stamp(infer.loaded.path), domain,
                      float(threshold), survey, chunk_rows, ra_col, dec_col, id_col)
     parts_dir = out_path.with_name(out_path.name + ".parts")
+    check_private_folder(parts_dir)  # before anything in it is removed or read
     if dist.is_main:
         _remove_stale_parts(parts_dir, f"-of-{dist.world:05d}-{sig}")
     journal = ResultJournal(parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}")

@@ -16,7 +16,6 @@ import contextlib
 import csv
 import json
 import os
-import pickle
 import socket
 import sys
 import time
@@ -437,14 +436,22 @@ class ResultJournal:
     A run killed at any point keeps every committed segment; started again, it skips the
     chunks those segments hold (``done``), so neither fetching nor inference is repeated.
     ``finish()`` writes a ``.done`` marker next to the folder: the rank's share is complete.
+    Segments are checksummed Arrow IPC files (`galmerge.segments`), never pickles; the folder
+    and the parts folder above it must be the user's own and not writable by others.
     """
 
     def __init__(self, folder: Path, segment_chunks: int = 8, segment_seconds: float = 30.0):
+        from galmerge.segments import check_private_folder, refuse_pickled_segments
+
         self.folder = folder
         self.marker = folder.with_name(folder.name + ".done")
         self.segment_chunks = max(1, segment_chunks)
         self.segment_seconds = segment_seconds
-        folder.mkdir(parents=True, exist_ok=True)
+        check_private_folder(folder.parent)
+        check_private_folder(folder)
+        refuse_pickled_segments(folder)
+        folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
         for tmp in folder.glob(".*.tmp"):  # a segment being written when a run was killed
             tmp.unlink(missing_ok=True)
         self.done: set[int] = set()
@@ -453,13 +460,13 @@ class ResultJournal:
                 indices = [index for index, _ in read_part(seg)]  # all or nothing
             except Exception as exc:  # damaged from outside: these rows are simply redone
                 seg.unlink(missing_ok=True)
-                print(f"galmerge: result segment {seg} was unreadable ({type(exc).__name__}); "
+                print(f"galmerge: result segment {seg} was unreadable ({exc}); "
                       "its rows will be classified again", file=sys.stderr)
             else:
                 self.done.update(indices)
-        self._fh: Any = None
+        self._writer: Any = None
         self._tmp: Path | None = None
-        self._final: Path | None = None
+        self._first = -1
         self._pending: list[int] = []
         self._last = time.monotonic()
 
@@ -468,28 +475,34 @@ class ResultJournal:
         return self.marker.exists()
 
     def segments(self) -> list[Path]:
-        return sorted(self.folder.glob("seg-*.pkl"))
+        from galmerge.segments import SUFFIX
+
+        return sorted(self.folder.glob(f"seg-*{SUFFIX}"))
 
     def add(self, index: int, block: ResultBlock) -> None:
         """Append a block to the open segment (streamed, not held); commit it now and then."""
-        if self._fh is None:
-            self._final = self.folder / f"seg-{index:012d}.pkl"
-            self._tmp = self.folder / f".{self._final.name}.{os.getpid()}.tmp"
-            self._fh = open(self._tmp, "wb")  # noqa: SIM115 (closed by commit)
-        pickle.dump((index, block), self._fh, protocol=pickle.HIGHEST_PROTOCOL)
+        from galmerge.segments import SegmentWriter
+
+        if self._writer is None:
+            self._first = index
+            self._tmp = self.folder / f".seg-{index:012d}.{os.getpid()}.tmp"
+            self._writer = SegmentWriter(self._tmp, list(block.columns))
+        self._writer.write(index, block)
         self._pending.append(index)
         if (len(self._pending) >= self.segment_chunks
                 or time.monotonic() - self._last >= self.segment_seconds):
             self.commit()
 
     def commit(self) -> None:
+        from galmerge.segments import file_digest, segment_name
+
         self._last = time.monotonic()
-        if self._fh is None:
+        if self._writer is None:
             return
-        self._fh.close()
-        self._fh = None
+        self._writer.close()
+        self._writer = None
         _fsync(self._tmp)
-        os.replace(self._tmp, self._final)
+        os.replace(self._tmp, self.folder / segment_name(self._first, file_digest(self._tmp)))
         self.done.update(self._pending)
         self._pending = []
 
@@ -511,10 +524,7 @@ class ResultJournal:
 
 
 def read_part(path: Path) -> Iterator[tuple[int, ResultBlock]]:
-    """The blocks of a segment file, in order (our own files, written by `ResultJournal`)."""
-    with open(path, "rb") as fh:
-        while True:
-            try:
-                yield pickle.load(fh)
-            except EOFError:
-                return
+    """The blocks of a segment file, in order; ValueError if it fails its checksum or format."""
+    from galmerge.segments import read_segment
+
+    return read_segment(path)
