@@ -92,7 +92,8 @@ def _data_dir() -> Path:
 def default_output(catalog: Path) -> Path:
     """``<catalog stem>_galmerge.csv`` in the working directory (catalogs may be read-only)."""
     name = catalog.name
-    for suffix in (".gz", ".fits", ".fit", ".csv", ".h5", ".hdf5", ".xml", ".vot", ".txt"):
+    for suffix in (".gz", ".fits", ".fit", ".csv", ".h5", ".hdf5", ".xml", ".vot", ".txt",
+                   ".parquet"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return Path.cwd() / f"{name}_galmerge.csv"
@@ -433,7 +434,8 @@ def classify(
     if not dist.is_main:
         return _summary(out_path, tally, fetched, t0, store)
     tally = _merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show,
-                         shard_timeout, heartbeat_timeout)
+                         shard_timeout, heartbeat_timeout,
+                         arrow_types=getattr(source, "arrow_types", None))
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact(force=False)
     summary = _summary(out_path, tally, fetched, t0, store)
@@ -657,7 +659,8 @@ def _wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, sho
 
 def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
                  show: bool, shard_timeout: float = DEFAULT_SHARD_TIMEOUT,
-                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT) -> Tally:
+                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+                 arrow_types: dict[str, Any] | None = None) -> Tally:
     """Rank 0: wait until every rank's share is complete, then write them in input order."""
     folders = [parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}" for r in range(world)]
     # Wait on the .done markers alone: opening another rank's journal before it has finished
@@ -666,7 +669,7 @@ def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns:
     _wait_for_ranks(markers, [_beat_path(f) for f in folders], parts_dir, show, shard_timeout,
                     heartbeat_timeout)
     journals = [ResultJournal(f) for f in folders]
-    writer = open_writer(out_path, columns)
+    writer = open_writer(out_path, columns, arrow_types=arrow_types)
     try:
         readers = [j.blocks() for j in journals]
         index = 0

@@ -1,4 +1,5 @@
-"""Writing classification results: CSV (default), HDF5 (``.h5``) or FITS (``.fits``).
+"""Writing classification results: CSV (default), HDF5 (``.h5``), FITS (``.fits``) or Parquet
+(``.parquet``, `galmerge.parquet_io`).
 
 Results arrive as `ResultBlock`s in input order and stream into a temporary file next to the
 output; `commit()` renames it into place, so a kill never leaves a truncated output. Columns:
@@ -416,14 +417,19 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
             out.write(b"\0" * pad)
 
 
-def open_writer(path: str | os.PathLike[str], columns: Sequence[str]) -> OutputWriter:
-    """A writer chosen by suffix: ``.h5``/``.hdf5``, ``.fits``/``.fit``, else CSV."""
+def open_writer(path: str | os.PathLike[str], columns: Sequence[str], *,
+                arrow_types: dict[str, Any] | None = None) -> OutputWriter:
+    """A writer chosen by suffix: ``.h5``/``.hdf5``, ``.fits``/``.fit``, ``.parquet``, else CSV."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in (".h5", ".hdf5"):
         return Hdf5Writer(p, columns)
     if suffix in (".fits", ".fit", ".fts"):
         return FitsWriter(p, columns)
+    if suffix in (".parquet", ".pq", ".parq"):
+        from galmerge.parquet_io import ParquetWriter
+
+        return ParquetWriter(p, columns, arrow_types=arrow_types)
     if suffix in (".gz", ".bz2", ".zip"):
         raise GalmergeError(f"output {p}: compressed outputs are not supported; use .csv, .h5 "
                             "or .fits")

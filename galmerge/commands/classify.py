@@ -11,7 +11,7 @@ import click
 @click.option("--survey", default="sdss", show_default=True,
               help="Survey whose cutout service cuts the stamps.")
 @click.option("--output", type=click.Path(dir_okay=False),
-              help="Output file: .csv (default), .h5 or .fits. "
+              help="Output file: .csv (default), .h5, .fits or .parquet. "
                    "Default: <catalog stem>_galmerge.csv in the working directory.")
 @click.option("--cache", type=click.Path(dir_okay=False),
               help="Cutout cache (HDF5); '{rank}' in the name gives each torchrun process its "
@@ -39,7 +39,7 @@ def classify(catalog: str, model: str, survey: str, output: str | None, cache: s
              ra_col: str | None, dec_col: str | None, id_col: str | None, batch_size: int,
              device: str, workers: int, threshold: float, domain: str, chunk_rows: int,
              shard_timeout: float | None, quiet: bool) -> None:
-    """Classify every galaxy of CATALOG (CSV/FITS/VOTable, or an HDF5 image file).
+    """Classify every galaxy of CATALOG (CSV/FITS/VOTable/Parquet, or an HDF5 image file).
 
     Writes every input row with p_merger, is_merger and status. Under torchrun the catalog is
     sharded over the processes and rank 0 merges the parts in input order.
