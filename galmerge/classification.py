@@ -41,6 +41,8 @@ from galmerge.cutout_cache import STATUS_OK, CutoutCache, make_key
 from galmerge.cutouts import CutoutRequest
 from galmerge.errors import GalmergeError
 from galmerge.outputs import ResultBlock, ResultJournal, Tally, open_writer
+from galmerge.provenance import data_release
+from galmerge.provenance import record as provenance_record
 from galmerge.segments import check_private_folder
 
 DEFAULT_CHUNK_ROWS = 4096
@@ -360,6 +362,7 @@ def classify(
 
     infer = _Inference(model, domain, device, batch_size, dist.local_rank)
     service = None
+    release = kind = ""
     store: CutoutCache | None = None
     per_rank_cache = cache is not None and "{rank}" in str(cache)
     if _is_image_file(cat_path):
@@ -374,6 +377,7 @@ def classify(
         options = {"workers": int(workers), **spec_options, **dict(survey_options or {})}
         service = record.cutouts(infer.spec, options)
         key = str(getattr(service, "cache_key", "") or f"{survey_name}:{_signature(infer.spec)}")
+        release, kind = data_release(service, options, key), key
         # "{rank}" in --cache gives each process its own cache (and index) at survey scale
         cache_path = (Path(str(cache).replace("{rank}", str(dist.rank))) if cache is not None
                       else default_cache(survey_name, key))
@@ -433,9 +437,14 @@ def classify(
             store.close(compact=not dist.enabled or per_rank_cache)
     if not dist.is_main:
         return _summary(out_path, tally, fetched, t0, store)
+    prov = provenance_record(
+        checkpoint=infer.loaded.path, config=infer.loaded.config,
+        survey=survey if store is not None else f"hdf5 image file {cat_path.name}",
+        data_release=release, cutout_kind=kind, domain=domain, preprocessing=infer.spec,
+        temperature=infer.loaded.temperature, threshold=float(threshold))
     tally = _merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show,
                          shard_timeout, heartbeat_timeout,
-                         arrow_types=getattr(source, "arrow_types", None))
+                         arrow_types=getattr(source, "arrow_types", None), provenance=prov)
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact(force=False)
     summary = _summary(out_path, tally, fetched, t0, store)
@@ -660,7 +669,8 @@ def _wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, sho
 def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
                  show: bool, shard_timeout: float = DEFAULT_SHARD_TIMEOUT,
                  heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
-                 arrow_types: dict[str, Any] | None = None) -> Tally:
+                 arrow_types: dict[str, Any] | None = None,
+                 provenance: dict[str, Any] | None = None) -> Tally:
     """Rank 0: wait until every rank's share is complete, then write them in input order."""
     folders = [parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}" for r in range(world)]
     # Wait on the .done markers alone: opening another rank's journal before it has finished
@@ -669,7 +679,7 @@ def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns:
     _wait_for_ranks(markers, [_beat_path(f) for f in folders], parts_dir, show, shard_timeout,
                     heartbeat_timeout)
     journals = [ResultJournal(f) for f in folders]
-    writer = open_writer(out_path, columns, arrow_types=arrow_types)
+    writer = open_writer(out_path, columns, arrow_types=arrow_types, provenance=provenance)
     try:
         readers = [j.blocks() for j in journals]
         index = 0

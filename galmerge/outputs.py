@@ -108,7 +108,13 @@ def _fsync(path: Path) -> None:
 
 
 class OutputWriter:
-    """Base: a temporary file renamed into place by `commit()`; counts rows for the summary."""
+    """Base: a temporary file renamed into place by `commit()`; counts rows for the summary.
+
+    ``provenance`` (`galmerge.provenance`), when set before the first write, is recorded in the
+    output in the format's own way.
+    """
+
+    provenance: dict[str, Any] | None = None
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path = path
@@ -181,6 +187,17 @@ class CsvWriter(OutputWriter):
             self._fh.flush()
             self._fh.close()
 
+    def commit(self) -> None:
+        if self.provenance:  # CSV has no place for it: a sidecar, in place before the output
+            from galmerge.provenance import SIDECAR_SUFFIX, stamped
+
+            side = self.path.with_name(self.path.name + SIDECAR_SUFFIX)
+            tmp = _temp_path(side)
+            tmp.write_text(json.dumps(stamped(self.provenance), indent=1) + "\n")
+            _fsync(tmp)
+            os.replace(tmp, side)
+        super().commit()
+
 
 def _h5_dataset_name(name: str, used: set[str]) -> str:
     base = name.replace("/", "_").replace(".", "_") or "column"
@@ -244,6 +261,13 @@ class Hdf5Writer(OutputWriter):
             for name in self.datasets:  # columns without a single value: empty text
                 if name not in self._f:
                     self._create(name, np.dtype(object), 1)
+            if self.provenance:
+                from galmerge.provenance import stamped
+
+                prov = stamped(self.provenance)
+                self._f.attrs["galmerge_provenance"] = json.dumps(prov)
+                for key, value in prov.items():
+                    self._f.attrs[key] = value
             self._f.close()
 
 
@@ -346,6 +370,7 @@ class FitsWriter(OutputWriter):
         if self._done:
             return
         self._done = True
+        self._h5.provenance = self.provenance  # the conversion turns it into header keywords
         self._h5._finish()
         try:
             _h5_to_fits(self._h5.tmp, self.tmp)
@@ -393,6 +418,11 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
                 dtypes.append((f">i{size}", "num"))
         header = fits.BinTableHDU.from_columns(cols, nrows=0).header
         header["NAXIS2"] = n
+        if "galmerge_provenance" in f.attrs:
+            from galmerge.provenance import fits_cards
+
+            for word, value, comment in fits_cards(json.loads(f.attrs["galmerge_provenance"])):
+                header[word] = (value, comment)
         record = np.dtype([(f"f{i}", t) for i, (t, _) in enumerate(dtypes)])
         with open(dest, "wb") as out:
             out.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
@@ -418,8 +448,19 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
 
 
 def open_writer(path: str | os.PathLike[str], columns: Sequence[str], *,
-                arrow_types: dict[str, Any] | None = None) -> OutputWriter:
-    """A writer chosen by suffix: ``.h5``/``.hdf5``, ``.fits``/``.fit``, ``.parquet``, else CSV."""
+                arrow_types: dict[str, Any] | None = None,
+                provenance: dict[str, Any] | None = None) -> OutputWriter:
+    """A writer chosen by suffix: ``.h5``/``.hdf5``, ``.fits``/``.fit``, ``.parquet``, else CSV.
+
+    ``arrow_types`` (Parquet): input column types to keep; ``provenance``: recorded in the output.
+    """
+    writer = _open_writer(path, columns, arrow_types)
+    writer.provenance = provenance
+    return writer
+
+
+def _open_writer(path: str | os.PathLike[str], columns: Sequence[str],
+                 arrow_types: dict[str, Any] | None) -> OutputWriter:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in (".h5", ".hdf5"):

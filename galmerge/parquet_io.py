@@ -9,6 +9,7 @@ rows that hold a value), stores unavailable ``p_merger``/``is_merger`` as native
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,13 @@ class ParquetWriter(OutputWriter):
                   for n, ty in zip(self.columns, self._types, strict=True)]
         fields += [pa.field(p, pa.float64()), pa.field(flag, pa.int8()),
                    pa.field(status, pa.dictionary(pa.int32(), pa.string()))]
+        metadata = dict(self.metadata)
+        if self.provenance:
+            from galmerge.provenance import stamped
+
+            metadata["galmerge_provenance"] = json.dumps(stamped(self.provenance))
         self._schema = pa.schema(fields, metadata={k.encode(): v.encode()
-                                                   for k, v in self.metadata.items()})
+                                                   for k, v in metadata.items()})
         self._writer = pq.ParquetWriter(str(self.tmp), self._schema, compression="zstd")
 
     def _flush(self) -> None:
