@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from galmerge.catalogs import CatalogChunk, open_catalog
-from galmerge.cutout_cache import STATUS_OK, CutoutCache, make_key
+from galmerge.cutout_cache import STATUS_OK, CutoutCache, keepbits_key, make_key
 from galmerge.cutouts import CutoutRequest
 from galmerge.errors import GalmergeError
 from galmerge.outputs import ResultBlock, ResultJournal, Tally, open_writer
@@ -330,6 +330,7 @@ def classify(
     survey_options: Mapping[str, Any] | None = None,
     shard_timeout: float | None = None,
     heartbeat_timeout: float | None = None,
+    cache_keepbits: int | None = None,
 ) -> ClassifySummary:
     """Classify every row of ``catalog`` (CSV/FITS/VOTable, or an HDF5 image file).
 
@@ -337,6 +338,7 @@ def classify(
     input column plus ``p_merger``, ``is_merger`` (p >= ``threshold``) and ``status``.
     Sharded runs: ``shard_timeout`` and ``heartbeat_timeout`` (seconds; default from
     GALMERGE_SHARD_TIMEOUT and GALMERGE_SHARD_HEARTBEAT_TIMEOUT) bound rank 0's wait.
+    ``cache_keepbits``: store new stamps rounded to that many float32 mantissa bits (lossy).
     """
     from galmerge.distributed import from_environment
 
@@ -380,12 +382,14 @@ def classify(
         release, kind = data_release(service, options, key), key
         # "{rank}" in --cache gives each process its own cache (and index) at survey scale
         cache_path = (Path(str(cache).replace("{rank}", str(dist.rank))) if cache is not None
-                      else default_cache(survey_name, key))
+                      else default_cache(survey_name, keepbits_key(key, cache_keepbits)))
         store = CutoutCache(
             cache_path, key, infer.shape, flush_rows=flush_rows,
             attrs={"survey": survey_name, "bands": ",".join(map(str, infer.spec.get("bands", []))),
                    "pixel_scale_arcsec": float(infer.spec.get("pixel_scale_arcsec") or np.nan)},
+            keepbits=cache_keepbits,
         )
+        kind = store.cache_key
 
     total = source.estimated_rows()
     shard_total = None
