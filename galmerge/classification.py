@@ -331,6 +331,8 @@ def classify(
     shard_timeout: float | None = None,
     heartbeat_timeout: float | None = None,
     cache_keepbits: int | None = None,
+    scheduler: str | None = None,
+    columns: list[str] | None = None,
 ) -> ClassifySummary:
     """Classify every row of ``catalog`` (CSV/FITS/VOTable, or an HDF5 image file).
 
@@ -339,6 +341,8 @@ def classify(
     Sharded runs: ``shard_timeout`` and ``heartbeat_timeout`` (seconds; default from
     GALMERGE_SHARD_TIMEOUT and GALMERGE_SHARD_HEARTBEAT_TIMEOUT) bound rank 0's wait.
     ``cache_keepbits``: store new stamps rounded to that many float32 mantissa bits (lossy).
+    A folder holding a HATS catalog is classified on Dask (`galmerge.hats_classify`; address of
+    a running ``scheduler``, else a local cluster), keeping ``columns`` (default all).
     """
     from galmerge.distributed import from_environment
 
@@ -348,6 +352,14 @@ def classify(
     heartbeat_timeout = _seconds(heartbeat_timeout, HEARTBEAT_TIMEOUT_ENV,
                                  HEARTBEAT_TIMEOUT_ENV, DEFAULT_HEARTBEAT_TIMEOUT)
     cat_path = Path(catalog)
+    if cat_path.is_dir():  # a HATS catalog: partition by partition on Dask
+        from galmerge.hats_classify import classify_hats_summary
+
+        return classify_hats_summary(
+            cat_path, model, output=output, survey=survey, cache=cache, ra_col=ra_col,
+            dec_col=dec_col, id_col=id_col, threshold=threshold, domain=domain, device=device,
+            batch_size=batch_size, workers=workers, quiet=quiet, scheduler=scheduler,
+            columns=columns, t0=t0)
     if not cat_path.is_file():
         raise GalmergeError(f"catalog {cat_path} does not exist")
     if not 0.0 <= float(threshold) <= 1.0:
