@@ -6,8 +6,8 @@
 partition's rows, with stamps from a cutout cache of that partition alone
 (``<cache_dir>/Norder=K/Dir=D/Npix=N.h5``): sky locality is frame reuse, and no process needs
 the whole cache. `classify_hats` runs it over a catalog on a local Dask cluster (or
-``scheduler``) and writes a new HATS catalog with LSDB's `to_hats`; a killed run started again
-resumes that write (``resume=True``): partitions already written are not computed again, the
+``scheduler``) and writes a new HATS catalog with LSDB's `write_catalog`; a killed run started
+again resumes that write (``resume=True``): partitions already written are not computed again, the
 others find the stamps they had fetched in their caches.
 
 Partition borders: every row is classified from its own cutout, centred on it, which shows its
@@ -192,8 +192,8 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
                                threads_per_worker=1, processes=True, dashboard_address=None)
     try:
         with Client(scheduler or cluster):
-            result.to_hats(out, catalog_name=out.name, resume=resume, progress_bar=not quiet,
-                           addl_hats_properties=props)
+            result.write_catalog(out, catalog_name=out.name, resume=resume,
+                                 progress_bar=not quiet, addl_hats_properties=props)
     finally:
         if cluster is not None:
             cluster.close()

@@ -47,7 +47,7 @@ def _hats(tmp: Path, n: int = 60) -> tuple[Path, object]:
     cat = lsdb.from_dataframe(df, ra_column="ra", dec_column="dec", lowest_order=1,
                               highest_order=3, partition_rows=12, margin_threshold=None)
     path = tmp / "cat_hats"
-    cat.to_hats(path, progress_bar=False)
+    cat.write_catalog(path, progress_bar=False)
     return path, df
 
 
@@ -71,9 +71,8 @@ def env(tmp_path, register_plugin, monkeypatch):
 
 
 def test_hats_catalog_classified_partition_by_partition_on_two_workers(env, cluster):
-    from test_classify import run_cli
-
     from distributed import Client
+    from test_classify import run_cli
 
     tmp, ckpt, log = env
     src, df = _hats(tmp)
