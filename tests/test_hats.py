@@ -159,3 +159,13 @@ def test_killed_hats_run_restarted_finishes_every_partition_exactly_once(env):
                                                               part["dec"], strict=True)}
             assert not rows & again
     assert not done.exists()  # LSDB removes its progress files
+
+
+def test_a_folder_that_is_no_hats_catalog_is_a_one_line_error(env):
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    (tmp / "notes").mkdir()
+    res = run_cli("classify", str(tmp / "notes"), "--model", str(ckpt), "--survey", "stamps")
+    assert res.exit_code != 0 and "no HATS catalog" in res.output
+    assert len(res.output.strip().splitlines()) == 1
