@@ -79,7 +79,7 @@ def test_fits_provenance_keywords_are_valid_fits(env):
     (tmp / "cat.csv").write_text(CASJOBS)
     out = tmp / "dir-é" / "out.fits"  # a non-ASCII path still makes an ASCII header
     res = run_cli("classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
-                  "--quiet", "--output", str(out))
+                  "--quiet", "--output", str(out), "--cache", str(tmp / "c.h5"))
     assert res.exit_code == 0, res.output
     with fits.open(out) as hdul:
         hdul.verify("exception")
@@ -96,8 +96,10 @@ def test_cache_keepbits_changes_p_merger_by_less_than_1e4_and_repeats_exactly(en
     (tmp / "cat.csv").write_text(CASJOBS)
     base = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
             "--quiet"]
-    assert run_cli(*base, "--output", str(tmp / "exact.csv")).exit_code == 0
-    lossy = [*base, "--output", str(tmp / "lossy.csv"), "--cache-keepbits", "12"]
+    assert run_cli(*base, "--output", str(tmp / "exact.csv"), "--cache",
+                   str(tmp / "exact.h5")).exit_code == 0
+    lossy = [*base, "--output", str(tmp / "lossy.csv"), "--cache-keepbits", "12", "--cache",
+             str(tmp / "lossy.h5")]
     assert run_cli(*lossy).exit_code == 0
     first = (tmp / "lossy.csv").read_bytes()
     assert run_cli(*lossy).exit_code == 0
