@@ -59,14 +59,16 @@ def main() -> None:
         pq_cat = parquet_catalog(tmp / "warm.parquet", args.warm_rows, args.warm_rows)
         csv_cat = csv_catalog(tmp / "warm.csv", args.warm_rows, args.warm_rows)
         _run(tmp, pq_cat, ckpt, cache, "cold.parquet", 4096, args.threads, 256)  # fills cache
-        result["warm_parquet"] = _run(tmp, pq_cat, ckpt, cache, "warm.parquet", 4096,
+        result["warm_parquet"] = _run(tmp, pq_cat, ckpt, cache, "warm_out.parquet", 4096,
                                       args.threads, 256)
-        result["warm_csv"] = _run(tmp, csv_cat, ckpt, cache, "warm.csv", 4096, args.threads, 256)
+        result["warm_csv"] = _run(tmp, csv_cat, ckpt, cache, "warm_out.csv", 4096, args.threads,
+                                  256)
         rss_cache = tmp / "rss_cache.h5"
         for rows in (args.rss_rows // 10, args.rss_rows):
             cat = parquet_catalog(tmp / f"rss_{rows}.parquet", rows, args.distinct)
             result[f"parquet_{rows}_rows"] = _run(tmp, cat, ckpt, rss_cache,
-                                                  f"rss_{rows}.parquet", 65536, args.threads, 256)
+                                                  f"rss_{rows}_out.parquet", 65536, args.threads,
+                                                  256)
             cat.unlink()
     result["load_1min_after"] = os.getloadavg()[0]
     text = json.dumps(result, indent=1)
