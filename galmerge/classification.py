@@ -334,7 +334,7 @@ def classify(
     scheduler: str | None = None,
     columns: list[str] | None = None,
 ) -> ClassifySummary:
-    """Classify every row of ``catalog`` (CSV/FITS/VOTable, or an HDF5 image file).
+    """Classify every row of ``catalog`` (CSV/FITS/VOTable/Parquet, or an HDF5 image file).
 
     Writes ``output`` (default ``<stem>_galmerge.csv`` in the working directory) with every
     input column plus ``p_merger``, ``is_merger`` (p >= ``threshold``) and ``status``.
@@ -352,6 +352,14 @@ def classify(
     heartbeat_timeout = _seconds(heartbeat_timeout, HEARTBEAT_TIMEOUT_ENV,
                                  HEARTBEAT_TIMEOUT_ENV, DEFAULT_HEARTBEAT_TIMEOUT)
     cat_path = Path(catalog)
+    if not cat_path.is_file() and not cat_path.is_dir():
+        raise GalmergeError(f"catalog {cat_path} does not exist")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise GalmergeError(f"--threshold must be in [0, 1], got {threshold}")
+    if domain not in ("source", "target"):
+        raise GalmergeError(f"--domain must be source or target, got {domain}")
+    if chunk_rows < 1 or batch_size < 1 or workers < 1:
+        raise GalmergeError("--batch-size, --workers and --chunk-rows must be at least 1")
     if cat_path.is_dir():  # a HATS catalog: partition by partition on Dask
         from galmerge.hats_classify import classify_hats_summary
 
@@ -360,14 +368,6 @@ def classify(
             dec_col=dec_col, id_col=id_col, threshold=threshold, domain=domain, device=device,
             batch_size=batch_size, workers=workers, quiet=quiet, scheduler=scheduler,
             columns=columns, t0=t0)
-    if not cat_path.is_file():
-        raise GalmergeError(f"catalog {cat_path} does not exist")
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise GalmergeError(f"--threshold must be in [0, 1], got {threshold}")
-    if domain not in ("source", "target"):
-        raise GalmergeError(f"--domain must be source or target, got {domain}")
-    if chunk_rows < 1 or batch_size < 1 or workers < 1:
-        raise GalmergeError("--batch-size, --workers and --chunk-rows must be at least 1")
     out_path = Path(output) if output is not None else default_output(cat_path)
     if out_path.exists() and out_path.resolve() == cat_path.resolve():
         raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")
