@@ -367,7 +367,7 @@ def classify(
             cat_path, model, output=output, survey=survey, cache=cache, ra_col=ra_col,
             dec_col=dec_col, id_col=id_col, threshold=threshold, domain=domain, device=device,
             batch_size=batch_size, workers=workers, quiet=quiet, scheduler=scheduler,
-            columns=columns, t0=t0)
+            columns=columns, keepbits=cache_keepbits, t0=t0)
     out_path = Path(output) if output is not None else default_output(cat_path)
     if out_path.exists() and out_path.resolve() == cat_path.resolve():
         raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")

@@ -79,7 +79,7 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
                        dec_col: str | None = None, id_col: str | None = None,
                        threshold: float = 0.5, domain: str = "target", device: str = "cpu",
                        batch_size: int = 256, workers: int = 4,
-                       chunk_rows: int = 4096) -> Any:
+                       chunk_rows: int = 4096, keepbits: int | None = None) -> Any:
     """Classify the rows of one partition (a pandas frame); returns ``keep`` columns (default
     all) plus ``p_merger``, ``is_merger`` and ``status``, in the same order and index."""
     import pandas as pd
@@ -87,7 +87,7 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
 
     from galmerge.catalogs import DEC_NAMES, ID_NAMES, RA_NAMES, Catalog, _pick
     from galmerge.classification import _classify_chunk, _survey_record, default_cache
-    from galmerge.cutout_cache import CutoutCache
+    from galmerge.cutout_cache import CutoutCache, keepbits_key
     from galmerge.datasets import parse_survey_spec
     from galmerge.parquet_io import arrow_to_numpy
 
@@ -104,8 +104,8 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
     service = _survey_record(name).cutouts(infer.spec, {"workers": int(workers), **spec_options})
     key = str(getattr(service, "cache_key", "") or name)
     path = (partition_cache(cache_dir, pixel) if cache_dir is not None and pixel is not None
-            else default_cache(name, key))
-    store = CutoutCache(path, key, infer.shape, attrs={
+            else default_cache(name, keepbits_key(key, keepbits)))
+    store = CutoutCache(path, key, infer.shape, keepbits=keepbits, attrs={
         "survey": name, "bands": ",".join(map(str, infer.spec.get("bands", [])))})
     reader = Catalog()
     reader.ra_col, reader.dec_col, reader.id_col = ra, dec, ident
@@ -142,6 +142,7 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
                   dec_col: str | None = None, id_col: str | None = None,
                   threshold: float = 0.5, domain: str = "target", device: str = "cpu",
                   batch_size: int = 256, workers: int = 4, quiet: bool = False,
+                  keepbits: int | None = None,
                   provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Classify a HATS catalog partition by partition on Dask; write a HATS catalog.
 
@@ -181,7 +182,7 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
         classify_partition, include_pixel=True, meta=meta, model=str(model), survey=survey,
         cache_dir=str(cache_dir), keep=keep, ra_col=ra_col, dec_col=dec_col, id_col=id_col,
         threshold=float(threshold), domain=domain, device=device, batch_size=batch_size,
-        workers=workers)
+        workers=workers, keepbits=keepbits)
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     resume = out.is_dir() and any(out.iterdir())
     props = {f"galmerge_{k}": (v if isinstance(v, str) else json.dumps(v))
