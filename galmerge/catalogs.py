@@ -1,4 +1,5 @@
-"""Reading input catalogs in chunks: CSV (as SkyServer/CasJobs write it), FITS and VOTable.
+"""Reading input catalogs in chunks: CSV (as SkyServer/CasJobs write it), FITS, VOTable and
+Parquet (`galmerge.parquet_io`).
 
 A catalog is read as a stream of `CatalogChunk` blocks so a 10^7-row file never sits in memory.
 CSV fields stay the exact text of the file (ids never pass through float); FITS tables are
@@ -571,11 +572,15 @@ def _open_votable(p: Path, ra_col: str | None, dec_col: str | None,
 
 def open_catalog(path: str | os.PathLike[str], *, ra_col: str | None = None,
                  dec_col: str | None = None, id_col: str | None = None) -> Catalog:
-    """Open a CSV, FITS or VOTable catalog (chosen by suffix, then by content)."""
+    """Open a CSV, FITS, VOTable or Parquet catalog (chosen by suffix, then by content)."""
     p = Path(path)
     if not p.is_file():
         raise GalmergeError(f"catalog {p} does not exist")
     name = p.name.lower()
+    from galmerge.parquet_io import MAGIC, PARQUET_SUFFIXES, ParquetCatalog
+
+    if name.endswith(PARQUET_SUFFIXES) or _starts_with(p, MAGIC):
+        return ParquetCatalog(p, ra_col, dec_col, id_col)
     if name.endswith(FITS_SUFFIXES) or _starts_with(p, b"SIMPLE  ="):
         return FitsCatalog(p, ra_col, dec_col, id_col)
     if name.endswith(VOTABLE_SUFFIXES) or _starts_with(p, b"<?xml"):

@@ -37,10 +37,13 @@ from typing import Any
 import numpy as np
 
 from galmerge.catalogs import CatalogChunk, open_catalog
-from galmerge.cutout_cache import STATUS_OK, CutoutCache, make_key
+from galmerge.cutout_cache import STATUS_OK, CutoutCache, keepbits_key, make_key
 from galmerge.cutouts import CutoutRequest
 from galmerge.errors import GalmergeError
 from galmerge.outputs import ResultBlock, ResultJournal, Tally, open_writer
+from galmerge.provenance import data_release
+from galmerge.provenance import record as provenance_record
+from galmerge.segments import check_private_folder
 
 DEFAULT_CHUNK_ROWS = 4096
 INFER_ROWS = 1024  # stamps held in memory at once for inference
@@ -91,7 +94,8 @@ def _data_dir() -> Path:
 def default_output(catalog: Path) -> Path:
     """``<catalog stem>_galmerge.csv`` in the working directory (catalogs may be read-only)."""
     name = catalog.name
-    for suffix in (".gz", ".fits", ".fit", ".csv", ".h5", ".hdf5", ".xml", ".vot", ".txt"):
+    for suffix in (".gz", ".fits", ".fit", ".csv", ".h5", ".hdf5", ".xml", ".vot", ".txt",
+                   ".parquet"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return Path.cwd() / f"{name}_galmerge.csv"
@@ -326,13 +330,19 @@ def classify(
     survey_options: Mapping[str, Any] | None = None,
     shard_timeout: float | None = None,
     heartbeat_timeout: float | None = None,
+    cache_keepbits: int | None = None,
+    scheduler: str | None = None,
+    columns: list[str] | None = None,
 ) -> ClassifySummary:
-    """Classify every row of ``catalog`` (CSV/FITS/VOTable, or an HDF5 image file).
+    """Classify every row of ``catalog`` (CSV/FITS/VOTable/Parquet, or an HDF5 image file).
 
     Writes ``output`` (default ``<stem>_galmerge.csv`` in the working directory) with every
     input column plus ``p_merger``, ``is_merger`` (p >= ``threshold``) and ``status``.
     Sharded runs: ``shard_timeout`` and ``heartbeat_timeout`` (seconds; default from
     GALMERGE_SHARD_TIMEOUT and GALMERGE_SHARD_HEARTBEAT_TIMEOUT) bound rank 0's wait.
+    ``cache_keepbits``: store new stamps rounded to that many float32 mantissa bits (lossy).
+    A folder holding a HATS catalog is classified on Dask (`galmerge.hats_classify`; address of
+    a running ``scheduler``, else a local cluster), keeping ``columns`` (default all).
     """
     from galmerge.distributed import from_environment
 
@@ -342,7 +352,7 @@ def classify(
     heartbeat_timeout = _seconds(heartbeat_timeout, HEARTBEAT_TIMEOUT_ENV,
                                  HEARTBEAT_TIMEOUT_ENV, DEFAULT_HEARTBEAT_TIMEOUT)
     cat_path = Path(catalog)
-    if not cat_path.is_file():
+    if not cat_path.is_file() and not cat_path.is_dir():
         raise GalmergeError(f"catalog {cat_path} does not exist")
     if not 0.0 <= float(threshold) <= 1.0:
         raise GalmergeError(f"--threshold must be in [0, 1], got {threshold}")
@@ -350,6 +360,14 @@ def classify(
         raise GalmergeError(f"--domain must be source or target, got {domain}")
     if chunk_rows < 1 or batch_size < 1 or workers < 1:
         raise GalmergeError("--batch-size, --workers and --chunk-rows must be at least 1")
+    if cat_path.is_dir():  # a HATS catalog: partition by partition on Dask
+        from galmerge.hats_classify import classify_hats_summary
+
+        return classify_hats_summary(
+            cat_path, model, output=output, survey=survey, cache=cache, ra_col=ra_col,
+            dec_col=dec_col, id_col=id_col, threshold=threshold, domain=domain, device=device,
+            batch_size=batch_size, workers=workers, quiet=quiet, scheduler=scheduler,
+            columns=columns, keepbits=cache_keepbits, t0=t0)
     out_path = Path(output) if output is not None else default_output(cat_path)
     if out_path.exists() and out_path.resolve() == cat_path.resolve():
         raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")
@@ -363,6 +381,7 @@ def classify(
     else:
         infer = _Inference(model, domain, device, batch_size, dist.local_rank)
     service = None
+    release = kind = ""
     store: CutoutCache | None = None
     per_rank_cache = cache is not None and "{rank}" in str(cache)
     if _is_image_file(cat_path):
@@ -377,14 +396,17 @@ def classify(
         options = {"workers": int(workers), **spec_options, **dict(survey_options or {})}
         service = record.cutouts(infer.spec, options)
         key = str(getattr(service, "cache_key", "") or f"{survey_name}:{_signature(infer.spec)}")
+        release, kind = data_release(service, options, key), key
         # "{rank}" in --cache gives each process its own cache (and index) at survey scale
         cache_path = (Path(str(cache).replace("{rank}", str(dist.rank))) if cache is not None
-                      else default_cache(survey_name, key))
+                      else default_cache(survey_name, keepbits_key(key, cache_keepbits)))
         store = CutoutCache(
             cache_path, key, infer.shape, flush_rows=flush_rows,
             attrs={"survey": survey_name, "bands": ",".join(map(str, infer.spec.get("bands", []))),
                    "pixel_scale_arcsec": float(infer.spec.get("pixel_scale_arcsec") or np.nan)},
+            keepbits=cache_keepbits,
         )
+        kind = store.cache_key
 
     total = source.estimated_rows()
     shard_total = None
@@ -397,6 +419,7 @@ def classify(
     sig = _signature(_file_stamp(cat_path), _file_stamp(infer.loaded.path), domain,
                      float(threshold), survey, chunk_rows, ra_col, dec_col, id_col)
     parts_dir = out_path.with_name(out_path.name + ".parts")
+    check_private_folder(parts_dir)  # before anything in it is removed or read
     if dist.is_main:
         _remove_stale_parts(parts_dir, f"-of-{dist.world:05d}-{sig}")
     journal = ResultJournal(parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}")
@@ -435,8 +458,14 @@ def classify(
             store.close(compact=not dist.enabled or per_rank_cache)
     if not dist.is_main:
         return _summary(out_path, tally, fetched, t0, store)
+    prov = provenance_record(
+        checkpoint=infer.loaded.path, config=infer.loaded.config,
+        survey=survey if store is not None else f"hdf5 image file {cat_path.name}",
+        data_release=release, cutout_kind=kind, domain=domain, preprocessing=infer.spec,
+        temperature=infer.loaded.temperature, threshold=float(threshold))
     tally = _merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show,
-                         shard_timeout, heartbeat_timeout)
+                         shard_timeout, heartbeat_timeout,
+                         arrow_types=getattr(source, "arrow_types", None), provenance=prov)
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact(force=False)
     summary = _summary(out_path, tally, fetched, t0, store)
@@ -660,7 +689,9 @@ def _wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, sho
 
 def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
                  show: bool, shard_timeout: float = DEFAULT_SHARD_TIMEOUT,
-                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT) -> Tally:
+                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+                 arrow_types: dict[str, Any] | None = None,
+                 provenance: dict[str, Any] | None = None) -> Tally:
     """Rank 0: wait until every rank's share is complete, then write them in input order."""
     folders = [parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}" for r in range(world)]
     # Wait on the .done markers alone: opening another rank's journal before it has finished
@@ -669,7 +700,7 @@ def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns:
     _wait_for_ranks(markers, [_beat_path(f) for f in folders], parts_dir, show, shard_timeout,
                     heartbeat_timeout)
     journals = [ResultJournal(f) for f in folders]
-    writer = open_writer(out_path, columns)
+    writer = open_writer(out_path, columns, arrow_types=arrow_types, provenance=provenance)
     try:
         readers = [j.blocks() for j in journals]
         index = 0

@@ -12,6 +12,10 @@ Layout for ``--cache cache.h5``:
 
 `close()` merges the journal into the consolidated file (again temp + rename) when the journal
 has grown to half the consolidated file's size, so the copying costs O(1) per stamp amortised.
+Stamps are stored gzip-compressed after byte shuffling (bit exact; older uncompressed files are
+read as they are and compressed when merged); with ``keepbits`` they are first rounded to that
+many float32 mantissa bits (lossy, relative error <= 2**-(keepbits+1), recorded in the files'
+attributes and in the cache key, so exact and rounded stamps never mix).
 Every file is checked on open (HDF5 readable, format, datasets of consistent length) and image
 chunks carry Fletcher-32 checksums checked on read; a bad file is renamed
 ``*.corrupt-<timestamp>``, reported in one line and its stamps fetched again — never used.
@@ -38,6 +42,10 @@ import numpy as np
 from galmerge.errors import GalmergeError
 
 CACHE_FORMAT = "galmerge-cutout-cache/1"
+# stamps are stored gzip-compressed after byte shuffling: bit exact, read by any HDF5 reader
+# (files written before this are uncompressed and read as they are)
+IMAGE_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+MAX_KEEPBITS = 23  # float32 mantissa bits
 COORD_DECIMALS = 6  # 1e-6 deg = 3.6 mas: far below a pixel, above float noise
 COPY_BLOCK = 256
 STATUS_OK = "ok"
@@ -47,6 +55,34 @@ def make_key(obj_id: str, ra: float, dec: float) -> str:
     """The cache key of one catalog row: id plus position rounded to 1e-6 degrees."""
     return f"{str(obj_id).strip()}|{round(float(ra), COORD_DECIMALS) + 0.0:.6f}|" \
            f"{round(float(dec), COORD_DECIMALS) + 0.0:.6f}"
+
+
+def keepbits_key(cache_key: str, keepbits: int | None) -> str:
+    """The cache key of stamps stored with ``keepbits`` mantissa bits (lossy stamps never mix
+    with exact ones)."""
+    return cache_key if keepbits is None else f"{cache_key}:keepbits{int(keepbits)}"
+
+
+def round_mantissa(image: np.ndarray, keepbits: int) -> np.ndarray:
+    """float32 values rounded (to nearest, ties to even) to ``keepbits`` mantissa bits.
+
+    Relative error at most 2**-(keepbits + 1) (for subnormals, below 1.2e-38: that much of
+    1.2e-38); zeros, infinities and NaNs stay as they are. The
+    dropped low bits are zeros, which is what lets gzip shrink the stamp.
+    """
+    x = np.ascontiguousarray(image, dtype=np.float32)
+    if keepbits >= MAX_KEEPBITS:
+        return x
+    u = x.view(np.uint32).astype(np.uint64)
+    drop = MAX_KEEPBITS - keepbits
+    rounded = (u + ((1 << (drop - 1)) - 1) + ((u >> drop) & 1)) >> drop << drop
+    finite = np.isfinite(x)
+    out = np.where(finite, rounded, u).astype(np.uint32).view(np.float32)
+    # rounding up at the top of the range overflows to inf: keep the value truncated instead
+    over = finite & ~np.isfinite(out)
+    if over.any():
+        out[over] = (u[over] >> drop << drop).astype(np.uint32).view(np.float32)
+    return out
 
 
 def hash_keys(keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -99,10 +135,15 @@ class CutoutCache:
         flush_rows: int = 256,
         flush_seconds: float = 10.0,
         warn: Callable[[str], None] = _stderr,
+        keepbits: int | None = None,
     ) -> None:
+        if keepbits is not None and not 1 <= int(keepbits) <= MAX_KEEPBITS:
+            raise GalmergeError(f"cache keepbits must be 1..{MAX_KEEPBITS} (float32 mantissa "
+                                f"bits), got {keepbits}; omit it for exact stamps")
+        self.keepbits = None if keepbits is None else int(keepbits)
         self.path = Path(path)
         self.journal = self.path.with_name(self.path.name + ".journal")
-        self.cache_key = cache_key
+        self.cache_key = keepbits_key(cache_key, self.keepbits)
         self.shape = tuple(int(s) for s in shape)
         self.attrs = dict(attrs or {})
         self.flush_rows = max(1, int(flush_rows))
@@ -346,6 +387,8 @@ class CutoutCache:
             image = np.asarray(image, dtype=np.float32)
             if image.shape != self.shape:
                 raise ValueError(f"stamp shape {image.shape} != cache's {self.shape}")
+            if self.keepbits is not None:  # now, so this run already uses what later runs read
+                image = round_mantissa(image, self.keepbits)
         self._pending[(int(hi[0]), int(lo[0]))] = (key, str(obj_id), float(ra), float(dec),
                                                    image if status == STATUS_OK else None, status)
         self.added += 1
@@ -402,6 +445,10 @@ class CutoutCache:
             f.attrs[name] = value
         f.attrs["galmerge_cache_format"] = CACHE_FORMAT
         f.attrs["galmerge_cache_key"] = self.cache_key
+        # how the stamps were stored: mantissa bits kept (23 = exact) and the error bound
+        f.attrs["stamp_keepbits"] = MAX_KEEPBITS if self.keepbits is None else self.keepbits
+        f.attrs["stamp_max_relative_error"] = (0.0 if self.keepbits is None
+                                               else 2.0 ** -(self.keepbits + 1))
 
     @staticmethod
     def _write_columns(f, n, ids, ra, dec, keys, hashes, mkeys, mhashes, mstatus) -> None:
@@ -493,11 +540,17 @@ class CutoutCache:
                 moff += len(mh)
                 with h5py.File(src, "r") as f:
                     rows = np.flatnonzero(keep)
+                    same = _same_storage(f["images"], dset)
                     for start in range(0, len(rows), COPY_BLOCK):
                         block = rows[start : start + COPY_BLOCK]
                         lo_, hi_ = int(block[0]), int(block[-1]) + 1
-                        data = f["images"][lo_:hi_][block - lo_]
-                        dset[pos : pos + len(block)] = data
+                        data = f["images"][lo_:hi_][block - lo_]  # checks every checksum
+                        if same:  # copy the compressed chunks: no second compression
+                            for j, r in enumerate(block.tolist()):
+                                mask, raw = f["images"].id.read_direct_chunk((r, 0, 0, 0))
+                                dset.id.write_direct_chunk((pos + j, 0, 0, 0), raw, mask)
+                        else:  # an older, uncompressed file: compressed now
+                            dset[pos : pos + len(block)] = data
                         pos += len(block)
                     cols["id"].append(f["id"].asstr()[()][keep])
                     cols["ra"].append(f["ra"][()][keep])
@@ -527,11 +580,20 @@ class CutoutCache:
                            "cache_key": self.cache_key})
 
 
+def _same_storage(a: h5py.Dataset, b: h5py.Dataset) -> bool:
+    """Whether raw chunks of ``a`` are valid chunks of ``b`` (same type, chunks and filters)."""
+    return (a.dtype == b.dtype and a.chunks == b.chunks and a.compression == b.compression
+            and a.compression_opts == b.compression_opts and a.shuffle == b.shuffle
+            and a.fletcher32 == b.fletcher32 and a.chunks is not None)
+
+
 def _create_images(f: h5py.File, images: np.ndarray, shape: tuple[int, ...],
                    total: int | None = None) -> h5py.Dataset:
     n = len(images) if total is None else total
-    # Fletcher-32 needs chunking; zero-length datasets cannot be chunked
-    kwargs: dict[str, Any] = {"chunks": (1, *shape), "fletcher32": True} if n else {}
+    # Fletcher-32 needs chunking; zero-length datasets cannot be chunked. One stamp per chunk:
+    # a random read decompresses exactly the stamp it needs
+    kwargs: dict[str, Any] = ({"chunks": (1, *shape), "fletcher32": True, **IMAGE_FILTERS}
+                              if n else {})
     dset = f.create_dataset("images", shape=(n, *shape), dtype=np.float32, **kwargs)
     if total is None and n:
         dset[...] = images

@@ -1,4 +1,5 @@
-"""Writing classification results: CSV (default), HDF5 (``.h5``) or FITS (``.fits``).
+"""Writing classification results: CSV (default), HDF5 (``.h5``), FITS (``.fits``) or Parquet
+(``.parquet``, `galmerge.parquet_io`).
 
 Results arrive as `ResultBlock`s in input order and stream into a temporary file next to the
 output; `commit()` renames it into place, so a kill never leaves a truncated output. Columns:
@@ -16,7 +17,6 @@ import contextlib
 import csv
 import json
 import os
-import pickle
 import socket
 import sys
 import time
@@ -108,7 +108,13 @@ def _fsync(path: Path) -> None:
 
 
 class OutputWriter:
-    """Base: a temporary file renamed into place by `commit()`; counts rows for the summary."""
+    """Base: a temporary file renamed into place by `commit()`; counts rows for the summary.
+
+    ``provenance`` (`galmerge.provenance`), when set before the first write, is recorded in the
+    output in the format's own way.
+    """
+
+    provenance: dict[str, Any] | None = None
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path = path
@@ -181,6 +187,17 @@ class CsvWriter(OutputWriter):
             self._fh.flush()
             self._fh.close()
 
+    def commit(self) -> None:
+        if self.provenance:  # CSV has no place for it: a sidecar, in place before the output
+            from galmerge.provenance import SIDECAR_SUFFIX, stamped
+
+            side = self.path.with_name(self.path.name + SIDECAR_SUFFIX)
+            tmp = _temp_path(side)
+            tmp.write_text(json.dumps(stamped(self.provenance), indent=1) + "\n")
+            _fsync(tmp)
+            os.replace(tmp, side)
+        super().commit()
+
 
 def _h5_dataset_name(name: str, used: set[str]) -> str:
     base = name.replace("/", "_").replace(".", "_") or "column"
@@ -244,6 +261,13 @@ class Hdf5Writer(OutputWriter):
             for name in self.datasets:  # columns without a single value: empty text
                 if name not in self._f:
                     self._create(name, np.dtype(object), 1)
+            if self.provenance:
+                from galmerge.provenance import stamped
+
+                prov = stamped(self.provenance)
+                self._f.attrs["galmerge_provenance"] = json.dumps(prov)
+                for key, value in prov.items():
+                    self._f.attrs[key] = value
             self._f.close()
 
 
@@ -346,6 +370,7 @@ class FitsWriter(OutputWriter):
         if self._done:
             return
         self._done = True
+        self._h5.provenance = self.provenance  # the conversion turns it into header keywords
         self._h5._finish()
         try:
             _h5_to_fits(self._h5.tmp, self.tmp)
@@ -393,6 +418,11 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
                 dtypes.append((f">i{size}", "num"))
         header = fits.BinTableHDU.from_columns(cols, nrows=0).header
         header["NAXIS2"] = n
+        if "galmerge_provenance" in f.attrs:
+            from galmerge.provenance import fits_cards
+
+            for word, value, comment in fits_cards(json.loads(f.attrs["galmerge_provenance"])):
+                header[word] = (value, comment)
         record = np.dtype([(f"f{i}", t) for i, (t, _) in enumerate(dtypes)])
         with open(dest, "wb") as out:
             out.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
@@ -417,14 +447,30 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
             out.write(b"\0" * pad)
 
 
-def open_writer(path: str | os.PathLike[str], columns: Sequence[str]) -> OutputWriter:
-    """A writer chosen by suffix: ``.h5``/``.hdf5``, ``.fits``/``.fit``, else CSV."""
+def open_writer(path: str | os.PathLike[str], columns: Sequence[str], *,
+                arrow_types: dict[str, Any] | None = None,
+                provenance: dict[str, Any] | None = None) -> OutputWriter:
+    """A writer chosen by suffix: ``.h5``/``.hdf5``, ``.fits``/``.fit``, ``.parquet``, else CSV.
+
+    ``arrow_types`` (Parquet): input column types to keep; ``provenance``: recorded in the output.
+    """
+    writer = _open_writer(path, columns, arrow_types)
+    writer.provenance = provenance
+    return writer
+
+
+def _open_writer(path: str | os.PathLike[str], columns: Sequence[str],
+                 arrow_types: dict[str, Any] | None) -> OutputWriter:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in (".h5", ".hdf5"):
         return Hdf5Writer(p, columns)
     if suffix in (".fits", ".fit", ".fts"):
         return FitsWriter(p, columns)
+    if suffix in (".parquet", ".pq", ".parq"):
+        from galmerge.parquet_io import ParquetWriter
+
+        return ParquetWriter(p, columns, arrow_types=arrow_types)
     if suffix in (".gz", ".bz2", ".zip"):
         raise GalmergeError(f"output {p}: compressed outputs are not supported; use .csv, .h5 "
                             "or .fits")
@@ -437,14 +483,22 @@ class ResultJournal:
     A run killed at any point keeps every committed segment; started again, it skips the
     chunks those segments hold (``done``), so neither fetching nor inference is repeated.
     ``finish()`` writes a ``.done`` marker next to the folder: the rank's share is complete.
+    Segments are checksummed Arrow IPC files (`galmerge.segments`), never pickles; the folder
+    and the parts folder above it must be the user's own and not writable by others.
     """
 
     def __init__(self, folder: Path, segment_chunks: int = 8, segment_seconds: float = 30.0):
+        from galmerge.segments import check_private_folder, refuse_pickled_segments
+
         self.folder = folder
         self.marker = folder.with_name(folder.name + ".done")
         self.segment_chunks = max(1, segment_chunks)
         self.segment_seconds = segment_seconds
-        folder.mkdir(parents=True, exist_ok=True)
+        check_private_folder(folder.parent)
+        check_private_folder(folder)
+        refuse_pickled_segments(folder)
+        folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
         for tmp in folder.glob(".*.tmp"):  # a segment being written when a run was killed
             tmp.unlink(missing_ok=True)
         self.done: set[int] = set()
@@ -453,13 +507,13 @@ class ResultJournal:
                 indices = [index for index, _ in read_part(seg)]  # all or nothing
             except Exception as exc:  # damaged from outside: these rows are simply redone
                 seg.unlink(missing_ok=True)
-                print(f"galmerge: result segment {seg} was unreadable ({type(exc).__name__}); "
+                print(f"galmerge: result segment {seg} was unreadable ({exc}); "
                       "its rows will be classified again", file=sys.stderr)
             else:
                 self.done.update(indices)
-        self._fh: Any = None
+        self._writer: Any = None
         self._tmp: Path | None = None
-        self._final: Path | None = None
+        self._first = -1
         self._pending: list[int] = []
         self._last = time.monotonic()
 
@@ -468,28 +522,34 @@ class ResultJournal:
         return self.marker.exists()
 
     def segments(self) -> list[Path]:
-        return sorted(self.folder.glob("seg-*.pkl"))
+        from galmerge.segments import SUFFIX
+
+        return sorted(self.folder.glob(f"seg-*{SUFFIX}"))
 
     def add(self, index: int, block: ResultBlock) -> None:
         """Append a block to the open segment (streamed, not held); commit it now and then."""
-        if self._fh is None:
-            self._final = self.folder / f"seg-{index:012d}.pkl"
-            self._tmp = self.folder / f".{self._final.name}.{os.getpid()}.tmp"
-            self._fh = open(self._tmp, "wb")  # noqa: SIM115 (closed by commit)
-        pickle.dump((index, block), self._fh, protocol=pickle.HIGHEST_PROTOCOL)
+        from galmerge.segments import SegmentWriter
+
+        if self._writer is None:
+            self._first = index
+            self._tmp = self.folder / f".seg-{index:012d}.{os.getpid()}.tmp"
+            self._writer = SegmentWriter(self._tmp, list(block.columns))
+        self._writer.write(index, block)
         self._pending.append(index)
         if (len(self._pending) >= self.segment_chunks
                 or time.monotonic() - self._last >= self.segment_seconds):
             self.commit()
 
     def commit(self) -> None:
+        from galmerge.segments import file_digest, segment_name
+
         self._last = time.monotonic()
-        if self._fh is None:
+        if self._writer is None:
             return
-        self._fh.close()
-        self._fh = None
+        self._writer.close()
+        self._writer = None
         _fsync(self._tmp)
-        os.replace(self._tmp, self._final)
+        os.replace(self._tmp, self.folder / segment_name(self._first, file_digest(self._tmp)))
         self.done.update(self._pending)
         self._pending = []
 
@@ -511,10 +571,7 @@ class ResultJournal:
 
 
 def read_part(path: Path) -> Iterator[tuple[int, ResultBlock]]:
-    """The blocks of a segment file, in order (our own files, written by `ResultJournal`)."""
-    with open(path, "rb") as fh:
-        while True:
-            try:
-                yield pickle.load(fh)
-            except EOFError:
-                return
+    """The blocks of a segment file, in order; ValueError if it fails its checksum or format."""
+    from galmerge.segments import read_segment
+
+    return read_segment(path)

@@ -621,7 +621,7 @@ def test_damaged_result_segment_is_redone(env, monkeypatch):
     monkeypatch.setenv("GALMERGE_TEST_FETCH_LIMIT", "21")
     assert run_cli(*args).exit_code != 0
     monkeypatch.delenv("GALMERGE_TEST_FETCH_LIMIT")
-    segments = list((tmp / "out.csv.parts").glob("*/seg-*.pkl"))
+    segments = list((tmp / "out.csv.parts").glob("*/seg-*.arrow"))
     assert len(segments) == 1
     segments[0].write_bytes(segments[0].read_bytes()[:50])
     res = run_cli(*args)

@@ -12,8 +12,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from galmerge.cutout_cache import CutoutCache, make_key
+from galmerge.cutout_cache import CutoutCache, make_key, round_mantissa
 from galmerge.errors import GalmergeError
 from galmerge.hdf5io import read_imageset
 
@@ -176,3 +178,103 @@ def test_shape_must_match(tmp_path):
     with pytest.raises(ValueError, match="stamp shape"):
         cache.put("k", "1", 0, 0, np.zeros((3, 9, 9), np.float32))
     assert isinstance(Path(cache.path), Path)
+
+
+# -- compressed stamps: exact by default, old files still read, optional mantissa rounding -------
+
+def _noisy(i: int) -> np.ndarray:
+    rng = np.random.default_rng(i)
+    return (rng.normal(0, 0.05, SHAPE) + i).astype(np.float32)
+
+
+def test_new_files_are_compressed_bit_exact_and_old_uncompressed_files_still_read(tmp_path):
+    path = tmp_path / "c.h5"
+    # a cache as the previous version wrote it: uncompressed stamps, Fletcher-32 only
+    old = CutoutCache(path, KIND, SHAPE)
+    keys = [make_key(f"id{i}", i, 0) for i in range(6)]
+    for i, k in enumerate(keys[:3]):
+        old.put(k, f"id{i}", i, 0, _noisy(i))
+    old.close(compact=False)
+    (chunk,) = (tmp_path / "c.h5.journal").glob("c-*.h5")
+    with h5py.File(chunk, "a") as f:
+        data = f["images"][()]
+        del f["images"]
+        f.create_dataset("images", data=data, chunks=(1, *SHAPE), fletcher32=True)
+        assert f["images"].compression is None
+    cache = CutoutCache(path, KIND, SHAPE)
+    for i, k in enumerate(keys[3:], start=3):
+        cache.put(k, f"id{i}", i, 0, _noisy(i))
+    cache.flush()
+    new = sorted((tmp_path / "c.h5.journal").glob("c-*.h5"))[-1]
+    with h5py.File(new) as f:
+        assert f["images"].compression == "gzip" and f["images"].shuffle
+        assert f.attrs["stamp_keepbits"] == 23 and f.attrs["stamp_max_relative_error"] == 0
+    images, got = cache.images(keys)
+    assert got.all() and all(np.array_equal(images[i], _noisy(i)) for i in range(6))
+    assert cache.compact()  # old and new merged into one compressed file, still bit exact
+    cache.close()
+    with h5py.File(path) as f:
+        assert f["images"].compression == "gzip" and f["images"].shape[0] == 6
+    cache = CutoutCache(path, KIND, SHAPE)
+    images, got = cache.images(keys)
+    assert got.all() and all(np.array_equal(images[i], _noisy(i)) for i in range(6))
+    cache.compact()  # compressed into compressed: chunks copied as they are, checked on the way
+    cache = CutoutCache(path, KIND, SHAPE)
+    images, got = cache.images(keys)
+    assert got.all() and all(np.array_equal(images[i], _noisy(i)) for i in range(6))
+
+
+def test_flipped_byte_in_a_compressed_stamp_is_caught_on_read(tmp_path):
+    path = tmp_path / "c.h5"
+    cache = CutoutCache(path, KIND, SHAPE)
+    keys = [make_key(f"id{i}", i, 0) for i in range(4)]
+    for i, k in enumerate(keys):
+        cache.put(k, f"id{i}", i, 0, _noisy(i))
+    cache.close()
+    cache.compact()
+    with h5py.File(path) as f:
+        info = f["images"].id.get_chunk_info(1)
+    raw = bytearray(path.read_bytes())
+    raw[info.byte_offset + info.size // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    messages: list[str] = []
+    cache = CutoutCache(path, KIND, SHAPE, warn=messages.append)
+    _, got = cache.images(keys)
+    assert not got[1] and len(messages) == 1 and "is corrupt" in messages[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=1,
+                       max_size=20), keepbits=st.integers(1, 23))
+def test_rounded_mantissas_stay_within_the_recorded_bound(values, keepbits):
+    x = np.array(values, dtype=np.float32)
+    y = round_mantissa(x, keepbits)
+    finite = np.isfinite(x)
+    assert np.array_equal(np.isnan(x), np.isnan(y)) and np.array_equal(x[np.isinf(x)],
+                                                                       y[np.isinf(x)])
+    assert np.isfinite(y[finite]).all()
+    err = np.abs(y[finite].astype(np.float64) - x[finite])
+    # relative for normal numbers; subnormals (below 1.2e-38) have fewer bits to begin with
+    scale = np.maximum(np.abs(x[finite].astype(np.float64)), np.finfo(np.float32).tiny)
+    assert (err <= 2.0 ** -(keepbits + 1) * scale).all()
+    assert ((np.sign(y[finite]) == np.sign(x[finite])) | (y[finite] == 0)).all()
+    low = np.uint32((1 << (23 - keepbits)) - 1)
+    # zero low bits (what gzip shrinks), except a value kept truncated at the top of the range
+    assert ((y[finite].view(np.uint32) & low) == 0).all()
+
+
+def test_keepbits_stamps_are_rounded_and_never_mix_with_exact_ones(tmp_path):
+    path = tmp_path / "c.h5"
+    cache = CutoutCache(path, KIND, SHAPE, keepbits=10)
+    key = make_key("a", 1, 1)
+    cache.put(key, "a", 1, 1, _noisy(3))
+    images, _ = cache.images([key])  # pending: already rounded, as later runs will read it
+    np.testing.assert_array_equal(images[0], round_mantissa(_noisy(3), 10))
+    cache.close()
+    assert CutoutCache(path, KIND, SHAPE, keepbits=10).lookup([key]) == ["ok"]
+    with h5py.File(path) as f:
+        assert f.attrs["stamp_keepbits"] == 10 and f.attrs["stamp_max_relative_error"] == 2**-11
+    with pytest.raises(GalmergeError, match="another kind"):
+        CutoutCache(path, KIND, SHAPE)
+    with pytest.raises(GalmergeError, match="keepbits must be 1..23"):
+        CutoutCache(tmp_path / "d.h5", KIND, SHAPE, keepbits=0)

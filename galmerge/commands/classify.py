@@ -6,12 +6,12 @@ import click
 
 
 @click.command("classify")
-@click.argument("catalog", type=click.Path(dir_okay=False))
+@click.argument("catalog", type=click.Path())
 @click.option("--model", required=True, help="Run directory (its best.pt) or checkpoint file.")
 @click.option("--survey", default="sdss", show_default=True,
               help="Survey whose cutout service cuts the stamps.")
 @click.option("--output", type=click.Path(dir_okay=False),
-              help="Output file: .csv (default), .h5 or .fits. "
+              help="Output file: .csv (default), .h5, .fits or .parquet. "
                    "Default: <catalog stem>_galmerge.csv in the working directory.")
 @click.option("--cache", type=click.Path(dir_okay=False),
               help="Cutout cache (HDF5); '{rank}' in the name gives each torchrun process its "
@@ -34,12 +34,22 @@ import click
               help="torchrun: seconds rank 0 waits for the other ranks once its own share is "
                    "done (default $GALMERGE_SHARD_TIMEOUT or 86400). A rank silent for "
                    "$GALMERGE_SHARD_HEARTBEAT_TIMEOUT s (default 300) is taken as dead sooner.")
+@click.option("--cache-keepbits", type=click.IntRange(1, 23), default=None,
+              help="Store new stamps rounded to this many float32 mantissa bits (lossy, "
+                   "relative error <= 2^-(N+1); 12 halves the cache). Default: exact.")
+@click.option("--scheduler", default=None,
+              help="HATS catalogs: address of a running Dask scheduler (default: a local "
+                   "cluster, one worker process per core).")
+@click.option("--columns", default=None,
+              help="HATS catalogs: comma-separated input columns to keep (default all).")
 @click.option("--quiet", is_flag=True, help="No progress display or summary.")
 def classify(catalog: str, model: str, survey: str, output: str | None, cache: str | None,
              ra_col: str | None, dec_col: str | None, id_col: str | None, batch_size: int,
              device: str, workers: int, threshold: float, domain: str, chunk_rows: int,
-             shard_timeout: float | None, quiet: bool) -> None:
-    """Classify every galaxy of CATALOG (CSV/FITS/VOTable, or an HDF5 image file).
+             shard_timeout: float | None, cache_keepbits: int | None, scheduler: str | None,
+             columns: str | None, quiet: bool) -> None:
+    """Classify every galaxy of CATALOG (CSV/FITS/VOTable/Parquet, an HDF5 image file, or a
+    HATS catalog folder, classified partition by partition on Dask).
 
     Writes every input row with p_merger, is_merger and status. Under torchrun the catalog is
     sharded over the processes and rank 0 merges the parts in input order.
@@ -49,4 +59,5 @@ def classify(catalog: str, model: str, survey: str, output: str | None, cache: s
     run(catalog, model, survey=survey, output=output, cache=cache, ra_col=ra_col,
         dec_col=dec_col, id_col=id_col, batch_size=batch_size, device=device, workers=workers,
         threshold=threshold, domain=domain, quiet=quiet, chunk_rows=chunk_rows,
-        shard_timeout=shard_timeout)
+        shard_timeout=shard_timeout, cache_keepbits=cache_keepbits, scheduler=scheduler,
+        columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None)

@@ -1,0 +1,102 @@
+"""What produced a classification output, recorded in it (or beside it, for CSV).
+
+One flat record of strings and numbers: galmerge version, the checkpoint's SHA-256 (of the file's
+bytes), a hash of the run's resolved configuration, survey and data release, the cutout kind,
+the preprocessing applied, threshold, the score that selected the checkpoint, and the time.
+Parquet keeps it as schema metadata ``galmerge_provenance`` (JSON), HDF5 as file attributes,
+FITS as header keywords of the table HDU, CSV as ``<output>.provenance.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PROVENANCE_FORMAT = "galmerge-provenance/1"
+SIDECAR_SUFFIX = ".provenance.json"
+DEFAULT_SELECT = "source_val_loss"  # training.DEFAULT_SELECT (kept here: no torch import)
+
+# FITS keywords (8 characters at most) for the record's keys
+FITS_KEYWORDS = {
+    "galmerge_version": "GMVERSN", "checkpoint_sha256": "CKPTSHA", "checkpoint": "CKPTFILE",
+    "config_sha256": "CFGSHA", "survey": "SURVEY", "data_release": "DATAREL",
+    "cutout_kind": "CUTKIND", "domain": "DOMAIN", "preprocessing": "PREPROC",
+    "temperature": "TEMPERAT", "threshold": "THRESH", "selection_score": "SELECTBY",
+    "created_utc": "DATE", "format": "GMPROVFM",
+}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 of the configuration as canonical JSON (sorted keys; non-JSON values as text)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def data_release(service: Any, options: Mapping[str, Any], cache_key: str) -> str:
+    """The survey's data release as the cutout service states it (attribute, option, or the
+    ``drNN`` part of its cache key); empty when it says nothing."""
+    for value in (getattr(service, "data_release", None), options.get("data_release")):
+        if value not in (None, ""):
+            text = str(value)
+            return text if text.lower().startswith("dr") else f"dr{text}"
+    m = re.search(r"(?:^|:)(dr\w+)(?::|$)", cache_key)
+    return m.group(1) if m else ""
+
+
+def record(*, checkpoint: Path, config: Mapping[str, Any], survey: str, data_release: str,
+           cutout_kind: str, domain: str, preprocessing: Mapping[str, Any], temperature: float,
+           threshold: float) -> dict[str, Any]:
+    """The provenance record of one classify run (``created_utc`` is filled in when written)."""
+    from galmerge import __version__
+
+    return {
+        "format": PROVENANCE_FORMAT,
+        "galmerge_version": __version__,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "config_sha256": config_hash(config),
+        "survey": survey,
+        "data_release": data_release,
+        "cutout_kind": cutout_kind,
+        "domain": domain,
+        "preprocessing": json.dumps(dict(preprocessing), sort_keys=True, default=str),
+        "temperature": float(temperature),
+        "threshold": float(threshold),
+        "selection_score": str(config.get("select_by") or DEFAULT_SELECT),
+        "created_utc": "",
+    }
+
+
+def stamped(prov: Mapping[str, Any]) -> dict[str, Any]:
+    """The record with the time of writing."""
+    out = dict(prov)
+    out["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return out
+
+
+def fits_cards(prov: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+    """(keyword, value, comment) cards; text made ASCII (FITS headers are ASCII)."""
+    cards = []
+    for key, value in prov.items():
+        word = FITS_KEYWORDS.get(key)
+        if word is None:
+            continue
+        if isinstance(value, str):
+            value = value.encode("ascii", "backslashreplace").decode()
+        # a comment only where it fits on the card (astropy warns when it cuts one)
+        comment = key.replace("_", " ") if len(str(value)) <= 40 else ""
+        cards.append((word, value, comment))
+    return cards

@@ -1,0 +1,171 @@
+"""HATS catalogs through LSDB on a real 2-process local Dask cluster: a new HATS catalog out,
+per-partition caches, results independent of partition borders, a killed run resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_classify import TESTS, StampsSurvey, fetch_lines, make_checkpoint, oracle, stamp_for
+
+lsdb = pytest.importorskip("lsdb")
+distributed = pytest.importorskip("distributed")
+
+
+class StampsOnWorkers(distributed.WorkerPlugin):
+    """Registers the test's `stamps` survey in every worker process."""
+
+    def setup(self, worker):
+        sys.path.insert(0, str(TESTS))
+        from test_classify import StampsSurvey as Survey
+
+        from galmerge.plugins import get_plugin_manager
+
+        pm = get_plugin_manager()
+        if not pm.pm.has_plugin("stamps-test"):
+            pm.register(Survey(), name="stamps-test")
+
+
+def _hats(tmp: Path, n: int = 60) -> tuple[Path, object]:
+    import pandas as pd
+
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({
+        "objid": np.arange(n, dtype=np.int64) + 1237648720693755918,
+        "ra": np.round(rng.uniform(0, 360, n), 6),
+        "dec": np.round(rng.uniform(-60, 60, n), 6),
+        "mag": rng.uniform(15, 20, n),
+    })
+    df.loc[3, "dec"] = 85.0  # no coverage
+    cat = lsdb.from_dataframe(df, ra_column="ra", dec_column="dec", lowest_order=1,
+                              highest_order=3, partition_rows=12, margin_threshold=None)
+    path = tmp / "cat_hats"
+    cat.write_catalog(path, progress_bar=False)
+    return path, df
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as lc, Client(lc) as client:
+        client.register_plugin(StampsOnWorkers())
+        yield lc
+
+
+@pytest.fixture
+def env(tmp_path, register_plugin, monkeypatch):
+    register_plugin(StampsSurvey(), "stamps-test")
+    log = tmp_path / "fetch.log"
+    monkeypatch.setenv("GALMERGE_TEST_FETCH_LOG", str(log))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, make_checkpoint(tmp_path / "run" / "best.pt"), log
+
+
+def test_hats_catalog_classified_partition_by_partition_on_two_workers(env, cluster):
+    from distributed import Client
+    from test_classify import run_cli
+
+    tmp, ckpt, log = env
+    src, df = _hats(tmp)
+    with Client(cluster) as client:  # the workers log their fetches where this test reads
+        client.run(lambda path: os.environ.update(GALMERGE_TEST_FETCH_LOG=path), str(log))
+    res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+                  "--scheduler", cluster.scheduler_address, "--output", str(tmp / "out_hats"))
+    assert res.exit_code == 0, res.output
+    out = lsdb.open_catalog(tmp / "out_hats")
+    inp = lsdb.open_catalog(src)
+    assert out.get_healpix_pixels() == inp.get_healpix_pixels()  # same partitioning
+    got = out.compute().sort_values("objid")
+    assert list(got["objid"]) == list(df["objid"])  # every row once
+    assert {"objid", "ra", "dec", "mag", "p_merger", "is_merger", "status"} <= set(got.columns)
+    status = dict(zip(got["objid"], got["status"], strict=True))
+    assert status[df.loc[3, "objid"]] == "no-coverage"
+    ok = got[got["status"] == "ok"]
+    assert len(ok) == len(df) - 1
+    # rows on either side of a partition border: the same p as one by one, from their own stamp
+    expected = oracle(ckpt, np.stack([stamp_for(r, d) for r, d in zip(ok["ra"], ok["dec"],
+                                                                       strict=True)]))
+    np.testing.assert_allclose(ok["p_merger"].astype(float), expected, atol=1e-5)
+    assert (ok["is_merger"].astype(int) == (expected >= 0.5)).all()
+    assert max(Counter(fetch_lines(log)).values()) == 1  # each stamp fetched once
+    caches = sorted((tmp / "out_hats.cache").rglob("Npix=*.h5"))
+    assert len(caches) == len(inp.get_healpix_pixels()) - 0  # one cache per partition
+    props = next((tmp / "out_hats").rglob("hats.properties")).read_text()
+    assert "galmerge_checkpoint_sha256" in props
+
+
+KILLED = """
+import sys
+sys.path.insert(0, {tests!r})
+from distributed import Client, LocalCluster
+from test_hats import StampsOnWorkers
+from test_classify import StampsSurvey
+from galmerge.plugins import get_plugin_manager
+from galmerge.hats_classify import classify_hats
+get_plugin_manager().register(StampsSurvey(), name="stamps-test")
+if __name__ == "__main__":
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as lc, Client(lc) as client:
+        client.register_plugin(StampsOnWorkers())
+        classify_hats(sys.argv[1], sys.argv[2], output=sys.argv[3], survey="stamps",
+                      scheduler=lc.scheduler_address, quiet=True)
+"""
+
+
+@pytest.mark.slow
+def test_killed_hats_run_restarted_finishes_every_partition_exactly_once(env):
+    tmp, ckpt, log = env
+    src, df = _hats(tmp)
+    script = tmp / "run_hats.py"
+    script.write_text(KILLED.format(tests=str(TESTS)))
+    cmd = [sys.executable, str(script), str(src), str(ckpt), str(tmp / "out_hats")]
+    env_ = {**os.environ, "GALMERGE_TEST_FETCH_DELAY": "0.15", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    proc = subprocess.Popen(cmd, env=env_, start_new_session=True)
+    done = tmp / "out_hats" / "out_hats" / "done"  # LSDB writes a collection: catalog below
+    deadline = time.monotonic() + 240
+    while not (done.is_dir() and len(list(done.iterdir())) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    finished = {p.name for p in done.iterdir()}
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and its Dask workers, mid-way
+    proc.wait()
+    first = Counter(fetch_lines(log))
+    env_["GALMERGE_TEST_FETCH_DELAY"] = "0"
+    subprocess.run(cmd, env=env_, check=True, timeout=300)
+    out = lsdb.open_catalog(tmp / "out_hats").compute()
+    assert sorted(out["objid"]) == sorted(df["objid"])  # every row exactly once
+    assert (out["status"] != "").all()
+    counts = Counter(fetch_lines(log))
+    again = {k for k in counts if counts[k] > first.get(k, 0) and first.get(k, 0) > 0}
+    # partitions written before the kill were not run again: none of their stamps refetched
+    pixels = {tuple(map(int, name.split("_")[:2])) for name in finished}
+    inp = lsdb.open_catalog(src)
+    from galmerge.cutout_cache import make_key  # noqa: F401  (keys name rows in the log)
+
+    for pixel in inp.get_healpix_pixels():
+        if (pixel.order, pixel.pixel) in pixels:
+            part = inp.get_partition(pixel.order, pixel.pixel).compute()
+            rows = {f"{i}|{r:.6f}|{d:.6f}" for i, r, d in zip(part["objid"], part["ra"],
+                                                              part["dec"], strict=True)}
+            assert not rows & again
+    assert not done.exists()  # LSDB removes its progress files
+
+
+def test_a_folder_that_is_no_hats_catalog_is_a_one_line_error(env):
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    (tmp / "notes").mkdir()
+    res = run_cli("classify", str(tmp / "notes"), "--model", str(ckpt), "--survey", "stamps")
+    assert res.exit_code != 0 and "no HATS catalog" in res.output
+    assert len(res.output.strip().splitlines()) == 1
