@@ -455,7 +455,7 @@ def test_sigkill_at_any_point_then_restart_finishes_every_row_once(env):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_merge_in_input_order(env):
+def test_torchrun_two_processes_merge_in_input_order(env, busy_torchrun_ports):
     tmp, ckpt, log = env
     rows = _catalog(tmp / "cat.csv", 50)
     base = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
@@ -467,7 +467,7 @@ def test_torchrun_two_processes_merge_in_input_order(env):
     log.unlink()
     torchrun = Path(sys.executable).with_name("torchrun")
     for cache in ("c.h5", "c-{rank}.h5"):  # one shared cache, then one cache per process
-        subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29561",
+        subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
                         str(_script(tmp)), *base[:-1], str(tmp / cache), "--output",
                         str(tmp / "sharded.csv")], env=env_, check=True, timeout=180)
         assert (tmp / "sharded.csv").read_text() == (tmp / "single.csv").read_text()
