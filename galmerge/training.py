@@ -25,6 +25,7 @@ from torch import nn
 from galmerge import distributed as ddp
 from galmerge import rundir
 from galmerge.batches import StreamingBatches, TensorBatches
+from galmerge.collapse import collapse_warning, prediction_shares, run_warnings
 from galmerge.config import cli_overrides, resolve_config
 from galmerge.errors import GalmergeError
 from galmerge.imageset import ImageSet
@@ -255,6 +256,7 @@ def _validate(
         "source_val_accuracy": _accuracy(zs, ys),
         # reported only; never used for selection unless --select-by oracle_target_accuracy
         "target_val_accuracy": _accuracy(zt, yt),
+        **prediction_shares(zs, ys, zt),  # label-free: what collapse warnings read
     }
     selection = _selection_module()
     if selection is not None and hasattr(selection, "label_free_scores"):
@@ -654,7 +656,8 @@ def _train_loop(
     progress.info(
         f"{source_set.describe()}\n{target_set.describe()}\n"
         f"strategy {cfg['strategy']}, backbone {cfg['backbone']}, {steps_per_epoch} steps/epoch, "
-        f"batch {batch}, run directory {out_dir}"
+        f"batch {batch}",
+        path=out_dir,
     )
     progress.start((epoch - 1) * steps_per_epoch + step_in_epoch, epoch)
     check_every = _nonfinite_check_interval(device)
@@ -729,6 +732,9 @@ def _train_loop(
             # rank 0's numbers decide for every rank (BatchNorm buffers may differ per rank)
             row = ddp.broadcast_object(row, dist)  # type: ignore[assignment]
             rows.append(row)
+            warning = collapse_warning(rows)
+            if warning is not None:
+                progress.warn(warning)
 
             value = _selection_value(row, select_by)
             improved = _better(value, best["value"], direction)
@@ -790,6 +796,7 @@ def _train_loop(
             "world_size": dist.world,
             "run_dir": str(out_dir),
             "duration_s": time.time() - t_start,
+            "warnings": run_warnings(rows, int(best["epoch"])),
         }
         rundir.write_json(out_dir / rundir.SUMMARY, summary)
         results_table(summary, quiet)
