@@ -50,6 +50,13 @@ def prepare_new(run_dir: Path) -> Path:
     return run_dir
 
 
+def discard_new(run_dir: Path) -> None:
+    """Remove a run directory that `prepare_new` made this session, before any checkpoint."""
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
     write_toml(run_dir / CONFIG, config)
 

@@ -35,7 +35,12 @@ from galmerge.plugins import get_plugin_manager
 from galmerge.preprocess import compute_spec, normalise
 from galmerge.progress import Progress, results_table
 from galmerge.splits import domain_splits
-from galmerge.strategy_api import StepInputs, StrategyContext
+from galmerge.strategy_api import (
+    StepInputs,
+    StrategyContext,
+    StrategyOutputError,
+    check_strategy_output,
+)
 
 ORACLE = "oracle_target_accuracy"
 DEFAULT_SELECT = "source_val_loss"
@@ -108,6 +113,7 @@ class TrainStep(nn.Module):
         self.weights = weights
         self.dist = dist
         self.autocast = autocast
+        self.checked = False  # strategy outputs are checked at the first step
         # torch.compile'd view of ``model`` (same parameters); kept out of the module tree
         self.__dict__["_forward_model"] = forward_model
 
@@ -142,6 +148,8 @@ class TrainStep(nn.Module):
         diagnostics: dict[str, torch.Tensor] = {}
         for name, module in self.strategies.items():
             out = module(step)
+            if not self.checked:  # a plugin's mistake: one line naming it, at the first step
+                check_strategy_output(name, out)
             for key, value in out.items():
                 if key.startswith("_"):
                     diagnostics[key.lstrip("_")] = value.detach().float()
@@ -150,6 +158,7 @@ class TrainStep(nn.Module):
                 weighted = self.weights[name] * value
                 terms[label] = weighted
                 total = total + weighted
+        self.checked = True
         return total, terms, diagnostics
 
 
@@ -453,6 +462,10 @@ def _run(
             cfg, out_dir, source_set, target_set, dist, quiet, resume_state, directions, device,
             t_start,
         )
+    except StrategyOutputError:
+        if resume_state is None and dist.is_main:
+            rundir.discard_new(out_dir)  # first step: nothing worth keeping was written
+        raise
     finally:
         ddp.teardown(dist)
 
