@@ -24,7 +24,9 @@ def print_path(console: Any, label: str, path: object) -> None:
 
 
 class Progress:
-    def __init__(self, quiet: bool, total_epochs: int, steps_per_epoch: int) -> None:
+    def __init__(
+        self, quiet: bool, total_epochs: int, steps_per_epoch: int, console: Any = None
+    ) -> None:
         self.quiet = quiet
         self.total_epochs, self.steps_per_epoch = total_epochs, steps_per_epoch
         self._progress = None
@@ -52,7 +54,7 @@ class Progress:
                 if info:
                     yield Text(info, overflow="fold")
 
-        self.console = Console(stderr=True)
+        self.console = console if console is not None else Console(stderr=True)
         self._progress = _WithTerms(
             TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
             BarColumn(bar_width=BAR_WIDTH),
@@ -68,7 +70,8 @@ class Progress:
         """A message; ``path`` (a run directory) goes on the last line, never wrapped."""
         if self.quiet:
             return
-        self.console.print(message, markup=False, highlight=False)
+        # soft_wrap: rich inserts no newlines (a log file keeps whole lines)
+        self.console.print(message, soft_wrap=True, markup=False, highlight=False)
         if path is not None:
             print_path(self.console, "run directory:", path)
 
@@ -111,33 +114,40 @@ class Progress:
             return
         self._progress.update(self._task, completed=int(row["epoch"]) * self.steps_per_epoch)
         for line in epoch_lines(row, self.total_epochs, improved):
-            self._progress.console.print(line, markup=False, highlight=False)
+            self._progress.console.print(line, soft_wrap=True, markup=False, highlight=False)
 
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
 
 
-def epoch_lines(row: Mapping[str, Any], total_epochs: int, improved: bool) -> list[str]:
-    """Two lines of at most ~80 columns: validation numbers, then the epoch's training means.
+def epoch_lines(
+    row: Mapping[str, Any], total_epochs: int, improved: bool, width: int = 80
+) -> list[str]:
+    """Lines of at most ``width`` columns: validation numbers, then the epoch's training means.
 
-    The target accuracy is marked "oracle": it reads target labels, which training and model
-    selection never use.
+    ``*`` marks a new best checkpoint. The target accuracy is marked "oracle": it reads target
+    labels, which training and model selection never use.
     """
-    mark = "  * best so far" if improved else ""
-    epoch = f"epoch {int(row['epoch'])}/{total_epochs}"
+    head = f"epoch {int(row['epoch'])}/{total_epochs}{' *' if improved else '  '}"
     first = (
-        f"{epoch}  source val loss {_f(row, 'source_val_loss', '.4f')} "
+        f"{head}  source val loss {_f(row, 'source_val_loss', '.3f')} "
         f"acc {_f(row, 'source_val_accuracy', '.3f')}  "
-        f"target val acc (oracle) {_f(row, 'target_val_accuracy', '.3f')}{mark}"
+        f"target val acc {_f(row, 'target_val_accuracy', '.3f')} (oracle)"
     )
-    terms = [k for k in row if k.startswith("loss_") and k != "loss_total"]
-    second = (
-        f"{' ' * len(epoch)}  train loss {_f(row, 'loss_total', '.4f')}"
-        + "".join(f"  {k[5:]} {_f(row, k, '.4g')}" for k in terms)
-        + f"  lr {_f(row, 'lr', '.1e')}  {_f(row, 'images_per_s', '.0f')} img/s"
-    )
-    return [first, second]
+    items = [f"train loss {_f(row, 'loss_total', '.4f')}"]
+    items += [f"{k[5:]} {_f(row, k, '.4g')}" for k in row if k.startswith("loss_")
+              if k != "loss_total"]
+    items += [f"lr {_f(row, 'lr', '.1e')}", f"{_f(row, 'images_per_s', '.0f')} img/s"]
+    lines, indent = [first], "    "
+    current = indent
+    for item in items:
+        if current.strip() and len(current) + 2 + len(item) > width:
+            lines.append(current)
+            current = indent
+        current += ("  " if current.strip() else "") + item
+    lines.append(current)
+    return lines
 
 
 def _f(row: Mapping[str, Any], key: str, spec: str) -> str:

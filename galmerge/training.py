@@ -430,7 +430,9 @@ def train(
         out_dir = (
             Path(run_dir)
             if run_dir is not None
-            else rundir.default_run_dir(cfg["source"], cfg["target"], cfg["strategy"])
+            else rundir.default_run_dir(
+                cfg["source"], cfg["target"], cfg["strategy"], seed=int(cfg["seed"])
+            )
         )
     directions = _score_directions()
     if cfg["select_by"] not in directions:
