@@ -716,8 +716,12 @@ def _service_name(spec: str, service: Any) -> str | None:
     if service is None:
         return None
     name = f"survey '{str(spec).split('?', 1)[0]}'"
-    url = getattr(service, "url", None)
-    return f"{name} ({url})" if isinstance(url, str) else name
+    settings = getattr(service, "settings", None)
+    urls = [getattr(service, "url", None)] + [
+        getattr(settings, attr, None) for attr in ("skyserver_url", "sas_url", "base_url")
+    ]
+    found = list(dict.fromkeys(u for u in urls if isinstance(u, str) and u))
+    return f"{name} ({', '.join(found)})" if found else name
 
 
 def _plural(n: float, word: str) -> str:
