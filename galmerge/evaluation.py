@@ -32,6 +32,9 @@ GALLERY_COLUMNS = 4
 # Grad-CAM maps whose rank correlation with a randomised network's maps reaches this are
 # reported as failing the sanity check (Adebayo et al. 2018 read high similarity as a failure).
 GRADCAM_SANITY_MAX = 0.5
+# ...and when a map's total evidence does not rise with the model's merger logit difference
+# over the gallery (rank correlation below this), the maps do not show what drives predictions.
+GRADCAM_TRACKS_MIN = 0.3
 
 
 @dataclass
@@ -279,7 +282,12 @@ def _gallery(
 ) -> tuple[list[str], dict[str, Any] | None]:
     """The target gallery and its Grad-CAM figure; returns the files and the Grad-CAM facts
     (common scale, randomisation check) or None when the backbone has no convolution."""
-    from galmerge.gradcam import common_scale, evidence_maps, randomisation_check
+    from galmerge.gradcam import (
+        common_scale,
+        evidence_maps,
+        randomisation_check,
+        strength_score_correlation,
+    )
     from galmerge.preprocess import normalise
 
     picks = _gallery_picks(dom.test.labels, p, k)
@@ -318,11 +326,16 @@ def _gallery(
             if say is not None:
                 say("Grad-CAM sanity check: the same maps from randomised weights")
             rho = randomisation_check(loaded.model, x)
+            tracks = strength_score_correlation(maps, margin[np.asarray(valid)])
             facts = {
                 "explains": "logit difference z_merger - z_non_merger",
                 "scale": scale,
                 "randomised_weights_rank_correlation": rho,
-                "sanity_check_passed": bool(np.isfinite(rho) and rho < GRADCAM_SANITY_MAX),
+                "strength_vs_score_rank_correlation": tracks,
+                "sanity_check_passed": bool(
+                    np.isfinite(rho) and rho < GRADCAM_SANITY_MAX
+                    and np.isfinite(tracks) and tracks >= GRADCAM_TRACKS_MIN
+                ),
             }
     cams: list[np.ndarray | None] = []
     it = 0
@@ -359,23 +372,32 @@ def _gallery(
     return files, facts
 
 
-def _gradcam_title(facts: dict[str, Any]) -> str:
+def _gradcam_verdict(facts: dict[str, Any]) -> str:
     rho = facts["randomised_weights_rank_correlation"]
-    verdict = (
-        "passed: the maps depend on the learned weights"
-        if facts["sanity_check_passed"]
-        else "FAILED: the maps barely change with random weights; do not read them as evidence"
+    tracks = facts["strength_vs_score_rank_correlation"]
+    checks = (
+        f"rank correlation with randomised-weight maps {rho:.2f} (Adebayo et al. 2018; "
+        f"passes below {GRADCAM_SANITY_MAX}), map strength vs merger logit {tracks:.2f} "
+        f"(passes from {GRADCAM_TRACKS_MIN})"
     )
+    if facts["sanity_check_passed"]:
+        return f"sanity checks passed: {checks}"
+    return (
+        f"sanity checks FAILED, do not read the maps as the model's evidence for 'merger': "
+        f"{checks}"
+    )
+
+
+def _gradcam_title(facts: dict[str, Any]) -> str:
     return (
         "Grad-CAM of the merger-vs-non-merger logit difference; contours at 30, 60, 90% of one "
-        "scale shared by all maps\n(no contour = weak evidence). Sanity check (Adebayo et al. "
-        f"2018, weights randomised): rank correlation {rho:.2f}, {verdict}"
+        "scale shared by all maps (no contour = weak)\n" + _gradcam_verdict(facts)
     )
 
 
-def _short(identifier: object, width: int = 20) -> str:
-    """An id for a caption: whole up to ``width`` characters (19-digit SDSS objIDs fit), else
-    its head and tail around an ellipsis (both ends of an id tend to matter)."""
+def _short(identifier: object, width: int = 26) -> str:
+    """An id for a caption: whole up to ``width`` characters (SDSS objIDs and synthetic ids
+    fit), else its head and tail around an ellipsis (both ends of an id tend to matter)."""
     text = str(identifier)
     if len(text) <= width:
         return text
@@ -730,19 +752,11 @@ def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
 def _gradcam_caption(facts: dict[str, Any] | None) -> str:
     if not facts:
         return "No Grad-CAM."
-    rho = facts["randomised_weights_rank_correlation"]
-    text = (
+    return (
         "Where the last convolution's activations raise the merger-minus-non-merger logit, on "
-        "one scale for all maps (a map without contours holds little evidence). This is "
-        "coarse (the last convolution's resolution) and says where, not why. Sanity check "
-        f"(Adebayo et al. 2018): rank correlation {fmt(rho)} with the maps of the same network "
-        "with randomised weights; "
-    )
-    if facts["sanity_check_passed"]:
-        return text + "low, so the maps depend on what the model learned."
-    return text + (
-        f"at least {GRADCAM_SANITY_MAX}, so the maps largely echo the images themselves: "
-        "do not read them as the model's evidence."
+        "one scale for all maps (a map without contours holds little evidence). Coarse (the "
+        "last convolution's resolution); it says where, not why. "
+        + _gradcam_verdict(facts) + "."
     )
 
 
@@ -788,12 +802,8 @@ def _print_summary(payload: dict[str, Any]) -> None:
     )
     gc = payload.get("gradcam")
     if gc:
-        state = "passed" if gc["sanity_check_passed"] else "FAILED (maps echo the images)"
-        console.print(
-            f"Grad-CAM sanity check (randomised weights): rank correlation "
-            f"{gc['randomised_weights_rank_correlation']:.2f}, {state}",
-            soft_wrap=True, markup=False, highlight=False,
-        )
+        console.print(f"Grad-CAM {_gradcam_verdict(gc)}", soft_wrap=True, markup=False,
+                      highlight=False)
     from galmerge.progress import print_path
 
     print_path(console, "report:", Path(payload["run_dir"]) / REPORT_DIR / "report.html")

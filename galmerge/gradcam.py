@@ -110,6 +110,16 @@ def randomisation_check(model: GalaxyClassifier, x: torch.Tensor, seed: int = 0)
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def strength_score_correlation(maps: torch.Tensor, margin: np.ndarray) -> float:
+    """Spearman rank correlation, over images, between a map's total (unscaled) evidence and the
+    model's logit difference. Maps that show what drives a 'merger' prediction are strongest
+    where the model is surest of a merger; a correlation near or below 0 says they are not."""
+    totals = maps.flatten(1).sum(1).numpy()
+    if len(totals) < 3:
+        return float("nan")
+    return _spearman(totals, np.asarray(margin, dtype=np.float64))
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import rankdata
 
