@@ -747,9 +747,6 @@ def _train_loop(
             # rank 0's numbers decide for every rank (BatchNorm buffers may differ per rank)
             row = ddp.broadcast_object(row, dist)  # type: ignore[assignment]
             rows.append(row)
-            warning = collapse_warning(rows)
-            if warning is not None:
-                progress.warn(warning)
 
             value = _selection_value(row, select_by)
             improved = _better(value, best["value"], direction)
@@ -769,6 +766,9 @@ def _train_loop(
                 assert tb is not None
                 tb.log(row, epoch)
             progress.epoch_done(row, improved)
+            warning = collapse_warning(rows)
+            if warning is not None:  # under the epoch line it is about
+                progress.warn(warning)
             epoch = next_epoch
             if stop:
                 stopped_early = True
