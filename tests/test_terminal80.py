@@ -66,7 +66,8 @@ def test_train_help_shows_the_config_defaults():
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_option_with_a_default_shows_it(name):
     command = cli.get_command(click.Context(cli), name)
-    with click.Context(cli, info_name="galmerge", show_default=True) as parent:
+    # the group's own context settings: they are what makes every default show
+    with click.Context(cli, info_name="galmerge", **cli.context_settings) as parent:
         ctx = click.Context(command, parent=parent, info_name=name)
         for param in command.params:
             default = param.get_default(ctx, call=False)
