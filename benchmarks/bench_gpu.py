@@ -76,7 +76,7 @@ def _classify(h5: Path, model: Path, output: Path, device: str) -> dict[str, Any
 
 def _torchrun(run_dir: Path, source: str, target: str, device: str, env: dict[str, str]) -> dict:
     exe = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    cmd = [exe, "--nproc_per_node", "2", "--master_port", "29561", "-m", "galmerge", "train",
+    cmd = [exe, "--standalone", "--nproc_per_node", "2", "-m", "galmerge", "train",
            "--source", source, "--target", target, "--strategy", "mmd+fisher+entropy",
            "--preset", "synthetic-sim-real", "--epochs", "1", "--device", device,
            "--run-dir", str(run_dir), "--quiet"]

@@ -69,6 +69,9 @@ class ClassifySummary:
     cache: str | None = None
     statuses: dict[str, int] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)
+    attempted: int = 0  # stamps asked of the survey's service (fetched: the ones that came)
+    survey: str | None = None  # the service asked: survey name and, where it has one, its URL
+    fetch_failed: int = 0  # stamps asked for that did not come (retried by the next run)
 
     @property
     def merger_fraction(self) -> float:
@@ -83,7 +86,8 @@ class ClassifySummary:
             "output": self.output, "rows": self.rows, "ok": self.ok, "failed": self.failed,
             "mergers": self.mergers, "merger_fraction": self.merger_fraction,
             "fetched": self.fetched, "seconds": self.seconds, "rows_per_s": self.rows_per_s,
-            "cache": self.cache,
+            "cache": self.cache, "attempted": self.attempted, "survey": self.survey,
+            "fetch_failed": self.fetch_failed,
         }
 
 
@@ -457,7 +461,7 @@ def classify(
             # a cache shared by processes is consolidated once, by rank 0 after the merge
             store.close(compact=not dist.enabled or per_rank_cache)
     if not dist.is_main:
-        return _summary(out_path, tally, fetched, t0, store)
+        return _summary(out_path, tally, fetched, t0, store, _service_name(survey, service))
     prov = provenance_record(
         checkpoint=infer.loaded.path, config=infer.loaded.config,
         survey=survey if store is not None else f"hdf5 image file {cat_path.name}",
@@ -468,7 +472,7 @@ def classify(
                          arrow_types=getattr(source, "arrow_types", None), provenance=prov)
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact(force=False)
-    summary = _summary(out_path, tally, fetched, t0, store)
+    summary = _summary(out_path, tally, fetched, t0, store, _service_name(survey, service))
     if show:
         _print_summary(summary)
     return summary
@@ -730,30 +734,71 @@ def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns:
 
 
 def _summary(out_path: Path, tally: Tally, fetched: Counter, t0: float,
-             store: CutoutCache | None) -> ClassifySummary:
+             store: CutoutCache | None, survey: str | None = None) -> ClassifySummary:
     failed = {k: v for k, v in sorted(tally.statuses.items()) if k != STATUS_OK}
     return ClassifySummary(
         output=str(out_path), rows=tally.rows, ok=tally.ok, failed=failed,
-        mergers=tally.mergers, fetched=int(sum(fetched.values())),
+        mergers=tally.mergers, fetched=int(fetched.get(STATUS_OK, 0)),
         seconds=time.monotonic() - t0, cache=None if store is None else str(store.path),
         statuses=dict(tally.statuses), examples=dict(tally.examples),
+        attempted=int(sum(fetched.values())), survey=survey,
+        fetch_failed=int(fetched.get("fetch-failed", 0)),
     )
+
+
+def _service_name(spec: str, service: Any) -> str | None:
+    """``survey 'sdss' (https://...)``: what a user checks when fetching fails; None when no
+    service was asked (an HDF5 image file)."""
+    if service is None:
+        return None
+    name = f"survey '{str(spec).split('?', 1)[0]}'"
+    settings = getattr(service, "settings", None)
+    urls = [getattr(service, "url", None)] + [
+        getattr(settings, attr, None) for attr in ("skyserver_url", "sas_url", "base_url")
+    ]
+    found = list(dict.fromkeys(u for u in urls if isinstance(u, str) and u))
+    return f"{name} ({', '.join(found)})" if found else name
+
+
+def _plural(n: float, word: str) -> str:
+    return word if round(n) == 1 else f"{word}s"
 
 
 def _print_summary(summary: ClassifySummary) -> None:
     from rich.console import Console
+
+    from galmerge.progress import print_path
 
     console = Console(stderr=True)
     failed = ", ".join(
         f"{k} {v}" + (f" e.g. '{summary.examples[k]}'" if summary.examples.get(k, k) != k else "")
         for k, v in summary.failed.items()) or "none"
     frac = summary.merger_fraction
-    console.print(
-        f"classified {summary.rows} rows in {summary.seconds:.1f} s "
-        f"({summary.rows_per_s:,.0f} rows/s): ok {summary.ok}, failed {summary.rows - summary.ok}"
-        f" ({failed}); mergers {summary.mergers}"
-        + (f" ({100 * frac:.1f}% of ok)" if np.isfinite(frac) else "")
-        + f"; fetched {summary.fetched}"
+    rate = summary.rows_per_s
+    fetch = (
+        f"; stamps: {summary.attempted} asked of {summary.survey or 'the survey'}, "
+        f"{summary.fetched} fetched" if summary.attempted else "; no stamps fetched"
     )
-    console.print(f"output: {summary.output}" + (f"  cache: {summary.cache}"
-                                                  if summary.cache else ""))
+    console.print(
+        f"classified {summary.rows} {_plural(summary.rows, 'row')} in {summary.seconds:.1f} s "
+        f"({rate:,.0f} {_plural(rate, 'row')}/s): ok {summary.ok}, failed "
+        f"{summary.rows - summary.ok} ({failed}); mergers {summary.mergers}"
+        + (f" ({100 * frac:.1f}% of ok)" if np.isfinite(frac) else "")
+        + fetch,
+        soft_wrap=True, markup=False, highlight=False,
+    )
+    failures = summary.fetch_failed
+    if failures:
+        example = summary.examples.get("fetch-failed", "")
+        console.print(
+            f"warning: {failures} of {summary.attempted} stamps could not be fetched from "
+            f"{summary.survey or 'the survey'}" + (f" (e.g. '{example}')" if example else "")
+            + "; check the network (proxy, firewall) and the survey's service URL, then run the "
+            "same command again: cached stamps are not fetched twice",
+            style="yellow", soft_wrap=True, markup=False, highlight=False,
+        )
+    journal = Path(f"{summary.cache}.journal")
+    if summary.cache and (Path(summary.cache).exists()
+                          or (journal.is_dir() and any(journal.iterdir()))):
+        print_path(console, "cache:", summary.cache)
+    print_path(console, "output:", summary.output)

@@ -97,7 +97,11 @@ class LazyGroup(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    # every option's help shows its default (subcommands inherit this)
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.version_option(__version__, prog_name="galmerge")
 def cli() -> None:
     """galmerge: find merging galaxies in sky surveys with domain-adapted deep learning."""

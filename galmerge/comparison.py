@@ -1,8 +1,9 @@
 """`galmerge compare`: the paper-style table over run directories (from their summary.json).
 
-One row per (strategy, backbone, source -> target); each metric as mean ± sample standard
-deviation over the seeds of that group; the gain in mean target accuracy over the `none` runs
-on the same data and backbone.
+One row per (strategy, backbone, source -> target, planned epochs, preset); each metric as
+mean ± sample standard deviation over the seeds of that group; the gain in mean target accuracy
+over the `none` runs on the same data and backbone (with the same epochs and preset when there
+are such runs). Runs of different length or preset are never averaged together.
 """
 
 from __future__ import annotations
@@ -67,21 +68,40 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
 
 
+def _setup(run: Path) -> tuple[int | None, str]:
+    """Planned epochs and preset from the run's config.toml (None, "" when it has none)."""
+    from galmerge.config import read_toml
+
+    path = run / "config.toml"
+    if not path.is_file():
+        return None, ""
+    try:
+        config = read_toml(path)
+    except GalmergeError:
+        return None, ""
+    epochs = config.get("epochs")
+    return (int(epochs) if isinstance(epochs, int) else None), str(config.get("preset") or "")
+
+
 def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Table rows (dicts) grouped by strategy, backbone, source and target."""
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    """Table rows (dicts) grouped by strategy, backbone, source, target, epochs and preset."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for run in runs:
         s = read_summary(Path(run))
-        key = (str(s["strategy"]), str(s["backbone"]), str(s["source"]), str(s["target"]))
+        epochs, preset = _setup(Path(run))
+        key = (str(s["strategy"]), str(s["backbone"]), str(s["source"]), str(s["target"]),
+               epochs, preset)
         groups.setdefault(key, []).append(s)
     rows = []
-    for (strategy, backbone, source, target), members in groups.items():
+    for (strategy, backbone, source, target, epochs, preset), members in groups.items():
         row: dict[str, Any] = {
             "strategy": strategy,
             "backbone": backbone,
             "source": source,
             "target": target,
             "runs": len(members),
+            "epochs": epochs,
+            "preset": preset,
             "seeds": sorted({m.get("seed") for m in members if m.get("seed") is not None}),
         }
         for split in SPLITS:
@@ -91,17 +111,17 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
                 row[f"{split}_{name}_std"] = std
         rows.append(row)
     for row in rows:
-        base = next(
-            (
-                r
-                for r in rows
-                if r["strategy"] == "none"
-                and r["backbone"] == row["backbone"]
-                and r["source"] == row["source"]
-                and r["target"] == row["target"]
-            ),
-            None,
-        )
+        nones = [
+            r
+            for r in rows
+            if r["strategy"] == "none"
+            and r["backbone"] == row["backbone"]
+            and r["source"] == row["source"]
+            and r["target"] == row["target"]
+        ]
+        # the same epochs and preset if such a baseline exists
+        same = [r for r in nones if (r["epochs"], r["preset"]) == (row["epochs"], row["preset"])]
+        base = (same or nones or [None])[0]
         row["target_accuracy_gain_over_none"] = (
             row["target_test_accuracy_mean"] - base["target_test_accuracy_mean"]
             if base is not None
@@ -114,6 +134,8 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
             r["backbone"],
             r["strategy"] != "none",
             r["strategy"],
+            r["epochs"] or 0,
+            r["preset"],
         )
     )
     return rows
@@ -135,6 +157,8 @@ TABLE_HEADER = [
     "backbone",
     "source → target",
     "runs",
+    "epochs",
+    "preset",
     *[f"{split.split('_')[0]} {name}" for split in SPLITS for name in METRIC_NAMES],
     "target acc gain over none",
 ]
@@ -146,6 +170,8 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         row["backbone"],
         f"{row['source']} → {row['target']}",
         str(row["runs"]),
+        "?" if row.get("epochs") is None else str(row["epochs"]),
+        row.get("preset") or "-",
         *[_pm(row, split, name) for split in SPLITS for name in METRIC_NAMES],
         _gain(row["target_accuracy_gain_over_none"]),
     ]
@@ -197,28 +223,57 @@ def write_table(rows: Sequence[dict[str, Any]], output: str | Path) -> Path:
 
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    """One table per data pair and backbone (its title names them), sized for 80 columns:
+    mean over ± std in each cell, the runs' planned epochs and preset in a column of their own.
+    Markdown and CSV (--output) hold every metric."""
     import sys
 
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="test metrics, mean ± std over seeds")
-    short = ["accuracy", "f1", "auc", "brier"]
-    for col in ("strategy", "backbone", "source → target", "runs"):
-        t.add_column(col)
-    for split in SPLITS:
-        for name in short:
-            t.add_column(f"{split.split('_')[0]} {name}", justify="right")
-    t.add_column("target acc gain over none", justify="right")
+    console = Console(file=sys.stdout)
+    shown = [("source_test", "accuracy", "source\nacc"),
+             ("target_test", "accuracy", "target\nacc"), ("target_test", "auc", "target\nAUC")]
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        t.add_row(
-            r["strategy"],
-            r["backbone"],
-            f"{r['source']} → {r['target']}",
-            str(r["runs"]),
-            *[_pm(r, split, name) for split in SPLITS for name in short],
-            _gain(r["target_accuracy_gain_over_none"]),
+        groups.setdefault((r["source"], r["target"], r["backbone"]), []).append(r)
+    for (source, target, backbone), members in groups.items():
+        t = Table(
+            title=f"{source} → {target}, {backbone}: test metrics, mean ± std over seeds",
+            box=box.SIMPLE_HEAD,
         )
-    # a pipe or file would otherwise get 80 columns and a squashed table
-    width = None if sys.stdout.isatty() else 220
-    Console(file=sys.stdout, width=width).print(t)
+        t.add_column("strategy", overflow="fold")
+        t.add_column("runs", justify="right")
+        t.add_column("epochs,\npreset", overflow="fold", min_width=18)
+        for _, _, header in shown:
+            t.add_column(header, justify="right", min_width=6)
+        t.add_column("target\ngain", justify="right", min_width=6)
+        for r in members:
+            n = r.get("epochs")
+            setup = "? epochs" if n is None else f"{n} epoch{'' if n == 1 else 's'}"
+            if r.get("preset"):
+                setup += f"\n{r['preset']}"
+            t.add_row(
+                r["strategy"],
+                str(r["runs"]),
+                setup,
+                *[_stacked(r, split, name) for split, name, _ in shown],
+                _gain(r["target_accuracy_gain_over_none"]),
+            )
+        console.print(t)
+    setups = {(r.get("epochs"), r.get("preset")) for r in rows}
+    if len(setups) > 1:
+        console.print(
+            "note: these runs differ in epochs or preset (see that column); each gain is "
+            "over the `none` runs with the same setup where there are some",
+            markup=False, highlight=False,
+        )
+
+
+def _stacked(row: dict[str, Any], split: str, name: str) -> str:
+    """Mean above ± std: narrow enough for an 80-column table."""
+    mean, std = row[f"{split}_{name}_mean"], row[f"{split}_{name}_std"]
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.3f}\n±{std:.3f}" if math.isfinite(std) else f"{mean:.3f}"

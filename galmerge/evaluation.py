@@ -29,6 +29,12 @@ REPORT_DIR = "report"
 DOMAINS = ("source", "target")
 EMBEDDING_POINTS = 400  # per domain; t-SNE cost grows fast with points
 GALLERY_COLUMNS = 4
+# Grad-CAM maps whose rank correlation with a randomised network's maps reaches this are
+# reported as failing the sanity check (Adebayo et al. 2018 read high similarity as a failure).
+GRADCAM_SANITY_MAX = 0.5
+# ...and when a map's total evidence does not rise with the model's merger logit difference
+# over the gallery (rank correlation below this), the maps do not show what drives predictions.
+GRADCAM_TRACKS_MIN = 0.3
 
 
 @dataclass
@@ -272,11 +278,21 @@ def _gallery(
     out: Path,
     device: torch.device,
     k: int = GALLERY_COLUMNS,
-) -> list[str]:
-    from galmerge.gradcam import grad_cam
+    say: Any = None,
+) -> tuple[list[str], dict[str, Any] | None]:
+    """The target gallery and its Grad-CAM figure; returns the files and the Grad-CAM facts
+    (common scale, randomisation check) or None when the backbone has no convolution."""
+    from galmerge.gradcam import (
+        common_scale,
+        evidence_maps,
+        randomisation_check,
+        strength_score_correlation,
+    )
     from galmerge.preprocess import normalise
 
     picks = _gallery_picks(dom.test.labels, p, k)
+    logits = dom.test.logits
+    margin = (logits[:, 1] - logits[:, 0]).numpy() if len(logits) else np.zeros(0)
     images: list[np.ndarray | None] = []
     captions: list[str] = []
     chosen: list[int] = []
@@ -285,7 +301,8 @@ def _gallery(
             if j < len(pos):
                 chosen.append(int(pos[j]))
                 images.append(None)
-                captions.append(f"p_merger={p[pos[j]]:.3f}")
+                # the logit margin keeps ranking images where p has saturated at 1.000
+                captions.append(f"p={p[pos[j]]:.3f} Δz={margin[pos[j]]:+.1f}")
             else:
                 chosen.append(-1)
                 images.append(None)
@@ -294,12 +311,32 @@ def _gallery(
     raw = dom.imageset.batch(dom.test.indices[valid]) if valid else torch.empty(0)
     ids = dom.imageset.ids[dom.test.indices[valid]] if valid else []
     cams_valid: list[np.ndarray] = []
+    facts: dict[str, Any] | None = None
     if valid:
         x = normalise(raw.to(device), loaded.preprocess[dom.name])
         try:
-            cams_valid = list(grad_cam(loaded.model, x).numpy())
+            if say is not None:
+                say("Grad-CAM maps of the gallery images")
+            maps = evidence_maps(loaded.model, x)
         except ValueError:  # a backbone without convolutions: gallery without Grad-CAM
-            cams_valid = []
+            maps = None
+        if maps is not None:
+            scale = common_scale(maps)
+            cams_valid = list((maps / scale).clamp(max=1.0).numpy() if scale > 0 else maps.numpy())
+            if say is not None:
+                say("Grad-CAM sanity check: the same maps from randomised weights")
+            rho = randomisation_check(loaded.model, x)
+            tracks = strength_score_correlation(maps, margin[np.asarray(valid)])
+            facts = {
+                "explains": "logit difference z_merger - z_non_merger",
+                "scale": scale,
+                "randomised_weights_rank_correlation": rho,
+                "strength_vs_score_rank_correlation": tracks,
+                "sanity_check_passed": bool(
+                    np.isfinite(rho) and rho < GRADCAM_SANITY_MAX
+                    and np.isfinite(tracks) and tracks >= GRADCAM_TRACKS_MIN
+                ),
+            }
     cams: list[np.ndarray | None] = []
     it = 0
     for slot, c in enumerate(chosen):
@@ -318,9 +355,10 @@ def _gallery(
         titles,
         k,
         out / files[0],
-        title="target test images: colour composites (arcsinh), p_merger of the model",
+        title="target test images: colour composites (arcsinh); p_merger of the model and "
+        "its logit difference Δz",
     )
-    if cams_valid:
+    if cams_valid and facts is not None:
         files.append("gradcam_target.png")
         plots.gallery(
             images,
@@ -329,15 +367,42 @@ def _gallery(
             k,
             out / files[1],
             cams=cams,
-            title="Grad-CAM for the merger class: contours at 30, 60, 90% of each "
-            "map's peak (yellow = strongest evidence for 'merger')",
+            title=_gradcam_title(facts),
         )
-    return files
+    return files, facts
 
 
-def _short(identifier: object, width: int = 18) -> str:
+def _gradcam_verdict(facts: dict[str, Any]) -> str:
+    rho = facts["randomised_weights_rank_correlation"]
+    tracks = facts["strength_vs_score_rank_correlation"]
+    checks = (
+        f"rank correlation with randomised-weight maps {rho:.2f} (Adebayo et al. 2018; "
+        f"passes below {GRADCAM_SANITY_MAX}), map strength vs merger logit {tracks:.2f} "
+        f"(passes from {GRADCAM_TRACKS_MIN})"
+    )
+    if facts["sanity_check_passed"]:
+        return f"sanity checks passed: {checks}"
+    return (
+        f"sanity checks FAILED, do not read the maps as the model's evidence for 'merger': "
+        f"{checks}"
+    )
+
+
+def _gradcam_title(facts: dict[str, Any]) -> str:
+    return (
+        "Grad-CAM of the merger-vs-non-merger logit difference; contours at 30, 60, 90% of one "
+        "scale shared by all maps (no contour = weak)\n" + _gradcam_verdict(facts)
+    )
+
+
+def _short(identifier: object, width: int = 26) -> str:
+    """An id for a caption: whole up to ``width`` characters (SDSS objIDs and synthetic ids
+    fit), else its head and tail around an ellipsis (both ends of an id tend to matter)."""
     text = str(identifier)
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[-(width - 1 - head) :]
 
 
 def _embedding(
@@ -401,6 +466,7 @@ def evaluate(
     if bootstrap < 0:
         raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
     dev = resolve_device(device)
+    say = _steps(quiet)
     config = rundir.read_config(run)
     summary = _read_json(run / rundir.SUMMARY)
     rows = rundir.read_metrics(run) if (run / rundir.METRICS).is_file() else []
@@ -409,6 +475,7 @@ def evaluate(
         "source": _load_set(source, config, "source"),
         "target": _load_set(target, config, "target"),
     }
+    say("the model's outputs on the validation and test splits")  # after every user check
     domains = _domains(loaded, sets, int(config.get("seed", 0)), dev)
     out = run / REPORT_DIR
     out.mkdir(exist_ok=True)
@@ -452,6 +519,7 @@ def evaluate(
     files: dict[str, str] = {}
     figs: list[Section] = []
     labels_probs = {n: (d.test.labels, probs[n]) for n, d in domains.items()}
+    say("figures: training curves, ROC, confusion matrices, reliability")
     if rows:
         files["training_curves"] = plots.training_curves(rows, out / "training_curves.png").name
     files["roc"] = plots.roc_curves(labels_probs, out / "roc.png").name
@@ -463,14 +531,20 @@ def evaluate(
     ).name
 
     base_dir = Path(baseline) if baseline is not None else find_baseline(run, summary)
-    models = [(f"this run: {config.get('strategy', '?')} ({checkpoint}.pt)", loaded)]
+    models = [(f"after: this run, {config.get('strategy', '?')} ({checkpoint}.pt)", loaded)]
     if base_dir is not None:
         base_ckpt = base_dir / rundir.BEST if base_dir.is_dir() else base_dir
         if not base_ckpt.is_file():
             raise GalmergeError(f"--baseline {base_dir}: no best.pt there; pass a `none` run")
-        models.append(("baseline: none (best.pt)", load_model(base_ckpt, dev)))
+        # before (source only) on the left, after (adapted) on the right
+        models.insert(0, ("before: baseline none, source only (best.pt)",
+                          load_model(base_ckpt, dev)))
+    say(f"embedding (t-SNE/UMAP) of {2 * embedding_points} test features per model, "
+        f"{len(models)} model(s); the slowest step")
     files["embedding"], method = _embedding(models, domains, out, dev, seed, embedding_points)
-    gallery_files = _gallery(loaded, domains["target"], probs["target"], out, dev)
+    gallery_files, gradcam_facts = _gallery(
+        loaded, domains["target"], probs["target"], out, dev, say=say
+    )
     files["gallery"] = gallery_files[0]
     if len(gallery_files) > 1:
         files["gradcam"] = gallery_files[1]
@@ -492,8 +566,10 @@ def evaluate(
         "selection": choices,
         "baseline": None if base_dir is None else str(base_dir),
         "embedding_method": method,
+        "gradcam": gradcam_facts,
         "files": files,
     }
+    say("report.html")
     rundir.write_json(out / "metrics.json", payload)
     figs = _sections(payload, files)
     intro = (
@@ -507,6 +583,21 @@ def evaluate(
     if not quiet:
         _print_summary(payload)
     return rundir._json_safe(payload)
+
+
+def _steps(quiet: bool) -> Any:
+    """A printer of what evaluate is doing, one line per step on stderr (stdout keeps the
+    tables), with the seconds since the start."""
+    import time
+
+    start = time.monotonic()
+
+    def say(what: str) -> None:
+        if not quiet:
+            print(f"evaluate [{time.monotonic() - start:5.1f} s] {what}", file=sys.stderr,
+                  flush=True)
+
+    return say
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -594,12 +685,14 @@ def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
                 Figure(
                     files["embedding"],
                     f"{payload['embedding_method']} of test features",
-                    "Colour = domain, marker = class. Overlap of the domains is what "
-                    "adaptation aims for."
+                    "Top row coloured by domain (overlap is what adaptation aims for), bottom "
+                    "row by class on the same points (target classes use target labels, for "
+                    "display only; separated classes are what the classifier needs)."
                     + (
-                        " Right: the `none` baseline on the same images."
+                        " Left: before, the source-only `none` baseline; right: after, this run."
                         if payload["baseline"]
-                        else ""
+                        else " No before/after: pass --baseline RUN_DIR (a `none` run on the "
+                        "same data) to add the source-only panel."
                     ),
                 )
             ],
@@ -617,7 +710,7 @@ def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
             Figure(
                 files["gradcam"],
                 "Grad-CAM",
-                "Where the last convolution's evidence for 'merger' lies.",
+                _gradcam_caption(payload["gradcam"]),
             )
         )
     out.append(Section("Target examples", figures=gal))
@@ -656,6 +749,17 @@ def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
     return out
 
 
+def _gradcam_caption(facts: dict[str, Any] | None) -> str:
+    if not facts:
+        return "No Grad-CAM."
+    return (
+        "Where the last convolution's activations raise the merger-minus-non-merger logit, on "
+        "one scale for all maps (a map without contours holds little evidence). Coarse (the "
+        "last convolution's resolution); it says where, not why. "
+        + _gradcam_verdict(facts) + "."
+    )
+
+
 def _print_summary(payload: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -663,7 +767,8 @@ def _print_summary(payload: dict[str, Any]) -> None:
     console = Console(file=sys.stdout)
     t = Table(
         title=f"{payload['strategy']} / {payload['backbone']}: test metrics "
-        f"({payload['checkpoint']}.pt, 68% bootstrap intervals)"
+        f"({payload['checkpoint']}.pt, 68% bootstrap intervals)",
+        caption=f"source: {payload.get('source')}   target: {payload.get('target')}",
     )
     t.add_column("metric")
     for split in payload["metrics"]:
@@ -695,7 +800,13 @@ def _print_summary(payload: dict[str, Any]) -> None:
         f"temperature fitted on source val: {cal['fitted_temperature']:.3f} "
         f"({'applied' if cal['applied'] else 'not applied; --calibrate writes it'})"
     )
-    console.print(f"report: {Path(payload['run_dir']) / REPORT_DIR / 'report.html'}")
+    gc = payload.get("gradcam")
+    if gc:
+        console.print(f"Grad-CAM {_gradcam_verdict(gc)}", soft_wrap=True, markup=False,
+                      highlight=False)
+    from galmerge.progress import print_path
+
+    print_path(console, "report:", Path(payload["run_dir"]) / REPORT_DIR / "report.html")
 
 
 def _num(value: Any) -> str:

@@ -16,7 +16,8 @@ from galmerge.calibration import expected_calibration_error, reliability
 
 DPI = 110
 DOMAIN_COLOURS = {"source": "#1f77b4", "target": "#ff7f0e"}
-CLASS_MARKERS = {0: "o", 1: "^", -1: "x"}
+CLASS_COLOURS = {0: "#17becf", 1: "#d62728", -1: "#bbbbbb"}
+DOMAIN_MARKERS = {"source": "o", "target": "x"}
 CLASS_NAMES = {0: "non-merger", 1: "merger", -1: "unlabelled"}
 
 
@@ -183,7 +184,9 @@ def reliability_diagram(
 def embedding(
     panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], path: Path, seed: int = 0
 ) -> tuple[Path, str]:
-    """2-D t-SNE (UMAP when importable) of source and target features, one panel per model.
+    """2-D t-SNE (UMAP when importable) of source and target features: one column per model
+    (before/after when a baseline is given), the top row coloured by domain, the bottom row by
+    class on the same points (a marker shape per class hid the classes under the colours).
 
     ``panels``: title -> {domain: (features (N, D), labels (N,))}. Returns the path and the
     method used.
@@ -195,31 +198,33 @@ def embedding(
         umap = None
     if umap is not None:
         method = "UMAP"
-    fig = Figure(figsize=(6.2 * len(panels), 5.6))
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    for ax, (title, domains) in zip(axes, panels.items(), strict=True):
+    fig = Figure(figsize=(5.6 * len(panels), 10.0))
+    axes = np.array(fig.subplots(2, len(panels), squeeze=False))
+    for col, (title, domains) in enumerate(panels.items()):
         feats = np.concatenate([f for f, _ in domains.values()]).astype(np.float64)
         xy = _reduce(feats, method, seed, umap)
+        by_domain, by_class = axes[0, col], axes[1, col]
         start = 0
         for domain, (f, labels) in domains.items():
             part = xy[start : start + len(f)]
             start += len(f)
+            by_domain.scatter(part[:, 0], part[:, 1], s=12, alpha=0.6, linewidths=0,
+                              color=DOMAIN_COLOURS.get(domain), label=domain)
             for cls in (0, 1, -1):
                 sel = labels == cls
                 if sel.any():
-                    ax.scatter(
-                        part[sel, 0],
-                        part[sel, 1],
-                        s=16,
-                        alpha=0.7,
-                        color=DOMAIN_COLOURS.get(domain),
-                        marker=CLASS_MARKERS[cls],
-                        label=f"{domain} {CLASS_NAMES[cls]}",
+                    by_class.scatter(
+                        part[sel, 0], part[sel, 1], s=16 if domain == "source" else 22,
+                        alpha=0.6, linewidths=0 if domain == "source" else 1.0,
+                        color=CLASS_COLOURS[cls], marker=DOMAIN_MARKERS.get(domain, "o"),
+                        label=f"{CLASS_NAMES[cls]} ({domain})",
                     )
-        ax.set_title(title)
-        ax.set_xlabel(f"{method} 1")
-        ax.set_ylabel(f"{method} 2")
-        ax.legend(fontsize=8, markerscale=1.3)
+        by_domain.set_title(f"{title}\ncoloured by domain")
+        by_class.set_title("the same points coloured by class")
+        for ax in (by_domain, by_class):
+            ax.set_xlabel(f"{method} 1")
+            ax.set_ylabel(f"{method} 2")
+            ax.legend(fontsize=8, markerscale=1.5)
     fig.tight_layout()
     return _save(fig, path), method
 
@@ -317,11 +322,19 @@ def selection_comparison(
     x, y = _finite(rows, "target_val_accuracy")
     curve.plot(x, y, color="grey", lw=1.5, label="target val accuracy (oracle)")
     markers = "osD^vP*Xhp"
+    # several scores often pick the same epoch: spread their markers sideways around it
+    same: dict[int, list[int]] = {}
+    for i, choice in enumerate(choices):
+        if choice["epoch"] is not None and math.isfinite(choice["target_val_accuracy"]):
+            same.setdefault(int(choice["epoch"]), []).append(i)
+    step = min(0.15, 0.8 / max(len(v) for v in same.values())) if same else 0.0
     for i, choice in enumerate(choices):
         if choice["epoch"] is None or not math.isfinite(choice["target_val_accuracy"]):
             continue
+        group = same[int(choice["epoch"])]
+        shift = (group.index(i) - (len(group) - 1) / 2) * step
         curve.scatter(
-            [choice["epoch"]],
+            [choice["epoch"] + shift],
             [choice["target_val_accuracy"]],
             s=70,
             zorder=3,

@@ -101,6 +101,11 @@ def write_preview(
     return path
 
 
-def _short_id(value: object) -> str:
+def _short_id(value: object, width: int = 30) -> str:
+    """Whole up to ``width`` characters, else head and tail around an ellipsis: cutting the
+    front (``…nthetic-illustris-s0-000040``) hid which set an image came from."""
     text = value.decode() if isinstance(value, bytes) else str(value)
-    return text if len(text) <= 28 else "…" + text[-27:]
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[-(width - 1 - head) :]

@@ -33,10 +33,29 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-") or "x"
 
 
-def default_run_dir(source: str, target: str, strategy: str, root: str | Path = "runs") -> Path:
-    """``runs/<YYYYmmdd-HHMMSS>-<source>-<target>-<strategy>`` (':' '/' '?' made safe)."""
+def default_run_dir(
+    source: str, target: str, strategy: str, root: str | Path = "runs", seed: int | None = None
+) -> Path:
+    """``runs/<YYYYmmdd-HHMMSS>-<source>-<target>-<strategy>-s<seed>`` (':' '/' made safe).
+
+    Survey options (``?n=2000&seed=1``) stay out of the name: a ``seed=1`` there is the data's
+    seed, not the training seed, and would mislead; ``s<seed>`` is the training seed and
+    config.toml holds the full specs. A name already taken gets ``-2``, ``-3``, ...
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{stamp}-{_slug(source)}-{_slug(target)}-{_slug(strategy)}"
+    name = f"{stamp}-{_slug(_bare(source))}-{_slug(_bare(target))}-{_slug(strategy)}"
+    if seed is not None:
+        name += f"-s{seed}"
+    path, n = Path(root) / name, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = Path(root) / f"{name}-{n}"
+    return path
+
+
+def _bare(spec: str) -> str:
+    """A survey spec without its ``?key=value`` options."""
+    return spec.split("?", 1)[0]
 
 
 def prepare_new(run_dir: Path) -> Path:
@@ -48,6 +67,13 @@ def prepare_new(run_dir: Path) -> Path:
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def discard_new(run_dir: Path) -> None:
+    """Remove a run directory that `prepare_new` made this session, before any checkpoint."""
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:

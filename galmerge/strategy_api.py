@@ -47,3 +47,54 @@ def parse_strategy_expression(expr: str) -> list[str]:
     if "none" in parts and len(parts) > 1:
         parts = [p for p in parts if p != "none"]
     return parts
+
+
+class StrategyOutputError(PluginError):
+    """A strategy's ``forward`` returned something the trainer cannot add to the loss."""
+
+
+def check_strategy_output(strategy: str, output: object) -> None:
+    """Check once, at the first training step, that a strategy returned what the contract asks:
+    a dict of term name -> finite 0-dim floating tensor (``_``-prefixed keys are diagnostics,
+    same rules). Raises a one-line `StrategyOutputError` naming plugin, strategy and term."""
+    problem, term = _output_problem(output)
+    if problem is None:
+        return
+    from galmerge.plugins import get_plugin_manager
+
+    try:
+        owner = get_plugin_manager().owner("strategies", strategy)
+    except PluginError:
+        owner = None
+    plugin = f"plugin '{owner.name}'" if owner is not None else "its plugin"
+    where = f"term '{term}' " if term is not None else ""
+    raise StrategyOutputError(
+        f"strategy '{strategy}' ({plugin}): {where}{problem}; a strategy's forward must return "
+        f"a dict of term name -> 0-dim float tensor, e.g. {{'{term or strategy}': loss.mean()}}"
+    )
+
+
+def _output_problem(output: object) -> tuple[str | None, str | None]:
+    if not isinstance(output, dict):
+        return f"forward returned {type(output).__name__}, not a dict", None
+    for key, value in output.items():
+        if not isinstance(key, str) or not key.lstrip("_"):
+            return f"has a key {key!r} that is not a term name", None
+        if not isinstance(value, torch.Tensor):
+            return (
+                f"is a {type(value).__name__} ({_short(value)}), not a torch tensor "
+                f"(a Python number carries no gradient)",
+                key,
+            )
+        if value.dim() != 0:
+            return f"is a tensor of shape {tuple(value.shape)}, not a scalar (reduce it)", key
+        if not value.is_floating_point():
+            return f"is a {value.dtype} tensor, not a floating-point one", key
+        if not bool(torch.isfinite(value.detach()).item()):
+            return f"is {float(value.detach())} at the first step (not finite)", key
+    return None, None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 30 else text[:27] + "..."

@@ -25,6 +25,7 @@ from torch import nn
 from galmerge import distributed as ddp
 from galmerge import rundir
 from galmerge.batches import StreamingBatches, TensorBatches
+from galmerge.collapse import collapse_warning, prediction_shares, run_warnings
 from galmerge.config import cli_overrides, resolve_config
 from galmerge.errors import GalmergeError
 from galmerge.imageset import ImageSet
@@ -34,7 +35,12 @@ from galmerge.plugins import get_plugin_manager
 from galmerge.preprocess import compute_spec, normalise
 from galmerge.progress import Progress, results_table
 from galmerge.splits import domain_splits
-from galmerge.strategy_api import StepInputs, StrategyContext
+from galmerge.strategy_api import (
+    StepInputs,
+    StrategyContext,
+    StrategyOutputError,
+    check_strategy_output,
+)
 
 ORACLE = "oracle_target_accuracy"
 DEFAULT_SELECT = "source_val_loss"
@@ -107,6 +113,7 @@ class TrainStep(nn.Module):
         self.weights = weights
         self.dist = dist
         self.autocast = autocast
+        self.checked = False  # strategy outputs are checked at the first step
         # torch.compile'd view of ``model`` (same parameters); kept out of the module tree
         self.__dict__["_forward_model"] = forward_model
 
@@ -141,6 +148,8 @@ class TrainStep(nn.Module):
         diagnostics: dict[str, torch.Tensor] = {}
         for name, module in self.strategies.items():
             out = module(step)
+            if not self.checked:  # a plugin's mistake: one line naming it, at the first step
+                check_strategy_output(name, out)
             for key, value in out.items():
                 if key.startswith("_"):
                     diagnostics[key.lstrip("_")] = value.detach().float()
@@ -149,6 +158,7 @@ class TrainStep(nn.Module):
                 weighted = self.weights[name] * value
                 terms[label] = weighted
                 total = total + weighted
+        self.checked = True
         return total, terms, diagnostics
 
 
@@ -255,6 +265,7 @@ def _validate(
         "source_val_accuracy": _accuracy(zs, ys),
         # reported only; never used for selection unless --select-by oracle_target_accuracy
         "target_val_accuracy": _accuracy(zt, yt),
+        **prediction_shares(zs, ys, zt),  # label-free: what collapse warnings read
     }
     selection = _selection_module()
     if selection is not None and hasattr(selection, "label_free_scores"):
@@ -419,7 +430,9 @@ def train(
         out_dir = (
             Path(run_dir)
             if run_dir is not None
-            else rundir.default_run_dir(cfg["source"], cfg["target"], cfg["strategy"])
+            else rundir.default_run_dir(
+                cfg["source"], cfg["target"], cfg["strategy"], seed=int(cfg["seed"])
+            )
         )
     directions = _score_directions()
     if cfg["select_by"] not in directions:
@@ -451,6 +464,10 @@ def _run(
             cfg, out_dir, source_set, target_set, dist, quiet, resume_state, directions, device,
             t_start,
         )
+    except StrategyOutputError:
+        if resume_state is None and dist.is_main:
+            rundir.discard_new(out_dir)  # first step: nothing worth keeping was written
+        raise
     finally:
         ddp.teardown(dist)
 
@@ -654,7 +671,8 @@ def _train_loop(
     progress.info(
         f"{source_set.describe()}\n{target_set.describe()}\n"
         f"strategy {cfg['strategy']}, backbone {cfg['backbone']}, {steps_per_epoch} steps/epoch, "
-        f"batch {batch}, run directory {out_dir}"
+        f"batch {batch}",
+        path=out_dir,
     )
     progress.start((epoch - 1) * steps_per_epoch + step_in_epoch, epoch)
     check_every = _nonfinite_check_interval(device)
@@ -748,6 +766,9 @@ def _train_loop(
                 assert tb is not None
                 tb.log(row, epoch)
             progress.epoch_done(row, improved)
+            warning = collapse_warning(rows)
+            if warning is not None:  # under the epoch line it is about
+                progress.warn(warning)
             epoch = next_epoch
             if stop:
                 stopped_early = True
@@ -790,6 +811,7 @@ def _train_loop(
             "world_size": dist.world,
             "run_dir": str(out_dir),
             "duration_s": time.time() - t_start,
+            "warnings": run_warnings(rows, int(best["epoch"])),
         }
         rundir.write_json(out_dir / rundir.SUMMARY, summary)
         results_table(summary, quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,3 +70,23 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def busy_torchrun_ports() -> Iterator[None]:
+    """Hold torchrun's default port (29500) and the ports tests once hard-coded, as another
+    job on a shared machine might: a test launching torchrun must still pass
+    (``torchrun --standalone`` picks a free port)."""
+    held = []
+    for port in (29500, 29533, 29561):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen(1)
+        except OSError:  # already taken by someone else: busy either way
+            sock.close()
+            continue
+        held.append(sock)
+    yield
+    for sock in held:
+        sock.close()

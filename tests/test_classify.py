@@ -455,7 +455,7 @@ def test_sigkill_at_any_point_then_restart_finishes_every_row_once(env):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_merge_in_input_order(env):
+def test_torchrun_two_processes_merge_in_input_order(env, busy_torchrun_ports):
     tmp, ckpt, log = env
     rows = _catalog(tmp / "cat.csv", 50)
     base = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
@@ -467,7 +467,7 @@ def test_torchrun_two_processes_merge_in_input_order(env):
     log.unlink()
     torchrun = Path(sys.executable).with_name("torchrun")
     for cache in ("c.h5", "c-{rank}.h5"):  # one shared cache, then one cache per process
-        subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29561",
+        subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
                         str(_script(tmp)), *base[:-1], str(tmp / cache), "--output",
                         str(tmp / "sharded.csv")], env=env_, check=True, timeout=180)
         assert (tmp / "sharded.csv").read_text() == (tmp / "single.csv").read_text()
@@ -715,3 +715,23 @@ def test_rank0_gives_up_on_a_live_but_unfinished_rank_after_shard_timeout(env, m
     assert not (tmp / "out.csv").exists()
     bad = run_cli(*args, "--shard-timeout", "0")
     assert bad.exit_code != 0 and "--shard-timeout must be a number of seconds" in bad.output
+
+
+def test_an_offline_run_says_what_was_asked_of_which_service_and_what_to_check(env):
+    tmp, ckpt, _ = env
+    cat = tmp / "offline.csv"
+    cat.write_text("objID,ra,dec\nfail-1,150.5,2.0\nfail-2,151.5,2.0\nfail-3,152.5,2.0\n")
+    cache = tmp / "never-written.h5"
+    res = run_cli("classify", str(cat), "--model", str(ckpt), "--survey", "stamps",
+                  "--cache", str(cache))
+    text = " ".join(res.output.split())
+    assert "classified 3 rows" in text and "ok 0, failed 3" in text
+    assert "stamps: 3 asked of survey 'stamps', 0 fetched" in text  # not "fetched 3"
+    warning = [line for line in res.output.splitlines() if "could not be fetched" in line]
+    assert len(warning) == 1
+    assert "3 of 3 stamps could not be fetched from survey 'stamps'" in warning[0]
+    assert "HTTP 500 from fake server" in warning[0] and "check the network" in warning[0]
+    journal = Path(f"{cache}.journal")
+    assert not cache.exists() and not any(journal.glob("*"))  # nothing to keep...
+    assert "cache:" not in res.output  # ...so no cache file is named
+    assert res.output.rstrip().splitlines()[-1] == f"output: {Path.cwd() / 'offline_galmerge.csv'}"

@@ -131,3 +131,30 @@ def test_compare_user_errors_are_one_line(tmp_path) -> None:
         assert result.exit_code != 0
         assert needle in result.output and "Traceback" not in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_terminal_table_fits_80_columns_and_shows_epochs_and_preset(runs, tmp_path) -> None:
+    import shutil
+    import tomllib
+
+    import tomli_w
+
+    # one `coral` run as if trained longer with a preset: never averaged with the others
+    other = tmp_path / "coral-long"
+    shutil.copytree(runs / "coral-1", other)
+    config = tomllib.loads((other / "config.toml").read_text())
+    config.update(epochs=30, preset="synthetic-sim-real")
+    (other / "config.toml").write_text(tomli_w.dumps(config))
+    result = CliRunner().invoke(cli, ["compare", f"{runs}/*", str(other)],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert all(len(line) <= 80 for line in lines), result.output
+    assert "…" not in result.output  # no cell cut to "0.…"
+    text = " ".join(result.output.split())
+    summaries = _summaries(runs)
+    acc = [m["metrics"]["target_test"]["accuracy"] for m in summaries["coral"]]
+    assert f"{statistics.mean(acc):.3f}" in text and f"±{statistics.stdev(acc):.3f}" in text
+    assert "1 epoch " in text and "30 epochs" in text and "synthetic-sim-real" in text
+    assert "differ in epochs or preset" in text
+    assert sum(1 for line in lines if line.strip().startswith("coral")) == 2

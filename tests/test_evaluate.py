@@ -274,3 +274,59 @@ def test_unlabelled_target_gets_a_report_without_target_metrics(tmp_path) -> Non
     assert all(v is None for v in metrics["metrics"]["target_test"]["value"].values())
     assert metrics["metrics"]["source_test"]["value"]["accuracy"] is not None
     assert (run / "report" / "gallery_target.png").is_file()
+
+
+def test_evaluate_says_what_it_is_doing_and_reports_the_grad_cam_sanity_check(evaluated) -> None:
+    report, output = evaluated
+    steps = [line for line in output.splitlines() if line.startswith("evaluate [")]
+    assert any("t-SNE" in line for line in steps) and any("Grad-CAM" in line for line in steps)
+    assert any("sanity check" in line for line in steps)
+    metrics = json.loads((report / "metrics.json").read_text())
+    facts = metrics["gradcam"]
+    assert facts["explains"].startswith("logit difference")
+    assert -1.0 <= facts["randomised_weights_rank_correlation"] <= 1.0
+    assert -1.0 <= facts["strength_vs_score_rank_correlation"] <= 1.0
+    verdict = "passed" if facts["sanity_check_passed"] else "FAILED"
+    assert f"Grad-CAM sanity checks {verdict}" in output
+    html = (report / "report.html").read_text()
+    assert "Adebayo et al. 2018" in html and "one scale for all maps" in html
+    assert "before, the source-only `none` baseline" in html  # the before/after t-SNE
+    assert output.rstrip().splitlines()[-1].startswith("report: ")
+
+
+def test_grad_cam_maps_share_one_scale_and_randomisation_changes_every_weight() -> None:
+    from galmerge.gradcam import common_scale, randomised_copy
+
+    strong = torch.zeros(1, 20, 20)
+    strong[0, 5:8, 5:8] = 10.0
+    weak = torch.rand(1, 20, 20) * 0.5  # noise: per-map scaling would stretch it to 1
+    maps = torch.cat([strong, weak])
+    scaled = (maps / common_scale(maps)).clamp(max=1)
+    assert scaled[0].max() == 1.0 and scaled[1].max() < 0.3  # below the lowest contour
+    torch.manual_seed(0)
+    model = build_model("deepmerge", 3, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    clone = randomised_copy(model, seed=1)
+    for name, value in clone.state_dict().items():
+        random_init = before[name].unique().numel() > 1  # not BatchNorm's constant 1s and 0s
+        if value.is_floating_point() and random_init and "running" not in name:
+            assert not torch.equal(value, before[name]), name
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_gallery_ids_keep_both_ends() -> None:
+    from galmerge.evaluation import _short
+
+    assert _short("1237648720693755918") == "1237648720693755918"  # a whole SDSS objID
+    assert _short("synthetic-sdss-s1-001343") == "synthetic-sdss-s1-001343"
+    long = _short("TNG50-snapshot-099-subhalo-0001234567")
+    assert long.startswith("TNG50-snaps") and long.endswith("01234567") and "…" in long
+
+
+def test_grad_cam_strength_must_follow_the_merger_score() -> None:
+    from galmerge.gradcam import strength_score_correlation
+
+    maps = torch.stack([torch.full((4, 4), float(v)) for v in (1, 2, 3, 4, 5)])
+    assert strength_score_correlation(maps, np.array([0.1, 0.5, 1.0, 2.0, 3.0])) > 0.99
+    # strongest maps on the images the model calls non-mergers: not evidence for 'merger'
+    assert strength_score_correlation(maps, np.array([3.0, 2.0, 1.0, 0.5, 0.1])) < -0.99

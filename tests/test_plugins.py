@@ -283,3 +283,28 @@ def test_version_and_help_exit_codes():
         assert name in result.output
     result = runner.invoke(cli, ["no-such-command"])
     assert result.exit_code == 2
+
+
+def test_installed_plugin_with_a_misspelt_hook_is_skipped_visibly(tmp_path):
+    # README: reported in one warning line, skipped (exit 0), listed as failed by `plugins`
+    site = _fake_distribution(
+        tmp_path / "site",
+        "galmerge-typo",
+        "typo",
+        "galmerge_typo_plugin",
+        """
+        from galmerge import hookimpl
+
+        @hookimpl
+        def register_strategy():
+            return []
+        """,
+    )
+    proc = _run_cli("list", "strategies", extra_path=site, GALMERGE_LOAD_PLUGINS="typo")
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if "typo" in line]
+    assert len(warning) == 1 and "skipped" in warning[0]
+    assert "did you mean 'register_strategies'" in warning[0]
+    proc = _run_cli("plugins", extra_path=site, GALMERGE_LOAD_PLUGINS="typo", COLUMNS="200")
+    row = next(line for line in proc.stdout.splitlines() if "typo" in line)
+    assert "failed" in row and "register_strategy" in row

@@ -62,3 +62,13 @@ def test_preview_rejects_a_missing_file_in_one_line(tmp_path):
 def test_preview_rejects_bad_counts(n):
     result = CliRunner().invoke(cli, ["preview", "synthetic:sdss", "--n", n])
     assert result.exit_code != 0 and "--n" in result.output
+
+
+def test_long_ids_keep_their_head_and_tail() -> None:
+    from galmerge.preview import _short_id
+
+    assert _short_id("synthetic-illustris-s0-000040") == "synthetic-illustris-s0-000040"
+    assert _short_id("a-much-longer-synthetic-illustris-s0-000040") == (
+        "a-much-longer-…stris-s0-000040"
+    )
+    assert _short_id(b"1237648720693755918") == "1237648720693755918"

@@ -86,13 +86,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(toys, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
     "torchrun").exists(), reason="torchrun not installed")
-def test_ddp_two_processes_match_one_process(toys, tmp_path):
+def test_ddp_two_processes_match_one_process(toys, tmp_path, busy_torchrun_ports):
     # no dropout: per-process dropout masks are the one thing DDP cannot reproduce
     one = _reference(tmp_path, "one", epochs=2, backbone_options={"dropout": 0.0})
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     run = tmp_path / "two"
     done = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(SCRIPT), str(run),
+        [torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(run),
          "2", "--nodrop"],
         env=_env(), capture_output=True, text=True, timeout=300,
     )

@@ -76,7 +76,10 @@ def list_cmd(kind: str, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "description", "distribution")
+    table = Table("name")
+    # fold long tokens (a survey spec) rather than cut them with an ellipsis at 80 columns
+    table.add_column("description", overflow="fold")
+    table.add_column("distribution")
     for row in rows:
         name = row["name"]
         if row.get("aliases"):

@@ -4,33 +4,41 @@ from __future__ import annotations
 
 import click
 
+from galmerge.config import DEFAULTS
+
+
+def _help(text: str, key: str) -> str:
+    """Help text plus the config default a flag falls back to (the flag itself defaults to None
+    so that a preset or a --config file can fill it in first)."""
+    return f"{text}  [default: {DEFAULTS[key]}]"
+
 
 @click.command("train")
 @click.option("--source", help="Labelled source survey spec, e.g. synthetic:illustris or hdf5:PATH.")
 @click.option("--target", help="Target survey spec (its labels are only used for reporting).")
-@click.option("--strategy", help="DA strategy expression, e.g. none, mmd+fisher+entropy, dann+fisher.")
-@click.option("--backbone", help="Backbone name (deepmerge, resnet18, ...).")
-@click.option("--epochs", type=int, help="Maximum number of epochs.")
-@click.option("--batch-size", type=int, help="Images per domain per step (global over processes).")
-@click.option("--lr", type=float, help="Peak learning rate of the one-cycle schedule.")
-@click.option("--seed", type=int, help="Seed for splits, initialisation and batch order.")
-@click.option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
+@click.option("--strategy", help=_help("DA strategy expression, e.g. none, mmd+fisher+entropy, dann+fisher.", "strategy"))
+@click.option("--backbone", help=_help("Backbone name (deepmerge, resnet18, ...).", "backbone"))
+@click.option("--epochs", type=int, help=_help("Maximum number of epochs (a preset may set its own).", "epochs"))
+@click.option("--batch-size", type=int, help=_help("Images per domain per step (global over processes).", "batch_size"))
+@click.option("--lr", type=float, help=_help("Peak learning rate of the one-cycle schedule.", "lr"))
+@click.option("--seed", type=int, help=_help("Seed for splits, initialisation and batch order.", "seed"))
+@click.option("--device", help=_help("auto (CUDA, then MPS, then CPU), cpu, cuda or mps.", "device"))
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Output run directory.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML config (e.g. a run's config.toml); flags override it.")
 @click.option("--preset", help="Hyperparameter preset: deepmerge2-sim-sim, deepmerge2-sim-real, deepmerge2-sim-real-tl (the paper's code; `galmerge presets NAME` shows each value's source) or synthetic-sim-real (tuned for the built-in pair).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue this run directory.")
 @click.option("--init-from", help="Start from the weights of a run directory or checkpoint.")
-@click.option("--patience", type=int, help="Early-stopping patience in epochs (0 = off).")
-@click.option("--weight-decay", type=float, help="Adam weight decay.")
-@click.option("--select-by", help="Model selection: source_val_loss or a label-free score.")
+@click.option("--patience", type=int, help=_help("Early-stopping patience in epochs (0 = off).", "patience"))
+@click.option("--weight-decay", type=float, help=_help("Adam weight decay.", "weight_decay"))
+@click.option("--select-by", help=_help("Model selection: source_val_loss or a label-free score.", "select_by"))
 @click.option("--set", "sets", multiple=True, metavar="NAME.OPTION=VALUE",
               help="Strategy/optimizer/schedule option, e.g. --set fisher.intra_weight=0.01.")
 @click.option("--backbone-option", "backbone_options", multiple=True, metavar="KEY=VALUE",
               help="Backbone option, e.g. --backbone-option dropout=0.3.")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
-@click.option("--max-steps-per-epoch", type=int, help="Cap on steps per epoch.")
-@click.option("--checkpoint-every", type=int, help="Also write last.pt every N steps.")
+@click.option("--max-steps-per-epoch", type=int, help=_help("Cap on steps per epoch (0 = a full pass).", "max_steps_per_epoch"))
+@click.option("--checkpoint-every", type=int, help=_help("Also write last.pt every N steps (0 = at each epoch's end only).", "checkpoint_every"))
 @click.option("--quiet", is_flag=True, help="No progress display or results table.")
 def train(
     source: str | None,

@@ -1,0 +1,99 @@
+"""Training notices a collapsed run: a one-line warning while it runs and `warnings` in
+summary.json. The collapse is real: a strategy that pushes every logit towards 'merger'."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from train_toys import ToyPlugin, _NoNone, toy_sets
+
+import galmerge
+from galmerge import hookimpl
+from galmerge.collapse import collapse_signs, collapse_warning, run_warnings
+from galmerge.records import Strategy
+
+
+class _PushMerger(nn.Module):
+    """A loss minimised by calling everything a merger: the classifier collapses onto class 1."""
+
+    def forward(self, step) -> dict[str, torch.Tensor]:
+        z = torch.cat([step.source_logits, step.target_logits])
+        return {"push": (z[:, 0] - z[:, 1]).clamp(min=-20).mean()}
+
+
+class CollapsePlugin:
+    @hookimpl
+    def register_strategies(self):
+        return [Strategy(name="pushmerger", description="collapses",
+                         build=lambda context, options: _PushMerger())]
+
+
+@pytest.fixture
+def toys(register_plugin, plugin_manager):
+    register_plugin(_NoNone() if "none" in plugin_manager.components("strategies")
+                    else ToyPlugin(), "toys")
+    register_plugin(CollapsePlugin(), "collapse")
+
+
+def _train(tmp_path, strategy, **kwargs):
+    source, target = toy_sets(n_source=300, n_target=300)
+    args = dict(backbone="tiny", epochs=4, batch_size=16, seed=1, device="cpu", lr=0.02,
+                patience=0, run_dir=tmp_path / strategy)
+    args.update(kwargs)
+    return galmerge.train(source=source, target=target, strategy=strategy, **args)
+
+
+def test_a_collapsing_run_says_so_while_running_and_in_the_summary(toys, tmp_path, capsys):
+    summary = _train(tmp_path, "pushmerger", sets=["pushmerger.weight=5"], quiet=False)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "looks collapsed" in line]
+    assert len(lines) == 1, err  # once, when it sets in; one line
+    assert "'merger' predicted for 100% of source val images" in lines[0]
+    assert "at chance" in lines[0]
+    saved = json.loads((tmp_path / "pushmerger" / "summary.json").read_text())
+    assert saved["warnings"] == summary["warnings"]
+    assert len(saved["warnings"]) == 1
+    assert saved["warnings"][0].startswith("collapse: the selected checkpoint best.pt")
+    assert "100% of target val images" in saved["warnings"][0]
+    # the evidence is in metrics.csv (label-free prediction shares)
+    csv_text = (tmp_path / "pushmerger" / "metrics.csv").read_text()
+    assert "source_val_pred_merger" in csv_text and "target_val_pred_merger" in csv_text
+
+
+def test_a_run_that_learns_has_no_warnings(toys, tmp_path, capsys):
+    summary = _train(tmp_path, "none", quiet=False)
+    assert summary["metrics"]["source_test"]["accuracy"] > 0.75
+    assert summary["warnings"] == []
+    assert "collapsed" not in capsys.readouterr().err
+
+
+def _row(epoch, acc=0.9, share=0.5, target_share=0.5, dacc=None, coeff=None):
+    row = {"epoch": epoch, "source_val_accuracy": acc, "source_val_majority": 0.5,
+           "source_val_pred_merger": share, "target_val_pred_merger": target_share}
+    if dacc is not None:
+        row.update(diag_domain_acc=dacc, diag_grl_coeff=coeff)
+    return row
+
+
+def test_a_one_epoch_dip_is_not_a_collapse_but_a_lasting_one_is_reported_once():
+    dip = [_row(1), _row(2, acc=0.51), _row(3)]
+    assert collapse_signs(dip[1]) and not any(
+        collapse_warning(dip[: i + 1]) for i in range(len(dip))
+    )
+    assert run_warnings(dip, best_epoch=3) == []
+    lasting = [_row(1), _row(2, 0.5, 1.0, 0.0), _row(3, 0.5, 1.0, 0.0), _row(4, 0.5, 1.0, 0.0)]
+    said = [collapse_warning(lasting[: i + 1]) for i in range(len(lasting))]
+    assert said[:2] == [None, None] and said[3] is None
+    assert "'non-merger' predicted for 100% of target val images" in said[2]
+
+
+def test_a_saturated_discriminator_at_full_adversarial_weight_is_a_symptom():
+    early = _row(2, dacc=1.0, coeff=0.3)  # normal before the GRL ramps up
+    assert collapse_signs(early) == []
+    late = [_row(5, dacc=0.999, coeff=0.95), _row(6, dacc=1.0, coeff=0.97)]
+    warning = collapse_warning(late)
+    assert "domain discriminator saturated" in warning
+    assert "dann.feature_loss=inverted" in warning
