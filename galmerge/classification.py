@@ -326,6 +326,7 @@ def classify(
     survey_options: Mapping[str, Any] | None = None,
     shard_timeout: float | None = None,
     heartbeat_timeout: float | None = None,
+    prior: str | float | None = None,
 ) -> ClassifySummary:
     """Classify every row of ``catalog`` (CSV/FITS/VOTable, or an HDF5 image file).
 
@@ -333,6 +334,8 @@ def classify(
     input column plus ``p_merger``, ``is_merger`` (p >= ``threshold``) and ``status``.
     Sharded runs: ``shard_timeout`` and ``heartbeat_timeout`` (seconds; default from
     GALMERGE_SHARD_TIMEOUT and GALMERGE_SHARD_HEARTBEAT_TIMEOUT) bound rank 0's wait.
+    ``prior`` ("auto" or a merger fraction): p_merger rescaled to it afterwards
+    (`galmerge.prior`).
     """
     from galmerge.distributed import from_environment
 
@@ -348,6 +351,11 @@ def classify(
         raise GalmergeError(f"--threshold must be in [0, 1], got {threshold}")
     if domain not in ("source", "target"):
         raise GalmergeError(f"--domain must be source or target, got {domain}")
+    from galmerge.prior import parse_prior, training_prior
+
+    prior = parse_prior(prior)
+    # before the work: the run's statistics may take a pass over its source validation split
+    prior_from = training_prior(model) if prior is not None else None
     if chunk_rows < 1 or batch_size < 1 or workers < 1:
         raise GalmergeError("--batch-size, --workers and --chunk-rows must be at least 1")
     out_path = Path(output) if output is not None else default_output(cat_path)
@@ -435,9 +443,29 @@ def classify(
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact(force=False)
     summary = _summary(out_path, tally, fetched, t0, store)
+    note = None
+    if prior is not None:
+        summary.mergers, note = _apply_prior(out_path, prior, threshold, prior_from)
+    else:  # a record of an earlier --prior run would now describe the wrong probabilities
+        out_path.with_name(out_path.name + ".prior.json").unlink(missing_ok=True)
     if show:
         _print_summary(summary)
+    if note is not None and not quiet:
+        print(note, file=sys.stderr)
     return summary
+
+
+def _apply_prior(out_path: Path, prior: str | float, threshold: float,
+                 training: tuple[float, str] | None) -> tuple[int, str]:
+    """Rescale the written output to the survey prior; (mergers now, one-line note)."""
+    from galmerge.fraction_report import read_results
+    from galmerge.prior import apply_prior
+
+    rec = apply_prior(out_path, "", prior, threshold, training)
+    mergers = int((read_results(out_path).p >= threshold).sum())
+    return mergers, (f"galmerge: p_merger rescaled from the training merger fraction "
+                     f"{rec['training_prior']:.4g} to {rec['prior']:.4g} ({rec['prior_from']});"
+                     f" recorded in {out_path.name}.prior.json")
 
 
 def _survey_record(name: str) -> Any:

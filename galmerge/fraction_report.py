@@ -247,7 +247,12 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
         raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
     if not 0 < threshold < 1:
         raise GalmergeError(f"--threshold must be between 0 and 1, got {threshold}")
+    from galmerge.prior import read_record, undo
+
     res = read_results(results, by)
+    rescaled = read_record(results)
+    if rescaled is not None:  # the estimators need the model's own probabilities
+        res.p = undo(res.p, rescaled)
     if len(res.p) == 0:
         raise GalmergeError(f"{results}: no rows with status ok and a p_merger "
                             f"({res.rows} rows: {_reasons(res.excluded)}); nothing to count")
@@ -258,6 +263,8 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
         "threshold": threshold,
         "bootstrap": bootstrap,
     }
+    if rescaled is not None:
+        common["prior_rescaling_undone"] = rescaled
     if by is None:
         out = estimate(res.p, val, threshold, bootstrap, seed)
         common["validation"] = out.pop("validation")

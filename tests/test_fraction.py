@@ -276,3 +276,66 @@ def test_a_model_without_validation_statistics_is_one_line(classified, tmp_path)
     assert len(text.strip().splitlines()) == 1
     code, text = _fraction(str(tmp_path / "missing.csv"), "--model", str(classified["run"]))
     assert code == 1 and "does not exist" in text
+
+
+# --------------------------------------------------------------------------------------------
+# classify --prior
+
+
+def _classify(classified, output: Path, *extra: str) -> tuple[int, str]:
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(classified["run"]), "--output", str(output),
+                                   "--device", "cpu", "--quiet", *extra])
+    return res.exit_code, res.output
+
+
+def _p(path: Path) -> np.ndarray:
+    with open(path, newline="") as fh:
+        return np.array([float(r["p_merger"]) for r in csv.DictReader(fh)])
+
+
+def test_prior_value_rescales_by_bayes_rule_and_is_recorded(classified, tmp_path) -> None:
+    out = tmp_path / "prior.csv"
+    code, text = _classify(classified, out, "--prior", "0.1")
+    assert code == 0, text
+    record = json.loads((tmp_path / "prior.csv.prior.json").read_text())
+    assert record["prior"] == 0.1 and record["prior_from"] == "given"
+    with np.load(classified["run"] / "validation_predictions.npz", allow_pickle=False) as data:
+        train_prior = json.loads(str(data["meta"]))["train_prior"]
+    assert record["training_prior"] == pytest.approx(train_prior)
+    plain = _p(classified["csv"])
+    assert _p(out) == pytest.approx(F.prior_shift(plain, 0.1, train_prior), rel=1e-4, abs=1e-7)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(r["is_merger"] == str(int(float(r["p_merger"]) >= 0.5)) for r in rows)
+    # fraction undoes the rescaling: the same estimates as on the plain output
+    a = json.loads(_fraction(str(out), "--model", str(classified["run"]), "--json",
+                             "--bootstrap", "0")[1])
+    b = json.loads(_fraction(str(classified["csv"]), "--model", str(classified["run"]),
+                             "--json", "--bootstrap", "0")[1])
+    assert a["estimators"]["naive"]["fraction"] == b["estimators"]["naive"]["fraction"]
+    assert a["prior_rescaling_undone"]["prior"] == 0.1
+    # classify again without --prior: the record of the old rescaling goes
+    assert _classify(classified, out)[0] == 0
+    assert not (tmp_path / "prior.csv.prior.json").exists()
+    assert _p(out) == pytest.approx(plain)
+
+
+def test_prior_auto_is_the_em_fixed_point_and_hdf5_records_it(classified, tmp_path) -> None:
+    import h5py
+
+    out = tmp_path / "auto.h5"
+    code, text = _classify(classified, out, "--prior", "auto")
+    assert code == 0, text
+    with h5py.File(out, "r") as f:
+        record = json.loads(f.attrs["galmerge_prior"])
+        p = f["p_merger"][()]
+    assert record["prior_from"].startswith("auto")
+    assert p.mean() == pytest.approx(record["prior"], abs=2e-3)  # Saerens' fixed point
+
+
+def test_prior_user_errors_are_one_line(classified, tmp_path) -> None:
+    for bad in ("2", "0", "many"):
+        code, text = _classify(classified, tmp_path / "x.csv", "--prior", bad)
+        assert code == 1 and "--prior" in text and len(text.strip().splitlines()) == 1, text
+        assert not (tmp_path / "x.csv").exists()

@@ -34,11 +34,14 @@ import click
               help="torchrun: seconds rank 0 waits for the other ranks once its own share is "
                    "done (default $GALMERGE_SHARD_TIMEOUT or 86400). A rank silent for "
                    "$GALMERGE_SHARD_HEARTBEAT_TIMEOUT s (default 300) is taken as dead sooner.")
+@click.option("--prior", default=None,
+              help="Rescale p_merger to the survey's merger fraction: a value (e.g. 0.05) or "
+                   "auto (EM estimate). Default: the training set's prior, unchanged.")
 @click.option("--quiet", is_flag=True, help="No progress display or summary.")
 def classify(catalog: str, model: str, survey: str, output: str | None, cache: str | None,
              ra_col: str | None, dec_col: str | None, id_col: str | None, batch_size: int,
              device: str, workers: int, threshold: float, domain: str, chunk_rows: int,
-             shard_timeout: float | None, quiet: bool) -> None:
+             shard_timeout: float | None, prior: str | None, quiet: bool) -> None:
     """Classify every galaxy of CATALOG (CSV/FITS/VOTable, or an HDF5 image file).
 
     Writes every input row with p_merger, is_merger and status. Under torchrun the catalog is
@@ -49,4 +52,4 @@ def classify(catalog: str, model: str, survey: str, output: str | None, cache: s
     run(catalog, model, survey=survey, output=output, cache=cache, ra_col=ra_col,
         dec_col=dec_col, id_col=id_col, batch_size=batch_size, device=device, workers=workers,
         threshold=threshold, domain=domain, quiet=quiet, chunk_rows=chunk_rows,
-        shard_timeout=shard_timeout)
+        shard_timeout=shard_timeout, prior=prior)
