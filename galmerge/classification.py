@@ -307,7 +307,7 @@ def _file_stamp(path: Path) -> tuple[str, int, int]:
 
 def classify(
     catalog: str | os.PathLike[str],
-    model: str | os.PathLike[str],
+    model: str | os.PathLike[str] | list[str | os.PathLike[str]],
     *,
     survey: str = "sdss",
     output: str | os.PathLike[str] | None = None,
@@ -334,9 +334,18 @@ def classify(
     input column plus ``p_merger``, ``is_merger`` (p >= ``threshold``) and ``status``.
     Sharded runs: ``shard_timeout`` and ``heartbeat_timeout`` (seconds; default from
     GALMERGE_SHARD_TIMEOUT and GALMERGE_SHARD_HEARTBEAT_TIMEOUT) bound rank 0's wait.
+    Several ``model``s: an ensemble (`galmerge.ensemble`; mean p_merger and p_merger_std).
     ``prior`` ("auto" or a merger fraction): p_merger rescaled to it afterwards
     (`galmerge.prior`).
     """
+    if not isinstance(model, str | os.PathLike):  # several models: an ensemble
+        kw = dict(locals())
+        cat, models = kw.pop("catalog"), [str(m) for m in kw.pop("model")]
+        if len(models) == 1:
+            return classify(cat, models[0], **kw)
+        from galmerge.ensemble import classify_ensemble
+
+        return classify_ensemble(cat, models, **kw)
     from galmerge.distributed import from_environment
 
     t0 = time.monotonic()

@@ -339,3 +339,49 @@ def test_prior_user_errors_are_one_line(classified, tmp_path) -> None:
         code, text = _classify(classified, tmp_path / "x.csv", "--prior", bad)
         assert code == 1 and "--prior" in text and len(text.strip().splitlines()) == 1, text
         assert not (tmp_path / "x.csv").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# classify --model A --model B: an ensemble
+
+
+def test_ensemble_mean_and_spread(classified, tmp_path) -> None:
+    import h5py
+
+    run2 = classified["root"] / "run-seed1"
+    if not (run2 / "best.pt").is_file():
+        tiny_run(run2, f"hdf5:{classified['root'] / 'data' / 'source.h5'}",
+                 f"hdf5:{classified['root'] / 'data' / 'target.h5'}", "none", seed=1, epochs=1,
+                 max_steps_per_epoch=2)
+    single = tmp_path / "b.csv"
+    assert _classify({**classified, "run": run2}, single)[0] == 0
+    out = tmp_path / "ens.csv"
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(classified["run"]), "--model", str(run2),
+                                   "--output", str(out), "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[-4:] == ["p_merger", "is_merger", "status", "p_merger_std"]
+    both = np.stack([_p(classified["csv"]), _p(single)])
+    got = np.array([float(r["p_merger"]) for r in rows])
+    assert got == pytest.approx(both.mean(0), abs=2e-6)
+    assert np.array([float(r["p_merger_std"]) for r in rows]) == pytest.approx(both.std(0),
+                                                                              abs=2e-6)
+    assert all(r["is_merger"] == str(int(float(r["p_merger"]) >= 0.5)) for r in rows)
+    assert not list(tmp_path.glob(".ens*"))  # the members' temporary outputs are gone
+    h5 = tmp_path / "ens.h5"
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(classified["run"]), "--model", str(run2),
+                                   "--output", str(h5), "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    with h5py.File(h5, "r") as f:
+        assert json.loads(f.attrs["columns"])[-1] == "p_merger_std"
+        assert f["p_merger"][()] == pytest.approx(got, abs=2e-6)
+    # fraction reads an ensemble output like any other
+    code, text = _fraction(str(out), "--model", str(classified["run"]), "--bootstrap", "5")
+    assert code == 0, text
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(run2), "--model", str(run2), "--output",
+                                   str(tmp_path / "dup.csv"), "--device", "cpu", "--quiet"])
+    assert res.exit_code == 1 and "same run" in res.output
