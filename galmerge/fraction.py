@@ -362,3 +362,63 @@ def prior_shift(p: np.ndarray, new_prior: float, old_prior: float) -> np.ndarray
     b = (1 - new_prior) / (1 - old_prior) * (1 - p)
     with np.errstate(invalid="ignore", divide="ignore"):
         return a / (a + b)
+
+
+# --------------------------------------------------------------------------------------------
+# is label shift plausible at all?
+
+GRID = np.linspace(0.0, 1.0, 401)  # merger fractions tried by the minimum-distance fit
+
+
+def _ks_to_mixture(t_cdf: np.ndarray, f1: np.ndarray, f0: np.ndarray) -> tuple[np.ndarray,
+                                                                                 np.ndarray]:
+    """min over pi of sup_x |F_t(x) - (pi F_1(x) + (1 - pi) F_0(x))|, and the pi; arrays of
+    CDFs on a common grid of x, shape (B, X)."""
+    mix = GRID[None, :, None] * f1[:, None, :] + (1 - GRID[None, :, None]) * f0[:, None, :]
+    d = np.abs(t_cdf[:, None, :] - mix).max(axis=2)  # (B, pi)
+    best = d.argmin(axis=1)
+    return d[np.arange(len(d)), best], GRID[best]
+
+
+def _cdf(values: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Empirical CDFs of the rows of ``values`` (B, n) at ``points``."""
+    v = np.sort(values, axis=1)
+    return np.stack([np.searchsorted(row, points, side="right") for row in v]) / v.shape[1]
+
+
+def label_shift_test(p: np.ndarray, validation: Validation, n_sim: int = 200,
+                     seed: int = 0, max_rows: int = 20_000) -> dict[str, Any]:
+    """Is the survey's p_merger distribution a mixture of the source classes' distributions, as
+    label shift (the assumption of acc, em and bbse) requires? Kolmogorov-Smirnov distance to
+    the closest mixture (its weight is a minimum-distance estimate of the fraction), with a
+    p-value from a parametric bootstrap that redraws both the survey (from that mixture) and the
+    validation split. A small p-value means domain shift: the corrected fractions are then
+    biased by an amount no interval shows. Large surveys are subsampled to ``max_rows``."""
+    rng = np.random.default_rng(seed)
+    p = np.asarray(p, dtype=np.float64)
+    p = p[np.isfinite(p)]
+    if len(p) > max_rows:
+        p = rng.choice(p, max_rows, replace=False)
+    v1 = validation.p[validation.labels == 1]
+    v0 = validation.p[validation.labels == 0]
+    points = np.unique(np.quantile(np.concatenate([p, v1, v0]), np.linspace(0, 1, 257)))
+    stat, pi = _ks_to_mixture(_cdf(p[None], points), _cdf(v1[None], points),
+                              _cdf(v0[None], points))
+    exceed = 0
+    done = 0
+    for start in range(0, n_sim, 50):
+        b = min(50, n_sim - start)
+        # the null: the survey is a pi-mixture of the source classes' (true) distributions,
+        # stood in for by the validation images; both samples are drawn afresh
+        n = len(p)
+        k1 = rng.binomial(n, pi[0], size=b)
+        sim_t = np.where(np.arange(n)[None, :] < k1[:, None],
+                         v1[rng.integers(0, len(v1), (b, n))],
+                         v0[rng.integers(0, len(v0), (b, n))])
+        s1 = v1[rng.integers(0, len(v1), (b, len(v1)))]
+        s0 = v0[rng.integers(0, len(v0), (b, len(v0)))]
+        d, _ = _ks_to_mixture(_cdf(sim_t, points), _cdf(s1, points), _cdf(s0, points))
+        exceed += int((d >= stat[0]).sum())
+        done += b
+    return {"ks": float(stat[0]), "p_value": (exceed + 1) / (done + 1),
+            "fraction_min_distance": float(pi[0]), "n": int(len(p)), "simulations": done}

@@ -6,13 +6,15 @@ The output of ``--json`` (and of `survey_fraction`) is, without ``--by``::
     {"estimators": {"naive"|"acc"|"em"|"bbse": {"fraction": f, "ci68": [lo, hi],
                                                  "ci95": [lo, hi]}},
      "recommended": NAME, "n": rows used, "excluded": {reason: rows}, "validation": {...},
-     "threshold": t, "bootstrap": B}
+     "threshold": t, "bootstrap": B, "label_shift_check": {"ks", "p_value", ...} | null}
 
 and with ``--by COLUMN``: ``{"by": COLUMN, "bins": [{"lo": a, "hi": b, "n": n, "estimators":
 {...}, "recommended": NAME}, ...], "excluded": {...}, "validation": {...}, "threshold": t,
-"bootstrap": B}`` (bins are ``[lo, hi)``, the last one ``[lo, hi]``). A fraction or interval is
+"bootstrap": B, "label_shift_check": ...}`` (bins are ``[lo, hi)``, the last one ``[lo, hi]``). A fraction or interval is
 null where its estimator is undefined (e.g. ACC when the classifier does not separate the
-classes on the source).
+classes on the source). ``label_shift_check`` (`galmerge.fraction.label_shift_test`, over all
+rows; null with ``--bootstrap 0``): a small ``p_value`` says the survey's p_merger distribution
+is no mixture of the source classes', i.e. domain shift, and the corrected fractions are biased.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from galmerge.errors import GalmergeError
-from galmerge.fraction import ESTIMATORS, Validation, estimate
+from galmerge.fraction import ESTIMATORS, Validation, estimate, label_shift_test
 
 P_NAME = re.compile(r"^p_merger(_\d+)?$")
 STATUS_NAME = re.compile(r"^status(_\d+)?$")
@@ -265,6 +267,9 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
     }
     if rescaled is not None:
         common["prior_rescaling_undone"] = rescaled
+    # over all rows: does the survey look like a mixture of the source classes at all?
+    common["label_shift_check"] = (label_shift_test(res.p, val, seed=seed) if bootstrap > 0
+                                   else None)
     if by is None:
         out = estimate(res.p, val, threshold, bootstrap, seed)
         common["validation"] = out.pop("validation")

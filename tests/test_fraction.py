@@ -385,3 +385,16 @@ def test_ensemble_mean_and_spread(classified, tmp_path) -> None:
                                    "--model", str(run2), "--model", str(run2), "--output",
                                    str(tmp_path / "dup.csv"), "--device", "cpu", "--quiet"])
     assert res.exit_code == 1 and "same run" in res.output
+
+
+def test_label_shift_check_flags_domain_shift_only() -> None:
+    rng = np.random.default_rng(11)
+    val = F.Validation(*_scores(rng, 400, 0.5))
+    p, _ = _scores(rng, 2000, 0.05)
+    assert F.label_shift_test(p, val, n_sim=100)["p_value"] > 0.05
+    # non-mergers whose scores moved up by one sigma: no mixture of the source classes
+    y = (rng.random(2000) < 0.05).astype(int)
+    s = np.where(y == 1, rng.normal(1.5, 1.2, 2000), rng.normal(-0.3, 1.2, 2000))
+    shifted = F.label_shift_test(F.sigmoid(2 * s), val, n_sim=100)
+    assert shifted["p_value"] < 0.02
+    assert 0 <= shifted["fraction_min_distance"] <= 1

@@ -85,5 +85,12 @@ def _print(payload: dict[str, Any]) -> None:
     console.print(f"source validation: {v['n']} images, tpr {v['tpr']:.3f}, fpr {v['fpr']:.3f} "
                   f"at threshold {payload['threshold']:g}; excluded rows: "
                   + (", ".join(f"{k} {n}" for k, n in payload["excluded"].items()) or "none"))
+    check = payload.get("label_shift_check")
+    if check is not None:
+        verdict = ("WARNING: the survey's p_merger distribution is no mixture of the source "
+                   "classes' (domain shift): the corrected fractions are biased by an unknown "
+                   "amount" if check["p_value"] < 0.01 else "consistent with label shift")
+        console.print(f"label-shift check: KS {check['ks']:.3f}, p = {check['p_value']:.3g}; "
+                      f"{verdict}")
     if payload.get("plot"):
         console.print(f"plot: {payload['plot']}")
