@@ -39,6 +39,8 @@ FRACTIONS = (0.05, 0.2, 0.5)
 SOURCE = "synthetic:illustris?n={n}&seed=0&merger_fraction=0.5"
 TARGET_TRAIN = "synthetic:sdss?n={n}&seed=1&merger_fraction={f}"
 TARGET_TEST = "synthetic:sdss?n={n}&seed={seed}&merger_fraction={f}"
+# --control: the source's own renderer as the survey (label shift only, no domain shift)
+CONTROL_TEST = "synthetic:illustris?n={n}&seed={seed}&merger_fraction={f}"
 ESTIMATORS = ("naive", "acc", "em", "bbse")
 
 
@@ -55,8 +57,10 @@ def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
     subprocess.run(cmd, check=True)
 
 
-def models_for(f: float) -> list[tuple[str, str]]:
+def models_for(f: float, control: bool = False) -> list[tuple[str, str]]:
     """(label, run name) of the models evaluated on targets with merger fraction ``f``."""
+    if control:
+        return [("none, survey = source renderer (label shift only)", "none")]
     return [("none", "none"), ("mmd+fisher+entropy", f"mmd-{f:g}")]
 
 
@@ -80,11 +84,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-fraction-"))
     for f in args.fractions:
         for r in range(args.repeats):
-            spec = TARGET_TEST.format(n=args.n_target, seed=100 + r, f=f)
+            spec = (CONTROL_TEST if args.control else TARGET_TEST).format(
+                n=args.n_target, seed=100 + r, f=f)
             imageset = load_imageset(spec)
             truth = float(imageset.labels.numpy().mean())
             h5 = imageset.meta["cache_path"]
-            for label, name in models_for(f):
+            for label, name in models_for(f, args.control):
                 run_dir = runs / name
                 if not (run_dir / "best.pt").is_file():
                     raise SystemExit(f"{run_dir} has no best.pt; train it (--train)")
@@ -203,6 +208,8 @@ def main() -> None:
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--name", default="fraction")
     ap.add_argument("--quick", action="store_true", help="Tiny smoke run.")
+    ap.add_argument("--control", action="store_true",
+                    help="Survey = the source renderer (label shift only): the `none` model.")
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.n_target, args.n_train, args.epochs = 2, 60, 60, 1
@@ -217,7 +224,7 @@ def main() -> None:
         "setup": (
             f"Source `{SOURCE.format(n=args.n_train)}`; target training sets "
             f"`{TARGET_TRAIN.format(n=args.n_train, f='F')}`; test targets "
-            f"`{TARGET_TEST.format(n=args.n_target, seed='100+r', f='F')}`, r = 0..."
+            f"`{(CONTROL_TEST if args.control else TARGET_TEST).format(n=args.n_target, seed='100+r', f='F')}`, r = 0..."
             f"{args.repeats - 1}. Models: `none` (target F = 0.5 for its preprocessing) and "
             f"`mmd+fisher+entropy` per F, configs of benchmarks/configs with {args.epochs} "
             f"epochs, seed 1, checkpoint chosen on the source validation loss. "
