@@ -67,7 +67,7 @@ def models_for(f: float, control: bool = False) -> list[tuple[str, str]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from galmerge.classification import classify
     from galmerge.datasets import load_imageset
-    from galmerge.fraction import estimate
+    from galmerge.fraction import estimate, label_shift_test
     from galmerge.fraction_report import read_results
     from galmerge.validation_stats import load_validation
 
@@ -94,13 +94,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if not (run_dir / "best.pt").is_file():
                     raise SystemExit(f"{run_dir} has no best.pt; train it (--train)")
                 out = work / f"{name}-{f:g}-{r}.csv"
-                classify(h5, run_dir, output=out, quiet=True, device="cpu")
+                # the control's survey is the source renderer: the source preprocessing
+                classify(h5, run_dir, output=out, quiet=True, device="cpu",
+                         domain="source" if args.control else "target")
                 p = read_results(out).p
                 val = load_validation(run_dir)
                 est = estimate(p, val, n_boot=args.bootstrap, seed=r)
                 rec = {"fraction": f, "repeat": r, "seed": 100 + r, "model": label,
                        "run": name, "truth": truth, "n": est["n"],
-                       "recommended": est["recommended"], "validation": est["validation"]}
+                       "recommended": est["recommended"], "validation": est["validation"],
+                       "label_shift_check": label_shift_test(p, val, n_sim=100, seed=r)}
                 for k in ESTIMATORS:
                     rec[k] = est["estimators"][k]
                 records.append(rec)
@@ -139,6 +142,9 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "coverage68": statistics.fmean(cov68) if cov68 else None,
                 "undefined": undefined,
             }
+        checks = [r["label_shift_check"]["p_value"] for r in recs if r.get("label_shift_check")]
+        row["label_shift_rejected"] = (statistics.fmean([pv < 0.01 for pv in checks])
+                                       if checks else None)
         corrected = [k for k in ("acc", "em", "bbse") if row[k]["mae"] is not None]
         best = min(corrected, key=lambda k: row[k]["mae"]) if corrected else None
         row["best_corrected"] = best
@@ -158,11 +164,13 @@ def markdown(payload: dict[str, Any]) -> str:
         "Mean absolute error of each estimator against the true fraction of each target set, "
         f"and the coverage of its 95% interval, over {payload['repeats']} independent target "
         "sets per row (see Independence). Goal (issue 17): the best corrected estimator's error "
-        "<= 1/3 of the naive one's at 5% and 20%, 95% coverage >= 90%.",
+        "<= 1/3 of the naive one's at 5% and 20%, 95% coverage >= 90%. Last column: fraction "
+        "of the repeats whose label-shift check (`galmerge.fraction.label_shift_test`, 100 "
+        "simulations) rejects label shift at p < 0.01.",
         "",
         "| true fraction | model | naive MAE | acc MAE (cov95) | em MAE (cov95) | bbse MAE "
-        "(cov95) | recommended MAE (cov95) | best / naive | goal |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "(cov95) | recommended MAE (cov95) | best / naive | goal | label shift rejected |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in payload["summary"]:
         def cell(k: str, row: dict[str, Any] = row) -> str:
@@ -182,7 +190,9 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append(
             f"| {row['fraction']:g} | {row['model']} | {row['naive']['mae']:.3f} | "
             f"{cell('acc')} | {cell('em')} | {cell('bbse')} | {cell('recommended')} | "
-            f"{'-' if ratio is None else f'{ratio:.2f} ({best})'} | {goal} |")
+            f"{'-' if ratio is None else f'{ratio:.2f} ({best})'} | {goal} | "
+            + ("-" if row["label_shift_rejected"] is None
+               else f"{row['label_shift_rejected']:.2f}") + " |")
     lines += ["", "Bias (mean estimate minus truth):", "",
               "| true fraction | model | naive | acc | em | bbse |", "| --- | --- | --- | --- | --- | --- |"]
     for row in payload["summary"]:
