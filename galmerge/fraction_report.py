@@ -180,19 +180,27 @@ def _fits_columns(path: Path) -> tuple[list[str], Any]:
 
 
 def _csv_columns(path: Path) -> tuple[list[str], Any]:
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        while header is not None and (not header or header[0].startswith("#")):
-            header = next(reader, None)  # SkyServer-style '#Table1' lines
-        if header is None:
-            raise GalmergeError(f"{path} is empty; pass the output of galmerge classify")
-        rows = [r for r in reader if r]
-    index = {c: i for i, c in enumerate(header)}
+    enc = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
+
+    def rows() -> Any:
+        with open(path, **enc) as fh:  # type: ignore[call-overload]
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            while header is not None and (not header or header[0].startswith("#")):
+                header = next(reader, None)  # SkyServer-style '#Table1' lines
+            if header is None:
+                raise GalmergeError(f"{path} is empty; pass the output of galmerge classify")
+            yield header
+            yield from (r for r in reader if r)
+
+    header = next(rows())
 
     def get(column: str) -> np.ndarray:
-        i = index[column]
-        return np.array([r[i] if i < len(r) else "" for r in rows], dtype=object)
+        # one pass per column, holding only that column: outputs can have 10^7+ rows
+        i = header.index(column)
+        it = rows()
+        next(it)
+        return np.array([r[i] if i < len(r) else "" for r in it], dtype=object)
 
     return header, get
 
