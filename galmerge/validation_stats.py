@@ -114,7 +114,7 @@ def compute(run: Path, source: str | None = None, device: str = "cpu") -> tuple[
         "train_prior": float(train_labels.mean()) if len(train_labels) else math.nan,
         "n_train": int(len(train_labels)),
     }
-    tmp = run / f".{FILE}.tmp.npz"
+    tmp = run / f".{FILE}.{os.getpid()}.tmp.npz"  # torchrun ranks may compute it at once
     np.savez(tmp, labels=labels, logit=logit, meta=np.array(json.dumps(meta)))
     os.replace(tmp, run / FILE)
     return meta, labels.astype(np.int64), logit
