@@ -14,13 +14,16 @@ ECE_BINS = 15
 T_MIN, T_MAX = 0.01, 100.0
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
-    """The T in [0.01, 100] minimising the NLL of ``softmax(logits / T)`` (LBFGS on log T);
-    1.0 when there are no labels or nothing beats T = 1."""
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200,
+                    weights: np.ndarray | torch.Tensor | None = None) -> float:
+    """The T in [0.01, 100] minimising the NLL of ``softmax(logits / T)`` (LBFGS on log T),
+    weighted per row by ``weights`` if given (importance-weighted calibration, Wang et al.
+    2020); 1.0 when there are no labels or nothing beats T = 1."""
     labels = torch.as_tensor(labels, dtype=torch.int64)
     keep = labels >= 0
     z, y = logits[keep].double(), labels[keep]
-    if len(y) == 0:
+    w = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)[keep]
+    if len(y) == 0 or (w is not None and not float(w.sum()) > 0):
         return 1.0
     # optimising log T keeps T positive without constraints
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -28,7 +31,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss = _weighted_ce(z / log_t.exp(), y, w)
         loss.backward()
         return loss
 
@@ -36,18 +39,30 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     t = float(log_t.detach().exp())
     if math.isfinite(t):
         t = min(max(t, T_MIN), T_MAX)
-    if not math.isfinite(t) or nll(z, y, t) > nll(z, y, 1.0):
+    if not math.isfinite(t) or nll(z, y, t, w) > nll(z, y, 1.0, w):
         return 1.0  # never return a temperature worse than none at all
     return t
 
 
-def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
-    """Mean negative log-likelihood of the labelled rows at temperature ``temperature``."""
+def _weighted_ce(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    if w is None:
+        return F.cross_entropy(z, y)
+    return (F.cross_entropy(z, y, reduction="none") * w).sum() / w.sum()
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+        weights: np.ndarray | torch.Tensor | None = None) -> float:
+    """Mean (optionally ``weights``-weighted) negative log-likelihood of the labelled rows at
+    temperature ``temperature``."""
     labels = torch.as_tensor(labels, dtype=torch.int64)
     keep = labels >= 0
     if not bool(keep.any()):
         return math.nan
-    return float(F.cross_entropy(logits[keep].double() / temperature, labels[keep]))
+    w = None
+    if weights is not None:
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        w = w[keep] if len(w) == len(keep) else w
+    return float(_weighted_ce(logits[keep].double() / temperature, labels[keep], w))
 
 
 def reliability(

@@ -315,7 +315,7 @@ def _file_stamp(path: Path) -> tuple[str, int, int]:
 
 def classify(
     catalog: str | os.PathLike[str],
-    model: str | os.PathLike[str],
+    model: str | os.PathLike[str] | list[str | os.PathLike[str]],
     *,
     survey: str = "sdss",
     output: str | os.PathLike[str] | None = None,
@@ -337,6 +337,7 @@ def classify(
     cache_keepbits: int | None = None,
     scheduler: str | None = None,
     columns: list[str] | None = None,
+    prior: str | float | None = None,
 ) -> ClassifySummary:
     """Classify every row of ``catalog`` (CSV/FITS/VOTable/Parquet, or an HDF5 image file).
 
@@ -347,7 +348,18 @@ def classify(
     ``cache_keepbits``: store new stamps rounded to that many float32 mantissa bits (lossy).
     A folder holding a HATS catalog is classified on Dask (`galmerge.hats_classify`; address of
     a running ``scheduler``, else a local cluster), keeping ``columns`` (default all).
+    Several ``model``s: an ensemble (`galmerge.ensemble`; mean p_merger and p_merger_std).
+    ``prior`` ("auto" or a merger fraction): p_merger rescaled to it afterwards
+    (`galmerge.prior`).
     """
+    if not isinstance(model, str | os.PathLike):  # several models: an ensemble
+        kw = dict(locals())
+        cat, models = kw.pop("catalog"), [str(m) for m in kw.pop("model")]
+        if len(models) == 1:
+            return classify(cat, models[0], **kw)
+        from galmerge.ensemble import classify_ensemble
+
+        return classify_ensemble(cat, models, **kw)
     from galmerge.distributed import from_environment
 
     t0 = time.monotonic()
@@ -362,6 +374,11 @@ def classify(
         raise GalmergeError(f"--threshold must be in [0, 1], got {threshold}")
     if domain not in ("source", "target"):
         raise GalmergeError(f"--domain must be source or target, got {domain}")
+    from galmerge.prior import parse_prior, training_prior
+
+    prior = parse_prior(prior)
+    # before the work: the run's statistics may take a pass over its source validation split
+    prior_from = training_prior(model) if prior is not None else None
     if chunk_rows < 1 or batch_size < 1 or workers < 1:
         raise GalmergeError("--batch-size, --workers and --chunk-rows must be at least 1")
     if cat_path.is_dir():  # a HATS catalog: partition by partition on Dask
@@ -473,9 +490,29 @@ def classify(
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact(force=False)
     summary = _summary(out_path, tally, fetched, t0, store, _service_name(survey, service))
+    note = None
+    if prior is not None:
+        summary.mergers, note = _apply_prior(out_path, prior, threshold, prior_from)
+    else:  # a record of an earlier --prior run would now describe the wrong probabilities
+        out_path.with_name(out_path.name + ".prior.json").unlink(missing_ok=True)
     if show:
         _print_summary(summary)
+    if note is not None and not quiet:
+        print(note, file=sys.stderr)
     return summary
+
+
+def _apply_prior(out_path: Path, prior: str | float, threshold: float,
+                 training: tuple[float, str] | None) -> tuple[int, str]:
+    """Rescale the written output to the survey prior; (mergers now, one-line note)."""
+    from galmerge.fraction_report import read_results
+    from galmerge.prior import apply_prior
+
+    rec = apply_prior(out_path, "", prior, threshold, training)
+    mergers = int((read_results(out_path).p >= threshold).sum())
+    return mergers, (f"galmerge: p_merger rescaled from the training merger fraction "
+                     f"{rec['training_prior']:.4g} to {rec['prior']:.4g} ({rec['prior_from']});"
+                     f" recorded in {out_path.name}.prior.json")
 
 
 def _survey_record(name: str) -> Any:

@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "galmerge.commands.evaluate:compare",
         "Paper-style table over several run directories.",
     ),
+    "fraction": (
+        "galmerge.commands.fraction:fraction",
+        "Merger fraction of a classify output, corrected for errors and prior shift.",
+    ),
     "fetch": ("galmerge.commands.fetch:fetch", "Download the real DeepMerge data files."),
     "preview": ("galmerge.commands.preview:preview", "Write a PNG grid of a survey's images."),
     "reproduce": (

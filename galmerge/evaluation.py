@@ -490,6 +490,10 @@ def evaluate(
     probs = {n: merger_probability(d.test.logits, t_used) for n, d in domains.items()}
     probs_uncal = {n: merger_probability(d.test.logits, 1.0) for n, d in domains.items()}
     probs_fit = {n: merger_probability(d.test.logits, t_fit) for n, d in domains.items()}
+    # importance-weighted temperature (Wang et al. 2020): source validation rows weighted by
+    # p_target / p_source of their features, from a domain classifier; no target labels
+    t_iw, iw_info = _importance_weighted_temperature(sv, domains["target"].val, seed)
+    probs_iw = {n: merger_probability(d.test.logits, t_iw) for n, d in domains.items()}
     calibration = {
         "fitted_on": "source validation split",
         "checkpoint_temperature": t_ckpt,
@@ -503,9 +507,20 @@ def evaluate(
             f"{n}_test": {
                 "T=1": expected_calibration_error(probs_uncal[n], d.test.labels),
                 "fitted": expected_calibration_error(probs_fit[n], d.test.labels),
+                "importance_weighted": expected_calibration_error(probs_iw[n], d.test.labels),
             }
             for n, d in domains.items()
         },
+        "brier": {
+            f"{n}_test": {
+                "T=1": _brier(probs_uncal[n], d.test.labels),
+                "fitted": _brier(probs_fit[n], d.test.labels),
+                "importance_weighted": _brier(probs_iw[n], d.test.labels),
+            }
+            for n, d in domains.items()
+        },
+        "importance_weighted_temperature": t_iw,
+        "importance_weights": iw_info,
     }
     if calibrate:
         _write_temperature(ckpt, t_fit)
@@ -598,6 +613,31 @@ def _steps(quiet: bool) -> Any:
                   flush=True)
 
     return say
+def _brier(p: np.ndarray, labels: np.ndarray) -> float:
+    keep = labels >= 0
+    return float(((p[keep] - labels[keep]) ** 2).mean()) if keep.any() else math.nan
+
+
+def _importance_weighted_temperature(
+    sv: SplitData, tv: SplitData, seed: int
+) -> tuple[float, dict[str, Any]]:
+    """Temperature fitted on the source validation split with density-ratio weights
+    p_target(f) / p_source(f) (cross-fitted domain classifier on backbone features,
+    `galmerge.selection.density_ratio_weights`); T = 1 with a reason when it cannot be fitted."""
+    from galmerge.selection import density_ratio_weights
+
+    finite = bool(torch.isfinite(sv.features).all()) and bool(torch.isfinite(tv.features).all())
+    if len(sv.features) < 2 or len(tv.features) < 2 or not finite:
+        return 1.0, {"fitted": False, "reason": "too few or non-finite features"}
+    try:
+        w = density_ratio_weights(sv.features, tv.features, seed)
+    except ValueError as exc:  # e.g. fewer rows than folds
+        return 1.0, {"fitted": False, "reason": str(exc).splitlines()[0]}
+    w = np.clip(w, 0.0, 20.0)  # a few huge ratios would make one image the whole fit
+    t = fit_temperature(sv.logits, torch.as_tensor(sv.labels), weights=w)
+    ess = float(w.sum() ** 2 / max((w**2).sum(), 1e-300))
+    return t, {"fitted": True, "mean": float(w.mean()), "max": float(w.max()),
+               "effective_n": ess, "n": int(len(w))}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -660,7 +700,10 @@ def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
         )
     )
     ece = cal["ece"]
-    cal_rows = [[f"{d}", ece[d]["T=1"], ece[d]["fitted"]] for d in ece]
+    cal_rows = [
+        [f"{d}", ece[d]["T=1"], ece[d]["fitted"], ece[d].get("importance_weighted")]
+        for d in ece
+    ]
     out.append(
         Section(
             "Calibration",
@@ -668,7 +711,11 @@ def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
             f"{fmt(cal['fitted_temperature'])} (source val NLL {fmt(cal['source_val_nll']['T=1'])} "
             f"&rarr; {fmt(cal['source_val_nll']['fitted'])}); "
             f"{'written to the checkpoint' if cal['applied'] else 'not applied (use --calibrate)'}."
-            f"</p>" + table(["split", "ECE at T=1", "ECE at fitted T"], cal_rows),
+            f" Importance-weighted T (source validation rows weighted by a domain classifier's "
+            f"p_target/p_source, Wang et al. 2020; no target labels): "
+            f"{fmt(cal['importance_weighted_temperature'])}."
+            f"</p>"
+            + table(["split", "ECE at T=1", "ECE at fitted T", "ECE at weighted T"], cal_rows),
             [
                 Figure(
                     files["reliability"],

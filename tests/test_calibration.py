@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from galmerge.calibration import expected_calibration_error, fit_temperature, nll
@@ -65,3 +66,18 @@ def test_uninformative_logits_get_a_bounded_temperature() -> None:
     logits = torch.randn(400, 2, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 2, (400,), generator=g)
     assert 1.0 < fit_temperature(logits, labels) <= 100.0
+
+
+def test_weighted_temperature_is_the_fit_on_the_rows_that_carry_weight() -> None:
+    logits, labels = _calibrated_toy(n=3000, seed=2)
+    # first half overconfident by 4, second half by 1.5: zero weights must drop a half
+    scaled = logits.clone()
+    scaled[:1500] *= 4.0
+    scaled[1500:] *= 1.5
+    w = np.r_[np.ones(1500), np.zeros(1500)]
+    t_first = fit_temperature(scaled[:1500], labels[:1500])
+    assert fit_temperature(scaled, labels, weights=w) == pytest.approx(t_first, rel=1e-3)
+    assert fit_temperature(scaled, labels, weights=1 - w) == pytest.approx(
+        fit_temperature(scaled[1500:], labels[1500:]), rel=1e-3)
+    assert nll(scaled, labels, 1.0, w) == pytest.approx(nll(scaled[:1500], labels[:1500]))
+    assert fit_temperature(scaled, labels, weights=np.zeros(3000)) == 1.0

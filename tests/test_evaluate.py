@@ -150,6 +150,12 @@ def test_calibrate_writes_the_fitted_temperature_into_the_checkpoint(runs, tmp_p
     assert cal["applied"] and cal["fitted_temperature"] > 0
     assert cal["source_val_nll"]["fitted"] <= cal["source_val_nll"]["T=1"] + 1e-12
     assert set(cal["ece"]) == {"source_test", "target_test"}
+    # importance-weighted calibration (Wang et al. 2020) is reported beside the plain one
+    assert cal["importance_weighted_temperature"] > 0
+    assert cal["importance_weights"]["fitted"] and cal["importance_weights"]["effective_n"] > 0
+    for split in ("source_test", "target_test"):
+        assert set(cal["ece"][split]) == {"T=1", "fitted", "importance_weighted"}
+        assert set(cal["brier"][split]) == {"T=1", "fitted", "importance_weighted"}
     after = read_checkpoint(run / "best.pt")
     assert after["temperature"] == pytest.approx(cal["fitted_temperature"])
     assert load_model(run).temperature == pytest.approx(cal["fitted_temperature"])

@@ -7,7 +7,9 @@ import click
 
 @click.command("classify")
 @click.argument("catalog", type=click.Path())
-@click.option("--model", required=True, help="Run directory (its best.pt) or checkpoint file.")
+@click.option("--model", required=True, multiple=True,
+              help="Run directory (its best.pt) or checkpoint file. Several --model: an "
+                   "ensemble (mean p_merger and a p_merger_std column).")
 @click.option("--survey", default="sdss", show_default=True,
               help="Survey whose cutout service cuts the stamps.")
 @click.option("--output", type=click.Path(dir_okay=False),
@@ -42,12 +44,16 @@ import click
                    "cluster, one worker process per core).")
 @click.option("--columns", default=None,
               help="HATS catalogs: comma-separated input columns to keep (default all).")
+@click.option("--prior", default=None,
+              help="Rescale p_merger to the survey's merger fraction: a value (e.g. 0.05) or "
+                   "auto (EM estimate). Default: the training set's prior, unchanged.")
 @click.option("--quiet", is_flag=True, help="No progress display or summary.")
-def classify(catalog: str, model: str, survey: str, output: str | None, cache: str | None,
+def classify(catalog: str, model: tuple[str, ...], survey: str, output: str | None,
+             cache: str | None,
              ra_col: str | None, dec_col: str | None, id_col: str | None, batch_size: int,
              device: str, workers: int, threshold: float, domain: str, chunk_rows: int,
              shard_timeout: float | None, cache_keepbits: int | None, scheduler: str | None,
-             columns: str | None, quiet: bool) -> None:
+             columns: str | None, prior: str | None, quiet: bool) -> None:
     """Classify every galaxy of CATALOG (CSV/FITS/VOTable/Parquet, an HDF5 image file, or a
     HATS catalog folder, classified partition by partition on Dask).
 
@@ -56,8 +62,10 @@ def classify(catalog: str, model: str, survey: str, output: str | None, cache: s
     """
     from galmerge.classification import classify as run
 
-    run(catalog, model, survey=survey, output=output, cache=cache, ra_col=ra_col,
+    run(catalog, model[0] if len(model) == 1 else list(model), survey=survey, output=output,
+        cache=cache, ra_col=ra_col,
         dec_col=dec_col, id_col=id_col, batch_size=batch_size, device=device, workers=workers,
         threshold=threshold, domain=domain, quiet=quiet, chunk_rows=chunk_rows,
         shard_timeout=shard_timeout, cache_keepbits=cache_keepbits, scheduler=scheduler,
-        columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None)
+        columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
+        prior=prior)

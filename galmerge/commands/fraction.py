@@ -1,0 +1,96 @@
+"""`galmerge fraction`: a thin layer over `galmerge.fraction_report.survey_fraction`."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import click
+
+
+@click.command("fraction")
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("--model", required=True,
+              help="Run directory of the model that classified RESULTS (its source validation "
+                   "split gives the error rates).")
+@click.option("--by", help="Column to bin by (e.g. redshift or stellar mass).")
+@click.option("--bins", help="With --by: increasing edges (0,0.1,0.2) or a number of "
+                             "equal-count bins (4).")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="p_merger >= threshold counts as a merger (naive and ACC).")
+@click.option("--bootstrap", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples (survey rows and source validation images).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Write a figure (.png/.pdf/.svg): one panel per bin.")
+@click.option("--source", help="Source data spec if the run's config.toml's cannot be "
+                               "reloaded here (needed once, to score its validation split).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device for scoring the validation split (once; cached in the run).")
+def fraction(results: str, model: str, by: str | None, bins: str | None, threshold: float,
+             bootstrap: int, seed: int, as_json: bool, plot: str | None, source: str | None,
+             device: str) -> None:
+    """Merger fraction of RESULTS (a classify output) with 68% and 95% intervals.
+
+    Four estimators side by side: naive classify-and-count; adjusted classify-and-count
+    (error rates from the run's source validation split); EM prior adjustment (Saerens et al.
+    2002) on Platt-recalibrated probabilities; soft black-box shift estimation (Lipton et al.
+    2018). All corrections assume label shift (the classifier errs on the survey as on the
+    source): none corrects a change of the error rates by domain shift.
+    """
+    from galmerge.fraction_report import survey_fraction
+
+    payload = survey_fraction(results, model, by=by, bins=bins, threshold=threshold,
+                              bootstrap=bootstrap, seed=seed, source=source, device=device,
+                              plot=plot)
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+        return
+    _print(payload)
+
+
+def _cell(e: dict[str, Any]) -> str:
+    if e["fraction"] is None:
+        return "undefined"
+    text = f"{e['fraction']:.4f}"
+    for key in ("ci68", "ci95"):
+        if e[key] is not None:
+            text += f" [{e[key][0]:.4f}, {e[key][1]:.4f}]"
+    return text
+
+
+def _print(payload: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stdout)
+    entries = payload.get("bins") or [{**payload, "lo": math.nan, "hi": math.nan}]
+    table = Table(title="merger fraction: estimate [68%] [95%] bootstrap intervals")
+    if "by" in payload:
+        table.add_column(payload["by"])
+    table.add_column("n", justify="right")
+    for name in ("naive", "acc", "em", "bbse"):
+        table.add_column(name, justify="right")
+    table.add_column("recommended")
+    for e in entries:
+        cells = [str(e["n"])] + [_cell(e["estimators"][k]) for k in ("naive", "acc", "em", "bbse")]
+        if "by" in payload:
+            cells.insert(0, f"[{e['lo']:g}, {e['hi']:g}]")
+        table.add_row(*cells, e["recommended"])
+    console.print(table)
+    v = payload["validation"]
+    console.print(f"source validation: {v['n']} images, tpr {v['tpr']:.3f}, fpr {v['fpr']:.3f} "
+                  f"at threshold {payload['threshold']:g}; excluded rows: "
+                  + (", ".join(f"{k} {n}" for k, n in payload["excluded"].items()) or "none"))
+    check = payload.get("label_shift_check")
+    if check is not None:
+        verdict = ("WARNING: the survey's p_merger distribution is no mixture of the source "
+                   "classes' (domain shift): the corrected fractions are biased by an unknown "
+                   "amount" if check["p_value"] < 0.01 else "consistent with label shift")
+        console.print(f"label-shift check: KS {check['ks']:.3f}, p = {check['p_value']:.3g}; "
+                      f"{verdict}")
+    if payload.get("plot"):
+        console.print(f"plot: {payload['plot']}")

@@ -1,0 +1,400 @@
+"""Merger-fraction estimators on constructed confusion matrices and populations with known
+answers, and `galmerge fraction` end to end on a tiny real run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from eval_helpers import tiny_run, write_pair
+
+from galmerge import fraction as F
+from galmerge.cli import cli
+from galmerge.errors import GalmergeError
+
+# --------------------------------------------------------------------------------------------
+# estimators
+
+
+def test_acc_recovers_the_prior_from_exact_rates() -> None:
+    tpr, fpr, pi = 0.8, 0.1, 0.2
+    q = tpr * pi + fpr * (1 - pi)  # what the naive count converges to: 0.24
+    assert F.adjusted_count(q, tpr, fpr) == pytest.approx(pi)
+    assert F.adjusted_count(0.05, tpr, fpr) == 0.0  # below fpr: clipped, never negative
+    assert np.isnan(F.adjusted_count(0.3, 0.52, 0.5))  # no separation: undefined
+
+
+def test_bbse_inverts_a_joint_confusion_matrix() -> None:
+    # source balanced, tpr 0.8, fpr 0.1; rows = prediction, columns = class
+    joint = np.array([[0.5 * 0.9, 0.5 * 0.2], [0.5 * 0.1, 0.5 * 0.8]])
+    target = np.array([0.8, 0.2])
+    mu = (joint / joint.sum(0)) @ target  # the target's prediction frequencies
+    assert mu == pytest.approx([0.76, 0.24])
+    assert F.bbse(mu, joint) == pytest.approx(target)
+    # binary hard BBSE is ACC
+    assert F.bbse(mu, joint)[1] == pytest.approx(F.adjusted_count(0.24, 0.8, 0.1))
+    # three classes with an unbalanced source
+    cond = np.array([[0.7, 0.2, 0.1], [0.2, 0.6, 0.1], [0.1, 0.2, 0.8]])  # P(pred | class)
+    source = np.array([0.5, 0.3, 0.2])
+    target3 = np.array([0.1, 0.1, 0.8])
+    assert F.bbse(cond @ target3, cond * source) == pytest.approx(target3)
+    with pytest.raises(ValueError, match="singular"):
+        F.bbse(np.array([0.5, 0.5]), np.array([[0.25, 0.25], [0.25, 0.25]]))
+
+
+def test_soft_bbse_equals_bbse_with_the_soft_confusion_matrix() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    p = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.15, 400), 0, 1)
+    joint = np.array([[((1 - p) * (y == j)).mean() for j in (0, 1)],
+                      [(p * (y == j)).mean() for j in (0, 1)]])
+    mean_target = 0.42
+    e1, e0 = p[y == 1].mean(), p[y == 0].mean()
+    assert F.soft_bbse(mean_target, e1, e0) == pytest.approx(
+        F.bbse(np.array([1 - mean_target, mean_target]), joint)[1])
+
+
+def _population(pi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Five feature values with known class conditionals: the calibrated posterior under a
+    balanced source and the target's weights for merger fraction ``pi``."""
+    px1 = np.array([0.05, 0.1, 0.15, 0.3, 0.4])  # p(x | merger)
+    px0 = np.array([0.4, 0.3, 0.15, 0.1, 0.05])  # p(x | non-merger)
+    posterior = px1 / (px1 + px0)  # Bayes with the source prior 0.5
+    weights = pi * px1 + (1 - pi) * px0
+    return posterior, weights
+
+
+@pytest.mark.parametrize("pi", [0.02, 0.2, 0.5, 0.9])
+def test_em_and_its_bisection_recover_the_prior_of_an_exact_population(pi: float) -> None:
+    posterior, weights = _population(pi)
+    assert F.em_prior(posterior, 0.5, weights) == pytest.approx(pi, abs=1e-5)
+    assert F.ml_prior(posterior, 0.5, weights)[0] == pytest.approx(pi, abs=1e-9)
+    # the posterior a classifier trained at prior 0.2 would give: same answer
+    at_02 = F.prior_shift(posterior, 0.2, 0.5)
+    assert F.ml_prior(at_02, 0.2, weights)[0] == pytest.approx(pi, abs=1e-9)
+
+
+def test_prior_shift_is_bayes_rule_and_round_trips() -> None:
+    posterior, _ = _population(0.1)
+    px1 = np.array([0.05, 0.1, 0.15, 0.3, 0.4])
+    px0 = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
+    assert F.prior_shift(posterior, 0.1, 0.5) == pytest.approx(0.1 * px1 / (0.1 * px1 + 0.9 *
+                                                                             px0))
+    assert F.prior_shift(F.prior_shift(posterior, 0.03, 0.5), 0.5, 0.03) == pytest.approx(
+        posterior)
+
+
+def test_platt_fit_recovers_a_logistic_model() -> None:
+    rng = np.random.default_rng(1)
+    s = rng.normal(0, 3, 20000)
+    y = (rng.random(20000) < F.sigmoid(0.4 * s - 0.5)).astype(int)
+    a, b = F.platt_fit(s, y)
+    assert a[0] == pytest.approx(0.4, abs=0.03)
+    assert b[0] == pytest.approx(-0.5, abs=0.06)
+    a, b = F.platt_fit(np.array([-2.0, -1.0, 1.0, 2.0]), np.array([0, 0, 1, 1]))  # separable
+    assert np.isfinite(a).all() and np.isfinite(b).all()
+
+
+def _scores(rng: np.random.Generator, n: int, pi: float) -> tuple[np.ndarray, np.ndarray]:
+    """An overconfident classifier under pure label shift."""
+    y = (rng.random(n) < pi).astype(int)
+    s = np.where(y == 1, rng.normal(1.5, 1.2, n), rng.normal(-1.5, 1.2, n))
+    return F.sigmoid(2 * s), y
+
+
+@pytest.mark.parametrize("pi", [0.05, 0.2])
+def test_corrected_estimators_beat_naive_under_label_shift(pi: float) -> None:
+    rng = np.random.default_rng(7)
+    val = F.Validation(*_scores(rng, 4000, 0.5))
+    p, y = _scores(rng, 20000, pi)
+    out = F.estimate(p, val, n_boot=200, seed=0)
+    est = out["estimators"]
+    assert set(est) == {"naive", "acc", "em", "bbse"}
+    truth = y.mean()
+    naive_err = abs(est["naive"]["fraction"] - truth)
+    assert naive_err > 0.04  # fpr ~ 0.11 inflates the naive count
+    for name in ("acc", "em", "bbse"):
+        e = est[name]
+        assert abs(e["fraction"] - truth) < naive_err / 3, name
+        assert e["ci95"][0] <= truth <= e["ci95"][1], name
+        assert e["ci95"][0] <= e["ci68"][0] <= e["fraction"] <= e["ci68"][1] <= e["ci95"][1]
+    assert out["recommended"] in F.CORRECTED
+    assert out["validation"]["tpr"] == pytest.approx(0.89, abs=0.03)
+
+
+def test_intervals_widen_with_a_smaller_validation_split() -> None:
+    rng = np.random.default_rng(3)
+    p, _ = _scores(rng, 5000, 0.1)
+    big = F.Validation(*_scores(rng, 5000, 0.5))
+    small = F.Validation(big.p[:100], big.labels[:100])
+
+    def width(v: F.Validation) -> float:
+        ci = F.estimate(p, v, n_boot=300)["estimators"]["acc"]["ci95"]
+        return ci[1] - ci[0]
+
+    assert width(small) > 2 * width(big)  # the error rates' own uncertainty is inside
+
+
+def test_validation_needs_both_classes() -> None:
+    with pytest.raises(GalmergeError, match="both classes"):
+        F.Validation(np.array([0.2, 0.9]), np.array([1, 1]))
+
+
+# --------------------------------------------------------------------------------------------
+# the command, end to end on a tiny real run
+
+
+@pytest.fixture(scope="module")
+def classified(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fraction")
+    source, target = write_pair(root / "data", n=80)
+    run = root / "run"
+    tiny_run(run, source, target, "none", epochs=1, max_steps_per_epoch=2)
+    out = {"run": run, "root": root}
+    for suffix in ("csv", "h5", "fits"):
+        out[suffix] = root / f"out.{suffix}"
+        res = CliRunner().invoke(cli, ["classify", str(root / "data" / "target.h5"), "--model",
+                                       str(run), "--output", str(out[suffix]), "--quiet",
+                                       "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+    return out
+
+
+def _fraction(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(cli, ["fraction", *args])
+    return res.exit_code, res.output
+
+
+def test_fraction_json_contract_and_cached_validation(classified) -> None:
+    run = classified["run"]
+    code, text = _fraction(str(classified["csv"]), "--model", str(run), "--json",
+                           "--bootstrap", "50")
+    assert code == 0, text
+    payload = json.loads(text)
+    assert set(payload["estimators"]) == {"naive", "acc", "em", "bbse"}
+    assert payload["recommended"] in payload["estimators"]
+    assert payload["n"] == 80 and payload["excluded"] == {}
+    for e in payload["estimators"].values():
+        assert set(e) == {"fraction", "ci68", "ci95"}
+        if e["fraction"] is not None:
+            assert 0 <= e["fraction"] <= 1
+    with open(classified["csv"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    naive = np.mean([float(r["p_merger"]) >= 0.5 for r in rows])
+    assert payload["estimators"]["naive"]["fraction"] == pytest.approx(naive)
+    cache = run / "validation_predictions.npz"
+    with np.load(cache, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        assert len(data["labels"]) == meta["n"] == payload["validation"]["n"]
+    stamp = cache.stat().st_mtime_ns
+    assert _fraction(str(classified["csv"]), "--model", str(run), "--bootstrap", "20")[0] == 0
+    assert cache.stat().st_mtime_ns == stamp  # read, not recomputed
+    best = run / "best.pt"
+    os.utime(best, ns=(best.stat().st_atime_ns, best.stat().st_mtime_ns + 10**9))
+    assert _fraction(str(classified["csv"]), "--model", str(run), "--bootstrap", "20")[0] == 0
+    assert cache.stat().st_mtime_ns != stamp  # a changed checkpoint: scored again
+
+
+def test_every_output_format_gives_the_same_fractions(classified) -> None:
+    got = []
+    for suffix in ("csv", "h5", "fits"):
+        code, text = _fraction(str(classified[suffix]), "--model", str(classified["run"]),
+                               "--json", "--bootstrap", "30")
+        assert code == 0, text
+        got.append(json.loads(text)["estimators"])
+    for other in got[1:]:
+        for name in ("naive", "acc", "bbse"):
+            a, b = got[0][name]["fraction"], other[name]["fraction"]
+            assert (a is None and b is None) or a == pytest.approx(b, abs=1e-5)
+
+
+def test_binned_fractions_and_plot(classified) -> None:
+    plot = classified["root"] / "fraction.png"
+    code, text = _fraction(str(classified["csv"]), "--model", str(classified["run"]), "--json",
+                           "--by", "id", "--bins", "2", "--bootstrap", "20", "--plot", str(plot))
+    assert code == 0, text
+    payload = json.loads(text)
+    assert payload["by"] == "id" and len(payload["bins"]) == 2
+    assert sum(b["n"] for b in payload["bins"]) == 80
+    assert payload["bins"][0]["hi"] == payload["bins"][1]["lo"]
+    assert set(payload["bins"][0]["estimators"]) == {"naive", "acc", "em", "bbse"}
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, text = _fraction(str(classified["csv"]), "--model", str(classified["run"]),
+                           "--by", "id", "--bins", "0,10,20.5,79", "--bootstrap", "10")
+    assert code == 0 and "[20.5, 79]" in text, text
+
+
+def test_rows_that_are_not_ok_are_excluded_and_counted(classified, tmp_path) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_text("objID,ra,dec,p_merger,is_merger,status\n"
+                    "1,10,1,0.9,1,ok\n2,10,2,0.1,0,ok\n3,10,3,,,fetch-failed: HTTP 500\n"
+                    "4,400,1,,,bad-coordinates\n5,10,4,0.7,1,ok\n6,10,5,,,no-coverage\n")
+    code, text = _fraction(str(path), "--model", str(classified["run"]), "--json",
+                           "--bootstrap", "10")
+    assert code == 0, text
+    payload = json.loads(text)
+    assert payload["n"] == 3
+    assert payload["excluded"] == {"fetch-failed": 1, "bad-coordinates": 1, "no-coverage": 1}
+    assert payload["estimators"]["naive"]["fraction"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "message"),
+    [
+        (lambda d: "objID,ra,dec,score\n1,1,1,0.5\n", [], "no p_merger column"),
+        (lambda d: "ra,p_merger,status\n1,,fetch-failed\n", [], "no rows with status ok"),
+        (None, ["--by", "id", "--bins", "0,1,2,1000,2000"], "has no ok rows"),
+        (None, ["--by", "id"], "--by and --bins go together"),
+        (None, ["--by", "id", "--bins", "3,1"], "increasing edges"),
+        (None, ["--by", "redshift", "--bins", "2"], "no column 'redshift'"),
+        (None, ["--plot", "x.txt"], ".png"),
+        (None, ["--threshold", "1.5"], "--threshold"),
+        (None, ["--bootstrap", "-1"], "--bootstrap"),
+    ],
+)
+def test_user_errors_are_one_line(classified, tmp_path, make, args, message) -> None:
+    results = classified["csv"]
+    if make is not None:
+        results = tmp_path / "r.csv"
+        results.write_text(make(tmp_path))
+    args = [a.replace("x.txt", str(tmp_path / "x.txt")) for a in args]
+    code, text = _fraction(str(results), "--model", str(classified["run"]), "--bootstrap", "5",
+                           *args)
+    assert code == 1, text
+    assert message in text
+    assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
+
+
+def test_a_model_without_validation_statistics_is_one_line(classified, tmp_path) -> None:
+    code, text = _fraction(str(classified["csv"]), "--model", str(tmp_path))
+    assert code == 1 and "not a run directory" in text
+    assert len(text.strip().splitlines()) == 1
+    code, text = _fraction(str(tmp_path / "missing.csv"), "--model", str(classified["run"]))
+    assert code == 1 and "does not exist" in text
+
+
+# --------------------------------------------------------------------------------------------
+# classify --prior
+
+
+def _classify(classified, output: Path, *extra: str) -> tuple[int, str]:
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(classified["run"]), "--output", str(output),
+                                   "--device", "cpu", "--quiet", *extra])
+    return res.exit_code, res.output
+
+
+def _p(path: Path) -> np.ndarray:
+    with open(path, newline="") as fh:
+        return np.array([float(r["p_merger"]) for r in csv.DictReader(fh)])
+
+
+def test_prior_value_rescales_by_bayes_rule_and_is_recorded(classified, tmp_path) -> None:
+    out = tmp_path / "prior.csv"
+    code, text = _classify(classified, out, "--prior", "0.1")
+    assert code == 0, text
+    record = json.loads((tmp_path / "prior.csv.prior.json").read_text())
+    assert record["prior"] == 0.1 and record["prior_from"] == "given"
+    with np.load(classified["run"] / "validation_predictions.npz", allow_pickle=False) as data:
+        train_prior = json.loads(str(data["meta"]))["train_prior"]
+    assert record["training_prior"] == pytest.approx(train_prior)
+    plain = _p(classified["csv"])
+    assert _p(out) == pytest.approx(F.prior_shift(plain, 0.1, train_prior), rel=1e-4, abs=1e-7)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(r["is_merger"] == str(int(float(r["p_merger"]) >= 0.5)) for r in rows)
+    # fraction undoes the rescaling: the same estimates as on the plain output
+    a = json.loads(_fraction(str(out), "--model", str(classified["run"]), "--json",
+                             "--bootstrap", "0")[1])
+    b = json.loads(_fraction(str(classified["csv"]), "--model", str(classified["run"]),
+                             "--json", "--bootstrap", "0")[1])
+    assert a["estimators"]["naive"]["fraction"] == b["estimators"]["naive"]["fraction"]
+    assert a["prior_rescaling_undone"]["prior"] == 0.1
+    # classify again without --prior: the record of the old rescaling goes
+    assert _classify(classified, out)[0] == 0
+    assert not (tmp_path / "prior.csv.prior.json").exists()
+    assert _p(out) == pytest.approx(plain)
+
+
+def test_prior_auto_is_the_em_fixed_point_and_hdf5_records_it(classified, tmp_path) -> None:
+    import h5py
+
+    out = tmp_path / "auto.h5"
+    code, text = _classify(classified, out, "--prior", "auto")
+    assert code == 0, text
+    with h5py.File(out, "r") as f:
+        record = json.loads(f.attrs["galmerge_prior"])
+        p = f["p_merger"][()]
+    assert record["prior_from"].startswith("auto")
+    assert p.mean() == pytest.approx(record["prior"], abs=2e-3)  # Saerens' fixed point
+
+
+def test_prior_user_errors_are_one_line(classified, tmp_path) -> None:
+    for bad in ("2", "0", "many"):
+        code, text = _classify(classified, tmp_path / "x.csv", "--prior", bad)
+        assert code == 1 and "--prior" in text and len(text.strip().splitlines()) == 1, text
+        assert not (tmp_path / "x.csv").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# classify --model A --model B: an ensemble
+
+
+def test_ensemble_mean_and_spread(classified, tmp_path) -> None:
+    import h5py
+
+    run2 = classified["root"] / "run-seed1"
+    if not (run2 / "best.pt").is_file():
+        tiny_run(run2, f"hdf5:{classified['root'] / 'data' / 'source.h5'}",
+                 f"hdf5:{classified['root'] / 'data' / 'target.h5'}", "none", seed=1, epochs=1,
+                 max_steps_per_epoch=2)
+    single = tmp_path / "b.csv"
+    assert _classify({**classified, "run": run2}, single)[0] == 0
+    out = tmp_path / "ens.csv"
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(classified["run"]), "--model", str(run2),
+                                   "--output", str(out), "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[-4:] == ["p_merger", "is_merger", "status", "p_merger_std"]
+    both = np.stack([_p(classified["csv"]), _p(single)])
+    got = np.array([float(r["p_merger"]) for r in rows])
+    assert got == pytest.approx(both.mean(0), abs=2e-6)
+    assert np.array([float(r["p_merger_std"]) for r in rows]) == pytest.approx(both.std(0),
+                                                                              abs=2e-6)
+    assert all(r["is_merger"] == str(int(float(r["p_merger"]) >= 0.5)) for r in rows)
+    assert not list(tmp_path.glob(".ens*"))  # the members' temporary outputs are gone
+    h5 = tmp_path / "ens.h5"
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(classified["run"]), "--model", str(run2),
+                                   "--output", str(h5), "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    with h5py.File(h5, "r") as f:
+        assert json.loads(f.attrs["columns"])[-1] == "p_merger_std"
+        assert f["p_merger"][()] == pytest.approx(got, abs=2e-6)
+    # fraction reads an ensemble output like any other
+    code, text = _fraction(str(out), "--model", str(classified["run"]), "--bootstrap", "5")
+    assert code == 0, text
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(run2), "--model", str(run2), "--output",
+                                   str(tmp_path / "dup.csv"), "--device", "cpu", "--quiet"])
+    assert res.exit_code == 1 and "same run" in res.output
+
+
+def test_label_shift_check_flags_domain_shift_only() -> None:
+    rng = np.random.default_rng(11)
+    val = F.Validation(*_scores(rng, 400, 0.5))
+    p, _ = _scores(rng, 2000, 0.05)
+    assert F.label_shift_test(p, val, n_sim=100)["p_value"] > 0.05
+    # non-mergers whose scores moved up by one sigma: no mixture of the source classes
+    y = (rng.random(2000) < 0.05).astype(int)
+    s = np.where(y == 1, rng.normal(1.5, 1.2, 2000), rng.normal(-0.3, 1.2, 2000))
+    shifted = F.label_shift_test(F.sigmoid(2 * s), val, n_sim=100)
+    assert shifted["p_value"] < 0.02
+    assert 0 <= shifted["fraction_min_distance"] <= 1
