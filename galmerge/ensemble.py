@@ -57,9 +57,13 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
         mean, std = np.where(first, mean, np.nan), np.where(first, std, np.nan)
         _write_combined(temps[0], out, mean, std, threshold,
                         {"ensemble": [str(m) for m in models]})
+        _combine_sidecars(temps, out, models)
     finally:
+        from galmerge.provenance import SIDECAR_SUFFIX
+
         for t in temps:
             t.unlink(missing_ok=True)
+            t.with_name(t.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
     summary = summaries[0]
     summary.output = str(out)
     out.with_name(out.name + ".prior.json").unlink(missing_ok=True)
@@ -74,6 +78,27 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
     else:
         summary.mergers = int((read_results(out).p >= threshold).sum())
     return summary
+
+
+def _combine_sidecars(temps: list[Path], out: Path, models: list[str]) -> None:
+    """A CSV ensemble's provenance sidecar: the first member's record plus every member's
+    checkpoint and its SHA-256 (HDF5/FITS outputs carry the first member's record inside)."""
+    from galmerge.outputs import _temp_path
+    from galmerge.provenance import SIDECAR_SUFFIX
+
+    sidecars = [t.with_name(t.name + SIDECAR_SUFFIX) for t in temps]
+    if not sidecars[0].is_file():
+        return
+    records = [json.loads(s.read_text()) if s.is_file() else {} for s in sidecars]
+    combined = dict(records[0])
+    combined["ensemble"] = [
+        {"model": str(m), "checkpoint_sha256": r.get("checkpoint_sha256", "")}
+        for m, r in zip(models, records, strict=True)
+    ]
+    side = out.with_name(out.name + SIDECAR_SUFFIX)
+    tmp = _temp_path(side)
+    tmp.write_text(json.dumps(combined, indent=1) + "\n")
+    os.replace(tmp, side)
 
 
 class _quiet_nan:

@@ -370,6 +370,9 @@ def test_ensemble_mean_and_spread(classified, tmp_path) -> None:
                                                                               abs=2e-6)
     assert all(r["is_merger"] == str(int(float(r["p_merger"]) >= 0.5)) for r in rows)
     assert not list(tmp_path.glob(".ens*"))  # the members' temporary outputs are gone
+    prov = json.loads((tmp_path / "ens.csv.provenance.json").read_text())
+    members = [m["checkpoint_sha256"] for m in prov["ensemble"]]
+    assert len(members) == 2 and all(len(s) == 64 for s in members) and members[0] != members[1]
     h5 = tmp_path / "ens.h5"
     res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
                                    "--model", str(classified["run"]), "--model", str(run2),
