@@ -69,6 +69,7 @@ def register_backbones() -> list[Backbone]:
             # before the next BatchNorm shifts its statistics between train and eval mode: on the
             # synthetic pair eval accuracy fell to chance, so the default is milder.
             defaults={"dropout": 0.1},
+            search_space={"dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         ),
         Backbone(
             name="resnet18",
@@ -76,5 +77,6 @@ def register_backbones() -> list[Backbone]:
             "optional bottleneck",
             build=_build_resnet18,
             defaults={"bottleneck": 0, "dropout": 0.0, "stem": "small"},
+            search_space={"dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         ),
     ]
