@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from galmerge import rundir, selection
-from galmerge.config import deep_merge, read_toml
+from galmerge.config import deep_merge, read_toml, resolve_config
 from galmerge.errors import GalmergeError
 
 STUDY_NAME = "galmerge-tune"
@@ -410,7 +410,7 @@ def tune(
 ) -> dict[str, Any]:
     """Run (or resume) a study until ``n_trials`` trials finished (complete or pruned); write
     ``trials.csv``, ``best.toml``, plots and ``report.md`` in ``study_dir``; return a summary."""
-    from galmerge.config import cli_overrides, resolve_config
+    from galmerge.config import cli_overrides
 
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise GalmergeError(f"--n-trials must be a whole number >= 1, got {n_trials!r}")
