@@ -379,8 +379,8 @@ def _requeue_interrupted(optuna: Any, study: Any, quiet_print: Callable[[str], N
     their parameters queued again, so the interrupted configuration is retried first."""
     TrialState = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (process killed)")
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
         quiet_print(f"trial {t.number} was interrupted: marked failed, queued again")
 
