@@ -113,6 +113,27 @@ def test_tune_cli_writes_the_study_folder_and_best_toml_trains(toys, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert len(_trials(study)) == 3
+    # ... and the same folder with other settings is refused, not mixed
+    result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "3"))
+    assert result.exit_code != 0
+    assert "holds a study with other settings (score: 'im' there, 'im_src' now)" in result.output
+
+
+def test_timeout_and_a_busy_study_folder(toys, tmp_path):
+    import fcntl
+
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    result = CliRunner().invoke(
+        cli, _args(source, target, study, "--n-trials", "3", "--timeout", "0.000001")
+    )
+    assert result.exit_code == 0, result.output
+    assert len(_trials(study)) <= 1  # no trial starts once the time is up
+    with (study / ".tune.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `galmerge tune` holds it
+        result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "3"))
+    assert result.exit_code != 0
+    assert "another galmerge tune is running on" in result.output
 
 
 def test_permuted_target_labels_give_the_same_study_bit_for_bit(toys, tmp_path):
