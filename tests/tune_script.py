@@ -1,6 +1,6 @@
 """`galmerge` CLI with the toy plugin registered, for subprocess tests of `galmerge tune`.
 
-usage: python tune_script.py [--slow] galmerge-args...   (--slow: 0.2 s per training batch, so
+usage: python tune_script.py [--slow] galmerge-args...   (--slow: 0.5 s per training batch, so
 a parent can kill the process in the middle of a trial)
 """
 
@@ -20,7 +20,7 @@ if __name__ == "__main__":
         original = b.TensorBatches.next
 
         def slow_next(self):  # type: ignore[no-untyped-def]
-            time.sleep(0.2)
+            time.sleep(0.5)
             return original(self)
 
         b.TensorBatches.next = slow_next  # type: ignore[method-assign]
