@@ -356,6 +356,9 @@ def _settings(config: Mapping[str, Any], score: str, space: Mapping[str, Any],
         "score": score,
         "space": json.loads(json.dumps(space, sort_keys=True)),
         "fixed": json.loads(json.dumps(fixed, sort_keys=True, default=str)),
+        # every other setting of the trials (the device may change between runs)
+        "base": json.loads(json.dumps({k: v for k, v in config.items() if k != "device"},
+                                      sort_keys=True, default=str)),  # fmt: skip
     }
 
 
@@ -366,10 +369,13 @@ def _check_same_study(study: Any, settings: Mapping[str, Any], study_dir: Path) 
         return
     diff = [k for k in settings if saved.get(k) != settings[k]]
     if diff:
-        k = diff[0]
+        k, then, now = diff[0], saved.get(diff[0]), settings[diff[0]]
+        if isinstance(then, dict) and isinstance(now, dict):  # name the first differing entry
+            sub = sorted(j for j in {*then, *now} if then.get(j) != now.get(j))[0]
+            k, then, now = f"{k}.{sub}", then.get(sub), now.get(sub)
         raise GalmergeError(
-            f"{study_dir} holds a study with other settings ({k}: {saved.get(k)!r} there, "
-            f"{settings[k]!r} now); rerun with the same settings to resume, or use another "
+            f"{study_dir} holds a study with other settings ({k}: {then!r} there, "
+            f"{now!r} now); rerun with the same settings to resume, or use another "
             f"--study-dir"
         )
 

@@ -117,6 +117,11 @@ def test_tune_cli_writes_the_study_folder_and_best_toml_trains(toys, tmp_path):
     result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "3"))
     assert result.exit_code != 0
     assert "holds a study with other settings (score: 'im' there, 'im_src' now)" in result.output
+    result = CliRunner().invoke(
+        cli, _args(source, target, study, "--n-trials", "3", "--score", "im", "--space",
+                   str(space), "--batch-size", "4")  # fmt: skip
+    )
+    assert "(base.batch_size: 8 there, 4 now)" in result.output, result.output
 
 
 def test_timeout_and_a_busy_study_folder(toys, tmp_path):
