@@ -242,6 +242,29 @@ def params_layer(params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[s
     return layer
 
 
+def default_params(config: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]
+                   ) -> dict[str, Any]:  # fmt: skip
+    """The base config's value of each searched option that lies inside its range."""
+    out: dict[str, Any] = {}
+    for name, spec in space.items():
+        section, dot, option = name.partition(".")
+        if not dot:
+            value = config.get(name)
+        elif section in ("schedule", "optimizer"):
+            value = config[section].get(option)
+        elif section == "backbone":
+            value = config["backbone_options"].get(option)
+        else:
+            value = config["strategies"].get(section, {}).get(option)
+        if spec["type"] == "categorical":
+            if value in spec["choices"]:
+                out[name] = value
+        elif (isinstance(value, int | float) and not isinstance(value, bool)
+              and spec["low"] <= value <= spec["high"]):  # fmt: skip
+            out[name] = int(value) if spec["type"] == "int" else float(value)
+    return out
+
+
 def suggest(trial: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Draw every dimension of ``space`` (sorted by name: a stable order for the sampler)."""
     params: dict[str, Any] = {}
@@ -488,6 +511,12 @@ def tune(
         _check_same_study(study, _settings(base, score, dims, fixed), study_dir)
         if embedded:
             _requeue_interrupted(optuna, study, say)
+        if not study.trials:
+            # trial 0 runs the base settings (the defaults): the search starts from them and
+            # the report shows whether anything scored better
+            start = default_params(base, dims)
+            if start:
+                study.enqueue_trial(start, user_attrs={"defaults": True})
         objective = _objective(optuna, study_dir, base_layer, dims, score)
         _optimize(optuna, study, objective, n_trials, timeout, say, quiet)
         return write_outputs(study_dir, study, score, quiet=quiet)
@@ -664,6 +693,7 @@ def trial_rows(study_dir: Path, study: Any, score: str) -> list[dict[str, Any]]:
             "score": math.nan if value is None else value,
             "duration_s": round(duration, 3),
             "epochs_run": len(t.intermediate_values),
+            "defaults": bool(t.user_attrs.get("defaults", False)),
         }
         for name in names:
             row[f"param_{name}"] = t.params.get(name, "")

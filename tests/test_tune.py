@@ -95,6 +95,9 @@ def test_tune_cli_writes_the_study_folder_and_best_toml_trains(toys, tmp_path):
             *ORACLE_COLUMNS} <= set(rows[0])  # fmt: skip
     assert "param_lr" not in rows[0]  # fixed by the space file
     assert all(0.5 <= float(r["param_mmd.weight"]) <= 0.6 for r in rows)
+    # trial 0 runs the defaults that lie inside the space (mmd.weight 1.0 does not)
+    assert [r["defaults"] for r in rows] == ["True", "False", "False"]
+    assert (float(rows[0]["param_weight_decay"]), rows[0]["param_epochs"]) == (1e-3, "2")
     assert all((study / r["run_dir"] / "summary.json").is_file() for r in rows)
     best = min(rows, key=lambda r: float(r["score"]))  # im is minimised
     toml = (study / "best.toml").read_text()
