@@ -12,7 +12,7 @@ SCORE_HELP = (
 
 @click.command("tune")
 @click.option("--source", required=True, help="Labelled source survey spec.")
-@click.option("--target", required=True, help="Target survey spec (its labels are never used).")
+@click.option("--target", required=True, help="Target survey spec (its labels only fill the oracle columns of trials.csv).")
 @click.option("--strategy", required=True, help="DA strategy expression, e.g. mmd+fisher+entropy.")
 @click.option("--n-trials", type=int, required=True,
               help="Trials to finish (complete or pruned), counting those already in the study.")
