@@ -10,9 +10,9 @@ seeing, noise, field stars and galaxies, pixel scale, merger fraction or galaxy 
 For each held-out pair and training seed:
 
 - ``none`` and the strategy with galmerge's default options (one `galmerge.train` each);
-- one study of ``--n-trials`` random-search trials over the declared search space
-  (`galmerge.tuning.tune`, sampler random, no pruning, each trial's checkpoint chosen on the
-  source validation loss). Every label-free score then picks one trial among the same trials by
+- one study of ``--n-trials`` trials (`galmerge.tuning.tune`: trial 0 runs the defaults, the
+  rest are random draws from the declared search space; no pruning; each trial's checkpoint
+  chosen on the source validation loss). Every label-free score then picks one trial among the same trials by
   its value at that checkpoint ("tune with score S"); the oracle picks the trial with the best
   target test accuracy (a ceiling, research only). Random search shared by all scores keeps the
   comparison about the scores, not about which trials a sampler happened to draw.
@@ -204,8 +204,9 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
         "",
         f"Scale: pairs {args.pairs} ({', '.join(PAIRS[i][2] for i in args.pairs)}), training "
         f"seeds {args.seeds}, n={args.n} images per domain, {args.epochs} epochs, batch "
-        f"{args.batch_size}, strategy `{args.strategy}`, {args.n_trials} random-search trials "
-        f"per pair and seed; DeepMerge backbone on CPU. Test accuracy (target test split of "
+        f"{args.batch_size}, strategy `{args.strategy}`, {args.n_trials} trials per pair and seed "
+        f"(trial 0 = the defaults, then random search over the declared space, checkpoints on "
+        f"the source validation loss); DeepMerge backbone on CPU. Test accuracy (target test split of "
         f"{round(0.2 * args.n)} images) mean ± std over {len(results)} pair x seed runs.",
         "",
         "| method | target accuracy | source accuracy | target gain vs none (points) |",
