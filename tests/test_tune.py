@@ -308,3 +308,26 @@ def test_a_plugin_strategy_brings_its_search_space(register_plugin, plugin_manag
     assert space["epochs"] == {"type": "int", "low": 2, "high": 4, "log": False}
     space, fixed = resolve_space(config, {"gap2": {"power": 3.0}, "epochs": 4})
     assert "gap2.power" not in space and fixed == {"gap2.power": 3.0, "epochs": 4}
+
+
+def test_train_on_epoch_sees_each_row_and_its_exception_propagates(toys, tmp_path):
+    import galmerge
+
+    source, target = toy_sets(40, 40)
+    rows: list[dict] = []
+
+    class Stop(Exception):
+        pass
+
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        assert (tmp_path / "r" / "metrics.csv").read_text().count("\n") == len(rows) + 1
+        if len(rows) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        galmerge.train(source=source, target=target, strategy="mmd", backbone="tiny", epochs=4,
+                       batch_size=8, max_steps_per_epoch=2, device="cpu", quiet=True,
+                       run_dir=tmp_path / "r", on_epoch=on_epoch)  # fmt: skip
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert "score_im_src" in rows[0] and "target_val_accuracy" in rows[0]
