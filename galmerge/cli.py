@@ -14,6 +14,10 @@ from galmerge.errors import GalmergeError
 # name -> ("module:attribute", one-line help shown without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("galmerge.commands.train:train", "Train a merger classifier with domain adaptation."),
+    "tune": (
+        "galmerge.commands.tune:tune",
+        "Search hyperparameters on a label-free score (Optuna).",
+    ),
     "classify": (
         "galmerge.commands.classify:classify",
         "Classify every galaxy of a catalog (or an HDF5 image file).",

@@ -24,6 +24,7 @@ class Backbone:
     The module may define ``init_head(head)`` (called once the head is built) and a dict
     ``lr_multipliers`` of learning-rate multipliers by parameter-name prefix (its own names, and
     ``head`` for the classifier's head).
+    ``search_space`` declares the options `galmerge tune` searches (see `Strategy`).
     """
 
     name: str
@@ -31,6 +32,7 @@ class Backbone:
     build: Callable[..., nn.Module]
     build_head: Callable[[int, int], nn.Module] | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    search_space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class Strategy:
     returns ``{term_name: scalar tensor}``; the trainer adds ``weight * term`` to the loss and
     optimises the module's own parameters (a discriminator, class centres) too.
     ``defaults`` lists every option with its default value (``weight`` included).
+    ``search_space`` maps options to the ranges `galmerge tune` searches, e.g.
+    ``{"weight": {"type": "float", "low": 0.01, "high": 3.0, "log": True}}`` (types: float,
+    int with low/high/log, categorical with choices); options left out keep their value.
     """
 
     name: str
@@ -48,6 +53,7 @@ class Strategy:
     build: Callable[[StrategyContext, Mapping[str, Any]], nn.Module]
     defaults: Mapping[str, Any] = field(default_factory=lambda: {"weight": 1.0})
     aliases: tuple[str, ...] = ()
+    search_space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

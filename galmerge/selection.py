@@ -42,6 +42,7 @@ SCORES: dict[str, str] = {
     "im": "min",
     "snd": "max",
     "dev": "min",
+    "im_src": "min",
 }
 
 # Directions including the research-only oracle (never a label-free score).
@@ -157,12 +158,14 @@ def deep_embedded_validation(source: SplitOutputs, target: SplitOutputs, seed: i
 def label_free_scores(source_val: SplitOutputs, target_val: SplitOutputs) -> dict[str, float]:
     """Every score in ``SCORES`` for one model; target labels are not read."""
     source_loss = float(_source_losses(source_val).mean()) if len(source_val.logits) else math.nan
+    im = information_maximisation(target_val.logits)
     return {
         "source_val_loss": source_loss,
         "entropy": prediction_entropy(target_val.logits),
-        "im": information_maximisation(target_val.logits),
+        "im": im,
         "snd": soft_neighbourhood_density(target_val.logits),
         "dev": deep_embedded_validation(source_val, target_val),
+        "im_src": im + source_loss,
     }
 
 

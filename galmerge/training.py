@@ -12,7 +12,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -361,12 +361,15 @@ def train(
     quiet: bool = False,
     max_steps_per_epoch: int | None = None,
     checkpoint_every: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train a classifier with domain adaptation; returns the run summary (summary.json).
 
     ``source``/``target`` are survey specs (``synthetic:illustris``, ``hdf5:PATH``) or
     `ImageSet` objects. Settings resolve as defaults < ``preset`` < ``config`` < arguments.
     ``resume`` continues the run directory's last checkpoint with its saved config.
+    ``on_epoch(row)`` is called on rank 0 after each epoch with its metrics row (written to
+    metrics.csv first); an exception it raises propagates out of ``train``.
     """
     dist = ddp.from_environment()
     flags: dict[str, Any] = {
@@ -439,7 +442,9 @@ def train(
         raise GalmergeError(
             f"unknown --select-by '{cfg['select_by']}'; available: {', '.join(sorted(directions))}"
         )
-    return _run(cfg, out_dir, source_set, target_set, dist, quiet, resume_state, directions)
+    return _run(
+        cfg, out_dir, source_set, target_set, dist, quiet, resume_state, directions, on_epoch
+    )
 
 
 def _run(
@@ -451,6 +456,7 @@ def _run(
     quiet: bool,
     resume_state: dict[str, Any] | None,
     directions: dict[str, str],
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     from galmerge.devices import resolve_device
 
@@ -462,7 +468,7 @@ def _run(
     try:
         return _train_loop(
             cfg, out_dir, source_set, target_set, dist, quiet, resume_state, directions, device,
-            t_start,
+            t_start, on_epoch,
         )
     except StrategyOutputError:
         if resume_state is None and dist.is_main:
@@ -483,6 +489,7 @@ def _train_loop(
     directions: dict[str, str],
     device: torch.device,
     t_start: float,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     if dist.is_main:
         # Never a silent device choice: one line even with --quiet (stderr keeps stdout clean).
@@ -770,6 +777,8 @@ def _train_loop(
             if warning is not None:  # under the epoch line it is about
                 progress.warn(warning)
             epoch = next_epoch
+            if on_epoch is not None and dist.is_main:
+                on_epoch(dict(row))
             if stop:
                 stopped_early = True
                 progress.info(

@@ -74,6 +74,7 @@ def register_backbones() -> list[Backbone]:
             # BatchNorm shifts its statistics between train and eval mode: on the synthetic pair
             # eval accuracy fell to chance, so the default is a mild 0.1.
             defaults={"dropout": 0.1},
+            search_space={"dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         ),
         Backbone(
             name="resnet18",
@@ -82,5 +83,6 @@ def register_backbones() -> list[Backbone]:
             build=_build_resnet18,
             defaults={"bottleneck": 0, "dropout": 0.0, "stem": "small",
                       "bottleneck_layer": "bn-relu", "lr_mult": 1.0},
+            search_space={"dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         ),
     ]

@@ -32,6 +32,26 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "entropy": {"weight": 1.0, "include_source": False, "diversity": 0.0},
 }
 
+# What `galmerge tune` searches for each strategy (log ranges around the defaults and the
+# benchmark settings; the weights span two orders of magnitude either side of useful values).
+SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
+    "none": {},
+    "mmd": {"weight": {"type": "float", "low": 0.01, "high": 3.0, "log": True}},
+    "coral": {"weight": {"type": "float", "low": 0.01, "high": 10.0, "log": True}},
+    "dann": {
+        "weight": {"type": "float", "low": 0.01, "high": 3.0, "log": True},
+        "max_coeff": {"type": "float", "low": 0.1, "high": 1.0, "log": True},
+    },
+    "fisher": {
+        "weight": {"type": "float", "low": 0.001, "high": 0.3, "log": True},
+        "intra_weight": {"type": "float", "low": 0.001, "high": 0.1, "log": True},
+    },
+    "entropy": {
+        "weight": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+        "diversity": {"type": "float", "low": 0.0, "high": 2.0},
+    },
+}
+
 
 def _build_none(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.none import NoLoss
@@ -124,6 +144,7 @@ def register_strategies() -> list[Strategy]:
             description="source only: no domain adaptation term",
             build=_build_none,
             defaults=DEFAULTS["none"],
+            search_space=SEARCH_SPACES["none"],
         ),
         Strategy(
             name="mmd",
@@ -131,12 +152,14 @@ def register_strategies() -> list[Strategy]:
             "(19 bandwidths, DeepMerge II)",
             build=_build_mmd,
             defaults=DEFAULTS["mmd"],
+            search_space=SEARCH_SPACES["mmd"],
         ),
         Strategy(
             name="coral",
             description="CORAL: align source and target feature covariances (Sun & Saenko 2016)",
             build=_build_coral,
             defaults=DEFAULTS["coral"],
+            search_space=SEARCH_SPACES["coral"],
         ),
         Strategy(
             name="dann",
@@ -144,6 +167,7 @@ def register_strategies() -> list[Strategy]:
             "ramped or constant (the paper's ADA)",
             build=_build_dann,
             defaults=DEFAULTS["dann"],
+            search_space=SEARCH_SPACES["dann"],
             aliases=("ada",),
         ),
         Strategy(
@@ -152,11 +176,13 @@ def register_strategies() -> list[Strategy]:
             "features",
             build=_build_fisher,
             defaults=DEFAULTS["fisher"],
+            search_space=SEARCH_SPACES["fisher"],
         ),
         Strategy(
             name="entropy",
             description="entropy minimisation of target predictions",
             build=_build_entropy,
             defaults=DEFAULTS["entropy"],
+            search_space=SEARCH_SPACES["entropy"],
         ),
     ]

@@ -3,6 +3,13 @@
 Spec options: ``n`` (images, default 2000), ``seed`` (default 0), ``merger_fraction``
 (default 0.5), ``size`` (pixels, default 75), ``cache`` (default true: reuse/write the HDF5
 file under ``$GALMERGE_DATA/synthetic/``). Example: ``synthetic:sdss?n=2000&seed=3``.
+
+Observing options that shift a preset (for families of shifted domain pairs; left out, the
+preset renders exactly as before): ``seeing`` (factor on the PSF FWHM range; presets with a
+PSF), ``noise`` (factor on the sky noise; noisy presets), ``stars`` (mean field stars per
+stamp), ``field_galaxies`` (mean background galaxies per stamp), ``pixel_scale`` (arcsec per
+pixel), ``z_scale`` (factor on the redshift range: smaller, fainter galaxies above 1).
+Example: ``synthetic:sdss?seeing=1.4&noise=2&pixel_scale=0.5``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,15 @@ from galmerge.records import Survey
 PRESETS = ("pristine", "noisy", "illustris", "sdss")
 DEFAULTS: dict[str, Any] = {"n": 2000, "seed": 0, "merger_fraction": 0.5, "size": 75,
                             "cache": True}  # fmt: skip
+# observing options (None = the preset's own value): (field of Preset, lowest value, highest)
+SHIFTS: dict[str, tuple[str, float, float]] = {
+    "seeing": ("psf_fwhm", 0.1, 10.0),
+    "noise": ("sky_sigma", 0.0, 100.0),
+    "stars": ("stars_per_stamp", 0.0, 20.0),
+    "field_galaxies": ("galaxies_per_stamp", 0.0, 20.0),
+    "pixel_scale": ("pixel_scale", 0.01, 5.0),
+    "z_scale": ("z_range", 0.2, 5.0),
+}
 MAX_IMAGES = 5_000_000
 
 
@@ -33,13 +49,25 @@ def parse_options(preset: str | None, options: Mapping[str, Any]) -> dict[str, A
             f"unknown synthetic preset '{preset}'; choose one of: {', '.join(PRESETS)} "
             "(e.g. synthetic:sdss)"
         )
-    unknown = sorted(set(options) - set(DEFAULTS))
+    unknown = sorted(set(options) - set(DEFAULTS) - set(SHIFTS))
     if unknown:
         raise GalmergeError(
             f"synthetic:{preset}: unknown option '{unknown[0]}'; valid options: "
-            f"{', '.join(DEFAULTS)} (e.g. synthetic:{preset}?n=2000&seed=3)"
+            f"{', '.join([*DEFAULTS, *SHIFTS])} (e.g. synthetic:{preset}?n=2000&seed=3)"
         )
-    opts = {**DEFAULTS, **options}
+    opts = {**DEFAULTS, **{k: None for k in SHIFTS}, **options}
+    for key, (_, low, high) in SHIFTS.items():
+        value = opts[key]
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            low <= value <= high
+        ):
+            raise GalmergeError(
+                f"synthetic:{preset}: {key} must be a number from {low:g} to {high:g}, "
+                f"not {value!r}"
+            )
+        opts[key] = float(value)
     for key in ("n", "seed", "size"):
         value = opts[key]
         if isinstance(value, bool) or not isinstance(value, int):
@@ -64,18 +92,52 @@ def parse_options(preset: str | None, options: Mapping[str, Any]) -> dict[str, A
     return opts
 
 
+def shifted_preset(base: Any, opts: Mapping[str, Any]) -> tuple[Any, str]:
+    """``base`` (a render Preset) changed by the observing options, and a tag naming them
+    ("" when none is given: the preset itself). The name stays, so the random streams (seeded
+    by the preset name) and hence the scenes and noise draws match the unshifted preset."""
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    tags: list[str] = []
+    for key, (field_name, _, _) in SHIFTS.items():
+        value = opts.get(key)
+        if value is None:
+            continue
+        tags.append(f"{key}{value:g}")
+        if key == "seeing":
+            if base.psf == "none":
+                raise GalmergeError(
+                    f"synthetic:{base.name}: seeing needs a preset with a PSF (noisy or sdss)"
+                )
+            changes[field_name] = tuple(v * value for v in base.psf_fwhm)
+        elif key == "noise":
+            if base.sky_sigma is None:
+                raise GalmergeError(
+                    f"synthetic:{base.name}: noise needs a preset with noise (noisy or sdss)"
+                )
+            changes[field_name] = tuple(v * value for v in base.sky_sigma)
+        elif key == "z_scale":
+            changes[field_name] = tuple(v * value for v in base.z_range)
+        else:
+            changes[field_name] = value
+    return dataclasses.replace(base, **changes), "-".join(tags)
+
+
 def _load(preset: str | None, options: Mapping[str, Any]):
     opts = parse_options(preset, options)
     from galmerge.render import get_preset
     from galmerge.render.survey import load_synthetic
 
+    shifted, variant = shifted_preset(get_preset(preset), opts)  # type: ignore[arg-type]
     return load_synthetic(
-        get_preset(preset),  # type: ignore[arg-type]
+        shifted,
         n=opts["n"],
         seed=opts["seed"],
         merger_fraction=opts["merger_fraction"],
         size=opts["size"],
         cache=opts["cache"],
+        variant=variant,
     )
 
 

@@ -22,9 +22,15 @@ def data_dir() -> Path:
     return Path(os.environ.get("GALMERGE_DATA") or "data")
 
 
-def cache_path(preset: Preset, n: int, seed: int, merger_fraction: float, size: int) -> Path:
-    """Where a set is cached; the name holds every parameter that changes its pixels."""
-    name = f"{preset.name}-n{n}-seed{seed}-mf{merger_fraction:g}-{size}px-r{RENDERER_VERSION}.h5"
+def cache_path(
+    preset: Preset, n: int, seed: int, merger_fraction: float, size: int, variant: str = ""
+) -> Path:
+    """Where a set is cached; the name holds every parameter that changes its pixels
+    (``variant`` tags a preset changed by survey options, e.g. ``seeing1.5``)."""
+    tag = f"-{variant}" if variant else ""
+    name = (
+        f"{preset.name}{tag}-n{n}-seed{seed}-mf{merger_fraction:g}-{size}px-r{RENDERER_VERSION}.h5"
+    )
     return data_dir() / "synthetic" / name
 
 
@@ -87,14 +93,18 @@ def load_synthetic(
     merger_fraction: float,
     size: int,
     cache: bool = True,
+    variant: str = "",
 ) -> ImageSet:
     """The cached set if present, else render it (and cache it when ``cache``)."""
-    path = cache_path(preset, n, seed, merger_fraction, size)
+    path = cache_path(preset, n, seed, merger_fraction, size, variant)
     if cache and path.is_file():
         imageset = hdf5io.read_imageset(path)
         imageset.meta["cache_path"] = str(path)
         return imageset
     imageset, extras = render_imageset(preset, n, seed, merger_fraction, size)
+    if variant:
+        imageset.meta["variant"] = variant
+        imageset.meta["pixel_scale"] = preset.pixel_scale
     if cache:
         write_cache(path, imageset, extras)
         imageset.meta["cache_path"] = str(path)

@@ -1,0 +1,40 @@
+"""Observing options of `synthetic:PRESET` that shift a preset (families of shifted pairs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from galmerge.datasets import load_imageset
+from galmerge.errors import GalmergeError
+
+
+def test_shift_options_change_pixels_and_cache_names_only_when_given(_data_dir):
+    base = load_imageset("synthetic:sdss?n=6&seed=4")
+    same = load_imageset("synthetic:sdss?n=6&seed=4&seeing=1&noise=1")
+    assert torch.equal(base.images, same.images)  # factors of 1 render the preset itself
+    assert torch.equal(base.labels, same.labels)
+    shifted = load_imageset("synthetic:sdss?n=6&seed=4&seeing=1.5&stars=3&pixel_scale=0.5")
+    assert not torch.equal(base.images, shifted.images)
+    assert torch.equal(base.labels, shifted.labels)  # the same scenes, observed differently
+    assert shifted.pixel_scale_arcsec == 0.5
+    names = sorted(p.name for p in (_data_dir / "synthetic").glob("sdss*seed4*"))
+    assert names[0].startswith("sdss-n6-seed4-")  # the unshifted preset keeps its old name
+    assert any(n.startswith("sdss-seeing1.5-stars3-pixel_scale0.5-n6-") for n in names)
+    fewer = load_imageset("synthetic:sdss?n=6&seed=4&merger_fraction=0.0&z_scale=1.5")
+    assert int(fewer.labels.sum()) == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("synthetic:illustris?n=4&seeing=2", "seeing needs a preset with a PSF"),
+        ("synthetic:pristine?n=4&noise=2", "noise needs a preset with noise"),
+        ("synthetic:sdss?n=4&noise=-1", "noise must be a number from 0 to 100"),
+        ("synthetic:sdss?n=4&pixel_scale=true", "pixel_scale must be a number"),
+        ("synthetic:sdss?n=4&blur=2", "unknown option 'blur'"),
+    ],
+)
+def test_bad_shift_options_are_one_line_errors(spec, message):
+    with pytest.raises(GalmergeError, match=message):
+        load_imageset(spec)

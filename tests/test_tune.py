@@ -1,0 +1,333 @@
+"""`galmerge tune`: tiny real studies (toy images in HDF5 files, tiny backbone, a few steps)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from train_toys import ToyPlugin, _NoNone, toy_sets
+
+from galmerge import hdf5io
+from galmerge.cli import cli
+from galmerge.imageset import ImageSet
+
+pytest.importorskip("optuna")
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "tune_script.py"
+ORACLE_COLUMNS = ("oracle_target_val_accuracy", "oracle_target_test_accuracy")
+# columns that may differ between two identical studies (wall time, paths, labelled oracle)
+VOLATILE = (*ORACLE_COLUMNS, "source_test_accuracy", "duration_s", "run_dir")
+
+
+@pytest.fixture
+def toys(register_plugin, plugin_manager):
+    plugin = _NoNone() if "none" in plugin_manager.components("strategies") else ToyPlugin()
+    register_plugin(plugin, "toys")
+
+
+def _write_pair(folder: Path, permute_target: bool = False) -> tuple[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    source, target = toy_sets(60, 60)
+    if permute_target:
+        perm = np.random.default_rng(7).permutation(len(target))
+        target = ImageSet(images=target.images, labels=target.labels[torch.as_tensor(perm)],
+                          ids=target.ids, bands=target.bands, survey=target.survey)  # fmt: skip
+    hdf5io.write_imageset(folder / "source.h5", source)
+    hdf5io.write_imageset(folder / "target.h5", target)
+    return f"hdf5:{folder / 'source.h5'}", f"hdf5:{folder / 'target.h5'}"
+
+
+def _args(source: str, target: str, study: Path, *extra: str) -> list[str]:
+    return [
+        "tune", "--source", source, "--target", target, "--strategy", "mmd", "--backbone",
+        "tiny", "--study-dir", str(study), "--epochs", "2", "--batch-size", "8",
+        "--max-steps-per-epoch", "2", "--device", "cpu", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def _trials(study: Path) -> list[dict[str, str]]:
+    with (study / "trials.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _history(study: Path) -> list[tuple]:
+    """Everything Optuna stored per trial: parameters, values, per-epoch values, state."""
+    db = sqlite3.connect(study / "study.db")
+    try:
+        return [
+            *db.execute("SELECT number, state FROM trials ORDER BY number"),
+            *db.execute("SELECT trial_id, param_name, param_value FROM trial_params "
+                        "ORDER BY trial_id, param_name"),  # fmt: skip
+            *db.execute("SELECT trial_id, value FROM trial_values ORDER BY trial_id"),
+            *db.execute("SELECT trial_id, step, intermediate_value FROM "
+                        "trial_intermediate_values ORDER BY trial_id, step"),  # fmt: skip
+        ]
+    finally:
+        db.close()
+
+
+def test_tune_cli_writes_the_study_folder_and_best_toml_trains(toys, tmp_path):
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    space = tmp_path / "space.toml"
+    space.write_text('lr = 0.002\n[mmd]\nweight = {type = "float", low = 0.5, high = 0.6}\n')
+    result = CliRunner().invoke(
+        cli, _args(source, target, study, "--n-trials", "3", "--score", "im", "--space",
+                   str(space))  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("best.toml", "trials.csv", "report.md", "study.db", "history.png"):
+        assert (study / name).is_file(), name
+    rows = _trials(study)
+    assert [r["state"] for r in rows] == ["complete"] * 3
+    assert {"score", "param_mmd.weight", "param_weight_decay", "param_epochs",
+            *ORACLE_COLUMNS} <= set(rows[0])  # fmt: skip
+    assert "param_lr" not in rows[0]  # fixed by the space file
+    assert all(0.5 <= float(r["param_mmd.weight"]) <= 0.6 for r in rows)
+    # trial 0 runs the defaults that lie inside the space (mmd.weight 1.0 does not)
+    assert [r["defaults"] for r in rows] == ["True", "False", "False"]
+    assert (float(rows[0]["param_weight_decay"]), rows[0]["param_epochs"]) == (1e-3, "2")
+    assert all((study / r["run_dir"] / "summary.json").is_file() for r in rows)
+    best = min(rows, key=lambda r: float(r["score"]))  # im is minimised
+    toml = (study / "best.toml").read_text()
+    assert toml == (study / best["run_dir"] / "config.toml").read_text()
+    assert "lr = 0.002\n" in toml
+    assert "oracle" in (study / "report.md").read_text().lower()
+    again = CliRunner().invoke(
+        cli, ["train", "--config", str(study / "best.toml"), "--run-dir", str(tmp_path / "r"),
+              "--quiet"]  # fmt: skip
+    )
+    assert again.exit_code == 0, again.output
+    # rerunning a finished study adds no trial
+    result = CliRunner().invoke(
+        cli, _args(source, target, study, "--n-trials", "3", "--score", "im", "--space",
+                   str(space))  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    assert len(_trials(study)) == 3
+    # ... and the same folder with other settings is refused, not mixed
+    result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "3"))
+    assert result.exit_code != 0
+    assert "holds a study with other settings (score: 'im' there, 'im_src' now)" in result.output
+    result = CliRunner().invoke(
+        cli, _args(source, target, study, "--n-trials", "3", "--score", "im", "--space",
+                   str(space), "--batch-size", "4")  # fmt: skip
+    )
+    assert "(base.batch_size: 8 there, 4 now)" in result.output, result.output
+
+
+def test_timeout_and_a_busy_study_folder(toys, tmp_path):
+    import fcntl
+
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    result = CliRunner().invoke(
+        cli, _args(source, target, study, "--n-trials", "3", "--timeout", "0.000001")
+    )
+    assert result.exit_code == 0, result.output
+    assert len(_trials(study)) <= 1  # no trial starts once the time is up
+    with (study / ".tune.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `galmerge tune` holds it
+        result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "3"))
+    assert result.exit_code != 0
+    assert "another galmerge tune is running on" in result.output
+
+
+def test_permuted_target_labels_give_the_same_study_bit_for_bit(toys, tmp_path):
+    """The objective never sees target labels: permuting them changes only the oracle."""
+    from galmerge.tuning import tune
+
+    studies = []
+    oracles = []
+    for name, permute in (("a", False), ("b", True)):
+        source, target = _write_pair(tmp_path / name / "data", permute_target=permute)
+        study = tmp_path / name / "study"
+        tune(source, target, "mmd", 3, study, seed=1, score="dev", backbone="tiny", epochs=2,
+             batch_size=8, max_steps_per_epoch=2, device="cpu", quiet=True)  # fmt: skip
+        rows = _trials(study)
+        oracles.append([r["oracle_target_test_accuracy"] for r in rows])
+        studies.append((
+            _history(study),
+            [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows],
+            [line for line in (study / "best.toml").read_text().splitlines()
+             if not line.startswith(("source =", "target ="))],
+        ))  # fmt: skip
+    assert oracles[0] != oracles[1]  # the labels did change what the oracle sees
+    assert studies[0][0] == studies[1][0]
+    assert studies[0][1] == studies[1][1]
+    assert studies[0][2] == studies[1][2]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_and_retries_the_interrupted_trial(tmp_path):
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    args = _args(source, target, study, "--n-trials", "3", "--pruner", "none")
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--slow", *args], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 120
+    # kill during the second trial, once it has written an epoch
+    while not (study / "trials" / "0001" / "metrics.csv").exists():
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], env=_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _trials(study)
+    states = [r["state"] for r in rows]
+    assert states.count("complete") == 3
+    assert states[1] == "fail" and "interrupted" in rows[1]["error"]
+    # the interrupted configuration ran again, right after the restart
+    retry = rows[2]
+    assert {k: v for k, v in retry.items() if k.startswith("param_")} == {
+        k: v for k, v in rows[1].items() if k.startswith("param_")
+    }
+    assert (study / "best.toml").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study_through_storage(tmp_path):
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    study.mkdir()
+    url = f"sqlite:///{study / 'shared.db'}"
+    args = _args(source, target, study, "--n-trials", "4", "--storage", url, "--pruner", "none")
+    procs = [subprocess.Popen([sys.executable, str(SCRIPT), *args], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    rows = _trials(study)
+    numbers = [int(r["trial"]) for r in rows]
+    assert len(numbers) == len(set(numbers)) >= 4
+    assert all(r["state"] == "complete" for r in rows)
+    assert len({r["run_dir"] for r in rows}) == len(rows)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--n-trials", "0"], "--n-trials must be"),
+        (["--n-trials", "2", "--score", "oracle_target_accuracy"], "unknown --score"),
+        (["--n-trials", "2", "--score", "nope"], "unknown --score"),
+        (["--n-trials", "2", "--pruner", "nope"], "unknown --pruner"),
+        (["--n-trials", "2", "--timeout", "0"], "--timeout must be > 0"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(toys, tmp_path, extra, message):
+    source, target = _write_pair(tmp_path / "data")
+    result = CliRunner().invoke(cli, _args(source, target, tmp_path / "s", *extra))
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ("lr = {type = 'float', low = 1, high = 0.1}", "low <= high"),
+        ("lr = {type = 'float', low = 0, high = 0.1, log = true}", "low must be > 0"),
+        ("lr = {type = 'gauss'}", "has type 'gauss'"),
+        ("[dann]\nweight = {type = 'float', low = 0.1, high = 1}", "'dann' is not a strategy"),
+        ("[mmd]\nsigma = {type = 'float', low = 0.1, high = 1}", "has no option 'sigma'"),
+        ("momentum = 0.9", "unknown setting 'momentum'"),
+        ("lr = [", "not valid TOML"),
+    ],
+)
+def test_bad_space_files_are_one_line_errors(toys, tmp_path, space, message):
+    source, target = _write_pair(tmp_path / "data")
+    path = tmp_path / "space.toml"
+    path.write_text(space + "\n")
+    result = CliRunner().invoke(
+        cli, _args(source, target, tmp_path / "s", "--n-trials", "1", "--space", str(path))
+    )
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_study_dir_and_missing_optuna_are_one_line_errors(
+    toys, tmp_path, monkeypatch
+):
+    source, target = _write_pair(tmp_path / "data")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(cli, _args(source, target, blocker / "s", "--n-trials", "1"))
+    assert result.exit_code != 0 and "cannot write there" in result.output
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    result = CliRunner().invoke(cli, _args(source, target, tmp_path / "s", "--n-trials", "1"))
+    assert result.exit_code != 0
+    assert "pip install 'galmerge[tune]'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_plugin_strategy_brings_its_search_space(register_plugin, plugin_manager, tmp_path):
+    from galmerge.hookspecs import hookimpl
+    from galmerge.records import Strategy
+    from galmerge.tuning import resolve_config, resolve_space
+
+    class Plugin(ToyPlugin):
+        @hookimpl
+        def register_strategies(self):
+            base = [r for r in ToyPlugin.register_strategies(self) if r.name == "meangap"][0]
+            return [Strategy(name="gap2", description="test", build=base.build,
+                             defaults=base.defaults,
+                             search_space={"power": {"type": "categorical",
+                                                     "choices": [1.0, 2.0]}})]  # fmt: skip
+
+    register_plugin(Plugin() if "none" not in plugin_manager.components("strategies")
+                    else type("P", (Plugin, _NoNone), {})(), "toys")  # fmt: skip
+    config = resolve_config(file={"source": "a", "target": "b", "strategy": "gap2+mmd",
+                                  "backbone": "tiny", "epochs": 4})  # fmt: skip
+    space, fixed = resolve_space(config)
+    assert space["gap2.power"] == {"type": "categorical", "choices": [1.0, 2.0]}
+    assert space["mmd.weight"]["log"] is True
+    assert space["epochs"] == {"type": "int", "low": 2, "high": 4, "log": False}
+    space, fixed = resolve_space(config, {"gap2": {"power": 3.0}, "epochs": 4})
+    assert "gap2.power" not in space and fixed == {"gap2.power": 3.0, "epochs": 4}
+
+
+def test_train_on_epoch_sees_each_row_and_its_exception_propagates(toys, tmp_path):
+    import galmerge
+
+    source, target = toy_sets(40, 40)
+    rows: list[dict] = []
+
+    class Stop(Exception):
+        pass
+
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        assert (tmp_path / "r" / "metrics.csv").read_text().count("\n") == len(rows) + 1
+        if len(rows) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        galmerge.train(source=source, target=target, strategy="mmd", backbone="tiny", epochs=4,
+                       batch_size=8, max_steps_per_epoch=2, device="cpu", quiet=True,
+                       run_dir=tmp_path / "r", on_epoch=on_epoch)  # fmt: skip
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert "score_im_src" in rows[0] and "target_val_accuracy" in rows[0]
