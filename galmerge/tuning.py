@@ -321,24 +321,41 @@ def _storage(optuna: Any, study_dir: Path, url: str | None) -> tuple[Any, bool]:
     if url.startswith("sqlite"):
         # several processes on one SQLite file wait for each other's short writes
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    if not embedded:
-        import inspect
+    import warnings
 
-        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-        params = inspect.signature(optuna.storages.RDBStorage).parameters
-        kwargs.update(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-        if retry is not None and "heartbeat_stale_trial_callback" in params:
-            kwargs["heartbeat_stale_trial_callback"] = retry(max_retry=1)
-        else:
-            kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=1)
-    try:
-        return optuna.storages.RDBStorage(url, **kwargs), embedded
-    except Exception as exc:  # a bad URL or an unreachable server: one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GalmergeError(
-            f"--storage {url}: cannot open it ({first}); e.g. sqlite:///DIR/study.db or "
-            f"postgresql://USER:PASSWORD@HOST/DB"
-        ) from None
+    with warnings.catch_warnings():
+        # heartbeats and their retry callback are marked experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if not embedded:
+            import inspect
+
+            retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+            params = inspect.signature(optuna.storages.RDBStorage).parameters
+            kwargs.update(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            if retry is not None and "heartbeat_stale_trial_callback" in params:
+                kwargs["heartbeat_stale_trial_callback"] = retry(max_retry=1)
+            else:
+                kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(
+                    max_retry=1
+                )
+        error: Exception | None = None
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, **kwargs), embedded
+            except Exception as exc:  # a bad URL or an unreachable server: one line below
+                error = exc
+                # processes opening a new database at once race to create its tables; the
+                # loser finds them on the next try
+                text = str(exc)
+                if attempt < 4 and ("already exists" in text or "UNIQUE constraint" in text):
+                    time.sleep(0.5 + attempt)
+                    continue
+                break
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise GalmergeError(
+        f"--storage {url}: cannot open it ({first}); e.g. sqlite:///DIR/study.db or "
+        f"postgresql://USER:PASSWORD@HOST/DB"
+    )
 
 
 def _lock_embedded(study_dir: Path) -> Any:
