@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from galmerge import atomic
 from galmerge.errors import GalmergeError
 from galmerge.metrics import METRIC_NAMES
 
@@ -190,9 +191,7 @@ def write_table(rows: Sequence[dict[str, Any]], output: str | Path) -> Path:
         raise GalmergeError(f"--output {path}: use a .md or .csv file name")
     text = to_markdown(rows) if suffix == ".md" else to_csv(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, text)
     return path
 
 

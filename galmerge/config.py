@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from galmerge import atomic
 from galmerge.errors import GalmergeError
 
 DEFAULTS: dict[str, Any] = {
@@ -68,7 +69,7 @@ def write_toml(path: str | Path, config: Mapping[str, Any]) -> None:
     """Write a resolved config (keys sorted in a stable, readable order)."""
     import tomli_w
 
-    Path(path).write_text(tomli_w.dumps(_toml_safe(config)))
+    atomic.write_text(path, tomli_w.dumps(_toml_safe(config)))
 
 
 def _toml_safe(value: Any) -> Any:

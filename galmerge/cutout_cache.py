@@ -24,7 +24,6 @@ import fcntl
 import hashlib
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from galmerge import atomic
 from galmerge.errors import GalmergeError
 
 CACHE_FORMAT = "galmerge-cutout-cache/1"
@@ -208,11 +208,8 @@ class CutoutCache:
                       "and its stamps will be fetched again")
 
     def _remove_dead_temporaries(self) -> None:
-        host = socket.gethostname()
-        for tmp in self.journal.glob(".c-*.tmp"):
-            parts = tmp.name.split("~")
-            if len(parts) >= 3 and parts[1] == host and not _pid_alive(int(parts[2])):
-                tmp.unlink(missing_ok=True)
+        for tmp in atomic.dead_temporaries(self.journal, ".c-*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def _add_segment(self, hi, lo, file, row) -> None:
         if len(hi) == 0:
@@ -388,14 +385,13 @@ class CutoutCache:
 
     def _write_file(self, final: Path, images: np.ndarray, *, ids, ra, dec, keys, hashes,
                     mkeys, mhashes, mstatus) -> None:
-        tmp = final.with_name(f".{final.stem}~{socket.gethostname()}~{os.getpid()}~.tmp")
+        tmp = atomic.temp_beside(final.with_name(final.stem))
         with h5py.File(tmp, "w") as f:
             self._write_header(f)
             _create_images(f, images, self.shape)
             self._write_columns(f, len(images), ids, ra, dec, keys, hashes, mkeys, mhashes,
                                 mstatus)
-        _fsync(tmp)
-        os.replace(tmp, final)
+        atomic.publish(tmp, final)
 
     def _write_header(self, f: h5py.File) -> None:
         for name, value in self.attrs.items():
@@ -432,7 +428,7 @@ class CutoutCache:
     def compact(self, force: bool = True) -> bool:
         """Merge journal chunks into the consolidated file (under a lock); True if it did."""
         lock_path = self.path.with_name(self.path.name + ".lock")
-        with open(lock_path, "a+") as lock:
+        with atomic.open_nofollow(lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             chunks = sorted(self.journal.glob("c-*.h5"))
             if not chunks:
@@ -470,7 +466,7 @@ class CutoutCache:
         if len(all_m) and len(all_h):
             mkeep_all &= ~np.isin(all_m[:, 0], all_h[:, 0])
         n = int(keep_all.sum())
-        tmp = self.path.with_name(f".{self.path.name}~{socket.gethostname()}~{os.getpid()}~.tmp")
+        tmp = atomic.temp_beside(self.path)
         text = h5py.string_dtype("utf-8")
         with h5py.File(tmp, "w") as out:
             if readable:  # keep what earlier runs recorded (bands, survey...) unless given now
@@ -519,8 +515,7 @@ class CutoutCache:
                                data=joined["missing_key_hash"].astype(np.uint64).reshape(-1, 2))
             out.attrs["n_missing"] = len(joined["missing_key"])
             out.attrs["n_images"] = n
-        _fsync(tmp)
-        os.replace(tmp, self.path)
+        atomic.publish(tmp, self.path)
 
     def describe(self) -> str:
         return json.dumps({"path": str(self.path), "entries": len(self),

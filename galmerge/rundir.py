@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import platform
 import re
 import subprocess
@@ -16,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from galmerge import atomic
 from galmerge.config import read_toml, write_toml
 from galmerge.errors import GalmergeError
 
@@ -120,9 +120,7 @@ def environment(device: Any) -> dict[str, Any]:
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(payload), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(_json_safe(payload), indent=2, sort_keys=False) + "\n")
 
 
 def _json_safe(value: Any) -> Any:
@@ -142,13 +140,11 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    tmp = run_dir / f".{METRICS}.tmp"
-    with tmp.open("w", newline="") as fh:
+    with atomic.atomic_open(run_dir / METRICS, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({c: _fmt(row.get(c)) for c in columns})
-    os.replace(tmp, run_dir / METRICS)
 
 
 def _fmt(value: Any) -> Any:

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from galmerge import atomic
 from galmerge.cutouts import CutoutRequest, CutoutResult
 from galmerge.errors import GalmergeError
 from galmerge.http_retry import (
@@ -428,9 +429,7 @@ class FrameDiskCache:
     def write(self, path: Path, blob: bytes) -> None:
         """Store a file atomically (a kill never leaves half a frame), then keep the bound."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
+        atomic.write_bytes(path, blob)
         with self._lock:
             if self._estimate is not None:
                 self._estimate += len(blob)
@@ -464,7 +463,7 @@ class FrameDiskCache:
             return  # another thread is at it
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            with open(self.root / self.LOCK_NAME, "a+b") as guard:
+            with atomic.open_nofollow(self.root / self.LOCK_NAME, "a+b") as guard:
                 if not _lock_file(guard, shared=False, wait=False):
                     return  # another process is at it
                 files = self._scan()

@@ -1,0 +1,98 @@
+"""Hardening (issue 19): planted links, damaged models and caches, dead services, plugins.
+
+Each test fails on the code before its fix; each goes through the CLI or the public API with
+real files, real loopback servers and real signals or resource limits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from pathlib import Path
+
+from click.testing import CliRunner
+from test_classify import CASJOBS, env, make_checkpoint, read_csv  # noqa: F401  (fixture)
+
+from galmerge.cli import cli
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# -- item 2: one atomic-write helper; a planted link at a guessable temporary name -------------
+
+def _victim(tmp: Path) -> Path:
+    victim = tmp / "victim.txt"
+    victim.write_text("precious\n")
+    return victim
+
+
+def test_classify_never_follows_a_link_at_the_old_temporary_name(env):  # noqa: F811
+    tmp, ckpt, _ = env
+    victim = _victim(tmp)
+    host, pid = socket.gethostname(), os.getpid()
+    out = tmp / "out.csv"
+    # the names the output writers used to use: predictable from host and process id
+    for name in (f".out.csv~{host}~{pid}~.tmp", f".out.fits~{host}~{pid}~.tmp",
+                 f".out.fits.h5~{host}~{pid}~.tmp"):
+        (tmp / name).symlink_to(victim)
+    (tmp / "dr16.csv").write_text(CASJOBS)
+    for target in (out, tmp / "out.fits"):
+        res = _run("classify", str(tmp / "dr16.csv"), "--model", str(ckpt), "--survey",
+                   "stamps", "--cache", str(tmp / "c.h5"), "--output", str(target), "--quiet")
+        assert res.exit_code == 0, res.output
+    assert victim.read_text() == "precious\n"
+    header, rows = read_csv(out)
+    assert header[-1] == "status" and len(rows) == 11
+    assert stat.S_IMODE(out.stat().st_mode) == _umask_mode()
+
+
+def test_checkpoint_summary_and_tables_never_follow_links(tmp_path):
+    from galmerge.comparison import write_table
+    from galmerge.rundir import write_json
+
+    victim = _victim(tmp_path)
+    for name in (".best.pt.tmp", ".summary.json.tmp", ".t.csv.tmp"):
+        (tmp_path / name).symlink_to(victim)
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    write_json(tmp_path / "summary.json", {"a": 1})
+    write_table([{"strategy": "none", "x": 1.0}], tmp_path / "t.csv")
+    assert victim.read_text() == "precious\n"
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"a": 1}
+    # one permission policy for every file galmerge writes: the umask's, checkpoints included
+    for path in (ckpt, tmp_path / "summary.json", tmp_path / "t.csv"):
+        assert stat.S_IMODE(path.stat().st_mode) == _umask_mode(), path
+    # nothing left behind but the planted links
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [
+        ".best.pt.tmp", ".summary.json.tmp", ".t.csv.tmp"]
+
+
+def test_fetch_refuses_a_link_planted_at_its_lock_or_part_file(tmp_path, monkeypatch):
+    from loopback_http import LoopbackServer
+    from test_fetch import RECORD, _zenodo_blobs
+
+    victim = _victim(tmp_path)
+    folder = tmp_path / "deepmerge"
+    folder.mkdir()
+    name = "SimReal_TARGET_X_postmergers_SDSS.npy"
+    with LoopbackServer() as srv:
+        srv.add_zenodo_record(RECORD, _zenodo_blobs())
+        monkeypatch.setenv("GALMERGE_ZENODO_URL", srv.url)
+        for planted in (f".{name}.lock", f"{name}.part"):
+            (folder / planted).symlink_to(victim)
+            res = _run("fetch", "sdss", "--data-dir", str(tmp_path), "--no-progress")
+            assert res.exit_code != 0
+            assert "symbolic link" in res.output and "Traceback" not in res.output, res.output
+            assert victim.read_text() == "precious\n"
+            (folder / planted).unlink()
+        res = _run("fetch", "sdss", "--data-dir", str(tmp_path), "--no-progress")
+        assert res.exit_code == 0, res.output
