@@ -197,6 +197,8 @@ class Downloader:
 
     def _fetch_locked(self, remote: RemoteFile, dest: Path, force: bool) -> FetchResult:
         part = dest.with_name(dest.name + ".part")
+        if part.is_symlink():  # refused before any transfer (opening it would refuse it too)
+            atomic.open_nofollow(part, "ab").close()
         if force:
             part.unlink(missing_ok=True)
             _validator_path(part).unlink(missing_ok=True)

@@ -7,11 +7,17 @@ A checkpoint is a dict that loads with ``torch.load(weights_only=True)``::
      "num_classes": int, "model": state_dict, "temperature": float,
      "preprocess": {"source": spec, "target": spec},   # see galmerge.preprocess
      "config": dict,                                   # the resolved run config
-     "epoch": int, "training_state": dict | None}      # optimiser etc., for --resume
+     "epoch": int, "training_state": dict | None,      # optimiser etc., for --resume
+     "sha256": str}                                    # of all the above: see content_sha256
+
+``sha256`` is checked on every load: a damaged file (a flipped byte in the weights) is refused
+instead of classifying with wrong weights. Checkpoints written before it existed load unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,13 +70,48 @@ def build_model(
     return GalaxyClassifier(net, head)
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then rename."""
+def content_sha256(payload: Any) -> str:
+    """SHA-256 of a checkpoint's content: keys, scalars and every tensor's dtype, shape, bytes.
+
+    Computed on the loaded objects (not the file's bytes), so it does not depend on how torch
+    lays out the archive; the ``sha256`` entry itself is left out.
+    """
+    h = hashlib.sha256()
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().to("cpu").contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            keys = [k for k in obj if not (obj is payload and k == "sha256")]
+            h.update(f"D{len(keys)}:".encode())
+            for key in sorted(keys, key=repr):
+                h.update(f"K{key!r}:".encode())
+                walk(obj[key])
+        elif isinstance(obj, list | tuple):
+            h.update(f"L{type(obj).__name__}{len(obj)}:".encode())
+            for item in obj:
+                walk(item)
+        elif isinstance(obj, float) and math.isnan(obj):
+            h.update(b"Fnan;")
+        else:
+            h.update(f"S{type(obj).__name__}{obj!r};".encode())
+
+    walk(payload)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
+    """Write atomically (`galmerge.atomic`) with the content's SHA-256; returns that hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, **payload}
+    payload.pop("sha256", None)
+    payload["sha256"] = content_sha256(payload)
     with atomic.atomic_open(path, "wb") as fh:
         torch.save(payload, fh)
+    return str(payload["sha256"])
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -94,6 +135,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise GalmergeError(f"cannot read checkpoint {p}: {exc}".splitlines()[0]) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise GalmergeError(f"{p} is not a galmerge checkpoint ({CHECKPOINT_FORMAT})")
+    recorded = payload.get("sha256")
+    if recorded is not None and (not isinstance(recorded, str)
+                                 or content_sha256(payload) != recorded):
+        raise GalmergeError(f"checkpoint {p} is damaged: its content does not match the SHA-256 "
+                            "recorded in it; restore it from a copy or train again")
     return payload
 
 

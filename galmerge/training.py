@@ -778,6 +778,7 @@ def _train_loop(
             "seed": seed,
             "epochs_run": len(rows),
             "best_epoch": int(best["epoch"]),
+            "best_sha256": best_payload.get("sha256"),  # verified on every load of best.pt
             "train_images_per_s": train_images / train_seconds if train_seconds > 0 else None,
             "metrics": {
                 "source_test": _test_metrics(model, source, device, cuda),

@@ -96,3 +96,52 @@ def test_fetch_refuses_a_link_planted_at_its_lock_or_part_file(tmp_path, monkeyp
             (folder / planted).unlink()
         res = _run("fetch", "sdss", "--data-dir", str(tmp_path), "--no-progress")
         assert res.exit_code == 0, res.output
+
+
+# -- item 3: checkpoints carry a SHA-256 of their content, checked on load --------------------
+
+def _flip_weight_byte(ckpt: Path) -> None:
+    import torch
+
+    weight = torch.load(ckpt, weights_only=True)["model"]["head.0.weight"]
+    blob = bytearray(ckpt.read_bytes())
+    at = blob.find(weight.numpy().tobytes()[:64])
+    assert at > 0
+    blob[at + 10] ^= 0x40
+    ckpt.write_bytes(bytes(blob))
+
+
+def test_a_flipped_byte_in_best_pt_is_refused_by_classify_and_evaluate(env):  # noqa: F811
+    tmp, ckpt, _ = env
+    (tmp / "dr16.csv").write_text(CASJOBS)
+    _flip_weight_byte(ckpt)
+    res = _run("classify", str(tmp / "dr16.csv"), "--model", str(ckpt.parent), "--survey",
+               "stamps", "--cache", str(tmp / "c.h5"), "--quiet")
+    assert res.exit_code != 0
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "damaged" in lines[0] and str(ckpt) in lines[0], res.output
+    assert not (tmp / "dr16_galmerge.csv").exists()
+
+
+def test_checkpoints_without_a_hash_still_load(tmp_path):
+    import torch
+
+    from galmerge.model import load_model
+
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    payload = torch.load(ckpt, weights_only=True)
+    assert len(payload.pop("sha256")) == 64
+    torch.save(payload, tmp_path / "old.pt")  # as written before checkpoints had a hash
+    assert load_model(tmp_path / "old.pt").temperature == 1.5
+
+
+def test_summary_records_the_hash_of_best_pt(tmp_path):
+    import torch
+    from eval_helpers import tiny_run, write_pair
+
+    source, target = write_pair(tmp_path / "data", n=24)
+    summary = tiny_run(tmp_path / "run", source, target, epochs=1)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert summary["best_sha256"] == best["sha256"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["best_sha256"] == \
+        best["sha256"]
