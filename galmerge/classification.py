@@ -484,6 +484,8 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: Any, store: Cutou
             status[i] = key_status[key]
             if key in key_p and key_status[key] == STATUS_OK:
                 p[i] = key_p[key]
+    # 'ok' promises a probability in [0, 1]: a model whose output overflowed does not get it
+    status[(status == STATUS_OK) & ~np.isfinite(p)] = "model-failed: non-finite output"
     flag = np.where(np.isfinite(p), (p >= threshold).astype(np.int8), -1).astype(np.int8)
     return ResultBlock(chunk.columns, p, flag, status)
 

@@ -15,6 +15,12 @@ has grown to half the consolidated file's size, so the copying costs O(1) per st
 Every file is checked on open (HDF5 readable, format, datasets of consistent length) and image
 chunks carry Fletcher-32 checksums checked on read; a bad file is renamed
 ``*.corrupt-<timestamp>``, reported in one line and its stamps fetched again — never used.
+
+Each stamp is also bound to its key: ``stamp_check[i]`` is a 128-bit BLAKE2b of the key's hash
+and the stamp's pixels, checked on every read against the key asked for, so an index whose
+rows were swapped (two galaxies given each other's stamps) is caught like a flipped bit. A
+stamp with non-finite pixels is refused on read the same way (the fetch path never stores one).
+Files written before ``stamp_check`` existed are read without the binding check.
 """
 
 from __future__ import annotations
@@ -58,6 +64,19 @@ def hash_keys(keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         hi[i] = int.from_bytes(d[:8], "little")
         lo[i] = int.from_bytes(d[8:], "little")
     return hi, lo
+
+
+def stamp_checks(hi: np.ndarray, lo: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """(n, 2) uint64: BLAKE2b-128 of each key hash with its stamp's float32 pixels."""
+    out = np.empty((len(images), 2), dtype=np.uint64)
+    data = np.ascontiguousarray(images, dtype="<f4")
+    for i in range(len(data)):
+        h = hashlib.blake2b(digest_size=16)
+        h.update(np.array([hi[i], lo[i]], dtype="<u8").tobytes())
+        h.update(data[i].tobytes())
+        d = h.digest()
+        out[i] = (int.from_bytes(d[:8], "little"), int.from_bytes(d[8:], "little"))
+    return out
 
 
 @dataclass
@@ -111,6 +130,7 @@ class CutoutCache:
         self.statuses: list[str] = [STATUS_OK]
         self.files: list[Path | None] = []
         self._handles: dict[int, h5py.File] = {}
+        self._checks: dict[int, np.ndarray | None] = {}  # file number -> its stamp_check
         self._segments: list[_Segment] = []
         self._pending: dict[tuple[int, int], tuple[str, str, float, float, np.ndarray | None,
                                                    str]] = {}
@@ -183,6 +203,8 @@ class CutoutCache:
                     if name not in f or f[name].shape[0] != n:
                         raise CorruptCacheFile(f"dataset '{name}' missing or not {n} long")
                 kh = f["key_hash"][()]
+                if "stamp_check" in f and f["stamp_check"].shape != (n, 2):
+                    raise CorruptCacheFile("dataset 'stamp_check' has the wrong shape")
                 m = int(f.attrs.get("n_missing", -1))
                 mk = f.get("missing_key_hash")
                 ms = f.get("missing_status")
@@ -280,7 +302,7 @@ class CutoutCache:
         files = np.unique(file[need])
         if len(files) == 1 and need.all():  # the usual warm case: no extra copy
             try:
-                return self._read_rows(int(files[0]), row), need
+                return self._read_rows(int(files[0]), row, hi, lo), need
             except (OSError, ValueError, KeyError) as exc:
                 self._drop_file(int(files[0]), f"bad data on read ({exc})".splitlines()[0])
                 return out, got
@@ -288,13 +310,25 @@ class CutoutCache:
             sel = np.flatnonzero(need & (file == f_no))
             rows = row[sel]
             try:
-                out[sel] = self._read_rows(int(f_no), rows)
+                out[sel] = self._read_rows(int(f_no), rows, hi[sel], lo[sel])
                 got[sel] = True
             except (OSError, ValueError, KeyError) as exc:
                 self._drop_file(int(f_no), f"bad data on read ({exc})".splitlines()[0])
         return out, got
 
-    def _read_rows(self, f_no: int, rows: np.ndarray) -> np.ndarray:
+    def _read_rows(self, f_no: int, rows: np.ndarray, hi: np.ndarray,
+                   lo: np.ndarray) -> np.ndarray:
+        """The stamps at ``rows`` of file ``f_no``, checked against the keys (hi, lo) asked for;
+        ValueError when one is not the stamp stored for its key or not finite."""
+        data = self._read_rows_unchecked(f_no, rows)
+        checks = self._checks.get(f_no)
+        if checks is not None and not np.array_equal(stamp_checks(hi, lo, data), checks[rows]):
+            raise ValueError("a stamp does not match its key (index rows swapped or edited)")
+        if not np.isfinite(data).all():
+            raise ValueError("a stamp has non-finite pixel values")
+        return data
+
+    def _read_rows_unchecked(self, f_no: int, rows: np.ndarray) -> np.ndarray:
         handle = self._handles.get(f_no)
         if handle is None:
             if len(self._handles) >= 32:
@@ -304,6 +338,9 @@ class CutoutCache:
             if path is None:
                 raise KeyError("file was set aside")
             handle = self._handles[f_no] = h5py.File(path, "r")
+            if f_no not in self._checks:
+                check = handle.get("stamp_check")
+                self._checks[f_no] = None if check is None else check[()]
         dset = handle["images"]
         order = np.argsort(rows, kind="stable")
         srows = rows[order]
@@ -389,8 +426,9 @@ class CutoutCache:
         with h5py.File(tmp, "w") as f:
             self._write_header(f)
             _create_images(f, images, self.shape)
+            hashes = np.asarray(hashes, np.uint64).reshape(-1, 2)
             self._write_columns(f, len(images), ids, ra, dec, keys, hashes, mkeys, mhashes,
-                                mstatus)
+                                mstatus, stamp_checks(hashes[:, 0], hashes[:, 1], images))
         atomic.publish(tmp, final)
 
     def _write_header(self, f: h5py.File) -> None:
@@ -400,8 +438,10 @@ class CutoutCache:
         f.attrs["galmerge_cache_key"] = self.cache_key
 
     @staticmethod
-    def _write_columns(f, n, ids, ra, dec, keys, hashes, mkeys, mhashes, mstatus) -> None:
+    def _write_columns(f, n, ids, ra, dec, keys, hashes, mkeys, mhashes, mstatus,
+                       checks) -> None:
         text = h5py.string_dtype("utf-8")
+        f.create_dataset("stamp_check", data=np.asarray(checks, np.uint64).reshape(-1, 2))
         f.create_dataset("labels", data=np.full(n, -1, dtype=np.int8))
         f.create_dataset("id", data=np.array(ids, dtype=object), dtype=text)
         f.create_dataset("ra", data=np.asarray(ra, dtype=np.float64))
@@ -422,6 +462,7 @@ class CutoutCache:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
+        self._checks.clear()
         if compact:
             self.compact(force=False)
 
@@ -479,7 +520,7 @@ class CutoutCache:
                                   total=n)
             cols: dict[str, list[np.ndarray]] = {k: [] for k in (
                 "id", "ra", "dec", "key", "key_hash", "missing_key", "missing_key_hash",
-                "missing_status")}
+                "missing_status", "stamp_check")}
             pos = 0
             off = moff = 0
             for src, h, mh in readable:
@@ -489,12 +530,18 @@ class CutoutCache:
                 moff += len(mh)
                 with h5py.File(src, "r") as f:
                     rows = np.flatnonzero(keep)
+                    # copied, never recomputed (that would bless a swapped row); files from
+                    # before stamp_check existed get theirs computed from what they hold
+                    old_checks = f["stamp_check"][()] if "stamp_check" in f else None
                     for start in range(0, len(rows), COPY_BLOCK):
                         block = rows[start : start + COPY_BLOCK]
                         lo_, hi_ = int(block[0]), int(block[-1]) + 1
                         data = f["images"][lo_:hi_][block - lo_]
                         dset[pos : pos + len(block)] = data
                         pos += len(block)
+                        cols["stamp_check"].append(
+                            old_checks[block] if old_checks is not None
+                            else stamp_checks(h[block, 0], h[block, 1], data))
                     cols["id"].append(f["id"].asstr()[()][keep])
                     cols["ra"].append(f["ra"][()][keep])
                     cols["dec"].append(f["dec"][()][keep])
@@ -511,6 +558,8 @@ class CutoutCache:
             out.create_dataset("dec", data=joined["dec"].astype(np.float64))
             out.create_dataset("key_hash",
                                data=joined["key_hash"].astype(np.uint64).reshape(-1, 2))
+            out.create_dataset("stamp_check",
+                               data=joined["stamp_check"].astype(np.uint64).reshape(-1, 2))
             out.create_dataset("missing_key_hash",
                                data=joined["missing_key_hash"].astype(np.uint64).reshape(-1, 2))
             out.attrs["n_missing"] = len(joined["missing_key"])
@@ -532,20 +581,3 @@ def _create_images(f: h5py.File, images: np.ndarray, shape: tuple[int, ...],
         dset[...] = images
     return dset
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -166,11 +166,25 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         dict(payload.get("backbone_options") or {}),
     )
     model.load_state_dict(payload["model"])
+    bad = [name for name, t in payload["model"].items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise GalmergeError(f"checkpoint {p} has non-finite (NaN/inf) weights in {bad[0]}; "
+                            "use a checkpoint from before training diverged, or retrain")
     model.to(device).eval()
     return LoadedModel(
         model=model,
         preprocess=dict(payload["preprocess"]),
         config=dict(payload.get("config") or {}),
-        temperature=float(payload.get("temperature", 1.0)),
+        temperature=_temperature(payload.get("temperature", 1.0), p),
         path=p,
     )
+
+
+def _temperature(value: Any, path: Path) -> float:
+    """A calibration temperature must be a positive finite number (p = softmax(z / T))."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or value <= 0:
+        raise GalmergeError(f"checkpoint {path}: temperature {value!r} is not a positive finite "
+                            "number; retrain (training calibrates it)")
+    return float(value)

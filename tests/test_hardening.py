@@ -145,3 +145,115 @@ def test_summary_records_the_hash_of_best_pt(tmp_path):
     assert summary["best_sha256"] == best["sha256"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["best_sha256"] == \
         best["sha256"]
+
+
+# -- item 4: the cutout cache binds each stamp to its key and refuses non-finite stamps -------
+
+def _classify_twice_with_cache_edit(env, edit) -> tuple[str, str, int]:  # noqa: F811
+    tmp, ckpt, log = env
+    (tmp / "dr16.csv").write_text(CASJOBS)
+    args = ["classify", str(tmp / "dr16.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--cache", str(tmp / "c.h5"), "--output", str(tmp / "o.csv")]
+    assert _run(*args).exit_code == 0
+    good = (tmp / "o.csv").read_text()
+    fetched = len(log.read_text().splitlines())
+    import h5py
+
+    with h5py.File(tmp / "c.h5", "r+") as f:
+        edit(f)
+    res = _run(*args)
+    assert res.exit_code == 0, res.output
+    assert (tmp / "o.csv").read_text() == good  # the stamps were fetched again
+    return res.output, good, len(log.read_text().splitlines()) - fetched
+
+
+def test_swapped_cache_index_rows_are_detected_and_refetched(env):  # noqa: F811
+    def swap(f):
+        kh = f["key_hash"][()]
+        kh[[0, 1]] = kh[[1, 0]]  # two galaxies would get each other's stamps
+        f["key_hash"][...] = kh
+
+    output, _, refetched = _classify_twice_with_cache_edit(env, swap)
+    assert "is corrupt" in output and "does not match its key" in output, output
+    assert refetched == 4  # three stamps again, and the server error retried
+
+
+def test_nan_stamp_in_a_checksum_valid_cache_is_refused(env):  # noqa: F811
+    import numpy as np
+
+    def poison(f):
+        img = f["images"][0]
+        img[0, 3, 3] = np.nan
+        f["images"][0] = img  # h5py writes a valid Fletcher-32 checksum for it
+        if "stamp_check" in f:  # and a valid key binding: only the NaN is wrong
+            from galmerge.cutout_cache import stamp_checks
+
+            kh = f["key_hash"][()]
+            f["stamp_check"][0] = stamp_checks(kh[:1, 0], kh[:1, 1], img[None])[0]
+
+    output, _, refetched = _classify_twice_with_cache_edit(env, poison)
+    assert "is corrupt" in output and "non-finite" in output, output
+    assert refetched == 4  # three stamps again, and the server error retried
+
+
+# -- item 12: 'ok' means a probability in [0, 1] -----------------------------------------------
+
+def _edited_checkpoint(ckpt: Path, edit) -> Path:
+    import torch
+
+    from galmerge.model import save_checkpoint
+
+    payload = torch.load(ckpt, weights_only=True)
+    edit(payload)
+    save_checkpoint(ckpt, payload)
+    return ckpt
+
+
+def _classify_one_line_error(tmp: Path, ckpt: Path, needle: str) -> None:
+    (tmp / "dr16.csv").write_text(CASJOBS)
+    res = _run("classify", str(tmp / "dr16.csv"), "--model", str(ckpt), "--survey", "stamps",
+               "--cache", str(tmp / "c.h5"), "--output", str(tmp / "o.csv"), "--quiet")
+    lines = res.output.strip().splitlines()
+    assert res.exit_code != 0 and len(lines) == 1 and needle in lines[0], res.output
+    assert str(ckpt) in lines[0] and not (tmp / "o.csv").exists()
+
+
+def test_nan_weights_or_a_bad_temperature_are_refused(env):  # noqa: F811
+    import torch
+
+    tmp, ckpt, _ = env
+
+    def nan_weights(payload):
+        payload["model"]["head.0.weight"][0, 0] = float("nan")
+
+    _classify_one_line_error(tmp, _edited_checkpoint(ckpt, nan_weights), "non-finite")
+    for temperature in (0.0, -1.0, float("nan"), "abc"):
+        make_checkpoint(ckpt)
+
+        def set_t(payload, t=temperature):
+            payload["temperature"] = t
+
+        _classify_one_line_error(tmp, _edited_checkpoint(ckpt, set_t), "temperature")
+    assert torch.load(ckpt, weights_only=True)["temperature"] == "abc"
+
+
+def test_a_model_whose_output_overflows_gives_no_ok_rows(env):  # noqa: F811
+    tmp, ckpt, _ = env
+
+    def huge(payload):  # finite weights whose logits overflow to inf - inf = NaN
+        for name, t in payload["model"].items():
+            if name.startswith("head.") and t.is_floating_point():
+                t.mul_(1e30)
+
+    _edited_checkpoint(ckpt, huge)
+    (tmp / "dr16.csv").write_text(CASJOBS)
+    res = _run("classify", str(tmp / "dr16.csv"), "--model", str(ckpt), "--survey", "stamps",
+               "--cache", str(tmp / "c.h5"), "--output", str(tmp / "o.csv"), "--quiet")
+    assert res.exit_code == 0, res.output
+    _, rows = read_csv(tmp / "o.csv")
+    for row in rows:
+        if row[-1] == "ok":
+            assert 0.0 <= float(row[-3]) <= 1.0
+        else:
+            assert row[-3] == ""
+    assert "model-failed: non-finite output" in [r[-1] for r in rows]
