@@ -257,3 +257,74 @@ def test_a_model_whose_output_overflows_gives_no_ok_rows(env):  # noqa: F811
         else:
             assert row[-3] == ""
     assert "model-failed: non-finite output" in [r[-1] for r in rows]
+
+
+# -- item 13: a plugin that misbehaves in any way is skipped with one warning ------------------
+
+def _plugin_site(tmp: Path, source: str) -> Path:
+    from test_plugins import _fake_distribution
+
+    return _fake_distribution(tmp / "site", "galmerge-evil", "evil", "galmerge_evil", source)
+
+
+def test_plugin_exiting_or_interrupting_at_import_is_skipped(tmp_path):
+    from test_plugins import _run_cli
+
+    for i, source in enumerate(("import sys\nsys.exit(3)\n", "raise KeyboardInterrupt\n",
+                                "raise BaseException('odd')\n")):
+        site = _plugin_site(tmp_path / str(i), source)
+        for args in (["--help"], ["list", "surveys", "--json"]):
+            proc = _run_cli(*args, extra_path=site, GALMERGE_LOAD_PLUGINS="evil")
+            assert proc.returncode == 0, (source, proc.stdout, proc.stderr)
+            warning = [line for line in proc.stderr.splitlines() if "evil" in line]
+            assert len(warning) == 1 and "GALMERGE_DISABLE_PLUGINS=evil" in warning[0], \
+                proc.stderr
+            assert "Traceback" not in proc.stderr and "Aborted" not in proc.stderr
+        assert "sdss" in proc.stdout
+
+
+def _hook_plugin(kind: str, behaviour: str):
+    from galmerge import hookimpl
+
+    def body(*_args, **_kwargs):
+        if behaviour == "raise":
+            raise RuntimeError("hook broken on purpose")
+        if behaviour == "exit":
+            raise SystemExit(4)
+        return 42
+
+    name = f"register_{kind}"
+    if kind == "commands":
+        def hook(self, cli):
+            return body()
+    else:
+        def hook(self):
+            return body()
+    hook.__name__ = name
+    return type("Evil", (), {name: hookimpl(hook)})()
+
+
+def test_plugin_hooks_that_raise_or_return_garbage_are_skipped():
+    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+
+    for kind in ("strategies", "surveys", "backbones", "commands"):
+        for behaviour in ("raise", "exit", "42"):
+            if kind == "commands" and behaviour == "42":
+                continue  # register_commands' return value is not used
+            reset_plugin_manager()
+            get_plugin_manager().register(_hook_plugin(kind, behaviour), "evil-hook")
+            from galmerge.cli import cli as fresh_cli  # a group that has not added commands
+
+            fresh_cli._plugin_commands_loaded = False
+            err = ""
+            for args in (["--help"], ["list", "strategies"], ["list", "surveys"],
+                         ["list", "backbones"], ["plugins"]):
+                res = CliRunner().invoke(fresh_cli, args)
+                assert res.exit_code == 0, (kind, behaviour, args, res.output)
+                assert "Traceback" not in res.output
+                err += res.stderr
+            warnings = [line for line in err.splitlines() if "evil-hook" in line]
+            assert len(warnings) == 1, (kind, behaviour, err)
+            assert "GALMERGE_DISABLE_PLUGINS=evil-hook" in warnings[0]
+            assert f"register_{kind}" in warnings[0]
+    reset_plugin_manager()
