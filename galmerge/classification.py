@@ -437,7 +437,25 @@ def classify(
     summary = _summary(out_path, tally, fetched, t0, store)
     if show:
         _print_summary(summary)
+    _fail_if_nothing_fetched(summary, survey, getattr(service, "unreachable", None))
     return summary
+
+
+def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable: Any) -> None:
+    """Exit non-zero (after the output is written) when the survey service died or every fetch
+    failed: a script must not take a run with rows left to fetch for a finished one."""
+    if unreachable:
+        raise GalmergeError(
+            f"survey {survey}: {unreachable} stopped answering, so fetching stopped; "
+            f"{summary.ok} rows classified are in {summary.output} and the rest are marked "
+            "'fetch-failed: service unreachable'; run the same command again to fetch them "
+            "(stamps already fetched are cached)")
+    failed = summary.statuses.get("fetch-failed", 0)
+    if failed and summary.ok == 0:
+        example = summary.examples.get("fetch-failed", "fetch-failed")
+        raise GalmergeError(
+            f"survey {survey}: every fetch failed ({failed} rows, e.g. '{example}'); "
+            f"{summary.output} lists each row's status; run the same command again to retry")
 
 
 def _survey_record(name: str) -> Any:

@@ -25,7 +25,10 @@ Base URLs: env ``GALMERGE_SDSS_SKYSERVER_URL`` and ``GALMERGE_SDSS_SAS_URL``, ap
 (6 decoded frames kept), ``resolve_batch`` (25 positions per SkyServer query), ``radius_arcmin``
 (0.5, lookup radius), ``check_footprint`` (JPEG: look positions up first; default true),
 ``max_edge_fraction`` (0.5: a stamp with more of its area past the frame edge is
-``no-coverage``; less is zero-filled and counted in the summary).
+``no-coverage``; less is zero-filled and counted in the summary), ``max_connection_failures``
+(10 tries in a row with no answer, then the rest is ``fetch-failed: service unreachable``;
+env ``GALMERGE_MAX_CONNECTION_FAILURES``; 0 = never) and ``deadline`` (seconds per transfer,
+default 4 x timeout).
 """
 
 from __future__ import annotations
@@ -180,7 +183,7 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
         raise GalmergeError(
             f"bad sdss survey option ({exc}); numeric options: workers, attempts, retries, "
             f"timeout, backoff, max_retry_after, memory_frames, resolve_batch, radius_arcmin, "
-            f"frame_cache_gb"
+            f"frame_cache_gb, max_connection_failures, deadline"
         ) from None
     if source == "frames":
         return SdssFrameCutouts(bands, size, scale, settings)
@@ -294,7 +297,8 @@ class FieldResolver:
             response.raise_for_status()
             return parse_lookup_csv(response.text)
 
-        found = self._client.call(query, "position lookup")
+        found = self._client.call(query, "position lookup",
+                                  where=s.skyserver_url.split("://", 1)[-1].split("/", 1)[0])
         keys = [found.get(i) for i in range(len(batch))]
         with self._memo_lock:
             self.queries += 1
@@ -695,6 +699,11 @@ class _SdssService:
     def summary(self) -> str:
         """One line: requests, retries and failures with their reasons."""
         return self.client.summary()
+
+    @property
+    def unreachable(self) -> str | None:
+        """The host that stopped answering (the circuit breaker opened), else None."""
+        return self.client.unreachable
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -328,3 +328,146 @@ def test_plugin_hooks_that_raise_or_return_garbage_are_skipped():
             assert "GALMERGE_DISABLE_PLUGINS=evil-hook" in warnings[0]
             assert f"register_{kind}" in warnings[0]
     reset_plugin_manager()
+
+
+# -- items 5, 6: a dead survey service fails fast; a dripping body is cut off -----------------
+
+def _jpeg_checkpoint(path: Path, size: int = 24) -> Path:
+    import torch
+
+    from galmerge.model import build_model, save_checkpoint
+
+    torch.manual_seed(3)
+    spec = {"survey": "sdss", "bands": ["g", "r", "i"], "channels": 3, "image_size": size,
+            "pixel_scale_arcsec": 0.396, "image_source": "jpeg", "stretch": "none",
+            "stretch_scale": 1.0, "mean": [0.0] * 3, "std": [255.0] * 3}
+    save_checkpoint(path, {
+        "galmerge_version": "test", "backbone": "deepmerge", "backbone_options": {},
+        "in_channels": 3, "image_size": size, "num_classes": 2,
+        "model": build_model("deepmerge", 3, size).state_dict(), "temperature": 1.0,
+        "preprocess": {"source": spec, "target": spec}, "config": {}, "epoch": 1,
+        "training_state": None,
+    })
+    return path
+
+
+def _near_galaxies(fake, n: int) -> str:
+    g = fake.galaxies[0]
+    rows = [f"{i},{g.ra + 1e-4 * (i % 7)},{g.dec + 1e-4 * (i // 7)}" for i in range(n)]
+    return "objID,ra,dec\n" + "\n".join(rows) + "\n"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_dead_survey_service_fails_fast_and_exits_nonzero(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    url = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("GALMERGE_SDSS_SKYSERVER_URL", url)
+    monkeypatch.setenv("GALMERGE_SDSS_SAS_URL", url + "/sas")
+    ckpt = _jpeg_checkpoint(tmp_path / "best.pt")
+    (tmp_path / "c.csv").write_text(
+        "objID,ra,dec\n" + "".join(f"{i},{150 + i * 0.01},2.0\n" for i in range(60)))
+    t0 = time.monotonic()
+    res = _run("classify", str(tmp_path / "c.csv"), "--model", str(ckpt), "--quiet",
+               "--survey", "sdss?check_footprint=false&backoff=0.01&max_connection_failures=3",
+               "--workers", "2", "--cache", str(tmp_path / "c.h5"), "--output",
+               str(tmp_path / "o.csv"))
+    assert time.monotonic() - t0 < 30  # not 5 tries x backoff for each of 60 rows
+    lines = res.output.strip().splitlines()
+    assert res.exit_code != 0 and len(lines) == 1, res.output
+    assert f"127.0.0.1:{url.rsplit(':', 1)[1]}" in lines[0] and "run the same command" in lines[0]
+    _, rows = read_csv(tmp_path / "o.csv")
+    assert len(rows) == 60 and all(r[-1].startswith("fetch-failed") for r in rows)
+    assert sum(r[-1] == "fetch-failed: service unreachable" for r in rows) >= 50
+
+
+def test_a_service_dying_mid_run_keeps_what_is_done_and_the_same_command_resumes(
+        tmp_path, monkeypatch):
+    import threading
+
+    from fake_sdss import FakeSdss
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = _jpeg_checkpoint(tmp_path / "best.pt")
+    first = FakeSdss().start()
+    (tmp_path / "c.csv").write_text(_near_galaxies(first, 40))
+    monkeypatch.setenv("GALMERGE_SDSS_SKYSERVER_URL", first.url)
+    take = first._take_fault
+    stopping = threading.Event()
+
+    def die_after_ten(target):  # the service goes away after answering 10 stamps
+        if "getjpeg" in target and first.count("getjpeg") >= 10 and not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=first.stop).start()
+        return take(target)
+
+    first._take_fault = die_after_ten
+    args = ["classify", str(tmp_path / "c.csv"), "--model", str(ckpt), "--quiet", "--survey",
+            "sdss?check_footprint=false&backoff=0.01&max_connection_failures=4",
+            "--workers", "1", "--cache", str(tmp_path / "c.h5"), "--output",
+            str(tmp_path / "o.csv")]
+    try:
+        res = _run(*args)
+    finally:
+        first.stop()
+    assert res.exit_code != 0 and "stopped answering" in res.output, res.output
+    _, rows = read_csv(tmp_path / "o.csv")
+    done = sum(r[-1] == "ok" for r in rows)
+    assert 5 <= done <= 12 and "fetch-failed: service unreachable" in {r[-1] for r in rows}
+    with FakeSdss() as second:  # the service is back (elsewhere): the same command resumes
+        monkeypatch.setenv("GALMERGE_SDSS_SKYSERVER_URL", second.url)
+        res = _run(*args)
+        assert res.exit_code == 0, res.output
+        assert second.count("getjpeg") == 40 - done  # what was done is not fetched again
+    _, rows = read_csv(tmp_path / "o.csv")
+    assert [r[-1] for r in rows] == ["ok"] * 40
+
+
+def test_a_dripping_body_is_cut_off_at_the_transfer_deadline():
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+
+    from galmerge.http_retry import FetchError, RetryingClient, RetryPolicy
+
+    stop = threading.Event()
+
+    class Drip(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            while not stop.is_set():  # one byte every 50 ms: a read timeout never fires
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.05)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = RetryingClient(RetryPolicy.from_options({"attempts": 1, "timeout": 5,
+                                                      "deadline": 1.5}))
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(FetchError, match="timeout"):
+            client.get(f"http://127.0.0.1:{server.server_address[1]}/x")
+        assert time.monotonic() - t0 < 5
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        client.close()
