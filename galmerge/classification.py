@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from galmerge import atomic
 from galmerge.catalogs import CatalogChunk, open_catalog
 from galmerge.cutout_cache import STATUS_OK, CutoutCache, make_key
 from galmerge.cutouts import CutoutRequest
@@ -355,7 +356,43 @@ def classify(
         raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")
     dist = from_environment()
     show = not quiet and dist.is_main
+    with _output_lock(out_path, dist.rank, dist.world):
+        return _classify_locked(
+            cat_path, model, out_path, dist, show, t0, survey=survey, cache=cache,
+            ra_col=ra_col, dec_col=dec_col, id_col=id_col, batch_size=batch_size, device=device,
+            workers=workers, threshold=threshold, domain=domain, chunk_rows=chunk_rows,
+            flush_rows=flush_rows, survey_options=survey_options, shard_timeout=shard_timeout,
+            heartbeat_timeout=heartbeat_timeout)
 
+
+@contextlib.contextmanager
+def _output_lock(out_path: Path, rank: int, world: int) -> Iterator[None]:
+    """One run per output (per rank under torchrun): a second one is refused in one line
+    instead of both writing the same result segments."""
+    import fcntl
+
+    suffix = f".rank{rank:05d}" if world > 1 else ""
+    lock_path = out_path.with_name(f".{out_path.name}{suffix}.lock")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.open_nofollow(lock_path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GalmergeError(
+                f"another galmerge classify is writing {out_path} (it holds {lock_path}); "
+                "wait for it to finish or choose another --output") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show: bool,
+                     t0: float, *, survey: str, cache: Any, ra_col: str | None,
+                     dec_col: str | None, id_col: str | None, batch_size: int, device: str,
+                     workers: int, threshold: float, domain: str, chunk_rows: int,
+                     flush_rows: int, survey_options: Mapping[str, Any] | None,
+                     shard_timeout: float, heartbeat_timeout: float) -> ClassifySummary:
     infer = _Inference(model, domain, device, batch_size, dist.local_rank)
     service = None
     store: CutoutCache | None = None
@@ -370,7 +407,10 @@ def classify(
         survey_name, _, spec_options = parse_survey_spec(survey)
         record = _survey_record(survey_name)
         options = {"workers": int(workers), **spec_options, **dict(survey_options or {})}
-        service = record.cutouts(infer.spec, options)
+        try:
+            service = record.cutouts(infer.spec, options)
+        except (TypeError, ValueError) as exc:  # e.g. RetryPolicy.from_options: timeout=0
+            raise GalmergeError(f"--survey {survey}: bad option ({exc})".splitlines()[0]) from None
         key = str(getattr(service, "cache_key", "") or f"{survey_name}:{_signature(infer.spec)}")
         # "{rank}" in --cache gives each process its own cache (and index) at survey scale
         cache_path = (Path(str(cache).replace("{rank}", str(dist.rank))) if cache is not None

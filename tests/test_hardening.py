@@ -12,6 +12,7 @@ import socket
 import stat
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from test_classify import CASJOBS, env, make_checkpoint, read_csv  # noqa: F401  (fixture)
 
@@ -434,8 +435,6 @@ def test_a_dripping_body_is_cut_off_at_the_transfer_deadline():
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    import pytest
-
     from galmerge.http_retry import FetchError, RetryingClient, RetryPolicy
 
     stop = threading.Event()
@@ -471,3 +470,39 @@ def test_a_dripping_body_is_cut_off_at_the_transfer_deadline():
         server.shutdown()
         server.server_close()
         client.close()
+
+
+# -- item 8: two classify runs on one output: the second is refused in one line ----------------
+
+@pytest.mark.slow
+def test_a_second_classify_on_the_same_output_is_refused(env):  # noqa: F811
+    import subprocess
+    import sys
+    import time
+
+    from test_classify import _catalog, _script, _sub_env, fetch_lines
+
+    tmp, ckpt, log = env
+    _catalog(tmp / "cat.csv", 40)
+    cmd = [sys.executable, str(_script(tmp)), "classify", str(tmp / "cat.csv"), "--model",
+           str(ckpt), "--survey", "stamps", "--quiet", "--cache", str(tmp / "c.h5"),
+           "--output", str(tmp / "out.csv"), "--chunk-rows", "8"]
+    first = subprocess.Popen(cmd, env=_sub_env(log, delay="0.3"))
+    try:
+        deadline = time.monotonic() + 60
+        while len(fetch_lines(log)) < 3:  # the first run is fetching
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        second = subprocess.run(cmd, env=_sub_env(log), capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode != 0
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "another galmerge classify is writing" in lines[0], \
+            second.stderr
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    _, rows = read_csv(tmp / "out.csv")
+    assert len(rows) == 40 and all(r[-1] == "ok" for r in rows)
+
