@@ -777,7 +777,7 @@ def _print_summary(summary: ClassifySummary) -> None:
         f"({summary.rows_per_s:,.0f} rows/s): ok {summary.ok}, failed {summary.rows - summary.ok}"
         f" ({failed}); mergers {summary.mergers}"
         + (f" ({100 * frac:.1f}% of ok)" if np.isfinite(frac) else "")
-        + f"; fetched {summary.fetched}"
+        + f"; fetched {summary.fetched}", markup=False  # statuses and paths are user text
     )
     console.print(f"output: {summary.output}" + (f"  cache: {summary.cache}"
-                                                  if summary.cache else ""))
+                                                  if summary.cache else ""), markup=False)

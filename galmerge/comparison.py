@@ -199,6 +199,7 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
     import sys
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="test metrics, mean ± std over seeds")
@@ -211,9 +212,9 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
     t.add_column("target acc gain over none", justify="right")
     for r in rows:
         t.add_row(
-            r["strategy"],
-            r["backbone"],
-            f"{r['source']} → {r['target']}",
+            escape(str(r["strategy"])),  # names read from summary.json files: not markup
+            escape(str(r["backbone"])),
+            escape(f"{r['source']} → {r['target']}"),
             str(r["runs"]),
             *[_pm(r, split, name) for split in SPLITS for name in short],
             _gain(r["target_accuracy_gain_over_none"]),

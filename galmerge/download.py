@@ -364,7 +364,7 @@ class Downloader:
 
     def _say(self, text: str) -> None:
         if self.progress is not None:
-            self.progress.console.print(text)
+            self.progress.console.print(text, markup=False)
 
 
 @contextlib.contextmanager

@@ -658,12 +658,13 @@ def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
 
 def _print_summary(payload: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(file=sys.stdout)
     t = Table(
-        title=f"{payload['strategy']} / {payload['backbone']}: test metrics "
-        f"({payload['checkpoint']}.pt, 68% bootstrap intervals)"
+        title=escape(f"{payload['strategy']} / {payload['backbone']}: test metrics "
+                     f"({payload['checkpoint']}.pt, 68% bootstrap intervals)")
     )
     t.add_column("metric")
     for split in payload["metrics"]:
@@ -684,7 +685,7 @@ def _print_summary(payload: dict[str, Any]) -> None:
             s.add_column(col, justify="left" if col == "score" else "right")
         for c in payload["selection"]:
             s.add_row(
-                c["label"],
+                escape(str(c["label"])),
                 str(c["epoch"]),
                 _num(c["target_val_accuracy"]),
                 _num(c["gap_to_oracle"]),
@@ -695,7 +696,8 @@ def _print_summary(payload: dict[str, Any]) -> None:
         f"temperature fitted on source val: {cal['fitted_temperature']:.3f} "
         f"({'applied' if cal['applied'] else 'not applied; --calibrate writes it'})"
     )
-    console.print(f"report: {Path(payload['run_dir']) / REPORT_DIR / 'report.html'}")
+    console.print(f"report: {Path(payload['run_dir']) / REPORT_DIR / 'report.html'}",
+                  markup=False)
 
 
 def _num(value: Any) -> str:

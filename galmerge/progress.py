@@ -47,7 +47,7 @@ class Progress:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message)
+            self.console.print(message, markup=False)  # may hold paths: user text
 
     def start(self, done_steps: int, epoch: int) -> None:
         if self._progress is None:
@@ -110,7 +110,7 @@ def results_table(summary: Mapping[str, Any], quiet: bool) -> None:
         table.add_row(split, *[_cell(m.get(n)) for n in names])
     console = Console(file=sys.stdout)
     console.print(table)
-    console.print(f"run directory: {summary['run_dir']}")
+    console.print(f"run directory: {summary['run_dir']}", markup=False)
 
 
 def _cell(value: Any) -> str:

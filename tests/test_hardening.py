@@ -506,3 +506,25 @@ def test_a_second_classify_on_the_same_output_is_refused(env):  # noqa: F811
     _, rows = read_csv(tmp / "out.csv")
     assert len(rows) == 40 and all(r[-1] == "ok" for r in rows)
 
+
+# -- item 16: user text in rich output is shown as it is, never read as markup ----------------
+
+def test_paths_and_names_with_brackets_are_printed_verbatim(env):  # noqa: F811
+    tmp, ckpt, _ = env
+    (tmp / "dr16.csv").write_text(CASJOBS)
+    for name in ("o[/x].csv", "x[red]y.csv"):
+        res = _run("classify", str(tmp / "dr16.csv"), "--model", str(ckpt), "--survey",
+                   "stamps", "--cache", str(tmp / "c.h5"), "--output", str(tmp / name))
+        assert res.exit_code == 0, res.output
+        assert name in "".join(res.output.split()), res.output  # rich may wrap long lines
+        assert (tmp / name).exists()
+
+
+def test_compare_shows_names_with_brackets_verbatim(tmp_path):
+    from test_compare import _fake_summary
+
+    _fake_summary(tmp_path / "a", "none", "[red]deep[/red]", 0, 0.6)
+    _fake_summary(tmp_path / "b", "mmd[/x]", "[red]deep[/red]", 0, 0.7)
+    res = _run("compare", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    assert "[red]deep[/red]" in res.output and "mmd[/x]" in res.output
