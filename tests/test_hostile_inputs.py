@@ -1,0 +1,88 @@
+"""Invalid values for every command's options: non-zero exit, one line on stderr, no traceback,
+nothing written. A table of (command line, what the error must name); configs as real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from galmerge.cli import cli
+
+SRC = ["--source", "synthetic:illustris?n=16", "--target", "synthetic:sdss?n=16"]
+
+TRAIN_CASES = [
+    (["--lr", "inf"], "lr"),
+    (["--lr", "nan"], "lr"),
+    (["--lr", "-1"], "lr"),
+    (["--seed", str(10**23)], "seed"),
+    (["--epochs", "0"], "epochs"),
+    (["--batch-size", "-3"], "batch_size"),
+    (["--weight-decay", "inf"], "weight_decay"),
+    (["--set", "schedule.div_factor=0"], "schedule.div_factor"),
+    (["--set", "schedule.final_div_factor=-1"], "schedule.final_div_factor"),
+    (["--set", "schedule.pct_start=5"], "schedule.pct_start"),
+    (["--set", "optimizer.eps=-1"], "optimizer.eps"),
+    (["--set", "optimizer.betas=[0.9, 2]"], "optimizer.betas"),
+    (["--set", "optimizer.amsgrad=3"], "optimizer.amsgrad"),
+    (["--set", "schedule.pct_start=\"x\""], "schedule.pct_start"),
+]
+
+CONFIG_CASES = [
+    ("seed = 1e23\n", "seed"),
+    ("seed = 100000000000000000000\n", "seed"),
+    ("backbone_options = 3\n", "backbone_options"),
+    ("[schedule]\npct_start = 5\n", "pct_start"),
+    ("[schedule]\ndiv_factor = 0\n", "div_factor"),
+    ("[optimizer]\neps = -1\n", "eps"),
+    ("lr = inf\n", "lr"),
+    ("compile = \"yes\"\n", "compile"),
+    ("strategies = 1\n", "strategies"),
+    ("epochs = true\n", "epochs"),
+]
+
+
+def _one_line_failure(result, needle: str) -> None:
+    assert result.exit_code not in (0, None), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert needle in lines[0] and "Traceback" not in result.output, result.output
+
+
+def _untouched(tmp: Path, before: set[str]) -> None:
+    after = {str(p.relative_to(tmp)) for p in tmp.rglob("*")}
+    assert after == before, sorted(after - before)
+
+
+@pytest.mark.parametrize(("args", "needle"), TRAIN_CASES, ids=[" ".join(a) for a, _ in TRAIN_CASES])
+def test_train_refuses_bad_values_in_one_line(tmp_path, args, needle):
+    before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+    result = CliRunner().invoke(cli, ["train", *SRC, "--run-dir", str(tmp_path / "run"),
+                                      "--quiet", *args])
+    _one_line_failure(result, needle)
+    _untouched(tmp_path, before)
+
+
+@pytest.mark.parametrize(("text", "needle"), CONFIG_CASES, ids=[t for t, _ in CONFIG_CASES])
+def test_train_refuses_bad_config_files_in_one_line(tmp_path, text, needle):
+    (tmp_path / "c.toml").write_text(text)
+    before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+    result = CliRunner().invoke(cli, ["train", *SRC, "--run-dir", str(tmp_path / "run"),
+                                      "--quiet", "--config", str(tmp_path / "c.toml")])
+    _one_line_failure(result, needle)
+    _untouched(tmp_path, before)
+
+
+def test_binary_and_unreadable_config_files_are_one_line(tmp_path):
+    (tmp_path / "b.toml").write_bytes(bytes(range(256)) * 4)
+    result = CliRunner().invoke(cli, ["train", *SRC, "--config", str(tmp_path / "b.toml")])
+    _one_line_failure(result, "b.toml")
+    if os.geteuid() != 0:  # root reads any file
+        (tmp_path / "u.toml").write_text("seed = 1\n")
+        (tmp_path / "u.toml").chmod(0)
+        result = CliRunner().invoke(cli, ["train", *SRC, "--config", str(tmp_path / "u.toml")])
+        _one_line_failure(result, "u.toml")
