@@ -176,6 +176,10 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
             )
     else:
         channels = jpeg_channels(bands)
+    unknown = sorted(set(options) - KNOWN_OPTIONS)
+    if unknown:
+        raise GalmergeError(f"unknown sdss survey option(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(KNOWN_OPTIONS - {'sleep'}))}")
     try:
         settings = Settings.from_options(options)
         jpeg_scale = float(preprocess.get("jpeg_scale", 1.0))
@@ -688,6 +692,29 @@ def cut_stamp_with_edge(
 # --------------------------------------------------------------------------------------------
 # Services
 # --------------------------------------------------------------------------------------------
+def _answer_options(settings: Settings) -> str:
+    """The options that decide a cached answer (``no-coverage`` above all) beyond the stamp's
+    kind, in the cache key when not the defaults: one run with a tiny ``radius_arcmin`` must
+    not make later default runs read its ``no-coverage`` answers. Defaults add nothing, so
+    caches written before stay valid."""
+    extra = ""
+    if settings.radius_arcmin != 0.5:
+        extra += f":radius{settings.radius_arcmin:g}"
+    if settings.max_edge_fraction != 0.5:
+        extra += f":edge{settings.max_edge_fraction:g}"
+    if not settings.check_footprint:
+        extra += ":nofootprint"
+    return extra
+
+
+KNOWN_OPTIONS = frozenset({
+    "workers", "attempts", "retries", "timeout", "backoff", "backoff_max", "jitter",
+    "max_retry_after", "seed", "max_connection_failures", "deadline", "data_release",
+    "frame_cache_dir", "frame_cache_gb", "memory_frames", "resolve_batch", "radius_arcmin",
+    "check_footprint", "max_edge_fraction", "skyserver_url", "sas_url", "sleep",
+})
+
+
 class _SdssService:
     def __init__(self, settings: Settings, name: str) -> None:
         self.settings = settings
@@ -729,7 +756,7 @@ class SdssFrameCutouts(_SdssService):
         self._edge_lock = threading.Lock()
         self.cache_key = (
             f"sdss:frames:{','.join(self.bands)}:{size}px:{scale:.4f}arcsec:"
-            f"dr{settings.data_release}:v1"
+            f"dr{settings.data_release}:v1{_answer_options(settings)}"
         )
 
     def fetch(self, requests: Sequence[CutoutRequest]) -> Iterator[CutoutResult]:
@@ -810,7 +837,7 @@ class SdssJpegCutouts(_SdssService):
         self.request_size = size if size >= JPEG_MIN_SIZE else JPEG_MIN_SIZE + size % 2
         self.cache_key = (
             f"sdss:jpeg:{','.join(self.bands)}:{size}px:{scale:.4f}arcsec:"
-            f"x{jpeg_scale:g}:dr{settings.data_release}:v1"
+            f"x{jpeg_scale:g}:dr{settings.data_release}:v1{_answer_options(settings)}"
         )
 
     def fetch(self, requests: Sequence[CutoutRequest]) -> Iterator[CutoutResult]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fake_sdss import fake_sdss_fixture  # noqa: F401  (the loopback SDSS server fixture)
 from test_classify import CASJOBS, env, make_checkpoint, read_csv  # noqa: F401  (fixture)
 
 from galmerge.cli import cli
@@ -528,3 +529,57 @@ def test_compare_shows_names_with_brackets_verbatim(tmp_path):
     res = _run("compare", str(tmp_path))
     assert res.exit_code == 0, res.output
     assert "[red]deep[/red]" in res.output and "mmd[/x]" in res.output
+
+
+# -- items 14, 15: cached answers keyed by what decides them; survey specs and ranks checked ---
+
+def test_a_tiny_lookup_radius_does_not_poison_later_default_runs(fake_sdss, tmp_path,
+                                                                 monkeypatch):
+    from test_classify import _sdss_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path / "data"))
+    ckpt = _sdss_checkpoint(tmp_path / "best.pt")
+    g = fake_sdss.galaxies
+    (tmp_path / "c.csv").write_text(
+        "objID,ra,dec\n" + "".join(f"{i},{x.ra + 2e-4},{x.dec}\n" for i, x in enumerate(g)))
+    statuses = []
+    for spec in ("sdss?radius_arcmin=0.001", "sdss"):  # the default cache location both times
+        res = _run("classify", str(tmp_path / "c.csv"), "--model", str(ckpt), "--quiet",
+                   "--survey", spec, "--output", str(tmp_path / "o.csv"))
+        assert res.exit_code == 0, res.output
+        statuses.append({r[-1] for r in read_csv(tmp_path / "o.csv")[1]})
+    assert statuses == [{"no-coverage"}, {"ok"}]
+
+
+def test_unknown_survey_options_and_bad_values_are_refused_up_front(tmp_path, monkeypatch):
+    from test_classify import _sdss_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = _sdss_checkpoint(tmp_path / "best.pt")
+    (tmp_path / "c.csv").write_text("objID,ra,dec\n1,150.0,2.0\n")
+    for spec, needle in (("sdss?bogus=1", "bogus"), ("sdss?timeout=0", "timeout"),
+                         ("sdss?timeout=-1", "timeout"), ("sdss?attempts=0", "attempts"),
+                         ("sdss?max_connection_failures=-2", "max_connection_failures")):
+        res = _run("classify", str(tmp_path / "c.csv"), "--model", str(ckpt), "--quiet",
+                   "--survey", spec, "--output", str(tmp_path / "o.csv"))
+        lines = res.output.strip().splitlines()
+        assert res.exit_code != 0 and len(lines) == 1 and needle in lines[0], (spec, res.output)
+        assert not (tmp_path / "o.csv").exists()
+
+
+def test_bad_torchrun_variables_are_one_line(env, monkeypatch):  # noqa: F811
+    tmp, ckpt, _ = env
+    (tmp / "dr16.csv").write_text(CASJOBS)
+    for variables, needle in (({"WORLD_SIZE": "2", "RANK": "abc"}, "RANK"),
+                              ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5"),
+                              ({"WORLD_SIZE": "x"}, "WORLD_SIZE")):
+        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        res = _run("classify", str(tmp / "dr16.csv"), "--model", str(ckpt), "--survey",
+                   "stamps", "--quiet", "--output", str(tmp / "o.csv"))
+        lines = res.output.strip().splitlines()
+        assert res.exit_code != 0 and len(lines) == 1 and needle in lines[0], res.output
+        assert not (tmp / "o.csv").exists()
