@@ -39,13 +39,51 @@ def default_run_dir(source: str, target: str, strategy: str, root: str | Path = 
     return Path(root) / f"{stamp}-{_slug(source)}-{_slug(target)}-{_slug(strategy)}"
 
 
+#: what a run writes before its first checkpoint: a folder holding only these is a start that
+#: died (killed in epoch 1), which a fresh run may take over instead of a dead end
+_STARTED_ONLY = (CONFIG, ENV, METRICS)
+
+
+def _dead_start(run_dir: Path) -> list[Path] | None:
+    """The files of a run that never wrote a checkpoint, or None when the folder holds more."""
+    files = []
+    for path in run_dir.iterdir():
+        name = path.name
+        if not path.is_file() or path.is_symlink():
+            return None
+        if name in _STARTED_ONLY or name.startswith("events.out.tfevents.") or (
+                name.startswith(".") and name.endswith(".tmp")):
+            files.append(path)
+        else:
+            return None
+    return files
+
+
+def check_name(run_dir: Path) -> None:
+    """TensorBoard and TOML need UTF-8 names: refuse another before anything is written."""
+    try:
+        str(run_dir).encode("utf-8")
+    except UnicodeEncodeError:
+        raise GalmergeError(f"--run-dir {str(run_dir).encode('utf-8', 'replace').decode()} "
+                            "is not valid UTF-8; choose a name in UTF-8") from None
+
+
 def prepare_new(run_dir: Path) -> Path:
-    """Create a fresh run directory; refuse one that already holds a run (never overwrite)."""
+    """Create a fresh run directory; refuse one that already holds a run (never overwrite).
+
+    A folder left by a run killed before its first checkpoint (config.toml, env.json, event
+    files, nothing else) cannot be resumed, so it is taken over: its files are removed.
+    """
+    check_name(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise GalmergeError(
-            f"run directory {run_dir} is not empty; pick another --run-dir or continue it with "
-            f"--resume {run_dir}"
-        )
+        dead = _dead_start(run_dir)
+        if dead is None:
+            raise GalmergeError(
+                f"run directory {run_dir} is not empty; pick another --run-dir or continue it "
+                f"with --resume {run_dir}"
+            )
+        for path in dead:
+            path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 

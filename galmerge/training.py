@@ -386,8 +386,16 @@ def train(
         flags["target"] = str(target)
 
     resume_state: dict[str, Any] | None = None
+    for folder in (run_dir, resume):
+        if folder is not None:
+            rundir.check_name(Path(folder))
     if resume is not None:
         out_dir = Path(resume)
+        if (out_dir / rundir.CONFIG).is_file() and not (out_dir / rundir.LAST).is_file():
+            raise GalmergeError(
+                f"--resume {out_dir}: the run stopped before its first checkpoint (no last.pt), "
+                f"so there is nothing to continue; start it afresh: the same command without "
+                f"--resume, with --run-dir {out_dir} --config {out_dir / rundir.CONFIG}")
         if not (out_dir / rundir.CONFIG).is_file() or not (out_dir / rundir.LAST).is_file():
             raise GalmergeError(
                 f"--resume {out_dir}: no config.toml and last.pt there; pass a run directory "

@@ -583,3 +583,62 @@ def test_bad_torchrun_variables_are_one_line(env, monkeypatch):  # noqa: F811
         lines = res.output.strip().splitlines()
         assert res.exit_code != 0 and len(lines) == 1 and needle in lines[0], res.output
         assert not (tmp / "o.csv").exists()
+
+
+# -- items 9, 18: a run killed before its first checkpoint is no dead end; non-UTF-8 names ----
+
+@pytest.mark.slow
+def test_train_killed_before_its_first_checkpoint_can_start_again(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from eval_helpers import write_pair
+
+    source, target = write_pair(tmp_path / "data", n=24)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "galmerge", "train", "--source", source, "--target", target,
+           "--run-dir", str(run), "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+           "--quiet", "--patience", "0"]
+    sub_env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=sub_env)
+    deadline = time.monotonic() + 120
+    while not (run / "config.toml").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if (run / "last.pt").exists() or (run / "best.pt").exists():
+        pytest.skip("the run reached its first checkpoint before the kill")
+    resumed = subprocess.run([sys.executable, "-m", "galmerge", "train", "--resume", str(run),
+                              "--quiet"], env=sub_env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode != 0
+    lines = resumed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "start it afresh" in lines[0], resumed.stderr
+    again = subprocess.run(cmd, env=sub_env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (run / "best.pt").is_file() and (run / "summary.json").is_file()
+
+
+def test_a_run_directory_holding_a_real_run_is_still_refused(tmp_path):
+    from galmerge.errors import GalmergeError
+    from galmerge.rundir import prepare_new
+
+    (tmp_path / "config.toml").write_text("seed = 0\n")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(GalmergeError, match="not empty"):
+        prepare_new(tmp_path)
+    assert (tmp_path / "notes.txt").exists() and (tmp_path / "config.toml").exists()
+
+
+def test_a_non_utf8_run_directory_is_refused_before_anything_is_written(tmp_path):
+    from eval_helpers import write_pair
+
+    source, target = write_pair(tmp_path / "data", n=24)
+    run = str(tmp_path / "run") + "\udcff"  # the byte 0xff, as Python decodes it from argv
+    res = _run("train", "--source", source, "--target", target, "--run-dir", run,
+               "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--quiet")
+    lines = res.output.strip().splitlines()
+    assert res.exit_code != 0 and len(lines) == 1 and "UTF-8" in lines[0], res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
