@@ -422,14 +422,25 @@ class CutoutCache:
 
     def _write_file(self, final: Path, images: np.ndarray, *, ids, ra, dec, keys, hashes,
                     mkeys, mhashes, mstatus) -> None:
-        tmp = atomic.temp_beside(final.with_name(final.stem))
-        with h5py.File(tmp, "w") as f:
+        # Built in memory, then written by Python in one go: a full disk or a file-size limit
+        # is then a plain OSError, where HDF5 writing the file itself crashes the process.
+        with h5py.File(f"{final.name}.mem", "w", driver="core", backing_store=False) as f:
             self._write_header(f)
             _create_images(f, images, self.shape)
             hashes = np.asarray(hashes, np.uint64).reshape(-1, 2)
             self._write_columns(f, len(images), ids, ra, dec, keys, hashes, mkeys, mhashes,
                                 mstatus, stamp_checks(hashes[:, 0], hashes[:, 1], images))
-        atomic.publish(tmp, final)
+            f.flush()
+            image = f.id.get_file_image()
+        with _disk_errors(final.parent):
+            tmp = atomic.temp_beside(final.with_name(final.stem))
+            try:
+                with open(tmp, "wb") as out:
+                    out.write(image)
+                atomic.publish(tmp, final)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def _write_header(self, f: h5py.File) -> None:
         for name, value in self.attrs.items():
@@ -569,6 +580,23 @@ class CutoutCache:
     def describe(self) -> str:
         return json.dumps({"path": str(self.path), "entries": len(self),
                            "cache_key": self.cache_key})
+
+
+@contextlib.contextmanager
+def _disk_errors(where: Path) -> Any:
+    """A full disk or a file-size limit while writing in ``where``: one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        text = str(exc)
+        errno_ = exc.errno or next((e for e in (27, 28, 122) if f"errno = {e}" in text), None)
+        if errno_ not in (27, 28, 122):  # EFBIG, ENOSPC, EDQUOT
+            raise
+        why = os.strerror(errno_)
+        raise GalmergeError(
+            f"cannot write the cutout cache in {where}: {why}; free disk space or raise the "
+            "file-size limit (ulimit -f), then run the same command again: what was cached is "
+            "kept") from None
 
 
 def _create_images(f: h5py.File, images: np.ndarray, shape: tuple[int, ...],

@@ -642,3 +642,33 @@ def test_a_non_utf8_run_directory_is_refused_before_anything_is_written(tmp_path
     lines = res.output.strip().splitlines()
     assert res.exit_code != 0 and len(lines) == 1 and "UTF-8" in lines[0], res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+# -- item 10: a file-size limit while caching is one line, and the next run recovers ----------
+
+def test_file_size_limit_while_caching_is_one_line_and_the_next_run_recovers(env):  # noqa: F811
+    import resource
+    import subprocess
+    import sys
+
+    from test_classify import _catalog, _script, _sub_env
+
+    tmp, ckpt, log = env
+    _catalog(tmp / "cat.csv", 300)
+    cmd = [sys.executable, str(_script(tmp)), "classify", str(tmp / "cat.csv"), "--model",
+           str(ckpt), "--survey", "stamps", "--quiet", "--cache", str(tmp / "c.h5"),
+           "--output", str(tmp / "out.csv"), "--chunk-rows", "64"]
+
+    def limit() -> None:  # a real RLIMIT_FSIZE: writes past 200 kB fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    capped = subprocess.run(cmd, env=_sub_env(log), capture_output=True, text=True,
+                            preexec_fn=limit, timeout=300)
+    assert capped.returncode == 1, capped.stderr[-2000:]  # not a crash (SIGSEGV was -11)
+    lines = capped.stderr.strip().splitlines()
+    assert len(lines) == 1 and "c.h5.journal" in lines[0] and "File too large" in lines[0], \
+        capped.stderr[-2000:]
+    again = subprocess.run(cmd, env=_sub_env(log), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    _, rows = read_csv(tmp / "out.csv")
+    assert len(rows) == 300 and all(r[-1] == "ok" for r in rows)
