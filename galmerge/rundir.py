@@ -60,12 +60,19 @@ def _dead_start(run_dir: Path) -> list[Path] | None:
 
 
 def check_name(run_dir: Path) -> None:
-    """TensorBoard and TOML need UTF-8 names: refuse another before anything is written."""
+    """Refuse, before anything is written, a run directory that cannot be one: a name that is
+    not UTF-8 (TensorBoard and TOML need UTF-8) or a path through a file."""
     try:
         str(run_dir).encode("utf-8")
     except UnicodeEncodeError:
         raise GalmergeError(f"--run-dir {str(run_dir).encode('utf-8', 'replace').decode()} "
                             "is not valid UTF-8; choose a name in UTF-8") from None
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise GalmergeError(f"--run-dir {run_dir}: {folder} is a file, not a folder; "
+                                    "choose another --run-dir")
+            break
 
 
 def prepare_new(run_dir: Path) -> Path:

@@ -86,3 +86,36 @@ def test_binary_and_unreadable_config_files_are_one_line(tmp_path):
         (tmp_path / "u.toml").chmod(0)
         result = CliRunner().invoke(cli, ["train", *SRC, "--config", str(tmp_path / "u.toml")])
         _one_line_failure(result, "u.toml")
+
+
+
+@pytest.mark.parametrize("where", ["output", "cache", "run-dir", "data"])
+def test_paths_under_a_regular_file_are_one_line(tmp_path, monkeypatch, where):
+    """A path whose folder is a file (root ignores permissions; this fails for everyone)."""
+    from test_classify import CASJOBS, StampsSurvey, make_checkpoint
+
+    from galmerge.plugins import get_plugin_manager
+
+    (tmp_path / "cat.csv").write_text(CASJOBS)
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
+    (tmp_path / "afile").write_text("x\n")
+    bad = str(tmp_path / "afile" / "x")
+    if where == "run-dir":
+        args = ["train", *SRC, "--quiet", "--epochs", "1", "--run-dir", bad]
+    else:
+        get_plugin_manager().register(StampsSurvey(), name="stamps-test")
+        args = ["classify", str(tmp_path / "cat.csv"), "--model", str(ckpt), "--survey",
+                "stamps", "--quiet"]
+        if where == "output":
+            args += ["--output", bad + ".csv"]
+        elif where == "cache":
+            args += ["--cache", bad + ".h5", "--output", str(tmp_path / "o.csv")]
+        else:
+            monkeypatch.setenv("GALMERGE_DATA", bad)
+            args += ["--output", str(tmp_path / "o.csv")]
+    monkeypatch.chdir(tmp_path)
+    before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+    result = CliRunner().invoke(cli, args)
+    _one_line_failure(result, "afile")
+    # the output's lock file (kept, like pip's and git's) is the one thing a refused run leaves
+    _untouched(tmp_path, before | ({".o.csv.lock"} if where in ("cache", "data") else set()))
