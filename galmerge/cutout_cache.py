@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -231,6 +232,10 @@ class CutoutCache:
 
     def _remove_dead_temporaries(self) -> None:
         for tmp in atomic.dead_temporaries(self.journal, ".c-*.tmp"):
+            tmp.unlink(missing_ok=True)
+        # a compaction killed half way leaves a partial copy of the whole cache beside it
+        for tmp in atomic.dead_temporaries(self.path.parent,
+                                           f".{glob.escape(self.path.name)}~*.tmp"):
             tmp.unlink(missing_ok=True)
 
     def _add_segment(self, hi, lo, file, row) -> None:

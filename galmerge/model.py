@@ -158,14 +158,24 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     """Rebuild the classifier of a run directory or checkpoint, in eval mode."""
     p = resolve_checkpoint(path)
     payload = read_checkpoint(p)
-    model = build_model(
-        payload["backbone"],
-        int(payload["in_channels"]),
-        int(payload["image_size"]),
-        int(payload.get("num_classes", 2)),
-        dict(payload.get("backbone_options") or {}),
-    )
-    model.load_state_dict(payload["model"])
+    try:
+        model = build_model(
+            payload["backbone"],
+            int(payload["in_channels"]),
+            int(payload["image_size"]),
+            int(payload.get("num_classes", 2)),
+            dict(payload.get("backbone_options") or {}),
+        )
+        model.load_state_dict(payload["model"])
+        dict(payload["preprocess"])
+    except GalmergeError:
+        raise
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        what = f"no '{exc.args[0]}' entry" if isinstance(exc, KeyError) else \
+            str(exc).strip().splitlines()[0][:200]
+        raise GalmergeError(f"checkpoint {p} does not hold a model its backbone "
+                            f"'{payload.get('backbone')}' can load ({what}); pass a checkpoint "
+                            "written by galmerge train") from None
     bad = [name for name, t in payload["model"].items()
            if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:

@@ -672,3 +672,53 @@ def test_file_size_limit_while_caching_is_one_line_and_the_next_run_recovers(env
     assert again.returncode == 0, again.stderr[-2000:]
     _, rows = read_csv(tmp / "out.csv")
     assert len(rows) == 300 and all(r[-1] == "ok" for r in rows)
+
+
+# -- item 17 and "user mistakes": compaction leftovers; checkpoints of another backbone -------
+
+def test_a_compaction_killed_half_way_leaves_no_lasting_copy(env):  # noqa: F811
+    import subprocess
+
+    tmp, ckpt, _ = env
+    (tmp / "dr16.csv").write_text(CASJOBS)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that no longer runs, as after a SIGKILL
+    leftover = tmp / f".c.h5~{socket.gethostname()}~{dead.pid}~k3x9.tmp"
+    leftover.write_bytes(b"\0" * 1_000_000)
+    live = tmp / f".c.h5~{socket.gethostname()}~{os.getpid()}~live.tmp"  # someone's at work
+    live.write_bytes(b"\0")
+    res = _run("classify", str(tmp / "dr16.csv"), "--model", str(ckpt), "--survey", "stamps",
+               "--cache", str(tmp / "c.h5"), "--quiet")
+    assert res.exit_code == 0, res.output
+    assert not leftover.exists() and live.exists()
+
+
+def test_a_checkpoint_of_another_backbone_is_one_line(env, tmp_path):  # noqa: F811
+    import torch
+
+    from galmerge.model import build_model
+
+    tmp, ckpt, _ = env
+    (tmp / "dr16.csv").write_text(CASJOBS)
+
+    def other_backbone(payload):
+        payload["model"] = build_model("resnet18", 3, 16).state_dict()
+
+    def missing_weights(payload):
+        payload["model"].pop("head.0.weight")
+
+    def no_preprocess(payload):
+        payload.pop("preprocess")
+
+    for edit in (other_backbone, missing_weights, no_preprocess):
+        make_checkpoint(ckpt)
+        payload = torch.load(ckpt, weights_only=True)
+        edit(payload)
+        from galmerge.model import save_checkpoint
+
+        save_checkpoint(ckpt, payload)
+        res = _run("classify", str(tmp / "dr16.csv"), "--model", str(ckpt), "--survey",
+                   "stamps", "--cache", str(tmp / "c.h5"), "--quiet")
+        lines = res.output.strip().splitlines()
+        assert res.exit_code != 0 and len(lines) == 1 and str(ckpt) in lines[0], \
+            (edit.__name__, res.output)
