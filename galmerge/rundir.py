@@ -199,8 +199,17 @@ def _fmt(value: Any) -> Any:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    with (run_dir / METRICS).open() as fh:
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(fh)]
+    """metrics.csv as numbers; a file galmerge did not write that way is a one-line error."""
+    path = run_dir / METRICS
+    try:
+        with path.open(newline="") as fh:
+            return [{str(k): float(v) if v not in ("", None) else math.nan
+                     for k, v in r.items() if k is not None}
+                    for r in csv.DictReader(fh)]
+    except (ValueError, TypeError, csv.Error, UnicodeDecodeError) as exc:
+        raise GalmergeError(f"{path} is not a metrics.csv as galmerge writes it "
+                            f"({str(exc).splitlines()[0][:120]}); restore it or train again"
+                            ) from None
 
 
 class TensorBoard:

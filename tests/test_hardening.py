@@ -722,3 +722,32 @@ def test_a_checkpoint_of_another_backbone_is_one_line(env, tmp_path):  # noqa: F
         lines = res.output.strip().splitlines()
         assert res.exit_code != 0 and len(lines) == 1 and str(ckpt) in lines[0], \
             (edit.__name__, res.output)
+
+
+def test_a_truncated_fits_table_is_one_line(env):  # noqa: F811
+    import numpy as np
+    from astropy.table import Table
+
+    tmp, ckpt, _ = env
+    n = 2000
+    Table({"objid": np.arange(n), "ra": np.full(n, 150.0), "dec": np.linspace(0, 10, n)}).write(
+        tmp / "cat.fits")
+    blob = (tmp / "cat.fits").read_bytes()
+    (tmp / "cat.fits").write_bytes(blob[: len(blob) // 2])  # NAXIS2 says 2000 rows
+    res = _run("classify", str(tmp / "cat.fits"), "--model", str(ckpt), "--survey", "stamps",
+               "--quiet", "--output", str(tmp / "o.csv"))
+    lines = res.output.strip().splitlines()
+    assert res.exit_code != 0 and len(lines) == 1 and "truncated" in lines[0], res.output
+    assert not (tmp / "o.csv").exists()
+
+
+def test_a_malformed_metrics_csv_is_one_line_in_evaluate(tmp_path):
+    from eval_helpers import tiny_run, write_pair
+
+    source, target = write_pair(tmp_path / "data", n=24)
+    tiny_run(tmp_path / "run", source, target, epochs=1)
+    (tmp_path / "run" / "metrics.csv").write_text("epoch,loss\n1,abc\n2,\"unterminated\n")
+    res = _run("evaluate", str(tmp_path / "run"))
+    lines = res.output.strip().splitlines()
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit), repr(res.exception)
+    assert len(lines) == 1 and "metrics.csv" in lines[0], res.output
