@@ -477,11 +477,12 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     summary = _summary(out_path, tally, fetched, t0, store)
     if show:
         _print_summary(summary)
-    _fail_if_nothing_fetched(summary, survey, getattr(service, "unreachable", None))
+    _fail_if_nothing_fetched(summary, survey, getattr(service, "unreachable", None), fetched)
     return summary
 
 
-def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable: Any) -> None:
+def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable: Any,
+                             fetched: Counter) -> None:
     """Exit non-zero (after the output is written) when the survey service died or every fetch
     failed: a script must not take a run with rows left to fetch for a finished one."""
     if unreachable:
@@ -490,8 +491,8 @@ def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable:
             f"{summary.ok} rows classified are in {summary.output} and the rest are marked "
             "'fetch-failed: service unreachable'; run the same command again to fetch them "
             "(stamps already fetched are cached)")
-    failed = summary.statuses.get("fetch-failed", 0)
-    if failed and summary.ok == 0:
+    failed = fetched.get("fetch-failed", 0)  # answers of this run's fetches, by reason
+    if failed and failed == sum(fetched.values()) and summary.ok == 0:
         example = summary.examples.get("fetch-failed", "fetch-failed")
         raise GalmergeError(
             f"survey {survey}: every fetch failed ({failed} rows, e.g. '{example}'); "

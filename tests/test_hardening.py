@@ -751,3 +751,15 @@ def test_a_malformed_metrics_csv_is_one_line_in_evaluate(tmp_path):
     lines = res.output.strip().splitlines()
     assert res.exit_code != 0 and isinstance(res.exception, SystemExit), repr(res.exception)
     assert len(lines) == 1 and "metrics.csv" in lines[0], res.output
+
+
+def test_a_run_in_which_every_fetch_failed_exits_nonzero(env):  # noqa: F811
+    tmp, ckpt, _ = env
+    (tmp / "cat.csv").write_text("objID,ra,dec\nfail-1,150.0,2.0\nfail-2,151.0,2.0\n")
+    res = _run("classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+               "--quiet", "--cache", str(tmp / "c.h5"), "--output", str(tmp / "o.csv"))
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and "every fetch failed" in lines[0], \
+        res.output
+    assert [r[-1] for r in read_csv(tmp / "o.csv")[1]] == [
+        "fetch-failed: HTTP 500 from fake server"] * 2  # the output is still written
