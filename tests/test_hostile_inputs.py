@@ -119,3 +119,52 @@ def test_paths_under_a_regular_file_are_one_line(tmp_path, monkeypatch, where):
     _one_line_failure(result, "afile")
     # the output's lock file (kept, like pip's and git's) is the one thing a refused run leaves
     _untouched(tmp_path, before | ({".o.csv.lock"} if where in ("cache", "data") else set()))
+
+
+def _other_command_cases(tmp: Path, ckpt: Path, cat: Path) -> list[tuple[list[str], str]]:
+    c = ["classify", str(cat), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+         "--output", str(tmp / "o.csv")]
+    return [
+        ([*c, "--threshold", "2"], "--threshold"),
+        ([*c, "--threshold", "nan"], "--threshold"),
+        ([*c, "--batch-size", "0"], "--batch-size"),
+        ([*c, "--workers", "0"], "--workers"),
+        ([*c, "--chunk-rows", "-1"], "--chunk-rows"),
+        ([*c, "--domain", "nowhere"], "--domain"),
+        (["classify", str(tmp / "missing.csv"), "--model", str(ckpt)], "missing.csv"),
+        (["classify", str(cat), "--model", str(tmp / "nope.pt")], "nope.pt"),
+        (["classify", str(cat), "--model", str(cat), "--quiet"], "cat.csv"),
+        (["classify", str(cat), "--model", str(ckpt), "--survey", "nosuchsurvey"],
+         "nosuchsurvey"),
+        (["evaluate", str(tmp / "no-run")], "no-run"),
+        (["compare", str(tmp / "nothing-*")], "no run directory"),
+        (["compare", str(tmp), "--output", str(tmp / "t.txt")], ".md or .csv"),
+        (["preview", "nosuchsurvey", "-o", str(tmp / "p.png")], "nosuchsurvey"),
+        (["list", "gadgets"], "gadgets"),
+    ]
+
+
+def test_other_commands_refuse_bad_values_in_one_line(tmp_path, monkeypatch):
+    from test_classify import CASJOBS, StampsSurvey, make_checkpoint
+
+    from galmerge.plugins import get_plugin_manager
+
+    (tmp_path / "cat.csv").write_text(CASJOBS)
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
+    get_plugin_manager().register(StampsSurvey(), name="stamps-test")
+    monkeypatch.chdir(tmp_path)
+    for args, needle in _other_command_cases(tmp_path, ckpt, tmp_path / "cat.csv"):
+        before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code not in (0, None), (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), \
+            (args, repr(result.exception))
+        assert "Traceback" not in result.output
+        assert needle in result.output, (args, result.output)
+        # click's usage errors print a usage line and a hint; galmerge's own errors one line
+        lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 or result.exit_code == 2, (args, result.output)
+        after = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+        # the only trace a refused classify may leave is its output's (hidden) lock file
+        new = {n for n in after - before if not (n.startswith(".") and n.endswith(".lock"))}
+        assert not new, (args, sorted(new))
