@@ -763,3 +763,22 @@ def test_a_run_in_which_every_fetch_failed_exits_nonzero(env):  # noqa: F811
         res.output
     assert [r[-1] for r in read_csv(tmp / "o.csv")[1]] == [
         "fetch-failed: HTTP 500 from fake server"] * 2  # the output is still written
+
+
+def test_resume_from_a_last_pt_of_another_backbone_is_one_line(tmp_path):
+    import torch
+    from eval_helpers import tiny_run, write_pair
+
+    from galmerge.model import build_model, save_checkpoint
+
+    source, target = write_pair(tmp_path / "data", n=24)
+    run = tmp_path / "run"
+    tiny_run(run, source, target, epochs=2, max_steps_per_epoch=1)
+    payload = torch.load(run / "last.pt", weights_only=True)
+    payload["model"] = build_model("resnet18", 3, 16).state_dict()
+    save_checkpoint(run / "last.pt", payload)
+    res = _run("train", "--resume", str(run), "--quiet")
+    lines = res.output.strip().splitlines()
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit), repr(res.exception)
+    # (the trainer's "device" line may come first; the error is one line, last)
+    assert "last.pt" in lines[-1] and "Missing key" in lines[-1], res.output
