@@ -1,10 +1,12 @@
 """`classify`: a catalog (or an HDF5 image file) in, one merger probability per row out.
 
 The catalog streams through in chunks of rows. For each chunk: positions are checked, stamps
-come from the cutout cache or — for the rest — from the survey's `CutoutService` (each fetched
-stamp is committed to the cache's journal as it arrives), the model runs in batches, and the
-rows go to the output's temporary file. The cache is the journal of a run: a run killed at any
-point and started again fetches only what was never committed, then rewrites the output.
+come from the cutout cache or — for the rest — from the survey's `CutoutService` (fetched stamps
+are committed to the cache's journal in chunks of up to 256 stamps or 10 s, and on SIGINT or
+SIGTERM before the process ends), the model runs in batches, and the rows go to the output's
+temporary file. The cache is the journal of a run: a run killed at any point and started again
+fetches only what was never committed (after a SIGKILL: at most the last chunk's worth), then
+rewrites the output.
 
 Rows with the same (id, RA, Dec) share one stamp and get the same probability (status ``ok``);
 rows with unusable positions get ``bad-coordinates``, malformed CSV lines ``bad-row: ...``.
@@ -356,13 +358,33 @@ def classify(
         raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")
     dist = from_environment()
     show = not quiet and dist.is_main
-    with _output_lock(out_path, dist.rank, dist.world):
+    with _output_lock(out_path, dist.rank, dist.world), _terminate_cleanly():
         return _classify_locked(
             cat_path, model, out_path, dist, show, t0, survey=survey, cache=cache,
             ra_col=ra_col, dec_col=dec_col, id_col=id_col, batch_size=batch_size, device=device,
             workers=workers, threshold=threshold, domain=domain, chunk_rows=chunk_rows,
             flush_rows=flush_rows, survey_options=survey_options, shard_timeout=shard_timeout,
             heartbeat_timeout=heartbeat_timeout)
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, ``kill``) unwinds like Ctrl-C, so the stamps fetched but not
+    yet committed are flushed to the cache journal on the way out instead of being lost."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -782,3 +782,33 @@ def test_resume_from_a_last_pt_of_another_backbone_is_one_line(tmp_path):
     assert res.exit_code != 0 and isinstance(res.exception, SystemExit), repr(res.exception)
     # (the trainer's "device" line may come first; the error is one line, last)
     assert "last.pt" in lines[-1] and "Missing key" in lines[-1], res.output
+
+
+# -- item 7: stamps fetched but not yet committed survive a SIGTERM ---------------------------
+
+def test_sigterm_keeps_every_fetched_stamp(env):  # noqa: F811
+    import signal
+    import subprocess
+    import sys
+    import time
+    from collections import Counter
+
+    from test_classify import _catalog, _script, _sub_env, fetch_lines
+
+    tmp, ckpt, log = env
+    _catalog(tmp / "cat.csv", 60)
+    cmd = [sys.executable, str(_script(tmp)), "classify", str(tmp / "cat.csv"), "--model",
+           str(ckpt), "--survey", "stamps", "--quiet", "--cache", str(tmp / "c.h5"),
+           "--output", str(tmp / "out.csv")]  # one chunk: nothing committed before the end
+    proc = subprocess.Popen(cmd, env=_sub_env(log, delay="0.05"))
+    deadline = time.monotonic() + 60
+    while len(fetch_lines(log)) < 15:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    fetched = len(fetch_lines(log))
+    subprocess.run(cmd, env=_sub_env(log), check=True, timeout=120)
+    counts = Counter(fetch_lines(log))
+    assert sum(c - 1 for c in counts.values()) == 0, counts.most_common(3)  # none twice
+    assert len(counts) == 60 and fetched >= 15
