@@ -265,11 +265,15 @@ class FitsCatalog(Catalog):
 
         self.path = path
         try:
-            self._hdul = fits.open(path, memmap=True)
+            with warnings.catch_warnings():  # "may have been truncated": checked below, 1 line
+                warnings.simplefilter("ignore")
+                self._hdul = fits.open(path, memmap=True)
         except Exception as exc:  # astropy raises OSError/ValueError/TypeError for bad files
             raise GalmergeError(f"{path}: cannot read as FITS ({exc})".splitlines()[0]) from None
-        self._hdu = next((h for h in self._hdul if isinstance(
-            h, fits.BinTableHDU | fits.TableHDU)), None)
+        with warnings.catch_warnings():  # HDUs load lazily: the truncation warning comes here
+            warnings.simplefilter("ignore")
+            self._hdu = next((h for h in self._hdul if isinstance(
+                h, fits.BinTableHDU | fits.TableHDU)), None)
         if self._hdu is None:
             raise GalmergeError(f"{path}: no table HDU in this FITS file; give a FITS table")
         self.columns = list(self._hdu.columns.names)
@@ -277,6 +281,14 @@ class FitsCatalog(Catalog):
         self.dec_col = _pick(self.columns, dec_col, DEC_NAMES, "Dec", path, "--dec-col", True)
         self.id_col = _pick(self.columns, id_col, ID_NAMES, "id", path, "--id-col", False)
         self._nrows = int(self._hdu.header.get("NAXIS2", 0))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _ = self._hdu.data  # maps the rows: a file shorter than its header says fails
+        except Exception as exc:  # noqa: BLE001 - astropy: TypeError/ValueError/OSError
+            raise GalmergeError(
+                f"{path}: the FITS table is shorter than its header says ({self._nrows} rows); "
+                f"the file is truncated, copy it again ({type(exc).__name__})") from None
 
     def estimated_rows(self) -> int:
         return self._nrows

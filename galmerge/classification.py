@@ -1,10 +1,12 @@
 """`classify`: a catalog (or an HDF5 image file) in, one merger probability per row out.
 
 The catalog streams through in chunks of rows. For each chunk: positions are checked, stamps
-come from the cutout cache or — for the rest — from the survey's `CutoutService` (each fetched
-stamp is committed to the cache's journal as it arrives), the model runs in batches, and the
-rows go to the output's temporary file. The cache is the journal of a run: a run killed at any
-point and started again fetches only what was never committed, then rewrites the output.
+come from the cutout cache or — for the rest — from the survey's `CutoutService` (fetched stamps
+are committed to the cache's journal in chunks of up to 256 stamps or 10 s, and on SIGINT or
+SIGTERM before the process ends), the model runs in batches, and the rows go to the output's
+temporary file. The cache is the journal of a run: a run killed at any point and started again
+fetches only what was never committed (after a SIGKILL: at most the last chunk's worth), then
+rewrites the output.
 
 Rows with the same (id, RA, Dec) share one stamp and get the same probability (status ``ok``);
 rows with unusable positions get ``bad-coordinates``, malformed CSV lines ``bad-row: ...``.
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from galmerge import atomic
 from galmerge.catalogs import CatalogChunk, open_catalog
 from galmerge.cutout_cache import STATUS_OK, CutoutCache, keepbits_key, make_key
 from galmerge.cutouts import CutoutRequest
@@ -394,7 +397,66 @@ def classify(
         raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")
     dist = from_environment()
     show = not quiet and dist.is_main
+    with _output_lock(out_path, dist.rank, dist.world), _terminate_cleanly():
+        return _classify_locked(
+            cat_path, model, out_path, dist, show, t0, survey=survey, cache=cache,
+            ra_col=ra_col, dec_col=dec_col, id_col=id_col, batch_size=batch_size, device=device,
+            workers=workers, threshold=threshold, domain=domain, chunk_rows=chunk_rows,
+            flush_rows=flush_rows, survey_options=survey_options, shard_timeout=shard_timeout,
+            heartbeat_timeout=heartbeat_timeout, cache_keepbits=cache_keepbits, prior=prior,
+            prior_from=prior_from, quiet=quiet)
 
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, ``kill``) unwinds like Ctrl-C, so the stamps fetched but not
+    yet committed are flushed to the cache journal on the way out instead of being lost."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _output_lock(out_path: Path, rank: int, world: int) -> Iterator[None]:
+    """One run per output (per rank under torchrun): a second one is refused in one line
+    instead of both writing the same result segments."""
+    import fcntl
+
+    suffix = f".rank{rank:05d}" if world > 1 else ""
+    lock_path = out_path.with_name(f".{out_path.name}{suffix}.lock")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.open_nofollow(lock_path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GalmergeError(
+                f"another galmerge classify is writing {out_path} (it holds {lock_path}); "
+                "wait for it to finish or choose another --output") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show: bool,
+                     t0: float, *, survey: str, cache: Any, ra_col: str | None,
+                     dec_col: str | None, id_col: str | None, batch_size: int, device: str,
+                     workers: int, threshold: float, domain: str, chunk_rows: int,
+                     flush_rows: int, survey_options: Mapping[str, Any] | None,
+                     shard_timeout: float, heartbeat_timeout: float,
+                     cache_keepbits: int | None, prior: float | str | None,
+                     prior_from: Any, quiet: bool) -> ClassifySummary:
     if str(model).lower().endswith(".onnx"):  # `galmerge export` output: ONNX Runtime, CPU
         from galmerge.export import OnnxInference
 
@@ -415,7 +477,10 @@ def classify(
         survey_name, _, spec_options = parse_survey_spec(survey)
         record = _survey_record(survey_name)
         options = {"workers": int(workers), **spec_options, **dict(survey_options or {})}
-        service = record.cutouts(infer.spec, options)
+        try:
+            service = record.cutouts(infer.spec, options)
+        except (TypeError, ValueError) as exc:  # e.g. RetryPolicy.from_options: timeout=0
+            raise GalmergeError(f"--survey {survey}: bad option ({exc})".splitlines()[0]) from None
         key = str(getattr(service, "cache_key", "") or f"{survey_name}:{_signature(infer.spec)}")
         release, kind = data_release(service, options, key), key
         # "{rank}" in --cache gives each process its own cache (and index) at survey scale
@@ -499,6 +564,7 @@ def classify(
         _print_summary(summary)
     if note is not None and not quiet:
         print(note, file=sys.stderr)
+    _fail_if_nothing_fetched(summary, survey, getattr(service, "unreachable", None), fetched)
     return summary
 
 
@@ -513,6 +579,24 @@ def _apply_prior(out_path: Path, prior: str | float, threshold: float,
     return mergers, (f"galmerge: p_merger rescaled from the training merger fraction "
                      f"{rec['training_prior']:.4g} to {rec['prior']:.4g} ({rec['prior_from']});"
                      f" recorded in {out_path.name}.prior.json")
+
+
+def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable: Any,
+                             fetched: Counter) -> None:
+    """Exit non-zero (after the output is written) when the survey service died or every fetch
+    failed: a script must not take a run with rows left to fetch for a finished one."""
+    if unreachable:
+        raise GalmergeError(
+            f"survey {survey}: {unreachable} stopped answering, so fetching stopped; "
+            f"{summary.ok} rows classified are in {summary.output} and the rest are marked "
+            "'fetch-failed: service unreachable'; run the same command again to fetch them "
+            "(stamps already fetched are cached)")
+    failed = fetched.get("fetch-failed", 0)  # answers of this run's fetches, by reason
+    if failed and failed == sum(fetched.values()) and summary.ok == 0:
+        example = summary.examples.get("fetch-failed", "fetch-failed")
+        raise GalmergeError(
+            f"survey {survey}: every fetch failed ({failed} rows, e.g. '{example}'); "
+            f"{summary.output} lists each row's status; run the same command again to retry")
 
 
 def _survey_record(name: str) -> Any:
@@ -559,6 +643,8 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: Any, store: Cutou
             status[i] = key_status[key]
             if key in key_p and key_status[key] == STATUS_OK:
                 p[i] = key_p[key]
+    # 'ok' promises a probability in [0, 1]: a model whose output overflowed does not get it
+    status[(status == STATUS_OK) & ~np.isfinite(p)] = "model-failed: non-finite output"
     flag = np.where(np.isfinite(p), (p >= threshold).astype(np.int8), -1).astype(np.int8)
     return ResultBlock(chunk.columns, p, flag, status)
 

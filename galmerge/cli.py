@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from typing import Any
@@ -61,6 +62,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_ENVIRONMENT_ERRNOS = frozenset({
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EFBIG, errno.EDQUOT,
+    errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP,
+})
+
+
 class LazyGroup(click.Group):
     """Imports a command's module only when that command runs; adds plugin commands."""
 
@@ -103,6 +110,13 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except GalmergeError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            # the user's environment, not a bug: an unwritable or misplaced path, a full disk
+            if exc.errno not in _ENVIRONMENT_ERRNOS or not exc.filename:
+                raise
+            raise click.ClickException(
+                f"{exc.filename}: {exc.strerror or exc}; check that path (a writable folder, "
+                "free space, the file-size limit) and run the same command again") from None
 
 
 @click.group(

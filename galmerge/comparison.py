@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from galmerge import atomic
 from galmerge.errors import GalmergeError
 from galmerge.metrics import METRIC_NAMES
 
@@ -216,9 +217,7 @@ def write_table(rows: Sequence[dict[str, Any]], output: str | Path) -> Path:
         raise GalmergeError(f"--output {path}: use a .md or .csv file name")
     text = to_markdown(rows) if suffix == ".md" else to_csv(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, text)
     return path
 
 
@@ -230,6 +229,7 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
 
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(file=sys.stdout)
@@ -240,7 +240,8 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
         groups.setdefault((r["source"], r["target"], r["backbone"]), []).append(r)
     for (source, target, backbone), members in groups.items():
         t = Table(
-            title=f"{source} → {target}, {backbone}: test metrics, mean ± std over seeds",
+            # names read from summary.json files: text, not markup
+            title=escape(f"{source} → {target}, {backbone}: test metrics, mean ± std over seeds"),
             box=box.SIMPLE_HEAD,
         )
         t.add_column("strategy", overflow="fold")
@@ -255,9 +256,9 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
             if r.get("preset"):
                 setup += f"\n{r['preset']}"
             t.add_row(
-                r["strategy"],
+                escape(str(r["strategy"])),
                 str(r["runs"]),
-                setup,
+                escape(setup),
                 *[_stacked(r, split, name) for split, name, _ in shown],
                 _gain(r["target_accuracy_gain_over_none"]),
             )

@@ -15,11 +15,13 @@ feeds straight back into ``--config`` and reproduces the same run::
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from galmerge import atomic
 from galmerge.errors import GalmergeError
 
 DEFAULTS: dict[str, Any] = {
@@ -69,13 +71,18 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise GalmergeError(f"config file {p} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError:
+        raise GalmergeError(f"config file {p} is not a TOML text file (not UTF-8); pass the "
+                            "config.toml of a run or a file written like it") from None
+    except OSError as exc:
+        raise GalmergeError(f"cannot read config file {p}: {exc.strerror or exc}") from None
 
 
 def write_toml(path: str | Path, config: Mapping[str, Any]) -> None:
     """Write a resolved config (keys sorted in a stable, readable order)."""
     import tomli_w
 
-    Path(path).write_text(tomli_w.dumps(_toml_safe(config)))
+    atomic.write_text(path, tomli_w.dumps(_toml_safe(config)))
 
 
 def _toml_safe(value: Any) -> Any:
@@ -140,6 +147,14 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 
 
 def _check_keys(layer: Mapping[str, Any], where: str) -> None:
+    for section in (*SECTIONS, "backbone_options", "strategies"):
+        if section in layer and not isinstance(layer[section], Mapping):
+            raise GalmergeError(f"{section} in {where} must be a table of options "
+                                f"([{section}] in TOML), got {layer[section]!r}")
+    for name, options in dict(layer.get("strategies") or {}).items():
+        if not isinstance(options, Mapping):
+            raise GalmergeError(f"strategies.{name} in {where} must be a table of options, "
+                                f"got {options!r}")
     unknown = sorted(set(layer) - TOP_KEYS)
     if unknown:
         raise GalmergeError(
@@ -224,26 +239,69 @@ def resolve_config(
             f"known: {', '.join(sorted(backbone.defaults)) or 'none'}"
         )
     config["backbone_options"] = bopts
-    _validate_values(config)
+    validate_config(config)
     return config
 
 
-def _validate_values(config: dict[str, Any]) -> None:
+SEED_LIMIT = 2**32  # numpy's seed range; the run's generators derive theirs from it
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_config(config: Mapping[str, Any]) -> None:
+    """Every value of a resolved config in range, or a one-line GalmergeError naming it.
+
+    The one place values are checked, so that no bad value reaches torch as a traceback.
+    """
+    _validate_values(config)
+
+
+def _validate_values(config: Mapping[str, Any]) -> None:
     for key in ("epochs", "batch_size"):
-        if not isinstance(config[key], int) or config[key] < 1:
+        if not _whole(config[key]) or config[key] < 1:
             raise GalmergeError(f"{key} must be a whole number >= 1, got {config[key]!r}")
     for key in ("patience", "max_steps_per_epoch", "checkpoint_every", "seed"):
-        if not isinstance(config[key], int) or config[key] < 0:
+        if not _whole(config[key]) or config[key] < 0:
             raise GalmergeError(f"{key} must be a whole number >= 0, got {config[key]!r}")
+    if config["seed"] >= SEED_LIMIT:
+        raise GalmergeError(f"seed must be a whole number from 0 to {SEED_LIMIT - 1}, got "
+                            f"{config['seed']!r}")
     for key in ("lr", "weight_decay"):
         value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise GalmergeError(f"{key} must be a number >= 0, got {value!r}")
+        if not _number(value) or value < 0:
+            raise GalmergeError(f"{key} must be a finite number >= 0, got {value!r}")
     if not (config["lr"] > 0):
         raise GalmergeError("lr must be > 0")
-    betas = config["optimizer"]["betas"]
+    for key in ("compile",):
+        if not isinstance(config[key], bool):
+            raise GalmergeError(f"{key} must be true or false, got {config[key]!r}")
+    for key in ("device", "select_by", "init_from", "preset", "source", "target"):
+        if not isinstance(config[key], str):
+            raise GalmergeError(f"{key} must be a string, got {config[key]!r}")
+    opt = config["optimizer"]
+    betas = opt["betas"]
     if not isinstance(betas, list | tuple) or len(betas) != 2:
         raise GalmergeError(f"optimizer.betas must be two numbers, got {betas!r}")
+    if not all(_number(b) and 0 <= b < 1 for b in betas):
+        raise GalmergeError(f"optimizer.betas must be two numbers in [0, 1), got {betas!r}")
+    if not _number(opt["eps"]) or opt["eps"] <= 0:
+        raise GalmergeError(f"optimizer.eps must be a small positive number (default 1e-8), "
+                            f"got {opt['eps']!r}")
+    if not isinstance(opt["amsgrad"], bool):
+        raise GalmergeError(f"optimizer.amsgrad must be true or false, got {opt['amsgrad']!r}")
+    sched = config["schedule"]
+    if not _number(sched["pct_start"]) or not 0 < sched["pct_start"] < 1:
+        raise GalmergeError("schedule.pct_start (the share of steps spent warming up) must be "
+                            f"a number between 0 and 1, got {sched['pct_start']!r}")
+    for key in ("div_factor", "final_div_factor"):
+        if not _number(sched[key]) or sched[key] <= 0:
+            raise GalmergeError(f"schedule.{key} must be a number > 0, got {sched[key]!r}")
     for key in ("source", "target"):
         if not config[key]:
             raise GalmergeError(f"no --{key} given; e.g. --{key} synthetic:illustris")

@@ -19,16 +19,22 @@ attributes and in the cache key, so exact and rounded stamps never mix).
 Every file is checked on open (HDF5 readable, format, datasets of consistent length) and image
 chunks carry Fletcher-32 checksums checked on read; a bad file is renamed
 ``*.corrupt-<timestamp>``, reported in one line and its stamps fetched again — never used.
+
+Each stamp is also bound to its key: ``stamp_check[i]`` is a 128-bit BLAKE2b of the key's hash
+and the stamp's pixels, checked on every read against the key asked for, so an index whose
+rows were swapped (two galaxies given each other's stamps) is caught like a flipped bit. A
+stamp with non-finite pixels is refused on read the same way (the fetch path never stores one).
+Files written before ``stamp_check`` existed are read without the binding check.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +45,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from galmerge import atomic
 from galmerge.errors import GalmergeError
 
 CACHE_FORMAT = "galmerge-cutout-cache/1"
@@ -94,6 +101,19 @@ def hash_keys(keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         hi[i] = int.from_bytes(d[:8], "little")
         lo[i] = int.from_bytes(d[8:], "little")
     return hi, lo
+
+
+def stamp_checks(hi: np.ndarray, lo: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """(n, 2) uint64: BLAKE2b-128 of each key hash with its stamp's float32 pixels."""
+    out = np.empty((len(images), 2), dtype=np.uint64)
+    data = np.ascontiguousarray(images, dtype="<f4")
+    for i in range(len(data)):
+        h = hashlib.blake2b(digest_size=16)
+        h.update(np.array([hi[i], lo[i]], dtype="<u8").tobytes())
+        h.update(data[i].tobytes())
+        d = h.digest()
+        out[i] = (int.from_bytes(d[:8], "little"), int.from_bytes(d[8:], "little"))
+    return out
 
 
 @dataclass
@@ -152,6 +172,7 @@ class CutoutCache:
         self.statuses: list[str] = [STATUS_OK]
         self.files: list[Path | None] = []
         self._handles: dict[int, h5py.File] = {}
+        self._checks: dict[int, np.ndarray | None] = {}  # file number -> its stamp_check
         self._segments: list[_Segment] = []
         self._pending: dict[tuple[int, int], tuple[str, str, float, float, np.ndarray | None,
                                                    str]] = {}
@@ -224,6 +245,8 @@ class CutoutCache:
                     if name not in f or f[name].shape[0] != n:
                         raise CorruptCacheFile(f"dataset '{name}' missing or not {n} long")
                 kh = f["key_hash"][()]
+                if "stamp_check" in f and f["stamp_check"].shape != (n, 2):
+                    raise CorruptCacheFile("dataset 'stamp_check' has the wrong shape")
                 m = int(f.attrs.get("n_missing", -1))
                 mk = f.get("missing_key_hash")
                 ms = f.get("missing_status")
@@ -249,11 +272,12 @@ class CutoutCache:
                       "and its stamps will be fetched again")
 
     def _remove_dead_temporaries(self) -> None:
-        host = socket.gethostname()
-        for tmp in self.journal.glob(".c-*.tmp"):
-            parts = tmp.name.split("~")
-            if len(parts) >= 3 and parts[1] == host and not _pid_alive(int(parts[2])):
-                tmp.unlink(missing_ok=True)
+        for tmp in atomic.dead_temporaries(self.journal, ".c-*.tmp"):
+            tmp.unlink(missing_ok=True)
+        # a compaction killed half way leaves a partial copy of the whole cache beside it
+        for tmp in atomic.dead_temporaries(self.path.parent,
+                                           f".{glob.escape(self.path.name)}~*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def _add_segment(self, hi, lo, file, row) -> None:
         if len(hi) == 0:
@@ -324,7 +348,7 @@ class CutoutCache:
         files = np.unique(file[need])
         if len(files) == 1 and need.all():  # the usual warm case: no extra copy
             try:
-                return self._read_rows(int(files[0]), row), need
+                return self._read_rows(int(files[0]), row, hi, lo), need
             except (OSError, ValueError, KeyError) as exc:
                 self._drop_file(int(files[0]), f"bad data on read ({exc})".splitlines()[0])
                 return out, got
@@ -332,13 +356,25 @@ class CutoutCache:
             sel = np.flatnonzero(need & (file == f_no))
             rows = row[sel]
             try:
-                out[sel] = self._read_rows(int(f_no), rows)
+                out[sel] = self._read_rows(int(f_no), rows, hi[sel], lo[sel])
                 got[sel] = True
             except (OSError, ValueError, KeyError) as exc:
                 self._drop_file(int(f_no), f"bad data on read ({exc})".splitlines()[0])
         return out, got
 
-    def _read_rows(self, f_no: int, rows: np.ndarray) -> np.ndarray:
+    def _read_rows(self, f_no: int, rows: np.ndarray, hi: np.ndarray,
+                   lo: np.ndarray) -> np.ndarray:
+        """The stamps at ``rows`` of file ``f_no``, checked against the keys (hi, lo) asked for;
+        ValueError when one is not the stamp stored for its key or not finite."""
+        data = self._read_rows_unchecked(f_no, rows)
+        checks = self._checks.get(f_no)
+        if checks is not None and not np.array_equal(stamp_checks(hi, lo, data), checks[rows]):
+            raise ValueError("a stamp does not match its key (index rows swapped or edited)")
+        if not np.isfinite(data).all():
+            raise ValueError("a stamp has non-finite pixel values")
+        return data
+
+    def _read_rows_unchecked(self, f_no: int, rows: np.ndarray) -> np.ndarray:
         handle = self._handles.get(f_no)
         if handle is None:
             if len(self._handles) >= 32:
@@ -348,6 +384,9 @@ class CutoutCache:
             if path is None:
                 raise KeyError("file was set aside")
             handle = self._handles[f_no] = h5py.File(path, "r")
+            if f_no not in self._checks:
+                check = handle.get("stamp_check")
+                self._checks[f_no] = None if check is None else check[()]
         dset = handle["images"]
         order = np.argsort(rows, kind="stable")
         srows = rows[order]
@@ -431,14 +470,25 @@ class CutoutCache:
 
     def _write_file(self, final: Path, images: np.ndarray, *, ids, ra, dec, keys, hashes,
                     mkeys, mhashes, mstatus) -> None:
-        tmp = final.with_name(f".{final.stem}~{socket.gethostname()}~{os.getpid()}~.tmp")
-        with h5py.File(tmp, "w") as f:
+        # Built in memory, then written by Python in one go: a full disk or a file-size limit
+        # is then a plain OSError, where HDF5 writing the file itself crashes the process.
+        with h5py.File(f"{final.name}.mem", "w", driver="core", backing_store=False) as f:
             self._write_header(f)
             _create_images(f, images, self.shape)
+            hashes = np.asarray(hashes, np.uint64).reshape(-1, 2)
             self._write_columns(f, len(images), ids, ra, dec, keys, hashes, mkeys, mhashes,
-                                mstatus)
-        _fsync(tmp)
-        os.replace(tmp, final)
+                                mstatus, stamp_checks(hashes[:, 0], hashes[:, 1], images))
+            f.flush()
+            image = f.id.get_file_image()
+        with _disk_errors(final.parent):
+            tmp = atomic.temp_beside(final.with_name(final.stem))
+            try:
+                with open(tmp, "wb") as out:
+                    out.write(image)
+                atomic.publish(tmp, final)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def _write_header(self, f: h5py.File) -> None:
         for name, value in self.attrs.items():
@@ -451,8 +501,10 @@ class CutoutCache:
                                                else 2.0 ** -(self.keepbits + 1))
 
     @staticmethod
-    def _write_columns(f, n, ids, ra, dec, keys, hashes, mkeys, mhashes, mstatus) -> None:
+    def _write_columns(f, n, ids, ra, dec, keys, hashes, mkeys, mhashes, mstatus,
+                       checks) -> None:
         text = h5py.string_dtype("utf-8")
+        f.create_dataset("stamp_check", data=np.asarray(checks, np.uint64).reshape(-1, 2))
         f.create_dataset("labels", data=np.full(n, -1, dtype=np.int8))
         f.create_dataset("id", data=np.array(ids, dtype=object), dtype=text)
         f.create_dataset("ra", data=np.asarray(ra, dtype=np.float64))
@@ -473,13 +525,14 @@ class CutoutCache:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
+        self._checks.clear()
         if compact:
             self.compact(force=False)
 
     def compact(self, force: bool = True) -> bool:
         """Merge journal chunks into the consolidated file (under a lock); True if it did."""
         lock_path = self.path.with_name(self.path.name + ".lock")
-        with open(lock_path, "a+") as lock:
+        with atomic.open_nofollow(lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             chunks = sorted(self.journal.glob("c-*.h5"))
             if not chunks:
@@ -517,7 +570,7 @@ class CutoutCache:
         if len(all_m) and len(all_h):
             mkeep_all &= ~np.isin(all_m[:, 0], all_h[:, 0])
         n = int(keep_all.sum())
-        tmp = self.path.with_name(f".{self.path.name}~{socket.gethostname()}~{os.getpid()}~.tmp")
+        tmp = atomic.temp_beside(self.path)
         text = h5py.string_dtype("utf-8")
         with h5py.File(tmp, "w") as out:
             if readable:  # keep what earlier runs recorded (bands, survey...) unless given now
@@ -530,7 +583,7 @@ class CutoutCache:
                                   total=n)
             cols: dict[str, list[np.ndarray]] = {k: [] for k in (
                 "id", "ra", "dec", "key", "key_hash", "missing_key", "missing_key_hash",
-                "missing_status")}
+                "missing_status", "stamp_check")}
             pos = 0
             off = moff = 0
             for src, h, mh in readable:
@@ -541,6 +594,9 @@ class CutoutCache:
                 with h5py.File(src, "r") as f:
                     rows = np.flatnonzero(keep)
                     same = _same_storage(f["images"], dset)
+                    # copied, never recomputed (that would bless a swapped row); files from
+                    # before stamp_check existed get theirs computed from what they hold
+                    old_checks = f["stamp_check"][()] if "stamp_check" in f else None
                     for start in range(0, len(rows), COPY_BLOCK):
                         block = rows[start : start + COPY_BLOCK]
                         lo_, hi_ = int(block[0]), int(block[-1]) + 1
@@ -552,6 +608,9 @@ class CutoutCache:
                         else:  # an older, uncompressed file: compressed now
                             dset[pos : pos + len(block)] = data
                         pos += len(block)
+                        cols["stamp_check"].append(
+                            old_checks[block] if old_checks is not None
+                            else stamp_checks(h[block, 0], h[block, 1], data))
                     cols["id"].append(f["id"].asstr()[()][keep])
                     cols["ra"].append(f["ra"][()][keep])
                     cols["dec"].append(f["dec"][()][keep])
@@ -568,12 +627,13 @@ class CutoutCache:
             out.create_dataset("dec", data=joined["dec"].astype(np.float64))
             out.create_dataset("key_hash",
                                data=joined["key_hash"].astype(np.uint64).reshape(-1, 2))
+            out.create_dataset("stamp_check",
+                               data=joined["stamp_check"].astype(np.uint64).reshape(-1, 2))
             out.create_dataset("missing_key_hash",
                                data=joined["missing_key_hash"].astype(np.uint64).reshape(-1, 2))
             out.attrs["n_missing"] = len(joined["missing_key"])
             out.attrs["n_images"] = n
-        _fsync(tmp)
-        os.replace(tmp, self.path)
+        atomic.publish(tmp, self.path)
 
     def describe(self) -> str:
         return json.dumps({"path": str(self.path), "entries": len(self),
@@ -585,6 +645,21 @@ def _same_storage(a: h5py.Dataset, b: h5py.Dataset) -> bool:
     return (a.dtype == b.dtype and a.chunks == b.chunks and a.compression == b.compression
             and a.compression_opts == b.compression_opts and a.shuffle == b.shuffle
             and a.fletcher32 == b.fletcher32 and a.chunks is not None)
+@contextlib.contextmanager
+def _disk_errors(where: Path) -> Any:
+    """A full disk or a file-size limit while writing in ``where``: one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        text = str(exc)
+        errno_ = exc.errno or next((e for e in (27, 28, 122) if f"errno = {e}" in text), None)
+        if errno_ not in (27, 28, 122):  # EFBIG, ENOSPC, EDQUOT
+            raise
+        why = os.strerror(errno_)
+        raise GalmergeError(
+            f"cannot write the cutout cache in {where}: {why}; free disk space or raise the "
+            "file-size limit (ulimit -f), then run the same command again: what was cached is "
+            "kept") from None
 
 
 def _create_images(f: h5py.File, images: np.ndarray, shape: tuple[int, ...],
@@ -599,20 +674,3 @@ def _create_images(f: h5py.File, images: np.ndarray, shape: tuple[int, ...],
         dset[...] = images
     return dset
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -35,14 +35,24 @@ class DistInfo:
 
 def from_environment() -> DistInfo:
     """Read torchrun's variables (WORLD_SIZE, RANK, LOCAL_RANK); a plain run is rank 0 of 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _env_int("WORLD_SIZE", "1")
     if world <= 1:
         return DistInfo()
-    return DistInfo(
-        rank=int(os.environ.get("RANK", "0")),
-        world=world,
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-    )
+    rank, local_rank = _env_int("RANK", "0"), _env_int("LOCAL_RANK", "0")
+    if not 0 <= rank < world or local_rank < 0:
+        raise GalmergeError(
+            f"RANK={rank} LOCAL_RANK={local_rank} do not fit WORLD_SIZE={world} (ranks are "
+            f"0..{world - 1}); start the processes with torchrun, or unset these variables")
+    return DistInfo(rank=rank, world=world, local_rank=local_rank)
+
+
+def _env_int(name: str, default: str) -> int:
+    raw = os.environ.get(name, default)
+    try:
+        return int(raw)
+    except ValueError:
+        raise GalmergeError(f"environment variable {name}={raw!r} is not a whole number; "
+                            "torchrun sets it, or unset it for a single process") from None
 
 
 def setup(info: DistInfo, device: torch.device) -> torch.device:

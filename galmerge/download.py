@@ -26,7 +26,7 @@ from typing import Any
 
 import requests
 
-from galmerge import deepmerge_data
+from galmerge import atomic, deepmerge_data
 from galmerge.errors import GalmergeError
 from galmerge.http_retry import FetchError, RetryingClient, RetryPolicy, http_status_error
 
@@ -86,7 +86,7 @@ def _marker(path: Path) -> Path:
 def _write_marker(path: Path, md5: str | None) -> None:
     st = path.stat()
     record = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": md5}
-    _marker(path).write_text(json.dumps(record))
+    atomic.write_text(_marker(path), json.dumps(record))
 
 
 def _marker_matches(path: Path, remote: RemoteFile) -> bool:
@@ -197,6 +197,8 @@ class Downloader:
 
     def _fetch_locked(self, remote: RemoteFile, dest: Path, force: bool) -> FetchResult:
         part = dest.with_name(dest.name + ".part")
+        if part.is_symlink():  # refused before any transfer (opening it would refuse it too)
+            atomic.open_nofollow(part, "ab").close()
         if force:
             part.unlink(missing_ok=True)
             _validator_path(part).unlink(missing_ok=True)
@@ -313,7 +315,7 @@ class Downloader:
             if task is not None:
                 self.progress.update(task, total=transfer.size, completed=offset)
             written = offset
-            with open(part, mode) as fh:
+            with atomic.open_nofollow(part, mode) as fh:
                 try:
                     for chunk in r.iter_content(CHUNK):
                         if chunk:
@@ -362,7 +364,7 @@ class Downloader:
 
     def _say(self, text: str) -> None:
         if self.progress is not None:
-            self.progress.console.print(text)
+            self.progress.console.print(text, markup=False)
 
 
 @contextlib.contextmanager
@@ -373,7 +375,7 @@ def _exclusive(lock_path: Path, name: str) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: no advisory locks, carry on
         yield
         return
-    with open(lock_path, "w") as fh:
+    with atomic.open_nofollow(lock_path, "a+b") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -397,7 +399,7 @@ def _remember_validator(path: Path, headers: Any) -> None:
     etag = headers.get("ETag") or ""
     value = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified") or ""
     if value:
-        path.write_text(value + "\n")
+        atomic.write_text(path, value + "\n")
     else:
         path.unlink(missing_ok=True)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from galmerge import atomic
 from galmerge.errors import GalmergeError
 
 STD_COLUMN = "p_merger_std"
@@ -83,7 +84,6 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
 def _combine_sidecars(temps: list[Path], out: Path, models: list[str]) -> None:
     """A CSV ensemble's provenance sidecar: the first member's record plus every member's
     checkpoint and its SHA-256 (HDF5/FITS outputs carry the first member's record inside)."""
-    from galmerge.outputs import _temp_path
     from galmerge.provenance import SIDECAR_SUFFIX
 
     sidecars = [t.with_name(t.name + SIDECAR_SUFFIX) for t in temps]
@@ -95,10 +95,8 @@ def _combine_sidecars(temps: list[Path], out: Path, models: list[str]) -> None:
         {"model": str(m), "checkpoint_sha256": r.get("checkpoint_sha256", "")}
         for m, r in zip(models, records, strict=True)
     ]
-    side = out.with_name(out.name + SIDECAR_SUFFIX)
-    tmp = _temp_path(side)
-    tmp.write_text(json.dumps(combined, indent=1) + "\n")
-    os.replace(tmp, side)
+    atomic.write_text(out.with_name(out.name + SIDECAR_SUFFIX),
+                      json.dumps(combined, indent=1) + "\n")
 
 
 class _quiet_nan:
@@ -169,7 +167,7 @@ def _write_combined(src: Path, dest: Path, mean: np.ndarray, std: np.ndarray,
 
     from galmerge.prior import _columns
 
-    tmp = dest.with_name(f".{dest.name}.ensemble.tmp")
+    tmp = atomic.temp_beside(dest, ".ensemble")
     try:
         if h5py.is_hdf5(src):
             shutil.copyfile(src, tmp)
@@ -214,6 +212,6 @@ def _write_combined(src: Path, dest: Path, mean: np.ndarray, std: np.ndarray,
                     if math.isfinite(m):
                         row[ip], row[iflag] = f"{m:.6g}", str(int(m >= threshold))
                     writer.writerow([*row, f"{s:.6g}" if math.isfinite(s) else ""])
-        os.replace(tmp, dest)
+        atomic.publish(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -809,6 +809,7 @@ def _gradcam_caption(facts: dict[str, Any] | None) -> str:
 
 def _print_summary(payload: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(file=sys.stdout)
@@ -836,7 +837,7 @@ def _print_summary(payload: dict[str, Any]) -> None:
             s.add_column(col, justify="left" if col == "score" else "right")
         for c in payload["selection"]:
             s.add_row(
-                c["label"],
+                escape(str(c["label"])),
                 str(c["epoch"]),
                 _num(c["target_val_accuracy"]),
                 _num(c["gap_to_oracle"]),

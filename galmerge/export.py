@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from galmerge import __version__
+from galmerge import __version__, atomic
 from galmerge.errors import GalmergeError
 
 FORMATS = ("onnx", "torchscript")
@@ -114,20 +112,10 @@ def export_model(
     example = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
     out = Path(output) if output is not None else default_output(Path(model), fmt)
     writer = _write_onnx if fmt == "onnx" else _write_torchscript
-    _atomic(out, lambda tmp: writer(net, example, meta, tmp))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_with(out, lambda tmp: writer(net, example, meta, tmp))
     return out
 
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_onnx(net: Any, example: Any, meta: dict[str, Any], path: Path) -> None:

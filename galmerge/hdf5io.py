@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from galmerge import atomic
 from galmerge.errors import GalmergeError
 from galmerge.imageset import ImageSet
 
@@ -70,7 +70,9 @@ class ImageSetWriter:
         self._meta = meta
         self._dtype = None if dtype is None else np.dtype(dtype)
         self._compression = compression
-        self._file = h5py.File(self.path, "a")
+        # an empty file is a fresh temporary (atomic.temp_beside): create the HDF5 file in it
+        empty = self.path.is_file() and self.path.stat().st_size == 0
+        self._file = h5py.File(self.path, "w" if empty else "a")
         self._write_attrs()
 
     # -- context manager -------------------------------------------------------------------
@@ -200,11 +202,8 @@ def write_imageset(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = atomic.temp_beside(path)
     try:
-        tmp.unlink()  # h5py creates it fresh
         with ImageSetWriter(
             tmp,
             bands=imageset.bands,
@@ -236,7 +235,7 @@ def write_imageset(
             if n == 0:
                 c, h, w = (tuple(imageset.images.shape[1:]) + (0, 0, 0))[:3]
                 writer._create(np.zeros((0, c, h, w), np.float32), imageset.ids)
-        os.replace(tmp, path)
+        atomic.publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

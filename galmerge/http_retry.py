@@ -4,11 +4,24 @@ Every cutout service fetches through a `RetryingClient`: it retries 5xx answers,
 dropped connections and truncated or corrupt bodies (a ``validate`` callback that raises marks
 a body corrupt), honours ``Retry-After`` on 429/503 for every worker thread at once, and keeps
 counts for a closing failure summary. ``sleep`` is injectable so tests run without waiting.
+
+Two bounds keep a dead or hostile service from holding a run for days:
+
+- a circuit breaker: after ``max_connection_failures`` consecutive tries that got no answer at
+  all (refused, reset, timed out; default 10, option ``max_connection_failures``, env
+  ``GALMERGE_MAX_CONNECTION_FAILURES``, 0 = never), every call fails at once with
+  `ServiceUnreachable` (``fetch-failed: service unreachable``) instead of retrying;
+- a wall-clock deadline per transfer (option ``deadline``, default 4 x ``timeout``): a server
+  dripping a body byte by byte is cut off when it passes, whatever its Content-Length.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import random
+import socket
 import threading
 import time
 from collections import Counter
@@ -40,6 +53,18 @@ class FetchError(Exception):
         self.retry_after = retry_after
 
 
+UNREACHABLE_STATUS = "fetch-failed: service unreachable"
+MAX_CONNECTION_FAILURES_ENV = "GALMERGE_MAX_CONNECTION_FAILURES"
+
+
+class ServiceUnreachable(FetchError):
+    """The circuit breaker is open: the service did not answer many tries in a row."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__("service unreachable", retryable=False)
+        self.where = where
+
+
 class CorruptResponse(FetchError):
     """A body that arrived whole but does not decode (bad bz2/FITS/JPEG); worth a retry."""
 
@@ -58,22 +83,59 @@ class RetryPolicy:
     timeout: float = 60.0
     max_retry_after: float = 300.0
     seed: int = 0
+    max_connection_failures: int = 10
+    deadline: float | None = None  # seconds per transfer; None: 4 x timeout
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RetryPolicy:
-        """Read ``retries``/``attempts``, ``backoff``, ``timeout``, ``max_retry_after``, ``seed``."""
+        """Read ``retries``/``attempts``, ``backoff``, ``timeout``, ``max_retry_after``, ``seed``,
+        ``max_connection_failures`` (else env GALMERGE_MAX_CONNECTION_FAILURES) and ``deadline``.
+
+        ValueError names the first option out of range (a timeout of 0 would fail every row).
+        """
         attempts = options.get("attempts")
         if attempts is None and "retries" in options:
             attempts = int(options["retries"]) + 1
-        return cls(
-            attempts=max(1, int(attempts if attempts is not None else cls.attempts)),
+        breaker = options.get("max_connection_failures")
+        if breaker is None:
+            breaker = os.environ.get(MAX_CONNECTION_FAILURES_ENV) or cls.max_connection_failures
+        deadline = options.get("deadline")
+        policy = cls(
+            attempts=int(attempts if attempts is not None else cls.attempts),
             backoff=float(options.get("backoff", cls.backoff)),
             backoff_max=float(options.get("backoff_max", cls.backoff_max)),
             jitter=float(options.get("jitter", cls.jitter)),
             timeout=float(options.get("timeout", cls.timeout)),
             max_retry_after=float(options.get("max_retry_after", cls.max_retry_after)),
             seed=int(options.get("seed", cls.seed)),
+            max_connection_failures=int(breaker),
+            deadline=None if deadline in (None, "") else float(deadline),
         )
+        policy.check()
+        return policy
+
+    def check(self) -> None:
+        """ValueError naming the first setting out of range."""
+        positive = {"timeout": self.timeout, "deadline": self.deadline}
+        for name, value in positive.items():
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+        for name, value in (("backoff", self.backoff), ("backoff_max", self.backoff_max),
+                            ("max_retry_after", self.max_retry_after)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be 0 or more seconds, got {value}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be in [0, 1], got {self.jitter}")
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1 (retries at least 0), got "
+                             f"{self.attempts}")
+        if self.max_connection_failures < 0:
+            raise ValueError("max_connection_failures must be 0 (never give up) or more, got "
+                             f"{self.max_connection_failures}")
+
+    @property
+    def transfer_deadline(self) -> float:
+        return self.deadline if self.deadline is not None else 4 * self.timeout
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -105,18 +167,24 @@ def classify_exception(exc: BaseException) -> FetchError | None:
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return http_status_error(exc.response)
     if isinstance(exc, requests.Timeout):
-        return FetchError("timeout", retryable=True)
+        return _no_answer(FetchError("timeout", retryable=True))
     if isinstance(
         exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
     ):
         return FetchError("connection dropped mid-body", retryable=True)
     if isinstance(exc, requests.ConnectionError):
-        return FetchError("connection failed", retryable=True)
+        return _no_answer(FetchError("connection failed", retryable=True))
     if isinstance(exc, (TimeoutError, ConnectionError)):
-        return FetchError(type(exc).__name__, retryable=True)
+        return _no_answer(FetchError(type(exc).__name__, retryable=True))
     if isinstance(exc, requests.RequestException):
         return FetchError(type(exc).__name__, retryable=False)
     return None
+
+
+def _no_answer(err: FetchError) -> FetchError:
+    """Mark a failure in which the service gave no answer at all (what the breaker counts)."""
+    err.no_answer = True  # type: ignore[attr-defined]
+    return err
 
 
 def http_status_error(response: requests.Response) -> FetchError:
@@ -172,6 +240,8 @@ class RetryingClient:
         self._lock = threading.Lock()
         self._rng = random.Random(self.policy.seed)
         self._hold_until = 0.0  # monotonic time before which nobody sends (after a 429)
+        self._no_answer_run = 0  # consecutive tries that got no answer (the breaker's count)
+        self.unreachable: str | None = None  # set when the breaker opened: what was dead
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         if user_agent is None:
@@ -205,28 +275,35 @@ class RetryingClient:
         *,
         progressed: Callable[[], bool] | None = None,
         on_retry: Callable[[FetchError, float], None] | None = None,
+        where: str | None = None,
     ) -> T:
         """Run ``fn`` until it succeeds or the policy gives up; raises FetchError then.
 
         ``progressed`` (for resumable transfers) is asked after each retryable failure: when
         it answers True the failed try moved the work forward, so the attempt count starts
         afresh. ``on_retry(error, delay)`` is told before each wait, e.g. to show a long one.
+        ``where`` (a host) names the service in the breaker's message.
         """
         policy = self.policy
         attempt = 0
         while True:
             attempt += 1
             self._wait_for_hold()
+            self._check_breaker(what)
             with self._lock:
                 self.stats.requests += 1
             try:
-                return fn()
+                result = fn()
             except Exception as exc:
                 err = classify_exception(exc)
                 if err is None:  # not a network problem: a bug keeps its traceback
                     raise
-                if err.retryable and progressed is not None and progressed():
+                moved = err.retryable and progressed is not None and progressed()
+                if moved:
                     attempt = 0  # a resumed transfer got further: its tries start again
+                self._count_answer(not getattr(err, "no_answer", False) or moved, where)
+                if self.unreachable is not None:
+                    self._check_breaker(what)
                 if not err.retryable or attempt >= policy.attempts:
                     with self._lock:
                         self.stats.failures += 1
@@ -248,6 +325,23 @@ class RetryingClient:
                 if on_retry is not None:
                     on_retry(err, delay)
                 self._pause(delay)
+            else:
+                self._count_answer(True, where)
+                return result
+
+    def _count_answer(self, answered: bool, where: str | None) -> None:
+        limit = self.policy.max_connection_failures
+        with self._lock:
+            self._no_answer_run = 0 if answered else self._no_answer_run + 1
+            if limit and self._no_answer_run >= limit and self.unreachable is None:
+                self.unreachable = where or self.name
+
+    def _check_breaker(self, what: str) -> None:
+        if self.unreachable is not None:
+            with self._lock:
+                self.stats.failures += 1
+                self.stats.failure_reasons["service unreachable"] += 1
+            raise ServiceUnreachable(self.unreachable)
 
     def _backoff(self, attempt: int) -> float:
         p = self.policy
@@ -296,19 +390,45 @@ class RetryingClient:
             except Exception as exc:  # any decode error means the bytes are bad
                 raise CorruptResponse(f"corrupt {what} ({type(exc).__name__})") from exc
 
-        return self.call(once, what)
+        return self.call(once, what, where=_host(url))
 
     def _get_body(self, url: str, params: Mapping[str, Any] | None) -> bytes:
         timeout = self.policy.timeout
-        deadline = time.monotonic() + 4 * timeout  # a server dripping bytes still ends
+        limit = self.policy.transfer_deadline
+        deadline = time.monotonic() + limit  # a server dripping bytes still ends
         with self.session().get(url, params=params, timeout=timeout, stream=True) as r:
             if r.status_code != 200:
                 raise http_status_error(r)
+            # A read blocks until a whole chunk arrives, so checking the clock between chunks
+            # is not enough: a watchdog shuts the socket down when the deadline passes.
+            expired = threading.Event()
+            sock = _response_socket(r)
+
+            def expire() -> None:
+                expired.set()
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+            watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
+            watchdog.daemon = True
+            watchdog.start()
             chunks = []
-            for chunk in r.iter_content(chunk_size=1 << 16):
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise FetchError("timeout (slow body)", retryable=True)
+            try:
+                for chunk in r.iter_content(chunk_size=1 << 16):
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        expired.set()
+                        break
+            except Exception:
+                if not expired.is_set():
+                    raise
+            finally:
+                watchdog.cancel()
+            if expired.is_set():
+                # not a dead service (it answered): the breaker does not count it
+                raise FetchError(f"timeout (body not complete after {limit:g} s)",
+                                 retryable=True)
             body = b"".join(chunks)
             expected = r.headers.get("Content-Length")
             if expected is not None and "Content-Encoding" not in r.headers:
@@ -323,6 +443,21 @@ class RetryingClient:
     def summary(self) -> str:
         with self._lock:
             return self.stats.summary(self.name)
+
+
+def _response_socket(r: requests.Response) -> socket.socket | None:
+    """The socket a streamed response reads from (urllib3 2 keeps it in http.client's file)."""
+    sock = getattr(getattr(r.raw, "connection", None), "sock", None)
+    if sock is None:
+        fp = getattr(getattr(r.raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc or url
 
 
 def bounded_map(

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import os
-import socket
 import sys
 import time
 from collections import Counter
@@ -29,6 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from galmerge import atomic
 from galmerge.errors import GalmergeError
 
 RESULT_COLUMNS = ("p_merger", "is_merger", "status")
@@ -96,7 +97,8 @@ def result_names(columns: Sequence[str]) -> tuple[str, str, str]:
 
 
 def _temp_path(path: Path, tag: str = "") -> Path:
-    return path.with_name(f".{path.name}{tag}~{socket.gethostname()}~{os.getpid()}~.tmp")
+    # created now (O_EXCL, unpredictable name): a link planted in the folder is never followed
+    return atomic.temp_beside(path, tag)
 
 
 def _fsync(path: Path) -> None:
@@ -116,13 +118,15 @@ class OutputWriter:
 
     provenance: dict[str, Any] | None = None
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+    def __init__(self, path: Path, columns: Sequence[str], tmp: Path | None = None) -> None:
         self.path = path
         self.columns = list(columns)
         self.names = result_names(self.columns)
         self.tally = Tally()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = _temp_path(path)
+        for dead in atomic.dead_temporaries(path.parent, f".{glob.escape(path.name)}*.tmp"):
+            dead.unlink(missing_ok=True)  # left by a killed run of this host
+        self.tmp = _temp_path(path) if tmp is None else tmp
 
     def write(self, block: ResultBlock) -> None:
         self.tally.add(block)
@@ -136,8 +140,7 @@ class OutputWriter:
 
     def commit(self) -> None:
         self._finish()
-        _fsync(self.tmp)
-        os.replace(self.tmp, self.path)
+        atomic.publish(self.tmp, self.path)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -192,10 +195,7 @@ class CsvWriter(OutputWriter):
             from galmerge.provenance import SIDECAR_SUFFIX, stamped
 
             side = self.path.with_name(self.path.name + SIDECAR_SUFFIX)
-            tmp = _temp_path(side)
-            tmp.write_text(json.dumps(stamped(self.provenance), indent=1) + "\n")
-            _fsync(tmp)
-            os.replace(tmp, side)
+            atomic.write_text(side, json.dumps(stamped(self.provenance), indent=1) + "\n")
         super().commit()
 
 
@@ -213,9 +213,7 @@ class Hdf5Writer(OutputWriter):
     """One resizable dataset per column; text as UTF-8, numbers in their own dtype."""
 
     def __init__(self, path: Path, columns: Sequence[str], tmp: Path | None = None) -> None:
-        super().__init__(path, columns)
-        if tmp is not None:
-            self.tmp = tmp
+        super().__init__(path, columns, tmp)
         self._f = h5py.File(self.tmp, "w")
         used: set[str] = set()
         self.all_names = [*self.columns, *self.names]

@@ -4,6 +4,10 @@ Environment:
 - ``GALMERGE_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point name.
 - ``GALMERGE_LOAD_PLUGINS=a,b`` loads only these third-party plugins (built-ins always load);
   set it empty to load none. Tests use it to keep a developer's installed plugins out.
+
+A plugin that fails — raises anything at import (``sys.exit`` and ``KeyboardInterrupt``
+included), or whose registration hook raises or returns something that is not a list of
+records — is skipped with one warning naming it and how to block it; everything else works.
 """
 
 from __future__ import annotations
@@ -129,15 +133,32 @@ class PluginManager:
         try:
             plugin = ep.load() if ep is not None else importlib.import_module(target)
             self.register(plugin, name=name, info=info)
-        except Exception as exc:  # a broken plugin must never take the others down
-            info.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        # a broken plugin must never take the others down: not even sys.exit() or a
+        # KeyboardInterrupt raised by its import (which would end every command, --help too)
+        except BaseException as exc:  # noqa: BLE001
+            info.error = _describe_error(exc)
             self.failed.append(info)
-            print(
-                f"galmerge: warning: plugin '{name}' ({dist or 'unknown distribution'}) failed to "
-                f"load and was skipped ({info.error}); block it with "
-                f"GALMERGE_DISABLE_PLUGINS={name}",
-                file=sys.stderr,
-            )
+            _warn_skipped(name, dist, "failed to load", info.error)
+
+    def _skip(self, name: str, what: str, error: str) -> None:
+        """Take a registered plugin out after one of its hooks failed; warn once."""
+        info = self.infos.pop(name, None) or PluginInfo(
+            name=name, distribution=None, version=None, builtin=False)
+        info.error = error
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+        self.failed.append(info)
+        self._cache.clear()
+        _warn_skipped(name, info.distribution, what, error)
+
+    def _call(self, impl: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """Call one plugin's hook; (False, None) after skipping the plugin when it raised."""
+        try:
+            return True, impl.function(*[kwargs[a] for a in impl.argnames])
+        except BaseException as exc:  # noqa: BLE001  (see _register_module)
+            self._skip(impl.plugin_name, f"failed in {impl.function.__name__}",
+                       _describe_error(exc))
+            return False, None
 
     def register(self, plugin: object, name: str, info: PluginInfo | None = None) -> None:
         """Register a plugin object in-process; a hookimpl that matches no hook is an error."""
@@ -183,13 +204,18 @@ class PluginManager:
         found: dict[str, Any] = {}
         owner: dict[str, str] = {}
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-            result = impl.function()
-            for record in _flatten(result):
-                if not isinstance(record, record_type):
-                    raise PluginError(
-                        f"plugin '{impl.plugin_name}' returned {type(record).__name__} from "
-                        f"{hook_name}; expected galmerge.records.{record_type.__name__}"
-                    )
+            called, result = self._call(impl)
+            records = _flatten(result) if called else None
+            wrong = None if records is None else next(
+                (r for r in records if not isinstance(r, record_type)), None)
+            if not called or records is None or wrong is not None:
+                if called:
+                    got = type(result if records is None else wrong).__name__
+                    self._skip(impl.plugin_name, f"failed in {hook_name}",
+                               f"returned {got}; expected a list of galmerge.records."
+                               f"{record_type.__name__}")
+                return self.components(kind)  # again, without that plugin
+            for record in records:
                 names = [record.name, *getattr(record, "aliases", ())]
                 for n in names:
                     if n in owner:
@@ -234,7 +260,8 @@ class PluginManager:
         return sorted([*self.infos.values(), *self.failed], key=lambda i: (not i.builtin, i.name))
 
     def add_commands(self, cli: Any) -> None:
-        self.pm.hook.register_commands(cli=cli)
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            self._call(impl, cli=cli)
 
     def _describe(self, plugin_name: str) -> str:
         info = self.infos.get(plugin_name)
@@ -242,12 +269,28 @@ class PluginManager:
         return f"'{plugin_name}' ({dist})"
 
 
-def _flatten(result: Any) -> Iterable[Any]:
+def _flatten(result: Any) -> list[Any] | None:
+    """The records a hook returned; None when that is not a record or an iterable of them."""
     if result is None:
         return []
     if isinstance(result, (Backbone, Strategy, Survey)):
         return [result]
-    return list(result)
+    if isinstance(result, str | bytes | dict):
+        return None
+    try:
+        return list(result)
+    except Exception:  # 42, or an iterator that raises: the caller skips the plugin
+        return None
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _warn_skipped(name: str, dist: str | None, what: str, error: str) -> None:
+    print(f"galmerge: warning: plugin '{name}' ({dist or 'unknown distribution'}) {what} and was "
+          f"skipped ({error}); block it with GALMERGE_DISABLE_PLUGINS={name}", file=sys.stderr)
 
 
 def _closest(name: str, options: Iterable[str]) -> str | None:

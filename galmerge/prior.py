@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from galmerge import atomic
 from galmerge.errors import GalmergeError
 from galmerge.fraction import ml_prior, prior_shift
 
@@ -89,9 +90,7 @@ def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
               "rule": "p' = r p / (r p + s (1 - p)), r = prior / training_prior, "
                       "s = (1 - prior) / (1 - training_prior)"}
     _rewrite(out, new, old, threshold, record)
-    tmp = out.with_name(f".{out.name}.prior.json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out.with_name(out.name + ".prior.json"))
+    atomic.write_text(out.with_name(out.name + ".prior.json"), json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -114,17 +113,15 @@ def _rewrite(path: Path, new: float, old: float, threshold: float,
     def shift(p: np.ndarray) -> np.ndarray:
         return prior_shift(p, new, old)
 
-    tmp = path.with_name(f".{path.name}.prior.tmp")
-    try:
+    def write(tmp: Path) -> None:
         if h5py.is_hdf5(path):
             _rewrite_hdf5(path, tmp, shift, threshold, record)
         elif path.suffix.lower() in (".fits", ".fit", ".fts"):
             _rewrite_fits(path, tmp, shift, threshold, record)
         else:
             _rewrite_csv(path, tmp, new / old, (1 - new) / (1 - old), threshold)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic.write_with(path, write, ".prior")
 
 
 def _rewrite_csv(path: Path, tmp: Path, r: float, s: float, threshold: float) -> None:

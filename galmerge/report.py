@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from galmerge import atomic
 from galmerge.metrics import METRIC_NAMES
 
 STYLE = """
@@ -92,7 +93,5 @@ def write_report(path: Path, title: str, intro: str, sections: Sequence[Section]
                 f"{html.escape(figure.caption)}</figcaption></figure>"
             )
     parts.append("</body></html>")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, "\n".join(parts))
     return path

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import platform
 import re
 import subprocess
@@ -16,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from galmerge import atomic
 from galmerge.config import read_toml, write_toml
 from galmerge.errors import GalmergeError
 
@@ -58,13 +58,58 @@ def _bare(spec: str) -> str:
     return spec.split("?", 1)[0]
 
 
+#: what a run writes before its first checkpoint: a folder holding only these is a start that
+#: died (killed in epoch 1), which a fresh run may take over instead of a dead end
+_STARTED_ONLY = (CONFIG, ENV, METRICS)
+
+
+def _dead_start(run_dir: Path) -> list[Path] | None:
+    """The files of a run that never wrote a checkpoint, or None when the folder holds more."""
+    files = []
+    for path in run_dir.iterdir():
+        name = path.name
+        if not path.is_file() or path.is_symlink():
+            return None
+        if name in _STARTED_ONLY or name.startswith("events.out.tfevents.") or (
+                name.startswith(".") and name.endswith(".tmp")):
+            files.append(path)
+        else:
+            return None
+    return files
+
+
+def check_name(run_dir: Path) -> None:
+    """Refuse, before anything is written, a run directory that cannot be one: a name that is
+    not UTF-8 (TensorBoard and TOML need UTF-8) or a path through a file."""
+    try:
+        str(run_dir).encode("utf-8")
+    except UnicodeEncodeError:
+        raise GalmergeError(f"--run-dir {str(run_dir).encode('utf-8', 'replace').decode()} "
+                            "is not valid UTF-8; choose a name in UTF-8") from None
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise GalmergeError(f"--run-dir {run_dir}: {folder} is a file, not a folder; "
+                                    "choose another --run-dir")
+            break
+
+
 def prepare_new(run_dir: Path) -> Path:
-    """Create a fresh run directory; refuse one that already holds a run (never overwrite)."""
+    """Create a fresh run directory; refuse one that already holds a run (never overwrite).
+
+    A folder left by a run killed before its first checkpoint (config.toml, env.json, event
+    files, nothing else) cannot be resumed, so it is taken over: its files are removed.
+    """
+    check_name(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise GalmergeError(
-            f"run directory {run_dir} is not empty; pick another --run-dir or continue it with "
-            f"--resume {run_dir}"
-        )
+        dead = _dead_start(run_dir)
+        if dead is None:
+            raise GalmergeError(
+                f"run directory {run_dir} is not empty; pick another --run-dir or continue it "
+                f"with --resume {run_dir}"
+            )
+        for path in dead:
+            path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -146,9 +191,7 @@ def environment(device: Any) -> dict[str, Any]:
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(payload), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(_json_safe(payload), indent=2, sort_keys=False) + "\n")
 
 
 def _json_safe(value: Any) -> Any:
@@ -168,13 +211,11 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    tmp = run_dir / f".{METRICS}.tmp"
-    with tmp.open("w", newline="") as fh:
+    with atomic.atomic_open(run_dir / METRICS, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({c: _fmt(row.get(c)) for c in columns})
-    os.replace(tmp, run_dir / METRICS)
 
 
 def _fmt(value: Any) -> Any:
@@ -184,8 +225,17 @@ def _fmt(value: Any) -> Any:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    with (run_dir / METRICS).open() as fh:
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(fh)]
+    """metrics.csv as numbers; a file galmerge did not write that way is a one-line error."""
+    path = run_dir / METRICS
+    try:
+        with path.open(newline="") as fh:
+            return [{str(k): float(v) if v not in ("", None) else math.nan
+                     for k, v in r.items() if k is not None}
+                    for r in csv.DictReader(fh)]
+    except (ValueError, TypeError, csv.Error, UnicodeDecodeError) as exc:
+        raise GalmergeError(f"{path} is not a metrics.csv as galmerge writes it "
+                            f"({str(exc).splitlines()[0][:120]}); restore it or train again"
+                            ) from None
 
 
 class TensorBoard:

@@ -25,7 +25,10 @@ Base URLs: env ``GALMERGE_SDSS_SKYSERVER_URL`` and ``GALMERGE_SDSS_SAS_URL``, ap
 (6 decoded frames kept), ``resolve_batch`` (25 positions per SkyServer query), ``radius_arcmin``
 (0.5, lookup radius), ``check_footprint`` (JPEG: look positions up first; default true),
 ``max_edge_fraction`` (0.5: a stamp with more of its area past the frame edge is
-``no-coverage``; less is zero-filled and counted in the summary).
+``no-coverage``; less is zero-filled and counted in the summary), ``max_connection_failures``
+(10 tries in a row with no answer, then the rest is ``fetch-failed: service unreachable``;
+env ``GALMERGE_MAX_CONNECTION_FAILURES``; 0 = never) and ``deadline`` (seconds per transfer,
+default 4 x timeout).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from galmerge import atomic
 from galmerge.cutouts import CutoutRequest, CutoutResult
 from galmerge.errors import GalmergeError
 from galmerge.http_retry import (
@@ -172,6 +176,10 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
             )
     else:
         channels = jpeg_channels(bands)
+    unknown = sorted(set(options) - KNOWN_OPTIONS)
+    if unknown:
+        raise GalmergeError(f"unknown sdss survey option(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(KNOWN_OPTIONS - {'sleep'}))}")
     try:
         settings = Settings.from_options(options)
         jpeg_scale = float(preprocess.get("jpeg_scale", 1.0))
@@ -179,7 +187,7 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
         raise GalmergeError(
             f"bad sdss survey option ({exc}); numeric options: workers, attempts, retries, "
             f"timeout, backoff, max_retry_after, memory_frames, resolve_batch, radius_arcmin, "
-            f"frame_cache_gb"
+            f"frame_cache_gb, max_connection_failures, deadline"
         ) from None
     if source == "frames":
         return SdssFrameCutouts(bands, size, scale, settings)
@@ -293,7 +301,8 @@ class FieldResolver:
             response.raise_for_status()
             return parse_lookup_csv(response.text)
 
-        found = self._client.call(query, "position lookup")
+        found = self._client.call(query, "position lookup",
+                                  where=s.skyserver_url.split("://", 1)[-1].split("/", 1)[0])
         keys = [found.get(i) for i in range(len(batch))]
         with self._memo_lock:
             self.queries += 1
@@ -428,9 +437,7 @@ class FrameDiskCache:
     def write(self, path: Path, blob: bytes) -> None:
         """Store a file atomically (a kill never leaves half a frame), then keep the bound."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
+        atomic.write_bytes(path, blob)
         with self._lock:
             if self._estimate is not None:
                 self._estimate += len(blob)
@@ -464,7 +471,7 @@ class FrameDiskCache:
             return  # another thread is at it
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            with open(self.root / self.LOCK_NAME, "a+b") as guard:
+            with atomic.open_nofollow(self.root / self.LOCK_NAME, "a+b") as guard:
                 if not _lock_file(guard, shared=False, wait=False):
                     return  # another process is at it
                 files = self._scan()
@@ -685,6 +692,29 @@ def cut_stamp_with_edge(
 # --------------------------------------------------------------------------------------------
 # Services
 # --------------------------------------------------------------------------------------------
+def _answer_options(settings: Settings) -> str:
+    """The options that decide a cached answer (``no-coverage`` above all) beyond the stamp's
+    kind, in the cache key when not the defaults: one run with a tiny ``radius_arcmin`` must
+    not make later default runs read its ``no-coverage`` answers. Defaults add nothing, so
+    caches written before stay valid."""
+    extra = ""
+    if settings.radius_arcmin != 0.5:
+        extra += f":radius{settings.radius_arcmin:g}"
+    if settings.max_edge_fraction != 0.5:
+        extra += f":edge{settings.max_edge_fraction:g}"
+    if not settings.check_footprint:
+        extra += ":nofootprint"
+    return extra
+
+
+KNOWN_OPTIONS = frozenset({
+    "workers", "attempts", "retries", "timeout", "backoff", "backoff_max", "jitter",
+    "max_retry_after", "seed", "max_connection_failures", "deadline", "data_release",
+    "frame_cache_dir", "frame_cache_gb", "memory_frames", "resolve_batch", "radius_arcmin",
+    "check_footprint", "max_edge_fraction", "skyserver_url", "sas_url", "sleep",
+})
+
+
 class _SdssService:
     def __init__(self, settings: Settings, name: str) -> None:
         self.settings = settings
@@ -696,6 +726,11 @@ class _SdssService:
     def summary(self) -> str:
         """One line: requests, retries and failures with their reasons."""
         return self.client.summary()
+
+    @property
+    def unreachable(self) -> str | None:
+        """The host that stopped answering (the circuit breaker opened), else None."""
+        return self.client.unreachable
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -721,7 +756,7 @@ class SdssFrameCutouts(_SdssService):
         self._edge_lock = threading.Lock()
         self.cache_key = (
             f"sdss:frames:{','.join(self.bands)}:{size}px:{scale:.4f}arcsec:"
-            f"dr{settings.data_release}:v1"
+            f"dr{settings.data_release}:v1{_answer_options(settings)}"
         )
 
     def fetch(self, requests: Sequence[CutoutRequest]) -> Iterator[CutoutResult]:
@@ -802,7 +837,7 @@ class SdssJpegCutouts(_SdssService):
         self.request_size = size if size >= JPEG_MIN_SIZE else JPEG_MIN_SIZE + size % 2
         self.cache_key = (
             f"sdss:jpeg:{','.join(self.bands)}:{size}px:{scale:.4f}arcsec:"
-            f"x{jpeg_scale:g}:dr{settings.data_release}:v1"
+            f"x{jpeg_scale:g}:dr{settings.data_release}:v1{_answer_options(settings)}"
         )
 
     def fetch(self, requests: Sequence[CutoutRequest]) -> Iterator[CutoutResult]:

@@ -400,8 +400,16 @@ def train(
         flags["target"] = str(target)
 
     resume_state: dict[str, Any] | None = None
+    for folder in (run_dir, resume):
+        if folder is not None:
+            rundir.check_name(Path(folder))
     if resume is not None:
         out_dir = Path(resume)
+        if (out_dir / rundir.CONFIG).is_file() and not (out_dir / rundir.LAST).is_file():
+            raise GalmergeError(
+                f"--resume {out_dir}: the run stopped before its first checkpoint (no last.pt), "
+                f"so there is nothing to continue; start it afresh: the same command without "
+                f"--resume, with --run-dir {out_dir} --config {out_dir / rundir.CONFIG}")
         if not (out_dir / rundir.CONFIG).is_file() or not (out_dir / rundir.LAST).is_file():
             raise GalmergeError(
                 f"--resume {out_dir}: no config.toml and last.pt there; pass a run directory "
@@ -601,13 +609,22 @@ def _train_loop(
     best: dict[str, Any] = {"value": math.nan, "epoch": 0, "bad_epochs": 0, "stopped": False}
     acc: dict[str, torch.Tensor] = {}
     if resume_state is not None:
-        ts = resume_state["training_state"]
-        model.load_state_dict(resume_state["model"])
-        strategies.load_state_dict(ts["strategies"])
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        src_batches.load_state_dict(ts["source_batches"])
-        tgt_batches.load_state_dict(ts["target_batches"])
+        try:  # a last.pt of another model (replaced, or another galmerge) is one line
+            ts = resume_state["training_state"]
+            model.load_state_dict(resume_state["model"])
+            strategies.load_state_dict(ts["strategies"])
+            optimizer.load_state_dict(ts["optimizer"])
+            scheduler.load_state_dict(ts["scheduler"])
+            src_batches.load_state_dict(ts["source_batches"])
+            tgt_batches.load_state_dict(ts["target_batches"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            what = f"no '{exc.args[0]}'" if isinstance(exc, KeyError) else next(
+                (ln.strip() for ln in lines if "size mismatch" in ln or "Missing key" in ln
+                 or "Unexpected key" in ln), lines[0])[:160]
+            raise GalmergeError(
+                f"--resume: {out_dir / rundir.LAST} does not fit this run's model and "
+                f"training state ({what}); restore it, or start the run afresh") from None
         rows = [dict(r) for r in ts["rows"]]
         epoch, step_in_epoch, global_step = ts["epoch"], ts["step_in_epoch"], ts["global_step"]
         best = dict(ts["best"])
@@ -808,6 +825,7 @@ def _train_loop(
             "seed": seed,
             "epochs_run": len(rows),
             "best_epoch": int(best["epoch"]),
+            "best_sha256": best_payload.get("sha256"),  # verified on every load of best.pt
             "train_images_per_s": train_images / train_seconds if train_seconds > 0 else None,
             "metrics": {
                 "source_test": _test_metrics(model, source, device, cuda),

@@ -23,13 +23,12 @@ import csv
 import fcntl
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from galmerge import rundir, selection
+from galmerge import atomic, rundir, selection
 from galmerge.config import deep_merge, read_toml, resolve_config
 from galmerge.errors import GalmergeError
 
@@ -731,14 +730,12 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic.atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
             writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v)
                              for k, v in r.items()})  # fmt: skip
-    os.replace(tmp, path)
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -776,9 +773,7 @@ def write_outputs(study_dir: Path, study: Any, score: str, quiet: bool = True) -
         best = next(r for r in rows if r["trial"] == t.number)
         # the trial's own config.toml, byte for byte: `galmerge train --config` takes it
         config_path = study_dir / best["run_dir"] / rundir.CONFIG
-        tmp = study_dir / (BEST_TOML + ".tmp")
-        tmp.write_bytes(config_path.read_bytes())
-        os.replace(tmp, study_dir / BEST_TOML)
+        atomic.write_bytes(study_dir / BEST_TOML, config_path.read_bytes())
     sign = 1 if selection.SCORES[score] == "max" else -1
     rho = spearman([sign * r["score"] for r in complete],
                    [r["oracle_target_test_accuracy"] for r in complete])  # fmt: skip

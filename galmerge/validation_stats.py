@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from galmerge import rundir
+from galmerge import atomic, rundir
 from galmerge.errors import GalmergeError
 from galmerge.fraction import Validation
 
@@ -114,9 +114,9 @@ def compute(run: Path, source: str | None = None, device: str = "cpu") -> tuple[
         "train_prior": float(train_labels.mean()) if len(train_labels) else math.nan,
         "n_train": int(len(train_labels)),
     }
-    tmp = run / f".{FILE}.{os.getpid()}.tmp.npz"  # torchrun ranks may compute it at once
-    np.savez(tmp, labels=labels, logit=logit, meta=np.array(json.dumps(meta)))
-    os.replace(tmp, run / FILE)
+    # a fresh temporary per writer: torchrun ranks may compute it at once
+    with atomic.atomic_open(run / FILE, "wb") as fh:
+        np.savez(fh, labels=labels, logit=logit, meta=np.array(json.dumps(meta)))
     return meta, labels.astype(np.int64), logit
 
 

@@ -22,6 +22,7 @@ def plugins_cmd(as_json: bool) -> None:
         click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("plugin", "components", "distribution", "version", "built-in", "status")
@@ -29,14 +30,14 @@ def plugins_cmd(as_json: bool) -> None:
         comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.components.items() if v)
         if "register_commands" in info.hooks:
             comps = f"{comps}; commands" if comps else "commands"
-        table.add_row(
+        table.add_row(*map(escape, (  # names and errors come from plugins: not markup
             info.name,
             comps or "-",
             info.distribution or "-",
             info.version or "-",
             "yes" if info.builtin else "no",
             f"failed: {info.error}" if info.error else "ok",
-        )
+        )))
     Console().print(table)
     from galmerge.commands.install import PLUGIN_INDEX_URL
 
@@ -74,6 +75,7 @@ def list_cmd(kind: str, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("name")
@@ -86,5 +88,5 @@ def list_cmd(kind: str, as_json: bool) -> None:
             name += f" (alias {', '.join(row['aliases'])})"
         if row.get("presets"):
             name += f" [{'|'.join(row['presets'])}]"
-        table.add_row(name, row["description"], row["distribution"] or "-")
+        table.add_row(*map(escape, (name, str(row["description"]), row["distribution"] or "-")))
     Console().print(table)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
-from galmerge import hdf5io
+from galmerge import atomic, hdf5io
 from galmerge.imageset import ImageSet
 from galmerge.render import RENDERER_VERSION
 from galmerge.render.draw import draw_scenes
@@ -72,15 +71,13 @@ def render_imageset(
 def write_cache(path: Path, imageset: ImageSet, extras: dict[str, np.ndarray]) -> None:
     """Atomic: the schema file plus the scene parameters, renamed into place when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = atomic.temp_beside(path)
     try:
         hdf5io.write_imageset(tmp, imageset)
         with h5py.File(tmp, "a") as f:
             for name, value in extras.items():
                 f.create_dataset(name, data=value)
-        os.replace(tmp, path)
+        atomic.publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

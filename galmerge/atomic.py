@@ -1,0 +1,158 @@
+"""Atomic file writes: a fresh temporary file beside the target, fsync, then one rename.
+
+Every file galmerge replaces in place goes through here, so that
+
+- a kill at any moment leaves either the old file or the new one, never half of one;
+- the temporary name is unpredictable and created with ``O_CREAT | O_EXCL | O_NOFOLLOW``
+  (`tempfile.mkstemp`): a symbolic link planted at a guessable name in a shared folder is never
+  followed, so a run cannot be tricked into overwriting another file the user can write;
+- the new file gets the ordinary permissions ``0o666 & ~umask`` (not mkstemp's 0600), the same
+  whether it is a checkpoint, a table or a cache (see "Security model" in docs/DESIGN.md).
+
+Temporary names are ``.NAME[TAG]~HOST~PID~RANDOM.tmp``: cleaners that remove the leftovers of a
+dead process (`dead_temporaries`) read the host and process id from the name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from galmerge.errors import GalmergeError
+
+
+def _umask() -> int:
+    # read once at import (single-threaded then); os.umask can only be read by setting it
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+
+
+def temp_beside(path: str | Path, tag: str = "") -> Path:
+    """Create a new, empty temporary file in ``path``'s folder and return its name.
+
+    The caller writes it (by name: h5py, astropy, torch) and then calls `publish`, or removes it.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.name}{tag}~{socket.gethostname()}~{os.getpid()}~",
+        suffix=".tmp", dir=path.parent or ".")
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
+def fsync_path(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """fsync ``tmp``, then rename it over ``path`` (one step: readers see old or new)."""
+    fsync_path(tmp)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """``with atomic_open(p, "w") as fh: ...``: ``p`` appears, complete, when the block ends.
+
+    On an exception the temporary file is removed and ``p`` is left as it was.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError("atomic_open writes whole files: mode 'w' or 'wb'")
+    path = Path(path)
+    tmp = temp_beside(path)
+    try:
+        with open(tmp, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_with(path: str | Path, write: Any, tag: str = "") -> None:
+    """``write(tmp)`` fills a fresh temporary beside ``path`` (by name: astropy, h5py, onnx,
+    torch); then it replaces ``path`` in one step. On an exception ``path`` stays as it was."""
+    path = Path(path)
+    tmp = temp_beside(path, tag)
+    try:
+        write(tmp)
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_text(path: str | Path, text: str, encoding: str = "utf-8", **kwargs: Any) -> None:
+    with atomic_open(path, "w", encoding=encoding, **kwargs) as fh:
+        fh.write(text)
+
+
+def dead_temporaries(folder: Path, pattern: str = ".*.tmp") -> Iterator[Path]:
+    """Temporary files in ``folder`` left by a process of this host that is no longer alive."""
+    host = socket.gethostname()
+    for tmp in folder.glob(pattern):
+        parts = tmp.name.split("~")
+        if len(parts) >= 4 and parts[1] == host and parts[2].isdigit() \
+                and not pid_alive(int(parts[2])):
+            yield tmp
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_nofollow(path: str | Path, mode: str = "a+b") -> IO[Any]:
+    """Open a file galmerge keeps at a fixed name (a lock, a resumable ``.part``) without
+    following a symbolic link there: a planted link is an error, never a write elsewhere.
+
+    ``mode``: ``"a+b"``/``"a+"`` (create, keep contents; locks), ``"ab"`` (append) or ``"wb"``
+    (truncate).
+    """
+    flags = {"a+b": os.O_RDWR | os.O_CREAT | os.O_APPEND, "a+": os.O_RDWR | os.O_CREAT
+             | os.O_APPEND, "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+             "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC}[mode]
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise GalmergeError(f"{path} is a symbolic link; galmerge does not write through a "
+                            "link there: remove it") from None
+    try:
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise

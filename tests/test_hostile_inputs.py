@@ -1,0 +1,170 @@
+"""Invalid values for every command's options: non-zero exit, one line on stderr, no traceback,
+nothing written. A table of (command line, what the error must name); configs as real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from galmerge.cli import cli
+
+SRC = ["--source", "synthetic:illustris?n=16", "--target", "synthetic:sdss?n=16"]
+
+TRAIN_CASES = [
+    (["--lr", "inf"], "lr"),
+    (["--lr", "nan"], "lr"),
+    (["--lr", "-1"], "lr"),
+    (["--seed", str(10**23)], "seed"),
+    (["--epochs", "0"], "epochs"),
+    (["--batch-size", "-3"], "batch_size"),
+    (["--weight-decay", "inf"], "weight_decay"),
+    (["--set", "schedule.div_factor=0"], "schedule.div_factor"),
+    (["--set", "schedule.final_div_factor=-1"], "schedule.final_div_factor"),
+    (["--set", "schedule.pct_start=5"], "schedule.pct_start"),
+    (["--set", "optimizer.eps=-1"], "optimizer.eps"),
+    (["--set", "optimizer.betas=[0.9, 2]"], "optimizer.betas"),
+    (["--set", "optimizer.amsgrad=3"], "optimizer.amsgrad"),
+    (["--set", "schedule.pct_start=\"x\""], "schedule.pct_start"),
+]
+
+CONFIG_CASES = [
+    ("seed = 1e23\n", "seed"),
+    ("seed = 100000000000000000000\n", "seed"),
+    ("backbone_options = 3\n", "backbone_options"),
+    ("[schedule]\npct_start = 5\n", "pct_start"),
+    ("[schedule]\ndiv_factor = 0\n", "div_factor"),
+    ("[optimizer]\neps = -1\n", "eps"),
+    ("lr = inf\n", "lr"),
+    ("compile = \"yes\"\n", "compile"),
+    ("strategies = 1\n", "strategies"),
+    ("epochs = true\n", "epochs"),
+]
+
+
+def _one_line_failure(result, needle: str) -> None:
+    assert result.exit_code not in (0, None), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert needle in lines[0] and "Traceback" not in result.output, result.output
+
+
+def _untouched(tmp: Path, before: set[str]) -> None:
+    after = {str(p.relative_to(tmp)) for p in tmp.rglob("*")}
+    assert after == before, sorted(after - before)
+
+
+@pytest.mark.parametrize(("args", "needle"), TRAIN_CASES, ids=[" ".join(a) for a, _ in TRAIN_CASES])
+def test_train_refuses_bad_values_in_one_line(tmp_path, args, needle):
+    before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+    result = CliRunner().invoke(cli, ["train", *SRC, "--run-dir", str(tmp_path / "run"),
+                                      "--quiet", *args])
+    _one_line_failure(result, needle)
+    _untouched(tmp_path, before)
+
+
+@pytest.mark.parametrize(("text", "needle"), CONFIG_CASES, ids=[t for t, _ in CONFIG_CASES])
+def test_train_refuses_bad_config_files_in_one_line(tmp_path, text, needle):
+    (tmp_path / "c.toml").write_text(text)
+    before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+    result = CliRunner().invoke(cli, ["train", *SRC, "--run-dir", str(tmp_path / "run"),
+                                      "--quiet", "--config", str(tmp_path / "c.toml")])
+    _one_line_failure(result, needle)
+    _untouched(tmp_path, before)
+
+
+def test_binary_and_unreadable_config_files_are_one_line(tmp_path):
+    (tmp_path / "b.toml").write_bytes(bytes(range(256)) * 4)
+    result = CliRunner().invoke(cli, ["train", *SRC, "--config", str(tmp_path / "b.toml")])
+    _one_line_failure(result, "b.toml")
+    if os.geteuid() != 0:  # root reads any file
+        (tmp_path / "u.toml").write_text("seed = 1\n")
+        (tmp_path / "u.toml").chmod(0)
+        result = CliRunner().invoke(cli, ["train", *SRC, "--config", str(tmp_path / "u.toml")])
+        _one_line_failure(result, "u.toml")
+
+
+
+@pytest.mark.parametrize("where", ["output", "cache", "run-dir", "data"])
+def test_paths_under_a_regular_file_are_one_line(tmp_path, monkeypatch, where):
+    """A path whose folder is a file (root ignores permissions; this fails for everyone)."""
+    from test_classify import CASJOBS, StampsSurvey, make_checkpoint
+
+    from galmerge.plugins import get_plugin_manager
+
+    (tmp_path / "cat.csv").write_text(CASJOBS)
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
+    (tmp_path / "afile").write_text("x\n")
+    bad = str(tmp_path / "afile" / "x")
+    if where == "run-dir":
+        args = ["train", *SRC, "--quiet", "--epochs", "1", "--run-dir", bad]
+    else:
+        get_plugin_manager().register(StampsSurvey(), name="stamps-test")
+        args = ["classify", str(tmp_path / "cat.csv"), "--model", str(ckpt), "--survey",
+                "stamps", "--quiet"]
+        if where == "output":
+            args += ["--output", bad + ".csv"]
+        elif where == "cache":
+            args += ["--cache", bad + ".h5", "--output", str(tmp_path / "o.csv")]
+        else:
+            monkeypatch.setenv("GALMERGE_DATA", bad)
+            args += ["--output", str(tmp_path / "o.csv")]
+    monkeypatch.chdir(tmp_path)
+    before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+    result = CliRunner().invoke(cli, args)
+    _one_line_failure(result, "afile")
+    # the output's lock file (kept, like pip's and git's) is the one thing a refused run leaves
+    _untouched(tmp_path, before | ({".o.csv.lock"} if where in ("cache", "data") else set()))
+
+
+def _other_command_cases(tmp: Path, ckpt: Path, cat: Path) -> list[tuple[list[str], str]]:
+    c = ["classify", str(cat), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+         "--output", str(tmp / "o.csv")]
+    return [
+        ([*c, "--threshold", "2"], "--threshold"),
+        ([*c, "--threshold", "nan"], "--threshold"),
+        ([*c, "--batch-size", "0"], "--batch-size"),
+        ([*c, "--workers", "0"], "--workers"),
+        ([*c, "--chunk-rows", "-1"], "--chunk-rows"),
+        ([*c, "--domain", "nowhere"], "--domain"),
+        (["classify", str(tmp / "missing.csv"), "--model", str(ckpt)], "missing.csv"),
+        (["classify", str(cat), "--model", str(tmp / "nope.pt")], "nope.pt"),
+        (["classify", str(cat), "--model", str(cat), "--quiet"], "cat.csv"),
+        (["classify", str(cat), "--model", str(ckpt), "--survey", "nosuchsurvey"],
+         "nosuchsurvey"),
+        (["evaluate", str(tmp / "no-run")], "no-run"),
+        (["compare", str(tmp / "nothing-*")], "no run directory"),
+        (["compare", str(tmp), "--output", str(tmp / "t.txt")], ".md or .csv"),
+        (["preview", "nosuchsurvey", "-o", str(tmp / "p.png")], "nosuchsurvey"),
+        (["list", "gadgets"], "gadgets"),
+    ]
+
+
+def test_other_commands_refuse_bad_values_in_one_line(tmp_path, monkeypatch):
+    from test_classify import CASJOBS, StampsSurvey, make_checkpoint
+
+    from galmerge.plugins import get_plugin_manager
+
+    (tmp_path / "cat.csv").write_text(CASJOBS)
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
+    get_plugin_manager().register(StampsSurvey(), name="stamps-test")
+    monkeypatch.chdir(tmp_path)
+    for args, needle in _other_command_cases(tmp_path, ckpt, tmp_path / "cat.csv"):
+        before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code not in (0, None), (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), \
+            (args, repr(result.exception))
+        assert "Traceback" not in result.output
+        assert needle in result.output, (args, result.output)
+        # click's usage errors print a usage line and a hint; galmerge's own errors one line
+        lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 or result.exit_code == 2, (args, result.output)
+        after = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+        # the only trace a refused classify may leave is its output's (hidden) lock file
+        new = {n for n in after - before if not (n.startswith(".") and n.endswith(".lock"))}
+        assert not new, (args, sorted(new))
