@@ -81,6 +81,8 @@ def describe(loaded: Any, domain: str) -> dict[str, Any]:
         },
         "outputs": {"p_merger": "softmax(logits / temperature)[:, 1]", "logits": "(N, 2)"},
         "checkpoint": str(loaded.path),
+        # the run's resolved config: classify's provenance hashes it and names its selection
+        "config": dict(loaded.config or {}),
     }
 
 
@@ -188,6 +190,7 @@ def _session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
 class _OnnxSource:
     path: Path
     temperature: float
+    config: dict[str, Any]
 
 
 class OnnxInference:
@@ -207,7 +210,8 @@ class OnnxInference:
         _, channels, size, _ = meta["input"]["shape"]
         self.channels, self.size = int(channels), int(size)
         self.batch_size = max(1, int(batch_size))
-        self.loaded = _OnnxSource(Path(path), float(meta["temperature"]))
+        self.loaded = _OnnxSource(Path(path), float(meta["temperature"]),
+                                  dict(meta.get("config") or {}))
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -734,4 +734,8 @@ def test_an_offline_run_says_what_was_asked_of_which_service_and_what_to_check(e
     journal = Path(f"{cache}.journal")
     assert not cache.exists() and not any(journal.glob("*"))  # nothing to keep...
     assert "cache:" not in res.output  # ...so no cache file is named
-    assert res.output.rstrip().splitlines()[-1] == f"output: {Path.cwd() / 'offline_galmerge.csv'}"
+    # the output path is the summary's last line; every fetch failed, so the run then fails
+    # in one line (issue 19) and the exit status says so
+    *_, out_line, error = res.output.rstrip().splitlines()
+    assert out_line == f"output: {Path.cwd() / 'offline_galmerge.csv'}"
+    assert res.exit_code != 0 and error.startswith("Error: survey stamps: every fetch failed")
