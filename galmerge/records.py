@@ -21,6 +21,11 @@ class Backbone:
     ``build(in_channels, image_size, **options)`` returns an ``nn.Module`` whose forward maps
     images (N, C, H, W) to features (N, out_features) and that exposes ``out_features``.
     ``build_head(out_features, num_classes)`` returns the classifier on top (default: Linear).
+
+    Learning-rate multipliers: the built module may set ``lr_multipliers: dict[str, float]``
+    (a parameter-name prefix inside the module, e.g. ``"bottleneck"``, -> factor on the run's lr)
+    and ``head_lr_multiplier: float`` (the classifier head's factor). Users override them with
+    ``--set lr_multipliers.model.backbone.PREFIX=X`` / ``lr_multipliers.model.head=X``.
     """
 
     name: str
@@ -38,6 +43,14 @@ class Strategy:
     returns ``{term_name: scalar tensor}``; the trainer adds ``weight * term`` to the loss and
     optimises the module's own parameters (a discriminator, class centres) too.
     ``defaults`` lists every option with its default value (``weight`` included).
+
+    ``needs_target``: whether the module reads the target batch. When no strategy of a run does,
+    target images are never forwarded during training (source-only; ``StepInputs``' target
+    tensors are then empty).
+
+    Learning-rate multipliers: the built module may set ``lr_multipliers: dict[str, float]``
+    (a parameter-name prefix inside the module, e.g. ``"centers"``, -> factor on the run's lr);
+    users override them with ``--set lr_multipliers.NAME.PREFIX=X``.
     """
 
     name: str
@@ -45,6 +58,7 @@ class Strategy:
     build: Callable[[StrategyContext, Mapping[str, Any]], nn.Module]
     defaults: Mapping[str, Any] = field(default_factory=lambda: {"weight": 1.0})
     aliases: tuple[str, ...] = ()
+    needs_target: bool = True
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,10 @@ STEMS = ("small", "imagenet")
 class ResNetFeatures(nn.Module):
     """Images (N, C, H, W) -> pooled ResNet-18 features (N, 512) or bottleneck features (N, b)."""
 
+    # DeepMerge II's ResNetFc trains the bottleneck and the classifier at 10x the learning rate
+    lr_multipliers = {"bottleneck": 10.0}
+    head_lr_multiplier = 10.0
+
     def __init__(
         self,
         in_channels: int = 3,
