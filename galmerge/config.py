@@ -133,6 +133,9 @@ def cli_overrides(
     for text in sets:
         key, value = parse_assignment(text, "--set")
         section, dot, option = key.partition(".")
+        if not dot and key in TOP_KEYS and not isinstance(DEFAULTS[key], Mapping):
+            layer[key] = value  # a plain setting without its own flag, e.g. stop_by
+            continue
         if not dot or not option:
             raise GalmergeError(
                 f"--set '{text}' needs SECTION.OPTION=VALUE, e.g. --set mmd.weight=0.5"
