@@ -250,3 +250,21 @@ def test_a_last_pt_of_the_old_layout_resumes_bit_for_bit(toys, tmp_path):
     assert _rows(run) == _rows(tmp_path / "ref") or [
         {k: v for k, v in r.items() if k != "images_per_s"} for r in _rows(run)
     ] == [{k: v for k, v in r.items() if k != "images_per_s"} for r in _rows(tmp_path / "ref")]
+
+
+def test_resnet18_declares_bottleneck_and_head_at_ten_times(plugin_manager):
+    from galmerge.model import build_model
+    from galmerge.training import optim
+
+    for bottleneck, expected in ((16, {"model.backbone.bottleneck": 10.0, "model.head": 10.0}),
+                                 (0, {"model.head": 10.0})):
+        model = build_model("resnet18", 3, 32, 2, {"bottleneck": bottleneck})
+        named = [(f"model.{n}", p) for n, p in model.named_parameters()]
+        declared = optim.declared_multipliers(model, {})
+        resolved = optim.resolve_multipliers(declared, {}, [n for n, _ in named])
+        assert resolved == expected
+        groups = optim.parameter_groups(named, resolved)
+        assert [m for m, _ in groups] == [1.0, 10.0]
+        assert sum(p.numel() for p in groups[1][1]) == sum(
+            p.numel() for n, p in named if n.startswith(("model.backbone.bottleneck", "model.head"))
+        )
