@@ -1,12 +1,14 @@
 """Training throughput: `galmerge.train` vs a bare PyTorch loop, same model/data/batch, JSON.
 
-Both sides run the DeepMerge backbone on the same in-memory 3x75x75 images, one source and one
-target batch per step through one forward pass, Adam + one-cycle, and the same strategy modules
-(built from the same plugin records). Images/s counts source + target images over training
-steps only (validation excluded on both sides). Measurements alternate bare/trainer and the
-ratio is the median over rounds, because the machine may be shared.
+Both sides run the DeepMerge backbone on the same in-memory 3x75x75 images, one source batch
+(and, when a strategy needs the target, one target batch in the same forward pass) per step, Adam
++ one-cycle, and the same strategy modules (built from the same plugin records). ``none`` is
+source only on both sides; ``adabn`` is the same loss with the target batch forwarded. Images/s
+counts the images forwarded in training steps only (validation excluded on both sides).
+Measurements alternate bare/trainer and the ratio is the median over rounds, because the
+machine may be shared; the load average is recorded before and after.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--steps 40] [--batch-size 64] [--rounds 3]
+    OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--steps 40] [--batch-size 128] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -58,10 +60,12 @@ def bare_loop(source: ImageSet, target: ImageSet, strategy: str, batch: int, ste
     context = StrategyContext(model.out_features, 2, steps, torch.device("cpu"))
     pm = get_plugin_manager()
     modules, weights = [], []
+    needs_target = False
     for name in parse_strategy_expression(strategy):
         record = pm.get("strategies", name)
         modules.append(record.build(context, dict(record.defaults)))
         weights.append(float(record.defaults.get("weight", 1.0)))
+        needs_target = needs_target or record.needs_target
     params = list(model.parameters()) + [p for m in modules for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3, betas=(0.7, 0.8), weight_decay=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps,
@@ -71,9 +75,12 @@ def bare_loop(source: ImageSet, target: ImageSet, strategy: str, batch: int, ste
     start = time.perf_counter()
     for i in range(steps):
         si = torch.randint(0, len(xs_all), (batch,), generator=gen)
-        ti = torch.randint(0, len(xt_all), (batch,), generator=gen)
-        xs, ys, xt = xs_all[si], ys_all[si], xt_all[ti]
-        feats, logits = model(torch.cat([xs, xt]))
+        xs, ys = xs_all[si], ys_all[si]
+        if needs_target:
+            ti = torch.randint(0, len(xt_all), (batch,), generator=gen)
+            feats, logits = model(torch.cat([xs, xt_all[ti]]))
+        else:
+            feats, logits = model(xs)
         loss = F.cross_entropy(logits[:batch], ys)
         step = StepInputs(feats[:batch], logits[:batch], ys, feats[batch:], logits[batch:],
                           i / max(1, steps - 1))
@@ -85,14 +92,24 @@ def bare_loop(source: ImageSet, target: ImageSet, strategy: str, batch: int, ste
         loss.backward()
         opt.step()
         sched.step()
-    return 2 * batch * steps / (time.perf_counter() - start)
+    return (2 if needs_target else 1) * batch * steps / (time.perf_counter() - start)
 
 
 def trainer(source: ImageSet, target: ImageSet, strategy: str, batch: int, steps: int,
             seed: int, root: Path) -> float:
+    """The same number of steps as the bare loop, in as many epochs as the source train split
+    needs (validation between epochs is not timed)."""
+    from galmerge.splits import domain_splits
+
+    available = len(domain_splits(len(source), len(target), seed)["source"]["train"]) // batch
+    per_epoch = max(1, min(steps, available))
+    while steps % per_epoch:
+        per_epoch -= 1
     summary = galmerge.train(
-        source=source, target=target, strategy=strategy, backbone="deepmerge", epochs=1,
-        batch_size=batch, max_steps_per_epoch=steps, seed=seed, device="cpu", quiet=True,
+        source=source, target=target, strategy=strategy, backbone="deepmerge",
+        epochs=steps // per_epoch, patience=0, batch_size=batch, max_steps_per_epoch=per_epoch,
+        seed=seed, device="cpu", quiet=True,
+        sets=["lr_multipliers.*=1"],  # one Adam group, as the bare loop
         run_dir=root / f"{strategy}-{seed}-{time.monotonic_ns()}",
     )
     return float(summary["train_images_per_s"])
@@ -101,9 +118,10 @@ def trainer(source: ImageSet, target: ImageSet, strategy: str, batch: int, steps
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--strategies", default="none,adabn,mmd+fisher+entropy")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--output", default="benchmarks/results/bench_train.json")
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -111,7 +129,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for strategy in ("none", "mmd+fisher+entropy"):
+        for strategy in args.strategies.split(","):
             bare_runs, train_runs, ratios = [], [], []
             # one warm-up of each (allocator, thread pools) that is not counted
             bare_loop(source, target, strategy, args.batch_size, 5, 0)
@@ -126,7 +144,7 @@ def main() -> None:
                 "bare_images_per_s": [round(v, 1) for v in bare_runs],
                 "galmerge_images_per_s": [round(v, 1) for v in train_runs],
                 "ratio_median": round(statistics.median(ratios), 3),
-                "goal": ">= 0.9",
+                "goal": ">= 0.95",
             }
     report = {
         "benchmark": "bench_train",

@@ -5,11 +5,31 @@ feeds straight back into ``--config`` and reproduces the same run::
 
     source, target, strategy, backbone, seed, device, epochs, batch_size, lr, weight_decay,
     patience, select_by, max_steps_per_epoch (0 = a full pass), checkpoint_every (steps,
-    0 = each epoch only), compile, init_from ("" = none), preset ("" = none)
+    0 = each epoch only), compile, init_from ("" = none), preset ("" = none),
+    stop_by ("" = select_by's name), early_stopping ("patience" | "deepmerge"),
+    domain_batchnorm ("joint" | "separate"), init_keep_preprocess (bool)
     [optimizer]         Adam: betas, eps, amsgrad
-    [schedule]          one-cycle: pct_start, div_factor, final_div_factor
+    [schedule]          kind ("onecycle" | "cyclic"); one-cycle: pct_start, div_factor,
+                        final_div_factor; cyclic: cycle_length (epochs)
+    [lr_multipliers]    "OWNER.PREFIX" = multiplier (OWNER: model or a strategy name; "*": all
+                        declared); the resolved run records every multiplier in force
     [backbone_options]  options of the backbone (all of its defaults)
     [strategies.NAME]   weight and options of each term of the strategy expression
+
+- ``stop_by``: the score early stopping watches (a name of ``galmerge.selection.DIRECTIONS``);
+  ``select_by`` keeps choosing best.pt.
+- ``early_stopping``: "patience" stops after ``patience`` epochs without a new best stop_by
+  value; "deepmerge" is DeepMerge II's graded counter (see ``galmerge.training.stopping``).
+- ``domain_batchnorm``: "joint" forwards source and target batches as one concatenated batch
+  (BatchNorm statistics mix the domains); "separate" forwards them one after the other. Runs
+  whose strategies need no target (``none``) never forward target images.
+- ``schedule.kind``: "onecycle" (``OneCycleLR`` over all planned steps) or "cyclic" (DeepMerge
+  II's ``cycle1``: lr/10 -> lr -> lr/10, repeating every int(0.9 * cycle_length * steps per
+  epoch) steps).
+- ``lr_multipliers``: per-parameter-group learning-rate factors; modules declare their own
+  (``galmerge.training.optim``), the table overrides them.
+- ``init_keep_preprocess``: with ``init_from``, normalise with the checkpoint's preprocessing
+  specs instead of measuring new ones (transfer learning as DeepMerge II did it).
 """
 
 from __future__ import annotations
@@ -42,17 +62,18 @@ DEFAULTS: dict[str, Any] = {
     "compile": False,
     "init_from": "",
     "preset": "",
+    "stop_by": "",
+    "early_stopping": "patience",
+    "domain_batchnorm": "joint",
+    "init_keep_preprocess": False,
     # Adam with the paper's betas (DeepMerge II; deepmerge-public train_MMD.py uses (0.7, 0.8))
     "optimizer": {"betas": [0.7, 0.8], "eps": 1e-8, "amsgrad": False},
-    # torch.optim.lr_scheduler.OneCycleLR arguments (its own defaults); kind "cyclic" is
-    # DeepMerge II's triangular lr/10..lr cycle of period 0.9 * cycle_length epochs
-    "schedule": {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4,
-                 "kind": "onecycle", "cycle_length": 5},
-    # learning-rate multipliers by "OWNER.PREFIX" (fisher.centers, dann.discriminator, model.head)
+    # torch.optim.lr_scheduler.OneCycleLR arguments (its own defaults)
+    # "cyclic": DeepMerge II's lr_schedule.cycle1 (cycle_length in epochs)
+    "schedule": {"kind": "onecycle", "pct_start": 0.3, "div_factor": 25.0,
+                 "final_div_factor": 1e4, "cycle_length": 5},
+    # "OWNER.PREFIX" -> learning-rate multiplier, over the modules' declared ones
     "lr_multipliers": {},
-    "stop_by": "",  # early-stopping quantity ("" = select_by)
-    "early_stopping": "patience",  # or "deepmerge" (DeepMerge II's graded counter)
-    "init_keep_preprocess": False,  # --init-from keeps the pretrained run's normalisation
     "backbone_options": {},
     "strategies": {},
 }
@@ -119,6 +140,9 @@ def cli_overrides(
     for text in sets:
         key, value = parse_assignment(text, "--set")
         section, dot, option = key.partition(".")
+        if not dot and key in TOP_KEYS and not isinstance(DEFAULTS[key], Mapping):
+            layer[key] = value  # a plain setting without its own flag, e.g. stop_by
+            continue
         if not dot or not option:
             raise GalmergeError(
                 f"--set '{text}' needs SECTION.OPTION=VALUE, e.g. --set mmd.weight=0.5"
@@ -126,6 +150,8 @@ def cli_overrides(
         section = section.lower()
         if section in SECTIONS:
             layer.setdefault(section, {})[option] = value
+        elif section == "lr_multipliers":
+            layer.setdefault("lr_multipliers", {})[option] = value
         elif section in ("backbone", "backbone_options"):
             layer.setdefault("backbone_options", {})[option] = value
         else:
@@ -239,6 +265,7 @@ def resolve_config(
             f"known: {', '.join(sorted(backbone.defaults)) or 'none'}"
         )
     config["backbone_options"] = bopts
+    config["lr_multipliers"] = _multipliers(config.get("lr_multipliers") or {}, aliases)
     validate_config(config)
     return config
 
@@ -259,7 +286,63 @@ def validate_config(config: Mapping[str, Any]) -> None:
 
     The one place values are checked, so that no bad value reaches torch as a traceback.
     """
+    _validate_choices(config)
     _validate_values(config)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _multipliers(table: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[str, float]:
+    """``lr_multipliers`` as flat "OWNER.PREFIX" keys (TOML dotted keys nest); keys of a known
+    strategy that is not in this run are dropped (presets pin every built-in's)."""
+    from galmerge.plugins import get_plugin_manager
+
+    known = {n.lower() for n in get_plugin_manager().components("strategies")}
+    out: dict[str, float] = {}
+    for key, value in _flatten(table).items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise GalmergeError(f"lr_multipliers.{key} must be a number >= 0, got {value!r}")
+        owner, dot, prefix = key.partition(".")
+        if key == "*" or owner == "model":
+            out[key] = float(value)
+        elif owner.lower() in aliases:
+            out[f"{aliases[owner.lower()]}{dot}{prefix}"] = float(value)
+        elif owner.lower() not in known:
+            raise GalmergeError(
+                f"lr_multipliers.{key}: '{owner}' is neither 'model' nor a strategy; keys are "
+                f"OWNER.PREFIX, e.g. lr_multipliers.fisher.centers=10"
+            )
+    return out
+
+
+CHOICES = {
+    "early_stopping": ("patience", "deepmerge"),
+    "domain_batchnorm": ("joint", "separate"),
+}
+
+
+def _validate_choices(config: Mapping[str, Any]) -> None:
+    for key, choices in CHOICES.items():
+        if config[key] not in choices:
+            raise GalmergeError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
+    if config["schedule"]["kind"] not in ("onecycle", "cyclic"):
+        raise GalmergeError(
+            f"schedule.kind must be onecycle or cyclic, got {config['schedule']['kind']!r}"
+        )
+    length = config["schedule"]["cycle_length"]
+    if isinstance(length, bool) or not isinstance(length, int | float) or not length > 0:
+        raise GalmergeError(f"schedule.cycle_length must be a number of epochs > 0, got {length!r}")
+    if not isinstance(config["init_keep_preprocess"], bool):
+        raise GalmergeError("init_keep_preprocess must be true or false")
 
 
 def _validate_values(config: Mapping[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,13 +23,40 @@ def forward_in_batches(
     batch_size: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and logits (on the CPU) for ``imageset[indices]``, normalised with ``spec``."""
+
+    def fetch(idx: np.ndarray) -> torch.Tensor:
+        return normalise(imageset.batch(idx).to(device, non_blocking=True), spec)
+
+    return forward_batches(model, fetch, indices, batch_size)
+
+
+@torch.no_grad()
+def forward_batches(
+    model: GalaxyClassifier,
+    fetch: Callable[[np.ndarray], torch.Tensor],
+    indices: np.ndarray,
+    batch_size: int = 256,
+    autocast: bool = False,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and logits (float32, on the CPU) of the model inputs ``fetch(chunk)`` for
+    ``indices`` in chunks of ``batch_size``, in eval mode (the model's mode is restored).
+
+    ``autocast``: bfloat16 autocast on the inputs' device; ``channels_last``: that memory format
+    for the inputs (CUDA)."""
     was_training = model.training
     model.eval()
     feats, logits = [], []
     idx = np.asarray(indices, dtype=np.int64)
     for start in range(0, len(idx), batch_size):
-        x = imageset.batch(idx[start : start + batch_size]).to(device, non_blocking=True)
-        f, z = model(normalise(x, spec))
+        x = fetch(idx[start : start + batch_size])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if autocast:
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                f, z = model(x)
+        else:
+            f, z = model(x)
         feats.append(f.float().cpu())
         logits.append(z.float().cpu())
     model.train(was_training)

@@ -252,8 +252,6 @@ _BACKBONES: dict[str, dict[str, Cited]] = {
         "backbone_options.dropout": C(0.0, "[NET] ResNetFc: no dropout"),
         "backbone_options.lr_mult": C(10.0, "[MMD] train_MMD.py:158-162, [ADA] :171-175: "
                                       "bottleneck and fc lr_mult 10"),
-        "lr_multipliers.model.bottleneck": C(10.0, "[MMD] train_MMD.py:158-162 lr_mult 10"),
-        "lr_multipliers.model.head": C(10.0, "[MMD] train_MMD.py:158-162 fc lr_mult 10"),
     },
 }
 
@@ -280,7 +278,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": "galmerge's synthetic:illustris -> synthetic:sdss pair (tuned here, not the paper)",
         # Tuned by hand on seed 0 of the built-in synthetic pair (benchmarks/bench_da.py,
         # benchmarks/results/da_sim_real.md); reported seeds 1-3 never took part in tuning.
-        "common": {"batch_size": 32, "epochs": 30, "patience": 20},
+        # lr_multipliers: one Adam group, as when these values were tuned and recorded
+        "common": {"batch_size": 32, "epochs": 30, "patience": 20, "lr_multipliers": {"*": 1.0}},
         "by_strategy": {
             "none": {"lr": 2e-3},
             "mmd": {"lr": 2e-3},

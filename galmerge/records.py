@@ -21,10 +21,13 @@ class Backbone:
     ``build(in_channels, image_size, **options)`` returns an ``nn.Module`` whose forward maps
     images (N, C, H, W) to features (N, out_features) and that exposes ``out_features``.
     ``build_head(out_features, num_classes)`` returns the classifier on top (default: Linear).
-    The module may define ``init_head(head)`` (called once the head is built) and a dict
-    ``lr_multipliers`` of learning-rate multipliers by parameter-name prefix (its own names, and
-    ``head`` for the classifier's head).
+    The module may define ``init_head(head)`` (called once the head is built).
     ``search_space`` declares the options `galmerge tune` searches (see `Strategy`).
+
+    Learning-rate multipliers: the built module may set ``lr_multipliers: dict[str, float]``
+    (a parameter-name prefix inside the module, e.g. ``"bottleneck"``, -> factor on the run's lr)
+    and ``head_lr_multiplier: float`` (the classifier head's factor). Users override them with
+    ``--set lr_multipliers.model.backbone.PREFIX=X`` / ``lr_multipliers.model.head=X``.
     """
 
     name: str
@@ -46,6 +49,14 @@ class Strategy:
     ``search_space`` maps options to the ranges `galmerge tune` searches, e.g.
     ``{"weight": {"type": "float", "low": 0.01, "high": 3.0, "log": True}}`` (types: float,
     int with low/high/log, categorical with choices); options left out keep their value.
+
+    ``needs_target``: whether the module reads the target batch. When no strategy of a run does,
+    target images are never forwarded during training (source-only; ``StepInputs``' target
+    tensors are then empty).
+
+    Learning-rate multipliers: the built module may set ``lr_multipliers: dict[str, float]``
+    (a parameter-name prefix inside the module, e.g. ``"centers"``, -> factor on the run's lr);
+    users override them with ``--set lr_multipliers.NAME.PREFIX=X``.
     """
 
     name: str
@@ -54,6 +65,7 @@ class Strategy:
     defaults: Mapping[str, Any] = field(default_factory=lambda: {"weight": 1.0})
     aliases: tuple[str, ...] = ()
     search_space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    needs_target: bool = True
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ label-free choice is from the best possible one) and is named "oracle" wherever 
 
 Conventions (``SCORES`` gives the direction of "better" for each name):
 
-- ``source_val_loss``: mean cross-entropy on the source validation split (the paper's rule; min).
+- ``source_val_loss``: mean cross-entropy on the source validation split (min; DeepMerge II
+  stops early on a 64-image batch of it and keeps the best source validation accuracy).
 - ``entropy``: mean Shannon entropy (nats) of target predictions (min).
 - ``im``: information-maximisation *loss* = mean entropy of target predictions minus the entropy
   of their mean prediction, i.e. minus the mutual information between inputs and predicted
@@ -22,7 +23,9 @@ Conventions (``SCORES`` gives the direction of "better" for each name):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,8 +48,22 @@ SCORES: dict[str, str] = {
     "im_src": "min",
 }
 
-# Directions including the research-only oracle (never a label-free score).
-DIRECTIONS: dict[str, str] = {**SCORES, ORACLE: "max"}
+# Every name the trainer can select the best checkpoint or stop early by: the label-free scores,
+# the source validation accuracy (DeepMerge II's checkpoint rule), the cross-entropy of one random
+# 64-image source validation batch (DeepMerge II's early-stopping signal) and the research-only
+# oracle (never a label-free score).
+SOURCE_VAL_ACCURACY = "source_val_accuracy"
+SOURCE_VAL_BATCH_LOSS = "source_val_batch_loss"
+DIRECTIONS: dict[str, str] = {
+    **SCORES, SOURCE_VAL_ACCURACY: "max", SOURCE_VAL_BATCH_LOSS: "min", ORACLE: "max"
+}
+# Metrics rows hold these under their own names; every other score is in ``score_NAME``.
+_ROW_COLUMNS = {
+    "source_val_loss": "source_val_loss",
+    SOURCE_VAL_ACCURACY: SOURCE_VAL_ACCURACY,
+    SOURCE_VAL_BATCH_LOSS: SOURCE_VAL_BATCH_LOSS,
+    ORACLE: "target_val_accuracy",
+}
 
 
 @dataclass
@@ -190,6 +207,11 @@ def better(name: str, a: float, b: float) -> bool:
     if not math.isfinite(b):
         return True
     return a < b if direction == "min" else a > b
+
+
+def row_value(row: Mapping[str, Any], name: str) -> float:
+    """The value of selection name ``name`` in a trainer metrics row (NaN when absent)."""
+    return float(row.get(_ROW_COLUMNS.get(name, f"score_{name}"), math.nan))
 
 
 def select_epoch(values: list[float] | np.ndarray, name: str) -> int | None:

@@ -24,7 +24,11 @@ class StepInputs:
     """One training step: a source batch and a target batch through the same model.
 
     ``progress`` runs from 0 (first step) to 1 (last planned step); ramps use it.
-    Target labels are never part of it: they are not for training.
+    Target labels are never part of it: they are not for training. When no strategy of the run
+    declares ``needs_target`` (see ``galmerge.records.Strategy``), the target batch is not
+    forwarded and ``target_features``/``target_logits`` are empty (0 rows). A strategy module
+    may set ``lr_multipliers = {"param_prefix": factor}`` to train its parameters at another
+    learning rate (e.g. ``FisherLoss``: ``{"centers": 10.0}``).
     """
 
     source_features: torch.Tensor

@@ -86,15 +86,18 @@ def test_resnet18_as_deepmerge2_builds_it() -> None:
     assert model.head.weight.std().item() == pytest.approx(0.01, rel=0.15)
     assert not bottleneck[0].bias.any() and not model.head.bias.any()
     assert model.backbone.body.conv1.kernel_size == (7, 7)
-    assert model.backbone.lr_multipliers == {"bottleneck": 10.0, "head": 10.0}
+    assert model.backbone.lr_multipliers == {"bottleneck": 10.0}
+    assert model.backbone.head_lr_multiplier == 10.0
     model.eval()
     features, logits = model(torch.randn(4, 3, 75, 75))
     assert features.shape == (4, 256) and logits.shape == (4, 2)
     assert (features < 0).any()  # no ReLU after the bottleneck
-    # the default layout is unchanged: BatchNorm + ReLU, no multipliers
+    # the default layout is unchanged (BatchNorm + ReLU); the x10 is DeepMerge II's default too
     default = build_model("resnet18", 3, 75, 2, {"bottleneck": 256})
     assert any(isinstance(m, nn.BatchNorm1d) for m in default.backbone.bottleneck)
-    assert default.backbone.lr_multipliers == {}
+    assert default.backbone.lr_multipliers == {"bottleneck": 10.0}
+    plain = build_model("resnet18", 3, 75, 2, {"lr_mult": 1.0})
+    assert plain.backbone.head_lr_multiplier == 1.0
 
 
 def test_resnet18_bottleneck_layer_is_checked() -> None:

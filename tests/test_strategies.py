@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from galmerge.errors import GalmergeError
 from galmerge.strategy_api import StepInputs, StrategyContext, parse_strategy_expression
 
-BUILTIN = ["none", "mmd", "coral", "dann", "fisher", "entropy"]
+BUILTIN = ["none", "adabn", "mmd", "coral", "dann", "fisher", "entropy"]
 SIGMAS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 5, 10, 15, 20, 25, 30, 35, 100, 1e3, 1e4, 1e5, 1e6]
 
 
@@ -72,12 +72,20 @@ def test_every_builtin_strategy_is_registered_with_a_weight(plugin_manager) -> N
         assert records[name].defaults["weight"] == 1.0
         assert records[name].description
     assert plugin_manager.get("strategies", "ada") is records["dann"]
+    # only `none` is source only: every other built-in reads the target batch
+    assert [n for n in BUILTIN if not records[n].needs_target] == ["none"]
 
 
-def test_none_adds_nothing(plugin_manager) -> None:
-    module = _build(plugin_manager, "none")
+@pytest.mark.parametrize("name", ["none", "adabn"])
+def test_none_and_adabn_add_nothing(plugin_manager, name) -> None:
+    module = _build(plugin_manager, name)
     assert module(_step(torch.randn(4, 16), torch.randn(4, 16))) == {}
     assert not list(module.parameters())
+
+
+def test_builtins_declare_the_original_learning_rate_multipliers(plugin_manager) -> None:
+    assert _build(plugin_manager, "fisher").lr_multipliers == {"centers": 10.0}
+    assert _build(plugin_manager, "dann").lr_multipliers == {"discriminator": 0.1}
 
 
 @pytest.mark.parametrize("name", ["mmd", "coral", "dann", "ada", "fisher", "entropy"])

@@ -161,9 +161,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(toys, tmp_path):
 def test_a_checkpoint_is_never_written_from_a_non_finite_state(toys, tmp_path, monkeypatch):
     """On accelerators the loss is checked every 25 steps only; a --checkpoint-every save in
     between must check first, or NaN weights replace the last good last.pt."""
-    from galmerge import training
+    from galmerge.training import plan as training
 
-    monkeypatch.setattr(training, "_nonfinite_check_interval", lambda device: 25)
+    monkeypatch.setattr(training, "nonfinite_check_interval", lambda device: 25)
     with pytest.raises(GalmergeError, match="non-finite"):
         # 5 steps per epoch, saves at global steps 2, 4, 6, 8; the term is NaN from step 8 on
         _run(tmp_path, epochs=3, checkpoint_every=2, strategy_options={"meangap": {"nan_at": 7}})

@@ -96,7 +96,15 @@ def test_resnet18_is_built_as_the_paper_built_it():
     c = resolved(preset="deepmerge2-sim-real", strategy="mmd", backbone="resnet18")
     assert c["backbone_options"] == {"bottleneck": 256, "bottleneck_layer": "linear",
                                      "stem": "imagenet", "dropout": 0.0, "lr_mult": 10.0}
-    assert c["lr_multipliers"] == {"model.bottleneck": 10.0, "model.head": 10.0}
+    # the x10 of the bottleneck and head is declared by the backbone (lr_mult), as the trainer
+    # reads it, not repeated in the lr_multipliers table
+    from galmerge.model import build_model
+    from galmerge.training.optim import declared_multipliers
+
+    model = build_model("resnet18", 3, 75, 2, c["backbone_options"])
+    assert declared_multipliers(model, {}) == {"model.backbone.bottleneck": 10.0,
+                                               "model.head": 10.0}
+    assert not any(k.startswith("model.") for k in c["lr_multipliers"])
     assert (c["lr"], c["weight_decay"]) == (1e-3, 1e-3)
 
 

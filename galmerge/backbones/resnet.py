@@ -13,10 +13,11 @@ original stem, which is what the DeepMerge II code (``network.ResNetFc``) traine
 layer, weights N(0, 0.005) and zero bias, and a Linear head with weights N(0, 0.01) and zero bias;
 the features are the bottleneck's raw output.
 
-``lr_mult`` (default 1) is declared in the module attribute ``lr_multipliers`` for the bottleneck
-and the head (parameter-name prefixes ``bottleneck`` of this module and ``head`` of the classifier,
-`galmerge.model.GalaxyClassifier`); DeepMerge II trains both at 10× the base learning rate
-(``train_MMD.py``, ``train_ADA.py``, ``no_domain_adaptation.py``: ``lr_mult`` 10).
+``lr_mult`` (default 10, DeepMerge II's: ``train_MMD.py``, ``train_ADA.py``,
+``no_domain_adaptation.py`` train the bottleneck and the classifier at 10× the base learning rate)
+is declared for the trainer in the module attributes ``lr_multipliers`` (``bottleneck``, when there
+is one) and ``head_lr_multiplier`` (the classifier head); ``--set
+lr_multipliers.model.backbone.bottleneck=X`` / ``lr_multipliers.model.head=X`` override them.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class ResNetFeatures(nn.Module):
         dropout: float = 0.0,
         stem: str = "small",
         bottleneck_layer: str = "bn-relu",
-        lr_mult: float = 1.0,
+        lr_mult: float = 10.0,
     ) -> None:
         super().__init__()
         from torchvision.models import resnet18
@@ -87,10 +88,10 @@ class ResNetFeatures(nn.Module):
         else:
             self.bottleneck = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_features = width
-        # read by the trainer: learning-rate multipliers by parameter-name prefix
-        self.lr_multipliers: dict[str, float] = (
-            {"bottleneck": float(lr_mult), "head": float(lr_mult)} if lr_mult != 1.0 else {}
-        )
+        # read by the trainer (galmerge.training.optim): DeepMerge II's ResNetFc trains the
+        # bottleneck and the classifier at 10x the learning rate
+        self.lr_multipliers: dict[str, float] = {"bottleneck": float(lr_mult)}
+        self.head_lr_multiplier = float(lr_mult)
 
     def init_head(self, head: nn.Module) -> None:
         """DeepMerge II's head initialisation (weights N(0, 0.01), zero bias) with ``linear``."""

@@ -46,7 +46,7 @@ def _build_resnet18(
     dropout: float = 0.0,
     stem: str = "small",
     bottleneck_layer: str = "bn-relu",
-    lr_mult: float = 1.0,
+    lr_mult: float = 10.0,
 ) -> nn.Module:
     from galmerge.backbones.resnet import ResNetFeatures
 
@@ -82,7 +82,7 @@ def register_backbones() -> list[Backbone]:
             "optional bottleneck",
             build=_build_resnet18,
             defaults={"bottleneck": 0, "dropout": 0.0, "stem": "small",
-                      "bottleneck_layer": "bn-relu", "lr_mult": 1.0},
+                      "bottleneck_layer": "bn-relu", "lr_mult": 10.0},
             search_space={"dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         ),
     ]

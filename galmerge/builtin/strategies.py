@@ -1,4 +1,9 @@
-"""Built-in DA strategies: none, mmd, coral, dann (alias ada), fisher, entropy.
+"""Built-in DA strategies: none, adabn, mmd, coral, dann (alias ada), fisher, entropy.
+
+``none`` is source only: its record says ``needs_target=False``, so a ``none`` run never
+forwards a target image. ``adabn`` adds no loss term either, but the target batch goes through
+the model with the source batch, so BatchNorm batch and running statistics see both domains (an
+AdaBN-like adaptation; what ``none`` did before it became source only).
 
 Each builder imports its loss module lazily (no torch at import time, so `galmerge --help` stays
 fast) and checks options against the record's ``defaults``. The returned module's forward gives
@@ -23,6 +28,7 @@ if TYPE_CHECKING:
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {"weight": 1.0},
+    "adabn": {"weight": 1.0},
     "mmd": {"weight": 1.0},
     "coral": {"weight": 1.0},
     "dann": {"weight": 1.0, "hidden": 1024, "dropout": 0.5, "gamma": 10.0, "max_coeff": 1.0,
@@ -57,6 +63,13 @@ def _build_none(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
     from galmerge.losses.none import NoLoss
 
     resolve_options("none", DEFAULTS["none"], options)
+    return NoLoss()
+
+
+def _build_adabn(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.none import NoLoss
+
+    resolve_options("adabn", DEFAULTS["adabn"], options)
     return NoLoss()
 
 
@@ -141,10 +154,18 @@ def register_strategies() -> list[Strategy]:
     return [
         Strategy(
             name="none",
-            description="source only: no domain adaptation term",
+            description="source only: no domain adaptation term, target images never forwarded",
             build=_build_none,
             defaults=DEFAULTS["none"],
             search_space=SEARCH_SPACES["none"],
+            needs_target=False,
+        ),
+        Strategy(
+            name="adabn",
+            description="no loss term; the target batch is forwarded with the source batch so "
+            "BatchNorm statistics mix both domains (AdaBN-like)",
+            build=_build_adabn,
+            defaults=DEFAULTS["adabn"],
         ),
         Strategy(
             name="mmd",

@@ -86,6 +86,11 @@ class DANNLoss(nn.Module):
     to discriminate while the reversed gradient trains the features to confuse it.
     """
 
+    # DeepMerge II's train_ADA.py before commit 4215a5c (Dec 2020) trained the discriminator at
+    # 0.1x the learning rate (``ad_net_mult_lr``; 0.01 in its sim-to-real ADA+Fisher command);
+    # from then on it was left out of the optimiser. --set lr_multipliers.dann.discriminator=X
+    lr_multipliers = {"discriminator": 0.1}
+
     def __init__(
         self,
         in_features: int,

@@ -30,6 +30,10 @@ FORMS = ("tr", "td")
 class FisherLoss(nn.Module):
     """Strategy module: ``{"fisher": loss}`` plus ``_fisher_intra`` and ``_fisher_inter``."""
 
+    # DeepMerge II's optimiser trains the centres at 10x the learning rate (train_MMD.py's
+    # parameter groups, lr_mult 10); override with --set lr_multipliers.fisher.centers=X
+    lr_multipliers = {"centers": 10.0}
+
     def __init__(
         self,
         num_classes: int,

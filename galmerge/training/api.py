@@ -1,0 +1,242 @@
+"""``galmerge.train(...)``: settings -> resolved config -> a ``Trainer`` run in a run directory."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from galmerge import distributed as ddp
+from galmerge import rundir, selection
+from galmerge.config import cli_overrides, resolve_config
+from galmerge.errors import GalmergeError
+from galmerge.imageset import ImageSet
+from galmerge.model import read_checkpoint
+from galmerge.progress import Progress, results_table
+from galmerge.strategy_api import StrategyOutputError
+from galmerge.training import checkpoints
+from galmerge.training.data import load_imageset, prepare_domains
+from galmerge.training.plan import make_plan
+from galmerge.training.state import seed_everything
+from galmerge.training.step import needs_target
+from galmerge.training.stopping import RULES
+from galmerge.training.trainer import OnEpoch, Trainer
+
+
+def train(
+    source: str | ImageSet | None = None,
+    target: str | ImageSet | None = None,
+    *,
+    strategy: str | None = None,
+    backbone: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    run_dir: str | Path | None = None,
+    config: str | Path | Mapping[str, Any] | None = None,
+    preset: str | None = None,
+    resume: str | Path | None = None,
+    init_from: str | Path | None = None,
+    patience: int | None = None,
+    weight_decay: float | None = None,
+    select_by: str | None = None,
+    strategy_options: Mapping[str, Mapping[str, Any]] | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    backbone_options: Mapping[str, Any] | None = None,
+    compile: bool | None = None,
+    quiet: bool = False,
+    max_steps_per_epoch: int | None = None,
+    checkpoint_every: int | None = None,
+    on_epoch: OnEpoch | None = None,
+) -> dict[str, Any]:
+    """Train a classifier with domain adaptation; returns the run summary (summary.json).
+
+    ``source``/``target`` are survey specs (``synthetic:illustris``, ``hdf5:PATH``) or
+    `ImageSet` objects. Settings resolve as defaults < ``preset`` < ``config`` < arguments.
+    ``resume`` continues the run directory's last checkpoint with its saved config.
+    ``on_epoch(row)`` is called on rank 0 after each epoch's metrics row is written; an
+    exception it raises ends the run (files closed, last.pt resumable) and propagates.
+    """
+    flags: dict[str, Any] = {
+        "strategy": strategy, "backbone": backbone, "epochs": epochs, "batch_size": batch_size,
+        "lr": lr, "seed": seed, "device": device, "preset": preset,
+        "init_from": None if init_from is None else str(init_from), "patience": patience,
+        "weight_decay": weight_decay, "select_by": select_by, "compile": compile,
+        "max_steps_per_epoch": max_steps_per_epoch, "checkpoint_every": checkpoint_every,
+    }
+    sets_given: dict[str, ImageSet] = {}
+    for role, value in (("source", source), ("target", target)):
+        if isinstance(value, ImageSet):
+            sets_given[role], flags[role] = value, value.survey
+        elif value is not None:
+            flags[role] = str(value)
+    extras = bool(sets or strategy_options or backbone_options or config or preset)
+    for folder in (run_dir, resume):
+        if folder is not None:
+            rundir.check_name(Path(folder))
+    if resume is not None:
+        cfg, out_dir, resume_state = _resume_config(Path(resume), flags, extras, source, sets_given)
+    else:
+        cli_layer = cli_overrides(flags, sets)
+        for name, opts in (strategy_options or {}).items():
+            cli_layer.setdefault("strategies", {}).setdefault(name, {}).update(dict(opts))
+        if backbone_options:
+            cli_layer.setdefault("backbone_options", {}).update(dict(backbone_options))
+        cfg = resolve_config(cli=cli_layer, file=config)
+        out_dir = (
+            Path(run_dir) if run_dir is not None
+            else rundir.default_run_dir(
+                cfg["source"], cfg["target"], cfg["strategy"], seed=int(cfg["seed"])
+            )
+        )
+        resume_state = None
+    _check_rules(cfg)
+    return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch)
+
+
+def _resume_config(
+    out_dir: Path, flags: Mapping[str, Any], extras: bool, source: Any,
+    sets_given: Mapping[str, ImageSet],
+) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+    if (out_dir / rundir.CONFIG).is_file() and not (out_dir / rundir.LAST).is_file():
+        raise GalmergeError(
+            f"--resume {out_dir}: the run stopped before its first checkpoint (no last.pt), "
+            f"so there is nothing to continue; start it afresh: the same command without "
+            f"--resume, with --run-dir {out_dir} --config {out_dir / rundir.CONFIG}")
+    if not (out_dir / rundir.CONFIG).is_file() or not (out_dir / rundir.LAST).is_file():
+        raise GalmergeError(
+            f"--resume {out_dir}: no config.toml and last.pt there; pass a run directory "
+            f"that trained at least one checkpoint"
+        )
+    changed = [
+        k for k, v in flags.items() if v is not None and k not in ("device", "source", "target")
+    ]
+    if changed or extras:
+        raise GalmergeError(
+            f"--resume continues a run with its saved config; drop "
+            f"{', '.join(changed) or 'the extra settings'} (only --device and --quiet may "
+            f"change)"
+        )
+    saved = rundir.read_config(out_dir)
+    # a run from before per-module learning-rate multipliers trained with one Adam group
+    saved.setdefault("lr_multipliers", {"*": 1.0})
+    device = flags.get("device")
+    cfg = resolve_config(cli={"device": device} if device is not None else {}, file=saved)
+    if "source" not in sets_given and flags.get("source") not in (None, cfg["source"]):
+        raise GalmergeError(f"--resume: the run's source is {cfg['source']}, not {source}")
+    return cfg, out_dir, read_checkpoint(out_dir / rundir.LAST)
+
+
+def _check_rules(cfg: Mapping[str, Any]) -> None:
+    for key in ("select_by", "stop_by"):
+        name = cfg.get(key) or ""
+        if key == "stop_by" and not name:
+            continue
+        if name not in selection.DIRECTIONS:
+            raise GalmergeError(
+                f"unknown --{key.replace('_', '-')} '{name}'; available: "
+                f"{', '.join(sorted(selection.DIRECTIONS))}"
+            )
+    if cfg.get("early_stopping", "patience") not in RULES:
+        raise GalmergeError(
+            f"early_stopping must be one of {', '.join(RULES)}, got {cfg['early_stopping']!r}"
+        )
+
+
+def _run(
+    cfg: dict[str, Any], out_dir: Path, sets_given: Mapping[str, ImageSet], quiet: bool,
+    resume_state: dict[str, Any] | None, on_epoch: OnEpoch | None,
+) -> dict[str, Any]:
+    from galmerge.devices import resolve_device
+
+    t_start = time.time()
+    dist = ddp.from_environment()
+    quiet = quiet or not dist.is_main
+    device = ddp.setup(dist, resolve_device(cfg["device"]))
+    # one run directory for all ranks (a default name holds a timestamp that may differ)
+    out_dir = Path(str(ddp.broadcast_object(str(out_dir), dist)))
+    try:
+        trainer = _build(cfg, out_dir, sets_given, dist, device, resume_state)
+        return _train(trainer, quiet, on_epoch, t_start)
+    except StrategyOutputError:
+        if resume_state is None and dist.is_main:
+            rundir.discard_new(out_dir)  # first step: nothing worth keeping was written
+        raise
+    finally:
+        ddp.teardown(dist)
+
+
+def _build(
+    cfg: dict[str, Any], out_dir: Path, sets_given: Mapping[str, ImageSet],
+    dist: ddp.DistInfo, device: torch.device, resume_state: dict[str, Any] | None,
+) -> Trainer:
+    """Data, plan and trainer, in the order the RNG has always been drawn in."""
+    if dist.is_main:
+        # Never a silent device choice: one line even with --quiet (stderr keeps stdout clean).
+        extra = f" x{dist.world} processes" if dist.enabled else ""
+        print(f"galmerge train: device {device}{extra} (asked: {cfg['device']})", file=sys.stderr)
+    if int(cfg["batch_size"]) % dist.world:
+        raise GalmergeError(
+            f"--batch-size {cfg['batch_size']} does not split evenly over {dist.world} "
+            f"processes; use a multiple of {dist.world}"
+        )
+    seed_everything(int(cfg["seed"]))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    source_set = load_imageset(sets_given.get("source"), cfg["source"])
+    target_set = load_imageset(sets_given.get("target"), cfg["target"])
+    init = None
+    if cfg["init_from"] and resume_state is None:
+        init = read_checkpoint(cfg["init_from"])
+    specs = None
+    if init is not None and cfg.get("init_keep_preprocess"):
+        specs = checkpoints.init_specs(init, source_set.channels, cfg["init_from"])
+    source, target = prepare_domains(cfg, source_set, target_set, device, specs)
+    plan = make_plan(cfg, out_dir, device, dist, len(source.splits["train"]), needs_target(cfg))
+    trainer = Trainer(plan, source, target, init)
+    if resume_state is not None:
+        trainer.load(resume_state)
+    else:
+        if dist.is_main:
+            rundir.prepare_new(out_dir)
+        ddp.barrier(dist)
+    return trainer
+
+
+def _train(
+    trainer: Trainer, quiet: bool, on_epoch: OnEpoch | None, t_start: float
+) -> dict[str, Any]:
+    plan = trainer.plan
+    if plan.dist.is_main:
+        if not trainer.resumed:  # a resumed run keeps its config.toml as written
+            rundir.write_config(plan.out_dir, plan.config)
+        if not trainer.resumed or not (plan.out_dir / rundir.ENV).exists():
+            env = rundir.environment(plan.device)
+            env["world_size"] = plan.dist.world
+            rundir.write_json(plan.out_dir / rundir.ENV, env)
+    progress = Progress(quiet, plan.epochs, plan.steps_per_epoch)
+    source, target = trainer.source.imageset, trainer.target.imageset
+    progress.info(
+        f"{source.describe()}\n{target.describe()}\n"
+        f"strategy {plan.config['strategy']}{'' if plan.needs_target else ' (source only)'}, "
+        f"backbone {plan.config['backbone']}, {plan.steps_per_epoch} steps/epoch, "
+        f"batch {plan.batch}",
+        path=plan.out_dir,
+    )
+    if trainer.init_loaded:
+        progress.info(f"init_from: strategy state loaded for {', '.join(trainer.init_loaded)}")
+    trainer.fit(progress, on_epoch)
+    ddp.barrier(plan.dist)
+    summary = trainer.finish(t_start)
+    if summary is not None:
+        rundir.write_json(plan.out_dir / rundir.SUMMARY, summary)
+        results_table(summary, quiet)
+    summary = ddp.broadcast_object(summary, plan.dist)  # type: ignore[assignment]
+    assert summary is not None
+    return rundir._json_safe(summary)

@@ -1,0 +1,99 @@
+"""The two domains of a run: image sets, splits, preprocessing specs and batch streams."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from galmerge import distributed as ddp
+from galmerge.batches import StreamingBatches, TensorBatches
+from galmerge.errors import GalmergeError
+from galmerge.imageset import ImageSet
+from galmerge.preprocess import compute_spec, normalise
+from galmerge.splits import domain_splits
+
+
+@dataclass
+class Domain:
+    """One domain's image set, splits, preprocessing spec and (when in memory) device tensors."""
+
+    name: str
+    imageset: ImageSet
+    splits: dict[str, np.ndarray]
+    spec: dict[str, Any]
+    images: torch.Tensor | None  # normalised, on the device; None for lazy sets
+
+    def features_input(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+        if self.images is not None:
+            return self.images.index_select(0, torch.as_tensor(idx, device=device))
+        return normalise(self.imageset.batch(idx).to(device), self.spec)
+
+
+def load_imageset(spec: str | ImageSet | None, name: str) -> ImageSet:
+    if isinstance(spec, ImageSet):
+        return spec
+    from galmerge.datasets import load_imageset as load
+
+    return load(name)
+
+
+def _prepare(
+    name: str, imageset: ImageSet, splits: dict[str, np.ndarray], device: torch.device,
+    spec: dict[str, Any] | None,
+) -> Domain:
+    if spec is None:
+        spec = compute_spec(imageset, splits["train"], name)
+    images = None
+    if imageset.in_memory:
+        # Normalise once and keep the whole set on the device: no per-step host work.
+        images = normalise(imageset.images.to(device), spec)  # type: ignore[union-attr]
+    return Domain(name, imageset, splits, spec, images)
+
+
+def _labelled(imageset: ImageSet, idx: np.ndarray) -> np.ndarray:
+    labels = imageset.labels.numpy()[idx]
+    return idx[labels >= 0]
+
+
+def prepare_domains(
+    config: Mapping[str, Any], source_set: ImageSet, target_set: ImageSet, device: torch.device,
+    specs: Mapping[str, dict[str, Any]] | None = None,
+) -> tuple[Domain, Domain]:
+    """Split both sets (seeded), keep labelled source images, normalise. ``specs`` (from an
+    ``init_from`` checkpoint) replaces the specs measured on the training splits."""
+    if source_set.channels != target_set.channels or source_set.image_size != target_set.image_size:
+        raise GalmergeError(
+            f"source {config['source']} has {source_set.channels}x{source_set.image_size}x"
+            f"{source_set.image_size} images but target {config['target']} has "
+            f"{target_set.channels}x{target_set.image_size}x{target_set.image_size}; "
+            f"pick surveys with the same bands and cutout size"
+        )
+    splits = domain_splits(len(source_set), len(target_set), int(config["seed"]))
+    s_splits = {k: _labelled(source_set, v) for k, v in splits["source"].items()}
+    if len(s_splits["train"]) == 0:
+        raise GalmergeError(f"source {config['source']} has no labelled training images")
+    specs = specs or {}
+    source = _prepare(config["source"], source_set, s_splits, device, specs.get("source"))
+    target = _prepare(config["target"], target_set, splits["target"], device, specs.get("target"))
+    return source, target
+
+
+def batch_stream(
+    domain: Domain, batch: int, seed: int, device: torch.device, dist: ddp.DistInfo,
+    with_labels: bool,
+) -> Any:
+    """Endless training batches of ``domain``'s train split (labels only for the source)."""
+    if domain.images is not None:
+        labels = domain.imageset.labels.to(device) if with_labels else None
+        return TensorBatches(
+            domain.images, labels, batch, seed, dist.rank, dist.world,
+            pool=torch.as_tensor(domain.splits["train"]),
+        )
+    return StreamingBatches(
+        domain.imageset, domain.splits["train"], domain.spec, batch, seed, device, with_labels,
+        dist.rank, dist.world,
+    )

@@ -1,0 +1,132 @@
+"""One training step's forward pass: the model and every strategy module in one ``nn.Module``.
+
+Source and target batches go through the model together (``domain_batchnorm = "joint"``: one
+concatenated forward, BatchNorm statistics mix the domains), one after the other (``"separate"``:
+each BatchNorm batch is one domain), or the target not at all (when no strategy of the run
+``needs_target``: source-only training). The loss is CE(source) + Σ weight_i · term_i; keys a
+strategy returns with a leading ``_`` are detached diagnostics, never part of the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from galmerge import distributed as ddp
+from galmerge.model import GalaxyClassifier
+from galmerge.plugins import get_plugin_manager
+from galmerge.strategy_api import StepInputs, StrategyContext, check_strategy_output
+
+Terms = dict[str, torch.Tensor]
+
+
+class TrainStep(nn.Module):
+    """Model and strategy modules in one module, so DDP sees (and syncs) every parameter."""
+
+    def __init__(
+        self,
+        model: GalaxyClassifier,
+        strategies: nn.ModuleDict,
+        weights: dict[str, float],
+        dist: ddp.DistInfo,
+        autocast: bool,
+        forward_model: nn.Module | None = None,
+        joint: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.strategies = strategies
+        self.weights = weights
+        self.dist = dist
+        self.autocast = autocast
+        self.joint = joint
+        self.checked = False  # strategy outputs are checked once, at the first step
+        # torch.compile'd view of ``model`` (same parameters); kept out of the module tree
+        self.__dict__["_forward_model"] = forward_model
+
+    def _net(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self._forward_model if self._forward_model is not None else self.model
+        if self.autocast:
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                feats, logits = net(x)
+        else:
+            feats, logits = net(x)
+        return feats.float(), logits.float()
+
+    def _features(
+        self, xs: torch.Tensor, xt: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if xt is None:  # source only: the target never enters a forward pass
+            fs, zs = self._net(xs)
+            return fs, fs.new_empty((0, *fs.shape[1:])), zs, zs.new_empty((0, zs.shape[1]))
+        if not self.joint:
+            fs, zs = self._net(xs)
+            ft, zt = self._net(xt)
+            return fs, ft, zs, zt
+        feats, logits = self._net(torch.cat([xs, xt]))
+        n = len(xs)
+        return feats[:n], feats[n:], logits[:n], logits[n:]
+
+    def forward(
+        self, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor | None, progress: float
+    ) -> tuple[torch.Tensor, Terms, Terms]:
+        fs, ft, zs, zt = self._features(xs, xt)
+        if self.dist.enabled:
+            fs, zs = ddp.gather(fs, self.dist), ddp.gather(zs, self.dist)
+            if xt is not None:
+                ft, zt = ddp.gather(ft, self.dist), ddp.gather(zt, self.dist)
+            ys = ddp.gather_plain(ys, self.dist)
+        ce = F.cross_entropy(zs, ys)
+        step = StepInputs(
+            source_features=fs, source_logits=zs, source_labels=ys, target_features=ft,
+            target_logits=zt, progress=progress,
+        )
+        return self._add_terms(ce, step)
+
+    def _add_terms(self, ce: torch.Tensor, step: StepInputs) -> tuple[torch.Tensor, Terms, Terms]:
+        total = ce
+        terms: Terms = {"ce": ce}
+        diagnostics: Terms = {}
+        for name, module in self.strategies.items():
+            out = module(step)
+            if not self.checked:  # a plugin's mistake: one line naming it, at the first step
+                check_strategy_output(name, out)
+            for key, value in out.items():
+                if key.startswith("_"):
+                    diagnostics[key.lstrip("_")] = value.detach().float()
+                    continue
+                label = key if key not in terms else f"{name}_{key}"
+                weighted = self.weights[name] * value
+                terms[label] = weighted
+                total = total + weighted
+        self.checked = True
+        return total, terms, diagnostics
+
+
+def strategy_records(config: Mapping[str, Any]) -> list[Any]:
+    pm = get_plugin_manager()
+    return [pm.get("strategies", name) for name in config["strategies"]]
+
+
+def needs_target(config: Mapping[str, Any]) -> bool:
+    """Whether any strategy of the run reads the target batch (else training is source only)."""
+    return any(getattr(r, "needs_target", True) for r in strategy_records(config))
+
+
+def build_strategies(
+    config: Mapping[str, Any], feature_dim: int, total_steps: int, device: torch.device
+) -> tuple[nn.ModuleDict, dict[str, float]]:
+    context = StrategyContext(
+        feature_dim=feature_dim, num_classes=2, total_steps=total_steps, device=device
+    )
+    modules = nn.ModuleDict()
+    weights: dict[str, float] = {}
+    for record in strategy_records(config):
+        options = config["strategies"][record.name]
+        modules[record.name] = record.build(context, dict(options)).to(device)
+        weights[record.name] = float(options.get("weight", 1.0))
+    return modules, weights

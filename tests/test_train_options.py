@@ -1,0 +1,270 @@
+"""Trainer options of the DeepMerge II issue: source-only `none` and `adabn`, domain BatchNorm,
+the cyclic schedule, learning-rate multipliers, early stopping apart from model selection,
+transfer learning with kept preprocessing, the on_epoch callback and old last.pt files."""
+
+from __future__ import annotations
+
+import csv
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from train_toys import ToyPlugin, _NoNone, toy_sets
+
+import galmerge
+from galmerge import hookimpl
+from galmerge.errors import GalmergeError
+from galmerge.records import Backbone
+from galmerge.training.optim import cyclic_lr
+from galmerge.training.stopping import deepmerge_counter
+
+
+class TinyBN(nn.Module):
+    """A conv + BatchNorm backbone: BatchNorm is where target images would leave a trace."""
+
+    def __init__(self, in_channels: int, image_size: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        )
+        self.out_features = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BNPlugin:
+    @hookimpl
+    def register_backbones(self):
+        return [Backbone(name="tinybn", description="test", build=lambda c, s: TinyBN(c, s))]
+
+
+@pytest.fixture
+def toys(register_plugin, plugin_manager):
+    register_plugin(_NoNone() if "none" in plugin_manager.components("strategies") else ToyPlugin(),
+                    "toys")
+    register_plugin(BNPlugin(), "bn")
+
+
+def _run(tmp_path: Path, name: str, **kwargs):
+    source, target = toy_sets()
+    args = dict(strategy="none", backbone="tinybn", epochs=2, batch_size=8, seed=1, device="cpu",
+                quiet=True, run_dir=tmp_path / name)
+    args.update(kwargs)
+    return galmerge.train(source=args.pop("source", source), target=args.pop("target", target),
+                          **args)
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return torch.load(run / name, weights_only=True)["model"]
+
+
+def _other_target():
+    _, target = toy_sets(seed=5)
+    return target
+
+
+def test_none_never_forwards_the_target_and_adabn_does(toys, tmp_path):
+    runs = {}
+    for strategy in ("none", "adabn"):
+        for label, target in (("a", toy_sets()[1]), ("b", _other_target())):
+            runs[strategy, label] = _run(tmp_path, f"{strategy}-{label}", strategy=strategy,
+                                         target=target)
+    a, b = _weights(tmp_path / "none-a"), _weights(tmp_path / "none-b")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # BatchNorm running stats included
+    assert runs["none", "a"]["metrics"]["source_test"] == runs["none", "b"]["metrics"]["source_test"]
+    source_cols = [[{k: v for k, v in r.items() if k.startswith(("loss", "source"))}
+                    for r in _rows(tmp_path / f"none-{x}")] for x in "ab"]
+    assert source_cols[0] == source_cols[1]
+    # adabn: the target batch shapes BatchNorm, so another target gives other weights
+    a, b = _weights(tmp_path / "adabn-a"), _weights(tmp_path / "adabn-b")
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_separate_domain_batchnorm_differs_from_joint(toys, tmp_path):
+    _run(tmp_path, "joint", strategy="meangap")
+    _run(tmp_path, "separate", strategy="meangap", sets=["domain_batchnorm=separate"])
+    config = tomllib.loads((tmp_path / "separate" / "config.toml").read_text())
+    assert config["domain_batchnorm"] == "separate"
+    a, b = _weights(tmp_path / "joint"), _weights(tmp_path / "separate")
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(GalmergeError, match="domain_batchnorm must be one of"):
+        _run(tmp_path, "bad", sets=["domain_batchnorm=mixed"])
+
+
+def _cycle1(lr: float, iter_num: int, epoch_length: int, cycle_length: float) -> float:
+    """DeepMerge II's lr_schedule.cycle1 as written there (float modulo included)."""
+    min_lr, max_lr = lr / 10, lr
+    num_cycle_steps = int(cycle_length * epoch_length * (1.0 - 0.1))
+    on_step = (iter_num / num_cycle_steps - (iter_num // num_cycle_steps)) * num_cycle_steps
+    if on_step <= num_cycle_steps // 2:
+        return min_lr + (max_lr - min_lr) * on_step / (num_cycle_steps // 2)
+    scale = (on_step - num_cycle_steps // 2) / (num_cycle_steps - num_cycle_steps // 2)
+    return max_lr - (max_lr - min_lr) * scale
+
+
+def test_cyclic_schedule_follows_deepmerge_cycle1(toys, tmp_path):
+    # 60 toy images -> 42 train -> 5 steps/epoch at batch 8; cycle 3 epochs -> period 13 steps
+    _run(tmp_path, "cyc", epochs=7, lr=0.01, patience=0,
+         sets=["schedule.kind=cyclic", "schedule.cycle_length=3"])
+    rows = _rows(tmp_path / "cyc")
+    for epoch, row in enumerate(rows, start=1):
+        step = epoch * 5 - 1  # the lr column is the lr of each epoch's last step
+        assert float(row["lr"]) == pytest.approx(_cycle1(0.01, step, 5, 3), rel=1e-9), epoch
+    for step in range(0, 200, 7):
+        assert cyclic_lr(1e-3, step, int(5 * 85 * 0.9)) == pytest.approx(
+            _cycle1(1e-3, step, 85, 5), rel=1e-9, abs=1e-15)
+
+
+def _group_lrs(run: Path) -> list[float]:
+    state = torch.load(run / "last.pt", weights_only=True)["training_state"]
+    return [g["lr"] for g in state["optimizer"]["param_groups"]]
+
+
+def test_learning_rate_multipliers_declared_overridden_and_recorded(toys, tmp_path):
+    sched = ["schedule.kind=cyclic"]
+    _run(tmp_path, "declared", strategy="fisher+dann", epochs=1, sets=sched)
+    lrs = _group_lrs(tmp_path / "declared")
+    assert len(lrs) == 3  # model, fisher centres x10, dann discriminator x0.1
+    assert lrs[1] == pytest.approx(10 * lrs[0]) and lrs[2] == pytest.approx(0.1 * lrs[0])
+    config = tomllib.loads((tmp_path / "declared" / "config.toml").read_text())
+    assert config["lr_multipliers"] == {"fisher.centers": 10.0, "dann.discriminator": 0.1}
+
+    _run(tmp_path, "override", strategy="fisher+ada", epochs=1,
+         sets=[*sched, "lr_multipliers.fisher.centers=3", "lr_multipliers.ada.discriminator=1",
+               "lr_multipliers.model.head=2"])
+    lrs = _group_lrs(tmp_path / "override")
+    assert lrs[1:] == pytest.approx([2 * lrs[0], 3 * lrs[0]])  # head x2, centres x3, rest x1
+    config = tomllib.loads((tmp_path / "override" / "config.toml").read_text())
+    assert config["lr_multipliers"] == {
+        "fisher.centers": 3.0, "dann.discriminator": 1.0, "model.head": 2.0
+    }
+    _run(tmp_path, "pinned", strategy="fisher", epochs=1, sets=[*sched, "lr_multipliers.*=1"])
+    assert len(_group_lrs(tmp_path / "pinned")) == 1
+    with pytest.raises(GalmergeError, match="matches no parameter"):
+        _run(tmp_path, "typo", strategy="fisher", sets=["lr_multipliers.fisher.centres=2"])
+    with pytest.raises(GalmergeError, match="neither 'model' nor a strategy"):
+        _run(tmp_path, "owner", sets=["lr_multipliers.fishr.centers=2"])
+
+
+def test_deepmerge_graded_counter_on_a_constructed_sequence():
+    losses = [1.0, 1.5, 1.35, 1.25, 1.15, 1.05, 0.9, 1.35, 2.0, 0.95]
+    expected = [0, 1, 1.5, 1.75, 1.85, 1.85, 1.85, 2.85, 3.85, 3.85]
+    assert deepmerge_counter(losses, patience=20) == pytest.approx(expected)
+    # accuracies: "worse" is lower
+    assert deepmerge_counter([0.9, 0.4, 0.75, 0.95], 20, "max") == pytest.approx([0, 1, 1.1, 1.1])
+
+
+def test_early_stopping_by_deepmerge_rule_apart_from_best_checkpoint(toys, tmp_path):
+    summary = _run(tmp_path, "dm", epochs=4, lr=0.05, patience=20,
+                   select_by="source_val_accuracy",
+                   sets=["early_stopping=deepmerge", "stop_by=source_val_batch_loss"])
+    rows = _rows(tmp_path / "dm")
+    accs = [float(r["source_val_accuracy"]) for r in rows]
+    assert summary["best_epoch"] == 1 + accs.index(max(accs))
+    batch_losses = [float(r["source_val_batch_loss"]) for r in rows]
+    assert all(math.isfinite(v) for v in batch_losses)
+    best = torch.load(tmp_path / "dm" / "last.pt", weights_only=True)["training_state"]["best"]
+    assert best["counter"] == pytest.approx(deepmerge_counter(batch_losses, 20)[-1])
+    assert best["stop_value"] == pytest.approx(min(batch_losses))
+    # a counter above a patience of 0.05 stops at once; none stays 0 and never stops
+    stopped = _run(tmp_path, "stop", epochs=6, lr=5.0, patience=1,
+                   sets=["early_stopping=deepmerge", "stop_by=source_val_loss"])
+    losses = [float(r["source_val_loss"]) for r in _rows(tmp_path / "stop")]
+    counters = deepmerge_counter(losses, 1)
+    assert stopped["stopped_early"] == (counters[-1] > 1)
+    assert stopped["epochs_run"] == next((i + 1 for i, c in enumerate(counters) if c > 1), 6)
+
+
+def test_on_epoch_sees_each_row_and_its_exception_ends_the_run(toys, tmp_path):
+    seen = []
+    _run(tmp_path, "ok", epochs=2, on_epoch=seen.append)
+    assert [r["epoch"] for r in seen] == [1, 2]
+    assert seen[1]["source_val_loss"] == pytest.approx(float(_rows(tmp_path / "ok")[1]["source_val_loss"]))
+
+    class Pruned(Exception):
+        pass
+
+    def prune(row):
+        raise Pruned(row["epoch"])
+
+    with pytest.raises(Pruned):
+        _run(tmp_path, "pruned", epochs=3, on_epoch=prune)
+    assert len(_rows(tmp_path / "pruned")) == 1
+    done = galmerge.train(resume=tmp_path / "pruned", quiet=True, source=toy_sets()[0],
+                          target=toy_sets()[1])
+    assert done["epochs_run"] == 3
+
+
+def test_init_from_keeps_preprocessing_and_loads_strategy_state(toys, tmp_path):
+    _run(tmp_path, "first", strategy="dann")
+    first = torch.load(tmp_path / "first" / "best.pt", weights_only=True)
+    assert any(k.startswith("dann.discriminator") for k in first["strategy_state"])
+    _run(tmp_path, "second", strategy="dann", target=_other_target(), epochs=1, lr=1e-12,
+         init_from=tmp_path / "first", sets=["init_keep_preprocess=true"])
+    second = torch.load(tmp_path / "second" / "last.pt", weights_only=True)
+    assert second["preprocess"] == first["preprocess"]
+    for key, value in first["strategy_state"].items():
+        assert torch.allclose(value, second["strategy_state"][key], atol=1e-6), key
+    _run(tmp_path, "third", strategy="dann", target=_other_target(), epochs=1,
+         init_from=tmp_path / "first")
+    third = torch.load(tmp_path / "third" / "last.pt", weights_only=True)
+    assert third["preprocess"]["target"]["mean"] != first["preprocess"]["target"]["mean"]
+
+
+def test_a_last_pt_of_the_old_layout_resumes_bit_for_bit(toys, tmp_path):
+    reference = _run(tmp_path, "ref", strategy="meangap", epochs=3, patience=0)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "old", strategy="meangap", epochs=3, patience=0, on_epoch=stop)
+    run = tmp_path / "old"
+    # rewrite last.pt and config.toml as the trainer before this layout wrote them
+    payload = torch.load(run / "last.pt", weights_only=True)
+    ts = payload["training_state"]
+    ts["best"] = {k: ts["best"][k] for k in ("value", "epoch", "bad_epochs", "stopped")}
+    payload.pop("strategy_state")
+    config = tomllib.loads((run / "config.toml").read_text())
+    for key in ("lr_multipliers", "stop_by", "early_stopping", "domain_batchnorm",
+                "init_keep_preprocess"):
+        config.pop(key)
+    config["schedule"].pop("kind"), config["schedule"].pop("cycle_length")
+    from galmerge.config import write_toml
+    from galmerge.model import save_checkpoint
+
+    write_toml(run / "config.toml", config)
+    save_checkpoint(run / "last.pt", payload)
+    done = galmerge.train(resume=run, quiet=True, source=toy_sets()[0], target=toy_sets()[1])
+    assert done["metrics"] == reference["metrics"]
+    assert _rows(run) == _rows(tmp_path / "ref") or [
+        {k: v for k, v in r.items() if k != "images_per_s"} for r in _rows(run)
+    ] == [{k: v for k, v in r.items() if k != "images_per_s"} for r in _rows(tmp_path / "ref")]
+
+
+def test_resnet18_declares_bottleneck_and_head_at_ten_times(plugin_manager):
+    from galmerge.model import build_model
+    from galmerge.training import optim
+
+    for bottleneck, expected in ((16, {"model.backbone.bottleneck": 10.0, "model.head": 10.0}),
+                                 (0, {"model.head": 10.0})):
+        model = build_model("resnet18", 3, 32, 2, {"bottleneck": bottleneck})
+        named = [(f"model.{n}", p) for n, p in model.named_parameters()]
+        declared = optim.declared_multipliers(model, {})
+        resolved = optim.resolve_multipliers(declared, {}, [n for n, _ in named])
+        assert resolved == expected
+        groups = optim.parameter_groups(named, resolved)
+        assert [m for m, _ in groups] == [1.0, 10.0]
+        assert sum(p.numel() for p in groups[1][1]) == sum(
+            p.numel() for n, p in named if n.startswith(("model.backbone.bottleneck", "model.head"))
+        )
