@@ -268,3 +268,11 @@ def test_resnet18_declares_bottleneck_and_head_at_ten_times(plugin_manager):
         assert sum(p.numel() for p in groups[1][1]) == sum(
             p.numel() for n, p in named if n.startswith(("model.backbone.bottleneck", "model.head"))
         )
+
+
+def test_a_batch_far_beyond_memory_is_refused_before_it_is_allocated(toys, tmp_path):
+    """Issue 19 item 11: --batch-size 100000 used to allocate until the kernel killed it."""
+    with pytest.raises(GalmergeError, match=r"--batch-size 4000000000: one training step needs "
+                                            r"about .* GiB .* use --batch-size \d+ or less"):
+        _run(tmp_path, "huge", strategy="adabn", batch_size=4_000_000_000)
+    assert not (tmp_path / "huge" / "last.pt").exists()

@@ -25,6 +25,7 @@ from galmerge.progress import Progress
 from galmerge.training import checkpoints, optim
 from galmerge.training.data import Domain, batch_stream
 from galmerge.training.evaluate import split_metrics, validate
+from galmerge.training.memory import check_batch_fits
 from galmerge.training.plan import Plan
 from galmerge.training.state import TrainingState, rng_state, set_rng_state
 from galmerge.training.step import TrainStep, build_strategies
@@ -42,6 +43,12 @@ class Trainer:
         self.plan, self.source, self.target = plan, source, target
         self.state = TrainingState()
         self._build_modules(init)
+        imageset = source.imageset
+        # per process: each rank forwards its share of the batch
+        check_batch_fits(
+            self.model, imageset.channels, imageset.image_size, plan.batch,
+            plan.images_per_step // plan.dist.world, plan.device,
+        )
         self._build_optimiser()
         seed, dist, device = plan.seed, plan.dist, plan.device
         self.source_batches = batch_stream(source, plan.batch, seed * 101 + 1, device, dist, True)
