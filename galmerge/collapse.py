@@ -93,7 +93,7 @@ def collapse_warning(rows: Sequence[Mapping[str, Any]]) -> str | None:
         return None
     row = rows[-1]
     text = "; ".join(t for k, t in _signs(row) if k in persistent)
-    return f"warning: epoch {int(row['epoch'])} looks collapsed: {text}; {_advice(row)}"
+    return f"warning: epoch {int(row['epoch'])} looks collapsed: {text}; {_advice(row, persistent)}"
 
 
 def run_warnings(rows: Sequence[Mapping[str, Any]], best_epoch: int) -> list[str]:
@@ -105,7 +105,8 @@ def run_warnings(rows: Sequence[Mapping[str, Any]], best_epoch: int) -> list[str
     if best_signs:
         return [
             f"collapse: the selected checkpoint best.pt (epoch {best_epoch}) shows "
-            f"{'; '.join(best_signs)}; {_advice(best)}"  # type: ignore[arg-type]
+            f"{'; '.join(best_signs)}; "
+            f"{_advice(best, {k for k, _ in _signs(best)})}"  # type: ignore[arg-type]
         ]
     if not bad:
         return []
@@ -127,7 +128,13 @@ def _persistent(rows: Sequence[Mapping[str, Any]], i: int) -> set[str]:
     return {k for k, _ in _signs(a)} & {k for k, _ in _signs(b)}
 
 
-def _advice(row: Mapping[str, Any]) -> str:
+def _advice(row: Mapping[str, Any], kinds: set[str]) -> str:
+    if kinds == {"target"}:  # the source is learned: one class on the target is the domain gap
+        return (
+            "the source is learned but the target gets one class: the domain gap; adapt with "
+            "a strategy (e.g. --strategy mmd+fisher+entropy --preset synthetic-sim-real on the "
+            "built-in pair) or check the target's preprocessing"
+        )
     if "diag_grl_coeff" in row:
         return (
             "the classifier is not learning; with dann try --set dann.feature_loss=inverted "

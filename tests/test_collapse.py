@@ -97,3 +97,16 @@ def test_a_saturated_discriminator_at_full_adversarial_weight_is_a_symptom():
     warning = collapse_warning(late)
     assert "domain discriminator saturated" in warning
     assert "dann.feature_loss=inverted" in warning
+
+
+def test_a_learned_source_with_a_one_class_target_is_called_the_domain_gap():
+    """Source-only `none` on the built-in pair: the source is learned, every target image is
+    called a merger; that is the domain gap, not a classifier that fails to learn."""
+    rows = [_row(1), _row(2, target_share=1.0), _row(3, target_share=1.0)]
+    warning = collapse_warning(rows)
+    assert "100% of target val images" in warning and "domain gap" in warning
+    assert "not learning" not in warning
+    [saved] = run_warnings(rows, best_epoch=3)
+    assert "domain gap" in saved and "not learning" not in saved
+    both = [_row(1), _row(2, 0.5, 1.0, 1.0), _row(3, 0.5, 1.0, 1.0)]
+    assert "not learning" in collapse_warning(both)
