@@ -50,8 +50,10 @@ from galmerge.errors import GalmergeError
 
 CACHE_FORMAT = "galmerge-cutout-cache/1"
 # stamps are stored gzip-compressed after byte shuffling: bit exact, read by any HDF5 reader
-# (files written before this are uncompressed and read as they are)
-IMAGE_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+# (files written before this are uncompressed and read as they are). Level 1: on 512 synthetic
+# sdss stamps (one chunk each) it stores 58,476 B/stamp against level 4's 58,134 at 846 vs 710
+# stamps/s written; lzf stores 62,789 B at 1,548/s; uncompressed 67,574 B at 8,630/s.
+IMAGE_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 MAX_KEEPBITS = 23  # float32 mantissa bits
 COORD_DECIMALS = 6  # 1e-6 deg = 3.6 mas: far below a pixel, above float noise
 COPY_BLOCK = 256
