@@ -28,6 +28,8 @@ TRAIN_CASES = [
     (["--set", "optimizer.betas=[0.9, 2]"], "optimizer.betas"),
     (["--set", "optimizer.amsgrad=3"], "optimizer.amsgrad"),
     (["--set", "schedule.pct_start=\"x\""], "schedule.pct_start"),
+    # found while building the run (after the data is loaded): still the only line on stderr
+    (["--batch-size", "4000000000"], "--batch-size 4000000000: one training step needs"),
 ]
 
 CONFIG_CASES = [

@@ -163,6 +163,13 @@ def _run(
     out_dir = Path(str(ddp.broadcast_object(str(out_dir), dist)))
     try:
         trainer = _build(cfg, out_dir, sets_given, dist, device, resume_state)
+        if dist.is_main:
+            # Never a silent device choice: one line even with --quiet (stderr keeps stdout
+            # clean); printed once the run is built, so a mistake found while building stays
+            # the only line on stderr
+            extra = f" x{dist.world} processes" if dist.enabled else ""
+            print(f"galmerge train: device {device}{extra} (asked: {cfg['device']})",
+                  file=sys.stderr)
         return _train(trainer, quiet, on_epoch, t_start)
     except StrategyOutputError:
         if resume_state is None and dist.is_main:
@@ -177,10 +184,6 @@ def _build(
     dist: ddp.DistInfo, device: torch.device, resume_state: dict[str, Any] | None,
 ) -> Trainer:
     """Data, plan and trainer, in the order the RNG has always been drawn in."""
-    if dist.is_main:
-        # Never a silent device choice: one line even with --quiet (stderr keeps stdout clean).
-        extra = f" x{dist.world} processes" if dist.enabled else ""
-        print(f"galmerge train: device {device}{extra} (asked: {cfg['device']})", file=sys.stderr)
     if int(cfg["batch_size"]) % dist.world:
         raise GalmergeError(
             f"--batch-size {cfg['batch_size']} does not split evenly over {dist.world} "
