@@ -29,3 +29,21 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise GalmergeError(f"unknown device '{name}'; use auto, cpu, cuda or mps") from exc
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available to a new allocation (Linux MemAvailable, else the free
+    physical pages), or None when the system does not say."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -331,17 +331,9 @@ class H5Images:
 
 
 def _available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 2 * 1024**3
+    from galmerge.devices import available_memory
+
+    return available_memory() or 2 * 1024**3  # unknown: assume a small machine
 
 
 def default_memory_limit() -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from galmerge.devices import available_memory
 from galmerge.errors import GalmergeError
 
 STEP_FACTOR = 3  # saved activations + their gradients + the input and loss temporaries
@@ -40,17 +41,12 @@ def bytes_per_image(model: nn.Module, channels: int, size: int, device: torch.de
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """Memory free for this run: the accelerator's free memory, or MemAvailable on Linux."""
+    """Memory free for this run: the accelerator's free memory, or the host's."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    if device.type != "cpu":  # mps and others: no reliable free-memory figure
+        return None
+    return available_memory()
 
 
 def check_batch_fits(
