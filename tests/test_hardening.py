@@ -812,3 +812,25 @@ def test_sigterm_keeps_every_fetched_stamp(env):  # noqa: F811
     counts = Counter(fetch_lines(log))
     assert sum(c - 1 for c in counts.values()) == 0, counts.most_common(3)  # none twice
     assert len(counts) == 60 and fetched >= 15
+
+
+def test_a_latin1_column_name_reaches_h5_and_fits_output(env):  # noqa: F811
+    import h5py
+    from astropy.table import Table
+
+    tmp, ckpt, _ = env
+    (tmp / "cat.csv").write_bytes(b"objid,ra,dec,magnitud_\xe9\n1,150.0,1.0,17.5\n")
+    for out in ("o.h5", "o.fits"):
+        res = _run("classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey",
+                   "stamps", "--quiet", "--output", str(tmp / out), "--cache",
+                   str(tmp / "c.h5"))
+        assert res.exit_code == 0, res.output
+    with h5py.File(tmp / "o.h5") as f:
+        # the exact name (its byte as a lone surrogate) is kept in the `columns` attribute
+        assert json.loads(f.attrs["columns"])[3] == "magnitud_\udce9"
+        name = json.loads(f.attrs["datasets"])[3]
+        assert name == "magnitud_%E9" and f[name][0] == b"17.5"  # CSV cells verbatim
+        assert [s.decode() for s in f["status"][()]] == ["ok"]
+    back = Table.read(tmp / "o.fits")
+    assert back.colnames[3] == "magnitud_%E9" and back[back.colnames[3]][0] == "17.5"
+    assert list(back["status"]) == ["ok"]
