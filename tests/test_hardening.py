@@ -834,3 +834,18 @@ def test_a_latin1_column_name_reaches_h5_and_fits_output(env):  # noqa: F811
     back = Table.read(tmp / "o.fits")
     assert back.colnames[3] == "magnitud_%E9" and back[back.colnames[3]][0] == "17.5"
     assert list(back["status"]) == ["ok"]
+
+
+def test_a_survey_argument_classify_cannot_use_is_refused(env):  # noqa: F811
+    from galmerge.datasets import load_imageset
+
+    tmp, ckpt, log = env
+    (tmp / "dr16.csv").write_text(CASJOBS)
+    res = _run("classify", str(tmp / "dr16.csv"), "--model", str(ckpt), "--survey",
+               "stamps:extra?workers=2", "--quiet", "--output", str(tmp / "o.csv"))
+    lines = res.output.strip().splitlines()
+    assert res.exit_code != 0 and len(lines) == 1, res.output
+    assert "'stamps'" in lines[0] and "':extra'" in lines[0] and "--survey stamps" in lines[0]
+    assert not (tmp / "o.csv").exists() and not log.exists()  # refused before any fetch
+    # surveys whose training sets take an argument keep it
+    assert len(load_imageset("synthetic:sdss?n=8&size=16")) == 8
