@@ -849,3 +849,25 @@ def test_a_survey_argument_classify_cannot_use_is_refused(env):  # noqa: F811
     assert not (tmp / "o.csv").exists() and not log.exists()  # refused before any fetch
     # surveys whose training sets take an argument keep it
     assert len(load_imageset("synthetic:sdss?n=8&size=16")) == 8
+
+
+def test_an_unterminated_quote_names_the_input_lines_it_swallowed(env):  # noqa: F811
+    tmp, ckpt, _ = env
+    (tmp / "cat.csv").write_text(
+        "#Table1\n"
+        "objid,ra,dec,note\n"            # line 2
+        "1,150.0,1.0,a\n"
+        "2,150.1,1.1,\"never closed\n"   # line 4: swallows lines 5-6 up to the next quote
+        "3,150.2,1.2,x\n"
+        "4,150.3,1.3,\"quoted\"\n"
+        "5,150.4,1.4,\"multi\nline\"\n"  # a well-formed quoted line break is no bad row
+        "6,150.5,1.5,\"open to the end\n"
+        "7,150.6,1.6,y\n")
+    res = _run("classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+               "--quiet", "--output", str(tmp / "o.csv"), "--cache", str(tmp / "c.h5"))
+    assert res.exit_code == 0, res.output
+    header, rows = read_csv(tmp / "o.csv")
+    assert [r[0] for r in rows] == ["1", "2", "5", "6"]
+    assert [r[-1] for r in rows] == ["ok", "bad-row: unterminated quote, input lines 4-6", "ok",
+                                     "bad-row: unterminated quote, input lines 9-10"]
+    assert rows[1][3] == "never closed\n3,150.2,1.2,x\n4,150.3,1.3,quoted\""  # nothing lost
