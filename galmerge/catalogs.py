@@ -198,7 +198,8 @@ class CsvCatalog(Catalog):
         with self._open() as fh:
             for _ in range(self._skip):
                 fh.readline()
-            reader = csv.reader(fh, delimiter=self.delimiter)
+            tap = _LineTap(fh)
+            reader = csv.reader(tap, delimiter=self.delimiter)
             try:
                 next(reader)  # header
             except (StopIteration, csv.Error):
@@ -207,6 +208,8 @@ class CsvCatalog(Catalog):
             rows: list[list[str]] = []
             notes: list[str] = []
             while True:
+                first = reader.line_num + 1  # the row's first line after the header
+                tap.quotes = 0
                 try:
                     row = next(reader)
                 except StopIteration:
@@ -217,6 +220,12 @@ class CsvCatalog(Catalog):
                     note = ""
                     if not row or (len(row) == 1 and not row[0].strip() and ncol > 1):
                         continue  # a blank line is no row
+                last = reader.line_num
+                if last > first and tap.quotes % 2 and not note:
+                    # a quote that never closed swallowed the lines after it (a well-formed
+                    # quoted field, line breaks and all, holds an even number of quotes)
+                    note = (f"bad-row: unterminated quote, input lines {first + self._skip}-"
+                            f"{last + self._skip}")
                 if len(row) != ncol and not note:
                     note = f"bad-row: {len(row)} fields, header has {ncol}"
                 if len(row) > ncol:  # keep the extra text in the last column, losing nothing
@@ -238,6 +247,22 @@ class CsvCatalog(Catalog):
                                                                           strict=True)}
         problems = np.array(notes, dtype=object)
         return self._chunk(start, columns, problems)
+
+
+class _LineTap:
+    """The file's lines, counting the quote characters the CSV reader has taken."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.quotes = 0
+
+    def __iter__(self) -> _LineTap:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.fh)
+        self.quotes += line.count('"')
+        return line
 
 
 def _unique_names(header: Sequence[str]) -> list[str]:

@@ -474,8 +474,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         from galmerge.datasets import parse_survey_spec
 
         # "sdss?workers=8&frame_cache_gb=20": options after '?' go to the cutout service
-        survey_name, _, spec_options = parse_survey_spec(survey)
-        record = _survey_record(survey_name)
+        survey_name, arg, spec_options = parse_survey_spec(survey)
+        record = _survey_record(survey_name, arg)
         options = {"workers": int(workers), **spec_options, **dict(survey_options or {})}
         try:
             service = record.cutouts(infer.spec, options)
@@ -599,7 +599,7 @@ def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable:
             f"{summary.output} lists each row's status; run the same command again to retry")
 
 
-def _survey_record(name: str) -> Any:
+def _survey_record(name: str, arg: str | None = None) -> Any:
     from galmerge.plugins import get_plugin_manager
 
     record = get_plugin_manager().get("surveys", name)
@@ -607,6 +607,11 @@ def _survey_record(name: str) -> Any:
         raise GalmergeError(
             f"survey '{name}' has no cutout service, so it cannot classify catalogs; pick a "
             "survey with one (see `galmerge list surveys`) or pass an HDF5 image file"
+        )
+    if arg is not None:  # a cutout service takes options only: ':ARG' would be dropped
+        raise GalmergeError(
+            f"--survey {name}:{arg}: survey '{name}' takes no ':{arg}' argument when "
+            f"classifying; use --survey {name} (options go after '?', e.g. {name}?workers=8)"
         )
     return record
 

@@ -100,8 +100,9 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
     if out is not None:
         return out
     infer = _inference(model, domain, device, batch_size)
-    name, _, spec_options = parse_survey_spec(survey)
-    service = _survey_record(name).cutouts(infer.spec, {"workers": int(workers), **spec_options})
+    name, arg, spec_options = parse_survey_spec(survey)
+    service = _survey_record(name, arg).cutouts(infer.spec,
+                                                {"workers": int(workers), **spec_options})
     key = str(getattr(service, "cache_key", "") or name)
     path = (partition_cache(cache_dir, pixel) if cache_dir is not None and pixel is not None
             else default_cache(name, keepbits_key(key, keepbits)))

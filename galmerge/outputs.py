@@ -18,6 +18,7 @@ import csv
 import glob
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -199,8 +200,15 @@ class CsvWriter(OutputWriter):
         super().commit()
 
 
+def escape_undecodable(name: str) -> str:
+    """A column name read with surrogateescape, its undecodable bytes as ``%XX``
+    (``b"mag_\\xe9"`` -> ``"mag_%E9"``): HDF5 and FITS names must be encodable text.
+    The exact name stays in the HDF5 file's ``columns`` attribute."""
+    return re.sub("[\udc80-\udcff]", lambda m: f"%{ord(m.group()) - 0xDC00:02X}", name)
+
+
 def _h5_dataset_name(name: str, used: set[str]) -> str:
-    base = name.replace("/", "_").replace(".", "_") or "column"
+    base = escape_undecodable(name).replace("/", "_").replace(".", "_") or "column"
     out, i = base, 0
     while out in used:
         i += 1
@@ -386,7 +394,7 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
         cols, dtypes = [], []
         for name, ds in zip(names, dsets, strict=True):
             d = f[ds]
-            ascii_name = name.encode("ascii", "replace").decode()
+            ascii_name = escape_undecodable(name).encode("ascii", "replace").decode()
             if d.dtype.kind == "O" or d.dtype.kind in "SU":
                 width = 1
                 for start in range(0, n, FitsWriter.BLOCK):

@@ -812,3 +812,62 @@ def test_sigterm_keeps_every_fetched_stamp(env):  # noqa: F811
     counts = Counter(fetch_lines(log))
     assert sum(c - 1 for c in counts.values()) == 0, counts.most_common(3)  # none twice
     assert len(counts) == 60 and fetched >= 15
+
+
+def test_a_latin1_column_name_reaches_h5_and_fits_output(env):  # noqa: F811
+    import h5py
+    from astropy.table import Table
+
+    tmp, ckpt, _ = env
+    (tmp / "cat.csv").write_bytes(b"objid,ra,dec,magnitud_\xe9\n1,150.0,1.0,17.5\n")
+    for out in ("o.h5", "o.fits"):
+        res = _run("classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey",
+                   "stamps", "--quiet", "--output", str(tmp / out), "--cache",
+                   str(tmp / "c.h5"))
+        assert res.exit_code == 0, res.output
+    with h5py.File(tmp / "o.h5") as f:
+        # the exact name (its byte as a lone surrogate) is kept in the `columns` attribute
+        assert json.loads(f.attrs["columns"])[3] == "magnitud_\udce9"
+        name = json.loads(f.attrs["datasets"])[3]
+        assert name == "magnitud_%E9" and f[name][0] == b"17.5"  # CSV cells verbatim
+        assert [s.decode() for s in f["status"][()]] == ["ok"]
+    back = Table.read(tmp / "o.fits")
+    assert back.colnames[3] == "magnitud_%E9" and back[back.colnames[3]][0] == "17.5"
+    assert list(back["status"]) == ["ok"]
+
+
+def test_a_survey_argument_classify_cannot_use_is_refused(env):  # noqa: F811
+    from galmerge.datasets import load_imageset
+
+    tmp, ckpt, log = env
+    (tmp / "dr16.csv").write_text(CASJOBS)
+    res = _run("classify", str(tmp / "dr16.csv"), "--model", str(ckpt), "--survey",
+               "stamps:extra?workers=2", "--quiet", "--output", str(tmp / "o.csv"))
+    lines = res.output.strip().splitlines()
+    assert res.exit_code != 0 and len(lines) == 1, res.output
+    assert "'stamps'" in lines[0] and "':extra'" in lines[0] and "--survey stamps" in lines[0]
+    assert not (tmp / "o.csv").exists() and not log.exists()  # refused before any fetch
+    # surveys whose training sets take an argument keep it
+    assert len(load_imageset("synthetic:sdss?n=8&size=16")) == 8
+
+
+def test_an_unterminated_quote_names_the_input_lines_it_swallowed(env):  # noqa: F811
+    tmp, ckpt, _ = env
+    (tmp / "cat.csv").write_text(
+        "#Table1\n"
+        "objid,ra,dec,note\n"            # line 2
+        "1,150.0,1.0,a\n"
+        "2,150.1,1.1,\"never closed\n"   # line 4: swallows lines 5-6 up to the next quote
+        "3,150.2,1.2,x\n"
+        "4,150.3,1.3,\"quoted\"\n"
+        "5,150.4,1.4,\"multi\nline\"\n"  # a well-formed quoted line break is no bad row
+        "6,150.5,1.5,\"open to the end\n"
+        "7,150.6,1.6,y\n")
+    res = _run("classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+               "--quiet", "--output", str(tmp / "o.csv"), "--cache", str(tmp / "c.h5"))
+    assert res.exit_code == 0, res.output
+    header, rows = read_csv(tmp / "o.csv")
+    assert [r[0] for r in rows] == ["1", "2", "5", "6"]
+    assert [r[-1] for r in rows] == ["ok", "bad-row: unterminated quote, input lines 4-6", "ok",
+                                     "bad-row: unterminated quote, input lines 9-10"]
+    assert rows[1][3] == "never closed\n3,150.2,1.2,x\n4,150.3,1.3,quoted\""  # nothing lost
