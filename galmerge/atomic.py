@@ -156,3 +156,24 @@ def open_nofollow(path: str | Path, mode: str = "a+b") -> IO[Any]:
     except BaseException:
         os.close(fd)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created without following a link) for the
+    block; if another process holds it, a one-line GalmergeError ``busy``. The OS releases the
+    lock when a holder dies, so a killed run never blocks the next one."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks, carry on
+        yield
+        return
+    with open_nofollow(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GalmergeError(busy) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -431,22 +431,15 @@ def _terminate_cleanly() -> Iterator[None]:
 def _output_lock(out_path: Path, rank: int, world: int) -> Iterator[None]:
     """One run per output (per rank under torchrun): a second one is refused in one line
     instead of both writing the same result segments."""
-    import fcntl
-
     suffix = f".rank{rank:05d}" if world > 1 else ""
     lock_path = out_path.with_name(f".{out_path.name}{suffix}.lock")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.open_nofollow(lock_path, "a+b") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise GalmergeError(
-                f"another galmerge classify is writing {out_path} (it holds {lock_path}); "
-                "wait for it to finish or choose another --output") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with atomic.exclusive_lock(
+        lock_path,
+        f"another galmerge classify is writing {out_path} (it holds {lock_path}); wait for it "
+        "to finish or choose another --output",
+    ):
+        yield
 
 
 def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show: bool,

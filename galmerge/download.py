@@ -370,23 +370,12 @@ class Downloader:
 @contextlib.contextmanager
 def _exclusive(lock_path: Path, name: str) -> Iterator[None]:
     """One process at a time per file: two writers appending to one .part would corrupt it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory locks, carry on
+    with atomic.exclusive_lock(
+        lock_path,
+        f"{name}: another galmerge fetch is downloading it into {lock_path.parent}; wait for "
+        "it to finish",
+    ):
         yield
-        return
-    with atomic.open_nofollow(lock_path, "a+b") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise GalmergeError(
-                f"{name}: another galmerge fetch is downloading it into {lock_path.parent}; "
-                "wait for it to finish"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _validator_path(part: Path) -> Path:

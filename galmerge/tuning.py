@@ -19,8 +19,8 @@ file can be left with a torn last line or a stale lock file by such a kill. ``--
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import fcntl
 import json
 import math
 import time
@@ -358,18 +358,13 @@ def _storage(optuna: Any, study_dir: Path, url: str | None) -> tuple[Any, bool]:
 
 
 def _lock_embedded(study_dir: Path) -> Any:
-    """An exclusive lock on the study folder (released by the OS if the process dies)."""
-    fh = open(study_dir / LOCK, "w")  # noqa: SIM115 - held for the whole study
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise GalmergeError(
-            f"another galmerge tune is running on {study_dir}; wait for it, or run several "
-            f"processes on one study with --storage (e.g. --storage sqlite:///{study_dir}/"
-            f"{STORAGE_FILE})"
-        ) from None
-    return fh
+    """An exclusive lock on the study folder for the whole study (a context manager)."""
+    return atomic.exclusive_lock(
+        study_dir / LOCK,
+        f"another galmerge tune is running on {study_dir}; wait for it, or run several "
+        f"processes on one study with --storage (e.g. --storage sqlite:///{study_dir}/"
+        f"{STORAGE_FILE})",
+    )
 
 
 def _prepare_dir(study_dir: Path) -> None:
@@ -490,7 +485,9 @@ def tune(
 
     study_dir = Path(study_dir)
     _prepare_dir(study_dir)
-    lock = _lock_embedded(study_dir) if storage is None else None
+    lock = contextlib.ExitStack()
+    if storage is None:
+        lock.enter_context(_lock_embedded(study_dir))
     console = None
     if not quiet:
         from rich.console import Console
@@ -537,8 +534,7 @@ def tune(
         _optimize(optuna, study, objective, n_trials, timeout, say, quiet)
         return write_outputs(study_dir, study, score, quiet=quiet)
     finally:
-        if lock is not None:
-            lock.close()
+        lock.close()
 
 
 def _objective(

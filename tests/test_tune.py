@@ -332,3 +332,15 @@ def test_train_on_epoch_sees_each_row_and_its_exception_propagates(toys, tmp_pat
                        run_dir=tmp_path / "r", on_epoch=on_epoch)  # fmt: skip
     assert [r["epoch"] for r in rows] == [1, 2]
     assert "score_im_src" in rows[0] and "target_val_accuracy" in rows[0]
+
+
+def test_a_link_planted_at_the_study_lock_is_never_followed(toys, tmp_path):
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    study.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (study / ".tune.lock").symlink_to(victim)  # the old lock opened it with "w": truncated
+    result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "1"))
+    assert result.exit_code != 0 and "symbolic link" in result.output
+    assert victim.read_text() == "keep me"
