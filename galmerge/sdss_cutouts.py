@@ -466,14 +466,14 @@ class FrameDiskCache:
         return out
 
     def evict(self) -> None:
-        """Remove least recently used files until the folder is under the bound."""
-        if not self._evicting.acquire(blocking=False):
-            return  # another thread is at it
-        try:
+        """Remove least recently used files until the folder is under the bound.
+
+        Waits for an eviction already running in another thread or process, then scans again:
+        skipping it instead let a frame written after that scan stay over the bound."""
+        with self._evicting:
             self.root.mkdir(parents=True, exist_ok=True)
             with atomic.open_nofollow(self.root / self.LOCK_NAME, "a+b") as guard:
-                if not _lock_file(guard, shared=False, wait=False):
-                    return  # another process is at it
+                _lock_file(guard, shared=False, wait=True)
                 files = self._scan()
                 total = sum(size for _, size, _, _ in files)
                 if total > self.max_bytes:
@@ -486,8 +486,6 @@ class FrameDiskCache:
                 with self._lock:
                     self._estimate = float(total)
                     self._scanned_at = time.monotonic()
-        finally:
-            self._evicting.release()
 
     def _remove_idle(self, path: Path, mtime_ns: int) -> bool:
         """Unlink ``path`` unless someone reads it or used it since the scan."""
