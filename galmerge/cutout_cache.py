@@ -40,6 +40,8 @@ import glob
 import hashlib
 import json
 import os
+import resource
+import shutil
 import struct
 import sys
 import time
@@ -598,7 +600,16 @@ class CutoutCache:
         self._handles.clear()
         self._checks.clear()
         if compact:
-            self.compact(force=False)
+            self.compact_or_warn()
+
+    def compact_or_warn(self) -> bool:
+        """`compact(force=False)`, a failure for want of room reported in one line instead:
+        the journal keeps every stamp and is read as it is, and a later run compacts it."""
+        try:
+            return self.compact(force=False)
+        except GalmergeError as exc:
+            self.warn(str(exc))
+            return False
 
     def compact(self, force: bool = True) -> bool:
         """Merge journal chunks into the consolidated file (under a lock); True if it did."""
@@ -614,10 +625,41 @@ class CutoutCache:
                 return False
             sources = [self.path] if self.path.exists() else []
             sources += chunks
-            self._merge(sources)
+            self._check_room(main_size + chunk_size)
+            try:
+                self._merge(sources)
+            except (OSError, RuntimeError) as exc:  # h5py reports EFBIG/ENOSPC as either
+                raise self._room_error(exc) from None
             for c in chunks:
                 c.unlink(missing_ok=True)
             return True
+
+    def _room_message(self, why: str) -> str:
+        return (f"cannot compact the cutout cache {self.path}: {why}; its stamps stay in "
+                f"{self.journal.name}/ and are used as they are: free disk space or raise the "
+                "file-size limit (ulimit -f), and the next run compacts it")
+
+    def _check_room(self, need: int) -> None:
+        """Refuse up front a merge that cannot fit: HDF5 failing half way through a write
+        leaves a broken file handle behind (tracebacks, at worst a crash)."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY and need > soft:
+            raise GalmergeError(self._room_message(
+                f"the merged file needs up to {need / 1e6:.1f} MB and the file-size limit is "
+                f"{soft / 1e6:.1f} MB"))
+        free = shutil.disk_usage(self.path.parent).free
+        if need > free:
+            raise GalmergeError(self._room_message(
+                f"the merged file needs up to {need / 1e6:.1f} MB and its disk has "
+                f"{free / 1e6:.1f} MB free"))
+
+    def _room_error(self, exc: BaseException) -> BaseException:
+        text = str(exc)
+        errno_ = getattr(exc, "errno", None) or next(
+            (e for e in (27, 28, 122) if f"errno = {e}" in text), None)
+        if errno_ not in (27, 28, 122):  # EFBIG, ENOSPC, EDQUOT
+            return exc
+        return GalmergeError(self._room_message(os.strerror(errno_)))
 
     def _merge(self, sources: list[Path]) -> None:
         readable: list[tuple[Path, np.ndarray, np.ndarray]] = []
@@ -642,6 +684,15 @@ class CutoutCache:
             mkeep_all &= ~np.isin(all_m[:, 0], all_h[:, 0])
         n = int(keep_all.sum())
         tmp = atomic.temp_beside(self.path)
+        try:
+            self._write_merged(tmp, readable, keep_all, mkeep_all, n)
+            atomic.publish(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # never a partial copy left beside the cache
+            raise
+
+    def _write_merged(self, tmp: Path, readable: list[tuple[Path, np.ndarray, np.ndarray]],
+                      keep_all: np.ndarray, mkeep_all: np.ndarray, n: int) -> None:
         text = h5py.string_dtype("utf-8")
         with h5py.File(tmp, "w") as out:
             if readable:  # keep what earlier runs recorded (bands, survey...) unless given now
@@ -704,7 +755,6 @@ class CutoutCache:
                                data=joined["missing_key_hash"].astype(np.uint64).reshape(-1, 2))
             out.attrs["n_missing"] = len(joined["missing_key"])
             out.attrs["n_images"] = n
-        atomic.publish(tmp, self.path)
 
     def describe(self) -> str:
         return json.dumps({"path": str(self.path), "entries": len(self),

@@ -4,7 +4,6 @@ compaction is one line, loses nothing, and the next run recovers (item 10)."""
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -99,3 +98,51 @@ def test_a_torn_arrival_record_is_dropped_and_the_rest_replayed(tmp_path):
     bad.write_bytes(data[:200] + bytes([data[200] ^ 1]) + data[201:])
     cache = CutoutCache(tmp_path / "d", KIND, SHAPE)
     assert cache.lookup(keys) == [None] * 5 and not bad.exists()
+
+
+COMPACT = """
+import resource, sys
+from galmerge.cutout_cache import CutoutCache
+if sys.argv[2] == "unchecked":  # as if the disk filled up after the check
+    CutoutCache._check_room = lambda self, need: None
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+cache = CutoutCache(sys.argv[1], "test:g,r,i:8px", (3, 32, 32))
+cache.close()
+print("closed")
+"""
+
+
+@pytest.mark.parametrize("mode", ["checked", "unchecked"])
+def test_a_file_size_limit_during_compaction_is_one_line_and_the_next_run_compacts(tmp_path,
+                                                                                   mode):
+    # Before: a 30-line h5py traceback (EFBIG, then "Can't decrement id ref count") and a
+    # 1.2 MB partial copy left beside the cache.
+    rng = np.random.default_rng(0)
+    stamps = rng.random((120, 3, 32, 32), dtype=np.float32)  # incompressible: 12 kB each
+    keys = [make_key(f"id{i}", i, 0) for i in range(len(stamps))]
+    cache = CutoutCache(tmp_path / "c.h5", KIND, (3, 32, 32))
+    for i, key in enumerate(keys):
+        cache.put(key, f"id{i}", i, 0, stamps[i])
+        if i % 40 == 39:
+            cache.flush()  # three journal chunks of ~0.5 MB
+    cache.close(compact=False)
+    chunks = sorted((tmp_path / "c.h5.journal").glob("c-*.h5"))
+    limit = 2 * max(c.stat().st_size for c in chunks)  # a chunk fits, the merged file not
+    run = subprocess.run([sys.executable, "-c", COMPACT, str(tmp_path / "c.h5"), mode,
+                          str(limit)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout == "closed\n", run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot compact the cutout cache" in lines[0], run.stderr[-2000:]
+    assert str(tmp_path / "c.h5") in lines[0] and "ulimit -f" in lines[0]
+    if mode == "unchecked":
+        assert "File too large" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5.journal", "c.h5.lock"]
+    assert sorted((tmp_path / "c.h5.journal").glob("c-*.h5")) == chunks  # nothing lost
+    cache = CutoutCache(tmp_path / "c.h5", KIND, (3, 32, 32))
+    images, got = cache.images(keys)
+    assert got.all() and np.array_equal(images, stamps)
+    assert cache.compact()  # without the limit: the next run compacts
+    cache.close()
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert f.attrs["n_images"] == len(stamps)
+    assert not list((tmp_path / "c.h5.journal").iterdir())
