@@ -11,7 +11,7 @@ from galmerge.render.presets import PRESETS, Preset, get_preset
 from galmerge.render.scene import KIND_NAMES, Scenes, sample_scenes
 
 #: bump whenever a change alters rendered pixels: cached synthetic sets are keyed on it
-RENDERER_VERSION = 3
+RENDERER_VERSION = 4
 
 __all__ = [
     "KIND_NAMES",

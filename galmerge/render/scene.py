@@ -124,7 +124,12 @@ class _Builder:
         re_d = rng.uniform(2.0, 4.5, k) * lum_scale
         re_b = np.minimum(rng.uniform(0.6, 2.2, k) * lum_scale, 0.7 * re_d)
         cos_i = rng.uniform(0.1, 1.0, k)
-        q_d = np.sqrt(cos_i**2 * (1 - 0.12**2) + 0.12**2)
+        # intrinsic thickness: discs thicken with bulge fraction (Sd ~0.1, Sa ~0.2, S0
+        # ~0.25-0.35: de Grijs 1998, Rodriguez & Padilla 2013); a merger remnant's disc is
+        # dynamically hot. A uniform 0.12 drew S0 discs edge-on as one-pixel streaks far past
+        # their bulge.
+        q0 = np.where(disturbed & ~late, 0.45, 0.1 + 0.25 * bt)
+        q_d = np.sqrt(cos_i**2 * (1 - q0**2) + q0**2)
         pa = rng.uniform(0, np.pi, k)
         # a tidally disturbed disc is lopsided: its centre is offset from the bulge
         off = np.where(disturbed, rng.uniform(0.1, 0.35, k), 0.0) * re_d
