@@ -67,10 +67,10 @@ def test_plugins_import_only_the_public_api() -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        "from galmerge.records import Strategy",
-        "import galmerge.http_retry",
+        "from galmerge.plugin.records import Strategy",
+        "import galmerge.io.http",
         "from galmerge import training",
-        "def f():\n    from galmerge.strategy_api import StepInputs\n",
+        "def f():\n    from galmerge.plugin.strategy_api import StepInputs\n",
     ],
 )
 def test_the_check_catches_private_imports(source: str) -> None:
@@ -82,7 +82,8 @@ def test_the_check_passes_public_imports() -> None:
 
 
 def test_every_public_name_resolves_to_its_definition() -> None:
-    from galmerge import cutouts, http_retry, imageset, records, strategy_api
+    from galmerge.io import http as http_retry
+    from galmerge.plugin import cutouts, imageset, records, strategy_api
 
     assert set(galmerge._LAZY) <= set(galmerge.__all__)
     for name in galmerge.__all__:
@@ -115,7 +116,7 @@ def test_plugin_modules_stay_light() -> None:
 
 
 def test_register_plugin_makes_a_component_available() -> None:
-    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager, reset_plugin_manager
 
     class Plugin:
         @galmerge.hookimpl

@@ -1,1 +1,1 @@
-"""galmerge.classification."""
+"""galmerge.classification.pipeline."""

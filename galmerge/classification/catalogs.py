@@ -1,5 +1,5 @@
 """Reading input catalogs in chunks: CSV (as SkyServer/CasJobs write it), FITS, VOTable and
-Parquet (`galmerge.parquet_io`).
+Parquet (`galmerge.classification.parquet`).
 
 A catalog is read as a stream of `CatalogChunk` blocks so a 10^7-row file never sits in memory.
 CSV fields stay the exact text of the file (ids never pass through float); FITS tables are
@@ -614,7 +614,7 @@ def open_catalog(path: str | os.PathLike[str], *, ra_col: str | None = None,
     if not p.is_file():
         raise GalmergeError(f"catalog {p} does not exist")
     name = p.name.lower()
-    from galmerge.parquet_io import MAGIC, PARQUET_SUFFIXES, ParquetCatalog
+    from galmerge.classification.parquet import MAGIC, PARQUET_SUFFIXES, ParquetCatalog
 
     if name.endswith(PARQUET_SUFFIXES) or _starts_with(p, MAGIC):
         return ParquetCatalog(p, ra_col, dec_col, id_col)

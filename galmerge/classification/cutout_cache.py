@@ -45,8 +45,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from galmerge import atomic
 from galmerge.errors import GalmergeError
+from galmerge.io import atomic
 
 CACHE_FORMAT = "galmerge-cutout-cache/1"
 # stamps are stored gzip-compressed after byte shuffling: bit exact, read by any HDF5 reader

@@ -20,17 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from galmerge import atomic
 from galmerge.errors import GalmergeError
+from galmerge.io import atomic
 
 STD_COLUMN = "p_merger_std"
 
 
 def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwargs: Any) -> Any:
-    """Run `galmerge.classification.classify` once per model and combine the outputs."""
-    from galmerge.classification import classify, default_output
-    from galmerge.distributed import from_environment
-    from galmerge.fraction_report import read_results
+    """Run `galmerge.classification.pipeline.classify` once per model and combine the outputs."""
+    from galmerge.classification.pipeline import classify, default_output
+    from galmerge.fractions.report import read_results
+    from galmerge.runtime.distributed import from_environment
 
     if len(set(map(str, models))) != len(models):
         raise GalmergeError("--model given twice with the same run; an ensemble needs distinct "
@@ -60,7 +60,7 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
                         {"ensemble": [str(m) for m in models]})
         _combine_sidecars(temps, out, models)
     finally:
-        from galmerge.provenance import SIDECAR_SUFFIX
+        from galmerge.io.provenance import SIDECAR_SUFFIX
 
         for t in temps:
             t.unlink(missing_ok=True)
@@ -69,8 +69,8 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
     summary.output = str(out)
     out.with_name(out.name + ".prior.json").unlink(missing_ok=True)
     if prior is not None:
-        from galmerge.classification import _apply_prior
-        from galmerge.prior import parse_prior, training_prior
+        from galmerge.classification.pipeline import _apply_prior
+        from galmerge.fractions.prior import parse_prior, training_prior
 
         summary.mergers, note = _apply_prior(out, parse_prior(prior), threshold,
                                              training_prior(models[0]))
@@ -84,7 +84,7 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
 def _combine_sidecars(temps: list[Path], out: Path, models: list[str]) -> None:
     """A CSV ensemble's provenance sidecar: the first member's record plus every member's
     checkpoint and its SHA-256 (HDF5/FITS outputs carry the first member's record inside)."""
-    from galmerge.provenance import SIDECAR_SUFFIX
+    from galmerge.io.provenance import SIDECAR_SUFFIX
 
     sidecars = [t.with_name(t.name + SIDECAR_SUFFIX) for t in temps]
     if not sidecars[0].is_file():
@@ -114,7 +114,7 @@ class _quiet_nan:
 
 
 def _check_shapes(models: list[str]) -> None:
-    from galmerge.model import read_checkpoint
+    from galmerge.models.model import read_checkpoint
 
     shapes = []
     for m in models:
@@ -133,7 +133,7 @@ def _check_shapes(models: list[str]) -> None:
 def _names(path: Path) -> tuple[list[str], Any]:
     import h5py
 
-    from galmerge.fraction_report import _csv_columns, _fits_columns, _hdf5_columns
+    from galmerge.fractions.report import _csv_columns, _fits_columns, _hdf5_columns
 
     if h5py.is_hdf5(path):
         return _hdf5_columns(path)
@@ -144,7 +144,7 @@ def _names(path: Path) -> tuple[list[str], Any]:
 
 def _all_p(path: Path) -> np.ndarray:
     """p_merger of every row (NaN where there is none), in row order."""
-    from galmerge.fraction_report import P_NAME, _floats, _result_column
+    from galmerge.fractions.report import P_NAME, _floats, _result_column
 
     names, get = _names(path)
     col = _result_column(names, P_NAME)
@@ -165,7 +165,7 @@ def _write_combined(src: Path, dest: Path, mean: np.ndarray, std: np.ndarray,
                     threshold: float, record: dict[str, Any]) -> None:
     import h5py
 
-    from galmerge.prior import _columns
+    from galmerge.fractions.prior import _columns
 
     tmp = atomic.temp_beside(dest, ".ensemble")
     try:

@@ -40,7 +40,7 @@ def is_hats_catalog(path: str | os.PathLike[str]) -> bool:
 
 
 def _inference(model: str, domain: str, device: str, batch_size: int) -> Any:
-    from galmerge.classification import _Inference
+    from galmerge.classification.pipeline import _Inference
 
     key = (str(model), domain, device, int(batch_size))
     if key not in _MODELS:
@@ -85,11 +85,11 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
     import pandas as pd
     import pyarrow as pa
 
-    from galmerge.catalogs import DEC_NAMES, ID_NAMES, RA_NAMES, Catalog, _pick
-    from galmerge.classification import _classify_chunk, _survey_record, default_cache
-    from galmerge.cutout_cache import CutoutCache, keepbits_key
-    from galmerge.datasets import parse_survey_spec
-    from galmerge.parquet_io import arrow_to_numpy
+    from galmerge.classification.catalogs import DEC_NAMES, ID_NAMES, RA_NAMES, Catalog, _pick
+    from galmerge.classification.cutout_cache import CutoutCache, keepbits_key
+    from galmerge.classification.parquet import arrow_to_numpy
+    from galmerge.classification.pipeline import _classify_chunk, _survey_record, default_cache
+    from galmerge.data.datasets import parse_survey_spec
 
     columns = [c for c in df.columns]
     where = Path(f"HEALPix partition {pixel}")
@@ -158,7 +158,7 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
     except ImportError:
         raise GalmergeError("classifying a HATS catalog needs LSDB and Dask: pip install "
                             "'galmerge[lsdb]'") from None
-    from galmerge.segments import check_private_folder
+    from galmerge.classification.segments import check_private_folder
 
     src = Path(catalog)
     out = Path(output) if output is not None else Path.cwd() / f"{src.name}_galmerge"
@@ -223,9 +223,9 @@ def classify_hats_summary(catalog: Path, model: str | os.PathLike[str], *, t0: f
     """`classify_hats` for the CLI: the model's provenance recorded, a `ClassifySummary` back."""
     import time
 
-    from galmerge.classification import ClassifySummary, _print_summary
-    from galmerge.model import load_model
-    from galmerge.provenance import record
+    from galmerge.classification.pipeline import ClassifySummary, _print_summary
+    from galmerge.io.provenance import record
+    from galmerge.models.model import load_model
 
     if not is_hats_catalog(catalog):
         raise GalmergeError(f"{catalog} is a folder but no HATS catalog (no hats.properties); "

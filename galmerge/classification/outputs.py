@@ -1,5 +1,5 @@
 """Writing classification results: CSV (default), HDF5 (``.h5``), FITS (``.fits``) or Parquet
-(``.parquet``, `galmerge.parquet_io`).
+(``.parquet``, `galmerge.classification.parquet`).
 
 Results arrive as `ResultBlock`s in input order and stream into a temporary file next to the
 output; `commit()` renames it into place, so a kill never leaves a truncated output. Columns:
@@ -30,8 +30,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from galmerge import atomic
 from galmerge.errors import GalmergeError
+from galmerge.io import atomic
 
 RESULT_COLUMNS = ("p_merger", "is_merger", "status")
 ENCODING = "utf-8"
@@ -113,7 +113,7 @@ def _fsync(path: Path) -> None:
 class OutputWriter:
     """Base: a temporary file renamed into place by `commit()`; counts rows for the summary.
 
-    ``provenance`` (`galmerge.provenance`), when set before the first write, is recorded in the
+    ``provenance`` (`galmerge.io.provenance`), when set before the first write, is recorded in the
     output in the format's own way.
     """
 
@@ -193,7 +193,7 @@ class CsvWriter(OutputWriter):
 
     def commit(self) -> None:
         if self.provenance:  # CSV has no place for it: a sidecar, in place before the output
-            from galmerge.provenance import SIDECAR_SUFFIX, stamped
+            from galmerge.io.provenance import SIDECAR_SUFFIX, stamped
 
             side = self.path.with_name(self.path.name + SIDECAR_SUFFIX)
             atomic.write_text(side, json.dumps(stamped(self.provenance), indent=1) + "\n")
@@ -268,7 +268,7 @@ class Hdf5Writer(OutputWriter):
                 if name not in self._f:
                     self._create(name, np.dtype(object), 1)
             if self.provenance:
-                from galmerge.provenance import stamped
+                from galmerge.io.provenance import stamped
 
                 prov = stamped(self.provenance)
                 self._f.attrs["galmerge_provenance"] = json.dumps(prov)
@@ -425,7 +425,7 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
         header = fits.BinTableHDU.from_columns(cols, nrows=0).header
         header["NAXIS2"] = n
         if "galmerge_provenance" in f.attrs:
-            from galmerge.provenance import fits_cards
+            from galmerge.io.provenance import fits_cards
 
             for word, value, comment in fits_cards(json.loads(f.attrs["galmerge_provenance"])):
                 header[word] = (value, comment)
@@ -474,7 +474,7 @@ def _open_writer(path: str | os.PathLike[str], columns: Sequence[str],
     if suffix in (".fits", ".fit", ".fts"):
         return FitsWriter(p, columns)
     if suffix in (".parquet", ".pq", ".parq"):
-        from galmerge.parquet_io import ParquetWriter
+        from galmerge.classification.parquet import ParquetWriter
 
         return ParquetWriter(p, columns, arrow_types=arrow_types)
     if suffix in (".gz", ".bz2", ".zip"):
@@ -489,12 +489,12 @@ class ResultJournal:
     A run killed at any point keeps every committed segment; started again, it skips the
     chunks those segments hold (``done``), so neither fetching nor inference is repeated.
     ``finish()`` writes a ``.done`` marker next to the folder: the rank's share is complete.
-    Segments are checksummed Arrow IPC files (`galmerge.segments`), never pickles; the folder
+    Segments are checksummed Arrow IPC files (`galmerge.classification.segments`), never pickles; the folder
     and the parts folder above it must be the user's own and not writable by others.
     """
 
     def __init__(self, folder: Path, segment_chunks: int = 8, segment_seconds: float = 30.0):
-        from galmerge.segments import check_private_folder, refuse_pickled_segments
+        from galmerge.classification.segments import check_private_folder, refuse_pickled_segments
 
         self.folder = folder
         self.marker = folder.with_name(folder.name + ".done")
@@ -528,13 +528,13 @@ class ResultJournal:
         return self.marker.exists()
 
     def segments(self) -> list[Path]:
-        from galmerge.segments import SUFFIX
+        from galmerge.classification.segments import SUFFIX
 
         return sorted(self.folder.glob(f"seg-*{SUFFIX}"))
 
     def add(self, index: int, block: ResultBlock) -> None:
         """Append a block to the open segment (streamed, not held); commit it now and then."""
-        from galmerge.segments import SegmentWriter
+        from galmerge.classification.segments import SegmentWriter
 
         if self._writer is None:
             self._first = index
@@ -547,7 +547,7 @@ class ResultJournal:
             self.commit()
 
     def commit(self) -> None:
-        from galmerge.segments import file_digest, segment_name
+        from galmerge.classification.segments import file_digest, segment_name
 
         self._last = time.monotonic()
         if self._writer is None:
@@ -578,6 +578,6 @@ class ResultJournal:
 
 def read_part(path: Path) -> Iterator[tuple[int, ResultBlock]]:
     """The blocks of a segment file, in order; ValueError if it fails its checksum or format."""
-    from galmerge.segments import read_segment
+    from galmerge.classification.segments import read_segment
 
     return read_segment(path)

@@ -16,9 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from galmerge.catalogs import DEC_NAMES, ID_NAMES, RA_NAMES, Catalog, CatalogChunk, _pick
+from galmerge.classification.catalogs import (
+    DEC_NAMES,
+    ID_NAMES,
+    RA_NAMES,
+    Catalog,
+    CatalogChunk,
+    _pick,
+)
+from galmerge.classification.outputs import OutputWriter, ResultBlock, _text
 from galmerge.errors import GalmergeError
-from galmerge.outputs import OutputWriter, ResultBlock, _text
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 MAGIC = b"PAR1"
@@ -151,7 +158,7 @@ class ParquetWriter(OutputWriter):
                    pa.field(status, pa.dictionary(pa.int32(), pa.string()))]
         metadata = dict(self.metadata)
         if self.provenance:
-            from galmerge.provenance import stamped
+            from galmerge.io.provenance import stamped
 
             metadata["galmerge_provenance"] = json.dumps(stamped(self.provenance))
         self._schema = pa.schema(fields, metadata={k.encode(): v.encode()
@@ -195,7 +202,7 @@ def _arrow_type(values: np.ndarray) -> Any:
     """The Arrow type of an input column, from its first chunk; None if it holds no value."""
     import pyarrow as pa
 
-    from galmerge.outputs import _number_type
+    from galmerge.classification.outputs import _number_type
 
     arr = np.asarray(values)
     if arr.dtype != object:

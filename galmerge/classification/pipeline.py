@@ -38,15 +38,15 @@ from typing import Any
 
 import numpy as np
 
-from galmerge import atomic
-from galmerge.catalogs import CatalogChunk, open_catalog
-from galmerge.cutout_cache import STATUS_OK, CutoutCache, keepbits_key, make_key
-from galmerge.cutouts import CutoutRequest
+from galmerge.classification.catalogs import CatalogChunk, open_catalog
+from galmerge.classification.cutout_cache import STATUS_OK, CutoutCache, keepbits_key, make_key
+from galmerge.classification.outputs import ResultBlock, ResultJournal, Tally, open_writer
+from galmerge.classification.segments import check_private_folder
 from galmerge.errors import GalmergeError
-from galmerge.outputs import ResultBlock, ResultJournal, Tally, open_writer
-from galmerge.provenance import data_release
-from galmerge.provenance import record as provenance_record
-from galmerge.segments import check_private_folder
+from galmerge.io import atomic
+from galmerge.io.provenance import data_release
+from galmerge.io.provenance import record as provenance_record
+from galmerge.plugin.cutouts import CutoutRequest
 
 DEFAULT_CHUNK_ROWS = 4096
 INFER_ROWS = 1024  # stamps held in memory at once for inference
@@ -134,8 +134,8 @@ class _Inference:
                  batch_size: int, local_rank: int) -> None:
         import torch
 
-        from galmerge.devices import resolve_device
-        from galmerge.model import load_model
+        from galmerge.models.model import load_model
+        from galmerge.runtime.devices import resolve_device
 
         dev = resolve_device(device)
         if dev.type == "cuda" and dev.index is None:
@@ -172,8 +172,8 @@ class _Inference:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         import torch
 
-        from galmerge.inference import merger_probability
-        from galmerge.preprocess import asinh_, normalise
+        from galmerge.data.preprocess import asinh_, normalise
+        from galmerge.models.inference import merger_probability
 
         out = np.empty(len(images), dtype=np.float64)
         spec = self.spec
@@ -229,7 +229,7 @@ class _ImageFileInput:
     kind = "hdf5"
 
     def __init__(self, path: Path, shape: tuple[int, int, int]) -> None:
-        from galmerge.hdf5io import read_imageset
+        from galmerge.io.hdf5 import read_imageset
 
         self.path = path
         self.images = read_imageset(path, in_memory=False)
@@ -349,21 +349,21 @@ def classify(
     Sharded runs: ``shard_timeout`` and ``heartbeat_timeout`` (seconds; default from
     GALMERGE_SHARD_TIMEOUT and GALMERGE_SHARD_HEARTBEAT_TIMEOUT) bound rank 0's wait.
     ``cache_keepbits``: store new stamps rounded to that many float32 mantissa bits (lossy).
-    A folder holding a HATS catalog is classified on Dask (`galmerge.hats_classify`; address of
+    A folder holding a HATS catalog is classified on Dask (`galmerge.classification.hats`; address of
     a running ``scheduler``, else a local cluster), keeping ``columns`` (default all).
-    Several ``model``s: an ensemble (`galmerge.ensemble`; mean p_merger and p_merger_std).
+    Several ``model``s: an ensemble (`galmerge.classification.ensemble`; mean p_merger and p_merger_std).
     ``prior`` ("auto" or a merger fraction): p_merger rescaled to it afterwards
-    (`galmerge.prior`).
+    (`galmerge.fractions.prior`).
     """
     if not isinstance(model, str | os.PathLike):  # several models: an ensemble
         kw = dict(locals())
         cat, models = kw.pop("catalog"), [str(m) for m in kw.pop("model")]
         if len(models) == 1:
             return classify(cat, models[0], **kw)
-        from galmerge.ensemble import classify_ensemble
+        from galmerge.classification.ensemble import classify_ensemble
 
         return classify_ensemble(cat, models, **kw)
-    from galmerge.distributed import from_environment
+    from galmerge.runtime.distributed import from_environment
 
     t0 = time.monotonic()
     shard_timeout = _seconds(shard_timeout, SHARD_TIMEOUT_ENV, "--shard-timeout",
@@ -377,7 +377,7 @@ def classify(
         raise GalmergeError(f"--threshold must be in [0, 1], got {threshold}")
     if domain not in ("source", "target"):
         raise GalmergeError(f"--domain must be source or target, got {domain}")
-    from galmerge.prior import parse_prior, training_prior
+    from galmerge.fractions.prior import parse_prior, training_prior
 
     prior = parse_prior(prior)
     # before the work: the run's statistics may take a pass over its source validation split
@@ -385,7 +385,7 @@ def classify(
     if chunk_rows < 1 or batch_size < 1 or workers < 1:
         raise GalmergeError("--batch-size, --workers and --chunk-rows must be at least 1")
     if cat_path.is_dir():  # a HATS catalog: partition by partition on Dask
-        from galmerge.hats_classify import classify_hats_summary
+        from galmerge.classification.hats import classify_hats_summary
 
         return classify_hats_summary(
             cat_path, model, output=output, survey=survey, cache=cache, ra_col=ra_col,
@@ -451,7 +451,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                      cache_keepbits: int | None, prior: float | str | None,
                      prior_from: Any, quiet: bool) -> ClassifySummary:
     if str(model).lower().endswith(".onnx"):  # `galmerge export` output: ONNX Runtime, CPU
-        from galmerge.export import OnnxInference
+        from galmerge.models.export import OnnxInference
 
         infer: Any = OnnxInference(model, domain, batch_size)
     else:
@@ -464,7 +464,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         source: Any = _ImageFileInput(cat_path, infer.shape)
     else:
         source = open_catalog(cat_path, ra_col=ra_col, dec_col=dec_col, id_col=id_col)
-        from galmerge.datasets import parse_survey_spec
+        from galmerge.data.datasets import parse_survey_spec
 
         # "sdss?workers=8&frame_cache_gb=20": options after '?' go to the cutout service
         survey_name, arg, spec_options = parse_survey_spec(survey)
@@ -564,8 +564,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
 def _apply_prior(out_path: Path, prior: str | float, threshold: float,
                  training: tuple[float, str] | None) -> tuple[int, str]:
     """Rescale the written output to the survey prior; (mergers now, one-line note)."""
-    from galmerge.fraction_report import read_results
-    from galmerge.prior import apply_prior
+    from galmerge.fractions.prior import apply_prior
+    from galmerge.fractions.report import read_results
 
     rec = apply_prior(out_path, "", prior, threshold, training)
     mergers = int((read_results(out_path).p >= threshold).sum())
@@ -593,7 +593,7 @@ def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable:
 
 
 def _survey_record(name: str, arg: str | None = None) -> Any:
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     record = get_plugin_manager().get("surveys", name)
     if record.cutouts is None:
@@ -888,7 +888,7 @@ def _plural(n: float, word: str) -> str:
 def _print_summary(summary: ClassifySummary) -> None:
     from rich.console import Console
 
-    from galmerge.progress import print_path
+    from galmerge.runtime.progress import print_path
 
     console = Console(stderr=True)
     failed = ", ".join(

@@ -159,7 +159,9 @@ def _encode_cell(v: Any) -> tuple[int, bytes | None]:
         return _INT, str(v).encode()
     if isinstance(v, float):
         return _FLOAT, struct.pack("<d", v)
-    from galmerge.outputs import _text  # bytes, arrays, masked: the text writers make of them
+    from galmerge.classification.outputs import (
+        _text,  # bytes, arrays, masked: the text writers make of them
+    )
 
     return _STR, _text(v).encode(ENCODING, ERRORS)
 
@@ -172,7 +174,7 @@ def read_segment(path: Path) -> Iterator[tuple[int, Any]]:
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
-    from galmerge.outputs import ResultBlock
+    from galmerge.classification.outputs import ResultBlock
 
     m = NAME.match(path.name)
     if m is None:

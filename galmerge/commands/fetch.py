@@ -40,8 +40,8 @@ def fetch(survey: str, data_dir: Path | None, force: bool, retries: int, no_prog
         TransferSpeedColumn,
     )
 
-    from galmerge.download import Downloader
-    from galmerge.download import fetch as fetch_files
+    from galmerge.surveys.deepmerge.download import Downloader
+    from galmerge.surveys.deepmerge.download import fetch as fetch_files
 
     console = Console(stderr=True)
     progress = Progress(

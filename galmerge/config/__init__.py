@@ -1,1 +1,1 @@
-"""galmerge.config."""
+"""galmerge.config.resolve."""

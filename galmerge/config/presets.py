@@ -341,7 +341,7 @@ def _split(key: str) -> list[str]:
 def cited_values(name: str, strategies: list[str], backbone: str) -> list[tuple[str, Cited]]:
     """(dotted key, Cited) for every value a DeepMerge II preset sets for this strategy
     expression and backbone; values for components not in use are left out."""
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     paper = _get(name).get("paper")
     if paper is None:
@@ -384,7 +384,7 @@ def cited_values(name: str, strategies: list[str], backbone: str) -> list[tuple[
 
 def preset_values(name: str, strategies: list[str], backbone: str) -> dict[str, Any]:
     """The config layer a preset gives for this strategy expression and backbone."""
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     preset = _get(name)
     if "paper" in preset:
@@ -415,8 +415,8 @@ def preset_values(name: str, strategies: list[str], backbone: str) -> dict[str, 
 
 def borrowed_note(name: str, strategy: str, backbone: str) -> str | None:
     """One line for `galmerge train` when a DeepMerge II preset borrows values for this run."""
-    from galmerge.plugins import get_plugin_manager
-    from galmerge.strategy_api import parse_strategy_expression
+    from galmerge.plugin.manager import get_plugin_manager
+    from galmerge.plugin.strategy_api import parse_strategy_expression
 
     if "paper" not in PRESETS.get(name, {}):
         return None

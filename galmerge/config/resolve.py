@@ -16,7 +16,7 @@ feeds straight back into ``--config`` and reproduces the same run::
     [backbone_options]  options of the backbone (all of its defaults)
     [strategies.NAME]   weight and options of each term of the strategy expression
 
-- ``stop_by``: the score early stopping watches (a name of ``galmerge.selection.DIRECTIONS``);
+- ``stop_by``: the score early stopping watches (a name of ``galmerge.scores.selection.DIRECTIONS``);
   ``select_by`` keeps choosing best.pt.
 - ``early_stopping``: "patience" stops after ``patience`` epochs without a new best stop_by
   value; "deepmerge" is DeepMerge II's graded counter (see ``galmerge.training.stopping``).
@@ -41,8 +41,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from galmerge import atomic
 from galmerge.errors import GalmergeError
+from galmerge.io import atomic
 
 DEFAULTS: dict[str, Any] = {
     "source": "",
@@ -199,9 +199,9 @@ def resolve_config(
     cli: Mapping[str, Any] | None = None, file: str | Path | Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Merge defaults, the preset, a config file and CLI overrides; validate every name."""
-    from galmerge.plugins import get_plugin_manager
-    from galmerge.presets import preset_values
-    from galmerge.strategy_api import parse_strategy_expression
+    from galmerge.config.presets import preset_values
+    from galmerge.plugin.manager import get_plugin_manager
+    from galmerge.plugin.strategy_api import parse_strategy_expression
 
     cli = dict(cli or {})
     if file is None:
@@ -304,7 +304,7 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _multipliers(table: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[str, float]:
     """``lr_multipliers`` as flat "OWNER.PREFIX" keys (TOML dotted keys nest); keys of a known
     strategy that is not in this run are dropped (presets pin every built-in's)."""
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     known = {n.lower() for n in get_plugin_manager().components("strategies")}
     out: dict[str, float] = {}

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from galmerge import atomic
-from galmerge.config import read_toml, write_toml
+from galmerge.config.resolve import read_toml, write_toml
 from galmerge.errors import GalmergeError
+from galmerge.io import atomic
 
 CONFIG, ENV, METRICS, SUMMARY, BEST, LAST = (
     "config.toml",
@@ -165,7 +165,7 @@ def environment(device: Any) -> dict[str, Any]:
     import torch
 
     from galmerge import __version__
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     name = str(device)
     if getattr(device, "type", None) == "cuda":

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from galmerge.imageset import ImageSet
-from galmerge.preprocess import normalise
+from galmerge.data.preprocess import normalise
+from galmerge.plugin.imageset import ImageSet
 
 
 class IndexStream:

@@ -6,8 +6,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from galmerge.errors import GalmergeError
-from galmerge.imageset import ImageSet
-from galmerge.plugins import get_plugin_manager
+from galmerge.plugin.imageset import ImageSet
+from galmerge.plugin.manager import get_plugin_manager
 
 
 def parse_survey_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from galmerge.imageset import ImageSet
+from galmerge.plugin.imageset import ImageSet
 
 MAX_STAT_IMAGES = 2000
 

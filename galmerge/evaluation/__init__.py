@@ -1,1 +1,1 @@
-"""galmerge.evaluation."""
+"""galmerge.evaluation.pipeline."""

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from galmerge import atomic
 from galmerge.errors import GalmergeError
-from galmerge.metrics import METRIC_NAMES
+from galmerge.io import atomic
+from galmerge.scores.metrics import METRIC_NAMES
 
 SPLITS = ("source_test", "target_test")
 
@@ -71,7 +71,7 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
 
 def _setup(run: Path) -> tuple[int | None, str]:
     """Planned epochs and preset from the run's config.toml (None, "" when it has none)."""
-    from galmerge.config import read_toml
+    from galmerge.config.resolve import read_toml
 
     path = run / "config.toml"
     if not path.is_file():

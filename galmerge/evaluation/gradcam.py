@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from galmerge.model import GalaxyClassifier
+from galmerge.models.model import GalaxyClassifier
 
 MERGER = 1
 

@@ -2,7 +2,7 @@
 temperature scaling and a self-contained HTML report, written to ``RUN_DIR/report/``.
 
 The data are reloaded from the specs in ``config.toml`` and split exactly as the trainer did
-(`galmerge.splits.domain_splits` with the run's seed), so "test" means the same images.
+(`galmerge.data.splits.domain_splits` with the run's seed), so "test" means the same images.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from galmerge import plots, rundir, selection
-from galmerge.calibration import expected_calibration_error, fit_temperature, nll
+from galmerge.config.resolve import rundir
 from galmerge.errors import GalmergeError
-from galmerge.imageset import ImageSet
-from galmerge.metrics import METRIC_NAMES, binary_metrics
-from galmerge.model import LoadedModel, load_model, read_checkpoint, save_checkpoint
-from galmerge.report import Figure, Section, fmt, metrics_table, table, write_report
+from galmerge.evaluation.pipeline import plots
+from galmerge.evaluation.report import Figure, Section, fmt, metrics_table, table, write_report
+from galmerge.models.model import LoadedModel, load_model, read_checkpoint, save_checkpoint
+from galmerge.plugin.imageset import ImageSet
+from galmerge.scores import selection
+from galmerge.scores.calibration import expected_calibration_error, fit_temperature, nll
+from galmerge.scores.metrics import METRIC_NAMES, binary_metrics
 
 REPORT_DIR = "report"
 DOMAINS = ("source", "target")
@@ -60,7 +62,7 @@ class DomainData:
 def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str) -> ImageSet:
     if isinstance(given, ImageSet):
         return given
-    from galmerge.datasets import load_imageset
+    from galmerge.data.datasets import load_imageset
 
     spec = given or config.get(role)
     if not spec:
@@ -80,7 +82,7 @@ def _outputs(
     spec: dict[str, Any],
     device: torch.device,
 ) -> SplitData:
-    from galmerge.inference import forward_in_batches
+    from galmerge.models.inference import forward_in_batches
 
     feats, logits = forward_in_batches(loaded.model, imageset, idx, spec, device)
     labels = imageset.labels.numpy()[idx]
@@ -90,7 +92,7 @@ def _outputs(
 def _domains(
     loaded: LoadedModel, sets: dict[str, ImageSet], seed: int, device: torch.device
 ) -> dict[str, DomainData]:
-    from galmerge.splits import domain_splits
+    from galmerge.data.splits import domain_splits
 
     splits = domain_splits(len(sets["source"]), len(sets["target"]), seed)
     out = {}
@@ -282,13 +284,13 @@ def _gallery(
 ) -> tuple[list[str], dict[str, Any] | None]:
     """The target gallery and its Grad-CAM figure; returns the files and the Grad-CAM facts
     (common scale, randomisation check) or None when the backbone has no convolution."""
-    from galmerge.gradcam import (
+    from galmerge.data.preprocess import normalise
+    from galmerge.evaluation.gradcam import (
         common_scale,
         evidence_maps,
         randomisation_check,
         strength_score_correlation,
     )
-    from galmerge.preprocess import normalise
 
     picks = _gallery_picks(dom.test.labels, p, k)
     logits = dom.test.logits
@@ -413,7 +415,7 @@ def _embedding(
     seed: int,
     points: int,
 ) -> tuple[str, str]:
-    from galmerge.inference import forward_in_batches
+    from galmerge.models.inference import forward_in_batches
 
     panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for title, model in panels_models:
@@ -448,7 +450,7 @@ def evaluate(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a run directory; writes ``RUN_DIR/report/`` and returns the metrics.json payload."""
-    from galmerge.devices import resolve_device
+    from galmerge.runtime.devices import resolve_device
 
     run = Path(run_dir)
     if not (run / rundir.CONFIG).is_file():
@@ -485,7 +487,7 @@ def evaluate(
     t_ckpt = loaded.temperature
     t_fit = fit_temperature(sv.logits, torch.as_tensor(sv.labels))
     t_used = t_fit if calibrate else t_ckpt
-    from galmerge.inference import merger_probability
+    from galmerge.models.inference import merger_probability
 
     probs = {n: merger_probability(d.test.logits, t_used) for n, d in domains.items()}
     probs_uncal = {n: merger_probability(d.test.logits, 1.0) for n, d in domains.items()}
@@ -623,8 +625,8 @@ def _importance_weighted_temperature(
 ) -> tuple[float, dict[str, Any]]:
     """Temperature fitted on the source validation split with density-ratio weights
     p_target(f) / p_source(f) (cross-fitted domain classifier on backbone features,
-    `galmerge.selection.density_ratio_weights`); T = 1 with a reason when it cannot be fitted."""
-    from galmerge.selection import density_ratio_weights
+    `galmerge.scores.selection.density_ratio_weights`); T = 1 with a reason when it cannot be fitted."""
+    from galmerge.scores.selection import density_ratio_weights
 
     finite = bool(torch.isfinite(sv.features).all()) and bool(torch.isfinite(tv.features).all())
     if len(sv.features) < 2 or len(tv.features) < 2 or not finite:
@@ -852,7 +854,7 @@ def _print_summary(payload: dict[str, Any]) -> None:
     if gc:
         console.print(f"Grad-CAM {_gradcam_verdict(gc)}", soft_wrap=True, markup=False,
                       highlight=False)
-    from galmerge.progress import print_path
+    from galmerge.runtime.progress import print_path
 
     print_path(console, "report:", Path(payload["run_dir"]) / REPORT_DIR / "report.html")
 

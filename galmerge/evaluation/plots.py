@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from galmerge.calibration import expected_calibration_error, reliability
+from galmerge.scores.calibration import expected_calibration_error, reliability
 
 DPI = 110
 DOMAIN_COLOURS = {"source": "#1f77b4", "target": "#ff7f0e"}

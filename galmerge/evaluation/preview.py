@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from galmerge.errors import GalmergeError
-from galmerge.imageset import ImageSet
+from galmerge.plugin.imageset import ImageSet
 
 MAX_COLUMNS = 8
 CLASS_NAMES = {1: "mergers", 0: "non-mergers", -1: "unlabelled"}

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from galmerge import atomic
-from galmerge.metrics import METRIC_NAMES
+from galmerge.io import atomic
+from galmerge.scores.metrics import METRIC_NAMES
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}

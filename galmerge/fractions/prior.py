@@ -3,7 +3,7 @@ the survey's (Bayes' rule for a new class prior; Saerens et al. 2002, eq. 2.4).
 
 The classifier's probabilities carry the prior of the data it was trained on: the merger
 fraction of the run's source training split (read from the run's cached validation statistics,
-`galmerge.validation_stats`), or 0.5 (the balanced DeepMerge sets) for a bare checkpoint file.
+`galmerge.fractions.validation_stats`), or 0.5 (the balanced DeepMerge sets) for a bare checkpoint file.
 ``VALUE`` is the survey's merger fraction if known; ``auto`` estimates it as the prior the EM
 iterations of Saerens et al. converge to on the output's own probabilities (so the mean
 rescaled p_merger equals it). The output is rewritten in place (atomically: temporary file,
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from galmerge import atomic
 from galmerge.errors import GalmergeError
-from galmerge.fraction import ml_prior, prior_shift
+from galmerge.fractions.estimators import ml_prior, prior_shift
+from galmerge.io import atomic
 
 DEFAULT_TRAINING_PRIOR = 0.5
 
@@ -48,13 +48,13 @@ def parse_prior(value: str | float | None) -> str | float | None:
 
 def training_prior(model: str | os.PathLike[str]) -> tuple[float, str]:
     """The prior the model's probabilities carry, and where it came from."""
-    from galmerge import rundir
+    from galmerge.config.resolve import rundir
 
     path = Path(model)
     if path.is_file() and path.suffix == ".pt":
         path = path.parent
     if (path / rundir.CONFIG).is_file():
-        from galmerge.validation_stats import load_validation
+        from galmerge.fractions.validation_stats import load_validation
 
         try:
             val = load_validation(path)
@@ -71,7 +71,7 @@ def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
     """Rescale the output's p_merger to ``prior`` (or the EM estimate for ``"auto"``) from
     ``training`` (default: `training_prior` of ``model``); returns the provenance record also
     written to ``<output>.prior.json``."""
-    from galmerge.fraction_report import read_results
+    from galmerge.fractions.report import read_results
 
     out = Path(output)
     old, where = training if training is not None else training_prior(model)
@@ -95,7 +95,7 @@ def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
 
 
 def _columns(names: list[str]) -> tuple[str, str]:
-    from galmerge.fraction_report import P_NAME, _result_column
+    from galmerge.fractions.report import P_NAME, _result_column
 
     p_col = _result_column(names, P_NAME)
     import re

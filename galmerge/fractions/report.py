@@ -1,5 +1,5 @@
 """`galmerge fraction`: merger fractions (optionally per bin of a column) of a classify output,
-by the estimators of `galmerge.fraction`, with bootstrap intervals and a figure.
+by the estimators of `galmerge.fractions.estimators`, with bootstrap intervals and a figure.
 
 The output of ``--json`` (and of `survey_fraction`) is, without ``--by``::
 
@@ -12,7 +12,7 @@ and with ``--by COLUMN``: ``{"by": COLUMN, "bins": [{"lo": a, "hi": b, "n": n, "
 {...}, "recommended": NAME}, ...], "excluded": {...}, "validation": {...}, "threshold": t,
 "bootstrap": B, "label_shift_check": ...}`` (bins are ``[lo, hi)``, the last one ``[lo, hi]``). A fraction or interval is
 null where its estimator is undefined (e.g. ACC when the classifier does not separate the
-classes on the source). ``label_shift_check`` (`galmerge.fraction.label_shift_test`, over all
+classes on the source). ``label_shift_check`` (`galmerge.fractions.estimators.label_shift_test`, over all
 rows; null with ``--bootstrap 0``): a small ``p_value`` says the survey's p_merger distribution
 is no mixture of the source classes', i.e. domain shift, and the corrected fractions are biased.
 """
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from galmerge.errors import GalmergeError
-from galmerge.fraction import ESTIMATORS, Validation, estimate, label_shift_test
+from galmerge.fractions.estimators import ESTIMATORS, Validation, estimate, label_shift_test
 
 P_NAME = re.compile(r"^p_merger(_\d+)?$")
 STATUS_NAME = re.compile(r"^status(_\d+)?$")
@@ -249,7 +249,7 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
                     device: str = "cpu", plot: str | os.PathLike[str] | None = None,
                     validation: Validation | None = None) -> dict[str, Any]:
     """The merger fraction(s) of a classify output with intervals; see the module docstring."""
-    from galmerge.validation_stats import load_validation
+    from galmerge.fractions.validation_stats import load_validation
 
     if (by is None) != (bins is None):
         raise GalmergeError("--by and --bins go together: e.g. --by z --bins 0,0.1,0.2")
@@ -257,7 +257,7 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
         raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
     if not 0 < threshold < 1:
         raise GalmergeError(f"--threshold must be between 0 and 1, got {threshold}")
-    from galmerge.prior import read_record, undo
+    from galmerge.fractions.prior import read_record, undo
 
     res = read_results(results, by)
     rescaled = read_record(results)

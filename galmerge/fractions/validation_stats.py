@@ -5,7 +5,7 @@
 and ``meta``, a JSON string: format, checkpoint name, size and mtime (a changed checkpoint makes
 the file stale), the checkpoint's temperature, the seed, the source spec, the source training
 split's merger fraction (``train_prior``) and its size. The split is the trainer's
-(`galmerge.splits.domain_splits` with the run's seed: the source part depends only on the
+(`galmerge.data.splits.domain_splits` with the run's seed: the source part depends only on the
 source size and the seed), with the source preprocessing, exactly as `evaluate` does.
 """
 
@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from galmerge import atomic, rundir
+from galmerge.config.resolve import rundir
 from galmerge.errors import GalmergeError
-from galmerge.fraction import Validation
+from galmerge.fractions.estimators import Validation
+from galmerge.io import atomic
 
 FILE = "validation_predictions.npz"
 FORMAT = "galmerge-validation/1"
@@ -72,11 +73,11 @@ def compute(run: Path, source: str | None = None, device: str = "cpu") -> tuple[
     """Run the checkpoint over the source validation split; write and return the cache."""
     import torch
 
-    from galmerge.devices import resolve_device
-    from galmerge.evaluation import _load_set
-    from galmerge.inference import forward_in_batches
-    from galmerge.model import load_model
-    from galmerge.splits import split_indices
+    from galmerge.data.splits import split_indices
+    from galmerge.evaluation.pipeline import _load_set
+    from galmerge.models.inference import forward_in_batches
+    from galmerge.models.model import load_model
+    from galmerge.runtime.devices import resolve_device
 
     ckpt = _checkpoint(run)
     config = rundir.read_config(run)

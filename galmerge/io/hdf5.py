@@ -17,9 +17,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from galmerge import atomic
 from galmerge.errors import GalmergeError
-from galmerge.imageset import ImageSet
+from galmerge.io import atomic
+from galmerge.plugin.imageset import ImageSet
 
 META_ATTR = "galmerge_meta"
 #: images read per block when checking or copying a file (bounded memory for huge files)
@@ -331,7 +331,7 @@ class H5Images:
 
 
 def _available_memory() -> int:
-    from galmerge.devices import available_memory
+    from galmerge.runtime.devices import available_memory
 
     return available_memory() or 2 * 1024**3  # unknown: assume a small machine
 
@@ -354,7 +354,7 @@ def validate_imageset_file(path: str | os.PathLike[str], *, check_finite: bool =
     if not path.is_file():
         raise _fail(path, "no such file; check the path after 'hdf5:'")
     if not h5py.is_hdf5(path):
-        raise _fail(path, "not an HDF5 file; write one with galmerge.hdf5io.write_imageset")
+        raise _fail(path, "not an HDF5 file; write one with galmerge.io.hdf5.write_imageset")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:

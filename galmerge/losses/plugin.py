@@ -17,14 +17,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from galmerge.errors import GalmergeError
-from galmerge.hookspecs import hookimpl
-from galmerge.losses.options import resolve_options
-from galmerge.records import Strategy
+from galmerge.plugin.hookspecs import hookimpl
+from galmerge.plugin.options import resolve_options
+from galmerge.plugin.records import Strategy
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from galmerge.strategy_api import StrategyContext
+    from galmerge.plugin.strategy_api import StrategyContext
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {"weight": 1.0},

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from galmerge import __version__, atomic
+from galmerge import __version__
 from galmerge.errors import GalmergeError
+from galmerge.io import atomic
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -100,7 +101,7 @@ def export_model(
     """Write ``model`` (a run directory or checkpoint) as ONNX or TorchScript; returns the path."""
     import torch
 
-    from galmerge.model import load_model
+    from galmerge.models.model import load_model
 
     if fmt not in FORMATS:
         raise GalmergeError(f"unknown export format '{fmt}'; choose {' or '.join(FORMATS)}")

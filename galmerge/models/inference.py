@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from galmerge.imageset import ImageSet
-from galmerge.model import GalaxyClassifier
-from galmerge.preprocess import normalise
+from galmerge.data.preprocess import normalise
+from galmerge.models.model import GalaxyClassifier
+from galmerge.plugin.imageset import ImageSet
 
 
 @torch.no_grad()

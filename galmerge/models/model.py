@@ -5,7 +5,7 @@ A checkpoint is a dict that loads with ``torch.load(weights_only=True)``::
     {"format": "galmerge-checkpoint/1", "galmerge_version": str,
      "backbone": str, "backbone_options": dict, "in_channels": int, "image_size": int,
      "num_classes": int, "model": state_dict, "temperature": float,
-     "preprocess": {"source": spec, "target": spec},   # see galmerge.preprocess
+     "preprocess": {"source": spec, "target": spec},   # see galmerge.data.preprocess
      "config": dict,                                   # the resolved run config
      "epoch": int, "training_state": dict | None,      # optimiser etc., for --resume
      "sha256": str}                                    # of all the above: see content_sha256
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from galmerge import atomic
 from galmerge.errors import GalmergeError
-from galmerge.plugins import get_plugin_manager
+from galmerge.io import atomic
+from galmerge.plugin.manager import get_plugin_manager
 
 CHECKPOINT_FORMAT = "galmerge-checkpoint/1"
 
@@ -107,7 +107,7 @@ def content_sha256(payload: Any) -> str:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
-    """Write atomically (`galmerge.atomic`) with the content's SHA-256; returns that hash."""
+    """Write atomically (`galmerge.io.atomic`) with the content's SHA-256; returns that hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, **payload}

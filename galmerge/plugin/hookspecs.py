@@ -36,7 +36,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from galmerge.records import Backbone, Strategy, Survey
+    from galmerge.plugin.records import Backbone, Strategy, Survey
 
 PROJECT = "galmerge"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -1,4 +1,4 @@
-"""Plugin manager: built-ins and third-party plugins, all loaded from entry points "galmerge".
+"""Plugin manager: the built-ins (`BUILTIN_PLUGINS`) and third-party plugins (entry points "galmerge").
 
 Environment:
 - ``GALMERGE_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point name.
@@ -24,21 +24,23 @@ from typing import Any
 
 import pluggy
 
-from galmerge import hookspecs
 from galmerge.errors import PluginError
-from galmerge.records import Backbone, Strategy, Survey
+from galmerge.plugin import hookspecs
+from galmerge.plugin.records import Backbone, Strategy, Survey
 
 GROUP = "galmerge"
 OWN_DISTRIBUTION = "galmerge"
 
-# Used only when galmerge runs from a checkout that was never pip-installed (no entry points).
-DEFAULT_PLUGINS: dict[str, str] = {
-    "deepmerge_backbones": "galmerge.builtin.backbones",
-    "da_strategies": "galmerge.builtin.strategies",
-    "synthetic_survey": "galmerge.builtin.synthetic_survey",
-    "hdf5_survey": "galmerge.builtin.hdf5_survey",
-    "illustris_survey": "galmerge.builtin.illustris_survey",
-    "sdss_survey": "galmerge.builtin.sdss_survey",
+# The built-in plugins, by entry-point-style name (what GALMERGE_DISABLE_PLUGINS blocks and
+# `galmerge plugins` lists). The one list: galmerge declares no entry points for them, so they
+# always come from the galmerge that is imported, never from an older install's metadata.
+BUILTIN_PLUGINS: dict[str, str] = {
+    "deepmerge_backbones": "galmerge.models.backbones.plugin",
+    "da_strategies": "galmerge.losses.plugin",
+    "synthetic_survey": "galmerge.surveys.synthetic.plugin",
+    "hdf5_survey": "galmerge.surveys.hdf5.plugin",
+    "illustris_survey": "galmerge.surveys.deepmerge.plugin",
+    "sdss_survey": "galmerge.surveys.sdss.plugin",
 }
 
 SINGULAR = {"backbones": "backbone", "strategies": "strategy", "surveys": "survey"}
@@ -100,25 +102,24 @@ class PluginManager:
         allowed = _env_list("GALMERGE_LOAD_PLUGINS")
         for name in blocked:
             self.pm.set_blocked(name)
-        eps = list(metadata.entry_points(group=GROUP))
-        own = [ep for ep in eps if ep.dist is not None and ep.dist.name == OWN_DISTRIBUTION]
-        if not own:
-            for name, module in DEFAULT_PLUGINS.items():
-                if name not in blocked:
-                    self._register_module(name, module, OWN_DISTRIBUTION, _own_version(), True)
+        for name, module in BUILTIN_PLUGINS.items():
+            if name not in blocked:
+                self._register_module(name, module, OWN_DISTRIBUTION, _own_version(), True)
         seen: set[str] = set()
-        for ep in sorted(eps, key=lambda e: e.name):
-            if ep.name in seen:  # the same distribution visible twice on sys.path
+        for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else None
+            # galmerge's own entry points come from an install made before the built-ins moved
+            # to BUILTIN_PLUGINS; the same distribution visible twice on sys.path is loaded once
+            # (a third-party plugin named like a built-in fails to register, with a warning)
+            if dist == OWN_DISTRIBUTION or ep.name in seen:
                 continue
             seen.add(ep.name)
-            dist = ep.dist.name if ep.dist is not None else None
             version = ep.dist.version if ep.dist is not None else None
-            builtin = dist == OWN_DISTRIBUTION
             if ep.name in blocked:
                 continue
-            if not builtin and allowed is not None and ep.name not in allowed:
+            if allowed is not None and ep.name not in allowed:
                 continue
-            self._register_module(ep.name, ep.value, dist, version, builtin, ep=ep)
+            self._register_module(ep.name, ep.value, dist, version, False, ep=ep)
 
     def _register_module(
         self,
@@ -212,7 +213,7 @@ class PluginManager:
                 if called:
                     got = type(result if records is None else wrong).__name__
                     self._skip(impl.plugin_name, f"failed in {hook_name}",
-                               f"returned {got}; expected a list of galmerge.records."
+                               f"returned {got}; expected a list of galmerge.plugin.records."
                                f"{record_type.__name__}")
                 return self.components(kind)  # again, without that plugin
             for record in records:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
-    from galmerge.cutouts import CutoutService
-    from galmerge.imageset import ImageSet
-    from galmerge.strategy_api import StrategyContext
+    from galmerge.plugin.cutouts import CutoutService
+    from galmerge.plugin.imageset import ImageSet
+    from galmerge.plugin.strategy_api import StrategyContext
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ class StepInputs:
 
     ``progress`` runs from 0 (first step) to 1 (last planned step); ramps use it.
     Target labels are never part of it: they are not for training. When no strategy of the run
-    declares ``needs_target`` (see ``galmerge.records.Strategy``), the target batch is not
+    declares ``needs_target`` (see ``galmerge.plugin.records.Strategy``), the target batch is not
     forwarded and ``target_features``/``target_logits`` are empty (0 rows). A strategy module
     may set ``lr_multipliers = {"param_prefix": factor}`` to train its parameters at another
     learning rate (e.g. ``FisherLoss``: ``{"centers": 10.0}``).
@@ -64,7 +64,7 @@ def check_strategy_output(strategy: str, output: object) -> None:
     problem, term = _output_problem(output)
     if problem is None:
         return
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     try:
         owner = get_plugin_manager().owner("strategies", strategy)

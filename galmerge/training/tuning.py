@@ -28,9 +28,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from galmerge import atomic, rundir, selection
-from galmerge.config import deep_merge, read_toml, resolve_config
+from galmerge.config.resolve import deep_merge, read_toml, resolve_config, rundir
 from galmerge.errors import GalmergeError
+from galmerge.io import atomic
+from galmerge.scores import selection
 
 STUDY_NAME = "galmerge-tune"
 STORAGE_FILE = "study.db"
@@ -118,7 +119,7 @@ def _check_spec(name: str, spec: Mapping[str, Any], where: str) -> dict[str, Any
 def declared_space(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The default space for a resolved config: core + the backbone's + each strategy's
     (``NAME.OPTION`` for strategy options, ``backbone.OPTION`` for backbone options)."""
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     pm = get_plugin_manager()
     space = {k: _check_spec(k, v, "core") for k, v in core_space(int(config["epochs"])).items()}
@@ -158,7 +159,7 @@ def resolve_space(
     option (it is not searched): ``lr = 0.001``, ``[mmd] weight = {type = "float", low = 0.1,
     high = 1, log = true}``, ``[entropy] diversity = 1.0``.
     """
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     space = declared_space(config)
     fixed: dict[str, Any] = {}
@@ -450,7 +451,7 @@ def tune(
 ) -> dict[str, Any]:
     """Run (or resume) a study until ``n_trials`` trials finished (complete or pruned); write
     ``trials.csv``, ``best.toml``, plots and ``report.md`` in ``study_dir``; return a summary."""
-    from galmerge.config import cli_overrides
+    from galmerge.config.resolve import cli_overrides
 
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise GalmergeError(f"--n-trials must be a whole number >= 1, got {n_trials!r}")

@@ -6,7 +6,7 @@ conv 8→16 3×3 pad 1, BN, ReLU, maxpool 2 → conv 16→32 3×3 pad 1, BN, ReL
 (32·9·9 = 2592 for 75×75, the features used for DA) → FC 64, ReLU → FC 32, ReLU → FC 2.
 The final version of that code has no dropout; its June 2020 drafts and DeepMerge I (Keras)
 applied Dropout(0.5) after every conv block's max-pool. Here the ``dropout`` option does that
-(default 0.1, see galmerge/builtin/backbones.py; the deepmerge2-* presets set 0, as the paper's
+(default 0.1, see galmerge/models/backbones/plugin.py; the deepmerge2-* presets set 0, as the paper's
 final code).
 """
 

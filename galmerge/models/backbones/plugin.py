@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from galmerge.errors import GalmergeError
-from galmerge.hookspecs import hookimpl
-from galmerge.records import Backbone
+from galmerge.plugin.hookspecs import hookimpl
+from galmerge.plugin.records import Backbone
 
 if TYPE_CHECKING:
     from torch import nn
@@ -25,7 +25,7 @@ def _number(backbone: str, key: str, value: Any, kind: type) -> Any:
 
 
 def _build_deepmerge(in_channels: int, image_size: int, dropout: float = 0.1) -> nn.Module:
-    from galmerge.backbones.deepmerge import DeepMergeFeatures
+    from galmerge.models.backbones.deepmerge import DeepMergeFeatures
 
     dropout = _number("deepmerge", "dropout", dropout, float)
     if not 0.0 <= dropout < 1.0:
@@ -34,7 +34,7 @@ def _build_deepmerge(in_channels: int, image_size: int, dropout: float = 0.1) ->
 
 
 def _deepmerge_head(in_features: int, num_classes: int) -> nn.Module:
-    from galmerge.backbones.deepmerge import build_head
+    from galmerge.models.backbones.deepmerge import build_head
 
     return build_head(in_features, num_classes)
 
@@ -48,7 +48,7 @@ def _build_resnet18(
     bottleneck_layer: str = "bn-relu",
     lr_mult: float = 10.0,
 ) -> nn.Module:
-    from galmerge.backbones.resnet import ResNetFeatures
+    from galmerge.models.backbones.resnet import ResNetFeatures
 
     bottleneck = _number("resnet18", "bottleneck", bottleneck, int)
     dropout = _number("resnet18", "dropout", dropout, float)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from galmerge.errors import GalmergeError
-from galmerge.imageset import ImageSet
+from galmerge.plugin.imageset import ImageSet
 
 ZENODO_RECORD = "4507941"
 MAST_HLSP_PATH = "hlsps/deepmerge"
@@ -269,7 +269,7 @@ def load_set(ds: DeepMergeSet, options: Mapping[str, Any], root: Path | None = N
     """Read one DeepMerge set from ``root`` (default ``$GALMERGE_DATA/deepmerge``)."""
     import torch
 
-    from galmerge import hdf5io
+    from galmerge.io import hdf5 as hdf5io
 
     name = f"{ds.survey}:{ds.key}"
     _check_options(name, options)

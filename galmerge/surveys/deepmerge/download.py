@@ -4,7 +4,7 @@ A file is written to ``NAME.part`` (resumed with an HTTP Range request after a d
 connection or a later run, with If-Range on the ETag or Last-Modified the part began with, kept
 in ``NAME.part.validator``, so a file that changed on the server starts over), checked against
 the size and MD5 the Zenodo API publishes, then renamed into place. A file that fails its check is moved to ``NAME.corrupt`` and reported.
-Retries, backoff and ``Retry-After`` follow `galmerge.http_retry`, like every other HTTP
+Retries, backoff and ``Retry-After`` follow `galmerge.io.http`, like every other HTTP
 client in galmerge; a try that got further into the file does not use up the retries.
 
 Environment: ``GALMERGE_ZENODO_URL`` (default https://zenodo.org) and ``GALMERGE_MAST_URL``
@@ -26,9 +26,10 @@ from typing import Any
 
 import requests
 
-from galmerge import atomic, deepmerge_data
 from galmerge.errors import GalmergeError
-from galmerge.http_retry import FetchError, RetryingClient, RetryPolicy, http_status_error
+from galmerge.io import atomic
+from galmerge.io.http import FetchError, RetryingClient, RetryPolicy, http_status_error
+from galmerge.surveys.deepmerge import data as deepmerge_data
 
 ZENODO_ENV = "GALMERGE_ZENODO_URL"
 MAST_ENV = "GALMERGE_MAST_URL"
@@ -130,7 +131,7 @@ class _Transfer:
 
 
 class Downloader:
-    """Downloads files with retries (`galmerge.http_retry` policy), resume and verification."""
+    """Downloads files with retries (`galmerge.io.http` policy), resume and verification."""
 
     def __init__(
         self,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from galmerge.hookspecs import hookimpl
-from galmerge.records import Survey
+from galmerge.plugin.hookspecs import hookimpl
+from galmerge.plugin.records import Survey
 
 
 def _load(arg: str | None, options: Mapping[str, Any]):
-    from galmerge.deepmerge_data import load_illustris
+    from galmerge.surveys.deepmerge.data import load_illustris
 
     return load_illustris(arg, options)
 

@@ -1,5 +1,5 @@
 """`galmerge reproduce deepmerge2`: train the DeepMerge II method grid with the paper presets,
-evaluate every run and write the paper-style table (`galmerge.comparison`).
+evaluate every run and write the paper-style table (`galmerge.evaluation.comparison`).
 
 Layout under ``out``::
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from galmerge import rundir
+from galmerge.config.presets import PAPER_METHODS
+from galmerge.config.resolve import rundir
 from galmerge.errors import GalmergeError
-from galmerge.presets import PAPER_METHODS
 
 # experiment -> (source spec, target spec, preset); the specs read `galmerge fetch` files
 EXPERIMENTS: dict[str, tuple[str, str, str]] = {
@@ -109,7 +109,7 @@ def run_state(path: Path) -> str:
 
 def _check_data(runs: Sequence[PlannedRun]) -> None:
     """Fail before the first run when a released file is missing."""
-    from galmerge.deepmerge_data import SETS, data_root, find_file
+    from galmerge.surveys.deepmerge.data import SETS, data_root, find_file
 
     root = data_root()
     for spec in dict.fromkeys(s for r in runs for s in (r.source, r.target)):
@@ -127,7 +127,7 @@ def _check_data(runs: Sequence[PlannedRun]) -> None:
 
 def _check_same(run: PlannedRun, settings: Mapping[str, Any]) -> None:
     """A run directory left by an earlier call must be this very run."""
-    from galmerge.config import resolve_config
+    from galmerge.config.resolve import resolve_config
 
     saved = rundir.read_config(run.run_dir)
     wanted = resolve_config(file=run.layer(settings))
@@ -162,13 +162,13 @@ def reproduce(
     bootstrap: int = 200,
     quiet: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train, evaluate and table the grid; returns the table rows (`galmerge.comparison`).
+    """Train, evaluate and table the grid; returns the table rows (`galmerge.evaluation.comparison`).
 
     ``settings`` overrides preset values for every run (e.g. ``{"epochs": 2}`` for a quick look);
     ``data`` replaces the released data specs (``{"source": ..., "target": ...}``, e.g. the
     synthetic pair); seeds are 1..``seeds`` (the authors' commands use seed 1).
     """
-    from galmerge.comparison import compare, to_markdown, write_table
+    from galmerge.evaluation.comparison import compare, to_markdown, write_table
     from galmerge.training import train
 
     if paper not in PAPERS:
@@ -213,7 +213,7 @@ def reproduce(
                 layer["device"] = device
             train(config=layer, run_dir=run.run_dir, quiet=True)
         if evaluate and not (run.run_dir / "report" / "metrics.json").is_file():
-            from galmerge.evaluation import evaluate as evaluate_run
+            from galmerge.evaluation.pipeline import evaluate as evaluate_run
 
             evaluate_run(run.run_dir, device=device or "auto", bootstrap=bootstrap, quiet=True)
 

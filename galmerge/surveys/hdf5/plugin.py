@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from galmerge.errors import GalmergeError
-from galmerge.hookspecs import hookimpl
-from galmerge.records import Survey
+from galmerge.plugin.hookspecs import hookimpl
+from galmerge.plugin.records import Survey
 
 OPTIONS = ("in_memory", "memory_limit_mb", "check_finite")
 
 
 def _load(arg: str | None, options: Mapping[str, Any]):
-    from galmerge import hdf5io
+    from galmerge.io import hdf5 as hdf5io
 
     if not arg:
         raise GalmergeError("hdf5 survey needs a file: use hdf5:PATH, e.g. hdf5:data/my_set.h5")
@@ -27,7 +27,7 @@ def _load(arg: str | None, options: Mapping[str, Any]):
     if not path.is_file():
         raise GalmergeError(
             f"hdf5:{arg}: no such file; give the path of an HDF5 file written in the galmerge "
-            "schema (galmerge.hdf5io.write_imageset)"
+            "schema (galmerge.io.hdf5.write_imageset)"
         )
     in_memory = options.get("in_memory")
     if in_memory is not None and not isinstance(in_memory, bool):

@@ -14,7 +14,7 @@ column 0 east, i.e. north up and east left when drawn with origin at the bottom)
 JPEG (``image_source = "jpeg"``): SkyServer ImgCutout ``getjpeg`` at the model's scale and size,
 channels in R,G,B order (= i,r,g filters) unless the model names channels R/G/B in another
 order, values 0..255 as float32 times ``preprocess["jpeg_scale"]`` (default 1, as the DeepMerge II
-SDSS arrays `galmerge.deepmerge_data` loads), rows as in the JPEG (row 0 north).
+SDSS arrays `galmerge.surveys.deepmerge.data` loads), rows as in the JPEG (row 0 north).
 
 Base URLs: env ``GALMERGE_SDSS_SKYSERVER_URL`` and ``GALMERGE_SDSS_SAS_URL``, applied through
 ``astroquery.sdss.conf``. Options (``--survey 'sdss?workers=8&timeout=30'``): ``workers`` (4),
@@ -50,16 +50,16 @@ from typing import Any
 
 import numpy as np
 
-from galmerge import atomic
-from galmerge.cutouts import CutoutRequest, CutoutResult
 from galmerge.errors import GalmergeError
-from galmerge.http_retry import (
+from galmerge.io import atomic
+from galmerge.io.http import (
     CorruptResponse,
     FetchError,
     RetryingClient,
     RetryPolicy,
     bounded_map,
 )
+from galmerge.plugin.cutouts import CutoutRequest, CutoutResult
 
 SDSS_BANDS = ("u", "g", "r", "i", "z")
 NATIVE_SCALE_ARCSEC = 0.396

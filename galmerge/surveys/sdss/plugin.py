@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from galmerge.hookspecs import hookimpl
-from galmerge.records import Survey
+from galmerge.plugin.hookspecs import hookimpl
+from galmerge.plugin.records import Survey
 
 
 def _load(arg: str | None, options: Mapping[str, Any]):
-    from galmerge.deepmerge_data import load_sdss
+    from galmerge.surveys.deepmerge.data import load_sdss
 
     return load_sdss(arg, options)
 
 
 def _cutouts(preprocess: Mapping[str, Any], options: Mapping[str, Any]):
-    from galmerge.sdss_cutouts import make_cutout_service
+    from galmerge.surveys.sdss.cutouts import make_cutout_service
 
     return make_cutout_service(preprocess, options)
 

@@ -1,4 +1,4 @@
-"""Built-in survey `synthetic:PRESET`: labelled galaxies from the renderer (galmerge.render).
+"""Built-in survey `synthetic:PRESET`: labelled galaxies from the renderer (galmerge.surveys.synthetic.render).
 
 Spec options: ``n`` (images, default 2000), ``seed`` (default 0), ``merger_fraction``
 (default 0.5), ``size`` (pixels, default 75), ``cache`` (default true: reuse/write the HDF5
@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from galmerge.errors import GalmergeError
-from galmerge.hookspecs import hookimpl
-from galmerge.records import Survey
+from galmerge.plugin.hookspecs import hookimpl
+from galmerge.plugin.records import Survey
 
 # preset names and one-line descriptions, kept here so `galmerge list surveys` needs no torch
 PRESETS = ("pristine", "noisy", "illustris", "sdss")
@@ -126,8 +126,8 @@ def shifted_preset(base: Any, opts: Mapping[str, Any]) -> tuple[Any, str]:
 
 def _load(preset: str | None, options: Mapping[str, Any]):
     opts = parse_options(preset, options)
-    from galmerge.render import get_preset
-    from galmerge.render.survey import load_synthetic
+    from galmerge.surveys.synthetic.render import get_preset
+    from galmerge.surveys.synthetic.render.survey import load_synthetic
 
     shifted, variant = shifted_preset(get_preset(preset), opts)  # type: ignore[arg-type]
     return load_synthetic(

@@ -6,9 +6,9 @@ redshift, PSF, noise and field (instrument.py); draw.py renders batches with tor
 
 from __future__ import annotations
 
-from galmerge.render.draw import Observation, draw_scenes, observe
-from galmerge.render.presets import PRESETS, Preset, get_preset
-from galmerge.render.scene import KIND_NAMES, Scenes, sample_scenes
+from galmerge.surveys.synthetic.render.draw import Observation, draw_scenes, observe
+from galmerge.surveys.synthetic.render.presets import PRESETS, Preset, get_preset
+from galmerge.surveys.synthetic.render.scene import KIND_NAMES, Scenes, sample_scenes
 
 #: bump whenever a change alters rendered pixels: cached synthetic sets are keyed on it
 RENDERER_VERSION = 3

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from galmerge.render import instrument, profiles
-from galmerge.render.presets import Preset
-from galmerge.render.scene import ABSENT, DISC_SLOTS, Scenes
+from galmerge.surveys.synthetic.render import instrument, profiles
+from galmerge.surveys.synthetic.render.presets import Preset
+from galmerge.surveys.synthetic.render.scene import ABSENT, DISC_SLOTS, Scenes
 
 # Scenes rendered together; fixed so a seed gives the same noise whatever n is.
 CHUNK = 64

@@ -9,12 +9,13 @@ import h5py
 import numpy as np
 import torch
 
-from galmerge import atomic, hdf5io
-from galmerge.imageset import ImageSet
-from galmerge.render import RENDERER_VERSION
-from galmerge.render.draw import draw_scenes
-from galmerge.render.presets import Preset
-from galmerge.render.scene import sample_scenes
+from galmerge.io import atomic
+from galmerge.io import hdf5 as hdf5io
+from galmerge.plugin.imageset import ImageSet
+from galmerge.surveys.synthetic.render import RENDERER_VERSION
+from galmerge.surveys.synthetic.render.draw import draw_scenes
+from galmerge.surveys.synthetic.render.presets import Preset
+from galmerge.surveys.synthetic.render.scene import sample_scenes
 
 
 def data_dir() -> Path:
