@@ -35,8 +35,8 @@ def _stamps(n: int) -> np.ndarray:
 
 def _store(images: np.ndarray, keepbits: int | None, previous: bool, tmp: Path) -> dict:
     """Write every stamp through the cache (journal chunks), compact, read all back at random."""
+    from galmerge.classification import cutout_cache
     from galmerge.classification.cutout_cache import CutoutCache, make_key
-    from galmerge.classification.pipeline import cutout_cache
 
     filters = cutout_cache.IMAGE_FILTERS
     if previous:  # the layout before compression: the same code with no filters

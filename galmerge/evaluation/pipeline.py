@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from galmerge.config.resolve import rundir
+from galmerge.config import rundir
 from galmerge.errors import GalmergeError
-from galmerge.evaluation.pipeline import plots
+from galmerge.evaluation import plots
 from galmerge.evaluation.report import Figure, Section, fmt, metrics_table, table, write_report
 from galmerge.models.model import LoadedModel, load_model, read_checkpoint, save_checkpoint
 from galmerge.plugin.imageset import ImageSet

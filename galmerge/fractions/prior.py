@@ -48,7 +48,7 @@ def parse_prior(value: str | float | None) -> str | float | None:
 
 def training_prior(model: str | os.PathLike[str]) -> tuple[float, str]:
     """The prior the model's probabilities carry, and where it came from."""
-    from galmerge.config.resolve import rundir
+    from galmerge.config import rundir
 
     path = Path(model)
     if path.is_file() and path.suffix == ".pt":

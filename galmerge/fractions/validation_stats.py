@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from galmerge.config.resolve import rundir
+from galmerge.config import rundir
 from galmerge.errors import GalmergeError
 from galmerge.fractions.estimators import Validation
 from galmerge.io import atomic

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from galmerge.config.resolve import cli_overrides, resolve_config, rundir
+from galmerge.config import rundir
+from galmerge.config.resolve import cli_overrides, resolve_config
 from galmerge.errors import GalmergeError
 from galmerge.models.model import read_checkpoint
 from galmerge.plugin.imageset import ImageSet

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from galmerge.config.resolve import rundir
+from galmerge.config import rundir
 from galmerge.errors import GalmergeError
 from galmerge.models.model import build_model, read_checkpoint, save_checkpoint
 from galmerge.runtime import distributed as ddp

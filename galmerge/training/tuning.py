@@ -28,7 +28,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from galmerge.config.resolve import deep_merge, read_toml, resolve_config, rundir
+from galmerge.config import rundir
+from galmerge.config.resolve import deep_merge, read_toml, resolve_config
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.scores import selection

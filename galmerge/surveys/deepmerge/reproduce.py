@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from galmerge.config import rundir
 from galmerge.config.presets import PAPER_METHODS
-from galmerge.config.resolve import rundir
 from galmerge.errors import GalmergeError
 
 # experiment -> (source spec, target spec, preset); the specs read `galmerge fetch` files
