@@ -1,1 +1,1 @@
-"""galmerge.surveys.deepmerge."""
+"""Built-in survey ``illustris`` and the DeepMerge II data: sets, download, ``galmerge reproduce``."""

@@ -1,1 +1,1 @@
-"""galmerge.surveys.synthetic."""
+"""Built-in survey ``synthetic``: merging and non-merging galaxies rendered on demand (``render/``)."""
