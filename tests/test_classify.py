@@ -501,7 +501,7 @@ def _sdss_checkpoint(path: Path, size: int = 24) -> Path:
 
 def test_sdss_survey_end_to_end_over_loopback(fake_sdss, tmp_path, monkeypatch):
     from galmerge.plugin.cutouts import CutoutRequest
-    from galmerge.plugin.manager import get_survey
+    from galmerge.plugin.manager import get_plugin_manager
 
     monkeypatch.chdir(tmp_path)
     ckpt = _sdss_checkpoint(tmp_path / "best.pt")
@@ -521,7 +521,7 @@ def test_sdss_survey_end_to_end_over_loopback(fake_sdss, tmp_path, monkeypatch):
     assert [r[-1] for r in rows] == ["ok"] * len(g) + ["no-coverage", "bad-coordinates"]
     spec = {"bands": ["g", "r", "i"], "image_size": 24, "pixel_scale_arcsec": 0.396,
             "image_source": "frames"}
-    with get_survey("sdss").cutouts(spec, {}) as svc:  # the same stamps, asked for directly
+    with get_plugin_manager().get("surveys", "sdss").cutouts(spec, {}) as svc:  # the same stamps, asked for directly
         direct = {r.row: r.image for r in svc.fetch(
             [CutoutRequest(i, x.ra, x.dec, str(i)) for i, x in enumerate(g)])}
     expected = oracle(ckpt, np.stack([direct[i] for i in range(len(g))]))

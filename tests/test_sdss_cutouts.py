@@ -18,7 +18,7 @@ from fake_sdss import (
 
 from galmerge.errors import GalmergeError
 from galmerge.plugin.cutouts import CutoutRequest
-from galmerge.plugin.manager import get_survey
+from galmerge.plugin.manager import get_plugin_manager
 from galmerge.surveys.sdss.cutouts import FrameDiskCache, make_cutout_service
 
 FRAMES = {"bands": ["g", "r", "i"], "image_size": 31, "pixel_scale_arcsec": 0.396,
@@ -38,7 +38,7 @@ def options(tmp_path: Path, sleeps: list[float]) -> dict:
 
 
 def _service(preprocess: dict, options: dict):
-    return get_survey("sdss").cutouts(preprocess, options)
+    return get_plugin_manager().get("surveys", "sdss").cutouts(preprocess, options)
 
 
 def _requests(fake: FakeSdss, idx=None) -> list[CutoutRequest]:

@@ -36,7 +36,6 @@ DEC_NAMES = ("dec", "dec_deg", "decdeg", "dej2000", "_dej2000", "decj2000", "dec
 ID_NAMES = ("objid", "obj_id", "specobjid", "dr7objid", "bestobjid", "id", "object_id",
             "objectid", "source_id", "sourceid", "name", "galaxy_id")
 
-CSV_SUFFIXES = (".csv", ".txt", ".tsv")
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 VOTABLE_SUFFIXES = (".xml", ".vot", ".votable")
 # text in and out keeps undecodable bytes as they were

@@ -6,11 +6,6 @@ from pathlib import Path
 
 import click
 
-TARGET_HELP = (
-    "illustris (DeepMerge II Illustris .npy), sdss (DeepMerge II SDSS .npy), all (both), "
-    "deepmerge1 (DeepMerge I FITS from MAST)"
-)
-
 
 @click.command("fetch")
 @click.argument("survey", type=click.Choice(["illustris", "sdss", "all", "deepmerge1"]))

@@ -326,14 +326,3 @@ def reset_plugin_manager() -> None:
     with _lock:
         _manager = None
 
-
-def get_backbone(name: str) -> Backbone:
-    return get_plugin_manager().get("backbones", name)
-
-
-def get_strategy(name: str) -> Strategy:
-    return get_plugin_manager().get("strategies", name)
-
-
-def get_survey(name: str) -> Survey:
-    return get_plugin_manager().get("surveys", name)

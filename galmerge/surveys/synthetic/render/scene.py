@@ -20,7 +20,6 @@ KIND_NAMES = ("isolated", "projected-neighbour", "close-pair", "post-merger")
 # partner or unrelated neighbour), and a second nucleus in post-merger remnants.
 N_SERSIC = 5
 DISC_SLOTS = (1, 3)
-BULGE_SLOTS = (0, 2, 4)
 N_ARCS = 4  # tidal tails, bridges, shells, plumes
 N_KNOTS = 6  # star-forming clumps (HII regions in discs, knots in tails)
 ABSENT = 99.0  # magnitude of an absent component
