@@ -44,6 +44,7 @@ from galmerge.classification.outputs import ResultBlock, ResultJournal, Tally, o
 from galmerge.classification.segments import check_private_folder
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.io.paths import data_dir
 from galmerge.io.provenance import data_release
 from galmerge.io.provenance import record as provenance_record
 from galmerge.plugin.cutouts import CutoutRequest
@@ -94,10 +95,6 @@ class ClassifySummary:
         }
 
 
-def _data_dir() -> Path:
-    return Path(os.environ.get("GALMERGE_DATA") or "data")
-
-
 def default_output(catalog: Path) -> Path:
     """``<catalog stem>_galmerge.csv`` in the working directory (catalogs may be read-only)."""
     name = catalog.name
@@ -112,7 +109,7 @@ def default_cache(survey: str, cache_key: str) -> Path:
     """``$GALMERGE_DATA/cache/<survey>-<hash of the service's cache key>.h5``."""
     digest = hashlib.sha256(cache_key.encode()).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in survey)
-    return _data_dir() / "cache" / f"{safe}-{digest}.h5"
+    return data_dir() / "cache" / f"{safe}-{digest}.h5"
 
 
 def _is_image_file(path: Path) -> bool:

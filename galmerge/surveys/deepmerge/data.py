@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from galmerge.errors import GalmergeError
+from galmerge.io.paths import data_dir
 from galmerge.plugin.imageset import ImageSet
 
 ZENODO_RECORD = "4507941"
@@ -145,7 +146,7 @@ FETCH_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
 def data_root(override: str | os.PathLike[str] | None = None) -> Path:
     """``$GALMERGE_DATA/deepmerge`` (GALMERGE_DATA defaults to ``./data``)."""
     base = (
-        Path(override) if override is not None else Path(os.environ.get("GALMERGE_DATA") or "data")
+        Path(override) if override is not None else data_dir()
     )
     return base.expanduser() / SUBDIR
 

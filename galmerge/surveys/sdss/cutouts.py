@@ -59,6 +59,7 @@ from galmerge.io.http import (
     RetryPolicy,
     bounded_map,
 )
+from galmerge.io.paths import data_dir
 from galmerge.plugin.cutouts import CutoutRequest, CutoutResult
 
 SDSS_BANDS = ("u", "g", "r", "i", "z")
@@ -105,7 +106,7 @@ class Settings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Settings:
-        data = Path(os.environ.get("GALMERGE_DATA") or "data")
+        data = data_dir()
         cache = options.get("frame_cache_dir", data / "cache" / "sdss-frames")
         policy = RetryPolicy.from_options(options)
         return cls(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
@@ -11,15 +10,12 @@ import torch
 
 from galmerge.io import atomic
 from galmerge.io import hdf5 as hdf5io
+from galmerge.io.paths import data_dir
 from galmerge.plugin.imageset import ImageSet
 from galmerge.surveys.synthetic.render import RENDERER_VERSION
 from galmerge.surveys.synthetic.render.draw import draw_scenes
 from galmerge.surveys.synthetic.render.presets import Preset
 from galmerge.surveys.synthetic.render.scene import sample_scenes
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("GALMERGE_DATA") or "data")
 
 
 def cache_path(
