@@ -17,7 +17,7 @@ from fake_sdss import FakeSdss
 from test_classify import env, read_csv  # noqa: F401  (fixture)
 from test_hardening import _jpeg_checkpoint, _near_galaxies
 
-from galmerge.cutout_cache import CutoutCache, make_key
+from galmerge.classification.cutout_cache import CutoutCache, make_key
 
 SHAPE = (3, 8, 8)
 KIND = "test:g,r,i:8px"
@@ -67,7 +67,7 @@ def test_sigkill_loses_no_fetched_jpeg_stamp(tmp_path):
 
 WRITER = """
 import sys, numpy as np
-from galmerge.cutout_cache import CutoutCache, make_key
+from galmerge.classification.cutout_cache import CutoutCache, make_key
 cache = CutoutCache(sys.argv[1], "test:g,r,i:8px", (3, 8, 8))
 for i in range(5):
     cache.put(make_key(f"id{i}", i, 0), f"id{i}", i, 0, np.full((3, 8, 8), float(i), np.float32))
@@ -102,7 +102,7 @@ def test_a_torn_arrival_record_is_dropped_and_the_rest_replayed(tmp_path):
 
 COMPACT = """
 import resource, sys
-from galmerge.cutout_cache import CutoutCache
+from galmerge.classification.cutout_cache import CutoutCache
 if sys.argv[2] == "unchecked":  # as if the disk filled up after the check
     CutoutCache._check_room = lambda self, need: None
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))

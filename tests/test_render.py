@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from galmerge.render import PRESETS, Scenes, draw_scenes, sample_scenes
-from galmerge.render.instrument import (
+from galmerge.surveys.synthetic.render import PRESETS, Scenes, draw_scenes, sample_scenes
+from galmerge.surveys.synthetic.render.instrument import (
     convolve,
     convolve_psf,
     distance_modulus,
     mag_to_nmgy,
     psf_transfers,
 )
-from galmerge.render.scene import ABSENT, PAIR, POSTMERGER
+from galmerge.surveys.synthetic.render.scene import ABSENT, PAIR, POSTMERGER
 
 
 def test_same_seed_same_images_other_seed_other_images():
