@@ -135,7 +135,6 @@ class _Inference:
         import torch
 
         from galmerge import shift_score
-
         from galmerge.devices import resolve_device
         from galmerge.model import load_model
 
