@@ -189,7 +189,7 @@ def load(model: str | Path, checkpoint_sha256: str | None) -> tuple[dict[str, An
         missing = [k for k in _ARRAYS if k not in stats]
         if meta.get("format") != FORMAT or missing:
             raise ValueError(f"not {FORMAT}" + (f" (no {', '.join(missing)})" if missing else ""))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # a damaged zip (BadZipFile), a wrong array, bad JSON: one line
         raise GalmergeError(f"cannot read {path}: {exc}".splitlines()[0] + "; delete it to "
                             "classify without a shift score, or retrain") from None
     if checkpoint_sha256 and meta.get("checkpoint_sha256") not in (None, checkpoint_sha256):
