@@ -95,10 +95,15 @@ def score_features(stats: dict[str, Any], features: Any) -> Any:
     import torch
 
     f = features.float()
-    means = torch.as_tensor(stats["means"], device=f.device)
-    comps = torch.as_tensor(stats["components"], device=f.device)
-    lam = torch.as_tensor(stats["eigenvalues"], device=f.device)
-    sigma2 = float(stats["sigma2"])
+    return score_tensors(f, *(torch.as_tensor(stats[k], device=f.device)
+                              for k in ("means", "components", "eigenvalues")),
+                         float(stats["sigma2"]))
+
+
+def score_tensors(f: Any, means: Any, comps: Any, lam: Any, sigma2: float) -> Any:
+    """The score from tensors (traceable: `galmerge export` puts it into the ONNX graph)."""
+    import torch
+
     proj_f = f @ comps
     proj_mu = means @ comps
     best = None

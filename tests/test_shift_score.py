@@ -221,3 +221,29 @@ def test_mc_dropout_needs_a_backbone_with_dropout(run, tmp_path):
     code, text = _classify(plain, run["target"], tmp_path / "o.csv", "--quiet", "--mc-dropout",
                            "4")
     assert code == 1 and "no dropout layer" in text and len(text.strip().splitlines()) == 1
+
+
+def test_exported_onnx_model_computes_the_score_in_its_graph(run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx_file = tmp_path / "m.onnx"
+    res = CliRunner().invoke(cli, ["export", str(run["run"]), "--output", str(onnx_file)])
+    assert res.exit_code == 0, res.output
+    code, text = _classify(onnx_file, run["target"], tmp_path / "onnx.csv", "--quiet")
+    assert code == 0, text
+    code, text = _classify(run["run"], run["target"], tmp_path / "torch.csv", "--quiet")
+    assert code == 0, text
+    got, want = _csv(tmp_path / "onnx.csv"), _csv(tmp_path / "torch.csv")
+    assert list(got[0]) == list(want[0])
+    assert np.array([float(r["shift_score"]) for r in got]) == pytest.approx(
+        np.array([float(r["shift_score"]) for r in want]), rel=1e-4)
+    # a run without statistics exports without the output; classify says so once
+    old = tmp_path / "old"
+    shutil.copytree(run["run"], old)
+    (old / shift_score.STATS_FILE).unlink()
+    res = CliRunner().invoke(cli, ["export", str(old), "--output", str(tmp_path / "old.onnx")])
+    assert res.exit_code == 0, res.output
+    code, text = _classify(tmp_path / "old.onnx", run["target"], tmp_path / "o.csv")
+    assert code == 0 and text.count("exported without shift statistics") == 1
+    assert "shift_score" not in _csv(tmp_path / "o.csv")[0]
+    code, text = _classify(onnx_file, run["target"], tmp_path / "o.csv", "--mc-dropout", "3")
+    assert code == 1 and "ONNX" in text and len(text.strip().splitlines()) == 1
