@@ -172,12 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = runs / "data"
     data.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    train_s = {}
-    for strategy in STRATEGIES:
-        for seed in range(1, args.seeds + 1):
-            name = f"{strategy.replace('+', '-')}-s{seed}"
-            train_s[name] = _train(runs, name, strategy, seed, args.n, args.epochs)
-
+    train_s: dict[str, float] = {}
     sets: dict[str, tuple[Path, str]] = {}
     src = load_imageset(f"synthetic:illustris?n={args.n_test}&seed=50")
     tgt = load_imageset(f"synthetic:sdss?n={args.n_test}&seed=51")
@@ -201,11 +196,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _write(data / "contaminated_source.h5", src.images.numpy() + over, src)
     sets["contaminated_source"] = (data / "contaminated_source.h5", "source")
 
-    results: dict[str, Any] = {}
-    for strategy in STRATEGIES:
-        per_seed = []
-        for seed in range(1, args.seeds + 1):
-            run_dir = runs / f"{strategy.replace('+', '-')}-s{seed}"
+    per: dict[str, list[dict[str, Any]]] = {s: [] for s in STRATEGIES}
+    for seed in range(1, args.seeds + 1):  # seed by seed: a partial result is written each time
+        for strategy in STRATEGIES:
+            name = f"{strategy.replace('+', '-')}-s{seed}"
+            train_s[name] = _train(runs, name, strategy, seed, args.n, args.epochs)
+            run_dir = runs / name
             from galmerge.shift_score import load
 
             stats, _ = load(run_dir, None)
@@ -228,7 +224,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                ("contaminated_source", "source")):
                 row[f"auc_by_kind_{which}"] = {
                     kind: auc(sc[which][kinds[which] == kind], sc[ref]) for kind in KINDS}
-            per_seed.append(row)
+            per[strategy].append(row)
+        if args.partial:
+            args.partial(_record(args, per, sets, None, train_s, t0))
+    throughput = _throughput(runs, args) if args.repeats else None
+    return _record(args, per, sets, throughput, train_s, t0)
+
+
+def _record(args: argparse.Namespace, per: dict[str, list[dict[str, Any]]], sets: dict[str, Any],
+            throughput: dict[str, Any] | None, train_s: dict[str, float],
+            t0: float) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for strategy, per_seed in per.items():
+        if not per_seed:
+            continue
         keys = [k for k in per_seed[0] if k.startswith("auc_") and not k.startswith("auc_by")]
         results[strategy] = {
             "seeds": per_seed,
@@ -236,10 +245,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "mean_flagged": {k: statistics.mean(r["flagged"][k] for r in per_seed)
                              for k in sets},
         }
-    throughput = _throughput(runs, args) if args.repeats else None
     return {
         "benchmark": "bench_shift", "n_per_domain": args.n, "epochs": args.epochs,
-        "seeds": args.seeds, "n_test": args.n_test, "source": SOURCE.format(n=args.n),
+        "seeds": max(len(v) for v in per.values()), "n_test": args.n_test, "source": SOURCE.format(n=args.n),
         "target": TARGET.format(n=args.n), "preset": "synthetic-sim-real",
         "results": results, "throughput": throughput, "train_seconds": train_s,
         "seconds": time.time() - t0, "host": platform.node(), "cpus": os.cpu_count(),
@@ -345,10 +353,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "results" / "shift_score"))
     args = ap.parse_args()
-    res = run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(res, indent=1) + "\n")
-    Path(args.out + ".md").write_text(markdown(res))
+
+    def save(res: dict[str, Any]) -> None:
+        Path(args.out + ".json").write_text(json.dumps(res, indent=1) + "\n")
+        Path(args.out + ".md").write_text(markdown(res))
+
+    args.partial = save
+    res = run(args)
+    save(res)
     print(markdown(res))
 
 
