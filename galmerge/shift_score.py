@@ -46,20 +46,25 @@ _ARRAYS = ("means", "components", "eigenvalues", "sigma2", "threshold", "val_sco
 
 
 class FeatureMoments:
-    """Streaming per-class counts, sums and one pooled second moment (float64)."""
+    """Streaming per-class counts, sums and one pooled second moment, about the first chunk's
+    mean (``shift``: so that float32 products lose no digits to a large common mean)."""
 
     def __init__(self) -> None:
         self.dim = -1
         self.counts: dict[int, int] = {}
         self.sums: dict[int, np.ndarray] = {}
         self.outer: np.ndarray | None = None
+        self.shift: np.ndarray | None = None
 
     def add(self, features: np.ndarray, labels: np.ndarray) -> None:
-        f = np.asarray(features, dtype=np.float64)
+        f = np.asarray(features, dtype=np.float32)
         if self.outer is None:
             self.dim = f.shape[1]
             self.outer = np.zeros((self.dim, self.dim))
-        self.outer += f.T @ f
+            self.shift = f.mean(axis=0)
+        f = f - self.shift
+        self.outer += (f.T @ f).astype(np.float64)  # a chunk's product in float32: 2x faster
+        f = f.astype(np.float64)
         for c in np.unique(labels):
             rows = f[labels == c]
             key = int(c)
@@ -73,21 +78,41 @@ def fit(moments: FeatureMoments, components: int = MAX_COMPONENTS) -> dict[str, 
         raise GalmergeError("the shift score needs at least 3 source training images")
     classes = sorted(moments.counts)
     n = sum(moments.counts.values())
-    means = np.stack([moments.sums[c] / moments.counts[c] for c in classes])
+    centred = np.stack([moments.sums[c] / moments.counts[c] for c in classes])
     scatter = moments.outer.copy()
-    for c, mu in zip(classes, means, strict=True):
+    for c, mu in zip(classes, centred, strict=True):
         scatter -= moments.counts[c] * np.outer(mu, mu)
     cov = scatter / max(1, n - len(classes))
-    evals, evecs = np.linalg.eigh((cov + cov.T) / 2)
-    evals, evecs = np.clip(evals[::-1], 0.0, None), evecs[:, ::-1]
-    dim = len(evals)
-    total = float(evals.sum())
+    cov = (cov + cov.T) / 2
+    dim = cov.shape[0]
+    total = max(float(np.trace(cov)), 0.0)
     floor = max(total / dim, 1e-12) * 1e-6  # a direction with no spread still gets a scale
     k = int(min(components, dim, max(1, n - len(classes))))
-    lam = np.maximum(evals[:k], floor)
-    sigma2 = max(float(evals[k:].mean()) if k < dim else floor, floor)
-    return {"means": means.astype(np.float32), "components": evecs[:, :k].astype(np.float32),
+    evals, evecs = _leading_eigen(cov, k)
+    lam = np.maximum(evals, floor)
+    sigma2 = max((total - float(evals.sum())) / (dim - k) if k < dim else floor, floor)
+    means = centred + moments.shift
+    return {"means": means.astype(np.float32), "components": evecs.astype(np.float32),
             "eigenvalues": lam.astype(np.float32), "sigma2": np.array(sigma2, np.float64)}
+
+
+def _leading_eigen(cov: np.ndarray, k: int, iterations: int = 10) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """The ``k`` largest eigenvalues (descending) and their eigenvectors of a symmetric PSD
+    matrix: a full ``eigh`` for small matrices, else subspace iteration (Halko et al. 2011;
+    ``k`` + 16 vectors, fixed seed) -- O(D^2 k) instead of O(D^3): a 2592-wide DeepMerge
+    feature covariance in about a second instead of minutes on a busy CPU."""
+    dim = cov.shape[0]
+    if dim <= 4 * (k + 16):
+        w, v = np.linalg.eigh(cov)
+        return np.clip(w[::-1][:k], 0.0, None), v[:, ::-1][:, :k]
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((dim, k + 16)))
+    for _ in range(iterations):
+        q, _ = np.linalg.qr(cov @ q)
+    w, u = np.linalg.eigh(q.T @ cov @ q)
+    order = np.argsort(w)[::-1][:k]
+    return np.clip(w[order], 0.0, None), q @ u[:, order]
 
 
 def score_features(stats: dict[str, Any], features: Any) -> Any:
@@ -131,6 +156,9 @@ def fit_run(
 ) -> str:
     """Fit on ``train_idx``, threshold on ``val_idx``, write ``out_dir/shift_stats.npz``;
     ``features(idx)`` gives (features, labels). Returns the file's SHA-256."""
+    import time
+
+    t0 = time.perf_counter()
     moments = FeatureMoments()
     for start in range(0, len(train_idx), chunk):
         f, y = features(train_idx[start : start + chunk])
@@ -149,7 +177,8 @@ def fit_run(
     meta = {"format": FORMAT, "checkpoint_sha256": checkpoint_sha256,
             "n_train": int(sum(moments.counts.values())), "n_val": int(len(val_scores)),
             "classes": sorted(moments.counts), "feature_dim": int(moments.dim),
-            "components": int(stats["components"].shape[1]), "threshold_from": how}
+            "components": int(stats["components"].shape[1]), "threshold_from": how,
+            "fit_seconds": round(time.perf_counter() - t0, 3)}
     return save(out_dir / STATS_FILE, {**stats, "threshold": np.array(threshold),
                                        "val_scores": val_scores.astype(np.float32)}, meta)
 
