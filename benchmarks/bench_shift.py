@@ -197,6 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sets["contaminated_source"] = (data / "contaminated_source.h5", "source")
 
     per: dict[str, list[dict[str, Any]]] = {s: [] for s in STRATEGIES}
+    throughput = None
     for seed in range(1, args.seeds + 1):  # seed by seed: a partial result is written each time
         for strategy in STRATEGIES:
             name = f"{strategy.replace('+', '-')}-s{seed}"
@@ -225,9 +226,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row[f"auc_by_kind_{which}"] = {
                     kind: auc(sc[which][kinds[which] == kind], sc[ref]) for kind in KINDS}
             per[strategy].append(row)
+        if seed == 1 and args.repeats:  # early: a partial result has it too
+            throughput = _throughput(runs, args)
         if args.partial:
-            args.partial(_record(args, per, sets, None, train_s, t0))
-    throughput = _throughput(runs, args) if args.repeats else None
+            args.partial(_record(args, per, sets, throughput, train_s, t0))
     return _record(args, per, sets, throughput, train_s, t0)
 
 
