@@ -131,8 +131,8 @@ def artefact_stamps(reference: np.ndarray, n: int, seed: int, kinds_of: tuple[st
 def _write(path: Path, images: np.ndarray, like: Any, labels: np.ndarray | None = None) -> None:
     import torch
 
-    from galmerge.hdf5io import write_imageset
-    from galmerge.imageset import ImageSet
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.plugin.imageset import ImageSet
 
     n = len(images)
     write_imageset(path, ImageSet(
@@ -155,7 +155,7 @@ def _train(runs: Path, name: str, strategy: str, seed: int, n: int, epochs: int)
 
 
 def _scores(run: Path, h5: Path, domain: str, out: Path, **kw: Any) -> np.ndarray:
-    from galmerge.classification import classify
+    from galmerge.classification.pipeline import classify
 
     classify(h5, run, output=out, domain=domain, device="cpu", quiet=True, **kw)
     with open(out, newline="") as fh:
@@ -166,7 +166,7 @@ def _scores(run: Path, h5: Path, domain: str, out: Path, **kw: Any) -> np.ndarra
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from galmerge.datasets import load_imageset
+    from galmerge.data.datasets import load_imageset
 
     runs = Path(args.runs_dir)
     data = runs / "data"
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name = f"{strategy.replace('+', '-')}-s{seed}"
             train_s[name] = _train(runs, name, strategy, seed, args.n, args.epochs)
             run_dir = runs / name
-            from galmerge.shift_score import load
+            from galmerge.scores.shift import load
 
             stats, _ = load(run_dir, None)
             assert stats is not None
@@ -258,8 +258,8 @@ def _record(args: argparse.Namespace, per: dict[str, list[dict[str, Any]]], sets
 
 
 def _throughput(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from galmerge.classification import classify
-    from galmerge.datasets import load_imageset
+    from galmerge.classification.pipeline import classify
+    from galmerge.data.datasets import load_imageset
 
     run_dir = runs / "none-s1"
     bare = runs / "none-s1-without-stats"

@@ -1,4 +1,4 @@
-"""Per-galaxy shift score (`galmerge.shift_score`) and MC-dropout, through `galmerge train` and
+"""Per-galaxy shift score (`galmerge.scores.shift`) and MC-dropout, through `galmerge train` and
 `galmerge classify` on a tiny real run."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 from click.testing import CliRunner
 from eval_helpers import tiny_run, write_pair
 
-from galmerge import shift_score
 from galmerge.cli import cli
-from galmerge.hdf5io import read_imageset, write_imageset
-from galmerge.imageset import ImageSet
+from galmerge.io.hdf5 import read_imageset, write_imageset
+from galmerge.plugin.imageset import ImageSet
+from galmerge.scores import shift as shift_score
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 def _reference_scores(run: Path, images: np.ndarray, domain: str) -> np.ndarray:
     """The documented formula, evaluated with the full covariance matrix and a linear solve."""
-    from galmerge.inference import forward_in_batches
-    from galmerge.model import load_model
+    from galmerge.models.inference import forward_in_batches
+    from galmerge.models.model import load_model
 
     loaded = load_model(run / "best.pt")
     stats, _ = shift_score.load(run, None)

@@ -1,4 +1,4 @@
-"""`galmerge classify`: a thin layer over `galmerge.classification.classify`."""
+"""`galmerge classify`: a thin layer over `galmerge.classification.pipeline.classify`."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def classify(catalog: str, model: tuple[str, ...], survey: str, output: str | No
     for runs trained with this version: how unlike the training set each stamp is). Under torchrun the catalog is
     sharded over the processes and rank 0 merges the parts in input order.
     """
-    from galmerge.classification import classify as run
+    from galmerge.classification.pipeline import classify as run
 
     run(catalog, model[0] if len(model) == 1 else list(model), survey=survey, output=output,
         cache=cache, ra_col=ra_col,

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from galmerge import distributed as ddp
-from galmerge import rundir, shift_score
-from galmerge.collapse import collapse_warning, run_warnings
+from galmerge.config import rundir
 from galmerge.errors import GalmergeError
-from galmerge.model import build_model, read_checkpoint, save_checkpoint
-from galmerge.progress import Progress
+from galmerge.models.model import build_model, read_checkpoint, save_checkpoint
+from galmerge.runtime import distributed as ddp
+from galmerge.runtime.progress import Progress
+from galmerge.scores import shift as shift_score
+from galmerge.scores.collapse import collapse_warning, run_warnings
 from galmerge.training import checkpoints, optim
 from galmerge.training.data import Domain, batch_stream
 from galmerge.training.evaluate import predict, split_metrics, validate
@@ -326,7 +327,7 @@ class Trainer:
         }
 
     def _fit_shift_stats(self, checkpoint_sha256: str | None) -> str:
-        """`galmerge.shift_score`: one feature pass over the source training split (and its
+        """`galmerge.scores.shift`: one feature pass over the source training split (and its
         validation split, for the threshold) with the selected weights."""
         plan, source = self.plan, self.source
 
