@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name = f"{strategy.replace('+', '-')}-s{seed}"
             train_s[name] = _train(runs, name, strategy, seed, args.n, args.epochs)
             run_dir = runs / name
-            from galmerge.scores.shift import load
+            from galmerge.models.shift import load
 
             stats, _ = load(run_dir, None)
             assert stats is not None

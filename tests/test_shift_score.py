@@ -1,4 +1,4 @@
-"""Per-galaxy shift score (`galmerge.scores.shift`) and MC-dropout, through `galmerge train` and
+"""Per-galaxy shift score (`galmerge.models.shift`) and MC-dropout, through `galmerge train` and
 `galmerge classify` on a tiny real run."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from eval_helpers import tiny_run, write_pair
 
 from galmerge.cli import cli
 from galmerge.io.hdf5 import read_imageset, write_imageset
+from galmerge.models import shift as shift_score
 from galmerge.plugin.imageset import ImageSet
-from galmerge.scores import shift as shift_score
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ class ResultBlock:
     flag: np.ndarray  # int8, -1 when unavailable
     status: np.ndarray  # object (str)
     # result columns after status, by name: float64 (NaN when unavailable) or int8 (-1), e.g.
-    # shift_score / shift_flag (`galmerge.scores.shift`), p_merger_std (MC-dropout)
+    # shift_score / shift_flag (`galmerge.models.shift`), p_merger_std (MC-dropout)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:

@@ -131,9 +131,9 @@ class _Inference:
                  batch_size: int, local_rank: int, mc_dropout: int = 0) -> None:
         import torch
 
+        from galmerge.models import shift as shift_score
         from galmerge.models.model import load_model
         from galmerge.runtime.devices import resolve_device
-        from galmerge.scores import shift as shift_score
 
         dev = resolve_device(device)
         if dev.type == "cuda" and dev.index is None:
@@ -189,8 +189,8 @@ class _Inference:
         import torch
 
         from galmerge.data.preprocess import asinh_, normalise
+        from galmerge.models import shift as shift_score
         from galmerge.models.inference import merger_probability
-        from galmerge.scores import shift as shift_score
 
         out = np.empty(len(images), dtype=np.float64)
         extra = {name: np.full(len(images), np.nan) for name in self.extra}
@@ -427,7 +427,7 @@ def classify(
     ``prior`` ("auto" or a merger fraction): p_merger rescaled to it afterwards
     (`galmerge.fractions.prior`). ``mc_dropout`` (N >= 2): p_merger is the mean of N passes with
     the dropout layers active, ``p_merger_std`` their spread. A run with ``shift_stats.npz``
-    adds ``shift_score`` and ``shift_flag`` (`galmerge.scores.shift`).
+    adds ``shift_score`` and ``shift_flag`` (`galmerge.models.shift`).
     """
     if mc_dropout is not None and (isinstance(mc_dropout, bool) or not isinstance(mc_dropout, int)
                                    or mc_dropout < 2):

@@ -8,7 +8,7 @@ The preprocessing spec, temperature and domain are also stored as metadata (ONNX
 ``metadata_props``; TorchScript extra file ``galmerge.json``), so a reader can check the bands,
 stamp size and pixel scale its stamps must have.
 
-ONNX files of runs with ``shift_stats.npz`` (`galmerge.scores.shift`) have a third output,
+ONNX files of runs with ``shift_stats.npz`` (`galmerge.models.shift`) have a third output,
 ``shift_score`` (N,), computed inside the graph; its threshold is in the metadata
 (``shift.threshold``). TorchScript files keep their two outputs (no shift score).
 """
@@ -71,7 +71,7 @@ def _deployable(model: Any, spec: dict[str, Any], temperature: float,
             features, logits = self.model(x)
             p_merger = torch.softmax(logits / self.temperature, dim=1)[:, 1]
             if self.shift:
-                from galmerge.scores.shift import score_tensors
+                from galmerge.models.shift import score_tensors
 
                 return p_merger, logits, score_tensors(
                     features.float(), self.shift_means, self.shift_components,
@@ -129,13 +129,13 @@ def export_model(
     meta = describe(loaded, domain)
     shift = None
     if fmt == "onnx":
-        from galmerge.scores.shift import load
+        from galmerge.models.shift import load
 
         shift, _ = load(model, loaded.sha256)
         if shift is not None:
             meta["shift"] = {"threshold": float(shift["threshold"]),
                              "stats_sha256": shift["meta"]["sha256"]}
-            meta["outputs"]["shift_score"] = "(N,) galmerge.scores.shift; flag: > shift.threshold"
+            meta["outputs"]["shift_score"] = "(N,) galmerge.models.shift; flag: > shift.threshold"
     net = _deployable(loaded.model, meta["preprocess"], loaded.temperature, shift)
     _, channels, size, _ = meta["input"]["shape"]
     example = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
@@ -245,7 +245,7 @@ class OnnxInference:
         self.extra: list[str] = []
         self.shift_note = ""
         if "shift_score" in outputs and isinstance(meta.get("shift"), dict):
-            from galmerge.scores.shift import FLAG_COLUMN, SCORE_COLUMN
+            from galmerge.models.shift import FLAG_COLUMN, SCORE_COLUMN
 
             self.shift = {"threshold": float(meta["shift"]["threshold"]),
                           "meta": {"sha256": str(meta["shift"].get("stats_sha256", ""))}}

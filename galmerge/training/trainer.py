@@ -19,10 +19,10 @@ from torch import nn
 
 from galmerge.config import rundir
 from galmerge.errors import GalmergeError
+from galmerge.models import shift as shift_score
 from galmerge.models.model import build_model, read_checkpoint, save_checkpoint
 from galmerge.runtime import distributed as ddp
 from galmerge.runtime.progress import Progress
-from galmerge.scores import shift as shift_score
 from galmerge.scores.collapse import collapse_warning, run_warnings
 from galmerge.training import checkpoints, optim
 from galmerge.training.data import Domain, batch_stream
@@ -327,7 +327,7 @@ class Trainer:
         }
 
     def _fit_shift_stats(self, checkpoint_sha256: str | None) -> str:
-        """`galmerge.scores.shift`: one feature pass over the source training split (and its
+        """`galmerge.models.shift`: one feature pass over the source training split (and its
         validation split, for the threshold) with the selected weights."""
         plan, source = self.plan, self.source
 
