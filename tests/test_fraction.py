@@ -362,7 +362,9 @@ def test_ensemble_mean_and_spread(classified, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0])[-4:] == ["p_merger", "is_merger", "status", "p_merger_std"]
+    # the first member's shift_score/shift_flag stay (the ensemble's are the first member's)
+    assert list(rows[0])[-6:] == ["p_merger", "is_merger", "status", "shift_score",
+                                  "shift_flag", "p_merger_std"]
     both = np.stack([_p(classified["csv"]), _p(single)])
     got = np.array([float(r["p_merger"]) for r in rows])
     assert got == pytest.approx(both.mean(0), abs=2e-6)

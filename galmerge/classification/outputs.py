@@ -46,6 +46,9 @@ class ResultBlock:
     p: np.ndarray  # float64, NaN when unavailable
     flag: np.ndarray  # int8, -1 when unavailable
     status: np.ndarray  # object (str)
+    # result columns after status, by name: float64 (NaN when unavailable) or int8 (-1), e.g.
+    # shift_score / shift_flag (`galmerge.models.shift`), p_merger_std (MC-dropout)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.status)
@@ -97,6 +100,27 @@ def result_names(columns: Sequence[str]) -> tuple[str, str, str]:
     return out[0], out[1], out[2]
 
 
+def extra_names(columns: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """The names of the columns after ``status``, made distinct from the input's and the
+    three result columns'."""
+    taken = {*columns, *result_names(columns)}
+    out = []
+    for name in extra:
+        candidate, i = name, 0
+        while candidate in taken:
+            i += 1
+            candidate = f"{name}_{i}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def _extra_text(values: np.ndarray) -> list[str]:
+    if values.dtype.kind == "f":
+        return ["" if not np.isfinite(v) else f"{v:.6g}" for v in values.tolist()]
+    return ["" if v < 0 else str(v) for v in values.tolist()]
+
+
 def _temp_path(path: Path, tag: str = "") -> Path:
     # created now (O_EXCL, unpredictable name): a link planted in the folder is never followed
     return atomic.temp_beside(path, tag)
@@ -119,10 +143,13 @@ class OutputWriter:
 
     provenance: dict[str, Any] | None = None
 
-    def __init__(self, path: Path, columns: Sequence[str], tmp: Path | None = None) -> None:
+    def __init__(self, path: Path, columns: Sequence[str], tmp: Path | None = None,
+                 extra: Sequence[str] = ()) -> None:
         self.path = path
         self.columns = list(columns)
         self.names = result_names(self.columns)
+        self.extra = list(extra)  # ResultBlock.extra keys, in output order
+        self.extra_out = extra_names(self.columns, self.extra)
         self.tally = Tally()
         path.parent.mkdir(parents=True, exist_ok=True)
         for dead in atomic.dead_temporaries(path.parent, f".{glob.escape(path.name)}*.tmp"):
@@ -171,20 +198,21 @@ def column_text(values: np.ndarray) -> list[str]:
 
 
 class CsvWriter(OutputWriter):
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        super().__init__(path, columns)
+    def __init__(self, path: Path, columns: Sequence[str], extra: Sequence[str] = ()) -> None:
+        super().__init__(path, columns, extra=extra)
         self._fh = open(  # noqa: SIM115 (kept open across writes; closed by commit/abort)
             self.tmp, "w", encoding=ENCODING, errors=ERRORS, newline=""
         )
         # RFC 4180 line ends: Python's writer then also quotes fields holding a bare CR
         self._csv = csv.writer(self._fh, lineterminator="\r\n")
-        self._csv.writerow([*self.columns, *self.names])
+        self._csv.writerow([*self.columns, *self.names, *self.extra_out])
 
     def _write(self, block: ResultBlock) -> None:
         cols = [column_text(block.columns[c]) for c in self.columns]
         p = ["" if not np.isfinite(v) else f"{v:.6g}" for v in block.p.tolist()]
         flag = ["" if v < 0 else str(v) for v in block.flag.tolist()]
-        self._csv.writerows(zip(*cols, p, flag, block.status.tolist(), strict=True))
+        more = [_extra_text(block.extra[e]) for e in self.extra]
+        self._csv.writerows(zip(*cols, p, flag, block.status.tolist(), *more, strict=True))
 
     def _finish(self) -> None:
         if not self._fh.closed:
@@ -220,11 +248,12 @@ def _h5_dataset_name(name: str, used: set[str]) -> str:
 class Hdf5Writer(OutputWriter):
     """One resizable dataset per column; text as UTF-8, numbers in their own dtype."""
 
-    def __init__(self, path: Path, columns: Sequence[str], tmp: Path | None = None) -> None:
-        super().__init__(path, columns, tmp)
+    def __init__(self, path: Path, columns: Sequence[str], tmp: Path | None = None,
+                 extra: Sequence[str] = ()) -> None:
+        super().__init__(path, columns, tmp, extra)
         self._f = h5py.File(self.tmp, "w")
         used: set[str] = set()
-        self.all_names = [*self.columns, *self.names]
+        self.all_names = [*self.columns, *self.names, *self.extra_out]
         self.datasets = [_h5_dataset_name(n, used) for n in self.all_names]
         self._f.attrs["columns"] = json.dumps(self.all_names)
         self._f.attrs["datasets"] = json.dumps(self.datasets)
@@ -236,6 +265,7 @@ class Hdf5Writer(OutputWriter):
         status = np.array([s.encode(ENCODING, ERRORS) for s in block.status], dtype=object)
         fixed = [block.p.astype(np.float64), block.flag.astype(np.int8), status]
         inputs = [block.columns[c] for c in self.columns]
+        fixed += [block.extra[e] for e in self.extra]
         for name, values in zip(self.datasets, [*inputs, *fixed], strict=True):
             dset = self._f.get(name)
             if dset is None and values.dtype == object and all(v is None for v in values):
@@ -249,6 +279,9 @@ class Hdf5Writer(OutputWriter):
                 if self._n and arr.dtype != object:  # the rows before were all missing
                     null = _null_value(arr.dtype)
                     dset[: self._n] = null
+            if null is None and name in self.datasets[len(self.columns) + 3:] \
+                    and arr.dtype.kind == "i":
+                null = -1  # an int8 result column after status: -1 when unavailable
             if null is not None and "null" not in dset.attrs:
                 dset.attrs["null"] = null
             dset.resize(self._n + n, axis=0)
@@ -364,9 +397,9 @@ class FitsWriter(OutputWriter):
 
     BLOCK = 65536
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        super().__init__(path, columns)
-        self._h5 = Hdf5Writer(path, columns, tmp=_temp_path(path, ".h5"))
+    def __init__(self, path: Path, columns: Sequence[str], extra: Sequence[str] = ()) -> None:
+        super().__init__(path, columns, extra=extra)
+        self._h5 = Hdf5Writer(path, columns, tmp=_temp_path(path, ".h5"), extra=extra)
         self._done = False
 
     def _write(self, block: ResultBlock) -> None:
@@ -391,6 +424,7 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
         names = json.loads(f.attrs["columns"])
         dsets = json.loads(f.attrs["datasets"])
         n = int(f.attrs["rows"])
+        flag_ds = _flag_dataset(names, dsets)
         cols, dtypes = [], []
         for name, ds in zip(names, dsets, strict=True):
             d = f[ds]
@@ -418,7 +452,7 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
                 if d.dtype.kind == "u":
                     size = min(size * 2, 8)
                 fmt = {2: "I", 4: "J", 8: "K"}[size]
-                null = -1 if ds == dsets[-2] else d.attrs.get("null")
+                null = -1 if ds == flag_ds else d.attrs.get("null")
                 null = None if null is None else int(null)
                 cols.append(fits.Column(name=ascii_name, format=fmt, null=null))
                 dtypes.append((f">i{size}", "num"))
@@ -453,34 +487,45 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
             out.write(b"\0" * pad)
 
 
+def _flag_dataset(names: list[str], dsets: list[str]) -> str:
+    """The dataset of ``is_merger``: the second of the three result columns after the input's
+    (result columns after ``status`` may follow)."""
+    for i in range(len(names) - 3, -1, -1):
+        if (names[i : i + 3] == list(result_names(names[:i]))):
+            return dsets[i + 1]
+    return dsets[-2]
+
+
 def open_writer(path: str | os.PathLike[str], columns: Sequence[str], *,
                 arrow_types: dict[str, Any] | None = None,
-                provenance: dict[str, Any] | None = None) -> OutputWriter:
+                provenance: dict[str, Any] | None = None,
+                extra: Sequence[str] = ()) -> OutputWriter:
     """A writer chosen by suffix: ``.h5``/``.hdf5``, ``.fits``/``.fit``, ``.parquet``, else CSV.
 
-    ``arrow_types`` (Parquet): input column types to keep; ``provenance``: recorded in the output.
+    ``arrow_types`` (Parquet): input column types to keep; ``provenance``: recorded in the output;
+    ``extra``: the `ResultBlock.extra` columns written after ``status``.
     """
-    writer = _open_writer(path, columns, arrow_types)
+    writer = _open_writer(path, columns, arrow_types, tuple(extra))
     writer.provenance = provenance
     return writer
 
 
 def _open_writer(path: str | os.PathLike[str], columns: Sequence[str],
-                 arrow_types: dict[str, Any] | None) -> OutputWriter:
+                 arrow_types: dict[str, Any] | None, extra: tuple[str, ...]) -> OutputWriter:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in (".h5", ".hdf5"):
-        return Hdf5Writer(p, columns)
+        return Hdf5Writer(p, columns, extra=extra)
     if suffix in (".fits", ".fit", ".fts"):
-        return FitsWriter(p, columns)
+        return FitsWriter(p, columns, extra)
     if suffix in (".parquet", ".pq", ".parq"):
         from galmerge.classification.parquet import ParquetWriter
 
-        return ParquetWriter(p, columns, arrow_types=arrow_types)
+        return ParquetWriter(p, columns, arrow_types=arrow_types, extra=extra)
     if suffix in (".gz", ".bz2", ".zip"):
         raise GalmergeError(f"output {p}: compressed outputs are not supported; use .csv, .h5 "
                             "or .fits")
-    return CsvWriter(p, columns)
+    return CsvWriter(p, columns, extra)
 
 
 class ResultJournal:
@@ -539,7 +584,7 @@ class ResultJournal:
         if self._writer is None:
             self._first = index
             self._tmp = self.folder / f".seg-{index:012d}.{os.getpid()}.tmp"
-            self._writer = SegmentWriter(self._tmp, list(block.columns))
+            self._writer = SegmentWriter(self._tmp, list(block.columns), list(block.extra))
         self._writer.write(index, block)
         self._pending.append(index)
         if (len(self._pending) >= self.segment_chunks

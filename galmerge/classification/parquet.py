@@ -125,8 +125,8 @@ class ParquetWriter(OutputWriter):
 
     def __init__(self, path: Path, columns: Sequence[str],
                  metadata: dict[str, str] | None = None,
-                 arrow_types: dict[str, Any] | None = None) -> None:
-        super().__init__(path, columns)
+                 arrow_types: dict[str, Any] | None = None, extra: Sequence[str] = ()) -> None:
+        super().__init__(path, columns, extra=extra)
         self.metadata = dict(metadata or {})
         self._writer: Any = None
         self._schema: Any = None
@@ -156,6 +156,11 @@ class ParquetWriter(OutputWriter):
                   for n, ty in zip(self.columns, self._types, strict=True)]
         fields += [pa.field(p, pa.float64()), pa.field(flag, pa.int8()),
                    pa.field(status, pa.dictionary(pa.int32(), pa.string()))]
+        if self._held:  # result columns after status keep their type: float64 or int8
+            fields += [pa.field(o, pa.from_numpy_dtype(self._held[0].extra[e].dtype))
+                       for e, o in zip(self.extra, self.extra_out, strict=True)]
+        else:
+            fields += [pa.field(o, pa.float64()) for o in self.extra_out]
         metadata = dict(self.metadata)
         if self.provenance:
             from galmerge.io.provenance import stamped
@@ -183,6 +188,9 @@ class ParquetWriter(OutputWriter):
                   for b in self._held for s in b.status.tolist()]
         arrays += [pa.array(p, mask=~np.isfinite(p)), pa.array(flag, mask=flag < 0),
                    pa.array(status, type=pa.string()).dictionary_encode()]
+        for e in self.extra:
+            v = np.concatenate([b.extra[e] for b in self._held])
+            arrays.append(pa.array(v, mask=~np.isfinite(v) if v.dtype.kind == "f" else v < 0))
         table = pa.Table.from_arrays(arrays, schema=self._schema)
         self._writer.write_table(table, row_group_size=self.ROW_GROUP)
         self._held, self._held_rows = [], 0

@@ -128,9 +128,10 @@ class _Inference:
     """The model, its preprocessing spec and temperature, applied in batches."""
 
     def __init__(self, model_path: str | os.PathLike[str], domain: str, device: str,
-                 batch_size: int, local_rank: int) -> None:
+                 batch_size: int, local_rank: int, mc_dropout: int = 0) -> None:
         import torch
 
+        from galmerge.models import shift as shift_score
         from galmerge.models.model import load_model
         from galmerge.runtime.devices import resolve_device
 
@@ -153,6 +154,20 @@ class _Inference:
         self.size = int(self.spec.get("image_size", self.loaded.config.get("image_size", 75)))
         self.batch_size = max(1, int(batch_size))
         self.model = self.loaded.model.eval()
+        self.mc_dropout = int(mc_dropout)
+        self.dropouts = _dropout_layers(self.loaded.model) if self.mc_dropout else []
+        if self.mc_dropout and not self.dropouts:
+            raise GalmergeError(
+                f"--mc-dropout: model {self.loaded.path} (backbone "
+                f"'{self.loaded.config.get('backbone', '?')}') has no dropout layer with p > 0; "
+                "drop --mc-dropout, or train with a dropout option (deepmerge: dropout=0.1)")
+        self.shift, self.shift_note = shift_score.load(model_path, self.loaded.sha256)
+        self.extra = ([shift_score.SCORE_COLUMN, shift_score.FLAG_COLUMN]
+                      if self.shift is not None else [])
+        if self.mc_dropout:
+            from galmerge.classification.ensemble import STD_COLUMN
+
+            self.extra.append(STD_COLUMN)
         self.channels_last = False
         if dev.type == "cpu":
             fast = _cpu_inference_model(self.model, self.shape)
@@ -167,12 +182,18 @@ class _Inference:
         return (self.channels, self.size, self.size)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return self.predict(images)[0]
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """p_merger and the `extra` columns (float64; shift_flag int8) of ``images``."""
         import torch
 
         from galmerge.data.preprocess import asinh_, normalise
+        from galmerge.models import shift as shift_score
         from galmerge.models.inference import merger_probability
 
         out = np.empty(len(images), dtype=np.float64)
+        extra = {name: np.full(len(images), np.nan) for name in self.extra}
         spec = self.spec
         stretch = None
         if spec.get("stretch", "none") == "arcsinh":
@@ -190,10 +211,57 @@ class _Inference:
                 x = normalise(x, spec)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                _, logits = self.model(x)
-                out[start : start + len(x)] = merger_probability(logits.cpu(),
-                                                                 self.loaded.temperature)
-        return np.clip(out, 0.0, 1.0)
+                rows = slice(start, start + len(x))
+                if not self.mc_dropout or self.shift is not None:
+                    feats, logits = self.model(x)
+                    out[rows] = merger_probability(logits.cpu(), self.loaded.temperature)
+                    if self.shift is not None:
+                        extra[shift_score.SCORE_COLUMN][rows] = \
+                            shift_score.score_features(self.shift, feats).cpu().numpy()
+                if self.mc_dropout:
+                    p = self._mc_passes(x, block)
+                    out[rows] = p.mean(axis=0)
+                    extra[self.extra[-1]][rows] = p.std(axis=0)
+        out = np.clip(out, 0.0, 1.0)
+        if self.shift is not None:
+            score = extra[shift_score.SCORE_COLUMN]
+            extra[shift_score.FLAG_COLUMN] = np.where(
+                np.isfinite(score), score > float(self.shift["threshold"]), -1).astype(np.int8)
+        return out, extra
+
+    def _mc_passes(self, x: Any, block: np.ndarray) -> np.ndarray:
+        """p_merger of ``mc_dropout`` passes with only the dropout layers in train mode (the
+        plain model: the CPU-optimised one has its dropout removed); the draws are seeded by
+        the stamps' bytes, so a rerun gives the same values."""
+        import zlib
+
+        import torch
+
+        from galmerge.models.inference import merger_probability
+
+        model = self.loaded.model
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        probs = []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(zlib.crc32(block.tobytes()))
+            for layer in self.dropouts:
+                layer.train()
+            try:
+                for _ in range(self.mc_dropout):
+                    _, logits = model(x.contiguous())
+                    probs.append(merger_probability(logits.float().cpu(),
+                                                    self.loaded.temperature))
+            finally:
+                for layer in self.dropouts:
+                    layer.eval()
+        return np.clip(np.stack(probs), 0.0, 1.0)
+
+
+def _dropout_layers(model: Any) -> list[Any]:
+    from torch import nn
+
+    kinds = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+    return [m for m in model.modules() if isinstance(m, kinds) and float(m.p) > 0]
 
 
 def _cpu_inference_model(model: Any, shape: tuple[int, int, int]) -> Any | None:
@@ -304,6 +372,12 @@ class _Progress:
             self._bar.stop()
 
 
+def _shift_stamp(infer: Any) -> Any:
+    """What makes the shift scores of an earlier run's segments reusable: the statistics."""
+    shift = getattr(infer, "shift", None)
+    return None if shift is None else shift["meta"].get("sha256")
+
+
 def _signature(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
@@ -338,6 +412,7 @@ def classify(
     scheduler: str | None = None,
     columns: list[str] | None = None,
     prior: str | float | None = None,
+    mc_dropout: int | None = None,
 ) -> ClassifySummary:
     """Classify every row of ``catalog`` (CSV/FITS/VOTable/Parquet, or an HDF5 image file).
 
@@ -350,8 +425,17 @@ def classify(
     a running ``scheduler``, else a local cluster), keeping ``columns`` (default all).
     Several ``model``s: an ensemble (`galmerge.classification.ensemble`; mean p_merger and p_merger_std).
     ``prior`` ("auto" or a merger fraction): p_merger rescaled to it afterwards
-    (`galmerge.fractions.prior`).
+    (`galmerge.fractions.prior`). ``mc_dropout`` (N >= 2): p_merger is the mean of N passes with
+    the dropout layers active, ``p_merger_std`` their spread. A run with ``shift_stats.npz``
+    adds ``shift_score`` and ``shift_flag`` (`galmerge.models.shift`).
     """
+    if mc_dropout is not None and (isinstance(mc_dropout, bool) or not isinstance(mc_dropout, int)
+                                   or mc_dropout < 2):
+        raise GalmergeError(f"--mc-dropout must be a whole number of passes of at least 2, got "
+                            f"{mc_dropout!r}")
+    if mc_dropout and not isinstance(model, str | os.PathLike) and len(list(model)) > 1:
+        raise GalmergeError("--mc-dropout with several --model: not supported (both would fill "
+                            "p_merger_std); use an ensemble or MC-dropout, not both")
     if not isinstance(model, str | os.PathLike):  # several models: an ensemble
         kw = dict(locals())
         cat, models = kw.pop("catalog"), [str(m) for m in kw.pop("model")]
@@ -401,7 +485,7 @@ def classify(
             workers=workers, threshold=threshold, domain=domain, chunk_rows=chunk_rows,
             flush_rows=flush_rows, survey_options=survey_options, shard_timeout=shard_timeout,
             heartbeat_timeout=heartbeat_timeout, cache_keepbits=cache_keepbits, prior=prior,
-            prior_from=prior_from, quiet=quiet)
+            prior_from=prior_from, quiet=quiet, mc_dropout=int(mc_dropout or 0))
 
 
 @contextlib.contextmanager
@@ -446,13 +530,20 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                      flush_rows: int, survey_options: Mapping[str, Any] | None,
                      shard_timeout: float, heartbeat_timeout: float,
                      cache_keepbits: int | None, prior: float | str | None,
-                     prior_from: Any, quiet: bool) -> ClassifySummary:
+                     prior_from: Any, quiet: bool, mc_dropout: int = 0) -> ClassifySummary:
     if str(model).lower().endswith(".onnx"):  # `galmerge export` output: ONNX Runtime, CPU
         from galmerge.models.export import OnnxInference
 
+        if mc_dropout:
+            raise GalmergeError(f"--mc-dropout: {model} is an exported ONNX model, whose dropout "
+                                "is folded away; pass the run directory instead")
         infer: Any = OnnxInference(model, domain, batch_size)
     else:
-        infer = _Inference(model, domain, device, batch_size, dist.local_rank)
+        infer = _Inference(model, domain, device, batch_size, dist.local_rank, mc_dropout)
+    extra = list(getattr(infer, "extra", []))
+    note = getattr(infer, "shift_note", "")
+    if note and show:
+        print(f"galmerge: {note}", file=sys.stderr)
     service = None
     release = kind = ""
     store: CutoutCache | None = None
@@ -493,7 +584,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     progress = _Progress(show, shard_total)
     fetched = Counter()
     sig = _signature(_file_stamp(cat_path), _file_stamp(infer.loaded.path), domain,
-                     float(threshold), survey, chunk_rows, ra_col, dec_col, id_col)
+                     float(threshold), survey, chunk_rows, ra_col, dec_col, id_col,
+                     *([] if not extra else [extra, _shift_stamp(infer), mc_dropout]))
     parts_dir = out_path.with_name(out_path.name + ".parts")
     check_private_folder(parts_dir)  # before anything in it is removed or read
     if dist.is_main:
@@ -539,9 +631,16 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         survey=survey if store is not None else f"hdf5 image file {cat_path.name}",
         data_release=release, cutout_kind=kind, domain=domain, preprocessing=infer.spec,
         temperature=infer.loaded.temperature, threshold=float(threshold))
+    shift = getattr(infer, "shift", None)
+    if shift is not None:
+        prov["shift_threshold"] = float(shift["threshold"])
+        prov["shift_stats_sha256"] = shift["meta"].get("sha256", "")
+    if mc_dropout:
+        prov["mc_dropout"] = int(mc_dropout)
     tally = _merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show,
                          shard_timeout, heartbeat_timeout,
-                         arrow_types=getattr(source, "arrow_types", None), provenance=prov)
+                         arrow_types=getattr(source, "arrow_types", None), provenance=prov,
+                         extra=extra)
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact_or_warn()
     summary = _summary(out_path, tally, fetched, t0, store, _service_name(survey, service))
@@ -611,13 +710,17 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: Any, store: Cutou
     n = len(chunk)
     status = chunk.problems.copy()
     p = np.full(n, np.nan)
+    names = list(getattr(infer, "extra", []))
+    extra = {name: np.full(n, np.nan) for name in names}
     if store is None:  # an HDF5 image file: the stamps are already here
         images = source.read(chunk)
         finite = np.isfinite(images.reshape(n, -1)).all(axis=1)
         status[~finite] = "bad-image: non-finite pixels"
         good = np.flatnonzero(status == "")
         if len(good):
-            p[good] = infer.probabilities(images[good])
+            p[good], more = _predict(infer, images[good])
+            for name in names:
+                extra[name][good] = more[name]
         status[good] = STATUS_OK
     else:
         rows = np.flatnonzero(status == "")
@@ -628,7 +731,7 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: Any, store: Cutou
         unique = list(first)
         key_status = _stamps(unique, first, chunk, service, store, fetched, infer.shape)
         ok_keys = [k for k in unique if key_status[k] == STATUS_OK]
-        key_p: dict[str, float] = {}
+        key_p: dict[str, tuple[float, ...]] = {}
         step = max(INFER_ROWS, infer.batch_size)
         for start in range(0, len(ok_keys), step):  # bounded memory: a slice of stamps at a time
             part = ok_keys[start : start + step]
@@ -637,16 +740,32 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: Any, store: Cutou
         for i, key in zip(rows, keys, strict=True):
             status[i] = key_status[key]
             if key in key_p and key_status[key] == STATUS_OK:
-                p[i] = key_p[key]
+                p[i] = key_p[key][0]
+                for name, value in zip(names, key_p[key][1:], strict=True):
+                    extra[name][i] = value
     # 'ok' promises a probability in [0, 1]: a model whose output overflowed does not get it
     status[(status == STATUS_OK) & ~np.isfinite(p)] = "model-failed: non-finite output"
     flag = np.where(np.isfinite(p), (p >= threshold).astype(np.int8), -1).astype(np.int8)
-    return ResultBlock(chunk.columns, p, flag, status)
+    bad = ~np.isfinite(p)
+    for name in names:
+        values = extra[name]
+        if name == "shift_flag":  # int8: -1 where there is no score
+            extra[name] = np.where(bad | ~np.isfinite(values), -1, values).astype(np.int8)
+        else:
+            values[bad] = np.nan
+    return ResultBlock(chunk.columns, p, flag, status, extra)
+
+
+def _predict(infer: Any, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """p_merger and the extra columns (an inference without any: probabilities only)."""
+    if hasattr(infer, "predict"):
+        return infer.predict(images)  # type: ignore[no-any-return]
+    return infer.probabilities(images), {}
 
 
 def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service: Any,
                 store: CutoutCache, infer: _Inference, fetched: Counter,
-                key_status: dict[str, str]) -> dict[str, float]:
+                key_status: dict[str, str]) -> dict[str, tuple[float, ...]]:
     """Probabilities for cached stamps; a stamp whose cache file fails its checksum is fetched
     again (and its status updated) before giving up on it."""
     images, got = store.images(keys)
@@ -662,9 +781,10 @@ def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk, ser
         got[missing] = got2
     if not got.any():
         return {}
-    probs = infer.probabilities(images if got.all() else images[got])
-    return dict(zip([k for k, g in zip(keys, got, strict=True) if g], probs.tolist(),
-                    strict=True))
+    probs, more = _predict(infer, images if got.all() else images[got])
+    values = list(zip(probs.tolist(), *(more[n].tolist() for n in getattr(infer, "extra", [])),
+                      strict=True))
+    return dict(zip([k for k, g in zip(keys, got, strict=True) if g], values, strict=True))
 
 
 def _stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service: Any,
@@ -813,7 +933,8 @@ def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns:
                  show: bool, shard_timeout: float = DEFAULT_SHARD_TIMEOUT,
                  heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
                  arrow_types: dict[str, Any] | None = None,
-                 provenance: dict[str, Any] | None = None) -> Tally:
+                 provenance: dict[str, Any] | None = None,
+                 extra: list[str] | None = None) -> Tally:
     """Rank 0: wait until every rank's share is complete, then write them in input order."""
     folders = [parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}" for r in range(world)]
     # Wait on the .done markers alone: opening another rank's journal before it has finished
@@ -822,7 +943,8 @@ def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns:
     _wait_for_ranks(markers, [_beat_path(f) for f in folders], parts_dir, show, shard_timeout,
                     heartbeat_timeout)
     journals = [ResultJournal(f) for f in folders]
-    writer = open_writer(out_path, columns, arrow_types=arrow_types, provenance=provenance)
+    writer = open_writer(out_path, columns, arrow_types=arrow_types, provenance=provenance,
+                         extra=extra or ())
     try:
         readers = [j.blocks() for j in journals]
         index = 0

@@ -88,17 +88,19 @@ def file_digest(path: Path) -> str:
 class SegmentWriter:
     """Blocks appended one record batch at a time to an Arrow IPC file."""
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    def __init__(self, path: Path, columns: list[str], extra: list[str] | None = None) -> None:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
         self.columns = list(columns)
+        self.extra = list(extra or [])  # ResultBlock.extra, stored after the input columns
         fields = [pa.field("p", pa.float64()), pa.field("flag", pa.int8()),
                   pa.field("status", pa.large_binary())]
-        for j in range(len(self.columns)):
+        for j in range(len(self.columns) + len(self.extra)):
             fields += [pa.field(f"c{j}", pa.large_binary()), pa.field(f"t{j}", pa.int8())]
         self.schema = pa.schema(fields, metadata={
-            "format": SEGMENT_FORMAT, "columns": json.dumps(self.columns)})
+            "format": SEGMENT_FORMAT, "columns": json.dumps(self.columns),
+            "extra": json.dumps(self.extra)})
         self._sink = pa.OSFile(str(path), "wb")
         self._writer = ipc.new_file(self._sink, self.schema)
 
@@ -111,8 +113,9 @@ class SegmentWriter:
                   pa.array([str(s).encode(ENCODING, ERRORS) for s in block.status],
                            type=pa.large_binary())]
         encodings = []
-        for name in self.columns:
-            values, tags, enc = _encode_column(block.columns[name], n)
+        for values_in in [*(block.columns[c] for c in self.columns),
+                          *(block.extra[e] for e in self.extra)]:
+            values, tags, enc = _encode_column(values_in, n)
             arrays += [values, pa.array(tags, type=pa.int8())]
             encodings.append(enc)
         batch = pa.record_batch(arrays, schema=self.schema)
@@ -188,6 +191,7 @@ def read_segment(path: Path) -> Iterator[tuple[int, Any]]:
         if meta.get(b"format") != SEGMENT_FORMAT.encode():
             raise ValueError("not a galmerge result segment")
         columns = json.loads(meta[b"columns"])
+        extra = json.loads(meta.get(b"extra", b"[]"))
         out = []
         for b in range(reader.num_record_batches):
             batch, custom = reader.get_batch_with_custom_metadata(b)
@@ -202,7 +206,11 @@ def read_segment(path: Path) -> Iterator[tuple[int, Any]]:
             for j, name in enumerate(columns):
                 cols[name] = _decode_column(batch.column(2 + 2 * j + 1),
                                             batch.column(2 + 2 * j + 2), encodings[j], n)
-            out.append((index, ResultBlock(cols, p, flag, status)))
+            more = {}
+            for k, name in enumerate(extra, start=len(columns)):
+                more[name] = _decode_column(batch.column(2 + 2 * k + 1),
+                                            batch.column(2 + 2 * k + 2), encodings[k], n)
+            out.append((index, ResultBlock(cols, p, flag, status, more)))
     except (pa.ArrowException, KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"unreadable segment ({type(exc).__name__}: {exc})") from None
     yield from out

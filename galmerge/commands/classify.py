@@ -47,17 +47,22 @@ import click
 @click.option("--prior", default=None,
               help="Rescale p_merger to the survey's merger fraction: a value (e.g. 0.05) or "
                    "auto (EM estimate). Default: the training set's prior, unchanged.")
+@click.option("--mc-dropout", type=int, default=None, metavar="N",
+              help="MC-dropout: N passes with the dropout layers active (backbones with "
+                   "dropout); mean p_merger and a p_merger_std column. Not with several --model.")
 @click.option("--quiet", is_flag=True, help="No progress display or summary.")
 def classify(catalog: str, model: tuple[str, ...], survey: str, output: str | None,
              cache: str | None,
              ra_col: str | None, dec_col: str | None, id_col: str | None, batch_size: int,
              device: str, workers: int, threshold: float, domain: str, chunk_rows: int,
              shard_timeout: float | None, cache_keepbits: int | None, scheduler: str | None,
-             columns: str | None, prior: str | None, quiet: bool) -> None:
+             columns: str | None, prior: str | None, mc_dropout: int | None,
+             quiet: bool) -> None:
     """Classify every galaxy of CATALOG (CSV/FITS/VOTable/Parquet, an HDF5 image file, or a
     HATS catalog folder, classified partition by partition on Dask).
 
-    Writes every input row with p_merger, is_merger and status. Under torchrun the catalog is
+    Writes every input row with p_merger, is_merger and status (and shift_score, shift_flag
+    for runs trained with this version: how unlike the training set each stamp is). Under torchrun the catalog is
     sharded over the processes and rank 0 merges the parts in input order.
     """
     from galmerge.classification.pipeline import classify as run
@@ -68,4 +73,4 @@ def classify(catalog: str, model: tuple[str, ...], survey: str, output: str | No
         threshold=threshold, domain=domain, quiet=quiet, chunk_rows=chunk_rows,
         shard_timeout=shard_timeout, cache_keepbits=cache_keepbits, scheduler=scheduler,
         columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
-        prior=prior)
+        prior=prior, mc_dropout=mc_dropout)

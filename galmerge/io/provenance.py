@@ -28,6 +28,7 @@ FITS_KEYWORDS = {
     "cutout_kind": "CUTKIND", "domain": "DOMAIN", "preprocessing": "PREPROC",
     "temperature": "TEMPERAT", "threshold": "THRESH", "selection_score": "SELECTBY",
     "created_utc": "DATE", "format": "GMPROVFM",
+    "shift_threshold": "SHIFTTHR", "shift_stats_sha256": "SHIFTSHA", "mc_dropout": "MCDROP",
 }
 
 

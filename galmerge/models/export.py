@@ -7,6 +7,10 @@ std) and returns ``p_merger`` (N,) = softmax(logits / temperature)[:, 1] and ``l
 The preprocessing spec, temperature and domain are also stored as metadata (ONNX
 ``metadata_props``; TorchScript extra file ``galmerge.json``), so a reader can check the bands,
 stamp size and pixel scale its stamps must have.
+
+ONNX files of runs with ``shift_stats.npz`` (`galmerge.models.shift`) have a third output,
+``shift_score`` (N,), computed inside the graph; its threshold is in the metadata
+(``shift.threshold``). TorchScript files keep their two outputs (no shift score).
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ TORCHSCRIPT_EXTRA = "galmerge.json"
 ONNX_OPSET = 17
 
 
-def _deployable(model: Any, spec: dict[str, Any], temperature: float) -> Any:
-    """The classifier with preprocessing and the calibrated softmax folded in."""
+def _deployable(model: Any, spec: dict[str, Any], temperature: float,
+                shift: dict[str, Any] | None = None) -> Any:
+    """The classifier with preprocessing and the calibrated softmax folded in (and the shift
+    score, when ``shift`` statistics are given)."""
     import torch
     from torch import nn
 
@@ -46,8 +52,13 @@ def _deployable(model: Any, spec: dict[str, Any], temperature: float) -> Any:
             self.temperature = float(temperature)
             self.register_buffer("mean", torch.tensor(spec["mean"]).view(1, -1, 1, 1))
             self.register_buffer("std", torch.tensor(spec["std"]).view(1, -1, 1, 1))
+            self.shift = shift is not None
+            if shift is not None:
+                for key in ("means", "components", "eigenvalues"):
+                    self.register_buffer(f"shift_{key}", torch.as_tensor(shift[key]).float())
+                self.sigma2 = float(shift["sigma2"])
 
-        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
             x = images.float()
             if self.arcsinh:
                 # asinh from elementary ops (no Asinh in the TorchScript-based ONNX exporter):
@@ -57,8 +68,14 @@ def _deployable(model: Any, spec: dict[str, Any], temperature: float) -> Any:
                 a2 = a * a
                 x = torch.sign(x) * torch.log1p(a + a2 / (1.0 + torch.sqrt(1.0 + a2)))
             x = (x - self.mean) / self.std
-            _, logits = self.model(x)
+            features, logits = self.model(x)
             p_merger = torch.softmax(logits / self.temperature, dim=1)[:, 1]
+            if self.shift:
+                from galmerge.models.shift import score_tensors
+
+                return p_merger, logits, score_tensors(
+                    features.float(), self.shift_means, self.shift_components,
+                    self.shift_eigenvalues, self.sigma2)
             return p_merger, logits
 
     return Deployable().eval()
@@ -110,7 +127,16 @@ def export_model(
         raise GalmergeError(f"model {loaded.path} has no '{domain}' preprocessing; use --domain "
                             f"{' or '.join(sorted(loaded.preprocess))}")  # fmt: skip
     meta = describe(loaded, domain)
-    net = _deployable(loaded.model, meta["preprocess"], loaded.temperature)
+    shift = None
+    if fmt == "onnx":
+        from galmerge.models.shift import load
+
+        shift, _ = load(model, loaded.sha256)
+        if shift is not None:
+            meta["shift"] = {"threshold": float(shift["threshold"]),
+                             "stats_sha256": shift["meta"]["sha256"]}
+            meta["outputs"]["shift_score"] = "(N,) galmerge.models.shift; flag: > shift.threshold"
+    net = _deployable(loaded.model, meta["preprocess"], loaded.temperature, shift)
     _, channels, size, _ = meta["input"]["shape"]
     example = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
     out = Path(output) if output is not None else default_output(Path(model), fmt)
@@ -130,13 +156,14 @@ def _write_onnx(net: Any, example: Any, meta: dict[str, Any], path: Path) -> Non
         raise GalmergeError(
             "ONNX export needs the onnx package: pip install 'galmerge[onnx]'"
         ) from None
+    names = ["p_merger", "logits", *(["shift_score"] if "shift" in meta else [])]
     with warnings.catch_warnings():
         # the TorchScript-based exporter: the torch.export one needs onnxscript besides onnx
         warnings.simplefilter("ignore")
         torch.onnx.export(
             net, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=["images"], output_names=["p_merger", "logits"],
-            dynamic_axes={"images": {0: "N"}, "p_merger": {0: "N"}, "logits": {0: "N"}},
+            input_names=["images"], output_names=names,
+            dynamic_axes={"images": {0: "N"}, **{n: {0: "N"} for n in names}},
         )  # fmt: skip
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
@@ -213,15 +240,40 @@ class OnnxInference:
         self.batch_size = max(1, int(batch_size))
         self.loaded = _OnnxSource(Path(path), float(meta["temperature"]),
                                   dict(meta.get("config") or {}))
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.shift: dict[str, Any] | None = None
+        self.extra: list[str] = []
+        self.shift_note = ""
+        if "shift_score" in outputs and isinstance(meta.get("shift"), dict):
+            from galmerge.models.shift import FLAG_COLUMN, SCORE_COLUMN
+
+            self.shift = {"threshold": float(meta["shift"]["threshold"]),
+                          "meta": {"sha256": str(meta["shift"].get("stats_sha256", ""))}}
+            self.extra = [SCORE_COLUMN, FLAG_COLUMN]
+        else:
+            self.shift_note = (f"{path} was exported without shift statistics (a run trained "
+                               "before shift scores, or an older export): the output has no "
+                               "shift_score column")
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.channels, self.size, self.size)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return self.predict(images)[0]
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """p_merger and, for a file with a ``shift_score`` output, shift_score/shift_flag."""
         out = np.empty(len(images), dtype=np.float64)
+        score = np.full(len(images), np.nan)
+        names = ["p_merger", *(["shift_score"] if self.shift is not None else [])]
         for start in range(0, len(images), self.batch_size):
             block = np.ascontiguousarray(images[start : start + self.batch_size], np.float32)
-            (p_merger,) = self.session.run(["p_merger"], {"images": block})
-            out[start : start + len(block)] = p_merger
-        return np.clip(out, 0.0, 1.0)
+            got = self.session.run(names, {"images": block})
+            out[start : start + len(block)] = got[0]
+            if self.shift is not None:
+                score[start : start + len(block)] = got[1]
+        if self.shift is None:
+            return np.clip(out, 0.0, 1.0), {}
+        flag = np.where(np.isfinite(score), score > self.shift["threshold"], -1).astype(np.int8)
+        return np.clip(out, 0.0, 1.0), {self.extra[0]: score, self.extra[1]: flag}

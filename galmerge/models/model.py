@@ -156,6 +156,7 @@ class LoadedModel:
     config: dict[str, Any]
     temperature: float
     path: Path
+    sha256: str | None = None  # the checkpoint's content hash (None: written before it existed)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -192,6 +193,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         config=dict(payload.get("config") or {}),
         temperature=_temperature(payload.get("temperature", 1.0), p),
         path=p,
+        sha256=payload.get("sha256") if isinstance(payload.get("sha256"), str) else None,
     )
 
 

@@ -13,18 +13,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from galmerge.config import rundir
 from galmerge.errors import GalmergeError
+from galmerge.models import shift as shift_score
 from galmerge.models.model import build_model, read_checkpoint, save_checkpoint
 from galmerge.runtime import distributed as ddp
 from galmerge.runtime.progress import Progress
 from galmerge.scores.collapse import collapse_warning, run_warnings
 from galmerge.training import checkpoints, optim
 from galmerge.training.data import Domain, batch_stream
-from galmerge.training.evaluate import split_metrics, validate
+from galmerge.training.evaluate import predict, split_metrics, validate
 from galmerge.training.memory import check_batch_fits
 from galmerge.training.plan import Plan
 from galmerge.training.state import TrainingState, rng_state, set_rng_state
@@ -297,6 +299,7 @@ class Trainer:
             state.best.epoch = len(state.rows)
         best = read_checkpoint(plan.out_dir / rundir.BEST)
         self.model.load_state_dict(best["model"])
+        shift_sha = self._fit_shift_stats(best.get("sha256"))
         cfg, train_seconds = plan.config, state.train_seconds
         return {
             "source": cfg["source"],
@@ -320,7 +323,21 @@ class Trainer:
             "run_dir": str(plan.out_dir),
             "duration_s": time.time() - t_start,
             "warnings": run_warnings(state.rows, int(state.best.epoch)),
+            shift_score.SUMMARY_KEY: shift_sha,  # verified on every load of shift_stats.npz
         }
+
+    def _fit_shift_stats(self, checkpoint_sha256: str | None) -> str:
+        """`galmerge.models.shift`: one feature pass over the source training split (and its
+        validation split, for the threshold) with the selected weights."""
+        plan, source = self.plan, self.source
+
+        def features(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            f, _ = predict(self.model, source, idx, plan.device, plan.cuda)
+            return f.numpy(), source.imageset.labels[torch.as_tensor(idx)].numpy()
+
+        return shift_score.fit_run(features, np.asarray(source.splits["train"]),
+                                   np.asarray(source.splits["val"]), plan.out_dir,
+                                   checkpoint_sha256)
 
 
 def _mismatch(exc: Exception) -> str:

@@ -1,0 +1,249 @@
+"""Per-galaxy shift score (`galmerge.models.shift`) and MC-dropout, through `galmerge train` and
+`galmerge classify` on a tiny real run."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from eval_helpers import tiny_run, write_pair
+
+from galmerge.cli import cli
+from galmerge.io.hdf5 import read_imageset, write_imageset
+from galmerge.models import shift as shift_score
+from galmerge.plugin.imageset import ImageSet
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("shift")
+    source, target = write_pair(root / "data", n=80)
+    tiny_run(root / "run", source, target, "none", epochs=1, max_steps_per_epoch=2)
+    return {"root": root, "run": root / "run", "target": root / "data" / "target.h5",
+            "source": root / "data" / "source.h5"}
+
+
+def _classify(model: Path, catalog: Path, output: Path, *extra: str) -> tuple[int, str]:
+    res = CliRunner().invoke(cli, ["classify", str(catalog), "--model", str(model), "--output",
+                                   str(output), "--device", "cpu", *extra])
+    return res.exit_code, res.output
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _reference_scores(run: Path, images: np.ndarray, domain: str) -> np.ndarray:
+    """The documented formula, evaluated with the full covariance matrix and a linear solve."""
+    from galmerge.models.inference import forward_in_batches
+    from galmerge.models.model import load_model
+
+    loaded = load_model(run / "best.pt")
+    stats, _ = shift_score.load(run, None)
+    assert stats is not None
+    iset = ImageSet(images=torch.from_numpy(images), labels=torch.full((len(images),), -1),
+                    ids=np.arange(len(images)), bands=("g", "r", "i"), survey="x")
+    feats, _ = forward_in_batches(loaded.model, iset, np.arange(len(images)),
+                                  loaded.preprocess[domain])
+    f = feats.double().numpy()
+    v = stats["components"].astype(np.float64)
+    lam = stats["eigenvalues"].astype(np.float64)
+    sigma2 = float(stats["sigma2"])
+    cov = v @ np.diag(lam) @ v.T + sigma2 * (np.eye(len(v)) - v @ v.T)
+    d2 = []
+    for mu in stats["means"].astype(np.float64):
+        diff = f - mu
+        d2.append(np.einsum("nd,nd->n", diff, np.linalg.solve(cov, diff.T).T))
+    return np.sqrt(np.min(d2, axis=0) / f.shape[1])
+
+
+def test_train_records_the_statistics_and_every_format_gets_the_same_scores(run, tmp_path):
+    summary = json.loads((run["run"] / "summary.json").read_text())
+    data = (run["run"] / shift_score.STATS_FILE).read_bytes()
+    assert summary[shift_score.SUMMARY_KEY] == hashlib.sha256(data).hexdigest()
+    with np.load(run["run"] / shift_score.STATS_FILE, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        threshold = float(z["threshold"])
+        val = z["val_scores"]
+        assert meta["checkpoint_sha256"] == summary["best_sha256"]
+    # the source training split of write_pair(n=80): 70%, both classes
+    assert meta["classes"] == [0, 1] and meta["n_train"] > meta["n_val"] == len(val) > 0
+    assert threshold == pytest.approx(np.quantile(val, 0.99))
+
+    scores = {}
+    for suffix in ("csv", "h5", "fits", "parquet"):
+        code, text = _classify(run["run"], run["target"], tmp_path / f"o.{suffix}", "--quiet")
+        assert code == 0, text
+    rows = _csv(tmp_path / "o.csv")
+    assert list(rows[0])[-5:] == ["p_merger", "is_merger", "status", "shift_score",
+                                  "shift_flag"]
+    scores["csv"] = np.array([float(r["shift_score"]) for r in rows])
+    flags = np.array([int(r["shift_flag"]) for r in rows])
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert json.loads(f.attrs["columns"])[-2:] == ["shift_score", "shift_flag"]
+        scores["h5"] = f["shift_score"][()]
+        assert (f["shift_flag"][()] == flags).all()
+        assert f.attrs["shift_threshold"] == pytest.approx(threshold)
+    from astropy.io import fits
+
+    with fits.open(tmp_path / "o.fits") as hdul:
+        scores["fits"] = np.asarray(hdul[1].data["shift_score"])
+        assert hdul[1].header["SHIFTTHR"] == pytest.approx(threshold)
+    import pyarrow.parquet as pq
+
+    scores["parquet"] = pq.read_table(tmp_path / "o.parquet").column("shift_score").to_numpy()
+    for name, values in scores.items():
+        assert values == pytest.approx(scores["h5"], rel=1e-5), name
+    assert ((scores["h5"] > threshold) == flags.astype(bool)).all()
+    prov = json.loads((tmp_path / "o.csv.provenance.json").read_text())
+    assert prov["shift_threshold"] == pytest.approx(threshold)
+    assert prov["shift_stats_sha256"] == summary[shift_score.SUMMARY_KEY]
+    # the documented formula (full covariance, linear solve) gives the same numbers
+    images = read_imageset(run["target"]).images.numpy()
+    assert scores["h5"] == pytest.approx(_reference_scores(run["run"], images, "target"),
+                                         rel=2e-3)
+
+
+def test_artefact_stamps_are_flagged(run, tmp_path):
+    rng = np.random.default_rng(0)
+    galaxies = read_imageset(run["source"]).images.numpy()[:40]
+    sky = rng.normal(0, galaxies[:, :, :2].std(), galaxies.shape).astype(np.float32)
+    art = sky.copy()
+    art[:20, :, :, 7] += 50 * galaxies.max()  # a hot column
+    yy, xx = np.mgrid[0:16, 0:16]
+    art[20:] += (50 * galaxies.max() * np.exp(-((yy - 7.5) ** 2 + (xx - 7.5) ** 2) / 2))[None,
+                                                                                       None]
+    path = tmp_path / "art.h5"
+    write_imageset(path, ImageSet(images=torch.from_numpy(art), labels=torch.full((40,), -1),
+                                  ids=np.arange(40), bands=("g", "r", "i"), survey="x"))
+    code, text = _classify(run["run"], path, tmp_path / "a.csv", "--quiet", "--domain", "source")
+    assert code == 0, text
+    code, text = _classify(run["run"], run["source"], tmp_path / "s.csv", "--quiet", "--domain",
+                           "source")
+    assert code == 0, text
+    art_rows, src_rows = _csv(tmp_path / "a.csv"), _csv(tmp_path / "s.csv")
+    assert all(r["shift_flag"] == "1" for r in art_rows)
+    assert np.mean([r["shift_flag"] == "1" for r in src_rows]) < 0.2
+    assert min(float(r["shift_score"]) for r in art_rows) > max(
+        float(r["shift_score"]) for r in src_rows)
+
+
+def test_a_run_without_statistics_says_so_once_and_leaves_the_columns_out(run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(run["run"], old)
+    (old / shift_score.STATS_FILE).unlink()
+    code, text = _classify(old, run["target"], tmp_path / "o.csv")
+    assert code == 0, text
+    assert text.count("no shift_stats.npz") == 1
+    assert list(_csv(tmp_path / "o.csv")[0])[-3:] == ["p_merger", "is_merger", "status"]
+    # a bare checkpoint copied elsewhere: no statistics beside it either
+    code, text = _classify(old / "best.pt", run["target"], tmp_path / "p.h5", "--quiet")
+    assert code == 0, text
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        assert "shift_score" not in json.loads(f.attrs["columns"])
+
+
+def test_damaged_or_stale_statistics(run, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(run["run"], bad)
+    stats = bad / shift_score.STATS_FILE
+    raw = bytearray(stats.read_bytes())
+    raw[-40] ^= 0xFF
+    stats.write_bytes(bytes(raw))
+    code, text = _classify(bad, run["target"], tmp_path / "o.csv", "--quiet")
+    assert code == 1 and "damaged" in text and "shift_stats.npz" in text
+    assert len(text.strip().splitlines()) == 1 and not (tmp_path / "o.csv").exists()
+    # fitted for another checkpoint (e.g. best.pt replaced since): no score, a note
+    with np.load(run["run"] / shift_score.STATS_FILE, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+        meta = json.loads(str(z["meta"]))
+    sha = shift_score.save(stats, arrays, {**meta, "checkpoint_sha256": "0" * 64})
+    summary = json.loads((bad / "summary.json").read_text())
+    (bad / "summary.json").write_text(json.dumps({**summary, shift_score.SUMMARY_KEY: sha}))
+    code, text = _classify(bad, run["target"], tmp_path / "o.csv")
+    assert code == 0 and "fitted for another checkpoint" in text
+    assert "shift_score" not in _csv(tmp_path / "o.csv")[0]
+    # not an npz of ours: one line
+    stats.write_bytes(b"PK\x03\x04 not really a zip")
+    (bad / "summary.json").write_text(json.dumps(summary | {shift_score.SUMMARY_KEY: None}))
+    code, text = _classify(bad, run["target"], tmp_path / "o.csv", "--quiet")
+    assert code == 1 and "cannot read" in text and len(text.strip().splitlines()) == 1
+
+
+def test_mc_dropout_mean_and_spread(run, tmp_path):
+    code, text = _classify(run["run"], run["target"], tmp_path / "det.csv", "--quiet")
+    assert code == 0, text
+    code, text = _classify(run["run"], run["target"], tmp_path / "mc.csv", "--quiet",
+                           "--mc-dropout", "8")
+    assert code == 0, text
+    det, mc = _csv(tmp_path / "det.csv"), _csv(tmp_path / "mc.csv")
+    assert list(mc[0])[-3:] == ["shift_score", "shift_flag", "p_merger_std"]
+    std = np.array([float(r["p_merger_std"]) for r in mc])
+    assert (std > 0).all()
+    # shift scores come from the deterministic pass: the same as without MC-dropout
+    assert [r["shift_score"] for r in mc] == [r["shift_score"] for r in det]
+    p_det = np.array([float(r["p_merger"]) for r in det])
+    p_mc = np.array([float(r["p_merger"]) for r in mc])
+    assert not np.allclose(p_det, p_mc, atol=1e-7)
+    # the draws are seeded by the stamps: a second run writes the same file
+    code, text = _classify(run["run"], run["target"], tmp_path / "mc2.csv", "--quiet",
+                           "--mc-dropout", "8")
+    assert code == 0 and (tmp_path / "mc2.csv").read_bytes() == (tmp_path / "mc.csv").read_bytes()
+    prov = json.loads((tmp_path / "mc.csv.provenance.json").read_text())
+    assert prov["mc_dropout"] == 8
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--mc-dropout", "1"], "at least 2"),
+    (["--mc-dropout", "0"], "at least 2"),
+    (["--mc-dropout", "3", "--model", "{run2}"], "not both"),
+])
+def test_mc_dropout_user_errors_are_one_line(run, tmp_path, args, message):
+    args = [a.replace("{run2}", str(tmp_path / "other")) for a in args]
+    code, text = _classify(run["run"], run["target"], tmp_path / "o.csv", "--quiet", *args)
+    assert code != 0 and message in text
+    assert len(text.strip().splitlines()) == 1
+
+
+def test_mc_dropout_needs_a_backbone_with_dropout(run, tmp_path):
+    plain = tmp_path / "plain"
+    tiny_run(plain, f"hdf5:{run['source']}", f"hdf5:{run['target']}", "none", epochs=1,
+             max_steps_per_epoch=1, backbone_options={"dropout": 0.0})
+    code, text = _classify(plain, run["target"], tmp_path / "o.csv", "--quiet", "--mc-dropout",
+                           "4")
+    assert code == 1 and "no dropout layer" in text and len(text.strip().splitlines()) == 1
+
+
+def test_exported_onnx_model_computes_the_score_in_its_graph(run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx_file = tmp_path / "m.onnx"
+    res = CliRunner().invoke(cli, ["export", str(run["run"]), "--output", str(onnx_file)])
+    assert res.exit_code == 0, res.output
+    code, text = _classify(onnx_file, run["target"], tmp_path / "onnx.csv", "--quiet")
+    assert code == 0, text
+    code, text = _classify(run["run"], run["target"], tmp_path / "torch.csv", "--quiet")
+    assert code == 0, text
+    got, want = _csv(tmp_path / "onnx.csv"), _csv(tmp_path / "torch.csv")
+    assert list(got[0]) == list(want[0])
+    assert np.array([float(r["shift_score"]) for r in got]) == pytest.approx(
+        np.array([float(r["shift_score"]) for r in want]), rel=1e-4)
+    # a run without statistics exports without the output; classify says so once
+    old = tmp_path / "old"
+    shutil.copytree(run["run"], old)
+    (old / shift_score.STATS_FILE).unlink()
+    res = CliRunner().invoke(cli, ["export", str(old), "--output", str(tmp_path / "old.onnx")])
+    assert res.exit_code == 0, res.output
+    code, text = _classify(tmp_path / "old.onnx", run["target"], tmp_path / "o.csv")
+    assert code == 0 and text.count("exported without shift statistics") == 1
+    assert "shift_score" not in _csv(tmp_path / "o.csv")[0]
+    code, text = _classify(onnx_file, run["target"], tmp_path / "o.csv", "--mc-dropout", "3")
+    assert code == 1 and "ONNX" in text and len(text.strip().splitlines()) == 1
