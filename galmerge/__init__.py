@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         http_status_error,
     )
     from galmerge.imageset import ImageSet, LazyImages
+    from galmerge.preprocess import PreprocessSpec
     from galmerge.sdss_cutouts import cut_stamp_with_edge
     from galmerge.strategy_api import StepInputs, StrategyContext
 
@@ -40,6 +41,7 @@ _LAZY: dict[str, str] = {
     "StrategyContext": "galmerge.strategy_api",
     "ImageSet": "galmerge.imageset",
     "LazyImages": "galmerge.imageset",
+    "PreprocessSpec": "galmerge.preprocess",
     "CutoutService": "galmerge.cutouts",
     "CutoutRequest": "galmerge.cutouts",
     "CutoutResult": "galmerge.cutouts",
@@ -73,6 +75,7 @@ __all__ = [
     "StrategyContext",
     "ImageSet",
     "LazyImages",
+    "PreprocessSpec",
     "CutoutService",
     "CutoutRequest",
     "CutoutResult",

@@ -147,13 +147,12 @@ class _Inference:
                 f"model {self.loaded.path} has no '{domain}' preprocessing; use --domain "
                 f"{' or '.join(sorted(self.loaded.preprocess))}"
             )
-        self.spec = dict(self.loaded.preprocess[domain])
-        for key in ("mean", "std"):
-            if key not in self.spec:
-                raise GalmergeError(f"model {self.loaded.path}: its {domain} preprocessing has "
-                                    f"no '{key}'; retrain with this galmerge version")
-        self.channels = int(self.spec.get("channels", len(self.spec["mean"])))
-        self.size = int(self.spec.get("image_size", self.loaded.config.get("image_size", 75)))
+        self.spec = self.loaded.preprocess[domain]
+        if self.spec.mean is None:
+            raise GalmergeError(f"model {self.loaded.path}: its {domain} preprocessing has "
+                                "no 'mean'/'std'; retrain with this galmerge version")
+        self.channels = self.spec.n_channels
+        self.size = int(self.spec.image_size or self.loaded.config.get("image_size", 75))
         self.batch_size = max(1, int(batch_size))
         self.model = self.loaded.model.eval()
         self.channels_last = False
@@ -173,24 +172,14 @@ class _Inference:
         import torch
 
         from galmerge.inference import merger_probability
-        from galmerge.preprocess import asinh_, normalise
 
         out = np.empty(len(images), dtype=np.float64)
-        spec = self.spec
-        stretch = None
-        if spec.get("stretch", "none") == "arcsinh":
-            # the same stretch normalise applies (asinh(x / stretch_scale)), done by asinh_:
-            # torch.asinh and numpy.arcsinh are scalar loops on CPUs without AVX-512 and cost
-            # more than the model there
-            stretch = float(spec.get("stretch_scale", 1.0))
-            spec = {**spec, "stretch": "none"}
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 block = np.asarray(images[start : start + self.batch_size], dtype=np.float32)
                 x = torch.from_numpy(np.ascontiguousarray(block)).to(self.device)
-                if stretch is not None:
-                    x = asinh_(x / stretch)  # a new tensor: the caller's images stay as they are
-                x = normalise(x, spec)
+                # training's preprocessing, the same code (a new tensor: images stay as they are)
+                x = self.spec.apply(x)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 _, logits = self.model(x)
@@ -474,7 +463,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
             service = record.cutouts(infer.spec, options)
         except (TypeError, ValueError) as exc:  # e.g. RetryPolicy.from_options: timeout=0
             raise GalmergeError(f"--survey {survey}: bad option ({exc})".splitlines()[0]) from None
-        key = str(getattr(service, "cache_key", "") or f"{survey_name}:{_signature(infer.spec)}")
+        key = str(getattr(service, "cache_key", "")
+                  or f"{survey_name}:{_signature(dict(infer.spec))}")
         release, kind = data_release(service, options, key), key
         # "{rank}" in --cache gives each process its own cache (and index) at survey scale
         cache_path = (Path(str(cache).replace("{rank}", str(dist.rank))) if cache is not None
@@ -540,7 +530,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     prov = provenance_record(
         checkpoint=infer.loaded.path, config=infer.loaded.config,
         survey=survey if store is not None else f"hdf5 image file {cat_path.name}",
-        data_release=release, cutout_kind=kind, domain=domain, preprocessing=infer.spec,
+        data_release=release, cutout_kind=kind, domain=domain, preprocessing=dict(infer.spec),
         temperature=infer.loaded.temperature, threshold=float(threshold))
     tally = _merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show,
                          shard_timeout, heartbeat_timeout,

@@ -325,15 +325,13 @@ def load_set(ds: DeepMergeSet, options: Mapping[str, Any], root: Path | None = N
             array = np.array(array)  # own the pixels: the memory map is read-only
         data = torch.from_numpy(array)
     meta: dict[str, Any] = {
-        "image_source": ds.image_source,
         "release": "DeepMerge I (MAST HLSP)" if kind == "fits" else "DeepMerge II (Zenodo 4507941)",
         "files": [p.name for p in paths],
     }
+    # the DeepMerge papers standardise raw pixel values per band, without a stretch
+    stretch: dict[str, Any] = {"stretch": "none"}
     if options.get("stretch", "none") == "arcsinh":
-        meta.update(hdf5io.stretch_defaults(hdf5io.sample_images(images)))
-    else:
-        # the DeepMerge papers standardise raw pixel values per band, without a stretch
-        meta["stretch"] = "none"
+        stretch = hdf5io.stretch_defaults(hdf5io.sample_images(images))
     return ImageSet(
         images=data,
         labels=torch.as_tensor(labels),
@@ -343,6 +341,8 @@ def load_set(ds: DeepMergeSet, options: Mapping[str, Any], root: Path | None = N
         # the releases do not record a pixel scale with the arrays
         pixel_scale_arcsec=None,
         meta=meta,
+        image_source=ds.image_source,
+        **stretch,
     )
 
 

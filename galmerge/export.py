@@ -22,6 +22,7 @@ import numpy as np
 
 from galmerge import __version__, atomic
 from galmerge.errors import GalmergeError
+from galmerge.preprocess import PreprocessSpec
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -206,7 +207,7 @@ class OnnxInference:
                 f"{path} holds the '{meta.get('domain')}' preprocessing, not '{domain}'; use "
                 f"--domain {meta.get('domain')} or export again with --domain {domain}"
             )
-        self.spec = dict(meta["preprocess"])
+        self.spec = PreprocessSpec.from_dict(meta["preprocess"], f"{path}: preprocessing")
         _, channels, size, _ = meta["input"]["shape"]
         self.channels, self.size = int(channels), int(size)
         self.batch_size = max(1, int(batch_size))

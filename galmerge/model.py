@@ -28,6 +28,7 @@ from torch import nn
 from galmerge import atomic
 from galmerge.errors import GalmergeError
 from galmerge.plugins import get_plugin_manager
+from galmerge.preprocess import PreprocessSpec
 
 CHECKPOINT_FORMAT = "galmerge-checkpoint/1"
 
@@ -152,7 +153,7 @@ class LoadedModel:
     """A model ready for inference plus what is needed to feed it."""
 
     model: GalaxyClassifier
-    preprocess: dict[str, Any]
+    preprocess: dict[str, PreprocessSpec]  # per domain ("source", "target")
     config: dict[str, Any]
     temperature: float
     path: Path
@@ -171,7 +172,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             dict(payload.get("backbone_options") or {}),
         )
         model.load_state_dict(payload["model"])
-        dict(payload["preprocess"])
+        specs = {str(domain): PreprocessSpec.from_dict(spec, f"checkpoint {p}: {domain} "
+                                                       "preprocessing")
+                 for domain, spec in dict(payload["preprocess"]).items()}
     except GalmergeError:
         raise
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
@@ -188,7 +191,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     model.to(device).eval()
     return LoadedModel(
         model=model,
-        preprocess=dict(payload["preprocess"]),
+        preprocess=specs,
         config=dict(payload.get("config") or {}),
         temperature=_temperature(payload.get("temperature", 1.0), p),
         path=p,

@@ -43,11 +43,12 @@ def _load(arg: str | None, options: Mapping[str, Any]):
         memory_limit=None if limit is None else int(limit * 1024**2),
         validate=False,
     )
-    if "stretch" not in imageset.meta:
+    if imageset.stretch is None:  # the file declares none
         sample = hdf5io.sample_images(imageset.images)
-        if imageset.meta.get("storage_dtype") == "uint8":
+        if imageset.storage_dtype == "uint8":
             sample = sample.astype("uint8")
-        imageset.meta.update(hdf5io.stretch_defaults(sample))
+        for key, value in hdf5io.stretch_defaults(sample).items():
+            setattr(imageset, key, value)
     return imageset
 
 
