@@ -42,7 +42,7 @@ from galmerge import atomic
 from galmerge.catalogs import CatalogChunk, open_catalog
 from galmerge.cutout_cache import STATUS_OK, CutoutCache, keepbits_key, make_key
 from galmerge.cutouts import CutoutRequest
-from galmerge.errors import GalmergeError
+from galmerge.errors import GalmergeError, PluginBug
 from galmerge.outputs import ResultBlock, ResultJournal, Tally, open_writer
 from galmerge.provenance import data_release
 from galmerge.provenance import record as provenance_record
@@ -75,6 +75,8 @@ class ClassifySummary:
     attempted: int = 0  # stamps asked of the survey's service (fetched: the ones that came)
     survey: str | None = None  # the service asked: survey name and, where it has one, its URL
     fetch_failed: int = 0  # stamps asked for that did not come (retried by the next run)
+    #: each cutout service's closing summary line (requests, retries, failures), by service
+    services: dict[str, str] = field(default_factory=dict)
 
     @property
     def merger_fraction(self) -> float:
@@ -296,6 +298,65 @@ class _Progress:
             self._bar.stop()
 
 
+@dataclass
+class SurveyService:
+    """A survey's cutout service with the names a failure message needs."""
+
+    service: Any  # the plugin's CutoutService
+    survey: str  # the survey's name
+    plugin: str  # "plugin 'NAME' (distribution)" that registered it
+
+    @classmethod
+    def open(cls, name: str, record: Any, spec: Any, options: Mapping[str, Any],
+             shown: str | None = None) -> SurveyService:
+        """``record.cutouts(spec, options)``; a bad option value is one line."""
+        from galmerge.plugins import get_plugin_manager
+
+        try:
+            service = record.cutouts(spec, options)
+        except (TypeError, ValueError) as exc:  # e.g. RetryPolicy.from_options: timeout=0
+            raise GalmergeError(f"--survey {shown or name}: bad option ({exc})".splitlines()[0]
+                                ) from None
+        return cls(service, name, get_plugin_manager().describe_owner("surveys", name))
+
+    def fetch(self, requests: list[CutoutRequest]) -> Iterator[Any]:
+        """The service's results; an exception that is no network, HTTP or fetch failure is a
+        bug in the plugin: `PluginBug`, naming it, with the plugin's traceback as its cause."""
+        try:
+            yield from self.service.fetch(requests)
+        except (GalmergeError, PluginBug):
+            raise
+        except Exception as exc:
+            if _network_failure(exc):
+                raise
+            raise PluginBug(
+                f"survey '{self.survey}' ({self.plugin}) raised {type(exc).__name__} while "
+                f"fetching stamps: {exc}".splitlines()[0][:300]
+                + "; that is a bug in the plugin (its traceback is above): report it to the "
+                "plugin's authors; rows classified so far are kept, and the same command "
+                "resumes once it is fixed") from exc
+
+    def summary(self) -> str | None:
+        """The service's one-line summary (requests, retries, failures), if it has one."""
+        summary = getattr(self.service, "summary", None)
+        if not callable(summary):
+            return None
+        try:
+            return str(summary()).strip() or None
+        except Exception:  # the run is done: a broken summary must not fail it
+            return None
+
+
+def _network_failure(exc: BaseException) -> bool:
+    """Network, HTTP or fetch trouble (a row status), as opposed to a bug."""
+    import http.client
+
+    from galmerge.http_retry import classify_exception
+
+    return (classify_exception(exc) is not None
+            or isinstance(exc, OSError | http.client.HTTPException))
+
+
 def _signature(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
@@ -445,7 +506,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         infer: Any = OnnxInference(model, domain, batch_size)
     else:
         infer = _Inference(model, domain, device, batch_size, dist.local_rank)
-    service = None
+    service = survey_service = None
     release = kind = ""
     store: CutoutCache | None = None
     per_rank_cache = cache is not None and "{rank}" in str(cache)
@@ -459,10 +520,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         survey_name, arg, spec_options = parse_survey_spec(survey)
         record = _survey_record(survey_name, arg)
         options = {"workers": int(workers), **spec_options, **dict(survey_options or {})}
-        try:
-            service = record.cutouts(infer.spec, options)
-        except (TypeError, ValueError) as exc:  # e.g. RetryPolicy.from_options: timeout=0
-            raise GalmergeError(f"--survey {survey}: bad option ({exc})".splitlines()[0]) from None
+        survey_service = SurveyService.open(survey_name, record, infer.spec, options, survey)
+        service = survey_service.service
         key = str(getattr(service, "cache_key", "")
                   or f"{survey_name}:{_signature(dict(infer.spec))}")
         release, kind = data_release(service, options, key), key
@@ -507,8 +566,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                 if index % dist.world != dist.rank:
                     continue
                 if index not in journal.done:  # else: finished before a kill, kept
-                    block = _classify_chunk(chunk, source, service, store, infer, threshold,
-                                            fetched)
+                    block = _classify_chunk(chunk, source, survey_service, store, infer,
+                                            threshold, fetched)
                     tally.add(block)
                     journal.add(index, block)
                 done += len(chunk)
@@ -520,13 +579,17 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         if heartbeat is not None:
             heartbeat.stop()
         progress.stop()
-        if service is not None:
+        service_summary = None
+        if survey_service is not None:
+            service_summary = survey_service.summary()
             service.close()
         if store is not None:
             # a cache shared by processes is consolidated once, by rank 0 after the merge
             store.close(compact=not dist.enabled or per_rank_cache)
+    service_name = _service_name(survey, service)
+    services = {service_name: service_summary} if service_name and service_summary else {}
     if not dist.is_main:
-        return _summary(out_path, tally, fetched, t0, store, _service_name(survey, service))
+        return _summary(out_path, tally, fetched, t0, store, service_name, services)
     prov = provenance_record(
         checkpoint=infer.loaded.path, config=infer.loaded.config,
         survey=survey if store is not None else f"hdf5 image file {cat_path.name}",
@@ -537,7 +600,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                          arrow_types=getattr(source, "arrow_types", None), provenance=prov)
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact(force=False)
-    summary = _summary(out_path, tally, fetched, t0, store, _service_name(survey, service))
+    summary = _summary(out_path, tally, fetched, t0, store, service_name, services)
     note = None
     if prior is not None:
         summary.mergers, note = _apply_prior(out_path, prior, threshold, prior_from)
@@ -599,7 +662,8 @@ def _survey_record(name: str, arg: str | None = None) -> Any:
     return record
 
 
-def _classify_chunk(chunk: CatalogChunk, source: Any, service: Any, store: CutoutCache | None,
+def _classify_chunk(chunk: CatalogChunk, source: Any, service: SurveyService | None,
+                    store: CutoutCache | None,
                     infer: _Inference, threshold: float, fetched: Counter) -> ResultBlock:
     n = len(chunk)
     status = chunk.problems.copy()
@@ -637,7 +701,8 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: Any, store: Cutou
     return ResultBlock(chunk.columns, p, flag, status)
 
 
-def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service: Any,
+def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
+                service: SurveyService,
                 store: CutoutCache, infer: _Inference, fetched: Counter,
                 key_status: dict[str, str]) -> dict[str, float]:
     """Probabilities for cached stamps; a stamp whose cache file fails its checksum is fetched
@@ -660,7 +725,7 @@ def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk, ser
                     strict=True))
 
 
-def _stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service: Any,
+def _stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service: SurveyService,
             store: CutoutCache, fetched: Counter, shape: tuple[int, int, int]) -> dict[str, str]:
     """Status per key after looking in the cache and fetching what is not there."""
     known = store.lookup(keys)
@@ -692,7 +757,7 @@ def _stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service
             if st == STATUS_OK or st == "no-coverage":  # lasting answers are remembered
                 store.put(key, req.id, req.ra, req.dec, image if st == STATUS_OK else None, st)
                 store.maybe_flush()
-    except GalmergeError:
+    except (GalmergeError, PluginBug):
         raise
     except Exception as exc:  # a failing service must not lose the rows: they get a status
         reason = f"fetch-failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
@@ -845,7 +910,8 @@ def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns:
 
 
 def _summary(out_path: Path, tally: Tally, fetched: Counter, t0: float,
-             store: CutoutCache | None, survey: str | None = None) -> ClassifySummary:
+             store: CutoutCache | None, survey: str | None = None,
+             services: dict[str, str] | None = None) -> ClassifySummary:
     failed = {k: v for k, v in sorted(tally.statuses.items()) if k != STATUS_OK}
     return ClassifySummary(
         output=str(out_path), rows=tally.rows, ok=tally.ok, failed=failed,
@@ -853,7 +919,7 @@ def _summary(out_path: Path, tally: Tally, fetched: Counter, t0: float,
         seconds=time.monotonic() - t0, cache=None if store is None else str(store.path),
         statuses=dict(tally.statuses), examples=dict(tally.examples),
         attempted=int(sum(fetched.values())), survey=survey,
-        fetch_failed=int(fetched.get("fetch-failed", 0)),
+        fetch_failed=int(fetched.get("fetch-failed", 0)), services=dict(services or {}),
     )
 
 
@@ -908,6 +974,8 @@ def _print_summary(summary: ClassifySummary) -> None:
             "same command again: cached stamps are not fetched twice",
             style="yellow", soft_wrap=True, markup=False, highlight=False,
         )
+    for name, line in summary.services.items():
+        console.print(f"{name}: {line}", soft_wrap=True, markup=False, highlight=False)
     journal = Path(f"{summary.cache}.journal")
     if summary.cache and (Path(summary.cache).exists()
                           or (journal.is_dir() and any(journal.iterdir()))):
