@@ -56,14 +56,7 @@ def build_model(
 ) -> GalaxyClassifier:
     """Build a classifier from a registered backbone name."""
     record = get_plugin_manager().get("backbones", backbone)
-    opts = {**dict(record.defaults), **(options or {})}
-    unknown = set(opts) - set(record.defaults)
-    if unknown:
-        raise GalmergeError(
-            f"unknown option(s) {', '.join(sorted(unknown))} for backbone '{backbone}'; "
-            f"known: {', '.join(sorted(record.defaults)) or 'none'}"
-        )
-    net = record.build(in_channels, image_size, **opts)
+    net = record.build(in_channels, image_size, **(options or {}))  # checked by the record
     if record.build_head is not None:
         head = record.build_head(int(net.out_features), num_classes)
     else:
