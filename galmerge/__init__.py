@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from galmerge.errors import GalmergeError, PluginError
 from galmerge.hookspecs import hookimpl
-from galmerge.losses.options import resolve_options
+from galmerge.losses.options import Option, resolve_options
 from galmerge.records import Backbone, Strategy, Survey
 
 __version__ = "0.1.0"
@@ -70,6 +70,7 @@ __all__ = [
     "GalmergeError",
     "PluginError",
     "resolve_options",
+    "Option",
     "register_plugin",
     "StepInputs",
     "StrategyContext",

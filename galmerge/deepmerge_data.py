@@ -28,7 +28,6 @@ from galmerge.imageset import ImageSet
 ZENODO_RECORD = "4507941"
 MAST_HLSP_PATH = "hlsps/deepmerge"
 SUBDIR = "deepmerge"
-OPTIONS = ("in_memory", "memory_limit_mb", "stretch", "check_finite")
 #: images read at once when checking a file for NaN/inf
 CHECK_BLOCK = 512
 
@@ -245,11 +244,6 @@ def _read_labels(path: Path, kind: str, n: int, ds: DeepMergeSet) -> np.ndarray:
 
 
 def _check_options(name: str, options: Mapping[str, Any]) -> None:
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise GalmergeError(
-            f"{name}: unknown option {unknown[0]!r}; valid options: {', '.join(OPTIONS)}"
-        )
     stretch = options.get("stretch", "none")
     if stretch not in ("none", "arcsinh"):
         raise GalmergeError(f"{name}: stretch must be none or arcsinh, not {stretch!r}")

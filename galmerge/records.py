@@ -124,6 +124,21 @@ class Survey:
     options: Mapping[str, Option] = field(default_factory=dict)
     cutout_options: Mapping[str, Option] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        plugin_load, plugin_cutouts = self.load, self.cutouts
+        if plugin_load is not None and self.options:
+            def load(arg: str | None, options: Mapping[str, Any]) -> ImageSet:
+                label = f"{self.name}:{arg}" if arg else self.name
+                return plugin_load(arg, self.check(options, label))
+
+            object.__setattr__(self, "load", load)
+        if plugin_cutouts is not None and self.cutout_options:
+            def cutouts(preprocess: Mapping[str, Any], options: Mapping[str, Any]
+                        ) -> CutoutService:
+                return plugin_cutouts(preprocess, self.check(options, self.name, cutouts=True))
+
+            object.__setattr__(self, "cutouts", cutouts)
+
     def check(self, options: Mapping[str, Any] | None, label: str, *,
               cutouts: bool = False) -> dict[str, Any]:
         """Names and types of the options given to ``load`` (``cutouts``: to ``cutouts``)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from galmerge.builtin.illustris_survey import LOAD_OPTIONS
 from galmerge.hookspecs import hookimpl
 from galmerge.records import Survey
 
@@ -28,6 +29,7 @@ def register_surveys():
             name="sdss",
             description="SDSS: DeepMerge II training set (fetch sdss); frame/JPEG cutouts via astroquery",
             load=_load,
+            options=LOAD_OPTIONS,
             cutouts=_cutouts,
         )
     ]

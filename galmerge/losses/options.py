@@ -22,9 +22,10 @@ _TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
 @dataclass(frozen=True)
 class Option:
-    """One option: its default, type (None: the default's; anything when that is None too),
-    a help line for ``galmerge list``, and the values allowed (``choices``; numbers from ``min``
-    up to ``max``, or below ``below``)."""
+    """One option: its default, type (None: the default's; anything when that is None too;
+    ``object``: any value, which the plugin checks itself), a help line for ``galmerge list``,
+    and the values allowed (``choices``; numbers from ``min`` up to ``max``, or below
+    ``below``)."""
 
     default: Any
     help: str = ""
@@ -41,21 +42,35 @@ class Option:
         return None if self.default is None else type(self.default)
 
     def describe(self) -> str:
-        """``float = 0.5 in [0, 1): why`` for listings."""
-        kind = self.kind.__name__ if self.kind is not None else "any"
-        text = f"{kind} = {self.default!r}"
+        """``float = 0.5 in [0, 1): why`` (or ``>= 0``, ``one of a, b``) for listings."""
+        kind = self.kind if self.kind is not object else type(self.default)
+        name = "any" if kind in (None, type(None)) else kind.__name__
+        text = f"{name} = {self.default!r}"
         if self.choices:
             text += f" (one of {', '.join(map(str, self.choices))})"
-        if self.min is not None or self.max is not None or self.below is not None:
-            low = "" if self.min is None else f"{self.min:g}"
-            high = f"{self.max:g}]" if self.max is not None else (
-                f"{self.below:g})" if self.below is not None else "]")
-            text += f" in [{low}, {high}"
+        high = f"{self.max:g}]" if self.max is not None else (
+            f"{self.below:g})" if self.below is not None else None)
+        if self.min is not None and high is not None:
+            text += f" in [{self.min:g}, {high}"
+        elif self.min is not None:
+            text += f", >= {self.min:g}"
+        elif high is not None:
+            text += f", {'<=' if self.max is not None else '<'} {high[:-1]}"
         return f"{text}: {self.help}" if self.help else text
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Option:
+        """The inverse of `as_dict` (``galmerge list`` rebuilds options from its rows)."""
+        return cls(data["default"], data.get("help") or "",
+                   _TYPES.get(str(data.get("type")), object if data.get("type") is None
+                              and data["default"] is not None else None),
+                   tuple(data.get("choices") or ()), data.get("min"), data.get("max"),
+                   data.get("below"))
 
     def as_dict(self) -> dict[str, Any]:
         kind = self.kind
-        return {"default": self.default, "type": kind.__name__ if kind else None,
+        return {"default": self.default,
+                "type": kind.__name__ if kind not in (None, object) else None,
                 "help": self.help, "choices": list(self.choices) or None, "min": self.min,
                 "max": self.max, "below": self.below}
 
@@ -72,12 +87,15 @@ def check_options(kind: str, name: str, schema: Mapping[str, Option],
     ``given`` (only ``given`` when ``fill`` is false), each value coerced to its type (``"0.5"``
     from a command line works for a float, an int for a float) and within its allowed values.
 
-    Every problem is a one-line GalmergeError naming the option, the component (``label``,
-    default ``kind 'name'``) and what is allowed.
+    Every problem is a one-line GalmergeError naming the option, the component (``label``, a
+    survey spec, else ``kind 'name'``) and what is allowed.
     """
     given = dict(given or {})
     what = label or f"{kind} '{name}'"
     unknown = sorted(set(given) - set(schema))
+    if unknown and label is not None:  # a survey spec: "hdf5:x.h5: unknown option 'y'"
+        raise GalmergeError(f"{label}: unknown option {unknown[0]!r}; valid options: "
+                            f"{', '.join(schema)}")
     if unknown:
         hint = difflib.get_close_matches(unknown[0], list(schema), n=1)
         raise GalmergeError(
@@ -112,7 +130,7 @@ def _check(what: str, key: str, value: Any, option: Option) -> Any:
 
 
 def _coerce(what: str, key: str, value: Any, kind: type | None) -> Any:
-    if kind is None or value is None or (
+    if kind in (None, object) or value is None or (
         isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
     ):
         return value
