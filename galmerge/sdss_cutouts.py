@@ -162,10 +162,6 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
         default_scale=NATIVE_SCALE_ARCSEC)
     if source == "jpeg":
         channels = jpeg_channels(bands)
-    unknown = sorted(set(options) - KNOWN_OPTIONS)
-    if unknown:
-        raise GalmergeError(f"unknown sdss survey option(s) {', '.join(unknown)}; known: "
-                            f"{', '.join(sorted(KNOWN_OPTIONS - {'sleep'}))}")
     try:
         settings = Settings.from_options(options)
         jpeg_scale = float(spec.get("jpeg_scale", 1.0))
@@ -691,12 +687,6 @@ def _answer_options(settings: Settings) -> str:
     return extra
 
 
-KNOWN_OPTIONS = frozenset({
-    "workers", "attempts", "retries", "timeout", "backoff", "backoff_max", "jitter",
-    "max_retry_after", "seed", "max_connection_failures", "deadline", "data_release",
-    "frame_cache_dir", "frame_cache_gb", "memory_frames", "resolve_batch", "radius_arcmin",
-    "check_footprint", "max_edge_fraction", "skyserver_url", "sas_url", "sleep",
-})
 
 
 class _SdssService:
