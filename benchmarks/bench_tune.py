@@ -10,7 +10,7 @@ seeing, noise, field stars and galaxies, pixel scale, merger fraction or galaxy 
 For each held-out pair and training seed:
 
 - ``none`` and the strategy with galmerge's default options (one `galmerge.train` each);
-- one study of ``--n-trials`` trials (`galmerge.tuning.tune`: trial 0 runs the defaults, the
+- one study of ``--n-trials`` trials (`galmerge.training.tuning.tune`: trial 0 runs the defaults, the
   rest are random draws from the declared search space; no pruning; each trial's checkpoint
   chosen on the source validation loss). Every label-free score then picks one trial among the same trials by
   its value at that checkpoint ("tune with score S"); the oracle picks the trial with the best
@@ -102,7 +102,8 @@ def _float(v: str) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from galmerge import selection, tuning
+    from galmerge.scores import selection
+    from galmerge.training import tuning
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
-    from galmerge import selection
+    from galmerge.scores import selection
 
     rows: dict[str, dict[str, list[float]]] = {}
 

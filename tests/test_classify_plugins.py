@@ -55,7 +55,7 @@ class ToySurveyPlugin:
 
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     galmerge.register_plugin(ToySurveyPlugin(), "toy-plugin")
     monkeypatch.chdir(tmp_path)

@@ -87,8 +87,8 @@ def test_a_record_with_defaults_only_gets_a_schema_from_them(manager):
 
 
 def test_backbone_and_survey_options_are_checked_by_the_core(manager):
-    from galmerge.datasets import load_imageset
-    from galmerge.model import build_model
+    from galmerge.data.datasets import load_imageset
+    from galmerge.models.model import build_model
 
     with pytest.raises(GalmergeError, match="backbone 'typed-bb-test': option width must be"):
         build_model("typed-bb-test", 3, 16, options={"width": 0})
@@ -101,7 +101,7 @@ def test_backbone_and_survey_options_are_checked_by_the_core(manager):
 
 
 def test_a_run_config_holds_the_checked_values(manager):
-    from galmerge.config import resolve_config as resolve
+    from galmerge.config.resolve import resolve_config as resolve
 
     data = {"source": "synthetic:pristine", "target": "synthetic:noisy",
             "strategy": "typed-test"}

@@ -49,8 +49,8 @@ def _imageset(n: int, seed: int) -> galmerge.ImageSet:
 
 def test_a_stamp_preprocessed_by_classify_equals_the_training_path_bit_for_bit(
         tmp_path, register_plugin, monkeypatch):
-    from galmerge.hdf5io import write_imageset
-    from galmerge.model import build_model, save_checkpoint
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.models.model import build_model, save_checkpoint
     from galmerge.training.data import prepare_domains
 
     register_plugin(RecorderPlugin(), "recorder-test")
@@ -97,7 +97,7 @@ def test_a_stored_spec_dict_comes_back_unchanged():
 
 
 def test_checkpoints_written_before_load_with_their_spec_bit_for_bit(tmp_path):
-    from galmerge.model import build_model, load_model, read_checkpoint, save_checkpoint
+    from galmerge.models.model import build_model, load_model, read_checkpoint, save_checkpoint
     from galmerge.training import checkpoints
 
     stored = {"survey": "synthetic:sdss", "bands": ["g", "r", "i"], "channels": 3,
@@ -155,7 +155,7 @@ def test_old_meta_keys_still_fill_the_imageset_fields(tmp_path):
     """Files and code of galmerge <= 0.1 kept the preprocessing facts in ``meta``."""
     import h5py
 
-    from galmerge.hdf5io import read_imageset, write_imageset
+    from galmerge.io.hdf5 import read_imageset, write_imageset
 
     old = galmerge.ImageSet(images=torch.zeros(2, 1, 4, 4), labels=[0, 1], ids=[0, 1],
                             bands=("r",), survey="old",

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from galmerge.errors import GalmergeError
-from galmerge.strategy_api import StepInputs, StrategyContext, parse_strategy_expression
+from galmerge.plugin.strategy_api import StepInputs, StrategyContext, parse_strategy_expression
 
 BUILTIN = ["none", "adabn", "mmd", "coral", "dann", "fisher", "entropy"]
 SIGMAS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 5, 10, 15, 20, 25, 30, 35, 100, 1e3, 1e4, 1e5, 1e6]

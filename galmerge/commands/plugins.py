@@ -6,7 +6,7 @@ import json
 
 import click
 
-from galmerge.plugins import KINDS, get_plugin_manager
+from galmerge.plugin.manager import KINDS, get_plugin_manager
 
 
 @click.command("plugins")
@@ -102,6 +102,6 @@ def list_cmd(kind: str, as_json: bool) -> None:
 
 
 def _describe(spec: dict) -> str:
-    from galmerge.losses.options import Option
+    from galmerge.plugin.options import Option
 
     return Option.from_dict(spec).describe()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from galmerge.strategy_api import StepInputs
+from galmerge.plugin.strategy_api import StepInputs
 
 
 def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

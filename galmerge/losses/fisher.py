@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from galmerge.strategy_api import StepInputs
+from galmerge.plugin.strategy_api import StepInputs
 
 FORMS = ("tr", "td")
 

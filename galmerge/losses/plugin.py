@@ -1,0 +1,210 @@
+"""Built-in DA strategies: none, adabn, mmd, coral, dann (alias ada), fisher, entropy.
+
+``none`` is source only: its record says ``needs_target=False``, so a ``none`` run never
+forwards a target image. ``adabn`` adds no loss term either, but the target batch goes through
+the model with the source batch, so BatchNorm batch and running statistics see both domains (an
+AdaBN-like adaptation; what ``none`` did before it became source only).
+
+Each builder imports its loss module lazily (no torch at import time, so `galmerge --help` stays
+fast); the core checks options against the record's ``options`` schema before ``build``. The returned module's forward gives
+unweighted terms; the trainer multiplies them by the ``weight`` option. Keys starting with ``_``
+are detached diagnostics to log, never to add to the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from galmerge.errors import GalmergeError
+from galmerge.plugin.hookspecs import hookimpl
+from galmerge.plugin.options import Option
+from galmerge.plugin.records import Strategy
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from galmerge.plugin.strategy_api import StrategyContext
+
+WEIGHT = Option(1.0, "factor of the strategy's terms in the loss", min=0.0)
+OPTIONS: dict[str, dict[str, Option]] = {
+    "none": {"weight": WEIGHT},
+    "adabn": {"weight": WEIGHT},
+    "mmd": {"weight": WEIGHT},
+    "coral": {"weight": WEIGHT},
+    "dann": {
+        "weight": WEIGHT,
+        "hidden": Option(1024, "units of the discriminator's two hidden layers", min=1),
+        "dropout": Option(0.5, "dropout after each hidden layer", min=0.0, below=1.0),
+        "gamma": Option(10.0, "steepness of the gradient-reversal ramp", min=0.0),
+        "max_coeff": Option(1.0, "gradient-reversal coefficient at the end of the ramp",
+                            min=0.0),
+        # choices: galmerge.losses.dann FEATURE_LOSSES and GRL_SCHEDULES (not imported: torch)
+        "feature_loss": Option("reversed", "what the features get: the reversed discriminator "
+                               "gradient or the inverted-label loss",
+                               choices=("reversed", "inverted")),
+        "grl": Option("ramp", "gradient-reversal schedule", choices=("ramp", "constant")),
+    },
+    # intra 0.01 / inter 1.0: every Fisher command line of the DeepMerge II repository
+    "fisher": {
+        "weight": WEIGHT,
+        "intra_weight": Option(0.01, "weight of the within-class scatter", min=0.0),
+        "inter_weight": Option(1.0, "weight of the between-class scatter", min=0.0),
+        # choices: galmerge.losses.fisher FORMS
+        "form": Option("tr", "trace ratio (tr) or trace difference (td)", choices=("tr", "td")),
+    },
+    "entropy": {
+        "weight": WEIGHT,
+        "include_source": Option(False, "minimise the source predictions' entropy too"),
+        "diversity": Option(0.0, "weight of the batch-diversity term", min=0.0),
+    },
+}
+#: default values, by strategy
+DEFAULTS: dict[str, dict[str, Any]] = {
+    name: {k: o.default for k, o in opts.items()} for name, opts in OPTIONS.items()
+}
+
+# What `galmerge tune` searches for each strategy (log ranges around the defaults and the
+# benchmark settings; the weights span two orders of magnitude either side of useful values).
+SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
+    "none": {},
+    "mmd": {"weight": {"type": "float", "low": 0.01, "high": 3.0, "log": True}},
+    "coral": {"weight": {"type": "float", "low": 0.01, "high": 10.0, "log": True}},
+    "dann": {
+        "weight": {"type": "float", "low": 0.01, "high": 3.0, "log": True},
+        "max_coeff": {"type": "float", "low": 0.1, "high": 1.0, "log": True},
+    },
+    "fisher": {
+        "weight": {"type": "float", "low": 0.001, "high": 0.3, "log": True},
+        "intra_weight": {"type": "float", "low": 0.001, "high": 0.1, "log": True},
+    },
+    "entropy": {
+        "weight": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+        "diversity": {"type": "float", "low": 0.0, "high": 2.0},
+    },
+}
+
+
+def _build_none(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.none import NoLoss
+
+    return NoLoss()
+
+
+def _build_adabn(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.none import NoLoss
+
+    return NoLoss()
+
+
+def _build_mmd(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.mmd import MMDLoss
+
+    return MMDLoss().to(context.device)
+
+
+def _build_coral(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.coral import CORALLoss
+
+    return CORALLoss().to(context.device)
+
+
+def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.dann import DANNLoss
+
+    opts = options  # checked against OPTIONS["dann"] by the core
+    module = DANNLoss(
+        context.feature_dim,
+        hidden=opts["hidden"],
+        dropout=opts["dropout"],
+        gamma=opts["gamma"],
+        max_coeff=opts["max_coeff"],
+        feature_loss=opts["feature_loss"],
+        grl=opts["grl"],
+    )
+    return module.to(context.device)
+
+
+def _build_fisher(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.fisher import FisherLoss
+
+    opts = options  # checked against OPTIONS["fisher"] by the core
+    if opts["form"] == "tr" and opts["inter_weight"] == 0:
+        raise GalmergeError(
+            "fisher option inter_weight must be > 0 with form 'tr' (it divides the loss)"
+        )
+    module = FisherLoss(
+        context.num_classes,
+        context.feature_dim,
+        intra_weight=opts["intra_weight"],
+        inter_weight=opts["inter_weight"],
+        form=opts["form"],
+    )
+    return module.to(context.device)
+
+
+def _build_entropy(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.entropy import EntropyLoss
+
+    opts = options  # checked against OPTIONS["entropy"] by the core
+    return EntropyLoss(include_source=opts["include_source"], diversity=opts["diversity"]).to(context.device)
+
+
+@hookimpl
+def register_strategies() -> list[Strategy]:
+    return [
+        Strategy(
+            name="none",
+            description="source only: no domain adaptation term, target images never forwarded",
+            build=_build_none,
+            options=OPTIONS["none"],
+            search_space=SEARCH_SPACES["none"],
+            needs_target=False,
+        ),
+        Strategy(
+            name="adabn",
+            description="no loss term; the target batch is forwarded with the source batch so "
+            "BatchNorm statistics mix both domains (AdaBN-like)",
+            build=_build_adabn,
+            options=OPTIONS["adabn"],
+        ),
+        Strategy(
+            name="mmd",
+            description="Gaussian-kernel MMD between source and target features "
+            "(19 bandwidths, DeepMerge II)",
+            build=_build_mmd,
+            options=OPTIONS["mmd"],
+            search_space=SEARCH_SPACES["mmd"],
+        ),
+        Strategy(
+            name="coral",
+            description="CORAL: align source and target feature covariances (Sun & Saenko 2016)",
+            build=_build_coral,
+            options=OPTIONS["coral"],
+            search_space=SEARCH_SPACES["coral"],
+        ),
+        Strategy(
+            name="dann",
+            description="domain-adversarial: discriminator behind a gradient-reversal layer, "
+            "ramped or constant (the paper's ADA)",
+            build=_build_dann,
+            options=OPTIONS["dann"],
+            search_space=SEARCH_SPACES["dann"],
+            aliases=("ada",),
+        ),
+        Strategy(
+            name="fisher",
+            description="Fisher loss (trace ratio) around learnable class centres on source "
+            "features",
+            build=_build_fisher,
+            options=OPTIONS["fisher"],
+            search_space=SEARCH_SPACES["fisher"],
+        ),
+        Strategy(
+            name="entropy",
+            description="entropy minimisation of target predictions",
+            build=_build_entropy,
+            options=OPTIONS["entropy"],
+            search_space=SEARCH_SPACES["entropy"],
+        ),
+    ]
