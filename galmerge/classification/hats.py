@@ -87,13 +87,9 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
 
     from galmerge.classification.catalogs import DEC_NAMES, ID_NAMES, RA_NAMES, Catalog, _pick
     from galmerge.classification.cutout_cache import CutoutCache, keepbits_key
+    from galmerge.classification.inputs import SurveyService, default_cache, survey_record
     from galmerge.classification.parquet import arrow_to_numpy
-    from galmerge.classification.pipeline import (
-        SurveyService,
-        _classify_chunk,
-        _survey_record,
-        default_cache,
-    )
+    from galmerge.classification.pipeline import _classify_chunk
     from galmerge.data.datasets import parse_survey_spec
 
     columns = [c for c in df.columns]
@@ -106,7 +102,7 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
         return out
     infer = _inference(model, domain, device, batch_size)
     name, arg, spec_options = parse_survey_spec(survey)
-    survey_service = SurveyService.open(name, _survey_record(name, arg), infer.spec,
+    survey_service = SurveyService.open(name, survey_record(name, arg), infer.spec,
                                         {"workers": int(workers), **spec_options}, survey)
     service = survey_service.service
     key = str(getattr(service, "cache_key", "") or name)
