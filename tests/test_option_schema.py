@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 from torch import nn
 
-import galmerge
 from galmerge import Backbone, GalmergeError, Option, Strategy, Survey, hookimpl
 from galmerge.cli import cli
 
@@ -127,7 +126,3 @@ def test_list_shows_each_options_type_default_and_help(manager):
     assert set(hdf5["option_schema"]["options"]) == {"in_memory", "memory_limit_mb",
                                                      "check_finite"}
 
-
-def test_option_is_public():
-    assert galmerge.Option is Option and "Option" in galmerge.__all__
-    assert "PreprocessSpec" in galmerge.__all__
