@@ -31,7 +31,6 @@ def default_cache(survey: str, cache_key: str) -> Path:
     return data_dir() / "cache" / f"{safe}-{digest}.h5"
 
 
-
 def is_image_file(path: Path) -> bool:
     import h5py
 
@@ -42,7 +41,6 @@ def is_image_file(path: Path) -> bool:
             return "images" in f
     except OSError:
         return False
-
 
 
 class ImageFileInput:
@@ -88,7 +86,6 @@ class ImageFileInput:
 
     def read(self, chunk: CatalogChunk) -> np.ndarray:
         return self.images.batch(np.arange(chunk.start, chunk.start + len(chunk))).numpy()
-
 
 
 @dataclass
@@ -140,7 +137,6 @@ class SurveyService:
             return None
 
 
-
 def _network_failure(exc: BaseException) -> bool:
     """Network, HTTP or fetch trouble (a row status), as opposed to a bug."""
     import http.client
@@ -149,7 +145,6 @@ def _network_failure(exc: BaseException) -> bool:
 
     return (classify_exception(exc) is not None
             or isinstance(exc, OSError | http.client.HTTPException))
-
 
 
 def survey_record(name: str, arg: str | None = None) -> Any:
@@ -167,7 +162,6 @@ def survey_record(name: str, arg: str | None = None) -> Any:
             f"classifying; use --survey {name} (options go after '?', e.g. {name}?workers=8)"
         )
     return record
-
 
 
 def fetch_stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service: SurveyService,
@@ -212,7 +206,6 @@ def fetch_stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk, se
         out.setdefault(key, "fetch-failed: no result from the survey")
     store.flush()
     return out
-
 
 
 def service_name(spec: str, service: Any) -> str | None:

@@ -67,7 +67,6 @@ DEFAULT_CHUNK_ROWS = 4096
 INFER_ROWS = 1024  # stamps held in memory at once for inference
 
 
-
 @dataclass
 class ClassifySummary:
     """What a run did (for rank 0 of a sharded run: the whole catalog)."""
@@ -106,7 +105,6 @@ class ClassifySummary:
         }
 
 
-
 def default_output(catalog: Path) -> Path:
     """``<catalog stem>_galmerge.csv`` in the working directory (catalogs may be read-only)."""
     name = catalog.name
@@ -115,7 +113,6 @@ def default_output(catalog: Path) -> Path:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return Path.cwd() / f"{name}_galmerge.csv"
-
 
 
 class _Inference:
@@ -179,7 +176,6 @@ class _Inference:
         return np.clip(out, 0.0, 1.0)
 
 
-
 def _cpu_inference_model(model: Any, shape: tuple[int, int, int]) -> Any | None:
     """The model traced and optimised for CPU inference, if that works and agrees with it."""
     import copy
@@ -202,7 +198,6 @@ def _cpu_inference_model(model: Any, shape: tuple[int, int, int]) -> Any | None:
         return fast
     except Exception:  # not traceable or no MKL-DNN: the plain model is the fallback
         return None
-
 
 
 class _Progress:
@@ -244,16 +239,13 @@ class _Progress:
             self._bar.stop()
 
 
-
 def _signature(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
-
 
 
 def _file_stamp(path: Path) -> tuple[str, int, int]:
     st = path.stat()
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
-
 
 
 def classify(
@@ -347,7 +339,6 @@ def classify(
             prior_from=prior_from, quiet=quiet)
 
 
-
 @contextlib.contextmanager
 def _terminate_cleanly() -> Iterator[None]:
     """SIGTERM (a scheduler's stop, ``kill``) unwinds like Ctrl-C, so the stamps fetched but not
@@ -366,7 +357,6 @@ def _terminate_cleanly() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
 
 
 def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show: bool,
@@ -491,7 +481,6 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     return summary
 
 
-
 def _apply_prior(out_path: Path, prior: str | float, threshold: float,
                  training: tuple[float, str] | None) -> tuple[int, str]:
     """Rescale the written output to the survey prior; (mergers now, one-line note)."""
@@ -503,7 +492,6 @@ def _apply_prior(out_path: Path, prior: str | float, threshold: float,
     return mergers, (f"galmerge: p_merger rescaled from the training merger fraction "
                      f"{rec['training_prior']:.4g} to {rec['prior']:.4g} ({rec['prior_from']});"
                      f" recorded in {out_path.name}.prior.json")
-
 
 
 def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable: Any,
@@ -522,7 +510,6 @@ def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable:
         raise GalmergeError(
             f"survey {survey}: every fetch failed ({failed} rows, e.g. '{example}'); "
             f"{summary.output} lists each row's status; run the same command again to retry")
-
 
 
 def _classify_chunk(chunk: CatalogChunk, source: Any, service: SurveyService | None,
@@ -564,7 +551,6 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: SurveyService | N
     return ResultBlock(chunk.columns, p, flag, status)
 
 
-
 def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
                 service: SurveyService,
                 store: CutoutCache, infer: _Inference, fetched: Counter,
@@ -589,7 +575,6 @@ def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
                     strict=True))
 
 
-
 def _summary(out_path: Path, tally: Tally, fetched: Counter, t0: float,
              store: CutoutCache | None, survey: str | None = None,
              services: dict[str, str] | None = None) -> ClassifySummary:
@@ -604,10 +589,8 @@ def _summary(out_path: Path, tally: Tally, fetched: Counter, t0: float,
     )
 
 
-
 def _plural(n: float, word: str) -> str:
     return word if round(n) == 1 else f"{word}s"
-
 
 
 def _print_summary(summary: ClassifySummary) -> None:

@@ -39,7 +39,6 @@ DEFAULT_HEARTBEAT_TIMEOUT = 300.0
 HEARTBEAT_SECONDS = 10.0  # at most; a fifth of the heartbeat timeout when that is shorter
 
 
-
 @contextlib.contextmanager
 def output_lock(out_path: Path, rank: int, world: int) -> Iterator[None]:
     """One run per output (per rank under torchrun): a second one is refused in one line
@@ -53,7 +52,6 @@ def output_lock(out_path: Path, rank: int, world: int) -> Iterator[None]:
         "to finish or choose another --output",
     ):
         yield
-
 
 
 def remove_stale_parts(parts_dir: Path, sig: str) -> None:
@@ -70,7 +68,6 @@ def remove_stale_parts(parts_dir: Path, sig: str) -> None:
                 entry.unlink(missing_ok=True)
 
 
-
 def timeout_seconds(value: float | None, env: str, name: str, default: float) -> float:
     """A timeout in seconds: the argument, else the environment variable, else the default."""
     raw: Any = value
@@ -85,10 +82,8 @@ def timeout_seconds(value: float | None, env: str, name: str, default: float) ->
     return seconds
 
 
-
 def beat_path(journal_folder: Path) -> Path:
     return journal_folder.with_name(journal_folder.name + ".alive")
-
 
 
 class Heartbeat:
@@ -111,7 +106,6 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-
 
 
 def wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, show: bool,
@@ -156,7 +150,6 @@ def wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, show
             print(f"galmerge: waiting for rank(s) {names}", file=sys.stderr)
             next_note = now + 60.0
         time.sleep(PART_POLL_SECONDS)
-
 
 
 def merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
