@@ -164,8 +164,9 @@ def survey_record(name: str, arg: str | None = None) -> Any:
     return record
 
 
-def fetch_stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service: SurveyService,
-            store: CutoutCache, fetched: Counter, shape: tuple[int, int, int]) -> dict[str, str]:
+def fetch_stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
+                 service: SurveyService, store: CutoutCache, fetched: Counter,
+                 shape: tuple[int, int, int]) -> dict[str, str]:
     """Status per key after looking in the cache and fetching what is not there."""
     known = store.lookup(keys)
     out = {k: s for k, s in zip(keys, known, strict=True) if s is not None}

@@ -299,9 +299,9 @@ def classify(
 
     t0 = time.monotonic()
     shard_timeout = timeout_seconds(shard_timeout, SHARD_TIMEOUT_ENV, "--shard-timeout",
-                             DEFAULT_SHARD_TIMEOUT)
+                                    DEFAULT_SHARD_TIMEOUT)
     heartbeat_timeout = timeout_seconds(heartbeat_timeout, HEARTBEAT_TIMEOUT_ENV,
-                                 HEARTBEAT_TIMEOUT_ENV, DEFAULT_HEARTBEAT_TIMEOUT)
+                                        HEARTBEAT_TIMEOUT_ENV, DEFAULT_HEARTBEAT_TIMEOUT)
     cat_path = Path(catalog)
     if not cat_path.is_file() and not cat_path.is_dir():
         raise GalmergeError(f"catalog {cat_path} does not exist")
@@ -422,7 +422,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     heartbeat = None
     if dist.enabled and not dist.is_main and not journal.finished:
         heartbeat = Heartbeat(beat_path(journal.folder),
-                               min(HEARTBEAT_SECONDS, heartbeat_timeout / 5))
+                              min(HEARTBEAT_SECONDS, heartbeat_timeout / 5))
     try:
         if journal.finished:
             if show:
@@ -463,8 +463,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         data_release=release, cutout_kind=kind, domain=domain, preprocessing=dict(infer.spec),
         temperature=infer.loaded.temperature, threshold=float(threshold))
     tally = merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show,
-                         shard_timeout, heartbeat_timeout,
-                         arrow_types=getattr(source, "arrow_types", None), provenance=prov)
+                        shard_timeout, heartbeat_timeout,
+                        arrow_types=getattr(source, "arrow_types", None), provenance=prov)
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact(force=False)
     summary = _summary(out_path, tally, fetched, t0, store, asked, services)
@@ -560,7 +560,8 @@ def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
     images, got = store.images(keys)
     if not got.all():
         retry = [k for k, g in zip(keys, got, strict=True) if not g]
-        key_status.update(fetch_stamps(retry, first, chunk, service, store, fetched, infer.shape))
+        key_status.update(fetch_stamps(retry, first, chunk, service, store, fetched,
+                                       infer.shape))
         again, got2 = store.images(retry)
         missing = np.flatnonzero(~got)
         images[missing] = again

@@ -109,7 +109,7 @@ class Heartbeat:
 
 
 def wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, show: bool,
-                    shard_timeout: float, heartbeat_timeout: float) -> None:
+                   shard_timeout: float, heartbeat_timeout: float) -> None:
     """Rank 0: block until every marker exists; one-line error on a dead or hung rank.
 
     A rank is dead when its heartbeat file's mtime has not changed for ``heartbeat_timeout``
@@ -153,10 +153,10 @@ def wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, show
 
 
 def merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
-                 show: bool, shard_timeout: float = DEFAULT_SHARD_TIMEOUT,
-                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
-                 arrow_types: dict[str, Any] | None = None,
-                 provenance: dict[str, Any] | None = None) -> Tally:
+                show: bool, shard_timeout: float = DEFAULT_SHARD_TIMEOUT,
+                heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+                arrow_types: dict[str, Any] | None = None,
+                provenance: dict[str, Any] | None = None) -> Tally:
     """Rank 0: wait until every rank's share is complete, then write them in input order."""
     folders = [parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}" for r in range(world)]
     # Wait on the .done markers alone: opening another rank's journal before it has finished
