@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from galmerge import _moved
 from galmerge.errors import GalmergeError, PluginError
 from galmerge.plugin.hookspecs import hookimpl
-from galmerge.plugin.options import resolve_options
+from galmerge.plugin.options import Option, resolve_options
 from galmerge.plugin.records import Backbone, Strategy, Survey
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _moved.install()
 
 if TYPE_CHECKING:
+    from galmerge.data.preprocess import PreprocessSpec
     from galmerge.io.http import (
         CorruptResponse,
         FetchError,
@@ -44,6 +45,7 @@ _LAZY: dict[str, str] = {
     "StrategyContext": "galmerge.plugin.strategy_api",
     "ImageSet": "galmerge.plugin.imageset",
     "LazyImages": "galmerge.plugin.imageset",
+    "PreprocessSpec": "galmerge.data.preprocess",
     "CutoutService": "galmerge.plugin.cutouts",
     "CutoutRequest": "galmerge.plugin.cutouts",
     "CutoutResult": "galmerge.plugin.cutouts",
@@ -72,11 +74,13 @@ __all__ = [
     "GalmergeError",
     "PluginError",
     "resolve_options",
+    "Option",
     "register_plugin",
     "StepInputs",
     "StrategyContext",
     "ImageSet",
     "LazyImages",
+    "PreprocessSpec",
     "CutoutService",
     "CutoutRequest",
     "CutoutResult",

@@ -9,3 +9,11 @@ class GalmergeError(Exception):
 
 class PluginError(GalmergeError):
     """A plugin conflict or an unknown component name."""
+
+
+class PluginBug(RuntimeError):
+    """An exception inside a plugin that is no user mistake and no network trouble: a bug there.
+
+    The command fails with it, naming the plugin; the plugin's own traceback is its
+    ``__cause__`` (printed above it), so the bug can be found and reported.
+    """

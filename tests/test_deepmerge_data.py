@@ -111,7 +111,7 @@ def test_channels_last_copy_and_lowercase_x_name(folder):
     np.save(folder / "SimReal_TARGET_y_postmergers_SDSS.npy", np.array([0, 1, 0]))
     s = load_imageset("sdss")
     np.testing.assert_array_equal(s.images.numpy(), x)
-    assert s.meta["image_source"] == "jpeg" and s.meta["stretch"] == "none"
+    assert s.image_source == "jpeg" and s.stretch == "none"
     assert s.survey == "sdss:postmergers"
 
 
@@ -159,5 +159,5 @@ def test_unknown_set_option_and_arcsinh_stretch(folder):
         load_imageset("sdss?lazy=true")
     _save_pair(folder, ("illustris", "sim-real"), 0.2 * _images(4), np.zeros(4))
     s = load_imageset("illustris?stretch=arcsinh")
-    assert s.meta["stretch"] == "arcsinh"
-    assert s.meta["stretch_scale"] == pytest.approx(0.2, rel=0.15)
+    assert s.stretch == "arcsinh"
+    assert s.stretch_scale == pytest.approx(0.2, rel=0.15)

@@ -336,3 +336,17 @@ def test_grad_cam_strength_must_follow_the_merger_score() -> None:
     assert strength_score_correlation(maps, np.array([0.1, 0.5, 1.0, 2.0, 3.0])) > 0.99
     # strongest maps on the images the model calls non-mergers: not evidence for 'merger'
     assert strength_score_correlation(maps, np.array([3.0, 2.0, 1.0, 0.5, 0.1])) < -0.99
+
+
+def test_the_report_page_is_composed_from_metrics_json_by_the_report_module(evaluated) -> None:
+    from galmerge.evaluation.pipeline import _gradcam_caption
+    from galmerge.evaluation.report import write_evaluation_report
+
+    report, _ = evaluated
+    payload = json.loads((report / "metrics.json").read_text())
+    again = write_evaluation_report(report / "again.html", payload,
+                                    _gradcam_caption(payload["gradcam"]))
+    try:
+        assert again.read_text() == (report / "report.html").read_text()
+    finally:
+        again.unlink()

@@ -91,7 +91,7 @@ def test_fetch_all_then_surveys_read_the_files(server, tmp_path):
     assert len(load_imageset("illustris:pristine")) == 5
     assert load_imageset("illustris:noisy").bands == ("F814W", "F160W", "F356W")
     sdss = load_imageset("sdss")
-    assert (len(sdss), sdss.meta["image_source"], sdss.meta["stretch"]) == (4, "jpeg", "none")
+    assert (len(sdss), sdss.image_source, sdss.stretch) == (4, "jpeg", "none")
     x = np.load(io.BytesIO(server.zenodo["SimReal_TARGET_X_postmergers_SDSS.npy"]))
     np.testing.assert_array_equal(sdss.images.numpy(), x)
 

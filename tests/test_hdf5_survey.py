@@ -58,8 +58,8 @@ def test_float_images_get_noise_based_arcsinh(tmp_path):
     path = tmp_path / "noisy.h5"
     _write(path, images)
     s = load_imageset(f"hdf5:{path}")
-    assert s.meta["stretch"] == "arcsinh"
-    assert s.meta["stretch_scale"] == pytest.approx(sigma, rel=0.1)
+    assert s.stretch == "arcsinh"
+    assert s.stretch_scale == pytest.approx(sigma, rel=0.1)
 
 
 def test_noise_free_images_still_get_a_positive_scale(tmp_path):
@@ -68,13 +68,13 @@ def test_noise_free_images_still_get_a_positive_scale(tmp_path):
     path = tmp_path / "pristine.h5"
     _write(path, images)
     s = load_imageset(f"hdf5:{path}")
-    assert s.meta["stretch"] == "arcsinh" and 0 < s.meta["stretch_scale"] <= 1.0
+    assert s.stretch == "arcsinh" and 0 < s.stretch_scale <= 1.0
 
 
 def test_uint8_images_are_not_stretched(tmp_path):
     path = tmp_path / "jpeg.h5"
     _write(path, torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8))
-    assert load_imageset(f"hdf5:{path}").meta["stretch"] == "none"
+    assert load_imageset(f"hdf5:{path}").stretch == "none"
 
 
 def test_declared_stretch_wins(tmp_path):
@@ -83,7 +83,7 @@ def test_declared_stretch_wins(tmp_path):
     with h5py.File(path, "a") as f:
         del f.attrs[hdf5io.META_ATTR]
         f.attrs["stretch"] = "none"
-    assert load_imageset(f"hdf5:{path}").meta["stretch"] == "none"
+    assert load_imageset(f"hdf5:{path}").stretch == "none"
 
 
 def test_memory_limit_gives_lazy_set_read_in_chunks(tmp_path):

@@ -51,8 +51,8 @@ def test_round_trip_keeps_everything(tmp_path, string_ids):
     assert back.bands == ("g", "r", "i")
     assert back.survey == "synthetic:sdss"
     assert back.pixel_scale_arcsec == pytest.approx(0.396)
-    assert back.meta["stretch"] == "arcsinh"
-    assert back.meta["stretch_scale"] == pytest.approx(0.25)
+    assert back.stretch == "arcsinh"
+    assert back.stretch_scale == pytest.approx(0.25)
     with h5py.File(path) as f:  # the DESIGN.md schema, read by plain h5py
         assert f["images"].dtype == np.float32
         assert f["images"].chunks == (1, 3, 12, 12)
@@ -70,7 +70,7 @@ def test_uint8_images_stay_uint8_on_disk(tmp_path):
     back = hdf5io.read_imageset(path)
     assert back.images.dtype == torch.float32
     assert torch.equal(back.images, original.images.float())
-    assert back.meta["storage_dtype"] == "uint8"
+    assert back.storage_dtype == "uint8"
 
 
 @pytest.mark.parametrize("compression", [None, "gzip"])

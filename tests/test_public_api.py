@@ -154,3 +154,12 @@ def test_old_module_paths_of_released_plugins_are_the_moved_modules() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and out.stdout.strip() == "5", out.stdout + out.stderr
+
+
+def test_the_typed_spec_and_option_schema_are_public() -> None:
+    from galmerge.data import preprocess
+    from galmerge.plugin import options
+
+    assert galmerge.PreprocessSpec is preprocess.PreprocessSpec
+    assert galmerge.Option is options.Option
+    assert {"PreprocessSpec", "Option"} <= set(galmerge.__all__)

@@ -34,8 +34,8 @@ def test_loads_a_labelled_set_with_physical_metadata(data_dir):
     assert s.ids[5] == "synthetic-sdss-s3-000005"
     assert s.bands == ("g", "r", "i") and s.pixel_scale_arcsec == pytest.approx(0.396)
     assert s.survey == "synthetic:sdss"
-    assert s.meta["stretch"] == "arcsinh" and s.meta["image_source"] == "frames"
-    assert s.meta["stretch_scale"] > 0
+    assert s.stretch == "arcsinh" and s.image_source == "frames"
+    assert s.stretch_scale > 0
 
 
 def test_second_load_reads_the_cache_and_new_parameters_make_a_new_file(data_dir):

@@ -1,6 +1,10 @@
 """`galmerge classify`: a catalog or image file in, one probability per object out.
 
-- ``pipeline``: ``classify()``, the run from catalog to output file.
+- ``pipeline``: ``classify()``, the run from catalog to output file: chunks, inference, summary.
+- ``inputs``: where rows and stamps come from (HDF5 image files, catalogs' positions through the
+  cutout cache and the survey's service; a plugin's bug fails the run, a network failure is a
+  row status).
+- ``sharding``: runs shared by processes under torchrun: heartbeats, rank 0's wait and merge.
 - ``catalogs``: input catalogs read in chunks (CSV, FITS, VOTable, Parquet).
 - ``outputs``: result writers (CSV, HDF5, FITS, Parquet) and resume.
 - ``segments``: the resume segments of an interrupted run.

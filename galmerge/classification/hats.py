@@ -87,8 +87,9 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
 
     from galmerge.classification.catalogs import DEC_NAMES, ID_NAMES, RA_NAMES, Catalog, _pick
     from galmerge.classification.cutout_cache import CutoutCache, keepbits_key
+    from galmerge.classification.inputs import SurveyService, default_cache, survey_record
     from galmerge.classification.parquet import arrow_to_numpy
-    from galmerge.classification.pipeline import _classify_chunk, _survey_record, default_cache
+    from galmerge.classification.pipeline import _classify_chunk
     from galmerge.data.datasets import parse_survey_spec
 
     columns = [c for c in df.columns]
@@ -101,8 +102,9 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
         return out
     infer = _inference(model, domain, device, batch_size)
     name, arg, spec_options = parse_survey_spec(survey)
-    service = _survey_record(name, arg).cutouts(infer.spec,
-                                                {"workers": int(workers), **spec_options})
+    survey_service = SurveyService.open(name, survey_record(name, arg), infer.spec,
+                                        {"workers": int(workers), **spec_options}, survey)
+    service = survey_service.service
     key = str(getattr(service, "cache_key", "") or name)
     path = (partition_cache(cache_dir, pixel) if cache_dir is not None and pixel is not None
             else default_cache(name, keepbits_key(key, keepbits)))
@@ -120,8 +122,8 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
         for start in range(0, len(df), chunk_rows):
             part = table.slice(start, chunk_rows)
             cols = {c: arrow_to_numpy(part.column(c)) for c in part.column_names}
-            block = _classify_chunk(reader._chunk(start, cols), None, service, store, infer,
-                                    float(threshold), fetched)
+            block = _classify_chunk(reader._chunk(start, cols), None, survey_service, store,
+                                    infer, float(threshold), fetched)
             stop = start + len(block)
             p[start:stop], flag[start:stop], status[start:stop] = block.p, block.flag, block.status
     finally:

@@ -11,21 +11,15 @@ had not arrived (at most the 2 x workers requests in flight), then rewrites the 
 Rows with the same (id, RA, Dec) share one stamp and get the same probability (status ``ok``);
 rows with unusable positions get ``bad-coordinates``, malformed CSV lines ``bad-row: ...``.
 
-Sharding: under torchrun (or any launcher setting ``RANK``/``WORLD_SIZE``) rank r takes chunks
-r, r + W, r + 2W, ... and writes a part file next to the output; rank 0 waits for every part and
-merges them in input order. A rank whose part from an identical earlier run is complete skips
-its work. Every other rank refreshes a heartbeat file while it works; rank 0 gives up, naming the
-ranks, when one has been silent for ``GALMERGE_SHARD_HEARTBEAT_TIMEOUT`` seconds (dead: default
-300) or is still unfinished ``--shard-timeout`` seconds after rank 0 finished its own share (hung:
-default 24 h, env ``GALMERGE_SHARD_TIMEOUT``). Nothing is lost then: the same command, run again,
-resumes every rank from its result journal.
+Where rows and stamps come from is `galmerge.classification.inputs` (catalogs, HDF5 image files,
+the survey's service behind the cutout cache); how a run is shared between processes and merged
+is `galmerge.classification.sharding`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import sys
 import threading
@@ -40,23 +34,37 @@ import numpy as np
 
 from galmerge.classification.catalogs import CatalogChunk, open_catalog
 from galmerge.classification.cutout_cache import STATUS_OK, CutoutCache, keepbits_key, make_key
-from galmerge.classification.outputs import ResultBlock, ResultJournal, Tally, open_writer
+from galmerge.classification.inputs import (
+    ImageFileInput,
+    SurveyService,
+    default_cache,
+    fetch_stamps,
+    is_image_file,
+    service_name,
+    survey_record,
+)
+from galmerge.classification.outputs import ResultBlock, ResultJournal, Tally
 from galmerge.classification.segments import check_private_folder
+from galmerge.classification.sharding import (
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_SHARD_TIMEOUT,
+    HEARTBEAT_SECONDS,
+    HEARTBEAT_TIMEOUT_ENV,
+    SHARD_TIMEOUT_ENV,
+    Heartbeat,
+    beat_path,
+    merge_parts,
+    output_lock,
+    remove_stale_parts,
+    timeout_seconds,
+)
 from galmerge.errors import GalmergeError
-from galmerge.io import atomic
-from galmerge.io.paths import data_dir
 from galmerge.io.provenance import data_release
 from galmerge.io.provenance import record as provenance_record
-from galmerge.plugin.cutouts import CutoutRequest
 
 DEFAULT_CHUNK_ROWS = 4096
+
 INFER_ROWS = 1024  # stamps held in memory at once for inference
-PART_POLL_SECONDS = 0.5
-SHARD_TIMEOUT_ENV = "GALMERGE_SHARD_TIMEOUT"
-HEARTBEAT_TIMEOUT_ENV = "GALMERGE_SHARD_HEARTBEAT_TIMEOUT"
-DEFAULT_SHARD_TIMEOUT = 24 * 3600.0
-DEFAULT_HEARTBEAT_TIMEOUT = 300.0
-HEARTBEAT_SECONDS = 10.0  # at most; a fifth of the heartbeat timeout when that is shorter
 
 
 @dataclass
@@ -76,6 +84,8 @@ class ClassifySummary:
     attempted: int = 0  # stamps asked of the survey's service (fetched: the ones that came)
     survey: str | None = None  # the service asked: survey name and, where it has one, its URL
     fetch_failed: int = 0  # stamps asked for that did not come (retried by the next run)
+    #: each cutout service's closing summary line (requests, retries, failures), by service
+    services: dict[str, str] = field(default_factory=dict)
 
     @property
     def merger_fraction(self) -> float:
@@ -105,25 +115,6 @@ def default_output(catalog: Path) -> Path:
     return Path.cwd() / f"{name}_galmerge.csv"
 
 
-def default_cache(survey: str, cache_key: str) -> Path:
-    """``$GALMERGE_DATA/cache/<survey>-<hash of the service's cache key>.h5``."""
-    digest = hashlib.sha256(cache_key.encode()).hexdigest()[:12]
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in survey)
-    return data_dir() / "cache" / f"{safe}-{digest}.h5"
-
-
-def _is_image_file(path: Path) -> bool:
-    import h5py
-
-    if not h5py.is_hdf5(path):
-        return False
-    try:
-        with h5py.File(path, "r") as f:
-            return "images" in f
-    except OSError:
-        return False
-
-
 class _Inference:
     """The model, its preprocessing spec and temperature, applied in batches."""
 
@@ -145,13 +136,12 @@ class _Inference:
                 f"model {self.loaded.path} has no '{domain}' preprocessing; use --domain "
                 f"{' or '.join(sorted(self.loaded.preprocess))}"
             )
-        self.spec = dict(self.loaded.preprocess[domain])
-        for key in ("mean", "std"):
-            if key not in self.spec:
-                raise GalmergeError(f"model {self.loaded.path}: its {domain} preprocessing has "
-                                    f"no '{key}'; retrain with this galmerge version")
-        self.channels = int(self.spec.get("channels", len(self.spec["mean"])))
-        self.size = int(self.spec.get("image_size", self.loaded.config.get("image_size", 75)))
+        self.spec = self.loaded.preprocess[domain]
+        if self.spec.mean is None:
+            raise GalmergeError(f"model {self.loaded.path}: its {domain} preprocessing has "
+                                "no 'mean'/'std'; retrain with this galmerge version")
+        self.channels = self.spec.n_channels
+        self.size = int(self.spec.image_size or self.loaded.config.get("image_size", 75))
         self.batch_size = max(1, int(batch_size))
         self.model = self.loaded.model.eval()
         self.mc_dropout = int(mc_dropout)
@@ -188,27 +178,17 @@ class _Inference:
         """p_merger and the `extra` columns (float64; shift_flag int8) of ``images``."""
         import torch
 
-        from galmerge.data.preprocess import asinh_, normalise
         from galmerge.models import shift as shift_score
         from galmerge.models.inference import merger_probability
 
         out = np.empty(len(images), dtype=np.float64)
         extra = {name: np.full(len(images), np.nan) for name in self.extra}
-        spec = self.spec
-        stretch = None
-        if spec.get("stretch", "none") == "arcsinh":
-            # the same stretch normalise applies (asinh(x / stretch_scale)), done by asinh_:
-            # torch.asinh and numpy.arcsinh are scalar loops on CPUs without AVX-512 and cost
-            # more than the model there
-            stretch = float(spec.get("stretch_scale", 1.0))
-            spec = {**spec, "stretch": "none"}
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 block = np.asarray(images[start : start + self.batch_size], dtype=np.float32)
                 x = torch.from_numpy(np.ascontiguousarray(block)).to(self.device)
-                if stretch is not None:
-                    x = asinh_(x / stretch)  # a new tensor: the caller's images stay as they are
-                x = normalise(x, spec)
+                # training's preprocessing, the same code (a new tensor: images stay as they are)
+                x = self.spec.apply(x)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 rows = slice(start, start + len(x))
@@ -286,51 +266,6 @@ def _cpu_inference_model(model: Any, shape: tuple[int, int, int]) -> Any | None:
         return fast
     except Exception:  # not traceable or no MKL-DNN: the plain model is the fallback
         return None
-
-
-class _ImageFileInput:
-    """An HDF5 image file read lazily: rows are images, columns id/ra/dec/label."""
-
-    kind = "hdf5"
-
-    def __init__(self, path: Path, shape: tuple[int, int, int]) -> None:
-        from galmerge.io.hdf5 import read_imageset
-
-        self.path = path
-        self.images = read_imageset(path, in_memory=False)
-        got = (self.images.channels, self.images.image_size, int(self.images.images.shape[-2]))
-        if got != shape:
-            raise GalmergeError(
-                f"{path}: images are {got[0]}x{got[2]}x{got[1]} but the model takes "
-                f"{shape[0]}x{shape[1]}x{shape[2]}; cut stamps the way the model was trained"
-            )
-        self.columns = ["id"]
-        if self.images.ra is not None:
-            self.columns += ["ra", "dec"]
-        self.labels = self.images.labels.numpy()
-        if (self.labels >= 0).any():
-            self.columns.append("label")
-
-    def estimated_rows(self) -> int:
-        return len(self.images)
-
-    def chunks(self, chunk_rows: int) -> Iterator[CatalogChunk]:
-        n = len(self.images)
-        for start in range(0, n, chunk_rows):
-            stop = min(n, start + chunk_rows)
-            sl = slice(start, stop)
-            ids = np.array([str(v) for v in self.images.ids[sl]], dtype=object)
-            cols: dict[str, np.ndarray] = {"id": self.images.ids[sl]}
-            ra = dec = np.full(stop - start, np.nan)
-            if self.images.ra is not None:
-                ra, dec = self.images.ra[sl], self.images.dec[sl]
-                cols["ra"], cols["dec"] = ra, dec
-            if "label" in self.columns:
-                cols["label"] = self.labels[sl]
-            yield CatalogChunk(start, cols, ra, dec, ids, np.full(stop - start, "", object))
-
-    def read(self, chunk: CatalogChunk) -> np.ndarray:
-        return self.images.batch(np.arange(chunk.start, chunk.start + len(chunk))).numpy()
 
 
 class _Progress:
@@ -447,10 +382,10 @@ def classify(
     from galmerge.runtime.distributed import from_environment
 
     t0 = time.monotonic()
-    shard_timeout = _seconds(shard_timeout, SHARD_TIMEOUT_ENV, "--shard-timeout",
-                             DEFAULT_SHARD_TIMEOUT)
-    heartbeat_timeout = _seconds(heartbeat_timeout, HEARTBEAT_TIMEOUT_ENV,
-                                 HEARTBEAT_TIMEOUT_ENV, DEFAULT_HEARTBEAT_TIMEOUT)
+    shard_timeout = timeout_seconds(shard_timeout, SHARD_TIMEOUT_ENV, "--shard-timeout",
+                                    DEFAULT_SHARD_TIMEOUT)
+    heartbeat_timeout = timeout_seconds(heartbeat_timeout, HEARTBEAT_TIMEOUT_ENV,
+                                        HEARTBEAT_TIMEOUT_ENV, DEFAULT_HEARTBEAT_TIMEOUT)
     cat_path = Path(catalog)
     if not cat_path.is_file() and not cat_path.is_dir():
         raise GalmergeError(f"catalog {cat_path} does not exist")
@@ -478,7 +413,7 @@ def classify(
         raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")
     dist = from_environment()
     show = not quiet and dist.is_main
-    with _output_lock(out_path, dist.rank, dist.world), _terminate_cleanly():
+    with output_lock(out_path, dist.rank, dist.world), _terminate_cleanly():
         return _classify_locked(
             cat_path, model, out_path, dist, show, t0, survey=survey, cache=cache,
             ra_col=ra_col, dec_col=dec_col, id_col=id_col, batch_size=batch_size, device=device,
@@ -508,21 +443,6 @@ def _terminate_cleanly() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def _output_lock(out_path: Path, rank: int, world: int) -> Iterator[None]:
-    """One run per output (per rank under torchrun): a second one is refused in one line
-    instead of both writing the same result segments."""
-    suffix = f".rank{rank:05d}" if world > 1 else ""
-    lock_path = out_path.with_name(f".{out_path.name}{suffix}.lock")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.exclusive_lock(
-        lock_path,
-        f"another galmerge classify is writing {out_path} (it holds {lock_path}); wait for it "
-        "to finish or choose another --output",
-    ):
-        yield
-
-
 def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show: bool,
                      t0: float, *, survey: str, cache: Any, ra_col: str | None,
                      dec_col: str | None, id_col: str | None, batch_size: int, device: str,
@@ -544,25 +464,24 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     note = getattr(infer, "shift_note", "")
     if note and show:
         print(f"galmerge: {note}", file=sys.stderr)
-    service = None
+    service = survey_service = None
     release = kind = ""
     store: CutoutCache | None = None
     per_rank_cache = cache is not None and "{rank}" in str(cache)
-    if _is_image_file(cat_path):
-        source: Any = _ImageFileInput(cat_path, infer.shape)
+    if is_image_file(cat_path):
+        source: Any = ImageFileInput(cat_path, infer.shape)
     else:
         source = open_catalog(cat_path, ra_col=ra_col, dec_col=dec_col, id_col=id_col)
         from galmerge.data.datasets import parse_survey_spec
 
         # "sdss?workers=8&frame_cache_gb=20": options after '?' go to the cutout service
         survey_name, arg, spec_options = parse_survey_spec(survey)
-        record = _survey_record(survey_name, arg)
+        record = survey_record(survey_name, arg)
         options = {"workers": int(workers), **spec_options, **dict(survey_options or {})}
-        try:
-            service = record.cutouts(infer.spec, options)
-        except (TypeError, ValueError) as exc:  # e.g. RetryPolicy.from_options: timeout=0
-            raise GalmergeError(f"--survey {survey}: bad option ({exc})".splitlines()[0]) from None
-        key = str(getattr(service, "cache_key", "") or f"{survey_name}:{_signature(infer.spec)}")
+        survey_service = SurveyService.open(survey_name, record, infer.spec, options, survey)
+        service = survey_service.service
+        key = str(getattr(service, "cache_key", "")
+                  or f"{survey_name}:{_signature(dict(infer.spec))}")
         release, kind = data_release(service, options, key), key
         # "{rank}" in --cache gives each process its own cache (and index) at survey scale
         cache_path = (Path(str(cache).replace("{rank}", str(dist.rank))) if cache is not None
@@ -589,13 +508,13 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     parts_dir = out_path.with_name(out_path.name + ".parts")
     check_private_folder(parts_dir)  # before anything in it is removed or read
     if dist.is_main:
-        _remove_stale_parts(parts_dir, f"-of-{dist.world:05d}-{sig}")
+        remove_stale_parts(parts_dir, f"-of-{dist.world:05d}-{sig}")
     journal = ResultJournal(parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}")
     tally = Tally()
     heartbeat = None
     if dist.enabled and not dist.is_main and not journal.finished:
-        heartbeat = _Heartbeat(_beat_path(journal.folder),
-                               min(HEARTBEAT_SECONDS, heartbeat_timeout / 5))
+        heartbeat = Heartbeat(beat_path(journal.folder),
+                              min(HEARTBEAT_SECONDS, heartbeat_timeout / 5))
     try:
         if journal.finished:
             if show:
@@ -606,8 +525,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                 if index % dist.world != dist.rank:
                     continue
                 if index not in journal.done:  # else: finished before a kill, kept
-                    block = _classify_chunk(chunk, source, service, store, infer, threshold,
-                                            fetched)
+                    block = _classify_chunk(chunk, source, survey_service, store, infer,
+                                            threshold, fetched)
                     tally.add(block)
                     journal.add(index, block)
                 done += len(chunk)
@@ -619,17 +538,21 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         if heartbeat is not None:
             heartbeat.stop()
         progress.stop()
-        if service is not None:
+        service_summary = None
+        if survey_service is not None:
+            service_summary = survey_service.summary()
             service.close()
         if store is not None:
             # a cache shared by processes is consolidated once, by rank 0 after the merge
             store.close(compact=not dist.enabled or per_rank_cache)
+    asked = service_name(survey, service)
+    services = {asked: service_summary} if asked and service_summary else {}
     if not dist.is_main:
-        return _summary(out_path, tally, fetched, t0, store, _service_name(survey, service))
+        return _summary(out_path, tally, fetched, t0, store, asked, services)
     prov = provenance_record(
         checkpoint=infer.loaded.path, config=infer.loaded.config,
         survey=survey if store is not None else f"hdf5 image file {cat_path.name}",
-        data_release=release, cutout_kind=kind, domain=domain, preprocessing=infer.spec,
+        data_release=release, cutout_kind=kind, domain=domain, preprocessing=dict(infer.spec),
         temperature=infer.loaded.temperature, threshold=float(threshold))
     shift = getattr(infer, "shift", None)
     if shift is not None:
@@ -637,13 +560,13 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         prov["shift_stats_sha256"] = shift["meta"].get("sha256", "")
     if mc_dropout:
         prov["mc_dropout"] = int(mc_dropout)
-    tally = _merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show,
-                         shard_timeout, heartbeat_timeout,
-                         arrow_types=getattr(source, "arrow_types", None), provenance=prov,
-                         extra=extra)
+    tally = merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show,
+                        shard_timeout, heartbeat_timeout,
+                        arrow_types=getattr(source, "arrow_types", None), provenance=prov,
+                        extra=extra)
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact_or_warn()
-    summary = _summary(out_path, tally, fetched, t0, store, _service_name(survey, service))
+    summary = _summary(out_path, tally, fetched, t0, store, asked, services)
     note = None
     if prior is not None:
         summary.mergers, note = _apply_prior(out_path, prior, threshold, prior_from)
@@ -688,24 +611,8 @@ def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable:
             f"{summary.output} lists each row's status; run the same command again to retry")
 
 
-def _survey_record(name: str, arg: str | None = None) -> Any:
-    from galmerge.plugin.manager import get_plugin_manager
-
-    record = get_plugin_manager().get("surveys", name)
-    if record.cutouts is None:
-        raise GalmergeError(
-            f"survey '{name}' has no cutout service, so it cannot classify catalogs; pick a "
-            "survey with one (see `galmerge list surveys`) or pass an HDF5 image file"
-        )
-    if arg is not None:  # a cutout service takes options only: ':ARG' would be dropped
-        raise GalmergeError(
-            f"--survey {name}:{arg}: survey '{name}' takes no ':{arg}' argument when "
-            f"classifying; use --survey {name} (options go after '?', e.g. {name}?workers=8)"
-        )
-    return record
-
-
-def _classify_chunk(chunk: CatalogChunk, source: Any, service: Any, store: CutoutCache | None,
+def _classify_chunk(chunk: CatalogChunk, source: Any, service: SurveyService | None,
+                    store: CutoutCache | None,
                     infer: _Inference, threshold: float, fetched: Counter) -> ResultBlock:
     n = len(chunk)
     status = chunk.problems.copy()
@@ -729,7 +636,7 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: Any, store: Cutou
         for i, key in zip(rows, keys, strict=True):
             first.setdefault(key, int(i))
         unique = list(first)
-        key_status = _stamps(unique, first, chunk, service, store, fetched, infer.shape)
+        key_status = fetch_stamps(unique, first, chunk, service, store, fetched, infer.shape)
         ok_keys = [k for k in unique if key_status[k] == STATUS_OK]
         key_p: dict[str, tuple[float, ...]] = {}
         step = max(INFER_ROWS, infer.batch_size)
@@ -763,7 +670,8 @@ def _predict(infer: Any, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.n
     return infer.probabilities(images), {}
 
 
-def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service: Any,
+def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
+                service: SurveyService,
                 store: CutoutCache, infer: _Inference, fetched: Counter,
                 key_status: dict[str, str]) -> dict[str, tuple[float, ...]]:
     """Probabilities for cached stamps; a stamp whose cache file fails its checksum is fetched
@@ -771,7 +679,8 @@ def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk, ser
     images, got = store.images(keys)
     if not got.all():
         retry = [k for k, g in zip(keys, got, strict=True) if not g]
-        key_status.update(_stamps(retry, first, chunk, service, store, fetched, infer.shape))
+        key_status.update(fetch_stamps(retry, first, chunk, service, store, fetched,
+                                       infer.shape))
         again, got2 = store.images(retry)
         missing = np.flatnonzero(~got)
         images[missing] = again
@@ -787,194 +696,9 @@ def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk, ser
     return dict(zip([k for k, g in zip(keys, got, strict=True) if g], values, strict=True))
 
 
-def _stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk, service: Any,
-            store: CutoutCache, fetched: Counter, shape: tuple[int, int, int]) -> dict[str, str]:
-    """Status per key after looking in the cache and fetching what is not there."""
-    known = store.lookup(keys)
-    out = {k: s for k, s in zip(keys, known, strict=True) if s is not None}
-    todo = [k for k, s in zip(keys, known, strict=True) if s is None]
-    if not todo:
-        return out
-    requests = []
-    for j, key in enumerate(todo):
-        i = first[key]
-        requests.append(CutoutRequest(row=j, ra=float(chunk.ra[i]), dec=float(chunk.dec[i]),
-                                      id=str(chunk.ids[i])))
-    try:
-        for result in service.fetch(requests):
-            if not 0 <= result.row < len(todo) or todo[result.row] in out:
-                continue
-            key = todo[result.row]
-            req = requests[result.row]
-            st = str(result.status or "fetch-failed: no status")
-            image = result.image
-            if st == STATUS_OK:
-                if image is None or tuple(np.shape(image)) != shape:
-                    got = None if image is None else tuple(np.shape(image))
-                    st = f"fetch-failed: stamp shape {got}, model needs {shape}"
-                elif not np.isfinite(image).all():
-                    st = "fetch-failed: non-finite pixels"
-            out[key] = st
-            fetched[st.split(":", 1)[0]] += 1
-            if st == STATUS_OK or st == "no-coverage":  # lasting answers are remembered
-                store.put(key, req.id, req.ra, req.dec, image if st == STATUS_OK else None, st)
-                store.maybe_flush()
-    except GalmergeError:
-        raise
-    except Exception as exc:  # a failing service must not lose the rows: they get a status
-        reason = f"fetch-failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
-        for key in todo:
-            out.setdefault(key, reason)
-    for key in todo:
-        out.setdefault(key, "fetch-failed: no result from the survey")
-    store.flush()
-    return out
-
-
-def _remove_stale_parts(parts_dir: Path, sig: str) -> None:
-    """Results of a run with another catalog, model or process count can never be merged."""
-    import shutil
-
-    if not parts_dir.is_dir():
-        return
-    for entry in parts_dir.iterdir():
-        if sig not in entry.name:
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-
-
-def _seconds(value: float | None, env: str, name: str, default: float) -> float:
-    """A timeout in seconds: the argument, else the environment variable, else the default."""
-    raw: Any = value
-    if raw is None:
-        raw, name = os.environ.get(env, "").strip() or default, env
-    try:
-        seconds = float(raw)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not seconds > 0:
-        raise GalmergeError(f"{name} must be a number of seconds above 0, got '{raw}'")
-    return seconds
-
-
-def _beat_path(journal_folder: Path) -> Path:
-    return journal_folder.with_name(journal_folder.name + ".alive")
-
-
-class _Heartbeat:
-    """A rank's sign of life for rank 0: a daemon thread refreshes a file's mtime."""
-
-    def __init__(self, path: Path, interval: float) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True,
-                                        name="galmerge-heartbeat")
-        self._thread.start()
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            with contextlib.suppress(OSError):  # removed by rank 0's merge: nothing to do
-                os.utime(self.path)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, show: bool,
-                    shard_timeout: float, heartbeat_timeout: float) -> None:
-    """Rank 0: block until every marker exists; one-line error on a dead or hung rank.
-
-    A rank is dead when its heartbeat file's mtime has not changed for ``heartbeat_timeout``
-    seconds of rank 0's clock (changes, not values, are compared: node clocks may differ).
-    """
-    world = len(markers)
-    start = time.monotonic()
-    seen: dict[int, tuple[int | None, float]] = {}
-    next_note = start + 60.0
-    again = (f"finished results are kept in {parts_dir}; run the same command again (every "
-             "rank) to finish: done chunks and cached stamps are not redone")
-    while True:
-        missing = [r for r, m in enumerate(markers) if not m.exists()]
-        if not missing:
-            return
-        now = time.monotonic()
-        silent = []
-        for r in missing:
-            try:
-                mtime: int | None = beats[r].stat().st_mtime_ns
-            except OSError:
-                mtime = None
-            last = seen.get(r)
-            if last is None or last[0] != mtime:
-                seen[r] = (mtime, now)
-            elif now - last[1] >= heartbeat_timeout:
-                silent.append(r)
-        names = ", ".join(map(str, (silent or missing)[:16]))
-        if silent:
-            raise GalmergeError(
-                f"rank(s) {names} of {world} stopped (no heartbeat for {heartbeat_timeout:g} s; "
-                f"{HEARTBEAT_TIMEOUT_ENV} sets that); {again}")
-        if now - start >= shard_timeout:
-            raise GalmergeError(
-                f"rank(s) {names} of {world} still unfinished {shard_timeout:g} s after rank 0 "
-                f"finished (--shard-timeout); {again}")
-        if show and now >= next_note:
-            print(f"galmerge: waiting for rank(s) {names}", file=sys.stderr)
-            next_note = now + 60.0
-        time.sleep(PART_POLL_SECONDS)
-
-
-def _merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
-                 show: bool, shard_timeout: float = DEFAULT_SHARD_TIMEOUT,
-                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
-                 arrow_types: dict[str, Any] | None = None,
-                 provenance: dict[str, Any] | None = None,
-                 extra: list[str] | None = None) -> Tally:
-    """Rank 0: wait until every rank's share is complete, then write them in input order."""
-    folders = [parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}" for r in range(world)]
-    # Wait on the .done markers alone: opening another rank's journal before it has finished
-    # would clear its in-flight temporary segment under its feet.
-    markers = [f.with_name(f.name + ".done") for f in folders]
-    _wait_for_ranks(markers, [_beat_path(f) for f in folders], parts_dir, show, shard_timeout,
-                    heartbeat_timeout)
-    journals = [ResultJournal(f) for f in folders]
-    writer = open_writer(out_path, columns, arrow_types=arrow_types, provenance=provenance,
-                         extra=extra or ())
-    try:
-        readers = [j.blocks() for j in journals]
-        index = 0
-        while True:
-            item = next(readers[index % world], None)
-            if item is None:
-                break
-            chunk_index, block = item
-            if chunk_index != index:
-                raise GalmergeError(f"result segments in {parts_dir} are inconsistent (chunk "
-                                    f"{chunk_index} where {index} was expected); delete them")
-            writer.write(block)
-            index += 1
-        if any(next(r, None) is not None for r in readers):
-            raise GalmergeError(f"result segments in {parts_dir} are incomplete; delete the "
-                                "folder and run again")
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    for j in journals:
-        j.remove()
-        _beat_path(j.folder).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # another run may share the folder
-        parts_dir.rmdir()
-    return writer.tally
-
-
 def _summary(out_path: Path, tally: Tally, fetched: Counter, t0: float,
-             store: CutoutCache | None, survey: str | None = None) -> ClassifySummary:
+             store: CutoutCache | None, survey: str | None = None,
+             services: dict[str, str] | None = None) -> ClassifySummary:
     failed = {k: v for k, v in sorted(tally.statuses.items()) if k != STATUS_OK}
     return ClassifySummary(
         output=str(out_path), rows=tally.rows, ok=tally.ok, failed=failed,
@@ -982,22 +706,8 @@ def _summary(out_path: Path, tally: Tally, fetched: Counter, t0: float,
         seconds=time.monotonic() - t0, cache=None if store is None else str(store.path),
         statuses=dict(tally.statuses), examples=dict(tally.examples),
         attempted=int(sum(fetched.values())), survey=survey,
-        fetch_failed=int(fetched.get("fetch-failed", 0)),
+        fetch_failed=int(fetched.get("fetch-failed", 0)), services=dict(services or {}),
     )
-
-
-def _service_name(spec: str, service: Any) -> str | None:
-    """``survey 'sdss' (https://...)``: what a user checks when fetching fails; None when no
-    service was asked (an HDF5 image file)."""
-    if service is None:
-        return None
-    name = f"survey '{str(spec).split('?', 1)[0]}'"
-    settings = getattr(service, "settings", None)
-    urls = [getattr(service, "url", None)] + [
-        getattr(settings, attr, None) for attr in ("skyserver_url", "sas_url", "base_url")
-    ]
-    found = list(dict.fromkeys(u for u in urls if isinstance(u, str) and u))
-    return f"{name} ({', '.join(found)})" if found else name
 
 
 def _plural(n: float, word: str) -> str:
@@ -1037,6 +747,8 @@ def _print_summary(summary: ClassifySummary) -> None:
             "same command again: cached stamps are not fetched twice",
             style="yellow", soft_wrap=True, markup=False, highlight=False,
         )
+    for name, line in summary.services.items():
+        console.print(f"{name}: {line}", soft_wrap=True, markup=False, highlight=False)
     journal = Path(f"{summary.cache}.journal")
     if summary.cache and (Path(summary.cache).exists()
                           or (journal.is_dir() and any(journal.iterdir()))):

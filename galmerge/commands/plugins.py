@@ -61,15 +61,19 @@ def list_cmd(kind: str, as_json: bool) -> None:
             "distribution": owner.distribution if owner else None,
             "version": owner.version if owner else None,
         }
+        schemas = {"options": record.options}
         if kind == "strategies":
             row["aliases"] = list(record.aliases)
-            row["options"] = dict(record.defaults)
-        if kind == "backbones":
-            row["options"] = dict(record.defaults)
         if kind == "surveys":
             row["presets"] = list(record.presets)
             row["training_data"] = record.load is not None
             row["cutouts"] = record.cutouts is not None
+            schemas = {"options": record.options, "cutout_options": record.cutout_options}
+        else:
+            row["options"] = dict(record.defaults)  # name -> default, as before
+        # each option's default, type, help and allowed values (the record's schema)
+        row["option_schema"] = {key: {n: o.as_dict() for n, o in schema.items()}
+                                for key, schema in schemas.items()}
         rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
@@ -88,5 +92,16 @@ def list_cmd(kind: str, as_json: bool) -> None:
             name += f" (alias {', '.join(row['aliases'])})"
         if row.get("presets"):
             name += f" [{'|'.join(row['presets'])}]"
-        table.add_row(*map(escape, (name, str(row["description"]), row["distribution"] or "-")))
+        text = str(row["description"])
+        for key, schema in row["option_schema"].items():
+            for option, spec in schema.items():
+                where = " (classify)" if key == "cutout_options" else ""
+                text += f"\n  {option}{where}: {_describe(spec)}"
+        table.add_row(*map(escape, (name, text, row["distribution"] or "-")))
     Console().print(table)
+
+
+def _describe(spec: dict) -> str:
+    from galmerge.plugin.options import Option
+
+    return Option.from_dict(spec).describe()

@@ -33,9 +33,11 @@ def _help(text: str, key: str) -> str:
 @click.option("--weight-decay", type=float, help=_help("Adam weight decay.", "weight_decay"))
 @click.option("--select-by", help=_help("Model selection: source_val_loss or a label-free score.", "select_by"))
 @click.option("--set", "sets", multiple=True, metavar="NAME.OPTION=VALUE",
-              help="Strategy/optimizer/schedule option, e.g. --set fisher.intra_weight=0.01.")
+              help="Strategy/optimizer/schedule option, e.g. --set fisher.intra_weight=0.01 "
+              "(each strategy's options: galmerge list strategies).")
 @click.option("--backbone-option", "backbone_options", multiple=True, metavar="KEY=VALUE",
-              help="Backbone option, e.g. --backbone-option dropout=0.3.")
+              help="Backbone option, e.g. --backbone-option dropout=0.3 (each backbone's "
+              "options: galmerge list backbones).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option("--max-steps-per-epoch", type=int, help=_help("Cap on steps per epoch (0 = a full pass).", "max_steps_per_epoch"))
 @click.option("--checkpoint-every", type=int, help=_help("Also write last.pt every N steps (0 = at each epoch's end only).", "checkpoint_every"))

@@ -247,24 +247,9 @@ def resolve_config(
             )
         resolved_strategies.setdefault(name, {}).update(dict(options))
     config["strategies"] = {}
-    for record in records:
-        options = {**dict(record.defaults), **resolved_strategies.get(record.name, {})}
-        unknown = sorted(set(options) - set(record.defaults))
-        if unknown:
-            raise GalmergeError(
-                f"unknown option(s) {', '.join(unknown)} for strategy '{record.name}'; "
-                f"known: {', '.join(sorted(record.defaults)) or 'none'}"
-            )
-        config["strategies"][record.name] = options
-
-    bopts = {**dict(backbone.defaults), **dict(config.get("backbone_options") or {})}
-    unknown = sorted(set(bopts) - set(backbone.defaults))
-    if unknown:
-        raise GalmergeError(
-            f"unknown option(s) {', '.join(unknown)} for backbone '{backbone.name}'; "
-            f"known: {', '.join(sorted(backbone.defaults)) or 'none'}"
-        )
-    config["backbone_options"] = bopts
+    for record in records:  # checked against the record's option schema, before any work
+        config["strategies"][record.name] = record.check(resolved_strategies.get(record.name))
+    config["backbone_options"] = backbone.check(config.get("backbone_options"))
     config["lr_multipliers"] = _multipliers(config.get("lr_multipliers") or {}, aliases)
     validate_config(config)
     return config

@@ -32,8 +32,8 @@ def colour_composite(images: np.ndarray, imageset: ImageSet) -> np.ndarray:
     from astropy.visualization import make_lupton_rgb
 
     out = np.empty((len(images), images.shape[2], images.shape[3], 3), dtype=np.uint8)
-    jpeg = imageset.meta.get("image_source") == "jpeg"
-    stretch_scale = float(imageset.meta.get("stretch_scale", 0.0) or 0.0)
+    jpeg = imageset.image_source == "jpeg"
+    stretch_scale = float(imageset.stretch_scale or 0.0)
     for k, img in enumerate(images):
         # channels run blue -> red; red, green, blue planes take the reddest bands
         planes = [img[min(2, len(img) - 1)], img[min(1, len(img) - 1)], img[0]]

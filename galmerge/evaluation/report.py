@@ -95,3 +95,161 @@ def write_report(path: Path, title: str, intro: str, sections: Sequence[Section]
     parts.append("</body></html>")
     atomic.write_text(path, "\n".join(parts))
     return path
+
+
+# -- the evaluation report ----------------------------------------------------------------------
+def write_evaluation_report(path: Path, payload: Mapping[str, Any], gradcam_caption: str) -> Path:
+    """`galmerge evaluate`'s report.html from its metrics.json payload (figures beside it)."""
+    intro = (
+        f"<p>Run <code>{fmt(str(payload['run_dir']))}</code>: strategy "
+        f"<b>{fmt(payload.get('strategy'))}</b>, backbone <b>{fmt(payload.get('backbone'))}</b>,"
+        f" source <code>{fmt(payload.get('source'))}</code> &rarr; target <code>"
+        f"{fmt(payload.get('target'))}</code>, seed {fmt(payload.get('seed'))}; checkpoint "
+        f"{payload['checkpoint']}.pt (epoch {payload['epoch']}).</p>"
+    )
+    sections = evaluation_sections(payload, gradcam_caption)
+    return write_report(path, "galmerge evaluation report", intro, sections)
+
+
+def evaluation_sections(payload: Mapping[str, Any], gradcam_caption: str) -> list[Section]:
+    """The sections of `galmerge evaluate`'s report from its metrics.json payload."""
+    files = payload["files"]
+    m = payload["metrics"]
+    cal = payload["calibration"]
+    n_boot = next(iter(m.values()))["bootstrap"]
+    out = [
+        Section(
+            "Test metrics",
+            metrics_table(m) + f"<p class='note'>Merger is the positive class; threshold "
+            f"p_merger = 0.5 at temperature {fmt(payload['temperature_used'])}. "
+            + (
+                f"Brackets: 68% bootstrap interval over {n_boot} resamples of the test images."
+                if n_boot
+                else "No bootstrap intervals (--bootstrap 0)."
+            )
+            + "</p>",
+        )
+    ]
+    if "training_curves" in files:
+        out.append(
+            Section(
+                "Training",
+                figures=[
+                    Figure(
+                        files["training_curves"],
+                        "Training curves",
+                        "Loss terms per epoch, source validation loss, validation accuracy per "
+                        "domain. The target accuracy uses target labels and is never used for "
+                        "training or selection.",
+                    )
+                ],
+            )
+        )
+    out.append(
+        Section(
+            "Discrimination",
+            figures=[
+                Figure(files["roc"], "ROC curves", "Source and target test splits."),
+                Figure(
+                    files["confusion"],
+                    "Confusion matrices",
+                    "Counts and fraction of each true class.",
+                ),
+            ],
+        )
+    )
+    ece = cal["ece"]
+    cal_rows = [
+        [f"{d}", ece[d]["T=1"], ece[d]["fitted"], ece[d].get("importance_weighted")]
+        for d in ece
+    ]
+    out.append(
+        Section(
+            "Calibration",
+            f"<p>Temperature fitted on the source validation split: T = "
+            f"{fmt(cal['fitted_temperature'])} (source val NLL {fmt(cal['source_val_nll']['T=1'])} "
+            f"&rarr; {fmt(cal['source_val_nll']['fitted'])}); "
+            f"{'written to the checkpoint' if cal['applied'] else 'not applied (use --calibrate)'}."
+            f" Importance-weighted T (source validation rows weighted by a domain classifier's "
+            f"p_target/p_source, Wang et al. 2020; no target labels): "
+            f"{fmt(cal['importance_weighted_temperature'])}."
+            f"</p>"
+            + table(["split", "ECE at T=1", "ECE at fitted T", "ECE at weighted T"], cal_rows),
+            [
+                Figure(
+                    files["reliability"],
+                    "Reliability diagram",
+                    "Solid: T = 1; dashed: temperature-scaled.",
+                )
+            ],
+        )
+    )
+    out.append(
+        Section(
+            "Latent space",
+            figures=[
+                Figure(
+                    files["embedding"],
+                    f"{payload['embedding_method']} of test features",
+                    "Top row coloured by domain (overlap is what adaptation aims for), bottom "
+                    "row by class on the same points (target classes use target labels, for "
+                    "display only; separated classes are what the classifier needs)."
+                    + (
+                        " Left: before, the source-only `none` baseline; right: after, this run."
+                        if payload["baseline"]
+                        else " No before/after: pass --baseline RUN_DIR (a `none` run on the "
+                        "same data) to add the source-only panel."
+                    ),
+                )
+            ],
+        )
+    )
+    gal = [
+        Figure(
+            files["gallery"],
+            "Target gallery",
+            "Most and least confident target mergers and non-mergers.",
+        )
+    ]
+    if "gradcam" in files:
+        gal.append(
+            Figure(
+                files["gradcam"],
+                "Grad-CAM",
+                gradcam_caption,
+            )
+        )
+    out.append(Section("Target examples", figures=gal))
+    if payload["selection"]:
+        rows = [
+            [c["label"], c["direction"], c["epoch"], c["target_val_accuracy"], c["gap_to_oracle"]]
+            for c in payload["selection"]
+        ]
+        classes = ["oracle" if c["oracle"] else "" for c in payload["selection"]]
+        labelled = any(
+            c["target_val_accuracy"] is not None and math.isfinite(c["target_val_accuracy"])
+            for c in payload["selection"]
+        )
+        out.append(
+            Section(
+                "Model selection without target labels",
+                "<p>Epoch each label-free score would pick (from metrics.csv) and the target "
+                "validation accuracy there. The <span class='oracle'>oracle</span> uses target "
+                "labels: research only, the best any rule could do.</p>"
+                + table(
+                    ["score", "better", "epoch", "target val accuracy", "gap to oracle"],
+                    rows,
+                    classes,
+                ),
+                [
+                    Figure(
+                        files["selection"],
+                        "Selection comparison",
+                        "Grey bars: oracle."
+                        if labelled
+                        else "No target labels: each score's curve and the epoch it picks.",
+                    )
+                ],
+            )
+        )
+    return out

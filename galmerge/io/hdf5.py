@@ -209,7 +209,7 @@ def write_imageset(
             bands=imageset.bands,
             survey=imageset.survey,
             pixel_scale_arcsec=imageset.pixel_scale_arcsec,
-            meta=dict(imageset.meta),
+            meta=imageset.stored_meta(),
             dtype=dtype,
             compression=compression,
         ) as writer:
@@ -481,7 +481,7 @@ def read_imageset(
             meta["stretch"] = _attr_str(f.attrs, "stretch")
         if "stretch_scale" in f.attrs and "stretch_scale" not in meta:
             meta["stretch_scale"] = float(f.attrs["stretch_scale"])
-        meta["storage_dtype"] = str(images.dtype)  # how the file stores pixels
+        meta["storage_dtype"] = str(images.dtype)  # how the file stores pixels (a field now)
         data: Any
         if in_memory:
             data = torch.from_numpy(np.ascontiguousarray(images[()], dtype=np.float32))

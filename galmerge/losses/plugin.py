@@ -6,7 +6,7 @@ the model with the source batch, so BatchNorm batch and running statistics see b
 AdaBN-like adaptation; what ``none`` did before it became source only).
 
 Each builder imports its loss module lazily (no torch at import time, so `galmerge --help` stays
-fast) and checks options against the record's ``defaults``. The returned module's forward gives
+fast); the core checks options against the record's ``options`` schema before ``build``. The returned module's forward gives
 unweighted terms; the trainer multiplies them by the ``weight`` option. Keys starting with ``_``
 are detached diagnostics to log, never to add to the loss.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from galmerge.errors import GalmergeError
 from galmerge.plugin.hookspecs import hookimpl
-from galmerge.plugin.options import resolve_options
+from galmerge.plugin.options import Option
 from galmerge.plugin.records import Strategy
 
 if TYPE_CHECKING:
@@ -26,16 +26,42 @@ if TYPE_CHECKING:
 
     from galmerge.plugin.strategy_api import StrategyContext
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "none": {"weight": 1.0},
-    "adabn": {"weight": 1.0},
-    "mmd": {"weight": 1.0},
-    "coral": {"weight": 1.0},
-    "dann": {"weight": 1.0, "hidden": 1024, "dropout": 0.5, "gamma": 10.0, "max_coeff": 1.0,
-             "feature_loss": "reversed", "grl": "ramp"},
+WEIGHT = Option(1.0, "factor of the strategy's terms in the loss", min=0.0)
+OPTIONS: dict[str, dict[str, Option]] = {
+    "none": {"weight": WEIGHT},
+    "adabn": {"weight": WEIGHT},
+    "mmd": {"weight": WEIGHT},
+    "coral": {"weight": WEIGHT},
+    "dann": {
+        "weight": WEIGHT,
+        "hidden": Option(1024, "units of the discriminator's two hidden layers", min=1),
+        "dropout": Option(0.5, "dropout after each hidden layer", min=0.0, below=1.0),
+        "gamma": Option(10.0, "steepness of the gradient-reversal ramp", min=0.0),
+        "max_coeff": Option(1.0, "gradient-reversal coefficient at the end of the ramp",
+                            min=0.0),
+        # choices: galmerge.losses.dann FEATURE_LOSSES and GRL_SCHEDULES (not imported: torch)
+        "feature_loss": Option("reversed", "what the features get: the reversed discriminator "
+                               "gradient or the inverted-label loss",
+                               choices=("reversed", "inverted")),
+        "grl": Option("ramp", "gradient-reversal schedule", choices=("ramp", "constant")),
+    },
     # intra 0.01 / inter 1.0: every Fisher command line of the DeepMerge II repository
-    "fisher": {"weight": 1.0, "intra_weight": 0.01, "inter_weight": 1.0, "form": "tr"},
-    "entropy": {"weight": 1.0, "include_source": False, "diversity": 0.0},
+    "fisher": {
+        "weight": WEIGHT,
+        "intra_weight": Option(0.01, "weight of the within-class scatter", min=0.0),
+        "inter_weight": Option(1.0, "weight of the between-class scatter", min=0.0),
+        # choices: galmerge.losses.fisher FORMS
+        "form": Option("tr", "trace ratio (tr) or trace difference (td)", choices=("tr", "td")),
+    },
+    "entropy": {
+        "weight": WEIGHT,
+        "include_source": Option(False, "minimise the source predictions' entropy too"),
+        "diversity": Option(0.0, "weight of the batch-diversity term", min=0.0),
+    },
+}
+#: default values, by strategy
+DEFAULTS: dict[str, dict[str, Any]] = {
+    name: {k: o.default for k, o in opts.items()} for name, opts in OPTIONS.items()
 }
 
 # What `galmerge tune` searches for each strategy (log ranges around the defaults and the
@@ -62,50 +88,31 @@ SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
 def _build_none(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.none import NoLoss
 
-    resolve_options("none", DEFAULTS["none"], options)
     return NoLoss()
 
 
 def _build_adabn(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.none import NoLoss
 
-    resolve_options("adabn", DEFAULTS["adabn"], options)
     return NoLoss()
 
 
 def _build_mmd(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.mmd import MMDLoss
 
-    resolve_options("mmd", DEFAULTS["mmd"], options)
     return MMDLoss().to(context.device)
 
 
 def _build_coral(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.coral import CORALLoss
 
-    resolve_options("coral", DEFAULTS["coral"], options)
     return CORALLoss().to(context.device)
 
 
 def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
-    from galmerge.losses.dann import FEATURE_LOSSES, GRL_SCHEDULES, DANNLoss
+    from galmerge.losses.dann import DANNLoss
 
-    opts = resolve_options("dann", DEFAULTS["dann"], options)
-    if opts["hidden"] < 1:
-        raise GalmergeError(f"dann option hidden must be >= 1, got {opts['hidden']}")
-    if not 0.0 <= opts["dropout"] < 1.0:
-        raise GalmergeError(f"dann option dropout must be in [0, 1), got {opts['dropout']}")
-    if opts["gamma"] < 0 or opts["max_coeff"] < 0:
-        raise GalmergeError("dann options gamma and max_coeff must be >= 0")
-    if opts["feature_loss"] not in FEATURE_LOSSES:
-        raise GalmergeError(
-            f"dann option feature_loss must be one of {', '.join(FEATURE_LOSSES)}, "
-            f"got {opts['feature_loss']!r}"
-        )
-    if opts["grl"] not in GRL_SCHEDULES:
-        raise GalmergeError(
-            f"dann option grl must be one of {', '.join(GRL_SCHEDULES)}, got {opts['grl']!r}"
-        )
+    opts = options  # checked against OPTIONS["dann"] by the core
     module = DANNLoss(
         context.feature_dim,
         hidden=opts["hidden"],
@@ -119,15 +126,9 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
 
 
 def _build_fisher(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
-    from galmerge.losses.fisher import FORMS, FisherLoss
+    from galmerge.losses.fisher import FisherLoss
 
-    opts = resolve_options("fisher", DEFAULTS["fisher"], options)
-    if opts["form"] not in FORMS:
-        raise GalmergeError(
-            f"fisher option form must be one of {', '.join(FORMS)}, got '{opts['form']}'"
-        )
-    if opts["intra_weight"] < 0 or opts["inter_weight"] < 0:
-        raise GalmergeError("fisher options intra_weight and inter_weight must be >= 0")
+    opts = options  # checked against OPTIONS["fisher"] by the core
     if opts["form"] == "tr" and opts["inter_weight"] == 0:
         raise GalmergeError(
             "fisher option inter_weight must be > 0 with form 'tr' (it divides the loss)"
@@ -145,7 +146,7 @@ def _build_fisher(context: StrategyContext, options: Mapping[str, Any]) -> nn.Mo
 def _build_entropy(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.entropy import EntropyLoss
 
-    opts = resolve_options("entropy", DEFAULTS["entropy"], options)
+    opts = options  # checked against OPTIONS["entropy"] by the core
     return EntropyLoss(include_source=opts["include_source"], diversity=opts["diversity"]).to(context.device)
 
 
@@ -156,7 +157,7 @@ def register_strategies() -> list[Strategy]:
             name="none",
             description="source only: no domain adaptation term, target images never forwarded",
             build=_build_none,
-            defaults=DEFAULTS["none"],
+            options=OPTIONS["none"],
             search_space=SEARCH_SPACES["none"],
             needs_target=False,
         ),
@@ -165,21 +166,21 @@ def register_strategies() -> list[Strategy]:
             description="no loss term; the target batch is forwarded with the source batch so "
             "BatchNorm statistics mix both domains (AdaBN-like)",
             build=_build_adabn,
-            defaults=DEFAULTS["adabn"],
+            options=OPTIONS["adabn"],
         ),
         Strategy(
             name="mmd",
             description="Gaussian-kernel MMD between source and target features "
             "(19 bandwidths, DeepMerge II)",
             build=_build_mmd,
-            defaults=DEFAULTS["mmd"],
+            options=OPTIONS["mmd"],
             search_space=SEARCH_SPACES["mmd"],
         ),
         Strategy(
             name="coral",
             description="CORAL: align source and target feature covariances (Sun & Saenko 2016)",
             build=_build_coral,
-            defaults=DEFAULTS["coral"],
+            options=OPTIONS["coral"],
             search_space=SEARCH_SPACES["coral"],
         ),
         Strategy(
@@ -187,7 +188,7 @@ def register_strategies() -> list[Strategy]:
             description="domain-adversarial: discriminator behind a gradient-reversal layer, "
             "ramped or constant (the paper's ADA)",
             build=_build_dann,
-            defaults=DEFAULTS["dann"],
+            options=OPTIONS["dann"],
             search_space=SEARCH_SPACES["dann"],
             aliases=("ada",),
         ),
@@ -196,14 +197,14 @@ def register_strategies() -> list[Strategy]:
             description="Fisher loss (trace ratio) around learnable class centres on source "
             "features",
             build=_build_fisher,
-            defaults=DEFAULTS["fisher"],
+            options=OPTIONS["fisher"],
             search_space=SEARCH_SPACES["fisher"],
         ),
         Strategy(
             name="entropy",
             description="entropy minimisation of target predictions",
             build=_build_entropy,
-            defaults=DEFAULTS["entropy"],
+            options=OPTIONS["entropy"],
             search_space=SEARCH_SPACES["entropy"],
         ),
     ]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from galmerge import __version__
+from galmerge.data.preprocess import PreprocessSpec
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 
@@ -234,7 +235,7 @@ class OnnxInference:
                 f"{path} holds the '{meta.get('domain')}' preprocessing, not '{domain}'; use "
                 f"--domain {meta.get('domain')} or export again with --domain {domain}"
             )
-        self.spec = dict(meta["preprocess"])
+        self.spec = PreprocessSpec.from_dict(meta["preprocess"], f"{path}: preprocessing")
         _, channels, size, _ = meta["input"]["shape"]
         self.channels, self.size = int(channels), int(size)
         self.batch_size = max(1, int(batch_size))

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from galmerge.data.preprocess import PreprocessSpec
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.plugin.manager import get_plugin_manager
@@ -55,14 +56,7 @@ def build_model(
 ) -> GalaxyClassifier:
     """Build a classifier from a registered backbone name."""
     record = get_plugin_manager().get("backbones", backbone)
-    opts = {**dict(record.defaults), **(options or {})}
-    unknown = set(opts) - set(record.defaults)
-    if unknown:
-        raise GalmergeError(
-            f"unknown option(s) {', '.join(sorted(unknown))} for backbone '{backbone}'; "
-            f"known: {', '.join(sorted(record.defaults)) or 'none'}"
-        )
-    net = record.build(in_channels, image_size, **opts)
+    net = record.build(in_channels, image_size, **(options or {}))  # checked by the record
     if record.build_head is not None:
         head = record.build_head(int(net.out_features), num_classes)
     else:
@@ -152,7 +146,7 @@ class LoadedModel:
     """A model ready for inference plus what is needed to feed it."""
 
     model: GalaxyClassifier
-    preprocess: dict[str, Any]
+    preprocess: dict[str, PreprocessSpec]  # per domain ("source", "target")
     config: dict[str, Any]
     temperature: float
     path: Path
@@ -172,7 +166,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             dict(payload.get("backbone_options") or {}),
         )
         model.load_state_dict(payload["model"])
-        dict(payload["preprocess"])
+        specs = {str(domain): PreprocessSpec.from_dict(spec, f"checkpoint {p}: {domain} "
+                                                       "preprocessing")
+                 for domain, spec in dict(payload["preprocess"]).items()}
     except GalmergeError:
         raise
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
@@ -189,7 +185,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     model.to(device).eval()
     return LoadedModel(
         model=model,
-        preprocess=dict(payload["preprocess"]),
+        preprocess=specs,
         config=dict(payload.get("config") or {}),
         temperature=_temperature(payload.get("temperature", 1.0), p),
         path=p,

@@ -38,4 +38,9 @@ class CutoutService(Protocol):
         """Yield one result per request, in any order."""
         ...
 
+    def summary(self) -> str:
+        """One line for the end of a classify run (printed after the row counts): requests,
+        retries and failures with their reasons, e.g. `RetryingClient.summary`."""
+        ...
+
     def close(self) -> None: ...

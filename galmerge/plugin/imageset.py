@@ -20,14 +20,23 @@ class LazyImages(Protocol):
     def __getitem__(self, index: np.ndarray) -> np.ndarray: ...
 
 
+#: the ImageSet fields older versions kept as ``meta`` keys
+LEGACY_META_KEYS = ("image_source", "stretch", "stretch_scale", "storage_dtype")
+_DEFAULTS: dict[str, Any] = {"image_source": "frames", "stretch": None, "stretch_scale": None,
+                             "storage_dtype": None}
+
+
 @dataclass
 class ImageSet:
     """N images (C, H, W), labels (1 merger, 0 non-merger, -1 unknown), ids and metadata.
 
     ``images`` is a float32 tensor when the set fits in memory, else a `LazyImages` reader.
-    ``meta`` carries survey facts that preprocessing needs, e.g. ``stretch`` ("arcsinh" or
-    "none"), ``stretch_scale`` and ``image_source`` ("frames" for calibrated FITS frames,
-    "jpeg" for 8-bit colour cutouts).
+    What preprocessing needs are fields: ``image_source`` ("frames" for calibrated FITS frames,
+    "jpeg" for 8-bit colour cutouts), ``stretch`` ("arcsinh", "none", or None when the source
+    declares none: treated as "none"), ``stretch_scale`` (None: undeclared) and ``storage_dtype`` (how a file
+    stores the pixels, e.g. "uint8"; None in memory). ``meta`` holds the rest (provenance a
+    survey records). Older code and files put the four in ``meta`` under the same names: they
+    are still read from there (`LEGACY_META_KEYS`), and written there in files (`stored_meta`).
     """
 
     images: torch.Tensor | LazyImages
@@ -39,8 +48,20 @@ class ImageSet:
     ra: np.ndarray | None = None
     dec: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    image_source: str = "frames"
+    stretch: str | None = None
+    stretch_scale: float | None = None
+    storage_dtype: str | None = None
 
     def __post_init__(self) -> None:
+        self.meta = dict(self.meta)
+        for key in LEGACY_META_KEYS:  # written by galmerge <= 0.1 and files it wrote
+            if key in self.meta:
+                value = self.meta.pop(key)
+                if getattr(self, key) == _DEFAULTS[key]:
+                    setattr(self, key, value)
+        if self.stretch_scale is not None:
+            self.stretch_scale = float(self.stretch_scale)
         n = len(self.images)
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
         self.ids = np.asarray(self.ids)
@@ -89,6 +110,16 @@ class ImageSet:
             dec=None if self.dec is None else self.dec[idx],
             meta=dict(self.meta),
         )
+
+    def stored_meta(self) -> dict[str, Any]:
+        """``meta`` with the preprocessing fields under their old keys: what a file stores, so
+        older galmerge versions read it the same way."""
+        out = dict(self.meta)
+        for key in LEGACY_META_KEYS:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
 
     def describe(self) -> str:
         labelled = int((self.labels >= 0).sum())

@@ -240,6 +240,11 @@ class PluginManager:
         plugin = self._owner[kind].get(name)
         return self.infos.get(plugin) if plugin else None
 
+    def describe_owner(self, kind: str, name: str) -> str:
+        """``plugin 'NAME' (distribution)`` that registered a component, for messages."""
+        info = self.owner(kind, name)
+        return f"plugin {self._describe(info.name)}" if info else "an unknown plugin"
+
     def get(self, kind: str, name: str) -> Any:
         """One record by name or alias; an unknown name lists what exists."""
         records = self.components(kind)

@@ -1,45 +1,137 @@
-"""Check a strategy's options against its declared defaults (no torch import)."""
+"""Option schemas of backbones, strategies and surveys, checked in one place (no torch import).
+
+A plugin declares each option once, as an `Option` (default, type, help, allowed values) in its
+record's ``options``; the core checks what a user gives against it (`check_options`) before the
+plugin's ``build``/``load``/``cutouts`` sees it, so a plugin receives complete, typed values.
+Records that declare only ``defaults`` (the older form) get a schema made from them
+(`schema_from_defaults`): the type of each default, no help.
+"""
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from galmerge.errors import GalmergeError
 
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 
-def resolve_options(
-    strategy: str, defaults: Mapping[str, Any], options: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """Defaults overlaid with ``options``; unknown keys and values of the wrong type are errors.
 
-    Values are coerced to the type of their default, so ``"0.5"`` from a command line works
-    for a float option; an int is accepted where a float is expected.
+@dataclass(frozen=True)
+class Option:
+    """One option: its default, type (None: the default's; anything when that is None too;
+    ``object``: any value, which the plugin checks itself), a help line for ``galmerge list``,
+    and the values allowed (``choices``; numbers from ``min`` up to ``max``, or below
+    ``below``)."""
+
+    default: Any
+    help: str = ""
+    type: type | None = None
+    choices: tuple[Any, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    below: float | None = None
+
+    @property
+    def kind(self) -> type | None:
+        if self.type is not None:
+            return self.type
+        return None if self.default is None else type(self.default)
+
+    def describe(self) -> str:
+        """``float = 0.5 in [0, 1): why`` (or ``>= 0``, ``one of a, b``) for listings."""
+        kind = self.kind if self.kind is not object else type(self.default)
+        name = "any" if kind in (None, type(None)) else kind.__name__
+        text = f"{name} = {self.default!r}"
+        if self.choices:
+            text += f" (one of {', '.join(map(str, self.choices))})"
+        high = f"{self.max:g}]" if self.max is not None else (
+            f"{self.below:g})" if self.below is not None else None)
+        if self.min is not None and high is not None:
+            text += f" in [{self.min:g}, {high}"
+        elif self.min is not None:
+            text += f", >= {self.min:g}"
+        elif high is not None:
+            text += f", {'<=' if self.max is not None else '<'} {high[:-1]}"
+        return f"{text}: {self.help}" if self.help else text
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Option:
+        """The inverse of `as_dict` (``galmerge list`` rebuilds options from its rows)."""
+        return cls(data["default"], data.get("help") or "",
+                   _TYPES.get(str(data.get("type")), object if data.get("type") is None
+                              and data["default"] is not None else None),
+                   tuple(data.get("choices") or ()), data.get("min"), data.get("max"),
+                   data.get("below"))
+
+    def as_dict(self) -> dict[str, Any]:
+        kind = self.kind
+        return {"default": self.default,
+                "type": kind.__name__ if kind not in (None, object) else None,
+                "help": self.help, "choices": list(self.choices) or None, "min": self.min,
+                "max": self.max, "below": self.below}
+
+
+def schema_from_defaults(defaults: Mapping[str, Any]) -> dict[str, Option]:
+    """The schema of a record that declares only default values."""
+    return {k: v if isinstance(v, Option) else Option(v) for k, v in defaults.items()}
+
+
+def check_options(kind: str, name: str, schema: Mapping[str, Option],
+                  given: Mapping[str, Any] | None, *, fill: bool = True,
+                  label: str | None = None) -> dict[str, Any]:
+    """The options of one component, checked against its schema: defaults overlaid with
+    ``given`` (only ``given`` when ``fill`` is false), each value coerced to its type (``"0.5"``
+    from a command line works for a float, an int for a float) and within its allowed values.
+
+    Every problem is a one-line GalmergeError naming the option, the component (``label``, a
+    survey spec, else ``kind 'name'``) and what is allowed.
     """
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(defaults))
+    given = dict(given or {})
+    what = label or f"{kind} '{name}'"
+    unknown = sorted(set(given) - set(schema))
+    if unknown and label is not None:  # a survey spec: "hdf5:x.h5: unknown option 'y'"
+        raise GalmergeError(f"{label}: unknown option {unknown[0]!r}; valid options: "
+                            f"{', '.join(schema)}")
     if unknown:
+        hint = difflib.get_close_matches(unknown[0], list(schema), n=1)
         raise GalmergeError(
-            f"unknown option(s) {', '.join(unknown)} for strategy '{strategy}'; "
-            f"known: {', '.join(sorted(defaults)) or 'none'}"
-        )
-    resolved = dict(defaults)
-    for key, value in options.items():
-        resolved[key] = _coerce(strategy, key, value, defaults[key])
-    weight = resolved.get("weight")
-    if weight is not None and not float(weight) >= 0:
-        raise GalmergeError(
-            f"weight of strategy '{strategy}' must be a number >= 0, got {weight!r}"
-        )
-    return resolved
+            f"unknown option(s) {', '.join(unknown)} for {what}"
+            + (f" (did you mean '{hint[0]}'?)" if hint else "")
+            + f"; known: {', '.join(sorted(schema)) or 'none'}")
+    out = {k: o.default for k, o in schema.items()} if fill else {}
+    for key, value in given.items():
+        out[key] = _check(what, key, value, schema[key])
+    return out
 
 
-def _coerce(strategy: str, key: str, value: Any, default: Any) -> Any:
-    kind = type(default)
-    if (
-        default is None
-        or isinstance(value, kind)
-        and not (isinstance(value, bool) and kind is not bool)
+def _check(what: str, key: str, value: Any, option: Option) -> Any:
+    value = _coerce(what, key, value, option.kind)
+    if value is None:
+        return value
+    if option.choices and value not in option.choices:
+        raise GalmergeError(f"{what}: option {key} must be one of "
+                            f"{', '.join(map(str, option.choices))}; got {key} {value!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        low, high, below = option.min, option.max, option.below
+        if (not math.isfinite(value) and (low is not None or high is not None
+                                          or below is not None)) \
+                or (low is not None and value < low) or (high is not None and value > high) \
+                or (below is not None and value >= below):
+            bounds = " and ".join(
+                part for part in (f">= {low:g}" if low is not None else "",
+                                  f"<= {high:g}" if high is not None else "",
+                                  f"< {below:g}" if below is not None else "") if part)
+            raise GalmergeError(f"{what}: option {key} must be {bounds}, got {value!r}")
+    return value
+
+
+def _coerce(what: str, key: str, value: Any, kind: type | None) -> Any:
+    if kind in (None, object) or value is None or (
+        isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
     ):
         return value
     try:
@@ -59,6 +151,18 @@ def _coerce(strategy: str, key: str, value: Any, default: Any) -> Any:
             return str(value)
     except (TypeError, ValueError):
         pass
-    raise GalmergeError(
-        f"option '{key}' of strategy '{strategy}' must be {kind.__name__}, got {value!r}"
-    )
+    raise GalmergeError(f"option '{key}' of {what} must be {kind.__name__}, got {value!r}")
+
+
+def resolve_options(
+    strategy: str, defaults: Mapping[str, Any], options: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Defaults overlaid with ``options``; unknown keys and values of the wrong type are errors.
+
+    For plugins that check their options themselves (the core already does it against the
+    record's schema before ``build``: see `check_options`). A ``weight`` must be >= 0.
+    """
+    schema = schema_from_defaults(defaults)
+    if "weight" in schema:
+        schema["weight"] = Option(schema["weight"].default, min=0.0)
+    return check_options("strategy", strategy, schema, options)

@@ -1,10 +1,19 @@
-"""Typed records that plugins return from the registration hooks."""
+"""Typed records that plugins return from the registration hooks.
+
+Each record may declare its options as a schema (``options``: name -> `Option`, with default,
+type and help); the core checks the options a user gives against it before calling the
+plugin's ``build`` (backbones, strategies) or ``load``/``cutouts`` (surveys), so the plugin gets
+complete, typed values and need not check names or types itself. ``defaults`` (name -> value)
+is the older, schema-less form and is still accepted; each form is derived from the other.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from galmerge.plugin.options import Option, check_options, schema_from_defaults
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,6 +45,20 @@ class Backbone:
     build_head: Callable[[int, int], nn.Module] | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
     search_space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _schema(self)
+        plugin_build = self.build
+
+        def build(in_channels: int, image_size: int, **options: Any) -> nn.Module:
+            return plugin_build(in_channels, image_size, **self.check(options))
+
+        object.__setattr__(self, "build", build)
+
+    def check(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults overlaid with ``options``, checked against the schema (one-line errors)."""
+        return check_options("backbone", self.name, self.options, options)
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,21 @@ class Strategy:
     aliases: tuple[str, ...] = ()
     search_space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     needs_target: bool = True
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _schema(self, {"weight": Option(1.0, "factor of this strategy's terms in the loss",
+                                        min=0.0)})
+        plugin_build = self.build
+
+        def build(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+            return plugin_build(context, self.check(options))
+
+        object.__setattr__(self, "build", build)
+
+    def check(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults overlaid with ``options``, checked against the schema (one-line errors)."""
+        return check_options("strategy", self.name, self.options, options)
 
 
 @dataclass(frozen=True)
@@ -82,3 +120,44 @@ class Survey:
     load: Callable[[str | None, Mapping[str, Any]], ImageSet] | None = None
     cutouts: Callable[[Mapping[str, Any], Mapping[str, Any]], CutoutService] | None = None
     presets: tuple[str, ...] = ()
+    #: schemas of ``load``'s and ``cutouts``' options; empty: the survey checks its own
+    options: Mapping[str, Option] = field(default_factory=dict)
+    cutout_options: Mapping[str, Option] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        plugin_load, plugin_cutouts = self.load, self.cutouts
+        if plugin_load is not None and self.options:
+            def load(arg: str | None, options: Mapping[str, Any]) -> ImageSet:
+                label = f"{self.name}:{arg}" if arg else self.name
+                return plugin_load(arg, self.check(options, label))
+
+            object.__setattr__(self, "load", load)
+        if plugin_cutouts is not None and self.cutout_options:
+            def cutouts(preprocess: Mapping[str, Any], options: Mapping[str, Any]
+                        ) -> CutoutService:
+                return plugin_cutouts(preprocess, self.check(options, self.name, cutouts=True))
+
+            object.__setattr__(self, "cutouts", cutouts)
+
+    def check(self, options: Mapping[str, Any] | None, label: str, *,
+              cutouts: bool = False) -> dict[str, Any]:
+        """Names and types of the options given to ``load`` (``cutouts``: to ``cutouts``)
+        checked against the schema, when the survey declares one; values not given stay
+        unset (a survey may tell "not given" from its default). ``label``: the spec, for
+        messages."""
+        schema = self.cutout_options if cutouts else self.options
+        if not schema:
+            return dict(options or {})
+        return check_options("survey", self.name, schema, options, fill=False, label=label)
+
+
+def _schema(record: Any, implied: Mapping[str, Option] | None = None) -> None:
+    """Fill ``options`` from ``defaults`` or ``defaults`` from ``options`` (frozen record)."""
+    options = dict(record.options) or schema_from_defaults(record.defaults)
+    for key, option in (implied or {}).items():  # e.g. a strategy's weight: >= 0
+        current = options.get(key)
+        if current is not None and not record.options:
+            options[key] = Option(current.default, option.help, option.type, option.choices,
+                                  option.min, option.max, option.below)
+    object.__setattr__(record, "options", options)
+    object.__setattr__(record, "defaults", {k: o.default for k, o in options.items()})

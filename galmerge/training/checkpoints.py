@@ -7,13 +7,14 @@ from typing import Any
 
 from torch import nn
 
+from galmerge.data.preprocess import PreprocessSpec
 from galmerge.errors import GalmergeError
 from galmerge.models.model import GalaxyClassifier
 
 
 def payload(
     config: Mapping[str, Any], model: GalaxyClassifier, strategies: nn.Module,
-    preprocess: dict[str, Any], shape: tuple[int, int], epoch: int,
+    preprocess: Mapping[str, PreprocessSpec], shape: tuple[int, int], epoch: int,
     training_state: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """A checkpoint (see ``galmerge.models.model``); ``strategy_state`` holds the strategy modules'
@@ -31,7 +32,7 @@ def payload(
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "strategy_state": {k: v.detach().cpu() for k, v in strategies.state_dict().items()},
         "temperature": 1.0,
-        "preprocess": preprocess,
+        "preprocess": {k: PreprocessSpec.from_dict(v).as_dict() for k, v in preprocess.items()},
         "config": config,
         "epoch": epoch,
         "training_state": training_state,
@@ -69,7 +70,8 @@ def load_init_strategies(strategies: nn.ModuleDict, init: Mapping[str, Any]) -> 
     return loaded
 
 
-def init_specs(init: Mapping[str, Any], channels: int, source: str) -> dict[str, dict[str, Any]]:
+def init_specs(init: Mapping[str, Any], channels: int, source: str
+               ) -> dict[str, PreprocessSpec]:
     """The checkpoint's preprocessing specs (``init_keep_preprocess``), checked to fit."""
     specs = dict(init.get("preprocess") or {})
     for role in ("source", "target"):
@@ -79,4 +81,5 @@ def init_specs(init: Mapping[str, Any], channels: int, source: str) -> dict[str,
                 f"--init-from {source}: its {role} preprocessing does not fit {channels}-band "
                 f"images; set init_keep_preprocess = false to measure normalisation anew"
             )
-    return {"source": dict(specs["source"]), "target": dict(specs["target"])}
+    return {role: PreprocessSpec.from_dict(specs[role], f"--init-from {source}: its {role} "
+                                           "preprocessing") for role in ("source", "target")}

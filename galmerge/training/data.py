@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from galmerge.data.batches import StreamingBatches, TensorBatches
-from galmerge.data.preprocess import compute_spec, normalise
+from galmerge.data.preprocess import PreprocessSpec, compute_spec
 from galmerge.data.splits import domain_splits
 from galmerge.errors import GalmergeError
 from galmerge.plugin.imageset import ImageSet
@@ -24,13 +24,13 @@ class Domain:
     name: str
     imageset: ImageSet
     splits: dict[str, np.ndarray]
-    spec: dict[str, Any]
+    spec: PreprocessSpec
     images: torch.Tensor | None  # normalised, on the device; None for lazy sets
 
     def features_input(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
         if self.images is not None:
             return self.images.index_select(0, torch.as_tensor(idx, device=device))
-        return normalise(self.imageset.batch(idx).to(device), self.spec)
+        return self.spec.apply(self.imageset.batch(idx).to(device))
 
 
 def load_imageset(spec: str | ImageSet | None, name: str) -> ImageSet:
@@ -43,14 +43,14 @@ def load_imageset(spec: str | ImageSet | None, name: str) -> ImageSet:
 
 def _prepare(
     name: str, imageset: ImageSet, splits: dict[str, np.ndarray], device: torch.device,
-    spec: dict[str, Any] | None,
+    spec: PreprocessSpec | None,
 ) -> Domain:
     if spec is None:
         spec = compute_spec(imageset, splits["train"], name)
     images = None
     if imageset.in_memory:
         # Normalise once and keep the whole set on the device: no per-step host work.
-        images = normalise(imageset.images.to(device), spec)  # type: ignore[union-attr]
+        images = spec.apply(imageset.images.to(device))  # type: ignore[union-attr]
     return Domain(name, imageset, splits, spec, images)
 
 
@@ -61,7 +61,7 @@ def _labelled(imageset: ImageSet, idx: np.ndarray) -> np.ndarray:
 
 def prepare_domains(
     config: Mapping[str, Any], source_set: ImageSet, target_set: ImageSet, device: torch.device,
-    specs: Mapping[str, dict[str, Any]] | None = None,
+    specs: Mapping[str, PreprocessSpec] | None = None,
 ) -> tuple[Domain, Domain]:
     """Split both sets (seeded), keep labelled source images, normalise. ``specs`` (from an
     ``init_from`` checkpoint) replaces the specs measured on the training splits."""

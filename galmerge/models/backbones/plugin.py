@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from galmerge.errors import GalmergeError
 from galmerge.plugin.hookspecs import hookimpl
+from galmerge.plugin.options import Option
 from galmerge.plugin.records import Backbone
 
 if TYPE_CHECKING:
     from torch import nn
 
 
-def _number(backbone: str, key: str, value: Any, kind: type) -> Any:
-    """Options may arrive from the CLI or TOML as strings; coerce or fail in one line."""
-    try:
-        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
-            raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
-        raise GalmergeError(
-            f"option '{key}' of backbone '{backbone}' must be {kind.__name__}, got {value!r}"
-        ) from None
-
-
 def _build_deepmerge(in_channels: int, image_size: int, dropout: float = 0.1) -> nn.Module:
     from galmerge.models.backbones.deepmerge import DeepMergeFeatures
 
-    dropout = _number("deepmerge", "dropout", dropout, float)
-    if not 0.0 <= dropout < 1.0:
-        raise GalmergeError(f"deepmerge dropout must be in [0, 1), got {dropout}")
     return DeepMergeFeatures(in_channels, image_size, dropout=dropout)
 
 
@@ -50,11 +35,6 @@ def _build_resnet18(
 ) -> nn.Module:
     from galmerge.models.backbones.resnet import ResNetFeatures
 
-    bottleneck = _number("resnet18", "bottleneck", bottleneck, int)
-    dropout = _number("resnet18", "dropout", dropout, float)
-    lr_mult = _number("resnet18", "lr_mult", lr_mult, float)
-    if not 0.0 <= dropout < 1.0:
-        raise GalmergeError(f"resnet18 dropout must be in [0, 1), got {dropout}")
     return ResNetFeatures(
         in_channels, image_size, bottleneck=bottleneck, dropout=dropout, stem=str(stem),
         bottleneck_layer=str(bottleneck_layer), lr_mult=lr_mult,
@@ -73,7 +53,8 @@ def register_backbones() -> list[Backbone]:
             # 0.5 after every block; the deepmerge2-* presets set 0). 0.5 before the next
             # BatchNorm shifts its statistics between train and eval mode: on the synthetic pair
             # eval accuracy fell to chance, so the default is a mild 0.1.
-            defaults={"dropout": 0.1},
+            options={"dropout": Option(0.1, "dropout after each convolution block", min=0.0,
+                                       below=1.0)},
             search_space={"dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         ),
         Backbone(
@@ -81,8 +62,20 @@ def register_backbones() -> list[Backbone]:
             description="torchvision ResNet-18, random init, 3x3 stem for 75x75 stamps; "
             "optional bottleneck",
             build=_build_resnet18,
-            defaults={"bottleneck": 0, "dropout": 0.0, "stem": "small",
-                      "bottleneck_layer": "bn-relu", "lr_mult": 10.0},
+            # choices: galmerge.models.backbones.resnet STEMS and BOTTLENECK_LAYERS (not imported: torch)
+            options={
+                "bottleneck": Option(0, "width b of a DA feature layer Linear(512, b) (0: none)",
+                                     min=0),
+                "dropout": Option(0.0, "dropout in the bottleneck", min=0.0, below=1.0),
+                "stem": Option("small", "3x3 stride-1 stem for small stamps, or torchvision's 7x7 "
+                               "stride-2 one (DeepMerge II's)",
+                               choices=("small", "imagenet")),
+                "bottleneck_layer": Option("bn-relu", "BatchNorm + ReLU after the bottleneck, or "
+                                           "DeepMerge II's plain Linear",
+                                           choices=("bn-relu", "linear")),
+                "lr_mult": Option(10.0, "learning-rate factor of the bottleneck and the head",
+                                  min=0.0),
+            },
             search_space={"dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         ),
     ]

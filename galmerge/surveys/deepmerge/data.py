@@ -29,7 +29,6 @@ from galmerge.plugin.imageset import ImageSet
 ZENODO_RECORD = "4507941"
 MAST_HLSP_PATH = "hlsps/deepmerge"
 SUBDIR = "deepmerge"
-OPTIONS = ("in_memory", "memory_limit_mb", "stretch", "check_finite")
 #: images read at once when checking a file for NaN/inf
 CHECK_BLOCK = 512
 
@@ -246,11 +245,6 @@ def _read_labels(path: Path, kind: str, n: int, ds: DeepMergeSet) -> np.ndarray:
 
 
 def _check_options(name: str, options: Mapping[str, Any]) -> None:
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise GalmergeError(
-            f"{name}: unknown option {unknown[0]!r}; valid options: {', '.join(OPTIONS)}"
-        )
     stretch = options.get("stretch", "none")
     if stretch not in ("none", "arcsinh"):
         raise GalmergeError(f"{name}: stretch must be none or arcsinh, not {stretch!r}")
@@ -326,15 +320,13 @@ def load_set(ds: DeepMergeSet, options: Mapping[str, Any], root: Path | None = N
             array = np.array(array)  # own the pixels: the memory map is read-only
         data = torch.from_numpy(array)
     meta: dict[str, Any] = {
-        "image_source": ds.image_source,
         "release": "DeepMerge I (MAST HLSP)" if kind == "fits" else "DeepMerge II (Zenodo 4507941)",
         "files": [p.name for p in paths],
     }
+    # the DeepMerge papers standardise raw pixel values per band, without a stretch
+    stretch: dict[str, Any] = {"stretch": "none"}
     if options.get("stretch", "none") == "arcsinh":
-        meta.update(hdf5io.stretch_defaults(hdf5io.sample_images(images)))
-    else:
-        # the DeepMerge papers standardise raw pixel values per band, without a stretch
-        meta["stretch"] = "none"
+        stretch = hdf5io.stretch_defaults(hdf5io.sample_images(images))
     return ImageSet(
         images=data,
         labels=torch.as_tensor(labels),
@@ -344,6 +336,8 @@ def load_set(ds: DeepMergeSet, options: Mapping[str, Any], root: Path | None = N
         # the releases do not record a pixel scale with the arrays
         pixel_scale_arcsec=None,
         meta=meta,
+        image_source=ds.image_source,
+        **stretch,
     )
 
 

@@ -6,7 +6,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from galmerge.plugin.hookspecs import hookimpl
+from galmerge.plugin.options import Option
 from galmerge.plugin.records import Survey
+
+#: DeepMerge sets' options (illustris and sdss): the core checks names, deepmerge_data values
+LOAD_OPTIONS: dict[str, Option] = {
+    "in_memory": Option(None, "load the arrays into memory (default: when they take under a "
+                        "quarter of the RAM)", type=object),
+    "memory_limit_mb": Option(None, "load into memory under this many MB", type=object),
+    "stretch": Option("none", "arcsinh: stretch the pixels before standardising (the papers: "
+                      "none)", type=object),
+    "check_finite": Option(True, "scan every pixel once for NaN/inf", type=object),
+}
 
 
 def _load(arg: str | None, options: Mapping[str, Any]):
@@ -22,6 +33,7 @@ def register_surveys():
             name="illustris",
             description="Illustris-1 mock galaxies from DeepMerge I/II (galmerge fetch illustris)",
             load=_load,
+            options=LOAD_OPTIONS,
             presets=("sim-real", "pristine", "noisy"),
         )
     ]

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from galmerge.data.preprocess import PreprocessSpec
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.io.http import (
@@ -154,36 +155,17 @@ def frame_cache_bytes(options: Mapping[str, Any]) -> float:
 
 def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any]):
     """The SDSS cutout service that reproduces a model's recorded inputs, or a one-line refusal."""
-    source = str(preprocess.get("image_source") or "frames")
-    bands = [str(b) for b in preprocess.get("bands") or []]
-    size = int(preprocess.get("image_size") or 0)
-    if size < 4 or size > 2048:
-        raise GalmergeError(
-            f"SDSS cannot cut {size}-pixel stamps; the model's image_size must be 4..2048"
-        )
-    scale = float(preprocess.get("pixel_scale_arcsec") or NATIVE_SCALE_ARCSEC)
-    if not 0.05 <= scale <= 60:
-        raise GalmergeError(f"SDSS cannot produce {scale} arcsec/pixel stamps; expected 0.05..60")
-    if source not in ("frames", "jpeg"):
-        raise GalmergeError(
-            f"SDSS cannot produce image_source '{source}'; it serves 'frames' (FITS) or 'jpeg'"
-        )
-    if source == "frames":
-        bad = [b for b in bands if b not in SDSS_BANDS]
-        if not bands or bad or len(set(bands)) != len(bands):
-            raise GalmergeError(
-                f"SDSS frames cannot produce bands {','.join(bands) or '(none)'}; SDSS images "
-                f"{','.join(SDSS_BANDS)}: use a model trained on distinct bands among those"
-            )
-    else:
+    spec = PreprocessSpec.from_dict(preprocess)
+    source = spec.image_source
+    bands, size, scale = spec.stamp_geometry(
+        "SDSS frames" if source == "frames" else "SDSS", sources=("frames", "jpeg"),
+        bands=SDSS_BANDS if source == "frames" else None, size=(4, 2048), scale=(0.05, 60),
+        default_scale=NATIVE_SCALE_ARCSEC)
+    if source == "jpeg":
         channels = jpeg_channels(bands)
-    unknown = sorted(set(options) - KNOWN_OPTIONS)
-    if unknown:
-        raise GalmergeError(f"unknown sdss survey option(s) {', '.join(unknown)}; known: "
-                            f"{', '.join(sorted(KNOWN_OPTIONS - {'sleep'}))}")
     try:
         settings = Settings.from_options(options)
-        jpeg_scale = float(preprocess.get("jpeg_scale", 1.0))
+        jpeg_scale = float(spec.get("jpeg_scale", 1.0))
     except (TypeError, ValueError) as exc:
         raise GalmergeError(
             f"bad sdss survey option ({exc}); numeric options: workers, attempts, retries, "
@@ -706,12 +688,6 @@ def _answer_options(settings: Settings) -> str:
     return extra
 
 
-KNOWN_OPTIONS = frozenset({
-    "workers", "attempts", "retries", "timeout", "backoff", "backoff_max", "jitter",
-    "max_retry_after", "seed", "max_connection_failures", "deadline", "data_release",
-    "frame_cache_dir", "frame_cache_gb", "memory_frames", "resolve_batch", "radius_arcmin",
-    "check_footprint", "max_edge_fraction", "skyserver_url", "sas_url", "sleep",
-})
 
 
 class _SdssService:

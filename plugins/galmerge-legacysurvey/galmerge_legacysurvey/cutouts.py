@@ -28,6 +28,7 @@ from galmerge import (
     CutoutResult,
     FetchError,
     GalmergeError,
+    PreprocessSpec,
     RetryingClient,
     RetryPolicy,
     bounded_map,
@@ -44,22 +45,9 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
     """A LegacySurveyCutouts for the model's bands, size and scale, or a one-line refusal."""
     layer = str(options.get("layer", DEFAULT_LAYER))
     allowed = LAYER_BANDS.get(layer, "grz")
-    source = str(preprocess.get("image_source") or "frames")
-    if source not in ("frames", "fits"):
-        raise GalmergeError(
-            f"the Legacy Surveys plugin serves FITS images, not image_source '{source}'; "
-            f"use a model trained on FITS-like (frames) inputs"
-        )
-    bands = [str(b) for b in preprocess.get("bands") or []]
-    if not bands or any(b not in allowed for b in bands) or len(set(bands)) != len(bands):
-        raise GalmergeError(
-            f"Legacy Surveys layer {layer} cannot produce bands {','.join(bands) or '(none)'}; "
-            f"it has {','.join(allowed)}"
-        )
-    size = int(preprocess.get("image_size") or 0)
-    if not 4 <= size <= 3000:
-        raise GalmergeError(f"Legacy Surveys cannot cut {size}-pixel stamps; expected 4..3000")
-    scale = float(preprocess.get("pixel_scale_arcsec") or NATIVE_SCALE_ARCSEC)
+    bands, size, scale = PreprocessSpec.from_dict(preprocess).stamp_geometry(
+        f"Legacy Surveys layer {layer}", bands=allowed, sources=("frames", "fits"),
+        size=(4, 3000), default_scale=NATIVE_SCALE_ARCSEC)
     try:
         return LegacySurveyCutouts(bands, size, scale, layer, options)
     except (TypeError, ValueError) as exc:

@@ -44,6 +44,7 @@ from galmerge import (
     CutoutResult,
     FetchError,
     GalmergeError,
+    PreprocessSpec,
     RetryingClient,
     RetryPolicy,
     bounded_map,
@@ -86,25 +87,9 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
             "the lsst survey takes no token option (it would end up in logs); export "
             "GALMERGE_RSP_TOKEN instead"
         )
-    source = str(preprocess.get("image_source") or "frames")
-    if source not in ("frames", "fits"):
-        raise GalmergeError(
-            f"the lsst plugin serves calibrated coadd pixels, not image_source '{source}'; "
-            f"use a model trained on FITS-like (frames) inputs"
-        )
-    bands = [str(b) for b in preprocess.get("bands") or []]
-    if not bands or any(b not in LSST_BANDS for b in bands) or len(set(bands)) != len(bands):
-        raise GalmergeError(
-            f"Rubin coadds cannot provide this model's bands {','.join(bands) or '(none)'}; "
-            f"they have {','.join(LSST_BANDS)}"
-        )
-    size = int(preprocess.get("image_size") or 0)
-    if not 4 <= size <= 2000:
-        raise GalmergeError(f"the lsst plugin cannot cut {size}-pixel stamps; expected 4..2000")
-    scale = float(preprocess.get("pixel_scale_arcsec") or NATIVE_SCALE_ARCSEC)
-    if not 0.02 <= scale <= 20:
-        raise GalmergeError(f"the lsst plugin cannot make {scale} arcsec/pixel stamps; "
-                            f"expected 0.02..20")
+    bands, size, scale = PreprocessSpec.from_dict(preprocess).stamp_geometry(
+        "the lsst survey (Rubin coadds)", bands=LSST_BANDS, sources=("frames", "fits"),
+        size=(4, 2000), scale=(0.02, 20), default_scale=NATIVE_SCALE_ARCSEC)
     for key in ("subtype", "collection", "obscore_table"):
         value = str(options.get(key, DEFAULTS[key]))
         if not _SAFE.match(value):

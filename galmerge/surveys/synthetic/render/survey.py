@@ -38,9 +38,6 @@ def render_imageset(
     images, obs = draw_scenes(scenes, preset, seed=seed, size=size)
     ids = np.array([f"synthetic-{preset.name}-s{seed}-{i:06d}" for i in range(n)])
     meta = {
-        "stretch": "arcsinh",
-        "stretch_scale": preset.stretch_scale,
-        "image_source": "frames",
         "units": "nanomaggies per pixel",
         "preset": preset.name,
         "renderer_version": RENDERER_VERSION,
@@ -58,6 +55,9 @@ def render_imageset(
         survey=f"synthetic:{preset.name}",
         pixel_scale_arcsec=preset.pixel_scale,
         meta=meta,
+        image_source="frames",
+        stretch="arcsinh",
+        stretch_scale=preset.stretch_scale,
     )
     extras = {f"scene/{k}": v for k, v in scenes.as_arrays().items()}
     extras["observation/redshift"] = obs.z

@@ -1,0 +1,223 @@
+"""Where classify's rows and stamps come from: an HDF5 image file read lazily, or a catalog's
+positions with stamps from the cutout cache and, for the rest, the survey's cutout service.
+
+A survey's service is wrapped in `SurveyService`: its network failures become row statuses
+(``fetch-failed: ...``, retried by the next run), anything else is a bug in the plugin and fails
+the run (`galmerge.errors.PluginBug`, naming the plugin, its traceback kept).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmerge.classification.catalogs import CatalogChunk
+from galmerge.classification.cutout_cache import STATUS_OK, CutoutCache
+from galmerge.errors import GalmergeError, PluginBug
+from galmerge.io.paths import data_dir
+from galmerge.plugin.cutouts import CutoutRequest
+
+
+def default_cache(survey: str, cache_key: str) -> Path:
+    """``$GALMERGE_DATA/cache/<survey>-<hash of the service's cache key>.h5``."""
+    digest = hashlib.sha256(cache_key.encode()).hexdigest()[:12]
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in survey)
+    return data_dir() / "cache" / f"{safe}-{digest}.h5"
+
+
+def is_image_file(path: Path) -> bool:
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return "images" in f
+    except OSError:
+        return False
+
+
+class ImageFileInput:
+    """An HDF5 image file read lazily: rows are images, columns id/ra/dec/label."""
+
+    kind = "hdf5"
+
+    def __init__(self, path: Path, shape: tuple[int, int, int]) -> None:
+        from galmerge.io.hdf5 import read_imageset
+
+        self.path = path
+        self.images = read_imageset(path, in_memory=False)
+        got = (self.images.channels, self.images.image_size, int(self.images.images.shape[-2]))
+        if got != shape:
+            raise GalmergeError(
+                f"{path}: images are {got[0]}x{got[2]}x{got[1]} but the model takes "
+                f"{shape[0]}x{shape[1]}x{shape[2]}; cut stamps the way the model was trained"
+            )
+        self.columns = ["id"]
+        if self.images.ra is not None:
+            self.columns += ["ra", "dec"]
+        self.labels = self.images.labels.numpy()
+        if (self.labels >= 0).any():
+            self.columns.append("label")
+
+    def estimated_rows(self) -> int:
+        return len(self.images)
+
+    def chunks(self, chunk_rows: int) -> Iterator[CatalogChunk]:
+        n = len(self.images)
+        for start in range(0, n, chunk_rows):
+            stop = min(n, start + chunk_rows)
+            sl = slice(start, stop)
+            ids = np.array([str(v) for v in self.images.ids[sl]], dtype=object)
+            cols: dict[str, np.ndarray] = {"id": self.images.ids[sl]}
+            ra = dec = np.full(stop - start, np.nan)
+            if self.images.ra is not None:
+                ra, dec = self.images.ra[sl], self.images.dec[sl]
+                cols["ra"], cols["dec"] = ra, dec
+            if "label" in self.columns:
+                cols["label"] = self.labels[sl]
+            yield CatalogChunk(start, cols, ra, dec, ids, np.full(stop - start, "", object))
+
+    def read(self, chunk: CatalogChunk) -> np.ndarray:
+        return self.images.batch(np.arange(chunk.start, chunk.start + len(chunk))).numpy()
+
+
+@dataclass
+class SurveyService:
+    """A survey's cutout service with the names a failure message needs."""
+
+    service: Any  # the plugin's CutoutService
+    survey: str  # the survey's name
+    plugin: str  # "plugin 'NAME' (distribution)" that registered it
+
+    @classmethod
+    def open(cls, name: str, record: Any, spec: Any, options: Mapping[str, Any],
+             shown: str | None = None) -> SurveyService:
+        """``record.cutouts(spec, options)``; a bad option value is one line."""
+        from galmerge.plugin.manager import get_plugin_manager
+
+        try:
+            service = record.cutouts(spec, options)
+        except (TypeError, ValueError) as exc:  # e.g. RetryPolicy.from_options: timeout=0
+            raise GalmergeError(f"--survey {shown or name}: bad option ({exc})".splitlines()[0]
+                                ) from None
+        return cls(service, name, get_plugin_manager().describe_owner("surveys", name))
+
+    def fetch(self, requests: list[CutoutRequest]) -> Iterator[Any]:
+        """The service's results; an exception that is no network, HTTP or fetch failure is a
+        bug in the plugin: `PluginBug`, naming it, with the plugin's traceback as its cause."""
+        try:
+            yield from self.service.fetch(requests)
+        except (GalmergeError, PluginBug):
+            raise
+        except Exception as exc:
+            if _network_failure(exc):
+                raise
+            raise PluginBug(
+                f"survey '{self.survey}' ({self.plugin}) raised {type(exc).__name__} while "
+                f"fetching stamps: {exc}".splitlines()[0][:300]
+                + "; that is a bug in the plugin (its traceback is above): report it to the "
+                "plugin's authors; rows classified so far are kept, and the same command "
+                "resumes once it is fixed") from exc
+
+    def summary(self) -> str | None:
+        """The service's one-line summary (requests, retries, failures), if it has one."""
+        summary = getattr(self.service, "summary", None)
+        if not callable(summary):
+            return None
+        try:
+            return str(summary()).strip() or None
+        except Exception:  # the run is done: a broken summary must not fail it
+            return None
+
+
+def _network_failure(exc: BaseException) -> bool:
+    """Network, HTTP or fetch trouble (a row status), as opposed to a bug."""
+    import http.client
+
+    from galmerge.io.http import classify_exception
+
+    return (classify_exception(exc) is not None
+            or isinstance(exc, OSError | http.client.HTTPException))
+
+
+def survey_record(name: str, arg: str | None = None) -> Any:
+    from galmerge.plugin.manager import get_plugin_manager
+
+    record = get_plugin_manager().get("surveys", name)
+    if record.cutouts is None:
+        raise GalmergeError(
+            f"survey '{name}' has no cutout service, so it cannot classify catalogs; pick a "
+            "survey with one (see `galmerge list surveys`) or pass an HDF5 image file"
+        )
+    if arg is not None:  # a cutout service takes options only: ':ARG' would be dropped
+        raise GalmergeError(
+            f"--survey {name}:{arg}: survey '{name}' takes no ':{arg}' argument when "
+            f"classifying; use --survey {name} (options go after '?', e.g. {name}?workers=8)"
+        )
+    return record
+
+
+def fetch_stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
+                 service: SurveyService, store: CutoutCache, fetched: Counter,
+                 shape: tuple[int, int, int]) -> dict[str, str]:
+    """Status per key after looking in the cache and fetching what is not there."""
+    known = store.lookup(keys)
+    out = {k: s for k, s in zip(keys, known, strict=True) if s is not None}
+    todo = [k for k, s in zip(keys, known, strict=True) if s is None]
+    if not todo:
+        return out
+    requests = []
+    for j, key in enumerate(todo):
+        i = first[key]
+        requests.append(CutoutRequest(row=j, ra=float(chunk.ra[i]), dec=float(chunk.dec[i]),
+                                      id=str(chunk.ids[i])))
+    try:
+        for result in service.fetch(requests):
+            if not 0 <= result.row < len(todo) or todo[result.row] in out:
+                continue
+            key = todo[result.row]
+            req = requests[result.row]
+            st = str(result.status or "fetch-failed: no status")
+            image = result.image
+            if st == STATUS_OK:
+                if image is None or tuple(np.shape(image)) != shape:
+                    got = None if image is None else tuple(np.shape(image))
+                    st = f"fetch-failed: stamp shape {got}, model needs {shape}"
+                elif not np.isfinite(image).all():
+                    st = "fetch-failed: non-finite pixels"
+            out[key] = st
+            fetched[st.split(":", 1)[0]] += 1
+            if st == STATUS_OK or st == "no-coverage":  # lasting answers are remembered
+                store.put(key, req.id, req.ra, req.dec, image if st == STATUS_OK else None, st)
+                store.maybe_flush()
+    except (GalmergeError, PluginBug):
+        raise
+    except Exception as exc:  # a failing service must not lose the rows: they get a status
+        reason = f"fetch-failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+        for key in todo:
+            out.setdefault(key, reason)
+    for key in todo:
+        out.setdefault(key, "fetch-failed: no result from the survey")
+    store.flush()
+    return out
+
+
+def service_name(spec: str, service: Any) -> str | None:
+    """``survey 'sdss' (https://...)``: what a user checks when fetching fails; None when no
+    service was asked (an HDF5 image file)."""
+    if service is None:
+        return None
+    name = f"survey '{str(spec).split('?', 1)[0]}'"
+    settings = getattr(service, "settings", None)
+    urls = [getattr(service, "url", None)] + [
+        getattr(settings, attr, None) for attr in ("skyserver_url", "sas_url", "base_url")
+    ]
+    found = list(dict.fromkeys(u for u in urls if isinstance(u, str) and u))
+    return f"{name} ({', '.join(found)})" if found else name

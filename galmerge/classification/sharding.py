@@ -1,0 +1,196 @@
+"""Sharded classify runs: which rank does what, heartbeats, and rank 0's merge.
+
+Sharding: under torchrun (or any launcher setting ``RANK``/``WORLD_SIZE``) rank r takes chunks
+r, r + W, r + 2W, ... and writes a part file next to the output; rank 0 waits for every part and
+merges them in input order. A rank whose part from an identical earlier run is complete skips
+its work. Every other rank refreshes a heartbeat file while it works; rank 0 gives up, naming the
+ranks, when one has been silent for ``GALMERGE_SHARD_HEARTBEAT_TIMEOUT`` seconds (dead: default
+300) or is still unfinished ``--shard-timeout`` seconds after rank 0 finished its own share (hung:
+default 24 h, env ``GALMERGE_SHARD_TIMEOUT``). Nothing is lost then: the same command, run again,
+resumes every rank from its result journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from galmerge.classification.outputs import ResultJournal, Tally, open_writer
+from galmerge.errors import GalmergeError
+from galmerge.io import atomic
+
+PART_POLL_SECONDS = 0.5
+
+SHARD_TIMEOUT_ENV = "GALMERGE_SHARD_TIMEOUT"
+
+HEARTBEAT_TIMEOUT_ENV = "GALMERGE_SHARD_HEARTBEAT_TIMEOUT"
+
+DEFAULT_SHARD_TIMEOUT = 24 * 3600.0
+
+DEFAULT_HEARTBEAT_TIMEOUT = 300.0
+
+HEARTBEAT_SECONDS = 10.0  # at most; a fifth of the heartbeat timeout when that is shorter
+
+
+@contextlib.contextmanager
+def output_lock(out_path: Path, rank: int, world: int) -> Iterator[None]:
+    """One run per output (per rank under torchrun): a second one is refused in one line
+    instead of both writing the same result segments."""
+    suffix = f".rank{rank:05d}" if world > 1 else ""
+    lock_path = out_path.with_name(f".{out_path.name}{suffix}.lock")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.exclusive_lock(
+        lock_path,
+        f"another galmerge classify is writing {out_path} (it holds {lock_path}); wait for it "
+        "to finish or choose another --output",
+    ):
+        yield
+
+
+def remove_stale_parts(parts_dir: Path, sig: str) -> None:
+    """Results of a run with another catalog, model or process count can never be merged."""
+    import shutil
+
+    if not parts_dir.is_dir():
+        return
+    for entry in parts_dir.iterdir():
+        if sig not in entry.name:
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def timeout_seconds(value: float | None, env: str, name: str, default: float) -> float:
+    """A timeout in seconds: the argument, else the environment variable, else the default."""
+    raw: Any = value
+    if raw is None:
+        raw, name = os.environ.get(env, "").strip() or default, env
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds > 0:
+        raise GalmergeError(f"{name} must be a number of seconds above 0, got '{raw}'")
+    return seconds
+
+
+def beat_path(journal_folder: Path) -> Path:
+    return journal_folder.with_name(journal_folder.name + ".alive")
+
+
+class Heartbeat:
+    """A rank's sign of life for rank 0: a daemon thread refreshes a file's mtime."""
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True,
+                                        name="galmerge-heartbeat")
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            with contextlib.suppress(OSError):  # removed by rank 0's merge: nothing to do
+                os.utime(self.path)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, show: bool,
+                   shard_timeout: float, heartbeat_timeout: float) -> None:
+    """Rank 0: block until every marker exists; one-line error on a dead or hung rank.
+
+    A rank is dead when its heartbeat file's mtime has not changed for ``heartbeat_timeout``
+    seconds of rank 0's clock (changes, not values, are compared: node clocks may differ).
+    """
+    world = len(markers)
+    start = time.monotonic()
+    seen: dict[int, tuple[int | None, float]] = {}
+    next_note = start + 60.0
+    again = (f"finished results are kept in {parts_dir}; run the same command again (every "
+             "rank) to finish: done chunks and cached stamps are not redone")
+    while True:
+        missing = [r for r, m in enumerate(markers) if not m.exists()]
+        if not missing:
+            return
+        now = time.monotonic()
+        silent = []
+        for r in missing:
+            try:
+                mtime: int | None = beats[r].stat().st_mtime_ns
+            except OSError:
+                mtime = None
+            last = seen.get(r)
+            if last is None or last[0] != mtime:
+                seen[r] = (mtime, now)
+            elif now - last[1] >= heartbeat_timeout:
+                silent.append(r)
+        names = ", ".join(map(str, (silent or missing)[:16]))
+        if silent:
+            raise GalmergeError(
+                f"rank(s) {names} of {world} stopped (no heartbeat for {heartbeat_timeout:g} s; "
+                f"{HEARTBEAT_TIMEOUT_ENV} sets that); {again}")
+        if now - start >= shard_timeout:
+            raise GalmergeError(
+                f"rank(s) {names} of {world} still unfinished {shard_timeout:g} s after rank 0 "
+                f"finished (--shard-timeout); {again}")
+        if show and now >= next_note:
+            print(f"galmerge: waiting for rank(s) {names}", file=sys.stderr)
+            next_note = now + 60.0
+        time.sleep(PART_POLL_SECONDS)
+
+
+def merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
+                show: bool, shard_timeout: float = DEFAULT_SHARD_TIMEOUT,
+                heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+                arrow_types: dict[str, Any] | None = None,
+                provenance: dict[str, Any] | None = None,
+                extra: list[str] | None = None) -> Tally:
+    """Rank 0: wait until every rank's share is complete, then write them in input order."""
+    folders = [parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}" for r in range(world)]
+    # Wait on the .done markers alone: opening another rank's journal before it has finished
+    # would clear its in-flight temporary segment under its feet.
+    markers = [f.with_name(f.name + ".done") for f in folders]
+    wait_for_ranks(markers, [beat_path(f) for f in folders], parts_dir, show, shard_timeout,
+                    heartbeat_timeout)
+    journals = [ResultJournal(f) for f in folders]
+    writer = open_writer(out_path, columns, arrow_types=arrow_types, provenance=provenance,
+                         extra=extra or ())
+    try:
+        readers = [j.blocks() for j in journals]
+        index = 0
+        while True:
+            item = next(readers[index % world], None)
+            if item is None:
+                break
+            chunk_index, block = item
+            if chunk_index != index:
+                raise GalmergeError(f"result segments in {parts_dir} are inconsistent (chunk "
+                                    f"{chunk_index} where {index} was expected); delete them")
+            writer.write(block)
+            index += 1
+        if any(next(r, None) is not None for r in readers):
+            raise GalmergeError(f"result segments in {parts_dir} are incomplete; delete the "
+                                "folder and run again")
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    for j in journals:
+        j.remove()
+        beat_path(j.folder).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # another run may share the folder
+        parts_dir.rmdir()
+    return writer.tally
