@@ -29,13 +29,14 @@ if TYPE_CHECKING:
 DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {"weight": 1.0},
     "adabn": {"weight": 1.0},
-    "mmd": {"weight": 1.0},
-    "coral": {"weight": 1.0},
+    "mmd": {"weight": 1.0, "kernel": "deepmerge", "warmup": 0.0},
+    "coral": {"weight": 1.0, "warmup": 0.0},
     "dann": {"weight": 1.0, "hidden": 1024, "dropout": 0.5, "gamma": 10.0, "max_coeff": 1.0,
              "feature_loss": "reversed", "grl": "ramp"},
     # intra 0.01 / inter 1.0: every Fisher command line of the DeepMerge II repository
-    "fisher": {"weight": 1.0, "intra_weight": 0.01, "inter_weight": 1.0, "form": "tr"},
-    "entropy": {"weight": 1.0, "include_source": False, "diversity": 0.0},
+    "fisher": {"weight": 1.0, "intra_weight": 0.01, "inter_weight": 1.0, "form": "tr",
+               "reduction": "sum", "warmup": 0.0},
+    "entropy": {"weight": 1.0, "include_source": False, "diversity": 0.0, "warmup": 0.0},
 }
 
 # What `galmerge tune` searches for each strategy (log ranges around the defaults and the
@@ -74,17 +75,23 @@ def _build_adabn(context: StrategyContext, options: Mapping[str, Any]) -> nn.Mod
 
 
 def _build_mmd(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
-    from galmerge.losses.mmd import MMDLoss
+    from galmerge.losses.mmd import KERNELS, MMDLoss
 
-    resolve_options("mmd", DEFAULTS["mmd"], options)
-    return MMDLoss().to(context.device)
+    opts = resolve_options("mmd", DEFAULTS["mmd"], options)
+    if opts["kernel"] not in KERNELS:
+        raise GalmergeError(
+            f"mmd option kernel must be one of {', '.join(KERNELS)}, got {opts['kernel']!r}"
+        )
+    _check_warmup("mmd", opts)
+    return MMDLoss(kernel=opts["kernel"], warmup=opts["warmup"]).to(context.device)
 
 
 def _build_coral(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.coral import CORALLoss
 
-    resolve_options("coral", DEFAULTS["coral"], options)
-    return CORALLoss().to(context.device)
+    opts = resolve_options("coral", DEFAULTS["coral"], options)
+    _check_warmup("coral", opts)
+    return CORALLoss(warmup=opts["warmup"]).to(context.device)
 
 
 def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
@@ -119,13 +126,19 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
 
 
 def _build_fisher(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
-    from galmerge.losses.fisher import FORMS, FisherLoss
+    from galmerge.losses.fisher import FORMS, REDUCTIONS, FisherLoss
 
     opts = resolve_options("fisher", DEFAULTS["fisher"], options)
     if opts["form"] not in FORMS:
         raise GalmergeError(
             f"fisher option form must be one of {', '.join(FORMS)}, got '{opts['form']}'"
         )
+    if opts["reduction"] not in REDUCTIONS:
+        raise GalmergeError(
+            f"fisher option reduction must be one of {', '.join(REDUCTIONS)}, "
+            f"got {opts['reduction']!r}"
+        )
+    _check_warmup("fisher", opts)
     if opts["intra_weight"] < 0 or opts["inter_weight"] < 0:
         raise GalmergeError("fisher options intra_weight and inter_weight must be >= 0")
     if opts["form"] == "tr" and opts["inter_weight"] == 0:
@@ -138,6 +151,8 @@ def _build_fisher(context: StrategyContext, options: Mapping[str, Any]) -> nn.Mo
         intra_weight=opts["intra_weight"],
         inter_weight=opts["inter_weight"],
         form=opts["form"],
+        reduction=opts["reduction"],
+        warmup=opts["warmup"],
     )
     return module.to(context.device)
 
@@ -146,7 +161,19 @@ def _build_entropy(context: StrategyContext, options: Mapping[str, Any]) -> nn.M
     from galmerge.losses.entropy import EntropyLoss
 
     opts = resolve_options("entropy", DEFAULTS["entropy"], options)
-    return EntropyLoss(include_source=opts["include_source"], diversity=opts["diversity"]).to(context.device)
+    _check_warmup("entropy", opts)
+    module = EntropyLoss(
+        include_source=opts["include_source"], diversity=opts["diversity"], warmup=opts["warmup"]
+    )
+    return module.to(context.device)
+
+
+def _check_warmup(strategy: str, opts: Mapping[str, Any]) -> None:
+    if not opts["warmup"] >= 0:
+        raise GalmergeError(
+            f"{strategy} option warmup must be >= 0 (0 = no ramp; 10 = DANN's), "
+            f"got {opts['warmup']}"
+        )
 
 
 @hookimpl
