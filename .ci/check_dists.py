@@ -9,11 +9,8 @@ from pathlib import Path
 
 # wheel file prefix -> (top-level package, entry points of group "galmerge" it must declare)
 EXPECTED = {
-    "galmerge-": (
-        "galmerge",
-        {"deepmerge_backbones", "da_strategies", "synthetic_survey", "hdf5_survey",
-         "illustris_survey", "sdss_survey"},
-    ),
+    # the built-ins are listed in galmerge.plugin.manager.BUILTIN_PLUGINS, not as entry points
+    "galmerge-": ("galmerge", set()),
     "galmerge_mcc-": ("galmerge_mcc", {"mcc"}),
     "galmerge_legacysurvey-": ("galmerge_legacysurvey", {"legacysurvey"}),
     "galmerge_lsst-": ("galmerge_lsst", {"lsst"}),

@@ -27,7 +27,7 @@ import numpy as np
 
 
 def _stamps(n: int) -> np.ndarray:
-    from galmerge.datasets import load_imageset
+    from galmerge.data.datasets import load_imageset
 
     images = load_imageset(f"synthetic:sdss?n={n}&seed=11&cache=false").images.numpy()
     return np.ascontiguousarray(images, dtype=np.float32)
@@ -35,8 +35,8 @@ def _stamps(n: int) -> np.ndarray:
 
 def _store(images: np.ndarray, keepbits: int | None, previous: bool, tmp: Path) -> dict:
     """Write every stamp through the cache (journal chunks), compact, read all back at random."""
-    from galmerge import cutout_cache
-    from galmerge.cutout_cache import CutoutCache, make_key
+    from galmerge.classification import cutout_cache
+    from galmerge.classification.cutout_cache import CutoutCache, make_key
 
     filters = cutout_cache.IMAGE_FILTERS
     if previous:  # the layout before compression: the same code with no filters
@@ -80,9 +80,9 @@ def _store(images: np.ndarray, keepbits: int | None, previous: bool, tmp: Path) 
 def _p_change(images: np.ndarray, rounded: np.ndarray) -> float:
     import torch
 
-    from galmerge.inference import merger_probability
-    from galmerge.model import build_model
-    from galmerge.preprocess import normalise
+    from galmerge.data.preprocess import normalise
+    from galmerge.models.inference import merger_probability
+    from galmerge.models.model import build_model
 
     spec = {"stretch": "arcsinh", "stretch_scale": 0.05, "mean": [0.5] * 3, "std": [1.0] * 3}
     worst = 0.0

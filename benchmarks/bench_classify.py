@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from galmerge import hookimpl
-from galmerge.rundir import cpu_description
+from galmerge.config.rundir import cpu_description
 
 SIZE = 75
 SPEC = {"survey": "sdss", "bands": ["g", "r", "i"], "channels": 3, "image_size": SIZE,
@@ -40,7 +40,7 @@ class _Service:
     cache_key = f"bench:g,r,i:{SIZE}px:0.396"
 
     def fetch(self, requests):
-        from galmerge.cutouts import CutoutResult
+        from galmerge.plugin.cutouts import CutoutResult
 
         for req in requests:
             rng = np.random.default_rng(abs(hash((round(req.ra, 6), round(req.dec, 6)))))
@@ -54,7 +54,7 @@ class _Service:
 class _BenchSurvey:
     @hookimpl
     def register_surveys(self):
-        from galmerge.records import Survey
+        from galmerge.plugin.records import Survey
 
         return [Survey(name="bench", description="benchmark stamps",
                        cutouts=lambda preprocess, options: _Service())]
@@ -79,8 +79,8 @@ def _child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from galmerge.classification import classify
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.classification.pipeline import classify
+    from galmerge.plugin.manager import get_plugin_manager
 
     get_plugin_manager().register(_BenchSurvey(), name="bench-survey")
     t0 = time.perf_counter()
@@ -106,7 +106,7 @@ def _model_only(ckpt: Path, threads: int, batch_size: int, n: int = 2048) -> tup
     import torch
 
     torch.set_num_threads(threads)
-    from galmerge.classification import _Inference
+    from galmerge.classification.pipeline import _Inference
 
     inf = _Inference(ckpt, "target", "cpu", batch_size, 0)
     images = np.random.default_rng(0).normal(0, 0.1, (n, 3, SIZE, SIZE)).astype(np.float32)
@@ -122,9 +122,9 @@ def _model_only_eager(ckpt: Path, threads: int, batch_size: int, n: int = 2048) 
     import torch
 
     torch.set_num_threads(threads)
-    from galmerge.inference import merger_probability
-    from galmerge.model import load_model
-    from galmerge.preprocess import normalise
+    from galmerge.data.preprocess import normalise
+    from galmerge.models.inference import merger_probability
+    from galmerge.models.model import load_model
 
     loaded = load_model(ckpt)
     images = np.random.default_rng(0).normal(0, 0.1, (n, 3, SIZE, SIZE)).astype(np.float32)
@@ -143,7 +143,7 @@ def _model_only_eager(ckpt: Path, threads: int, batch_size: int, n: int = 2048) 
 
     out = {"eager_torch": rate(eager)}
     try:
-        from galmerge.export import OnnxInference, export_model
+        from galmerge.models.export import OnnxInference, export_model
 
         onnx_file = export_model(ckpt, "onnx", ckpt.parent / "model.onnx")
         onnx = OnnxInference(onnx_file, "target", batch_size, threads=threads)
@@ -156,7 +156,7 @@ def _model_only_eager(ckpt: Path, threads: int, batch_size: int, n: int = 2048) 
 def _checkpoint(path: Path) -> Path:
     import torch
 
-    from galmerge.model import build_model, save_checkpoint
+    from galmerge.models.model import build_model, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("deepmerge", 3, SIZE)

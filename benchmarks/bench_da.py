@@ -81,7 +81,7 @@ def _one_run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolved_settings(strategy: str, config: Path | None, overrides: dict[str, Any]) -> dict:
-    from galmerge.config import resolve_config
+    from galmerge.config.resolve import resolve_config
 
     cli = {k: v for k, v in overrides.items() if k in ("source", "target", "epochs", "batch_size",
                                                        "lr", "patience", "max_steps_per_epoch")}

@@ -21,8 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from galmerge import deepmerge_data, download, hdf5io  # noqa: E402
-from galmerge.imageset import ImageSet  # noqa: E402
+from galmerge.io import hdf5 as hdf5io
+from galmerge.plugin.imageset import ImageSet  # noqa: E402
+from galmerge.surveys.deepmerge import data as deepmerge_data  # noqa: E402
+from galmerge.surveys.deepmerge import download
 
 N = int(os.environ.get("BENCH_N", "4000"))
 BATCH = 64

@@ -5,8 +5,8 @@ and 50%. Models: one `none` run, and one `mmd+fisher+entropy` run per target fra
 unlabelled target training set has that fraction), from the tuned configs in
 ``benchmarks/configs/`` with fewer images and epochs (see TRAIN). For every fraction and repeat
 r, an independent target set ``synthetic:sdss?n=N&seed=100+r&merger_fraction=f`` (scenes never
-used in training) is classified with `galmerge.classification.classify` (the HDF5 image file as
-input, CSV out) and `galmerge.fraction_report.survey_fraction` estimates its merger fraction.
+used in training) is classified with `galmerge.classification.pipeline.classify` (the HDF5 image file as
+input, CSV out) and `galmerge.fractions.report.survey_fraction` estimates its merger fraction.
 Reported per model, fraction and estimator: mean absolute error and bias against the set's true
 fraction, and how often the 95% (68%) interval covers it.
 
@@ -65,11 +65,11 @@ def models_for(f: float, control: bool = False) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from galmerge.classification import classify
-    from galmerge.datasets import load_imageset
-    from galmerge.fraction import estimate, label_shift_test
-    from galmerge.fraction_report import read_results
-    from galmerge.validation_stats import load_validation
+    from galmerge.classification.pipeline import classify
+    from galmerge.data.datasets import load_imageset
+    from galmerge.fractions.estimators import estimate, label_shift_test
+    from galmerge.fractions.report import read_results
+    from galmerge.fractions.validation_stats import load_validation
 
     runs = Path(args.runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
@@ -165,7 +165,7 @@ def markdown(payload: dict[str, Any]) -> str:
         f"and the coverage of its 95% interval, over {payload['repeats']} independent target "
         "sets per row (see Independence). Goal (issue 17): the best corrected estimator's error "
         "<= 1/3 of the naive one's at 5% and 20%, 95% coverage >= 90%. Last column: fraction "
-        "of the repeats whose label-shift check (`galmerge.fraction.label_shift_test`, 100 "
+        "of the repeats whose label-shift check (`galmerge.fractions.estimators.label_shift_test`, 100 "
         "simulations) rejects label shift at p < 0.01.",
         "",
         "| true fraction | model | naive MAE | acc MAE (cov95) | em MAE (cov95) | bbse MAE "

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 import galmerge
-from galmerge.classification import classify
+from galmerge.classification.pipeline import classify
 
 
 def _step(name: str, fn, results: dict[str, Any]) -> Any:

@@ -32,7 +32,7 @@ class BenchSurveyOnWorkers(WorkerPlugin):
         import torch
         from bench_classify import _BenchSurvey
 
-        from galmerge.plugins import get_plugin_manager
+        from galmerge.plugin.manager import get_plugin_manager
 
         torch.set_num_threads(1)
         pm = get_plugin_manager()
@@ -54,7 +54,7 @@ def main() -> None:
     from bench_classify import _checkpoint
     from distributed import Client, LocalCluster
 
-    from galmerge.hats_classify import classify_hats
+    from galmerge.classification.hats import classify_hats
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=10000)

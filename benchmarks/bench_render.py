@@ -18,11 +18,21 @@ import time
 import numpy as np
 import torch
 
-from galmerge.render import PRESETS, RENDERER_VERSION, Scenes, draw_scenes, sample_scenes
-from galmerge.render.draw import observe
-from galmerge.render.instrument import arcsec_per_kpc, distance_modulus, mag_to_nmgy
-from galmerge.render.scene import ABSENT
-from galmerge.rundir import cpu_description
+from galmerge.config.rundir import cpu_description
+from galmerge.surveys.synthetic.render import (
+    PRESETS,
+    RENDERER_VERSION,
+    Scenes,
+    draw_scenes,
+    sample_scenes,
+)
+from galmerge.surveys.synthetic.render.draw import observe
+from galmerge.surveys.synthetic.render.instrument import (
+    arcsec_per_kpc,
+    distance_modulus,
+    mag_to_nmgy,
+)
+from galmerge.surveys.synthetic.render.scene import ABSENT
 
 
 def single_galaxies(scenes: Scenes) -> Scenes:

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fake_sdss import FakeField, FakeGalaxy, FakeSdss  # noqa: E402
 
-from galmerge.cutouts import CutoutRequest  # noqa: E402
-from galmerge.sdss_cutouts import cut_stamp, decode_frame, make_cutout_service  # noqa: E402
+from galmerge.plugin.cutouts import CutoutRequest  # noqa: E402
+from galmerge.surveys.sdss.cutouts import cut_stamp, decode_frame, make_cutout_service  # noqa: E402
 
 
 def sky(per_field: int, seed: int = 0) -> tuple[list[FakeField], list[FakeGalaxy]]:

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 
 import galmerge
-from galmerge.imageset import ImageSet
-from galmerge.model import build_model
-from galmerge.plugins import get_plugin_manager
-from galmerge.preprocess import compute_spec, normalise
-from galmerge.rundir import cpu_description
-from galmerge.strategy_api import StepInputs, StrategyContext, parse_strategy_expression
+from galmerge.config.rundir import cpu_description
+from galmerge.data.preprocess import compute_spec, normalise
+from galmerge.models.model import build_model
+from galmerge.plugin.imageset import ImageSet
+from galmerge.plugin.manager import get_plugin_manager
+from galmerge.plugin.strategy_api import StepInputs, StrategyContext, parse_strategy_expression
 
 
 def make_sets(n: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
@@ -99,7 +99,7 @@ def trainer(source: ImageSet, target: ImageSet, strategy: str, batch: int, steps
             seed: int, root: Path) -> float:
     """The same number of steps as the bare loop, in as many epochs as the source train split
     needs (validation between epochs is not timed)."""
-    from galmerge.splits import domain_splits
+    from galmerge.data.splits import domain_splits
 
     available = len(domain_splits(len(source), len(target), seed)["source"]["train"]) // batch
     per_epoch = max(1, min(steps, available))

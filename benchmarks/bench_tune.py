@@ -10,7 +10,7 @@ seeing, noise, field stars and galaxies, pixel scale, merger fraction or galaxy 
 For each held-out pair and training seed:
 
 - ``none`` and the strategy with galmerge's default options (one `galmerge.train` each);
-- one study of ``--n-trials`` trials (`galmerge.tuning.tune`: trial 0 runs the defaults, the
+- one study of ``--n-trials`` trials (`galmerge.training.tuning.tune`: trial 0 runs the defaults, the
   rest are random draws from the declared search space; no pruning; each trial's checkpoint
   chosen on the source validation loss). Every label-free score then picks one trial among the same trials by
   its value at that checkpoint ("tune with score S"); the oracle picks the trial with the best
@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _all_scores() -> dict[str, str]:
-    from galmerge import selection
+    from galmerge.scores import selection
 
     return {**selection.SCORES, **selection.CROSS_MODEL_SCORES}
 
@@ -117,7 +117,8 @@ def _float(v: str) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from galmerge import selection, tuning
+    from galmerge.scores import selection
+    from galmerge.training import tuning
 
     ALL_SCORES = _all_scores()  # noqa: N806
     work = Path(args.work_dir)

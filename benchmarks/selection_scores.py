@@ -13,8 +13,8 @@ from functools import partial
 
 import torch
 
-from galmerge import selection
-from galmerge.selection import SplitOutputs
+from galmerge.scores import selection
+from galmerge.scores.selection import SplitOutputs
 
 
 def _time(fn, repeat: int = 3) -> float:

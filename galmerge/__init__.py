@@ -12,16 +12,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from galmerge import _moved
 from galmerge.errors import GalmergeError, PluginError
-from galmerge.hookspecs import hookimpl
-from galmerge.losses.options import resolve_options
-from galmerge.records import Backbone, Strategy, Survey
+from galmerge.plugin.hookspecs import hookimpl
+from galmerge.plugin.options import resolve_options
+from galmerge.plugin.records import Backbone, Strategy, Survey
 
 __version__ = "0.1.0"
 
+# `galmerge.records` and the other paths plugins imported before the layout change
+_moved.install()
+
 if TYPE_CHECKING:
-    from galmerge.cutouts import CutoutRequest, CutoutResult, CutoutService
-    from galmerge.http_retry import (
+    from galmerge.io.http import (
         CorruptResponse,
         FetchError,
         RetryingClient,
@@ -30,28 +33,29 @@ if TYPE_CHECKING:
         classify_exception,
         http_status_error,
     )
-    from galmerge.imageset import ImageSet, LazyImages
-    from galmerge.sdss_cutouts import cut_stamp_with_edge
-    from galmerge.strategy_api import StepInputs, StrategyContext
+    from galmerge.plugin.cutouts import CutoutRequest, CutoutResult, CutoutService
+    from galmerge.plugin.imageset import ImageSet, LazyImages
+    from galmerge.plugin.strategy_api import StepInputs, StrategyContext
+    from galmerge.surveys.sdss.cutouts import cut_stamp_with_edge
 
 #: public name -> module that defines it, imported on first access (PEP 562)
 _LAZY: dict[str, str] = {
-    "StepInputs": "galmerge.strategy_api",
-    "StrategyContext": "galmerge.strategy_api",
-    "ImageSet": "galmerge.imageset",
-    "LazyImages": "galmerge.imageset",
-    "CutoutService": "galmerge.cutouts",
-    "CutoutRequest": "galmerge.cutouts",
-    "CutoutResult": "galmerge.cutouts",
-    "RetryingClient": "galmerge.http_retry",
-    "RetryPolicy": "galmerge.http_retry",
-    "FetchError": "galmerge.http_retry",
-    "CorruptResponse": "galmerge.http_retry",
-    "bounded_map": "galmerge.http_retry",
-    "classify_exception": "galmerge.http_retry",
-    "http_status_error": "galmerge.http_retry",
+    "StepInputs": "galmerge.plugin.strategy_api",
+    "StrategyContext": "galmerge.plugin.strategy_api",
+    "ImageSet": "galmerge.plugin.imageset",
+    "LazyImages": "galmerge.plugin.imageset",
+    "CutoutService": "galmerge.plugin.cutouts",
+    "CutoutRequest": "galmerge.plugin.cutouts",
+    "CutoutResult": "galmerge.plugin.cutouts",
+    "RetryingClient": "galmerge.io.http",
+    "RetryPolicy": "galmerge.io.http",
+    "FetchError": "galmerge.io.http",
+    "CorruptResponse": "galmerge.io.http",
+    "bounded_map": "galmerge.io.http",
+    "classify_exception": "galmerge.io.http",
+    "http_status_error": "galmerge.io.http",
     # resample a survey image around (ra, dec) onto a model's pixel grid (north up, flux kept)
-    "cut_stamp_with_edge": "galmerge.sdss_cutouts",
+    "cut_stamp_with_edge": "galmerge.surveys.sdss.cutouts",
 }
 
 __all__ = [
@@ -109,15 +113,15 @@ def train(**kwargs: Any) -> dict[str, Any]:
 
 
 def classify(*args: Any, **kwargs: Any) -> Any:
-    """Classify a catalog or image file (see `galmerge.classification.classify`)."""
-    from galmerge.classification import classify as _classify
+    """Classify a catalog or image file (see `galmerge.classification.pipeline.classify`)."""
+    from galmerge.classification.pipeline import classify as _classify
 
     return _classify(*args, **kwargs)
 
 
 def evaluate(*args: Any, **kwargs: Any) -> Any:
-    """Write metrics and plots for a run directory (see `galmerge.evaluation.evaluate`)."""
-    from galmerge.evaluation import evaluate as _evaluate
+    """Write metrics and plots for a run directory (see `galmerge.evaluation.pipeline.evaluate`)."""
+    from galmerge.evaluation.pipeline import evaluate as _evaluate
 
     return _evaluate(*args, **kwargs)
 
@@ -128,6 +132,6 @@ def register_plugin(plugin: object, name: str) -> None:
     ``plugin`` is a module, class instance or namespace with ``@hookimpl`` methods; its
     components are available at once (``galmerge.train(strategy=...)``, ``galmerge list``).
     """
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     get_plugin_manager().register(plugin, name=name)

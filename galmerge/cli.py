@@ -77,7 +77,7 @@ class LazyGroup(click.Group):
         if self._plugin_commands_loaded:
             return
         self._plugin_commands_loaded = True
-        from galmerge.plugins import get_plugin_manager
+        from galmerge.plugin.manager import get_plugin_manager
 
         get_plugin_manager().add_commands(self)
 

@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(autouse=True)
 def _fresh_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from galmerge.plugins import reset_plugin_manager
+    from galmerge.plugin.manager import reset_plugin_manager
 
     monkeypatch.setenv("GALMERGE_LOAD_PLUGINS", "")
     monkeypatch.delenv("GALMERGE_DISABLE_PLUGINS", raising=False)
@@ -46,7 +46,7 @@ def _data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
 @pytest.fixture
 def plugin_manager():
     """The process plugin manager, fresh for this test."""
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     return get_plugin_manager()
 

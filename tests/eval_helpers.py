@@ -9,7 +9,7 @@ from typing import Any
 from train_toys import toy_sets
 
 import galmerge
-from galmerge.hdf5io import write_imageset
+from galmerge.io.hdf5 import write_imageset
 
 
 def write_pair(folder: Path, n: int = 80, seed: int = 0) -> tuple[str, str]:

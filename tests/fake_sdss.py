@@ -184,7 +184,7 @@ def _paste(image: np.ndarray, stamp: np.ndarray, x: float, y: float, cd: np.ndar
 def rendered_galaxies(fld: FakeField, n: int, seed: int = 0, size: int = 41) -> list[FakeGalaxy]:
     """``n`` merging galaxies drawn by galmerge's renderer (sdss preset, no noise or field),
     on pixel centres in a row across the lower quarter of ``fld``."""
-    from galmerge.render import draw_scenes, get_preset, sample_scenes
+    from galmerge.surveys.synthetic.render import draw_scenes, get_preset, sample_scenes
 
     scenes = sample_scenes(n, seed=seed, merger_fraction=1.0)
     images, _ = draw_scenes(scenes, get_preset("sdss"), seed=seed, size=size, noise=False,

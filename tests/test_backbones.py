@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from galmerge.errors import GalmergeError
-from galmerge.model import build_model
+from galmerge.models.model import build_model
 
 
 def _deepmerge_paper_parameter_count(channels: int = 3, classes: int = 2) -> int:
@@ -110,7 +110,7 @@ def test_builtin_modules_do_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys, galmerge.builtin.backbones, galmerge.builtin.strategies; "
+        "import sys, galmerge.models.backbones.plugin, galmerge.losses.plugin; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

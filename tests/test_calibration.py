@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from galmerge.calibration import expected_calibration_error, fit_temperature, nll
+from galmerge.scores.calibration import expected_calibration_error, fit_temperature, nll
 
 
 def _calibrated_toy(n: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

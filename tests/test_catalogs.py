@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from galmerge.catalogs import open_catalog
+from galmerge.classification.catalogs import open_catalog
+from galmerge.classification.outputs import CsvWriter, ResultBlock
 from galmerge.errors import GalmergeError
-from galmerge.outputs import CsvWriter, ResultBlock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -443,7 +443,7 @@ def _nullable_votable(path: Path, null_rows: set[int], n: int = 8) -> Path:
 
 
 def _write_all(cat, out: Path, chunk: int = 4) -> None:
-    from galmerge.outputs import open_writer
+    from galmerge.classification.outputs import open_writer
 
     writer = open_writer(out, cat.columns)
     for part in cat.chunks(chunk):
@@ -489,7 +489,7 @@ def test_typed_columns_with_nulls_in_some_chunks_keep_numbers_and_gaps(tmp_path,
 def test_unsigned_64_bit_ids_survive_fits_output(tmp_path):
     from astropy.table import Table
 
-    from galmerge.outputs import open_writer
+    from galmerge.classification.outputs import open_writer
 
     ids = np.array([2**63 + 5, 12345, 2**64 - 2], dtype=np.uint64)
     writer = open_writer(tmp_path / "out.fits", ["id"])
@@ -500,7 +500,7 @@ def test_unsigned_64_bit_ids_survive_fits_output(tmp_path):
 
 
 def test_a_later_chunk_that_cannot_fit_the_first_is_a_one_line_error(tmp_path):
-    from galmerge.outputs import open_writer
+    from galmerge.classification.outputs import open_writer
 
     writer = open_writer(tmp_path / "out.h5", ["x"])
     block = ResultBlock({"x": np.array([1, 2], np.int32)}, np.array([0.1, 0.2]),

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from galmerge import hookimpl
-from galmerge.cutouts import CutoutResult
-from galmerge.records import Survey
+from galmerge.plugin.cutouts import CutoutResult
+from galmerge.plugin.records import Survey
 
 SIZE = 16
 TESTS = Path(__file__).resolve().parent
@@ -88,7 +88,7 @@ class StampsSurvey:
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
     import torch
 
-    from galmerge.model import build_model, save_checkpoint
+    from galmerge.models.model import build_model, save_checkpoint
 
     torch.manual_seed(seed)
     model = build_model("deepmerge", 3, SIZE)
@@ -109,9 +109,9 @@ def oracle(ckpt: Path, images: np.ndarray, domain: str = "target") -> np.ndarray
     """Probabilities computed directly with the model, outside classify."""
     import torch
 
-    from galmerge.inference import merger_probability
-    from galmerge.model import load_model
-    from galmerge.preprocess import normalise
+    from galmerge.data.preprocess import normalise
+    from galmerge.models.inference import merger_probability
+    from galmerge.models.model import load_model
 
     loaded = load_model(ckpt)
     with torch.no_grad():
@@ -305,8 +305,8 @@ def test_user_errors_are_one_line(env):
 def test_hdf5_image_file_input(env):
     import torch
 
-    from galmerge.hdf5io import write_imageset
-    from galmerge.imageset import ImageSet
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.plugin.imageset import ImageSet
 
     tmp, ckpt, log = env
     imgs = np.stack([stamp_for(float(i), float(i)) for i in range(7)])
@@ -329,8 +329,8 @@ def test_hdf5_image_file_input(env):
 def test_hdf5_image_file_of_wrong_size_is_refused(env):
     import torch
 
-    from galmerge.hdf5io import write_imageset
-    from galmerge.imageset import ImageSet
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.plugin.imageset import ImageSet
 
     tmp, ckpt, _ = env
     write_imageset(tmp / "big.h5", ImageSet(
@@ -385,7 +385,7 @@ SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 from test_classify import StampsSurvey
-from galmerge.plugins import get_plugin_manager
+from galmerge.plugin.manager import get_plugin_manager
 get_plugin_manager().register(StampsSurvey(), name="stamps-test")
 from galmerge.cli import cli
 cli(sys.argv[1:], prog_name="galmerge")
@@ -483,7 +483,7 @@ def test_torchrun_two_processes_merge_in_input_order(env, busy_torchrun_ports):
 def _sdss_checkpoint(path: Path, size: int = 24) -> Path:
     import torch
 
-    from galmerge.model import build_model, save_checkpoint
+    from galmerge.models.model import build_model, save_checkpoint
 
     torch.manual_seed(3)
     model = build_model("deepmerge", 3, size)
@@ -500,8 +500,8 @@ def _sdss_checkpoint(path: Path, size: int = 24) -> Path:
 
 
 def test_sdss_survey_end_to_end_over_loopback(fake_sdss, tmp_path, monkeypatch):
-    from galmerge.cutouts import CutoutRequest
-    from galmerge.plugins import get_survey
+    from galmerge.plugin.cutouts import CutoutRequest
+    from galmerge.plugin.manager import get_plugin_manager
 
     monkeypatch.chdir(tmp_path)
     ckpt = _sdss_checkpoint(tmp_path / "best.pt")
@@ -521,7 +521,7 @@ def test_sdss_survey_end_to_end_over_loopback(fake_sdss, tmp_path, monkeypatch):
     assert [r[-1] for r in rows] == ["ok"] * len(g) + ["no-coverage", "bad-coordinates"]
     spec = {"bands": ["g", "r", "i"], "image_size": 24, "pixel_scale_arcsec": 0.396,
             "image_source": "frames"}
-    with get_survey("sdss").cutouts(spec, {}) as svc:  # the same stamps, asked for directly
+    with get_plugin_manager().get("surveys", "sdss").cutouts(spec, {}) as svc:  # the same stamps, asked for directly
         direct = {r.row: r.image for r in svc.fetch(
             [CutoutRequest(i, x.ra, x.dec, str(i)) for i, x in enumerate(g)])}
     expected = oracle(ckpt, np.stack([direct[i] for i in range(len(g))]))
@@ -567,7 +567,7 @@ def test_malformed_catalogs_never_crash_and_never_lose_a_row(env, lines, data):
     order = data.draw(st.permutations(body))
     cat = tmp / "fuzz.csv"
     cat.write_bytes(b"#Table1\nobjid,ra,dec\n" + b"\n".join(order) + b"\n")
-    from galmerge.catalogs import open_catalog
+    from galmerge.classification.catalogs import open_catalog
 
     expected = sum(len(c) for c in open_catalog(cat).chunks(1000))
     res = run_cli("classify", str(cat), "--model", str(ckpt), "--survey", "stamps", "--quiet",

@@ -12,8 +12,8 @@ from train_toys import ToyPlugin, _NoNone, toy_sets
 
 import galmerge
 from galmerge import hookimpl
-from galmerge.collapse import collapse_signs, collapse_warning, run_warnings
-from galmerge.records import Strategy
+from galmerge.plugin.records import Strategy
+from galmerge.scores.collapse import collapse_signs, collapse_warning, run_warnings
 
 
 class _PushMerger(nn.Module):

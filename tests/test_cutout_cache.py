@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from galmerge.cutout_cache import CutoutCache, make_key, round_mantissa
+from galmerge.classification.cutout_cache import CutoutCache, make_key, round_mantissa
 from galmerge.errors import GalmergeError
-from galmerge.hdf5io import read_imageset
+from galmerge.io.hdf5 import read_imageset
 
 SHAPE = (3, 8, 8)
 KIND = "test:g,r,i:8px"
@@ -118,7 +118,7 @@ def test_damaged_file_is_set_aside_in_one_line(tmp_path, damage):
 
 WRITER = """
 import sys, numpy as np
-from galmerge.cutout_cache import CutoutCache, make_key
+from galmerge.classification.cutout_cache import CutoutCache, make_key
 cache = CutoutCache(sys.argv[1], "test:g,r,i:8px", (3, 8, 8), flush_rows=5)
 i = 0
 while True:

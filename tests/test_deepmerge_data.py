@@ -9,9 +9,9 @@ import pytest
 import torch
 from astropy.io import fits
 
-from galmerge import deepmerge_data
-from galmerge.datasets import load_imageset
+from galmerge.data.datasets import load_imageset
 from galmerge.errors import GalmergeError
+from galmerge.surveys.deepmerge import data as deepmerge_data
 
 
 @pytest.fixture

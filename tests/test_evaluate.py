@@ -16,7 +16,7 @@ from eval_helpers import tiny_run, write_pair
 from PIL import Image
 
 from galmerge.cli import cli
-from galmerge.model import build_model, load_model, read_checkpoint
+from galmerge.models.model import build_model, load_model, read_checkpoint
 
 PNGS = (
     "training_curves.png",
@@ -185,7 +185,7 @@ def test_user_errors_are_one_line(runs, tmp_path) -> None:
 
 @pytest.mark.parametrize("backbone", ["deepmerge", "resnet18"])
 def test_grad_cam_maps_for_built_in_backbones(backbone: str) -> None:
-    from galmerge.gradcam import grad_cam
+    from galmerge.evaluation.gradcam import grad_cam
 
     torch.manual_seed(0)
     model = build_model(backbone, 3, 75)
@@ -200,8 +200,8 @@ def test_grad_cam_points_at_the_feature_that_drives_the_merger_logit() -> None:
     """A positive filter and a head that rewards its response: the map peaks on the blob."""
     from torch import nn
 
-    from galmerge.gradcam import grad_cam
-    from galmerge.model import GalaxyClassifier
+    from galmerge.evaluation.gradcam import grad_cam
+    from galmerge.models.model import GalaxyClassifier
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -262,7 +262,7 @@ def test_unlabelled_target_gets_a_report_without_target_metrics(tmp_path) -> Non
     import torch as _torch
     from train_toys import toy_sets
 
-    from galmerge.hdf5io import write_imageset
+    from galmerge.io.hdf5 import write_imageset
 
     source, target = toy_sets(n_source=40, n_target=40, channels=3, size=16, seed=4)
     target.labels = _torch.full_like(target.labels, -1)
@@ -301,7 +301,7 @@ def test_evaluate_says_what_it_is_doing_and_reports_the_grad_cam_sanity_check(ev
 
 
 def test_grad_cam_maps_share_one_scale_and_randomisation_changes_every_weight() -> None:
-    from galmerge.gradcam import common_scale, randomised_copy
+    from galmerge.evaluation.gradcam import common_scale, randomised_copy
 
     strong = torch.zeros(1, 20, 20)
     strong[0, 5:8, 5:8] = 10.0
@@ -321,7 +321,7 @@ def test_grad_cam_maps_share_one_scale_and_randomisation_changes_every_weight() 
 
 
 def test_gallery_ids_keep_both_ends() -> None:
-    from galmerge.evaluation import _short
+    from galmerge.evaluation.pipeline import _short
 
     assert _short("1237648720693755918") == "1237648720693755918"  # a whole SDSS objID
     assert _short("synthetic-sdss-s1-001343") == "synthetic-sdss-s1-001343"
@@ -330,7 +330,7 @@ def test_gallery_ids_keep_both_ends() -> None:
 
 
 def test_grad_cam_strength_must_follow_the_merger_score() -> None:
-    from galmerge.gradcam import strength_score_correlation
+    from galmerge.evaluation.gradcam import strength_score_correlation
 
     maps = torch.stack([torch.full((4, 4), float(v)) for v in (1, 2, 3, 4, 5)])
     assert strength_score_correlation(maps, np.array([0.1, 0.5, 1.0, 2.0, 3.0])) > 0.99

@@ -15,9 +15,9 @@ import torch
 from click.testing import CliRunner
 
 from galmerge.cli import cli
-from galmerge.inference import merger_probability
-from galmerge.model import build_model, load_model, save_checkpoint
-from galmerge.preprocess import normalise
+from galmerge.data.preprocess import normalise
+from galmerge.models.inference import merger_probability
+from galmerge.models.model import build_model, load_model, save_checkpoint
 
 SIZE = 24
 SPEC = {"survey": "test", "bands": ["g", "r", "i"], "channels": 3, "image_size": SIZE,
@@ -111,8 +111,8 @@ def test_torchscript_agrees_and_carries_the_spec(checkpoint: Path) -> None:
 
 def test_classify_with_an_onnx_model(checkpoint: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from galmerge.hdf5io import write_imageset
-    from galmerge.imageset import ImageSet
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.plugin.imageset import ImageSet
 
     images = stamps(9)
     write_imageset(tmp_path / "stamps.h5", ImageSet(

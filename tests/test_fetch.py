@@ -11,9 +11,9 @@ from astropy.io import fits
 from click.testing import CliRunner
 from loopback_http import LoopbackServer
 
-from galmerge import deepmerge_data
 from galmerge.cli import cli
-from galmerge.datasets import load_imageset
+from galmerge.data.datasets import load_imageset
+from galmerge.surveys.deepmerge import data as deepmerge_data
 
 RECORD = deepmerge_data.ZENODO_RECORD
 SIZES = {"SimReal_SOURCE": 6, "SimSim_SOURCE": 5, "SimSim_TARGET": 5, "SimReal_TARGET": 4}
@@ -149,7 +149,7 @@ def test_server_errors_are_retried(server, tmp_path, sleeps):
 
 
 def test_stalled_transfer_times_out_and_resumes(server, tmp_path, monkeypatch, sleeps):
-    from galmerge import download
+    from galmerge.surveys.deepmerge import download
 
     original = download.Downloader.__init__
 
@@ -236,7 +236,7 @@ def test_a_part_of_a_file_that_changed_on_the_server_is_not_completed_with_the_n
 ):
     """MAST publishes no checksum: a resume must ask If-Range, or an old head + a new tail of
     the same size would pass as the file."""
-    from galmerge import download
+    from galmerge.surveys.deepmerge import download
 
     monkeypatch.setattr(download, "CHUNK", 1024)
     name = deepmerge_data.FETCH_GROUPS["deepmerge1"][1][0]
@@ -298,7 +298,7 @@ def test_a_second_fetch_of_the_same_file_waits_its_turn(server, tmp_path):
 @pytest.fixture
 def sleeps(monkeypatch):
     """Every Downloader the CLI builds records its waits here instead of sleeping."""
-    from galmerge import download
+    from galmerge.surveys.deepmerge import download
 
     waits: list[float] = []
     original = download.Downloader.__init__
@@ -367,7 +367,7 @@ def test_status_not_worth_a_retry_fails_at_once_in_one_line(server, tmp_path, sl
 
 
 def test_drops_that_get_further_do_not_use_up_the_retries(server, tmp_path, sleeps, monkeypatch):
-    from galmerge import download
+    from galmerge.surveys.deepmerge import download
 
     monkeypatch.setattr(download, "CHUNK", 1024)  # a drop loses at most 1 KiB of what came
     server.faults[_content(X_SDSS)] = ["drop"] * 6  # each try sends half of what is left
@@ -384,7 +384,7 @@ def test_drops_that_get_further_do_not_use_up_the_retries(server, tmp_path, slee
 def test_drops_without_progress_use_up_the_retries_and_keep_the_part(
     server, tmp_path, sleeps, monkeypatch
 ):
-    from galmerge import download
+    from galmerge.surveys.deepmerge import download
 
     monkeypatch.setattr(download, "CHUNK", 1024)
     # one drop that gets somewhere (tries start afresh), then three that get nowhere

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from eval_helpers import tiny_run, write_pair
 
-from galmerge import fraction as F
 from galmerge.cli import cli
 from galmerge.errors import GalmergeError
+from galmerge.fractions import estimators as F
 
 # --------------------------------------------------------------------------------------------
 # estimators

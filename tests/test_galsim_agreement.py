@@ -8,9 +8,13 @@ import torch
 
 galsim = pytest.importorskip("galsim")
 
-from galmerge.render import PRESETS, Scenes, draw_scenes  # noqa: E402
-from galmerge.render.instrument import arcsec_per_kpc, distance_modulus, mag_to_nmgy  # noqa: E402
-from galmerge.render.profiles import sersic_images  # noqa: E402
+from galmerge.surveys.synthetic.render import PRESETS, Scenes, draw_scenes  # noqa: E402
+from galmerge.surveys.synthetic.render.instrument import (  # noqa: E402
+    arcsec_per_kpc,
+    distance_modulus,
+    mag_to_nmgy,
+)
+from galmerge.surveys.synthetic.render.profiles import sersic_images  # noqa: E402
 
 SIZE = 75
 

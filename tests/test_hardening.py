@@ -59,8 +59,8 @@ def test_classify_never_follows_a_link_at_the_old_temporary_name(env):  # noqa: 
 
 
 def test_checkpoint_summary_and_tables_never_follow_links(tmp_path):
-    from galmerge.comparison import write_table
-    from galmerge.rundir import write_json
+    from galmerge.config.rundir import write_json
+    from galmerge.evaluation.comparison import write_table
 
     victim = _victim(tmp_path)
     for name in (".best.pt.tmp", ".summary.json.tmp", ".t.csv.tmp"):
@@ -128,7 +128,7 @@ def test_a_flipped_byte_in_best_pt_is_refused_by_classify_and_evaluate(env):  # 
 def test_checkpoints_without_a_hash_still_load(tmp_path):
     import torch
 
-    from galmerge.model import load_model
+    from galmerge.models.model import load_model
 
     ckpt = make_checkpoint(tmp_path / "best.pt")
     payload = torch.load(ckpt, weights_only=True)
@@ -188,7 +188,7 @@ def test_nan_stamp_in_a_checksum_valid_cache_is_refused(env):  # noqa: F811
         img[0, 3, 3] = np.nan
         f["images"][0] = img  # h5py writes a valid Fletcher-32 checksum for it
         if "stamp_check" in f:  # and a valid key binding: only the NaN is wrong
-            from galmerge.cutout_cache import stamp_checks
+            from galmerge.classification.cutout_cache import stamp_checks
 
             kh = f["key_hash"][()]
             f["stamp_check"][0] = stamp_checks(kh[:1, 0], kh[:1, 1], img[None])[0]
@@ -203,7 +203,7 @@ def test_nan_stamp_in_a_checksum_valid_cache_is_refused(env):  # noqa: F811
 def _edited_checkpoint(ckpt: Path, edit) -> Path:
     import torch
 
-    from galmerge.model import save_checkpoint
+    from galmerge.models.model import save_checkpoint
 
     payload = torch.load(ckpt, weights_only=True)
     edit(payload)
@@ -307,7 +307,7 @@ def _hook_plugin(kind: str, behaviour: str):
 
 
 def test_plugin_hooks_that_raise_or_return_garbage_are_skipped():
-    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager, reset_plugin_manager
 
     for kind in ("strategies", "surveys", "backbones", "commands"):
         for behaviour in ("raise", "exit", "42"):
@@ -337,7 +337,7 @@ def test_plugin_hooks_that_raise_or_return_garbage_are_skipped():
 def _jpeg_checkpoint(path: Path, size: int = 24) -> Path:
     import torch
 
-    from galmerge.model import build_model, save_checkpoint
+    from galmerge.models.model import build_model, save_checkpoint
 
     torch.manual_seed(3)
     spec = {"survey": "sdss", "bands": ["g", "r", "i"], "channels": 3, "image_size": size,
@@ -436,7 +436,7 @@ def test_a_dripping_body_is_cut_off_at_the_transfer_deadline():
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from galmerge.http_retry import FetchError, RetryingClient, RetryPolicy
+    from galmerge.io.http import FetchError, RetryingClient, RetryPolicy
 
     stop = threading.Event()
 
@@ -622,8 +622,8 @@ def test_train_killed_before_its_first_checkpoint_can_start_again(tmp_path):
 
 
 def test_a_run_directory_holding_a_real_run_is_still_refused(tmp_path):
+    from galmerge.config.rundir import prepare_new
     from galmerge.errors import GalmergeError
-    from galmerge.rundir import prepare_new
 
     (tmp_path / "config.toml").write_text("seed = 0\n")
     (tmp_path / "notes.txt").write_text("mine\n")
@@ -696,7 +696,7 @@ def test_a_compaction_killed_half_way_leaves_no_lasting_copy(env):  # noqa: F811
 def test_a_checkpoint_of_another_backbone_is_one_line(env, tmp_path):  # noqa: F811
     import torch
 
-    from galmerge.model import build_model
+    from galmerge.models.model import build_model
 
     tmp, ckpt, _ = env
     (tmp / "dr16.csv").write_text(CASJOBS)
@@ -714,7 +714,7 @@ def test_a_checkpoint_of_another_backbone_is_one_line(env, tmp_path):  # noqa: F
         make_checkpoint(ckpt)
         payload = torch.load(ckpt, weights_only=True)
         edit(payload)
-        from galmerge.model import save_checkpoint
+        from galmerge.models.model import save_checkpoint
 
         save_checkpoint(ckpt, payload)
         res = _run("classify", str(tmp / "dr16.csv"), "--model", str(ckpt), "--survey",
@@ -769,7 +769,7 @@ def test_resume_from_a_last_pt_of_another_backbone_is_one_line(tmp_path):
     import torch
     from eval_helpers import tiny_run, write_pair
 
-    from galmerge.model import build_model, save_checkpoint
+    from galmerge.models.model import build_model, save_checkpoint
 
     source, target = write_pair(tmp_path / "data", n=24)
     run = tmp_path / "run"
@@ -837,7 +837,7 @@ def test_a_latin1_column_name_reaches_h5_and_fits_output(env):  # noqa: F811
 
 
 def test_a_survey_argument_classify_cannot_use_is_refused(env):  # noqa: F811
-    from galmerge.datasets import load_imageset
+    from galmerge.data.datasets import load_imageset
 
     tmp, ckpt, log = env
     (tmp / "dr16.csv").write_text(CASJOBS)

@@ -26,7 +26,7 @@ class StampsOnWorkers(distributed.WorkerPlugin):
         sys.path.insert(0, str(TESTS))
         from test_classify import StampsSurvey as Survey
 
-        from galmerge.plugins import get_plugin_manager
+        from galmerge.plugin.manager import get_plugin_manager
 
         pm = get_plugin_manager()
         if not pm.pm.has_plugin("stamps-test"):
@@ -109,8 +109,8 @@ sys.path.insert(0, {tests!r})
 from distributed import Client, LocalCluster
 from test_hats import StampsOnWorkers
 from test_classify import StampsSurvey
-from galmerge.plugins import get_plugin_manager
-from galmerge.hats_classify import classify_hats
+from galmerge.plugin.manager import get_plugin_manager
+from galmerge.classification.hats import classify_hats
 get_plugin_manager().register(StampsSurvey(), name="stamps-test")
 if __name__ == "__main__":
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -150,7 +150,7 @@ def test_killed_hats_run_restarted_finishes_every_partition_exactly_once(env):
     # partitions written before the kill were not run again: none of their stamps refetched
     pixels = {tuple(map(int, name.split("_")[:2])) for name in finished}
     inp = lsdb.open_catalog(src)
-    from galmerge.cutout_cache import make_key  # noqa: F401  (keys name rows in the log)
+    from galmerge.classification.cutout_cache import make_key  # noqa: F401  (keys name rows in the log)
 
     for pixel in inp.get_healpix_pixels():
         if (pixel.order, pixel.pixel) in pixels:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from galmerge import hdf5io
-from galmerge.datasets import load_imageset
+from galmerge.data.datasets import load_imageset
 from galmerge.errors import GalmergeError
-from galmerge.imageset import ImageSet
+from galmerge.io import hdf5 as hdf5io
+from galmerge.plugin.imageset import ImageSet
 
 
 def _imageset(n: int = 7, *, string_ids: bool = False, dtype=torch.float32) -> ImageSet:

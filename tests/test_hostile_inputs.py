@@ -96,7 +96,7 @@ def test_paths_under_a_regular_file_are_one_line(tmp_path, monkeypatch, where):
     """A path whose folder is a file (root ignores permissions; this fails for everyone)."""
     from test_classify import CASJOBS, StampsSurvey, make_checkpoint
 
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     (tmp_path / "cat.csv").write_text(CASJOBS)
     ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
@@ -149,7 +149,7 @@ def _other_command_cases(tmp: Path, ckpt: Path, cat: Path) -> list[tuple[list[st
 def test_other_commands_refuse_bad_values_in_one_line(tmp_path, monkeypatch):
     from test_classify import CASJOBS, StampsSurvey, make_checkpoint
 
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     (tmp_path / "cat.csv").write_text(CASJOBS)
     ckpt = make_checkpoint(tmp_path / "run" / "best.pt")

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from galmerge.http_retry import (
+from galmerge.io.http import (
     FetchError,
     RetryingClient,
     RetryPolicy,

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from galmerge.errors import GalmergeError
-from galmerge.strategy_api import StepInputs, StrategyContext
+from galmerge.plugin.strategy_api import StepInputs, StrategyContext
 
 
 def _build(plugin_manager, name: str, dim: int = 16, **options):
@@ -72,7 +72,7 @@ def test_resnet18_as_deepmerge2_builds_it() -> None:
     a Linear head N(0, 0.01), the ImageNet stem, and x10 multipliers declared for both."""
     from torch import nn
 
-    from galmerge.model import build_model
+    from galmerge.models.model import build_model
 
     torch.manual_seed(0)
     model = build_model(
@@ -101,7 +101,7 @@ def test_resnet18_as_deepmerge2_builds_it() -> None:
 
 
 def test_resnet18_bottleneck_layer_is_checked() -> None:
-    from galmerge.model import build_model
+    from galmerge.models.model import build_model
 
     with pytest.raises(GalmergeError, match="bottleneck_layer 'plain'"):
         build_model("resnet18", 3, 75, 2, {"bottleneck": 8, "bottleneck_layer": "plain"})

@@ -24,9 +24,9 @@ from test_classify import (
     stamp_for,
 )
 
-from galmerge.catalogs import open_catalog
+from galmerge.classification.catalogs import open_catalog
+from galmerge.classification.outputs import ResultBlock, open_writer
 from galmerge.errors import GalmergeError
-from galmerge.outputs import ResultBlock, open_writer
 
 
 @pytest.fixture
@@ -214,8 +214,8 @@ MEASURE = """
 import sys, resource, tracemalloc
 import numpy as np, pyarrow as pa
 from pathlib import Path
-from galmerge.catalogs import open_catalog
-from galmerge.outputs import ResultBlock, open_writer
+from galmerge.classification.catalogs import open_catalog
+from galmerge.classification.outputs import ResultBlock, open_writer
 tracemalloc.start()
 cat = open_catalog(sys.argv[1])
 writer = open_writer(Path(sys.argv[2]), cat.columns)

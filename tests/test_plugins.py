@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from galmerge import hookimpl
 from galmerge.cli import cli
 from galmerge.errors import PluginError
-from galmerge.records import Backbone, Strategy, Survey
+from galmerge.plugin.records import Backbone, Strategy, Survey
 
 BUILTIN_PLUGINS = {
     "deepmerge_backbones",
@@ -53,7 +53,7 @@ def _run_cli(*args: str, extra_path: Path | None = None, **env: str) -> subproce
     )
 
 
-def test_builtins_are_loaded_through_entry_points():
+def test_builtins_are_listed_as_galmerge_plugins():
     result = CliRunner().invoke(cli, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
@@ -161,7 +161,7 @@ def test_wrong_record_type_is_reported(register_plugin, plugin_manager):
     backbones = plugin_manager.components("backbones")  # the plugin is skipped, with a warning
     assert "dict-not-record" not in backbones and "deepmerge" in backbones
     failed = {i.name: i.error for i in plugin_manager.failed}
-    assert "expected a list of galmerge.records.Backbone" in failed["wrong"]
+    assert "expected a list of galmerge.plugin.records.Backbone" in failed["wrong"]
 
 
 def test_unknown_component_lists_available(plugin_manager):
@@ -235,7 +235,7 @@ def test_installed_third_party_plugin_is_discovered(tmp_path):
         "galmerge_lsst_plugin",
         """
         from galmerge import hookimpl
-        from galmerge.records import Survey
+        from galmerge.plugin.records import Survey
 
         @hookimpl
         def register_surveys():
@@ -258,7 +258,7 @@ def test_installed_third_party_plugin_is_discovered(tmp_path):
 
 
 def test_disable_builtin_plugin(monkeypatch, plugin_manager):
-    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager, reset_plugin_manager
 
     monkeypatch.setenv("GALMERGE_DISABLE_PLUGINS", "sdss_survey")
     reset_plugin_manager()
@@ -269,7 +269,8 @@ def test_disable_builtin_plugin(monkeypatch, plugin_manager):
 def test_importing_cli_loads_no_plugin():
     code = (
         "import sys, galmerge.cli; "
-        "print(any(m.startswith(('galmerge.builtin.', 'torch')) for m in sys.modules))"
+        "from galmerge.plugin.manager import BUILTIN_PLUGINS; "
+        "print(any(m in sys.modules for m in [*BUILTIN_PLUGINS.values(), 'torch']))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

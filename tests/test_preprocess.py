@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from galmerge.preprocess import asinh_
+from galmerge.data.preprocess import asinh_
 
 
 def test_asinh_matches_float64_to_about_one_ulp_over_the_whole_float32_range():

@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 from matplotlib.image import imread
 
-from galmerge import hdf5io
 from galmerge.cli import cli
-from galmerge.imageset import ImageSet
+from galmerge.io import hdf5 as hdf5io
+from galmerge.plugin.imageset import ImageSet
 
 
 def _check_png(path: Path) -> np.ndarray:
@@ -65,7 +65,7 @@ def test_preview_rejects_bad_counts(n):
 
 
 def test_long_ids_keep_their_head_and_tail() -> None:
-    from galmerge.preview import _short_id
+    from galmerge.evaluation.preview import _short_id
 
     assert _short_id("synthetic-illustris-s0-000040") == "synthetic-illustris-s0-000040"
     assert _short_id("a-much-longer-synthetic-illustris-s0-000040") == (

@@ -12,7 +12,7 @@ import pytest
 from test_classify import CASJOBS, StampsSurvey, make_checkpoint, run_cli
 
 import galmerge
-from galmerge.provenance import config_hash
+from galmerge.io.provenance import config_hash
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from galmerge import deepmerge_data, selection
 from galmerge.cli import cli
-from galmerge.presets import PAPER_METHODS
+from galmerge.config.presets import PAPER_METHODS
+from galmerge.scores import selection
+from galmerge.surveys.deepmerge import data as deepmerge_data
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 8}
@@ -59,7 +60,7 @@ def _run_dirs(out: Path) -> list[Path]:
 def test_reproduce_sim_real_grid_survives_a_kill(data, tmp_path):
     out = tmp_path / "out"
     script = (
-        "from galmerge.reproduce import reproduce\n"
+        "from galmerge.surveys.deepmerge.reproduce import reproduce\n"
         f"reproduce('deepmerge2', 'sim-real', seeds=2, out={str(out)!r}, "
         f"settings={ {**QUICK, **LEGACY}!r}, device='cpu', bootstrap=10, quiet=True)\n"
     )
@@ -74,7 +75,7 @@ def test_reproduce_sim_real_grid_survives_a_kill(data, tmp_path):
     finished = {p: (p / "summary.json").stat().st_mtime_ns for p in _run_dirs(out)}
     assert 2 <= len(finished) < 10
 
-    from galmerge.reproduce import reproduce
+    from galmerge.surveys.deepmerge.reproduce import reproduce
 
     rows = reproduce("deepmerge2", "sim-real", seeds=2, out=out, settings={**QUICK, **LEGACY},
                      device="cpu", bootstrap=10, quiet=True)
@@ -115,7 +116,7 @@ def test_reproduce_sim_real_grid_survives_a_kill(data, tmp_path):
 
 
 def test_transfer_learning_starts_from_the_sim_sim_run(data, tmp_path):
-    from galmerge.reproduce import reproduce
+    from galmerge.surveys.deepmerge.reproduce import reproduce
 
     out = tmp_path / "out"
     rows = reproduce("deepmerge2", "sim-real-tl", seeds=1, methods=["none", "mmd"], out=out,
@@ -147,7 +148,7 @@ def test_reproduce_mistakes_are_one_line(data, tmp_path, args, message):
 
 
 def test_rerun_resumes_partial_runs_and_restarts_empty_ones(data, tmp_path, capsys):
-    from galmerge.reproduce import reproduce
+    from galmerge.surveys.deepmerge.reproduce import reproduce
 
     out = tmp_path / "out"
     kwargs = dict(seeds=1, methods=["none", "mmd"], out=out, settings={**QUICK, **LEGACY},

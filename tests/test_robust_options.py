@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from galmerge.errors import GalmergeError
-from galmerge.losses.options import warmup_factor
-from galmerge.selection import ensemble_agreement
-from galmerge.strategy_api import StepInputs, StrategyContext
+from galmerge.plugin.options import warmup_factor
+from galmerge.plugin.strategy_api import StepInputs, StrategyContext
+from galmerge.scores.selection import ensemble_agreement
 
 RAMPED = ("mmd", "coral", "fisher", "entropy")
 

@@ -16,10 +16,10 @@ from fake_sdss import (
     rendered_galaxies,
 )
 
-from galmerge.cutouts import CutoutRequest
 from galmerge.errors import GalmergeError
-from galmerge.plugins import get_survey
-from galmerge.sdss_cutouts import FrameDiskCache, make_cutout_service
+from galmerge.plugin.cutouts import CutoutRequest
+from galmerge.plugin.manager import get_plugin_manager
+from galmerge.surveys.sdss.cutouts import FrameDiskCache, make_cutout_service
 
 FRAMES = {"bands": ["g", "r", "i"], "image_size": 31, "pixel_scale_arcsec": 0.396,
           "image_source": "frames"}
@@ -38,7 +38,7 @@ def options(tmp_path: Path, sleeps: list[float]) -> dict:
 
 
 def _service(preprocess: dict, options: dict):
-    return get_survey("sdss").cutouts(preprocess, options)
+    return get_plugin_manager().get("surveys", "sdss").cutouts(preprocess, options)
 
 
 def _requests(fake: FakeSdss, idx=None) -> list[CutoutRequest]:
@@ -390,7 +390,7 @@ def test_a_frame_being_read_by_another_process_is_never_evicted(fake_sdss, optio
     # another process holds the least recently used frame open for reading, as a reader does
     reader = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from pathlib import Path; from galmerge.sdss_cutouts import "
+         "import sys; from pathlib import Path; from galmerge.surveys.sdss.cutouts import "
          "FrameDiskCache as C\nwith C(Path(sys.argv[1]), 0).reading(Path(sys.argv[2])):\n"
          "    print('reading', flush=True); sys.stdin.read()",
          str(root), str(oldest)],

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_classify import StampsSurvey, _catalog, fetch_lines, make_checkpoint, read_csv, run_cli
 
+from galmerge.classification.outputs import CsvWriter, Hdf5Writer, ResultBlock, ResultJournal
+from galmerge.classification.segments import SUFFIX
 from galmerge.errors import GalmergeError
-from galmerge.outputs import CsvWriter, Hdf5Writer, ResultBlock, ResultJournal
-from galmerge.segments import SUFFIX
 
 
 @pytest.fixture

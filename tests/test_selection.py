@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from galmerge import selection
-from galmerge.selection import SplitOutputs
+from galmerge.scores import selection
+from galmerge.scores.selection import SplitOutputs
 
 
 def _logits_from_probs(p: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from galmerge.errors import GalmergeError
-from galmerge.strategy_api import StepInputs, StrategyContext, parse_strategy_expression
+from galmerge.plugin.strategy_api import StepInputs, StrategyContext, parse_strategy_expression
 
 BUILTIN = ["none", "adabn", "mmd", "coral", "dann", "fisher", "entropy"]
 SIGMAS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 5, 10, 15, 20, 25, 30, 35, 100, 1e3, 1e4, 1e5, 1e6]
@@ -168,7 +168,7 @@ def test_mmd_equals_the_broadcast_reference(plugin_manager, n: int, m: int) -> N
     for a, b in zip(g_ours, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
     # and through the registered strategy, in float32 at the paper's feature size
-    module = _build(plugin_manager, "mmd", dim=2592)
+    module = _build(plugin_manager, "mmd", dim=2592, kernel="deepmerge", warmup=0.0)
     xs = torch.randn(n, 2592, generator=gen)
     ys = torch.randn(m, 2592, generator=gen) * 1.2
     value = module(_step(xs, ys))["mmd"]

@@ -36,7 +36,7 @@ class _Bad(nn.Module):
 class BadPlugin:
     @hookimpl
     def register_strategies(self):
-        from galmerge.records import Strategy
+        from galmerge.plugin.records import Strategy
 
         return [Strategy(name="sloppy", description="returns the wrong thing",
                          build=lambda context, options: _Bad(options["kind"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from galmerge.datasets import load_imageset
+from galmerge.data.datasets import load_imageset
 from galmerge.errors import GalmergeError
 
 

@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner
 
 from galmerge.cli import cli
-from galmerge.datasets import load_imageset
+from galmerge.data.datasets import load_imageset
 from galmerge.errors import GalmergeError
-from galmerge.plugins import get_plugin_manager
+from galmerge.plugin.manager import get_plugin_manager
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from rich.console import Console
 from train_toys import ToyPlugin, _NoNone
 
-from galmerge import rundir
 from galmerge.cli import COMMANDS, cli
-from galmerge.progress import Progress, epoch_lines, results_table
+from galmerge.config import rundir
+from galmerge.runtime.progress import Progress, epoch_lines, results_table
 
 LOSSES = {"total": 1.234, "ce": 0.6, "dann": 0.71, "fisher": 0.42, "entropy": 0.33,
           "mmd": 0.05, "mcc": 0.2}

@@ -14,7 +14,7 @@ from train_toys import ToyPlugin, toy_sets
 
 import galmerge
 from galmerge.errors import GalmergeError
-from galmerge.imageset import ImageSet
+from galmerge.plugin.imageset import ImageSet
 
 SUMMARY_KEYS = {
     "source", "target", "strategy", "backbone", "seed", "epochs_run", "best_epoch",
@@ -97,7 +97,7 @@ def test_checkpoints_load_weights_only_and_rebuild(toys, tmp_path):
         assert set(payload["preprocess"]) == {"source", "target"}
         assert payload["preprocess"]["source"]["channels"] == 2
     assert torch.load(run / "last.pt", weights_only=True)["training_state"]["optimizer"]
-    from galmerge.model import load_model
+    from galmerge.models.model import load_model
 
     loaded = load_model(run)
     feats, logits = loaded.model(torch.zeros(3, 2, 8, 8))

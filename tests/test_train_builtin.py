@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import galmerge
-from galmerge.imageset import ImageSet
+from galmerge.plugin.imageset import ImageSet
 
 
 def _sets(n: int = 40) -> tuple[ImageSet, ImageSet]:

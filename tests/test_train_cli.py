@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from train_toys import ToyPlugin, _NoNone
 
 from galmerge.cli import cli
-from galmerge.config import resolve_config
+from galmerge.config.resolve import resolve_config
 
 BASE = ["train", "--source", "toy:source", "--target", "toy:target", "--backbone", "tiny",
         "--device", "cpu", "--quiet", "--epochs", "1", "--batch-size", "8"]

@@ -17,7 +17,7 @@ from train_toys import ToyPlugin, _NoNone, toy_sets
 import galmerge
 from galmerge import hookimpl
 from galmerge.errors import GalmergeError
-from galmerge.records import Backbone
+from galmerge.plugin.records import Backbone
 from galmerge.training.optim import cyclic_lr
 from galmerge.training.stopping import deepmerge_counter
 
@@ -240,8 +240,8 @@ def test_a_last_pt_of_the_old_layout_resumes_bit_for_bit(toys, tmp_path):
                 "init_keep_preprocess"):
         config.pop(key)
     config["schedule"].pop("kind"), config["schedule"].pop("cycle_length")
-    from galmerge.config import write_toml
-    from galmerge.model import save_checkpoint
+    from galmerge.config.resolve import write_toml
+    from galmerge.models.model import save_checkpoint
 
     write_toml(run / "config.toml", config)
     save_checkpoint(run / "last.pt", payload)
@@ -253,7 +253,7 @@ def test_a_last_pt_of_the_old_layout_resumes_bit_for_bit(toys, tmp_path):
 
 
 def test_resnet18_declares_bottleneck_and_head_at_ten_times(plugin_manager):
-    from galmerge.model import build_model
+    from galmerge.models.model import build_model
     from galmerge.training import optim
 
     for bottleneck, expected in ((16, {"model.backbone.bottleneck": 10.0, "model.head": 10.0}),

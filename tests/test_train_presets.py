@@ -1,11 +1,11 @@
 """The DeepMerge II presets resolve to the values of the authors' code, per experiment, method and
-backbone (galmerge/presets.py cites each), and the synthetic preset to the benchmark configs."""
+backbone (galmerge/config/presets.py cites each), and the synthetic preset to the benchmark configs."""
 
 from __future__ import annotations
 
 import pytest
 
-from galmerge.config import resolve_config
+from galmerge.config.resolve import resolve_config
 from galmerge.errors import GalmergeError
 
 BASE = {"source": "synthetic:illustris", "target": "synthetic:sdss"}
@@ -98,7 +98,7 @@ def test_resnet18_is_built_as_the_paper_built_it():
                                      "stem": "imagenet", "dropout": 0.0, "lr_mult": 10.0}
     # the x10 of the bottleneck and head is declared by the backbone (lr_mult), as the trainer
     # reads it, not repeated in the lr_multipliers table
-    from galmerge.model import build_model
+    from galmerge.models.model import build_model
     from galmerge.training.optim import declared_multipliers
 
     model = build_model("resnet18", 3, 75, 2, c["backbone_options"])
@@ -120,7 +120,7 @@ def test_ada_alias_and_flags_beat_presets():
 
 
 def test_values_borrowed_from_another_experiment_say_so():
-    from galmerge.presets import cited_values
+    from galmerge.config.presets import cited_values
 
     rows = dict(cited_values("deepmerge2-sim-real", ["dann"], "deepmerge"))
     assert "plain-ADA" in rows["lr"].caveat

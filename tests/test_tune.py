@@ -17,9 +17,9 @@ import torch
 from click.testing import CliRunner
 from train_toys import ToyPlugin, _NoNone, toy_sets
 
-from galmerge import hdf5io
 from galmerge.cli import cli
-from galmerge.imageset import ImageSet
+from galmerge.io import hdf5 as hdf5io
+from galmerge.plugin.imageset import ImageSet
 
 pytest.importorskip("optuna")
 
@@ -148,7 +148,7 @@ def test_timeout_and_a_busy_study_folder(toys, tmp_path):
 
 def test_permuted_target_labels_give_the_same_study_bit_for_bit(toys, tmp_path):
     """The objective never sees target labels: permuting them changes only the oracle."""
-    from galmerge.tuning import tune
+    from galmerge.training.tuning import tune
 
     studies = []
     oracles = []
@@ -288,9 +288,9 @@ def test_unwritable_study_dir_and_missing_optuna_are_one_line_errors(
 
 
 def test_a_plugin_strategy_brings_its_search_space(register_plugin, plugin_manager, tmp_path):
-    from galmerge.hookspecs import hookimpl
-    from galmerge.records import Strategy
-    from galmerge.tuning import resolve_config, resolve_space
+    from galmerge.plugin.hookspecs import hookimpl
+    from galmerge.plugin.records import Strategy
+    from galmerge.training.tuning import resolve_config, resolve_space
 
     class Plugin(ToyPlugin):
         @hookimpl

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from galmerge import hookimpl
-from galmerge.imageset import ImageSet
-from galmerge.records import Backbone, Strategy, Survey
+from galmerge.plugin.imageset import ImageSet
+from galmerge.plugin.records import Backbone, Strategy, Survey
 
 
 class TinyNet(nn.Module):
@@ -102,7 +102,7 @@ class _NoTerms(nn.Module):
 
 def register(plugin_manager: Any = None, with_none: bool = True) -> None:
     """Register the toy plugin on the process plugin manager (for subprocess scripts)."""
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     pm = plugin_manager or get_plugin_manager()
     has_none = "none" in _names(pm)
@@ -167,7 +167,7 @@ if __name__ == "__main__":  # pragma: no cover - used by subprocess tests
         if "--slow" in extra:
             import time
 
-            import galmerge.batches as b
+            import galmerge.data.batches as b
 
             original = b.TensorBatches.next
 

@@ -15,7 +15,7 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     if argv and argv[0] == "--slow":
         argv = argv[1:]
-        import galmerge.batches as b
+        import galmerge.data.batches as b
 
         original = b.TensorBatches.next
 

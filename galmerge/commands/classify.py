@@ -1,4 +1,4 @@
-"""`galmerge classify`: a thin layer over `galmerge.classification.classify`."""
+"""`galmerge classify`: a thin layer over `galmerge.classification.pipeline.classify`."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def classify(catalog: str, model: tuple[str, ...], survey: str, output: str | No
     Writes every input row with p_merger, is_merger and status. Under torchrun the catalog is
     sharded over the processes and rank 0 merges the parts in input order.
     """
-    from galmerge.classification import classify as run
+    from galmerge.classification.pipeline import classify as run
 
     run(catalog, model[0] if len(model) == 1 else list(model), survey=survey, output=output,
         cache=cache, ra_col=ra_col,

@@ -1,5 +1,5 @@
-"""`galmerge evaluate` and `galmerge compare`: thin layers over `galmerge.evaluation` and
-`galmerge.comparison`."""
+"""`galmerge evaluate` and `galmerge compare`: thin layers over `galmerge.evaluation.pipeline` and
+`galmerge.evaluation.comparison`."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def evaluate(
     quiet: bool,
 ) -> None:
     """Metrics, plots and report.html for RUN_DIR, written to RUN_DIR/report/."""
-    from galmerge.evaluation import evaluate as run_evaluate
+    from galmerge.evaluation.pipeline import evaluate as run_evaluate
 
     run_evaluate(
         run_dir,
@@ -84,9 +84,9 @@ def evaluate(
 def compare(runs: tuple[str, ...], output: str | None) -> None:
     """Paper-style table over RUNS (run directories or globs): mean ± std over seeds per
     strategy, backbone and data pair, and the target-accuracy gain over `none`."""
-    from galmerge.comparison import compare as run_compare
-    from galmerge.comparison import expand_runs, print_table, write_table
     from galmerge.errors import GalmergeError
+    from galmerge.evaluation.comparison import compare as run_compare
+    from galmerge.evaluation.comparison import expand_runs, print_table, write_table
 
     if output is not None and not output.lower().endswith((".md", ".csv")):
         raise GalmergeError(f"--output {output}: use a .md or .csv file name")

@@ -21,7 +21,7 @@ def export(model: str, fmt: str, output: str | None, domain: str) -> None:
     and domain are in its metadata. `galmerge classify --model FILE.onnx` runs it with ONNX
     Runtime on the CPU.
     """
-    from galmerge.export import export_model
+    from galmerge.models.export import export_model
 
     path = export_model(model, fmt, output, domain)
     click.echo(f"wrote {path}")

@@ -6,11 +6,6 @@ from pathlib import Path
 
 import click
 
-TARGET_HELP = (
-    "illustris (DeepMerge II Illustris .npy), sdss (DeepMerge II SDSS .npy), all (both), "
-    "deepmerge1 (DeepMerge I FITS from MAST)"
-)
-
 
 @click.command("fetch")
 @click.argument("survey", type=click.Choice(["illustris", "sdss", "all", "deepmerge1"]))
@@ -40,8 +35,8 @@ def fetch(survey: str, data_dir: Path | None, force: bool, retries: int, no_prog
         TransferSpeedColumn,
     )
 
-    from galmerge.download import Downloader
-    from galmerge.download import fetch as fetch_files
+    from galmerge.surveys.deepmerge.download import Downloader
+    from galmerge.surveys.deepmerge.download import fetch as fetch_files
 
     console = Console(stderr=True)
     progress = Progress(

@@ -1,4 +1,4 @@
-"""`galmerge fraction`: a thin layer over `galmerge.fraction_report.survey_fraction`."""
+"""`galmerge fraction`: a thin layer over `galmerge.fractions.report.survey_fraction`."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def fraction(results: str, model: str, by: str | None, bins: str | None, thresho
     2018). All corrections assume label shift (the classifier errs on the survey as on the
     source): none corrects a change of the error rates by domain shift.
     """
-    from galmerge.fraction_report import survey_fraction
+    from galmerge.fractions.report import survey_fraction
 
     payload = survey_fraction(results, model, by=by, bins=bins, threshold=threshold,
                               bootstrap=bootstrap, seed=seed, source=source, device=device,

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from galmerge.plugins import KINDS, get_plugin_manager
+from galmerge.plugin.manager import KINDS, get_plugin_manager
 
 
 @click.command("plugins")

@@ -14,9 +14,9 @@ def presets_cmd(name: str | None, strategy: str | None, backbone: str) -> None:
     """List presets; with NAME, every value a DeepMerge II preset sets and its source. Lines
     marked "!" were not found for this exact experiment, method or backbone, or their sources
     disagree."""
-    from galmerge.plugins import get_plugin_manager
-    from galmerge.presets import PAPER_METHODS, PRESETS, SOURCES, cited_values, preset_names
-    from galmerge.strategy_api import parse_strategy_expression
+    from galmerge.config.presets import PAPER_METHODS, PRESETS, SOURCES, cited_values, preset_names
+    from galmerge.plugin.manager import get_plugin_manager
+    from galmerge.plugin.strategy_api import parse_strategy_expression
 
     if name is None:
         for preset in preset_names():
@@ -24,7 +24,7 @@ def presets_cmd(name: str | None, strategy: str | None, backbone: str) -> None:
         click.echo("\n`galmerge presets NAME [--strategy S] [--backbone B]` shows the sources.")
         return
     if name in PRESETS and "paper" not in PRESETS[name]:
-        click.echo(f"{name}: {PRESETS[name]['description']} (values in galmerge/presets.py)")
+        click.echo(f"{name}: {PRESETS[name]['description']} (values in galmerge/config/presets.py)")
         return
     pm = get_plugin_manager()
     bname = pm.get("backbones", backbone).name

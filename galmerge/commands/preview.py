@@ -27,8 +27,8 @@ def preview(survey: str, n: int, output: Path | None, seed: int) -> None:
     SURVEY is any survey spec with labels, e.g. synthetic:sdss, synthetic:illustris?n=500,
     hdf5:data/my_set.h5, illustris, sdss.
     """
-    from galmerge.datasets import load_imageset
-    from galmerge.preview import write_preview
+    from galmerge.data.datasets import load_imageset
+    from galmerge.evaluation.preview import write_preview
 
     imageset = load_imageset(survey)
     path = write_preview(imageset, output or _default_output(survey), n=n, seed=seed)

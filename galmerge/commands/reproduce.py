@@ -1,11 +1,11 @@
-"""`galmerge reproduce`: a thin layer over `galmerge.reproduce.reproduce`."""
+"""`galmerge reproduce`: a thin layer over `galmerge.surveys.deepmerge.reproduce.reproduce`."""
 
 from __future__ import annotations
 
 import click
 
-from galmerge.presets import PAPER_METHODS
-from galmerge.reproduce import BACKBONES, PAPERS
+from galmerge.config.presets import PAPER_METHODS
+from galmerge.surveys.deepmerge.reproduce import BACKBONES, PAPERS
 
 
 @click.command("reproduce")
@@ -57,7 +57,7 @@ def reproduce(
     data of `galmerge fetch illustris` and `galmerge fetch sdss`. Rerun the same command after a kill: finished runs
     are skipped, interrupted ones resumed."""
     from galmerge.errors import GalmergeError
-    from galmerge.reproduce import reproduce as run_reproduce
+    from galmerge.surveys.deepmerge.reproduce import reproduce as run_reproduce
 
     if tl and experiment != "sim-real":
         raise GalmergeError("--tl is the sim-real experiment's transfer learning; use "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from galmerge.config import DEFAULTS
+from galmerge.config.resolve import DEFAULTS
 
 
 def _help(text: str, key: str) -> str:
@@ -66,12 +66,12 @@ def train(
     quiet: bool,
 ) -> None:
     """Train a merger classifier with domain adaptation; writes a run directory."""
-    from galmerge.config import parse_assignment
+    from galmerge.config.resolve import parse_assignment
     from galmerge.training import train as run_training
 
     bopts = dict(parse_assignment(text, "--backbone-option") for text in backbone_options)
     if preset and strategy and not quiet:
-        from galmerge.presets import borrowed_note
+        from galmerge.config.presets import borrowed_note
 
         note = borrowed_note(preset, strategy, backbone or "deepmerge")
         if note:

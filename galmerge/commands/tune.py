@@ -1,4 +1,4 @@
-"""`galmerge tune`: a thin layer over `galmerge.tuning.tune`."""
+"""`galmerge tune`: a thin layer over `galmerge.training.tuning.tune`."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def tune(
     quiet: bool,
 ) -> None:
     """Search hyperparameters with Optuna on a label-free score; resumable (rerun the command)."""
-    from galmerge.tuning import tune as run_tune
+    from galmerge.training.tuning import tune as run_tune
 
     summary = run_tune(
         source, target, strategy, n_trials, study_dir, seed=seed, timeout=timeout, score=score,

@@ -1,7 +1,7 @@
 """Domain-adaptation losses, one module per method family (the tllib layout).
 
 Each module holds a small ``nn.Module`` whose ``forward(step: StepInputs)`` returns unweighted,
-named scalar loss terms; ``galmerge.builtin.strategies`` registers them as strategies. Keys that
+named scalar loss terms; ``galmerge.losses.plugin`` registers them as strategies. Keys that
 start with ``_`` are detached diagnostics: the trainer logs them but does not add them to the loss.
 
 - ``mmd``     -- multi-kernel Gaussian MMD (Gretton et al. 2012; Long et al. 2015, DAN) with the

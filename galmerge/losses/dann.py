@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from galmerge.strategy_api import StepInputs
+from galmerge.plugin.strategy_api import StepInputs
 
 FEATURE_LOSSES = ("reversed", "inverted")
 GRL_SCHEDULES = ("ramp", "constant")

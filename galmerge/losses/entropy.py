@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from galmerge.losses.options import warmup_factor
-from galmerge.strategy_api import StepInputs
+from galmerge.plugin.options import warmup_factor
+from galmerge.plugin.strategy_api import StepInputs
 
 
 def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:

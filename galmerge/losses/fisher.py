@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from galmerge.losses.options import warmup_factor
-from galmerge.strategy_api import StepInputs
+from galmerge.plugin.options import warmup_factor
+from galmerge.plugin.strategy_api import StepInputs
 
 FORMS = ("tr", "td")
 REDUCTIONS = ("sum", "mean")

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from galmerge.losses.options import warmup_factor
-from galmerge.strategy_api import StepInputs
+from galmerge.plugin.options import warmup_factor
+from galmerge.plugin.strategy_api import StepInputs
 
 KERNELS = ("deepmerge", "mean")
 MEAN_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)

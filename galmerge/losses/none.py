@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from galmerge.strategy_api import StepInputs
+from galmerge.plugin.strategy_api import StepInputs
 
 
 class NoLoss(nn.Module):

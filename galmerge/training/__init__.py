@@ -8,7 +8,7 @@
 - ``trainer``: ``Trainer``: one step, one epoch, the run, checkpoints, the summary.
 - ``state``: ``TrainingState``, exactly what last.pt's ``training_state`` holds.
 - ``stopping``: best checkpoint (``select_by``) and early stopping (``stop_by``, rule).
-- ``evaluate``: validation rows and test metrics through ``galmerge.inference``.
+- ``evaluate``: validation rows and test metrics through ``galmerge.models.inference``.
 - ``checkpoints``: best.pt/last.pt payloads; ``init_from``.
 """
 

@@ -10,14 +10,15 @@ from typing import Any
 
 import torch
 
-from galmerge import distributed as ddp
-from galmerge import rundir, selection
-from galmerge.config import cli_overrides, resolve_config
+from galmerge.config import rundir
+from galmerge.config.resolve import cli_overrides, resolve_config
 from galmerge.errors import GalmergeError
-from galmerge.imageset import ImageSet
-from galmerge.model import read_checkpoint
-from galmerge.progress import Progress, results_table
-from galmerge.strategy_api import StrategyOutputError
+from galmerge.models.model import read_checkpoint
+from galmerge.plugin.imageset import ImageSet
+from galmerge.plugin.strategy_api import StrategyOutputError
+from galmerge.runtime import distributed as ddp
+from galmerge.runtime.progress import Progress, results_table
+from galmerge.scores import selection
 from galmerge.training import checkpoints
 from galmerge.training.data import load_imageset, prepare_domains
 from galmerge.training.plan import make_plan
@@ -153,7 +154,7 @@ def _run(
     cfg: dict[str, Any], out_dir: Path, sets_given: Mapping[str, ImageSet], quiet: bool,
     resume_state: dict[str, Any] | None, on_epoch: OnEpoch | None,
 ) -> dict[str, Any]:
-    from galmerge.devices import resolve_device
+    from galmerge.runtime.devices import resolve_device
 
     t_start = time.time()
     dist = ddp.from_environment()

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from galmerge.errors import GalmergeError
-from galmerge.model import GalaxyClassifier
+from galmerge.models.model import GalaxyClassifier
 
 
 def payload(
@@ -16,7 +16,7 @@ def payload(
     preprocess: dict[str, Any], shape: tuple[int, int], epoch: int,
     training_state: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """A checkpoint (see ``galmerge.model``); ``strategy_state`` holds the strategy modules'
+    """A checkpoint (see ``galmerge.models.model``); ``strategy_state`` holds the strategy modules'
     weights (a DANN discriminator, Fisher centres) for ``init_from``; ``shape`` is
     (in_channels, image_size)."""
     from galmerge import __version__

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from galmerge import distributed as ddp
-from galmerge.batches import StreamingBatches, TensorBatches
+from galmerge.data.batches import StreamingBatches, TensorBatches
+from galmerge.data.preprocess import compute_spec, normalise
+from galmerge.data.splits import domain_splits
 from galmerge.errors import GalmergeError
-from galmerge.imageset import ImageSet
-from galmerge.preprocess import compute_spec, normalise
-from galmerge.splits import domain_splits
+from galmerge.plugin.imageset import ImageSet
+from galmerge.runtime import distributed as ddp
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Domain:
 def load_imageset(spec: str | ImageSet | None, name: str) -> ImageSet:
     if isinstance(spec, ImageSet):
         return spec
-    from galmerge.datasets import load_imageset as load
+    from galmerge.data.datasets import load_imageset as load
 
     return load(name)
 

@@ -1,4 +1,4 @@
-"""Validation rows and test metrics of the model being trained (through ``galmerge.inference``)."""
+"""Validation rows and test metrics of the model being trained (through ``galmerge.models.inference``)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from galmerge import selection
-from galmerge.collapse import prediction_shares
-from galmerge.inference import forward_batches
-from galmerge.metrics import binary_metrics
-from galmerge.model import GalaxyClassifier
+from galmerge.models.inference import forward_batches
+from galmerge.models.model import GalaxyClassifier
+from galmerge.scores import selection
+from galmerge.scores.collapse import prediction_shares
+from galmerge.scores.metrics import binary_metrics
 from galmerge.training.data import Domain
 
 EVAL_BATCH = 512

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from galmerge.devices import available_memory
 from galmerge.errors import GalmergeError
+from galmerge.runtime.devices import available_memory
 
 STEP_FACTOR = 3  # saved activations + their gradients + the input and loss temporaries
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from galmerge import distributed as ddp
+from galmerge.runtime import distributed as ddp
 
 
 def nonfinite_check_interval(device: torch.device) -> int:

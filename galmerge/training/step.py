@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from galmerge import distributed as ddp
-from galmerge.model import GalaxyClassifier
-from galmerge.plugins import get_plugin_manager
-from galmerge.strategy_api import StepInputs, StrategyContext, check_strategy_output
+from galmerge.models.model import GalaxyClassifier
+from galmerge.plugin.manager import get_plugin_manager
+from galmerge.plugin.strategy_api import StepInputs, StrategyContext, check_strategy_output
+from galmerge.runtime import distributed as ddp
 
 Terms = dict[str, torch.Tensor]
 

@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from galmerge import selection
+from galmerge.scores import selection
 from galmerge.training.state import Best
 
 RULES = ("patience", "deepmerge")

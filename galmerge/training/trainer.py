@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from galmerge import distributed as ddp
-from galmerge import rundir
-from galmerge.collapse import collapse_warning, run_warnings
+from galmerge.config import rundir
 from galmerge.errors import GalmergeError
-from galmerge.model import build_model, read_checkpoint, save_checkpoint
-from galmerge.progress import Progress
+from galmerge.models.model import build_model, read_checkpoint, save_checkpoint
+from galmerge.runtime import distributed as ddp
+from galmerge.runtime.progress import Progress
+from galmerge.scores.collapse import collapse_warning, run_warnings
 from galmerge.training import checkpoints, optim
 from galmerge.training.data import Domain, batch_stream
 from galmerge.training.evaluate import split_metrics, validate

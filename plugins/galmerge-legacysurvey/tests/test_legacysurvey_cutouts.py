@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from galmerge.cutouts import CutoutRequest
 from galmerge.errors import GalmergeError
+from galmerge.plugin.cutouts import CutoutRequest
 
 try:
     metadata.distribution("galmerge-legacysurvey")
@@ -27,7 +27,7 @@ PRE = {"bands": ["g", "r", "z"], "image_size": 41, "pixel_scale_arcsec": 0.262,
 @pytest.fixture
 def survey():
     """The `legacysurvey` survey record, from the entry point when the plugin is installed."""
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     pm = get_plugin_manager()
     if not INSTALLED:
@@ -60,7 +60,7 @@ def _req(server, i: int, row: int | None = None) -> CutoutRequest:
 
 @pytest.mark.skipif(not INSTALLED, reason="pip install -e plugins/galmerge-legacysurvey --no-deps")
 def test_discovered_through_its_entry_point_and_can_be_blocked(monkeypatch):
-    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager, reset_plugin_manager
 
     pm = get_plugin_manager()
     assert pm.get("surveys", "legacysurvey").cutouts is not None

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from galmerge.cutouts import CutoutRequest
 from galmerge.errors import GalmergeError
+from galmerge.plugin.cutouts import CutoutRequest
 
 try:
     metadata.distribution("galmerge-lsst")
@@ -28,7 +28,7 @@ PRE = {"bands": ["g", "r", "i"], "image_size": 41, "pixel_scale_arcsec": 0.2,
 @pytest.fixture
 def survey():
     """The `lsst` survey record, from the entry point when the plugin is installed."""
-    from galmerge.plugins import get_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager
 
     pm = get_plugin_manager()
     if not INSTALLED:
@@ -61,7 +61,7 @@ def _req(server, i: int, row: int | None = None) -> CutoutRequest:
 
 @pytest.mark.skipif(not INSTALLED, reason="pip install ./plugins/galmerge-lsst")
 def test_discovered_through_its_entry_point_and_can_be_blocked(monkeypatch):
-    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager, reset_plugin_manager
 
     pm = get_plugin_manager()
     assert pm.get("surveys", "lsst").cutouts is not None
@@ -317,8 +317,8 @@ def test_classify_a_catalog_through_the_loopback_rsp(survey, rsp, tiny_model, tm
     from click.testing import CliRunner
 
     from galmerge.cli import cli
-    from galmerge.hdf5io import write_imageset
-    from galmerge.imageset import ImageSet
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.plugin.imageset import ImageSet
 
     rsp.add_fault("tap/sync|POINT('ICRS', 53.1000000", "429", retry_after="0")
     cat = tmp_path / "cat.csv"

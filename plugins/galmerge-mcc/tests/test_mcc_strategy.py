@@ -15,7 +15,7 @@ galmerge_mcc = pytest.importorskip(
 )
 
 from galmerge.errors import GalmergeError  # noqa: E402
-from galmerge.strategy_api import (  # noqa: E402
+from galmerge.plugin.strategy_api import (  # noqa: E402
     StepInputs,
     StrategyContext,
     parse_strategy_expression,
@@ -25,7 +25,7 @@ from galmerge.strategy_api import (  # noqa: E402
 @pytest.fixture
 def manager(monkeypatch: pytest.MonkeyPatch):
     """A plugin manager that loads this one third-party plugin from its entry point."""
-    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager, reset_plugin_manager
 
     monkeypatch.setenv("GALMERGE_LOAD_PLUGINS", "mcc")
     monkeypatch.delenv("GALMERGE_DISABLE_PLUGINS", raising=False)
@@ -83,7 +83,7 @@ def test_listed_by_the_cli(manager) -> None:
 
 
 def test_left_out_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from galmerge.plugins import get_plugin_manager, reset_plugin_manager
+    from galmerge.plugin.manager import get_plugin_manager, reset_plugin_manager
 
     monkeypatch.setenv("GALMERGE_LOAD_PLUGINS", "")
     reset_plugin_manager()

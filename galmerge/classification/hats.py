@@ -1,0 +1,253 @@
+"""`classify` on HATS catalogs through LSDB on Dask: one HEALPix partition at a time.
+
+`classify_partition` is the unit of work and a public API: give it to
+``catalog.map_partitions(classify_partition, include_pixel=True, meta=..., model=RUN, ...)``
+(`result_meta` builds the meta). It adds ``p_merger``, ``is_merger`` and ``status`` to the
+partition's rows, with stamps from a cutout cache of that partition alone
+(``<cache_dir>/Norder=K/Dir=D/Npix=N.h5``): sky locality is frame reuse, and no process needs
+the whole cache. `classify_hats` runs it over a catalog on a local Dask cluster (or
+``scheduler``) and writes a new HATS catalog with LSDB's `write_catalog`; a killed run started
+again resumes that write (``resume=True``): partitions already written are not computed again, the
+others find the stamps they had fetched in their caches.
+
+Partition borders: every row is classified from its own cutout, centred on it, which shows its
+companions whichever partition their catalog rows fall in; results therefore do not depend on
+the partitioning and no margin cache is needed (one, if present, is not read: margin rows
+belong to a neighbouring partition, which classifies them once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmerge.errors import GalmergeError
+
+RESULT_COLUMNS = ("p_merger", "is_merger", "status")
+_MODELS: dict[tuple[Any, ...], Any] = {}  # one loaded model per worker process
+
+
+def is_hats_catalog(path: str | os.PathLike[str]) -> bool:
+    """A folder holding a HATS catalog (or collection) description."""
+    p = Path(path)
+    return p.is_dir() and any((p / name).is_file() for name in (
+        "hats.properties", "properties", "collection.properties", "partition_info.csv"))
+
+
+def _inference(model: str, domain: str, device: str, batch_size: int) -> Any:
+    from galmerge.classification.pipeline import _Inference
+
+    key = (str(model), domain, device, int(batch_size))
+    if key not in _MODELS:
+        try:  # one torch thread per Dask thread: workers share the machine's cores
+            import torch
+            from distributed import get_worker
+
+            torch.set_num_threads(max(1, int(get_worker().state.nthreads)))
+        except (ImportError, ValueError):
+            pass
+        _MODELS[key] = _Inference(model, domain, device, batch_size, 0)
+    return _MODELS[key]
+
+
+def partition_cache(cache_dir: str | os.PathLike[str], pixel: Any) -> Path:
+    """The cutout cache of one HEALPix partition (HATS's own Norder/Dir/Npix layout)."""
+    order, npix = int(pixel.order), int(pixel.pixel)
+    return Path(cache_dir) / f"Norder={order}" / f"Dir={npix // 10000 * 10000}" / f"Npix={npix}.h5"
+
+
+def result_meta(meta: Any, keep: list[str] | None = None) -> Any:
+    """The empty frame `classify_partition` returns for input ``meta`` (for map_partitions)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    out = meta[keep].copy() if keep is not None else meta.copy()
+    out["p_merger"] = pd.Series([], dtype=pd.ArrowDtype(pa.float64()), index=out.index)
+    out["is_merger"] = pd.Series([], dtype=pd.ArrowDtype(pa.int8()), index=out.index)
+    out["status"] = pd.Series([], dtype=pd.ArrowDtype(pa.string()), index=out.index)
+    return out
+
+
+def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = "sdss",
+                       cache_dir: str | os.PathLike[str] | None = None,
+                       keep: list[str] | None = None, ra_col: str | None = None,
+                       dec_col: str | None = None, id_col: str | None = None,
+                       threshold: float = 0.5, domain: str = "target", device: str = "cpu",
+                       batch_size: int = 256, workers: int = 4,
+                       chunk_rows: int = 4096, keepbits: int | None = None) -> Any:
+    """Classify the rows of one partition (a pandas frame); returns ``keep`` columns (default
+    all) plus ``p_merger``, ``is_merger`` and ``status``, in the same order and index."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from galmerge.classification.catalogs import DEC_NAMES, ID_NAMES, RA_NAMES, Catalog, _pick
+    from galmerge.classification.cutout_cache import CutoutCache, keepbits_key
+    from galmerge.classification.parquet import arrow_to_numpy
+    from galmerge.classification.pipeline import _classify_chunk, _survey_record, default_cache
+    from galmerge.data.datasets import parse_survey_spec
+
+    columns = [c for c in df.columns]
+    where = Path(f"HEALPix partition {pixel}")
+    ra = _pick(columns, ra_col, RA_NAMES, "RA", where, "--ra-col", True)
+    dec = _pick(columns, dec_col, DEC_NAMES, "Dec", where, "--dec-col", True)
+    ident = _pick(columns, id_col, ID_NAMES, "id", where, "--id-col", False)
+    out = result_meta(df.iloc[:0], keep) if len(df) == 0 else None
+    if out is not None:
+        return out
+    infer = _inference(model, domain, device, batch_size)
+    name, arg, spec_options = parse_survey_spec(survey)
+    service = _survey_record(name, arg).cutouts(infer.spec,
+                                                {"workers": int(workers), **spec_options})
+    key = str(getattr(service, "cache_key", "") or name)
+    path = (partition_cache(cache_dir, pixel) if cache_dir is not None and pixel is not None
+            else default_cache(name, keepbits_key(key, keepbits)))
+    store = CutoutCache(path, key, infer.shape, keepbits=keepbits, attrs={
+        "survey": name, "bands": ",".join(map(str, infer.spec.get("bands", [])))})
+    reader = Catalog()
+    reader.ra_col, reader.dec_col, reader.id_col = ra, dec, ident
+    p = np.full(len(df), np.nan)
+    flag = np.full(len(df), -1, dtype=np.int8)
+    status = np.empty(len(df), dtype=object)
+    fetched: Counter = Counter()
+    try:
+        table = pa.Table.from_pandas(df[[c for c in {ra, dec, ident} if c]],
+                                     preserve_index=False)
+        for start in range(0, len(df), chunk_rows):
+            part = table.slice(start, chunk_rows)
+            cols = {c: arrow_to_numpy(part.column(c)) for c in part.column_names}
+            block = _classify_chunk(reader._chunk(start, cols), None, service, store, infer,
+                                    float(threshold), fetched)
+            stop = start + len(block)
+            p[start:stop], flag[start:stop], status[start:stop] = block.p, block.flag, block.status
+    finally:
+        service.close()
+        store.close()
+    out = df[keep].copy() if keep is not None else df.copy()
+    out["p_merger"] = pd.array(pa.array(p, mask=~np.isfinite(p)), dtype=pd.ArrowDtype(pa.float64()))
+    out["is_merger"] = pd.array(pa.array(flag, mask=flag < 0), dtype=pd.ArrowDtype(pa.int8()))
+    out["status"] = pd.array(pa.array(status.tolist(), type=pa.string()),
+                             dtype=pd.ArrowDtype(pa.string()))
+    return out
+
+
+def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str], *,
+                  output: str | os.PathLike[str] | None = None, survey: str = "sdss",
+                  cache: str | os.PathLike[str] | None = None,
+                  columns: list[str] | None = None, scheduler: str | None = None,
+                  n_workers: int | None = None, ra_col: str | None = None,
+                  dec_col: str | None = None, id_col: str | None = None,
+                  threshold: float = 0.5, domain: str = "target", device: str = "cpu",
+                  batch_size: int = 256, workers: int = 4, quiet: bool = False,
+                  keepbits: int | None = None,
+                  provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Classify a HATS catalog partition by partition on Dask; write a HATS catalog.
+
+    ``output`` defaults to ``<catalog name>_galmerge`` in the working directory, ``cache`` to
+    ``<output>.cache`` (one cutout cache per partition below it). ``scheduler``: the address of
+    a running Dask scheduler; default a local cluster of ``n_workers`` processes (one per core).
+    Returns counts (rows, statuses, mergers).
+    """
+    try:
+        import lsdb
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise GalmergeError("classifying a HATS catalog needs LSDB and Dask: pip install "
+                            "'galmerge[lsdb]'") from None
+    from galmerge.classification.segments import check_private_folder
+
+    src = Path(catalog)
+    out = Path(output) if output is not None else Path.cwd() / f"{src.name}_galmerge"
+    if out.resolve() == src.resolve():
+        raise GalmergeError(f"--output {out} is the input catalog; choose another folder")
+    cache_dir = Path(cache) if cache is not None else out.with_name(out.name + ".cache")
+    for folder in (out, cache_dir):
+        check_private_folder(folder)
+    try:
+        cat = lsdb.open_catalog(src, columns="all")
+    except Exception as exc:  # hats/lsdb raise many kinds for a bad folder
+        raise GalmergeError(f"{src}: cannot open as a HATS catalog ({exc})".splitlines()[0]) \
+            from None
+    keep = list(columns) if columns else None
+    if keep:
+        missing = [c for c in keep if c not in cat.columns]
+        if missing:
+            raise GalmergeError(f"{src}: no column '{missing[0]}' for --columns; columns are: "
+                                f"{', '.join(cat.columns)}")
+    meta = result_meta(cat.meta, keep)
+    result = cat.map_partitions(
+        classify_partition, include_pixel=True, meta=meta, model=str(model), survey=survey,
+        cache_dir=str(cache_dir), keep=keep, ra_col=ra_col, dec_col=dec_col, id_col=id_col,
+        threshold=float(threshold), domain=domain, device=device, batch_size=batch_size,
+        workers=workers, keepbits=keepbits)
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    resume = out.is_dir() and any(out.iterdir())
+    props = {f"galmerge_{k}": (v if isinstance(v, str) else json.dumps(v))
+             for k, v in (provenance or {}).items() if k != "format"}
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=n_workers or max(1, os.cpu_count() or 1),
+                               threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        with Client(scheduler or cluster):
+            result.write_catalog(out, catalog_name=out.name, resume=resume,
+                                 progress_bar=not quiet, addl_hats_properties=props)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    return _counts(out)
+
+
+def _counts(out: Path) -> dict[str, Any]:
+    import pyarrow.dataset as ds
+
+    statuses: Counter = Counter()
+    mergers = rows = 0
+    # a catalog, or a collection (LSDB writes one) with the catalog one folder down
+    data = next(d for d in [out / "dataset", *sorted(out.glob("*/dataset"))] if d.is_dir())
+    for batch in ds.dataset(data, format="parquet",
+                            exclude_invalid_files=True).to_batches(
+            columns=["is_merger", "status"]):
+        rows += batch.num_rows
+        statuses.update(str(s).split(":", 1)[0] for s in batch.column(1).to_pylist())
+        mergers += int(np.sum(np.asarray(batch.column(0).fill_null(0).to_numpy()) == 1))
+    return {"output": str(out), "rows": rows, "statuses": dict(statuses), "mergers": mergers}
+
+
+def classify_hats_summary(catalog: Path, model: str | os.PathLike[str], *, t0: float,
+                          **options: Any) -> Any:
+    """`classify_hats` for the CLI: the model's provenance recorded, a `ClassifySummary` back."""
+    import time
+
+    from galmerge.classification.pipeline import ClassifySummary, _print_summary
+    from galmerge.io.provenance import record
+    from galmerge.models.model import load_model
+
+    if not is_hats_catalog(catalog):
+        raise GalmergeError(f"{catalog} is a folder but no HATS catalog (no hats.properties); "
+                            "give a catalog file or a HATS catalog folder")
+    loaded = load_model(model)  # fails here, in one line, before a cluster starts
+    domain = options.get("domain", "target")
+    if domain not in loaded.preprocess:
+        raise GalmergeError(f"model {loaded.path} has no '{domain}' preprocessing; use --domain "
+                            f"{' or '.join(sorted(loaded.preprocess))}")
+    prov = record(checkpoint=loaded.path, config=loaded.config, survey=options["survey"],
+                  data_release="", cutout_kind="", domain=domain,
+                  preprocessing=loaded.preprocess[domain], temperature=loaded.temperature,
+                  threshold=float(options["threshold"]))
+    device = options.pop("device", "auto")
+    counts = classify_hats(catalog, loaded.path, device="cpu" if device == "auto" else device,
+                           provenance=prov, **options)
+    statuses = counts["statuses"]
+    summary = ClassifySummary(
+        output=counts["output"], rows=counts["rows"], ok=statuses.get("ok", 0),
+        failed={k: v for k, v in sorted(statuses.items()) if k != "ok"},
+        mergers=counts["mergers"], fetched=0, seconds=time.monotonic() - t0,
+        cache=str(options.get("cache") or ""), statuses=statuses)
+    if not options.get("quiet"):
+        _print_summary(summary)
+    return summary

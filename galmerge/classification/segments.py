@@ -1,0 +1,261 @@
+"""Result segments of `classify`'s journal as Arrow IPC files: data only, checksummed.
+
+A segment holds consecutive `ResultBlock`s of one rank, one Arrow record batch per block. Its
+file name carries the SHA-256 of its bytes (``seg-<first chunk>-<sha256[:32]>.arrow``), checked
+before anything is decoded; decoding only ever builds numbers, bytes and strings (no pickle), so a
+segment planted by someone else can at worst hold wrong numbers -- and `check_private_folder`
+refuses a parts folder that anyone but the current user could have written to.
+
+Input columns are stored so that the output writers see exactly the values they would have seen
+without the journal: a plain numpy column as its raw bytes (dtype and shape in the batch's
+metadata), an object column cell by cell with a type tag (None, str, int, float, bool, numpy
+scalar); any other cell is stored as the text every writer would make of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmerge.errors import GalmergeError
+
+SEGMENT_FORMAT = "galmerge-result-segment/1"
+SUFFIX = ".arrow"
+NAME = re.compile(r"^seg-(\d{12})-([0-9a-f]{32})\.arrow$")
+ENCODING = "utf-8"
+ERRORS = "surrogateescape"
+
+# cell tags of object columns
+_NONE, _STR, _INT, _FLOAT, _BOOL, _NUMPY = range(6)
+# numpy kinds a segment may name: never object ('O') or raw void ('V')
+_KINDS = "biufcmMSU"
+
+
+def check_private_folder(path: Path) -> None:
+    """Refuse a folder (if it exists) that another user owns or that others may write to.
+
+    Result segments are loaded as data only, but results planted by someone else would still be
+    merged into the output as if computed: only the user's own, private folders are trusted.
+    """
+    try:
+        link = os.lstat(path)
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    me = os.geteuid()
+    owner = st.st_uid if link.st_uid == me else link.st_uid
+    if owner != me:
+        raise GalmergeError(
+            f"{path} belongs to another user (uid {owner}); galmerge resumes only from folders "
+            "of its own: remove it (or pass another --output) and run again")
+    if st.st_mode & stat.S_IWOTH:
+        raise GalmergeError(
+            f"{path} is writable by every user, so its results cannot be trusted; remove it "
+            f"(or `chmod o-w` it if nobody else wrote there) and run again")
+
+
+def refuse_pickled_segments(folder: Path) -> None:
+    """Segments of galmerge versions that pickled them are never loaded (pickle runs code)."""
+    old = next(iter(sorted(folder.glob("seg-*.pkl"))), None) if folder.is_dir() else None
+    if old is not None:
+        raise GalmergeError(
+            f"{old.parent} holds result segments in the old pickle format, which are never "
+            f"loaded (a pickle can run code); delete {old.parent.parent} and run the same "
+            "command again (stamps already cached are not fetched again)")
+
+
+def segment_name(first_chunk: int, digest: str) -> str:
+    return f"seg-{first_chunk:012d}-{digest[:32]}{SUFFIX}"
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class SegmentWriter:
+    """Blocks appended one record batch at a time to an Arrow IPC file."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        self.columns = list(columns)
+        fields = [pa.field("p", pa.float64()), pa.field("flag", pa.int8()),
+                  pa.field("status", pa.large_binary())]
+        for j in range(len(self.columns)):
+            fields += [pa.field(f"c{j}", pa.large_binary()), pa.field(f"t{j}", pa.int8())]
+        self.schema = pa.schema(fields, metadata={
+            "format": SEGMENT_FORMAT, "columns": json.dumps(self.columns)})
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = ipc.new_file(self._sink, self.schema)
+
+    def write(self, index: int, block: Any) -> None:
+        import pyarrow as pa
+
+        n = len(block)
+        arrays = [pa.array(np.asarray(block.p, dtype=np.float64)),
+                  pa.array(np.asarray(block.flag, dtype=np.int8)),
+                  pa.array([str(s).encode(ENCODING, ERRORS) for s in block.status],
+                           type=pa.large_binary())]
+        encodings = []
+        for name in self.columns:
+            values, tags, enc = _encode_column(block.columns[name], n)
+            arrays += [values, pa.array(tags, type=pa.int8())]
+            encodings.append(enc)
+        batch = pa.record_batch(arrays, schema=self.schema)
+        self._writer.write_batch(batch, custom_metadata={
+            "chunk": str(int(index)), "encodings": json.dumps(encodings)})
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+
+def _encode_column(values: np.ndarray, n: int) -> tuple[Any, np.ndarray, list[Any]]:
+    import pyarrow as pa
+
+    arr = np.asarray(values)
+    if len(arr) != n:
+        raise ValueError(f"column of {len(arr)} rows in a block of {n}")
+    if arr.dtype.kind in _KINDS and arr.dtype.kind != "O":
+        arr = np.ascontiguousarray(arr)
+        width = arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+        offsets = np.arange(n + 1, dtype=np.int64) * width
+        data = pa.Array.from_buffers(pa.large_binary(), n, [
+            None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(arr.tobytes())])
+        return data, np.zeros(n, np.int8), ["numpy", arr.dtype.str, list(arr.shape[1:])]
+    cells = []
+    tags = np.empty(n, dtype=np.int8)
+    for i, v in enumerate(arr.tolist() if arr.dtype != object else arr):
+        tag, raw = _encode_cell(v)
+        tags[i] = tag
+        cells.append(raw)
+    return pa.array(cells, type=pa.large_binary()), tags, ["cells"]
+
+
+def _encode_cell(v: Any) -> tuple[int, bytes | None]:
+    if v is None:
+        return _NONE, None
+    if isinstance(v, np.generic) and v.dtype.kind in "biufcmM":  # before float: np.float64 is one
+        return _NUMPY, v.dtype.str.encode() + b"\0" + v.tobytes()
+    if isinstance(v, str):
+        return _STR, v.encode(ENCODING, ERRORS)
+    if isinstance(v, bool):
+        return _BOOL, b"\x01" if v else b"\x00"
+    if isinstance(v, int):
+        return _INT, str(v).encode()
+    if isinstance(v, float):
+        return _FLOAT, struct.pack("<d", v)
+    from galmerge.classification.outputs import (
+        _text,  # bytes, arrays, masked: the text writers make of them
+    )
+
+    return _STR, _text(v).encode(ENCODING, ERRORS)
+
+
+def read_segment(path: Path) -> Iterator[tuple[int, Any]]:
+    """(chunk index, ResultBlock) of a segment, after checking its SHA-256 against its name.
+
+    Raises ValueError (damaged or foreign file) before yielding anything.
+    """
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from galmerge.classification.outputs import ResultBlock
+
+    m = NAME.match(path.name)
+    if m is None:
+        raise ValueError(f"not a segment name: {path.name}")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest()[:32] != m.group(2):
+        raise ValueError("checksum mismatch")
+    try:
+        reader = ipc.open_file(pa.py_buffer(data))
+        meta = reader.schema.metadata or {}
+        if meta.get(b"format") != SEGMENT_FORMAT.encode():
+            raise ValueError("not a galmerge result segment")
+        columns = json.loads(meta[b"columns"])
+        out = []
+        for b in range(reader.num_record_batches):
+            batch, custom = reader.get_batch_with_custom_metadata(b)
+            index = int(custom[b"chunk"])
+            encodings = json.loads(custom[b"encodings"])
+            n = batch.num_rows
+            p = batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
+            flag = batch.column(1).to_numpy(zero_copy_only=False).astype(np.int8)
+            status = np.array([s.decode(ENCODING, ERRORS) for s in batch.column(2).to_pylist()],
+                              dtype=object)
+            cols = {}
+            for j, name in enumerate(columns):
+                cols[name] = _decode_column(batch.column(2 + 2 * j + 1),
+                                            batch.column(2 + 2 * j + 2), encodings[j], n)
+            out.append((index, ResultBlock(cols, p, flag, status)))
+    except (pa.ArrowException, KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"unreadable segment ({type(exc).__name__}: {exc})") from None
+    yield from out
+
+
+def _decode_column(values: Any, tags: Any, enc: list[Any], n: int) -> np.ndarray:
+    if enc[0] == "numpy":
+        dtype = _safe_dtype(enc[1])
+        shape = tuple(int(s) for s in enc[2])
+        offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[
+            values.offset : values.offset + n + 1]
+        raw = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+        width = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        if len(raw) != n * width:
+            raise ValueError("column size does not match its type")
+        return raw.view(dtype).reshape((n, *shape)).copy() if n else np.zeros((0, *shape), dtype)
+    if enc[0] != "cells":
+        raise ValueError(f"unknown column encoding {enc[0]!r}")
+    kinds = tags.to_numpy(zero_copy_only=False)
+    cells = values.to_pylist()
+    out = np.empty(n, dtype=object)
+    for i, (tag, raw) in enumerate(zip(kinds.tolist(), cells, strict=True)):
+        out[i] = _decode_cell(int(tag), raw)
+    return out
+
+
+def _decode_cell(tag: int, raw: bytes | None) -> Any:
+    if tag == _NONE:
+        return None
+    if raw is None:
+        raise ValueError("a null cell with a value tag")
+    if tag == _STR:
+        return raw.decode(ENCODING, ERRORS)
+    if tag == _INT:
+        return int(raw.decode("ascii"))
+    if tag == _FLOAT:
+        return struct.unpack("<d", raw)[0]
+    if tag == _BOOL:
+        return raw == b"\x01"
+    if tag == _NUMPY:
+        name, _, body = raw.partition(b"\0")
+        dtype = _safe_dtype(name.decode("ascii"))
+        if len(body) != dtype.itemsize:
+            raise ValueError("numpy scalar of the wrong size")
+        return np.frombuffer(body, dtype=dtype)[0]
+    raise ValueError(f"unknown cell tag {tag}")
+
+
+def _safe_dtype(name: str) -> np.dtype:
+    """A plain numpy dtype from its string; object and structured types are refused."""
+    if not re.fullmatch(r"[<>|=]?[a-zA-Z]\d*(\[\w+\])?", name):
+        raise ValueError(f"dtype {name!r} not allowed")
+    dtype = np.dtype(name)
+    if dtype.kind not in _KINDS or dtype.kind == "O" or dtype.names is not None:
+        raise ValueError(f"dtype {name!r} not allowed")
+    return dtype

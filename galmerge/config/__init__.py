@@ -1,0 +1,8 @@
+"""What a run is: its configuration, presets and run directory.
+
+- ``resolve``: defaults -> preset -> ``--config FILE.toml`` -> CLI flags, the resolved config.
+- ``presets``: the named presets (paper methods, cited values).
+- ``rundir``: the run directory (config.toml, env.json, metrics.csv, summary.json, checkpoints).
+
+May import: ``galmerge.plugin``, ``galmerge.io``, ``galmerge.errors``.
+"""

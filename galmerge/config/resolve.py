@@ -1,0 +1,390 @@
+"""The run configuration: defaults -> preset -> ``--config FILE.toml`` -> CLI flags.
+
+A resolved config is a plain dict with every default made explicit, so ``config.toml`` of a run
+feeds straight back into ``--config`` and reproduces the same run::
+
+    source, target, strategy, backbone, seed, device, epochs, batch_size, lr, weight_decay,
+    patience, select_by, max_steps_per_epoch (0 = a full pass), checkpoint_every (steps,
+    0 = each epoch only), compile, init_from ("" = none), preset ("" = none),
+    stop_by ("" = select_by's name), early_stopping ("patience" | "deepmerge"),
+    domain_batchnorm ("joint" | "separate"), init_keep_preprocess (bool)
+    [optimizer]         Adam: betas, eps, amsgrad
+    [schedule]          kind ("onecycle" | "cyclic"); one-cycle: pct_start, div_factor,
+                        final_div_factor; cyclic: cycle_length (epochs)
+    [lr_multipliers]    "OWNER.PREFIX" = multiplier (OWNER: model or a strategy name; "*": all
+                        declared); the resolved run records every multiplier in force
+    [backbone_options]  options of the backbone (all of its defaults)
+    [strategies.NAME]   weight and options of each term of the strategy expression
+
+- ``stop_by``: the score early stopping watches (a name of ``galmerge.scores.selection.DIRECTIONS``);
+  ``select_by`` keeps choosing best.pt.
+- ``early_stopping``: "patience" stops after ``patience`` epochs without a new best stop_by
+  value; "deepmerge" is DeepMerge II's graded counter (see ``galmerge.training.stopping``).
+- ``domain_batchnorm``: "joint" forwards source and target batches as one concatenated batch
+  (BatchNorm statistics mix the domains); "separate" forwards them one after the other. Runs
+  whose strategies need no target (``none``) never forward target images.
+- ``schedule.kind``: "onecycle" (``OneCycleLR`` over all planned steps) or "cyclic" (DeepMerge
+  II's ``cycle1``: lr/10 -> lr -> lr/10, repeating every int(0.9 * cycle_length * steps per
+  epoch) steps).
+- ``lr_multipliers``: per-parameter-group learning-rate factors; modules declare their own
+  (``galmerge.training.optim``), the table overrides them.
+- ``init_keep_preprocess``: with ``init_from``, normalise with the checkpoint's preprocessing
+  specs instead of measuring new ones (transfer learning as DeepMerge II did it).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from galmerge.errors import GalmergeError
+from galmerge.io import atomic
+
+DEFAULTS: dict[str, Any] = {
+    "source": "",
+    "target": "",
+    "strategy": "none",
+    "backbone": "deepmerge",
+    "seed": 0,
+    "device": "auto",
+    "epochs": 200,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "weight_decay": 1e-3,
+    "patience": 20,
+    "select_by": "source_val_loss",
+    "max_steps_per_epoch": 0,
+    "checkpoint_every": 0,
+    "compile": False,
+    "init_from": "",
+    "preset": "",
+    "stop_by": "",
+    "early_stopping": "patience",
+    "domain_batchnorm": "joint",
+    "init_keep_preprocess": False,
+    # Adam with the paper's betas (DeepMerge II; deepmerge-public train_MMD.py uses (0.7, 0.8))
+    "optimizer": {"betas": [0.7, 0.8], "eps": 1e-8, "amsgrad": False},
+    # torch.optim.lr_scheduler.OneCycleLR arguments (its own defaults)
+    # "cyclic": DeepMerge II's lr_schedule.cycle1 (cycle_length in epochs)
+    "schedule": {"kind": "onecycle", "pct_start": 0.3, "div_factor": 25.0,
+                 "final_div_factor": 1e4, "cycle_length": 5},
+    # "OWNER.PREFIX" -> learning-rate multiplier, over the modules' declared ones
+    "lr_multipliers": {},
+    "backbone_options": {},
+    "strategies": {},
+}
+
+TOP_KEYS = set(DEFAULTS)
+SECTIONS = ("optimizer", "schedule")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a one-line error."""
+    p = Path(path)
+    if not p.is_file():
+        raise GalmergeError(f"config file {p} does not exist")
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise GalmergeError(f"config file {p} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError:
+        raise GalmergeError(f"config file {p} is not a TOML text file (not UTF-8); pass the "
+                            "config.toml of a run or a file written like it") from None
+    except OSError as exc:
+        raise GalmergeError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+
+
+def write_toml(path: str | Path, config: Mapping[str, Any]) -> None:
+    """Write a resolved config (keys sorted in a stable, readable order)."""
+    import tomli_w
+
+    atomic.write_text(path, tomli_w.dumps(_toml_safe(config)))
+
+
+def _toml_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _toml_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, tuple | list):
+        return [_toml_safe(v) for v in value]
+    return value
+
+
+def parse_assignment(text: str, flag: str) -> tuple[str, Any]:
+    """``"key=value"`` -> (key, typed value); values are TOML literals or bare strings."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise GalmergeError(f"{flag} '{text}' is not KEY=VALUE; e.g. {flag} fisher.intra_weight=0.01")
+    return key, parse_value(raw.strip())
+
+
+def parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def cli_overrides(
+    flags: Mapping[str, Any],
+    sets: list[str] | tuple[str, ...] = (),
+    backbone_options: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """CLI flags (None = not given) plus ``--set`` and ``--backbone-option`` as a config layer."""
+    layer: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    for text in sets:
+        key, value = parse_assignment(text, "--set")
+        section, dot, option = key.partition(".")
+        if not dot and key in TOP_KEYS and not isinstance(DEFAULTS[key], Mapping):
+            layer[key] = value  # a plain setting without its own flag, e.g. stop_by
+            continue
+        if not dot or not option:
+            raise GalmergeError(
+                f"--set '{text}' needs SECTION.OPTION=VALUE, e.g. --set mmd.weight=0.5"
+            )
+        section = section.lower()
+        if section in SECTIONS:
+            layer.setdefault(section, {})[option] = value
+        elif section == "lr_multipliers":
+            layer.setdefault("lr_multipliers", {})[option] = value
+        elif section in ("backbone", "backbone_options"):
+            layer.setdefault("backbone_options", {})[option] = value
+        else:
+            layer.setdefault("strategies", {}).setdefault(section, {})[option] = value
+    for text in backbone_options:
+        key, value = parse_assignment(text, "--backbone-option")
+        layer.setdefault("backbone_options", {})[key] = value
+    return layer
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_keys(layer: Mapping[str, Any], where: str) -> None:
+    for section in (*SECTIONS, "backbone_options", "strategies"):
+        if section in layer and not isinstance(layer[section], Mapping):
+            raise GalmergeError(f"{section} in {where} must be a table of options "
+                                f"([{section}] in TOML), got {layer[section]!r}")
+    for name, options in dict(layer.get("strategies") or {}).items():
+        if not isinstance(options, Mapping):
+            raise GalmergeError(f"strategies.{name} in {where} must be a table of options, "
+                                f"got {options!r}")
+    unknown = sorted(set(layer) - TOP_KEYS)
+    if unknown:
+        raise GalmergeError(
+            f"unknown setting(s) {', '.join(unknown)} in {where}; known: {', '.join(sorted(TOP_KEYS))}"
+        )
+    for section in SECTIONS:
+        extra = sorted(set(layer.get(section) or {}) - set(DEFAULTS[section]))
+        if extra:
+            raise GalmergeError(
+                f"unknown {section} option(s) {', '.join(extra)} in {where}; "
+                f"known: {', '.join(sorted(DEFAULTS[section]))}"
+            )
+
+
+def resolve_config(
+    cli: Mapping[str, Any] | None = None, file: str | Path | Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Merge defaults, the preset, a config file and CLI overrides; validate every name."""
+    from galmerge.config.presets import preset_values
+    from galmerge.plugin.manager import get_plugin_manager
+    from galmerge.plugin.strategy_api import parse_strategy_expression
+
+    cli = dict(cli or {})
+    if file is None:
+        file_layer: dict[str, Any] = {}
+        where = "the config"
+    elif isinstance(file, Mapping):
+        file_layer, where = dict(file), "the config"
+    else:
+        file_layer, where = read_toml(file), f"config file {file}"
+    _check_keys(file_layer, where)
+    _check_keys(cli, "the command line")
+
+    def pick(key: str) -> Any:
+        for layer in (cli, file_layer):
+            if key in layer:
+                return layer[key]
+        return DEFAULTS[key]
+
+    pm = get_plugin_manager()
+    names = parse_strategy_expression(str(pick("strategy")))
+    records = [pm.get("strategies", n) for n in names]
+    canonical = [r.name for r in records]
+    backbone = pm.get("backbones", str(pick("backbone")))
+    preset_name = str(pick("preset") or "")
+    preset = preset_values(preset_name, canonical, backbone.name) if preset_name else {}
+
+    config = deep_merge(DEFAULTS, preset)
+    config = deep_merge(config, file_layer)
+    config = deep_merge(config, cli)
+    config["strategy"] = "+".join(canonical)
+    config["backbone"] = backbone.name
+    config["preset"] = preset_name
+
+    aliases = {a: r.name for r in records for a in (r.name, *r.aliases)}
+    given = dict(config.get("strategies") or {})
+    resolved_strategies: dict[str, dict[str, Any]] = {}
+    for key, options in given.items():
+        name = aliases.get(str(key).lower())
+        if name is None:
+            raise GalmergeError(
+                f"options given for strategy '{key}', which is not in --strategy "
+                f"{config['strategy']}; add it there or drop its options"
+            )
+        resolved_strategies.setdefault(name, {}).update(dict(options))
+    config["strategies"] = {}
+    for record in records:
+        options = {**dict(record.defaults), **resolved_strategies.get(record.name, {})}
+        unknown = sorted(set(options) - set(record.defaults))
+        if unknown:
+            raise GalmergeError(
+                f"unknown option(s) {', '.join(unknown)} for strategy '{record.name}'; "
+                f"known: {', '.join(sorted(record.defaults)) or 'none'}"
+            )
+        config["strategies"][record.name] = options
+
+    bopts = {**dict(backbone.defaults), **dict(config.get("backbone_options") or {})}
+    unknown = sorted(set(bopts) - set(backbone.defaults))
+    if unknown:
+        raise GalmergeError(
+            f"unknown option(s) {', '.join(unknown)} for backbone '{backbone.name}'; "
+            f"known: {', '.join(sorted(backbone.defaults)) or 'none'}"
+        )
+    config["backbone_options"] = bopts
+    config["lr_multipliers"] = _multipliers(config.get("lr_multipliers") or {}, aliases)
+    validate_config(config)
+    return config
+
+
+SEED_LIMIT = 2**32  # numpy's seed range; the run's generators derive theirs from it
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_config(config: Mapping[str, Any]) -> None:
+    """Every value of a resolved config in range, or a one-line GalmergeError naming it.
+
+    The one place values are checked, so that no bad value reaches torch as a traceback.
+    """
+    _validate_choices(config)
+    _validate_values(config)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _multipliers(table: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[str, float]:
+    """``lr_multipliers`` as flat "OWNER.PREFIX" keys (TOML dotted keys nest); keys of a known
+    strategy that is not in this run are dropped (presets pin every built-in's)."""
+    from galmerge.plugin.manager import get_plugin_manager
+
+    known = {n.lower() for n in get_plugin_manager().components("strategies")}
+    out: dict[str, float] = {}
+    for key, value in _flatten(table).items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise GalmergeError(f"lr_multipliers.{key} must be a number >= 0, got {value!r}")
+        owner, dot, prefix = key.partition(".")
+        if key == "*" or owner == "model":
+            out[key] = float(value)
+        elif owner.lower() in aliases:
+            out[f"{aliases[owner.lower()]}{dot}{prefix}"] = float(value)
+        elif owner.lower() not in known:
+            raise GalmergeError(
+                f"lr_multipliers.{key}: '{owner}' is neither 'model' nor a strategy; keys are "
+                f"OWNER.PREFIX, e.g. lr_multipliers.fisher.centers=10"
+            )
+    return out
+
+
+CHOICES = {
+    "early_stopping": ("patience", "deepmerge"),
+    "domain_batchnorm": ("joint", "separate"),
+}
+
+
+def _validate_choices(config: Mapping[str, Any]) -> None:
+    for key, choices in CHOICES.items():
+        if config[key] not in choices:
+            raise GalmergeError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
+    if config["schedule"]["kind"] not in ("onecycle", "cyclic"):
+        raise GalmergeError(
+            f"schedule.kind must be onecycle or cyclic, got {config['schedule']['kind']!r}"
+        )
+    length = config["schedule"]["cycle_length"]
+    if isinstance(length, bool) or not isinstance(length, int | float) or not length > 0:
+        raise GalmergeError(f"schedule.cycle_length must be a number of epochs > 0, got {length!r}")
+    if not isinstance(config["init_keep_preprocess"], bool):
+        raise GalmergeError("init_keep_preprocess must be true or false")
+
+
+def _validate_values(config: Mapping[str, Any]) -> None:
+    for key in ("epochs", "batch_size"):
+        if not _whole(config[key]) or config[key] < 1:
+            raise GalmergeError(f"{key} must be a whole number >= 1, got {config[key]!r}")
+    for key in ("patience", "max_steps_per_epoch", "checkpoint_every", "seed"):
+        if not _whole(config[key]) or config[key] < 0:
+            raise GalmergeError(f"{key} must be a whole number >= 0, got {config[key]!r}")
+    if config["seed"] >= SEED_LIMIT:
+        raise GalmergeError(f"seed must be a whole number from 0 to {SEED_LIMIT - 1}, got "
+                            f"{config['seed']!r}")
+    for key in ("lr", "weight_decay"):
+        value = config[key]
+        if not _number(value) or value < 0:
+            raise GalmergeError(f"{key} must be a finite number >= 0, got {value!r}")
+    if not (config["lr"] > 0):
+        raise GalmergeError("lr must be > 0")
+    for key in ("compile",):
+        if not isinstance(config[key], bool):
+            raise GalmergeError(f"{key} must be true or false, got {config[key]!r}")
+    for key in ("device", "select_by", "init_from", "preset", "source", "target"):
+        if not isinstance(config[key], str):
+            raise GalmergeError(f"{key} must be a string, got {config[key]!r}")
+    opt = config["optimizer"]
+    betas = opt["betas"]
+    if not isinstance(betas, list | tuple) or len(betas) != 2:
+        raise GalmergeError(f"optimizer.betas must be two numbers, got {betas!r}")
+    if not all(_number(b) and 0 <= b < 1 for b in betas):
+        raise GalmergeError(f"optimizer.betas must be two numbers in [0, 1), got {betas!r}")
+    if not _number(opt["eps"]) or opt["eps"] <= 0:
+        raise GalmergeError(f"optimizer.eps must be a small positive number (default 1e-8), "
+                            f"got {opt['eps']!r}")
+    if not isinstance(opt["amsgrad"], bool):
+        raise GalmergeError(f"optimizer.amsgrad must be true or false, got {opt['amsgrad']!r}")
+    sched = config["schedule"]
+    if not _number(sched["pct_start"]) or not 0 < sched["pct_start"] < 1:
+        raise GalmergeError("schedule.pct_start (the share of steps spent warming up) must be "
+                            f"a number between 0 and 1, got {sched['pct_start']!r}")
+    for key in ("div_factor", "final_div_factor"):
+        if not _number(sched[key]) or sched[key] <= 0:
+            raise GalmergeError(f"schedule.{key} must be a number > 0, got {sched[key]!r}")
+    for key in ("source", "target"):
+        if not config[key]:
+            raise GalmergeError(f"no --{key} given; e.g. --{key} synthetic:illustris")

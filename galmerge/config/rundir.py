@@ -1,0 +1,262 @@
+"""The run directory: config.toml, env.json, metrics.csv, summary.json, TensorBoard events and
+checkpoints (best.pt, last.pt). Only rank 0 of a distributed run writes here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from galmerge.config.resolve import read_toml, write_toml
+from galmerge.errors import GalmergeError
+from galmerge.io import atomic
+
+CONFIG, ENV, METRICS, SUMMARY, BEST, LAST = (
+    "config.toml",
+    "env.json",
+    "metrics.csv",
+    "summary.json",
+    "best.pt",
+    "last.pt",
+)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-") or "x"
+
+
+def default_run_dir(
+    source: str, target: str, strategy: str, root: str | Path = "runs", seed: int | None = None
+) -> Path:
+    """``runs/<YYYYmmdd-HHMMSS>-<source>-<target>-<strategy>-s<seed>`` (':' '/' made safe).
+
+    Survey options (``?n=2000&seed=1``) stay out of the name: a ``seed=1`` there is the data's
+    seed, not the training seed, and would mislead; ``s<seed>`` is the training seed and
+    config.toml holds the full specs. A name already taken gets ``-2``, ``-3``, ...
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{_slug(_bare(source))}-{_slug(_bare(target))}-{_slug(strategy)}"
+    if seed is not None:
+        name += f"-s{seed}"
+    path, n = Path(root) / name, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = Path(root) / f"{name}-{n}"
+    return path
+
+
+def _bare(spec: str) -> str:
+    """A survey spec without its ``?key=value`` options."""
+    return spec.split("?", 1)[0]
+
+
+#: what a run writes before its first checkpoint: a folder holding only these is a start that
+#: died (killed in epoch 1), which a fresh run may take over instead of a dead end
+_STARTED_ONLY = (CONFIG, ENV, METRICS)
+
+
+def _dead_start(run_dir: Path) -> list[Path] | None:
+    """The files of a run that never wrote a checkpoint, or None when the folder holds more."""
+    files = []
+    for path in run_dir.iterdir():
+        name = path.name
+        if not path.is_file() or path.is_symlink():
+            return None
+        if name in _STARTED_ONLY or name.startswith("events.out.tfevents.") or (
+                name.startswith(".") and name.endswith(".tmp")):
+            files.append(path)
+        else:
+            return None
+    return files
+
+
+def check_name(run_dir: Path) -> None:
+    """Refuse, before anything is written, a run directory that cannot be one: a name that is
+    not UTF-8 (TensorBoard and TOML need UTF-8) or a path through a file."""
+    try:
+        str(run_dir).encode("utf-8")
+    except UnicodeEncodeError:
+        raise GalmergeError(f"--run-dir {str(run_dir).encode('utf-8', 'replace').decode()} "
+                            "is not valid UTF-8; choose a name in UTF-8") from None
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise GalmergeError(f"--run-dir {run_dir}: {folder} is a file, not a folder; "
+                                    "choose another --run-dir")
+            break
+
+
+def prepare_new(run_dir: Path) -> Path:
+    """Create a fresh run directory; refuse one that already holds a run (never overwrite).
+
+    A folder left by a run killed before its first checkpoint (config.toml, env.json, event
+    files, nothing else) cannot be resumed, so it is taken over: its files are removed.
+    """
+    check_name(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        dead = _dead_start(run_dir)
+        if dead is None:
+            raise GalmergeError(
+                f"run directory {run_dir} is not empty; pick another --run-dir or continue it "
+                f"with --resume {run_dir}"
+            )
+        for path in dead:
+            path.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def discard_new(run_dir: Path) -> None:
+    """Remove a run directory that `prepare_new` made this session, before any checkpoint."""
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
+    write_toml(run_dir / CONFIG, config)
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    return read_toml(run_dir / CONFIG)
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def cpu_description() -> dict[str, str]:
+    """The CPU's model name (/proc/cpuinfo where there is one) and the SIMD level torch uses.
+
+    Results are bit-for-bit repeatable only on the same kind of CPU with the same thread count.
+    """
+    import torch
+
+    model = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    try:
+        lines = cpuinfo.read_text(errors="replace").splitlines() if cpuinfo.is_file() else []
+    except OSError:
+        lines = []
+    for line in lines:
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {"model": model, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """Versions and machine facts recorded in env.json."""
+    import torch
+
+    from galmerge import __version__
+    from galmerge.plugin.manager import get_plugin_manager
+
+    name = str(device)
+    if getattr(device, "type", None) == "cuda":
+        name = torch.cuda.get_device_name(device)
+    plugins = {
+        info.name: {"distribution": info.distribution, "version": info.version}
+        for info in get_plugin_manager().plugin_infos()
+        if info.error is None
+    }
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": name,
+        "cpu_threads": torch.get_num_threads(),
+        "cpu": cpu_description(),
+        "galmerge": __version__,
+        "plugins": plugins,
+        "git_commit": _git_commit(),
+        "argv": sys.argv,
+    }
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    atomic.write_text(path, json.dumps(_json_safe(payload), indent=2, sort_keys=False) + "\n")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.csv from all rows so far (a resumed run drops rows past its checkpoint)."""
+    if not rows:
+        return
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    with atomic.atomic_open(run_dir / METRICS, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _fmt(row.get(c)) for c in columns})
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "nan"
+    return "" if value is None else value
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """metrics.csv as numbers; a file galmerge did not write that way is a one-line error."""
+    path = run_dir / METRICS
+    try:
+        with path.open(newline="") as fh:
+            return [{str(k): float(v) if v not in ("", None) else math.nan
+                     for k, v in r.items() if k is not None}
+                    for r in csv.DictReader(fh)]
+    except (ValueError, TypeError, csv.Error, UnicodeDecodeError) as exc:
+        raise GalmergeError(f"{path} is not a metrics.csv as galmerge writes it "
+                            f"({str(exc).splitlines()[0][:120]}); restore it or train again"
+                            ) from None
+
+
+class TensorBoard:
+    """Scalars per epoch in TensorBoard event files (silently absent if tensorboard is missing)."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # pragma: no cover - tensorboard is a dependency
+            self.writer = None
+            return
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+
+    def log(self, row: Mapping[str, Any], step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(key.replace("_", "/", 1), float(value), step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

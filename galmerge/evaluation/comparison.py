@@ -1,0 +1,280 @@
+"""`galmerge compare`: the paper-style table over run directories (from their summary.json).
+
+One row per (strategy, backbone, source -> target, planned epochs, preset); each metric as
+mean ± sample standard deviation over the seeds of that group; the gain in mean target accuracy
+over the `none` runs on the same data and backbone (with the same epochs and preset when there
+are such runs). Runs of different length or preset are never averaged together.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmerge.errors import GalmergeError
+from galmerge.io import atomic
+from galmerge.scores.metrics import METRIC_NAMES
+
+SPLITS = ("source_test", "target_test")
+
+
+def expand_runs(patterns: Iterable[str]) -> list[Path]:
+    """Run directories from paths or glob patterns (a folder of runs counts as its runs)."""
+    runs: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) or ([pattern] if Path(pattern).exists() else [])
+        if not matches:
+            raise GalmergeError(
+                f"no run directory matches '{pattern}'; pass run directories "
+                "or a glob such as 'runs/*'"
+            )
+        for match in matches:
+            path = Path(match)
+            if (path / "summary.json").is_file():
+                runs.append(path)
+            elif path.is_dir():
+                runs += sorted(p.parent for p in path.glob("*/summary.json"))
+    unique = list(dict.fromkeys(runs))
+    if not unique:
+        raise GalmergeError("no finished run (summary.json) among the given paths; train first")
+    return unique
+
+
+def read_summary(run: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise GalmergeError(f"cannot read {run / 'summary.json'}: {exc}") from exc
+    missing = [
+        k for k in ("source", "target", "strategy", "backbone", "metrics") if k not in summary
+    ]
+    if missing:
+        raise GalmergeError(f"{run / 'summary.json'} lacks {', '.join(missing)}; re-run training")
+    return summary
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if len(arr) == 0:
+        return math.nan, math.nan
+    # one seed has no spread to report: NaN, shown as the mean alone
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
+
+
+def _setup(run: Path) -> tuple[int | None, str]:
+    """Planned epochs and preset from the run's config.toml (None, "" when it has none)."""
+    from galmerge.config.resolve import read_toml
+
+    path = run / "config.toml"
+    if not path.is_file():
+        return None, ""
+    try:
+        config = read_toml(path)
+    except GalmergeError:
+        return None, ""
+    epochs = config.get("epochs")
+    return (int(epochs) if isinstance(epochs, int) else None), str(config.get("preset") or "")
+
+
+def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Table rows (dicts) grouped by strategy, backbone, source, target, epochs and preset."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run in runs:
+        s = read_summary(Path(run))
+        epochs, preset = _setup(Path(run))
+        key = (str(s["strategy"]), str(s["backbone"]), str(s["source"]), str(s["target"]),
+               epochs, preset)
+        groups.setdefault(key, []).append(s)
+    rows = []
+    for (strategy, backbone, source, target, epochs, preset), members in groups.items():
+        row: dict[str, Any] = {
+            "strategy": strategy,
+            "backbone": backbone,
+            "source": source,
+            "target": target,
+            "runs": len(members),
+            "epochs": epochs,
+            "preset": preset,
+            "seeds": sorted({m.get("seed") for m in members if m.get("seed") is not None}),
+        }
+        for split in SPLITS:
+            for name in METRIC_NAMES:
+                mean, std = _stats([m["metrics"].get(split, {}).get(name) for m in members])
+                row[f"{split}_{name}_mean"] = mean
+                row[f"{split}_{name}_std"] = std
+        rows.append(row)
+    for row in rows:
+        nones = [
+            r
+            for r in rows
+            if r["strategy"] == "none"
+            and r["backbone"] == row["backbone"]
+            and r["source"] == row["source"]
+            and r["target"] == row["target"]
+        ]
+        # the same epochs and preset if such a baseline exists
+        same = [r for r in nones if (r["epochs"], r["preset"]) == (row["epochs"], row["preset"])]
+        base = (same or nones or [None])[0]
+        row["target_accuracy_gain_over_none"] = (
+            row["target_test_accuracy_mean"] - base["target_test_accuracy_mean"]
+            if base is not None
+            else math.nan
+        )
+    rows.sort(
+        key=lambda r: (
+            r["source"],
+            r["target"],
+            r["backbone"],
+            r["strategy"] != "none",
+            r["strategy"],
+            r["epochs"] or 0,
+            r["preset"],
+        )
+    )
+    return rows
+
+
+def _pm(row: dict[str, Any], split: str, name: str) -> str:
+    mean, std = row[f"{split}_{name}_mean"], row[f"{split}_{name}_std"]
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
+
+
+def _gain(value: float) -> str:
+    return f"{value:+.3f}" if math.isfinite(value) else "n/a"
+
+
+TABLE_HEADER = [
+    "strategy",
+    "backbone",
+    "source → target",
+    "runs",
+    "epochs",
+    "preset",
+    *[f"{split.split('_')[0]} {name}" for split in SPLITS for name in METRIC_NAMES],
+    "target acc gain over none",
+]
+
+
+def table_cells(row: dict[str, Any]) -> list[str]:
+    return [
+        row["strategy"],
+        row["backbone"],
+        f"{row['source']} → {row['target']}",
+        str(row["runs"]),
+        "?" if row.get("epochs") is None else str(row["epochs"]),
+        row.get("preset") or "-",
+        *[_pm(row, split, name) for split in SPLITS for name in METRIC_NAMES],
+        _gain(row["target_accuracy_gain_over_none"]),
+    ]
+
+
+def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(esc(c) for c in table_cells(r)) + " |" for r in rows]
+    return (
+        "\n".join(lines)
+        + "\n\nMean ± sample standard deviation over seeds (test splits; one seed: mean only).\n"
+    )
+
+
+def to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """Machine-readable: separate mean and std columns, seeds joined by ';'."""
+    buf = io.StringIO()
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                k: ";".join(map(str, v))
+                if isinstance(v, list)
+                else (repr(v) if isinstance(v, float) else v)
+                for k, v in row.items()
+            }
+        )
+    return buf.getvalue()
+
+
+def write_table(rows: Sequence[dict[str, Any]], output: str | Path) -> Path:
+    path = Path(output)
+    suffix = path.suffix.lower()
+    if suffix not in (".md", ".csv"):
+        raise GalmergeError(f"--output {path}: use a .md or .csv file name")
+    text = to_markdown(rows) if suffix == ".md" else to_csv(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, text)
+    return path
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    """One table per data pair and backbone (its title names them), sized for 80 columns:
+    mean over ± std in each cell, the runs' planned epochs and preset in a column of their own.
+    Markdown and CSV (--output) hold every metric."""
+    import sys
+
+    from rich import box
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(file=sys.stdout)
+    shown = [("source_test", "accuracy", "source\nacc"),
+             ("target_test", "accuracy", "target\nacc"), ("target_test", "auc", "target\nAUC")]
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["source"], r["target"], r["backbone"]), []).append(r)
+    for (source, target, backbone), members in groups.items():
+        t = Table(
+            # names read from summary.json files: text, not markup
+            title=escape(f"{source} → {target}, {backbone}: test metrics, mean ± std over seeds"),
+            box=box.SIMPLE_HEAD,
+        )
+        t.add_column("strategy", overflow="fold")
+        t.add_column("runs", justify="right")
+        t.add_column("epochs,\npreset", overflow="fold", min_width=18)
+        for _, _, header in shown:
+            t.add_column(header, justify="right", min_width=6)
+        t.add_column("target\ngain", justify="right", min_width=6)
+        for r in members:
+            n = r.get("epochs")
+            setup = "? epochs" if n is None else f"{n} epoch{'' if n == 1 else 's'}"
+            if r.get("preset"):
+                setup += f"\n{r['preset']}"
+            t.add_row(
+                escape(str(r["strategy"])),
+                str(r["runs"]),
+                escape(setup),
+                *[_stacked(r, split, name) for split, name, _ in shown],
+                _gain(r["target_accuracy_gain_over_none"]),
+            )
+        console.print(t)
+    setups = {(r.get("epochs"), r.get("preset")) for r in rows}
+    if len(setups) > 1:
+        console.print(
+            "note: these runs differ in epochs or preset (see that column); each gain is "
+            "over the `none` runs with the same setup where there are some",
+            markup=False, highlight=False,
+        )
+
+
+def _stacked(row: dict[str, Any], split: str, name: str) -> str:
+    """Mean above ± std: narrow enough for an 80-column table."""
+    mean, std = row[f"{split}_{name}_mean"], row[f"{split}_{name}_std"]
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.3f}\n±{std:.3f}" if math.isfinite(std) else f"{mean:.3f}"

@@ -1,0 +1,865 @@
+"""`galmerge evaluate`: test metrics with bootstrap intervals, figures, model-selection analysis,
+temperature scaling and a self-contained HTML report, written to ``RUN_DIR/report/``.
+
+The data are reloaded from the specs in ``config.toml`` and split exactly as the trainer did
+(`galmerge.data.splits.domain_splits` with the run's seed), so "test" means the same images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from galmerge.config import rundir
+from galmerge.errors import GalmergeError
+from galmerge.evaluation import plots
+from galmerge.evaluation.report import Figure, Section, fmt, metrics_table, table, write_report
+from galmerge.models.model import LoadedModel, load_model, read_checkpoint, save_checkpoint
+from galmerge.plugin.imageset import ImageSet
+from galmerge.scores import selection
+from galmerge.scores.calibration import expected_calibration_error, fit_temperature, nll
+from galmerge.scores.metrics import METRIC_NAMES, binary_metrics
+
+REPORT_DIR = "report"
+DOMAINS = ("source", "target")
+EMBEDDING_POINTS = 400  # per domain; t-SNE cost grows fast with points
+GALLERY_COLUMNS = 4
+# Grad-CAM maps whose rank correlation with a randomised network's maps reaches this are
+# reported as failing the sanity check (Adebayo et al. 2018 read high similarity as a failure).
+GRADCAM_SANITY_MAX = 0.5
+# ...and when a map's total evidence does not rise with the model's merger logit difference
+# over the gallery (rank correlation below this), the maps do not show what drives predictions.
+GRADCAM_TRACKS_MIN = 0.3
+
+
+@dataclass
+class SplitData:
+    indices: np.ndarray
+    features: torch.Tensor
+    logits: torch.Tensor
+    labels: np.ndarray
+
+
+@dataclass
+class DomainData:
+    name: str
+    imageset: ImageSet
+    val: SplitData
+    test: SplitData
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str) -> ImageSet:
+    if isinstance(given, ImageSet):
+        return given
+    from galmerge.data.datasets import load_imageset
+
+    spec = given or config.get(role)
+    if not spec:
+        raise GalmergeError(f"config.toml has no '{role}' spec; pass --{role} SPEC")
+    try:
+        return load_imageset(str(spec))
+    except GalmergeError as exc:
+        raise GalmergeError(
+            f"cannot reload the {role} data '{spec}' ({exc}); pass --{role} SPEC"
+        ) from exc
+
+
+def _outputs(
+    loaded: LoadedModel,
+    imageset: ImageSet,
+    idx: np.ndarray,
+    spec: dict[str, Any],
+    device: torch.device,
+) -> SplitData:
+    from galmerge.models.inference import forward_in_batches
+
+    feats, logits = forward_in_batches(loaded.model, imageset, idx, spec, device)
+    labels = imageset.labels.numpy()[idx]
+    return SplitData(idx, feats, logits, labels)
+
+
+def _domains(
+    loaded: LoadedModel, sets: dict[str, ImageSet], seed: int, device: torch.device
+) -> dict[str, DomainData]:
+    from galmerge.data.splits import domain_splits
+
+    splits = domain_splits(len(sets["source"]), len(sets["target"]), seed)
+    out = {}
+    for name in DOMAINS:
+        spec = loaded.preprocess[name]
+        if sets[name].channels != int(spec["channels"]):
+            raise GalmergeError(
+                f"{name} data has {sets[name].channels} bands but the model was trained on "
+                f"{spec['channels']}; pass the run's --{name} data"
+            )
+        out[name] = DomainData(
+            name,
+            sets[name],
+            _outputs(loaded, sets[name], splits[name]["val"], spec, device),
+            _outputs(loaded, sets[name], splits[name]["test"], spec, device),
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# numbers
+
+
+def bootstrap_metrics(
+    labels: np.ndarray, p: np.ndarray, n_boot: int, seed: int = 0
+) -> dict[str, Any]:
+    """Point metrics plus 16th-84th percentile (68%) bootstrap intervals over test images."""
+    value = binary_metrics(labels, p)
+    keep = labels >= 0
+    y, q = labels[keep], p[keep]
+    out: dict[str, Any] = {"value": value, "n": int(len(y)), "bootstrap": int(n_boot)}
+    if n_boot > 0 and len(y) > 1:
+        rng = np.random.default_rng(seed)
+        draws = _resampled_metrics(y, q, rng.integers(0, len(y), (n_boot, len(y))))
+        intervals = {}
+        for name, vals in draws.items():
+            arr = vals[np.isfinite(vals)]
+            intervals[name] = (
+                [float(np.percentile(arr, 16)), float(np.percentile(arr, 84))]
+                if len(arr)
+                else [math.nan, math.nan]
+            )
+        out["interval_68"] = intervals
+    return out
+
+
+def _resampled_metrics(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """`binary_metrics` for every row of resample indices ``idx`` (B, n) at once; the per-call
+    overhead of sklearn would dominate otherwise. AUC is the Mann-Whitney rank statistic."""
+    from scipy.stats import rankdata
+
+    yy, pp = y[idx].astype(np.float64), p[idx]
+    pred = (pp >= 0.5).astype(np.float64)
+    tp = (pred * yy).sum(1)
+    fp = (pred * (1 - yy)).sum(1)
+    fn = ((1 - pred) * yy).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        ranks = rankdata(pp, axis=1)  # ties get average ranks, as roc_auc_score
+        n1 = yy.sum(1)
+        n0 = yy.shape[1] - n1
+        auc = ((ranks * yy).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    auc[(n1 == 0) | (n0 == 0)] = np.nan
+    return {
+        "accuracy": (pred == yy).mean(1),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "brier": ((pp - yy) ** 2).mean(1),
+        "auc": auc,
+    }
+
+
+def selection_choices(
+    rows: list[dict[str, float]], summary: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """For each score: the epoch it picks from metrics.csv and target val accuracy there."""
+    if not rows:
+        return []
+    acc = [r.get("target_val_accuracy", math.nan) for r in rows]
+    oracle_i = selection.select_epoch(acc, selection.ORACLE)
+    oracle_acc = acc[oracle_i] if oracle_i is not None else math.nan
+    names = [n for n in selection.SCORES if any(f"score_{n}" in r or n in r for r in rows)]
+    choices = []
+    for name in names:
+        values = [r.get(f"score_{name}", r.get(name, math.nan)) for r in rows]
+        i = selection.select_epoch(values, name)
+        choices.append(_choice(name, name, rows, i, oracle_acc, oracle=False))
+    choices.append(
+        _choice(selection.ORACLE, "oracle: target val accuracy", rows, oracle_i, oracle_acc, True)
+    )
+    if summary and summary.get("best_epoch"):
+        best = int(summary["best_epoch"])
+        i = next((k for k, r in enumerate(rows) if int(r["epoch"]) == best), None)
+        picked = summary.get("select_by", "?")
+        label = f"trainer best.pt ({picked})"
+        choices.append(
+            _choice(
+                f"trainer:{picked}", label, rows, i, oracle_acc, oracle=picked == selection.ORACLE
+            )
+        )
+    return choices
+
+
+def _choice(
+    name: str,
+    label: str,
+    rows: list[dict[str, float]],
+    i: int | None,
+    oracle_acc: float,
+    oracle: bool,
+) -> dict[str, Any]:
+    acc = rows[i].get("target_val_accuracy", math.nan) if i is not None else math.nan
+    if oracle and "oracle" not in label:
+        label = f"{label} [oracle]"
+    return {
+        "score": name,
+        "label": label,
+        "oracle": oracle,
+        "direction": selection.DIRECTIONS.get(name, ""),
+        "epoch": int(rows[i]["epoch"]) if i is not None else None,
+        "target_val_accuracy": acc,
+        "gap_to_oracle": oracle_acc - acc if math.isfinite(acc) else math.nan,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# baseline
+
+
+def find_baseline(run_dir: Path, summary: dict[str, Any] | None) -> Path | None:
+    """A sibling run of strategy ``none`` on the same source, target and backbone (same seed
+    preferred), or None."""
+    if not summary or summary.get("strategy") == "none":
+        return None
+    found: list[tuple[int, str, Path]] = []
+    for cand in sorted(run_dir.resolve().parent.iterdir()):
+        path = cand / rundir.SUMMARY
+        if cand.resolve() == run_dir.resolve() or not path.is_file():
+            continue
+        try:
+            other = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        same = all(other.get(k) == summary.get(k) for k in ("source", "target", "backbone"))
+        if same and other.get("strategy") == "none" and (cand / rundir.BEST).is_file():
+            found.append((0 if other.get("seed") == summary.get("seed") else 1, cand.name, cand))
+    return min(found)[2] if found else None
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def _subsample(n: int, k: int, seed: int) -> np.ndarray:
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+
+
+def _gallery_picks(labels: np.ndarray, p: np.ndarray, k: int) -> list[tuple[str, np.ndarray]]:
+    """Positions (into the test split) of the most and least confident mergers / non-mergers."""
+    known = labels >= 0
+    cls = labels if known.any() else (p >= 0.5).astype(int)
+    kind = "true" if known.any() else "predicted"
+    mergers = np.flatnonzero(cls == 1)
+    non = np.flatnonzero(cls == 0)
+    m_order = mergers[np.argsort(-p[mergers], kind="stable")]
+    n_order = non[np.argsort(p[non], kind="stable")]
+    # the "least confident" rows skip images already shown as "most confident" (small sets)
+    return [
+        (f"{kind} mergers,\nmost confident", m_order[:k]),
+        (f"{kind} mergers,\nleast confident", m_order[k:][::-1][:k]),
+        (f"{kind} non-mergers,\nmost confident", n_order[:k]),
+        (f"{kind} non-mergers,\nleast confident", n_order[k:][::-1][:k]),
+    ]
+
+
+def _gallery(
+    loaded: LoadedModel,
+    dom: DomainData,
+    p: np.ndarray,
+    out: Path,
+    device: torch.device,
+    k: int = GALLERY_COLUMNS,
+    say: Any = None,
+) -> tuple[list[str], dict[str, Any] | None]:
+    """The target gallery and its Grad-CAM figure; returns the files and the Grad-CAM facts
+    (common scale, randomisation check) or None when the backbone has no convolution."""
+    from galmerge.data.preprocess import normalise
+    from galmerge.evaluation.gradcam import (
+        common_scale,
+        evidence_maps,
+        randomisation_check,
+        strength_score_correlation,
+    )
+
+    picks = _gallery_picks(dom.test.labels, p, k)
+    logits = dom.test.logits
+    margin = (logits[:, 1] - logits[:, 0]).numpy() if len(logits) else np.zeros(0)
+    images: list[np.ndarray | None] = []
+    captions: list[str] = []
+    chosen: list[int] = []
+    for _, pos in picks:
+        for j in range(k):
+            if j < len(pos):
+                chosen.append(int(pos[j]))
+                images.append(None)
+                # the logit margin keeps ranking images where p has saturated at 1.000
+                captions.append(f"p={p[pos[j]]:.3f} Δz={margin[pos[j]]:+.1f}")
+            else:
+                chosen.append(-1)
+                images.append(None)
+                captions.append("")
+    valid = [c for c in chosen if c >= 0]
+    raw = dom.imageset.batch(dom.test.indices[valid]) if valid else torch.empty(0)
+    ids = dom.imageset.ids[dom.test.indices[valid]] if valid else []
+    cams_valid: list[np.ndarray] = []
+    facts: dict[str, Any] | None = None
+    if valid:
+        x = normalise(raw.to(device), loaded.preprocess[dom.name])
+        try:
+            if say is not None:
+                say("Grad-CAM maps of the gallery images")
+            maps = evidence_maps(loaded.model, x)
+        except ValueError:  # a backbone without convolutions: gallery without Grad-CAM
+            maps = None
+        if maps is not None:
+            scale = common_scale(maps)
+            cams_valid = list((maps / scale).clamp(max=1.0).numpy() if scale > 0 else maps.numpy())
+            if say is not None:
+                say("Grad-CAM sanity check: the same maps from randomised weights")
+            rho = randomisation_check(loaded.model, x)
+            tracks = strength_score_correlation(maps, margin[np.asarray(valid)])
+            facts = {
+                "explains": "logit difference z_merger - z_non_merger",
+                "scale": scale,
+                "randomised_weights_rank_correlation": rho,
+                "strength_vs_score_rank_correlation": tracks,
+                "sanity_check_passed": bool(
+                    np.isfinite(rho) and rho < GRADCAM_SANITY_MAX
+                    and np.isfinite(tracks) and tracks >= GRADCAM_TRACKS_MIN
+                ),
+            }
+    cams: list[np.ndarray | None] = []
+    it = 0
+    for slot, c in enumerate(chosen):
+        if c >= 0:
+            images[slot] = raw[it].numpy()
+            captions[slot] = f"id {_short(ids[it])}\n{captions[slot]}"
+            cams.append(cams_valid[it] if cams_valid else None)
+            it += 1
+        else:
+            cams.append(None)
+    titles = [t for t, _ in picks]
+    files = ["gallery_target.png"]
+    plots.gallery(
+        images,
+        captions,
+        titles,
+        k,
+        out / files[0],
+        title="target test images: colour composites (arcsinh); p_merger of the model and "
+        "its logit difference Δz",
+    )
+    if cams_valid and facts is not None:
+        files.append("gradcam_target.png")
+        plots.gallery(
+            images,
+            captions,
+            titles,
+            k,
+            out / files[1],
+            cams=cams,
+            title=_gradcam_title(facts),
+        )
+    return files, facts
+
+
+def _gradcam_verdict(facts: dict[str, Any]) -> str:
+    rho = facts["randomised_weights_rank_correlation"]
+    tracks = facts["strength_vs_score_rank_correlation"]
+    checks = (
+        f"rank correlation with randomised-weight maps {rho:.2f} (Adebayo et al. 2018; "
+        f"passes below {GRADCAM_SANITY_MAX}), map strength vs merger logit {tracks:.2f} "
+        f"(passes from {GRADCAM_TRACKS_MIN})"
+    )
+    if facts["sanity_check_passed"]:
+        return f"sanity checks passed: {checks}"
+    return (
+        f"sanity checks FAILED, do not read the maps as the model's evidence for 'merger': "
+        f"{checks}"
+    )
+
+
+def _gradcam_title(facts: dict[str, Any]) -> str:
+    return (
+        "Grad-CAM of the merger-vs-non-merger logit difference; contours at 30, 60, 90% of one "
+        "scale shared by all maps (no contour = weak)\n" + _gradcam_verdict(facts)
+    )
+
+
+def _short(identifier: object, width: int = 26) -> str:
+    """An id for a caption: whole up to ``width`` characters (SDSS objIDs and synthetic ids
+    fit), else its head and tail around an ellipsis (both ends of an id tend to matter)."""
+    text = str(identifier)
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[-(width - 1 - head) :]
+
+
+def _embedding(
+    panels_models: list[tuple[str, LoadedModel]],
+    domains: dict[str, DomainData],
+    out: Path,
+    device: torch.device,
+    seed: int,
+    points: int,
+) -> tuple[str, str]:
+    from galmerge.models.inference import forward_in_batches
+
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for title, model in panels_models:
+        per_domain = {}
+        for name, dom in domains.items():
+            pick = _subsample(len(dom.test.indices), points, seed)
+            idx = dom.test.indices[pick]
+            feats, _ = forward_in_batches(
+                model.model, dom.imageset, idx, model.preprocess[name], device
+            )
+            per_domain[name] = (feats.numpy(), dom.test.labels[pick])
+        panels[title] = per_domain
+    path, method = plots.embedding(panels, out / "embedding.png", seed=seed)
+    return path.name, method
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+
+
+def evaluate(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    device: str = "auto",
+    bootstrap: int = 200,
+    baseline: str | Path | None = None,
+    calibrate: bool = False,
+    source: ImageSet | str | None = None,
+    target: ImageSet | str | None = None,
+    embedding_points: int = EMBEDDING_POINTS,
+    quiet: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate a run directory; writes ``RUN_DIR/report/`` and returns the metrics.json payload."""
+    from galmerge.runtime.devices import resolve_device
+
+    run = Path(run_dir)
+    if not (run / rundir.CONFIG).is_file():
+        raise GalmergeError(
+            f"{run} is not a run directory (no {rundir.CONFIG}); pass one from galmerge train"
+        )
+    if checkpoint not in ("best", "last"):
+        raise GalmergeError(f"--checkpoint {checkpoint}: use best or last")
+    ckpt = run / f"{checkpoint}.pt"
+    if not ckpt.is_file():
+        raise GalmergeError(
+            f"{ckpt} does not exist; train the run first or use --checkpoint "
+            f"{'last' if checkpoint == 'best' else 'best'}"
+        )
+    if bootstrap < 0:
+        raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
+    dev = resolve_device(device)
+    say = _steps(quiet)
+    config = rundir.read_config(run)
+    summary = _read_json(run / rundir.SUMMARY)
+    rows = rundir.read_metrics(run) if (run / rundir.METRICS).is_file() else []
+    loaded = load_model(ckpt, dev)
+    sets = {
+        "source": _load_set(source, config, "source"),
+        "target": _load_set(target, config, "target"),
+    }
+    say("the model's outputs on the validation and test splits")  # after every user check
+    domains = _domains(loaded, sets, int(config.get("seed", 0)), dev)
+    out = run / REPORT_DIR
+    out.mkdir(exist_ok=True)
+
+    # temperature scaling: fitted on the source validation split only
+    sv = domains["source"].val
+    t_ckpt = loaded.temperature
+    t_fit = fit_temperature(sv.logits, torch.as_tensor(sv.labels))
+    t_used = t_fit if calibrate else t_ckpt
+    from galmerge.models.inference import merger_probability
+
+    probs = {n: merger_probability(d.test.logits, t_used) for n, d in domains.items()}
+    probs_uncal = {n: merger_probability(d.test.logits, 1.0) for n, d in domains.items()}
+    probs_fit = {n: merger_probability(d.test.logits, t_fit) for n, d in domains.items()}
+    # importance-weighted temperature (Wang et al. 2020): source validation rows weighted by
+    # p_target / p_source of their features, from a domain classifier; no target labels
+    t_iw, iw_info = _importance_weighted_temperature(sv, domains["target"].val, seed)
+    probs_iw = {n: merger_probability(d.test.logits, t_iw) for n, d in domains.items()}
+    calibration = {
+        "fitted_on": "source validation split",
+        "checkpoint_temperature": t_ckpt,
+        "fitted_temperature": t_fit,
+        "applied": bool(calibrate),
+        "source_val_nll": {
+            "T=1": nll(sv.logits, torch.as_tensor(sv.labels), 1.0),
+            "fitted": nll(sv.logits, torch.as_tensor(sv.labels), t_fit),
+        },
+        "ece": {
+            f"{n}_test": {
+                "T=1": expected_calibration_error(probs_uncal[n], d.test.labels),
+                "fitted": expected_calibration_error(probs_fit[n], d.test.labels),
+                "importance_weighted": expected_calibration_error(probs_iw[n], d.test.labels),
+            }
+            for n, d in domains.items()
+        },
+        "brier": {
+            f"{n}_test": {
+                "T=1": _brier(probs_uncal[n], d.test.labels),
+                "fitted": _brier(probs_fit[n], d.test.labels),
+                "importance_weighted": _brier(probs_iw[n], d.test.labels),
+            }
+            for n, d in domains.items()
+        },
+        "importance_weighted_temperature": t_iw,
+        "importance_weights": iw_info,
+    }
+    if calibrate:
+        _write_temperature(ckpt, t_fit)
+
+    metrics = {
+        f"{n}_test": bootstrap_metrics(d.test.labels, probs[n], bootstrap, seed)
+        for n, d in domains.items()
+    }
+    choices = selection_choices(rows, summary)
+
+    files: dict[str, str] = {}
+    figs: list[Section] = []
+    labels_probs = {n: (d.test.labels, probs[n]) for n, d in domains.items()}
+    say("figures: training curves, ROC, confusion matrices, reliability")
+    if rows:
+        files["training_curves"] = plots.training_curves(rows, out / "training_curves.png").name
+    files["roc"] = plots.roc_curves(labels_probs, out / "roc.png").name
+    files["confusion"] = plots.confusion_matrices(labels_probs, out / "confusion.png").name
+    files["reliability"] = plots.reliability_diagram(
+        {n: (d.test.labels, probs_uncal[n]) for n, d in domains.items()},
+        out / "reliability.png",
+        calibrated=probs_fit,
+    ).name
+
+    base_dir = Path(baseline) if baseline is not None else find_baseline(run, summary)
+    models = [(f"after: this run, {config.get('strategy', '?')} ({checkpoint}.pt)", loaded)]
+    if base_dir is not None:
+        base_ckpt = base_dir / rundir.BEST if base_dir.is_dir() else base_dir
+        if not base_ckpt.is_file():
+            raise GalmergeError(f"--baseline {base_dir}: no best.pt there; pass a `none` run")
+        # before (source only) on the left, after (adapted) on the right
+        models.insert(0, ("before: baseline none, source only (best.pt)",
+                          load_model(base_ckpt, dev)))
+    say(f"embedding (t-SNE/UMAP) of {2 * embedding_points} test features per model, "
+        f"{len(models)} model(s); the slowest step")
+    files["embedding"], method = _embedding(models, domains, out, dev, seed, embedding_points)
+    gallery_files, gradcam_facts = _gallery(
+        loaded, domains["target"], probs["target"], out, dev, say=say
+    )
+    files["gallery"] = gallery_files[0]
+    if len(gallery_files) > 1:
+        files["gradcam"] = gallery_files[1]
+    if choices:
+        files["selection"] = plots.selection_comparison(rows, choices, out / "selection.png").name
+
+    payload = {
+        "run_dir": str(run),
+        "checkpoint": checkpoint,
+        "epoch": int(read_checkpoint(ckpt).get("epoch", 0)),
+        "source": config.get("source"),
+        "target": config.get("target"),
+        "strategy": config.get("strategy"),
+        "backbone": config.get("backbone"),
+        "seed": config.get("seed"),
+        "temperature_used": t_used,
+        "metrics": metrics,
+        "calibration": calibration,
+        "selection": choices,
+        "baseline": None if base_dir is None else str(base_dir),
+        "embedding_method": method,
+        "gradcam": gradcam_facts,
+        "files": files,
+    }
+    say("report.html")
+    rundir.write_json(out / "metrics.json", payload)
+    figs = _sections(payload, files)
+    intro = (
+        f"<p>Run <code>{fmt(str(run))}</code>: strategy <b>{fmt(config.get('strategy'))}</b>,"
+        f" backbone <b>{fmt(config.get('backbone'))}</b>, source <code>"
+        f"{fmt(config.get('source'))}</code> &rarr; target <code>{fmt(config.get('target'))}"
+        f"</code>, seed {fmt(config.get('seed'))}; checkpoint {checkpoint}.pt (epoch "
+        f"{payload['epoch']}).</p>"
+    )
+    write_report(out / "report.html", "galmerge evaluation report", intro, figs)
+    if not quiet:
+        _print_summary(payload)
+    return rundir._json_safe(payload)
+
+
+def _steps(quiet: bool) -> Any:
+    """A printer of what evaluate is doing, one line per step on stderr (stdout keeps the
+    tables), with the seconds since the start."""
+    import time
+
+    start = time.monotonic()
+
+    def say(what: str) -> None:
+        if not quiet:
+            print(f"evaluate [{time.monotonic() - start:5.1f} s] {what}", file=sys.stderr,
+                  flush=True)
+
+    return say
+def _brier(p: np.ndarray, labels: np.ndarray) -> float:
+    keep = labels >= 0
+    return float(((p[keep] - labels[keep]) ** 2).mean()) if keep.any() else math.nan
+
+
+def _importance_weighted_temperature(
+    sv: SplitData, tv: SplitData, seed: int
+) -> tuple[float, dict[str, Any]]:
+    """Temperature fitted on the source validation split with density-ratio weights
+    p_target(f) / p_source(f) (cross-fitted domain classifier on backbone features,
+    `galmerge.scores.selection.density_ratio_weights`); T = 1 with a reason when it cannot be fitted."""
+    from galmerge.scores.selection import density_ratio_weights
+
+    finite = bool(torch.isfinite(sv.features).all()) and bool(torch.isfinite(tv.features).all())
+    if len(sv.features) < 2 or len(tv.features) < 2 or not finite:
+        return 1.0, {"fitted": False, "reason": "too few or non-finite features"}
+    try:
+        w = density_ratio_weights(sv.features, tv.features, seed)
+    except ValueError as exc:  # e.g. fewer rows than folds
+        return 1.0, {"fitted": False, "reason": str(exc).splitlines()[0]}
+    w = np.clip(w, 0.0, 20.0)  # a few huge ratios would make one image the whole fit
+    t = fit_temperature(sv.logits, torch.as_tensor(sv.labels), weights=w)
+    ess = float(w.sum() ** 2 / max((w**2).sum(), 1e-300))
+    return t, {"fitted": True, "mean": float(w.mean()), "max": float(w.max()),
+               "effective_n": ess, "n": int(len(w))}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_temperature(ckpt: Path, temperature: float) -> None:
+    payload = read_checkpoint(ckpt)
+    payload.pop("format", None)
+    payload["temperature"] = float(temperature)
+    save_checkpoint(ckpt, payload)
+
+
+def _sections(payload: dict[str, Any], files: dict[str, str]) -> list[Section]:
+    m = payload["metrics"]
+    cal = payload["calibration"]
+    n_boot = next(iter(m.values()))["bootstrap"]
+    out = [
+        Section(
+            "Test metrics",
+            metrics_table(m) + f"<p class='note'>Merger is the positive class; threshold "
+            f"p_merger = 0.5 at temperature {fmt(payload['temperature_used'])}. "
+            + (
+                f"Brackets: 68% bootstrap interval over {n_boot} resamples of the test images."
+                if n_boot
+                else "No bootstrap intervals (--bootstrap 0)."
+            )
+            + "</p>",
+        )
+    ]
+    if "training_curves" in files:
+        out.append(
+            Section(
+                "Training",
+                figures=[
+                    Figure(
+                        files["training_curves"],
+                        "Training curves",
+                        "Loss terms per epoch, source validation loss, validation accuracy per "
+                        "domain. The target accuracy uses target labels and is never used for "
+                        "training or selection.",
+                    )
+                ],
+            )
+        )
+    out.append(
+        Section(
+            "Discrimination",
+            figures=[
+                Figure(files["roc"], "ROC curves", "Source and target test splits."),
+                Figure(
+                    files["confusion"],
+                    "Confusion matrices",
+                    "Counts and fraction of each true class.",
+                ),
+            ],
+        )
+    )
+    ece = cal["ece"]
+    cal_rows = [
+        [f"{d}", ece[d]["T=1"], ece[d]["fitted"], ece[d].get("importance_weighted")]
+        for d in ece
+    ]
+    out.append(
+        Section(
+            "Calibration",
+            f"<p>Temperature fitted on the source validation split: T = "
+            f"{fmt(cal['fitted_temperature'])} (source val NLL {fmt(cal['source_val_nll']['T=1'])} "
+            f"&rarr; {fmt(cal['source_val_nll']['fitted'])}); "
+            f"{'written to the checkpoint' if cal['applied'] else 'not applied (use --calibrate)'}."
+            f" Importance-weighted T (source validation rows weighted by a domain classifier's "
+            f"p_target/p_source, Wang et al. 2020; no target labels): "
+            f"{fmt(cal['importance_weighted_temperature'])}."
+            f"</p>"
+            + table(["split", "ECE at T=1", "ECE at fitted T", "ECE at weighted T"], cal_rows),
+            [
+                Figure(
+                    files["reliability"],
+                    "Reliability diagram",
+                    "Solid: T = 1; dashed: temperature-scaled.",
+                )
+            ],
+        )
+    )
+    out.append(
+        Section(
+            "Latent space",
+            figures=[
+                Figure(
+                    files["embedding"],
+                    f"{payload['embedding_method']} of test features",
+                    "Top row coloured by domain (overlap is what adaptation aims for), bottom "
+                    "row by class on the same points (target classes use target labels, for "
+                    "display only; separated classes are what the classifier needs)."
+                    + (
+                        " Left: before, the source-only `none` baseline; right: after, this run."
+                        if payload["baseline"]
+                        else " No before/after: pass --baseline RUN_DIR (a `none` run on the "
+                        "same data) to add the source-only panel."
+                    ),
+                )
+            ],
+        )
+    )
+    gal = [
+        Figure(
+            files["gallery"],
+            "Target gallery",
+            "Most and least confident target mergers and non-mergers.",
+        )
+    ]
+    if "gradcam" in files:
+        gal.append(
+            Figure(
+                files["gradcam"],
+                "Grad-CAM",
+                _gradcam_caption(payload["gradcam"]),
+            )
+        )
+    out.append(Section("Target examples", figures=gal))
+    if payload["selection"]:
+        rows = [
+            [c["label"], c["direction"], c["epoch"], c["target_val_accuracy"], c["gap_to_oracle"]]
+            for c in payload["selection"]
+        ]
+        classes = ["oracle" if c["oracle"] else "" for c in payload["selection"]]
+        labelled = any(
+            c["target_val_accuracy"] is not None and math.isfinite(c["target_val_accuracy"])
+            for c in payload["selection"]
+        )
+        out.append(
+            Section(
+                "Model selection without target labels",
+                "<p>Epoch each label-free score would pick (from metrics.csv) and the target "
+                "validation accuracy there. The <span class='oracle'>oracle</span> uses target "
+                "labels: research only, the best any rule could do.</p>"
+                + table(
+                    ["score", "better", "epoch", "target val accuracy", "gap to oracle"],
+                    rows,
+                    classes,
+                ),
+                [
+                    Figure(
+                        files["selection"],
+                        "Selection comparison",
+                        "Grey bars: oracle."
+                        if labelled
+                        else "No target labels: each score's curve and the epoch it picks.",
+                    )
+                ],
+            )
+        )
+    return out
+
+
+def _gradcam_caption(facts: dict[str, Any] | None) -> str:
+    if not facts:
+        return "No Grad-CAM."
+    return (
+        "Where the last convolution's activations raise the merger-minus-non-merger logit, on "
+        "one scale for all maps (a map without contours holds little evidence). Coarse (the "
+        "last convolution's resolution); it says where, not why. "
+        + _gradcam_verdict(facts) + "."
+    )
+
+
+def _print_summary(payload: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(file=sys.stdout)
+    t = Table(
+        title=f"{payload['strategy']} / {payload['backbone']}: test metrics "
+        f"({payload['checkpoint']}.pt, 68% bootstrap intervals)",
+        caption=f"source: {payload.get('source')}   target: {payload.get('target')}",
+    )
+    t.add_column("metric")
+    for split in payload["metrics"]:
+        t.add_column(split, justify="right")
+    for name in METRIC_NAMES:
+        cells = []
+        for m in payload["metrics"].values():
+            cell = _num(m["value"][name])
+            iv = m.get("interval_68", {}).get(name)
+            if iv and all(math.isfinite(v) for v in iv):
+                cell += f" [{iv[0]:.3f}, {iv[1]:.3f}]"
+            cells.append(cell)
+        t.add_row(name, *cells)
+    console.print(t)
+    if payload["selection"]:
+        s = Table(title="model selection: epoch picked and target val accuracy there")
+        for col in ("score", "epoch", "target val acc", "gap to oracle"):
+            s.add_column(col, justify="left" if col == "score" else "right")
+        for c in payload["selection"]:
+            s.add_row(
+                escape(str(c["label"])),
+                str(c["epoch"]),
+                _num(c["target_val_accuracy"]),
+                _num(c["gap_to_oracle"]),
+            )
+        console.print(s)
+    cal = payload["calibration"]
+    console.print(
+        f"temperature fitted on source val: {cal['fitted_temperature']:.3f} "
+        f"({'applied' if cal['applied'] else 'not applied; --calibrate writes it'})"
+    )
+    gc = payload.get("gradcam")
+    if gc:
+        console.print(f"Grad-CAM {_gradcam_verdict(gc)}", soft_wrap=True, markup=False,
+                      highlight=False)
+    from galmerge.runtime.progress import print_path
+
+    print_path(console, "report:", Path(payload["run_dir"]) / REPORT_DIR / "report.html")
+
+
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.3f}"

@@ -1,0 +1,210 @@
+"""`classify --prior auto|VALUE`: p_merger rescaled from the training set's merger fraction to
+the survey's (Bayes' rule for a new class prior; Saerens et al. 2002, eq. 2.4).
+
+The classifier's probabilities carry the prior of the data it was trained on: the merger
+fraction of the run's source training split (read from the run's cached validation statistics,
+`galmerge.fractions.validation_stats`), or 0.5 (the balanced DeepMerge sets) for a bare checkpoint file.
+``VALUE`` is the survey's merger fraction if known; ``auto`` estimates it as the prior the EM
+iterations of Saerens et al. converge to on the output's own probabilities (so the mean
+rescaled p_merger equals it). The output is rewritten in place (atomically: temporary file,
+then rename): ``p_merger`` and ``is_merger`` change, every other cell stays. The priors are
+recorded in ``<output>.prior.json`` and, for HDF5/FITS, in the file's attributes / header
+(``GMPRIOR``, ``GMTRPRI``). Assumes label shift, like the estimators of `galmerge fraction`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmerge.errors import GalmergeError
+from galmerge.fractions.estimators import ml_prior, prior_shift
+from galmerge.io import atomic
+
+DEFAULT_TRAINING_PRIOR = 0.5
+
+
+def parse_prior(value: str | float | None) -> str | float | None:
+    """None, ``"auto"`` or a fraction strictly between 0 and 1 (one-line error otherwise)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not 0 < number < 1:
+        raise GalmergeError(f"--prior {value}: give auto or the survey's merger fraction, a "
+                            "number between 0 and 1 (e.g. --prior 0.05)")
+    return number
+
+
+def training_prior(model: str | os.PathLike[str]) -> tuple[float, str]:
+    """The prior the model's probabilities carry, and where it came from."""
+    from galmerge.config import rundir
+
+    path = Path(model)
+    if path.is_file() and path.suffix == ".pt":
+        path = path.parent
+    if (path / rundir.CONFIG).is_file():
+        from galmerge.fractions.validation_stats import load_validation
+
+        try:
+            val = load_validation(path)
+        except GalmergeError as exc:  # e.g. the source data is not on this machine
+            return DEFAULT_TRAINING_PRIOR, f"default 0.5 (the run's statistics: {exc})"
+        if math.isfinite(val.train_prior) and 0 < val.train_prior < 1:
+            return val.train_prior, "source training split of the run"
+    return DEFAULT_TRAINING_PRIOR, "default 0.5 (balanced training set; no run directory)"
+
+
+def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
+                prior: str | float, threshold: float,
+                training: tuple[float, str] | None = None) -> dict[str, Any]:
+    """Rescale the output's p_merger to ``prior`` (or the EM estimate for ``"auto"``) from
+    ``training`` (default: `training_prior` of ``model``); returns the provenance record also
+    written to ``<output>.prior.json``."""
+    from galmerge.fractions.report import read_results
+
+    out = Path(output)
+    old, where = training if training is not None else training_prior(model)
+    if prior == "auto":
+        p = read_results(out).p
+        if len(p) == 0:
+            raise GalmergeError(f"--prior auto: {out} has no rows with a p_merger to estimate "
+                                "the survey's merger fraction from; give --prior VALUE")
+        new = float(ml_prior(p, old)[0])
+        new = min(max(new, 1e-6), 1 - 1e-6)  # keep Bayes' rule finite
+        how = "auto: EM (Saerens et al. 2002) on this output's probabilities"
+    else:
+        new, how = float(prior), "given"
+    record = {"prior": new, "prior_from": how, "training_prior": old,
+              "training_prior_from": where, "threshold": threshold,
+              "rule": "p' = r p / (r p + s (1 - p)), r = prior / training_prior, "
+                      "s = (1 - prior) / (1 - training_prior)"}
+    _rewrite(out, new, old, threshold, record)
+    atomic.write_text(out.with_name(out.name + ".prior.json"), json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _columns(names: list[str]) -> tuple[str, str]:
+    from galmerge.fractions.report import P_NAME, _result_column
+
+    p_col = _result_column(names, P_NAME)
+    import re
+
+    flag_col = _result_column(names, re.compile(r"^is_merger(_\d+)?$"))
+    if p_col is None or flag_col is None:
+        raise GalmergeError("the output has no p_merger/is_merger columns to rescale")
+    return p_col, flag_col
+
+
+def _rewrite(path: Path, new: float, old: float, threshold: float,
+             record: dict[str, Any]) -> None:
+    import h5py
+
+    def shift(p: np.ndarray) -> np.ndarray:
+        return prior_shift(p, new, old)
+
+    def write(tmp: Path) -> None:
+        if h5py.is_hdf5(path):
+            _rewrite_hdf5(path, tmp, shift, threshold, record)
+        elif path.suffix.lower() in (".fits", ".fit", ".fts"):
+            _rewrite_fits(path, tmp, shift, threshold, record)
+        else:
+            _rewrite_csv(path, tmp, new / old, (1 - new) / (1 - old), threshold)
+
+    atomic.write_with(path, write, ".prior")
+
+
+def _rewrite_csv(path: Path, tmp: Path, r: float, s: float, threshold: float) -> None:
+    enc = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+    with open(path, **enc) as src, open(tmp, "w", **enc) as dst:  # type: ignore[call-overload]
+        reader = csv.reader(src)
+        writer = csv.writer(dst, lineterminator="\r\n")
+        header = next(reader)
+        writer.writerow(header)
+        p_col, flag_col = _columns(header)
+        ip, iflag = header.index(p_col), header.index(flag_col)
+        for row in reader:
+            if ip < len(row) and row[ip] != "":
+                try:
+                    p = float(row[ip])
+                    value = r * p / (r * p + s * (1 - p))  # prior_shift, per row
+                except (ValueError, ZeroDivisionError):
+                    value = math.nan
+                if math.isfinite(value):
+                    row[ip] = f"{value:.6g}"
+                    row[iflag] = str(int(value >= threshold))
+            writer.writerow(row)
+
+
+def _rewrite_hdf5(path: Path, tmp: Path, shift: Any, threshold: float,
+                  record: dict[str, Any]) -> None:
+    import shutil
+
+    import h5py
+
+    shutil.copyfile(path, tmp)
+    with h5py.File(tmp, "r+") as f:
+        names = json.loads(f.attrs["columns"])
+        where = dict(zip(names, json.loads(f.attrs["datasets"]), strict=True))
+        p_col, flag_col = _columns(names)
+        p = f[where[p_col]][()]
+        new = shift(p)
+        ok = np.isfinite(new)
+        p[ok] = new[ok]
+        flag = f[where[flag_col]][()]
+        flag[ok] = (new[ok] >= threshold).astype(flag.dtype)
+        f[where[p_col]][...] = p
+        f[where[flag_col]][...] = flag
+        f.attrs["galmerge_prior"] = json.dumps(record)
+
+
+def _rewrite_fits(path: Path, tmp: Path, shift: Any, threshold: float,
+                  record: dict[str, Any]) -> None:
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        hdu = next(h for h in hdul if isinstance(h, fits.BinTableHDU))
+        p_col, flag_col = _columns(list(hdu.columns.names))
+        p = np.asarray(hdu.data[p_col], dtype=np.float64)
+        new = shift(p)
+        ok = np.isfinite(new)
+        p[ok] = new[ok]
+        hdu.data[p_col] = p
+        flag = np.asarray(hdu.data[flag_col]).copy()
+        flag[ok] = (new[ok] >= threshold).astype(flag.dtype)
+        hdu.data[flag_col] = flag
+        hdu.header["GMPRIOR"] = (record["prior"], "p_merger rescaled to this merger fraction")
+        hdu.header["GMTRPRI"] = (record["training_prior"], "merger fraction of training")
+        hdul.writeto(tmp, overwrite=True)
+
+
+def read_record(output: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The provenance of a ``--prior`` rescaling of ``output``, or None if it was not
+    rescaled."""
+    path = Path(output)
+    side = path.with_name(path.name + ".prior.json")
+    try:
+        record = json.loads(side.read_text()) if side.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise GalmergeError(f"{side}: unreadable ({exc}); delete it or classify again") from None
+    if record is None:
+        return None
+    if not all(0 < float(record.get(k, math.nan)) < 1 for k in ("prior", "training_prior")):
+        raise GalmergeError(f"{side}: no valid prior/training_prior; delete it or classify "
+                            "again")
+    return record
+
+
+def undo(p: np.ndarray, record: dict[str, Any]) -> np.ndarray:
+    """The probabilities before a ``--prior`` rescaling (Bayes' rule run backwards)."""
+    return prior_shift(p, float(record["training_prior"]), float(record["prior"]))

@@ -1,0 +1,354 @@
+"""`galmerge fraction`: merger fractions (optionally per bin of a column) of a classify output,
+by the estimators of `galmerge.fractions.estimators`, with bootstrap intervals and a figure.
+
+The output of ``--json`` (and of `survey_fraction`) is, without ``--by``::
+
+    {"estimators": {"naive"|"acc"|"em"|"bbse": {"fraction": f, "ci68": [lo, hi],
+                                                 "ci95": [lo, hi]}},
+     "recommended": NAME, "n": rows used, "excluded": {reason: rows}, "validation": {...},
+     "threshold": t, "bootstrap": B, "label_shift_check": {"ks", "p_value", ...} | null}
+
+and with ``--by COLUMN``: ``{"by": COLUMN, "bins": [{"lo": a, "hi": b, "n": n, "estimators":
+{...}, "recommended": NAME}, ...], "excluded": {...}, "validation": {...}, "threshold": t,
+"bootstrap": B, "label_shift_check": ...}`` (bins are ``[lo, hi)``, the last one ``[lo, hi]``). A fraction or interval is
+null where its estimator is undefined (e.g. ACC when the classifier does not separate the
+classes on the source). ``label_shift_check`` (`galmerge.fractions.estimators.label_shift_test`, over all
+rows; null with ``--bootstrap 0``): a small ``p_value`` says the survey's p_merger distribution
+is no mixture of the source classes', i.e. domain shift, and the corrected fractions are biased.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmerge.errors import GalmergeError
+from galmerge.fractions.estimators import ESTIMATORS, Validation, estimate, label_shift_test
+
+P_NAME = re.compile(r"^p_merger(_\d+)?$")
+STATUS_NAME = re.compile(r"^status(_\d+)?$")
+
+
+@dataclass
+class Results:
+    """The usable rows of a classify output: p_merger (and the --by column) of ok rows."""
+
+    p: np.ndarray
+    by: np.ndarray | None
+    rows: int
+    excluded: Counter
+
+
+def _result_column(columns: list[str], pattern: re.Pattern[str]) -> str | None:
+    # classify appends its columns after the input's (suffixed _1, _2 if taken): the last wins
+    found = [c for c in columns if pattern.match(c)]
+    return found[-1] if found else None
+
+
+def _by_column(columns: list[str], by: str | None, path: Path) -> str | None:
+    if by is None:
+        return None
+    if by in columns:
+        return by
+    lower = {c.lower(): c for c in columns}
+    if by.lower() in lower:
+        return lower[by.lower()]
+    raise GalmergeError(f"{path}: no column '{by}' for --by; columns are: {', '.join(columns)}")
+
+
+def _floats(values: Any) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind in "fiu":
+        return arr.astype(np.float64)
+    out = np.full(len(arr), np.nan)
+    for i, v in enumerate(arr):
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        with contextlib.suppress(TypeError, ValueError):  # not a number: stays NaN
+            out[i] = float(v)
+    return out
+
+
+def _status_text(values: Any) -> np.ndarray:
+    return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                     for v in values], dtype=object)
+
+
+def read_results(path: str | os.PathLike[str], by: str | None = None) -> Results:
+    """p_merger of the rows with status ``ok`` (others counted by reason) of a classify output
+    (CSV, HDF5 or FITS), and the ``by`` column as floats."""
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise GalmergeError(f"results file {p} does not exist; pass a classify output")
+    name = p.name.lower()
+    if h5py.is_hdf5(p):
+        columns, get = _hdf5_columns(p)
+    elif name.endswith((".fits", ".fit", ".fts", ".fits.gz")) or _starts_with(p, b"SIMPLE  ="):
+        columns, get = _fits_columns(p)
+    else:
+        columns, get = _csv_columns(p)
+    p_col = _result_column(columns, P_NAME)
+    if p_col is None:
+        raise GalmergeError(f"{p} has no p_merger column; pass the output of galmerge classify "
+                            f"(columns: {', '.join(columns[:20])})")
+    s_col = _result_column(columns, STATUS_NAME)
+    b_col = _by_column(columns, by, p)
+    prob = _floats(get(p_col))
+    status = _status_text(get(s_col)) if s_col else np.full(len(prob), "ok", dtype=object)
+    excluded: Counter = Counter()
+    ok = status == "ok"
+    for reason in status[~ok]:
+        excluded[str(reason).split(":", 1)[0] or "no-status"] += 1
+    finite = np.isfinite(prob) & (prob >= 0) & (prob <= 1)
+    excluded["ok-without-p_merger"] += int((ok & ~finite).sum())
+    keep = ok & finite
+    by_values = None
+    if b_col is not None:
+        vals = _floats(get(b_col))
+        bad = keep & ~np.isfinite(vals)
+        excluded[f"no-{b_col}"] += int(bad.sum())
+        keep &= np.isfinite(vals)
+        by_values = vals[keep]
+    return Results(prob[keep], by_values, len(prob), Counter({k: v for k, v in excluded.items()
+                                                              if v}))
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(magic)) == magic
+
+
+def _hdf5_columns(path: Path) -> tuple[list[str], Any]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            names = json.loads(f.attrs["columns"])
+            dsets = json.loads(f.attrs["datasets"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise GalmergeError(f"{path}: not a classify HDF5 output ({exc})".splitlines()[0]) \
+            from None
+    where = dict(zip(names, dsets, strict=True))
+
+    def get(column: str) -> np.ndarray:
+        with h5py.File(path, "r") as f:
+            d = f[where[column]]
+            values = d[()]
+            null = d.attrs.get("null")
+        if null is not None and values.dtype.kind in "iu":
+            values = np.where(values == null, np.nan, values.astype(np.float64))
+        return values
+
+    return list(names), get
+
+
+def _fits_columns(path: Path) -> tuple[list[str], Any]:
+    from astropy.io import fits
+
+    try:
+        hdul = fits.open(path, memmap=True)
+    except Exception as exc:  # astropy raises many types for bad files
+        raise GalmergeError(f"{path}: cannot read as FITS ({exc})".splitlines()[0]) from None
+    hdu = next((h for h in hdul if isinstance(h, fits.BinTableHDU | fits.TableHDU)), None)
+    if hdu is None:
+        hdul.close()
+        raise GalmergeError(f"{path}: no table in this FITS file; pass a classify output")
+    names = list(hdu.columns.names)
+
+    def get(column: str) -> np.ndarray:
+        values = np.asarray(hdu.data[column])
+        if values.dtype.kind == "S":
+            values = np.char.rstrip(values)
+        null = hdu.columns[column].null
+        if null is not None and values.dtype.kind in "iu":
+            values = np.where(values == null, np.nan, values.astype(np.float64))
+        return values
+
+    return names, get
+
+
+def _csv_columns(path: Path) -> tuple[list[str], Any]:
+    enc = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
+
+    def rows() -> Any:
+        with open(path, **enc) as fh:  # type: ignore[call-overload]
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            while header is not None and (not header or header[0].startswith("#")):
+                header = next(reader, None)  # SkyServer-style '#Table1' lines
+            if header is None:
+                raise GalmergeError(f"{path} is empty; pass the output of galmerge classify")
+            yield header
+            yield from (r for r in reader if r)
+
+    header = next(rows())
+
+    def get(column: str) -> np.ndarray:
+        # one pass per column, holding only that column: outputs can have 10^7+ rows
+        i = header.index(column)
+        it = rows()
+        next(it)
+        return np.array([r[i] if i < len(r) else "" for r in it], dtype=object)
+
+    return header, get
+
+
+# --------------------------------------------------------------------------------------------
+# bins
+
+
+def parse_bins(text: str, values: np.ndarray, column: str) -> np.ndarray:
+    """``"0,0.5,1"`` (edges, increasing) or ``"4"`` (that many equal-count bins) -> edges."""
+    parts = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        numbers = [float(t) for t in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) == 1 and numbers[0].is_integer() and numbers[0] >= 1:
+        if len(values) == 0:
+            raise GalmergeError(f"no ok rows with a value of {column}; nothing to bin")
+        k = int(numbers[0])
+        edges = np.quantile(values, np.linspace(0, 1, k + 1))
+        if len(np.unique(edges)) != len(edges):
+            raise GalmergeError(f"--bins {text}: {column} has too few distinct values for "
+                                f"{k} equal-count bins; give the edges, e.g. --bins 0,0.5,1")
+        return edges
+    if len(numbers) < 2 or not all(math.isfinite(v) for v in numbers) or any(
+            b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
+        raise GalmergeError(f"--bins {text}: give increasing edges (e.g. --bins 0,0.5,1) or a "
+                            "number of equal-count bins (e.g. --bins 4)")
+    return np.array(numbers)
+
+
+def _bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    idx = np.searchsorted(edges, values, side="right") - 1
+    idx[values == edges[-1]] = len(edges) - 2  # the last bin is closed
+    idx[(values < edges[0]) | (values > edges[-1])] = -1
+    return idx
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+
+
+def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[str], *,
+                    by: str | None = None, bins: str | None = None, threshold: float = 0.5,
+                    bootstrap: int = 1000, seed: int = 0, source: str | None = None,
+                    device: str = "cpu", plot: str | os.PathLike[str] | None = None,
+                    validation: Validation | None = None) -> dict[str, Any]:
+    """The merger fraction(s) of a classify output with intervals; see the module docstring."""
+    from galmerge.fractions.validation_stats import load_validation
+
+    if (by is None) != (bins is None):
+        raise GalmergeError("--by and --bins go together: e.g. --by z --bins 0,0.1,0.2")
+    if bootstrap < 0:
+        raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
+    if not 0 < threshold < 1:
+        raise GalmergeError(f"--threshold must be between 0 and 1, got {threshold}")
+    from galmerge.fractions.prior import read_record, undo
+
+    res = read_results(results, by)
+    rescaled = read_record(results)
+    if rescaled is not None:  # the estimators need the model's own probabilities
+        res.p = undo(res.p, rescaled)
+    if len(res.p) == 0:
+        raise GalmergeError(f"{results}: no rows with status ok and a p_merger "
+                            f"({res.rows} rows: {_reasons(res.excluded)}); nothing to count")
+    val = validation if validation is not None else load_validation(model, source, device)
+    common = {
+        "excluded": dict(res.excluded),
+        "validation": None,
+        "threshold": threshold,
+        "bootstrap": bootstrap,
+    }
+    if rescaled is not None:
+        common["prior_rescaling_undone"] = rescaled
+    # over all rows: does the survey look like a mixture of the source classes at all?
+    common["label_shift_check"] = (label_shift_test(res.p, val, seed=seed) if bootstrap > 0
+                                   else None)
+    if by is None:
+        out = estimate(res.p, val, threshold, bootstrap, seed)
+        common["validation"] = out.pop("validation")
+        payload = {**out, **common}
+        panels = [("all ok rows", payload)]
+    else:
+        assert res.by is not None and bins is not None
+        edges = parse_bins(bins, res.by, by)
+        which = _bin_index(res.by, edges)
+        outside = int((which < 0).sum())
+        if outside:
+            common["excluded"][f"outside-{by}-bins"] = outside
+        entries = []
+        for i in range(len(edges) - 1):
+            sel = which == i
+            if not sel.any():
+                raise GalmergeError(
+                    f"bin [{edges[i]:g}, {edges[i + 1]:g}) of {by} has no ok rows; choose "
+                    "other --bins (e.g. --bins 4 for equal-count bins)")
+            out = estimate(res.p[sel], val, threshold, bootstrap, seed + i)
+            common["validation"] = out.pop("validation")
+            entries.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), **out})
+        payload = {"by": by, "bins": entries, **common}
+        panels = [(f"{by} in [{e['lo']:g}, {e['hi']:g}" + ("]" if k == len(entries) - 1
+                   else ")"), e) for k, e in enumerate(entries)]
+    if plot is not None:
+        payload["plot"] = str(fraction_figure(panels, Path(plot)))
+    return payload
+
+
+def _reasons(excluded: Counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in excluded.most_common()) or "none"
+
+
+def fraction_figure(panels: list[tuple[str, dict[str, Any]]], path: Path) -> Path:
+    """One panel per bin: each estimator's fraction with its 68% (thick) and 95% (thin)
+    interval."""
+    from matplotlib.figure import Figure
+
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".pdf", ".svg"):
+        raise GalmergeError(f"--plot {path}: use a .png, .pdf or .svg file name")
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.2 * cols, 2.6 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    colours = {"naive": "#7f7f7f", "acc": "#1f77b4", "em": "#d62728", "bbse": "#2ca02c"}
+    for ax, (title, entry) in zip(axes, panels, strict=False):
+        for y, name in enumerate(ESTIMATORS):
+            e = entry["estimators"][name]
+            if e["fraction"] is None:
+                ax.text(0.02, y, f"{name}: undefined", va="center", fontsize=8)
+                continue
+            for key, lw in (("ci95", 1.2), ("ci68", 4.0)):
+                if e[key] is not None:
+                    ax.plot(e[key], [y, y], color=colours[name], lw=lw, solid_capstyle="butt")
+            marker = "*" if name == entry["recommended"] else "o"
+            ax.plot([e["fraction"]], [y], marker, color="black", ms=8 if marker == "*" else 4)
+        ax.set_yticks(range(len(ESTIMATORS)), list(ESTIMATORS))
+        ax.set_ylim(-0.6, len(ESTIMATORS) - 0.4)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(0.05, min(1.0, 1.15 * max(
+            (e["ci95"][1] if e["ci95"] else e["fraction"] or 0)
+            for e in entry["estimators"].values()))))
+        ax.set_xlabel("merger fraction")
+        ax.set_title(f"{title} (n={entry['n']})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("Merger fraction: 68% (thick) and 95% (thin) bootstrap intervals; "
+                 "* recommended", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
+    return path

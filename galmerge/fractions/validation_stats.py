@@ -1,0 +1,134 @@
+"""A run's source validation split as classify would score it, cached in the run directory.
+
+``RUN_DIR/validation_predictions.npz`` (``np.load(allow_pickle=False)``; no pickle) holds
+``labels`` (int8, 0/1), ``logit`` (float64, logit(merger) - logit(non-merger) at temperature 1)
+and ``meta``, a JSON string: format, checkpoint name, size and mtime (a changed checkpoint makes
+the file stale), the checkpoint's temperature, the seed, the source spec, the source training
+split's merger fraction (``train_prior``) and its size. The split is the trainer's
+(`galmerge.data.splits.domain_splits` with the run's seed: the source part depends only on the
+source size and the seed), with the source preprocessing, exactly as `evaluate` does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmerge.config import rundir
+from galmerge.errors import GalmergeError
+from galmerge.fractions.estimators import Validation
+from galmerge.io import atomic
+
+FILE = "validation_predictions.npz"
+FORMAT = "galmerge-validation/1"
+
+
+def _checkpoint(run: Path) -> Path:
+    if not (run / rundir.CONFIG).is_file():
+        raise GalmergeError(
+            f"--model {run} is not a run directory (no {rundir.CONFIG}); the error rates come "
+            "from the run's source validation split, so pass the run directory of galmerge train"
+        )
+    for name in (rundir.BEST, rundir.LAST):
+        if (run / name).is_file():
+            return run / name
+    raise GalmergeError(f"run directory {run} has no best.pt or last.pt; train it first")
+
+
+def _stamp(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"checkpoint": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def read_cached(run: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
+    """(meta, labels, logit) from the cache file if it is there, readable and current."""
+    path = run / FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            labels = np.asarray(data["labels"], dtype=np.int64)
+            logit = np.asarray(data["logit"], dtype=np.float64)
+    except (OSError, ValueError, KeyError):
+        return None
+    if meta.get("format") != FORMAT or len(labels) != len(logit):
+        return None
+    try:
+        current = _stamp(_checkpoint(run))
+    except GalmergeError:
+        return None
+    if any(meta.get(k) != v for k, v in current.items()):
+        return None
+    return meta, labels, logit
+
+
+def compute(run: Path, source: str | None = None, device: str = "cpu") -> tuple[
+        dict[str, Any], np.ndarray, np.ndarray]:
+    """Run the checkpoint over the source validation split; write and return the cache."""
+    import torch
+
+    from galmerge.data.splits import split_indices
+    from galmerge.evaluation.pipeline import _load_set
+    from galmerge.models.inference import forward_in_batches
+    from galmerge.models.model import load_model
+    from galmerge.runtime.devices import resolve_device
+
+    ckpt = _checkpoint(run)
+    config = rundir.read_config(run)
+    dev = resolve_device(device)
+    loaded = load_model(ckpt, dev)
+    src = _load_set(source, config, "source")
+    spec = loaded.preprocess.get("source")
+    if spec is None or src.channels != int(spec["channels"]):
+        raise GalmergeError(
+            f"source data has {src.channels} bands but the model was trained on "
+            f"{None if spec is None else spec['channels']}; pass the run's --source data"
+        )
+    seed = int(config.get("seed", 0))
+    splits = split_indices(len(src), seed)
+    all_labels = src.labels.numpy()
+    val = splits["val"][all_labels[splits["val"]] >= 0]
+    train_labels = all_labels[splits["train"]]
+    train_labels = train_labels[train_labels >= 0]
+    if len(val) == 0:
+        raise GalmergeError(f"the source validation split of {run} has no labelled images; "
+                            "the error rates cannot be measured")
+    with torch.no_grad():
+        _, logits = forward_in_batches(loaded.model, src, val, spec, dev)
+    logit = (logits[:, 1] - logits[:, 0]).double().numpy()
+    labels = all_labels[val].astype(np.int8)
+    meta = {
+        "format": FORMAT,
+        **_stamp(ckpt),
+        "temperature": float(loaded.temperature),
+        "seed": seed,
+        "source": str(source or config.get("source")),
+        "domain": "source",
+        "split": "val",
+        "n": int(len(val)),
+        "train_prior": float(train_labels.mean()) if len(train_labels) else math.nan,
+        "n_train": int(len(train_labels)),
+    }
+    # a fresh temporary per writer: torchrun ranks may compute it at once
+    with atomic.atomic_open(run / FILE, "wb") as fh:
+        np.savez(fh, labels=labels, logit=logit, meta=np.array(json.dumps(meta)))
+    return meta, labels.astype(np.int64), logit
+
+
+def load_validation(run: str | os.PathLike[str], source: str | None = None,
+                    device: str = "cpu", refresh: bool = False) -> Validation:
+    """The run's source validation predictions as `fraction.Validation` (p at the checkpoint's
+    temperature, as classify writes it); computed once, then read from the cache."""
+    run = Path(run)
+    _checkpoint(run)
+    cached = None if refresh else read_cached(run)
+    meta, labels, logit = cached if cached is not None else compute(run, source, device)
+    t = float(meta.get("temperature", 1.0)) or 1.0
+    p = 1.0 / (1.0 + np.exp(-np.clip(logit / t, -40, 40)))
+    return Validation(p, labels, float(meta.get("train_prior", math.nan)), meta)

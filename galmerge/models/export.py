@@ -1,0 +1,227 @@
+"""Export a trained classifier to a file that runs without galmerge (ONNX or TorchScript).
+
+The exported graph takes raw stamps, exactly what classify feeds the checkpoint: float32
+(N, C, H, W) in the survey's units. It applies the preprocessing itself (the optional
+``asinh(x / stretch_scale)`` stretch, then per-band standardisation with the domain's mean and
+std) and returns ``p_merger`` (N,) = softmax(logits / temperature)[:, 1] and ``logits`` (N, 2).
+The preprocessing spec, temperature and domain are also stored as metadata (ONNX
+``metadata_props``; TorchScript extra file ``galmerge.json``), so a reader can check the bands,
+stamp size and pixel scale its stamps must have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmerge import __version__
+from galmerge.errors import GalmergeError
+from galmerge.io import atomic
+
+FORMATS = ("onnx", "torchscript")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+#: metadata key holding the JSON description (ONNX metadata_props / TorchScript extra file)
+METADATA_KEY = "galmerge"
+TORCHSCRIPT_EXTRA = "galmerge.json"
+ONNX_OPSET = 17
+
+
+def _deployable(model: Any, spec: dict[str, Any], temperature: float) -> Any:
+    """The classifier with preprocessing and the calibrated softmax folded in."""
+    import torch
+    from torch import nn
+
+    class Deployable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.arcsinh = spec.get("stretch", "none") == "arcsinh"
+            self.scale = float(spec.get("stretch_scale", 1.0))
+            self.temperature = float(temperature)
+            self.register_buffer("mean", torch.tensor(spec["mean"]).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(spec["std"]).view(1, -1, 1, 1))
+
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = images.float()
+            if self.arcsinh:
+                # asinh from elementary ops (no Asinh in the TorchScript-based ONNX exporter):
+                # sign(x) log1p(|x| + x^2 / (1 + sqrt(1 + x^2))), as preprocess.asinh_
+                x = x / self.scale
+                a = x.abs()
+                a2 = a * a
+                x = torch.sign(x) * torch.log1p(a + a2 / (1.0 + torch.sqrt(1.0 + a2)))
+            x = (x - self.mean) / self.std
+            _, logits = self.model(x)
+            p_merger = torch.softmax(logits / self.temperature, dim=1)[:, 1]
+            return p_merger, logits
+
+    return Deployable().eval()
+
+
+def describe(loaded: Any, domain: str) -> dict[str, Any]:
+    """The metadata written into an exported file."""
+    spec = dict(loaded.preprocess[domain])
+    return {
+        "format": "galmerge-export/1",
+        "galmerge_version": __version__,
+        "domain": domain,
+        "temperature": float(loaded.temperature),
+        "preprocess": spec,
+        "input": {
+            "name": "images",
+            "shape": ["N", int(spec.get("channels", len(spec["mean"]))),
+                      int(spec["image_size"]), int(spec["image_size"])],  # fmt: skip
+            "dtype": "float32",
+            "units": "raw survey stamps; the stretch and standardisation are inside the model",
+        },
+        "outputs": {"p_merger": "softmax(logits / temperature)[:, 1]", "logits": "(N, 2)"},
+        "checkpoint": str(loaded.path),
+        # the run's resolved config: classify's provenance hashes it and names its selection
+        "config": dict(loaded.config or {}),
+    }
+
+
+def default_output(model: Path, fmt: str) -> Path:
+    folder = model if model.is_dir() else model.parent
+    return folder / f"model{SUFFIX[fmt]}"
+
+
+def export_model(
+    model: str | os.PathLike[str],
+    fmt: str = "onnx",
+    output: str | os.PathLike[str] | None = None,
+    domain: str = "target",
+) -> Path:
+    """Write ``model`` (a run directory or checkpoint) as ONNX or TorchScript; returns the path."""
+    import torch
+
+    from galmerge.models.model import load_model
+
+    if fmt not in FORMATS:
+        raise GalmergeError(f"unknown export format '{fmt}'; choose {' or '.join(FORMATS)}")
+    loaded = load_model(model, device="cpu")
+    if domain not in loaded.preprocess:
+        raise GalmergeError(f"model {loaded.path} has no '{domain}' preprocessing; use --domain "
+                            f"{' or '.join(sorted(loaded.preprocess))}")  # fmt: skip
+    meta = describe(loaded, domain)
+    net = _deployable(loaded.model, meta["preprocess"], loaded.temperature)
+    _, channels, size, _ = meta["input"]["shape"]
+    example = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    out = Path(output) if output is not None else default_output(Path(model), fmt)
+    writer = _write_onnx if fmt == "onnx" else _write_torchscript
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_with(out, lambda tmp: writer(net, example, meta, tmp))
+    return out
+
+
+
+def _write_onnx(net: Any, example: Any, meta: dict[str, Any], path: Path) -> None:
+    import torch
+
+    try:
+        import onnx
+    except ImportError:
+        raise GalmergeError(
+            "ONNX export needs the onnx package: pip install 'galmerge[onnx]'"
+        ) from None
+    with warnings.catch_warnings():
+        # the TorchScript-based exporter: the torch.export one needs onnxscript besides onnx
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=["images"], output_names=["p_merger", "logits"],
+            dynamic_axes={"images": {0: "N"}, "p_merger": {0: "N"}, "logits": {0: "N"}},
+        )  # fmt: skip
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    proto.producer_name, proto.producer_version = "galmerge", __version__
+    proto.doc_string = "galmerge merger classifier: raw stamps in, p_merger out (see metadata)"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _write_torchscript(net: Any, example: Any, meta: dict[str, Any], path: Path) -> None:
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
+        traced = torch.jit.trace(net, (example,))
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
+
+
+# -- running an exported ONNX file (classify --model model.onnx) -------------------------------
+
+
+def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The galmerge metadata of an exported ONNX file (one-line error if it has none)."""
+    session = _session(path)
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if raw is None:
+        raise GalmergeError(f"{path} was not exported by `galmerge export` (no '{METADATA_KEY}' "
+                            "metadata); export the run directory again")  # fmt: skip
+    return json.loads(raw)
+
+
+def _session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise GalmergeError(
+            "running an .onnx model needs onnxruntime: pip install 'galmerge[onnx]'"
+        ) from None
+    if not Path(path).is_file():
+        raise GalmergeError(f"model {path} does not exist")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise GalmergeError(f"cannot load ONNX model {path}: {exc}".splitlines()[0]) from None
+
+
+@dataclass
+class _OnnxSource:
+    path: Path
+    temperature: float
+    config: dict[str, Any]
+
+
+class OnnxInference:
+    """classify's model seam for an exported .onnx file, run by ONNX Runtime on the CPU."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], domain: str, batch_size: int, threads: int | None = None
+    ) -> None:
+        self.session = _session(path, threads)
+        meta = read_onnx_metadata(path)
+        if meta.get("domain") != domain:
+            raise GalmergeError(
+                f"{path} holds the '{meta.get('domain')}' preprocessing, not '{domain}'; use "
+                f"--domain {meta.get('domain')} or export again with --domain {domain}"
+            )
+        self.spec = dict(meta["preprocess"])
+        _, channels, size, _ = meta["input"]["shape"]
+        self.channels, self.size = int(channels), int(size)
+        self.batch_size = max(1, int(batch_size))
+        self.loaded = _OnnxSource(Path(path), float(meta["temperature"]),
+                                  dict(meta.get("config") or {}))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.size, self.size)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        out = np.empty(len(images), dtype=np.float64)
+        for start in range(0, len(images), self.batch_size):
+            block = np.ascontiguousarray(images[start : start + self.batch_size], np.float32)
+            (p_merger,) = self.session.run(["p_merger"], {"images": block})
+            out[start : start + len(block)] = p_merger
+        return np.clip(out, 0.0, 1.0)

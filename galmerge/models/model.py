@@ -1,0 +1,204 @@
+"""The classifier (backbone + head) and its checkpoint format.
+
+A checkpoint is a dict that loads with ``torch.load(weights_only=True)``::
+
+    {"format": "galmerge-checkpoint/1", "galmerge_version": str,
+     "backbone": str, "backbone_options": dict, "in_channels": int, "image_size": int,
+     "num_classes": int, "model": state_dict, "temperature": float,
+     "preprocess": {"source": spec, "target": spec},   # see galmerge.data.preprocess
+     "config": dict,                                   # the resolved run config
+     "epoch": int, "training_state": dict | None,      # optimiser etc., for --resume
+     "sha256": str}                                    # of all the above: see content_sha256
+
+``sha256`` is checked on every load: a damaged file (a flipped byte in the weights) is refused
+instead of classifying with wrong weights. Checkpoints written before it existed load unchecked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from galmerge.errors import GalmergeError
+from galmerge.io import atomic
+from galmerge.plugin.manager import get_plugin_manager
+
+CHECKPOINT_FORMAT = "galmerge-checkpoint/1"
+
+
+class GalaxyClassifier(nn.Module):
+    """Backbone features -> head logits; ``forward`` returns both (DA losses need features)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.out_features = int(backbone.out_features)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(x)
+        return features, self.head(features)
+
+
+def build_model(
+    backbone: str,
+    in_channels: int,
+    image_size: int,
+    num_classes: int = 2,
+    options: dict[str, Any] | None = None,
+) -> GalaxyClassifier:
+    """Build a classifier from a registered backbone name."""
+    record = get_plugin_manager().get("backbones", backbone)
+    opts = {**dict(record.defaults), **(options or {})}
+    unknown = set(opts) - set(record.defaults)
+    if unknown:
+        raise GalmergeError(
+            f"unknown option(s) {', '.join(sorted(unknown))} for backbone '{backbone}'; "
+            f"known: {', '.join(sorted(record.defaults)) or 'none'}"
+        )
+    net = record.build(in_channels, image_size, **opts)
+    if record.build_head is not None:
+        head = record.build_head(int(net.out_features), num_classes)
+    else:
+        head = nn.Linear(int(net.out_features), num_classes)
+    # a backbone may initialise the head it feeds (ResNet-18's DeepMerge II layout does)
+    init_head = getattr(net, "init_head", None)
+    if callable(init_head):
+        init_head(head)
+    return GalaxyClassifier(net, head)
+
+
+def content_sha256(payload: Any) -> str:
+    """SHA-256 of a checkpoint's content: keys, scalars and every tensor's dtype, shape, bytes.
+
+    Computed on the loaded objects (not the file's bytes), so it does not depend on how torch
+    lays out the archive; the ``sha256`` entry itself is left out.
+    """
+    h = hashlib.sha256()
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().to("cpu").contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            keys = [k for k in obj if not (obj is payload and k == "sha256")]
+            h.update(f"D{len(keys)}:".encode())
+            for key in sorted(keys, key=repr):
+                h.update(f"K{key!r}:".encode())
+                walk(obj[key])
+        elif isinstance(obj, list | tuple):
+            h.update(f"L{type(obj).__name__}{len(obj)}:".encode())
+            for item in obj:
+                walk(item)
+        elif isinstance(obj, float) and math.isnan(obj):
+            h.update(b"Fnan;")
+        else:
+            h.update(f"S{type(obj).__name__}{obj!r};".encode())
+
+    walk(payload)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
+    """Write atomically (`galmerge.io.atomic`) with the content's SHA-256; returns that hash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": CHECKPOINT_FORMAT, **payload}
+    payload.pop("sha256", None)
+    payload["sha256"] = content_sha256(payload)
+    with atomic.atomic_open(path, "wb") as fh:
+        torch.save(payload, fh)
+    return str(payload["sha256"])
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its ``best.pt``; a file is taken as it is."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise GalmergeError(f"no best.pt or last.pt in run directory {p}; train first")
+    if not p.is_file():
+        raise GalmergeError(f"model {p} does not exist; pass a run directory or a .pt file")
+    return p
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    p = resolve_checkpoint(path)
+    try:
+        payload = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise GalmergeError(f"cannot read checkpoint {p}: {exc}".splitlines()[0]) from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise GalmergeError(f"{p} is not a galmerge checkpoint ({CHECKPOINT_FORMAT})")
+    recorded = payload.get("sha256")
+    if recorded is not None and (not isinstance(recorded, str)
+                                 or content_sha256(payload) != recorded):
+        raise GalmergeError(f"checkpoint {p} is damaged: its content does not match the SHA-256 "
+                            "recorded in it; restore it from a copy or train again")
+    return payload
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference plus what is needed to feed it."""
+
+    model: GalaxyClassifier
+    preprocess: dict[str, Any]
+    config: dict[str, Any]
+    temperature: float
+    path: Path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the classifier of a run directory or checkpoint, in eval mode."""
+    p = resolve_checkpoint(path)
+    payload = read_checkpoint(p)
+    try:
+        model = build_model(
+            payload["backbone"],
+            int(payload["in_channels"]),
+            int(payload["image_size"]),
+            int(payload.get("num_classes", 2)),
+            dict(payload.get("backbone_options") or {}),
+        )
+        model.load_state_dict(payload["model"])
+        dict(payload["preprocess"])
+    except GalmergeError:
+        raise
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        what = f"no '{exc.args[0]}' entry" if isinstance(exc, KeyError) else \
+            str(exc).strip().splitlines()[0][:200]
+        raise GalmergeError(f"checkpoint {p} does not hold a model its backbone "
+                            f"'{payload.get('backbone')}' can load ({what}); pass a checkpoint "
+                            "written by galmerge train") from None
+    bad = [name for name, t in payload["model"].items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise GalmergeError(f"checkpoint {p} has non-finite (NaN/inf) weights in {bad[0]}; "
+                            "use a checkpoint from before training diverged, or retrain")
+    model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        preprocess=dict(payload["preprocess"]),
+        config=dict(payload.get("config") or {}),
+        temperature=_temperature(payload.get("temperature", 1.0), p),
+        path=p,
+    )
+
+
+def _temperature(value: Any, path: Path) -> float:
+    """A calibration temperature must be a positive finite number (p = softmax(z / T))."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or value <= 0:
+        raise GalmergeError(f"checkpoint {path}: temperature {value!r} is not a positive finite "
+                            "number; retrain (training calibrates it)")
+    return float(value)

@@ -1,0 +1,328 @@
+"""Plugin manager: the built-ins (`BUILTIN_PLUGINS`) and third-party plugins (entry points "galmerge").
+
+Environment:
+- ``GALMERGE_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point name.
+- ``GALMERGE_LOAD_PLUGINS=a,b`` loads only these third-party plugins (built-ins always load);
+  set it empty to load none. Tests use it to keep a developer's installed plugins out.
+
+A plugin that fails — raises anything at import (``sys.exit`` and ``KeyboardInterrupt``
+included), or whose registration hook raises or returns something that is not a list of
+records — is skipped with one warning naming it and how to block it; everything else works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from galmerge.errors import PluginError
+from galmerge.plugin import hookspecs
+from galmerge.plugin.records import Backbone, Strategy, Survey
+
+GROUP = "galmerge"
+OWN_DISTRIBUTION = "galmerge"
+
+# The built-in plugins, by entry-point-style name (what GALMERGE_DISABLE_PLUGINS blocks and
+# `galmerge plugins` lists). The one list: galmerge declares no entry points for them, so they
+# always come from the galmerge that is imported, never from an older install's metadata.
+BUILTIN_PLUGINS: dict[str, str] = {
+    "deepmerge_backbones": "galmerge.models.backbones.plugin",
+    "da_strategies": "galmerge.losses.plugin",
+    "synthetic_survey": "galmerge.surveys.synthetic.plugin",
+    "hdf5_survey": "galmerge.surveys.hdf5.plugin",
+    "illustris_survey": "galmerge.surveys.deepmerge.plugin",
+    "sdss_survey": "galmerge.surveys.sdss.plugin",
+}
+
+SINGULAR = {"backbones": "backbone", "strategies": "strategy", "surveys": "survey"}
+
+KINDS = {
+    "backbones": ("register_backbones", Backbone),
+    "strategies": ("register_strategies", Strategy),
+    "surveys": ("register_surveys", Survey),
+}
+
+
+@dataclass
+class PluginInfo:
+    """What `galmerge plugins` reports for one plugin."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    builtin: bool
+    hooks: list[str] = field(default_factory=list)
+    components: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "builtin": self.builtin,
+            "hooks": self.hooks,
+            "components": self.components,
+            "error": self.error,
+        }
+
+
+def _env_list(var: str) -> list[str] | None:
+    value = os.environ.get(var)
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+class PluginManager:
+    """pluggy manager plus typed component registries (backbones, strategies, surveys)."""
+
+    def __init__(self, load_entrypoints: bool = True) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self.failed: list[PluginInfo] = []
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._owner: dict[str, dict[str, str]] = {}
+        if load_entrypoints:
+            self._load_entrypoints()
+
+    # -- loading -----------------------------------------------------------------------
+    def _load_entrypoints(self) -> None:
+        blocked = set(_env_list("GALMERGE_DISABLE_PLUGINS") or [])
+        allowed = _env_list("GALMERGE_LOAD_PLUGINS")
+        for name in blocked:
+            self.pm.set_blocked(name)
+        for name, module in BUILTIN_PLUGINS.items():
+            if name not in blocked:
+                self._register_module(name, module, OWN_DISTRIBUTION, _own_version(), True)
+        seen: set[str] = set()
+        for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else None
+            # galmerge's own entry points come from an install made before the built-ins moved
+            # to BUILTIN_PLUGINS; the same distribution visible twice on sys.path is loaded once
+            # (a third-party plugin named like a built-in fails to register, with a warning)
+            if dist == OWN_DISTRIBUTION or ep.name in seen:
+                continue
+            seen.add(ep.name)
+            version = ep.dist.version if ep.dist is not None else None
+            if ep.name in blocked:
+                continue
+            if allowed is not None and ep.name not in allowed:
+                continue
+            self._register_module(ep.name, ep.value, dist, version, False, ep=ep)
+
+    def _register_module(
+        self,
+        name: str,
+        target: str,
+        dist: str | None,
+        version: str | None,
+        builtin: bool,
+        ep: metadata.EntryPoint | None = None,
+    ) -> None:
+        info = PluginInfo(name=name, distribution=dist, version=version, builtin=builtin)
+        try:
+            plugin = ep.load() if ep is not None else importlib.import_module(target)
+            self.register(plugin, name=name, info=info)
+        # a broken plugin must never take the others down: not even sys.exit() or a
+        # KeyboardInterrupt raised by its import (which would end every command, --help too)
+        except BaseException as exc:  # noqa: BLE001
+            info.error = _describe_error(exc)
+            self.failed.append(info)
+            _warn_skipped(name, dist, "failed to load", info.error)
+
+    def _skip(self, name: str, what: str, error: str) -> None:
+        """Take a registered plugin out after one of its hooks failed; warn once."""
+        info = self.infos.pop(name, None) or PluginInfo(
+            name=name, distribution=None, version=None, builtin=False)
+        info.error = error
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+        self.failed.append(info)
+        self._cache.clear()
+        _warn_skipped(name, info.distribution, what, error)
+
+    def _call(self, impl: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """Call one plugin's hook; (False, None) after skipping the plugin when it raised."""
+        try:
+            return True, impl.function(*[kwargs[a] for a in impl.argnames])
+        except BaseException as exc:  # noqa: BLE001  (see _register_module)
+            self._skip(impl.plugin_name, f"failed in {impl.function.__name__}",
+                       _describe_error(exc))
+            return False, None
+
+    def register(self, plugin: object, name: str, info: PluginInfo | None = None) -> None:
+        """Register a plugin object in-process; a hookimpl that matches no hook is an error."""
+        if self.pm.is_blocked(name):
+            return
+        self.pm.register(plugin, name=name)
+        try:
+            self._check_hook_names(name, plugin)
+        except PluginError:
+            self.pm.unregister(name=name)
+            raise
+        self.infos[name] = info or PluginInfo(
+            name=name, distribution=None, version=None, builtin=False
+        )
+        self.infos[name].hooks = sorted(
+            h.name for h in self.pm.get_hookcallers(plugin) or []
+        )
+        self._cache.clear()
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.infos.pop(name, None)
+        self._cache.clear()
+
+    def _check_hook_names(self, name: str, plugin: object) -> None:
+        known = {n for n in dir(hookspecs) if n.startswith("register_")}
+        for attr in dir(plugin):
+            func = getattr(plugin, attr, None)
+            if callable(func) and hasattr(func, f"{hookspecs.PROJECT}_impl") and attr not in known:
+                hint = _closest(attr, known)
+                raise PluginError(
+                    f"plugin '{name}' implements '{attr}', which is no galmerge hook"
+                    + (f" (did you mean '{hint}'?)" if hint else "")
+                    + f"; known hooks: {', '.join(sorted(known))}"
+                )
+
+    # -- components --------------------------------------------------------------------
+    def components(self, kind: str) -> dict[str, Any]:
+        """All records of one kind (``backbones``, ``strategies``, ``surveys``) by name."""
+        if kind in self._cache:
+            return self._cache[kind]
+        hook_name, record_type = KINDS[kind]
+        found: dict[str, Any] = {}
+        owner: dict[str, str] = {}
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            called, result = self._call(impl)
+            records = _flatten(result) if called else None
+            wrong = None if records is None else next(
+                (r for r in records if not isinstance(r, record_type)), None)
+            if not called or records is None or wrong is not None:
+                if called:
+                    got = type(result if records is None else wrong).__name__
+                    self._skip(impl.plugin_name, f"failed in {hook_name}",
+                               f"returned {got}; expected a list of galmerge.plugin.records."
+                               f"{record_type.__name__}")
+                return self.components(kind)  # again, without that plugin
+            for record in records:
+                names = [record.name, *getattr(record, "aliases", ())]
+                for n in names:
+                    if n in owner:
+                        raise PluginError(
+                            f"{SINGULAR.get(kind, kind)} name '{n}' is registered by two plugins: "
+                            f"{self._describe(owner[n])} and {self._describe(impl.plugin_name)}; "
+                            f"uninstall one or block it with GALMERGE_DISABLE_PLUGINS=<name>"
+                        )
+                    owner[n] = impl.plugin_name
+                found[record.name] = record
+        for plugin_name, info in self.infos.items():
+            info.components[kind] = sorted(
+                n for n, p in owner.items() if p == plugin_name and n in found
+            )
+        self._cache[kind] = dict(sorted(found.items()))
+        self._owner[kind] = owner
+        return self._cache[kind]
+
+    def owner(self, kind: str, name: str) -> PluginInfo | None:
+        self.components(kind)
+        plugin = self._owner[kind].get(name)
+        return self.infos.get(plugin) if plugin else None
+
+    def get(self, kind: str, name: str) -> Any:
+        """One record by name or alias; an unknown name lists what exists."""
+        records = self.components(kind)
+        if name in records:
+            return records[name]
+        for record in records.values():
+            if name in getattr(record, "aliases", ()):
+                return record
+        available = ", ".join(records) or "none"
+        raise PluginError(
+            f"unknown {SINGULAR.get(kind, kind)} '{name}'; available: {available} "
+            f"(see `galmerge list {kind}`)"
+        )
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        for kind in KINDS:
+            with contextlib.suppress(PluginError):
+                self.components(kind)
+        return sorted([*self.infos.values(), *self.failed], key=lambda i: (not i.builtin, i.name))
+
+    def add_commands(self, cli: Any) -> None:
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            self._call(impl, cli=cli)
+
+    def _describe(self, plugin_name: str) -> str:
+        info = self.infos.get(plugin_name)
+        dist = info.distribution if info and info.distribution else "no distribution"
+        return f"'{plugin_name}' ({dist})"
+
+
+def _flatten(result: Any) -> list[Any] | None:
+    """The records a hook returned; None when that is not a record or an iterable of them."""
+    if result is None:
+        return []
+    if isinstance(result, (Backbone, Strategy, Survey)):
+        return [result]
+    if isinstance(result, str | bytes | dict):
+        return None
+    try:
+        return list(result)
+    except Exception:  # 42, or an iterator that raises: the caller skips the plugin
+        return None
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _warn_skipped(name: str, dist: str | None, what: str, error: str) -> None:
+    print(f"galmerge: warning: plugin '{name}' ({dist or 'unknown distribution'}) {what} and was "
+          f"skipped ({error}); block it with GALMERGE_DISABLE_PLUGINS={name}", file=sys.stderr)
+
+
+def _closest(name: str, options: Iterable[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _own_version() -> str:
+    from galmerge import __version__
+
+    return __version__
+
+
+_manager: PluginManager | None = None
+_lock = threading.Lock()
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, created on first use."""
+    global _manager
+    with _lock:
+        if _manager is None:
+            _manager = PluginManager()
+        return _manager
+
+
+def reset_plugin_manager() -> None:
+    """Forget the manager so the next call reloads plugins (tests, changed environment)."""
+    global _manager
+    with _lock:
+        _manager = None
+

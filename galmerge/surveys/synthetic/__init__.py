@@ -1,0 +1,1 @@
+"""Built-in survey ``synthetic``: merging and non-merging galaxies rendered on demand (``render/``)."""
