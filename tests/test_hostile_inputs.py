@@ -170,3 +170,59 @@ def test_other_commands_refuse_bad_values_in_one_line(tmp_path, monkeypatch):
         # the only trace a refused classify may leave is its output's (hidden) lock file
         new = {n for n in after - before if not (n.startswith(".") and n.endswith(".lock"))}
         assert not new, (args, sorted(new))
+
+
+def _fetch_cases(tmp: Path, closed_port: int) -> list[tuple[list[str], dict[str, str], str]]:
+    """(fetch arguments, environment, what the one line must name)."""
+    d = ["--data-dir", str(tmp / "d")]
+    return [
+        (["nosuch"], {}, "nosuch"),
+        (["illustris", "--retries", "-1", *d], {}, "--retries"),
+        (["illustris", "--retries", "101", *d], {}, "--retries"),
+        (["illustris", "--retries", "many", *d], {}, "--retries"),
+        (["illustris", "--data-dir", str(tmp / "afile")], {}, "afile"),
+        (["illustris", "--data-dir", str(tmp / "afile" / "x")], {}, "afile"),
+        (["illustris", "--data-dir", str(tmp / "holder")], {}, "holder"),  # deepmerge/ a file
+        (["illustris", "--data-dir", os.fsdecode(os.fsencode(str(tmp)) + b"/d\xff")], {},
+         "UTF-8"),
+        (["illustris"], {"GALMERGE_DATA": os.fsdecode(os.fsencode(str(tmp)) + b"/e\xff")},
+         "UTF-8"),
+        (["illustris", *d], {"GALMERGE_ZENODO_URL": "not-a-url"}, "GALMERGE_ZENODO_URL"),
+        (["illustris", *d], {"GALMERGE_ZENODO_URL": "ftp://127.0.0.1"}, "GALMERGE_ZENODO_URL"),
+        (["illustris", *d], {"GALMERGE_ZENODO_URL": "http://127.0.0.1:99999"},
+         "GALMERGE_ZENODO_URL"),
+        (["illustris", "--retries", "0", *d],
+         {"GALMERGE_ZENODO_URL": f"http://127.0.0.1:{closed_port}"}, "GALMERGE_ZENODO_URL"),
+    ]
+
+
+def test_fetch_refuses_bad_values_in_one_line(tmp_path, monkeypatch):
+    import socket
+
+    from loopback_http import LoopbackServer
+    from test_fetch import RECORD, _zenodo_blobs
+
+    (tmp_path / "afile").write_text("x\n")
+    (tmp_path / "holder").mkdir()
+    (tmp_path / "holder" / "deepmerge").write_text("x\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    with LoopbackServer() as srv:  # a working server: only the bad value can fail the run
+        srv.add_zenodo_record(RECORD, _zenodo_blobs())
+        for args, env_, needle in _fetch_cases(tmp_path, closed):
+            monkeypatch.setenv("GALMERGE_ZENODO_URL", srv.url)
+            monkeypatch.setenv("GALMERGE_DATA", str(tmp_path / "d"))
+            for name, value in env_.items():
+                monkeypatch.setenv(name, value)
+            before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+            result = CliRunner().invoke(cli, ["fetch", *args, "--no-progress"])
+            assert result.exit_code not in (0, None), (args, env_, result.output)
+            assert result.exception is None or isinstance(result.exception, SystemExit), \
+                (args, env_, repr(result.exception))
+            assert "Traceback" not in result.output and needle in result.output, \
+                (args, env_, result.output)
+            lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+            assert len(lines) == 1 or result.exit_code == 2, (args, env_, result.output)
+            _untouched(tmp_path, before)

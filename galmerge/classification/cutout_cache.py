@@ -7,8 +7,13 @@ Layout for ``--cache cache.h5``:
   negative entries ``missing_key``/``missing_key_hash``/``missing_status`` (rows the survey
   does not cover, so they are not asked for again).
 - ``cache.h5.journal/`` — chunk files in the same format, one per flush, each written to a
-  temporary name and renamed when complete. A SIGKILL at any moment leaves only complete files
-  (it loses at most the chunk not yet flushed); nothing is ever modified in place.
+  temporary name and renamed when complete; nothing is ever modified in place.
+- ``cache.h5.journal/.arrivals~HOST~PID~*.tmp`` — each stamp as it arrives, appended (one
+  checksummed record, one ``write``) until the next flush puts it into a chunk and empties the
+  file. A SIGKILL therefore loses no stamp that `put` returned for: the next process that opens
+  the cache finds the log of the dead process (same host), turns its complete records into a
+  chunk and removes it. Records are data only (a JSON header and float32 pixels) under a
+  BLAKE2b checksum; a torn last record is dropped.
 
 `close()` merges the journal into the consolidated file (again temp + rename) when the journal
 has grown to half the consolidated file's size, so the copying costs O(1) per stamp amortised.
@@ -35,6 +40,9 @@ import glob
 import hashlib
 import json
 import os
+import resource
+import shutil
+import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +66,10 @@ MAX_KEEPBITS = 23  # float32 mantissa bits
 COORD_DECIMALS = 6  # 1e-6 deg = 3.6 mas: far below a pixel, above float noise
 COPY_BLOCK = 256
 STATUS_OK = "ok"
+# arrival log records: magic, header length, pixel bytes, JSON header, pixels, BLAKE2b-128
+ARRIVAL_MAGIC = b"GMA1"
+ARRIVAL_HEAD = struct.Struct("<4sIQ")
+ARRIVAL_MAX_HEADER = 1 << 16
 
 
 def make_key(obj_id: str, ra: float, dec: float) -> str:
@@ -180,6 +192,8 @@ class CutoutCache:
                                                    str]] = {}
         self._last_flush = time.monotonic()
         self._seq = 0
+        self._arrivals: int | None = None  # fd of this process's arrival log, opened lazily
+        self._arrivals_path: Path | None = None
         self.added = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.journal.mkdir(exist_ok=True)
@@ -188,6 +202,7 @@ class CutoutCache:
             self._load_file(self.path, main=True)
         for chunk in sorted(self.journal.glob("c-*.h5")):
             self._load_file(chunk, main=False)
+        self._replay_arrivals()
 
     # -- loading ---------------------------------------------------------------------------
     def _status_code(self, status: str) -> int:
@@ -430,9 +445,62 @@ class CutoutCache:
                 raise ValueError(f"stamp shape {image.shape} != cache's {self.shape}")
             if self.keepbits is not None:  # now, so this run already uses what later runs read
                 image = round_mantissa(image, self.keepbits)
+        image = image if status == STATUS_OK else None
         self._pending[(int(hi[0]), int(lo[0]))] = (key, str(obj_id), float(ra), float(dec),
-                                                   image if status == STATUS_OK else None, status)
+                                                   image, status)
         self.added += 1
+        self._log_arrival(key, str(obj_id), float(ra), float(dec), image, status)
+
+    # -- arrival log: stamps survive a SIGKILL before their chunk is written ---------------
+    def _log_arrival(self, key: str, obj_id: str, ra: float, dec: float,
+                     image: np.ndarray | None, status: str) -> None:
+        header = json.dumps({"key": key, "id": obj_id, "ra": ra, "dec": dec, "status": status,
+                             "cache_key": self.cache_key}).encode("utf-8", "surrogateescape")
+        pixels = b"" if image is None else np.ascontiguousarray(image, "<f4").tobytes()
+        body = ARRIVAL_HEAD.pack(ARRIVAL_MAGIC, len(header), len(pixels)) + header + pixels
+        record = memoryview(body + hashlib.blake2b(body, digest_size=16).digest())
+        with _disk_errors(self.journal):
+            if self._arrivals is None:
+                path = atomic.temp_beside(self.journal / "arrivals")
+                self._arrivals = os.open(path, os.O_WRONLY | os.O_APPEND
+                                         | getattr(os, "O_NOFOLLOW", 0)
+                                         | getattr(os, "O_CLOEXEC", 0))
+                self._arrivals_path = path
+            # one write to the kernel: a killed process's data stays (a torn record would be
+            # dropped on replay)
+            while record:
+                record = record[os.write(self._arrivals, record):]
+
+    def _close_arrivals(self) -> None:
+        if self._arrivals is not None:
+            os.close(self._arrivals)
+            self._arrivals = None
+        if self._arrivals_path is not None:
+            self._arrivals_path.unlink(missing_ok=True)
+            self._arrivals_path = None
+
+    def _replay_arrivals(self) -> None:
+        """Commit the stamps a dead process of this host logged but never flushed."""
+        logs = list(atomic.dead_temporaries(self.journal, ".arrivals~*.tmp"))
+        if not logs:
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with atomic.open_nofollow(lock_path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one process replays a log, once
+            for log in logs:
+                try:
+                    records = _read_arrivals(log, self.shape)
+                except FileNotFoundError:  # replayed by another process meanwhile
+                    continue
+                for rec in records:
+                    if rec["cache_key"] != self.cache_key or self.lookup([rec["key"]])[0]:
+                        continue
+                    hi, lo = hash_keys([rec["key"]])
+                    self._pending[(int(hi[0]), int(lo[0]))] = (
+                        rec["key"], rec["id"], rec["ra"], rec["dec"], rec["image"],
+                        rec["status"])
+                self.flush()
+                log.unlink(missing_ok=True)
 
     def maybe_flush(self) -> None:
         """Flush when enough stamps or time have accumulated."""
@@ -469,6 +537,8 @@ class CutoutCache:
                           np.full(len(hashes), file_no, dtype=np.int32),
                           np.concatenate([np.arange(len(ok), dtype=np.int64), codes]))
         self._pending.clear()
+        if self._arrivals is not None:  # its records are in the chunk now
+            os.ftruncate(self._arrivals, 0)
 
     def _write_file(self, final: Path, images: np.ndarray, *, ids, ra, dec, keys, hashes,
                     mkeys, mhashes, mstatus) -> None:
@@ -524,12 +594,22 @@ class CutoutCache:
     def close(self, compact: bool = True) -> None:
         """Flush, then merge the journal into the consolidated file when it has grown enough."""
         self.flush()
+        self._close_arrivals()
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
         self._checks.clear()
         if compact:
-            self.compact(force=False)
+            self.compact_or_warn()
+
+    def compact_or_warn(self) -> bool:
+        """`compact(force=False)`, a failure for want of room reported in one line instead:
+        the journal keeps every stamp and is read as it is, and a later run compacts it."""
+        try:
+            return self.compact(force=False)
+        except GalmergeError as exc:
+            self.warn(str(exc))
+            return False
 
     def compact(self, force: bool = True) -> bool:
         """Merge journal chunks into the consolidated file (under a lock); True if it did."""
@@ -545,10 +625,41 @@ class CutoutCache:
                 return False
             sources = [self.path] if self.path.exists() else []
             sources += chunks
-            self._merge(sources)
+            self._check_room(main_size + chunk_size)
+            try:
+                self._merge(sources)
+            except (OSError, RuntimeError) as exc:  # h5py reports EFBIG/ENOSPC as either
+                raise self._room_error(exc) from None
             for c in chunks:
                 c.unlink(missing_ok=True)
             return True
+
+    def _room_message(self, why: str) -> str:
+        return (f"cannot compact the cutout cache {self.path}: {why}; its stamps stay in "
+                f"{self.journal.name}/ and are used as they are: free disk space or raise the "
+                "file-size limit (ulimit -f), and the next run compacts it")
+
+    def _check_room(self, need: int) -> None:
+        """Refuse up front a merge that cannot fit: HDF5 failing half way through a write
+        leaves a broken file handle behind (tracebacks, at worst a crash)."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY and need > soft:
+            raise GalmergeError(self._room_message(
+                f"the merged file needs up to {need / 1e6:.1f} MB and the file-size limit is "
+                f"{soft / 1e6:.1f} MB"))
+        free = shutil.disk_usage(self.path.parent).free
+        if need > free:
+            raise GalmergeError(self._room_message(
+                f"the merged file needs up to {need / 1e6:.1f} MB and its disk has "
+                f"{free / 1e6:.1f} MB free"))
+
+    def _room_error(self, exc: BaseException) -> BaseException:
+        text = str(exc)
+        errno_ = getattr(exc, "errno", None) or next(
+            (e for e in (27, 28, 122) if f"errno = {e}" in text), None)
+        if errno_ not in (27, 28, 122):  # EFBIG, ENOSPC, EDQUOT
+            return exc
+        return GalmergeError(self._room_message(os.strerror(errno_)))
 
     def _merge(self, sources: list[Path]) -> None:
         readable: list[tuple[Path, np.ndarray, np.ndarray]] = []
@@ -573,6 +684,15 @@ class CutoutCache:
             mkeep_all &= ~np.isin(all_m[:, 0], all_h[:, 0])
         n = int(keep_all.sum())
         tmp = atomic.temp_beside(self.path)
+        try:
+            self._write_merged(tmp, readable, keep_all, mkeep_all, n)
+            atomic.publish(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # never a partial copy left beside the cache
+            raise
+
+    def _write_merged(self, tmp: Path, readable: list[tuple[Path, np.ndarray, np.ndarray]],
+                      keep_all: np.ndarray, mkeep_all: np.ndarray, n: int) -> None:
         text = h5py.string_dtype("utf-8")
         with h5py.File(tmp, "w") as out:
             if readable:  # keep what earlier runs recorded (bands, survey...) unless given now
@@ -635,11 +755,49 @@ class CutoutCache:
                                data=joined["missing_key_hash"].astype(np.uint64).reshape(-1, 2))
             out.attrs["n_missing"] = len(joined["missing_key"])
             out.attrs["n_images"] = n
-        atomic.publish(tmp, self.path)
 
     def describe(self) -> str:
         return json.dumps({"path": str(self.path), "entries": len(self),
                            "cache_key": self.cache_key})
+
+
+def _read_arrivals(path: Path, shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The complete, intact records of an arrival log, in order (data only, checksummed); the
+    first torn or damaged record ends the list."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as fh:
+        data = fh.read()
+    n_pixels = int(np.prod(shape)) * 4
+    out: list[dict[str, Any]] = []
+    pos = 0
+    while pos + ARRIVAL_HEAD.size <= len(data):
+        magic, n_header, n_body = ARRIVAL_HEAD.unpack_from(data, pos)
+        end = pos + ARRIVAL_HEAD.size + n_header + n_body
+        if (magic != ARRIVAL_MAGIC or n_header > ARRIVAL_MAX_HEADER or n_body not in (0, n_pixels)
+                or end + 16 > len(data)):
+            break
+        if hashlib.blake2b(data[pos:end], digest_size=16).digest() != data[end : end + 16]:
+            break
+        try:
+            head = json.loads(data[pos + ARRIVAL_HEAD.size : pos + ARRIVAL_HEAD.size + n_header]
+                              .decode("utf-8", "surrogateescape"))
+            rec = {k: head[k] for k in ("key", "id", "status", "cache_key")}
+            rec["ra"], rec["dec"] = float(head["ra"]), float(head["dec"])
+        except (ValueError, KeyError, TypeError):
+            break
+        if not all(isinstance(rec[k], str) for k in ("key", "id", "status", "cache_key")):
+            break
+        image = None
+        if n_body:
+            image = np.frombuffer(data, "<f4", n_pixels // 4, end - n_body).reshape(shape)
+            image = image.astype(np.float32)
+        if (rec["status"] == STATUS_OK) != (image is not None) or (
+                image is not None and not np.isfinite(image).all()):
+            break
+        rec["image"] = image
+        out.append(rec)
+        pos = end + 16
+    return out
 
 
 def _same_storage(a: h5py.Dataset, b: h5py.Dataset) -> bool:

@@ -1,12 +1,12 @@
 """`classify`: a catalog (or an HDF5 image file) in, one merger probability per row out.
 
 The catalog streams through in chunks of rows. For each chunk: positions are checked, stamps
-come from the cutout cache or — for the rest — from the survey's `CutoutService` (fetched stamps
-are committed to the cache's journal in chunks of up to 256 stamps or 10 s, and on SIGINT or
-SIGTERM before the process ends), the model runs in batches, and the rows go to the output's
-temporary file. The cache is the journal of a run: a run killed at any point and started again
-fetches only what was never committed (after a SIGKILL: at most the last chunk's worth), then
-rewrites the output.
+come from the cutout cache or — for the rest — from the survey's `CutoutService` (each fetched
+stamp is appended to the cache's arrival log as it arrives, and committed to its journal in
+chunks of up to 256 stamps or 10 s, and on SIGINT or SIGTERM before the process ends), the model
+runs in batches, and the rows go to the output's temporary file. The cache is the journal of a
+run: a run killed at any point (SIGKILL included) and started again fetches only the stamps that
+had not arrived (at most the 2 x workers requests in flight), then rewrites the output.
 
 Rows with the same (id, RA, Dec) share one stamp and get the same probability (status ``ok``);
 rows with unusable positions get ``bad-coordinates``, malformed CSV lines ``bad-row: ...``.
@@ -543,7 +543,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                          shard_timeout, heartbeat_timeout,
                          arrow_types=getattr(source, "arrow_types", None), provenance=prov)
     if store is not None and dist.enabled and not per_rank_cache:
-        store.compact(force=False)
+        store.compact_or_warn()
     summary = _summary(out_path, tally, fetched, t0, store, _service_name(survey, service))
     note = None
     if prior is not None:

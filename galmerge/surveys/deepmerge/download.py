@@ -520,6 +520,12 @@ def fetch(
     """
     downloader = downloader or Downloader()
     folder = deepmerge_data.data_root(data_dir)
+    try:  # every line fetch prints names a file in it: refused before anything is fetched
+        str(folder).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(folder).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise GalmergeError(f"data folder {shown} (--data-dir or GALMERGE_DATA) is not valid "
+                            "UTF-8; choose a folder name in UTF-8") from None
     results: list[FetchResult] = []
     errors: list[str] = []
     for remote in remote_files(target, downloader):
