@@ -54,6 +54,11 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
             "strategy_options": {"entropy": {"diversity": 1.0, "warmup": 10.0}},
         },
     },
+    # galmerge's defaults as they are now (after the choice), for held-out reporting
+    "defaults": {
+        "none": {"strategy": "none"},
+        **{s: {"strategy": s} for s in ("entropy", "fisher", "dann", "coral", "adabn")},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
