@@ -9,7 +9,8 @@ seeing, noise, field stars and galaxies, pixel scale, merger fraction or galaxy 
 
 For each held-out pair and training seed:
 
-- ``none`` and the strategy with galmerge's default options (one `galmerge.train` each);
+- ``none`` (one `galmerge.train`), the strategy with galmerge's default options (trial 0 of
+  the study below) and, with ``--also``, other strategies with their defaults;
 - one study of ``--n-trials`` trials (`galmerge.training.tuning.tune`: trial 0 runs the defaults, the
   rest are random draws from the declared search space; no pruning; each trial's checkpoint
   chosen on the source validation loss). Every label-free score then picks one trial among the same trials by
