@@ -9,7 +9,8 @@ seeing, noise, field stars and galaxies, pixel scale, merger fraction or galaxy 
 
 For each held-out pair and training seed:
 
-- ``none`` and the strategy with galmerge's default options (one `galmerge.train` each);
+- ``none`` (one `galmerge.train`), the strategy with galmerge's default options (trial 0 of
+  the study below) and, with ``--also``, other strategies with their defaults;
 - one study of ``--n-trials`` trials (`galmerge.training.tuning.tune`: trial 0 runs the defaults, the
   rest are random draws from the declared search space; no pruning; each trial's checkpoint
   chosen on the source validation loss). Every label-free score then picks one trial among the same trials by
@@ -40,6 +41,12 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+
+
+def _all_scores() -> dict[str, str]:
+    from galmerge.scores import selection
+
+    return {**selection.SCORES, **selection.CROSS_MODEL_SCORES}
 
 # (source spec options, target spec options); n and seed are added per run
 PAIRS: list[tuple[str, str, str]] = [
@@ -94,6 +101,15 @@ def _acc(summary: dict[str, Any], domain: str) -> float:
     return float(summary["metrics"][f"{domain}_test"]["accuracy"])
 
 
+def _best(values: list[float], direction: str) -> int | None:
+    best: int | None = None
+    for i, v in enumerate(values):
+        if math.isfinite(v) and (best is None or (v < values[best] if direction == "min"
+                                                  else v > values[best])):
+            best = i
+    return best
+
+
 def _float(v: str) -> float:
     try:
         return float(v)
@@ -105,6 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from galmerge.scores import selection
     from galmerge.training import tuning
 
+    ALL_SCORES = _all_scores()  # noqa: N806
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     common = dict(epochs=args.epochs, batch_size=args.batch_size, device="cpu")
@@ -116,8 +133,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.time()
             none = _train(work / tag / "none", source=source, target=target, strategy="none",
                           seed=seed, **common)  # fmt: skip
-            default = _train(work / tag / "default", source=source, target=target,
-                             strategy=args.strategy, seed=seed, **common)  # fmt: skip
+            others = {
+                name: _train(work / tag / f"default-{name}", source=source, target=target,
+                             strategy=name, seed=seed, **common)
+                for name in args.also
+            }  # fmt: skip
             study_dir = work / tag / "study"
             tuning.tune(
                 source, target, args.strategy, args.n_trials, study_dir, seed=seed,
@@ -126,14 +146,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
             with (study_dir / tuning.TRIALS_CSV).open() as fh:
                 trials = [r for r in csv.DictReader(fh) if r["state"] == "complete"]
+            # trial 0 runs the defaults with the same seed and settings: it is the default run
+            # (checked bit for bit against a separate run by the first version of this script)
+            zero = next(r for r in trials if r["defaults"] == "True")
+            default = {"target": _float(zero["oracle_target_test_accuracy"]),
+                       "source": _float(zero["source_test_accuracy"])}
             picks: dict[str, Any] = {}
             rho: dict[str, float] = {}
             oracle = [_float(r["oracle_target_test_accuracy"]) for r in trials]
-            for score, direction in selection.SCORES.items():
+            for score, direction in ALL_SCORES.items():
                 col = "at_best_source_val_loss" if score == "source_val_loss" else (
-                    f"at_best_score_{score}")  # fmt: skip
+                    score if score in selection.CROSS_MODEL_SCORES
+                    else f"at_best_score_{score}")  # fmt: skip
                 values = [_float(r[col]) for r in trials]
-                i = selection.select_epoch(values, score)  # best value, first on ties
+                i = _best(values, direction)  # best value, first on ties
                 sign = 1 if direction == "max" else -1
                 rho[score] = tuning.spearman([sign * v for v in values], oracle)
                 picks[score] = None if i is None else {
@@ -149,7 +175,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results.append({
                 "pair": p, "seed": seed, "source": source, "target": target,
                 "none": {"target": _acc(none, "target"), "source": _acc(none, "source")},
-                "default": {"target": _acc(default, "target"), "source": _acc(default, "source")},
+                "default": default,
+                "also": {k: {"target": _acc(v, "target"), "source": _acc(v, "source")}
+                         for k, v in others.items()},
+                "load_average": os.getloadavg(),
                 "tune": picks, "spearman": rho, "n_complete_trials": len(trials),
                 "seconds": round(time.time() - t0, 1),
             })  # fmt: skip
@@ -160,8 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
-    from galmerge.scores import selection
-
+    scores = _all_scores()
     rows: dict[str, dict[str, list[float]]] = {}
 
     def add(name: str, entry: dict[str, Any] | None) -> None:
@@ -172,7 +200,9 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
     for res in results:
         add("none", res["none"])
         add(f"{args.strategy} (defaults)", res["default"])
-        for score in selection.SCORES:
+        for name, entry in res.get("also", {}).items():
+            add(f"{name} (defaults)", entry)
+        for score in scores:
             add(f"tune, score {score}", res["tune"].get(score))
         add("oracle-chosen trial (research only)", res["tune"].get("oracle"))
     table = {
@@ -185,7 +215,7 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
         for name, v in rows.items()
     }  # fmt: skip
     rho = {
-        s: _mean_std([r["spearman"][s] for r in results]) for s in selection.SCORES
+        s: _mean_std([r["spearman"][s] for r in results]) for s in scores
     } if results else {}  # fmt: skip
     load = os.getloadavg()
     out = {
@@ -223,12 +253,12 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
     for s, (m, sd) in rho.items():
         lines.append(f"| {s} | {m:+.2f} ± {sd:.2f} |")
     lines += ["", "Per run (target / source test accuracy):", "",
-              "| pair | seed | none | defaults | " + " | ".join(selection.SCORES)
-              + " | oracle |", "| --- " * (5 + len(selection.SCORES)) + "|"]  # fmt: skip
+              "| pair | seed | none | defaults | " + " | ".join(scores)
+              + " | oracle |", "| --- " * (5 + len(scores)) + "|"]  # fmt: skip
     for r in results:
         cells = [f"{r['none']['target']:.3f} / {r['none']['source']:.3f}",
                  f"{r['default']['target']:.3f} / {r['default']['source']:.3f}"]  # fmt: skip
-        for s in (*selection.SCORES, "oracle"):
+        for s in (*scores, "oracle"):
             e = r["tune"].get(s)
             cells.append("-" if e is None else f"{e['target']:.3f} (t{e['trial']})")
         lines.append(f"| {r['pair']} | {r['seed']} | " + " | ".join(cells) + " |")
@@ -247,10 +277,23 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--strategy", default="mmd")
+    ap.add_argument("--also", nargs="*", default=[],
+                    help="more strategies to run with their defaults (no study)")
     ap.add_argument("--work-dir", default="bench_tune_runs")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--name", default="tune_shifted_pairs")
+    ap.add_argument("--combine", nargs="*", default=None,
+                    help="only merge the runs of these result names (JSON in --out-dir) into "
+                         "--name; for studies run as several processes")
     args = ap.parse_args()
+    if args.combine:
+        results = []
+        for name in args.combine:
+            results += json.loads((Path(args.out_dir) / f"{name}.json").read_text())["runs"]
+        args.pairs = sorted({r["pair"] for r in results})
+        args.seeds = sorted({r["seed"] for r in results})
+        _write(args, sorted(results, key=lambda r: (r["pair"], r["seed"])))
+        return
     bad = [p for p in args.pairs if p not in HELD_OUT_PAIRS]
     if bad:
         ap.error(f"pairs {bad} are for choosing defaults; report on {list(HELD_OUT_PAIRS)}")

@@ -60,7 +60,8 @@ def test_fisher_default_weights_are_the_papers_command_lines(plugin_manager) -> 
     trace ratio is 1/100 of the unscaled intra/inter."""
     record = plugin_manager.get("strategies", "fisher")
     assert (record.defaults["intra_weight"], record.defaults["inter_weight"]) == (0.01, 1.0)
-    module = _build(plugin_manager, "fisher")
+    # the paper's sum over the batch and no ramp (galmerge's defaults: mean and warmup 10)
+    module = _build(plugin_manager, "fisher", reduction="sum", warmup=0.0)
     torch.manual_seed(1)
     terms = module(_step(torch.randn(8, 16), torch.randn(8, 16), 0.5))
     ratio = terms["_fisher_intra"] / terms["_fisher_inter"]

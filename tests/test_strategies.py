@@ -168,7 +168,7 @@ def test_mmd_equals_the_broadcast_reference(plugin_manager, n: int, m: int) -> N
     for a, b in zip(g_ours, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
     # and through the registered strategy, in float32 at the paper's feature size
-    module = _build(plugin_manager, "mmd", dim=2592)
+    module = _build(plugin_manager, "mmd", dim=2592, kernel="deepmerge", warmup=0.0)
     xs = torch.randn(n, 2592, generator=gen)
     ys = torch.randn(m, 2592, generator=gen) * 1.2
     value = module(_step(xs, ys))["mmd"]
@@ -312,7 +312,8 @@ def test_fisher_ignores_unlabelled_samples(plugin_manager) -> None:
 
 
 def test_fisher_difference_form(plugin_manager) -> None:
-    module = _build(plugin_manager, "fisher", form="td", intra_weight=1.0, inter_weight=0.5)
+    module = _build(plugin_manager, "fisher", form="td", intra_weight=1.0, inter_weight=0.5,
+                     reduction="sum", warmup=0.0)
     x, labels = torch.randn(6, 16), torch.tensor([0, 1, 0, 1, 0, 1])
     terms = module(_step(x, x, labels))
     torch.testing.assert_close(
@@ -321,7 +322,7 @@ def test_fisher_difference_form(plugin_manager) -> None:
 
 
 def test_entropy_steps_sharpen_predictions(plugin_manager) -> None:
-    module = _build(plugin_manager, "entropy")
+    module = _build(plugin_manager, "entropy", diversity=0.0, warmup=0.0)
     gen = torch.Generator().manual_seed(7)
     logits = (torch.randn(32, 2, generator=gen) * 0.1).requires_grad_()
     x = torch.randn(32, 16)
@@ -334,8 +335,8 @@ def test_entropy_steps_sharpen_predictions(plugin_manager) -> None:
 def test_entropy_can_include_source_predictions(plugin_manager) -> None:
     x = torch.randn(4, 16)
     sharp, flat = torch.tensor([[9.0, -9.0]] * 4), torch.zeros(4, 2)
-    target_only = _build(plugin_manager, "entropy")
-    both = _build(plugin_manager, "entropy", include_source="true")
+    target_only = _build(plugin_manager, "entropy", diversity=0.0, warmup=0.0)
+    both = _build(plugin_manager, "entropy", include_source="true", diversity=0.0, warmup=0.0)
     step = _step(x, x, source_logits=flat, target_logits=sharp)
     assert target_only(step)["entropy"].item() < 1e-6
     assert both(step)["entropy"].item() == pytest.approx(math.log(2) / 2, rel=1e-4)

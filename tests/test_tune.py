@@ -94,6 +94,8 @@ def test_tune_cli_writes_the_study_folder_and_best_toml_trains(toys, tmp_path):
     assert {"score", "param_mmd.weight", "param_weight_decay", "param_epochs",
             *ORACLE_COLUMNS} <= set(rows[0])  # fmt: skip
     assert "param_lr" not in rows[0]  # fixed by the space file
+    # label-free agreement of each complete trial with the others' vote, a share in [0, 1]
+    assert all(0.0 <= float(r["agreement"]) <= 1.0 for r in rows)
     assert all(0.5 <= float(r["param_mmd.weight"]) <= 0.6 for r in rows)
     # trial 0 runs the defaults that lie inside the space (mmd.weight 1.0 does not)
     assert [r["defaults"] for r in rows] == ["True", "False", "False"]

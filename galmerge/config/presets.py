@@ -95,6 +95,11 @@ _DANN_NET = {
     "strategies.dann.grl": C("constant", "[NET] AdversarialLayer.backward returns -1 * grad"),
     "strategies.dann.max_coeff": C(1.0, "[ADA] config['high'] = 1.0 (lambda = 1)"),
 }
+# galmerge's own mmd defaults are kernel "mean" + warmup 10 (issue 14); the paper's are these
+_MMD_KERNEL = C("deepmerge", "[MMD] loss.mmd_distance: 19 fixed bandwidths 1e-6..1e6")
+_MMD_WARMUP = C(0.0, "[MMD] trade_off applied from the first step (no ramp)")
+_FISHER_SUM = C("sum", "[MMD] loss.FisherTR: intra scatter summed over the batch")
+_NO_RAMP = C(0.0, "[MMD]/[ADA] loss terms weighted from the first step (no ramp)")
 _FORM = C("tr", "[MMD]/[ADA] --fisher_loss_type default 'tr' (trace ratio)")
 _ENTROPY_BATCH = C(True, "[MMD] train_MMD.py:405, [ADA] :436: entropy of the whole batch")
 
@@ -109,17 +114,23 @@ def _mmd_methods(lr: Cited, wd: Cited, cycle: Cited, fisher_note: str = "",
                  fisher_cycle: Cited | None = None, entropy: Cited | None = None,
                  intra: Cited | None = None) -> dict[str, dict[str, Cited]]:
     plain = _method(lr, wd, cycle, _AMSGRAD_MMD,
-                    strategies__mmd__weight=C(1.0, "[NB]/[MMD] --trade_off 1.0"))
+                    strategies__mmd__weight=C(1.0, "[NB]/[MMD] --trade_off 1.0"),
+                    strategies__mmd__kernel=_MMD_KERNEL, strategies__mmd__warmup=_MMD_WARMUP)
     fisher = {
         **_method(fisher_lr or lr, fisher_wd or wd, fisher_cycle or cycle, _AMSGRAD_MMD),
         "strategies.mmd.weight": C(1.0, "[NB]/[MMD] --trade_off 1.0"),
+        "strategies.mmd.kernel": _MMD_KERNEL,
+        "strategies.mmd.warmup": _MMD_WARMUP,
         "strategies.fisher.weight": C(1.0, "[MMD] total = trade_off*transfer + fisher + "
                                       "em*entropy + CE"),
         "strategies.fisher.intra_weight": intra or C(0.01, "[NB]/[MMD] --intra_loss_coef 0.01"),
         "strategies.fisher.inter_weight": C(1.0, "[NB]/[MMD] --inter_loss_coef 1.0"),
         "strategies.fisher.form": _FORM,
+        "strategies.fisher.reduction": _FISHER_SUM,
+        "strategies.fisher.warmup": _NO_RAMP,
         "strategies.entropy.weight": entropy or C(0.05, "[NB]/[MMD] --em_loss_coef 0.05"),
         "strategies.entropy.include_source": _ENTROPY_BATCH,
+        "strategies.entropy.warmup": _NO_RAMP,
         "lr_multipliers.fisher.centers": _CENTERS,
     }
     return {"mmd": plain, "mmd+fisher+entropy": fisher}
@@ -159,8 +170,11 @@ _SIM_SIM["dann+fisher+entropy"] = {
     "strategies.fisher.intra_weight": C(0.01, "[NB] ADA --intra_loss_coef 0.01"),
     "strategies.fisher.inter_weight": C(1.0, "[NB] ADA --inter_loss_coef 1.0"),
     "strategies.fisher.form": _FORM,
+    "strategies.fisher.reduction": _FISHER_SUM,
+    "strategies.fisher.warmup": _NO_RAMP,
     "strategies.entropy.weight": C(0.05, "[NB] ADA --em_loss_coef 0.05"),
     "strategies.entropy.include_source": _ENTROPY_BATCH,
+    "strategies.entropy.warmup": _NO_RAMP,
     "lr_multipliers.fisher.centers": C(10.0, "[ADA] centres lr_mult 10 before 4215a5c"),
     "lr_multipliers.dann.discriminator": C(
         0.1, "[ADA] --ad_net_mult_lr default 0.1 (the notebook passes none; unused after "
@@ -207,8 +221,11 @@ _SIM_REAL: dict[str, dict[str, Cited]] = {
         "strategies.fisher.intra_weight": C(1e-4, "[ADA] sim-real --intra_loss_coef 0.0001"),
         "strategies.fisher.inter_weight": C(1.0, "[ADA] sim-real --inter_loss_coef 1.0"),
         "strategies.fisher.form": _FORM,
+        "strategies.fisher.reduction": _FISHER_SUM,
+        "strategies.fisher.warmup": _NO_RAMP,
         "strategies.entropy.weight": C(1e-4, "[ADA] sim-real --em_loss_coef 0.0001"),
         "strategies.entropy.include_source": _ENTROPY_BATCH,
+        "strategies.entropy.warmup": _NO_RAMP,
         "lr_multipliers.fisher.centers": C(10.0, "[ADA] centres lr_mult 10 before 4215a5c"),
         "lr_multipliers.dann.discriminator": C(0.01, "[ADA] sim-real --ad_net_mult_lr 0.01"),
     },
@@ -286,16 +303,18 @@ PRESETS: dict[str, dict[str, Any]] = {
             "dann": {"lr": 2e-3},
         },
         "strategy_options": {
-            "mmd": {"weight": 0.3},
+            # tuned with the fixed DeepMerge II bandwidths and no ramp (the defaults then)
+            "mmd": {"weight": 0.3, "kernel": "deepmerge", "warmup": 0.0},
             # the domains are told apart perfectly within an epoch: with the paper's reversed
             # BCE the features then get no gradient (adapting at random, or never); the
             # non-saturating "inverted" loss adapts steadily, weight 0.3 keeps source accuracy
             "dann": {"weight": 0.3, "hidden": 256, "feature_loss": "inverted"},
             # fisher is the trace ratio (~40-60 early on), hence the small weight
-            "fisher": {"weight": 0.01, "intra_weight": 0.01, "inter_weight": 0.01},
+            "fisher": {"weight": 0.01, "intra_weight": 0.01, "inter_weight": 0.01,
+                       "reduction": "sum", "warmup": 0.0},
             # information maximisation: plain entropy minimisation let target predictions
             # collapse into one class on seed 0; diversity 1.0 keeps both classes in use
-            "entropy": {"weight": 0.3, "diversity": 1.0},
+            "entropy": {"weight": 0.3, "diversity": 1.0, "warmup": 0.0},
         },
         "backbone_options": {"deepmerge": {"dropout": 0.1}},
     },

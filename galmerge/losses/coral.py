@@ -4,7 +4,8 @@ loss = ‖C_s - C_t‖_F² / (4 d²) with unbiased covariances. For batches smal
 dimension (64 samples × 2592 DeepMerge features) the Frobenius norm is computed from n × n Gram
 matrices, ‖XᵀX‖² = ‖XXᵀ‖², which costs O(n² d) instead of O(n d²); larger batches use the d × d
 covariances directly. (DeepMerge II's ``loss.CORAL`` divides by d² instead of 4 d²; the factor
-only rescales the weight.)
+only rescales the weight.) ``warmup`` = γ multiplies the term by the ramp
+2 / (1 + exp(-γ p)) - 1 (``galmerge.losses.options``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from galmerge.plugin.options import warmup_factor
 from galmerge.plugin.strategy_api import StepInputs
 
 
@@ -34,7 +36,12 @@ def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class CORALLoss(nn.Module):
-    """Strategy module: ``{"coral": CORAL(source features, target features)}``."""
+    """Strategy module: ``{"coral": warm-up factor · CORAL(source, target features)}``."""
+
+    def __init__(self, warmup: float = 0.0) -> None:
+        super().__init__()
+        self.warmup = float(warmup)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        return {"coral": coral_loss(step.source_features, step.target_features)}
+        value = coral_loss(step.source_features, step.target_features)
+        return {"coral": warmup_factor(step.progress, self.warmup) * value}

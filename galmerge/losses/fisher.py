@@ -14,7 +14,9 @@ DeepMerge II repository that uses Fisher with MMD (the notebook's MMD and ADA ce
 ``train_MMD.py`` docstring), so that the trace ratio has the paper's scale. That code's own CLI
 defaults are 0 / 0 (``--intra_loss_coef``, ``--inter_loss_coef``), which would switch the term
 off; its sim-to-real ADA+Fisher command uses intra 1e-4. Only the ratio intra/inter matters for
-the ``tr`` form. Because intra is a sum, the term grows with the batch size, as there.
+the ``tr`` form. Because intra is a sum, the term grows with the batch size, as there;
+``reduction="mean"`` divides it by the number of labelled samples instead. ``warmup`` = γ
+multiplies the term by the ramp 2 / (1 + exp(-γ p)) - 1 (``galmerge.losses.options``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from galmerge.plugin.options import warmup_factor
 from galmerge.plugin.strategy_api import StepInputs
 
 FORMS = ("tr", "td")
+REDUCTIONS = ("sum", "mean")
 
 
 class FisherLoss(nn.Module):
@@ -41,8 +45,14 @@ class FisherLoss(nn.Module):
         intra_weight: float = 0.01,
         inter_weight: float = 1.0,
         form: str = "tr",
+        reduction: str = "sum",
+        warmup: float = 0.0,
     ) -> None:
         super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+        self.warmup = float(warmup)
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         # drawn on the CPU generator so a seed gives the same centres on every device
@@ -66,6 +76,8 @@ class FisherLoss(nn.Module):
         own = centers.index_select(0, labels.clamp_min(0))
         per_sample = (features - own).pow(2).sum(dim=1)
         intra = (known * per_sample).sum()
+        if self.reduction == "mean":  # the same value for any batch size
+            intra = intra / known.sum().clamp_min(1.0)
         inter = (centers - centers.mean(dim=0, keepdim=True)).pow(2).sum()
         return intra, inter
 
@@ -75,4 +87,5 @@ class FisherLoss(nn.Module):
             loss = self.intra_weight * intra / (self.inter_weight * inter).clamp_min(1e-12)
         else:
             loss = self.intra_weight * intra - self.inter_weight * inter
+        loss = warmup_factor(step.progress, self.warmup) * loss
         return {"fisher": loss, "_fisher_intra": intra.detach(), "_fisher_inter": inter.detach()}

@@ -6,6 +6,13 @@ estimate mean K(x,x') + mean K(y,y') - 2 mean K(x,y), clamped at zero. We comput
 from squared norms and one matrix product instead of a (batch × batch × features) broadcast:
 about 8× faster on CPU at 64 × 2592 (benchmarks/bench_mmd.py). That code also floors the result
 at 1e-4, which only hides small values (its gradient there is zero); we leave it out.
+
+``kernel="mean"`` makes the term independent of the features' scale: five kernels whose
+bandwidths are 1/4, 1/2, 1, 2 and 4 times the mean squared distance of the joint batch
+(detached), as DAN's multi-kernel MMD sets them (Long et al. 2015; the tllib implementation).
+The fixed DeepMerge II bandwidths see 2592-d DeepMerge features (squared distances ~1e2-1e4)
+with only a few kernels; a backbone with other feature norms sees others, so one weight cannot
+fit all. ``kernel="deepmerge"`` keeps the 19 fixed bandwidths.
 """
 
 from __future__ import annotations
@@ -16,8 +23,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from galmerge.plugin.options import warmup_factor
 from galmerge.plugin.strategy_api import StepInputs
 
+KERNELS = ("deepmerge", "mean")
+MEAN_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 BANDWIDTHS: tuple[float, ...] = (
     1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 100.0,
     1e3, 1e4, 1e5, 1e6,
@@ -39,13 +49,26 @@ def squared_distances(z: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_mmd(
-    source: torch.Tensor, target: torch.Tensor, bandwidths: Sequence[float] = BANDWIDTHS
+    source: torch.Tensor,
+    target: torch.Tensor,
+    bandwidths: Sequence[float] = BANDWIDTHS,
+    relative: bool = False,
 ) -> torch.Tensor:
-    """Biased multi-kernel MMD² between two batches (sizes may differ), clamped at zero."""
+    """Biased multi-kernel MMD² between two batches (sizes may differ), clamped at zero.
+
+    Kernels exp(-‖x-y‖² / (2σ)) for σ in ``bandwidths``; with ``relative`` the kernels are
+    exp(-‖x-y‖² / (σ · mean squared distance)), the mean over distinct pairs, detached.
+    """
     n, m = source.shape[0], target.shape[0]
     z = torch.cat([source.flatten(1), target.flatten(1)], dim=0)
     d2 = squared_distances(z)
-    betas = 1.0 / (2.0 * torch.tensor(bandwidths, dtype=z.dtype, device=z.device))
+    sigmas = torch.tensor(bandwidths, dtype=z.dtype, device=z.device)
+    if relative:
+        pairs = max(z.shape[0] * (z.shape[0] - 1), 1)
+        mean_d2 = (d2.detach().sum() / pairs).clamp_min(torch.finfo(z.dtype).tiny)
+        betas = 1.0 / (sigmas * mean_d2)
+    else:
+        betas = 1.0 / (2.0 * sigmas)
     exponent = -d2.unsqueeze(0) * betas[:, None, None]
     # Subnormal numbers (below ~1e-38 in float32), from exp() or from gradients multiplied by
     # tiny kernel values in the backward pass, cost x86 CPUs ~100× more per operation (measured:
@@ -66,11 +89,23 @@ def gaussian_mmd(
 
 
 class MMDLoss(nn.Module):
-    """Strategy module: ``{"mmd": MMD²(source features, target features)}``."""
+    """Strategy module: ``{"mmd": warm-up factor · MMD²(source features, target features)}``."""
 
-    def __init__(self, bandwidths: Sequence[float] = BANDWIDTHS) -> None:
+    def __init__(
+        self,
+        bandwidths: Sequence[float] | None = None,
+        kernel: str = "deepmerge",
+        warmup: float = 0.0,
+    ) -> None:
         super().__init__()
-        self.bandwidths = tuple(float(b) for b in bandwidths)
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        self.kernel = kernel
+        default = MEAN_MULTIPLIERS if kernel == "mean" else BANDWIDTHS
+        self.bandwidths = tuple(float(b) for b in (bandwidths or default))
+        self.warmup = float(warmup)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        return {"mmd": gaussian_mmd(step.source_features, step.target_features, self.bandwidths)}
+        value = gaussian_mmd(step.source_features, step.target_features, self.bandwidths,
+                             relative=self.kernel == "mean")
+        return {"mmd": warmup_factor(step.progress, self.warmup) * value}

@@ -186,6 +186,33 @@ def label_free_scores(source_val: SplitOutputs, target_val: SplitOutputs) -> dic
     }
 
 
+# Scores of one model *among others*: they need the target predictions of several models (the
+# trials of a `galmerge tune` study), so the trainer cannot compute them per epoch.
+CROSS_MODEL_SCORES: dict[str, str] = {"agreement": "max"}
+
+
+def ensemble_agreement(probabilities: list[torch.Tensor]) -> list[float]:
+    """Per model: the share of target images on which its predicted class equals the vote of
+    the *other* models (their mean softmax probability); higher is better.
+
+    A label-free stand-in for target accuracy in the spirit of reverse validation and ensemble
+    checks: models that adapted well tend to agree with each other, while each bad one tends to
+    fail in its own way. It misleads when most models share one failure (e.g. all predicting one
+    class on the target): agreeing with the majority then rewards that failure. NaN with fewer
+    than two models.
+    """
+    k = len(probabilities)
+    if k < 2:
+        return [math.nan] * k
+    stacked = torch.stack([p.double() for p in probabilities])  # (k, N, C)
+    total = stacked.sum(dim=0)
+    out = []
+    for i in range(k):
+        others = (total - stacked[i]) / (k - 1)
+        out.append(float((stacked[i].argmax(dim=1) == others.argmax(dim=1)).double().mean()))
+    return out
+
+
 def oracle_scores(target_val: SplitOutputs, target_labels: torch.Tensor) -> dict[str, float]:
     """Research only: target validation accuracy, which needs target labels ("oracle")."""
     labels = torch.as_tensor(target_labels)

@@ -724,6 +724,44 @@ def trial_rows(study_dir: Path, study: Any, score: str) -> list[dict[str, Any]]:
     return rows
 
 
+def add_agreement(study_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Column ``agreement`` (label-free, `selection.ensemble_agreement`): each complete trial's
+    agreement with the other complete trials on the target validation split (best.pt of each
+    run; target labels are not read). NaN for other trials or with fewer than two."""
+    from galmerge.data.datasets import load_imageset
+    from galmerge.data.splits import split_indices
+    from galmerge.models.inference import forward_in_batches
+    from galmerge.models.model import load_model
+
+    for r in rows:
+        r["agreement"] = math.nan
+    done = [r for r in rows if r["state"] == "complete"
+            and (study_dir / r["run_dir"] / rundir.BEST).is_file()]
+    if len(done) < 2:
+        return
+    sets: dict[str, Any] = {}
+    probs = []
+    for r in done:
+        run_dir = study_dir / r["run_dir"]
+        loaded = load_model(run_dir, "cpu")
+        spec = str(loaded.config["target"])
+        if spec not in sets:
+            sets[spec] = load_imageset(spec)
+        target = sets[spec]
+        # the trainer's target split: seed + 1 (galmerge.data.splits.domain_splits)
+        idx = split_indices(len(target), int(loaded.config["seed"]) + 1)["val"]
+        _, logits = forward_in_batches(loaded.model, target, idx, loaded.preprocess["target"])
+        probs.append(torch_softmax(logits))
+    for r, value in zip(done, selection.ensemble_agreement(probs), strict=True):
+        r["agreement"] = value
+
+
+def torch_softmax(logits: Any) -> Any:
+    import torch
+
+    return torch.softmax(logits.double(), dim=1)
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     fields: list[str] = []
     for r in rows:
@@ -763,6 +801,7 @@ def spearman(x: list[float], y: list[float]) -> float:
 def write_outputs(study_dir: Path, study: Any, score: str, quiet: bool = True) -> dict[str, Any]:
     """trials.csv, best.toml, plots and report.md from the study's storage and run dirs."""
     rows = trial_rows(study_dir, study, score)
+    add_agreement(study_dir, rows)
     _write_csv(study_dir / TRIALS_CSV, rows)
     complete = [r for r in rows if r["state"] == "complete" and math.isfinite(r["score"])]
     best: dict[str, Any] | None = None
@@ -911,13 +950,18 @@ def _report(study_dir: Path, summary: Mapping[str, Any], rows: list[dict[str, An
         f"and the oracle target test accuracy over complete trials: "
         f"{'n/a (fewer than 3 trials, or no spread)' if not math.isfinite(rho) else f'{rho:+.2f}'}.",
         "",
-        "| trial | state | score | source val acc | ORACLE target test acc |",
-        "| --- | --- | --- | --- | --- |",
+        "`agreement` (label-free, computed once the trials finished): the share of target "
+        "validation images on which a trial's prediction matches the vote of the other complete "
+        "trials; it rewards a failure most trials share.",
+        "",
+        "| trial | state | score | source val acc | agreement | ORACLE target test acc |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['trial']} | {r['state']} | {_fmt(r['score'])} | "
-            f"{_fmt(r['at_best_source_val_accuracy'])} | {_fmt(r['oracle_target_test_accuracy'])} |"
+            f"{_fmt(r['at_best_source_val_accuracy'])} | {_fmt(r.get('agreement', math.nan))} | "
+            f"{_fmt(r['oracle_target_test_accuracy'])} |"
         )
     plots = summary["plots"]
     if plots:

@@ -1,0 +1,208 @@
+"""Choose robust DA defaults on the DEV pairs of bench_tune's shifted-pair family.
+
+Runs named configurations (strategy + options + domain_batchnorm) on dev pairs and seeds, two
+(``--jobs``) single-threaded training processes at a time, and writes one JSON line per run
+(``--out``, resumable: finished runs are skipped) plus a markdown table of target and source
+test accuracy per configuration, and its gain over source-only ``none`` on the same pair and
+seed. Only DEV pairs are accepted: this script is for choosing, ``bench_tune.py`` reports.
+
+    python benchmarks/study_defaults.py --grid phase1 --pairs 0 2 4 6 --seeds 10 --n 2000 \\
+        --epochs 15 --out benchmarks/results/study_defaults_dev.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_tune import DEV_PAIRS, PAIRS, pair_specs  # noqa: E402
+
+# name -> train() keyword arguments (strategy, strategy_options, sets)
+GRIDS: dict[str, dict[str, dict[str, Any]]] = {
+    # joint BatchNorm (the default) for every strategy, and the scale-free / ramped variants
+    "joint": {
+        "none": {"strategy": "none"},
+        "adabn joint": {"strategy": "adabn"},
+        "mmd joint": {"strategy": "mmd"},
+        "mmd mean+warmup joint": {
+            "strategy": "mmd", "strategy_options": {"mmd": {"kernel": "mean", "warmup": 10.0}},
+        },
+        "coral joint": {"strategy": "coral"},
+        "dann joint": {"strategy": "dann"},
+        "fisher joint": {"strategy": "fisher"},
+        "entropy joint": {"strategy": "entropy"},
+    },
+    # candidates for the strategies whose old defaults lost to none on the dev pairs
+    "fix": {
+        "fisher mean+warmup joint": {
+            "strategy": "fisher",
+            "strategy_options": {"fisher": {"reduction": "mean", "warmup": 10.0}},
+        },
+        "entropy diversity1+warmup joint": {
+            "strategy": "entropy",
+            "strategy_options": {"entropy": {"diversity": 1.0, "warmup": 10.0}},
+        },
+    },
+    # galmerge's defaults as they are now (after the choice), for held-out reporting
+    "defaults": {
+        "none": {"strategy": "none"},
+        **{s: {"strategy": s} for s in ("entropy", "fisher", "dann", "coral", "adabn")},
+    },
+    "phase1": {
+        "none": {"strategy": "none"},
+        **{
+            f"{s} {bn}": {"strategy": s, "sets": [f"domain_batchnorm={bn}"]}
+            for s in ("adabn", "mmd", "coral", "dann", "fisher", "entropy")
+            for bn in ("joint", "separate")
+        },
+        "mmd mean+warmup joint": {
+            "strategy": "mmd", "strategy_options": {"mmd": {"kernel": "mean", "warmup": 10.0}},
+        },
+        "mmd mean+warmup separate": {
+            "strategy": "mmd", "strategy_options": {"mmd": {"kernel": "mean", "warmup": 10.0}},
+            "sets": ["domain_batchnorm=separate"],
+        },
+    },
+}
+
+CHILD = r"""
+import json, sys, time
+import galmerge
+kw = json.loads(sys.argv[1])
+t0 = time.time()
+r = galmerge.train(quiet=True, **kw)
+m = r["metrics"]
+print(json.dumps({"seconds": round(time.time() - t0, 1),
+                  "source": m["source_test"]["accuracy"], "target": m["target_test"]["accuracy"],
+                  "source_val": m.get("source_val", {}).get("accuracy")}))
+"""
+
+
+def run_one(work: Path, name: str, pair: int, seed: int, args: argparse.Namespace,
+            kwargs: dict[str, Any]) -> dict[str, Any]:
+    source, target = pair_specs(pair, args.n)
+    slug = name.replace(" ", "_").replace("+", "p").replace("=", "")
+    kw = dict(kwargs, source=source, target=target, seed=seed, epochs=args.epochs,
+              batch_size=args.batch_size, device="cpu",
+              run_dir=str(work / f"pair{pair}-seed{seed}" / slug))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = Path(kw["run_dir"]) / "summary.json"
+    rec0: dict[str, Any] = {"name": name, "pair": pair, "seed": seed, "n": args.n,
+                            "epochs": args.epochs, "kwargs": kwargs}
+    if done.is_file():  # the same run finished before (e.g. bench_tune's none): reuse it
+        m = json.loads(done.read_text())["metrics"]
+        return {**rec0, "reused": str(done), "source": m["source_test"]["accuracy"],
+                "target": m["target_test"]["accuracy"]}
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(kw)], capture_output=True,
+                          text=True, env=env)
+    rec: dict[str, Any] = {"name": name, "pair": pair, "seed": seed, "n": args.n,
+                           "epochs": args.epochs, "kwargs": kwargs,
+                           "load_average": os.getloadavg()[0]}
+    try:
+        rec.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    except (IndexError, json.JSONDecodeError):
+        rec["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
+    return rec
+
+
+def table(records: list[dict[str, Any]]) -> list[str]:
+    none = {(r["pair"], r["seed"]): r for r in records if r["name"] == "none" and "target" in r}
+    names = list(dict.fromkeys(r["name"] for r in records))
+    lines = ["| configuration | runs | target | source | target gain vs none | source change "
+             "vs none | worst target gain | runs below none |", "| --- " * 8 + "|"]
+    for name in names:
+        rs = [r for r in records if r["name"] == name and "target" in r]
+        if not rs:
+            continue
+        gains = [100 * (r["target"] - none[(r["pair"], r["seed"])]["target"]) for r in rs
+                 if (r["pair"], r["seed"]) in none]
+        sgains = [100 * (r["source"] - none[(r["pair"], r["seed"])]["source"]) for r in rs
+                  if (r["pair"], r["seed"]) in none]
+
+        def ms(v: list[float], scale: float = 1.0) -> str:
+            if not v:
+                return "-"
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            return f"{statistics.fmean(v) * scale:.3f} ± {sd * scale:.3f}" if scale == 1.0 \
+                else f"{statistics.fmean(v):+.1f} ± {sd:.1f}"
+
+        lines.append(
+            f"| {name} | {len(rs)} | {ms([r['target'] for r in rs])} | "
+            f"{ms([r['source'] for r in rs])} | {ms(gains, 100)} | {ms(sgains, 100)} | "
+            f"{min(gains):+.1f} | {sum(g < 0 for g in gains)} |" if gains else f"| {name} | -")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", default="phase1", choices=sorted(GRIDS))
+    ap.add_argument("--only", nargs="*", default=None, help="configuration names to run")
+    ap.add_argument("--pairs", type=int, nargs="+", default=list(DEV_PAIRS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[10])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--work-dir", default="study_defaults_runs")
+    ap.add_argument("--out", default=str(HERE / "results" / "study_defaults_dev.jsonl"))
+    ap.add_argument("--held-out", action="store_true",
+                    help="report on held-out pairs (after the defaults were chosen)")
+    args = ap.parse_args()
+    bad = [p for p in args.pairs if p not in DEV_PAIRS]
+    if args.held_out:
+        bad = [p for p in args.pairs if p in DEV_PAIRS]
+    if bad and args.held_out:
+        ap.error(f"pairs {bad} were used for choosing; report on held-out pairs")
+    if bad and not args.held_out:
+        ap.error(f"pairs {bad} are held out; choose on {list(DEV_PAIRS)}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = []
+    if out.is_file():
+        done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    have = {(r["name"], r["pair"], r["seed"], r["n"], r["epochs"]) for r in done
+            if "target" in r}
+    grid = GRIDS[args.grid]
+    names = args.only if args.only else list(grid)
+    jobs = [(name, p, s) for p in args.pairs for s in args.seeds for name in names
+            if (name, p, s, args.n, args.epochs) not in have]
+    work = Path(args.work_dir)
+    t0 = time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run_one, work, name, p, s, args, grid[name])
+                   for name, p, s in jobs]
+        for fut in futures:
+            rec = fut.result()
+            with out.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            done.append(rec)
+            print(f"[{time.time() - t0:6.0f}s] {rec['name']} pair {rec['pair']} seed "
+                  f"{rec['seed']}: target {rec.get('target')} source {rec.get('source')} "
+                  f"{rec.get('error', '')}", flush=True)
+    sel = [r for r in done if r["n"] == args.n and r["epochs"] == args.epochs]
+    md = out.with_suffix(".md")
+    md.write_text("\n".join([
+        f"# Defaults study on {'HELD-OUT' if args.held_out else 'dev'} pairs {sorted({r['pair'] for r in sel})} "
+        f"({', '.join(PAIRS[p][2] for p in sorted({r['pair'] for r in sel}))})", "",
+        f"n={args.n} images per domain, {args.epochs} epochs, batch {args.batch_size}, "
+        f"seeds {sorted({r['seed'] for r in sel})}; test accuracy; gains in points vs source-only "
+        "none on the same pair and seed. "
+        + ("Held-out pairs: reporting only, nothing was chosen on them." if args.held_out
+           else "Dev pairs only (choosing); held-out pairs are reported separately."), "", *table(sel), "",
+        f"Load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        f"on {os.cpu_count()} CPUs (shared machine)."]) + "\n")
+
+
+if __name__ == "__main__":
+    main()

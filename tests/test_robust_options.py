@@ -1,0 +1,110 @@
+"""Options that make DA terms independent of feature scale and ramp them in (issue 14 item 1).
+
+Behaviour only: that each option exists, is checked, and changes the term as documented.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from galmerge.errors import GalmergeError
+from galmerge.plugin.options import warmup_factor
+from galmerge.plugin.strategy_api import StepInputs, StrategyContext
+from galmerge.scores.selection import ensemble_agreement
+
+RAMPED = ("mmd", "coral", "fisher", "entropy")
+
+
+def _context(dim: int = 16) -> StrategyContext:
+    return StrategyContext(feature_dim=dim, num_classes=2, total_steps=100,
+                           device=torch.device("cpu"))  # fmt: skip
+
+
+def _build(plugin_manager, name: str, **options):
+    return plugin_manager.get("strategies", name).build(_context(), options)
+
+
+def _step(progress: float, scale: float = 1.0, n: int = 24, seed: int = 0) -> StepInputs:
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(n, 16, generator=g)
+    xt = torch.randn(n, 16, generator=g) * 1.5 + 0.7
+    return StepInputs(
+        source_features=scale * xs, source_logits=torch.randn(n, 2, generator=g),
+        source_labels=torch.arange(n) % 2, target_features=scale * xt,
+        target_logits=torch.randn(n, 2, generator=g), progress=progress,
+    )  # fmt: skip
+
+
+def test_warmup_factor_is_the_dann_ramp() -> None:
+    assert warmup_factor(0.0, 10.0) == 0.0
+    assert warmup_factor(0.1, 10.0) == pytest.approx(2 / (1 + math.exp(-1.0)) - 1)
+    assert warmup_factor(1.0, 10.0) == pytest.approx(1.0, abs=1e-4)
+    assert warmup_factor(0.0, 0.0) == warmup_factor(0.3, 0.0) == 1.0  # 0: no ramp
+    assert warmup_factor(5.0, 10.0) == warmup_factor(1.0, 10.0)  # progress clipped
+
+
+@pytest.mark.parametrize("name", RAMPED)
+def test_warmup_scales_the_term_from_zero(plugin_manager, name) -> None:
+    plain = _build(plugin_manager, name, warmup=0.0)
+    ramped = _build(plugin_manager, name, warmup=10.0)
+    if name == "fisher":  # same learnable centres in both
+        ramped.load_state_dict(plain.state_dict())
+    for progress in (0.0, 0.05, 0.5, 1.0):
+        step = _step(progress)
+        want = plain(step)[name] * warmup_factor(progress, 10.0)
+        torch.testing.assert_close(ramped(step)[name], want)
+    assert float(plain(_step(0.0))[name].detach()) != 0.0
+
+
+def test_mean_kernel_mmd_does_not_depend_on_feature_scale(plugin_manager) -> None:
+    mean = _build(plugin_manager, "mmd", kernel="mean")
+    fixed = _build(plugin_manager, "mmd", kernel="deepmerge")
+    values = [float(mean(_step(0.5, scale))["mmd"]) for scale in (0.01, 1.0, 100.0)]
+    assert values == pytest.approx([values[1]] * 3, rel=1e-4)
+    assert values[1] > 0.05  # the shifted clouds are told apart
+    fixed_values = [float(fixed(_step(0.5, scale))["mmd"]) for scale in (0.01, 1.0, 100.0)]
+    assert max(fixed_values) > 1.5 * min(fixed_values)  # the fixed bandwidths do depend on it
+    same = _step(0.5)
+    same.target_features = same.source_features.clone()
+    assert float(mean(same)["mmd"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fisher_mean_reduction_does_not_grow_with_the_batch(plugin_manager) -> None:
+    sums = _build(plugin_manager, "fisher", reduction="sum")
+    means = _build(plugin_manager, "fisher", reduction="mean")
+    means.load_state_dict(sums.state_dict())
+    small = _step(0.5, n=8)
+    big = _step(0.5, n=8)
+    big.source_features = small.source_features.repeat(4, 1)
+    big.source_labels = small.source_labels.repeat(4)
+    torch.testing.assert_close(means(big)["fisher"], means(small)["fisher"])
+    torch.testing.assert_close(sums(big)["fisher"], 4 * sums(small)["fisher"])
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("mmd", {"kernel": "median"}, "kernel must be one of deepmerge, mean"),
+        ("mmd", {"warmup": -1.0}, "warmup must be >= 0"),
+        ("coral", {"warmup": "fast"}, "warmup"),
+        ("fisher", {"reduction": "max"}, "reduction must be one of sum, mean"),
+        ("entropy", {"warmup": -0.5}, "warmup must be >= 0"),
+    ],
+)
+def test_bad_new_options_are_one_line_errors(plugin_manager, name, options, message) -> None:
+    with pytest.raises(GalmergeError, match=message) as info:
+        _build(plugin_manager, name, **options)
+    assert "\n" not in str(info.value)
+
+
+def test_ensemble_agreement_rewards_agreeing_with_the_others() -> None:
+    a = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    b = a.clone()
+    c = torch.tensor([[0.1, 0.9], [0.2, 0.8], [0.4, 0.6], [0.3, 0.7]])  # differs on 2 of 4
+    got = ensemble_agreement([a, b, c])
+    assert got[2] < got[0] == got[1]
+    assert got[2] == pytest.approx(0.5)
+    assert all(v != v for v in ensemble_agreement([a]))  # NaN alone
