@@ -461,9 +461,6 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     else:
         infer = _Inference(model, domain, device, batch_size, dist.local_rank, mc_dropout)
     extra = list(getattr(infer, "extra", []))
-    note = getattr(infer, "shift_note", "")
-    if note and show:
-        print(f"galmerge: {note}", file=sys.stderr)
     service = survey_service = None
     release = kind = ""
     store: CutoutCache | None = None
@@ -500,6 +497,9 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         n_chunks = -(-total // chunk_rows)
         shard_total = sum(min(chunk_rows, total - c * chunk_rows)
                           for c in range(dist.rank, n_chunks, dist.world))
+    shift_note = getattr(infer, "shift_note", "")
+    if shift_note and show:  # once the inputs are known good: a user mistake stays one line
+        print(f"galmerge: {shift_note}", file=sys.stderr)
     progress = _Progress(show, shard_total)
     fetched = Counter()
     sig = _signature(_file_stamp(cat_path), _file_stamp(infer.loaded.path), domain,
