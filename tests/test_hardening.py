@@ -488,14 +488,19 @@ def test_a_second_classify_on_the_same_output_is_refused(env):  # noqa: F811
     cmd = [sys.executable, str(_script(tmp)), "classify", str(tmp / "cat.csv"), "--model",
            str(ckpt), "--survey", "stamps", "--quiet", "--cache", str(tmp / "c.h5"),
            "--output", str(tmp / "out.csv"), "--chunk-rows", "8"]
-    first = subprocess.Popen(cmd, env=_sub_env(log, delay="0.3"))
+    gate = tmp / "let-the-first-run-go"
+    # the first run stops after 3 fetches until the gate file exists, so it holds the output
+    # however slowly the second process starts on a loaded machine
+    first = subprocess.Popen(cmd, env={**_sub_env(log), "GALMERGE_TEST_FETCH_GATE": str(gate)})
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while len(fetch_lines(log)) < 3:  # the first run is fetching
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         second = subprocess.run(cmd, env=_sub_env(log), capture_output=True, text=True,
                                 timeout=120)
+        assert first.poll() is None  # it still held the output while the second one ran
+        gate.touch()
         assert second.returncode != 0
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and "another galmerge classify is writing" in lines[0], \
