@@ -8,12 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 # Property tests draw the same examples on every run (CI must not go red by chance); set
 # HYPOTHESIS_PROFILE=explore to search fresh random examples, which is how a bug is found.
-settings.register_profile("repeatable", derandomize=True)
-settings.register_profile("explore", derandomize=False)
+# too_slow (drawing examples took long) measures how busy a shared machine is, not the code
+settings.register_profile("repeatable", derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", derandomize=False,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 # Before anything imports galmerge: no third-party entry points unless a test opts in, and

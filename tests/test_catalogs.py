@@ -161,7 +161,7 @@ def _write_through(cat, tmp_path: Path) -> list[list[str]]:
         return list(csv.reader(fh))[1:]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(table=csv_tables(), table_line=st.booleans())
 def test_any_wellformed_csv_round_trips_row_for_row(tmp_path, table, table_line):
     header, rows = table
@@ -182,7 +182,7 @@ def test_any_wellformed_csv_round_trips_row_for_row(tmp_path, table, table_line)
     assert [r[: len(header)] for r in out] == rows
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=st.binary(max_size=300))
 def test_arbitrary_bytes_never_raise_and_never_lose_a_row(tmp_path, body):
     p = tmp_path / "t.csv"
@@ -260,7 +260,7 @@ def _write_votable(path: Path, table_data, fmt: str = "tabledata") -> None:
 
 
 @settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(table=vo_tables(), chunk=st.integers(1, 5))
 def test_votable_rows_stream_in_chunks_exactly_as_astropy_reads_them(tmp_path, table, chunk):
     p = tmp_path / "t.vot"
@@ -276,7 +276,7 @@ def test_votable_rows_stream_in_chunks_exactly_as_astropy_reads_them(tmp_path, t
 
 
 @settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(table=vo_tables(), cut=st.floats(0, 1))
 def test_truncated_votable_is_a_one_line_error_after_an_exact_prefix(tmp_path, table, cut):
     """A VOTable cut short anywhere: every row read is the file's own, in order, and the rest is
@@ -397,7 +397,7 @@ td_text = st.one_of(st.just(""), st.sampled_from(["1", "-5", "2.5", "nan", "inf"
 
 
 @settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(rows=st.lists(st.lists(td_text, max_size=6), max_size=12), chunk=st.integers(1, 4))
 def test_malformed_votable_rows_never_crash_and_never_lose_a_row(tmp_path, rows, chunk):
     """Any TD text, any number of TDs per TR: one catalog row per TR, in order."""

@@ -75,7 +75,7 @@ def parquet_tables(draw):
 
 
 @settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=parquet_tables())
 def test_every_row_comes_out_in_order_exactly_as_pyarrow_reads_it(tmp_path, case):
     table, group, chunk = case
@@ -105,7 +105,7 @@ def test_every_row_comes_out_in_order_exactly_as_pyarrow_reads_it(tmp_path, case
 
 
 @settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=parquet_tables())
 def test_parquet_output_keeps_types_values_and_nulls(tmp_path, case):
     table, group, chunk = case

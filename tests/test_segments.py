@@ -153,7 +153,7 @@ def _same_cell(a, b) -> bool:
 
 
 @settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(parts=st.lists(blocks(), min_size=1, max_size=4), per_segment=st.integers(1, 3))
 def test_blocks_round_trip_exactly_and_write_the_same_outputs(tmp_path, parts, per_segment):
     import shutil
