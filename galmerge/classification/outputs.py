@@ -86,26 +86,10 @@ def _reason(status: str) -> str:
     return str(status).split(":", 1)[0]
 
 
-def result_names(columns: Sequence[str]) -> tuple[str, str, str]:
-    """The names of the three result columns, made distinct from the input's."""
-    taken = set(columns)
+def _distinct(names: Sequence[str], taken: set[str]) -> list[str]:
+    """``names``, each given a ``_1``, ``_2``... suffix where it is in ``taken`` (updated)."""
     out = []
-    for name in RESULT_COLUMNS:
-        candidate, i = name, 0
-        while candidate in taken:
-            i += 1
-            candidate = f"{name}_{i}"
-        taken.add(candidate)
-        out.append(candidate)
-    return out[0], out[1], out[2]
-
-
-def extra_names(columns: Sequence[str], extra: Sequence[str]) -> list[str]:
-    """The names of the columns after ``status``, made distinct from the input's and the
-    three result columns'."""
-    taken = {*columns, *result_names(columns)}
-    out = []
-    for name in extra:
+    for name in names:
         candidate, i = name, 0
         while candidate in taken:
             i += 1
@@ -113,6 +97,18 @@ def extra_names(columns: Sequence[str], extra: Sequence[str]) -> list[str]:
         taken.add(candidate)
         out.append(candidate)
     return out
+
+
+def result_names(columns: Sequence[str]) -> tuple[str, str, str]:
+    """The names of the three result columns, made distinct from the input's."""
+    p, flag, status = _distinct(RESULT_COLUMNS, set(columns))
+    return p, flag, status
+
+
+def extra_names(columns: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """The names of the columns after ``status``, made distinct from the input's and the
+    three result columns'."""
+    return _distinct(extra, {*columns, *result_names(columns)})
 
 
 def _extra_text(values: np.ndarray) -> list[str]:

@@ -205,8 +205,7 @@ class _Inference:
         out = np.clip(out, 0.0, 1.0)
         if self.shift is not None:
             score = extra[shift_score.SCORE_COLUMN]
-            extra[shift_score.FLAG_COLUMN] = np.where(
-                np.isfinite(score), score > float(self.shift["threshold"]), -1).astype(np.int8)
+            extra[shift_score.FLAG_COLUMN] = shift_score.flags(score, self.shift["threshold"])
         return out, extra
 
     def _mc_passes(self, x: Any, block: np.ndarray) -> np.ndarray:
@@ -625,7 +624,7 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: SurveyService | N
         status[~finite] = "bad-image: non-finite pixels"
         good = np.flatnonzero(status == "")
         if len(good):
-            p[good], more = _predict(infer, images[good])
+            p[good], more = infer.predict(images[good])
             for name in names:
                 extra[name][good] = more[name]
         status[good] = STATUS_OK
@@ -663,13 +662,6 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: SurveyService | N
     return ResultBlock(chunk.columns, p, flag, status, extra)
 
 
-def _predict(infer: Any, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """p_merger and the extra columns (an inference without any: probabilities only)."""
-    if hasattr(infer, "predict"):
-        return infer.predict(images)  # type: ignore[no-any-return]
-    return infer.probabilities(images), {}
-
-
 def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
                 service: SurveyService,
                 store: CutoutCache, infer: _Inference, fetched: Counter,
@@ -690,7 +682,7 @@ def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
         got[missing] = got2
     if not got.any():
         return {}
-    probs, more = _predict(infer, images if got.all() else images[got])
+    probs, more = infer.predict(images if got.all() else images[got])
     values = list(zip(probs.tolist(), *(more[n].tolist() for n in getattr(infer, "extra", [])),
                       strict=True))
     return dict(zip([k for k, g in zip(keys, got, strict=True) if g], values, strict=True))

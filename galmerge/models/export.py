@@ -276,5 +276,7 @@ class OnnxInference:
                 score[start : start + len(block)] = got[1]
         if self.shift is None:
             return np.clip(out, 0.0, 1.0), {}
-        flag = np.where(np.isfinite(score), score > self.shift["threshold"], -1).astype(np.int8)
+        from galmerge.models.shift import flags as shift_flags
+
+        flag = shift_flags(score, self.shift["threshold"])
         return np.clip(out, 0.0, 1.0), {self.extra[0]: score, self.extra[1]: flag}

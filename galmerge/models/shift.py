@@ -143,6 +143,11 @@ def score_tensors(f: Any, means: Any, comps: Any, lam: Any, sigma2: float) -> An
     return (best / f.shape[1]).sqrt()
 
 
+def flags(score: np.ndarray, threshold: float) -> np.ndarray:
+    """``shift_flag`` of each score: 1 above ``threshold``, 0 at or below, -1 without a score."""
+    return np.where(np.isfinite(score), score > float(threshold), -1).astype(np.int8)
+
+
 def score_numpy(stats: dict[str, Any], features: np.ndarray) -> np.ndarray:
     import torch
 
