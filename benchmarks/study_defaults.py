@@ -59,6 +59,16 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "none": {"strategy": "none"},
         **{s: {"strategy": s} for s in ("entropy", "fisher", "dann", "coral", "adabn")},
     },
+    # per-domain BatchNorm statistics (DSBN, `domain_batchnorm = "separate"`) for every
+    # strategy that forwards the target, beside the joint default of stop 22
+    "dsbn": {
+        "none": {"strategy": "none"},
+        "mmd joint": {"strategy": "mmd", "sets": ["domain_batchnorm=joint"]},
+        **{
+            f"{s} separate": {"strategy": s, "sets": ["domain_batchnorm=separate"]}
+            for s in ("adabn", "mmd", "coral", "dann")
+        },
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{

@@ -123,6 +123,7 @@ class _Inference:
         import torch
 
         from galmerge.models import shift as shift_score
+        from galmerge.models.domain_norm import select_statistics
         from galmerge.models.model import load_model
         from galmerge.runtime.devices import resolve_device
 
@@ -143,6 +144,8 @@ class _Inference:
         self.channels = self.spec.n_channels
         self.size = int(self.spec.image_size or self.loaded.config.get("image_size", 75))
         self.batch_size = max(1, int(batch_size))
+        # a model with per-domain BatchNorm statistics classifies with the --domain's set
+        select_statistics(self.loaded.model, domain)
         self.model = self.loaded.model.eval()
         self.mc_dropout = int(mc_dropout)
         self.dropouts = _dropout_layers(self.loaded.model) if self.mc_dropout else []

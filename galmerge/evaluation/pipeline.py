@@ -83,10 +83,11 @@ def _outputs(
     idx: np.ndarray,
     spec: dict[str, Any],
     device: torch.device,
+    domain: str,
 ) -> SplitData:
     from galmerge.models.inference import forward_in_batches
 
-    feats, logits = forward_in_batches(loaded.model, imageset, idx, spec, device)
+    feats, logits = forward_in_batches(loaded.model, imageset, idx, spec, device, domain=domain)
     labels = imageset.labels.numpy()[idx]
     return SplitData(idx, feats, logits, labels)
 
@@ -108,8 +109,8 @@ def _domains(
         out[name] = DomainData(
             name,
             sets[name],
-            _outputs(loaded, sets[name], splits[name]["val"], spec, device),
-            _outputs(loaded, sets[name], splits[name]["test"], spec, device),
+            _outputs(loaded, sets[name], splits[name]["val"], spec, device, name),
+            _outputs(loaded, sets[name], splits[name]["test"], spec, device, name),
         )
     return out
 
@@ -293,6 +294,7 @@ def _gallery(
         randomisation_check,
         strength_score_correlation,
     )
+    from galmerge.models.domain_norm import statistics
 
     picks = _gallery_picks(dom.test.labels, p, k)
     logits = dom.test.logits
@@ -321,7 +323,8 @@ def _gallery(
         try:
             if say is not None:
                 say("Grad-CAM maps of the gallery images")
-            maps = evidence_maps(loaded.model, x)
+            with statistics(loaded.model, dom.name):
+                maps = evidence_maps(loaded.model, x)
         except ValueError:  # a backbone without convolutions: gallery without Grad-CAM
             maps = None
         if maps is not None:
@@ -329,7 +332,8 @@ def _gallery(
             cams_valid = list((maps / scale).clamp(max=1.0).numpy() if scale > 0 else maps.numpy())
             if say is not None:
                 say("Grad-CAM sanity check: the same maps from randomised weights")
-            rho = randomisation_check(loaded.model, x)
+            with statistics(loaded.model, dom.name):
+                rho = randomisation_check(loaded.model, x)
             tracks = strength_score_correlation(maps, margin[np.asarray(valid)])
             facts = {
                 "explains": "logit difference z_merger - z_non_merger",
@@ -426,7 +430,7 @@ def _embedding(
             pick = _subsample(len(dom.test.indices), points, seed)
             idx = dom.test.indices[pick]
             feats, _ = forward_in_batches(
-                model.model, dom.imageset, idx, model.preprocess[name], device
+                model.model, dom.imageset, idx, model.preprocess[name], device, domain=name
             )
             per_domain[name] = (feats.numpy(), dom.test.labels[pick])
         panels[title] = per_domain

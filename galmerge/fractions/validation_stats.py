@@ -100,7 +100,7 @@ def compute(run: Path, source: str | None = None, device: str = "cpu") -> tuple[
         raise GalmergeError(f"the source validation split of {run} has no labelled images; "
                             "the error rates cannot be measured")
     with torch.no_grad():
-        _, logits = forward_in_batches(loaded.model, src, val, spec, dev)
+        _, logits = forward_in_batches(loaded.model, src, val, spec, dev, domain="source")
     logit = (logits[:, 1] - logits[:, 0]).double().numpy()
     labels = all_labels[val].astype(np.int8)
     meta = {

@@ -119,6 +119,7 @@ def export_model(
     """Write ``model`` (a run directory or checkpoint) as ONNX or TorchScript; returns the path."""
     import torch
 
+    from galmerge.models.domain_norm import select_statistics
     from galmerge.models.model import load_model
 
     if fmt not in FORMATS:
@@ -127,6 +128,7 @@ def export_model(
     if domain not in loaded.preprocess:
         raise GalmergeError(f"model {loaded.path} has no '{domain}' preprocessing; use --domain "
                             f"{' or '.join(sorted(loaded.preprocess))}")  # fmt: skip
+    select_statistics(loaded.model, domain)  # per-domain BatchNorm statistics: the --domain's
     meta = describe(loaded, domain)
     shift = None
     if fmt == "onnx":

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from galmerge.data.preprocess import normalise
+from galmerge.models.domain_norm import statistics
 from galmerge.models.model import GalaxyClassifier
 from galmerge.plugin.imageset import ImageSet
 
@@ -21,13 +22,15 @@ def forward_in_batches(
     spec: dict[str, Any],
     device: torch.device | str = "cpu",
     batch_size: int = 256,
+    domain: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and logits (on the CPU) for ``imageset[indices]``, normalised with ``spec``."""
+    """Features and logits (on the CPU) for ``imageset[indices]``, normalised with ``spec``;
+    ``domain``: whose BatchNorm statistics to use (`galmerge.models.domain_norm`)."""
 
     def fetch(idx: np.ndarray) -> torch.Tensor:
         return normalise(imageset.batch(idx).to(device, non_blocking=True), spec)
 
-    return forward_batches(model, fetch, indices, batch_size)
+    return forward_batches(model, fetch, indices, batch_size, domain=domain)
 
 
 @torch.no_grad()
@@ -38,27 +41,30 @@ def forward_batches(
     batch_size: int = 256,
     autocast: bool = False,
     channels_last: bool = False,
+    domain: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and logits (float32, on the CPU) of the model inputs ``fetch(chunk)`` for
     ``indices`` in chunks of ``batch_size``, in eval mode (the model's mode is restored).
 
     ``autocast``: bfloat16 autocast on the inputs' device; ``channels_last``: that memory format
-    for the inputs (CUDA)."""
+    for the inputs (CUDA); ``domain``: "source" or "target", whose BatchNorm running statistics
+    to use when the model keeps one set per domain (else ignored)."""
     was_training = model.training
     model.eval()
     feats, logits = [], []
     idx = np.asarray(indices, dtype=np.int64)
-    for start in range(0, len(idx), batch_size):
-        x = fetch(idx[start : start + batch_size])
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if autocast:
-            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+    with statistics(model, domain):
+        for start in range(0, len(idx), batch_size):
+            x = fetch(idx[start : start + batch_size])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if autocast:
+                with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                    f, z = model(x)
+            else:
                 f, z = model(x)
-        else:
-            f, z = model(x)
-        feats.append(f.float().cpu())
-        logits.append(z.float().cpu())
+            feats.append(f.float().cpu())
+            logits.append(z.float().cpu())
     model.train(was_training)
     if not feats:
         dim = model.out_features

@@ -28,6 +28,7 @@ from torch import nn
 from galmerge.data.preprocess import PreprocessSpec
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.models import domain_norm
 from galmerge.plugin.manager import get_plugin_manager
 
 CHECKPOINT_FORMAT = "galmerge-checkpoint/1"
@@ -165,6 +166,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             int(payload.get("num_classes", 2)),
             dict(payload.get("backbone_options") or {}),
         )
+        if domain_norm.state_has_target_statistics(payload["model"]):
+            domain_norm.add_target_statistics(model)  # trained with domain_batchnorm=separate
         model.load_state_dict(payload["model"])
         specs = {str(domain): PreprocessSpec.from_dict(spec, f"checkpoint {p}: {domain} "
                                                        "preprocessing")

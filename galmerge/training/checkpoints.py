@@ -9,6 +9,7 @@ from torch import nn
 
 from galmerge.data.preprocess import PreprocessSpec
 from galmerge.errors import GalmergeError
+from galmerge.models import domain_norm
 from galmerge.models.model import GalaxyClassifier
 
 
@@ -40,8 +41,22 @@ def payload(
 
 
 def load_init_weights(model: GalaxyClassifier, init: Mapping[str, Any], source: str) -> None:
+    """Load an earlier run's weights. Per-domain BatchNorm statistics
+    (`galmerge.models.domain_norm`) are carried over when both models keep them; a model that
+    keeps them but starts from one set starts both domains from it; one set is kept when the
+    new model has one."""
+    state = dict(init["model"])
+    ours, theirs = (domain_norm.has_target_statistics(model),
+                    domain_norm.state_has_target_statistics(state))
+    if theirs and not ours:
+        state = {k: v for k, v in state.items() if f".{domain_norm.PREFIX}" not in k}
+    elif ours and not theirs:
+        for key in [k for k in model.state_dict() if f".{domain_norm.PREFIX}" in k]:
+            own = key.replace(f".{domain_norm.PREFIX}", ".")
+            if own in state:
+                state[key] = state[own]
     try:
-        model.load_state_dict(init["model"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
         detail = next(
             (line.strip() for line in str(exc).splitlines() if "size mismatch" in line

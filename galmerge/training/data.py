@@ -26,6 +26,7 @@ class Domain:
     splits: dict[str, np.ndarray]
     spec: PreprocessSpec
     images: torch.Tensor | None  # normalised, on the device; None for lazy sets
+    role: str = "source"  # "source" or "target": whose BatchNorm statistics it is seen with
 
     def features_input(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
         if self.images is not None:
@@ -43,7 +44,7 @@ def load_imageset(spec: str | ImageSet | None, name: str) -> ImageSet:
 
 def _prepare(
     name: str, imageset: ImageSet, splits: dict[str, np.ndarray], device: torch.device,
-    spec: PreprocessSpec | None,
+    spec: PreprocessSpec | None, role: str,
 ) -> Domain:
     if spec is None:
         spec = compute_spec(imageset, splits["train"], name)
@@ -51,7 +52,7 @@ def _prepare(
     if imageset.in_memory:
         # Normalise once and keep the whole set on the device: no per-step host work.
         images = spec.apply(imageset.images.to(device))  # type: ignore[union-attr]
-    return Domain(name, imageset, splits, spec, images)
+    return Domain(name, imageset, splits, spec, images, role)
 
 
 def _labelled(imageset: ImageSet, idx: np.ndarray) -> np.ndarray:
@@ -77,8 +78,10 @@ def prepare_domains(
     if len(s_splits["train"]) == 0:
         raise GalmergeError(f"source {config['source']} has no labelled training images")
     specs = specs or {}
-    source = _prepare(config["source"], source_set, s_splits, device, specs.get("source"))
-    target = _prepare(config["target"], target_set, splits["target"], device, specs.get("target"))
+    source = _prepare(config["source"], source_set, s_splits, device, specs.get("source"),
+                      "source")
+    target = _prepare(config["target"], target_set, splits["target"], device, specs.get("target"),
+                      "target")
     return source, target
 
 

@@ -26,7 +26,7 @@ def predict(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return forward_batches(
         model, lambda chunk: domain.features_input(chunk, device), idx, EVAL_BATCH,
-        autocast=cuda, channels_last=cuda,
+        autocast=cuda, channels_last=cuda, domain=domain.role,
     )
 
 

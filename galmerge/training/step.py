@@ -2,7 +2,8 @@
 
 Source and target batches go through the model together (``domain_batchnorm = "joint"``: one
 concatenated forward, BatchNorm statistics mix the domains), one after the other (``"separate"``:
-each BatchNorm batch is one domain), or the target not at all (when no strategy of the run
+each BatchNorm batch is one domain, and each domain keeps its own running statistics, see
+``galmerge.models.domain_norm``), or the target not at all (when no strategy of the run
 ``needs_target``: source-only training). The loss is CE(source) + Σ weight_i · term_i; keys a
 strategy returns with a leading ``_`` are detached diagnostics, never part of the loss.
 """
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from galmerge.models.domain_norm import statistics
 from galmerge.models.model import GalaxyClassifier
 from galmerge.plugin.manager import get_plugin_manager
 from galmerge.plugin.strategy_api import StepInputs, StrategyContext, check_strategy_output
@@ -65,7 +67,8 @@ class TrainStep(nn.Module):
             return fs, fs.new_empty((0, *fs.shape[1:])), zs, zs.new_empty((0, zs.shape[1]))
         if not self.joint:
             fs, zs = self._net(xs)
-            ft, zt = self._net(xt)
+            with statistics(self.model, "target"):  # per-domain running statistics (DSBN)
+                ft, zt = self._net(xt)
             return fs, ft, zs, zt
         feats, logits = self._net(torch.cat([xs, xt]))
         n = len(xs)

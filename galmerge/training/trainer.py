@@ -19,6 +19,7 @@ from torch import nn
 
 from galmerge.config import rundir
 from galmerge.errors import GalmergeError
+from galmerge.models import domain_norm
 from galmerge.models import shift as shift_score
 from galmerge.models.model import build_model, read_checkpoint, save_checkpoint
 from galmerge.runtime import distributed as ddp
@@ -68,13 +69,20 @@ class Trainer:
         model = build_model(
             cfg["backbone"], imageset.channels, imageset.image_size, 2, cfg["backbone_options"]
         )
+        domain_stats = plan.needs_target and not plan.joint_batchnorm
+        if domain_stats:  # DSBN: one set of BatchNorm running statistics per domain
+            domain_norm.add_target_statistics(model)
         if init is not None:
             checkpoints.load_init_weights(model, init, cfg["init_from"])
         model.to(plan.device)
         if plan.cuda:
             model = model.to(memory_format=torch.channels_last)
             if plan.dist.enabled:
+                kept = model.state_dict()  # SyncBatchNorm conversion drops extra buffers
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                if domain_stats:
+                    domain_norm.add_target_statistics(model)
+                    model.load_state_dict(kept)
         self.model = model
         self.strategies, weights = build_strategies(
             cfg, model.out_features, plan.total_steps, plan.device

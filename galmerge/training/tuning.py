@@ -750,7 +750,8 @@ def add_agreement(study_dir: Path, rows: list[dict[str, Any]]) -> None:
         target = sets[spec]
         # the trainer's target split: seed + 1 (galmerge.data.splits.domain_splits)
         idx = split_indices(len(target), int(loaded.config["seed"]) + 1)["val"]
-        _, logits = forward_in_batches(loaded.model, target, idx, loaded.preprocess["target"])
+        _, logits = forward_in_batches(loaded.model, target, idx, loaded.preprocess["target"],
+                                       domain="target")
         probs.append(torch_softmax(logits))
     for r, value in zip(done, selection.ensemble_agreement(probs), strict=True):
         r["agreement"] = value

@@ -1,0 +1,147 @@
+"""Per-domain BatchNorm statistics (`domain_batchnorm = "separate"`, DSBN): training keeps one set
+of running statistics per domain, and evaluation, classify and export use the right one."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from eval_helpers import tiny_run, write_pair
+from torch import nn
+
+from galmerge.cli import cli
+from galmerge.data.splits import domain_splits
+from galmerge.io.hdf5 import read_imageset
+from galmerge.models import domain_norm
+from galmerge.models.inference import forward_in_batches
+from galmerge.models.model import load_model, read_checkpoint
+
+SEPARATE = ["domain_batchnorm=separate"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("dsbn")
+    write_pair(root / "data", n=80)
+    return {"root": root, "source": root / "data" / "source.h5",
+            "target": root / "data" / "target.h5"}
+
+
+@pytest.fixture(scope="module")
+def separate(pair) -> Path:
+    run = pair["root"] / "separate"
+    tiny_run(run, f"hdf5:{pair['source']}", f"hdf5:{pair['target']}", "adabn", epochs=2,
+             sets=SEPARATE)
+    return run
+
+
+def _target_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k in state if ".target_" in k]
+
+
+def _brier(run: Path, h5: Path, domain: str, stats: str) -> float:
+    loaded = load_model(run)
+    images = read_imageset(h5)
+    seed = int(loaded.config["seed"])
+    idx = domain_splits(80, 80, seed)[domain]["test"]
+    _, logits = forward_in_batches(loaded.model, images, idx, loaded.preprocess[domain],
+                                   domain=stats)
+    p = torch.softmax(logits, 1)[:, 1].double().numpy()
+    return float(np.mean((p - images.labels.numpy()[idx]) ** 2))
+
+
+def test_a_separate_run_keeps_target_statistics_and_reports_each_domain_with_its_own(
+        pair, separate):
+    state = read_checkpoint(separate)["model"]
+    keys = _target_keys(state)
+    assert keys and all(k.split(".")[-1].startswith("target_") for k in keys)
+    means = [k for k in keys if k.endswith("target_running_mean")]
+    # the target batches moved their own statistics away from the source's
+    assert all(not torch.allclose(state[k], state[k.replace("target_", "")]) for k in means)
+    summary = json.loads((separate / "summary.json").read_text())
+    metrics = summary["metrics"]
+    for domain, h5 in (("source", pair["source"]), ("target", pair["target"])):
+        reported = metrics[f"{domain}_test"]["brier"]
+        assert _brier(separate, h5, domain, domain) == pytest.approx(reported, abs=1e-6)
+    # the source's statistics on target images give another number: the check above can fail
+    other = _brier(separate, pair["target"], "target", "source")
+    assert other != pytest.approx(metrics["target_test"]["brier"], abs=1e-6)
+
+
+def _p(path: Path) -> np.ndarray:
+    with open(path, newline="") as fh:
+        return np.array([float(r["p_merger"]) for r in csv.DictReader(fh)])
+
+
+def _classify(model: Path, catalog: Path, out: Path, *extra: str) -> np.ndarray:
+    res = CliRunner().invoke(cli, ["classify", str(catalog), "--model", str(model), "--output",
+                                   str(out), "--device", "cpu", "--quiet", *extra])
+    assert res.exit_code == 0, res.output
+    return _p(out)
+
+
+def _reference(run: Path, h5: Path, domain: str, stats: str) -> np.ndarray:
+    loaded = load_model(run)
+    images = read_imageset(h5)
+    _, logits = forward_in_batches(loaded.model, images, np.arange(len(images)),
+                                   loaded.preprocess[domain], domain=stats)
+    return torch.softmax(logits / loaded.temperature, 1)[:, 1].numpy()
+
+
+def test_classify_and_export_use_the_statistics_of_the_domain_asked_for(pair, separate, tmp_path):
+    on_target = _classify(separate, pair["target"], tmp_path / "t.csv", "--domain", "target")
+    np.testing.assert_allclose(on_target, _reference(separate, pair["target"], "target", "target"),
+                               atol=1e-4)
+    wrong = _reference(separate, pair["target"], "target", "source")
+    assert np.abs(on_target - wrong).max() > 1e-3  # the two sets give different answers
+    on_source = _classify(separate, pair["source"], tmp_path / "s.csv", "--domain", "source")
+    np.testing.assert_allclose(on_source, _reference(separate, pair["source"], "source", "source"),
+                               atol=1e-4)
+    onnx = tmp_path / "m.onnx"
+    res = CliRunner().invoke(cli, ["export", str(separate), "--output", str(onnx)])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(_classify(onnx, pair["target"], tmp_path / "o.csv"), on_target,
+                               atol=1e-4)
+
+
+def test_joint_and_source_only_runs_keep_one_set(pair):
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    none = pair["root"] / "none-separate"
+    tiny_run(none, src, tgt, "none", epochs=1, max_steps_per_epoch=2, sets=SEPARATE)
+    joint = pair["root"] / "joint"
+    tiny_run(joint, src, tgt, "adabn", epochs=1, max_steps_per_epoch=2)
+    for run in (none, joint):
+        assert not _target_keys(read_checkpoint(run)["model"])
+
+
+def test_init_from_carries_statistics_across_joint_and_separate(pair, separate, tmp_path):
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    joint = tmp_path / "joint-from-separate"
+    tiny_run(joint, src, tgt, "adabn", epochs=1, max_steps_per_epoch=1,
+             sets=[f"init_from={separate / 'best.pt'}"])
+    assert not _target_keys(read_checkpoint(joint)["model"])
+    again = tmp_path / "separate-from-joint"
+    tiny_run(again, src, tgt, "adabn", epochs=1, max_steps_per_epoch=1,
+             sets=[f"init_from={joint / 'best.pt'}", *SEPARATE])
+    assert _target_keys(read_checkpoint(again)["model"])
+
+
+def test_the_statistics_block_swaps_back_even_on_error():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    assert domain_norm.add_target_statistics(model) == 1
+    bn = model[1]
+    bn.target_running_mean.fill_(5.0)
+    with pytest.raises(RuntimeError, match="boom"), domain_norm.statistics(model, "target"):
+        assert float(bn.running_mean[0]) == 5.0
+        raise RuntimeError("boom")
+    assert float(bn.running_mean[0]) == 0.0 and float(bn.target_running_mean[0]) == 5.0
+    with pytest.raises(ValueError, match="use one of source, target"), \
+            domain_norm.statistics(model, "survey"):
+        pass
+    assert domain_norm.select_statistics(model, "target")
+    assert float(bn.running_mean[0]) == 5.0 and not domain_norm.has_target_statistics(model)
