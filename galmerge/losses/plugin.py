@@ -40,6 +40,11 @@ OPTIONS: dict[str, dict[str, Option]] = {
                          "(mean, scale-free) or DeepMerge II's 19 fixed ones (deepmerge)",
                          choices=("deepmerge", "mean")),
         "warmup": Option(10.0, WARMUP, min=0.0),
+        # choices: galmerge.losses.mmd CLASS_WEIGHTS
+        "class_weights": Option("off", "weight source images by the estimated target class "
+                                "shares over the source's (estimated: class-weighted MMD, for a "
+                                "target merger fraction unlike the source's) or not (off)",
+                                choices=("off", "estimated")),
     },
     "coral": {"weight": WEIGHT, "warmup": Option(0.0, WARMUP, min=0.0)},
     "dann": {
@@ -118,7 +123,9 @@ def _build_adabn(context: StrategyContext, options: Mapping[str, Any]) -> nn.Mod
 def _build_mmd(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.mmd import MMDLoss
 
-    return MMDLoss(kernel=options["kernel"], warmup=options["warmup"]).to(context.device)
+    return MMDLoss(kernel=options["kernel"], warmup=options["warmup"],
+                   class_weights=options["class_weights"],
+                   num_classes=context.num_classes).to(context.device)
 
 
 def _build_coral(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
