@@ -81,6 +81,14 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
             for bn in ("joint", "separate") for cw in ("off", "estimated")
         },
     },
+    # galmerge's defaults after stop 23 (domain_batchnorm separate), for held-out reporting
+    "defaults23": {
+        "none": {"strategy": "none"},
+        **{s: {"strategy": s} for s in ("mmd", "dann", "coral", "adabn", "entropy", "fisher")},
+        "mmd joint": {"strategy": "mmd", "sets": ["domain_batchnorm=joint"]},
+        "mmd given-fraction separate": {
+            "strategy": "mmd", "sets": ["mmd.class_weights=given", "mmd.target_fraction=0.2"]},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{

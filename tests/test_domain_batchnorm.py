@@ -21,7 +21,8 @@ from galmerge.models import domain_norm
 from galmerge.models.inference import forward_in_batches
 from galmerge.models.model import load_model, read_checkpoint
 
-SEPARATE = ["domain_batchnorm=separate"]
+SEPARATE = ["domain_batchnorm=separate"]  # the default; spelled out where it matters
+JOINT = ["domain_batchnorm=joint"]
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_joint_and_source_only_runs_keep_one_set(pair):
     none = pair["root"] / "none-separate"
     tiny_run(none, src, tgt, "none", epochs=1, max_steps_per_epoch=2, sets=SEPARATE)
     joint = pair["root"] / "joint"
-    tiny_run(joint, src, tgt, "adabn", epochs=1, max_steps_per_epoch=2)
+    tiny_run(joint, src, tgt, "adabn", epochs=1, max_steps_per_epoch=2, sets=JOINT)
     for run in (none, joint):
         assert not _target_keys(read_checkpoint(run)["model"])
 
@@ -123,7 +124,7 @@ def test_init_from_carries_statistics_across_joint_and_separate(pair, separate, 
     src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
     joint = tmp_path / "joint-from-separate"
     tiny_run(joint, src, tgt, "adabn", epochs=1, max_steps_per_epoch=1,
-             sets=[f"init_from={separate / 'best.pt'}"])
+             sets=[f"init_from={separate / 'best.pt'}", *JOINT])
     assert not _target_keys(read_checkpoint(joint)["model"])
     again = tmp_path / "separate-from-joint"
     tiny_run(again, src, tgt, "adabn", epochs=1, max_steps_per_epoch=1,

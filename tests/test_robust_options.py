@@ -89,7 +89,9 @@ def test_fisher_mean_reduction_does_not_grow_with_the_batch(plugin_manager) -> N
     [
         ("mmd", {"kernel": "median"}, "kernel must be one of deepmerge, mean"),
         ("mmd", {"warmup": -1.0}, "warmup must be >= 0"),
-        ("mmd", {"class_weights": "yes"}, "class_weights must be one of off, estimated"),
+        ("mmd", {"class_weights": "yes"}, "class_weights must be one of off, estimated, given"),
+        ("mmd", {"class_weights": "given"}, "needs target_fraction"),
+        ("mmd", {"target_fraction": 1.0}, "target_fraction must be >= 0 and < 1"),
         ("coral", {"warmup": "fast"}, "warmup"),
         ("fisher", {"reduction": "max"}, "reduction must be one of sum, mean"),
         ("entropy", {"warmup": -0.5}, "warmup must be >= 0"),
@@ -142,3 +144,7 @@ def test_class_weighted_mmd_discounts_a_shifted_merger_fraction(plugin_manager) 
     assert float(fresh(balanced)["mmd"]) == pytest.approx(float(plain(balanced)["mmd"]), rel=0.05)
     # the estimate is state: it travels in the strategy's state_dict (resume, init_from)
     assert "target_prior" in weighted.state_dict() and not plain.state_dict()
+    # a given fraction does the same without estimating
+    given = _build(plugin_manager, "mmd", weight=1.0, kernel="mean", warmup=0.0,
+                   class_weights="given", target_fraction=0.2)
+    assert float(given(shifted)["mmd"]) < 0.2 * gap_plain and not given.state_dict()

@@ -91,10 +91,10 @@ def test_none_never_forwards_the_target_and_adabn_does(toys, tmp_path):
 
 
 def test_separate_domain_batchnorm_differs_from_joint(toys, tmp_path):
-    _run(tmp_path, "joint", strategy="meangap")
-    _run(tmp_path, "separate", strategy="meangap", sets=["domain_batchnorm=separate"])
+    _run(tmp_path, "joint", strategy="meangap", sets=["domain_batchnorm=joint"])
+    _run(tmp_path, "separate", strategy="meangap")
     config = tomllib.loads((tmp_path / "separate" / "config.toml").read_text())
-    assert config["domain_batchnorm"] == "separate"
+    assert config["domain_batchnorm"] == "separate"  # the default
     a, b = _weights(tmp_path / "joint"), _weights(tmp_path / "separate")
     assert not all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(GalmergeError, match="domain_batchnorm must be one of"):

@@ -154,13 +154,14 @@ def test_synthetic_preset_resolves_as_before():
     assert (c["lr"], c["weight_decay"], c["batch_size"], c["epochs"], c["patience"]) == (
         2e-3, 1e-3, 32, 30, 20)
     assert c["strategies"] == {
-        "mmd": {"weight": 0.3, "kernel": "deepmerge", "warmup": 0.0},
+        "mmd": {"weight": 0.3, "kernel": "deepmerge", "warmup": 0.0, "class_weights": "off"},
         "fisher": {"weight": 0.01, "intra_weight": 0.01, "inter_weight": 0.01, "form": "tr",
                    "reduction": "sum", "warmup": 0.0},
         "entropy": {"weight": 0.3, "include_source": False, "diversity": 1.0, "warmup": 0.0},
     }
     assert c["optimizer"]["amsgrad"] is False
     assert c["schedule"]["kind"] == "onecycle" and c["select_by"] == "source_val_loss"
+    assert c["domain_batchnorm"] == "joint"  # the layout it was tuned with (default: separate)
 
 
 def test_presets_command_lists_and_cites():
@@ -196,3 +197,9 @@ def test_train_says_when_a_paper_preset_borrows_values(tmp_path, monkeypatch):
     assert "galmerge presets deepmerge2-sim-real --strategy dann --backbone deepmerge" in (
         result.output)
     assert result.exit_code != 0 and "galmerge fetch" in result.output
+
+
+@pytest.mark.parametrize("preset", ["deepmerge2-sim-sim", "deepmerge2-sim-real"])
+def test_paper_presets_keep_the_joint_batchnorm_of_the_authors_code(preset):
+    assert resolved(preset=preset, strategy="mmd")["domain_batchnorm"] == "joint"
+    assert resolved(strategy="mmd")["domain_batchnorm"] == "separate"  # galmerge's default

@@ -20,9 +20,12 @@ feeds straight back into ``--config`` and reproduces the same run::
   ``select_by`` keeps choosing best.pt.
 - ``early_stopping``: "patience" stops after ``patience`` epochs without a new best stop_by
   value; "deepmerge" is DeepMerge II's graded counter (see ``galmerge.training.stopping``).
-- ``domain_batchnorm``: "joint" forwards source and target batches as one concatenated batch
-  (BatchNorm statistics mix the domains); "separate" forwards them one after the other. Runs
-  whose strategies need no target (``none``) never forward target images.
+- ``domain_batchnorm``: "separate" (the default since stop 23) forwards source and target
+  batches one after the other, and each domain keeps its own BatchNorm running statistics
+  (DSBN, ``galmerge.models.domain_norm``): evaluation and classify use the statistics of the
+  domain they look at. "joint" forwards them as one concatenated batch (BatchNorm statistics
+  mix the domains; DeepMerge II's code, and galmerge's default before stop 23; its presets pin
+  it). Runs whose strategies need no target (``none``) never forward target images.
 - ``schedule.kind``: "onecycle" (``OneCycleLR`` over all planned steps) or "cyclic" (DeepMerge
   II's ``cycle1``: lr/10 -> lr -> lr/10, repeating every int(0.9 * cycle_length * steps per
   epoch) steps).
@@ -64,7 +67,9 @@ DEFAULTS: dict[str, Any] = {
     "preset": "",
     "stop_by": "",
     "early_stopping": "patience",
-    "domain_batchnorm": "joint",
+    # per-domain statistics (issue 14): on the dev pairs joint BatchNorm cost 3-7 points of
+    # source accuracy (benchmarks/results/study_dsbn_dev.md)
+    "domain_batchnorm": "separate",
     "init_keep_preprocess": False,
     # Adam with the paper's betas (DeepMerge II; deepmerge-public train_MMD.py uses (0.7, 0.8))
     "optimizer": {"betas": [0.7, 0.8], "eps": 1e-8, "amsgrad": False},

@@ -41,10 +41,13 @@ OPTIONS: dict[str, dict[str, Option]] = {
                          choices=("deepmerge", "mean")),
         "warmup": Option(10.0, WARMUP, min=0.0),
         # choices: galmerge.losses.mmd CLASS_WEIGHTS
-        "class_weights": Option("off", "weight source images by the estimated target class "
-                                "shares over the source's (estimated: class-weighted MMD, for a "
-                                "target merger fraction unlike the source's) or not (off)",
-                                choices=("off", "estimated")),
+        "class_weights": Option("off", "class-weighted MMD for a target merger fraction "
+                                "unlike the source's: source images weighted by the target's "
+                                "class shares over the source's, estimated from the target "
+                                "predictions (estimated) or from target_fraction (given); off: "
+                                "plain MMD", choices=("off", "estimated", "given")),
+        "target_fraction": Option(0.0, "the expected target merger fraction, for "
+                                  "class_weights=given", min=0.0, below=1.0),
     },
     "coral": {"weight": WEIGHT, "warmup": Option(0.0, WARMUP, min=0.0)},
     "dann": {
@@ -123,9 +126,14 @@ def _build_adabn(context: StrategyContext, options: Mapping[str, Any]) -> nn.Mod
 def _build_mmd(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.mmd import MMDLoss
 
+    if options["class_weights"] == "given" and not 0.0 < options["target_fraction"] < 1.0:
+        raise GalmergeError(
+            "mmd option class_weights=given needs target_fraction, the expected target merger "
+            "fraction between 0 and 1 (e.g. --set mmd.target_fraction=0.05)"
+        )
     return MMDLoss(kernel=options["kernel"], warmup=options["warmup"],
-                   class_weights=options["class_weights"],
-                   num_classes=context.num_classes).to(context.device)
+                   class_weights=options["class_weights"], num_classes=context.num_classes,
+                   target_fraction=options["target_fraction"]).to(context.device)
 
 
 def _build_coral(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
