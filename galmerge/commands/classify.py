@@ -29,7 +29,9 @@ import click
 @click.option("--threshold", type=float, default=0.5, show_default=True,
               help="is_merger = 1 when p_merger >= threshold.")
 @click.option("--domain", type=click.Choice(["target", "source"]), default="target",
-              show_default=True, help="Whose preprocessing to apply (the model adapted to target).")
+              show_default=True,
+              help="Whose preprocessing (and, for a model with per-domain BatchNorm "
+              "statistics, whose statistics) to apply (the model adapted to target).")
 @click.option("--chunk-rows", type=int, default=4096, show_default=True,
               help="Rows read, fetched and written per step (memory stays flat).")
 @click.option("--shard-timeout", type=float, default=None,

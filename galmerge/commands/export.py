@@ -12,7 +12,7 @@ import click
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Output file [default: RUN_DIR/model.onnx or model.torchscript.pt].")
 @click.option("--domain", type=click.Choice(["target", "source"]), default="target",
-              show_default=True, help="Whose preprocessing (normalisation) to build in.")
+              show_default=True, help="Whose preprocessing (normalisation) and BatchNorm statistics to build in.")
 def export(model: str, fmt: str, output: str | None, domain: str) -> None:
     """Write a trained model as a file that runs without galmerge (ONNX or TorchScript).
 
