@@ -115,17 +115,31 @@ r = galmerge.train(quiet=True, **kw)
 m = r["metrics"]
 print(json.dumps({"seconds": round(time.time() - t0, 1),
                   "source": m["source_test"]["accuracy"], "target": m["target_test"]["accuracy"],
+                  "target_auc": m["target_test"]["auc"],
                   "source_val": m.get("source_val", {}).get("accuracy")}))
 """
+
+
+def run_dir(work: Path, name: str, pair: int, seed: int) -> Path:
+    slug = name.replace(" ", "_").replace("+", "p").replace("=", "")
+    return work / f"pair{pair}-seed{seed}" / slug
+
+
+def add_auc(records: list[dict[str, Any]], work: Path) -> None:
+    """Target test AUC (threshold-free: a model that calls every target image a non-merger has
+    AUC ~0.5 whatever its accuracy on a 70/30 target) from each run's summary.json."""
+    for r in records:
+        if "target" in r and "target_auc" not in r:
+            summary = run_dir(work, r["name"], r["pair"], r["seed"]) / "summary.json"
+            if summary.is_file():
+                r["target_auc"] = json.loads(summary.read_text())["metrics"]["target_test"]["auc"]
 
 
 def run_one(work: Path, name: str, pair: int, seed: int, args: argparse.Namespace,
             kwargs: dict[str, Any]) -> dict[str, Any]:
     source, target = pair_specs(pair, args.n)
-    slug = name.replace(" ", "_").replace("+", "p").replace("=", "")
     kw = dict(kwargs, source=source, target=target, seed=seed, epochs=args.epochs,
-              batch_size=args.batch_size, device="cpu",
-              run_dir=str(work / f"pair{pair}-seed{seed}" / slug))
+              batch_size=args.batch_size, device="cpu", run_dir=str(run_dir(work, name, pair, seed)))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     done = Path(kw["run_dir"]) / "summary.json"
     rec0: dict[str, Any] = {"name": name, "pair": pair, "seed": seed, "n": args.n,
@@ -150,7 +164,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
     none = {(r["pair"], r["seed"]): r for r in records if r["name"] == "none" and "target" in r}
     names = list(dict.fromkeys(r["name"] for r in records))
     lines = ["| configuration | runs | target | source | target gain vs none | source change "
-             "vs none | worst target gain | runs below none |", "| --- " * 8 + "|"]
+             "vs none | worst target gain | runs below none | target AUC |", "| --- " * 9 + "|"]
     for name in names:
         rs = [r for r in records if r["name"] == name and "target" in r]
         if not rs:
@@ -170,7 +184,26 @@ def table(records: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {name} | {len(rs)} | {ms([r['target'] for r in rs])} | "
             f"{ms([r['source'] for r in rs])} | {ms(gains, 100)} | {ms(sgains, 100)} | "
-            f"{min(gains):+.1f} | {sum(g < 0 for g in gains)} |" if gains else f"| {name} | -")
+            f"{min(gains):+.1f} | {sum(g < 0 for g in gains)} | "
+            f"{ms([r['target_auc'] for r in rs if r.get('target_auc') is not None])} |"
+            if gains else f"| {name} | -")
+    return lines
+
+
+def per_run(records: list[dict[str, Any]]) -> list[str]:
+    """Target / source accuracy (target AUC) of every run, a row per pair and seed."""
+    names = list(dict.fromkeys(r["name"] for r in records))
+    keys = sorted({(r["pair"], r["seed"]) for r in records})
+    got = {(r["name"], r["pair"], r["seed"]): r for r in records if "target" in r}
+    lines = ["| pair | seed | " + " | ".join(names) + " |", "| --- " * (len(names) + 2) + "|"]
+    for pair, seed in keys:
+        cells = []
+        for name in names:
+            r = got.get((name, pair, seed))
+            auc = r.get("target_auc") if r else None
+            cells.append("-" if r is None else f"{r['target']:.3f} / {r['source']:.3f}"
+                         + (f" ({auc:.2f})" if auc is not None else ""))
+        lines.append(f"| {pair} | {seed} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -188,6 +221,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "study_defaults_dev.jsonl"))
     ap.add_argument("--held-out", action="store_true",
                     help="report on held-out pairs (after the defaults were chosen)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the markdown from --out's records without running anything")
     args = ap.parse_args()
     bad = [p for p in args.pairs if p not in DEV_PAIRS]
     if args.held_out:
@@ -206,7 +241,7 @@ def main() -> None:
     grid = GRIDS[args.grid]
     names = args.only if args.only else list(grid)
     jobs = [(name, p, s) for p in args.pairs for s in args.seeds for name in names
-            if (name, p, s, args.n, args.epochs) not in have]
+            if (name, p, s, args.n, args.epochs) not in have and not args.report_only]
     work = Path(args.work_dir)
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -220,7 +255,9 @@ def main() -> None:
             print(f"[{time.time() - t0:6.0f}s] {rec['name']} pair {rec['pair']} seed "
                   f"{rec['seed']}: target {rec.get('target')} source {rec.get('source')} "
                   f"{rec.get('error', '')}", flush=True)
-    sel = [r for r in done if r["n"] == args.n and r["epochs"] == args.epochs]
+    sel = [r for r in done if r["n"] == args.n and r["epochs"] == args.epochs
+           and r["pair"] in args.pairs]
+    add_auc(sel, work)
     md = out.with_suffix(".md")
     md.write_text("\n".join([
         f"# Defaults study on {'HELD-OUT' if args.held_out else 'dev'} pairs {sorted({r['pair'] for r in sel})} "
@@ -230,6 +267,7 @@ def main() -> None:
         "none on the same pair and seed. "
         + ("Held-out pairs: reporting only, nothing was chosen on them." if args.held_out
            else "Dev pairs only (choosing); held-out pairs are reported separately."), "", *table(sel), "",
+        "Per run: target / source test accuracy (target test AUC):", "", *per_run(sel), "",
         f"Load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
         f"on {os.cpu_count()} CPUs (shared machine)."]) + "\n")
 
