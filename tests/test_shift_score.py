@@ -247,3 +247,49 @@ def test_exported_onnx_model_computes_the_score_in_its_graph(run, tmp_path):
     assert "shift_score" not in _csv(tmp_path / "o.csv")[0]
     code, text = _classify(onnx_file, run["target"], tmp_path / "o.csv", "--mc-dropout", "3")
     assert code == 1 and "ONNX" in text and len(text.strip().splitlines()) == 1
+
+
+def test_torchscript_export_returns_the_score_and_classify_refuses_it_in_one_line(run, tmp_path):
+    ts_file = tmp_path / "m.torchscript.pt"
+    res = CliRunner().invoke(cli, ["export", str(run["run"]), "--format", "torchscript",
+                                   "--output", str(ts_file)])
+    assert res.exit_code == 0, res.output
+    code, text = _classify(run["run"], run["target"], tmp_path / "torch.csv", "--quiet")
+    assert code == 0, text
+    want = _csv(tmp_path / "torch.csv")
+    extra = {"galmerge.json": ""}
+    module = torch.jit.load(str(ts_file), _extra_files=extra)
+    meta = json.loads(extra["galmerge.json"])
+    stats, _ = shift_score.load(run["run"], None)
+    assert stats is not None
+    assert meta["shift"]["threshold"] == pytest.approx(float(stats["threshold"]))
+    assert meta["shift"]["stats_sha256"] == stats["meta"]["sha256"]
+    assert "shift_score" in meta["outputs"]
+    images = read_imageset(run["target"]).images
+    with torch.no_grad():
+        p, logits, score = module(images)
+    assert logits.shape == (len(images), 2)
+    assert p.numpy() == pytest.approx(np.array([float(r["p_merger"]) for r in want]), abs=1e-5)
+    assert score.numpy() == pytest.approx(np.array([float(r["shift_score"]) for r in want]),
+                                          rel=1e-4)
+    flag = (score.numpy() > meta["shift"]["threshold"]).astype(int)
+    assert flag.tolist() == [int(r["shift_flag"]) for r in want]
+    # classify takes run directories, checkpoints and ONNX files, not TorchScript: one line,
+    # alone or in an ensemble, and nothing written
+    for models in (["--model", str(ts_file)], ["--model", str(run["run"]), "--model",
+                                                str(ts_file)]):
+        res = CliRunner().invoke(cli, ["classify", str(run["target"]), *models, "--output",
+                                       str(tmp_path / "ts.csv"), "--device", "cpu"])
+        assert res.exit_code == 1 and "TorchScript export" in res.output
+        assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "ts.csv").exists()
+    # a run without statistics: two outputs, no shift metadata
+    old = tmp_path / "old"
+    shutil.copytree(run["run"], old)
+    (old / shift_score.STATS_FILE).unlink()
+    res = CliRunner().invoke(cli, ["export", str(old), "--format", "torchscript", "--output",
+                                   str(tmp_path / "old.pt")])
+    assert res.exit_code == 0, res.output
+    extra = {"galmerge.json": ""}
+    with torch.no_grad():
+        assert len(torch.jit.load(str(tmp_path / "old.pt"), _extra_files=extra)(images)) == 2
+    assert "shift" not in json.loads(extra["galmerge.json"])

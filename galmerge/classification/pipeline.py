@@ -370,6 +370,7 @@ def classify(
     if mc_dropout and not isinstance(model, str | os.PathLike) and len(list(model)) > 1:
         raise GalmergeError("--mc-dropout with several --model: not supported (both would fill "
                             "p_merger_std); use an ensemble or MC-dropout, not both")
+    _refuse_torchscript(model)  # (a function: the ensemble below passes on locals())
     if not isinstance(model, str | os.PathLike):  # several models: an ensemble
         kw = dict(locals())
         cat, models = kw.pop("catalog"), [str(m) for m in kw.pop("model")]
@@ -420,6 +421,14 @@ def classify(
             flush_rows=flush_rows, survey_options=survey_options, shard_timeout=shard_timeout,
             heartbeat_timeout=heartbeat_timeout, cache_keepbits=cache_keepbits, prior=prior,
             prior_from=prior_from, quiet=quiet, mc_dropout=int(mc_dropout or 0))
+
+
+def _refuse_torchscript(model: Any) -> None:
+    """One line for a TorchScript export among the models, before torch.load's long refusal."""
+    from galmerge.models.export import refuse_torchscript
+
+    for member in [model] if isinstance(model, str | os.PathLike) else model:
+        refuse_torchscript(member)
 
 
 @contextlib.contextmanager
