@@ -66,11 +66,9 @@ def _shift_stats(model: str | os.PathLike[str],
                  checkpoint_sha256: str | None = None) -> tuple[dict[str, Any] | None, str]:
     """The model's shift statistics (or None and why not), as classify's inference loads them."""
     from galmerge.models import shift
-    from galmerge.models.model import read_checkpoint
 
     if checkpoint_sha256 is None:
-        recorded = read_checkpoint(model).get("sha256")
-        checkpoint_sha256 = recorded if isinstance(recorded, str) else None
+        return shift.load_with_checkpoint(model)
     return shift.load(model, checkpoint_sha256)
 
 
