@@ -232,8 +232,12 @@ def test_hats_output_has_the_shift_columns_of_the_other_formats(env, cluster):
             .to_numpy()).all()
     props = next((tmp / "out_hats").rglob("hats.properties")).read_text()
     assert f"galmerge_shift_threshold={threshold!r}" in props.replace(" ", "")
+    from galmerge.classification.hats import result_columns
+
+    assert result_columns(ckpt) == ["shift_score", "shift_flag"]
     # a run without statistics: the three columns as before, one note
     (ckpt.parent / "shift_stats.npz").unlink()
+    assert result_columns(ckpt) == []
     res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps",
                   "--scheduler", cluster.scheduler_address, "--output", str(tmp / "old_hats"))
     assert res.exit_code == 0, res.output
