@@ -4,7 +4,8 @@
 ``catalog.map_partitions(classify_partition, include_pixel=True, meta=..., model=RUN, ...)``
 (`result_meta` builds the meta). It adds ``p_merger``, ``is_merger`` and ``status`` to the
 partition's rows, and the ``extra`` columns asked for (`result_columns`: ``shift_score`` and
-``shift_flag`` for a run with ``shift_stats.npz``, as classify writes them for other formats), with stamps from a cutout cache of that partition alone
+``shift_flag`` for a run with ``shift_stats.npz``, as classify writes them for other formats),
+with stamps from a cutout cache of that partition alone
 (``<cache_dir>/Norder=K/Dir=D/Npix=N.h5``): sky locality is frame reuse, and no process needs
 the whole cache. `classify_hats` runs it over a catalog on a local Dask cluster (or
 ``scheduler``) and writes a new HATS catalog with LSDB's `write_catalog`; a killed run started

@@ -370,7 +370,7 @@ def classify(
     if mc_dropout and not isinstance(model, str | os.PathLike) and len(list(model)) > 1:
         raise GalmergeError("--mc-dropout with several --model: not supported (both would fill "
                             "p_merger_std); use an ensemble or MC-dropout, not both")
-    _refuse_torchscript(model)  # (a function: the ensemble below passes on locals())
+    model = _refuse_torchscript(model)  # (a function: the ensemble below passes on locals())
     if not isinstance(model, str | os.PathLike):  # several models: an ensemble
         kw = dict(locals())
         cat, models = kw.pop("catalog"), [str(m) for m in kw.pop("model")]
@@ -423,12 +423,15 @@ def classify(
             prior_from=prior_from, quiet=quiet, mc_dropout=int(mc_dropout or 0))
 
 
-def _refuse_torchscript(model: Any) -> None:
-    """One line for a TorchScript export among the models, before torch.load's long refusal."""
+def _refuse_torchscript(model: Any) -> Any:
+    """One line for a TorchScript export among the models, before torch.load's long refusal;
+    returns ``model`` (several: as a list, so an iterator is read once)."""
     from galmerge.models.export import refuse_torchscript
 
-    for member in [model] if isinstance(model, str | os.PathLike) else model:
+    models = [model] if isinstance(model, str | os.PathLike) else list(model)
+    for member in models:
         refuse_torchscript(member)
+    return model if isinstance(model, str | os.PathLike) else models
 
 
 @contextlib.contextmanager
