@@ -362,7 +362,7 @@ def test_ensemble_mean_and_spread(classified, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    # the first member's shift_score/shift_flag stay (the ensemble's are the first member's)
+    # the ensemble's shift_score/shift_flag (mean of score / threshold), then p_merger_std
     assert list(rows[0])[-6:] == ["p_merger", "is_merger", "status", "shift_score",
                                   "shift_flag", "p_merger_std"]
     both = np.stack([_p(classified["csv"]), _p(single)])

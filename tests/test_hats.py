@@ -169,3 +169,78 @@ def test_a_folder_that_is_no_hats_catalog_is_a_one_line_error(env):
     res = run_cli("classify", str(tmp / "notes"), "--model", str(ckpt), "--survey", "stamps")
     assert res.exit_code != 0 and "no HATS catalog" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def _fit_shift_stats(ckpt: Path) -> float:
+    """Shift statistics for the test checkpoint, fitted as training fits them (on stamps the
+    fake survey serves elsewhere on the sky); returns the threshold."""
+    import torch
+
+    from galmerge.models import shift
+    from galmerge.models.model import load_model
+
+    loaded = load_model(ckpt)
+    rng = np.random.default_rng(1)
+    pos = np.column_stack([rng.uniform(0, 360, 120), rng.uniform(-60, 60, 120)])
+    images = torch.from_numpy(np.stack([stamp_for(r, d) for r, d in pos]))
+
+    def features(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            feats, _ = loaded.model(loaded.preprocess["target"].apply(images[idx]))
+        return feats.numpy(), idx % 2
+
+    shift.fit_run(features, np.arange(80), np.arange(80, 120), ckpt.parent, loaded.sha256)
+    stats, _ = shift.load(ckpt, loaded.sha256)
+    assert stats is not None
+    return float(stats["threshold"])
+
+
+def test_hats_output_has_the_shift_columns_of_the_other_formats(env, cluster):
+    import pandas as pd
+    from distributed import Client
+    from test_classify import run_cli
+
+    tmp, ckpt, log = env
+    threshold = _fit_shift_stats(ckpt)
+    src, df = _hats(tmp, n=30)
+    with Client(cluster) as client:
+        client.run(lambda path: os.environ.update(GALMERGE_TEST_FETCH_LOG=path), str(log))
+    res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+                  "--scheduler", cluster.scheduler_address, "--output", str(tmp / "out_hats"))
+    assert res.exit_code == 0, res.output
+    got = lsdb.open_catalog(tmp / "out_hats").compute().sort_values("objid")
+    assert list(got.columns)[-5:] == ["p_merger", "is_merger", "status", "shift_score",
+                                      "shift_flag"]
+    assert str(got["shift_score"].dtype) == "double[pyarrow]"
+    assert str(got["shift_flag"].dtype) == "int8[pyarrow]"
+    # the same rows as a Parquet catalog through the single-process path: the same values
+    flat = tmp / "flat.parquet"
+    df.to_parquet(flat, index=False)
+    res = run_cli("classify", str(flat), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+                  "--output", str(tmp / "flat_out.parquet"), "--cache", str(tmp / "flat.h5"))
+    assert res.exit_code == 0, res.output
+    want = pd.read_parquet(tmp / "flat_out.parquet", dtype_backend="pyarrow").sort_values(
+        "objid")
+    assert list(want.columns)[-2:] == ["shift_score", "shift_flag"]
+    np.testing.assert_allclose(got["shift_score"].astype(float), want["shift_score"].astype(float),
+                               rtol=1e-5)  # NaN (null) in the same rows
+    assert got["shift_flag"].isna().tolist() == want["shift_flag"].isna().tolist()
+    ok = got[got["status"] == "ok"]
+    assert len(ok) == len(df) - 1 and got["shift_score"].isna().sum() == 1  # no-coverage row
+    assert (ok["shift_flag"].astype(int) == (ok["shift_score"].astype(float) > threshold)).all()
+    assert (ok["shift_flag"].to_numpy() == want[want["status"] == "ok"]["shift_flag"]
+            .to_numpy()).all()
+    props = next((tmp / "out_hats").rglob("hats.properties")).read_text()
+    assert f"galmerge_shift_threshold={threshold!r}" in props.replace(" ", "")
+    from galmerge.classification.hats import result_columns
+
+    assert result_columns(ckpt) == ["shift_score", "shift_flag"]
+    # a run without statistics: the three columns as before, one note
+    (ckpt.parent / "shift_stats.npz").unlink()
+    assert result_columns(ckpt) == []
+    res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps",
+                  "--scheduler", cluster.scheduler_address, "--output", str(tmp / "old_hats"))
+    assert res.exit_code == 0, res.output
+    assert res.output.count("no shift_stats.npz") == 1
+    old = lsdb.open_catalog(tmp / "old_hats").compute()
+    assert "shift_score" not in old.columns and list(old.columns)[-1] == "status"

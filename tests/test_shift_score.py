@@ -247,3 +247,124 @@ def test_exported_onnx_model_computes_the_score_in_its_graph(run, tmp_path):
     assert "shift_score" not in _csv(tmp_path / "o.csv")[0]
     code, text = _classify(onnx_file, run["target"], tmp_path / "o.csv", "--mc-dropout", "3")
     assert code == 1 and "ONNX" in text and len(text.strip().splitlines()) == 1
+
+
+def test_torchscript_export_returns_the_score_and_classify_refuses_it_in_one_line(run, tmp_path):
+    ts_file = tmp_path / "m.torchscript.pt"
+    res = CliRunner().invoke(cli, ["export", str(run["run"]), "--format", "torchscript",
+                                   "--output", str(ts_file)])
+    assert res.exit_code == 0, res.output
+    code, text = _classify(run["run"], run["target"], tmp_path / "torch.csv", "--quiet")
+    assert code == 0, text
+    want = _csv(tmp_path / "torch.csv")
+    extra = {"galmerge.json": ""}
+    module = torch.jit.load(str(ts_file), _extra_files=extra)
+    meta = json.loads(extra["galmerge.json"])
+    stats, _ = shift_score.load(run["run"], None)
+    assert stats is not None
+    assert meta["shift"]["threshold"] == pytest.approx(float(stats["threshold"]))
+    assert meta["shift"]["stats_sha256"] == stats["meta"]["sha256"]
+    assert "shift_score" in meta["outputs"]
+    images = read_imageset(run["target"]).images
+    with torch.no_grad():
+        p, logits, score = module(images)
+    assert logits.shape == (len(images), 2)
+    assert p.numpy() == pytest.approx(np.array([float(r["p_merger"]) for r in want]), abs=1e-5)
+    assert score.numpy() == pytest.approx(np.array([float(r["shift_score"]) for r in want]),
+                                          rel=1e-4)
+    flag = (score.numpy() > meta["shift"]["threshold"]).astype(int)
+    assert flag.tolist() == [int(r["shift_flag"]) for r in want]
+    # classify takes run directories, checkpoints and ONNX files, not TorchScript: one line,
+    # alone or in an ensemble, and nothing written
+    for models in (["--model", str(ts_file)], ["--model", str(run["run"]), "--model",
+                                                str(ts_file)]):
+        res = CliRunner().invoke(cli, ["classify", str(run["target"]), *models, "--output",
+                                       str(tmp_path / "ts.csv"), "--device", "cpu"])
+        assert res.exit_code == 1 and "TorchScript export" in res.output
+        assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "ts.csv").exists()
+    # a run without statistics: two outputs, no shift metadata
+    old = tmp_path / "old"
+    shutil.copytree(run["run"], old)
+    (old / shift_score.STATS_FILE).unlink()
+    res = CliRunner().invoke(cli, ["export", str(old), "--format", "torchscript", "--output",
+                                   str(tmp_path / "old.pt")])
+    assert res.exit_code == 0, res.output
+    extra = {"galmerge.json": ""}
+    with torch.no_grad():
+        assert len(torch.jit.load(str(tmp_path / "old.pt"), _extra_files=extra)(images)) == 2
+    assert "shift" not in json.loads(extra["galmerge.json"])
+
+
+def test_ensemble_shift_score_is_the_mean_of_each_members_score_over_its_threshold(run,
+                                                                                   tmp_path):
+    import pyarrow.parquet as pq
+    from astropy.io import fits
+
+    run2 = run["root"] / "run-seed1"
+    if not (run2 / "best.pt").is_file():
+        tiny_run(run2, f"hdf5:{run['source']}", f"hdf5:{run['target']}", "none", seed=1,
+                 epochs=1, max_steps_per_epoch=2)
+    singles, thresholds = [], []
+    for i, model in enumerate((run["run"], run2)):
+        code, text = _classify(model, run["target"], tmp_path / f"m{i}.csv", "--quiet")
+        assert code == 0, text
+        singles.append(np.array([float(r["shift_score"]) for r in _csv(tmp_path / f"m{i}.csv")]))
+        thresholds.append(float(shift_score.load(model, None)[0]["threshold"]))
+    assert thresholds[0] != pytest.approx(thresholds[1])  # the members' scales differ
+    want = (singles[0] / thresholds[0] + singles[1] / thresholds[1]) / 2
+
+    def ensemble(first: Path, out: Path, second: Path = run2) -> None:
+        code, text = _classify(first, run["target"], out, "--quiet", "--model", str(second))
+        assert code == 0, text
+
+    ensemble(run["run"], tmp_path / "e.csv")
+    rows = _csv(tmp_path / "e.csv")
+    assert list(rows[0])[-6:] == ["p_merger", "is_merger", "status", "shift_score",
+                                  "shift_flag", "p_merger_std"]
+    got = np.array([float(r["shift_score"]) for r in rows])
+    assert got == pytest.approx(want, rel=1e-5)
+    assert [int(r["shift_flag"]) for r in rows] == (got > 1).astype(int).tolist()
+    prov = json.loads((tmp_path / "e.csv.provenance.json").read_text())
+    assert prov["shift_threshold"] == 1.0 and "/ that member's threshold" in prov[
+        "shift_ensemble_rule"]
+    assert [m["threshold"] for m in prov["shift_members"]] == pytest.approx(thresholds)
+    # every output format: the same values, the rule in its provenance
+    ensemble(run["run"], tmp_path / "e.parquet")
+    table = pq.read_table(tmp_path / "e.parquet")
+    assert table.column_names[-3:] == ["shift_score", "shift_flag", "p_merger_std"]
+    assert table.column("shift_score").to_numpy() == pytest.approx(want, rel=1e-5)
+    assert str(table.schema.field("shift_flag").type) == "int8"
+    meta = json.loads(table.schema.metadata[b"galmerge_provenance"])
+    assert meta["shift_threshold"] == 1.0 and len(meta["shift_members"]) == 2
+    assert table.column("p_merger").to_numpy() == pytest.approx(
+        [float(r["p_merger"]) for r in rows], abs=2e-6)
+    ensemble(run["run"], tmp_path / "e.h5")
+    with h5py.File(tmp_path / "e.h5", "r") as f:
+        assert f["shift_score"][()] == pytest.approx(want, rel=1e-5)
+        assert f.attrs["shift_threshold"] == 1.0
+        assert json.loads(f.attrs["galmerge_provenance"])["shift_ensemble_rule"]
+    ensemble(run["run"], tmp_path / "e.fits")
+    with fits.open(tmp_path / "e.fits") as hdul:
+        assert np.asarray(hdul[1].data["shift_score"]) == pytest.approx(want, rel=1e-5)
+        assert hdul[1].header["SHIFTTHR"] == 1.0 and hdul[1].header["SHIFTENS"] == 2
+    # a first member without statistics: the columns are added, from the other member alone
+    old = tmp_path / "old"
+    shutil.copytree(run["run"], old)
+    (old / shift_score.STATS_FILE).unlink()
+    ensemble(old, tmp_path / "o.csv")
+    rows = _csv(tmp_path / "o.csv")
+    assert list(rows[0])[-3:] == ["shift_score", "shift_flag", "p_merger_std"]
+    assert np.array([float(r["shift_score"]) for r in rows]) == pytest.approx(
+        singles[1] / thresholds[1], rel=1e-5)
+    assert len(json.loads((tmp_path / "o.csv.provenance.json").read_text())["shift_members"]) == 1
+    ensemble(old, tmp_path / "o.h5")
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert json.loads(f.attrs["columns"])[-3:] == ["shift_score", "shift_flag",
+                                                       "p_merger_std"]
+        assert f["shift_flag"].attrs["null"] == -1
+    # no member with statistics: no shift columns at all
+    old2 = tmp_path / "old2"
+    shutil.copytree(run2, old2)
+    (old2 / shift_score.STATS_FILE).unlink()
+    ensemble(old, tmp_path / "n.csv", old2)
+    assert list(_csv(tmp_path / "n.csv")[0])[-2:] == ["status", "p_merger_std"]

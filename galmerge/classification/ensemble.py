@@ -6,6 +6,16 @@ the first model's, with ``p_merger`` replaced by the mean over the models that g
 ``is_merger`` recomputed from it, and one column appended after ``status``:
 ``p_merger_std``, the standard deviation over the models (ddof 0; 0 for one model). Every
 model must take the same stamps (bands, size, pixel scale): the cutouts are cut once.
+
+Shift scores (`galmerge.models.shift`): each member's ``shift_score`` is on its own scale (its
+own feature space), but each member's threshold is the same kind of mark on it, the 99th
+percentile of that member's source validation scores. The ensemble's ``shift_score`` is
+therefore the mean, over the members with shift statistics, of ``shift_score / threshold``
+(1 = a member's threshold), and ``shift_flag`` is that mean > 1: the provenance's
+``shift_threshold`` is 1.0, ``shift_ensemble_rule`` states the rule and ``shift_members``
+lists each member's threshold and statistics. A stamp the mean flags is flagged by at least one
+member, so of in-distribution stamps at most the members' 1% tails together are flagged (about
+1% when the members agree, fewer when they do not).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,12 +35,14 @@ from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 
 STD_COLUMN = "p_merger_std"
+SHIFT_RULE = ("mean over the members with shift statistics of shift_score / that member's "
+              "threshold; shift_flag = mean > 1")
+_SHIFT_NAME = re.compile(r"^shift_score(_\d+)?$")
 
 
 def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwargs: Any) -> Any:
     """Run `galmerge.classification.pipeline.classify` once per model and combine the outputs."""
     from galmerge.classification.pipeline import classify, default_output
-    from galmerge.fractions.report import read_results
     from galmerge.runtime.distributed import from_environment
 
     if len(set(map(str, models))) != len(models):
@@ -56,9 +69,10 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
         # the rows keep the first model's status: values only where it has one
         first = np.isfinite(probs[0])
         mean, std = np.where(first, mean, np.nan), np.where(first, std, np.nan)
+        shift = _ensemble_shift(temps, models, first)
         _write_combined(temps[0], out, mean, std, threshold,
-                        {"ensemble": [str(m) for m in models]})
-        _combine_sidecars(temps, out, models)
+                        {"ensemble": [str(m) for m in models]}, shift)
+        _combine_sidecars(temps, out, models, None if shift is None else shift[2])
     finally:
         from galmerge.io.provenance import SIDECAR_SUFFIX
 
@@ -76,14 +90,57 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
                                              training_prior(models[0]))
         if not quiet:
             print(note, file=__import__("sys").stderr)
-    else:
-        summary.mergers = int((read_results(out).p >= threshold).sum())
+    else:  # p_merger is finite only where the first member's row has status ok
+        summary.mergers = int(np.sum(np.nan_to_num(mean, nan=-1.0) >= threshold))
     return summary
 
 
-def _combine_sidecars(temps: list[Path], out: Path, models: list[str]) -> None:
+def _shift_column(path: Path) -> np.ndarray | None:
+    """A member output's shift_score (NaN where none): the column right after ``status``."""
+    from galmerge.fractions.report import STATUS_NAME, _floats, _result_column
+
+    names, get = _names(path)
+    status = _result_column(names, STATUS_NAME)
+    at = names.index(status) + 1 if status is not None else len(names)
+    if at >= len(names) or not _SHIFT_NAME.match(names[at]):
+        return None
+    return _floats(get(names[at]))
+
+
+def _ensemble_shift(temps: list[Path], models: list[str], rows: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """(shift_score, shift_flag, provenance) of the ensemble (`SHIFT_RULE`), or None when no
+    member has shift statistics; values only in ``rows``."""
+    from galmerge.models import shift as shift_score
+
+    relative, members = [], []
+    for path, model in zip(temps, models, strict=True):
+        score = _shift_column(path)
+        if score is None:
+            continue
+        stats, _ = shift_score.load_with_checkpoint(model)  # the file its classify just used
+        if stats is None:  # pragma: no cover - its classify wrote the column from it
+            continue
+        threshold = float(stats["threshold"])
+        relative.append(score / threshold)
+        members.append({"model": str(model), "threshold": threshold,
+                        "stats_sha256": str(stats["meta"].get("sha256", ""))})
+    if not relative:
+        return None
+    with np.errstate(invalid="ignore"), _quiet_nan():
+        mean = np.nanmean(np.stack(relative), axis=0)
+    mean = np.where(rows, mean, np.nan)
+    record = {"shift_threshold": 1.0, "shift_ensemble_rule": SHIFT_RULE,
+              "shift_members": members,
+              "shift_stats_sha256": ",".join(m["stats_sha256"] for m in members)}
+    return mean, shift_score.flags(mean, 1.0), record
+
+
+def _combine_sidecars(temps: list[Path], out: Path, models: list[str],
+                      shift: dict[str, Any] | None = None) -> None:
     """A CSV ensemble's provenance sidecar: the first member's record plus every member's
-    checkpoint and its SHA-256 (HDF5/FITS outputs carry the first member's record inside)."""
+    checkpoint and its SHA-256, and the ensemble's shift record (HDF5/FITS/Parquet outputs
+    carry the same inside)."""
     from galmerge.io.provenance import SIDECAR_SUFFIX
 
     sidecars = [t.with_name(t.name + SIDECAR_SUFFIX) for t in temps]
@@ -95,6 +152,8 @@ def _combine_sidecars(temps: list[Path], out: Path, models: list[str]) -> None:
         {"model": str(m), "checkpoint_sha256": r.get("checkpoint_sha256", "")}
         for m, r in zip(models, records, strict=True)
     ]
+    if shift is not None:
+        combined.update(shift)
     atomic.write_text(out.with_name(out.name + SIDECAR_SUFFIX),
                       json.dumps(combined, indent=1) + "\n")
 
@@ -130,6 +189,9 @@ def _check_shapes(models: list[str]) -> None:
             + "); an ensemble needs models trained on the same kind of images")
 
 
+_PARQUET = (".parquet", ".pq", ".parq")
+
+
 def _names(path: Path) -> tuple[list[str], Any]:
     import h5py
 
@@ -139,7 +201,20 @@ def _names(path: Path) -> tuple[list[str], Any]:
         return _hdf5_columns(path)
     if path.suffix.lower() in (".fits", ".fit", ".fts"):
         return _fits_columns(path)
+    if path.suffix.lower() in _PARQUET:
+        return _parquet_columns(path)
     return _csv_columns(path)
+
+
+def _parquet_columns(path: Path) -> tuple[list[str], Any]:
+    import pyarrow.parquet as pq
+
+    names = list(pq.read_schema(path).names)
+
+    def get(column: str) -> np.ndarray:  # nulls as NaN (numbers) or None
+        return pq.read_table(path, columns=[column]).column(0).to_numpy(zero_copy_only=False)
+
+    return names, get
 
 
 def _all_p(path: Path) -> np.ndarray:
@@ -161,13 +236,28 @@ def _unique(name: str, taken: list[str]) -> str:
     return out
 
 
+def _shift_slots(names: list[str], taken: list[str]) -> tuple[str, str, bool]:
+    """The output's shift_score/shift_flag columns: the first member's (True: they exist, right
+    after status), or new names to append (False)."""
+    from galmerge.fractions.report import STATUS_NAME, _result_column
+
+    status = _result_column(names, STATUS_NAME)
+    at = names.index(status) + 1 if status is not None else len(names)
+    if at + 1 < len(names) and _SHIFT_NAME.match(names[at]):
+        return names[at], names[at + 1], True
+    score = _unique("shift_score", taken)
+    return score, _unique("shift_flag", [*taken, score]), False
+
+
 def _write_combined(src: Path, dest: Path, mean: np.ndarray, std: np.ndarray,
-                    threshold: float, record: dict[str, Any]) -> None:
+                    threshold: float, record: dict[str, Any],
+                    shift: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None) -> None:
     import h5py
 
     from galmerge.fractions.prior import _columns
 
     tmp = atomic.temp_beside(dest, ".ensemble")
+    flag = np.where(np.isfinite(mean), (mean >= threshold), -1).astype(np.int8)
     try:
         if h5py.is_hdf5(src):
             shutil.copyfile(src, tmp)
@@ -177,8 +267,19 @@ def _write_combined(src: Path, dest: Path, mean: np.ndarray, std: np.ndarray,
                 where = dict(zip(names, dsets, strict=True))
                 p_col, flag_col = _columns(names)
                 f[where[p_col]][...] = mean
-                flag = np.where(np.isfinite(mean), (mean >= threshold), -1).astype(np.int8)
                 f[where[flag_col]][...] = flag
+                if shift is not None:
+                    s_name, f_name, exists = _shift_slots(names, names)
+                    if exists:
+                        f[where[s_name]][...] = shift[0]
+                        f[where[f_name]][...] = shift[1]
+                    else:
+                        s_ds = _unique(s_name, list(f.keys()))
+                        f.create_dataset(s_ds, data=shift[0])
+                        f_ds = _unique(f_name, [*f.keys(), s_ds])
+                        f.create_dataset(f_ds, data=shift[1]).attrs["null"] = -1
+                        names, dsets = [*names, s_name, f_name], [*dsets, s_ds, f_ds]
+                    _hdf5_provenance(f, shift[2])
                 std_name = _unique(STD_COLUMN, names)
                 ds_name = _unique(STD_COLUMN, list(f.keys()))
                 f.create_dataset(ds_name, data=std.astype(np.float64))
@@ -190,14 +291,33 @@ def _write_combined(src: Path, dest: Path, mean: np.ndarray, std: np.ndarray,
 
             with fits.open(src) as hdul:
                 hdu = next(h for h in hdul if isinstance(h, fits.BinTableHDU))
-                p_col, flag_col = _columns(list(hdu.columns.names))
+                names = list(hdu.columns.names)
+                p_col, flag_col = _columns(names)
                 hdu.data[p_col] = mean
-                hdu.data[flag_col] = np.where(np.isfinite(mean), mean >= threshold, -1)
-                cols = fits.ColDefs([*hdu.columns, fits.Column(
-                    name=_unique(STD_COLUMN, list(hdu.columns.names)), format="D", array=std)])
+                hdu.data[flag_col] = flag
+                added = []
+                if shift is not None:
+                    s_name, f_name, exists = _shift_slots(names, names)
+                    if exists:
+                        hdu.data[s_name] = shift[0]
+                        hdu.data[f_name] = shift[1]
+                    else:
+                        added = [fits.Column(name=s_name, format="D", array=shift[0]),
+                                 fits.Column(name=f_name, format="I", null=-1,
+                                             array=shift[1].astype(np.int16))]
+                        names = [*names, s_name, f_name]
+                cols = fits.ColDefs([*hdu.columns, *added, fits.Column(
+                    name=_unique(STD_COLUMN, names), format="D", array=std)])
                 new = fits.BinTableHDU.from_columns(cols, header=hdu.header)
                 new.header["GMENSEMB"] = (len(record["ensemble"]), "models averaged")
+                if shift is not None:
+                    new.header["SHIFTTHR"] = (1.0, "ensemble: mean of score / threshold")
+                    new.header["SHIFTSHA"] = shift[2]["shift_stats_sha256"]
+                    new.header["SHIFTENS"] = (len(shift[2]["shift_members"]),
+                                              "members in the ensemble shift score")
                 fits.HDUList([fits.PrimaryHDU(), new]).writeto(tmp, overwrite=True)
+        elif src.suffix.lower() in _PARQUET:
+            _write_parquet(src, tmp, mean, flag, std, record, shift)
         else:
             enc = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
             with open(src, **enc) as fin, open(tmp, "w", **enc) as fout:  # type: ignore[call-overload]
@@ -206,12 +326,70 @@ def _write_combined(src: Path, dest: Path, mean: np.ndarray, std: np.ndarray,
                 header = next(reader)
                 p_col, flag_col = _columns(header)
                 ip, iflag = header.index(p_col), header.index(flag_col)
-                writer.writerow([*header, _unique(STD_COLUMN, header)])
+                new_header = list(header)
+                exists, i_s = True, -1
+                if shift is not None:
+                    s_name, f_name, exists = _shift_slots(header, header)
+                    if not exists:
+                        new_header += [s_name, f_name]
+                    i_s = new_header.index(s_name)
+                writer.writerow([*new_header, _unique(STD_COLUMN, new_header)])
                 for i, row in enumerate(reader):
                     m, s = float(mean[i]), float(std[i])
                     if math.isfinite(m):
                         row[ip], row[iflag] = f"{m:.6g}", str(int(m >= threshold))
+                    if shift is not None:
+                        if not exists:
+                            row += ["", ""]
+                        score = float(shift[0][i])
+                        row[i_s] = f"{score:.6g}" if math.isfinite(score) else ""
+                        row[i_s + 1] = str(int(shift[1][i])) if math.isfinite(score) else ""
                     writer.writerow([*row, f"{s:.6g}" if math.isfinite(s) else ""])
         atomic.publish(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _hdf5_provenance(f: Any, shift: dict[str, Any]) -> None:
+    """The ensemble's shift record in an HDF5 output's provenance (attributes and JSON)."""
+    prov = json.loads(f.attrs.get("galmerge_provenance", "{}"))
+    prov.update(shift)
+    f.attrs["galmerge_provenance"] = json.dumps(prov)
+    for key, value in shift.items():
+        f.attrs[key] = value if isinstance(value, str | float) else json.dumps(value)
+
+
+def _write_parquet(src: Path, tmp: Path, mean: np.ndarray, flag: np.ndarray, std: np.ndarray,
+                   record: dict[str, Any],
+                   shift: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from galmerge.fractions.prior import _columns
+
+    def floats(v: np.ndarray) -> Any:
+        return pa.array(v.astype(np.float64), mask=~np.isfinite(v))
+
+    def int8(v: np.ndarray) -> Any:
+        return pa.array(v.astype(np.int8), mask=v < 0, type=pa.int8())
+
+    table = pq.read_table(src)
+    names = list(table.column_names)
+    p_col, flag_col = _columns(names)
+    table = table.set_column(names.index(p_col), p_col, floats(mean))
+    table = table.set_column(names.index(flag_col), flag_col, int8(flag))
+    meta = dict(table.schema.metadata or {})
+    prov = json.loads(meta.get(b"galmerge_provenance", b"{}"))
+    prov.update(record)
+    if shift is not None:
+        s_name, f_name, exists = _shift_slots(names, names)
+        if exists:
+            table = table.set_column(names.index(s_name), s_name, floats(shift[0]))
+            table = table.set_column(names.index(f_name), f_name, int8(shift[1]))
+        else:
+            table = table.append_column(s_name, floats(shift[0]))
+            table = table.append_column(f_name, int8(shift[1]))
+        prov.update(shift[2])
+    table = table.append_column(_unique(STD_COLUMN, list(table.column_names)), floats(std))
+    meta[b"galmerge_provenance"] = json.dumps(prov).encode()
+    pq.write_table(table.replace_schema_metadata(meta), tmp)

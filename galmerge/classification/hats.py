@@ -3,7 +3,9 @@
 `classify_partition` is the unit of work and a public API: give it to
 ``catalog.map_partitions(classify_partition, include_pixel=True, meta=..., model=RUN, ...)``
 (`result_meta` builds the meta). It adds ``p_merger``, ``is_merger`` and ``status`` to the
-partition's rows, with stamps from a cutout cache of that partition alone
+partition's rows, and the ``extra`` columns asked for (`result_columns`: ``shift_score`` and
+``shift_flag`` for a run with ``shift_stats.npz``, as classify writes them for other formats),
+with stamps from a cutout cache of that partition alone
 (``<cache_dir>/Norder=K/Dir=D/Npix=N.h5``): sky locality is frame reuse, and no process needs
 the whole cache. `classify_hats` runs it over a catalog on a local Dask cluster (or
 ``scheduler``) and writes a new HATS catalog with LSDB's `write_catalog`; a killed run started
@@ -61,8 +63,41 @@ def partition_cache(cache_dir: str | os.PathLike[str], pixel: Any) -> Path:
     return Path(cache_dir) / f"Norder={order}" / f"Dir={npix // 10000 * 10000}" / f"Npix={npix}.h5"
 
 
-def result_meta(meta: Any, keep: list[str] | None = None) -> Any:
-    """The empty frame `classify_partition` returns for input ``meta`` (for map_partitions)."""
+def _shift_stats(model: str | os.PathLike[str],
+                 checkpoint_sha256: str | None = None) -> tuple[dict[str, Any] | None, str]:
+    """The model's shift statistics (or None and why not), as classify's inference loads them."""
+    from galmerge.models import shift
+
+    if checkpoint_sha256 is None:
+        return shift.load_with_checkpoint(model)
+    return shift.load(model, checkpoint_sha256)
+
+
+def result_columns(model: str | os.PathLike[str]) -> list[str]:
+    """The optional result columns ``model`` gives after ``status``: ``shift_score`` and
+    ``shift_flag`` when its run has usable ``shift_stats.npz``, else none (pass them as
+    `classify_partition`'s and `result_meta`'s ``extra``)."""
+    return _columns_of(_shift_stats(model)[0])
+
+
+def _columns_of(stats: dict[str, Any] | None) -> list[str]:
+    from galmerge.models import shift
+
+    return [shift.SCORE_COLUMN, shift.FLAG_COLUMN] if stats is not None else []
+
+
+def _arrow_type(name: str) -> Any:
+    import pyarrow as pa
+
+    from galmerge.models import shift
+
+    return pa.int8() if name == shift.FLAG_COLUMN else pa.float64()
+
+
+def result_meta(meta: Any, keep: list[str] | None = None,
+                extra: list[str] | tuple[str, ...] = ()) -> Any:
+    """The empty frame `classify_partition` returns for input ``meta`` (for map_partitions);
+    ``extra``: the same optional result columns as given to `classify_partition`."""
     import pandas as pd
     import pyarrow as pa
 
@@ -70,6 +105,8 @@ def result_meta(meta: Any, keep: list[str] | None = None) -> Any:
     out["p_merger"] = pd.Series([], dtype=pd.ArrowDtype(pa.float64()), index=out.index)
     out["is_merger"] = pd.Series([], dtype=pd.ArrowDtype(pa.int8()), index=out.index)
     out["status"] = pd.Series([], dtype=pd.ArrowDtype(pa.string()), index=out.index)
+    for name in extra:
+        out[name] = pd.Series([], dtype=pd.ArrowDtype(_arrow_type(name)), index=out.index)
     return out
 
 
@@ -79,9 +116,11 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
                        dec_col: str | None = None, id_col: str | None = None,
                        threshold: float = 0.5, domain: str = "target", device: str = "cpu",
                        batch_size: int = 256, workers: int = 4,
-                       chunk_rows: int = 4096, keepbits: int | None = None) -> Any:
+                       chunk_rows: int = 4096, keepbits: int | None = None,
+                       extra: list[str] | tuple[str, ...] = ()) -> Any:
     """Classify the rows of one partition (a pandas frame); returns ``keep`` columns (default
-    all) plus ``p_merger``, ``is_merger`` and ``status``, in the same order and index."""
+    all) plus ``p_merger``, ``is_merger``, ``status`` and the ``extra`` result columns
+    (`result_columns`; null where a row has no value), in the same order and index."""
     import pandas as pd
     import pyarrow as pa
 
@@ -97,7 +136,7 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
     ra = _pick(columns, ra_col, RA_NAMES, "RA", where, "--ra-col", True)
     dec = _pick(columns, dec_col, DEC_NAMES, "Dec", where, "--dec-col", True)
     ident = _pick(columns, id_col, ID_NAMES, "id", where, "--id-col", False)
-    out = result_meta(df.iloc[:0], keep) if len(df) == 0 else None
+    out = result_meta(df.iloc[:0], keep, extra) if len(df) == 0 else None
     if out is not None:
         return out
     infer = _inference(model, domain, device, batch_size)
@@ -115,6 +154,10 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
     p = np.full(len(df), np.nan)
     flag = np.full(len(df), -1, dtype=np.int8)
     status = np.empty(len(df), dtype=object)
+    # what the model cannot give stays null (-1 / NaN: the CSV path's "no value")
+    values = {name: np.full(len(df), -1 if _arrow_type(name) == pa.int8() else np.nan,
+                            dtype=np.int8 if _arrow_type(name) == pa.int8() else np.float64)
+              for name in extra}
     fetched: Counter = Counter()
     try:
         table = pa.Table.from_pandas(df[[c for c in {ra, dec, ident} if c]],
@@ -126,6 +169,9 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
                                     infer, float(threshold), fetched)
             stop = start + len(block)
             p[start:stop], flag[start:stop], status[start:stop] = block.p, block.flag, block.status
+            for name in extra:
+                if name in block.extra:
+                    values[name][start:stop] = block.extra[name]
     finally:
         service.close()
         store.close()
@@ -134,6 +180,10 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
     out["is_merger"] = pd.array(pa.array(flag, mask=flag < 0), dtype=pd.ArrowDtype(pa.int8()))
     out["status"] = pd.array(pa.array(status.tolist(), type=pa.string()),
                              dtype=pd.ArrowDtype(pa.string()))
+    for name, v in values.items():
+        missing = v < 0 if v.dtype == np.int8 else ~np.isfinite(v)
+        out[name] = pd.array(pa.array(v, mask=missing, type=_arrow_type(name)),
+                             dtype=pd.ArrowDtype(_arrow_type(name)))
     return out
 
 
@@ -180,16 +230,24 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
         if missing:
             raise GalmergeError(f"{src}: no column '{missing[0]}' for --columns; columns are: "
                                 f"{', '.join(cat.columns)}")
-    meta = result_meta(cat.meta, keep)
+    # the columns classify writes for other formats: shift_score/shift_flag when the run has
+    # statistics (the workers' inference loads the same file; no note here: the CLI prints it)
+    stats, _ = _shift_stats(model)
+    extra = _columns_of(stats)
+    meta = result_meta(cat.meta, keep, extra)
     result = cat.map_partitions(
         classify_partition, include_pixel=True, meta=meta, model=str(model), survey=survey,
         cache_dir=str(cache_dir), keep=keep, ra_col=ra_col, dec_col=dec_col, id_col=id_col,
         threshold=float(threshold), domain=domain, device=device, batch_size=batch_size,
-        workers=workers, keepbits=keepbits)
+        workers=workers, keepbits=keepbits, extra=extra)
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     resume = out.is_dir() and any(out.iterdir())
+    record = dict(provenance or {})
+    if stats is not None:
+        record["shift_threshold"] = float(stats["threshold"])
+        record["shift_stats_sha256"] = stats["meta"].get("sha256", "")
     props = {f"galmerge_{k}": (v if isinstance(v, str) else json.dumps(v))
-             for k, v in (provenance or {}).items() if k != "format"}
+             for k, v in record.items() if k != "format"}
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(n_workers=n_workers or max(1, os.cpu_count() or 1),
@@ -223,6 +281,7 @@ def _counts(out: Path) -> dict[str, Any]:
 def classify_hats_summary(catalog: Path, model: str | os.PathLike[str], *, t0: float,
                           **options: Any) -> Any:
     """`classify_hats` for the CLI: the model's provenance recorded, a `ClassifySummary` back."""
+    import sys
     import time
 
     from galmerge.classification.pipeline import ClassifySummary, _print_summary
@@ -237,6 +296,9 @@ def classify_hats_summary(catalog: Path, model: str | os.PathLike[str], *, t0: f
     if domain not in loaded.preprocess:
         raise GalmergeError(f"model {loaded.path} has no '{domain}' preprocessing; use --domain "
                             f"{' or '.join(sorted(loaded.preprocess))}")
+    _, note = _shift_stats(loaded.path, loaded.sha256)
+    if note and not options.get("quiet"):  # as the other formats say it: once, on stderr
+        print(f"galmerge: {note}", file=sys.stderr)
     prov = record(checkpoint=loaded.path, config=loaded.config, survey=options["survey"],
                   data_release="", cutout_kind="", domain=domain,
                   preprocessing=loaded.preprocess[domain], temperature=loaded.temperature,

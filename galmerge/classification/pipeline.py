@@ -373,6 +373,7 @@ def classify(
     if mc_dropout and not isinstance(model, str | os.PathLike) and len(list(model)) > 1:
         raise GalmergeError("--mc-dropout with several --model: not supported (both would fill "
                             "p_merger_std); use an ensemble or MC-dropout, not both")
+    model = _refuse_torchscript(model)  # (a function: the ensemble below passes on locals())
     if not isinstance(model, str | os.PathLike):  # several models: an ensemble
         kw = dict(locals())
         cat, models = kw.pop("catalog"), [str(m) for m in kw.pop("model")]
@@ -423,6 +424,17 @@ def classify(
             flush_rows=flush_rows, survey_options=survey_options, shard_timeout=shard_timeout,
             heartbeat_timeout=heartbeat_timeout, cache_keepbits=cache_keepbits, prior=prior,
             prior_from=prior_from, quiet=quiet, mc_dropout=int(mc_dropout or 0))
+
+
+def _refuse_torchscript(model: Any) -> Any:
+    """One line for a TorchScript export among the models, before torch.load's long refusal;
+    returns ``model`` (several: as a list, so an iterator is read once)."""
+    from galmerge.models.export import refuse_torchscript
+
+    models = [model] if isinstance(model, str | os.PathLike) else list(model)
+    for member in models:
+        refuse_torchscript(member)
+    return model if isinstance(model, str | os.PathLike) else models
 
 
 @contextlib.contextmanager

@@ -8,9 +8,13 @@ The preprocessing spec, temperature and domain are also stored as metadata (ONNX
 ``metadata_props``; TorchScript extra file ``galmerge.json``), so a reader can check the bands,
 stamp size and pixel scale its stamps must have.
 
-ONNX files of runs with ``shift_stats.npz`` (`galmerge.models.shift`) have a third output,
-``shift_score`` (N,), computed inside the graph; its threshold is in the metadata
-(``shift.threshold``). TorchScript files keep their two outputs (no shift score).
+Exports of runs with ``shift_stats.npz`` (`galmerge.models.shift`), ONNX and TorchScript alike,
+have a third output, ``shift_score`` (N,), computed inside the graph (the TorchScript module
+returns the tuple ``(p_merger, logits, shift_score)``); its threshold is in the metadata
+(``shift.threshold``; ``shift_flag`` = ``shift_score > shift.threshold``). Runs without the
+file export two outputs. ``classify`` runs ONNX files (`OnnxInference`); it refuses TorchScript
+files in one line (`refuse_torchscript`: loading one runs the TorchScript code it holds, and
+nothing classify reads may run code), which are for use outside galmerge with ``torch.jit.load``.
 """
 
 from __future__ import annotations
@@ -130,15 +134,13 @@ def export_model(
                             f"{' or '.join(sorted(loaded.preprocess))}")  # fmt: skip
     select_statistics(loaded.model, domain)  # per-domain BatchNorm statistics: the --domain's
     meta = describe(loaded, domain)
-    shift = None
-    if fmt == "onnx":
-        from galmerge.models.shift import load
+    from galmerge.models.shift import load
 
-        shift, _ = load(model, loaded.sha256)
-        if shift is not None:
-            meta["shift"] = {"threshold": float(shift["threshold"]),
-                             "stats_sha256": shift["meta"]["sha256"]}
-            meta["outputs"]["shift_score"] = "(N,) galmerge.models.shift; flag: > shift.threshold"
+    shift, _ = load(model, loaded.sha256)
+    if shift is not None:  # both formats: a third output, the threshold in the metadata
+        meta["shift"] = {"threshold": float(shift["threshold"]),
+                         "stats_sha256": shift["meta"]["sha256"]}
+        meta["outputs"]["shift_score"] = "(N,) galmerge.models.shift; flag: > shift.threshold"
     net = _deployable(loaded.model, meta["preprocess"], loaded.temperature, shift)
     _, channels, size, _ = meta["input"]["shape"]
     example = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
@@ -184,6 +186,30 @@ def _write_torchscript(net: Any, example: Any, meta: dict[str, Any], path: Path)
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(net, (example,))
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(meta)})
+
+
+def is_torchscript(path: str | os.PathLike[str]) -> bool:
+    """A TorchScript archive (a zip holding ``<name>/code/`` or ``<name>/constants.pkl``), which
+    a galmerge checkpoint never is; the archive is only listed, nothing in it is loaded."""
+    import zipfile
+
+    p = Path(path)
+    if not p.is_file() or not zipfile.is_zipfile(p):
+        return False
+    try:
+        with zipfile.ZipFile(p) as z:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def refuse_torchscript(model: str | os.PathLike[str]) -> None:
+    """One line for ``classify --model FILE.torchscript.pt``."""
+    if is_torchscript(model):
+        raise GalmergeError(
+            f"model {model} is a TorchScript export, which classify does not run (loading it "
+            "runs the code it holds); pass the run directory or its best.pt, or export "
+            "--format onnx")
 
 
 # -- running an exported ONNX file (classify --model model.onnx) -------------------------------

@@ -236,3 +236,12 @@ def load(model: str | Path, checkpoint_sha256: str | None) -> tuple[dict[str, An
                       "resumed since?): the output has no shift_score column")
     stats["meta"] = {**meta, "sha256": hashlib.sha256(data).hexdigest()}
     return stats, ""
+
+
+def load_with_checkpoint(model: str | Path) -> tuple[dict[str, Any] | None, str]:
+    """`load` for a run directory or checkpoint, its content SHA-256 read from the checkpoint
+    (what classify's inference checks against; for callers that have not loaded the model)."""
+    from galmerge.models.model import read_checkpoint
+
+    recorded = read_checkpoint(model).get("sha256")
+    return load(model, recorded if isinstance(recorded, str) else None)
