@@ -156,7 +156,7 @@ def classified(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run = root / "run"
     tiny_run(run, source, target, "none", epochs=1, max_steps_per_epoch=2)
     out = {"run": run, "root": root}
-    for suffix in ("csv", "h5", "fits"):
+    for suffix in ("csv", "h5", "fits", "parquet"):
         out[suffix] = root / f"out.{suffix}"
         res = CliRunner().invoke(cli, ["classify", str(root / "data" / "target.h5"), "--model",
                                        str(run), "--output", str(out[suffix]), "--quiet",
@@ -202,7 +202,7 @@ def test_fraction_json_contract_and_cached_validation(classified) -> None:
 
 def test_every_output_format_gives_the_same_fractions(classified) -> None:
     got = []
-    for suffix in ("csv", "h5", "fits"):
+    for suffix in ("csv", "h5", "fits", "parquet"):
         code, text = _fraction(str(classified[suffix]), "--model", str(classified["run"]),
                                "--json", "--bootstrap", "30")
         assert code == 0, text
@@ -332,6 +332,32 @@ def test_prior_auto_is_the_em_fixed_point_and_hdf5_records_it(classified, tmp_pa
         p = f["p_merger"][()]
     assert record["prior_from"].startswith("auto")
     assert p.mean() == pytest.approx(record["prior"], abs=2e-3)  # Saerens' fixed point
+
+
+def test_prior_on_a_parquet_output_keeps_its_schema_and_provenance(classified, tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "prior.parquet"
+    code, text = _classify(classified, out, "--prior", "0.1")
+    assert code == 0, text
+    table = pq.read_table(out)
+    plain = pq.read_table(classified["parquet"])
+    assert table.schema.names == plain.schema.names
+    assert table.schema.field("p_merger").type == plain.schema.field("p_merger").type
+    meta = table.schema.metadata
+    assert b"galmerge_provenance" in meta and json.loads(meta[b"galmerge_prior"])["prior"] == 0.1
+    record = json.loads((tmp_path / "prior.parquet.prior.json").read_text())
+    p, before = table.column("p_merger").to_numpy(), plain.column("p_merger").to_numpy()
+    assert p == pytest.approx(F.prior_shift(before, 0.1, record["training_prior"]), rel=1e-4,
+                              abs=1e-7)
+    assert (table.column("is_merger").to_numpy() == (p >= 0.5)).all()
+    # fraction reads Parquet and undoes the rescaling
+    a = json.loads(_fraction(str(out), "--model", str(classified["run"]), "--json",
+                             "--bootstrap", "0")[1])
+    b = json.loads(_fraction(str(classified["csv"]), "--model", str(classified["run"]),
+                             "--json", "--bootstrap", "0")[1])
+    assert a["estimators"]["naive"]["fraction"] == pytest.approx(
+        b["estimators"]["naive"]["fraction"])
 
 
 def test_prior_user_errors_are_one_line(classified, tmp_path) -> None:

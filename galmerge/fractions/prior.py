@@ -118,6 +118,8 @@ def _rewrite(path: Path, new: float, old: float, threshold: float,
             _rewrite_hdf5(path, tmp, shift, threshold, record)
         elif path.suffix.lower() in (".fits", ".fit", ".fts"):
             _rewrite_fits(path, tmp, shift, threshold, record)
+        elif path.suffix.lower() == ".parquet":
+            _rewrite_parquet(path, tmp, shift, threshold, record)
         else:
             _rewrite_csv(path, tmp, new / old, (1 - new) / (1 - old), threshold)
 
@@ -166,6 +168,37 @@ def _rewrite_hdf5(path: Path, tmp: Path, shift: Any, threshold: float,
         f[where[p_col]][...] = p
         f[where[flag_col]][...] = flag
         f.attrs["galmerge_prior"] = json.dumps(record)
+
+
+def _rewrite_parquet(path: Path, tmp: Path, shift: Any, threshold: float,
+                     record: dict[str, Any]) -> None:
+    """Batch by batch (a survey-sized output never sits in memory); the schema, its metadata
+    (the classify provenance) and every other column are kept, ``galmerge_prior`` is added."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(path)
+    schema = source.schema_arrow
+    p_col, flag_col = _columns(list(schema.names))
+    meta = dict(schema.metadata or {})
+    meta[b"galmerge_prior"] = json.dumps(record).encode()
+    schema = schema.with_metadata(meta)
+    ip, iflag = schema.get_field_index(p_col), schema.get_field_index(flag_col)
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for batch in source.iter_batches():
+            columns = list(batch.columns)
+            p = columns[ip].cast(pa.float64()).to_numpy(zero_copy_only=False)
+            new = shift(p)
+            ok = np.isfinite(new)
+            valid = ~np.isnan(p)  # null p_merger (a failed row) stays null
+            out = np.where(ok, new, p)
+            columns[ip] = pa.array(out, mask=~valid).cast(schema.field(ip).type)
+            flag = columns[iflag].to_numpy(zero_copy_only=False).astype(np.float64)
+            flag = np.where(ok, (new >= threshold).astype(np.float64), flag)
+            flag_valid = ok | ~np.isnan(flag)
+            columns[iflag] = pa.array(np.nan_to_num(flag), mask=~flag_valid).cast(
+                schema.field(iflag).type)
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
 
 
 def _rewrite_fits(path: Path, tmp: Path, shift: Any, threshold: float,

@@ -86,7 +86,7 @@ def _status_text(values: Any) -> np.ndarray:
 
 def read_results(path: str | os.PathLike[str], by: str | None = None) -> Results:
     """p_merger of the rows with status ``ok`` (others counted by reason) of a classify output
-    (CSV, HDF5 or FITS), and the ``by`` column as floats."""
+    (CSV, HDF5, FITS or Parquet), and the ``by`` column as floats."""
     import h5py
 
     p = Path(path)
@@ -97,6 +97,8 @@ def read_results(path: str | os.PathLike[str], by: str | None = None) -> Results
         columns, get = _hdf5_columns(p)
     elif name.endswith((".fits", ".fit", ".fts", ".fits.gz")) or _starts_with(p, b"SIMPLE  ="):
         columns, get = _fits_columns(p)
+    elif name.endswith(".parquet") or _starts_with(p, b"PAR1"):
+        columns, get = _parquet_columns(p)
     else:
         columns, get = _csv_columns(p)
     p_col = _result_column(columns, P_NAME)
@@ -175,6 +177,25 @@ def _fits_columns(path: Path) -> tuple[list[str], Any]:
         if null is not None and values.dtype.kind in "iu":
             values = np.where(values == null, np.nan, values.astype(np.float64))
         return values
+
+    return names, get
+
+
+def _parquet_columns(path: Path) -> tuple[list[str], Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        names = list(pq.ParquetFile(path).schema_arrow.names)
+    except (OSError, pa.ArrowException) as exc:
+        raise GalmergeError(f"{path}: cannot read as Parquet ({exc})".splitlines()[0]) from None
+
+    def get(column: str) -> np.ndarray:
+        # one column at a time: a survey-sized output is never read whole
+        values = pq.read_table(path, columns=[column]).column(column)
+        if pa.types.is_floating(values.type) or pa.types.is_integer(values.type):
+            return values.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls: NaN
+        return np.array(["" if v is None else v for v in values.to_pylist()], dtype=object)
 
     return names, get
 
