@@ -33,7 +33,7 @@ class StampsOnWorkers(distributed.WorkerPlugin):
             pm.register(Survey(), name="stamps-test")
 
 
-def _hats(tmp: Path, n: int = 60) -> tuple[Path, object]:
+def _hats(tmp: Path, n: int = 60, **more: object) -> tuple[Path, object]:
     import pandas as pd
 
     rng = np.random.default_rng(5)
@@ -42,6 +42,7 @@ def _hats(tmp: Path, n: int = 60) -> tuple[Path, object]:
         "ra": np.round(rng.uniform(0, 360, n), 6),
         "dec": np.round(rng.uniform(-60, 60, n), 6),
         "mag": rng.uniform(15, 20, n),
+        **more,
     })
     df.loc[3, "dec"] = 85.0  # no coverage
     cat = lsdb.from_dataframe(df, ra_column="ra", dec_column="dec", lowest_order=1,
@@ -245,3 +246,18 @@ def test_hats_output_has_the_shift_columns_of_the_other_formats(env, cluster):
     assert res.output.count("no shift_stats.npz") == 1
     old = lsdb.open_catalog(tmp / "old_hats").compute()
     assert "shift_score" not in old.columns and list(old.columns)[-1] == "status"
+
+
+def test_an_input_column_named_like_a_result_is_kept_beside_it(env, cluster):
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, df = _hats(tmp, status=["from the survey"] * 60)
+    res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+                  "--scheduler", cluster.scheduler_address, "--output", str(tmp / "out_hats"))
+    assert res.exit_code == 0, res.output
+    got = lsdb.open_catalog(tmp / "out_hats").compute()
+    # as in the other formats: the input's column stays, the result gets a suffix
+    assert list(got.columns)[-3:] == ["p_merger", "is_merger", "status_1"]
+    assert (got["status"] == "from the survey").all()
+    assert (got["status_1"] == "ok").sum() == len(df) - 1

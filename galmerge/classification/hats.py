@@ -102,12 +102,22 @@ def result_meta(meta: Any, keep: list[str] | None = None,
     import pyarrow as pa
 
     out = meta[keep].copy() if keep is not None else meta.copy()
-    out["p_merger"] = pd.Series([], dtype=pd.ArrowDtype(pa.float64()), index=out.index)
-    out["is_merger"] = pd.Series([], dtype=pd.ArrowDtype(pa.int8()), index=out.index)
-    out["status"] = pd.Series([], dtype=pd.ArrowDtype(pa.string()), index=out.index)
-    for name in extra:
-        out[name] = pd.Series([], dtype=pd.ArrowDtype(_arrow_type(name)), index=out.index)
+    (p, flag, status), names = _names(list(out.columns), extra)
+    out[p] = pd.Series([], dtype=pd.ArrowDtype(pa.float64()), index=out.index)
+    out[flag] = pd.Series([], dtype=pd.ArrowDtype(pa.int8()), index=out.index)
+    out[status] = pd.Series([], dtype=pd.ArrowDtype(pa.string()), index=out.index)
+    for name, column in zip(extra, names, strict=True):
+        out[column] = pd.Series([], dtype=pd.ArrowDtype(_arrow_type(name)), index=out.index)
     return out
+
+
+def _names(columns: list[str], extra: list[str] | tuple[str, ...]
+           ) -> tuple[tuple[str, str, str], list[str]]:
+    """The result columns' names, with a ``_1``... suffix where an input column has the name
+    (as the other output formats do: an input column is never overwritten)."""
+    from galmerge.classification.outputs import extra_names, result_names
+
+    return result_names(columns), extra_names(columns, list(extra))
 
 
 def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = "sdss",
@@ -176,14 +186,15 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
         service.close()
         store.close()
     out = df[keep].copy() if keep is not None else df.copy()
-    out["p_merger"] = pd.array(pa.array(p, mask=~np.isfinite(p)), dtype=pd.ArrowDtype(pa.float64()))
-    out["is_merger"] = pd.array(pa.array(flag, mask=flag < 0), dtype=pd.ArrowDtype(pa.int8()))
-    out["status"] = pd.array(pa.array(status.tolist(), type=pa.string()),
-                             dtype=pd.ArrowDtype(pa.string()))
-    for name, v in values.items():
+    (p_name, flag_name, status_name), names = _names(list(out.columns), extra)
+    out[p_name] = pd.array(pa.array(p, mask=~np.isfinite(p)), dtype=pd.ArrowDtype(pa.float64()))
+    out[flag_name] = pd.array(pa.array(flag, mask=flag < 0), dtype=pd.ArrowDtype(pa.int8()))
+    out[status_name] = pd.array(pa.array(status.tolist(), type=pa.string()),
+                                dtype=pd.ArrowDtype(pa.string()))
+    for (name, v), column in zip(values.items(), names, strict=True):
         missing = v < 0 if v.dtype == np.int8 else ~np.isfinite(v)
-        out[name] = pd.array(pa.array(v, mask=missing, type=_arrow_type(name)),
-                             dtype=pd.ArrowDtype(_arrow_type(name)))
+        out[column] = pd.array(pa.array(v, mask=missing, type=_arrow_type(name)),
+                               dtype=pd.ArrowDtype(_arrow_type(name)))
     return out
 
 
@@ -259,10 +270,12 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
     finally:
         if cluster is not None:
             cluster.close()
-    return _counts(out)
+    inputs = list(keep) if keep else list(cat.meta.columns)
+    return _counts(out, _names(inputs, extra)[0])
 
 
-def _counts(out: Path) -> dict[str, Any]:
+def _counts(out: Path, names: tuple[str, str, str] = ("p_merger", "is_merger", "status")
+            ) -> dict[str, Any]:
     import pyarrow.dataset as ds
 
     statuses: Counter = Counter()
@@ -271,7 +284,7 @@ def _counts(out: Path) -> dict[str, Any]:
     data = next(d for d in [out / "dataset", *sorted(out.glob("*/dataset"))] if d.is_dir())
     for batch in ds.dataset(data, format="parquet",
                             exclude_invalid_files=True).to_batches(
-            columns=["is_merger", "status"]):
+            columns=[names[1], names[2]]):
         rows += batch.num_rows
         statuses.update(str(s).split(":", 1)[0] for s in batch.column(1).to_pylist())
         mergers += int(np.sum(np.asarray(batch.column(0).fill_null(0).to_numpy()) == 1))
