@@ -163,6 +163,22 @@ def test_killed_hats_run_restarted_finishes_every_partition_exactly_once(env):
     assert not done.exists()  # LSDB removes its progress files
 
 
+@pytest.mark.parametrize("extra", [["--model", "SECOND"], ["--prior", "0.1"],
+                                   ["--mc-dropout", "3"]])
+def test_options_hats_cannot_do_yet_are_refused_in_one_line(env, extra):
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, _ = _hats(tmp, n=12)
+    second = make_checkpoint(tmp / "run2" / "best.pt")
+    extra = [str(second) if e == "SECOND" else e for e in extra]
+    res = run_cli("classify", str(src), "--model", str(ckpt), *extra, "--survey", "stamps",
+                  "--quiet", "--output", str(tmp / "out_hats"))
+    assert res.exit_code != 0 and "not supported for a HATS catalog folder" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert not (tmp / "out_hats").exists()
+
+
 def test_a_folder_that_is_no_hats_catalog_is_a_one_line_error(env):
     from test_classify import run_cli
 
