@@ -89,6 +89,12 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "mmd given-fraction separate": {
             "strategy": "mmd", "sets": ["mmd.class_weights=given", "mmd.target_fraction=0.2"]},
     },
+    # lower term weights with per-domain BatchNorm: can source accuracy stay within 3 points?
+    "weights23": {
+        "none": {"strategy": "none"},
+        **{f"{s} weight {w}": {"strategy": s, "sets": [f"{s}.weight={w}"]}
+           for s in ("dann", "mmd") for w in (0.3,)},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
