@@ -158,3 +158,24 @@ def test_class_weighted_mmd_trains_logs_its_estimate_and_keeps_it(pair, tmp_path
     assert 0.0 < share < 1.0  # the running estimate of the target's merger share, logged
     state = read_checkpoint(run)["strategy_state"]
     assert 0.0 < float(state["mmd.target_prior"][1]) < 1.0
+
+
+def test_a_separate_run_from_before_per_domain_statistics_resumes(pair, tmp_path):
+    """last.pt of a "separate" run written before stop 23 holds one set of statistics: resume
+    starts the target's set from it instead of refusing the checkpoint."""
+    import galmerge
+    from galmerge.models.model import save_checkpoint
+
+    run = tmp_path / "old-separate"
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(run, f"hdf5:{pair['source']}", f"hdf5:{pair['target']}", "adabn", epochs=2,
+                 max_steps_per_epoch=2, sets=SEPARATE, on_epoch=stop)
+    payload = torch.load(run / "last.pt", weights_only=True)
+    payload["model"] = {k: v for k, v in payload["model"].items() if ".target_" not in k}
+    save_checkpoint(run / "last.pt", payload)
+    galmerge.train(resume=run, quiet=True)
+    assert _target_keys(read_checkpoint(run / "last.pt")["model"])

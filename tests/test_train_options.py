@@ -222,13 +222,16 @@ def test_init_from_keeps_preprocessing_and_loads_strategy_state(toys, tmp_path):
 
 
 def test_a_last_pt_of_the_old_layout_resumes_bit_for_bit(toys, tmp_path):
-    reference = _run(tmp_path, "ref", strategy="meangap", epochs=3, patience=0)
+    # the layout of runs from before domain_batchnorm existed: joint
+    joint = ["domain_batchnorm=joint"]
+    reference = _run(tmp_path, "ref", strategy="meangap", epochs=3, patience=0, sets=joint)
 
     def stop(row):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, "old", strategy="meangap", epochs=3, patience=0, on_epoch=stop)
+        _run(tmp_path, "old", strategy="meangap", epochs=3, patience=0, on_epoch=stop,
+             sets=joint)
     run = tmp_path / "old"
     # rewrite last.pt and config.toml as the trainer before this layout wrote them
     payload = torch.load(run / "last.pt", weights_only=True)

@@ -52,6 +52,23 @@ def state_has_target_statistics(state: dict[str, torch.Tensor]) -> bool:
     return any(key.endswith("." + PREFIX + STATS[0]) for key in state)
 
 
+def fit_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (a state_dict) made to fit ``model``'s statistics layout: target statistics
+    dropped when the model keeps one set; filled from the source's when the model keeps two and
+    the state has one (a checkpoint written before stop 23, or by a joint run)."""
+    ours, theirs = has_target_statistics(model), state_has_target_statistics(state)
+    marker = "." + PREFIX
+    if theirs and not ours:
+        return {k: v for k, v in state.items() if marker not in k}
+    if ours and not theirs:
+        state = dict(state)
+        for key in [k for k in model.state_dict() if marker in k]:
+            own = key.replace(marker, ".")
+            if own in state:
+                state[key] = state[own]
+    return state
+
+
 def _swap(model: nn.Module) -> None:
     # a swap of the buffer objects, not a copy: cheap, and optimiser/DDP references stay valid
     for bn in _norms(model):

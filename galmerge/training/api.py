@@ -127,6 +127,8 @@ def _resume_config(
     saved = rundir.read_config(out_dir)
     # a run from before per-module learning-rate multipliers trained with one Adam group
     saved.setdefault("lr_multipliers", {"*": 1.0})
+    # ... and forwarded the target jointly (the default before stop 23, recorded since stop 21)
+    saved.setdefault("domain_batchnorm", "joint")
     device = flags.get("device")
     cfg = resolve_config(cli={"device": device} if device is not None else {}, file=saved)
     if "source" not in sets_given and flags.get("source") not in (None, cfg["source"]):

@@ -45,16 +45,7 @@ def load_init_weights(model: GalaxyClassifier, init: Mapping[str, Any], source: 
     (`galmerge.models.domain_norm`) are carried over when both models keep them; a model that
     keeps them but starts from one set starts both domains from it; one set is kept when the
     new model has one."""
-    state = dict(init["model"])
-    ours, theirs = (domain_norm.has_target_statistics(model),
-                    domain_norm.state_has_target_statistics(state))
-    if theirs and not ours:
-        state = {k: v for k, v in state.items() if f".{domain_norm.PREFIX}" not in k}
-    elif ours and not theirs:
-        for key in [k for k in model.state_dict() if f".{domain_norm.PREFIX}" in k]:
-            own = key.replace(f".{domain_norm.PREFIX}", ".")
-            if own in state:
-                state[key] = state[own]
+    state = domain_norm.fit_state(model, dict(init["model"]))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -135,7 +135,8 @@ class Trainer:
         """Continue from a last.pt payload (written by this or an earlier galmerge)."""
         try:  # a last.pt of another model (replaced, or another galmerge) is one line
             ts = checkpoint["training_state"]
-            self.model.load_state_dict(checkpoint["model"])
+            # a last.pt of a "separate" run from before per-domain statistics: one set, both
+            self.model.load_state_dict(domain_norm.fit_state(self.model, checkpoint["model"]))
             self.strategies.load_state_dict(ts["strategies"])
             self.optimizer.load_state_dict(ts["optimizer"])
             self.scheduler.load_state_dict(ts["scheduler"])
