@@ -154,7 +154,8 @@ def test_synthetic_preset_resolves_as_before():
     assert (c["lr"], c["weight_decay"], c["batch_size"], c["epochs"], c["patience"]) == (
         2e-3, 1e-3, 32, 30, 20)
     assert c["strategies"] == {
-        "mmd": {"weight": 0.3, "kernel": "deepmerge", "warmup": 0.0, "class_weights": "off"},
+        "mmd": {"weight": 0.3, "kernel": "deepmerge", "warmup": 0.0, "class_weights": "off",
+                "target_fraction": 0.0},
         "fisher": {"weight": 0.01, "intra_weight": 0.01, "inter_weight": 0.01, "form": "tr",
                    "reduction": "sum", "warmup": 0.0},
         "entropy": {"weight": 0.3, "include_source": False, "diversity": 1.0, "warmup": 0.0},

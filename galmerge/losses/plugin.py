@@ -50,8 +50,10 @@ OPTIONS: dict[str, dict[str, Option]] = {
                                   "class_weights=given", min=0.0, below=1.0),
     },
     "coral": {"weight": WEIGHT, "warmup": Option(0.0, WARMUP, min=0.0)},
+    # weight 0.3 (stop 23): with per-domain BatchNorm, 0.3 beat 1.0 in target and source
+    # accuracy on each dev pair (benchmarks/results/study_weights23_dev.md)
     "dann": {
-        "weight": WEIGHT,
+        "weight": Option(0.3, "factor of the strategy's terms in the loss", min=0.0),
         "hidden": Option(1024, "units of the discriminator's two hidden layers", min=1),
         "dropout": Option(0.5, "dropout after each hidden layer", min=0.0, below=1.0),
         "gamma": Option(10.0, "steepness of the gradient-reversal ramp", min=0.0),
