@@ -48,8 +48,10 @@ def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
            steps: int | None) -> None:
     if (runs / name / "best.pt").is_file():
         return
-    cmd = [sys.executable, "-m", "galmerge", "train", "--config",
-           str(HERE / "configs" / f"{strategy}.toml"), "--source", SOURCE.format(n=n),
+    # "dann": galmerge's own defaults (per-domain BatchNorm, weight 0.3), no config file
+    how = (["--strategy", "dann", "--batch-size", "32"] if strategy == "dann" else
+           ["--config", str(HERE / "configs" / f"{strategy}.toml")])
+    cmd = [sys.executable, "-m", "galmerge", "train", *how, "--source", SOURCE.format(n=n),
            "--target", TARGET_TRAIN.format(n=n, f=f), "--epochs", str(epochs), "--patience",
            "0", "--seed", "1", "--device", "cpu", "--run-dir", str(runs / name), "--quiet"]
     if steps:
@@ -57,10 +59,13 @@ def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
     subprocess.run(cmd, check=True)
 
 
-def models_for(f: float, control: bool = False) -> list[tuple[str, str]]:
+def models_for(f: float, control: bool = False, da: str = "mmd+fisher+entropy"
+               ) -> list[tuple[str, str]]:
     """(label, run name) of the models evaluated on targets with merger fraction ``f``."""
     if control:
         return [("none, survey = source renderer (label shift only)", "none")]
+    if da == "dann":
+        return [("none", "none"), ("dann (galmerge defaults)", f"dann-{f:g}")]
     return [("none", "none"), ("mmd+fisher+entropy", f"mmd-{f:g}")]
 
 
@@ -77,8 +82,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.train:
         _train(runs, "none", "none", 0.5, args.n_train, args.epochs, args.max_steps)
         for f in args.fractions:
-            _train(runs, f"mmd-{f:g}", "mmd+fisher+entropy", f, args.n_train, args.epochs,
-                   args.max_steps)
+            if args.control:
+                continue
+            if args.da == "dann":
+                _train(runs, f"dann-{f:g}", "dann", f, args.n_train, args.epochs, args.max_steps)
+            else:
+                _train(runs, f"mmd-{f:g}", "mmd+fisher+entropy", f, args.n_train, args.epochs,
+                       args.max_steps)
     train_s = time.time() - t0
     records: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="bench-fraction-"))
@@ -89,7 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             imageset = load_imageset(spec)
             truth = float(imageset.labels.numpy().mean())
             h5 = imageset.meta["cache_path"]
-            for label, name in models_for(f, args.control):
+            for label, name in models_for(f, args.control, args.da):
                 run_dir = runs / name
                 if not (run_dir / "best.pt").is_file():
                     raise SystemExit(f"{run_dir} has no best.pt; train it (--train)")
@@ -218,6 +228,9 @@ def main() -> None:
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--name", default="fraction")
     ap.add_argument("--quick", action="store_true", help="Tiny smoke run.")
+    ap.add_argument("--da", choices=("mmd+fisher+entropy", "dann"), default="mmd+fisher+entropy",
+                    help="the adapted models: the tuned mmd+fisher+entropy config, or dann with "
+                    "galmerge's defaults")
     ap.add_argument("--control", action="store_true",
                     help="Survey = the source renderer (label shift only): the `none` model.")
     args = ap.parse_args()
@@ -236,8 +249,10 @@ def main() -> None:
             f"`{TARGET_TRAIN.format(n=args.n_train, f='F')}`; test targets "
             f"`{(CONTROL_TEST if args.control else TARGET_TEST).format(n=args.n_target, seed='100+r', f='F')}`, r = 0..."
             f"{args.repeats - 1}. Models: `none` (target F = 0.5 for its preprocessing) and "
-            f"`mmd+fisher+entropy` per F, configs of benchmarks/configs with {args.epochs} "
-            f"epochs, seed 1, checkpoint chosen on the source validation loss. "
+            + ("`dann` with galmerge's defaults (batch 32) per F" if args.da == "dann" else
+               "`mmd+fisher+entropy` per F, configs of benchmarks/configs")
+            + f" with {args.epochs} epochs, seed 1, checkpoint chosen on the source validation "
+            "loss. "
             f"{args.bootstrap} bootstrap resamples per estimate."
         ),
         "independence": (
