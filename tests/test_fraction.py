@@ -334,10 +334,12 @@ def test_prior_auto_is_the_em_fixed_point_and_hdf5_records_it(classified, tmp_pa
     assert p.mean() == pytest.approx(record["prior"], abs=2e-3)  # Saerens' fixed point
 
 
-def test_prior_on_a_parquet_output_keeps_its_schema_and_provenance(classified, tmp_path) -> None:
+@pytest.mark.parametrize("suffix", [".parquet", ".pq"])
+def test_prior_on_a_parquet_output_keeps_its_schema_and_provenance(classified, tmp_path,
+                                                                   suffix) -> None:
     import pyarrow.parquet as pq
 
-    out = tmp_path / "prior.parquet"
+    out = tmp_path / f"prior{suffix}"
     code, text = _classify(classified, out, "--prior", "0.1")
     assert code == 0, text
     table = pq.read_table(out)
@@ -346,7 +348,7 @@ def test_prior_on_a_parquet_output_keeps_its_schema_and_provenance(classified, t
     assert table.schema.field("p_merger").type == plain.schema.field("p_merger").type
     meta = table.schema.metadata
     assert b"galmerge_provenance" in meta and json.loads(meta[b"galmerge_prior"])["prior"] == 0.1
-    record = json.loads((tmp_path / "prior.parquet.prior.json").read_text())
+    record = json.loads((tmp_path / f"prior{suffix}.prior.json").read_text())
     p, before = table.column("p_merger").to_numpy(), plain.column("p_merger").to_numpy()
     assert p == pytest.approx(F.prior_shift(before, 0.1, record["training_prior"]), rel=1e-4,
                               abs=1e-7)

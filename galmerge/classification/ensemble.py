@@ -189,32 +189,24 @@ def _check_shapes(models: list[str]) -> None:
             + "); an ensemble needs models trained on the same kind of images")
 
 
-_PARQUET = (".parquet", ".pq", ".parq")
-
-
 def _names(path: Path) -> tuple[list[str], Any]:
     import h5py
 
-    from galmerge.fractions.report import _csv_columns, _fits_columns, _hdf5_columns
+    from galmerge.classification.parquet import PARQUET_SUFFIXES
+    from galmerge.fractions.report import (
+        _csv_columns,
+        _fits_columns,
+        _hdf5_columns,
+        _parquet_columns,
+    )
 
     if h5py.is_hdf5(path):
         return _hdf5_columns(path)
     if path.suffix.lower() in (".fits", ".fit", ".fts"):
         return _fits_columns(path)
-    if path.suffix.lower() in _PARQUET:
+    if path.suffix.lower() in PARQUET_SUFFIXES:
         return _parquet_columns(path)
     return _csv_columns(path)
-
-
-def _parquet_columns(path: Path) -> tuple[list[str], Any]:
-    import pyarrow.parquet as pq
-
-    names = list(pq.read_schema(path).names)
-
-    def get(column: str) -> np.ndarray:  # nulls as NaN (numbers) or None
-        return pq.read_table(path, columns=[column]).column(0).to_numpy(zero_copy_only=False)
-
-    return names, get
 
 
 def _all_p(path: Path) -> np.ndarray:
@@ -254,6 +246,7 @@ def _write_combined(src: Path, dest: Path, mean: np.ndarray, std: np.ndarray,
                     shift: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None) -> None:
     import h5py
 
+    from galmerge.classification import parquet
     from galmerge.fractions.prior import _columns
 
     tmp = atomic.temp_beside(dest, ".ensemble")
@@ -316,7 +309,7 @@ def _write_combined(src: Path, dest: Path, mean: np.ndarray, std: np.ndarray,
                     new.header["SHIFTENS"] = (len(shift[2]["shift_members"]),
                                               "members in the ensemble shift score")
                 fits.HDUList([fits.PrimaryHDU(), new]).writeto(tmp, overwrite=True)
-        elif src.suffix.lower() in _PARQUET:
+        elif src.suffix.lower() in parquet.PARQUET_SUFFIXES:
             _write_parquet(src, tmp, mean, flag, std, record, shift)
         else:
             enc = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}

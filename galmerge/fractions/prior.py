@@ -110,6 +110,8 @@ def _rewrite(path: Path, new: float, old: float, threshold: float,
              record: dict[str, Any]) -> None:
     import h5py
 
+    from galmerge.fractions.report import is_parquet
+
     def shift(p: np.ndarray) -> np.ndarray:
         return prior_shift(p, new, old)
 
@@ -118,7 +120,7 @@ def _rewrite(path: Path, new: float, old: float, threshold: float,
             _rewrite_hdf5(path, tmp, shift, threshold, record)
         elif path.suffix.lower() in (".fits", ".fit", ".fts"):
             _rewrite_fits(path, tmp, shift, threshold, record)
-        elif path.suffix.lower() == ".parquet":
+        elif is_parquet(path):
             _rewrite_parquet(path, tmp, shift, threshold, record)
         else:
             _rewrite_csv(path, tmp, new / old, (1 - new) / (1 - old), threshold)

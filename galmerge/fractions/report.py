@@ -97,7 +97,7 @@ def read_results(path: str | os.PathLike[str], by: str | None = None) -> Results
         columns, get = _hdf5_columns(p)
     elif name.endswith((".fits", ".fit", ".fts", ".fits.gz")) or _starts_with(p, b"SIMPLE  ="):
         columns, get = _fits_columns(p)
-    elif name.endswith(".parquet") or _starts_with(p, b"PAR1"):
+    elif is_parquet(p):
         columns, get = _parquet_columns(p)
     else:
         columns, get = _csv_columns(p)
@@ -125,6 +125,12 @@ def read_results(path: str | os.PathLike[str], by: str | None = None) -> Results
         by_values = vals[keep]
     return Results(prob[keep], by_values, len(prob), Counter({k: v for k, v in excluded.items()
                                                               if v}))
+
+
+def is_parquet(path: Path) -> bool:
+    """A Parquet file by its magic bytes, whatever its suffix (classify writes ``.parquet``,
+    ``.pq`` and ``.parq``: `galmerge.classification.parquet`, a layer above this one)."""
+    return _starts_with(path, b"PAR1")
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:
