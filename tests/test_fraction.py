@@ -431,3 +431,21 @@ def test_label_shift_check_flags_domain_shift_only() -> None:
     shifted = F.label_shift_test(F.sigmoid(2 * s), val, n_sim=100)
     assert shifted["p_value"] < 0.02
     assert 0 <= shifted["fraction_min_distance"] <= 1
+
+
+def test_prior_on_parquet_leaves_rows_without_p_merger_as_they_are(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from galmerge.fractions.prior import apply_prior
+
+    out = tmp_path / "o.parquet"
+    pq.write_table(pa.table({
+        "id": [1, 2, 3], "p_merger": pa.array([0.4, None, 0.9], pa.float64()),
+        "is_merger": pa.array([0, None, 1], pa.int8()), "status": ["ok", "fetch-failed", "ok"]}),
+        out)
+    apply_prior(out, "", 0.9, 0.5, training=(0.5, "given"))
+    got = pq.read_table(out).to_pydict()
+    assert got["p_merger"][1] is None and got["is_merger"][1] is None
+    assert got["p_merger"][0] == pytest.approx(F.prior_shift(0.4, 0.9, 0.5))
+    assert got["is_merger"] == [1, None, 1] and got["status"][1] == "fetch-failed"

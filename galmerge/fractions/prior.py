@@ -177,6 +177,7 @@ def _rewrite_parquet(path: Path, tmp: Path, shift: Any, threshold: float,
     """Batch by batch (a survey-sized output never sits in memory); the schema, its metadata
     (the classify provenance) and every other column are kept, ``galmerge_prior`` is added."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     source = pq.ParquetFile(path)
@@ -189,17 +190,11 @@ def _rewrite_parquet(path: Path, tmp: Path, shift: Any, threshold: float,
     with pq.ParquetWriter(tmp, schema) as writer:
         for batch in source.iter_batches():
             columns = list(batch.columns)
-            p = columns[ip].cast(pa.float64()).to_numpy(zero_copy_only=False)
-            new = shift(p)
-            ok = np.isfinite(new)
-            valid = ~np.isnan(p)  # null p_merger (a failed row) stays null
-            out = np.where(ok, new, p)
-            columns[ip] = pa.array(out, mask=~valid).cast(schema.field(ip).type)
-            flag = columns[iflag].to_numpy(zero_copy_only=False).astype(np.float64)
-            flag = np.where(ok, (new >= threshold).astype(np.float64), flag)
-            flag_valid = ok | ~np.isnan(flag)
-            columns[iflag] = pa.array(np.nan_to_num(flag), mask=~flag_valid).cast(
-                schema.field(iflag).type)
+            new = shift(columns[ip].cast(pa.float64()).to_numpy(zero_copy_only=False))
+            ok = pa.array(np.isfinite(new))  # elsewhere (a null p_merger) the row stays as it is
+            columns[ip] = pc.if_else(ok, pa.array(new).cast(schema.field(ip).type), columns[ip])
+            columns[iflag] = pc.if_else(ok, pa.array(new >= threshold).cast(
+                schema.field(iflag).type), columns[iflag])
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
 
 
