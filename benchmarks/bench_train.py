@@ -96,9 +96,10 @@ def bare_loop(source: ImageSet, target: ImageSet, strategy: str, batch: int, ste
 
 
 def trainer(source: ImageSet, target: ImageSet, strategy: str, batch: int, steps: int,
-            seed: int, root: Path) -> float:
+            seed: int, root: Path, layout: str = "joint") -> float:
     """The same number of steps as the bare loop, in as many epochs as the source train split
-    needs (validation between epochs is not timed)."""
+    needs (validation between epochs is not timed). ``layout``: domain_batchnorm; "joint" is
+    the bare loop's one concatenated forward."""
     from galmerge.data.splits import domain_splits
 
     available = len(domain_splits(len(source), len(target), seed)["source"]["train"]) // batch
@@ -109,7 +110,8 @@ def trainer(source: ImageSet, target: ImageSet, strategy: str, batch: int, steps
         source=source, target=target, strategy=strategy, backbone="deepmerge",
         epochs=steps // per_epoch, patience=0, batch_size=batch, max_steps_per_epoch=per_epoch,
         seed=seed, device="cpu", quiet=True,
-        sets=["lr_multipliers.*=1"],  # one Adam group, as the bare loop
+        sets=["lr_multipliers.*=1",  # one Adam group, as the bare loop
+              f"domain_batchnorm={layout}"],
         run_dir=root / f"{strategy}-{seed}-{time.monotonic_ns()}",
     )
     return float(summary["train_images_per_s"])
@@ -123,6 +125,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--output", default="benchmarks/results/bench_train.json")
+    parser.add_argument("--separate", action="store_true",
+                        help="also time domain_batchnorm=separate for strategies with a target")
     args = parser.parse_args()
     load_before = os.getloadavg()
     source, target = make_sets(args.images)
@@ -134,18 +138,29 @@ def main() -> None:
             # one warm-up of each (allocator, thread pools) that is not counted
             bare_loop(source, target, strategy, args.batch_size, 5, 0)
             trainer(source, target, strategy, args.batch_size, 5, 0, root)
+            # a strategy that forwards the target: also galmerge's default layout since stop 23
+            # (domain_batchnorm = "separate": two forwards of one domain each), in turn
+            separate = strategy != "none" and args.separate
+            sep_runs = []
             for r in range(args.rounds):
                 b = bare_loop(source, target, strategy, args.batch_size, args.steps, r)
                 t = trainer(source, target, strategy, args.batch_size, args.steps, r, root)
                 bare_runs.append(b)
                 train_runs.append(t)
                 ratios.append(t / b)
+                if separate:
+                    sep_runs.append(trainer(source, target, strategy, args.batch_size,
+                                            args.steps, r, root, "separate"))
             results[strategy] = {
                 "bare_images_per_s": [round(v, 1) for v in bare_runs],
                 "galmerge_images_per_s": [round(v, 1) for v in train_runs],
                 "ratio_median": round(statistics.median(ratios), 3),
                 "goal": ">= 0.95",
             }
+            if sep_runs:
+                results[strategy]["separate_images_per_s"] = [round(v, 1) for v in sep_runs]
+                results[strategy]["separate_vs_joint_median"] = round(statistics.median(
+                    [s_ / j for s_, j in zip(sep_runs, train_runs, strict=True)]), 3)
     report = {
         "benchmark": "bench_train",
         "backbone": "deepmerge",
