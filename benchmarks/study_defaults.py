@@ -95,6 +95,15 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         **{f"{s} weight {w}": {"strategy": s, "sets": [f"{s}.weight={w}"]}
            for s in ("dann", "mmd") for w in (0.3,)},
     },
+    # stop 24: lower dann / mmd weights and a slower GRL ramp, for source within 3 points
+    "weights24": {
+        "none": {"strategy": "none"},
+        **{f"dann weight {w}": {"strategy": "dann", "sets": [f"dann.weight={w}"]}
+           for w in (0.15, 0.2)},
+        "dann max_coeff 0.5": {"strategy": "dann", "sets": ["dann.max_coeff=0.5"]},
+        "dann gamma 5": {"strategy": "dann", "sets": ["dann.gamma=5"]},
+        "mmd weight 0.6": {"strategy": "mmd", "sets": ["mmd.weight=0.6"]},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
