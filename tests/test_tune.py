@@ -94,6 +94,8 @@ def test_tune_cli_writes_the_study_folder_and_best_toml_trains(toys, tmp_path):
     assert {"score", "param_mmd.weight", "param_weight_decay", "param_epochs",
             *ORACLE_COLUMNS} <= set(rows[0])  # fmt: skip
     assert "param_lr" not in rows[0]  # fixed by the space file
+    assert rows[0]["param_domain_batchnorm"] == "separate"  # the default layout, then searched
+    assert {r["param_domain_batchnorm"] for r in rows} <= {"separate", "joint"}
     # label-free agreement of each complete trial with the others' vote, a share in [0, 1]
     assert all(0.0 <= float(r["agreement"]) <= 1.0 for r in rows)
     assert all(0.5 <= float(r["param_mmd.weight"]) <= 0.6 for r in rows)
@@ -309,8 +311,18 @@ def test_a_plugin_strategy_brings_its_search_space(register_plugin, plugin_manag
     assert space["gap2.power"] == {"type": "categorical", "choices": [1.0, 2.0]}
     assert space["mmd.weight"]["log"] is True
     assert space["epochs"] == {"type": "int", "low": 2, "high": 4, "log": False}
-    space, fixed = resolve_space(config, {"gap2": {"power": 3.0}, "epochs": 4})
-    assert "gap2.power" not in space and fixed == {"gap2.power": 3.0, "epochs": 4}
+    # the BatchNorm layout is searched when a strategy forwards the target ...
+    assert space["domain_batchnorm"] == {"type": "categorical", "choices": ["separate", "joint"]}
+    space, fixed = resolve_space(config, {"gap2": {"power": 3.0}, "epochs": 4,
+                                          "domain_batchnorm": "joint"})
+    assert "gap2.power" not in space and "domain_batchnorm" not in space
+    assert fixed == {"gap2.power": 3.0, "epochs": 4, "domain_batchnorm": "joint"}
+    from galmerge.training.tuning import params_layer
+    assert params_layer(fixed, config)["domain_batchnorm"] == "joint"
+    # ... and not for source-only training, where it changes nothing
+    alone = resolve_config(file={"source": "a", "target": "b", "strategy": "none",
+                                 "backbone": "tiny", "epochs": 4})  # fmt: skip
+    assert "domain_batchnorm" not in resolve_space(alone)[0]
 
 
 def test_train_on_epoch_sees_each_row_and_its_exception_propagates(toys, tmp_path):

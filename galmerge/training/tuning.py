@@ -53,7 +53,10 @@ LABEL_FREE_COLUMNS = ("epoch", "source_val_loss", "source_val_accuracy")
 LABEL_FREE_PREFIXES = ("score_", "loss_")
 
 SPACE_TYPES = ("float", "int", "categorical")
-CORE_KEYS = ("lr", "weight_decay", "epochs")
+CORE_KEYS = ("lr", "weight_decay", "epochs", "domain_batchnorm")
+# How BatchNorm sees the two domains is a choice with no label-free answer known in advance:
+# searched when a strategy forwards the target (`none` never does, so there it is moot).
+LAYOUT_SPACE = {"type": "categorical", "choices": ["separate", "joint"]}
 SECTION_KEYS = ("schedule", "optimizer", "backbone")
 
 
@@ -118,12 +121,16 @@ def _check_spec(name: str, spec: Mapping[str, Any], where: str) -> dict[str, Any
 
 
 def declared_space(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The default space for a resolved config: core + the backbone's + each strategy's
-    (``NAME.OPTION`` for strategy options, ``backbone.OPTION`` for backbone options)."""
+    """The default space for a resolved config: core (+ ``domain_batchnorm`` when a strategy
+    forwards the target) + the backbone's + each strategy's (``NAME.OPTION`` for strategy
+    options, ``backbone.OPTION`` for backbone options)."""
     from galmerge.plugin.manager import get_plugin_manager
 
     pm = get_plugin_manager()
     space = {k: _check_spec(k, v, "core") for k, v in core_space(int(config["epochs"])).items()}
+    if any(getattr(pm.get("strategies", name), "needs_target", True)
+           for name in config["strategies"]):
+        space["domain_batchnorm"] = _check_spec("domain_batchnorm", LAYOUT_SPACE, "core")
     backbone = pm.get("backbones", config["backbone"])
     for option, spec in dict(getattr(backbone, "search_space", {}) or {}).items():
         space[f"backbone.{option}"] = _check_spec(option, spec, f"of backbone {backbone.name}")
