@@ -449,3 +449,74 @@ def test_prior_on_parquet_leaves_rows_without_p_merger_as_they_are(tmp_path) -> 
     assert got["p_merger"][1] is None and got["is_merger"][1] is None
     assert got["p_merger"][0] == pytest.approx(F.prior_shift(0.4, 0.9, 0.5))
     assert got["is_merger"] == [1, None, 1] and got["status"][1] == "fetch-failed"
+
+
+# --------------------------------------------------------------------------------------------
+# adaptation check: a model adapted to a target pulls every estimate toward the source fraction
+
+
+def test_an_adapted_model_is_named_and_the_direction_of_its_bias_given(classified,
+                                                                       tmp_path) -> None:
+    from galmerge.fractions.adaptation import adaptation_check
+
+    # the source-only run of the fixture: nothing to say
+    code, text = _fraction(str(classified["csv"]), "--model", str(classified["run"]), "--json",
+                           "--bootstrap", "0")
+    assert code == 0, text
+    assert json.loads(text)["adaptation_check"] is None
+    # a real (tiny) adabn run, classified and counted through the CLI
+    run = tmp_path / "adabn"
+    data = classified["root"] / "data"
+    tiny_run(run, f"hdf5:{data / 'source.h5'}", f"hdf5:{data / 'target.h5'}", "adabn",
+             epochs=1, max_steps_per_epoch=2)
+    out = tmp_path / "adabn.csv"
+    res = CliRunner().invoke(cli, ["classify", str(data / "target.h5"), "--model", str(run),
+                                   "--output", str(out), "--quiet", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    code, text = _fraction(str(out), "--model", str(run), "--json", "--bootstrap", "0")
+    assert code == 0, text
+    payload = json.loads(text)
+    check = payload["adaptation_check"]
+    assert check["strategies"] == ["adabn"]
+    rec = payload["estimators"][payload["recommended"]]["fraction"]
+    assert check["estimate"] == pytest.approx(rec)
+    with np.load(run / "validation_predictions.npz", allow_pickle=False) as cached:
+        train_prior = json.loads(str(cached["meta"]))["train_prior"]
+    assert check["source_fraction"] == pytest.approx(train_prior)
+    assert check["warning"] == (abs(rec - check["source_fraction"]) > 0.05)
+    code, text = _fraction(str(out), "--model", str(run), "--bootstrap", "0")
+    assert code == 0 and ("WARNING: the model was adapted" in text
+                          or "note: the model was adapted" in text), text
+    # the direction: an estimate below the source's fraction means the truth is lower still
+    low = adaptation_check(run, 0.5, 0.2)
+    assert low["warning"] and "further below" in low["message"]
+    assert "further above" in adaptation_check(run, 0.5, 0.8)["message"]
+    assert not adaptation_check(run, 0.5, 0.53)["warning"]
+    assert not adaptation_check(run, 0.5, None)["warning"]  # binned: no single estimate
+    # --prior auto records the check beside its EM estimate
+    auto = tmp_path / "auto.csv"
+    res = CliRunner().invoke(cli, ["classify", str(data / "target.h5"), "--model", str(run),
+                                   "--output", str(auto), "--device", "cpu", "--prior", "auto"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "auto.csv.prior.json").read_text())
+    assert record["adaptation_check"]["strategies"] == ["adabn"]
+    assert record["adaptation_check"]["estimate"] == pytest.approx(record["prior"])
+
+
+def test_a_run_given_the_target_fraction_is_not_flagged(tmp_path) -> None:
+    from galmerge.fractions.adaptation import adapted_strategies
+
+    def run(text: str) -> Path:
+        folder = tmp_path / str(abs(hash(text)))
+        folder.mkdir()
+        (folder / "config.toml").write_text(text)
+        return folder
+
+    assert adapted_strategies(run('[strategies.mmd]\nclass_weights = "given"\n')) == []
+    assert adapted_strategies(run('[strategies.mmd]\nclass_weights = "estimated"\n')) == ["mmd"]
+    # fisher forwards the target too (its BatchNorm statistics adapt as adabn's do)
+    assert adapted_strategies(run("[strategies.dann]\n[strategies.fisher]\n")) == ["dann",
+                                                                                   "fisher"]
+    assert adapted_strategies(run("[strategies.none]\n")) == []
+    assert adapted_strategies(run("[strategies.someone_elses]\n")) == ["someone_elses"]
+    assert adapted_strategies(tmp_path / "missing") == []

@@ -595,7 +595,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     summary = _summary(out_path, tally, fetched, t0, store, asked, services)
     note = None
     if prior is not None:
-        summary.mergers, note = _apply_prior(out_path, prior, threshold, prior_from)
+        summary.mergers, note = _apply_prior(out_path, prior, threshold, prior_from, model)
     else:  # a record of an earlier --prior run would now describe the wrong probabilities
         out_path.with_name(out_path.name + ".prior.json").unlink(missing_ok=True)
     if show:
@@ -607,16 +607,19 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
 
 
 def _apply_prior(out_path: Path, prior: str | float, threshold: float,
-                 training: tuple[float, str] | None) -> tuple[int, str]:
+                 training: tuple[float, str] | None, model: Any = "") -> tuple[int, str]:
     """Rescale the written output to the survey prior; (mergers now, one-line note)."""
     from galmerge.fractions.prior import apply_prior
     from galmerge.fractions.report import read_results
 
-    rec = apply_prior(out_path, "", prior, threshold, training)
+    onnx = str(model).lower().endswith(".onnx")
+    rec = apply_prior(out_path, "" if onnx else model, prior, threshold, training)
     mergers = int((read_results(out_path).p >= threshold).sum())
+    check = rec.get("adaptation_check")
+    warning = f"; WARNING: {check['message']}" if check and check["warning"] else ""
     return mergers, (f"galmerge: p_merger rescaled from the training merger fraction "
                      f"{rec['training_prior']:.4g} to {rec['prior']:.4g} ({rec['prior_from']});"
-                     f" recorded in {out_path.name}.prior.json")
+                     f" recorded in {out_path.name}.prior.json{warning}")
 
 
 def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable: Any,

@@ -92,5 +92,9 @@ def _print(payload: dict[str, Any]) -> None:
                    "amount" if check["p_value"] < 0.01 else "consistent with label shift")
         console.print(f"label-shift check: KS {check['ks']:.3f}, p = {check['p_value']:.3g}; "
                       f"{verdict}")
+    adapted = payload.get("adaptation_check")
+    if adapted is not None:
+        console.print(("WARNING: " if adapted["warning"] else "note: ") + adapted["message"],
+                      markup=False)
     if payload.get("plot"):
         console.print(f"plot: {payload['plot']}")

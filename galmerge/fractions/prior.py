@@ -89,6 +89,13 @@ def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
               "training_prior_from": where, "threshold": threshold,
               "rule": "p' = r p / (r p + s (1 - p)), r = prior / training_prior, "
                       "s = (1 - prior) / (1 - training_prior)"}
+    if prior == "auto" and str(model):
+        from galmerge.fractions.adaptation import adaptation_check
+
+        run = Path(model)
+        check = adaptation_check(run.parent if run.suffix == ".pt" else run, old, new)
+        if check is not None:  # EM inherits the pull of an adapted model toward `old`
+            record["adaptation_check"] = check
     _rewrite(out, new, old, threshold, record)
     atomic.write_text(out.with_name(out.name + ".prior.json"), json.dumps(record, indent=2) + "\n")
     return record

@@ -6,15 +6,20 @@ The output of ``--json`` (and of `survey_fraction`) is, without ``--by``::
     {"estimators": {"naive"|"acc"|"em"|"bbse": {"fraction": f, "ci68": [lo, hi],
                                                  "ci95": [lo, hi]}},
      "recommended": NAME, "n": rows used, "excluded": {reason: rows}, "validation": {...},
-     "threshold": t, "bootstrap": B, "label_shift_check": {"ks", "p_value", ...} | null}
+     "threshold": t, "bootstrap": B, "label_shift_check": {"ks", "p_value", ...} | null,
+     "adaptation_check": {"strategies", "source_fraction", "estimate", "warning",
+                          "message"} | null}
 
 and with ``--by COLUMN``: ``{"by": COLUMN, "bins": [{"lo": a, "hi": b, "n": n, "estimators":
 {...}, "recommended": NAME}, ...], "excluded": {...}, "validation": {...}, "threshold": t,
-"bootstrap": B, "label_shift_check": ...}`` (bins are ``[lo, hi)``, the last one ``[lo, hi]``). A fraction or interval is
+"bootstrap": B, "label_shift_check": ..., "adaptation_check": ...}`` (bins are ``[lo, hi)``, the last one ``[lo, hi]``). A fraction or interval is
 null where its estimator is undefined (e.g. ACC when the classifier does not separate the
 classes on the source). ``label_shift_check`` (`galmerge.fractions.estimators.label_shift_test`, over all
 rows; null with ``--bootstrap 0``): a small ``p_value`` says the survey's p_merger distribution
 is no mixture of the source classes', i.e. domain shift, and the corrected fractions are biased.
+``adaptation_check`` (`galmerge.fractions.adaptation`; null for a source-only model):
+``{"strategies", "source_fraction", "estimate", "warning", "message"}`` for a model adapted to a
+target in training, whose estimates are pulled toward the source's merger fraction.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from galmerge.errors import GalmergeError
+from galmerge.fractions.adaptation import adaptation_check
 from galmerge.fractions.estimators import ESTIMATORS, Validation, estimate, label_shift_test
 
 P_NAME = re.compile(r"^p_merger(_\d+)?$")
@@ -308,6 +314,8 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
     if by is None:
         out = estimate(res.p, val, threshold, bootstrap, seed)
         common["validation"] = out.pop("validation")
+        common["adaptation_check"] = adaptation_check(
+            Path(model), val.train_prior, out["estimators"][out["recommended"]]["fraction"])
         payload = {**out, **common}
         panels = [("all ok rows", payload)]
     else:
@@ -327,6 +335,7 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
             out = estimate(res.p[sel], val, threshold, bootstrap, seed + i)
             common["validation"] = out.pop("validation")
             entries.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), **out})
+        common["adaptation_check"] = adaptation_check(Path(model), val.train_prior, None)
         payload = {"by": by, "bins": entries, **common}
         panels = [(f"{by} in [{e['lo']:g}, {e['hi']:g}" + ("]" if k == len(entries) - 1
                    else ")"), e) for k, e in enumerate(entries)]
