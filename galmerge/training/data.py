@@ -26,7 +26,7 @@ class Domain:
     splits: dict[str, np.ndarray]
     spec: PreprocessSpec
     images: torch.Tensor | None  # normalised, on the device; None for lazy sets
-    role: str = "source"  # "source" or "target": whose BatchNorm statistics it is seen with
+    role: str  # "source" or "target": whose BatchNorm statistics it is seen with
 
     def features_input(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
         if self.images is not None:
