@@ -207,13 +207,16 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
                   threshold: float = 0.5, domain: str = "target", device: str = "cpu",
                   batch_size: int = 256, workers: int = 4, quiet: bool = False,
                   keepbits: int | None = None,
-                  provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+                  provenance: dict[str, Any] | None = None,
+                  checkpoint_sha256: str | None = None) -> dict[str, Any]:
     """Classify a HATS catalog partition by partition on Dask; write a HATS catalog.
 
     ``output`` defaults to ``<catalog name>_galmerge`` in the working directory, ``cache`` to
     ``<output>.cache`` (one cutout cache per partition below it). ``scheduler``: the address of
     a running Dask scheduler; default a local cluster of ``n_workers`` processes (one per core).
-    Returns counts (rows, statuses, mergers).
+    ``checkpoint_sha256``: the checkpoint's hash when the caller has loaded it (the shift
+    statistics are then matched to it without hashing the checkpoint again). Returns counts
+    (rows, statuses, mergers).
     """
     try:
         import lsdb
@@ -243,7 +246,7 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
                                 f"{', '.join(cat.columns)}")
     # the columns classify writes for other formats: shift_score/shift_flag when the run has
     # statistics (the workers' inference loads the same file; no note here: the CLI prints it)
-    stats, _ = _shift_stats(model)
+    stats, _ = _shift_stats(model, checkpoint_sha256)
     extra = _columns_of(stats)
     meta = result_meta(cat.meta, keep, extra)
     result = cat.map_partitions(
@@ -318,7 +321,7 @@ def classify_hats_summary(catalog: Path, model: str | os.PathLike[str], *, t0: f
                   threshold=float(options["threshold"]))
     device = options.pop("device", "auto")
     counts = classify_hats(catalog, loaded.path, device="cpu" if device == "auto" else device,
-                           provenance=prov, **options)
+                           provenance=prov, checkpoint_sha256=loaded.sha256, **options)
     statuses = counts["statuses"]
     summary = ClassifySummary(
         output=counts["output"], rows=counts["rows"], ok=statuses.get("ok", 0),
