@@ -514,9 +514,8 @@ def test_a_run_given_the_target_fraction_is_not_flagged(tmp_path) -> None:
 
     assert adapted_strategies(run('[strategies.mmd]\nclass_weights = "given"\n')) == []
     assert adapted_strategies(run('[strategies.mmd]\nclass_weights = "estimated"\n')) == ["mmd"]
-    # fisher forwards the target too (its BatchNorm statistics adapt as adabn's do)
-    assert adapted_strategies(run("[strategies.dann]\n[strategies.fisher]\n")) == ["dann",
-                                                                                   "fisher"]
+    # fisher reads source features only
+    assert adapted_strategies(run("[strategies.dann]\n[strategies.fisher]\n")) == ["dann"]
     assert adapted_strategies(run("[strategies.none]\n")) == []
     assert adapted_strategies(run("[strategies.someone_elses]\n")) == ["someone_elses"]
     assert adapted_strategies(tmp_path / "missing") == []

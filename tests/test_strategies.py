@@ -73,8 +73,8 @@ def test_every_builtin_strategy_is_registered_with_a_weight(plugin_manager) -> N
         assert records[name].defaults["weight"] == (0.3 if name == "dann" else 1.0)
         assert records[name].description
     assert plugin_manager.get("strategies", "ada") is records["dann"]
-    # only `none` is source only: every other built-in reads the target batch
-    assert [n for n in BUILTIN if not records[n].needs_target] == ["none"]
+    # `none` and `fisher` (source features and labels only) never read the target batch
+    assert sorted(n for n in BUILTIN if not records[n].needs_target) == ["fisher", "none"]
 
 
 @pytest.mark.parametrize("name", ["none", "adabn"])

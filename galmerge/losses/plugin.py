@@ -239,6 +239,9 @@ def register_strategies() -> list[Strategy]:
             build=_build_fisher,
             options=OPTIONS["fisher"],
             search_space=SEARCH_SPACES["fisher"],
+            # it reads source features and labels only: alone, it trains source only (it
+            # forwarded the target before stop 24, which made `fisher` alone adabn + fisher)
+            needs_target=False,
         ),
         Strategy(
             name="entropy",
