@@ -104,6 +104,11 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "dann gamma 5": {"strategy": "dann", "sets": ["dann.gamma=5"]},
         "mmd weight 0.6": {"strategy": "mmd", "sets": ["mmd.weight=0.6"]},
     },
+    # stop 24: fisher alone trains source only (needs_target=False); was adabn + fisher
+    "fisher24": {
+        "none": {"strategy": "none"},
+        "fisher source-only": {"strategy": "fisher"},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
