@@ -109,6 +109,12 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "none": {"strategy": "none"},
         "fisher source-only": {"strategy": "fisher"},
     },
+    # stop 24: the adversary's form and size, for source accuracy within 3 points
+    "dann24": {
+        "none": {"strategy": "none"},
+        "dann inverted": {"strategy": "dann", "sets": ["dann.feature_loss=inverted"]},
+        "dann hidden 256": {"strategy": "dann", "sets": ["dann.hidden=256"]},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
