@@ -115,6 +115,12 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "dann inverted": {"strategy": "dann", "sets": ["dann.feature_loss=inverted"]},
         "dann hidden 256": {"strategy": "dann", "sets": ["dann.hidden=256"]},
     },
+    # stop 24: does a source-side term (fisher) keep dann's source accuracy?
+    "combo24": {
+        "none": {"strategy": "none"},
+        "dann+fisher": {"strategy": "dann+fisher"},
+        "dann+fisher+entropy": {"strategy": "dann+fisher+entropy"},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
