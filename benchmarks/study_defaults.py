@@ -99,7 +99,7 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "weights24": {
         "none": {"strategy": "none"},
         **{f"dann weight {w}": {"strategy": "dann", "sets": [f"dann.weight={w}"]}
-           for w in (0.15, 0.2)},
+           for w in (0.05, 0.1, 0.15, 0.2)},
         "dann max_coeff 0.5": {"strategy": "dann", "sets": ["dann.max_coeff=0.5"]},
         "dann gamma 5": {"strategy": "dann", "sets": ["dann.gamma=5"]},
         "mmd weight 0.6": {"strategy": "mmd", "sets": ["mmd.weight=0.6"]},
