@@ -97,9 +97,9 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
 
 def _shift_column(path: Path) -> np.ndarray | None:
     """A member output's shift_score (NaN where none): the column right after ``status``."""
-    from galmerge.fractions.report import STATUS_NAME, _floats, _result_column
+    from galmerge.fractions.report import STATUS_NAME, _floats, _result_column, output_columns
 
-    names, get = _names(path)
+    names, get = output_columns(path)
     status = _result_column(names, STATUS_NAME)
     at = names.index(status) + 1 if status is not None else len(names)
     if at >= len(names) or not _SHIFT_NAME.match(names[at]):
@@ -189,31 +189,11 @@ def _check_shapes(models: list[str]) -> None:
             + "); an ensemble needs models trained on the same kind of images")
 
 
-def _names(path: Path) -> tuple[list[str], Any]:
-    import h5py
-
-    from galmerge.classification.parquet import PARQUET_SUFFIXES
-    from galmerge.fractions.report import (
-        _csv_columns,
-        _fits_columns,
-        _hdf5_columns,
-        _parquet_columns,
-    )
-
-    if h5py.is_hdf5(path):
-        return _hdf5_columns(path)
-    if path.suffix.lower() in (".fits", ".fit", ".fts"):
-        return _fits_columns(path)
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        return _parquet_columns(path)
-    return _csv_columns(path)
-
-
 def _all_p(path: Path) -> np.ndarray:
     """p_merger of every row (NaN where there is none), in row order."""
-    from galmerge.fractions.report import P_NAME, _floats, _result_column
+    from galmerge.fractions.report import P_NAME, _floats, _result_column, output_columns
 
-    names, get = _names(path)
+    names, get = output_columns(path)
     col = _result_column(names, P_NAME)
     if col is None:  # pragma: no cover - classify always writes it
         raise GalmergeError(f"{path} has no p_merger column")

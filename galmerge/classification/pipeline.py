@@ -612,8 +612,7 @@ def _apply_prior(out_path: Path, prior: str | float, threshold: float,
     from galmerge.fractions.prior import apply_prior
     from galmerge.fractions.report import read_results
 
-    onnx = str(model).lower().endswith(".onnx")
-    rec = apply_prior(out_path, "" if onnx else model, prior, threshold, training)
+    rec = apply_prior(out_path, model, prior, threshold, training)
     mergers = int((read_results(out_path).p >= threshold).sum())
     check = rec.get("adaptation_check")
     warning = f"; WARNING: {check['message']}" if check and check["warning"] else ""

@@ -93,20 +93,10 @@ def _status_text(values: Any) -> np.ndarray:
 def read_results(path: str | os.PathLike[str], by: str | None = None) -> Results:
     """p_merger of the rows with status ``ok`` (others counted by reason) of a classify output
     (CSV, HDF5, FITS or Parquet), and the ``by`` column as floats."""
-    import h5py
-
     p = Path(path)
     if not p.is_file():
         raise GalmergeError(f"results file {p} does not exist; pass a classify output")
-    name = p.name.lower()
-    if h5py.is_hdf5(p):
-        columns, get = _hdf5_columns(p)
-    elif name.endswith((".fits", ".fit", ".fts", ".fits.gz")) or _starts_with(p, b"SIMPLE  ="):
-        columns, get = _fits_columns(p)
-    elif is_parquet(p):
-        columns, get = _parquet_columns(p)
-    else:
-        columns, get = _csv_columns(p)
+    columns, get = output_columns(p)
     p_col = _result_column(columns, P_NAME)
     if p_col is None:
         raise GalmergeError(f"{p} has no p_merger column; pass the output of galmerge classify "
@@ -131,6 +121,21 @@ def read_results(path: str | os.PathLike[str], by: str | None = None) -> Results
         by_values = vals[keep]
     return Results(prob[keep], by_values, len(prob), Counter({k: v for k, v in excluded.items()
                                                               if v}))
+
+
+def output_columns(path: Path) -> tuple[list[str], Any]:
+    """(column names, column getter) of a classify output in any of its formats (HDF5, FITS,
+    Parquet by content or suffix, else CSV)."""
+    import h5py
+
+    if h5py.is_hdf5(path):
+        return _hdf5_columns(path)
+    if (path.name.lower().endswith((".fits", ".fit", ".fts", ".fits.gz"))
+            or _starts_with(path, b"SIMPLE  =")):  # fmt: skip
+        return _fits_columns(path)
+    if is_parquet(path):
+        return _parquet_columns(path)
+    return _csv_columns(path)
 
 
 def is_parquet(path: Path) -> bool:

@@ -125,11 +125,11 @@ def declared_space(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     forwards the target) + the backbone's + each strategy's (``NAME.OPTION`` for strategy
     options, ``backbone.OPTION`` for backbone options)."""
     from galmerge.plugin.manager import get_plugin_manager
+    from galmerge.training.step import needs_target
 
     pm = get_plugin_manager()
     space = {k: _check_spec(k, v, "core") for k, v in core_space(int(config["epochs"])).items()}
-    if any(getattr(pm.get("strategies", name), "needs_target", True)
-           for name in config["strategies"]):
+    if needs_target(config):
         space["domain_batchnorm"] = _check_spec("domain_batchnorm", LAYOUT_SPACE, "core")
     backbone = pm.get("backbones", config["backbone"])
     for option, spec in dict(getattr(backbone, "search_space", {}) or {}).items():
