@@ -121,6 +121,12 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "dann+fisher": {"strategy": "dann+fisher"},
         "dann+fisher+entropy": {"strategy": "dann+fisher+entropy"},
     },
+    # stop 25: batch spectral penalization beside dann, for source accuracy within 3 points
+    "bsp25": {
+        "none": {"strategy": "none"},
+        **{f"dann+bsp weight {w}": {"strategy": "dann+bsp", "sets": [f"bsp.weight={w}"]}
+           for w in (0.3, 1.0, 3.0)},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{

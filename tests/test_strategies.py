@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from galmerge.errors import GalmergeError
 from galmerge.plugin.strategy_api import StepInputs, StrategyContext, parse_strategy_expression
 
-BUILTIN = ["none", "adabn", "mmd", "coral", "dann", "fisher", "entropy"]
+BUILTIN = ["none", "adabn", "mmd", "coral", "dann", "fisher", "entropy", "bsp"]
 SIGMAS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, 5, 10, 15, 20, 25, 30, 35, 100, 1e3, 1e4, 1e5, 1e6]
 
 
@@ -89,7 +89,7 @@ def test_builtins_declare_the_original_learning_rate_multipliers(plugin_manager)
     assert _build(plugin_manager, "dann").lr_multipliers == {"discriminator": 0.1}
 
 
-@pytest.mark.parametrize("name", ["mmd", "coral", "dann", "ada", "fisher", "entropy"])
+@pytest.mark.parametrize("name", ["mmd", "coral", "dann", "ada", "fisher", "entropy", "bsp"])
 def test_terms_are_finite_scalars_with_gradients(plugin_manager, name: str) -> None:
     torch.manual_seed(0)
     module = _build(plugin_manager, name)
@@ -113,11 +113,12 @@ def test_terms_are_finite_scalars_with_gradients(plugin_manager, name: str) -> N
         "ada": [True, True, False],
         "fisher": [True, False, False],
         "entropy": [False, False, True],
+        "bsp": [True, True, False],
     }[name]
     assert reached == expected
 
 
-@pytest.mark.parametrize("name", ["mmd", "coral", "dann", "fisher", "entropy"])
+@pytest.mark.parametrize("name", ["mmd", "coral", "dann", "fisher", "entropy", "bsp"])
 def test_gradients_are_identical_on_every_run_with_two_threads(plugin_manager, name) -> None:
     """Same inputs, same gradients, bit for bit, with intra-op threads (DeepMerge's 2592-d
     features, batch 64: big enough for ATen's parallel paths). Fisher's centre gradient once
@@ -442,6 +443,42 @@ def test_dann_feature_losses_on_a_saturated_discriminator(plugin_manager) -> Non
         torch.testing.assert_close(got, want.grad)
 
 
+def test_bsp_equals_the_svd_reference(plugin_manager) -> None:
+    """The Gram-matrix eigenvalues give the paper's top squared singular values (torch.svd of
+    the feature batch), and the ratio form does not depend on the features' scale."""
+    from galmerge.losses.bsp import spectral_penalty
+
+    gen = torch.Generator().manual_seed(7)
+    f = torch.relu(torch.randn(32, 300, generator=gen) + 0.3)
+    sv2 = torch.linalg.svdvals(f.double()).pow(2)
+    for k in (1, 3):
+        torch.testing.assert_close(spectral_penalty(f, k, "raw").double(), sv2[:k].sum(),
+                                   rtol=1e-5, atol=0)
+        torch.testing.assert_close(spectral_penalty(f, k, "ratio").double(),
+                                   sv2[:k].sum() / sv2.sum(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(spectral_penalty(f * 1e3), spectral_penalty(f))
+    assert spectral_penalty(torch.zeros(8, 5)).item() == 0.0
+    module = _build(plugin_manager, "bsp", dim=300, k=1)
+    value = module(_step(f, f * 2.0, progress=1.0))["bsp"]
+    torch.testing.assert_close(value, 2.0 * spectral_penalty(f))
+
+
+def test_bsp_steps_spread_the_feature_energy(plugin_manager) -> None:
+    """Minimising the term moves energy out of the dominant direction of both batches."""
+    module = _build(plugin_manager, "bsp", dim=8)
+    gen = torch.Generator().manual_seed(8)
+    source, target = torch.randn(32, 8, generator=gen), torch.randn(32, 8, generator=gen)
+    stretch = torch.ones(8)
+    stretch[0] = 6.0  # one direction holds most of the energy
+    scale = stretch.clone().requires_grad_()
+    before = module(_step(source * scale, target * scale))["bsp"].item()
+    _optimise(module, lambda: _step(source * scale, target * scale), [scale], steps=60, lr=0.05)
+    after = module(_step(source * scale, target * scale))["bsp"].item()
+    assert after < 0.6 * before
+    s = scale.detach().abs()
+    assert s[0] / s[1:].median() < 4.0  # from 6: the dominant direction shrank relative to the rest
+
+
 # -- options ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "options", "message"),
@@ -453,6 +490,8 @@ def test_dann_feature_losses_on_a_saturated_discriminator(plugin_manager) -> Non
         ("fisher", {"form": "ratio"}, "form"),
         ("fisher", {"inter_weight": 0.0}, "inter_weight"),
         ("entropy", {"weight": -1.0}, "weight"),
+        ("bsp", {"form": "max"}, "form"),
+        ("bsp", {"k": 0}, "k"),
     ],
 )
 def test_bad_options_are_one_line_errors(plugin_manager, name, options, message) -> None:

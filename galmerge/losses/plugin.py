@@ -1,4 +1,4 @@
-"""Built-in DA strategies: none, adabn, mmd, coral, dann (alias ada), fisher, entropy.
+"""Built-in DA strategies: none, adabn, mmd, coral, dann (alias ada), fisher, entropy, bsp.
 
 ``none`` is source only: its record says ``needs_target=False``, so a ``none`` run never
 forwards a target image. ``adabn`` adds no loss term either, but the target batch goes through
@@ -92,6 +92,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     name: {k: o.default for k, o in opts.items()} for name, opts in OPTIONS.items()
 }
 
+OPTIONS["bsp"] = {
+    "weight": WEIGHT,
+    "k": Option(1, "number of largest singular values penalised per domain", min=1),
+    # choices: galmerge.losses.bsp FORMS (not imported: torch)
+    "form": Option("ratio", "ratio: the top-k share of the batch's feature energy (scale-free); "
+                   "raw: the top-k squared singular values (the paper's)",
+                   choices=("ratio", "raw")),
+    "warmup": Option(0.0, WARMUP, min=0.0),
+}
+
 # What `galmerge tune` searches for each strategy (log ranges around the defaults and the
 # benchmark settings; the weights span two orders of magnitude either side of useful values).
 SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
@@ -110,6 +120,7 @@ SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
         "weight": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
         "diversity": {"type": "float", "low": 0.0, "high": 2.0},
     },
+    "bsp": {"weight": {"type": "float", "low": 0.01, "high": 3.0, "log": True}},
 }
 
 
@@ -190,6 +201,14 @@ def _build_entropy(context: StrategyContext, options: Mapping[str, Any]) -> nn.M
     return module.to(context.device)
 
 
+def _build_bsp(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
+    from galmerge.losses.bsp import BSPLoss
+
+    return BSPLoss(k=options["k"], form=options["form"], warmup=options["warmup"]).to(
+        context.device
+    )
+
+
 @hookimpl
 def register_strategies() -> list[Strategy]:
     return [
@@ -249,5 +268,13 @@ def register_strategies() -> list[Strategy]:
             build=_build_entropy,
             options=OPTIONS["entropy"],
             search_space=SEARCH_SPACES["entropy"],
+        ),
+        Strategy(
+            name="bsp",
+            description="batch spectral penalization: keeps the largest singular values of "
+            "source and target feature batches from dominating (Chen et al. 2019; with dann)",
+            build=_build_bsp,
+            options=OPTIONS["bsp"],
+            search_space=SEARCH_SPACES["bsp"],
         ),
     ]
