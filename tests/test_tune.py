@@ -358,3 +358,98 @@ def test_a_link_planted_at_the_study_lock_is_never_followed(toys, tmp_path):
     result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "1"))
     assert result.exit_code != 0 and "symbolic link" in result.output
     assert victim.read_text() == "keep me"
+
+
+def test_source_guard_trains_a_reference_queues_milder_trials_and_keeps_the_guard(
+    toys, tmp_path
+):
+    import optuna
+
+    from galmerge.training import tuning
+
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    result = CliRunner().invoke(
+        cli, _args(source, target, study, "--n-trials", "4", "--score", "im",
+                   "--max-source-drop", "100", "--sampler", "random", "--pruner", "none")  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    reference = study / "reference"
+    assert (reference / "summary.json").is_file()
+    assert 'strategy = "none"' in (reference / "config.toml").read_text()
+    rows = _trials(study)
+    # trial 0: the defaults (mmd weight 1.0); then the ladder x 1/2, 1/3, 1/6 of the weight
+    weights = [float(r["param_mmd.weight"]) for r in rows]
+    assert weights == pytest.approx([1.0, 0.5, 1 / 3, 1 / 6])
+    ref_acc = next(r for r in _metrics(reference) if r["epoch"] == _best_epoch(reference))
+    for r in rows:
+        drop = 100 * (ref_acc["source_val_accuracy"] - float(r["at_best_source_val_accuracy"]))
+        assert float(r["source_drop_points"]) == pytest.approx(drop)
+        assert r["feasible"] == "True"  # a 100-point guard keeps every trial
+    best = min(rows, key=lambda r: float(r["score"]))
+    assert (study / "best.toml").read_text() == (study / best["run_dir"] / "config.toml").read_text()
+    assert "Source guard (`--max-source-drop 100`)" in (study / "report.md").read_text()
+    # the same command with the reference given explicitly is the same study: nothing added
+    again = CliRunner().invoke(
+        cli, _args(source, target, study, "--n-trials", "4", "--score", "im",
+                   "--max-source-drop", "100", "--sampler", "random", "--pruner", "none",
+                   "--reference", str(reference))  # fmt: skip
+    )
+    assert again.exit_code == 0, again.output
+    assert len(_trials(study)) == 4
+    # a guard no trial can keep: best.toml is the source-only reference
+    loaded = optuna.load_study(study_name=tuning.STUDY_NAME,
+                               storage=f"sqlite:///{study / 'study.db'}")  # fmt: skip
+    guard = {"max_source_drop": -1e6, "reference": str(reference),
+             "reference_source_val_accuracy": ref_acc["source_val_accuracy"]}  # fmt: skip
+    summary = tuning.write_outputs(study, loaded, "im", guard=guard)
+    assert summary["best_trial"] is None and summary["guard"]["best_is_reference"]
+    assert (study / "best.toml").read_text() == (reference / "config.toml").read_text()
+    assert "No trial kept the guard" in (study / "report.md").read_text()
+    assert all(r["feasible"] == "False" for r in _trials(study))
+
+
+def _metrics(run_dir: Path) -> list[dict[str, float]]:
+    from galmerge.config.rundir import read_metrics
+
+    return read_metrics(run_dir)
+
+
+def _best_epoch(run_dir: Path) -> int:
+    import json
+
+    return int(json.loads((run_dir / "summary.json").read_text())["best_epoch"])
+
+
+def test_source_guard_bad_inputs_are_one_line_errors(toys, tmp_path):
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    other = _write_pair(tmp_path / "other")[0]
+
+    def run(*extra: str) -> str:
+        result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "1", *extra))
+        assert result.exit_code != 0
+        assert "Traceback" not in result.output
+        return result.output
+
+    assert "--max-source-drop must be a number of accuracy points >= 0" in run(
+        "--max-source-drop", "-1")
+    assert "give --max-source-drop POINTS too" in run("--reference", str(tmp_path))
+    assert "no such run directory" in run("--max-source-drop", "3", "--reference",
+                                          str(tmp_path / "nope"))  # fmt: skip
+    assert "is not a finished galmerge run" in run("--max-source-drop", "3", "--reference",
+                                                   str(tmp_path / "data"))  # fmt: skip
+    adapted = tmp_path / "adapted"
+    CliRunner().invoke(cli, ["train", "--source", source, "--target", target, "--strategy", "mmd",
+                             "--backbone", "tiny", "--epochs", "1", "--batch-size", "8",
+                             "--max-steps-per-epoch", "2", "--device", "cpu", "--run-dir",
+                             str(adapted), "--quiet"])  # fmt: skip
+    assert "the reference must be source only" in run("--max-source-drop", "3", "--reference",
+                                                      str(adapted))  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    CliRunner().invoke(cli, ["train", "--source", other, "--target", target, "--strategy", "none",
+                             "--backbone", "tiny", "--epochs", "1", "--batch-size", "8",
+                             "--max-steps-per-epoch", "2", "--device", "cpu", "--run-dir",
+                             str(elsewhere), "--quiet"])  # fmt: skip
+    assert "the reference must see the same source validation images" in run(
+        "--max-source-drop", "3", "--reference", str(elsewhere))

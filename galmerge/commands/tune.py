@@ -38,6 +38,13 @@ SCORE_HELP = (
 @click.option("--device", help="auto, cpu, cuda or mps.")
 @click.option("--set", "sets", multiple=True, metavar="NAME.OPTION=VALUE",
               help="Fixed option of every trial, e.g. --set fisher.form=tr.")
+@click.option("--max-source-drop", type=float, metavar="POINTS",
+              help="Source guard: the best trial must keep source validation accuracy within "
+              "POINTS of a source-only reference run; milder variants of the defaults are tried "
+              "first.")
+@click.option("--reference", type=click.Path(file_okay=False),
+              help="Finished source-only run (same source and seed) for --max-source-drop "
+              "(default: the study trains one in STUDY_DIR/reference).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def tune(
     source: str,
@@ -59,6 +66,8 @@ def tune(
     max_steps_per_epoch: int | None,
     device: str | None,
     sets: tuple[str, ...],
+    max_source_drop: float | None,
+    reference: str | None,
     quiet: bool,
 ) -> None:
     """Search hyperparameters with Optuna on a label-free score; resumable (rerun the command)."""
@@ -69,5 +78,9 @@ def tune(
         space=space_file, storage=storage, pruner=pruner, sampler=sampler, config=config_file,
         sets=sets, epochs=epochs, backbone=backbone, batch_size=batch_size,
         max_steps_per_epoch=max_steps_per_epoch, device=device, quiet=quiet,
+        max_source_drop=max_source_drop, reference=reference,
     )
-    click.echo(f"{summary['study_dir']}: {summary['states']}, best trial {summary['best_trial']}")
+    guard = summary.get("guard")
+    best = ("reference (source only)" if guard is not None and guard["best_is_reference"]
+            else summary["best_trial"])  # fmt: skip
+    click.echo(f"{summary['study_dir']}: {summary['states']}, best trial {best}")

@@ -33,6 +33,7 @@ from galmerge.config.resolve import deep_merge, read_toml, resolve_config
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.scores import selection
+from galmerge.training import source_guard
 
 STUDY_NAME = "galmerge-tune"
 STORAGE_FILE = "study.db"
@@ -389,8 +390,9 @@ def _prepare_dir(study_dir: Path) -> None:
 
 
 def _settings(config: Mapping[str, Any], score: str, space: Mapping[str, Any],
-              fixed: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
-    return {
+              fixed: Mapping[str, Any], guard: Mapping[str, Any] | None = None
+              ) -> dict[str, Any]:  # fmt: skip
+    settings = {
         "source": config["source"],
         "target": config["target"],
         "strategy": config["strategy"],
@@ -403,6 +405,9 @@ def _settings(config: Mapping[str, Any], score: str, space: Mapping[str, Any],
         "base": json.loads(json.dumps({k: v for k, v in config.items() if k != "device"},
                                       sort_keys=True, default=str)),  # fmt: skip
     }
+    if guard is not None:  # (absent without a guard: studies from before stop 25 still resume)
+        settings["guard"] = dict(guard)
+    return settings
 
 
 def _check_same_study(study: Any, settings: Mapping[str, Any], study_dir: Path) -> None:
@@ -456,9 +461,14 @@ def tune(
     max_steps_per_epoch: int | None = None,
     device: str | None = None,
     quiet: bool = False,
+    max_source_drop: float | None = None,
+    reference: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a study until ``n_trials`` trials finished (complete or pruned); write
-    ``trials.csv``, ``best.toml``, plots and ``report.md`` in ``study_dir``; return a summary."""
+    ``trials.csv``, ``best.toml``, plots and ``report.md`` in ``study_dir``; return a summary.
+    With ``max_source_drop`` (points), only trials whose source validation accuracy lies within
+    that many points of a source-only reference run can be the best
+    (`galmerge.training.source_guard`)."""
     from galmerge.config.resolve import cli_overrides
 
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
@@ -476,6 +486,9 @@ def tune(
         raise GalmergeError(f"unknown --sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise GalmergeError(f"--seed must be a whole number >= 0, got {seed!r}")
+    source_guard.check_guard(max_source_drop, reference)
+    if reference is not None and not Path(reference).is_dir():
+        raise GalmergeError(f"--reference {reference}: no such run directory")
     optuna = _import_optuna()
     flags = {
         "source": source, "target": target, "strategy": strategy, "seed": seed, "epochs": epochs,
@@ -511,8 +524,14 @@ def tune(
     try:
         store, embedded = _storage(optuna, study_dir, storage)
         direction = "minimize" if selection.SCORES[score] == "min" else "maximize"
+        guard = None
+        if max_source_drop is not None:
+            ref_acc, ref_dir = source_guard.reference_accuracy(
+                study_dir, base_layer, base, reference, say)
+            guard = {"max_source_drop": float(max_source_drop), "reference": ref_dir,
+                     "reference_source_val_accuracy": ref_acc}  # fmt: skip
         samplers = {
-            "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+            "tpe": lambda: _tpe(optuna, seed, guard is not None),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         }
         pruners = {
@@ -530,7 +549,7 @@ def tune(
             )  # fmt: skip
         except ValueError as exc:  # e.g. an existing study with the other direction
             raise GalmergeError(f"{study_dir}: {exc}; use another --study-dir") from None
-        _check_same_study(study, _settings(base, score, dims, fixed), study_dir)
+        _check_same_study(study, _settings(base, score, dims, fixed, guard), study_dir)
         if embedded:
             _requeue_interrupted(optuna, study, say)
         if not study.trials:
@@ -539,16 +558,29 @@ def tune(
             start = default_params(base, dims)
             if start:
                 study.enqueue_trial(start, user_attrs={"defaults": True})
-        objective = _objective(optuna, study_dir, base_layer, dims, score)
+                if guard is not None:  # milder variants of the defaults (source_guard.LADDER)
+                    for params in source_guard.ladder(start, dims):
+                        study.enqueue_trial(params, user_attrs={"ladder": True})
+        objective = _objective(optuna, study_dir, base_layer, dims, score, guard)
         _optimize(optuna, study, objective, n_trials, timeout, say, quiet)
-        return write_outputs(study_dir, study, score, quiet=quiet)
+        return write_outputs(study_dir, study, score, quiet=quiet, guard=guard)
     finally:
         lock.close()
 
 
+def _tpe(optuna: Any, seed: int, guarded: bool) -> Any:
+    if not guarded:
+        return optuna.samplers.TPESampler(seed=seed)
+    import warnings
+
+    with warnings.catch_warnings():  # constraints_func is marked experimental in Optuna
+        warnings.simplefilter("ignore")
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=source_guard.constraint)
+
+
 def _objective(
     optuna: Any, study_dir: Path, base_layer: Mapping[str, Any],
-    dims: Mapping[str, Mapping[str, Any]], score: str,
+    dims: Mapping[str, Mapping[str, Any]], score: str, guard: Mapping[str, Any] | None = None,
 ) -> Callable[[Any], float]:  # fmt: skip
     from galmerge.training import train
 
@@ -577,6 +609,12 @@ def _objective(
         if i is None:
             trial.set_user_attr("error", f"{score} was not finite at any epoch")
             return math.nan  # Optuna records a NaN value as a failed trial
+        if guard is not None:  # source labels only: the drop against the reference
+            acc = float(rows[i].get("source_val_accuracy", math.nan))
+            drop = source_guard.drop_points(guard["reference_source_val_accuracy"], acc)
+            if math.isfinite(drop):
+                trial.set_user_attr(source_guard.DROP, drop)
+                trial.set_user_attr("guard_excess", drop - guard["max_source_drop"])
         return score_value(rows[i], score)
 
     return objective
@@ -806,18 +844,32 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def write_outputs(study_dir: Path, study: Any, score: str, quiet: bool = True) -> dict[str, Any]:
+def write_outputs(study_dir: Path, study: Any, score: str, quiet: bool = True,
+                  guard: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """trials.csv, best.toml, plots and report.md from the study's storage and run dirs."""
     rows = trial_rows(study_dir, study, score)
+    if guard is not None:
+        for r, t in zip(rows, study.trials, strict=True):
+            drop = t.user_attrs.get(source_guard.DROP)
+            r[source_guard.DROP] = math.nan if drop is None else float(drop)
+            r["feasible"] = drop is not None and float(drop) <= guard["max_source_drop"]
     add_agreement(study_dir, rows)
     _write_csv(study_dir / TRIALS_CSV, rows)
     complete = [r for r in rows if r["state"] == "complete" and math.isfinite(r["score"])]
     best: dict[str, Any] | None = None
-    if complete:
+    config_path: Path | None = None
+    if guard is not None:
+        i = source_guard.choose(rows, selection.SCORES[score] == "min", guard["max_source_drop"])
+        best = None if i is None else rows[i]
+        if best is None and complete:  # no adapted trial kept the guard: source only
+            config_path = Path(guard["reference"]) / rundir.CONFIG
+    elif complete:
         t = study.best_trial
         best = next(r for r in rows if r["trial"] == t.number)
+    if best is not None:
         # the trial's own config.toml, byte for byte: `galmerge train --config` takes it
         config_path = study_dir / best["run_dir"] / rundir.CONFIG
+    if config_path is not None:
         atomic.write_bytes(study_dir / BEST_TOML, config_path.read_bytes())
     sign = 1 if selection.SCORES[score] == "max" else -1
     rho = spearman([sign * r["score"] for r in complete],
@@ -833,19 +885,25 @@ def write_outputs(study_dir: Path, study: Any, score: str, quiet: bool = True) -
         "best_params": None if best is None else {
             k[6:]: v for k, v in best.items() if k.startswith("param_")
         },
-        "best_toml": None if best is None else str(study_dir / BEST_TOML),
+        "best_toml": None if config_path is None else str(study_dir / BEST_TOML),
         "oracle_best_target_test_accuracy": None if best is None
         else best["oracle_target_test_accuracy"],
         "spearman_score_vs_oracle": rho,
         "plots": plots,
     }
+    if guard is not None:
+        summary["guard"] = {**guard, "feasible_trials": sum(bool(r["feasible"]) for r in rows),
+                            "best_is_reference": best is None and config_path is not None}
     _report(study_dir, summary, rows)
-    if not quiet and best is not None:
+    if not quiet and config_path is not None:
         from rich.console import Console
 
+        text = (f"best trial {best['trial']}: {score} {best['score']:.4g}" if best is not None
+                else f"no trial kept source validation accuracy within "
+                     f"{guard['max_source_drop']:g} points of the source-only reference; "
+                     f"best.toml is the reference (source only)")  # type: ignore[index]
         Console(stderr=True).print(
-            f"best trial {best['trial']}: {score} {best['score']:.4g}; "
-            f"train it again with: galmerge train --config {study_dir / BEST_TOML}",
+            f"{text}; train it again with: galmerge train --config {study_dir / BEST_TOML}",
             highlight=False,
         )
     return rundir._json_safe(summary)
@@ -935,6 +993,19 @@ def _report(study_dir: Path, summary: Mapping[str, Any], rows: list[dict[str, An
         f"trials by state: {summary['states']}.",
         "",
     ]
+    guard = summary.get("guard")
+    if guard is not None:
+        lines += [
+            f"Source guard (`--max-source-drop {guard['max_source_drop']:g}`): a trial may be the "
+            f"best only if its source validation accuracy is within {guard['max_source_drop']:g} "
+            f"points of the source-only reference `{guard['reference']}` "
+            f"({guard['reference_source_val_accuracy']:.4f}); {guard['feasible_trials']} "
+            f"trial(s) kept it.",
+            "",
+        ]
+        if guard["best_is_reference"]:
+            lines += ["No trial kept the guard: `best.toml` is the reference's configuration "
+                      "(source only, no adaptation).", ""]  # fmt: skip
     if summary["best_trial"] is not None:
         lines += [
             f"Best trial: {summary['best_trial']} ({score} {summary['best_score']:.4g}); "
@@ -962,14 +1033,16 @@ def _report(study_dir: Path, summary: Mapping[str, Any], rows: list[dict[str, An
         "validation images on which a trial's prediction matches the vote of the other complete "
         "trials; it rewards a failure most trials share.",
         "",
-        "| trial | state | score | source val acc | agreement | ORACLE target test acc |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| trial | state | score | source val acc | source drop (points) | agreement | "
+        "ORACLE target test acc |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['trial']} | {r['state']} | {_fmt(r['score'])} | "
-            f"{_fmt(r['at_best_source_val_accuracy'])} | {_fmt(r.get('agreement', math.nan))} | "
-            f"{_fmt(r['oracle_target_test_accuracy'])} |"
+            f"{_fmt(r['at_best_source_val_accuracy'])} | "
+            f"{_fmt(r.get(source_guard.DROP, math.nan))} | "
+            f"{_fmt(r.get('agreement', math.nan))} | {_fmt(r['oracle_target_test_accuracy'])} |"
         )
     plots = summary["plots"]
     if plots:
