@@ -44,19 +44,20 @@ def _run(run_dir: Path) -> dict[str, Any]:
             "source": m["source_test"]["accuracy"]}  # fmt: skip
 
 
-def replay(work: Path, pairs: list[int], seeds: list[int], guard: float) -> list[dict[str, Any]]:
+def replay(work: Path, pairs: list[int], seeds: list[int], guard: float,
+           names: tuple[str, ...] = TRIALS) -> list[dict[str, Any]]:  # fmt: skip
     out = []
     for pair in pairs:
         for seed in seeds:
             folder = work / f"pair{pair}-seed{seed}"
             ref = _run(folder / "none")
-            trials = [_run(folder / name) for name in TRIALS]
+            trials = [_run(folder / name) for name in names]
             ref_acc = ref["row"]["source_val_accuracy"]
             rec: dict[str, Any] = {"pair": pair, "seed": seed, "none": ref, "choices": {}}
             rec["trials"] = [{"name": n, "target": t["target"], "source": t["source"],
                               "drop": source_guard.drop_points(ref_acc,
                                                                t["row"]["source_val_accuracy"])}
-                             for n, t in zip(TRIALS, trials, strict=True)]  # fmt: skip
+                             for n, t in zip(names, trials, strict=True)]  # fmt: skip
             for score, direction in selection.SCORES.items():
                 key = score if score == "source_val_loss" else f"score_{score}"
                 rows = [{"state": "complete", "score": t["row"].get(key, math.nan),
@@ -66,9 +67,9 @@ def replay(work: Path, pairs: list[int], seeds: list[int], guard: float) -> list
                 free = source_guard.choose(rows, direction == "min", math.inf)
                 pick = ref if i is None else trials[i]
                 rec["choices"][score] = {
-                    "guarded": "none (reference)" if i is None else TRIALS[i],
+                    "guarded": "none (reference)" if i is None else names[i],
                     "target": pick["target"], "source": pick["source"],
-                    "unguarded": None if free is None else TRIALS[free],
+                    "unguarded": None if free is None else names[free],
                     "unguarded_target": None if free is None else trials[free]["target"],
                     "unguarded_source": None if free is None else trials[free]["source"],
                 }  # fmt: skip
@@ -82,7 +83,7 @@ def _ms(values: list[float], scale: float = 1.0) -> str:
         f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
-def report(records: list[dict[str, Any]], guard: float) -> list[str]:
+def report(records: list[dict[str, Any]], guard: float, names: tuple[str, ...]) -> list[str]:
     none_t = [r["none"]["target"] for r in records]
     none_s = [r["none"]["source"] for r in records]
     lines = [
@@ -100,7 +101,7 @@ def report(records: list[dict[str, Any]], guard: float) -> list[str]:
         return (f"| {label} | {_ms(t)} | {_ms(s)} | {_ms(gain, 100)} | {_ms(cost, 100)} | "
                 f"{below} of {len(t)} | {counts} |")
 
-    for i, name in enumerate(TRIALS):
+    for i, name in enumerate(names):
         lines.append(row(f"always {name.replace('_', ' ')}",
                          [r["trials"][i]["target"] for r in records],
                          [r["trials"][i]["source"] for r in records], [name] * len(records)))
@@ -119,17 +120,20 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, nargs="+", default=list(PAIRS))
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--guard", type=float, default=3.0)
+    ap.add_argument("--trials", nargs="+", default=list(TRIALS),
+                    help="run folder names of the candidates (default: the guarded dann ladder)")
     ap.add_argument("--name", default="tune_guard_heldout")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     args = ap.parse_args()
-    records = replay(Path(args.work_dir), args.pairs, args.seeds, args.guard)
+    names = tuple(args.trials)
+    records = replay(Path(args.work_dir), args.pairs, args.seeds, args.guard, names)
     out = Path(args.out_dir)
     payload = {"guard_points": args.guard, "pairs": args.pairs, "seeds": args.seeds,
-               "trials": list(TRIALS), "records": records,
+               "trials": list(names), "records": records,
                "load_average": os.getloadavg()}  # fmt: skip
     (out / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    per_run = ["| pair | seed | none | " + " | ".join(TRIALS) + " | guarded pick (source_val_loss) |",
-               "| --- " * (len(TRIALS) + 4) + "|"]
+    per_run = ["| pair | seed | none | " + " | ".join(names) + " | guarded pick (source_val_loss) |",
+               "| --- " * (len(names) + 4) + "|"]
     for r in records:
         cells = [f"{t['target']:.3f} / {t['source']:.3f} ({t['drop']:+.1f})" for t in r["trials"]]
         per_run.append(f"| {r['pair']} | {r['seed']} | {r['none']['target']:.3f} / "
@@ -139,11 +143,11 @@ def main() -> None:
         f"# Guarded label-free choice on held-out pairs ({args.name})",
         "",
         f"`tune --max-source-drop {args.guard:g}` replayed on finished runs (see the script's "
-        f"docstring): pairs {args.pairs} x seeds {args.seeds}; trials = the defaults and the "
-        "ladder (dann weights 0.3, 0.15, 0.1, 0.05); reference = `none`. Target / source test "
-        "accuracy; gains in points against `none` on the same pair and seed.",
+        f"docstring): pairs {args.pairs} x seeds {args.seeds}; candidates (run folders) "
+        f"{', '.join(names)}; reference = `none`. Target / source test accuracy; gains in points "
+        "against `none` on the same pair and seed.",
         "",
-        *report(records, args.guard),
+        *report(records, args.guard, names),
         "",
         "Per run: target / source test accuracy (source validation drop against `none`, "
         "points; what the guard reads):",
