@@ -435,6 +435,8 @@ def test_source_guard_bad_inputs_are_one_line_errors(toys, tmp_path):
     assert "--max-source-drop must be a number of accuracy points >= 0" in run(
         "--max-source-drop", "-1")
     assert "give --max-source-drop POINTS too" in run("--reference", str(tmp_path))
+    assert "with --storage needs --reference RUN_DIR" in run(
+        "--max-source-drop", "3", "--storage", f"sqlite:///{tmp_path / 'shared.db'}")
     assert "no such run directory" in run("--max-source-drop", "3", "--reference",
                                           str(tmp_path / "nope"))  # fmt: skip
     assert "is not a finished galmerge run" in run("--max-source-drop", "3", "--reference",

@@ -489,6 +489,11 @@ def tune(
     source_guard.check_guard(max_source_drop, reference)
     if reference is not None and not Path(reference).is_dir():
         raise GalmergeError(f"--reference {reference}: no such run directory")
+    if max_source_drop is not None and storage is not None and reference is None:
+        raise GalmergeError(
+            "--max-source-drop with --storage needs --reference RUN_DIR (a finished source-only "
+            "run): processes sharing a study must compare with one reference"
+        )
     optuna = _import_optuna()
     flags = {
         "source": source, "target": target, "strategy": strategy, "seed": seed, "epochs": epochs,
@@ -549,7 +554,10 @@ def tune(
             )  # fmt: skip
         except ValueError as exc:  # e.g. an existing study with the other direction
             raise GalmergeError(f"{study_dir}: {exc}; use another --study-dir") from None
-        _check_same_study(study, _settings(base, score, dims, fixed, guard), study_dir)
+        # the reference's accuracy, not its path (machines sharing a study see other paths)
+        stored_guard = None if guard is None else {k: v for k, v in guard.items()
+                                                   if k != "reference"}  # fmt: skip
+        _check_same_study(study, _settings(base, score, dims, fixed, stored_guard), study_dir)
         if embedded:
             _requeue_interrupted(optuna, study, say)
         if not study.trials:
