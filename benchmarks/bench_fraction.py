@@ -48,9 +48,10 @@ def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
            steps: int | None) -> None:
     if (runs / name / "best.pt").is_file():
         return
-    # "dann": galmerge's own defaults (per-domain BatchNorm, weight 0.3), no config file
-    how = (["--strategy", "dann", "--batch-size", "32"] if strategy == "dann" else
-           ["--config", str(HERE / "configs" / f"{strategy}.toml")])
+    # any expression but the tuned config: galmerge's own defaults (per-domain BatchNorm; dann
+    # weight 0.3), no config file
+    how = (["--config", str(HERE / "configs" / f"{strategy}.toml")]
+           if strategy == "mmd+fisher+entropy" else ["--strategy", strategy, "--batch-size", "32"])
     cmd = [sys.executable, "-m", "galmerge", "train", *how, "--source", SOURCE.format(n=n),
            "--target", TARGET_TRAIN.format(n=n, f=f), "--epochs", str(epochs), "--patience",
            "0", "--seed", "1", "--device", "cpu", "--run-dir", str(runs / name), "--quiet"]
@@ -64,9 +65,13 @@ def models_for(f: float, control: bool = False, da: str = "mmd+fisher+entropy"
     """(label, run name) of the models evaluated on targets with merger fraction ``f``."""
     if control:
         return [("none, survey = source renderer (label shift only)", "none")]
-    if da == "dann":
-        return [("none", "none"), ("dann (galmerge defaults)", f"dann-{f:g}")]
-    return [("none", "none"), ("mmd+fisher+entropy", f"mmd-{f:g}")]
+    if da == "mmd+fisher+entropy":
+        return [("none", "none"), ("mmd+fisher+entropy", f"mmd-{f:g}")]
+    return [("none", "none"), (f"{da} (galmerge defaults)", f"{_slug(da)}-{f:g}")]
+
+
+def _slug(da: str) -> str:
+    return da.replace("+", "_")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -84,11 +89,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for f in args.fractions:
             if args.control:
                 continue
-            if args.da == "dann":
-                _train(runs, f"dann-{f:g}", "dann", f, args.n_train, args.epochs, args.max_steps)
-            else:
-                _train(runs, f"mmd-{f:g}", "mmd+fisher+entropy", f, args.n_train, args.epochs,
-                       args.max_steps)
+            name = models_for(f, False, args.da)[1][1]
+            _train(runs, name, args.da, f, args.n_train, args.epochs, args.max_steps)
     train_s = time.time() - t0
     records: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="bench-fraction-"))
@@ -228,9 +230,9 @@ def main() -> None:
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--name", default="fraction")
     ap.add_argument("--quick", action="store_true", help="Tiny smoke run.")
-    ap.add_argument("--da", choices=("mmd+fisher+entropy", "dann"), default="mmd+fisher+entropy",
-                    help="the adapted models: the tuned mmd+fisher+entropy config, or dann with "
-                    "galmerge's defaults")
+    ap.add_argument("--da", default="mmd+fisher+entropy",
+                    help="the adapted models: mmd+fisher+entropy (the tuned config of "
+                    "benchmarks/configs), or any strategy expression with galmerge's defaults")
     ap.add_argument("--control", action="store_true",
                     help="Survey = the source renderer (label shift only): the `none` model.")
     args = ap.parse_args()
@@ -249,8 +251,9 @@ def main() -> None:
             f"`{TARGET_TRAIN.format(n=args.n_train, f='F')}`; test targets "
             f"`{(CONTROL_TEST if args.control else TARGET_TEST).format(n=args.n_target, seed='100+r', f='F')}`, r = 0..."
             f"{args.repeats - 1}. Models: `none` (target F = 0.5 for its preprocessing) and "
-            + ("`dann` with galmerge's defaults (batch 32) per F" if args.da == "dann" else
-               "`mmd+fisher+entropy` per F, configs of benchmarks/configs")
+            + ("`mmd+fisher+entropy` per F, configs of benchmarks/configs"
+               if args.da == "mmd+fisher+entropy"
+               else f"`{args.da}` with galmerge's defaults (batch 32) per F")
             + f" with {args.epochs} epochs, seed 1, checkpoint chosen on the source validation "
             "loss. "
             f"{args.bootstrap} bootstrap resamples per estimate."
