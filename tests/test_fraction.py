@@ -487,12 +487,23 @@ def test_an_adapted_model_is_named_and_the_direction_of_its_bias_given(classifie
     code, text = _fraction(str(out), "--model", str(run), "--bootstrap", "0")
     assert code == 0 and ("WARNING: the model was adapted" in text
                           or "note: the model was adapted" in text), text
-    # the direction: an estimate below the source's fraction means the truth is lower still
-    low = adaptation_check(run, 0.5, 0.2)
+    # adabn overshoots (fraction_sim_real_adabn.md): no direction is claimed for it
+    far = adaptation_check(run, 0.5, 0.9)
+    assert far["warning"] and "either direction" in far["message"]
+    assert "further" not in far["message"]
+    # dann pulls toward the source's fraction: an estimate below it means the truth is lower
+    dann = tmp_path / "dann-config"
+    dann.mkdir()
+    (dann / "config.toml").write_text("[strategies.dann]\n")
+    low = adaptation_check(dann, 0.5, 0.2)
     assert low["warning"] and "further below" in low["message"]
-    assert "further above" in adaptation_check(run, 0.5, 0.8)["message"]
-    assert not adaptation_check(run, 0.5, 0.53)["warning"]
-    assert not adaptation_check(run, 0.5, None)["warning"]  # binned: no single estimate
+    assert "further above" in adaptation_check(dann, 0.5, 0.8)["message"]
+    assert not adaptation_check(dann, 0.5, 0.53)["warning"]
+    assert not adaptation_check(dann, 0.5, None)["warning"]  # binned: no single estimate
+    mixed = tmp_path / "mixed-config"
+    mixed.mkdir()
+    (mixed / "config.toml").write_text("[strategies.dann]\n[strategies.coral]\n")
+    assert "either direction" in adaptation_check(mixed, 0.5, 0.2)["message"]
     # --prior auto records the check beside its EM estimate
     auto = tmp_path / "auto.csv"
     res = CliRunner().invoke(cli, ["classify", str(data / "target.h5"), "--model", str(run),
