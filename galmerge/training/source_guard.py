@@ -73,8 +73,8 @@ def ladder(
         params = dict(start)
         for name in weights:
             spec = space[name]
-            params[name] = min(max(float(start[name]) * factor, float(spec["low"])),
-                               float(spec["high"]))  # fmt: skip
+            value = float(f"{float(start[name]) * factor:.12g}")  # 0.1, not 0.09999999999999999
+            params[name] = min(max(value, float(spec["low"])), float(spec["high"]))
         out.append(params)
     return out
 
