@@ -295,8 +295,8 @@ def test_torchscript_export_returns_the_score_and_classify_refuses_it_in_one_lin
     assert "shift" not in json.loads(extra["galmerge.json"])
 
 
-def test_ensemble_shift_score_is_the_mean_of_each_members_score_over_its_threshold(run,
-                                                                                   tmp_path):
+def test_ensemble_shift_score_is_the_mean_of_each_members_score_over_its_threshold(
+        run, tmp_path, monkeypatch):
     import pyarrow.parquet as pq
     from astropy.io import fits
 
@@ -317,6 +317,12 @@ def test_ensemble_shift_score_is_the_mean_of_each_members_score_over_its_thresho
         code, text = _classify(first, run["target"], out, "--quiet", "--model", str(second))
         assert code == 0, text
 
+    # the ensemble takes each member's threshold from that member's classify, never from a
+    # second read of the statistics files (which could have changed in between)
+    def no_second_read(*args, **kwargs):
+        raise AssertionError("the ensemble re-read a member's shift statistics")
+
+    monkeypatch.setattr(shift_score, "load_with_checkpoint", no_second_read)
     ensemble(run["run"], tmp_path / "e.csv")
     rows = _csv(tmp_path / "e.csv")
     assert list(rows[0])[-6:] == ["p_merger", "is_merger", "status", "shift_score",

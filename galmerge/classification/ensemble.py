@@ -69,7 +69,7 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
         # the rows keep the first model's status: values only where it has one
         first = np.isfinite(probs[0])
         mean, std = np.where(first, mean, np.nan), np.where(first, std, np.nan)
-        shift = _ensemble_shift(temps, models, first)
+        shift = _ensemble_shift(temps, models, first, summaries)
         _write_combined(temps[0], out, mean, std, threshold,
                         {"ensemble": [str(m) for m in models]}, shift)
         _combine_sidecars(temps, out, models, None if shift is None else shift[2])
@@ -107,24 +107,22 @@ def _shift_column(path: Path) -> np.ndarray | None:
     return _floats(get(names[at]))
 
 
-def _ensemble_shift(temps: list[Path], models: list[str], rows: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+def _ensemble_shift(temps: list[Path], models: list[str], rows: np.ndarray,
+                    summaries: list[Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
     """(shift_score, shift_flag, provenance) of the ensemble (`SHIFT_RULE`), or None when no
-    member has shift statistics; values only in ``rows``."""
+    member has shift statistics; values only in ``rows``. Each member's threshold is the one
+    its own classify scored with (its summary), not a second read of the statistics file."""
     from galmerge.models import shift as shift_score
 
     relative, members = [], []
-    for path, model in zip(temps, models, strict=True):
+    for path, model, summary in zip(temps, models, summaries, strict=True):
         score = _shift_column(path)
-        if score is None:
+        threshold = getattr(summary, "shift_threshold", None)
+        if score is None or threshold is None:
             continue
-        stats, _ = shift_score.load_with_checkpoint(model)  # the file its classify just used
-        if stats is None:  # pragma: no cover - its classify wrote the column from it
-            continue
-        threshold = float(stats["threshold"])
-        relative.append(score / threshold)
-        members.append({"model": str(model), "threshold": threshold,
-                        "stats_sha256": str(stats["meta"].get("sha256", ""))})
+        relative.append(score / float(threshold))
+        members.append({"model": str(model), "threshold": float(threshold),
+                        "stats_sha256": str(summary.shift_stats_sha256 or "")})
     if not relative:
         return None
     with np.errstate(invalid="ignore"), _quiet_nan():

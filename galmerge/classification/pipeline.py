@@ -86,6 +86,10 @@ class ClassifySummary:
     fetch_failed: int = 0  # stamps asked for that did not come (retried by the next run)
     #: each cutout service's closing summary line (requests, retries, failures), by service
     services: dict[str, str] = field(default_factory=dict)
+    #: the shift statistics this run scored with (threshold, SHA-256), None without any: what an
+    #: ensemble combines, so it never reads the statistics files a second time
+    shift_threshold: float | None = None
+    shift_stats_sha256: str | None = None
 
     @property
     def merger_fraction(self) -> float:
@@ -593,6 +597,9 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     if store is not None and dist.enabled and not per_rank_cache:
         store.compact_or_warn()
     summary = _summary(out_path, tally, fetched, t0, store, asked, services)
+    if shift is not None:
+        summary.shift_threshold = float(shift["threshold"])
+        summary.shift_stats_sha256 = str(shift["meta"].get("sha256", ""))
     note = None
     if prior is not None:
         summary.mergers, note = _apply_prior(out_path, prior, threshold, prior_from, model)
