@@ -369,9 +369,10 @@ def test_source_guard_trains_a_reference_queues_milder_trials_and_keeps_the_guar
 
     source, target = _write_pair(tmp_path / "data")
     study = tmp_path / "study"
+    # (the default median pruner: the ladder's trials are never pruned)
     result = CliRunner().invoke(
         cli, _args(source, target, study, "--n-trials", "4", "--score", "im",
-                   "--max-source-drop", "100", "--sampler", "random", "--pruner", "none")  # fmt: skip
+                   "--max-source-drop", "100", "--sampler", "random")  # fmt: skip
     )
     assert result.exit_code == 0, result.output
     reference = study / "reference"
@@ -381,6 +382,7 @@ def test_source_guard_trains_a_reference_queues_milder_trials_and_keeps_the_guar
     # trial 0: the defaults (mmd weight 1.0); then the ladder x 1/2, 1/3, 1/6 of the weight
     weights = [float(r["param_mmd.weight"]) for r in rows]
     assert weights == pytest.approx([1.0, 0.5, 1 / 3, 1 / 6])
+    assert [r["state"] for r in rows] == ["complete"] * 4
     ref_acc = next(r for r in _metrics(reference) if r["epoch"] == _best_epoch(reference))
     for r in rows:
         drop = 100 * (ref_acc["source_val_accuracy"] - float(r["at_best_source_val_accuracy"]))
@@ -392,7 +394,7 @@ def test_source_guard_trains_a_reference_queues_milder_trials_and_keeps_the_guar
     # the same command with the reference given explicitly is the same study: nothing added
     again = CliRunner().invoke(
         cli, _args(source, target, study, "--n-trials", "4", "--score", "im",
-                   "--max-source-drop", "100", "--sampler", "random", "--pruner", "none",
+                   "--max-source-drop", "100", "--sampler", "random",
                    "--reference", str(reference))  # fmt: skip
     )
     assert again.exit_code == 0, again.output

@@ -17,6 +17,7 @@ source-only reference run on the same source split:
   says so;
 - a new study queues, after the defaults (trial 0), the defaults with every searched strategy
   weight × 1/2, 1/3 and 1/6 (``LADDER``): milder alignment is where the feasible trials are.
+  The pruner never stops a ladder trial (a pruned trial has no source drop to compare).
 
 Nothing here reads a target label: the reference's and the trials' source validation
 accuracies are source-only metrics columns.

@@ -604,7 +604,8 @@ def _objective(
             i = best_index(rows, score)
             if i is not None:
                 trial.report(score_value(rows[i], score), int(rows[-1]["epoch"]))
-                if trial.should_prune():
+                # the guard's ladder runs whole: a pruned trial has no source drop to compare
+                if not trial.user_attrs.get("ladder") and trial.should_prune():
                     raise optuna.TrialPruned()
 
         try:
