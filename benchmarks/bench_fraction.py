@@ -45,7 +45,7 @@ ESTIMATORS = ("naive", "acc", "em", "bbse")
 
 
 def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
-           steps: int | None) -> None:
+           steps: int | None, sets: tuple[str, ...] = ()) -> None:
     if (runs / name / "best.pt").is_file():
         return
     # any expression but the tuned config: galmerge's own defaults (per-domain BatchNorm; dann
@@ -57,6 +57,9 @@ def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
            "0", "--seed", "1", "--device", "cpu", "--run-dir", str(runs / name), "--quiet"]
     if steps:
         cmd += ["--max-steps-per-epoch", str(steps)]
+    if strategy != "none":
+        for item in sets:
+            cmd += ["--set", item]
     subprocess.run(cmd, check=True)
 
 
@@ -90,7 +93,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.control:
                 continue
             name = models_for(f, False, args.da)[1][1]
-            _train(runs, name, args.da, f, args.n_train, args.epochs, args.max_steps)
+            _train(runs, name, args.da, f, args.n_train, args.epochs, args.max_steps,
+                   tuple(args.set))
     train_s = time.time() - t0
     records: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="bench-fraction-"))
@@ -233,6 +237,8 @@ def main() -> None:
     ap.add_argument("--da", default="mmd+fisher+entropy",
                     help="the adapted models: mmd+fisher+entropy (the tuned config of "
                     "benchmarks/configs), or any strategy expression with galmerge's defaults")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME.OPTION=VALUE",
+                    help="option of the adapted models (e.g. dann.weight=0.1); not of `none`")
     ap.add_argument("--control", action="store_true",
                     help="Survey = the source renderer (label shift only): the `none` model.")
     args = ap.parse_args()
@@ -253,7 +259,8 @@ def main() -> None:
             f"{args.repeats - 1}. Models: `none` (target F = 0.5 for its preprocessing) and "
             + ("`mmd+fisher+entropy` per F, configs of benchmarks/configs"
                if args.da == "mmd+fisher+entropy"
-               else f"`{args.da}` with galmerge's defaults (batch 32) per F")
+               else f"`{args.da}` with galmerge's defaults (batch 32)"
+               + (f" and {', '.join(args.set)}" if args.set else "") + " per F")
             + f" with {args.epochs} epochs, seed 1, checkpoint chosen on the source validation "
             "loss. "
             f"{args.bootstrap} bootstrap resamples per estimate."
