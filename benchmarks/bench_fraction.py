@@ -63,14 +63,15 @@ def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
     subprocess.run(cmd, check=True)
 
 
-def models_for(f: float, control: bool = False, da: str = "mmd+fisher+entropy"
-               ) -> list[tuple[str, str]]:
+def models_for(f: float, control: bool = False, da: str = "mmd+fisher+entropy",
+               sets: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """(label, run name) of the models evaluated on targets with merger fraction ``f``."""
     if control:
         return [("none, survey = source renderer (label shift only)", "none")]
     if da == "mmd+fisher+entropy":
         return [("none", "none"), ("mmd+fisher+entropy", f"mmd-{f:g}")]
-    return [("none", "none"), (f"{da} (galmerge defaults)", f"{_slug(da)}-{f:g}")]
+    how = "galmerge defaults" + "".join(f", {item}" for item in sets)
+    return [("none", "none"), (f"{da} ({how})", f"{_slug(da)}-{f:g}")]
 
 
 def _slug(da: str) -> str:
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for f in args.fractions:
             if args.control:
                 continue
-            name = models_for(f, False, args.da)[1][1]
+            name = models_for(f, False, args.da, tuple(args.set))[1][1]
             _train(runs, name, args.da, f, args.n_train, args.epochs, args.max_steps,
                    tuple(args.set))
     train_s = time.time() - t0
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             imageset = load_imageset(spec)
             truth = float(imageset.labels.numpy().mean())
             h5 = imageset.meta["cache_path"]
-            for label, name in models_for(f, args.control, args.da):
+            for label, name in models_for(f, args.control, args.da, tuple(args.set)):
                 run_dir = runs / name
                 if not (run_dir / "best.pt").is_file():
                     raise SystemExit(f"{run_dir} has no best.pt; train it (--train)")
