@@ -58,13 +58,13 @@ def replay(work: Path, pairs: list[int], seeds: list[int], guard: float,
                               "drop": source_guard.drop_points(ref_acc,
                                                                t["row"]["source_val_accuracy"])}
                              for n, t in zip(names, trials, strict=True)]  # fmt: skip
-            for score, direction in selection.SCORES.items():
+            for score in selection.SCORES:
                 key = score if score == "source_val_loss" else f"score_{score}"
                 rows = [{"state": "complete", "score": t["row"].get(key, math.nan),
                          source_guard.DROP: d["drop"]}
                         for t, d in zip(trials, rec["trials"], strict=True)]  # fmt: skip
-                i = source_guard.choose(rows, direction == "min", guard)
-                free = source_guard.choose(rows, direction == "min", math.inf)
+                i = source_guard.choose(rows, score, guard)
+                free = source_guard.choose(rows, score, math.inf)
                 pick = ref if i is None else trials[i]
                 rec["choices"][score] = {
                     "guarded": "none (reference)" if i is None else names[i],

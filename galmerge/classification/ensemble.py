@@ -117,7 +117,7 @@ def _ensemble_shift(temps: list[Path], models: list[str], rows: np.ndarray,
     relative, members = [], []
     for path, model, summary in zip(temps, models, summaries, strict=True):
         score = _shift_column(path)
-        threshold = getattr(summary, "shift_threshold", None)
+        threshold = summary.shift_threshold
         if score is None or threshold is None:
             continue
         relative.append(score / float(threshold))

@@ -26,7 +26,7 @@ accuracies are source-only metrics columns.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -158,22 +158,29 @@ def drop_points(reference: float, accuracy: float) -> float:
     return 100.0 * (reference - accuracy)
 
 
-def constraint(trial: Any) -> tuple[float]:
-    """Optuna ``constraints_func``: ≤ 0 is feasible (the trial's drop minus the guard)."""
-    value = trial.user_attrs.get("guard_excess")
-    return (float(value) if value is not None else UNMEASURED,)
+def feasible(drop: float | None, max_drop: float) -> bool:
+    """Whether a trial's measured drop (None or NaN: not measured) keeps the guard."""
+    return drop is not None and math.isfinite(drop) and drop <= max_drop
 
 
-def choose(rows: list[Mapping[str, Any]], better_min: bool, max_drop: float) -> int | None:
-    """Index of the best-scoring complete trial whose drop is within ``max_drop``; None when
-    there is none (the reference is then the choice)."""
-    best, best_value = None, math.nan
-    for i, r in enumerate(rows):
-        drop, value = float(r.get(DROP, math.nan)), float(r.get("score", math.nan))
-        if r.get("state") != "complete" or not math.isfinite(value):
-            continue
-        if not (math.isfinite(drop) and drop <= max_drop):
-            continue
-        if best is None or (value < best_value if better_min else value > best_value):
-            best, best_value = i, value
-    return best
+def constraint_func(max_drop: float) -> Callable[[Any], tuple[float]]:
+    """Optuna ``constraints_func`` for a guard: ≤ 0 is feasible (the trial's drop minus the
+    guard); a trial without a measured drop (pruned, failed) is infeasible."""
+
+    def constraint(trial: Any) -> tuple[float]:
+        drop = trial.user_attrs.get(DROP)
+        return (float(drop) - max_drop if drop is not None else UNMEASURED,)
+
+    return constraint
+
+
+def choose(rows: list[Mapping[str, Any]], score: str, max_drop: float) -> int | None:
+    """Index of the best complete trial under ``score`` whose drop keeps the guard (first on
+    ties, as `selection.select_epoch`); None when there is none (the reference is the choice)."""
+    from galmerge.scores import selection
+
+    values = [float(r.get("score", math.nan))
+              if r.get("state") == "complete"
+              and feasible(float(r.get(DROP, math.nan)), max_drop) else math.nan
+              for r in rows]  # fmt: skip
+    return selection.select_epoch(values, score)

@@ -536,7 +536,7 @@ def tune(
             guard = {"max_source_drop": float(max_source_drop), "reference": ref_dir,
                      "reference_source_val_accuracy": ref_acc}  # fmt: skip
         samplers = {
-            "tpe": lambda: _tpe(optuna, seed, guard is not None),
+            "tpe": lambda: _tpe(optuna, seed, max_source_drop),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         }
         pruners = {
@@ -576,14 +576,15 @@ def tune(
         lock.close()
 
 
-def _tpe(optuna: Any, seed: int, guarded: bool) -> Any:
-    if not guarded:
+def _tpe(optuna: Any, seed: int, max_drop: float | None) -> Any:
+    if max_drop is None:
         return optuna.samplers.TPESampler(seed=seed)
     import warnings
 
     with warnings.catch_warnings():  # constraints_func is marked experimental in Optuna
         warnings.simplefilter("ignore")
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=source_guard.constraint)
+        return optuna.samplers.TPESampler(
+            seed=seed, constraints_func=source_guard.constraint_func(max_drop))
 
 
 def _objective(
@@ -623,7 +624,6 @@ def _objective(
             drop = source_guard.drop_points(guard["reference_source_val_accuracy"], acc)
             if math.isfinite(drop):
                 trial.set_user_attr(source_guard.DROP, drop)
-                trial.set_user_attr("guard_excess", drop - guard["max_source_drop"])
         return score_value(rows[i], score)
 
     return objective
@@ -861,14 +861,14 @@ def write_outputs(study_dir: Path, study: Any, score: str, quiet: bool = True,
         for r, t in zip(rows, study.trials, strict=True):
             drop = t.user_attrs.get(source_guard.DROP)
             r[source_guard.DROP] = math.nan if drop is None else float(drop)
-            r["feasible"] = drop is not None and float(drop) <= guard["max_source_drop"]
+            r["feasible"] = source_guard.feasible(r[source_guard.DROP], guard["max_source_drop"])
     add_agreement(study_dir, rows)
     _write_csv(study_dir / TRIALS_CSV, rows)
     complete = [r for r in rows if r["state"] == "complete" and math.isfinite(r["score"])]
     best: dict[str, Any] | None = None
     config_path: Path | None = None
     if guard is not None:
-        i = source_guard.choose(rows, selection.SCORES[score] == "min", guard["max_source_drop"])
+        i = source_guard.choose(rows, score, guard["max_source_drop"])
         best = None if i is None else rows[i]
         if best is None and complete:  # no adapted trial kept the guard: source only
             config_path = Path(guard["reference"]) / rundir.CONFIG
