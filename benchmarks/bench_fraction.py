@@ -58,8 +58,8 @@ def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
     if steps:
         cmd += ["--max-steps-per-epoch", str(steps)]
     if strategy != "none":
-        for item in sets:
-            cmd += ["--set", item]
+        for item in sets:  # "{f}" in a value: the target training set's merger fraction
+            cmd += ["--set", item.replace("{f}", f"{f:g}")]
     subprocess.run(cmd, check=True)
 
 
@@ -239,7 +239,8 @@ def main() -> None:
                     help="the adapted models: mmd+fisher+entropy (the tuned config of "
                     "benchmarks/configs), or any strategy expression with galmerge's defaults")
     ap.add_argument("--set", action="append", default=[], metavar="NAME.OPTION=VALUE",
-                    help="option of the adapted models (e.g. dann.weight=0.1); not of `none`")
+                    help="option of the adapted models (e.g. dann.weight=0.1; {f} in a value is the "
+                    "target training fraction); not of `none`")
     ap.add_argument("--control", action="store_true",
                     help="Survey = the source renderer (label shift only): the `none` model.")
     args = ap.parse_args()

@@ -127,6 +127,14 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         **{f"dann+bsp weight {w}": {"strategy": "dann+bsp", "sets": [f"bsp.weight={w}"]}
            for w in (0.3, 1.0, 3.0)},
     },
+    # stop 26: label-shift-aware alignment (IWDAN): the discriminator's source side weighted by
+    # the estimated target class shares (galmerge.losses.label_shift)
+    "iw26": {
+        "none": {"strategy": "none"},
+        "dann": {"strategy": "dann"},
+        "dann bbse": {"strategy": "dann", "sets": ["dann.class_weights=bbse"]},
+        "dann estimated": {"strategy": "dann", "sets": ["dann.class_weights=estimated"]},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{

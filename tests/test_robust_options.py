@@ -89,7 +89,7 @@ def test_fisher_mean_reduction_does_not_grow_with_the_batch(plugin_manager) -> N
     [
         ("mmd", {"kernel": "median"}, "kernel must be one of deepmerge, mean"),
         ("mmd", {"warmup": -1.0}, "warmup must be >= 0"),
-        ("mmd", {"class_weights": "yes"}, "class_weights must be one of off, estimated, given"),
+        ("mmd", {"class_weights": "yes"}, "class_weights must be one of off, estimated, bbse, given"),
         ("mmd", {"class_weights": "given"}, "needs target_fraction"),
         ("mmd", {"target_fraction": 1.0}, "target_fraction must be >= 0 and < 1"),
         ("coral", {"warmup": "fast"}, "warmup"),
@@ -148,3 +148,80 @@ def test_class_weighted_mmd_discounts_a_shifted_merger_fraction(plugin_manager) 
     given = _build(plugin_manager, "mmd", weight=1.0, kernel="mean", warmup=0.0,
                    class_weights="given", target_fraction=0.2)
     assert float(given(shifted)["mmd"]) < 0.2 * gap_plain and not given.state_dict()
+
+
+def _imperfect_step(target_mergers: int, n: int = 200) -> StepInputs:
+    """A balanced source and a target with ``target_mergers`` of ``n`` mergers, seen by a
+    classifier with 90% recall and 10% false positives on both domains (soft outputs 0.9/0.1)."""
+    def logits(labels: torch.Tensor) -> torch.Tensor:
+        # per class, every 10th image is misclassified
+        wrong = (torch.arange(len(labels)) % 10) == 0
+        called = torch.where(wrong, 1 - labels, labels).float()
+        p = 0.1 + 0.8 * called
+        return torch.stack([torch.log(1 - p), torch.log(p)], dim=1)
+
+    ys = torch.cat([torch.zeros(n // 2), torch.ones(n // 2)]).long()
+    src = torch.cat([logits(ys[: n // 2]), logits(ys[n // 2:])])
+    yt = torch.cat([torch.zeros(n - target_mergers), torch.ones(target_mergers)]).long()
+    tgt = torch.cat([logits(yt[: n - target_mergers]), logits(yt[n - target_mergers:])])
+    g = torch.Generator().manual_seed(3)
+    return StepInputs(source_features=torch.randn(n, 16, generator=g), source_logits=src,
+                      source_labels=ys, target_features=torch.randn(n, 16, generator=g),
+                      target_logits=tgt, progress=1.0)
+
+
+@pytest.mark.parametrize("name", ["mmd", "dann"])
+def test_bbse_class_weights_correct_the_classifier_errors(plugin_manager, name) -> None:
+    step = _imperfect_step(40)  # a 20% target
+    true_share = 0.2
+    estimated = _build(plugin_manager, name, class_weights="estimated")
+    bbse = _build(plugin_manager, name, class_weights="bbse")
+    naive = float(estimated(step)["_target_prior"])
+    corrected = float(bbse(step)["_target_prior"])
+    # the plain mean reads recall * 0.2 + false positives * 0.8 (soft: 0.9*.9+.1*.1 ...)
+    assert naive > true_share + 0.1
+    assert corrected == pytest.approx(true_share, abs=0.01)
+    state = bbse.state_dict()
+    assert {"target_prior", "target_mean", "source_conditional"} <= set(state)
+    assert not {"target_mean", "source_conditional"} & set(estimated.state_dict())
+
+
+def test_bbse_keeps_the_source_guess_until_the_classifier_separates(plugin_manager) -> None:
+    step = _imperfect_step(40)
+    blind = StepInputs(source_features=step.source_features,
+                       source_logits=torch.zeros_like(step.source_logits),
+                       source_labels=step.source_labels, target_features=step.target_features,
+                       target_logits=step.target_logits, progress=1.0)
+    bbse = _build(plugin_manager, "dann", class_weights="bbse")
+    assert float(bbse(blind)["_target_prior"]) == pytest.approx(0.5)
+
+
+def test_class_weighted_dann_reweights_only_the_source_side(plugin_manager) -> None:
+    step = _imperfect_step(40)
+    torch.manual_seed(0)
+    plain = _build(plugin_manager, "dann", class_weights="off", dropout=0.0)
+    torch.manual_seed(0)
+    balanced = _build(plugin_manager, "dann", class_weights="given", target_fraction=0.5,
+                      dropout=0.0)
+    torch.manual_seed(0)
+    shifted = _build(plugin_manager, "dann", class_weights="given", target_fraction=0.2,
+                     dropout=0.0)
+    # weights of 1 (a 50% guess for a balanced source batch) give plain DANN's loss exactly
+    assert float(balanced(step)["dann"].detach()) == pytest.approx(
+        float(plain(step)["dann"].detach()), rel=1e-6)
+
+    def merger_pull(module) -> float:
+        """Mean gradient norm on source mergers over that on source non-mergers."""
+        feats = step.source_features.clone().requires_grad_(True)
+        module(StepInputs(source_features=feats, source_logits=step.source_logits,
+                          source_labels=step.source_labels,
+                          target_features=step.target_features,
+                          target_logits=step.target_logits, progress=1.0))["dann"].backward()
+        norms = feats.grad.norm(dim=1)
+        return float(norms[step.source_labels == 1].mean() / norms[step.source_labels == 0].mean())
+
+    # a 20% guess: source mergers weigh 0.2/0.5, non-mergers 0.8/0.5, a ratio of 1/4
+    assert merger_pull(plain) == pytest.approx(1.0, rel=0.2)
+    assert merger_pull(shifted) == pytest.approx(0.25, rel=0.2)
+    with pytest.raises(GalmergeError, match="dann option class_weights=given needs"):
+        _build(plugin_manager, "dann", class_weights="given")

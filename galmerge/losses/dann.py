@@ -17,6 +17,10 @@ the adversarial game (Goodfellow et al. 2014; ADDA, Tzeng et al. 2017). When the
 easy to tell apart, the reversed BCE of a confident discriminator is flat and the features get
 no signal until the discriminator happens to break down; the inverted loss pushes hardest
 exactly then.
+
+``class_weights`` (IWDAN, Tachet des Combes et al. 2020): the discriminator's source BCE is
+weighted per image by π_t(y)/π_s(y), so that a target whose merger fraction differs from the
+source's is not pulled to the source's class mix (``galmerge.losses.label_shift``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from galmerge.losses.label_shift import ClassWeighting
 from galmerge.plugin.strategy_api import StepInputs
 
 FEATURE_LOSSES = ("reversed", "inverted")
@@ -79,7 +84,7 @@ class DomainDiscriminator(nn.Module):
         return self.net(features).squeeze(1)
 
 
-class DANNLoss(nn.Module):
+class DANNLoss(ClassWeighting):
     """Strategy module: ``{"dann": domain BCE}`` plus ``_domain_acc`` and ``_grl_coeff``.
 
     The discriminator's parameters belong to this module; minimising the returned loss trains it
@@ -100,6 +105,9 @@ class DANNLoss(nn.Module):
         max_coeff: float = 1.0,
         feature_loss: str = "reversed",
         grl: str = "ramp",
+        class_weights: str = "off",
+        num_classes: int = 2,
+        target_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         self.discriminator = DomainDiscriminator(in_features, hidden, dropout)
@@ -111,6 +119,7 @@ class DANNLoss(nn.Module):
         if grl not in GRL_SCHEDULES:
             raise ValueError(f"grl must be one of {GRL_SCHEDULES}, got {grl!r}")
         self.grl = grl
+        self._init_class_weights(class_weights, num_classes, target_fraction)
 
     def coefficient(self, progress: float) -> float:
         """λ at training progress ``progress`` (0 → 1)."""
@@ -128,19 +137,28 @@ class DANNLoss(nn.Module):
                 torch.zeros(target.shape[0], dtype=both.dtype, device=both.device),
             ]
         )
-        extra: dict[str, torch.Tensor] = {}
+        weights = self._source_weights(step)
+        if weights is not None:  # each domain keeps its half of the loss; sources reweighted
+            n, m = source.shape[0], target.shape[0]
+            per_image = torch.cat([weights.to(both.dtype) * (n + m) / (2 * n),
+                                   torch.full((m,), (n + m) / (2 * m), dtype=both.dtype,
+                                              device=both.device)])
+        else:
+            per_image = None
+        extra: dict[str, torch.Tensor] = self._prior_diagnostics()
         if self.feature_loss == "reversed":
             logits = self.discriminator(reverse_gradient(both, coeff))
-            loss = F.binary_cross_entropy_with_logits(logits, domain)
+            loss = F.binary_cross_entropy_with_logits(logits, domain, weight=per_image)
         else:
             # the discriminator learns on detached features; the features learn against a
             # frozen copy of it (same weights, no gradient into them) with flipped labels
             logits = self.discriminator(both.detach())
-            loss = F.binary_cross_entropy_with_logits(logits, domain)
+            loss = F.binary_cross_entropy_with_logits(logits, domain, weight=per_image)
             frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
             frozen.update(self.discriminator.named_buffers())
             fooled = torch.func.functional_call(self.discriminator, frozen, (both,))
-            feature_bce = F.binary_cross_entropy_with_logits(fooled, 1.0 - domain)
+            feature_bce = F.binary_cross_entropy_with_logits(fooled, 1.0 - domain,
+                                                             weight=per_image)
             loss = loss + coeff * feature_bce
             extra["_feature_bce"] = feature_bce.detach()
         with torch.no_grad():

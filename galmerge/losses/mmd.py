@@ -22,7 +22,9 @@ target's class shares (mean predicted probability over target batches, detached,
 ``PRIOR_MOMENTUM``, clipped to ``PRIOR_CLIP``) — no target label is read.
 ``class_weights="given"`` takes π_t from ``target_fraction`` instead (a merger fraction the
 astronomer expects, e.g. from the literature): under domain shift the running estimate is
-biased (on the dev pair with 20% mergers it read 0.53-0.64).
+biased (on the dev pair with 20% mergers it read 0.53-0.64). ``class_weights="bbse"`` corrects
+the running estimate with the source predictions' class-conditional means (see
+``galmerge.losses.label_shift``, which holds all three).
 """
 
 from __future__ import annotations
@@ -31,15 +33,12 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
+from galmerge.losses.label_shift import ClassWeighting
 from galmerge.plugin.options import warmup_factor
 from galmerge.plugin.strategy_api import StepInputs
 
 KERNELS = ("deepmerge", "mean")
-CLASS_WEIGHTS = ("off", "estimated", "given")
-PRIOR_MOMENTUM = 0.05  # ~20 steps of memory: a 32-image batch alone is a noisy estimate
-PRIOR_CLIP = (0.05, 0.95)  # no class is ever weighted away entirely (a collapse would feed on it)
 MEAN_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 BANDWIDTHS: tuple[float, ...] = (
     1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 100.0,
@@ -103,7 +102,7 @@ def gaussian_mmd(
     return (s @ kernel @ s).clamp_min(0.0)
 
 
-class MMDLoss(nn.Module):
+class MMDLoss(ClassWeighting):
     """Strategy module: ``{"mmd": warm-up factor · MMD²(source features, target features)}``."""
 
     def __init__(
@@ -118,47 +117,16 @@ class MMDLoss(nn.Module):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        if class_weights not in CLASS_WEIGHTS:
-            raise ValueError(f"class_weights must be one of {CLASS_WEIGHTS}, got {class_weights!r}")
         self.kernel = kernel
         default = MEAN_MULTIPLIERS if kernel == "mean" else BANDWIDTHS
         self.bandwidths = tuple(float(b) for b in (bandwidths or default))
         self.warmup = float(warmup)
-        self.class_weights = class_weights
-        if class_weights == "given" and not (0.0 < target_fraction < 1.0 and num_classes == 2):
-            raise ValueError("class_weights = \"given\" needs target_fraction between 0 and 1 "
-                             f"(the expected merger fraction), got {target_fraction!r}")
-        self.given = torch.tensor([1.0 - target_fraction, target_fraction])
-        if class_weights == "estimated":  # (only then: older runs' states stay loadable)
-            # the running target class shares (NaN: no target batch seen yet); saved, resumed
-            self.register_buffer("target_prior", torch.full((num_classes,), math.nan))
-
-    def _source_weights(self, step: StepInputs) -> torch.Tensor | None:
-        if self.class_weights == "off" or len(step.target_logits) == 0:
-            return None
-        with torch.no_grad():
-            if self.class_weights == "given":
-                target = self.given.to(step.source_features.device)
-            else:
-                batch = torch.softmax(step.target_logits.float(), dim=1).mean(0)
-                prior = self.target_prior
-                prior = batch if bool(torch.isnan(prior).any()) else \
-                    (1 - PRIOR_MOMENTUM) * prior + PRIOR_MOMENTUM * batch
-                self.target_prior.copy_(prior)
-                target = prior.clamp(*PRIOR_CLIP)
-                target = target / target.sum()
-            k = len(target)
-            counts = torch.bincount(step.source_labels, minlength=k).float()
-            source = counts / counts.sum().clamp_min(1.0)
-            ratio = torch.where(source > 0, target / source.clamp_min(1e-12),
-                                torch.zeros_like(source))
-            return ratio[step.source_labels]
+        self._init_class_weights(class_weights, num_classes, target_fraction)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         weights = self._source_weights(step)
         value = gaussian_mmd(step.source_features, step.target_features, self.bandwidths,
                              relative=self.kernel == "mean", source_weights=weights)
         out = {"mmd": warmup_factor(step.progress, self.warmup) * value}
-        if self.class_weights == "estimated":  # logged: the estimated target merger share
-            out["_target_prior"] = self.target_prior[-1].detach().clone()
+        out.update(self._prior_diagnostics())  # logged: the estimated target merger share
         return out

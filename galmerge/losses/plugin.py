@@ -29,6 +29,17 @@ if TYPE_CHECKING:
 WEIGHT = Option(1.0, "factor of the strategy's terms in the loss", min=0.0)
 # warm-up ramp 2/(1+exp(-γp))-1 of training progress p (`galmerge.plugin.options.warmup_factor`)
 WARMUP = "steepness γ of the warm-up ramp of the term's weight (0: no ramp; 10: DANN's)"
+# choices: galmerge.losses.label_shift CLASS_WEIGHTS (not imported: torch)
+LABEL_SHIFT = {
+    "class_weights": Option("off", "weight source images by the target's class shares over the "
+                            "source's, for a target merger fraction unlike the source's: "
+                            "estimated (mean target prediction), bbse (the same corrected by "
+                            "the source predictions' class means) or given (target_fraction); "
+                            "off: plain alignment",
+                            choices=("off", "estimated", "bbse", "given")),
+    "target_fraction": Option(0.0, "the expected target merger fraction, for "
+                              "class_weights=given", min=0.0, below=1.0),
+}
 OPTIONS: dict[str, dict[str, Option]] = {
     "none": {"weight": WEIGHT},
     "adabn": {"weight": WEIGHT},
@@ -40,14 +51,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
                          "(mean, scale-free) or DeepMerge II's 19 fixed ones (deepmerge)",
                          choices=("deepmerge", "mean")),
         "warmup": Option(10.0, WARMUP, min=0.0),
-        # choices: galmerge.losses.mmd CLASS_WEIGHTS
-        "class_weights": Option("off", "class-weighted MMD for a target merger fraction "
-                                "unlike the source's: source images weighted by the target's "
-                                "class shares over the source's, estimated from the target "
-                                "predictions (estimated) or from target_fraction (given); off: "
-                                "plain MMD", choices=("off", "estimated", "given")),
-        "target_fraction": Option(0.0, "the expected target merger fraction, for "
-                                  "class_weights=given", min=0.0, below=1.0),
+        **LABEL_SHIFT,
     },
     "coral": {"weight": WEIGHT, "warmup": Option(0.0, WARMUP, min=0.0)},
     # weight 0.3 (stop 23): with per-domain BatchNorm, 0.3 beat 1.0 in target and source
@@ -64,6 +68,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
                                "gradient or the inverted-label loss",
                                choices=("reversed", "inverted")),
         "grl": Option("ramp", "gradient-reversal schedule", choices=("ramp", "constant")),
+        **LABEL_SHIFT,
     },
     # intra 0.01 / inter 1.0: every Fisher command line of the DeepMerge II repository
     # reduction "mean" + warmup 10 (issue 14): the summed trace grows with the batch and cost
@@ -136,14 +141,18 @@ def _build_adabn(context: StrategyContext, options: Mapping[str, Any]) -> nn.Mod
     return NoLoss()
 
 
+def _check_given(strategy: str, options: Mapping[str, Any]) -> None:
+    if options["class_weights"] == "given" and not 0.0 < options["target_fraction"] < 1.0:
+        raise GalmergeError(
+            f"{strategy} option class_weights=given needs target_fraction, the expected target "
+            f"merger fraction between 0 and 1 (e.g. --set {strategy}.target_fraction=0.05)"
+        )
+
+
 def _build_mmd(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.mmd import MMDLoss
 
-    if options["class_weights"] == "given" and not 0.0 < options["target_fraction"] < 1.0:
-        raise GalmergeError(
-            "mmd option class_weights=given needs target_fraction, the expected target merger "
-            "fraction between 0 and 1 (e.g. --set mmd.target_fraction=0.05)"
-        )
+    _check_given("mmd", options)
     return MMDLoss(kernel=options["kernel"], warmup=options["warmup"],
                    class_weights=options["class_weights"], num_classes=context.num_classes,
                    target_fraction=options["target_fraction"]).to(context.device)
@@ -159,6 +168,7 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
     from galmerge.losses.dann import DANNLoss
 
     opts = options  # checked against OPTIONS["dann"] by the core
+    _check_given("dann", opts)
     module = DANNLoss(
         context.feature_dim,
         hidden=opts["hidden"],
@@ -167,6 +177,9 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
         max_coeff=opts["max_coeff"],
         feature_loss=opts["feature_loss"],
         grl=opts["grl"],
+        class_weights=opts["class_weights"],
+        num_classes=context.num_classes,
+        target_fraction=opts["target_fraction"],
     )
     return module.to(context.device)
 
