@@ -65,10 +65,12 @@ DEV_PAIRS = (0, 2, 4, 6, 8)
 HELD_OUT_PAIRS = (1, 3, 5, 7)
 
 
-def pair_specs(index: int, n: int) -> tuple[str, str]:
-    """Source and target specs of a pair; data seeds 100+ for dev pairs, 200+ for held-out."""
+def pair_specs(index: int, n: int, base: int | None = None) -> tuple[str, str]:
+    """Source and target specs of a pair; data seeds 100+ for dev pairs, 200+ for held-out
+    (``base``: other renders of the same pair, e.g. 300 for a fresh held-out set)."""
     src, tgt, _ = PAIRS[index]
-    base = 200 if index in HELD_OUT_PAIRS else 100
+    if base is None:
+        base = 200 if index in HELD_OUT_PAIRS else 100
     seed = base + 2 * index
 
     def spec(s: str, k: int) -> str:

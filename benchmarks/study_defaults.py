@@ -192,21 +192,21 @@ def add_auc(records: list[dict[str, Any]], work: Path) -> None:
 
 def run_one(work: Path, name: str, pair: int, seed: int, args: argparse.Namespace,
             kwargs: dict[str, Any]) -> dict[str, Any]:
-    source, target = pair_specs(pair, args.n)
+    source, target = pair_specs(pair, args.n, args.data_seeds)
     kw = dict(kwargs, source=source, target=target, seed=seed, epochs=args.epochs,
               batch_size=args.batch_size, device="cpu", run_dir=str(run_dir(work, name, pair, seed)))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     done = Path(kw["run_dir"]) / "summary.json"
     rec0: dict[str, Any] = {"name": name, "pair": pair, "seed": seed, "n": args.n,
-                            "epochs": args.epochs, "kwargs": kwargs}
+                            "epochs": args.epochs, "kwargs": kwargs, "source_spec": source,
+                            "target_spec": target}
     if done.is_file():  # the same run finished before (e.g. bench_tune's none): reuse it
         m = json.loads(done.read_text())["metrics"]
         return {**rec0, "reused": str(done), "source": m["source_test"]["accuracy"],
                 "target": m["target_test"]["accuracy"]}
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(kw)], capture_output=True,
                           text=True, env=env)
-    rec: dict[str, Any] = {"name": name, "pair": pair, "seed": seed, "n": args.n,
-                           "epochs": args.epochs, "kwargs": kwargs,
+    rec: dict[str, Any] = {**rec0,
                            "load_average": os.getloadavg()[0]}
     try:
         rec.update(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -276,6 +276,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "study_defaults_dev.jsonl"))
     ap.add_argument("--held-out", action="store_true",
                     help="report on held-out pairs (after the defaults were chosen)")
+    ap.add_argument("--data-seeds", type=int, default=None, metavar="BASE",
+                    help="render the pairs with data seeds BASE + 2 * pair (default: 100 dev, "
+                    "200 held-out); 300: a held-out set never rendered before stop 26")
     ap.add_argument("--report-only", action="store_true",
                     help="write the markdown from --out's records without running anything")
     args = ap.parse_args()
@@ -318,7 +321,9 @@ def main() -> None:
         f"# Defaults study on {'HELD-OUT' if args.held_out else 'dev'} pairs {sorted({r['pair'] for r in sel})} "
         f"({', '.join(PAIRS[p][2] for p in sorted({r['pair'] for r in sel}))})", "",
         f"n={args.n} images per domain, {args.epochs} epochs, batch {args.batch_size}, "
-        f"seeds {sorted({r['seed'] for r in sel})}; test accuracy; gains in points vs source-only "
+        f"seeds {sorted({r['seed'] for r in sel})}"
+        + (f", data seeds {args.data_seeds} + 2 * pair" if args.data_seeds is not None else "")
+        + "; test accuracy; gains in points vs source-only "
         "none on the same pair and seed. "
         + ("Held-out pairs: reporting only, nothing was chosen on them." if args.held_out
            else "Dev pairs only (choosing); held-out pairs are reported separately."), "", *table(sel), "",
