@@ -525,6 +525,8 @@ def test_a_run_given_the_target_fraction_is_not_flagged(tmp_path) -> None:
 
     assert adapted_strategies(run('[strategies.mmd]\nclass_weights = "given"\n')) == []
     assert adapted_strategies(run('[strategies.mmd]\nclass_weights = "estimated"\n')) == ["mmd"]
+    assert adapted_strategies(run('[strategies.dann]\nclass_weights = "given"\n')) == []
+    assert adapted_strategies(run('[strategies.dann]\nclass_weights = "bbse"\n')) == ["dann"]
     # fisher reads source features only
     assert adapted_strategies(run("[strategies.dann]\n[strategies.fisher]\n")) == ["dann"]
     assert adapted_strategies(run("[strategies.none]\n")) == []

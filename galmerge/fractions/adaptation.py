@@ -15,7 +15,8 @@ from the source fraction than the estimates. ``adabn`` and ``coral`` models do n
 overshoot: on the same pairs they called ~90% of the target mergers at 5% and 20%
 (``fraction_sim_real_adabn.md``, ``fraction_sim_real_coral.md``), so for them, and for
 strategies nobody measured (a plugin's, entropy alone), the check names no direction. A run with
-``mmd.class_weights = "given"`` was told the survey's fraction and is not flagged.
+``dann.class_weights = "given"`` or ``mmd.class_weights = "given"`` was told the survey's fraction and
+is not flagged.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def adaptation_check(run: Path, source_fraction: float, estimate: float | None
                    f"pulls estimates toward the source's merger fraction {src:.2f}; the "
                    f"estimate lies {side} it, so the survey's fraction is likely further "
                    f"{side} than every interval here ({MEASURED}); where the fraction is known, "
-                   "give it with classify --prior VALUE or train with mmd.class_weights=given")
+                   "give it with classify --prior VALUE or train with class_weights=given")
     else:
         message = (f"the model was adapted to a target in training ({'+'.join(adapted)}); "
                    "where the survey's merger fraction differs much from the source's"
