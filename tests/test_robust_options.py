@@ -178,7 +178,7 @@ def test_bbse_class_weights_correct_the_classifier_errors(plugin_manager, name) 
     bbse = _build(plugin_manager, name, class_weights="bbse")
     naive = float(estimated(step)["_target_prior"])
     corrected = float(bbse(step)["_target_prior"])
-    # the plain mean reads recall * 0.2 + false positives * 0.8 (soft: 0.9*.9+.1*.1 ...)
+    # the plain soft mean reads 0.2 * 0.82 + 0.8 * 0.18 = 0.31 (mean p of mergers, non-mergers)
     assert naive > true_share + 0.1
     assert corrected == pytest.approx(true_share, abs=0.01)
     state = bbse.state_dict()

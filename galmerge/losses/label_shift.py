@@ -14,8 +14,8 @@ Modes (the ``class_weights`` option):
 - ``estimated``: π_t is a running mean of the target batches' predicted probabilities. Under
   domain shift it is biased toward the source mix by the very alignment it steers (stop 23:
   0.53-0.64 on a 20%-merger dev pair).
-- ``bbse``: π_t solves M π_t = μ_t, black-box shift estimation (Lipton et al. 2018) on soft
-  predictions, as IWDAN re-estimates its weights: μ_t is the running mean of the target
+- ``bbse`` (two classes): π_t solves M π_t = μ_t, black-box shift estimation (Lipton et al.
+  2018) on soft predictions, as IWDAN re-estimates its weights: μ_t is the running mean of the target
   predictions and M[:, j] the running mean of the source predictions of class j. Where the
   aligned model's errors are the same on both domains, this is unbiased; the plain mean is not
   (a classifier with 90% recall and 10% false positives reads 0.14 for a 5% target).
@@ -41,32 +41,32 @@ PRIOR_CLIP = (0.05, 0.95)  # no class is ever weighted away entirely (a collapse
 
 
 def check_class_weights(mode: str, num_classes: int, target_fraction: float) -> None:
-    """ValueError unless ``mode`` is known and ``given`` has a usable binary fraction."""
+    """ValueError unless ``mode`` is known, ``given`` has a usable fraction and the binary modes
+    (``given``, ``bbse``) see two classes."""
     if mode not in CLASS_WEIGHTS:
         raise ValueError(f"class_weights must be one of {CLASS_WEIGHTS}, got {mode!r}")
     if mode == "given" and not (0.0 < target_fraction < 1.0 and num_classes == 2):
         raise ValueError("class_weights = \"given\" needs target_fraction between 0 and 1 "
                          f"(the expected merger fraction), got {target_fraction!r}")
+    if mode == "bbse" and num_classes != 2:
+        raise ValueError(f"class_weights = \"bbse\" is for two classes, got {num_classes}")
 
 
 def solve_prior(conditional: torch.Tensor, target_mean: torch.Tensor) -> torch.Tensor:
-    """Class shares π (on the simplex) with ``conditional @ π ≈ target_mean``.
+    """Class shares (non-merger, merger) from the adjusted count on soft predictions:
+    π₁ = (μ₁ - M₁₀) / (M₁₁ - M₁₀), clipped to [0, 1], where ``conditional[:, j]`` (M) is the mean
+    predicted distribution of class-j source images and ``target_mean`` (μ) the target's.
 
-    ``conditional[:, j]`` is the mean predicted distribution of class-j images. For two classes
-    this is the adjusted count π₁ = (μ₁ - M₁₀) / (M₁₁ - M₁₀), clipped; a classifier that tells
-    the classes apart no better than chance (M₁₁ ≤ M₁₀) leaves the source's guess, π = 1/2.
+    The same estimate as ``galmerge.fractions.estimators.soft_bbse``, which this layer may not
+    import (fractions sits above losses) and which works on numpy floats; here it runs on
+    tensors at every step, and a classifier that does not separate the classes (M₁₁ ≤ M₁₀)
+    leaves the source's guess, π = 1/2, instead of NaN.
     """
-    k = conditional.shape[0]
-    if k == 2:
-        gap = conditional[1, 1] - conditional[1, 0]
-        if not bool(gap > 1e-6):
-            return torch.full((2,), 0.5, dtype=target_mean.dtype, device=target_mean.device)
-        share = ((target_mean[1] - conditional[1, 0]) / gap).clamp(0.0, 1.0)
-        return torch.stack([1.0 - share, share])
-    pi = torch.linalg.lstsq(conditional, target_mean.unsqueeze(1)).solution.squeeze(1)
-    pi = pi.clamp_min(0.0)
-    total = pi.sum()
-    return pi / total if bool(total > 0) else torch.full_like(pi, 1.0 / k)
+    gap = conditional[1, 1] - conditional[1, 0]
+    if not bool(gap > 1e-6):
+        return torch.full((2,), 0.5, dtype=target_mean.dtype, device=target_mean.device)
+    share = ((target_mean[1] - conditional[1, 0]) / gap).clamp(0.0, 1.0)
+    return torch.stack([1.0 - share, share])
 
 
 class ClassWeighting(nn.Module):
@@ -106,7 +106,7 @@ class ClassWeighting(nn.Module):
                     cond[:, j] = self._running(cond[:, j], source_probs[rows].mean(0))
             self.source_conditional.copy_(cond)
             if bool(torch.isnan(cond).any()):  # a class not seen yet: the source's guess
-                prior = torch.full_like(self.target_mean, 1.0 / len(self.target_mean))
+                prior = torch.full_like(self.target_mean, 0.5)
             else:
                 prior = solve_prior(cond, self.target_mean)
             self.target_prior.copy_(prior)
