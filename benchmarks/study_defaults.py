@@ -144,6 +144,18 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         **{f"dann weight {w}": {"strategy": "dann", "sets": [f"dann.weight={w}"]}
            for w in (0.3, 0.15, 0.1)},
     },
+    # stop 27: domain-specific BatchNorm affine parameters (DSBN's full form) for dann's source
+    # cost. Rule fixed before the runs (dev pairs 0, 2, 4, 6 x seeds 11, 12; none and dann 0.3
+    # reused from seeds26): a candidate qualifies with mean source change >= -2.5 points and no
+    # dev run below none; the qualifying one with the largest mean target gain becomes the
+    # default; none qualifying keeps "separate" and weight 0.3.
+    "dsbn27": {
+        "none": {"strategy": "none"},
+        "dann weight 0.3": {"strategy": "dann", "sets": ["dann.weight=0.3"]},
+        "dann specific": {"strategy": "dann", "sets": ["domain_batchnorm=specific"]},
+        "dann specific weight 0.15": {
+            "strategy": "dann", "sets": ["domain_batchnorm=specific", "dann.weight=0.15"]},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{

@@ -316,7 +316,7 @@ def _multipliers(table: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[s
 
 CHOICES = {
     "early_stopping": ("patience", "deepmerge"),
-    "domain_batchnorm": ("joint", "separate"),
+    "domain_batchnorm": ("joint", "separate", "specific"),
 }
 
 

@@ -4,9 +4,11 @@ Normalization for Unsupervised Domain Adaptation"; AdaBN: Li et al. 2016).
 With ``domain_batchnorm = "separate"`` a run that forwards target batches keeps two sets of
 BatchNorm running statistics: the usual buffers (``running_mean``/``running_var``) hold the
 source's, and ``target_running_mean``/``target_running_var``/``target_num_batches_tracked``
-the target's. The affine weights are shared. Training forwards each domain's batch with its
-own statistics; evaluation and classification of a domain use that domain's running
-statistics. One shared set would evaluate every image with a mix of two distributions that no
+the target's. The affine weights are shared, unless the run asks for domain-specific ones
+(``domain_batchnorm = "specific"``, DSBN's full form): then ``target_weight``/``target_bias``
+are the target's affine parameters, trained only by the terms that read target images.
+Training forwards each domain's batch with its own statistics; evaluation and classification
+of a domain use that domain's running statistics (and affine parameters). One shared set would evaluate every image with a mix of two distributions that no
 training batch had (it collapsed source accuracy to chance in the defaults study).
 
 The target buffers are ordinary module buffers, so they travel in ``state_dict`` and in the
@@ -23,6 +25,7 @@ from torch import nn
 
 PREFIX = "target_"
 STATS = ("running_mean", "running_var", "num_batches_tracked")
+AFFINE = ("weight", "bias")
 DOMAINS = ("source", "target")
 
 
@@ -32,14 +35,20 @@ def _norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
             and m.running_mean is not None]
 
 
-def add_target_statistics(model: nn.Module) -> int:
-    """Give every BatchNorm layer target running statistics, copied from its current ones
-    (idempotent); returns the number of layers."""
+def add_target_statistics(model: nn.Module, affine: bool = False) -> int:
+    """Give every BatchNorm layer target running statistics, copied from its current ones, and
+    with ``affine`` target affine parameters, copied likewise (idempotent); returns the number
+    of layers."""
     norms = _norms(model)
     for bn in norms:
         for name in STATS:
             if PREFIX + name not in bn._buffers:
                 bn.register_buffer(PREFIX + name, bn._buffers[name].detach().clone())
+        if affine and bn.affine:
+            for name in AFFINE:
+                if PREFIX + name not in bn._parameters:
+                    bn.register_parameter(
+                        PREFIX + name, nn.Parameter(bn._parameters[name].detach().clone()))
     return len(norms)
 
 
@@ -52,20 +61,23 @@ def state_has_target_statistics(state: dict[str, torch.Tensor]) -> bool:
     return any(key.endswith("." + PREFIX + STATS[0]) for key in state)
 
 
+def state_has_target_affine(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a ``state_dict`` holds target affine parameters (``domain_batchnorm =
+    "specific"``)."""
+    return any(key.endswith("." + PREFIX + AFFINE[0]) for key in state)
+
+
 def fit_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` (a state_dict) made to fit ``model``'s statistics layout: target statistics
-    dropped when the model keeps one set; filled from the source's when the model keeps two and
-    the state has one (a checkpoint written before stop 23, or by a joint run)."""
-    ours, theirs = has_target_statistics(model), state_has_target_statistics(state)
+    """``state`` (a state_dict) made to fit ``model``'s layout: target statistics (or affine
+    parameters) dropped when the model keeps one set; filled from the source's when the model
+    keeps two and the state has one (a checkpoint written before stop 23, or by a joint run)."""
     marker = "." + PREFIX
-    if theirs and not ours:
-        return {k: v for k, v in state.items() if marker not in k}
-    if ours and not theirs:
-        state = dict(state)
-        for key in [k for k in model.state_dict() if marker in k]:
-            own = key.replace(marker, ".")
-            if own in state:
-                state[key] = state[own]
+    ours = {k for k in model.state_dict() if marker in k}
+    state = {k: v for k, v in state.items() if marker not in k or k in ours}
+    for key in ours - set(state):
+        own = key.replace(marker, ".")
+        if own in state:
+            state[key] = state[own]
     return state
 
 
@@ -77,6 +89,11 @@ def _swap(model: nn.Module) -> None:
         for name in STATS:
             other = PREFIX + name
             bn._buffers[name], bn._buffers[other] = bn._buffers[other], bn._buffers[name]
+        if PREFIX + AFFINE[0] in bn._parameters:
+            for name in AFFINE:
+                other = PREFIX + name
+                bn._parameters[name], bn._parameters[other] = (bn._parameters[other],
+                                                               bn._parameters[name])
 
 
 def _check(domain: str | None) -> None:
@@ -109,4 +126,6 @@ def select_statistics(model: nn.Module, domain: str) -> bool:
     for bn in _norms(model):  # one set from now on: the other is dropped
         for name in STATS:
             del bn._buffers[PREFIX + name]
+        for name in AFFINE:
+            bn._parameters.pop(PREFIX + name, None)
     return True

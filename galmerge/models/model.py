@@ -167,7 +167,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             dict(payload.get("backbone_options") or {}),
         )
         if domain_norm.state_has_target_statistics(payload["model"]):
-            domain_norm.add_target_statistics(model)  # trained with domain_batchnorm=separate
+            # trained with domain_batchnorm=separate (or specific: affine parameters too)
+            domain_norm.add_target_statistics(
+                model, affine=domain_norm.state_has_target_affine(payload["model"]))
         model.load_state_dict(payload["model"])
         specs = {str(domain): PreprocessSpec.from_dict(spec, f"checkpoint {p}: {domain} "
                                                        "preprocessing")

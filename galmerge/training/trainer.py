@@ -70,8 +70,9 @@ class Trainer:
             cfg["backbone"], imageset.channels, imageset.image_size, 2, cfg["backbone_options"]
         )
         domain_stats = plan.needs_target and not plan.joint_batchnorm
+        affine = cfg["domain_batchnorm"] == "specific"
         if domain_stats:  # DSBN: one set of BatchNorm running statistics per domain
-            domain_norm.add_target_statistics(model)
+            domain_norm.add_target_statistics(model, affine=affine)
         if init is not None:
             checkpoints.load_init_weights(model, init, cfg["init_from"])
         model.to(plan.device)
@@ -81,7 +82,7 @@ class Trainer:
                 kept = model.state_dict()  # SyncBatchNorm conversion drops extra buffers
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 if domain_stats:
-                    domain_norm.add_target_statistics(model)
+                    domain_norm.add_target_statistics(model, affine=affine)
                     model.load_state_dict(kept)
         self.model = model
         self.strategies, weights = build_strategies(
