@@ -156,6 +156,14 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "dann specific weight 0.15": {
             "strategy": "dann", "sets": ["domain_batchnorm=specific", "dann.weight=0.15"]},
     },
+    # stop 27: conditional adversarial alignment (CDAN, CDAN+E) for dann's source cost. Same
+    # rule as dsbn27, fixed before the runs (dev pairs 0, 2, 4, 6 x seeds 11, 12).
+    "cdan27": {
+        "none": {"strategy": "none"},
+        "dann weight 0.3": {"strategy": "dann", "sets": ["dann.weight=0.3"]},
+        "dann cdan": {"strategy": "dann", "sets": ["dann.condition=predictions"]},
+        "dann cdan+e": {"strategy": "dann", "sets": ["dann.condition=predictions+entropy"]},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{

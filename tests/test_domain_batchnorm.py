@@ -179,3 +179,53 @@ def test_a_separate_run_from_before_per_domain_statistics_resumes(pair, tmp_path
     save_checkpoint(run / "last.pt", payload)
     galmerge.train(resume=run, quiet=True)
     assert _target_keys(read_checkpoint(run / "last.pt")["model"])
+
+
+def test_specific_runs_train_target_affine_parameters_and_every_output_uses_them(pair, tmp_path):
+    """domain_batchnorm=specific (DSBN's full form): the dann term trains the target's own
+    BatchNorm affine parameters; evaluation, classify --domain target and export use them."""
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    run = tmp_path / "specific"
+    tiny_run(run, src, tgt, "dann", epochs=2, sets=["domain_batchnorm=specific"])
+    state = read_checkpoint(run)["model"]
+    weights = [k for k in state if k.endswith(".target_weight")]
+    assert weights and all(k.replace(".target_weight", ".target_bias") in state for k in weights)
+    # trained apart from the source's (the copies they started as would be equal)
+    assert any(not torch.allclose(state[k], state[k.replace("target_", "")]) for k in weights)
+    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    for domain, h5 in (("source", pair["source"]), ("target", pair["target"])):
+        assert _brier(run, h5, domain, domain) == pytest.approx(metrics[f"{domain}_test"]["brier"],
+                                                                abs=1e-6)
+    on_target = _classify(run, pair["target"], tmp_path / "t.csv", "--domain", "target")
+    np.testing.assert_allclose(on_target, _reference(run, pair["target"], "target", "target"),
+                               atol=1e-4)
+    onnx = tmp_path / "m.onnx"
+    res = CliRunner().invoke(cli, ["export", str(run), "--output", str(onnx)])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(_classify(onnx, pair["target"], tmp_path / "o.csv"), on_target,
+                               atol=1e-4)
+    # init_from a specific run: a separate model drops the target affine parameters, a
+    # specific one keeps them
+    sep = tmp_path / "separate-from-specific"
+    tiny_run(sep, src, tgt, "dann", epochs=1, max_steps_per_epoch=1,
+             sets=[f"init_from={run / 'best.pt'}", *SEPARATE])
+    kept = read_checkpoint(sep)["model"]
+    assert _target_keys(kept) and not [k for k in kept if k.endswith(".target_weight")]
+    spec = tmp_path / "specific-from-separate"
+    tiny_run(spec, src, tgt, "dann", epochs=1, max_steps_per_epoch=1,
+             sets=[f"init_from={sep / 'best.pt'}", "domain_batchnorm=specific"])
+    assert [k for k in read_checkpoint(spec)["model"] if k.endswith(".target_weight")]
+
+
+def test_target_affine_parameters_swap_with_the_statistics():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    domain_norm.add_target_statistics(model, affine=True)
+    bn = model[1]
+    with torch.no_grad():
+        bn.target_weight.fill_(3.0)
+    source_weight = bn.weight
+    with domain_norm.statistics(model, "target"):
+        assert float(bn.weight.detach()[0]) == 3.0
+    assert bn.weight is source_weight
+    assert domain_norm.select_statistics(model, "target")
+    assert float(bn.weight.detach()[0]) == 3.0 and "target_weight" not in dict(model.named_parameters())

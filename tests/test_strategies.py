@@ -511,3 +511,55 @@ def test_options_from_text_are_coerced(plugin_manager) -> None:
 def test_unknown_strategy_lists_what_exists(plugin_manager) -> None:
     with pytest.raises(GalmergeError, match="available: .*mmd"):
         plugin_manager.get("strategies", "mdd")
+
+
+def test_conditioned_dann_tells_domains_apart_by_their_class_conditionals(plugin_manager) -> None:
+    """CDAN's f ⊗ p: two domains with the same feature marginal whose classes sit on opposite
+    sides are indistinguishable to plain DANN's discriminator and plain to the conditioned one."""
+    gen = torch.Generator().manual_seed(7)
+    n = 128
+    side = (torch.arange(n) % 2).float() * 2 - 1  # class 0 at -1.5, class 1 at +1.5 (source)
+    feats = torch.randn(n, 8, generator=gen) * 0.3
+    feats[:, 0] += 1.5 * side
+    logits = torch.stack([-4 * side, 4 * side], 1)  # confident, correct on the source
+    # the target: the same feature cloud, but the classifier calls each side the other class
+    step = _step(feats, feats.clone(), source_logits=logits, target_logits=-logits,
+                 progress=1.0)
+
+    def domain_accuracy(condition: str) -> float:
+        torch.manual_seed(0)
+        module = _build(plugin_manager, "dann", dim=8, hidden=32, dropout=0.0,
+                        condition=condition)
+        opt = torch.optim.Adam(module.parameters(), lr=0.02)
+        for _ in range(150):  # the discriminator alone learns; the features are fixed
+            opt.zero_grad()
+            module(step)["dann"].backward()
+            opt.step()
+        return float(module(step)["_domain_acc"])
+
+    assert domain_accuracy("none") < 0.6
+    assert domain_accuracy("predictions") > 0.95
+    entropy = _build(plugin_manager, "dann", dim=8, condition="predictions+entropy")
+    assert entropy.discriminator.net[0].in_features == 16  # d · num_classes
+    with pytest.raises(GalmergeError, match="condition"):
+        _build(plugin_manager, "dann", dim=8, condition="labels")
+
+
+def test_cdan_entropy_weights_count_confident_images_more(plugin_manager) -> None:
+    source, target = _clouds()
+    sure = torch.tensor([[-6.0, 6.0]]).repeat(64, 1)
+    unsure = sure.clone()
+    unsure[:32] = 0.0  # the first half of the source batch: p = 0.5, maximal entropy
+
+    def unsure_over_sure(condition: str) -> float:
+        torch.manual_seed(1)
+        module = _build(plugin_manager, "dann", dim=8, dropout=0.0, condition=condition)
+        feats = source.clone().requires_grad_(True)
+        module(_step(feats, target, source_logits=unsure, target_logits=sure))["dann"].backward()
+        norms = feats.grad.norm(dim=1)
+        return float(norms[:32].mean() / norms[32:].mean())
+
+    # the same discriminator; only the weights differ: 1 + exp(-ln 2) = 1.5 for p = 0.5
+    # against 1 + exp(-H(sure)) ≈ 2 (each domain's normalisation cancels in the ratio)
+    ratio = unsure_over_sure("predictions+entropy") / unsure_over_sure("predictions")
+    assert ratio == pytest.approx(0.75, rel=1e-3)

@@ -21,6 +21,12 @@ exactly then.
 ``class_weights`` (IWDAN, Tachet des Combes et al. 2020): the discriminator's source BCE is
 weighted per image by π_t(y)/π_s(y), so that a target whose merger fraction differs from the
 source's is not pulled to the source's class mix (``galmerge.losses.label_shift``).
+
+``condition`` (CDAN, Long et al. 2018): ``"predictions"`` feeds the discriminator the
+multilinear map f ⊗ p (the outer product of the features and the detached class probabilities,
+d · num_classes inputs), so the adversary aligns the features of each predicted class rather
+than the marginal; ``"predictions+entropy"`` also weights each image by 1 + exp(-H(p))
+(CDAN+E: confident predictions count more), normalised within each domain.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from galmerge.plugin.strategy_api import StepInputs
 
 FEATURE_LOSSES = ("reversed", "inverted")
 GRL_SCHEDULES = ("ramp", "constant")
+CONDITIONS = ("none", "predictions", "predictions+entropy")
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -108,9 +115,14 @@ class DANNLoss(ClassWeighting):
         class_weights: str = "off",
         num_classes: int = 2,
         target_fraction: float = 0.0,
+        condition: str = "none",
     ) -> None:
         super().__init__()
-        self.discriminator = DomainDiscriminator(in_features, hidden, dropout)
+        if condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+        self.condition = condition
+        width = in_features * (num_classes if condition != "none" else 1)
+        self.discriminator = DomainDiscriminator(width, hidden, dropout)
         self.gamma = float(gamma)
         self.max_coeff = float(max_coeff)
         if feature_loss not in FEATURE_LOSSES:
@@ -127,10 +139,27 @@ class DANNLoss(ClassWeighting):
             return self.max_coeff
         return grl_coefficient(progress, self.gamma, self.max_coeff)
 
+    def _conditioned(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The discriminator's input (N+M, ·) and, for CDAN+E, per-image entropy weights."""
+        both = torch.cat([step.source_features.flatten(1), step.target_features.flatten(1)])
+        if self.condition == "none":
+            return both, None
+        probs = torch.softmax(
+            torch.cat([step.source_logits, step.target_logits]).detach().to(both.dtype), 1)
+        mapped = torch.bmm(probs.unsqueeze(2), both.unsqueeze(1)).flatten(1)  # f ⊗ p
+        if self.condition == "predictions":
+            return mapped, None
+        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(1)
+        w = 1.0 + torch.exp(-entropy)
+        n = step.source_features.shape[0]
+        # each domain's weights averaged to 1, so neither domain's share of the loss changes
+        w = torch.cat([w[:n] / w[:n].mean(), w[n:] / w[n:].mean()])
+        return mapped, w
+
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        source, target = step.source_features.flatten(1), step.target_features.flatten(1)
+        source, target = step.source_features, step.target_features
         coeff = self.coefficient(step.progress)
-        both = torch.cat([source, target], dim=0)
+        both, confidence = self._conditioned(step)
         domain = torch.cat(
             [
                 torch.ones(source.shape[0], dtype=both.dtype, device=both.device),
@@ -145,6 +174,8 @@ class DANNLoss(ClassWeighting):
                                               device=both.device)])
         else:
             per_image = None
+        if confidence is not None:
+            per_image = confidence if per_image is None else per_image * confidence
         extra: dict[str, torch.Tensor] = self._prior_diagnostics()
         if self.feature_loss == "reversed":
             logits = self.discriminator(reverse_gradient(both, coeff))

@@ -68,6 +68,11 @@ OPTIONS: dict[str, dict[str, Option]] = {
                                "gradient or the inverted-label loss",
                                choices=("reversed", "inverted")),
         "grl": Option("ramp", "gradient-reversal schedule", choices=("ramp", "constant")),
+        # choices: galmerge.losses.dann CONDITIONS (not imported: torch)
+        "condition": Option("none", "what the discriminator sees: the features (none), their "
+                            "outer product with the class probabilities (predictions: CDAN), "
+                            "and that weighted by prediction confidence (predictions+entropy: "
+                            "CDAN+E)", choices=("none", "predictions", "predictions+entropy")),
         **LABEL_SHIFT,
     },
     # intra 0.01 / inter 1.0: every Fisher command line of the DeepMerge II repository
@@ -180,6 +185,7 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
         class_weights=opts["class_weights"],
         num_classes=context.num_classes,
         target_fraction=opts["target_fraction"],
+        condition=opts["condition"],
     )
     return module.to(context.device)
 
