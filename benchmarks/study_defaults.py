@@ -163,6 +163,9 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "dann weight 0.3": {"strategy": "dann", "sets": ["dann.weight=0.3"]},
         "dann cdan": {"strategy": "dann", "sets": ["dann.condition=predictions"]},
         "dann cdan+e": {"strategy": "dann", "sets": ["dann.condition=predictions+entropy"]},
+        # added after the first two cdan runs (-5.0 and -4.5 source points), before the rest
+        "dann cdan weight 0.15": {
+            "strategy": "dann", "sets": ["dann.condition=predictions", "dann.weight=0.15"]},
     },
     "phase1": {
         "none": {"strategy": "none"},

@@ -7,7 +7,7 @@ feeds straight back into ``--config`` and reproduces the same run::
     patience, select_by, max_steps_per_epoch (0 = a full pass), checkpoint_every (steps,
     0 = each epoch only), compile, init_from ("" = none), preset ("" = none),
     stop_by ("" = select_by's name), early_stopping ("patience" | "deepmerge"),
-    domain_batchnorm ("joint" | "separate"), init_keep_preprocess (bool)
+    domain_batchnorm ("joint" | "separate" | "specific"), init_keep_preprocess (bool)
     [optimizer]         Adam: betas, eps, amsgrad
     [schedule]          kind ("onecycle" | "cyclic"); one-cycle: pct_start, div_factor,
                         final_div_factor; cyclic: cycle_length (epochs)
@@ -25,7 +25,9 @@ feeds straight back into ``--config`` and reproduces the same run::
   (DSBN, ``galmerge.models.domain_norm``): evaluation and classify use the statistics of the
   domain they look at. "joint" forwards them as one concatenated batch (BatchNorm statistics
   mix the domains; DeepMerge II's code, and galmerge's default before stop 23; its presets pin
-  it). Runs whose strategies need no target (``none``) never forward target images.
+  it). "specific" is "separate" with per-domain BatchNorm affine parameters as well (DSBN's
+  full form; the target's are trained only by the terms that read target images). Runs whose
+  strategies need no target (``none``) never forward target images.
 - ``schedule.kind``: "onecycle" (``OneCycleLR`` over all planned steps) or "cyclic" (DeepMerge
   II's ``cycle1``: lr/10 -> lr -> lr/10, repeating every int(0.9 * cycle_length * steps per
   epoch) steps).
