@@ -167,6 +167,15 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "dann cdan weight 0.15": {
             "strategy": "dann", "sets": ["dann.condition=predictions", "dann.weight=0.15"]},
     },
+    # stop 27: one-sided alignment (the adversary moves the target features only, as ADDA),
+    # alone and with per-domain affine parameters. Same rule as dsbn27, fixed before the runs.
+    "align27": {
+        "none": {"strategy": "none"},
+        "dann weight 0.3": {"strategy": "dann", "sets": ["dann.weight=0.3"]},
+        "dann align target": {"strategy": "dann", "sets": ["dann.align=target"]},
+        "dann align target specific": {
+            "strategy": "dann", "sets": ["dann.align=target", "domain_batchnorm=specific"]},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{

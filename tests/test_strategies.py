@@ -563,3 +563,23 @@ def test_cdan_entropy_weights_count_confident_images_more(plugin_manager) -> Non
     # against 1 + exp(-H(sure)) ≈ 2 (each domain's normalisation cancels in the ratio)
     ratio = unsure_over_sure("predictions+entropy") / unsure_over_sure("predictions")
     assert ratio == pytest.approx(0.75, rel=1e-3)
+
+
+@pytest.mark.parametrize("feature_loss", ["reversed", "inverted"])
+def test_one_sided_dann_moves_only_the_target_features(plugin_manager, feature_loss) -> None:
+    source, target = _clouds()
+
+    def grads(align: str) -> tuple[float, float, float]:
+        torch.manual_seed(2)
+        module = _build(plugin_manager, "dann", dim=8, dropout=0.0, align=align,
+                        feature_loss=feature_loss)
+        fs, ft = source.clone().requires_grad_(True), target.clone().requires_grad_(True)
+        module(_step(fs, ft, progress=1.0))["dann"].backward()
+        disc = sum(float(p.grad.norm()) for p in module.discriminator.parameters())
+        source_grad = 0.0 if fs.grad is None else float(fs.grad.norm())
+        return source_grad, float(ft.grad.norm()), disc
+
+    both, one_sided = grads("both"), grads("target")
+    assert both[0] > 0 and one_sided[0] == 0.0  # no adversarial push on the source side
+    assert one_sided[1] == pytest.approx(both[1], rel=1e-5)  # the target side's is unchanged
+    assert one_sided[2] == pytest.approx(both[2], rel=1e-5)  # the discriminator learns alike

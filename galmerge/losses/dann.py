@@ -27,6 +27,10 @@ multilinear map f ⊗ p (the outer product of the features and the detached clas
 d · num_classes inputs), so the adversary aligns the features of each predicted class rather
 than the marginal; ``"predictions+entropy"`` also weights each image by 1 + exp(-H(p))
 (CDAN+E: confident predictions count more), normalised within each domain.
+
+``align = "target"`` makes the alignment one-sided, as ADDA's (Tzeng et al. 2017): the
+discriminator still learns from both domains, but only the target features get its reversed
+(or inverted) gradient; the source features are trained by the classification loss alone.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from galmerge.plugin.strategy_api import StepInputs
 FEATURE_LOSSES = ("reversed", "inverted")
 GRL_SCHEDULES = ("ramp", "constant")
 CONDITIONS = ("none", "predictions", "predictions+entropy")
+ALIGNS = ("both", "target")
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -116,8 +121,12 @@ class DANNLoss(ClassWeighting):
         num_classes: int = 2,
         target_fraction: float = 0.0,
         condition: str = "none",
+        align: str = "both",
     ) -> None:
         super().__init__()
+        if align not in ALIGNS:
+            raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
+        self.align = align
         if condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
         self.condition = condition
@@ -141,7 +150,10 @@ class DANNLoss(ClassWeighting):
 
     def _conditioned(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The discriminator's input (N+M, ·) and, for CDAN+E, per-image entropy weights."""
-        both = torch.cat([step.source_features.flatten(1), step.target_features.flatten(1)])
+        source = step.source_features.flatten(1)
+        if self.align == "target":  # the adversary's gradient reaches the target side only
+            source = source.detach()
+        both = torch.cat([source, step.target_features.flatten(1)])
         if self.condition == "none":
             return both, None
         probs = torch.softmax(

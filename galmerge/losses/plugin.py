@@ -73,6 +73,9 @@ OPTIONS: dict[str, dict[str, Option]] = {
                             "outer product with the class probabilities (predictions: CDAN), "
                             "and that weighted by prediction confidence (predictions+entropy: "
                             "CDAN+E)", choices=("none", "predictions", "predictions+entropy")),
+        # choices: galmerge.losses.dann ALIGNS
+        "align": Option("both", "which features the adversary moves: both domains' (DANN) or "
+                        "the target's only (one-sided, as ADDA)", choices=("both", "target")),
         **LABEL_SHIFT,
     },
     # intra 0.01 / inter 1.0: every Fisher command line of the DeepMerge II repository
@@ -186,6 +189,7 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
         num_classes=context.num_classes,
         target_fraction=opts["target_fraction"],
         condition=opts["condition"],
+        align=opts["align"],
     )
     return module.to(context.device)
 
