@@ -194,8 +194,8 @@ def test_specific_runs_train_target_affine_parameters_and_every_output_uses_them
     assert any(not torch.allclose(state[k], state[k.replace("target_", "")]) for k in weights)
     metrics = json.loads((run / "summary.json").read_text())["metrics"]
     for domain, h5 in (("source", pair["source"]), ("target", pair["target"])):
-        assert _brier(run, h5, domain, domain) == pytest.approx(metrics[f"{domain}_test"]["brier"],
-                                                                abs=1e-6)
+        reported = metrics[f"{domain}_test"]["brier"]
+        assert _brier(run, h5, domain, domain) == pytest.approx(reported, abs=1e-6)
     on_target = _classify(run, pair["target"], tmp_path / "t.csv", "--domain", "target")
     np.testing.assert_allclose(on_target, _reference(run, pair["target"], "target", "target"),
                                atol=1e-4)

@@ -8,8 +8,9 @@ the target's. The affine weights are shared, unless the run asks for domain-spec
 (``domain_batchnorm = "specific"``, DSBN's full form): then ``target_weight``/``target_bias``
 are the target's affine parameters, trained only by the terms that read target images.
 Training forwards each domain's batch with its own statistics; evaluation and classification
-of a domain use that domain's running statistics (and affine parameters). One shared set would evaluate every image with a mix of two distributions that no
-training batch had (it collapsed source accuracy to chance in the defaults study).
+of a domain use that domain's running statistics (and affine parameters). One shared set would
+evaluate every image with a mix of two distributions that no training batch had (it collapsed
+source accuracy to chance in the defaults study).
 
 The target buffers are ordinary module buffers, so they travel in ``state_dict`` and in the
 checkpoint; a checkpoint without them is a model with one set, used for every domain.
