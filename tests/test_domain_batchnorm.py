@@ -228,4 +228,5 @@ def test_target_affine_parameters_swap_with_the_statistics():
         assert float(bn.weight.detach()[0]) == 3.0
     assert bn.weight is source_weight
     assert domain_norm.select_statistics(model, "target")
-    assert float(bn.weight.detach()[0]) == 3.0 and "target_weight" not in dict(model.named_parameters())
+    assert float(bn.weight.detach()[0]) == 3.0
+    assert "target_weight" not in dict(model.named_parameters())
