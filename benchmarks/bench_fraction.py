@@ -45,7 +45,7 @@ ESTIMATORS = ("naive", "acc", "em", "bbse")
 
 
 def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
-           steps: int | None, sets: tuple[str, ...] = ()) -> None:
+           steps: int | None, sets: tuple[str, ...] = (), seed: int = 1) -> None:
     if (runs / name / "best.pt").is_file():
         return
     # any expression but the tuned config: galmerge's own defaults (per-domain BatchNorm; dann
@@ -54,7 +54,7 @@ def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
            if strategy == "mmd+fisher+entropy" else ["--strategy", strategy, "--batch-size", "32"])
     cmd = [sys.executable, "-m", "galmerge", "train", *how, "--source", SOURCE.format(n=n),
            "--target", TARGET_TRAIN.format(n=n, f=f), "--epochs", str(epochs), "--patience",
-           "0", "--seed", "1", "--device", "cpu", "--run-dir", str(runs / name), "--quiet"]
+           "0", "--seed", str(seed), "--device", "cpu", "--run-dir", str(runs / name), "--quiet"]
     if steps:
         cmd += ["--max-steps-per-epoch", str(steps)]
     if strategy != "none":
@@ -89,13 +89,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if args.train:
-        _train(runs, "none", "none", 0.5, args.n_train, args.epochs, args.max_steps)
+        _train(runs, "none", "none", 0.5, args.n_train, args.epochs, args.max_steps,
+               seed=args.train_seed)
         for f in args.fractions:
             if args.control:
                 continue
             name = models_for(f, False, args.da, tuple(args.set))[1][1]
             _train(runs, name, args.da, f, args.n_train, args.epochs, args.max_steps,
-                   tuple(args.set))
+                   tuple(args.set), seed=args.train_seed)
     train_s = time.time() - t0
     records: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="bench-fraction-"))
@@ -241,6 +242,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="NAME.OPTION=VALUE",
                     help="option of the adapted models (e.g. dann.weight=0.1; {f} in a value is the "
                     "target training fraction); not of `none`")
+    ap.add_argument("--train-seed", type=int, default=1,
+                    help="training seed of every model (1: the seed of the committed results)")
     ap.add_argument("--control", action="store_true",
                     help="Survey = the source renderer (label shift only): the `none` model.")
     args = ap.parse_args()
@@ -263,7 +266,7 @@ def main() -> None:
                if args.da == "mmd+fisher+entropy"
                else f"`{args.da}` with galmerge's defaults (batch 32)"
                + (f" and {', '.join(args.set)}" if args.set else "") + " per F")
-            + f" with {args.epochs} epochs, seed 1, checkpoint chosen on the source validation "
+            + f" with {args.epochs} epochs, seed {args.train_seed}, checkpoint chosen on the source validation "
             "loss. "
             f"{args.bootstrap} bootstrap resamples per estimate."
         ),
