@@ -94,19 +94,26 @@ def _reference(run: Path, h5: Path, domain: str, stats: str) -> np.ndarray:
     return torch.softmax(logits / loaded.temperature, 1)[:, 1].numpy()
 
 
-def test_classify_and_export_use_the_statistics_of_the_domain_asked_for(pair, separate, tmp_path):
-    on_target = _classify(separate, pair["target"], tmp_path / "t.csv", "--domain", "target")
-    np.testing.assert_allclose(on_target, _reference(separate, pair["target"], "target", "target"),
+def _target_outputs_agree(run: Path, pair, tmp_path: Path) -> np.ndarray:
+    """classify --domain target gives the model's own target forward, and the exported ONNX
+    model the same; returns those probabilities."""
+    on_target = _classify(run, pair["target"], tmp_path / "t.csv", "--domain", "target")
+    np.testing.assert_allclose(on_target, _reference(run, pair["target"], "target", "target"),
                                atol=1e-4)
+    onnx = tmp_path / "m.onnx"
+    res = CliRunner().invoke(cli, ["export", str(run), "--output", str(onnx)])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(_classify(onnx, pair["target"], tmp_path / "o.csv"), on_target,
+                               atol=1e-4)
+    return on_target
+
+
+def test_classify_and_export_use_the_statistics_of_the_domain_asked_for(pair, separate, tmp_path):
+    on_target = _target_outputs_agree(separate, pair, tmp_path)
     wrong = _reference(separate, pair["target"], "target", "source")
     assert np.abs(on_target - wrong).max() > 1e-3  # the two sets give different answers
     on_source = _classify(separate, pair["source"], tmp_path / "s.csv", "--domain", "source")
     np.testing.assert_allclose(on_source, _reference(separate, pair["source"], "source", "source"),
-                               atol=1e-4)
-    onnx = tmp_path / "m.onnx"
-    res = CliRunner().invoke(cli, ["export", str(separate), "--output", str(onnx)])
-    assert res.exit_code == 0, res.output
-    np.testing.assert_allclose(_classify(onnx, pair["target"], tmp_path / "o.csv"), on_target,
                                atol=1e-4)
 
 
@@ -196,14 +203,7 @@ def test_specific_runs_train_target_affine_parameters_and_every_output_uses_them
     for domain, h5 in (("source", pair["source"]), ("target", pair["target"])):
         reported = metrics[f"{domain}_test"]["brier"]
         assert _brier(run, h5, domain, domain) == pytest.approx(reported, abs=1e-6)
-    on_target = _classify(run, pair["target"], tmp_path / "t.csv", "--domain", "target")
-    np.testing.assert_allclose(on_target, _reference(run, pair["target"], "target", "target"),
-                               atol=1e-4)
-    onnx = tmp_path / "m.onnx"
-    res = CliRunner().invoke(cli, ["export", str(run), "--output", str(onnx)])
-    assert res.exit_code == 0, res.output
-    np.testing.assert_allclose(_classify(onnx, pair["target"], tmp_path / "o.csv"), on_target,
-                               atol=1e-4)
+    _target_outputs_agree(run, pair, tmp_path)
     # init_from a specific run: a separate model drops the target affine parameters, a
     # specific one keeps them
     sep = tmp_path / "separate-from-specific"

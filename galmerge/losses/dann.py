@@ -50,6 +50,13 @@ CONDITIONS = ("none", "predictions", "predictions+entropy")
 ALIGNS = ("both", "target")
 
 
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    # the plugin core checks options against the record's schema first; this guards direct use
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 class _ReverseGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:  # type: ignore[override]
@@ -124,22 +131,14 @@ class DANNLoss(ClassWeighting):
         align: str = "both",
     ) -> None:
         super().__init__()
-        if align not in ALIGNS:
-            raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
-        self.align = align
-        if condition not in CONDITIONS:
-            raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
-        self.condition = condition
+        self.align = _choice("align", align, ALIGNS)
+        self.condition = _choice("condition", condition, CONDITIONS)
+        self.feature_loss = _choice("feature_loss", feature_loss, FEATURE_LOSSES)
+        self.grl = _choice("grl", grl, GRL_SCHEDULES)
         width = in_features * (num_classes if condition != "none" else 1)
         self.discriminator = DomainDiscriminator(width, hidden, dropout)
         self.gamma = float(gamma)
         self.max_coeff = float(max_coeff)
-        if feature_loss not in FEATURE_LOSSES:
-            raise ValueError(f"feature_loss must be one of {FEATURE_LOSSES}, got {feature_loss!r}")
-        self.feature_loss = feature_loss
-        if grl not in GRL_SCHEDULES:
-            raise ValueError(f"grl must be one of {GRL_SCHEDULES}, got {grl!r}")
-        self.grl = grl
         self._init_class_weights(class_weights, num_classes, target_fraction)
 
     def coefficient(self, progress: float) -> float:
