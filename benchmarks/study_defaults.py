@@ -176,6 +176,19 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "dann align target specific": {
             "strategy": "dann", "sets": ["dann.align=target", "domain_batchnorm=specific"]},
     },
+    # stop 28: ADDA's layout for dann's source cost: the target gets its own encoder (every
+    # backbone parameter), started from the pair's and seed's `none` run ("{none}" below), and
+    # only the target's is aligned; the source path is a source-only run trained on. Same rule
+    # as dsbn27, fixed before the runs (dev pairs 0, 2, 4, 6 x seeds 11, 12).
+    "adda28": {
+        "none": {"strategy": "none"},
+        "dann weight 0.3": {"strategy": "dann", "sets": ["dann.weight=0.3"]},
+        "adda": {"strategy": "dann", "sets": [
+            "target_encoder=separate", "dann.align=target", "init_from={none}"]},
+        "adda weight 1": {"strategy": "dann", "sets": [
+            "target_encoder=separate", "dann.align=target", "init_from={none}",
+            "dann.weight=1.0"]},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
@@ -225,6 +238,12 @@ def add_auc(records: list[dict[str, Any]], work: Path) -> None:
 def run_one(work: Path, name: str, pair: int, seed: int, args: argparse.Namespace,
             kwargs: dict[str, Any]) -> dict[str, Any]:
     source, target = pair_specs(pair, args.n, args.data_seeds)
+    if "sets" in kwargs:  # "{none}": this pair's and seed's source-only run (ADDA's start)
+        none = run_dir(work, "none", pair, seed) / "best.pt"
+        if any("{none}" in s for s in kwargs["sets"]) and not none.is_file():
+            return {"name": name, "pair": pair, "seed": seed, "n": args.n,
+                    "epochs": args.epochs, "error": f"{none} missing: run none first"}
+        kwargs = dict(kwargs, sets=[s.replace("{none}", str(none)) for s in kwargs["sets"]])
     kw = dict(kwargs, source=source, target=target, seed=seed, epochs=args.epochs,
               batch_size=args.batch_size, device="cpu", run_dir=str(run_dir(work, name, pair, seed)))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

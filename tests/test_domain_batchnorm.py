@@ -230,3 +230,49 @@ def test_target_affine_parameters_swap_with_the_statistics():
     assert domain_norm.select_statistics(model, "target")
     assert float(bn.weight.detach()[0]) == 3.0
     assert "target_weight" not in dict(model.named_parameters())
+
+
+def test_a_separate_target_encoder_leaves_the_source_path_to_the_source_loss(pair, tmp_path):
+    """target_encoder=separate (ADDA's layout, started from a source-only run): with one-sided
+    alignment the adversary trains the target's own encoder only, so the source encoder and the
+    head end bit for bit where they end with the adversary's weight at 0; a shared encoder does
+    not. Evaluation, classify --domain target and export use the target encoder."""
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    base = tmp_path / "none"
+    tiny_run(base, src, tgt, "none", epochs=1, max_steps_per_epoch=3)
+    adda = ["dann.align=target", f"init_from={base / 'best.pt'}"]
+
+    def last(layout: str, weight: float) -> dict[str, torch.Tensor]:
+        run = tmp_path / f"{layout}-{weight}"
+        tiny_run(run, src, tgt, "dann", epochs=2, max_steps_per_epoch=4,
+                 sets=[*adda, f"target_encoder={layout}", f"dann.weight={weight}"])
+        return read_checkpoint(run / "last.pt")["model"]
+
+    def source_path(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in state.items() if ".target_" not in k}
+
+    adapted, still = last("separate", 0.3), last("separate", 0.0)
+    assert domain_norm.state_has_target_encoder(adapted)
+    convs = [k for k in adapted if k.endswith(".target_weight") and adapted[k].dim() == 4]
+    assert convs and any(not torch.equal(adapted[k], still[k]) for k in convs)
+    for key, value in source_path(still).items():
+        assert torch.equal(adapted[key], value), key
+    shared, shared_still = last("shared", 0.3), last("shared", 0.0)
+    assert not domain_norm.state_has_target_encoder(shared)
+    assert any(not torch.equal(shared[k], v) for k, v in source_path(shared_still).items())
+    run = tmp_path / "separate-0.3"
+    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    for domain, h5 in (("source", pair["source"]), ("target", pair["target"])):
+        assert _brier(run, h5, domain, domain) == pytest.approx(
+            metrics[f"{domain}_test"]["brier"], abs=1e-6)
+    _target_outputs_agree(run, pair, tmp_path)
+
+
+def test_a_separate_target_encoder_needs_per_domain_batches(pair, tmp_path):
+    res = CliRunner().invoke(cli, [
+        "train", "--source", f"hdf5:{pair['source']}", "--target", f"hdf5:{pair['target']}",
+        "--strategy", "dann", "--epochs", "1", "--run-dir", str(tmp_path / "r"), "--quiet",
+        "--set", "target_encoder=separate", "--set", "domain_batchnorm=joint"])
+    assert res.exit_code != 0
+    assert res.output.strip().splitlines()[-1].startswith("Error: target_encoder=separate")
+    assert "Traceback" not in res.output and not (tmp_path / "r").exists()

@@ -7,7 +7,8 @@ feeds straight back into ``--config`` and reproduces the same run::
     patience, select_by, max_steps_per_epoch (0 = a full pass), checkpoint_every (steps,
     0 = each epoch only), compile, init_from ("" = none), preset ("" = none),
     stop_by ("" = select_by's name), early_stopping ("patience" | "deepmerge"),
-    domain_batchnorm ("joint" | "separate" | "specific"), init_keep_preprocess (bool)
+    domain_batchnorm ("joint" | "separate" | "specific"), target_encoder ("shared" |
+    "separate"), init_keep_preprocess (bool)
     [optimizer]         Adam: betas, eps, amsgrad
     [schedule]          kind ("onecycle" | "cyclic"); one-cycle: pct_start, div_factor,
                         final_div_factor; cyclic: cycle_length (epochs)
@@ -28,6 +29,11 @@ feeds straight back into ``--config`` and reproduces the same run::
   it). "specific" is "separate" with per-domain BatchNorm affine parameters as well (DSBN's
   full form; the target's are trained only by the terms that read target images). Runs whose
   strategies need no target (``none``) never forward target images.
+- ``target_encoder``: "shared" (the default) or "separate": the target gets its own copy of
+  every backbone parameter, trained only by the terms that read target images, the head stays
+  shared (ADDA's layout; ``galmerge.models.domain_norm``). Start it from a source-only run
+  (``init_from``): a target encoder that starts from random weights has nothing to align but
+  noise. Needs per-domain batches (``domain_batchnorm`` "separate" or "specific").
 - ``schedule.kind``: "onecycle" (``OneCycleLR`` over all planned steps) or "cyclic" (DeepMerge
   II's ``cycle1``: lr/10 -> lr -> lr/10, repeating every int(0.9 * cycle_length * steps per
   epoch) steps).
@@ -72,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     # per-domain statistics (issue 14): on the dev pairs joint BatchNorm cost 3-7 points of
     # source accuracy (benchmarks/results/study_dsbn_dev.md)
     "domain_batchnorm": "separate",
+    "target_encoder": "shared",
     "init_keep_preprocess": False,
     # Adam with the paper's betas (DeepMerge II; deepmerge-public train_MMD.py uses (0.7, 0.8))
     "optimizer": {"betas": [0.7, 0.8], "eps": 1e-8, "amsgrad": False},
@@ -319,6 +326,7 @@ def _multipliers(table: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[s
 CHOICES = {
     "early_stopping": ("patience", "deepmerge"),
     "domain_batchnorm": ("joint", "separate", "specific"),
+    "target_encoder": ("shared", "separate"),
 }
 
 
@@ -326,6 +334,9 @@ def _validate_choices(config: Mapping[str, Any]) -> None:
     for key, choices in CHOICES.items():
         if config[key] not in choices:
             raise GalmergeError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
+    if config["target_encoder"] == "separate" and config["domain_batchnorm"] == "joint":
+        raise GalmergeError("target_encoder=separate forwards each domain through its own "
+                            "encoder: set domain_batchnorm=separate (or specific), not joint")
     if config["schedule"]["kind"] not in ("onecycle", "cyclic"):
         raise GalmergeError(
             f"schedule.kind must be onecycle or cyclic, got {config['schedule']['kind']!r}"

@@ -7,8 +7,13 @@ source's, and ``target_running_mean``/``target_running_var``/``target_num_batche
 the target's. The affine weights are shared, unless the run asks for domain-specific ones
 (``domain_batchnorm = "specific"``, DSBN's full form): then ``target_weight``/``target_bias``
 are the target's affine parameters, trained only by the terms that read target images.
+With ``target_encoder = "separate"`` every parameter of the backbone (convolutions, linear
+layers and BatchNorm affine parameters alike) has a ``target_`` copy: the target's own encoder,
+as in ADDA (Tzeng et al. 2017), trained only by the terms that read target images, while the
+classifier head stays shared. Started from a source-only run (``init_from``) it is ADDA's
+initialisation; the source path then sees exactly what a source-only run sees.
 Training forwards each domain's batch with its own statistics; evaluation and classification
-of a domain use that domain's running statistics (and affine parameters). One shared set would
+of a domain use that domain's running statistics (and parameters). One shared set would
 evaluate every image with a mix of two distributions that no training batch had (it collapsed
 source accuracy to chance in the defaults study).
 
@@ -36,11 +41,23 @@ def _norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
             and m.running_mean is not None]
 
 
-def add_target_statistics(model: nn.Module, affine: bool = False) -> int:
+def _encoder_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in getattr(model, "backbone", model).modules() if m._parameters]
+
+
+def add_target_statistics(model: nn.Module, affine: bool = False, encoder: bool = False) -> int:
     """Give every BatchNorm layer target running statistics, copied from its current ones, and
-    with ``affine`` target affine parameters, copied likewise (idempotent); returns the number
-    of layers."""
+    with ``affine`` target affine parameters, copied likewise; with ``encoder`` every parameter
+    of the backbone gets a target copy (idempotent); returns the number of BatchNorm layers."""
     norms = _norms(model)
+    if encoder:
+        for module in _encoder_modules(model):
+            for name, param in list(module._parameters.items()):
+                if param is not None and not name.startswith(PREFIX) \
+                        and PREFIX + name not in module._parameters:
+                    module.register_parameter(
+                        PREFIX + name, nn.Parameter(param.detach().clone(),
+                                                    requires_grad=param.requires_grad))
     for bn in norms:
         for name in STATS:
             if PREFIX + name not in bn._buffers:
@@ -54,7 +71,9 @@ def add_target_statistics(model: nn.Module, affine: bool = False) -> int:
 
 
 def has_target_statistics(model: nn.Module) -> bool:
-    return any(PREFIX + STATS[0] in bn._buffers for bn in _norms(model))
+    """Whether the model keeps a second set for the target (statistics or parameters)."""
+    return any(any(k.startswith(PREFIX) for k in (*m._buffers, *m._parameters))
+               for m in model.modules())
 
 
 def state_has_target_statistics(state: dict[str, torch.Tensor]) -> bool:
@@ -66,6 +85,14 @@ def state_has_target_affine(state: dict[str, torch.Tensor]) -> bool:
     """Whether a ``state_dict`` holds target affine parameters (``domain_batchnorm =
     "specific"``)."""
     return any(key.endswith("." + PREFIX + AFFINE[0]) for key in state)
+
+
+def state_has_target_encoder(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a ``state_dict`` holds a target encoder (``target_encoder = "separate"``): target
+    copies of parameters of layers other than BatchNorm."""
+    marker = "." + PREFIX
+    return any(marker in key and key.split(marker)[0] + ".running_mean" not in state
+               for key in state)
 
 
 def fit_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -83,18 +110,13 @@ def fit_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 def _swap(model: nn.Module) -> None:
-    # a swap of the buffer objects, not a copy: cheap, and optimiser/DDP references stay valid
-    for bn in _norms(model):
-        if PREFIX + STATS[0] not in bn._buffers:
-            continue
-        for name in STATS:
-            other = PREFIX + name
-            bn._buffers[name], bn._buffers[other] = bn._buffers[other], bn._buffers[name]
-        if PREFIX + AFFINE[0] in bn._parameters:
-            for name in AFFINE:
-                other = PREFIX + name
-                bn._parameters[name], bn._parameters[other] = (bn._parameters[other],
-                                                               bn._parameters[name])
+    # a swap of the tensor objects, not a copy: cheap, and optimiser/DDP references stay valid
+    for module in model.modules():
+        for table in (module._buffers, module._parameters):
+            for other in [k for k in table if k.startswith(PREFIX)]:
+                name = other[len(PREFIX):]
+                if name in table:
+                    table[name], table[other] = table[other], table[name]
 
 
 def _check(domain: str | None) -> None:
@@ -124,9 +146,8 @@ def select_statistics(model: nn.Module, domain: str) -> bool:
     if domain != "target" or not has_target_statistics(model):
         return False
     _swap(model)
-    for bn in _norms(model):  # one set from now on: the other is dropped
-        for name in STATS:
-            del bn._buffers[PREFIX + name]
-        for name in AFFINE:
-            bn._parameters.pop(PREFIX + name, None)
+    for module in model.modules():  # one set from now on: the other is dropped
+        for table in (module._buffers, module._parameters):
+            for other in [k for k in table if k.startswith(PREFIX)]:
+                del table[other]
     return True

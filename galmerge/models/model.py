@@ -166,10 +166,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             int(payload.get("num_classes", 2)),
             dict(payload.get("backbone_options") or {}),
         )
-        if domain_norm.state_has_target_statistics(payload["model"]):
-            # trained with domain_batchnorm=separate (or specific: affine parameters too)
+        state = payload["model"]
+        encoder = domain_norm.state_has_target_encoder(state)
+        if encoder or domain_norm.state_has_target_statistics(state):
+            # trained with domain_batchnorm=separate (specific: affine parameters too;
+            # target_encoder=separate: every backbone parameter)
             domain_norm.add_target_statistics(
-                model, affine=domain_norm.state_has_target_affine(payload["model"]))
+                model, affine=domain_norm.state_has_target_affine(state), encoder=encoder)
         model.load_state_dict(payload["model"])
         specs = {str(domain): PreprocessSpec.from_dict(spec, f"checkpoint {p}: {domain} "
                                                        "preprocessing")

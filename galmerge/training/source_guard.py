@@ -129,6 +129,7 @@ def reference_layer(base_layer: Mapping[str, Any]) -> dict[str, Any]:
     layer = {k: v for k, v in base_layer.items() if k not in ("strategy", "strategies")}
     layer.update({"strategy": "none", "select_by": "source_val_loss"})
     layer.pop("domain_batchnorm", None)
+    layer.pop("target_encoder", None)
     return layer
 
 

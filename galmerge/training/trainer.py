@@ -70,9 +70,10 @@ class Trainer:
             cfg["backbone"], imageset.channels, imageset.image_size, 2, cfg["backbone_options"]
         )
         domain_stats = plan.needs_target and not plan.joint_batchnorm
-        affine = cfg["domain_batchnorm"] == "specific"
-        if domain_stats:  # DSBN: one set of BatchNorm running statistics per domain
-            domain_norm.add_target_statistics(model, affine=affine)
+        layout = {"affine": cfg["domain_batchnorm"] == "specific",
+                  "encoder": cfg["target_encoder"] == "separate"}
+        if domain_stats:  # DSBN: one set of BatchNorm running statistics per domain (ADDA:
+            domain_norm.add_target_statistics(model, **layout)  # of every backbone parameter)
         if init is not None:
             checkpoints.load_init_weights(model, init, cfg["init_from"])
         model.to(plan.device)
@@ -82,7 +83,7 @@ class Trainer:
                 kept = model.state_dict()  # SyncBatchNorm conversion drops extra buffers
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 if domain_stats:
-                    domain_norm.add_target_statistics(model, affine=affine)
+                    domain_norm.add_target_statistics(model, **layout)
                     model.load_state_dict(kept)
         self.model = model
         self.strategies, weights = build_strategies(
