@@ -276,3 +276,30 @@ def test_a_separate_target_encoder_needs_per_domain_batches(pair, tmp_path):
     assert res.exit_code != 0
     assert res.output.strip().splitlines()[-1].startswith("Error: target_encoder=separate")
     assert "Traceback" not in res.output and not (tmp_path / "r").exists()
+
+
+def test_a_separate_target_encoder_without_init_from_trains_its_source_stage_first(
+        pair, tmp_path):
+    """One command is ADDA: the source-only stage is trained in RUN_DIR/source_only (continued
+    there after a kill), and the adaptation starts from its best.pt."""
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    direct = tmp_path / "none"
+    tiny_run(direct, src, tgt, "none", epochs=2, max_steps_per_epoch=2)
+    run = tmp_path / "adda"
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # what a kill during the stage leaves behind
+        tiny_run(run / "source_only", src, tgt, "none", epochs=2, max_steps_per_epoch=2,
+                 on_epoch=stop)
+    adda = ["target_encoder=separate", "dann.align=target"]
+    tiny_run(run, src, tgt, "dann", epochs=2, max_steps_per_epoch=2, sets=adda)
+    stage = run / "source_only" / "best.pt"
+    assert read_checkpoint(run)["config"]["init_from"] == str(stage)
+    for key, value in read_checkpoint(direct)["model"].items():
+        assert torch.equal(read_checkpoint(stage)["model"][key], value), key
+    res = CliRunner().invoke(cli, [
+        "train", "--source", src, "--target", tgt, "--strategy", "dann", "--epochs", "1",
+        "--run-dir", str(run), "--quiet", "--set", adda[0], "--set", adda[1]])
+    assert res.exit_code != 0 and "is not empty" in res.output.strip().splitlines()[-1]

@@ -27,6 +27,8 @@ CONFIG, ENV, METRICS, SUMMARY, BEST, LAST = (
     "best.pt",
     "last.pt",
 )
+# a run with its own target encoder and no init_from first trains its source-only stage here
+SOURCE_STAGE = "source_only"
 
 
 def _slug(text: str) -> str:
@@ -68,6 +70,8 @@ def _dead_start(run_dir: Path) -> list[Path] | None:
     files = []
     for path in run_dir.iterdir():
         name = path.name
+        if name == SOURCE_STAGE and path.is_dir() and not path.is_symlink():
+            continue  # the run's own source-only stage: kept, the run starts from it
         if not path.is_file() or path.is_symlink():
             return None
         if name in _STARTED_ONLY or name.startswith("events.out.tfevents.") or (
@@ -100,6 +104,15 @@ def prepare_new(run_dir: Path) -> Path:
     A folder left by a run killed before its first checkpoint (config.toml, env.json, event
     files, nothing else) cannot be resumed, so it is taken over: its files are removed.
     """
+    for path in check_new(run_dir):
+        path.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def check_new(run_dir: Path) -> list[Path]:
+    """Refuse a run directory that already holds a run; returns the files of a dead start
+    (`prepare_new` removes them)."""
     check_name(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         dead = _dead_start(run_dir)
@@ -108,10 +121,8 @@ def prepare_new(run_dir: Path) -> Path:
                 f"run directory {run_dir} is not empty; pick another --run-dir or continue it "
                 f"with --resume {run_dir}"
             )
-        for path in dead:
-            path.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+        return dead
+    return []
 
 
 def discard_new(run_dir: Path) -> None:

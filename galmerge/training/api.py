@@ -97,8 +97,37 @@ def train(
             )
         )
         resume_state = None
+        _check_rules(cfg)
+        cfg = _source_stage(cfg, out_dir, sets_given, quiet)
     _check_rules(cfg)
     return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch)
+
+
+def _source_stage(
+    cfg: dict[str, Any], out_dir: Path, sets_given: Mapping[str, ImageSet], quiet: bool
+) -> dict[str, Any]:
+    """ADDA's first stage: a run with its own target encoder (``target_encoder = "separate"``)
+    and no ``init_from`` starts from a source-only run with the same settings, trained (or
+    continued, or reused when finished) in ``RUN_DIR/source_only``; the config then records
+    that run's best.pt as ``init_from``. A target encoder started from random weights would
+    have nothing to align."""
+    if cfg["target_encoder"] != "separate" or cfg["init_from"] or not needs_target(cfg):
+        return cfg
+    rundir.check_new(out_dir)  # a folder holding another run is refused before any training
+    stage = out_dir / rundir.SOURCE_STAGE
+    if not (stage / rundir.SUMMARY).is_file():
+        if (stage / rundir.LAST).is_file():  # killed during the stage: continue it
+            scfg, _, state = _resume_config(stage, {}, False, None, sets_given)
+            _run(scfg, stage, sets_given, quiet, state, None)
+        else:
+            multipliers = {k: v for k, v in (cfg.get("lr_multipliers") or {}).items()
+                           if k == "*" or k.split(".")[0] == "model"}
+            layer = {k: v for k, v in cfg.items()
+                     if k not in ("strategy", "strategies", "target_encoder", "stop_by")}
+            layer.update(strategy="none", select_by="source_val_loss", preset="",
+                         lr_multipliers=multipliers)
+            _run(resolve_config(file=layer), stage, sets_given, quiet, None, None)
+    return dict(cfg, init_from=str(stage / rundir.BEST))
 
 
 def _resume_config(
