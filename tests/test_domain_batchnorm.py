@@ -23,6 +23,7 @@ from galmerge.models.model import load_model, read_checkpoint
 
 SEPARATE = ["domain_batchnorm=separate"]  # the default; spelled out where it matters
 JOINT = ["domain_batchnorm=joint"]
+SHARED = ["target_encoder=shared"]  # dann's default layout is its own target encoder (ADDA)
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +194,7 @@ def test_specific_runs_train_target_affine_parameters_and_every_output_uses_them
     BatchNorm affine parameters; evaluation, classify --domain target and export use them."""
     src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
     run = tmp_path / "specific"
-    tiny_run(run, src, tgt, "dann", epochs=2, sets=["domain_batchnorm=specific"])
+    tiny_run(run, src, tgt, "dann", epochs=2, sets=["domain_batchnorm=specific", *SHARED])
     state = read_checkpoint(run)["model"]
     weights = [k for k in state if k.endswith(".target_weight")]
     assert weights and all(k.replace(".target_weight", ".target_bias") in state for k in weights)
@@ -208,12 +209,12 @@ def test_specific_runs_train_target_affine_parameters_and_every_output_uses_them
     # specific one keeps them
     sep = tmp_path / "separate-from-specific"
     tiny_run(sep, src, tgt, "dann", epochs=1, max_steps_per_epoch=1,
-             sets=[f"init_from={run / 'best.pt'}", *SEPARATE])
+             sets=[f"init_from={run / 'best.pt'}", *SEPARATE, *SHARED])
     kept = read_checkpoint(sep)["model"]
     assert _target_keys(kept) and not [k for k in kept if k.endswith(".target_weight")]
     spec = tmp_path / "specific-from-separate"
     tiny_run(spec, src, tgt, "dann", epochs=1, max_steps_per_epoch=1,
-             sets=[f"init_from={sep / 'best.pt'}", "domain_batchnorm=specific"])
+             sets=[f"init_from={sep / 'best.pt'}", "domain_batchnorm=specific", *SHARED])
     assert [k for k in read_checkpoint(spec)["model"] if k.endswith(".target_weight")]
 
 
@@ -303,3 +304,42 @@ def test_a_separate_target_encoder_without_init_from_trains_its_source_stage_fir
         "train", "--source", src, "--target", tgt, "--strategy", "dann", "--epochs", "1",
         "--run-dir", str(run), "--quiet", "--set", adda[0], "--set", adda[1]])
     assert res.exit_code != 0 and "is not empty" in res.output.strip().splitlines()[-1]
+
+
+def test_dann_defaults_to_its_own_target_encoder_and_other_layouts_keep_one():
+    """target_encoder "auto": separate when every target-reading strategy's record asks for it
+    (dann's), recorded as such; shared beside another target-reading term, for joint batches
+    and for the presets."""
+    from galmerge.config.resolve import resolve_config
+    from galmerge.plugin.manager import get_plugin_manager
+
+    def layout(strategy: str, **extra) -> str:
+        return resolve_config(cli={"strategy": strategy, "source": "synthetic:illustris",
+                                   "target": "synthetic:sdss", **extra})["target_encoder"]
+
+    assert get_plugin_manager().get("strategies", "dann").target_encoder == "separate"
+    assert layout("dann") == layout("dann+fisher") == "separate"  # fisher reads no target
+    assert layout("dann+entropy") == layout("mmd") == layout("none") == "shared"
+    assert layout("dann", domain_batchnorm="joint") == "shared"
+    assert layout("dann", preset="deepmerge2-sim-real") == "shared"
+    assert layout("dann", target_encoder="shared") == "shared"
+    from galmerge.plugin.strategy_api import StrategyContext
+
+    def align(encoder: str, **options) -> str:
+        context = StrategyContext(feature_dim=8, num_classes=2, total_steps=10,
+                                  device=torch.device("cpu"), target_encoder=encoder)
+        return get_plugin_manager().get("strategies", "dann").build(context, options).align
+
+    assert (align("separate"), align("shared")) == ("target", "both")  # align "auto"
+    assert align("separate", align="both") == "both"
+
+
+def test_a_default_dann_run_is_adda(pair, tmp_path):
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    run = tmp_path / "dann"
+    tiny_run(run, src, tgt, "dann", epochs=1, max_steps_per_epoch=2)
+    config = read_checkpoint(run)["config"]
+    assert config["target_encoder"] == "separate"
+    assert config["init_from"] == str(run / "source_only" / "best.pt")
+    assert (run / "source_only" / "summary.json").is_file()
+    assert domain_norm.state_has_target_encoder(read_checkpoint(run)["model"])

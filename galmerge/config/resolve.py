@@ -7,8 +7,8 @@ feeds straight back into ``--config`` and reproduces the same run::
     patience, select_by, max_steps_per_epoch (0 = a full pass), checkpoint_every (steps,
     0 = each epoch only), compile, init_from ("" = none), preset ("" = none),
     stop_by ("" = select_by's name), early_stopping ("patience" | "deepmerge"),
-    domain_batchnorm ("joint" | "separate" | "specific"), target_encoder ("shared" |
-    "separate"), init_keep_preprocess (bool)
+    domain_batchnorm ("joint" | "separate" | "specific"), target_encoder ("auto" | "shared" |
+    "separate"; the resolved config holds shared or separate), init_keep_preprocess (bool)
     [optimizer]         Adam: betas, eps, amsgrad
     [schedule]          kind ("onecycle" | "cyclic"); one-cycle: pct_start, div_factor,
                         final_div_factor; cyclic: cycle_length (epochs)
@@ -29,11 +29,15 @@ feeds straight back into ``--config`` and reproduces the same run::
   it). "specific" is "separate" with per-domain BatchNorm affine parameters as well (DSBN's
   full form; the target's are trained only by the terms that read target images). Runs whose
   strategies need no target (``none``) never forward target images.
-- ``target_encoder``: "shared" (the default) or "separate": the target gets its own copy of
+- ``target_encoder``: "shared" or "separate": with "separate" the target gets its own copy of
   every backbone parameter, trained only by the terms that read target images, the head stays
-  shared (ADDA's layout; ``galmerge.models.domain_norm``). Start it from a source-only run
-  (``init_from``): a target encoder that starts from random weights has nothing to align but
-  noise. Needs per-domain batches (``domain_batchnorm`` "separate" or "specific").
+  shared (ADDA's layout; ``galmerge.models.domain_norm``). It starts from a source-only run:
+  ``init_from``, or else the run trains one first in ``RUN_DIR/source_only`` (a target encoder
+  from random weights would have nothing to align). Needs per-domain batches
+  (``domain_batchnorm`` "separate" or "specific"). "auto" (the default since stop 28) resolves
+  to "separate" when every strategy of the run that reads the target declares that layout
+  (``dann`` does: with it, ``dann.align`` "auto" is one-sided, so this is ADDA) and to "shared"
+  otherwise; the resolved config records which.
 - ``schedule.kind``: "onecycle" (``OneCycleLR`` over all planned steps) or "cyclic" (DeepMerge
   II's ``cycle1``: lr/10 -> lr -> lr/10, repeating every int(0.9 * cycle_length * steps per
   epoch) steps).
@@ -78,7 +82,9 @@ DEFAULTS: dict[str, Any] = {
     # per-domain statistics (issue 14): on the dev pairs joint BatchNorm cost 3-7 points of
     # source accuracy (benchmarks/results/study_dsbn_dev.md)
     "domain_batchnorm": "separate",
-    "target_encoder": "shared",
+    # "auto": the target's own encoder (ADDA) when every target-reading strategy's record asks
+    # for it (dann's, since stop 28: benchmarks/results/study_adda28_*.md), else shared
+    "target_encoder": "auto",
     "init_keep_preprocess": False,
     # Adam with the paper's betas (DeepMerge II; deepmerge-public train_MMD.py uses (0.7, 0.8))
     "optimizer": {"betas": [0.7, 0.8], "eps": 1e-8, "amsgrad": False},
@@ -265,6 +271,11 @@ def resolve_config(
         config["strategies"][record.name] = record.check(resolved_strategies.get(record.name))
     config["backbone_options"] = backbone.check(config.get("backbone_options"))
     config["lr_multipliers"] = _multipliers(config.get("lr_multipliers") or {}, aliases)
+    if config.get("target_encoder") == "auto":  # the resolved config records the layout
+        reading = [r for r in records if r.needs_target]
+        own = reading and config.get("domain_batchnorm") != "joint" and all(
+            getattr(r, "target_encoder", "shared") == "separate" for r in reading)
+        config["target_encoder"] = "separate" if own else "shared"
     validate_config(config)
     return config
 
@@ -326,7 +337,7 @@ def _multipliers(table: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[s
 CHOICES = {
     "early_stopping": ("patience", "deepmerge"),
     "domain_batchnorm": ("joint", "separate", "specific"),
-    "target_encoder": ("shared", "separate"),
+    "target_encoder": ("auto", "shared", "separate"),
 }
 
 

@@ -73,9 +73,12 @@ OPTIONS: dict[str, dict[str, Option]] = {
                             "outer product with the class probabilities (predictions: CDAN), "
                             "and that weighted by prediction confidence (predictions+entropy: "
                             "CDAN+E)", choices=("none", "predictions", "predictions+entropy")),
-        # choices: galmerge.losses.dann ALIGNS
-        "align": Option("both", "which features the adversary moves: both domains' (DANN) or "
-                        "the target's only (one-sided, as ADDA)", choices=("both", "target")),
+        # choices: galmerge.losses.dann ALIGNS, or auto: "target" with the target's own encoder
+        # (ADDA, the default layout since stop 28: benchmarks/results/study_adda28_*.md),
+        # "both" with a shared one (DANN)
+        "align": Option("auto", "which features the adversary moves: both domains' (DANN) or "
+                        "the target's only (one-sided, as ADDA); auto: the target's when it "
+                        "has its own encoder, else both", choices=("auto", "both", "target")),
         **LABEL_SHIFT,
     },
     # intra 0.01 / inter 1.0: every Fisher command line of the DeepMerge II repository
@@ -189,7 +192,8 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
         num_classes=context.num_classes,
         target_fraction=opts["target_fraction"],
         condition=opts["condition"],
-        align=opts["align"],
+        align=opts["align"] if opts["align"] != "auto" else
+        ("target" if context.target_encoder == "separate" else "both"),
     )
     return module.to(context.device)
 
@@ -272,6 +276,7 @@ def register_strategies() -> list[Strategy]:
             build=_build_dann,
             options=OPTIONS["dann"],
             search_space=SEARCH_SPACES["dann"],
+            target_encoder="separate",
             aliases=("ada",),
         ),
         Strategy(

@@ -77,6 +77,12 @@ class Strategy:
     target images are never forwarded during training (source-only; ``StepInputs``' target
     tensors are then empty).
 
+    ``target_encoder``: the layout the strategy's defaults were chosen for, "shared" or
+    "separate" (the target's own encoder, ADDA's layout). With the config's
+    ``target_encoder = "auto"`` (the default) a run gets its own target encoder when every
+    strategy of it that reads the target says "separate"; the module learns the run's layout
+    from ``StrategyContext.target_encoder``.
+
     Learning-rate multipliers: the built module may set ``lr_multipliers: dict[str, float]``
     (a parameter-name prefix inside the module, e.g. ``"centers"``, -> factor on the run's lr);
     users override them with ``--set lr_multipliers.NAME.PREFIX=X``.
@@ -90,6 +96,7 @@ class Strategy:
     search_space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     needs_target: bool = True
     options: Mapping[str, Option] = field(default_factory=dict)
+    target_encoder: str = "shared"
 
     def __post_init__(self) -> None:
         _schema(self, {"weight": Option(1.0, "factor of this strategy's terms in the loss",

@@ -17,6 +17,7 @@ class StrategyContext:
     num_classes: int
     total_steps: int
     device: torch.device
+    target_encoder: str = "shared"  # "separate": the target has its own encoder (ADDA)
 
 
 @dataclass

@@ -158,6 +158,8 @@ def _resume_config(
     saved.setdefault("lr_multipliers", {"*": 1.0})
     # ... and forwarded the target jointly (the default before stop 23, recorded since stop 21)
     saved.setdefault("domain_batchnorm", "joint")
+    # ... and shared one encoder between the domains (the only layout before stop 28)
+    saved.setdefault("target_encoder", "shared")
     device = flags.get("device")
     cfg = resolve_config(cli={"device": device} if device is not None else {}, file=saved)
     if "source" not in sets_given and flags.get("source") not in (None, cfg["source"]):

@@ -124,7 +124,8 @@ def build_strategies(
     config: Mapping[str, Any], feature_dim: int, total_steps: int, device: torch.device
 ) -> tuple[nn.ModuleDict, dict[str, float]]:
     context = StrategyContext(
-        feature_dim=feature_dim, num_classes=2, total_steps=total_steps, device=device
+        feature_dim=feature_dim, num_classes=2, total_steps=total_steps, device=device,
+        target_encoder=str(config.get("target_encoder", "shared")),
     )
     modules = nn.ModuleDict()
     weights: dict[str, float] = {}
