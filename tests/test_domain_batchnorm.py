@@ -343,3 +343,8 @@ def test_a_default_dann_run_is_adda(pair, tmp_path):
     assert config["init_from"] == str(run / "source_only" / "best.pt")
     assert (run / "source_only" / "summary.json").is_file()
     assert domain_norm.state_has_target_encoder(read_checkpoint(run)["model"])
+    # evaluate's source-only baseline is the stage the run started from
+    from galmerge.evaluation.pipeline import find_baseline
+
+    assert find_baseline(run, json.loads((run / "summary.json").read_text())) == \
+        run / "source_only"

@@ -229,10 +229,14 @@ def _choice(
 
 
 def find_baseline(run_dir: Path, summary: dict[str, Any] | None) -> Path | None:
-    """A sibling run of strategy ``none`` on the same source, target and backbone (same seed
+    """The run's own source-only stage (``RUN_DIR/source_only``: the model it started from),
+    else a sibling run of strategy ``none`` on the same source, target and backbone (same seed
     preferred), or None."""
     if not summary or summary.get("strategy") == "none":
         return None
+    stage = run_dir / rundir.SOURCE_STAGE
+    if (stage / rundir.SUMMARY).is_file() and (stage / rundir.BEST).is_file():
+        return stage
     found: list[tuple[int, str, Path]] = []
     for cand in sorted(run_dir.resolve().parent.iterdir()):
         path = cand / rundir.SUMMARY
