@@ -107,3 +107,25 @@ def test_ddp_two_processes_match_one_process(toys, tmp_path, busy_torchrun_ports
     for split in ("source_test", "target_test"):
         for key, value in one["metrics"][split].items():
             assert two["metrics"][split][key] == pytest.approx(value, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")
+def test_ddp_adda_trains_its_source_stage_and_adapts_in_one_process_group(
+        tmp_path, busy_torchrun_ports):
+    """dann's default (its own target encoder) under torchrun: the source-only stage and the
+    adaptation share one process group (a second one cannot form: the run would hang)."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    run = tmp_path / "adda"
+    done = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "galmerge", "train",
+         "--source", "synthetic:illustris?n=64", "--target", "synthetic:sdss?n=64&seed=1",
+         "--strategy", "dann", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size",
+         "8", "--device", "cpu", "--run-dir", str(run), "--quiet"],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for folder in (run, run / "source_only"):
+        assert json.loads((folder / "summary.json").read_text())["world_size"] == 2
+    assert f'init_from = "{run / "source_only" / "best.pt"}"' in (run / "config.toml").read_text()

@@ -97,14 +97,13 @@ def train(
             )
         )
         resume_state = None
-        _check_rules(cfg)
-        cfg = _source_stage(cfg, out_dir, sets_given, quiet)
     _check_rules(cfg)
     return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch)
 
 
 def _source_stage(
-    cfg: dict[str, Any], out_dir: Path, sets_given: Mapping[str, ImageSet], quiet: bool
+    cfg: dict[str, Any], out_dir: Path, sets_given: Mapping[str, ImageSet], quiet: bool,
+    dist: ddp.DistInfo, device: torch.device,
 ) -> dict[str, Any]:
     """ADDA's first stage: a run with its own target encoder (``target_encoder = "separate"``)
     and no ``init_from`` starts from a source-only run with the same settings, trained (or
@@ -118,7 +117,7 @@ def _source_stage(
     if not (stage / rundir.SUMMARY).is_file():
         if (stage / rundir.LAST).is_file():  # killed during the stage: continue it
             scfg, _, state = _resume_config(stage, {}, False, None, sets_given)
-            _run(scfg, stage, sets_given, quiet, state, None)
+            _fit(scfg, stage, sets_given, quiet, state, None, dist, device)
         else:
             multipliers = {k: v for k, v in (cfg.get("lr_multipliers") or {}).items()
                            if k == "*" or k.split(".")[0] == "model"}
@@ -126,7 +125,7 @@ def _source_stage(
                      if k not in ("strategy", "strategies", "target_encoder", "stop_by")}
             layer.update(strategy="none", select_by="source_val_loss", preset="",
                          lr_multipliers=multipliers)
-            _run(resolve_config(file=layer), stage, sets_given, quiet, None, None)
+            _fit(resolve_config(file=layer), stage, sets_given, quiet, None, None, dist, device)
     return dict(cfg, init_from=str(stage / rundir.BEST))
 
 
@@ -189,12 +188,25 @@ def _run(
 ) -> dict[str, Any]:
     from galmerge.runtime.devices import resolve_device
 
-    t_start = time.time()
     dist = ddp.from_environment()
     quiet = quiet or not dist.is_main
     device = ddp.setup(dist, resolve_device(cfg["device"]))
     # one run directory for all ranks (a default name holds a timestamp that may differ)
     out_dir = Path(str(ddp.broadcast_object(str(out_dir), dist)))
+    try:
+        if resume_state is None:  # one process group for both stages (it cannot re-form)
+            cfg = _source_stage(cfg, out_dir, sets_given, quiet, dist, device)
+        return _fit(cfg, out_dir, sets_given, quiet, resume_state, on_epoch, dist, device)
+    finally:
+        ddp.teardown(dist)
+
+
+def _fit(
+    cfg: dict[str, Any], out_dir: Path, sets_given: Mapping[str, ImageSet], quiet: bool,
+    resume_state: dict[str, Any] | None, on_epoch: OnEpoch | None, dist: ddp.DistInfo,
+    device: torch.device,
+) -> dict[str, Any]:
+    t_start = time.time()
     try:
         trainer = _build(cfg, out_dir, sets_given, dist, device, resume_state)
         if dist.is_main:
@@ -209,8 +221,6 @@ def _run(
         if resume_state is None and dist.is_main:
             rundir.discard_new(out_dir)  # first step: nothing worth keeping was written
         raise
-    finally:
-        ddp.teardown(dist)
 
 
 def _build(
