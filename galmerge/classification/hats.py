@@ -256,6 +256,8 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
         workers=workers, keepbits=keepbits, extra=extra)
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     resume = out.is_dir() and any(out.iterdir())
+    if resume:
+        _repair_progress(out)
     record = dict(provenance or {})
     if stats is not None:
         record["shift_threshold"] = float(stats["threshold"])
@@ -275,6 +277,31 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
             cluster.close()
     inputs = list(keep) if keep else list(cat.meta.columns)
     return _counts(out, _names(inputs, extra)[0])
+
+
+def _repair_progress(out: Path) -> None:
+    """Drop the partition histograms LSDB's resume would refuse, so those partitions are redone.
+
+    LSDB (``lsdb.io.to_hats``) writes each finished partition's histogram, then its ``done``
+    marker. A kill between the two, or during the histogram, leaves a histogram without a
+    marker (or a torn file), and ``write_catalog(resume=True)`` then stops with "histogram
+    files do not match the done pixels" or ``EOFError``; no LSDB option repairs that."""
+    import zipfile
+
+    for hists in [out / "hists", *out.glob("*/hists")]:
+        done_dir = hists.parent / "done"
+        done = {f.name.removesuffix("_done") for f in done_dir.glob("*_done")}
+        for hist in hists.glob("*_histogram.npz"):
+            pixel = hist.name.removesuffix("_histogram.npz")
+            try:
+                with np.load(hist, allow_pickle=False) as npz:  # data only, never code
+                    npz.files  # noqa: B018  (reads the zip directory: a torn file fails here)
+                readable = True
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+                readable = False
+            if pixel not in done or not readable:
+                hist.unlink(missing_ok=True)
+                (done_dir / f"{pixel}_done").unlink(missing_ok=True)
 
 
 def _counts(out: Path, names: tuple[str, str, str] = ("p_merger", "is_merger", "status")
