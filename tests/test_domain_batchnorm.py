@@ -304,6 +304,17 @@ def test_a_separate_target_encoder_without_init_from_trains_its_source_stage_fir
         "train", "--source", src, "--target", tgt, "--strategy", "dann", "--epochs", "1",
         "--run-dir", str(run), "--quiet", "--set", adda[0], "--set", adda[1]])
     assert res.exit_code != 0 and "is not empty" in res.output.strip().splitlines()[-1]
+    # a stage left by another command (here another seed) is refused, not silently reused
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run / "source_only", other / "source_only")
+    res = CliRunner().invoke(cli, [
+        "train", "--source", src, "--target", tgt, "--strategy", "dann", "--epochs", "2",
+        "--max-steps-per-epoch", "2", "--batch-size", "8", "--seed", "5", "--run-dir",
+        str(other), "--quiet", "--set", adda[0], "--set", adda[1]])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "with seed = 0, not 5" in res.output.strip().splitlines()[-1]
 
 
 def test_dann_defaults_to_its_own_target_encoder_and_other_layouts_keep_one():

@@ -101,6 +101,11 @@ def train(
     return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch)
 
 
+# settings a reused source-only stage must share with the run that starts from it
+STAGE_KEYS = ("source", "target", "backbone", "seed", "epochs", "batch_size", "lr",
+              "weight_decay", "max_steps_per_epoch", "backbone_options")
+
+
 def _source_stage(
     cfg: dict[str, Any], out_dir: Path, sets_given: Mapping[str, ImageSet], quiet: bool,
     dist: ddp.DistInfo, device: torch.device,
@@ -114,6 +119,14 @@ def _source_stage(
         return cfg
     rundir.check_new(out_dir)  # a folder holding another run is refused before any training
     stage = out_dir / rundir.SOURCE_STAGE
+    if (stage / rundir.CONFIG).is_file():  # a stage left by an earlier try: the same settings?
+        earlier = rundir.read_config(stage)
+        for key in STAGE_KEYS:
+            if key in earlier and earlier[key] != cfg[key]:
+                raise GalmergeError(
+                    f"{stage} is the source-only stage of a run with {key} = "
+                    f"{earlier[key]!r}, not {cfg[key]!r}; pick another --run-dir, or remove "
+                    f"{stage} to train the stage again")
     if not (stage / rundir.SUMMARY).is_file():
         if (stage / rundir.LAST).is_file():  # killed during the stage: continue it
             scfg, _, state = _resume_config(stage, {}, False, None, sets_given)
