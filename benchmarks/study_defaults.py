@@ -238,12 +238,16 @@ def add_auc(records: list[dict[str, Any]], work: Path) -> None:
 def run_one(work: Path, name: str, pair: int, seed: int, args: argparse.Namespace,
             kwargs: dict[str, Any]) -> dict[str, Any]:
     source, target = pair_specs(pair, args.n, args.data_seeds)
-    if "sets" in kwargs:  # "{none}": this pair's and seed's source-only run (ADDA's start)
-        none = run_dir(work, "none", pair, seed) / "best.pt"
-        if any("{none}" in s for s in kwargs["sets"]) and not none.is_file():
-            return {"name": name, "pair": pair, "seed": seed, "n": args.n,
-                    "epochs": args.epochs, "error": f"{none} missing: run none first"}
-        kwargs = dict(kwargs, sets=[s.replace("{none}", str(none)) for s in kwargs["sets"]])
+    sets = list(kwargs.get("sets", []))
+    if not any(s.startswith("target_encoder=") for s in sets):
+        # every entry that does not say otherwise was trained with one shared encoder (dann's
+        # default before stop 28): its committed rows stay reproducible
+        sets.append("target_encoder=shared")
+    none = run_dir(work, "none", pair, seed) / "best.pt"  # "{none}": ADDA's start
+    if any("{none}" in s for s in sets) and not none.is_file():
+        return {"name": name, "pair": pair, "seed": seed, "n": args.n,
+                "epochs": args.epochs, "error": f"{none} missing: run none first"}
+    kwargs = dict(kwargs, sets=[s.replace("{none}", str(none)) for s in sets])
     kw = dict(kwargs, source=source, target=target, seed=seed, epochs=args.epochs,
               batch_size=args.batch_size, device="cpu", run_dir=str(run_dir(work, name, pair, seed)))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
