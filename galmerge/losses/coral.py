@@ -4,7 +4,8 @@ loss = ‖C_s - C_t‖_F² / (4 d²) with unbiased covariances. For batches smal
 dimension (64 samples × 2592 DeepMerge features) the Frobenius norm is computed from n × n Gram
 matrices, ‖XᵀX‖² = ‖XXᵀ‖², which costs O(n² d) instead of O(n d²); larger batches use the d × d
 covariances directly. (DeepMerge II's ``loss.CORAL`` divides by d² instead of 4 d²; the factor
-only rescales the weight.) ``warmup`` = γ multiplies the term by the ramp
+only rescales the weight.) ``align="target"`` detaches the source features, so the term moves
+the target's only (for the target's own encoder, ``target_encoder=separate``). ``warmup`` = γ multiplies the term by the ramp
 2 / (1 + exp(-γ p)) - 1 (``galmerge.losses.options``).
 """
 
@@ -15,6 +16,8 @@ from torch import nn
 
 from galmerge.plugin.options import warmup_factor
 from galmerge.plugin.strategy_api import StepInputs
+
+ALIGNS = ("both", "target")  # which side's features the term moves (as galmerge.losses.dann)
 
 
 def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -38,10 +41,16 @@ def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class CORALLoss(nn.Module):
     """Strategy module: ``{"coral": warm-up factor · CORAL(source, target features)}``."""
 
-    def __init__(self, warmup: float = 0.0) -> None:
+    def __init__(self, warmup: float = 0.0, align: str = "both") -> None:
         super().__init__()
+        if align not in ALIGNS:
+            raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
         self.warmup = float(warmup)
+        self.align = align
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        value = coral_loss(step.source_features, step.target_features)
+        source = step.source_features
+        if self.align == "target":  # one-sided: the term's gradient reaches the target only
+            source = source.detach()
+        value = coral_loss(source, step.target_features)
         return {"coral": warmup_factor(step.progress, self.warmup) * value}

@@ -40,6 +40,10 @@ LABEL_SHIFT = {
     "target_fraction": Option(0.0, "the expected target merger fraction, for "
                               "class_weights=given", min=0.0, below=1.0),
 }
+# choices: galmerge.losses.dann ALIGNS (not imported: torch), or auto (`_align`)
+ALIGN = Option("auto", "which features the term moves: both domains' or the target's only "
+               "(one-sided, as ADDA); auto: the target's when it has its own encoder, else both",
+               choices=("auto", "both", "target"))
 OPTIONS: dict[str, dict[str, Option]] = {
     "none": {"weight": WEIGHT},
     "adabn": {"weight": WEIGHT},
@@ -51,9 +55,10 @@ OPTIONS: dict[str, dict[str, Option]] = {
                          "(mean, scale-free) or DeepMerge II's 19 fixed ones (deepmerge)",
                          choices=("deepmerge", "mean")),
         "warmup": Option(10.0, WARMUP, min=0.0),
+        "align": ALIGN,
         **LABEL_SHIFT,
     },
-    "coral": {"weight": WEIGHT, "warmup": Option(0.0, WARMUP, min=0.0)},
+    "coral": {"weight": WEIGHT, "warmup": Option(0.0, WARMUP, min=0.0), "align": ALIGN},
     # weight 0.3 (stop 23): with per-domain BatchNorm, 0.3 beat 1.0 in target and source
     # accuracy on each dev pair (benchmarks/results/study_weights23_dev.md)
     "dann": {
@@ -73,12 +78,9 @@ OPTIONS: dict[str, dict[str, Option]] = {
                             "outer product with the class probabilities (predictions: CDAN), "
                             "and that weighted by prediction confidence (predictions+entropy: "
                             "CDAN+E)", choices=("none", "predictions", "predictions+entropy")),
-        # choices: galmerge.losses.dann ALIGNS, or auto: "target" with the target's own encoder
-        # (ADDA, the default layout since stop 28: benchmarks/results/study_adda28_*.md),
-        # "both" with a shared one (DANN)
-        "align": Option("auto", "which features the adversary moves: both domains' (DANN) or "
-                        "the target's only (one-sided, as ADDA); auto: the target's when it "
-                        "has its own encoder, else both", choices=("auto", "both", "target")),
+        # auto: "target" with the target's own encoder (ADDA, the default layout since stop 28:
+        # benchmarks/results/study_adda28_*.md), "both" with a shared one (DANN)
+        "align": ALIGN,
         **LABEL_SHIFT,
     },
     # intra 0.01 / inter 1.0: every Fisher command line of the DeepMerge II repository
@@ -140,6 +142,15 @@ SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+def _align(context: StrategyContext, options: Mapping[str, Any]) -> str:
+    """The ``align`` option resolved: "auto" is one-sided exactly when the target has its own
+    encoder (then the source features are the source-only path's, and moving them would only
+    cost source accuracy)."""
+    if options["align"] != "auto":
+        return str(options["align"])
+    return "target" if context.target_encoder == "separate" else "both"
+
+
 def _build_none(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.none import NoLoss
 
@@ -166,13 +177,14 @@ def _build_mmd(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modul
     _check_given("mmd", options)
     return MMDLoss(kernel=options["kernel"], warmup=options["warmup"],
                    class_weights=options["class_weights"], num_classes=context.num_classes,
-                   target_fraction=options["target_fraction"]).to(context.device)
+                   target_fraction=options["target_fraction"],
+                   align=_align(context, options)).to(context.device)
 
 
 def _build_coral(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
     from galmerge.losses.coral import CORALLoss
 
-    return CORALLoss(warmup=options["warmup"]).to(context.device)
+    return CORALLoss(warmup=options["warmup"], align=_align(context, options)).to(context.device)
 
 
 def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
@@ -192,8 +204,7 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
         num_classes=context.num_classes,
         target_fraction=opts["target_fraction"],
         condition=opts["condition"],
-        align=opts["align"] if opts["align"] != "auto" else
-        ("target" if context.target_encoder == "separate" else "both"),
+        align=_align(context, opts),
     )
     return module.to(context.device)
 
