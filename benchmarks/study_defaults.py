@@ -203,6 +203,14 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
                                                     "init_from={none}"]}
            for s in ("mmd", "coral")},
     },
+    # stop 29: entropy (information maximisation) with the target's own encoder, its logits
+    # read through the source path's head, which the term no longer trains: SHOT's frozen
+    # hypothesis (Liang et al. 2020). Same rule as onesided29, fixed before the runs.
+    "shot29": {
+        "none": {"strategy": "none"},
+        "entropy separate": {"strategy": "entropy", "sets": ["target_encoder=separate",
+                                                            "init_from={none}"]},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{

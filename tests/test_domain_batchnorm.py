@@ -269,6 +269,30 @@ def test_a_separate_target_encoder_leaves_the_source_path_to_the_source_loss(pai
     _target_outputs_agree(run, pair, tmp_path)
 
 
+@pytest.mark.parametrize("strategy", ["entropy", "mmd", "coral"])
+def test_every_target_term_trains_only_the_targets_own_encoder(pair, strategy, tmp_path):
+    """With its own target encoder, a term on the target's logits (entropy, SHOT's frozen
+    hypothesis) or features (mmd, coral: align auto is one-sided) leaves the source encoder and
+    the shared head bit for bit where the term's weight 0 leaves them."""
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    base = tmp_path / "none"
+    tiny_run(base, src, tgt, "none", epochs=1, max_steps_per_epoch=3)
+
+    def last(weight: float) -> dict[str, torch.Tensor]:
+        run = tmp_path / f"{strategy}-{weight}"
+        tiny_run(run, src, tgt, strategy, epochs=2, max_steps_per_epoch=4,
+                 sets=[f"init_from={base / 'best.pt'}", "target_encoder=separate",
+                       f"{strategy}.weight={weight}", f"{strategy}.warmup=0"])
+        return read_checkpoint(run / "last.pt")["model"]
+
+    adapted, still = last(1.0), last(0.0)
+    moved = [k for k in adapted if ".target_" in k and not torch.equal(adapted[k], still[k])]
+    assert moved  # the term trained the target's encoder
+    for key, value in still.items():
+        if ".target_" not in key:
+            assert torch.equal(adapted[key], value), key
+
+
 def test_a_separate_target_encoder_needs_per_domain_batches(pair, tmp_path):
     res = CliRunner().invoke(cli, [
         "train", "--source", f"hdf5:{pair['source']}", "--target", f"hdf5:{pair['target']}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -583,3 +584,34 @@ def test_one_sided_dann_moves_only_the_target_features(plugin_manager, feature_l
     assert both[0] > 0 and one_sided[0] == 0.0  # no adversarial push on the source side
     assert one_sided[1] == pytest.approx(both[1], rel=1e-5)  # the target side's is unchanged
     assert one_sided[2] == pytest.approx(both[2], rel=1e-5)  # the discriminator learns alike
+
+
+@pytest.mark.parametrize("name", ["mmd", "coral"])
+def test_one_sided_alignment_terms_move_only_the_target_features(plugin_manager, name) -> None:
+    source, target = _clouds()
+    source = source * 2.0 + 1.0  # a covariance and a mean unlike the target's
+
+    def grads(align: str) -> tuple[float, float, float]:
+        module = _build(plugin_manager, name, dim=8, align=align, warmup=0.0)
+        fs, ft = source.clone().requires_grad_(True), target.clone().requires_grad_(True)
+        value = module(_step(fs, ft, progress=1.0))[name]
+        value.backward()
+        source_grad = 0.0 if fs.grad is None else float(fs.grad.norm())
+        return source_grad, float(ft.grad.norm()), float(value)
+
+    both, one_sided = grads("both"), grads("target")
+    assert both[0] > 0 and one_sided[0] == 0.0  # the source side is not pulled
+    assert one_sided[1] == pytest.approx(both[1], rel=1e-6)  # the target side's pull is unchanged
+    assert one_sided[2] == pytest.approx(both[2], rel=1e-6)  # and so is the term's value
+
+
+@pytest.mark.parametrize("name", ["mmd", "coral", "dann"])
+@pytest.mark.parametrize(("encoder", "expected"), [("separate", "target"), ("shared", "both")])
+def test_align_auto_is_one_sided_exactly_with_the_targets_own_encoder(
+    plugin_manager, name, encoder, expected
+) -> None:
+    record = plugin_manager.get("strategies", name)
+    context = dataclasses.replace(_context(8), target_encoder=encoder)
+    assert record.build(context, dict(record.defaults)).align == expected
+    forced = record.build(context, {**record.defaults, "align": "both"})
+    assert forced.align == "both"

@@ -3,14 +3,16 @@
 Source and target batches go through the model together (``domain_batchnorm = "joint"``: one
 concatenated forward, BatchNorm statistics mix the domains), one after the other (``"separate"``:
 each BatchNorm batch is one domain, and each domain keeps its own running statistics, see
-``galmerge.models.domain_norm``), or the target not at all (when no strategy of the run
+``galmerge.models.domain_norm``; with ``target_encoder = "separate"`` the target's own encoder,
+and terms on target logits do not train the shared head), or the target not at all (when no strategy of the run
 ``needs_target``: source-only training). The loss is CE(source) + Σ weight_i · term_i; keys a
 strategy returns with a leading ``_`` are detached diagnostics, never part of the loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -26,6 +28,20 @@ from galmerge.runtime import distributed as ddp
 Terms = dict[str, torch.Tensor]
 
 
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Forward passes inside build no graph into ``module``'s parameters (their gradient stays
+    the one other passes give); gradients still flow through ``module`` to its inputs."""
+    live = [p for p in module.parameters() if p.requires_grad]
+    for p in live:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in live:
+            p.requires_grad_(True)
+
+
 class TrainStep(nn.Module):
     """Model and strategy modules in one module, so DDP sees (and syncs) every parameter."""
 
@@ -38,6 +54,7 @@ class TrainStep(nn.Module):
         autocast: bool,
         forward_model: nn.Module | None = None,
         joint: bool = True,
+        source_head: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -46,6 +63,10 @@ class TrainStep(nn.Module):
         self.dist = dist
         self.autocast = autocast
         self.joint = joint
+        # the target has its own encoder (ADDA's layout): the classifier head is the source
+        # path's, so terms on the target's logits train the target encoder only (SHOT's frozen
+        # hypothesis, Liang et al. 2020), and the source path sees the source loss alone
+        self.source_head = source_head
         self.checked = False  # strategy outputs are checked once, at the first step
         # torch.compile'd view of ``model`` (same parameters); kept out of the module tree
         self.__dict__["_forward_model"] = forward_model
@@ -68,7 +89,11 @@ class TrainStep(nn.Module):
         if not self.joint:
             fs, zs = self._net(xs)
             with statistics(self.model, "target"):  # per-domain running statistics (DSBN)
-                ft, zt = self._net(xt)
+                if self.source_head:
+                    with frozen(self.model.head):
+                        ft, zt = self._net(xt)
+                else:
+                    ft, zt = self._net(xt)
             return fs, ft, zs, zt
         feats, logits = self._net(torch.cat([xs, xt]))
         n = len(xs)

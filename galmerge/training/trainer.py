@@ -95,7 +95,7 @@ class Trainer:
         forward_model = torch.compile(model) if cfg["compile"] else None
         self.step_module: nn.Module = TrainStep(
             model, self.strategies, weights, plan.dist, plan.cuda, forward_model,
-            joint=plan.joint_batchnorm,
+            joint=plan.joint_batchnorm, source_head=cfg["target_encoder"] == "separate",
         )
 
     def _build_optimiser(self) -> None:
