@@ -457,3 +457,37 @@ def test_source_guard_bad_inputs_are_one_line_errors(toys, tmp_path):
                              str(elsewhere), "--quiet"])  # fmt: skip
     assert "the reference must see the same source validation images" in run(
         "--max-source-drop", "3", "--reference", str(elsewhere))
+
+
+def test_trials_with_their_own_target_encoder_share_one_source_stage(toys, tmp_path):
+    """ADDA's layout in a study: the trials start from the study's source-only reference,
+    trained once, instead of each training its own stage; best.toml records that start."""
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    result = CliRunner().invoke(
+        cli, _args(source, target, study, "--n-trials", "2", "--sampler", "random",
+                   "--pruner", "none", "--set", "target_encoder=separate")  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    reference = study / "reference"
+    assert (reference / "summary.json").is_file()
+    assert 'strategy = "none"' in (reference / "config.toml").read_text()
+    rows = _trials(study)
+    assert [r["state"] for r in rows] == ["complete"] * 2
+    # joint batches cannot feed a separate encoder: the layout is not searched, but fixed
+    assert "param_domain_batchnorm" not in rows[0]
+    start = str(reference / "best.pt")
+    for r in rows:
+        run = study / r["run_dir"]
+        assert not (run / "source_only").exists()  # no stage of its own
+        config = (run / "config.toml").read_text()
+        assert f'init_from = "{start}"' in config and 'target_encoder = "separate"' in config
+        assert 'domain_batchnorm = "separate"' in config
+    assert f'init_from = "{start}"' in (study / "best.toml").read_text()
+    # a shared encoder (the mmd default) needs no stage: no reference is trained
+    shared = tmp_path / "shared"
+    result = CliRunner().invoke(
+        cli, _args(source, target, shared, "--n-trials", "1", "--pruner", "none"))
+    assert result.exit_code == 0, result.output
+    assert not (shared / "reference").exists()
+    assert 'init_from = ""' in (shared / "best.toml").read_text()

@@ -143,16 +143,24 @@ def reference_accuracy(
         path = Path(reference)
         check_reference(path, base)
         return _accuracy_at_best(path), str(path)
+    path = study_reference(study_dir, base_layer, say, "for --max-source-drop")
+    return _accuracy_at_best(path), str(path)
+
+
+def study_reference(study_dir: Path, base_layer: Mapping[str, Any], say: Any,
+                    why: str) -> Path:  # fmt: skip
+    """``study_dir/reference``, the study's source-only run with its base settings; trained
+    (or continued after a kill) when it is not finished yet."""
     path = study_dir / REFERENCE_DIR
     if not (path / rundir.SUMMARY).is_file():
         from galmerge.training import train
 
-        say(f"training the source-only reference for --max-source-drop in {path}")
+        say(f"training the source-only reference {why} in {path}")
         if (path / rundir.LAST).is_file():  # a killed study: continue its reference
             train(resume=path, quiet=True)
         else:
             train(config=reference_layer(base_layer), run_dir=path, quiet=True)
-    return _accuracy_at_best(path), str(path)
+    return path
 
 
 def drop_points(reference: float, accuracy: float) -> float:

@@ -507,6 +507,8 @@ def tune(
     base_layer = deep_merge(file_layer, base_layer)
     base = resolve_config(file=base_layer)  # validates every name and value up front
     dims, fixed = resolve_space(base, space)
+    if base_layer.get("target_encoder") == "separate":
+        dims, fixed = _per_domain_batches(dims, fixed)
     base_layer = deep_merge(base_layer, params_layer(fixed, base))
     resolve_config(file=base_layer)  # the fixed values must be valid settings too
 
@@ -569,7 +571,8 @@ def tune(
                 if guard is not None:  # milder variants of the defaults (source_guard.LADDER)
                     for params in source_guard.ladder(start, dims):
                         study.enqueue_trial(params, user_attrs={"ladder": True})
-        objective = _objective(optuna, study_dir, base_layer, dims, score, guard)
+        start_from = _stage_start(study_dir, base_layer, reference, storage, say)
+        objective = _objective(optuna, study_dir, base_layer, dims, score, guard, start_from)
         _optimize(optuna, study, objective, n_trials, timeout, say, quiet)
         return write_outputs(study_dir, study, score, quiet=quiet, guard=guard)
     finally:
@@ -587,11 +590,60 @@ def _tpe(optuna: Any, seed: int, max_drop: float | None) -> Any:
             seed=seed, constraints_func=source_guard.constraint_func(max_drop))
 
 
+def _per_domain_batches(
+    dims: Mapping[str, Mapping[str, Any]], fixed: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The space of a study that asks for the target's own encoder: joint batches cannot
+    forward each domain through its own encoder, so ``domain_batchnorm`` loses "joint" (and
+    is fixed when one choice is left)."""
+    dims, fixed = {k: dict(v) for k, v in dims.items()}, dict(fixed)
+    spec = dims.get("domain_batchnorm")
+    if spec is not None and spec["type"] == "categorical" and "joint" in spec["choices"]:
+        left = [c for c in spec["choices"] if c != "joint"]
+        if len(left) > 1:
+            spec["choices"] = left
+        else:
+            del dims["domain_batchnorm"]
+            fixed["domain_batchnorm"] = left[0] if left else "separate"
+    if fixed.get("domain_batchnorm") == "joint":
+        raise GalmergeError("target_encoder=separate needs per-domain batches, but the search "
+                            "space fixes domain_batchnorm = \"joint\"; set it to separate")
+    return dims, fixed
+
+
+def _stage_start(
+    study_dir: Path, base_layer: Mapping[str, Any], reference: str | Path | None,
+    storage: str | None, say: Callable[[str], None],
+) -> Callable[[], str] | None:  # fmt: skip
+    """Where trials with their own target encoder (ADDA's layout) start: the best.pt of the
+    study's source-only reference (``--reference``, or ``study_dir/reference``, trained once
+    when the first such trial needs it), so the trials share one source stage instead of each
+    training its own; their searched lr, weight decay and epochs are the adaptation's. None
+    (each trial trains its own stage) for processes sharing a ``--storage`` without a
+    ``--reference``: they must not train one folder at once."""
+    if reference is not None:
+        return lambda: str(Path(reference) / rundir.BEST)
+    if storage is not None:
+        return None
+    found: list[str] = []
+
+    def start() -> str:
+        if not found:
+            path = source_guard.study_reference(
+                study_dir, base_layer, say, "that trials with their own target encoder start from")
+            found.append(str(path / rundir.BEST))
+        return found[0]
+
+    return start
+
+
 def _objective(
     optuna: Any, study_dir: Path, base_layer: Mapping[str, Any],
     dims: Mapping[str, Mapping[str, Any]], score: str, guard: Mapping[str, Any] | None = None,
+    start_from: Callable[[], str] | None = None,
 ) -> Callable[[Any], float]:  # fmt: skip
     from galmerge.training import train
+    from galmerge.training.step import needs_target
 
     def objective(trial: Any) -> float:
         params = suggest(trial, dims)
@@ -610,6 +662,11 @@ def _objective(
                     raise optuna.TrialPruned()
 
         try:
+            if start_from is not None:
+                cfg = resolve_config(file=layer)
+                if (cfg["target_encoder"] == "separate" and not cfg["init_from"]
+                        and needs_target(cfg)):
+                    layer = dict(layer, init_from=start_from())
             train(config=layer, run_dir=run_dir, quiet=True, on_epoch=on_epoch)
         except Exception as exc:
             if not isinstance(exc, optuna.TrialPruned):
