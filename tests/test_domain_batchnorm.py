@@ -341,10 +341,10 @@ def test_a_separate_target_encoder_without_init_from_trains_its_source_stage_fir
     assert "with seed = 0, not 5" in res.output.strip().splitlines()[-1]
 
 
-def test_dann_defaults_to_its_own_target_encoder_and_other_layouts_keep_one():
+def test_alignment_strategies_default_to_their_own_target_encoder_and_others_keep_one():
     """target_encoder "auto": separate when every target-reading strategy's record asks for it
-    (dann's), recorded as such; shared beside another target-reading term, for joint batches
-    and for the presets."""
+    (dann's, mmd's, coral's and entropy's), recorded as such; shared beside another target-reading term,
+    for joint batches and for the presets."""
     from galmerge.config.resolve import resolve_config
     from galmerge.plugin.manager import get_plugin_manager
 
@@ -352,9 +352,11 @@ def test_dann_defaults_to_its_own_target_encoder_and_other_layouts_keep_one():
         return resolve_config(cli={"strategy": strategy, "source": "synthetic:illustris",
                                    "target": "synthetic:sdss", **extra})["target_encoder"]
 
-    assert get_plugin_manager().get("strategies", "dann").target_encoder == "separate"
+    for name in ("dann", "mmd", "coral", "entropy"):
+        assert get_plugin_manager().get("strategies", name).target_encoder == "separate"
     assert layout("dann") == layout("dann+fisher") == "separate"  # fisher reads no target
-    assert layout("dann+entropy") == layout("mmd") == layout("none") == "shared"
+    assert layout("mmd") == layout("mmd+fisher+entropy") == "separate"
+    assert layout("dann+adabn") == layout("adabn") == layout("none") == "shared"
     assert layout("dann", domain_batchnorm="joint") == "shared"
     assert layout("dann", preset="deepmerge2-sim-real") == "shared"
     assert layout("dann", target_encoder="shared") == "shared"

@@ -37,7 +37,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for strategy in ("none", "mmd"):
         out[strategy] = root / "runs" / strategy
-        tiny_run(out[strategy], source, target, strategy, epochs=3)
+        # one shared encoder: no source stage of its own, so the baseline is runs/none
+        tiny_run(out[strategy], source, target, strategy, epochs=3,
+                 sets=["target_encoder=shared"])
     return out
 
 

@@ -154,8 +154,8 @@ def test_synthetic_preset_resolves_as_before():
     assert (c["lr"], c["weight_decay"], c["batch_size"], c["epochs"], c["patience"]) == (
         2e-3, 1e-3, 32, 30, 20)
     assert c["strategies"] == {
-        "mmd": {"weight": 0.3, "kernel": "deepmerge", "warmup": 0.0, "class_weights": "off",
-                "target_fraction": 0.0},
+        "mmd": {"weight": 0.3, "kernel": "deepmerge", "warmup": 0.0, "align": "auto",
+                "class_weights": "off", "target_fraction": 0.0},
         "fisher": {"weight": 0.01, "intra_weight": 0.01, "inter_weight": 0.01, "form": "tr",
                    "reduction": "sum", "warmup": 0.0},
         "entropy": {"weight": 0.3, "include_source": False, "diversity": 1.0, "warmup": 0.0},
@@ -163,6 +163,7 @@ def test_synthetic_preset_resolves_as_before():
     assert c["optimizer"]["amsgrad"] is False
     assert c["schedule"]["kind"] == "onecycle" and c["select_by"] == "source_val_loss"
     assert c["domain_batchnorm"] == "joint"  # the layout it was tuned with (default: separate)
+    assert c["target_encoder"] == "shared"  # joint batches: one encoder, align "auto" = both
 
 
 def test_presets_command_lists_and_cites():
