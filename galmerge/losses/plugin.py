@@ -260,15 +260,15 @@ def register_strategies() -> list[Strategy]:
         ),
         Strategy(
             name="adabn",
-            description="no loss term; the target batch is forwarded with the source batch so "
-            "BatchNorm statistics mix both domains (AdaBN-like)",
+            description="no loss term; the target batch is forwarded, so BatchNorm keeps "
+            "target statistics (AdaBN; with joint batches they mix both domains)",
             build=_build_adabn,
             options=OPTIONS["adabn"],
         ),
         Strategy(
             name="mmd",
-            description="Gaussian-kernel MMD between source and target features "
-            "(19 bandwidths, DeepMerge II)",
+            description="multi-kernel Gaussian MMD between source and target features "
+            "(bandwidths relative to the batch; DeepMerge II's 19 with kernel=deepmerge)",
             build=_build_mmd,
             options=OPTIONS["mmd"],
             search_space=SEARCH_SPACES["mmd"],
@@ -307,7 +307,8 @@ def register_strategies() -> list[Strategy]:
         ),
         Strategy(
             name="entropy",
-            description="entropy minimisation of target predictions",
+            description="entropy minimisation of target predictions, with a diversity term "
+            "(information maximisation)",
             build=_build_entropy,
             options=OPTIONS["entropy"],
             search_space=SEARCH_SPACES["entropy"],
