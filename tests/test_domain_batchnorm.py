@@ -343,8 +343,8 @@ def test_a_separate_target_encoder_without_init_from_trains_its_source_stage_fir
 
 def test_alignment_strategies_default_to_their_own_target_encoder_and_others_keep_one():
     """target_encoder "auto": separate when every target-reading strategy's record asks for it
-    (dann's, mmd's, coral's and entropy's), recorded as such; shared beside another target-reading term,
-    for joint batches and for the presets."""
+    (dann's, mmd's, coral's and entropy's), recorded as such; shared beside another
+    target-reading term, for joint batches and for the presets."""
     from galmerge.config.resolve import resolve_config
     from galmerge.plugin.manager import get_plugin_manager
 

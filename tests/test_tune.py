@@ -61,6 +61,14 @@ def _trials(study: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _trained_reference(study: Path) -> Path:
+    """The study's own source-only reference, which it trained to the end."""
+    reference = study / "reference"
+    assert (reference / "summary.json").is_file()
+    assert 'strategy = "none"' in (reference / "config.toml").read_text()
+    return reference
+
+
 def _history(study: Path) -> list[tuple]:
     """Everything Optuna stored per trial: parameters, values, per-epoch values, state."""
     db = sqlite3.connect(study / "study.db")
@@ -377,9 +385,7 @@ def test_source_guard_trains_a_reference_queues_milder_trials_and_keeps_the_guar
                    "--max-source-drop", "100", "--sampler", "random")  # fmt: skip
     )
     assert result.exit_code == 0, result.output
-    reference = study / "reference"
-    assert (reference / "summary.json").is_file()
-    assert 'strategy = "none"' in (reference / "config.toml").read_text()
+    reference = _trained_reference(study)
     rows = _trials(study)
     # trial 0: the defaults (mmd weight 1.0); then the ladder x 1/2, 1/3, 1/6 of the weight
     weights = [float(r["param_mmd.weight"]) for r in rows]
@@ -471,9 +477,7 @@ def test_trials_with_their_own_target_encoder_share_one_source_stage(toys, tmp_p
                    "--pruner", "none", "--set", "target_encoder=separate")  # fmt: skip
     )
     assert result.exit_code == 0, result.output
-    reference = study / "reference"
-    assert (reference / "summary.json").is_file()
-    assert 'strategy = "none"' in (reference / "config.toml").read_text()
+    reference = _trained_reference(study)
     rows = _trials(study)
     assert [r["state"] for r in rows] == ["complete"] * 2
     # joint batches cannot feed a separate encoder: the layout is not searched, but fixed

@@ -5,7 +5,7 @@ dimension (64 samples × 2592 DeepMerge features) the Frobenius norm is computed
 matrices, ‖XᵀX‖² = ‖XXᵀ‖², which costs O(n² d) instead of O(n d²); larger batches use the d × d
 covariances directly. (DeepMerge II's ``loss.CORAL`` divides by d² instead of 4 d²; the factor
 only rescales the weight.) ``align="target"`` detaches the source features, so the term moves
-the target's only (for the target's own encoder, ``target_encoder=separate``). ``warmup`` = γ multiplies the term by the ramp
+the target's only (``galmerge.losses.align``). ``warmup`` = γ multiplies the term by the ramp
 2 / (1 + exp(-γ p)) - 1 (``galmerge.losses.options``).
 """
 
@@ -14,10 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from galmerge.losses.align import check_align, source_side
 from galmerge.plugin.options import warmup_factor
 from galmerge.plugin.strategy_api import StepInputs
-
-ALIGNS = ("both", "target")  # which side's features the term moves (as galmerge.losses.dann)
 
 
 def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,14 +42,9 @@ class CORALLoss(nn.Module):
 
     def __init__(self, warmup: float = 0.0, align: str = "both") -> None:
         super().__init__()
-        if align not in ALIGNS:
-            raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
         self.warmup = float(warmup)
-        self.align = align
+        self.align = check_align(align)
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
-        source = step.source_features
-        if self.align == "target":  # one-sided: the term's gradient reaches the target only
-            source = source.detach()
-        value = coral_loss(source, step.target_features)
+        value = coral_loss(source_side(step.source_features, self.align), step.target_features)
         return {"coral": warmup_factor(step.progress, self.warmup) * value}

@@ -41,13 +41,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from galmerge.losses.align import ALIGNS, source_side
 from galmerge.losses.label_shift import ClassWeighting
 from galmerge.plugin.strategy_api import StepInputs
 
 FEATURE_LOSSES = ("reversed", "inverted")
 GRL_SCHEDULES = ("ramp", "constant")
 CONDITIONS = ("none", "predictions", "predictions+entropy")
-ALIGNS = ("both", "target")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -149,9 +149,8 @@ class DANNLoss(ClassWeighting):
 
     def _conditioned(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The discriminator's input (N+M, ·) and, for CDAN+E, per-image entropy weights."""
-        source = step.source_features.flatten(1)
-        if self.align == "target":  # the adversary's gradient reaches the target side only
-            source = source.detach()
+        # one-sided ("target"): the adversary's gradient reaches the target side only
+        source = source_side(step.source_features.flatten(1), self.align)
         both = torch.cat([source, step.target_features.flatten(1)])
         if self.condition == "none":
             return both, None

@@ -14,9 +14,8 @@ The fixed DeepMerge II bandwidths see 2592-d DeepMerge features (squared distanc
 with only a few kernels; a backbone with other feature norms sees others, so one weight cannot
 fit all. ``kernel="deepmerge"`` keeps the 19 fixed bandwidths.
 
-``align="target"`` detaches the source features, so only the target side is moved: with the
-target's own encoder (``target_encoder=separate``, ADDA's layout) the source path then trains on
-the source loss alone.
+``align="target"`` detaches the source features, so only the target side is moved
+(``galmerge.losses.align``).
 
 ``class_weights="estimated"`` is the class-weighted MMD of Yan et al. 2017 ("Mind the Class
 Weight Bias"): when the target's merger fraction differs from the source's, plain MMD pulls
@@ -38,12 +37,12 @@ from collections.abc import Sequence
 
 import torch
 
+from galmerge.losses.align import check_align, source_side
 from galmerge.losses.label_shift import ClassWeighting
 from galmerge.plugin.options import warmup_factor
 from galmerge.plugin.strategy_api import StepInputs
 
 KERNELS = ("deepmerge", "mean")
-ALIGNS = ("both", "target")  # which side's features the term moves (as galmerge.losses.dann)
 MEAN_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 BANDWIDTHS: tuple[float, ...] = (
     1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 100.0,
@@ -123,9 +122,7 @@ class MMDLoss(ClassWeighting):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        if align not in ALIGNS:
-            raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
-        self.align = align
+        self.align = check_align(align)
         self.kernel = kernel
         default = MEAN_MULTIPLIERS if kernel == "mean" else BANDWIDTHS
         self.bandwidths = tuple(float(b) for b in (bandwidths or default))
@@ -134,10 +131,8 @@ class MMDLoss(ClassWeighting):
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         weights = self._source_weights(step)
-        source = step.source_features
-        if self.align == "target":  # one-sided: the term's gradient reaches the target only
-            source = source.detach()
-        value = gaussian_mmd(source, step.target_features, self.bandwidths,
+        value = gaussian_mmd(source_side(step.source_features, self.align),
+                             step.target_features, self.bandwidths,
                              relative=self.kernel == "mean", source_weights=weights)
         out = {"mmd": warmup_factor(step.progress, self.warmup) * value}
         out.update(self._prior_diagnostics())  # logged: the estimated target merger share

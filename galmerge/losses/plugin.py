@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from galmerge.errors import GalmergeError
+from galmerge.losses.align import ALIGNS
 from galmerge.plugin.hookspecs import hookimpl
 from galmerge.plugin.options import Option
 from galmerge.plugin.records import Strategy
@@ -40,10 +41,10 @@ LABEL_SHIFT = {
     "target_fraction": Option(0.0, "the expected target merger fraction, for "
                               "class_weights=given", min=0.0, below=1.0),
 }
-# choices: galmerge.losses.dann ALIGNS (not imported: torch), or auto (`_align`)
+# auto: resolved by `_align`
 ALIGN = Option("auto", "which features the term moves: both domains' or the target's only "
                "(one-sided, as ADDA); auto: the target's when it has its own encoder, else both",
-               choices=("auto", "both", "target"))
+               choices=("auto", *ALIGNS))
 OPTIONS: dict[str, dict[str, Option]] = {
     "none": {"weight": WEIGHT},
     "adabn": {"weight": WEIGHT},

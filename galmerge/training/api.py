@@ -23,7 +23,7 @@ from galmerge.training import checkpoints
 from galmerge.training.data import load_imageset, prepare_domains
 from galmerge.training.plan import make_plan
 from galmerge.training.state import seed_everything
-from galmerge.training.step import needs_target
+from galmerge.training.step import needs_source_stage, needs_target
 from galmerge.training.stopping import RULES
 from galmerge.training.trainer import OnEpoch, Trainer
 
@@ -115,7 +115,7 @@ def _source_stage(
     continued, or reused when finished) in ``RUN_DIR/source_only``; the config then records
     that run's best.pt as ``init_from``. A target encoder started from random weights would
     have nothing to align."""
-    if cfg["target_encoder"] != "separate" or cfg["init_from"] or not needs_target(cfg):
+    if not needs_source_stage(cfg):
         return cfg
     rundir.check_new(out_dir)  # a folder holding another run is refused before any training
     stage = out_dir / rundir.SOURCE_STAGE

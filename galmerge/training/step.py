@@ -145,6 +145,13 @@ def needs_target(config: Mapping[str, Any]) -> bool:
     return any(getattr(r, "needs_target", True) for r in strategy_records(config))
 
 
+def needs_source_stage(config: Mapping[str, Any]) -> bool:
+    """Whether a resolved config's run starts with a source-only stage: the target has its own
+    encoder (ADDA's layout), no ``init_from`` gives its start, and a strategy reads the target."""
+    return (config["target_encoder"] == "separate" and not config["init_from"]
+            and needs_target(config))
+
+
 def build_strategies(
     config: Mapping[str, Any], feature_dim: int, total_steps: int, device: torch.device
 ) -> tuple[nn.ModuleDict, dict[str, float]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import time
@@ -625,14 +626,12 @@ def _stage_start(
         return lambda: str(Path(reference) / rundir.BEST)
     if storage is not None:
         return None
-    found: list[str] = []
 
+    @functools.cache  # trained (or found) once, when the first such trial needs it
     def start() -> str:
-        if not found:
-            path = source_guard.study_reference(
-                study_dir, base_layer, say, "that trials with their own target encoder start from")
-            found.append(str(path / rundir.BEST))
-        return found[0]
+        path = source_guard.study_reference(
+            study_dir, base_layer, say, "that trials with their own target encoder start from")
+        return str(path / rundir.BEST)
 
     return start
 
@@ -643,7 +642,7 @@ def _objective(
     start_from: Callable[[], str] | None = None,
 ) -> Callable[[Any], float]:  # fmt: skip
     from galmerge.training import train
-    from galmerge.training.step import needs_target
+    from galmerge.training.step import needs_source_stage
 
     def objective(trial: Any) -> float:
         params = suggest(trial, dims)
@@ -662,11 +661,8 @@ def _objective(
                     raise optuna.TrialPruned()
 
         try:
-            if start_from is not None:
-                cfg = resolve_config(file=layer)
-                if (cfg["target_encoder"] == "separate" and not cfg["init_from"]
-                        and needs_target(cfg)):
-                    layer = dict(layer, init_from=start_from())
+            if start_from is not None and needs_source_stage(resolve_config(file=layer)):
+                layer = dict(layer, init_from=start_from())
             train(config=layer, run_dir=run_dir, quiet=True, on_epoch=on_epoch)
         except Exception as exc:
             if not isinstance(exc, optuna.TrialPruned):
