@@ -211,6 +211,15 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "entropy separate": {"strategy": "entropy", "sets": ["target_encoder=separate",
                                                             "init_from={none}"]},
     },
+    # stop 30: the built-in strategies whose defaults were never measured on the fresh
+    # held-out renders of stop 28/29 (data seeds 300+), with the same `none` runs: `bsp` alone
+    # (never measured alone before) and `adabn` (stop 23's renders only). Reporting only;
+    # nothing is chosen from these runs.
+    "gaps30": {
+        "none": {"strategy": "none"},
+        "bsp": {"strategy": "bsp"},
+        "adabn": {"strategy": "adabn"},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
