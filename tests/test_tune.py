@@ -18,7 +18,9 @@ from click.testing import CliRunner
 from train_toys import ToyPlugin, _NoNone, toy_sets
 
 from galmerge.cli import cli
+from galmerge.config.rundir import read_config
 from galmerge.io import hdf5 as hdf5io
+from galmerge.models.model import read_checkpoint
 from galmerge.plugin.imageset import ImageSet
 
 pytest.importorskip("optuna")
@@ -474,7 +476,8 @@ def test_trials_with_their_own_target_encoder_share_one_source_stage(toys, tmp_p
     study = tmp_path / "study"
     result = CliRunner().invoke(
         cli, _args(source, target, study, "--n-trials", "2", "--sampler", "random",
-                   "--pruner", "none", "--set", "target_encoder=separate")  # fmt: skip
+                   "--pruner", "none", "--set", "target_encoder=separate",
+                   "--set", "stop_by=im")  # fmt: skip
     )
     assert result.exit_code == 0, result.output
     reference = _trained_reference(study)
@@ -490,6 +493,20 @@ def test_trials_with_their_own_target_encoder_share_one_source_stage(toys, tmp_p
         assert f'init_from = "{start}"' in config and 'target_encoder = "separate"' in config
         assert 'domain_batchnorm = "separate"' in config
     assert f'init_from = "{start}"' in (study / "best.toml").read_text()
+    # the reference is the source-only stage `train` makes for the same settings, weights and
+    # all (without the adaptation's stop rule, which reads the target)
+    run = tmp_path / "adda"
+    result = CliRunner().invoke(cli, [
+        "train", "--source", source, "--target", target, "--strategy", "mmd", "--backbone",
+        "tiny", "--epochs", "2", "--batch-size", "8", "--max-steps-per-epoch", "2", "--device",
+        "cpu", "--quiet", "--set", "target_encoder=separate", "--set", "stop_by=im",
+        "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    stage = read_config(run / "source_only")
+    assert read_config(reference) == stage and stage["strategy"] == "none"
+    ours, theirs = (read_checkpoint(p / "best.pt")["model"] for p in (reference, run / "source_only"))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     # a shared encoder needs no stage: no reference is trained
     shared = tmp_path / "shared"
     result = CliRunner().invoke(

@@ -23,7 +23,7 @@ from galmerge.training import checkpoints
 from galmerge.training.data import load_imageset, prepare_domains
 from galmerge.training.plan import make_plan
 from galmerge.training.state import seed_everything
-from galmerge.training.step import needs_source_stage, needs_target
+from galmerge.training.step import needs_source_stage, needs_target, source_only_layer
 from galmerge.training.stopping import RULES
 from galmerge.training.trainer import OnEpoch, Trainer
 
@@ -132,12 +132,7 @@ def _source_stage(
             scfg, _, state = _resume_config(stage, {}, False, None, sets_given)
             _fit(scfg, stage, sets_given, quiet, state, None, dist, device)
         else:
-            multipliers = {k: v for k, v in (cfg.get("lr_multipliers") or {}).items()
-                           if k == "*" or k.split(".")[0] == "model"}
-            layer = {k: v for k, v in cfg.items()
-                     if k not in ("strategy", "strategies", "target_encoder", "stop_by")}
-            layer.update(strategy="none", select_by="source_val_loss", preset="",
-                         lr_multipliers=multipliers)
+            layer = source_only_layer(cfg)
             _fit(resolve_config(file=layer), stage, sets_given, quiet, None, None, dist, device)
     return dict(cfg, init_from=str(stage / rundir.BEST))
 

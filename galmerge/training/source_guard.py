@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from galmerge.config import rundir
+from galmerge.config.resolve import resolve_config
 from galmerge.errors import GalmergeError
 
 REFERENCE_DIR = "reference"
@@ -124,13 +125,11 @@ def check_reference(run_dir: Path, base: Mapping[str, Any]) -> None:
 
 
 def reference_layer(base_layer: Mapping[str, Any]) -> dict[str, Any]:
-    """The study's own reference run: its base settings, source only, checkpoint by source
-    validation loss."""
-    layer = {k: v for k, v in base_layer.items() if k not in ("strategy", "strategies")}
-    layer.update({"strategy": "none", "select_by": "source_val_loss"})
-    layer.pop("domain_batchnorm", None)
-    layer.pop("target_encoder", None)
-    return layer
+    """The study's own reference run: its base settings made source only the way `train`
+    makes its source-only stage (``galmerge.training.step.source_only_layer``)."""
+    from galmerge.training.step import source_only_layer
+
+    return source_only_layer(resolve_config(file=dict(base_layer)))
 
 
 def reference_accuracy(

@@ -145,6 +145,24 @@ def needs_target(config: Mapping[str, Any]) -> bool:
     return any(getattr(r, "needs_target", True) for r in strategy_records(config))
 
 
+# settings of an adaptation that its source-only start leaves out
+ADAPTATION_ONLY = ("strategy", "strategies", "target_encoder", "domain_batchnorm", "stop_by")
+
+
+def source_only_layer(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of the source-only run a target encoder of its own starts from, for
+    train's stage and tune's study reference alike: the resolved ``config``'s data, backbone,
+    optimiser, epochs and seed; strategy none, checkpoint by source validation loss, the model's
+    learning-rate multipliers only, and no layout or stop rule of the adaptation. The preset is
+    already applied in ``config``, so the layer names none."""
+    multipliers = {k: v for k, v in (config.get("lr_multipliers") or {}).items()
+                   if k == "*" or k.split(".")[0] == "model"}
+    layer = {k: v for k, v in config.items() if k not in ADAPTATION_ONLY}
+    layer.update(strategy="none", select_by="source_val_loss", preset="",
+                 lr_multipliers=multipliers)
+    return layer
+
+
 def needs_source_stage(config: Mapping[str, Any]) -> bool:
     """Whether a resolved config's run starts with a source-only stage: the target has its own
     encoder (ADDA's layout), no ``init_from`` gives its start, and a strategy reads the target."""
