@@ -213,12 +213,14 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # stop 30: the built-in strategies whose defaults were never measured on the fresh
     # held-out renders of stop 28/29 (data seeds 300+), with the same `none` runs: `bsp` alone
-    # (never measured alone before) and `adabn` (stop 23's renders only). Reporting only;
+    # (never measured alone before), `adabn` and `fisher` (earlier renders only). Reporting only;
     # nothing is chosen from these runs.
     "gaps30": {
         "none": {"strategy": "none"},
         "bsp": {"strategy": "bsp"},
         "adabn": {"strategy": "adabn"},
+        # added before any gaps30 result was read: stop 24 measured it on stop 23's renders only
+        "fisher": {"strategy": "fisher"},
     },
     "phase1": {
         "none": {"strategy": "none"},
