@@ -219,7 +219,7 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "none": {"strategy": "none"},
         "bsp": {"strategy": "bsp"},
         "adabn": {"strategy": "adabn"},
-        # added before any gaps30 result was read: stop 24 measured it on stop 23's renders only
+        # added while the first gaps30 runs ran (stop 24 measured it on older renders only)
         "fisher": {"strategy": "fisher"},
     },
     "phase1": {
