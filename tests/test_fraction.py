@@ -500,6 +500,12 @@ def test_an_adapted_model_is_named_and_the_direction_of_its_bias_given(classifie
     assert "further above" in adaptation_check(dann, 0.5, 0.8)["message"]
     assert not adaptation_check(dann, 0.5, 0.53)["warning"]
     assert not adaptation_check(dann, 0.5, None)["warning"]  # binned: no single estimate
+    # so do mmd and entropy with their defaults (fraction_mmd_seed1.md, fraction_entropy_seed1.md)
+    for name in ("mmd", "entropy"):
+        run_config = tmp_path / f"{name}-config"
+        run_config.mkdir()
+        (run_config / "config.toml").write_text(f"[strategies.{name}]\n")
+        assert "further below" in adaptation_check(run_config, 0.5, 0.3)["message"]
     mixed = tmp_path / "mixed-config"
     mixed.mkdir()
     (mixed / "config.toml").write_text("[strategies.dann]\n[strategies.coral]\n")
