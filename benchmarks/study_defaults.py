@@ -238,6 +238,18 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
             "strategy": "entropy", "sets": ["target_encoder=separate", "init_from={none}",
                                             "entropy.diversity=0.5"]},
     },
+    # stop 30: the separate-encoder defaults (dann, mmd, coral, entropy) on fresh renders of
+    # the dev pair types (data seeds 300 + 2 * pair, never used for choosing; training seed 0),
+    # so that issue 14's rule for defaults is measured on 8 pairs (these 4 and the 4 held-out
+    # pairs of study_adda28/onesided29/shot29_heldout). Reporting only: nothing is chosen
+    # from these runs. "{none}" is the stage a default run trains first (same settings).
+    "fresh30": {
+        "none": {"strategy": "none"},
+        "adda": {"strategy": "dann", "sets": ["target_encoder=separate", "init_from={none}"]},
+        **{f"{s} separate": {"strategy": s, "sets": ["target_encoder=separate",
+                                                    "init_from={none}"]}
+           for s in ("mmd", "coral", "entropy")},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
