@@ -55,6 +55,19 @@ def test_builtin_strategy_and_backbone_train(tmp_path, backbone, strategy):
     assert 0.0 <= summary["metrics"]["target_test"]["accuracy"] <= 1.0
 
 
+def test_a_strategy_that_reads_no_target_says_the_run_is_source_only(tmp_path, capfd):
+    source, target = _sets(16)
+    kw = dict(source=source, target=target, epochs=1, batch_size=8, max_steps_per_epoch=1,
+              device="cpu", quiet=True)
+    galmerge.train(strategy="fisher", run_dir=tmp_path / "fisher", **kw)
+    note = capfd.readouterr().err.strip().splitlines()[-1]
+    assert note.startswith("galmerge train: note: fisher reads no target image")
+    assert "dann+fisher" in note
+    for strategy in ("none", "dann+fisher"):  # source only by choice, or adapted: no note
+        galmerge.train(strategy=strategy, run_dir=tmp_path / strategy, **kw)
+        assert "note:" not in capfd.readouterr().err
+
+
 def test_same_seed_same_run_bit_for_bit_with_two_threads(tmp_path):
     """DeepMerge + mmd+fisher+entropy with 2 intra-op threads: a batch of 32 x 2592 features
     takes ATen's parallel paths, which once made Fisher's centre gradient differ run to run."""
