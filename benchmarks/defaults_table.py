@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -98,7 +100,8 @@ def main() -> None:
             + (f" ({min(below):+.1f})" if below else "")
             + f" | {', '.join(map(str, bad_pairs)) or 'none'} | {_mean_auc(rs, work)} |")
     files = dict.fromkeys(Path(e.partition(":")[0]).name for e in args.entries)
-    lines += ["", "Sources: " + ", ".join(f"`{f}`" for f in files) + "."]
+    lines += ["", "Sources: " + ", ".join(f"`{f}`" for f in files) + ".", "",
+              f"Command: `python benchmarks/defaults_table.py {shlex.join(sys.argv[1:])}`"]
     out = Path(args.out)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
