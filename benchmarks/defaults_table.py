@@ -29,17 +29,19 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if "target" in r]
 
 
-def _auc(r: dict[str, Any], work: Path | None) -> float | None:
-    """Target test AUC from the row, or from the run's summary.json under ``work``."""
+def _auc(r: dict[str, Any], work: list[Path]) -> float | None:
+    """Target test AUC from the row, or from the run's summary.json under one of ``work``
+    (the run's own target spec must match: several folders may hold the same pair and seed)."""
     if r.get("target_auc") is not None:
         return float(r["target_auc"])
-    if work is None:
-        return None
     slug = r["name"].replace(" ", "_").replace("+", "p").replace("=", "")
-    summary = work / f"pair{r['pair']}-seed{r['seed']}" / slug / "summary.json"
-    if not summary.is_file():
-        return None
-    return float(json.loads(summary.read_text())["metrics"]["target_test"]["auc"])
+    for folder in work:
+        summary = folder / f"pair{r['pair']}-seed{r['seed']}" / slug / "summary.json"
+        if summary.is_file():
+            data = json.loads(summary.read_text())
+            if data.get("target") == r.get("target_spec"):
+                return float(data["metrics"]["target_test"]["auc"])
+    return None
 
 
 def main() -> None:
@@ -47,9 +49,10 @@ def main() -> None:
     ap.add_argument("entries", nargs="+", help="FILE:NAME=LABEL")
     ap.add_argument("--out", required=True)
     ap.add_argument("--title", default="Every built-in default against source-only none")
-    ap.add_argument("--work-dir", default=None, help="run folders, for AUCs not in the rows")
+    ap.add_argument("--work-dir", action="append", default=[],
+                    help="a folder of the runs, for AUCs not in the rows (repeatable)")
     args = ap.parse_args()
-    work = Path(args.work_dir) if args.work_dir else None
+    work = [Path(w) for w in args.work_dir]
 
     none: dict[tuple[int, int], dict[str, Any]] = {}
     picked: list[tuple[str, dict[str, Any]]] = []
@@ -107,7 +110,7 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def _mean_auc(rs: list[dict[str, Any]], work: Path | None) -> str:
+def _mean_auc(rs: list[dict[str, Any]], work: list[Path]) -> str:
     aucs = [a for a in (_auc(r, work) for r in rs) if a is not None]
     return f"{statistics.fmean(aucs):.2f}" if aucs else "-"
 
