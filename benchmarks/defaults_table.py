@@ -24,6 +24,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from study_defaults import run_dir  # noqa: E402
+
 
 def _rows(path: Path) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if "target" in r]
@@ -34,9 +38,8 @@ def _auc(r: dict[str, Any], work: list[Path]) -> float | None:
     (the run's own target spec must match: several folders may hold the same pair and seed)."""
     if r.get("target_auc") is not None:
         return float(r["target_auc"])
-    slug = r["name"].replace(" ", "_").replace("+", "p").replace("=", "")
     for folder in work:
-        summary = folder / f"pair{r['pair']}-seed{r['seed']}" / slug / "summary.json"
+        summary = run_dir(folder, r["name"], r["pair"], r["seed"]) / "summary.json"
         if summary.is_file():
             data = json.loads(summary.read_text())
             if data.get("target") == r.get("target_spec"):

@@ -224,7 +224,7 @@ def _fit(
             extra = f" x{dist.world} processes" if dist.enabled else ""
             print(f"galmerge train: device {device}{extra} (asked: {cfg['device']})",
                   file=sys.stderr)
-            if cfg["strategy"] != "none" and not needs_target(cfg):
+            if cfg["strategy"] != "none" and not trainer.plan.needs_target:
                 # e.g. `fisher` alone: a source-side term, not an adaptation (stop 24)
                 print(f"galmerge train: note: {cfg['strategy']} reads no target image, so this "
                       f"run trains on the source only; combine it with a strategy that aligns "
