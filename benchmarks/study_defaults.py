@@ -250,6 +250,14 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
                                                     "init_from={none}"]}
            for s in ("mmd", "coral", "entropy")},
     },
+    # stop 31: the two shared-encoder defaults not in fresh30 (bsp, adabn; gaps30 measured them
+    # on the held-out pairs only) on the same fresh dev-type renders, seeds 0-2, so that every
+    # default that reads the target has 8 pairs x 3 seeds. Reporting only; nothing is chosen.
+    "fresh31": {
+        "none": {"strategy": "none"},
+        "bsp": {"strategy": "bsp"},
+        "adabn": {"strategy": "adabn"},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
