@@ -57,9 +57,10 @@ def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
            "0", "--seed", str(seed), "--device", "cpu", "--run-dir", str(runs / name), "--quiet"]
     if steps:
         cmd += ["--max-steps-per-epoch", str(steps)]
-    if strategy != "none":
-        for item in sets:  # "{f}" in a value: the target training set's merger fraction
-            cmd += ["--set", item.replace("{f}", f"{f:g}")]
+    # the `none` baseline gets no sets; `--da none --set observe...` is a second source-only
+    # model trained per target fraction
+    for item in sets:  # "{f}" in a value: the target training set's merger fraction
+        cmd += ["--set", item.replace("{f}", f"{f:g}")]
     subprocess.run(cmd, check=True)
 
 
@@ -241,7 +242,7 @@ def main() -> None:
                     "benchmarks/configs), or any strategy expression with galmerge's defaults")
     ap.add_argument("--set", action="append", default=[], metavar="NAME.OPTION=VALUE",
                     help="option of the adapted models (e.g. dann.weight=0.1; {f} in a value is the "
-                    "target training fraction); not of `none`")
+                    "target training fraction); not of the `none` baseline")
     ap.add_argument("--train-seed", type=int, default=1,
                     help="training seed of every model (1: the seed of the committed results)")
     ap.add_argument("--control", action="store_true",

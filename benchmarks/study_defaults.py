@@ -258,6 +258,16 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "bsp": {"strategy": "bsp"},
         "adabn": {"strategy": "adabn"},
     },
+    # stop 31: the source observed as the target survey would see it (galmerge.data.observe):
+    # Gaussian PSF of 1.0-2.0 arcsec FWHM (SDSS's r-band seeing range, from the survey's
+    # documentation, fixed before any run; the renderer's sdss preset draws a Moffat of
+    # 1.1-1.8", held-out pair 1 1.65-2.7") and the sky noise the source lacks, measured on the
+    # unlabelled target ("auto"). Reporting only: nothing is chosen from these runs.
+    "observe31": {
+        "none": {"strategy": "none"},
+        "none observe": {"strategy": "none", "sets": ["observe.psf_fwhm=[1.0, 2.0]",
+                                                      "observe.sky_sigma=auto"]},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{

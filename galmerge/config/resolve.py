@@ -12,6 +12,8 @@ feeds straight back into ``--config`` and reproduces the same run::
     [optimizer]         Adam: betas, eps, amsgrad
     [schedule]          kind ("onecycle" | "cyclic"); one-cycle: pct_start, div_factor,
                         final_div_factor; cyclic: cycle_length (epochs)
+    [observe]           psf_fwhm ([lo, hi] arcsec), sky_sigma ("none" | "auto" | per band):
+                        PSF blur and sky noise added to the source (galmerge.data.observe)
     [lr_multipliers]    "OWNER.PREFIX" = multiplier (OWNER: model or a strategy name; "*": all
                         declared); the resolved run records every multiplier in force
     [backbone_options]  options of the backbone (all of its defaults)
@@ -94,12 +96,15 @@ DEFAULTS: dict[str, Any] = {
                  "final_div_factor": 1e4, "cycle_length": 5},
     # "OWNER.PREFIX" -> learning-rate multiplier, over the modules' declared ones
     "lr_multipliers": {},
+    # the source as the target survey sees it (galmerge.data.observe); the defaults change
+    # no pixel
+    "observe": {"psf_fwhm": [0.0, 0.0], "sky_sigma": "none"},
     "backbone_options": {},
     "strategies": {},
 }
 
 TOP_KEYS = set(DEFAULTS)
-SECTIONS = ("optimizer", "schedule")
+SECTIONS = ("optimizer", "schedule", "observe")
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -359,6 +364,28 @@ def _validate_choices(config: Mapping[str, Any]) -> None:
         raise GalmergeError("init_keep_preprocess must be true or false")
 
 
+def _check_observe(options: Mapping[str, Any]) -> None:
+    """``[observe]`` (galmerge.data.observe): values only; band counts are checked against
+    the data when it is loaded."""
+    fwhm = options["psf_fwhm"]
+    if (not isinstance(fwhm, list | tuple) or len(fwhm) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in fwhm)
+            or not 0 <= fwhm[0] <= fwhm[1] <= 20):
+        raise GalmergeError(
+            f"observe.psf_fwhm must be [lo, hi] arcsec with 0 <= lo <= hi <= 20, got {fwhm!r}; "
+            "e.g. --set 'observe.psf_fwhm=[1.0, 2.0]'")
+    sky = options["sky_sigma"]
+    if isinstance(sky, str):
+        if sky not in ("none", "auto"):
+            raise GalmergeError(f"observe.sky_sigma must be none, auto or one number per band, "
+                                f"got {sky!r}")
+    elif (not isinstance(sky, list | tuple) or not sky or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in sky)):
+        raise GalmergeError(f"observe.sky_sigma must be none, auto or one number >= 0 per band, "
+                            f"got {sky!r}")
+
+
 def _validate_values(config: Mapping[str, Any]) -> None:
     for key in ("epochs", "batch_size"):
         if not _whole(config[key]) or config[key] < 1:
@@ -399,6 +426,7 @@ def _validate_values(config: Mapping[str, Any]) -> None:
     for key in ("div_factor", "final_div_factor"):
         if not _number(sched[key]) or sched[key] <= 0:
             raise GalmergeError(f"schedule.{key} must be a number > 0, got {sched[key]!r}")
+    _check_observe(config["observe"])
     for key in ("source", "target"):
         if not config[key]:
             raise GalmergeError(f"no --{key} given; e.g. --{key} synthetic:illustris")

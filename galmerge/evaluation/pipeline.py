@@ -62,19 +62,27 @@ class DomainData:
 
 
 def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str) -> ImageSet:
-    if isinstance(given, ImageSet):
-        return given
-    from galmerge.data.datasets import load_imageset
+    """The run's ``role`` set as it trained on it (the source observed as its config's
+    ``[observe]`` section says, `galmerge.data.observe`)."""
+    from galmerge.data.observe import observed
 
-    spec = given or config.get(role)
-    if not spec:
-        raise GalmergeError(f"config.toml has no '{role}' spec; pass --{role} SPEC")
-    try:
-        return load_imageset(str(spec))
-    except GalmergeError as exc:
-        raise GalmergeError(
-            f"cannot reload the {role} data '{spec}' ({exc}); pass --{role} SPEC"
-        ) from exc
+    if isinstance(given, ImageSet):
+        imageset = given
+    else:
+        from galmerge.data.datasets import load_imageset
+
+        spec = given or config.get(role)
+        if not spec:
+            raise GalmergeError(f"config.toml has no '{role}' spec; pass --{role} SPEC")
+        try:
+            imageset = load_imageset(str(spec))
+        except GalmergeError as exc:
+            raise GalmergeError(
+                f"cannot reload the {role} data '{spec}' ({exc}); pass --{role} SPEC"
+            ) from exc
+    if role != "source":
+        return imageset
+    return observed(imageset, config.get("observe"), int(config.get("seed", 0)))
 
 
 def _outputs(

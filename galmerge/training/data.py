@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from galmerge.data import observe
 from galmerge.data.batches import StreamingBatches, TensorBatches
 from galmerge.data.preprocess import PreprocessSpec, compute_spec
 from galmerge.data.splits import domain_splits
@@ -61,11 +62,13 @@ def _labelled(imageset: ImageSet, idx: np.ndarray) -> np.ndarray:
 
 
 def prepare_domains(
-    config: Mapping[str, Any], source_set: ImageSet, target_set: ImageSet, device: torch.device,
+    config: MutableMapping[str, Any], source_set: ImageSet, target_set: ImageSet, device: torch.device,
     specs: Mapping[str, PreprocessSpec] | None = None,
 ) -> tuple[Domain, Domain]:
     """Split both sets (seeded), keep labelled source images, normalise. ``specs`` (from an
-    ``init_from`` checkpoint) replaces the specs measured on the training splits."""
+    ``init_from`` checkpoint) replaces the specs measured on the training splits. With an
+    ``[observe]`` section the source is observed first (`galmerge.data.observe`), and its
+    ``sky_sigma = "auto"`` is replaced in ``config`` by the numbers measured."""
     if source_set.channels != target_set.channels or source_set.image_size != target_set.image_size:
         raise GalmergeError(
             f"source {config['source']} has {source_set.channels}x{source_set.image_size}x"
@@ -77,6 +80,10 @@ def prepare_domains(
     s_splits = {k: _labelled(source_set, v) for k, v in splits["source"].items()}
     if len(s_splits["train"]) == 0:
         raise GalmergeError(f"source {config['source']} has no labelled training images")
+    if observe.active(config.get("observe")):
+        config["observe"] = observe.resolve(config["observe"], source_set, target_set,
+                                            s_splits["train"], splits["target"]["train"])
+        source_set = observe.observed(source_set, config["observe"], int(config["seed"]))
     specs = specs or {}
     source = _prepare(config["source"], source_set, s_splits, device, specs.get("source"),
                       "source")
