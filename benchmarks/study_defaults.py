@@ -267,6 +267,12 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "none": {"strategy": "none"},
         "none observe": {"strategy": "none", "sets": ["observe.psf_fwhm=[1.0, 2.0]",
                                                       "observe.sky_sigma=auto"]},
+        # added after the first "none observe" runs (pairs 5 and 1: higher target AUC, but
+        # most target galaxies called mergers): does ADDA (dann's default) gain from starting
+        # at an observed source-only stage? It trains that stage itself (RUN_DIR/source_only)
+        "adda observe": {"strategy": "dann", "sets": ["target_encoder=separate",
+                                                      "observe.psf_fwhm=[1.0, 2.0]",
+                                                      "observe.sky_sigma=auto"]},
     },
     "phase1": {
         "none": {"strategy": "none"},
