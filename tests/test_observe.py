@@ -46,7 +46,7 @@ def test_psf_blur_keeps_flux_with_a_width_drawn_per_image_and_noise_has_the_give
     assert sky.std(dim=(0, 2, 3)).tolist() == pytest.approx([0.1, 0.2, 0.3], rel=0.03)
 
 
-def test_streamed_rows_are_observed_exactly_as_in_memory(tmp_path):
+def test_streamed_rows_are_observed_as_in_memory(tmp_path):
     stars = _points()
     path = tmp_path / "points.h5"
     with h5py.File(path, "w") as fh:
@@ -59,7 +59,8 @@ def test_streamed_rows_are_observed_exactly_as_in_memory(tmp_path):
         streamed = observed(lazy, options, seed=5)
         assert not streamed.in_memory
         rows = [7, 2, 11]
-        assert torch.equal(streamed.batch(rows), in_memory.batch(rows))
+        # the same draws; a batch's widest kernel only changes float rounding
+        assert torch.allclose(streamed.batch(rows), in_memory.batch(rows), rtol=0, atol=1e-6)
     assert not torch.equal(in_memory.images, observed(stars, options, seed=6).images)
 
 
