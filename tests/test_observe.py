@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -94,6 +95,11 @@ def test_bad_observe_settings_are_one_line_errors(toys, tmp_path):
                            epochs=1, batch_size=8, device="cpu", quiet=True,
                            run_dir=tmp_path / "bad", sets=[setting])
         assert "\n" not in str(info.value)
+    blank = replace(target, images=torch.full_like(target.images, float("nan")))
+    with pytest.raises(GalmergeError, match="have no finite pixels in some band"):
+        galmerge.train(source=source, target=blank, strategy="none", backbone="tiny", epochs=1,
+                       batch_size=8, device="cpu", quiet=True, run_dir=tmp_path / "nan",
+                       sets=["observe.sky_sigma=auto"])
     result = CliRunner().invoke(cli, ["train", "--source", "synthetic:illustris?n=50",
                                        "--target", "synthetic:sdss?n=50", "--set",
                                        "observe.psf_fwhm=[3.0, 1.0]", "--run-dir",

@@ -24,6 +24,7 @@ splits are observed too: the source metrics of such a run are measured on observ
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -58,7 +59,15 @@ def border_noise(imageset: ImageSet, indices: np.ndarray) -> list[float]:
     x = imageset.batch(idx).double().numpy()
     frame = np.ones(x.shape[-2:], dtype=bool)
     frame[BORDER:-BORDER, BORDER:-BORDER] = False
-    return [float(mad_std(x[:, band][:, frame])) for band in range(x.shape[1])]
+    # masked (NaN) pixels of real frames are skipped; a band with none left is one line
+    with warnings.catch_warnings():  # numpy's all-NaN warning: the check below says it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = [float(mad_std(x[:, band][:, frame], ignore_nan=True))
+               for band in range(x.shape[1])]
+    if not all(math.isfinite(v) for v in out):
+        raise GalmergeError(f"observe.sky_sigma = \"auto\": the stamp borders of {imageset.survey} "
+                            "have no finite pixels in some band; give observe.sky_sigma per band")
+    return out
 
 
 def resolve(options: Mapping[str, Any], source: ImageSet, target: ImageSet,
