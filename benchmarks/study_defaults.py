@@ -29,6 +29,9 @@ sys.path.insert(0, str(HERE))
 from bench_tune import DEV_PAIRS, PAIRS, pair_specs  # noqa: E402
 
 # name -> train() keyword arguments (strategy, strategy_options, sets)
+# stop 31's observed source (grid observe31): the settings of every observed run
+OBSERVE31 = ["observe.psf_fwhm=[1.0, 2.0]", "observe.sky_sigma=auto"]
+
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     # joint BatchNorm (the default) for every strategy, and the scale-free / ramped variants
     "joint": {
@@ -265,14 +268,11 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     # unlabelled target ("auto"). Reporting only: nothing is chosen from these runs.
     "observe31": {
         "none": {"strategy": "none"},
-        "none observe": {"strategy": "none", "sets": ["observe.psf_fwhm=[1.0, 2.0]",
-                                                      "observe.sky_sigma=auto"]},
+        "none observe": {"strategy": "none", "sets": OBSERVE31},
         # added after the first "none observe" runs (pairs 5 and 1: higher target AUC, but
         # most target galaxies called mergers): does ADDA (dann's default) gain from starting
         # at an observed source-only stage? It trains that stage itself (RUN_DIR/source_only)
-        "adda observe": {"strategy": "dann", "sets": ["target_encoder=separate",
-                                                      "observe.psf_fwhm=[1.0, 2.0]",
-                                                      "observe.sky_sigma=auto"]},
+        "adda observe": {"strategy": "dann", "sets": ["target_encoder=separate", *OBSERVE31]},
     },
     "phase1": {
         "none": {"strategy": "none"},

@@ -1,4 +1,5 @@
-"""The ``[observe]`` section: the source seen through a PSF and sky noise (galmerge.data.observe)."""
+"""The ``[observe]`` section: the source seen through a PSF and sky noise
+(galmerge.data.observe)."""
 
 from __future__ import annotations
 

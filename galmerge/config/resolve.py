@@ -368,8 +368,7 @@ def _check_observe(options: Mapping[str, Any]) -> None:
     """``[observe]`` (galmerge.data.observe): values only; band counts are checked against
     the data when it is loaded."""
     fwhm = options["psf_fwhm"]
-    if (not isinstance(fwhm, list | tuple) or len(fwhm) != 2
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in fwhm)
+    if (not isinstance(fwhm, list | tuple) or len(fwhm) != 2 or not all(map(_number, fwhm))
             or not 0 <= fwhm[0] <= fwhm[1] <= 20):
         raise GalmergeError(
             f"observe.psf_fwhm must be [lo, hi] arcsec with 0 <= lo <= hi <= 20, got {fwhm!r}; "
@@ -379,9 +378,8 @@ def _check_observe(options: Mapping[str, Any]) -> None:
         if sky not in ("none", "auto"):
             raise GalmergeError(f"observe.sky_sigma must be none, auto or one number per band, "
                                 f"got {sky!r}")
-    elif (not isinstance(sky, list | tuple) or not sky or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-            for v in sky)):
+    elif (not isinstance(sky, list | tuple) or not sky
+            or not all(_number(v) and v >= 0 for v in sky)):
         raise GalmergeError(f"observe.sky_sigma must be none, auto or one number >= 0 per band, "
                             f"got {sky!r}")
 

@@ -62,8 +62,8 @@ def _labelled(imageset: ImageSet, idx: np.ndarray) -> np.ndarray:
 
 
 def prepare_domains(
-    config: MutableMapping[str, Any], source_set: ImageSet, target_set: ImageSet, device: torch.device,
-    specs: Mapping[str, PreprocessSpec] | None = None,
+    config: MutableMapping[str, Any], source_set: ImageSet, target_set: ImageSet,
+    device: torch.device, specs: Mapping[str, PreprocessSpec] | None = None,
 ) -> tuple[Domain, Domain]:
     """Split both sets (seeded), keep labelled source images, normalise. ``specs`` (from an
     ``init_from`` checkpoint) replaces the specs measured on the training splits. With an
