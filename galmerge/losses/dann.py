@@ -28,6 +28,18 @@ d · num_classes inputs), so the adversary aligns the features of each predicted
 than the marginal; ``"predictions+entropy"`` also weights each image by 1 + exp(-H(p))
 (CDAN+E: confident predictions count more), normalised within each domain.
 
+``relax = β`` (> 0) makes the alignment asymmetrically relaxed (Wu et al. 2019, "Domain
+Adaptation with Asymmetrically-Relaxed Distribution Alignment", ICML): the discriminator
+maximises the relaxed Jensen-Shannon dual E_s[log σ(d)] + E_t[log(2 + β − σ(d))] − log(1 + β)
+instead of the BCE, whose optimum is σ(d) = 1 wherever p_t(z) ≤ (1 + β) p_s(z). Features whose
+target density exceeds the source's by at most that factor then get no push: a target whose
+merger fraction differs from the source's may keep it instead of being pulled to the source's
+class mix. With a balanced source every target mix has p_t ≤ 2 p_s once the class-conditionals
+match, so β = 1 admits any target merger fraction (β = 1 / min_y π_s(y) − 1 in general). The
+inverted feature loss is then the target's flipped-label BCE only: the relaxation is one-sided,
+and pushing source features toward a discriminator that calls everything "source" would move
+them without bound.
+
 ``align = "target"`` makes the alignment one-sided, as ADDA's (Tzeng et al. 2017): the
 discriminator still learns from both domains, but only the target features get its reversed
 (or inverted) gradient; the source features are trained by the classification loss alone.
@@ -129,8 +141,12 @@ class DANNLoss(ClassWeighting):
         target_fraction: float = 0.0,
         condition: str = "none",
         align: str = "both",
+        relax: float = 0.0,
     ) -> None:
         super().__init__()
+        if not (math.isfinite(relax) and relax >= 0.0):
+            raise ValueError(f"relax must be a finite number >= 0, got {relax!r}")
+        self.relax = float(relax)
         self.align = _choice("align", align, ALIGNS)
         self.condition = _choice("condition", condition, CONDITIONS)
         self.feature_loss = _choice("feature_loss", feature_loss, FEATURE_LOSSES)
@@ -166,6 +182,21 @@ class DANNLoss(ClassWeighting):
         w = torch.cat([w[:n] / w[:n].mean(), w[n:] / w[n:].mean()])
         return mapped, w
 
+    def _discriminator_loss(self, logits: torch.Tensor, domain: torch.Tensor,
+                            weight: torch.Tensor | None) -> torch.Tensor:
+        """The BCE the discriminator minimises, or with ``relax`` > 0 the negated relaxed
+        Jensen-Shannon dual (weighted mean over both domains, as the BCE's ``weight``)."""
+        if self.relax == 0.0:
+            return F.binary_cross_entropy_with_logits(logits, domain, weight=weight)
+        # source (domain 1): -log σ(d); target (domain 0): -log(2 + β - σ(d)) + log(1 + β),
+        # which is 0 at σ(d) = 1 and never infinite (2 + β - σ ≥ 1 + β > 0)
+        source_term = F.softplus(-logits)
+        target_term = math.log1p(self.relax) - torch.log(2.0 + self.relax - torch.sigmoid(logits))
+        per_image = torch.where(domain > 0.5, source_term, target_term)
+        if weight is not None:
+            per_image = per_image * weight
+        return per_image.mean()
+
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         source, target = step.source_features, step.target_features
         coeff = self.coefficient(step.progress)
@@ -189,17 +220,20 @@ class DANNLoss(ClassWeighting):
         extra: dict[str, torch.Tensor] = self._prior_diagnostics()
         if self.feature_loss == "reversed":
             logits = self.discriminator(reverse_gradient(both, coeff))
-            loss = F.binary_cross_entropy_with_logits(logits, domain, weight=per_image)
+            loss = self._discriminator_loss(logits, domain, per_image)
         else:
             # the discriminator learns on detached features; the features learn against a
             # frozen copy of it (same weights, no gradient into them) with flipped labels
             logits = self.discriminator(both.detach())
-            loss = F.binary_cross_entropy_with_logits(logits, domain, weight=per_image)
+            loss = self._discriminator_loss(logits, domain, per_image)
             frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
             frozen.update(self.discriminator.named_buffers())
             fooled = torch.func.functional_call(self.discriminator, frozen, (both,))
+            feature_weight = per_image
+            if self.relax > 0.0:  # relaxed: only the target side is pushed (see the docstring)
+                feature_weight = (1.0 - domain) if per_image is None else per_image * (1.0 - domain)
             feature_bce = F.binary_cross_entropy_with_logits(fooled, 1.0 - domain,
-                                                             weight=per_image)
+                                                             weight=feature_weight)
             loss = loss + coeff * feature_bce
             extra["_feature_bce"] = feature_bce.detach()
         with torch.no_grad():

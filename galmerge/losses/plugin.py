@@ -82,6 +82,10 @@ OPTIONS: dict[str, dict[str, Option]] = {
         # auto: "target" with the target's own encoder (ADDA, the default layout since stop 28:
         # benchmarks/results/study_adda28_*.md), "both" with a shared one (DANN)
         "align": ALIGN,
+        "relax": Option(0.0, "asymmetric relaxation β (Wu et al. 2019): target feature density "
+                        "up to (1 + β) times the source's is not penalised, so a target merger "
+                        "fraction unlike the source's may stay; 0: plain alignment; 1 admits any "
+                        "fraction with a balanced source", min=0.0),
         **LABEL_SHIFT,
     },
     # intra 0.01 / inter 1.0: every Fisher command line of the DeepMerge II repository
@@ -206,6 +210,7 @@ def _build_dann(context: StrategyContext, options: Mapping[str, Any]) -> nn.Modu
         target_fraction=opts["target_fraction"],
         condition=opts["condition"],
         align=_align(context, opts),
+        relax=opts["relax"],
     )
     return module.to(context.device)
 
