@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     common = dict(epochs=args.epochs, batch_size=args.batch_size, device="cpu")
     results: list[dict[str, Any]] = []
     for p in args.pairs:
-        source, target = pair_specs(p, args.n)
+        source, target = pair_specs(p, args.n, args.data_seeds)
         for seed in args.seeds:
             tag = f"pair{p}-seed{seed}"
             t0 = time.time()
@@ -224,7 +224,8 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
     load = os.getloadavg()
     out = {
         "settings": {k: v for k, v in vars(args).items() if k != "out_dir"},
-        "pairs": {i: {"source": pair_specs(i, args.n)[0], "target": pair_specs(i, args.n)[1],
+        "pairs": {i: {"source": pair_specs(i, args.n, args.data_seeds)[0],
+                      "target": pair_specs(i, args.n, args.data_seeds)[1],
                       "shift": PAIRS[i][2]} for i in args.pairs},  # fmt: skip
         "dev_pairs": list(DEV_PAIRS), "held_out_pairs": list(HELD_OUT_PAIRS),
         "table": table, "spearman_mean_std": rho, "runs": results,
@@ -238,7 +239,8 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
         f"# Label-free tuning on held-out shifted pairs ({args.name})",
         "",
         f"Scale: pairs {args.pairs} ({', '.join(PAIRS[i][2] for i in args.pairs)}), training "
-        f"seeds {args.seeds}, n={args.n} images per domain, {args.epochs} epochs, batch "
+        f"seeds {args.seeds}, data seeds {args.data_seeds or 200} + 2 * pair (source; target + 1), "
+        f"n={args.n} images per domain, {args.epochs} epochs, batch "
         f"{args.batch_size}, strategy `{args.strategy}`, {args.n_trials} trials per pair and seed "
         f"(trial 0 = the defaults, then random search over the declared space, checkpoints on "
         f"the source validation loss); DeepMerge backbone on CPU. Test accuracy (target test split of "
@@ -283,6 +285,9 @@ def main() -> None:
     ap.add_argument("--strategy", default="mmd")
     ap.add_argument("--also", nargs="*", default=[],
                     help="more strategies to run with their defaults (no study)")
+    ap.add_argument("--data-seeds", type=int, default=None, metavar="BASE",
+                    help="render the pairs with data seeds BASE + 2 * pair (default 200 for "
+                    "held-out pairs; 300: the held-out renders of stop 26 on)")
     ap.add_argument("--work-dir", default="bench_tune_runs")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--name", default="tune_shifted_pairs")
@@ -296,6 +301,8 @@ def main() -> None:
             results += json.loads((Path(args.out_dir) / f"{name}.json").read_text())["runs"]
         args.pairs = sorted({r["pair"] for r in results})
         args.seeds = sorted({r["seed"] for r in results})
+        args.data_seeds = json.loads((Path(args.out_dir) / f"{args.combine[0]}.json")
+                                     .read_text())["settings"].get("data_seeds")
         _write(args, sorted(results, key=lambda r: (r["pair"], r["seed"])))
         return
     bad = [p for p in args.pairs if p not in HELD_OUT_PAIRS]
