@@ -444,6 +444,43 @@ def test_dann_feature_losses_on_a_saturated_discriminator(plugin_manager) -> Non
         torch.testing.assert_close(got, want.grad)
 
 
+def _trained_divergence(plugin_manager, relax: float, merger_share: float, shift: float) -> float:
+    """The divergence a dann discriminator estimates after 200 steps on fixed features: a source
+    of two class clusters half and half, a target of the same clusters at ``merger_share``,
+    moved by ``shift`` across them. JS dual (log 4 - 2 BCE) for relax 0, the relaxed one's
+    negated loss otherwise."""
+    torch.manual_seed(0)
+    module = _build(plugin_manager, "dann", dim=2, hidden=32, dropout=0.0, relax=relax)
+    gen = torch.Generator().manual_seed(3)
+    centres = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
+    ys = torch.arange(256) % 2
+    yt = (torch.rand(256, generator=gen) < merger_share).long()
+    source = centres[ys] + 0.5 * torch.randn(256, 2, generator=gen)
+    target = centres[yt] + 0.5 * torch.randn(256, 2, generator=gen) + torch.tensor([0.0, shift])
+    step = _step(source, target, labels=ys, progress=1.0)
+    opt = torch.optim.Adam(module.parameters(), lr=0.01)
+    for _ in range(200):
+        opt.zero_grad()
+        module(step)["dann"].backward()
+        opt.step()
+    loss = module(step)["dann"].item()
+    return -loss if relax > 0 else math.log(4.0) - 2.0 * loss
+
+
+def test_relaxed_dann_admits_a_prior_shift_but_not_a_domain_shift(plugin_manager) -> None:
+    """Wu et al. 2019: with relax = 1 a target whose merger share differs from a balanced
+    source's (class clusters in place) costs nothing, a target moved off the source does; the
+    plain discriminator charges the prior shift as a domain shift."""
+    assert _trained_divergence(plugin_manager, 1.0, 0.05, 0.0) < 0.01
+    assert _trained_divergence(plugin_manager, 1.0, 0.5, 2.0) > 0.1
+    assert _trained_divergence(plugin_manager, 0.0, 0.05, 0.0) > 0.25
+
+
+def test_relaxed_inverted_loss_pushes_the_target_only(plugin_manager) -> None:
+    _, gs, gt = _feature_grad(_saturated_dann(plugin_manager, feature_loss="inverted", relax=1.0))
+    assert gs.abs().sum() == 0 and (gt < 0).all()
+
+
 def test_bsp_equals_the_svd_reference(plugin_manager) -> None:
     """The Gram-matrix eigenvalues give the paper's top squared singular values (torch.svd of
     the feature batch), and the ratio form does not depend on the features' scale."""
@@ -488,6 +525,7 @@ def test_bsp_steps_spread_the_feature_energy(plugin_manager) -> None:
         ("dann", {"gama": 3.0}, "did you mean|unknown option"),
         ("dann", {"hidden": "big"}, "hidden"),
         ("dann", {"feature_loss": "flipped"}, "feature_loss"),
+        ("dann", {"relax": -0.5}, "relax"),
         ("fisher", {"form": "ratio"}, "form"),
         ("fisher", {"inter_weight": 0.0}, "inter_weight"),
         ("entropy", {"weight": -1.0}, "weight"),
