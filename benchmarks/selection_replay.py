@@ -1,0 +1,150 @@
+"""Replay checkpoint-selection rules on finished runs: which epoch would each rule keep?
+
+Every run's ``metrics.csv`` holds, per epoch, the label-free scores the trainer computes on the
+validation splits (``score_*``, ``source_val_loss``) beside the research-only target validation
+accuracy. A rule picks an epoch from the label-free columns only; the target validation accuracy
+at that epoch then says what the rule was worth (target labels only score, never choose).
+``none`` keeps the epoch its own run kept (``source_val_loss``), so gains are against the
+source-only run of the same pair and seed, on the same target validation images.
+
+Rules: ``source_val_loss`` (the trainer's default), ``im`` (information maximisation on the
+target validation predictions), ``im_src`` (im + source validation loss) and ``last`` (the
+final epoch). Why: with the target's own encoder (``target_encoder = "separate"``) the source
+validation loss measures the source path, a source-only model trained on, and says nothing of
+how far the target encoder has adapted.
+
+Stop 32's rule, written before any replay of the dev runs: on the dev runs of the
+separate-encoder defaults (study_seeds26's folders: pairs 0, 2, 4, 6, 8 x seeds 11, 12; adda,
+mmd_separate, coral_separate, entropy_separate), a rule replaces ``source_val_loss`` as the
+selection for runs with their own target encoder if its mean target gain is higher, it has no
+more runs below ``none``, and its mean source change is at most 2.5 points lower; of several,
+the one with the highest mean target gain. Then it is replayed once on the held-out runs.
+
+    python benchmarks/selection_replay.py --work-dir RUNS --names adda mmd_separate \\
+        --pairs 0 2 4 6 8 --seeds 11 12 --out benchmarks/results/selection_replay_dev.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+RULES: dict[str, tuple[str, str]] = {
+    "source_val_loss": ("source_val_loss", "min"),
+    "im": ("score_im", "min"),
+    "im_src": ("score_im_src", "min"),
+    "last": ("epoch", "max"),
+}
+
+
+def _rows(run: Path) -> list[dict[str, float]]:
+    with (run / "metrics.csv").open() as fh:
+        out = []
+        for r in csv.DictReader(fh):
+            row = {}
+            for k, v in r.items():
+                try:
+                    row[k] = float(v)
+                except (TypeError, ValueError):
+                    row[k] = math.nan
+            out.append(row)
+    return out
+
+
+def pick(rows: list[dict[str, float]], rule: str) -> dict[str, float] | None:
+    """The row ``rule`` keeps: the best finite value, the first on ties (as the trainer)."""
+    column, direction = RULES[rule]
+    best = None
+    for r in rows:
+        v = r.get(column, math.nan)
+        if not math.isfinite(v):
+            continue
+        if best is None or (v < best[column] if direction == "min" else v > best[column]):
+            best = r
+    return best
+
+
+def replay(work: Path, names: list[str], pairs: list[int], seeds: list[int]) -> list[dict[str, Any]]:
+    records = []
+    for p in pairs:
+        for s in seeds:
+            folder = work / f"pair{p}-seed{s}"
+            none_csv = folder / "none" / "metrics.csv"
+            if not none_csv.is_file():
+                continue
+            none = pick(_rows(folder / "none"), "source_val_loss")
+            for name in names:
+                if not (folder / name / "metrics.csv").is_file():
+                    continue
+                rows = _rows(folder / name)
+                rec: dict[str, Any] = {"pair": p, "seed": s, "name": name,
+                                       "none_target_val": none["target_val_accuracy"],
+                                       "none_source_val": none["source_val_accuracy"]}
+                for rule in RULES:
+                    r = pick(rows, rule)
+                    rec[rule] = None if r is None else {
+                        "epoch": int(r["epoch"]), "target_val": r["target_val_accuracy"],
+                        "source_val": r["source_val_accuracy"],
+                        "target_pred_merger": r.get("target_val_pred_merger", math.nan)}
+                records.append(rec)
+    return records
+
+
+def _ms(v: list[float]) -> str:
+    if not v:
+        return "-"
+    sd = statistics.stdev(v) if len(v) > 1 else 0.0
+    return f"{statistics.fmean(v):+.1f} ± {sd:.1f}"
+
+
+def table(records: list[dict[str, Any]]) -> list[str]:
+    lines = ["| strategy | rule | runs | target val gain vs none | source val change vs none | "
+             "runs below none (worst) | mean epoch |", "| --- " * 7 + "|"]
+    for name in ["all", *dict.fromkeys(r["name"] for r in records)]:
+        rs = [r for r in records if name in ("all", r["name"])]
+        for rule in RULES:
+            got = [r for r in rs if r[rule] is not None]
+            gains = [100 * (r[rule]["target_val"] - r["none_target_val"]) for r in got]
+            src = [100 * (r[rule]["source_val"] - r["none_source_val"]) for r in got]
+            below = [g for g in gains if g < 0]
+            worst = f" ({min(below):+.1f})" if below else ""
+            epochs = statistics.fmean(r[rule]["epoch"] for r in got) if got else math.nan
+            lines.append(f"| {name} | {rule} | {len(got)} | {_ms(gains)} | {_ms(src)} | "
+                         f"{len(below)}{worst} | {epochs:.1f} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work-dir", action="append", required=True,
+                    help="a study's run folders (pairP-seedS/NAME); repeat for several")
+    ap.add_argument("--names", nargs="+", required=True, help="run folder names to replay")
+    ap.add_argument("--pairs", type=int, nargs="+", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", required=True)
+    ap.add_argument("--title", default="Checkpoint selection replayed on finished runs")
+    ap.add_argument("--out", required=True, help="JSON path; the markdown goes beside it")
+    args = ap.parse_args()
+    records = []
+    for work in args.work_dir:
+        records += replay(Path(work), args.names, args.pairs, args.seeds)
+    out = Path(args.out)
+    out.write_text(json.dumps({"settings": vars(args), "records": records,
+                               "load_average": os.getloadavg()}, indent=1) + "\n")
+    lines = [f"# {args.title}", "",
+             f"Runs: {', '.join(args.work_dir)}; names {args.names}; pairs {args.pairs}; seeds "
+             f"{args.seeds}. Target/source validation accuracy (points) at the epoch each rule "
+             "keeps, against the `none` run of the same pair and seed at the epoch it kept. "
+             "Rules read label-free columns only; target labels only score.", "",
+             *table(records), ""]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
