@@ -371,12 +371,32 @@ def test_alignment_strategies_default_to_their_own_target_encoder_and_others_kee
     assert align("separate", align="both") == "both"
 
 
+def test_select_by_auto_follows_the_target_encoder():
+    """select_by "auto" (stop 32): "im" for a run with its own target encoder, whose adaptation
+    the source validation loss cannot see; the source validation loss otherwise; a name given
+    is kept; the resolved config records the name."""
+    from galmerge.config.resolve import resolve_config
+
+    def select(strategy: str, **extra) -> str:
+        return resolve_config(cli={"strategy": strategy, "source": "synthetic:illustris",
+                                   "target": "synthetic:sdss", **extra})["select_by"]
+
+    assert select("dann") == select("mmd+fisher+entropy") == select("coral") == "im"
+    assert select("none") == select("adabn") == select("dann+adabn") == "source_val_loss"
+    assert select("dann", target_encoder="shared") == "source_val_loss"
+    assert select("dann", preset="deepmerge2-sim-real") != "auto"
+    assert select("dann", select_by="source_val_loss") == "source_val_loss"
+    assert select("none", select_by="auto") == "source_val_loss"
+
+
 def test_a_default_dann_run_is_adda(pair, tmp_path):
     src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
     run = tmp_path / "dann"
     tiny_run(run, src, tgt, "dann", epochs=1, max_steps_per_epoch=2)
     config = read_checkpoint(run)["config"]
     assert config["target_encoder"] == "separate"
+    assert config["select_by"] == "im"  # the stage itself chose on the source validation loss
+    assert read_checkpoint(run / "source_only")["config"]["select_by"] == "source_val_loss"
     assert config["init_from"] == str(run / "source_only" / "best.pt")
     assert (run / "source_only" / "summary.json").is_file()
     assert domain_norm.state_has_target_encoder(read_checkpoint(run)["model"])

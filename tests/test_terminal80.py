@@ -60,7 +60,7 @@ def test_train_help_shows_the_config_defaults():
     out = CliRunner().invoke(cli, ["train", "--help"], env={"COLUMNS": "80"}).output
     flat = " ".join(out.split())
     assert "Maximum number of epochs (a preset may set its own). [default: 200]" in flat
-    assert "[default: 128]" in flat and "[default: source_val_loss]" in flat
+    assert "[default: 128]" in flat and "[default: auto]" in flat
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

@@ -31,7 +31,7 @@ def _help(text: str, key: str) -> str:
 @click.option("--init-from", help="Start from the weights of a run directory or checkpoint.")
 @click.option("--patience", type=int, help=_help("Early-stopping patience in epochs (0 = off).", "patience"))
 @click.option("--weight-decay", type=float, help=_help("Adam weight decay.", "weight_decay"))
-@click.option("--select-by", help=_help("Model selection: source_val_loss or a label-free score.", "select_by"))
+@click.option("--select-by", help=_help("Model selection: auto (im with its own target encoder, else source_val_loss), source_val_loss or a label-free score.", "select_by"))
 @click.option("--set", "sets", multiple=True, metavar="NAME.OPTION=VALUE",
               help="Strategy/optimizer/schedule option, e.g. --set fisher.intra_weight=0.01 "
               "(each strategy's options: galmerge list strategies).")

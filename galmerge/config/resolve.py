@@ -19,6 +19,11 @@ feeds straight back into ``--config`` and reproduces the same run::
     [backbone_options]  options of the backbone (all of its defaults)
     [strategies.NAME]   weight and options of each term of the strategy expression
 
+- ``select_by``: the score that picks best.pt (a name of ``galmerge.scores.selection.DIRECTIONS``).
+  "auto" (the default since stop 32) resolves to "im" (information maximisation on the target
+  validation predictions, label-free) when the run has its own target encoder, whose
+  adaptation the source validation loss cannot see, and to "source_val_loss" otherwise; the
+  resolved config records which.
 - ``stop_by``: the score early stopping watches (a name of ``galmerge.scores.selection.DIRECTIONS``);
   ``select_by`` keeps choosing best.pt.
 - ``early_stopping``: "patience" stops after ``patience`` epochs without a new best stop_by
@@ -73,7 +78,10 @@ DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "weight_decay": 1e-3,
     "patience": 20,
-    "select_by": "source_val_loss",
+    # "auto": "im" with the target's own encoder, else "source_val_loss" (stop 32: with its own
+    # encoder the source validation loss measures the source path only; chosen on dev runs by
+    # the rule written before the replay, benchmarks/results/selection_replay32_dev.md)
+    "select_by": "auto",
     "max_steps_per_epoch": 0,
     "checkpoint_every": 0,
     "compile": False,
@@ -281,6 +289,8 @@ def resolve_config(
         own = reading and config.get("domain_batchnorm") != "joint" and all(
             getattr(r, "target_encoder", "shared") == "separate" for r in reading)
         config["target_encoder"] = "separate" if own else "shared"
+    if config.get("select_by") == "auto":  # the resolved config records the score
+        config["select_by"] = "im" if config["target_encoder"] == "separate" else "source_val_loss"
     validate_config(config)
     return config
 

@@ -19,7 +19,8 @@ from typing import Any
 
 PROVENANCE_FORMAT = "galmerge-provenance/1"
 SIDECAR_SUFFIX = ".provenance.json"
-DEFAULT_SELECT = "source_val_loss"  # training.DEFAULT_SELECT (kept here: no torch import)
+# a config without select_by predates it: those runs chose best.pt on the source validation loss
+DEFAULT_SELECT = "source_val_loss"
 
 # FITS keywords (8 characters at most) for the record's keys
 FITS_KEYWORDS = {
