@@ -110,3 +110,12 @@ def test_a_learned_source_with_a_one_class_target_is_called_the_domain_gap():
     assert "domain gap" in saved and "not learning" not in saved
     both = [_row(1), _row(2, 0.5, 1.0, 1.0), _row(3, 0.5, 1.0, 1.0)]
     assert "not learning" in collapse_warning(both)
+
+
+def test_an_adapted_run_with_a_one_class_target_is_not_told_to_adapt():
+    """A dann run whose alignment put every target image in one class (seen at n=1000 on the
+    held-out pairs, stop 32): the advice is about the alignment, not "adapt with a strategy"."""
+    rows = [{**_row(e, target_share=0.99), "loss_ce": 0.2, "loss_dann": 0.06} for e in (1, 2, 3)]
+    [saved] = run_warnings(rows, best_epoch=3)
+    assert "99% of target val images" in saved and "the run adapts" in saved
+    assert "--select-by im" in saved and "adapt with a strategy" not in saved

@@ -128,7 +128,21 @@ def _persistent(rows: Sequence[Mapping[str, Any]], i: int) -> set[str]:
     return {k for k, _ in _signs(a)} & {k for k, _ in _signs(b)}
 
 
+def _adapts(row: Mapping[str, Any]) -> bool:
+    """True when the row logs a loss term besides the classifier's (a strategy reads the
+    target: its terms are ``loss_NAME``)."""
+    return any(k.startswith("loss_") and k not in ("loss_total", "loss_ce") for k in row)
+
+
 def _advice(row: Mapping[str, Any], kinds: set[str]) -> str:
+    if kinds == {"target"} and _adapts(row):  # the alignment itself put the target in one class
+        return (
+            "the source is learned and the run adapts, but the alignment put the target in one "
+            "class (seen with small training sets and with a target merger fraction far from "
+            "the source's); keep a checkpoint by a target score (--select-by im), lower the "
+            "strategy's weight, train on more images, or where the survey's fraction is known "
+            "give it with classify --prior VALUE"
+        )
     if kinds == {"target"}:  # the source is learned: one class on the target is the domain gap
         return (
             "the source is learned but the target gets one class: the domain gap; adapt with "
