@@ -290,6 +290,16 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
             "target_encoder=separate", "dann.align=target", "init_from={none}",
             "dann.relax=1.0"]},
     },
+    # stop 32: the dann and mmd defaults after select_by "auto" (im with the target's own
+    # encoder; chosen on dev runs, selection_replay32_dev.md), on the held-out renders of
+    # study_adda28/onesided29_heldout with their `none` runs. Reporting only; nothing is chosen.
+    "select32": {
+        "none": {"strategy": "none"},
+        "adda select im": {"strategy": "dann", "sets": [
+            "target_encoder=separate", "init_from={none}", "select_by=im"]},
+        "mmd separate select im": {"strategy": "mmd", "sets": [
+            "target_encoder=separate", "init_from={none}", "select_by=im"]},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
