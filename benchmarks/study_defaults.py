@@ -299,6 +299,9 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
             "target_encoder=separate", "init_from={none}", "select_by=im"]},
         "mmd separate select im": {"strategy": "mmd", "sets": [
             "target_encoder=separate", "init_from={none}", "select_by=im"]},
+        # added after the first two finished (the CPU was free before the stop's end)
+        "coral separate select im": {"strategy": "coral", "sets": [
+            "target_encoder=separate", "init_from={none}", "select_by=im"]},
     },
     "phase1": {
         "none": {"strategy": "none"},
