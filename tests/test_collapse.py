@@ -116,6 +116,10 @@ def test_an_adapted_run_with_a_one_class_target_is_not_told_to_adapt():
     """A dann run whose alignment put every target image in one class (seen at n=1000 on the
     held-out pairs, stop 32): the advice is about the alignment, not "adapt with a strategy"."""
     rows = [{**_row(e, target_share=0.99), "loss_ce": 0.2, "loss_dann": 0.06} for e in (1, 2, 3)]
-    [saved] = run_warnings(rows, best_epoch=3)
+    [saved] = run_warnings(rows, best_epoch=3, adapts=True)
     assert "99% of target val images" in saved and "the run adapts" in saved
     assert "--select-by im" in saved and "adapt with a strategy" not in saved
+    assert "the run adapts" in collapse_warning(rows, adapts=True)
+    # a run that reads no target (none, fisher alone) is still told about the domain gap
+    [source_only] = run_warnings(rows, best_epoch=3)
+    assert "domain gap" in source_only and "the run adapts" not in source_only

@@ -84,21 +84,24 @@ def _signs(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     return signs
 
 
-def collapse_warning(rows: Sequence[Mapping[str, Any]]) -> str | None:
+def collapse_warning(rows: Sequence[Mapping[str, Any]], adapts: bool = False) -> str | None:
     """One line when the newest epoch of ``rows`` and the one before it share collapse symptoms
     that had not yet persisted (a lasting collapse is reported once, when it sets in; a one-epoch
-    dip, as at the peak of the one-cycle learning rate, is not); else None."""
+    dip, as at the peak of the one-cycle learning rate, is not); else None. ``adapts``: a
+    strategy of the run reads target images (the advice differs)."""
     persistent = _persistent(rows, len(rows) - 1)
     if not persistent or persistent <= _persistent(rows, len(rows) - 2):
         return None
     row = rows[-1]
     text = "; ".join(t for k, t in _signs(row) if k in persistent)
-    return f"warning: epoch {int(row['epoch'])} looks collapsed: {text}; {_advice(row, persistent)}"
+    return f"warning: epoch {int(row['epoch'])} looks collapsed: {text}; {_advice(row, persistent, adapts)}"
 
 
-def run_warnings(rows: Sequence[Mapping[str, Any]], best_epoch: int) -> list[str]:
+def run_warnings(rows: Sequence[Mapping[str, Any]], best_epoch: int,
+                 adapts: bool = False) -> list[str]:
     """The run's collapse warnings for summary.json: one line when the selected checkpoint
-    (``best_epoch``) shows collapse symptoms or they persisted over two epochs or more."""
+    (``best_epoch``) shows collapse symptoms or they persisted over two epochs or more;
+    ``adapts`` as for `collapse_warning`."""
     bad = [i for i in range(len(rows)) if _persistent(rows, i)]
     best = next((r for r in rows if int(r.get("epoch", 0)) == best_epoch), None)
     best_signs = collapse_signs(best) if best is not None else []
@@ -106,7 +109,7 @@ def run_warnings(rows: Sequence[Mapping[str, Any]], best_epoch: int) -> list[str
         return [
             f"collapse: the selected checkpoint best.pt (epoch {best_epoch}) shows "
             f"{'; '.join(best_signs)}; "
-            f"{_advice(best, {k for k, _ in _signs(best)})}"  # type: ignore[arg-type]
+            f"{_advice(best, {k for k, _ in _signs(best)}, adapts)}"  # type: ignore[arg-type]
         ]
     if not bad:
         return []
@@ -128,14 +131,8 @@ def _persistent(rows: Sequence[Mapping[str, Any]], i: int) -> set[str]:
     return {k for k, _ in _signs(a)} & {k for k, _ in _signs(b)}
 
 
-def _adapts(row: Mapping[str, Any]) -> bool:
-    """True when the row logs a loss term besides the classifier's (a strategy reads the
-    target: its terms are ``loss_NAME``)."""
-    return any(k.startswith("loss_") and k not in ("loss_total", "loss_ce") for k in row)
-
-
-def _advice(row: Mapping[str, Any], kinds: set[str]) -> str:
-    if kinds == {"target"} and _adapts(row):  # the alignment itself put the target in one class
+def _advice(row: Mapping[str, Any], kinds: set[str], adapts: bool = False) -> str:
+    if kinds == {"target"} and adapts:  # the alignment itself put the target in one class
         return (
             "the source is learned and the run adapts, but the alignment put the target in one "
             "class (seen with small training sets and with a target merger fraction far from "

@@ -287,7 +287,7 @@ class Trainer:
                     assert tb is not None
                     tb.log(row, int(row["epoch"]))
                 progress.epoch_done(row, improved)
-                warning = collapse_warning(state.rows)
+                warning = collapse_warning(state.rows, plan.needs_target)
                 if warning is not None:  # under the epoch line it is about
                     progress.warn(warning)
                 if state.best.stopped:
@@ -333,7 +333,7 @@ class Trainer:
             "world_size": plan.dist.world,
             "run_dir": str(plan.out_dir),
             "duration_s": time.time() - t_start,
-            "warnings": run_warnings(state.rows, int(state.best.epoch)),
+            "warnings": run_warnings(state.rows, int(state.best.epoch), plan.needs_target),
             shift_score.SUMMARY_KEY: shift_sha,  # verified on every load of shift_stats.npz
         }
 
