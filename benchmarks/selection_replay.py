@@ -27,7 +27,6 @@ the one with the highest mean target gain. Then it is replayed once on the held-
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -35,39 +34,20 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-RULES: dict[str, tuple[str, str]] = {
-    "source_val_loss": ("source_val_loss", "min"),
-    "im": ("score_im", "min"),
-    "im_src": ("score_im_src", "min"),
-    "last": ("epoch", "max"),
-}
+from galmerge.config.rundir import read_metrics
+from galmerge.scores.selection import row_value, select_epoch
 
-
-def _rows(run: Path) -> list[dict[str, float]]:
-    with (run / "metrics.csv").open() as fh:
-        out = []
-        for r in csv.DictReader(fh):
-            row = {}
-            for k, v in r.items():
-                try:
-                    row[k] = float(v)
-                except (TypeError, ValueError):
-                    row[k] = math.nan
-            out.append(row)
-    return out
+# selection names of galmerge.scores.selection, and "last" (the final epoch)
+RULES = ("source_val_loss", "im", "im_src", "last")
 
 
 def pick(rows: list[dict[str, float]], rule: str) -> dict[str, float] | None:
-    """The row ``rule`` keeps: the best finite value, the first on ties (as the trainer)."""
-    column, direction = RULES[rule]
-    best = None
-    for r in rows:
-        v = r.get(column, math.nan)
-        if not math.isfinite(v):
-            continue
-        if best is None or (v < best[column] if direction == "min" else v > best[column]):
-            best = r
-    return best
+    """The row ``rule`` keeps: the trainer's choice under that selection name (best finite
+    value, first on ties), or the last row for ``"last"``."""
+    if rule == "last":
+        return rows[-1] if rows else None
+    i = select_epoch([row_value(r, rule) for r in rows], rule)
+    return None if i is None else rows[i]
 
 
 def replay(work: Path, names: list[str], pairs: list[int], seeds: list[int]) -> list[dict[str, Any]]:
@@ -78,11 +58,11 @@ def replay(work: Path, names: list[str], pairs: list[int], seeds: list[int]) -> 
             none_csv = folder / "none" / "metrics.csv"
             if not none_csv.is_file():
                 continue
-            none = pick(_rows(folder / "none"), "source_val_loss")
+            none = pick(read_metrics(folder / "none"), "source_val_loss")
             for name in names:
                 if not (folder / name / "metrics.csv").is_file():
                     continue
-                rows = _rows(folder / name)
+                rows = read_metrics(folder / name)
                 rec: dict[str, Any] = {"pair": p, "seed": s, "name": name,
                                        "none_target_val": none["target_val_accuracy"],
                                        "none_source_val": none["source_val_accuracy"]}
