@@ -31,6 +31,9 @@ from bench_tune import DEV_PAIRS, PAIRS, pair_specs  # noqa: E402
 # name -> train() keyword arguments (strategy, strategy_options, sets)
 # stop 31's observed source (grid observe31): the settings of every observed run
 OBSERVE31 = ["observe.psf_fwhm=[1.0, 2.0]", "observe.sky_sigma=auto"]
+# ADDA's layout as stop 28 spelled it (grids adda28, relax32): the target's own encoder, started
+# from the pair's and seed's `none` run, aligned one-sided
+ADDA28 = ["target_encoder=separate", "dann.align=target", "init_from={none}"]
 
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     # joint BatchNorm (the default) for every strategy, and the scale-free / ramped variants
@@ -186,11 +189,8 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "adda28": {
         "none": {"strategy": "none"},
         "dann weight 0.3": {"strategy": "dann", "sets": ["dann.weight=0.3"]},
-        "adda": {"strategy": "dann", "sets": [
-            "target_encoder=separate", "dann.align=target", "init_from={none}"]},
-        "adda weight 1": {"strategy": "dann", "sets": [
-            "target_encoder=separate", "dann.align=target", "init_from={none}",
-            "dann.weight=1.0"]},
+        "adda": {"strategy": "dann", "sets": ADDA28},
+        "adda weight 1": {"strategy": "dann", "sets": [*ADDA28, "dann.weight=1.0"]},
     },
     # stop 29: ADDA's layout for mmd and coral, whose defaults were below none in 2-3 of 12
     # held-out runs (all on pair 5, 30% mergers; study_defaults23_heldout.md): the target gets
@@ -284,11 +284,8 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     # with the larger mean target gain becomes dann's default; none qualifying keeps relax 0.
     "relax32": {
         "none": {"strategy": "none"},
-        "adda": {"strategy": "dann", "sets": [
-            "target_encoder=separate", "dann.align=target", "init_from={none}"]},
-        "adda relax 1": {"strategy": "dann", "sets": [
-            "target_encoder=separate", "dann.align=target", "init_from={none}",
-            "dann.relax=1.0"]},
+        "adda": {"strategy": "dann", "sets": ADDA28},
+        "adda relax 1": {"strategy": "dann", "sets": [*ADDA28, "dann.relax=1.0"]},
     },
     # stop 32: the dann and mmd defaults after select_by "auto" (im with the target's own
     # encoder; chosen on dev runs, selection_replay32_dev.md), on the held-out renders of
