@@ -19,9 +19,23 @@ mmd_separate, coral_separate, entropy_separate), a rule replaces ``source_val_lo
 selection for runs with their own target encoder if its mean target gain is higher, it has no
 more runs below ``none``, and its mean source change is at most 2.5 points lower; of several,
 the one with the highest mean target gain. Then it is replayed once on the held-out runs.
+(Outcome: ``im``, selection_replay32_dev.md.)
+
+Stop 33's rule, written before the runs it reads: on held-out studies at 1,000 images and 10
+epochs ``im`` kept early epochs whose source path had not converged (source -3.1 points against
+``none``, selection_replay32_tune_n1000.md), so the choice is made again on dev runs of both
+sizes: stop 32's 35 records (2,000 images, 15 epochs; ``--add``) and new runs of grid
+``small33`` (1,000 images, 10 epochs; dev pairs 0, 2, 4, 6, 8 x seeds 11, 12; adda,
+mmd_separate, coral_separate, entropy_separate). A rule qualifies if, at each size separately,
+its mean source change against ``none`` is >= -2.5 points and it has no more runs below
+``none`` than ``source_val_loss`` at that size. Of the qualifying rules the one with the
+highest mean target gain over all dev runs of both sizes (each run once) becomes "auto"'s rule
+for runs with their own target encoder; on a tie ``im`` stays. Then it is replayed once on
+held-out runs at 1,000 images.
 
     python benchmarks/selection_replay.py --work-dir RUNS --names adda mmd_separate \\
-        --pairs 0 2 4 6 8 --seeds 11 12 --out benchmarks/results/selection_replay_dev.json
+        --pairs 0 2 4 6 8 --seeds 11 12 --out benchmarks/results/selection_replay_dev.json \\
+        [--label "n=1000" --add benchmarks/results/selection_replay32_dev.json=n=2000]
 """
 
 from __future__ import annotations

@@ -300,6 +300,17 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "coral separate select im": {"strategy": "coral", "sets": [
             "target_encoder=separate", "init_from={none}", "select_by=im"]},
     },
+    # stop 33: the separate-encoder defaults (as fresh30) at 1,000 images per domain and 10
+    # epochs on the dev pairs 0, 2, 4, 6, 8 x seeds 11, 12 (run with --n 1000 --epochs 10), for
+    # choosing select_by "auto"'s rule again on dev runs that include small training sets
+    # (benchmarks/selection_replay.py's docstring holds the rule, written before these runs).
+    "small33": {
+        "none": {"strategy": "none"},
+        "adda": {"strategy": "dann", "sets": ["target_encoder=separate", "init_from={none}"]},
+        **{f"{s} separate": {"strategy": s, "sets": ["target_encoder=separate",
+                                                    "init_from={none}"]}
+           for s in ("mmd", "coral", "entropy")},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
