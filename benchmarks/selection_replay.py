@@ -98,10 +98,18 @@ def _ms(v: list[float]) -> str:
 
 
 def table(records: list[dict[str, Any]]) -> list[str]:
-    lines = ["| strategy | rule | runs | target val gain vs none | source val change vs none | "
+    """Per rule: all runs, then each label (data size) if there are several, then each
+    strategy."""
+    lines = ["| runs of | rule | runs | target val gain vs none | source val change vs none | "
              "runs below none (worst) | mean epoch |", "| --- " * 7 + "|"]
-    for name in ["all", *dict.fromkeys(r["name"] for r in records)]:
-        rs = [r for r in records if name in ("all", r["name"])]
+    labels = list(dict.fromkeys(r.get("label", "") for r in records))
+    groups: list[tuple[str, list[dict[str, Any]]]] = [("all", records)]
+    if len(labels) > 1:
+        groups += [(label, [r for r in records if r.get("label", "") == label])
+                   for label in labels]
+    groups += [(name, [r for r in records if r["name"] == name])
+               for name in dict.fromkeys(r["name"] for r in records)]
+    for name, rs in groups:
         for rule in RULES:
             got = [r for r in rs if r[rule] is not None]
             gains = [100 * (r[rule]["target_val"] - r["none_target_val"]) for r in got]
@@ -114,6 +122,42 @@ def table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _gains(rs: list[dict[str, Any]], rule: str) -> tuple[list[float], list[float]]:
+    got = [r for r in rs if r[rule] is not None]
+    return ([100 * (r[rule]["target_val"] - r["none_target_val"]) for r in got],
+            [100 * (r[rule]["source_val"] - r["none_source_val"]) for r in got])
+
+
+def choose(records: list[dict[str, Any]], keep: str = "im") -> list[str]:
+    """Stop 33's rule (module docstring) applied to the records, one line per rule and the
+    outcome: qualifying needs, per label (data size), a mean source change >= -2.5 points and
+    no more runs below none than source_val_loss; the best mean target gain over all runs wins,
+    ``keep`` on a tie."""
+    labels = list(dict.fromkeys(r.get("label", "") for r in records))
+    lines, qualified = [], {}
+    for rule in RULES:
+        why = []
+        for label in labels:
+            rs = [r for r in records if r.get("label", "") == label]
+            gains, src = _gains(rs, rule)
+            base_below = sum(g < 0 for g in _gains(rs, "source_val_loss")[0])
+            if not src or statistics.fmean(src) < -2.5:
+                why.append(f"{label or 'runs'}: mean source change "
+                           f"{statistics.fmean(src) if src else math.nan:+.1f} < -2.5")
+            if sum(g < 0 for g in gains) > base_below:
+                why.append(f"{label or 'runs'}: {sum(g < 0 for g in gains)} runs below none "
+                           f"> source_val_loss's {base_below}")
+        gain = statistics.fmean(_gains(records, rule)[0])
+        if not why:
+            qualified[rule] = gain
+        lines.append(f"- `{rule}`: mean target gain {gain:+.2f} over {len(records)} runs; "
+                     + ("qualifies" if not why else "does not qualify (" + "; ".join(why) + ")"))
+    best = max(qualified.values(), default=math.nan)
+    winner = keep if qualified.get(keep) == best else next(
+        (r for r, g in qualified.items() if g == best), keep)
+    return [*lines, f"- Outcome: `{winner}`."]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work-dir", action="append", required=True,
@@ -123,10 +167,20 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
     ap.add_argument("--title", default="Checkpoint selection replayed on finished runs")
     ap.add_argument("--out", required=True, help="JSON path; the markdown goes beside it")
+    ap.add_argument("--label", default="", help="a label for this replay's runs (e.g. n=1000)")
+    ap.add_argument("--add", action="append", default=[], metavar="JSON=LABEL",
+                    help="also tabulate the records of an earlier replay's JSON, labelled")
     args = ap.parse_args()
     records = []
     for work in args.work_dir:
         records += replay(Path(work), args.names, args.pairs, args.seeds)
+    for r in records:
+        r["label"] = args.label
+    for spec in args.add:
+        path, sep, label = spec.partition("=")
+        if not sep or not Path(path).is_file():
+            ap.error(f"--add {spec!r}: give an earlier replay's JSON file and a label, JSON=LABEL")
+        records += [dict(r, label=label) for r in json.loads(Path(path).read_text())["records"]]
     out = Path(args.out)
     out.write_text(json.dumps({"settings": vars(args), "records": records,
                                "load_average": os.getloadavg()}, indent=1) + "\n")
@@ -135,7 +189,8 @@ def main() -> None:
              f"{args.seeds}. Target/source validation accuracy (points) at the epoch each rule "
              "keeps, against the `none` run of the same pair and seed at the epoch it kept. "
              "Rules read label-free columns only; target labels only score.", "",
-             *table(records), ""]
+             *table(records), "", "Stop 33's rule (module docstring) on these records:", "",
+             *choose(records), ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
