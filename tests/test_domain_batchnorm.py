@@ -269,6 +269,45 @@ def test_a_separate_target_encoder_leaves_the_source_path_to_the_source_loss(pai
     _target_outputs_agree(run, pair, tmp_path)
 
 
+def test_a_frozen_source_path_stays_at_its_start(pair, tmp_path):
+    """source_path=frozen (ADDA as Tzeng et al. 2017 wrote it): after training, every
+    parameter and running statistic of the source path (source encoder, head) is the start's
+    bit for bit, the target's encoder moved, and the run's source test metrics are the
+    start's; config.toml records the setting."""
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    base = tmp_path / "none"
+    tiny_run(base, src, tgt, "none", epochs=1, max_steps_per_epoch=3)
+    run = tmp_path / "frozen"
+    tiny_run(run, src, tgt, "dann", epochs=2, max_steps_per_epoch=4,
+             sets=[f"init_from={base / 'best.pt'}", "source_path=frozen"])
+    start = read_checkpoint(base / "best.pt")["model"]
+    end = read_checkpoint(run / "last.pt")["model"]
+    assert domain_norm.state_has_target_encoder(end) and not _target_keys(start)
+    for key, value in start.items():
+        assert torch.equal(end[key], value), key
+    convs = [k for k in end if k.endswith(".target_weight") and end[k].dim() == 4]
+    assert convs and any(not torch.equal(end[k], start[k.replace(".target_", ".")])
+                         for k in convs)
+    metrics = {r: json.loads((r / "summary.json").read_text())["metrics"]["source_test"]
+               for r in (base, run)}
+    assert metrics[run]["accuracy"] == metrics[base]["accuracy"]
+    assert metrics[run]["brier"] == pytest.approx(metrics[base]["brier"], abs=1e-9)
+    assert 'source_path = "frozen"' in (run / "config.toml").read_text()
+
+
+@pytest.mark.parametrize("sets", [["--strategy", "none"],
+                                  ["--strategy", "dann", "--set", "target_encoder=shared"],
+                                  ["--strategy", "fisher", "--set", "target_encoder=separate"]])
+def test_a_frozen_source_path_needs_a_target_encoder_that_trains(pair, sets, tmp_path):
+    res = CliRunner().invoke(cli, [
+        "train", "--source", f"hdf5:{pair['source']}", "--target", f"hdf5:{pair['target']}",
+        "--epochs", "1", "--run-dir", str(tmp_path / "r"), "--quiet",
+        "--set", "source_path=frozen", *sets])
+    assert res.exit_code != 0
+    assert res.output.strip().splitlines()[-1].startswith("Error: source_path=frozen keeps")
+    assert "Traceback" not in res.output and not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("strategy", ["entropy", "mmd", "coral"])
 def test_every_target_term_trains_only_the_targets_own_encoder(pair, strategy, tmp_path):
     """With its own target encoder, a term on the target's logits (entropy, SHOT's frozen

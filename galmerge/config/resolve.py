@@ -8,7 +8,8 @@ feeds straight back into ``--config`` and reproduces the same run::
     0 = each epoch only), compile, init_from ("" = none), preset ("" = none),
     stop_by ("" = select_by's name), early_stopping ("patience" | "deepmerge"),
     domain_batchnorm ("joint" | "separate" | "specific"), target_encoder ("auto" | "shared" |
-    "separate"; the resolved config holds shared or separate), init_keep_preprocess (bool)
+    "separate"; the resolved config holds shared or separate), source_path ("train" |
+    "frozen"), init_keep_preprocess (bool)
     [optimizer]         Adam: betas, eps, amsgrad
     [schedule]          kind ("onecycle" | "cyclic"); one-cycle: pct_start, div_factor,
                         final_div_factor; cyclic: cycle_length (epochs)
@@ -45,6 +46,11 @@ feeds straight back into ``--config`` and reproduces the same run::
   to "separate" when every strategy of the run that reads the target declares that layout
   (``dann`` does: with it, ``dann.align`` "auto" is one-sided, so this is ADDA) and to "shared"
   otherwise; the resolved config records which.
+- ``source_path``: with the target's own encoder, "train" (the default) keeps training the
+  source path (source encoder, its BatchNorm statistics and the shared head) on the source loss;
+  "frozen" keeps all of it at its start (the source-only run), so only the target's encoder
+  learns and the run's source accuracy is its start's: ADDA as Tzeng et al. 2017 wrote it.
+  Needs ``target_encoder = "separate"`` and a strategy that reads the target.
 - ``schedule.kind``: "onecycle" (``OneCycleLR`` over all planned steps) or "cyclic" (DeepMerge
   II's ``cycle1``: lr/10 -> lr -> lr/10, repeating every int(0.9 * cycle_length * steps per
   epoch) steps).
@@ -95,6 +101,9 @@ DEFAULTS: dict[str, Any] = {
     # "auto": the target's own encoder (ADDA) when every target-reading strategy's record asks
     # for it (dann's, since stop 28: benchmarks/results/study_adda28_*.md), else shared
     "target_encoder": "auto",
+    # "frozen": with the target's own encoder, the source path stays at its start (ADDA as
+    # Tzeng et al. 2017 wrote it); "train" keeps training it on the source loss (stop 28)
+    "source_path": "train",
     "init_keep_preprocess": False,
     # Adam with the paper's betas (DeepMerge II; deepmerge-public train_MMD.py uses (0.7, 0.8))
     "optimizer": {"betas": [0.7, 0.8], "eps": 1e-8, "amsgrad": False},
@@ -289,6 +298,13 @@ def resolve_config(
         own = reading and config.get("domain_batchnorm") != "joint" and all(
             getattr(r, "target_encoder", "shared") == "separate" for r in reading)
         config["target_encoder"] = "separate" if own else "shared"
+    if config.get("source_path") == "frozen" and (
+            config["target_encoder"] != "separate" or not any(r.needs_target for r in records)):
+        raise GalmergeError(
+            "source_path=frozen keeps the source path of a run whose target has its own encoder "
+            f"and nothing else would train here (strategy {config['strategy']}, target_encoder "
+            f"{config['target_encoder']}): use a strategy that reads the target with "
+            "target_encoder=separate (dann's default), or drop source_path")
     if config.get("select_by") == "auto":  # the resolved config records the score
         config["select_by"] = "im" if config["target_encoder"] == "separate" else "source_val_loss"
     validate_config(config)
@@ -353,6 +369,7 @@ CHOICES = {
     "early_stopping": ("patience", "deepmerge"),
     "domain_batchnorm": ("joint", "separate", "specific"),
     "target_encoder": ("auto", "shared", "separate"),
+    "source_path": ("train", "frozen"),
 }
 
 

@@ -29,6 +29,21 @@ Terms = dict[str, torch.Tensor]
 
 
 @contextmanager
+def fixed_statistics(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers inside normalise with their batch's statistics, as in training, but
+    leave their running statistics (and batch counters) as they are."""
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
+@contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
     """Forward passes inside build no graph into ``module``'s parameters (their gradient stays
     the one other passes give); gradients still flow through ``module`` to its inputs."""
@@ -55,6 +70,7 @@ class TrainStep(nn.Module):
         forward_model: nn.Module | None = None,
         joint: bool = True,
         source_head: bool = False,
+        frozen_source: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -67,6 +83,10 @@ class TrainStep(nn.Module):
         # path's, so terms on the target's logits train the target encoder only (SHOT's frozen
         # hypothesis, Liang et al. 2020), and the source path sees the source loss alone
         self.source_head = source_head
+        # source_path = "frozen" (ADDA as Tzeng et al. 2017 wrote it): the source path's
+        # parameters are frozen by the trainer and its forward neither builds a graph nor moves
+        # the source's running statistics
+        self.frozen_source = frozen_source
         self.checked = False  # strategy outputs are checked once, at the first step
         # torch.compile'd view of ``model`` (same parameters); kept out of the module tree
         self.__dict__["_forward_model"] = forward_model
@@ -87,7 +107,11 @@ class TrainStep(nn.Module):
             fs, zs = self._net(xs)
             return fs, fs.new_empty((0, *fs.shape[1:])), zs, zs.new_empty((0, zs.shape[1]))
         if not self.joint:
-            fs, zs = self._net(xs)
+            if self.frozen_source:
+                with torch.no_grad(), fixed_statistics(self.model):
+                    fs, zs = self._net(xs)
+            else:
+                fs, zs = self._net(xs)
             with statistics(self.model, "target"):  # per-domain running statistics (DSBN)
                 if self.source_head:
                     with frozen(self.model.head):
@@ -146,7 +170,8 @@ def needs_target(config: Mapping[str, Any]) -> bool:
 
 
 # settings of an adaptation that its source-only start leaves out
-ADAPTATION_ONLY = ("strategy", "strategies", "target_encoder", "domain_batchnorm", "stop_by")
+ADAPTATION_ONLY = ("strategy", "strategies", "target_encoder", "domain_batchnorm", "stop_by",
+                   "source_path")
 
 
 def source_only_layer(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,11 @@ class Trainer:
             domain_norm.add_target_statistics(model, **layout)  # of every backbone parameter)
         if init is not None:
             checkpoints.load_init_weights(model, init, cfg["init_from"])
+        frozen_source = cfg.get("source_path") == "frozen" and layout["encoder"]
+        if frozen_source:  # ADDA's fixed source encoder and classifier: only target_ copies learn
+            for name, param in model.named_parameters():
+                if not name.rpartition(".")[2].startswith(domain_norm.PREFIX):
+                    param.requires_grad_(False)
         model.to(plan.device)
         if plan.cuda:
             model = model.to(memory_format=torch.channels_last)
@@ -96,6 +101,7 @@ class Trainer:
         self.step_module: nn.Module = TrainStep(
             model, self.strategies, weights, plan.dist, plan.cuda, forward_model,
             joint=plan.joint_batchnorm, source_head=cfg["target_encoder"] == "separate",
+            frozen_source=frozen_source,
         )
 
     def _build_optimiser(self) -> None:
