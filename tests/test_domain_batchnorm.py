@@ -304,7 +304,7 @@ def test_a_frozen_source_path_needs_a_target_encoder_that_trains(pair, sets, tmp
         "--epochs", "1", "--run-dir", str(tmp_path / "r"), "--quiet",
         "--set", "source_path=frozen", *sets])
     assert res.exit_code != 0
-    assert res.output.strip().splitlines()[-1].startswith("Error: source_path=frozen keeps")
+    assert res.output.strip().splitlines()[-1].startswith("Error: source_path=frozen needs")
     assert "Traceback" not in res.output and not (tmp_path / "r").exists()
 
 

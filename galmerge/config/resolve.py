@@ -301,10 +301,10 @@ def resolve_config(
     if config.get("source_path") == "frozen" and (
             config["target_encoder"] != "separate" or not any(r.needs_target for r in records)):
         raise GalmergeError(
-            "source_path=frozen keeps the source path of a run whose target has its own encoder "
-            f"and nothing else would train here (strategy {config['strategy']}, target_encoder "
-            f"{config['target_encoder']}): use a strategy that reads the target with "
-            "target_encoder=separate (dann's default), or drop source_path")
+            "source_path=frozen needs the target's own encoder and a strategy that trains it "
+            f"(here strategy {config['strategy']}, target_encoder {config['target_encoder']}): "
+            "use e.g. --strategy dann, whose default is target_encoder=separate, or drop "
+            "source_path")
     if config.get("select_by") == "auto":  # the resolved config records the score
         config["select_by"] = "im" if config["target_encoder"] == "separate" else "source_val_loss"
     validate_config(config)

@@ -76,11 +76,6 @@ class Trainer:
             domain_norm.add_target_statistics(model, **layout)  # of every backbone parameter)
         if init is not None:
             checkpoints.load_init_weights(model, init, cfg["init_from"])
-        frozen_source = cfg.get("source_path") == "frozen" and layout["encoder"]
-        if frozen_source:  # ADDA's fixed source encoder and classifier: only target_ copies learn
-            for name, param in model.named_parameters():
-                if not name.rpartition(".")[2].startswith(domain_norm.PREFIX):
-                    param.requires_grad_(False)
         model.to(plan.device)
         if plan.cuda:
             model = model.to(memory_format=torch.channels_last)
@@ -90,6 +85,12 @@ class Trainer:
                 if domain_stats:
                     domain_norm.add_target_statistics(model, **layout)
                     model.load_state_dict(kept)
+        # after the SyncBatchNorm conversion, whose new target_ copies take their source's flag
+        frozen_source = cfg.get("source_path") == "frozen" and layout["encoder"]
+        if frozen_source:  # ADDA's fixed source encoder and classifier: only target_ copies learn
+            for name, param in model.named_parameters():
+                if not name.rpartition(".")[2].startswith(domain_norm.PREFIX):
+                    param.requires_grad_(False)
         self.model = model
         self.strategies, weights = build_strategies(
             cfg, model.out_features, plan.total_steps, plan.device
