@@ -139,6 +139,28 @@ def statistics(model: nn.Module, domain: str | None) -> Iterator[None]:
             _swap(model)
 
 
+@contextmanager
+def fixed_statistics(model: nn.Module) -> Iterator[None]:
+    """Within the block, BatchNorm layers in training mode normalise with their batch's
+    statistics but leave their running statistics (and batch counters) as they are."""
+    norms = _norms(model)
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
+def freeze_source_path(model: nn.Module) -> None:
+    """Stop gradients into every parameter that is not a ``target_`` copy (the source encoder
+    and the shared head), so only the target's own encoder can learn (ADDA's fixed source)."""
+    for name, param in model.named_parameters():
+        if not name.rpartition(".")[2].startswith(PREFIX):
+            param.requires_grad_(False)
+
+
 def select_statistics(model: nn.Module, domain: str) -> bool:
     """For inference on one domain only (classify, export): make ``domain``'s statistics the
     model's running statistics for good; returns whether anything changed."""

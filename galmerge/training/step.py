@@ -19,28 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from galmerge.models.domain_norm import statistics
+from galmerge.models.domain_norm import fixed_statistics, statistics
 from galmerge.models.model import GalaxyClassifier
 from galmerge.plugin.manager import get_plugin_manager
 from galmerge.plugin.strategy_api import StepInputs, StrategyContext, check_strategy_output
 from galmerge.runtime import distributed as ddp
 
 Terms = dict[str, torch.Tensor]
-
-
-@contextmanager
-def fixed_statistics(module: nn.Module) -> Iterator[None]:
-    """BatchNorm layers inside normalise with their batch's statistics, as in training, but
-    leave their running statistics (and batch counters) as they are."""
-    norms = [m for m in module.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for m in norms:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in norms:
-            m.track_running_stats = True
 
 
 @contextmanager

@@ -88,9 +88,7 @@ class Trainer:
         # after the SyncBatchNorm conversion, whose new target_ copies take their source's flag
         frozen_source = cfg.get("source_path") == "frozen" and layout["encoder"]
         if frozen_source:  # ADDA's fixed source encoder and classifier: only target_ copies learn
-            for name, param in model.named_parameters():
-                if not name.rpartition(".")[2].startswith(domain_norm.PREFIX):
-                    param.requires_grad_(False)
+            domain_norm.freeze_source_path(model)
         self.model = model
         self.strategies, weights = build_strategies(
             cfg, model.out_features, plan.total_steps, plan.device
