@@ -97,29 +97,12 @@ def _ms(v: list[float]) -> str:
     return f"{statistics.fmean(v):+.1f} ± {sd:.1f}"
 
 
-def table(records: list[dict[str, Any]]) -> list[str]:
-    """Per rule: all runs, then each label (data size) if there are several, then each
-    strategy."""
-    lines = ["| runs of | rule | runs | target val gain vs none | source val change vs none | "
-             "runs below none (worst) | mean epoch |", "| --- " * 7 + "|"]
-    labels = list(dict.fromkeys(r.get("label", "") for r in records))
-    groups: list[tuple[str, list[dict[str, Any]]]] = [("all", records)]
-    if len(labels) > 1:
-        groups += [(label, [r for r in records if r.get("label", "") == label])
-                   for label in labels]
-    groups += [(name, [r for r in records if r["name"] == name])
-               for name in dict.fromkeys(r["name"] for r in records)]
-    for name, rs in groups:
-        for rule in RULES:
-            got = [r for r in rs if r[rule] is not None]
-            gains = [100 * (r[rule]["target_val"] - r["none_target_val"]) for r in got]
-            src = [100 * (r[rule]["source_val"] - r["none_source_val"]) for r in got]
-            below = [g for g in gains if g < 0]
-            worst = f" ({min(below):+.1f})" if below else ""
-            epochs = statistics.fmean(r[rule]["epoch"] for r in got) if got else math.nan
-            lines.append(f"| {name} | {rule} | {len(got)} | {_ms(gains)} | {_ms(src)} | "
-                         f"{len(below)}{worst} | {epochs:.1f} |")
-    return lines
+def _by_label(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records per label (data size), in first-seen order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        out.setdefault(r.get("label", ""), []).append(r)
+    return out
 
 
 def _gains(rs: list[dict[str, Any]], rule: str) -> tuple[list[float], list[float]]:
@@ -128,17 +111,38 @@ def _gains(rs: list[dict[str, Any]], rule: str) -> tuple[list[float], list[float
             [100 * (r[rule]["source_val"] - r["none_source_val"]) for r in got])
 
 
+def table(records: list[dict[str, Any]]) -> list[str]:
+    """Per rule: all runs, then each label (data size) if there are several, then each
+    strategy."""
+    lines = ["| runs of | rule | runs | target val gain vs none | source val change vs none | "
+             "runs below none (worst) | mean epoch |", "| --- " * 7 + "|"]
+    labels = _by_label(records)
+    groups: list[tuple[str, list[dict[str, Any]]]] = [("all", records)]
+    if len(labels) > 1:
+        groups += list(labels.items())
+    groups += [(name, [r for r in records if r["name"] == name])
+               for name in dict.fromkeys(r["name"] for r in records)]
+    for name, rs in groups:
+        for rule in RULES:
+            got = [r for r in rs if r[rule] is not None]
+            gains, src = _gains(got, rule)
+            below = [g for g in gains if g < 0]
+            worst = f" ({min(below):+.1f})" if below else ""
+            epochs = statistics.fmean(r[rule]["epoch"] for r in got) if got else math.nan
+            lines.append(f"| {name} | {rule} | {len(got)} | {_ms(gains)} | {_ms(src)} | "
+                         f"{len(below)}{worst} | {epochs:.1f} |")
+    return lines
+
+
 def choose(records: list[dict[str, Any]], keep: str = "im") -> list[str]:
     """Stop 33's rule (module docstring) applied to the records, one line per rule and the
     outcome: qualifying needs, per label (data size), a mean source change >= -2.5 points and
     no more runs below none than source_val_loss; the best mean target gain over all runs wins,
     ``keep`` on a tie."""
-    labels = list(dict.fromkeys(r.get("label", "") for r in records))
     lines, qualified = [], {}
     for rule in RULES:
         why = []
-        for label in labels:
-            rs = [r for r in records if r.get("label", "") == label]
+        for label, rs in _by_label(records).items():
             gains, src = _gains(rs, rule)
             base_below = sum(g < 0 for g in _gains(rs, "source_val_loss")[0])
             if not src or statistics.fmean(src) < -2.5:
