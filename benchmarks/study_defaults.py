@@ -34,6 +34,15 @@ OBSERVE31 = ["observe.psf_fwhm=[1.0, 2.0]", "observe.sky_sigma=auto"]
 # ADDA's layout as stop 28 spelled it (grids adda28, relax32): the target's own encoder, started
 # from the pair's and seed's `none` run, aligned one-sided
 ADDA28 = ["target_encoder=separate", "dann.align=target", "init_from={none}"]
+# the target's own encoder started from the pair's and seed's `none` run (the layout of the
+# separate-encoder defaults since stops 28/29)
+OWN_ENCODER = ["target_encoder=separate", "init_from={none}"]
+# `none` and every separate-encoder default as it ships (grids fresh30, small33)
+SEPARATE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "none": {"strategy": "none"},
+    "adda": {"strategy": "dann", "sets": OWN_ENCODER},
+    **{f"{s} separate": {"strategy": s, "sets": OWN_ENCODER} for s in ("mmd", "coral", "entropy")},
+}
 
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     # joint BatchNorm (the default) for every strategy, and the scale-free / ramped variants
@@ -246,13 +255,7 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     # so that issue 14's rule for defaults is measured on 8 pairs (these 4 and the 4 held-out
     # pairs of study_adda28/onesided29/shot29_heldout). Reporting only: nothing is chosen
     # from these runs. "{none}" is the stage a default run trains first (same settings).
-    "fresh30": {
-        "none": {"strategy": "none"},
-        "adda": {"strategy": "dann", "sets": ["target_encoder=separate", "init_from={none}"]},
-        **{f"{s} separate": {"strategy": s, "sets": ["target_encoder=separate",
-                                                    "init_from={none}"]}
-           for s in ("mmd", "coral", "entropy")},
-    },
+    "fresh30": SEPARATE_DEFAULTS,
     # stop 31: the two shared-encoder defaults not in fresh30 (bsp, adabn; gaps30 measured them
     # on the held-out pairs only) on the same fresh dev-type renders, seeds 0-2, so that every
     # default that reads the target has 8 pairs x 3 seeds. Reporting only; nothing is chosen.
@@ -304,13 +307,7 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     # epochs on the dev pairs 0, 2, 4, 6, 8 x seeds 11, 12 (run with --n 1000 --epochs 10), for
     # choosing select_by "auto"'s rule again on dev runs that include small training sets
     # (benchmarks/selection_replay.py's docstring holds the rule, written before these runs).
-    "small33": {
-        "none": {"strategy": "none"},
-        "adda": {"strategy": "dann", "sets": ["target_encoder=separate", "init_from={none}"]},
-        **{f"{s} separate": {"strategy": s, "sets": ["target_encoder=separate",
-                                                    "init_from={none}"]}
-           for s in ("mmd", "coral", "entropy")},
-    },
+    "small33": SEPARATE_DEFAULTS,
     # stop 33: ADDA as Tzeng et al. 2017 wrote it, the source path (source encoder, its
     # BatchNorm statistics, the head) frozen at the source-only start (`source_path=frozen`), so
     # only the target's encoder learns and source accuracy is the start's by construction.
@@ -323,9 +320,8 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     # 1,000/10 first; without 2,000/15 dev runs the default stays `train`.
     "frozen33": {
         "none": {"strategy": "none"},
-        "adda": {"strategy": "dann", "sets": ["target_encoder=separate", "init_from={none}"]},
-        "adda frozen": {"strategy": "dann", "sets": ["target_encoder=separate",
-                                                     "init_from={none}", "source_path=frozen"]},
+        "adda": {"strategy": "dann", "sets": OWN_ENCODER},
+        "adda frozen": {"strategy": "dann", "sets": [*OWN_ENCODER, "source_path=frozen"]},
     },
     "phase1": {
         "none": {"strategy": "none"},
