@@ -293,13 +293,13 @@ def resolve_config(
         config["strategies"][record.name] = record.check(resolved_strategies.get(record.name))
     config["backbone_options"] = backbone.check(config.get("backbone_options"))
     config["lr_multipliers"] = _multipliers(config.get("lr_multipliers") or {}, aliases)
+    reading = [r for r in records if r.needs_target]
     if config.get("target_encoder") == "auto":  # the resolved config records the layout
-        reading = [r for r in records if r.needs_target]
         own = reading and config.get("domain_batchnorm") != "joint" and all(
             getattr(r, "target_encoder", "shared") == "separate" for r in reading)
         config["target_encoder"] = "separate" if own else "shared"
     if config.get("source_path") == "frozen" and (
-            config["target_encoder"] != "separate" or not any(r.needs_target for r in records)):
+            config["target_encoder"] != "separate" or not reading):
         raise GalmergeError(
             "source_path=frozen needs the target's own encoder and a strategy that trains it "
             f"(here strategy {config['strategy']}, target_encoder {config['target_encoder']}): "
