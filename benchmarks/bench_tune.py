@@ -13,8 +13,10 @@ For each held-out pair and training seed:
   the study below) and, with ``--also``, other strategies with their defaults;
 - one study of ``--n-trials`` trials (`galmerge.training.tuning.tune`: trial 0 runs the defaults, the
   rest are random draws from the declared search space; no pruning; each trial's checkpoint
-  chosen on the source validation loss). Every label-free score then picks one trial among the same trials by
-  its value at that checkpoint ("tune with score S"); the oracle picks the trial with the best
+  chosen by ``--score``, the source validation loss unless given: ``--score im_src`` is what
+  `galmerge tune` does by default). The pick of ``--score`` is the study's own choice; every other
+  label-free score picks one trial among the same trials by its value at that checkpoint ("tune
+  with score S", a replay); the oracle picks the trial with the best
   target test accuracy (a ceiling, research only). Random search shared by all scores keeps the
   comparison about the scores, not about which trials a sampler happened to draw.
 
@@ -145,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             study_dir = work / tag / "study"
             tuning.tune(
                 source, target, args.strategy, args.n_trials, study_dir, seed=seed,
-                score="source_val_loss", sampler="random", pruner="none", epochs=args.epochs,
+                score=args.score, sampler="random", pruner="none", epochs=args.epochs,
                 batch_size=args.batch_size, device="cpu", quiet=True,
             )  # fmt: skip
             with (study_dir / tuning.TRIALS_CSV).open() as fh:
@@ -159,7 +161,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rho: dict[str, float] = {}
             oracle = [_float(r["oracle_target_test_accuracy"]) for r in trials]
             for score, direction in ALL_SCORES.items():
-                col = "at_best_source_val_loss" if score == "source_val_loss" else (
+                col = "score" if score == args.score else (
+                    "at_best_source_val_loss" if score == "source_val_loss" else
                     score if score in selection.CROSS_MODEL_SCORES
                     else f"at_best_score_{score}")  # fmt: skip
                 values = [_float(r[col]) for r in trials]
@@ -242,8 +245,9 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
         f"seeds {args.seeds}, data seeds {args.data_seeds or 200} + 2 * pair (source; target + 1), "
         f"n={args.n} images per domain, {args.epochs} epochs, batch "
         f"{args.batch_size}, strategy `{args.strategy}`, {args.n_trials} trials per pair and seed "
-        f"(trial 0 = the defaults, then random search over the declared space, checkpoints on "
-        f"the source validation loss); DeepMerge backbone on CPU. Test accuracy (target test split of "
+        f"(trial 0 = the defaults, then random search over the declared space, each trial's "
+        f"checkpoint chosen by `{getattr(args, 'score', 'source_val_loss')}`); DeepMerge "
+        f"backbone on CPU. Test accuracy (target test split of "
         f"{round(0.2 * args.n)} images) mean ± std over {len(results)} pair x seed runs.",
         "",
         "| method | target accuracy | source accuracy | target gain vs none (points) |",
@@ -283,6 +287,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--strategy", default="mmd")
+    ap.add_argument("--score", default="source_val_loss",
+                    help="the studies' score: each trial's checkpoint and the study's choice "
+                    "(`galmerge tune` defaults to im_src)")
     ap.add_argument("--also", nargs="*", default=[],
                     help="more strategies to run with their defaults (no study)")
     ap.add_argument("--data-seeds", type=int, default=None, metavar="BASE",
