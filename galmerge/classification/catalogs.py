@@ -27,14 +27,7 @@ from typing import Any
 import numpy as np
 
 from galmerge.errors import GalmergeError
-
-#: accepted column names, lower case, best first
-RA_NAMES = ("ra", "ra_deg", "radeg", "raj2000", "_raj2000", "ra_j2000", "ra2000", "ra_icrs",
-            "ramean", "ra_obj", "alpha")
-DEC_NAMES = ("dec", "dec_deg", "decdeg", "dej2000", "_dej2000", "decj2000", "dec_j2000",
-             "dec2000", "de_icrs", "dec_icrs", "decmean", "dec_obj", "delta", "de")
-ID_NAMES = ("objid", "obj_id", "specobjid", "dr7objid", "bestobjid", "id", "object_id",
-            "objectid", "source_id", "sourceid", "name", "galaxy_id")
+from galmerge.io.columns import DEC_NAMES, ID_NAMES, RA_NAMES
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 VOTABLE_SUFFIXES = (".xml", ".vot", ".votable")
