@@ -538,3 +538,156 @@ def test_a_run_given_the_target_fraction_is_not_flagged(tmp_path) -> None:
     assert adapted_strategies(run("[strategies.none]\n")) == []
     assert adapted_strategies(run("[strategies.someone_elses]\n")) == ["someone_elses"]
     assert adapted_strategies(tmp_path / "missing") == []
+
+
+# --------------------------------------------------------------------------------------------
+# a labelled sample of the survey: prediction-powered inference (ppi)
+
+
+def test_ppi_point_estimate_is_the_power_tuned_formula() -> None:
+    p_lab = np.array([0.9, 0.8, 0.3, 0.2, 0.6, 0.1, 0.7, 0.4, 0.5, 0.35, 0.95, 0.05])
+    y_lab = np.array([1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 1, 0])
+    n_all, pbar_all = 1000, 0.62
+    lam = np.cov(p_lab, y_lab, ddof=1)[0, 1] / ((1 + 12 / 1000) * p_lab.var(ddof=1))
+    assert 0 < lam < 1
+    want = y_lab.mean() + lam * (pbar_all - p_lab.mean())
+    got = F.ppi_fraction(np.array([pbar_all]), p_lab[None], y_lab[None], n_all)
+    assert got[0] == pytest.approx(want)
+    assert F.power_tuning(p_lab, y_lab, n_all) == pytest.approx(lam)
+    # a classifier that says the same for every labelled galaxy carries no information: the
+    # labelled fraction alone (lambda 0)
+    flat = F.ppi_fraction(np.array([0.9]), np.full((1, 12), 0.4), y_lab[None], n_all)
+    assert flat[0] == pytest.approx(y_lab.mean())
+
+
+def _shifted_survey(rng: np.random.Generator, pi: float, n: int = 3000) -> tuple[np.ndarray,
+                                                                                 np.ndarray]:
+    """A survey the classifier over-calls (domain shift): its non-mergers score ~0.45."""
+    y = (rng.random(n) < pi).astype(np.int64)
+    return np.clip(0.45 + 0.35 * y + rng.normal(0, 0.15, n), 0.01, 0.99), y
+
+
+def test_ppi_is_unbiased_and_covers_under_domain_shift_where_the_others_are_not() -> None:
+    rng = np.random.default_rng(3)
+    vy = rng.integers(0, 2, 300)
+    vp = np.clip(0.2 + 0.6 * vy + rng.normal(0, 0.15, 300), 0.01, 0.99)  # the source
+    val = F.Validation(vp, vy, 0.5)
+    errors: dict[str, list[float]] = {"naive": [], "em": [], "ppi": []}
+    covered = []
+    for r in range(40):
+        p, y = _shifted_survey(rng, 0.05)
+        lab = rng.choice(len(p), 200, replace=False)
+        out = F.estimate(p, val, n_boot=200, seed=r, labelled=(p[lab], y[lab]))
+        assert out["recommended"] == "ppi" and out["labelled"]["n"] == 200
+        truth = y.mean()
+        for k in errors:
+            errors[k].append(abs(out["estimators"][k]["fraction"] - truth))
+        lo, hi = out["estimators"]["ppi"]["ci95"]
+        covered.append(lo <= truth <= hi)
+    assert np.mean(errors["naive"]) > 0.3 and np.mean(errors["em"]) > 0.1  # biased by the shift
+    assert np.mean(errors["ppi"]) < np.mean(errors["naive"]) / 10
+    assert np.mean(covered) >= 0.85
+
+
+def test_ppi_leaves_the_other_estimators_as_they_were_and_needs_enough_labels() -> None:
+    rng = np.random.default_rng(4)
+    vy = rng.integers(0, 2, 200)
+    val = F.Validation(np.clip(0.3 + 0.4 * vy + rng.normal(0, 0.1, 200), 0, 1), vy, 0.5)
+    p, y = _shifted_survey(rng, 0.2, 1000)
+    plain = F.estimate(p, val, n_boot=100, seed=7)
+    with_labels = F.estimate(p, val, n_boot=100, seed=7, labelled=(p[:50], y[:50]))
+    for k in F.ESTIMATORS:
+        assert with_labels["estimators"][k] == plain["estimators"][k]
+    few = F.estimate(p, val, n_boot=100, seed=7, labelled=(p[: F.MIN_LABELLED - 1],
+                                                          y[: F.MIN_LABELLED - 1]))
+    assert few["estimators"]["ppi"] == {"fraction": None, "ci68": None, "ci95": None}
+    assert few["recommended"] == plain["recommended"]
+
+
+def _target_labels(classified) -> np.ndarray:
+    import h5py
+
+    with h5py.File(classified["root"] / "data" / "target.h5", "r") as f:
+        return np.asarray(f["labels"][()])
+
+
+def test_fraction_with_a_labelled_sample_end_to_end(classified, tmp_path) -> None:
+    truth = _target_labels(classified)
+    with open(classified["csv"], newline="") as fh:
+        ids = [r["id"] for r in csv.DictReader(fh)]
+    labels = tmp_path / "visual.csv"
+    picked = list(range(0, 80, 2))  # 40 labelled galaxies, and two that are not in the survey
+    labels.write_text("id,merger\n" + "".join(f"{ids[i]},{int(truth[i])}\n" for i in picked)
+                      + "9999,1\n9998,0\n1,\n")  # a blank label: not labelled
+    code, text = _fraction(str(classified["csv"]), "--model", str(classified["run"]), "--json",
+                           "--bootstrap", "50", "--labels", str(labels))
+    assert code == 0, text
+    payload = json.loads(text)
+    assert set(payload["estimators"]) == {"naive", "acc", "em", "bbse", "ppi"}
+    assert payload["recommended"] == "ppi"
+    assert payload["labels"] == {"file": str(labels), "id_column": "id", "label_column": "merger",
+                                 "rows": 40, "unmatched": 2}
+    ppi = payload["estimators"]["ppi"]
+    assert 0 <= ppi["ci95"][0] <= ppi["fraction"] <= ppi["ci95"][1] <= 1
+    assert payload["labelled"]["merger_fraction"] == pytest.approx(truth[picked].mean())
+    # every format of the same output, a Parquet labels file, and the table
+    pq_labels = tmp_path / "visual.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"ID": [int(ids[i]) for i in picked],
+                             "is_merger_eye": [bool(truth[i]) for i in picked]}), pq_labels)
+    code, text = _fraction(str(classified["h5"]), "--model", str(classified["run"]), "--json",
+                           "--bootstrap", "50", "--labels", str(pq_labels), "--id-col", "id",
+                           "--label-col", "is_merger_eye")
+    assert code == 0, text  # names match case-insensitively: ID in the labels, id in the output
+    code, text = _fraction(str(classified["h5"]), "--model", str(classified["run"]), "--json",
+                           "--bootstrap", "50", "--labels", str(pq_labels),
+                           "--label-col", "is_merger_eye")
+    assert code == 0, text
+    assert json.loads(text)["estimators"]["ppi"]["fraction"] == pytest.approx(ppi["fraction"])
+    code, text = _fraction(str(classified["csv"]), "--model", str(classified["run"]),
+                           "--bootstrap", "20", "--labels", str(labels))
+    assert code == 0 and "ppi" in text and "labelled sample: 40 ok rows" in text, text
+    # per bin: each bin's own labelled rows; the plot gains a ppi row
+    plot = tmp_path / "f.png"
+    code, text = _fraction(str(classified["csv"]), "--model", str(classified["run"]), "--json",
+                           "--bootstrap", "20", "--labels", str(labels), "--by", "id",
+                           "--bins", "2", "--plot", str(plot))
+    assert code == 0, text
+    bins = json.loads(text)["bins"]
+    assert [b["labelled"]["n"] for b in bins] == [20, 20]
+    assert all(b["recommended"] == "ppi" for b in bins)
+    assert plot.is_file()
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        (None, [], "no such file"),
+        ("id,vote\n1,1\n", [], "no label column 'merger'"),
+        ("id,merger\n1,maybe\n", [], "labels must be 0/1"),
+        ("id,merger\n1,1\n1,0\n", [], "labelled both 0 and 1"),
+        ("galaxy,merger\n1,1\n", [], "share no identifier column"),
+        ("id,merger\n1,1\n", ["--id-col", "objid"], "--id-col objid: no such column"),
+        ("id,merger\n5000,1\n", [], "none of its 1 labelled identifiers"),
+        ("id,merger\n1,\n", [], "no row has both an identifier and a 0/1 label"),
+    ],
+)
+def test_labelled_sample_errors_are_one_line(classified, tmp_path, content, args,
+                                             message) -> None:
+    labels = tmp_path / "labels.csv"
+    if content is not None:
+        labels.write_text(content)
+    code, text = _fraction(str(classified["csv"]), "--model", str(classified["run"]),
+                           "--bootstrap", "5", "--labels", str(labels), *args)
+    assert code == 1, text
+    assert message in text
+    assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
+
+
+def test_label_columns_without_labels_is_one_line(classified) -> None:
+    code, text = _fraction(str(classified["csv"]), "--model", str(classified["run"]),
+                           "--label-col", "merger")
+    assert code == 1 and "pass the labelled sample too" in text
+    assert len(text.strip().splitlines()) == 1

@@ -30,22 +30,33 @@ import click
                                "reloaded here (needed once, to score its validation split).")
 @click.option("--device", default="cpu", show_default=True,
               help="Device for scoring the validation split (once; cached in the run).")
+@click.option("--labels", type=click.Path(dir_okay=False),
+              help="A labelled random sample of the survey (CSV, FITS or Parquet: an "
+                   "identifier and a 0/1 merger column, e.g. galaxies classified by eye): adds "
+                   "the ppi estimator, unbiased under domain shift.")
+@click.option("--id-col", help="With --labels: the identifier column both files have "
+                               "[default: the first common catalog id name, e.g. objid].")
+@click.option("--label-col", help="With --labels: its 0/1 column [default: merger].")
 def fraction(results: str, model: str, by: str | None, bins: str | None, threshold: float,
              bootstrap: int, seed: int, as_json: bool, plot: str | None, source: str | None,
-             device: str) -> None:
+             device: str, labels: str | None, id_col: str | None,
+             label_col: str | None) -> None:
     """Merger fraction of RESULTS (a classify output) with 68% and 95% intervals.
 
     Four estimators side by side: naive classify-and-count; adjusted classify-and-count
     (error rates from the run's source validation split); EM prior adjustment (Saerens et al.
     2002) on Platt-recalibrated probabilities; soft black-box shift estimation (Lipton et al.
     2018). All corrections assume label shift (the classifier errs on the survey as on the
-    source): none corrects a change of the error rates by domain shift.
+    source): none corrects a change of the error rates by domain shift. With --labels, a
+    fifth: prediction-powered inference (PPI++), the labelled sample's merger fraction
+    corrected by the classifier over the whole survey; it needs no label-shift assumption,
+    only labelled rows drawn at random from the survey.
     """
     from galmerge.fractions.report import survey_fraction
 
     payload = survey_fraction(results, model, by=by, bins=bins, threshold=threshold,
                               bootstrap=bootstrap, seed=seed, source=source, device=device,
-                              plot=plot)
+                              plot=plot, labels=labels, id_col=id_col, label_col=label_col)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
         return
@@ -72,11 +83,12 @@ def _print(payload: dict[str, Any]) -> None:
     if "by" in payload:
         table.add_column(payload["by"])
     table.add_column("n", justify="right")
-    for name in ("naive", "acc", "em", "bbse"):
+    names = [k for k in ("naive", "acc", "em", "bbse", "ppi") if k in entries[0]["estimators"]]
+    for name in names:
         table.add_column(name, justify="right")
     table.add_column("recommended")
     for e in entries:
-        cells = [str(e["n"])] + [_cell(e["estimators"][k]) for k in ("naive", "acc", "em", "bbse")]
+        cells = [str(e["n"])] + [_cell(e["estimators"][k]) for k in names]
         if "by" in payload:
             cells.insert(0, f"[{e['lo']:g}, {e['hi']:g}]")
         table.add_row(*cells, e["recommended"])
@@ -85,6 +97,12 @@ def _print(payload: dict[str, Any]) -> None:
     console.print(f"source validation: {v['n']} images, tpr {v['tpr']:.3f}, fpr {v['fpr']:.3f} "
                   f"at threshold {payload['threshold']:g}; excluded rows: "
                   + (", ".join(f"{k} {n}" for k, n in payload["excluded"].items()) or "none"))
+    lab = payload.get("labels")
+    if lab is not None:
+        console.print(f"labelled sample: {lab['rows']} ok rows of {lab['file']} matched by "
+                      f"{lab['id_column']} ({lab['unmatched']} labelled identifiers not among "
+                      "them); ppi assumes they are a random sample of the survey rows",
+                      markup=False)
     check = payload.get("label_shift_check")
     if check is not None:
         verdict = ("WARNING: the survey's p_merger distribution is no mixture of the source "

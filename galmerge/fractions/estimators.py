@@ -20,6 +20,19 @@ Four estimators of the fraction ``pi`` of mergers among the target rows, side by
            survey's mean prediction. Same label-shift assumption as ``acc``; with hard
            predictions and two classes BBSE *is* ACC, so the soft form is the one shown.
 
+With a labelled sample of the survey itself (``galmerge fraction --labels FILE``: e.g. a few
+hundred galaxies classified by eye, drawn at random from the survey rows), a fifth:
+
+``ppi``    prediction-powered inference (Angelopoulos et al. 2023), power-tuned as PPI++
+           (Angelopoulos, Duchi & Zrnic 2023): ``ybar_n + lam * (pbar_N - pbar_n)``, the
+           labelled sample's merger fraction corrected by the classifier's mean ``p_merger``
+           over all N survey rows against its mean over the n labelled ones, with ``lam =
+           cov_n(y, p) / ((1 + n / N) var_n(p))`` clipped to [0, 1] (0: the labelled fraction
+           alone; 1: plain PPI). Unbiased whatever the domain shift, because the labels are the
+           survey's own; it assumes only that the labelled rows are a random sample of the
+           survey rows (of the bin, with ``--by``) and that their labels are right. The
+           classifier narrows the interval by how well it ranks the survey's galaxies.
+
 Every estimate is clipped to [0, 1]. Intervals are percentile bootstrap intervals (68%:
 16th-84th, 95%: 2.5th-97.5th percentile) that resample the survey rows *and* the source
 validation images, so the uncertainty of the error rates and of the calibration is inside.
@@ -43,6 +56,10 @@ from galmerge.errors import GalmergeError
 
 ESTIMATORS = ("naive", "acc", "em", "bbse")
 CORRECTED = ("acc", "em", "bbse")
+#: the estimator a labelled sample of the survey adds (``estimate(..., labelled=...)``)
+LABELLED = "ppi"
+MIN_LABELLED = 10  # fewer labelled rows (in a bin): ppi is undefined there
+VAR_EPS = 1e-12  # p_merger varying less over the labelled rows: no information (lambda 0)
 #: the estimator `recommended` names when it is defined (see `recommend`)
 DEFAULT_RECOMMENDED = "em"
 P_EPS = 1e-6  # p_merger is clipped to [eps, 1 - eps] before taking logits
@@ -70,6 +87,33 @@ def adjusted_count(q: Any, tpr: Any, fpr: Any) -> Any:
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(sep >= MIN_SEPARATION, np.clip((q - fpr) / sep, 0.0, 1.0), np.nan)
     return float(out) if out.ndim == 0 else out
+
+
+def ppi_fraction(pbar_all: Any, p_lab: np.ndarray, y_lab: np.ndarray,
+                 n_all: int) -> np.ndarray:
+    """Power-tuned prediction-powered estimate (PPI++) of the merger fraction for B replicates
+    at once: ``pbar_all`` (B,) the mean p over the N survey rows, ``p_lab``/``y_lab`` (B, n) the
+    labelled rows' p and 0/1 labels. Clipped to [0, 1]."""
+    p_lab = np.atleast_2d(np.asarray(p_lab, dtype=np.float64))
+    y_lab = np.atleast_2d(np.asarray(y_lab, dtype=np.float64))
+    pbar_all = np.asarray(pbar_all, dtype=np.float64)
+    n = p_lab.shape[1]
+    pbar_lab, ybar = p_lab.mean(1), y_lab.mean(1)
+    cov = ((p_lab - pbar_lab[:, None]) * (y_lab - ybar[:, None])).sum(1) / max(n - 1, 1)
+    var = p_lab.var(1, ddof=1) if n > 1 else np.zeros_like(pbar_lab)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lam = np.where(var > VAR_EPS, cov / ((1 + n / n_all) * var), 0.0)
+    lam = np.clip(lam, 0.0, 1.0)
+    return np.clip(ybar + lam * (pbar_all - pbar_lab), 0.0, 1.0)
+
+
+def power_tuning(p_lab: np.ndarray, y_lab: np.ndarray, n_all: int) -> float:
+    """The PPI++ weight ``lam`` of the point estimate (see `ppi_fraction`)."""
+    p_lab, y_lab = np.asarray(p_lab, np.float64), np.asarray(y_lab, np.float64)
+    if len(p_lab) < 2 or p_lab.var(ddof=1) <= VAR_EPS:
+        return 0.0
+    cov = float(np.cov(p_lab, y_lab, ddof=1)[0, 1])
+    return float(np.clip(cov / ((1 + len(p_lab) / n_all) * p_lab.var(ddof=1)), 0.0, 1.0))
 
 
 def bbse(mu: np.ndarray, joint: np.ndarray) -> np.ndarray:
@@ -289,11 +333,16 @@ def _estimates(q: np.ndarray, mean_p: np.ndarray, tw_s: np.ndarray, tw: np.ndarr
 
 
 def estimate(p: np.ndarray, validation: Validation, threshold: float = 0.5,
-             n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The four estimates with 68%/95% bootstrap intervals for survey probabilities ``p``.
+             n_boot: int = 1000, seed: int = 0,
+             labelled: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """The four estimates with 68%/95% bootstrap intervals for survey probabilities ``p``;
+    with ``labelled`` = (p, 0/1 labels) of a random labelled sample of these survey rows, also
+    ``ppi`` (the bootstrap then resamples the labelled rows too, and the recommended estimator
+    is ``ppi`` where it is defined).
 
     Returns ``{"estimators": {name: {"fraction", "ci68", "ci95"}}, "recommended": name, "n",
-    "validation": {...}}``; a fraction or interval is None where the estimator is undefined.
+    "validation": {...}}`` (and ``"labelled": {"n", "merger_fraction", "lambda"}``); a fraction
+    or interval is None where the estimator is undefined.
     """
     p = np.asarray(p, dtype=np.float64)
     p = p[np.isfinite(p)]
@@ -308,8 +357,22 @@ def estimate(p: np.ndarray, validation: Validation, threshold: float = 0.5,
     point = _estimates(
         np.array([float((p >= threshold).mean())]), np.array([float(p.mean())]), mean_s,
         counts[None, :], vp[None, :], vy[None, :], threshold)
-    draws: dict[str, list[np.ndarray]] = {k: [] for k in ESTIMATORS}
+    lab_p = lab_y = None
+    if labelled is not None:
+        lab_p = np.asarray(labelled[0], dtype=np.float64)
+        lab_y = np.asarray(labelled[1], dtype=np.float64)
+        keep = np.isfinite(lab_p)
+        lab_p, lab_y = lab_p[keep], lab_y[keep]
+        if len(lab_p) >= MIN_LABELLED:
+            point[LABELLED] = ppi_fraction(np.array([float(p.mean())]), lab_p[None, :],
+                                           lab_y[None, :], n)
+        else:
+            point[LABELLED] = np.array([np.nan])
+    names = ESTIMATORS + ((LABELLED,) if labelled is not None else ())
+    draws: dict[str, list[np.ndarray]] = {k: [] for k in names}
     rng = np.random.default_rng(seed)
+    # the labelled rows' own stream: the other estimators' draws stay those of a run without
+    rng_lab = np.random.default_rng([seed, 1])
     freq = counts / n
     m = len(vy)
     for start in range(0, n_boot, BOOT_CHUNK):
@@ -319,10 +382,17 @@ def estimate(p: np.ndarray, validation: Validation, threshold: float = 0.5,
         mp = (tw * mean_p).sum(1) / n
         idx = rng.integers(0, m, size=(b, m))
         est = _estimates(q, mp, mean_s, tw, vp[idx], vy[idx], threshold)
-        for k in ESTIMATORS:
+        if lab_p is not None:
+            nl = len(lab_p)
+            if nl >= MIN_LABELLED:
+                li = rng_lab.integers(0, nl, size=(b, nl))
+                est[LABELLED] = ppi_fraction(mp, lab_p[li], lab_y[li], n)
+            else:
+                est[LABELLED] = np.full(b, np.nan)
+        for k in names:
             draws[k].append(est[k])
     estimators: dict[str, dict[str, Any]] = {}
-    for k in ESTIMATORS:
+    for k in names:
         value = float(point[k][0])
         entry: dict[str, Any] = {"fraction": value if math.isfinite(value) else None}
         if n_boot > 0:
@@ -333,7 +403,7 @@ def estimate(p: np.ndarray, validation: Validation, threshold: float = 0.5,
             entry.update({"ci68": None, "ci95": None})
         estimators[k] = entry
     hard_v = vp >= threshold
-    return {
+    out: dict[str, Any] = {
         "estimators": estimators,
         "recommended": recommend(estimators),
         "n": n,
@@ -344,11 +414,19 @@ def estimate(p: np.ndarray, validation: Validation, threshold: float = 0.5,
             "fpr": float(hard_v[vy == 0].mean()),
         },
     }
+    if lab_p is not None and lab_y is not None:
+        out["labelled"] = {
+            "n": len(lab_p),
+            "merger_fraction": float(lab_y.mean()) if len(lab_y) else None,
+            "lambda": power_tuning(lab_p, lab_y, n) if len(lab_p) >= MIN_LABELLED else None,
+        }
+    return out
 
 
 def recommend(estimators: Mapping[str, Mapping[str, Any]]) -> str:
-    """`DEFAULT_RECOMMENDED` when it has a value, else the first defined of acc, bbse, naive."""
-    for name in (DEFAULT_RECOMMENDED, "acc", "bbse"):
+    """``ppi`` when a labelled sample gave it a value, else `DEFAULT_RECOMMENDED` when it has
+    one, else the first defined of acc, bbse, naive."""
+    for name in (LABELLED, DEFAULT_RECOMMENDED, "acc", "bbse"):
         if estimators.get(name, {}).get("fraction") is not None:
             return name
     return "naive"

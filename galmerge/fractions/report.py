@@ -17,6 +17,11 @@ null where its estimator is undefined (e.g. ACC when the classifier does not sep
 classes on the source). ``label_shift_check`` (`galmerge.fractions.estimators.label_shift_test`, over all
 rows; null with ``--bootstrap 0``): a small ``p_value`` says the survey's p_merger distribution
 is no mixture of the source classes', i.e. domain shift, and the corrected fractions are biased.
+With ``--labels FILE`` (a labelled random sample of the survey rows,
+`galmerge.fractions.labelled`) every ``estimators`` mapping gains ``"ppi"``, the recommended
+estimator where it is defined (at least `galmerge.fractions.estimators.MIN_LABELLED` labelled
+rows in the bin), each result or bin gains ``"labelled": {"n", "merger_fraction", "lambda"}``
+and the payload ``"labels": {"file", "id_column", "label_column", "rows", "unmatched"}``.
 ``adaptation_check`` (`galmerge.fractions.adaptation`; null for a source-only model):
 ``{"strategies", "source_fraction", "estimate", "warning", "message"}`` for a model adapted to a
 target in training, whose estimates are pulled toward the source's merger fraction.
@@ -39,7 +44,13 @@ import numpy as np
 
 from galmerge.errors import GalmergeError
 from galmerge.fractions.adaptation import adaptation_check
-from galmerge.fractions.estimators import ESTIMATORS, Validation, estimate, label_shift_test
+from galmerge.fractions.estimators import (
+    ESTIMATORS,
+    LABELLED,
+    Validation,
+    estimate,
+    label_shift_test,
+)
 
 P_NAME = re.compile(r"^p_merger(_\d+)?$")
 STATUS_NAME = re.compile(r"^status(_\d+)?$")
@@ -53,6 +64,8 @@ class Results:
     by: np.ndarray | None
     rows: int
     excluded: Counter
+    ids: np.ndarray | None = None  # the id column's values of the same rows (``id_col``)
+    columns: list[str] | None = None
 
 
 def _result_column(columns: list[str], pattern: re.Pattern[str]) -> str | None:
@@ -90,9 +103,10 @@ def _status_text(values: Any) -> np.ndarray:
                      for v in values], dtype=object)
 
 
-def read_results(path: str | os.PathLike[str], by: str | None = None) -> Results:
+def read_results(path: str | os.PathLike[str], by: str | None = None,
+                 id_col: str | None = None) -> Results:
     """p_merger of the rows with status ``ok`` (others counted by reason) of a classify output
-    (CSV, HDF5, FITS or Parquet), and the ``by`` column as floats."""
+    (CSV, HDF5, FITS or Parquet), the ``by`` column as floats and the ``id_col`` column."""
     p = Path(path)
     if not p.is_file():
         raise GalmergeError(f"results file {p} does not exist; pass a classify output")
@@ -119,8 +133,9 @@ def read_results(path: str | os.PathLike[str], by: str | None = None) -> Results
         excluded[f"no-{b_col}"] += int(bad.sum())
         keep &= np.isfinite(vals)
         by_values = vals[keep]
+    ids = np.asarray(get(id_col))[keep] if id_col is not None else None
     return Results(prob[keep], by_values, len(prob), Counter({k: v for k, v in excluded.items()
-                                                              if v}))
+                                                              if v}), ids, list(columns))
 
 
 def output_columns(path: Path) -> tuple[list[str], Any]:
@@ -285,8 +300,13 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
                     by: str | None = None, bins: str | None = None, threshold: float = 0.5,
                     bootstrap: int = 1000, seed: int = 0, source: str | None = None,
                     device: str = "cpu", plot: str | os.PathLike[str] | None = None,
-                    validation: Validation | None = None) -> dict[str, Any]:
-    """The merger fraction(s) of a classify output with intervals; see the module docstring."""
+                    validation: Validation | None = None,
+                    labels: str | os.PathLike[str] | None = None, id_col: str | None = None,
+                    label_col: str | None = None) -> dict[str, Any]:
+    """The merger fraction(s) of a classify output with intervals; see the module docstring.
+    ``labels``: a labelled random sample of the survey rows (`galmerge.fractions.labelled`),
+    which adds the ``ppi`` estimator."""
+    from galmerge.fractions import labelled
     from galmerge.fractions.validation_stats import load_validation
 
     if (by is None) != (bins is None):
@@ -297,7 +317,14 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
         raise GalmergeError(f"--threshold must be between 0 and 1, got {threshold}")
     from galmerge.fractions.prior import read_record, undo
 
-    res = read_results(results, by)
+    sample = None
+    if labels is None and (id_col is not None or label_col is not None):
+        raise GalmergeError("--id-col and --label-col name columns of --labels FILE; pass the "
+                            "labelled sample too")
+    if labels is not None and Path(results).is_file():
+        sample = labelled.read_labels(labels, output_columns(Path(results))[0], id_col=id_col,
+                                      label_col=label_col or labelled.DEFAULT_LABEL_COLUMN)
+    res = read_results(results, by, sample.result_id_column if sample is not None else None)
     rescaled = read_record(results)
     if rescaled is not None:  # the estimators need the model's own probabilities
         res.p = undo(res.p, rescaled)
@@ -305,19 +332,39 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
         raise GalmergeError(f"{results}: no rows with status ok and a p_merger "
                             f"({res.rows} rows: {_reasons(res.excluded)}); nothing to count")
     val = validation if validation is not None else load_validation(model, source, device)
-    common = {
+    common: dict[str, Any] = {
         "excluded": dict(res.excluded),
         "validation": None,
         "threshold": threshold,
         "bootstrap": bootstrap,
     }
+    has_label = y_all = None
+    if sample is not None:
+        assert res.ids is not None
+        has_label, y_all = labelled.match(sample, res.ids)
+        matched = {labelled.id_text(v) for v in res.ids[has_label]}
+        if not has_label.any():
+            raise GalmergeError(
+                f"{sample.path}: none of its {len(sample.by_id)} labelled identifiers "
+                f"({sample.id_column}) is an ok row of {results}; label galaxies of this survey")
+        common["labels"] = {"file": sample.path, "id_column": sample.id_column,
+                            "label_column": sample.label_column, "rows": int(has_label.sum()),
+                            "unmatched": len(sample.by_id) - len(matched)}  # fmt: skip
+
+    def lab(sel: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        if has_label is None or y_all is None:
+            return None
+        if sel is None:
+            return res.p[has_label], y_all
+        return res.p[sel & has_label], y_all[sel[has_label]]
+
     if rescaled is not None:
         common["prior_rescaling_undone"] = rescaled
     # over all rows: does the survey look like a mixture of the source classes at all?
     common["label_shift_check"] = (label_shift_test(res.p, val, seed=seed) if bootstrap > 0
                                    else None)
     if by is None:
-        out = estimate(res.p, val, threshold, bootstrap, seed)
+        out = estimate(res.p, val, threshold, bootstrap, seed, labelled=lab())
         common["validation"] = out.pop("validation")
         common["adaptation_check"] = adaptation_check(
             Path(model), val.train_prior, out["estimators"][out["recommended"]]["fraction"])
@@ -337,7 +384,7 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
                 raise GalmergeError(
                     f"bin [{edges[i]:g}, {edges[i + 1]:g}) of {by} has no ok rows; choose "
                     "other --bins (e.g. --bins 4 for equal-count bins)")
-            out = estimate(res.p[sel], val, threshold, bootstrap, seed + i)
+            out = estimate(res.p[sel], val, threshold, bootstrap, seed + i, labelled=lab(sel))
             common["validation"] = out.pop("validation")
             entries.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), **out})
         common["adaptation_check"] = adaptation_check(Path(model), val.train_prior, None)
@@ -365,9 +412,11 @@ def fraction_figure(panels: list[tuple[str, dict[str, Any]]], path: Path) -> Pat
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(4.2 * cols, 2.6 * rows))
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    colours = {"naive": "#7f7f7f", "acc": "#1f77b4", "em": "#d62728", "bbse": "#2ca02c"}
+    colours = {"naive": "#7f7f7f", "acc": "#1f77b4", "em": "#d62728", "bbse": "#2ca02c",
+               LABELLED: "#9467bd"}
     for ax, (title, entry) in zip(axes, panels, strict=False):
-        for y, name in enumerate(ESTIMATORS):
+        names = [k for k in (*ESTIMATORS, LABELLED) if k in entry["estimators"]]
+        for y, name in enumerate(names):
             e = entry["estimators"][name]
             if e["fraction"] is None:
                 ax.text(0.02, y, f"{name}: undefined", va="center", fontsize=8)
@@ -377,8 +426,8 @@ def fraction_figure(panels: list[tuple[str, dict[str, Any]]], path: Path) -> Pat
                     ax.plot(e[key], [y, y], color=colours[name], lw=lw, solid_capstyle="butt")
             marker = "*" if name == entry["recommended"] else "o"
             ax.plot([e["fraction"]], [y], marker, color="black", ms=8 if marker == "*" else 4)
-        ax.set_yticks(range(len(ESTIMATORS)), list(ESTIMATORS))
-        ax.set_ylim(-0.6, len(ESTIMATORS) - 0.4)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_ylim(-0.6, len(names) - 0.4)
         ax.invert_yaxis()
         ax.set_xlim(0, max(0.05, min(1.0, 1.15 * max(
             (e["ci95"][1] if e["ci95"] else e["fraction"] or 0)

@@ -1,0 +1,139 @@
+"""A labelled sample of the survey for `galmerge fraction --labels`: read it, match it to the
+classify output's rows by an identifier column, and return each matched row's 0/1 label.
+
+The file (CSV, FITS or Parquet) needs an identifier column also present in the classify output
+(``--id-col``, else the first of `galmerge.io.columns.ID_NAMES` both have) and a
+label column (``--label-col``, default ``merger``) of 0/1 values (``true``/``false``, ``yes``/
+``no`` too; blank: not labelled). The labelled rows must be a random sample of the survey rows
+for the ``ppi`` estimator (`galmerge.fractions.estimators`) to be unbiased; nothing here can
+check that.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmerge.errors import GalmergeError
+
+DEFAULT_LABEL_COLUMN = "merger"
+_TRUE = {"1", "1.0", "true", "t", "yes", "y"}
+_FALSE = {"0", "0.0", "false", "f", "no", "n"}
+
+
+@dataclass
+class Labels:
+    """The labelled sample: identifier (as text) -> 0/1, and where it came from."""
+
+    path: str
+    id_column: str  # in the labels file
+    label_column: str
+    by_id: dict[str, int]
+    result_id_column: str  # the same identifier in the classify output
+
+
+def id_text(value: Any) -> str:
+    """An identifier as text, equal across formats: 1587, 1587.0 and b"1587" all read "1587"."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, float | np.floating):
+        if math.isfinite(value) and float(value).is_integer():
+            return str(int(value))
+        return "" if not math.isfinite(value) else repr(float(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return str(value).strip()
+
+
+def _label(value: Any, path: Path, column: str) -> int | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        return None
+    text = str(value).strip().lower()
+    if text in ("", "nan", "none", "null"):
+        return None
+    if text in _TRUE:
+        return 1
+    if text in _FALSE:
+        return 0
+    raise GalmergeError(f"{path}: label column '{column}' has the value {value!r}; labels must "
+                        "be 0/1 (or true/false), blank for an unlabelled row")
+
+
+def _find(columns: list[str], name: str) -> str | None:
+    if name in columns:
+        return name
+    lower = {c.lower(): c for c in columns}
+    return lower.get(name.lower())
+
+
+def pick_id_column(label_columns: list[str], result_columns: list[str], id_col: str | None,
+                   path: Path) -> tuple[str, str]:
+    """The identifier column of each file (names compared case-insensitively): ``id_col`` or
+    the first catalog id name both have."""
+    from galmerge.io.columns import ID_NAMES
+
+    if id_col is not None:
+        found = []
+        for where, columns in ((path, label_columns), ("the results", result_columns)):
+            name = _find(columns, id_col)
+            if name is None:
+                raise GalmergeError(f"--id-col {id_col}: no such column in {where} (columns: "
+                                    f"{', '.join(columns[:20])})")
+            found.append(name)
+        return found[0], found[1]
+    for name in ID_NAMES:
+        a, b = _find(label_columns, name), _find(result_columns, name)
+        if a is not None and b is not None:
+            return a, b
+    raise GalmergeError(f"{path} and the results share no identifier column ({', '.join(ID_NAMES)}); "
+                        "name it with --id-col")
+
+
+def read_labels(path: str | os.PathLike[str], result_columns: list[str], *,
+                id_col: str | None = None,
+                label_col: str = DEFAULT_LABEL_COLUMN) -> Labels:  # fmt: skip
+    """The labelled sample of ``path``; one-line errors for every problem of the file."""
+    from galmerge.fractions.report import output_columns
+
+    p = Path(path)
+    if not p.is_file():
+        raise GalmergeError(f"--labels {p}: no such file; pass a CSV, FITS or Parquet table "
+                            "of identifiers and 0/1 merger labels")
+    columns, get = output_columns(p)
+    found = _find(columns, label_col)
+    if found is None:
+        raise GalmergeError(f"{p} has no label column '{label_col}' (columns: "
+                            f"{', '.join(columns[:20])}); name it with --label-col")
+    label_col = found
+    id_column, result_id_column = pick_id_column(columns, result_columns, id_col, p)
+    by_id: dict[str, int] = {}
+    for raw_id, raw_label in zip(get(id_column), get(label_col), strict=True):
+        key = id_text(raw_id)
+        label = _label(raw_label, p, label_col)
+        if label is None or key == "":
+            continue
+        if by_id.setdefault(key, label) != label:
+            raise GalmergeError(f"{p}: identifier {key} is labelled both 0 and 1; keep one "
+                                "label per galaxy")
+    if not by_id:
+        raise GalmergeError(f"{p}: no row has both an identifier and a 0/1 label in "
+                            f"'{label_col}'")
+    return Labels(str(p), id_column, label_col, by_id, result_id_column)
+
+
+def match(labels: Labels, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of the rows with a label, their 0/1 labels) for the rows' identifiers ``ids``."""
+    keys = [id_text(v) for v in ids]
+    mask = np.array([k in labels.by_id for k in keys], dtype=bool)
+    y = np.array([labels.by_id[k] for k, m in zip(keys, mask, strict=True) if m],
+                 dtype=np.int64)
+    return mask, y
