@@ -10,6 +10,12 @@ input, CSV out) and `galmerge.fractions.report.survey_fraction` estimates its me
 Reported per model, fraction and estimator: mean absolute error and bias against the set's true
 fraction, and how often the 95% (68%) interval covers it.
 
+With ``--labelled N``, N galaxies of each test render, drawn at random (seed 1000 + r), get
+their true labels as a by-eye sample of the survey would: `galmerge fraction --labels`'s ``ppi``
+estimator (prediction-powered inference) is then reported beside the label-free ones, and so
+is the labelled sample's own merger fraction with a bootstrap interval ("labels only", what the
+sample gives without the classifier), with each interval's mean width.
+
 Independence: the repeats' target sets are independent renders, but every repeat uses the same
 trained model and the same source validation split (one training run per model), so the
 coverage measures the survey-sampling part of the interval over independent draws and the
@@ -33,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FRACTIONS = (0.05, 0.2, 0.5)
@@ -42,6 +50,7 @@ TARGET_TEST = "synthetic:sdss?n={n}&seed={seed}&merger_fraction={f}"
 # --control: the source's own renderer as the survey (label shift only, no domain shift)
 CONTROL_TEST = "synthetic:illustris?n={n}&seed={seed}&merger_fraction={f}"
 ESTIMATORS = ("naive", "acc", "em", "bbse")
+LABELLED = ("ppi", "labels_only")  # with --labelled N
 
 
 def _train(runs: Path, name: str, strategy: str, f: float, n: int, epochs: int,
@@ -118,18 +127,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          domain="source" if args.control else "target")
                 p = read_results(out).p
                 val = load_validation(run_dir)
-                est = estimate(p, val, n_boot=args.bootstrap, seed=r)
+                lab = None
+                if args.labelled:
+                    y = imageset.labels.numpy()
+                    if len(y) != len(p):
+                        raise SystemExit(f"{out}: {len(p)} ok rows for {len(y)} images")
+                    pick = np.random.default_rng(1000 + r).choice(len(p), args.labelled,
+                                                                  replace=False)
+                    lab = (p[pick], y[pick])
+                est = estimate(p, val, n_boot=args.bootstrap, seed=r, labelled=lab)
                 rec = {"fraction": f, "repeat": r, "seed": 100 + r, "model": label,
                        "run": name, "truth": truth, "n": est["n"],
                        "recommended": est["recommended"], "validation": est["validation"],
                        "label_shift_check": label_shift_test(p, val, n_sim=100, seed=r)}
                 for k in ESTIMATORS:
                     rec[k] = est["estimators"][k]
+                if lab is not None:
+                    rec["ppi"] = est["estimators"]["ppi"]
+                    rec["ppi_lambda"] = est["labelled"]["lambda"]
+                    rec["labels_only"] = labels_only(lab[1], args.bootstrap, 1000 + r)
                 records.append(rec)
                 print(f"f={f:g} r={r} {label}: truth {truth:.3f} "
                       + " ".join(f"{k} {_fmt(rec[k]['fraction'])}" for k in ESTIMATORS),
                       flush=True)
     return {"records": records, "train_seconds": train_s, "seconds": time.time() - t0}
+
+
+def labels_only(y: Any, n_boot: int, seed: int) -> dict[str, Any]:
+    """The labelled sample's merger fraction with percentile bootstrap intervals."""
+    y = np.asarray(y, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    draws = y[rng.integers(0, len(y), size=(n_boot, len(y)))].mean(1)
+    lo68, hi68, lo95, hi95 = np.percentile(draws, [16, 84, 2.5, 97.5])
+    return {"fraction": float(y.mean()), "ci68": [float(lo68), float(hi68)],
+            "ci95": [float(lo95), float(hi95)]}
 
 
 def _fmt(v: float | None) -> str:
@@ -142,8 +173,9 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for f, model in keys:
         recs = [r for r in records if r["fraction"] == f and r["model"] == model]
         row: dict[str, Any] = {"fraction": f, "model": model, "repeats": len(recs)}
-        for k in ESTIMATORS + ("recommended",):
-            errs, bias, cov95, cov68, undefined = [], [], [], [], 0
+        extra = tuple(k for k in LABELLED if all(k in r for r in recs))
+        for k in ESTIMATORS + extra + ("recommended",):
+            errs, bias, cov95, cov68, width95, undefined = [], [], [], [], [], 0
             for r in recs:
                 e = r[k] if k != "recommended" else r[r["recommended"]]
                 if e["fraction"] is None:
@@ -154,8 +186,11 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 for ci, acc in (("ci95", cov95), ("ci68", cov68)):
                     if e[ci] is not None:
                         acc.append(e[ci][0] <= r["truth"] <= e[ci][1])
+                if e["ci95"] is not None:
+                    width95.append(e["ci95"][1] - e["ci95"][0])
             row[k] = {
                 "mae": statistics.fmean(errs) if errs else None,
+                "width95": statistics.fmean(width95) if width95 else None,
                 "bias": statistics.fmean(bias) if bias else None,
                 "coverage95": statistics.fmean(cov95) if cov95 else None,
                 "coverage68": statistics.fmean(cov68) if cov68 else None,
@@ -218,6 +253,27 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append(f"| {row['fraction']:g} | {row['model']} | " + " | ".join(
             "-" if row[k]["bias"] is None else f"{row[k]['bias']:+.3f}" for k in ESTIMATORS)
             + " |")
+    labelled = [row for row in payload["summary"] if "ppi" in row]
+    if labelled:
+        n_lab = payload["args"]["labelled"]
+        lines += ["", f"With {n_lab} labelled galaxies of each test render (drawn at random; "
+                  "`fraction --labels`): MAE (95% coverage) and mean width of the 95% interval. "
+                  "`ppi` = prediction-powered inference on the model's p_merger; `labels only` "
+                  "= the labelled sample's fraction alone.", "",
+                  "| true fraction | model | naive MAE | ppi MAE (cov95) | ppi width95 | "
+                  "labels only MAE (cov95) | labels only width95 | ppi / naive | goal |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for row in labelled:
+            ppi, only, naive = row["ppi"], row["labels_only"], row["naive"]["mae"]
+            ratio = ppi["mae"] / naive if ppi["mae"] is not None and naive else None
+            goal = "-"
+            if row["fraction"] < 0.5 and ratio is not None:
+                goal = "met" if ratio <= 1 / 3 and (ppi["coverage95"] or 0) >= 0.9 else "not met"
+            lines.append(
+                f"| {row['fraction']:g} | {row['model']} | {naive:.3f} | "
+                f"{_fmt(ppi['mae'])} ({_fmt(ppi['coverage95'])}) | {_fmt(ppi['width95'])} | "
+                f"{_fmt(only['mae'])} ({_fmt(only['coverage95'])}) | {_fmt(only['width95'])} | "
+                f"{'-' if ratio is None else f'{ratio:.2f}'} | {goal} |")
     lines += ["", "Independence: " + payload["independence"], "", "Machine: " +
               payload["machine"], ""]
     return "\n".join(lines)
@@ -245,6 +301,9 @@ def main() -> None:
                     "target training fraction); not of the `none` baseline")
     ap.add_argument("--train-seed", type=int, default=1,
                     help="training seed of every model (1: the seed of the committed results)")
+    ap.add_argument("--labelled", type=int, default=0, metavar="N",
+                    help="label N random galaxies of each test render: report the ppi estimator "
+                    "(fraction --labels) and the labelled sample alone")
     ap.add_argument("--control", action="store_true",
                     help="Survey = the source renderer (label shift only): the `none` model.")
     args = ap.parse_args()
@@ -267,8 +326,9 @@ def main() -> None:
                if args.da == "mmd+fisher+entropy"
                else f"`{args.da}` with galmerge's defaults (batch 32)"
                + (f" and {', '.join(args.set)}" if args.set else "") + " per F")
-            + f" with {args.epochs} epochs, seed {args.train_seed}, checkpoint chosen on the source validation "
-            "loss. "
+            + f" with {args.epochs} epochs, seed {args.train_seed}, checkpoint chosen by the "
+            "run's `select_by` (the source validation loss for `none` and the presets; `im` for "
+            "defaults with the target's own encoder, since stop 32). "
             f"{args.bootstrap} bootstrap resamples per estimate."
         ),
         "independence": (
