@@ -691,3 +691,25 @@ def test_label_columns_without_labels_is_one_line(classified) -> None:
                            "--label-col", "merger")
     assert code == 1 and "pass the labelled sample too" in text
     assert len(text.strip().splitlines()) == 1
+
+
+def test_eighteen_digit_ids_match_exactly_across_formats(classified, tmp_path) -> None:
+    # SDSS objids are ~1.2e18: as float64, 256 neighbouring ids would read the same
+    base = 1237648720693755918
+    results = tmp_path / "sdss.csv"
+    results.write_text("objID,ra,dec,p_merger,is_merger,status\n" + "".join(
+        f"{base + i},10,{i},{0.8 if i % 3 == 0 else 0.2},{int(i % 3 == 0)},ok\n"
+        for i in range(30)))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels = tmp_path / "eye.parquet"
+    pq.write_table(pa.table({"objid": pa.array([base + i for i in range(0, 30, 2)], pa.int64()),
+                             "merger": [int(i % 3 == 0) for i in range(0, 30, 2)]}), labels)
+    code, text = _fraction(str(results), "--model", str(classified["run"]), "--json",
+                           "--bootstrap", "20", "--labels", str(labels))
+    assert code == 0, text
+    payload = json.loads(text)
+    assert payload["labels"]["rows"] == 15 and payload["labels"]["unmatched"] == 0
+    assert payload["labels"]["id_column"] == "objid"
+    assert payload["labelled"]["merger_fraction"] == pytest.approx(5 / 15)

@@ -116,7 +116,7 @@ def read_labels(path: str | os.PathLike[str], result_columns: list[str], *,
     label_col = found
     id_column, result_id_column = pick_id_column(columns, result_columns, id_col, p)
     by_id: dict[str, int] = {}
-    for raw_id, raw_label in zip(get(id_column), get(label_col), strict=True):
+    for raw_id, raw_label in zip(get(id_column, exact=True), get(label_col), strict=True):
         key = id_text(raw_id)
         label = _label(raw_label, p, label_col)
         if label is None or key == "":

@@ -133,14 +133,16 @@ def read_results(path: str | os.PathLike[str], by: str | None = None,
         excluded[f"no-{b_col}"] += int(bad.sum())
         keep &= np.isfinite(vals)
         by_values = vals[keep]
-    ids = np.asarray(get(id_col))[keep] if id_col is not None else None
+    ids = np.asarray(get(id_col, exact=True))[keep] if id_col is not None else None
     return Results(prob[keep], by_values, len(prob), Counter({k: v for k, v in excluded.items()
                                                               if v}), ids, list(columns))
 
 
 def output_columns(path: Path) -> tuple[list[str], Any]:
     """(column names, column getter) of a classify output in any of its formats (HDF5, FITS,
-    Parquet by content or suffix, else CSV)."""
+    Parquet by content or suffix, else CSV). ``get(column)`` gives numbers as floats (nulls
+    NaN); ``get(column, exact=True)`` keeps integers as they are (identifiers such as SDSS's
+    18-digit objid do not survive a float)."""
     import h5py
 
     if h5py.is_hdf5(path):
@@ -176,12 +178,12 @@ def _hdf5_columns(path: Path) -> tuple[list[str], Any]:
             from None
     where = dict(zip(names, dsets, strict=True))
 
-    def get(column: str) -> np.ndarray:
+    def get(column: str, exact: bool = False) -> np.ndarray:
         with h5py.File(path, "r") as f:
             d = f[where[column]]
             values = d[()]
             null = d.attrs.get("null")
-        if null is not None and values.dtype.kind in "iu":
+        if null is not None and values.dtype.kind in "iu" and not exact:
             values = np.where(values == null, np.nan, values.astype(np.float64))
         return values
 
@@ -201,12 +203,12 @@ def _fits_columns(path: Path) -> tuple[list[str], Any]:
         raise GalmergeError(f"{path}: no table in this FITS file; pass a classify output")
     names = list(hdu.columns.names)
 
-    def get(column: str) -> np.ndarray:
+    def get(column: str, exact: bool = False) -> np.ndarray:
         values = np.asarray(hdu.data[column])
         if values.dtype.kind == "S":
             values = np.char.rstrip(values)
         null = hdu.columns[column].null
-        if null is not None and values.dtype.kind in "iu":
+        if null is not None and values.dtype.kind in "iu" and not exact:
             values = np.where(values == null, np.nan, values.astype(np.float64))
         return values
 
@@ -222,9 +224,11 @@ def _parquet_columns(path: Path) -> tuple[list[str], Any]:
     except (OSError, pa.ArrowException) as exc:
         raise GalmergeError(f"{path}: cannot read as Parquet ({exc})".splitlines()[0]) from None
 
-    def get(column: str) -> np.ndarray:
+    def get(column: str, exact: bool = False) -> np.ndarray:
         # one column at a time: a survey-sized output is never read whole
         values = pq.read_table(path, columns=[column]).column(column)
+        if exact and pa.types.is_integer(values.type):  # ids: 64-bit integers stay exact
+            return np.array(["" if v is None else v for v in values.to_pylist()], dtype=object)
         if pa.types.is_floating(values.type) or pa.types.is_integer(values.type):
             return values.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls: NaN
         return np.array(["" if v is None else v for v in values.to_pylist()], dtype=object)
@@ -248,7 +252,7 @@ def _csv_columns(path: Path) -> tuple[list[str], Any]:
 
     header = next(rows())
 
-    def get(column: str) -> np.ndarray:
+    def get(column: str, exact: bool = False) -> np.ndarray:  # CSV fields are exact text
         # one pass per column, holding only that column: outputs can have 10^7+ rows
         i = header.index(column)
         it = rows()
