@@ -323,6 +323,14 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "adda": {"strategy": "dann", "sets": OWN_ENCODER},
         "adda frozen": {"strategy": "dann", "sets": [*OWN_ENCODER, "source_path=frozen"]},
     },
+    # stop 34: the `entropy` default as it ships (select_by "auto" -> im since stop 32) on the
+    # held-out renders at 2,000 images/15 epochs, which stop 32 measured for dann, mmd and coral
+    # only (study_select32_heldout.md). `none` and "{none}" are bench_tune's `none` runs of
+    # tune_adda34_heldout (same specs, seeds and settings; work dir shared). Reporting only.
+    "entropy34": {
+        "none": {"strategy": "none"},
+        "entropy separate": SEPARATE_DEFAULTS["entropy separate"],
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
