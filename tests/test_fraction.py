@@ -487,6 +487,21 @@ def test_an_adapted_model_is_named_and_the_direction_of_its_bias_given(classifie
     code, text = _fraction(str(out), "--model", str(run), "--bootstrap", "0")
     assert code == 0 and ("WARNING: the model was adapted" in text
                           or "note: the model was adapted" in text), text
+    assert "fraction --labels FILE" in check["message"]
+    # with a labelled sample the check still reads the label-free estimate, and says ppi stands
+    truth = _target_labels(classified)
+    with open(out, newline="") as fh:
+        ids = [r["id"] for r in csv.DictReader(fh)]
+    labels = tmp_path / "eye.csv"
+    labels.write_text("id,merger\n" + "".join(f"{ids[i]},{int(truth[i])}\n"
+                                              for i in range(0, 80, 4)))
+    code, text = _fraction(str(out), "--model", str(run), "--json", "--bootstrap", "0",
+                           "--labels", str(labels))
+    assert code == 0, text
+    payload = json.loads(text)
+    assert payload["recommended"] == "ppi"
+    assert payload["adaptation_check"]["estimate"] == pytest.approx(rec)
+    assert "ppi estimate of your labelled sample" in payload["adaptation_check"]["message"]
     # adabn overshoots (fraction_sim_real_adabn.md): no direction is claimed for it
     far = adaptation_check(run, 0.5, 0.9)
     assert far["warning"] and "either direction" in far["message"]

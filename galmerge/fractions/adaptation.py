@@ -67,11 +67,12 @@ def adapted_strategies(run: Path) -> list[str]:
     return out
 
 
-def adaptation_check(run: Path, source_fraction: float, estimate: float | None
-                     ) -> dict[str, Any] | None:  # fmt: skip
+def adaptation_check(run: Path, source_fraction: float, estimate: float | None,
+                     labelled: bool = False) -> dict[str, Any] | None:  # fmt: skip
     """``{"strategies", "source_fraction", "estimate", "warning", "message"}`` for an adapted
-    run, else None. ``warning`` is true when ``estimate`` (the recommended fraction, or None for
-    binned results) lies more than ``NEAR`` from the source's fraction."""
+    run, else None. ``warning`` is true when ``estimate`` (the recommended label-free fraction,
+    or None for binned results) lies more than ``NEAR`` from the source's fraction. The message
+    ends by pointing to a labelled sample (``labelled``: one was given, so ``ppi`` stands)."""
     adapted = adapted_strategies(run)
     if not adapted:
         return None
@@ -98,6 +99,10 @@ def adaptation_check(run: Path, source_fraction: float, estimate: float | None
                    "where the survey's merger fraction differs much from the source's"
                    + (f" ({src:.2f})" if known else "")
                    + f", the estimates are pulled toward the source's ({MEASURED})")
+    message += ("; the ppi estimate of your labelled sample does not rest on the classifier's "
+                "error rates, so this bias does not reach it" if labelled else
+                "; a random sample of survey galaxies labelled by eye (fraction --labels FILE) "
+                "gives an estimate this bias does not reach")
     return {"strategies": adapted, "source_fraction": src if known else None,
             "estimate": None if estimate is None else float(estimate), "warning": bool(far),
             "message": message}

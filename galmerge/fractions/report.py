@@ -50,6 +50,7 @@ from galmerge.fractions.estimators import (
     Validation,
     estimate,
     label_shift_test,
+    recommend,
 )
 
 P_NAME = re.compile(r"^p_merger(_\d+)?$")
@@ -370,8 +371,10 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
     if by is None:
         out = estimate(res.p, val, threshold, bootstrap, seed, labelled=lab())
         common["validation"] = out.pop("validation")
+        label_free = recommend({k: v for k, v in out["estimators"].items() if k in ESTIMATORS})
         common["adaptation_check"] = adaptation_check(
-            Path(model), val.train_prior, out["estimators"][out["recommended"]]["fraction"])
+            Path(model), val.train_prior, out["estimators"][label_free]["fraction"],
+            labelled=sample is not None)
         payload = {**out, **common}
         panels = [("all ok rows", payload)]
     else:
@@ -391,7 +394,8 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
             out = estimate(res.p[sel], val, threshold, bootstrap, seed + i, labelled=lab(sel))
             common["validation"] = out.pop("validation")
             entries.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), **out})
-        common["adaptation_check"] = adaptation_check(Path(model), val.train_prior, None)
+        common["adaptation_check"] = adaptation_check(Path(model), val.train_prior, None,
+                                                      labelled=sample is not None)
         payload = {"by": by, "bins": entries, **common}
         panels = [(f"{by} in [{e['lo']:g}, {e['hi']:g}" + ("]" if k == len(entries) - 1
                    else ")"), e) for k, e in enumerate(entries)]
