@@ -728,3 +728,24 @@ def test_eighteen_digit_ids_match_exactly_across_formats(classified, tmp_path) -
     assert payload["labels"]["rows"] == 15 and payload["labels"]["unmatched"] == 0
     assert payload["labels"]["id_column"] == "objid"
     assert payload["labelled"]["merger_fraction"] == pytest.approx(5 / 15)
+
+
+def test_ppi_interval_of_a_one_class_sample_is_the_exact_binomial_one() -> None:
+    # 50 labelled galaxies of a 5% survey often hold no merger: every bootstrap resample then
+    # reads 0, and only the exact (Clopper-Pearson) bound says how high the fraction may be
+    rng = np.random.default_rng(5)
+    vy = rng.integers(0, 2, 200)
+    val = F.Validation(np.clip(0.3 + 0.4 * vy + rng.normal(0, 0.1, 200), 0, 1), vy, 0.5)
+    p, _ = _shifted_survey(rng, 0.05, 2000)
+    none_merging = F.estimate(p, val, n_boot=200, seed=0, labelled=(p[:50], np.zeros(50)))
+    ppi = none_merging["estimators"]["ppi"]
+    assert ppi["fraction"] == pytest.approx(0.0, abs=1e-12)
+    assert ppi["ci95"] == [0.0, pytest.approx(1 - 0.025 ** (1 / 50))]  # 0.071: covers 5%
+    assert ppi["ci68"][1] == pytest.approx(1 - 0.16 ** (1 / 50))
+    all_merging = F.estimate(p, val, n_boot=200, seed=0, labelled=(p[:50], np.ones(50)))
+    assert all_merging["estimators"]["ppi"]["ci95"] == [pytest.approx(0.025 ** (1 / 50)), 1.0]
+    y = np.zeros(50)
+    y[:3] = 1  # both classes: the bootstrap interval as it is
+    entry = {"fraction": 0.06, "ci68": [0.03, 0.09], "ci95": [0.01, 0.12]}
+    F._widen_for_one_class(entry, y)
+    assert entry == {"fraction": 0.06, "ci68": [0.03, 0.09], "ci95": [0.01, 0.12]}
