@@ -77,13 +77,15 @@ def _print(payload: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from galmerge.fractions.estimators import ESTIMATORS, LABELLED
+
     console = Console(file=sys.stdout)
     entries = payload.get("bins") or [{**payload, "lo": math.nan, "hi": math.nan}]
     table = Table(title="merger fraction: estimate [68%] [95%] bootstrap intervals")
     if "by" in payload:
         table.add_column(payload["by"])
     table.add_column("n", justify="right")
-    names = [k for k in ("naive", "acc", "em", "bbse", "ppi") if k in entries[0]["estimators"]]
+    names = [k for k in (*ESTIMATORS, LABELLED) if k in entries[0]["estimators"]]
     for name in names:
         table.add_column(name, justify="right")
     table.add_column("recommended")

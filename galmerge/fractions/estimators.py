@@ -91,6 +91,22 @@ def adjusted_count(q: Any, tpr: Any, fpr: Any) -> Any:
     return float(out) if out.ndim == 0 else out
 
 
+def power_tuning(p_lab: Any, y_lab: Any, n_all: int) -> Any:
+    """The PPI++ weight ``lam = cov(y, p) / ((1 + n / N) var(p))``, clipped to [0, 1] (0 where p
+    hardly varies over the labelled rows), for labelled rows (n,) or B replicates (B, n)."""
+    p2 = np.atleast_2d(np.asarray(p_lab, dtype=np.float64))
+    y2 = np.atleast_2d(np.asarray(y_lab, dtype=np.float64))
+    n = p2.shape[1]
+    if n < 2:
+        lam = np.zeros(p2.shape[0])
+    else:
+        cov = ((p2 - p2.mean(1, keepdims=True)) * (y2 - y2.mean(1, keepdims=True))).sum(1) / (n - 1)
+        var = p2.var(1, ddof=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lam = np.clip(np.where(var > VAR_EPS, cov / ((1 + n / n_all) * var), 0.0), 0.0, 1.0)
+    return float(lam[0]) if np.ndim(p_lab) == 1 else lam
+
+
 def ppi_fraction(pbar_all: Any, p_lab: np.ndarray, y_lab: np.ndarray,
                  n_all: int) -> np.ndarray:
     """Power-tuned prediction-powered estimate (PPI++) of the merger fraction for B replicates
@@ -98,24 +114,9 @@ def ppi_fraction(pbar_all: Any, p_lab: np.ndarray, y_lab: np.ndarray,
     labelled rows' p and 0/1 labels. Clipped to [0, 1]."""
     p_lab = np.atleast_2d(np.asarray(p_lab, dtype=np.float64))
     y_lab = np.atleast_2d(np.asarray(y_lab, dtype=np.float64))
-    pbar_all = np.asarray(pbar_all, dtype=np.float64)
-    n = p_lab.shape[1]
-    pbar_lab, ybar = p_lab.mean(1), y_lab.mean(1)
-    cov = ((p_lab - pbar_lab[:, None]) * (y_lab - ybar[:, None])).sum(1) / max(n - 1, 1)
-    var = p_lab.var(1, ddof=1) if n > 1 else np.zeros_like(pbar_lab)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        lam = np.where(var > VAR_EPS, cov / ((1 + n / n_all) * var), 0.0)
-    lam = np.clip(lam, 0.0, 1.0)
-    return np.clip(ybar + lam * (pbar_all - pbar_lab), 0.0, 1.0)
-
-
-def power_tuning(p_lab: np.ndarray, y_lab: np.ndarray, n_all: int) -> float:
-    """The PPI++ weight ``lam`` of the point estimate (see `ppi_fraction`)."""
-    p_lab, y_lab = np.asarray(p_lab, np.float64), np.asarray(y_lab, np.float64)
-    if len(p_lab) < 2 or p_lab.var(ddof=1) <= VAR_EPS:
-        return 0.0
-    cov = float(np.cov(p_lab, y_lab, ddof=1)[0, 1])
-    return float(np.clip(cov / ((1 + len(p_lab) / n_all) * p_lab.var(ddof=1)), 0.0, 1.0))
+    lam = power_tuning(p_lab, y_lab, n_all)
+    return np.clip(y_lab.mean(1) + lam * (np.asarray(pbar_all, np.float64) - p_lab.mean(1)),
+                   0.0, 1.0)
 
 
 def bbse(mu: np.ndarray, joint: np.ndarray) -> np.ndarray:

@@ -130,10 +130,11 @@ def read_labels(path: str | os.PathLike[str], result_columns: list[str], *,
     return Labels(str(p), id_column, label_col, by_id, result_id_column)
 
 
-def match(labels: Labels, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mask of the rows with a label, their 0/1 labels) for the rows' identifiers ``ids``."""
+def match(labels: Labels, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mask of the rows with a label, their 0/1 labels, how many distinct labelled identifiers
+    matched) for the rows' identifiers ``ids``."""
     keys = [id_text(v) for v in ids]
     mask = np.array([k in labels.by_id for k in keys], dtype=bool)
-    y = np.array([labels.by_id[k] for k, m in zip(keys, mask, strict=True) if m],
-                 dtype=np.int64)
-    return mask, y
+    found = [k for k, m in zip(keys, mask, strict=True) if m]
+    y = np.array([labels.by_id[k] for k in found], dtype=np.int64)
+    return mask, y, len(set(found))

@@ -66,7 +66,6 @@ class Results:
     rows: int
     excluded: Counter
     ids: np.ndarray | None = None  # the id column's values of the same rows (``id_col``)
-    columns: list[str] | None = None
 
 
 def _result_column(columns: list[str], pattern: re.Pattern[str]) -> str | None:
@@ -136,7 +135,7 @@ def read_results(path: str | os.PathLike[str], by: str | None = None,
         by_values = vals[keep]
     ids = np.asarray(get(id_col, exact=True))[keep] if id_col is not None else None
     return Results(prob[keep], by_values, len(prob), Counter({k: v for k, v in excluded.items()
-                                                              if v}), ids, list(columns))
+                                                              if v}), ids)
 
 
 def output_columns(path: Path) -> tuple[list[str], Any]:
@@ -346,15 +345,14 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
     has_label = y_all = None
     if sample is not None:
         assert res.ids is not None
-        has_label, y_all = labelled.match(sample, res.ids)
-        matched = {labelled.id_text(v) for v in res.ids[has_label]}
+        has_label, y_all, matched = labelled.match(sample, res.ids)
         if not has_label.any():
             raise GalmergeError(
                 f"{sample.path}: none of its {len(sample.by_id)} labelled identifiers "
                 f"({sample.id_column}) is an ok row of {results}; label galaxies of this survey")
         common["labels"] = {"file": sample.path, "id_column": sample.id_column,
                             "label_column": sample.label_column, "rows": int(has_label.sum()),
-                            "unmatched": len(sample.by_id) - len(matched)}  # fmt: skip
+                            "unmatched": len(sample.by_id) - matched}  # fmt: skip
 
     def lab(sel: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         if has_label is None or y_all is None:
