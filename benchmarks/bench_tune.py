@@ -246,7 +246,7 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
         f"n={args.n} images per domain, {args.epochs} epochs, batch "
         f"{args.batch_size}, strategy `{args.strategy}`, {args.n_trials} trials per pair and seed "
         f"(trial 0 = the defaults, then random search over the declared space, each trial's "
-        f"checkpoint chosen by `{getattr(args, 'score', 'source_val_loss')}`); DeepMerge "
+        f"checkpoint chosen by `{args.score}`); DeepMerge "
         f"backbone on CPU. Test accuracy (target test split of "
         f"{round(0.2 * args.n)} images) mean ± std over {len(results)} pair x seed runs.",
         "",

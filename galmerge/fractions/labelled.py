@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from galmerge.errors import GalmergeError
+from galmerge.io.columns import ID_NAMES, find_column
 
 DEFAULT_LABEL_COLUMN = "merger"
 _TRUE = {"1", "1.0", "true", "t", "yes", "y"}
@@ -68,30 +69,21 @@ def _label(value: Any, path: Path, column: str) -> int | None:
                         "be 0/1 (or true/false), blank for an unlabelled row")
 
 
-def _find(columns: list[str], name: str) -> str | None:
-    if name in columns:
-        return name
-    lower = {c.lower(): c for c in columns}
-    return lower.get(name.lower())
-
-
 def pick_id_column(label_columns: list[str], result_columns: list[str], id_col: str | None,
                    path: Path) -> tuple[str, str]:
     """The identifier column of each file (names compared case-insensitively): ``id_col`` or
     the first catalog id name both have."""
-    from galmerge.io.columns import ID_NAMES
-
     if id_col is not None:
         found = []
         for where, columns in ((path, label_columns), ("the results", result_columns)):
-            name = _find(columns, id_col)
+            name = find_column(columns, id_col)
             if name is None:
                 raise GalmergeError(f"--id-col {id_col}: no such column in {where} (columns: "
                                     f"{', '.join(columns[:20])})")
             found.append(name)
         return found[0], found[1]
     for name in ID_NAMES:
-        a, b = _find(label_columns, name), _find(result_columns, name)
+        a, b = find_column(label_columns, name), find_column(result_columns, name)
         if a is not None and b is not None:
             return a, b
     raise GalmergeError(f"{path} and the results share no identifier column ({', '.join(ID_NAMES)}); "
@@ -109,7 +101,7 @@ def read_labels(path: str | os.PathLike[str], result_columns: list[str], *,
         raise GalmergeError(f"--labels {p}: no such file; pass a CSV, FITS or Parquet table "
                             "of identifiers and 0/1 merger labels")
     columns, get = output_columns(p)
-    found = _find(columns, label_col)
+    found = find_column(columns, label_col)
     if found is None:
         raise GalmergeError(f"{p} has no label column '{label_col}' (columns: "
                             f"{', '.join(columns[:20])}); name it with --label-col")

@@ -52,6 +52,7 @@ from galmerge.fractions.estimators import (
     label_shift_test,
     recommend,
 )
+from galmerge.io.columns import find_column
 
 P_NAME = re.compile(r"^p_merger(_\d+)?$")
 STATUS_NAME = re.compile(r"^status(_\d+)?$")
@@ -77,11 +78,9 @@ def _result_column(columns: list[str], pattern: re.Pattern[str]) -> str | None:
 def _by_column(columns: list[str], by: str | None, path: Path) -> str | None:
     if by is None:
         return None
-    if by in columns:
-        return by
-    lower = {c.lower(): c for c in columns}
-    if by.lower() in lower:
-        return lower[by.lower()]
+    found = find_column(columns, by)
+    if found is not None:
+        return found
     raise GalmergeError(f"{path}: no column '{by}' for --by; columns are: {', '.join(columns)}")
 
 
