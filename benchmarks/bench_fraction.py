@@ -315,6 +315,8 @@ def main() -> None:
             args.runs_dir = tempfile.mkdtemp(prefix="bench-fraction-runs-")
     load_before = os.getloadavg()
     result = run(args)
+    from galmerge.config.rundir import cpu_description
+
     payload = {
         "benchmark": "merger-fraction estimators under prior and domain shift",
         "setup": (
@@ -342,6 +344,7 @@ def main() -> None:
                     f"average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; "
                     f"{result['seconds']:.0f} s in all (training {result['train_seconds']:.0f} "
                     "s)"),
+        "cpu": cpu_description(),
         "args": vars(args),
         "summary": summarise(result["records"]),
         "records": result["records"],

@@ -224,6 +224,8 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
     rho = {
         s: _mean_std([r["spearman"][s] for r in results]) for s in scores
     } if results else {}  # fmt: skip
+    from galmerge.config.rundir import cpu_description
+
     load = os.getloadavg()
     out = {
         "settings": {k: v for k, v in vars(args).items() if k != "out_dir"},
@@ -233,7 +235,8 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
         "dev_pairs": list(DEV_PAIRS), "held_out_pairs": list(HELD_OUT_PAIRS),
         "table": table, "spearman_mean_std": rho, "runs": results,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_average_at_write": load, "python": sys.version.split()[0]},  # fmt: skip
+                    "load_average_at_write": load, "python": sys.version.split()[0],
+                    "cpu": cpu_description()},  # fmt: skip
     }  # fmt: skip
     outdir = Path(args.out_dir)
     outdir.mkdir(parents=True, exist_ok=True)

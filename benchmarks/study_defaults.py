@@ -400,7 +400,7 @@ def run_one(work: Path, name: str, pair: int, seed: int, args: argparse.Namespac
     if done.is_file():  # the same run finished before (e.g. bench_tune's none): reuse it
         m = json.loads(done.read_text())["metrics"]
         return {**rec0, "reused": str(done), "source": m["source_test"]["accuracy"],
-                "target": m["target_test"]["accuracy"]}
+                "target": m["target_test"]["accuracy"], "env": run_env(Path(kw["run_dir"]))}
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(kw)], capture_output=True,
                           text=True, env=env)
     rec: dict[str, Any] = {**rec0,
@@ -409,7 +409,33 @@ def run_one(work: Path, name: str, pair: int, seed: int, args: argparse.Namespac
         rec.update(json.loads(proc.stdout.strip().splitlines()[-1]))
     except (IndexError, json.JSONDecodeError):
         rec["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
+    rec["env"] = run_env(Path(kw["run_dir"]))
     return rec
+
+
+def run_env(run: Path) -> dict[str, Any]:
+    """What a bit-for-bit rerun must match, from the run's env.json: the commit, torch, the
+    CPU model and SIMD level, the thread count (the same config and seed on another kind of CPU
+    rounds some sums differently and trains another model)."""
+    try:
+        env = json.loads((run / "env.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {"git_commit": env.get("git_commit"), "torch": env.get("torch"),
+            "cpu": env.get("cpu"), "cpu_threads": env.get("cpu_threads")}
+
+
+def cpu_note(records: list[dict[str, Any]]) -> str:
+    """One line naming the CPU(s) and commit(s) the records ran on (runs before stop 35 carry
+    none)."""
+    cpus = sorted({f"{r['env']['cpu'].get('model', '?')} ({r['env']['cpu'].get('torch_cpu_capability', '?')})"
+                   for r in records if (r.get("env") or {}).get("cpu")})
+    commits = sorted({r["env"]["git_commit"][:7] for r in records
+                      if (r.get("env") or {}).get("git_commit")})
+    if not cpus:
+        return "CPU of the runs: not recorded (records before stop 35)."
+    return (f"CPU of the runs: {', '.join(cpus)}; commits: {', '.join(commits) or '?'}. The same "
+            "config and seed on another kind of CPU trains another model (rounding).")
 
 
 def table(records: list[dict[str, Any]]) -> list[str]:
@@ -526,7 +552,7 @@ def main() -> None:
            else "Dev pairs only (choosing); held-out pairs are reported separately."), "", *table(sel), "",
         "Per run: target / source test accuracy (target test AUC):", "", *per_run(sel), "",
         f"Load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-        f"on {os.cpu_count()} CPUs (shared machine)."]) + "\n")
+        f"on {os.cpu_count()} CPUs (shared machine).", "", cpu_note(sel)]) + "\n")
 
 
 if __name__ == "__main__":
