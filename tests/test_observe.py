@@ -15,7 +15,7 @@ from train_toys import ToyPlugin, _NoNone, toy_sets
 
 import galmerge
 from galmerge.cli import cli
-from galmerge.data.observe import observed
+from galmerge.data.observe import FieldLibrary, field_library, observed
 from galmerge.errors import GalmergeError
 from galmerge.plugin.imageset import ImageSet
 
@@ -108,3 +108,98 @@ def test_bad_observe_settings_are_one_line_errors(toys, tmp_path):
     assert result.exit_code != 0
     assert "observe.psf_fwhm must be [lo, hi]" in result.output
     assert "Traceback" not in result.output
+
+
+def _stamps_with_field(n: int, rate: float, central: float, seed: int, size: int = 41,
+                       noise: float = 0.1) -> ImageSet:
+    """A central Gaussian galaxy of total flux ``central`` per band, Poisson(``rate``) point-like
+    field sources (flux 3) at uniform positions, Gaussian sky noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    c = (size - 1) / 2
+
+    def blob(y: float, x: float, sigma: float) -> np.ndarray:
+        g = np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
+        return g / g.sum()
+
+    x = rng.normal(0, noise, (n, 3, size, size)).astype(np.float32)
+    x += central * blob(c, c, 3.0)[None, None]
+    for i in range(n):
+        for _ in range(rng.poisson(rate)):
+            x[i] += 3.0 * blob(rng.uniform(0, size - 1), rng.uniform(0, size - 1), 1.2)
+    return ImageSet(images=torch.from_numpy(x), labels=torch.zeros(n, dtype=torch.int64),
+                    ids=np.arange(n), bands=("g", "r", "i"), survey="field")
+
+
+def test_field_library_finds_the_target_field_sources_and_not_the_central_galaxy():
+    target = _stamps_with_field(300, rate=2.0, central=20.0, seed=1)
+    lib = field_library(target, np.arange(300))
+    assert lib.rate == pytest.approx(2.0, rel=0.15)  # density in the ring x stamp area
+    assert lib.patches.shape[1:] == (3, 15, 15)
+    # every cut-out is a field source (peak near the patch centre, flux about 3 per band)
+    centre = lib.patches[:, :, 6:9, 6:9].sum(dim=(2, 3))
+    assert (centre > 0.5).all()
+    assert lib.patches.sum(dim=(2, 3)).median() == pytest.approx(3.0, rel=0.2)
+    # a source with the same galaxies and no field: its own ring count is subtracted (about 0);
+    # central galaxies twice as bright: field sources are pasted twice as bright
+    source = _stamps_with_field(300, rate=0.0, central=40.0, seed=2, noise=0.0)
+    lib2 = field_library(target, np.arange(300), source, np.arange(300))
+    assert lib2.rate == pytest.approx(lib.rate, abs=0.05)
+    assert lib2.scale == pytest.approx(2.0, rel=0.1)
+    crowded = _stamps_with_field(300, rate=2.0, central=20.0, seed=3)
+    assert field_library(target, np.arange(300), crowded, np.arange(300)).rate < 0.3
+
+
+def test_pasted_field_sources_follow_the_rate_and_depend_only_on_seed_and_row(tmp_path):
+    blank = ImageSet(images=torch.zeros(400, 3, 33, 33), labels=torch.zeros(400),
+                     ids=np.arange(400), bands=("g", "r", "i"), survey="blank")
+    patch = torch.zeros(1, 3, 15, 15)
+    patch[0, :, 7, 7] = 1.0  # unit flux at the centre: an image's flux counts its sources
+    options = {"psf_fwhm": [0.0, 0.0], "sky_sigma": "none", "field": "target",
+               "field_rate": 3.0, "field_scale": 2.0}
+    lib = FieldLibrary(patch, rate=0.0)  # the options' rate and scale are the ones used
+    out = observed(blank, options, seed=4, field=lib)
+    counts = out.images[:, 0].sum(dim=(1, 2)) / 2.0
+    assert counts.mean().item() == pytest.approx(3.0, rel=0.1)
+    assert counts.var().item() == pytest.approx(3.0, rel=0.25)  # Poisson
+    assert torch.equal(blank.images, torch.zeros(400, 3, 33, 33))  # the source is not changed
+    path = tmp_path / "blank.h5"
+    with h5py.File(path, "w") as fh:
+        fh["images"] = blank.images.numpy()
+    with h5py.File(path, "r") as fh:
+        lazy = replace(blank, images=fh["images"])
+        rows = [9, 3, 120]
+        assert torch.equal(observed(lazy, options, seed=4, field=lib).batch(rows),
+                           out.batch(rows))
+    assert not torch.equal(observed(blank, options, seed=5, field=lib).images, out.images)
+    with pytest.raises(GalmergeError, match="needs the run's target data"):
+        observed(blank, options, seed=4)
+
+
+def test_field_from_the_target_is_recorded_and_evaluate_rebuilds_it(toys, tmp_path):
+    def two_bands(s: ImageSet, seed: int) -> ImageSet:
+        labels = torch.from_numpy(np.random.default_rng(seed).integers(0, 2, len(s)))
+        images = s.images[:, :2].clone()
+        images[labels == 1, :, 18:23, 18:23] += 1.0  # mergers carry a blob
+        return replace(s, images=images, bands=("g", "r"), labels=labels)
+
+    source = two_bands(_stamps_with_field(200, rate=0.0, central=20.0, seed=8, noise=0.01), 0)
+    target = two_bands(_stamps_with_field(200, rate=2.0, central=20.0, seed=7), 1)
+    run = tmp_path / "run"
+    summary = galmerge.train(source=source, target=target, strategy="none", backbone="tiny",
+                             epochs=2, batch_size=8, seed=1, device="cpu", quiet=True,
+                             run_dir=run, sets=['observe.field="target"'])
+    config = tomllib.loads((run / "config.toml").read_text())
+    assert 1.0 < config["observe"]["field_rate"] < 3.0
+    assert config["observe"]["field_scale"] > 0
+    report = galmerge.evaluate(run, device="cpu", bootstrap=0, source=source, target=target,
+                               quiet=True)
+    assert report["metrics"]["source_test"]["value"] == summary["metrics"]["source_test"]
+    for setting, message in [("observe.field=\"sky\"", "observe.field must be none or target"),
+                             ("observe.field_rate=-1", "observe.field_rate must be auto or"),
+                             ("observe.field_scale=0", "observe.field_scale must be auto or")]:
+        with pytest.raises(GalmergeError, match=message) as info:
+            galmerge.train(source=source, target=target, strategy="none", backbone="tiny",
+                           epochs=1, batch_size=8, device="cpu", quiet=True,
+                           run_dir=tmp_path / "bad", sets=[setting])
+        assert "\n" not in str(info.value)

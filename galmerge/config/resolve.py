@@ -13,8 +13,11 @@ feeds straight back into ``--config`` and reproduces the same run::
     [optimizer]         Adam: betas, eps, amsgrad
     [schedule]          kind ("onecycle" | "cyclic"); one-cycle: pct_start, div_factor,
                         final_div_factor; cyclic: cycle_length (epochs)
-    [observe]           psf_fwhm ([lo, hi] arcsec), sky_sigma ("none" | "auto" | per band):
-                        PSF blur and sky noise added to the source (galmerge.data.observe)
+    [observe]           psf_fwhm ([lo, hi] arcsec), sky_sigma ("none" | "auto" | per band),
+                        field ("none" | "target"), field_rate ("auto" | count per stamp),
+                        field_scale ("auto" | flux factor):
+                        PSF blur, sky noise and the target's field sources added to the source
+                        (galmerge.data.observe)
     [lr_multipliers]    "OWNER.PREFIX" = multiplier (OWNER: model or a strategy name; "*": all
                         declared); the resolved run records every multiplier in force
     [backbone_options]  options of the backbone (all of its defaults)
@@ -115,7 +118,8 @@ DEFAULTS: dict[str, Any] = {
     "lr_multipliers": {},
     # the source as the target survey sees it (galmerge.data.observe); the defaults change
     # no pixel
-    "observe": {"psf_fwhm": [0.0, 0.0], "sky_sigma": "none"},
+    "observe": {"psf_fwhm": [0.0, 0.0], "sky_sigma": "none", "field": "none",
+                "field_rate": "auto", "field_scale": "auto"},
     "backbone_options": {},
     "strategies": {},
 }
@@ -409,6 +413,16 @@ def _check_observe(options: Mapping[str, Any]) -> None:
             or not all(_number(v) and v >= 0 for v in sky)):
         raise GalmergeError(f"observe.sky_sigma must be none, auto or one number >= 0 per band, "
                             f"got {sky!r}")
+    if options["field"] not in ("none", "target"):
+        raise GalmergeError(f"observe.field must be none or target, got {options['field']!r}")
+    rate = options["field_rate"]
+    if rate != "auto" and not (_number(rate) and 0 <= rate <= 100):
+        raise GalmergeError(f"observe.field_rate must be auto or a mean count per stamp between 0 "
+                            f"and 100, got {rate!r}")
+    scale = options["field_scale"]
+    if scale != "auto" and not (_number(scale) and scale > 0):
+        raise GalmergeError(f"observe.field_scale must be auto or a flux factor > 0, got "
+                            f"{scale!r}")
 
 
 def _validate_values(config: Mapping[str, Any]) -> None:

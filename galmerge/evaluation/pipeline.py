@@ -61,10 +61,12 @@ class DomainData:
 # loading
 
 
-def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str) -> ImageSet:
+def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str,
+              target: ImageSet | None = None) -> ImageSet:
     """The run's ``role`` set as it trained on it (the source observed as its config's
-    ``[observe]`` section says, `galmerge.data.observe`)."""
-    from galmerge.data.observe import observed
+    ``[observe]`` section says, `galmerge.data.observe`; with ``field = "target"`` the field
+    sources are cut again from ``target``'s training split, the run's target by default)."""
+    from galmerge.data.observe import field_library, needs_target, observed
 
     if isinstance(given, ImageSet):
         imageset = given
@@ -82,7 +84,15 @@ def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str) -
             ) from exc
     if role != "source":
         return imageset
-    return observed(imageset, config.get("observe"), int(config.get("seed", 0)))
+    field = None
+    if needs_target(config.get("observe")):
+        # the field sources come from the target's training split, as in training
+        from galmerge.data.splits import domain_splits
+
+        trained_on = target if target is not None else _load_set(None, config, "target")
+        rows = domain_splits(len(imageset), len(trained_on), int(config.get("seed", 0)))
+        field = field_library(trained_on, rows["target"]["train"])
+    return observed(imageset, config.get("observe"), int(config.get("seed", 0)), field)
 
 
 def _outputs(
@@ -491,10 +501,8 @@ def evaluate(
     summary = _read_json(run / rundir.SUMMARY)
     rows = rundir.read_metrics(run) if (run / rundir.METRICS).is_file() else []
     loaded = load_model(ckpt, dev)
-    sets = {
-        "source": _load_set(source, config, "source"),
-        "target": _load_set(target, config, "target"),
-    }
+    target_set = _load_set(target, config, "target")
+    sets = {"source": _load_set(source, config, "source", target_set), "target": target_set}
     say("the model's outputs on the validation and test splits")  # after every user check
     domains = _domains(loaded, sets, int(config.get("seed", 0)), dev)
     out = run / REPORT_DIR

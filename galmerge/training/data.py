@@ -83,7 +83,9 @@ def prepare_domains(
     if observe.active(config.get("observe")):
         config["observe"] = observe.resolve(config["observe"], source_set, target_set,
                                             s_splits["train"], splits["target"]["train"])
-        source_set = observe.observed(source_set, config["observe"], int(config["seed"]))
+        field = (observe.field_library(target_set, splits["target"]["train"])
+                 if observe.needs_target(config["observe"]) else None)
+        source_set = observe.observed(source_set, config["observe"], int(config["seed"]), field)
     specs = specs or {}
     source = _prepare(config["source"], source_set, s_splits, device, specs.get("source"),
                       "source")
