@@ -148,6 +148,14 @@ def test_field_library_finds_the_target_field_sources_and_not_the_central_galaxy
     assert lib2.scale == pytest.approx(2.0, rel=0.1)
     crowded = _stamps_with_field(300, rate=2.0, central=20.0, seed=3)
     assert field_library(target, np.arange(300), crowded, np.arange(300)).rate < 0.3
+    # target pixels twice the source's: patches twice as wide (flux kept), a source stamp
+    # covers a quarter of the sky, so a quarter of the sources
+    coarse = field_library(replace(target, pixel_scale_arcsec=0.8), np.arange(300),
+                           replace(source, pixel_scale_arcsec=0.4), np.arange(300))
+    assert coarse.patches.shape[-1] == 31
+    assert torch.allclose(coarse.patches.sum(dim=(2, 3)), lib2.patches.sum(dim=(2, 3)),
+                          rtol=1e-4, atol=1e-5)
+    assert coarse.rate == pytest.approx(lib2.rate / 4, rel=1e-6)
 
 
 def test_pasted_field_sources_follow_the_rate_and_depend_only_on_seed_and_row(tmp_path):

@@ -26,9 +26,11 @@ the source's pixel scale), then gets Gaussian sky noise of standard deviation
   source image gets Poisson(``field_rate``) of them at uniform positions, after the blur and
   before the sky noise. ``field_rate = "auto"`` (the default) is the target's detected density
   times the stamp area, less the source's own at the same threshold (the ring also holds parts
-  of the central scenes), recorded in the resolved config. The library is rebuilt from the
+  of the central scenes), recorded in the resolved config. Where both surveys declare a pixel
+  scale the patches are resampled to the source's (flux kept) and the rate scaled by the
+  stamps' sky areas. The library is rebuilt from the
   target's training split wherever the run is reloaded (evaluate), never stored. It assumes
-  the two surveys share flux units and pixel grid, as "auto" sky noise does.
+  the two surveys share flux units, as "auto" sky noise does.
 
 An image's realisation depends only on (the run's seed, its row), so the in-memory and streamed
 (HDF5) paths give the same pixels (to float rounding), and the source validation and test
@@ -157,7 +159,12 @@ def field_library(target: ImageSet, rows: np.ndarray, source: ImageSet | None = 
                             f"{target.survey} have no sky noise in some band; set observe.field "
                             "= \"none\"")
     found, sky, threshold, rate = _detect(x, noise)
-    scale = 1.0
+    scale, zoom = 1.0, 1.0
+    if source is not None and source.pixel_scale_arcsec and target.pixel_scale_arcsec:
+        # a target pixel spans `zoom` source pixels: the patches grow by it, and a source stamp
+        # covers 1 / zoom^2 of the sky a target stamp does
+        zoom = float(target.pixel_scale_arcsec) / float(source.pixel_scale_arcsec)
+        rate /= zoom * zoom
     if source is not None and source_rows is not None:
         s = _stamps(source, source_rows)
         own = _detect(s, noise, floor=threshold)[3]  # what the target would detect in it
@@ -173,6 +180,12 @@ def field_library(target: ImageSet, rows: np.ndarray, source: ImageSet | None = 
         (x[i, :, y - half:y + half + 1, q - half:q + half + 1] - sky[i][:, None, None]) * taper
         for i, y, q in found.tolist()
     ]) if len(found) else torch.zeros(0, c, FIELD_PATCH, FIELD_PATCH)
+    if len(patches) and abs(zoom - 1.0) > 1e-3:
+        size = 2 * round(FIELD_PATCH * zoom / 2) + 1  # odd, so a patch keeps its centre
+        flux = patches.sum(dim=(2, 3), keepdim=True)
+        resized = F.interpolate(patches, size=(size, size), mode="bilinear", align_corners=True)
+        total = resized.sum(dim=(2, 3), keepdim=True)
+        patches = resized * torch.where(total != 0, flux / total, torch.zeros(()))
     return FieldLibrary(patches, rate, scale)
 
 
