@@ -15,7 +15,8 @@ from train_toys import ToyPlugin, _NoNone, toy_sets
 
 import galmerge
 from galmerge.cli import cli
-from galmerge.data.observe import FieldLibrary, field_library, observed
+from galmerge.data.field import FieldLibrary, field_library
+from galmerge.data.observe import observed
 from galmerge.errors import GalmergeError
 from galmerge.plugin.imageset import ImageSet
 

@@ -66,7 +66,8 @@ def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str,
     """The run's ``role`` set as it trained on it (the source observed as its config's
     ``[observe]`` section says, `galmerge.data.observe`; with ``field = "target"`` the field
     sources are cut again from ``target``'s training split, the run's target by default)."""
-    from galmerge.data.observe import field_library, needs_target, observed
+    from galmerge.data.field import field_library
+    from galmerge.data.observe import needs_target, observed
 
     if isinstance(given, ImageSet):
         imageset = given

@@ -11,6 +11,7 @@ import torch
 
 from galmerge.data import observe
 from galmerge.data.batches import StreamingBatches, TensorBatches
+from galmerge.data.field import field_library
 from galmerge.data.preprocess import PreprocessSpec, compute_spec
 from galmerge.data.splits import domain_splits
 from galmerge.errors import GalmergeError
@@ -83,7 +84,7 @@ def prepare_domains(
     if observe.active(config.get("observe")):
         config["observe"] = observe.resolve(config["observe"], source_set, target_set,
                                             s_splits["train"], splits["target"]["train"])
-        field = (observe.field_library(target_set, splits["target"]["train"])
+        field = (field_library(target_set, splits["target"]["train"])
                  if observe.needs_target(config["observe"]) else None)
         source_set = observe.observed(source_set, config["observe"], int(config["seed"]), field)
     specs = specs or {}
