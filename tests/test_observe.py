@@ -153,10 +153,26 @@ def test_field_library_finds_the_target_field_sources_and_not_the_central_galaxy
     # covers a quarter of the sky, so a quarter of the sources
     coarse = field_library(replace(target, pixel_scale_arcsec=0.8), np.arange(300),
                            replace(source, pixel_scale_arcsec=0.4), np.arange(300))
-    assert coarse.patches.shape[-1] == 31
-    assert torch.allclose(coarse.patches.sum(dim=(2, 3)), lib2.patches.sum(dim=(2, 3)),
-                          rtol=1e-4, atol=1e-5)
     assert coarse.rate == pytest.approx(lib2.rate / 4, rel=1e-6)
+    resampled = coarse.on_pixels(0.4)
+    assert resampled.patches.shape[-1] == 31
+    assert torch.allclose(resampled.patches.sum(dim=(2, 3)), lib2.patches.sum(dim=(2, 3)),
+                          rtol=1e-4, atol=1e-5)
+    # observed() resamples the library to the source's pixels itself: a 3x3-pixel source of a
+    # 0.8"-pixel target covers about four times the pixels of a 0.4"-pixel source, same flux
+    blank = ImageSet(images=torch.zeros(100, 3, 41, 41), labels=torch.zeros(100),
+                     ids=np.arange(100), bands=("g", "r", "i"), survey="blank",
+                     pixel_scale_arcsec=0.4)
+    options = {"psf_fwhm": [0.0, 0.0], "sky_sigma": "none", "field": "target",
+               "field_rate": 1.0, "field_scale": 1.0}
+    square = torch.zeros(1, 3, 15, 15)
+    square[0, :, 6:9, 6:9] = 1.0
+
+    def pixels_per_flux(scale: float) -> float:
+        x = observed(blank, options, seed=1, field=FieldLibrary(square, 1.0, 1.0, scale)).images
+        return float((x[:, 1] > 0).sum() / x[:, 1].sum())
+
+    assert pixels_per_flux(0.8) > 3 * pixels_per_flux(0.4)
 
 
 def test_pasted_field_sources_follow_the_rate_and_depend_only_on_seed_and_row(tmp_path):

@@ -10,7 +10,7 @@ pasted at uniform positions into the source images. No target label is read.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -47,6 +47,23 @@ class FieldLibrary:
     patches: torch.Tensor
     rate: float
     scale: float = 1.0
+    pixel_scale: float | None = None  # arcsec per pixel of ``patches``, where known
+
+    def on_pixels(self, pixel_scale: float | None) -> FieldLibrary:
+        """The library with its patches resampled to ``pixel_scale`` (the source's), their
+        flux kept; itself where either scale is unknown or they agree."""
+        if not pixel_scale or not self.pixel_scale or not len(self.patches):
+            return self
+        zoom = float(self.pixel_scale) / float(pixel_scale)
+        if abs(zoom - 1.0) <= 1e-3:
+            return self
+        size = 2 * round(self.patches.shape[-1] * zoom / 2) + 1  # odd: a patch keeps its centre
+        flux = self.patches.sum(dim=(2, 3), keepdim=True)
+        resized = F.interpolate(self.patches, size=(size, size), mode="bilinear",
+                                align_corners=True)
+        total = resized.sum(dim=(2, 3), keepdim=True)
+        patches = resized * torch.where(total != 0, flux / total, torch.zeros(()))
+        return replace(self, patches=patches, pixel_scale=float(pixel_scale))
 
 
 def _taper(size: int) -> torch.Tensor:
@@ -117,10 +134,10 @@ def field_library(target: ImageSet, rows: np.ndarray, source: ImageSet | None = 
                             f"{target.survey} have no sky noise in some band; set observe.field "
                             "= \"none\"")
     found, sky, threshold, rate = _detect(x, noise)
-    scale, zoom = 1.0, 1.0
+    scale = 1.0
     if source is not None and source.pixel_scale_arcsec and target.pixel_scale_arcsec:
-        # a target pixel spans `zoom` source pixels: the patches grow by it, and a source stamp
-        # covers 1 / zoom^2 of the sky a target stamp does
+        # a target pixel spans `zoom` source pixels: a source stamp covers 1 / zoom^2 of the
+        # sky a target stamp does (`FieldLibrary.on_pixels` resamples the patches)
         zoom = float(target.pixel_scale_arcsec) / float(source.pixel_scale_arcsec)
         rate /= zoom * zoom
     if source is not None and source_rows is not None:
@@ -138,13 +155,7 @@ def field_library(target: ImageSet, rows: np.ndarray, source: ImageSet | None = 
         (x[i, :, y - half:y + half + 1, q - half:q + half + 1] - sky[i][:, None, None]) * taper
         for i, y, q in found.tolist()
     ]) if len(found) else torch.zeros(0, c, FIELD_PATCH, FIELD_PATCH)
-    if len(patches) and abs(zoom - 1.0) > 1e-3:
-        size = 2 * round(FIELD_PATCH * zoom / 2) + 1  # odd, so a patch keeps its centre
-        flux = patches.sum(dim=(2, 3), keepdim=True)
-        resized = F.interpolate(patches, size=(size, size), mode="bilinear", align_corners=True)
-        total = resized.sum(dim=(2, 3), keepdim=True)
-        patches = resized * torch.where(total != 0, flux / total, torch.zeros(()))
-    return FieldLibrary(patches, rate, scale)
+    return FieldLibrary(patches, rate, scale, target.pixel_scale_arcsec)
 
 
 def _central_flux(x: torch.Tensor) -> float:

@@ -17,20 +17,14 @@ the source's pixel scale), then gets Gaussian sky noise of standard deviation
   so ``config.toml`` reproduces the run and ``evaluate``/``fraction`` see the same pixels.
 
 - ``field``: ``"none"`` (the default) or ``"target"``: field stars and background galaxies
-  harvested from the unlabelled target and pasted into the source (as RealSim inserts mocks
-  into real survey fields; `galmerge.data.field`). Sources are detected (``FIELD_NSIGMA`` over the sky, summed over
-  bands) in the outer ring of the target training stamps only (further than
-  ``FIELD_MIN_RADIUS`` of the stamp size from the centre), where they cannot be the central
-  galaxy or its companion; each is cut out (``FIELD_PATCH`` pixels square, its stamp's sky
-  median removed, a taper that keeps the source and little of the noise around it). Every
-  source image gets Poisson(``field_rate``) of them at uniform positions, after the blur and
-  before the sky noise. ``field_rate = "auto"`` (the default) is the target's detected density
-  times the stamp area, less the source's own at the same threshold (the ring also holds parts
-  of the central scenes), recorded in the resolved config. Where both surveys declare a pixel
-  scale the patches are resampled to the source's (flux kept) and the rate scaled by the
-  stamps' sky areas. The library is rebuilt from the
-  target's training split wherever the run is reloaded (evaluate), never stored. It assumes
-  the two surveys share flux units, as "auto" sky noise does.
+  cut from the unlabelled target's training stamps and pasted into the source at uniform
+  positions, Poisson(``field_rate``) per image, times ``field_scale``, after the blur and
+  before the sky noise (`galmerge.data.field`, which says how they are found). "auto" (the
+  default of both) measures them (``field_library``); the resolved config records the numbers.
+  The library is cut again from the target's training split wherever the run is reloaded
+  (``evaluate``, ``fraction``), never stored, and resampled to the source's pixels where both
+  surveys declare a pixel scale. It assumes the two surveys share flux units, as "auto" sky
+  noise does.
 
 An image's realisation depends only on (the run's seed, its row), so the in-memory and streamed
 (HDF5) paths give the same pixels (to float rounding), and the source validation and test
@@ -211,8 +205,8 @@ def observed(source: ImageSet, options: Mapping[str, Any] | None, seed: int,
             raise GalmergeError(f"observe.field: the target has {field.patches.shape[1]} bands "
                                 f"but the source {source.channels}; use surveys with the same "
                                 "bands")
-        field = replace(field, rate=float(options["field_rate"]),
-                        scale=float(options["field_scale"]))
+        field = replace(field.on_pixels(source.pixel_scale_arcsec),
+                        rate=float(options["field_rate"]), scale=float(options["field_scale"]))
     fwhm = [float(v) for v in options["psf_fwhm"]]
     if fwhm[1] > 0 and not source.pixel_scale_arcsec:
         raise GalmergeError(f"observe.psf_fwhm is in arcsec but the source {source.survey} "
