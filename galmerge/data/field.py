@@ -36,6 +36,12 @@ def _frame(h: int, w: int) -> torch.Tensor:
     return frame
 
 
+def _radius(h: int, w: int) -> torch.Tensor:
+    """Each pixel's distance from the stamp centre (H, W)."""
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2)
+
+
 @dataclass(frozen=True)
 class FieldLibrary:
     """Field sources cut from the target: ``patches`` (K, C, P, P) in the target's raw units,
@@ -101,8 +107,7 @@ def _detect(x: torch.Tensor, noise: torch.Tensor, floor: float = 0.0
     peak = (det == F.max_pool2d(det[:, None], 5, stride=1, padding=2)[:, 0]) & (det > threshold)
     half = FIELD_PATCH // 2
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    radius = torch.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2)
-    region = (radius > FIELD_MIN_RADIUS * min(h, w)) & (yy >= half) & (yy < h - half) \
+    region = (_radius(h, w) > FIELD_MIN_RADIUS * min(h, w)) & (yy >= half) & (yy < h - half) \
         & (xx >= half) & (xx < w - half)
     found = (peak & region).nonzero()
     area = int(region.sum())
@@ -164,9 +169,7 @@ def _central_flux(x: torch.Tensor) -> float:
     n, c, h, w = x.shape
     frame = _frame(h, w)
     sky = x[:, :, frame].median(dim=2).values
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    inner = torch.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) \
-        <= FIELD_MIN_RADIUS * min(h, w)
+    inner = _radius(h, w) <= FIELD_MIN_RADIUS * min(h, w)
     flux = ((x - sky[:, :, None, None])[:, :, inner]).sum(dim=(1, 2))
     return float(flux.median())
 

@@ -88,14 +88,16 @@ def border_noise(imageset: ImageSet, indices: np.ndarray) -> list[float]:
 
 
 def resolve(options: Mapping[str, Any], source: ImageSet, target: ImageSet,
-            source_rows: np.ndarray, target_rows: np.ndarray) -> dict[str, Any]:
+            source_rows: np.ndarray, target_rows: np.ndarray,
+            field: FieldLibrary | None = None) -> dict[str, Any]:
     """``options`` with ``sky_sigma = "auto"`` replaced by the per-band numbers it stands for,
     and ``field_rate``/``field_scale`` = "auto" (with ``field = "target"``) by the measured
-    numbers (`field_library`)."""
+    numbers: ``field``'s, when the caller already built it with the source, else a new
+    `field_library`'s."""
     out = dict(options)
     auto = [k for k in ("field_rate", "field_scale") if out.get(k, "auto") == "auto"]
     if needs_target(out) and auto:
-        lib = field_library(target, target_rows, source, source_rows)
+        lib = field or field_library(target, target_rows, source, source_rows)
         for key in auto:  # 6 significant figures, as sky_sigma
             out[key] = float(f"{getattr(lib, key.removeprefix('field_')):.6g}")
     if out["sky_sigma"] == "auto":

@@ -82,10 +82,12 @@ def prepare_domains(
     if len(s_splits["train"]) == 0:
         raise GalmergeError(f"source {config['source']} has no labelled training images")
     if observe.active(config.get("observe")):
-        config["observe"] = observe.resolve(config["observe"], source_set, target_set,
-                                            s_splits["train"], splits["target"]["train"])
-        field = (field_library(target_set, splits["target"]["train"])
+        # one detection pass: the library both measures the "auto" numbers and is pasted
+        field = (field_library(target_set, splits["target"]["train"], source_set,
+                               s_splits["train"])
                  if observe.needs_target(config["observe"]) else None)
+        config["observe"] = observe.resolve(config["observe"], source_set, target_set,
+                                            s_splits["train"], splits["target"]["train"], field)
         source_set = observe.observed(source_set, config["observe"], int(config["seed"]), field)
     specs = specs or {}
     source = _prepare(config["source"], source_set, s_splits, device, specs.get("source"),
