@@ -228,3 +228,35 @@ def test_field_from_the_target_is_recorded_and_evaluate_rebuilds_it(toys, tmp_pa
                            epochs=1, batch_size=8, device="cpu", quiet=True,
                            run_dir=tmp_path / "bad", sets=[setting])
         assert "\n" not in str(info.value)
+
+
+def test_fraction_of_a_field_run_takes_the_target_spec_when_the_config_one_is_gone(toys,
+                                                                                   tmp_path):
+    from galmerge.fractions.validation_stats import load_validation
+    from galmerge.io.hdf5 import write_imageset
+
+    source = _stamps_with_field(120, rate=0.0, central=20.0, seed=8, noise=0.01)
+    target = _stamps_with_field(120, rate=2.0, central=20.0, seed=7)
+    labels = torch.from_numpy(np.random.default_rng(0).integers(0, 2, len(source)))
+    source = replace(source, labels=labels)
+    write_imageset(tmp_path / "source.h5", source)
+    write_imageset(tmp_path / "target.h5", target)
+    run = tmp_path / "run"
+    galmerge.train(source=f"hdf5:{tmp_path / 'source.h5'}",
+                   target=f"hdf5:{tmp_path / 'target.h5'}", strategy="none", backbone="tiny",
+                   epochs=1, batch_size=8, seed=1, device="cpu", quiet=True, run_dir=run,
+                   sets=['observe.field="target"'])
+    out = tmp_path / "out.csv"
+    galmerge.classify(str(tmp_path / "target.h5"), run, output=out, quiet=True, device="cpu")
+    (tmp_path / "target.h5").rename(tmp_path / "moved.h5")  # config.toml's target spec is gone
+    runner = CliRunner()
+    res = runner.invoke(cli, ["fraction", str(out), "--model", str(run), "--bootstrap", "0"])
+    assert res.exit_code == 1 and "--target SPEC" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    res = runner.invoke(cli, ["fraction", str(out), "--model", str(run), "--bootstrap", "0",
+                              "--target", f"hdf5:{tmp_path / 'moved.h5'}", "--json"])
+    assert res.exit_code == 0, res.output
+    given = load_validation(run)  # the cache the --target call wrote
+    (tmp_path / "moved.h5").rename(tmp_path / "target.h5")
+    again = load_validation(run, refresh=True)  # scored again from config.toml's specs
+    assert np.array_equal(given.p, again.p) and np.array_equal(given.labels, again.labels)

@@ -28,6 +28,9 @@ import click
               help="Write a figure (.png/.pdf/.svg): one panel per bin.")
 @click.option("--source", help="Source data spec if the run's config.toml's cannot be "
                                "reloaded here (needed once, to score its validation split).")
+@click.option("--target", help="Target data spec if the run's config.toml's cannot be "
+                               "reloaded here (read only by runs whose source was observed "
+                               "with the target's field sources, observe.field).")
 @click.option("--device", default="cpu", show_default=True,
               help="Device for scoring the validation split (once; cached in the run).")
 @click.option("--labels", type=click.Path(dir_okay=False),
@@ -39,7 +42,7 @@ import click
 @click.option("--label-col", help="With --labels: its 0/1 column [default: merger].")
 def fraction(results: str, model: str, by: str | None, bins: str | None, threshold: float,
              bootstrap: int, seed: int, as_json: bool, plot: str | None, source: str | None,
-             device: str, labels: str | None, id_col: str | None,
+             target: str | None, device: str, labels: str | None, id_col: str | None,
              label_col: str | None) -> None:
     """Merger fraction of RESULTS (a classify output) with 68% and 95% intervals.
 
@@ -55,7 +58,8 @@ def fraction(results: str, model: str, by: str | None, bins: str | None, thresho
     from galmerge.fractions.report import survey_fraction
 
     payload = survey_fraction(results, model, by=by, bins=bins, threshold=threshold,
-                              bootstrap=bootstrap, seed=seed, source=source, device=device,
+                              bootstrap=bootstrap, seed=seed, source=source, target=target,
+                              device=device,
                               plot=plot, labels=labels, id_col=id_col, label_col=label_col)
     if as_json:
         click.echo(json.dumps(payload, indent=2))

@@ -303,7 +303,7 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
                     by: str | None = None, bins: str | None = None, threshold: float = 0.5,
                     bootstrap: int = 1000, seed: int = 0, source: str | None = None,
                     device: str = "cpu", plot: str | os.PathLike[str] | None = None,
-                    validation: Validation | None = None,
+                    validation: Validation | None = None, target: str | None = None,
                     labels: str | os.PathLike[str] | None = None, id_col: str | None = None,
                     label_col: str | None = None) -> dict[str, Any]:
     """The merger fraction(s) of a classify output with intervals; see the module docstring.
@@ -334,7 +334,9 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
     if len(res.p) == 0:
         raise GalmergeError(f"{results}: no rows with status ok and a p_merger "
                             f"({res.rows} rows: {_reasons(res.excluded)}); nothing to count")
-    val = validation if validation is not None else load_validation(model, source, device)
+    if validation is None:
+        validation = load_validation(model, source, device, target=target)
+    val = validation
     common: dict[str, Any] = {
         "excluded": dict(res.excluded),
         "validation": None,

@@ -68,9 +68,12 @@ def read_cached(run: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | No
     return meta, labels, logit
 
 
-def compute(run: Path, source: str | None = None, device: str = "cpu") -> tuple[
-        dict[str, Any], np.ndarray, np.ndarray]:
-    """Run the checkpoint over the source validation split; write and return the cache."""
+def compute(run: Path, source: str | None = None, device: str = "cpu",
+            target: str | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Run the checkpoint over the source validation split; write and return the cache.
+    ``target``: the run's target spec, read only where its source was observed with the
+    target's field sources (``[observe] field = "target"``) and config.toml's spec cannot be
+    reloaded here."""
     import torch
 
     from galmerge.data.splits import split_indices
@@ -83,7 +86,8 @@ def compute(run: Path, source: str | None = None, device: str = "cpu") -> tuple[
     config = rundir.read_config(run)
     dev = resolve_device(device)
     loaded = load_model(ckpt, dev)
-    src = _load_set(source, config, "source")
+    src = _load_set(source, config, "source",
+                    None if target is None else _load_set(target, config, "target"))
     spec = loaded.preprocess.get("source")
     if spec is None or src.channels != int(spec["channels"]):
         raise GalmergeError(
@@ -122,13 +126,15 @@ def compute(run: Path, source: str | None = None, device: str = "cpu") -> tuple[
 
 
 def load_validation(run: str | os.PathLike[str], source: str | None = None,
-                    device: str = "cpu", refresh: bool = False) -> Validation:
+                    device: str = "cpu", refresh: bool = False,
+                    target: str | None = None) -> Validation:
     """The run's source validation predictions as `fraction.Validation` (p at the checkpoint's
-    temperature, as classify writes it); computed once, then read from the cache."""
+    temperature, as classify writes it); computed once, then read from the cache. ``source``
+    and ``target`` replace config.toml's specs where those cannot be reloaded here."""
     run = Path(run)
     _checkpoint(run)
     cached = None if refresh else read_cached(run)
-    meta, labels, logit = cached if cached is not None else compute(run, source, device)
+    meta, labels, logit = cached if cached is not None else compute(run, source, device, target)
     t = float(meta.get("temperature", 1.0)) or 1.0
     p = 1.0 / (1.0 + np.exp(-np.clip(logit / t, -40, 40)))
     return Validation(p, labels, float(meta.get("train_prior", math.nan)), meta)
