@@ -444,3 +444,30 @@ def test_a_default_dann_run_is_adda(pair, tmp_path):
 
     assert find_baseline(run, json.loads((run / "summary.json").read_text())) == \
         run / "source_only"
+
+
+def test_adabn_with_a_frozen_source_path_moves_only_the_targets_statistics(pair, tmp_path):
+    """AdaBN as Li et al. 2016 wrote it: the target's own encoder starts from the source-only
+    model and nothing trains it (adabn has no term, the source path is frozen), so its weights
+    stay the source's, its BatchNorm running statistics become the target's, and the source
+    path and its metrics are the start's."""
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    base = tmp_path / "none"
+    tiny_run(base, src, tgt, "none", epochs=1, max_steps_per_epoch=3)
+    run = tmp_path / "adabn"
+    tiny_run(run, src, tgt, "adabn", epochs=1, max_steps_per_epoch=3,
+             sets=[f"init_from={base / 'best.pt'}", "target_encoder=separate",
+                   "source_path=frozen"])
+    start = read_checkpoint(base / "best.pt")["model"]
+    end = read_checkpoint(run / "last.pt")["model"]
+    for key, value in start.items():
+        assert torch.equal(end[key], value), key
+    weights = [k for k in end if k.endswith((".target_weight", ".target_bias"))]
+    means = [k for k in end if k.endswith(".target_running_mean")]
+    assert weights and means
+    for key in weights:
+        assert torch.equal(end[key], start[key.replace(".target_", ".")]), key
+    assert all(not torch.equal(end[k], start[k.replace(".target_", ".")]) for k in means)
+    metrics = {r: json.loads((r / "summary.json").read_text())["metrics"] for r in (base, run)}
+    assert metrics[run]["source_test"] == metrics[base]["source_test"]
+    assert metrics[run]["target_test"] != metrics[base]["target_test"]

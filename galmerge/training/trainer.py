@@ -191,7 +191,11 @@ class Trainer:
         progress = state.global_step(plan.steps_per_epoch) / max(1, plan.total_steps - 1)
         total, terms, diagnostics = self.step_module(xs, ys, xt, progress)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        # nothing has a gradient where no term reaches a trainable parameter, as in AdaBN as
+        # Li et al. 2016 wrote it (adabn, the target's own encoder, source_path=frozen): only
+        # the target's BatchNorm running statistics move, and the optimiser step is a no-op
+        if total.requires_grad:
+            total.backward()
         self.optimizer.step()
         # the lr this step used (of the base group: multiplier 1 unless overridden)
         self.step_lr = float(self.optimizer.param_groups[0]["lr"]) / self.group_multipliers[0]
