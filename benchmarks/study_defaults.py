@@ -366,6 +366,17 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "adabn": {"strategy": "adabn"},
         "adabn classic": {"strategy": "adabn", "sets": [*OWN_ENCODER, "source_path=frozen"]},
     },
+    # stop 36: the two combinations galmerge points users to (`dann+fisher`, DeepMerge II's
+    # and the hint of `train --strategy fisher`; `mmd+fisher+entropy`, the issue-14 example
+    # that lost to `none` with the old defaults) as they ship today, with no preset: the target's
+    # own encoder (every strategy in them that reads the target asks for it), each term's
+    # default weight, best.pt by `im`. Held-out renders at 2,000 images/15 epochs, `none` and
+    # "{none}" from the tune_adda34_heldout runs as in entropy34. Reporting only.
+    "combos36": {
+        "none": {"strategy": "none"},
+        "dann+fisher": {"strategy": "dann+fisher", "sets": OWN_ENCODER},
+        "mmd+fisher+entropy": {"strategy": "mmd+fisher+entropy", "sets": OWN_ENCODER},
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
