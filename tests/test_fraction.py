@@ -16,6 +16,7 @@ from eval_helpers import tiny_run, write_pair
 from galmerge.cli import cli
 from galmerge.errors import GalmergeError
 from galmerge.fractions import estimators as F
+from galmerge.fractions import labelled
 
 # --------------------------------------------------------------------------------------------
 # estimators
@@ -645,6 +646,11 @@ def test_fraction_with_a_labelled_sample_end_to_end(classified, tmp_path) -> Non
     ppi = payload["estimators"]["ppi"]
     assert 0 <= ppi["ci95"][0] <= ppi["fraction"] <= ppi["ci95"][1] <= 1
     assert payload["labelled"]["merger_fraction"] == pytest.approx(truth[picked].mean())
+    with open(classified["csv"], newline="") as fh:
+        p_rows = np.array([float(r["p_merger"]) for r in csv.DictReader(fh)])
+    cut = payload["labelled_threshold"]
+    assert cut == labelled.decision_threshold(p_rows[picked], truth[picked])
+    assert cut["n"] == 40 and cut["mergers"] == int(truth[picked].sum())
     # every format of the same output, a Parquet labels file, and the table
     pq_labels = tmp_path / "visual.parquet"
     import pyarrow as pa
@@ -664,6 +670,7 @@ def test_fraction_with_a_labelled_sample_end_to_end(classified, tmp_path) -> Non
     code, text = _fraction(str(classified["csv"]), "--model", str(classified["run"]),
                            "--bootstrap", "20", "--labels", str(labels))
     assert code == 0 and "ppi" in text and "labelled sample: 40 ok rows" in text, text
+    assert "decision threshold from the labelled sample (Platt fit on 40 rows" in text
     # per bin: each bin's own labelled rows; the plot gains a ppi row
     plot = tmp_path / "f.png"
     code, text = _fraction(str(classified["csv"]), "--model", str(classified["run"]), "--json",
@@ -749,3 +756,23 @@ def test_ppi_interval_of_a_one_class_sample_is_the_exact_binomial_one() -> None:
     entry = {"fraction": 0.06, "ci68": [0.03, 0.09], "ci95": [0.01, 0.12]}
     F._widen_for_one_class(entry, y)
     assert entry == {"fraction": 0.06, "ci68": [0.03, 0.09], "ci95": [0.01, 0.12]}
+
+
+def test_decision_threshold_recovers_the_surveys_own_calibration() -> None:
+    """A model whose p_merger is too high on the survey by a known logit offset and scale:
+    the Platt fit on a labelled sample finds the threshold where the survey's own probability
+    is 0.5, and refuses what cannot give one."""
+    rng = np.random.default_rng(3)
+    s = rng.normal(0.0, 3.0, 20000)  # the model's logit(p_merger)
+    y = (rng.random(len(s)) < 1 / (1 + np.exp(-(0.8 * s - 2.0)))).astype(int)
+    p = 1 / (1 + np.exp(-s))
+    cut = labelled.decision_threshold(p, y)
+    assert cut["a"] == pytest.approx(0.8, abs=0.05) and cut["b"] == pytest.approx(-2.0, abs=0.1)
+    assert cut["threshold"] == pytest.approx(1 / (1 + np.exp(-2.5)), abs=0.01)
+    called = p >= cut["threshold"]
+    assert (called == y).mean() > ((p >= 0.5) == y).mean()  # the survey-calibrated cut wins
+    assert labelled.decision_threshold(p[:5], y[:5])["threshold"] is None
+    assert "both classes" in labelled.decision_threshold(p[:50], np.zeros(50, int))["reason"]
+    flipped = labelled.decision_threshold(p, 1 - y)
+    assert flipped["threshold"] is None and "does not rise" in flipped["reason"]
+

@@ -109,6 +109,14 @@ def _print(payload: dict[str, Any]) -> None:
                       f"{lab['id_column']} ({lab['unmatched']} labelled identifiers not among "
                       "them); ppi assumes they are a random sample of the survey rows",
                       markup=False)
+    cut = payload.get("labelled_threshold")
+    if cut is not None:
+        console.print(
+            f"decision threshold from the labelled sample (Platt fit on {cut['n']} rows, "
+            f"{cut['mergers']} mergers): "
+            + (f"classify --threshold {cut['threshold']:.4g} calls a merger where the "
+               "survey-calibrated p_merger is at least 0.5" if cut["threshold"] is not None
+               else f"none ({cut['reason']})"), markup=False)
     check = payload.get("label_shift_check")
     if check is not None:
         verdict = ("WARNING: the survey's p_merger distribution is no mixture of the source "

@@ -130,3 +130,36 @@ def match(labels: Labels, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]
     found = [k for k, m in zip(keys, mask, strict=True) if m]
     y = np.array([labels.by_id[k] for k in found], dtype=np.int64)
     return mask, y, len(set(found))
+
+
+MIN_THRESHOLD_ROWS = 10
+
+
+def decision_threshold(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The ``p_merger`` threshold at which a Platt fit on the labelled rows (``p`` the model's
+    own probabilities, ``y`` their 0/1 labels) gives 0.5: ``classify --threshold`` with it calls
+    a merger where the survey-calibrated probability is at least 0.5. A model adapted to a
+    balanced source calls too many mergers on a survey with few of them, and the prior alone
+    does not fix that (its probabilities are miscalibrated there beyond the prior;
+    benchmarks/results/threshold_ceiling36_*.md). ``threshold`` is None, with a ``reason``,
+    for fewer than `MIN_THRESHOLD_ROWS` rows, one class only, or a fit that does not rise."""
+    from galmerge.fractions.estimators import platt_fit
+
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    out: dict[str, Any] = {"n": int(len(y)), "mergers": int(y.sum()), "a": None, "b": None,
+                           "threshold": None, "reason": None}
+    if len(y) < MIN_THRESHOLD_ROWS or y.min() == y.max():
+        out["reason"] = (f"needs at least {MIN_THRESHOLD_ROWS} labelled rows with both classes "
+                         f"({out['n']} rows, {out['mergers']} mergers)")
+        return out
+    eps = 1e-12
+    s = np.log(np.clip(p, eps, 1 - eps)) - np.log(np.clip(1 - p, eps, 1 - eps))
+    a, b = (float(v[0]) for v in platt_fit(s, y))
+    out.update(a=a, b=b)
+    if not a > 0:
+        out["reason"] = ("on the labelled rows p_merger does not rise with the label (Platt "
+                         f"slope {a:.3g}): no threshold of this model's p_merger separates them")
+        return out
+    out["threshold"] = float(1.0 / (1.0 + math.exp(min(max(b / a, -700.0), 700.0))))
+    return out

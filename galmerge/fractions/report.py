@@ -354,6 +354,7 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
         common["labels"] = {"file": sample.path, "id_column": sample.id_column,
                             "label_column": sample.label_column, "rows": int(has_label.sum()),
                             "unmatched": len(sample.by_id) - matched}  # fmt: skip
+        common["labelled_threshold"] = labelled.decision_threshold(res.p[has_label], y_all)
 
     def lab(sel: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         if has_label is None or y_all is None:
