@@ -59,8 +59,8 @@ def fraction(results: str, model: str, by: str | None, bins: str | None, thresho
 
     payload = survey_fraction(results, model, by=by, bins=bins, threshold=threshold,
                               bootstrap=bootstrap, seed=seed, source=source, target=target,
-                              device=device,
-                              plot=plot, labels=labels, id_col=id_col, label_col=label_col)
+                              device=device, plot=plot, labels=labels, id_col=id_col,
+                              label_col=label_col)
     if as_json:
         click.echo(json.dumps(payload, indent=2))
         return

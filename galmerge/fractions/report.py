@@ -334,9 +334,8 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
     if len(res.p) == 0:
         raise GalmergeError(f"{results}: no rows with status ok and a p_merger "
                             f"({res.rows} rows: {_reasons(res.excluded)}); nothing to count")
-    if validation is None:
-        validation = load_validation(model, source, device, target=target)
-    val = validation
+    val = (validation if validation is not None
+           else load_validation(model, source, device, target=target))
     common: dict[str, Any] = {
         "excluded": dict(res.excluded),
         "validation": None,
