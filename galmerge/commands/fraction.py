@@ -114,8 +114,9 @@ def _print(payload: dict[str, Any]) -> None:
         console.print(
             f"decision threshold from the labelled sample (Platt fit on {cut['n']} rows, "
             f"{cut['mergers']} mergers): "
-            + (f"classify --threshold {cut['threshold']:.4g} calls a merger where the "
-               "survey-calibrated p_merger is at least 0.5" if cut["threshold"] is not None
+            + (f"p_merger >= {cut['threshold']:.4g} (the model's own p_merger; classify "
+               f"--threshold {cut['threshold']:.4g} sets is_merger so) is where the "
+               "survey-calibrated probability is at least 0.5" if cut["threshold"] is not None
                else f"none ({cut['reason']})"), markup=False)
     check = payload.get("label_shift_check")
     if check is not None:
