@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tables import mean_sd
 
 HERE = Path(__file__).resolve().parent
 NO_FIELD = "&stars=0&field_galaxies=0"
@@ -79,13 +79,6 @@ def score_run(run: Path, no_field: bool) -> dict[str, Any]:
     return row
 
 
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
-
-
 def table(rows: list[dict[str, Any]], group: str) -> list[str]:
     """Mean ± std over the runs of each group (strategy and layout) of the called-merger share
     per kind, the false-positive rate and the true-positive rate."""
@@ -99,13 +92,12 @@ def table(rows: list[dict[str, Any]], group: str) -> list[str]:
         for split in ("source", "target", "target_no_field"):
             if split not in rs[0]:
                 continue
-            cells = [_ms([r[split]["by_kind"][k]["called_merger"] for r in rs
-                          if r[split]["by_kind"][k]["called_merger"] is not None]) for k in kinds]
-            lines.append(
-                f"| {name} | {len(rs)} | {split} | " + " | ".join(cells)
-                + f" | {_ms([r[split]['fpr'] for r in rs])} | {_ms([r[split]['tpr'] for r in rs])}"
-                f" | {_ms([r[split]['called_merger'] for r in rs])}"
-                f" | {_ms([r[split]['true_fraction'] for r in rs])} |")
+            cells = [mean_sd([r[split]["by_kind"][k]["called_merger"] for r in rs
+                              if r[split]["by_kind"][k]["called_merger"] is not None], 2)
+                     for k in kinds]
+            cells += [mean_sd([r[split][key] for r in rs], 2)
+                      for key in ("fpr", "tpr", "called_merger", "true_fraction")]
+            lines.append(f"| {name} | {len(rs)} | {split} | " + " | ".join(cells) + " |")
     return lines
 
 

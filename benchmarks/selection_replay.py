@@ -48,6 +48,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from tables import mean_sd
+
 from galmerge.config.rundir import read_metrics
 from galmerge.scores.selection import row_value, select_epoch
 
@@ -90,13 +92,6 @@ def replay(work: Path, names: list[str], pairs: list[int], seeds: list[int]) -> 
     return records
 
 
-def _ms(v: list[float]) -> str:
-    if not v:
-        return "-"
-    sd = statistics.stdev(v) if len(v) > 1 else 0.0
-    return f"{statistics.fmean(v):+.1f} ± {sd:.1f}"
-
-
 def _by_label(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Records per label (data size), in first-seen order."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -129,7 +124,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
             below = [g for g in gains if g < 0]
             worst = f" ({min(below):+.1f})" if below else ""
             epochs = statistics.fmean(r[rule]["epoch"] for r in got) if got else math.nan
-            lines.append(f"| {name} | {rule} | {len(got)} | {_ms(gains)} | {_ms(src)} | "
+            lines.append(f"| {name} | {rule} | {len(got)} | {mean_sd(gains, 1, signed=True)} | {mean_sd(src, 1, signed=True)} | "
                          f"{len(below)}{worst} | {epochs:.1f} |")
     return lines
 

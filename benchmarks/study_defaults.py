@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_tune import DEV_PAIRS, PAIRS, pair_specs  # noqa: E402
+from tables import mean_sd  # noqa: E402
 
 # name -> train() keyword arguments (strategy, strategy_options, sets)
 # stop 31's observed source (grid observe31): the settings of every observed run
@@ -507,18 +507,12 @@ def table(records: list[dict[str, Any]]) -> list[str]:
         sgains = [100 * (r["source"] - none[(r["pair"], r["seed"])]["source"]) for r in rs
                   if (r["pair"], r["seed"]) in none]
 
-        def ms(v: list[float], scale: float = 1.0) -> str:
-            if not v:
-                return "-"
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            return f"{statistics.fmean(v) * scale:.3f} ± {sd * scale:.3f}" if scale == 1.0 \
-                else f"{statistics.fmean(v):+.1f} ± {sd:.1f}"
-
         lines.append(
-            f"| {name} | {len(rs)} | {ms([r['target'] for r in rs])} | "
-            f"{ms([r['source'] for r in rs])} | {ms(gains, 100)} | {ms(sgains, 100)} | "
+            f"| {name} | {len(rs)} | {mean_sd([r['target'] for r in rs])} | "
+            f"{mean_sd([r['source'] for r in rs])} | {mean_sd(gains, 1, signed=True)} | "
+            f"{mean_sd(sgains, 1, signed=True)} | "
             f"{min(gains):+.1f} | {sum(g < 0 for g in gains)} | "
-            f"{ms([r['target_auc'] for r in rs if r.get('target_auc') is not None])} |"
+            f"{mean_sd([r['target_auc'] for r in rs if r.get('target_auc') is not None])} |"
             if gains else f"| {name} | -")
     return lines
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tables import mean_sd
 
 HERE = Path(__file__).resolve().parent
 
@@ -97,11 +98,6 @@ def labelled(margin: np.ndarray, labels: np.ndarray, base: np.ndarray, k: int,
             "labelled_draws_below": float(np.mean(np.array(ours) < np.array(theirs)))}
 
 
-def _ms(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", required=True, help="folder of pairP-seedS/NAME run directories")
@@ -158,12 +154,12 @@ def main() -> None:
 
         def cell(key: str, rs: list[dict[str, Any]] = rs) -> str:
             below = sum(r[key] < r["none_at_0.5"] for r in rs)
-            return f"{_ms([r[key] for r in rs])} ({below})"
+            return f"{mean_sd([r[key] for r in rs])} ({below})"
 
-        lines.append(f"| {name} | {len(rs)} | {_ms([r['auc'] for r in rs])} | "
-                     f"{_ms([r['called_merger'] for r in rs])} | {cell('at_0.5')} | "
+        lines.append(f"| {name} | {len(rs)} | {mean_sd([r['auc'] for r in rs])} | "
+                     f"{mean_sd([r['called_merger'] for r in rs])} | {cell('at_0.5')} | "
                      f"{cell('at_true_prior')} | {cell('ceiling')} |"
-                     + (f" {_ms([r['labelled'] for r in rs])} "
+                     + (f" {mean_sd([r['labelled'] for r in rs])} "
                         f"({sum(r['labelled'] < r['labelled_none'] for r in rs)}; "
                         f"{statistics.fmean(r['labelled_draws_below'] for r in rs):.2f}) |"
                         if args.labelled else ""))
