@@ -57,17 +57,9 @@ def target_scores(run: Path) -> tuple[np.ndarray, np.ndarray, float]:
     return margin, target.labels.numpy()[idx], float(src_labels.mean())
 
 
-def auc(margin: np.ndarray, labels: np.ndarray) -> float:
-    """Mann-Whitney AUC with ties counted half."""
-    pos, neg = margin[labels == 1], margin[labels == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).mean()
-    ties = (pos[:, None] == neg[None, :]).mean()
-    return float(greater + 0.5 * ties)
-
-
 def accuracies(margin: np.ndarray, labels: np.ndarray, train_prior: float) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
     f = float(labels.mean())
     # Bayes' rule from the training prior to the true one: call a merger where
     # logit(p) > log((1 - f) / f) - log((1 - q) / q), q the training prior
@@ -77,7 +69,7 @@ def accuracies(margin: np.ndarray, labels: np.ndarray, train_prior: float) -> di
     best = max(float(((margin > c) == labels).mean()) for c in cuts)
     return {"at_0.5": float(((margin > 0) == labels).mean()),
             "at_true_prior": float(((margin > shift) == labels).mean()),
-            "ceiling": best, "auc": auc(margin, labels), "true_fraction": f,
+            "ceiling": best, "auc": float(roc_auc_score(labels, margin)), "true_fraction": f,
             "called_merger": float((margin > 0).mean())}
 
 

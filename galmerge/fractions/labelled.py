@@ -143,7 +143,7 @@ def decision_threshold(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     does not fix that (its probabilities are miscalibrated there beyond the prior;
     benchmarks/results/threshold_ceiling36_*.md). ``threshold`` is None, with a ``reason``,
     for fewer than `MIN_THRESHOLD_ROWS` rows, one class only, or a fit that does not rise."""
-    from galmerge.fractions.estimators import platt_fit
+    from galmerge.fractions.estimators import logit, platt_fit, sigmoid
 
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
@@ -153,13 +153,11 @@ def decision_threshold(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         out["reason"] = (f"needs at least {MIN_THRESHOLD_ROWS} labelled rows with both classes "
                          f"({out['n']} rows, {out['mergers']} mergers)")
         return out
-    eps = 1e-12
-    s = np.log(np.clip(p, eps, 1 - eps)) - np.log(np.clip(1 - p, eps, 1 - eps))
-    a, b = (float(v[0]) for v in platt_fit(s, y))
+    a, b = (float(v[0]) for v in platt_fit(logit(p), y))
     out.update(a=a, b=b)
     if not a > 0:
         out["reason"] = ("on the labelled rows p_merger does not rise with the label (Platt "
                          f"slope {a:.3g}): no threshold of this model's p_merger separates them")
         return out
-    out["threshold"] = float(1.0 / (1.0 + math.exp(min(max(b / a, -700.0), 700.0))))
+    out["threshold"] = float(sigmoid(-b / a))
     return out
