@@ -90,6 +90,29 @@ def test_prior_shift_is_bayes_rule_and_round_trips() -> None:
         posterior)
 
 
+def test_matched_prior_finds_the_offset_a_miscalibrated_model_carries() -> None:
+    posterior, weights = _population(0.2)
+    rows = np.repeat(posterior, np.rint(weights * 1000).astype(int))  # the exact population
+    # calibrated under pure label shift: the prior carried is the training one (Bayes' rule)
+    assert F.matched_prior(rows, 0.2) == pytest.approx(0.5, abs=1e-9)
+    # a model whose logits on the survey are off by log 4 (it calls too many mergers) carries
+    # 0.8; shifting from there gives the calibrated survey posterior, Bayes from 0.5 does not
+    off = F.prior_shift(rows, 0.8, 0.5)
+    q = F.matched_prior(off, 0.2)
+    assert q == pytest.approx(0.8, abs=1e-9)
+    truth = F.prior_shift(rows, 0.2, 0.5)
+    assert F.prior_shift(off, 0.2, q) == pytest.approx(truth, abs=1e-9)
+    assert F.prior_shift(off, 0.2, 0.5).mean() > 0.35  # Bayes' rule keeps the excess mergers
+    # p_merger of exactly 0 or 1 (a CSV rounds p > 1 - 5e-7 to 1) is moved from P_EPS: any
+    # prior is reached, even where most rows are saturated
+    ones = np.array([1.0] * 8 + [0.3, 0.0])
+    q = F.matched_prior(ones, 0.2)
+    clipped = np.clip(ones, F.P_EPS, 1 - F.P_EPS)
+    assert F.prior_shift(clipped, 0.2, q).mean() == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        F.matched_prior(np.array([]), 0.2)
+
+
 def test_platt_fit_recovers_a_logistic_model() -> None:
     rng = np.random.default_rng(1)
     s = rng.normal(0, 3, 20000)
@@ -295,17 +318,29 @@ def _p(path: Path) -> np.ndarray:
         return np.array([float(r["p_merger"]) for r in csv.DictReader(fh)])
 
 
-def test_prior_value_rescales_by_bayes_rule_and_is_recorded(classified, tmp_path) -> None:
+@pytest.mark.parametrize("rule", ["match", "bayes"])
+def test_prior_value_rescales_by_its_rule_is_recorded_and_undone(classified, tmp_path,
+                                                                 rule: str) -> None:
     out = tmp_path / "prior.csv"
-    code, text = _classify(classified, out, "--prior", "0.1")
+    extra = () if rule == "match" else ("--prior-rule", rule)  # match is the default
+    code, text = _classify(classified, out, "--prior", "0.1", *extra)
     assert code == 0, text
     record = json.loads((tmp_path / "prior.csv.prior.json").read_text())
     assert record["prior"] == 0.1 and record["prior_from"] == "given"
+    assert record["prior_rule"] == rule
     with np.load(classified["run"] / "validation_predictions.npz", allow_pickle=False) as data:
         train_prior = json.loads(str(data["meta"]))["train_prior"]
-    assert record["training_prior"] == pytest.approx(train_prior)
-    plain = _p(classified["csv"])
-    assert _p(out) == pytest.approx(F.prior_shift(plain, 0.1, train_prior), rel=1e-4, abs=1e-7)
+    assert record["run_training_prior"] == pytest.approx(train_prior)
+    plain, p = _p(classified["csv"]), _p(out)
+    if rule == "bayes":  # Bayes' rule from the training prior, p_merger as written
+        assert record["training_prior"] == pytest.approx(train_prior)
+        expected = F.prior_shift(plain, 0.1, train_prior)
+    else:  # one offset fitted so that the mean is the given prior, from the clipped p_merger
+        assert record["training_prior"] == pytest.approx(F.matched_prior(plain, 0.1), rel=1e-6)
+        assert p.mean() == pytest.approx(0.1, abs=1e-4)  # up to the CSV's rounding
+        expected = F.prior_shift(np.clip(plain, F.P_EPS, 1 - F.P_EPS), 0.1,
+                                 record["training_prior"])
+    assert p == pytest.approx(expected, rel=1e-4, abs=1e-7)
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert all(r["is_merger"] == str(int(float(r["p_merger"]) >= 0.5)) for r in rows)
@@ -316,6 +351,7 @@ def test_prior_value_rescales_by_bayes_rule_and_is_recorded(classified, tmp_path
                              "--json", "--bootstrap", "0")[1])
     assert a["estimators"]["naive"]["fraction"] == b["estimators"]["naive"]["fraction"]
     assert a["prior_rescaling_undone"]["prior"] == 0.1
+    assert a["prior_rescaling_undone"]["prior_rule"] == rule
     # classify again without --prior: the record of the old rescaling goes
     assert _classify(classified, out)[0] == 0
     assert not (tmp_path / "prior.csv.prior.json").exists()
@@ -368,6 +404,10 @@ def test_prior_user_errors_are_one_line(classified, tmp_path) -> None:
         code, text = _classify(classified, tmp_path / "x.csv", "--prior", bad)
         assert code == 1 and "--prior" in text and len(text.strip().splitlines()) == 1, text
         assert not (tmp_path / "x.csv").exists()
+    code, text = _classify(classified, tmp_path / "x.csv", "--prior", "0.1", "--prior-rule",
+                           "exact")
+    assert code == 1 and "--prior-rule exact" in text and len(text.strip().splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,6 +459,14 @@ def test_ensemble_mean_and_spread(classified, tmp_path) -> None:
                                    "--model", str(run2), "--model", str(run2), "--output",
                                    str(tmp_path / "dup.csv"), "--device", "cpu", "--quiet"])
     assert res.exit_code == 1 and "same run" in res.output
+    # --prior on an ensemble: the combined p_merger is matched to the given fraction
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(classified["run"]), "--model", str(run2),
+                                   "--output", str(tmp_path / "ensp.csv"), "--device", "cpu",
+                                   "--quiet", "--prior", "0.2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "ensp.csv.prior.json").read_text())["prior_rule"] == "match"
+    assert _p(tmp_path / "ensp.csv").mean() == pytest.approx(0.2, abs=1e-4)
 
 
 def test_label_shift_check_flags_domain_shift_only() -> None:
@@ -445,7 +493,7 @@ def test_prior_on_parquet_leaves_rows_without_p_merger_as_they_are(tmp_path) -> 
         "id": [1, 2, 3], "p_merger": pa.array([0.4, None, 0.9], pa.float64()),
         "is_merger": pa.array([0, None, 1], pa.int8()), "status": ["ok", "fetch-failed", "ok"]}),
         out)
-    apply_prior(out, "", 0.9, 0.5, training=(0.5, "given"))
+    apply_prior(out, "", 0.9, 0.5, training=(0.5, "given"), rule="bayes")
     got = pq.read_table(out).to_pydict()
     assert got["p_merger"][1] is None and got["is_merger"][1] is None
     assert got["p_merger"][0] == pytest.approx(F.prior_shift(0.4, 0.9, 0.5))

@@ -50,6 +50,7 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
                             "models")
     output = kwargs.pop("output", None)
     prior = kwargs.pop("prior", None)
+    prior_rule = kwargs.pop("prior_rule", None)
     quiet = kwargs.pop("quiet", False)
     threshold = float(kwargs.get("threshold", 0.5))
     out = Path(output) if output is not None else default_output(Path(catalog))
@@ -84,10 +85,11 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
     out.with_name(out.name + ".prior.json").unlink(missing_ok=True)
     if prior is not None:
         from galmerge.classification.pipeline import _apply_prior
-        from galmerge.fractions.prior import parse_prior, training_prior
+        from galmerge.fractions.prior import parse_prior, parse_rule, training_prior
 
         summary.mergers, note = _apply_prior(out, parse_prior(prior), threshold,
-                                             training_prior(models[0]))
+                                             training_prior(models[0]),
+                                             rule=parse_rule(prior_rule))
         if not quiet:
             print(note, file=__import__("sys").stderr)
     else:  # p_merger is finite only where the first member's row has status ok

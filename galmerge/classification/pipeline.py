@@ -354,6 +354,7 @@ def classify(
     columns: list[str] | None = None,
     prior: str | float | None = None,
     mc_dropout: int | None = None,
+    prior_rule: str | None = None,
 ) -> ClassifySummary:
     """Classify every row of ``catalog`` (CSV/FITS/VOTable/Parquet, or an HDF5 image file).
 
@@ -366,9 +367,10 @@ def classify(
     a running ``scheduler``, else a local cluster), keeping ``columns`` (default all).
     Several ``model``s: an ensemble (`galmerge.classification.ensemble`; mean p_merger and p_merger_std).
     ``prior`` ("auto" or a merger fraction): p_merger rescaled to it afterwards
-    (`galmerge.fractions.prior`). ``mc_dropout`` (N >= 2): p_merger is the mean of N passes with
-    the dropout layers active, ``p_merger_std`` their spread. A run with ``shift_stats.npz``
-    adds ``shift_score`` and ``shift_flag`` (`galmerge.models.shift`).
+    (`galmerge.fractions.prior`; ``prior_rule`` "match", the default, or "bayes").
+    ``mc_dropout`` (N >= 2): p_merger is the mean of N passes with the dropout layers active,
+    ``p_merger_std`` their spread. A run with ``shift_stats.npz`` adds ``shift_score`` and
+    ``shift_flag`` (`galmerge.models.shift`).
     """
     if mc_dropout is not None and (isinstance(mc_dropout, bool) or not isinstance(mc_dropout, int)
                                    or mc_dropout < 2):
@@ -377,6 +379,7 @@ def classify(
     if mc_dropout and not isinstance(model, str | os.PathLike) and len(list(model)) > 1:
         raise GalmergeError("--mc-dropout with several --model: not supported (both would fill "
                             "p_merger_std); use an ensemble or MC-dropout, not both")
+    prior, prior_rule = _parse_prior_options(prior, prior_rule)  # one line, before any work
     model = _refuse_torchscript(model)  # (a function: the ensemble below passes on locals())
     _refuse_on_hats(catalog, model, prior, mc_dropout)
     if not isinstance(model, str | os.PathLike):  # several models: an ensemble
@@ -401,9 +404,8 @@ def classify(
         raise GalmergeError(f"--threshold must be in [0, 1], got {threshold}")
     if domain not in ("source", "target"):
         raise GalmergeError(f"--domain must be source or target, got {domain}")
-    from galmerge.fractions.prior import parse_prior, training_prior
+    from galmerge.fractions.prior import training_prior
 
-    prior = parse_prior(prior)
     # before the work: the run's statistics may take a pass over its source validation split
     prior_from = training_prior(model) if prior is not None else None
     if chunk_rows < 1 or batch_size < 1 or workers < 1:
@@ -428,7 +430,16 @@ def classify(
             workers=workers, threshold=threshold, domain=domain, chunk_rows=chunk_rows,
             flush_rows=flush_rows, survey_options=survey_options, shard_timeout=shard_timeout,
             heartbeat_timeout=heartbeat_timeout, cache_keepbits=cache_keepbits, prior=prior,
-            prior_from=prior_from, quiet=quiet, mc_dropout=int(mc_dropout or 0))
+            prior_from=prior_from, quiet=quiet, mc_dropout=int(mc_dropout or 0),
+            prior_rule=prior_rule)
+
+
+def _parse_prior_options(prior: Any, rule: Any) -> tuple[str | float | None, str]:
+    """``--prior`` and ``--prior-rule`` checked (one-line errors); a function, so that the
+    ensemble branch's ``locals()`` holds only the values."""
+    from galmerge.fractions.prior import parse_prior, parse_rule
+
+    return parse_prior(prior), parse_rule(rule)
 
 
 def _refuse_torchscript(model: Any) -> Any:
@@ -480,7 +491,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                      flush_rows: int, survey_options: Mapping[str, Any] | None,
                      shard_timeout: float, heartbeat_timeout: float,
                      cache_keepbits: int | None, prior: float | str | None,
-                     prior_from: Any, quiet: bool, mc_dropout: int = 0) -> ClassifySummary:
+                     prior_from: Any, quiet: bool, mc_dropout: int = 0,
+                     prior_rule: str = "match") -> ClassifySummary:
     if str(model).lower().endswith(".onnx"):  # `galmerge export` output: ONNX Runtime, CPU
         from galmerge.models.export import OnnxInference
 
@@ -602,7 +614,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         summary.shift_stats_sha256 = str(shift["meta"].get("sha256", ""))
     note = None
     if prior is not None:
-        summary.mergers, note = _apply_prior(out_path, prior, threshold, prior_from, model)
+        summary.mergers, note = _apply_prior(out_path, prior, threshold, prior_from, model,
+                                             prior_rule)
     else:  # a record of an earlier --prior run would now describe the wrong probabilities
         out_path.with_name(out_path.name + ".prior.json").unlink(missing_ok=True)
     if show:
@@ -614,18 +627,25 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
 
 
 def _apply_prior(out_path: Path, prior: str | float, threshold: float,
-                 training: tuple[float, str] | None, model: Any = "") -> tuple[int, str]:
+                 training: tuple[float, str] | None, model: Any = "",
+                 rule: str = "match") -> tuple[int, str]:
     """Rescale the written output to the survey prior; (mergers now, one-line note)."""
     from galmerge.fractions.prior import apply_prior
     from galmerge.fractions.report import read_results
 
-    rec = apply_prior(out_path, model, prior, threshold, training)
+    rec = apply_prior(out_path, model, prior, threshold, training, rule)
     mergers = int((read_results(out_path).p >= threshold).sum())
     check = rec.get("adaptation_check")
     warning = f"; WARNING: {check['message']}" if check and check["warning"] else ""
-    return mergers, (f"galmerge: p_merger rescaled from the training merger fraction "
-                     f"{rec['training_prior']:.4g} to {rec['prior']:.4g} ({rec['prior_from']});"
-                     f" recorded in {out_path.name}.prior.json{warning}")
+    if rec["prior_rule"] == "match":
+        how = (f"so that its mean is the given {rec['prior']:.4g} (the model's probabilities "
+               f"carried a merger fraction of {rec['training_prior']:.4g} on these rows, its "
+               f"training set {rec['run_training_prior']:.4g})")
+    else:
+        how = (f"from the training merger fraction {rec['training_prior']:.4g} to "
+               f"{rec['prior']:.4g} ({rec['prior_from']})")
+    return mergers, (f"galmerge: p_merger rescaled {how}; recorded in "
+                     f"{out_path.name}.prior.json{warning}")
 
 
 def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable: Any,

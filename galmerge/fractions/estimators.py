@@ -465,6 +465,36 @@ def prior_shift(p: np.ndarray, new_prior: float, old_prior: float) -> np.ndarray
         return a / (a + b)
 
 
+def matched_prior(p: np.ndarray, new_prior: float) -> float:
+    """The prior ``q`` the probabilities ``p`` carry on this sample if the sample's merger
+    fraction is ``new_prior``: the ``q`` for which ``mean(prior_shift(clip(p), new_prior, q))``
+    equals ``new_prior``, ``clip`` to [P_EPS, 1 - P_EPS] (a classify CSV writes p_merger above
+    1 - 5e-7 as exactly 1, which no offset would move). `prior_shift` from ``q`` is then one logit
+    offset fitted on the sample, so it absorbs a model whose probabilities are off on the survey
+    by more than the class prior (an adapted model calling too many galaxies mergers) where
+    Bayes' rule from the training prior keeps that error. For a calibrated model under pure
+    label shift ``q`` is the training prior up to sampling noise (the mean posterior equals the
+    prior). ``p`` must be finite and non-empty."""
+    from scipy.optimize import brentq
+    from scipy.special import expit
+
+    z = logit(p).ravel()
+    target = float(new_prior)
+    if z.size == 0 or not np.isfinite(z).all() or not 0 < target < 1:
+        raise ValueError("matched_prior needs finite probabilities and a prior in (0, 1)")
+    prior_logit = math.log(target / (1 - target))
+
+    # mean(sigmoid(z + b)) rises from 0 to 1 with the offset b, so the root is unique and,
+    # with |z| <= LOGIT_RANGE, inside this bracket
+    def excess(b: float) -> float:
+        return float(expit(z + b).mean()) - target
+
+    bound = LOGIT_RANGE + abs(prior_logit) + 40
+    b = brentq(excess, -bound, bound, xtol=1e-12, rtol=1e-12, maxiter=500)
+    # prior_shift(p, new, q) = sigmoid(logit(p) + logit(new) - logit(q)): logit(q) = logit(new) - b
+    return float(expit(prior_logit - b))
+
+
 # --------------------------------------------------------------------------------------------
 # is label shift plausible at all?
 

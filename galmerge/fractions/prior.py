@@ -1,15 +1,23 @@
-"""`classify --prior auto|VALUE`: p_merger rescaled from the training set's merger fraction to
-the survey's (Bayes' rule for a new class prior; Saerens et al. 2002, eq. 2.4).
+"""`classify --prior auto|VALUE`: p_merger rescaled to the survey's merger fraction by one
+logit offset (Bayes' rule for a new class prior; Saerens et al. 2002, eq. 2.4).
 
-The classifier's probabilities carry the prior of the data it was trained on: the merger
-fraction of the run's source training split (read from the run's cached validation statistics,
-`galmerge.fractions.validation_stats`), or 0.5 (the balanced DeepMerge sets) for a bare checkpoint file.
-``VALUE`` is the survey's merger fraction if known; ``auto`` estimates it as the prior the EM
-iterations of Saerens et al. converge to on the output's own probabilities (so the mean
-rescaled p_merger equals it). The output is rewritten in place (atomically: temporary file,
+``VALUE`` is the survey's merger fraction if known. With the default rule ``match`` the offset
+is fitted on the output itself, so that the mean rescaled p_merger of its rows equals VALUE:
+Bayes' rule from the prior the model's probabilities carry on *this survey* (found by
+`galmerge.fractions.estimators.matched_prior`), which absorbs an adapted model calling too
+many survey galaxies mergers (measured: `benchmarks/results/prior_rule37_*.md`). With rule
+``bayes`` it is Bayes' rule from the training set's merger fraction: the merger fraction of the
+run's source training split (read from the run's cached validation statistics,
+`galmerge.fractions.validation_stats`), or 0.5 (the balanced DeepMerge sets) for a bare
+checkpoint file; it needs no sample, so prefer it for a handful of rows from a calibrated
+model. ``auto`` estimates the prior as the one the EM iterations of Saerens et al. converge to
+on the output's own probabilities from the training prior (so the mean rescaled p_merger
+equals it, as with ``match``). The output is rewritten in place (atomically: temporary file,
 then rename): ``p_merger`` and ``is_merger`` change, every other cell stays. The priors are
-recorded in ``<output>.prior.json`` and, for HDF5/FITS, in the file's attributes / header
-(``GMPRIOR``, ``GMTRPRI``). Assumes label shift, like the estimators of `galmerge fraction`.
+recorded in ``<output>.prior.json`` (``training_prior`` is the prior the rule shifted from,
+``run_training_prior`` the training set's) and, for HDF5/FITS, in the file's attributes /
+header (``GMPRIOR``, ``GMTRPRI``). Assumes that one offset fixes the probabilities (label shift
+for ``bayes`` and ``auto``).
 """
 
 from __future__ import annotations
@@ -24,10 +32,11 @@ from typing import Any
 import numpy as np
 
 from galmerge.errors import GalmergeError
-from galmerge.fractions.estimators import ml_prior, prior_shift
+from galmerge.fractions.estimators import P_EPS, matched_prior, ml_prior, prior_shift
 from galmerge.io import atomic
 
 DEFAULT_TRAINING_PRIOR = 0.5
+RULES = ("match", "bayes")  # how --prior VALUE sets the offset; the first is the default
 
 
 def parse_prior(value: str | float | None) -> str | float | None:
@@ -65,16 +74,30 @@ def training_prior(model: str | os.PathLike[str]) -> tuple[float, str]:
     return DEFAULT_TRAINING_PRIOR, "default 0.5 (balanced training set; no run directory)"
 
 
+def parse_rule(value: str | None) -> str:
+    """``match`` (the default, also for None) or ``bayes`` (one-line error otherwise)."""
+    rule = RULES[0] if value is None else str(value).strip().lower()
+    if rule not in RULES:
+        raise GalmergeError(f"--prior-rule {value}: give match (fit the offset so the mean "
+                            "p_merger equals --prior) or bayes (Bayes' rule from the training "
+                            "prior)")
+    return rule
+
+
 def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
                 prior: str | float, threshold: float,
-                training: tuple[float, str] | None = None) -> dict[str, Any]:
-    """Rescale the output's p_merger to ``prior`` (or the EM estimate for ``"auto"``) from
-    ``training`` (default: `training_prior` of ``model``); returns the provenance record also
-    written to ``<output>.prior.json``."""
+                training: tuple[float, str] | None = None, rule: str = RULES[0]
+                ) -> dict[str, Any]:
+    """Rescale the output's p_merger to ``prior`` (or the EM estimate for ``"auto"``): from the
+    prior matched on the output (``rule="match"``) or from ``training`` (``rule="bayes"``;
+    default: `training_prior` of ``model``); returns the provenance record also written to
+    ``<output>.prior.json``."""
     from galmerge.fractions.report import read_results
 
+    rule = parse_rule(rule)
     out = Path(output)
-    old, where = training if training is not None else training_prior(model)
+    run_prior, run_where = training if training is not None else training_prior(model)
+    old, where = run_prior, run_where
     if prior == "auto":
         p = read_results(out).p
         if len(p) == 0:
@@ -82,11 +105,23 @@ def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
                                 "the survey's merger fraction from; give --prior VALUE")
         new = float(ml_prior(p, old)[0])
         new = min(max(new, 1e-6), 1 - 1e-6)  # keep Bayes' rule finite
-        how = "auto: EM (Saerens et al. 2002) on this output's probabilities"
+        how, rule = "auto: EM (Saerens et al. 2002) on this output's probabilities", "em"
     else:
         new, how = float(prior), "given"
-    record = {"prior": new, "prior_from": how, "training_prior": old,
-              "training_prior_from": where, "threshold": threshold,
+        if rule == "match":
+            p = read_results(out).p
+            if len(p) == 0:
+                raise GalmergeError(f"--prior {new:g}: {out} has no rows with a p_merger to "
+                                    "match the merger fraction on; give --prior-rule bayes")
+            old = matched_prior(p, new)
+            if not 0 < old < 1:  # beyond float64: Bayes' rule would divide by 0
+                raise GalmergeError(f"--prior {new:g}: the offset that matches it is too large "
+                                    "for the output's p_merger; give --prior-rule bayes")
+            where = (f"matched: the mean rescaled p_merger of the output's {len(p)} rows equals "
+                     "the given prior")
+    record = {"prior": new, "prior_from": how, "prior_rule": rule, "training_prior": old,
+              "training_prior_from": where, "run_training_prior": run_prior,
+              "run_training_prior_from": run_where, "threshold": threshold,
               "rule": "p' = r p / (r p + s (1 - p)), r = prior / training_prior, "
                       "s = (1 - prior) / (1 - training_prior)"}
     if prior == "auto" and str(model):
@@ -96,7 +131,7 @@ def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
         check = adaptation_check(run.parent if run.suffix == ".pt" else run, old, new)
         if check is not None:  # EM inherits the pull of an adapted model toward `old`
             record["adaptation_check"] = check
-    _rewrite(out, new, old, threshold, record)
+    _rewrite(out, new, old, threshold, record, clip=rule == "match")
     atomic.write_text(out.with_name(out.name + ".prior.json"), json.dumps(record, indent=2) + "\n")
     return record
 
@@ -114,13 +149,16 @@ def _columns(names: list[str]) -> tuple[str, str]:
 
 
 def _rewrite(path: Path, new: float, old: float, threshold: float,
-             record: dict[str, Any]) -> None:
+             record: dict[str, Any], clip: bool = False) -> None:
+    """Rescale every finite p_merger from ``old`` to ``new``; ``clip``: first to
+    [P_EPS, 1 - P_EPS], as `matched_prior` fitted them."""
     import h5py
 
     from galmerge.fractions.report import is_parquet
 
     def shift(p: np.ndarray) -> np.ndarray:
-        return prior_shift(p, new, old)
+        p = np.asarray(p, dtype=np.float64)
+        return prior_shift(np.clip(p, P_EPS, 1 - P_EPS) if clip else p, new, old)
 
     def write(tmp: Path) -> None:
         if h5py.is_hdf5(path):
@@ -130,12 +168,13 @@ def _rewrite(path: Path, new: float, old: float, threshold: float,
         elif is_parquet(path):
             _rewrite_parquet(path, tmp, shift, threshold, record)
         else:
-            _rewrite_csv(path, tmp, new / old, (1 - new) / (1 - old), threshold)
+            _rewrite_csv(path, tmp, new / old, (1 - new) / (1 - old), threshold, clip)
 
     atomic.write_with(path, write, ".prior")
 
 
-def _rewrite_csv(path: Path, tmp: Path, r: float, s: float, threshold: float) -> None:
+def _rewrite_csv(path: Path, tmp: Path, r: float, s: float, threshold: float,
+                 clip: bool = False) -> None:
     enc = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
     with open(path, **enc) as src, open(tmp, "w", **enc) as dst:  # type: ignore[call-overload]
         reader = csv.reader(src)
@@ -148,6 +187,8 @@ def _rewrite_csv(path: Path, tmp: Path, r: float, s: float, threshold: float) ->
             if ip < len(row) and row[ip] != "":
                 try:
                     p = float(row[ip])
+                    if clip:
+                        p = min(max(p, P_EPS), 1 - P_EPS)
                     value = r * p / (r * p + s * (1 - p))  # prior_shift, per row
                 except (ValueError, ZeroDivisionError):
                     value = math.nan
@@ -221,7 +262,7 @@ def _rewrite_fits(path: Path, tmp: Path, shift: Any, threshold: float,
         flag[ok] = (new[ok] >= threshold).astype(flag.dtype)
         hdu.data[flag_col] = flag
         hdu.header["GMPRIOR"] = (record["prior"], "p_merger rescaled to this merger fraction")
-        hdu.header["GMTRPRI"] = (record["training_prior"], "merger fraction of training")
+        hdu.header["GMTRPRI"] = (record["training_prior"], "p_merger rescaled from this prior")
         hdul.writeto(tmp, overwrite=True)
 
 
