@@ -29,32 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from finished_runs import target_scores
 from tables import mean_sd
 
 HERE = Path(__file__).resolve().parent
-
-
-def target_scores(run: Path) -> tuple[np.ndarray, np.ndarray, float]:
-    """(logit(merger) - logit(non-merger), labels) on the run's target test split, and the
-    source training split's merger fraction (the prior the model's probabilities carry)."""
-    import torch
-
-    from galmerge.data.datasets import load_imageset
-    from galmerge.data.splits import domain_splits
-    from galmerge.models.inference import forward_in_batches
-    from galmerge.models.model import load_model
-
-    loaded = load_model(run / "best.pt")
-    cfg = loaded.config
-    source, target = load_imageset(cfg["source"]), load_imageset(cfg["target"])
-    splits = domain_splits(len(source), len(target), int(cfg["seed"]))
-    idx = splits["target"]["test"]
-    with torch.no_grad():
-        _, logits = forward_in_batches(loaded.model, target, idx, loaded.preprocess["target"],
-                                       domain="target")
-    margin = (logits[:, 1] - logits[:, 0]).double().numpy() / float(loaded.temperature or 1.0)
-    src_labels = source.labels.numpy()[splits["source"]["train"]]
-    return margin, target.labels.numpy()[idx], float(src_labels.mean())
 
 
 def accuracies(margin: np.ndarray, labels: np.ndarray, train_prior: float) -> dict[str, float]:
