@@ -29,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from finished_runs import target_scores
+from finished_runs import add_arguments, scored_runs
 from tables import mean_sd
-
-HERE = Path(__file__).resolve().parent
 
 
 def accuracies(margin: np.ndarray, labels: np.ndarray, train_prior: float) -> dict[str, float]:
@@ -70,37 +68,23 @@ def labelled(margin: np.ndarray, labels: np.ndarray, base: np.ndarray, k: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", required=True, help="folder of pairP-seedS/NAME run directories")
-    ap.add_argument("--names", nargs="+", required=True, help="run names besides none")
-    ap.add_argument("--pairs", nargs="+", type=int, required=True)
-    ap.add_argument("--seeds", nargs="+", type=int, required=True)
+    add_arguments(ap, "threshold_ceiling")
     ap.add_argument("--labelled", type=int, default=0, metavar="K",
                     help="also fit the threshold on K labelled target test galaxies")
     ap.add_argument("--draws", type=int, default=50, help="random labelled samples per run")
-    ap.add_argument("--label", default="", help="what the runs are (for the markdown title)")
-    ap.add_argument("--name", default="threshold_ceiling")
-    ap.add_argument("--out-dir", default=str(HERE / "results"))
     args = ap.parse_args()
     from galmerge.config.rundir import cpu_description
 
-    root = Path(args.root)
     rows: list[dict[str, Any]] = []
-    for pair in args.pairs:
-        for seed in args.seeds:
-            folder = root / f"pair{pair}-seed{seed}"
-            base_scores = target_scores(folder / "none")
-            base = accuracies(*base_scores)
-            for name in ["none", *args.names]:
-                if not (folder / name / "best.pt").is_file():
-                    continue
-                scores = base_scores if name == "none" else target_scores(folder / name)
-                acc = accuracies(*scores)
-                if args.labelled:
-                    acc.update(labelled(scores[0], scores[1], base_scores[0], args.labelled,
-                                        args.draws))
-                rows.append({"pair": pair, "seed": seed, "name": name, **acc,
-                             "none_at_0.5": base["at_0.5"]})
-                print(json.dumps(rows[-1]), flush=True)
+    for pair, seed, name, scores, base_scores in scored_runs(Path(args.root), args.pairs,
+                                                             args.seeds, args.names):
+        acc = accuracies(*scores)
+        if args.labelled:
+            acc.update(labelled(scores[0], scores[1], base_scores[0], args.labelled,
+                                args.draws))
+        rows.append({"pair": pair, "seed": seed, "name": name, **acc,
+                     "none_at_0.5": accuracies(*base_scores)["at_0.5"]})
+        print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
