@@ -21,9 +21,10 @@ import argparse
 import json
 import math
 import os
-import statistics
 from pathlib import Path
 from typing import Any
+
+from tables import mean_sd
 
 from galmerge.config.rundir import read_metrics
 from galmerge.scores import selection
@@ -78,9 +79,10 @@ def replay(work: Path, pairs: list[int], seeds: list[int], guard: float,
 
 
 def _ms(values: list[float], scale: float = 1.0) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * statistics.mean(values):+.1f} ± {scale * sd:.1f}" if scale != 1.0 else \
-        f"{statistics.mean(values):.3f} ± {sd:.3f}"
+    """Accuracies as "0.xxx ± 0.xxx"; with ``scale`` (100: points) a signed gain, one decimal."""
+    if scale != 1.0:
+        return mean_sd([scale * v for v in values], digits=1, signed=True)
+    return mean_sd(values)
 
 
 def report(records: list[dict[str, Any]], guard: float, names: tuple[str, ...]) -> list[str]:
