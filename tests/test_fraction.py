@@ -404,10 +404,12 @@ def test_prior_user_errors_are_one_line(classified, tmp_path) -> None:
         code, text = _classify(classified, tmp_path / "x.csv", "--prior", bad)
         assert code == 1 and "--prior" in text and len(text.strip().splitlines()) == 1, text
         assert not (tmp_path / "x.csv").exists()
-    code, text = _classify(classified, tmp_path / "x.csv", "--prior", "0.1", "--prior-rule",
-                           "exact")
-    assert code == 1 and "--prior-rule exact" in text and len(text.strip().splitlines()) == 1
-    assert not (tmp_path / "x.csv").exists()
+    for extra in (("--prior", "0.1", "--prior-rule", "exact"), ("--prior-rule", "bayes"),
+                  ("--prior", "auto", "--prior-rule", "match")):
+        code, text = _classify(classified, tmp_path / "x.csv", *extra)
+        assert code == 1 and f"--prior-rule {extra[-1]}" in text, text
+        assert len(text.strip().splitlines()) == 1, text
+        assert not (tmp_path / "x.csv").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -439,7 +439,12 @@ def _parse_prior_options(prior: Any, rule: Any) -> tuple[str | float | None, str
     ensemble branch's ``locals()`` holds only the values."""
     from galmerge.fractions.prior import parse_prior, parse_rule
 
-    return parse_prior(prior), parse_rule(rule)
+    value = parse_prior(prior)
+    if rule is not None and (value is None or value == "auto"):
+        raise GalmergeError(f"--prior-rule {rule} applies to --prior VALUE only (auto is EM's "
+                            "fixed point, where both rules agree); give --prior VALUE or drop "
+                            "--prior-rule")
+    return value, parse_rule(rule)
 
 
 def _refuse_torchscript(model: Any) -> Any:

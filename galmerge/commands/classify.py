@@ -49,11 +49,11 @@ import click
 @click.option("--prior", default=None,
               help="Rescale p_merger to the survey's merger fraction: a value (e.g. 0.05) or "
                    "auto (EM estimate). Default: the training set's prior, unchanged.")
-@click.option("--prior-rule", default="match", show_default=True,
-              help="How --prior VALUE rescales: match fits one logit offset so the mean "
-                   "p_merger of the output equals VALUE (robust to an adapted model that calls "
-                   "too many survey galaxies mergers); bayes uses Bayes' rule from the training "
-                   "set's merger fraction (needs no sample).")
+@click.option("--prior-rule", default=None,
+              help="How --prior VALUE rescales: match (default) fits one logit offset so the "
+                   "mean p_merger of the output equals VALUE (robust to an adapted model that "
+                   "calls too many survey galaxies mergers); bayes uses Bayes' rule from the "
+                   "training set's merger fraction (needs no sample).")
 @click.option("--mc-dropout", type=int, default=None, metavar="N",
               help="MC-dropout: N passes with the dropout layers active (backbones with "
                    "dropout); mean p_merger and a p_merger_std column. Not with several --model.")
@@ -63,7 +63,7 @@ def classify(catalog: str, model: tuple[str, ...], survey: str, output: str | No
              ra_col: str | None, dec_col: str | None, id_col: str | None, batch_size: int,
              device: str, workers: int, threshold: float, domain: str, chunk_rows: int,
              shard_timeout: float | None, cache_keepbits: int | None, scheduler: str | None,
-             columns: str | None, prior: str | None, prior_rule: str,
+             columns: str | None, prior: str | None, prior_rule: str | None,
              mc_dropout: int | None, quiet: bool) -> None:
     """Classify every galaxy of CATALOG (CSV/FITS/VOTable/Parquet, an HDF5 image file, or a
     HATS catalog folder, classified partition by partition on Dask).
