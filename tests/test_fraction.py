@@ -337,6 +337,14 @@ def test_prior_value_rescales_by_its_rule_is_recorded_and_undone(classified, tmp
         expected = F.prior_shift(plain, 0.1, train_prior)
     else:  # one offset fitted so that the mean is the given prior, from the clipped p_merger
         assert record["training_prior"] == pytest.approx(F.matched_prior(plain, 0.1), rel=1e-6)
+        assert record["matched_rows"] == len(plain)
+        res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" /
+                                                      "target.h5"), "--model",
+                                       str(classified["run"]), "--output",
+                                       str(tmp_path / "loud.csv"), "--device", "cpu",
+                                       "--prior", "0.1"])
+        assert res.exit_code == 0 and "so that its mean is the given 0.1" in res.output
+        assert ("matched on" in res.output) == (len(plain) < 100)  # a small sample is named
         assert p.mean() == pytest.approx(0.1, abs=1e-4)  # up to the CSV's rounding
         expected = F.prior_shift(np.clip(plain, F.P_EPS, 1 - F.P_EPS), 0.1,
                                  record["training_prior"])

@@ -643,9 +643,14 @@ def _apply_prior(out_path: Path, prior: str | float, threshold: float,
     check = rec.get("adaptation_check")
     warning = f"; WARNING: {check['message']}" if check and check["warning"] else ""
     if rec["prior_rule"] == "match":
+        from galmerge.fractions.prior import FEW_ROWS
+
         how = (f"so that its mean is the given {rec['prior']:.4g} (the model's probabilities "
                f"carried a merger fraction of {rec['training_prior']:.4g} on these rows, its "
                f"training set {rec['run_training_prior']:.4g})")
+        if rec["matched_rows"] < FEW_ROWS:
+            warning += (f"; note: matched on {rec['matched_rows']} rows only, a noisy offset "
+                        "(--prior-rule bayes needs no sample)")
     else:
         how = (f"from the training merger fraction {rec['training_prior']:.4g} to "
                f"{rec['prior']:.4g} ({rec['prior_from']})")
