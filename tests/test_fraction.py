@@ -492,7 +492,8 @@ def test_label_shift_check_flags_domain_shift_only() -> None:
     assert 0 <= shifted["fraction_min_distance"] <= 1
 
 
-def test_prior_on_parquet_leaves_rows_without_p_merger_as_they_are(tmp_path) -> None:
+@pytest.mark.parametrize("rule", ["bayes", "match"])
+def test_prior_on_parquet_leaves_rows_without_p_merger_as_they_are(tmp_path, rule: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -503,11 +504,16 @@ def test_prior_on_parquet_leaves_rows_without_p_merger_as_they_are(tmp_path) -> 
         "id": [1, 2, 3], "p_merger": pa.array([0.4, None, 0.9], pa.float64()),
         "is_merger": pa.array([0, None, 1], pa.int8()), "status": ["ok", "fetch-failed", "ok"]}),
         out)
-    apply_prior(out, "", 0.9, 0.5, training=(0.5, "given"), rule="bayes")
+    record = apply_prior(out, "", 0.9, 0.5, training=(0.5, "given"), rule=rule)
     got = pq.read_table(out).to_pydict()
     assert got["p_merger"][1] is None and got["is_merger"][1] is None
-    assert got["p_merger"][0] == pytest.approx(F.prior_shift(0.4, 0.9, 0.5))
+    old = 0.5 if rule == "bayes" else F.matched_prior(np.array([0.4, 0.9]), 0.9)
+    assert record["training_prior"] == pytest.approx(old)
+    assert got["p_merger"][0] == pytest.approx(F.prior_shift(0.4, 0.9, old))
     assert got["is_merger"] == [1, None, 1] and got["status"][1] == "fetch-failed"
+    if rule == "match":  # matched on the two rows with a p_merger
+        assert record["matched_rows"] == 2
+        assert (got["p_merger"][0] + got["p_merger"][2]) / 2 == pytest.approx(0.9)
 
 
 # --------------------------------------------------------------------------------------------
