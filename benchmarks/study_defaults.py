@@ -377,6 +377,16 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
         "dann+fisher": {"strategy": "dann+fisher", "sets": OWN_ENCODER},
         "mmd+fisher+entropy": {"strategy": "mmd+fisher+entropy", "sets": OWN_ENCODER},
     },
+    # stop 37: the `mmd` and `coral` defaults as they ship (own target encoder, best.pt by im)
+    # on the held-out renders at 2,000 images/15 epochs with tune_adda34_heldout's `none` runs
+    # (work dir shared), so that benchmarks/prior_rule.py can rescore every adapted default on
+    # the same runs (study_select32_heldout measured them on other `none` runs, now gone from
+    # this host). Reporting only; nothing is chosen.
+    "mmdcoral37": {
+        "none": {"strategy": "none"},
+        "mmd separate": SEPARATE_DEFAULTS["mmd separate"],
+        "coral separate": SEPARATE_DEFAULTS["coral separate"],
+    },
     "phase1": {
         "none": {"strategy": "none"},
         **{
