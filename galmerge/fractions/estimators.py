@@ -474,7 +474,8 @@ def matched_prior(p: np.ndarray, new_prior: float) -> float:
     by more than the class prior (an adapted model calling too many galaxies mergers) where
     Bayes' rule from the training prior keeps that error. For a calibrated model under pure
     label shift ``q`` is the training prior up to sampling noise (the mean posterior equals the
-    prior). ``p`` must be finite and non-empty."""
+    prior). ``p`` must be finite and non-empty. ``q`` lies in [P_EPS, 1 - P_EPS] (up to rounding):
+    with every clipped logit within LOGIT_RANGE, so is the offset of ``logit(new_prior)``."""
     from scipy.optimize import brentq
     from scipy.special import expit
 
@@ -484,13 +485,15 @@ def matched_prior(p: np.ndarray, new_prior: float) -> float:
         raise ValueError("matched_prior needs finite probabilities and a prior in (0, 1)")
     prior_logit = math.log(target / (1 - target))
 
-    # mean(sigmoid(z + b)) rises from 0 to 1 with the offset b, so the root is unique and,
-    # with |z| <= LOGIT_RANGE, inside this bracket
+    # mean(sigmoid(z + b)) rises with the offset b, so the root is unique; with |z| <=
+    # LOGIT_RANGE it lies within LOGIT_RANGE of prior_logit (one more either side so that
+    # rounding at a bracket end, all rows saturated, cannot hide the sign change)
     def excess(b: float) -> float:
         return float(expit(z + b).mean()) - target
 
-    bound = LOGIT_RANGE + abs(prior_logit) + 40
-    b = brentq(excess, -bound, bound, xtol=1e-12, rtol=1e-12, maxiter=500)
+    reach = LOGIT_RANGE + 1
+    b = brentq(excess, prior_logit - reach, prior_logit + reach, xtol=1e-12, rtol=1e-12,
+               maxiter=500)
     # prior_shift(p, new, q) = sigmoid(logit(p) + logit(new) - logit(q)): logit(q) = logit(new) - b
     return float(expit(prior_logit - b))
 

@@ -116,10 +116,7 @@ def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
             if len(p) == 0:
                 raise GalmergeError(f"--prior {new:g}: {out} has no rows with a p_merger to "
                                     "match the merger fraction on; give --prior-rule bayes")
-            old = matched_prior(p, new)
-            if not 0 < old < 1:  # beyond float64: Bayes' rule would divide by 0
-                raise GalmergeError(f"--prior {new:g}: the offset that matches it is too large "
-                                    "for the output's p_merger; give --prior-rule bayes")
+            old = matched_prior(p, new)  # in [P_EPS, 1 - P_EPS]: Bayes' rule stays finite
             where = (f"matched: the mean rescaled p_merger of the output's {len(p)} rows equals "
                      "the given prior")
     rows = {"matched_rows": int(len(p))} if rule == "match" else {}
