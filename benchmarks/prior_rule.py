@@ -35,7 +35,8 @@ RULES = ("bayes", "match")
 def rule_accuracies(margin: np.ndarray, labels: np.ndarray, train_prior: float
                     ) -> dict[str, float]:
     """Accuracy at 0.5 and after each rule at each given fraction (keys ``RULE@GIVEN``)."""
-    from galmerge.fractions.estimators import P_EPS, matched_prior, prior_shift, sigmoid
+    from galmerge.fractions.estimators import matched_prior, sigmoid
+    from galmerge.fractions.prior import rescale
 
     # p_merger as classify's CSV holds it: softmax(logits / T) in float32 (margin is already
     # / T), written with 6 significant digits (so p above 1 - 5e-7 reads as exactly 1)
@@ -45,10 +46,8 @@ def rule_accuracies(margin: np.ndarray, labels: np.ndarray, train_prior: float
     for tag, given in GIVEN.items():
         prior = float(np.clip(given(f), 0.01, 0.99))
         for rule in RULES:
-            if rule == "bayes":
-                shifted = prior_shift(p, prior, train_prior)
-            else:  # as galmerge.fractions.prior applies it: from P_EPS, the clip it fits on
-                shifted = prior_shift(np.clip(p, P_EPS, 1 - P_EPS), prior, matched_prior(p, prior))
+            old = train_prior if rule == "bayes" else matched_prior(p, prior)
+            shifted = rescale(p, prior, old, clip=rule == "match")  # as classify --prior does
             out[f"{rule}@{tag}"] = float(((shifted >= 0.5) == labels).mean())
     return out
 

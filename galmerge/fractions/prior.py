@@ -149,17 +149,22 @@ def _columns(names: list[str]) -> tuple[str, str]:
     return p_col, flag_col
 
 
+def rescale(p: np.ndarray, new: float, old: float, clip: bool) -> np.ndarray:
+    """``p`` shifted from prior ``old`` to ``new`` (`prior_shift`); ``clip`` (the match rule):
+    first to [P_EPS, 1 - P_EPS], as `matched_prior` fitted them, so saturated rows move too."""
+    p = np.asarray(p, dtype=np.float64)
+    return prior_shift(np.clip(p, P_EPS, 1 - P_EPS) if clip else p, new, old)
+
+
 def _rewrite(path: Path, new: float, old: float, threshold: float,
              record: dict[str, Any], clip: bool = False) -> None:
-    """Rescale every finite p_merger from ``old`` to ``new``; ``clip``: first to
-    [P_EPS, 1 - P_EPS], as `matched_prior` fitted them."""
+    """Rescale every finite p_merger of the output (`rescale`)."""
     import h5py
 
     from galmerge.fractions.report import is_parquet
 
     def shift(p: np.ndarray) -> np.ndarray:
-        p = np.asarray(p, dtype=np.float64)
-        return prior_shift(np.clip(p, P_EPS, 1 - P_EPS) if clip else p, new, old)
+        return rescale(p, new, old, clip)
 
     def write(tmp: Path) -> None:
         if h5py.is_hdf5(path):
