@@ -124,8 +124,9 @@ def table(records: list[dict[str, Any]]) -> list[str]:
             below = [g for g in gains if g < 0]
             worst = f" ({min(below):+.1f})" if below else ""
             epochs = statistics.fmean(r[rule]["epoch"] for r in got) if got else math.nan
-            lines.append(f"| {name} | {rule} | {len(got)} | {mean_sd(gains, 1, signed=True)} | {mean_sd(src, 1, signed=True)} | "
-                         f"{len(below)}{worst} | {epochs:.1f} |")
+            lines.append(f"| {name} | {rule} | {len(got)} | {mean_sd(gains, 1, signed=True)} | "
+                         f"{mean_sd(src, 1, signed=True)} | {len(below)}{worst} | "
+                         f"{epochs:.1f} |")
     return lines
 
 

@@ -306,7 +306,8 @@ def resolve_config(
             config["target_encoder"] != "separate" or not reading):
         raise GalmergeError(
             "source_path=frozen needs the target's own encoder and a strategy that reads the "
-            f"target (here strategy {config['strategy']}, target_encoder {config['target_encoder']}): "
+            f"target (here strategy {config['strategy']}, target_encoder "
+            f"{config['target_encoder']}): "
             "use e.g. --strategy dann, whose default is target_encoder=separate, or drop "
             "source_path")
     if config.get("select_by") == "auto":  # the resolved config records the score

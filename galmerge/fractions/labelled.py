@@ -139,9 +139,10 @@ def decision_threshold(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """The ``p_merger`` threshold at which a Platt fit on the labelled rows (``p`` the model's
     own probabilities, ``y`` their 0/1 labels) gives 0.5: ``classify --threshold`` with it calls
     a merger where the survey-calibrated probability is at least 0.5. A model adapted to a
-    balanced source calls too many mergers on a survey with few of them, and the prior alone
-    does not fix that (its probabilities are miscalibrated there beyond the prior;
-    benchmarks/results/threshold_ceiling36_*.md). ``threshold`` is None, with a ``reason``,
+    balanced source calls too many mergers on a survey with few of them, and Bayes' rule with
+    the survey's prior does not fix that (its probabilities are miscalibrated there beyond the
+    prior; benchmarks/results/threshold_ceiling36_*.md); without labels, `classify --prior F`
+    with the match rule does (`galmerge.fractions.prior`). ``threshold`` is None, with a ``reason``,
     for fewer than `MIN_THRESHOLD_ROWS` rows, one class only, or a fit that does not rise."""
     from galmerge.fractions.estimators import logit, platt_fit, sigmoid
 
