@@ -174,13 +174,16 @@ def _rewrite(path: Path, new: float, old: float, threshold: float,
         elif is_parquet(path):
             _rewrite_parquet(path, tmp, shift, threshold, record)
         else:
-            _rewrite_csv(path, tmp, new / old, (1 - new) / (1 - old), threshold, clip)
+            _rewrite_csv(path, tmp, shift, threshold)
 
     atomic.write_with(path, write, ".prior")
 
 
-def _rewrite_csv(path: Path, tmp: Path, r: float, s: float, threshold: float,
-                 clip: bool = False) -> None:
+def _rewrite_csv(path: Path, tmp: Path, shift: Any, threshold: float) -> None:
+    """Row blocks of the CSV through ``shift`` (the same `rescale` as the other formats); a cell
+    that is empty or not a finite number after the shift stays as it is."""
+    from itertools import islice
+
     enc = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
     with open(path, **enc) as src, open(tmp, "w", **enc) as dst:  # type: ignore[call-overload]
         reader = csv.reader(src)
@@ -189,19 +192,21 @@ def _rewrite_csv(path: Path, tmp: Path, r: float, s: float, threshold: float,
         writer.writerow(header)
         p_col, flag_col = _columns(header)
         ip, iflag = header.index(p_col), header.index(flag_col)
-        for row in reader:
-            if ip < len(row) and row[ip] != "":
-                try:
-                    p = float(row[ip])
-                    if clip:
-                        p = min(max(p, P_EPS), 1 - P_EPS)
-                    value = r * p / (r * p + s * (1 - p))  # prior_shift, per row
-                except (ValueError, ZeroDivisionError):
-                    value = math.nan
+        while block := list(islice(reader, 65536)):
+            new = shift(np.array([_number(row[ip]) if max(ip, iflag) < len(row) else math.nan
+                                  for row in block]))
+            for row, value in zip(block, new.tolist(), strict=True):
                 if math.isfinite(value):
                     row[ip] = f"{value:.6g}"
                     row[iflag] = str(int(value >= threshold))
-            writer.writerow(row)
+            writer.writerows(block)
+
+
+def _number(cell: str) -> float:
+    try:
+        return float(cell) if cell != "" else math.nan
+    except ValueError:
+        return math.nan
 
 
 def _rewrite_hdf5(path: Path, tmp: Path, shift: Any, threshold: float,
