@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +346,9 @@ def test_prior_value_rescales_by_its_rule_is_recorded_and_undone(classified, tmp
                                        "--prior", "0.1"])
         assert res.exit_code == 0 and "so that its mean is the given 0.1" in res.output
         assert ("matched on" in res.output) == (len(plain) < 100)  # a small sample is named
+        with open(tmp_path / "loud.csv", newline="") as fh:  # the count is is_merger's
+            flagged = sum(r["is_merger"] == "1" for r in csv.DictReader(fh))
+        assert re.search(r"mergers (\d+)", res.output).group(1) == str(flagged)
         assert p.mean() == pytest.approx(0.1, abs=1e-4)  # up to the CSV's rounding
         expected = F.prior_shift(np.clip(plain, F.P_EPS, 1 - F.P_EPS), 0.1,
                                  record["training_prior"])

@@ -635,11 +635,9 @@ def _apply_prior(out_path: Path, prior: str | float, threshold: float,
                  training: tuple[float, str] | None, model: Any = "",
                  rule: str = "match") -> tuple[int, str]:
     """Rescale the written output to the survey prior; (mergers now, one-line note)."""
-    from galmerge.fractions.prior import apply_prior
-    from galmerge.fractions.report import read_results
+    from galmerge.fractions.prior import apply_prior_counted
 
-    rec = apply_prior(out_path, model, prior, threshold, training, rule)
-    mergers = int((read_results(out_path).p >= threshold).sum())
+    rec, mergers = apply_prior_counted(out_path, model, prior, threshold, training, rule)
     check = rec.get("adaptation_check")
     warning = f"; WARNING: {check['message']}" if check and check["warning"] else ""
     if rec["prior_rule"] == "match":

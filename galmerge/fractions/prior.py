@@ -95,14 +95,24 @@ def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
     prior matched on the output (``rule="match"``) or from ``training`` (``rule="bayes"``;
     default: `training_prior` of ``model``); returns the provenance record also written to
     ``<output>.prior.json``."""
+    return apply_prior_counted(output, model, prior, threshold, training, rule)[0]
+
+
+def apply_prior_counted(output: str | os.PathLike[str], model: str | os.PathLike[str],
+                        prior: str | float, threshold: float,
+                        training: tuple[float, str] | None = None, rule: str = RULES[0]
+                        ) -> tuple[dict[str, Any], int]:
+    """`apply_prior`, and the number of ``ok`` rows whose rescaled p_merger is at least
+    ``threshold`` (the rows ``is_merger`` now flags), counted from the one read of the output
+    that the rule fits on (not by reading it back)."""
     from galmerge.fractions.report import read_results
 
     rule = parse_rule(rule)
     out = Path(output)
     run_prior, run_where = training if training is not None else training_prior(model)
     old, where = run_prior, run_where
+    p = read_results(out).p
     if prior == "auto":
-        p = read_results(out).p
         if len(p) == 0:
             raise GalmergeError(f"--prior auto: {out} has no rows with a p_merger to estimate "
                                 "the survey's merger fraction from; give --prior VALUE")
@@ -112,7 +122,6 @@ def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
     else:
         new, how = float(prior), "given"
         if rule == "match":
-            p = read_results(out).p
             if len(p) == 0:
                 raise GalmergeError(f"--prior {new:g}: {out} has no rows with a p_merger to "
                                     "match the merger fraction on; give --prior-rule bayes")
@@ -134,7 +143,8 @@ def apply_prior(output: str | os.PathLike[str], model: str | os.PathLike[str],
             record["adaptation_check"] = check
     _rewrite(out, new, old, threshold, record, clip=rule == "match")
     atomic.write_text(out.with_name(out.name + ".prior.json"), json.dumps(record, indent=2) + "\n")
-    return record
+    mergers = int((rescale(p, new, old, clip=rule == "match") >= threshold).sum())
+    return record, mergers
 
 
 def _columns(names: list[str]) -> tuple[str, str]:
