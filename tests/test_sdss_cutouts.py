@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -371,6 +372,28 @@ def test_frame_disk_cache_keeps_its_bound_evicting_least_recently_used(fake_sdss
         _fetch(svc, _requests(fake_sdss, [0, 3]))
     assert fake_sdss.count(f"frame-g-{FIELD_A}") == 2  # the sizing run and the first run
     assert fake_sdss.count(f"frame-g-{FIELD_B}") == 3
+
+
+def test_frame_cache_eviction_never_touches_files_it_did_not_write(fake_sdss, options):
+    """frame_cache_dir may name a folder that holds the user's own files: they are neither
+    counted towards the bound nor evicted, however old and large."""
+    sizes = _field_sizes(fake_sdss, options)
+    limit = (sizes[FIELD_A] + sizes[FIELD_C]) / FrameDiskCache.LOW_WATER + 100
+    root = Path(options["frame_cache_dir"])
+    mine = {root / "thesis.tex": b"x" * int(limit), root / "sub" / "notes.txt": b"y" * 10,
+            root / "frame-r-000001-1-0001.fits": b"z"}  # not a name the cache writes
+    for path, blob in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+        os.utime(path, (1, 1))  # the least recently used files of all
+    opts = {**options, "frame_cache_gb": limit / 1e9, "memory_frames": 0}
+    with _service(FRAMES, opts) as svc:
+        for i in (0, 3, 4):
+            assert _fetch(svc, _requests(fake_sdss, [i]))[i].status == "ok"
+        summary = svc.summary()
+    assert all(path.read_bytes() == blob for path, blob in mine.items())
+    assert sum(_frame_files(root).values()) <= limit  # the bound holds for the frames
+    assert "least recently used evicted" in summary
 
 
 def test_a_frame_being_read_by_another_process_is_never_evicted(fake_sdss, options):

@@ -38,6 +38,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import threading
 import time
 import warnings
@@ -387,6 +388,10 @@ class FrameDiskCache:
     LOW_WATER = 0.9
     TMP_MAX_AGE = 3600.0  # a temporary download older than this was left by a killed run
     LOCK_NAME = ".evict.lock"
+    # a frame (FieldKey.frame_name), one set aside as corrupt, or its download in progress
+    # (galmerge.io.atomic's temporary name: "." + name + tag + "~host~pid~random.tmp")
+    OWN_FILE = re.compile(r"^(frame-[a-z]-\d{6,}-\d+-\d{4,}\.fits\.bz2(\.corrupt)?"
+                          r"|\.frame-[a-z]-\d{6,}-\d+-\d{4,}\.fits\.bz2[^/]*~.*\.tmp)$")
 
     def __init__(self, root: Path, max_bytes: float) -> None:
         self.root = root
@@ -430,12 +435,14 @@ class FrameDiskCache:
             self.evict()
 
     def _scan(self) -> list[tuple[int, int, Path, bool]]:
-        """(mtime_ns, size, path, removable) of every file under the folder."""
+        """(mtime_ns, size, path, removable) of every file under the folder that this cache
+        wrote (`OWN_FILE`): a folder given as frame_cache_dir may hold the user's own files,
+        which are neither counted nor ever removed."""
         now = time.time_ns()
         out = []
         for folder, _dirs, names in os.walk(self.root):
             for name in names:
-                if name == self.LOCK_NAME:
+                if not self.OWN_FILE.match(name):
                     continue
                 path = Path(folder) / name
                 try:
