@@ -183,3 +183,17 @@ def test_other_data_through_the_cli(tmp_path, monkeypatch):
     config = tomllib.loads((out / "sim-real/deepmerge/none/seed1/config.toml").read_text())
     assert config["source"] == "synthetic:illustris?n=30&seed=0"
     assert "synthetic:sdss?n=30&seed=1" in (out / "sim-real" / "table.md").read_text()
+
+
+def test_a_run_folder_holding_other_files_is_refused_not_deleted(data, tmp_path):
+    from galmerge.errors import GalmergeError
+    from galmerge.surveys.deepmerge.reproduce import reproduce
+
+    out = tmp_path / "out"
+    mine = out / "sim-real/deepmerge/none/seed1/notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("not a run")
+    with pytest.raises(GalmergeError, match="is not empty"):
+        reproduce("deepmerge2", "sim-real", quiet=True, seeds=1, methods=["none"], out=out,
+                  settings={**QUICK, **LEGACY}, device="cpu", evaluate=False)
+    assert mine.read_text() == "not a run"

@@ -16,7 +16,6 @@ run made with other settings (a different ``--epochs``, say) is an error, never 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,9 +203,9 @@ def reproduce(
             _say(quiet, f"{label}: resuming {run.run_dir}")
             train(resume=run.run_dir, device=device, quiet=True)
         else:
-            if run.run_dir.exists():
-                # killed before its first checkpoint: nothing to keep
-                shutil.rmtree(run.run_dir)
+            # a folder left by a run killed before its first checkpoint is taken over by train
+            # (galmerge.config.rundir.prepare_new); one holding anything else is refused there,
+            # never deleted
             _say(quiet, f"{label}: training into {run.run_dir}")
             layer = run.layer(settings)
             if device is not None:
