@@ -512,3 +512,38 @@ def test_a_later_chunk_that_cannot_fit_the_first_is_a_one_line_error(tmp_path):
     writer.abort()
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out.h5").exists()
+
+
+def test_votable_stream_href_is_refused_and_never_fetched(tmp_path):
+    """astropy would fetch a <STREAM href> (any scheme, no timeout) while reading: the catalog
+    is refused in one line and the loopback server sees no request."""
+    import re
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            asked.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p = tmp_path / "b.vot"
+        _write_votable(p, ([1, 2], [10.0, 20.0], ["a", "b"], [True, False]), "binary")
+        inline = p.read_text()
+        for href in (f"http://127.0.0.1:{server.server_port}/rows", f"file://{p}"):
+            p.write_text(re.sub(r"<STREAM[^>]*>[^<]*</STREAM>", f'<STREAM href="{href}"/>',
+                                inline))
+            with pytest.raises(GalmergeError, match="outside the file") as err:
+                open_catalog(p)
+            assert "\n" not in str(err.value)
+    finally:
+        server.shutdown()
+    assert asked == []

@@ -463,6 +463,7 @@ def _votable_table(doc: bytes | str) -> Any:
     from astropy.io.votable import parse_single_table
     from astropy.io.votable.exceptions import W51
 
+    _refuse_streams(doc)
     source = io.BytesIO(doc) if isinstance(doc, bytes) else doc
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -471,6 +472,32 @@ def _votable_table(doc: bytes | str) -> Any:
         if isinstance(w.message, W51):
             raise ValueError(str(w.message).splitlines()[0])
     return table
+
+
+def _refuse_streams(doc: bytes | str) -> None:
+    """ValueError for a ``<STREAM href=...>``: astropy would fetch its URL (any scheme,
+    ``file://`` included, with no timeout) while reading the catalog, so data outside the file
+    is never read; inline TABLEDATA and BINARY/FITS rows are."""
+    from xml.parsers import expat
+
+    def start(name: str, attrs: dict[str, str]) -> None:
+        if name.rpartition(":")[2] == "STREAM" and "href" in attrs:
+            raise ValueError(f"a <STREAM href=\"{attrs['href'][:80]}\"> points at data outside "
+                             "the file, which galmerge does not fetch; put the rows in the file "
+                             "(TABLEDATA, or inline BINARY)")
+
+    parser = expat.ParserCreate()
+    parser.StartElementHandler = start
+    try:  # malformed XML is astropy's to report (its messages name the row and the rule)
+        if isinstance(doc, bytes):
+            parser.Parse(doc, True)
+            return
+        with open(doc, "rb") as fh:
+            while block := fh.read(1 << 20):
+                parser.Parse(block, False)
+            parser.Parse(b"", True)
+    except expat.ExpatError:
+        return
 
 
 class VotableCatalog(Catalog):
