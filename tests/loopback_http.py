@@ -7,7 +7,9 @@ request from a per-path queue: "drop" (send half the body, then close the connec
 bytes, same length), a status such as "500" or "501" (answer with it), "429" and
 "503-retry-after" (rate limited, with a ``Retry-After`` header: ``DEFAULT_RETRY_AFTER``, or the
 value after a colon, e.g. "429:7" or an HTTP-date), "ignore-range" (answer 200 with the whole
-file), "stall" (send headers, then wait past the client's read timeout).
+file), "stall" (send headers, then wait past the client's read timeout). Paths in ``no_length`` are
+served as a server that gives no size: no Content-Length on HEAD or GET (the body ends when the
+connection closes), so a client cannot tell a cut body from a whole one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class LoopbackServer:
         self.blobs: dict[str, bytes] = {}
         self.content_type: dict[str, str] = {}
         self.faults: dict[str, list[str]] = defaultdict(list)
+        self.no_length: set[str] = set()
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self._lock = threading.Lock()
         server = self
@@ -91,7 +94,12 @@ class LoopbackServer:
                 self.send_header(
                     "Content-Type", server.content_type.get(path, "application/octet-stream")
                 )
-                self.send_header("Content-Length", str(len(body)))
+                sized = path not in server.no_length
+                if sized:
+                    self.send_header("Content-Length", str(len(body)))
+                else:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("ETag", etag)
                 self.end_headers()

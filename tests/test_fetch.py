@@ -231,6 +231,21 @@ def test_a_damaged_file_without_a_published_checksum_is_fetched_again(server, tm
     assert path.read_bytes() == good and len(server.gets(path.name)) == 1
 
 
+def test_a_cut_file_without_a_published_size_or_checksum_is_fetched_again(server, tmp_path):
+    """MAST may give neither a checksum nor a size: a copy cut short in its labels HDU still
+    opens, so every HDU's data must be checked before the copy is taken as verified."""
+    assert _fetch("deepmerge1", "--data-dir", str(tmp_path)).exit_code == 0
+    path = next(_folder(tmp_path).parent.rglob("*.fits"))
+    good = path.read_bytes()
+    server.no_length.add(next(p for p in server.blobs if p.endswith(path.name)))
+    path.write_bytes(good[:-100])  # the end of the labels HDU is missing
+    server.log.clear()
+    result = _fetch("deepmerge1", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "failed its check" in result.output
+    assert path.read_bytes() == good and len(server.gets(path.name)) == 1
+
+
 def test_a_part_of_a_file_that_changed_on_the_server_is_not_completed_with_the_new_tail(
     server, tmp_path, sleeps, monkeypatch
 ):

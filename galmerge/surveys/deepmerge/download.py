@@ -19,6 +19,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,13 +403,19 @@ def _structure_problem(path: Path, name: str) -> str | None:
         if name.lower().endswith((".fits", ".fit")):
             from astropy.io import fits
 
-            with fits.open(path, memmap=True) as hdul:
-                data = hdul[0].data
-                if data is None or data.ndim != 4 or len(hdul) < 2:
-                    return "not a DeepMerge FITS file (images in HDU0, labels in HDU1)"
+            with warnings.catch_warnings():
+                # astropy only warns when the file ends before the data its headers announce
+                warnings.filterwarnings("error", message=".*truncated", category=UserWarning)
+                with fits.open(path, memmap=True) as hdul:
+                    data = hdul[0].data
+                    if data is None or data.ndim != 4 or len(hdul) < 2:
+                        return "not a DeepMerge FITS file (images in HDU0, labels in HDU1)"
+                    for hdu in hdul[1:]:  # every HDU's data must be there, the labels too
+                        if hdu.data is not None:
+                            np.asarray(hdu.data)[-1:].tobytes()
         elif name.lower().endswith(".npy"):
             np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, UserWarning) as exc:
         return f"unreadable ({_short(exc)})"
     return None
 
