@@ -92,13 +92,19 @@ def test_tune_cli_writes_the_study_folder_and_best_toml_trains(toys, tmp_path):
     study = tmp_path / "study"
     space = tmp_path / "space.toml"
     space.write_text('lr = 0.002\n[mmd]\nweight = {type = "float", low = 0.5, high = 0.6}\n')
+    study.mkdir()
+    victims = {name: tmp_path / f"victim-{name}" for name in ("report.md", "history.png")}
+    for name, victim in victims.items():  # links planted in a shared study folder
+        victim.write_text("keep me")
+        (study / name).symlink_to(victim)
     result = CliRunner().invoke(
         cli, _args(source, target, study, "--n-trials", "3", "--score", "im", "--space",
                    str(space))  # fmt: skip
     )
     assert result.exit_code == 0, result.output
+    assert all(victim.read_text() == "keep me" for victim in victims.values())
     for name in ("best.toml", "trials.csv", "report.md", "study.db", "history.png"):
-        assert (study / name).is_file(), name
+        assert (study / name).is_file() and not (study / name).is_symlink(), name
     rows = _trials(study)
     assert [r["state"] for r in rows] == ["complete"] * 3
     assert {"score", "param_mmd.weight", "param_weight_decay", "param_epochs",

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from galmerge.io import atomic
 from galmerge.scores.calibration import expected_calibration_error, reliability
 
 DPI = 110
@@ -22,7 +23,7 @@ CLASS_NAMES = {0: "non-merger", 1: "merger", -1: "unlabelled"}
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    atomic.save_figure(fig, path, dpi=DPI, bbox_inches="tight", facecolor="white")
     return path
 
 

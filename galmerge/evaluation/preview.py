@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from galmerge.errors import GalmergeError
+from galmerge.io import atomic
 from galmerge.plugin.imageset import ImageSet
 
 MAX_COLUMNS = 8
@@ -96,7 +97,7 @@ def write_preview(
     fig.subplots_adjust(left=0.04, right=0.995, bottom=0.01, top=top, wspace=0.06, hspace=0.2)
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic.save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -52,6 +52,7 @@ from galmerge.fractions.estimators import (
     label_shift_test,
     recommend,
 )
+from galmerge.io import atomic
 from galmerge.io.columns import find_column
 
 P_NAME = re.compile(r"^p_merger(_\d+)?$")
@@ -447,5 +448,5 @@ def fraction_figure(panels: list[tuple[str, dict[str, Any]]], path: Path) -> Pat
     fig.suptitle("Merger fraction: 68% (thick) and 95% (thin) bootstrap intervals; "
                  "* recommended", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
+    atomic.save_figure(fig, path, dpi=110, bbox_inches="tight", facecolor="white")
     return path

@@ -101,6 +101,14 @@ def write_with(path: str | Path, write: Any, tag: str = "") -> None:
         raise
 
 
+def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> None:
+    """``fig.savefig`` to ``path`` through `write_with` (in the format of its suffix): a plot in
+    a shared folder is never half written, and a link planted at its name is replaced, not
+    followed."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    write_with(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)

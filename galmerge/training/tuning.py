@@ -381,9 +381,7 @@ def _lock_embedded(study_dir: Path) -> Any:
 def _prepare_dir(study_dir: Path) -> None:
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
-        probe = study_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        atomic.temp_beside(study_dir / ".write-test").unlink()  # a new file, no link followed
     except OSError as exc:
         raise GalmergeError(
             f"--study-dir {study_dir}: cannot write there ({exc.strerror}); pick a writable folder"
@@ -1000,7 +998,7 @@ def _plots(study_dir: Path, study: Any, rows: list[dict[str, Any]], score: str) 
     ax.set_title("optimisation history (grey: pruned)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(study_dir / "history.png", dpi=110)
+    atomic.save_figure(fig, study_dir / "history.png", dpi=110)
     plt.close(fig)
     written.append("history.png")
 
@@ -1013,7 +1011,7 @@ def _plots(study_dir: Path, study: Any, rows: list[dict[str, Any]], score: str) 
         ax.set_ylabel("ORACLE target test accuracy")
         ax.set_title("score vs oracle (research only: needs target labels)", fontsize=9)
         fig.tight_layout()
-        fig.savefig(study_dir / "score_vs_oracle.png", dpi=110)
+        atomic.save_figure(fig, study_dir / "score_vs_oracle.png", dpi=110)
         plt.close(fig)
         written.append("score_vs_oracle.png")
 
@@ -1024,7 +1022,7 @@ def _plots(study_dir: Path, study: Any, rows: list[dict[str, Any]], score: str) 
         ax.barh(names, [importances[n] for n in names])
         ax.set_xlabel(f"importance for {score} (fANOVA)")
         fig.tight_layout()
-        fig.savefig(study_dir / "importances.png", dpi=110)
+        atomic.save_figure(fig, study_dir / "importances.png", dpi=110)
         plt.close(fig)
         written.append("importances.png")
     return written
@@ -1109,7 +1107,7 @@ def _report(study_dir: Path, summary: Mapping[str, Any], rows: list[dict[str, An
     plots = summary["plots"]
     if plots:
         lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots) + "."]
-    (study_dir / REPORT).write_text("\n".join(lines) + "\n")
+    atomic.write_text(study_dir / REPORT, "\n".join(lines) + "\n")
 
 
 def _fmt(v: Any) -> str:

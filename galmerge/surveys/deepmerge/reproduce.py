@@ -24,6 +24,7 @@ from typing import Any
 from galmerge.config import rundir
 from galmerge.config.presets import PAPER_METHODS
 from galmerge.errors import GalmergeError
+from galmerge.io import atomic
 
 # experiment -> (source spec, target spec, preset); the specs read `galmerge fetch` files
 EXPERIMENTS: dict[str, tuple[str, str, str]] = {
@@ -229,7 +230,7 @@ def reproduce(
     )
     table = out / experiment / "table.md"
     table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text(heading + to_markdown(rows), encoding="utf-8")
+    atomic.write_text(table, heading + to_markdown(rows))
     write_table(rows, table.with_suffix(".csv"))
     _say(quiet, f"wrote {table} and {table.with_suffix('.csv')}")
     return rows
