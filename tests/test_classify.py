@@ -168,6 +168,18 @@ def fetch_lines(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
+def test_a_catalog_given_as_cache_is_refused_and_left_alone(env):
+    tmp, ckpt, _ = env
+    cat = tmp / "dr16.csv"
+    cat.write_text(CASJOBS)
+    res = run_cli("classify", str(cat), "--model", str(ckpt.parent), "--survey", "stamps",
+                  "--cache", str(cat), "--quiet")
+    assert res.exit_code != 0 and f"cutout cache {cat} is not an HDF5 file" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert cat.read_text() == CASJOBS  # the catalog is neither moved aside nor overwritten
+    assert not [p for p in tmp.iterdir() if "corrupt" in p.name or p.suffix == ".journal"]
+
+
 def test_casjobs_csv_every_row_kept_with_status_and_probability(env):
     tmp, ckpt, log = env
     cat = tmp / "dr16.csv"

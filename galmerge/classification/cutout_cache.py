@@ -152,6 +152,16 @@ class CorruptCacheFile(Exception):
     """One cache file failed a check; it is set aside and rebuilt."""
 
 
+def _refuse_foreign(path: Path) -> None:
+    """A one-line error for a cache path that holds something other than an HDF5 file (a
+    catalog or an output given as --cache by mistake): it is the user's, so it is neither set
+    aside like a damaged cache nor overwritten. Damage keeps the HDF5 signature (the cache is
+    only ever written whole, by rename), so a file without one was never a cache."""
+    if path.is_file() and path.stat().st_size > 0 and not h5py.is_hdf5(path):
+        raise GalmergeError(f"cutout cache {path} is not an HDF5 file (another file given as "
+                            "--cache?); give a new path or an existing cache")
+
+
 def _stderr(message: str) -> None:
     print(f"galmerge: {message}", file=sys.stderr)
 
@@ -195,6 +205,7 @@ class CutoutCache:
         self._arrivals: int | None = None  # fd of this process's arrival log, opened lazily
         self._arrivals_path: Path | None = None
         self.added = 0
+        _refuse_foreign(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.journal.mkdir(exist_ok=True)
         self._remove_dead_temporaries()
