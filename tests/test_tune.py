@@ -257,15 +257,28 @@ def test_two_processes_share_one_study_through_storage(tmp_path):
         (["--n-trials", "2", "--pruner", "nope"], "unknown --pruner"),
         (["--n-trials", "2", "--timeout", "0"], "--timeout must be > 0"),
         (["--n-trials", "2", "--storage", "nosuch://host/db"], "--storage nosuch://host/db: cannot"),
+        (["--n-trials", "2", "--storage", "nosuch://me:s3cret@host/db"],
+         "--storage nosuch://me:***@host/db: cannot"),  # a password is never printed
     ],
 )
 def test_bad_arguments_are_one_line_errors(toys, tmp_path, extra, message):
     source, target = _write_pair(tmp_path / "data")
     result = CliRunner().invoke(cli, _args(source, target, tmp_path / "s", *extra))
     assert result.exit_code != 0
-    assert message in result.output
+    assert message in result.output and "s3cret" not in result.output
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_env_json_records_the_command_line_without_passwords(monkeypatch):
+    from galmerge.config.rundir import environment
+
+    monkeypatch.setattr(sys, "argv", ["galmerge", "tune", "--storage",
+                                      "postgresql://me:s3cret@db.example:5432/studies",
+                                      "--study-dir", "s"])
+    assert environment("cpu")["argv"] == ["galmerge", "tune", "--storage",
+                                          "postgresql://me:***@db.example:5432/studies",
+                                          "--study-dir", "s"]
 
 
 @pytest.mark.parametrize(

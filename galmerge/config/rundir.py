@@ -18,6 +18,7 @@ from typing import Any
 from galmerge.config.resolve import read_toml, write_toml
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.io.provenance import redact
 
 CONFIG, ENV, METRICS, SUMMARY, BEST, LAST = (
     "config.toml",
@@ -197,7 +198,7 @@ def environment(device: Any) -> dict[str, Any]:
         "galmerge": __version__,
         "plugins": plugins,
         "git_commit": _git_commit(),
-        "argv": sys.argv,
+        "argv": [redact(arg) for arg in sys.argv],  # no database password in env.json
     }
 
 

@@ -33,6 +33,16 @@ FITS_KEYWORDS = {
 }
 
 
+# the password of a URL's user info (postgresql://user:PASSWORD@host/db)
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@/\s]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``: what galmerge
+    records or prints of a command line (``--storage postgresql://user:pw@host/db``)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -33,6 +33,7 @@ from galmerge.config import rundir
 from galmerge.config.resolve import deep_merge, read_toml, resolve_config
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.io.provenance import redact
 from galmerge.scores import selection
 from galmerge.training import source_guard
 
@@ -363,7 +364,7 @@ def _storage(optuna: Any, study_dir: Path, url: str | None) -> tuple[Any, bool]:
                 break
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise GalmergeError(
-        f"--storage {url}: cannot open it ({first}); e.g. sqlite:///DIR/study.db or "
+        f"--storage {redact(url)}: cannot open it ({redact(first)}); e.g. sqlite:///DIR/study.db or "
         f"postgresql://USER:PASSWORD@HOST/DB"
     )
 
