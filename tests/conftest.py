@@ -25,6 +25,42 @@ os.environ["GALMERGE_LOAD_PLUGINS"] = ""
 os.environ.pop("GALMERGE_DISABLE_PLUGINS", None)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# No test reaches the internet. Every service URL defaults to a closed loopback port (a test
+# that serves one sets its own), and this process refuses connections to any address but the
+# machine itself, so a test that forgets to point a service at its loopback server fails at
+# once instead of asking the real SDSS, MAST or Zenodo.
+for _name in ("GALMERGE_ZENODO_URL", "GALMERGE_MAST_URL", "GALMERGE_SDSS_SKYSERVER_URL",
+              "GALMERGE_SDSS_SAS_URL", "GALMERGE_LEGACYSURVEY_URL", "GALMERGE_LSST_URL"):
+    os.environ.setdefault(_name, "http://127.0.0.1:9")
+_connect, _connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+
+def _local_only(sock: socket.socket, address: object) -> None:
+    import ipaddress
+
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple):
+        host = str(address[0])
+        try:
+            local = ipaddress.ip_address(host.split("%")[0]).is_loopback
+        except ValueError:
+            local = host == "localhost"
+        if not local:
+            raise OSError(f"tests may not reach the network ({host}); serve it on 127.0.0.1")
+
+
+def _guarded_connect(sock: socket.socket, address: object) -> None:
+    _local_only(sock, address)
+    return _connect(sock, address)
+
+
+def _guarded_connect_ex(sock: socket.socket, address: object) -> int:
+    _local_only(sock, address)
+    return _connect_ex(sock, address)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+
 
 @pytest.fixture(autouse=True)
 def _fresh_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
