@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -272,12 +273,20 @@ def test_unlabelled_target_gets_a_report_without_target_metrics(tmp_path) -> Non
     write_imageset(tmp_path / "t.h5", target)
     run = tmp_path / "run"
     tiny_run(run, f"hdf5:{tmp_path / 's.h5'}", f"hdf5:{tmp_path / 't.h5'}", "coral", epochs=1)
+    shutil.copyfile(tmp_path / "t.h5", tmp_path / "other.h5")  # evaluated on other data
     result = CliRunner().invoke(
         cli,
-        ["evaluate", str(run), "--device", "cpu", "--bootstrap", "5", "--embedding-points", "8"],
+        ["evaluate", str(run), "--device", "cpu", "--bootstrap", "5", "--embedding-points", "8",
+         "--target", f"hdf5:{tmp_path / 'other.h5'}"],
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "report" / "metrics.json").read_text())
+    # provenance: the data the metrics are on, evaluate's own seed, the checkpoint's hash
+    assert metrics["target"] == f"hdf5:{tmp_path / 'other.h5'}"
+    assert metrics["source"] == f"hdf5:{tmp_path / 's.h5'}"
+    assert metrics["evaluate_seed"] == 0 and metrics["galmerge_version"]
+    assert metrics["checkpoint_sha256"] == hashlib.sha256(
+        (run / "best.pt").read_bytes()).hexdigest()
     assert metrics["metrics"]["target_test"]["n"] == 0
     assert all(v is None for v in metrics["metrics"]["target_test"]["value"].values())
     assert metrics["metrics"]["source_test"]["value"]["accuracy"] is not None

@@ -212,6 +212,17 @@ def test_fraction_json_contract_and_cached_validation(classified) -> None:
         rows = list(csv.DictReader(fh))
     naive = np.mean([float(r["p_merger"]) >= 0.5 for r in rows])
     assert payload["estimators"]["naive"]["fraction"] == pytest.approx(naive)
+    import hashlib
+
+    import galmerge
+
+    prov = payload["provenance"]  # what the estimate was made from
+    assert prov["galmerge_version"] == galmerge.__version__ and prov["seed"] == 0
+    assert prov["results"] == str(classified["csv"]) and prov["model"] == str(run)
+    assert prov["results_sha256"] == hashlib.sha256(classified["csv"].read_bytes()).hexdigest()
+    assert prov["checkpoint_sha256"] == hashlib.sha256(
+        (run / "best.pt").read_bytes()).hexdigest()
+    assert prov["created_utc"].endswith("Z")
     cache = run / "validation_predictions.npz"
     with np.load(cache, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))

@@ -124,6 +124,10 @@ def test_tune_cli_writes_the_study_folder_and_best_toml_trains(toys, tmp_path):
     assert toml == (study / best["run_dir"] / "config.toml").read_text()
     assert "lr = 0.002\n" in toml
     assert "oracle" in (study / "report.md").read_text().lower()
+    import galmerge
+
+    assert (f"by galmerge {galmerge.__version__} (Optuna " in (study / "report.md").read_text()
+            and "TPESampler, MedianPruner, study seed " in (study / "report.md").read_text())
     again = CliRunner().invoke(
         cli, ["train", "--config", str(study / "best.toml"), "--run-dir", str(tmp_path / "r"),
               "--quiet"]  # fmt: skip

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from galmerge import __version__
 from galmerge.config import rundir
 from galmerge.errors import GalmergeError
 from galmerge.evaluation import plots
 from galmerge.evaluation.report import (
     write_evaluation_report,
 )
+from galmerge.io.provenance import sha256_file
 from galmerge.models.model import LoadedModel, load_model, read_checkpoint, save_checkpoint
 from galmerge.plugin.imageset import ImageSet
 from galmerge.scores import selection
@@ -598,11 +602,15 @@ def evaluate(
         "run_dir": str(run),
         "checkpoint": checkpoint,
         "epoch": int(read_checkpoint(ckpt).get("epoch", 0)),
-        "source": config.get("source"),
-        "target": config.get("target"),
+        "source": _spec_used(source, config, "source"),  # the data these metrics are on
+        "target": _spec_used(target, config, "target"),
         "strategy": config.get("strategy"),
         "backbone": config.get("backbone"),
         "seed": config.get("seed"),
+        "evaluate_seed": int(seed),  # bootstrap, embedding and domain classifier
+        "galmerge_version": __version__,
+        "checkpoint_sha256": sha256_file(ckpt),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "temperature_used": t_used,
         "metrics": metrics,
         "calibration": calibration,
@@ -618,6 +626,14 @@ def evaluate(
     if not quiet:
         _print_summary(payload)
     return rundir._json_safe(payload)
+
+
+def _spec_used(given: ImageSet | str | None, config: Mapping[str, Any], domain: str) -> Any:
+    """The data spec a domain was evaluated on: the one given (`evaluate --source/--target`),
+    else the run's."""
+    if given is None:
+        return config.get(domain)
+    return given if isinstance(given, str) else f"ImageSet {given.survey}"
 
 
 def _steps(quiet: bool) -> Any:

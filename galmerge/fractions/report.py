@@ -401,7 +401,28 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
                    else ")"), e) for k, e in enumerate(entries)]
     if plot is not None:
         payload["plot"] = str(fraction_figure(panels, Path(plot)))
+    payload["provenance"] = _provenance(results, model, val, seed, source, target, labels)
     return payload
+
+
+def _provenance(results: str | os.PathLike[str], model: str | os.PathLike[str],
+                val: Validation, seed: int, source: str | None, target: str | None,
+                labels: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """What this estimate was made from: the files (with SHA-256), the checkpoint whose source
+    validation split gave the error rates, the bootstrap seed, and when and by which galmerge."""
+    from galmerge import __version__
+    from galmerge.io.provenance import sha256_file, stamped
+
+    run = Path(model)
+    checkpoint = run / str(val.meta.get("checkpoint", "")) if run.is_dir() else run
+    out: dict[str, Any] = {
+        "galmerge_version": __version__, "results": str(results),
+        "results_sha256": sha256_file(results), "model": str(model),
+        "checkpoint_sha256": sha256_file(checkpoint) if checkpoint.is_file() else None,
+        "seed": int(seed), "source": source, "target": target, "created_utc": ""}
+    if labels is not None:
+        out.update(labels=str(labels), labels_sha256=sha256_file(labels))
+    return stamped(out)
 
 
 def _reasons(excluded: Counter) -> str:

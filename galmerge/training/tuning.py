@@ -951,6 +951,7 @@ def write_outputs(study_dir: Path, study: Any, score: str, quiet: bool = True,
         else best["oracle_target_test_accuracy"],
         "spearman_score_vs_oracle": rho,
         "plots": plots,
+        "provenance": _provenance(study),
     }
     if guard is not None:
         summary["guard"] = {**guard, "feasible_trials": sum(bool(r["feasible"]) for r in rows),
@@ -968,6 +969,21 @@ def write_outputs(study_dir: Path, study: Any, score: str, quiet: bool = True,
             highlight=False,
         )
     return rundir._json_safe(summary)
+
+
+def _provenance(study: Any) -> dict[str, Any]:
+    """Who wrote these outputs and how the study searched: galmerge and Optuna versions, the
+    sampler and pruner of this invocation (several processes on one study may differ), the
+    study's seed, and the time."""
+    import optuna
+
+    from galmerge import __version__
+
+    settings = study.user_attrs.get("settings") or {}
+    return {"galmerge_version": __version__, "optuna_version": optuna.__version__,
+            "sampler": type(study.sampler).__name__, "pruner": type(study.pruner).__name__,
+            "seed": settings.get("seed"),
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _plots(study_dir: Path, study: Any, rows: list[dict[str, Any]], score: str) -> list[str]:
@@ -1054,6 +1070,11 @@ def _report(study_dir: Path, summary: Mapping[str, Any], rows: list[dict[str, An
         f"trials by state: {summary['states']}.",
         "",
     ]
+    prov = summary.get("provenance")
+    if prov:
+        lines += [f"Written {prov['created_utc']} by galmerge {prov['galmerge_version']} "
+                  f"(Optuna {prov['optuna_version']}, {prov['sampler']}, {prov['pruner']}, "
+                  f"study seed {prov['seed']}).", ""]
     guard = summary.get("guard")
     if guard is not None:
         lines += [
