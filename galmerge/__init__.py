@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         bounded_map,
         classify_exception,
         http_status_error,
+        read_body,
     )
     from galmerge.plugin.cutouts import CutoutRequest, CutoutResult, CutoutService
     from galmerge.plugin.imageset import ImageSet, LazyImages
@@ -56,6 +57,7 @@ _LAZY: dict[str, str] = {
     "bounded_map": "galmerge.io.http",
     "classify_exception": "galmerge.io.http",
     "http_status_error": "galmerge.io.http",
+    "read_body": "galmerge.io.http",
     # resample a survey image around (ra, dec) onto a model's pixel grid (north up, flux kept)
     "cut_stamp_with_edge": "galmerge.surveys.sdss.cutouts",
 }
@@ -91,6 +93,7 @@ __all__ = [
     "bounded_map",
     "classify_exception",
     "http_status_error",
+    "read_body",
     "cut_stamp_with_edge",
 ]
 

@@ -393,56 +393,62 @@ class RetryingClient:
         return self.call(once, what, where=_host(url))
 
     def _get_body(self, url: str, params: Mapping[str, Any] | None) -> bytes:
-        timeout = self.policy.timeout
-        limit = self.policy.transfer_deadline
-        deadline = time.monotonic() + limit  # a server dripping bytes still ends
-        with self.session().get(url, params=params, timeout=timeout, stream=True) as r:
+        started = time.monotonic()
+        with self.session().get(url, params=params, timeout=self.policy.timeout,
+                                stream=True) as r:
             if r.status_code != 200:
                 raise http_status_error(r)
-            # A read blocks until a whole chunk arrives, so checking the clock between chunks
-            # is not enough: a watchdog shuts the socket down when the deadline passes.
-            expired = threading.Event()
-            sock = _response_socket(r)
-
-            def expire() -> None:
-                expired.set()
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-
-            watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
-            watchdog.daemon = True
-            watchdog.start()
-            chunks = []
-            try:
-                for chunk in r.iter_content(chunk_size=1 << 16):
-                    chunks.append(chunk)
-                    if time.monotonic() > deadline:
-                        expired.set()
-                        break
-            except Exception:
-                if not expired.is_set():
-                    raise
-            finally:
-                watchdog.cancel()
-            if expired.is_set():
-                # not a dead service (it answered): the breaker does not count it
-                raise FetchError(f"timeout (body not complete after {limit:g} s)",
-                                 retryable=True)
-            body = b"".join(chunks)
-            expected = r.headers.get("Content-Length")
-            if expected is not None and "Content-Encoding" not in r.headers:
-                try:
-                    n = int(expected)
-                except ValueError:
-                    n = len(body)
-                if n != len(body):
-                    raise FetchError("truncated body", retryable=True)
-        return body
+            return read_body(r, self.policy.transfer_deadline, started)
 
     def summary(self) -> str:
         with self._lock:
             return self.stats.summary(self.name)
+
+
+def read_body(r: requests.Response, limit: float, started: float | None = None) -> bytes:
+    """The body of a streamed response (``stream=True``), complete within ``limit`` seconds of
+    wall clock from ``started`` (`time.monotonic`; default now: a server dripping bytes still
+    ends) and as long as its Content-Length says; a retryable `FetchError` otherwise."""
+    deadline = (time.monotonic() if started is None else started) + limit
+    # A read blocks until a whole chunk arrives, so checking the clock between chunks is not
+    # enough: a watchdog shuts the socket down when the deadline passes.
+    expired = threading.Event()
+    sock = _response_socket(r)
+
+    def expire() -> None:
+        expired.set()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
+    watchdog.daemon = True
+    watchdog.start()
+    chunks = []
+    try:
+        for chunk in r.iter_content(chunk_size=1 << 16):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                expired.set()
+                break
+    except Exception:
+        if not expired.is_set():
+            raise
+    finally:
+        watchdog.cancel()
+    if expired.is_set():
+        # not a dead service (it answered): the breaker does not count it
+        raise FetchError(f"timeout (body not complete after {limit:g} s)", retryable=True)
+    body = b"".join(chunks)
+    expected = r.headers.get("Content-Length")
+    if expected is not None and "Content-Encoding" not in r.headers:
+        try:
+            n = int(expected)
+        except ValueError:
+            n = len(body)
+        if n != len(body):
+            raise FetchError("truncated body", retryable=True)
+    return body
 
 
 def _response_socket(r: requests.Response) -> socket.socket | None:

@@ -51,6 +51,7 @@ from galmerge import (
     classify_exception,
     cut_stamp_with_edge,
     http_status_error,
+    read_body,
 )
 
 DEFAULT_URL = "https://data.lsst.cloud/api"
@@ -365,16 +366,14 @@ class LsstCutouts:
                                            circle=(ra, dec, radius))
             # submit() and our own status check instead of execute_stream(): the response's
             # Retry-After (429/503) and a short body must reach the retry policy.
+            started = time.monotonic()
             with soda.submit() as response:
                 if response.status_code in (401, 403):
                     raise auth_error(response.status_code, self._token_env, response.url)
                 if response.status_code != 200:
                     raise http_status_error(response)
-                body = response.content
-                expected = response.headers.get("Content-Length")
-                if (expected is not None and "Content-Encoding" not in response.headers
-                        and expected.isdigit() and int(expected) != len(body)):
-                    raise FetchError("truncated body", retryable=True)
+                # whole within the transfer deadline, and as long as Content-Length says
+                body = read_body(response, self.policy.transfer_deadline, started)
             try:
                 return _decode_image(body)
             except FetchError:

@@ -10,7 +10,7 @@ rotated) holding Gaussian galaxies, clipped to the patch. Every endpoint wants
 ``Authorization: Bearer <token>`` and answers 401 otherwise.
 
 Faults: ``server.add_fault(match, kind, times=1, retry_after="1")`` with kind one of
-``500 503 429 truncate drop nodata queryerror``, matched against the path plus the query text (the ADQL
+``500 503 429 truncate drop drip nodata queryerror`` (drip: 64 bytes every 0.05 s), matched against the path plus the query text (the ADQL
 for TAP; ``a|b`` needs both a and b); ``server.count(part)`` counts requests whose path contains ``part``.
 """
 
@@ -21,6 +21,7 @@ import math
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -331,6 +332,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, str(exc).encode(), "text/plain")
         if fault and fault.kind == "truncate":
             return self._send(200, body[:-100], ctype)  # whole as sent, but not a FITS file
+        if fault and fault.kind == "drip":  # every byte in time, but the whole never comes
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for i in range(0, len(body), 64):
+                    self.wfile.write(body[i : i + 64])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:  # the client gave up and closed the connection
+                pass
+            self.close_connection = True
+            return None
         if fault and fault.kind == "drop":
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -141,6 +142,18 @@ def test_429_503_500_drop_and_truncation_are_retried(survey, rsp, options, sleep
     assert 4.0 in sleeps and 2.0 in sleeps
     assert (rsp.count("tap/sync"), rsp.count("datalink"), rsp.count("cutout")) == (3, 5, 4)
     assert "HTTP 429" in summary and "HTTP 503" in summary and "none failed" in summary
+
+
+def test_a_cutout_dripping_in_slower_than_the_deadline_is_given_up(survey, rsp, options):
+    """Each read arrives within the timeout, the whole body never within the deadline: the
+    transfer ends at the deadline instead of holding a worker."""
+    rsp.add_fault("cutout/sync|coadd-5063-14-g", "drip", times=-1)
+    t0 = time.monotonic()
+    with survey.cutouts(PRE, {**options, "attempts": 1, "timeout": 2.0,
+                              "deadline": 0.5}) as svc:
+        results = _fetch(svc, [_req(rsp, 0)])
+    assert results[0].status == "fetch-failed: timeout (body not complete after 0.5 s)"
+    assert time.monotonic() - t0 < 10
 
 
 def test_failures_after_retries_become_statuses(survey, rsp, options):
