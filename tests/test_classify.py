@@ -168,6 +168,32 @@ def fetch_lines(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
+@pytest.mark.parametrize("name", ["best.pt", "config.toml", "other.csv", "table.parquet",
+                                  "notes.xlsx"])
+def test_an_output_that_would_destroy_a_file_is_refused(env, name):
+    """--output may replace an earlier classify output, never another file (the model's own
+    checkpoint, a catalog) or a name classify does not write."""
+    tmp, ckpt, _ = env
+    cat = tmp / "dr16.csv"
+    cat.write_text(CASJOBS)
+    target = ckpt.parent / name if name in ("best.pt", "config.toml") else tmp / name
+    before = target.read_bytes() if target.exists() else None
+    if before is None and name != "notes.xlsx":
+        target.write_text("ra,dec\n1,2\n")  # a user's file, not an output
+        before = target.read_bytes()
+    res = run_cli("classify", str(cat), "--model", str(ckpt.parent), "--survey", "stamps",
+                  "--output", str(target), "--quiet")
+    assert res.exit_code != 0 and f"--output {target}" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert (target.read_bytes() if target.exists() else None) == before
+    # an earlier output is replaced by a rerun, as before
+    out = tmp / "again.csv"
+    for _ in range(2):
+        res = run_cli("classify", str(cat), "--model", str(ckpt.parent), "--survey", "stamps",
+                      "--output", str(out), "--quiet")
+        assert res.exit_code == 0, res.output
+
+
 def test_a_catalog_given_as_cache_is_refused_and_left_alone(env):
     tmp, ckpt, _ = env
     cat = tmp / "dr16.csv"

@@ -109,6 +109,35 @@ class ClassifySummary:
         }
 
 
+#: the suffixes classify writes (`galmerge.classification.outputs.open_writer`): any other
+#: name (best.pt, config.toml, a spreadsheet) is a mistake, not a CSV to write
+OUTPUT_SUFFIXES = ("", ".csv", ".txt", ".h5", ".hdf5", ".fits", ".fit", ".fts", ".parquet",
+                   ".pq", ".parq")
+
+
+def check_output(out_path: Path, catalog: Path) -> None:
+    """One line, before any work, for an output that would destroy a file: the input catalog,
+    a name classify does not write, or an existing file that is not a classify output (which a
+    rerun may replace: it reads it back first)."""
+    if out_path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise GalmergeError(f"--output {out_path}: classify writes .csv, .h5, .fits or .parquet "
+                            "files; choose such a name")
+    if not out_path.exists():
+        return
+    if out_path.resolve() == catalog.resolve():
+        raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")
+    from galmerge.fractions.report import P_NAME, STATUS_NAME, _result_column, output_columns
+
+    try:
+        names = output_columns(out_path)[0] if out_path.is_file() else []
+    except Exception:  # any unreadable file: not an output of ours
+        names = []
+    if _result_column(names, P_NAME) is None or _result_column(names, STATUS_NAME) is None:
+        raise GalmergeError(f"--output {out_path} exists and is not a galmerge classify output "
+                            "(no p_merger and status columns), so it is not replaced; choose "
+                            "another file or remove it")
+
+
 def default_output(catalog: Path) -> Path:
     """``<catalog stem>_galmerge.csv`` in the working directory (catalogs may be read-only)."""
     name = catalog.name
@@ -419,8 +448,7 @@ def classify(
             batch_size=batch_size, workers=workers, quiet=quiet, scheduler=scheduler,
             columns=columns, keepbits=cache_keepbits, t0=t0)
     out_path = Path(output) if output is not None else default_output(cat_path)
-    if out_path.exists() and out_path.resolve() == cat_path.resolve():
-        raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")
+    check_output(out_path, cat_path)
     dist = from_environment()
     show = not quiet and dist.is_main
     with output_lock(out_path, dist.rank, dist.world), _terminate_cleanly():
