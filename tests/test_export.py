@@ -147,3 +147,24 @@ def test_export_mistakes_are_one_line(args: list[str], message: str, tmp_path: P
     result = CliRunner().invoke(cli, [a.format(tmp=tmp_path) for a in args])
     assert result.exit_code != 0 and message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("onnx", "best.pt"), ("onnx", "keep.onnx"),
+                                           ("torchscript", "best.pt"), ("onnx", "model.csv")])
+def test_an_export_never_replaces_another_file(checkpoint: Path, fmt: str, name: str) -> None:
+    """--output may replace an earlier export of the same format, never the checkpoint itself
+    or another file."""
+    target = checkpoint.parent / name
+    if not target.exists():
+        target.write_bytes(b"someone's file")
+    before = target.read_bytes()
+    result = CliRunner().invoke(cli, ["export", str(checkpoint.parent), "--format", fmt,
+                                      "--output", str(target)])
+    assert result.exit_code != 0 and f"--output {target}" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert target.read_bytes() == before
+    again = checkpoint.parent / f"again-{fmt}{'.onnx' if fmt == 'onnx' else '.torchscript.pt'}"
+    for _ in range(2):  # an export of its own is replaced
+        result = CliRunner().invoke(cli, ["export", str(checkpoint.parent), "--format", fmt,
+                                          "--output", str(again)])
+        assert result.exit_code == 0, result.output

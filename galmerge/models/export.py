@@ -128,6 +128,8 @@ def export_model(
 
     if fmt not in FORMATS:
         raise GalmergeError(f"unknown export format '{fmt}'; choose {' or '.join(FORMATS)}")
+    out = Path(output) if output is not None else default_output(Path(model), fmt)
+    _check_output(out, fmt)
     loaded = load_model(model, device="cpu")
     if domain not in loaded.preprocess:
         raise GalmergeError(f"model {loaded.path} has no '{domain}' preprocessing; use --domain "
@@ -144,12 +146,31 @@ def export_model(
     net = _deployable(loaded.model, meta["preprocess"], loaded.temperature, shift)
     _, channels, size, _ = meta["input"]["shape"]
     example = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
-    out = Path(output) if output is not None else default_output(Path(model), fmt)
     writer = _write_onnx if fmt == "onnx" else _write_torchscript
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_with(out, lambda tmp: writer(net, example, meta, tmp))
     return out
 
+
+
+def _check_output(out: Path, fmt: str) -> None:
+    """One line, before any work, for an output that would destroy a file: a name of another
+    kind (best.pt, config.toml) or an existing file that is not an export of this format (a
+    new export may replace an old one)."""
+    suffixes = (".onnx",) if fmt == "onnx" else (".pt", ".ts")
+    if not out.name.lower().endswith(suffixes):
+        raise GalmergeError(f"--output {out}: a {fmt} export is named *{suffixes[0]} (e.g. "
+                            f"{default_output(out.parent, fmt).name}); choose such a name")
+    if not out.exists():
+        return
+    if fmt == "onnx":  # our exports carry their metadata (key and JSON) in the protobuf
+        data = out.read_bytes() if out.is_file() else b""
+        ours = METADATA_KEY.encode() in data and b'"preprocess"' in data
+    else:
+        ours = is_torchscript(out)
+    if not ours:
+        raise GalmergeError(f"--output {out} exists and is not a galmerge {fmt} export, so it is "
+                            "not replaced; choose another file or remove it")
 
 
 def _write_onnx(net: Any, example: Any, meta: dict[str, Any], path: Path) -> None:
