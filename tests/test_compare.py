@@ -158,3 +158,16 @@ def test_terminal_table_fits_80_columns_and_shows_epochs_and_preset(runs, tmp_pa
     assert "1 epoch " in text and "30 epochs" in text and "synthetic-sim-real" in text
     assert "differ in epochs or preset" in text
     assert sum(1 for line in lines if line.strip().startswith("coral")) == 2
+
+
+def test_compare_replaces_its_own_table_but_no_other_file(runs, tmp_path) -> None:
+    out = tmp_path / "table.csv"
+    for _ in range(2):
+        result = CliRunner().invoke(cli, ["compare", f"{runs}/*", "--output", str(out)])
+        assert result.exit_code == 0, result.output
+    mine = tmp_path / "results.csv"  # e.g. a classify output
+    mine.write_text("objid,p_merger,is_merger,status\n1,0.3,0,ok\n")
+    result = CliRunner().invoke(cli, ["compare", f"{runs}/*", "--output", str(mine)])
+    assert result.exit_code != 0 and "is not a galmerge compare table" in result.output
+    assert "Traceback" not in result.output
+    assert mine.read_text() == "objid,p_merger,is_merger,status\n1,0.3,0,ok\n"

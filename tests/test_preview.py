@@ -72,3 +72,19 @@ def test_long_ids_keep_their_head_and_tail() -> None:
         "a-much-longer-…stris-s0-000040"
     )
     assert _short_id(b"1237648720693755918") == "1237648720693755918"
+
+
+def test_preview_output_mistakes_are_one_line_and_lose_no_file(tmp_path):
+    spec = "synthetic:sdss?n=20&seed=2"
+    table = tmp_path / "results.png"  # a user's file under a figure's name
+    table.write_text("ra,dec\n1,2\n")
+    for args, words in ((["-o", str(tmp_path / "p.txt")], "use a .png, .pdf or .svg"),
+                        (["--seed", "-1"], "Invalid value for '--seed'"),
+                        (["-o", str(table)], "is not a PNG figure")):
+        result = CliRunner().invoke(cli, ["preview", spec, "--n", "4", *args])
+        assert result.exit_code != 0 and words in result.output, result.output
+        assert "Traceback" not in result.output
+    assert table.read_text() == "ra,dec\n1,2\n"
+    out = tmp_path / "grid.png"
+    for _ in range(2):  # an earlier figure is replaced
+        assert CliRunner().invoke(cli, ["preview", spec, "--n", "4", "-o", str(out)]).exit_code == 0

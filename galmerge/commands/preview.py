@@ -19,7 +19,7 @@ def _default_output(spec: str) -> Path:
               help="Examples in the grid, split evenly between mergers and non-mergers.")  # fmt: skip
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG to write (default: preview-<survey>.png).")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Which examples are drawn.")  # fmt: skip
 def preview(survey: str, n: int, output: Path | None, seed: int) -> None:
     """Write a PNG grid of SURVEY's images per class (arcsinh colour composites).

@@ -216,6 +216,10 @@ def write_table(rows: Sequence[dict[str, Any]], output: str | Path) -> Path:
     if suffix not in (".md", ".csv"):
         raise GalmergeError(f"--output {path}: use a .md or .csv file name")
     text = to_markdown(rows) if suffix == ".md" else to_csv(rows)
+    # an earlier table may be replaced (its first line is the header), another file never
+    atomic.check_replaceable(path, lambda head: head.startswith((b"| strategy |",
+                                                                  b"strategy,")),
+                             "a galmerge compare table")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path, text)
     return path

@@ -61,6 +61,8 @@ def write_preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if Path(output).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise GalmergeError(f"--output {output}: use a .png, .pdf or .svg file name")
     if len(imageset) == 0:
         raise GalmergeError(f"survey {imageset.survey} has no images to preview")
     if n < 1:

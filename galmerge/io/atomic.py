@@ -101,11 +101,36 @@ def write_with(path: str | Path, write: Any, tag: str = "") -> None:
         raise
 
 
+#: the first bytes of a figure file, by suffix: an existing file without them is not a plot
+FIGURE_MAGIC = {"png": (b"\x89PNG",), "pdf": (b"%PDF",), "svg": (b"<?xml", b"<svg")}
+
+
+def check_replaceable(path: str | Path, ours: Any, what: str) -> None:
+    """A one-line `GalmergeError` if ``path`` exists and ``ours(first 512 bytes)`` is false: a
+    user's file given by mistake is never replaced by ``what``."""
+
+    p = Path(path)
+    if p.is_symlink() or not p.exists():  # a link is replaced itself, its target never read
+        return
+    head = b""
+    if p.is_file():
+        with open(p, "rb") as fh:
+            head = fh.read(512)
+    if not p.is_file() or not ours(head):
+        raise GalmergeError(f"{p} exists and is not {what}, so it is not replaced; choose "
+                            "another file name or remove it")
+
+
 def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> None:
     """``fig.savefig`` to ``path`` through `write_with` (in the format of its suffix): a plot in
-    a shared folder is never half written, and a link planted at its name is replaced, not
-    followed."""
+    a shared folder is never half written, a link planted at its name is replaced, not
+    followed, and an existing file that is not a figure of that format is refused
+    (`check_replaceable`)."""
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    magic = FIGURE_MAGIC.get(fmt)
+    if magic is not None:
+        check_replaceable(path, lambda head: head.lstrip().startswith(magic),
+                          f"a {fmt.upper()} figure")
     write_with(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
 
 
