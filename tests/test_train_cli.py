@@ -116,6 +116,11 @@ def test_refuses_to_overwrite_a_run_and_bad_resume(toys, tmp_path):
     assert result.exit_code != 0 and "--resume" in result.output
     result = CliRunner().invoke(cli, ["train", "--resume", str(run), "--lr", "0.5"])
     assert result.exit_code != 0 and "saved config" in result.output
+    summary = (run / "summary.json").read_text()
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run), "--run-dir",
+                                      str(tmp_path / "elsewhere"), "--quiet"])
+    assert result.exit_code != 0 and f"drop --run-dir {tmp_path / 'elsewhere'}" in result.output
+    assert not (tmp_path / "elsewhere").exists() and (run / "summary.json").read_text() == summary
 
 
 def test_resume_of_a_finished_run_changes_nothing(toys, tmp_path):

@@ -82,6 +82,10 @@ def train(
         if folder is not None:
             rundir.check_name(Path(folder))
     if resume is not None:
+        if run_dir is not None and Path(run_dir).resolve() != Path(resume).resolve():
+            raise GalmergeError(f"--resume {resume} continues that run in its own folder; drop "
+                                f"--run-dir {run_dir} (or copy the run there and resume the "
+                                "copy)")
         cfg, out_dir, resume_state = _resume_config(Path(resume), flags, extras, source, sets_given)
     else:
         cli_layer = cli_overrides(flags, sets)
