@@ -126,6 +126,9 @@ def test_dry_run_installs_nothing(tmp_path: Path, env_python: Path) -> None:
     [
         (["install"], "name a plugin to install"),
         (["uninstall", "-y", "galmerge"], "removes plugins, not galmerge itself"),
+        (["uninstall", "-y", "Galmerge[onnx]==0.1.0"], "removes plugins, not galmerge itself"),
+        (["uninstall", "-y", "torch"], "torch is not an installed galmerge plugin"),
+        (["uninstall", "-y", "-r", "req.txt"], "not a requirements file"),
     ],
 )
 def test_mistakes_are_one_line(args: list[str], message: str) -> None:

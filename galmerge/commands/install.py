@@ -8,6 +8,7 @@ pattern). Options pip knows and these commands do not (``--index-url``, ``--no-i
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -77,10 +78,37 @@ def install(
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def uninstall(packages: tuple[str, ...], yes: bool) -> None:
     """Uninstall plugins from galmerge's own environment."""
-    names = [p for p in packages if not p.startswith("-")]
-    if any(name.lower().replace("_", "-") == "galmerge" for name in names):
-        raise GalmergeError(
-            "`galmerge uninstall` removes plugins, not galmerge itself; "
-            f"use `{sys.executable} -m pip uninstall galmerge`"
-        )
+    if any(p in ("-r", "--requirement") or p.startswith("--requirement=") for p in packages):
+        raise GalmergeError("`galmerge uninstall` takes plugin names, not a requirements file; "
+                            "name the plugins")
+    plugins = _plugin_distributions()
+    for name in (p for p in packages if not p.startswith("-")):
+        dist = _distribution_name(name)
+        if dist == "galmerge":
+            raise GalmergeError(
+                "`galmerge uninstall` removes plugins, not galmerge itself; "
+                f"use `{sys.executable} -m pip uninstall galmerge`"
+            )
+        if dist not in plugins:  # e.g. torch, or a typo: pip would remove whatever it names
+            raise GalmergeError(
+                f"{name} is not an installed galmerge plugin (installed: "
+                f"{', '.join(sorted(plugins)) or 'none'}); `galmerge uninstall` removes plugins "
+                f"only, other packages with `{sys.executable} -m pip uninstall`")
     _pip("uninstall", *(["--yes"] if yes else []), *packages)
+
+
+def _distribution_name(requirement: str) -> str:
+    """The normalised distribution name of a requirement (``Galmerge_MCC==0.1`` ->
+    ``galmerge-mcc``; PEP 503)."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else requirement
+
+
+def _plugin_distributions() -> set[str]:
+    """Normalised names of the installed distributions that declare a galmerge entry point."""
+    from importlib import metadata
+
+    from galmerge.plugin.manager import GROUP
+
+    return {_distribution_name(ep.dist.name) for ep in metadata.entry_points(group=GROUP)
+            if ep.dist is not None}
