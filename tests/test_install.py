@@ -131,7 +131,13 @@ def test_dry_run_installs_nothing(tmp_path: Path, env_python: Path) -> None:
         (["uninstall", "-y", "-r", "req.txt"], "not a requirements file"),
     ],
 )
-def test_mistakes_are_one_line(args: list[str], message: str) -> None:
+def test_mistakes_are_one_line(args: list[str], message: str, monkeypatch) -> None:
+    from galmerge.commands import install
+
+    def no_pip(*pip_args: str) -> None:  # a regression must fail here, not uninstall torch
+        raise AssertionError(f"pip ran: {pip_args}")
+
+    monkeypatch.setattr(install, "_pip", no_pip)
     result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0
     assert message in result.output
