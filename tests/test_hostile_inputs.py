@@ -43,6 +43,7 @@ CONFIG_CASES = [
     ("compile = \"yes\"\n", "compile"),
     ("strategies = 1\n", "strategies"),
     ("epochs = true\n", "epochs"),
+    ("lr_multipliers = [1]\n", "lr_multipliers must be a table"),
 ]
 
 
@@ -139,6 +140,8 @@ def _other_command_cases(tmp: Path, ckpt: Path, cat: Path) -> list[tuple[list[st
         (["classify", str(cat), "--model", str(ckpt), "--survey", "nosuchsurvey"],
          "nosuchsurvey"),
         (["evaluate", str(tmp / "no-run")], "no-run"),
+        (["evaluate", str(tmp / "run"), "--embedding-points", "-5"], "--embedding-points"),
+        (["reproduce", "deepmerge2", "--bootstrap", "-1"], "--bootstrap"),
         (["compare", str(tmp / "nothing-*")], "no run directory"),
         (["compare", str(tmp), "--output", str(tmp / "t.txt")], ".md or .csv"),
         (["preview", "nosuchsurvey", "-o", str(tmp / "p.png")], "nosuchsurvey"),

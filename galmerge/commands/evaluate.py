@@ -39,7 +39,7 @@ import click
 @click.option("--target", help="Target data spec if config.toml's cannot be reloaded here.")
 @click.option(
     "--embedding-points",
-    type=int,
+    type=click.IntRange(min=1),
     default=400,
     show_default=True,
     help="Test images per domain in the t-SNE/UMAP plot.",

@@ -31,7 +31,7 @@ from galmerge.surveys.deepmerge.reproduce import BACKBONES, PAPERS
 @click.option("--device", help="auto (default), cpu, cuda or mps.")
 @click.option("--evaluate/--no-evaluate", default=True, show_default=True,
               help="Write each run's report/ (galmerge evaluate).")
-@click.option("--bootstrap", type=int, default=200, show_default=True,
+@click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True,
               help="Bootstrap resamples in each evaluation.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def reproduce(

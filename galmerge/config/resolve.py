@@ -352,6 +352,9 @@ def _multipliers(table: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[s
     strategy that is not in this run are dropped (presets pin every built-in's)."""
     from galmerge.plugin.manager import get_plugin_manager
 
+    if not isinstance(table, Mapping):
+        raise GalmergeError(f"lr_multipliers must be a table of OWNER.PREFIX = number, got "
+                            f"{table!r}; e.g. [lr_multipliers] \"fisher.centers\" = 10")
     known = {n.lower() for n in get_plugin_manager().components("strategies")}
     out: dict[str, float] = {}
     for key, value in _flatten(table).items():

@@ -500,6 +500,9 @@ def evaluate(
         )
     if bootstrap < 0:
         raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
+    if embedding_points < 1:
+        raise GalmergeError(f"--embedding-points {embedding_points}: use a positive count "
+                            f"(default {EMBEDDING_POINTS})")
     dev = resolve_device(device)
     say = _steps(quiet)
     config = rundir.read_config(run)
