@@ -229,3 +229,15 @@ def test_fetch_refuses_bad_values_in_one_line(tmp_path, monkeypatch):
             lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
             assert len(lines) == 1 or result.exit_code == 2, (args, env_, result.output)
             _untouched(tmp_path, before)
+
+
+def test_a_file_that_is_no_checkpoint_is_named_so_without_torchs_advice(tmp_path):
+    """torch.load's own text names a byte value or suggests weights_only=False (which would run
+    the file's code): the message says what the file is not and what to pass."""
+    cases = {"text.pt": b"hi\n", "cut.pt": b"PK\x03\x04" + b"\0" * 200,
+             "pickle.pt": b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00\x8c\x01x\x94."}
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        result = CliRunner().invoke(cli, ["export", str(tmp_path / name)])
+        _one_line_failure(result, "is not a readable galmerge checkpoint")
+        assert "weights_only" not in result.output and "pass a run directory" in result.output

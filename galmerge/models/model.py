@@ -131,7 +131,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise GalmergeError(f"cannot read checkpoint {p}: {exc}".splitlines()[0]) from exc
+        # torch's text names a byte value, or suggests weights_only=False: never the advice
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        why = (type(exc).__name__ if "weights_only" in str(exc) or len(first) < 8
+               else first[:120])
+        raise GalmergeError(
+            f"{p} is not a readable galmerge checkpoint (damaged, cut short or another kind of "
+            f"file: {why}); pass a run directory or its best.pt, or train again") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise GalmergeError(f"{p} is not a galmerge checkpoint ({CHECKPOINT_FORMAT})")
     recorded = payload.get("sha256")
