@@ -163,7 +163,7 @@ NAN_IMAGE[2, 1, 5, 5] = np.nan
 @pytest.mark.parametrize(
     ("datasets", "expected"),
     [
-        ({"labels": np.zeros(4, np.int8)}, "dataset 'images' is missing"),
+        ({"labels": np.zeros(4, np.int8)}, "needs a dataset 'images'"),
         ({"images": GOOD[:, 0]}, "dataset 'images' has shape (4, 10, 10)"),
         ({"images": GOOD.astype(np.int16)}, "dataset 'images' has dtype int16"),
         ({"images": GOOD, "labels": np.zeros(3)}, "dataset 'labels' has shape (3,)"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -241,3 +242,16 @@ def test_a_file_that_is_no_checkpoint_is_named_so_without_torchs_advice(tmp_path
         result = CliRunner().invoke(cli, ["export", str(tmp_path / name)])
         _one_line_failure(result, "is not a readable galmerge checkpoint")
         assert "weights_only" not in result.output and "pass a run directory" in result.output
+
+
+def test_an_hdf5_file_without_images_is_named_so_by_classify(tmp_path):
+    import h5py
+    from test_classify import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
+    with h5py.File(tmp_path / "empty.h5", "w") as f:
+        f["ra"] = np.zeros(3)
+    result = CliRunner().invoke(cli, ["classify", str(tmp_path / "empty.h5"), "--model",
+                                      str(ckpt), "--output", str(tmp_path / "o.csv")])
+    _one_line_failure(result, "is an HDF5 file without an 'images' dataset")
+    assert not (tmp_path / "o.csv").exists()

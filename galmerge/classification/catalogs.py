@@ -641,6 +641,10 @@ def open_catalog(path: str | os.PathLike[str], *, ra_col: str | None = None,
         return FitsCatalog(p, ra_col, dec_col, id_col)
     if name.endswith(VOTABLE_SUFFIXES) or _starts_with(p, b"<?xml"):
         return _open_votable(p, ra_col, dec_col, id_col)
+    if _starts_with(p, b"\x89HDF\r\n\x1a\n"):  # an HDF5 file that is no image file
+        raise GalmergeError(f"{p} is an HDF5 file without an 'images' dataset; classify takes "
+                            "an HDF5 image file (images (N, C, H, W), ra, dec) or a catalog in "
+                            "CSV, FITS, VOTable or Parquet")
     return CsvCatalog(p, ra_col, dec_col, id_col)
 
 

@@ -361,8 +361,10 @@ def validate_imageset_file(path: str | os.PathLike[str], *, check_finite: bool =
         raise _fail(path, f"cannot open as HDF5 ({exc})") from None
     with f:
         if "images" not in f or not isinstance(f["images"], h5py.Dataset):
-            found = ", ".join(sorted(f.keys())) or "nothing"
-            raise _fail(path, f"dataset 'images' is missing (found: {found}); see DESIGN schema")
+            found = ", ".join(f"{k} ({'dataset' if isinstance(f[k], h5py.Dataset) else 'group'})"
+                              for k in sorted(f.keys())) or "nothing"
+            raise _fail(path, f"needs a dataset 'images' (N, C, H, W) at the top level (found: "
+                              f"{found}); see DESIGN schema")
         images = f["images"]
         if images.ndim != 4:
             raise _fail(path, f"dataset 'images' has shape {images.shape}; expected (N, C, H, W)")
