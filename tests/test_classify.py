@@ -194,6 +194,18 @@ def test_an_output_that_would_destroy_a_file_is_refused(env, name):
         assert res.exit_code == 0, res.output
 
 
+def test_a_catalog_without_one_usable_position_fails_after_writing_its_rows(env):
+    tmp, ckpt, log = env
+    cat = tmp / "sexagesimal.csv"
+    cat.write_text("name,ra,dec\nA,10:20:30.5,+20:10:00\nB,11:00:00,-01:00:00\n")
+    res = run_cli("classify", str(cat), "--model", str(ckpt.parent), "--survey", "stamps",
+                  "--cache", str(tmp / "c.h5"), "--output", str(tmp / "o.csv"), "--quiet")
+    assert res.exit_code != 0 and "give RA and Dec in decimal degrees" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    header, rows = read_csv(tmp / "o.csv")
+    assert [r[-1] for r in rows] == ["bad-coordinates"] * 2 and not fetch_lines(log)
+
+
 def test_a_catalog_given_as_cache_is_refused_and_left_alone(env):
     tmp, ckpt, _ = env
     cat = tmp / "dr16.csv"

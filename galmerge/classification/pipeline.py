@@ -656,6 +656,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     if note is not None and not quiet:
         print(note, file=sys.stderr)
     _fail_if_nothing_fetched(summary, survey, getattr(service, "unreachable", None), fetched)
+    _fail_if_no_position(summary, cat_path)
     return summary
 
 
@@ -682,6 +683,18 @@ def _apply_prior(out_path: Path, prior: str | float, threshold: float,
                f"{rec['prior']:.4g} ({rec['prior_from']})")
     return mergers, (f"galmerge: p_merger rescaled {how}; recorded in "
                      f"{out_path.name}.prior.json{warning}")
+
+
+def _fail_if_no_position(summary: ClassifySummary, catalog: Path) -> None:
+    """Exit non-zero (after the output is written) when no row of the catalog has a usable
+    position: most often sexagesimal coordinates or the wrong columns, not a survey's gaps."""
+    bad = summary.statuses.get("bad-coordinates", 0)
+    if summary.rows and bad == summary.rows:
+        raise GalmergeError(
+            f"every row of {catalog} has bad coordinates ({bad} rows, listed in "
+            f"{summary.output}): give RA and Dec in decimal degrees (sexagesimal such as "
+            "10:20:30.5 is not read), and name the columns with --ra-col/--dec-col if they are "
+            "others")
 
 
 def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable: Any,
