@@ -255,3 +255,14 @@ def test_an_hdf5_file_without_images_is_named_so_by_classify(tmp_path):
                                       str(ckpt), "--output", str(tmp_path / "o.csv")])
     _one_line_failure(result, "is an HDF5 file without an 'images' dataset")
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_source_too_small_to_train_is_refused_before_any_work(tmp_path):
+    """Three images leave one for training: the shift score fitted at the end needs three, so
+    the run is refused up front instead of failing after training with a half-written run."""
+    result = CliRunner().invoke(cli, [
+        "train", "--source", "synthetic:illustris?n=3&size=32",
+        "--target", "synthetic:sdss?n=3&size=32&seed=1", "--run-dir", str(tmp_path / "run"),
+        "--device", "cpu", "--quiet"])
+    _one_line_failure(result, "labelled training images of 3; give it at least 10 images")
+    assert not (tmp_path / "run").exists()

@@ -81,6 +81,9 @@ def prepare_domains(
     s_splits = {k: _labelled(source_set, v) for k, v in splits["source"].items()}
     if len(s_splits["train"]) == 0:
         raise GalmergeError(f"source {config['source']} has no labelled training images")
+    if len(s_splits["train"]) < 3:  # the shift score, fitted when training ends, needs 3
+        raise GalmergeError(f"source {config['source']} has {len(s_splits['train'])} labelled "
+                            f"training images of {len(source_set)}; give it at least 10 images")
     if observe.active(config.get("observe")):
         # one detection pass: the library both measures the "auto" numbers and is pasted
         field = (field_library(target_set, splits["target"]["train"], source_set,
