@@ -288,6 +288,8 @@ def test_rows_that_are_not_ok_are_excluded_and_counted(classified, tmp_path) -> 
         (None, ["--by", "id"], "--by and --bins go together"),
         (None, ["--by", "id", "--bins", "3,1"], "increasing edges"),
         (None, ["--by", "redshift", "--bins", "2"], "no column 'redshift'"),
+        (lambda d: "name,p_merger,is_merger,status\nNGC 1,0.2,0,ok\nNGC 2,0.7,1,ok\n",
+         ["--by", "name", "--bins", "2"], "--by name is not a numeric column (e.g. 'NGC 1')"),
         (None, ["--plot", "x.txt"], ".png"),
         (None, ["--threshold", "1.5"], "--threshold"),
         (None, ["--bootstrap", "-1"], "--bootstrap"),

@@ -128,7 +128,16 @@ def read_results(path: str | os.PathLike[str], by: str | None = None,
     keep = ok & finite
     by_values = None
     if b_col is not None:
-        vals = _floats(get(b_col))
+        raw = get(b_col)
+        vals = _floats(raw)
+        if (np.asarray(raw).dtype.kind not in "fiu" and keep.any()
+                and not np.isfinite(vals[keep]).any()):
+            text = _status_text(np.asarray(raw)[keep])
+            example = next((v for v in text if v.strip() and v.lower() != "nan"), "")
+            if example:  # values there, none of them a number
+                raise GalmergeError(f"--by {b_col} is not a numeric column (e.g. "
+                                    f"{example[:40]!r}); bin by a number such as redshift or "
+                                    "stellar mass")
         bad = keep & ~np.isfinite(vals)
         excluded[f"no-{b_col}"] += int(bad.sum())
         keep &= np.isfinite(vals)
