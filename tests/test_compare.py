@@ -131,6 +131,15 @@ def test_compare_user_errors_are_one_line(tmp_path) -> None:
         assert result.exit_code != 0
         assert needle in result.output and "Traceback" not in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
+    for i, metrics in enumerate((5, {"target_test": {"accuracy": "x"}}, {"target_test": 1})):
+        run = tmp_path / f"bad{i}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps(
+            {"source": "a", "target": "b", "strategy": "none", "backbone": "x",
+             "metrics": metrics}))
+        result = runner.invoke(cli, ["compare", str(run)])
+        assert result.exit_code != 0 and "is not split -> metric -> number" in result.output
+        assert "Traceback" not in result.output, result.output
 
 
 def test_terminal_table_fits_80_columns_and_shows_epochs_and_preset(runs, tmp_path) -> None:

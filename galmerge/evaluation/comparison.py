@@ -58,6 +58,15 @@ def read_summary(run: Path) -> dict[str, Any]:
     ]
     if missing:
         raise GalmergeError(f"{run / 'summary.json'} lacks {', '.join(missing)}; re-run training")
+    metrics = summary["metrics"]
+    ok = isinstance(metrics, dict) and all(
+        isinstance(split, dict) and all(v is None or (isinstance(v, int | float)
+                                                      and not isinstance(v, bool))
+                                        for v in split.values())
+        for split in metrics.values())
+    if not ok:
+        raise GalmergeError(f"{run / 'summary.json'}: 'metrics' is not split -> metric -> number; "
+                            "re-run training or leave the run out of the comparison")
     return summary
 
 
