@@ -15,6 +15,7 @@ from galmerge.cli import cli
 SRC = ["--source", "synthetic:illustris?n=16", "--target", "synthetic:sdss?n=16"]
 
 TRAIN_CASES = [
+    (["--backbone-option", "dropout"], "e.g. --backbone-option dropout=0.3"),
     (["--lr", "inf"], "lr"),
     (["--lr", "nan"], "lr"),
     (["--lr", "-1"], "lr"),
@@ -140,6 +141,8 @@ def _other_command_cases(tmp: Path, ckpt: Path, cat: Path) -> list[tuple[list[st
         (["classify", str(cat), "--model", str(cat), "--quiet"], "cat.csv"),
         (["classify", str(cat), "--model", str(ckpt), "--survey", "nosuchsurvey"],
          "nosuchsurvey"),
+        (["classify", str(cat), "--model", str(ckpt), "--output", str(cat / "o.csv")],
+         "is a file, not a folder"),
         (["evaluate", str(tmp / "no-run")], "no-run"),
         (["evaluate", str(tmp / "run"), "--embedding-points", "-5"], "--embedding-points"),
         (["reproduce", "deepmerge2", "--bootstrap", "-1"], "--bootstrap"),

@@ -122,6 +122,12 @@ def check_output(out_path: Path, catalog: Path) -> None:
     if out_path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise GalmergeError(f"--output {out_path}: classify writes .csv, .h5, .fits or .parquet "
                             "files; choose such a name")
+    for folder in out_path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise GalmergeError(f"--output {out_path}: {folder} is a file, not a folder; "
+                                    "choose another --output")
+            break
     if not out_path.exists():
         return
     if out_path.resolve() == catalog.resolve():

@@ -165,7 +165,8 @@ def parse_assignment(text: str, flag: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise GalmergeError(f"{flag} '{text}' is not KEY=VALUE; e.g. {flag} fisher.intra_weight=0.01")
+        example = "dropout=0.3" if flag == "--backbone-option" else "fisher.intra_weight=0.01"
+        raise GalmergeError(f"{flag} '{text}' is not KEY=VALUE; e.g. {flag} {example}")
     return key, parse_value(raw.strip())
 
 
