@@ -274,6 +274,16 @@ def test_bad_arguments_are_one_line_errors(toys, tmp_path, extra, message):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_a_training_run_directory_is_not_taken_as_a_study_folder(toys, tmp_path):
+    source, target = _write_pair(tmp_path / "data")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text('strategy = "none"\n')
+    result = CliRunner().invoke(cli, _args(source, target, run, "--n-trials", "1"))
+    assert result.exit_code != 0 and "is a training run directory" in result.output
+    assert sorted(p.name for p in run.iterdir()) == ["config.toml"]
+
+
 def test_env_json_records_the_command_line_without_passwords(monkeypatch):
     from galmerge.config.rundir import environment
 

@@ -380,6 +380,10 @@ def _lock_embedded(study_dir: Path) -> Any:
 
 
 def _prepare_dir(study_dir: Path) -> None:
+    if (study_dir / rundir.CONFIG).is_file() and not (study_dir / STORAGE_FILE).exists() \
+            and not (study_dir / "trials").is_dir():
+        raise GalmergeError(f"--study-dir {study_dir} is a training run directory, not a study "
+                            "folder; choose a new folder for the study")
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
         atomic.temp_beside(study_dir / ".write-test").unlink()  # a new file, no link followed
