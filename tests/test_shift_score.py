@@ -143,8 +143,11 @@ def test_a_run_without_statistics_says_so_once_and_leaves_the_columns_out(run, t
     (old / shift_score.STATS_FILE).unlink()
     code, text = _classify(old, run["target"], tmp_path / "o.csv")
     assert code == 0, text
-    assert text.count("no shift_stats.npz") == 1
+    assert text.count("no shift_stats.npz") == 1 and "trained before shift scores" in text
     assert list(_csv(tmp_path / "o.csv")[0])[-3:] == ["p_merger", "is_merger", "status"]
+    (old / "summary.json").unlink()  # a run killed before its end: resume it, it is not old
+    code, text = _classify(old, run["target"], tmp_path / "q.csv")
+    assert code == 0 and "its run has not finished" in text and "--resume" in text, text
     # a bare checkpoint copied elsewhere: no statistics beside it either
     code, text = _classify(old / "best.pt", run["target"], tmp_path / "p.h5", "--quiet")
     assert code == 0, text

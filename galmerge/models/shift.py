@@ -208,8 +208,13 @@ def load(model: str | Path, checkpoint_sha256: str | None) -> tuple[dict[str, An
     checkpoint; a file that fails its recorded SHA-256 is refused in one line."""
     path = stats_path(model)
     if not path.is_file():
-        return None, (f"model {model} has no {STATS_FILE} (trained before shift scores "
-                      "existed): the output has no shift_score column")
+        why = ("its run has not finished: the statistics are fitted when training ends; "
+               "resume it with galmerge train --resume"
+               if (path.parent / "config.toml").is_file()
+               and not (path.parent / "summary.json").is_file() else
+               "trained before shift scores existed")
+        return None, (f"model {model} has no {STATS_FILE} ({why}): the output has no "
+                      "shift_score column")
     data = path.read_bytes()
     summary = path.parent / "summary.json"
     recorded = None
