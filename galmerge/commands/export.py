@@ -22,6 +22,8 @@ def export(model: str, fmt: str, output: str | None, domain: str) -> None:
     Runtime on the CPU.
     """
     from galmerge.models.export import export_model
+    from galmerge.models.model import resolve_checkpoint
 
     path = export_model(model, fmt, output, domain)
-    click.echo(f"wrote {path}")
+    # a run without best.pt exports last.pt: say which weights went in
+    click.echo(f"wrote {path} (from {resolve_checkpoint(model)})")
