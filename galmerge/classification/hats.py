@@ -41,6 +41,24 @@ def is_hats_catalog(path: str | os.PathLike[str]) -> bool:
         "hats.properties", "properties", "collection.properties", "partition_info.csv"))
 
 
+def _cutout_provenance(survey: str, spec: Any, keepbits: int | None) -> tuple[str, str]:
+    """(data release, cutout kind) as the workers' cutout service states them, for the
+    output's provenance: the service is opened here once and closed (no request is made)."""
+    from galmerge.classification.cutout_cache import keepbits_key
+    from galmerge.classification.inputs import SurveyService, survey_record
+    from galmerge.data.datasets import parse_survey_spec
+    from galmerge.io.provenance import data_release
+
+    name, arg, options = parse_survey_spec(survey)
+    service = SurveyService.open(name, survey_record(name, arg), spec,
+                                 {"workers": 1, **options}, survey).service
+    try:
+        key = str(getattr(service, "cache_key", "") or name)
+        return data_release(service, options, key), keepbits_key(key, keepbits)
+    finally:
+        service.close()
+
+
 def _inference(model: str, domain: str, device: str, batch_size: int) -> Any:
     from galmerge.classification.pipeline import _Inference
 
@@ -342,8 +360,10 @@ def classify_hats_summary(catalog: Path, model: str | os.PathLike[str], *, t0: f
     _, note = _shift_stats(loaded.path, loaded.sha256)
     if note and not options.get("quiet"):  # as the other formats say it: once, on stderr
         print(f"galmerge: {note}", file=sys.stderr)
+    release, kind = _cutout_provenance(options["survey"], loaded.preprocess[domain],
+                                       options.get("keepbits"))
     prov = record(checkpoint=loaded.path, config=loaded.config, survey=options["survey"],
-                  data_release="", cutout_kind="", domain=domain,
+                  data_release=release, cutout_kind=kind, domain=domain,
                   preprocessing=loaded.preprocess[domain], temperature=loaded.temperature,
                   threshold=float(options["threshold"]))
     device = options.pop("device", "auto")
