@@ -380,6 +380,27 @@ def test_a_separate_target_encoder_without_init_from_trains_its_source_stage_fir
     assert "with seed = 0, not 5" in res.output.strip().splitlines()[-1]
 
 
+def test_a_runs_config_with_another_seed_trains_its_own_source_stage(pair, tmp_path):
+    """config.toml records the run's own stage as init_from; `train --config it --seed 2` must
+    not start seed 2 from seed 0's source model (the seeds' spread would be understated)."""
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    adda = ["target_encoder=separate", "dann.align=target"]
+    first = tmp_path / "s0"
+    tiny_run(first, src, tgt, "dann", epochs=1, max_steps_per_epoch=2, sets=adda)
+    base = ["train", "--config", str(first / "config.toml"), "--quiet"]
+    res = CliRunner().invoke(cli, [*base, "--seed", "2", "--run-dir", str(tmp_path / "s2")])
+    assert res.exit_code == 0, res.output
+    own = tmp_path / "s2" / "source_only" / "best.pt"
+    assert read_checkpoint(tmp_path / "s2")["config"]["init_from"] == str(own)
+    assert read_checkpoint(own)["config"]["seed"] == 2
+    # the same settings: the stage is the same model, so it is reused, not trained again
+    res = CliRunner().invoke(cli, [*base, "--run-dir", str(tmp_path / "again")])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "again" / "source_only").exists()
+    assert read_checkpoint(tmp_path / "again")["config"]["init_from"] == str(
+        first / "source_only" / "best.pt")
+
+
 def test_alignment_strategies_default_to_their_own_target_encoder_and_others_keep_one():
     """target_encoder "auto": separate when every target-reading strategy's record asks for it
     (dann's, mmd's, coral's and entropy's), recorded as such; shared beside another

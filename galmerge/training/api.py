@@ -94,6 +94,8 @@ def train(
         if backbone_options:
             cli_layer.setdefault("backbone_options", {}).update(dict(backbone_options))
         cfg = resolve_config(cli=cli_layer, file=config)
+        if flags["init_from"] is None:  # a config.toml copied from a run, not --init-from
+            cfg = _other_runs_stage(cfg, quiet)
         out_dir = (
             Path(run_dir) if run_dir is not None
             else rundir.default_run_dir(
@@ -108,6 +110,28 @@ def train(
 # settings a reused source-only stage must share with the run that starts from it
 STAGE_KEYS = ("source", "target", "backbone", "seed", "epochs", "batch_size", "lr",
               "weight_decay", "max_steps_per_epoch", "backbone_options")
+
+
+def _other_runs_stage(cfg: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """``cfg`` without the ``init_from`` a run's config.toml records for its own source-only
+    stage (``OTHER/source_only/best.pt``) when this run differs from that stage in a
+    `STAGE_KEYS` setting: ``train --config runs/da/config.toml --seed 2`` must train seed 2's
+    own stage, not start every seed from seed 0's source model."""
+    init = str(cfg.get("init_from") or "")
+    stage = Path(init).parent
+    if (not init or cfg.get("target_encoder") != "separate"
+            or stage.name != rundir.SOURCE_STAGE or not (stage / rundir.CONFIG).is_file()):
+        return cfg
+    earlier = rundir.read_config(stage)
+    diff = [k for k in STAGE_KEYS if k in earlier and earlier[k] != cfg.get(k)]
+    if not diff:
+        return cfg
+    if not quiet:
+        print(f"galmerge train: note: init_from {init} is another run's source-only stage "
+              f"({diff[0]} = {earlier[diff[0]]!r} there, {cfg.get(diff[0])!r} here); this run "
+              "trains its own (pass --init-from to start from that one anyway)",
+              file=sys.stderr)
+    return dict(cfg, init_from="")
 
 
 def _source_stage(
