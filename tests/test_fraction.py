@@ -857,3 +857,19 @@ def test_decision_threshold_recovers_the_surveys_own_calibration() -> None:
     flipped = labelled.decision_threshold(p, 1 - y)
     assert flipped["threshold"] is None and "does not rise" in flipped["reason"]
 
+
+
+def test_results_of_another_model_are_refused_in_every_format(classified, tmp_path) -> None:
+    """The error rates must come from the checkpoint that wrote p_merger: an output classified
+    by run A and estimated with run B's validation split is a one-line error."""
+    other = tmp_path / "other"
+    tiny_run(other, f"hdf5:{classified['root'] / 'data' / 'source.h5'}",
+             f"hdf5:{classified['root'] / 'data' / 'target.h5'}", "none", epochs=1,
+             max_steps_per_epoch=2, seed=7)
+    for suffix in ("csv", "h5", "fits", "parquet"):
+        code, text = _fraction(str(classified[suffix]), "--model", str(other), "--bootstrap",
+                               "0")
+        assert code == 1 and "pass that run as --model" in text, (suffix, text)
+        assert len(text.strip().splitlines()) == 1
+        assert _fraction(str(classified[suffix]), "--model", str(classified["run"]),
+                         "--bootstrap", "0")[0] == 0

@@ -346,6 +346,12 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
                             f"({res.rows} rows: {_reasons(res.excluded)}); nothing to count")
     val = (validation if validation is not None
            else load_validation(model, source, device, target=target))
+    run = Path(model)
+    checkpoint = run / str(val.meta.get("checkpoint", "")) if run.is_dir() else run
+    if checkpoint.is_file():
+        from galmerge.io.provenance import sha256_file
+
+        _check_same_model(results, checkpoint, sha256_file(checkpoint))
     common: dict[str, Any] = {
         "excluded": dict(res.excluded),
         "validation": None,
@@ -412,6 +418,62 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
         payload["plot"] = str(fraction_figure(panels, Path(plot)))
     payload["provenance"] = _provenance(results, model, val, seed, source, target, labels)
     return payload
+
+
+def recorded_checkpoint(results: str | os.PathLike[str]) -> tuple[str, set[str]] | None:
+    """(checkpoint path, the SHA-256s of the models that wrote p_merger: one, or an ensemble's
+    members) that classify recorded in the output's provenance (CSV: its sidecar; HDF5,
+    Parquet, FITS: the file itself), or None where none is recorded."""
+    import h5py
+
+    from galmerge.io.provenance import SIDECAR_SUFFIX
+
+    path = Path(results)
+    prov: Any = None
+    try:
+        side = path.with_name(path.name + SIDECAR_SUFFIX)
+        if side.is_file():
+            prov = json.loads(side.read_text())
+        elif h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                prov = json.loads(f.attrs.get("galmerge_provenance", "null"))
+        elif is_parquet(path):
+            import pyarrow.parquet as pq
+
+            meta = pq.read_schema(path).metadata or {}
+            prov = json.loads(meta.get(b"galmerge_provenance", b"null"))
+        elif _starts_with(path, b"SIMPLE  ="):
+            from astropy.io import fits
+
+            with fits.open(path) as hdul:
+                header = next((h.header for h in hdul if "CKPTSHA" in h.header), None)
+                if header is not None:
+                    prov = {"checkpoint": header.get("CKPTFILE", ""),
+                            "checkpoint_sha256": header["CKPTSHA"]}
+    except (OSError, ValueError, KeyError):
+        return None
+    if not isinstance(prov, dict):
+        return None
+    sha, where = prov.get("checkpoint_sha256"), prov.get("checkpoint")
+    if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) and isinstance(where, str):
+        members = prov.get("ensemble") if isinstance(prov.get("ensemble"), list) else []
+        return where, {sha} | {str(m.get("checkpoint_sha256")) for m in members
+                               if isinstance(m, dict)}
+    return None
+
+
+def _check_same_model(results: str | os.PathLike[str], checkpoint: Path,
+                      checkpoint_sha256: str | None) -> None:
+    """A one-line error when the output's p_merger came from another checkpoint than the one
+    whose source validation split gives the error rates (an ONNX export is not compared)."""
+    recorded = recorded_checkpoint(results)
+    if recorded is None or checkpoint_sha256 is None or not recorded[0].endswith(".pt"):
+        return
+    if checkpoint_sha256 not in recorded[1]:
+        raise GalmergeError(
+            f"{results} was classified with {recorded[0]}, not with --model's {checkpoint} "
+            f"(SHA-256 {checkpoint_sha256[:12]}... is not the one recorded); the error rates "
+            "must come from the model that wrote p_merger: pass that run as --model")
 
 
 def _provenance(results: str | os.PathLike[str], model: str | os.PathLike[str],
