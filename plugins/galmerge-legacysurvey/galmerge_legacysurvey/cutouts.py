@@ -5,7 +5,9 @@ The service (``{base}/cutout.fits?ra=&dec=&layer=ls-dr10&pixscale=0.262&size=N&b
 resamples the DR10 coadds itself, so any pixel scale and size the model asks for is served
 exactly; it answers a FITS cube (C, H, W) in nanomaggies, north up and east left in FITS pixel
 order (row 0 south, column 0 east) -- the same convention as galmerge's SDSS frame stamps.
-Outside the footprint it answers zeros, which we report as ``no-coverage``.
+Outside the footprint it answers zeros: a stamp with more than ``max_edge_fraction`` (option,
+default 0.5, as the sdss survey's) of its pixels zero in every band is ``no-coverage``; one with
+less is kept with its zeros (blank or masked pixels become zeros too) and counted in the summary.
 
 Base URL: env ``GALMERGE_LEGACYSURVEY_URL`` (default ``https://www.legacysurvey.org/viewer``).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +56,7 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
     except (TypeError, ValueError) as exc:
         raise GalmergeError(
             f"bad legacysurvey option ({exc}); numeric options: workers, attempts, retries, "
-            f"timeout, backoff, max_retry_after"
+            f"timeout, backoff, max_retry_after, max_edge_fraction"
         ) from None
 
 
@@ -75,7 +78,15 @@ class LegacySurveyCutouts:
             sleep=options.get("sleep", time.sleep),
         )
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="galmerge-legacysurvey")
-        self.cache_key = f"legacysurvey:{layer}:{','.join(self.bands)}:{size}px:{scale:.4f}arcsec:v1"
+        self._edge_lock = threading.Lock()
+        self.max_edge_fraction = float(options.get("max_edge_fraction", 0.5))
+        if not 0.0 <= self.max_edge_fraction <= 1.0:
+            raise ValueError(f"max_edge_fraction must be in [0, 1], got {self.max_edge_fraction}")
+        self.edge_stamps = 0
+        # v2: stamps past the footprint's edge became no-coverage (v1 kept any with one band)
+        edge = ("" if self.max_edge_fraction == 0.5 else f":edge{self.max_edge_fraction:g}")
+        self.cache_key = (f"legacysurvey:{layer}:{','.join(self.bands)}:{size}px:"
+                          f"{scale:.4f}arcsec{edge}:v2")
 
     def fetch(self, requests: Sequence[CutoutRequest]) -> Iterator[CutoutResult]:
         todo = []
@@ -127,11 +138,22 @@ class LegacySurveyCutouts:
             cube = np.nan_to_num(cube, nan=0.0, posinf=0.0, neginf=0.0)
         if any(not plane.any() for plane in cube):  # a band the survey never imaged here
             return CutoutResult(r.row, None, "no-coverage")
+        missing = float((cube == 0).all(axis=0).mean())  # pixels past the footprint's edge
+        if missing > self.max_edge_fraction:
+            return CutoutResult(r.row, None, "no-coverage")
+        if missing:
+            with self._edge_lock:
+                self.edge_stamps += 1
         return CutoutResult(r.row, cube, "ok")
 
     def summary(self) -> str:
-        """One line: requests, retries and failures with their reasons."""
-        return self.client.summary()
+        """One line: requests, retries and failures with their reasons, and stamps kept with
+        zeros past the footprint's edge."""
+        text = self.client.summary()
+        if self.edge_stamps:
+            text += (f"; {self.edge_stamps} stamps partly past the footprint's edge kept "
+                     f"(zeros; above {self.max_edge_fraction:g} of a stamp is no-coverage)")
+        return text
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

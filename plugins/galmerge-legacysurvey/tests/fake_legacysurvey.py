@@ -1,6 +1,7 @@
 """A loopback Legacy Surveys cutout service: ``GET /viewer/cutout.fits?ra=&dec=&layer=&pixscale=
 &size=&bands=`` answers a FITS cube (C, H, W) of Gaussian galaxies in nanomaggies with a TAN WCS
-(north up, east left), ``BANDn`` keywords, and zeros outside a footprint (dec > -20).
+(north up, east left), ``BANDn`` keywords, a flat sky of 1e-6, and zeros outside a footprint
+(dec > -20), pixel by pixel (a stamp on its edge is partly zeros).
 
 Faults per test: ``server.add_fault(match, kind, times=1, retry_after="1")`` with kind one of
 ``500 503 429 slow drop truncate``; ``server.count(part)`` counts requests.
@@ -104,14 +105,15 @@ class FakeLegacySurvey:
         pdec = dec + (rows - c) * s  # FITS order: row 0 south
         pra = ra - (cols - c) * s / math.cos(math.radians(dec))  # column 0 east
         cube = np.zeros((len(bands), size, size), dtype=np.float32)
-        if dec > -20:
-            for i, b in enumerate(bands):
-                for g in self.galaxies:
-                    dx = (pra - g.ra) * math.cos(math.radians(g.dec)) * 3600
-                    dy = (pdec - g.dec) * 3600
-                    s2 = g.sigma_arcsec**2
-                    cube[i] += (g.flux[b] * np.exp(-(dx * dx + dy * dy) / (2 * s2))
-                                / (2 * math.pi * s2) * scale**2)
+        for i, b in enumerate(bands):
+            for g in self.galaxies:
+                dx = (pra - g.ra) * math.cos(math.radians(g.dec)) * 3600
+                dy = (pdec - g.dec) * 3600
+                s2 = g.sigma_arcsec**2
+                cube[i] += (g.flux[b] * np.exp(-(dx * dx + dy * dy) / (2 * s2))
+                            / (2 * math.pi * s2) * scale**2)
+            cube[i] += 1e-6  # the sky: imaged pixels are never exactly zero
+        cube[:, pdec <= -20] = 0.0  # outside the footprint (dec > -20), pixel by pixel
         h = fits.Header()
         for k, v in [("CTYPE1", "RA---TAN"), ("CTYPE2", "DEC--TAN"), ("CRVAL1", ra),
                      ("CRVAL2", dec), ("CRPIX1", c + 1), ("CRPIX2", c + 1), ("CD1_1", -s),

@@ -139,6 +139,24 @@ def test_outside_footprint_and_bad_positions(survey, legacy_server, options):
     assert legacy_server.count() == 2
 
 
+def test_a_stamp_past_the_footprints_edge_is_kept_below_the_edge_fraction(survey, legacy_server,
+                                                                          options):
+    """Zeros in every band are pixels the survey never imaged: up to max_edge_fraction of the
+    stamp they are kept (and counted), beyond it the stamp is no-coverage, as for sdss."""
+    half = 20 * 0.262 / 3600  # half a 41-pixel stamp, in degrees
+    reqs = [CutoutRequest(0, 10.0, -20 + 0.4 * half, "30% outside"),
+            CutoutRequest(1, 10.0, -20 - 0.4 * half, "70% outside")]
+    with survey.cutouts(PRE, options) as svc:
+        results = _fetch(svc, reqs)
+        summary = svc.summary()
+    assert results[0].status == "ok" and 0.2 < (results[0].image == 0).all(0).mean() < 0.4
+    assert results[1].status == "no-coverage" and results[1].image is None
+    assert "1 stamps partly past the footprint's edge kept" in summary
+    with survey.cutouts(PRE, {**options, "max_edge_fraction": 0.8}) as svc:
+        assert _fetch(svc, reqs[1:])[1].status == "ok"
+        assert svc.cache_key.endswith(":edge0.8:v2")  # other answers, another cache
+
+
 def test_many_galaxies_fetch_concurrently(survey, legacy_server, options):
     reqs = [CutoutRequest(i, 180.0 + i * 1e-4, 10.0, str(i)) for i in range(12)]
     with survey.cutouts({**PRE, "image_size": 16}, options) as svc:
@@ -165,4 +183,4 @@ def test_impossible_models_are_refused_in_one_line(survey, preprocess, options_,
 
 def test_cache_key_names_layer_bands_size_and_scale(survey):
     with survey.cutouts(PRE, {}) as svc:
-        assert svc.cache_key == "legacysurvey:ls-dr10:g,r,z:41px:0.2620arcsec:v1"
+        assert svc.cache_key == "legacysurvey:ls-dr10:g,r,z:41px:0.2620arcsec:v2"
