@@ -399,6 +399,27 @@ def test_a_runs_config_with_another_seed_trains_its_own_source_stage(pair, tmp_p
     assert not (tmp_path / "again" / "source_only").exists()
     assert read_checkpoint(tmp_path / "again")["config"]["init_from"] == str(
         first / "source_only" / "best.pt")
+    # another schedule is another stage too (its own, not the one trained with the old one)
+    res = CliRunner().invoke(cli, [*base, "--set", "schedule.pct_start=0.6", "--run-dir",
+                                   str(tmp_path / "pct")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "pct" / "source_only" / "best.pt").is_file()
+
+
+def test_a_runs_config_read_from_another_folder_trains_its_own_stage(pair, tmp_path,
+                                                                     monkeypatch):
+    """config.toml's init_from is relative to where the run was started: read from elsewhere
+    (or after the run moved) the stage is not there, and the run trains its own."""
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    monkeypatch.chdir(tmp_path)
+    tiny_run(Path("rel"), src, tgt, "dann", epochs=1, max_steps_per_epoch=2,
+             sets=["target_encoder=separate", "dann.align=target"])
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    res = CliRunner().invoke(cli, ["train", "--config", "../rel/config.toml", "--run-dir",
+                                   "out", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "sub" / "out" / "source_only" / "best.pt").is_file()
 
 
 def test_alignment_strategies_default_to_their_own_target_encoder_and_others_keep_one():

@@ -114,23 +114,30 @@ STAGE_KEYS = ("source", "target", "backbone", "seed", "epochs", "batch_size", "l
 
 def _other_runs_stage(cfg: dict[str, Any], quiet: bool) -> dict[str, Any]:
     """``cfg`` without the ``init_from`` a run's config.toml records for its own source-only
-    stage (``OTHER/source_only/best.pt``) when this run differs from that stage in a
-    `STAGE_KEYS` setting: ``train --config runs/da/config.toml --seed 2`` must train seed 2's
-    own stage, not start every seed from seed 0's source model."""
+    stage (``OTHER/source_only/best.pt``) when that stage is not the one this run would train
+    (`source_only_layer` of this config: another seed, schedule, optimiser...) or is gone (the
+    run moved, or a relative path read from another folder): ``train --config
+    runs/da/config.toml --seed 2`` must train seed 2's own stage, not start from seed 0's."""
     init = str(cfg.get("init_from") or "")
     stage = Path(init).parent
-    if (not init or cfg.get("target_encoder") != "separate"
-            or stage.name != rundir.SOURCE_STAGE or not (stage / rundir.CONFIG).is_file()):
+    if not init or cfg.get("target_encoder") != "separate" or stage.name != rundir.SOURCE_STAGE:
         return cfg
-    earlier = rundir.read_config(stage)
-    diff = [k for k in STAGE_KEYS if k in earlier and earlier[k] != cfg.get(k)]
-    if not diff:
+    why = None
+    if not Path(init).is_file():
+        why = "is not there (the run moved, or the path is relative to another folder)"
+    elif (stage / rundir.CONFIG).is_file():
+        earlier = resolve_config(file=rundir.read_config(stage))
+        expected = resolve_config(file=source_only_layer(dict(cfg, init_from="")))
+        diff = [k for k in sorted(set(earlier) | set(expected))
+                if k != "device" and earlier.get(k) != expected.get(k)]
+        if diff:
+            why = (f"is another run's source-only stage ({diff[0]} = {earlier.get(diff[0])!r} "
+                   f"there, {expected.get(diff[0])!r} here)")
+    if why is None:
         return cfg
     if not quiet:
-        print(f"galmerge train: note: init_from {init} is another run's source-only stage "
-              f"({diff[0]} = {earlier[diff[0]]!r} there, {cfg.get(diff[0])!r} here); this run "
-              "trains its own (pass --init-from to start from that one anyway)",
-              file=sys.stderr)
+        print(f"galmerge train: note: init_from {init} {why}; this run trains its own (pass "
+              "--init-from to start from a given checkpoint)", file=sys.stderr)
     return dict(cfg, init_from="")
 
 
