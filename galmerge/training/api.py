@@ -155,13 +155,14 @@ def _source_stage(
     rundir.check_new(out_dir)  # a folder holding another run is refused before any training
     stage = out_dir / rundir.SOURCE_STAGE
     if (stage / rundir.CONFIG).is_file():  # a stage left by an earlier try: the same settings?
-        earlier = rundir.read_config(stage)
-        for key in STAGE_KEYS:
-            if key in earlier and earlier[key] != cfg[key]:
+        earlier = resolve_config(file=rundir.read_config(stage))
+        expected = resolve_config(file=source_only_layer(cfg))
+        for key in (*STAGE_KEYS, *sorted(set(earlier) | set(expected))):
+            if key != "device" and earlier.get(key) != expected.get(key):
                 raise GalmergeError(
                     f"{stage} is the source-only stage of a run with {key} = "
-                    f"{earlier[key]!r}, not {cfg[key]!r}; pick another --run-dir, or remove "
-                    f"{stage} to train the stage again")
+                    f"{earlier.get(key)!r}, not {expected.get(key)!r}; pick another --run-dir, "
+                    f"or remove {stage} to train the stage again")
     if not (stage / rundir.SUMMARY).is_file():
         if (stage / rundir.LAST).is_file():  # killed during the stage: continue it
             scfg, _, state = _resume_config(stage, {}, False, None, sets_given)
