@@ -357,6 +357,9 @@ def test_a_separate_target_encoder_without_init_from_trains_its_source_stage_fir
     with pytest.raises(KeyboardInterrupt):  # what a kill during the stage leaves behind
         tiny_run(run / "source_only", src, tgt, "none", epochs=2, max_steps_per_epoch=2,
                  on_epoch=stop)
+    res = CliRunner().invoke(cli, ["train", "--resume", str(run), "--quiet"])
+    assert res.exit_code != 0 and "stopped during its source-only stage" in res.output
+    assert "(no --resume)" in res.output and "Traceback" not in res.output
     adda = ["target_encoder=separate", "dann.align=target"]
     tiny_run(run, src, tgt, "dann", epochs=2, max_steps_per_epoch=2, sets=adda)
     stage = run / "source_only" / "best.pt"

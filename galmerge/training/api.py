@@ -182,6 +182,12 @@ def _resume_config(
             f"--resume {out_dir}: the run stopped before its first checkpoint (no last.pt), "
             f"so there is nothing to continue; start it afresh: the same command without "
             f"--resume, with --run-dir {out_dir} --config {out_dir / rundir.CONFIG}")
+    stage = out_dir / rundir.SOURCE_STAGE
+    if not (out_dir / rundir.CONFIG).is_file() and (stage / rundir.CONFIG).is_file():
+        raise GalmergeError(
+            f"--resume {out_dir}: the run was stopped during its source-only stage ({stage}), "
+            f"before its own config.toml; run the same train command again with --run-dir "
+            f"{out_dir} (no --resume): the stage continues from its last checkpoint")
     if not (out_dir / rundir.CONFIG).is_file() or not (out_dir / rundir.LAST).is_file():
         raise GalmergeError(
             f"--resume {out_dir}: no config.toml and last.pt there; pass a run directory "
