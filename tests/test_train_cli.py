@@ -132,6 +132,21 @@ def test_resume_of_a_finished_run_changes_nothing(toys, tmp_path):
     result = invoke("train", "--resume", str(run), "--quiet")
     assert result.exit_code == 0, result.output
     assert (run / "metrics.csv").read_text() == before
+    env = json.loads((run / "env.json").read_text())
+    assert len(env["resumed"]) == 1 and env["resumed"][0]["changed"] == []
+    assert env["packages"]["numpy"] and "git_dirty" in env
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # resumed on another thread count: said and recorded
+    try:
+        result = CliRunner().invoke(cli, ["train", "--resume", str(run)])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    assert "resumed with another cpu_threads" in result.output
+    env = json.loads((run / "env.json").read_text())
+    assert env["cpu_threads"] == threads and env["resumed"][1]["changed"] == ["cpu_threads"]
     assert (run / "config.toml").read_text() == config_before
     summary = json.loads((run / "summary.json").read_text())
     for key in ("metrics", "best_epoch", "epochs_run", "train_images_per_s"):

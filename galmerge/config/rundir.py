@@ -141,15 +141,36 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return read_toml(run_dir / CONFIG)
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    return _git("rev-parse", "HEAD") or None
+
+
+def _git_dirty() -> bool | None:
+    """Whether galmerge's checkout has uncommitted changes to tracked files (None: no git)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the libraries whose arithmetic or data reading a run depends on."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("numpy", "torchvision", "h5py", "astropy", "scipy", "pyarrow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
 
 
 def cpu_description() -> dict[str, str]:
@@ -198,8 +219,36 @@ def environment(device: Any) -> dict[str, Any]:
         "galmerge": __version__,
         "plugins": plugins,
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),  # True: the commit does not describe the code that ran
+        "packages": _versions(),
         "argv": [redact(arg) for arg in sys.argv],  # no database password in env.json
     }
+
+
+#: what must match for a resumed run to go on bit for bit as if never stopped
+_REPEATABLE = ("cpu_threads", "cpu", "torch", "device", "world_size")
+
+
+def record_resume(run_dir: Path, env: Mapping[str, Any], quiet: bool = False) -> None:
+    """Append ``env`` (this process's environment) to env.json's ``resumed`` list, and say in
+    one line when it differs from the start's in what makes runs repeatable (thread count, CPU,
+    torch, device, process count): the run goes on, but no longer bit for bit."""
+    path = run_dir / ENV
+    try:
+        start = json.loads(path.read_text())
+    except (OSError, ValueError):
+        start = {}
+    changed = [k for k in _REPEATABLE if k in start and start.get(k) != env.get(k)]
+    record = dict(start)
+    record["resumed"] = [*start.get("resumed", []),
+                         {**dict(env), "changed": changed,
+                          "resumed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+    write_json(path, record)
+    if changed and not quiet:
+        what = ", ".join(f"{k} {start.get(k)!r} -> {env.get(k)!r}" for k in changed)
+        print(f"galmerge train: note: resumed with another {what}; the run goes on, but will "
+              "not match an uninterrupted one bit for bit (env.json records it)",
+              file=sys.stderr)
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:

@@ -318,10 +318,12 @@ def _train(
     if plan.dist.is_main:
         if not trainer.resumed:  # a resumed run keeps its config.toml as written
             rundir.write_config(plan.out_dir, plan.config)
+        env = rundir.environment(plan.device)
+        env["world_size"] = plan.dist.world
         if not trainer.resumed or not (plan.out_dir / rundir.ENV).exists():
-            env = rundir.environment(plan.device)
-            env["world_size"] = plan.dist.world
             rundir.write_json(plan.out_dir / rundir.ENV, env)
+        else:  # each resume is recorded: another thread count or CPU rounds sums differently
+            rundir.record_resume(plan.out_dir, env, quiet)
     progress = Progress(quiet, plan.epochs, plan.steps_per_epoch)
     source, target = trainer.source.imageset, trainer.target.imageset
     progress.info(
