@@ -93,3 +93,17 @@ def test_same_seed_same_run_bit_for_bit_with_two_threads(tmp_path):
     assert rows_a == rows_b
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    # the shift statistics too (their SHA-256 is in every classify output): equal arrays and
+    # metadata, but for the checkpoint's SHA-256, whose config names each run's own stage
+    import json
+
+    import numpy as np
+
+    stats = []
+    for name in ("a", "b"):
+        with np.load(tmp_path / name / "shift_stats.npz", allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            meta.pop("checkpoint_sha256")
+            stats.append((meta, {k: z[k] for k in z.files if k != "meta"}))
+    assert stats[0][0] == stats[1][0]
+    assert all(np.array_equal(v, stats[1][1][k]) for k, v in stats[0][1].items())
