@@ -203,6 +203,14 @@ def test_mc_dropout_mean_and_spread(run, tmp_path):
     assert code == 0 and (tmp_path / "mc2.csv").read_bytes() == (tmp_path / "mc.csv").read_bytes()
     prov = json.loads((tmp_path / "mc.csv.provenance.json").read_text())
     assert prov["mc_dropout"] == 8
+    # ... and other batches and chunks: each stamp's masks are seeded by its own bytes
+    code, text = _classify(run["run"], run["target"], tmp_path / "mc3.csv", "--quiet",
+                           "--mc-dropout", "8", "--batch-size", "7", "--chunk-rows", "13")
+    assert code == 0, text
+    p3 = np.array([float(r["p_merger"]) for r in _csv(tmp_path / "mc3.csv")])
+    s3 = np.array([float(r["p_merger_std"]) for r in _csv(tmp_path / "mc3.csv")])
+    np.testing.assert_allclose(p3, p_mc, atol=2e-6)
+    np.testing.assert_allclose(s3, std, atol=2e-6)
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -251,37 +251,55 @@ class _Inference:
         return out, extra
 
     def _mc_passes(self, x: Any, block: np.ndarray) -> np.ndarray:
-        """p_merger of ``mc_dropout`` passes with only the dropout layers in train mode (the
-        plain model: the CPU-optimised one has its dropout removed); the draws are seeded by
-        the stamps' bytes, so a rerun gives the same values."""
+        """p_merger of ``mc_dropout`` passes through the plain model (the CPU-optimised one
+        has its dropout removed) with every dropout layer's mask drawn per stamp, from a
+        generator seeded by that stamp's bytes, the pass and the layer: a stamp gets the same
+        draws whatever batch, chunk or fetch order it comes in, so reruns and other
+        --batch-size / --chunk-rows give the same values."""
         import zlib
-
-        import torch
 
         from galmerge.models.inference import merger_probability
 
-        model = self.loaded.model
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        seeds = [zlib.crc32(stamp.tobytes()) for stamp in block]
         probs = []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(zlib.crc32(block.tobytes()))
-            for layer in self.dropouts:
-                layer.train()
+        for draw in range(self.mc_dropout):
+            hooks = [layer.register_forward_hook(_stamp_dropout(seeds, draw, k))
+                     for k, layer in enumerate(self.dropouts)]
             try:
-                for _ in range(self.mc_dropout):
-                    _, logits = model(x.contiguous())
-                    probs.append(merger_probability(logits.float().cpu(),
-                                                    self.loaded.temperature))
+                _, logits = self.loaded.model(x.contiguous())
             finally:
-                for layer in self.dropouts:
-                    layer.eval()
+                for hook in hooks:
+                    hook.remove()
+            probs.append(merger_probability(logits.float().cpu(), self.loaded.temperature))
         return np.clip(np.stack(probs), 0.0, 1.0)
+
+
+def _stamp_dropout(seeds: list[int], draw: int, layer: int) -> Any:
+    """A forward hook that applies inverted dropout to an eval-mode dropout layer's input with
+    one mask per stamp (``nn.Dropout``: per element; ``Dropout1d/2d/3d``: per channel), drawn
+    from ``torch.Generator`` seeded by (stamp, draw, layer). Hand-written because torch's own
+    dropout draws one mask for the whole batch from one global generator."""
+    import torch
+    from torch import nn
+
+    def hook(module: Any, inputs: tuple[Any, ...], output: Any) -> Any:
+        x = inputs[0]
+        keep = 1.0 - float(module.p)
+        shape = x.shape[1:] if type(module) is nn.Dropout else (*x.shape[1:2],
+                                                                 *(1,) * (x.dim() - 2))
+        masks = torch.stack([
+            torch.rand(shape, generator=torch.Generator().manual_seed(
+                (seed * 1_000_003 + draw * 9_176 + layer) % (2**63)))
+            for seed in seeds[: len(x)]]) < keep
+        return x * masks.to(device=x.device, dtype=x.dtype) / keep
+
+    return hook
 
 
 def _dropout_layers(model: Any) -> list[Any]:
     from torch import nn
 
-    kinds = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+    kinds = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)  # what _stamp_dropout draws
     return [m for m in model.modules() if isinstance(m, kinds) and float(m.p) > 0]
 
 
