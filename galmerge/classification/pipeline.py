@@ -285,8 +285,8 @@ def _stamp_dropout(seeds: list[int], draw: int, layer: int) -> Any:
     def hook(module: Any, inputs: tuple[Any, ...], output: Any) -> Any:
         x = inputs[0]
         keep = 1.0 - float(module.p)
-        shape = x.shape[1:] if type(module) is nn.Dropout else (*x.shape[1:2],
-                                                                 *(1,) * (x.dim() - 2))
+        channelwise = isinstance(module, nn.Dropout1d | nn.Dropout2d | nn.Dropout3d)
+        shape = (*x.shape[1:2], *(1,) * (x.dim() - 2)) if channelwise else x.shape[1:]
         masks = torch.stack([
             torch.rand(shape, generator=torch.Generator().manual_seed(
                 (seed * 1_000_003 + draw * 9_176 + layer) % (2**63)))
