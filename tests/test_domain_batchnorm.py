@@ -516,3 +516,20 @@ def test_adabn_with_a_frozen_source_path_moves_only_the_targets_statistics(pair,
     metrics = {r: json.loads((r / "summary.json").read_text())["metrics"] for r in (base, run)}
     assert metrics[run]["source_test"] == metrics[base]["source_test"]
     assert metrics[run]["target_test"] != metrics[base]["target_test"]
+
+
+def test_a_killed_stage_of_a_backbone_with_declared_multipliers_is_continued(pair, tmp_path):
+    """resnet18 declares learning-rate multipliers, which its stage's config.toml records as
+    filled in: what a run writes beyond its settings must not make its own stage 'another'."""
+    src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
+    run = tmp_path / "adda"
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(run / "source_only", src, tgt, "none", epochs=2, max_steps_per_epoch=2,
+                 on_epoch=stop, backbone="resnet18")
+    tiny_run(run, src, tgt, "dann", epochs=2, max_steps_per_epoch=2, backbone="resnet18",
+             sets=["target_encoder=separate", "dann.align=target"])
+    assert (run / "summary.json").is_file() and (run / "source_only" / "summary.json").is_file()

@@ -94,8 +94,8 @@ def train(
         if backbone_options:
             cli_layer.setdefault("backbone_options", {}).update(dict(backbone_options))
         cfg = resolve_config(cli=cli_layer, file=config)
-        if flags["init_from"] is None:  # a config.toml copied from a run, not --init-from
-            cfg = _other_runs_stage(cfg, quiet)
+        if flags["init_from"] is None and isinstance(config, str | Path):
+            cfg = _other_runs_stage(cfg, Path(config), quiet)  # a run's config.toml reused
         out_dir = (
             Path(run_dir) if run_dir is not None
             else rundir.default_run_dir(
@@ -107,12 +107,16 @@ def train(
     return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch)
 
 
+# what a run writes into its config.toml beyond the settings it was given (the device it ran on,
+# the multipliers its modules declared, the numbers "auto" observation measured): not compared
+# when deciding whether a recorded source-only stage is the one a config would train
+FILLED_BY_RUN = ("device", "lr_multipliers", "observe")
 # settings a reused source-only stage must share with the run that starts from it
 STAGE_KEYS = ("source", "target", "backbone", "seed", "epochs", "batch_size", "lr",
               "weight_decay", "max_steps_per_epoch", "backbone_options")
 
 
-def _other_runs_stage(cfg: dict[str, Any], quiet: bool) -> dict[str, Any]:
+def _other_runs_stage(cfg: dict[str, Any], config: Path, quiet: bool) -> dict[str, Any]:
     """``cfg`` without the ``init_from`` a run's config.toml records for its own source-only
     stage (``OTHER/source_only/best.pt``) when that stage is not the one this run would train
     (`source_only_layer` of this config: another seed, schedule, optimiser...) or is gone (the
@@ -120,7 +124,9 @@ def _other_runs_stage(cfg: dict[str, Any], quiet: bool) -> dict[str, Any]:
     runs/da/config.toml --seed 2`` must train seed 2's own stage, not start from seed 0's."""
     init = str(cfg.get("init_from") or "")
     stage = Path(init).parent
-    if not init or cfg.get("target_encoder") != "separate" or stage.name != rundir.SOURCE_STAGE:
+    own = (config.resolve().parent.name, rundir.SOURCE_STAGE, rundir.BEST)
+    if (not init or cfg.get("target_encoder") != "separate"
+            or Path(init).parts[-3:] != own):  # an init_from given on purpose stays
         return cfg
     why = None
     if not Path(init).is_file():
@@ -129,7 +135,7 @@ def _other_runs_stage(cfg: dict[str, Any], quiet: bool) -> dict[str, Any]:
         earlier = resolve_config(file=rundir.read_config(stage))
         expected = resolve_config(file=source_only_layer(dict(cfg, init_from="")))
         diff = [k for k in sorted(set(earlier) | set(expected))
-                if k != "device" and earlier.get(k) != expected.get(k)]
+                if k not in FILLED_BY_RUN and earlier.get(k) != expected.get(k)]
         if diff:
             why = (f"is another run's source-only stage ({diff[0]} = {earlier.get(diff[0])!r} "
                    f"there, {expected.get(diff[0])!r} here)")
@@ -158,7 +164,7 @@ def _source_stage(
         earlier = resolve_config(file=rundir.read_config(stage))
         expected = resolve_config(file=source_only_layer(cfg))
         for key in (*STAGE_KEYS, *sorted(set(earlier) | set(expected))):
-            if key != "device" and earlier.get(key) != expected.get(key):
+            if key not in FILLED_BY_RUN and earlier.get(key) != expected.get(key):
                 raise GalmergeError(
                     f"{stage} is the source-only stage of a run with {key} = "
                     f"{earlier.get(key)!r}, not {expected.get(key)!r}; pick another --run-dir, "
