@@ -129,6 +129,8 @@ def test_dry_run_installs_nothing(tmp_path: Path, env_python: Path) -> None:
         (["uninstall", "-y", "Galmerge[onnx]==0.1.0"], "removes plugins, not galmerge itself"),
         (["uninstall", "-y", "torch"], "torch is not an installed galmerge plugin"),
         (["uninstall", "-y", "-r", "req.txt"], "not a requirements file"),
+        (["uninstall", "-y", "-rreq.txt"], "not a requirements file"),
+        (["uninstall", "-y", "--log", "pip.log", "torch"], "torch is not an installed"),
     ],
 )
 def test_mistakes_are_one_line(args: list[str], message: str, monkeypatch) -> None:

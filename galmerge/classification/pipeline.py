@@ -109,17 +109,18 @@ class ClassifySummary:
         }
 
 
-#: the suffixes classify writes (`galmerge.classification.outputs.open_writer`): any other
-#: name (best.pt, config.toml, a spreadsheet) is a mistake, not a CSV to write
-OUTPUT_SUFFIXES = ("", ".csv", ".txt", ".h5", ".hdf5", ".fits", ".fit", ".fts", ".parquet",
-                   ".pq", ".parq")
+#: names of other kinds of file: an output so named is a mistake (--output RUN/best.pt), not a
+#: CSV to write (`galmerge.classification.outputs.open_writer` writes CSV for any other suffix)
+NOT_OUTPUT_SUFFIXES = (".pt", ".pth", ".ckpt", ".onnx", ".toml", ".json", ".yaml", ".yml",
+                       ".npz", ".npy", ".py", ".md", ".png", ".pdf", ".svg", ".jpg", ".jpeg",
+                       ".xlsx", ".xls", ".ods", ".xml", ".vot", ".gz", ".bz2", ".zip")
 
 
 def check_output(out_path: Path, catalog: Path) -> None:
     """One line, before any work, for an output that would destroy a file: the input catalog,
     a name classify does not write, or an existing file that is not a classify output (which a
     rerun may replace: it reads it back first)."""
-    if out_path.suffix.lower() not in OUTPUT_SUFFIXES:
+    if out_path.suffix.lower() in NOT_OUTPUT_SUFFIXES:
         raise GalmergeError(f"--output {out_path}: classify writes .csv, .h5, .fits or .parquet "
                             "files; choose such a name")
     for folder in out_path.parents:
@@ -128,8 +129,8 @@ def check_output(out_path: Path, catalog: Path) -> None:
                 raise GalmergeError(f"--output {out_path}: {folder} is a file, not a folder; "
                                     "choose another --output")
             break
-    if not out_path.exists():
-        return
+    if not out_path.exists() or (out_path.is_file() and out_path.stat().st_size == 0):
+        return  # nothing there to lose (an empty file: e.g. from mktemp)
     if out_path.resolve() == catalog.resolve():
         raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")
     from galmerge.fractions.report import P_NAME, STATUS_NAME, _result_column, output_columns
@@ -191,7 +192,8 @@ class _Inference:
         if self.mc_dropout and not self.dropouts:
             raise GalmergeError(
                 f"--mc-dropout: model {self.loaded.path} (backbone "
-                f"'{self.loaded.config.get('backbone', '?')}') has no dropout layer with p > 0; "
+                f"'{self.loaded.config.get('backbone', '?')}') has no dropout layer with p > 0 "
+                "(nn.Dropout or Dropout1d/2d/3d; AlphaDropout is not drawn per stamp); "
                 "drop --mc-dropout, or train with a dropout option (deepmerge: dropout=0.1)")
         self.shift, self.shift_note = shift_score.load(model_path, self.loaded.sha256)
         self.extra = ([shift_score.SCORE_COLUMN, shift_score.FLAG_COLUMN]
@@ -284,13 +286,17 @@ def _stamp_dropout(seeds: list[int], draw: int, layer: int) -> Any:
 
     def hook(module: Any, inputs: tuple[Any, ...], output: Any) -> Any:
         x = inputs[0]
+        if len(x) != len(seeds):  # a layer whose first dimension is not the stamps
+            raise GalmergeError(f"--mc-dropout: a dropout layer of this backbone sees {len(x)} "
+                                f"rows for {len(seeds)} stamps, so its masks cannot be drawn "
+                                "per stamp; drop --mc-dropout, or use an ensemble of runs")
         keep = 1.0 - float(module.p)
         channelwise = isinstance(module, nn.Dropout1d | nn.Dropout2d | nn.Dropout3d)
         shape = (*x.shape[1:2], *(1,) * (x.dim() - 2)) if channelwise else x.shape[1:]
         masks = torch.stack([
             torch.rand(shape, generator=torch.Generator().manual_seed(
                 (seed * 1_000_003 + draw * 9_176 + layer) % (2**63)))
-            for seed in seeds[: len(x)]]) < keep
+            for seed in seeds]) < keep
         return x * masks.to(device=x.device, dtype=x.dtype) / keep
 
     return hook
@@ -715,10 +721,9 @@ def _fail_if_no_position(summary: ClassifySummary, catalog: Path) -> None:
     bad = summary.statuses.get("bad-coordinates", 0)
     if summary.rows and bad == summary.rows:
         raise GalmergeError(
-            f"every row of {catalog} has bad coordinates ({bad} rows, listed in "
-            f"{summary.output}): give RA and Dec in decimal degrees (sexagesimal such as "
-            "10:20:30.5 is not read), and name the columns with --ra-col/--dec-col if they are "
-            "others")
+            f"every row of {catalog} has bad coordinates ({bad} rows): give RA and Dec in "
+            "decimal degrees (sexagesimal such as 10:20:30.5 is not read), and name the columns "
+            "with --ra-col/--dec-col if they are others")
 
 
 def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable: Any,

@@ -78,11 +78,19 @@ def install(
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def uninstall(packages: tuple[str, ...], yes: bool) -> None:
     """Uninstall plugins from galmerge's own environment."""
-    if any(p in ("-r", "--requirement") or p.startswith("--requirement=") for p in packages):
+    if any(p.startswith(("-r", "--requirement")) for p in packages):
         raise GalmergeError("`galmerge uninstall` takes plugin names, not a requirements file; "
                             "name the plugins")
     plugins = _plugin_distributions()
-    for name in (p for p in packages if not p.startswith("-")):
+    names, skip = [], False
+    for arg in packages:  # the value of a pip option given apart (--log FILE) is no name
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = "=" not in arg and arg in _VALUE_OPTIONS
+        else:
+            names.append(arg)
+    for name in names:
         dist = _distribution_name(name)
         if dist == "galmerge":
             raise GalmergeError(
@@ -95,6 +103,13 @@ def uninstall(packages: tuple[str, ...], yes: bool) -> None:
                 f"{', '.join(sorted(plugins)) or 'none'}); `galmerge uninstall` removes plugins "
                 f"only, other packages with `{sys.executable} -m pip uninstall`")
     _pip("uninstall", *(["--yes"] if yes else []), *packages)
+
+
+#: pip options that take a value (pip uninstall's and pip's general ones)
+_VALUE_OPTIONS = {"--log", "--root-user-action", "--proxy", "--retries", "--timeout",
+                  "--exists-action", "--trusted-host", "--cert", "--client-cert", "--cache-dir",
+                  "--python", "--keyring-provider", "--use-feature", "--use-deprecated",
+                  "--resume-retries"}
 
 
 def _distribution_name(requirement: str) -> str:

@@ -226,7 +226,7 @@ def environment(device: Any) -> dict[str, Any]:
 
 
 #: what must match for a resumed run to go on bit for bit as if never stopped
-_REPEATABLE = ("cpu_threads", "cpu", "torch", "device", "world_size")
+_REPEATABLE = ("cpu_threads", "cpu", "torch", "device", "device_name", "world_size")
 
 
 def record_resume(run_dir: Path, env: Mapping[str, Any], quiet: bool = False) -> None:

@@ -437,6 +437,8 @@ def recorded_checkpoint(results: str | os.PathLike[str]) -> tuple[str, set[str]]
         elif h5py.is_hdf5(path):
             with h5py.File(path, "r") as f:
                 prov = json.loads(f.attrs.get("galmerge_provenance", "null"))
+                if "galmerge_ensemble" in f.attrs and isinstance(prov, dict):
+                    prov["ensemble"] = json.loads(f.attrs["galmerge_ensemble"]).get("ensemble")
         elif is_parquet(path):
             import pyarrow.parquet as pq
 
@@ -449,16 +451,20 @@ def recorded_checkpoint(results: str | os.PathLike[str]) -> tuple[str, set[str]]
                 header = next((h.header for h in hdul if "CKPTSHA" in h.header), None)
                 if header is not None:
                     prov = {"checkpoint": header.get("CKPTFILE", ""),
-                            "checkpoint_sha256": header["CKPTSHA"]}
+                            "checkpoint_sha256": header["CKPTSHA"],
+                            **({"ensemble": int(header["GMENSEMB"])}
+                               if "GMENSEMB" in header else {})}
     except (OSError, ValueError, KeyError):
         return None
     if not isinstance(prov, dict):
         return None
     sha, where = prov.get("checkpoint_sha256"), prov.get("checkpoint")
+    members = prov.get("ensemble")
+    if members is not None and not (isinstance(members, list)
+                                    and all(isinstance(m, dict) for m in members)):
+        return None  # an ensemble whose members' hashes are not recorded: nothing to compare
     if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) and isinstance(where, str):
-        members = prov.get("ensemble") if isinstance(prov.get("ensemble"), list) else []
-        return where, {sha} | {str(m.get("checkpoint_sha256")) for m in members
-                               if isinstance(m, dict)}
+        return where, {sha} | {str(m.get("checkpoint_sha256")) for m in members or []}
     return None
 
 
@@ -470,6 +476,11 @@ def _check_same_model(results: str | os.PathLike[str], checkpoint: Path,
     if recorded is None or checkpoint_sha256 is None or not recorded[0].endswith(".pt"):
         return
     if checkpoint_sha256 not in recorded[1]:
+        if Path(recorded[0]).name != checkpoint.name:  # e.g. classified with RUN/last.pt
+            raise GalmergeError(
+                f"{results} was classified with {recorded[0]}, while fraction scores the run's "
+                f"{checkpoint.name}; classify again with --model {checkpoint.parent} (its "
+                f"{checkpoint.name}) to estimate fractions")
         raise GalmergeError(
             f"{results} was classified with {recorded[0]}, not with --model's {checkpoint} "
             f"(SHA-256 {checkpoint_sha256[:12]}... is not the one recorded); the error rates "

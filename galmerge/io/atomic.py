@@ -112,6 +112,8 @@ def check_replaceable(path: str | Path, ours: Any, what: str) -> None:
     p = Path(path)
     if p.is_symlink() or not p.exists():  # a link is replaced itself, its target never read
         return
+    if p.is_file() and p.stat().st_size == 0:  # nothing there to lose
+        return
     head = b""
     if p.is_file():
         with open(p, "rb") as fh:

@@ -130,6 +130,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     p = resolve_checkpoint(path)
     try:
         payload = torch.load(p, map_location=map_location, weights_only=True)
+    except (PermissionError, FileNotFoundError, IsADirectoryError) as exc:
+        raise GalmergeError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
     except Exception as exc:
         # torch's text names a byte value, or suggests weights_only=False: never the advice
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
