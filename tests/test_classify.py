@@ -186,9 +186,11 @@ def test_an_output_that_would_destroy_a_file_is_refused(env, name):
     assert res.exit_code != 0 and f"--output {target}" in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
     assert (target.read_bytes() if target.exists() else None) == before
-    # an earlier output is replaced by a rerun, as before
-    out = tmp / "again.csv"
-    for _ in range(2):
+    # an earlier output is replaced by a rerun, as before; so is an empty file, and a name
+    # without a suffix (or .tsv) is written as CSV
+    (tmp / "empty.csv").write_text("")
+    again = tmp / "again.csv"
+    for out in (tmp / "empty.csv", tmp / "res", tmp / "res.tsv", again, again):
         res = run_cli("classify", str(cat), "--model", str(ckpt.parent), "--survey", "stamps",
                       "--output", str(out), "--quiet")
         assert res.exit_code == 0, res.output
