@@ -135,6 +135,10 @@ def test_resume_of_a_finished_run_changes_nothing(toys, tmp_path):
     env = json.loads((run / "env.json").read_text())
     assert len(env["resumed"]) == 1 and env["resumed"][0]["changed"] == []
     assert env["packages"]["numpy"] and "git_dirty" in env
+    # what the specs resolved to here, as the toy survey names its sets
+    assert {env["data"][d]["survey"] for d in ("source", "target")} == {"toy-source",
+                                                                          "toy-target"}
+    assert env["data"]["source"]["images"] > 0
     import torch
 
     threads = torch.get_num_threads()

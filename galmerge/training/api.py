@@ -116,6 +116,15 @@ STAGE_KEYS = ("source", "target", "backbone", "seed", "epochs", "batch_size", "l
               "weight_decay", "max_steps_per_epoch", "backbone_options")
 
 
+def _data_record(imageset: ImageSet) -> dict[str, Any]:
+    """One domain's data as this run read it: survey, size, bands, pixel scale and the short
+    scalar facts its survey recorded (``ImageSet.meta``: renderer version, cache file...)."""
+    facts = {k: v for k, v in imageset.meta.items()
+             if isinstance(v, str | int | float | bool) and len(str(v)) <= 300}
+    return {"survey": imageset.survey, "images": len(imageset), "bands": list(imageset.bands),
+            "pixel_scale_arcsec": imageset.pixel_scale_arcsec, "meta": facts}
+
+
 def _other_runs_stage(cfg: dict[str, Any], config: Path, quiet: bool) -> dict[str, Any]:
     """``cfg`` without the ``init_from`` a run's config.toml records for its own source-only
     stage (``OTHER/source_only/best.pt``) when that stage is not the one this run would train
@@ -326,6 +335,9 @@ def _train(
             rundir.write_config(plan.out_dir, plan.config)
         env = rundir.environment(plan.device)
         env["world_size"] = plan.dist.world
+        # what the data specs resolved to here (e.g. the synthetic renderer's version, a file)
+        env["data"] = {role: _data_record(domain.imageset)
+                       for role, domain in (("source", trainer.source), ("target", trainer.target))}
         if not trainer.resumed or not (plan.out_dir / rundir.ENV).exists():
             rundir.write_json(plan.out_dir / rundir.ENV, env)
         else:  # each resume is recorded: another thread count or CPU rounds sums differently
