@@ -125,6 +125,18 @@ def _data_record(imageset: ImageSet) -> dict[str, Any]:
             "pixel_scale_arcsec": imageset.pixel_scale_arcsec, "meta": facts}
 
 
+def _stage_difference(stage: Path, cfg: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
+    """(setting, the stage's value, ``cfg``'s) of the first setting in which the source-only
+    run recorded in ``stage`` differs from the one ``cfg`` would train (`source_only_layer`;
+    `STAGE_KEYS` first, what runs fill in not compared), or None when it is that run."""
+    earlier = resolve_config(file=rundir.read_config(stage))
+    expected = resolve_config(file=source_only_layer(dict(cfg, init_from="")))
+    for key in (*STAGE_KEYS, *sorted(set(earlier) | set(expected))):
+        if key not in FILLED_BY_RUN and earlier.get(key) != expected.get(key):
+            return key, earlier.get(key), expected.get(key)
+    return None
+
+
 def _other_runs_stage(cfg: dict[str, Any], config: Path, quiet: bool) -> dict[str, Any]:
     """``cfg`` without the ``init_from`` a run's config.toml records for its own source-only
     stage (``OTHER/source_only/best.pt``) when that stage is not the one this run would train
@@ -141,13 +153,10 @@ def _other_runs_stage(cfg: dict[str, Any], config: Path, quiet: bool) -> dict[st
     if not Path(init).is_file():
         why = "is not there (the run moved, or the path is relative to another folder)"
     elif (stage / rundir.CONFIG).is_file():
-        earlier = resolve_config(file=rundir.read_config(stage))
-        expected = resolve_config(file=source_only_layer(dict(cfg, init_from="")))
-        diff = [k for k in sorted(set(earlier) | set(expected))
-                if k not in FILLED_BY_RUN and earlier.get(k) != expected.get(k)]
-        if diff:
-            why = (f"is another run's source-only stage ({diff[0]} = {earlier.get(diff[0])!r} "
-                   f"there, {expected.get(diff[0])!r} here)")
+        diff = _stage_difference(stage, cfg)
+        if diff is not None:
+            why = (f"is another run's source-only stage ({diff[0]} = {diff[1]!r} there, "
+                   f"{diff[2]!r} here)")
     if why is None:
         return cfg
     if not quiet:
@@ -169,15 +178,11 @@ def _source_stage(
         return cfg
     rundir.check_new(out_dir)  # a folder holding another run is refused before any training
     stage = out_dir / rundir.SOURCE_STAGE
-    if (stage / rundir.CONFIG).is_file():  # a stage left by an earlier try: the same settings?
-        earlier = resolve_config(file=rundir.read_config(stage))
-        expected = resolve_config(file=source_only_layer(cfg))
-        for key in (*STAGE_KEYS, *sorted(set(earlier) | set(expected))):
-            if key not in FILLED_BY_RUN and earlier.get(key) != expected.get(key):
-                raise GalmergeError(
-                    f"{stage} is the source-only stage of a run with {key} = "
-                    f"{earlier.get(key)!r}, not {expected.get(key)!r}; pick another --run-dir, "
-                    f"or remove {stage} to train the stage again")
+    diff = _stage_difference(stage, cfg) if (stage / rundir.CONFIG).is_file() else None
+    if diff is not None:  # a stage left by an earlier try with other settings
+        raise GalmergeError(
+            f"{stage} is the source-only stage of a run with {diff[0]} = {diff[1]!r}, not "
+            f"{diff[2]!r}; pick another --run-dir, or remove {stage} to train the stage again")
     if not (stage / rundir.SUMMARY).is_file():
         if (stage / rundir.LAST).is_file():  # killed during the stage: continue it
             scfg, _, state = _resume_config(stage, {}, False, None, sets_given)
