@@ -346,12 +346,13 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
                             f"({res.rows} rows: {_reasons(res.excluded)}); nothing to count")
     val = (validation if validation is not None
            else load_validation(model, source, device, target=target))
+    from galmerge.io.provenance import sha256_file
+
     run = Path(model)
     checkpoint = run / str(val.meta.get("checkpoint", "")) if run.is_dir() else run
-    if checkpoint.is_file():
-        from galmerge.io.provenance import sha256_file
-
-        _check_same_model(results, checkpoint, sha256_file(checkpoint))
+    checkpoint_sha256 = sha256_file(checkpoint) if checkpoint.is_file() else None
+    if checkpoint_sha256 is not None:
+        _check_same_model(results, checkpoint, checkpoint_sha256)
     common: dict[str, Any] = {
         "excluded": dict(res.excluded),
         "validation": None,
@@ -416,7 +417,8 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
                    else ")"), e) for k, e in enumerate(entries)]
     if plot is not None:
         payload["plot"] = str(fraction_figure(panels, Path(plot)))
-    payload["provenance"] = _provenance(results, model, val, seed, source, target, labels)
+    payload["provenance"] = _provenance(results, model, checkpoint_sha256, seed, source,
+                                        target, labels)
     return payload
 
 
@@ -426,7 +428,7 @@ def recorded_checkpoint(results: str | os.PathLike[str]) -> tuple[str, set[str]]
     Parquet, FITS: the file itself), or None where none is recorded."""
     import h5py
 
-    from galmerge.io.provenance import SIDECAR_SUFFIX
+    from galmerge.io.provenance import FITS_KEYWORDS, SIDECAR_SUFFIX
 
     path = Path(results)
     prov: Any = None
@@ -447,12 +449,13 @@ def recorded_checkpoint(results: str | os.PathLike[str]) -> tuple[str, set[str]]
         elif _starts_with(path, b"SIMPLE  ="):
             from astropy.io import fits
 
+            sha_word = FITS_KEYWORDS["checkpoint_sha256"]
             with fits.open(path) as hdul:
-                header = next((h.header for h in hdul if "CKPTSHA" in h.header), None)
+                header = next((h.header for h in hdul if sha_word in h.header), None)
                 if header is not None:
-                    prov = {"checkpoint": header.get("CKPTFILE", ""),
-                            "checkpoint_sha256": header["CKPTSHA"],
-                            **({"ensemble": int(header["GMENSEMB"])}
+                    prov = {"checkpoint": header.get(FITS_KEYWORDS["checkpoint"], ""),
+                            "checkpoint_sha256": header[sha_word],
+                            **({"ensemble": int(header["GMENSEMB"])}  # ensemble.py's card
                                if "GMENSEMB" in header else {})}
     except (OSError, ValueError, KeyError):
         return None
@@ -469,11 +472,11 @@ def recorded_checkpoint(results: str | os.PathLike[str]) -> tuple[str, set[str]]
 
 
 def _check_same_model(results: str | os.PathLike[str], checkpoint: Path,
-                      checkpoint_sha256: str | None) -> None:
+                      checkpoint_sha256: str) -> None:
     """A one-line error when the output's p_merger came from another checkpoint than the one
     whose source validation split gives the error rates (an ONNX export is not compared)."""
     recorded = recorded_checkpoint(results)
-    if recorded is None or checkpoint_sha256 is None or not recorded[0].endswith(".pt"):
+    if recorded is None or not recorded[0].endswith(".pt"):
         return
     if checkpoint_sha256 not in recorded[1]:
         if Path(recorded[0]).name != checkpoint.name:  # e.g. classified with RUN/last.pt
@@ -488,19 +491,17 @@ def _check_same_model(results: str | os.PathLike[str], checkpoint: Path,
 
 
 def _provenance(results: str | os.PathLike[str], model: str | os.PathLike[str],
-                val: Validation, seed: int, source: str | None, target: str | None,
-                labels: str | os.PathLike[str] | None) -> dict[str, Any]:
+                checkpoint_sha256: str | None, seed: int, source: str | None,
+                target: str | None, labels: str | os.PathLike[str] | None) -> dict[str, Any]:
     """What this estimate was made from: the files (with SHA-256), the checkpoint whose source
     validation split gave the error rates, the bootstrap seed, and when and by which galmerge."""
     from galmerge import __version__
     from galmerge.io.provenance import sha256_file, stamped
 
-    run = Path(model)
-    checkpoint = run / str(val.meta.get("checkpoint", "")) if run.is_dir() else run
     out: dict[str, Any] = {
         "galmerge_version": __version__, "results": str(results),
         "results_sha256": sha256_file(results), "model": str(model),
-        "checkpoint_sha256": sha256_file(checkpoint) if checkpoint.is_file() else None,
+        "checkpoint_sha256": checkpoint_sha256,
         "seed": int(seed), "source": source, "target": target, "created_utc": ""}
     if labels is not None:
         out.update(labels=str(labels), labels_sha256=sha256_file(labels))
