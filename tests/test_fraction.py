@@ -7,8 +7,10 @@ import csv
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -384,8 +386,6 @@ def test_prior_value_rescales_by_its_rule_is_recorded_and_undone(classified, tmp
 
 
 def test_prior_auto_is_the_em_fixed_point_and_hdf5_records_it(classified, tmp_path) -> None:
-    import h5py
-
     out = tmp_path / "auto.h5"
     code, text = _classify(classified, out, "--prior", "auto")
     assert code == 0, text
@@ -442,7 +442,6 @@ def test_prior_user_errors_are_one_line(classified, tmp_path) -> None:
 
 
 def test_ensemble_mean_and_spread(classified, tmp_path) -> None:
-    import h5py
 
     run2 = classified["root"] / "run-seed1"
     if not (run2 / "best.pt").is_file():
@@ -702,7 +701,6 @@ def test_ppi_leaves_the_other_estimators_as_they_were_and_needs_enough_labels() 
 
 
 def _target_labels(classified) -> np.ndarray:
-    import h5py
 
     with h5py.File(classified["root"] / "data" / "target.h5", "r") as f:
         return np.asarray(f["labels"][()])
@@ -873,3 +871,21 @@ def test_results_of_another_model_are_refused_in_every_format(classified, tmp_pa
         assert len(text.strip().splitlines()) == 1
         assert _fraction(str(classified[suffix]), "--model", str(classified["run"]),
                          "--bootstrap", "0")[0] == 0
+
+
+def test_an_hdf5_output_whose_column_lives_in_another_file_is_refused(classified,
+                                                                      tmp_path) -> None:
+    path = tmp_path / "shared.h5"
+    shutil.copyfile(classified["h5"], path)
+    with h5py.File(path, "a") as f:
+        where = dict(zip(json.loads(f.attrs["columns"]), json.loads(f.attrs["datasets"]),
+                         strict=True))["p_merger"]
+        values = f[where][()]
+        del f[where]
+        raw = tmp_path / "elsewhere.bin"
+        values.tofile(raw)
+        f.create_dataset(where, shape=values.shape, dtype=values.dtype,
+                         external=[(str(raw), 0, values.nbytes)])
+    code, text = _fraction(str(path), "--model", str(classified["run"]), "--bootstrap", "5")
+    assert code != 0 and "is external storage in" in text and "Traceback" not in text, text
+    assert len(text.strip().splitlines()) == 1, text

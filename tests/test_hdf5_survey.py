@@ -106,3 +106,60 @@ def test_check_finite_can_be_skipped_for_huge_files(tmp_path):
     with pytest.raises(GalmergeError, match="non-finite pixels"):
         load_imageset(f"hdf5:{path}")
     assert len(load_imageset(f"hdf5:{path}?check_finite=false")) == 3
+
+
+def _external_raw(path, other):
+    """An 'images' dataset whose bytes are another file's (HDF5 external storage)."""
+    np.zeros((2, 3, 8, 8), np.float32).tofile(other)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", shape=(2, 3, 8, 8), dtype="f4", external=[(str(other), 0,
+                                                                               h5py.h5f.UNLIMITED)])
+
+
+def _virtual(path, other):
+    _write(other, torch.zeros(2, 3, 8, 8))
+    layout = h5py.VirtualLayout(shape=(2, 3, 8, 8), dtype="f4")
+    layout[:] = h5py.VirtualSource(str(other), "images", shape=(2, 3, 8, 8))
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("images", layout)
+
+
+def _external_link(path, other):
+    _write(other, torch.zeros(2, 3, 8, 8))
+    with h5py.File(path, "w") as f:
+        f["images"] = h5py.ExternalLink(str(other), "images")
+
+
+def _dangling_link(path, other):
+    with h5py.File(path, "w") as f:
+        f["images"] = h5py.ExternalLink(str(other), "images")
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (_external_raw, "is external storage in"),
+        (_virtual, "is a virtual dataset"),
+        (_external_link, "is an external link to"),
+        (_dangling_link, "is an external link to"),
+    ],
+)
+def test_pixels_stored_in_another_file_are_refused(tmp_path, make, expected):
+    # HDF5 follows these on read, so a file someone shares could make galmerge read any file
+    # the user can (e.g. /etc/..., ~/.ssh/...) as pixels, labels or ids
+    path, other = tmp_path / "shared.h5", tmp_path / "elsewhere.bin"
+    make(path, other)
+    with pytest.raises(GalmergeError, match=expected) as info:
+        load_imageset(f"hdf5:{path}")
+    assert "\n" not in str(info.value) and "stored in the file itself" in str(info.value)
+
+
+def test_labels_in_external_storage_are_refused(tmp_path):
+    path, other = tmp_path / "shared.h5", tmp_path / "labels.bin"
+    _write(path, torch.zeros(2, 3, 8, 8))
+    np.zeros(2, np.int64).tofile(other)
+    with h5py.File(path, "a") as f:
+        del f["labels"]
+        f.create_dataset("labels", shape=(2,), dtype="i8", external=[(str(other), 0, 16)])
+    with pytest.raises(GalmergeError, match="dataset 'labels' is external storage"):
+        load_imageset(f"hdf5:{path}")

@@ -188,7 +188,10 @@ def _hdf5_columns(path: Path) -> tuple[list[str], Any]:
     where = dict(zip(names, dsets, strict=True))
 
     def get(column: str, exact: bool = False) -> np.ndarray:
+        from galmerge.io.hdf5 import check_stored_here
+
         with h5py.File(path, "r") as f:
+            check_stored_here(f, where[column], path)
             d = f[where[column]]
             values = d[()]
             null = d.attrs.get("null")

@@ -341,6 +341,30 @@ def default_memory_limit() -> int:
     return int(_available_memory() * MEMORY_SHARE)
 
 
+def check_stored_here(f: h5py.File, name: str, path: str | os.PathLike[str]) -> None:
+    """Refuse a dataset whose pixels live in another file: an external link, external raw
+    storage or a virtual dataset. HDF5 follows these silently, so a shared file could make
+    galmerge read any file the user can read (absolute paths included) as its data."""
+    link = f.get(name, getlink=True)
+    where = None
+    if isinstance(link, h5py.ExternalLink):
+        where = f"an external link to {link.filename}"
+    elif isinstance(link, h5py.SoftLink):
+        where = f"a soft link to {link.path}"
+    else:
+        dset = f[name]
+        if isinstance(dset, h5py.Dataset):
+            if dset.external:
+                where = f"external storage in {os.fsdecode(dset.external[0][0])}"
+            elif dset.is_virtual:
+                where = "a virtual dataset mapped from other files"
+    if where is not None:
+        raise GalmergeError(
+            f"{path}: dataset '{name}' is {where}; galmerge reads only data stored in the file "
+            "itself (copy it in, e.g. with h5py or h5repack)"
+        )
+
+
 def _fail(path: Path, message: str) -> GalmergeError:
     return GalmergeError(f"{path}: {message}")
 
@@ -360,6 +384,9 @@ def validate_imageset_file(path: str | os.PathLike[str], *, check_finite: bool =
     except OSError as exc:
         raise _fail(path, f"cannot open as HDF5 ({exc})") from None
     with f:
+        for name in ("images", "labels", "ra", "dec", "id"):
+            if name in f or isinstance(f.get(name, getlink=True), h5py.ExternalLink):
+                check_stored_here(f, name, path)
         if "images" not in f or not isinstance(f["images"], h5py.Dataset):
             found = ", ".join(f"{k} ({'dataset' if isinstance(f[k], h5py.Dataset) else 'group'})"
                               for k in sorted(f.keys())) or "nothing"
