@@ -278,3 +278,23 @@ def test_keepbits_stamps_are_rounded_and_never_mix_with_exact_ones(tmp_path):
         CutoutCache(path, KIND, SHAPE)
     with pytest.raises(GalmergeError, match="keepbits must be 1..23"):
         CutoutCache(tmp_path / "d.h5", KIND, SHAPE, keepbits=0)
+
+
+def test_a_cache_whose_stamps_live_in_another_file_is_refused(tmp_path):
+    # a --cache file from someone else, in the pre-stamp_check format, whose 'images' is HDF5
+    # external storage: it would have served any file the user can read as stamps
+    path = tmp_path / "c.h5"
+    cache = CutoutCache(path, KIND, SHAPE)
+    keys = fill(cache, range(4))
+    cache.close()
+    raw = tmp_path / "elsewhere.bin"
+    with h5py.File(path, "a") as f:
+        images = f["images"][()]
+        images.tofile(raw)
+        del f["images"], f["stamp_check"]
+        f.create_dataset("images", shape=images.shape, dtype=images.dtype,
+                         external=[(str(raw), 0, images.nbytes)])
+    with pytest.raises(GalmergeError, match="dataset 'images' is external storage in") as info:
+        CutoutCache(path, KIND, SHAPE).lookup(keys)
+    assert "\n" not in str(info.value)
+    assert path.is_file() and not list(tmp_path.glob("c.h5.corrupt-*"))  # nothing moved

@@ -55,6 +55,7 @@ import numpy as np
 
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.io.hdf5 import check_stored_here
 
 CACHE_FORMAT = "galmerge-cutout-cache/1"
 # stamps are stored gzip-compressed after byte shuffling: bit exact, read by any HDF5 reader
@@ -264,6 +265,8 @@ class CutoutCache:
                         f"cutout cache {path} holds stamps of another kind ({key}); this model "
                         f"needs {self.cache_key}: pass another --cache file"
                     )
+                for name in f:  # link names: a dangling external link is listed too
+                    check_stored_here(f, name, path)
                 n = int(f.attrs.get("n_images", -1))
                 images = f.get("images")
                 if images is None or images.shape != (n, *self.shape):
