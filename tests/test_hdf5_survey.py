@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -163,3 +167,19 @@ def test_labels_in_external_storage_are_refused(tmp_path):
         f.create_dataset("labels", shape=(2,), dtype="i8", external=[(str(other), 0, 16)])
     with pytest.raises(GalmergeError, match="dataset 'labels' is external storage"):
         load_imageset(f"hdf5:{path}")
+
+
+def test_a_run_records_the_content_hash_of_its_hdf5_files(tmp_path):
+    # a path names whatever the file holds today: env.json must say which bytes were trained on
+    from eval_helpers import tiny_run, write_pair
+
+    source, target = write_pair(tmp_path / "data", n=24)
+    tiny_run(tmp_path / "run", source, target, epochs=1, max_steps_per_epoch=1)
+    data = json.loads((tmp_path / "run" / "env.json").read_text())["data"]
+    for role, spec in (("source", source), ("target", target)):
+        path = Path(spec.removeprefix("hdf5:"))
+        assert data[role]["meta"]["file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert data[role]["meta"]["file"] == str(path.resolve())
+    with h5py.File(path, "a") as f:  # the same path, other pixels: another hash
+        f["images"][0] += 1.0
+    assert load_imageset(target).meta["file_sha256"] != data["target"]["meta"]["file_sha256"]
