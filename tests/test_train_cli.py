@@ -155,3 +155,25 @@ def test_resume_of_a_finished_run_changes_nothing(toys, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     for key in ("metrics", "best_epoch", "epochs_run", "train_images_per_s"):
         assert summary[key] == summary_before[key], key
+
+
+def test_rerunning_a_runs_config_on_another_thread_count_says_so(toys, tmp_path):
+    run = tmp_path / "r"
+    assert invoke(*BASE, "--strategy", "meangap", "--run-dir", str(run)).exit_code == 0
+    env = json.loads((run / "env.json").read_text())
+    env["cpu_threads"] += 5  # as if run on a bigger machine
+    (run / "env.json").write_text(json.dumps(env))
+    loud = [a for a in BASE if a != "--quiet"][1:]
+    again = invoke("train", "--config", str(run / "config.toml"), *loud[4:],
+                   "--run-dir", str(tmp_path / "again"))
+    assert again.exit_code == 0, again.output
+    assert (f"ran with cpu_threads {env['cpu_threads']!r} there" in again.output
+            and f"OMP_NUM_THREADS={env['cpu_threads']}" in again.output), again.output
+    other_seed = invoke("train", "--config", str(run / "config.toml"), *loud[4:], "--seed", "7",
+                        "--run-dir", str(tmp_path / "s7"))
+    assert other_seed.exit_code == 0 and "bit for bit" not in other_seed.output  # not a rerun
+    env["cpu_threads"] -= 5
+    (run / "env.json").write_text(json.dumps(env))
+    same = invoke("train", "--config", str(run / "config.toml"), *loud[4:],
+                  "--run-dir", str(tmp_path / "same"))
+    assert same.exit_code == 0 and "bit for bit" not in same.output, same.output

@@ -251,6 +251,32 @@ def record_resume(run_dir: Path, env: Mapping[str, Any], quiet: bool = False) ->
               file=sys.stderr)
 
 
+def note_rerun_environment(run_dir: Path, seed: Any, quiet: bool = False) -> list[str]:
+    """Say in one line when ``train --config RUN/config.toml`` with RUN's own seed runs where
+    RUN's env.json says it cannot repeat RUN bit for bit (another thread count, CPU or torch),
+    and how to match the thread count; returns the settings that differ. Nothing is changed:
+    RUN's thread count may not suit this machine (a 16-thread run reread on 2 cores)."""
+    import torch
+
+    try:
+        start = json.loads((run_dir / ENV).read_text())
+        same_seed = read_config(run_dir).get("seed") == seed
+    except (OSError, ValueError, GalmergeError):
+        return []
+    if not isinstance(start, dict) or not same_seed:
+        return []
+    here = {"cpu_threads": torch.get_num_threads(), "cpu": cpu_description(),
+            "torch": torch.__version__}
+    changed = [k for k in here if k in start and start[k] != here[k]]
+    if changed and not quiet:
+        what = ", ".join(f"{k} {start[k]!r} there, {here[k]!r} here" for k in changed)
+        fix = (f" (OMP_NUM_THREADS={start['cpu_threads']} sets the thread count)"
+               if "cpu_threads" in changed else "")
+        print(f"galmerge train: note: {run_dir} ran with {what}; the same config and seed will "
+              f"not repeat it bit for bit{fix}", file=sys.stderr)
+    return changed
+
+
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     atomic.write_text(path, json.dumps(_json_safe(payload), indent=2, sort_keys=False) + "\n")
 

@@ -96,6 +96,8 @@ def train(
         cfg = resolve_config(cli=cli_layer, file=config)
         if flags["init_from"] is None and isinstance(config, str | Path):
             cfg = _other_runs_stage(cfg, Path(config), quiet)  # a run's config.toml reused
+        if isinstance(config, str | Path) and Path(config).name == rundir.CONFIG:
+            rundir.note_rerun_environment(Path(config).parent, cfg.get("seed"), quiet)
         out_dir = (
             Path(run_dir) if run_dir is not None
             else rundir.default_run_dir(
