@@ -889,3 +889,48 @@ def test_an_hdf5_output_whose_column_lives_in_another_file_is_refused(classified
     code, text = _fraction(str(path), "--model", str(classified["run"]), "--bootstrap", "5")
     assert code != 0 and "is external storage in" in text and "Traceback" not in text, text
     assert len(text.strip().splitlines()) == 1, text
+
+
+@pytest.mark.parametrize("suffix", ["h5", "parquet", "fits"])
+def test_a_rescaled_output_copied_without_its_sidecar_is_still_undone(classified, tmp_path,
+                                                                      suffix) -> None:
+    # the record travels inside HDF5, Parquet and FITS outputs; without reading it, fraction
+    # estimated on the rescaled probabilities
+    out = tmp_path / f"prior.{suffix}"
+    assert _classify(classified, out, "--prior", "0.1")[0] == 0
+    moved = tmp_path / "elsewhere" / out.name
+    moved.parent.mkdir()
+    shutil.copyfile(out, moved)
+    plain = json.loads(_fraction(str(classified[suffix]), "--model", str(classified["run"]),
+                                 "--json", "--bootstrap", "0")[1])
+    code, text = _fraction(str(moved), "--model", str(classified["run"]), "--json",
+                           "--bootstrap", "0")
+    assert code == 0, text
+    got = json.loads(text)
+    assert got["prior_rescaling_undone"]["prior"] == pytest.approx(0.1)
+    for name in ("naive", "acc", "em"):
+        a, b = got["estimators"][name]["fraction"], plain["estimators"][name]["fraction"]
+        assert (a is None and b is None) or a == pytest.approx(b, abs=1e-6), name
+
+
+def test_a_sidecar_left_from_another_version_of_the_file_is_refused(classified,
+                                                                    tmp_path) -> None:
+    out = tmp_path / "prior.csv"
+    assert _classify(classified, out, "--prior", "0.1")[0] == 0
+    shutil.copyfile(classified["csv"], out)  # the plain output put back by hand
+    code, text = _fraction(str(out), "--model", str(classified["run"]), "--bootstrap", "0")
+    assert code == 1 and "describes another version of prior.csv" in text, text
+    assert len(text.strip().splitlines()) == 1
+
+
+def test_a_large_rescaling_of_a_csv_output_is_undone_exactly(classified, tmp_path) -> None:
+    # at 6 digits, p pushed near 1 was written as 1 and came back as 1, not as the model's p
+    out = tmp_path / "prior.csv"
+    assert _classify(classified, out, "--prior", "0.999999", "--prior-rule", "bayes")[0] == 0
+    got = json.loads(_fraction(str(out), "--model", str(classified["run"]), "--json",
+                               "--bootstrap", "0")[1])
+    plain = json.loads(_fraction(str(classified["csv"]), "--model", str(classified["run"]),
+                                 "--json", "--bootstrap", "0")[1])
+    for name in ("naive", "em"):
+        a, b = got["estimators"][name]["fraction"], plain["estimators"][name]["fraction"]
+        assert (a is None and b is None) or a == pytest.approx(b, abs=1e-6), name

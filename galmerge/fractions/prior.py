@@ -142,7 +142,11 @@ def apply_prior_counted(output: str | os.PathLike[str], model: str | os.PathLike
         if check is not None:  # EM inherits the pull of an adapted model toward `old`
             record["adaptation_check"] = check
     _rewrite(out, new, old, threshold, record, clip=rule == "match")
-    atomic.write_text(out.with_name(out.name + ".prior.json"), json.dumps(record, indent=2) + "\n")
+    from galmerge.io.provenance import sha256_file
+
+    # binds the sidecar to this version of the output: `fraction` refuses a stale one
+    side = dict(record, output_sha256=sha256_file(out))
+    atomic.write_text(out.with_name(out.name + ".prior.json"), json.dumps(side, indent=2) + "\n")
     mergers = int((rescale(p, new, old, clip=rule == "match") >= threshold).sum())
     return record, mergers
 
@@ -207,7 +211,9 @@ def _rewrite_csv(path: Path, tmp: Path, shift: Any, threshold: float) -> None:
                                   for row in block]))
             for row, value in zip(block, new.tolist(), strict=True):
                 if math.isfinite(value):
-                    row[ip] = f"{value:.6g}"
+                    # every digit (not classify's 6): near 0 or 1 a rescaled p rounds to 0 or 1
+                    # at 6 digits, and `fraction` could not undo the shift
+                    row[ip] = repr(value)
                     row[iflag] = str(int(value >= threshold))
             writer.writerows(block)
 
@@ -289,19 +295,71 @@ def _rewrite_fits(path: Path, tmp: Path, shift: Any, threshold: float,
 
 def read_record(output: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The provenance of a ``--prior`` rescaling of ``output``, or None if it was not
-    rescaled."""
+    rescaled: the record inside the file (HDF5 attribute, Parquet metadata, FITS
+    ``GMPRIOR``/``GMTRPRI``; it travels with a copied file), else ``<output>.prior.json``, which
+    must describe this version of the file (its ``output_sha256``) and agree with the inner
+    record."""
     path = Path(output)
     side = path.with_name(path.name + ".prior.json")
     try:
         record = json.loads(side.read_text()) if side.is_file() else None
     except (OSError, ValueError) as exc:
         raise GalmergeError(f"{side}: unreadable ({exc}); delete it or classify again") from None
+    inner = _in_file_record(path)
+    if record is not None and not isinstance(record, dict):
+        raise GalmergeError(f"{side}: not a --prior record; delete it or classify again")
+    if record is not None:
+        sha = record.get("output_sha256")
+        if sha is not None:
+            from galmerge.io.provenance import sha256_file
+
+            if sha != sha256_file(path):
+                raise GalmergeError(
+                    f"{side} describes another version of {path.name} (the file changed after "
+                    "classify --prior wrote it); delete the .prior.json if the file holds the "
+                    "model's own probabilities, or classify again")
+    if inner is not None and record is not None and any(
+            not math.isclose(float(inner[k]), float(record.get(k, math.nan)), rel_tol=1e-9)
+            for k in ("prior", "training_prior")):
+        raise GalmergeError(f"{side} and the record inside {path.name} name other priors; "
+                            "delete the .prior.json or classify again")
+    record = inner if inner is not None else record
     if record is None:
         return None
     if not all(0 < float(record.get(k, math.nan)) < 1 for k in ("prior", "training_prior")):
-        raise GalmergeError(f"{side}: no valid prior/training_prior; delete it or classify "
-                            "again")
+        raise GalmergeError(f"{path}: its --prior record has no valid prior/training_prior; "
+                            "classify again")
     return record
+
+
+def _in_file_record(path: Path) -> dict[str, Any] | None:
+    """The ``--prior`` record a rescaled HDF5, Parquet or FITS output carries itself."""
+    import h5py
+
+    from galmerge.fractions.report import is_parquet
+
+    try:
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("galmerge_prior")
+            return None if raw is None else json.loads(raw)
+        if is_parquet(path):
+            import pyarrow.parquet as pq
+
+            raw = (pq.read_schema(path).metadata or {}).get(b"galmerge_prior")
+            return None if raw is None else json.loads(raw)
+        if path.suffix.lower() in (".fits", ".fit", ".fts"):
+            from astropy.io import fits
+
+            with fits.open(path) as hdul:
+                for hdu in hdul:
+                    if isinstance(hdu, fits.BinTableHDU) and "GMPRIOR" in hdu.header:
+                        return {"prior": float(hdu.header["GMPRIOR"]),
+                                "training_prior": float(hdu.header.get("GMTRPRI", math.nan))}
+    except (OSError, ValueError, TypeError) as exc:
+        raise GalmergeError(f"{path}: its --prior record is unreadable ({exc})".splitlines()[0]
+                            ) from None
+    return None
 
 
 def undo(p: np.ndarray, record: dict[str, Any]) -> np.ndarray:
