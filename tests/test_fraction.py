@@ -33,6 +33,18 @@ def test_acc_recovers_the_prior_from_exact_rates() -> None:
     assert np.isnan(F.adjusted_count(0.3, 0.52, 0.5))  # no separation: undefined
 
 
+def test_a_model_without_skill_gives_no_estimate_and_no_recommendation_of_one() -> None:
+    # EM's likelihood is flat then and it ran to a boundary: a confident 0.0, recommended
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(200, int), np.ones(200, int)]
+    for p in (rng.random(3000), np.full(3000, 0.6)):
+        out = F.estimate(p, F.Validation(rng.random(400), labels), n_boot=50)
+        for name in ("acc", "em", "bbse"):
+            assert out["estimators"][name]["fraction"] is None, (name, out)
+            assert out["estimators"][name]["ci95"] is None
+        assert out["recommended"] == "naive"
+
+
 def test_bbse_inverts_a_joint_confusion_matrix() -> None:
     # source balanced, tpr 0.8, fpr 0.1; rows = prediction, columns = class
     joint = np.array([[0.5 * 0.9, 0.5 * 0.2], [0.5 * 0.1, 0.5 * 0.8]])
@@ -295,6 +307,7 @@ def test_rows_that_are_not_ok_are_excluded_and_counted(classified, tmp_path) -> 
         (None, ["--plot", "x.txt"], ".png"),
         (None, ["--threshold", "1.5"], "--threshold"),
         (None, ["--bootstrap", "-1"], "--bootstrap"),
+        (None, ["--bootstrap", "5"], "at least 10 resamples"),
     ],
 )
 def test_user_errors_are_one_line(classified, tmp_path, make, args, message) -> None:
@@ -303,7 +316,7 @@ def test_user_errors_are_one_line(classified, tmp_path, make, args, message) -> 
         results = tmp_path / "r.csv"
         results.write_text(make(tmp_path))
     args = [a.replace("x.txt", str(tmp_path / "x.txt")) for a in args]
-    code, text = _fraction(str(results), "--model", str(classified["run"]), "--bootstrap", "5",
+    code, text = _fraction(str(results), "--model", str(classified["run"]), "--bootstrap", "0",
                            *args)
     assert code == 1, text
     assert message in text
@@ -479,7 +492,7 @@ def test_ensemble_mean_and_spread(classified, tmp_path) -> None:
         assert json.loads(f.attrs["columns"])[-1] == "p_merger_std"
         assert f["p_merger"][()] == pytest.approx(got, abs=2e-6)
     # fraction reads an ensemble output like any other
-    code, text = _fraction(str(out), "--model", str(classified["run"]), "--bootstrap", "5")
+    code, text = _fraction(str(out), "--model", str(classified["run"]), "--bootstrap", "0")
     assert code == 0, text
     res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
                                    "--model", str(run2), "--model", str(run2), "--output",
@@ -781,7 +794,7 @@ def test_labelled_sample_errors_are_one_line(classified, tmp_path, content, args
     if content is not None:
         labels.write_text(content)
     code, text = _fraction(str(classified["csv"]), "--model", str(classified["run"]),
-                           "--bootstrap", "5", "--labels", str(labels), *args)
+                           "--bootstrap", "0", "--labels", str(labels), *args)
     assert code == 1, text
     assert message in text
     assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
@@ -886,7 +899,7 @@ def test_an_hdf5_output_whose_column_lives_in_another_file_is_refused(classified
         values.tofile(raw)
         f.create_dataset(where, shape=values.shape, dtype=values.dtype,
                          external=[(str(raw), 0, values.nbytes)])
-    code, text = _fraction(str(path), "--model", str(classified["run"]), "--bootstrap", "5")
+    code, text = _fraction(str(path), "--model", str(classified["run"]), "--bootstrap", "0")
     assert code != 0 and "is external storage in" in text and "Traceback" not in text, text
     assert len(text.strip().splitlines()) == 1, text
 

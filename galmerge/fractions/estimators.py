@@ -327,6 +327,9 @@ def _estimates(q: np.ndarray, mean_p: np.ndarray, tw_s: np.ndarray, tw: np.ndarr
     em = ml_prior(cal, val_prior, tw)
     degenerate = (n1 == 0) | (n0 == 0)  # a resample without one class: nothing to learn from
     em[degenerate] = np.nan
+    with np.errstate(invalid="ignore"):  # a model that does not separate the classes: the
+        # likelihood is flat and EM runs to a boundary (0 or 1), as undefined as acc and bbse
+        em[~(e1 - e0 >= MIN_SEPARATION)] = np.nan
     return {
         "naive": q,
         "acc": adjusted_count(q, tpr, fpr),
