@@ -21,7 +21,8 @@ import click
 @click.option("--threshold", type=float, default=0.5, show_default=True,
               help="p_merger >= threshold counts as a merger (naive and ACC).")
 @click.option("--bootstrap", type=int, default=1000, show_default=True,
-              help="Bootstrap resamples (survey rows and source validation images).")
+              help="Bootstrap resamples (survey rows and source validation images): 0 for no "
+                   "intervals, else at least 10.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--plot", type=click.Path(dir_okay=False),

@@ -312,6 +312,10 @@ def _bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 # the command
 
 
+#: the fewest resamples an interval is computed from (`estimators._intervals` needs 10 defined)
+MIN_BOOTSTRAP = 10
+
+
 def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[str], *,
                     by: str | None = None, bins: str | None = None, threshold: float = 0.5,
                     bootstrap: int = 1000, seed: int = 0, source: str | None = None,
@@ -327,8 +331,9 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
 
     if (by is None) != (bins is None):
         raise GalmergeError("--by and --bins go together: e.g. --by z --bins 0,0.1,0.2")
-    if bootstrap < 0:
-        raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
+    if bootstrap < 0 or 0 < bootstrap < MIN_BOOTSTRAP:
+        raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or at least "
+                            f"{MIN_BOOTSTRAP} resamples (fewer give no interval)")
     if not 0 < threshold < 1:
         raise GalmergeError(f"--threshold must be between 0 and 1, got {threshold}")
     from galmerge.fractions.prior import read_record, undo
