@@ -627,6 +627,14 @@ def test_an_adapted_model_is_named_and_the_direction_of_its_bias_given(classifie
     record = json.loads((tmp_path / "auto.csv.prior.json").read_text())
     assert record["adaptation_check"]["strategies"] == ["adabn"]
     assert record["adaptation_check"]["estimate"] == pytest.approx(record["prior"])
+    # and so does an ensemble's (it gave the first member's training prior, but no check)
+    ens = tmp_path / "ens-auto.csv"
+    res = CliRunner().invoke(cli, ["classify", str(data / "target.h5"), "--model", str(run),
+                                   "--model", str(classified["run"]), "--output", str(ens),
+                                   "--device", "cpu", "--prior", "auto"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "ens-auto.csv.prior.json").read_text())
+    assert record["adaptation_check"]["strategies"] == ["adabn"]
 
 
 def test_a_run_given_the_target_fraction_is_not_flagged(tmp_path) -> None:

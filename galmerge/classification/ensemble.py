@@ -89,7 +89,7 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
         from galmerge.fractions.prior import parse_prior, parse_rule, training_prior
 
         summary.mergers, note = _apply_prior(out, parse_prior(prior), threshold,
-                                             training_prior(models[0]),
+                                             training_prior(models[0]), models[0],
                                              rule=parse_rule(prior_rule))
         if not quiet:
             print(note, file=__import__("sys").stderr)
