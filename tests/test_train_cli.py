@@ -177,3 +177,33 @@ def test_rerunning_a_runs_config_on_another_thread_count_says_so(toys, tmp_path)
     same = invoke("train", "--config", str(run / "config.toml"), *loud[4:],
                   "--run-dir", str(tmp_path / "same"))
     assert same.exit_code == 0 and "bit for bit" not in same.output, same.output
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (("seed = 0", "seed = 5"), "seed = 5"),
+    (("epochs = 1", "epochs = 3"), "epochs = 3"),
+    (("batch_size = 8", "batch_size = 16"), "batch_size = 16"),
+])
+def test_resume_refuses_a_config_edited_since_its_checkpoint(toys, tmp_path, edit, named):
+    # the edited values trained the rest of the run (seed, batch), or crashed the schedule
+    # (epochs), while config.toml and every later checkpoint claimed them for the whole run
+    run = tmp_path / "r"
+    assert invoke(*BASE, "--strategy", "meangap", "--run-dir", str(run)).exit_code == 0
+    text = (run / "config.toml").read_text()
+    assert edit[0] in text
+    (run / "config.toml").write_text(text.replace(edit[0], edit[1], 1))
+    last = (run / "last.pt").read_bytes()
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run), "--quiet"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"config.toml says {named}" in result.output, result.output
+    assert "last.pt was trained with" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert (run / "last.pt").read_bytes() == last
+
+
+def test_resume_refuses_another_target(toys, tmp_path):
+    run = tmp_path / "r"
+    assert invoke(*BASE, "--strategy", "meangap", "--run-dir", str(run)).exit_code == 0
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run), "--target", "toy:other",
+                                      "--quiet"])
+    assert result.exit_code != 0 and "the run's target is toy:target" in result.output

@@ -133,9 +133,16 @@ def _stage_difference(stage: Path, cfg: Mapping[str, Any]) -> tuple[str, Any, An
     `STAGE_KEYS` first, what runs fill in not compared), or None when it is that run."""
     earlier = resolve_config(file=rundir.read_config(stage))
     expected = resolve_config(file=source_only_layer(dict(cfg, init_from="")))
-    for key in (*STAGE_KEYS, *sorted(set(earlier) | set(expected))):
-        if key not in FILLED_BY_RUN and earlier.get(key) != expected.get(key):
-            return key, earlier.get(key), expected.get(key)
+    return _first_difference(earlier, expected)
+
+
+def _first_difference(a: Mapping[str, Any], b: Mapping[str, Any]
+                      ) -> tuple[str, Any, Any] | None:
+    """(setting, value in ``a``, value in ``b``) of the first resolved setting in which two
+    configs differ (`STAGE_KEYS` first; what a run fills in itself not compared), or None."""
+    for key in (*STAGE_KEYS, *sorted(set(a) | set(b))):
+        if key not in FILLED_BY_RUN and a.get(key) != b.get(key):
+            return key, a.get(key), b.get(key)
     return None
 
 
@@ -224,18 +231,37 @@ def _resume_config(
             f"{', '.join(changed) or 'the extra settings'} (only --device and --quiet may "
             f"change)"
         )
-    saved = rundir.read_config(out_dir)
+    saved = _with_old_defaults(rundir.read_config(out_dir))
+    device = flags.get("device")
+    cfg = resolve_config(cli={"device": device} if device is not None else {}, file=saved)
+    for role in ("source", "target"):
+        if role not in sets_given and flags.get(role) not in (None, cfg[role]):
+            raise GalmergeError(f"--resume: the run's {role} is {cfg[role]}, not "
+                                f"{flags[role]}; drop --{role} (a resumed run keeps its data)")
+    state = read_checkpoint(out_dir / rundir.LAST)
+    trained = state.get("config")
+    if isinstance(trained, Mapping):  # config.toml edited since: it would train another run
+        diff = _first_difference(resolve_config(file=saved),
+                                 resolve_config(file=_with_old_defaults(dict(trained))))
+        if diff is not None:
+            raise GalmergeError(
+                f"--resume {out_dir}: config.toml says {diff[0]} = {diff[1]!r}, but last.pt "
+                f"was trained with {diff[2]!r}; a resumed run keeps its settings: put "
+                f"{diff[0]} back, or start a new run (--config {out_dir / rundir.CONFIG} "
+                "--run-dir NEW)")
+    return cfg, out_dir, state
+
+
+def _with_old_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded config with the settings older runs did not record, at the values
+    they trained with."""
     # a run from before per-module learning-rate multipliers trained with one Adam group
     saved.setdefault("lr_multipliers", {"*": 1.0})
     # ... and forwarded the target jointly (the default before stop 23, recorded since stop 21)
     saved.setdefault("domain_batchnorm", "joint")
     # ... and shared one encoder between the domains (the only layout before stop 28)
     saved.setdefault("target_encoder", "shared")
-    device = flags.get("device")
-    cfg = resolve_config(cli={"device": device} if device is not None else {}, file=saved)
-    if "source" not in sets_given and flags.get("source") not in (None, cfg["source"]):
-        raise GalmergeError(f"--resume: the run's source is {cfg['source']}, not {source}")
-    return cfg, out_dir, read_checkpoint(out_dir / rundir.LAST)
+    return saved
 
 
 def _check_rules(cfg: Mapping[str, Any]) -> None:
