@@ -207,3 +207,15 @@ def test_resume_refuses_another_target(toys, tmp_path):
     result = CliRunner().invoke(cli, ["train", "--resume", str(run), "--target", "toy:other",
                                       "--quiet"])
     assert result.exit_code != 0 and "the run's target is toy:target" in result.output
+
+
+def test_init_from_a_checkpoint_of_another_backbone_is_one_short_line(toys, tmp_path):
+    run = tmp_path / "r"
+    assert invoke(*BASE, "--strategy", "meangap", "--run-dir", str(run)).exit_code == 0
+    args = [a if a != "tiny" else "deepmerge" for a in BASE]
+    result = CliRunner().invoke(cli, [*args, "--strategy", "meangap", "--init-from", str(run),
+                                      "--run-dir", str(tmp_path / "other")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    line = result.output.strip()
+    assert "it is a tiny model and this run trains deepmerge" in line, line
+    assert "\n" not in line and len(line) < 300

@@ -40,11 +40,16 @@ def payload(
     }
 
 
-def load_init_weights(model: GalaxyClassifier, init: Mapping[str, Any], source: str) -> None:
+def load_init_weights(model: GalaxyClassifier, init: Mapping[str, Any], source: str,
+                      backbone: str | None = None) -> None:
     """Load an earlier run's weights. Per-domain BatchNorm statistics
     (`galmerge.models.domain_norm`) are carried over when both models keep them; a model that
     keeps them but starts from one set starts both domains from it; one set is kept when the
-    new model has one."""
+    new model has one. ``backbone``: this run's, compared with the checkpoint's first."""
+    theirs = init.get("backbone")
+    if backbone is not None and isinstance(theirs, str) and theirs != backbone:
+        raise GalmergeError(f"--init-from {source}: it is a {theirs} model and this run trains "
+                            f"{backbone}; pass --backbone {theirs} or a {backbone} checkpoint")
     state = domain_norm.fit_state(model, dict(init["model"]))
     try:
         model.load_state_dict(state)
@@ -54,6 +59,10 @@ def load_init_weights(model: GalaxyClassifier, init: Mapping[str, Any], source: 
              or "Missing key" in line or "Unexpected key" in line),
             str(exc).splitlines()[0],
         )
+        head, colon, keys = detail.partition(": ")
+        names = [k.strip().strip('"') for k in keys.split(",") if k.strip()]
+        if colon and len(names) > 3:  # every key of the model: thousands of characters
+            detail = f"{head}: {', '.join(names[:3])} and {len(names) - 3} more"
         raise GalmergeError(
             f"--init-from {source}: its weights do not fit this model ({detail}); use a run "
             f"with the same backbone, backbone options, channels and image size"

@@ -75,7 +75,7 @@ class Trainer:
         if domain_stats:  # DSBN: one set of BatchNorm running statistics per domain (ADDA:
             domain_norm.add_target_statistics(model, **layout)  # of every backbone parameter)
         if init is not None:
-            checkpoints.load_init_weights(model, init, cfg["init_from"])
+            checkpoints.load_init_weights(model, init, cfg["init_from"], cfg["backbone"])
         model.to(plan.device)
         if plan.cuda:
             model = model.to(memory_format=torch.channels_last)
