@@ -17,9 +17,11 @@ from fake_sdss import (
     rendered_galaxies,
 )
 
+from galmerge.data.datasets import parse_survey_spec
 from galmerge.errors import GalmergeError
 from galmerge.plugin.cutouts import CutoutRequest
 from galmerge.plugin.manager import get_plugin_manager
+from galmerge.surveys.sdss import cutouts as sdss_cutouts
 from galmerge.surveys.sdss.cutouts import FrameDiskCache, make_cutout_service
 
 FRAMES = {"bands": ["g", "r", "i"], "image_size": 31, "pixel_scale_arcsec": 0.396,
@@ -27,14 +29,17 @@ FRAMES = {"bands": ["g", "r", "i"], "image_size": 31, "pixel_scale_arcsec": 0.39
 
 
 @pytest.fixture
-def sleeps() -> list[float]:
-    return []
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits between tries, recorded instead of slept."""
+    waits: list[float] = []
+    monkeypatch.setattr(sdss_cutouts, "retry_sleep", waits.append)
+    return waits
 
 
 @pytest.fixture
 def options(tmp_path: Path, sleeps: list[float]) -> dict:
-    """Fast, deterministic retry settings and a private frame cache."""
-    return {"backoff": 0.001, "attempts": 3, "timeout": 2.0, "sleep": sleeps.append,
+    """Fast, deterministic retry settings (no waits) and a private frame cache."""
+    return {"backoff": 0.001, "attempts": 3, "timeout": 2.0,
             "frame_cache_dir": str(tmp_path / "frames"), "workers": 3}
 
 
@@ -441,6 +446,15 @@ def test_bad_frame_cache_size_is_a_one_line_error(monkeypatch, options, value):
         _service(FRAMES, options)
     with pytest.raises(GalmergeError, match="option frame_cache_gb must be a size"):
         _service(FRAMES, {**options, "frame_cache_gb": value})
+
+
+def test_a_survey_spec_cannot_set_the_wait_between_tries(tmp_path):
+    """`--survey "sdss?sleep=1"` once reached the retry loop and called 1 (a traceback naming
+    the plugin); the wait is no option, so the spec is an unknown-option error up front."""
+    _, _, given = parse_survey_spec("sdss?sleep=1")
+    with pytest.raises(GalmergeError, match="sdss: unknown option 'sleep'") as err:
+        _service(FRAMES, {"frame_cache_dir": str(tmp_path), **given})
+    assert "\n" not in str(err.value)
 
 
 def test_frame_cache_size_from_the_environment(monkeypatch, fake_sdss, options):

@@ -73,6 +73,9 @@ JPEG_NAME_CHANNEL = {"R": 0, "G": 1, "B": 2}
 JPEG_MIN_SIZE = 64
 FRAME_CACHE_ENV = "GALMERGE_SDSS_FRAME_CACHE_GB"
 DEFAULT_FRAME_CACHE_GB = 4.0
+#: the wait between tries; tests replace it (monkeypatch). Not an option: a survey spec could
+#: set an option to a number, which is no function
+retry_sleep: Callable[[float], None] = time.sleep
 
 
 @dataclass(frozen=True, order=True)
@@ -123,7 +126,7 @@ class Settings:
             data_release=int(options.get("data_release", 17)),
             workers=max(1, int(options.get("workers", 4))),
             policy=policy,
-            sleep=options.get("sleep", time.sleep),
+            sleep=retry_sleep,
             frame_cache_dir=None if cache in (None, "", False, "none") else Path(cache),
             frame_cache_bytes=frame_cache_bytes(options),
             memory_frames=max(0, int(options.get("memory_frames", 6))),

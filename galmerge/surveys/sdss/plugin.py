@@ -39,7 +39,6 @@ CUTOUT_OPTIONS: dict[str, Option] = {k: Option(d, h, type=object) for k, (d, h) 
                       "https://skyserver.sdss.org)"),
     "sas_url": (None, "Science Archive Server (default GALMERGE_SDSS_SAS_URL, else "
                 "https://data.sdss.org/sas)"),
-    "sleep": (None, "the function that waits between tries (tests)"),
 }.items()}
 
 

@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,6 +42,9 @@ DEFAULT_LAYER = "ls-dr10"
 NATIVE_SCALE_ARCSEC = 0.262
 #: DR10 (south) images g, r, i and z; DR9 and the north have no i
 LAYER_BANDS = {"ls-dr10": "griz", "ls-dr10-south": "griz", "ls-dr9": "grz"}
+#: the wait between tries; tests replace it (monkeypatch). Not an option: a survey spec could
+#: set an option to a number, which is no function
+retry_sleep: Callable[[float], None] = time.sleep
 
 
 def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any]):
@@ -75,7 +78,7 @@ class LegacySurveyCutouts:
         self.workers = max(1, int(options.get("workers", 4)))
         self.client = RetryingClient(
             RetryPolicy.from_options(options), name="legacysurvey",
-            sleep=options.get("sleep", time.sleep),
+            sleep=retry_sleep,
         )
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="galmerge-legacysurvey")
         self._edge_lock = threading.Lock()

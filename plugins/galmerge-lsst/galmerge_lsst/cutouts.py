@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     "subtype": "lsst.deep_coadd", "collection": "LSST.DP1", "obscore_table": "ivoa.ObsCore",
     "units": "nanomaggies", "max_edge_fraction": 0.5, "datalink_cache": 4096, "tap_batch": 20,
 }  # fmt: skip
+#: the wait between tries; tests replace it (monkeypatch). Not an option: a survey spec could
+#: set an option to a number, which is no function
+retry_sleep: Callable[[float], None] = time.sleep
 #: ADQL identifiers and literals we splice into the query: nothing that could end a string
 _SAFE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 
@@ -214,7 +217,7 @@ class LsstCutouts:
         self._token_env, self._token = token
         self.policy = RetryPolicy.from_options(options)
         self.client = RetryingClient(self.policy, name="lsst",
-                                     sleep=options.get("sleep", time.sleep))
+                                     sleep=retry_sleep)
         self._local = threading.local()
         self._sessions: list[_RspSession] = []
         self._lock = threading.Lock()

@@ -40,13 +40,18 @@ def survey():
 
 
 @pytest.fixture
-def sleeps() -> list[float]:
-    return []
+def sleeps(monkeypatch) -> list[float]:
+    """The waits between tries, recorded instead of slept."""
+    import galmerge_lsst.cutouts as module
+
+    waits: list[float] = []
+    monkeypatch.setattr(module, "retry_sleep", waits.append)
+    return waits
 
 
 @pytest.fixture
 def options(sleeps) -> dict:
-    return {"backoff": 0.001, "attempts": 3, "timeout": 5.0, "sleep": sleeps.append, "workers": 2}
+    return {"backoff": 0.001, "attempts": 3, "timeout": 5.0, "workers": 2}
 
 
 def _fetch(service, reqs):
