@@ -177,12 +177,36 @@ def test_many_galaxies_fetch_concurrently(survey, legacy_server, options):
         ({**PRE, "bands": ["g", "i", "z"]}, {"layer": "ls-dr9"}, "it has g,r,z"),
         ({**PRE, "image_source": "jpeg"}, {}, "image_source 'jpeg'"),
         ({**PRE, "image_size": 2}, {}, "2-pixel stamps"),
-        (PRE, {"timeout": "soon"}, "bad legacysurvey option"),
+        (PRE, {"timeout": "soon"}, "option 'timeout' of legacysurvey must be float"),
+        (PRE, {"timeout": 0}, "bad legacysurvey option (timeout must be a positive number"),
     ],
 )
 def test_impossible_models_are_refused_in_one_line(survey, preprocess, options_, words):
     with pytest.raises(GalmergeError) as info:
         survey.cutouts(preprocess, options_)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("legacysurvey?layr=ls-dr9", "legacysurvey: unknown option 'layr'; valid options: layer"),
+        ("legacysurvey?timout=5", "legacysurvey: unknown option 'timout'"),
+        ("legacysurvey?sleep=1", "legacysurvey: unknown option 'sleep'"),
+        ("legacysurvey?workers=0", "legacysurvey: option workers must be >= 1, got 0"),
+        ("legacysurvey?attempts=two", "option 'attempts' of legacysurvey must be int"),
+        ("legacysurvey?max_edge_fraction=1.5", "option max_edge_fraction must be >= 0 and <= 1"),
+        ("legacysurvey?backoff=inf", "legacysurvey: option backoff must be >= 0, got inf"),
+    ],
+)
+def test_unknown_options_wrong_types_and_bounds_are_one_line_errors(survey, spec, words):
+    """The survey declares its options: a misspelt one was once ignored (layr=ls-dr9 left the
+    layer at ls-dr10), and an out-of-range one clamped or taken as it came."""
+    from galmerge.data.datasets import parse_survey_spec
+
+    _, _, given = parse_survey_spec(spec)
+    with pytest.raises(GalmergeError) as info:
+        survey.cutouts(PRE, given)
     assert words in str(info.value) and "\n" not in str(info.value)
 
 

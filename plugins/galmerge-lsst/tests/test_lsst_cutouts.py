@@ -284,9 +284,10 @@ def test_the_token_goes_to_the_configured_host_only(survey, rsp, options):
         ({**PRE, "bands": ["F814W", "g"]}, {}, "cannot provide this model's bands F814W,g"),
         ({**PRE, "bands": ["R", "G", "B"], "image_source": "jpeg"}, {}, "image_source 'jpeg'"),
         ({**PRE, "image_size": 2}, {}, "2-pixel stamps"),
-        (PRE, {"timeout": "soon"}, "bad lsst option"),
+        (PRE, {"timeout": "soon"}, "option 'timeout' of lsst must be float"),
+        (PRE, {"timeout": 0}, "bad lsst option (timeout must be a positive number"),
         (PRE, {"collection": "x' OR 1=1 --"}, "must be a plain name"),
-        (PRE, {"units": "ADU"}, "choose nanomaggies or nJy"),
+        (PRE, {"units": "ADU"}, "option units must be one of nanomaggies, nJy"),
     ],
 )
 def test_impossible_models_are_refused_in_one_line(survey, rsp, preprocess, options_, words):
@@ -294,6 +295,31 @@ def test_impossible_models_are_refused_in_one_line(survey, rsp, preprocess, opti
         survey.cutouts(preprocess, options_)
     assert words in str(info.value) and "\n" not in str(info.value)
     assert rsp.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("lsst?timout=5", "lsst: unknown option 'timout'; valid options: collection"),
+        ("lsst?wokers=64", "lsst: unknown option 'wokers'"),
+        ("lsst?sleep=1", "lsst: unknown option 'sleep'"),
+        ("lsst?workers=0", "lsst: option workers must be >= 1, got 0"),
+        ("lsst?workers=many", "option 'workers' of lsst must be int, got 'many'"),
+        ("lsst?jitter=2", "lsst: option jitter must be >= 0 and <= 1, got 2.0"),
+        ("lsst?max_edge_fraction=nan", "option max_edge_fraction must be >= 0 and <= 1"),
+        ("lsst?tap_batch=0", "lsst: option tap_batch must be >= 1, got 0"),
+    ],
+)
+def test_unknown_options_wrong_types_and_bounds_are_one_line_errors(survey, rsp, spec, words):
+    """The survey declares its options: a misspelt one was once ignored (timout=5 left the
+    timeout at 60 s), and an out-of-range one clamped or taken as it came."""
+    from galmerge.data.datasets import parse_survey_spec
+
+    _, _, given = parse_survey_spec(spec)
+    with pytest.raises(GalmergeError) as info:
+        survey.cutouts(PRE, given)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    assert rsp.seen == []
 
 
 def test_cache_key_names_release_bands_size_scale_and_units(survey, rsp):
