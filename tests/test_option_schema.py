@@ -85,6 +85,27 @@ def test_a_record_with_defaults_only_gets_a_schema_from_them(manager):
         record.build(None, {"tau": "warm"})
 
 
+@pytest.mark.parametrize("weight", [-5, "nan", "inf"])
+def test_a_declared_weight_without_bounds_keeps_the_implied_ones(manager, weight):
+    """A strategy declaring ``weight`` with no min once took -5 and nan (the implied >= 0,
+    finite, was applied to records with defaults only)."""
+    record = Strategy(name="bare-weight-test", description="x", build=_build,
+                      options={"weight": Option(1.0), "k": Option(3, min=1)})
+    assert record.options["weight"].min == 0.0 and record.options["weight"].help
+    with pytest.raises(GalmergeError) as info:
+        record.build(None, {"weight": weight})
+    assert "option weight must be >= 0" in str(info.value) and "\n" not in str(info.value)
+    assert BUILT == []
+
+
+def test_a_declared_weight_bound_is_kept(manager):
+    record = Strategy(name="min-weight-test", description="x", build=_build,
+                      options={"weight": Option(1.0, "w", min=0.5, max=2.0)})
+    assert record.options["weight"] == Option(1.0, "w", min=0.5, max=2.0)
+    with pytest.raises(GalmergeError, match="option weight must be >= 0.5 and <= 2"):
+        record.build(None, {"weight": 0.1})
+
+
 def test_backbone_and_survey_options_are_checked_by_the_core(manager):
     from galmerge.data.datasets import load_imageset
     from galmerge.models.model import build_model

@@ -10,7 +10,7 @@ is the older, schema-less form and is still accepted; each form is derived from 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from galmerge.plugin.options import Option, check_options, schema_from_defaults
@@ -166,5 +166,7 @@ def _schema(record: Any, implied: Mapping[str, Option] | None = None) -> None:
         if current is not None and not record.options:
             options[key] = Option(current.default, option.help, option.type, option.choices,
                                   option.min, option.max, option.below)
+        elif current is not None and current.min is None:  # declared without a lower bound
+            options[key] = replace(current, min=option.min, help=current.help or option.help)
     object.__setattr__(record, "options", options)
     object.__setattr__(record, "defaults", {k: o.default for k, o in options.items()})
