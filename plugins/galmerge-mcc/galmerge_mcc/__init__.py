@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from galmerge import GalmergeError, Strategy, hookimpl, resolve_options
+from galmerge import Option, Strategy, hookimpl
 
 if TYPE_CHECKING:
     from torch import nn
@@ -18,17 +18,18 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-DEFAULTS = {"weight": 1.0, "temperature": 2.5}
+#: every option; galmerge checks names, types and bounds (finite, in range) before `build`
+OPTIONS = {
+    "weight": Option(1.0, "factor of the MCC term in the loss", min=0.0),
+    "temperature": Option(2.5, "softmax temperature T (the paper's 2.5)", min=0.01, max=100.0),
+}
 
 
 def build(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
-    """Make the loss module for one run."""
+    """Make the loss module for one run (``options``: complete and checked)."""
     from galmerge_mcc.loss import MCCLoss
 
-    opts = resolve_options("mcc", DEFAULTS, options)
-    if opts["temperature"] <= 0:
-        raise GalmergeError(f"mcc option temperature must be > 0, got {opts['temperature']}")
-    return MCCLoss(temperature=opts["temperature"]).to(context.device)
+    return MCCLoss(temperature=options["temperature"]).to(context.device)
 
 
 @hookimpl
@@ -38,6 +39,6 @@ def register_strategies() -> list[Strategy]:
             name="mcc",
             description="Minimum Class Confusion on target predictions (Jin et al. 2020)",
             build=build,
-            defaults=DEFAULTS,
+            options=OPTIONS,
         )
     ]

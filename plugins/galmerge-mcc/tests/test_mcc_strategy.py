@@ -191,6 +191,24 @@ def test_bad_options(manager, options, message) -> None:
         manager.get("strategies", "mcc").build(_context(), options)
 
 
+@pytest.mark.parametrize("temperature", [float("nan"), "inf", -1.0, 1e6])
+def test_a_temperature_that_is_not_finite_and_in_range_is_one_line(manager, temperature) -> None:
+    """inf once made the loss a constant (the strategy silently did nothing) and nan a NaN loss;
+    both are now refused with the option's bounds, from build and from a run's config."""
+    from galmerge.config.resolve import resolve_config
+
+    for attempt in (
+        lambda: manager.get("strategies", "mcc").build(_context(), {"temperature": temperature}),
+        lambda: resolve_config(cli={"source": "synthetic:pristine", "target": "synthetic:noisy",
+                                    "strategy": "mcc",
+                                    "strategies": {"mcc": {"temperature": temperature}}}),
+    ):
+        with pytest.raises(GalmergeError) as info:
+            attempt()
+        text = str(info.value)
+        assert "option temperature must be >= 0.01 and <= 100" in text and "\n" not in text
+
+
 def test_plugin_module_does_not_import_torch() -> None:
     code = "import sys, galmerge_mcc; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
