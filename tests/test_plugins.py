@@ -125,6 +125,38 @@ def test_conflicting_names_name_both_plugins(register_plugin, plugin_manager):
     assert "lsst-a" in result.output and "lsst-b" in result.output
 
 
+def test_galmerge_plugins_shows_a_name_clash_on_both_plugins(register_plugin, plugin_manager,
+                                                             monkeypatch):
+    """`galmerge plugins` once listed both plugins of a clash as "ok" with components "-"
+    (the clash was swallowed), while `galmerge list surveys` refused it."""
+    def make(tag: str):
+        class P:
+            @hookimpl
+            def register_surveys(self):
+                return [Survey(name="lsst", description=f"LSST from {tag}")]
+
+        return P()
+
+    register_plugin(make("a"), "lsst-a")
+    register_plugin(make("b"), "lsst-b")
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    for name in ("lsst-a", "lsst-b"):
+        error = rows[name]["error"]
+        assert error and "survey name 'lsst' is registered by two plugins" in error
+        assert "lsst-a" in error and "lsst-b" in error and "\n" not in error
+    assert rows["sdss_survey"]["error"] is None
+    monkeypatch.setenv("COLUMNS", "400")  # rich's width: one line per row
+    table = CliRunner().invoke(cli, ["plugins"])
+    assert table.output.count("failed: survey name 'lsst' is registered by two") == 2, table.output
+    from galmerge.config.rundir import environment
+
+    assert {"lsst-a", "lsst-b"} <= set(environment("cpu")["plugins"])  # loaded, so recorded
+    plugin_manager.unregister("lsst-b")  # the clash gone, so is the error
+    assert {i.name: i.error for i in plugin_manager.plugin_infos()}["lsst-a"] is None
+
+
 def test_alias_conflict_is_detected(register_plugin, plugin_manager):
     def make(name: str):
         class P:

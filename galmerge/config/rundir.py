@@ -203,10 +203,11 @@ def environment(device: Any) -> dict[str, Any]:
     name = str(device)
     if getattr(device, "type", None) == "cuda":
         name = torch.cuda.get_device_name(device)
-    plugins = {
+    manager = get_plugin_manager()
+    plugins = {  # the loaded ones (a plugin in a name clash is loaded, with an error)
         info.name: {"distribution": info.distribution, "version": info.version}
-        for info in get_plugin_manager().plugin_infos()
-        if info.error is None
+        for info in manager.plugin_infos()
+        if info.name in manager.infos
     }
     return {
         "python": sys.version.split()[0],

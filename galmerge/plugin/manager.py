@@ -12,7 +12,6 @@ records — is skipped with one warning naming it and how to block it; everythin
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import sys
@@ -76,6 +75,14 @@ class PluginInfo:
         }
 
 
+class NameClash(PluginError):
+    """Two plugins register one component name; ``plugins``: their names."""
+
+    def __init__(self, message: str, plugins: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.plugins = plugins
+
+
 def _env_list(var: str) -> list[str] | None:
     value = os.environ.get(var)
     if value is None:
@@ -93,6 +100,7 @@ class PluginManager:
         self.failed: list[PluginInfo] = []
         self._cache: dict[str, dict[str, Any]] = {}
         self._owner: dict[str, dict[str, str]] = {}
+        self._clashed: set[str] = set()  # plugins whose error is a name clash
         if load_entrypoints:
             self._load_entrypoints()
 
@@ -220,10 +228,11 @@ class PluginManager:
                 names = [record.name, *getattr(record, "aliases", ())]
                 for n in names:
                     if n in owner:
-                        raise PluginError(
+                        raise NameClash(
                             f"{SINGULAR.get(kind, kind)} name '{n}' is registered by two plugins: "
                             f"{self._describe(owner[n])} and {self._describe(impl.plugin_name)}; "
-                            f"uninstall one or block it with GALMERGE_DISABLE_PLUGINS=<name>"
+                            f"uninstall one or block it with GALMERGE_DISABLE_PLUGINS=<name>",
+                            (owner[n], impl.plugin_name),
                         )
                     owner[n] = impl.plugin_name
                 found[record.name] = record
@@ -260,9 +269,22 @@ class PluginManager:
         )
 
     def plugin_infos(self) -> list[PluginInfo]:
+        """Every plugin, loaded or failed; a name clash is the ``error`` of both plugins."""
+        for name in self._clashed:  # found by an earlier call; looked for again below
+            if name in self.infos:
+                self.infos[name].error = None
+        self._clashed = set()
         for kind in KINDS:
-            with contextlib.suppress(PluginError):
+            try:
                 self.components(kind)
+            except NameClash as exc:
+                for name in exc.plugins:
+                    info = self.infos.get(name)
+                    if info is not None and info.error is None:
+                        info.error = str(exc)
+                        self._clashed.add(name)
+            except PluginError:
+                pass
         return sorted([*self.infos.values(), *self.failed], key=lambda i: (not i.builtin, i.name))
 
     def add_commands(self, cli: Any) -> None:
