@@ -319,3 +319,33 @@ def test_not_implemented_and_bad_version_are_not_retried(scripted, status):
         _client(sleeps).get(url)
     assert not info.value.retryable
     assert server.hits == 1 and sleeps == []
+
+
+# -- body size cap: an endless or decompression-bomb answer fails, it does not fill memory -----
+
+
+def test_a_body_past_max_bytes_fails_once_in_one_line(scripted):
+    server, url = scripted
+    server.script = [(200, {}, b"x" * 300_000)]
+    sleeps: list[float] = []
+    with pytest.raises(FetchError, match=r"^answer larger than 100000 bytes$") as info:
+        _client(sleeps, max_bytes=100_000).get(url)
+    assert not info.value.retryable and server.hits == 1 and sleeps == []
+
+
+def test_a_gzip_bomb_is_capped_on_decoded_bytes(scripted):
+    import gzip
+
+    server, url = scripted
+    bomb = gzip.compress(b"\0" * (64 << 20))  # 64 MiB of zeros in about 64 KiB
+    server.script = [(200, {"Content-Encoding": "gzip"}, bomb)]
+    sleeps: list[float] = []
+    with pytest.raises(FetchError, match=r"answer larger than 1 MiB"):
+        _client(sleeps, max_bytes=1 << 20).get(url)
+    server.script = [(200, {"Content-Encoding": "gzip"}, gzip.compress(b"small"))]
+    assert _client(sleeps).get(url) == b"small"  # a real gzip answer still decodes
+
+
+def test_max_bytes_must_be_positive():
+    with pytest.raises(ValueError, match="max_bytes"):
+        RetryPolicy(max_bytes=0).check()

@@ -13,6 +13,9 @@ Two bounds keep a dead or hostile service from holding a run for days:
   `ServiceUnreachable` (``fetch-failed: service unreachable``) instead of retrying;
 - a wall-clock deadline per transfer (option ``deadline``, default 4 x ``timeout``): a server
   dripping a body byte by byte is cut off when it passes, whatever its Content-Length.
+
+A body is also bounded in size (`RetryPolicy.max_bytes`, counted after any gzip/deflate
+decoding): an endless or decompression-bomb answer fails instead of filling memory.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ import requests
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+#: the largest body `read_body` keeps by default (decoded bytes); real answers are far smaller
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 
 #: statuses worth another try: server trouble, rate limits, gateway hiccups
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 524})
@@ -85,6 +91,7 @@ class RetryPolicy:
     seed: int = 0
     max_connection_failures: int = 10
     deadline: float | None = None  # seconds per transfer; None: 4 x timeout
+    max_bytes: int = DEFAULT_MAX_BYTES  # largest body kept, after decoding
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RetryPolicy:
@@ -129,6 +136,8 @@ class RetryPolicy:
         if self.attempts < 1:
             raise ValueError(f"attempts must be at least 1 (retries at least 0), got "
                              f"{self.attempts}")
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {self.max_bytes}")
         if self.max_connection_failures < 0:
             raise ValueError("max_connection_failures must be 0 (never give up) or more, got "
                              f"{self.max_connection_failures}")
@@ -398,17 +407,27 @@ class RetryingClient:
                                 stream=True) as r:
             if r.status_code != 200:
                 raise http_status_error(r)
-            return read_body(r, self.policy.transfer_deadline, started)
+            return read_body(r, self.policy.transfer_deadline, started,
+                             max_bytes=self.policy.max_bytes)
 
     def summary(self) -> str:
         with self._lock:
             return self.stats.summary(self.name)
 
 
-def read_body(r: requests.Response, limit: float, started: float | None = None) -> bytes:
+def read_body(
+    r: requests.Response,
+    limit: float,
+    started: float | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> bytes:
     """The body of a streamed response (``stream=True``), complete within ``limit`` seconds of
     wall clock from ``started`` (`time.monotonic`; default now: a server dripping bytes still
-    ends) and as long as its Content-Length says; a retryable `FetchError` otherwise."""
+    ends) and as long as its Content-Length says; a retryable `FetchError` otherwise.
+
+    A body past ``max_bytes`` (counted after gzip/deflate decoding) is a `FetchError` that is
+    not retried: the same server would send the same oversized answer again."""
     deadline = (time.monotonic() if started is None else started) + limit
     # A read blocks until a whole chunk arrives, so checking the clock between chunks is not
     # enough: a watchdog shuts the socket down when the deadline passes.
@@ -425,8 +444,12 @@ def read_body(r: requests.Response, limit: float, started: float | None = None) 
     watchdog.daemon = True
     watchdog.start()
     chunks = []
+    size = 0
     try:
         for chunk in r.iter_content(chunk_size=1 << 16):
+            size += len(chunk)
+            if size > max_bytes:
+                break
             chunks.append(chunk)
             if time.monotonic() > deadline:
                 expired.set()
@@ -436,19 +459,37 @@ def read_body(r: requests.Response, limit: float, started: float | None = None) 
             raise
     finally:
         watchdog.cancel()
+    if size > max_bytes:
+        r.close()  # do not read the rest of an endless answer to reuse the connection
+        raise FetchError(f"answer larger than {_mib(max_bytes)}", retryable=False)
     if expired.is_set():
         # not a dead service (it answered): the breaker does not count it
         raise FetchError(f"timeout (body not complete after {limit:g} s)", retryable=True)
     body = b"".join(chunks)
     expected = r.headers.get("Content-Length")
-    if expected is not None and "Content-Encoding" not in r.headers:
+    if expected is not None:
+        # Content-Length counts the bytes on the wire: the encoded ones when gzip/deflate
+        received = _wire_bytes(r) if "Content-Encoding" in r.headers else len(body)
         try:
             n = int(expected)
         except ValueError:
-            n = len(body)
-        if n != len(body):
+            n = received
+        if received is not None and n != received:
             raise FetchError("truncated body", retryable=True)
     return body
+
+
+def _wire_bytes(r: requests.Response) -> int | None:
+    """How many (still encoded) body bytes urllib3 read from the connection, if it says."""
+    tell = getattr(r.raw, "tell", None)
+    try:
+        return int(tell()) if callable(tell) else None
+    except (TypeError, ValueError, OSError):
+        return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
 def _response_socket(r: requests.Response) -> socket.socket | None:
