@@ -7,9 +7,11 @@ request from a per-path queue: "drop" (send half the body, then close the connec
 bytes, same length), a status such as "500" or "501" (answer with it), "429" and
 "503-retry-after" (rate limited, with a ``Retry-After`` header: ``DEFAULT_RETRY_AFTER``, or the
 value after a colon, e.g. "429:7" or an HTTP-date), "ignore-range" (answer 200 with the whole
-file), "stall" (send headers, then wait past the client's read timeout). Paths in ``no_length`` are
-served as a server that gives no size: no Content-Length on HEAD or GET (the body ends when the
-connection closes), so a client cannot tell a cut body from a whole one.
+file), "stall" (send headers, then wait past the client's read timeout), "trickle" (send the
+body one byte every ``TRICKLE_SECONDS``: every read arrives in time, the whole does not).
+Paths in ``no_length`` are served as a server that gives no size: no Content-Length on HEAD or
+GET (the body ends when the connection closes), so a client cannot tell a cut body from a whole
+one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STALL_SECONDS = 3.0
+TRICKLE_SECONDS = 0.2
 DEFAULT_RETRY_AFTER = "1"
 
 
@@ -107,6 +110,16 @@ class LoopbackServer:
                     return
                 if fault == "stall":
                     time.sleep(STALL_SECONDS)
+                if fault == "trickle":
+                    try:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(TRICKLE_SECONDS)
+                    except OSError:  # the client gave up
+                        pass
+                    self.close_connection = True
+                    return
                 if fault in ("drop", "drop-empty"):
                     self.wfile.write(body[: len(body) // 2] if fault == "drop" else b"")
                     self.wfile.flush()

@@ -440,3 +440,42 @@ def test_bytes_from_an_earlier_run_are_not_progress_of_this_one(server, tmp_path
     assert result.exit_code != 0
     assert server.gets(f"/{X_SDSS}/content") == ["bytes=5000-"] * 2  # one try, one retry
     assert (folder / f"{X_SDSS}.part").stat().st_size == 5000
+
+
+# -- a server dripping bytes cannot hold a fetch: deadlines and a minimum rate ------------------
+
+
+def _read_timeout(monkeypatch, seconds: float) -> None:
+    """Every Downloader reads with this timeout (its transfer deadline is 4 times it)."""
+    from galmerge.surveys.deepmerge import download
+
+    original = download.Downloader.__init__
+
+    def short(self, **kw):
+        original(self, **{**kw, "timeout": (2.0, seconds), "sleep": lambda s: None})
+
+    monkeypatch.setattr(download.Downloader, "__init__", short)
+
+
+def _fetch_within(seconds: float, *args: str):
+    """`galmerge fetch ARGS` in a thread; None if it is still running after ``seconds``."""
+    import threading
+
+    out = []
+    thread = threading.Thread(
+        target=lambda: out.append(CliRunner().invoke(cli, ["fetch", *args, "--no-progress"])),
+        daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return out[0] if out else None
+
+
+def test_a_record_document_dripping_in_is_cut_off_at_the_deadline(server, tmp_path, monkeypatch):
+    _read_timeout(monkeypatch, 0.5)  # deadline 2 s; each byte comes in 0.2 s
+    server.faults[f"/api/records/{RECORD}"] = ["trickle"]
+    result = _fetch_within(10, "sdss", "--data-dir", str(tmp_path), "--retries", "0")
+    assert result is not None, "fetch still running 10 s after a 2 s deadline"
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert f"Zenodo record {RECORD}" in lines[0] and "body not complete after 2 s" in lines[0]

@@ -29,7 +29,13 @@ import requests
 
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
-from galmerge.io.http import FetchError, RetryingClient, RetryPolicy, http_status_error
+from galmerge.io.http import (
+    FetchError,
+    RetryingClient,
+    RetryPolicy,
+    http_status_error,
+    read_body,
+)
 from galmerge.surveys.deepmerge import data as deepmerge_data
 
 ZENODO_ENV = "GALMERGE_ZENODO_URL"
@@ -40,6 +46,7 @@ DEFAULT_MAST = "https://archive.stsci.edu"
 CHUNK = 64 * 1024
 USER_AGENT = "galmerge-fetch"
 ANNOUNCE_WAIT_S = 10.0  # retry waits at least this long are shown on the console
+JSON_MAX_BYTES = 32 * 1024 * 1024  # a record's file list is a few kB
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _RANGE_TOTAL = re.compile(r"bytes\s+\*/(\d+)")
 
@@ -144,7 +151,10 @@ class Downloader:
         progress: Any = None,
         sleep: Callable[[float], None] = time.sleep,
         max_retry_after: float = RetryPolicy.max_retry_after,
+        deadline: float | None = None,
     ) -> None:
+        """``timeout`` is (connect, read) seconds; ``deadline`` bounds a metadata answer (default
+        4 x the read timeout), so a server dripping bytes cannot hold the run."""
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
         # byte ranges and sizes must refer to the file itself, never to a compressed transfer
@@ -153,7 +163,8 @@ class Downloader:
         self.backoff = backoff
         self.timeout = timeout
         self.progress = progress  # a rich Progress, or None for silence
-        policy = RetryPolicy(attempts=retries + 1, backoff=backoff, max_retry_after=max_retry_after)
+        policy = RetryPolicy(attempts=retries + 1, backoff=backoff, max_retry_after=max_retry_after,
+                             timeout=float(timeout[1]), deadline=deadline)
         # only the retry loop of the client is used: requests go through self.session
         self.client = RetryingClient(policy, name="fetch", sleep=sleep, user_agent=USER_AGENT)
 
@@ -162,16 +173,20 @@ class Downloader:
         """GET a JSON document with the same retry policy as file downloads."""
 
         def once() -> Any:
-            resp = self.session.get(url, timeout=self.timeout)
-            if resp.status_code != 200:
-                err = http_status_error(resp)
-                if err.retryable:
-                    raise err
-                raise GalmergeError(
-                    f"{what}: HTTP {resp.status_code} from {url}; check the record id or {env}"
-                )
+            started = time.monotonic()
+            with self.session.get(url, timeout=self.timeout, stream=True) as resp:
+                if resp.status_code != 200:
+                    err = http_status_error(resp)
+                    if err.retryable:
+                        raise err
+                    raise GalmergeError(
+                        f"{what}: HTTP {resp.status_code} from {url}; check the record id or {env}"
+                    )
+                # whole within the transfer deadline, and of a sane size
+                body = read_body(resp, self.client.policy.transfer_deadline, started,
+                                 max_bytes=JSON_MAX_BYTES)
             try:
-                return resp.json()
+                return json.loads(body)
             except ValueError:
                 raise GalmergeError(f"{what}: {url} did not return JSON; check {env}") from None
 
