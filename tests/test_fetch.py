@@ -479,3 +479,22 @@ def test_a_record_document_dripping_in_is_cut_off_at_the_deadline(server, tmp_pa
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output
     assert f"Zenodo record {RECORD}" in lines[0] and "body not complete after 2 s" in lines[0]
+
+
+def test_a_file_dripping_in_fails_the_try_at_the_minimum_rate(server, tmp_path, monkeypatch):
+    from galmerge.surveys.deepmerge import download
+
+    _read_timeout(monkeypatch, 2.0)  # every byte comes well within the read timeout
+    monkeypatch.setattr(download, "MIN_RATE_BYTES", 1024, raising=False)
+    monkeypatch.setattr(download, "MIN_RATE_WINDOW_S", 1.0, raising=False)
+    server.faults[_content(X_SDSS)] = ["trickle"] * 2
+    result = _fetch_within(15, "sdss", "--data-dir", str(tmp_path), "--retries", "1")
+    assert result is not None, "fetch still running long after the rate rule should fire"
+    assert result.exit_code != 0
+    error = _error_lines(result.output)
+    assert len(error) == 1 and "Traceback" not in result.output
+    assert f"{X_SDSS}: download failed after 1 retries (transfer stalled (less than 1024 " \
+           "bytes in 1 s))" in " ".join(result.output.split())
+    assert len(server.gets(f"/{X_SDSS}/content")) == 2  # a drip is no progress: tries run out
+    part = _folder(tmp_path) / f"{X_SDSS}.part"
+    assert part.read_bytes() == server.zenodo[X_SDSS][: part.stat().st_size]  # kept, resumable

@@ -436,9 +436,7 @@ def read_body(
 
     def expire() -> None:
         expired.set()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        _shutdown(sock)
 
     watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
     watchdog.daemon = True
@@ -477,6 +475,56 @@ def read_body(
         if received is not None and n != received:
             raise FetchError("truncated body", retryable=True)
     return body
+
+
+class RateGuard:
+    """A minimum transfer rate for a streamed response too big for one deadline: when fewer
+    than ``min_bytes`` arrive in any ``window`` seconds, its socket is shut down (a read blocks
+    until a whole chunk arrives, so the clock between chunks cannot see a drip).
+
+    Use as a context manager; call ``count(n)`` for each chunk, and after the read loop (or the
+    read error it causes) ``check()`` raises a retryable `FetchError` if the guard fired."""
+
+    def __init__(self, r: requests.Response, min_bytes: int, window: float) -> None:
+        self.min_bytes = min_bytes
+        self.window = window
+        self.stalled = False
+        self._received = 0
+        self._sock = _response_socket(r)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name="galmerge-rate-guard")
+
+    def __enter__(self) -> RateGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def count(self, n: int) -> None:
+        self._received += n
+
+    def _watch(self) -> None:
+        seen = 0
+        while not self._done.wait(self.window):
+            got = self._received
+            if got - seen < self.min_bytes:
+                self.stalled = True
+                _shutdown(self._sock)
+                return
+            seen = got
+
+    def check(self) -> None:
+        if self.stalled:
+            raise FetchError(f"transfer stalled (less than {_mib(self.min_bytes)} in "
+                             f"{self.window:g} s)", retryable=True)
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _wire_bytes(r: requests.Response) -> int | None:

@@ -31,6 +31,7 @@ from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.io.http import (
     FetchError,
+    RateGuard,
     RetryingClient,
     RetryPolicy,
     http_status_error,
@@ -47,6 +48,9 @@ CHUNK = 64 * 1024
 USER_AGENT = "galmerge-fetch"
 ANNOUNCE_WAIT_S = 10.0  # retry waits at least this long are shown on the console
 JSON_MAX_BYTES = 32 * 1024 * 1024  # a record's file list is a few kB
+# a file body is too big for one deadline: a try fails when less than this came in a window
+MIN_RATE_BYTES = 64 * 1024
+MIN_RATE_WINDOW_S = 60.0
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _RANGE_TOTAL = re.compile(r"bytes\s+\*/(\d+)")
 
@@ -332,16 +336,24 @@ class Downloader:
             if task is not None:
                 self.progress.update(task, total=transfer.size, completed=offset)
             written = offset
-            with atomic.open_nofollow(part, mode) as fh:
+            guard = RateGuard(r, MIN_RATE_BYTES, MIN_RATE_WINDOW_S)
+            with atomic.open_nofollow(part, mode) as fh, guard:
                 try:
                     for chunk in r.iter_content(CHUNK):
                         if chunk:
                             fh.write(chunk)
                             written += len(chunk)
+                            guard.count(len(chunk))
                             if task is not None:
                                 self.progress.advance(task, len(chunk))
+                except Exception:
+                    guard.check()  # the guard shut the socket: say so, not "connection dropped"
+                    raise
                 finally:  # a dropped connection still counts what reached the disk
                     transfer.note(written)
+                    if guard.stalled:  # a drip is no progress: it uses up the tries
+                        transfer.advanced = False
+            guard.check()
 
     def _verify(self, remote: RemoteFile, part: Path, dest: Path) -> str:
         got = part.stat().st_size
