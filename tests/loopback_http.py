@@ -8,7 +8,8 @@ bytes, same length), a status such as "500" or "501" (answer with it), "429" and
 "503-retry-after" (rate limited, with a ``Retry-After`` header: ``DEFAULT_RETRY_AFTER``, or the
 value after a colon, e.g. "429:7" or an HTTP-date), "ignore-range" (answer 200 with the whole
 file), "stall" (send headers, then wait past the client's read timeout), "trickle" (send the
-body one byte every ``TRICKLE_SECONDS``: every read arrives in time, the whole does not).
+body one byte every ``TRICKLE_SECONDS``: every read arrives in time, the whole does not),
+"endless" (answer 200 with no Content-Length and send zeros until the client hangs up).
 Paths in ``no_length`` are served as a server that gives no size: no Content-Length on HEAD or
 GET (the body ends when the connection closes), so a client cannot tell a cut body from a whole
 one.
@@ -70,6 +71,16 @@ class LoopbackServer:
                 if fault is not None and fault.isdigit():  # "500", "501", "505", ...
                     self._reply(int(fault), b"server error", "text/plain", head)
                     return
+                if fault == "endless":
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    try:
+                        while True:
+                            self.wfile.write(b"\0" * 65536)
+                    except OSError:  # the client gave up
+                        return
                 if fault == "corrupt":
                     blob = bytes(b ^ 0xFF if i % 97 == 0 else b for i, b in enumerate(blob))
                 total = len(blob)

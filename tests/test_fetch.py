@@ -498,3 +498,20 @@ def test_a_file_dripping_in_fails_the_try_at_the_minimum_rate(server, tmp_path, 
     assert len(server.gets(f"/{X_SDSS}/content")) == 2  # a drip is no progress: tries run out
     part = _folder(tmp_path) / f"{X_SDSS}.part"
     assert part.read_bytes() == server.zenodo[X_SDSS][: part.stat().st_size]  # kept, resumable
+
+
+def test_a_body_longer_than_the_declared_size_is_stopped_and_set_aside(server, tmp_path):
+    size = len(server.zenodo[X_SDSS])  # what the record declares
+    server.faults[_content(X_SDSS)] = ["endless"]
+    result = _fetch_within(15, "sdss", "--data-dir", str(tmp_path))
+    assert result is not None, "fetch still writing far past the declared size"
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    error = _error_lines(result.output)
+    assert len(error) == 1
+    assert f"{X_SDSS}: the server sent more than the {size} bytes" in " ".join(
+        result.output.split())
+    folder = _folder(tmp_path)
+    assert not (folder / f"{X_SDSS}.part").exists() and not (folder / X_SDSS).exists()
+    assert (folder / f"{X_SDSS}.corrupt").stat().st_size <= size  # nothing past the size written
+    assert len(server.gets(f"/{X_SDSS}/content")) == 1  # the same answer is not asked again
+    assert (folder / "SimReal_TARGET_y_postmergers_SDSS.npy").exists()  # the other file came

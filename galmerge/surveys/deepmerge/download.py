@@ -337,9 +337,13 @@ class Downloader:
                 self.progress.update(task, total=transfer.size, completed=offset)
             written = offset
             guard = RateGuard(r, MIN_RATE_BYTES, MIN_RATE_WINDOW_S)
+            oversize = False
             with atomic.open_nofollow(part, mode) as fh, guard:
                 try:
                     for chunk in r.iter_content(CHUNK):
+                        if transfer.size is not None and written + len(chunk) > transfer.size:
+                            oversize = True  # not the file the record describes
+                            break
                         if chunk:
                             fh.write(chunk)
                             written += len(chunk)
@@ -353,6 +357,15 @@ class Downloader:
                     transfer.note(written)
                     if guard.stalled:  # a drip is no progress: it uses up the tries
                         transfer.advanced = False
+            if oversize:
+                aside = part.with_name(remote.name + ".corrupt")
+                os.replace(part, aside)
+                _validator_path(part).unlink(missing_ok=True)
+                raise GalmergeError(
+                    f"{remote.name}: the server sent more than the {transfer.size} bytes the "
+                    f"file should have; stopped and moved what came to {aside}; run the fetch "
+                    "again later, or report it if it happens again"
+                )
             guard.check()
 
     def _verify(self, remote: RemoteFile, part: Path, dest: Path) -> str:
