@@ -515,3 +515,26 @@ def test_a_body_longer_than_the_declared_size_is_stopped_and_set_aside(server, t
     assert (folder / f"{X_SDSS}.corrupt").stat().st_size <= size  # nothing past the size written
     assert len(server.gets(f"/{X_SDSS}/content")) == 1  # the same answer is not asked again
     assert (folder / "SimReal_TARGET_y_postmergers_SDSS.npy").exists()  # the other file came
+
+
+@pytest.mark.parametrize("files", [
+    [{"key": X_SDSS, "size": "12 MB"}],
+    [X_SDSS],
+    [{"key": X_SDSS, "links": ["http://127.0.0.1:9/x"]}],
+    {"entries": ["a"]},
+    [{"key": 5}],
+    [{"key": X_SDSS, "links": {"self": 7}}],
+])
+def test_a_malformed_zenodo_file_list_is_one_line_naming_the_record(server, tmp_path, files):
+    import json
+
+    server.add(f"/api/records/{RECORD}", json.dumps({"files": files}).encode(),
+               "application/json")
+    result = CliRunner().invoke(
+        cli, ["fetch", "sdss", "--data-dir", str(tmp_path), "--no-progress"]
+    )
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exception  # no ValueError etc.
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert f"Zenodo record {RECORD}" in lines[0]

@@ -497,27 +497,15 @@ def zenodo_files(
     doc = downloader.get_json(url, f"Zenodo record {record}", ZENODO_ENV)
     entries = doc.get("files") if isinstance(doc, dict) else None
     if isinstance(entries, dict):  # the InvenioRDM form: {"entries": {key: {...}}}
-        entries = list((entries.get("entries") or {}).values())
+        entries = entries.get("entries") or {}
+        entries = list(entries.values()) if isinstance(entries, dict) else None
     if not isinstance(entries, list):
         raise GalmergeError(f"Zenodo record {record}: {url} lists no files; check {ZENODO_ENV}")
     by_name: dict[str, RemoteFile] = {}
     for entry in entries:
-        key = entry.get("key") or entry.get("filename")
-        if not key:
-            continue
-        checksum = str(entry.get("checksum") or "")
-        md5 = checksum.split(":", 1)[1] if checksum.startswith("md5:") else None
-        if md5 is None and re.fullmatch(r"[0-9a-f]{32}", checksum):
-            md5 = checksum
-        links = entry.get("links") or {}
-        link = (
-            links.get("content")
-            or links.get("self")
-            or links.get("download")
-            or f"{base}/records/{record}/files/{key}?download=1"
-        )
-        size = entry.get("size", entry.get("filesize"))
-        by_name[key.lower()] = RemoteFile(key, link, int(size) if size is not None else None, md5)
+        remote = _zenodo_entry(entry, base, record, url)
+        if remote is not None:
+            by_name[remote.name.lower()] = remote
     wanted = []
     for name in names:
         found = by_name.get(name.lower())
@@ -527,6 +515,42 @@ def zenodo_files(
             )
         wanted.append(found)
     return wanted
+
+
+def _zenodo_entry(entry: Any, base: str, record: str, url: str) -> RemoteFile | None:
+    """One file of a Zenodo record's list; None for an entry without a name; a one-line
+    GalmergeError for one that is not the documented shape."""
+
+    def bad(what: str) -> GalmergeError:
+        return GalmergeError(f"Zenodo record {record}: {url} lists a file with {what}; the "
+                             f"record's format changed or {ZENODO_ENV} is not Zenodo")
+
+    if not isinstance(entry, dict):
+        raise bad(f"a {type(entry).__name__} where an object belongs")
+    key = entry.get("key") or entry.get("filename")
+    if not key:
+        return None
+    if not isinstance(key, str):
+        raise bad(f"name {key!r} (not text)")
+    checksum = str(entry.get("checksum") or "")
+    md5 = checksum.split(":", 1)[1] if checksum.startswith("md5:") else None
+    if md5 is None and re.fullmatch(r"[0-9a-f]{32}", checksum):
+        md5 = checksum
+    links = entry.get("links") or {}
+    if not isinstance(links, dict):
+        raise bad(f"links that are a {type(links).__name__}, not an object ({key})")
+    link = links.get("content") or links.get("self") or links.get("download")
+    if link is None:
+        link = f"{base}/records/{record}/files/{key}?download=1"
+    elif not isinstance(link, str):
+        raise bad(f"a link that is not text ({key})")
+    size = entry.get("size", entry.get("filesize"))
+    if size is not None:
+        text = str(size) if isinstance(size, (int, str)) and not isinstance(size, bool) else ""
+        if not (text.isascii() and text.isdigit()):
+            raise bad(f"size {size!r}, not a whole number of bytes ({key})")
+        size = int(size)
+    return RemoteFile(key, link, size, md5)
 
 
 def mast_files(names: Iterable[str]) -> list[RemoteFile]:
