@@ -505,3 +505,29 @@ def test_shared_bounded_frame_cache_under_threads_and_processes(fake_sdss, optio
         assert out.split() == ["ok", str(4 * len(fake_sdss.galaxies))]
     assert sum(_frame_files(Path(options["frame_cache_dir"])).values()) <= sizes[FIELD_A] * 1.2
     assert not list(Path(options["frame_cache_dir"]).rglob("*.corrupt"))
+
+
+def test_a_bz2_frame_that_inflates_past_any_real_frame_is_corrupt_and_bounded(monkeypatch):
+    import bz2
+    import tracemalloc
+
+    from galmerge.io.http import CorruptResponse
+    from galmerge.surveys.sdss import cutouts
+    from galmerge.surveys.sdss.cutouts import decode_frame
+
+    assert getattr(cutouts, "FRAME_MAX_BYTES", 0) >= 32 << 20  # well above a real ~12 MB frame
+    monkeypatch.setattr(cutouts, "FRAME_MAX_BYTES", 1 << 20, raising=False)
+    import astropy.io.fits  # noqa: F401 -- imported before memory is counted
+    import astropy.wcs  # noqa: F401
+
+    bomb = bz2.compress(b"\0" * (100 << 20))  # 100 MiB of zeros in a few hundred bytes
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptResponse, match=r"corrupt frame \(bz2 over 1 MiB unpacked\)"):
+            decode_frame(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # never the whole 100 MiB
+    with pytest.raises(CorruptResponse, match="cut short"):
+        decode_frame(bz2.compress(b"SIMPLE  = T" + b" " * 5749)[:-20])

@@ -76,6 +76,9 @@ DEFAULT_FRAME_CACHE_GB = 4.0
 #: the wait between tries; tests replace it (monkeypatch). Not an option: a survey spec could
 #: set an option to a number, which is no function
 retry_sleep: Callable[[float], None] = time.sleep
+#: a corrected frame (2048 x 1489 float32 image plus calibration HDUs) is about 12 MB
+#: decompressed; a bz2 stream that inflates past this is no frame (a decompression bomb)
+FRAME_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, order=True)
@@ -338,7 +341,7 @@ def decode_frame(blob: bytes) -> Frame:
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    raw = bz2.decompress(blob) if blob[:3] == b"BZh" else blob
+    raw = _bunzip_frame(blob) if blob[:3] == b"BZh" else blob
     if len(raw) % 2880:  # FITS files come in 2880-byte blocks; anything else is cut short
         raise ValueError("not a whole FITS file")
     with fits.HDUList.fromstring(raw) as hdul:
@@ -353,6 +356,20 @@ def decode_frame(blob: bytes) -> Frame:
     if not wcs.has_celestial:
         raise ValueError("frame has no celestial WCS")
     return Frame(data, wcs)
+
+
+def _bunzip_frame(blob: bytes) -> bytes:
+    """The decompressed frame, at most `FRAME_MAX_BYTES`; CorruptResponse for a stream that
+    is cut short or inflates past the bound."""
+    unzip = bz2.BZ2Decompressor()
+    try:
+        raw = unzip.decompress(blob, max_length=FRAME_MAX_BYTES)
+    except (OSError, EOFError, ValueError) as exc:
+        raise CorruptResponse(f"corrupt frame ({type(exc).__name__})") from None
+    if not unzip.eof:
+        why = "cut short" if unzip.needs_input else f"over {FRAME_MAX_BYTES >> 20} MiB unpacked"
+        raise CorruptResponse(f"corrupt frame (bz2 {why})")
+    return raw
 
 
 def _lock_file(fh: Any, *, shared: bool, wait: bool) -> bool:
