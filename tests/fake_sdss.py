@@ -208,6 +208,7 @@ class Fault:
 
     match: str
     kind: str  # "500" "502" "503" "404" "429" "slow" "drop" "truncate" "corrupt" "garbage"
+    # "drip": the body one byte every ``delay`` s (each read in time, the whole never)
     times: int = 1
     retry_after: str = "1"
     delay: float = 1.0
@@ -397,6 +398,20 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, bytes(bad), ctype)
         if fault.kind == "garbage":
             return self._send(200, b"<html>maintenance</html>", ctype)
+        if fault.kind == "drip":
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(fault.delay)
+            except OSError:  # the client gave up
+                pass
+            self.close_connection = True
+            return None
         if fault.kind == "drop":
             self.send_response(200)
             self.send_header("Content-Type", ctype)

@@ -531,3 +531,21 @@ def test_a_bz2_frame_that_inflates_past_any_real_frame_is_corrupt_and_bounded(mo
     assert peak < 8 << 20  # never the whole 100 MiB
     with pytest.raises(CorruptResponse, match="cut short"):
         decode_frame(bz2.compress(b"SIMPLE  = T" + b" " * 5749)[:-20])
+
+
+def test_a_position_lookup_dripping_in_is_cut_off_at_the_deadline(fake_sdss, options):
+    import threading
+
+    fake_sdss.add_fault("x_results.aspx", "drip", times=-1, delay=0.2)
+    out: list = []
+    opts = {**options, "attempts": 1, "timeout": 2.0, "deadline": 1.0}
+
+    def run():
+        with _service(FRAMES, opts) as svc:
+            out.append(_fetch(svc, _requests(fake_sdss, [0])))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)  # the 1 s deadline and a little, not the whole drip
+    assert out, "the lookup was still running 10 s after a 1 s deadline"
+    assert out[0][0].status == "fetch-failed: timeout (body not complete after 1 s)"

@@ -282,17 +282,16 @@ class FieldResolver:
         sql = self.sql(batch)
         s = self._settings
 
-        def query():
-            # query_sql_async, not query_sql: astroquery turns an empty table *and* a
-            # maintenance page alike into None, and only the first means "no coverage".
-            response = self._sdss().query_sql_async(
-                sql, timeout=s.policy.timeout, data_release=s.data_release, cache=False
-            )
-            response.raise_for_status()
-            return parse_lookup_csv(response.text)
-
-        found = self._client.call(query, "position lookup",
-                                  where=s.skyserver_url.split("://", 1)[-1].split("/", 1)[0])
+        # astroquery builds the request (URL and sanitized query); our client sends it, so the
+        # answer is read within the transfer deadline (astroquery reads it with no bound). Not
+        # query_sql: it turns an empty table *and* a maintenance page alike into None, and only
+        # the first means "no coverage".
+        sdss = self._sdss()
+        params = sdss.query_sql_async(sql, data_release=s.data_release, get_query_payload=True)
+        url = sdss._get_query_url(s.data_release)
+        found = self._client.get(
+            url, params, validate=lambda body: parse_lookup_csv(body.decode("utf-8", "replace")),
+            what="position lookup")
         keys = [found.get(i) for i in range(len(batch))]
         with self._memo_lock:
             self.queries += 1
