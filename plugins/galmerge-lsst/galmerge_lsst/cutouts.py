@@ -275,12 +275,36 @@ class LsstCutouts:
             f"AND ({where})"
         )
 
+    def _votable(self, method: str, url: str, params: Mapping[str, Any]) -> Any:
+        """The VOTable a service answers, read within the transfer deadline (pyvo reads it
+        with no bound, so a server dripping bytes would hold a worker forever)."""
+        from astropy.io.votable import parse
+
+        session = self._session()
+        started = time.monotonic()
+        args = {"data": dict(params)} if method == "POST" else {"params": dict(params)}
+        with session.request(method, url, stream=True, **args) as response:
+            if response.status_code in (401, 403):
+                raise auth_error(response.status_code, self._token_env, response.url)
+            if response.status_code != 200:
+                raise http_status_error(response)
+            body = read_body(response, self.policy.transfer_deadline, started,
+                             max_bytes=self.policy.max_bytes)
+        try:
+            return parse(io.BytesIO(body))
+        except Exception as exc:
+            raise CorruptResponse("corrupt VOTable") from exc
+
     def _obscore(self, positions: Sequence[tuple[float, float]]) -> list[tuple]:
         from pyvo.dal import TAPService
+        from pyvo.dal.tap import TAPResults
 
         def query():
-            table = TAPService(f"{self.base}/tap", session=self._session()).run_sync(
-                self.adql(positions)).to_table()
+            q = TAPService(f"{self.base}/tap", session=self._session()).create_query(
+                self.adql(positions))
+            # TAPResults raises DALQueryError for an error the service states in the VOTable
+            table = TAPResults(self._votable("POST", q.queryurl, q), url=q.queryurl,
+                               session=self._session()).to_table()
             return [(str(r["lsst_band"]), str(r["lsst_tract"]), str(r["lsst_patch"]),
                      float(r["s_ra"]), float(r["s_dec"]), str(r["access_url"]), r["s_region"])
                     for r in table]
@@ -322,7 +346,7 @@ class LsstCutouts:
 
     def _cutout_descriptor(self, url: str) -> tuple[Any, Any]:
         """The DataLink ``#cutout`` row and its service-descriptor resource, cached per image."""
-        from pyvo.dal.adhoc import DatalinkQuery
+        from pyvo.dal.adhoc import DatalinkQuery, DatalinkResults
 
         with self._lock:
             hit = self._datalinks.get(url)
@@ -340,7 +364,9 @@ class LsstCutouts:
                     return hit
 
             def query():
-                return DatalinkQuery(url, session=self._session()).execute()
+                q = DatalinkQuery(url, session=self._session())
+                return DatalinkResults(self._votable("GET", q.queryurl, q), url=q.queryurl,
+                                       session=self._session())
 
             links = self._call(query, "DataLink")
             # include_narrower=False: the narrower terms would be looked up in the IVOA

@@ -409,3 +409,16 @@ def test_classify_a_catalog_through_the_loopback_rsp(survey, rsp, tiny_model, tm
         if path.is_file():
             assert secret not in path.read_bytes(), path
     assert rsp.token not in result.output + result2.output
+
+
+@pytest.mark.parametrize("where", ["tap/sync", "datalink|coadd-5063-14-g"])
+def test_a_tap_or_datalink_answer_dripping_in_is_given_up_at_the_deadline(survey, rsp, options,
+                                                                          where):
+    """pyvo reads these answers with no bound; they go through read_body and its deadline."""
+    rsp.add_fault(where, "drip", times=-1)
+    t0 = time.monotonic()
+    with survey.cutouts(PRE, {**options, "attempts": 1, "timeout": 2.0, "deadline": 0.5,
+                              "workers": 1}) as svc:
+        results = _fetch(svc, [_req(rsp, 0)])
+    assert results[0].status == "fetch-failed: timeout (body not complete after 0.5 s)"
+    assert time.monotonic() - t0 < 10
