@@ -305,9 +305,14 @@ class LsstCutouts:
             # TAPResults raises DALQueryError for an error the service states in the VOTable
             table = TAPResults(self._votable("POST", q.queryurl, q), url=q.queryurl,
                                session=self._session()).to_table()
-            return [(str(r["lsst_band"]), str(r["lsst_tract"]), str(r["lsst_patch"]),
-                     float(r["s_ra"]), float(r["s_dec"]), str(r["access_url"]), r["s_region"])
-                    for r in table]
+            try:
+                return [(str(r["lsst_band"]), str(r["lsst_tract"]), str(r["lsst_patch"]),
+                         float(r["s_ra"]), float(r["s_dec"]), str(r["access_url"]),
+                         r["s_region"]) for r in table]
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                # the same query would get the same table: not worth a retry
+                raise FetchError(f"malformed ObsCore answer ({_what_is_wrong(exc)})",
+                                 retryable=False) from None
 
         with self._lock:
             self.tap_queries += 1
@@ -374,7 +379,11 @@ class LsstCutouts:
             row = next(iter(links.bysemantics("#cutout", include_narrower=False)), None)
             if row is None or not row.service_def:
                 raise FetchError("DataLink has no #cutout service", retryable=False)
-            found = (row, links.get_adhocservice_by_id(row.service_def))
+            try:
+                found = (row, links.get_adhocservice_by_id(row.service_def))
+            except Exception:  # pyvo: DALServiceError when no resource has that ID
+                raise FetchError("DataLink #cutout names no service descriptor",
+                                 retryable=False) from None
             with self._lock:
                 self._datalinks[url] = found
                 self._fetching.pop(url, None)
@@ -483,6 +492,13 @@ class LsstCutouts:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _what_is_wrong(exc: Exception) -> str:
+    """A few words on a table that is not the ObsCore shape asked for."""
+    if isinstance(exc, KeyError):
+        return f"no column {exc.args[0]}" if exc.args else "a column is missing"
+    return " ".join(str(exc).split())[:80] or type(exc).__name__
 
 
 def _separation(ra1: float, dec1: float, ra2: float, dec2: float) -> float:

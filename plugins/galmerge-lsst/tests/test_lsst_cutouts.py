@@ -422,3 +422,45 @@ def test_a_tap_or_datalink_answer_dripping_in_is_given_up_at_the_deadline(survey
         results = _fetch(svc, [_req(rsp, 0)])
     assert results[0].status == "fetch-failed: timeout (body not complete after 0.5 s)"
     assert time.monotonic() - t0 < 10
+
+
+def _obscore_votable(cols: list[str], row: list[str]) -> bytes:
+    fields = "".join(f'<FIELD name="{c}" datatype="char" arraysize="*"/>' for c in cols)
+    cells = "".join(f"<TD>{v}</TD>" for v in row)
+    return ('<?xml version="1.0"?><VOTABLE xmlns="http://www.ivoa.net/xml/VOTable/v1.3" '
+            f'version="1.3"><RESOURCE type="results"><TABLE>{fields}<DATA><TABLEDATA><TR>'
+            f"{cells}</TR></TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>").encode()
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("missing-column", "malformed ObsCore answer (no column lsst_tract)"),
+    ("s_ra-text", "malformed ObsCore answer (could not convert string to float: 'n/a')"),
+    ("bad-service-def", "DataLink #cutout names no service descriptor"),
+])
+def test_malformed_tap_and_datalink_answers_are_statuses_not_plugin_bugs(survey, rsp, options,
+                                                                         case, reason):
+    from fake_rsp import DATALINK
+
+    g = rsp.galaxies[0]
+    link = f"{rsp.url}/datalink/links?ID=x"
+    cols = ["lsst_band", "lsst_tract", "lsst_patch", "s_ra", "s_dec", "access_url", "s_region"]
+    region = f"POLYGON ICRS {g.ra - .1} {g.dec - .1} {g.ra + .1} {g.dec - .1} {g.ra + .1} " \
+             f"{g.dec + .1} {g.ra - .1} {g.dec + .1}"
+    rows = [[b, "1", "2", str(g.ra), str(g.dec), link, region] for b in "gri"]
+    if case == "missing-column":
+        cols, rows = cols[:1] + cols[2:], [r[:1] + r[2:] for r in rows]
+    if case == "s_ra-text":
+        rows[0][3] = "n/a"
+    body = _obscore_votable(cols, rows[0]).replace(
+        b"</TR></TABLEDATA>",
+        b"</TR>" + b"".join(b"<TR>" + "".join(f"<TD>{v}</TD>" for v in r).encode() + b"</TR>"
+                            for r in rows[1:]) + b"</TABLEDATA>")
+    rsp.obscore = lambda adql: body
+    rsp.find = lambda image_id: (rsp.patches[0], "g")
+    rsp.datalink = lambda image_id: DATALINK.format(id="x", base=rsp.url).replace(
+        'ID="cutout-sync"', 'ID="other"' if case == "bad-service-def" else 'ID="cutout-sync"'
+    ).encode()
+    with survey.cutouts(PRE, options) as svc:
+        results = _fetch(svc, [_req(rsp, 0)])
+    assert results[0].status == f"fetch-failed: {reason}"
+    assert rsp.count("tap/sync") == 1  # the same answer is not asked for again
