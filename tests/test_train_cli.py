@@ -219,3 +219,14 @@ def test_init_from_a_checkpoint_of_another_backbone_is_one_short_line(toys, tmp_
     line = result.output.strip()
     assert "it is a tiny model and this run trains deepmerge" in line, line
     assert "\n" not in line and len(line) < 300
+
+
+def test_resume_from_a_damaged_last_pt_says_to_start_again(toys, tmp_path):
+    run = tmp_path / "r"
+    assert invoke(*BASE, "--strategy", "meangap", "--run-dir", str(run)).exit_code == 0
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:500])
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run), "--quiet"])
+    line = result.output.strip()
+    assert result.exit_code != 0 and "\n" not in line, line
+    assert "last.pt cannot be read" in line and "start the run again" in line, line
+    assert "best.pt" not in line  # the --model advice does not fit a resume

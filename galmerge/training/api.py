@@ -238,7 +238,13 @@ def _resume_config(
         if role not in sets_given and flags.get(role) not in (None, cfg[role]):
             raise GalmergeError(f"--resume: the run's {role} is {cfg[role]}, not "
                                 f"{flags[role]}; drop --{role} (a resumed run keeps its data)")
-    state = read_checkpoint(out_dir / rundir.LAST)
+    try:
+        state = read_checkpoint(out_dir / rundir.LAST)
+    except GalmergeError as exc:  # its advice (another run directory, best.pt) is for --model
+        raise GalmergeError(
+            f"--resume {out_dir}: {rundir.LAST} cannot be read ({str(exc).split('; ')[0]}); "
+            f"nothing to continue from: start the run again (--config "
+            f"{out_dir / rundir.CONFIG} --run-dir NEW)") from None
     trained = state.get("config")
     if isinstance(trained, Mapping):  # config.toml edited since: it would train another run
         diff = _first_difference(resolve_config(file=saved),
