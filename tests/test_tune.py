@@ -548,3 +548,30 @@ def test_trials_with_their_own_target_encoder_share_one_source_stage(toys, tmp_p
     assert result.exit_code == 0, result.output
     assert not (shared / "reference").exists()
     assert 'init_from = ""' in (shared / "best.toml").read_text()
+
+
+def _sampled(study: Path) -> list[dict[str, str]]:
+    """The sampled parameters of each trial (trial 0 runs the defaults)."""
+    return [{k: v for k, v in r.items() if k.startswith("param_")} for r in _trials(study)]
+
+
+def test_a_resumed_study_and_a_second_worker_sample_new_points(toys, tmp_path):
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    fast = ("--sampler", "random", "--pruner", "none", "--epochs", "1")
+    for n in ("2", "3"):  # a rerun with a larger --n-trials continues the study
+        result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", n, *fast))
+        assert result.exit_code == 0, result.output
+    params = _sampled(study)
+    assert len(params) == 3 and params[2] != params[1]
+    # two workers on shared storage, starting at the same point, draw apart
+    firsts = []
+    for name in ("w1", "w2"):
+        folder = tmp_path / name
+        url = f"sqlite:///{folder / 'shared.db'}"
+        folder.mkdir()
+        result = CliRunner().invoke(
+            cli, _args(source, target, folder, "--n-trials", "2", "--storage", url, *fast))
+        assert result.exit_code == 0, result.output
+        firsts.append(_sampled(folder)[1])
+    assert firsts[0] != firsts[1]

@@ -541,9 +541,9 @@ def tune(
                 study_dir, base_layer, base, reference, say)
             guard = {"max_source_drop": float(max_source_drop), "reference": ref_dir,
                      "reference_source_val_accuracy": ref_acc}  # fmt: skip
-        samplers = {
-            "tpe": lambda: _tpe(optuna, seed, max_source_drop),
-            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        samplers: dict[str, Callable[[int], Any]] = {
+            "tpe": lambda s: _tpe(optuna, s, max_source_drop),
+            "random": lambda s: optuna.samplers.RandomSampler(seed=s),
         }
         pruners = {
             # the first 3 trials run whole; a later one stops when below the median of epoch e
@@ -556,10 +556,12 @@ def tune(
         try:
             study = optuna.create_study(
                 storage=store, study_name=STUDY_NAME, direction=direction,
-                sampler=samplers[sampler](), pruner=pruners[pruner](), load_if_exists=True,
+                sampler=samplers[sampler](seed), pruner=pruners[pruner](), load_if_exists=True,
             )  # fmt: skip
         except ValueError as exc:  # e.g. an existing study with the other direction
             raise GalmergeError(f"{study_dir}: {exc}; use another --study-dir") from None
+        # a resumed study or another worker must not draw the same points again
+        study.sampler = samplers[sampler](sampler_seed(seed, len(study.trials), embedded))
         # the reference's accuracy, not its path (machines sharing a study see other paths)
         stored_guard = None if guard is None else {k: v for k, v in guard.items()
                                                    if k != "reference"}  # fmt: skip
@@ -581,6 +583,23 @@ def tune(
         return write_outputs(study_dir, study, score, quiet=quiet, guard=guard)
     finally:
         lock.close()
+
+
+def sampler_seed(seed: int, n_trials: int, embedded: bool) -> int:
+    """The sampler's seed for one invocation on a study that holds ``n_trials`` trials:
+    ``seed`` for a new embedded study (one uninterrupted study is reproducible), else drawn from
+    (``seed``, ``n_trials``) so that a resumed study samples new points, plus fresh OS entropy
+    for a process sharing ``--storage`` (workers starting together draw apart)."""
+    if embedded and n_trials == 0:
+        return seed
+    import numpy as np
+
+    entropy = [seed, n_trials]
+    if not embedded:
+        import secrets
+
+        entropy.append(secrets.randbits(64))
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def _tpe(optuna: Any, seed: int, max_drop: float | None) -> Any:
