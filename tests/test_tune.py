@@ -575,3 +575,22 @@ def test_a_resumed_study_and_a_second_worker_sample_new_points(toys, tmp_path):
         assert result.exit_code == 0, result.output
         firsts.append(_sampled(folder)[1])
     assert firsts[0] != firsts[1]
+
+
+def test_best_toml_names_its_start_by_an_absolute_path(toys, tmp_path, monkeypatch):
+    """A study run from a relative --study-dir: its best.toml trains from any folder."""
+    source, target = _write_pair(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        cli, _args(source, target, Path("study"), "--n-trials", "1", "--pruner", "none",
+                   "--epochs", "1", "--set", "target_encoder=separate"))
+    assert result.exit_code == 0, result.output
+    best = tmp_path / "study" / "best.toml"
+    start = str(tmp_path / "study" / "reference" / "best.pt")
+    assert f'init_from = "{start}"' in best.read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(cli, ["train", "--config", str(best), "--run-dir", "r", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert read_config(elsewhere / "r")["init_from"] == start

@@ -644,8 +644,9 @@ def _stage_start(
     training its own; their searched lr, weight decay and epochs are the adaptation's. None
     (each trial trains its own stage) for processes sharing a ``--storage`` without a
     ``--reference``: they must not train one folder at once."""
+    # absolute: best.toml and the trials' config.toml are read from other folders too
     if reference is not None:
-        return lambda: str(Path(reference) / rundir.BEST)
+        return lambda: str(Path(reference).resolve() / rundir.BEST)
     if storage is not None:
         return None
 
@@ -653,7 +654,7 @@ def _stage_start(
     def start() -> str:
         path = source_guard.study_reference(
             study_dir, base_layer, say, "that trials with their own target encoder start from")
-        return str(path / rundir.BEST)
+        return str(path.resolve() / rundir.BEST)
 
     return start
 
