@@ -594,3 +594,29 @@ def test_best_toml_names_its_start_by_an_absolute_path(toys, tmp_path, monkeypat
     result = CliRunner().invoke(cli, ["train", "--config", str(best), "--run-dir", "r", "--quiet"])
     assert result.exit_code == 0, result.output
     assert read_config(elsewhere / "r")["init_from"] == start
+
+
+def test_best_toml_with_another_seed_trains_its_own_source_stage(toys, tmp_path):
+    """train --config STUDY/best.toml --seed 2 must not start from the study's seed-0
+    reference; without such a setting best.toml keeps the reference (the trial it records)."""
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    result = CliRunner().invoke(
+        cli, _args(source, target, study, "--n-trials", "1", "--pruner", "none",
+                   "--epochs", "1", "--set", "target_encoder=separate"))
+    assert result.exit_code == 0, result.output
+    start = str(study / "reference" / "best.pt")
+    best = str(study / "best.toml")
+    same = tmp_path / "same"
+    result = CliRunner().invoke(cli, ["train", "--config", best, "--run-dir", str(same)])
+    assert result.exit_code == 0, result.output
+    assert "note: init_from" not in result.output
+    assert read_config(same)["init_from"] == start and not (same / "source_only").exists()
+    other = tmp_path / "seed2"
+    result = CliRunner().invoke(cli, ["train", "--config", best, "--seed", "2", "--run-dir",
+                                      str(other)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"note: init_from {start} is the study's source-only start for seed = 0, not 2" \
+        in result.output
+    assert read_config(other)["init_from"] == str(other / "source_only" / "best.pt")
+    assert read_config(other / "source_only")["seed"] == 2

@@ -96,6 +96,7 @@ def train(
         cfg = resolve_config(cli=cli_layer, file=config)
         if flags["init_from"] is None and isinstance(config, str | Path):
             cfg = _other_runs_stage(cfg, Path(config), quiet)  # a run's config.toml reused
+            cfg = _study_stage(cfg, Path(config), quiet)  # a tune study's best.toml reused
         if isinstance(config, str | Path) and Path(config).name == rundir.CONFIG:
             rundir.note_rerun_environment(Path(config).parent, cfg.get("seed"), quiet)
         out_dir = (
@@ -127,12 +128,20 @@ def _data_record(imageset: ImageSet) -> dict[str, Any]:
             "pixel_scale_arcsec": imageset.pixel_scale_arcsec, "meta": facts}
 
 
-def _stage_difference(stage: Path, cfg: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
+def _stage_difference(stage: Path, cfg: Mapping[str, Any],
+                      kept_from: Mapping[str, Any] | None = None
+                      ) -> tuple[str, Any, Any] | None:  # fmt: skip
     """(setting, the stage's value, ``cfg``'s) of the first setting in which the source-only
     run recorded in ``stage`` differs from the one ``cfg`` would train (`source_only_layer`;
-    `STAGE_KEYS` first, what runs fill in not compared), or None when it is that run."""
+    `STAGE_KEYS` first, what runs fill in not compared), or None when it is that run. With
+    ``kept_from`` (the config file ``cfg`` was read from), only settings in which ``cfg``'s
+    stage differs from that file's are compared."""
     earlier = resolve_config(file=rundir.read_config(stage))
     expected = resolve_config(file=source_only_layer(dict(cfg, init_from="")))
+    if kept_from is not None:
+        before = resolve_config(file=source_only_layer(dict(kept_from, init_from="")))
+        earlier = {k: earlier.get(k) if expected.get(k) != before.get(k) else expected.get(k)
+                   for k in {*earlier, *expected}}
     return _first_difference(earlier, expected)
 
 
@@ -168,10 +177,39 @@ def _other_runs_stage(cfg: dict[str, Any], config: Path, quiet: bool) -> dict[st
                    f"{diff[2]!r} here)")
     if why is None:
         return cfg
+    return _drop_stage(cfg, init, why, quiet)
+
+
+def _drop_stage(cfg: dict[str, Any], init: str, why: str, quiet: bool) -> dict[str, Any]:
     if not quiet:
         print(f"galmerge train: note: init_from {init} {why}; this run trains its own (pass "
               "--init-from to start from a given checkpoint)", file=sys.stderr)
     return dict(cfg, init_from="")
+
+
+def _study_stage(cfg: dict[str, Any], config: Path, quiet: bool) -> dict[str, Any]:
+    """``cfg`` without the ``init_from`` a tune study's ``best.toml`` (or a trial's config.toml)
+    records (the study's source-only reference, ``--reference``, or the trial's own stage) when
+    a setting given here beside ``--config`` (``--seed 2``, another ``--source``...) makes the
+    source-only stage this run would train differ from the recorded one. Settings the file
+    itself holds are not counted: a trial's searched lr, weight decay and epochs are its
+    adaptation's, not its reference's."""
+    from galmerge.training.tuning import BEST_TOML
+
+    init = str(cfg.get("init_from") or "")
+    folder = config.resolve().parent
+    study = folder if config.name == BEST_TOML else folder.parent.parent
+    if (not init or cfg.get("target_encoder") != "separate" or not (study / "trials").is_dir()
+            or not (folder == study or folder.parent.name == "trials")):  # fmt: skip
+        return cfg
+    stage = Path(init).parent
+    if not (stage / rundir.CONFIG).is_file():
+        return cfg
+    diff = _stage_difference(stage, cfg, kept_from=resolve_config(file=config))
+    if diff is None:
+        return cfg
+    return _drop_stage(cfg, init, f"is the study's source-only start for {diff[0]} = "
+                       f"{diff[1]!r}, not {diff[2]!r}", quiet)
 
 
 def _source_stage(
