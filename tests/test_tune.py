@@ -305,6 +305,14 @@ def test_env_json_records_the_command_line_without_passwords(monkeypatch):
         ("[mmd]\nsigma = {type = 'float', low = 0.1, high = 1}", "has no option 'sigma'"),
         ("momentum = 0.9", "unknown setting 'momentum'"),
         ("lr = [", "not valid TOML"),
+        ("lr = {type = 'float', low = 0.1, high = 1, step = 0}", "lr has step = 0; a step"),
+        ("lr = {type = 'float', low = 0.1, high = 1, step = -0.1}", "has step = -0.1"),
+        ("lr = {type = 'float', low = 0.1, high = 1, step = 'x'}", "has step = 'x'"),
+        ("epochs = {type = 'int', low = 1, high = 2, step = 0.5}",
+         "has step = 0.5; a step is a whole number > 0"),
+        ("lr = {type = 'float', low = 0.1, high = 1, log = true, step = 0.1}",
+         "has log = true and a step"),
+        ("lr = {type = 'float', low = 0.1, high = 1, log = 'no'}", "has log = 'no'; write"),
     ],
 )
 def test_bad_space_files_are_one_line_errors(toys, tmp_path, space, message):
@@ -317,6 +325,8 @@ def test_bad_space_files_are_one_line_errors(toys, tmp_path, space, message):
     assert result.exit_code != 0
     assert message in result.output, result.output
     assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "s" / "study.db").exists()  # nothing stored: a fixed space is taken
 
 
 def test_unwritable_study_dir_and_missing_optuna_are_one_line_errors(

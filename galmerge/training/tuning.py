@@ -114,12 +114,24 @@ def _check_spec(name: str, spec: Mapping[str, Any], where: str) -> dict[str, Any
             f"search space {where}: {name} needs numbers low <= high ({kind}), got "
             f"low={low!r} high={high!r}"
         )
-    log = bool(spec.get("log", False))
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise GalmergeError(f"search space {where}: {name} has log = {log!r}; write log = true "
+                            "or log = false")
     if log and low <= 0:
         raise GalmergeError(f"search space {where}: {name} has log = true, so low must be > 0")
     out = {"type": kind, "low": low, "high": high, "log": log}
     if "step" in spec:
-        out["step"] = spec["step"]
+        step = spec["step"]
+        if isinstance(step, bool) or not isinstance(step, number) or not step > 0:
+            raise GalmergeError(
+                f"search space {where}: {name} has step = {step!r}; a step is a "
+                f"{'whole ' if kind == 'int' else ''}number > 0 (e.g. step = "
+                f"{1 if kind == 'int' else 0.1})")
+        if log:  # Optuna draws a log range without steps
+            raise GalmergeError(f"search space {where}: {name} has log = true and a step; "
+                                "drop one of them")
+        out["step"] = step
     return out
 
 
