@@ -313,6 +313,13 @@ def test_env_json_records_the_command_line_without_passwords(monkeypatch):
         ("lr = {type = 'float', low = 0.1, high = 1, log = true, step = 0.1}",
          "has log = true and a step"),
         ("lr = {type = 'float', low = 0.1, high = 1, log = 'no'}", "has log = 'no'; write"),
+        ("lr = {type = 'float', low = -0.01, high = 0.01}",
+         "lr = -0.01 is not a valid setting (lr must be a finite number >= 0"),
+        ("epochs = {type = 'int', low = 0, high = 2}", "epochs = 0 is not a valid setting"),
+        ("[schedule]\nkind = {type = 'categorical', choices = ['onecycle', 'bogus']}",
+         "schedule.kind = 'bogus' is not a valid setting"),
+        ("[mmd]\nkernel = {type = 'categorical', choices = [[1, 2], {a = 1}]}",
+         "mmd.kernel has choice [1, 2]; choices are strings"),
     ],
 )
 def test_bad_space_files_are_one_line_errors(toys, tmp_path, space, message):

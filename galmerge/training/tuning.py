@@ -105,6 +105,10 @@ def _check_spec(name: str, spec: Mapping[str, Any], where: str) -> dict[str, Any
         choices = spec.get("choices")
         if not isinstance(choices, list | tuple) or not choices:
             raise GalmergeError(f"search space {where}: {name} needs a non-empty list 'choices'")
+        bad = [c for c in choices if not isinstance(c, str | int | float | bool)]
+        if bad:  # Optuna stores strings, numbers and booleans only
+            raise GalmergeError(f"search space {where}: {name} has choice {bad[0]!r}; choices "
+                                "are strings, numbers or true/false")
         return {"type": kind, "choices": list(choices)}
     low, high = spec.get("low"), spec.get("high")
     number = int if kind == "int" else (int, float)
@@ -247,6 +251,29 @@ def resolve_space(
             space.pop(name, None)
             fixed[name] = value
     return space, fixed
+
+
+def check_space_values(base_layer: Mapping[str, Any], dims: Mapping[str, Mapping[str, Any]],
+                       space: str | Path | Mapping[str, Any] | None = None) -> None:
+    """Each searched range's ends and each choice, resolved as a trial's config is: a value no
+    trial could train with is a one-line error before the study starts (or is stored)."""
+    where = f" {space}" if isinstance(space, str | Path) else ""
+    for name in sorted(dims):
+        spec = dims[name]
+        if spec["type"] == "categorical":
+            values = list(spec["choices"])
+        else:
+            cast = int if spec["type"] == "int" else float
+            values = [cast(spec["low"]), cast(spec["high"])]
+        for value in values:
+            try:
+                resolve_config(file=deep_merge(base_layer, params_layer({name: value},
+                                                                        base_layer)))
+            except GalmergeError as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise GalmergeError(
+                    f"search space{where}: {name} = {value!r} is not a valid setting ({first}); "
+                    f"narrow the range or drop that choice") from None
 
 
 def params_layer(params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -527,6 +554,7 @@ def tune(
         dims, fixed = _per_domain_batches(dims, fixed)
     base_layer = deep_merge(base_layer, params_layer(fixed, base))
     resolve_config(file=base_layer)  # the fixed values must be valid settings too
+    check_space_values(base_layer, dims, space)
 
     study_dir = Path(study_dir)
     _prepare_dir(study_dir)
