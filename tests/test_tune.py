@@ -637,3 +637,30 @@ def test_best_toml_with_another_seed_trains_its_own_source_stage(toys, tmp_path)
         in result.output
     assert read_config(other)["init_from"] == str(other / "source_only" / "best.pt")
     assert read_config(other / "source_only")["seed"] == 2
+
+
+def test_a_plain_tune_is_refused_while_a_storage_worker_is_live(toys, tmp_path):
+    """A plain tune fails and re-queues RUNNING trials at start: while a --storage worker works
+    on the folder (it holds a shared lock) it must not start, and a worker must not start while
+    a plain tune holds the folder; workers share it."""
+    import fcntl
+
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    study.mkdir()
+    url = f"sqlite:///{study / 'study.db'}"
+    fast = ("--n-trials", "1", "--pruner", "none", "--epochs", "1")
+    with (study / ".tune.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)  # as a live --storage worker holds it
+        result = CliRunner().invoke(cli, _args(source, target, study, *fast))
+        assert result.exit_code != 0
+        assert "another galmerge tune is running on" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert not (study / "trials").exists()
+        result = CliRunner().invoke(cli, _args(source, target, study, *fast, "--storage", url))
+        assert result.exit_code == 0, result.output  # a second worker joins
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a plain tune holds it
+        result = CliRunner().invoke(cli, _args(source, target, study, *fast, "--storage", url))
+        assert result.exit_code != 0
+        assert "a galmerge tune without --storage is running on" in result.output

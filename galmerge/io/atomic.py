@@ -194,10 +194,11 @@ def open_nofollow(path: str | Path, mode: str = "a+b") -> IO[Any]:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
+def exclusive_lock(path: str | Path, busy: str, shared: bool = False) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created without following a link) for the
     block; if another process holds it, a one-line GalmergeError ``busy``. The OS releases the
-    lock when a holder dies, so a killed run never blocks the next one."""
+    lock when a holder dies, so a killed run never blocks the next one. ``shared``: a shared
+    lock instead, which other shared holders may hold too but an exclusive one may not."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks, carry on
@@ -205,7 +206,7 @@ def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
         return
     with open_nofollow(path, "a+b") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise GalmergeError(busy) from None
         try:

@@ -408,8 +408,15 @@ def _storage(optuna: Any, study_dir: Path, url: str | None) -> tuple[Any, bool]:
     )
 
 
-def _lock_embedded(study_dir: Path) -> Any:
-    """An exclusive lock on the study folder for the whole study (a context manager)."""
+def _lock_study(study_dir: Path, embedded: bool) -> Any:
+    """A lock on the study folder for the whole study (a context manager): exclusive for the
+    embedded storage (it fails and re-queues RUNNING trials at start), shared for ``--storage``
+    processes (several work at once, none while an embedded run holds the folder)."""
+    if not embedded:
+        return atomic.exclusive_lock(
+            study_dir / LOCK,
+            f"a galmerge tune without --storage is running on {study_dir}; wait for it, or stop "
+            f"it and run every process with --storage", shared=True)
     return atomic.exclusive_lock(
         study_dir / LOCK,
         f"another galmerge tune is running on {study_dir}; wait for it, or run several "
@@ -559,8 +566,7 @@ def tune(
     study_dir = Path(study_dir)
     _prepare_dir(study_dir)
     lock = contextlib.ExitStack()
-    if storage is None:
-        lock.enter_context(_lock_embedded(study_dir))
+    lock.enter_context(_lock_study(study_dir, storage is None))
     console = None
     if not quiet:
         from rich.console import Console
