@@ -664,3 +664,18 @@ def test_a_plain_tune_is_refused_while_a_storage_worker_is_live(toys, tmp_path):
         result = CliRunner().invoke(cli, _args(source, target, study, *fast, "--storage", url))
         assert result.exit_code != 0
         assert "a galmerge tune without --storage is running on" in result.output
+
+
+def test_study_folders_on_other_machines_sharing_a_storage_write_best_toml(toys, tmp_path):
+    """Machines sharing --storage each have their own --study-dir: the best trial's folder may
+    be on another, and its config comes from the study."""
+    source, target = _write_pair(tmp_path / "data")
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    fast = ("--pruner", "none", "--epochs", "1", "--storage", url)
+    a, b = tmp_path / "mA", tmp_path / "mB"
+    result = CliRunner().invoke(cli, _args(source, target, a, "--n-trials", "1", *fast))
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, _args(source, target, b, "--n-trials", "1", *fast))
+    assert result.exit_code == 0, result.output  # trial 0 ran in mA only
+    assert not (b / "trials" / "0000").exists()
+    assert (b / "best.toml").read_text() == (a / "trials" / "0000" / "config.toml").read_text()

@@ -7,7 +7,8 @@ the checkpoint the trainer keeps under that score; per-epoch values feed the pru
 
 Target labels stay out structurally: the objective reads metrics rows only through
 ``label_free_view``, which keeps a fixed list of source/label-free columns; the Optuna storage
-holds parameters, label-free values and states only. The oracle (target accuracy) is read
+holds parameters, label-free values, states and each complete trial's config.toml (settings,
+no metrics) only. The oracle (target accuracy) is read
 afterwards from each trial's run directory, for ``trials.csv`` and the report, and never reaches
 the sampler or pruner.
 
@@ -43,6 +44,9 @@ TRIALS_CSV = "trials.csv"
 BEST_TOML = "best.toml"
 REPORT = "report.md"
 LOCK = ".tune.lock"
+# user attribute: a complete trial's config.toml text, for best.toml where its folder is absent
+# (processes on other machines sharing the study through --storage)
+CONFIG_ATTR = "config_toml"
 # Heartbeats for shared storage: a trial silent for GRACE_S seconds (its process died) is failed
 # and retried once by whichever process looks next.
 HEARTBEAT_S = 60
@@ -733,6 +737,7 @@ def _objective(
             if start_from is not None and needs_source_stage(resolve_config(file=layer)):
                 layer = dict(layer, init_from=start_from())
             train(config=layer, run_dir=run_dir, quiet=True, on_epoch=on_epoch)
+            trial.set_user_attr(CONFIG_ATTR, (run_dir / rundir.CONFIG).read_text())
         except Exception as exc:
             if not isinstance(exc, optuna.TrialPruned):
                 trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else repr(exc))
@@ -997,11 +1002,25 @@ def write_outputs(study_dir: Path, study: Any, score: str, quiet: bool = True,
     elif complete:
         t = study.best_trial
         best = next(r for r in rows if r["trial"] == t.number)
+    text: bytes | None = None
+    note = None
     if best is not None:
         # the trial's own config.toml, byte for byte: `galmerge train --config` takes it
         config_path = study_dir / best["run_dir"] / rundir.CONFIG
-    if config_path is not None:
-        atomic.write_bytes(study_dir / BEST_TOML, config_path.read_bytes())
+        if not config_path.is_file():  # run by a process elsewhere on the shared --storage
+            saved = next(t for t in study.trials if t.number == best["trial"]).user_attrs.get(
+                CONFIG_ATTR)
+            if saved is not None:
+                text = str(saved).encode()
+            else:
+                note = (f"best trial {best['trial']} ran elsewhere ({config_path.parent} is not "
+                        f"here) and the study holds no copy of its config; best.toml not "
+                        f"written: take the trial's config.toml from the machine that ran it")
+                config_path = None
+    if text is None and config_path is not None:
+        text = config_path.read_bytes()
+    if text is not None:
+        atomic.write_bytes(study_dir / BEST_TOML, text)
     sign = 1 if selection.SCORES[score] == "max" else -1
     rho = spearman([sign * r["score"] for r in complete],
                    [r["oracle_target_test_accuracy"] for r in complete])  # fmt: skip
@@ -1016,7 +1035,8 @@ def write_outputs(study_dir: Path, study: Any, score: str, quiet: bool = True,
         "best_params": None if best is None else {
             k[6:]: v for k, v in best.items() if k.startswith("param_")
         },
-        "best_toml": None if config_path is None else str(study_dir / BEST_TOML),
+        "best_toml": None if text is None else str(study_dir / BEST_TOML),
+        "note": note,
         "oracle_best_target_test_accuracy": None if best is None
         else best["oracle_target_test_accuracy"],
         "spearman_score_vs_oracle": rho,
@@ -1027,7 +1047,11 @@ def write_outputs(study_dir: Path, study: Any, score: str, quiet: bool = True,
         summary["guard"] = {**guard, "feasible_trials": sum(bool(r["feasible"]) for r in rows),
                             "best_is_reference": best is None and config_path is not None}
     _report(study_dir, summary, rows)
-    if not quiet and config_path is not None:
+    if note is not None:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"galmerge tune: note: {note}", highlight=False)
+    if not quiet and text is not None:
         from rich.console import Console
 
         text = (f"best trial {best['trial']}: {score} {best['score']:.4g}" if best is not None
@@ -1158,6 +1182,8 @@ def _report(study_dir: Path, summary: Mapping[str, Any], rows: list[dict[str, An
         if guard["best_is_reference"]:
             lines += ["No trial kept the guard: `best.toml` is the reference's configuration "
                       "(source only, no adaptation).", ""]  # fmt: skip
+    if summary.get("note"):
+        lines += [f"Note: {summary['note']}.", ""]
     if summary["best_trial"] is not None:
         lines += [
             f"Best trial: {summary['best_trial']} ({score} {summary['best_score']:.4g}); "
