@@ -679,3 +679,31 @@ def test_study_folders_on_other_machines_sharing_a_storage_write_best_toml(toys,
     assert result.exit_code == 0, result.output  # trial 0 ran in mA only
     assert not (b / "trials" / "0000").exists()
     assert (b / "best.toml").read_text() == (a / "trials" / "0000" / "config.toml").read_text()
+
+
+def _interrupt_first_trial(study: Path, args: list[str], sig: int) -> None:
+    """Run ``args`` slowly and send ``sig`` during trial 0 (the defaults), once it wrote an
+    epoch."""
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--slow", *args], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (study / "trials" / "0000" / "metrics.csv").exists():
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, sig)
+    proc.communicate(timeout=120)
+
+
+@pytest.mark.slow
+def test_a_retried_defaults_trial_is_still_the_defaults_trial(tmp_path):
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    args = _args(source, target, study, "--n-trials", "1", "--pruner", "none")
+    _interrupt_first_trial(study, args, signal.SIGKILL)
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], env=_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _trials(study)
+    assert [r["state"] for r in rows] == ["fail", "complete"]
+    assert [r["defaults"] for r in rows] == ["True", "True"]

@@ -489,8 +489,20 @@ def _requeue_interrupted(optuna: Any, study: Any, quiet_print: Callable[[str], N
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (process killed)")
         study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+        queue_again(study, t.number, t.params, t.user_attrs)
         quiet_print(f"trial {t.number} was interrupted: marked failed, queued again")
+
+
+# user attributes that describe one run of a trial, not what it is (defaults, ladder...)
+RUN_ATTRS = ("error", "run_dir", "retry_of", CONFIG_ATTR, source_guard.DROP)
+
+
+def queue_again(study: Any, number: int, params: Mapping[str, Any],
+                user_attrs: Mapping[str, Any]) -> None:  # fmt: skip
+    """Queue an interrupted trial's parameters again, with what its user attributes say it is
+    (``defaults``, ``ladder``: a retried ladder trial is still never pruned) and ``retry_of``."""
+    keep = {k: v for k, v in user_attrs.items() if k not in RUN_ATTRS}
+    study.enqueue_trial(dict(params), user_attrs={**keep, "retry_of": number})
 
 
 def tune(
