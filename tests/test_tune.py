@@ -707,3 +707,19 @@ def test_a_retried_defaults_trial_is_still_the_defaults_trial(tmp_path):
     rows = _trials(study)
     assert [r["state"] for r in rows] == ["fail", "complete"]
     assert [r["defaults"] for r in rows] == ["True", "True"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_trial_queues_it_again(tmp_path):
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    args = _args(source, target, study, "--n-trials", "1", "--pruner", "none")
+    _interrupt_first_trial(study, args, signal.SIGINT)
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], env=_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = _trials(study)
+    assert [r["state"] for r in rows] == ["fail", "complete"]
+    assert rows[0]["error"] == "interrupted (Ctrl-C)"
+    assert [r["defaults"] for r in rows] == ["True", "True"]
+    assert _sampled(study)[1] == _sampled(study)[0]

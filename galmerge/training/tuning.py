@@ -750,6 +750,10 @@ def _objective(
                 layer = dict(layer, init_from=start_from())
             train(config=layer, run_dir=run_dir, quiet=True, on_epoch=on_epoch)
             trial.set_user_attr(CONFIG_ATTR, (run_dir / rundir.CONFIG).read_text())
+        except KeyboardInterrupt:  # Ctrl-C: Optuna fails the trial; run it again on restart
+            trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            queue_again(trial.study, trial.number, trial.params, trial.user_attrs)
+            raise
         except Exception as exc:
             if not isinstance(exc, optuna.TrialPruned):
                 trial.set_user_attr("error", str(exc).splitlines()[0] if str(exc) else repr(exc))
