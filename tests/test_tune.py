@@ -613,6 +613,21 @@ def test_best_toml_names_its_start_by_an_absolute_path(toys, tmp_path, monkeypat
     assert read_config(elsewhere / "r")["init_from"] == start
 
 
+def test_a_storage_trials_own_source_stage_is_named_by_an_absolute_path(toys, tmp_path,
+                                                                        monkeypatch):
+    """With --storage and no --reference each trial trains its own stage: best.toml names it
+    absolutely too, whatever folder the worker ran in."""
+    source, target = _write_pair(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        cli, _args(source, target, Path("study"), "--n-trials", "1", "--pruner", "none",
+                   "--epochs", "1", "--set", "target_encoder=separate",
+                   "--storage", f"sqlite:///{tmp_path / 'shared.db'}"))
+    assert result.exit_code == 0, result.output
+    start = str(tmp_path / "study" / "trials" / "0000" / "source_only" / "best.pt")
+    assert f'init_from = "{start}"' in (tmp_path / "study" / "best.toml").read_text()
+
+
 def test_best_toml_with_another_seed_trains_its_own_source_stage(toys, tmp_path):
     """train --config STUDY/best.toml --seed 2 must not start from the study's seed-0
     reference; without such a setting best.toml keeps the reference (the trial it records)."""

@@ -748,7 +748,9 @@ def _objective(
         try:
             if start_from is not None and needs_source_stage(resolve_config(file=layer)):
                 layer = dict(layer, init_from=start_from())
-            train(config=layer, run_dir=run_dir, quiet=True, on_epoch=on_epoch)
+            # absolute: a trial's own source stage is recorded as its init_from, and best.toml
+            # is read from other folders
+            train(config=layer, run_dir=run_dir.resolve(), quiet=True, on_epoch=on_epoch)
             trial.set_user_attr(CONFIG_ATTR, (run_dir / rundir.CONFIG).read_text())
         except KeyboardInterrupt:  # Ctrl-C: Optuna fails the trial; run it again on restart
             trial.set_user_attr("error", "interrupted (Ctrl-C)")
