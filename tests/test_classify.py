@@ -214,10 +214,39 @@ def test_a_catalog_given_as_cache_is_refused_and_left_alone(env):
     cat.write_text(CASJOBS)
     res = run_cli("classify", str(cat), "--model", str(ckpt.parent), "--survey", "stamps",
                   "--cache", str(cat), "--quiet")
-    assert res.exit_code != 0 and f"cutout cache {cat} is not an HDF5 file" in res.output
+    assert res.exit_code != 0 and f"--cache {cat} is the same file as the input catalog" \
+        in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
     assert cat.read_text() == CASJOBS  # the catalog is neither moved aside nor overwritten
     assert not [p for p in tmp.iterdir() if "corrupt" in p.name or p.suffix == ".journal"]
+
+
+def test_a_cache_that_is_the_output_is_refused_before_any_work(env):
+    """--output X.h5 --cache X.h5 replaced the cache with the output (every stamp lost); the
+    rank's cache ('{rank}' replaced) is compared, and for an ensemble too."""
+    tmp, ckpt, log = env
+    cat = tmp / "dr16.csv"
+    cat.write_text(CASJOBS)
+    base = ["classify", str(cat), "--model", str(ckpt.parent), "--survey", "stamps", "--quiet"]
+    assert run_cli(*base, "--cache", str(tmp / "c.h5"), "--output", str(tmp / "o.h5")
+                   ).exit_code == 0
+    fetched = [f for f in fetch_lines(log) if not f.startswith("fail")]  # failures: retried
+    cached = {p.name: p.read_bytes() for p in tmp.glob("c.h5*") if p.is_file()}
+    second = make_checkpoint(tmp / "run2" / "best.pt", seed=1)
+    for cache, out, extra in ((tmp / "new.h5", tmp / "new.h5", []),
+                              (tmp / "c.h5", tmp / "c.h5", []),
+                              (tmp / "c{rank}.h5", tmp / "c0.h5", []),
+                              (tmp / "c.h5", tmp / "c.h5", ["--model", str(second.parent)])):
+        res = run_cli(*base, *extra, "--cache", str(cache), "--output", str(out))
+        assert res.exit_code != 0, res.output
+        assert f"is the same file as --output ({out})" in res.output
+        assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp / "new.h5").exists() and not (tmp / "c0.h5").exists()
+    assert {p.name: p.read_bytes() for p in tmp.glob("c.h5*") if p.is_file()} == cached
+    assert run_cli(*base, "--cache", str(tmp / "c.h5"), "--output", str(tmp / "o.h5")
+                   ).exit_code == 0
+    # the cache still holds every stamp: none is fetched again
+    assert [f for f in fetch_lines(log) if not f.startswith("fail")] == fetched
 
 
 def test_casjobs_csv_every_row_kept_with_status_and_probability(env):

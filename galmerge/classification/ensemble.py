@@ -42,7 +42,13 @@ _SHIFT_NAME = re.compile(r"^shift_score(_\d+)?$")
 
 def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwargs: Any) -> Any:
     """Run `galmerge.classification.pipeline.classify` once per model and combine the outputs."""
-    from galmerge.classification.pipeline import check_output, classify, default_output
+    from galmerge.classification.pipeline import (
+        check_cache,
+        check_output,
+        classify,
+        default_output,
+        rank_cache,
+    )
     from galmerge.runtime.distributed import from_environment
 
     if len(set(map(str, models))) != len(models):
@@ -54,6 +60,8 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
     quiet = kwargs.pop("quiet", False)
     threshold = float(kwargs.get("threshold", 0.5))
     out = Path(output) if output is not None else default_output(Path(catalog))
+    if kwargs.get("cache") is not None:
+        check_cache(rank_cache(kwargs["cache"], from_environment().rank), out, Path(catalog))
     check_output(out, Path(catalog))
     _check_shapes(models)
     temps = [out.with_name(f".{out.stem}.member{i}{out.suffix}") for i in range(len(models))]

@@ -145,6 +145,20 @@ def check_output(out_path: Path, catalog: Path) -> None:
                             "another file or remove it")
 
 
+def rank_cache(cache: str | os.PathLike[str], rank: int) -> Path:
+    """The cutout cache a process uses: ``{rank}`` in the name replaced by its rank."""
+    return Path(str(cache).replace("{rank}", str(rank)))
+
+
+def check_cache(cache_path: Path, out_path: Path, catalog: Path) -> None:
+    """One line, before any work, for a cache that is the output or the catalog: the output
+    would replace the cache (every stamp lost), the cache would write into the catalog."""
+    for what, path in (("--output", out_path), ("the input catalog", catalog)):
+        if cache_path.resolve() == path.resolve():
+            raise GalmergeError(f"--cache {cache_path} is the same file as {what} ({path}); "
+                                "give --cache another file")
+
+
 def default_output(catalog: Path) -> Path:
     """``<catalog stem>_galmerge.csv`` in the working directory (catalogs may be read-only)."""
     name = catalog.name
@@ -478,8 +492,10 @@ def classify(
             batch_size=batch_size, workers=workers, quiet=quiet, scheduler=scheduler,
             columns=columns, keepbits=cache_keepbits, t0=t0)
     out_path = Path(output) if output is not None else default_output(cat_path)
-    check_output(out_path, cat_path)
     dist = from_environment()
+    if cache is not None:  # first: the clearer line where the output is an existing cache
+        check_cache(rank_cache(cache, dist.rank), out_path, cat_path)
+    check_output(out_path, cat_path)
     show = not quiet and dist.is_main
     with output_lock(out_path, dist.rank, dist.world), _terminate_cleanly():
         return _classify_locked(
@@ -586,8 +602,9 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                   or f"{survey_name}:{_signature(dict(infer.spec))}")
         release, kind = data_release(service, options, key), key
         # "{rank}" in --cache gives each process its own cache (and index) at survey scale
-        cache_path = (Path(str(cache).replace("{rank}", str(dist.rank))) if cache is not None
+        cache_path = (rank_cache(cache, dist.rank) if cache is not None
                       else default_cache(survey_name, keepbits_key(key, cache_keepbits)))
+        check_cache(cache_path, out_path, cat_path)  # the default one too
         store = CutoutCache(
             cache_path, key, infer.shape, flush_rows=flush_rows,
             attrs={"survey": survey_name, "bands": ",".join(map(str, infer.spec.get("bands", []))),
