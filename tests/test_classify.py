@@ -249,6 +249,21 @@ def test_a_cache_that_is_the_output_is_refused_before_any_work(env):
     assert [f for f in fetch_lines(log) if not f.startswith("fail")] == fetched
 
 
+def test_repeated_csv_header_names_get_names_no_other_column_has(env):
+    """Header objID,ra,dec,x_1,x,x came out as ...,x_1,x,x_1: two columns named x_1, and a
+    reader of the output lost the first one's values."""
+    tmp, ckpt, _ = env
+    cat = tmp / "dup.csv"
+    cat.write_text("objID,ra,dec,x_1,x,x,,col7\n7,10.5,1.5,A1,B1,C1,D1,E1\n")
+    res = run_cli("classify", str(cat), "--model", str(ckpt.parent), "--survey", "stamps",
+                  "--cache", str(tmp / "c.h5"), "--output", str(tmp / "o.csv"), "--quiet")
+    assert res.exit_code == 0, res.output
+    header, rows = read_csv(tmp / "o.csv")
+    assert header[:8] == ["objID", "ra", "dec", "x_1", "x", "x_2", "col7_1", "col7"]
+    assert rows[0][:8] == ["7", "10.5", "1.5", "A1", "B1", "C1", "D1", "E1"]
+    assert rows[0][-1] == "ok"
+
+
 def test_casjobs_csv_every_row_kept_with_status_and_probability(env):
     tmp, ckpt, log = env
     cat = tmp / "dr16.csv"

@@ -258,16 +258,25 @@ class _LineTap:
 
 
 def _unique_names(header: Sequence[str]) -> list[str]:
-    """Column names, with empty or repeated names made unique (every column is kept)."""
-    seen: dict[str, int] = {}
+    """Column names, with empty or repeated names made unique (every column is kept): a
+    generated name (``colN``, ``name_1``, ``name_2``...) is none of the header's names and none
+    generated before it."""
+    taken = {name for name in header if name}
+    used: set[str] = set()
     out = []
     for i, name in enumerate(header):
-        name = name or f"col{i + 1}"
-        if name in seen:
-            seen[name] += 1
-            name = f"{name}_{seen[name]}"
-        seen.setdefault(name, 0)
-        out.append(name)
+        if name and name not in used:  # a name's first occurrence keeps it
+            out.append(name)
+            used.add(name)
+            continue
+        base = name or f"col{i + 1}"
+        k = 0 if not name else 1
+        new = f"{base}_{k}" if k else base
+        while new in taken or new in used:
+            k += 1
+            new = f"{base}_{k}"
+        out.append(new)
+        used.add(new)
     return out
 
 
