@@ -428,6 +428,31 @@ def test_hdf5_image_file_input(env):
     assert not log.exists()  # nothing fetched
 
 
+@pytest.mark.parametrize("only", ["ra", "dec"])
+def test_hdf5_image_file_with_ra_but_no_dec_is_one_line(env, only):
+    """An image file with 'ra' and no 'dec' (or the reverse) crashed with a TypeError
+    traceback in the middle of the run."""
+    import torch
+
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.plugin.imageset import ImageSet
+
+    tmp, ckpt, _ = env
+    path = tmp / "stamps.h5"
+    imgs = np.stack([stamp_for(float(i), float(i)) for i in range(3)])
+    write_imageset(path, ImageSet(images=torch.from_numpy(imgs), labels=torch.tensor([-1] * 3),
+                                  ids=np.arange(3), bands=("g", "r", "i"), survey="t",
+                                  ra=np.arange(3.0), dec=np.arange(3.0)))
+    with h5py.File(path, "r+") as f:
+        del f["dec" if only == "ra" else "ra"]
+    res = run_cli("classify", str(path), "--model", str(ckpt), "--quiet",
+                  "--output", str(tmp / "o.csv"))
+    assert res.exit_code == 1, res.output
+    assert "needs both 'ra' and 'dec' or neither" in res.output and str(path) in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp / "o.csv").exists()
+
+
 def test_hdf5_image_file_of_wrong_size_is_refused(env):
     import torch
 

@@ -432,6 +432,10 @@ def validate_imageset_file(path: str | os.PathLike[str], *, check_finite: bool =
         for name in ("ra", "dec", "id"):
             if name in f and f[name].shape != (n,):
                 raise _fail(path, f"dataset '{name}' has shape {f[name].shape}; expected ({n},)")
+        if ("ra" in f) != ("dec" in f):  # positions are pairs: one alone is no position
+            have, lack = ("ra", "dec") if "ra" in f else ("dec", "ra")
+            raise _fail(path, f"has dataset '{have}' but no '{lack}'; an image file needs both "
+                              f"'ra' and 'dec' or neither: add '{lack}' or remove '{have}'")
         if check_finite and kind == "f":
             for start in range(0, n, BLOCK_IMAGES):
                 block = images[start : start + BLOCK_IMAGES]
