@@ -758,6 +758,39 @@ def test_damaged_result_segment_is_redone(env, monkeypatch):
     assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
 
 
+def test_damaged_short_segment_followed_by_others_is_redone_in_order(env, monkeypatch):
+    """A damaged segment of fewer chunks than a full one (committed by the 30 s timer; here
+    3-chunk segments), followed by others: its chunks were redone into one segment with the
+    chunks after the kept ones (0,1,2,6,7...), and every rerun failed with 'result segments
+    ... are inconsistent'. The rerun now finishes with the output of an uninterrupted run."""
+    from galmerge.classification.outputs import ResultJournal
+
+    tmp, ckpt, log = env
+    rows = _catalog(tmp / "cat.csv", 30)
+    base = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--chunk-rows", "2"]
+    assert run_cli(*base, "--cache", str(tmp / "ref.h5"), "--output", str(tmp / "ref.csv")
+                   ).exit_code == 0
+    args = [*base, "--cache", str(tmp / "c.h5"), "--output", str(tmp / "out.csv")]
+    defaults = ResultJournal.__init__.__defaults__
+    monkeypatch.setattr(ResultJournal.__init__, "__defaults__", (3, 30.0))
+    monkeypatch.setenv("GALMERGE_TEST_FETCH_LIMIT", str(len(fetch_lines(log)) + 13))
+    assert run_cli(*args).exit_code != 0  # stopped in chunk 6: chunks 0-2 and 3-5 committed
+    monkeypatch.delenv("GALMERGE_TEST_FETCH_LIMIT")
+    monkeypatch.setattr(ResultJournal.__init__, "__defaults__", defaults)
+    segments = sorted((tmp / "out.csv.parts").glob("*/seg-*.arrow"))
+    assert len(segments) == 2
+    data = bytearray(segments[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    segments[0].write_bytes(bytes(data))
+    for _ in range(2):  # the rerun finishes; so does one after it
+        res = run_cli(*args)
+        assert res.exit_code == 0, res.output
+    _, out = read_csv(tmp / "out.csv")
+    assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
+    assert (tmp / "out.csv").read_bytes() == (tmp / "ref.csv").read_bytes()
+
+
 # -- sharded runs: rank 0 gives up on a dead or hung rank, loses nothing, and a re-run finishes --
 
 def _rank_env(log: Path, rank: int, **extra: str) -> dict[str, str]:

@@ -577,6 +577,11 @@ class ResultJournal:
         """Append a block to the open segment (streamed, not held); commit it now and then."""
         from galmerge.classification.segments import SegmentWriter
 
+        if self._pending and any(i in self.done
+                                 for i in range(self._pending[-1] + 1, index)):
+            # chunks between are in other segments (kept from an earlier run): a segment holds
+            # no gap, so the merge, reading segments in name order, gets chunks in order
+            self.commit()
         if self._writer is None:
             self._first = index
             self._tmp = self.folder / f".seg-{index:012d}.{os.getpid()}.tmp"
