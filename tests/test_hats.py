@@ -288,3 +288,40 @@ def test_an_input_column_named_like_a_result_is_kept_beside_it(env, cluster):
     assert list(got.columns)[-3:] == ["p_merger", "is_merger", "status_1"]
     assert (got["status"] == "from the survey").all()
     assert (got["status_1"] == "ok").sum() == len(df) - 1
+
+
+@pytest.mark.parametrize("option", ["--ra-col", "--dec-col", "--id-col"])
+def test_a_wrong_column_option_is_one_line_and_leaves_no_folder(env, option):
+    """A wrong --ra-col was found only inside the Dask workers: a multi-line traceback, and an
+    output folder left behind."""
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, _ = _hats(tmp, n=12)
+    res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+                  option, "nosuch", "--output", str(tmp / "out_hats"))
+    assert res.exit_code != 0 and f"no column 'nosuch' for {option}" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert not (tmp / "out_hats").exists() and not (tmp / "out_hats.cache").exists()
+
+
+def test_an_unreachable_scheduler_is_one_line_and_leaves_no_folder(env):
+    """--scheduler where no Dask scheduler runs gave an OSError traceback."""
+    import socket
+
+    import dask
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, _ = _hats(tmp, n=12)
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps",
+                      "--quiet", "--scheduler", f"tcp://127.0.0.1:{port}",
+                      "--output", str(tmp / "out_hats"))
+    assert res.exit_code != 0, res.output
+    assert f"--scheduler tcp://127.0.0.1:{port}: no Dask scheduler answers there" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert not (tmp / "out_hats").exists() and not (tmp / "out_hats.cache").exists()

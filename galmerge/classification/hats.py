@@ -256,6 +256,13 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
     except Exception as exc:  # hats/lsdb raise many kinds for a bad folder
         raise GalmergeError(f"{src}: cannot open as a HATS catalog ({exc})".splitlines()[0]) \
             from None
+    from galmerge.classification.catalogs import DEC_NAMES, ID_NAMES, RA_NAMES, _pick
+
+    # here, in one line, before any folder is made: the workers would fail with a traceback
+    names = list(cat.columns)
+    ra_col = _pick(names, ra_col, RA_NAMES, "RA", src, "--ra-col", True)
+    dec_col = _pick(names, dec_col, DEC_NAMES, "Dec", src, "--dec-col", True)
+    id_col = _pick(names, id_col, ID_NAMES, "id", src, "--id-col", False)
     keep = list(columns) if columns else None
     if keep:
         missing = [c for c in keep if c not in cat.columns]
@@ -272,10 +279,6 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
         cache_dir=str(cache_dir), keep=keep, ra_col=ra_col, dec_col=dec_col, id_col=id_col,
         threshold=float(threshold), domain=domain, device=device, batch_size=batch_size,
         workers=workers, keepbits=keepbits, extra=extra)
-    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    resume = out.is_dir() and any(out.iterdir())
-    if resume:
-        _repair_progress(out)
     record = dict(provenance or {})
     if stats is not None:
         record["shift_threshold"] = float(stats["threshold"])
@@ -287,7 +290,17 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
         cluster = LocalCluster(n_workers=n_workers or max(1, os.cpu_count() or 1),
                                threads_per_worker=1, processes=True, dashboard_address=None)
     try:
-        with Client(scheduler or cluster):
+        try:  # connected before any folder is made
+            client = Client(scheduler or cluster)
+        except (OSError, TimeoutError) as exc:
+            raise GalmergeError(f"--scheduler {scheduler}: no Dask scheduler answers there "
+                                f"({exc}); start one, or drop --scheduler for a local cluster"
+                                .splitlines()[0]) from None
+        with client:
+            cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            resume = out.is_dir() and any(out.iterdir())
+            if resume:
+                _repair_progress(out)
             result.write_catalog(out, catalog_name=out.name, resume=resume,
                                  progress_bar=not quiet, addl_hats_properties=props)
     finally:
