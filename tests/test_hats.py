@@ -106,6 +106,9 @@ def test_hats_catalog_classified_partition_by_partition_on_two_workers(env, clus
     kind = next(ln.split("=", 1)[1].strip() for ln in props.splitlines()
                 if ln.startswith("galmerge_cutout_kind"))
     assert kind and kind.startswith("stamps")
+    created = next(ln.split("=", 1)[1].strip() for ln in props.splitlines()
+                   if ln.startswith("galmerge_created_utc"))
+    assert time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")  # it was empty
 
 
 KILLED = """

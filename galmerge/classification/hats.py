@@ -279,7 +279,9 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
         cache_dir=str(cache_dir), keep=keep, ra_col=ra_col, dec_col=dec_col, id_col=id_col,
         threshold=float(threshold), domain=domain, device=device, batch_size=batch_size,
         workers=workers, keepbits=keepbits, extra=extra)
-    record = dict(provenance or {})
+    from galmerge.io.provenance import stamped
+
+    record = stamped(provenance) if provenance else {}  # created_utc: the time of this write
     if stats is not None:
         record["shift_threshold"] = float(stats["threshold"])
         record["shift_stats_sha256"] = stats["meta"].get("sha256", "")
