@@ -328,3 +328,32 @@ def test_an_unreachable_scheduler_is_one_line_and_leaves_no_folder(env):
     assert f"--scheduler tcp://127.0.0.1:{port}: no Dask scheduler answers there" in res.output
     assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
     assert not (tmp / "out_hats").exists() and not (tmp / "out_hats.cache").exists()
+
+
+def test_the_same_hats_command_runs_again_and_kinds_are_checked(env, cluster):
+    """--output DIR and --cache DIR were declared files only, so running the same command
+    again on a HATS output failed with "is a directory"; a folder for a catalog file (or a
+    file for a HATS catalog) is one line naming the option."""
+    from test_classify import CASJOBS, run_cli
+
+    tmp, ckpt, _ = env
+    src, df = _hats(tmp, n=12)
+    args = ["classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+            "--scheduler", cluster.scheduler_address, "--output", str(tmp / "out_hats"),
+            "--cache", str(tmp / "hcache")]
+    for _ in range(2):
+        res = run_cli(*args)
+        assert res.exit_code == 0, res.output
+    got = lsdb.open_catalog(tmp / "out_hats").compute()
+    assert sorted(got["objid"]) == sorted(df["objid"])
+    (tmp / "f.csv").write_text(CASJOBS)
+    for cat, option, value, kind in ((src, "--output", tmp / "f.csv", "file"),
+                                     (src, "--cache", tmp / "f.csv", "file"),
+                                     (tmp / "f.csv", "--output", tmp / "out_hats", "folder"),
+                                     (tmp / "f.csv", "--cache", tmp / "hcache", "folder")):
+        other = [] if option == "--output" else ["--output", str(tmp / "o.csv")]
+        res = run_cli("classify", str(cat), "--model", str(ckpt), "--survey", "stamps",
+                      "--quiet", *other, option, str(value))
+        assert res.exit_code != 0 and f"{option} {value} is a {kind}" in res.output
+        assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert (tmp / "f.csv").read_text() == CASJOBS and not (tmp / "o.csv").exists()

@@ -483,6 +483,7 @@ def classify(
     prior_from = training_prior(model) if prior is not None else None
     if chunk_rows < 1 or batch_size < 1 or workers < 1:
         raise GalmergeError("--batch-size, --workers and --chunk-rows must be at least 1")
+    _check_kinds(cat_path, output, cache)
     if cat_path.is_dir():  # a HATS catalog: partition by partition on Dask
         from galmerge.classification.hats import classify_hats_summary
 
@@ -506,6 +507,27 @@ def classify(
             heartbeat_timeout=heartbeat_timeout, cache_keepbits=cache_keepbits, prior=prior,
             prior_from=prior_from, quiet=quiet, mc_dropout=int(mc_dropout or 0),
             prior_rule=prior_rule)
+
+
+def _check_kinds(cat_path: Path, output: Any, cache: Any) -> None:
+    """One line where --output or --cache is a file for a HATS catalog (its output and caches
+    are folders) or a folder for a catalog file (they are files)."""
+    from galmerge.runtime.distributed import from_environment
+
+    hats = cat_path.is_dir()
+    rank = from_environment().rank
+    for option, value in (("--output", output), ("--cache", cache)):
+        if value is None:
+            continue
+        path = rank_cache(value, rank) if option == "--cache" else Path(value)
+        if hats and path.is_file():
+            raise GalmergeError(f"{option} {path} is a file; for a HATS catalog folder {option} "
+                                "names a folder: give a folder name")
+        if not hats and path.is_dir():
+            what = ("a file (.csv, .h5, .fits or .parquet)" if option == "--output"
+                    else "an HDF5 file")
+            raise GalmergeError(f"{option} {path} is a folder; for a catalog file {option} "
+                                f"names {what}: give a file name")
 
 
 def _parse_prior_options(prior: Any, rule: Any) -> tuple[str | float | None, str]:

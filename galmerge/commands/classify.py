@@ -12,12 +12,13 @@ import click
                    "ensemble (mean p_merger and a p_merger_std column).")
 @click.option("--survey", default="sdss", show_default=True,
               help="Survey whose cutout service cuts the stamps.")
-@click.option("--output", type=click.Path(dir_okay=False),
-              help="Output file: .csv (default), .h5, .fits or .parquet. "
-                   "Default: <catalog stem>_galmerge.csv in the working directory.")
-@click.option("--cache", type=click.Path(dir_okay=False),
+@click.option("--output", type=click.Path(),
+              help="Output file: .csv (default), .h5, .fits or .parquet (a HATS catalog: a "
+                   "folder). Default: <catalog stem>_galmerge.csv in the working directory.")
+@click.option("--cache", type=click.Path(),
               help="Cutout cache (HDF5); '{rank}' in the name gives each torchrun process its "
-                   "own. Default: $GALMERGE_DATA/cache/<survey>-<kind>.h5.")
+                   "own (a HATS catalog: a folder of per-partition caches). Default: "
+                   "$GALMERGE_DATA/cache/<survey>-<kind>.h5.")
 @click.option("--ra-col", help="RA column (default: ra, RA, ra_deg, raj2000, ...).")
 @click.option("--dec-col", help="Dec column (default: dec, DEC, dec_deg, dej2000, ...).")
 @click.option("--id-col", help="Id column (default: objID, objid, specobjid, id, ...).")
