@@ -357,3 +357,33 @@ def test_the_same_hats_command_runs_again_and_kinds_are_checked(env, cluster):
         assert res.exit_code != 0 and f"{option} {value} is a {kind}" in res.output
         assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
     assert (tmp / "f.csv").read_text() == CASJOBS and not (tmp / "o.csv").exists()
+
+
+def test_a_rerun_with_other_settings_does_not_continue_the_output(env, cluster):
+    """A rerun with another --threshold or --model continued the old output (LSDB's resume
+    keeps the partitions written before), mixing results of two settings; it is refused in one
+    line, and the output is left as it was. The same command still runs again."""
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, df = _hats(tmp, n=12)
+    second = make_checkpoint(tmp / "run2" / "best.pt", seed=1)
+    args = ["classify", str(src), "--survey", "stamps", "--quiet",
+            "--scheduler", cluster.scheduler_address, "--output", str(tmp / "out_hats")]
+    assert run_cli(*args, "--model", str(ckpt)).exit_code == 0
+    before = {p: p.read_bytes() for p in (tmp / "out_hats").rglob("*") if p.is_file()}
+    for other, named in ((["--model", str(second)], "--model"),
+                         (["--model", str(ckpt), "--threshold", "0.9"], "--threshold"),
+                         (["--model", str(ckpt), "--columns", "objid,ra,dec"], "--columns")):
+        res = run_cli(*args, *other)
+        assert res.exit_code != 0 and f"--output {tmp / 'out_hats'} holds a run with other " \
+            f"settings ({named}" in res.output
+        assert "choose another --output, or delete the folder" in res.output
+        assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert {p: p.read_bytes() for p in (tmp / "out_hats").rglob("*") if p.is_file()} == before
+    assert run_cli(*args, "--model", str(ckpt)).exit_code == 0  # the same command: resumed
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("mine")
+    res = run_cli(*args[:-1], str(tmp / "mine"), "--model", str(ckpt))
+    assert res.exit_code != 0 and "holds no record of a galmerge run" in res.output
+    assert [p.name for p in (tmp / "mine").iterdir()] == ["notes.txt"]

@@ -10,7 +10,8 @@ with stamps from a cutout cache of that partition alone
 the whole cache. `classify_hats` runs it over a catalog on a local Dask cluster (or
 ``scheduler``) and writes a new HATS catalog with LSDB's `write_catalog`; a killed run started
 again resumes that write (``resume=True``): partitions already written are not computed again, the
-others find the stamps they had fetched in their caches.
+others find the stamps they had fetched in their caches. It resumes only with the settings recorded
+in the output's ``galmerge_run.json`` (`RUN_RECORD`), so results of two settings never mix.
 
 Partition borders: every row is classified from its own cutout, centred on it, which shows its
 companions whichever partition their catalog rows fall in; results therefore do not depend on
@@ -287,6 +288,10 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
         record["shift_stats_sha256"] = stats["meta"].get("sha256", "")
     props = {f"galmerge_{k}": (v if isinstance(v, str) else json.dumps(v))
              for k, v in record.items() if k != "format"}
+    run = _run_record(model, record, threshold=float(threshold), domain=domain, survey=survey,
+                      keepbits=keepbits, columns=keep, ra_col=ra_col, dec_col=dec_col,
+                      id_col=id_col, shift_stats_sha256=record.get("shift_stats_sha256"))
+    _check_resumable(out, run)
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(n_workers=n_workers or max(1, os.cpu_count() or 1),
@@ -303,6 +308,11 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
             resume = out.is_dir() and any(out.iterdir())
             if resume:
                 _repair_progress(out)
+            else:  # before LSDB writes: a folder with partitions always has its record
+                from galmerge.io import atomic
+
+                out.mkdir(mode=0o700, parents=True, exist_ok=True)
+                atomic.write_text(out / RUN_RECORD, json.dumps(run, indent=1) + "\n")
             result.write_catalog(out, catalog_name=out.name, resume=resume,
                                  progress_bar=not quiet, addl_hats_properties=props)
     finally:
@@ -310,6 +320,43 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
             cluster.close()
     inputs = list(keep) if keep else list(cat.meta.columns)
     return _counts(out, _names(inputs, extra)[0])
+
+
+#: in a HATS output folder: the settings that wrote it (a rerun resumes only with the same)
+RUN_RECORD = "galmerge_run.json"
+_OPTIONS = {"checkpoint_sha256": "--model (checkpoint SHA-256)", "threshold": "--threshold",
+            "domain": "--domain", "survey": "--survey", "keepbits": "--cache-keepbits",
+            "columns": "--columns", "ra_col": "--ra-col", "dec_col": "--dec-col",
+            "id_col": "--id-col", "shift_stats_sha256": "shift_stats.npz (SHA-256)"}
+
+
+def _run_record(model: str | os.PathLike[str], provenance: dict[str, Any],
+                **settings: Any) -> dict[str, Any]:
+    """What decides a HATS output's values: the checkpoint's SHA-256 and the settings."""
+    from galmerge.io.provenance import sha256_file
+    from galmerge.models.model import resolve_checkpoint
+
+    sha = provenance.get("checkpoint_sha256") or sha256_file(resolve_checkpoint(model))
+    return json.loads(json.dumps({"checkpoint_sha256": sha, **settings}))  # as read back
+
+
+def _check_resumable(out: Path, run: dict[str, Any]) -> None:
+    """One line, before any work, where ``out`` holds something a rerun must not continue: a
+    run with other settings (its partitions would mix with this run's) or no record of one."""
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    try:
+        old = json.loads((out / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        raise GalmergeError(f"--output {out} is not empty and holds no record of a galmerge run "
+                            f"({RUN_RECORD}); choose another --output, or delete the folder"
+                            ) from None
+    for key, value in run.items():
+        if old.get(key) != value:
+            raise GalmergeError(
+                f"--output {out} holds a run with other settings ({_OPTIONS.get(key, key)}: "
+                f"{old.get(key)!r} there, {value!r} now), which a rerun would mix with this "
+                "one's; choose another --output, or delete the folder to start again")
 
 
 def _repair_progress(out: Path) -> None:
