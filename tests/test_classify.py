@@ -264,6 +264,41 @@ def test_repeated_csv_header_names_get_names_no_other_column_has(env):
     assert rows[0][-1] == "ok"
 
 
+@pytest.mark.parametrize("suffix", [".h5", ".parquet", ".fits"])
+def test_ensemble_records_every_members_checkpoint_sha256(env, suffix):
+    """HDF5, FITS and Parquet ensemble outputs listed the members' paths only; they record
+    [{model, checkpoint_sha256}] for every member, as the CSV sidecar does."""
+    import json
+
+    from galmerge.io.provenance import sha256_file
+
+    tmp, ckpt, _ = env
+    second = make_checkpoint(tmp / "run2" / "best.pt", seed=1)
+    cat = tmp / "dr16.csv"
+    cat.write_text(CASJOBS)
+    out = tmp / f"ens{suffix}"
+    res = run_cli("classify", str(cat), "--model", str(ckpt.parent), "--model",
+                  str(second.parent), "--survey", "stamps", "--cache", str(tmp / "c.h5"),
+                  "--output", str(out), "--quiet")
+    assert res.exit_code == 0, res.output
+    shas = [sha256_file(ckpt), sha256_file(second)]
+    if suffix == ".fits":
+        from astropy.io import fits
+
+        header = fits.getheader(out, 1)
+        assert header["GMENSEMB"] == 2 and [header["GMENS001"], header["GMENS002"]] == shas
+        return
+    if suffix == ".h5":
+        with h5py.File(out, "r") as f:
+            members = json.loads(f.attrs["galmerge_ensemble"])["ensemble"]
+    else:
+        import pyarrow.parquet as pq
+
+        members = json.loads(pq.read_schema(out).metadata[b"galmerge_provenance"])["ensemble"]
+    assert members == [{"model": str(ckpt.parent), "checkpoint_sha256": shas[0]},
+                       {"model": str(second.parent), "checkpoint_sha256": shas[1]}]
+
+
 def test_casjobs_csv_every_row_kept_with_status_and_probability(env):
     tmp, ckpt, log = env
     cat = tmp / "dr16.csv"

@@ -81,7 +81,7 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
         mean, std = np.where(first, mean, np.nan), np.where(first, std, np.nan)
         shift = _ensemble_shift(temps, models, first, summaries)
         _write_combined(temps[0], out, mean, std, threshold,
-                        {"ensemble": [str(m) for m in models]}, shift)
+                        {"ensemble": _members(models)}, shift)
         _combine_sidecars(temps, out, models, None if shift is None else shift[2])
     finally:
         from galmerge.io.provenance import SIDECAR_SUFFIX
@@ -165,6 +165,15 @@ def _combine_sidecars(temps: list[Path], out: Path, models: list[str],
         combined.update(shift)
     atomic.write_text(out.with_name(out.name + SIDECAR_SUFFIX),
                       json.dumps(combined, indent=1) + "\n")
+
+
+def _members(models: list[str]) -> list[dict[str, str]]:
+    """[{model, checkpoint_sha256}] of every member, as the CSV sidecar records them."""
+    from galmerge.io.provenance import sha256_file
+    from galmerge.models.model import resolve_checkpoint
+
+    return [{"model": str(m), "checkpoint_sha256": sha256_file(resolve_checkpoint(m))}
+            for m in models]
 
 
 class _quiet_nan:
@@ -292,6 +301,9 @@ def _write_combined(src: Path, dest: Path, mean: np.ndarray, std: np.ndarray,
                     name=_unique(STD_COLUMN, names), format="D", array=std)])
                 new = fits.BinTableHDU.from_columns(cols, header=hdu.header)
                 new.header["GMENSEMB"] = (len(record["ensemble"]), "models averaged")
+                for k, member in enumerate(record["ensemble"][:999], 1):
+                    new.header[f"GMENS{k:03d}"] = (member["checkpoint_sha256"],
+                                                   f"SHA-256 of ensemble member {k}")
                 if shift is not None:
                     new.header["SHIFTTHR"] = (1.0, "ensemble: mean of score / threshold")
                     new.header["SHIFTSHA"] = shift[2]["shift_stats_sha256"]
