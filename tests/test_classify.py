@@ -208,6 +208,33 @@ def test_a_catalog_without_one_usable_position_fails_after_writing_its_rows(env)
     assert [r[-1] for r in rows] == ["bad-coordinates"] * 2 and not fetch_lines(log)
 
 
+@pytest.mark.parametrize("pack", ["gzip", "bz2", "lzma"])
+def test_a_compressed_catalog_is_one_line_that_says_to_decompress_it(env, pack):
+    # read as CSV, its bytes became the column names and the error named those
+    import importlib
+
+    tmp, ckpt, log = env
+    cat = tmp / "dr16.csv.gz"
+    cat.write_bytes(importlib.import_module(pack).compress(CASJOBS.encode()))
+    res = run_cli("classify", str(cat), "--model", str(ckpt.parent), "--survey", "stamps",
+                  "--quiet")
+    assert res.exit_code != 0 and "-compressed; decompress it first" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not fetch_lines(log)
+
+
+@pytest.mark.parametrize("option", [("--columns", "objID"), ("--scheduler", "tcp://x:1")])
+def test_hats_only_options_on_a_file_catalog_are_refused(env, option):
+    tmp, ckpt, log = env
+    cat = tmp / "dr16.csv"
+    cat.write_text(CASJOBS)
+    res = run_cli("classify", str(cat), "--model", str(ckpt.parent), "--survey", "stamps",
+                  "--quiet", *option)
+    assert res.exit_code != 0 and f"{option[0]} applies to a HATS catalog folder only" \
+        in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not fetch_lines(log)
+    assert not (tmp / "dr16_galmerge.csv").exists()
+
+
 def test_a_catalog_given_as_cache_is_refused_and_left_alone(env):
     tmp, ckpt, _ = env
     cat = tmp / "dr16.csv"

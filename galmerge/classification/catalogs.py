@@ -635,6 +635,13 @@ def _open_votable(p: Path, ra_col: str | None, dec_col: str | None,
     return TableCatalog(p, table, "votable", ra_col, dec_col, id_col)
 
 
+#: compressed files (magic bytes, kind, the command that unpacks them): refused in one line;
+#: read as CSV, their bytes became column names and every row a bad-coordinates row
+COMPRESSED = ((b"\x1f\x8b", "gzip", "gunzip"), (b"BZh", "bzip2", "bunzip2"),
+              (b"\xfd7zXZ\x00", "xz", "unxz"), (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+              (b"PK\x03\x04", "zip", "unzip"))
+
+
 def open_catalog(path: str | os.PathLike[str], *, ra_col: str | None = None,
                  dec_col: str | None = None, id_col: str | None = None) -> Catalog:
     """Open a CSV, FITS, VOTable or Parquet catalog (chosen by suffix, then by content)."""
@@ -650,6 +657,10 @@ def open_catalog(path: str | os.PathLike[str], *, ra_col: str | None = None,
         return FitsCatalog(p, ra_col, dec_col, id_col)
     if name.endswith(VOTABLE_SUFFIXES) or _starts_with(p, b"<?xml"):
         return _open_votable(p, ra_col, dec_col, id_col)
+    for magic, kind, tool in COMPRESSED:  # read as CSV, its bytes became the column names
+        if _starts_with(p, magic):
+            raise GalmergeError(f"{p} is {kind}-compressed; decompress it first (e.g. {tool} "
+                                f"{p.name}) or save the catalog as Parquet or FITS")
     if _starts_with(p, b"\x89HDF\r\n\x1a\n"):  # an HDF5 file that is no image file
         raise GalmergeError(f"{p} is an HDF5 file without an 'images' dataset; classify takes "
                             "an HDF5 image file (images (N, C, H, W), ra, dec) or a catalog in "

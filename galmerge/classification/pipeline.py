@@ -455,6 +455,11 @@ def classify(
     prior, prior_rule = _parse_prior_options(prior, prior_rule)  # one line, before any work
     model = _refuse_torchscript(model)  # (a function: the ensemble below passes on locals())
     _refuse_on_hats(catalog, model, prior, mc_dropout)
+    if not Path(catalog).is_dir() and (scheduler is not None or columns):
+        raise GalmergeError(f"--{'scheduler' if scheduler is not None else 'columns'} applies "
+                            f"to a HATS catalog folder only, and {catalog} is a file (every "
+                            "column of a file catalog is kept, and it is classified here); "
+                            "drop the option")
     if not isinstance(model, str | os.PathLike):  # several models: an ensemble
         kw = dict(locals())
         cat, models = kw.pop("catalog"), [str(m) for m in kw.pop("model")]
