@@ -801,6 +801,25 @@ def test_interrupted_run_resumes_from_its_result_journal(env, monkeypatch):
     assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
 
 
+def test_a_rerun_with_other_cache_keepbits_does_not_continue_the_journal(env, monkeypatch):
+    """Rounded stamps classify otherwise: results made from exact stamps are not merged with
+    ones from rounded stamps (the provenance names the new cutout kind only)."""
+    tmp, ckpt, log = env
+    rows = _catalog(tmp / "cat.csv", 40)
+    args = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--cache", str(tmp / "c.h5"), "--output", str(tmp / "out.csv"),
+            "--chunk-rows", "2"]
+    monkeypatch.setenv("GALMERGE_TEST_FETCH_LIMIT", "21")
+    assert run_cli(*args).exit_code != 0  # one result segment (16 rows) committed
+    monkeypatch.delenv("GALMERGE_TEST_FETCH_LIMIT")
+    n = len(fetch_lines(log))
+    again = [a if a != str(tmp / "c.h5") else str(tmp / "c12.h5") for a in args]
+    res = run_cli(*again, "--cache-keepbits", "12")  # (a cache holds one kind of stamp)
+    assert res.exit_code == 0, res.output
+    # every row classified from rounded stamps: all fetched again (another cutout kind)
+    assert fetch_lines(log)[n:] == [f"{r[0]}|{r[1]}|{r[2]}" for r in rows]
+
+
 def test_damaged_result_segment_is_redone(env, monkeypatch):
     tmp, ckpt, log = env
     rows = _catalog(tmp / "cat.csv", 30)

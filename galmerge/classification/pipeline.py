@@ -651,8 +651,9 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         print(f"galmerge: {shift_note}", file=sys.stderr)
     progress = _Progress(show, shard_total)
     fetched = Counter()
+    # the cutout kind too: it holds --cache-keepbits, and rounded stamps classify otherwise
     sig = _signature(_file_stamp(cat_path), _file_stamp(infer.loaded.path), domain,
-                     float(threshold), survey, chunk_rows, ra_col, dec_col, id_col,
+                     float(threshold), survey, chunk_rows, ra_col, dec_col, id_col, kind,
                      *([] if not extra else [extra, _shift_stamp(infer), mc_dropout]))
     parts_dir = out_path.with_name(out_path.name + ".parts")
     check_private_folder(parts_dir)  # before anything in it is removed or read
