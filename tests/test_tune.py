@@ -284,6 +284,19 @@ def test_a_training_run_directory_is_not_taken_as_a_study_folder(toys, tmp_path)
     assert sorted(p.name for p in run.iterdir()) == ["config.toml"]
 
 
+def test_a_damaged_study_database_is_named_as_the_studys_own_file(toys, tmp_path):
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "s"
+    study.mkdir()
+    db = study / "study.db"
+    db.write_bytes(b"SQLite format 3\x00" + b"\x07" * 4000)  # a database cut and overwritten
+    result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "1"))
+    line = result.output.strip()
+    assert result.exit_code != 0 and "\n" not in line, line
+    assert f"{db}: the study's database cannot be opened" in line and "--storage" not in line
+    assert db.read_bytes()[:16] == b"SQLite format 3\x00"  # left as it was
+
+
 def test_env_json_records_the_command_line_without_passwords(monkeypatch):
     from galmerge.config.rundir import environment
 

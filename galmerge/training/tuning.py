@@ -406,6 +406,10 @@ def _storage(optuna: Any, study_dir: Path, url: str | None) -> tuple[Any, bool]:
                     continue
                 break
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if embedded:  # no --storage was given: name the study's own file
+        raise GalmergeError(
+            f"{study_dir / STORAGE_FILE}: the study's database cannot be opened ({first}); "
+            "restore it from a copy, or start the study in a new --study-dir")
     raise GalmergeError(
         f"--storage {redact(url)}: cannot open it ({redact(first)}); e.g. sqlite:///DIR/study.db or "
         f"postgresql://USER:PASSWORD@HOST/DB"
