@@ -297,6 +297,31 @@ def test_a_damaged_study_database_is_named_as_the_studys_own_file(toys, tmp_path
     assert db.read_bytes()[:16] == b"SQLite format 3\x00"  # left as it was
 
 
+def test_a_second_study_in_one_folder_is_refused(toys, tmp_path):
+    """A --storage study beside an embedded one (or the reverse) overwrote the first study's
+    trials.csv, best.toml and report."""
+    source, target = _write_pair(tmp_path / "data")
+    plain, shared = tmp_path / "plain", tmp_path / "shared"
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    first = ["--n-trials", "1", "--pruner", "none", "--epochs", "1"]
+    assert CliRunner().invoke(cli, _args(source, target, plain, *first)).exit_code == 0
+    assert CliRunner().invoke(cli, _args(source, target, shared, *first, "--storage", url)
+                              ).exit_code == 0
+    before = (plain / "trials.csv").read_bytes()
+    result = CliRunner().invoke(cli, _args(source, target, plain, *first, "--storage", url))
+    assert result.exit_code != 0 and "holds a study of its own (study.db)" in result.output
+    assert (plain / "trials.csv").read_bytes() == before
+    result = CliRunner().invoke(cli, _args(source, target, shared, *first))
+    assert result.exit_code != 0 and "kept in a --storage database" in result.output
+    assert not (shared / "study.db").exists()
+    # the same study goes on as before, and an embedded study may name its own file
+    again = ["--n-trials", "2", "--pruner", "none", "--epochs", "1"]
+    assert CliRunner().invoke(cli, _args(source, target, shared, *again, "--storage", url)
+                              ).exit_code == 0
+    assert CliRunner().invoke(cli, _args(source, target, plain, *again, "--storage",
+                                         f"sqlite:///{plain / 'study.db'}")).exit_code == 0
+
+
 def test_env_json_records_the_command_line_without_passwords(monkeypatch):
     from galmerge.config.rundir import environment
 

@@ -433,6 +433,22 @@ def _lock_study(study_dir: Path, embedded: bool) -> Any:
     )
 
 
+def _check_one_study(study_dir: Path, storage: str | None) -> None:
+    """One study per folder: its trials, best.toml and report would be overwritten by another
+    study's (an embedded ``study.db`` beside a ``--storage`` study, or the reverse)."""
+    own = study_dir / STORAGE_FILE
+    if storage is not None and own.exists():
+        named = storage.split(":///", 1)[1] if storage.startswith("sqlite:///") else None
+        if named is None or Path(named).resolve() != own.resolve():
+            raise GalmergeError(
+                f"--study-dir {study_dir} holds a study of its own ({STORAGE_FILE}); give a "
+                f"--storage study another --study-dir (its outputs would overwrite this one's)")
+    elif storage is None and not own.exists() and any((study_dir / "trials").glob("[0-9]*")):
+        raise GalmergeError(
+            f"--study-dir {study_dir} holds the trials of a study kept in a --storage database; "
+            "pass that --storage to continue it, or choose another --study-dir")
+
+
 def _prepare_dir(study_dir: Path) -> None:
     if (study_dir / rundir.CONFIG).is_file() and not (study_dir / STORAGE_FILE).exists() \
             and not (study_dir / "trials").is_dir():
@@ -585,6 +601,7 @@ def tune(
 
     study_dir = Path(study_dir)
     _prepare_dir(study_dir)
+    _check_one_study(study_dir, storage)
     lock = contextlib.ExitStack()
     lock.enter_context(_lock_study(study_dir, storage is None))
     console = None
