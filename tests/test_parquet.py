@@ -203,6 +203,46 @@ def test_classify_parquet_in_and_out_matches_the_csv_run(env):
     assert res.exit_code == 0 and (tmp / "cat_galmerge.csv").exists()
 
 
+def test_parquet_in_and_out_keeps_times_dates_decimals_and_bytes(env):
+    """Timestamp, date, decimal and binary columns keep their type and values; lists, structs,
+    times and durations come out as the text the CSV output writes. Before, any of them
+    stopped the run ("holds values in a later chunk that do not fit")."""
+    import datetime
+    import decimal
+
+    tmp, ckpt = env
+    n = 7
+    when = [datetime.datetime(2020, 1, 1, 12, 30, 0, 250 * i) for i in range(n)]
+    table = pa.table({
+        "objid": pa.array(range(n), pa.int64()),
+        "ra": pa.array([10.0 + i for i in range(n)]), "dec": pa.array([1.0 + i for i in range(n)]),
+        "when": pa.array(when, pa.timestamp("us")),
+        "utc": pa.array([w.replace(tzinfo=datetime.UTC) for w in when],
+                        pa.timestamp("ms", tz="UTC")),
+        "day": pa.array([datetime.date(2020, 1, 1 + i) for i in range(n)], pa.date32()),
+        "flux": pa.array([decimal.Decimal(f"{i}.125") for i in range(n)], pa.decimal128(9, 3)),
+        "raw": pa.array([b"\x00\xffab", None, *[bytes([i]) * 2 for i in range(1, n - 1)]]),
+        "lst": pa.array([[i, i + 1] for i in range(n)], pa.list_(pa.int64())),
+        "st": pa.array([{"a": i} for i in range(n)]),
+        "dur": pa.array([datetime.timedelta(seconds=i) for i in range(n)], pa.duration("s")),
+    })
+    pq.write_table(table, tmp / "cat.parquet", row_group_size=3)
+    res = run_cli("classify", str(tmp / "cat.parquet"), "--model", str(ckpt), "--survey",
+                  "stamps", "--quiet", "--chunk-rows", "2", "--output", str(tmp / "o.parquet"))
+    assert res.exit_code == 0, res.output
+    out = pq.read_table(tmp / "o.parquet")
+    for name in ("when", "day", "flux", "raw"):
+        assert out.schema.field(name).type == table.schema.field(name).type, name
+        assert out.column(name).to_pylist() == table.column(name).to_pylist(), name
+    assert out.column("utc").to_pylist() == [w.replace(microsecond=w.microsecond // 1000 * 1000,
+                                                       tzinfo=datetime.UTC)
+                                             for w in when]
+    assert out.schema.field("utc").type == pa.timestamp("ms", tz="UTC")
+    for name in ("lst", "st", "dur"):
+        assert out.schema.field(name).type == pa.string(), name
+    assert out.column("lst").to_pylist()[0] == "[0, 1]"
+
+
 def _float(text: str) -> float | None:
     try:
         return float(text)

@@ -24,7 +24,7 @@ from galmerge.classification.catalogs import (
     CatalogChunk,
     _pick,
 )
-from galmerge.classification.outputs import OutputWriter, ResultBlock, _text
+from galmerge.classification.outputs import ENCODING, ERRORS, OutputWriter, ResultBlock, _text
 from galmerge.errors import GalmergeError
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -62,8 +62,8 @@ class ParquetCatalog(Catalog):
 
     @property
     def arrow_types(self) -> dict[str, Any]:
-        """Each column's Arrow type, for a Parquet output that keeps them."""
-        return {f.name: f.type for f in self.schema}
+        """Each column's Arrow type, for a Parquet output that keeps them (`kept_type`)."""
+        return {f.name: kept_type(f.type) for f in self.schema}
 
     def chunks(self, chunk_rows: int) -> Iterator[CatalogChunk]:
         import pyarrow as pa
@@ -231,6 +231,32 @@ def _arrow_type(values: np.ndarray) -> Any:
     return pa.from_numpy_dtype(kind)
 
 
+def _parsed_from_text(ty: Any) -> bool:
+    """Types whose cells come back from the result segments as text that Arrow parses exactly
+    (ISO times and dates, decimal digits)."""
+    import pyarrow.types as t
+
+    return bool(t.is_timestamp(ty) or t.is_date(ty) or t.is_decimal(ty))
+
+
+def kept_type(ty: Any) -> Any:
+    """The Parquet output's type for an input column of type ``ty``: its own for numbers,
+    booleans, text, binary (its bytes, trailing whitespace cut as in every output), fixed-size
+    arrays, timestamps, dates and decimals; text (``string``, the cell as the CSV output writes
+    it) for lists, structs, maps, times and durations, whose cells the result segments keep as
+    text only."""
+    import pyarrow as pa
+    import pyarrow.types as t
+
+    if (t.is_integer(ty) or t.is_floating(ty) or t.is_boolean(ty) or t.is_string(ty)
+            or t.is_large_string(ty) or t.is_fixed_size_list(ty) or _parsed_from_text(ty)
+            or t.is_binary(ty) or t.is_large_binary(ty)):
+        return ty
+    if t.is_dictionary(ty) and (t.is_string(ty.value_type) or t.is_large_string(ty.value_type)):
+        return ty
+    return pa.string()
+
+
 def _to_arrow(values: np.ndarray, ty: Any, name: str) -> Any:
     """One chunk of an input column as ``ty``, or a one-line error naming the fix."""
     import pyarrow as pa
@@ -252,12 +278,21 @@ def _to_arrow(values: np.ndarray, ty: Any, name: str) -> Any:
             return pa.array(cells, type=ty)
         if arr.dtype != object:
             return pa.array(arr, type=ty, safe=True)
+        if t.is_binary(ty) or t.is_large_binary(ty):  # text of the bytes (surrogateescape)
+            return pa.array([None if v is None else v.encode(ENCODING, ERRORS)
+                             if isinstance(v, str) else bytes(v) for v in arr], type=ty)
+        if _parsed_from_text(ty):  # the cells are their text ("2020-01-01 12:30:00", "1.230")
+            text = pa.array([None if v is None else str(v) for v in arr], type=pa.string())
+            if t.is_timestamp(ty):  # Python's text has microseconds, whatever the unit
+                return text.cast(pa.timestamp("us", tz=ty.tz)).cast(ty)
+            return text.cast(ty)
         return pa.array([None if v is None else v.item() if isinstance(v, np.generic) else v
                          for v in arr], type=ty, safe=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError,
+            TypeError, ValueError):
         raise GalmergeError(
-            f"input column '{name}' holds values in a later chunk that do not fit the {ty} of "
-            "its first values; write the output as .csv, which keeps every cell") from None
+            f"input column '{name}' holds values that do not fit its Parquet type {ty}; write "
+            "the output as .csv, which keeps every cell") from None
 
 
 def _utf8(text: str) -> bool:
