@@ -230,3 +230,19 @@ def test_resume_from_a_damaged_last_pt_says_to_start_again(toys, tmp_path):
     assert result.exit_code != 0 and "\n" not in line, line
     assert "last.pt cannot be read" in line and "start the run again" in line, line
     assert "best.pt" not in line  # the --model advice does not fit a resume
+
+
+def test_init_from_weights_of_another_shape_keep_the_whole_size_mismatch_line():
+    # the key-list shortening once cut "torch.Size([8, 3, 3, 3])" at its first comma
+    from torch import nn
+
+    from galmerge.errors import GalmergeError
+    from galmerge.training.checkpoints import load_init_weights
+
+    def conv(channels: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(channels, 8, 3))
+
+    with pytest.raises(GalmergeError) as info:
+        load_init_weights(conv(5), {"model": conv(3).state_dict()}, "runs/r")
+    assert "torch.Size([8, 3, 3, 3]) from checkpoint" in str(info.value)
+    assert "torch.Size([8, 5, 3, 3])" in str(info.value)

@@ -60,8 +60,9 @@ def load_init_weights(model: GalaxyClassifier, init: Mapping[str, Any], source: 
             str(exc).splitlines()[0],
         )
         head, colon, keys = detail.partition(": ")
-        names = [k.strip().strip('"') for k in keys.split(",") if k.strip()]
-        if colon and len(names) > 3:  # every key of the model: thousands of characters
+        names = [k.strip().strip('".') for k in keys.split('", "') if k.strip()]
+        if (colon and len(names) > 3  # every key of the model: thousands of characters
+                and head.startswith(("Missing key", "Unexpected key"))):
             detail = f"{head}: {', '.join(names[:3])} and {len(names) - 3} more"
         raise GalmergeError(
             f"--init-from {source}: its weights do not fit this model ({detail}); use a run "
