@@ -183,3 +183,30 @@ def test_a_run_records_the_content_hash_of_its_hdf5_files(tmp_path):
     with h5py.File(path, "a") as f:  # the same path, other pixels: another hash
         f["images"][0] += 1.0
     assert load_imageset(target).meta["file_sha256"] != data["target"]["meta"]["file_sha256"]
+
+
+def test_links_and_virtual_datasets_within_the_file_are_read(tmp_path):
+    # only data in another file is refused: a soft link to a dataset of the same file, or a
+    # virtual dataset mapped from the file itself, is the file's own data
+    path = tmp_path / "own.h5"
+    _write(path, torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8))
+    with h5py.File(path, "a") as f:
+        f.move("images", "data/pixels")
+        f["images"] = h5py.SoftLink("/data/pixels")
+    assert load_imageset(f"hdf5:{path}").images.shape == (2, 3, 8, 8)
+    with h5py.File(path, "a") as f:
+        del f["images"]
+        layout = h5py.VirtualLayout(shape=(2, 3, 8, 8), dtype="f4")
+        layout[:] = h5py.VirtualSource(".", "data/pixels", shape=(2, 3, 8, 8))
+        f.create_virtual_dataset("images", layout)
+    assert load_imageset(f"hdf5:{path}").images.shape == (2, 3, 8, 8)
+
+
+def test_a_soft_link_through_a_group_in_another_file_is_refused(tmp_path):
+    other, path = tmp_path / "elsewhere.h5", tmp_path / "shared.h5"
+    _write(other, torch.zeros(2, 3, 8, 8))
+    with h5py.File(path, "w") as f:
+        f["grp"] = h5py.ExternalLink(str(other), "/")
+        f["images"] = h5py.SoftLink("/grp/images")
+    with pytest.raises(GalmergeError, match="is a link to data in .*elsewhere.h5"):
+        load_imageset(f"hdf5:{path}")

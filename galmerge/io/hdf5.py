@@ -342,22 +342,24 @@ def default_memory_limit() -> int:
 
 
 def check_stored_here(f: h5py.File, name: str, path: str | os.PathLike[str]) -> None:
-    """Refuse a dataset whose pixels live in another file: an external link, external raw
-    storage or a virtual dataset. HDF5 follows these silently, so a shared file could make
-    galmerge read any file the user can read (absolute paths included) as its data."""
+    """Refuse a dataset whose data lives in another file: reached through an external link
+    (directly, or via soft links or groups), stored as external raw files, or a virtual dataset
+    mapped from other files. HDF5 follows these silently, so a shared file could make galmerge
+    read any file the user can read (absolute paths included) as its data. Soft links and
+    virtual datasets within the file are fine."""
     link = f.get(name, getlink=True)
+    dset = f.get(name)  # None for a dangling link
     where = None
     if isinstance(link, h5py.ExternalLink):
         where = f"an external link to {link.filename}"
-    elif isinstance(link, h5py.SoftLink):
-        where = f"a soft link to {link.path}"
-    else:
-        dset = f[name]
-        if isinstance(dset, h5py.Dataset):
-            if dset.external:
-                where = f"external storage in {os.fsdecode(dset.external[0][0])}"
-            elif dset.is_virtual:
-                where = "a virtual dataset mapped from other files"
+    elif isinstance(dset, h5py.Dataset):
+        home = dset.file.filename  # the file the object was found in, after every link
+        if os.path.realpath(home) != os.path.realpath(f.filename):
+            where = f"a link to data in {home}"
+        elif dset.external:
+            where = f"external storage in {os.fsdecode(dset.external[0][0])}"
+        elif dset.is_virtual and any(src.file_name != "." for src in dset.virtual_sources()):
+            where = "a virtual dataset mapped from other files"
     if where is not None:
         raise GalmergeError(
             f"{path}: dataset '{name}' is {where}; galmerge reads only data stored in the file "
