@@ -219,6 +219,7 @@ def test_parquet_in_and_out_keeps_times_dates_decimals_and_bytes(env):
         "when": pa.array(when, pa.timestamp("us")),
         "utc": pa.array([w.replace(tzinfo=datetime.UTC) for w in when],
                         pa.timestamp("ms", tz="UTC")),
+        "ns": pa.array([1_577_881_800_123_456_789 + i for i in range(n)], pa.timestamp("ns")),
         "day": pa.array([datetime.date(2020, 1, 1 + i) for i in range(n)], pa.date32()),
         "flux": pa.array([decimal.Decimal(f"{i}.125") for i in range(n)], pa.decimal128(9, 3)),
         "raw": pa.array([b"\x00\xffab", None, *[bytes([i]) * 2 for i in range(1, n - 1)]]),
@@ -231,7 +232,7 @@ def test_parquet_in_and_out_keeps_times_dates_decimals_and_bytes(env):
                   "stamps", "--quiet", "--chunk-rows", "2", "--output", str(tmp / "o.parquet"))
     assert res.exit_code == 0, res.output
     out = pq.read_table(tmp / "o.parquet")
-    for name in ("when", "day", "flux", "raw"):
+    for name in ("when", "ns", "day", "flux", "raw"):
         assert out.schema.field(name).type == table.schema.field(name).type, name
         assert out.column(name).to_pylist() == table.column(name).to_pylist(), name
     assert out.column("utc").to_pylist() == [w.replace(microsecond=w.microsecond // 1000 * 1000,

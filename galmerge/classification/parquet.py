@@ -110,6 +110,8 @@ def arrow_to_numpy(arr: Any) -> np.ndarray:
     typ = arr.type
     if arr.null_count == 0 and (t.is_integer(typ) or t.is_floating(typ) or t.is_boolean(typ)):
         return arr.to_numpy(zero_copy_only=False)
+    if t.is_timestamp(typ) and typ.unit == "ns":  # Arrow's text: Python's datetime has no ns
+        arr = arr.cast(pa.string())  # (to_pylist needs pandas for them, and then rounds)
     out = np.empty(len(arr), dtype=object)
     out[:] = arr.to_pylist()
     return out
@@ -283,8 +285,10 @@ def _to_arrow(values: np.ndarray, ty: Any, name: str) -> Any:
                              if isinstance(v, str) else bytes(v) for v in arr], type=ty)
         if _parsed_from_text(ty):  # the cells are their text ("2020-01-01 12:30:00", "1.230")
             text = pa.array([None if v is None else str(v) for v in arr], type=pa.string())
-            if t.is_timestamp(ty):  # Python's text has microseconds, whatever the unit
-                return text.cast(pa.timestamp("us", tz=ty.tz)).cast(ty)
+            if t.is_timestamp(ty):  # parsed at the text's precision (microseconds from
+                # Python, nanoseconds from pandas), then the column's own unit
+                fine = "ns" if ty.unit == "ns" else "us"
+                return text.cast(pa.timestamp(fine, tz=ty.tz)).cast(ty)
             return text.cast(ty)
         return pa.array([None if v is None else v.item() if isinstance(v, np.generic) else v
                          for v in arr], type=ty, safe=True)
