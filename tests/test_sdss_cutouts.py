@@ -549,3 +549,15 @@ def test_a_position_lookup_dripping_in_is_cut_off_at_the_deadline(fake_sdss, opt
     thread.join(10)  # the 1 s deadline and a little, not the whole drip
     assert out, "the lookup was still running 10 s after a 1 s deadline"
     assert out[0][0].status == "fetch-failed: timeout (body not complete after 1 s)"
+
+
+@pytest.mark.parametrize("release", [8, 10, 12, 16, 17])
+def test_the_position_lookup_url_is_astroquerys_for_every_release(release):
+    # galmerge builds it from astroquery's public suffix constants; its private
+    # _get_query_url (used before) picks among them by release the same way
+    from astroquery.sdss import SDSS, conf
+
+    from galmerge.surveys.sdss.cutouts import _query_suffix
+
+    expected = SDSS._get_query_url(release).removeprefix(conf.skyserver_baseurl)
+    assert _query_suffix(SDSS, release) == expected

@@ -81,6 +81,15 @@ retry_sleep: Callable[[float], None] = time.sleep
 FRAME_MAX_BYTES = 64 * 1024 * 1024
 
 
+def _query_suffix(sdss: Any, data_release: int) -> str:
+    """SkyServer's SQL search path for a data release, from astroquery's public class
+    constants (its private ``_get_query_url`` chooses among them the same way)."""
+    suffix = (sdss.QUERY_URL_SUFFIX_DR_OLD if data_release < 10 else
+              sdss.QUERY_URL_SUFFIX_DR_10 if data_release == 10 else
+              sdss.QUERY_URL_SUFFIX_DR_NEW)
+    return str(suffix).format(dr=data_release)
+
+
 @dataclass(frozen=True, order=True)
 class FieldKey:
     """One SDSS imaging field."""
@@ -288,7 +297,7 @@ class FieldResolver:
         # the first means "no coverage".
         sdss = self._sdss()
         params = sdss.query_sql_async(sql, data_release=s.data_release, get_query_payload=True)
-        url = sdss._get_query_url(s.data_release)
+        url = s.skyserver_url + _query_suffix(sdss, s.data_release)
         found = self._client.get(
             url, params, validate=lambda body: parse_lookup_csv(body.decode("utf-8", "replace")),
             what="position lookup")
