@@ -210,3 +210,18 @@ def test_a_soft_link_through_a_group_in_another_file_is_refused(tmp_path):
         f["images"] = h5py.SoftLink("/grp/images")
     with pytest.raises(GalmergeError, match="is a link to data in .*elsewhere.h5"):
         load_imageset(f"hdf5:{path}")
+
+
+def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    from galmerge.io import provenance
+
+    path = tmp_path / "s.h5"
+    _write(path, torch.zeros(2, 3, 8, 8))
+    calls = []
+    real = provenance.sha256_file
+    monkeypatch.setattr(provenance, "sha256_file", lambda p: calls.append(p) or real(p))
+    first = load_imageset(f"hdf5:{path}").meta["file_sha256"]
+    assert load_imageset(f"hdf5:{path}").meta["file_sha256"] == first and len(calls) == 1
+    with h5py.File(path, "a") as f:
+        f["images"][0] += 1.0
+    assert load_imageset(f"hdf5:{path}").meta["file_sha256"] != first and len(calls) == 2

@@ -51,6 +51,20 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+_FILE_HASHES: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def sha256_file_once(path: str | Path) -> str:
+    """`sha256_file`, computed once per process for a file unchanged since (same device, inode,
+    size and modification time): a tune study or a DDP run loads the same data many times."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        _FILE_HASHES[key] = sha256_file(p)
+    return _FILE_HASHES[key]
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
     """SHA-256 of the configuration as canonical JSON (sorted keys; non-JSON values as text)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
