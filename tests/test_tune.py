@@ -309,8 +309,21 @@ def test_a_second_study_in_one_folder_is_refused(toys, tmp_path):
                               ).exit_code == 0
     before = (plain / "trials.csv").read_bytes()
     result = CliRunner().invoke(cli, _args(source, target, plain, *first, "--storage", url))
-    assert result.exit_code != 0 and "holds a study of its own (study.db)" in result.output
+    assert result.exit_code != 0 and "holds the study of another database" in result.output
     assert (plain / "trials.csv").read_bytes() == before
+    result = CliRunner().invoke(cli, _args(source, target, shared, *first))
+    assert result.exit_code != 0 and "holds the study of another database" in result.output
+    assert not (shared / "study.db").exists()
+    # nor a study in another --storage database (nothing else told them apart)
+    url2 = f"sqlite:///{tmp_path / 'third.db'}"
+    result = CliRunner().invoke(cli, _args(source, target, shared, *first, "--storage", url2))
+    assert result.exit_code != 0 and "holds the study of another database" in result.output
+    assert str(tmp_path / "other.db") in result.output and not (tmp_path / "third.db").exists()
+    # folders from before the record: told apart by what they hold
+    for folder in (plain, shared):
+        (folder / "storage.json").unlink()
+    result = CliRunner().invoke(cli, _args(source, target, plain, *first, "--storage", url))
+    assert result.exit_code != 0 and "holds a study of its own (study.db)" in result.output
     result = CliRunner().invoke(cli, _args(source, target, shared, *first))
     assert result.exit_code != 0 and "kept in a --storage database" in result.output
     assert not (shared / "study.db").exists()

@@ -40,6 +40,8 @@ from galmerge.training import source_guard
 
 STUDY_NAME = "galmerge-tune"
 STORAGE_FILE = "study.db"
+#: which database holds the folder's study (a redacted URL), written on its first start
+STORAGE_RECORD = "storage.json"
 TRIALS_CSV = "trials.csv"
 BEST_TOML = "best.toml"
 REPORT = "report.md"
@@ -433,20 +435,43 @@ def _lock_study(study_dir: Path, embedded: bool) -> Any:
     )
 
 
+def _storage_identity(study_dir: Path, storage: str | None) -> str:
+    """The database a study lives in, as recorded: its URL without password, SQLite paths
+    resolved (the embedded database is ``sqlite:///STUDY_DIR/study.db``)."""
+    url = storage if storage is not None else f"sqlite:///{study_dir / STORAGE_FILE}"
+    if url.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).resolve())
+    return redact(url)
+
+
 def _check_one_study(study_dir: Path, storage: str | None) -> None:
     """One study per folder: its trials, best.toml and report would be overwritten by another
-    study's (an embedded ``study.db`` beside a ``--storage`` study, or the reverse)."""
-    own = study_dir / STORAGE_FILE
-    if storage is not None and own.exists():
-        named = storage.split(":///", 1)[1] if storage.startswith("sqlite:///") else None
-        if named is None or Path(named).resolve() != own.resolve():
+    study's. The folder records the database of its first start (`STORAGE_RECORD`); a start
+    with another is refused. Folders from before the record: an embedded ``study.db`` beside a
+    ``--storage`` study, or the trials of a ``--storage`` study under a plain tune, refused."""
+    identity = _storage_identity(study_dir, storage)
+    record = study_dir / STORAGE_RECORD
+    if record.is_file():
+        try:
+            recorded = json.loads(record.read_text()).get("storage")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded != identity:
             raise GalmergeError(
-                f"--study-dir {study_dir} holds a study of its own ({STORAGE_FILE}); give a "
-                f"--storage study another --study-dir (its outputs would overwrite this one's)")
-    elif storage is None and not own.exists() and any((study_dir / "trials").glob("[0-9]*")):
+                f"--study-dir {study_dir} holds the study of another database ({recorded}); "
+                "pass that --storage to continue it (or none, if it is the folder's own "
+                "study.db), or choose another --study-dir")
+        return
+    own = study_dir / STORAGE_FILE
+    if storage is not None and own.exists() and identity != _storage_identity(study_dir, None):
+        raise GalmergeError(
+            f"--study-dir {study_dir} holds a study of its own ({STORAGE_FILE}); give a "
+            f"--storage study another --study-dir (its outputs would overwrite this one's)")
+    if storage is None and not own.exists() and any((study_dir / "trials").glob("[0-9]*")):
         raise GalmergeError(
             f"--study-dir {study_dir} holds the trials of a study kept in a --storage database; "
             "pass that --storage to continue it, or choose another --study-dir")
+    atomic.write_text(record, json.dumps({"storage": identity}) + "\n")
 
 
 def _prepare_dir(study_dir: Path) -> None:
