@@ -563,3 +563,19 @@ def test_the_position_lookup_url_is_astroquerys_for_every_release(release):
         pytest.skip("this astroquery has no _get_query_url to compare with")
     expected = SDSS._get_query_url(release).removeprefix(conf.skyserver_baseurl)
     assert _query_suffix(SDSS, release) == expected
+
+
+def test_a_frame_in_several_bz2_streams_is_read_whole_and_still_bounded(monkeypatch):
+    # pbzip2/lbzip2 write concatenated streams; bz2.decompress read them all, the bounded
+    # reader once stopped after the first (a cut FITS file, then fetch-failed)
+    import bz2
+
+    from galmerge.io.http import CorruptResponse
+    from galmerge.surveys.sdss import cutouts
+
+    body = bytes(range(256)) * 200
+    two = bz2.compress(body[:20000]) + bz2.compress(body[20000:])
+    assert cutouts._bunzip_frame(two) == body == bz2.decompress(two)
+    monkeypatch.setattr(cutouts, "FRAME_MAX_BYTES", 30000)
+    with pytest.raises(CorruptResponse, match="over 0 MiB unpacked"):  # each under, not both
+        cutouts._bunzip_frame(bz2.compress(body[:25000]) + bz2.compress(body[:25000]))

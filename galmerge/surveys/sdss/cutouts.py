@@ -367,17 +367,28 @@ def decode_frame(blob: bytes) -> Frame:
 
 
 def _bunzip_frame(blob: bytes) -> bytes:
-    """The decompressed frame, at most `FRAME_MAX_BYTES`; CorruptResponse for a stream that
-    is cut short or inflates past the bound."""
-    unzip = bz2.BZ2Decompressor()
-    try:
-        raw = unzip.decompress(blob, max_length=FRAME_MAX_BYTES)
-    except (OSError, EOFError, ValueError) as exc:
-        raise CorruptResponse(f"corrupt frame ({type(exc).__name__})") from None
-    if not unzip.eof:
-        why = "cut short" if unzip.needs_input else f"over {FRAME_MAX_BYTES >> 20} MiB unpacked"
-        raise CorruptResponse(f"corrupt frame (bz2 {why})")
-    return raw
+    """The decompressed frame, at most `FRAME_MAX_BYTES` in all; CorruptResponse for a stream
+    that is cut short or inflates past the bound. Several concatenated bz2 streams (pbzip2,
+    lbzip2) are read one after another, as ``bz2.decompress`` does."""
+    parts: list[bytes] = []
+    left, rest = FRAME_MAX_BYTES, blob
+    while True:
+        unzip = bz2.BZ2Decompressor()
+        try:
+            raw = unzip.decompress(rest, max_length=left)
+        except (OSError, EOFError, ValueError) as exc:
+            raise CorruptResponse(f"corrupt frame ({type(exc).__name__})") from None
+        if not unzip.eof:
+            why = ("cut short" if unzip.needs_input
+                   else f"over {FRAME_MAX_BYTES >> 20} MiB unpacked")
+            raise CorruptResponse(f"corrupt frame (bz2 {why})")
+        parts.append(raw)
+        left -= len(raw)
+        rest = unzip.unused_data
+        if not rest:
+            return b"".join(parts)
+        if left <= 0:
+            raise CorruptResponse(f"corrupt frame (bz2 over {FRAME_MAX_BYTES >> 20} MiB unpacked)")
 
 
 def _lock_file(fh: Any, *, shared: bool, wait: bool) -> bool:
