@@ -955,3 +955,23 @@ def test_a_large_rescaling_of_a_csv_output_is_undone_exactly(classified, tmp_pat
     for name in ("naive", "em"):
         a, b = got["estimators"][name]["fraction"], plain["estimators"][name]["fraction"]
         assert (a is None and b is None) or a == pytest.approx(b, abs=1e-6), name
+
+
+def test_an_ensembles_members_are_checked_in_every_format(classified, tmp_path) -> None:
+    # any member's checkpoint is accepted, another model's is refused; FITS once recorded the
+    # members' count only, so its check was skipped
+    data = classified["root"] / "data"
+    run2, other = tmp_path / "member2", tmp_path / "other"
+    for run, seed in ((run2, 1), (other, 7)):
+        tiny_run(run, f"hdf5:{data / 'source.h5'}", f"hdf5:{data / 'target.h5'}", "none",
+                 epochs=1, max_steps_per_epoch=2, seed=seed)
+    for suffix in ("h5", "parquet", "fits"):
+        out = tmp_path / f"ens.{suffix}"
+        res = CliRunner().invoke(cli, ["classify", str(data / "target.h5"), "--model",
+                                       str(classified["run"]), "--model", str(run2), "--output",
+                                       str(out), "--device", "cpu", "--quiet"])
+        assert res.exit_code == 0, res.output
+        code, text = _fraction(str(out), "--model", str(other), "--bootstrap", "0")
+        assert code == 1 and "pass that run as --model" in text, (suffix, text)
+        for member in (classified["run"], run2):
+            assert _fraction(str(out), "--model", str(member), "--bootstrap", "0")[0] == 0

@@ -462,9 +462,13 @@ def recorded_checkpoint(results: str | os.PathLike[str]) -> tuple[str, set[str]]
                 header = next((h.header for h in hdul if sha_word in h.header), None)
                 if header is not None:
                     prov = {"checkpoint": header.get(FITS_KEYWORDS["checkpoint"], ""),
-                            "checkpoint_sha256": header[sha_word],
-                            **({"ensemble": int(header["GMENSEMB"])}  # ensemble.py's card
-                               if "GMENSEMB" in header else {})}
+                            "checkpoint_sha256": header[sha_word]}
+                    if "GMENSEMB" in header:  # ensemble.py's cards: a count, then the hashes
+                        shas = [header.get(f"GMENS{k:03d}")
+                                for k in range(1, int(header["GMENSEMB"]) + 1)]
+                        prov["ensemble"] = ([{"checkpoint_sha256": v} for v in shas]
+                                            if all(isinstance(v, str) for v in shas)
+                                            else len(shas))  # older files: no hashes
     except (OSError, ValueError, KeyError):
         return None
     if not isinstance(prov, dict):
