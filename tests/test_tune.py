@@ -789,3 +789,19 @@ def test_ctrl_c_during_a_trial_queues_it_again(tmp_path):
     assert rows[0]["error"] == "interrupted (Ctrl-C)"
     assert [r["defaults"] for r in rows] == ["True", "True"]
     assert _sampled(study)[1] == _sampled(study)[0]
+
+
+def test_an_int_log_range_may_name_its_default_step():
+    # Optuna takes log with an int range's step 1 (its default); only other steps are refused
+    from galmerge.config.resolve import resolve_config
+    from galmerge.errors import GalmergeError
+    from galmerge.training.tuning import resolve_space
+
+    base = resolve_config(cli={"strategy": "none", "source": "synthetic:illustris",
+                              "target": "synthetic:sdss"})
+    dims, _ = resolve_space(base, {"epochs": {"type": "int", "low": 1, "high": 8, "log": True,
+                                              "step": 1}})
+    assert dims["epochs"]["log"] is True and dims["epochs"]["step"] == 1
+    with pytest.raises(GalmergeError, match="log = true and a step"):
+        resolve_space(base, {"epochs": {"type": "int", "low": 1, "high": 8, "log": True,
+                                        "step": 2}})

@@ -138,7 +138,8 @@ def _check_spec(name: str, spec: Mapping[str, Any], where: str) -> dict[str, Any
                 f"search space {where}: {name} has step = {step!r}; a step is a "
                 f"{'whole ' if kind == 'int' else ''}number > 0 (e.g. step = "
                 f"{1 if kind == 'int' else 0.1})")
-        if log:  # Optuna draws a log range without steps
+        if log and not (kind == "int" and step == 1):  # Optuna: a log range has no steps
+            # (an int range's step 1 is its default, which Optuna accepts with log)
             raise GalmergeError(f"search space {where}: {name} has log = true and a step; "
                                 "drop one of them")
         out["step"] = step
