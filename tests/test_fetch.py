@@ -538,3 +538,17 @@ def test_a_malformed_zenodo_file_list_is_one_line_naming_the_record(server, tmp_
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output
     assert f"Zenodo record {RECORD}" in lines[0]
+
+
+def test_a_file_entry_with_empty_links_is_fetched_from_zenodos_own_address(server, tmp_path):
+    # links of empty strings once left the link "" instead of the record's file address
+    import json
+
+    doc = json.loads(server.blobs[f"/api/records/{RECORD}"])
+    for entry in doc["files"]:
+        entry["links"] = {"self": "", "content": "", "download": ""}
+        server.add(f"/records/{RECORD}/files/{entry['key']}", server.zenodo[entry["key"]])
+    server.add(f"/api/records/{RECORD}", json.dumps(doc).encode(), "application/json")
+    result = _fetch("sdss", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert (_folder(tmp_path) / X_SDSS).read_bytes() == server.zenodo[X_SDSS]

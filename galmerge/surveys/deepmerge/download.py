@@ -540,7 +540,7 @@ def _zenodo_entry(entry: Any, base: str, record: str, url: str) -> RemoteFile | 
     if not isinstance(links, dict):
         raise bad(f"links that are a {type(links).__name__}, not an object ({key})")
     link = links.get("content") or links.get("self") or links.get("download")
-    if link is None:
+    if link is None or link == "":  # no usable link given: Zenodo's own file address
         link = f"{base}/records/{record}/files/{key}?download=1"
     elif not isinstance(link, str):
         raise bad(f"a link that is not text ({key})")
