@@ -349,3 +349,19 @@ def test_a_gzip_bomb_is_capped_on_decoded_bytes(scripted):
 def test_max_bytes_must_be_positive():
     with pytest.raises(ValueError, match="max_bytes"):
         RetryPolicy(max_bytes=0).check()
+
+
+def test_a_streamed_responses_socket_is_found_for_the_transfer_guards():
+    # the deadline and minimum-rate guards shut the socket to end a dripping read; they find it
+    # through urllib3/http.client internals, so a library update that moves it shows up here
+    import requests
+    from loopback_http import LoopbackServer
+
+    from galmerge.io.http import _response_socket
+
+    with LoopbackServer() as server:
+        server.add("/f", b"x" * 100_000)
+        with requests.get(server.url + "/f", stream=True, timeout=5) as r:
+            assert _response_socket(r) is not None
+            r.raw.read(10)
+            assert _response_socket(r) is not None
