@@ -180,3 +180,46 @@ def test_compare_replaces_its_own_table_but_no_other_file(runs, tmp_path) -> Non
     assert result.exit_code != 0 and "is not a galmerge compare table" in result.output
     assert "Traceback" not in result.output
     assert mine.read_text() == "objid,p_merger,is_merger,status\n1,0.3,0,ok\n"
+
+
+def _with_config(folder: Path, text: str) -> None:
+    (folder / "config.toml").write_text(text)
+
+
+def test_runs_of_other_settings_are_not_averaged_and_the_baseline_rule_is_fixed(
+        tmp_path) -> None:
+    """A `dann` run at lr 0.01 was averaged with one at 0.001 (and a repeated seed counted as
+    a second seed); a gain against a `none` of other epochs depended on folder order."""
+    for name, strategy, seed, acc, config in [
+        ("n2", "none", 0, 0.5, "epochs = 2\nlr = 0.001\n"),
+        ("n3", "none", 0, 0.7, "epochs = 3\nlr = 0.001\n"),
+        ("d-a", "dann", 1, 0.6, "epochs = 4\nlr = 0.001\nseed = 1\n"),
+        ("d-b", "dann", 1, 0.62, "epochs = 4\nlr = 0.001\nseed = 1\n"),
+        ("d-c", "dann", 1, 0.9, "epochs = 4\nlr = 0.01\nseed = 1\n"),
+    ]:
+        _fake_summary(tmp_path / "runs" / name, strategy, "deepmerge", seed, acc)
+        _with_config(tmp_path / "runs" / name, config)
+    out = tmp_path / "t.csv"
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path / "runs"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    with out.open() as fh:
+        rows = {(r["strategy"], r["settings"] or r["epochs"]): r for r in csv.DictReader(fh)}
+    assert set(rows) == {("none", "2"), ("none", "3"), ("dann", "lr=0.001"), ("dann", "lr=0.01")}
+    assert rows[("dann", "lr=0.001")]["runs"] == "2"
+    assert _float(rows[("dann", "lr=0.001")]["target_test_accuracy_mean"]) == pytest.approx(0.61)
+    assert _float(rows[("dann", "lr=0.01")]["target_test_accuracy_mean"]) == pytest.approx(0.9)
+    # no `none` of 4 epochs: the closest (3 epochs), named, whatever the folders are called
+    assert rows[("dann", "lr=0.01")]["baseline"] == "none (3 epochs)"
+    assert _float(rows[("dann", "lr=0.01")]["target_accuracy_gain_over_none"]) == \
+        pytest.approx(0.2)
+    assert rows[("dann", "lr=0.001")]["repeated_seeds"] == "1"
+    assert "seeds 1 repeated" in result.output and "gain over none (3 epochs)" \
+        in result.output
+    (tmp_path / "runs" / "n3").rename(tmp_path / "runs" / "a-n3")  # sorts first now
+    out2 = tmp_path / "t2.csv"
+    assert CliRunner().invoke(cli, ["compare", str(tmp_path / "runs"), "--output", str(out2)]
+                              ).exit_code == 0
+    with out2.open() as fh:
+        again = {(r["strategy"], r["settings"] or r["epochs"]): r for r in csv.DictReader(fh)}
+    assert again[("dann", "lr=0.01")]["target_accuracy_gain_over_none"] == \
+        rows[("dann", "lr=0.01")]["target_accuracy_gain_over_none"]

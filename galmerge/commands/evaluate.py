@@ -92,5 +92,9 @@ def compare(runs: tuple[str, ...], output: str | None) -> None:
         raise GalmergeError(f"--output {output}: use a .md or .csv file name")
     rows = run_compare(expand_runs(runs))
     print_table(rows)
+    from galmerge.evaluation.comparison import notes
+
+    for line in notes(rows):  # shared seeds, a gain over another length's `none`
+        click.echo(line, err=True)
     if output is not None:
         click.echo(f"wrote {write_table(rows, output)}")

@@ -78,32 +78,68 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
 
 
-def _setup(run: Path) -> tuple[int | None, str]:
-    """Planned epochs and preset from the run's config.toml (None, "" when it has none)."""
+#: config.toml settings that differ between the seeds of one configuration (or are paths of
+#: the run's own folders) and so do not tell configurations apart
+PER_RUN = frozenset({"seed", "init_from", "device", "lr_multipliers", "observe", "run_dir"})
+
+
+def _setup(run: Path) -> tuple[int | None, str, dict[str, str]]:
+    """Planned epochs, preset and every other setting (flattened ``a.b`` -> its TOML text) from
+    the run's config.toml (None, "", {} when it has none)."""
     from galmerge.config.resolve import read_toml
 
     path = run / "config.toml"
     if not path.is_file():
-        return None, ""
+        return None, "", {}
     try:
         config = read_toml(path)
     except GalmergeError:
-        return None, ""
+        return None, "", {}
     epochs = config.get("epochs")
-    return (int(epochs) if isinstance(epochs, int) else None), str(config.get("preset") or "")
+    settings: dict[str, str] = {}
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flatten(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            settings[prefix] = json.dumps(value, sort_keys=True, default=str)
+
+    flatten("", {k: v for k, v in config.items() if k not in PER_RUN})
+    return ((int(epochs) if isinstance(epochs, int) else None), str(config.get("preset") or ""),
+            settings)
+
+
+def _differing(settings: Sequence[dict[str, str]]) -> list[str]:
+    """The settings whose values are not the same in all of ``settings``."""
+    keys = sorted(set().union(*settings)) if settings else []
+    return [k for k in keys if len({s.get(k) for s in settings}) > 1]
 
 
 def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Table rows (dicts) grouped by strategy, backbone, source, target, epochs and preset."""
+    """Table rows (dicts) grouped by strategy, backbone, source, target, epochs, preset and the
+    rest of config.toml: runs whose settings differ in anything but the seed (lr, batch size,
+    strategy options...) are never averaged together. Rows that the first six do not tell apart
+    carry ``settings``, the values that differ (e.g. ``lr=0.01``)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    found: dict[tuple[Any, ...], dict[str, str]] = {}
     for run in runs:
         s = read_summary(Path(run))
-        epochs, preset = _setup(Path(run))
-        key = (str(s["strategy"]), str(s["backbone"]), str(s["source"]), str(s["target"]),
-               epochs, preset)
+        epochs, preset, settings = _setup(Path(run))
+        visible = (str(s["strategy"]), str(s["backbone"]), str(s["source"]), str(s["target"]),
+                   epochs, preset)
+        key = (*visible, json.dumps(settings, sort_keys=True))
         groups.setdefault(key, []).append(s)
+        found[key] = settings
+    # the settings that tell apart groups the table's own columns show alike
+    by_visible: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+    for key in groups:
+        by_visible.setdefault(key[:6], []).append(key)
     rows = []
-    for (strategy, backbone, source, target, epochs, preset), members in groups.items():
+    for key, members in groups.items():
+        strategy, backbone, source, target, epochs, preset = key[:6]
+        apart = _differing([found[k] for k in by_visible[key[:6]]])
+        seeds = [m.get("seed") for m in members if m.get("seed") is not None]
         row: dict[str, Any] = {
             "strategy": strategy,
             "backbone": backbone,
@@ -112,7 +148,11 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
             "runs": len(members),
             "epochs": epochs,
             "preset": preset,
-            "seeds": sorted({m.get("seed") for m in members if m.get("seed") is not None}),
+            "seeds": sorted(set(seeds)),
+            "settings": " ".join(f"{k}={json.loads(found[key][k]) if k in found[key] else '-'}"
+                                 for k in apart),
+            # a seed given twice: the spread is not over seeds alone
+            "repeated_seeds": sorted({x for x in seeds if seeds.count(x) > 1}),
         }
         for split in SPLITS:
             for name in METRIC_NAMES:
@@ -121,22 +161,13 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
                 row[f"{split}_{name}_std"] = std
         rows.append(row)
     for row in rows:
-        nones = [
-            r
-            for r in rows
-            if r["strategy"] == "none"
-            and r["backbone"] == row["backbone"]
-            and r["source"] == row["source"]
-            and r["target"] == row["target"]
-        ]
-        # the same epochs and preset if such a baseline exists
-        same = [r for r in nones if (r["epochs"], r["preset"]) == (row["epochs"], row["preset"])]
-        base = (same or nones or [None])[0]
+        base = _baseline(row, rows)
         row["target_accuracy_gain_over_none"] = (
             row["target_test_accuracy_mean"] - base["target_test_accuracy_mean"]
             if base is not None
             else math.nan
         )
+        row["baseline"] = "" if base is None else _describe(base)
     rows.sort(
         key=lambda r: (
             r["source"],
@@ -146,9 +177,56 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
             r["strategy"],
             r["epochs"] or 0,
             r["preset"],
+            r["settings"],
         )
     )
     return rows
+
+
+def _baseline(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The `none` row a row's gain is measured against: same data and backbone; then the same
+    epochs and preset if there is one, else the closest epochs (ties: the fewer, then preset
+    and settings by name). A fixed rule, whatever order the run folders come in."""
+    nones = [r for r in rows if r["strategy"] == "none" and r["backbone"] == row["backbone"]
+             and r["source"] == row["source"] and r["target"] == row["target"]]
+    if not nones:
+        return None
+
+    def rank(r: dict[str, Any]) -> tuple[Any, ...]:
+        same = (r["epochs"], r["preset"]) == (row["epochs"], row["preset"])
+        gap = abs((r["epochs"] or 0) - (row["epochs"] or 0))
+        return (not same, gap, r["epochs"] or 0, r["preset"], r["settings"])
+
+    return min(nones, key=rank)
+
+
+def _epochs(row: dict[str, Any]) -> str:
+    n = row.get("epochs")
+    return "? epochs" if n is None else f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def _describe(row: dict[str, Any]) -> str:
+    """A `none` row named by what tells it apart: epochs, preset and settings."""
+    parts = [_epochs(row),
+             f"preset {row['preset']}" if row.get("preset") else "", row.get("settings") or ""]
+    return "none (" + ", ".join(p for p in parts if p) + ")"
+
+
+def notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per thing a reader of the table must know: runs of one configuration that
+    share a seed, and gains measured against a `none` of other epochs or preset."""
+    out = []
+    for r in rows:
+        name = _name(r)
+        if r.get("repeated_seeds"):
+            out.append(f"note: {name}: {r['runs']} runs but seeds "
+                       f"{', '.join(map(str, r['repeated_seeds']))} repeated; its ± is not a "
+                       "spread over seeds alone")
+        base = r.get("baseline") or ""
+        if r["strategy"] != "none" and base and not base.startswith(
+                f"none ({_epochs(r)}" + (f", preset {r['preset']}" if r["preset"] else "")):
+            out.append(f"note: {name}, {_epochs(r)}: gain over {base}")
+    return out
 
 
 def _pm(row: dict[str, Any], split: str, name: str) -> str:
@@ -174,9 +252,14 @@ TABLE_HEADER = [
 ]
 
 
+def _name(row: dict[str, Any]) -> str:
+    """The strategy, and in brackets the settings that tell its row apart, if any."""
+    return row["strategy"] + (f" [{row['settings']}]" if row.get("settings") else "")
+
+
 def table_cells(row: dict[str, Any]) -> list[str]:
     return [
-        row["strategy"],
+        _name(row),
         row["backbone"],
         f"{row['source']} → {row['target']}",
         str(row["runs"]),
@@ -193,10 +276,10 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
     lines += ["| " + " | ".join(esc(c) for c in table_cells(r)) + " |" for r in rows]
-    return (
-        "\n".join(lines)
-        + "\n\nMean ± sample standard deviation over seeds (test splits; one seed: mean only).\n"
-    )
+    text = ("\n".join(lines)
+            + "\n\nMean ± sample standard deviation over seeds (test splits; one seed: mean "
+            "only).\n")
+    return text + "".join(f"\n{line}\n" for line in notes(rows))
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -269,7 +352,7 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
             if r.get("preset"):
                 setup += f"\n{r['preset']}"
             t.add_row(
-                escape(str(r["strategy"])),
+                escape(_name(r)),
                 str(r["runs"]),
                 escape(setup),
                 *[_stacked(r, split, name) for split, name, _ in shown],
