@@ -385,3 +385,22 @@ def test_ensemble_shift_score_is_the_mean_of_each_members_score_over_its_thresho
     (old2 / shift_score.STATS_FILE).unlink()
     ensemble(old, tmp_path / "n.csv", old2)
     assert list(_csv(tmp_path / "n.csv")[0])[-2:] == ["status", "p_merger_std"]
+
+
+def test_calibrating_a_run_keeps_its_shift_scores_and_summary_hash(run, tmp_path):
+    # evaluate --calibrate re-hashes best.pt (the hash covers the temperature): the shift
+    # statistics were then refused as "fitted for another checkpoint" by classify and export,
+    # and summary.json named a best.pt that no longer existed
+    from galmerge.models.model import read_checkpoint
+
+    cal = tmp_path / "cal"
+    shutil.copytree(run["run"], cal)
+    res = CliRunner().invoke(cli, ["evaluate", str(cal), "--calibrate", "--device", "cpu",
+                                   "--bootstrap", "10", "--embedding-points", "20"])
+    assert res.exit_code == 0, res.output
+    best = read_checkpoint(cal / "best.pt")
+    assert best["temperature"] != 1.0
+    assert json.loads((cal / "summary.json").read_text())["best_sha256"] == best["sha256"]
+    code, text = _classify(cal, run["target"], tmp_path / "o.csv")
+    assert code == 0 and "fitted for another checkpoint" not in text, text
+    assert "shift_score" in _csv(tmp_path / "o.csv")[0]

@@ -7,6 +7,8 @@ The data are reloaded from the specs in ``config.toml`` and split exactly as the
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import sys
@@ -687,10 +689,43 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _write_temperature(ckpt: Path, temperature: float) -> None:
+    """Store the temperature in the checkpoint, and keep what names the checkpoint by its
+    SHA-256 in step (the hash covers the temperature; the weights and features do not change):
+    the run's shift statistics, which classify and export refuse for another checkpoint, and
+    summary.json's ``best_sha256``."""
+    from galmerge.config import rundir
+    from galmerge.models import shift
+
     payload = read_checkpoint(ckpt)
+    old = payload.get("sha256")
     payload.pop("format", None)
     payload["temperature"] = float(temperature)
-    save_checkpoint(ckpt, payload)
+    new = save_checkpoint(ckpt, payload)
+    if not old or old == new:
+        return
+    renamed = {old: new}  # old hash -> new, for summary.json
+    stats_file = shift.stats_path(ckpt)
+    if stats_file.is_file():
+        try:
+            data = stats_file.read_bytes()
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            meta = json.loads(str(arrays.pop("meta")))
+        except Exception:  # unreadable: classify says so itself, one line, as before
+            meta = None
+        if isinstance(meta, dict) and meta.get("checkpoint_sha256") == old:
+            fresh = shift.save(stats_file, arrays, {**meta, "checkpoint_sha256": new})
+            renamed[hashlib.sha256(data).hexdigest()] = fresh
+    summary_file = ckpt.parent / rundir.SUMMARY
+    if ckpt.name == rundir.BEST and summary_file.is_file():
+        try:
+            summary = json.loads(summary_file.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(summary, dict) and summary.get("best_sha256") == old:
+            keys = ("best_sha256", "shift_stats_sha256")
+            rundir.write_json(summary_file, {**summary, **{
+                k: renamed.get(summary[k], summary[k]) for k in keys if k in summary}})
 
 
 def _gradcam_caption(facts: dict[str, Any] | None) -> str:
