@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from galmerge import _moved
 from galmerge.errors import GalmergeError, PluginError
 from galmerge.plugin.hookspecs import hookimpl
-from galmerge.plugin.options import Option, resolve_options
+from galmerge.plugin.options import RETRY_OPTIONS, Option, resolve_options
 from galmerge.plugin.records import Backbone, Strategy, Survey
 
 __version__ = "0.1.0"
@@ -77,6 +77,7 @@ __all__ = [
     "PluginError",
     "resolve_options",
     "Option",
+    "RETRY_OPTIONS",
     "register_plugin",
     "StepInputs",
     "StrategyContext",

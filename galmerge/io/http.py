@@ -37,6 +37,8 @@ from typing import Any, TypeVar
 
 import requests
 
+from galmerge.plugin.options import RETRY_OPTIONS
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -82,14 +84,15 @@ class CorruptResponse(FetchError):
 class RetryPolicy:
     """How hard to try. Delays: ``backoff * 2**(attempt-1)``, capped, with ± ``jitter`` fraction."""
 
-    attempts: int = 5
-    backoff: float = 0.5
-    backoff_max: float = 30.0
-    jitter: float = 0.25
-    timeout: float = 60.0
-    max_retry_after: float = 300.0
-    seed: int = 0
-    max_connection_failures: int = 10
+    # the defaults of the options surveys declare (`galmerge.plugin.options.RETRY_OPTIONS`)
+    attempts: int = RETRY_OPTIONS["attempts"].default
+    backoff: float = RETRY_OPTIONS["backoff"].default
+    backoff_max: float = RETRY_OPTIONS["backoff_max"].default
+    jitter: float = RETRY_OPTIONS["jitter"].default
+    timeout: float = RETRY_OPTIONS["timeout"].default
+    max_retry_after: float = RETRY_OPTIONS["max_retry_after"].default
+    seed: int = RETRY_OPTIONS["seed"].default
+    max_connection_failures: int = 10  # RETRY_OPTIONS: None = GALMERGE_MAX_CONNECTION_FAILURES, else 10
     deadline: float | None = None  # seconds per transfer; None: 4 x timeout
     max_bytes: int = DEFAULT_MAX_BYTES  # largest body kept, after decoding
 

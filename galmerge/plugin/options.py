@@ -75,6 +75,24 @@ class Option:
                 "max": self.max, "below": self.below}
 
 
+#: the retry settings of a cutout service (`galmerge.RetryPolicy.from_options` reads them; their
+#: defaults are RetryPolicy's), for a survey's ``cutout_options``:
+#: ``{**RETRY_OPTIONS, "layer": Option(...)}``
+RETRY_OPTIONS: dict[str, Option] = {
+    "attempts": Option(5, "tries per request", min=1),
+    "retries": Option(None, "retries per request (attempts - 1)", type=int, min=0),
+    "timeout": Option(60.0, "seconds to wait for an answer", min=0),
+    "deadline": Option(None, "seconds per transfer (default 4 x timeout)", type=float, min=0),
+    "backoff": Option(0.5, "first wait between tries, seconds (doubles)", min=0),
+    "backoff_max": Option(30.0, "longest wait between tries, seconds", min=0),
+    "jitter": Option(0.25, "random share added to each wait", min=0, max=1),
+    "max_retry_after": Option(300.0, "longest Retry-After honoured, seconds", min=0),
+    "seed": Option(0, "seed of the jitter"),
+    "max_connection_failures": Option(None, "failures in a row without an answer before the "
+                                      "host counts as unreachable (default 10)", type=int, min=0),
+}
+
+
 def schema_from_defaults(defaults: Mapping[str, Any]) -> dict[str, Option]:
     """The schema of a record that declares only default values."""
     return {k: v if isinstance(v, Option) else Option(v) for k, v in defaults.items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from galmerge import Option, Survey, hookimpl
+from galmerge import RETRY_OPTIONS, Option, Survey, hookimpl
 
 #: options of the cutout service (classify --survey "lsst?collection=LSST.DP1&workers=8");
 #: galmerge checks names, types and bounds before `_cutouts` is called
@@ -22,22 +22,12 @@ CUTOUT_OPTIONS: dict[str, Option] = {
     "datalink_cache": Option(4096, "DataLink documents kept in memory", min=1),
     "tap_batch": Option(20, "positions per ObsCore query", min=1),
     "workers": Option(4, "concurrent requests", min=1),
-    "attempts": Option(5, "tries per request", min=1),
-    "retries": Option(None, "retries per request (attempts - 1)", type=int, min=0),
-    "timeout": Option(60.0, "seconds to wait for an answer", min=0),
-    "deadline": Option(None, "seconds per transfer (default 4 x timeout)", type=float, min=0),
-    "backoff": Option(0.5, "first wait between tries, seconds (doubles)", min=0),
-    "backoff_max": Option(30.0, "longest wait between tries, seconds", min=0),
-    "jitter": Option(0.25, "random share added to each wait", min=0, max=1),
-    "max_retry_after": Option(300.0, "longest Retry-After honoured, seconds", min=0),
-    "seed": Option(0, "seed of the jitter"),
-    "max_connection_failures": Option(None, "failures in a row without an answer before the "
-                                      "host counts as unreachable (default 10)", type=int, min=0),
     "max_edge_fraction": Option(0.5, "largest share of a stamp past the footprint's edge "
                                 "(zeros); above it the row is no-coverage", min=0, max=1),
     # declared so that it gets its own refusal (make_cutout_service), not "unknown option"
     "token": Option(None, "never: export GALMERGE_RSP_TOKEN (an option would end up in logs)",
                     type=object),
+    **RETRY_OPTIONS,  # attempts, timeout, deadline, backoff...: what RetryPolicy reads
 }
 
 
