@@ -311,9 +311,10 @@ def read_record(output: str | os.PathLike[str]) -> dict[str, Any] | None:
     if record is not None:
         sha = record.get("output_sha256")
         if sha is not None:
-            from galmerge.io.provenance import sha256_file
+            from galmerge.io.provenance import sha256_file_once
 
-            if sha != sha256_file(path):
+            # once per process: fraction's provenance hashes the same file
+            if sha != sha256_file_once(path):
                 raise GalmergeError(
                     f"{side} describes another version of {path.name} (the file changed after "
                     "classify --prior wrote it); delete the .prior.json if the file holds the "
