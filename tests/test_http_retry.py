@@ -102,6 +102,32 @@ def test_client_errors_are_not_retried(scripted):
     assert "1 failed after retries (1 HTTP 404)" in client.summary()
 
 
+VOTABLE_ERROR = (b'<?xml version="1.0"?><VOTABLE version="1.3"><RESOURCE type="results">'
+                 b'<INFO name="QUERY_STATUS" value="ERROR">Column not found:\n  s_rgion '
+                 b'&amp; more</INFO></RESOURCE></VOTABLE>')
+
+
+@pytest.mark.parametrize(("status", "headers", "body", "said"), [
+    (400, {"Content-Type": "application/x-votable+xml"}, VOTABLE_ERROR,
+     "HTTP 400 (Column not found: s_rgion & more)"),
+    (404, {"Content-Type": "text/plain; charset=utf-8"}, b"no image\r\nwith ID 7\x1b[2J",
+     "HTTP 404 (no image with ID 7 [2J)"),
+    (404, {"Content-Type": "text/plain"}, b"x" * 300, "HTTP 404 (" + "x" * 97 + "...)"),
+    (404, {"Content-Type": "text/html"}, b"<html><body>Not Found</body></html>", "HTTP 404"),
+    (404, {"Content-Type": "text/plain"}, b"y" * (70 * 1024), "HTTP 404"),
+])
+def test_a_refusal_carries_the_services_own_words(scripted, status, headers, body, said):
+    """A TAP/SODA service says in the body why it refused (a DALI VOTable error document, or
+    text): the status gives those words, printable and short; the summary counts the status."""
+    server, url = scripted
+    server.script = [(status, headers, body)]
+    client = _client([])
+    with pytest.raises(FetchError) as caught:
+        client.get(url)
+    assert str(caught.value) == said and caught.value.reason == said
+    assert f"1 failed after retries (1 HTTP {status})" in client.summary()
+
+
 def test_bad_bodies_are_retried_then_reported(scripted):
     server, url = scripted
     server.script = [(200, {}, b"junk")] * 4

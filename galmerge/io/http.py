@@ -21,9 +21,11 @@ decoding): an endless or decompression-bomb answer fails instead of filling memo
 from __future__ import annotations
 
 import contextlib
+import html
 import math
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -53,10 +55,13 @@ class FetchError(Exception):
     """A request that failed; ``str(exc)`` is a short reason fit for a ``fetch-failed:`` status."""
 
     def __init__(
-        self, reason: str, *, retryable: bool = False, retry_after: float | None = None
+        self, reason: str, *, retryable: bool = False, retry_after: float | None = None,
+        detail: str = "",
     ) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        full = f"{reason} ({detail})" if detail else reason
+        super().__init__(full)
+        self.reason = full
+        self.kind = reason  # without the service's words: what the closing summary counts
         self.retryable = retryable
         self.retry_after = retry_after
 
@@ -200,12 +205,51 @@ def _no_answer(err: FetchError) -> FetchError:
 
 
 def http_status_error(response: requests.Response) -> FetchError:
-    """A FetchError for a non-200 answer; 429/503 carry their Retry-After."""
+    """A FetchError for a non-200 answer; 429/503 carry their Retry-After. A request the
+    service refuses for good (4xx) carries the service's own short words where it gave any
+    (`service_words`), e.g. ``HTTP 400 (Column not found: lsst_band)``."""
     status = response.status_code
     retry_after = None
     if status in (429, 503):
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    return FetchError(f"HTTP {status}", retryable=status in RETRY_STATUSES, retry_after=retry_after)
+    retryable = status in RETRY_STATUSES
+    detail = service_words(response) if 400 <= status < 500 and not retryable else ""
+    return FetchError(f"HTTP {status}", retryable=retryable, retry_after=retry_after,
+                      detail=detail)
+
+
+WORDS_BYTES = 64 * 1024  # an error document is small; a bigger one is not read for its words
+WORDS_SECONDS = 5.0
+WORDS_CHARS = 100
+_QUERY_STATUS = re.compile(
+    r"<INFO\b[^>]*\bname\s*=\s*[\"']QUERY_STATUS[\"'][^>]*>(.*?)</INFO>", re.S | re.I)
+
+
+def service_words(response: requests.Response) -> str:
+    """The reason a service gives in the body of a refusal, in at most 100 printable
+    characters; "" where it gives none that reads as words (an HTML page, a binary body, a
+    body that does not come within 5 s or 64 KiB).
+
+    A VOTable error document (IVOA DALI: ``<INFO name="QUERY_STATUS" value="ERROR">``, what a
+    TAP, DataLink or SODA service answers) gives that INFO's text, a ``text/plain`` body its
+    text. Read with a regular expression rather than a VOTable parser: the document may be
+    cut at 64 KiB, and only this one element is wanted."""
+    try:
+        if getattr(response, "_content_consumed", False):
+            body = response.content or b""
+        else:
+            body = read_body(response, WORDS_SECONDS, max_bytes=WORDS_BYTES)
+    except Exception:  # noqa: BLE001 - no words can be read: the status alone must do
+        return ""
+    text = body[:WORDS_BYTES].decode("utf-8", "replace")
+    found = _QUERY_STATUS.search(text)
+    ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if found:
+        text = html.unescape(re.sub(r"<[^>]*>", " ", found.group(1)))
+    elif ctype != "text/plain":
+        return ""
+    words = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return words if len(words) <= WORDS_CHARS else words[: WORDS_CHARS - 3].rstrip() + "..."
 
 
 @dataclass
@@ -319,13 +363,13 @@ class RetryingClient:
                 if not err.retryable or attempt >= policy.attempts:
                     with self._lock:
                         self.stats.failures += 1
-                        self.stats.failure_reasons[err.reason] += 1
+                        self.stats.failure_reasons[err.kind] += 1
                     if isinstance(exc, FetchError):
                         raise
                     raise err from exc
                 with self._lock:
                     self.stats.retries += 1
-                    self.stats.retry_reasons[err.reason] += 1
+                    self.stats.retry_reasons[err.kind] += 1
                 if err.retry_after is not None:
                     # A rate limit applies to the whole client: every thread holds back.
                     delay = min(err.retry_after, policy.max_retry_after)

@@ -313,6 +313,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(429, b"slow down", "text/plain", {"Retry-After": fault.retry_after})
         if fault and fault.kind == "queryerror":  # TAP: HTTP 200, the error in the VOTable
             return self._send(200, QUERY_ERROR, "application/x-votable+xml")
+        if fault and fault.kind == "queryerror400":  # DALI allows the error document with 400
+            return self._send(400, QUERY_ERROR, "application/x-votable+xml")
         try:
             if path == "/api/tap/sync":
                 body, ctype = fake.obscore(q.get("QUERY", "")), "application/x-votable+xml"

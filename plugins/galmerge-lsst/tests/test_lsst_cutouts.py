@@ -183,6 +183,17 @@ def test_a_refused_adql_query_is_a_status_with_the_services_words(survey, rsp, o
     assert rsp.count("tap/sync") == 1  # not worth a retry
 
 
+def test_a_tap_refusal_with_http_400_keeps_the_services_words(survey, rsp, options):
+    """DALI lets a service send its VOTable error document with HTTP 400 (as the IVOA
+    reference services do): the status carries its words, not only the code."""
+    rsp.add_fault("tap/sync", "queryerror400", times=-1)
+    with survey.cutouts(PRE, options) as svc:
+        results = _fetch(svc, [_req(rsp, 0)])
+    assert results[0].status == (
+        "fetch-failed: HTTP 400 (Column not found: lsst_band (in table ivoa.ObsCore))")
+    assert rsp.count("tap/sync") == 1
+
+
 def test_no_coverage_missing_band_no_data_and_bad_positions(survey, rsp, options):
     rsp.add_fault("cutout/sync|coadd-5063-15-z", "nodata")
     reqs = [CutoutRequest(0, 10.0, 45.0, "outside"), _req(rsp, 3, row=1),  # patch 7000: g,r,i
