@@ -39,14 +39,14 @@ def forward_batches(
     fetch: Callable[[np.ndarray], torch.Tensor],
     indices: np.ndarray,
     batch_size: int = 256,
-    autocast: bool = False,
     channels_last: bool = False,
     domain: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and logits (float32, on the CPU) of the model inputs ``fetch(chunk)`` for
-    ``indices`` in chunks of ``batch_size``, in eval mode (the model's mode is restored).
+    ``indices`` in chunks of ``batch_size``, in eval mode (the model's mode is restored), in
+    float32 (never autocast: every recorded number is computed the same way on every device).
 
-    ``autocast``: bfloat16 autocast on the inputs' device; ``channels_last``: that memory format
+    ``channels_last``: that memory format
     for the inputs (CUDA); ``domain``: "source" or "target", whose BatchNorm running statistics
     to use when the model keeps one set per domain (else ignored)."""
     was_training = model.training
@@ -58,11 +58,7 @@ def forward_batches(
             x = fetch(idx[start : start + batch_size])
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if autocast:
-                with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-                    f, z = model(x)
-            else:
-                f, z = model(x)
+            f, z = model(x)
             feats.append(f.float().cpu())
             logits.append(z.float().cpu())
     model.train(was_training)

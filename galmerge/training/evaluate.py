@@ -24,9 +24,12 @@ STOP_BATCH = 64
 def predict(
     model: GalaxyClassifier, domain: Domain, idx: np.ndarray, device: torch.device, cuda: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and logits in float32 on every device: only the training step uses bf16
+    autocast on CUDA, so the validation scores, best.pt's choice, summary.json's test metrics
+    and the shift statistics are the numbers `galmerge evaluate` and `classify` compute."""
     return forward_batches(
         model, lambda chunk: domain.features_input(chunk, device), idx, EVAL_BATCH,
-        autocast=cuda, channels_last=cuda, domain=domain.role,
+        channels_last=cuda, domain=domain.role,
     )
 
 
