@@ -496,6 +496,11 @@ def test_bsp_equals_the_svd_reference(plugin_manager) -> None:
                                    sv2[:k].sum() / sv2.sum(), rtol=1e-5, atol=0)
     torch.testing.assert_close(spectral_penalty(f * 1e3), spectral_penalty(f))
     assert spectral_penalty(torch.zeros(8, 5)).item() == 0.0
+    for bad in (math.nan, math.inf):  # NaN for the trainer's guard, not a LinAlgError
+        g = f.clone()
+        g[3, 7] = bad
+        for form in ("raw", "ratio"):
+            assert math.isnan(spectral_penalty(g, 1, form).item())
     module = _build(plugin_manager, "bsp", dim=300, k=1)
     value = module(_step(f, f * 2.0, progress=1.0))["bsp"]
     torch.testing.assert_close(value, 2.0 * spectral_penalty(f))

@@ -32,13 +32,18 @@ FORMS = ("ratio", "raw")
 
 def spectral_penalty(features: torch.Tensor, k: int = 1, form: str = "ratio") -> torch.Tensor:
     """Σ of the ``k`` largest squared singular values of ``features`` (n, ...) — divided by
-    the sum of all of them with ``form="ratio"``; 0 for an empty or all-zero batch."""
+    the sum of all of them with ``form="ratio"``; 0 for an empty or all-zero batch, NaN for a
+    batch with a non-finite value."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     f = features.flatten(1)
     if f.shape[0] == 0:
         return f.new_zeros(())
     f64 = f.double()
+    if not bool(torch.isfinite(f64).all()):
+        # NaN, as the trainer's non-finite guard expects (it names the step and the last good
+        # checkpoint); eigvalsh would raise a LinAlgError on such a matrix instead
+        return f.new_full((), float("nan"))
     eig = torch.linalg.eigvalsh(f64 @ f64.T).clamp_min(0.0)  # ascending
     top = eig[-min(k, eig.shape[0]) :].sum()
     if form == "raw":
