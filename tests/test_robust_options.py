@@ -5,6 +5,8 @@ Behaviour only: that each option exists, is checked, and changes the term as doc
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -168,6 +170,31 @@ def _imperfect_step(target_mergers: int, n: int = 200) -> StepInputs:
     return StepInputs(source_features=torch.randn(n, 16, generator=g), source_logits=src,
                       source_labels=ys, target_features=torch.randn(n, 16, generator=g),
                       target_logits=tgt, progress=1.0)
+
+
+@pytest.mark.parametrize("name", ["mmd", "dann"])
+def test_a_source_batch_of_one_class_keeps_its_share_of_the_weighted_loss(plugin_manager,
+                                                                          name) -> None:
+    """With a source of few mergers, many batches hold none: the weights of the class present
+    then carry the whole source side, so the loss is the unweighted one (there is nothing to
+    reweight between), not one shrunk by the absent class's share (0.8 of DANN's half)."""
+    step = _imperfect_step(40)
+    keep = slice(60, 160)  # source: 100 non-mergers; target: 100 images, 40 of them mergers
+    one_class = dataclasses.replace(
+        step, source_features=step.source_features[:100], source_logits=step.source_logits[:100],
+        source_labels=step.source_labels[:100], target_features=step.target_features[keep],
+        target_logits=step.target_logits[keep])
+    assert set(one_class.source_labels.tolist()) == {0}
+    extra = {"warmup": 0.0} if name == "mmd" else {}
+    torch.manual_seed(0)  # the same discriminator weights for both
+    plain = _build(plugin_manager, name, weight=1.0, class_weights="off", **extra)
+    torch.manual_seed(0)
+    given = _build(plugin_manager, name, weight=1.0, class_weights="given",
+                   target_fraction=0.2, **extra)
+    torch.manual_seed(1)  # and the same dropout masks
+    with_weights = given(one_class)[name].item()
+    torch.manual_seed(1)
+    assert with_weights == pytest.approx(plain(one_class)[name].item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["mmd", "dann"])

@@ -114,7 +114,9 @@ class ClassWeighting(nn.Module):
         return target / target.sum()
 
     def _source_weights(self, step: StepInputs) -> torch.Tensor | None:
-        """π_t(y_i) / π_s(y_i) for each source image (π_s: the batch's label shares), or None."""
+        """π_t(y_i) / π_s(y_i) for each source image (π_s: the batch's label shares), rescaled
+        to mean 1, or None. A class missing from the batch cannot be reweighted: the classes
+        present share its weight, so the source keeps its share of a loss (DANN's half)."""
         if self.class_weights == "off" or len(step.target_logits) == 0:
             return None
         with torch.no_grad():
@@ -127,7 +129,8 @@ class ClassWeighting(nn.Module):
             source = counts / counts.sum().clamp_min(1.0)
             ratio = torch.where(source > 0, target / source.clamp_min(1e-12),
                                 torch.zeros_like(source))
-            return ratio[step.source_labels]
+            weights = ratio[step.source_labels]
+            return weights / weights.mean().clamp_min(1e-12)
 
     def _prior_diagnostics(self) -> dict[str, torch.Tensor]:
         """``{"_target_prior": merger share}`` when the share is estimated, else empty."""
