@@ -6,7 +6,6 @@ Behaviour only: that each option exists, is checked, and changes the term as doc
 from __future__ import annotations
 
 import dataclasses
-
 import math
 
 import pytest

@@ -8,7 +8,8 @@ without a mask.
 ``diversity`` > 0 subtracts that multiple of the entropy of the batch-mean prediction
 (information maximisation, as in SHOT, Liang et al. 2020): minimising per-sample entropy alone
 can push every target sample into one class; rewarding a spread mean prediction prevents it.
-The default 0 is DeepMerge II's plain entropy term. ``warmup`` = γ multiplies the term by the
+The strategy's default is 1 (``galmerge.losses.plugin``); 0, the class's own default and what
+the paper presets pin, is DeepMerge II's plain entropy term. ``warmup`` = γ multiplies the term by the
 ramp 2 / (1 + exp(-γ p)) - 1 (``galmerge.losses.options``): early target predictions are noise,
 and minimising their entropy from the first step locks them in.
 """
