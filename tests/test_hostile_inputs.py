@@ -269,3 +269,44 @@ def test_a_source_too_small_to_train_is_refused_before_any_work(tmp_path):
         "--device", "cpu", "--quiet"])
     _one_line_failure(result, "labelled training images of 3; give it at least 10 images")
     assert not (tmp_path / "run").exists()
+
+
+def _h5_images(path: Path, images: np.ndarray) -> str:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f["images"] = images.astype(np.float32)
+        f["labels"] = np.arange(len(images)) % 2
+    return f"hdf5:{path}"
+
+
+def test_a_target_too_small_to_split_is_named_in_one_line(tmp_path):
+    """Every set is split 70/10/20; one or two images cannot be, and the message names the set
+    (it was a ValueError traceback from the split, before the size checks)."""
+    rng = np.random.default_rng(0)
+    source = _h5_images(tmp_path / "s.h5", rng.normal(size=(12, 3, 32, 32)))
+    for n in (1, 2):
+        target = _h5_images(tmp_path / f"t{n}.h5", rng.normal(size=(n, 3, 32, 32)))
+        result = CliRunner().invoke(cli, [
+            "train", "--source", source, "--target", target, "--run-dir",
+            str(tmp_path / "run"), "--device", "cpu", "--quiet"])
+        _one_line_failure(result, f"target {target} has {n} image")
+        assert "give it at least 10 images" in result.output
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("shape", "needle"), [
+    ((12, 3, 30, 32), "holds 30x32-pixel images; galmerge needs square stamps"),
+    ((12, 32, 32, 3), "looks channels-last (N, H, W, C); store it as (N, C, H, W)"),
+])
+def test_images_that_are_not_square_channels_first_stamps_are_refused(tmp_path, shape, needle):
+    """Non-square stamps were accepted and crashed training with a shape-mismatch traceback
+    (after writing the run's config); channels-last ones read as 32 bands of 32x3 pixels."""
+    bad = _h5_images(tmp_path / "bad.h5", np.random.default_rng(1).normal(size=shape))
+    good = _h5_images(tmp_path / "good.h5",
+                      np.random.default_rng(2).normal(size=(12, 3, 32, 32)))
+    result = CliRunner().invoke(cli, [
+        "train", "--source", bad, "--target", good, "--run-dir", str(tmp_path / "run"),
+        "--device", "cpu", "--quiet"])
+    _one_line_failure(result, needle)
+    assert not (tmp_path / "run").exists()

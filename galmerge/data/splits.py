@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from galmerge.errors import GalmergeError
+
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 
 
 def split_indices(
-    n: int, seed: int, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    n: int, seed: int, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    what: str = "the data",
 ) -> dict[str, np.ndarray]:
-    """Shuffle ``range(n)`` with ``seed`` and cut it into sorted train/val/test index arrays."""
+    """Shuffle ``range(n)`` with ``seed`` and cut it into sorted train/val/test index arrays;
+    fewer than 3 images is a one-line error naming ``what`` (a data spec)."""
     if n < 3:
-        raise ValueError(f"need at least 3 images to split, got {n}")
+        raise GalmergeError(
+            f"{what} has {n} image{'' if n == 1 else 's'}; every set is split 70/10/20 into "
+            f"train, val and test, which needs at least 3: give it at least 10 images")
     if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
     perm = np.random.default_rng(seed).permutation(n)
@@ -27,6 +33,10 @@ def split_indices(
     }
 
 
-def domain_splits(n_source: int, n_target: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """The splits of a run: source with ``seed``, target with ``seed + 1`` (70/10/20 each)."""
-    return {"source": split_indices(n_source, seed), "target": split_indices(n_target, seed + 1)}
+def domain_splits(
+    n_source: int, n_target: int, seed: int, names: tuple[str, str] = ("source", "target")
+) -> dict[str, dict[str, np.ndarray]]:
+    """The splits of a run: source with ``seed``, target with ``seed + 1`` (70/10/20 each);
+    ``names`` (the data specs) name a set too small to split."""
+    return {"source": split_indices(n_source, seed, what=names[0]),
+            "target": split_indices(n_target, seed + 1, what=names[1])}

@@ -97,7 +97,9 @@ def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str,
         from galmerge.data.splits import domain_splits
 
         trained_on = target if target is not None else _load_set(None, config, "target")
-        rows = domain_splits(len(imageset), len(trained_on), int(config.get("seed", 0)))
+        rows = domain_splits(len(imageset), len(trained_on), int(config.get("seed", 0)),
+                             (f"source {spec}", f"target {config.get('target')}")
+                             if not isinstance(given, ImageSet) else ("source", "target"))
         field = field_library(trained_on, rows["target"]["train"])
     return observed(imageset, config.get("observe"), int(config.get("seed", 0)), field)
 
@@ -118,11 +120,12 @@ def _outputs(
 
 
 def _domains(
-    loaded: LoadedModel, sets: dict[str, ImageSet], seed: int, device: torch.device
+    loaded: LoadedModel, sets: dict[str, ImageSet], seed: int, device: torch.device,
+    names: tuple[str, str] = ("source data", "target data"),
 ) -> dict[str, DomainData]:
     from galmerge.data.splits import domain_splits
 
-    splits = domain_splits(len(sets["source"]), len(sets["target"]), seed)
+    splits = domain_splits(len(sets["source"]), len(sets["target"]), seed, names)
     out = {}
     for name in DOMAINS:
         spec = loaded.preprocess[name]
@@ -514,7 +517,9 @@ def evaluate(
     target_set = _load_set(target, config, "target")
     sets = {"source": _load_set(source, config, "source", target_set), "target": target_set}
     say("the model's outputs on the validation and test splits")  # after every user check
-    domains = _domains(loaded, sets, int(config.get("seed", 0)), dev)
+    names = (f"source {source if isinstance(source, str) else config.get('source')}",
+             f"target {target if isinstance(target, str) else config.get('target')}")
+    domains = _domains(loaded, sets, int(config.get("seed", 0)), dev, names)
     out = run / REPORT_DIR
     out.mkdir(exist_ok=True)
 

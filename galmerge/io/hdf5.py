@@ -400,6 +400,13 @@ def validate_imageset_file(path: str | os.PathLike[str], *, check_finite: bool =
         n, c, h, w = images.shape
         if n == 0 or c == 0 or h == 0 or w == 0:
             raise _fail(path, f"dataset 'images' is empty (shape {images.shape})")
+        if w <= 4 < c and c == h:
+            raise _fail(path, f"dataset 'images' has shape {images.shape}, which looks "
+                              f"channels-last (N, H, W, C); store it as (N, C, H, W), e.g. "
+                              f"numpy.moveaxis(images, -1, 1)")
+        if h != w:
+            raise _fail(path, f"dataset 'images' holds {h}x{w}-pixel images; galmerge needs "
+                              f"square stamps (N, C, H, H): cut them square")
         kind = images.dtype.kind
         if not (kind == "f" or images.dtype == np.uint8):
             raise _fail(

@@ -77,7 +77,8 @@ def prepare_domains(
             f"{target_set.channels}x{target_set.image_size}x{target_set.image_size}; "
             f"pick surveys with the same bands and cutout size"
         )
-    splits = domain_splits(len(source_set), len(target_set), int(config["seed"]))
+    splits = domain_splits(len(source_set), len(target_set), int(config["seed"]),
+                           (f"source {config['source']}", f"target {config['target']}"))
     s_splits = {k: _labelled(source_set, v) for k, v in splits["source"].items()}
     if len(s_splits["train"]) == 0:
         raise GalmergeError(f"source {config['source']} has no labelled training images")
