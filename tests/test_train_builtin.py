@@ -68,6 +68,24 @@ def test_a_strategy_that_reads_no_target_says_the_run_is_source_only(tmp_path, c
         assert "note:" not in capfd.readouterr().err
 
 
+def test_synthetic_source_and_target_of_the_same_scenes_get_a_note(tmp_path, capfd):
+    """Renders with one seed are paired images of one sky (what the README warns of): an
+    adapting run says so, names the fix; another seed, or a run that reads no target, does not."""
+    kw = dict(source="synthetic:illustris?n=40&size=32", epochs=1, batch_size=8,
+              max_steps_per_epoch=1, device="cpu", quiet=True)
+    galmerge.train(strategy="coral", target="synthetic:sdss?n=40&size=32", run_dir=tmp_path / "a",
+                   **kw)
+    note = capfd.readouterr().err.strip().splitlines()[-1]
+    assert note == ("galmerge train: note: source and target are renders of the same scenes "
+                    "(synthetic seed 0 both): adaptation looks better than it will on a survey; "
+                    "give the target another seed, e.g. 'synthetic:sdss?seed=1'")
+    galmerge.train(strategy="coral", target="synthetic:sdss?n=40&size=32&seed=1",
+                   run_dir=tmp_path / "b", **kw)
+    galmerge.train(strategy="none", target="synthetic:sdss?n=40&size=32", run_dir=tmp_path / "c",
+                   **kw)
+    assert "note:" not in capfd.readouterr().err
+
+
 def test_same_seed_same_run_bit_for_bit_with_two_threads(tmp_path):
     """DeepMerge + mmd+fisher+entropy with 2 intra-op threads: a batch of 32 x 2592 features
     takes ATen's parallel paths, which once made Fisher's centre gradient differ run to run."""

@@ -363,11 +363,26 @@ def _fit(
                 print(f"galmerge train: note: {cfg['strategy']} reads no target image, so this "
                       f"run trains on the source only; combine it with a strategy that aligns "
                       f"the target, e.g. dann+{cfg['strategy']}", file=sys.stderr)
+            if trainer.plan.needs_target and _same_scenes(trainer.source.imageset,
+                                                          trainer.target.imageset):
+                seed = trainer.source.imageset.meta["seed"]
+                print(f"galmerge train: note: source and target are renders of the same scenes "
+                      f"(synthetic seed {seed} both): adaptation looks better than it will on a "
+                      f"survey; give the target another seed, e.g. "
+                      f"'synthetic:sdss?seed={int(seed) + 1}'", file=sys.stderr)
         return _train(trainer, quiet, on_epoch, t_start)
     except StrategyOutputError:
         if resume_state is None and dist.is_main:
             rundir.discard_new(out_dir)  # first step: nothing worth keeping was written
         raise
+
+
+def _same_scenes(source: ImageSet, target: ImageSet) -> bool:
+    """Whether two synthetic renders draw the same scenes (the same seed and merger fraction:
+    `galmerge.surveys.synthetic.render.sample_scenes`), i.e. paired images of one sky."""
+    keys = ("renderer_version", "seed", "merger_fraction")
+    a, b = source.meta, target.meta
+    return all(k in a and k in b for k in keys) and all(a[k] == b[k] for k in keys[1:])
 
 
 def _build(
