@@ -19,6 +19,7 @@ from galmerge.plugin.imageset import ImageSet
 SUMMARY_KEYS = {
     "source", "target", "strategy", "backbone", "seed", "epochs_run", "best_epoch",
     "train_images_per_s", "metrics", "select_by", "device", "run_dir", "duration_s",
+    "train_seconds",
 }
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "brier", "auc"}
 
@@ -66,6 +67,7 @@ def test_run_directory_and_summary(toys, tmp_path):
         assert 0.0 <= summary["metrics"][split]["accuracy"] <= 1.0
     assert summary["epochs_run"] == 2 and 1 <= summary["best_epoch"] <= 2
     assert summary["train_images_per_s"] > 0
+    assert 0 < summary["train_seconds"] <= summary["duration_s"]
     rows = _rows(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for column in ("loss_total", "loss_ce", "loss_meangap", "diag_gap", "source_val_loss",

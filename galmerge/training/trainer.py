@@ -341,7 +341,10 @@ class Trainer:
             "device": str(plan.device),
             "world_size": plan.dist.world,
             "run_dir": str(plan.out_dir),
+            # wall clock of this session only (since a resume; without a source-only stage);
+            # train_seconds: the training steps of every session of the run
             "duration_s": time.time() - t_start,
+            "train_seconds": train_seconds,
             "warnings": run_warnings(state.rows, int(state.best.epoch), plan.needs_target),
             shift_score.SUMMARY_KEY: shift_sha,  # verified on every load of shift_stats.npz
         }
