@@ -16,8 +16,9 @@ Test sets (scenes never used in training: other render seeds):
   percentile central pixel, random colour), ``cosmic`` (1-4 hot tracks of 1-6 px in one band),
   ``trail`` (a satellite trail: a line across the stamp, Gaussian width 0.5-1.5 px, all bands),
   ``column`` (a hot or dead column in one band);
-- ``stars_field``: synthetic:illustris galaxies with 8 field stars per stamp on average (the
-  renderer's ``stars`` option; galaxies, reported only).
+- ``stars_field``: synthetic:illustris galaxies with the renderer's ``stars=8`` (Poisson mean 8,
+  but at most 8 field sources are drawn per stamp: 6.9 field stars per stamp on average;
+  galaxies, reported only).
 
 Reported per strategy and seed (and the mean over seeds): AUC of shift_score for
 artefacts vs galaxies of the same domain (all kinds and per kind), for target vs source
@@ -299,7 +300,7 @@ def markdown(res: dict[str, Any]) -> str:
         "satellite trail, bad column). AUC = P(score of the first set > score of the second).",
         "",
         "| strategy | target vs source | artefacts vs source gal. | artefacts vs target gal. | "
-        "field stars (8/stamp) vs source | blank sky vs source | galaxy + artefact vs the same "
+        "field stars (stars=8: 6.9/stamp) vs source | blank sky vs source | galaxy + artefact vs the same "
         "galaxies |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -38,3 +38,31 @@ def test_shift_options_change_pixels_and_cache_names_only_when_given(_data_dir):
 def test_bad_shift_options_are_one_line_errors(spec, message):
     with pytest.raises(GalmergeError, match=message):
         load_imageset(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        # at most 8 field sources are drawn per stamp: larger means were silently cut to ~8
+        ("synthetic:illustris?n=4&stars=20", "stars must be a number from 0 to 8"),
+        ("synthetic:illustris?n=4&field_galaxies=9", "field_galaxies must be a number from 0 to 8"),
+        # sdss has 0.6 stars and 3 galaxies of its own: 6 + 3 = 9 left 2 galaxies, not 3
+        ("synthetic:sdss?n=4&stars=6", "stars \\+ field_galaxies must total at most 8 per stamp"),
+        ("synthetic:sdss?n=4&stars=5&field_galaxies=3.5", "not 5 \\+ 3.5"),
+    ],
+)
+def test_field_source_means_above_the_renderers_cap_are_refused(spec, message):
+    with pytest.raises(GalmergeError, match=message):
+        load_imageset(spec)
+
+
+def test_field_source_cap_matches_the_renderer(_data_dir):
+    from galmerge.surveys.synthetic.plugin import MAX_FIELD_SOURCES
+    from galmerge.surveys.synthetic.render.draw import MAX_FIELD
+
+    assert MAX_FIELD_SOURCES == MAX_FIELD
+    # the benchmarks' crowded fields (2 + 6) and field stars (8 on illustris) stay allowed
+    for spec in ("synthetic:sdss?n=3&stars=2&field_galaxies=6&cache=false",
+                 "synthetic:illustris?n=3&stars=8&cache=false",
+                 "synthetic:sdss?n=3&stars=0.6&field_galaxies=7.4&cache=false"):
+        assert len(load_imageset(spec)) == 3

@@ -10,6 +10,11 @@ PSF), ``noise`` (factor on the sky noise; noisy presets), ``stars`` (mean field 
 stamp), ``field_galaxies`` (mean background galaxies per stamp), ``pixel_scale`` (arcsec per
 pixel), ``z_scale`` (factor on the redshift range: smaller, fainter galaxies above 1).
 Example: ``synthetic:sdss?seeing=1.4&noise=2&pixel_scale=0.5``.
+
+Field sources: the renderer keeps at most ``MAX_FIELD_SOURCES`` (8) stars and background
+galaxies per stamp, stars first, so the two Poisson means (option or the preset's own) may
+total at most 8, and a total near 8 gives fewer per stamp (8 requested gives about 6.9 on
+average; the cap stays so that sets rendered under renderer version 4 stay as they were).
 """
 
 from __future__ import annotations
@@ -30,20 +35,22 @@ DEFAULTS: dict[str, Any] = {"n": 2000, "seed": 0, "merger_fraction": 0.5, "size"
 SHIFTS: dict[str, tuple[str, float, float]] = {
     "seeing": ("psf_fwhm", 0.1, 10.0),
     "noise": ("sky_sigma", 0.0, 100.0),
-    "stars": ("stars_per_stamp", 0.0, 20.0),
-    "field_galaxies": ("galaxies_per_stamp", 0.0, 20.0),
+    "stars": ("stars_per_stamp", 0.0, 8.0),
+    "field_galaxies": ("galaxies_per_stamp", 0.0, 8.0),
     "pixel_scale": ("pixel_scale", 0.01, 5.0),
     "z_scale": ("z_range", 0.2, 5.0),
 }
 MAX_IMAGES = 5_000_000
+#: field stars + background galaxies drawn per stamp at most (render.draw.MAX_FIELD)
+MAX_FIELD_SOURCES = 8
 HELP = {
     "n": "images to render", "seed": "seed of the scenes and noise",
     "merger_fraction": "share of mergers (0..1)", "size": "stamp size in pixels (16..512)",
     "cache": "keep the rendered set under $GALMERGE_DATA/synthetic",
     "seeing": "PSF FWHM factor (0.1..10; presets with a PSF)",
     "noise": "sky-noise factor (0..100; presets with noise)",
-    "stars": "foreground stars per stamp (0..20)",
-    "field_galaxies": "unrelated galaxies per stamp (0..20)",
+    "stars": "mean foreground stars per stamp (0..8; stars + field_galaxies <= 8)",
+    "field_galaxies": "mean unrelated galaxies per stamp (0..8; stars + field_galaxies <= 8)",
     "pixel_scale": "arcsec per pixel (0.01..5)", "z_scale": "redshift-range factor (0.2..5)",
 }
 #: the schema the core checks names against (values are checked by parse_options)
@@ -131,7 +138,16 @@ def shifted_preset(base: Any, opts: Mapping[str, Any]) -> tuple[Any, str]:
             changes[field_name] = tuple(v * value for v in base.z_range)
         else:
             changes[field_name] = value
-    return dataclasses.replace(base, **changes), "-".join(tags)
+    shifted = dataclasses.replace(base, **changes)
+    total = shifted.stars_per_stamp + shifted.galaxies_per_stamp
+    if total > MAX_FIELD_SOURCES + 1e-9:  # 0.6 + 7.4 is 8 to float rounding
+        raise GalmergeError(
+            f"synthetic:{base.name}: stars + field_galaxies must total at most "
+            f"{MAX_FIELD_SOURCES} per stamp (the renderer draws at most {MAX_FIELD_SOURCES} field "
+            f"sources per stamp), not {shifted.stars_per_stamp:g} + "
+            f"{shifted.galaxies_per_stamp:g} (a left-out one is the preset's own)"
+        )
+    return shifted, "-".join(tags)
 
 
 def _load(preset: str | None, options: Mapping[str, Any]):

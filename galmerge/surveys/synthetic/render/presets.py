@@ -15,7 +15,9 @@ class Preset:
     pixel in those units, ``gain`` converts source flux to detected electrons (Poisson noise).
     ``psf_fwhm`` is the (min, max) FWHM in arcsec of the first band's PSF, drawn per image;
     ``band_fwhm`` scales it for each band. ``mag_offset`` adds luminosity evolution and
-    k-correction to the distance modulus (negative = brighter).
+    k-correction to the distance modulus (negative = brighter). ``stars_per_stamp`` and
+    ``galaxies_per_stamp`` are Poisson means; at most ``draw.MAX_FIELD`` (8) field sources are
+    drawn per stamp, stars first.
     """
 
     name: str
