@@ -197,3 +197,21 @@ def test_bulge_dominated_discs_are_thick_and_spirals_can_be_thin_edge_on():
     assert early.sum() > 100 and late.sum() > 100
     assert q[early].min() > 0.22, np.sort(q[early])[:5]
     assert q[late].min() < 0.2  # edge-on spirals stay thin
+
+
+def test_distances_follow_the_cosmology_at_the_highest_z_scale():
+    # pristine at z_scale=5 (the survey option's maximum) observes scenes at z = 9..11
+    from astropy.cosmology import FlatLambdaCDM
+
+    from galmerge.surveys.synthetic.plugin import parse_options, shifted_preset
+
+    preset, _ = shifted_preset(PRESETS["pristine"], parse_options("pristine", {"z_scale": 5.0}))
+    scenes = Scenes.blank(2)
+    scenes.z_quantile[:] = (0.0, 1.0)  # the ends of the redshift range
+    scenes.s_re[:, 0], scenes.s_n[:, 0] = 0.005, 1.0
+    scenes.s_mag[:, 0] = -21.0
+    images, obs = draw_scenes(scenes, preset, seed=3, noise=False, field=False)
+    np.testing.assert_allclose(obs.z, (9.0, 11.0))
+    d_l = FlatLambdaCDM(H0=70.0, Om0=0.3).luminosity_distance(obs.z).to_value("pc")
+    expected = mag_to_nmgy(-21.0 + 5 * np.log10(d_l / 10.0)[:, None] + preset.mag_offset)
+    np.testing.assert_allclose(images.double().sum(dim=(2, 3)).numpy(), expected, rtol=0.01)

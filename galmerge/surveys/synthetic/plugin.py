@@ -8,7 +8,9 @@ Observing options that shift a preset (for families of shifted domain pairs; lef
 preset renders exactly as before): ``seeing`` (factor on the PSF FWHM range; presets with a
 PSF), ``noise`` (factor on the sky noise; noisy presets), ``stars`` (mean field stars per
 stamp), ``field_galaxies`` (mean background galaxies per stamp), ``pixel_scale`` (arcsec per
-pixel), ``z_scale`` (factor on the redshift range: smaller, fainter galaxies above 1).
+pixel), ``z_scale`` (factor on the redshift range: fainter galaxies above 1; a galaxy's
+angular size shrinks with redshift only up to z ~ 1.6 and grows beyond, so pristine and noisy,
+at z ~ 2, draw larger galaxies).
 Example: ``synthetic:sdss?seeing=1.4&noise=2&pixel_scale=0.5``.
 
 Field sources: the renderer keeps at most ``MAX_FIELD_SOURCES`` (8) stars and background
@@ -51,7 +53,7 @@ HELP = {
     "noise": "sky-noise factor (0..100; presets with noise)",
     "stars": "mean foreground stars per stamp (0..8; stars + field_galaxies <= 8)",
     "field_galaxies": "mean unrelated galaxies per stamp (0..8; stars + field_galaxies <= 8)",
-    "pixel_scale": "arcsec per pixel (0.01..5)", "z_scale": "redshift-range factor (0.2..5)",
+    "pixel_scale": "arcsec per pixel (0.01..5)", "z_scale": "redshift-range factor (0.2..5; fainter above 1)",
 }
 #: the schema the core checks names against (values are checked by parse_options)
 OPTIONS: dict[str, Option] = {

@@ -15,17 +15,33 @@ C_KM_S = 299792.458
 ARCSEC_PER_RAD = 206264.806
 
 
+# the table's reach: z_scale (at most 5) times the highest preset redshift (2.2) is 11
+Z_MAX = 20.0
+
+
+def _trapezoid(z: np.ndarray, start: float) -> np.ndarray:
+    """Integral of 1/E(z) from z[0], accumulated by the trapezoid rule, plus ``start``."""
+    inv_e = 1.0 / np.sqrt(OMEGA_M * (1.0 + z) ** 3 + (1.0 - OMEGA_M))
+    return np.concatenate([[start], start + np.cumsum(0.5 * (inv_e[1:] + inv_e[:-1]) * np.diff(z))])
+
+
 @lru_cache(maxsize=1)
 def _comoving_table() -> tuple[np.ndarray, np.ndarray]:
+    # z = 0..6 first, exactly as the table was before it reached beyond z = 6 (renders stay),
+    # then the same 0.001 steps on to Z_MAX
     z = np.linspace(0.0, 6.0, 6001)
-    inv_e = 1.0 / np.sqrt(OMEGA_M * (1.0 + z) ** 3 + (1.0 - OMEGA_M))
-    dc = np.concatenate([[0.0], np.cumsum(0.5 * (inv_e[1:] + inv_e[:-1]) * np.diff(z))])
-    return z, dc * C_KM_S / H0  # Mpc
+    dc = _trapezoid(z, 0.0)
+    z_far = np.linspace(6.0, Z_MAX, int(round((Z_MAX - 6.0) * 1000)) + 1)
+    dc_far = _trapezoid(z_far, 0.0)[1:] + dc[-1]
+    return np.concatenate([z, z_far[1:]]), np.concatenate([dc, dc_far]) * C_KM_S / H0  # Mpc
 
 
 def comoving_distance_mpc(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    if z.size and not float(z.max()) <= Z_MAX:
+        raise ValueError(f"redshift {float(z.max()):g} is beyond the distance table (z <= {Z_MAX:g})")
     zs, dc = _comoving_table()
-    return np.interp(np.asarray(z, dtype=np.float64), zs, dc)
+    return np.interp(z, zs, dc)
 
 
 def arcsec_per_kpc(z: np.ndarray) -> np.ndarray:
