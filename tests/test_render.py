@@ -215,3 +215,29 @@ def test_distances_follow_the_cosmology_at_the_highest_z_scale():
     d_l = FlatLambdaCDM(H0=70.0, Om0=0.3).luminosity_distance(obs.z).to_value("pc")
     expected = mag_to_nmgy(-21.0 + 5 * np.log10(d_l / 10.0)[:, None] + preset.mag_offset)
     np.testing.assert_allclose(images.double().sum(dim=(2, 3)).numpy(), expected, rtol=0.01)
+
+
+@pytest.mark.parametrize("seeing", [4.0, 10.0])
+def test_wide_psf_wings_do_not_wrap_round_to_the_opposite_edge(seeing):
+    # sdss with the survey's seeing option (up to 10x): a bright star 30 px right of the centre
+    from galmerge.surveys.synthetic.plugin import parse_options, shifted_preset
+    from galmerge.surveys.synthetic.render import Observation
+
+    sdss = PRESETS["sdss"]
+    preset, _ = shifted_preset(sdss, parse_options("sdss", {"seeing": seeing}))
+    fwhm = np.array([[preset.psf_fwhm[1] * b for b in preset.band_fwhm]])
+    f_x, f_y, f_sigma = np.zeros((1, 8)), np.zeros((1, 8)), np.zeros((1, 8))
+    f_mag = np.full((1, 8, 3), ABSENT)
+    f_x[0, 0], f_mag[0, 0] = 30.0, 15.0
+    ob = Observation(np.array([0.08]), fwhm, f_x, f_y, f_sigma, f_mag)
+    images, _ = draw_scenes(Scenes.blank(1), preset, noise=False, observation=ob)
+    star = images[0, 1].double().numpy()
+    # the Moffat at pixel centres (a pixel is far smaller than these PSFs)
+    beta = preset.moffat_beta
+    alpha = fwhm[0, 1] / preset.pixel_scale / (2 * math.sqrt(2 ** (1 / beta) - 1))
+    y, x = np.mgrid[:75, :75]
+    r2 = (y - 37) ** 2 + (x - 67) ** 2
+    moffat = (beta - 1) / (math.pi * alpha**2) * (1 + r2 / alpha**2) ** -beta * mag_to_nmgy(15.0)
+    assert star.sum() == pytest.approx(moffat.sum(), rel=0.002)
+    # the far (left) edge gets the wing's own light, not the light beyond the right edge
+    assert np.abs(star - moffat)[:, :20].max() < 0.01 * sdss.sky_sigma[1]

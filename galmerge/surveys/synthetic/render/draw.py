@@ -106,9 +106,15 @@ def _canvas_geometry(preset: Preset, size: int) -> tuple[int, int]:
     if preset.psf == "none":
         return 0, 0
     fwhm_px = preset.psf_fwhm[1] * max(preset.band_fwhm) / preset.pixel_scale
-    margin = int(min(16, math.ceil(1.25 * fwhm_px)))
-    # FFT a little larger than the canvas: what wraps around lands in the cropped margin
-    return margin, int(8 * math.ceil((size + 2 * margin + 4) / 8))
+    margin = math.ceil(1.25 * fwhm_px)
+    if margin <= 16:
+        # FFT a little larger than the canvas: what wraps around lands in the cropped margin
+        return margin, int(8 * math.ceil((size + 2 * margin + 4) / 8))
+    # wider PSFs (e.g. sdss with seeing above ~2.8x): the margin once stopped at 16 px with these
+    # 4 px of FFT padding, and the wings wrapped round onto the stamp's opposite edge. Now 1.25
+    # FWHM of margin and 2 FWHM of padding (the geometry of narrower PSFs stays, and so do
+    # their renders)
+    return margin, int(8 * math.ceil((size + 2 * margin + math.ceil(2 * fwhm_px)) / 8))
 
 
 def _draw_chunk(
