@@ -260,3 +260,25 @@ def test_fraction_of_a_field_run_takes_the_target_spec_when_the_config_one_is_go
     (tmp_path / "moved.h5").rename(tmp_path / "target.h5")
     again = load_validation(run, refresh=True)  # scored again from config.toml's specs
     assert np.array_equal(given.p, again.p) and np.array_equal(given.labels, again.labels)
+
+
+def test_auto_noise_with_a_psf_brings_the_blurred_source_to_the_targets_noise(toys, tmp_path):
+    # pure sky: the source's own noise (0.5) is lowered by the blur before noise is added
+    from galmerge.data.observe import border_noise
+
+    rng = np.random.default_rng(0)
+
+    def sky(sigma: float, name: str) -> ImageSet:
+        x = torch.from_numpy(rng.normal(0, sigma, (60, 2, 24, 24)).astype(np.float32))
+        return ImageSet(images=x, labels=torch.from_numpy(rng.integers(0, 2, 60)),
+                        ids=np.arange(60), bands=("g", "r"), survey=name, pixel_scale_arcsec=0.4)
+
+    source, target = sky(0.5, "noisy-source"), sky(0.8, "noisier-target")
+    run = tmp_path / "run"
+    galmerge.train(source=source, target=target, strategy="none", backbone="tiny", epochs=1,
+                   batch_size=8, seed=1, device="cpu", quiet=True, run_dir=run,
+                   sets=['observe.sky_sigma="auto"', "observe.psf_fwhm=[0.6, 1.0]"])
+    config = tomllib.loads((run / "config.toml").read_text())
+    seen = observed(source, config["observe"], seed=1)  # as the run observed its source
+    rows = np.arange(60)
+    np.testing.assert_allclose(border_noise(seen, rows), border_noise(target, rows), rtol=0.04)

@@ -12,7 +12,7 @@ the source's pixel scale), then gets Gaussian sky noise of standard deviation
 - ``sky_sigma``: ``"none"`` (the default), per-band numbers, or ``"auto"``: the noise the source
   lacks, ``sqrt(max(t^2 - s^2, 0))`` per band, where t and s are the robust standard deviations
   (astropy's ``mad_std``) of the stamp borders of the unlabelled target and the source
-  training images. "auto" assumes both sets are in the same flux units (Illustris mocks made in
+  training images (blurred as they will be, with ``psf_fwhm``). "auto" assumes both sets are in the same flux units (Illustris mocks made in
   SDSS nanomaggies and SDSS frames are). The resolved run config records the numbers it found,
   so ``config.toml`` reproduces the run and ``evaluate``/``fraction`` see the same pixels.
 
@@ -65,15 +65,20 @@ def needs_target(options: Mapping[str, Any] | None) -> bool:
     return options is not None and options.get("field", "none") == "target"
 
 
-def border_noise(imageset: ImageSet, indices: np.ndarray) -> list[float]:
+def border_noise(imageset: ImageSet, indices: np.ndarray,
+                 observation: Observation | None = None) -> list[float]:
     """Per-band robust standard deviation (``astropy.stats.mad_std``) of the outer ``BORDER``
-    pixels of up to ``MAX_NOISE_IMAGES`` images at ``indices`` (evenly spaced)."""
+    pixels of up to ``MAX_NOISE_IMAGES`` images at ``indices`` (evenly spaced), as
+    ``observation`` sees them when given (images at row r observed as row r)."""
     from astropy.stats import mad_std
 
     idx = np.asarray(indices)
     if len(idx) > MAX_NOISE_IMAGES:
         idx = idx[np.linspace(0, len(idx) - 1, MAX_NOISE_IMAGES).astype(np.int64)]
-    x = imageset.batch(idx).double().numpy()
+    x = imageset.batch(idx)
+    if observation is not None:
+        x = observation.rows(x.float(), idx.astype(np.int64))
+    x = x.double().numpy()
     frame = np.ones(x.shape[-2:], dtype=bool)
     frame[BORDER:-BORDER, BORDER:-BORDER] = False
     # masked (NaN) pixels of real frames are skipped; a band with none left is one line
@@ -89,11 +94,12 @@ def border_noise(imageset: ImageSet, indices: np.ndarray) -> list[float]:
 
 def resolve(options: Mapping[str, Any], source: ImageSet, target: ImageSet,
             source_rows: np.ndarray, target_rows: np.ndarray,
-            field: FieldLibrary | None = None) -> dict[str, Any]:
+            field: FieldLibrary | None = None, seed: int = 0) -> dict[str, Any]:
     """``options`` with ``sky_sigma = "auto"`` replaced by the per-band numbers it stands for,
     and ``field_rate``/``field_scale`` = "auto" (with ``field = "target"``) by the measured
     numbers: ``field``'s, when the caller already built it with the source, else a new
-    `field_library`'s."""
+    `field_library`'s. ``seed``: the run's (`observed`'s), so that with ``psf_fwhm`` the
+    source's own noise is measured after the blur each image will get (the blur lowers it)."""
     out = dict(options)
     auto = [k for k in ("field_rate", "field_scale") if out.get(k, "auto") == "auto"]
     if needs_target(out) and auto:
@@ -102,7 +108,12 @@ def resolve(options: Mapping[str, Any], source: ImageSet, target: ImageSet,
             out[key] = float(f"{getattr(lib, key.removeprefix('field_')):.6g}")
     if out["sky_sigma"] == "auto":
         t = border_noise(target, target_rows)
-        s = border_noise(source, source_rows)
+        fwhm = [float(v) for v in out["psf_fwhm"]]
+        blurred = None
+        if fwhm[1] > 0 and source.pixel_scale_arcsec:  # without a scale `observed` refuses
+            scale = float(source.pixel_scale_arcsec)
+            blurred = Observation((fwhm[0] / scale, fwhm[1] / scale), None, int(seed))
+        s = border_noise(source, source_rows, blurred)
         # 6 significant figures: config.toml stays readable in any flux unit
         out["sky_sigma"] = [float(f"{math.sqrt(max(a * a - b * b, 0.0)):.6g}")
                             for a, b in zip(t, s, strict=True)]

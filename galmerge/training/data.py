@@ -91,7 +91,8 @@ def prepare_domains(
                                s_splits["train"])
                  if observe.needs_target(config["observe"]) else None)
         config["observe"] = observe.resolve(config["observe"], source_set, target_set,
-                                            s_splits["train"], splits["target"]["train"], field)
+                                            s_splits["train"], splits["target"]["train"], field,
+                                            seed=int(config["seed"]))
         source_set = observe.observed(source_set, config["observe"], int(config["seed"]), field)
     specs = specs or {}
     source = _prepare(config["source"], source_set, s_splits, device, specs.get("source"),
