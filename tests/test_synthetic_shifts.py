@@ -66,3 +66,18 @@ def test_field_source_cap_matches_the_renderer(_data_dir):
                  "synthetic:illustris?n=3&stars=8&cache=false",
                  "synthetic:sdss?n=3&stars=0.6&field_galaxies=7.4&cache=false"):
         assert len(load_imageset(spec)) == 3
+
+
+def test_cache_names_tell_apart_values_that_differ_beyond_six_digits(_data_dir):
+    def name(spec: str) -> str:
+        return load_imageset(spec).meta["cache_path"].rsplit("/", 1)[1]
+
+    assert name("synthetic:sdss?n=3&noise=1") == "sdss-noise1-n3-seed0-mf0.5-75px-r4.h5"
+    assert name("synthetic:sdss?n=3&noise=1.0000001") == (
+        "sdss-noise1.0000001-n3-seed0-mf0.5-75px-r4.h5")
+    assert name("synthetic:sdss?n=3&merger_fraction=0.3") == "sdss-n3-seed0-mf0.3-75px-r4.h5"
+    assert name("synthetic:sdss?n=3&merger_fraction=0.30000001") == (
+        "sdss-n3-seed0-mf0.30000001-75px-r4.h5")
+    # values that :g writes exactly keep the names cached sets have always had
+    assert name("synthetic:sdss?n=3&z_scale=1e-0&pixel_scale=0.396") == (
+        "sdss-pixel_scale0.396-z_scale1-n3-seed0-mf0.5-75px-r4.h5")

@@ -111,6 +111,14 @@ def parse_options(preset: str | None, options: Mapping[str, Any]) -> dict[str, A
     return opts
 
 
+def format_value(value: float) -> str:
+    """``value`` for a file name or tag: as ``:g`` wherever that is exact (the names cached
+    sets have always had), else the shortest text that reads back as ``value`` (``:g`` keeps 6
+    digits: 1.0000001 and 1 shared a cache file)."""
+    short = format(value, "g")
+    return short if float(short) == value else repr(float(value))
+
+
 def shifted_preset(base: Any, opts: Mapping[str, Any]) -> tuple[Any, str]:
     """``base`` (a render Preset) changed by the observing options, and a tag naming them
     ("" when none is given: the preset itself). The name stays, so the random streams (seeded
@@ -123,7 +131,7 @@ def shifted_preset(base: Any, opts: Mapping[str, Any]) -> tuple[Any, str]:
         value = opts.get(key)
         if value is None:
             continue
-        tags.append(f"{key}{value:g}")
+        tags.append(f"{key}{format_value(value)}")
         if key == "seeing":
             if base.psf == "none":
                 raise GalmergeError(

@@ -23,10 +23,11 @@ def cache_path(
 ) -> Path:
     """Where a set is cached; the name holds every parameter that changes its pixels
     (``variant`` tags a preset changed by survey options, e.g. ``seeing1.5``)."""
+    from galmerge.surveys.synthetic.plugin import format_value
+
     tag = f"-{variant}" if variant else ""
-    name = (
-        f"{preset.name}{tag}-n{n}-seed{seed}-mf{merger_fraction:g}-{size}px-r{RENDERER_VERSION}.h5"
-    )
+    mf = format_value(merger_fraction)
+    name = f"{preset.name}{tag}-n{n}-seed{seed}-mf{mf}-{size}px-r{RENDERER_VERSION}.h5"
     return data_dir() / "synthetic" / name
 
 
