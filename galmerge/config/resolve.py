@@ -125,6 +125,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 TOP_KEYS = set(DEFAULTS)
+#: settings of an adaptation that its source-only counterpart leaves out (train's source-only
+#: stage, tune's study reference, evaluate's `none` baseline): `none` never forwards a target
+#: image, so the target's layout and BatchNorm, the stop rule and the strategy's options do not
+#: exist for it
+ADAPTATION_ONLY = ("strategy", "strategies", "target_encoder", "domain_batchnorm", "stop_by",
+                   "source_path")
 SECTIONS = ("optimizer", "schedule", "observe")
 
 

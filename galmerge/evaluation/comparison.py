@@ -13,7 +13,7 @@ import glob
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,18 +96,23 @@ def _setup(run: Path) -> tuple[int | None, str, dict[str, str]]:
     except GalmergeError:
         return None, "", {}
     epochs = config.get("epochs")
+    return ((int(epochs) if isinstance(epochs, int) else None), str(config.get("preset") or ""),
+            flatten_settings({k: v for k, v in config.items() if k not in PER_RUN}))
+
+
+def flatten_settings(config: Mapping[str, Any]) -> dict[str, str]:
+    """A config's settings flattened: ``a.b`` -> the value's JSON text (tables become keys)."""
     settings: dict[str, str] = {}
 
     def flatten(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             for k, v in value.items():
                 flatten(f"{prefix}.{k}" if prefix else str(k), v)
         else:
             settings[prefix] = json.dumps(value, sort_keys=True, default=str)
 
-    flatten("", {k: v for k, v in config.items() if k not in PER_RUN})
-    return ((int(epochs) if isinstance(epochs, int) else None), str(config.get("preset") or ""),
-            settings)
+    flatten("", config)
+    return settings
 
 
 def _differing(settings: Sequence[dict[str, str]]) -> list[str]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from galmerge.config.resolve import ADAPTATION_ONLY
 from galmerge.models.domain_norm import fixed_statistics, statistics
 from galmerge.models.model import GalaxyClassifier
 from galmerge.plugin.manager import get_plugin_manager
@@ -154,9 +155,6 @@ def needs_target(config: Mapping[str, Any]) -> bool:
     return any(getattr(r, "needs_target", True) for r in strategy_records(config))
 
 
-# settings of an adaptation that its source-only start leaves out
-ADAPTATION_ONLY = ("strategy", "strategies", "target_encoder", "domain_batchnorm", "stop_by",
-                   "source_path")
 
 
 def source_only_layer(config: Mapping[str, Any]) -> dict[str, Any]:
