@@ -361,3 +361,87 @@ def test_the_report_page_is_composed_from_metrics_json_by_the_report_module(eval
         assert again.read_text() == (report / "report.html").read_text()
     finally:
         again.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# the embedding's "before" model (the `none` baseline)
+
+
+@pytest.fixture(scope="module")
+def baseline_runs(runs: dict[str, Path]) -> dict[str, Path]:
+    """Beside a copy of the mmd run (seed 0, 3 epochs): a same-seed `none` run of other epochs
+    and lr, a seed-1 `none` run of the mmd run's settings, a `none` run on swapped data and a
+    resnet18 `none` run."""
+    root = runs["mmd"].parent.parent / "baseline"
+    config = read_checkpoint(runs["mmd"])["config"]
+    source, target = config["source"], config["target"]
+    out = {"mmd": root / "c_mmd"}
+    shutil.copytree(runs["mmd"], out["mmd"], ignore=shutil.ignore_patterns("report"))
+    for name, kw in {
+        "other": dict(seed=0, epochs=1, lr=0.01),
+        "seed1": dict(seed=1, epochs=3),
+        "swapped": dict(seed=0, epochs=1, swap=True),
+        "resnet": dict(seed=0, epochs=1, backbone="resnet18", max_steps_per_epoch=1),
+    }.items():
+        out[name] = root / f"none_{name}"
+        pair = (target, source) if kw.pop("swap", False) else (source, target)
+        tiny_run(out[name], *pair, "none", sets=["target_encoder=shared"], **kw)
+    return out
+
+
+def _evaluate(run: Path, *extra: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "--device", "cpu", "--bootstrap", "0",
+                                      "--embedding-points", "8", "--quiet", *extra])
+    return result.exit_code, result.output
+
+
+def test_the_automatic_baseline_is_the_none_run_of_the_runs_settings_then_its_seed(
+        baseline_runs) -> None:
+    """A same-seed `none` run of other epochs and lr loses to a seed-1 `none` run of the run's
+    settings; metrics.json and the caption name the run and its one difference, the seed."""
+    code, output = _evaluate(baseline_runs["mmd"])
+    assert code == 0, output
+    report = baseline_runs["mmd"] / "report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert Path(metrics["baseline"]).resolve() == baseline_runs["seed1"].resolve()
+    assert metrics["baseline_name"] == "none_seed1"
+    assert metrics["baseline_strategy"] == "none"
+    assert metrics["baseline_chosen_by"] == "automatic"
+    assert metrics["baseline_differences"] == ["seed=1 (this run 0)"]
+    html = (report / "report.html").read_text()
+    assert "run none_seed1 (found beside this run;" in html
+    assert "seed=1 (this run 0)" in html
+
+
+def test_an_explicit_baseline_of_other_data_or_backbone_is_refused_in_one_line(
+        baseline_runs) -> None:
+    for name, needle in (("swapped", "its source"), ("resnet", "its backbone resnet18")):
+        code, output = _evaluate(baseline_runs["mmd"], "--baseline", str(baseline_runs[name]))
+        assert code != 0
+        assert needle in output and "cannot be compared" in output, output
+        assert str(baseline_runs[name]) in output
+        assert "Traceback" not in output
+        assert len(output.strip().splitlines()) == 1, output
+
+
+def test_an_explicit_baseline_is_named_by_its_strategy_and_differences(
+        runs, baseline_runs, tmp_path) -> None:
+    """Another strategy's run is drawn as what it is, not as "none, source only"; a `none`
+    run of other settings is kept with its differences recorded."""
+    run = tmp_path / "mmd-copy"
+    shutil.copytree(runs["mmd"], run, ignore=shutil.ignore_patterns("report"))
+    code, output = _evaluate(run, "--baseline", str(runs["mmd"]))
+    assert code == 0, output
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["baseline_strategy"] == "mmd"
+    assert metrics["baseline_chosen_by"] == "--baseline"
+    assert metrics["baseline_differences"][0] == "strategy=mmd (not source only)"
+    html = (run / "report" / "report.html").read_text()
+    assert "strategy mmd, not a source-only run: run mmd" in html
+    assert "the source-only `none` baseline" not in html
+
+    code, output = _evaluate(run, "--baseline", str(baseline_runs["other"]))
+    assert code == 0, output
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics["baseline_strategy"] == "none"
+    assert metrics["baseline_differences"] == ["epochs=1 (this run 3)", "lr=0.01 (this run 0.001)"]

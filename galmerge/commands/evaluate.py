@@ -26,8 +26,9 @@ import click
 @click.option(
     "--baseline",
     type=click.Path(exists=True),
-    help="A `none` run on the same data for the embedding plot (default: a sibling "
-    "run directory that matches).",
+    help="The embedding plot's 'before' run (same data and backbone; a `none` run, or drawn "
+    "as its own strategy). Default: the run's source_only/ stage, else the sibling `none` run "
+    "whose config.toml matches best (docs/DESIGN.md).",
 )
 @click.option(
     "--calibrate",

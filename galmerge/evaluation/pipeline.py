@@ -256,28 +256,157 @@ def _choice(
 # baseline
 
 
-def find_baseline(run_dir: Path, summary: dict[str, Any] | None) -> Path | None:
-    """The run's own source-only stage (``RUN_DIR/source_only``: the model it started from),
-    else a sibling run of strategy ``none`` on the same source, target and backbone (same seed
-    preferred), or None."""
-    if not summary or summary.get("strategy") == "none":
+#: what a baseline must share with the run: the embedding panels put the two models' features of
+#: the same images side by side, which means nothing across other data or another backbone
+BASELINE_MUST_MATCH = ("source", "target", "backbone", "backbone_options")
+
+
+@dataclass
+class Baseline:
+    """The model of the embedding figure's "before" panel."""
+
+    path: Path  # its run directory (or the checkpoint file given)
+    checkpoint: Path
+    name: str  # how the report names it
+    strategy: str
+    chosen_by: str  # "own source-only stage", "automatic" or "--baseline"
+    differences: list[str]  # settings in which it is not this run's source-only counterpart
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _counterpart_settings(config: Mapping[str, Any]) -> dict[str, str]:
+    """The settings on which a baseline is compared with a run (flattened, ``a.b``): all of
+    config.toml but what `compare` takes as per run (`comparison.PER_RUN`; [observe] is
+    compared, its "auto" values as measured), the adaptation's own settings that a `none` run
+    does not have or use (`ADAPTATION_ONLY`), the preset's name (its values are compared), the
+    seed and select_by (compared on their own) and what must match anyway."""
+    from galmerge.config.resolve import ADAPTATION_ONLY
+    from galmerge.evaluation.comparison import PER_RUN, flatten_settings
+
+    drop = ((PER_RUN - {"observe"}) | set(ADAPTATION_ONLY) | set(BASELINE_MUST_MATCH)
+            | {"preset", "select_by"})
+    return flatten_settings({k: v for k, v in config.items() if k not in drop})
+
+
+def _baseline_mismatch(config: Mapping[str, Any], other: Mapping[str, Any]) -> str | None:
+    """Why ``other``'s model cannot be the "before" of ``config``'s (data or backbone), or None."""
+    for key in BASELINE_MUST_MATCH:
+        ours, theirs = config.get(key), other.get(key)
+        if _show(ours) != _show(theirs):
+            return f"its {key} {_show(theirs)} is not this run's {_show(ours)}"
+    return None
+
+
+def baseline_differences(config: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    """The settings in which ``other`` (a baseline's config) is not the source-only `none`
+    counterpart of ``config`` (a run's), as ``key=theirs (this run ours)``: the strategy when
+    not `none`, the seed, select_by (a run with its own target encoder also accepts the source
+    validation loss, what its source-only stage and `none` choose by) and every compared
+    setting (`_counterpart_settings`)."""
+    out = []
+    if other.get("strategy") != "none":
+        out.append(f"strategy={_show(other.get('strategy'))} (not source only)")
+    ours, theirs = _counterpart_settings(config), _counterpart_settings(other)
+    ours["seed"], theirs["seed"] = _show(config.get("seed")), _show(other.get("seed"))
+    accepted = {config.get("select_by")}
+    if config.get("target_encoder") == "separate":
+        accepted.add("source_val_loss")
+    if other.get("select_by") not in accepted:
+        ours["select_by"] = _show(config.get("select_by"))
+        theirs["select_by"] = _show(other.get("select_by"))
+    for key in sorted({*ours, *theirs}, key=lambda k: (k != "seed", k)):
+        if ours.get(key) != theirs.get(key):
+            out.append(f"{key}={theirs.get(key, '-')} (this run {ours.get(key, '-')})")
+    return out
+
+
+def _read_run_config(folder: Path) -> dict[str, Any] | None:
+    from galmerge.config.resolve import read_toml
+
+    try:
+        return read_toml(folder / rundir.CONFIG)
+    except (GalmergeError, OSError):
         return None
-    stage = run_dir / rundir.SOURCE_STAGE
-    if (stage / rundir.SUMMARY).is_file() and (stage / rundir.BEST).is_file():
-        return stage
-    found: list[tuple[int, str, Path]] = []
-    for cand in sorted(run_dir.resolve().parent.iterdir()):
-        path = cand / rundir.SUMMARY
-        if cand.resolve() == run_dir.resolve() or not path.is_file():
+
+
+def choose_baseline(run_dir: Path, config: Mapping[str, Any]) -> Baseline | None:
+    """The "before" model of a run that is not `none`: its own source-only stage
+    (``RUN_DIR/source_only``: the model it started from), else the best of its sibling runs of
+    strategy `none` on the same data, backbone and backbone options, by a fixed rule: no
+    difference but the seed first, then the same seed, then the closest planned epochs (ties:
+    the fewer), then the fewest differences, then the folder name; None when there is none."""
+    if config.get("strategy", "none") == "none":
+        return None
+
+    def candidate(folder: Path, chosen_by: str) -> tuple[Baseline, dict[str, Any]] | None:
+        if not ((folder / rundir.SUMMARY).is_file() and (folder / rundir.BEST).is_file()):
+            return None
+        other = _read_run_config(folder)
+        if other is None or other.get("strategy") != "none" or _baseline_mismatch(config, other):
+            return None
+        name = (f"{run_dir.name}/{folder.name}" if chosen_by != "automatic" else folder.name)
+        return Baseline(folder, folder / rundir.BEST, name, "none", chosen_by,
+                        baseline_differences(config, other)), other
+
+    own = candidate(run_dir / rundir.SOURCE_STAGE, "own source-only stage")
+    if own is not None:
+        return own[0]
+
+    def epochs(c: Mapping[str, Any]) -> int | None:
+        value = c.get("epochs")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    found: list[tuple[tuple[Any, ...], Baseline]] = []
+    for folder in sorted(run_dir.resolve().parent.iterdir()):
+        if folder == run_dir.resolve() or not folder.is_dir():
             continue
+        got = candidate(folder, "automatic")
+        if got is None:
+            continue
+        base, other = got
+        ours, theirs = epochs(config), epochs(other)
+        gap = abs(ours - theirs) if ours is not None and theirs is not None else math.inf
+        rank = (any(not d.startswith("seed=") for d in base.differences),
+                other.get("seed") != config.get("seed"), gap,
+                theirs if theirs is not None else math.inf, len(base.differences), folder.name)
+        found.append((rank, base))
+    return min(found, key=lambda f: f[0])[1] if found else None
+
+
+def find_baseline(run_dir: Path, summary: dict[str, Any] | None = None) -> Path | None:
+    """The folder of `choose_baseline`'s pick for a run directory, or None."""
+    config = _read_run_config(run_dir)
+    base = choose_baseline(run_dir, config) if config is not None else None
+    return None if base is None else base.path
+
+
+def given_baseline(given: Path, config: Mapping[str, Any]) -> Baseline:
+    """``evaluate --baseline``: a run directory (its best.pt) or a checkpoint file. Refused when
+    its data, backbone or backbone options are not the run's; a run of another strategy is
+    kept and named by its strategy (not "source only"), and every difference is recorded."""
+    ckpt = given / rundir.BEST if given.is_dir() else given
+    if not ckpt.is_file():
+        raise GalmergeError(f"--baseline {given}: no best.pt there; pass a `none` run")
+    other = _read_run_config(ckpt.parent) if (ckpt.parent / rundir.CONFIG).is_file() else None
+    if other is None:
         try:
-            other = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        same = all(other.get(k) == summary.get(k) for k in ("source", "target", "backbone"))
-        if same and other.get("strategy") == "none" and (cand / rundir.BEST).is_file():
-            found.append((0 if other.get("seed") == summary.get("seed") else 1, cand.name, cand))
-    return min(found)[2] if found else None
+            other = read_checkpoint(ckpt).get("config")
+        except (GalmergeError, OSError, RuntimeError, ValueError):
+            other = None
+    if not isinstance(other, dict):
+        raise GalmergeError(f"--baseline {given}: no readable {rundir.CONFIG} beside it and no "
+                            "config in the checkpoint; pass a run directory from galmerge train")
+    why = _baseline_mismatch(config, other)
+    if why is not None:
+        raise GalmergeError(
+            f"--baseline {given}: {why}, so the two embeddings cannot be compared; pass a run "
+            "of the same data and backbone (a `none` run with this run's settings)")
+    name = given.name if given.is_dir() else f"{ckpt.parent.name}/{ckpt.name}"
+    return Baseline(given, ckpt, name, str(other.get("strategy", "?")), "--baseline",
+                    baseline_differences(config, other))
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,6 +641,9 @@ def evaluate(
     say = _steps(quiet)
     config = rundir.read_config(run)
     summary = _read_json(run / rundir.SUMMARY)
+    # the embedding's "before" model, checked before any work
+    base = (given_baseline(Path(baseline), config) if baseline is not None
+            else choose_baseline(run, config))
     rows = rundir.read_metrics(run) if (run / rundir.METRICS).is_file() else []
     loaded = load_model(ckpt, dev)
     target_set = _load_set(target, config, "target")
@@ -587,15 +719,12 @@ def evaluate(
         calibrated=probs_fit,
     ).name
 
-    base_dir = Path(baseline) if baseline is not None else find_baseline(run, summary)
     models = [(f"after: this run, {config.get('strategy', '?')} ({checkpoint}.pt)", loaded)]
-    if base_dir is not None:
-        base_ckpt = base_dir / rundir.BEST if base_dir.is_dir() else base_dir
-        if not base_ckpt.is_file():
-            raise GalmergeError(f"--baseline {base_dir}: no best.pt there; pass a `none` run")
+    if base is not None:
         # before (source only) on the left, after (adapted) on the right
-        models.insert(0, ("before: baseline none, source only (best.pt)",
-                          load_model(base_ckpt, dev)))
+        kind = "none, source only" if base.strategy == "none" else base.strategy
+        models.insert(0, (f"before: {_short(base.name, 32)}, {kind} ({base.checkpoint.name})",
+                          load_model(base.checkpoint, dev)))
     say(f"embedding (t-SNE/UMAP) of {2 * embedding_points} test features per model, "
         f"{len(models)} model(s); the slowest step")
     files["embedding"], method = _embedding(models, domains, out, dev, seed, embedding_points)
@@ -625,7 +754,13 @@ def evaluate(
         "metrics": metrics,
         "calibration": calibration,
         "selection": choices,
-        "baseline": None if base_dir is None else str(base_dir),
+        "baseline": None if base is None else str(base.path),
+        # which model the embedding's "before" is, and how it is not this run's source-only
+        # counterpart (docs/DESIGN.md, evaluate)
+        "baseline_name": None if base is None else base.name,
+        "baseline_strategy": None if base is None else base.strategy,
+        "baseline_chosen_by": None if base is None else base.chosen_by,
+        "baseline_differences": None if base is None else base.differences,
         "embedding_method": method,
         "gradcam": gradcam_facts,
         "files": files,

@@ -98,6 +98,29 @@ def write_report(path: Path, title: str, intro: str, sections: Sequence[Section]
 
 
 # -- the evaluation report ----------------------------------------------------------------------
+def _baseline_caption(payload: Mapping[str, Any]) -> str:
+    """The embedding caption's words on the "before" panel: which run it is, how it was chosen
+    and every setting in which it is not this run's source-only counterpart."""
+    if not payload.get("baseline"):
+        why = ("this run is source only itself" if payload.get("strategy") == "none" else
+               "no `none` run of the same data and backbone was found beside this run")
+        return (f" No before/after: {why}; pass --baseline RUN_DIR (a `none` run on the same "
+                "data and backbone) to add the source-only panel.")
+    name = payload.get("baseline_name") or payload["baseline"]
+    strategy = payload.get("baseline_strategy") or "none"
+    what = ("the source-only `none` baseline" if strategy == "none"
+            else f"strategy {strategy}, not a source-only run")
+    how = {"own source-only stage": "the source-only stage this run started from",
+           "automatic": "found beside this run", "--baseline": "given by --baseline"}.get(
+        payload.get("baseline_chosen_by") or "", "")
+    diffs = payload.get("baseline_differences")
+    differs = ("it differs from this run's source-only counterpart in " + "; ".join(diffs)
+               if diffs else "it has this run's settings" if diffs is not None else "")
+    parts = [p for p in (how, differs) if p]
+    return (f" Left: before, {what}: run {name}" + (f" ({'; '.join(parts)})" if parts else "")
+            + "; right: after, this run.")
+
+
 def write_evaluation_report(path: Path, payload: Mapping[str, Any], gradcam_caption: str) -> Path:
     """`galmerge evaluate`'s report.html from its metrics.json payload (figures beside it)."""
     intro = (
@@ -194,12 +217,7 @@ def evaluation_sections(payload: Mapping[str, Any], gradcam_caption: str) -> lis
                     "Top row coloured by domain (overlap is what adaptation aims for), bottom "
                     "row by class on the same points (target classes use target labels, for "
                     "display only; separated classes are what the classifier needs)."
-                    + (
-                        " Left: before, the source-only `none` baseline; right: after, this run."
-                        if payload["baseline"]
-                        else " No before/after: pass --baseline RUN_DIR (a `none` run on the "
-                        "same data) to add the source-only panel."
-                    ),
+                    + _baseline_caption(payload),
                 )
             ],
         )
