@@ -81,3 +81,19 @@ def test_cache_names_tell_apart_values_that_differ_beyond_six_digits(_data_dir):
     # values that :g writes exactly keep the names cached sets have always had
     assert name("synthetic:sdss?n=3&z_scale=1e-0&pixel_scale=0.396") == (
         "sdss-pixel_scale0.396-z_scale1-n3-seed0-mf0.5-75px-r4.h5")
+
+
+def test_sets_drawn_anew_in_stop_40_do_not_reuse_a_cache_of_the_old_pixels(_data_dir):
+    """Renders that stop 40 corrected (PSF wings wrapping round, z beyond 6) are cached as
+    -r4.1, so an -r4 file written before is not read as the corrected pixels; sets drawn as
+    before keep their -r4 names (the README's and benchmarks' caches stay valid)."""
+    def name(spec: str) -> str:
+        return load_imageset(spec).meta["cache_path"].rsplit("/", 1)[1]
+
+    assert name("synthetic:sdss?n=3&size=32&seeing=10") == (
+        "sdss-seeing10-n3-seed0-mf0.5-32px-r4.1.h5")
+    assert name("synthetic:pristine?n=3&size=32&z_scale=5") == (
+        "pristine-z_scale5-n3-seed0-mf0.5-32px-r4.1.h5")
+    for spec in ("sdss?n=3&size=32", "sdss?n=3&size=32&seeing=2.8", "noisy?n=3&size=32&z_scale=2.5",
+                 "sdss?n=3&size=32&z_scale=5", "illustris?n=3&size=32"):
+        assert name(f"synthetic:{spec}").endswith("-r4.h5"), spec

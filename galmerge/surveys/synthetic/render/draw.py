@@ -101,7 +101,7 @@ def _accumulate(
         flat.index_add_(0, idx[part], weighted.view(len(weighted), -1))
 
 
-def _canvas_geometry(preset: Preset, size: int) -> tuple[int, int]:
+def canvas_geometry(preset: Preset, size: int) -> tuple[int, int]:
     """(margin, fft size): the canvas is padded so the PSF brings in light from outside."""
     if preset.psf == "none":
         return 0, 0
@@ -126,7 +126,7 @@ def _draw_chunk(
     out: torch.Tensor,
 ) -> None:
     n = len(sc)
-    margin, fft_size = _canvas_geometry(preset, size)
+    margin, fft_size = canvas_geometry(preset, size)
     side = size + 2 * margin
     centre = (side - 1) / 2.0
     scale = instrument.arcsec_per_kpc(ob.z) / preset.pixel_scale  # pixels per kpc

@@ -13,7 +13,7 @@ from galmerge.io import hdf5 as hdf5io
 from galmerge.io.paths import data_dir
 from galmerge.plugin.imageset import ImageSet
 from galmerge.surveys.synthetic.render import RENDERER_VERSION
-from galmerge.surveys.synthetic.render.draw import draw_scenes
+from galmerge.surveys.synthetic.render.draw import canvas_geometry, draw_scenes
 from galmerge.surveys.synthetic.render.presets import Preset
 from galmerge.surveys.synthetic.render.scene import sample_scenes
 
@@ -27,8 +27,18 @@ def cache_path(
 
     tag = f"-{variant}" if variant else ""
     mf = format_value(merger_fraction)
-    name = f"{preset.name}{tag}-n{n}-seed{seed}-mf{mf}-{size}px-r{RENDERER_VERSION}.h5"
+    version = f"{RENDERER_VERSION}{'.1' if redrawn_in_stop40(preset, size) else ''}"
+    name = f"{preset.name}{tag}-n{n}-seed{seed}-mf{mf}-{size}px-r{version}.h5"
     return data_dir() / "synthetic" / name
+
+
+def redrawn_in_stop40(preset: Preset, size: int) -> bool:
+    """Whether renderer 4 draws this preset differently since stop 40: a PSF wider than the
+    16-pixel margin (its wings wrapped round the stamp) or redshifts beyond z = 6 (the distance
+    table ended there). Such sets are cached as ``-r4.1``, so a file cached before is not read
+    as the new pixels; every other set keeps its ``-r4`` name, its pixels being unchanged."""
+    margin, _ = canvas_geometry(preset, size)
+    return margin > 16 or preset.z_range[1] > 6.0
 
 
 def render_imageset(
