@@ -529,6 +529,46 @@ def test_hdf5_image_file_of_wrong_size_is_refused(env):
     assert res.exit_code == 1 and "the model takes 3x16x16" in res.output
 
 
+@pytest.mark.parametrize(("declared", "needle"), [
+    ({"bands": ("i", "r", "g")}, "stamps in bands i,r,g but the model takes g,r,i (the same "
+                                 "bands in another order)"),
+    ({"bands": ("u", "z", "y")}, "stamps in bands u,z,y but the model takes g,r,i;"),
+    ({"pixel_scale_arcsec": 0.262}, "stamps of 0.262 arcsec/pixel but the model takes 0.396"),
+    ({"image_source": "jpeg"}, "image_source 'jpeg' but the model was trained on 'frames'"),
+    ({"uint8": True, "stretch": "arcsinh"}, "8-bit pixels, but the model takes calibrated"),
+])
+def test_an_image_file_whose_stamps_differ_from_the_models_is_refused(env, declared, needle):
+    """Stamps in other bands (or order), at another pixel scale or of another kind gave
+    p_merger with every row 'ok'; the survey path refuses the same mismatches."""
+    import torch
+
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.models.model import read_checkpoint, save_checkpoint
+    from galmerge.plugin.imageset import ImageSet
+
+    tmp, ckpt, _ = env
+    if "stretch" in declared:  # a model trained on arcsinh-stretched fluxes
+        state = read_checkpoint(ckpt)
+        state["preprocess"] = {d: {**s, "stretch": "arcsinh"}
+                               for d, s in state["preprocess"].items()}
+        ckpt = tmp / "asinh" / "best.pt"
+        save_checkpoint(ckpt, state)
+    imgs = np.stack([stamp_for(float(i), float(i)) for i in range(3)])
+    if declared.get("uint8"):
+        imgs = np.clip(imgs * 40 + 100, 0, 255).astype(np.uint8)
+    write_imageset(tmp / "s.h5", ImageSet(
+        images=torch.from_numpy(imgs), labels=torch.tensor([-1] * 3), ids=np.arange(3),
+        bands=declared.get("bands", ("g", "r", "i")), survey="t",
+        pixel_scale_arcsec=declared.get("pixel_scale_arcsec", 0.396),
+        image_source=declared.get("image_source", "frames")))
+    res = run_cli("classify", str(tmp / "s.h5"), "--model", str(ckpt), "--quiet",
+                  "--output", str(tmp / "o.csv"))
+    assert res.exit_code == 1, res.output
+    assert needle in res.output and "cut stamps the way the model was trained" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp / "o.csv").exists()
+
+
 def test_corrupt_cache_is_set_aside_and_rebuilt(env):
     tmp, ckpt, log = env
     cat = tmp / "dr16.csv"

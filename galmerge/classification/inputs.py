@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,10 @@ from galmerge.classification.cutout_cache import STATUS_OK, CutoutCache
 from galmerge.errors import GalmergeError, PluginBug
 from galmerge.io.paths import data_dir
 from galmerge.plugin.cutouts import CutoutRequest
+
+if TYPE_CHECKING:
+    from galmerge.data.preprocess import PreprocessSpec
+    from galmerge.plugin.imageset import ImageSet
 
 
 def default_cache(survey: str, cache_key: str) -> Path:
@@ -43,12 +47,37 @@ def is_image_file(path: Path) -> bool:
         return False
 
 
+def check_stamps_fit(path: Path, images: ImageSet, spec: PreprocessSpec) -> None:
+    """A one-line refusal when what an image file declares about its stamps (bands and their
+    order, pixel scale, image source, 8-bit pixels) contradicts how the model's inputs were
+    made; what the file does not declare (``ch0..`` bands, no pixel scale) is not checked.
+    The survey path refuses the same mismatches (`PreprocessSpec.stamp_geometry`)."""
+    fix = "cut stamps the way the model was trained"
+    have, want = [str(b) for b in images.bands], [str(b) for b in spec.bands]
+    named = not all(b == f"ch{i}" for i, b in enumerate(have))
+    if named and want and have != want:
+        order = " (the same bands in another order)" if sorted(have) == sorted(want) else ""
+        raise GalmergeError(f"{path}: stamps in bands {','.join(have)} but the model takes "
+                            f"{','.join(want)}{order}; {fix}")
+    scale, trained = images.pixel_scale_arcsec, spec.pixel_scale_arcsec
+    if scale is not None and trained and abs(scale - trained) > 1e-3 * trained:
+        raise GalmergeError(f"{path}: stamps of {scale:g} arcsec/pixel but the model takes "
+                            f"{trained:g}; {fix}")
+    if images.image_source != spec.image_source:
+        raise GalmergeError(f"{path}: image_source '{images.image_source}' but the model was "
+                            f"trained on '{spec.image_source}' images; {fix}")
+    if images.storage_dtype == "uint8" and spec.stretch == "arcsinh":
+        raise GalmergeError(f"{path}: 8-bit pixels, but the model takes calibrated fluxes "
+                            f"(arcsinh-stretched); {fix}")
+
+
 class ImageFileInput:
     """An HDF5 image file read lazily: rows are images, columns id/ra/dec/label."""
 
     kind = "hdf5"
 
-    def __init__(self, path: Path, shape: tuple[int, int, int]) -> None:
+    def __init__(self, path: Path, shape: tuple[int, int, int],
+                 spec: PreprocessSpec | None = None) -> None:
         from galmerge.io.hdf5 import read_imageset
 
         self.path = path
@@ -59,6 +88,8 @@ class ImageFileInput:
                 f"{path}: images are {got[0]}x{got[2]}x{got[1]} but the model takes "
                 f"{shape[0]}x{shape[1]}x{shape[2]}; cut stamps the way the model was trained"
             )
+        if spec is not None:
+            check_stamps_fit(path, self.images, spec)
         self.columns = ["id"]
         if self.images.ra is not None:
             self.columns += ["ra", "dec"]

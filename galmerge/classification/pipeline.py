@@ -614,7 +614,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     store: CutoutCache | None = None
     per_rank_cache = cache is not None and "{rank}" in str(cache)
     if is_image_file(cat_path):
-        source: Any = ImageFileInput(cat_path, infer.shape)
+        source: Any = ImageFileInput(cat_path, infer.shape, infer.spec)
     else:
         source = open_catalog(cat_path, ra_col=ra_col, dec_col=dec_col, id_col=id_col)
         from galmerge.data.datasets import parse_survey_spec
