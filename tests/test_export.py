@@ -168,3 +168,27 @@ def test_an_export_never_replaces_another_file(checkpoint: Path, fmt: str, name:
         result = CliRunner().invoke(cli, ["export", str(checkpoint.parent), "--format", fmt,
                                           "--output", str(again)])
         assert result.exit_code == 0, result.output
+
+
+def test_exported_graph_survives_huge_pixels(checkpoint: Path) -> None:
+    """asinh of a pixel beyond 1e18 (x^2 overflows float32) is log(2|x|) in the exported graph
+    as in the checkpoint's preprocessing: the same finite p_merger, not NaN."""
+    ort = pytest.importorskip("onnxruntime")
+    assert CliRunner().invoke(cli, ["export", str(checkpoint)]).exit_code == 0
+    session = ort.InferenceSession(str(checkpoint.parent / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    images = stamps(5)
+    images[1, 0, 3, 3] = 1e19  # / stretch_scale 0.5: x^2 = 4e38 overflows float32
+    images[2, 1, 7, 7] = -3e30
+    images[3, 2, 0, 0] = np.inf  # infinite stays infinite: NaN in both
+    p_onnx = session.run(["p_merger"], {"images": images})[0]
+    p_ckpt = checkpoint_outputs(checkpoint, images)[0]
+    assert np.isfinite(p_ckpt[[0, 1, 2, 4]]).all()
+    np.testing.assert_allclose(p_onnx, p_ckpt, rtol=0, atol=1e-5)
+    extra = {"galmerge.json": ""}
+    assert CliRunner().invoke(cli, ["export", str(checkpoint), "--format",
+                                    "torchscript"]).exit_code == 0  # fmt: skip
+    module = torch.jit.load(str(checkpoint.parent / "model.torchscript.pt"), _extra_files=extra)
+    with torch.no_grad():
+        p_ts = module(torch.from_numpy(images))[0].numpy()
+    np.testing.assert_allclose(p_ts, p_ckpt, rtol=0, atol=1e-5)

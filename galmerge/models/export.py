@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from galmerge import __version__
-from galmerge.data.preprocess import PreprocessSpec
+from galmerge.data.preprocess import LN2, PreprocessSpec
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 
@@ -39,6 +39,8 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 METADATA_KEY = "galmerge"
 TORCHSCRIPT_EXTRA = "galmerge.json"
 ONNX_OPSET = 17
+#: beyond this |x / stretch_scale| the graph's asinh is log(2|x|) (preprocess.asinh_'s guard)
+HUGE = 1e18
 
 
 def _deployable(model: Any, spec: dict[str, Any], temperature: float,
@@ -67,11 +69,17 @@ def _deployable(model: Any, spec: dict[str, Any], temperature: float,
             x = images.float()
             if self.arcsinh:
                 # asinh from elementary ops (no Asinh in the TorchScript-based ONNX exporter):
-                # sign(x) log1p(|x| + x^2 / (1 + sqrt(1 + x^2))), as preprocess.asinh_
+                # sign(x) log1p(|x| + x^2 / (1 + sqrt(1 + x^2))), as preprocess.asinh_, with its
+                # guard: beyond |x| = 1e18, x^2 overflows float32 and asinh(x) = log(2|x|) to float
+                # precision (each branch sees a clamped |x|, so neither makes an inf or a NaN;
+                # an infinite x stays infinite: ONNX Runtime's Log(inf) is 88.7, not inf)
                 x = x / self.scale
                 a = x.abs()
-                a2 = a * a
-                x = torch.sign(x) * torch.log1p(a + a2 / (1.0 + torch.sqrt(1.0 + a2)))
+                small = torch.clamp(a, max=HUGE)
+                a2 = small * small
+                near = torch.log1p(small + a2 / (1.0 + torch.sqrt(1.0 + a2)))
+                far = torch.log(torch.clamp(a, min=HUGE)) + LN2
+                x = torch.where(torch.isinf(x), x, torch.sign(x) * torch.where(a > HUGE, far, near))
             x = (x - self.mean) / self.std
             features, logits = self.model(x)
             p_merger = torch.softmax(logits / self.temperature, dim=1)[:, 1]
