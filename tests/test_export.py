@@ -170,6 +170,55 @@ def test_an_export_never_replaces_another_file(checkpoint: Path, fmt: str, name:
         assert result.exit_code == 0, result.output
 
 
+def foreign_model(path: Path, fmt: str) -> Path:
+    """Someone's own model file of the export's format, not written by galmerge (the ONNX one
+    names 'galmerge' and '"preprocess"' in its text, as an export's metadata does)."""
+    if fmt == "torchscript":
+        class Double(torch.nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return x * 2
+
+        torch.jit.save(torch.jit.trace(Double(), torch.zeros(2)), str(path))
+        return path
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "mine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    proto = helper.make_model(graph, doc_string='my galmerge copy: {"preprocess": "mine"}')
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "notes", 'galmerge {"preprocess": 1}'
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("torchscript", "mine.pt"),
+                                           ("torchscript", "model.torchscript.pt"),
+                                           ("onnx", "model.onnx")])
+def test_an_export_never_replaces_a_model_of_the_same_format(checkpoint: Path, fmt: str,
+                                                            name: str) -> None:
+    """Only a file carrying galmerge's export metadata is an earlier export: another TorchScript
+    archive or ONNX model is kept (one line), and replacing an export is said."""
+    target = foreign_model(checkpoint.parent / name, fmt)
+    before = target.read_bytes()
+    result = CliRunner().invoke(cli, ["export", str(checkpoint.parent), "--format", fmt,
+                                      "--output", str(target)])
+    assert result.exit_code != 0 and "is not a galmerge" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert target.read_bytes() == before
+    own = checkpoint.parent / f"own{'.onnx' if fmt == 'onnx' else '.torchscript.pt'}"
+    outputs = []
+    for _ in range(2):
+        result = CliRunner().invoke(cli, ["export", str(checkpoint.parent), "--format", fmt,
+                                          "--output", str(own)])
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output.strip())
+    assert "replacing" not in outputs[0]
+    assert len(outputs[1].splitlines()) == 1 and "replacing the earlier export" in outputs[1]
+
+
 def test_exported_graph_survives_huge_pixels(checkpoint: Path) -> None:
     """asinh of a pixel beyond 1e18 (x^2 overflows float32) is log(2|x|) in the exported graph
     as in the checkpoint's preprocessing: the same finite p_merger, not NaN."""

@@ -21,9 +21,18 @@ def export(model: str, fmt: str, output: str | None, domain: str) -> None:
     and domain are in its metadata. `galmerge classify --model FILE.onnx` runs it with ONNX
     Runtime on the CPU.
     """
-    from galmerge.models.export import export_model
+    from pathlib import Path
+
+    from galmerge.models.export import default_output, export_metadata, export_model
     from galmerge.models.model import resolve_checkpoint
 
+    target = Path(output) if output is not None else default_output(Path(model), fmt)
+    # an earlier export there is replaced (export_model refuses any other file): say so
+    earlier = export_metadata(target, fmt) if target.is_file() else None
     path = export_model(model, fmt, output, domain)
     # a run without best.pt exports last.pt: say which weights went in
-    click.echo(f"wrote {path} (from {resolve_checkpoint(model)})")
+    line = f"wrote {path} (from {resolve_checkpoint(model)})"
+    if earlier is not None:
+        was = ", ".join(str(earlier[k]) for k in ("checkpoint", "created_utc") if earlier.get(k))
+        line += f", replacing the earlier export there{f' ({was})' if was else ''}"
+    click.echo(line)

@@ -161,24 +161,61 @@ def export_model(
 
 
 
-def _check_output(out: Path, fmt: str) -> None:
+def _check_output(out: Path, fmt: str) -> bool:
     """One line, before any work, for an output that would destroy a file: a name of another
-    kind (best.pt, config.toml) or an existing file that is not an export of this format (a
-    new export may replace an old one)."""
+    kind (best.pt, config.toml) or an existing file that is not a galmerge export of this format
+    (a new export may replace an old one). True when it will replace an earlier export."""
     suffixes = (".onnx",) if fmt == "onnx" else (".pt", ".ts")
     if not out.name.lower().endswith(suffixes):
         raise GalmergeError(f"--output {out}: a {fmt} export is named *{suffixes[0]} (e.g. "
                             f"{default_output(out.parent, fmt).name}); choose such a name")
     if not out.exists():
-        return
-    if fmt == "onnx":  # our exports carry their metadata (key and JSON) in the protobuf
-        data = out.read_bytes() if out.is_file() else b""
-        ours = METADATA_KEY.encode() in data and b'"preprocess"' in data
-    else:
-        ours = is_torchscript(out)
-    if not ours:
+        return False
+    if export_metadata(out, fmt) is None:
         raise GalmergeError(f"--output {out} exists and is not a galmerge {fmt} export, so it is "
                             "not replaced; choose another file or remove it")
+    return True
+
+
+def export_metadata(path: str | os.PathLike[str], fmt: str) -> dict[str, Any] | None:
+    """The galmerge metadata of an export of format ``fmt`` at ``path``, or None when it is no
+    such export. Nothing in the file runs: a TorchScript archive's zip directory is listed and
+    its ``<name>/extra/galmerge.json`` read; an ONNX file is parsed as a protobuf (its weights
+    are not loaded) and its ``metadata_props`` read."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    if fmt == "torchscript":
+        import zipfile
+
+        if not is_torchscript(p):
+            return None
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = [n for n in z.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_EXTRA}")
+                         and n.count("/") == 2]  # fmt: skip
+                raw = z.read(names[0]) if len(names) == 1 else b""
+        except (OSError, zipfile.BadZipFile, KeyError):
+            return None
+    else:
+        try:
+            import onnx
+        except ImportError:
+            raise GalmergeError(
+                "ONNX export needs the onnx package: pip install 'galmerge[onnx]'"
+            ) from None
+        try:
+            proto = onnx.load(str(p), load_external_data=False)
+        except Exception:  # not a protobuf (DecodeError), unreadable
+            return None
+        raw = next((e.value for e in proto.metadata_props if e.key == METADATA_KEY), "")
+    try:
+        meta = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("galmerge-export/"):
+        return None
+    return meta
 
 
 def _write_onnx(net: Any, example: Any, meta: dict[str, Any], path: Path) -> None:
