@@ -241,3 +241,54 @@ def test_exported_graph_survives_huge_pixels(checkpoint: Path) -> None:
     with torch.no_grad():
         p_ts = module(torch.from_numpy(images))[0].numpy()
     np.testing.assert_allclose(p_ts, p_ckpt, rtol=0, atol=1e-5)
+
+
+def test_an_onnx_output_names_the_checkpoint_it_was_exported_from(checkpoint: Path,
+                                                                 tmp_path: Path) -> None:
+    """The export records the checkpoint's SHA-256, absolute path and time; classify's
+    provenance keeps checkpoint_sha256 = the .onnx file's and adds
+    exported_from_checkpoint_sha256; a checkpoint changed since the export gets a note."""
+    ort = pytest.importorskip("onnxruntime")
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.io.provenance import sha256_file
+    from galmerge.models.model import read_checkpoint
+    from galmerge.plugin.imageset import ImageSet
+
+    write_imageset(tmp_path / "stamps.h5", ImageSet(
+        images=torch.from_numpy(stamps(6)), labels=torch.zeros(6), ids=np.arange(6).astype(str),
+        bands=("g", "r", "i"), survey="test", ra=np.arange(6.0), dec=np.arange(6.0)))  # fmt: skip
+    cwd = os.getcwd()
+    os.chdir(checkpoint.parent.parent)
+    try:  # a relative path, as typed
+        assert CliRunner().invoke(cli, ["export", "run"]).exit_code == 0
+    finally:
+        os.chdir(cwd)
+    onnx_file = checkpoint.parent / "model.onnx"
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["galmerge"])
+    original = sha256_file(checkpoint)
+    assert meta["checkpoint"] == str(checkpoint.resolve())
+    assert meta["checkpoint_sha256"] == original
+    assert meta["checkpoint_content_sha256"] == read_checkpoint(checkpoint)["sha256"]
+    assert meta["created_utc"].endswith("Z")
+
+    def classify(name: str):
+        out = tmp_path / name
+        result = CliRunner().invoke(cli, ["classify", str(tmp_path / "stamps.h5"), "--model",
+                                          str(onnx_file), "--output", str(out), "--quiet"])
+        assert result.exit_code == 0, result.output
+        return result.output, json.loads((tmp_path / f"{name}.provenance.json").read_text())
+
+    said, prov = classify("a.csv")
+    assert prov["checkpoint_sha256"] == sha256_file(onnx_file)
+    assert prov["exported_from_checkpoint_sha256"] == original
+    assert "changed since" not in said
+
+    payload = read_checkpoint(checkpoint)  # evaluate --calibrate: a new temperature
+    payload["temperature"] = 2.5
+    save_checkpoint(checkpoint, payload)
+    said, prov = classify("b.csv")
+    assert prov["exported_from_checkpoint_sha256"] == original
+    notes = [line for line in said.splitlines() if "changed since" in line]
+    assert len(notes) == 1 and str(onnx_file) in notes[0] and "export it again" in notes[0]
+    assert "Traceback" not in said

@@ -646,6 +646,9 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         n_chunks = -(-total // chunk_rows)
         shard_total = sum(min(chunk_rows, total - c * chunk_rows)
                           for c in range(dist.rank, n_chunks, dist.world))
+    stale = getattr(infer, "stale_note", "")
+    if stale and dist.is_main:  # an export older than its checkpoint: even with --quiet
+        print(f"galmerge: {stale}", file=sys.stderr)
     shift_note = getattr(infer, "shift_note", "")
     if shift_note and show:  # once the inputs are known good: a user mistake stays one line
         print(f"galmerge: {shift_note}", file=sys.stderr)
@@ -704,6 +707,9 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         survey=survey if store is not None else f"hdf5 image file {cat_path.name}",
         data_release=release, cutout_kind=kind, domain=domain, preprocessing=dict(infer.spec),
         temperature=infer.loaded.temperature, threshold=float(threshold))
+    exported_from = getattr(infer, "exported_from", None)
+    if exported_from is not None:  # an ONNX export: checkpoint_sha256 is the .onnx file's
+        prov["exported_from_checkpoint_sha256"] = exported_from
     shift = getattr(infer, "shift", None)
     if shift is not None:
         prov["shift_threshold"] = float(shift["threshold"])

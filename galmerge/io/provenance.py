@@ -30,6 +30,7 @@ FITS_KEYWORDS = {
     "temperature": "TEMPERAT", "threshold": "THRESH", "selection_score": "SELECTBY",
     "created_utc": "DATE", "format": "GMPROVFM",
     "shift_threshold": "SHIFTTHR", "shift_stats_sha256": "SHIFTSHA", "mc_dropout": "MCDROP",
+    "exported_from_checkpoint_sha256": "EXPCKSHA",
 }
 
 

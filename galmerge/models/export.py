@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from galmerge import __version__
 from galmerge.data.preprocess import LN2, PreprocessSpec
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.io.provenance import sha256_file
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -111,7 +113,13 @@ def describe(loaded: Any, domain: str) -> dict[str, Any]:
             "units": "raw survey stamps; the stretch and standardisation are inside the model",
         },
         "outputs": {"p_merger": "softmax(logits / temperature)[:, 1]", "logits": "(N, 2)"},
-        "checkpoint": str(loaded.path),
+        # what the export came from: the checkpoint's absolute path, the SHA-256 of its bytes
+        # (classify's provenance checkpoint_sha256 of an output of the checkpoint itself) and
+        # its content hash (what shift_stats.npz and summary.json record), and when
+        "checkpoint": str(Path(loaded.path).resolve()),
+        "checkpoint_sha256": sha256_file(loaded.path),
+        "checkpoint_content_sha256": loaded.sha256 or "",
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # the run's resolved config: classify's provenance hashes it and names its selection
         "config": dict(loaded.config or {}),
     }
@@ -309,6 +317,27 @@ def _session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
         raise GalmergeError(f"cannot load ONNX model {path}: {exc}".splitlines()[0]) from None
 
 
+def stale_note(path: str | os.PathLike[str], meta: dict[str, Any]) -> str:
+    """A note when the checkpoint an export names (at its recorded path, or of that name beside
+    the export) is there but is no longer the file it was exported from ('' otherwise)."""
+    recorded, named = meta.get("checkpoint_sha256"), meta.get("checkpoint")
+    if not isinstance(recorded, str) or not recorded or not isinstance(named, str) or not named:
+        return ""
+    beside = Path(path).parent / Path(named).name
+    found = next((c for c in (Path(named), beside) if c.is_file()), None)
+    if found is None:
+        return ""
+    try:
+        now = sha256_file(found)
+    except OSError:
+        return ""
+    if now == recorded:
+        return ""
+    return (f"note: {path} was exported from {found} (SHA-256 {recorded[:12]}), which has "
+            f"changed since (now {now[:12]}: retrained or recalibrated?); export it again to "
+            "classify with it")
+
+
 @dataclass
 class _OnnxSource:
     path: Path
@@ -335,6 +364,9 @@ class OnnxInference:
         self.batch_size = max(1, int(batch_size))
         self.loaded = _OnnxSource(Path(path), float(meta["temperature"]),
                                   dict(meta.get("config") or {}))
+        # provenance: the checkpoint the file was exported from (empty for older exports)
+        self.exported_from = str(meta.get("checkpoint_sha256") or "")
+        self.stale_note = stale_note(path, meta)
         outputs = {o.name for o in self.session.get_outputs()}
         self.shift: dict[str, Any] | None = None
         self.extra: list[str] = []
