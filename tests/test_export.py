@@ -292,3 +292,38 @@ def test_an_onnx_output_names_the_checkpoint_it_was_exported_from(checkpoint: Pa
     notes = [line for line in said.splitlines() if "changed since" in line]
     assert len(notes) == 1 and str(onnx_file) in notes[0] and "export it again" in notes[0]
     assert "Traceback" not in said
+
+
+def test_export_mistakes_name_export(checkpoint: Path, tmp_path: Path) -> None:
+    """A TorchScript file given as the model, and a damaged shift_stats.npz, are one line each
+    (no torch warning), with advice for export."""
+    user = foreign_model(tmp_path / "user.pt", "torchscript")
+    code = ("import sys; from galmerge.cli import cli; "
+            f"sys.argv = ['galmerge', 'export', {str(user)!r}]; cli()")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert run.stdout.strip() == "" and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "is a TorchScript archive, not a galmerge checkpoint" in run.stderr
+
+    (checkpoint.parent / "shift_stats.npz").write_bytes(b"PK\x03\x04 damaged")
+    result = CliRunner().invoke(cli, ["export", str(checkpoint.parent)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "delete it to export without a shift score" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (checkpoint.parent / "model.onnx").exists()
+
+
+def test_a_damaged_checkpoint_message_is_not_cut_mid_word(checkpoint: Path) -> None:
+    """torch's long zip error is cut after a sentence or a word, never inside one."""
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[:-100])  # no zip directory
+    with pytest.raises(Exception) as torch_error:
+        torch.load(checkpoint, weights_only=True)
+    full = str(torch_error.value).strip().splitlines()[0]
+    assert len(full) > 120  # the case: a message longer than the line keeps
+    result = CliRunner().invoke(cli, ["export", str(checkpoint)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    why = result.output.split("kind of file: ", 1)[1].split("); pass", 1)[0].removesuffix("...")
+    assert full.startswith(why) and len(why) > 20
+    assert len(why) == len(full) or full[len(why)] in " .", (why, full)

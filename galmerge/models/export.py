@@ -154,7 +154,7 @@ def export_model(
     meta = describe(loaded, domain)
     from galmerge.models.shift import load
 
-    shift, _ = load(model, loaded.sha256)
+    shift, _ = load(model, loaded.sha256, command="export")
     if shift is not None:  # both formats: a third output, the threshold in the metadata
         meta["shift"] = {"threshold": float(shift["threshold"]),
                          "stats_sha256": shift["meta"]["sha256"]}

@@ -128,6 +128,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     p = resolve_checkpoint(path)
+    from galmerge.models.export import is_torchscript
+
+    if is_torchscript(p):  # before torch.load, which warns in two lines and dispatches to jit
+        raise GalmergeError(f"{p} is a TorchScript archive, not a galmerge checkpoint (loading it "
+                            "runs the code it holds); pass a run directory or its best.pt")
     try:
         payload = torch.load(p, map_location=map_location, weights_only=True)
     except (PermissionError, FileNotFoundError, IsADirectoryError) as exc:
@@ -136,7 +141,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # torch's text names a byte value, or suggests weights_only=False: never the advice
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         why = (type(exc).__name__ if "weights_only" in str(exc) or len(first) < 8
-               else first[:120])
+               else _shorten(first, 120))
         raise GalmergeError(
             f"{p} is not a readable galmerge checkpoint (damaged, cut short or another kind of "
             f"file: {why}); pass a run directory or its best.pt, or train again") from None
@@ -148,6 +153,19 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise GalmergeError(f"checkpoint {p} is damaged: its content does not match the SHA-256 "
                             "recorded in it; restore it from a copy or train again")
     return payload
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters: after its last whole sentence that fits,
+    else at a word boundary, marked with '...'."""
+    if len(text) <= limit:
+        return text
+    sentence = text[: limit + 1].rfind(". ")
+    if sentence > limit // 3:
+        return text[:sentence]
+    cut = text[: limit - 3].rstrip()
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + "..."
 
 
 @dataclass

@@ -17,7 +17,9 @@ still counts) and needs no inverse of a rank-deficient matrix. For features ``f`
     shift_score = sqrt(min_c d2_c / D)          (D = feature dimension)
 
 so a typical training stamp scores about 1. ``threshold`` is the 99th percentile of the scores
-of the source *validation* split (1% of in-distribution stamps are flagged by construction);
+of the source *validation* split (so about 1% of in-distribution stamps are flagged, as
+closely as that split's size allows: with n validation stamps the flagged share of new ones
+scatters around 1% by roughly sqrt(0.01 / n));
 ``shift_flag`` is ``shift_score > threshold``. No target data (and no label) enters the fit.
 """
 
@@ -200,9 +202,11 @@ def stats_path(model: str | Path) -> Path:
     return (p if p.is_dir() else p.parent) / STATS_FILE
 
 
-def load(model: str | Path, checkpoint_sha256: str | None) -> tuple[dict[str, Any] | None, str]:
+def load(model: str | Path, checkpoint_sha256: str | None,
+         command: str = "classify") -> tuple[dict[str, Any] | None, str]:
     """(statistics, '') or (None, why there is no shift score) for a run directory or
-    checkpoint; a file that fails its recorded SHA-256 is refused in one line."""
+    checkpoint; a file that fails its recorded SHA-256 is refused in one line (whose advice
+    names ``command``: classify, or export)."""
     path = stats_path(model)
     if not path.is_file():
         why = ("its run has not finished: the statistics are fitted when training ends; "
@@ -222,7 +226,7 @@ def load(model: str | Path, checkpoint_sha256: str | None) -> tuple[dict[str, An
             recorded = None
     if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
         raise GalmergeError(f"{path} is damaged: its SHA-256 does not match {SUMMARY_KEY} in "
-                            f"{summary}; delete it to classify without a shift score, or retrain")
+                            f"{summary}; delete it to {command} without a shift score, or retrain")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             stats = {k: z[k] for k in z.files}
@@ -231,8 +235,8 @@ def load(model: str | Path, checkpoint_sha256: str | None) -> tuple[dict[str, An
         if meta.get("format") != FORMAT or missing:
             raise ValueError(f"not {FORMAT}" + (f" (no {', '.join(missing)})" if missing else ""))
     except Exception as exc:  # a damaged zip (BadZipFile), a wrong array, bad JSON: one line
-        raise GalmergeError(f"cannot read {path}: {exc}".splitlines()[0] + "; delete it to "
-                            "classify without a shift score, or retrain") from None
+        raise GalmergeError(f"cannot read {path}: {exc}".splitlines()[0] + f"; delete it to "
+                            f"{command} without a shift score, or retrain") from None
     if checkpoint_sha256 and meta.get("checkpoint_sha256") not in (None, checkpoint_sha256):
         return None, (f"{path} was fitted for another checkpoint than {model} (retrained or "
                       "resumed since?): the output has no shift_score column")
