@@ -34,7 +34,7 @@ COMMON = {
 }
 FISHER_ENTROPY = {"strategies.fisher.weight": 1.0, "strategies.fisher.inter_weight": 1.0,
                   "strategies.fisher.form": "tr", "strategies.entropy.include_source": True,
-                  "lr_multipliers.fisher.centers": 10.0}
+                  "strategies.entropy.diversity": 0.0, "lr_multipliers.fisher.centers": 10.0}
 DANN = {"strategies.dann.weight": 1.0, "strategies.dann.grl": "constant",
         "strategies.dann.feature_loss": "reversed", "strategies.dann.hidden": 1024,
         "optimizer.amsgrad": False}
@@ -90,6 +90,38 @@ def test_paper_preset_resolves_to_the_authors_values(preset, strategy):
     owners = {k.partition(".")[0] for k in c["lr_multipliers"]}
     assert owners <= set(strategy.split("+"))
     assert c["init_keep_preprocess"] is preset.endswith("-tl")
+
+
+# options a paper preset may leave at galmerge's default: each default is the authors' code
+# (nothing reweighted, conditioned or relaxed; one shared encoder, so alignment is two-sided;
+# gamma only shapes the ramp that grl="constant" does not use)
+NEUTRAL_DEFAULTS = {
+    "mmd": {"align": "auto", "class_weights": "off", "target_fraction": 0.0},
+    "dann": {"align": "auto", "class_weights": "off", "target_fraction": 0.0,
+             "condition": "none", "relax": 0.0, "gamma": 10.0},
+}
+
+
+@pytest.mark.parametrize("preset", ["deepmerge2-sim-sim", "deepmerge2-sim-real",
+                                    "deepmerge2-sim-real-tl"])
+def test_paper_presets_pin_every_option_of_their_strategies(plugin_manager, preset):
+    """galmerge's own defaults move (issue 14 gave entropy a diversity term of weight 1, which
+    the paper presets then trained with): every option of a paper method's strategies is set
+    by the preset, or is listed above with the default that is the authors' code."""
+    from galmerge.config.presets import PAPER_METHODS, preset_values
+
+    for method in PAPER_METHODS:
+        names = [n for n in method.split("+") if n != "none"]
+        pinned = preset_values(preset, method.split("+"), "deepmerge").get("strategies", {})
+        c = resolved(preset=preset, strategy=method)
+        assert c["target_encoder"] == "shared" and c["domain_batchnorm"] == "joint"
+        for name in names:
+            for option in plugin_manager.get("strategies", name).options:
+                neutral = NEUTRAL_DEFAULTS.get(name, {})
+                if option in neutral:
+                    assert c["strategies"][name][option] == neutral[option], (method, option)
+                else:
+                    assert option in pinned.get(name, {}), f"{preset} {method}: {name}.{option}"
 
 
 def test_resnet18_is_built_as_the_paper_built_it():

@@ -104,6 +104,8 @@ _FISHER_SUM = C("sum", "[MMD] loss.FisherTR: intra scatter summed over the batch
 _NO_RAMP = C(0.0, "[MMD]/[ADA] loss terms weighted from the first step (no ramp)")
 _FORM = C("tr", "[MMD]/[ADA] --fisher_loss_type default 'tr' (trace ratio)")
 _ENTROPY_BATCH = C(True, "[MMD] train_MMD.py:405, [ADA] :436: entropy of the whole batch")
+# galmerge's entropy default adds a diversity term (information maximisation, issue 14)
+_ENTROPY_PLAIN = C(0.0, "[MMD]/[ADA] loss.EntropyLoss: plain entropy, no diversity term")
 
 
 def _method(lr: Cited, wd: Cited, cycle: Cited, amsgrad: Cited, **extra: Cited) -> dict:
@@ -132,6 +134,7 @@ def _mmd_methods(lr: Cited, wd: Cited, cycle: Cited, fisher_note: str = "",
         "strategies.fisher.warmup": _NO_RAMP,
         "strategies.entropy.weight": entropy or C(0.05, "[NB]/[MMD] --em_loss_coef 0.05"),
         "strategies.entropy.include_source": _ENTROPY_BATCH,
+        "strategies.entropy.diversity": _ENTROPY_PLAIN,
         "strategies.entropy.warmup": _NO_RAMP,
         "lr_multipliers.fisher.centers": _CENTERS,
     }
@@ -176,6 +179,7 @@ _SIM_SIM["dann+fisher+entropy"] = {
     "strategies.fisher.warmup": _NO_RAMP,
     "strategies.entropy.weight": C(0.05, "[NB] ADA --em_loss_coef 0.05"),
     "strategies.entropy.include_source": _ENTROPY_BATCH,
+    "strategies.entropy.diversity": _ENTROPY_PLAIN,
     "strategies.entropy.warmup": _NO_RAMP,
     "lr_multipliers.fisher.centers": C(10.0, "[ADA] centres lr_mult 10 before 4215a5c"),
     "lr_multipliers.dann.discriminator": C(
@@ -227,6 +231,7 @@ _SIM_REAL: dict[str, dict[str, Cited]] = {
         "strategies.fisher.warmup": _NO_RAMP,
         "strategies.entropy.weight": C(1e-4, "[ADA] sim-real --em_loss_coef 0.0001"),
         "strategies.entropy.include_source": _ENTROPY_BATCH,
+        "strategies.entropy.diversity": _ENTROPY_PLAIN,
         "strategies.entropy.warmup": _NO_RAMP,
         "lr_multipliers.fisher.centers": C(10.0, "[ADA] centres lr_mult 10 before 4215a5c"),
         "lr_multipliers.dann.discriminator": C(0.01, "[ADA] sim-real --ad_net_mult_lr 0.01"),

@@ -108,7 +108,7 @@ DEFAULTS: dict[str, Any] = {
     # Tzeng et al. 2017 wrote it); "train" keeps training it on the source loss (stop 28)
     "source_path": "train",
     "init_keep_preprocess": False,
-    # Adam with the paper's betas (DeepMerge II; deepmerge-public train_MMD.py uses (0.7, 0.8))
+    # Adam with the paper's betas (DeepMerge II; DeepMergeDomainAdaptation's train_MMD.py uses (0.7, 0.8))
     "optimizer": {"betas": [0.7, 0.8], "eps": 1e-8, "amsgrad": False},
     # torch.optim.lr_scheduler.OneCycleLR arguments (its own defaults)
     # "cyclic": DeepMerge II's lr_schedule.cycle1 (cycle_length in epochs)
