@@ -707,6 +707,29 @@ def test_torchrun_two_processes_merge_in_input_order(env, busy_torchrun_ports):
     assert (tmp / "c-0.h5").exists() and (tmp / "c-1.h5").exists()
 
 
+@pytest.mark.slow
+def test_torchrun_two_processes_classify_an_ensemble(env, busy_torchrun_ports):
+    """The other process returned after its share and removed the members' outputs the main
+    process was still reading (FileNotFoundError in 3 of 5 runs of the audit)."""
+    tmp, ckpt, log = env
+    second = make_checkpoint(tmp / "run2" / "best.pt", seed=1)
+    _catalog(tmp / "cat.csv", 40)
+    base = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--model", str(second),
+            "--survey", "stamps", "--quiet", "--chunk-rows", "5", "--cache"]
+    env_ = _sub_env(log)
+    subprocess.run([sys.executable, str(_script(tmp)), *base, str(tmp / "c1.h5"), "--output",
+                    str(tmp / "single.csv")], env=env_, check=True)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    for attempt in range(3):
+        out = tmp / f"sharded{attempt}.csv"
+        done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
+                               str(_script(tmp)), *base, str(tmp / "c2.h5"), "--output",
+                               str(out)], env=env_, timeout=180, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert out.read_text() == (tmp / "single.csv").read_text()
+        assert not list(tmp.glob(f".{out.stem}.member*"))
+
+
 # -- end to end through the real `sdss` survey and the loopback SkyServer/SAS -------------------
 
 def _sdss_checkpoint(path: Path, size: int = 24) -> Path:

@@ -66,11 +66,12 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
     _check_shapes(models)
     temps = [out.with_name(f".{out.stem}.member{i}{out.suffix}") for i in range(len(models))]
     summaries = []
+    is_main = from_environment().is_main
     try:
         for i, (model, tmp) in enumerate(zip(models, temps, strict=True)):
             summaries.append(classify(catalog, model, output=tmp, quiet=quiet or i > 0,
                                       **kwargs))
-        if not from_environment().is_main:
+        if not is_main:
             return summaries[0]
         probs = np.stack([_all_p(t) for t in temps])
         with np.errstate(invalid="ignore"), _quiet_nan():
@@ -86,7 +87,9 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
     finally:
         from galmerge.io.provenance import SIDECAR_SUFFIX
 
-        for t in temps:
+        # under torchrun only the main process reads the members' outputs, and the others
+        # return without waiting for it: only it may remove them
+        for t in temps if is_main else ():
             t.unlink(missing_ok=True)
             t.with_name(t.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
     summary = summaries[0]
