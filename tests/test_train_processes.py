@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from train_toys import ToyPlugin, _NoNone, toy_sets
 
 import galmerge
@@ -129,3 +130,45 @@ def test_ddp_adda_trains_its_source_stage_and_adapts_in_one_process_group(
     for folder in (run, run / "source_only"):
         assert json.loads((folder / "summary.json").read_text())["world_size"] == 2
     assert f'init_from = "{run / "source_only" / "best.pt"}"' in (run / "config.toml").read_text()
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    return subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", *args],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+
+
+def _draws(folder: Path) -> list[list[str]]:
+    return [(folder / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")
+def test_ddp_ranks_draw_their_own_dropout_masks_and_resume_them(tmp_path, busy_torchrun_ports):
+    """Each process draws its own dropout masks (they all drew rank 0's), and a run stopped at
+    a mid-epoch checkpoint or an epoch's end resumes every rank's own random stream: the same
+    draws and metrics.csv as the run never stopped."""
+    common = ["2", "--checkpoint-every", "3"]
+    whole, record = tmp_path / "whole", tmp_path / "whole_rng"
+    record.mkdir()
+    done = _torchrun(str(SCRIPT), str(whole), *common, "--record-rng", str(record))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    draws = _draws(record)
+    assert len(draws[0]) == len(draws[1]) > 3
+    assert not set(draws[0]) & set(draws[1])  # no mask of rank 1 is one of rank 0's
+
+    for saves in (1, 2):  # at step 3 (mid-epoch 1), at the end of epoch 1
+        run, rng = tmp_path / f"stopped{saves}", tmp_path / f"stopped{saves}_rng"
+        rng.mkdir()
+        killed = _torchrun(str(SCRIPT), str(run), *common, "--record-rng", str(rng),
+                           "--exit-after-save", str(saves))
+        assert killed.returncode != 0 and not (run / "summary.json").exists()
+        state = torch.load(run / "last.pt", weights_only=True)["training_state"]
+        assert (state["epoch"], state["step_in_epoch"]) == ((1, 3) if saves == 1 else (2, 0))
+        resumed = _torchrun(str(SCRIPT), str(run), "2", "--resume", "--record-rng", str(rng))
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert _draws(rng) == draws, saves
+        assert _rows(run) == _rows(whole), saves

@@ -145,7 +145,8 @@ def toy_sets(
 
 
 if __name__ == "__main__":  # pragma: no cover - used by subprocess tests
-    # usage: python train_toys.py RUN_DIR EPOCHS [--resume] [--checkpoint-every N] [extra k=v]
+    # usage: python train_toys.py RUN_DIR EPOCHS [--resume] [--checkpoint-every N] [--nodrop]
+    #        [--slow] [--record-rng FOLDER] [--exit-after-save N]
     import galmerge
 
     register()
@@ -176,5 +177,37 @@ if __name__ == "__main__":  # pragma: no cover - used by subprocess tests
                 return original(self)
 
             b.TensorBatches.next = slow_next
+    if "--record-rng" in extra:  # each rank's torch RNG state at every training dropout
+        import hashlib
+        import os
+
+        folder = extra[extra.index("--record-rng") + 1]
+        dropout = nn.Dropout.forward
+
+        def recording(self, x):
+            if self.training:
+                digest = hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
+                with open(f"{folder}/rank{os.environ.get('RANK', '0')}.txt", "a") as fh:
+                    fh.write(digest + "\n")
+            return dropout(self, x)
+
+        nn.Dropout.forward = recording
+    if "--exit-after-save" in extra:  # every rank dies after the Nth last.pt (a kill there)
+        import os
+
+        from galmerge.training.trainer import Trainer
+
+        save_last, saves = Trainer.save_last, [int(extra[extra.index("--exit-after-save") + 1])]
+
+        def save_then_exit(self):
+            save_last(self)
+            saves[0] -= 1
+            if saves[0] == 0:
+                from galmerge.runtime import distributed as ddp
+
+                ddp.barrier(self.plan.dist)  # rank 0 has written it
+                os._exit(3)
+
+        Trainer.save_last = save_then_exit
     summary = galmerge.train(source=source, target=target, **kwargs)
     print("SUMMARY", summary["metrics"]["source_test"]["accuracy"])

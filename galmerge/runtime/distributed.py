@@ -114,6 +114,15 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def gather_object(obj: object, info: DistInfo) -> list[object] | None:
+    """Every rank's ``obj`` in rank order on rank 0 (None on the others)."""
+    if not info.enabled:
+        return [obj]
+    out: list[object] | None = [None] * info.world if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def broadcast_object(obj: object, info: DistInfo) -> object:
     if not info.enabled:
         return obj

@@ -3,11 +3,12 @@
 ``TrainingState`` holds the run's own progress (where it is, the metrics rows, the best epoch and
 early-stopping counters, the epoch's running loss sums, throughput totals). ``to_dict`` adds the
 state dicts of the components (optimiser, scheduler, strategy modules, batch streams, RNGs) and
-writes the whole as last.pt's ``training_state``. Derived counters are computed, never stored
-twice: ``global_step`` is written for readers but rebuilt from ``epoch``/``step_in_epoch`` on
-load, the number of accumulated steps is ``step_in_epoch``, and "stopped early" is
-``best.stopped``. Files written before this layout (``_steps`` accumulator, ``best`` without the
-stop keys) load unchanged.
+writes the whole as last.pt's ``training_state``. Under torchrun its ``rng`` is rank 0's snapshot
+and ``rng_ranks`` every rank's, in rank order (each rank resumes its own random stream). Derived
+counters are computed, never stored twice: ``global_step`` is written for readers but rebuilt
+from ``epoch``/``step_in_epoch`` on load, the number of accumulated steps is ``step_in_epoch``,
+and "stopped early" is ``best.stopped``. Files written before this layout (``_steps``
+accumulator, ``best`` without the stop keys, no ``rng_ranks``) load unchanged.
 """
 
 from __future__ import annotations
@@ -128,3 +129,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch seed of process ``rank`` (> 0) of a multi-process run: its own random stream
+    (dropout masks), drawn from (seed, rank). Rank 0 keeps ``seed``'s stream, so a
+    single-process run draws as it always has."""
+    return int(np.random.SeedSequence([seed % 2**64, rank]).generate_state(1, np.uint64)[0])
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Re-seed torch's generators (CPU and every GPU) for a non-main rank; rank 0 is left as it
+    is."""
+    if rank > 0:
+        torch.manual_seed(rank_seed(seed, rank))

@@ -30,7 +30,7 @@ from galmerge.training.data import Domain, batch_stream
 from galmerge.training.evaluate import predict, split_metrics, validate
 from galmerge.training.memory import check_batch_fits
 from galmerge.training.plan import Plan
-from galmerge.training.state import TrainingState, rng_state, set_rng_state
+from galmerge.training.state import TrainingState, rng_state, seed_rank, set_rng_state
 from galmerge.training.step import TrainStep, build_strategies
 from galmerge.training.stopping import update_selection, update_stopping
 
@@ -61,6 +61,10 @@ class Trainer:
         self.term_keys: set[str] = set()
         self.resumed = False
         self.step_lr = float(self.optimizer.param_groups[0]["lr"]) / self.group_multipliers[0]
+        # every rank built the same weights from the run's seed; from here each process of a
+        # torchrun run draws its own dropout masks (rank 0 keeps the seed's stream, so a
+        # single-process run is unchanged)
+        seed_rank(plan.seed, dist.rank)
 
     # -- building ------------------------------------------------------------------------
 
@@ -158,6 +162,12 @@ class Trainer:
         self.term_keys = {k[5:] for r in self.state.rows for k in r if k.startswith("loss_")}
         self.term_keys.discard("total")
         set_rng_state(ts["rng"], self.plan.device)
+        rank, ranks = self.plan.dist.rank, ts.get("rng_ranks")
+        if rank > 0:  # its own stream; a last.pt without it (one process, older): a fresh one
+            if isinstance(ranks, list) and rank < len(ranks):
+                set_rng_state(ranks[rank], self.plan.device)
+            else:
+                seed_rank(self.plan.seed, rank)
         self.resumed = True
 
     def _payload(self, epoch: int, training_state: dict[str, Any] | None) -> dict[str, Any]:
@@ -169,9 +179,15 @@ class Trainer:
 
     def save_last(self) -> None:
         """last.pt to resume at the state's position; its ``epoch`` counts the epochs the
-        weights have completed (state.epoch - 1), as best.pt's does."""
-        if self.plan.dist.is_main:
-            state = self.state.to_dict(self.plan.steps_per_epoch, self.components())
+        weights have completed (state.epoch - 1), as best.pt's does. Every rank calls it:
+        under torchrun each rank's RNG state is gathered into ``rng_ranks``."""
+        dist = self.plan.dist
+        ranks = ddp.gather_object(rng_state(self.plan.device), dist)
+        if dist.is_main:
+            components = self.components()
+            if dist.enabled:
+                components["rng_ranks"] = ranks
+            state = self.state.to_dict(self.plan.steps_per_epoch, components)
             save_checkpoint(self.plan.out_dir / rundir.LAST, self._payload(self.state.epoch - 1, state))
 
     def save_best(self, epoch: int) -> None:
