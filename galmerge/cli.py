@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -68,6 +69,32 @@ _ENVIRONMENT_ERRNOS = frozenset({
 })
 
 
+# commands whose torchrun processes work apart (no process group): an error may be one rank's
+RANKS_APART = frozenset({"classify"})
+
+
+def _other_rank() -> int:
+    """This process's RANK when a launcher started several (WORLD_SIZE > 1), else 0.
+
+    Every rank of a torchrun run raises the same error for the same arguments (and `train`
+    hands rank 0's run-directory refusals to the other ranks), so only rank 0 prints it."""
+    try:
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    except ValueError:  # galmerge.runtime.distributed says so in one line
+        return 0
+    return rank if world > 1 and rank > 0 else 0
+
+
+def _collective_failure(exc: RuntimeError) -> bool:
+    """A torch.distributed collective that failed because another process of the run ended."""
+    dist = sys.modules.get("torch.distributed")
+    dist_error = getattr(dist, "DistError", None)
+    if isinstance(dist_error, type) and isinstance(exc, dist_error):
+        return True
+    text = str(exc)
+    return "/gloo/" in text or "Connection closed by peer" in text or "NCCL" in text
+
+
 class LazyGroup(click.Group):
     """Imports a command's module only when that command runs; adds plugin commands."""
 
@@ -106,6 +133,24 @@ class LazyGroup(click.Group):
             formatter.write_dl(sorted(rows))
 
     def invoke(self, ctx: click.Context) -> Any:
+        rank = _other_rank()
+        if not rank:
+            return self._invoke(ctx)
+        try:
+            return self._invoke(ctx)
+        except click.ClickException as exc:
+            if ctx.invoked_subcommand in RANKS_APART:  # its ranks fail apart: say whose it is
+                raise click.ClickException(f"rank {rank}: {exc.format_message()}") from None
+            raise click.exceptions.Exit(exc.exit_code) from None  # every rank has it: rank 0 prints
+        except (KeyboardInterrupt, click.Abort):
+            raise click.exceptions.Exit(1) from None  # "Aborted!" once, from rank 0
+        except RuntimeError as exc:
+            if not _collective_failure(exc):
+                raise
+            # another rank stopped (its error is printed there): no traceback of ours
+            raise click.exceptions.Exit(1) from None
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except GalmergeError as exc:

@@ -172,3 +172,72 @@ def test_ddp_ranks_draw_their_own_dropout_masks_and_resume_them(tmp_path, busy_t
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
         assert _draws(rng) == draws, saves
         assert _rows(run) == _rows(whole), saves
+
+
+TRAIN = ["train", "--source", "synthetic:illustris?n=64", "--target", "synthetic:sdss?n=64&seed=1",
+         "--strategy", "none", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "8",
+         "--device", "cpu", "--quiet"]
+
+
+def _ranks_env(**variables: str) -> dict[str, str]:
+    env = _env()
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    env.update(variables)
+    return env
+
+
+def _galmerge(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "galmerge", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")
+def test_ddp_errors_are_one_line_from_rank_0(tmp_path, busy_torchrun_ports):
+    """Rank 0's refusal of a run directory reaches every rank (no other rank's traceback from a
+    collective rank 0 never reached), and an error every rank raises is printed once."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine\n")
+    for extra, said in (([], f"run directory {taken} is not empty"),
+                        (["--strategy", "nosuch"], "unknown strategy 'nosuch'")):
+        done = _torchrun("-m", "galmerge", *TRAIN, "--run-dir", str(taken), *extra)
+        output = done.stdout + done.stderr
+        assert done.returncode != 0
+        errors = [line for line in output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and said in errors[0], output[-3000:]
+        assert "[rank" not in output, output[-3000:]
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_a_non_main_rank_leaves_errors_and_aborts_to_rank_0(tmp_path):
+    """WORLD_SIZE > 1: rank 0 prints an error or "Aborted!"; any other rank exits 1 silently."""
+    args = [*TRAIN, "--strategy", "nosuch", "--run-dir", str(tmp_path / "r")]
+    ports = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    main = _galmerge(args, _ranks_env(WORLD_SIZE="2", RANK="0", **ports))
+    assert main.returncode == 1 and "unknown strategy 'nosuch'" in main.stderr, main.stderr
+    other = _galmerge(args, _ranks_env(WORLD_SIZE="2", RANK="1", **ports))
+    assert (other.returncode, other.stdout, other.stderr) == (1, "", "")
+    interrupt = ("import click, sys\nfrom galmerge.cli import cli, main\n"
+                 "@cli.command('stop')\ndef stop():\n    raise KeyboardInterrupt\n"
+                 "sys.argv = ['galmerge', 'stop']\nmain()\n")
+    for rank, said in (("0", "Aborted!"), ("1", "")):
+        done = subprocess.run([sys.executable, "-c", interrupt], capture_output=True, text=True,
+                              env=_ranks_env(WORLD_SIZE="2", RANK=rank), timeout=120)
+        assert done.returncode == 1 and done.stderr.strip() == said, (rank, done.stderr)
+
+
+@pytest.mark.slow
+def test_world_size_without_a_rendezvous_is_one_line(tmp_path):
+    """WORLD_SIZE/RANK set by hand, no torchrun: one line naming the variables and the fix."""
+    run = tmp_path / "r"
+    done = _galmerge([*TRAIN, "--run-dir", str(run)],
+                     _ranks_env(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0"))
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert all(w in lines[0] for w in ("MASTER_ADDR", "MASTER_PORT", "torchrun", "unset")), lines
+    assert not run.exists()

@@ -3,19 +3,26 @@
 Each rank takes a contiguous shard of every global batch; features, logits and labels are
 all-gathered (differentiably) before the losses, so the loss — including batch-level DA terms
 such as MMD — is the one a single process computes on the whole batch, and DDP's gradient mean
-restores the single-process gradient. BatchNorm statistics stay per shard on CPU (PyTorch's
-SyncBatchNorm needs a GPU); on CUDA BatchNorm layers become SyncBatchNorm.
+restores the single-process gradient. On CUDA BatchNorm layers become SyncBatchNorm. On CPU
+(PyTorch's SyncBatchNorm needs a GPU) each rank normalises its batch shard with that shard's own
+statistics, but DDP's default ``broadcast_buffers=True`` copies rank 0's buffers to every rank
+at each forward: the running statistics kept (in best.pt and last.pt, and used by validation)
+are those rank 0 accumulated from its own shards.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from galmerge.errors import GalmergeError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,13 @@ def setup(info: DistInfo, device: torch.device) -> torch.device:
     else:
         raise GalmergeError(f"distributed training supports cpu and cuda devices, not {device.type}")
     if not dist.is_initialized():
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+        if missing:  # torch's own error is a ValueError traceback
+            raise GalmergeError(
+                f"WORLD_SIZE={info.world} asks for {info.world} processes, but "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; start "
+                "the processes with torchrun (torchrun --nproc_per_node N -m galmerge ...), or "
+                "unset WORLD_SIZE and RANK for a single process")
         dist.init_process_group(backend=backend)
     return device
 
@@ -121,6 +135,28 @@ def gather_object(obj: object, info: DistInfo) -> list[object] | None:
     out: list[object] | None = [None] * info.world if info.is_main else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+def on_main(fn: Callable[[], T], info: DistInfo) -> T | None:
+    """``fn()`` on rank 0 only (a check or write of the run directory), its outcome on every
+    rank: where it fails, rank 0 raises its error and every other rank a GalmergeError of the same
+    text (the CLI prints rank 0's), instead of waiting at a collective rank 0 never reaches.
+    Returns rank 0's result on rank 0, None elsewhere."""
+    if not info.enabled:
+        return fn()
+    result: T | None = None
+    failure: Exception | None = None
+    if info.is_main:
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the others
+            failure = exc
+    text = broadcast_object(None if failure is None else str(failure) or repr(failure), info)
+    if failure is not None:
+        raise failure
+    if text is not None:
+        raise GalmergeError(str(text))
+    return result
 
 
 def broadcast_object(obj: object, info: DistInfo) -> object:

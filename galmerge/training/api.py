@@ -411,10 +411,8 @@ def _build(
     trainer = Trainer(plan, source, target, init)
     if resume_state is not None:
         trainer.load(resume_state)
-    else:
-        if dist.is_main:
-            rundir.prepare_new(out_dir)
-        ddp.barrier(dist)
+    else:  # rank 0's refusal (a run directory not empty) ends every rank
+        ddp.on_main(lambda: rundir.prepare_new(out_dir), dist)
     return trainer
 
 
