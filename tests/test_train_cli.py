@@ -179,6 +179,21 @@ def test_rerunning_a_runs_config_on_another_thread_count_says_so(toys, tmp_path)
     assert same.exit_code == 0 and "bit for bit" not in same.output, same.output
 
 
+def test_rerunning_a_multi_process_runs_config_in_one_process_says_so(toys, tmp_path):
+    run = tmp_path / "r"
+    assert invoke(*BASE, "--strategy", "meangap", "--run-dir", str(run)).exit_code == 0
+    env = json.loads((run / "env.json").read_text())
+    assert env["world_size"] == 1
+    env["world_size"] = 2  # as if trained under torchrun --nproc_per_node 2
+    (run / "env.json").write_text(json.dumps(env))
+    loud = [a for a in BASE if a != "--quiet"][1:]
+    again = invoke("train", "--config", str(run / "config.toml"), *loud[4:],
+                   "--run-dir", str(tmp_path / "again"))
+    assert again.exit_code == 0, again.output
+    assert ("ran with world_size 2 there, 1 here" in again.output
+            and "torchrun --nproc_per_node 2" in again.output), again.output
+
+
 @pytest.mark.parametrize(("edit", "named"), [
     (("seed = 0", "seed = 5"), "seed = 5"),
     (("epochs = 1", "epochs = 3"), "epochs = 3"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
 import re
 import subprocess
@@ -254,9 +255,10 @@ def record_resume(run_dir: Path, env: Mapping[str, Any], quiet: bool = False) ->
 
 def note_rerun_environment(run_dir: Path, seed: Any, quiet: bool = False) -> list[str]:
     """Say in one line when ``train --config RUN/config.toml`` with RUN's own seed runs where
-    RUN's env.json says it cannot repeat RUN bit for bit (another thread count, CPU or torch),
-    and how to match the thread count; returns the settings that differ. Nothing is changed:
-    RUN's thread count may not suit this machine (a 16-thread run reread on 2 cores)."""
+    RUN's env.json says it cannot repeat RUN bit for bit (another thread count, CPU, torch or
+    number of processes), and how to match the thread count and process count; returns the
+    settings that differ. Nothing is changed: RUN's thread count may not suit this machine (a
+    16-thread run reread on 2 cores)."""
     import torch
 
     try:
@@ -266,13 +268,24 @@ def note_rerun_environment(run_dir: Path, seed: Any, quiet: bool = False) -> lis
         return []
     if not isinstance(start, dict) or not same_seed:
         return []
-    here = {"cpu_threads": torch.get_num_threads(), "cpu": cpu_description(),
-            "torch": torch.__version__}
+    here: dict[str, Any] = {"cpu_threads": torch.get_num_threads(), "cpu": cpu_description(),
+                            "torch": torch.__version__}
+    try:  # the process count: each torchrun process draws its own dropout masks
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    except ValueError:
+        world, rank = 0, 0
+    if world >= 1:
+        here["world_size"] = world
     changed = [k for k in here if k in start and start[k] != here[k]]
-    if changed and not quiet:
+    if changed and not quiet and (world <= 1 or rank == 0):
         what = ", ".join(f"{k} {start[k]!r} there, {here[k]!r} here" for k in changed)
-        fix = (f" (OMP_NUM_THREADS={start['cpu_threads']} sets the thread count)"
-               if "cpu_threads" in changed else "")
+        fixes = []
+        if "cpu_threads" in changed:
+            fixes.append(f"OMP_NUM_THREADS={start['cpu_threads']} sets the thread count")
+        if "world_size" in changed:
+            fixes.append(f"torchrun --nproc_per_node {start['world_size']} -m galmerge train "
+                         "... starts that many processes")
+        fix = f" ({'; '.join(fixes)})" if fixes else ""
         print(f"galmerge train: note: {run_dir} ran with {what}; the same config and seed will "
               f"not repeat it bit for bit{fix}", file=sys.stderr)
     return changed
