@@ -85,6 +85,13 @@ def _other_rank() -> int:
     return rank if world > 1 and rank > 0 else 0
 
 
+def _several_processes() -> bool:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
 def _collective_failure(exc: RuntimeError) -> bool:
     """A torch.distributed collective that failed because another process of the run ended."""
     dist = sys.modules.get("torch.distributed")
@@ -92,7 +99,18 @@ def _collective_failure(exc: RuntimeError) -> bool:
     if isinstance(dist_error, type) and isinstance(exc, dist_error):
         return True
     text = str(exc)
-    return "/gloo/" in text or "Connection closed by peer" in text or "NCCL" in text
+    return "/gloo/" in text or "Connection closed by peer" in text
+
+
+def _everyones(exc: BaseException) -> bool:
+    """Whether every rank raised this error alike, so rank 0 prints it: one handed on from
+    rank 0 (`SharedError`), or one raised before this process joined a process group (from
+    the command line, the config or the data specs). Any other may be this rank's own."""
+    ddp = sys.modules.get("galmerge.runtime.distributed")
+    if ddp is None:
+        return True  # no multi-process code ran: an argument or config error
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(cause, ddp.SharedError) or not ddp.group_formed()
 
 
 class LazyGroup(click.Group):
@@ -135,11 +153,19 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         rank = _other_rank()
         if not rank:
-            return self._invoke(ctx)
+            try:
+                return self._invoke(ctx)
+            except RuntimeError as exc:
+                if not (_several_processes() and _collective_failure(exc)):
+                    raise
+                raise click.ClickException(
+                    "another process of this run stopped (its error is printed above), so this "
+                    "one cannot go on; mend that and run the same command again") from None
         try:
             return self._invoke(ctx)
         except click.ClickException as exc:
-            if ctx.invoked_subcommand in RANKS_APART:  # its ranks fail apart: say whose it is
+            if ctx.invoked_subcommand in RANKS_APART or not _everyones(exc):
+                # this rank's own (or a command whose ranks work apart): say whose it is
                 raise click.ClickException(f"rank {rank}: {exc.format_message()}") from None
             raise click.exceptions.Exit(exc.exit_code) from None  # every rank has it: rank 0 prints
         except (KeyboardInterrupt, click.Abort):

@@ -213,6 +213,37 @@ def test_ddp_errors_are_one_line_from_rank_0(tmp_path, busy_torchrun_ports):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")
+def test_an_error_of_one_rank_only_is_printed_with_its_rank(tmp_path, busy_torchrun_ports):
+    """An error only one rank raises after the processes met (its GPU's free memory, here
+    faked) is that rank's to print: silencing every non-main error hid it. Rank 0 then stops at
+    a collective in one line, not a traceback."""
+    script = tmp_path / "rank1_full.py"
+    script.write_text(
+        "import os, sys\n"
+        "import galmerge.training.trainer as trainer\n"
+        "from galmerge.errors import GalmergeError\n"
+        "real = trainer.check_batch_fits\n"
+        "def fake(*args, **kwargs):\n"
+        "    if os.environ.get('RANK') == '1':\n"
+        "        raise GalmergeError('rank one has no memory left')\n"
+        "    return real(*args, **kwargs)\n"
+        "trainer.check_batch_fits = fake\n"
+        "from galmerge.cli import main\n"
+        "sys.argv = ['galmerge', *sys.argv[1:]]\n"
+        "main()\n")
+    done = _torchrun(str(script), *TRAIN, "--run-dir", str(tmp_path / "r"))
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert "Error: rank 1: rank one has no memory left" in errors, output[-3000:]
+    assert all("rank one" in e or "another process of this run stopped" in e
+               for e in errors), output[-3000:]
+    assert "[rank0]" not in output and "[rank1]" not in output, output[-3000:]
+
+
+@pytest.mark.slow
 def test_a_non_main_rank_leaves_errors_and_aborts_to_rank_0(tmp_path):
     """WORLD_SIZE > 1: rank 0 prints an error or "Aborted!"; any other rank exits 1 silently."""
     args = [*TRAIN, "--strategy", "nosuch", "--run-dir", str(tmp_path / "r")]

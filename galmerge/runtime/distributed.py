@@ -25,6 +25,21 @@ from galmerge.errors import GalmergeError
 T = TypeVar("T")
 
 
+class SharedError(GalmergeError):
+    """An error every rank of a multi-process run raises alike (rank 0's, handed on by
+    `on_main`): the CLI prints it from rank 0 only."""
+
+
+_group_formed = False
+
+
+def group_formed() -> bool:
+    """Whether this process ever joined a process group. An error raised before that comes
+    from the command line, the config or the data specs, the same on every rank (the CLI
+    prints it from rank 0 only); one raised after may be this rank's own (its GPU's memory)."""
+    return _group_formed
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
@@ -83,6 +98,8 @@ def setup(info: DistInfo, device: torch.device) -> torch.device:
                 "the processes with torchrun (torchrun --nproc_per_node N -m galmerge ...), or "
                 "unset WORLD_SIZE and RANK for a single process")
         dist.init_process_group(backend=backend)
+    global _group_formed
+    _group_formed = True
     return device
 
 
@@ -139,8 +156,8 @@ def gather_object(obj: object, info: DistInfo) -> list[object] | None:
 
 def on_main(fn: Callable[[], T], info: DistInfo) -> T | None:
     """``fn()`` on rank 0 only (a check or write of the run directory), its outcome on every
-    rank: where it fails, rank 0 raises its error and every other rank a GalmergeError of the same
-    text (the CLI prints rank 0's), instead of waiting at a collective rank 0 never reaches.
+    rank: where it fails, rank 0 raises its error and every other rank a `SharedError` of the
+    same text (the CLI prints rank 0's), instead of waiting at a collective rank 0 never reaches.
     Returns rank 0's result on rank 0, None elsewhere."""
     if not info.enabled:
         return fn()
@@ -155,7 +172,7 @@ def on_main(fn: Callable[[], T], info: DistInfo) -> T | None:
     if failure is not None:
         raise failure
     if text is not None:
-        raise GalmergeError(str(text))
+        raise SharedError(str(text))
     return result
 
 
