@@ -569,6 +569,38 @@ def test_an_image_file_whose_stamps_differ_from_the_models_is_refused(env, decla
     assert not (tmp / "o.csv").exists()
 
 
+@pytest.mark.parametrize("case", ["model_bands_unnamed", "file_source_unstated"])
+def test_an_image_file_is_checked_only_on_what_both_sides_state(env, case):
+    """A model trained on an hdf5: file without a bands attribute has ch0.. bands, and a file
+    written by other tools states no image_source: neither is a mismatch (the review found
+    both refused)."""
+    import torch
+
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.models.model import read_checkpoint, save_checkpoint
+    from galmerge.plugin.imageset import ImageSet
+
+    tmp, ckpt, _ = env
+    state = read_checkpoint(ckpt)
+    change = ({"bands": ["ch0", "ch1", "ch2"]} if case == "model_bands_unnamed"
+              else {"image_source": "jpeg"})
+    state["preprocess"] = {d: {**s, **change} for d, s in state["preprocess"].items()}
+    ckpt = tmp / case / "best.pt"
+    save_checkpoint(ckpt, state)
+    imgs = np.stack([stamp_for(float(i), float(i)) for i in range(3)])
+    if case == "model_bands_unnamed":  # a file naming its bands
+        write_imageset(tmp / "s.h5", ImageSet(
+            images=torch.from_numpy(imgs), labels=torch.tensor([-1] * 3), ids=np.arange(3),
+            bands=("g", "r", "i"), survey="t", pixel_scale_arcsec=0.396))
+    else:  # pixels and nothing else, as h5py or another tool writes them
+        with h5py.File(tmp / "s.h5", "w") as f:
+            f["images"] = imgs
+    res = run_cli("classify", str(tmp / "s.h5"), "--model", str(ckpt), "--quiet",
+                  "--output", str(tmp / "o.csv"))
+    assert res.exit_code == 0, res.output
+    assert len(read_csv(tmp / "o.csv")[1]) == 3
+
+
 def test_corrupt_cache_is_set_aside_and_rebuilt(env):
     tmp, ckpt, log = env
     cat = tmp / "dr16.csv"

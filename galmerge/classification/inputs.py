@@ -47,15 +47,21 @@ def is_image_file(path: Path) -> bool:
         return False
 
 
-def check_stamps_fit(path: Path, images: ImageSet, spec: PreprocessSpec) -> None:
+def _named(bands: list[str]) -> bool:
+    """Whether bands are named, not the ``ch0..`` placeholders of a file that names none."""
+    return bool(bands) and not all(b == f"ch{i}" for i, b in enumerate(bands))
+
+
+def check_stamps_fit(path: Path, images: ImageSet, spec: PreprocessSpec,
+                     declared_source: str | None = None) -> None:
     """A one-line refusal when what an image file declares about its stamps (bands and their
     order, pixel scale, image source, 8-bit pixels) contradicts how the model's inputs were
-    made; what the file does not declare (``ch0..`` bands, no pixel scale) is not checked.
-    The survey path refuses the same mismatches (`PreprocessSpec.stamp_geometry`)."""
+    made; what either side does not declare (``ch0..`` bands, no pixel scale, a file without
+    its ``image_source``: ``declared_source`` None) is not checked. The survey path refuses
+    the same mismatches (`PreprocessSpec.stamp_geometry`)."""
     fix = "cut stamps the way the model was trained"
     have, want = [str(b) for b in images.bands], [str(b) for b in spec.bands]
-    named = not all(b == f"ch{i}" for i, b in enumerate(have))
-    if named and want and have != want:
+    if _named(have) and _named(want) and have != want:
         order = " (the same bands in another order)" if sorted(have) == sorted(want) else ""
         raise GalmergeError(f"{path}: stamps in bands {','.join(have)} but the model takes "
                             f"{','.join(want)}{order}; {fix}")
@@ -63,8 +69,8 @@ def check_stamps_fit(path: Path, images: ImageSet, spec: PreprocessSpec) -> None
     if scale is not None and trained and abs(scale - trained) > 1e-3 * trained:
         raise GalmergeError(f"{path}: stamps of {scale:g} arcsec/pixel but the model takes "
                             f"{trained:g}; {fix}")
-    if images.image_source != spec.image_source:
-        raise GalmergeError(f"{path}: image_source '{images.image_source}' but the model was "
+    if declared_source is not None and declared_source != spec.image_source:
+        raise GalmergeError(f"{path}: image_source '{declared_source}' but the model was "
                             f"trained on '{spec.image_source}' images; {fix}")
     if images.storage_dtype == "uint8" and spec.stretch == "arcsinh":
         raise GalmergeError(f"{path}: 8-bit pixels, but the model takes calibrated fluxes "
@@ -89,7 +95,10 @@ class ImageFileInput:
                 f"{shape[0]}x{shape[1]}x{shape[2]}; cut stamps the way the model was trained"
             )
         if spec is not None:
-            check_stamps_fit(path, self.images, spec)
+            from galmerge.io.hdf5 import declared_meta
+
+            source = declared_meta(path).get("image_source")
+            check_stamps_fit(path, self.images, spec, None if source is None else str(source))
         self.columns = ["id"]
         if self.images.ra is not None:
             self.columns += ["ra", "dec"]

@@ -473,6 +473,18 @@ def _attr_str(attrs: h5py.AttributeManager, name: str) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def declared_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata a file states itself (its ``galmerge_meta`` attribute; {} for a file
+    written by other tools), telling a stated ``image_source`` from the default one."""
+    with h5py.File(path, "r") as f:
+        raw = _attr_str(f.attrs, META_ATTR)
+    try:
+        meta = json.loads(raw) if raw else {}
+    except (ValueError, TypeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def read_imageset(
     path: str | os.PathLike[str],
     in_memory: bool | None = None,
