@@ -83,6 +83,9 @@ def test_synthetic_source_and_target_of_the_same_scenes_get_a_note(tmp_path, cap
                    run_dir=tmp_path / "b", **kw)
     galmerge.train(strategy="none", target="synthetic:sdss?n=40&size=32", run_dir=tmp_path / "c",
                    **kw)
+    # another number of scenes draws other scenes from the same seed
+    galmerge.train(strategy="coral", target="synthetic:sdss?n=30&size=32", run_dir=tmp_path / "d",
+                   **kw)
     assert "note:" not in capfd.readouterr().err
 
 

@@ -378,11 +378,13 @@ def _fit(
 
 
 def _same_scenes(source: ImageSet, target: ImageSet) -> bool:
-    """Whether two synthetic renders draw the same scenes (the same seed and merger fraction:
-    `galmerge.surveys.synthetic.render.sample_scenes`), i.e. paired images of one sky."""
+    """Whether two synthetic renders draw the same scenes (the same number, seed and merger
+    fraction: `galmerge.surveys.synthetic.render.sample_scenes`), i.e. paired images of one
+    sky."""
     keys = ("renderer_version", "seed", "merger_fraction")
     a, b = source.meta, target.meta
-    return all(k in a and k in b for k in keys) and all(a[k] == b[k] for k in keys[1:])
+    return (len(source) == len(target) and all(k in a and k in b for k in keys)
+            and all(a[k] == b[k] for k in keys[1:]))
 
 
 def _build(
