@@ -114,6 +114,9 @@ VOTABLE_ERROR = (b'<?xml version="1.0"?><VOTABLE version="1.3"><RESOURCE type="r
      "HTTP 404 (no image with ID 7 [2J)"),
     (404, {"Content-Type": "text/plain"}, b"x" * 300, "HTTP 404 (" + "x" * 97 + "...)"),
     (404, {"Content-Type": "text/html"}, b"<html><body>Not Found</body></html>", "HTTP 404"),
+    (400, {"Content-Type": "application/x-votable+xml"},
+     b'<VOTABLE><RESOURCE><INFO name="QUERY_STATUS" value="ERROR"/><INFO name="provider" '
+     b'value="x">Rubin Observatory TAP</INFO></RESOURCE></VOTABLE>', "HTTP 400"),
     (404, {"Content-Type": "text/plain"}, b"y" * (70 * 1024), "HTTP 404"),
 ])
 def test_a_refusal_carries_the_services_own_words(scripted, status, headers, body, said):

@@ -222,7 +222,7 @@ WORDS_BYTES = 64 * 1024  # an error document is small; a bigger one is not read 
 WORDS_SECONDS = 5.0
 WORDS_CHARS = 100
 _QUERY_STATUS = re.compile(
-    r"<INFO\b[^>]*\bname\s*=\s*[\"']QUERY_STATUS[\"'][^>]*>(.*?)</INFO>", re.S | re.I)
+    r"<INFO\b[^>]*\bname\s*=\s*[\"']QUERY_STATUS[\"'][^>]*(?<!/)>(.*?)</INFO>", re.S | re.I)
 
 
 def service_words(response: requests.Response) -> str:
@@ -232,8 +232,9 @@ def service_words(response: requests.Response) -> str:
 
     A VOTable error document (IVOA DALI: ``<INFO name="QUERY_STATUS" value="ERROR">``, what a
     TAP, DataLink or SODA service answers) gives that INFO's text, a ``text/plain`` body its
-    text. Read with a regular expression rather than a VOTable parser: the document may be
-    cut at 64 KiB, and only this one element is wanted."""
+    text (an empty ``<INFO .../>`` gives none). Read with a regular expression rather than a
+    VOTable parser: only this one element is wanted, from a document the service may have
+    left malformed."""
     try:
         if getattr(response, "_content_consumed", False):
             body = response.content or b""
