@@ -424,6 +424,20 @@ def test_an_explicit_baseline_of_other_data_or_backbone_is_refused_in_one_line(
         assert len(output.strip().splitlines()) == 1, output
 
 
+def test_an_explicit_baseline_that_is_no_checkpoint_says_what_it_is(baseline_runs,
+                                                                    tmp_path) -> None:
+    """A TorchScript file (e.g. a `galmerge export`) as --baseline, no config.toml beside it:
+    read_checkpoint's own line says what the file is, not a vaguer "no config"."""
+    import torch
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), other / "model.pt")
+    code, output = _evaluate(baseline_runs["mmd"], "--baseline", str(other / "model.pt"))
+    assert code != 0 and "is a TorchScript archive, not a galmerge checkpoint" in output, output
+    assert "Traceback" not in output and len(output.strip().splitlines()) == 1, output
+
+
 def test_an_explicit_baseline_is_named_by_its_strategy_and_differences(
         runs, baseline_runs, tmp_path) -> None:
     """Another strategy's run is drawn as what it is, not as "none, source only"; a `none`

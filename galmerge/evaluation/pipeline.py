@@ -392,10 +392,9 @@ def given_baseline(given: Path, config: Mapping[str, Any]) -> Baseline:
         raise GalmergeError(f"--baseline {given}: no best.pt there; pass a `none` run")
     other = _read_run_config(ckpt.parent) if (ckpt.parent / rundir.CONFIG).is_file() else None
     if other is None:
-        try:
-            other = read_checkpoint(ckpt).get("config")
-        except (GalmergeError, OSError, RuntimeError, ValueError):
-            other = None
+        # read_checkpoint's own one-line errors (a TorchScript file, a damaged one) say more
+        # than "no config" would
+        other = read_checkpoint(ckpt).get("config")
     if not isinstance(other, dict):
         raise GalmergeError(f"--baseline {given}: no readable {rundir.CONFIG} beside it and no "
                             "config in the checkpoint; pass a run directory from galmerge train")
