@@ -291,6 +291,29 @@ def test_repeated_csv_header_names_get_names_no_other_column_has(env):
     assert rows[0][-1] == "ok"
 
 
+def test_an_ensemble_leaves_a_file_in_the_way_of_its_member_outputs(env):
+    """The member outputs (.OUT.memberN.csv) were removed on the way out even when the member
+    run had refused to replace a file there that is not a classify output."""
+    import torch
+
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.plugin.imageset import ImageSet
+
+    tmp, ckpt, _ = env
+    second = make_checkpoint(tmp / "run2" / "best.pt", seed=1)
+    imgs = np.stack([stamp_for(float(i), float(i)) for i in range(3)])
+    write_imageset(tmp / "s.h5", ImageSet(
+        images=torch.from_numpy(imgs), labels=torch.tensor([-1] * 3), ids=np.arange(3),
+        bands=("g", "r", "i"), survey="t", pixel_scale_arcsec=0.396))
+    mine = tmp / ".eo.member1.csv"
+    mine.write_text("ra,dec\n1,2\n")
+    res = run_cli("classify", str(tmp / "s.h5"), "--model", str(ckpt), "--model", str(second),
+                  "--quiet", "--output", str(tmp / "eo.csv"))
+    assert res.exit_code == 1 and "is not a galmerge classify output" in res.output, res.output
+    assert mine.read_text() == "ra,dec\n1,2\n"
+    assert not (tmp / ".eo.member0.csv").exists() and not (tmp / "eo.csv").exists()
+
+
 @pytest.mark.parametrize("suffix", [".h5", ".parquet", ".fits"])
 def test_ensemble_records_every_members_checkpoint_sha256(env, suffix):
     """HDF5, FITS and Parquet ensemble outputs listed the members' paths only; they record
@@ -566,6 +589,41 @@ def test_an_image_file_whose_stamps_differ_from_the_models_is_refused(env, decla
     assert res.exit_code == 1, res.output
     assert needle in res.output and "cut stamps the way the model was trained" in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp / "o.csv").exists()
+
+
+@pytest.mark.parametrize("planted", ["link", "folder"])
+def test_an_outputs_parts_folder_that_is_not_classifys_own_is_refused(env, planted):
+    """OUTPUT.parts, where stale result segments are removed, was emptied whatever it was: a
+    link to a folder of the user's lost its files, and so did a folder of that name."""
+    import torch
+
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.plugin.imageset import ImageSet
+
+    tmp, ckpt, _ = env
+    imgs = np.stack([stamp_for(float(i), float(i)) for i in range(3)])
+    write_imageset(tmp / "s.h5", ImageSet(
+        images=torch.from_numpy(imgs), labels=torch.tensor([-1] * 3), ids=np.arange(3),
+        bands=("g", "r", "i"), survey="t", pixel_scale_arcsec=0.396))
+    mine = tmp / "thesis"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "thesis.tex").write_text("precious\n")
+    parts = tmp / "o.csv.parts"
+    if planted == "link":
+        parts.symlink_to(mine, target_is_directory=True)
+        needle = "is a symbolic link"
+    else:
+        parts.mkdir()
+        (parts / "notes.txt").write_text("mine\n")
+        needle = "holds 'notes.txt', which classify did not write"
+    res = run_cli("classify", str(tmp / "s.h5"), "--model", str(ckpt), "--quiet",
+                  "--output", str(tmp / "o.csv"))
+    assert res.exit_code == 1 and needle in res.output, res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert (mine / "thesis.tex").read_text() == "precious\n" and (mine / "sub").is_dir()
+    if planted == "folder":
+        assert (parts / "notes.txt").read_text() == "mine\n"
     assert not (tmp / "o.csv").exists()
 
 

@@ -65,6 +65,8 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
     check_output(out, Path(catalog))
     _check_shapes(models)
     temps = [out.with_name(f".{out.stem}.member{i}{out.suffix}") for i in range(len(models))]
+    for tmp in temps:  # before the try whose cleanup removes them: a file of the user's stays
+        check_output(tmp, Path(catalog))
     summaries = []
     is_main = from_environment().is_main
     try:

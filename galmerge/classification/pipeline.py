@@ -53,6 +53,7 @@ from galmerge.classification.sharding import (
     SHARD_TIMEOUT_ENV,
     Heartbeat,
     beat_path,
+    check_parts_folder,
     merge_parts,
     output_lock,
     remove_stale_parts,
@@ -660,6 +661,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                      *([] if not extra else [extra, _shift_stamp(infer), mc_dropout]))
     parts_dir = out_path.with_name(out_path.name + ".parts")
     check_private_folder(parts_dir)  # before anything in it is removed or read
+    check_parts_folder(parts_dir)
     if dist.is_main:
         remove_stale_parts(parts_dir, f"-of-{dist.world:05d}-{sig}")
     journal = ResultJournal(parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}")

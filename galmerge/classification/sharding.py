@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -54,14 +55,39 @@ def output_lock(out_path: Path, rank: int, world: int) -> Iterator[None]:
         yield
 
 
+#: what classify writes in OUTPUT.parts: per-rank journal folders, their .done/.alive files and
+#: the atomic temporaries of those (".rank...~host~pid~XXXX.tmp")
+_OWN_ENTRY = re.compile(r"^\.?rank\d{5}-of-\d{5}-[0-9a-f]{12}")
+
+
+def check_parts_folder(parts_dir: Path) -> None:
+    """Refuse an ``OUTPUT.parts`` that is a link, not a folder, or holds anything classify did
+    not write there: stale results in it are removed, so it must be galmerge's own."""
+    fix = "(or pass another --output) and run again"
+    if parts_dir.is_symlink():
+        raise GalmergeError(f"{parts_dir} is a symbolic link; classify keeps its result "
+                            f"segments in a folder of its own there: remove the link {fix}")
+    if not parts_dir.exists():
+        return
+    if not parts_dir.is_dir():
+        raise GalmergeError(f"{parts_dir} is not a folder; classify keeps its result segments "
+                            f"in a folder of that name: move it away {fix}")
+    foreign = sorted(e.name for e in parts_dir.iterdir() if not _OWN_ENTRY.match(e.name))
+    if foreign:
+        raise GalmergeError(f"{parts_dir} holds {foreign[0]!r}, which classify did not write; it "
+                            f"keeps its result segments in that folder and removes stale ones: "
+                            f"move your files elsewhere {fix}")
+
+
 def remove_stale_parts(parts_dir: Path, sig: str) -> None:
-    """Results of a run with another catalog, model or process count can never be merged."""
+    """Results of a run with another catalog, model or process count can never be merged
+    (only classify's own entries are there: `check_parts_folder`)."""
     import shutil
 
-    if not parts_dir.is_dir():
+    if not parts_dir.is_dir() or parts_dir.is_symlink():
         return
     for entry in parts_dir.iterdir():
-        if sig not in entry.name:
+        if sig not in entry.name and _OWN_ENTRY.match(entry.name):
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
