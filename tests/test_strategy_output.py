@@ -71,3 +71,17 @@ def test_a_bad_strategy_output_is_one_line_naming_plugin_strategy_and_term(
     assert "strategy 'sloppy' (plugin 'galmerge-sloppy')" in error[0]
     assert says in error[0]
     assert not run.exists()  # nothing half-written left behind
+
+
+def test_a_failed_first_step_keeps_the_runs_source_only_stage(plugins, tmp_path):
+    """A stage trained (and kept) for this run directory was removed with everything else
+    when the adaptation's first step failed: only what the failed start wrote is removed."""
+    run = tmp_path / "run"
+    stage = run / "source_only"
+    stage.mkdir(parents=True)
+    (stage / "summary.json").write_text("{}\n")  # as a finished stage left by a killed run
+    result = CliRunner().invoke(
+        cli, [*BASE, "--strategy", "meangap+sloppy", "--run-dir", str(run)])
+    assert result.exit_code == 1 and "strategy 'sloppy'" in result.output, result.output
+    assert (stage / "summary.json").read_text() == "{}\n"
+    assert sorted(p.name for p in run.iterdir()) == ["source_only"]

@@ -3,6 +3,7 @@ checkpoints (best.pt, last.pt). Only rank 0 of a distributed run writes here."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -128,10 +129,16 @@ def check_new(run_dir: Path) -> list[Path]:
 
 
 def discard_new(run_dir: Path) -> None:
-    """Remove a run directory that `prepare_new` made this session, before any checkpoint."""
-    import shutil
-
-    shutil.rmtree(run_dir, ignore_errors=True)
+    """Undo a start that failed before any checkpoint: remove what such a start writes
+    (`_dead_start`: config.toml, env.json, metrics.csv, event files, temporaries) and the folder
+    when that leaves it empty. The run's source-only stage, trained and kept for the next try,
+    and anything else in the folder stay."""
+    dead = _dead_start(run_dir) if run_dir.is_dir() and not run_dir.is_symlink() else None
+    for path in dead or []:
+        path.unlink(missing_ok=True)
+    # not empty (the stage, or files of the user's), or gone already: it stays
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
 
 
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
