@@ -131,6 +131,10 @@ def test_dry_run_installs_nothing(tmp_path: Path, env_python: Path) -> None:
         (["uninstall", "-y", "-r", "req.txt"], "not a requirements file"),
         (["uninstall", "-y", "-rreq.txt"], "not a requirements file"),
         (["uninstall", "-y", "--log", "pip.log", "torch"], "torch is not an installed"),
+        # pip reads an abbreviation as --requirement: only named options reach it
+        (["uninstall", "-y", "--requirem=req.txt"], "does not pass --requirem to pip"),
+        (["uninstall", "-y", "--python", "/usr/bin/python3", "galmerge-mcc"],
+         "does not pass --python to pip"),
     ],
 )
 def test_mistakes_are_one_line(args: list[str], message: str, monkeypatch) -> None:

@@ -87,7 +87,15 @@ def uninstall(packages: tuple[str, ...], yes: bool) -> None:
         if skip:
             skip = False
         elif arg.startswith("-"):
-            skip = "=" not in arg and arg in _VALUE_OPTIONS
+            option = arg.split("=", 1)[0]
+            if option not in _VALUE_OPTIONS and option not in _FLAGS:
+                # pip also takes abbreviations (--requirem=FILE is --requirement): only the
+                # options named here reach it
+                raise GalmergeError(
+                    f"`galmerge uninstall` does not pass {option} to pip; it takes plugin names "
+                    f"and pip's output and network options ({', '.join(sorted(_FLAGS))}, "
+                    f"{', '.join(sorted(_VALUE_OPTIONS))})")
+            skip = "=" not in arg and option in _VALUE_OPTIONS
         else:
             names.append(arg)
     for name in names:
@@ -105,11 +113,16 @@ def uninstall(packages: tuple[str, ...], yes: bool) -> None:
     _pip("uninstall", *(["--yes"] if yes else []), *packages)
 
 
-#: pip options that take a value (pip uninstall's and pip's general ones)
+#: pip options that take a value that `galmerge uninstall` passes on (pip uninstall's and
+#: pip's general ones; not --python, which would act on another environment)
 _VALUE_OPTIONS = {"--log", "--root-user-action", "--proxy", "--retries", "--timeout",
                   "--exists-action", "--trusted-host", "--cert", "--client-cert", "--cache-dir",
-                  "--python", "--keyring-provider", "--use-feature", "--use-deprecated",
+                  "--keyring-provider", "--use-feature", "--use-deprecated",
                   "--resume-retries"}
+#: pip flags it passes on
+_FLAGS = {"-v", "-vv", "-vvv", "--verbose", "-q", "-qq", "-qqq", "--quiet", "--no-input",
+          "--disable-pip-version-check", "--no-color", "--no-cache-dir", "--isolated",
+          "--break-system-packages", "--require-virtualenv"}
 
 
 def _distribution_name(requirement: str) -> str:
