@@ -73,23 +73,14 @@ _ENVIRONMENT_ERRNOS = frozenset({
 RANKS_APART = frozenset({"classify"})
 
 
-def _other_rank() -> int:
-    """This process's RANK when a launcher started several (WORLD_SIZE > 1), else 0.
-
-    Every rank of a torchrun run raises the same error for the same arguments (and `train`
-    hands rank 0's run-directory refusals to the other ranks), so only rank 0 prints it."""
+def _launch() -> tuple[int, int]:
+    """(WORLD_SIZE, RANK) when a launcher such as torchrun started this process, else (1, 0).
+    Read here, not by `galmerge.runtime.distributed` (which imports torch at every start);
+    malformed values count as (1, 0): that module says so in one line when a command runs."""
     try:
-        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    except ValueError:  # galmerge.runtime.distributed says so in one line
-        return 0
-    return rank if world > 1 and rank > 0 else 0
-
-
-def _several_processes() -> bool:
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+        return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     except ValueError:
-        return False
+        return 1, 0
 
 
 def _collective_failure(exc: RuntimeError) -> bool:
@@ -151,30 +142,33 @@ class LazyGroup(click.Group):
             formatter.write_dl(sorted(rows))
 
     def invoke(self, ctx: click.Context) -> Any:
-        rank = _other_rank()
-        if not rank:
-            try:
-                return self._invoke(ctx)
-            except RuntimeError as exc:
-                if not (_several_processes() and _collective_failure(exc)):
-                    raise
-                raise click.ClickException(
-                    "another process of this run stopped (its error is printed above), so this "
-                    "one cannot go on; mend that and run the same command again") from None
+        world, rank = _launch()
+        if world <= 1:
+            return self._invoke(ctx)
+        main = rank <= 0
+        # several processes: every rank of a torchrun run raises the same error for the same
+        # arguments (and `train` hands rank 0's run-directory refusals on), so rank 0 prints it
         try:
             return self._invoke(ctx)
         except click.ClickException as exc:
+            if main:
+                raise
             if ctx.invoked_subcommand in RANKS_APART or not _everyones(exc):
                 # this rank's own (or a command whose ranks work apart): say whose it is
                 raise click.ClickException(f"rank {rank}: {exc.format_message()}") from None
             raise click.exceptions.Exit(exc.exit_code) from None  # every rank has it: rank 0 prints
         except (KeyboardInterrupt, click.Abort):
+            if main:
+                raise
             raise click.exceptions.Exit(1) from None  # "Aborted!" once, from rank 0
         except RuntimeError as exc:
             if not _collective_failure(exc):
                 raise
-            # another rank stopped (its error is printed there): no traceback of ours
-            raise click.exceptions.Exit(1) from None
+            if not main:  # another rank stopped (its error is printed there): no traceback of ours
+                raise click.exceptions.Exit(1) from None
+            raise click.ClickException(
+                "another process of this run stopped (its error is printed above), so this "
+                "one cannot go on; mend that and run the same command again") from None
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:

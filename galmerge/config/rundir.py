@@ -7,7 +7,6 @@ import contextlib
 import csv
 import json
 import math
-import os
 import platform
 import re
 import subprocess
@@ -275,16 +274,13 @@ def note_rerun_environment(run_dir: Path, seed: Any, quiet: bool = False) -> lis
         return []
     if not isinstance(start, dict) or not same_seed:
         return []
-    here: dict[str, Any] = {"cpu_threads": torch.get_num_threads(), "cpu": cpu_description(),
-                            "torch": torch.__version__}
-    try:  # the process count: each torchrun process draws its own dropout masks
-        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    except ValueError:
-        world, rank = 0, 0
-    if world >= 1:
-        here["world_size"] = world
+    from galmerge.runtime.distributed import from_environment
+
+    dist = from_environment()  # the process count: each torchrun process draws its own masks
+    here = {"cpu_threads": torch.get_num_threads(), "cpu": cpu_description(),
+            "torch": torch.__version__, "world_size": dist.world}
     changed = [k for k in here if k in start and start[k] != here[k]]
-    if changed and not quiet and (world <= 1 or rank == 0):
+    if changed and not quiet and dist.is_main:
         what = ", ".join(f"{k} {start[k]!r} there, {here[k]!r} here" for k in changed)
         fixes = []
         if "cpu_threads" in changed:
