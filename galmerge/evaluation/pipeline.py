@@ -376,7 +376,7 @@ def choose_baseline(run_dir: Path, config: Mapping[str, Any]) -> Baseline | None
     return min(found, key=lambda f: f[0])[1] if found else None
 
 
-def find_baseline(run_dir: Path, summary: dict[str, Any] | None = None) -> Path | None:
+def find_baseline(run_dir: Path) -> Path | None:
     """The folder of `choose_baseline`'s pick for a run directory, or None."""
     config = _read_run_config(run_dir)
     base = choose_baseline(run_dir, config) if config is not None else None

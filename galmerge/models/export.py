@@ -169,20 +169,17 @@ def export_model(
 
 
 
-def _check_output(out: Path, fmt: str) -> bool:
+def _check_output(out: Path, fmt: str) -> None:
     """One line, before any work, for an output that would destroy a file: a name of another
     kind (best.pt, config.toml) or an existing file that is not a galmerge export of this format
-    (a new export may replace an old one). True when it will replace an earlier export."""
+    (a new export may replace an old one)."""
     suffixes = (".onnx",) if fmt == "onnx" else (".pt", ".ts")
     if not out.name.lower().endswith(suffixes):
         raise GalmergeError(f"--output {out}: a {fmt} export is named *{suffixes[0]} (e.g. "
                             f"{default_output(out.parent, fmt).name}); choose such a name")
-    if not out.exists():
-        return False
-    if export_metadata(out, fmt) is None:
+    if out.exists() and export_metadata(out, fmt) is None:
         raise GalmergeError(f"--output {out} exists and is not a galmerge {fmt} export, so it is "
                             "not replaced; choose another file or remove it")
-    return True
 
 
 def export_metadata(path: str | os.PathLike[str], fmt: str) -> dict[str, Any] | None:

@@ -33,18 +33,19 @@ from galmerge.plugin.records import Survey
 PRESETS = ("pristine", "noisy", "illustris", "sdss")
 DEFAULTS: dict[str, Any] = {"n": 2000, "seed": 0, "merger_fraction": 0.5, "size": 75,
                             "cache": True}  # fmt: skip
+#: field stars + background galaxies drawn per stamp at most (render.draw.MAX_FIELD; repeated
+#: here so that listing surveys imports no torch)
+MAX_FIELD_SOURCES = 8
 # observing options (None = the preset's own value): (field of Preset, lowest value, highest)
 SHIFTS: dict[str, tuple[str, float, float]] = {
     "seeing": ("psf_fwhm", 0.1, 10.0),
     "noise": ("sky_sigma", 0.0, 100.0),
-    "stars": ("stars_per_stamp", 0.0, 8.0),
-    "field_galaxies": ("galaxies_per_stamp", 0.0, 8.0),
+    "stars": ("stars_per_stamp", 0.0, float(MAX_FIELD_SOURCES)),
+    "field_galaxies": ("galaxies_per_stamp", 0.0, float(MAX_FIELD_SOURCES)),
     "pixel_scale": ("pixel_scale", 0.01, 5.0),
     "z_scale": ("z_range", 0.2, 5.0),
 }
 MAX_IMAGES = 5_000_000
-#: field stars + background galaxies drawn per stamp at most (render.draw.MAX_FIELD)
-MAX_FIELD_SOURCES = 8
 HELP = {
     "n": "images to render", "seed": "seed of the scenes and noise",
     "merger_fraction": "share of mergers (0..1)", "size": "stamp size in pixels (16..512)",
