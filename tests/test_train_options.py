@@ -125,6 +125,22 @@ def test_cyclic_schedule_follows_deepmerge_cycle1(toys, tmp_path):
             _cycle1(1e-3, step, 85, 5), rel=1e-9, abs=1e-15)
 
 
+def test_epoch_steps_ceil_counts_steps_as_a_dataloader_without_drop_last(toys, tmp_path):
+    # 42 train images at batch 8: floor 5 steps/epoch (the default), ceil 6, as DeepMerge II's
+    # len(DataLoader); the cyclic period follows (int(0.9 * 3 * 6) = 16 steps)
+    _run(tmp_path, "ceil", epochs=4, lr=0.01, patience=0,
+         sets=["schedule.kind=cyclic", "schedule.cycle_length=3", "epoch_steps=ceil"])
+    rows = _rows(tmp_path / "ceil")
+    for epoch, row in enumerate(rows, start=1):
+        assert float(row["lr"]) == pytest.approx(_cycle1(0.01, epoch * 6 - 1, 6, 3), rel=1e-9)
+    state = torch.load(tmp_path / "ceil" / "last.pt", weights_only=True)["training_state"]
+    assert state["global_step"] == 4 * 6 and state["source_batches"]["drawn"] == 4 * 6
+    config = tomllib.loads((tmp_path / "ceil" / "config.toml").read_text())
+    assert config["epoch_steps"] == "ceil"
+    with pytest.raises(GalmergeError, match="epoch_steps must be one of floor, ceil"):
+        _run(tmp_path, "bad", sets=["epoch_steps=round"])
+
+
 def _group_lrs(run: Path) -> list[float]:
     state = torch.load(run / "last.pt", weights_only=True)["training_state"]
     return [g["lr"] for g in state["optimizer"]["param_groups"]]
@@ -219,6 +235,26 @@ def test_init_from_keeps_preprocessing_and_loads_strategy_state(toys, tmp_path):
          init_from=tmp_path / "first")
     third = torch.load(tmp_path / "third" / "last.pt", weights_only=True)
     assert third["preprocess"]["target"]["mean"] != first["preprocess"]["target"]["mean"]
+
+
+def test_init_fresh_strategies_start_their_state_anew(toys, tmp_path):
+    _run(tmp_path, "first", strategy="dann")
+    first = torch.load(tmp_path / "first" / "best.pt", weights_only=True)["strategy_state"]
+    # another seed: a discriminator built anew differs from the first run's, a loaded one not
+    runs = {}
+    for name, sets in (("loaded", []), ("fresh", ['init_fresh_strategies=["DANN"]'])):
+        _run(tmp_path, name, strategy="dann", epochs=1, lr=1e-12, seed=2, sets=sets,
+             init_from=tmp_path / "first")
+        runs[name] = torch.load(tmp_path / name / "last.pt", weights_only=True)["strategy_state"]
+    assert all(torch.allclose(v, runs["loaded"][k], atol=1e-6) for k, v in first.items())
+    assert not all(torch.allclose(v, runs["fresh"][k], atol=1e-3) for k, v in first.items())
+    config = tomllib.loads((tmp_path / "fresh" / "config.toml").read_text())
+    assert config["init_fresh_strategies"] == ["dann"]  # recorded by its canonical name
+    with pytest.raises(GalmergeError, match="'fisher' is not a strategy of this run"):
+        _run(tmp_path, "bad", strategy="dann", init_from=tmp_path / "first",
+             sets=['init_fresh_strategies=["fisher"]'])
+    with pytest.raises(GalmergeError, match="init_fresh_strategies must be a list"):
+        _run(tmp_path, "bad2", strategy="dann", sets=["init_fresh_strategies=dann"])
 
 
 def test_a_last_pt_of_the_old_layout_resumes_bit_for_bit(toys, tmp_path):

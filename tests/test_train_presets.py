@@ -30,7 +30,7 @@ COMMON = {
     "batch_size": 128, "epochs": 200, "patience": 20, "optimizer.betas": [0.7, 0.8],
     "optimizer.eps": 1e-8, "schedule.kind": "cyclic", "select_by": "source_val_accuracy",
     "stop_by": "source_val_batch_loss", "early_stopping": "deepmerge",
-    "backbone_options.dropout": 0.0,
+    "backbone_options.dropout": 0.0, "epoch_steps": "ceil",
 }
 FISHER_ENTROPY = {"strategies.fisher.weight": 1.0, "strategies.fisher.inter_weight": 1.0,
                   "strategies.fisher.form": "tr", "strategies.entropy.include_source": True,
@@ -90,6 +90,9 @@ def test_paper_preset_resolves_to_the_authors_values(preset, strategy):
     owners = {k.partition(".")[0] for k in c["lr_multipliers"]}
     assert owners <= set(strategy.split("+"))
     assert c["init_keep_preprocess"] is preset.endswith("-tl")
+    # the authors' --ckpt_path loads the network (and ad_net); Fisher centres start fresh
+    fresh = ["fisher"] if preset.endswith("-tl") and "fisher" in strategy else []
+    assert c["init_fresh_strategies"] == fresh
 
 
 # options a paper preset may leave at galmerge's default: each default is the authors' code

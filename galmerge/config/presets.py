@@ -84,6 +84,9 @@ _COMMON: dict[str, Cited] = {
     "optimizer.eps": C(1e-8, "[MMD]/[ADA]/[noDA] optim_params eps 1e-8"),
     "domain_batchnorm": C("joint", "[MMD]/[ADA] source and target batches concatenated in one "
                           "forward (DEEPMERGE2-AUDIT 3.4); one set of BatchNorm statistics"),
+    "epoch_steps": C("ceil", "[MMD]/[ADA]/[noDA] len(DataLoader(batch_size=128)) steps per "
+                     "epoch, no drop_last: ceil(n/128) (85 in sim-sim, [LR] :74); each batch is "
+                     "full (the first of a fresh shuffle, train_MMD.py:262-263)"),
 }
 
 _AMSGRAD_MMD = C(True, "[MMD] train_MMD.py:633 amsgrad=True")
@@ -258,6 +261,10 @@ def _tl(method: str) -> dict[str, Cited]:
         row = {k: Cited(v.value, v.source, "the paper has no TL row for noDA; the sim-real "
                         "noDA value") for k, v in row.items()}
     row["init_keep_preprocess"] = _KEEP
+    if "fisher" in method.split("+"):
+        row["init_fresh_strategies"] = C(
+            ["fisher"], "[MMD] train_MMD.py:146-149, [ADA] :157-161: --ckpt_path loads "
+            "base_network (and ad_net); the Fisher centres start fresh")
     return row
 
 

@@ -9,7 +9,8 @@ feeds straight back into ``--config`` and reproduces the same run::
     stop_by ("" = select_by's name), early_stopping ("patience" | "deepmerge"),
     domain_batchnorm ("joint" | "separate" | "specific"), target_encoder ("auto" | "shared" |
     "separate"; the resolved config holds shared or separate), source_path ("train" |
-    "frozen"), init_keep_preprocess (bool)
+    "frozen"), init_keep_preprocess (bool), init_fresh_strategies (list of strategy names),
+    epoch_steps ("floor" | "ceil")
     [optimizer]         Adam: betas, eps, amsgrad
     [schedule]          kind ("onecycle" | "cyclic"); one-cycle: pct_start, div_factor,
                         final_div_factor; cyclic: cycle_length (epochs)
@@ -61,6 +62,15 @@ feeds straight back into ``--config`` and reproduces the same run::
   (``galmerge.training.optim``), the table overrides them.
 - ``init_keep_preprocess``: with ``init_from``, normalise with the checkpoint's preprocessing
   specs instead of measuring new ones (transfer learning as DeepMerge II did it).
+- ``init_fresh_strategies``: with ``init_from``, the strategies whose learned state (Fisher
+  centres, a discriminator) starts fresh instead of being loaded from the checkpoint; empty (the
+  default) loads every strategy state the checkpoint holds with matching shapes. The
+  ``deepmerge2-sim-real-tl`` preset lists ``fisher``: the authors' transfer learning loads the
+  network (and the discriminator) only.
+- ``epoch_steps``: steps per epoch from the source training split of n images at batch size b:
+  "floor" (the default) floor(n / b), "ceil" ceil(n / b), as a ``DataLoader`` without
+  ``drop_last`` counts them (DeepMerge II's code; its presets pin it). Every batch is full either
+  way: a batch that crosses the end of a pass continues into the next permutation.
 """
 
 from __future__ import annotations
@@ -108,6 +118,8 @@ DEFAULTS: dict[str, Any] = {
     # Tzeng et al. 2017 wrote it); "train" keeps training it on the source loss (stop 28)
     "source_path": "train",
     "init_keep_preprocess": False,
+    "init_fresh_strategies": [],
+    "epoch_steps": "floor",
     # Adam with the paper's betas (DeepMerge II; DeepMergeDomainAdaptation's train_MMD.py uses (0.7, 0.8))
     "optimizer": {"betas": [0.7, 0.8], "eps": 1e-8, "amsgrad": False},
     # torch.optim.lr_scheduler.OneCycleLR arguments (its own defaults)
@@ -304,6 +316,8 @@ def resolve_config(
         config["strategies"][record.name] = record.check(resolved_strategies.get(record.name))
     config["backbone_options"] = backbone.check(config.get("backbone_options"))
     config["lr_multipliers"] = _multipliers(config.get("lr_multipliers") or {}, aliases)
+    config["init_fresh_strategies"] = _fresh_strategies(config["init_fresh_strategies"],
+                                                        aliases, config["strategy"])
     reading = [r for r in records if r.needs_target]
     if config.get("target_encoder") == "auto":  # the resolved config records the layout
         own = reading and config.get("domain_batchnorm") != "joint" and all(
@@ -321,6 +335,22 @@ def resolve_config(
         config["select_by"] = "im" if config["target_encoder"] == "separate" else "source_val_loss"
     validate_config(config)
     return config
+
+
+def _fresh_strategies(value: Any, aliases: Mapping[str, str], strategy: str) -> list[str]:
+    """``init_fresh_strategies`` as canonical names of the run's own strategies."""
+    if not isinstance(value, list | tuple) or not all(isinstance(n, str) and n for n in value):
+        raise GalmergeError(f"init_fresh_strategies must be a list of strategy names, got "
+                            f"{value!r}; e.g. --set 'init_fresh_strategies=[\"fisher\"]'")
+    out = []
+    for name in value:
+        canonical = aliases.get(name.lower())
+        if canonical is None:
+            raise GalmergeError(f"init_fresh_strategies: '{name}' is not a strategy of this run "
+                                f"(--strategy {strategy}); list only its own, or drop it")
+        if canonical not in out:
+            out.append(canonical)
+    return out
 
 
 SEED_LIMIT = 2**32  # numpy's seed range; the run's generators derive theirs from it
@@ -385,6 +415,7 @@ CHOICES = {
     "domain_batchnorm": ("joint", "separate", "specific"),
     "target_encoder": ("auto", "shared", "separate"),
     "source_path": ("train", "frozen"),
+    "epoch_steps": ("floor", "ceil"),
 }
 
 
@@ -404,6 +435,10 @@ def _validate_choices(config: Mapping[str, Any]) -> None:
         raise GalmergeError(f"schedule.cycle_length must be a number of epochs > 0, got {length!r}")
     if not isinstance(config["init_keep_preprocess"], bool):
         raise GalmergeError("init_keep_preprocess must be true or false")
+    fresh = config["init_fresh_strategies"]
+    if not isinstance(fresh, list | tuple) or not all(isinstance(n, str) and n for n in fresh):
+        raise GalmergeError(f"init_fresh_strategies must be a list of strategy names, got "
+                            f"{fresh!r}; e.g. --set 'init_fresh_strategies=[\"fisher\"]'")
 
 
 def _check_observe(options: Mapping[str, Any]) -> None:

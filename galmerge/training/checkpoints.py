@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -70,14 +70,17 @@ def load_init_weights(model: GalaxyClassifier, init: Mapping[str, Any], source: 
         ) from None
 
 
-def load_init_strategies(strategies: nn.ModuleDict, init: Mapping[str, Any]) -> list[str]:
+def load_init_strategies(strategies: nn.ModuleDict, init: Mapping[str, Any],
+                         fresh: Iterable[str] = ()) -> list[str]:
     """Load each strategy module whose whole state the checkpoint holds with matching shapes
-    (checkpoints written before ``strategy_state`` existed hold none); returns their names."""
+    (checkpoints written before ``strategy_state`` existed hold none), except those named in
+    ``fresh`` (``init_fresh_strategies``); returns the names loaded."""
     saved = init.get("strategy_state") or {}
+    skip = set(fresh)
     loaded = []
     for name, module in strategies.items():
         own = module.state_dict()
-        if not own:
+        if not own or name in skip:
             continue
         theirs = {k: saved.get(f"{name}.{k}") for k in own}
         if all(v is not None and v.shape == own[k].shape for k, v in theirs.items()):

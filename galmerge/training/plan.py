@@ -83,7 +83,11 @@ def make_plan(
     config: dict[str, Any], out_dir: Path, device: torch.device, dist: ddp.DistInfo,
     n_source_train: int, needs_target: bool,
 ) -> Plan:
-    steps_per_epoch = max(1, n_source_train // int(config["batch_size"]))
+    batch = int(config["batch_size"])
+    if config.get("epoch_steps") == "ceil":  # a DataLoader without drop_last (DeepMerge II)
+        steps_per_epoch = max(1, -(-n_source_train // batch))
+    else:
+        steps_per_epoch = max(1, n_source_train // batch)
     if config["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, int(config["max_steps_per_epoch"]))
     check = nonfinite_check_interval(device)

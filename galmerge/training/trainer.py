@@ -98,7 +98,9 @@ class Trainer:
             cfg, model.out_features, plan.total_steps, plan.device
         )
         self.init_loaded = (
-            checkpoints.load_init_strategies(self.strategies, init) if init is not None else []
+            checkpoints.load_init_strategies(
+                self.strategies, init, fresh=cfg.get("init_fresh_strategies") or ())
+            if init is not None else []
         )
         forward_model = torch.compile(model) if cfg["compile"] else None
         self.step_module: nn.Module = TrainStep(
