@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from test_classify import (
     CASJOBS,
     StampsSurvey,
+    fetch_lines,
     make_checkpoint,
     oracle,
     read_csv,
@@ -204,7 +206,7 @@ def test_classify_parquet_in_and_out_matches_the_csv_run(env):
 
 
 def test_parquet_in_and_out_keeps_times_dates_decimals_and_bytes(env):
-    """Timestamp, date, decimal and binary columns keep their type and values; lists, structs,
+    """Timestamp, date, decimal, binary, list and struct columns keep their type and values;
     times and durations come out as the text the CSV output writes. Before, any of them
     stopped the run ("holds values in a later chunk that do not fit")."""
     import datetime
@@ -239,9 +241,119 @@ def test_parquet_in_and_out_keeps_times_dates_decimals_and_bytes(env):
                                                        tzinfo=datetime.UTC)
                                              for w in when]
     assert out.schema.field("utc").type == pa.timestamp("ms", tz="UTC")
-    for name in ("lst", "st", "dur"):
-        assert out.schema.field(name).type == pa.string(), name
-    assert out.column("lst").to_pylist()[0] == "[0, 1]"
+    for name in ("lst", "st"):
+        assert out.schema.field(name).type == table.schema.field(name).type, name
+        assert out.column(name).to_pylist() == table.column(name).to_pylist(), name
+    assert out.schema.field("dur").type == pa.string()
+    assert out.column("dur").to_pylist()[1] == "0:00:01"
+
+
+def _nested_catalog(n: int) -> pa.Table:
+    """Positions the stamps survey covers, with list, struct, map and fixed-size list columns
+    holding nested nulls, NaN, empty lists and null cells."""
+    lst = [None if i % 5 == 4 else [] if i % 5 == 3 else [float(i), None, math.nan, -0.5 * i]
+           for i in range(n)]
+    st = [None if i % 4 == 2 else {"a": i if i % 3 else None, "b": None if i % 2 else f"s{i}",
+                                   "c": [float(i), None] if i % 3 else None}
+          for i in range(n)]
+    return pa.table({
+        "objid": pa.array([1237648720693755918 + 7 * i for i in range(n)], pa.int64()),
+        "ra": pa.array([(13.7 * i) % 360 for i in range(n)]),
+        "dec": pa.array([(i * 0.37) % 60 - 30 for i in range(n)]),
+        "lst": pa.array(lst, pa.list_(pa.float64())),
+        "st": pa.array(st, pa.struct([("a", pa.int64()), ("b", pa.string()),
+                                      ("c", pa.list_(pa.float32()))])),
+        "kv": pa.array([None if i % 6 == 5 else [("k", i), ("z", None)] for i in range(n)],
+                       pa.map_(pa.string(), pa.int32())),
+        "pair": pa.array([[i, -i] for i in range(n)], pa.list_(pa.int16(), 2)),
+    })
+
+
+def test_lists_and_structs_keep_their_arrow_type_through_a_resumed_run(env, monkeypatch):
+    """List, struct, map and fixed-size list columns of a Parquet catalog come out of a Parquet
+    output in their own type and values, nested nulls and NaN included, also when the run was
+    stopped and resumed from its result segments. Before, the segments kept such cells as text
+    (lists and structs became ``string`` columns; a fixed-size list stopped the run)."""
+    tmp, ckpt = env
+    table = _nested_catalog(40)
+    pq.write_table(table, tmp / "cat.parquet", row_group_size=7)
+    args = ["classify", str(tmp / "cat.parquet"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--cache", str(tmp / "c.h5"), "--chunk-rows", "2", "--output",
+            str(tmp / "o.parquet")]
+    monkeypatch.setenv("GALMERGE_TEST_FETCH_LIMIT", "21")
+    assert run_cli(*args).exit_code != 0  # stopped during the 11th chunk
+    assert len(list((tmp / "o.parquet.parts").glob("*/seg-*.arrow"))) == 1  # 8 chunks kept
+    monkeypatch.delenv("GALMERGE_TEST_FETCH_LIMIT")
+    for path in tmp.glob("c.h5*"):  # without the cutout cache, the segment alone is resumed
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    n = len(fetch_lines(tmp / "fetch.log"))
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    assert len(fetch_lines(tmp / "fetch.log")) - n == 40 - 16  # its 16 rows are not redone
+    out = pq.read_table(tmp / "o.parquet")
+    assert out.column("status").to_pylist() == ["ok"] * 40
+    for name in table.column_names:
+        assert out.schema.field(name).type == table.schema.field(name).type, name
+        # repr: NaN equals NaN, None is not NaN, and 1 is not 1.0
+        assert repr(out.column(name).to_pylist()) == repr(table.column(name).to_pylist()), name
+
+
+@pytest.mark.slow
+def test_lists_and_structs_keep_their_arrow_type_through_a_torchrun_merge(env,
+                                                                          busy_torchrun_ports):
+    """Two processes' result segments, merged by rank 0, give the nested columns back in their
+    type and values (each rank's segments store them as read)."""
+    from test_classify import _script, _sub_env
+
+    tmp, ckpt = env
+    table = _nested_catalog(30)
+    pq.write_table(table, tmp / "cat.parquet", row_group_size=4)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
+                           str(_script(tmp)), "classify", str(tmp / "cat.parquet"), "--model",
+                           str(ckpt), "--survey", "stamps", "--quiet", "--chunk-rows", "3",
+                           "--cache", str(tmp / "c-{rank}.h5"), "--output",
+                           str(tmp / "o.parquet")], env=_sub_env(tmp / "fetch.log"),
+                          timeout=180, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = pq.read_table(tmp / "o.parquet")
+    assert out.column("status").to_pylist() == ["ok"] * 30
+    for name in table.column_names:
+        assert out.schema.field(name).type == table.schema.field(name).type, name
+        assert repr(out.column(name).to_pylist()) == repr(table.column(name).to_pylist()), name
+
+
+def test_lists_and_structs_are_json_text_in_csv_hdf5_and_fits(env):
+    """Where the output format has no such type, a list, struct or map cell is JSON text that
+    loads back to the cell (nested nulls as null, NaN as NaN); a null cell is empty."""
+    import h5py
+    from astropy.table import Table
+
+    tmp, ckpt = env
+    table = _nested_catalog(12)
+    pq.write_table(table, tmp / "cat.parquet", row_group_size=5)
+    expected = {name: table.column(name).to_pylist() for name in ("lst", "st", "kv")}
+    texts = {}
+    for suffix in ("csv", "h5", "fits"):
+        res = run_cli("classify", str(tmp / "cat.parquet"), "--model", str(ckpt), "--survey",
+                      "stamps", "--quiet", "--chunk-rows", "5", "--output",
+                      str(tmp / f"o.{suffix}"))
+        assert res.exit_code == 0, res.output
+    header, rows = read_csv(tmp / "o.csv")
+    texts["csv"] = {name: [r[header.index(name)] for r in rows] for name in expected}
+    with h5py.File(tmp / "o.h5") as f:
+        texts["h5"] = {name: [v.decode() for v in f[name][:]] for name in expected}
+    fits = Table.read(tmp / "o.fits")
+    texts["fits"] = {name: [str(v) for v in np.ma.filled(fits[name], "")] for name in expected}
+    assert texts["csv"]["lst"][0] == "[0.0, null, NaN, -0.0]"
+    assert texts["csv"]["st"][0] == '{"a": null, "b": "s0", "c": null}'
+    assert texts["csv"]["kv"][0] == '[["k", 0], ["z", null]]'
+    for fmt, columns in texts.items():
+        for name, cells in columns.items():
+            back = [None if c == "" else json.loads(c) for c in cells]
+            want = [v if not isinstance(v, list) or name != "kv" else [list(e) for e in v]
+                    for v in expected[name]]
+            assert repr(back) == repr(want), (fmt, name)
 
 
 def _float(text: str) -> float | None:

@@ -112,6 +112,30 @@ def test_journal_refuses_foreign_folder_directly(tmp_path):
         ResultJournal(tmp_path / "parts" / "rank00000")
 
 
+def test_a_segment_column_of_an_extension_type_is_refused(tmp_path):
+    """Nested columns are stored in their Arrow type; an extension type (whose reader could be
+    code registered by any installed package) in a segment is refused, never decoded."""
+    import pyarrow as pa
+
+    from galmerge.classification.segments import (
+        SegmentWriter,
+        file_digest,
+        read_segment,
+        segment_name,
+    )
+
+    if not hasattr(pa, "uuid"):
+        pytest.skip("pyarrow without the uuid extension type")
+    path = tmp_path / "s.arrow"
+    writer = SegmentWriter(path, ["u"], nested={"u": pa.uuid()})
+    writer.write(0, ResultBlock({"u": np.array([b"0" * 16], dtype=object)}, np.array([0.5]),
+                                np.array([0], np.int8), np.array(["ok"], dtype=object)))
+    writer.close()
+    named = path.rename(tmp_path / segment_name(0, file_digest(path)))
+    with pytest.raises(ValueError, match="extension type"):
+        list(read_segment(named))
+
+
 # -- round trip: whatever a chunk holds, the writers see the same values after the journal ------
 
 cells = st.one_of(

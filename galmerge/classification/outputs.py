@@ -181,6 +181,24 @@ def _text(value: Any) -> str:
         return value.decode(ENCODING, ERRORS).rstrip()
     if isinstance(value, np.ndarray):
         return " ".join(_text(v) for v in value.ravel())
+    if isinstance(value, list | tuple | dict):
+        return nested_text(value)
+    return str(value)
+
+
+def nested_text(value: list[Any] | tuple[Any, ...] | dict[str, Any]) -> str:
+    """A list, struct or map cell (as the Parquet reader gives it) as JSON text: lists and map
+    entries as arrays, structs as objects, a nested null as ``null``, non-finite floats as
+    ``NaN``/``Infinity``/``-Infinity``; other values (times, decimals, bytes) as JSON strings of
+    the text their own column would be written as (bytes whole, undecodable bytes kept)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=True, default=_json_leaf)
+
+
+def _json_leaf(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode(ENCODING, ERRORS)
+    if isinstance(value, np.generic):
+        return value.item()
     return str(value)
 
 
@@ -534,10 +552,12 @@ class ResultJournal:
     and the parts folder above it must be the user's own and not writable by others.
     """
 
-    def __init__(self, folder: Path, segment_chunks: int = 8, segment_seconds: float = 30.0):
+    def __init__(self, folder: Path, segment_chunks: int = 8, segment_seconds: float = 30.0,
+                 *, nested: dict[str, Any] | None = None) -> None:
         from galmerge.classification.segments import check_private_folder, refuse_pickled_segments
 
         self.folder = folder
+        self.nested = dict(nested or {})  # input columns kept in their nested Arrow type
         self.marker = folder.with_name(folder.name + ".done")
         self.segment_chunks = max(1, segment_chunks)
         self.segment_seconds = segment_seconds
@@ -585,7 +605,8 @@ class ResultJournal:
         if self._writer is None:
             self._first = index
             self._tmp = self.folder / f".seg-{index:012d}.{os.getpid()}.tmp"
-            self._writer = SegmentWriter(self._tmp, list(block.columns), list(block.extra))
+            self._writer = SegmentWriter(self._tmp, list(block.columns), list(block.extra),
+                                         self.nested)
         self._writer.write(index, block)
         self._pending.append(index)
         if (len(self._pending) >= self.segment_chunks

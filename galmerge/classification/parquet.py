@@ -2,8 +2,9 @@
 
 Reading streams record batches of ``chunk_rows`` rows, so memory stays flat in the file's size;
 integer columns stay integers (64-bit ids exact), text stays text, a null cell becomes None (as
-a VOTable null does). Writing keeps every input column in its Arrow type (fixed by the first
-rows that hold a value), stores unavailable ``p_merger``/``is_merger`` as native nulls and
+a VOTable null does), a list, struct or map cell the Python list, dict or list of (key, value)
+tuples pyarrow gives. Writing keeps every input column in its Arrow type (a Parquet input's own,
+lists, structs and maps included; else fixed by the first rows that hold a value), stores unavailable ``p_merger``/``is_merger`` as native nulls and
 ``status`` dictionary-encoded, and writes a row group every `ParquetWriter.ROW_GROUP` rows.
 """
 
@@ -25,6 +26,7 @@ from galmerge.classification.catalogs import (
     _pick,
 )
 from galmerge.classification.outputs import ENCODING, ERRORS, OutputWriter, ResultBlock, _text
+from galmerge.classification.segments import is_nested
 from galmerge.errors import GalmergeError
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -64,6 +66,11 @@ class ParquetCatalog(Catalog):
     def arrow_types(self) -> dict[str, Any]:
         """Each column's Arrow type, for a Parquet output that keeps them (`kept_type`)."""
         return {f.name: kept_type(f.type) for f in self.schema}
+
+    @property
+    def nested_types(self) -> dict[str, Any]:
+        """The nested columns' Arrow types, which the result segments store as they are."""
+        return {f.name: f.type for f in self.schema if is_nested(f.type)}
 
     def chunks(self, chunk_rows: int) -> Iterator[CatalogChunk]:
         import pyarrow as pa
@@ -243,15 +250,15 @@ def _parsed_from_text(ty: Any) -> bool:
 
 def kept_type(ty: Any) -> Any:
     """The Parquet output's type for an input column of type ``ty``: its own for numbers,
-    booleans, text, binary (its bytes, trailing whitespace cut as in every output), fixed-size
-    arrays, timestamps, dates and decimals; text (``string``, the cell as the CSV output writes
-    it) for lists, structs, maps, times and durations, whose cells the result segments keep as
-    text only."""
+    booleans, text, binary (its bytes, trailing whitespace cut as in every output), timestamps,
+    dates, decimals and nested types (lists, fixed-size lists, structs, maps: the result
+    segments store them in that type, `galmerge.classification.segments.is_nested`); text
+    (``string``, the cell as the CSV output writes it) for times, durations and the rest."""
     import pyarrow as pa
     import pyarrow.types as t
 
     if (t.is_integer(ty) or t.is_floating(ty) or t.is_boolean(ty) or t.is_string(ty)
-            or t.is_large_string(ty) or t.is_fixed_size_list(ty) or _parsed_from_text(ty)
+            or t.is_large_string(ty) or is_nested(ty) or _parsed_from_text(ty)
             or t.is_binary(ty) or t.is_large_binary(ty)):
         return ty
     if t.is_dictionary(ty) and (t.is_string(ty.value_type) or t.is_large_string(ty.value_type)):
@@ -266,7 +273,7 @@ def _to_arrow(values: np.ndarray, ty: Any, name: str) -> Any:
 
     arr = np.asarray(values)
     try:
-        if t.is_fixed_size_list(ty):
+        if t.is_fixed_size_list(ty) and arr.dtype != object:  # a FITS array column's rows
             flat = pa.array(arr.reshape(len(arr), -1).reshape(-1), type=ty.value_type)
             return pa.FixedSizeListArray.from_arrays(flat, ty.list_size)
         if t.is_string(ty) or t.is_large_string(ty):

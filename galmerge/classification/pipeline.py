@@ -656,15 +656,20 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     progress = _Progress(show, shard_total)
     fetched = Counter()
     # the cutout kind too: it holds --cache-keepbits, and rounded stamps classify otherwise
+    # a Parquet input's lists, structs and maps: stored in the result segments in their type
+    nested = dict(getattr(source, "nested_types", {}))
     sig = _signature(_file_stamp(cat_path), _file_stamp(infer.loaded.path), domain,
                      float(threshold), survey, chunk_rows, ra_col, dec_col, id_col, kind,
-                     *([] if not extra else [extra, _shift_stamp(infer), mc_dropout]))
+                     *([] if not extra else [extra, _shift_stamp(infer), mc_dropout]),
+                     # segments of versions that stored them as text are not resumed from
+                     *([] if not nested else ["nested-arrow", sorted(nested)]))
     parts_dir = out_path.with_name(out_path.name + ".parts")
     check_private_folder(parts_dir)  # before anything in it is removed or read
     check_parts_folder(parts_dir)
     if dist.is_main:
         remove_stale_parts(parts_dir, f"-of-{dist.world:05d}-{sig}")
-    journal = ResultJournal(parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}")
+    journal = ResultJournal(parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}",
+                            nested=nested)
     tally = Tally()
     heartbeat = None
     if dist.enabled and not dist.is_main and not journal.finished:

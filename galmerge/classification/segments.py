@@ -2,14 +2,17 @@
 
 A segment holds consecutive `ResultBlock`s of one rank, one Arrow record batch per block. Its
 file name carries the SHA-256 of its bytes (``seg-<first chunk>-<sha256[:32]>.arrow``), checked
-before anything is decoded; decoding only ever builds numbers, bytes and strings (no pickle), so a
-segment planted by someone else can at worst hold wrong numbers -- and `check_private_folder`
-refuses a parts folder that anyone but the current user could have written to.
+before anything is decoded; decoding only ever builds numbers, bytes, strings and lists and dicts
+of them (no pickle), so a segment planted by someone else can at worst hold wrong numbers -- and
+`check_private_folder` refuses a parts folder that anyone but the current user could have written
+to.
 
 Input columns are stored so that the output writers see exactly the values they would have seen
 without the journal: a plain numpy column as its raw bytes (dtype and shape in the batch's
 metadata), an object column cell by cell with a type tag (None, str, int, float, bool, numpy
-scalar); any other cell is stored as the text every writer would make of it.
+scalar); any other cell is stored as the text every writer would make of it. A column whose
+Arrow type is nested (`is_nested`: a Parquet input's lists, structs and maps) is stored in that
+type, so a Parquet output gets it back as it was read (extension types are refused on reading).
 """
 
 from __future__ import annotations
@@ -73,6 +76,24 @@ def refuse_pickled_segments(folder: Path) -> None:
             "command again (stamps already cached are not fetched again)")
 
 
+def is_nested(ty: Any) -> bool:
+    """Lists (variable or fixed size), structs and maps: the Arrow types a segment keeps as they
+    are, whose cells the readers give as Python lists, dicts and (key, value) tuples."""
+    import pyarrow.types as t
+
+    return bool(t.is_list(ty) or t.is_large_list(ty) or t.is_fixed_size_list(ty)
+                or t.is_struct(ty) or t.is_map(ty))
+
+
+def _has_extension(ty: Any) -> bool:
+    """Whether an Arrow type is, or holds, an extension type (whose reader could be any code)."""
+    import pyarrow as pa
+
+    if isinstance(ty, pa.BaseExtensionType):
+        return True
+    return any(_has_extension(ty.field(i).type) for i in range(ty.num_fields))
+
+
 def segment_name(first_chunk: int, digest: str) -> str:
     return f"seg-{first_chunk:012d}-{digest[:32]}{SUFFIX}"
 
@@ -88,16 +109,21 @@ def file_digest(path: Path) -> str:
 class SegmentWriter:
     """Blocks appended one record batch at a time to an Arrow IPC file."""
 
-    def __init__(self, path: Path, columns: list[str], extra: list[str] | None = None) -> None:
+    def __init__(self, path: Path, columns: list[str], extra: list[str] | None = None,
+                 nested: dict[str, Any] | None = None) -> None:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
         self.columns = list(columns)
         self.extra = list(extra or [])  # ResultBlock.extra, stored after the input columns
+        # input columns stored in their own nested Arrow type (`is_nested`), by name
+        self.nested = {c: ty for c, ty in (nested or {}).items() if c in self.columns}
         fields = [pa.field("p", pa.float64()), pa.field("flag", pa.int8()),
                   pa.field("status", pa.large_binary())]
-        for j in range(len(self.columns) + len(self.extra)):
-            fields += [pa.field(f"c{j}", pa.large_binary()), pa.field(f"t{j}", pa.int8())]
+        for j, name in enumerate([*self.columns, *self.extra]):
+            ty = self.nested.get(name) if j < len(self.columns) else None
+            fields += [pa.field(f"c{j}", pa.large_binary() if ty is None else ty),
+                       pa.field(f"t{j}", pa.int8())]
         self.schema = pa.schema(fields, metadata={
             "format": SEGMENT_FORMAT, "columns": json.dumps(self.columns),
             "extra": json.dumps(self.extra)})
@@ -113,9 +139,15 @@ class SegmentWriter:
                   pa.array([str(s).encode(ENCODING, ERRORS) for s in block.status],
                            type=pa.large_binary())]
         encodings = []
-        for values_in in [*(block.columns[c] for c in self.columns),
-                          *(block.extra[e] for e in self.extra)]:
-            values, tags, enc = _encode_column(values_in, n)
+        for c in self.columns:
+            if c in self.nested:
+                values, tags, enc = _encode_nested(block.columns[c], self.nested[c], n)
+            else:
+                values, tags, enc = _encode_column(block.columns[c], n)
+            arrays += [values, pa.array(tags, type=pa.int8())]
+            encodings.append(enc)
+        for e in self.extra:
+            values, tags, enc = _encode_column(block.extra[e], n)
             arrays += [values, pa.array(tags, type=pa.int8())]
             encodings.append(enc)
         batch = pa.record_batch(arrays, schema=self.schema)
@@ -147,6 +179,15 @@ def _encode_column(values: np.ndarray, n: int) -> tuple[Any, np.ndarray, list[An
         tags[i] = tag
         cells.append(raw)
     return pa.array(cells, type=pa.large_binary()), tags, ["cells"]
+
+
+def _encode_nested(values: np.ndarray, ty: Any, n: int) -> tuple[Any, np.ndarray, list[Any]]:
+    """A nested column (cells as the Parquet reader gives them) as an Arrow array of ``ty``."""
+    import pyarrow as pa
+
+    if len(values) != n:
+        raise ValueError(f"column of {len(values)} rows in a block of {n}")
+    return pa.array(list(values), type=ty), np.zeros(n, np.int8), ["arrow"]
 
 
 def _encode_cell(v: Any) -> tuple[int, bytes | None]:
@@ -192,6 +233,8 @@ def read_segment(path: Path) -> Iterator[tuple[int, Any]]:
             raise ValueError("not a galmerge result segment")
         columns = json.loads(meta[b"columns"])
         extra = json.loads(meta.get(b"extra", b"[]"))
+        if any(_has_extension(f.type) for f in reader.schema):
+            raise ValueError("a segment column of an extension type")
         out = []
         for b in range(reader.num_record_batches):
             batch, custom = reader.get_batch_with_custom_metadata(b)
@@ -217,6 +260,15 @@ def read_segment(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _decode_column(values: Any, tags: Any, enc: list[Any], n: int) -> np.ndarray:
+    import pyarrow as pa
+
+    if enc[0] == "arrow":  # a nested column: its cells as the Parquet reader gives them
+        out = np.empty(n, dtype=object)
+        for i, cell in enumerate(values.to_pylist()):
+            out[i] = cell
+        return out
+    if not pa.types.is_large_binary(values.type):
+        raise ValueError(f"a {enc[0]} column stored as {values.type}")
     if enc[0] == "numpy":
         dtype = _safe_dtype(enc[1])
         shape = tuple(int(s) for s in enc[2])
