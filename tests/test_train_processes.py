@@ -272,3 +272,103 @@ def test_world_size_without_a_rendezvous_is_one_line(tmp_path):
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert all(w in lines[0] for w in ("MASTER_ADDR", "MASTER_PORT", "torchrun", "unset")), lines
     assert not run.exists()
+
+
+HASH_SPY = """
+import json, os, sys
+files = {os.path.realpath(p) for p in sys.argv[1:3]}
+opens = []
+
+
+def spy(event, args):  # every open of the data files from Python: sha256_file's reads
+    if event == "open" and args and isinstance(args[0], str | bytes | os.PathLike):
+        if os.path.realpath(os.fsdecode(args[0])) in files:
+            opens.append(os.path.basename(os.fsdecode(args[0])))
+
+
+sys.addaudithook(spy)
+from galmerge.cli import main
+from galmerge.data.datasets import load_imageset
+
+sys.argv = ["galmerge", *sys.argv[3:]]
+try:
+    main()
+except SystemExit as stop:
+    if stop.code:
+        raise
+# the process group is gone: each process says what it recorded for the files (kept per process)
+hashes = {os.path.basename(p): load_imageset("hdf5:" + p).meta["file_sha256"] for p in files}
+with open(os.environ["SPY_DIR"] + "/rank" + os.environ.get("RANK", "0") + ".json", "w") as fh:
+    json.dump({"opens": opens, "hashes": hashes}, fh)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")
+def test_ddp_hdf5_files_are_hashed_by_rank_0_alone(tmp_path, busy_torchrun_ports):
+    """Under torchrun only rank 0 reads each HDF5 file for its SHA-256 and the other rank
+    records the digest it is sent: every rank read the whole (possibly multi-GB) file."""
+    import hashlib
+
+    from eval_helpers import write_pair
+
+    specs = write_pair(tmp_path / "data", n=24)
+    paths = [s.removeprefix("hdf5:") for s in specs]
+    script = tmp_path / "hash_spy.py"
+    script.write_text(HASH_SPY)
+    run = tmp_path / "r"
+    env = _env()
+    env["SPY_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun")),
+         "--standalone", "--nproc_per_node", "2", str(script), *paths, "train", "--source",
+         specs[0], "--target", specs[1], "--strategy", "none",
+         "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8", "--device", "cpu",
+         "--quiet", "--run-dir", str(run)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert sorted(ranks[0]["opens"]) == ["source.h5", "target.h5"]  # once each, on rank 0
+    assert ranks[1]["opens"] == []
+    true = {Path(p).name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+    assert ranks[0]["hashes"] == ranks[1]["hashes"] == true
+    data = json.loads((run / "env.json").read_text())["data"]
+    assert [data[role]["meta"]["file_sha256"] for role in ("source", "target")] == [
+        true["source.h5"], true["target.h5"]]
+
+
+SHARED_FAILURE = """
+import os, sys
+import torch
+from galmerge.runtime import distributed as ddp
+
+info = ddp.from_environment()
+device = ddp.setup(info, torch.device("cpu"))
+with ddp.loading_together(info, device):
+    print("digest", ddp.from_main(lambda: "ab" * 32 if info.is_main else "not run"))
+    try:
+        ddp.from_main(lambda: (_ for _ in ()).throw(OSError("file vanished on rank 0")))
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+print("outside", ddp.from_main(lambda: "own " + os.environ["RANK"]))
+ddp.teardown(info)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")
+def test_rank_0s_digest_or_error_reaches_every_rank(tmp_path, busy_torchrun_ports):
+    """`from_main`: rank 0's text reaches rank 1 (which computes nothing); rank 0's failure is
+    raised on rank 0 and as a SharedError of the same text on rank 1, not a hang; outside
+    `loading_together` each process computes its own."""
+    script = tmp_path / "shared.py"
+    script.write_text(SHARED_FAILURE)
+    done = _torchrun("--tee", "3", str(script))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = {r: [ln.split(":", 1)[1].strip() for ln in done.stdout.splitlines()
+                 if ln.startswith(f"[default{r}]")] for r in (0, 1)}
+    assert lines[0] == ["digest " + "ab" * 32, "OSError file vanished on rank 0", "outside own 0"]
+    assert lines[1] == ["digest " + "ab" * 32, "SharedError file vanished on rank 0",
+                        "outside own 1"]

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +55,21 @@ def sha256_file(path: str | Path) -> str:
 _FILE_HASHES: dict[tuple[str, int, int, int, int], str] = {}
 
 
-def sha256_file_once(path: str | Path) -> str:
+def sha256_file_once(path: str | Path,
+                     share: Callable[[Callable[[], str]], str] | None = None) -> str:
     """`sha256_file`, computed once per process for a file unchanged since (same device, inode,
-    size and modification time): a tune study or a DDP run loads the same data many times."""
+    size and modification time): a tune study or a DDP run loads the same data many times.
+
+    ``share`` (`galmerge.runtime.distributed.from_main`): called by every process of a run with
+    the computation, it runs it in one process and returns that result in all; each keeps it as
+    its own, so the processes of a torchrun run read the file once between them.
+    """
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASHES:
+    if share is not None:  # called by every process, whatever each has kept
+        _FILE_HASHES[key] = share(lambda: _FILE_HASHES.get(key) or sha256_file(p))
+    elif key not in _FILE_HASHES:
         _FILE_HASHES[key] = sha256_file(p)
     return _FILE_HASHES[key]
 

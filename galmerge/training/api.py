@@ -400,8 +400,9 @@ def _build(
     seed_everything(int(cfg["seed"]))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    source_set = load_imageset(sets_given.get("source"), cfg["source"])
-    target_set = load_imageset(sets_given.get("target"), cfg["target"])
+    with ddp.loading_together(dist, device):  # every rank loads both: rank 0 hashes files
+        source_set = load_imageset(sets_given.get("source"), cfg["source"])
+        target_set = load_imageset(sets_given.get("target"), cfg["target"])
     init = None
     if cfg["init_from"] and resume_state is None:
         init = read_checkpoint(cfg["init_from"])

@@ -24,6 +24,7 @@ OPTIONS: dict[str, Option] = {
 def _load(arg: str | None, options: Mapping[str, Any]):
     from galmerge.io import hdf5 as hdf5io
     from galmerge.io.provenance import sha256_file_once
+    from galmerge.runtime.distributed import from_main
 
     if not arg:
         raise GalmergeError("hdf5 survey needs a file: use hdf5:PATH, e.g. hdf5:data/my_set.h5")
@@ -45,9 +46,10 @@ def _load(arg: str | None, options: Mapping[str, Any]):
     )
     # the run's env.json records what each spec resolved to: for a file, its content (a path
     # alone names whatever the file holds today); one pass at disk speed (~1 s per GB), once
-    # per process for an unchanged file (tune trials, resumes and the source stage reload it)
+    # per process for an unchanged file (tune trials, resumes and the source stage reload it),
+    # and under torchrun by rank 0 alone, which hands the digest to the other ranks
     imageset.meta["file"] = str(path.resolve())
-    imageset.meta["file_sha256"] = sha256_file_once(path)
+    imageset.meta["file_sha256"] = sha256_file_once(path, share=from_main)
     if imageset.stretch is None:  # the file declares none
         sample = hdf5io.sample_images(imageset.images)
         if imageset.storage_dtype == "uint8":
