@@ -431,6 +431,48 @@ def test_a_service_dying_mid_run_keeps_what_is_done_and_the_same_command_resumes
     assert [r[-1] for r in rows] == ["ok"] * 40
 
 
+def test_a_service_failing_every_request_stops_fetching_and_the_same_command_resumes(
+        tmp_path, monkeypatch):
+    # the service answers, but every stamp is a 503: no connection failure for the breaker to
+    # count, so each of the rows used to cost all its tries; the failure budget stops it
+    from fake_sdss import FakeSdss, Fault
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = _jpeg_checkpoint(tmp_path / "best.pt")
+    with FakeSdss() as fake:
+        (tmp_path / "c.csv").write_text(_near_galaxies(fake, 30))
+        monkeypatch.setenv("GALMERGE_SDSS_SKYSERVER_URL", fake.url)
+        take = fake._take_fault
+        broken = [True]
+
+        def fail_after_five(target):  # 5 stamps come, then every stamp is an HTTP 503
+            if "getjpeg" in target and fake.count("getjpeg") > 5 and broken[0]:
+                return Fault("getjpeg", "503")
+            return take(target)
+
+        fake._take_fault = fail_after_five
+        args = ["classify", str(tmp_path / "c.csv"), "--model", str(ckpt), "--quiet",
+                "--survey", "sdss?check_footprint=false&workers=1&attempts=2&backoff=0.01"
+                "&max_failed_requests=3", "--cache", str(tmp_path / "c.h5"), "--output",
+                str(tmp_path / "o.csv")]
+        res = _run(*args)
+        lines = res.output.strip().splitlines()
+        assert res.exit_code != 0 and len(lines) == 1, res.output
+        assert "fetching stopped" in lines[0] and f"{fake.url[7:]}: 3 requests in a row" in lines[0]
+        assert "HTTP 503" in lines[0] and "run the same command" in lines[0]
+        assert "max_failed_requests" in lines[0]
+        assert fake.count("getjpeg") == 5 + 3 * 2  # 3 failed stamps of 2 tries, not 25
+        _, rows = read_csv(tmp_path / "o.csv")
+        statuses = [r[-1] for r in rows]
+        assert statuses.count("ok") == 5 and statuses.count("fetch-failed: HTTP 503") == 3
+        assert statuses.count("fetch-failed: service failing") == 22
+        broken[0] = False  # the service works again: the same command fetches the rest only
+        res = _run(*args)
+        assert res.exit_code == 0, res.output
+        assert fake.count("getjpeg") == 11 + 25
+    assert [r[-1] for r in read_csv(tmp_path / "o.csv")[1]] == ["ok"] * 30
+
+
 def test_a_dripping_body_is_cut_off_at_the_transfer_deadline():
     import threading
     import time

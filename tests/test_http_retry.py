@@ -91,6 +91,42 @@ def test_retry_after_is_capped(scripted):
     assert sleeps == [10.0]
 
 
+def test_the_failure_budget_counts_requests_failing_in_a_row_after_all_their_tries(scripted):
+    from galmerge.io.http import ServiceFailing
+
+    server, url = scripted
+    fail = [(500, {}, b"x")] * 2  # one request: both its tries answer 500
+    server.script = fail + [(200, {}, b"ok")] + fail + [(404, {}, b"no")] + fail
+    sleeps: list[float] = []
+    client = _client(sleeps, attempts=2, max_failed_requests=2)
+    with pytest.raises(FetchError, match="HTTP 500"):
+        client.get(url)
+    assert client.get(url) == b"ok"  # a success starts the count again
+    with pytest.raises(FetchError, match="HTTP 500"):
+        client.get(url)
+    with pytest.raises(FetchError, match="HTTP 404"):  # one quick try: neither counted nor
+        client.get(url)                               # a success
+    assert client.failing is None
+    with pytest.raises(FetchError, match="HTTP 500"):
+        client.get(url)
+    host = url.split("/")[2]
+    assert client.failing == f"{host}: 2 requests in a row failed after 2 tries each (last: HTTP 500)"
+    hits = server.hits
+    with pytest.raises(ServiceFailing) as info:  # the budget is spent: no request is sent
+        client.get(url)
+    assert server.hits == hits and str(info.value) == "service failing"
+    assert "1 service failing" in client.summary()
+
+
+def test_the_failure_budget_comes_from_options_then_the_environment(monkeypatch):
+    assert RetryPolicy.from_options({}).max_failed_requests == 20
+    monkeypatch.setenv("GALMERGE_MAX_FAILED_REQUESTS", "7")
+    assert RetryPolicy.from_options({}).max_failed_requests == 7
+    assert RetryPolicy.from_options({"max_failed_requests": 0}).max_failed_requests == 0
+    with pytest.raises(ValueError, match="max_failed_requests"):
+        RetryPolicy.from_options({"max_failed_requests": -1})
+
+
 def test_client_errors_are_not_retried(scripted):
     server, url = scripted
     server.script = [(404, {}, b"no")]

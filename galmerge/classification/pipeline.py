@@ -743,7 +743,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         _print_summary(summary)
     if note is not None and not quiet:
         print(note, file=sys.stderr)
-    _fail_if_nothing_fetched(summary, survey, getattr(service, "unreachable", None), fetched)
+    _fail_if_nothing_fetched(summary, survey, getattr(service, "unreachable", None), fetched,
+                             getattr(service, "failing", None))
     _fail_if_no_position(summary, cat_path)
     return summary
 
@@ -785,15 +786,22 @@ def _fail_if_no_position(summary: ClassifySummary, catalog: Path) -> None:
 
 
 def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable: Any,
-                             fetched: Counter) -> None:
-    """Exit non-zero (after the output is written) when the survey service died or every fetch
-    failed: a script must not take a run with rows left to fetch for a finished one."""
+                             fetched: Counter, failing: Any = None) -> None:
+    """Exit non-zero (after the output is written) when the survey service died, its failure
+    budget was spent, or every fetch failed: a script must not take a run with rows left to
+    fetch for a finished one."""
     if unreachable:
         raise GalmergeError(
             f"survey {survey}: {unreachable} stopped answering, so fetching stopped; "
             f"{summary.ok} rows classified are in {summary.output} and the rest are marked "
             "'fetch-failed: service unreachable'; run the same command again to fetch them "
             "(stamps already fetched are cached)")
+    if failing:
+        raise GalmergeError(
+            f"survey {survey}: fetching stopped, {failing}; {summary.ok} rows classified are "
+            f"in {summary.output} and the rest are marked 'fetch-failed: service failing'; once "
+            "the service works again run the same command to fetch them (stamps already "
+            "fetched are cached), or raise the survey option max_failed_requests (0: never stop)")
     failed = fetched.get("fetch-failed", 0)  # answers of this run's fetches, by reason
     if failed and failed == sum(fetched.values()) and summary.ok == 0:
         example = summary.examples.get("fetch-failed", "fetch-failed")

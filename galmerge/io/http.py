@@ -11,6 +11,11 @@ Two bounds keep a dead or hostile service from holding a run for days:
   all (refused, reset, timed out; default 10, option ``max_connection_failures``, env
   ``GALMERGE_MAX_CONNECTION_FAILURES``, 0 = never), every call fails at once with
   `ServiceUnreachable` (``fetch-failed: service unreachable``) instead of retrying;
+- a failure budget: after ``max_failed_requests`` requests in a row that each failed after all
+  their tries (HTTP 5xx, corrupt bodies, deadlines; default 20, option ``max_failed_requests``,
+  env ``GALMERGE_MAX_FAILED_REQUESTS``, 0 = never), every call fails at once with
+  `ServiceFailing` (``fetch-failed: service failing``): a service that answers, but badly, no
+  longer costs ``attempts x timeout`` for every galaxy of a catalogue;
 - a wall-clock deadline per transfer (option ``deadline``, default 4 x ``timeout``): a server
   dripping a body byte by byte is cut off when it passes, whatever its Content-Length.
 
@@ -68,6 +73,8 @@ class FetchError(Exception):
 
 UNREACHABLE_STATUS = "fetch-failed: service unreachable"
 MAX_CONNECTION_FAILURES_ENV = "GALMERGE_MAX_CONNECTION_FAILURES"
+FAILING_STATUS = "fetch-failed: service failing"
+MAX_FAILED_REQUESTS_ENV = "GALMERGE_MAX_FAILED_REQUESTS"
 
 
 class ServiceUnreachable(FetchError):
@@ -76,6 +83,14 @@ class ServiceUnreachable(FetchError):
     def __init__(self, where: str) -> None:
         super().__init__("service unreachable", retryable=False)
         self.where = where
+
+
+class ServiceFailing(FetchError):
+    """The failure budget is spent: many requests in a row failed after all their tries."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__("service failing", retryable=False)
+        self.why = why
 
 
 class CorruptResponse(FetchError):
@@ -98,13 +113,23 @@ class RetryPolicy:
     max_retry_after: float = RETRY_OPTIONS["max_retry_after"].default
     seed: int = RETRY_OPTIONS["seed"].default
     max_connection_failures: int = 10  # RETRY_OPTIONS: None = GALMERGE_MAX_CONNECTION_FAILURES, else 10
+    # Requests in a row that each failed after all their tries before fetching stops (0: never;
+    # RETRY_OPTIONS: None = GALMERGE_MAX_FAILED_REQUESTS, else 20). In a row, not in total: a
+    # long run over a working but flaky service collects scattered failures and must not stop
+    # for them, while failures with no success between them mean every request is failing.
+    # Requests, not galaxies: a request is what costs ``attempts x timeout`` (one SDSS frame or
+    # position lookup serves many galaxies, one Rubin galaxy takes several requests). At the
+    # defaults (5 tries, 7.5 s of backoff, 4 workers) 20 lets about 40 s of 5xx answers pass,
+    # and stops a service whose every body stalls after 20 x 5 x deadline / 4, not N galaxies.
+    max_failed_requests: int = 20
     deadline: float | None = None  # seconds per transfer; None: 4 x timeout
     max_bytes: int = DEFAULT_MAX_BYTES  # largest body kept, after decoding
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RetryPolicy:
         """Read ``retries``/``attempts``, ``backoff``, ``timeout``, ``max_retry_after``, ``seed``,
-        ``max_connection_failures`` (else env GALMERGE_MAX_CONNECTION_FAILURES) and ``deadline``.
+        ``max_connection_failures`` (else env GALMERGE_MAX_CONNECTION_FAILURES),
+        ``max_failed_requests`` (else env GALMERGE_MAX_FAILED_REQUESTS) and ``deadline``.
 
         ValueError names the first option out of range (a timeout of 0 would fail every row).
         """
@@ -114,6 +139,9 @@ class RetryPolicy:
         breaker = options.get("max_connection_failures")
         if breaker is None:
             breaker = os.environ.get(MAX_CONNECTION_FAILURES_ENV) or cls.max_connection_failures
+        budget = options.get("max_failed_requests")
+        if budget is None:
+            budget = os.environ.get(MAX_FAILED_REQUESTS_ENV) or cls.max_failed_requests
         deadline = options.get("deadline")
         policy = cls(
             attempts=int(attempts if attempts is not None else cls.attempts),
@@ -124,6 +152,7 @@ class RetryPolicy:
             max_retry_after=float(options.get("max_retry_after", cls.max_retry_after)),
             seed=int(options.get("seed", cls.seed)),
             max_connection_failures=int(breaker),
+            max_failed_requests=int(budget),
             deadline=None if deadline in (None, "") else float(deadline),
         )
         policy.check()
@@ -149,6 +178,9 @@ class RetryPolicy:
         if self.max_connection_failures < 0:
             raise ValueError("max_connection_failures must be 0 (never give up) or more, got "
                              f"{self.max_connection_failures}")
+        if self.max_failed_requests < 0:
+            raise ValueError("max_failed_requests must be 0 (never stop) or more, got "
+                             f"{self.max_failed_requests}")
 
     @property
     def transfer_deadline(self) -> float:
@@ -299,6 +331,8 @@ class RetryingClient:
         self._hold_until = 0.0  # monotonic time before which nobody sends (after a 429)
         self._no_answer_run = 0  # consecutive tries that got no answer (the breaker's count)
         self.unreachable: str | None = None  # set when the breaker opened: what was dead
+        self._failed_run = 0  # consecutive requests that failed after all their tries
+        self.failing: str | None = None  # set when the failure budget was spent: what failed
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         if user_agent is None:
@@ -365,6 +399,8 @@ class RetryingClient:
                     with self._lock:
                         self.stats.failures += 1
                         self.stats.failure_reasons[err.kind] += 1
+                    if err.retryable:  # all its tries spent: what the failure budget counts
+                        self._count_failed(err, where)
                     if isinstance(exc, FetchError):
                         raise
                     raise err from exc
@@ -384,6 +420,8 @@ class RetryingClient:
                 self._pause(delay)
             else:
                 self._count_answer(True, where)
+                with self._lock:
+                    self._failed_run = 0
                 return result
 
     def _count_answer(self, answered: bool, where: str | None) -> None:
@@ -393,12 +431,28 @@ class RetryingClient:
             if limit and self._no_answer_run >= limit and self.unreachable is None:
                 self.unreachable = where or self.name
 
+    def _count_failed(self, err: FetchError, where: str | None) -> None:
+        """Count a request that failed after all its tries; a non-retryable answer (one row's
+        404, a refused query) is neither counted nor a success: it cost one quick try."""
+        limit = self.policy.max_failed_requests
+        with self._lock:
+            self._failed_run += 1
+            if limit and self._failed_run >= limit and self.failing is None:
+                self.failing = (f"{where or self.name}: {self._failed_run} requests in a row "
+                                f"failed after {self.policy.attempts} tries each (last: "
+                                f"{err.kind})")
+
     def _check_breaker(self, what: str) -> None:
         if self.unreachable is not None:
             with self._lock:
                 self.stats.failures += 1
                 self.stats.failure_reasons["service unreachable"] += 1
             raise ServiceUnreachable(self.unreachable)
+        if self.failing is not None:
+            with self._lock:
+                self.stats.failures += 1
+                self.stats.failure_reasons["service failing"] += 1
+            raise ServiceFailing(self.failing)
 
     def _backoff(self, attempt: int) -> float:
         p = self.policy

@@ -90,6 +90,8 @@ RETRY_OPTIONS: dict[str, Option] = {
     "seed": Option(0, "seed of the jitter"),
     "max_connection_failures": Option(None, "failures in a row without an answer before the "
                                       "host counts as unreachable (default 10)", type=int, min=0),
+    "max_failed_requests": Option(None, "requests in a row failing after all their tries before "
+                                  "fetching stops (default 20; 0: never)", type=int, min=0),
 }
 
 

@@ -27,8 +27,10 @@ Base URLs: env ``GALMERGE_SDSS_SKYSERVER_URL`` and ``GALMERGE_SDSS_SAS_URL``, ap
 ``max_edge_fraction`` (0.5: a stamp with more of its area past the frame edge is
 ``no-coverage``; less is zero-filled and counted in the summary), ``max_connection_failures``
 (10 tries in a row with no answer, then the rest is ``fetch-failed: service unreachable``;
-env ``GALMERGE_MAX_CONNECTION_FAILURES``; 0 = never) and ``deadline`` (seconds per transfer,
-default 4 x timeout).
+env ``GALMERGE_MAX_CONNECTION_FAILURES``; 0 = never), ``max_failed_requests`` (20 requests in
+a row that failed after all their tries, then the rest is ``fetch-failed: service failing``; env
+``GALMERGE_MAX_FAILED_REQUESTS``; 0 = never) and ``deadline`` (seconds per transfer, default
+4 x timeout).
 """
 
 from __future__ import annotations
@@ -186,7 +188,7 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
         raise GalmergeError(
             f"bad sdss survey option ({exc}); numeric options: workers, attempts, retries, "
             f"timeout, backoff, max_retry_after, memory_frames, resolve_batch, radius_arcmin, "
-            f"frame_cache_gb, max_connection_failures, deadline"
+            f"frame_cache_gb, max_connection_failures, max_failed_requests, deadline"
         ) from None
     if source == "frames":
         return SdssFrameCutouts(bands, size, scale, settings)
@@ -752,6 +754,11 @@ class _SdssService:
     def unreachable(self) -> str | None:
         """The host that stopped answering (the circuit breaker opened), else None."""
         return self.client.unreachable
+
+    @property
+    def failing(self) -> str | None:
+        """What failed when the failure budget stopped fetching, else None."""
+        return self.client.failing
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

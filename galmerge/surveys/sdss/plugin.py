@@ -24,6 +24,8 @@ CUTOUT_OPTIONS: dict[str, Option] = {k: Option(d, h, type=object) for k, (d, h) 
     "seed": (0, "seed of the jitter"),
     "max_connection_failures": (10, "failures in a row without an answer before the host counts "
                                 "as unreachable"),
+    "max_failed_requests": (20, "requests in a row failing after all their tries before "
+                            "fetching stops (0: never)"),
     "deadline": (None, "seconds per transfer (default 4 x timeout)"),
     "data_release": (17, "SDSS data release"),
     "frame_cache_dir": (None, "folder of downloaded frames (default "

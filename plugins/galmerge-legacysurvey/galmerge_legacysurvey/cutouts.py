@@ -158,6 +158,16 @@ class LegacySurveyCutouts:
                      f"(zeros; above {self.max_edge_fraction:g} of a stamp is no-coverage)")
         return text
 
+    @property
+    def unreachable(self) -> str | None:
+        """The host that stopped answering (the circuit breaker opened), else None."""
+        return self.client.unreachable
+
+    @property
+    def failing(self) -> str | None:
+        """What failed when the failure budget stopped fetching, else None."""
+        return self.client.failing
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()

@@ -133,6 +133,20 @@ def test_failures_after_retries_become_statuses(survey, legacy_server, options):
     assert "2 failed after retries" in summary
 
 
+def test_a_service_failing_every_request_stops_after_the_failure_budget(survey, legacy_server,
+                                                                         options):
+    legacy_server.add_fault("cutout.fits", "503", times=-1)
+    reqs = [_req(legacy_server, i % 3, row=i) for i in range(12)]
+    with survey.cutouts(PRE, {**options, "workers": 1, "max_failed_requests": 2}) as svc:
+        results = _fetch(svc, reqs)
+        failing = svc.failing
+    statuses = [results[i].status for i in range(12)]
+    assert statuses[:2] == ["fetch-failed: HTTP 503"] * 2
+    assert statuses[2:] == ["fetch-failed: service failing"] * 10
+    assert legacy_server.count("cutout.fits") == 2 * options["attempts"]  # not 12 x 3
+    assert failing is not None and "2 requests in a row" in failing and "HTTP 503" in failing
+
+
 def test_outside_footprint_and_bad_positions(survey, legacy_server, options):
     reqs = [CutoutRequest(0, 10.0, -45.0, "south"), CutoutRequest(1, math.nan, 0.0, "nan"),
             CutoutRequest(2, 12.0, 91.0, "pole"), _req(legacy_server, 0, row=3)]

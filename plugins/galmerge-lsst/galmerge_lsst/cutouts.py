@@ -479,6 +479,16 @@ class LsstCutouts:
             extra += f", {self.edge_stamps} stamps zero-filled past a coadd edge"
         return self.client.summary() + extra
 
+    @property
+    def unreachable(self) -> str | None:
+        """The host that stopped answering (the circuit breaker opened), else None."""
+        return self.client.unreachable
+
+    @property
+    def failing(self) -> str | None:
+        """What failed when the failure budget stopped fetching, else None."""
+        return self.client.failing
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
