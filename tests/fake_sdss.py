@@ -209,9 +209,11 @@ class Fault:
     match: str
     kind: str  # "500" "502" "503" "404" "429" "slow" "drop" "truncate" "corrupt" "garbage"
     # "drip": the body one byte every ``delay`` s (each read in time, the whole never)
+    # "redirect": 302 to ``location`` + the request's path and query
     times: int = 1
     retry_after: str = "1"
     delay: float = 1.0
+    location: str = ""
 
 
 class FakeSdss:
@@ -384,6 +386,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "429":
             return self._send(429, b"Too Many Requests", "text/plain",
                               {"Retry-After": fault.retry_after})
+        if fault is not None and fault.kind == "redirect":
+            return self._send(302, b"", "text/plain", {"Location": fault.location + self.path})
         if fault is not None and fault.kind == "slow":
             time.sleep(fault.delay)
         status, body, ctype = self._route(parts)

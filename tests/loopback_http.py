@@ -10,7 +10,8 @@ value after a colon, e.g. "429:7" or an HTTP-date), "ignore-range" (answer 200 w
 file), "stall" (send headers, then wait past the client's read timeout), "trickle" (send the
 body one byte every ``TRICKLE_SECONDS``: every read arrives in time, the whole does not),
 "endless" (answer 200 with no Content-Length and send zeros until the client hangs up).
-Paths in ``no_length`` are served as a server that gives no size: no Content-Length on HEAD or
+Paths in ``redirects`` answer 302 with that Location (no body). Paths in ``no_length`` are
+served as a server that gives no size: no Content-Length on HEAD or
 GET (the body ends when the connection closes), so a client cannot tell a cut body from a whole
 one.
 """
@@ -36,6 +37,7 @@ class LoopbackServer:
         self.content_type: dict[str, str] = {}
         self.faults: dict[str, list[str]] = defaultdict(list)
         self.no_length: set[str] = set()
+        self.redirects: dict[str, str] = {}
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self._lock = threading.Lock()
         server = self
@@ -59,6 +61,10 @@ class LoopbackServer:
                     server.log.append((self.command, path, rng))
                     blob = server.blobs.get(path)
                     fault = server.faults[path].pop(0) if server.faults[path] and not head else None
+                    location = server.redirects.get(path)
+                if location is not None:
+                    self._reply(302, b"", "text/plain", head, {"Location": location})
+                    return
                 if blob is None:
                     self._reply(404, b"not found", "text/plain", head)
                     return

@@ -271,6 +271,28 @@ def test_a_part_of_a_file_that_changed_on_the_server_is_not_completed_with_the_n
     assert [r for r in server.gets(name)][0] is not None  # it did try to resume
 
 
+def test_a_redirect_is_followed_within_the_server_and_refused_to_another(server, tmp_path):
+    names = deepmerge_data.FETCH_GROUPS["deepmerge1"][1]
+    with LoopbackServer() as elsewhere:
+        for name in names:
+            path = f"/{deepmerge_data.MAST_HLSP_PATH}/{name}"
+            elsewhere.add(path, _fits_blob(4))
+            server.add(f"/moved/{name}", server.blobs[path])
+            server.redirects[path] = f"{elsewhere.url}{path}"
+        result = CliRunner().invoke(cli, ["fetch", "deepmerge1", "--data-dir", str(tmp_path),
+                                          "--no-progress"])
+        assert result.exit_code != 0
+        text = "".join(result.output.splitlines())  # the console wraps long lines
+        assert text.count(f"redirected to {elsewhere.url}/{deepmerge_data.MAST_HLSP_PATH}/") == 2
+        assert "another host" in text and "GALMERGE_MAST_URL" in text
+        assert elsewhere.log == []  # never contacted
+    for name in names:  # within the same server, a file that moved is followed
+        server.redirects[f"/{deepmerge_data.MAST_HLSP_PATH}/{name}"] = f"/moved/{name}"
+    result = _fetch("deepmerge1", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("downloaded") == len(names)
+
+
 def test_unreachable_server_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("GALMERGE_ZENODO_URL", "http://127.0.0.1:9")
     result = CliRunner().invoke(

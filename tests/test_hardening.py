@@ -473,6 +473,34 @@ def test_a_service_failing_every_request_stops_fetching_and_the_same_command_res
     assert [r[-1] for r in read_csv(tmp_path / "o.csv")[1]] == ["ok"] * 30
 
 
+def test_a_redirect_to_another_host_stops_classify_in_one_line_and_is_not_followed(
+        tmp_path, monkeypatch):
+    # another server that would answer every stamp: following the redirect would classify
+    # its pictures as SDSS ones
+    from fake_sdss import FakeSdss
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = _jpeg_checkpoint(tmp_path / "best.pt")
+    with FakeSdss() as fake, FakeSdss() as elsewhere:
+        (tmp_path / "c.csv").write_text(_near_galaxies(fake, 6))
+        monkeypatch.setenv("GALMERGE_SDSS_SKYSERVER_URL", fake.url)
+        fake.add_fault("getjpeg", "redirect", times=-1, location=elsewhere.url)
+        args = ["classify", str(tmp_path / "c.csv"), "--model", str(ckpt), "--quiet",
+                "--survey", "sdss?check_footprint=false&workers=1", "--cache",
+                str(tmp_path / "c.h5"), "--output", str(tmp_path / "o.csv")]
+        res = _run(*args)
+        lines = res.output.strip().splitlines()
+        assert res.exit_code != 0 and len(lines) == 1, res.output
+        assert f"redirected to {elsewhere.url}/dr17/SkyServerWS/ImgCutout/getjpeg?..." in lines[0]
+        assert "another host" in lines[0] and "GALMERGE_SDSS_SKYSERVER_URL" in lines[0]
+        assert elsewhere.count() == 0 and fake.count("getjpeg") <= 2  # the one in flight too
+        # pointing the service at the host it redirects to, as the line says, works
+        monkeypatch.setenv("GALMERGE_SDSS_SKYSERVER_URL", elsewhere.url)
+        res = _run(*args)
+        assert res.exit_code == 0, res.output
+    assert [r[-1] for r in read_csv(tmp_path / "o.csv")[1]] == ["ok"] * 6
+
+
 def test_a_dripping_body_is_cut_off_at_the_transfer_deadline():
     import threading
     import time

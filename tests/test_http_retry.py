@@ -127,6 +127,61 @@ def test_the_failure_budget_comes_from_options_then_the_environment(monkeypatch)
         RetryPolicy.from_options({"max_failed_requests": -1})
 
 
+def test_redirects_are_followed_within_the_host_and_refused_to_another(scripted):
+    from loopback_http import LoopbackServer
+
+    from galmerge.io.http import RedirectPolicy, RedirectRefused
+
+    server, url = scripted
+    sleeps: list[float] = []
+    with LoopbackServer() as other:
+        other.add("/x", b"not the survey's answer")
+        server.script = [(302, {"Location": "/y?page=2"}, b""), (200, {}, b"moved here")]
+        assert _client(sleeps).get(url) == b"moved here"  # the same host: followed
+        for location, why in [
+            (f"{other.url}/x?sig=SECRET", "another host"),  # another port: another origin
+            ("ftp://127.0.0.1/x", "not an http(s) address"),
+        ]:
+            server.script = [(302, {"Location": location}, b"")]
+            client = RetryingClient(RetryPolicy(attempts=3), name="test", sleep=sleeps.append,
+                                    redirects=RedirectPolicy(hint="set THE_URL to allow it"))
+            hits = server.hits
+            with pytest.raises(RedirectRefused) as info:
+                client.get(url)
+            message = str(info.value)
+            assert f"{url} redirected to {location.split('?')[0]}" in message
+            assert why in message and message.endswith("; set THE_URL to allow it")
+            assert "SECRET" not in message and "\n" not in message
+            assert server.hits == hits + 1  # not retried: the next try would go the same way
+        assert [m for m, *_ in other.log] == []  # the other host was never contacted
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(("source", "target", "hosts", "allowed"), [
+    ("http://a.org/x", "https://a.org/y", (), True),  # upgrade on the same host
+    ("http://a.org:8080/x", "https://a.org:8080/y", (), True),
+    ("https://a.org/x", "http://a.org/y", (), False),  # downgrade
+    ("https://a.org/x", "https://A.ORG:443/y", (), True),
+    ("https://a.org/x", "https://a.org:8443/y", (), False),  # another port: another service
+    ("https://a.org/x", "https://b.org/y", (), False),
+    ("https://a.org/x", "https://b.org/y", ("b.org",), True),
+    ("https://a.org/x", "http://b.org/y", ("b.org",), False),  # named, but a downgrade
+    ("https://a.org/x", "https://b.org:8443/y", ("b.org:443",), False),
+    ("https://a.org/x", "https://b.org:8443/y", ("b.org:8443",), True),
+    ("https://a.org/x", "file:///etc/passwd", (), False),
+    ("https://a.org/x", "https://a.org:99999999/y", (), False),
+])
+def test_the_redirect_policy(source, target, hosts, allowed):
+    from galmerge.io.http import RedirectPolicy, RedirectRefused
+
+    policy = RedirectPolicy(hosts=frozenset(hosts))
+    if allowed:
+        policy.check(source, target)
+    else:
+        with pytest.raises(RedirectRefused):
+            policy.check(source, target)
+
+
 def test_client_errors_are_not_retried(scripted):
     server, url = scripted
     server.script = [(404, {}, b"no")]

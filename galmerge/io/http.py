@@ -21,6 +21,13 @@ Two bounds keep a dead or hostile service from holding a run for days:
 
 A body is also bounded in size (`RetryPolicy.max_bytes`, counted after any gzip/deflate
 decoding): an endless or decompression-bomb answer fails instead of filling memory.
+
+Redirects are followed only as a `RedirectPolicy` allows (`GuardedSession`): within the same
+host, and from http to https on it; never to a scheme other than http(s), never from https to
+http, and to another host only when the service names it (the lsst plugin, whose cutouts come
+from an object store). A refused redirect is `RedirectRefused`: one line naming where the
+service tried to send the request and how to allow it, which stops the run (every later
+request would be sent the same way).
 """
 
 from __future__ import annotations
@@ -41,9 +48,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from galmerge.errors import GalmergeError
 from galmerge.plugin.options import RETRY_OPTIONS
 
 T = TypeVar("T")
@@ -98,6 +107,95 @@ class CorruptResponse(FetchError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason, retryable=True)
+
+
+class RedirectRefused(GalmergeError):
+    """A redirect the `RedirectPolicy` does not allow; it was not followed."""
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class RedirectPolicy:
+    """Which redirects a `GuardedSession` follows.
+
+    Allowed: to the same host and port (the same origin), and from http to https on the same
+    host (default ports, or the same port). Refused: another scheme than http(s), https to http,
+    and another host unless ``hosts`` names it (``host`` for any port, or ``host:port``).
+    ``hint`` ends the refusal's line: how a user who trusts the new host allows it (usually
+    the option or variable that points the service at that host).
+    """
+
+    hosts: frozenset[str] = frozenset()
+    hint: str = ""
+
+    def check(self, source: str, target: str) -> None:
+        """`RedirectRefused` unless a redirect from ``source`` to ``target`` (absolute URLs)
+        is allowed."""
+        src, dst = urlsplit(source), urlsplit(target)
+        why = self._refusal(src, dst)
+        if why is not None:
+            hint = f"; {self.hint}" if self.hint else ""
+            raise RedirectRefused(f"{_shown(source)} redirected to {_shown(target)}, not "
+                                  f"followed ({why}){hint}")
+
+    def _refusal(self, src: Any, dst: Any) -> str | None:
+        scheme = dst.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            return "not an http(s) address"
+        if src.scheme.lower() == "https" and scheme == "http":
+            return "from https to plain http"
+        try:
+            src_port = src.port or _DEFAULT_PORTS.get(src.scheme.lower())
+            dst_port = dst.port or _DEFAULT_PORTS[scheme]
+        except ValueError:  # a port that is no number
+            return "a malformed address"
+        host = (dst.hostname or "").lower()
+        if host == (src.hostname or "").lower() and (
+                dst_port == src_port or (src_port, dst_port) == (80, 443)):
+            return None
+        named = {h.strip().lower() for h in self.hosts}
+        if host and (host in named or f"{host}:{dst_port}" in named):
+            return None
+        return "another host"
+
+
+def _shown(url: str) -> str:
+    """A URL for a message: no user name or password, no query (it may hold a signature)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    query = "?..." if parts.query else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{query}"
+
+
+class GuardedSession(requests.Session):
+    """A `requests.Session` that follows only the redirects its `RedirectPolicy` allows.
+
+    The check sits in ``get_redirect_target``, requests' documented place for redirect logic,
+    so a refused redirect is raised before its body is read or its target contacted. It also
+    runs when a caller passes ``allow_redirects=False`` (requests then asks it for
+    ``Response.next``): a guarded session refuses a disallowed redirect either way.
+    """
+
+    def __init__(self, redirects: RedirectPolicy | None = None) -> None:
+        super().__init__()
+        self.redirects = redirects or RedirectPolicy()
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target = super().get_redirect_target(resp)
+        if target:
+            try:
+                self.redirects.check(str(resp.url), urljoin(str(resp.url), target))
+            except RedirectRefused:
+                resp.close()
+                raise
+        return target
 
 
 @dataclass(frozen=True)
@@ -321,8 +419,11 @@ class RetryingClient:
         name: str = "http",
         sleep: Callable[[float], None] = time.sleep,
         user_agent: str | None = None,
+        redirects: RedirectPolicy | None = None,
     ) -> None:
+        """``redirects``: which redirects its sessions follow (default: the same host only)."""
         self.policy = policy or RetryPolicy()
+        self.redirects = redirects or RedirectPolicy()
         self.name = name
         self.stats = FetchStats()
         self._sleep = sleep
@@ -345,7 +446,7 @@ class RetryingClient:
     def session(self) -> requests.Session:
         s = getattr(self._local, "session", None)
         if s is None:
-            s = requests.Session()
+            s = GuardedSession(self.redirects)
             s.headers["User-Agent"] = self._user_agent
             self._local.session = s
             with self._lock:
@@ -652,8 +753,6 @@ def _response_socket(r: requests.Response) -> socket.socket | None:
 
 
 def _host(url: str) -> str:
-    from urllib.parse import urlsplit
-
     return urlsplit(url).netloc or url
 
 

@@ -31,7 +31,9 @@ from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.io.http import (
     FetchError,
+    GuardedSession,
     RateGuard,
+    RedirectPolicy,
     RetryingClient,
     RetryPolicy,
     http_status_error,
@@ -51,6 +53,10 @@ JSON_MAX_BYTES = 32 * 1024 * 1024  # a record's file list is a few kB
 # a file body is too big for one deadline: a try fails when less than this came in a window
 MIN_RATE_BYTES = 64 * 1024
 MIN_RATE_WINDOW_S = 60.0
+#: Zenodo serves files from zenodo.org itself (its storage is proxied, not redirected to) and
+#: MAST from archive.stsci.edu: redirects within those hosts only
+REDIRECTS = RedirectPolicy(hint=f"if you trust that server, point {ZENODO_ENV} or {MAST_ENV} "
+                           "at it")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _RANGE_TOTAL = re.compile(r"bytes\s+\*/(\d+)")
 
@@ -158,8 +164,9 @@ class Downloader:
         deadline: float | None = None,
     ) -> None:
         """``timeout`` is (connect, read) seconds; ``deadline`` bounds a metadata answer (default
-        4 x the read timeout), so a server dripping bytes cannot hold the run."""
-        self.session = session or requests.Session()
+        4 x the read timeout), so a server dripping bytes cannot hold the run. The default
+        session follows redirects within the server's own host only (`REDIRECTS`)."""
+        self.session = session or GuardedSession(REDIRECTS)
         self.session.headers["User-Agent"] = USER_AGENT
         # byte ranges and sizes must refer to the file itself, never to a compressed transfer
         self.session.headers["Accept-Encoding"] = "identity"

@@ -59,6 +59,7 @@ from galmerge.io import atomic
 from galmerge.io.http import (
     CorruptResponse,
     FetchError,
+    RedirectPolicy,
     RetryingClient,
     RetryPolicy,
     bounded_map,
@@ -81,6 +82,9 @@ retry_sleep: Callable[[float], None] = time.sleep
 #: a corrected frame (2048 x 1489 float32 image plus calibration HDUs) is about 12 MB
 #: decompressed; a bz2 stream that inflates past this is no frame (a decompression bomb)
 FRAME_MAX_BYTES = 64 * 1024 * 1024
+#: redirects within SkyServer's or the SAS's own host only (http -> https on it included)
+REDIRECTS = RedirectPolicy(hint="if you trust that server, point skyserver_url/sas_url (or "
+                           "GALMERGE_SDSS_SKYSERVER_URL/GALMERGE_SDSS_SAS_URL) at it")
 
 
 def _query_suffix(sdss: Any, data_release: int) -> str:
@@ -742,7 +746,9 @@ class _SdssService:
     def __init__(self, settings: Settings, name: str) -> None:
         self.settings = settings
         _configure_astroquery(settings)
-        self.client = RetryingClient(settings.policy, name=name, sleep=settings.sleep)
+        # SkyServer and the SAS answer from their own hosts: a redirect elsewhere is refused
+        self.client = RetryingClient(settings.policy, name=name, sleep=settings.sleep,
+                                     redirects=REDIRECTS)
         self.resolver = FieldResolver(self.client, settings)
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix=f"galmerge-{name}")
 

@@ -32,6 +32,7 @@ from galmerge import (
     FetchError,
     GalmergeError,
     PreprocessSpec,
+    RedirectPolicy,
     RetryingClient,
     RetryPolicy,
     bounded_map,
@@ -45,6 +46,9 @@ LAYER_BANDS = {"ls-dr10": "griz", "ls-dr10-south": "griz", "ls-dr9": "grz"}
 #: the wait between tries; tests replace it (monkeypatch). Not an option: a survey spec could
 #: set an option to a number, which is no function
 retry_sleep: Callable[[float], None] = time.sleep
+#: the viewer answers cutout.fits itself: redirects within its host only
+REDIRECTS = RedirectPolicy(hint="if you trust that server, set the url option (or "
+                           "GALMERGE_LEGACYSURVEY_URL) to it")
 
 
 def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any]):
@@ -78,7 +82,7 @@ class LegacySurveyCutouts:
         self.workers = max(1, int(options.get("workers", 4)))
         self.client = RetryingClient(
             RetryPolicy.from_options(options), name="legacysurvey",
-            sleep=retry_sleep,
+            sleep=retry_sleep, redirects=REDIRECTS,
         )
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="galmerge-legacysurvey")
         self._edge_lock = threading.Lock()

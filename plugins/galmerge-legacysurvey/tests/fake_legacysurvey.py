@@ -4,7 +4,8 @@
 (dec > -20), pixel by pixel (a stamp on its edge is partly zeros).
 
 Faults per test: ``server.add_fault(match, kind, times=1, retry_after="1")`` with kind one of
-``500 503 429 slow drop truncate``; ``server.count(part)`` counts requests.
+``500 503 429 slow drop truncate redirect`` (redirect: 302 to ``location`` + the request's path
+and query); ``server.count(part)`` counts requests.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Fault:
     times: int = 1
     retry_after: str = "1"
     delay: float = 1.0
+    location: str = ""
 
 
 def default_galaxies() -> list[Galaxy]:
@@ -145,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(int(fault.kind), b"error")
         if fault and fault.kind == "429":
             return self._send(429, b"slow down", {"Retry-After": fault.retry_after})
+        if fault and fault.kind == "redirect":
+            return self._send(302, b"", {"Location": fault.location + self.path})
         if fault and fault.kind == "slow":
             time.sleep(fault.delay)
         if parts.path != "/viewer/cutout.fits":

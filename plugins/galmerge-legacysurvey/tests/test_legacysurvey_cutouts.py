@@ -147,6 +147,29 @@ def test_a_service_failing_every_request_stops_after_the_failure_budget(survey, 
     assert failing is not None and "2 requests in a row" in failing and "HTTP 503" in failing
 
 
+def test_a_redirect_to_another_host_is_refused_in_one_line(survey, legacy_server, options):
+    from fake_legacysurvey import FakeLegacySurvey
+
+    elsewhere = FakeLegacySurvey().start()
+    url = elsewhere.url
+    try:
+        legacy_server.add_fault("cutout.fits", "redirect", location=url[:-7])
+        with (survey.cutouts(PRE, {**options, "workers": 1}) as svc,
+              pytest.raises(GalmergeError) as info):
+            _fetch(svc, [_req(legacy_server, 0)])
+        assert elsewhere.count() == 0
+    finally:
+        elsewhere.stop()
+    message = str(info.value)
+    assert f"redirected to {url}/cutout.fits?..." in message and "\n" not in message
+    assert "another host" in message and "GALMERGE_LEGACYSURVEY_URL" in message
+    # within the same host a redirect is followed
+    legacy_server.add_fault("cutout.fits", "redirect", location=legacy_server.url[:-7])
+    with survey.cutouts(PRE, options) as svc:
+        assert _fetch(svc, [_req(legacy_server, 0)])[0].status == "ok"
+    assert legacy_server.count("cutout.fits") == 3
+
+
 def test_outside_footprint_and_bad_positions(survey, legacy_server, options):
     reqs = [CutoutRequest(0, 10.0, -45.0, "south"), CutoutRequest(1, math.nan, 0.0, "nan"),
             CutoutRequest(2, 12.0, 91.0, "pole"), _req(legacy_server, 0, row=3)]

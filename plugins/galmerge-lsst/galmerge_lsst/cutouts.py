@@ -17,6 +17,13 @@ backoff, 429/503 ``Retry-After``). The token (env ``GALMERGE_RSP_TOKEN``, else t
 never logged, never part of an error, repr or option. A refused token (HTTP 401/403) stops the
 run with one line, since every later row would fail the same way.
 
+Redirects: the RSP's SODA (and TAP) services answer a sync request with a redirect (303) to
+a signed URL on the object store the result was written to (Google Cloud Storage,
+``storage.googleapis.com``, for data.lsst.cloud). Redirects are followed within the API's own
+host and to the hosts of option ``redirect_hosts`` (default that one; comma-separated ``host``
+or ``host:port``), never from https to http; anything else stops the run with one line naming
+the target. The token never follows a redirect to another host.
+
 Base URL: env ``GALMERGE_LSST_URL`` (default ``https://data.lsst.cloud/api``); TAP is
 ``{base}/tap``.
 """
@@ -44,7 +51,9 @@ from galmerge import (
     CutoutResult,
     FetchError,
     GalmergeError,
+    GuardedSession,
     PreprocessSpec,
+    RedirectPolicy,
     RetryingClient,
     RetryPolicy,
     bounded_map,
@@ -60,6 +69,8 @@ TOKEN_ENVS = ("GALMERGE_RSP_TOKEN", "ACCESS_TOKEN")
 LSST_BANDS = "ugrizy"
 NATIVE_SCALE_ARCSEC = 0.2
 NJY_PER_NANOMAGGY = 3631.0
+#: where data.lsst.cloud's SODA/TAP sync answers redirect to: signed GCS URLs of the results
+DEFAULT_REDIRECT_HOSTS = "storage.googleapis.com"
 DEFAULTS: dict[str, Any] = {
     "subtype": "lsst.deep_coadd", "collection": "LSST.DP1", "obscore_table": "ivoa.ObsCore",
     "units": "nanomaggies", "max_edge_fraction": 0.5, "datalink_cache": 4096, "tap_batch": 20,
@@ -117,15 +128,17 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
         ) from None
 
 
-class _RspSession(requests.Session):
-    """A requests session that adds the bearer token for the RSP host only, and a timeout.
+class _RspSession(GuardedSession):
+    """A requests session that adds the bearer token for the RSP host only, and a timeout, and
+    follows only the redirects ``redirects`` allows.
 
     pyvo passes neither a timeout nor credentials per call; it takes a session, so both live
     here. The token is kept off other hosts (a DataLink document may point anywhere).
     """
 
-    def __init__(self, origin: tuple[str, str], token: str, timeout: float) -> None:
-        super().__init__()
+    def __init__(self, origin: tuple[str, str], token: str, timeout: float,
+                 redirects: RedirectPolicy | None = None) -> None:
+        super().__init__(redirects)
         self._origin = origin
         self._token = token
         self._timeout = timeout
@@ -214,6 +227,11 @@ class LsstCutouts:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"url '{self.base}' is not an http(s) URL")
         self._origin = (parts.scheme, parts.netloc)
+        hosts = str(options.get("redirect_hosts", DEFAULT_REDIRECT_HOSTS) or "")
+        self.redirects = RedirectPolicy(
+            hosts=frozenset(h.strip() for h in hosts.split(",") if h.strip()),
+            hint="if you trust that host, add it to the lsst option redirect_hosts "
+                 "(comma-separated; the token is never sent there)")
         self._token_env, self._token = token
         self.policy = RetryPolicy.from_options(options)
         self.client = RetryingClient(self.policy, name="lsst",
@@ -241,7 +259,7 @@ class LsstCutouts:
     def _session(self) -> _RspSession:
         s = getattr(self._local, "session", None)
         if s is None:
-            s = _RspSession(self._origin, self._token, self.policy.timeout)
+            s = _RspSession(self._origin, self._token, self.policy.timeout, self.redirects)
             self._local.session = s
             with self._lock:
                 self._sessions.append(s)

@@ -19,6 +19,10 @@ CUTOUT_OPTIONS: dict[str, Option] = {
     "units": Option("nanomaggies", "pixel unit of the stamps", choices=("nanomaggies", "nJy")),
     "url": Option(None, "the RSP API (default GALMERGE_LSST_URL, else "
                   "https://data.lsst.cloud/api)", type=str),
+    "redirect_hosts": Option("storage.googleapis.com", "other hosts the RSP may redirect to "
+                             "(comma-separated host or host:port; the token never goes "
+                             "there): the object store SODA and TAP results come from",
+                             type=str),
     "datalink_cache": Option(4096, "DataLink documents kept in memory", min=1),
     "tap_batch": Option(20, "positions per ObsCore query", min=1),
     "workers": Option(4, "concurrent requests", min=1),

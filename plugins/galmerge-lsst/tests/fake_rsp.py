@@ -9,6 +9,10 @@ FITS file (empty primary HDU, then the image in nJy with the patch's TAN WCS, op
 rotated) holding Gaussian galaxies, clipped to the patch. Every endpoint wants
 ``Authorization: Bearer <token>`` and answers 401 otherwise.
 
+With ``results_to`` set to another FakeRsp, a cutout is answered as the RSP's SODA does: a 303
+redirect to a signed-URL-like address under ``{results_to.url}/results/`` (no token wanted
+there, like an object store).
+
 Faults: ``server.add_fault(match, kind, times=1, retry_after="1")`` with kind one of
 ``500 503 429 truncate drop drip nodata queryerror`` (drip: 64 bytes every 0.05 s), matched against the path plus the query text (the ADQL
 for TAP; ``a|b`` needs both a and b); ``server.count(part)`` counts requests whose path contains ``part``.
@@ -151,6 +155,8 @@ class FakeRsp:
         self.patches = default_patches() if patches is None else patches
         self.galaxies = default_galaxies() if galaxies is None else galaxies
         self.soda_base: str | None = None  # the cutout descriptor's host (default: this one)
+        self.results_to: FakeRsp | None = None  # answer cutouts with a 303 to this server
+        self.results: dict[str, bytes] = {}  # what /results/NAME serves, without a token
         self.faults: list[Fault] = []
         self.counts: Counter[str] = Counter()
         self.seen: list[tuple[str, dict[str, str], str | None]] = []  # path, params, auth
@@ -302,6 +308,11 @@ class _Handler(BaseHTTPRequestHandler):
         with fake.lock:
             fake.counts[path] += 1
             fake.seen.append((path, q, auth))
+        if path.startswith("/api/results/"):  # the object store: the signed URL is the key
+            blob = fake.results.get(path.rsplit("/", 1)[-1])
+            if blob is None:
+                return self._send(404, b"no such result", "text/plain")
+            return self._send(200, blob, "application/fits")
         if auth != f"Bearer {fake.token}":
             return self._send(401, b"Unauthorized", "text/plain",
                               {"WWW-Authenticate": 'Bearer realm="rsp"'})
@@ -328,6 +339,13 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._send(400, b"bad cutout request", "text/plain")
                 nodata = bool(fault and fault.kind == "nodata")
                 body, ctype = fake.cutout(*found, q["CIRCLE"], nodata), "application/fits"
+                store = fake.results_to
+                if store is not None:
+                    with store.lock:
+                        name = f"r{len(store.results)}.fits"
+                        store.results[name] = body
+                    where = f"{store.url}/results/{name}?X-Goog-Signature=0123abcd"
+                    return self._send(303, b"", "text/plain", {"Location": where})
             else:
                 return self._send(404, b"not found", "text/plain")
         except ValueError as exc:

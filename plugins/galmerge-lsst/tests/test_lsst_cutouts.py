@@ -289,6 +289,31 @@ def test_the_token_goes_to_the_configured_host_only(survey, rsp, options):
     assert [auth for *_, auth in elsewhere.seen] == [None]
 
 
+def test_a_soda_redirect_to_the_object_store_is_followed_without_the_token(survey, rsp,
+                                                                            options):
+    # as data.lsst.cloud does: SODA sync answers 303 to a signed URL on another host
+    from fake_rsp import FakeRsp
+
+    store = FakeRsp(token="the-store-wants-none").start()
+    host = store.url.split("/")[2]
+    rsp.results_to = store
+    try:
+        with survey.cutouts(PRE, {**options, "redirect_hosts": f"example.org, {host}"}) as svc:
+            assert _fetch(svc, [_req(rsp, 3)])[3].status == "ok"
+        assert store.count("/results/") == 3  # one per band, all through the redirect
+        assert {auth for *_, auth in store.seen} == {None}  # the token stayed on the RSP
+        with (survey.cutouts(PRE, {**options, "workers": 1}) as svc,  # default: GCS only
+              pytest.raises(GalmergeError) as info):
+            _fetch(svc, [_req(rsp, 3)])
+        assert store.count("/results/") == 3  # refused before the store was contacted
+    finally:
+        store.stop()
+    message = str(info.value)
+    assert f"redirected to http://{host}/api/results/" in message and "\n" not in message
+    assert "Signature" not in message and rsp.token not in message
+    assert "another host" in message and "redirect_hosts" in message
+
+
 @pytest.mark.parametrize(
     ("preprocess", "options_", "words"),
     [
