@@ -471,17 +471,42 @@ def test_max_bytes_must_be_positive():
         RetryPolicy(max_bytes=0).check()
 
 
-def test_a_streamed_responses_socket_is_found_for_the_transfer_guards():
-    # the deadline and minimum-rate guards shut the socket to end a dripping read; they find it
-    # through urllib3/http.client internals, so a library update that moves it shows up here
+@pytest.mark.parametrize("guard", ["deadline", "minimum rate"])
+def test_the_transfer_guards_end_a_dripping_read_through_urllib3s_public_shutdown(
+        monkeypatch, guard):
+    # read_body's deadline and RateGuard's minimum rate stop a read blocked in this thread from
+    # a watchdog thread with urllib3's documented HTTPResponse.shutdown() (urllib3 >= 2.3), not
+    # with a socket dug out of urllib3/http.client internals that a library update may move
+    import contextlib
+
     import requests
+    import urllib3
     from loopback_http import LoopbackServer
 
-    from galmerge.io.http import _response_socket
+    from galmerge.io.http import RateGuard, read_body
 
+    calls = []
+    shutdown = urllib3.response.HTTPResponse.shutdown
+
+    def spy(self):
+        calls.append(self)
+        return shutdown(self)
+
+    monkeypatch.setattr(urllib3.response.HTTPResponse, "shutdown", spy)
     with LoopbackServer() as server:
-        server.add("/f", b"x" * 100_000)
+        server.add("/f", b"x" * 200)
+        server.faults["/f"].append("trickle")  # a byte every 0.2 s: each read is in time
+        t0 = time.monotonic()
         with requests.get(server.url + "/f", stream=True, timeout=5) as r:
-            assert _response_socket(r) is not None
-            r.raw.read(10)
-            assert _response_socket(r) is not None
+            if guard == "deadline":
+                with pytest.raises(FetchError, match="timeout"):
+                    read_body(r, 0.5)
+            else:
+                rate = RateGuard(r, 1000, 0.5)
+                with rate, contextlib.suppress(requests.RequestException):
+                    for chunk in r.iter_content(1 << 16):
+                        rate.count(len(chunk))
+                with pytest.raises(FetchError, match="stalled"):
+                    rate.check()
+            assert calls == [r.raw]
+        assert time.monotonic() - t0 < 3  # not the 40 s the whole body takes

@@ -38,7 +38,6 @@ import math
 import os
 import random
 import re
-import socket
 import threading
 import time
 from collections import Counter
@@ -365,11 +364,8 @@ def service_words(response: requests.Response) -> str:
     text (an empty ``<INFO .../>`` gives none). Read with a regular expression rather than a
     VOTable parser: only this one element is wanted, from a document the service may have
     left malformed."""
-    try:
-        if getattr(response, "_content_consumed", False):
-            body = response.content or b""
-        else:
-            body = read_body(response, WORDS_SECONDS, max_bytes=WORDS_BYTES)
+    try:  # iter_content (read_body) gives a body requests already read from memory too
+        body = read_body(response, WORDS_SECONDS, max_bytes=WORDS_BYTES)
     except Exception:  # noqa: BLE001 - no words can be read: the status alone must do
         return ""
     text = body[:WORDS_BYTES].decode("utf-8", "replace")
@@ -633,13 +629,12 @@ def read_body(
     not retried: the same server would send the same oversized answer again."""
     deadline = (time.monotonic() if started is None else started) + limit
     # A read blocks until a whole chunk arrives, so checking the clock between chunks is not
-    # enough: a watchdog shuts the socket down when the deadline passes.
+    # enough: a watchdog shuts the response's socket when the deadline passes.
     expired = threading.Event()
-    sock = _response_socket(r)
 
     def expire() -> None:
         expired.set()
-        _shutdown(sock)
+        _shutdown(r)
 
     watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
     watchdog.daemon = True
@@ -693,7 +688,7 @@ class RateGuard:
         self.window = window
         self.stalled = False
         self._received = 0
-        self._sock = _response_socket(r)
+        self._response = r
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True,
                                         name="galmerge-rate-guard")
@@ -714,7 +709,7 @@ class RateGuard:
             got = self._received
             if got - seen < self.min_bytes:
                 self.stalled = True
-                _shutdown(self._sock)
+                _shutdown(self._response)
                 return
             seen = got
 
@@ -724,14 +719,18 @@ class RateGuard:
                              f"{self.window:g} s)", retryable=True)
 
 
-def _shutdown(sock: socket.socket | None) -> None:
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+def _shutdown(r: requests.Response) -> None:
+    """End a read of streamed response ``r`` blocked in another thread, through urllib3's public
+    ``HTTPResponse.shutdown()`` (urllib3 >= 2.3: ``shutdown(SHUT_RD)`` on the response's socket,
+    made for this). A response with nothing left to stop (its connection already released, no
+    socket, not a urllib3 response) is left as it is."""
+    with contextlib.suppress(AttributeError, ValueError, RuntimeError, OSError):
+        r.raw.shutdown()
 
 
 def _wire_bytes(r: requests.Response) -> int | None:
-    """How many (still encoded) body bytes urllib3 read from the connection, if it says."""
+    """How many (still encoded) body bytes urllib3 read from the connection, if it says
+    (``HTTPResponse.tell()``, public)."""
     tell = getattr(r.raw, "tell", None)
     try:
         return int(tell()) if callable(tell) else None
@@ -741,15 +740,6 @@ def _wire_bytes(r: requests.Response) -> int | None:
 
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{n} bytes"
-
-
-def _response_socket(r: requests.Response) -> socket.socket | None:
-    """The socket a streamed response reads from (urllib3 2 keeps it in http.client's file)."""
-    sock = getattr(getattr(r.raw, "connection", None), "sock", None)
-    if sock is None:
-        fp = getattr(getattr(r.raw, "_fp", None), "fp", None)
-        sock = getattr(getattr(fp, "raw", None), "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
 
 
 def _host(url: str) -> str:
