@@ -60,6 +60,7 @@ from galmerge.classification.sharding import (
     timeout_seconds,
 )
 from galmerge.errors import GalmergeError
+from galmerge.io import atomic
 from galmerge.io.provenance import data_release
 from galmerge.io.provenance import record as provenance_record
 
@@ -119,8 +120,8 @@ NOT_OUTPUT_SUFFIXES = (".pt", ".pth", ".ckpt", ".onnx", ".toml", ".json", ".yaml
 
 def check_output(out_path: Path, catalog: Path) -> None:
     """One line, before any work, for an output that would destroy a file: the input catalog,
-    a name classify does not write, or an existing file that is not a classify output (which a
-    rerun may replace: it reads it back first)."""
+    a name classify does not write, a symbolic link, or a non-empty file that is not a classify
+    output (`atomic.check_replaceable`: a rerun may replace one; it reads it back first)."""
     if out_path.suffix.lower() in NOT_OUTPUT_SUFFIXES:
         raise GalmergeError(f"--output {out_path}: classify writes .csv, .h5, .fits or .parquet "
                             "files; choose such a name")
@@ -130,20 +131,20 @@ def check_output(out_path: Path, catalog: Path) -> None:
                 raise GalmergeError(f"--output {out_path}: {folder} is a file, not a folder; "
                                     "choose another --output")
             break
-    if not out_path.exists() or (out_path.is_file() and out_path.stat().st_size == 0):
-        return  # nothing there to lose (an empty file: e.g. from mktemp)
-    if out_path.resolve() == catalog.resolve():
-        raise GalmergeError(f"--output {out_path} is the input catalog; choose another file")
     from galmerge.fractions.report import P_NAME, STATUS_NAME, _result_column, output_columns
 
-    try:
-        names = output_columns(out_path)[0] if out_path.is_file() else []
-    except Exception:  # any unreadable file: not an output of ours
-        names = []
-    if _result_column(names, P_NAME) is None or _result_column(names, STATUS_NAME) is None:
-        raise GalmergeError(f"--output {out_path} exists and is not a galmerge classify output "
-                            "(no p_merger and status columns), so it is not replaced; choose "
-                            "another file or remove it")
+    def ours(path: Path) -> bool:
+        if path.resolve() == catalog.resolve():
+            raise GalmergeError(f"--output {path} is the input catalog; choose another file")
+        try:
+            names = output_columns(path)[0]
+        except Exception:  # any unreadable file: not an output of ours
+            return False
+        return (_result_column(names, P_NAME) is not None
+                and _result_column(names, STATUS_NAME) is not None)
+
+    atomic.check_replaceable(out_path, ours, "a galmerge classify output (no p_merger and "
+                             "status columns)", option="--output")
 
 
 def rank_cache(cache: str | os.PathLike[str], rank: int) -> Path:

@@ -28,7 +28,8 @@ def export(model: str, fmt: str, output: str | None, domain: str) -> None:
 
     target = Path(output) if output is not None else default_output(Path(model), fmt)
     # an earlier export there is replaced (export_model refuses any other file): say so
-    earlier = export_metadata(target, fmt) if target.is_file() else None
+    earlier = (export_metadata(target, fmt)
+               if target.is_file() and not target.is_symlink() else None)
     path = export_model(model, fmt, output, domain)
     # a run without best.pt exports last.pt: say which weights went in
     line = f"wrote {path} (from {resolve_checkpoint(model)})"

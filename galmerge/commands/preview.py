@@ -28,8 +28,10 @@ def preview(survey: str, n: int, output: Path | None, seed: int) -> None:
     hdf5:data/my_set.h5, illustris, sdss.
     """
     from galmerge.data.datasets import load_imageset
-    from galmerge.evaluation.preview import write_preview
+    from galmerge.evaluation.preview import check_preview_output, write_preview
 
+    out = output or _default_output(survey)
+    check_preview_output(out)  # before the survey is read (it may be downloaded)
     imageset = load_imageset(survey)
-    path = write_preview(imageset, output or _default_output(survey), n=n, seed=seed)
+    path = write_preview(imageset, out, n=n, seed=seed)
     click.echo(f"wrote {path} ({imageset.describe()})")

@@ -314,9 +314,8 @@ def write_table(rows: Sequence[dict[str, Any]], output: str | Path) -> Path:
         raise GalmergeError(f"--output {path}: use a .md or .csv file name")
     text = to_markdown(rows) if suffix == ".md" else to_csv(rows)
     # an earlier table may be replaced (its first line is the header), another file never
-    atomic.check_replaceable(path, lambda head: head.startswith((b"| strategy |",
-                                                                  b"strategy,")),
-                             "a galmerge compare table")
+    atomic.check_replaceable(path, atomic.starts_with(b"| strategy |", b"strategy,"),
+                             "a galmerge compare table", option="--output")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path, text)
     return path

@@ -23,7 +23,9 @@ CLASS_NAMES = {0: "non-merger", 1: "merger", -1: "unlabelled"}
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    atomic.save_figure(fig, path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    # fixed names in the run directory: a link planted there is replaced, never followed
+    atomic.save_figure(fig, path, fixed_name=True, dpi=DPI, bbox_inches="tight",
+                       facecolor="white")
     return path
 
 

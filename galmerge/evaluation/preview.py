@@ -52,6 +52,14 @@ def colour_composite(images: np.ndarray, imageset: ImageSet) -> np.ndarray:
     return out
 
 
+def check_preview_output(output: str | Path) -> None:
+    """One line for an ``--output`` that is no figure name or may not be replaced
+    (`galmerge.io.atomic.check_figure`)."""
+    if Path(output).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise GalmergeError(f"--output {output}: use a .png, .pdf or .svg file name")
+    atomic.check_figure(output, option="--output")
+
+
 def write_preview(
     imageset: ImageSet, output: str | Path, n: int = 16, seed: int = 0, title: str | None = None
 ) -> Path:
@@ -61,8 +69,7 @@ def write_preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if Path(output).suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise GalmergeError(f"--output {output}: use a .png, .pdf or .svg file name")
+    check_preview_output(output)
     if len(imageset) == 0:
         raise GalmergeError(f"survey {imageset.survey} has no images to preview")
     if n < 1:
@@ -99,7 +106,7 @@ def write_preview(
     fig.subplots_adjust(left=0.04, right=0.995, bottom=0.01, top=top, wspace=0.06, hspace=0.2)
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.save_figure(fig, path, dpi=110)
+    atomic.save_figure(fig, path, option="--output", dpi=110)
     plt.close(fig)
     return path
 

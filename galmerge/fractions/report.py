@@ -338,6 +338,8 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
         raise GalmergeError(f"--threshold must be between 0 and 1, got {threshold}")
     from galmerge.fractions.prior import read_record, undo
 
+    if plot is not None:  # before any work
+        check_plot(Path(plot))
     sample = None
     if labels is None and (id_col is not None or label_col is not None):
         raise GalmergeError("--id-col and --label-col name columns of --labels FILE; pass the "
@@ -524,14 +526,20 @@ def _reasons(excluded: Counter) -> str:
     return ", ".join(f"{k} {v}" for k, v in excluded.most_common()) or "none"
 
 
+def check_plot(path: Path) -> None:
+    """One line for a ``--plot`` that is no figure name or may not be replaced
+    (`galmerge.io.atomic.check_figure`)."""
+    if path.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise GalmergeError(f"--plot {path}: use a .png, .pdf or .svg file name")
+    atomic.check_figure(path, option="--plot")
+
+
 def fraction_figure(panels: list[tuple[str, dict[str, Any]]], path: Path) -> Path:
     """One panel per bin: each estimator's fraction with its 68% (thick) and 95% (thin)
     interval."""
     from matplotlib.figure import Figure
 
-    suffix = path.suffix.lower()
-    if suffix not in (".png", ".pdf", ".svg"):
-        raise GalmergeError(f"--plot {path}: use a .png, .pdf or .svg file name")
+    check_plot(path)
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(4.2 * cols, 2.6 * rows))
@@ -564,5 +572,6 @@ def fraction_figure(panels: list[tuple[str, dict[str, Any]]], path: Path) -> Pat
     fig.suptitle("Merger fraction: 68% (thick) and 95% (thin) bootstrap intervals; "
                  "* recommended", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.save_figure(fig, path, dpi=110, bbox_inches="tight", facecolor="white")
+    atomic.save_figure(fig, path, option="--plot", dpi=110, bbox_inches="tight",
+                       facecolor="white")
     return path

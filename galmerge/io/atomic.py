@@ -19,8 +19,9 @@ import contextlib
 import errno
 import os
 import socket
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +36,7 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def temp_beside(path: str | Path, tag: str = "") -> Path:
@@ -105,34 +107,72 @@ def write_with(path: str | Path, write: Any, tag: str = "") -> None:
 FIGURE_MAGIC = {"png": (b"\x89PNG",), "pdf": (b"%PDF",), "svg": (b"<?xml", b"<svg")}
 
 
-def check_replaceable(path: str | Path, ours: Any, what: str) -> None:
-    """A one-line `GalmergeError` if ``path`` exists and ``ours(first 512 bytes)`` is false: a
-    user's file given by mistake is never replaced by ``what``."""
+def starts_with(*prefixes: bytes, strip: bool = False) -> Callable[[Path], bool]:
+    """A `check_replaceable` test: the file's first 512 bytes (leading whitespace removed with
+    ``strip``) begin with one of ``prefixes``. The file is opened without following a link."""
 
+    def ours(path: Path) -> bool:
+        try:
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+            with os.fdopen(fd, "rb") as fh:
+                head = fh.read(512)
+        except OSError:  # unreadable, or swapped for a link since: not ours
+            return False
+        return (head.lstrip() if strip else head).startswith(prefixes)
+
+    return ours
+
+
+def check_replaceable(path: str | Path, ours: Callable[[Path], bool], what: str, *,
+                      option: str = "", fixed_name: bool = False) -> None:
+    """The one rule for whether an existing ``path`` may be replaced by ``what``; a one-line
+    `GalmergeError` when not. Checked before any work, by every output galmerge replaces:
+
+    - nothing there, or an empty regular file (nothing to lose, e.g. made by ``mktemp``): yes;
+    - a symbolic link (dangling or not): no, where the user named ``path`` (an ``--output``,
+      ``-o`` or ``--plot``): it is neither written through nor replaced. At a ``fixed_name`` in
+      galmerge's own folder (a run directory's or study folder's figures) a link planted there
+      is replaced itself, its target never read;
+    - anything else that is not a regular file (a folder, a FIFO): no;
+    - a non-empty regular file: only if ``ours(path)`` is true (an earlier output of the same
+      kind). ``ours`` may itself raise a more specific `GalmergeError`.
+
+    ``option`` (e.g. ``"--output"``) prefixes the message.
+    """
     p = Path(path)
-    if p.is_symlink() or not p.exists():  # a link is replaced itself, its target never read
+    named = f"{option} {p}" if option else str(p)
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
         return
-    if p.is_file() and p.stat().st_size == 0:  # nothing there to lose
+    if stat.S_ISLNK(st.st_mode):
+        if fixed_name:
+            return
+        raise GalmergeError(f"{named} is a symbolic link, which galmerge neither writes through "
+                            "nor replaces; give the path of the file itself or another name")
+    if stat.S_ISREG(st.st_mode) and (st.st_size == 0 or ours(p)):
         return
-    head = b""
-    if p.is_file():
-        with open(p, "rb") as fh:
-            head = fh.read(512)
-    if not p.is_file() or not ours(head):
-        raise GalmergeError(f"{p} exists and is not {what}, so it is not replaced; choose "
-                            "another file name or remove it")
+    raise GalmergeError(f"{named} exists and is not {what}, so it is not replaced; choose "
+                        "another file name or remove it")
 
 
-def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> None:
-    """``fig.savefig`` to ``path`` through `write_with` (in the format of its suffix): a plot in
-    a shared folder is never half written, a link planted at its name is replaced, not
-    followed, and an existing file that is not a figure of that format is refused
-    (`check_replaceable`)."""
+def check_figure(path: str | Path, *, option: str = "", fixed_name: bool = False) -> None:
+    """`check_replaceable` for a figure: only a figure of ``path``'s format (by suffix) may be
+    replaced."""
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     magic = FIGURE_MAGIC.get(fmt)
     if magic is not None:
-        check_replaceable(path, lambda head: head.lstrip().startswith(magic),
-                          f"a {fmt.upper()} figure")
+        check_replaceable(path, starts_with(*magic, strip=True), f"a {fmt.upper()} figure",
+                          option=option, fixed_name=fixed_name)
+
+
+def save_figure(fig: Any, path: str | Path, *, option: str = "", fixed_name: bool = False,
+                **kwargs: Any) -> None:
+    """``fig.savefig`` to ``path`` through `write_with` (in the format of its suffix): a plot in
+    a shared folder is never half written, and an existing file is replaced only as
+    `check_figure` allows (``option``, ``fixed_name``: see `check_replaceable`)."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    check_figure(path, option=option, fixed_name=fixed_name)
     write_with(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
 
 
@@ -165,8 +205,6 @@ def pid_alive(pid: int) -> bool:
         return True
     return True
 
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def open_nofollow(path: str | Path, mode: str = "a+b") -> IO[Any]:

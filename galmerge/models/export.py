@@ -171,15 +171,14 @@ def export_model(
 
 def _check_output(out: Path, fmt: str) -> None:
     """One line, before any work, for an output that would destroy a file: a name of another
-    kind (best.pt, config.toml) or an existing file that is not a galmerge export of this format
-    (a new export may replace an old one)."""
+    kind (best.pt, config.toml), a symbolic link, or a non-empty file that is not a galmerge
+    export of this format (`atomic.check_replaceable`: a new export may replace an old one)."""
     suffixes = (".onnx",) if fmt == "onnx" else (".pt", ".ts")
     if not out.name.lower().endswith(suffixes):
         raise GalmergeError(f"--output {out}: a {fmt} export is named *{suffixes[0]} (e.g. "
                             f"{default_output(out.parent, fmt).name}); choose such a name")
-    if out.exists() and export_metadata(out, fmt) is None:
-        raise GalmergeError(f"--output {out} exists and is not a galmerge {fmt} export, so it is "
-                            "not replaced; choose another file or remove it")
+    atomic.check_replaceable(out, lambda p: export_metadata(p, fmt) is not None,
+                             f"a galmerge {fmt} export", option="--output")
 
 
 def export_metadata(path: str | os.PathLike[str], fmt: str) -> dict[str, Any] | None:
