@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from galmerge.errors import GalmergeError
+from galmerge.io.private import check_private
 
 SEGMENT_FORMAT = "galmerge-result-segment/1"
 SUFFIX = ".arrow"
@@ -44,26 +43,13 @@ _KINDS = "biufcmMSU"
 
 
 def check_private_folder(path: Path) -> None:
-    """Refuse a folder (if it exists) that another user owns or that others may write to.
+    """Refuse a folder (if it exists) that another user owns or that anyone else may write to
+    (`galmerge.io.private.check_private`).
 
     Result segments are loaded as data only, but results planted by someone else would still be
     merged into the output as if computed: only the user's own, private folders are trusted.
     """
-    try:
-        link = os.lstat(path)
-        st = os.stat(path)
-    except FileNotFoundError:
-        return
-    me = os.geteuid()
-    owner = st.st_uid if link.st_uid == me else link.st_uid
-    if owner != me:
-        raise GalmergeError(
-            f"{path} belongs to another user (uid {owner}); galmerge resumes only from folders "
-            "of its own: remove it (or pass another --output) and run again")
-    if st.st_mode & stat.S_IWOTH:
-        raise GalmergeError(
-            f"{path} is writable by every user, so its results cannot be trusted; remove it "
-            f"(or `chmod o-w` it if nobody else wrote there) and run again")
+    check_private(path, "pass another --output")
 
 
 def refuse_pickled_segments(folder: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from galmerge.config.resolve import read_toml, write_toml
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.io.private import check_private
 from galmerge.io.provenance import redact
 
 CONFIG, ENV, METRICS, SUMMARY, BEST, LAST = (
@@ -110,6 +111,14 @@ def prepare_new(run_dir: Path) -> Path:
         path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Before a run's last.pt is continued: the folder, its config.toml and last.pt must be the
+    user's own and writable by nobody else (`galmerge.io.private.check_private`), or someone
+    else could have planted the checkpoint or the settings the run goes on with."""
+    for path in (run_dir, run_dir / CONFIG, run_dir / LAST):
+        check_private(path, "train it again with another --run-dir")
 
 
 def check_new(run_dir: Path) -> list[Path]:

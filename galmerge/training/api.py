@@ -260,6 +260,7 @@ def _resume_config(
             f"--resume {out_dir}: no config.toml and last.pt there; pass a run directory "
             f"that trained at least one checkpoint"
         )
+    rundir.check_resumable(out_dir)  # before anything in it is read
     changed = [
         k for k, v in flags.items() if v is not None and k not in ("device", "source", "target")
     ]
