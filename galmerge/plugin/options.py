@@ -128,8 +128,16 @@ def check_options(kind: str, name: str, schema: Mapping[str, Option],
     return out
 
 
+def _bounds(option: Option) -> str:
+    """``>= 0 and <= 1`` (or ``< 5``): the numbers ``option`` allows; empty when unbounded."""
+    low, high, below = option.min, option.max, option.below
+    return " and ".join(part for part in (f">= {low:g}" if low is not None else "",
+                                          f"<= {high:g}" if high is not None else "",
+                                          f"< {below:g}" if below is not None else "") if part)
+
+
 def _check(what: str, key: str, value: Any, option: Option) -> Any:
-    value = _coerce(what, key, value, option.kind)
+    value = _coerce(what, key, value, option.kind, _bounds(option))
     if value is None:
         return value
     if option.choices and value not in option.choices:
@@ -141,15 +149,12 @@ def _check(what: str, key: str, value: Any, option: Option) -> Any:
                                           or below is not None)) \
                 or (low is not None and value < low) or (high is not None and value > high) \
                 or (below is not None and value >= below):
-            bounds = " and ".join(
-                part for part in (f">= {low:g}" if low is not None else "",
-                                  f"<= {high:g}" if high is not None else "",
-                                  f"< {below:g}" if below is not None else "") if part)
-            raise GalmergeError(f"{what}: option {key} must be {bounds}, got {value!r}")
+            raise GalmergeError(f"{what}: option {key} must be {_bounds(option)}, "
+                                f"got {value!r}")
     return value
 
 
-def _coerce(what: str, key: str, value: Any, kind: type | None) -> Any:
+def _coerce(what: str, key: str, value: Any, kind: type | None, bounds: str = "") -> Any:
     if kind in (None, object) or value is None or (
         isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
     ):
@@ -171,7 +176,8 @@ def _coerce(what: str, key: str, value: Any, kind: type | None) -> Any:
             return str(value)
     except (TypeError, ValueError):
         pass
-    raise GalmergeError(f"option '{key}' of {what} must be {kind.__name__}, got {value!r}")
+    valid = f"; valid: {kind.__name__} {bounds}" if bounds else ""  # the range too, if any
+    raise GalmergeError(f"option '{key}' of {what} must be {kind.__name__}, got {value!r}{valid}")
 
 
 def resolve_options(

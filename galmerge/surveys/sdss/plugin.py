@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from galmerge.plugin.hookspecs import hookimpl
-from galmerge.plugin.options import Option
+from galmerge.plugin.options import RETRY_OPTIONS, Option
 from galmerge.plugin.records import Survey
 from galmerge.surveys.deepmerge.plugin import LOAD_OPTIONS
 
@@ -42,6 +42,31 @@ CUTOUT_OPTIONS: dict[str, Option] = {k: Option(d, h, type=object) for k, (d, h) 
     "sas_url": (None, "Science Archive Server (default GALMERGE_SDSS_SAS_URL, else "
                 "https://data.sdss.org/sas)"),
 }.items()}
+#: options of the cutout service (classify --survey "sdss?workers=8&frame_cache_gb=20"): the
+#: core checks names, types and ranges before any network work (the retry settings are
+#: `RETRY_OPTIONS`, as every survey's); ``type=object``: galmerge.surveys.sdss.cutouts checks
+#: the value itself (``workers``: "bad sdss survey option (...)"; ``frame_cache_gb``: a size or
+#: ``inf``; ``frame_cache_dir``: a folder or none)
+CUTOUT_OPTIONS: dict[str, Option] = {
+    "workers": Option(4, "concurrent requests", type=object),
+    **RETRY_OPTIONS,
+    "data_release": Option(17, "SDSS data release", min=1),
+    "frame_cache_dir": Option(None, "folder of downloaded frames (default "
+                              "$GALMERGE_DATA/cache/sdss-frames; none: no disk cache)",
+                              type=object),
+    "frame_cache_gb": Option(None, "size bound of the frame folder (default "
+                             "GALMERGE_SDSS_FRAME_CACHE_GB, else 4; inf: none)", type=object),
+    "memory_frames": Option(6, "frames kept in memory", min=0),
+    "resolve_batch": Option(25, "positions per SkyServer query", min=1),
+    "radius_arcmin": Option(0.5, "search radius for the frame holding a position", min=0),
+    "check_footprint": Option(True, "mark positions outside the SDSS footprint no-coverage"),
+    "max_edge_fraction": Option(0.5, "largest share of a stamp past a frame edge (zero-filled)",
+                                min=0, max=1),
+    "skyserver_url": Option(None, "SkyServer (default GALMERGE_SDSS_SKYSERVER_URL, else "
+                            "https://skyserver.sdss.org)", type=str),
+    "sas_url": Option(None, "Science Archive Server (default GALMERGE_SDSS_SAS_URL, else "
+                      "https://data.sdss.org/sas)", type=str),
+}
 
 
 def _load(arg: str | None, options: Mapping[str, Any]):
