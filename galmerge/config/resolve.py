@@ -1,7 +1,8 @@
 """The run configuration: defaults -> preset -> ``--config FILE.toml`` -> CLI flags.
 
 A resolved config is a plain dict with every default made explicit, so ``config.toml`` of a run
-feeds straight back into ``--config`` and reproduces the same run::
+feeds straight back into ``--config`` and reproduces the same run (settings added after the run
+was made take the values it trained with: ``galmerge.config.legacy``)::
 
     source, target, strategy, backbone, seed, device, epochs, batch_size, lr, weight_decay,
     patience, select_by, max_steps_per_epoch (0 = a full pass), checkpoint_every (steps,
@@ -261,9 +262,14 @@ def _check_keys(layer: Mapping[str, Any], where: str) -> None:
 
 
 def resolve_config(
-    cli: Mapping[str, Any] | None = None, file: str | Path | Mapping[str, Any] | None = None
+    cli: Mapping[str, Any] | None = None, file: str | Path | Mapping[str, Any] | None = None,
+    *, legacy: bool = False,
 ) -> dict[str, Any]:
-    """Merge defaults, the preset, a config file and CLI overrides; validate every name."""
+    """Merge defaults, the preset, a config file and CLI overrides; validate every name.
+
+    ``legacy``: ``file`` is a run's own record, whose absent settings take the values its run
+    trained with (`galmerge.config.legacy`), not today's defaults."""
+    from galmerge.config.legacy import with_legacy_values
     from galmerge.config.presets import preset_values
     from galmerge.plugin.manager import get_plugin_manager
     from galmerge.plugin.strategy_api import parse_strategy_expression
@@ -276,6 +282,8 @@ def resolve_config(
         file_layer, where = dict(file), "the config"
     else:
         file_layer, where = read_toml(file), f"config file {file}"
+    if legacy:
+        file_layer = with_legacy_values(file_layer)
     _check_keys(file_layer, where)
     _check_keys(cli, "the command line")
 

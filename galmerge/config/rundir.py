@@ -149,6 +149,13 @@ def discard_new(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
+def is_run_record(path: Path) -> bool:
+    """Whether a config file is a run's own record: a ``config.toml`` with the run's
+    ``summary.json`` or ``env.json`` beside it (not a hand-written file)."""
+    return path.name == CONFIG and ((path.parent / SUMMARY).is_file()
+                                    or (path.parent / ENV).is_file())
+
+
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
     write_toml(run_dir / CONFIG, config)
 
