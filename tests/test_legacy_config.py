@@ -1,10 +1,134 @@
-"""A run's config.toml from an older galmerge, which lacks settings added since, read at the
-values its run trained with (galmerge.config.legacy)."""
+"""A run's config.toml from an older galmerge, which lacks settings added since: `train
+--config` and `--resume` read the absent ones at the values its run trained with
+(galmerge.config.legacy), a hand-written file at today's defaults."""
 
 from __future__ import annotations
 
+import csv
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+from click.testing import CliRunner
+from train_toys import ToyPlugin, _NoNone
+
+import galmerge
+from galmerge.cli import cli
 from galmerge.config.legacy import LEGACY_VALUES, config_path, with_legacy_values
 from galmerge.config.resolve import resolve_config
+
+BASE = ["--source", "toy:source", "--target", "toy:target", "--backbone", "tiny",
+        "--device", "cpu", "--epochs", "1", "--batch-size", "8"]
+#: the settings of an entropy run from before per-domain BatchNorm (stop 23), the target's
+#: own encoder (stop 28) and entropy's diversity term and warm-up ramp defaults (f103622)
+OLD = ["--set", "domain_batchnorm=joint", "--set", "target_encoder=shared",
+       "--set", "entropy.diversity=0.0", "--set", "entropy.warmup=0.0"]
+#: what a config.toml written before those settings existed lacks
+ABSENT = ("domain_batchnorm", "target_encoder", "lr_multipliers", "epoch_steps", "source_path",
+          "init_fresh_strategies", "observe", "schedule.kind", "schedule.cycle_length",
+          "strategies.entropy.diversity", "strategies.entropy.warmup")
+
+
+@pytest.fixture
+def toys(register_plugin, plugin_manager):
+    plugin = _NoNone() if "none" in plugin_manager.components("strategies") else ToyPlugin()
+    register_plugin(plugin, "toys")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def config_of(run: Path) -> dict:
+    return tomllib.loads((run / "config.toml").read_text())
+
+
+def make_old(run: Path) -> None:
+    """Remove ``ABSENT`` from a run's config.toml, as if an older galmerge had written it."""
+    config = config_of(run)
+    for key in ABSENT:
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    (run / "config.toml").write_text(tomli_w.dumps(config))
+
+
+def train(run: Path, strategy: str, seed: int, sets: list[str]) -> None:
+    galmerge.train(source="toy:source", target="toy:target", strategy=strategy, backbone="tiny",
+                   epochs=1, batch_size=8, device="cpu", quiet=True, seed=seed, run_dir=run,
+                   sets=sets)
+
+
+def test_an_older_runs_config_trains_with_the_values_its_run_trained_with(toys, tmp_path):
+    old = tmp_path / "old"
+    assert invoke("train", *BASE, "--quiet", "--strategy", "entropy", *OLD,
+                  "--run-dir", str(old)).exit_code == 0
+    make_old(old)
+    again = invoke("train", "--config", str(old / "config.toml"), "--run-dir",
+                   str(tmp_path / "again"))
+    assert again.exit_code == 0, again.output
+    config = config_of(tmp_path / "again")
+    assert (config["domain_batchnorm"], config["target_encoder"]) == ("joint", "shared")
+    assert config["strategies"]["entropy"] == config_of(old)["strategies"]["entropy"] | {
+        "diversity": 0.0, "warmup": 0.0}
+    assert not (tmp_path / "again" / "source_only").exists()  # no own encoder, no stage
+    notes = [line for line in again.output.splitlines() if "before these settings" in line]
+    assert len(notes) == 1, again.output
+    for shown in ("domain_batchnorm=joint", "target_encoder=shared", "entropy.diversity=0.0",
+                  "entropy.warmup=0.0"):
+        assert shown in notes[0], notes[0]
+    assert "epoch_steps" not in notes[0]  # filled, but today's default is the same
+    # a flag still wins, and a setting it decides is not named
+    flag = invoke("train", "--config", str(old / "config.toml"), "--set",
+                  "entropy.diversity=0.5", "--run-dir", str(tmp_path / "flag"))
+    assert flag.exit_code == 0, flag.output
+    assert config_of(tmp_path / "flag")["strategies"]["entropy"]["diversity"] == 0.5
+    assert "entropy.diversity" not in flag.output and "domain_batchnorm=joint" in flag.output
+    # the same file, hand-written (no run beside it): today's defaults, no note
+    hand = tmp_path / "hand" / "config.toml"
+    hand.parent.mkdir()
+    shutil.copy(old / "config.toml", hand)
+    fresh = invoke("train", "--config", str(hand), "--run-dir", str(tmp_path / "fresh"))
+    assert fresh.exit_code == 0, fresh.output
+    config = config_of(tmp_path / "fresh")
+    assert (config["domain_batchnorm"], config["target_encoder"]) == ("separate", "separate")
+    assert config["strategies"]["entropy"]["diversity"] == 1.0
+    assert "before these settings" not in fresh.output
+
+
+def test_resume_continues_an_older_run_with_the_values_it_trained_with(toys, tmp_path):
+    import torch
+
+    from galmerge.models.model import save_checkpoint
+
+    settings = dict(source="toy:source", target="toy:target", strategy="entropy", epochs=3,
+                    backbone="tiny", batch_size=8, device="cpu", quiet=True, patience=0,
+                    sets=OLD[1::2])
+    galmerge.train(run_dir=tmp_path / "ref", **settings)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        galmerge.train(run_dir=tmp_path / "old", on_epoch=stop, **settings)
+    run = tmp_path / "old"
+    make_old(run)  # and last.pt's copy of the config, as the older galmerge wrote it
+    payload = torch.load(run / "last.pt", weights_only=True)
+    for key in ("diversity", "warmup"):
+        payload["config"]["strategies"]["entropy"].pop(key)
+    save_checkpoint(run / "last.pt", payload)
+    galmerge.train(resume=run, quiet=True)
+
+    def rows(folder: Path) -> list[dict[str, str]]:
+        with (folder / "metrics.csv").open() as fh:
+            return [{k: v for k, v in r.items() if k != "images_per_s"}
+                    for r in csv.DictReader(fh)]
+
+    assert rows(run) == rows(tmp_path / "ref")
 
 
 def test_every_legacy_value_is_a_valid_setting_of_its_strategy_or_backbone(plugin_manager):
@@ -20,6 +144,7 @@ def test_every_legacy_value_is_a_valid_setting_of_its_strategy_or_backbone(plugi
         for part in config_path(key):
             node = node[part]
         assert node == LEGACY_VALUES[key], key
+
 
 def test_an_older_preset_runs_record_keeps_one_adam_group(plugin_manager):
     """A preset's learning-rate multipliers sit below the record's filled ``{"*": 1.0}``: the

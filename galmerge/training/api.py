@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from galmerge.config import rundir
+from galmerge.config.legacy import config_path, fill_legacy, setting_name
 from galmerge.config.resolve import cli_overrides, resolve_config
 from galmerge.errors import GalmergeError
 from galmerge.models.model import read_checkpoint
@@ -93,7 +95,10 @@ def train(
             cli_layer.setdefault("strategies", {}).setdefault(name, {}).update(dict(opts))
         if backbone_options:
             cli_layer.setdefault("backbone_options", {}).update(dict(backbone_options))
-        cfg = resolve_config(cli=cli_layer, file=config)
+        record = isinstance(config, str | Path) and rundir.is_run_record(Path(config))
+        cfg = resolve_config(cli=cli_layer, file=config, legacy=record)
+        if record:  # a run's config.toml: what it lacks takes the values its run trained with
+            _note_legacy(Path(str(config)), cli_layer, cfg, quiet)
         if flags["init_from"] is None and isinstance(config, str | Path):
             cfg = _other_runs_stage(cfg, Path(config), quiet)  # a run's config.toml reused
             cfg = _study_stage(cfg, Path(config), quiet)  # a tune study's best.toml reused
@@ -136,7 +141,7 @@ def _stage_difference(stage: Path, cfg: Mapping[str, Any],
     `STAGE_KEYS` first, what runs fill in not compared), or None when it is that run. With
     ``kept_from`` (the config file ``cfg`` was read from), only settings in which ``cfg``'s
     stage differs from that file's are compared."""
-    earlier = resolve_config(file=rundir.read_config(stage))
+    earlier = resolve_config(file=rundir.read_config(stage), legacy=True)
     expected = resolve_config(file=source_only_layer(dict(cfg, init_from="")))
     if kept_from is not None:
         before = resolve_config(file=source_only_layer(dict(kept_from, init_from="")))
@@ -205,7 +210,8 @@ def _study_stage(cfg: dict[str, Any], config: Path, quiet: bool) -> dict[str, An
     stage = Path(init).parent
     if not (stage / rundir.CONFIG).is_file():
         return cfg
-    diff = _stage_difference(stage, cfg, kept_from=resolve_config(file=config))
+    diff = _stage_difference(stage, cfg, kept_from=resolve_config(
+        file=config, legacy=rundir.is_run_record(config)))
     if diff is None:
         return cfg
     return _drop_stage(cfg, init, f"is the study's source-only start for {diff[0]} = "
@@ -270,9 +276,10 @@ def _resume_config(
             f"{', '.join(changed) or 'the extra settings'} (only --device and --quiet may "
             f"change)"
         )
-    saved = _with_old_defaults(rundir.read_config(out_dir))
+    saved = rundir.read_config(out_dir)
     device = flags.get("device")
-    cfg = resolve_config(cli={"device": device} if device is not None else {}, file=saved)
+    cfg = resolve_config(cli={"device": device} if device is not None else {}, file=saved,
+                         legacy=True)
     for role in ("source", "target"):
         if role not in sets_given and flags.get(role) not in (None, cfg[role]):
             raise GalmergeError(f"--resume: the run's {role} is {cfg[role]}, not "
@@ -286,8 +293,8 @@ def _resume_config(
             f"{out_dir / rundir.CONFIG} --run-dir NEW)") from None
     trained = state.get("config")
     if isinstance(trained, Mapping):  # config.toml edited since: it would train another run
-        diff = _first_difference(resolve_config(file=saved),
-                                 resolve_config(file=_with_old_defaults(dict(trained))))
+        diff = _first_difference(resolve_config(file=saved, legacy=True),
+                                 resolve_config(file=dict(trained), legacy=True))
         if diff is not None:
             raise GalmergeError(
                 f"--resume {out_dir}: config.toml says {diff[0]} = {diff[1]!r}, but last.pt "
@@ -297,16 +304,37 @@ def _resume_config(
     return cfg, out_dir, state
 
 
-def _with_old_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-    """A run's recorded config with the settings older runs did not record, at the values
-    they trained with."""
-    # a run from before per-module learning-rate multipliers trained with one Adam group
-    saved.setdefault("lr_multipliers", {"*": 1.0})
-    # ... and forwarded the target jointly (the default before stop 23, recorded since stop 21)
-    saved.setdefault("domain_batchnorm", "joint")
-    # ... and shared one encoder between the domains (the only layout before stop 28)
-    saved.setdefault("target_encoder", "shared")
-    return saved
+def _note_legacy(config: Path, cli_layer: Mapping[str, Any], cfg: Mapping[str, Any],
+                 quiet: bool) -> None:
+    """Say in one line which settings a run's config.toml from an older galmerge lacked and
+    took at the values its run trained with (`galmerge.config.legacy`), where today's default
+    or preset would have given another."""
+    if quiet or not ddp.from_environment().is_main:
+        return
+    _, filled = fill_legacy(rundir.read_config(config.parent))
+    if not filled:
+        return
+    try:
+        today: Mapping[str, Any] = resolve_config(cli=cli_layer, file=config)
+    except GalmergeError:
+        today = {}
+    differ = [k for k in filled if _at(cfg, config_path(k)) != _at(today, config_path(k))]
+    if differ:
+        shown = ", ".join(f"{setting_name(k)}={_show(_at(cfg, config_path(k)))}" for k in differ)
+        print(f"galmerge train: note: {config} is the record of a run from before these settings "
+              f"existed; they take the values it trained with instead of today's: {shown}",
+              file=sys.stderr)
+
+
+def _at(config: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = config
+    for part in path:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _check_rules(cfg: Mapping[str, Any]) -> None:
