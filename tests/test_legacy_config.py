@@ -1,6 +1,6 @@
 """A run's config.toml from an older galmerge, which lacks settings added since: `train
---config` and `--resume` read the absent ones at the values its run trained with
-(galmerge.config.legacy), a hand-written file at today's defaults."""
+--config`, `compare` and `evaluate`'s baseline choice read the absent ones at the values its
+run trained with (galmerge.config.legacy), a hand-written file at today's defaults."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import galmerge
 from galmerge.cli import cli
 from galmerge.config.legacy import LEGACY_VALUES, config_path, with_legacy_values
 from galmerge.config.resolve import resolve_config
+from galmerge.evaluation.pipeline import find_baseline
 
 BASE = ["--source", "toy:source", "--target", "toy:target", "--backbone", "tiny",
         "--device", "cpu", "--epochs", "1", "--batch-size", "8"]
@@ -129,6 +130,29 @@ def test_resume_continues_an_older_run_with_the_values_it_trained_with(toys, tmp
                     for r in csv.DictReader(fh)]
 
     assert rows(run) == rows(tmp_path / "ref")
+
+
+def test_compare_groups_an_older_run_with_a_run_of_the_same_settings(toys, tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        train(runs / f"old-like-{seed}", "entropy", seed, OLD[1::2])
+    train(runs / "today", "entropy", 3, ["target_encoder=shared"])  # separate BatchNorm
+    make_old(runs / "old-like-2")
+    out = tmp_path / "table.csv"
+    result = CliRunner().invoke(cli, ["compare", str(runs), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((r["runs"], r["seeds"]) for r in rows) == [("1", "3"), ("2", "1;2")], rows
+
+
+def test_evaluate_chooses_an_older_none_run_of_the_same_settings_as_baseline(toys, tmp_path):
+    runs = tmp_path / "runs"
+    train(runs / "adapted", "entropy", 1, OLD[1::2])
+    train(runs / "a-none-seed-2", "none", 2, [])
+    train(runs / "b-none-seed-1", "none", 1, [])
+    make_old(runs / "b-none-seed-1")  # the same settings and seed, written by an older galmerge
+    assert find_baseline(runs / "adapted") == runs / "b-none-seed-1"
 
 
 def test_every_legacy_value_is_a_valid_setting_of_its_strategy_or_backbone(plugin_manager):

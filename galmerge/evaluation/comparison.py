@@ -85,14 +85,16 @@ PER_RUN = frozenset({"seed", "init_from", "device", "lr_multipliers", "observe",
 
 def _setup(run: Path) -> tuple[int | None, str, dict[str, str]]:
     """Planned epochs, preset and every other setting (flattened ``a.b`` -> its TOML text) from
-    the run's config.toml (None, "", {} when it has none)."""
+    the run's config.toml (None, "", {} when it has none); settings the record predates at the
+    values its run trained with (`galmerge.config.legacy`)."""
+    from galmerge.config.legacy import with_legacy_values
     from galmerge.config.resolve import read_toml
 
     path = run / "config.toml"
     if not path.is_file():
         return None, "", {}
     try:
-        config = read_toml(path)
+        config = with_legacy_values(read_toml(path))
     except GalmergeError:
         return None, "", {}
     epochs = config.get("epochs")

@@ -23,6 +23,7 @@ import torch
 
 from galmerge import __version__
 from galmerge.config import rundir
+from galmerge.config.legacy import with_legacy_values
 from galmerge.errors import GalmergeError
 from galmerge.evaluation import plots
 from galmerge.evaluation.report import (
@@ -334,10 +335,11 @@ def baseline_differences(config: Mapping[str, Any], other: Mapping[str, Any]) ->
 
 
 def _read_run_config(folder: Path) -> dict[str, Any] | None:
+    """A run's config.toml, settings it predates at the values its run trained with."""
     from galmerge.config.resolve import read_toml
 
     try:
-        return read_toml(folder / rundir.CONFIG)
+        return with_legacy_values(read_toml(folder / rundir.CONFIG))
     except (GalmergeError, OSError):
         return None
 
@@ -350,6 +352,7 @@ def choose_baseline(run_dir: Path, config: Mapping[str, Any]) -> Baseline | None
     the fewer), then the fewest differences, then the folder name; None when there is none."""
     if config.get("strategy", "none") == "none":
         return None
+    config = with_legacy_values(config)  # compared with the candidates' records, filled alike
 
     def candidate(folder: Path, chosen_by: str) -> tuple[Baseline, dict[str, Any]] | None:
         if not ((folder / rundir.SUMMARY).is_file() and (folder / rundir.BEST).is_file()):
@@ -408,6 +411,7 @@ def given_baseline(given: Path, config: Mapping[str, Any]) -> Baseline:
     if not isinstance(other, dict):
         raise GalmergeError(f"--baseline {given}: no readable {rundir.CONFIG} beside it and no "
                             "config in the checkpoint; pass a run directory from galmerge train")
+    config, other = with_legacy_values(config), with_legacy_values(other)
     why = _baseline_mismatch(config, other)
     if why is not None:
         raise GalmergeError(
