@@ -313,7 +313,7 @@ def test_jpeg_truncated_then_ok(fake_sdss, options):
         ({**JPEG, "bands": ["g", "r"]}, "3 channels"),
         ({**FRAMES, "image_source": "spectra"}, "image_source 'spectra'"),
         ({**FRAMES, "image_size": 0}, "image_size"),
-        ({**FRAMES, "bands": ["r"], "image_size": 8}, "bad sdss survey option"),
+        ({**FRAMES, "bands": ["r"], "image_size": 8}, "option 'workers' of sdss must be int"),
     ],
 )
 def test_models_sdss_cannot_feed_are_refused_in_one_line(preprocess, words, options):

@@ -22,6 +22,8 @@ def _catalog(tmp: Path, fake) -> Path:
 
 
 @pytest.mark.parametrize(("query", "words"), [
+    ("workers=0", "sdss: option workers must be >= 1, got 0"),
+    ("workers=many", "option 'workers' of sdss must be int, got 'many'; valid: int >= 1"),
     ("retries=-1", "sdss: option retries must be >= 0, got -1"),
     ("retries=abc", "option 'retries' of sdss must be int, got 'abc'; valid: int >= 0"),
     ("retries=1.5", "option 'retries' of sdss must be int, got 1.5; valid: int >= 0"),

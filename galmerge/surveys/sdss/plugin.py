@@ -45,10 +45,10 @@ CUTOUT_OPTIONS: dict[str, Option] = {k: Option(d, h, type=object) for k, (d, h) 
 #: options of the cutout service (classify --survey "sdss?workers=8&frame_cache_gb=20"): the
 #: core checks names, types and ranges before any network work (the retry settings are
 #: `RETRY_OPTIONS`, as every survey's); ``type=object``: galmerge.surveys.sdss.cutouts checks
-#: the value itself (``workers``: "bad sdss survey option (...)"; ``frame_cache_gb``: a size or
-#: ``inf``; ``frame_cache_dir``: a folder or none)
+#: the value itself (``frame_cache_gb``: a size or ``inf``; ``frame_cache_dir``: a folder or
+#: none)
 CUTOUT_OPTIONS: dict[str, Option] = {
-    "workers": Option(4, "concurrent requests", type=object),
+    "workers": Option(4, "concurrent requests", min=1),
     **RETRY_OPTIONS,
     "data_release": Option(17, "SDSS data release", min=1),
     "frame_cache_dir": Option(None, "folder of downloaded frames (default "
