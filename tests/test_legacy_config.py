@@ -182,3 +182,22 @@ def test_an_older_preset_runs_record_keeps_one_adam_group(plugin_manager):
     today = resolve_config(file=record)
     assert today["lr_multipliers"] == {"fisher.centers": 10.0}
     assert (today["epoch_steps"], today["init_fresh_strategies"]) == ("ceil", ["fisher"])
+
+
+def test_tune_takes_an_older_runs_record_at_the_values_its_run_trained_with(toys, tmp_path):
+    old = tmp_path / "old"
+    assert invoke("train", *BASE, "--quiet", "--strategy", "entropy", *OLD,
+                  "--run-dir", str(old)).exit_code == 0
+    make_old(old)
+    pytest.importorskip("optuna")
+    from galmerge.training.tuning import tune
+
+    study = tmp_path / "study"
+    tune("toy:source", "toy:target", "entropy", 1, study, config=old / "config.toml",
+                  space={"lr": 0.001, "weight_decay": 0.001, "epochs": 1, "entropy": {
+                      "weight": 1.0}}, quiet=True)
+    with (study / "trials.csv").open() as fh:
+        trial = next(csv.DictReader(fh))
+    config = config_of(study / trial["run_dir"])
+    assert (config["domain_batchnorm"], config["target_encoder"]) == ("joint", "shared")
+    assert config["strategies"]["entropy"]["warmup"] == 0.0

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from galmerge.config import rundir
+from galmerge.config.legacy import with_legacy_values
 from galmerge.config.resolve import deep_merge, read_toml, resolve_config
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
@@ -616,6 +617,9 @@ def tune(
     file_layer: dict[str, Any] = {}
     if config is not None:
         file_layer = dict(config) if isinstance(config, Mapping) else read_toml(config)
+        if not isinstance(config, Mapping) and rundir.is_run_record(Path(config)):
+            # a run's own record: the settings it predates at the values it trained with
+            file_layer = with_legacy_values(file_layer)
     base_layer = deep_merge(file_layer, base_layer)
     base = resolve_config(file=base_layer)  # validates every name and value up front
     dims, fixed = resolve_space(base, space)
