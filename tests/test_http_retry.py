@@ -118,6 +118,23 @@ def test_the_failure_budget_counts_requests_failing_in_a_row_after_all_their_tri
     assert "1 service failing" in client.summary()
 
 
+def test_requests_without_an_answer_are_the_breakers_not_the_failure_budgets():
+    """``max_connection_failures=0`` (never give up on an unreachable service) holds: requests
+    that got no answer at all do not spend the failure budget either."""
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/x"
+    sleeps: list[float] = []
+    client = _client(sleeps, attempts=2, backoff=0, max_connection_failures=0,
+                     max_failed_requests=2)
+    for _ in range(4):
+        with pytest.raises(FetchError, match="connection failed"):
+            client.get(url)
+    assert client.failing is None and client.unreachable is None
+
+
 def test_the_failure_budget_comes_from_options_then_the_environment(monkeypatch):
     assert RetryPolicy.from_options({}).max_failed_requests == 20
     monkeypatch.setenv("GALMERGE_MAX_FAILED_REQUESTS", "7")

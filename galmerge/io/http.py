@@ -496,7 +496,10 @@ class RetryingClient:
                     with self._lock:
                         self.stats.failures += 1
                         self.stats.failure_reasons[err.kind] += 1
-                    if err.retryable:  # all its tries spent: what the failure budget counts
+                    # all its tries spent, the last answered (5xx, corrupt, stalled): what the
+                    # failure budget counts; no answer at all is the breaker's to count
+                    # (max_connection_failures), so that its 0 ("never") holds
+                    if err.retryable and not getattr(err, "no_answer", False):
                         self._count_failed(err, where)
                     if isinstance(exc, FetchError):
                         raise
