@@ -255,6 +255,11 @@ def test_init_fresh_strategies_start_their_state_anew(toys, tmp_path):
              sets=['init_fresh_strategies=["fisher"]'])
     with pytest.raises(GalmergeError, match="init_fresh_strategies must be a list"):
         _run(tmp_path, "bad2", strategy="dann", sets=["init_fresh_strategies=dann"])
+    # an adaptation's setting: its source-only stage (strategy none) trains without it
+    _run(tmp_path, "staged", strategy="dann", epochs=1, sets=['init_fresh_strategies=["dann"]'])
+    assert (tmp_path / "staged" / "source_only" / "best.pt").is_file()
+    stage = tomllib.loads((tmp_path / "staged" / "source_only" / "config.toml").read_text())
+    assert stage["init_fresh_strategies"] == []
 
 
 def test_a_last_pt_of_the_old_layout_resumes_bit_for_bit(toys, tmp_path):

@@ -143,7 +143,7 @@ TOP_KEYS = set(DEFAULTS)
 #: image, so the target's layout and BatchNorm, the stop rule and the strategy's options do not
 #: exist for it
 ADAPTATION_ONLY = ("strategy", "strategies", "target_encoder", "domain_batchnorm", "stop_by",
-                   "source_path")
+                   "source_path", "init_fresh_strategies")
 SECTIONS = ("optimizer", "schedule", "observe")
 
 
