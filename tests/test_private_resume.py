@@ -75,6 +75,35 @@ def test_a_private_group_may_write(toys, tmp_path):  # noqa: F811
     assert res.exit_code == 0, res.output
 
 
+def test_a_shared_primary_group_may_write_under_a_umask_that_shares_with_it(
+        toys, tmp_path, monkeypatch):  # noqa: F811
+    """A umask of 002 with a primary group that others belong to (HPC or SUSE accounts):
+    galmerge itself makes its runs group-writable there, so it resumes them; under a umask of
+    022 a group write bit was not galmerge's doing, and the run is refused."""
+    me = pwd.getpwuid(os.geteuid())
+    real = grp.getgrgid
+
+    def shared(gid: int):  # the primary group as a shared one, whatever it is here
+        group = real(gid)
+        if gid != me.pw_gid:
+            return group
+        return grp.struct_group(("users", group.gr_passwd, gid, [me.pw_name, "alice"]))
+
+    monkeypatch.setattr(grp, "getgrgid", shared)
+    run = tmp_path / "r"
+    assert CliRunner().invoke(cli, [*BASE, "--strategy", "meangap", "--run-dir",
+                                    str(run)]).exit_code == 0
+    for path in (run, run / "config.toml", run / "last.pt"):
+        os.chown(path, -1, me.pw_gid)
+        path.chmod(path.stat().st_mode | 0o020)
+    resume = ["train", "--resume", str(run), "--quiet"]
+    monkeypatch.setattr("galmerge.io.atomic.FILE_MODE", 0o644)  # a process under umask 022
+    _refused(resume, run, f"its group (gid {me.pw_gid})")
+    monkeypatch.setattr("galmerge.io.atomic.FILE_MODE", 0o664)  # under umask 002
+    res = CliRunner().invoke(cli, resume)
+    assert res.exit_code == 0, res.output
+
+
 def test_classify_refuses_a_parts_folder_its_group_may_write_to(env):  # noqa: F811
     gid = _foreign_group()
     if gid is None:

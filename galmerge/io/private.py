@@ -4,7 +4,9 @@ the user's own and writable by nobody else.
 It is read as data only (no pickle), but a checkpoint or results planted by someone else would
 still be continued as if computed by this user. A group write bit counts unless the group is the
 user's private group (the user-private-group convention behind a umask of 002: a group of the
-user's name, the user's primary group, no other members listed).
+user's name, the user's primary group, no other members listed), or the user's primary group
+while this process's umask lets the group write: galmerge then makes its own files so
+(`galmerge.io.atomic.FILE_MODE`), and sharing with that group is the user's choice.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 from galmerge.errors import GalmergeError
 
 
-def _private_group(gid: int, uid: int) -> bool:
+def _own_group(gid: int, uid: int) -> bool:
+    """Whether the group may write what galmerge resumes from: the user's private group, or
+    the primary group when the umask gives the group write access to what galmerge creates."""
     try:
         import grp
         import pwd
@@ -25,8 +29,12 @@ def _private_group(gid: int, uid: int) -> bool:
         group = grp.getgrgid(gid)
     except (ImportError, KeyError):
         return False
-    return (gid == user.pw_gid and group.gr_name == user.pw_name
-            and set(group.gr_mem) <= {user.pw_name})
+    if gid != user.pw_gid:
+        return False
+    from galmerge.io.atomic import FILE_MODE
+
+    return bool(FILE_MODE & stat.S_IWGRP) or (
+        group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name})
 
 
 def check_private(path: str | os.PathLike[str], elsewhere: str) -> None:
@@ -51,7 +59,7 @@ def check_private(path: str | os.PathLike[str], elsewhere: str) -> None:
             f"its own: remove it (or {elsewhere}) and run again")
     if st.st_mode & stat.S_IWOTH:
         who = "every user"
-    elif st.st_mode & stat.S_IWGRP and not _private_group(st.st_gid, me):
+    elif st.st_mode & stat.S_IWGRP and not _own_group(st.st_gid, me):
         who = f"its group (gid {st.st_gid})"
     else:
         return
