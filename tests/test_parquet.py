@@ -323,6 +323,30 @@ def test_lists_and_structs_keep_their_arrow_type_through_a_torchrun_merge(env,
         assert repr(out.column(name).to_pylist()) == repr(table.column(name).to_pylist()), name
 
 
+def test_a_list_of_an_extension_type_is_kept_as_text(env):
+    """A list or struct holding an extension type (``list<uuid>``) is not stored natively by
+    the result segments, which refuse extension types: it stays a text column, as before
+    nested types were kept (it stopped the run with a traceback when they were first)."""
+    import uuid
+
+    tmp, ckpt = env
+    table = _nested_catalog(6).select(["objid", "ra", "dec"])
+    values = pa.array([uuid.UUID(int=i).bytes for i in range(12)], pa.binary(16))
+    ids = pa.ExtensionArray.from_storage(pa.uuid(), values)
+    table = table.append_column("ids", pa.ListArray.from_arrays(
+        pa.array([0, 2, 4, 6, 8, 10, 12], pa.int32()), ids))
+    table = table.append_column("rec", pa.StructArray.from_arrays(
+        [pa.ExtensionArray.from_storage(pa.uuid(), values.slice(0, 6))], ["u"]))
+    pq.write_table(table, tmp / "cat.parquet")
+    res = run_cli("classify", str(tmp / "cat.parquet"), "--model", str(ckpt), "--survey",
+                  "stamps", "--quiet", "--output", str(tmp / "o.parquet"))
+    assert res.exit_code == 0, res.output
+    out = pq.read_table(tmp / "o.parquet")
+    assert out.column("status").to_pylist() == ["ok"] * 6
+    assert out.schema.field("ids").type == pa.string() == out.schema.field("rec").type
+    assert all(out.column("ids").to_pylist()) and all(out.column("rec").to_pylist())
+
+
 def test_lists_and_structs_are_json_text_in_csv_hdf5_and_fits(env):
     """Where the output format has no such type, a list, struct or map cell is JSON text that
     loads back to the cell (nested nulls as null, NaN as NaN); a null cell is empty."""

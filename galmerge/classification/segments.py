@@ -64,11 +64,13 @@ def refuse_pickled_segments(folder: Path) -> None:
 
 def is_nested(ty: Any) -> bool:
     """Lists (variable or fixed size), structs and maps: the Arrow types a segment keeps as they
-    are, whose cells the readers give as Python lists, dicts and (key, value) tuples."""
+    are, whose cells the readers give as Python lists, dicts and (key, value) tuples. One that
+    holds an extension type (``list<uuid>``) is not: segments never store those (their reader
+    could be any code), so such a column is text, as any other type galmerge does not keep."""
     import pyarrow.types as t
 
     return bool(t.is_list(ty) or t.is_large_list(ty) or t.is_fixed_size_list(ty)
-                or t.is_struct(ty) or t.is_map(ty))
+                or t.is_struct(ty) or t.is_map(ty)) and not _has_extension(ty)
 
 
 def _has_extension(ty: Any) -> bool:
