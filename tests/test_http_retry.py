@@ -142,6 +142,12 @@ def test_the_failure_budget_comes_from_options_then_the_environment(monkeypatch)
     assert RetryPolicy.from_options({"max_failed_requests": 0}).max_failed_requests == 0
     with pytest.raises(ValueError, match="max_failed_requests"):
         RetryPolicy.from_options({"max_failed_requests": -1})
+    for name in ("GALMERGE_MAX_FAILED_REQUESTS", "GALMERGE_MAX_CONNECTION_FAILURES"):
+        for bad in ("abc", "-1", "2.5"):  # the message names the variable, not an option
+            monkeypatch.setenv(name, bad)
+            with pytest.raises(ValueError, match=f"environment variable {name} must be"):
+                RetryPolicy.from_options({})
+        monkeypatch.delenv(name)
 
 
 def test_redirects_are_followed_within_the_host_and_refused_to_another(scripted):

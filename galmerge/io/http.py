@@ -79,6 +79,18 @@ class FetchError(Exception):
         self.retry_after = retry_after
 
 
+def _env_count(name: str, default: int) -> int:
+    """A count of 0 or more from the environment variable ``name``, else ``default``; a
+    ValueError naming the variable for anything else."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ValueError(f"environment variable {name} must be a whole number, 0 or more (0 = "
+                         f"never), got {raw!r}")
+    return int(raw)
+
+
 UNREACHABLE_STATUS = "fetch-failed: service unreachable"
 MAX_CONNECTION_FAILURES_ENV = "GALMERGE_MAX_CONNECTION_FAILURES"
 FAILING_STATUS = "fetch-failed: service failing"
@@ -235,10 +247,10 @@ class RetryPolicy:
             attempts = int(options["retries"]) + 1
         breaker = options.get("max_connection_failures")
         if breaker is None:
-            breaker = os.environ.get(MAX_CONNECTION_FAILURES_ENV) or cls.max_connection_failures
+            breaker = _env_count(MAX_CONNECTION_FAILURES_ENV, cls.max_connection_failures)
         budget = options.get("max_failed_requests")
         if budget is None:
-            budget = os.environ.get(MAX_FAILED_REQUESTS_ENV) or cls.max_failed_requests
+            budget = _env_count(MAX_FAILED_REQUESTS_ENV, cls.max_failed_requests)
         deadline = options.get("deadline")
         policy = cls(
             attempts=int(attempts if attempts is not None else cls.attempts),
