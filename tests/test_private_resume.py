@@ -58,6 +58,23 @@ def test_resume_refuses_a_run_others_may_write_to(toys, tmp_path):  # noqa: F811
     assert res.exit_code == 0, res.output
 
 
+def test_a_filesystem_without_permissions_resumes_when_the_user_says_so(
+        toys, tmp_path, monkeypatch):  # noqa: F811
+    """CIFS or WSL's /mnt/c show every file as 0777 and `chmod` changes nothing there:
+    GALMERGE_ALLOW_WRITABLE_RESUME=1 (named by the refusal) accepts such a run."""
+    run = tmp_path / "r"
+    assert CliRunner().invoke(cli, [*BASE, "--strategy", "meangap", "--epochs", "1",
+                                    "--run-dir", str(run)]).exit_code == 0
+    for path in (run, run / "config.toml", run / "last.pt"):
+        path.chmod(0o777)
+    resume = ["train", "--resume", str(run), "--quiet"]
+    res = CliRunner().invoke(cli, resume)
+    assert res.exit_code != 0 and "set GALMERGE_ALLOW_WRITABLE_RESUME=1" in res.output
+    monkeypatch.setenv("GALMERGE_ALLOW_WRITABLE_RESUME", "1")
+    res = CliRunner().invoke(cli, resume)
+    assert res.exit_code == 0, res.output
+
+
 def test_a_private_group_may_write(toys, tmp_path):  # noqa: F811
     """A umask of 002 under the user-private-group convention makes runs group-writable: that
     group is the user's alone, so such a run still resumes."""

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from galmerge.errors import GalmergeError
 
+#: "1": accept what others may write (a filesystem that shows every file as 0777); the owner
+#: check stays
+ALLOW_WRITABLE_ENV = "GALMERGE_ALLOW_WRITABLE_RESUME"
+
 
 def _own_group(gid: int, uid: int) -> bool:
     """Whether the group may write what galmerge resumes from: the user's private group, or
@@ -57,6 +61,8 @@ def check_private(path: str | os.PathLike[str], elsewhere: str) -> None:
         raise GalmergeError(
             f"{p} belongs to another user (uid {owner}); galmerge resumes only from files of "
             f"its own: remove it (or {elsewhere}) and run again")
+    if os.environ.get(ALLOW_WRITABLE_ENV, "").strip() == "1":
+        return  # a filesystem without Unix permissions (CIFS, WSL's /mnt/c): the user says so
     if st.st_mode & stat.S_IWOTH:
         who = "every user"
     elif st.st_mode & stat.S_IWGRP and not _own_group(st.st_gid, me):
@@ -65,4 +71,5 @@ def check_private(path: str | os.PathLike[str], elsewhere: str) -> None:
         return
     raise GalmergeError(
         f"{p} is writable by {who}, so what it holds cannot be trusted; `chmod go-w {p}` if "
-        f"nobody else wrote there (else remove it, or {elsewhere}) and run again")
+        f"nobody else wrote there (else remove it, or {elsewhere}) and run again; on a "
+        f"filesystem without Unix permissions (CIFS, WSL's /mnt/c) set {ALLOW_WRITABLE_ENV}=1")
