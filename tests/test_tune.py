@@ -297,6 +297,25 @@ def test_a_damaged_study_database_is_named_as_the_studys_own_file(toys, tmp_path
     assert db.read_bytes()[:16] == b"SQLite format 3\x00"  # left as it was
 
 
+def test_a_study_others_may_write_to_is_not_continued(toys, tmp_path):
+    """Its trials would be continued as this user's: a study folder or study.db others may
+    write is refused in one line (`galmerge.io.private`), as `train --resume` refuses a run."""
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "s"
+    assert CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "1")).exit_code == 0
+    before = (study / "study.db").read_bytes()
+    for path in (study, study / "study.db"):
+        mode = path.stat().st_mode
+        path.chmod(mode | 0o002)
+        result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "2"))
+        line = result.output.strip()
+        assert result.exit_code != 0 and "\n" not in line, line
+        assert f"{path} is writable by every user" in line and f"chmod go-w {path}" in line
+        path.chmod(mode)
+    assert (study / "study.db").read_bytes() == before  # nothing was run
+    assert CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "2")).exit_code == 0
+
+
 def test_a_second_study_in_one_folder_is_refused(toys, tmp_path):
     """A --storage study beside an embedded one (or the reverse) overwrote the first study's
     trials.csv, best.toml and report."""

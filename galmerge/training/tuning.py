@@ -35,6 +35,7 @@ from galmerge.config.legacy import with_legacy_values
 from galmerge.config.resolve import deep_merge, read_toml, resolve_config
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.io.private import check_private
 from galmerge.io.provenance import redact
 from galmerge.scores import selection
 from galmerge.training import source_guard
@@ -481,6 +482,9 @@ def _prepare_dir(study_dir: Path) -> None:
             and not (study_dir / "trials").is_dir():
         raise GalmergeError(f"--study-dir {study_dir} is a training run directory, not a study "
                             "folder; choose a new folder for the study")
+    if (study_dir / STORAGE_FILE).exists():  # a study to continue: its trials must be the user's
+        for path in (study_dir, study_dir / STORAGE_FILE):
+            check_private(path, "pass another --study-dir")
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
         atomic.temp_beside(study_dir / ".write-test").unlink()  # a new file, no link followed
