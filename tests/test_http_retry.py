@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from galmerge.errors import GalmergeError
 from galmerge.io.http import (
     FetchError,
     RetryingClient,
@@ -135,6 +136,42 @@ def test_requests_without_an_answer_are_the_breakers_not_the_failure_budgets():
     assert client.failing is None and client.unreachable is None
 
 
+class _Stall(BaseHTTPRequestHandler):
+    """Answers 200 with its headers and 10 of 100,000 bytes, then goes silent."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"x" * 10)
+        self.wfile.flush()
+        time.sleep(1.5)
+
+
+def test_a_body_that_stalls_after_the_headers_spends_the_failure_budget():
+    """The service answered, so the budget counts it (not the breaker, whose 0 = never holds):
+    requests raises urllib3's read timeout mid-body as a ConnectionError, which read as no
+    answer at all."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stall)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/x"
+        client = _client([], attempts=2, backoff=0, timeout=0.2, max_connection_failures=0,
+                         max_failed_requests=2)
+        for _ in range(2):
+            with pytest.raises(FetchError, match="body stalled or cut off"):
+                client.get(url)
+        assert client.failing is not None and client.unreachable is None
+        assert "2 requests in a row failed" in client.failing
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_the_failure_budget_comes_from_options_then_the_environment(monkeypatch):
     assert RetryPolicy.from_options({}).max_failed_requests == 20
     monkeypatch.setenv("GALMERGE_MAX_FAILED_REQUESTS", "7")
@@ -143,9 +180,9 @@ def test_the_failure_budget_comes_from_options_then_the_environment(monkeypatch)
     with pytest.raises(ValueError, match="max_failed_requests"):
         RetryPolicy.from_options({"max_failed_requests": -1})
     for name in ("GALMERGE_MAX_FAILED_REQUESTS", "GALMERGE_MAX_CONNECTION_FAILURES"):
-        for bad in ("abc", "-1", "2.5"):  # the message names the variable, not an option
+        for bad in ("abc", "-1", "2.5", "\u00b2"):  # the message names the variable
             monkeypatch.setenv(name, bad)
-            with pytest.raises(ValueError, match=f"environment variable {name} must be"):
+            with pytest.raises(GalmergeError, match=f"environment variable {name} must be"):
                 RetryPolicy.from_options({})
         monkeypatch.delenv(name)
 

@@ -47,6 +47,19 @@ def test_a_bad_sdss_option_is_one_line_before_any_request(fake_sdss, tmp_path,  
     assert fake_sdss.count() == 0  # refused before any request
 
 
+def test_a_bad_budget_variable_is_named_as_the_variable(fake_sdss, tmp_path,  # noqa: F811
+                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("GALMERGE_MAX_FAILED_REQUESTS", "abc")
+    ckpt = _sdss_checkpoint(tmp_path / "best.pt")
+    res = run_cli("classify", str(_catalog(tmp_path, fake_sdss)), "--model", str(ckpt),
+                  "--quiet", "--survey", "sdss", "--cache", str(tmp_path / "c.h5"))
+    assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "environment variable GALMERGE_MAX_FAILED_REQUESTS must be" in res.output
+    assert "survey option" not in res.output and fake_sdss.count() == 0
+
+
 def test_retries_reach_the_service(fake_sdss, tmp_path, monkeypatch):  # noqa: F811
     """``retries=0``: one try per request, so a frame failing once is a failed row."""
     monkeypatch.chdir(tmp_path)

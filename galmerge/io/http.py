@@ -81,13 +81,14 @@ class FetchError(Exception):
 
 def _env_count(name: str, default: int) -> int:
     """A count of 0 or more from the environment variable ``name``, else ``default``; a
-    ValueError naming the variable for anything else."""
+    `GalmergeError` naming the variable for anything else (not a ValueError, which the surveys
+    report as a bad survey option)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit():
-        raise ValueError(f"environment variable {name} must be a whole number, 0 or more (0 = "
-                         f"never), got {raw!r}")
+    if not (raw.isascii() and raw.isdigit()):
+        raise GalmergeError(f"environment variable {name} must be a whole number, 0 or more "
+                            f"(0 = never), got {raw!r}; fix or unset it")
     return int(raw)
 
 
@@ -665,6 +666,12 @@ def read_body(
             if time.monotonic() > deadline:
                 expired.set()
                 break
+    except (requests.ConnectionError, requests.Timeout, OSError) as exc:
+        if not expired.is_set():
+            # the headers came: a service that answered and then went silent or dropped the
+            # connection mid-body (requests wraps urllib3's read timeout as ConnectionError);
+            # the failure budget counts it, the breaker (no answer at all) does not
+            raise FetchError("body stalled or cut off mid-transfer", retryable=True) from exc
     except Exception:
         if not expired.is_set():
             raise
