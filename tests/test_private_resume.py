@@ -92,11 +92,11 @@ def test_a_private_group_may_write(toys, tmp_path):  # noqa: F811
     assert res.exit_code == 0, res.output
 
 
-def test_a_shared_primary_group_may_write_under_a_umask_that_shares_with_it(
+def test_a_shared_primary_group_is_trusted_only_when_the_user_says_so(
         toys, tmp_path, monkeypatch):  # noqa: F811
-    """A umask of 002 with a primary group that others belong to (HPC or SUSE accounts):
-    galmerge itself makes its runs group-writable there, so it resumes them; under a umask of
-    022 a group write bit was not galmerge's doing, and the run is refused."""
+    """A umask of 002 with a primary group that others belong to (SUSE's `users`, HPC
+    accounts): galmerge makes its runs group-writable there, and every member of that group
+    could change them, so resuming needs GALMERGE_ALLOW_WRITABLE_RESUME=1."""
     me = pwd.getpwuid(os.geteuid())
     real = grp.getgrgid
 
@@ -114,9 +114,9 @@ def test_a_shared_primary_group_may_write_under_a_umask_that_shares_with_it(
         os.chown(path, -1, me.pw_gid)
         path.chmod(path.stat().st_mode | 0o020)
     resume = ["train", "--resume", str(run), "--quiet"]
-    monkeypatch.setattr("galmerge.io.atomic.FILE_MODE", 0o644)  # a process under umask 022
+    monkeypatch.setattr("galmerge.io.atomic.FILE_MODE", 0o664)  # a process under umask 002
     _refused(resume, run, f"its group (gid {me.pw_gid})")
-    monkeypatch.setattr("galmerge.io.atomic.FILE_MODE", 0o664)  # under umask 002
+    monkeypatch.setenv("GALMERGE_ALLOW_WRITABLE_RESUME", "1")
     res = CliRunner().invoke(cli, resume)
     assert res.exit_code == 0, res.output
 

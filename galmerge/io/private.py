@@ -4,9 +4,9 @@ the user's own and writable by nobody else.
 It is read as data only (no pickle), but a checkpoint or results planted by someone else would
 still be continued as if computed by this user. A group write bit counts unless the group is the
 user's private group (the user-private-group convention behind a umask of 002: a group of the
-user's name, the user's primary group, no other members listed), or the user's primary group
-while this process's umask lets the group write: galmerge then makes its own files so
-(`galmerge.io.atomic.FILE_MODE`), and sharing with that group is the user's choice.
+user's name, the user's primary group, no other members listed). A folder shared on purpose (a
+group-writable umask with a shared group, a setgid project folder) or on a filesystem without
+Unix permissions is accepted only when the user says so: ``GALMERGE_ALLOW_WRITABLE_RESUME=1``.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from pathlib import Path
 
 from galmerge.errors import GalmergeError
 
-#: "1": accept what others may write (a filesystem that shows every file as 0777); the owner
-#: check stays
+#: "1": accept what others may write (a group-shared folder, a filesystem that shows every file
+#: as 0777); the owner check stays
 ALLOW_WRITABLE_ENV = "GALMERGE_ALLOW_WRITABLE_RESUME"
 
 
 def _own_group(gid: int, uid: int) -> bool:
-    """Whether the group may write what galmerge resumes from: the user's private group, or
-    the primary group when the umask gives the group write access to what galmerge creates."""
+    """Whether the group may write what galmerge resumes from: only the user's private group
+    (a shared group's other members could plant what the run continues)."""
     try:
         import grp
         import pwd
@@ -33,12 +33,8 @@ def _own_group(gid: int, uid: int) -> bool:
         group = grp.getgrgid(gid)
     except (ImportError, KeyError):
         return False
-    if gid != user.pw_gid:
-        return False
-    from galmerge.io.atomic import FILE_MODE
-
-    return bool(FILE_MODE & stat.S_IWGRP) or (
-        group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name})
+    return (gid == user.pw_gid and group.gr_name == user.pw_name
+            and set(group.gr_mem) <= {user.pw_name})
 
 
 def check_private(path: str | os.PathLike[str], elsewhere: str) -> None:
@@ -71,5 +67,6 @@ def check_private(path: str | os.PathLike[str], elsewhere: str) -> None:
         return
     raise GalmergeError(
         f"{p} is writable by {who}, so what it holds cannot be trusted; `chmod go-w {p}` if "
-        f"nobody else wrote there (else remove it, or {elsewhere}) and run again; on a "
-        f"filesystem without Unix permissions (CIFS, WSL's /mnt/c) set {ALLOW_WRITABLE_ENV}=1")
+        f"nobody else wrote there (else remove it, or {elsewhere}) and run again; to trust "
+        f"a folder shared on purpose or a filesystem without Unix permissions (CIFS, WSL's "
+        f"/mnt/c), set {ALLOW_WRITABLE_ENV}=1")
