@@ -316,6 +316,22 @@ def test_a_study_others_may_write_to_is_not_continued(toys, tmp_path):
     assert CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "2")).exit_code == 0
 
 
+def test_a_studys_reference_others_may_write_to_is_not_reused(toys, tmp_path):
+    """The finished source-only reference starts every trial (its best.pt): reused by a
+    continued study only when nobody else may write it, as a resumed run."""
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "s"
+    args = _args(source, target, study, "--max-source-drop", "100", "--n-trials")
+    assert CliRunner().invoke(cli, [*args, "1"]).exit_code == 0
+    best = _trained_reference(study) / "best.pt"
+    best.chmod(best.stat().st_mode | 0o002)
+    result = CliRunner().invoke(cli, [*args, "2"])
+    line = result.output.strip()
+    assert result.exit_code != 0 and "\n" not in line, line
+    assert f"{best} is writable by every user" in line
+    assert [r["state"] for r in _trials(study)].count("complete") == 1  # nothing was run
+
+
 def test_a_second_study_in_one_folder_is_refused(toys, tmp_path):
     """A --storage study beside an embedded one (or the reverse) overwrote the first study's
     trials.csv, best.toml and report."""

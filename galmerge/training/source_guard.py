@@ -33,6 +33,7 @@ from typing import Any
 from galmerge.config import rundir
 from galmerge.config.resolve import resolve_config
 from galmerge.errors import GalmergeError
+from galmerge.io.private import check_private
 
 REFERENCE_DIR = "reference"
 LADDER = (1 / 2, 1 / 3, 1 / 6)
@@ -151,7 +152,10 @@ def study_reference(study_dir: Path, base_layer: Mapping[str, Any], say: Any,
     """``study_dir/reference``, the study's source-only run with its base settings; trained
     (or continued after a kill) when it is not finished yet."""
     path = study_dir / REFERENCE_DIR
-    if not (path / rundir.SUMMARY).is_file():
+    if (path / rundir.SUMMARY).is_file():  # reused: its best.pt starts the trials
+        for part in (path, path / rundir.BEST, path / rundir.CONFIG, path / rundir.SUMMARY):
+            check_private(part, "pass another --study-dir")
+    else:
         from galmerge.training import train
 
         say(f"training the source-only reference {why} in {path}")
