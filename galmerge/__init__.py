@@ -38,7 +38,12 @@ if TYPE_CHECKING:
         http_status_error,
         read_body,
     )
-    from galmerge.plugin.cutouts import CutoutRequest, CutoutResult, CutoutService
+    from galmerge.plugin.cutouts import (
+        ClientStatus,
+        CutoutRequest,
+        CutoutResult,
+        CutoutService,
+    )
     from galmerge.plugin.imageset import ImageSet, LazyImages
     from galmerge.plugin.strategy_api import StepInputs, StrategyContext
     from galmerge.surveys.sdss.cutouts import cut_stamp_with_edge
@@ -53,6 +58,7 @@ _LAZY: dict[str, str] = {
     "CutoutService": "galmerge.plugin.cutouts",
     "CutoutRequest": "galmerge.plugin.cutouts",
     "CutoutResult": "galmerge.plugin.cutouts",
+    "ClientStatus": "galmerge.plugin.cutouts",
     "RetryingClient": "galmerge.io.http",
     "RetryPolicy": "galmerge.io.http",
     "FetchError": "galmerge.io.http",
@@ -93,6 +99,7 @@ __all__ = [
     "CutoutService",
     "CutoutRequest",
     "CutoutResult",
+    "ClientStatus",
     "RetryingClient",
     "RetryPolicy",
     "FetchError",

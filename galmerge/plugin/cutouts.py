@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,3 +44,22 @@ class CutoutService(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ClientStatus:
+    """For a cutout service that fetches through ``self.client`` (a `RetryingClient`): its
+    client's ``unreachable`` (the circuit breaker opened) and ``failing`` (the failure budget
+    ``max_failed_requests`` was spent), each None or the line saying what stopped fetching.
+    ``classify`` reads both after a run and then exits non-zero with that line."""
+
+    client: Any
+
+    @property
+    def unreachable(self) -> str | None:
+        """The host that stopped answering (the circuit breaker opened), else None."""
+        return self.client.unreachable
+
+    @property
+    def failing(self) -> str | None:
+        """What failed when the failure budget stopped fetching, else None."""
+        return self.client.failing

@@ -65,7 +65,7 @@ from galmerge.io.http import (
     bounded_map,
 )
 from galmerge.io.paths import data_dir
-from galmerge.plugin.cutouts import CutoutRequest, CutoutResult
+from galmerge.plugin.cutouts import ClientStatus, CutoutRequest, CutoutResult
 
 SDSS_BANDS = ("u", "g", "r", "i", "z")
 NATIVE_SCALE_ARCSEC = 0.396
@@ -742,7 +742,7 @@ def _answer_options(settings: Settings) -> str:
 
 
 
-class _SdssService:
+class _SdssService(ClientStatus):
     def __init__(self, settings: Settings, name: str) -> None:
         self.settings = settings
         _configure_astroquery(settings)
@@ -755,16 +755,6 @@ class _SdssService:
     def summary(self) -> str:
         """One line: requests, retries and failures with their reasons."""
         return self.client.summary()
-
-    @property
-    def unreachable(self) -> str | None:
-        """The host that stopped answering (the circuit breaker opened), else None."""
-        return self.client.unreachable
-
-    @property
-    def failing(self) -> str | None:
-        """What failed when the failure budget stopped fetching, else None."""
-        return self.client.failing
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from galmerge import (
+    ClientStatus,
     CorruptResponse,
     CutoutRequest,
     CutoutResult,
@@ -67,7 +68,7 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
         ) from None
 
 
-class LegacySurveyCutouts:
+class LegacySurveyCutouts(ClientStatus):
     """Fetches (C, size, size) float32 nanomaggie stamps from the Legacy Surveys cutout service."""
 
     def __init__(
@@ -161,16 +162,6 @@ class LegacySurveyCutouts:
             text += (f"; {self.edge_stamps} stamps partly past the footprint's edge kept "
                      f"(zeros; above {self.max_edge_fraction:g} of a stamp is no-coverage)")
         return text
-
-    @property
-    def unreachable(self) -> str | None:
-        """The host that stopped answering (the circuit breaker opened), else None."""
-        return self.client.unreachable
-
-    @property
-    def failing(self) -> str | None:
-        """What failed when the failure budget stopped fetching, else None."""
-        return self.client.failing
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

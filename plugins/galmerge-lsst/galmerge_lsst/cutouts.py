@@ -46,6 +46,7 @@ import numpy as np
 import requests
 
 from galmerge import (
+    ClientStatus,
     CorruptResponse,
     CutoutRequest,
     CutoutResult,
@@ -204,7 +205,7 @@ def _fetch_error(exc: BaseException, token_env: str) -> BaseException:
     return exc
 
 
-class LsstCutouts:
+class LsstCutouts(ClientStatus):
     """Fetches (C, size, size) float32 stamps from Rubin deep coadds through TAP/DataLink/SODA."""
 
     def __init__(
@@ -496,16 +497,6 @@ class LsstCutouts:
         if self.edge_stamps:
             extra += f", {self.edge_stamps} stamps zero-filled past a coadd edge"
         return self.client.summary() + extra
-
-    @property
-    def unreachable(self) -> str | None:
-        """The host that stopped answering (the circuit breaker opened), else None."""
-        return self.client.unreachable
-
-    @property
-    def failing(self) -> str | None:
-        """What failed when the failure budget stopped fetching, else None."""
-        return self.client.failing
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
