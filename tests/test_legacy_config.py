@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import csv
 import shutil
-import tomllib
 from pathlib import Path
 
 import pytest
 import tomli_w
 from click.testing import CliRunner
-from train_toys import ToyPlugin, _NoNone
+from test_train_cli import config_of, invoke, toys  # noqa: F401  (toys: a fixture)
 
 import galmerge
 from galmerge.cli import cli
@@ -30,20 +29,6 @@ OLD = ["--set", "domain_batchnorm=joint", "--set", "target_encoder=shared",
 ABSENT = ("domain_batchnorm", "target_encoder", "lr_multipliers", "epoch_steps", "source_path",
           "init_fresh_strategies", "observe", "schedule.kind", "schedule.cycle_length",
           "strategies.entropy.diversity", "strategies.entropy.warmup")
-
-
-@pytest.fixture
-def toys(register_plugin, plugin_manager):
-    plugin = _NoNone() if "none" in plugin_manager.components("strategies") else ToyPlugin()
-    register_plugin(plugin, "toys")
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def config_of(run: Path) -> dict:
-    return tomllib.loads((run / "config.toml").read_text())
 
 
 def make_old(run: Path) -> None:
@@ -64,7 +49,7 @@ def train(run: Path, strategy: str, seed: int, sets: list[str]) -> None:
                    sets=sets)
 
 
-def test_an_older_runs_config_trains_with_the_values_its_run_trained_with(toys, tmp_path):
+def test_an_older_runs_config_trains_with_the_values_its_run_trained_with(toys, tmp_path):  # noqa: F811
     old = tmp_path / "old"
     assert invoke("train", *BASE, "--quiet", "--strategy", "entropy", *OLD,
                   "--run-dir", str(old)).exit_code == 0
@@ -101,7 +86,7 @@ def test_an_older_runs_config_trains_with_the_values_its_run_trained_with(toys, 
     assert "before these settings" not in fresh.output
 
 
-def test_resume_continues_an_older_run_with_the_values_it_trained_with(toys, tmp_path):
+def test_resume_continues_an_older_run_with_the_values_it_trained_with(toys, tmp_path):  # noqa: F811
     import torch
 
     from galmerge.models.model import save_checkpoint
@@ -132,7 +117,7 @@ def test_resume_continues_an_older_run_with_the_values_it_trained_with(toys, tmp
     assert rows(run) == rows(tmp_path / "ref")
 
 
-def test_compare_groups_an_older_run_with_a_run_of_the_same_settings(toys, tmp_path):
+def test_compare_groups_an_older_run_with_a_run_of_the_same_settings(toys, tmp_path):  # noqa: F811
     runs = tmp_path / "runs"
     for seed in (1, 2):
         train(runs / f"old-like-{seed}", "entropy", seed, OLD[1::2])
@@ -146,7 +131,7 @@ def test_compare_groups_an_older_run_with_a_run_of_the_same_settings(toys, tmp_p
     assert sorted((r["runs"], r["seeds"]) for r in rows) == [("1", "3"), ("2", "1;2")], rows
 
 
-def test_evaluate_chooses_an_older_none_run_of_the_same_settings_as_baseline(toys, tmp_path):
+def test_evaluate_chooses_an_older_none_run_of_the_same_settings_as_baseline(toys, tmp_path):  # noqa: F811
     runs = tmp_path / "runs"
     train(runs / "adapted", "entropy", 1, OLD[1::2])
     train(runs / "a-none-seed-2", "none", 2, [])
@@ -184,7 +169,7 @@ def test_an_older_preset_runs_record_keeps_one_adam_group(plugin_manager):
     assert (today["epoch_steps"], today["init_fresh_strategies"]) == ("ceil", ["fisher"])
 
 
-def test_tune_takes_an_older_runs_record_at_the_values_its_run_trained_with(toys, tmp_path):
+def test_tune_takes_an_older_runs_record_at_the_values_its_run_trained_with(toys, tmp_path):  # noqa: F811
     old = tmp_path / "old"
     assert invoke("train", *BASE, "--quiet", "--strategy", "entropy", *OLD,
                   "--run-dir", str(old)).exit_code == 0

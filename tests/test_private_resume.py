@@ -33,10 +33,23 @@ def _refused(args: list[str], path: Path, who: str) -> None:
     assert f"chmod go-w {path}" in res.output, res.output
 
 
-def test_resume_refuses_a_run_others_may_write_to(toys, tmp_path):  # noqa: F811
+def _trained(tmp_path: Path) -> Path:
+    """A finished tiny run in ``tmp_path/r``."""
     run = tmp_path / "r"
     assert CliRunner().invoke(cli, [*BASE, "--strategy", "meangap", "--run-dir",
                                     str(run)]).exit_code == 0
+    return run
+
+
+def _group_writable(run: Path, gid: int) -> None:
+    """The run folder, config.toml and last.pt given to group ``gid``, which may write them."""
+    for path in (run, run / "config.toml", run / "last.pt"):
+        os.chown(path, -1, gid)
+        path.chmod(path.stat().st_mode | 0o020)
+
+
+def test_resume_refuses_a_run_others_may_write_to(toys, tmp_path):  # noqa: F811
+    run = _trained(tmp_path)
     resume = ["train", "--resume", str(run), "--quiet"]
     for path, mode in ((run, 0o777), (run / "last.pt", 0o666), (run / "config.toml", 0o646)):
         before = path.stat().st_mode
@@ -62,9 +75,7 @@ def test_a_filesystem_without_permissions_resumes_when_the_user_says_so(
         toys, tmp_path, monkeypatch):  # noqa: F811
     """CIFS or WSL's /mnt/c show every file as 0777 and `chmod` changes nothing there:
     GALMERGE_ALLOW_WRITABLE_RESUME=1 (named by the refusal) accepts such a run."""
-    run = tmp_path / "r"
-    assert CliRunner().invoke(cli, [*BASE, "--strategy", "meangap", "--epochs", "1",
-                                    "--run-dir", str(run)]).exit_code == 0
+    run = _trained(tmp_path)
     for path in (run, run / "config.toml", run / "last.pt"):
         path.chmod(0o777)
     resume = ["train", "--resume", str(run), "--quiet"]
@@ -82,12 +93,8 @@ def test_a_private_group_may_write(toys, tmp_path):  # noqa: F811
     group = grp.getgrgid(me.pw_gid)
     if group.gr_name != me.pw_name or set(group.gr_mem) - {me.pw_name}:
         pytest.skip("the user's primary group is not a private one")
-    run = tmp_path / "r"
-    assert CliRunner().invoke(cli, [*BASE, "--strategy", "meangap", "--run-dir",
-                                    str(run)]).exit_code == 0
-    for path in (run, run / "config.toml", run / "last.pt"):
-        os.chown(path, -1, me.pw_gid)
-        path.chmod(path.stat().st_mode | 0o020)
+    run = _trained(tmp_path)
+    _group_writable(run, me.pw_gid)
     res = CliRunner().invoke(cli, ["train", "--resume", str(run), "--quiet"])
     assert res.exit_code == 0, res.output
 
@@ -107,12 +114,8 @@ def test_a_shared_primary_group_is_trusted_only_when_the_user_says_so(
         return grp.struct_group(("users", group.gr_passwd, gid, [me.pw_name, "alice"]))
 
     monkeypatch.setattr(grp, "getgrgid", shared)
-    run = tmp_path / "r"
-    assert CliRunner().invoke(cli, [*BASE, "--strategy", "meangap", "--run-dir",
-                                    str(run)]).exit_code == 0
-    for path in (run, run / "config.toml", run / "last.pt"):
-        os.chown(path, -1, me.pw_gid)
-        path.chmod(path.stat().st_mode | 0o020)
+    run = _trained(tmp_path)
+    _group_writable(run, me.pw_gid)
     resume = ["train", "--resume", str(run), "--quiet"]
     monkeypatch.setattr("galmerge.io.atomic.FILE_MODE", 0o664)  # a process under umask 002
     _refused(resume, run, f"its group (gid {me.pw_gid})")
