@@ -345,7 +345,7 @@ from galmerge.runtime import distributed as ddp
 
 info = ddp.from_environment()
 device = ddp.setup(info, torch.device("cpu"))
-with ddp.loading_together(info, device):
+with ddp.loading_together(info):
     print("digest", ddp.from_main(lambda: "ab" * 32 if info.is_main else "not run"))
     try:
         ddp.from_main(lambda: (_ for _ in ()).throw(OSError("file vanished on rank 0")))

@@ -185,20 +185,16 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     return box[0]
 
 
-#: the bytes `from_main` sends: a status byte, then rank 0's text (a hex digest, or its error)
-TEXT_BYTES = 1024
-
-_together: tuple[DistInfo, torch.device] | None = None
+_together: DistInfo | None = None
 
 
 @contextlib.contextmanager
-def loading_together(info: DistInfo, device: torch.device) -> Iterator[None]:
+def loading_together(info: DistInfo) -> Iterator[None]:
     """A block in which every rank loads the same data in the same order (training's data):
-    `from_main` inside it computes on rank 0 alone. ``device``: where the process group's
-    tensors live (the rank's GPU under nccl)."""
+    `from_main` inside it computes on rank 0 alone."""
     global _together
     before = _together
-    _together = (info, device) if info.enabled and dist.is_initialized() else None
+    _together = info if info.enabled and dist.is_initialized() else None
     try:
         yield
     finally:
@@ -209,36 +205,10 @@ def from_main(compute: Callable[[], str]) -> str:
     """``compute()`` (short text: a file's hex digest) on rank 0 alone inside
     `loading_together`, its result handed to every rank; ``compute()`` itself elsewhere.
 
-    The text travels as a fixed-length byte tensor (a broadcast, no pickle). Where rank 0's
-    ``compute()`` fails, rank 0 raises its error and every other rank a `SharedError` of the
-    same text, instead of waiting at a broadcast rank 0 never reaches.
+    Where rank 0's ``compute()`` fails, rank 0 raises its error and every other rank a
+    `SharedError` of the same text (`on_main`), instead of waiting at a broadcast rank 0 never
+    reaches.
     """
     if _together is None:
         return compute()
-    info, device = _together
-    buf = torch.zeros(TEXT_BYTES, dtype=torch.uint8)
-    failure: Exception | None = None
-    text = ""
-    if info.is_main:
-        try:
-            text = compute()
-            raw = text.encode("utf-8")
-            if len(raw) >= TEXT_BYTES:
-                raise GalmergeError(f"{len(raw)} bytes of text to share between processes; at "
-                                    f"most {TEXT_BYTES - 1} fit")
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the others
-            failure = exc
-            raw = (str(exc) or repr(exc)).encode("utf-8")[: TEXT_BYTES - 1]
-        buf[0] = 2 if failure is not None else 1
-        buf[1 : 1 + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
-    buf = buf.to(device)
-    dist.broadcast(buf, src=0)
-    if failure is not None:
-        raise failure
-    if info.is_main:
-        return text
-    data = bytes(buf.cpu().tolist())
-    body = data[1:].rstrip(b"\0").decode("utf-8", "replace")
-    if data[0] != 1:
-        raise SharedError(body)
-    return body
+    return str(broadcast_object(on_main(compute, _together), _together))

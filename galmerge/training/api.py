@@ -429,7 +429,7 @@ def _build(
     seed_everything(int(cfg["seed"]))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    with ddp.loading_together(dist, device):  # every rank loads both: rank 0 hashes files
+    with ddp.loading_together(dist):  # every rank loads both: rank 0 hashes files
         source_set = load_imageset(sets_given.get("source"), cfg["source"])
         target_set = load_imageset(sets_given.get("target"), cfg["target"])
     init = None
