@@ -443,10 +443,6 @@ def _validate_choices(config: Mapping[str, Any]) -> None:
         raise GalmergeError(f"schedule.cycle_length must be a number of epochs > 0, got {length!r}")
     if not isinstance(config["init_keep_preprocess"], bool):
         raise GalmergeError("init_keep_preprocess must be true or false")
-    fresh = config["init_fresh_strategies"]
-    if not isinstance(fresh, list | tuple) or not all(isinstance(n, str) and n for n in fresh):
-        raise GalmergeError(f"init_fresh_strategies must be a list of strategy names, got "
-                            f"{fresh!r}; e.g. --set 'init_fresh_strategies=[\"fisher\"]'")
 
 
 def _check_observe(options: Mapping[str, Any]) -> None:
