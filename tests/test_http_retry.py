@@ -136,40 +136,22 @@ def test_requests_without_an_answer_are_the_breakers_not_the_failure_budgets():
     assert client.failing is None and client.unreachable is None
 
 
-class _Stall(BaseHTTPRequestHandler):
-    """Answers 200 with its headers and 10 of 100,000 bytes, then goes silent."""
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", "100000")
-        self.end_headers()
-        self.wfile.write(b"x" * 10)
-        self.wfile.flush()
-        time.sleep(1.5)
-
-
 def test_a_body_that_stalls_after_the_headers_spends_the_failure_budget():
     """The service answered, so the budget counts it (not the breaker, whose 0 = never holds):
     requests raises urllib3's read timeout mid-body as a ConnectionError, which read as no
     answer at all."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stall)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/x"
+    from loopback_http import LoopbackServer
+
+    with LoopbackServer() as server:
+        server.add("/x", b"x" * 100_000)
+        server.faults["/x"] += ["stall", "stall", "stall", "stall"]  # headers, then silence
         client = _client([], attempts=2, backoff=0, timeout=0.2, max_connection_failures=0,
                          max_failed_requests=2)
         for _ in range(2):
             with pytest.raises(FetchError, match="body stalled or cut off"):
-                client.get(url)
+                client.get(f"{server.url}/x")
         assert client.failing is not None and client.unreachable is None
         assert "2 requests in a row failed" in client.failing
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_the_failure_budget_comes_from_options_then_the_environment(monkeypatch):
