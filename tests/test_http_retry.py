@@ -122,11 +122,9 @@ def test_the_failure_budget_counts_requests_failing_in_a_row_after_all_their_tri
 def test_requests_without_an_answer_are_the_breakers_not_the_failure_budgets():
     """``max_connection_failures=0`` (never give up on an unreachable service) holds: requests
     that got no answer at all do not spend the failure budget either."""
-    import socket
+    from test_hardening import _closed_port
 
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/x"
+    url = f"http://127.0.0.1:{_closed_port()}/x"  # a port nobody listens on
     sleeps: list[float] = []
     client = _client(sleeps, attempts=2, backoff=0, max_connection_failures=0,
                      max_failed_requests=2)
