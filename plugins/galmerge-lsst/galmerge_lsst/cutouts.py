@@ -266,8 +266,9 @@ class LsstCutouts(ClientStatus):
                 self._sessions.append(s)
         return s
 
-    def _call(self, fn, what: str):
-        """``fn()`` under the retry policy, with pyvo's exceptions translated first."""
+    def _call(self, fn, what: str, url: str):
+        """``fn()`` under the retry policy, with pyvo's exceptions translated first; ``url``'s
+        host is the one the connection breaker and the failure budget name."""
 
         def once():
             try:
@@ -278,7 +279,7 @@ class LsstCutouts(ClientStatus):
                     raise
                 raise mapped from None
 
-        return self.client.call(once, what)
+        return self.client.call(once, what, where=urlsplit(url).netloc or url)
 
     # -- the three protocol steps --------------------------------------------------------------
     def adql(self, positions: Sequence[tuple[float, float]]) -> str:
@@ -335,7 +336,7 @@ class LsstCutouts(ClientStatus):
 
         with self._lock:
             self.tap_queries += 1
-        return self._call(query, "ObsCore query")
+        return self._call(query, "ObsCore query", self.base)
 
     def _choose(self, ra: float, dec: float, rows: Sequence[tuple]) -> dict[str, str] | None:
         """``{band: DataLink URL}`` of the patch holding every band, nearest its centre."""
@@ -392,7 +393,7 @@ class LsstCutouts(ClientStatus):
                 return DatalinkResults(self._votable("GET", q.queryurl, q), url=q.queryurl,
                                        session=self._session())
 
-            links = self._call(query, "DataLink")
+            links = self._call(query, "DataLink", url)
             # include_narrower=False: the narrower terms would be looked up in the IVOA
             # vocabulary online (a download per process, impossible on a compute node)
             row = next(iter(links.bysemantics("#cutout", include_narrower=False)), None)
@@ -430,7 +431,8 @@ class LsstCutouts(ClientStatus):
                 if response.status_code != 200:
                     raise http_status_error(response)
                 # whole within the transfer deadline, and as long as Content-Length says
-                body = read_body(response, self.policy.transfer_deadline, started)
+                body = read_body(response, self.policy.transfer_deadline, started,
+                                 max_bytes=self.policy.max_bytes)
             try:
                 return _decode_image(body)
             except FetchError:
@@ -438,7 +440,7 @@ class LsstCutouts(ClientStatus):
             except Exception as exc:
                 raise CorruptResponse(f"corrupt cutout ({type(exc).__name__})") from exc
 
-        return self._call(query, "SODA cutout")
+        return self._call(query, "SODA cutout", _access_url(resource) or url)
 
     def _one(self, job: tuple[CutoutRequest, dict[str, str]]) -> CutoutResult:
         r, images = job
@@ -518,6 +520,16 @@ def _what_is_wrong(exc: Exception) -> str:
     if isinstance(exc, KeyError):
         return f"no column {exc.args[0]}" if exc.args else "a column is missing"
     return " ".join(str(exc).split())[:80] or type(exc).__name__
+
+
+def _access_url(resource: Any) -> str | None:
+    """The ``accessURL`` of a DataLink service descriptor (the SODA endpoint), as pyvo reads
+    it; None when it has none (pyvo then refuses the query, inside the retry policy)."""
+    for param in getattr(resource, "params", ()):
+        if getattr(param, "name", None) == "accessURL" and param.value:
+            value = param.value
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
 
 
 def _separation(ra1: float, dec1: float, ra2: float, dec2: float) -> float:

@@ -174,6 +174,21 @@ def test_failures_after_retries_become_statuses(survey, rsp, options):
     assert "2 failed after retries" in summary
 
 
+def test_a_failing_cutout_service_stops_after_the_failure_budget_naming_its_host(survey, rsp,
+                                                                                 options):
+    rsp.add_fault("cutout/sync", "503", times=-1)
+    with survey.cutouts(PRE, {**options, "workers": 1, "tap_batch": 1,
+                              "max_failed_requests": 2}) as svc:
+        results = _fetch(svc, [_req(rsp, i % 3, row=i) for i in range(6)])
+        failing = svc.failing
+    statuses = [results[i].status for i in range(6)]
+    assert statuses[:2] == ["fetch-failed: HTTP 503"] * 2
+    assert statuses[2:] == ["fetch-failed: service failing"] * 4
+    assert rsp.count("cutout/sync") == 2 * options["attempts"]
+    host = rsp.url.split("/")[2]
+    assert failing is not None and failing.startswith(f"{host}: 2 requests in a row")
+
+
 def test_a_refused_adql_query_is_a_status_with_the_services_words(survey, rsp, options):
     rsp.add_fault("tap/sync", "queryerror", times=-1)
     with survey.cutouts(PRE, options) as svc:
