@@ -197,6 +197,60 @@ def test_redirects_are_followed_within_the_host_and_refused_to_another(scripted)
     assert sleeps == []
 
 
+class _EndlessRedirect(BaseHTTPRequestHandler):
+    """``/x``: a 302 to ``/y`` whose body never ends, streamed (``flood``) or a byte at a time
+    (``drip``, each byte well within the read timeout); ``/y``: the answer."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/y":
+            self.send_response(200)
+            self.send_header("Content-Length", "10")
+            self.end_headers()
+            self.wfile.write(b"moved here")
+            return
+        self.send_response(302)
+        self.send_header("Location", "/y")
+        self.send_header("Content-Length", str(1 << 40))
+        self.end_headers()
+        chunk, pause = (b"x" * (1 << 16), 0.0) if self.server.kind == "flood" else (b"x", 0.2)
+        try:
+            while not self.server.done.is_set():
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                time.sleep(pause)
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("kind", ["flood", "drip"])
+def test_a_followed_redirect_with_an_endless_body_is_not_read_forever(kind, monkeypatch):
+    import galmerge.io.http as http
+
+    monkeypatch.setattr(http, "REDIRECT_BODY_SECONDS", 1.0)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EndlessRedirect)
+    server.daemon_threads, server.kind, server.done = True, kind, threading.Event()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    got: list[bytes] = []
+    client = _client([], attempts=1, timeout=2.0, deadline=60.0)
+    worker = threading.Thread(
+        target=lambda: got.append(client.get(f"http://127.0.0.1:{server.server_address[1]}/x")),
+        daemon=True)
+    try:
+        started = time.monotonic()
+        worker.start()
+        worker.join(timeout=20)
+        assert not worker.is_alive(), "still reading the redirect's body"
+        assert got == [b"moved here"]
+        assert time.monotonic() - started < 10
+    finally:
+        server.done.set()
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize(("source", "target", "hosts", "allowed"), [
     ("http://a.org/x", "https://a.org/y", (), True),  # upgrade on the same host
     ("http://a.org:8080/x", "https://a.org:8080/y", (), True),

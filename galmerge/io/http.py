@@ -27,7 +27,8 @@ host, and from http to https on it; never to a scheme other than http(s), never 
 http, and to another host only when the service names it (the lsst plugin, whose cutouts come
 from an object store). A refused redirect is `RedirectRefused`: one line naming where the
 service tried to send the request and how to allow it, which stops the run (every later
-request would be sent the same way).
+request would be sent the same way). A followed redirect's own body is read for at most
+64 KiB and 10 s, then its connection is dropped.
 """
 
 from __future__ import annotations
@@ -207,7 +208,23 @@ class GuardedSession(requests.Session):
             except RedirectRefused:
                 resp.close()
                 raise
+            _discard_redirect_body(resp)
         return target
+
+
+# A redirect's own body is never used, but requests reads it whole before following (to reuse
+# the connection) with no bound but the per-read timeout: a server streaming or dripping it
+# would hold the worker forever. At most this much is read, within this many seconds; past
+# either the connection is dropped instead, and the redirect is followed all the same.
+REDIRECT_BODY_MAX_BYTES = 1 << 16
+REDIRECT_BODY_SECONDS = 10.0
+
+
+def _discard_redirect_body(resp: requests.Response) -> None:
+    try:
+        read_body(resp, REDIRECT_BODY_SECONDS, max_bytes=REDIRECT_BODY_MAX_BYTES)
+    except FetchError:
+        resp.close()
 
 
 @dataclass(frozen=True)
