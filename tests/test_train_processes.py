@@ -287,6 +287,18 @@ def spy(event, args):  # every open of the data files from Python: sha256_file's
 
 
 sys.addaudithook(spy)
+import galmerge.io.hdf5 as hdf5io
+
+scans = []
+validate = hdf5io.validate_imageset_file
+
+
+def counted(path, **kw):  # the schema check and NaN/inf scan, which h5py reads outside Python
+    scans.append(os.path.basename(os.fspath(path)))
+    return validate(path, **kw)
+
+
+hdf5io.validate_imageset_file = counted
 from galmerge.cli import main
 from galmerge.data.datasets import load_imageset
 
@@ -297,18 +309,20 @@ except SystemExit as stop:
     if stop.code:
         raise
 # the process group is gone: each process says what it recorded for the files (kept per process)
+seen = list(scans)
 hashes = {os.path.basename(p): load_imageset("hdf5:" + p).meta["file_sha256"] for p in files}
 with open(os.environ["SPY_DIR"] + "/rank" + os.environ.get("RANK", "0") + ".json", "w") as fh:
-    json.dump({"opens": opens, "hashes": hashes}, fh)
+    json.dump({"opens": opens, "hashes": hashes, "scans": seen}, fh)
 """
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
     "torchrun").exists(), reason="torchrun not installed")
-def test_ddp_hdf5_files_are_hashed_by_rank_0_alone(tmp_path, busy_torchrun_ports):
-    """Under torchrun only rank 0 reads each HDF5 file for its SHA-256 and the other rank
-    records the digest it is sent: every rank read the whole (possibly multi-GB) file."""
+def test_ddp_hdf5_files_are_hashed_and_scanned_by_rank_0_alone(tmp_path, busy_torchrun_ports):
+    """Under torchrun only rank 0 reads each HDF5 file for its SHA-256 and its NaN/inf scan,
+    and the other rank records the digest it is sent: every rank read the whole (possibly
+    multi-GB) file, twice."""
     import hashlib
 
     from eval_helpers import write_pair
@@ -331,6 +345,8 @@ def test_ddp_hdf5_files_are_hashed_by_rank_0_alone(tmp_path, busy_torchrun_ports
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sorted(ranks[0]["opens"]) == ["source.h5", "target.h5"]  # once each, on rank 0
     assert ranks[1]["opens"] == []
+    assert sorted(set(ranks[0]["scans"])) == ["source.h5", "target.h5"]
+    assert ranks[1]["scans"] == []
     true = {Path(p).name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
     assert ranks[0]["hashes"] == ranks[1]["hashes"] == true
     data = json.loads((run / "env.json").read_text())["data"]

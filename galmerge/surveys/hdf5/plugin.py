@@ -36,8 +36,16 @@ def _load(arg: str | None, options: Mapping[str, Any]):
         )
     in_memory = options.get("in_memory")  # checked against OPTIONS by the core
     limit = options.get("memory_limit_mb")
-    # the NaN/inf scan reads every pixel once; ?check_finite=false skips it for huge files
-    hdf5io.validate_imageset_file(path, check_finite=bool(options.get("check_finite", True)))
+    # the NaN/inf scan reads every pixel once; ?check_finite=false skips it for huge files.
+    # Under torchrun rank 0 alone checks the file (every rank reads the same one), and an error
+    # it finds stops every rank in one line.
+    check_finite = bool(options.get("check_finite", True))
+
+    def validate() -> str:
+        hdf5io.validate_imageset_file(path, check_finite=check_finite)
+        return "valid"
+
+    from_main(validate)
     imageset = hdf5io.read_imageset(
         path,
         in_memory=in_memory,
