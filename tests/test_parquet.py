@@ -228,6 +228,8 @@ def test_parquet_in_and_out_keeps_times_dates_decimals_and_bytes(env):
         "lst": pa.array([[i, i + 1] for i in range(n)], pa.list_(pa.int64())),
         "st": pa.array([{"a": i} for i in range(n)]),
         "dur": pa.array([datetime.timedelta(seconds=i) for i in range(n)], pa.duration("s")),
+        "tns": pa.array([45_296_000_000_001 + i for i in range(n)], pa.time64("ns")),
+        "tus": pa.array([datetime.time(12, 34, 56, i) for i in range(n)], pa.time64("us")),
     })
     pq.write_table(table, tmp / "cat.parquet", row_group_size=3)
     res = run_cli("classify", str(tmp / "cat.parquet"), "--model", str(ckpt), "--survey",
@@ -246,6 +248,9 @@ def test_parquet_in_and_out_keeps_times_dates_decimals_and_bytes(env):
         assert out.column(name).to_pylist() == table.column(name).to_pylist(), name
     assert out.schema.field("dur").type == pa.string()
     assert out.column("dur").to_pylist()[1] == "0:00:01"
+    assert out.schema.field("tns").type == out.schema.field("tus").type == pa.string()
+    assert out.column("tns").to_pylist()[:2] == ["12:34:56.000000001", "12:34:56.000000002"]
+    assert out.column("tus").to_pylist()[:2] == ["12:34:56", "12:34:56.000001"]
 
 
 def _nested_catalog(n: int) -> pa.Table:

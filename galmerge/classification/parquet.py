@@ -117,8 +117,10 @@ def arrow_to_numpy(arr: Any) -> np.ndarray:
     typ = arr.type
     if arr.null_count == 0 and (t.is_integer(typ) or t.is_floating(typ) or t.is_boolean(typ)):
         return arr.to_numpy(zero_copy_only=False)
-    if t.is_timestamp(typ) and typ.unit == "ns":  # Arrow's text: Python's datetime has no ns
-        arr = arr.cast(pa.string())  # (to_pylist needs pandas for them, and then rounds)
+    if (t.is_timestamp(typ) or t.is_time64(typ)) and typ.unit == "ns":
+        # Arrow's ISO text: Python's datetime and time have no nanoseconds (to_pylist drops
+        # them, or needs pandas and then rounds)
+        arr = arr.cast(pa.string())
     out = np.empty(len(arr), dtype=object)
     out[:] = arr.to_pylist()
     return out
