@@ -438,9 +438,10 @@ def test_unwritable_study_dir_and_missing_optuna_are_one_line_errors(
 
 
 def test_a_plugin_strategy_brings_its_search_space(register_plugin, plugin_manager, tmp_path):
+    from galmerge.config.resolve import resolve_config
     from galmerge.plugin.hookspecs import hookimpl
     from galmerge.plugin.records import Strategy
-    from galmerge.training.tuning import resolve_config, resolve_space
+    from galmerge.training.tuning import resolve_space
 
     class Plugin(ToyPlugin):
         @hookimpl
