@@ -293,6 +293,19 @@ def test_an_onnx_output_names_the_checkpoint_it_was_exported_from(checkpoint: Pa
     assert len(notes) == 1 and str(onnx_file) in notes[0] and "export it again" in notes[0]
     assert "Traceback" not in said
 
+    import onnx  # an export made before the hash was recorded: its metadata lacks it
+
+    proto = onnx.load(str(onnx_file))
+    entry = next(e for e in proto.metadata_props if e.key == "galmerge")
+    old_meta = {k: v for k, v in json.loads(entry.value).items()
+                if not k.startswith(("checkpoint_", "created"))}
+    entry.value = json.dumps(old_meta)
+    onnx.save(proto, str(onnx_file))
+    said, prov = classify("c.csv")
+    notes = [line for line in said.splitlines() if "older galmerge" in line]
+    assert len(notes) == 1 and str(onnx_file) in notes[0] and "export it again" in notes[0]
+    assert "changed since" not in said
+
 
 def test_export_mistakes_name_export(checkpoint: Path, tmp_path: Path) -> None:
     """A TorchScript file given as the model, and a damaged shift_stats.npz, are one line each

@@ -315,8 +315,13 @@ def _session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
 
 def stale_note(path: str | os.PathLike[str], meta: dict[str, Any]) -> str:
     """A note when the checkpoint an export names (at its recorded path, or of that name beside
-    the export) is there but is no longer the file it was exported from ('' otherwise)."""
+    the export) is there but is no longer the file it was exported from, or when the export is
+    older than that record ('' otherwise)."""
     recorded, named = meta.get("checkpoint_sha256"), meta.get("checkpoint")
+    if "checkpoint_sha256" not in meta:  # exports made before stop 40 record no hash
+        return (f"note: {path} was exported by an older galmerge: it records no checkpoint "
+                "hash, so a changed checkpoint goes unnoticed, and it gives NaN for pixels above "
+                "about 1e18; export it again")
     if not isinstance(recorded, str) or not recorded or not isinstance(named, str) or not named:
         return ""
     beside = Path(path).parent / Path(named).name
