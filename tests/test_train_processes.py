@@ -113,6 +113,31 @@ def test_ddp_two_processes_match_one_process(toys, tmp_path, busy_torchrun_ports
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
     "torchrun").exists(), reason="torchrun not installed")
+def test_ddp_batchnorm_running_statistics_are_those_of_the_whole_batch(
+        tmp_path, busy_torchrun_ports):
+    """On CPU each rank normalises its own shard of a batch; the running means kept (in
+    last.pt, used by validation) are those of the whole batch, as one process keeps them, not
+    rank 0's shards'. With lr 1e-12 the weights hardly move, so one process and two see the
+    same network; the first BatchNorm layer sees the same inputs in both (deeper ones see
+    activations normalised per shard, which differ a little)."""
+    from galmerge.models.model import read_checkpoint
+
+    args = ["train", "--source", "synthetic:illustris?n=96", "--target",
+            "synthetic:sdss?n=96&seed=1", "--strategy", "none", "--epochs", "1",
+            "--max-steps-per-epoch", "4", "--batch-size", "16", "--lr", "1e-12", "--device",
+            "cpu", "--quiet"]
+    one = _galmerge([*args, "--run-dir", str(tmp_path / "one")], _env())
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun("-m", "galmerge", *args, "--run-dir", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    weights = [read_checkpoint(tmp_path / run / "last.pt")["model"] for run in ("one", "two")]
+    first = next(k for k in weights[0] if k.endswith("running_mean"))
+    torch.testing.assert_close(weights[1][first], weights[0][first], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")
 def test_ddp_adda_trains_its_source_stage_and_adapts_in_one_process_group(
         tmp_path, busy_torchrun_ports):
     """dann's default (its own target encoder) under torchrun: the source-only stage and the
@@ -388,3 +413,42 @@ def test_rank_0s_digest_or_error_reaches_every_rank(tmp_path, busy_torchrun_port
     assert lines[0] == ["digest " + "ab" * 32, "OSError file vanished on rank 0", "outside own 0"]
     assert lines[1] == ["digest " + "ab" * 32, "SharedError file vanished on rank 0",
                         "outside own 1"]
+
+
+AVERAGE = """
+import os
+import torch
+from galmerge.runtime import distributed as ddp
+
+info = ddp.from_environment()
+ddp.setup(info, torch.device("cpu"))
+m = torch.nn.BatchNorm1d(3)
+rank = int(os.environ["RANK"])
+with torch.no_grad():  # the same on every rank, then this rank's own values
+    m.running_mean.copy_(torch.tensor([0.4900934100151062, 0.1, float(rank)]))
+    m.running_var.fill_(2.0 ** -30 * (rank + 1))
+ddp.average_buffers(m, info)
+print(repr(m.running_mean.tolist()), repr(m.running_var.tolist()), int(m.num_batches_tracked))
+ddp.teardown(info)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")
+def test_buffers_are_averaged_over_ranks_and_equal_ones_stay_bit_for_bit(tmp_path,
+                                                                         busy_torchrun_ports):
+    """`average_buffers` over three real gloo processes: every rank gets the mean, and a value
+    every rank holds (a frozen source path's statistics) stays exactly what it was."""
+    script = tmp_path / "average.py"
+    script.write_text(AVERAGE)
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "3", "--tee", "3",
+                           str(script)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # float32 values; the first is one whose float32 sum over 3 ranks, divided, is not itself
+    same = torch.tensor([0.4900934100151062, 0.1]).tolist()
+    expected = f"{[*same, 1.0]!r} {[2.0 ** -29] * 3!r} 0"
+    lines = [ln.split(":", 1)[1].strip() for ln in done.stdout.splitlines()
+             if ln.startswith("[default")]
+    assert lines == [expected] * 3, done.stdout

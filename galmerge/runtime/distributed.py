@@ -5,9 +5,11 @@ all-gathered (differentiably) before the losses, so the loss — including batch
 such as MMD — is the one a single process computes on the whole batch, and DDP's gradient mean
 restores the single-process gradient. On CUDA BatchNorm layers become SyncBatchNorm. On CPU
 (PyTorch's SyncBatchNorm needs a GPU) each rank normalises its batch shard with that shard's own
-statistics, but DDP's default ``broadcast_buffers=True`` copies rank 0's buffers to every rank
-at each forward: the running statistics kept (in best.pt and last.pt, and used by validation)
-are those rank 0 accumulated from its own shards.
+statistics, and after every step `average_buffers` sets the running statistics to their mean
+over the ranks (DDP's ``broadcast_buffers`` is off there: it would copy rank 0's instead). The
+running means kept (in best.pt and last.pt, and used by validation) are then those of the whole
+batch, as one process keeps them; a running variance is the mean of the shards' variances,
+which leaves out the spread of the shard means (small for shuffled batches).
 """
 
 from __future__ import annotations
@@ -139,6 +141,26 @@ def any_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Set every floating-point buffer of ``module`` (BatchNorm running statistics, and
+    anything a strategy keeps) to its mean over the ranks, in one all-reduce.
+
+    Summed in float64, so a buffer that is the same on every rank stays bit for bit what it
+    was. (DDP offers only ``broadcast_buffers``, rank 0's copy; torch has no public call that
+    averages module buffers.)"""
+    if not info.enabled:
+        return
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    with torch.no_grad():
+        flat = torch.cat([b.reshape(-1).double() for b in buffers])
+        dist.all_reduce(flat)
+        flat /= info.world
+        for b, mean in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
+            b.copy_(mean.view_as(b))
 
 
 def barrier(info: DistInfo) -> None:

@@ -130,6 +130,9 @@ class Trainer:
                 self.step_module,
                 device_ids=[plan.device.index] if plan.cuda else None,
                 find_unused_parameters=False,
+                # CUDA: SyncBatchNorm keeps the ranks' statistics equal; CPU: `step` averages
+                # them (broadcasting would keep rank 0's shards' only)
+                broadcast_buffers=plan.cuda,
             )
 
     # -- state and checkpoints -----------------------------------------------------------
@@ -215,6 +218,8 @@ class Trainer:
         if total.requires_grad:
             total.backward()
         self.optimizer.step()
+        if plan.dist.enabled and not plan.cuda:  # the whole batch's running statistics
+            ddp.average_buffers(self.step_module, plan.dist)
         # the lr this step used (of the base group: multiplier 1 unless overridden)
         self.step_lr = float(self.optimizer.param_groups[0]["lr"]) / self.group_multipliers[0]
         self.scheduler.step()
