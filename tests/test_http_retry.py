@@ -197,6 +197,25 @@ def test_redirects_are_followed_within_the_host_and_refused_to_another(scripted)
     assert sleeps == []
 
 
+def test_a_guarded_session_keeps_a_redirects_own_body_as_requests_does(scripted):
+    """The bounded read of a followed redirect's body keeps it: ``allow_redirects=False``
+    returns the 3xx with its body and ``next``, and ``history`` holds the body too."""
+    from galmerge.io.http import GuardedSession
+
+    server, url = scripted
+    moved = (302, {"Location": "/y"}, b"<html>moved</html>")
+    with GuardedSession() as session:
+        for stream in (False, True):
+            server.script = [moved]
+            r = session.get(url, allow_redirects=False, stream=stream, timeout=5)
+            assert (r.status_code, r.content) == (302, b"<html>moved</html>")
+            assert r.next is not None and r.next.url.endswith("/y")
+        server.script = [moved, (200, {}, b"moved here")]
+        r = session.get(url, timeout=5)
+        assert r.content == b"moved here"
+        assert [h.content for h in r.history] == [b"<html>moved</html>"]
+
+
 class _EndlessRedirect(BaseHTTPRequestHandler):
     """``/x``: a 302 to ``/y`` whose body never ends, streamed (``flood``) or a byte at a time
     (``drip``, each byte well within the read timeout); ``/y``: the answer."""

@@ -208,7 +208,7 @@ class GuardedSession(requests.Session):
             except RedirectRefused:
                 resp.close()
                 raise
-            _discard_redirect_body(resp)
+            _read_redirect_body(resp)
         return target
 
 
@@ -220,11 +220,17 @@ REDIRECT_BODY_MAX_BYTES = 1 << 16
 REDIRECT_BODY_SECONDS = 10.0
 
 
-def _discard_redirect_body(resp: requests.Response) -> None:
+def _read_redirect_body(resp: requests.Response) -> None:
+    # What was read is kept as the response's content (requests' own attribute, as its
+    # ``content`` property fills it), so ``resp.content``, ``history[i].content`` and an
+    # ``allow_redirects=False`` caller's body work as with a plain session; past either bound
+    # the body is empty.
     try:
-        read_body(resp, REDIRECT_BODY_SECONDS, max_bytes=REDIRECT_BODY_MAX_BYTES)
+        resp._content = read_body(resp, REDIRECT_BODY_SECONDS,
+                                  max_bytes=REDIRECT_BODY_MAX_BYTES)
     except FetchError:
         resp.close()
+        resp._content = b""
 
 
 @dataclass(frozen=True)
