@@ -524,12 +524,15 @@ def _what_is_wrong(exc: Exception) -> str:
 
 def _access_url(resource: Any) -> str | None:
     """The ``accessURL`` of a DataLink service descriptor (the SODA endpoint), as pyvo reads
-    it; None when it has none (pyvo then refuses the query, inside the retry policy)."""
+    it (the last of that name); None when it has none (pyvo then refuses the query, inside the
+    retry policy)."""
+    found = None
     for param in getattr(resource, "params", ()):
-        if getattr(param, "name", None) == "accessURL" and param.value:
-            value = param.value
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
+        if getattr(param, "name", None) == "accessURL":
+            found = param.value
+    if not found:
+        return None
+    return found.decode() if isinstance(found, bytes) else str(found)
 
 
 def _separation(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
