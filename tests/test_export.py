@@ -304,7 +304,14 @@ def test_an_onnx_output_names_the_checkpoint_it_was_exported_from(checkpoint: Pa
     said, prov = classify("c.csv")
     notes = [line for line in said.splitlines() if "older galmerge" in line]
     assert len(notes) == 1 and str(onnx_file) in notes[0] and "export it again" in notes[0]
+    arcsinh = old_meta["preprocess"].get("stretch") == "arcsinh"
+    assert ("1e18" in notes[0]) == arcsinh  # only an arcsinh stretch overflowed
     assert "changed since" not in said
+    from galmerge.models.export import stale_note
+
+    for stretch in ("arcsinh", "none"):
+        note = stale_note(onnx_file, {**old_meta, "preprocess": {"stretch": stretch}})
+        assert "older galmerge" in note and ("1e18" in note) == (stretch == "arcsinh")
 
 
 def test_export_mistakes_name_export(checkpoint: Path, tmp_path: Path) -> None:

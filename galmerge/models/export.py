@@ -319,9 +319,12 @@ def stale_note(path: str | os.PathLike[str], meta: dict[str, Any]) -> str:
     older than that record ('' otherwise)."""
     recorded, named = meta.get("checkpoint_sha256"), meta.get("checkpoint")
     if "checkpoint_sha256" not in meta:  # exports made before stop 40 record no hash
+        preprocess = meta.get("preprocess")
+        arcsinh = isinstance(preprocess, dict) and preprocess.get("stretch") == "arcsinh"
         return (f"note: {path} was exported by an older galmerge: it records no checkpoint "
-                "hash, so a changed checkpoint goes unnoticed, and it gives NaN for pixels above "
-                "about 1e18; export it again")
+                "hash, so a changed checkpoint goes unnoticed"
+                f"{', and it gives NaN for pixels above about 1e18' if arcsinh else ''}; "
+                "export it again")
     if not isinstance(recorded, str) or not recorded or not isinstance(named, str) or not named:
         return ""
     beside = Path(path).parent / Path(named).name

@@ -298,7 +298,7 @@ class Trainer:
         row.update(validate(self.model, self.source, self.target, plan.device, plan.cuda, seed))
         row["lr"] = self.step_lr  # at the epoch's last step
         row["images_per_s"] = images_per_s
-        # rank 0's numbers decide for every rank (BatchNorm buffers may differ per rank)
+        # rank 0's numbers decide for every rank: best.pt and stopping must be one decision
         return ddp.broadcast_object(row, plan.dist)  # type: ignore[return-value]
 
     # -- the run -------------------------------------------------------------------------
