@@ -185,6 +185,34 @@ def test_other_data_through_the_cli(tmp_path, monkeypatch):
     assert "synthetic:sdss?n=30&seed=1" in (out / "sim-real" / "table.md").read_text()
 
 
+def test_transfer_learning_on_other_data_through_the_cli(tmp_path, monkeypatch):
+    """--tl-source/--tl-target put TL's sim-sim runs on other data too, so the whole TL grid
+    runs without the released files (here on synthetic renders)."""
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path / "data"))
+    if LEGACY:
+        pytest.skip("needs the trainer's select_by = source_val_accuracy")
+    out = tmp_path / "out"
+    quick = ["--seeds", "1", "--method", "mmd", "--out", str(out), "--epochs", "1",
+             "--max-steps-per-epoch", "1", "--batch-size", "8", "--device", "cpu",
+             "--no-evaluate", "--source", "synthetic:illustris?n=30&seed=0",
+             "--target", "synthetic:sdss?n=30&seed=1"]
+    tl_data = ["--tl-source", "synthetic:pristine?n=30&seed=0",
+               "--tl-target", "synthetic:noisy?n=30&seed=1"]
+    result = CliRunner().invoke(cli, ["reproduce", "deepmerge2", "--experiment", "sim-real",
+                                      *quick, *tl_data])
+    assert result.exit_code != 0 and "add --tl" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+    result = CliRunner().invoke(cli, ["reproduce", "deepmerge2", "--experiment", "sim-real",
+                                      "--tl", *quick, *tl_data])
+    assert result.exit_code == 0, result.output
+    pre = tomllib.loads((out / "sim-sim/deepmerge/mmd/seed1/config.toml").read_text())
+    assert (pre["source"], pre["target"]) == ("synthetic:pristine?n=30&seed=0",
+                                              "synthetic:noisy?n=30&seed=1")
+    tl = tomllib.loads((out / "sim-real-tl/deepmerge/mmd/seed1/config.toml").read_text())
+    assert tl["source"] == "synthetic:illustris?n=30&seed=0"
+    assert tl["init_from"] == str(out / "sim-sim/deepmerge/mmd/seed1")
+
+
 def test_a_run_folder_holding_other_files_is_refused_not_deleted(data, tmp_path):
     from galmerge.errors import GalmergeError
     from galmerge.surveys.deepmerge.reproduce import reproduce

@@ -28,6 +28,9 @@ from galmerge.surveys.deepmerge.reproduce import BACKBONES, PAPERS
 @click.option("--source", help="Replace the experiment's source data spec (e.g. the synthetic "
               "pair 'synthetic:illustris?n=2000&seed=0').")
 @click.option("--target", help="Replace the experiment's target data spec.")
+@click.option("--tl-source", help="With --tl: replace the source data spec of the sim-sim runs "
+              "it starts from (e.g. 'synthetic:pristine?n=2000&seed=0').")
+@click.option("--tl-target", help="With --tl: replace the target data spec of those sim-sim runs.")
 @click.option("--device", help="auto (default), cpu, cuda or mps.")
 @click.option("--evaluate/--no-evaluate", default=True, show_default=True,
               help="Write each run's report/ (galmerge evaluate).")
@@ -47,6 +50,8 @@ def reproduce(
     out: str,
     source: str | None,
     target: str | None,
+    tl_source: str | None,
+    tl_target: str | None,
     device: str | None,
     evaluate: bool,
     bootstrap: int,
@@ -62,6 +67,9 @@ def reproduce(
     if tl and experiment != "sim-real":
         raise GalmergeError("--tl is the sim-real experiment's transfer learning; use "
                             "--experiment sim-real --tl")
+    if (tl_source or tl_target) and not tl:
+        raise GalmergeError("--tl-source/--tl-target name the data of the sim-sim runs that "
+                            "--tl starts from; add --tl, or use --source/--target")
     settings = {k: v for k, v in (("epochs", epochs), ("max_steps_per_epoch",
                 max_steps_per_epoch), ("batch_size", batch_size)) if v is not None}
     run_reproduce(
@@ -72,7 +80,9 @@ def reproduce(
         methods=methods or PAPER_METHODS,
         out=out,
         settings=settings,
-        data={k: v for k, v in (("source", source), ("target", target)) if v},
+        data={k: v for k, v in (("source", source), ("target", target),
+                                ("sim_sim_source", tl_source), ("sim_sim_target", tl_target))
+              if v},
         device=device,
         evaluate=evaluate,
         bootstrap=bootstrap,

@@ -72,7 +72,8 @@ def plan(
     data: Mapping[str, str] | None = None,
 ) -> list[PlannedRun]:
     """Every run of the grid in training order (TL prerequisites first). ``data`` may replace
-    the experiment's ``source``/``target`` specs (not those of TL's sim-sim runs)."""
+    the experiment's ``source``/``target`` specs, and ``sim_sim_source``/``sim_sim_target``
+    those of the sim-sim runs TL starts from."""
     runs: list[PlannedRun] = []
     data = dict(data or {})
 
@@ -81,6 +82,9 @@ def plan(
         source, target, _ = EXPERIMENTS[exp]
         if exp != "sim-sim" or experiment == "sim-sim":
             source, target = data.get("source", source), data.get("target", target)
+        else:  # the sim-sim run a TL run starts from
+            source = data.get("sim_sim_source", source)
+            target = data.get("sim_sim_target", target)
         return PlannedRun(exp, method, backbone, seed, path, source, target, init)
 
     for backbone in backbones:
@@ -166,7 +170,8 @@ def reproduce(
 
     ``settings`` overrides preset values for every run (e.g. ``{"epochs": 2}`` for a quick look);
     ``data`` replaces the released data specs (``{"source": ..., "target": ...}``, e.g. the
-    synthetic pair); seeds are 1..``seeds`` (the authors' commands use seed 1).
+    synthetic pair, and for TL ``sim_sim_source``/``sim_sim_target``, the data of the sim-sim
+    runs it starts from); seeds are 1..``seeds`` (the authors' commands use seed 1).
     """
     from galmerge.evaluation.comparison import compare, to_markdown, write_table
     from galmerge.training import train
