@@ -148,8 +148,9 @@ def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
     anything a strategy keeps) to its mean over the ranks, in one all-reduce.
 
     Summed in float64, so a float32 (or narrower) buffer that is the same on every rank stays
-    bit for bit what it was (a float64 one may move by an ulp over 3 or more ranks). (DDP offers only ``broadcast_buffers``, rank 0's copy; torch has no public call that
-    averages module buffers.)"""
+    bit for bit what it was (a float64 one may move by an ulp over 3 or more ranks). DDP offers
+    only ``broadcast_buffers``, rank 0's copy; torch has no public call that averages module
+    buffers."""
     if not info.enabled:
         return
     buffers = [b for b in module.buffers() if b.is_floating_point()]
