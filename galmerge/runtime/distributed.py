@@ -18,7 +18,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -224,8 +224,8 @@ def loading_together(info: DistInfo) -> Iterator[None]:
         _together = before
 
 
-def from_main(compute: Callable[[], str]) -> str:
-    """``compute()`` (short text: a file's hex digest) on rank 0 alone inside
+def from_main(compute: Callable[[], T]) -> T:
+    """``compute()`` (a file's hex digest, a check that returns nothing) on rank 0 alone inside
     `loading_together`, its result handed to every rank; ``compute()`` itself elsewhere.
 
     Where rank 0's ``compute()`` fails, rank 0 raises its error and every other rank a
@@ -234,4 +234,4 @@ def from_main(compute: Callable[[], str]) -> str:
     """
     if _together is None:
         return compute()
-    return str(broadcast_object(on_main(compute, _together), _together))
+    return cast(T, broadcast_object(on_main(compute, _together), _together))

@@ -40,12 +40,7 @@ def _load(arg: str | None, options: Mapping[str, Any]):
     # Under torchrun rank 0 alone checks the file (every rank reads the same one), and an error
     # it finds stops every rank in one line.
     check_finite = bool(options.get("check_finite", True))
-
-    def validate() -> str:
-        hdf5io.validate_imageset_file(path, check_finite=check_finite)
-        return "valid"
-
-    from_main(validate)
+    from_main(lambda: hdf5io.validate_imageset_file(path, check_finite=check_finite))
     imageset = hdf5io.read_imageset(
         path,
         in_memory=in_memory,
