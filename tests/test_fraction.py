@@ -166,6 +166,19 @@ def test_corrected_estimators_beat_naive_under_label_shift(pi: float) -> None:
     assert out["validation"]["tpr"] == pytest.approx(0.89, abs=0.03)
 
 
+@pytest.mark.parametrize(("n1", "n0"), [(3, 27), (5, 15), (50, 150)])
+def test_em_on_a_survey_drawn_like_the_validation_split_returns_its_fraction(n1: int,
+                                                                           n0: int) -> None:
+    # no shift at all: every corrected estimator must return the split's own merger fraction;
+    # Platt's smoothed targets carry a prior of mean(t), not n1/m, which EM read as label shift
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(n1), np.zeros(n0)].astype(int)
+    p = F.sigmoid(2 * y - 1 + rng.normal(0, 1.5, len(y)))
+    est = F.estimate(np.tile(p, 50), F.Validation(p, y), n_boot=0)["estimators"]
+    for name in ("acc", "em", "bbse"):
+        assert est[name]["fraction"] == pytest.approx(n1 / (n1 + n0), abs=1e-6), name
+
+
 def test_intervals_widen_with_a_smaller_validation_split() -> None:
     rng = np.random.default_rng(3)
     p, _ = _scores(rng, 5000, 0.1)

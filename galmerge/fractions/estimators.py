@@ -322,9 +322,14 @@ def _estimates(q: np.ndarray, mean_p: np.ndarray, tw_s: np.ndarray, tw: np.ndarr
         e1 = (vp * vy).sum(1) / n1
         e0 = (vp * (1 - vy)).sum(1) / n0
     a, b = platt_fit(logit(vp), vy)
-    val_prior = n1 / vy.shape[1]
+    # Platt's smoothed targets make the fit calibrated for a softened label that is a merger
+    # with probability c1 for a merger and c0 for a non-merger, whose prior is mean(t), not
+    # n1/m: EM runs in that label's terms, then maps back (exact with no shift).
+    c1, c0 = (n1 + 1) / (n1 + 2), 1 / (n0 + 2)
     cal = sigmoid(a[:, None] * tw_s[None, :] + b[:, None])
-    em = ml_prior(cal, val_prior, tw)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        soft = ml_prior(cal, (n1 * c1 + n0 * c0) / vy.shape[1], tw)
+        em = np.clip((soft - c0) / (c1 - c0), 0.0, 1.0)
     degenerate = (n1 == 0) | (n0 == 0)  # a resample without one class: nothing to learn from
     em[degenerate] = np.nan
     with np.errstate(invalid="ignore"):  # a model that does not separate the classes: the
