@@ -175,7 +175,7 @@ def _rewrite(path: Path, new: float, old: float, threshold: float,
     """Rescale every finite p_merger of the output (`rescale`)."""
     import h5py
 
-    from galmerge.fractions.report import is_parquet
+    from galmerge.fractions.report import is_fits, is_parquet
 
     def shift(p: np.ndarray) -> np.ndarray:
         return rescale(p, new, old, clip)
@@ -183,7 +183,7 @@ def _rewrite(path: Path, new: float, old: float, threshold: float,
     def write(tmp: Path) -> None:
         if h5py.is_hdf5(path):
             _rewrite_hdf5(path, tmp, shift, threshold, record)
-        elif path.suffix.lower() in (".fits", ".fit", ".fts"):
+        elif is_fits(path):
             _rewrite_fits(path, tmp, shift, threshold, record)
         elif is_parquet(path):
             _rewrite_parquet(path, tmp, shift, threshold, record)
@@ -337,7 +337,7 @@ def _in_file_record(path: Path) -> dict[str, Any] | None:
     """The ``--prior`` record a rescaled HDF5, Parquet or FITS output carries itself."""
     import h5py
 
-    from galmerge.fractions.report import is_parquet
+    from galmerge.fractions.report import is_fits, is_parquet
 
     try:
         if h5py.is_hdf5(path):
@@ -349,7 +349,7 @@ def _in_file_record(path: Path) -> dict[str, Any] | None:
 
             raw = (pq.read_schema(path).metadata or {}).get(b"galmerge_prior")
             return None if raw is None else json.loads(raw)
-        if path.suffix.lower() in (".fits", ".fit", ".fts"):
+        if is_fits(path):
             from astropy.io import fits
 
             with fits.open(path) as hdul:

@@ -156,12 +156,18 @@ def output_columns(path: Path) -> tuple[list[str], Any]:
 
     if h5py.is_hdf5(path):
         return _hdf5_columns(path)
-    if (path.name.lower().endswith((".fits", ".fit", ".fts", ".fits.gz"))
-            or _starts_with(path, b"SIMPLE  =")):  # fmt: skip
+    if is_fits(path):
         return _fits_columns(path)
     if is_parquet(path):
         return _parquet_columns(path)
     return _csv_columns(path)
+
+
+def is_fits(path: Path) -> bool:
+    """A FITS file by its suffix (also gzipped: astropy reads those) or by its first card,
+    whatever its suffix."""
+    return (path.name.lower().endswith((".fits", ".fit", ".fts", ".fits.gz", ".fit.gz"))
+            or _starts_with(path, b"SIMPLE  ="))
 
 
 def is_parquet(path: Path) -> bool:
@@ -456,7 +462,7 @@ def recorded_checkpoint(results: str | os.PathLike[str]) -> tuple[str, set[str]]
 
             meta = pq.read_schema(path).metadata or {}
             prov = json.loads(meta.get(b"galmerge_provenance", b"null"))
-        elif _starts_with(path, b"SIMPLE  ="):
+        elif is_fits(path):
             from astropy.io import fits
 
             sha_word = FITS_KEYWORDS["checkpoint_sha256"]
