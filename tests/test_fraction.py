@@ -293,6 +293,21 @@ def test_binned_fractions_and_plot(classified) -> None:
     assert code == 0 and "[20.5, 79]" in text, text
 
 
+def test_a_column_name_and_plot_path_that_look_like_markup_print_as_given(classified,
+                                                                          tmp_path) -> None:
+    rows = classified["csv"].read_text().splitlines()
+    header = rows[0].split(",")
+    header[header.index("id")] = "z[/x]"
+    results = tmp_path / "r.csv"
+    results.write_text("\n".join([",".join(header), *rows[1:]]) + "\n")
+    plot = tmp_path / "f[/x].png"
+    code, text = _fraction(str(results), "--model", str(classified["run"]), "--by", "z[/x]",
+                           "--bins", "2", "--bootstrap", "0", "--plot", str(plot))
+    assert code == 0 and "Traceback" not in text, text
+    assert "z[/x]" in text and f"plot: {plot}" in text, text
+    assert plot.is_file()
+
+
 def test_rows_that_are_not_ok_are_excluded_and_counted(classified, tmp_path) -> None:
     path = tmp_path / "mixed.csv"
     path.write_text("objID,ra,dec,p_merger,is_merger,status\n"
@@ -322,6 +337,8 @@ def test_rows_that_are_not_ok_are_excluded_and_counted(classified, tmp_path) -> 
         (None, ["--threshold", "1.5"], "--threshold"),
         (None, ["--bootstrap", "-1"], "--bootstrap"),
         (None, ["--bootstrap", "5"], "at least 10 resamples"),
+        (None, ["--seed", "-1"], "--seed -1"),
+        (None, ["--by", "id", "--bins", "100000000000000"], "too few for 100000000000000"),
     ],
 )
 def test_user_errors_are_one_line(classified, tmp_path, make, args, message) -> None:

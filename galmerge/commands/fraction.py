@@ -80,6 +80,7 @@ def _cell(e: dict[str, Any]) -> str:
 
 def _print(payload: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from galmerge.fractions.estimators import ESTIMATORS, LABELLED
@@ -87,8 +88,8 @@ def _print(payload: dict[str, Any]) -> None:
     console = Console(file=sys.stdout)
     entries = payload.get("bins") or [{**payload, "lo": math.nan, "hi": math.nan}]
     table = Table(title="merger fraction: estimate [68%] [95%] bootstrap intervals")
-    if "by" in payload:
-        table.add_column(payload["by"])
+    if "by" in payload:  # user text: printed as given, never read as rich markup
+        table.add_column(escape(payload["by"]))
     table.add_column("n", justify="right")
     names = [k for k in (*ESTIMATORS, LABELLED) if k in entries[0]["estimators"]]
     for name in names:
@@ -97,13 +98,14 @@ def _print(payload: dict[str, Any]) -> None:
     for e in entries:
         cells = [str(e["n"])] + [_cell(e["estimators"][k]) for k in names]
         if "by" in payload:
-            cells.insert(0, f"[{e['lo']:g}, {e['hi']:g}]")
+            cells.insert(0, escape(f"[{e['lo']:g}, {e['hi']:g}]"))
         table.add_row(*cells, e["recommended"])
     console.print(table)
     v = payload["validation"]
     console.print(f"source validation: {v['n']} images, tpr {v['tpr']:.3f}, fpr {v['fpr']:.3f} "
                   f"at threshold {payload['threshold']:g}; excluded rows: "
-                  + (", ".join(f"{k} {n}" for k, n in payload["excluded"].items()) or "none"))
+                  + (", ".join(f"{k} {n}" for k, n in payload["excluded"].items()) or "none"),
+                  markup=False)
     lab = payload.get("labels")
     if lab is not None:
         console.print(f"labelled sample: {lab['rows']} ok rows of {lab['file']} matched by "
@@ -131,4 +133,6 @@ def _print(payload: dict[str, Any]) -> None:
         console.print(("WARNING: " if adapted["warning"] else "note: ") + adapted["message"],
                       markup=False)
     if payload.get("plot"):
-        console.print(f"plot: {payload['plot']}")
+        from galmerge.runtime.progress import print_path
+
+        print_path(console, "plot:", payload["plot"])

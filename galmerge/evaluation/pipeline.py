@@ -902,7 +902,7 @@ def _print_summary(payload: dict[str, Any]) -> None:
     t = Table(
         title=f"{payload['strategy']} / {payload['backbone']}: test metrics "
         f"({payload['checkpoint']}.pt, 68% bootstrap intervals)",
-        caption=f"source: {payload.get('source')}   target: {payload.get('target')}",
+        caption=escape(f"source: {payload.get('source')}   target: {payload.get('target')}"),
     )
     t.add_column("metric")
     for split in payload["metrics"]:

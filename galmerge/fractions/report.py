@@ -295,6 +295,10 @@ def parse_bins(text: str, values: np.ndarray, column: str) -> np.ndarray:
         if len(values) == 0:
             raise GalmergeError(f"no ok rows with a value of {column}; nothing to bin")
         k = int(numbers[0])
+        if k > len(values):
+            raise GalmergeError(f"--bins {text}: {column} has {len(values)} ok rows, too few "
+                                f"for {k} equal-count bins; give fewer bins or the edges, "
+                                "e.g. --bins 0,0.5,1")
         edges = np.quantile(values, np.linspace(0, 1, k + 1))
         if len(np.unique(edges)) != len(edges):
             raise GalmergeError(f"--bins {text}: {column} has too few distinct values for "
@@ -337,6 +341,8 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
 
     if (by is None) != (bins is None):
         raise GalmergeError("--by and --bins go together: e.g. --by z --bins 0,0.1,0.2")
+    if not 0 <= seed < 2**63:  # numpy's generators take non-negative seeds
+        raise GalmergeError(f"--seed {seed}: give a whole number from 0 to 2**63 - 1")
     if bootstrap < 0 or 0 < bootstrap < MIN_BOOTSTRAP:
         raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or at least "
                             f"{MIN_BOOTSTRAP} resamples (fewer give no interval)")
