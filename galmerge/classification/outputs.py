@@ -18,7 +18,6 @@ import csv
 import glob
 import json
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ import numpy as np
 
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.io.text import escape_undecodable
 
 RESULT_COLUMNS = ("p_merger", "is_merger", "status")
 ENCODING = "utf-8"
@@ -240,13 +240,6 @@ class CsvWriter(OutputWriter):
             side = self.path.with_name(self.path.name + SIDECAR_SUFFIX)
             atomic.write_text(side, json.dumps(stamped(self.provenance), indent=1) + "\n")
         super().commit()
-
-
-def escape_undecodable(name: str) -> str:
-    """A column name read with surrogateescape, its undecodable bytes as ``%XX``
-    (``b"mag_\\xe9"`` -> ``"mag_%E9"``): HDF5 and FITS names must be encodable text.
-    The exact name stays in the HDF5 file's ``columns`` attribute."""
-    return re.sub("[\udc80-\udcff]", lambda m: f"%{ord(m.group()) - 0xDC00:02X}", name)
 
 
 def _h5_dataset_name(name: str, used: set[str]) -> str:
