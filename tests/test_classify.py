@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -70,8 +71,8 @@ class StampService:
                 deadline = time.monotonic() + 300
                 while not Path(gate).exists() and time.monotonic() < deadline:
                     time.sleep(0.02)
-            if self.log:
-                with open(self.log, "a") as fh:
+            if self.log:  # ids as the catalog spelled them, undecodable bytes too
+                with open(self.log, "a", encoding="utf-8", errors="surrogateescape") as fh:
                     fh.write(f"{req.id}|{req.ra:.6f}|{req.dec:.6f}\n")
             if req.id.startswith("fail"):
                 yield CutoutResult(req.row, None, "fetch-failed: HTTP 500 from fake server")
@@ -165,7 +166,8 @@ def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def fetch_lines(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
+    return (log.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+            if log.exists() else [])
 
 
 @pytest.mark.parametrize("name", ["best.pt", "config.toml", "other.csv", "table.parquet",
@@ -395,6 +397,38 @@ def test_second_run_fetches_nothing_and_gives_same_output(env):
     # the failed row (transient) is retried; ok and no-coverage rows are not fetched again
     assert fetch_lines(log)[n:] == ["fail-1|150.500000|2.000000"]
     assert (tmp / "out.csv").read_text() == first
+
+
+def test_undecodable_catalog_bytes_are_escaped_text_in_the_cache_and_hdf5_output(env):
+    # a Latin-1 catalog: its ids could not be written to the cache's UTF-8 datasets, and the
+    # arrival log it left made every later run on that cache fail the same way
+    tmp, ckpt, log = env
+    cat = tmp / "latin1.csv"
+    cat.write_bytes(b"name,ra,dec,note\nArp 220 \xe9,10.0,1.0,caf\xe9\nNGC 1,11.0,2.0,ok\n")
+    clean = tmp / "clean.csv"
+    clean.write_text("objid,ra,dec\n7,50.0,5.0\n")
+    cache = tmp / "cache" / "c.h5"
+    for catalog, out in ((cat, "out.csv"), (cat, "out.h5"), (clean, "clean_out.csv")):
+        result = run_cli("classify", str(catalog), "--model", str(ckpt), "--survey", "stamps",
+                         "--quiet", "--cache", str(cache), "--output", str(tmp / out))
+        assert result.exit_code == 0, result.output
+    # the second run was served from the cache; the clean catalog still runs on it
+    assert fetch_lines(log) == ["Arp 220 \udce9|10.000000|1.000000", "NGC 1|11.000000|2.000000",
+                                "7|50.000000|5.000000"]
+    assert b"Arp 220 \xe9," in (tmp / "out.csv").read_bytes()  # CSV keeps the bytes
+    assert b",caf\xe9," in (tmp / "out.csv").read_bytes()
+    with h5py.File(tmp / "out.h5", "r") as f:
+        names = json.loads(f.attrs["columns"])
+        datasets = dict(zip(names, json.loads(f.attrs["datasets"]), strict=True))
+        assert list(f[datasets["name"]].asstr()[()]) == ["Arp 220 %E9", "NGC 1"]
+        assert list(f[datasets["note"]].asstr()[()]) == ["caf%E9", "ok"]
+    ids = []
+    for path in cache.parent.rglob("*.h5"):
+        with h5py.File(path, "r") as f:
+            if "id" in f:
+                ids += list(f["id"].asstr()[()])  # valid UTF-8
+    assert "Arp 220 %E9" in ids and "7" in ids
+    assert not list(cache.parent.rglob("*arrivals*"))
 
 
 def test_default_cache_location_and_summary(env):

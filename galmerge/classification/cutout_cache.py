@@ -56,6 +56,7 @@ import numpy as np
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.io.hdf5 import check_stored_here
+from galmerge.io.text import escape_undecodable
 
 CACHE_FORMAT = "galmerge-cutout-cache/1"
 # stamps are stored gzip-compressed after byte shuffling: bit exact, read by any HDF5 reader
@@ -590,16 +591,22 @@ class CutoutCache:
     def _write_columns(f, n, ids, ra, dec, keys, hashes, mkeys, mhashes, mstatus,
                        checks) -> None:
         text = h5py.string_dtype("utf-8")
+
+        def texts(values: Sequence[str]) -> np.ndarray:
+            # a catalog's undecodable id bytes as %XX: UTF-8 datasets, and lookups go by
+            # key_hash (hashed from the exact key), so no stamp is served for another
+            return np.array([escape_undecodable(v) for v in values], dtype=object)
+
         f.create_dataset("stamp_check", data=np.asarray(checks, np.uint64).reshape(-1, 2))
         f.create_dataset("labels", data=np.full(n, -1, dtype=np.int8))
-        f.create_dataset("id", data=np.array(ids, dtype=object), dtype=text)
+        f.create_dataset("id", data=texts(ids), dtype=text)
         f.create_dataset("ra", data=np.asarray(ra, dtype=np.float64))
         f.create_dataset("dec", data=np.asarray(dec, dtype=np.float64))
-        f.create_dataset("key", data=np.array(keys, dtype=object), dtype=text)
+        f.create_dataset("key", data=texts(keys), dtype=text)
         f.create_dataset("key_hash", data=np.asarray(hashes, np.uint64).reshape(-1, 2))
-        f.create_dataset("missing_key", data=np.array(mkeys, dtype=object), dtype=text)
+        f.create_dataset("missing_key", data=texts(mkeys), dtype=text)
         f.create_dataset("missing_key_hash", data=np.asarray(mhashes, np.uint64).reshape(-1, 2))
-        f.create_dataset("missing_status", data=np.array(mstatus, dtype=object), dtype=text)
+        f.create_dataset("missing_status", data=texts(mstatus), dtype=text)
         # written last: a reader trusts only files whose counts match their datasets
         f.attrs["n_missing"] = len(mkeys)
         f.attrs["n_images"] = n

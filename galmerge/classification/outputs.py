@@ -359,7 +359,9 @@ def _storable(values: np.ndarray, dtype: np.dtype | None = None) -> tuple[np.nda
             f"an input column holds {values.dtype} values in a later chunk that do not fit the "
             f"{dtype} of its first chunk; write the output as .csv, which keeps every cell"
         )
-    return np.array([_text(v).encode(ENCODING, ERRORS) for v in values], dtype=object), None
+    # text cells are UTF-8 datasets: undecodable input bytes as %XX (a CSV output keeps them)
+    return np.array([escape_undecodable(_text(v)).encode(ENCODING) for v in values],
+                    dtype=object), None
 
 
 def _number_type(present: list[Any]) -> np.dtype | None:

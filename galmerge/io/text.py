@@ -7,7 +7,7 @@ import re
 
 
 def escape_undecodable(name: str) -> str:
-    """A column name read with surrogateescape, its undecodable bytes as ``%XX``
-    (``b"mag_\\xe9"`` -> ``"mag_%E9"``): HDF5 and FITS names must be encodable text.
-    The exact name stays in the HDF5 file's ``columns`` attribute."""
+    """Text read with surrogateescape, its undecodable bytes as ``%XX`` (``b"mag_\\xe9"`` ->
+    ``"mag_%E9"``): valid UTF-8 for HDF5 and FITS names and HDF5 text cells (a CSV output keeps
+    the bytes as they were)."""
     return re.sub("[\udc80-\udcff]", lambda m: f"%{ord(m.group()) - 0xDC00:02X}", name)
