@@ -263,6 +263,12 @@ def test_two_processes_share_one_study_through_storage(tmp_path):
         (["--n-trials", "2", "--storage", "nosuch://host/db"], "--storage nosuch://host/db: cannot"),
         (["--n-trials", "2", "--storage", "nosuch://me:s3cret@host/db"],
          "--storage nosuch://me:***@host/db: cannot"),  # a password is never printed
+        # nothing a trial trains may read target labels: not its best epoch, not its stopping
+        (["--n-trials", "2", "--set", "select_by=oracle_target_accuracy"],
+         "select_by = 'oracle_target_accuracy'"),
+        (["--n-trials", "2", "--set", "select_by=entropy"], "select_by = 'entropy'"),
+        (["--n-trials", "2", "--set", "stop_by=oracle_target_accuracy"],
+         "stop_by = 'oracle_target_accuracy' reads target labels"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(toys, tmp_path, extra, message):

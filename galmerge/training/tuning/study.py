@@ -114,6 +114,19 @@ def queue_again(study: Any, number: int, params: Mapping[str, Any],
     study.enqueue_trial(dict(params), user_attrs={**keep, "retry_of": number})
 
 
+def _check_label_free(cfg: Mapping[str, Any], score: str) -> None:
+    """Nothing a trial trains may read target labels: each trial's best epoch is its --score's,
+    and its early stopping watches no oracle (a --set or --config could say otherwise)."""
+    if cfg.get("select_by") != score:
+        raise GalmergeError(
+            f"select_by = {cfg.get('select_by')!r}: tune keeps each trial's best epoch by --score "
+            f"({score}); drop select_by from --set and choose the --score instead")
+    if cfg.get("stop_by") == selection.ORACLE:
+        raise GalmergeError(
+            f"stop_by = {selection.ORACLE!r} reads target labels, which tune never does; drop it "
+            "(early stopping then watches --score) or name a label-free score")
+
+
 def tune(
     source: str,
     target: str,
@@ -184,6 +197,7 @@ def tune(
             file_layer = with_legacy_values(file_layer)
     base_layer = deep_merge(file_layer, base_layer)
     base = resolve_config(file=base_layer)  # validates every name and value up front
+    _check_label_free(base, score)
     dims, fixed = resolve_space(base, space)
     if base_layer.get("target_encoder") == "separate":
         dims, fixed = _per_domain_batches(dims, fixed)
