@@ -914,6 +914,25 @@ def test_a_latin1_column_name_reaches_h5_and_fits_output(env):  # noqa: F811
     assert list(back["status"]) == ["ok"]
 
 
+def test_column_names_fits_cannot_hold_as_given_become_distinct_fits_names(env):  # noqa: F811
+    # two Greek names made ASCII with "?" clashed, and a 100-character name is longer than a
+    # card: the run fetched and classified every row, then failed writing the file
+    from astropy.table import Table
+
+    tmp, ckpt, _ = env
+    long = "x" * 100
+    (tmp / "cat.csv").write_text(f"objid,\u03b1,\u03b4,{long},{long[:68]}\n1,150.0,1.0,7,8\n",
+                                 encoding="utf-8")
+    res = _run("classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+               "--quiet", "--output", str(tmp / "o.fits"), "--ra-col", "\u03b1", "--dec-col",
+               "\u03b4", "--cache", str(tmp / "c.h5"))
+    assert res.exit_code == 0, res.output
+    back = Table.read(tmp / "o.fits")
+    assert back.colnames[:5] == ["objid", "%CE%B1", "%CE%B4", long[:68], long[:66] + "_1"]
+    assert [back[c][0] for c in back.colnames[3:5]] == ["7", "8"]  # CSV cells verbatim
+    assert list(back["status"]) == ["ok"]
+
+
 def test_a_survey_argument_classify_cannot_use_is_refused(env):  # noqa: F811
     from galmerge.data.datasets import load_imageset
 

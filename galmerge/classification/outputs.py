@@ -426,6 +426,38 @@ class FitsWriter(OutputWriter):
             self._h5.tmp.unlink(missing_ok=True)
 
 
+#: the longest TTYPE value one FITS card holds (a quote inside counts twice)
+FITS_NAME_MAX = 68
+
+
+def fits_names(names: Sequence[str]) -> list[str]:
+    """FITS column names for ``names``: printable ASCII (other characters and undecodable
+    bytes as ``%XX`` of their UTF-8 bytes: ``α`` -> ``%CE%B1``), at most one card long, and
+    unique (``_1``, ``_2``... where two would be the same). The HDF5 output keeps exact names."""
+
+    def fits_length(text: str) -> int:
+        return len(text) + text.count("'")
+
+    def cut(text: str, room: int) -> str:
+        while fits_length(text) > room:
+            text = text[:-1]
+        return text
+
+    out: list[str] = []
+    used: set[str] = set()
+    for name in names:
+        text = "".join(c if " " <= c <= "~" else "".join(f"%{b:02X}" for b in c.encode())
+                       for c in escape_undecodable(name))
+        base = cut(text, FITS_NAME_MAX) or "column"
+        candidate, i = base, 0
+        while candidate in used:
+            i += 1
+            candidate = cut(base, FITS_NAME_MAX - len(f"_{i}")) + f"_{i}"
+        used.add(candidate)
+        out.append(candidate)
+    return out
+
+
 def _h5_to_fits(src: Path, dest: Path) -> None:
     from astropy.io import fits
 
@@ -435,9 +467,8 @@ def _h5_to_fits(src: Path, dest: Path) -> None:
         n = int(f.attrs["rows"])
         flag_ds = _flag_dataset(names, dsets)
         cols, dtypes = [], []
-        for name, ds in zip(names, dsets, strict=True):
+        for ascii_name, ds in zip(fits_names(names), dsets, strict=True):
             d = f[ds]
-            ascii_name = escape_undecodable(name).encode("ascii", "replace").decode()
             if d.dtype.kind == "O" or d.dtype.kind in "SU":
                 width = 1
                 for start in range(0, n, FitsWriter.BLOCK):
