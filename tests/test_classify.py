@@ -1,7 +1,8 @@
 """`galmerge classify` end to end: real checkpoints, real HDF5 caches, an in-test survey plugin.
 
 The survey ``stamps`` serves deterministic stamps for any position (no-coverage above Dec 80,
-an HTTP-500-like failure for ids starting with ``fail``) and logs every fetch to the file named
+an HTTP-500-like failure for ids starting with ``fail``, and for ``flaky`` ones while
+GALMERGE_TEST_FLAKY=1) and logs every fetch to the file named
 by GALMERGE_TEST_FETCH_LOG, so tests can count downloads across runs and processes.
 """
 
@@ -74,7 +75,8 @@ class StampService:
             if self.log:  # ids as the catalog spelled them, undecodable bytes too
                 with open(self.log, "a", encoding="utf-8", errors="surrogateescape") as fh:
                     fh.write(f"{req.id}|{req.ra:.6f}|{req.dec:.6f}\n")
-            if req.id.startswith("fail"):
+            if req.id.startswith("fail") or (req.id.startswith("flaky")
+                                             and os.environ.get("GALMERGE_TEST_FLAKY") == "1"):
                 yield CutoutResult(req.row, None, "fetch-failed: HTTP 500 from fake server")
             elif req.dec > 80:
                 yield CutoutResult(req.row, None, "no-coverage")
@@ -986,6 +988,37 @@ def test_interrupted_run_resumes_from_its_result_journal(env, monkeypatch):
     assert fetch_lines(log)[n:] == [f"{r[0]}|{r[1]}|{r[2]}" for r in rows[16:]]
     _, out = read_csv(tmp / "out.csv")
     assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
+
+
+def test_a_resumed_run_fetches_again_the_stamps_that_failed_before_the_interruption(
+        env, monkeypatch):
+    """Rows committed as fetch-failed before a Ctrl-C are fetched again by the resumed run (as
+    by a new run): it used to keep them failed. The other rows of the committed chunks are not
+    fetched again, and the output is that of an uninterrupted run with a healthy service."""
+    tmp, ckpt, log = env
+    rows = _catalog(tmp / "cat.csv", 40)
+    rows[3][0], rows[9][0] = "flaky-3", "flaky-9"  # in chunks 1 and 4 of the first segment
+    with open(tmp / "cat.csv", "w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows([["objid", "ra", "dec"], *rows])
+    base = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--chunk-rows", "2"]
+    assert run_cli(*base, "--quiet", "--cache", str(tmp / "ref.h5"), "--output",
+                   str(tmp / "ref.csv")).exit_code == 0
+    args = [*base, "--cache", str(tmp / "c.h5"), "--output", str(tmp / "out.csv")]
+    monkeypatch.setenv("GALMERGE_TEST_FLAKY", "1")
+    monkeypatch.setenv("GALMERGE_TEST_FETCH_LIMIT", str(len(fetch_lines(log)) + 21))
+    # stopped at the 22nd fetch: chunks 0-7 committed (2 rows failed), rows 16-20 in the cache
+    assert run_cli(*args, "--quiet").exit_code != 0
+    monkeypatch.delenv("GALMERGE_TEST_FETCH_LIMIT")
+    monkeypatch.delenv("GALMERGE_TEST_FLAKY")  # the service is healthy again
+    n = len(fetch_lines(log))
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    again = [rows[3], rows[9], *rows[21:]]
+    assert fetch_lines(log)[n:] == [f"{r[0]}|{r[1]}|{r[2]}" for r in again]
+    assert (tmp / "out.csv").read_bytes() == (tmp / "ref.csv").read_bytes()
+    assert "ok 40, failed 0 (none)" in " ".join(res.output.split())
+    assert not (tmp / "out.csv.parts").exists()
 
 
 def test_a_rerun_with_other_cache_keepbits_does_not_continue_the_journal(env, monkeypatch):

@@ -572,7 +572,8 @@ class ResultJournal:
     """One rank's finished result blocks, committed in segment files (temp + rename).
 
     A run killed at any point keeps every committed segment; started again, it skips the
-    chunks those segments hold (``done``), so neither fetching nor inference is repeated.
+    chunks those segments hold (``done``), so neither fetching nor inference is repeated
+    (except for the chunks `reopen_failed_fetches` takes out).
     ``finish()`` writes a ``.done`` marker next to the folder: the rank's share is complete.
     Segments are checksummed Arrow IPC files (`galmerge.classification.segments`), never pickles; the folder
     and the parts folder above it must be the user's own and not writable by others.
@@ -595,15 +596,20 @@ class ResultJournal:
         for tmp in folder.glob(".*.tmp"):  # a segment being written when a run was killed
             tmp.unlink(missing_ok=True)
         self.done: set[int] = set()
+        # per segment, its chunks holding a `fetch-failed` row (see `reopen_failed_fetches`)
+        self._failed: dict[Path, set[int]] = {}
         for seg in self.segments():
             try:
-                indices = [index for index, _ in read_part(seg)]  # all or nothing
+                blocks = [(index, _fetch_failed(block)) for index, block in read_part(seg)]
             except Exception as exc:  # damaged from outside: these rows are simply redone
                 seg.unlink(missing_ok=True)
                 print(f"galmerge: result segment {seg} was unreadable ({exc}); "
                       "its rows will be classified again", file=sys.stderr)
             else:
-                self.done.update(indices)
+                self.done.update(index for index, _ in blocks)
+                failed = {index for index, bad in blocks if bad}
+                if failed:
+                    self._failed[seg] = failed
         self._writer: Any = None
         self._tmp: Path | None = None
         self._first = -1
@@ -656,6 +662,33 @@ class ResultJournal:
         self.commit()
         self.marker.write_text("done\n")
 
+    def reopen_failed_fetches(self) -> int:
+        """Take the chunks holding a `fetch-failed` row out of the committed segments, so this
+        run classifies them again (a transient failure is retried, as a new run would); returns
+        their number. The segments' other chunks are kept, rewritten into segments of their own.
+
+        A segment is moved to a temporary name first: a kill midway leaves no chunk twice (the
+        temporary file is removed on the next open and its chunks not yet rewritten are redone).
+        """
+        reopened = 0
+        for seg, failed in self._failed.items():
+            blocks = list(read_part(seg))  # (read whole by read_part anyway)
+            held = seg.with_name(f".{seg.name}.retry.tmp")
+            os.replace(seg, held)
+            for index, block in blocks:
+                if index in failed:  # a segment holds no gap: the kept chunks after it start one
+                    self.commit()
+                    self.done.discard(index)
+                    reopened += 1
+                else:
+                    self.add(index, block)
+            self.commit()
+            held.unlink()
+        self._failed = {}
+        if reopened:
+            self.marker.unlink(missing_ok=True)
+        return reopened
+
     def blocks(self) -> Iterator[tuple[int, ResultBlock]]:
         """Every committed block, in chunk order."""
         for seg in self.segments():
@@ -667,6 +700,11 @@ class ResultJournal:
         with contextlib.suppress(OSError):
             self.folder.rmdir()
         self.marker.unlink(missing_ok=True)
+
+
+def _fetch_failed(block: ResultBlock) -> bool:
+    """Whether a block has a row whose stamp could not be fetched (never cached: retried)."""
+    return any(_reason(status) == "fetch-failed" for status in block.status)
 
 
 def read_part(path: Path) -> Iterator[tuple[int, ResultBlock]]:
