@@ -318,6 +318,40 @@ def test_an_ensemble_leaves_a_file_in_the_way_of_its_member_outputs(env):
     assert not (tmp / ".eo.member0.csv").exists() and not (tmp / "eo.csv").exists()
 
 
+def test_an_ensemble_closes_with_one_summary_of_its_own_output(env):
+    """The closing summary of an ensemble named a hidden member file (output: .ens.member0.csv)
+    and the first member's merger count, and the members' lock files stayed behind. It now
+    names the output, counts the ensemble's is_merger, and leaves what a one-model run leaves."""
+    tmp, ckpt, _ = env
+    second = make_checkpoint(tmp / "run2" / "best.pt", seed=1)
+    _catalog(tmp / "cat.csv", 60)
+    base = ["classify", "cat.csv", "--survey", "stamps", "--threshold", "0.7"]
+    one = run_cli(*base, "--model", str(ckpt), "--output", "one.csv")
+    assert one.exit_code == 0, one.output
+    before = set(os.listdir(tmp))
+    res = run_cli(*base, "--model", str(ckpt), "--model", str(second), "--output", "ens.csv")
+    assert res.exit_code == 0, res.output
+    header, rows = read_csv(tmp / "ens.csv")
+    mergers = sum(r[header.index("is_merger")] == "1" for r in rows)
+    lines = res.output.splitlines()
+    closing = [line for line in lines if line.startswith("classified ")]
+    assert len(closing) == 1 and f"ok 60, failed 0 (none); mergers {mergers} (" in closing[0]
+    assert [line for line in lines if line.startswith("output:")] == ["output: ens.csv"]
+    assert "member" not in res.output
+    new = set(os.listdir(tmp)) - before
+    assert new == {"ens.csv", "ens.csv.provenance.json", ".ens.csv.lock"}, new
+    assert {n for n in before if n.endswith(".lock")} == {".one.csv.lock"}  # as one model
+    import fcntl
+
+    with open(tmp / ".ens.csv.lock", "a+b") as held:  # a run writing ens.csv holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = run_cli(*base, "--model", str(ckpt), "--model", str(second), "--output",
+                       "ens.csv")
+    assert busy.exit_code == 1 and len(busy.output.splitlines()) == 1, busy.output
+    assert busy.output.startswith("Error: another galmerge classify is writing ens.csv ")
+    assert not list(tmp.glob(".ens.member*"))
+
+
 @pytest.mark.parametrize("suffix", [".h5", ".parquet", ".fits"])
 def test_ensemble_records_every_members_checkpoint_sha256(env, suffix):
     """HDF5, FITS and Parquet ensemble outputs listed the members' paths only; they record

@@ -510,7 +510,9 @@ def test_ensemble_mean_and_spread(classified, tmp_path) -> None:
     assert np.array([float(r["p_merger_std"]) for r in rows]) == pytest.approx(both.std(0),
                                                                               abs=2e-6)
     assert all(r["is_merger"] == str(int(float(r["p_merger"]) >= 0.5)) for r in rows)
-    assert not list(tmp_path.glob(".ens*"))  # the members' temporary outputs are gone
+    # the members' temporary outputs and their lock files are gone (the output's own lock
+    # file stays, as a one-model run's does)
+    assert [p.name for p in tmp_path.glob(".*ens*")] == [".ens.csv.lock"]
     prov = json.loads((tmp_path / "ens.csv.provenance.json").read_text())
     members = [m["checkpoint_sha256"] for m in prov["ensemble"]]
     assert len(members) == 2 and all(len(s) == 64 for s in members) and members[0] != members[1]

@@ -26,6 +26,9 @@ import math
 import os
 import re
 import shutil
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +46,17 @@ _SHIFT_NAME = re.compile(r"^shift_score(_\d+)?$")
 def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwargs: Any) -> Any:
     """Run `galmerge.classification.pipeline.classify` once per model and combine the outputs."""
     from galmerge.classification.pipeline import (
+        _print_summary,
         check_cache,
         check_output,
         classify,
         default_output,
         rank_cache,
     )
+    from galmerge.classification.sharding import output_lock, output_lock_path
     from galmerge.runtime.distributed import from_environment
 
+    t0 = time.monotonic()
     if len(set(map(str, models))) != len(models):
         raise GalmergeError("--model given twice with the same run; an ensemble needs distinct "
                             "models")
@@ -58,45 +64,52 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
     prior = kwargs.pop("prior", None)
     prior_rule = kwargs.pop("prior_rule", None)
     quiet = kwargs.pop("quiet", False)
+    kwargs.pop("_member", None)
     threshold = float(kwargs.get("threshold", 0.5))
     out = Path(output) if output is not None else default_output(Path(catalog))
+    dist = from_environment()
     if kwargs.get("cache") is not None:
-        check_cache(rank_cache(kwargs["cache"], from_environment().rank), out, Path(catalog))
+        check_cache(rank_cache(kwargs["cache"], dist.rank), out, Path(catalog))
     check_output(out, Path(catalog))
     _check_shapes(models)
     temps = [out.with_name(f".{out.stem}.member{i}{out.suffix}") for i in range(len(models))]
     for tmp in temps:  # before the try whose cleanup removes them: a file of the user's stays
         check_output(tmp, Path(catalog))
     summaries = []
-    is_main = from_environment().is_main
-    try:
-        for i, (model, tmp) in enumerate(zip(models, temps, strict=True)):
-            summaries.append(classify(catalog, model, output=tmp, quiet=quiet or i > 0,
-                                      **kwargs))
-        if not is_main:
-            return summaries[0]
-        probs = np.stack([_all_p(t) for t in temps])
-        with np.errstate(invalid="ignore"), _quiet_nan():
-            mean = np.nanmean(probs, axis=0)
-            std = np.nanstd(probs, axis=0)
-        # the rows keep the first model's status: values only where it has one
-        first = np.isfinite(probs[0])
-        mean, std = np.where(first, mean, np.nan), np.where(first, std, np.nan)
-        shift = _ensemble_shift(temps, models, first, summaries)
-        _write_combined(temps[0], out, mean, std, threshold,
-                        {"ensemble": _members(models)}, shift)
-        _combine_sidecars(temps, out, models, None if shift is None else shift[2])
-    finally:
-        from galmerge.io.provenance import SIDECAR_SUFFIX
+    is_main = dist.is_main
+    # one run per output, as for one model (its lock file stays, as theirs does); the members'
+    # own lock files are removed once they are done
+    with output_lock(out, dist.rank, dist.world):
+        try:
+            for i, (model, tmp) in enumerate(zip(models, temps, strict=True)):
+                summaries.append(classify(catalog, model, output=tmp, quiet=quiet,
+                                          _member=(i, len(models)), **kwargs))
+            if not is_main:
+                return summaries[0]
+            probs = np.stack([_all_p(t) for t in temps])
+            with np.errstate(invalid="ignore"), _quiet_nan():
+                mean = np.nanmean(probs, axis=0)
+                std = np.nanstd(probs, axis=0)
+            # the rows keep the first model's status: values only where it has one
+            first = np.isfinite(probs[0])
+            mean, std = np.where(first, mean, np.nan), np.where(first, std, np.nan)
+            shift = _ensemble_shift(temps, models, first, summaries)
+            _write_combined(temps[0], out, mean, std, threshold,
+                            {"ensemble": _members(models)}, shift)
+            _combine_sidecars(temps, out, models, None if shift is None else shift[2])
+        finally:
+            from galmerge.io.provenance import SIDECAR_SUFFIX
 
-        # under torchrun only the main process reads the members' outputs, and the others
-        # return without waiting for it: only it may remove them
-        for t in temps if is_main else ():
-            t.unlink(missing_ok=True)
-            t.with_name(t.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
-    summary = summaries[0]
-    summary.output = str(out)
+            for t in temps:
+                output_lock_path(t, dist.rank, dist.world).unlink(missing_ok=True)
+            # under torchrun only the main process reads the members' outputs, and the others
+            # return without waiting for it: only it may remove them
+            for t in temps if is_main else ():
+                t.unlink(missing_ok=True)
+                t.with_name(t.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
+    summary = _ensemble_summary(summaries, out, t0)
     out.with_name(out.name + ".prior.json").unlink(missing_ok=True)
+    note = None
     if prior is not None:
         from galmerge.classification.pipeline import _apply_prior
         from galmerge.fractions.prior import parse_prior, parse_rule, training_prior
@@ -104,10 +117,27 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
         summary.mergers, note = _apply_prior(out, parse_prior(prior), threshold,
                                              training_prior(models[0]), models[0],
                                              rule=parse_rule(prior_rule))
-        if not quiet:
-            print(note, file=__import__("sys").stderr)
     else:  # p_merger is finite only where the first member's row has status ok
         summary.mergers = int(np.sum(np.nan_to_num(mean, nan=-1.0) >= threshold))
+    if not quiet:
+        _print_summary(summary)
+        if note is not None:
+            print(note, file=sys.stderr)
+    return summary
+
+
+def _ensemble_summary(summaries: list[Any], out: Path, t0: float) -> Any:
+    """The ensemble's closing counts: rows and statuses of the first member (the output keeps
+    its statuses), the stamps every member asked for, the whole command's time."""
+    summary = replace(summaries[0], output=str(out), seconds=time.monotonic() - t0)
+    summary.attempted = sum(s.attempted for s in summaries)
+    summary.fetched = sum(s.fetched for s in summaries)
+    summary.fetch_failed = sum(s.fetch_failed for s in summaries)
+    summary.services = dict(summaries[0].services)
+    for i, member in enumerate(summaries[1:], start=2):
+        if member.attempted:  # a member that asked for stamps (not all in the cache)
+            summary.services.update({f"{name} (model {i})": line
+                                     for name, line in member.services.items()})
     return summary
 
 

@@ -352,7 +352,7 @@ def _cpu_inference_model(model: Any, shape: tuple[int, int, int]) -> Any | None:
 class _Progress:
     """Rich progress on stderr: rows, rows/s, ETA, failures so far."""
 
-    def __init__(self, enabled: bool, total: int | None) -> None:
+    def __init__(self, enabled: bool, total: int | None, label: str = "classify") -> None:
         self._bar = None
         if not enabled:
             return
@@ -368,7 +368,7 @@ class _Progress:
 
         self.console = Console(stderr=True)
         self._bar = Progress(
-            TextColumn("[bold]classify"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} rows/s"), TextColumn("failed {task.fields[failed]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=self.console, transient=False,
@@ -430,6 +430,7 @@ def classify(
     prior: str | float | None = None,
     mc_dropout: int | None = None,
     prior_rule: str | None = None,
+    _member: tuple[int, int] | None = None,
 ) -> ClassifySummary:
     """Classify every row of ``catalog`` (CSV/FITS/VOTable/Parquet, or an HDF5 image file).
 
@@ -446,6 +447,8 @@ def classify(
     ``mc_dropout`` (N >= 2): p_merger is the mean of N passes with the dropout layers active,
     ``p_merger_std`` their spread. A run with ``shift_stats.npz`` adds ``shift_score`` and
     ``shift_flag`` (`galmerge.models.shift`).
+    ``_member`` (internal, set by the ensemble): ``(i, n)``, model i of n: its progress is
+    labelled so and it prints no closing summary (the ensemble prints one for its output).
     """
     if mc_dropout is not None and (isinstance(mc_dropout, bool) or not isinstance(mc_dropout, int)
                                    or mc_dropout < 2):
@@ -513,7 +516,7 @@ def classify(
             flush_rows=flush_rows, survey_options=survey_options, shard_timeout=shard_timeout,
             heartbeat_timeout=heartbeat_timeout, cache_keepbits=cache_keepbits, prior=prior,
             prior_from=prior_from, quiet=quiet, mc_dropout=int(mc_dropout or 0),
-            prior_rule=prior_rule)
+            prior_rule=prior_rule, member=_member)
 
 
 def _check_kinds(cat_path: Path, output: Any, cache: Any) -> None:
@@ -600,7 +603,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                      shard_timeout: float, heartbeat_timeout: float,
                      cache_keepbits: int | None, prior: float | str | None,
                      prior_from: Any, quiet: bool, mc_dropout: int = 0,
-                     prior_rule: str = "match") -> ClassifySummary:
+                     prior_rule: str = "match",
+                     member: tuple[int, int] | None = None) -> ClassifySummary:
     if str(model).lower().endswith(".onnx"):  # `galmerge export` output: ONNX Runtime, CPU
         from galmerge.models.export import OnnxInference
 
@@ -652,9 +656,11 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     if stale and dist.is_main:  # an export older than its checkpoint: even with --quiet
         print(f"galmerge: {stale}", file=sys.stderr)
     shift_note = getattr(infer, "shift_note", "")
-    if shift_note and show:  # once the inputs are known good: a user mistake stays one line
+    # once the inputs are known good: a user mistake stays one line (an ensemble: its first)
+    if shift_note and show and (member is None or member[0] == 0):
         print(f"galmerge: {shift_note}", file=sys.stderr)
-    progress = _Progress(show, shard_total)
+    label = "classify" if member is None else f"classify model {member[0] + 1}/{member[1]}"
+    progress = _Progress(show, shard_total, label)
     fetched = Counter()
     # the cutout kind too: it holds --cache-keepbits, and rounded stamps classify otherwise
     # a Parquet input's lists, structs and maps: stored in the result segments in their type
@@ -743,7 +749,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                                              prior_rule)
     else:  # a record of an earlier --prior run would now describe the wrong probabilities
         out_path.with_name(out_path.name + ".prior.json").unlink(missing_ok=True)
-    if show:
+    if show and member is None:  # an ensemble prints one summary, for its combined output
         _print_summary(summary)
     if note is not None and not quiet:
         print(note, file=sys.stderr)

@@ -40,12 +40,17 @@ DEFAULT_HEARTBEAT_TIMEOUT = 300.0
 HEARTBEAT_SECONDS = 10.0  # at most; a fifth of the heartbeat timeout when that is shorter
 
 
+def output_lock_path(out_path: Path, rank: int, world: int) -> Path:
+    """The lock file `output_lock` holds for ``out_path`` (one per rank under torchrun)."""
+    suffix = f".rank{rank:05d}" if world > 1 else ""
+    return out_path.with_name(f".{out_path.name}{suffix}.lock")
+
+
 @contextlib.contextmanager
 def output_lock(out_path: Path, rank: int, world: int) -> Iterator[None]:
     """One run per output (per rank under torchrun): a second one is refused in one line
     instead of both writing the same result segments."""
-    suffix = f".rank{rank:05d}" if world > 1 else ""
-    lock_path = out_path.with_name(f".{out_path.name}{suffix}.lock")
+    lock_path = output_lock_path(out_path, rank, world)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.exclusive_lock(
         lock_path,
