@@ -583,6 +583,34 @@ def test_hdf5_image_file_input(env):
     assert not log.exists()  # nothing fetched
 
 
+def test_an_image_file_with_non_finite_pixels_gives_those_stamps_a_row_status(env):
+    """One NaN pixel in an HDF5 image file refused the whole file (the training-time NaN/inf
+    scan), so no row was classified; now each such stamp is its own row, bad-image, and the
+    others are classified, one output row per image in order."""
+    tmp, ckpt, _ = env
+    imgs = np.stack([stamp_for(10.0 + i, 1.0) for i in range(5)])
+    imgs[1, 0, 2, 2] = np.nan
+    imgs[3, 2, 5, 7] = np.inf
+    with h5py.File(tmp / "stamps.h5", "w") as f:
+        f["images"] = imgs
+        f["ra"], f["dec"] = np.arange(5) + 10.0, np.ones(5)
+        f.attrs["bands"] = "g,r,i"
+    res = run_cli("classify", "stamps.h5", "--model", str(ckpt), "--output", "out.csv",
+                  "--chunk-rows", "2")
+    assert res.exit_code == 0, res.output
+    assert ("ok 3, failed 2 (bad-image 2 e.g. 'bad-image: non-finite pixels')"
+            in " ".join(res.output.split()))
+    header, rows = read_csv(tmp / "out.csv")
+    assert header == ["id", "ra", "dec", "p_merger", "is_merger", "status"]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3", "4"]
+    bad = ["", "", "bad-image: non-finite pixels"]
+    assert [r[3:] for r in rows if r[0] in "13"] == [bad, bad]
+    good = [0, 2, 4]
+    assert [rows[i][5] for i in good] == ["ok"] * 3
+    np.testing.assert_allclose([float(rows[i][3]) for i in good], oracle(ckpt, imgs[good]),
+                               atol=1e-5)
+
+
 @pytest.mark.parametrize("only", ["ra", "dec"])
 def test_hdf5_image_file_with_ra_but_no_dec_is_one_line(env, only):
     """An image file with 'ra' and no 'dec' (or the reverse) crashed with a TypeError

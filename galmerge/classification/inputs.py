@@ -78,16 +78,20 @@ def check_stamps_fit(path: Path, images: ImageSet, spec: PreprocessSpec,
 
 
 class ImageFileInput:
-    """An HDF5 image file read lazily: rows are images, columns id/ra/dec/label."""
+    """An HDF5 image file read lazily: rows are images, columns id/ra/dec/label. Its pixels are
+    not scanned up front: a stamp with NaN/inf pixels is a row of status ``bad-image``."""
 
     kind = "hdf5"
 
     def __init__(self, path: Path, shape: tuple[int, int, int],
                  spec: PreprocessSpec | None = None) -> None:
-        from galmerge.io.hdf5 import read_imageset
+        from galmerge.io.hdf5 import read_imageset, validate_imageset_file
 
         self.path = path
-        self.images = read_imageset(path, in_memory=False)
+        # no whole-file NaN/inf scan: a stamp with non-finite pixels gets its own row status
+        # (bad-image), one output row per input row as for a catalog
+        validate_imageset_file(path, check_finite=False)
+        self.images = read_imageset(path, in_memory=False, validate=False)
         got = (self.images.channels, self.images.image_size, int(self.images.images.shape[-2]))
         if got != shape:
             raise GalmergeError(
