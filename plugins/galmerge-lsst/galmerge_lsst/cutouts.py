@@ -248,9 +248,13 @@ class LsstCutouts(ClientStatus):
         self.tap_queries = 0
         self.edge_stamps = 0
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="galmerge-lsst")
+        # a no-coverage answer depends on max_edge_fraction: a non-default one keys its own
+        # answers; v2 because v1 caches may hold answers from non-default runs under the
+        # default key
+        edge = "" if self.max_edge_fraction == 0.5 else f":edge{self.max_edge_fraction:g}"
         self.cache_key = (
             f"lsst:{self.collection}:{self.subtype}:{','.join(self.bands)}:{size}px:"
-            f"{scale:.4f}arcsec:{self.units}:v1"
+            f"{scale:.4f}arcsec:{self.units}{edge}:v2"
         )
 
     def __repr__(self) -> str:  # no token here, ever

@@ -397,7 +397,9 @@ def test_unknown_options_wrong_types_and_bounds_are_one_line_errors(survey, rsp,
 
 def test_cache_key_names_release_bands_size_scale_and_units(survey, rsp):
     with survey.cutouts(PRE, {}) as svc:
-        assert svc.cache_key == "lsst:LSST.DP1:lsst.deep_coadd:g,r,i:41px:0.2000arcsec:nanomaggies:v1"
+        assert svc.cache_key == "lsst:LSST.DP1:lsst.deep_coadd:g,r,i:41px:0.2000arcsec:nanomaggies:v2"
+    with survey.cutouts(PRE, {"max_edge_fraction": 0.2}) as svc:
+        assert svc.cache_key.endswith(":nanomaggies:edge0.2:v2")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,6 +484,37 @@ def test_classify_a_catalog_through_the_loopback_rsp(survey, rsp, tiny_model, tm
         if path.is_file():
             assert secret not in path.read_bytes(), path
     assert rsp.token not in result.output + result2.output
+
+
+@pytest.mark.slow
+def test_a_max_edge_fraction_run_does_not_decide_later_default_runs_from_the_cache(
+        rsp, tiny_model, tmp_path):
+    """A no-coverage answer cached under max_edge_fraction=0.2 is not served to a later default
+    run (0.5), nor the default run's ok stamp to a later 0.2 run."""
+    from click.testing import CliRunner
+    from fake_rsp import Galaxy
+
+    from galmerge.cli import cli
+
+    # patch 7000/3 ends at dec 10.02: a 16px x 0.396" stamp 0.72" inside is ~38% past the edge
+    dec = 10.02 - 0.0002
+    rsp.galaxies.append(Galaxy(180.0, dec, {"g": 3.0, "r": 4.0, "i": 5.0}))
+    cat = tmp_path / "cat.csv"
+    cat.write_text(f"id,ra,dec\n1,180.0,{dec}\n")
+
+    def status(spec: str, name: str) -> str:
+        out = tmp_path / name
+        result = CliRunner().invoke(
+            cli, ["classify", str(cat), "--model", str(tiny_model), "--survey", spec,
+                  "--output", str(out), "--device", "cpu", "--quiet"],
+            catch_exceptions=False)  # the default cache, under GALMERGE_DATA
+        assert result.exit_code == 0, result.output
+        with open(out, newline="") as fh:
+            return next(csv.DictReader(fh))["status"]
+
+    assert status("lsst?backoff=0.001&max_edge_fraction=0.2", "strict.csv") == "no-coverage"
+    assert status("lsst?backoff=0.001", "default.csv") == "ok"
+    assert status("lsst?backoff=0.001&max_edge_fraction=0.2", "strict2.csv") == "no-coverage"
 
 
 @pytest.mark.parametrize("where", ["tap/sync", "datalink|coadd-5063-14-g"])
