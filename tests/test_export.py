@@ -136,6 +136,48 @@ def test_classify_with_an_onnx_model(checkpoint: Path, tmp_path: Path) -> None:
     assert result.exit_code != 0 and "export again with --domain source" in result.output
 
 
+@pytest.mark.parametrize("damage", [
+    lambda meta: "{not json",
+    lambda meta: "[1, 2]",
+    lambda meta: json.dumps({"format": "galmerge-export/1", "domain": "target"}),
+    lambda meta: json.dumps({**meta, "format": "someone-else/1"}),
+    lambda meta: json.dumps({**meta, "input": {"shape": ["N", "three", 24, 24]}}),
+    lambda meta: json.dumps({**meta, "input": None}),
+    lambda meta: json.dumps({**meta, "temperature": "hot"}),
+    lambda meta: json.dumps({**meta, "preprocess": [1]}),
+    lambda meta: json.dumps({**meta, "config": "x"}),
+    lambda meta: json.dumps({**meta, "shift": {"stats_sha256": "abc"}}),
+], ids=["not-json", "list", "no-preprocess", "foreign-format", "shape-text", "input-null",
+        "temperature-text", "preprocess-list", "config-text", "shift-no-threshold"])
+def test_damaged_onnx_metadata_is_one_line_naming_the_file(checkpoint: Path, tmp_path: Path,
+                                                           damage) -> None:
+    """classify --model X.onnx whose 'galmerge' metadata is not what export writes: one line
+    naming the file and saying to export again, not a traceback."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.plugin.imageset import ImageSet
+
+    write_imageset(tmp_path / "stamps.h5", ImageSet(
+        images=torch.from_numpy(stamps(2)), labels=torch.zeros(2), ids=np.array(["a", "b"]),
+        bands=("g", "r", "i"), survey="test"))  # fmt: skip
+    assert CliRunner().invoke(cli, ["export", str(checkpoint)]).exit_code == 0
+    onnx_file = checkpoint.parent / "model.onnx"
+    proto = onnx.load(str(onnx_file))
+    entry = next(e for e in proto.metadata_props if e.key == "galmerge")
+    entry.value = damage(json.loads(entry.value))
+    onnx.save(proto, str(onnx_file))
+    out = tmp_path / "out.csv"
+    result = CliRunner().invoke(cli, ["classify", str(tmp_path / "stamps.h5"), "--model",
+                                      str(onnx_file), "--output", str(out), "--quiet"],
+                                catch_exceptions=False)  # fmt: skip
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert str(onnx_file) in lines[0] and "export the run directory again" in lines[0]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

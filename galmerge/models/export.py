@@ -292,7 +292,47 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if raw is None:
         raise GalmergeError(f"{path} was not exported by `galmerge export` (no '{METADATA_KEY}' "
                             "metadata); export the run directory again")  # fmt: skip
-    return json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta, why = None, "not JSON"
+    else:
+        why = _metadata_problem(meta)
+    if why:
+        raise GalmergeError(f"{path} has damaged or foreign '{METADATA_KEY}' metadata ({why}); "
+                            "export the run directory again")  # fmt: skip
+    return meta
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _metadata_problem(meta: Any) -> str:
+    """What makes ``meta`` other than what `describe` writes (the keys OnnxInference reads),
+    or '' when it is fine."""
+    if not isinstance(meta, dict):
+        return f"a JSON {type(meta).__name__}, not an object"
+    fmt = meta.get("format")
+    if not isinstance(fmt, str) or not fmt.startswith("galmerge-export/"):
+        return f"format {fmt!r}, not galmerge-export/N"
+    if not isinstance(meta.get("domain"), str):
+        return "no domain name"
+    if not _number(meta.get("temperature")) or meta["temperature"] <= 0:
+        return "no positive temperature"
+    if not isinstance(meta.get("preprocess"), dict):
+        return "no preprocess table"
+    shape = meta.get("input", {}).get("shape") if isinstance(meta.get("input"), dict) else None
+    if not (isinstance(shape, list) and len(shape) == 4
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                    for n in shape[1:])):  # fmt: skip
+        return "input.shape is not [N, channels, size, size]"
+    if meta.get("config") is not None and not isinstance(meta["config"], dict):
+        return "config is not a table"
+    shift = meta.get("shift")
+    if shift is not None and not (isinstance(shift, dict) and _number(shift.get("threshold"))):
+        return "shift has no numeric threshold"
+    return ""
 
 
 def _session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
