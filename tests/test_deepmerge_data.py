@@ -161,3 +161,40 @@ def test_unknown_set_option_and_arcsinh_stretch(folder):
     s = load_imageset("illustris?stretch=arcsinh")
     assert s.stretch == "arcsinh"
     assert s.stretch_scale == pytest.approx(0.2, rel=0.15)
+
+
+@pytest.mark.parametrize(("option", "words"), [
+    ("memory_limit_mb=abc", "option 'memory_limit_mb' of illustris must be float, got 'abc'"),
+    ("memory_limit_mb=nan", "option memory_limit_mb must be >= 0, got nan"),
+    ("memory_limit_mb=1e999", "option memory_limit_mb must be >= 0, got inf"),
+    ("memory_limit_mb=-1", "option memory_limit_mb must be >= 0, got -1.0"),
+    ("in_memory=no", "option 'in_memory' of illustris must be bool, got 'no'"),
+    ("check_finite=no", "option 'check_finite' of illustris must be bool, got 'no'"),
+    ("stretch=log", "stretch must be"),  # was one line already (deepmerge_data's own check)
+])
+def test_bad_option_values_are_one_line_errors(folder, tmp_path, option, words):
+    """Through the CLI: one line naming the option and what it takes, not a traceback, and
+    nothing written."""
+    from click.testing import CliRunner
+
+    from galmerge.cli import cli
+
+    _save_pair(folder, ("illustris", "sim-real"), _images(4), np.arange(4) % 2)
+    out = tmp_path / "preview.png"
+    result = CliRunner().invoke(cli, ["preview", f"illustris?{option}", "--n", "2", "-o",
+                                      str(out)], catch_exceptions=False)
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.output
+    assert not out.exists()
+
+
+def test_false_means_false_for_in_memory_and_check_finite(folder):
+    """Typed, the options still take true/false: in_memory=false reads lazily and
+    check_finite=false skips the scan."""
+    x = _images(5)
+    x[3, 2, 10, 10] = np.nan
+    _save_pair(folder, ("illustris", "sim-real"), x, np.arange(5) % 2)
+    s = load_imageset("illustris?in_memory=false&check_finite=false")
+    assert not s.in_memory and len(s) == 5
+    assert load_imageset("illustris?in_memory=true&check_finite=false").in_memory

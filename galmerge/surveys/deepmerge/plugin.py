@@ -9,14 +9,16 @@ from galmerge.plugin.hookspecs import hookimpl
 from galmerge.plugin.options import Option
 from galmerge.plugin.records import Survey
 
-#: DeepMerge sets' options (illustris and sdss): the core checks names, deepmerge_data values
+#: DeepMerge sets' options (illustris and sdss), typed as the hdf5 survey's: the core checks
+#: names, types and bounds before deepmerge_data sees them
 LOAD_OPTIONS: dict[str, Option] = {
-    "in_memory": Option(None, "load the arrays into memory (default: when they take under a "
-                        "quarter of the RAM)", type=object),
-    "memory_limit_mb": Option(None, "load into memory under this many MB", type=object),
+    "in_memory": Option(None, "load the arrays into memory (true/false; default: when they "
+                        "take under a quarter of the RAM)", type=bool),
+    "memory_limit_mb": Option(None, "load into memory when the float32 arrays take under this "
+                              "many MB", type=float, min=0.0),
     "stretch": Option("none", "arcsinh: stretch the pixels before standardising (the papers: "
-                      "none)", type=object),
-    "check_finite": Option(True, "scan every pixel once for NaN/inf", type=object),
+                      "none)", choices=("none", "arcsinh")),
+    "check_finite": Option(True, "scan every pixel once for NaN/inf (false: skip)"),
 }
 
 
