@@ -133,10 +133,17 @@ class LegacySurveyCutouts(ClientStatus):
             cube = cube[None]
         if cube.shape != (len(self.bands), self.size, self.size):
             raise CorruptResponse(f"cutout shape {cube.shape}, asked {len(self.bands)}x{self.size}")
-        # The service names its planes BAND0, BAND1, ...; follow them rather than assume order.
+        # The service names its planes BAND0, BAND1, ...: follow them rather than assume order.
+        # Names other than the bands asked for are an answer for other bands, never used as
+        # ours; an answer naming no band is taken in the order asked.
         names = [header.get(f"BAND{i}") for i in range(cube.shape[0])]
-        if all(names) and sorted(names) == sorted(self.bands):
-            cube = cube[[names.index(b) for b in self.bands]]
+        if any(n is not None for n in names):
+            got = ["?" if n is None else str(n).strip().lower() for n in names]
+            asked = [b.lower() for b in self.bands]
+            if sorted(got) != sorted(asked):
+                raise CorruptResponse(f"cutout holds bands {''.join(got)}, asked "
+                                      f"{''.join(asked)}")
+            cube = cube[[got.index(b) for b in asked]]
         return cube
 
     def _one(self, r: CutoutRequest) -> CutoutResult:

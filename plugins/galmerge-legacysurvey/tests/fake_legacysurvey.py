@@ -4,8 +4,9 @@
 (dec > -20), pixel by pixel (a stamp on its edge is partly zeros).
 
 Faults per test: ``server.add_fault(match, kind, times=1, retry_after="1")`` with kind one of
-``500 503 429 slow drop truncate redirect`` (redirect: 302 to ``location`` + the request's path
-and query); ``server.count(part)`` counts requests.
+``500 503 429 slow drop truncate redirect bands unlabelled`` (redirect: 302 to ``location`` +
+the request's path and query; bands: the cube of ``bands`` instead of the bands asked, labelled
+truly; unlabelled: no ``BANDn`` keywords); ``server.count(part)`` counts requests.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Fault:
     retry_after: str = "1"
     delay: float = 1.0
     location: str = ""
+    bands: str = ""
 
 
 def default_galaxies() -> list[Galaxy]:
@@ -98,7 +100,8 @@ class FakeLegacySurvey:
                     return f
         return None
 
-    def cutout(self, ra: float, dec: float, layer: str, scale: float, size: int, bands: str) -> bytes:
+    def cutout(self, ra: float, dec: float, layer: str, scale: float, size: int, bands: str,
+               labels: bool = True) -> bytes:
         from astropy.io import fits
 
         s = scale / 3600.0
@@ -122,7 +125,7 @@ class FakeLegacySurvey:
                      ("CD1_2", 0.0), ("CD2_1", 0.0), ("CD2_2", s), ("IMAGEW", size),
                      ("IMAGEH", size), ("SURVEY", "LegacySurvey"), ("VERSION", "DR10")]:
             h[k] = v
-        for i, b in enumerate(bands):
+        for i, b in enumerate(bands if labels else ""):
             h[f"BAND{i}"] = b
         buf = io.BytesIO()
         fits.PrimaryHDU(cube if len(bands) > 1 else cube[0], header=h).writeto(buf)
@@ -162,7 +165,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ValueError(layer)
         except (KeyError, ValueError):
             return self._send(400, b"bad request")
-        body = fake.cutout(*args)
+        if fault and fault.kind == "bands":
+            args = (*args[:-1], fault.bands)
+        body = fake.cutout(*args, labels=not (fault and fault.kind == "unlabelled"))
         if fault and fault.kind == "truncate":
             return self._send(200, body[: len(body) // 2])
         if fault and fault.kind == "drop":

@@ -120,6 +120,29 @@ def test_429_500_drop_truncation_and_slowness_are_survived(survey, legacy_server
     assert "HTTP 429" in summary and "timeout" in summary and "none failed" in summary
 
 
+def test_planes_named_as_other_bands_are_refused_and_a_permutation_reordered(
+        survey, legacy_server, options):
+    """An answer whose BANDn keywords name other bands than asked is never used as those bands
+    (fetch-failed after retries); one naming the asked bands in another order is reordered; one
+    naming no band is taken in the order asked."""
+    legacy_server.add_fault("dec=10.0000000", "bands", times=-1, bands="grz")
+    legacy_server.add_fault("ra=35.5000000", "bands", times=-1, bands="irg")
+    legacy_server.add_fault("dec=10.0040000", "unlabelled", times=-1)
+    pre = {**PRE, "bands": ["g", "r", "i"]}
+    with survey.cutouts(pre, options) as svc:
+        results = _fetch(svc, [_req(legacy_server, i) for i in range(3)])
+    assert results[0].status == "fetch-failed: cutout holds bands grz, asked gri"
+    assert results[0].image is None
+    assert legacy_server.count() == options["attempts"] + 2
+    for row in (1, 2):
+        assert results[row].status == "ok"
+    g = legacy_server.galaxies[2]  # alone in its stamp: each plane holds its band's flux
+    for c, band in enumerate("gri"):
+        assert results[2].image[c].sum() == pytest.approx(g.flux[band], rel=0.01)
+    peak = [results[1].image[c].max() for c in range(3)]
+    assert peak == sorted(peak)  # galaxy 1 is brighter in g < r < i, as asked, unlabelled
+
+
 def test_failures_after_retries_become_statuses(survey, legacy_server, options):
     legacy_server.add_fault("ra=35.5000000", "truncate", times=-1)
     legacy_server.add_fault("dec=10.0040000", "503", times=-1)
