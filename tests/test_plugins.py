@@ -343,3 +343,53 @@ def test_installed_plugin_with_a_misspelt_hook_is_skipped_visibly(tmp_path):
     proc = _run_cli("plugins", extra_path=site, GALMERGE_LOAD_PLUGINS="typo", COLUMNS="200")
     row = next(line for line in proc.stdout.splitlines() if "typo" in line)
     assert "failed" in row and "register_strategy" in row
+
+
+def _one_record_plugin(record: Survey | Strategy) -> object:
+    """A plugin object whose registration hook returns ``record``."""
+    hook_name = "register_surveys" if isinstance(record, Survey) else "register_strategies"
+
+    def hook(self):
+        return [record]
+
+    hook.__name__ = hook_name
+    return type("OneRecord", (), {hook_name: hookimpl(hook)})()
+
+
+def _cli_lines_about(plugin: str) -> tuple[list[str], dict]:
+    """Run the commands that list components; (stderr lines naming ``plugin``, plugins rows)."""
+    err, rows = "", {}
+    for args in (["plugins", "--json"], ["list", "surveys", "--json"],
+                 ["list", "strategies", "--json"], ["list", "backbones"]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, (args, res.output, res.exception)
+        assert "Traceback" not in res.output
+        err += res.stderr
+        if args[0] == "plugins":
+            rows = {r["name"]: r for r in json.loads(res.stdout)}
+    return [line for line in err.splitlines() if plugin in line], rows
+
+
+def _build(context, options):
+    return None
+
+
+@pytest.mark.parametrize("record, why", [
+    (Survey(name=None, description="x"), "name is None; a name is a non-empty string"),
+    (Survey(name=7, description="x"), "name is 7; a name is a non-empty string"),
+    (Survey(name=" ", description="x"), "name is ' '; a name is a non-empty string"),
+    (Strategy(name="ok-test", description="x", build=_build, aliases="ab"),
+     "aliases 'ab'; aliases are a tuple of names"),
+    (Strategy(name="ok-test", description="x", build=_build, aliases=(None,)),
+     "alias None; a name is a non-empty string"),
+])
+def test_a_record_without_a_usable_name_skips_its_plugin(record, why, register_plugin,
+                                                         plugin_manager):
+    """A record named None once crashed every command that lists or looks up its kind
+    (`plugins`, `list surveys`, `preview synthetic:sdss`) with a TypeError."""
+    register_plugin(_one_record_plugin(record), "badname-test")
+    warnings, rows = _cli_lines_about("badname-test")
+    assert len(warnings) == 1, warnings
+    assert why in warnings[0] and "GALMERGE_DISABLE_PLUGINS=badname-test" in warnings[0]
+    assert why in rows["badname-test"]["error"]
+    assert plugin_manager.get("surveys", "synthetic").name == "synthetic"  # what preview uses

@@ -7,7 +7,7 @@ Environment:
 
 A plugin that fails — raises anything at import (``sys.exit`` and ``KeyboardInterrupt``
 included), or whose registration hook raises or returns something that is not a list of
-records — is skipped with one warning naming it and how to block it; everything else works.
+records named by non-empty strings — is skipped with one warning naming it and how to block it; everything else works.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "illustris_survey": "galmerge.surveys.deepmerge.plugin",
     "sdss_survey": "galmerge.surveys.sdss.plugin",
 }
+
+# what a component name or alias must be, for the warning that skips a plugin breaking it
+_NAME_RULE = "a name is a non-empty string"
 
 SINGULAR = {"backbones": "backbone", "strategies": "strategy", "surveys": "survey"}
 
@@ -214,15 +217,10 @@ class PluginManager:
         owner: dict[str, str] = {}
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             called, result = self._call(impl)
-            records = _flatten(result) if called else None
-            wrong = None if records is None else next(
-                (r for r in records if not isinstance(r, record_type)), None)
-            if not called or records is None or wrong is not None:
+            records, error = _records(result, record_type) if called else (None, "")
+            if records is None:
                 if called:
-                    got = type(result if records is None else wrong).__name__
-                    self._skip(impl.plugin_name, f"failed in {hook_name}",
-                               f"returned {got}; expected a list of galmerge.plugin.records."
-                               f"{record_type.__name__}")
+                    self._skip(impl.plugin_name, f"failed in {hook_name}", error)
                 return self.components(kind)  # again, without that plugin
             for record in records:
                 names = [record.name, *getattr(record, "aliases", ())]
@@ -295,6 +293,36 @@ class PluginManager:
         info = self.infos.get(plugin_name)
         dist = info.distribution if info and info.distribution else "no distribution"
         return f"'{plugin_name}' ({dist})"
+
+
+def _records(result: Any, record_type: type) -> tuple[list[Any] | None, str]:
+    """(the records a hook returned, "") or (None, why its plugin is skipped)."""
+    expected = f"expected a list of galmerge.plugin.records.{record_type.__name__}"
+    records = _flatten(result)
+    if records is None:
+        return None, f"returned {type(result).__name__}; {expected}"
+    for record in records:
+        if not isinstance(record, record_type):
+            return None, f"returned {type(record).__name__}; {expected}"
+        kind = record_type.__name__
+        if not isinstance(record.name, str) or not record.name.strip():
+            return None, f"returned a {kind} whose name is {_show(record.name)}; {_NAME_RULE}"
+        aliases = getattr(record, "aliases", ())
+        if not isinstance(aliases, tuple | list):  # a bare str would be one alias per letter
+            return None, (f"returned {kind} '{record.name}' with aliases {_show(aliases)}; "
+                          "aliases are a tuple of names")
+        for alias in aliases:
+            if not isinstance(alias, str) or not alias.strip():
+                return None, (f"returned {kind} '{record.name}' with alias {_show(alias)}; "
+                              f"{_NAME_RULE}")
+    return records, ""
+
+
+def _show(value: Any) -> str:
+    """A plugin's value for a one-line warning: short scalars as written, else their type."""
+    if isinstance(value, str | int | float | None) and len(repr(value)) <= 40:
+        return repr(value)
+    return type(value).__name__
 
 
 def _flatten(result: Any) -> list[Any] | None:
