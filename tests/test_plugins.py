@@ -393,3 +393,22 @@ def test_a_record_without_a_usable_name_skips_its_plugin(record, why, register_p
     assert why in warnings[0] and "GALMERGE_DISABLE_PLUGINS=badname-test" in warnings[0]
     assert why in rows["badname-test"]["error"]
     assert plugin_manager.get("surveys", "synthetic").name == "synthetic"  # what preview uses
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), RuntimeError("broken on purpose"),
+                                   KeyboardInterrupt()])
+def test_a_generator_hook_that_raises_skips_its_plugin(error, register_plugin):
+    """Hooks may yield their records; one that raised SystemExit once ended `plugins` and
+    `list strategies` silently with its exit code, as no plain hook can."""
+    class Gen:
+        @hookimpl
+        def register_strategies(self):
+            yield Strategy(name="gen-test", description="x", build=_build)
+            raise error
+
+    register_plugin(Gen(), "gen-test")
+    warnings, rows = _cli_lines_about("gen-test")
+    assert len(warnings) == 1, warnings
+    why = f"failed in register_strategies and was skipped ({type(error).__name__}"
+    assert why in warnings[0] and "GALMERGE_DISABLE_PLUGINS=gen-test" in warnings[0]
+    assert rows["gen-test"]["error"].startswith(type(error).__name__)

@@ -298,7 +298,12 @@ class PluginManager:
 def _records(result: Any, record_type: type) -> tuple[list[Any] | None, str]:
     """(the records a hook returned, "") or (None, why its plugin is skipped)."""
     expected = f"expected a list of galmerge.plugin.records.{record_type.__name__}"
-    records = _flatten(result)
+    try:
+        records = _flatten(result)
+    # a generator hook runs here: what it raises skips the plugin as `_call` does for a plain
+    # hook (SystemExit and KeyboardInterrupt included)
+    except BaseException as exc:  # noqa: BLE001
+        return None, _describe_error(exc)
     if records is None:
         return None, f"returned {type(result).__name__}; {expected}"
     for record in records:
@@ -334,9 +339,10 @@ def _flatten(result: Any) -> list[Any] | None:
     if isinstance(result, str | bytes | dict):
         return None
     try:
-        return list(result)
-    except Exception:  # 42, or an iterator that raises: the caller skips the plugin
+        items = iter(result)
+    except TypeError:  # 42
         return None
+    return list(items)  # a generator's own error propagates, to be named in the warning
 
 
 def _describe_error(exc: BaseException) -> str:
