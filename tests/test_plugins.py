@@ -375,13 +375,20 @@ def _build(context, options):
 
 
 @pytest.mark.parametrize("record, why", [
-    (Survey(name=None, description="x"), "name is None; a name is a non-empty string"),
-    (Survey(name=7, description="x"), "name is 7; a name is a non-empty string"),
-    (Survey(name=" ", description="x"), "name is ' '; a name is a non-empty string"),
+    (Survey(name=None, description="x"), "name is None; a name is a non-empty"),
+    (Survey(name=7, description="x"), "name is 7; a name is a non-empty"),
+    (Survey(name=" ", description="x"), "name is ' '; a name is a non-empty"),
     (Strategy(name="ok-test", description="x", build=_build, aliases="ab"),
      "aliases 'ab'; aliases are a tuple of names"),
     (Strategy(name="ok-test", description="x", build=_build, aliases=(None,)),
-     "alias None; a name is a non-empty string"),
+     "alias None; a name is a non-empty"),
+    # listed, but never found: survey specs and strategy expressions are matched in lower
+    # case, ':'/'?' split a survey spec, '+' joins strategies
+    (Survey(name="MySurvey", description="x"), "name is 'MySurvey'; a name is a non-empty"),
+    (Strategy(name="ok-test", description="x", build=_build, aliases=("OK",)),
+     "alias 'OK'; a name is a non-empty lower-case"),
+    (Survey(name="my:survey", description="x"), "name is 'my:survey'; a name is"),
+    (Strategy(name="a+b", description="x", build=_build), "name is 'a+b'; a name is"),
 ])
 def test_a_record_without_a_usable_name_skips_its_plugin(record, why, register_plugin,
                                                          plugin_manager):
@@ -412,3 +419,23 @@ def test_a_generator_hook_that_raises_skips_its_plugin(error, register_plugin):
     why = f"failed in register_strategies and was skipped ({type(error).__name__}"
     assert why in warnings[0] and "GALMERGE_DISABLE_PLUGINS=gen-test" in warnings[0]
     assert rows["gen-test"]["error"].startswith(type(error).__name__)
+
+
+def test_a_plugin_survey_named_in_lower_case_is_found_however_it_is_typed(tmp_path,
+                                                                         register_plugin):
+    """The other half of the name rule: `preview MySurvey` finds a survey 'mysurvey'."""
+    import numpy as np
+    import torch
+
+    from galmerge import ImageSet
+
+    def load(arg, options):
+        return ImageSet(images=torch.rand(4, 3, 16, 16), labels=torch.tensor([0, 1, 0, 1]),
+                        ids=np.arange(4), bands=("g", "r", "i"), survey="mysurvey")
+
+    register_plugin(_one_record_plugin(Survey(name="mysurvey", description="x", load=load)),
+                    "mysurvey-test")
+    res = CliRunner().invoke(cli, ["preview", "MySurvey", "--n", "2",
+                                   "--output", str(tmp_path / "p.png")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p.png").is_file()

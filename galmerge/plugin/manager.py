@@ -7,7 +7,8 @@ Environment:
 
 A plugin that fails — raises anything at import (``sys.exit`` and ``KeyboardInterrupt``
 included), or whose registration hook raises or returns something that is not a list of
-records named by non-empty strings — is skipped with one warning naming it and how to block it; everything else works.
+records with usable names (docs/DESIGN.md "Names (contract)") — is skipped with one warning
+naming it and how to block it; everything else works.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "sdss_survey": "galmerge.surveys.sdss.plugin",
 }
 
-# what a component name or alias must be, for the warning that skips a plugin breaking it
-_NAME_RULE = "a name is a non-empty string"
+# what a component name or alias must be (docs/DESIGN.md "Names (contract)"): user input is
+# matched in lower case, ':' and '?' split a survey spec, '+' a strategy expression
+_NAME_RULE = "a name is a non-empty lower-case string without spaces, ':', '?' or '+'"
 
 SINGULAR = {"backbones": "backbone", "strategies": "strategy", "surveys": "survey"}
 
@@ -310,17 +312,23 @@ def _records(result: Any, record_type: type) -> tuple[list[Any] | None, str]:
         if not isinstance(record, record_type):
             return None, f"returned {type(record).__name__}; {expected}"
         kind = record_type.__name__
-        if not isinstance(record.name, str) or not record.name.strip():
+        if not _usable_name(record.name):
             return None, f"returned a {kind} whose name is {_show(record.name)}; {_NAME_RULE}"
         aliases = getattr(record, "aliases", ())
         if not isinstance(aliases, tuple | list):  # a bare str would be one alias per letter
             return None, (f"returned {kind} '{record.name}' with aliases {_show(aliases)}; "
                           "aliases are a tuple of names")
         for alias in aliases:
-            if not isinstance(alias, str) or not alias.strip():
+            if not _usable_name(alias):
                 return None, (f"returned {kind} '{record.name}' with alias {_show(alias)}; "
                               f"{_NAME_RULE}")
     return records, ""
+
+
+def _usable_name(name: Any) -> bool:
+    """Whether a component name or alias can be typed and found (`_NAME_RULE`)."""
+    return (isinstance(name, str) and bool(name) and name == name.lower()
+            and not any(c.isspace() or c in ":?+" for c in name))
 
 
 def _show(value: Any) -> str:
