@@ -404,3 +404,20 @@ def test_calibrating_a_run_keeps_its_shift_scores_and_summary_hash(run, tmp_path
     code, text = _classify(cal, run["target"], tmp_path / "o.csv")
     assert code == 0 and "fitted for another checkpoint" not in text, text
     assert "shift_score" in _csv(tmp_path / "o.csv")[0]
+
+
+def test_a_run_directory_means_best_pt_and_its_last_pt_must_be_asked_for(run, tmp_path):
+    """A run directory without best.pt was classified with its last.pt without a word, and
+    the only message then said the shift statistics were for 'another checkpoint'."""
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run["run"], unfinished)
+    (unfinished / "best.pt").unlink()
+    code, text = _classify(unfinished, run["target"], tmp_path / "o.csv")
+    assert code == 1 and len(text.strip().splitlines()) == 1, text
+    assert "has no best.pt" in text and str(unfinished / "last.pt") in text
+    assert "--resume" in text and not (tmp_path / "o.csv").exists()
+    # asked for: classified, and the note says why there is no shift score
+    code, text = _classify(run["run"] / "last.pt", run["target"], tmp_path / "l.csv")
+    assert code == 0, text
+    assert "was fitted for the run's best.pt, not" in text and "retrained" not in text, text
+    assert "shift_score" not in _csv(tmp_path / "l.csv")[0]

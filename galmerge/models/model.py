@@ -117,9 +117,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory means its ``best.pt``; a file is taken as it is."""
     p = Path(path)
     if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).is_file():
-                return p / name
+        if (p / "best.pt").is_file():
+            return p / "best.pt"
+        # never last.pt in its place unasked: a run writes best.pt at its first epoch with a
+        # finite selection score and at its end, so without one last.pt is an unfinished run's
+        if (p / "last.pt").is_file():
+            raise GalmergeError(
+                f"run directory {p} has no best.pt (its training stopped before it kept one); "
+                f"finish it with galmerge train --resume {p}, or pass {p / 'last.pt'} to use "
+                "its latest weights")
         raise GalmergeError(f"no best.pt or last.pt in run directory {p}; train first")
     if not p.is_file():
         raise GalmergeError(f"model {p} does not exist; pass a run directory or a .pt file")

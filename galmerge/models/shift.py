@@ -218,12 +218,13 @@ def load(model: str | Path, checkpoint_sha256: str | None,
                       "shift_score column")
     data = path.read_bytes()
     summary = path.parent / "summary.json"
-    recorded = None
+    recorded = best_sha = None
     if summary.is_file():
         try:
-            recorded = json.loads(summary.read_text()).get(SUMMARY_KEY)
+            fields = json.loads(summary.read_text())
+            recorded, best_sha = fields.get(SUMMARY_KEY), fields.get("best_sha256")
         except (OSError, ValueError, AttributeError):
-            recorded = None
+            recorded = best_sha = None
     if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
         raise GalmergeError(f"{path} is damaged: its SHA-256 does not match {SUMMARY_KEY} in "
                             f"{summary}; delete it to {command} without a shift score, or retrain")
@@ -238,6 +239,11 @@ def load(model: str | Path, checkpoint_sha256: str | None,
         raise GalmergeError(f"cannot read {path}: {exc}".splitlines()[0] + f"; delete it to "
                             f"{command} without a shift score, or retrain") from None
     if checkpoint_sha256 and meta.get("checkpoint_sha256") not in (None, checkpoint_sha256):
+        if (best_sha is not None and meta.get("checkpoint_sha256") == best_sha
+                and Path(model).is_file() and Path(model).name != "best.pt"):
+            # fitted for the run's best.pt, and another checkpoint of it (last.pt) was passed
+            return None, (f"{path} was fitted for the run's best.pt, not {model}: the output "
+                          "has no shift_score column")
         return None, (f"{path} was fitted for another checkpoint than {model} (retrained or "
                       "resumed since?): the output has no shift_score column")
     stats["meta"] = {**meta, "sha256": hashlib.sha256(data).hexdigest()}
