@@ -237,6 +237,27 @@ def test_init_from_keeps_preprocessing_and_loads_strategy_state(toys, tmp_path):
     assert third["preprocess"]["target"]["mean"] != first["preprocess"]["target"]["mean"]
 
 
+def test_a_resumed_run_keeps_the_preprocessing_it_took_from_init_from(toys, tmp_path):
+    _run(tmp_path, "first", strategy="meangap", epochs=1)
+    # another seed splits the data otherwise: measured again, the specs would differ
+    kw = dict(strategy="meangap", epochs=3, seed=2, patience=0, init_from=tmp_path / "first",
+              sets=["init_keep_preprocess=true"])
+    _run(tmp_path, "whole", **kw)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "cut", on_epoch=stop, **kw)
+    galmerge.train(resume=tmp_path / "cut", quiet=True, source=toy_sets()[0],
+                   target=toy_sets()[1])
+    first = torch.load(tmp_path / "first" / "best.pt", weights_only=True)
+    whole, cut = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("whole", "cut"))
+    assert cut["preprocess"] == whole["preprocess"] == first["preprocess"]
+    for key, value in whole["model"].items():  # bit for bit, as uninterrupted
+        assert torch.equal(value, cut["model"][key]), key
+
+
 def test_init_fresh_strategies_start_their_state_anew(toys, tmp_path):
     _run(tmp_path, "first", strategy="dann")
     first = torch.load(tmp_path / "first" / "best.pt", weights_only=True)["strategy_state"]

@@ -436,7 +436,9 @@ def _build(
     if cfg["init_from"] and resume_state is None:
         init = read_checkpoint(cfg["init_from"])
     specs = None
-    if init is not None and cfg.get("init_keep_preprocess"):
+    if resume_state is not None:  # the specs the run trained with, never measured again
+        specs = checkpoints.resume_specs(resume_state, source_set.channels, out_dir)
+    elif init is not None and cfg.get("init_keep_preprocess"):
         specs = checkpoints.init_specs(init, source_set.channels, cfg["init_from"])
     source, target = prepare_domains(cfg, source_set, target_set, device, specs)
     plan = make_plan(cfg, out_dir, device, dist, len(source.splits["train"]), needs_target(cfg))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -102,3 +103,25 @@ def init_specs(init: Mapping[str, Any], channels: int, source: str
             )
     return {role: PreprocessSpec.from_dict(specs[role], f"--init-from {source}: its {role} "
                                            "preprocessing") for role in ("source", "target")}
+
+
+def resume_specs(last: Mapping[str, Any], channels: int, run_dir: Path
+                 ) -> dict[str, PreprocessSpec] | None:
+    """The preprocessing specs a run trained with, from its last.pt (``--resume``): measured
+    again they would differ where the run took them from ``init_from``
+    (``init_keep_preprocess``). None for a last.pt from before per-domain specs (measured
+    again, as then)."""
+    specs = last.get("preprocess")
+    if not isinstance(specs, Mapping) or not all(
+            isinstance(specs.get(role), Mapping) for role in ("source", "target")):
+        return None
+    out = {}
+    for role in ("source", "target"):
+        what = f"--resume {run_dir}: last.pt's {role} preprocessing"
+        spec = PreprocessSpec.from_dict(specs[role], what)
+        if spec.n_channels != channels:
+            raise GalmergeError(f"{what} is for {spec.n_channels}-band images, not the "
+                                f"{channels} bands of the data given; resume with the run's own "
+                                "data, or start a new run")
+        out[role] = spec
+    return out
