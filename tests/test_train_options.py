@@ -141,6 +141,16 @@ def test_epoch_steps_ceil_counts_steps_as_a_dataloader_without_drop_last(toys, t
         _run(tmp_path, "bad", sets=["epoch_steps=round"])
 
 
+@pytest.mark.parametrize("steps, pct_start", [(5, 0.1), (1, 0.5), (3, 1 / 6)])
+def test_onecycle_phases_of_one_step_train(toys, tmp_path, steps, pct_start):
+    # 2 epochs of `steps`: a warm-up of one step, pct_start · total steps = 1, had zero length
+    # in OneCycleLR and divided by zero
+    _run(tmp_path, "oc", epochs=2, lr=0.01, patience=0, max_steps_per_epoch=steps,
+         sets=[f"schedule.pct_start={pct_start!r}"])
+    lrs = [float(row["lr"]) for row in _rows(tmp_path / "oc")]
+    assert len(lrs) == 2 and all(0 < lr <= 0.01 for lr in lrs)
+
+
 def _group_lrs(run: Path) -> list[float]:
     state = torch.load(run / "last.pt", weights_only=True)["training_state"]
     return [g["lr"] for g in state["optimizer"]["param_groups"]]

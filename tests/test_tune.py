@@ -280,6 +280,16 @@ def test_bad_arguments_are_one_line_errors(toys, tmp_path, extra, message):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_a_one_step_warm_up_trains_in_a_study(toys, tmp_path):
+    # 2 steps at pct_start 0.5: OneCycleLR's warm-up of one step divided by zero, a traceback
+    source, target = _write_pair(tmp_path / "data")
+    args = _args(source, target, tmp_path / "s", "--n-trials", "1", "--max-steps-per-epoch",
+                 "1", "--set", "schedule.pct_start=0.5", "--strategy", "none")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert [r["state"] for r in _trials(tmp_path / "s")] == ["complete"]
+
+
 def test_a_training_run_directory_is_not_taken_as_a_study_folder(toys, tmp_path):
     source, target = _write_pair(tmp_path / "data")
     run = tmp_path / "run"

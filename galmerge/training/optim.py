@@ -9,10 +9,11 @@ Parameters with equal multipliers share one Adam parameter group (in first-seen 
 where every multiplier is 1 has the single group it always had.
 
 Schedules (``schedule.kind``): ``"onecycle"`` is ``torch.optim.lr_scheduler.OneCycleLR`` over all
-planned steps; ``"cyclic"`` is DeepMerge II's ``lr_schedule.cycle1`` as that code runs it: a
-repeating triangle from lr/10 up to lr and back, period int(0.9 · cycle_length · steps_per_epoch)
-steps (its 10 % "annihilation" tail is never reached, because the step counter is taken modulo
-the period first).
+planned steps (a warm-up of one step, which it cannot run, lengthened: ``onecycle_pct_start``);
+``"cyclic"`` is DeepMerge II's ``lr_schedule.cycle1`` as that code runs it: a repeating triangle
+from lr/10 up to lr and back, period int(0.9 · cycle_length · steps_per_epoch) steps (its 10 %
+"annihilation" tail is never reached, because the step counter is taken modulo the period
+first).
 """
 
 from __future__ import annotations
@@ -145,6 +146,17 @@ def cycle_period(cycle_length: float, steps_per_epoch: int) -> int:
     return max(2, int(cycle_length * steps_per_epoch * (1.0 - 0.1)))
 
 
+def onecycle_pct_start(pct_start: float, total_steps: int) -> float:
+    """``pct_start`` as ``OneCycleLR`` can run it. Its warm-up runs from step 0 to step
+    pct_start · total − 1, so a warm-up of one step (pct_start · total = 1, e.g. 0.1 of 10 steps)
+    has zero length and divides by zero. That warm-up is made one step long (the peak at step 1;
+    a run of 2 steps, too short for warm-up and annealing, anneals only). Every other value is
+    kept, so the lr of runs that trained before is unchanged."""
+    if pct_start * total_steps != 1:  # the product OneCycleLR computes
+        return pct_start
+    return 2 / total_steps if total_steps >= 3 else 0.0
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: Mapping[str, Any], total_steps: int,
     steps_per_epoch: int,
@@ -158,7 +170,7 @@ def build_scheduler(
         optimizer,
         max_lr=lrs[0] if len(lrs) == 1 else lrs,
         total_steps=total_steps,
-        pct_start=float(sch["pct_start"]),
+        pct_start=onecycle_pct_start(float(sch["pct_start"]), total_steps),
         div_factor=float(sch["div_factor"]),
         final_div_factor=float(sch["final_div_factor"]),
         cycle_momentum=False,  # keep the paper's Adam betas fixed
