@@ -182,6 +182,22 @@ def test_learning_rate_multipliers_declared_overridden_and_recorded(toys, tmp_pa
         _run(tmp_path, "owner", sets=["lr_multipliers.fishr.centers=2"])
 
 
+def test_a_frozen_backbone_trains_with_multiplier_zero(toys, tmp_path):
+    _run(tmp_path, "first", epochs=1)
+    for name, sets in (("frozen", ["lr_multipliers.model.backbone=0"]), ("free", [])):
+        _run(tmp_path, name, epochs=2, patience=0, init_from=tmp_path / "first", sets=sets)
+    first, frozen, free = (torch.load(tmp_path / n / "last.pt", weights_only=True)["model"]
+                           for n in ("first", "frozen", "free"))
+    weights = [k for k in first if k.startswith("backbone.") and "running" not in k
+               and "num_batches" not in k]
+    assert weights and all(torch.equal(first[k], frozen[k]) for k in weights)
+    assert not all(torch.equal(first[k], free[k]) for k in weights)
+    assert not torch.equal(first["head.weight"], frozen["head.weight"])  # the head learns
+    # the lr column is the schedule's, as without the multiplier
+    assert [r["lr"] for r in _rows(tmp_path / "frozen")] == [
+        r["lr"] for r in _rows(tmp_path / "free")]
+
+
 def test_deepmerge_graded_counter_on_a_constructed_sequence():
     losses = [1.0, 1.5, 1.35, 1.25, 1.15, 1.05, 0.9, 1.35, 2.0, 0.95]
     expected = [0, 1, 1.5, 1.75, 1.85, 1.85, 1.85, 2.85, 3.85, 3.85]

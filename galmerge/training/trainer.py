@@ -60,7 +60,7 @@ class Trainer:
         self.preprocess = {"source": source.spec, "target": target.spec}
         self.term_keys: set[str] = set()
         self.resumed = False
-        self.step_lr = float(self.optimizer.param_groups[0]["lr"]) / self.group_multipliers[0]
+        self.step_lr = self._base_lr()
         # every rank built the same weights from the run's seed; from here each process of a
         # torchrun run draws its own dropout masks (rank 0 keeps the seed's stream, so a
         # single-process run is unchanged)
@@ -134,6 +134,15 @@ class Trainer:
                 # them (broadcasting would keep rank 0's shards' only)
                 broadcast_buffers=plan.cuda,
             )
+
+    def _base_lr(self) -> float:
+        """The schedule's lr now, before multipliers: a group's lr over its multiplier, of the
+        first group whose multiplier is not 0 (a frozen group's lr says nothing); 0 when every
+        group is frozen, as nothing learns."""
+        for group, mult in zip(self.optimizer.param_groups, self.group_multipliers, strict=True):
+            if mult > 0:
+                return float(group["lr"]) / mult
+        return 0.0
 
     # -- state and checkpoints -----------------------------------------------------------
 
@@ -220,8 +229,7 @@ class Trainer:
         self.optimizer.step()
         if plan.dist.enabled and not plan.cuda:  # the whole batch's running statistics
             ddp.average_buffers(self.step_module, plan.dist)
-        # the lr this step used (of the base group: multiplier 1 unless overridden)
-        self.step_lr = float(self.optimizer.param_groups[0]["lr"]) / self.group_multipliers[0]
+        self.step_lr = self._base_lr()  # the lr this step used
         self.scheduler.step()
         state.step_in_epoch += 1
         self.term_keys.update(terms)
