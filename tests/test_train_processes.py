@@ -157,6 +157,38 @@ def test_ddp_adda_trains_its_source_stage_and_adapts_in_one_process_group(
     assert f'init_from = "{run / "source_only" / "best.pt"}"' in (run / "config.toml").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
+    "torchrun").exists(), reason="torchrun not installed")
+@pytest.mark.parametrize("layout", ["domain_batchnorm=specific", "target_encoder=separate"])
+def test_ddp_adabn_trains_beside_target_parameters_no_term_reaches(
+        tmp_path, busy_torchrun_ports, layout):
+    """adabn adds no loss term, so the target's own parameters (DSBN's affine ones, ADDA's
+    encoder) get no gradient; DDP waited for them and stopped at the second step."""
+    from galmerge.models.model import read_checkpoint
+
+    run = tmp_path / "run"
+    done = _torchrun("-m", "galmerge", "train", "--source", "synthetic:illustris?n=64",
+                     "--target", "synthetic:sdss?n=64&seed=1", "--strategy", "adabn", "--set",
+                     layout, "--epochs", "1", "--max-steps-per-epoch", "3", "--batch-size", "8",
+                     "--device", "cpu", "--quiet", "--run-dir", str(run))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+    model = read_checkpoint(run / "last.pt")["model"]
+    # they keep their start: BatchNorm's initial affine, or the source-only stage's encoder
+    start = (read_checkpoint(run / "source_only" / "best.pt")["model"]
+             if layout.startswith("target_encoder") else None)
+    own = [k for k in model if k.rpartition(".")[2] in ("target_weight", "target_bias")]
+    assert own
+    for key in own:
+        head, _, leaf = key.rpartition(".")
+        if start is not None:
+            expected = start[f"{head}.{leaf.removeprefix('target_')}"]
+        else:
+            expected = torch.full_like(model[key], 1.0 if leaf == "target_weight" else 0.0)
+        assert torch.equal(model[key], expected), key
+
+
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     return subprocess.run(

@@ -9,7 +9,11 @@ from galmerge.plugin.strategy_api import StepInputs
 
 
 class NoLoss(nn.Module):
-    """Strategy module for ``none``: returns no terms."""
+    """Strategy module for ``none`` and ``adabn``: returns no terms."""
+
+    # read by the trainer: nothing of the target's own path (adabn with domain_batchnorm =
+    # "specific" or target_encoder = "separate") is trained
+    adds_terms = False
 
     def forward(self, step: StepInputs) -> dict[str, torch.Tensor]:
         return {}

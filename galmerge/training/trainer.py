@@ -31,7 +31,7 @@ from galmerge.training.evaluate import predict, split_metrics, validate
 from galmerge.training.memory import check_batch_fits
 from galmerge.training.plan import Plan
 from galmerge.training.state import TrainingState, rng_state, seed_rank, set_rng_state
-from galmerge.training.step import TrainStep, build_strategies
+from galmerge.training.step import TrainStep, build_strategies, strategy_records
 from galmerge.training.stopping import update_selection, update_stopping
 
 OnEpoch = Callable[[dict[str, Any]], None]
@@ -123,7 +123,16 @@ class Trainer:
         self.scheduler = optim.build_scheduler(
             self.optimizer, cfg, plan.total_steps, plan.steps_per_epoch
         )
-        if plan.dist.enabled:
+        if not self._target_path_trained():
+            # the target's own parameters (DSBN's affine ones, ADDA's encoder) learn only from
+            # terms that read the target, and no strategy here adds one (adabn): their gradient
+            # stays None. Out of autograd they are out of DDP too, whose reduction waits for
+            # every parameter that requires a gradient; the optimiser keeps them (its state and
+            # last.pt are unchanged; Adam skips a parameter without gradient either way)
+            for name, param in self.step_module.named_parameters():
+                if name.rpartition(".")[2].startswith(domain_norm.PREFIX):
+                    param.requires_grad_(False)
+        if plan.dist.enabled and any(p.requires_grad for p in self.step_module.parameters()):
             from torch.nn.parallel import DistributedDataParallel
 
             self.step_module = DistributedDataParallel(
@@ -134,6 +143,14 @@ class Trainer:
                 # them (broadcasting would keep rank 0's shards' only)
                 broadcast_buffers=plan.cuda,
             )
+
+    def _target_path_trained(self) -> bool:
+        """Whether a loss term can reach the target's own parameters: some strategy reads the
+        target batch and adds terms (a module with ``adds_terms = False`` adds none)."""
+        records = {r.name: r for r in strategy_records(self.plan.config)}
+        return any(getattr(records.get(name), "needs_target", True)
+                   and getattr(module, "adds_terms", True)
+                   for name, module in self.strategies.items())
 
     def _base_lr(self) -> float:
         """The schedule's lr now, before multipliers: a group's lr over its multiplier, of the
