@@ -30,6 +30,9 @@ TRAIN_CASES = [
     (["--set", "optimizer.betas=[0.9, 2]"], "optimizer.betas"),
     (["--set", "optimizer.amsgrad=3"], "optimizer.amsgrad"),
     (["--set", "schedule.pct_start=\"x\""], "schedule.pct_start"),
+    # torch's names galmerge cannot train on: an AssertionError and a RuntimeError traceback
+    (["--device", "xpu"], "unknown --device 'xpu'; use auto, cpu, cuda, cuda:N"),
+    (["--device", "meta"], "unknown --device 'meta'; use auto, cpu, cuda, cuda:N"),
     # found while building the run (after the data is loaded): still the only line on stderr
     (["--batch-size", "4000000000"], "--batch-size 4000000000: one training step needs"),
 ]
@@ -46,6 +49,7 @@ CONFIG_CASES = [
     ("strategies = 1\n", "strategies"),
     ("epochs = true\n", "epochs"),
     ("lr_multipliers = [1]\n", "lr_multipliers must be a table"),
+    ("device = \"xpu\"\n", "unknown --device 'xpu'"),
 ]
 
 
@@ -136,6 +140,7 @@ def _other_command_cases(tmp: Path, ckpt: Path, cat: Path) -> list[tuple[list[st
         ([*c, "--workers", "0"], "--workers"),
         ([*c, "--chunk-rows", "-1"], "--chunk-rows"),
         ([*c, "--domain", "nowhere"], "--domain"),
+        ([*c, "--device", "meta"], "unknown --device 'meta'"),
         (["classify", str(tmp / "missing.csv"), "--model", str(ckpt)], "missing.csv"),
         (["classify", str(cat), "--model", str(tmp / "nope.pt")], "nope.pt"),
         (["classify", str(cat), "--model", str(cat), "--quiet"], "cat.csv"),
@@ -146,6 +151,8 @@ def _other_command_cases(tmp: Path, ckpt: Path, cat: Path) -> list[tuple[list[st
         (["evaluate", str(tmp / "no-run")], "no-run"),
         (["evaluate", str(tmp / "run"), "--embedding-points", "-5"], "--embedding-points"),
         (["reproduce", "deepmerge2", "--bootstrap", "-1"], "--bootstrap"),
+        (["reproduce", "deepmerge2", "--experiment", "sim-sim", "--device", "xpu",
+          "--out", str(tmp / "rp")], "unknown --device 'xpu'"),
         (["compare", str(tmp / "nothing-*")], "no run directory"),
         (["compare", str(tmp), "--output", str(tmp / "t.txt")], ".md or .csv"),
         (["preview", "nosuchsurvey", "-o", str(tmp / "p.png")], "nosuchsurvey"),

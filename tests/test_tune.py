@@ -260,6 +260,7 @@ def test_two_processes_share_one_study_through_storage(tmp_path):
         (["--n-trials", "2", "--score", "nope"], "unknown --score"),
         (["--n-trials", "2", "--pruner", "nope"], "unknown --pruner"),
         (["--n-trials", "2", "--timeout", "0"], "--timeout must be > 0"),
+        (["--n-trials", "2", "--device", "xpu"], "unknown --device 'xpu'"),
         (["--n-trials", "2", "--storage", "nosuch://host/db"], "--storage nosuch://host/db: cannot"),
         (["--n-trials", "2", "--storage", "nosuch://me:s3cret@host/db"],
          "--storage nosuch://me:***@host/db: cannot"),  # a password is never printed

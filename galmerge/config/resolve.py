@@ -85,6 +85,7 @@ from typing import Any
 
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.runtime.devices import check_device_name
 
 DEFAULTS: dict[str, Any] = {
     "source": "",
@@ -497,6 +498,7 @@ def _validate_values(config: Mapping[str, Any]) -> None:
     for key in ("device", "select_by", "init_from", "preset", "source", "target"):
         if not isinstance(config[key], str):
             raise GalmergeError(f"{key} must be a string, got {config[key]!r}")
+    check_device_name(config["device"])  # xpu, meta...: torch's names galmerge cannot train on
     opt = config["optimizer"]
     betas = opt["betas"]
     if not isinstance(betas, list | tuple) or len(betas) != 2:

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-import torch
+import re
+from typing import TYPE_CHECKING
 
 from galmerge.errors import GalmergeError
 
+if TYPE_CHECKING:
+    import torch
+
+# the devices galmerge runs on; torch knows more names (xpu, meta, ...) that it cannot train with
+CHOICES = "auto, cpu, cuda, cuda:N (N a GPU index) or mps"
+_NAME = re.compile(r"auto|cpu|mps|cuda(?::(\d+))?")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` in lower case (empty: ``auto``) when it is one of `CHOICES`, else a one-line
+    error; without torch, so that configs are checked before any work."""
+    low = (name or "auto").lower()
+    if _NAME.fullmatch(low) is None:
+        raise GalmergeError(f"unknown --device '{name}'; use {CHOICES}")
+    return low
+
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA, then Apple MPS, then CPU; an explicit device that is missing is an error."""
-    name = (name or "auto").lower()
+    """``auto`` -> CUDA, then Apple MPS, then CPU; an explicit device that is missing, or a
+    name outside `CHOICES`, is an error."""
+    import torch
+
+    name = check_device_name(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -17,18 +37,19 @@ def resolve_device(name: str = "auto") -> torch.device:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GalmergeError(
-            f"--device {name} asked for, but PyTorch sees no CUDA GPU here; use --device cpu or auto"
-        )
     if name == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise GalmergeError("--device mps asked for, but MPS is not available; use cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise GalmergeError(f"unknown device '{name}'; use auto, cpu, cuda or mps") from exc
+    elif name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GalmergeError(f"--device {name} asked for, but PyTorch sees no CUDA GPU here; "
+                                "use --device cpu or auto")
+        count, index = torch.cuda.device_count(), name.partition(":")[2]
+        if index and int(index) >= count:
+            raise GalmergeError(f"--device {name}: PyTorch sees {count} CUDA GPU(s) here, cuda:0 "
+                                f"to cuda:{count - 1}; pick one of them, or cuda")
+    return torch.device(name)
 
 
 def available_memory() -> int | None:

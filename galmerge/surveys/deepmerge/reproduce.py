@@ -25,6 +25,7 @@ from galmerge.config import rundir
 from galmerge.config.presets import PAPER_METHODS
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.runtime.devices import check_device_name
 
 # experiment -> (source spec, target spec, preset); the specs read `galmerge fetch` files
 EXPERIMENTS: dict[str, tuple[str, str, str]] = {
@@ -194,6 +195,8 @@ def reproduce(
             raise GalmergeError(
                 f"--method {method}: the paper's methods are {', '.join(PAPER_METHODS)}"
             )
+    if device is not None:
+        check_device_name(device)  # before the first run's line
     settings = dict(settings or {})
     out = Path(out)
     runs = plan(experiment, range(1, seeds + 1), backbones, methods, out, data)
