@@ -223,3 +223,29 @@ def test_runs_of_other_settings_are_not_averaged_and_the_baseline_rule_is_fixed(
         again = {(r["strategy"], r["settings"] or r["epochs"]): r for r in csv.DictReader(fh)}
     assert again[("dann", "lr=0.01")]["target_accuracy_gain_over_none"] == \
         rows[("dann", "lr=0.01")]["target_accuracy_gain_over_none"]
+
+
+def test_runs_of_other_observe_or_lr_multipliers_are_separate_rows(tmp_path) -> None:
+    """A plain run, one with [observe] and one with lr_multipliers.model=0.1 were one row; the
+    seeds of a sky_sigma = "auto" configuration (numbers measured per seed) stay one row."""
+    plain = '[observe]\npsf_fwhm = [0.0, 0.0]\nsky_sigma = "none"\n'
+    observed = "[observe]\npsf_fwhm = [1.0, 2.0]\nsky_sigma = [%s, 0.03, 0.04]\n"
+    for name, seed, acc, config in [
+        ("plain", 1, 0.5, plain),
+        ("obs1", 2, 0.6, observed % "0.0228659"),
+        ("obs2", 3, 0.7, observed % "0.0229027"),
+        ("lrmult", 4, 0.8, plain + "[lr_multipliers]\nmodel = 0.1\n"),
+    ]:
+        _fake_summary(tmp_path / "runs" / name, "none", "deepmerge", seed, acc)
+        _with_config(tmp_path / "runs" / name, "epochs = 2\n" + config)
+    out = tmp_path / "t.csv"
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path / "runs"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    with out.open() as fh:
+        rows = {r["seeds"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"1", "2;3", "4"}
+    assert _float(rows["2;3"]["target_test_accuracy_mean"]) == pytest.approx(0.65)
+    assert "observe.psf_fwhm=[1.0, 2.0]" in rows["2;3"]["settings"]
+    assert "lr_multipliers.model=0.1" in rows["4"]["settings"]
+    assert rows["2;3"]["varying"] == "observe.sky_sigma"
+    assert "differ in observe.sky_sigma" in result.output

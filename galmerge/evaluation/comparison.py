@@ -80,13 +80,21 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
 
 #: config.toml settings that differ between the seeds of one configuration (or are paths of
 #: the run's own folders) and so do not tell configurations apart
-PER_RUN = frozenset({"seed", "init_from", "device", "lr_multipliers", "observe", "run_dir"})
+PER_RUN = frozenset({"seed", "init_from", "device", "run_dir"})
+
+#: [observe] settings that "auto" replaces in config.toml by the numbers each run measured on
+#: its own seed's splits (so the seeds of one configuration differ in them); config.toml keeps
+#: only the numbers, so runs are grouped by whether there are numbers, and a row whose runs
+#: differ in them gets a note (`notes`)
+MEASURED = ("observe.sky_sigma", "observe.field_rate", "observe.field_scale")
+MEASURED_MARK = "numbers"
 
 
 def _setup(run: Path) -> tuple[int | None, str, dict[str, str]]:
     """Planned epochs, preset and every other setting (flattened ``a.b`` -> its TOML text) from
     the run's config.toml (None, "", {} when it has none); settings the record predates at the
-    values its run trained with (`galmerge.config.legacy`)."""
+    values its run trained with (`galmerge.config.legacy`). `MEASURED` settings keep their
+    numbers here; `_grouping` sets them aside."""
     from galmerge.config.legacy import with_legacy_values
     from galmerge.config.resolve import read_toml
 
@@ -100,6 +108,13 @@ def _setup(run: Path) -> tuple[int | None, str, dict[str, str]]:
     epochs = config.get("epochs")
     return ((int(epochs) if isinstance(epochs, int) else None), str(config.get("preset") or ""),
             flatten_settings({k: v for k, v in config.items() if k not in PER_RUN}))
+
+
+def _grouping(settings: Mapping[str, str]) -> dict[str, str]:
+    """``settings`` as runs are grouped by: `MEASURED` numbers (a list or a number, not
+    "none"/"auto") stand as `MEASURED_MARK`."""
+    return {k: json.dumps(MEASURED_MARK) if k in MEASURED and not isinstance(json.loads(v), str)
+            else v for k, v in settings.items()}
 
 
 def flatten_settings(config: Mapping[str, Any]) -> dict[str, str]:
@@ -130,14 +145,17 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
     carry ``settings``, the values that differ (e.g. ``lr=0.01``)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     found: dict[tuple[Any, ...], dict[str, str]] = {}
+    measured: dict[tuple[Any, ...], list[dict[str, str]]] = {}
     for run in runs:
         s = read_summary(Path(run))
-        epochs, preset, settings = _setup(Path(run))
+        epochs, preset, exact = _setup(Path(run))
+        settings = _grouping(exact)
         visible = (str(s["strategy"]), str(s["backbone"]), str(s["source"]), str(s["target"]),
                    epochs, preset)
         key = (*visible, json.dumps(settings, sort_keys=True))
         groups.setdefault(key, []).append(s)
         found[key] = settings
+        measured.setdefault(key, []).append({k: exact[k] for k in MEASURED if k in exact})
     # the settings that tell apart groups the table's own columns show alike
     by_visible: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
     for key in groups:
@@ -160,6 +178,8 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
                                  for k in apart),
             # a seed given twice: the spread is not over seeds alone
             "repeated_seeds": sorted({x for x in seeds if seeds.count(x) > 1}),
+            # measured (or hand-given) [observe] numbers that differ between the row's runs
+            "varying": _differing(measured[key]),
         }
         for split in SPLITS:
             for name in METRIC_NAMES:
@@ -221,7 +241,7 @@ def _describe(row: dict[str, Any]) -> str:
 
 def notes(rows: Sequence[dict[str, Any]]) -> list[str]:
     """One line per thing a reader of the table must know: runs of one configuration that
-    share a seed, and gains measured against a `none` of other epochs or preset."""
+    share a seed or differ in `MEASURED` numbers, and gains measured against a `none` of other epochs or preset."""
     out = []
     for r in rows:
         name = _name(r)
@@ -229,6 +249,10 @@ def notes(rows: Sequence[dict[str, Any]]) -> list[str]:
             out.append(f"note: {name}: {r['runs']} runs but seeds "
                        f"{', '.join(map(str, r['repeated_seeds']))} repeated; its ± is not a "
                        "spread over seeds alone")
+        if r.get("varying"):
+            out.append(f"note: {name}: its {r['runs']} runs differ in "
+                       f"{', '.join(r['varying'])} (the numbers \"auto\" measured on each "
+                       "seed's data, or values given by hand; config.toml keeps only numbers)")
         base = r.get("baseline") or ""
         if r["strategy"] != "none" and base and not base.startswith(
                 f"none ({_epochs(r)}" + (f", preset {r['preset']}" if r["preset"] else "")):

@@ -290,14 +290,15 @@ def _show(value: Any) -> str:
 
 def _counterpart_settings(config: Mapping[str, Any]) -> dict[str, str]:
     """The settings on which a baseline is compared with a run (flattened, ``a.b``): all of
-    config.toml but what `compare` takes as per run (`comparison.PER_RUN`; [observe] is
-    compared, its "auto" values as measured), the adaptation's own settings that a `none` run
-    does not have or use (`ADAPTATION_ONLY`), the preset's name (its values are compared), the
-    seed and select_by (compared on their own) and what must match anyway."""
+    config.toml but what `compare` takes as per run (`comparison.PER_RUN`), ``lr_multipliers``
+    (a strategy's own differ from a `none` run's), the adaptation's own settings that a `none`
+    run does not have or use (`ADAPTATION_ONLY`), the preset's name (its values are compared),
+    the seed and select_by (compared on their own) and what must match anyway. [observe] is
+    compared, its "auto" values as measured."""
     from galmerge.config.resolve import ADAPTATION_ONLY
     from galmerge.evaluation.comparison import PER_RUN, flatten_settings
 
-    drop = ((PER_RUN - {"observe"}) | set(ADAPTATION_ONLY) | set(BASELINE_MUST_MATCH)
+    drop = (PER_RUN | {"lr_multipliers"} | set(ADAPTATION_ONLY) | set(BASELINE_MUST_MATCH)
             | {"preset", "select_by"})
     return flatten_settings({k: v for k, v in config.items() if k not in drop})
 
