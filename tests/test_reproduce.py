@@ -225,3 +225,31 @@ def test_a_run_folder_holding_other_files_is_refused_not_deleted(data, tmp_path)
         reproduce("deepmerge2", "sim-real", quiet=True, seeds=1, methods=["none"], out=out,
                   settings={**QUICK, **LEGACY}, device="cpu", evaluate=False)
     assert mine.read_text() == "not a run"
+
+
+def test_tl_runs_are_found_again_however_out_is_spelt(tmp_path, monkeypatch):
+    """A TL run recorded its sim-sim run as init_from relative to --out as typed, so the same
+    grid with --out spelt absolute refused its finished runs ("delete that directory")."""
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    args = ["reproduce", "deepmerge2", "--experiment", "sim-real", "--tl", "--seeds", "1",
+            "--method", "mmd", "--epochs", "1", "--max-steps-per-epoch", "1",
+            "--batch-size", "8", "--device", "cpu", "--no-evaluate",
+            "--source", "synthetic:illustris?n=30&seed=0", "--target", "synthetic:sdss?n=30&seed=1",
+            "--tl-source", "synthetic:pristine?n=30&seed=0",
+            "--tl-target", "synthetic:noisy?n=30&seed=1"]
+    first = CliRunner().invoke(cli, [*args, "--out", "rep"])
+    assert first.exit_code == 0, first.output
+    tl = tomllib.loads((tmp_path / "rep/sim-real-tl/deepmerge/mmd/seed1/config.toml").read_text())
+    assert tl["init_from"] == str(tmp_path.resolve() / "rep/sim-sim/deepmerge/mmd/seed1")
+    again = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "rep")])
+    assert again.exit_code == 0, again.output
+    assert again.output.count("finished earlier, skipped") == 2
+    # a record from before (init_from relative to where that call ran), read from elsewhere
+    config = tmp_path / "rep/sim-real-tl/deepmerge/mmd/seed1/config.toml"
+    config.write_text(config.read_text().replace(tl["init_from"],
+                                                 "rep/sim-sim/deepmerge/mmd/seed1"))
+    monkeypatch.chdir(tmp_path / "data")
+    old = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "rep")])
+    assert old.exit_code == 0, old.output
+    assert old.output.count("finished earlier, skipped") == 2

@@ -136,13 +136,26 @@ def _check_same(run: PlannedRun, settings: Mapping[str, Any]) -> None:
 
     saved = rundir.read_config(run.run_dir)
     wanted = resolve_config(file=run.layer(settings))
-    differ = [k for k in IDENTITY if str(saved.get(k)) != str(wanted.get(k))]
+    differ = [k for k in IDENTITY if str(saved.get(k)) != str(wanted.get(k))
+              and not (k == "init_from" and _same_folder(run.run_dir, saved.get(k),
+                                                         wanted.get(k)))]
     if differ:
         shown = ", ".join(f"{k} {saved.get(k)!r} (now {wanted.get(k)!r})" for k in differ)
         raise GalmergeError(
             f"{run.run_dir} was trained with other settings: {shown}; pass another --out or "
             f"delete that directory"
         )
+
+
+def _same_folder(run_dir: Path, saved: Any, wanted: Any) -> bool:
+    """Whether a recorded ``init_from`` names the folder ``wanted`` (absolute) does: as written,
+    or, relative (recorded before it was absolute), from the working directory or from a
+    folder above ``run_dir`` (where an earlier call's relative ``--out`` started)."""
+    if not saved or not wanted:
+        return False
+    path = Path(str(saved))
+    bases = [Path.cwd()] if path.is_absolute() else [Path.cwd(), *run_dir.resolve().parents]
+    return any((base / path).resolve() == Path(str(wanted)).resolve() for base in bases)
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -198,7 +211,9 @@ def reproduce(
     if device is not None:
         check_device_name(device)  # before the first run's line
     settings = dict(settings or {})
-    out = Path(out)
+    # absolute: TL runs record their sim-sim run as init_from, which must name the same folder
+    # from any working directory and however --out was spelt
+    out = Path(out).resolve()
     runs = plan(experiment, range(1, seeds + 1), backbones, methods, out, data)
     _check_data(runs)
     for i, run in enumerate(runs, 1):
