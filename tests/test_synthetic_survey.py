@@ -103,3 +103,16 @@ def test_bad_specs_give_one_line_errors(spec, fragment, data_dir):
     assert fragment in result.output
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_spec_values_keep_plus_and_a_repeated_option_is_refused(data_dir):
+    """The spec parser read '+' as a space (seeing=1.5e+0 refused as '1.5e 0') and let a
+    repeated option silently replace the first (n=6&n=7 gave 7 images)."""
+    plus = load_imageset("synthetic:sdss?n=6&seeing=1.5e+0&cache=false")
+    same = load_imageset("synthetic:sdss?n=6&seeing=1%2E5&cache=false")  # %XX still decoded
+    assert torch.equal(plus.images, same.images)
+    result = CliRunner().invoke(cli, ["preview", "synthetic:sdss?n=6&n=7&cache=false",
+                                      "-o", str(data_dir / "x.png")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "option 'n' is given twice" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (data_dir / "x.png").exists()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from galmerge.errors import GalmergeError
 from galmerge.plugin.imageset import ImageSet
@@ -17,8 +17,17 @@ def parse_survey_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:
     body, _, query = spec.strip().partition("?")
     name, sep, arg = body.partition(":")
     options: dict[str, Any] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        options[key] = _coerce(value)
+    # split by hand: parse_qsl reads '+' as a space (seeing=1.5e+0) and keeps a repeated key's
+    # last value; %XX is still decoded
+    for part in query.split("&"):
+        if not part:
+            continue
+        raw_key, _, raw_value = part.partition("=")
+        key = unquote(raw_key)
+        if key in options:
+            raise GalmergeError(f"{spec.strip()}: option '{key}' is given twice; keep one "
+                                f"{key}=VALUE")
+        options[key] = _coerce(unquote(raw_value))
     return name.lower(), (arg if sep else None), options
 
 
