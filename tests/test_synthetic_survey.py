@@ -116,3 +116,16 @@ def test_spec_values_keep_plus_and_a_repeated_option_is_refused(data_dir):
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "option 'n' is given twice" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (data_dir / "x.png").exists()
+
+
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_a_set_larger_than_memory_is_refused_before_rendering(data_dir, cache):
+    """n=5,000,000 at size=512 (15.7 TB of float32, within each option's range) crashed with
+    a torch allocation traceback; cached or not, the render holds the images in memory."""
+    spec = f"synthetic:sdss?n=5000000&size=512&cache={cache}"
+    result = CliRunner().invoke(cli, ["preview", spec, "-o", str(data_dir / "x.png")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "need 15728.6 GB of memory" in result.output
+    assert "give a smaller n" in result.output and "or a smaller size" in result.output
+    assert not (data_dir / "synthetic").exists() and not (data_dir / "x.png").exists()

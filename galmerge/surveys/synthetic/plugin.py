@@ -2,7 +2,9 @@
 
 Spec options: ``n`` (images, default 2000), ``seed`` (default 0), ``merger_fraction``
 (default 0.5), ``size`` (pixels, default 75), ``cache`` (default true: reuse/write the HDF5
-file under ``$GALMERGE_DATA/synthetic/``). Example: ``synthetic:sdss?n=2000&seed=3``.
+file under ``$GALMERGE_DATA/synthetic/``). Example: ``synthetic:sdss?n=2000&seed=3``. A render
+holds its float32 images in memory whole (cached or not): one needing more than the available
+memory is refused before any work (`render.survey.check_memory`); a cached file is read lazily.
 
 Observing options that shift a preset (for families of shifted domain pairs; left out, the
 preset renders exactly as before): ``seeing`` (factor on the PSF FWHM range; presets with a

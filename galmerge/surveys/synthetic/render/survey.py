@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import torch
 
+from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.io import hdf5 as hdf5io
 from galmerge.io.paths import data_dir
@@ -39,6 +40,24 @@ def redrawn_in_stop40(preset: Preset, size: int) -> bool:
     as the new pixels; every other set keeps its ``-r4`` name, its pixels being unchanged."""
     margin, _ = canvas_geometry(preset, size)
     return margin > 16 or preset.z_range[1] > 6.0
+
+
+def check_memory(preset: Preset, n: int, size: int) -> None:
+    """Refuse, before any work, a render whose float32 images (held in memory whole, cached or
+    not) need more bytes than the host has available (`runtime.devices.available_memory`; no
+    check where the system does not say)."""
+    from galmerge.runtime.devices import available_memory
+
+    per_image = len(preset.bands) * size * size * 4
+    free = available_memory()
+    if free is None or n * per_image <= free:
+        return
+    fits = free // per_image
+    raise GalmergeError(
+        f"synthetic:{preset.name}: n={n} images of {len(preset.bands)}x{size}x{size} float32 "
+        f"need {n * per_image / 1e9:.1f} GB of memory, more than the {free / 1e9:.1f} GB "
+        f"available; give a smaller n (at most {fits} at size={size}) or a smaller size"
+    )
 
 
 def render_imageset(
@@ -106,6 +125,7 @@ def load_synthetic(
         imageset = hdf5io.read_imageset(path)
         imageset.meta["cache_path"] = str(path)
         return imageset
+    check_memory(preset, n, size)
     imageset, extras = render_imageset(preset, n, seed, merger_fraction, size)
     if variant:
         imageset.meta["variant"] = variant
