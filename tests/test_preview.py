@@ -88,3 +88,15 @@ def test_preview_output_mistakes_are_one_line_and_lose_no_file(tmp_path):
     out = tmp_path / "grid.png"
     for _ in range(2):  # an earlier figure is replaced
         assert CliRunner().invoke(cli, ["preview", spec, "--n", "4", "-o", str(out)]).exit_code == 0
+
+
+def test_n_is_the_number_of_images_shown(tmp_path):
+    """`--n 1` showed two images (one per class): per class was max(1, n // 2)."""
+    heights = {}
+    for n in ("1", "2"):
+        out = tmp_path / f"n{n}.png"
+        result = CliRunner().invoke(cli, ["preview", "synthetic:sdss?n=6&cache=false",
+                                          "--n", n, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        heights[n] = imread(out).shape[0]
+    assert heights["1"] < heights["2"]  # one row (mergers) against two

@@ -16,7 +16,7 @@ def _default_output(spec: str) -> Path:
 @click.command("preview")
 @click.argument("survey")
 @click.option("--n", "n", type=click.IntRange(1, 256), default=16, show_default=True,
-              help="Examples in the grid, split evenly between mergers and non-mergers.")  # fmt: skip
+              help="Examples in the grid, split evenly between mergers and non-mergers (mergers first).")  # fmt: skip
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG to write (default: preview-<survey>.png).")  # fmt: skip
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,

@@ -15,16 +15,24 @@ CLASS_NAMES = {1: "mergers", 0: "non-mergers", -1: "unlabelled"}
 
 
 def pick_examples(imageset: ImageSet, n: int, seed: int) -> dict[int, np.ndarray]:
-    """Up to ``n`` indices per class present (sorted), drawn with ``seed``."""
+    """``n`` indices in all (fewer when the set has fewer), split as evenly as the classes
+    present allow (mergers first; a class short of its share leaves the rest to the other),
+    sorted per class and drawn with ``seed``; a class given none is left out."""
     rng = np.random.default_rng(seed)
     labels = imageset.labels.numpy()
     chosen: dict[int, np.ndarray] = {}
     classes = [c for c in (1, 0) if (labels == c).any()] or [-1]
-    per_class = max(1, n // len(classes))
+    members = {c: np.flatnonzero(labels == c) for c in classes}
+    share = dict.fromkeys(classes, 0)
+    left = n
+    while left and any(share[c] < len(members[c]) for c in classes):
+        for cls in classes:  # one each in turn: n=1 shows one image, n=3 two mergers and one
+            if left and share[cls] < len(members[cls]):
+                share[cls] += 1
+                left -= 1
     for cls in classes:
-        idx = np.flatnonzero(labels == cls)
-        take = rng.choice(idx, size=min(per_class, len(idx)), replace=False)
-        chosen[cls] = np.sort(take)
+        if share[cls]:
+            chosen[cls] = np.sort(rng.choice(members[cls], size=share[cls], replace=False))
     return chosen
 
 
@@ -63,7 +71,8 @@ def check_preview_output(output: str | Path) -> None:
 def write_preview(
     imageset: ImageSet, output: str | Path, n: int = 16, seed: int = 0, title: str | None = None
 ) -> Path:
-    """Write a PNG grid of ``n`` examples (half per class) of ``imageset`` to ``output``."""
+    """Write a PNG grid of ``n`` examples (split between the classes, `pick_examples`) of
+    ``imageset`` to ``output``."""
     import matplotlib
 
     matplotlib.use("Agg")
