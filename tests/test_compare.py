@@ -249,3 +249,25 @@ def test_runs_of_other_observe_or_lr_multipliers_are_separate_rows(tmp_path) -> 
     assert "lr_multipliers.model=0.1" in rows["4"]["settings"]
     assert rows["2;3"]["varying"] == "observe.sky_sigma"
     assert "differ in observe.sky_sigma" in result.output
+
+
+def test_a_metric_some_runs_lack_says_over_how_many_runs(tmp_path) -> None:
+    """`runs` counted every run while a metric's mean skipped the runs without it (AUC of a
+    one-class test split is null): the table showed 3 runs for an AUC of one."""
+    for name, seed, auc in [("a", 1, 0.8), ("b", 2, None), ("c", 3, None)]:
+        _fake_summary(tmp_path / "runs" / name, "none", "deepmerge", seed, 0.6)
+        summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+        summary["metrics"]["target_test"]["auc"] = auc
+        (tmp_path / "runs" / name / "summary.json").write_text(json.dumps(summary))
+    out, md = tmp_path / "t.csv", tmp_path / "t.md"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["compare", str(tmp_path / "runs"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "1/3 runs" in result.output
+    with out.open() as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert (row["runs"], row["target_test_auc_runs"], row["target_test_accuracy_runs"]) == \
+        ("3", "1", "3")
+    assert runner.invoke(cli, ["compare", str(tmp_path / "runs"), "--output", str(md)]
+                         ).exit_code == 0
+    assert "0.800 (1 of 3 runs)" in md.read_text()

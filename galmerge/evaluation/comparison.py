@@ -70,12 +70,14 @@ def read_summary(run: Path) -> dict[str, Any]:
     return summary
 
 
-def _stats(values: Sequence[float]) -> tuple[float, float]:
+def _stats(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample std and count of the values that are finite numbers (None: not measured)."""
     arr = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     if len(arr) == 0:
-        return math.nan, math.nan
+        return math.nan, math.nan, 0
     # one seed has no spread to report: NaN, shown as the mean alone
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
+    return (float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else math.nan,
+            len(arr))
 
 
 #: config.toml settings that differ between the seeds of one configuration (or are paths of
@@ -183,9 +185,12 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
         }
         for split in SPLITS:
             for name in METRIC_NAMES:
-                mean, std = _stats([m["metrics"].get(split, {}).get(name) for m in members])
+                mean, std, count = _stats([m["metrics"].get(split, {}).get(name)
+                                           for m in members])
                 row[f"{split}_{name}_mean"] = mean
                 row[f"{split}_{name}_std"] = std
+                # `runs` counts every run; a metric some lack is over fewer
+                row[f"{split}_{name}_runs"] = count
         rows.append(row)
     for row in rows:
         base = _baseline(row, rows)
@@ -264,7 +269,15 @@ def _pm(row: dict[str, Any], split: str, name: str) -> str:
     mean, std = row[f"{split}_{name}_mean"], row[f"{split}_{name}_std"]
     if not math.isfinite(mean):
         return "n/a"
-    return f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
+    text = f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
+    return text + _fewer(row, split, name, " ({} of {} runs)")
+
+
+def _fewer(row: dict[str, Any], split: str, name: str, form: str) -> str:
+    """``form`` filled with the metric's run count and the row's, when the metric is over
+    fewer runs than the row has (some runs lack it), else ""."""
+    count = row.get(f"{split}_{name}_runs", row["runs"])
+    return form.format(count, row["runs"]) if count < row["runs"] else ""
 
 
 def _gain(value: float) -> str:
@@ -403,4 +416,5 @@ def _stacked(row: dict[str, Any], split: str, name: str) -> str:
     mean, std = row[f"{split}_{name}_mean"], row[f"{split}_{name}_std"]
     if not math.isfinite(mean):
         return "n/a"
-    return f"{mean:.3f}\n±{std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
+    text = f"{mean:.3f}\n±{std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
+    return text + _fewer(row, split, name, "\n{}/{} runs")
