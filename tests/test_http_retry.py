@@ -584,6 +584,65 @@ def test_max_bytes_must_be_positive():
         RetryPolicy(max_bytes=0).check()
 
 
+class _HeaderDrip(BaseHTTPRequestHandler):
+    """Sends the status line, then its headers a byte every 0.2 s (each read well within the
+    read timeout, the whole never) until the client hangs up; a second request gets "ok"."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/ok":
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            return
+        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        try:
+            while not self.server.done.is_set():
+                self.wfile.write(b"X")  # one endless header line
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+
+def test_the_transfer_deadline_covers_the_wait_for_headers():
+    # the deadline runs from sending the request: a server dripping its headers passes every
+    # read timeout, and used to hold the worker until http.client's own header limits
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HeaderDrip)
+    server.daemon_threads, server.done = True, threading.Event()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    client = _client([], attempts=1, timeout=5.0, deadline=1.0)
+    got: list[BaseException | bytes] = []
+
+    def fetch() -> None:
+        try:
+            got.append(client.get(f"{base}/drip"))
+        except FetchError as exc:
+            got.append(exc)
+
+    worker = threading.Thread(target=fetch, daemon=True)
+    try:
+        started = time.monotonic()
+        worker.start()
+        worker.join(timeout=30)
+        assert not worker.is_alive(), "still waiting for the headers"
+        assert time.monotonic() - started < 15  # the deadline is 1 s; margin for a loaded box
+        assert len(got) == 1 and isinstance(got[0], FetchError)
+        assert "headers not complete after 1 s" in str(got[0])
+        assert got[0].retryable
+        # the service answered (a byte at a time): the failure budget's, not the breaker's
+        assert client.unreachable is None
+        assert client.get(f"{base}/ok") == b"ok"  # the cut connection is not reused
+    finally:
+        server.done.set()
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize("guard", ["deadline", "minimum rate"])
 def test_the_transfer_guards_end_a_dripping_read_through_urllib3s_public_shutdown(
         monkeypatch, guard):

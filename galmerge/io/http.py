@@ -16,8 +16,9 @@ Two bounds keep a dead or hostile service from holding a run for days:
   env ``GALMERGE_MAX_FAILED_REQUESTS``, 0 = never), every call fails at once with
   `ServiceFailing` (``fetch-failed: service failing``): a service that answers, but badly, no
   longer costs ``attempts x timeout`` for every galaxy of a catalogue;
-- a wall-clock deadline per transfer (option ``deadline``, default 4 x ``timeout``): a server
-  dripping a body byte by byte is cut off when it passes, whatever its Content-Length.
+- a wall-clock deadline per transfer (option ``deadline``, default 4 x ``timeout``), from
+  sending the request to the body's last byte: a server dripping its headers or its body byte
+  by byte is cut off when it passes, whatever its Content-Length.
 
 A body is also bounded in size (`RetryPolicy.max_bytes`, counted after any gzip/deflate
 decoding): an endless or decompression-bomb answer fails instead of filling memory.
@@ -39,6 +40,7 @@ import math
 import os
 import random
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -51,6 +53,8 @@ from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 
 from galmerge.errors import GalmergeError
 from galmerge.plugin.options import RETRY_OPTIONS
@@ -199,6 +203,9 @@ class GuardedSession(requests.Session):
     def __init__(self, redirects: RedirectPolicy | None = None) -> None:
         super().__init__()
         self.redirects = redirects or RedirectPolicy()
+        # connections a `HeadersDeadline` can end while they wait for an answer's headers
+        self.mount("https://", _DeadlineAdapter())
+        self.mount("http://", _DeadlineAdapter())
 
     def get_redirect_target(self, resp: requests.Response) -> str | None:
         target = super().get_redirect_target(resp)
@@ -641,12 +648,18 @@ class RetryingClient:
 
     def _get_body(self, url: str, params: Mapping[str, Any] | None) -> bytes:
         started = time.monotonic()
-        with self.session().get(url, params=params, timeout=self.policy.timeout,
-                                stream=True) as r:
+        limit = self.policy.transfer_deadline
+        # one deadline from sending to the last body byte: HeadersDeadline until the headers
+        # came, then read_body's watchdog, counted from the same start
+        with HeadersDeadline(limit) as waited:
+            r = self.session().get(url, params=params, timeout=self.policy.timeout,
+                                   stream=True)
+            if waited.cut:
+                r.close()
+        with r:
             if r.status_code != 200:
                 raise http_status_error(r)
-            return read_body(r, self.policy.transfer_deadline, started,
-                             max_bytes=self.policy.max_bytes)
+            return read_body(r, limit, started, max_bytes=self.policy.max_bytes)
 
     def summary(self) -> str:
         with self._lock:
@@ -771,6 +784,125 @@ def _shutdown(r: requests.Response) -> None:
     socket, not a urllib3 response) is left as it is."""
     with contextlib.suppress(AttributeError, ValueError, RuntimeError, OSError):
         r.raw.shutdown()
+
+
+_waiting = threading.local()  # the HeadersDeadline a thread's request runs under, if any
+
+
+class HeadersDeadline:
+    """Ends a request of a `GuardedSession` whose answer headers are not complete within
+    ``limit`` seconds (a server dripping them a byte at a time passes every read timeout).
+
+    Use as a context manager around the request, in the thread that sends it: it raises a
+    retryable `FetchError` saying so when it cut the request off. urllib3's public
+    ``HTTPResponse.shutdown()`` exists only once the headers came, so until then a timer shuts
+    down the socket of the connection waiting for them (`_DeadlineAdapter`); the body is
+    ``read_body``'s to bound."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.expired = False
+        self.cut = False  # it shut a socket waiting for headers: what came is not an answer
+        self._lock = threading.Lock()
+        self._sock: Any = None
+        self._timer = threading.Timer(max(0.0, limit), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> HeadersDeadline:
+        _waiting.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        self._timer.cancel()
+        _waiting.deadline = None
+        with self._lock:
+            self._sock = None
+        if self.cut and (exc is None or (isinstance(exc, Exception)
+                                         and not isinstance(exc, RedirectRefused))):
+            # http.client takes the end of the stream for the end of the headers, so a cut
+            # request may also come back as an answer with half its headers
+            raise FetchError(f"timeout (headers not complete after {self.limit:g} s)",
+                             retryable=True) from exc
+
+    def attach(self, sock: Any) -> None:
+        """The socket now waiting for headers; shut at once if the deadline already passed."""
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                self.cut = True
+                _shutdown_socket(sock)
+
+    def detach(self) -> None:
+        with self._lock:
+            self._sock = None
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            if self._sock is not None:
+                self.cut = True
+                _shutdown_socket(self._sock)
+
+
+def _shutdown_socket(sock: Any) -> None:
+    # SHUT_RD, as urllib3's HTTPResponse.shutdown() does: the blocked read ends at once
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        sock.shutdown(socket.SHUT_RD)
+
+
+class _HeadersWatched:
+    """Connection mixin: hands its socket to the thread's `HeadersDeadline` while it waits for
+    an answer's headers. ``sock`` is http.client's connection socket, the one urllib3's own
+    ``getresponse`` takes ``shutdown`` from for the response."""
+
+    sock: Any
+
+    def getresponse(self) -> Any:
+        deadline: HeadersDeadline | None = getattr(_waiting, "deadline", None)
+        if deadline is None:
+            return super().getresponse()  # type: ignore[misc]
+        deadline.attach(self.sock)
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        finally:
+            deadline.detach()
+
+
+class _WatchedHTTPConnection(_HeadersWatched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_HeadersWatched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter with connections a `HeadersDeadline` can end (urllib3 picks a pool
+    class per scheme from the pool manager's ``pool_classes_by_scheme``). A SOCKS proxy keeps
+    urllib3's own pools: there only the body is bounded by the deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is urllib3.ProxyManager:
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
 
 
 def _wire_bytes(r: requests.Response) -> int | None:
