@@ -968,3 +968,37 @@ def test_an_unterminated_quote_names_the_input_lines_it_swallowed(env):  # noqa:
     assert [r[-1] for r in rows] == ["ok", "bad-row: unterminated quote, input lines 4-6", "ok",
                                      "bad-row: unterminated quote, input lines 9-10"]
     assert rows[1][3] == "never closed\n3,150.2,1.2,x\n4,150.3,1.3,quoted\""  # nothing lost
+
+
+def test_a_password_in_a_survey_url_is_never_shown(tmp_path, monkeypatch):
+    # a private mirror behind basic auth: the breaker's and the failure budget's lines (which
+    # classify exits with) and the summary's service name showed user:password@host
+    from fake_sdss import FakeSdss
+    from test_classify import _sdss_checkpoint
+
+    from galmerge.io.http import FetchError, RetryingClient, RetryPolicy
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path / "data"))
+    ckpt = _sdss_checkpoint(tmp_path / "best.pt")
+    with FakeSdss() as fake:
+        fake.add_fault("frame-", "500", times=-1)
+        monkeypatch.setenv("GALMERGE_SDSS_SKYSERVER_URL", fake.url.replace("://", "://al:s3cret@"))
+        monkeypatch.setenv("GALMERGE_SDSS_SAS_URL", fake.sas_url.replace("://", "://al:s3cret@"))
+        cat = tmp_path / "c.csv"
+        cat.write_text("objID,ra,dec\n" + "".join(f"{i},{g.ra},{g.dec}\n"
+                                                   for i, g in enumerate(fake.galaxies)))
+        res = _run("classify", str(cat), "--model", str(ckpt), "--survey",
+                   "sdss?attempts=1&max_failed_requests=1", "--cache", str(tmp_path / "c.h5"),
+                   "--output", str(tmp_path / "o.csv"))
+        host = fake.sas_url.split("://", 1)[1].split("/", 1)[0]
+    assert res.exit_code != 0 and "fetching stopped" in res.output, res.output
+    assert f"{host}: 1 requests in a row failed" in res.output  # the host, and only it
+    assert f"asked of survey 'sdss' (http://{host}" in res.output
+    assert "s3cret" not in res.output and "al:" not in res.output
+    client = RetryingClient(RetryPolicy(attempts=1, timeout=2, max_connection_failures=1),
+                            name="sdss", sleep=lambda s: None)
+    port = _closed_port()
+    with pytest.raises(FetchError):
+        client.get(f"http://al:s3cret@127.0.0.1:{port}/frame")
+    assert client.unreachable == f"127.0.0.1:{port}"

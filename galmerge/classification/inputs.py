@@ -20,6 +20,7 @@ import numpy as np
 from galmerge.classification.catalogs import CatalogChunk
 from galmerge.classification.cutout_cache import STATUS_OK, CutoutCache
 from galmerge.errors import GalmergeError, PluginBug
+from galmerge.io.http import shown_url
 from galmerge.io.paths import data_dir
 from galmerge.plugin.cutouts import CutoutRequest
 
@@ -263,5 +264,6 @@ def service_name(spec: str, service: Any) -> str | None:
     urls = [getattr(service, "url", None)] + [
         getattr(settings, attr, None) for attr in ("skyserver_url", "sas_url", "base_url")
     ]
-    found = list(dict.fromkeys(u for u in urls if isinstance(u, str) and u))
+    # shown without user name, password or query: a private mirror's URL may carry them
+    found = list(dict.fromkeys(shown_url(u) for u in urls if isinstance(u, str) and u))
     return f"{name} ({', '.join(found)})" if found else name

@@ -154,7 +154,7 @@ class RedirectPolicy:
         why = self._refusal(src, dst)
         if why is not None:
             hint = f"; {self.hint}" if self.hint else ""
-            raise RedirectRefused(f"{_shown(source)} redirected to {_shown(target)}, not "
+            raise RedirectRefused(f"{shown_url(source)} redirected to {shown_url(target)}, not "
                                   f"followed ({why}){hint}")
 
     def _refusal(self, src: Any, dst: Any) -> str | None:
@@ -178,8 +178,15 @@ class RedirectPolicy:
         return "another host"
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """A URL for a message: no user name or password, no query (it may hold a signature)."""
+    parts = urlsplit(url)
+    query = "?..." if parts.query else ""
+    return f"{parts.scheme}://{_host(url)}{parts.path}{query}"
+
+
+def _host(url: str) -> str:
+    """``host[:port]`` of ``url`` for a message or a count: never its user name or password."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     host = f"[{host}]" if ":" in host else host
@@ -187,8 +194,7 @@ def _shown(url: str) -> str:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
         port = ""
-    query = "?..." if parts.query else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}{query}"
+    return f"{host}{port}"
 
 
 class GuardedSession(requests.Session):
@@ -917,10 +923,6 @@ def _wire_bytes(r: requests.Response) -> int | None:
 
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{n} bytes"
-
-
-def _host(url: str) -> str:
-    return urlsplit(url).netloc or url
 
 
 def bounded_map(
