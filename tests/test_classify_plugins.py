@@ -37,6 +37,10 @@ class ToyService:
                 _decode_stamp_badly(req)
             if self.mode == "network" and req.id.startswith("net"):
                 raise requests.ConnectionError("connection refused by toy host")
+            if self.mode == "down":
+                raise requests.ConnectionError("connection refused by toy host")
+            if self.mode == "silent":
+                return
             yield CutoutResult(req.row, stamp_for(req.ra, req.dec), "ok")
 
     def summary(self):
@@ -102,6 +106,20 @@ def test_a_network_failure_in_a_survey_plugin_stays_a_row_status(toy):
     assert _statuses(tmp_path / "out.csv") == {
         "1": "ok", "net-2": "fetch-failed: ConnectionError: connection refused by toy host",
         "3": "ok"}
+
+
+@pytest.mark.parametrize(("mode", "status"), [
+    ("down", "fetch-failed: ConnectionError: connection refused by toy host"),
+    ("silent", "fetch-failed: no result from the survey"),
+])
+def test_a_run_in_which_every_row_failed_without_a_result_exits_nonzero(toy, mode, status):
+    # rows a service failed with an exception (or never answered) were not counted as asked
+    # for, so "every fetch failed" never fired and classify exited 0
+    tmp_path, ckpt = toy
+    res = _classify(tmp_path, ckpt, mode)
+    assert res.exit_code != 0, res.output
+    assert "every fetch failed (3 rows" in res.output and "Traceback" not in res.output
+    assert _statuses(tmp_path / "out.csv") == dict.fromkeys(("1", "net-2", "3"), status)
 
 
 def test_classify_ends_with_the_services_summary(toy):

@@ -579,3 +579,52 @@ def test_a_frame_in_several_bz2_streams_is_read_whole_and_still_bounded(monkeypa
     monkeypatch.setattr(cutouts, "FRAME_MAX_BYTES", 30000)
     with pytest.raises(CorruptResponse, match="over 0 MiB unpacked"):  # each under, not both
         cutouts._bunzip_frame(bz2.compress(body[:25000]) + bz2.compress(body[:25000]))
+
+
+@pytest.mark.parametrize("failure", ["blocked", "full"])
+def test_a_frame_cache_that_cannot_be_written_still_gives_every_stamp(
+        fake_sdss, options, tmp_path, monkeypatch, capsys, failure):
+    # the disk cache is optional: a frame decoded in memory gives its stamps even when it cannot
+    # be stored (it failed every row of the field), with one warning naming the folder and fix
+    import errno
+
+    root = tmp_path / "frames"
+    if failure == "blocked":  # a real one: a file where the cache needs a folder
+        root.mkdir()
+        (root / "dr17").write_text("mine")
+    else:  # a full disk
+        def full(path, blob, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        monkeypatch.setattr(sdss_cutouts.atomic, "write_bytes", full)
+    with _service(FRAMES, {**options, "frame_cache_dir": str(root)}) as svc:
+        results = _fetch(svc, _requests(fake_sdss))
+        assert all(r.status == "ok" for r in results.values()), results
+        assert svc.frames.downloads >= 3 and svc.frames.cache_write_failures >= 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"frame cache {root} " in err[0] and "memory only" in err[0]
+    fix = "GALMERGE_SDSS_FRAME_CACHE_GB" if failure == "full" else "frame_cache_dir"
+    assert fix in err[0]
+    if failure == "blocked":
+        assert (root / "dr17").read_text() == "mine"  # the user's file is left as it was
+
+
+def test_a_frame_cache_dir_through_a_file_is_one_line_before_any_request(
+        fake_sdss, tmp_path, monkeypatch):
+    from test_classify import _sdss_checkpoint, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path / "data"))
+    (tmp_path / "afile").write_text("x")
+    cat = tmp_path / "c.csv"
+    cat.write_text("objID,ra,dec\n" + "".join(f"{i},{g.ra},{g.dec}\n"
+                                               for i, g in enumerate(fake_sdss.galaxies)))
+    res = run_cli("classify", str(cat), "--model", str(_sdss_checkpoint(tmp_path / "best.pt")),
+                  "--quiet", "--survey", f"sdss?frame_cache_dir={tmp_path}/afile/frames",
+                  "--cache", str(tmp_path / "c.h5"), "--output", str(tmp_path / "o.csv"))
+    assert res.exit_code != 0
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert f"frame_cache_dir {tmp_path}/afile/frames is under {tmp_path}/afile" in lines[0]
+    assert "not a folder" in lines[0]
+    assert fake_sdss.count() == 0 and not (tmp_path / "o.csv").exists()

@@ -245,11 +245,15 @@ def fetch_stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
     except (GalmergeError, PluginBug):
         raise
     except Exception as exc:  # a failing service must not lose the rows: they get a status
-        reason = f"fetch-failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
-        for key in todo:
-            out.setdefault(key, reason)
+        unanswered = f"fetch-failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+    else:
+        unanswered = "fetch-failed: no result from the survey"
     for key in todo:
-        out.setdefault(key, "fetch-failed: no result from the survey")
+        if key not in out:
+            out[key] = unanswered
+            # asked for, and failed: counted, so that a run in which every row failed exits
+            # non-zero (_fail_if_nothing_fetched)
+            fetched["fetch-failed"] += 1
     store.flush()
     return out
 

@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import io
 import math
 import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -551,22 +553,46 @@ class FrameDiskCache:
         return True
 
 
+def _stderr(message: str) -> None:
+    print(f"galmerge: {message}", file=sys.stderr)
+
+
+def _check_folder(root: Path) -> None:
+    """`GalmergeError` when ``root`` cannot be a folder: it, or the nearest part of it that
+    exists, is something else (a file). A folder that cannot be written is only warned of,
+    on the first write: the disk cache is optional."""
+    for part in (root, *root.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                what = "is" if part == root else f"is under {part}, which is"
+                raise GalmergeError(
+                    f"sdss: frame_cache_dir {root} {what} not a folder; set the sdss option "
+                    "frame_cache_dir to a folder (or none: no disk cache)")
+            return
+
+
 class FrameStore:
     """Frames by (field, band): memory LRU, then disk cache, then one download (single-flight)."""
 
     N_LOCKS = 64
 
-    def __init__(self, client: RetryingClient, settings: Settings) -> None:
+    def __init__(self, client: RetryingClient, settings: Settings,
+                 warn: Callable[[str], None] = _stderr) -> None:
+        """``warn`` is told, once, that frames cannot be written to the disk cache."""
         self._client = client
         self._settings = settings
         self._memory: OrderedDict[tuple[FieldKey, str], Frame] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks = [threading.Lock() for _ in range(self.N_LOCKS)]
         root = settings.frame_cache_dir
+        if root is not None:
+            _check_folder(root)
         self.disk = None if root is None else FrameDiskCache(root, settings.frame_cache_bytes)
         self.downloads = 0
         self.disk_hits = 0
         self.corrupt_cache_files = 0
+        self.cache_write_failures = 0
+        self._warn = warn
 
     def url(self, key: FieldKey, band: str) -> str:
         from astroquery.sdss import SDSSClass
@@ -630,8 +656,24 @@ class FrameStore:
         with self._lock:
             self.downloads += 1
         if path is not None and self.disk is not None:
-            self.disk.write(path, blob)
+            try:
+                self.disk.write(path, blob)
+            except OSError as exc:  # the disk cache is optional: the frame is in memory
+                self._write_failed(exc)
         return frame
+
+    def _write_failed(self, exc: OSError) -> None:
+        with self._lock:
+            self.cache_write_failures += 1
+            if self.cache_write_failures > 1:
+                return
+        root = self._settings.frame_cache_dir
+        why = exc.strerror or type(exc).__name__
+        fix = (f"free space there or lower {FRAME_CACHE_ENV} (option frame_cache_gb)"
+               if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+               else "make it writable or set the sdss option frame_cache_dir")
+        self._warn(f"sdss: cannot write frames to the frame cache {root} ({why}); this run "
+                   f"keeps them in memory only; {fix} (frame_cache_dir=none: no disk cache)")
 
 
 # --------------------------------------------------------------------------------------------
