@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         classify_exception,
         http_status_error,
         read_body,
+        shown_host,
     )
     from galmerge.plugin.cutouts import (
         ClientStatus,
@@ -70,6 +71,8 @@ _LAZY: dict[str, str] = {
     "classify_exception": "galmerge.io.http",
     "http_status_error": "galmerge.io.http",
     "read_body": "galmerge.io.http",
+    # host[:port] of a URL for a message: never its user name or password
+    "shown_host": "galmerge.io.http",
     # resample a survey image around (ra, dec) onto a model's pixel grid (north up, flux kept)
     "cut_stamp_with_edge": "galmerge.surveys.sdss.cutouts",
 }
@@ -111,6 +114,7 @@ __all__ = [
     "classify_exception",
     "http_status_error",
     "read_body",
+    "shown_host",
     "cut_stamp_with_edge",
 ]
 

@@ -182,10 +182,10 @@ def shown_url(url: str) -> str:
     """A URL for a message: no user name or password, no query (it may hold a signature)."""
     parts = urlsplit(url)
     query = "?..." if parts.query else ""
-    return f"{parts.scheme}://{_host(url)}{parts.path}{query}"
+    return f"{parts.scheme}://{shown_host(url)}{parts.path}{query}"
 
 
-def _host(url: str) -> str:
+def shown_host(url: str) -> str:
     """``host[:port]`` of ``url`` for a message or a count: never its user name or password."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -650,7 +650,7 @@ class RetryingClient:
             except Exception as exc:  # any decode error means the bytes are bad
                 raise CorruptResponse(f"corrupt {what} ({type(exc).__name__})") from exc
 
-        return self.call(once, what, where=_host(url))
+        return self.call(once, what, where=shown_host(url))
 
     def _get_body(self, url: str, params: Mapping[str, Any] | None) -> bytes:
         started = time.monotonic()

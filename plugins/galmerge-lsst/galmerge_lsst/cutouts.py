@@ -62,6 +62,7 @@ from galmerge import (
     cut_stamp_with_edge,
     http_status_error,
     read_body,
+    shown_host,
 )
 
 DEFAULT_URL = "https://data.lsst.cloud/api"
@@ -165,7 +166,7 @@ class _RspSession(GuardedSession):
 
 def auth_error(code: int, token_env: str, url: str | None = None) -> RspAuthError:
     """One line for a refused token, naming the host that refused it (never the token)."""
-    host = urlsplit(url).netloc if url else ""
+    host = shown_host(url) if url else ""
     who = f"the Rubin Science Platform ({host})" if host else "the Rubin Science Platform"
     return RspAuthError(
         f"{who} refused the token in {token_env} (HTTP {code}); make a new one with "
@@ -283,7 +284,7 @@ class LsstCutouts(ClientStatus):
                     raise
                 raise mapped from None
 
-        return self.client.call(once, what, where=urlsplit(url).netloc or url)
+        return self.client.call(once, what, where=shown_host(url) or url)
 
     # -- the three protocol steps --------------------------------------------------------------
     def adql(self, positions: Sequence[tuple[float, float]]) -> str:

@@ -189,15 +189,17 @@ def test_a_failing_cutout_service_stops_after_the_failure_budget_naming_its_host
     assert failing is not None and failing.startswith(f"{host}: 2 requests in a row")
 
 
+@pytest.mark.parametrize("userinfo", ["", "alice:s3cret@"])
 def test_a_failing_soda_service_on_another_host_is_named_by_its_own_host(survey, rsp,
-                                                                         options):
+                                                                         options, userinfo):
     """The failure budget names the host of the DataLink descriptor's SODA service, not the
-    RSP's, when the two differ."""
+    RSP's, when the two differ, and never a user name or password its URL holds."""
     from fake_rsp import FakeRsp
 
     soda = FakeRsp(token=None).start()  # an open cutout service on another port
     soda.add_fault("cutout/sync", "503", times=-1)
-    rsp.soda_base, host = soda.url, soda.url.split("/")[2]
+    host = soda.url.split("/")[2]
+    rsp.soda_base = soda.url.replace("://", f"://{userinfo}", 1)
     try:
         with survey.cutouts(PRE, {**options, "workers": 1, "tap_batch": 1,
                                   "max_failed_requests": 2}) as svc:
@@ -209,6 +211,7 @@ def test_a_failing_soda_service_on_another_host_is_named_by_its_own_host(survey,
         "fetch-failed: HTTP 503", "fetch-failed: HTTP 503", "fetch-failed: service failing"]
     assert soda.count("cutout/sync") > 0 and rsp.count("cutout/sync") == 0
     assert failing is not None and failing.startswith(f"{host}: 2 requests in a row"), failing
+    assert "alice" not in failing and "s3cret" not in failing
 
 
 def test_a_refused_adql_query_is_a_status_with_the_services_words(survey, rsp, options):
