@@ -33,7 +33,8 @@ class StampsOnWorkers(distributed.WorkerPlugin):
             pm.register(Survey(), name="stamps-test")
 
 
-def _hats(tmp: Path, n: int = 60, **more: object) -> tuple[Path, object]:
+def _hats(tmp: Path, n: int = 60, margin: float | None = None,
+          **more: object) -> tuple[Path, object]:
     import pandas as pd
 
     rng = np.random.default_rng(5)
@@ -46,7 +47,7 @@ def _hats(tmp: Path, n: int = 60, **more: object) -> tuple[Path, object]:
     })
     df.loc[3, "dec"] = 85.0  # no coverage
     cat = lsdb.from_dataframe(df, ra_column="ra", dec_column="dec", lowest_order=1,
-                              highest_order=3, partition_rows=12, margin_threshold=None)
+                              highest_order=3, partition_rows=12, margin_threshold=margin)
     path = tmp / "cat_hats"
     cat.write_catalog(path, progress_bar=False)
     return path, df
@@ -76,7 +77,8 @@ def test_hats_catalog_classified_partition_by_partition_on_two_workers(env, clus
     from test_classify import run_cli
 
     tmp, ckpt, log = env
-    src, df = _hats(tmp)
+    src, df = _hats(tmp, margin=3600)  # LSDB's writer adds a margin catalog
+    assert len(lsdb.open_catalog(src).margin.compute()) > 0
     with Client(cluster) as client:  # the workers log their fetches where this test reads
         client.run(lambda path: os.environ.update(GALMERGE_TEST_FETCH_LOG=path), str(log))
     res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
@@ -97,7 +99,9 @@ def test_hats_catalog_classified_partition_by_partition_on_two_workers(env, clus
                                                                        strict=True)]))
     np.testing.assert_allclose(ok["p_merger"].astype(float), expected, atol=1e-5)
     assert (ok["is_merger"].astype(int) == (expected >= 0.5)).all()
-    assert max(Counter(fetch_lines(log)).values()) == 1  # each stamp fetched once
+    # each stamp fetched once: the input's margin rows are not classified again
+    assert max(Counter(fetch_lines(log)).values()) == 1 and len(fetch_lines(log)) == len(df)
+    assert out.margin is None and not list((tmp / "out_hats").glob("*arcs"))
     caches = sorted((tmp / "out_hats.cache").rglob("Npix=*.h5"))
     assert len(caches) == len(inp.get_healpix_pixels()) - 0  # one cache per partition
     props = next((tmp / "out_hats").rglob("hats.properties")).read_text()

@@ -15,8 +15,8 @@ in the output's ``galmerge_run.json`` (`RUN_RECORD`), so results of two settings
 
 Partition borders: every row is classified from its own cutout, centred on it, which shows its
 companions whichever partition their catalog rows fall in; results therefore do not depend on
-the partitioning and no margin cache is needed (one, if present, is not read: margin rows
-belong to a neighbouring partition, which classifies them once).
+the partitioning and no margin cache is needed (one, if present, is dropped on open: margin
+rows belong to a neighbouring partition, which classifies them once).
 """
 
 from __future__ import annotations
@@ -257,6 +257,9 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
     except Exception as exc:  # hats/lsdb raise many kinds for a bad folder
         raise GalmergeError(f"{src}: cannot open as a HATS catalog ({exc})".splitlines()[0]) \
             from None
+    # a collection's margin would be classified (and its rows fetched) a second time by
+    # map_partitions and written as a margin catalog: its rows are in their own partitions
+    cat.margin = None
     from galmerge.classification.catalogs import DEC_NAMES, ID_NAMES, RA_NAMES, _pick
 
     # here, in one line, before any folder is made: the workers would fail with a traceback
