@@ -384,8 +384,18 @@ def test_a_rerun_with_other_settings_does_not_continue_the_output(env, cluster):
             f"settings ({named}" in res.output
         assert "choose another --output, or delete the folder" in res.output
         assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    # another catalog (or the same path written again) into that output: refused too
+    (tmp / "b").mkdir()
+    other_src, _ = _hats(tmp / "b", n=20)
+    res = run_cli("classify", str(other_src), *args[2:], "--model", str(ckpt))
+    assert res.exit_code != 0 and "other settings (the input catalog:" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
     assert {p: p.read_bytes() for p in (tmp / "out_hats").rglob("*") if p.is_file()} == before
-    assert run_cli(*args, "--model", str(ckpt)).exit_code == 0  # the same command: resumed
+    # a partition file no longer in partition_info.csv (an earlier write's) is not counted
+    stray = next((tmp / "out_hats").rglob("Npix=*.parquet"))
+    stray.with_name("Npix=99999.parquet").write_bytes(stray.read_bytes())
+    res = run_cli(*[a for a in args if a != "--quiet"], "--model", str(ckpt))
+    assert res.exit_code == 0 and f"classified {len(df)} rows" in res.output  # resumed
     (tmp / "mine").mkdir()
     (tmp / "mine" / "notes.txt").write_text("mine")
     res = run_cli(*args[:-1], str(tmp / "mine"), "--model", str(ckpt))

@@ -293,7 +293,8 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
              for k, v in record.items() if k != "format"}
     run = _run_record(model, record, threshold=float(threshold), domain=domain, survey=survey,
                       keepbits=keepbits, columns=keep, ra_col=ra_col, dec_col=dec_col,
-                      id_col=id_col, shift_stats_sha256=record.get("shift_stats_sha256"))
+                      id_col=id_col, shift_stats_sha256=record.get("shift_stats_sha256"),
+                      input=str(src.resolve()), input_sha256=_catalog_sha256(cat))
     _check_resumable(out, run)
     cluster = None
     if scheduler is None:
@@ -330,7 +331,25 @@ RUN_RECORD = "galmerge_run.json"
 _OPTIONS = {"checkpoint_sha256": "--model (checkpoint SHA-256)", "threshold": "--threshold",
             "domain": "--domain", "survey": "--survey", "keepbits": "--cache-keepbits",
             "columns": "--columns", "ra_col": "--ra-col", "dec_col": "--dec-col",
-            "id_col": "--id-col", "shift_stats_sha256": "shift_stats.npz (SHA-256)"}
+            "id_col": "--id-col", "shift_stats_sha256": "shift_stats.npz (SHA-256)",
+            "input": "the input catalog",
+            "input_sha256": "the input catalog's hats.properties and partition_info.csv (SHA-256)"}
+
+
+def _catalog_sha256(cat: Any) -> str:
+    """A hash of the catalog's description (properties and partition list): a catalog written
+    again, or with other partitions, under the same path is another input."""
+    import hashlib
+
+    from hats.io.paths import get_partition_info_pointer
+
+    base = Path(str(cat.hc_structure.catalog_path))
+    props = next((base / n for n in ("hats.properties", "properties") if (base / n).is_file()),
+                 base / "hats.properties")
+    h = hashlib.sha256()
+    for f in (props, Path(str(get_partition_info_pointer(base)))):
+        h.update(f.name.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"") + b"\0")
+    return h.hexdigest()
 
 
 def _run_record(model: str | os.PathLike[str], provenance: dict[str, Any],
@@ -389,15 +408,19 @@ def _repair_progress(out: Path) -> None:
 
 def _counts(out: Path, names: tuple[str, str, str] = ("p_merger", "is_merger", "status")
             ) -> dict[str, Any]:
-    import pyarrow.dataset as ds
+    import hats
+    import pyarrow.parquet as pq
+    from hats.io.paths import pixel_catalog_file
 
     statuses: Counter = Counter()
     mergers = rows = 0
-    # a catalog, or a collection (LSDB writes one) with the catalog one folder down
-    data = next(d for d in [out / "dataset", *sorted(out.glob("*/dataset"))] if d.is_dir())
-    for batch in ds.dataset(data, format="parquet",
-                            exclude_invalid_files=True).to_batches(
-            columns=[names[1], names[2]]):
+    # the partitions partition_info.csv lists, not every file below dataset/ (a file a
+    # write with other partitions left there is no part of the catalog)
+    written = hats.read_hats(out)
+    written = getattr(written, "main_catalog", written)  # LSDB writes a collection
+    for pixel in written.get_healpix_pixels():
+        batch = pq.read_table(str(pixel_catalog_file(written.catalog_base_dir, pixel)),
+                              columns=[names[1], names[2]])
         rows += batch.num_rows
         statuses.update(str(s).split(":", 1)[0] for s in batch.column(1).to_pylist())
         mergers += int(np.sum(np.asarray(batch.column(0).fill_null(0).to_numpy()) == 1))
