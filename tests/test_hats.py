@@ -396,6 +396,14 @@ def test_a_rerun_with_other_settings_does_not_continue_the_output(env, cluster):
     stray.with_name("Npix=99999.parquet").write_bytes(stray.read_bytes())
     res = run_cli(*[a for a in args if a != "--quiet"], "--model", str(ckpt))
     assert res.exit_code == 0 and f"classified {len(df)} rows" in res.output  # resumed
+    # the checkpoint retrained in place: the same long-lived workers use the new model
+    make_checkpoint(ckpt, seed=1)
+    res = run_cli(*args[:-1], str(tmp / "out2"), "--model", str(ckpt))
+    assert res.exit_code == 0, res.output
+    got = lsdb.open_catalog(tmp / "out2").compute()
+    ok = got[got["status"] == "ok"]
+    np.testing.assert_allclose(ok["p_merger"].astype(float), oracle(ckpt, np.stack(
+        [stamp_for(r, d) for r, d in zip(ok["ra"], ok["dec"], strict=True)])), atol=1e-5)
     (tmp / "mine").mkdir()
     (tmp / "mine" / "notes.txt").write_text("mine")
     res = run_cli(*args[:-1], str(tmp / "mine"), "--model", str(ckpt))

@@ -32,7 +32,7 @@ import numpy as np
 from galmerge.errors import GalmergeError
 
 RESULT_COLUMNS = ("p_merger", "is_merger", "status")
-_MODELS: dict[tuple[Any, ...], Any] = {}  # one loaded model per worker process
+_MODELS: dict[tuple[Any, ...], Any] = {}  # a worker process's loaded model, by checkpoint hash
 
 
 def is_hats_catalog(path: str | os.PathLike[str]) -> bool:
@@ -60,10 +60,16 @@ def _cutout_provenance(survey: str, spec: Any, keepbits: int | None) -> tuple[st
         service.close()
 
 
-def _inference(model: str, domain: str, device: str, batch_size: int) -> Any:
+def _inference(model: str, domain: str, device: str, batch_size: int,
+               checkpoint_sha256: str | None = None) -> Any:
     from galmerge.classification.pipeline import _Inference
 
-    key = (str(model), domain, device, int(batch_size))
+    if checkpoint_sha256 is None:  # by content: a checkpoint retrained in place is another model
+        from galmerge.io.provenance import sha256_file
+        from galmerge.models.model import resolve_checkpoint
+
+        checkpoint_sha256 = sha256_file(resolve_checkpoint(model))
+    key = (str(model), checkpoint_sha256, domain, device, int(batch_size))
     if key not in _MODELS:
         try:  # one torch thread per Dask thread: workers share the machine's cores
             import torch
@@ -72,6 +78,7 @@ def _inference(model: str, domain: str, device: str, batch_size: int) -> Any:
             torch.set_num_threads(max(1, int(get_worker().state.nthreads)))
         except (ImportError, ValueError):
             pass
+        _MODELS.clear()  # one model held per worker: a retrained one replaces it
         _MODELS[key] = _Inference(model, domain, device, batch_size, 0)
     return _MODELS[key]
 
@@ -146,10 +153,13 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
                        threshold: float = 0.5, domain: str = "target", device: str = "cpu",
                        batch_size: int = 256, workers: int = 4,
                        chunk_rows: int = 4096, keepbits: int | None = None,
-                       extra: list[str] | tuple[str, ...] = ()) -> Any:
+                       extra: list[str] | tuple[str, ...] = (),
+                       checkpoint_sha256: str | None = None) -> Any:
     """Classify the rows of one partition (a pandas frame); returns ``keep`` columns (default
     all) plus ``p_merger``, ``is_merger``, ``status`` and the ``extra`` result columns
-    (`result_columns`; null where a row has no value), in the same order and index."""
+    (`result_columns`; null where a row has no value), in the same order and index.
+    ``checkpoint_sha256``: the model's hash, which keys the worker's loaded model (default:
+    the checkpoint hashed for each partition)."""
     import pandas as pd
     import pyarrow as pa
 
@@ -168,7 +178,7 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
     out = result_meta(df.iloc[:0], keep, extra) if len(df) == 0 else None
     if out is not None:
         return out
-    infer = _inference(model, domain, device, batch_size)
+    infer = _inference(model, domain, device, batch_size, checkpoint_sha256)
     name, arg, spec_options = parse_survey_spec(survey)
     survey_service = SurveyService.open(name, survey_record(name, arg), infer.spec,
                                         {"workers": int(workers), **spec_options}, survey)
@@ -277,12 +287,6 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
     # statistics (the workers' inference loads the same file; no note here: the CLI prints it)
     stats, _ = _shift_stats(model, checkpoint_sha256)
     extra = _columns_of(stats)
-    meta = result_meta(cat.meta, keep, extra)
-    result = cat.map_partitions(
-        classify_partition, include_pixel=True, meta=meta, model=str(model), survey=survey,
-        cache_dir=str(cache_dir), keep=keep, ra_col=ra_col, dec_col=dec_col, id_col=id_col,
-        threshold=float(threshold), domain=domain, device=device, batch_size=batch_size,
-        workers=workers, keepbits=keepbits, extra=extra)
     from galmerge.io.provenance import stamped
 
     record = stamped(provenance) if provenance else {}  # created_utc: the time of this write
@@ -296,6 +300,12 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
                       id_col=id_col, shift_stats_sha256=record.get("shift_stats_sha256"),
                       input=str(src.resolve()), input_sha256=_catalog_sha256(cat))
     _check_resumable(out, run)
+    result = cat.map_partitions(
+        classify_partition, include_pixel=True, meta=result_meta(cat.meta, keep, extra),
+        model=str(model), survey=survey, cache_dir=str(cache_dir), keep=keep, ra_col=ra_col,
+        dec_col=dec_col, id_col=id_col, threshold=float(threshold), domain=domain,
+        device=device, batch_size=batch_size, workers=workers, keepbits=keepbits, extra=extra,
+        checkpoint_sha256=run["checkpoint_sha256"])
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(n_workers=n_workers or max(1, os.cpu_count() or 1),
