@@ -312,6 +312,21 @@ def test_a_wrong_column_option_is_one_line_and_leaves_no_folder(env, option):
     assert not (tmp / "out_hats").exists() and not (tmp / "out_hats.cache").exists()
 
 
+def test_a_cache_inside_the_output_is_one_line_and_leaves_no_folder(env):
+    """--cache inside --output made the first run take the resume branch: no
+    galmerge_run.json was written, and the same command again was refused."""
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, _ = _hats(tmp, n=12)
+    for cache in (tmp / "out_hats" / "cache", tmp / "out_hats"):
+        res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps",
+                      "--quiet", "--output", str(tmp / "out_hats"), "--cache", str(cache))
+        assert res.exit_code != 0 and f"--cache {cache} is inside --output" in res.output
+        assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+        assert not (tmp / "out_hats").exists()
+
+
 def test_an_unreachable_scheduler_is_one_line_and_leaves_no_folder(env):
     """--scheduler where no Dask scheduler runs gave an OSError traceback."""
     import socket

@@ -260,6 +260,11 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
     if out.resolve() == src.resolve():
         raise GalmergeError(f"--output {out} is the input catalog; choose another folder")
     cache_dir = Path(cache) if cache is not None else out.with_name(out.name + ".cache")
+    if cache_dir.resolve() == out.resolve() or out.resolve() in cache_dir.resolve().parents:
+        # the output folder holds LSDB's catalog and the run record alone (a cache there
+        # made a first run look like a resume)
+        raise GalmergeError(f"--cache {cache_dir} is inside --output {out}; choose a cache "
+                            "folder outside the output (default: <output>.cache beside it)")
     for folder in (out, cache_dir):
         check_private_folder(folder)
     try:
