@@ -397,17 +397,20 @@ def _check_resumable(out: Path, run: dict[str, Any]) -> None:
 
 
 def _repair_progress(out: Path) -> None:
-    """Drop the partition histograms LSDB's resume would refuse, so those partitions are redone.
+    """Drop the progress files LSDB's resume would refuse, so those partitions are redone.
 
     LSDB (``lsdb.io.to_hats``) writes each finished partition's histogram, then its ``done``
-    marker. A kill between the two, or during the histogram, leaves a histogram without a
-    marker (or a torn file), and ``write_catalog(resume=True)`` then stops with "histogram
-    files do not match the done pixels" or ``EOFError``; no LSDB option repairs that."""
+    marker; at the end it removes ``hists/``, then ``done/``. A kill between a histogram and
+    its marker, or during the histogram, leaves a histogram without a marker (or a torn file);
+    a kill between the two removals leaves markers without histograms. ``write_catalog(
+    resume=True)`` then stops with "histogram files do not match the done pixels" or
+    ``EOFError``; no LSDB option repairs that."""
     import zipfile
 
-    for hists in [out / "hists", *out.glob("*/hists")]:
-        done_dir = hists.parent / "done"
+    for folder in [out, *(d for d in out.iterdir() if d.is_dir())]:
+        hists, done_dir = folder / "hists", folder / "done"
         done = {f.name.removesuffix("_done") for f in done_dir.glob("*_done")}
+        kept = set()
         for hist in hists.glob("*_histogram.npz"):
             pixel = hist.name.removesuffix("_histogram.npz")
             try:
@@ -416,9 +419,12 @@ def _repair_progress(out: Path) -> None:
                 readable = True
             except (OSError, ValueError, EOFError, zipfile.BadZipFile):
                 readable = False
-            if pixel not in done or not readable:
+            if pixel in done and readable:
+                kept.add(pixel)
+            else:
                 hist.unlink(missing_ok=True)
-                (done_dir / f"{pixel}_done").unlink(missing_ok=True)
+        for pixel in done - kept:  # also where hists/ is gone
+            (done_dir / f"{pixel}_done").unlink(missing_ok=True)
 
 
 def _counts(out: Path, names: tuple[str, str, str] = ("p_merger", "is_merger", "status")
