@@ -297,6 +297,23 @@ def test_an_input_column_named_like_a_result_is_kept_beside_it(env, cluster):
     assert (got["status_1"] == "ok").sum() == len(df) - 1
 
 
+def test_columns_without_positions_keep_the_catalogs_ra_and_dec(env, cluster):
+    """--columns objid,mag wrote a HATS catalog without its ra/dec columns, which LSDB
+    cannot search (or read back as a catalog)."""
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, df = _hats(tmp, n=12)
+    res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+                  "--columns", "objid,mag", "--scheduler", cluster.scheduler_address,
+                  "--output", str(tmp / "out_hats"))
+    assert res.exit_code == 0, res.output
+    out = lsdb.open_catalog(tmp / "out_hats")
+    assert list(out.columns) == ["objid", "mag", "ra", "dec", "p_merger", "is_merger", "status"]
+    near = out.cone_search(df["ra"][0], df["dec"][0], 60).compute()
+    assert list(near["objid"]) == [df["objid"][0]]
+
+
 @pytest.mark.parametrize("option", ["--ra-col", "--dec-col", "--id-col"])
 def test_a_wrong_column_option_is_one_line_and_leaves_no_folder(env, option):
     """A wrong --ra-col was found only inside the Dask workers: a multi-line traceback, and an

@@ -288,6 +288,9 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
         if missing:
             raise GalmergeError(f"{src}: no column '{missing[0]}' for --columns; columns are: "
                                 f"{', '.join(cat.columns)}")
+        # the catalog's positions stay: a HATS catalog without them cannot be read back
+        info = cat.hc_structure.catalog_info
+        keep += [c for c in (info.ra_column, info.dec_column) if c and c not in keep]
     # the columns classify writes for other formats: shift_score/shift_flag when the run has
     # statistics (the workers' inference loads the same file; no note here: the CLI prints it)
     stats, _ = _shift_stats(model, checkpoint_sha256)
