@@ -345,7 +345,8 @@ def test_a_cache_inside_the_output_is_one_line_and_leaves_no_folder(env):
 
 
 def test_an_unreachable_scheduler_is_one_line_and_leaves_no_folder(env):
-    """--scheduler where no Dask scheduler runs gave an OSError traceback."""
+    """--scheduler where no Dask scheduler runs gave an OSError traceback, a malformed address
+    a ValueError traceback."""
     import socket
 
     import dask
@@ -364,6 +365,13 @@ def test_an_unreachable_scheduler_is_one_line_and_leaves_no_folder(env):
     assert f"--scheduler tcp://127.0.0.1:{port}: no Dask scheduler answers there" in res.output
     assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
     assert not (tmp / "out_hats").exists() and not (tmp / "out_hats.cache").exists()
+    for typo in ("localhost:notaport", "foo://127.0.0.1:8786"):  # a ValueError traceback
+        res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps",
+                      "--quiet", "--scheduler", typo, "--output", str(tmp / "out_hats"))
+        assert res.exit_code != 0 and f"--scheduler {typo}: not a Dask scheduler address" \
+            in res.output
+        assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+        assert not (tmp / "out_hats").exists() and not (tmp / "out_hats.cache").exists()
 
 
 def test_the_same_hats_command_runs_again_and_kinds_are_checked(env, cluster):

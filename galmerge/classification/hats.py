@@ -325,6 +325,10 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
             raise GalmergeError(f"--scheduler {scheduler}: no Dask scheduler answers there "
                                 f"({exc}); start one, or drop --scheduler for a local cluster"
                                 .splitlines()[0]) from None
+        except ValueError as exc:  # distributed's parse of the address
+            raise GalmergeError(f"--scheduler {scheduler}: not a Dask scheduler address ({exc}); "
+                                "give one such as tcp://HOST:8786, or drop --scheduler for a "
+                                "local cluster".splitlines()[0]) from None
         with client:
             cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             resume = out.is_dir() and any(out.iterdir())
