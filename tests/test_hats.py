@@ -329,6 +329,37 @@ def test_a_wrong_column_option_is_one_line_and_leaves_no_folder(env, option):
     assert not (tmp / "out_hats").exists() and not (tmp / "out_hats.cache").exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two usable CPUs")
+def test_the_local_cluster_has_one_worker_per_usable_cpu(env, monkeypatch):
+    """The local cluster started os.cpu_count() workers, not one per CPU this process may use
+    (a SLURM allocation, taskset)."""
+    import dask.distributed
+
+    from galmerge.classification.hats import classify_hats
+
+    tmp, ckpt, _ = env
+    src, _ = _hats(tmp, n=12)
+    asked = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(**kwargs: object) -> None:  # records the cluster asked for, starts none
+        asked.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(dask.distributed, "LocalCluster", spy)
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(mask)})
+    try:
+        with pytest.raises(Stop):
+            classify_hats(src, ckpt, output=tmp / "out_hats", survey="stamps", quiet=True)
+    finally:
+        os.sched_setaffinity(0, mask)
+    assert asked["n_workers"] == 1
+
+
 def test_a_cache_inside_the_output_is_one_line_and_leaves_no_folder(env):
     """--cache inside --output made the first run take the resume branch: no
     galmerge_run.json was written, and the same command again was refused."""

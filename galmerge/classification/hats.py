@@ -42,6 +42,15 @@ def is_hats_catalog(path: str | os.PathLike[str]) -> bool:
         "hats.properties", "properties", "collection.properties", "partition_info.csv"))
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a SLURM allocation, ``taskset``), not
+    all the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity API (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
 def _cutout_provenance(survey: str, spec: Any, keepbits: int | None) -> tuple[str, str]:
     """(data release, cutout kind) as the workers' cutout service states them, for the
     output's provenance: the service is opened here once and closed (no request is made)."""
@@ -242,7 +251,8 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
 
     ``output`` defaults to ``<catalog name>_galmerge`` in the working directory, ``cache`` to
     ``<output>.cache`` (one cutout cache per partition below it). ``scheduler``: the address of
-    a running Dask scheduler; default a local cluster of ``n_workers`` processes (one per core).
+    a running Dask scheduler; default a local cluster of ``n_workers`` processes (one per CPU
+    this process may use).
     ``checkpoint_sha256``: the checkpoint's hash when the caller has loaded it (the shift
     statistics are then matched to it without hashing the checkpoint again). Returns counts
     (rows, statuses, mergers).
@@ -316,7 +326,7 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
         checkpoint_sha256=run["checkpoint_sha256"])
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=n_workers or max(1, os.cpu_count() or 1),
+        cluster = LocalCluster(n_workers=n_workers or _usable_cpus(),
                                threads_per_worker=1, processes=True, dashboard_address=None)
     try:
         try:  # connected before any folder is made
