@@ -193,6 +193,8 @@ def test_options_hats_cannot_do_yet_are_refused_in_one_line(env, extra):
     res = run_cli("classify", str(src), "--model", str(ckpt), *extra, "--survey", "stamps",
                   "--quiet", "--output", str(tmp / "out_hats"))
     assert res.exit_code != 0 and "not supported for a HATS catalog folder" in res.output
+    # galmerge fraction reads a file, not a HATS folder: the hint says how to get one
+    assert "run galmerge fraction on a Parquet export of the output" in res.output
     assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
     assert not (tmp / "out_hats").exists()
 

@@ -570,9 +570,11 @@ def _refuse_on_hats(catalog: Any, model: Any, prior: Any, mc_dropout: Any) -> No
     if Path(catalog).is_dir() and (several or prior is not None or mc_dropout):
         what = ("several --model (an ensemble)" if several else
                 "--prior" if prior is not None else "--mc-dropout")
+        # galmerge fraction reads a file: a HATS output needs an export first
         raise GalmergeError(f"{what} is not supported for a HATS catalog folder yet; classify "
-                            "it with one model, then run galmerge fraction on the output, or "
-                            "classify a Parquet export of the catalog")
+                            "a Parquet export of the catalog, or classify it with one model and "
+                            "run galmerge fraction on a Parquet export of the output "
+                            "(lsdb.open_catalog(OUTPUT).compute().to_parquet(FILE))")
 
 
 @contextlib.contextmanager
