@@ -141,6 +141,12 @@ def _other_command_cases(tmp: Path, ckpt: Path, cat: Path) -> list[tuple[list[st
         ([*c, "--chunk-rows", "-1"], "--chunk-rows"),
         ([*c, "--domain", "nowhere"], "--domain"),
         ([*c, "--device", "meta"], "unknown --device 'meta'"),
+        # checked before the HATS-folder and ONNX branches too (a folder: HATS's Dask workers
+        # met it first; an .onnx model never)
+        (["classify", str(tmp), "--model", str(ckpt), "--device", "xpu"],
+         "unknown --device 'xpu'"),
+        (["classify", str(cat), "--model", str(tmp / "m.onnx"), "--device", "meta"],
+         "unknown --device 'meta'"),
         (["classify", str(tmp / "missing.csv"), "--model", str(ckpt)], "missing.csv"),
         (["classify", str(cat), "--model", str(tmp / "nope.pt")], "nope.pt"),
         (["classify", str(cat), "--model", str(cat), "--quiet"], "cat.csv"),

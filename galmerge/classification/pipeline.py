@@ -63,6 +63,7 @@ from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.io.provenance import data_release
 from galmerge.io.provenance import record as provenance_record
+from galmerge.runtime.devices import check_device_name
 
 DEFAULT_CHUNK_ROWS = 4096
 
@@ -458,6 +459,8 @@ def classify(
         raise GalmergeError("--mc-dropout with several --model: not supported (both would fill "
                             "p_merger_std); use an ensemble or MC-dropout, not both")
     prior, prior_rule = _parse_prior_options(prior, prior_rule)  # one line, before any work
+    # before any branch: a HATS run checks it only in its Dask workers, an ONNX model never
+    check_device_name(device)
     model = _refuse_torchscript(model)  # (a function: the ensemble below passes on locals())
     _refuse_on_hats(catalog, model, prior, mc_dropout)
     if not Path(catalog).is_dir() and (scheduler is not None or columns):
@@ -614,6 +617,9 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
             raise GalmergeError(f"--mc-dropout: {model} is an exported ONNX model, whose dropout "
                                 "is folded away; pass the run directory instead")
         infer: Any = OnnxInference(model, domain, batch_size)
+        if check_device_name(device) not in ("auto", "cpu") and dist.is_main and not quiet:
+            print(f"galmerge: {model} runs on the CPU (ONNX Runtime); --device {device} is not "
+                  "used", file=sys.stderr)
     else:
         infer = _Inference(model, domain, device, batch_size, dist.local_rank, mc_dropout)
     extra = list(getattr(infer, "extra", []))

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 # the devices galmerge runs on; torch knows more names (xpu, meta, ...) that it cannot train with
 CHOICES = "auto, cpu, cuda, cuda:N (N a GPU index) or mps"
-_NAME = re.compile(r"auto|cpu|mps|cuda(?::(\d+))?")
+_NAME = re.compile(r"auto|cpu|mps(?::0)?|cuda(?::(\d+))?")  # mps:0, torch's name of mps
 
 
 def check_device_name(name: str) -> str:
