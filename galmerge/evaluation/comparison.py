@@ -112,11 +112,18 @@ def _setup(run: Path) -> tuple[int | None, str, dict[str, str]]:
             flatten_settings({k: v for k, v in config.items() if k not in PER_RUN}))
 
 
+#: ``* = 1``, every parameter at lr: what a record from before lr_multipliers trained with
+#: (`galmerge.config.legacy`), and what a run whose modules declare none records as no table
+ALL_AT_LR = "lr_multipliers.*"
+
+
 def _grouping(settings: Mapping[str, str]) -> dict[str, str]:
     """``settings`` as runs are grouped by: `MEASURED` numbers (a list or a number, not
-    "none"/"auto") stand as `MEASURED_MARK`."""
+    "none"/"auto") stand as `MEASURED_MARK`; ``lr_multipliers.* = 1`` (the default for any
+    parameter no other multiplier names) is left out."""
     return {k: json.dumps(MEASURED_MARK) if k in MEASURED and not isinstance(json.loads(v), str)
-            else v for k, v in settings.items()}
+            else v for k, v in settings.items()
+            if not (k == ALL_AT_LR and json.loads(v) == 1.0)}
 
 
 def flatten_settings(config: Mapping[str, Any]) -> dict[str, str]:
