@@ -41,8 +41,6 @@ from typing import Any
 
 import numpy as np
 
-from galmerge.fractions.estimators import CORRECTED, DEFAULT_RECOMMENDED
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FRACTIONS = (0.05, 0.2, 0.5)
@@ -170,6 +168,8 @@ def _fmt(v: float | None) -> str:
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from galmerge.fractions.estimators import CORRECTED, DEFAULT_RECOMMENDED
+
     rows = []
     keys = sorted({(r["fraction"], r["model"]) for r in records})
     for f, model in keys:
