@@ -331,6 +331,21 @@ def test_grad_cam_maps_share_one_scale_and_randomisation_changes_every_weight() 
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_randomised_copy_changes_no_random_stream_and_repeats_by_seed(monkeypatch) -> None:
+    from galmerge.evaluation.gradcam import randomised_copy
+
+    seeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    torch.manual_seed(0)
+    model = build_model("deepmerge", 3, 32)
+    seeded.clear()
+    state = torch.get_rng_state()
+    first, second = randomised_copy(model, seed=3), randomised_copy(model, seed=3)
+    assert seeded == []  # the GPU generators a run draws dropout from are not reset
+    assert torch.equal(state, torch.get_rng_state())
+    assert all(torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items())
+
+
 def test_gallery_ids_keep_both_ends() -> None:
     from galmerge.evaluation.pipeline import _short
 

@@ -107,6 +107,22 @@ def test_label_free_scores_never_read_target_labels_or_disturb_rng() -> None:
     assert math.isclose(hidden["source_val_loss"], expected_loss, rel_tol=1e-6)
 
 
+def test_label_free_scores_leave_the_gpu_generators_alone(monkeypatch) -> None:
+    """DEV's PCA seeds only the CPU generator it restores: a validation must not reset the
+    CUDA/MPS streams that GPU dropout draws from (recorded here, as this machine has no GPU)."""
+    seeded: list[tuple[str, int]] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: seeded.append(("cuda", s)))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda s: seeded.append(("mps", s)))
+    g = torch.Generator().manual_seed(4)
+    fs, ft = torch.randn(60, 8, generator=g), torch.randn(60, 8, generator=g) + 0.3
+    zs, zt = torch.randn(60, 2, generator=g), torch.randn(60, 2, generator=g)
+    ys = torch.randint(0, 2, (60,), generator=g)
+    first = selection.label_free_scores(SplitOutputs(fs, zs, ys), SplitOutputs(ft, zt, _unknown(60)))
+    assert seeded == []
+    again = selection.label_free_scores(SplitOutputs(fs, zs, ys), SplitOutputs(ft, zt, _unknown(60)))
+    assert first == again  # still seeded: DEV is the same number every time
+
+
 def test_oracle_is_target_accuracy_and_named_oracle() -> None:
     logits = _logits_from_probs(torch.tensor([0.9, 0.8, 0.2, 0.4]))
     labels = torch.tensor([1, 0, 0, -1])

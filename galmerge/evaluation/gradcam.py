@@ -83,20 +83,22 @@ def common_scale(maps: torch.Tensor) -> float:
 
 def randomised_copy(model: GalaxyClassifier, seed: int = 0) -> GalaxyClassifier:
     """A copy of ``model`` with every layer re-initialised (the full model randomisation of
-    Adebayo et al. 2018): what Grad-CAM shows for a network that learned nothing."""
-    clone = copy.deepcopy(model)
-    generator_state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    Adebayo et al. 2018): what Grad-CAM shows for a network that learned nothing.
+
+    The copy is re-initialised on the CPU from the CPU generator alone (the same weights on any
+    device), then moved to the model's device; no random stream of the caller changes.
+    """
+    device = next(model.parameters()).device
+    clone = copy.deepcopy(model).cpu()
+    with torch.random.fork_rng(devices=[]):  # the CPU generator, restored on exit
+        torch.default_generator.manual_seed(seed)
         for module in clone.modules():
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
                 reset()
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
                 module.reset_running_stats()
-    finally:
-        torch.set_rng_state(generator_state)
-    return clone
+    return clone.to(device)
 
 
 def randomisation_check(model: GalaxyClassifier, x: torch.Tensor, seed: int = 0) -> float:

@@ -123,9 +123,12 @@ def _principal_components(x: torch.Tensor, seed: int) -> np.ndarray:
     x = (x - x.mean(dim=0)) / x.std(dim=0).clamp_min(1e-8)
     # about 20 samples per component keeps the classifier from separating noise
     q = max(1, min(DEV_MAX_COMPONENTS, x.shape[0] // 20, x.shape[1]))
-    # pca_lowrank draws random numbers: keep the caller's (the trainer's) RNG stream untouched
+    # pca_lowrank draws random numbers (x is on the CPU): keep the caller's (the trainer's) RNG
+    # stream untouched. Only the CPU generator is seeded: torch.manual_seed would also seed every
+    # CUDA/MPS generator, which fork_rng(devices=[]) does not restore (every GPU run's dropout
+    # would restart from seed 0 at each validation, on every DDP rank alike)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         u, s, _ = torch.pca_lowrank(x, q=q, center=False)
     scores = u * s
     return (scores / scores.std(dim=0).clamp_min(1e-8)).numpy()
