@@ -421,3 +421,31 @@ def test_a_run_directory_means_best_pt_and_its_last_pt_must_be_asked_for(run, tm
     assert code == 0, text
     assert "was fitted for the run's best.pt, not" in text and "retrained" not in text, text
     assert "shift_score" not in _csv(tmp_path / "l.csv")[0]
+
+
+def test_scores_keep_float32_precision_when_the_leading_directions_dwarf_the_rest() -> None:
+    """A spectrum of 20 strong directions over a faint tail (as with many near-dead units): the
+    float32 score must agree with the same statistics scored in float64."""
+    rng = np.random.default_rng(0)
+    dim = 120
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    scales = np.concatenate([np.full(20, 100.0), np.full(dim - 20, 0.01)])
+
+    def draw(m: int) -> np.ndarray:
+        return ((rng.standard_normal((m, dim)) * scales) @ basis.T + 50.0).astype(np.float32)
+
+    moments = shift_score.FeatureMoments()
+    moments.add(draw(2000), (rng.random(2000) < 0.5).astype(int))
+    stats = shift_score.fit(moments)
+    query = draw(300)
+    f = query.astype(np.float64)
+    best = np.full(len(f), np.inf)
+    for mu in stats["means"].astype(np.float64):
+        diff = f - mu
+        proj = diff @ stats["components"].astype(np.float64)
+        resid = np.square(diff - proj @ stats["components"].astype(np.float64).T).sum(1)
+        d2 = (proj**2 / stats["eigenvalues"]).sum(1) + resid / float(stats["sigma2"])
+        best = np.minimum(best, d2)
+    exact = np.sqrt(best / dim)
+    got = shift_score.score_numpy(stats, query)
+    assert np.max(np.abs(got - exact) / exact) < 0.05
