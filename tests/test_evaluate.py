@@ -199,6 +199,37 @@ def test_grad_cam_maps_for_built_in_backbones(backbone: str) -> None:
     assert model.training  # the model's mode is restored
 
 
+@pytest.mark.parametrize("backbone", ["deepmerge", "resnet18"])
+def test_grad_cam_maps_are_the_same_for_models_that_compute_the_same_function(backbone) -> None:
+    """An offset added to the last convolution's output and removed by the BatchNorm after it
+    changes no logit; it must change no map either (Grad-CAM reads the normalised activation)."""
+    import copy
+
+    from galmerge.evaluation.gradcam import evidence_maps, last_conv_layer
+
+    torch.manual_seed(0)
+    model = build_model(backbone, 3, 32).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 2.0)
+    twin = copy.deepcopy(model)
+    conv = last_conv_layer(twin)
+    modules = list(twin.backbone.modules())
+    bn = next(m for m in modules[modules.index(conv):] if isinstance(m, torch.nn.BatchNorm2d))
+    delta = torch.linspace(-3, 3, conv.out_channels)
+    with torch.no_grad():
+        if conv.bias is None:
+            conv.bias = torch.nn.Parameter(torch.zeros(conv.out_channels))
+        conv.bias += delta
+        bn.running_mean += delta
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x)[1], twin(x)[1], atol=1e-5)
+    ours, theirs = evidence_maps(model, x), evidence_maps(twin, x)
+    assert ours.max() > 0
+    assert torch.allclose(ours, theirs, atol=1e-6 * float(ours.max()) + 1e-12)
+
+
 def test_grad_cam_points_at_the_feature_that_drives_the_merger_logit() -> None:
     """A positive filter and a head that rewards its response: the map peaks on the blob."""
     from torch import nn

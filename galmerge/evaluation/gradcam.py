@@ -29,15 +29,27 @@ def last_conv_layer(model: GalaxyClassifier) -> nn.Conv2d:
     return convs[-1]
 
 
+def cam_layer(model: GalaxyClassifier) -> nn.Module:
+    """The layer whose output Grad-CAM reads: the module the backbone names in ``cam_layer``
+    (the built-ins: the activation after the last convolution's BatchNorm, ResNet's whole
+    ``layer4`` with its residual), else the last ``nn.Conv2d``. A bare convolution's output
+    carries per-channel offsets that the BatchNorm after it removes, so its maps differ between
+    models that compute the same function."""
+    name = getattr(model.backbone, "cam_layer", None)
+    if isinstance(name, str) and name:
+        return model.backbone.get_submodule(name)
+    return last_conv_layer(model)
+
+
 def evidence_maps(
     model: GalaxyClassifier, x: torch.Tensor, target_class: int = MERGER
 ) -> torch.Tensor:
     """Unscaled Grad-CAM maps (N, H, W) >= 0 for ``target_class`` against the other classes.
 
-    Per image: ReLU(sum_k a_k A_k), A the last conv activations and a_k the spatial mean of
+    Per image: ReLU(sum_k a_k A_k), A the activations of `cam_layer` and a_k the spatial mean of
     d(z_target - mean of the other logits) / d A_k, upsampled bilinearly to the input size.
     """
-    layer = last_conv_layer(model)
+    layer = cam_layer(model)
     store: dict[str, torch.Tensor] = {}
 
     def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:

@@ -52,6 +52,9 @@ class DeepMergeFeatures(nn.Module):
                 layers.append(nn.Dropout(dropout))
             prev = out
         self.layers = nn.Sequential(*layers)
+        # Grad-CAM reads the last convolution's activation (after its BatchNorm and ReLU)
+        last_relu = max(i for i, m in enumerate(layers) if isinstance(m, nn.ReLU))
+        self.cam_layer = f"layers.{last_relu}"
         self.out_features = CHANNELS[-1] * side * side
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

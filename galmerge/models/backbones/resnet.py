@@ -67,6 +67,7 @@ class ResNetFeatures(nn.Module):
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         net.fc = nn.Identity()
         self.body = net
+        self.cam_layer = "body.layer4"  # Grad-CAM's usual ResNet layer: the last block's output
         width = 512
         self.paper_init = bottleneck_layer == "linear"
         if bottleneck and self.paper_init:
