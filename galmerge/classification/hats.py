@@ -32,7 +32,9 @@ import numpy as np
 from galmerge.errors import GalmergeError
 
 RESULT_COLUMNS = ("p_merger", "is_merger", "status")
-_MODELS: dict[tuple[Any, ...], Any] = {}  # a worker process's loaded model, by checkpoint hash
+# a worker process's one loaded model: (key, inference), the key naming the checkpoint by
+# its hash; a call for another key (a retrained model) replaces it
+_MODEL: tuple[tuple[Any, ...], Any] | None = None
 
 
 def is_hats_catalog(path: str | os.PathLike[str]) -> bool:
@@ -78,18 +80,21 @@ def _inference(model: str, domain: str, device: str, batch_size: int,
         from galmerge.models.model import resolve_checkpoint
 
         checkpoint_sha256 = sha256_file(resolve_checkpoint(model))
+    global _MODEL
     key = (str(model), checkpoint_sha256, domain, device, int(batch_size))
-    if key not in _MODELS:
-        try:  # one torch thread per Dask thread: workers share the machine's cores
-            import torch
-            from distributed import get_worker
+    if _MODEL is not None and _MODEL[0] == key:
+        return _MODEL[1]
+    try:  # one torch thread per Dask thread: workers share the machine's cores
+        import torch
+        from distributed import get_worker
 
-            torch.set_num_threads(max(1, int(get_worker().state.nthreads)))
-        except (ImportError, ValueError):
-            pass
-        _MODELS.clear()  # one model held per worker: a retrained one replaces it
-        _MODELS[key] = _Inference(model, domain, device, batch_size, 0)
-    return _MODELS[key]
+        torch.set_num_threads(max(1, int(get_worker().state.nthreads)))
+    except (ImportError, ValueError):
+        pass
+    _MODEL = None  # the old model is released before the new one is loaded
+    inference = _Inference(model, domain, device, batch_size, 0)
+    _MODEL = (key, inference)
+    return inference
 
 
 def partition_cache(cache_dir: str | os.PathLike[str], pixel: Any) -> Path:
