@@ -683,11 +683,11 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     check_parts_folder(parts_dir)
     if dist.is_main:
         remove_stale_parts(parts_dir, f"-of-{dist.world:05d}-{sig}")
-    journal = ResultJournal(parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}",
-                            nested=nested)
-    # (not another rank's finished share: rank 0 may be merging it)
-    if not journal.finished or dist.is_main:
-        journal.reopen_failed_fetches()  # transient failures are retried on resume too
+    folder = parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}"
+    # transient failures are retried on resume too (not in another rank's finished share:
+    # rank 0 may be merging it)
+    reopen = dist.is_main or not folder.with_name(folder.name + ".done").exists()
+    journal = ResultJournal(folder, nested=nested, reopen_failed=reopen)
     tally = Tally()
     heartbeat = None
     if dist.enabled and not dist.is_main and not journal.finished:
