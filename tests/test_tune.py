@@ -858,3 +858,65 @@ def test_an_int_log_range_may_name_its_default_step():
     with pytest.raises(GalmergeError, match="log = true and a step"):
         resolve_space(base, {"epochs": {"type": "int", "low": 1, "high": 8, "log": True,
                                         "step": 2}})
+
+
+def test_a_resumed_study_starts_its_trials_from_the_same_init_from_checkpoint(
+        toys, tmp_path, monkeypatch):
+    """A study whose trials start from init_from resumes with that checkpoint however spelt
+    (relative, absolute, its best.pt: "base.init_from differs" before), and is refused in one
+    line naming init_from when the checkpoint is another (retrained in place, or another run):
+    the study's later trials would have started from other weights unnoticed."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    source, target = _write_pair(tmp_path / "data")
+    train = ["train", "--source", source, "--target", target, "--backbone", "tiny", "--epochs",
+             "1", "--batch-size", "8", "--max-steps-per-epoch", "2", "--device", "cpu",
+             "--quiet", "--strategy", "mmd"]
+    for run, seed in (("start", "0"), ("other", "1")):
+        result = CliRunner().invoke(cli, [*train, "--seed", seed, "--run-dir", run])
+        assert result.exit_code == 0, result.output
+    study = tmp_path / "study"
+    fast = ("--sampler", "random", "--pruner", "none", "--epochs", "1")
+
+    def tune(n: str, init: str):
+        return CliRunner().invoke(cli, _args(source, target, study, "--n-trials", n, *fast,
+                                             "--set", f"init_from={init}"))
+
+    result = tune("1", "start")
+    assert result.exit_code == 0, result.output
+    for n, init in (("2", f"{tmp_path / 'start'}"), ("3", "start/best.pt")):
+        result = tune(n, init)
+        assert result.exit_code == 0, (init, result.output)
+    assert len(_trials(study)) == 3
+    for init in ("other", "start"):
+        if init == "start":  # retrained in place: the same path, other weights
+            shutil.copy(tmp_path / "other" / "best.pt", tmp_path / "start" / "best.pt")
+        result = tune("4", init)
+        assert result.exit_code == 1, (init, result.output)
+        line = result.output.strip()
+        assert len(line.splitlines()) == 1, line
+        assert f"start from {tmp_path / 'start' / 'best.pt'}" in line, line
+        assert f"init_from {init} is another checkpoint" in line and "--study-dir" in line
+    assert len(_trials(study)) == 3
+
+
+def test_a_storage_study_resumes_with_its_database_however_spelt(toys, tmp_path, monkeypatch):
+    """--storage naming the study's SQLite file by a relative or an absolute path is the same
+    database (the folder's storage.json records it resolved); another database is one line
+    naming --storage and the fix."""
+    monkeypatch.chdir(tmp_path)
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    fast = ("--sampler", "random", "--pruner", "none", "--epochs", "1")
+    for n, url in (("1", "sqlite:///shared.db"), ("2", f"sqlite:///{tmp_path / 'shared.db'}"),
+                   ("3", "sqlite:///./shared.db")):
+        result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", n, *fast,
+                                               "--storage", url))
+        assert result.exit_code == 0, (url, result.output)
+    result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "4", *fast,
+                                           "--storage", "sqlite:///other.db"))
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "holds the study of another database" in result.output
+    assert "pass that --storage to continue it" in result.output
+    assert len(_trials(study)) == 3
