@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +21,7 @@ from train_toys import ToyPlugin, _NoNone, toy_sets
 from galmerge.cli import cli
 from galmerge.config.rundir import read_config
 from galmerge.io import hdf5 as hdf5io
-from galmerge.models.model import read_checkpoint
+from galmerge.models.model import read_checkpoint, save_checkpoint
 from galmerge.plugin.imageset import ImageSet
 
 pytest.importorskip("optuna")
@@ -669,6 +670,42 @@ def test_trials_with_their_own_target_encoder_share_one_source_stage(toys, tmp_p
     assert result.exit_code == 0, result.output
     assert not (shared / "reference").exists()
     assert 'init_from = ""' in (shared / "best.toml").read_text()
+
+
+def test_a_resumed_study_refuses_another_reference_for_its_source_stage(toys, tmp_path):
+    """Trials with their own target encoder start from one source stage: a resumed study given
+    its own reference by path resumes; given another source-only run it is refused in one line
+    before any trial, even where both references score the same source accuracy (the guard's
+    record), as tiny runs do: its later trials would have started from other weights."""
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    fast = ("--sampler", "random", "--pruner", "none", "--set", "target_encoder=separate",
+            "--set", "stop_by=im", "--max-source-drop", "100")
+
+    def tune(n: str, *extra: str):
+        return CliRunner().invoke(cli, _args(source, target, study, "--n-trials", n, *fast,
+                                             *extra))
+
+    result = tune("1")
+    assert result.exit_code == 0, result.output
+    reference = _trained_reference(study)
+    result = tune("2", "--reference", str(reference))
+    assert result.exit_code == 0, result.output
+    done = [r for r in _trials(study) if r["state"] != "waiting"]
+    # the same run with one weight changed: the same record (seed, metrics, accuracy), other
+    # weights, as a reference retrained in place or copied from another machine's study
+    other = tmp_path / "other"
+    shutil.copytree(reference, other)
+    checkpoint = read_checkpoint(other / "best.pt")
+    first = next(k for k, v in checkpoint["model"].items() if v.is_floating_point())
+    checkpoint["model"][first] = checkpoint["model"][first] + 1.0
+    checkpoint.pop("sha256", None)
+    save_checkpoint(other / "best.pt", checkpoint)
+    result = tune("3", "--reference", str(other))
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "is another" in line and "--reference" in line, line
+    assert [r for r in _trials(study) if r["state"] != "waiting"] == done
 
 
 def _sampled(study: Path) -> list[dict[str, str]]:

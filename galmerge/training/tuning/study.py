@@ -305,6 +305,10 @@ def tune(
                     for params in source_guard.ladder(start, dims):
                         study.enqueue_trial(params, user_attrs={"ladder": True})
         start_from = _stage_start(study_dir, base_layer, reference, storage, say)
+        if start_from is not None:
+            start_from = _one_stage(study, start_from, study_dir)
+            if reference is not None:
+                start_from()  # another --reference than the study's is refused before any trial
         objective = _objective(optuna, study_dir, base_layer, dims, score, guard, start_from)
         _optimize(optuna, study, objective, n_trials, timeout, say, quiet)
         return write_outputs(study_dir, study, score, quiet=quiet, guard=guard)
@@ -384,6 +388,34 @@ def _stage_start(
         return str(path.resolve() / rundir.BEST)
 
     return start
+
+
+STAGE_ATTR = "stage_sha256"  # the source stage's best.pt that separate-encoder trials start from
+
+
+def _one_stage(study: Any, start: Callable[[], str], study_dir: Path) -> Callable[[], str]:
+    """``start`` that records the SHA-256 of the source stage the study's trials start from the
+    first time it is resolved, and refuses another one later (a resumed study given another
+    ``--reference``, or the first run's own reference replaced): its trials would have started
+    from other weights unnoticed. Studies from before the record adopt the first one seen."""
+
+    @functools.cache
+    def checked() -> str:
+        from galmerge.io.provenance import sha256_file
+
+        path = start()
+        digest = sha256_file(Path(path))
+        then = study.user_attrs.get(STAGE_ATTR)
+        if then is None:
+            study.set_user_attr(STAGE_ATTR, digest)
+        elif then != digest:
+            raise GalmergeError(
+                f"{study_dir} holds a study whose trials start from a source stage with SHA-256 "
+                f"{str(then)[:12]}..., but {path} is another ({digest[:12]}...); give the study's "
+                "--reference (or none, for its own) to resume, or use another --study-dir")
+        return path
+
+    return checked
 
 
 def _objective(
