@@ -32,6 +32,7 @@ from galmerge.io import atomic
 from galmerge.io.http import (
     FetchError,
     GuardedSession,
+    HeadersDeadline,
     RateGuard,
     RedirectPolicy,
     RetryingClient,
@@ -185,7 +186,8 @@ class Downloader:
 
         def once() -> Any:
             started = time.monotonic()
-            with self.session.get(url, timeout=self.timeout, stream=True) as resp:
+            resp = self._send(url, timeout=self.timeout, stream=True)
+            with resp:
                 if resp.status_code != 200:
                     err = http_status_error(resp)
                     if err.retryable:
@@ -208,10 +210,20 @@ class Downloader:
                 f"{what}: cannot reach {url} ({_reason(err)}); check the network or set {env}"
             ) from None
 
+    def _send(self, url: str, method: str = "GET", **kwargs: Any) -> requests.Response:
+        """One request whose answer's headers must come within the transfer deadline
+        (`HeadersDeadline`): a server dripping them cannot hold the fetch; a retryable
+        `FetchError` when it cut the request off."""
+        with HeadersDeadline(self.client.policy.transfer_deadline) as waited:
+            resp = self.session.request(method, url, **kwargs)
+            if waited.cut:
+                resp.close()
+        return resp
+
     def head_size(self, url: str) -> int | None:
         try:
-            resp = self.session.head(url, timeout=self.timeout, allow_redirects=True)
-        except (requests.ConnectionError, requests.Timeout):
+            resp = self._send(url, "HEAD", timeout=self.timeout, allow_redirects=True)
+        except (requests.ConnectionError, requests.Timeout, FetchError):
             return None
         length = resp.headers.get("Content-Length")
         return int(length) if resp.ok and length and length.isdigit() else None
@@ -309,7 +321,8 @@ class Downloader:
         if offset and validator.is_file():
             # the rest only if the file is still the one the part began with, else all of it
             headers["If-Range"] = validator.read_text().strip()
-        with self.session.get(remote.url, headers=headers, stream=True, timeout=self.timeout) as r:
+        r = self._send(remote.url, headers=headers, stream=True, timeout=self.timeout)
+        with r:
             if r.status_code == 416:
                 match = _RANGE_TOTAL.search(r.headers.get("Content-Range", ""))
                 if match and int(match.group(1)) == offset:
