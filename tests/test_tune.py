@@ -264,7 +264,7 @@ def test_two_processes_share_one_study_through_storage(tmp_path):
         (["--n-trials", "2", "--device", "xpu"], "unknown --device 'xpu'"),
         (["--n-trials", "2", "--storage", "nosuch://host/db"], "--storage nosuch://host/db: cannot"),
         (["--n-trials", "2", "--storage", "nosuch://me:s3cret@host/db"],
-         "--storage nosuch://me:***@host/db: cannot"),  # a password is never printed
+         "--storage nosuch://***@host/db: cannot"),  # a password (or user) is never printed
         # nothing a trial trains may read target labels: not its best epoch, not its stopping
         (["--n-trials", "2", "--set", "select_by=oracle_target_accuracy"],
          "select_by = 'oracle_target_accuracy'"),
@@ -395,7 +395,7 @@ def test_env_json_records_the_command_line_without_passwords(monkeypatch):
                                       "postgresql://me:s3cret@db.example:5432/studies",
                                       "--study-dir", "s"])
     assert environment("cpu")["argv"] == ["galmerge", "tune", "--storage",
-                                          "postgresql://me:***@db.example:5432/studies",
+                                          "postgresql://***@db.example:5432/studies",
                                           "--study-dir", "s"]
 
 

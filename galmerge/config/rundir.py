@@ -20,7 +20,7 @@ from galmerge.config.resolve import read_toml, write_toml
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.io.private import check_private
-from galmerge.io.provenance import redact
+from galmerge.io.provenance import hide_userinfo
 
 CONFIG, ENV, METRICS, SUMMARY, BEST, LAST = (
     "config.toml",
@@ -245,7 +245,8 @@ def environment(device: Any) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "git_dirty": _git_dirty(),  # True: the commit does not describe the code that ran
         "packages": _versions(),
-        "argv": [redact(arg) for arg in sys.argv],  # no database password in env.json
+        # no URL's user info in env.json (a database's or a survey option's password)
+        "argv": [hide_userinfo(arg) for arg in sys.argv],
     }
 
 
