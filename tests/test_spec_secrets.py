@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from fake_sdss import FakeSdss
 from test_classify import _sdss_checkpoint
 
+from galmerge import Option, Survey, hookimpl
 from galmerge.cli import cli
 
 SECRET = "s3cretPW"
@@ -67,3 +68,67 @@ def test_a_password_in_a_survey_option_is_in_no_output_and_no_line(tmp_path, mon
                    _spec(fake, "&timeout=0"), "--output", str(tmp_path / "b.csv"))
         assert bad.exit_code != 0 and SECRET not in bad.output, bad.output
     assert _files_holding(tmp_path, SECRET) == []
+
+
+class RemoteSurvey:
+    """A labelled survey behind a URL option (as a third-party plugin may have): the synthetic
+    set, whatever the URL."""
+
+    @staticmethod
+    def _load(arg, options):
+        from galmerge.data.datasets import load_imageset
+
+        return load_imageset("synthetic:pristine?n=48&size=32")
+
+    @hookimpl
+    def register_surveys(self):
+        return [Survey(name="remote", description="labelled data behind a URL", load=self._load,
+                       options={"url": Option(None, "the server", type=str)})]
+
+
+@pytest.fixture
+def remote(register_plugin, tmp_path, monkeypatch):
+    register_plugin(RemoteSurvey(), "remote-test")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path / "data"))
+    return f"remote?url=http://al:{SECRET}@127.0.0.1:9/labelled"
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_a_labelled_spec_with_a_password_is_refused_before_any_run_folder(remote, tmp_path,
+                                                                          command):
+    # a run records its specs (config.toml, checkpoints) and reads them back to resume,
+    # evaluate and reproduce: credentials there would have to be kept, so they are refused
+    extra = (["--run-dir", "run", "--epochs", "1"] if command == "train"
+             else ["--study-dir", "run", "--n-trials", "1", "--epochs", "1", "--strategy", "dann"])
+    res = _run(command, "--source", "synthetic:pristine?n=48&size=32", "--target", remote,
+               *extra)
+    assert res.exit_code != 0
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert "--target remote?url=http://***@127.0.0.1:9/labelled" in lines[0]
+    assert "holds a user name or password" in lines[0] and "environment variable" in lines[0]
+    assert SECRET not in res.output
+    assert not (tmp_path / "run").exists()
+    assert _files_holding(tmp_path, SECRET) == []
+
+
+def test_evaluate_refuses_a_labelled_spec_with_a_password(remote, tmp_path):
+    # evaluate records the spec it was given in metrics.json
+    res = _run("train", "--source", "synthetic:pristine?n=48&size=32", "--target",
+               "synthetic:noisy?n=48&size=32", "--run-dir", "run", "--epochs", "1",
+               "--strategy", "none", "--quiet")
+    assert res.exit_code == 0, res.output
+    res = _run("evaluate", "run", "--target", remote)
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "--target remote?url=http://***@127.0.0.1:9/labelled" in res.output, res.output
+    assert SECRET not in res.output
+    assert _files_holding(tmp_path, SECRET) == []
+
+
+def test_preview_names_its_default_file_without_the_password(remote, tmp_path):
+    res = _run("preview", remote, "--n", "4")
+    assert res.exit_code == 0, res.output
+    assert SECRET not in res.output
+    made = [p.name for p in tmp_path.glob("preview-*.png")]
+    assert len(made) == 1 and SECRET not in made[0] and "al" not in made[0].split("http")[1]

@@ -111,6 +111,9 @@ def train(
             )
         )
         resume_state = None
+    for role in ("source", "target"):  # before any folder is made
+        if role not in sets_given:
+            rundir.refuse_credentials(cfg.get(role), f"--{role}")
     _check_rules(cfg)
     return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch)
 

@@ -212,6 +212,8 @@ def tune(
         raise GalmergeError(f"unknown --sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise GalmergeError(f"--seed must be a whole number >= 0, got {seed!r}")
+    for role, spec in (("source", source), ("target", target)):  # before the study folder
+        rundir.refuse_credentials(spec, f"--{role}")
     source_guard.check_guard(max_source_drop, reference)
     if reference is not None and not Path(reference).is_dir():
         raise GalmergeError(f"--reference {reference}: no such run directory")
