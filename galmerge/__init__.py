@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         http_status_error,
         read_body,
         shown_host,
+        shown_url,
     )
     from galmerge.plugin.cutouts import (
         ClientStatus,
@@ -76,6 +77,8 @@ _LAZY: dict[str, str] = {
     "read_body": "galmerge.io.http",
     # host[:port] of a URL for a message: never its user name or password
     "shown_host": "galmerge.io.http",
+    # a URL for a message: no user name, password or query
+    "shown_url": "galmerge.io.http",
     # resample a survey image around (ra, dec) onto a model's pixel grid (north up, flux kept)
     "cut_stamp_with_edge": "galmerge.surveys.sdss.cutouts",
 }
@@ -119,6 +122,7 @@ __all__ = [
     "http_status_error",
     "read_body",
     "shown_host",
+    "shown_url",
     "cut_stamp_with_edge",
 ]
 

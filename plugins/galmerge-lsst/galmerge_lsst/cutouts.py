@@ -65,6 +65,7 @@ from galmerge import (
     http_status_error,
     read_body,
     shown_host,
+    shown_url,
 )
 
 DEFAULT_URL = "https://data.lsst.cloud/api"
@@ -229,7 +230,7 @@ class LsstCutouts(ClientStatus):
         self.base = str(base).rstrip("/")
         parts = urlsplit(self.base)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"url '{self.base}' is not an http(s) URL")
+            raise ValueError(f"url '{shown_url(self.base)}' is not an http(s) URL")
         self._origin = (parts.scheme, parts.netloc)
         hosts = str(options.get("redirect_hosts", DEFAULT_REDIRECT_HOSTS) or "")
         self.redirects = RedirectPolicy(
@@ -260,8 +261,9 @@ class LsstCutouts(ClientStatus):
             f"{scale:.4f}arcsec:{self.units}{edge}:v2"
         )
 
-    def __repr__(self) -> str:  # no token here, ever
-        return f"LsstCutouts({self.base!r}, bands={''.join(self.bands)}, {self.size}px)"
+    def __repr__(self) -> str:  # no token here, ever, nor the URL's user info
+        return (f"LsstCutouts({shown_url(self.base)!r}, bands={''.join(self.bands)}, "
+                f"{self.size}px)")
 
     # -- sessions: one per thread, since requests.Session is not documented thread-safe --------
     def _session(self) -> _RspSession:

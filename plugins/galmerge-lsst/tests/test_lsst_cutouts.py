@@ -547,6 +547,18 @@ def test_headers_dripping_in_are_given_up_at_the_deadline(survey, rsp, options, 
     assert time.monotonic() - t0 < 10
 
 
+def test_a_password_in_the_url_option_is_in_no_message_and_no_repr(survey, rsp, options):
+    # the url option may carry a proxy's or mirror's user info: what the plugin shows (its
+    # repr, a refusal of the option) does not
+    with survey.cutouts(PRE, {**options, "url": rsp.url.replace("://", "://al:s3cretPW@")}) \
+            as svc:
+        assert "s3cretPW" not in repr(svc) and "al:" not in repr(svc)
+        assert rsp.url.split("://")[1] in repr(svc)
+    with pytest.raises(GalmergeError) as refused:
+        survey.cutouts(PRE, {**options, "url": "ftp://al:s3cretPW@127.0.0.1/api"})
+    assert "s3cretPW" not in str(refused.value) and "not an http(s) URL" in str(refused.value)
+
+
 def _obscore_votable(cols: list[str], row: list[str]) -> bytes:
     fields = "".join(f'<FIELD name="{c}" datatype="char" arraysize="*"/>' for c in cols)
     cells = "".join(f"<TD>{v}</TD>" for v in row)
