@@ -123,6 +123,12 @@ def test_evaluate_refuses_a_labelled_spec_with_a_password(remote, tmp_path):
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert "--target remote?url=http://***@127.0.0.1:9/labelled" in res.output, res.output
     assert SECRET not in res.output
+    # fraction's source validation statistics (cached in the run, recorded in --json) too
+    from galmerge.errors import GalmergeError
+    from galmerge.fractions.validation_stats import load_validation
+
+    with pytest.raises(GalmergeError, match=r"--source remote\?url=http://\*\*\*@"):
+        load_validation(tmp_path / "run", source=remote, refresh=True)
     assert _files_holding(tmp_path, SECRET) == []
 
 
