@@ -59,11 +59,18 @@ def test_a_password_in_a_survey_option_is_in_no_output_and_no_line(tmp_path, mon
         assert SECRET not in again.output
         # a failing run's error lines do not show it either
         fake.add_fault("frame-", "500", times=-1)
-        failed = _run("classify", str(cat), "--model", str(ckpt), "--survey",
-                      _spec(fake, "&attempts=1&max_failed_requests=1&data_release=16"),
-                      "--cache", str(tmp_path / "c2.h5"), "--output", str(tmp_path / "f.csv"))
+        failing = ["classify", str(cat), "--model", str(ckpt), "--survey",
+                   _spec(fake, "&attempts=1&max_failed_requests=1&data_release=16"),
+                   "--cache", str(tmp_path / "c2.h5"), "--output", str(tmp_path / "f.csv")]
+        failed = _run(*failing)
         assert failed.exit_code != 0
         assert SECRET not in failed.output, failed.output
+        # once the service works again the same command fetches the failed rows, with the
+        # credentials of its own command line (the output records the spec without them)
+        fake.faults.clear()
+        resumed = _run(*failing)
+        assert resumed.exit_code == 0, resumed.output
+        assert (tmp_path / "f.csv").read_text().count(",ok") == len(fake.galaxies)
         bad = _run("classify", str(cat), "--model", str(ckpt), "--survey",
                    _spec(fake, "&timeout=0"), "--output", str(tmp_path / "b.csv"))
         assert bad.exit_code != 0 and SECRET not in bad.output, bad.output
