@@ -525,6 +525,24 @@ def test_headers_dripping_in_are_cut_off_at_the_deadline(server, tmp_path, monke
     assert not [n for n in left if n.endswith((".part", ".corrupt")) or n == X_SDSS]
 
 
+@pytest.mark.parametrize("where", ["zenodo", "mast"])
+def test_a_password_in_the_server_url_is_never_shown(server, tmp_path, monkeypatch, where):
+    from galmerge.errors import GalmergeError
+    from galmerge.surveys.deepmerge.download import fetch
+
+    monkeypatch.setenv(f"GALMERGE_{where.upper()}_URL",
+                       server.url.replace("://", "://al:s3cretPW@"))
+    if where == "zenodo":  # the record document
+        server.faults[f"/api/records/{RECORD}"] = ["404"]
+    else:  # a MAST file, whose address is made from the variable
+        name = deepmerge_data.FETCH_GROUPS["deepmerge1"][1][0]
+        server.faults[f"/{deepmerge_data.MAST_HLSP_PATH}/{name}"] = ["404"]
+    with pytest.raises(GalmergeError) as failed:  # the Python API's message too
+        fetch("sdss" if where == "zenodo" else "deepmerge1", data_dir=tmp_path)
+    assert "HTTP 404 from http://***@127.0.0.1" in str(failed.value)
+    assert "s3cretPW" not in str(failed.value)
+
+
 def test_a_file_dripping_in_fails_the_try_at_the_minimum_rate(server, tmp_path, monkeypatch):
     from galmerge.surveys.deepmerge import download
 

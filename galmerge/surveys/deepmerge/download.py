@@ -8,7 +8,8 @@ Retries, backoff and ``Retry-After`` follow `galmerge.io.http`, like every other
 client in galmerge; a try that got further into the file does not use up the retries.
 
 Environment: ``GALMERGE_ZENODO_URL`` (default https://zenodo.org) and ``GALMERGE_MAST_URL``
-(default https://archive.stsci.edu) set the servers, so tests can use a loopback server.
+(default https://archive.stsci.edu) set the servers, so tests can use a loopback server; a
+user name and password in them are used, and shown as ``***`` in every message.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from galmerge.io.http import (
     http_status_error,
     read_body,
 )
+from galmerge.io.provenance import hide_userinfo
 from galmerge.surveys.deepmerge import data as deepmerge_data
 
 ZENODO_ENV = "GALMERGE_ZENODO_URL"
@@ -193,7 +195,8 @@ class Downloader:
                     if err.retryable:
                         raise err
                     raise GalmergeError(
-                        f"{what}: HTTP {resp.status_code} from {url}; check the record id or {env}"
+                        f"{what}: HTTP {resp.status_code} from {hide_userinfo(url)}; check the record id "
+                        f"or {env}"
                     )
                 # whole within the transfer deadline, and of a sane size
                 body = read_body(resp, self.client.policy.transfer_deadline, started,
@@ -201,13 +204,15 @@ class Downloader:
             try:
                 return json.loads(body)
             except ValueError:
-                raise GalmergeError(f"{what}: {url} did not return JSON; check {env}") from None
+                raise GalmergeError(f"{what}: {hide_userinfo(url)} did not return JSON; check "
+                                    f"{env}") from None
 
         try:
             return self.client.call(once, what, on_retry=self._announce(what))
         except FetchError as err:
             raise GalmergeError(
-                f"{what}: cannot reach {url} ({_reason(err)}); check the network or set {env}"
+                f"{what}: cannot reach {hide_userinfo(url)} ({_reason(err)}); check the network "
+                f"or set {env}"
             ) from None
 
     def _send(self, url: str, method: str = "GET", **kwargs: Any) -> requests.Response:
@@ -335,8 +340,9 @@ class Downloader:
                 if err.retryable:
                     raise err
                 raise GalmergeError(
-                    f"{remote.name}: HTTP {r.status_code} from {remote.url}; the file may have "
-                    "moved, check the server URL variables (GALMERGE_ZENODO_URL/GALMERGE_MAST_URL)"
+                    f"{remote.name}: HTTP {r.status_code} from {hide_userinfo(remote.url)}; the "
+                    "file may have moved, check the server URL variables "
+                    "(GALMERGE_ZENODO_URL/GALMERGE_MAST_URL)"
                 )
             mode = "ab"
             if r.status_code == 206:
@@ -520,7 +526,8 @@ def zenodo_files(
         entries = entries.get("entries") or {}
         entries = list(entries.values()) if isinstance(entries, dict) else None
     if not isinstance(entries, list):
-        raise GalmergeError(f"Zenodo record {record}: {url} lists no files; check {ZENODO_ENV}")
+        raise GalmergeError(f"Zenodo record {record}: {hide_userinfo(url)} lists no files; "
+                            f"check {ZENODO_ENV}")
     by_name: dict[str, RemoteFile] = {}
     for entry in entries:
         remote = _zenodo_entry(entry, base, record, url)
@@ -542,7 +549,8 @@ def _zenodo_entry(entry: Any, base: str, record: str, url: str) -> RemoteFile | 
     GalmergeError for one that is not the documented shape."""
 
     def bad(what: str) -> GalmergeError:
-        return GalmergeError(f"Zenodo record {record}: {url} lists a file with {what}; the "
+        return GalmergeError(f"Zenodo record {record}: {hide_userinfo(url)} lists a file with "
+                             f"{what}; the "
                              f"record's format changed or {ZENODO_ENV} is not Zenodo")
 
     if not isinstance(entry, dict):
