@@ -1057,3 +1057,7 @@ def test_a_run_without_best_pt_is_refused_as_by_classify_and_its_last_pt_is_take
     assert res.exit_code == 0, res.output
     record = json.loads((tmp_path / "prior.csv.prior.json").read_text())
     assert record["run_training_prior_from"] == "source training split of the run"
+    # output of last.pt, fraction given the finished run: the line names the checkpoint to pass
+    code, text = _fraction(str(out), "--model", str(classified["run"]), "--bootstrap", "0")
+    assert code == 1 and len(text.strip().splitlines()) == 1, text
+    assert f"pass --model {classified['run'] / 'last.pt'}" in text, text
