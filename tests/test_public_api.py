@@ -163,3 +163,53 @@ def test_the_typed_spec_and_option_schema_are_public() -> None:
     assert galmerge.PreprocessSpec is preprocess.PreprocessSpec
     assert galmerge.Option is options.Option
     assert {"PreprocessSpec", "Option"} <= set(galmerge.__all__)
+
+
+# galmerge.train/classify/evaluate: each wrapper's own signature and docstring are what
+# help() and the API reference page show, so they must be the job's, argument for argument
+WRAPPED = [
+    ("train", "galmerge.training", "train"),
+    ("classify", "galmerge.classification.pipeline", "classify"),
+    ("evaluate", "galmerge.evaluation.pipeline", "evaluate"),
+]
+
+
+@pytest.mark.parametrize(("name", "module", "attr"), WRAPPED)
+def test_pipeline_wrappers_carry_the_real_signature(name: str, module: str, attr: str) -> None:
+    import importlib
+    import inspect
+
+    wrapper = getattr(galmerge, name)
+    real = getattr(importlib.import_module(module), attr)
+    shown = inspect.signature(wrapper).parameters
+    # the job's own parameters, less internal ones (``_member``, set by the ensemble)
+    expected = {k: p for k, p in inspect.signature(real).parameters.items()
+                if not k.startswith("_")}
+    assert list(shown) == list(expected)
+    for key, param in expected.items():
+        assert (shown[key].kind, shown[key].default) == (param.kind, param.default), key
+    doc = inspect.getdoc(wrapper) or ""
+    missing = [key for key in expected if f":param {key}:" not in doc]
+    assert not missing, f"galmerge.{name}'s docstring does not document {missing}"
+
+
+def test_train_signature_names_its_arguments() -> None:
+    import inspect
+
+    params = inspect.signature(galmerge.train).parameters
+    assert {"source", "target", "strategy", "preset", "config", "sets", "strategy_options",
+            "on_epoch", "select_by", "resume"} <= set(params)
+    assert "kwargs" not in params
+
+
+def test_pipeline_wrappers_pass_every_argument_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import galmerge.training
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(galmerge.training, "train", lambda **kw: seen.update(kw) or {"ok": 1})
+    assert galmerge.train("synthetic:illustris", "synthetic:sdss", preset="synthetic-sim-real",
+                          sets=["domain_batchnorm=joint"], epochs=3) == {"ok": 1}
+    assert (seen["source"], seen["target"], seen["preset"], seen["sets"], seen["epochs"]) == (
+        "synthetic:illustris", "synthetic:sdss", "synthetic-sim-real",
+        ["domain_batchnorm=joint"], 3)
+    assert seen["lr"] is None and seen["quiet"] is False
