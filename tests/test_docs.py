@@ -51,3 +51,30 @@ def test_guide_blocks_run_offline(tmp_path: Path) -> None:
         assert result.returncode == 0, f"guide block {i} ({lang}) failed:\n{body}\n" + (
             result.stdout[-2000:] + result.stderr[-3000:]
         )
+
+
+SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::([\w-]+))?"$', re.M)
+
+
+def test_site_snippets_name_sections_that_exist() -> None:
+    """The site includes README sections by marker (one source); a renamed or dropped marker
+    would leave a page silently empty."""
+    included = set()
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for path, section in SNIPPET.findall(page.read_text()):
+            text = (ROOT / path).read_text()
+            if section:
+                start, end = f"<!-- --8<-- [start:{section}] -->", f"<!-- --8<-- [end:{section}] -->"
+                assert text.count(start) == 1 and text.count(end) == 1, (page.name, section)
+                body = text[text.index(start) + len(start):text.index(end)]
+                assert len(body.strip()) > 200, (page.name, section)
+                included.add((path, section))
+    # the README's user-facing sections are on the site
+    for section in ("setup", "install", "classify", "scale", "shift", "fractions", "tuning",
+                    "results", "reproduce", "envvars"):
+        assert ("README.md", section) in included, section
+
+
+def test_guide_refers_to_pages_not_the_readme() -> None:
+    text = GUIDE.read_text().replace("benchmarks/README.md", "")
+    assert "README" not in text
