@@ -80,6 +80,11 @@ def test_saved_config_reproduces_itself(toys, tmp_path):
         (["--strategy", "meangap", "--set", "meangap.bogus=1"], "unknown option(s) bogus"),
         (["--strategy", "meangap", "--set", "other.weight=1"], "not in --strategy"),
         (["--strategy", "meangap", "--set", "noequals"], "KEY=VALUE"),
+        # a misspelt top-level setting is named as such, with the closest one, not taken for a
+        # strategy option without its SECTION.
+        (["--strategy", "meangap", "--set", "domain_batchnrom=joint"],
+         "unknown setting 'domain_batchnrom' (did you mean 'domain_batchnorm'?)"),
+        (["--strategy", "meangap", "--set", "observe=1"], "needs SECTION.OPTION=VALUE"),
         (["--strategy", "meangap", "--backbone-option", "depth=3"], "unknown option(s) depth"),
         (["--strategy", "meangap", "--preset", "nosuch"], "unknown preset 'nosuch'"),
         (["--strategy", "meangap", "--select-by", "nosuch"], "unknown --select-by 'nosuch'"),
@@ -263,6 +268,10 @@ def test_init_from_weights_of_another_shape_keep_the_whole_size_mismatch_line():
     assert "torch.Size([8, 5, 3, 3])" in str(info.value)
 
 
+def test_set_help_names_top_level_settings():
+    result = invoke("train", "--help")
+    assert "[SECTION.]OPTION=VALUE" in result.output
+    assert "domain_batchnorm=joint" in result.output
 def test_resume_takes_the_same_init_from_and_data_however_spelt_and_refuses_others(
         toys, tmp_path, monkeypatch):
     """--resume with --init-from (or --source) naming what the run recorded, written another

@@ -32,9 +32,10 @@ def _help(text: str, key: str) -> str:
 @click.option("--patience", type=int, help=_help("Early-stopping patience in epochs (0 = off).", "patience"))
 @click.option("--weight-decay", type=float, help=_help("Adam weight decay.", "weight_decay"))
 @click.option("--select-by", help=_help("Model selection: auto (im with its own target encoder, else source_val_loss), source_val_loss or a label-free score.", "select_by"))
-@click.option("--set", "sets", multiple=True, metavar="NAME.OPTION=VALUE",
-              help="Strategy/optimizer/schedule option, e.g. --set fisher.intra_weight=0.01 "
-              "(each strategy's options: galmerge list strategies).")
+@click.option("--set", "sets", multiple=True, metavar="[SECTION.]OPTION=VALUE",
+              help="A setting, e.g. --set domain_batchnorm=joint, or a strategy, optimizer or "
+              "schedule option, e.g. --set fisher.intra_weight=0.01 (every setting: the docs' "
+              "Settings page; each strategy's options: galmerge list strategies).")
 @click.option("--backbone-option", "backbone_options", multiple=True, metavar="KEY=VALUE",
               help="Backbone option, e.g. --backbone-option dropout=0.3 (each backbone's "
               "options: galmerge list backbones).")
