@@ -212,7 +212,8 @@ def train(
         (``"fisher.intra_weight=0.01"``); see the guide's table of settings.
     :param backbone_options: backbone options, e.g. ``{"dropout": 0.3}``.
     :param compile: ``torch.compile`` the model.
-    :param quiet: no progress display and no results table.
+    :param quiet: no progress display and no results table (a closing collapse warning still
+        goes to stderr).
     :param max_steps_per_epoch: cap on steps per epoch, 0 for a full pass (a quick look).
     :param checkpoint_every: also write ``last.pt`` every N steps (0: at each epoch's end).
     :param on_epoch: called as ``on_epoch(row)`` on rank 0 after each epoch's metrics row is

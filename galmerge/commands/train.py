@@ -42,7 +42,8 @@ def _help(text: str, key: str) -> str:
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option("--max-steps-per-epoch", type=int, help=_help("Cap on steps per epoch (0 = a full pass).", "max_steps_per_epoch"))
 @click.option("--checkpoint-every", type=int, help=_help("Also write last.pt every N steps (0 = at each epoch's end only).", "checkpoint_every"))
-@click.option("--quiet", is_flag=True, help="No progress display or results table.")
+@click.option("--quiet", is_flag=True, help="No progress display or results table (the closing "
+              "collapse warning still goes to stderr).")
 def train(
     source: str | None,
     target: str | None,
