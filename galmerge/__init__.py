@@ -221,9 +221,10 @@ def train(
         propagates.
     :returns: the run summary (``summary.json``): metrics, best epoch, run directory, warnings.
     """
+    arguments = dict(locals())  # before the import below adds a name
     from galmerge.training import train as _train
 
-    return _train(**locals())
+    return _train(**arguments)
 
 
 def classify(
@@ -301,9 +302,10 @@ def classify(
         set's merger fraction).
     :returns: a ``ClassifySummary``.
     """
+    arguments = dict(locals())  # before the import below adds a name
     from galmerge.classification.pipeline import classify as _classify
 
-    return _classify(**locals())
+    return _classify(**arguments)
 
 
 def evaluate(
@@ -339,9 +341,10 @@ def evaluate(
     :param seed: seed of the bootstrap, the embedding's sample and the domain classifier.
     :returns: the ``metrics.json`` payload.
     """
+    arguments = dict(locals())  # before the import below adds a name
     from galmerge.evaluation.pipeline import evaluate as _evaluate
 
-    return _evaluate(**locals())
+    return _evaluate(**arguments)
 
 
 def register_plugin(plugin: object, name: str) -> None:

@@ -213,3 +213,16 @@ def test_pipeline_wrappers_pass_every_argument_on(monkeypatch: pytest.MonkeyPatc
         "synthetic:illustris", "synthetic:sdss", "synthetic-sim-real",
         ["domain_batchnorm=joint"], 3)
     assert seen["lr"] is None and seen["quiet"] is False
+    import inspect
+
+    assert set(seen) == set(inspect.signature(galmerge.train).parameters)  # and nothing else
+
+
+def test_pipeline_wrappers_reach_the_real_jobs(tmp_path: Path) -> None:
+    """Called for real, each wrapper gets to its job's own checks (no stray keyword)."""
+    with pytest.raises(galmerge.GalmergeError, match="not a run directory"):
+        galmerge.evaluate(tmp_path)
+    with pytest.raises(galmerge.GalmergeError, match="mc-dropout"):
+        galmerge.classify(tmp_path / "cat.csv", tmp_path, mc_dropout=1)
+    with pytest.raises(galmerge.GalmergeError, match="unknown preset"):
+        galmerge.train("synthetic:illustris", "synthetic:sdss", preset="nosuch")
