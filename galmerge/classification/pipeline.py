@@ -550,9 +550,9 @@ def _parse_prior_options(prior: Any, rule: Any) -> tuple[str | float | None, str
 
     value = parse_prior(prior)
     if rule is not None and (value is None or value == "auto"):
-        raise GalmergeError(f"--prior-rule {rule} applies to --prior VALUE only (auto is EM's "
-                            "fixed point, where both rules agree); give --prior VALUE or drop "
-                            "--prior-rule")
+        raise GalmergeError(f"--prior-rule {rule} needs --prior VALUE (a merger fraction, e.g. "
+                            "--prior 0.05; with --prior auto both rules agree); give --prior "
+                            "VALUE or drop --prior-rule")
     return value, parse_rule(rule)
 
 

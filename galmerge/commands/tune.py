@@ -35,7 +35,7 @@ SCORE_HELP = (
 @click.option("--backbone", help="Backbone name.")
 @click.option("--batch-size", type=int, help="Images per domain per step.")
 @click.option("--max-steps-per-epoch", type=int, help="Cap on steps per epoch.")
-@click.option("--device", help="auto, cpu, cuda or mps.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--set", "sets", multiple=True, metavar="[SECTION.]OPTION=VALUE",
               help="Fixed setting or option of every trial, e.g. --set epoch_steps=ceil or "
               "--set fisher.form=tr.")

@@ -530,4 +530,5 @@ def _validate_values(config: Mapping[str, Any]) -> None:
     _check_observe(config["observe"])
     for key in ("source", "target"):
         if not config[key]:
-            raise GalmergeError(f"no --{key} given; e.g. --{key} synthetic:illustris")
+            example = "synthetic:illustris" if key == "source" else "'synthetic:sdss?seed=1'"
+            raise GalmergeError(f"no --{key} given; e.g. --{key} {example}")
