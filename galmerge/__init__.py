@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from galmerge.classification.pipeline import ClassifySummary
+    from galmerge.data.datasets import load_imageset
     from galmerge.data.preprocess import PreprocessSpec
     from galmerge.io.http import (
         CorruptResponse,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         shown_host,
         shown_url,
     )
+    from galmerge.models.export import export_model
     from galmerge.plugin.cutouts import (
         ClientStatus,
         CutoutRequest,
@@ -58,6 +60,10 @@ if TYPE_CHECKING:
 
 #: public name -> module that defines it, imported on first access (PEP 562)
 _LAZY: dict[str, str] = {
+    # any survey spec as an ImageSet (e.g. to pass to train, or to write an HDF5 file)
+    "load_imageset": "galmerge.data.datasets",
+    # a run or checkpoint as an ONNX or TorchScript file, as `galmerge export`
+    "export_model": "galmerge.models.export",
     "StepInputs": "galmerge.plugin.strategy_api",
     "StrategyContext": "galmerge.plugin.strategy_api",
     "ImageSet": "galmerge.plugin.imageset",
@@ -94,6 +100,8 @@ __all__ = [
     "train",
     "classify",
     "evaluate",
+    "load_imageset",
+    "export_model",
     # the plugin contract
     "hookimpl",
     "Backbone",

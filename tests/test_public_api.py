@@ -226,3 +226,29 @@ def test_pipeline_wrappers_reach_the_real_jobs(tmp_path: Path) -> None:
         galmerge.classify(tmp_path / "cat.csv", tmp_path, mc_dropout=1)
     with pytest.raises(galmerge.GalmergeError, match="unknown preset"):
         galmerge.train("synthetic:illustris", "synthetic:sdss", preset="nosuch")
+
+
+def test_what_the_docs_import_is_public() -> None:
+    """The notebooks' loader and the API page's exporter are importable from galmerge itself
+    (the docs tell readers to import from nowhere else)."""
+    from galmerge.data import datasets
+    from galmerge.models import export
+
+    assert galmerge.load_imageset is datasets.load_imageset
+    assert galmerge.export_model is export.export_model
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert private_imports(_code_of(notebook), notebook.name) == []
+
+
+def _code_of(notebook: Path) -> str:
+    import json
+
+    cells = json.loads(notebook.read_text())["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"
+                     and not "".join(c["source"]).lstrip().startswith(("%", "!")))
+
+
+def test_every_public_name_is_in_the_api_or_plugin_docs() -> None:
+    docs = (ROOT / "docs" / "api.md").read_text() + (ROOT / "docs" / "plugins.md").read_text()
+    missing = [n for n in galmerge.__all__ if n != "__version__" and n not in docs]
+    assert not missing, missing
