@@ -56,3 +56,16 @@ def test_fetch_help_does_not_promise_md5_for_deepmerge1() -> None:
 
 def test_reproduce_help_names_both_tables() -> None:
     assert "table.csv" in " ".join(run("reproduce", "--help").output.split())
+
+
+def test_fraction_warnings_point_to_the_docs_not_only_to_repository_files(tmp_path: Path) -> None:
+    """`galmerge fraction`'s adaptation warning cites where a pip user can read the evidence."""
+    from galmerge.fractions.adaptation import adaptation_check
+
+    for name in ("dann", "coral"):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "config.toml").write_text(f"[strategies.{name}]\n")
+        message = adaptation_check(run_dir, 0.5, 0.2)["message"]
+        assert "galmerge docs, Merger fractions" in message, message
+        assert "benchmarks/results/fraction_sim_real" not in message
