@@ -78,3 +78,17 @@ def test_site_snippets_name_sections_that_exist() -> None:
 def test_guide_refers_to_pages_not_the_readme() -> None:
     text = GUIDE.read_text().replace("benchmarks/README.md", "")
     assert "README" not in text
+
+
+def test_settings_page_lists_every_setting() -> None:
+    """docs/settings.md's table names every top-level setting and section option a config
+    holds, so a setting added to DEFAULTS without a line there fails here."""
+    from galmerge.config.resolve import DEFAULTS, SECTIONS
+
+    text = (ROOT / "docs" / "settings.md").read_text()
+    names = [k for k in DEFAULTS if k not in (*SECTIONS, "lr_multipliers", "backbone_options",
+                                              "strategies")]
+    names += [f"{s}.{o}" if f"`{s}.{o}`" in text else o for s in SECTIONS for o in DEFAULTS[s]]
+    missing = [n for n in names if f"`{n}`" not in text and f".{n}`" not in text
+               and f"`{n}," not in text and f", `{n}`" not in text]
+    assert not missing, missing
