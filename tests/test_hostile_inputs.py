@@ -30,6 +30,13 @@ TRAIN_CASES = [
     (["--set", "optimizer.betas=[0.9, 2]"], "optimizer.betas"),
     (["--set", "optimizer.amsgrad=3"], "optimizer.amsgrad"),
     (["--set", "schedule.pct_start=\"x\""], "schedule.pct_start"),
+    # finite but past float32 in Adam's step: a torch traceback and a half-written run dir
+    (["--lr", "1e308"], "lr must be at most 10, got 1e+308; a typical value is 1e-3"),
+    (["--weight-decay", "1e308"], "weight_decay must be at most 1000"),
+    (["--set", "schedule.div_factor=1e-300"], "schedule.div_factor must be at least 0.001"),
+    (["--set", "schedule.final_div_factor=1e-300"], "schedule.final_div_factor must be at least"),
+    (["--set", "lr_multipliers.model=1e308"], "lr_multipliers.model must be a number from 0 to"),
+    (["--backbone", "resnet18", "--backbone-option", "lr_mult=1e308"], "lr_mult"),
     # torch's names galmerge cannot train on: an AssertionError and a RuntimeError traceback
     (["--device", "xpu"], "unknown --device 'xpu'; use auto, cpu, cuda, cuda:N"),
     (["--device", "meta"], "unknown --device 'meta'; use auto, cpu, cuda, cuda:N"),
@@ -50,6 +57,11 @@ CONFIG_CASES = [
     ("epochs = true\n", "epochs"),
     ("lr_multipliers = [1]\n", "lr_multipliers must be a table"),
     ("device = \"xpu\"\n", "unknown --device 'xpu'"),
+    ("lr = 1e308\n", "lr must be at most 10"),
+    ("weight_decay = 1e308\n", "weight_decay must be at most"),
+    ("[schedule]\ndiv_factor = 1e-300\n", "schedule.div_factor must be at least"),
+    ("[schedule]\nfinal_div_factor = 1e-300\n", "schedule.final_div_factor must be at least"),
+    ("[lr_multipliers]\nmodel = 1e308\n", "lr_multipliers.model must be a number from 0 to"),
 ]
 
 

@@ -367,3 +367,35 @@ def test_a_batch_far_beyond_memory_is_refused_before_it_is_allocated(toys, tmp_p
                                             r"about .* GiB .* use --batch-size \d+ or less"):
         _run(tmp_path, "huge", strategy="adabn", batch_size=4_000_000_000)
     assert not (tmp_path / "huge" / "last.pt").exists()
+
+
+class _HugeLrNet(nn.Module):
+    """A backbone whose declared lr factor puts Adam's step past float32."""
+
+    lr_multipliers = {"": 1e300}
+
+    def __init__(self, in_channels: int, image_size: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1),
+                                 nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.out_features = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class HugeLrPlugin:
+    @hookimpl
+    def register_backbones(self):
+        return [Backbone(name="hugelr", description="test",
+                         build=lambda c, s: _HugeLrNet(c, s))]
+
+
+def test_an_optimizer_step_that_overflows_stops_with_the_non_finite_message(
+        toys, register_plugin, tmp_path):
+    """The trainer's safety net: torch's overflow RuntimeError in Adam's step becomes the
+    one-line non-finite-loss stop, whatever let the step size through validation."""
+    register_plugin(HugeLrPlugin(), "hugelr")
+    with pytest.raises(GalmergeError, match=r"training stopped: the loss became non-finite .* "
+                                            r"epoch 1, step 1; .*try a lower --lr"):
+        _run(tmp_path, "huge", backbone="hugelr", epochs=1)

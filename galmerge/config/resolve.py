@@ -372,6 +372,13 @@ def _fresh_strategies(value: Any, aliases: Mapping[str, str], strategy: str) -> 
     return out
 
 
+#: upper bounds of the step sizes: beyond them Adam's float32 step overflows (a torch
+#: traceback); far above any sensible value, so that a tuning range never meets them
+LR_MAX = 10.0
+WEIGHT_DECAY_MAX = 1e3
+MULTIPLIER_MAX = 1e4
+DIV_FACTOR_MIN = 1e-3
+
 SEED_LIMIT = 2**32  # numpy's seed range; the run's generators derive theirs from it
 
 
@@ -416,6 +423,10 @@ def _multipliers(table: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[s
     for key, value in _flatten(table).items():
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise GalmergeError(f"lr_multipliers.{key} must be a number >= 0, got {value!r}")
+        if not value <= MULTIPLIER_MAX:  # NaN too; lr * a huge factor overflows Adam's step
+            raise GalmergeError(f"lr_multipliers.{key} must be a number from 0 to "
+                                f"{MULTIPLIER_MAX:g}, got {value!r}; typical factors are 0.01 "
+                                "to 10")
         owner, dot, prefix = key.partition(".")
         if key == "*" or owner == "model":
             out[key] = float(value)
@@ -502,6 +513,11 @@ def _validate_values(config: Mapping[str, Any]) -> None:
             raise GalmergeError(f"{key} must be a finite number >= 0, got {value!r}")
     if not (config["lr"] > 0):
         raise GalmergeError("lr must be > 0")
+    # finite but huge values overflow float32 inside Adam's step (a torch traceback)
+    for key, top, typical in (("lr", LR_MAX, "1e-3"), ("weight_decay", WEIGHT_DECAY_MAX, "1e-4")):
+        if config[key] > top:
+            raise GalmergeError(f"{key} must be at most {top:g}, got {config[key]!r}; "
+                                f"a typical value is {typical}")
     for key in ("compile",):
         if not isinstance(config[key], bool):
             raise GalmergeError(f"{key} must be true or false, got {config[key]!r}")
@@ -524,9 +540,12 @@ def _validate_values(config: Mapping[str, Any]) -> None:
     if not _number(sched["pct_start"]) or not 0 < sched["pct_start"] < 1:
         raise GalmergeError("schedule.pct_start (the share of steps spent warming up) must be "
                             f"a number between 0 and 1, got {sched['pct_start']!r}")
-    for key in ("div_factor", "final_div_factor"):
+    for key, typical in (("div_factor", "25"), ("final_div_factor", "1e4")):
         if not _number(sched[key]) or sched[key] <= 0:
             raise GalmergeError(f"schedule.{key} must be a number > 0, got {sched[key]!r}")
+        if sched[key] < DIV_FACTOR_MIN:  # lr / div_factor: a tiny divisor overflows Adam's step
+            raise GalmergeError(f"schedule.{key} must be at least {DIV_FACTOR_MIN:g}, got "
+                                f"{sched[key]!r}; the default is {typical}")
     _check_observe(config["observe"])
     for key in ("source", "target"):
         if not config[key]:

@@ -243,7 +243,12 @@ class Trainer:
         # the target's BatchNorm running statistics move, and the optimiser step is a no-op
         if total.requires_grad:
             total.backward()
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as exc:  # a step size past float32 (huge lr x multipliers)
+            if "overflow" not in str(exc):
+                raise
+            _non_finite(plan, state.epoch, state.step_in_epoch + 1)
         if plan.dist.enabled and not plan.cuda:  # the whole batch's running statistics
             ddp.average_buffers(self.step_module, plan.dist)
         self.step_lr = self._base_lr()  # the lr this step used

@@ -74,7 +74,7 @@ def register_backbones() -> list[Backbone]:
                                            "DeepMerge II's plain Linear",
                                            choices=("bn-relu", "linear")),
                 "lr_mult": Option(10.0, "learning-rate factor of the bottleneck and the head",
-                                  min=0.0),
+                                  min=0.0, max=1e4),
             },
             search_space={"dropout": {"type": "float", "low": 0.0, "high": 0.5}},
         ),
