@@ -37,6 +37,10 @@ TRAIN_CASES = [
     (["--set", "schedule.final_div_factor=1e-300"], "schedule.final_div_factor must be at least"),
     (["--set", "lr_multipliers.model=1e308"], "lr_multipliers.model must be a number from 0 to"),
     (["--backbone", "resnet18", "--backbone-option", "lr_mult=1e308"], "lr_mult"),
+    # an alias and its strategy: the run recorded dann+dann, which no later run could read
+    (["--strategy", "ada+dann"],
+     "strategy expression 'ada+dann' names dann twice ('ada' is an alias of 'dann'); keep one"),
+    (["--strategy", "dann+fisher+ada"], "('ada' is an alias of 'dann'); keep one"),
     # torch's names galmerge cannot train on: an AssertionError and a RuntimeError traceback
     (["--device", "xpu"], "unknown --device 'xpu'; use auto, cpu, cuda, cuda:N"),
     (["--device", "meta"], "unknown --device 'meta'; use auto, cpu, cuda, cuda:N"),
@@ -175,6 +179,10 @@ def _other_command_cases(tmp: Path, ckpt: Path, cat: Path) -> list[tuple[list[st
         (["compare", str(tmp), "--output", str(tmp / "t.txt")], ".md or .csv"),
         (["preview", "nosuchsurvey", "-o", str(tmp / "p.png")], "nosuchsurvey"),
         (["list", "gadgets"], "gadgets"),
+        (["presets", "deepmerge2-sim-sim", "--strategy", "ada+dann"],
+         "('ada' is an alias of 'dann'); keep one"),
+        (["presets", "synthetic-sim-real", "--strategy", "dann+ada"],
+         "('ada' is an alias of 'dann'); keep one"),
     ]
 
 

@@ -16,7 +16,7 @@ def presets_cmd(name: str | None, strategy: str | None, backbone: str) -> None:
     sources disagree."""
     from galmerge.config.presets import PAPER_METHODS, PRESETS, SOURCES, cited_values, preset_names
     from galmerge.plugin.manager import get_plugin_manager
-    from galmerge.plugin.strategy_api import parse_strategy_expression
+    from galmerge.plugin.strategy_api import canonical_strategies
 
     if name is None:
         for preset in preset_names():
@@ -31,7 +31,7 @@ def presets_cmd(name: str | None, strategy: str | None, backbone: str) -> None:
     expressions = [strategy] if strategy else list(PAPER_METHODS)
     borrowed = 0
     for expression in expressions:
-        names = [pm.get("strategies", n).name for n in parse_strategy_expression(expression)]
+        names = canonical_strategies(expression)
         rows = cited_values(name, names, bname)
         click.echo(f"{name}  --strategy {'+'.join(names)}  --backbone {bname}")
         width = max(len(f"{k} = {c.value!r}") for k, c in rows)
@@ -71,15 +71,14 @@ def _flat(layer: dict, prefix: str = "") -> list[tuple[str, object]]:
 def _show_tuned(name: str, strategy: str | None, bname: str) -> None:
     """Every value a preset without paper sources sets, per strategy expression."""
     from galmerge.config.presets import PRESETS, preset_values
-    from galmerge.plugin.manager import get_plugin_manager
-    from galmerge.plugin.strategy_api import parse_strategy_expression
+    from galmerge.plugin.strategy_api import canonical_strategies
 
-    pm = get_plugin_manager()
+    # checked before any line is printed: a refused --strategy is the only line
+    expressions = [canonical_strategies(e) for e in ([strategy] if strategy else TUNED_EXAMPLES)]
     click.echo(f"{name}: {PRESETS[name]['description']}")
     click.echo("Source: tuned by hand on seed 0 of the built-in pair, looking at target test\n"
                "accuracy (benchmarks/results/da_sim_real.md).")
-    for expression in [strategy] if strategy else list(TUNED_EXAMPLES):
-        names = [pm.get("strategies", n).name for n in parse_strategy_expression(expression)]
+    for names in expressions:
         click.echo(f"\n{name}  --strategy {'+'.join(names)}  --backbone {bname}")
         for key, value in _flat(preset_values(name, names, bname)):
             click.echo(f"   {key} = {value!r}")

@@ -451,12 +451,12 @@ def preset_values(name: str, strategies: list[str], backbone: str) -> dict[str, 
 def borrowed_note(name: str, strategy: str, backbone: str) -> str | None:
     """One line for `galmerge train` when a DeepMerge II preset borrows values for this run."""
     from galmerge.plugin.manager import get_plugin_manager
-    from galmerge.plugin.strategy_api import parse_strategy_expression
+    from galmerge.plugin.strategy_api import canonical_strategies
 
     if "paper" not in PRESETS.get(name, {}):
         return None
     pm = get_plugin_manager()
-    names = [pm.get("strategies", n).name for n in parse_strategy_expression(strategy)]
+    names = canonical_strategies(strategy)
     bname = pm.get("backbones", backbone).name
     borrowed = [k for k, c in cited_values(name, names, bname) if c.caveat]
     if not borrowed:

@@ -283,7 +283,7 @@ def resolve_config(
     from galmerge.config.legacy import with_legacy_values
     from galmerge.config.presets import preset_values
     from galmerge.plugin.manager import get_plugin_manager
-    from galmerge.plugin.strategy_api import parse_strategy_expression
+    from galmerge.plugin.strategy_api import canonical_strategies
 
     cli = dict(cli or {})
     if file is None:
@@ -305,9 +305,8 @@ def resolve_config(
         return DEFAULTS[key]
 
     pm = get_plugin_manager()
-    names = parse_strategy_expression(str(pick("strategy")))
-    records = [pm.get("strategies", n) for n in names]
-    canonical = [r.name for r in records]
+    canonical = canonical_strategies(str(pick("strategy")))  # aliases resolved, none twice
+    records = [pm.get("strategies", n) for n in canonical]
     backbone = pm.get("backbones", str(pick("backbone")))
     preset_name = str(pick("preset") or "")
     preset = preset_values(preset_name, canonical, backbone.name) if preset_name else {}

@@ -54,6 +54,24 @@ def parse_strategy_expression(expr: str) -> list[str]:
     return parts
 
 
+def canonical_strategies(expr: str) -> list[str]:
+    """The registered names of an expression's strategies, aliases resolved (``"ada+fisher"``
+    -> ``["dann", "fisher"]``); a strategy named twice under two spellings is a one-line
+    PluginError, as the same name twice is: the recorded ``dann+dann`` could not be rerun."""
+    from galmerge.plugin.manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    names = parse_strategy_expression(expr)
+    canonical = [pm.get("strategies", n).name for n in names]
+    for i, name in enumerate(canonical):
+        if name in canonical[:i]:
+            first, again = names[canonical.index(name)], names[i]
+            alias = again if again != name else first
+            raise PluginError(f"strategy expression '{expr}' names {name} twice ('{alias}' is "
+                              f"an alias of '{name}'); keep one")
+    return canonical
+
+
 class StrategyOutputError(PluginError):
     """A strategy's ``forward`` returned something the trainer cannot add to the loss."""
 
