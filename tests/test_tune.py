@@ -282,6 +282,23 @@ def test_bad_arguments_are_one_line_errors(toys, tmp_path, extra, message):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_a_mistyped_storage_leaves_the_study_folder_free_for_the_corrected_command(
+        toys, tmp_path):
+    """storage.json bound the folder to the bad URL before it was shown to open: the corrected
+    command was refused, and told to pass the bad URL again."""
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "s"
+    bad = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "1", "--storage",
+                                        "bad://x", "--strategy", "none"))
+    assert bad.exit_code != 0 and "--storage bad://x: cannot open it" in bad.output
+    assert not (study / "storage.json").exists()
+    good = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "1",
+                                         "--max-steps-per-epoch", "1", "--strategy", "none"))
+    assert good.exit_code == 0, good.output
+    assert [r["state"] for r in _trials(study)] == ["complete"]
+    assert "bad://" not in (study / "storage.json").read_text()
+
+
 def test_a_one_step_warm_up_trains_in_a_study(toys, tmp_path):
     # 2 steps at pct_start 0.5: OneCycleLR's warm-up of one step divided by zero, a traceback
     source, target = _write_pair(tmp_path / "data")

@@ -129,8 +129,8 @@ def _storage_identity(study_dir: Path, storage: str | None) -> str:
 
 def check_one_study(study_dir: Path, storage: str | None) -> None:
     """One study per folder: its trials, best.toml and report would be overwritten by another
-    study's. The folder records the database of its first start (`STORAGE_RECORD`); a start
-    with another is refused. Folders from before the record: an embedded ``study.db`` beside a
+    study's. The folder records the database of its first start (`STORAGE_RECORD`, written by
+    `record_storage` once that database opened); a start with another is refused. Folders from before the record: an embedded ``study.db`` beside a
     ``--storage`` study, or the trials of a ``--storage`` study under a plain tune, refused."""
     identity = _storage_identity(study_dir, storage)
     record = study_dir / STORAGE_RECORD
@@ -154,7 +154,15 @@ def check_one_study(study_dir: Path, storage: str | None) -> None:
         raise GalmergeError(
             f"--study-dir {study_dir} holds the trials of a study kept in a --storage database; "
             "pass that --storage to continue it, or choose another --study-dir")
-    atomic.write_text(record, json.dumps({"storage": identity}) + "\n")
+
+
+def record_storage(study_dir: Path, storage: str | None) -> None:
+    """Bind the folder to its database (`STORAGE_RECORD`), once `open_storage` has shown the
+    URL works: a mistyped --storage must not leave the folder tied to it."""
+    record = study_dir / STORAGE_RECORD
+    if not record.is_file():
+        atomic.write_text(record, json.dumps({"storage": _storage_identity(study_dir, storage)})
+                          + "\n")
 
 
 def prepare_dir(study_dir: Path) -> None:

@@ -34,6 +34,7 @@ from galmerge.training.tuning.storage import (
     lock_study,
     open_storage,
     prepare_dir,
+    record_storage,
 )
 
 PRUNERS = ("median", "hyperband", "none")
@@ -263,6 +264,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: our own line
     try:
         store, embedded = open_storage(optuna, study_dir, storage)
+        record_storage(study_dir, storage)  # only a database that opened binds the folder
         direction = "minimize" if selection.SCORES[score] == "min" else "maximize"
         guard = None
         if max_source_drop is not None:
