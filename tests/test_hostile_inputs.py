@@ -156,6 +156,9 @@ def _other_command_cases(tmp: Path, ckpt: Path, cat: Path) -> list[tuple[list[st
         ([*c, "--workers", "0"], "--workers"),
         ([*c, "--chunk-rows", "-1"], "--chunk-rows"),
         ([*c, "--domain", "nowhere"], "--domain"),
+        # unbounded: a typo of N (1e9) ran for days, its memory growing
+        ([*c, "--mc-dropout", "1001"],
+         "--mc-dropout must be a whole number of passes from 2 to 1000"),
         ([*c, "--device", "meta"], "unknown --device 'meta'"),
         # checked before the HATS-folder and ONNX branches too (a folder: HATS's Dask workers
         # met it first; an .onnx model never)

@@ -452,9 +452,9 @@ def classify(
     labelled so and it prints no closing summary (the ensemble prints one for its output).
     """
     if mc_dropout is not None and (isinstance(mc_dropout, bool) or not isinstance(mc_dropout, int)
-                                   or mc_dropout < 2):
-        raise GalmergeError(f"--mc-dropout must be a whole number of passes of at least 2, got "
-                            f"{mc_dropout!r}")
+                                   or not 2 <= mc_dropout <= 1000):  # a typo ran for days
+        raise GalmergeError(f"--mc-dropout must be a whole number of passes from 2 to 1000 "
+                            f"(10 to 100 is usual), got {mc_dropout!r}")
     if mc_dropout and not isinstance(model, str | os.PathLike) and len(list(model)) > 1:
         raise GalmergeError("--mc-dropout with several --model: not supported (both would fill "
                             "p_merger_std); use an ensemble or MC-dropout, not both")
