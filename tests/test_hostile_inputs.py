@@ -41,6 +41,10 @@ TRAIN_CASES = [
     (["--strategy", "ada+dann"],
      "strategy expression 'ada+dann' names dann twice ('ada' is an alias of 'dann'); keep one"),
     (["--strategy", "dann+fisher+ada"], "('ada' is an alias of 'dann'); keep one"),
+    # one option under an alias and its strategy's name: the later in table order won, unsaid
+    (["--strategy", "dann", "--set", "ada.weight=1", "--set", "dann.weight=2"],
+     "the command line sets ada.weight = 1 and dann.weight = 2, one strategy (dann) under two "
+     "names; keep one"),
     # torch's names galmerge cannot train on: an AssertionError and a RuntimeError traceback
     (["--device", "xpu"], "unknown --device 'xpu'; use auto, cpu, cuda, cuda:N"),
     (["--device", "meta"], "unknown --device 'meta'; use auto, cpu, cuda, cuda:N"),
@@ -62,6 +66,8 @@ CONFIG_CASES = [
     ("lr_multipliers = [1]\n", "lr_multipliers must be a table"),
     ("device = \"xpu\"\n", "unknown --device 'xpu'"),
     ("lr = 1e308\n", "lr must be at most 10"),
+    ("strategy = \"dann\"\n[strategies.ada]\nweight = 1\n[strategies.dann]\nweight = 2\n",
+     "sets ada.weight = 1 and dann.weight = 2, one strategy (dann) under two names; keep one"),
     ("weight_decay = 1e308\n", "weight_decay must be at most"),
     ("[schedule]\ndiv_factor = 1e-300\n", "schedule.div_factor must be at least"),
     ("[schedule]\nfinal_div_factor = 1e-300\n", "schedule.final_div_factor must be at least"),

@@ -311,6 +311,11 @@ def resolve_config(
     preset_name = str(pick("preset") or "")
     preset = preset_values(preset_name, canonical, backbone.name) if preset_name else {}
 
+    aliases = {a: r.name for r in records for a in (r.name, *r.aliases)}
+    # each layer's [strategies] under the registered names before the layers merge: else
+    # `ada` and `dann` were two tables, and the later in the table's order won, not the layer
+    file_layer = _strategy_spellings(file_layer, aliases, where)
+    cli = _strategy_spellings(cli, aliases, "the command line")
     config = deep_merge(DEFAULTS, preset)
     config = deep_merge(config, file_layer)
     config = deep_merge(config, cli)
@@ -318,7 +323,6 @@ def resolve_config(
     config["backbone"] = backbone.name
     config["preset"] = preset_name
 
-    aliases = {a: r.name for r in records for a in (r.name, *r.aliases)}
     given = dict(config.get("strategies") or {})
     resolved_strategies: dict[str, dict[str, Any]] = {}
     for key, options in given.items():
@@ -353,6 +357,37 @@ def resolve_config(
         config["select_by"] = "im" if config["target_encoder"] == "separate" else "source_val_loss"
     validate_config(config)
     return config
+
+
+def _strategy_spellings(layer: dict[str, Any], aliases: Mapping[str, str],
+                        where: str) -> dict[str, Any]:
+    """``layer`` with its ``[strategies]`` tables keyed by registered name (``ada`` ->
+    ``dann``); an option set under two spellings to two values is a one-line error naming both.
+    Keys of no strategy of the run, and tables that are not tables, are left for the checks
+    that name them."""
+    table = layer.get("strategies")
+    if not isinstance(table, Mapping):
+        return layer
+    out: dict[str, Any] = {}
+    spelled: dict[tuple[str, str], tuple[str, Any]] = {}  # (name, option) -> (key, value)
+    for key, options in table.items():
+        name = aliases.get(str(key).lower())
+        if name is None or not isinstance(options, Mapping):
+            out[key] = options
+            continue
+        merged = out.setdefault(name, {})
+        if not isinstance(merged, Mapping):
+            out[key] = options
+            continue
+        for option, value in options.items():
+            first = spelled.get((name, str(option)))
+            if first is not None and first[1] != value:
+                raise GalmergeError(
+                    f"{where} sets {first[0]}.{option} = {first[1]!r} and {key}.{option} = "
+                    f"{value!r}, one strategy ({name}) under two names; keep one")
+            spelled[(name, str(option))] = (str(key), value)
+            merged[option] = value
+    return {**layer, "strategies": out}
 
 
 def _fresh_strategies(value: Any, aliases: Mapping[str, str], strategy: str) -> list[str]:
