@@ -354,6 +354,22 @@ def test_user_errors_are_one_line(classified, tmp_path, make, args, message) -> 
     assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
 
 
+@pytest.mark.parametrize("bins", ["0.3,0.1", "100000000000000"])
+def test_bad_bins_are_refused_before_the_validation_split_is_scored(classified, tmp_path,
+                                                                    bins) -> None:
+    """The validation split was scored (seconds, and validation_predictions.npz written into
+    the run) before --bins was read."""
+    run = tmp_path / "run"
+    shutil.copytree(classified["run"], run)
+    (run / "validation_predictions.npz").unlink(missing_ok=True)
+    before = sorted(p.name for p in run.iterdir())
+    code, text = _fraction(str(classified["csv"]), "--model", str(run), "--by", "p_merger",
+                           "--bins", bins)
+    assert code == 1 and f"--bins {bins}: " in text, text
+    assert len(text.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 def test_a_model_without_validation_statistics_is_one_line(classified, tmp_path) -> None:
     code, text = _fraction(str(classified["csv"]), "--model", str(tmp_path))
     assert code == 1 and "not a run directory" in text

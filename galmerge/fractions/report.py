@@ -366,6 +366,8 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
     if len(res.p) == 0:
         raise GalmergeError(f"{results}: no rows with status ok and a p_merger "
                             f"({res.rows} rows: {_reasons(res.excluded)}); nothing to count")
+    # before the validation split is scored (seconds, and a file written into the run)
+    edges = parse_bins(bins, res.by, by) if by is not None and bins is not None else None
     val = (validation if validation is not None
            else load_validation(model, source, device, target=target))
     from galmerge.io.provenance import sha256_file
@@ -416,8 +418,7 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
         payload = {**out, **common}
         panels = [("all ok rows", payload)]
     else:
-        assert res.by is not None and bins is not None
-        edges = parse_bins(bins, res.by, by)
+        assert res.by is not None and edges is not None
         which = _bin_index(res.by, edges)
         outside = int((which < 0).sum())
         if outside:
