@@ -200,6 +200,23 @@ def test_an_output_that_would_destroy_a_file_is_refused(env, name):
         assert res.exit_code == 0, res.output
 
 
+def test_a_latin1_header_is_kept_in_csv_and_escaped_in_parquet(env):
+    """A header read with surrogateescape: the CSV keeps its bytes; Parquet, whose names must
+    be UTF-8, names the column as HDF5 and FITS do (%XX), where it was a traceback after all
+    the work."""
+    tmp, ckpt, _ = env
+    cat = tmp / "latin1.csv"
+    cat.write_bytes(b"obj\xe9ID,ra,dec\n1,229.5,-0.88\n")
+    for name in ("o.csv", "o.parquet"):
+        res = run_cli("classify", str(cat), "--model", str(ckpt.parent), "--survey", "stamps",
+                      "--output", str(tmp / name), "--quiet")
+        assert res.exit_code == 0, res.output
+    assert (tmp / "o.csv").read_bytes().startswith(b"obj\xe9ID,ra,dec,p_merger")
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp / "o.parquet").column_names[:3] == ["obj%E9ID", "ra", "dec"]
+
+
 def test_a_catalog_without_one_usable_position_fails_after_writing_its_rows(env):
     tmp, ckpt, log = env
     cat = tmp / "sexagesimal.csv"

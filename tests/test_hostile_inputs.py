@@ -45,6 +45,9 @@ TRAIN_CASES = [
     (["--strategy", "dann", "--set", "ada.weight=1", "--set", "dann.weight=2"],
      "the command line sets ada.weight = 1 and dann.weight = 2, one strategy (dann) under two "
      "names; keep one"),
+    # an explicit empty value was taken as "left out" (no preset, auto), unsaid
+    (["--preset", ""], "--preset '': give a preset name"),
+    (["--device", ""], "--device '': give auto, cpu"),
     # torch's names galmerge cannot train on: an AssertionError and a RuntimeError traceback
     (["--device", "xpu"], "unknown --device 'xpu'; use auto, cpu, cuda, cuda:N"),
     (["--device", "meta"], "unknown --device 'meta'; use auto, cpu, cuda, cuda:N"),
@@ -66,6 +69,9 @@ CONFIG_CASES = [
     ("lr_multipliers = [1]\n", "lr_multipliers must be a table"),
     ("device = \"xpu\"\n", "unknown --device 'xpu'"),
     ("lr = 1e308\n", "lr must be at most 10"),
+    ("[observe]\nfield_rate = 0.5\n",
+     "observe.field_rate applies with observe.field = \"target\" only"),
+    ("[observe]\nfield_scale = 2\n", "observe.field_scale applies with observe.field"),
     ("strategy = \"dann\"\n[strategies.ada]\nweight = 1\n[strategies.dann]\nweight = 2\n",
      "sets ada.weight = 1 and dann.weight = 2, one strategy (dann) under two names; keep one"),
     ("weight_decay = 1e308\n", "weight_decay must be at most"),
@@ -155,7 +161,24 @@ def test_paths_under_a_regular_file_are_one_line(tmp_path, monkeypatch, where):
 def _other_command_cases(tmp: Path, ckpt: Path, cat: Path) -> list[tuple[list[str], str]]:
     c = ["classify", str(cat), "--model", str(ckpt), "--survey", "stamps", "--quiet",
          "--output", str(tmp / "o.csv")]
+    evaluated = tmp / "evaluated"  # a run directory evaluate takes: config.toml and best.pt
+    evaluated.mkdir()
+    (evaluated / "config.toml").write_text('strategy = "none"\n')
+    (evaluated / "best.pt").write_bytes(ckpt.read_bytes())
     return [
+        # silently taken: one column for RA and Dec, CSV under a .txt name, the model itself
+        # as its own embedding baseline
+        (["classify", str(cat), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+          "--ra-col", "dec", "--output", str(tmp / "o.csv")],
+         "--ra-col and --dec-col both name column 'dec'"),
+        (["classify", str(cat), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+          "--output", str(tmp / "o.txt")], "classify writes .csv, .h5, .fits or .parquet"),
+        (["evaluate", str(evaluated), "--baseline", str(evaluated)],
+         "is the model evaluated itself"),
+        (["evaluate", str(evaluated), "--baseline", str(evaluated / "best.pt")],
+         "is the model evaluated itself"),
+        (["presets", "--strategy", "dann++"], "give the preset's NAME too"),
+        (["presets", "--backbone", "nosuch"], "give the preset's NAME too"),
         ([*c, "--threshold", "2"], "--threshold"),
         ([*c, "--threshold", "nan"], "--threshold"),
         ([*c, "--batch-size", "0"], "--batch-size"),

@@ -78,6 +78,19 @@ def _pick(columns: Sequence[str], wanted: str | None, names: Sequence[str], what
     return None
 
 
+def _pick_position(columns: Sequence[str], ra_col: str | None, dec_col: str | None,
+                   path: Path) -> tuple[str, str]:
+    """The RA and Dec columns; one column for both (``--ra-col dec``) is refused: every row
+    would sit on the diagonal RA = Dec, unsaid."""
+    ra = _pick(columns, ra_col, RA_NAMES, "RA", path, "--ra-col", True)
+    dec = _pick(columns, dec_col, DEC_NAMES, "Dec", path, "--dec-col", True)
+    assert ra is not None and dec is not None
+    if ra == dec:
+        raise GalmergeError(f"{path}: --ra-col and --dec-col both name column '{ra}'; give "
+                            "the RA and the Dec columns, e.g. --ra-col ra --dec-col dec")
+    return ra, dec
+
+
 def parse_coordinates(ra_text: Sequence[Any], dec_text: Sequence[Any]) -> tuple[
         np.ndarray, np.ndarray, np.ndarray]:
     """Floats for RA/Dec (degrees) and a mask of rows whose position is usable."""
@@ -156,8 +169,7 @@ class CsvCatalog(Catalog):
         if header is None:
             raise GalmergeError(f"{path}: no header row found; a CSV catalog needs column names")
         self.columns = _unique_names(header)
-        self.ra_col = _pick(self.columns, ra_col, RA_NAMES, "RA", path, "--ra-col", True)
-        self.dec_col = _pick(self.columns, dec_col, DEC_NAMES, "Dec", path, "--dec-col", True)
+        self.ra_col, self.dec_col = _pick_position(self.columns, ra_col, dec_col, path)
         self.id_col = _pick(self.columns, id_col, ID_NAMES, "id", path, "--id-col", False)
 
     def _open(self):
@@ -303,8 +315,7 @@ class FitsCatalog(Catalog):
         if self._hdu is None:
             raise GalmergeError(f"{path}: no table HDU in this FITS file; give a FITS table")
         self.columns = list(self._hdu.columns.names)
-        self.ra_col = _pick(self.columns, ra_col, RA_NAMES, "RA", path, "--ra-col", True)
-        self.dec_col = _pick(self.columns, dec_col, DEC_NAMES, "Dec", path, "--dec-col", True)
+        self.ra_col, self.dec_col = _pick_position(self.columns, ra_col, dec_col, path)
         self.id_col = _pick(self.columns, id_col, ID_NAMES, "id", path, "--id-col", False)
         self._nrows = int(self._hdu.header.get("NAXIS2", 0))
         try:
@@ -364,8 +375,7 @@ class TableCatalog(Catalog):
         self.kind = kind
         self._table = table
         self.columns = list(table.colnames)
-        self.ra_col = _pick(self.columns, ra_col, RA_NAMES, "RA", path, "--ra-col", True)
-        self.dec_col = _pick(self.columns, dec_col, DEC_NAMES, "Dec", path, "--dec-col", True)
+        self.ra_col, self.dec_col = _pick_position(self.columns, ra_col, dec_col, path)
         self.id_col = _pick(self.columns, id_col, ID_NAMES, "id", path, "--id-col", False)
 
     def estimated_rows(self) -> int:
@@ -524,8 +534,7 @@ class VotableCatalog(Catalog):
         self._closing = scanner.closing
         table = _votable_table(header + scanner.closing)
         self.columns = list(table.colnames)
-        self.ra_col = _pick(self.columns, ra_col, RA_NAMES, "RA", path, "--ra-col", True)
-        self.dec_col = _pick(self.columns, dec_col, DEC_NAMES, "Dec", path, "--dec-col", True)
+        self.ra_col, self.dec_col = _pick_position(self.columns, ra_col, dec_col, path)
         self.id_col = _pick(self.columns, id_col, ID_NAMES, "id", path, "--id-col", False)
         rows = scanner.rows
         if scanner.done:

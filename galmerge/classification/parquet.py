@@ -28,6 +28,7 @@ from galmerge.classification.catalogs import (
 from galmerge.classification.outputs import ENCODING, ERRORS, OutputWriter, ResultBlock, _text
 from galmerge.classification.segments import is_nested
 from galmerge.errors import GalmergeError
+from galmerge.io.text import escape_undecodable
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 MAGIC = b"PAR1"
@@ -163,7 +164,9 @@ class ParquetWriter(OutputWriter):
         import pyarrow.parquet as pq
 
         p, flag, status = self.names
-        fields = [pa.field(n, ty if ty is not None else pa.string())
+        # a name read with surrogateescape (a Latin-1 header) as HDF5 and FITS write it,
+        # undecodable bytes as %XX: Arrow names must be UTF-8 (a traceback after all the work)
+        fields = [pa.field(escape_undecodable(n), ty if ty is not None else pa.string())
                   for n, ty in zip(self.columns, self._types, strict=True)]
         fields += [pa.field(p, pa.float64()), pa.field(flag, pa.int8()),
                    pa.field(status, pa.dictionary(pa.int32(), pa.string()))]

@@ -116,7 +116,10 @@ class ClassifySummary:
 #: CSV to write (`galmerge.classification.outputs.open_writer` writes CSV for any other suffix)
 NOT_OUTPUT_SUFFIXES = (".pt", ".pth", ".ckpt", ".onnx", ".toml", ".json", ".yaml", ".yml",
                        ".npz", ".npy", ".py", ".md", ".png", ".pdf", ".svg", ".jpg", ".jpeg",
-                       ".xlsx", ".xls", ".ods", ".xml", ".vot", ".gz", ".bz2", ".zip")
+                       ".xlsx", ".xls", ".ods", ".xml", ".vot", ".gz", ".bz2", ".zip",
+                       # text formats of their own, not CSV (a name without suffix, or .tsv as
+                       # before, is written as CSV)
+                       ".txt", ".dat", ".log", ".ecsv", ".html", ".tex")
 
 
 def check_output(out_path: Path, catalog: Path) -> None:

@@ -9,8 +9,8 @@ import click
 @click.command("presets")
 @click.argument("name", required=False)
 @click.option("--strategy", help="Show the values for this strategy expression only.")
-@click.option("--backbone", default="deepmerge", show_default=True, help="Backbone name.")
-def presets_cmd(name: str | None, strategy: str | None, backbone: str) -> None:
+@click.option("--backbone", help="Backbone name.  [default: deepmerge]")
+def presets_cmd(name: str | None, strategy: str | None, backbone: str | None) -> None:
     """List presets; with NAME, every value the preset sets and its source. Lines marked "!"
     (DeepMerge II presets) were not found for this exact experiment, method or backbone, or their
     sources disagree."""
@@ -18,6 +18,13 @@ def presets_cmd(name: str | None, strategy: str | None, backbone: str) -> None:
     from galmerge.plugin.manager import get_plugin_manager
     from galmerge.plugin.strategy_api import canonical_strategies
 
+    if name is None and (strategy is not None or backbone is not None):
+        from galmerge.errors import GalmergeError
+
+        raise GalmergeError("--strategy and --backbone choose a preset's values: give the "
+                            "preset's NAME too, e.g. galmerge presets synthetic-sim-real "
+                            "--strategy dann")  # they were ignored, unsaid
+    backbone = backbone or "deepmerge"
     if name is None:
         for preset in preset_names():
             click.echo(f"{preset}: {PRESETS[preset]['description']}")

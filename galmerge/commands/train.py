@@ -71,8 +71,16 @@ def train(
 ) -> None:
     """Train a merger classifier with domain adaptation; writes a run directory."""
     from galmerge.config.resolve import parse_assignment
+    from galmerge.errors import GalmergeError
     from galmerge.training import train as run_training
 
+    # an explicit empty value was taken as "left out" (no preset, auto), unsaid
+    if preset is not None and not preset.strip():
+        raise GalmergeError(f"--preset {preset!r}: give a preset name (`galmerge presets` lists "
+                            "them) or leave --preset out")
+    if device is not None and not device.strip():
+        raise GalmergeError(f"--device {device!r}: give auto, cpu, cuda, cuda:N or mps, or "
+                            "leave --device out")
     bopts = dict(parse_assignment(text, "--backbone-option") for text in backbone_options)
     if preset and strategy and not quiet:
         from galmerge.config.presets import borrowed_note

@@ -529,6 +529,10 @@ def _check_observe(options: Mapping[str, Any]) -> None:
     if scale != "auto" and not (_number(scale) and scale > 0):
         raise GalmergeError(f"observe.field_scale must be auto or a flux factor > 0, got "
                             f"{scale!r}")
+    for key in ("field_rate", "field_scale"):  # else taken and never used, unsaid
+        if options["field"] != "target" and options[key] != "auto":
+            raise GalmergeError(f"observe.{key} applies with observe.field = \"target\" only; "
+                                f"set that too, e.g. --set observe.field=target, or drop {key}")
 
 
 def _validate_values(config: Mapping[str, Any]) -> None:

@@ -649,6 +649,10 @@ def evaluate(
         )
     if bootstrap < 0:
         raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
+    if baseline is not None and (Path(baseline) / rundir.BEST if Path(baseline).is_dir()
+                                 else Path(baseline)).resolve() == ckpt.resolve():
+        raise GalmergeError(f"--baseline {baseline} is the model evaluated itself; pass a "
+                            "`none` run of the same data, or leave --baseline out")
     if embedding_points < 1:
         raise GalmergeError(f"--embedding-points {embedding_points}: use a positive count "
                             f"(default {EMBEDDING_POINTS})")
