@@ -375,3 +375,31 @@ def test_images_that_are_not_square_channels_first_stamps_are_refused(tmp_path, 
         "--device", "cpu", "--quiet"])
     _one_line_failure(result, needle)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("env", "survey", "needle"), [
+    ({"GALMERGE_SDSS_SKYSERVER_URL": "notaurl"}, "sdss",
+     "GALMERGE_SDSS_SKYSERVER_URL = 'notaurl': give an http(s) address with a host"),
+    ({"GALMERGE_SDSS_SAS_URL": "ftp://data.sdss.org/sas"}, "sdss", "GALMERGE_SDSS_SAS_URL = "),
+    ({"GALMERGE_SDSS_SAS_URL": "http://127.0.0.1:99999"}, "sdss", "GALMERGE_SDSS_SAS_URL = "),
+    ({}, "sdss?skyserver_url=notaurl", "survey option skyserver_url = 'notaurl'"),
+    ({}, "sdss?sas_url=https://", "survey option sas_url = 'https://'"),
+])
+def test_bad_sdss_service_urls_are_one_line_before_any_row(tmp_path, monkeypatch, env, survey,
+                                                            needle):
+    """Unchecked, every row was fetch-failed: MissingSchema, written to the output, and the
+    error blamed the fetches, not the setting."""
+    from test_classify import CASJOBS, make_checkpoint
+
+    (tmp_path / "cat.csv").write_text(CASJOBS)
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+    result = CliRunner().invoke(cli, ["classify", str(tmp_path / "cat.csv"), "--model", str(ckpt),
+                                      "--survey", survey, "--quiet", "--device", "cpu",
+                                      "--output", str(tmp_path / "o.csv")])
+    _one_line_failure(result, needle)
+    # the output's lock file (kept, like pip's and git's) is the one thing a refused run leaves
+    _untouched(tmp_path, before | {".o.csv.lock"})

@@ -135,14 +135,9 @@ class Settings:
         cache = options.get("frame_cache_dir", data / "cache" / "sdss-frames")
         policy = RetryPolicy.from_options(options)
         return cls(
-            skyserver_url=str(
-                options.get("skyserver_url")
-                or os.environ.get("GALMERGE_SDSS_SKYSERVER_URL")
-                or DEFAULT_SKYSERVER_URL
-            ).rstrip("/"),
-            sas_url=str(
-                options.get("sas_url") or os.environ.get("GALMERGE_SDSS_SAS_URL") or DEFAULT_SAS_URL
-            ).rstrip("/"),
+            skyserver_url=service_url(options, "skyserver_url", "GALMERGE_SDSS_SKYSERVER_URL",
+                                      DEFAULT_SKYSERVER_URL),
+            sas_url=service_url(options, "sas_url", "GALMERGE_SDSS_SAS_URL", DEFAULT_SAS_URL),
             data_release=int(options.get("data_release", 17)),
             workers=max(1, int(options.get("workers", 4))),
             policy=policy,
@@ -155,6 +150,31 @@ class Settings:
             check_footprint=bool(options.get("check_footprint", True)),
             max_edge_fraction=float(options.get("max_edge_fraction", 0.5)),
         )
+
+
+def service_url(options: Mapping[str, Any], key: str, env: str, default: str) -> str:
+    """A service's base URL: option ``key``, else env ``env``, else ``default``; checked before
+    any work (an http(s) scheme, a host, a valid port), in one line naming where it came from.
+    Unchecked, a typo made every row `fetch-failed: MissingSchema`, blaming the fetches."""
+    from urllib.parse import urlsplit
+
+    from galmerge.io.provenance import hide_userinfo
+
+    if options.get(key):
+        value, where = str(options[key]), f"survey option {key}"
+    elif os.environ.get(env):
+        value, where = str(os.environ[env]), env
+    else:
+        return default.rstrip("/")
+    parts = urlsplit(value.strip())
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # not a number, or past 65535
+        port_ok = False
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or not port_ok:
+        raise GalmergeError(f"{where} = {hide_userinfo(value)!r}: give an http(s) address with "
+                            f"a host (and a valid port), e.g. {default}, or unset it")
+    return value.strip().rstrip("/")
 
 
 def frame_cache_bytes(options: Mapping[str, Any]) -> float:
