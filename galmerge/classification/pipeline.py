@@ -698,8 +698,12 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
             if show:
                 progress.console.print(f"rank {dist.rank}: its share was already complete")
         else:
-            done = 0
+            # a marker that disagrees with the segments (a kill while they were removed) must
+            # not tell rank 0 this share is complete while it is redone
+            journal.marker.unlink(missing_ok=True)
+            done = catalog_chunks = 0
             for index, chunk in enumerate(source.chunks(chunk_rows)):
+                catalog_chunks = index + 1
                 if index % dist.world != dist.rank:
                     continue
                 if index not in journal.done:  # else: finished before a kill, kept
@@ -711,7 +715,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                 progress.update(done, tally.failed)
             if heartbeat is not None:  # stopped first: rank 0 removes the file after merging
                 heartbeat.stop()
-            journal.finish()
+            journal.finish(catalog_chunks)
     finally:
         if heartbeat is not None:
             heartbeat.stop()
