@@ -1367,6 +1367,40 @@ def test_rank0_gives_up_on_a_live_but_unfinished_rank_after_shard_timeout(env, m
     assert bad.exit_code != 0 and "--shard-timeout must be a number of seconds" in bad.output
 
 
+def test_a_launch_of_another_process_count_on_a_busy_output_is_refused(env, monkeypatch):
+    """A single process held `.out.csv.lock`, rank 0 of a torchrun launch
+    `.out.csv.rank00000.lock`: rank 0 of a 2-process launch on the output a single process was
+    writing was not refused, and removed that run's result journal as stale under it. Rank 0
+    of any launch now takes the single process's lock and is refused in one line."""
+    tmp, ckpt, log = env
+    rows = _catalog(tmp / "cat.csv", 20)
+    args = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--output", str(tmp / "out.csv"), "--chunk-rows", "2"]
+    gate = tmp / "go"
+    env_ = {**_sub_env(log), "GALMERGE_TEST_FETCH_GATE": str(gate)}
+    single = subprocess.Popen([sys.executable, str(_script(tmp)), *args, "--cache",
+                               str(tmp / "a.h5")], env=env_, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_fetches(single, log, 3)  # held at its 4th fetch, its journal folder open
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("GALMERGE_SHARD_HEARTBEAT_TIMEOUT", "1")  # (no rank 1 here)
+        monkeypatch.setenv("GALMERGE_TEST_FETCH_LOG", str(tmp / "b.log"))
+        res = run_cli(*args, "--cache", str(tmp / "b.h5"))
+        assert res.exit_code != 0
+        error = res.output.strip().splitlines()
+        assert len(error) == 1 and "another galmerge classify is writing" in error[0], error
+        assert not (tmp / "b.log").exists()  # refused before any work
+        assert [p.name for p in (tmp / "out.csv.parts").iterdir() if p.is_dir()] == [
+            p.name for p in (tmp / "out.csv.parts").glob("rank00000-of-00001-*")]
+    finally:
+        gate.touch()
+        _, err = single.communicate(timeout=120)
+    assert single.returncode == 0, err[-2000:]
+    _, out = read_csv(tmp / "out.csv")
+    assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
+
+
 def test_an_offline_run_says_what_was_asked_of_which_service_and_what_to_check(env):
     tmp, ckpt, _ = env
     cat = tmp / "offline.csv"

@@ -41,15 +41,17 @@ HEARTBEAT_SECONDS = 10.0  # at most; a fifth of the heartbeat timeout when that 
 
 
 def output_lock_path(out_path: Path, rank: int, world: int) -> Path:
-    """The lock file `output_lock` holds for ``out_path`` (one per rank under torchrun)."""
-    suffix = f".rank{rank:05d}" if world > 1 else ""
+    """The lock file `output_lock` holds for ``out_path``: ``.NAME.lock`` for a single process
+    and for rank 0 of any launch (so launches of different process counts exclude each other:
+    rank 0 removes other counts' journals as stale), ``.NAME.rankNNNNN.lock`` for rank r ≥ 1."""
+    suffix = f".rank{rank:05d}" if world > 1 and rank > 0 else ""
     return out_path.with_name(f".{out_path.name}{suffix}.lock")
 
 
 @contextlib.contextmanager
 def output_lock(out_path: Path, rank: int, world: int) -> Iterator[None]:
-    """One run per output (per rank under torchrun): a second one is refused in one line
-    instead of both writing the same result segments."""
+    """One run per output (rank 0's lock is a single process's): a second one is refused in one
+    line instead of both writing the same result segments."""
     lock_path = output_lock_path(out_path, rank, world)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.exclusive_lock(
