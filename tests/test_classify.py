@@ -583,6 +583,41 @@ def test_hdf5_image_file_input(env):
     assert not log.exists()  # nothing fetched
 
 
+def test_a_full_disk_while_writing_results_is_one_line_naming_the_output(env):
+    """pyarrow's error on a full disk (or at the file-size limit) names no file, so the CLI
+    showed a traceback instead of its one-line error. Here a file-size limit of 1 KB makes the
+    first result segment fail as a full disk does; the earlier output is kept."""
+    import resource
+
+    import torch
+
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.plugin.imageset import ImageSet
+
+    tmp, ckpt, log = env
+    n = 40
+    imgs = np.stack([stamp_for(float(i), float(i)) for i in range(n)])
+    write_imageset(tmp / "stamps.h5", ImageSet(
+        images=torch.from_numpy(imgs), labels=torch.full((n,), -1),
+        ids=np.array([f"obj{i}" for i in range(n)]), bands=("g", "r", "i"), survey="test",
+        ra=np.arange(float(n)), dec=np.arange(float(n))))
+    (tmp / "out.csv").write_text("id,p_merger,is_merger,status\n")  # an earlier output
+    earlier = (tmp / "out.csv").read_bytes()
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    done = subprocess.run([sys.executable, str(_script(tmp)), "classify", str(tmp / "stamps.h5"),
+                           "--model", str(ckpt), "--quiet", "--chunk-rows", "2", "--output",
+                           str(tmp / "out.csv")], env=_sub_env(log), preexec_fn=limit,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines[-20:]
+    assert str(tmp / "out.csv") in lines[0] and "no space" in lines[0], lines
+    assert (tmp / "out.csv").read_bytes() == earlier
+
+
 def test_an_image_file_with_non_finite_pixels_gives_those_stamps_a_row_status(env):
     """One NaN pixel in an HDF5 image file refused the whole file (the training-time NaN/inf
     scan), so no row was classified; now each such stamp is its own row, bad-image, and the

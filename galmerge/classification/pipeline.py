@@ -511,7 +511,8 @@ def classify(
         check_cache(rank_cache(cache, dist.rank), out_path, cat_path)
     check_output(out_path, cat_path)
     show = not quiet and dist.is_main
-    with output_lock(out_path, dist.rank, dist.world), _terminate_cleanly():
+    with _no_space_names(out_path), output_lock(out_path, dist.rank, dist.world), \
+            _terminate_cleanly():
         return _classify_locked(
             cat_path, model, out_path, dist, show, t0, survey=survey, cache=cache,
             ra_col=ra_col, dec_col=dec_col, id_col=id_col, batch_size=batch_size, device=device,
@@ -520,6 +521,25 @@ def classify(
             heartbeat_timeout=heartbeat_timeout, cache_keepbits=cache_keepbits, prior=prior,
             prior_from=prior_from, quiet=quiet, mc_dropout=int(mc_dropout or 0),
             prior_rule=prior_rule, member=_member)
+
+
+@contextlib.contextmanager
+def _no_space_names(out_path: Path) -> Iterator[None]:
+    """A full disk, a quota or the file-size limit met while writing the output or its result
+    segments is one line naming them: the error from pyarrow or a file's write() carries no
+    file name, which the CLI needs to say it in one line instead of a traceback."""
+    import errno
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise GalmergeError(
+            f"cannot write {out_path} or its result segments in {out_path.name}.parts: "
+            f"{os.strerror(exc.errno)} (disk full / no space left, a quota or the file-size "
+            "limit); free space and run the same command again: finished chunks are kept"
+        ) from None
 
 
 def _check_kinds(cat_path: Path, output: Any, cache: Any) -> None:
