@@ -24,11 +24,18 @@ __version__ = "0.1.0"
 _moved.install()
 
 if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+
+    from galmerge.classification.pipeline import ClassifySummary
+    from galmerge.data.datasets import load_imageset
     from galmerge.data.preprocess import PreprocessSpec
     from galmerge.io.http import (
         CorruptResponse,
         FetchError,
         GuardedSession,
+        HeadersDeadline,
         RedirectPolicy,
         RedirectRefused,
         RetryingClient,
@@ -38,7 +45,9 @@ if TYPE_CHECKING:
         http_status_error,
         read_body,
         shown_host,
+        shown_url,
     )
+    from galmerge.models.export import export_model
     from galmerge.plugin.cutouts import (
         ClientStatus,
         CutoutRequest,
@@ -51,6 +60,10 @@ if TYPE_CHECKING:
 
 #: public name -> module that defines it, imported on first access (PEP 562)
 _LAZY: dict[str, str] = {
+    # any survey spec as an ImageSet (e.g. to pass to train, or to write an HDF5 file)
+    "load_imageset": "galmerge.data.datasets",
+    # a run or checkpoint as an ONNX or TorchScript file, as `galmerge export`
+    "export_model": "galmerge.models.export",
     "StepInputs": "galmerge.plugin.strategy_api",
     "StrategyContext": "galmerge.plugin.strategy_api",
     "ImageSet": "galmerge.plugin.imageset",
@@ -67,12 +80,16 @@ _LAZY: dict[str, str] = {
     "RedirectPolicy": "galmerge.io.http",
     "RedirectRefused": "galmerge.io.http",
     "GuardedSession": "galmerge.io.http",
+    # bounds the wait for an answer's headers of a GuardedSession request (a server dripping them)
+    "HeadersDeadline": "galmerge.io.http",
     "bounded_map": "galmerge.io.http",
     "classify_exception": "galmerge.io.http",
     "http_status_error": "galmerge.io.http",
     "read_body": "galmerge.io.http",
     # host[:port] of a URL for a message: never its user name or password
     "shown_host": "galmerge.io.http",
+    # a URL for a message: no user name, password or query
+    "shown_url": "galmerge.io.http",
     # resample a survey image around (ra, dec) onto a model's pixel grid (north up, flux kept)
     "cut_stamp_with_edge": "galmerge.surveys.sdss.cutouts",
 }
@@ -83,6 +100,8 @@ __all__ = [
     "train",
     "classify",
     "evaluate",
+    "load_imageset",
+    "export_model",
     # the plugin contract
     "hookimpl",
     "Backbone",
@@ -110,11 +129,13 @@ __all__ = [
     "RedirectPolicy",
     "RedirectRefused",
     "GuardedSession",
+    "HeadersDeadline",
     "bounded_map",
     "classify_exception",
     "http_status_error",
     "read_body",
     "shown_host",
+    "shown_url",
     "cut_stamp_with_edge",
 ]
 
@@ -133,25 +154,210 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-def train(**kwargs: Any) -> dict[str, Any]:
-    """Train a classifier (see `galmerge.training.train`); returns the run summary."""
+
+# The three jobs' signatures are written out again here, not forwarded by functools.wraps:
+# `import galmerge` must not import torch (the jobs' modules do), and the API pages read the
+# signature from this source (mkdocstrings, statically). tests/test_public_api.py checks that
+# each matches its job's, parameter by parameter.
+def train(
+    source: str | ImageSet | None = None,
+    target: str | ImageSet | None = None,
+    *,
+    strategy: str | None = None,
+    backbone: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    run_dir: str | Path | None = None,
+    config: str | Path | Mapping[str, Any] | None = None,
+    preset: str | None = None,
+    resume: str | Path | None = None,
+    init_from: str | Path | None = None,
+    patience: int | None = None,
+    weight_decay: float | None = None,
+    select_by: str | None = None,
+    strategy_options: Mapping[str, Mapping[str, Any]] | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    backbone_options: Mapping[str, Any] | None = None,
+    compile: bool | None = None,
+    quiet: bool = False,
+    max_steps_per_epoch: int | None = None,
+    checkpoint_every: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train a merger classifier with domain adaptation, as ``galmerge train`` does.
+
+    Writes a run directory (``config.toml``, ``best.pt``, ``last.pt``, ``metrics.csv``,
+    ``summary.json``) and returns the run summary (the contents of ``summary.json``).
+    Settings resolve as defaults < ``preset`` < ``config`` < these arguments; an argument left
+    at ``None`` takes the value of the layer below it (the ``galmerge train --help`` defaults).
+
+    :param source: labelled source survey spec (``"synthetic:illustris"``, ``"hdf5:PATH"``,
+        ``"illustris"``) or an `ImageSet`.
+    :param target: target survey spec or `ImageSet`; its labels are used only for reporting.
+    :param strategy: domain-adaptation strategy expression, e.g. ``"none"``, ``"adabn"``,
+        ``"mmd+fisher+entropy"``, ``"dann+fisher"`` (default ``"none"``).
+    :param backbone: backbone name, ``"deepmerge"`` (default) or ``"resnet18"``, or a plugin's.
+    :param epochs: maximum number of epochs (default 200, or the preset's).
+    :param batch_size: images per domain per step (default 128).
+    :param lr: peak learning rate of the one-cycle schedule (default 1e-3).
+    :param seed: seed for splits, initialisation and batch order (default 0).
+    :param device: ``"auto"`` (default: CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"``.
+    :param run_dir: output run directory (default ``runs/<time>-<source>-<target>-<strategy>-s<seed>``).
+    :param config: a TOML file (e.g. a run's ``config.toml`` or a tune study's ``best.toml``)
+        or a mapping of settings.
+    :param preset: hyperparameter preset: ``"synthetic-sim-real"``, ``"deepmerge2-sim-sim"``,
+        ``"deepmerge2-sim-real"`` or ``"deepmerge2-sim-real-tl"``.
+    :param resume: continue this run directory from its ``last.pt`` with its saved config.
+    :param init_from: start from the weights of a run directory or checkpoint.
+    :param patience: early-stopping patience in epochs, 0 for none (default 20).
+    :param weight_decay: Adam weight decay (default 1e-3).
+    :param select_by: which epoch's checkpoint becomes ``best.pt``: ``"auto"`` (default),
+        ``"source_val_loss"``, ``"source_val_accuracy"``, ``"source_val_batch_loss"`` or a
+        label-free score (``"im"``, ``"im_src"``, ``"snd"``, ``"dev"``, ``"entropy"``).
+    :param strategy_options: options per strategy, e.g. ``{"mmd": {"weight": 0.5}}``
+        (each strategy's options: ``galmerge list strategies``).
+    :param sets: ``--set`` strings, ``"[SECTION.]OPTION=VALUE"``: a top-level setting
+        (``"domain_batchnorm=joint"``) or a strategy, optimizer or schedule option
+        (``"fisher.intra_weight=0.01"``); see the guide's table of settings.
+    :param backbone_options: backbone options, e.g. ``{"dropout": 0.3}``.
+    :param compile: ``torch.compile`` the model.
+    :param quiet: no progress display and no results table (a closing collapse warning still
+        goes to stderr).
+    :param max_steps_per_epoch: cap on steps per epoch, 0 for a full pass (a quick look).
+    :param checkpoint_every: also write ``last.pt`` every N steps (0: at each epoch's end).
+    :param on_epoch: called as ``on_epoch(row)`` on rank 0 after each epoch's metrics row is
+        written; an exception it raises ends the run (files closed, ``last.pt`` resumable) and
+        propagates.
+    :returns: the run summary (``summary.json``): metrics, best epoch, run directory, warnings.
+    """
+    arguments = dict(locals())  # before the import below adds a name
     from galmerge.training import train as _train
 
-    return _train(**kwargs)
+    return _train(**arguments)
 
 
-def classify(*args: Any, **kwargs: Any) -> Any:
-    """Classify a catalog or image file (see `galmerge.classification.pipeline.classify`)."""
+def classify(
+    catalog: str | os.PathLike[str],
+    model: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    *,
+    survey: str = "sdss",
+    output: str | os.PathLike[str] | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    ra_col: str | None = None,
+    dec_col: str | None = None,
+    id_col: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int = 4,
+    threshold: float = 0.5,
+    domain: str = "target",
+    quiet: bool = False,
+    chunk_rows: int = 4096,
+    flush_rows: int = 256,
+    survey_options: Mapping[str, Any] | None = None,
+    shard_timeout: float | None = None,
+    heartbeat_timeout: float | None = None,
+    cache_keepbits: int | None = None,
+    scheduler: str | None = None,
+    columns: list[str] | None = None,
+    prior: str | float | None = None,
+    mc_dropout: int | None = None,
+    prior_rule: str | None = None,
+) -> ClassifySummary:
+    """Classify every row of a catalog, as ``galmerge classify`` does.
+
+    Writes ``output`` with every input column plus ``p_merger``, ``is_merger`` and ``status``
+    (and ``shift_score``/``shift_flag`` for a run with shift statistics); returns a summary
+    (``.output``, ``.rows``, ``.ok``, ``.mergers``, ``.merger_fraction``, ``.statuses``...).
+
+    :param catalog: a CSV, FITS, VOTable or Parquet catalog with RA/Dec columns, an HDF5 image
+        file (classified as it is, no cutouts), or a folder holding a HATS catalog (classified
+        partition by partition on Dask).
+    :param model: a run directory (its ``best.pt``), a checkpoint file or an exported
+        ``.onnx`` file; a list of several: an ensemble (mean ``p_merger`` and ``p_merger_std``).
+    :param survey: survey whose cutout service cuts the stamps (default ``"sdss"``).
+    :param output: output file, ``.csv``, ``.h5``, ``.fits`` or ``.parquet`` (a HATS catalog:
+        a folder); default ``<catalog stem>_galmerge.csv`` in the working directory.
+    :param cache: cutout cache (HDF5); default ``$GALMERGE_DATA/cache/<survey>-<kind>.h5``.
+    :param ra_col: RA column (default: the first of ``ra``, ``RA``, ``ra_deg``, ``raj2000``...).
+    :param dec_col: Dec column (default: ``dec``, ``DEC``, ``dec_deg``, ``dej2000``...).
+    :param id_col: identifier column (default: ``objID``, ``objid``, ``specobjid``, ``id``...).
+    :param batch_size: images per forward pass.
+    :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    :param workers: concurrent downloads.
+    :param threshold: ``is_merger`` is 1 where ``p_merger >= threshold``.
+    :param domain: ``"target"`` or ``"source"``: whose preprocessing (and, for a model with
+        per-domain BatchNorm statistics, whose statistics) to apply.
+    :param quiet: no progress display or closing summary.
+    :param chunk_rows: rows read, fetched and written per step (memory stays flat).
+    :param flush_rows: new stamps held in memory before they are written to the cache.
+    :param survey_options: the survey's options, e.g. ``{"layer": "ls-dr10"}``
+        (``galmerge list surveys``).
+    :param shard_timeout: torchrun: seconds rank 0 waits for the other ranks (default
+        ``$GALMERGE_SHARD_TIMEOUT`` or 86400).
+    :param heartbeat_timeout: torchrun: a rank silent this many seconds is taken as dead
+        (default ``$GALMERGE_SHARD_HEARTBEAT_TIMEOUT`` or 300).
+    :param cache_keepbits: store new stamps rounded to this many float32 mantissa bits, 1 to 23
+        (lossy; 12 halves the cache); default exact.
+    :param scheduler: HATS catalogs: address of a running Dask scheduler (default: a local
+        cluster).
+    :param columns: HATS catalogs: input columns to keep (default all).
+    :param prior: rescale ``p_merger`` to the survey's merger fraction: a value (e.g. 0.05) or
+        ``"auto"`` (EM estimate); default the training set's prior, unchanged.
+    :param mc_dropout: N >= 2: ``p_merger`` is the mean of N passes with the dropout layers
+        active, ``p_merger_std`` their spread (not with several models).
+    :param prior_rule: how ``prior=VALUE`` rescales: ``"match"`` (default: one logit offset so
+        the mean ``p_merger`` equals VALUE) or ``"bayes"`` (Bayes' rule from the training
+        set's merger fraction).
+    :returns: a ``ClassifySummary``.
+    """
+    arguments = dict(locals())  # before the import below adds a name
     from galmerge.classification.pipeline import classify as _classify
 
-    return _classify(*args, **kwargs)
+    return _classify(**arguments)
 
 
-def evaluate(*args: Any, **kwargs: Any) -> Any:
-    """Write metrics and plots for a run directory (see `galmerge.evaluation.pipeline.evaluate`)."""
+def evaluate(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    device: str = "auto",
+    bootstrap: int = 200,
+    baseline: str | Path | None = None,
+    calibrate: bool = False,
+    source: ImageSet | str | None = None,
+    target: ImageSet | str | None = None,
+    embedding_points: int = 400,
+    quiet: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write metrics, plots and ``report.html`` for a run directory, as ``galmerge evaluate``.
+
+    Writes ``RUN_DIR/report/`` and returns the ``metrics.json`` payload (accuracy, AUC,
+    precision, recall, F1 and Brier score per domain, with 68% bootstrap intervals).
+
+    :param run_dir: a run directory written by `train`.
+    :param checkpoint: ``"best"`` or ``"last"``: which checkpoint of the run to evaluate.
+    :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    :param bootstrap: bootstrap resamples for the 68% intervals (0: none).
+    :param baseline: the embedding plot's "before" run (same data and backbone); default the
+        run's ``source_only/`` stage, else the sibling ``none`` run whose config matches best.
+    :param calibrate: write the temperature fitted on the source validation split into the
+        checkpoint, so `classify` outputs calibrated ``p_merger``.
+    :param source: source data spec or `ImageSet`, if the run's config cannot be reloaded here.
+    :param target: target data spec or `ImageSet`, likewise.
+    :param embedding_points: test images per domain in the t-SNE/UMAP plot.
+    :param quiet: do not print the summary tables.
+    :param seed: seed of the bootstrap, the embedding's sample and the domain classifier.
+    :returns: the ``metrics.json`` payload.
+    """
+    arguments = dict(locals())  # before the import below adds a name
     from galmerge.evaluation.pipeline import evaluate as _evaluate
 
-    return _evaluate(*args, **kwargs)
+    return _evaluate(**arguments)
 
 
 def register_plugin(plugin: object, name: str) -> None:

@@ -174,7 +174,10 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GalmergeError as exc:
-            raise click.ClickException(str(exc)) from None
+            # a last guard: no line shows a URL's user info (a survey option's password)
+            from galmerge.io.provenance import hide_userinfo
+
+            raise click.ClickException(hide_userinfo(str(exc))) from None
         except OSError as exc:
             # the user's environment, not a bug: an unwritable or misplaced path, a full disk
             if exc.errno not in _ENVIRONMENT_ERRNOS or not exc.filename:

@@ -9,7 +9,9 @@ bytes, same length), a status such as "500" or "501" (answer with it), "429" and
 value after a colon, e.g. "429:7" or an HTTP-date), "ignore-range" (answer 200 with the whole
 file), "stall" (send headers, then wait past the client's read timeout), "trickle" (send the
 body one byte every ``TRICKLE_SECONDS``: every read arrives in time, the whole does not),
-"endless" (answer 200 with no Content-Length and send zeros until the client hangs up).
+"endless" (answer 200 with no Content-Length and send zeros until the client hangs up),
+"header-drip" (send the status line, then one endless header line a byte every
+``TRICKLE_SECONDS``: every read arrives in time, the headers never end).
 Paths in ``redirects`` answer 302 with that Location (no body). Paths in ``no_length`` are
 served as a server that gives no size: no Content-Length on HEAD or
 GET (the body ends when the connection closes), so a client cannot tell a cut body from a whole
@@ -28,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STALL_SECONDS = 3.0
 TRICKLE_SECONDS = 0.2
+HEADER_DRIP_SECONDS = 30.0  # how long "header-drip" drips before it gives up itself
 DEFAULT_RETRY_AFTER = "1"
 
 
@@ -67,6 +70,17 @@ class LoopbackServer:
                     return
                 if blob is None:
                     self._reply(404, b"not found", "text/plain", head)
+                    return
+                if fault == "header-drip":
+                    self.close_connection = True
+                    try:
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                        for _ in range(int(HEADER_DRIP_SECONDS / TRICKLE_SECONDS)):
+                            self.wfile.write(b"X")
+                            self.wfile.flush()
+                            time.sleep(TRICKLE_SECONDS)
+                    except OSError:  # the client gave up
+                        pass
                     return
                 kind, _, retry_after = (fault or "").partition(":")
                 if kind in ("429", "503-retry-after"):

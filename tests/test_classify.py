@@ -1109,8 +1109,21 @@ def test_a_resumed_run_fetches_again_the_stamps_that_failed_before_the_interrupt
     monkeypatch.delenv("GALMERGE_TEST_FETCH_LIMIT")
     monkeypatch.delenv("GALMERGE_TEST_FLAKY")  # the service is healthy again
     n = len(fetch_lines(log))
+    from galmerge.classification import segments
+
+    committed = {p.name for p in (tmp / "out.csv.parts").glob("*/seg-*.arrow")}
+    decoded: list[str] = []
+    read_segment = segments.read_segment
+
+    def counting(path: Path):
+        decoded.append(path.name)
+        return read_segment(path)
+
+    monkeypatch.setattr(segments, "read_segment", counting)
     res = run_cli(*args)
     assert res.exit_code == 0, res.output
+    # the segment holding the failed rows is decoded once, not again to be rewritten
+    assert committed and sorted(n for n in decoded if n in committed) == sorted(committed)
     again = [rows[3], rows[9], *rows[21:]]
     assert fetch_lines(log)[n:] == [f"{r[0]}|{r[1]}|{r[2]}" for r in again]
     assert (tmp / "out.csv").read_bytes() == (tmp / "ref.csv").read_bytes()

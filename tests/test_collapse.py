@@ -123,3 +123,22 @@ def test_an_adapted_run_with_a_one_class_target_is_not_told_to_adapt():
     # a run that reads no target (none, fisher alone) is still told about the domain gap
     [source_only] = run_warnings(rows, best_epoch=3)
     assert "domain gap" in source_only and "the run adapts" not in source_only
+
+
+def test_train_quiet_still_prints_the_collapse_line_on_stderr(toys, tmp_path):
+    """--quiet drops the progress display and the results table, not the warning that the run
+    is useless: the closing collapse line goes to stderr (stdout stays empty)."""
+    from click.testing import CliRunner
+
+    from galmerge.cli import cli
+
+    result = CliRunner().invoke(cli, [
+        "train", "--source", "toy:source?n=300", "--target", "toy:target?n=300",
+        "--backbone", "tiny", "--strategy", "pushmerger", "--set", "pushmerger.weight=5",
+        "--epochs", "4", "--batch-size", "16", "--seed", "1", "--device", "cpu", "--lr", "0.02",
+        "--patience", "0", "--run-dir", str(tmp_path / "q"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "q" / "summary.json").read_text())
+    assert saved["warnings"] and saved["warnings"][0].startswith("collapse: ")
+    assert saved["warnings"][0] in result.stderr.replace("\n", " ")
+    assert result.stdout == ""

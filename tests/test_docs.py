@@ -51,3 +51,44 @@ def test_guide_blocks_run_offline(tmp_path: Path) -> None:
         assert result.returncode == 0, f"guide block {i} ({lang}) failed:\n{body}\n" + (
             result.stdout[-2000:] + result.stderr[-3000:]
         )
+
+
+SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::([\w-]+))?"$', re.M)
+
+
+def test_site_snippets_name_sections_that_exist() -> None:
+    """The site includes README sections by marker (one source); a renamed or dropped marker
+    would leave a page silently empty."""
+    included = set()
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for path, section in SNIPPET.findall(page.read_text()):
+            text = (ROOT / path).read_text()
+            if section:
+                start, end = f"<!-- --8<-- [start:{section}] -->", f"<!-- --8<-- [end:{section}] -->"
+                assert text.count(start) == 1 and text.count(end) == 1, (page.name, section)
+                body = text[text.index(start) + len(start):text.index(end)]
+                assert len(body.strip()) > 200, (page.name, section)
+                included.add((path, section))
+    # the README's user-facing sections are on the site
+    for section in ("setup", "install", "classify", "scale", "shift", "fractions", "tuning",
+                    "results", "reproduce", "envvars"):
+        assert ("README.md", section) in included, section
+
+
+def test_guide_refers_to_pages_not_the_readme() -> None:
+    text = GUIDE.read_text().replace("benchmarks/README.md", "")
+    assert "README" not in text
+
+
+def test_settings_page_lists_every_setting() -> None:
+    """docs/settings.md's table names every top-level setting and section option a config
+    holds, so a setting added to DEFAULTS without a line there fails here."""
+    from galmerge.config.resolve import DEFAULTS, SECTIONS
+
+    text = (ROOT / "docs" / "settings.md").read_text()
+    names = [k for k in DEFAULTS if k not in (*SECTIONS, "lr_multipliers", "backbone_options",
+                                              "strategies")]
+    names += [f"{s}.{o}" if f"`{s}.{o}`" in text else o for s in SECTIONS for o in DEFAULTS[s]]
+    missing = [n for n in names if f"`{n}`" not in text and f".{n}`" not in text
+               and f"`{n}," not in text and f", `{n}`" not in text]
+    assert not missing, missing

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 
 import numpy as np
 import pytest
@@ -501,6 +502,45 @@ def test_a_record_document_dripping_in_is_cut_off_at_the_deadline(server, tmp_pa
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output
     assert f"Zenodo record {RECORD}" in lines[0] and "body not complete after 2 s" in lines[0]
+
+
+@pytest.mark.parametrize("where", ["record", "file"])
+def test_headers_dripping_in_are_cut_off_at_the_deadline(server, tmp_path, monkeypatch, where):
+    # every header byte comes within the read timeout, the headers never end: the transfer
+    # deadline (4 x 0.5 s) covers the wait for them, as it does for survey cutouts
+    _read_timeout(monkeypatch, 0.5)
+    path = f"/api/records/{RECORD}" if where == "record" else _content(X_SDSS)
+    server.faults[path] = ["header-drip"]
+    started = time.monotonic()
+    result = _fetch_within(15, "sdss", "--data-dir", str(tmp_path), "--retries", "0")
+    assert result is not None, "fetch still waiting for headers long after a 2 s deadline"
+    assert time.monotonic() - started < 12
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    error = _error_lines(result.output)
+    assert len(error) == 1 and "headers not complete after 2 s" in error[0]
+    assert (f"Zenodo record {RECORD}" if where == "record" else X_SDSS) in error[0]
+    # nothing of the cut answer is left behind (no .part, no file)
+    folder = _folder(tmp_path)
+    left = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    assert not [n for n in left if n.endswith((".part", ".corrupt")) or n == X_SDSS]
+
+
+@pytest.mark.parametrize("where", ["zenodo", "mast"])
+def test_a_password_in_the_server_url_is_never_shown(server, tmp_path, monkeypatch, where):
+    from galmerge.errors import GalmergeError
+    from galmerge.surveys.deepmerge.download import fetch
+
+    monkeypatch.setenv(f"GALMERGE_{where.upper()}_URL",
+                       server.url.replace("://", "://al:s3cretPW@"))
+    if where == "zenodo":  # the record document
+        server.faults[f"/api/records/{RECORD}"] = ["404"]
+    else:  # a MAST file, whose address is made from the variable
+        name = deepmerge_data.FETCH_GROUPS["deepmerge1"][1][0]
+        server.faults[f"/{deepmerge_data.MAST_HLSP_PATH}/{name}"] = ["404"]
+    with pytest.raises(GalmergeError) as failed:  # the Python API's message too
+        fetch("sdss" if where == "zenodo" else "deepmerge1", data_dir=tmp_path)
+    assert "HTTP 404 from http://***@127.0.0.1" in str(failed.value)
+    assert "s3cretPW" not in str(failed.value)
 
 
 def test_a_file_dripping_in_fails_the_try_at_the_minimum_rate(server, tmp_path, monkeypatch):

@@ -1016,3 +1016,48 @@ def test_an_ensembles_members_are_checked_in_every_format(classified, tmp_path) 
         assert code == 1 and "pass that run as --model" in text, (suffix, text)
         for member in (classified["run"], run2):
             assert _fraction(str(out), "--model", str(member), "--bootstrap", "0")[0] == 0
+
+
+def test_a_run_without_best_pt_is_refused_as_by_classify_and_its_last_pt_is_taken(
+        classified, tmp_path) -> None:
+    """`fraction --model RUN_DIR` means best.pt, as `classify --model RUN_DIR` does: a run
+    stopped before it kept one is a one-line error naming RUN_DIR/last.pt, never last.pt's
+    error rates unasked; `--model RUN_DIR/last.pt` (what classify was then given) works."""
+    import hashlib
+
+    run = tmp_path / "unfinished"
+    shutil.copytree(classified["run"], run)
+    (run / "best.pt").unlink()
+    out = tmp_path / "out.csv"
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(run), "--output", str(out), "--quiet",
+                                   "--device", "cpu"])
+    assert res.exit_code == 1 and "no best.pt" in res.output  # classify's rule
+    code, text = _fraction(str(classified["csv"]), "--model", str(run), "--bootstrap", "0")
+    assert code == 1, text
+    assert "no best.pt" in text and str(run / "last.pt") in text and "--resume" in text
+    assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(run / "last.pt"), "--output", str(out),
+                                   "--quiet", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    code, text = _fraction(str(out), "--model", str(run / "last.pt"), "--json", "--bootstrap",
+                           "0")
+    assert code == 0, text
+    payload = json.loads(text)
+    assert payload["provenance"]["checkpoint_sha256"] == hashlib.sha256(
+        (run / "last.pt").read_bytes()).hexdigest()
+    with np.load(run / "validation_predictions.npz", allow_pickle=False) as data:
+        assert json.loads(str(data["meta"]))["checkpoint"] == "last.pt"
+    # classify --prior bayes with that last.pt still finds the run's training prior
+    res = CliRunner().invoke(cli, ["classify", str(classified["root"] / "data" / "target.h5"),
+                                   "--model", str(run / "last.pt"), "--output",
+                                   str(tmp_path / "prior.csv"), "--quiet", "--device", "cpu",
+                                   "--prior", "0.3", "--prior-rule", "bayes"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "prior.csv.prior.json").read_text())
+    assert record["run_training_prior_from"] == "source training split of the run"
+    # output of last.pt, fraction given the finished run: the line names the checkpoint to pass
+    code, text = _fraction(str(out), "--model", str(classified["run"]), "--bootstrap", "0")
+    assert code == 1 and len(text.strip().splitlines()) == 1, text
+    assert f"pass --model {classified['run'] / 'last.pt'}" in text, text

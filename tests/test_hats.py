@@ -489,3 +489,24 @@ def test_a_rerun_with_other_settings_does_not_continue_the_output(env, cluster):
     res = run_cli(*args[:-1], str(tmp / "mine"), "--model", str(ckpt))
     assert res.exit_code != 0 and "holds no record of a galmerge run" in res.output
     assert [p.name for p in (tmp / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_a_password_in_a_survey_option_is_in_no_hats_output_file(env, cluster):
+    # the spec is recorded in hats.properties (provenance) and galmerge_run.json (what a rerun
+    # must match): both without a URL's user info; the same command runs again
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, df = _hats(tmp, n=12)
+    args = ["classify", str(src), "--model", str(ckpt), "--survey",
+            "stamps?mirror=http://al:s3cretPW@127.0.0.1:9/x", "--quiet", "--scheduler",
+            cluster.scheduler_address, "--output", str(tmp / "out_hats")]
+    for _ in range(2):
+        res = run_cli(*args)
+        assert res.exit_code == 0, res.output
+        assert "s3cretPW" not in res.output
+    held = [p for p in tmp.rglob("*") if p.is_file() and b"s3cretPW" in p.read_bytes()]
+    assert held == []
+    record = (tmp / "out_hats" / "galmerge_run.json").read_text()
+    assert "stamps?mirror=http://***@127.0.0.1:9/x" in record
+    assert len(lsdb.open_catalog(tmp / "out_hats").compute()) == len(df)

@@ -225,3 +225,31 @@ def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatc
     with h5py.File(path, "a") as f:
         f["images"][0] += 1.0
     assert load_imageset(f"hdf5:{path}").meta["file_sha256"] != first and len(calls) == 2
+
+
+@pytest.mark.parametrize(("value", "scans"), [("0", False), ("1", True), ("false", False),
+                                              ("true", True), ("FALSE", False)])
+def test_check_finite_takes_0_and_1_as_false_and_true(tmp_path, value, scans):
+    """A spec's ?check_finite=0 reached the bool option as the int 0 and was refused as "must
+    be bool", while the string "0" of a --set was taken: every bool option of a spec takes
+    true/false and 1/0 alike."""
+    images = torch.rand(3, 3, 8, 8)
+    images[1, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.h5"
+    _write(path, images)
+    if scans:
+        with pytest.raises(GalmergeError, match="non-finite pixels"):
+            load_imageset(f"hdf5:{path}?check_finite={value}")
+    else:
+        assert len(load_imageset(f"hdf5:{path}?check_finite={value}")) == 3
+
+
+@pytest.mark.parametrize("value", ["2", "-1", "0.0", "no", "yes"])
+def test_other_values_of_a_bool_option_say_use_true_or_false(tmp_path, value):
+    path = tmp_path / "ok.h5"
+    _write(path, torch.rand(3, 3, 8, 8))
+    with pytest.raises(GalmergeError) as info:
+        load_imageset(f"hdf5:{path}?check_finite={value}")
+    text = str(info.value)
+    assert "option 'check_finite'" in text and "must be bool" in text
+    assert "use true or false" in text and "\n" not in text

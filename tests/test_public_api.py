@@ -163,3 +163,92 @@ def test_the_typed_spec_and_option_schema_are_public() -> None:
     assert galmerge.PreprocessSpec is preprocess.PreprocessSpec
     assert galmerge.Option is options.Option
     assert {"PreprocessSpec", "Option"} <= set(galmerge.__all__)
+
+
+# galmerge.train/classify/evaluate: each wrapper's own signature and docstring are what
+# help() and the API reference page show, so they must be the job's, argument for argument
+WRAPPED = [
+    ("train", "galmerge.training", "train"),
+    ("classify", "galmerge.classification.pipeline", "classify"),
+    ("evaluate", "galmerge.evaluation.pipeline", "evaluate"),
+]
+
+
+@pytest.mark.parametrize(("name", "module", "attr"), WRAPPED)
+def test_pipeline_wrappers_carry_the_real_signature(name: str, module: str, attr: str) -> None:
+    import importlib
+    import inspect
+
+    wrapper = getattr(galmerge, name)
+    real = getattr(importlib.import_module(module), attr)
+    shown = inspect.signature(wrapper).parameters
+    # the job's own parameters, less internal ones (``_member``, set by the ensemble)
+    expected = {k: p for k, p in inspect.signature(real).parameters.items()
+                if not k.startswith("_")}
+    assert list(shown) == list(expected)
+    for key, param in expected.items():
+        assert (shown[key].kind, shown[key].default) == (param.kind, param.default), key
+    doc = inspect.getdoc(wrapper) or ""
+    missing = [key for key in expected if f":param {key}:" not in doc]
+    assert not missing, f"galmerge.{name}'s docstring does not document {missing}"
+
+
+def test_train_signature_names_its_arguments() -> None:
+    import inspect
+
+    params = inspect.signature(galmerge.train).parameters
+    assert {"source", "target", "strategy", "preset", "config", "sets", "strategy_options",
+            "on_epoch", "select_by", "resume"} <= set(params)
+    assert "kwargs" not in params
+
+
+def test_pipeline_wrappers_pass_every_argument_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import galmerge.training
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(galmerge.training, "train", lambda **kw: seen.update(kw) or {"ok": 1})
+    assert galmerge.train("synthetic:illustris", "synthetic:sdss", preset="synthetic-sim-real",
+                          sets=["domain_batchnorm=joint"], epochs=3) == {"ok": 1}
+    assert (seen["source"], seen["target"], seen["preset"], seen["sets"], seen["epochs"]) == (
+        "synthetic:illustris", "synthetic:sdss", "synthetic-sim-real",
+        ["domain_batchnorm=joint"], 3)
+    assert seen["lr"] is None and seen["quiet"] is False
+    import inspect
+
+    assert set(seen) == set(inspect.signature(galmerge.train).parameters)  # and nothing else
+
+
+def test_pipeline_wrappers_reach_the_real_jobs(tmp_path: Path) -> None:
+    """Called for real, each wrapper gets to its job's own checks (no stray keyword)."""
+    with pytest.raises(galmerge.GalmergeError, match="not a run directory"):
+        galmerge.evaluate(tmp_path)
+    with pytest.raises(galmerge.GalmergeError, match="mc-dropout"):
+        galmerge.classify(tmp_path / "cat.csv", tmp_path, mc_dropout=1)
+    with pytest.raises(galmerge.GalmergeError, match="unknown preset"):
+        galmerge.train("synthetic:illustris", "synthetic:sdss", preset="nosuch")
+
+
+def test_what_the_docs_import_is_public() -> None:
+    """The notebooks' loader and the API page's exporter are importable from galmerge itself
+    (the docs tell readers to import from nowhere else)."""
+    from galmerge.data import datasets
+    from galmerge.models import export
+
+    assert galmerge.load_imageset is datasets.load_imageset
+    assert galmerge.export_model is export.export_model
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert private_imports(_code_of(notebook), notebook.name) == []
+
+
+def _code_of(notebook: Path) -> str:
+    import json
+
+    cells = json.loads(notebook.read_text())["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"
+                     and not "".join(c["source"]).lstrip().startswith(("%", "!")))
+
+
+def test_every_public_name_is_in_the_api_or_plugin_docs() -> None:
+    docs = (ROOT / "docs" / "api.md").read_text() + (ROOT / "docs" / "plugins.md").read_text()
+    missing = [n for n in galmerge.__all__ if n != "__version__" and n not in docs]
+    assert not missing, missing

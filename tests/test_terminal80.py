@@ -124,3 +124,31 @@ def test_results_table_fits_80_columns_and_names_the_surveys(capsys, monkeypatch
     assert "synthetic:illustris" in out and "synthetic:sdss?seed=1" in out
     assert all(len(line) <= 80 for line in out.splitlines()[:-1])
     assert out.splitlines()[-1] == "run directory: " + "/x" * 60
+
+
+def test_compare_table_wraps_long_specs_and_names_at_80_columns(tmp_path):
+    """A piped or logged `galmerge compare` (80 columns) folds a data spec without spaces and
+    keeps every column: the title, the gain column and its digits were cut at column 80."""
+    import json
+
+    metrics = {n: 0.5 for n in ("accuracy", "precision", "recall", "f1", "brier", "auc")}
+    for strategy, acc in (("none", 0.5), ("mmd+fisher+entropy", 0.708)):
+        folder = tmp_path / strategy
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({
+            "source": "synthetic:illustris?n=96&size=32",
+            "target": "synthetic:sdss?n=96&size=32&seed=1", "strategy": strategy,
+            "backbone": "deepmerge", "seed": 0, "epochs_run": 2, "best_epoch": 2,
+            "train_images_per_s": 1.0,
+            "metrics": {"source_test": metrics,
+                        "target_test": {**metrics, "accuracy": acc}}}))
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path / "none"),
+                                      str(tmp_path / "mmd+fisher+entropy")],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert all(len(line) <= 80 for line in result.output.splitlines()), result.output
+    squeezed = "".join(result.output.split())
+    assert ("synthetic:illustris?n=96&size=32→synthetic:sdss?n=96&size=32&seed=1,deepmerge:"
+            "testmetrics,mean±stdoverseeds") in squeezed
+    assert "mmd+fisher+entropy" in result.output  # room for the name: not folded
+    assert "+0.208" in result.output and "gain" in result.output

@@ -80,6 +80,11 @@ def test_saved_config_reproduces_itself(toys, tmp_path):
         (["--strategy", "meangap", "--set", "meangap.bogus=1"], "unknown option(s) bogus"),
         (["--strategy", "meangap", "--set", "other.weight=1"], "not in --strategy"),
         (["--strategy", "meangap", "--set", "noequals"], "KEY=VALUE"),
+        # a misspelt top-level setting is named as such, with the closest one, not taken for a
+        # strategy option without its SECTION.
+        (["--strategy", "meangap", "--set", "domain_batchnrom=joint"],
+         "unknown setting 'domain_batchnrom' (did you mean 'domain_batchnorm'?)"),
+        (["--strategy", "meangap", "--set", "observe=1"], "needs SECTION.OPTION=VALUE"),
         (["--strategy", "meangap", "--backbone-option", "depth=3"], "unknown option(s) depth"),
         (["--strategy", "meangap", "--preset", "nosuch"], "unknown preset 'nosuch'"),
         (["--strategy", "meangap", "--select-by", "nosuch"], "unknown --select-by 'nosuch'"),
@@ -261,3 +266,45 @@ def test_init_from_weights_of_another_shape_keep_the_whole_size_mismatch_line():
         load_init_weights(conv(5), {"model": conv(3).state_dict()}, "runs/r")
     assert "torch.Size([8, 3, 3, 3]) from checkpoint" in str(info.value)
     assert "torch.Size([8, 5, 3, 3])" in str(info.value)
+
+
+def test_set_help_names_top_level_settings():
+    result = invoke("train", "--help")
+    assert "[SECTION.]OPTION=VALUE" in result.output
+    assert "domain_batchnorm=joint" in result.output
+def test_resume_takes_the_same_init_from_and_data_however_spelt_and_refuses_others(
+        toys, tmp_path, monkeypatch):
+    """--resume with --init-from (or --source) naming what the run recorded, written another
+    way (relative or absolute, a run directory or its best.pt), continues the run; another
+    checkpoint is one line naming --init-from and the fix, where it read 'drop init_from'."""
+    from train_toys import toy_sets
+
+    from galmerge.io import hdf5 as hdf5io
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for name, imageset in zip(("source", "target"), toy_sets(40, 40), strict=True):
+        hdf5io.write_imageset(tmp_path / "data" / f"{name}.h5", imageset)
+    common = ["train", "--source", "hdf5:data/source.h5", "--target", "hdf5:data/target.h5",
+              "--backbone", "tiny", "--device", "cpu", "--quiet", "--epochs", "1",
+              "--batch-size", "8", "--max-steps-per-epoch", "2", "--strategy", "meangap"]
+    assert invoke(*common, "--run-dir", "a").exit_code == 0
+    assert invoke(*common, "--run-dir", "b", "--init-from", "a").exit_code == 0
+    assert config_of(tmp_path / "b")["init_from"] == "a"
+    for extra in (["--init-from", f"{tmp_path / 'a'}/"], ["--init-from", "a/best.pt"],
+                  ["--source", f"hdf5:{tmp_path / 'data' / 'source.h5'}"],
+                  ["--target", "hdf5:./data/target.h5", "--device", "cpu"]):
+        result = CliRunner().invoke(cli, ["train", "--resume", "b", "--quiet", *extra])
+        assert result.exit_code == 0, (extra, result.output)
+    for run, extra, words in (
+            ("b", ["--init-from", "b"], "the run started from a, not --init-from b; drop "
+                                        "--init-from"),
+            ("a", ["--init-from", "b"], "the run started without --init-from, not --init-from "
+                                        "b; drop --init-from"),
+            ("b", ["--source", "hdf5:data/target.h5"], "drop --source"),
+            ("b", ["--epochs", "3", "--max-steps-per-epoch", "1"],
+             "drop --epochs, --max-steps-per-epoch (only --device")):
+        result = CliRunner().invoke(cli, ["train", "--resume", run, "--quiet", *extra])
+        assert result.exit_code == 1, (extra, result.output)
+        assert words in result.output and len(result.output.strip().splitlines()) == 1, \
+            result.output

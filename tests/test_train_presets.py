@@ -254,3 +254,30 @@ def test_the_benchmark_configs_train_what_the_preset_trains(name):
                                  "target": config["target"], "preset": "synthetic-sim-real"})
     config.pop("preset"), preset.pop("preset")
     assert config == preset
+
+
+def test_presets_command_prints_what_synthetic_sim_real_sets():
+    """Not just its description: every value, as the run's config.toml will hold it."""
+    from click.testing import CliRunner
+
+    from galmerge.cli import cli
+
+    for strategy in ("dann+fisher", "mmd+fisher+entropy", "none"):
+        shown = CliRunner().invoke(cli, ["presets", "synthetic-sim-real", "--strategy", strategy])
+        assert shown.exit_code == 0, shown.output
+        assert "benchmarks/results/da_sim_real.md" in shown.output
+        values = [line.strip().split(" = ", 1) for line in shown.output.splitlines()
+                  if line.startswith("   ") and " = " in line]
+        assert len(values) >= 7, shown.output
+        cfg = resolve_config(cli={"source": "synthetic:illustris", "target": "synthetic:sdss",
+                                  "strategy": strategy, "preset": "synthetic-sim-real"})
+        for key, value in values:
+            node = cfg
+            *parents, last = (key.split(".", 1) if key.startswith("lr_multipliers.")
+                              else key.split("."))
+            for part in parents:
+                node = node[part]
+            assert repr(node[last]) == value, key
+    every = CliRunner().invoke(cli, ["presets", "synthetic-sim-real"]).output
+    assert "strategies.dann.feature_loss = 'inverted'" in every
+    assert "domain_batchnorm = 'joint'" in every and "batch_size = 32" in every

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +21,7 @@ from train_toys import ToyPlugin, _NoNone, toy_sets
 from galmerge.cli import cli
 from galmerge.config.rundir import read_config
 from galmerge.io import hdf5 as hdf5io
-from galmerge.models.model import read_checkpoint
+from galmerge.models.model import read_checkpoint, save_checkpoint
 from galmerge.plugin.imageset import ImageSet
 
 pytest.importorskip("optuna")
@@ -263,7 +264,7 @@ def test_two_processes_share_one_study_through_storage(tmp_path):
         (["--n-trials", "2", "--device", "xpu"], "unknown --device 'xpu'"),
         (["--n-trials", "2", "--storage", "nosuch://host/db"], "--storage nosuch://host/db: cannot"),
         (["--n-trials", "2", "--storage", "nosuch://me:s3cret@host/db"],
-         "--storage nosuch://me:***@host/db: cannot"),  # a password is never printed
+         "--storage nosuch://***@host/db: cannot"),  # a password (or user) is never printed
         # nothing a trial trains may read target labels: not its best epoch, not its stopping
         (["--n-trials", "2", "--set", "select_by=oracle_target_accuracy"],
          "select_by = 'oracle_target_accuracy'"),
@@ -394,7 +395,7 @@ def test_env_json_records_the_command_line_without_passwords(monkeypatch):
                                       "postgresql://me:s3cret@db.example:5432/studies",
                                       "--study-dir", "s"])
     assert environment("cpu")["argv"] == ["galmerge", "tune", "--storage",
-                                          "postgresql://me:***@db.example:5432/studies",
+                                          "postgresql://***@db.example:5432/studies",
                                           "--study-dir", "s"]
 
 
@@ -671,6 +672,42 @@ def test_trials_with_their_own_target_encoder_share_one_source_stage(toys, tmp_p
     assert 'init_from = ""' in (shared / "best.toml").read_text()
 
 
+def test_a_resumed_study_refuses_another_reference_for_its_source_stage(toys, tmp_path):
+    """Trials with their own target encoder start from one source stage: a resumed study given
+    its own reference by path resumes; given another source-only run it is refused in one line
+    before any trial, even where both references score the same source accuracy (the guard's
+    record), as tiny runs do: its later trials would have started from other weights."""
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    fast = ("--sampler", "random", "--pruner", "none", "--set", "target_encoder=separate",
+            "--set", "stop_by=im", "--max-source-drop", "100")
+
+    def tune(n: str, *extra: str):
+        return CliRunner().invoke(cli, _args(source, target, study, "--n-trials", n, *fast,
+                                             *extra))
+
+    result = tune("1")
+    assert result.exit_code == 0, result.output
+    reference = _trained_reference(study)
+    result = tune("2", "--reference", str(reference))
+    assert result.exit_code == 0, result.output
+    done = [r for r in _trials(study) if r["state"] != "waiting"]
+    # the same run with one weight changed: the same record (seed, metrics, accuracy), other
+    # weights, as a reference retrained in place or copied from another machine's study
+    other = tmp_path / "other"
+    shutil.copytree(reference, other)
+    checkpoint = read_checkpoint(other / "best.pt")
+    first = next(k for k, v in checkpoint["model"].items() if v.is_floating_point())
+    checkpoint["model"][first] = checkpoint["model"][first] + 1.0
+    checkpoint.pop("sha256", None)
+    save_checkpoint(other / "best.pt", checkpoint)
+    result = tune("3", "--reference", str(other))
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "is another" in line and "--reference" in line, line
+    assert [r for r in _trials(study) if r["state"] != "waiting"] == done
+
+
 def _sampled(study: Path) -> list[dict[str, str]]:
     """The sampled parameters of each trial (trial 0 runs the defaults)."""
     return [{k: v for k, v in r.items() if k.startswith("param_")} for r in _trials(study)]
@@ -858,3 +895,65 @@ def test_an_int_log_range_may_name_its_default_step():
     with pytest.raises(GalmergeError, match="log = true and a step"):
         resolve_space(base, {"epochs": {"type": "int", "low": 1, "high": 8, "log": True,
                                         "step": 2}})
+
+
+def test_a_resumed_study_starts_its_trials_from_the_same_init_from_checkpoint(
+        toys, tmp_path, monkeypatch):
+    """A study whose trials start from init_from resumes with that checkpoint however spelt
+    (relative, absolute, its best.pt: "base.init_from differs" before), and is refused in one
+    line naming init_from when the checkpoint is another (retrained in place, or another run):
+    the study's later trials would have started from other weights unnoticed."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    source, target = _write_pair(tmp_path / "data")
+    train = ["train", "--source", source, "--target", target, "--backbone", "tiny", "--epochs",
+             "1", "--batch-size", "8", "--max-steps-per-epoch", "2", "--device", "cpu",
+             "--quiet", "--strategy", "mmd"]
+    for run, seed in (("start", "0"), ("other", "1")):
+        result = CliRunner().invoke(cli, [*train, "--seed", seed, "--run-dir", run])
+        assert result.exit_code == 0, result.output
+    study = tmp_path / "study"
+    fast = ("--sampler", "random", "--pruner", "none", "--epochs", "1")
+
+    def tune(n: str, init: str):
+        return CliRunner().invoke(cli, _args(source, target, study, "--n-trials", n, *fast,
+                                             "--set", f"init_from={init}"))
+
+    result = tune("1", "start")
+    assert result.exit_code == 0, result.output
+    for n, init in (("2", f"{tmp_path / 'start'}"), ("3", "start/best.pt")):
+        result = tune(n, init)
+        assert result.exit_code == 0, (init, result.output)
+    assert len(_trials(study)) == 3
+    for init in ("other", "start"):
+        if init == "start":  # retrained in place: the same path, other weights
+            shutil.copy(tmp_path / "other" / "best.pt", tmp_path / "start" / "best.pt")
+        result = tune("4", init)
+        assert result.exit_code == 1, (init, result.output)
+        line = result.output.strip()
+        assert len(line.splitlines()) == 1, line
+        assert f"start from {tmp_path / 'start' / 'best.pt'}" in line, line
+        assert f"init_from {init} is another checkpoint" in line and "--study-dir" in line
+    assert len(_trials(study)) == 3
+
+
+def test_a_storage_study_resumes_with_its_database_however_spelt(toys, tmp_path, monkeypatch):
+    """--storage naming the study's SQLite file by a relative or an absolute path is the same
+    database (the folder's storage.json records it resolved); another database is one line
+    naming --storage and the fix."""
+    monkeypatch.chdir(tmp_path)
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "study"
+    fast = ("--sampler", "random", "--pruner", "none", "--epochs", "1")
+    for n, url in (("1", "sqlite:///shared.db"), ("2", f"sqlite:///{tmp_path / 'shared.db'}"),
+                   ("3", "sqlite:///./shared.db")):
+        result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", n, *fast,
+                                               "--storage", url))
+        assert result.exit_code == 0, (url, result.output)
+    result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "4", *fast,
+                                           "--storage", "sqlite:///other.db"))
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "holds the study of another database" in result.output
+    assert "pass that --storage to continue it" in result.output
+    assert len(_trials(study)) == 3

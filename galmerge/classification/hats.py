@@ -30,9 +30,12 @@ from typing import Any
 import numpy as np
 
 from galmerge.errors import GalmergeError
+from galmerge.io.provenance import shown_spec
 
 RESULT_COLUMNS = ("p_merger", "is_merger", "status")
-_MODELS: dict[tuple[Any, ...], Any] = {}  # a worker process's loaded model, by checkpoint hash
+# a worker process's one loaded model: (key, inference), the key naming the checkpoint by
+# its hash; a call for another key (a retrained model) replaces it
+_MODEL: tuple[tuple[Any, ...], Any] | None = None
 
 
 def is_hats_catalog(path: str | os.PathLike[str]) -> bool:
@@ -61,7 +64,7 @@ def _cutout_provenance(survey: str, spec: Any, keepbits: int | None) -> tuple[st
 
     name, arg, options = parse_survey_spec(survey)
     service = SurveyService.open(name, survey_record(name, arg), spec,
-                                 {"workers": 1, **options}, survey).service
+                                 {"workers": 1, **options}, shown_spec(survey)).service
     try:
         key = str(getattr(service, "cache_key", "") or name)
         return data_release(service, options, key), keepbits_key(key, keepbits)
@@ -78,18 +81,21 @@ def _inference(model: str, domain: str, device: str, batch_size: int,
         from galmerge.models.model import resolve_checkpoint
 
         checkpoint_sha256 = sha256_file(resolve_checkpoint(model))
+    global _MODEL
     key = (str(model), checkpoint_sha256, domain, device, int(batch_size))
-    if key not in _MODELS:
-        try:  # one torch thread per Dask thread: workers share the machine's cores
-            import torch
-            from distributed import get_worker
+    if _MODEL is not None and _MODEL[0] == key:
+        return _MODEL[1]
+    try:  # one torch thread per Dask thread: workers share the machine's cores
+        import torch
+        from distributed import get_worker
 
-            torch.set_num_threads(max(1, int(get_worker().state.nthreads)))
-        except (ImportError, ValueError):
-            pass
-        _MODELS.clear()  # one model held per worker: a retrained one replaces it
-        _MODELS[key] = _Inference(model, domain, device, batch_size, 0)
-    return _MODELS[key]
+        torch.set_num_threads(max(1, int(get_worker().state.nthreads)))
+    except (ImportError, ValueError):
+        pass
+    _MODEL = None  # the old model is released before the new one is loaded
+    inference = _Inference(model, domain, device, batch_size, 0)
+    _MODEL = (key, inference)
+    return inference
 
 
 def partition_cache(cache_dir: str | os.PathLike[str], pixel: Any) -> Path:
@@ -190,7 +196,8 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
     infer = _inference(model, domain, device, batch_size, checkpoint_sha256)
     name, arg, spec_options = parse_survey_spec(survey)
     survey_service = SurveyService.open(name, survey_record(name, arg), infer.spec,
-                                        {"workers": int(workers), **spec_options}, survey)
+                                        {"workers": int(workers), **spec_options},
+                                        shown_spec(survey))
     service = survey_service.service
     key = str(getattr(service, "cache_key", "") or name)
     path = (partition_cache(cache_dir, pixel) if cache_dir is not None and pixel is not None
@@ -313,7 +320,9 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
         record["shift_stats_sha256"] = stats["meta"].get("sha256", "")
     props = {f"galmerge_{k}": (v if isinstance(v, str) else json.dumps(v))
              for k, v in record.items() if k != "format"}
-    run = _run_record(model, record, threshold=float(threshold), domain=domain, survey=survey,
+    # the spec as recorded: no URL's user info (the workers get the real one, in memory only)
+    run = _run_record(model, record, threshold=float(threshold), domain=domain,
+                      survey=shown_spec(survey),
                       keepbits=keepbits, columns=keep, ra_col=ra_col, dec_col=dec_col,
                       id_col=id_col, shift_stats_sha256=record.get("shift_stats_sha256"),
                       input=str(src.resolve()), input_sha256=_catalog_sha256(cat))
@@ -406,10 +415,13 @@ def _check_resumable(out: Path, run: dict[str, Any]) -> None:
                             f"({RUN_RECORD}); choose another --output, or delete the folder"
                             ) from None
     for key, value in run.items():
-        if old.get(key) != value:
+        before = old.get(key)
+        if key == "survey" and isinstance(before, str):  # one recorded with its password
+            before = shown_spec(before)
+        if before != value:
             raise GalmergeError(
                 f"--output {out} holds a run with other settings ({_OPTIONS.get(key, key)}: "
-                f"{old.get(key)!r} there, {value!r} now), which a rerun would mix with this "
+                f"{before!r} there, {value!r} now), which a rerun would mix with this "
                 "one's; choose another --output, or delete the folder to start again")
 
 
@@ -488,7 +500,8 @@ def classify_hats_summary(catalog: Path, model: str | os.PathLike[str], *, t0: f
         print(f"galmerge: {note}", file=sys.stderr)
     release, kind = _cutout_provenance(options["survey"], loaded.preprocess[domain],
                                        options.get("keepbits"))
-    prov = record(checkpoint=loaded.path, config=loaded.config, survey=options["survey"],
+    prov = record(checkpoint=loaded.path, config=loaded.config,
+                  survey=shown_spec(options["survey"]),
                   data_release=release, cutout_kind=kind, domain=domain,
                   preprocessing=loaded.preprocess[domain], temperature=loaded.temperature,
                   threshold=float(options["threshold"]))

@@ -150,8 +150,10 @@ class SurveyService:
         try:
             service = record.cutouts(spec, options)
         except (TypeError, ValueError) as exc:  # e.g. RetryPolicy.from_options: timeout=0
-            raise GalmergeError(f"--survey {shown or name}: bad option ({exc})".splitlines()[0]
-                                ) from None
+            from galmerge.io.provenance import hide_userinfo
+
+            raise GalmergeError(hide_userinfo(f"--survey {shown or name}: bad option ({exc})"
+                                              .splitlines()[0])) from None
         return cls(service, name, get_plugin_manager().describe_owner("surveys", name))
 
     def fetch(self, requests: list[CutoutRequest]) -> Iterator[Any]:

@@ -574,7 +574,8 @@ class ResultJournal:
 
     A run killed at any point keeps every committed segment; started again, it skips the
     chunks those segments hold (``done``), so neither fetching nor inference is repeated
-    (except for the chunks `reopen_failed_fetches` takes out).
+    (except for the chunks holding a `fetch-failed` row: with ``reopen_failed``, see
+    `_reopen_failed`).
     ``finish()`` writes a ``.done`` marker next to the folder: the rank's share is complete. The
     marker records how many chunks the share holds and the catalog has; one that disagrees with
     the segments (a kill while they were removed or rewritten) is not trusted (`finished`).
@@ -583,7 +584,7 @@ class ResultJournal:
     """
 
     def __init__(self, folder: Path, segment_chunks: int = 8, segment_seconds: float = 30.0,
-                 *, nested: dict[str, Any] | None = None) -> None:
+                 *, nested: dict[str, Any] | None = None, reopen_failed: bool = False) -> None:
         from galmerge.classification.segments import check_private_folder, refuse_pickled_segments
 
         self.folder = folder
@@ -599,25 +600,29 @@ class ResultJournal:
         for tmp in folder.glob(".*.tmp"):  # a segment being written when a run was killed
             tmp.unlink(missing_ok=True)
         self.done: set[int] = set()
-        # per segment, its chunks holding a `fetch-failed` row (see `reopen_failed_fetches`)
-        self._failed: dict[Path, set[int]] = {}
-        for seg in self.segments():
-            try:
-                blocks = [(index, _fetch_failed(block)) for index, block in read_part(seg)]
-            except Exception as exc:  # damaged from outside: these rows are simply redone
-                seg.unlink(missing_ok=True)
-                print(f"galmerge: result segment {seg} was unreadable ({exc}); "
-                      "its rows will be classified again", file=sys.stderr)
-            else:
-                self.done.update(index for index, _ in blocks)
-                failed = {index for index, bad in blocks if bad}
-                if failed:
-                    self._failed[seg] = failed
         self._writer: Any = None
         self._tmp: Path | None = None
         self._first = -1
         self._pending: list[int] = []
         self._last = time.monotonic()
+        #: chunks taken out of the committed segments to be classified again (`_reopen_failed`)
+        self.reopened = 0
+        for seg in self.segments():  # (the list as it was: rewritten segments are not read)
+            try:
+                blocks = list(read_part(seg))
+            except Exception as exc:  # damaged from outside: these rows are simply redone
+                seg.unlink(missing_ok=True)
+                print(f"galmerge: result segment {seg} was unreadable ({exc}); "
+                      "its rows will be classified again", file=sys.stderr)
+                continue
+            failed = {index for index, block in blocks if _fetch_failed(block)}
+            if reopen_failed and failed:  # rewritten from the blocks decoded here, once
+                self._reopen_failed(seg, blocks, failed)
+            else:
+                self.done.update(index for index, _ in blocks)
+            del blocks  # one segment's rows held at a time
+        if self.reopened:
+            self.marker.unlink(missing_ok=True)
 
     @property
     def finished(self) -> bool:
@@ -682,34 +687,28 @@ class ResultJournal:
         self.commit()
         atomic.write_text(self.marker, f"done {len(self.done)} of {catalog_chunks} chunks\n")
 
-    def reopen_failed_fetches(self) -> int:
-        """Take the chunks holding a `fetch-failed` row out of the committed segments, so this
-        run classifies them again (a transient failure is retried, as a new run would); returns
-        their number. The segments' other chunks are kept, rewritten into segments of their own.
+    def _reopen_failed(self, seg: Path, blocks: list[tuple[int, ResultBlock]],
+                       failed: set[int]) -> None:
+        """Take the chunks holding a `fetch-failed` row (``failed``) out of the committed
+        segment ``seg`` (its decoded ``blocks``), so this run classifies them again (a transient
+        failure is retried, as a new run would); the segment's other chunks are kept, rewritten
+        into segments of their own and counted ``done``.
 
-        A segment is moved to a temporary name first: a kill midway leaves no chunk twice (the
+        The segment is moved to a temporary name first: a kill midway leaves no chunk twice (the
         temporary file is removed on the next open and its chunks not yet rewritten are redone).
         """
-        reopened = 0
-        if self._failed:  # first: a marker must never outlive a chunk it counts
-            self.marker.unlink(missing_ok=True)
-        for seg, failed in self._failed.items():
-            blocks = list(read_part(seg))  # (read whole by read_part anyway)
-            held = seg.with_name(f".{seg.name}.retry.tmp")
-            os.replace(seg, held)
-            for index, block in blocks:
-                if index in failed:  # a segment holds no gap: the kept chunks after it start one
-                    self.commit()
-                    self.done.discard(index)
-                    reopened += 1
-                else:
-                    self.add(index, block)
-            self.commit()
-            held.unlink()
-        self._failed = {}
-        if reopened:
-            self.marker.unlink(missing_ok=True)
-        return reopened
+        # first: a marker must never outlive a chunk it counts
+        self.marker.unlink(missing_ok=True)
+        held = seg.with_name(f".{seg.name}.retry.tmp")
+        os.replace(seg, held)
+        for index, block in blocks:
+            if index in failed:  # a segment holds no gap: the kept chunks after it start one
+                self.commit()
+                self.reopened += 1
+            else:
+                self.add(index, block)
+        self.commit()
+        held.unlink()
 
     def blocks(self) -> Iterator[tuple[int, ResultBlock]]:
         """Every committed block, in chunk order."""

@@ -61,7 +61,7 @@ from galmerge.classification.sharding import (
 )
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
-from galmerge.io.provenance import data_release
+from galmerge.io.provenance import data_release, shown_spec
 from galmerge.io.provenance import record as provenance_record
 from galmerge.runtime.devices import check_device_name
 
@@ -570,9 +570,9 @@ def _parse_prior_options(prior: Any, rule: Any) -> tuple[str | float | None, str
 
     value = parse_prior(prior)
     if rule is not None and (value is None or value == "auto"):
-        raise GalmergeError(f"--prior-rule {rule} applies to --prior VALUE only (auto is EM's "
-                            "fixed point, where both rules agree); give --prior VALUE or drop "
-                            "--prior-rule")
+        raise GalmergeError(f"--prior-rule {rule} needs --prior VALUE (a merger fraction, e.g. "
+                            "--prior 0.05; with --prior auto both rules agree); give --prior "
+                            "VALUE or drop --prior-rule")
     return value, parse_rule(rule)
 
 
@@ -643,6 +643,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     else:
         infer = _Inference(model, domain, device, batch_size, dist.local_rank, mc_dropout)
     extra = list(getattr(infer, "extra", []))
+    # the spec as printed and recorded: no URL's user info (the request itself uses `survey`)
+    shown = shown_spec(survey)
     service = survey_service = None
     release = kind = ""
     store: CutoutCache | None = None
@@ -657,7 +659,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         survey_name, arg, spec_options = parse_survey_spec(survey)
         record = survey_record(survey_name, arg)
         options = {"workers": int(workers), **spec_options, **dict(survey_options or {})}
-        survey_service = SurveyService.open(survey_name, record, infer.spec, options, survey)
+        survey_service = SurveyService.open(survey_name, record, infer.spec, options, shown)
         service = survey_service.service
         key = str(getattr(service, "cache_key", "")
                   or f"{survey_name}:{_signature(dict(infer.spec))}")
@@ -694,7 +696,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     # a Parquet input's lists, structs and maps: stored in the result segments in their type
     nested = dict(getattr(source, "nested_types", {}))
     sig = _signature(_file_stamp(cat_path), _file_stamp(infer.loaded.path), domain,
-                     float(threshold), survey, chunk_rows, ra_col, dec_col, id_col, kind,
+                     float(threshold), shown, chunk_rows, ra_col, dec_col, id_col, kind,
                      *([] if not extra else [extra, _shift_stamp(infer), mc_dropout]),
                      # segments of versions that stored them as text are not resumed from
                      *([] if not nested else ["nested-arrow", sorted(nested)]))
@@ -703,11 +705,11 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     check_parts_folder(parts_dir)
     if dist.is_main:
         remove_stale_parts(parts_dir, f"-of-{dist.world:05d}-{sig}")
-    journal = ResultJournal(parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}",
-                            nested=nested)
-    # (not another rank's finished share: rank 0 may be merging it)
-    if not journal.finished or dist.is_main:
-        journal.reopen_failed_fetches()  # transient failures are retried on resume too
+    folder = parts_dir / f"rank{dist.rank:05d}-of-{dist.world:05d}-{sig}"
+    # transient failures are retried on resume too (not in another rank's finished share:
+    # rank 0 may be merging it)
+    reopen = dist.is_main or not folder.with_name(folder.name + ".done").exists()
+    journal = ResultJournal(folder, nested=nested, reopen_failed=reopen)
     tally = Tally()
     heartbeat = None
     if dist.enabled and not dist.is_main and not journal.finished:
@@ -747,13 +749,13 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         if store is not None:
             # a cache shared by processes is consolidated once, by rank 0 after the merge
             store.close(compact=not dist.enabled or per_rank_cache)
-    asked = service_name(survey, service)
+    asked = service_name(shown, service)
     services = {asked: service_summary} if asked and service_summary else {}
     if not dist.is_main:
         return _summary(out_path, tally, fetched, t0, store, asked, services)
     prov = provenance_record(
         checkpoint=infer.loaded.path, config=infer.loaded.config,
-        survey=survey if store is not None else f"hdf5 image file {cat_path.name}",
+        survey=shown if store is not None else f"hdf5 image file {cat_path.name}",
         data_release=release, cutout_kind=kind, domain=domain, preprocessing=dict(infer.spec),
         temperature=infer.loaded.temperature, threshold=float(threshold))
     exported_from = getattr(infer, "exported_from", None)
@@ -785,7 +787,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         _print_summary(summary)
     if note is not None and not quiet:
         print(note, file=sys.stderr)
-    _fail_if_nothing_fetched(summary, survey, getattr(service, "unreachable", None), fetched,
+    _fail_if_nothing_fetched(summary, shown, getattr(service, "unreachable", None), fetched,
                              getattr(service, "failing", None))
     _fail_if_no_position(summary, cat_path)
     return summary

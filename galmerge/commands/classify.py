@@ -24,7 +24,7 @@ import click
 @click.option("--id-col", help="Id column (default: objID, objid, specobjid, id, ...).")
 @click.option("--batch-size", type=int, default=256, show_default=True,
               help="Images per forward pass.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--workers", type=int, default=4, show_default=True,
               help="Concurrent downloads.")
 @click.option("--threshold", type=float, default=0.5, show_default=True,

@@ -15,7 +15,7 @@ import click
     show_default=True,
     help="Which checkpoint of the run to evaluate.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option(
     "--bootstrap",
     type=int,
@@ -28,7 +28,7 @@ import click
     type=click.Path(exists=True),
     help="The embedding plot's 'before' run (same data and backbone; a `none` run, or drawn "
     "as its own strategy). Default: the run's source_only/ stage, else the sibling `none` run "
-    "whose config.toml matches best (docs/DESIGN.md).",
+    "whose config.toml matches best (only the seed differing first, then the same seed, then the closest epochs).",
 )
 @click.option(
     "--calibrate",

@@ -20,7 +20,8 @@ import click
               help="Retries per file after a server error, timeout or dropped connection.")  # fmt: skip
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in logs).")
 def fetch(survey: str, data_dir: Path | None, force: bool, retries: int, no_progress: bool) -> None:
-    """Download the real DeepMerge data with resume, size and MD5 checks.
+    """Download the real DeepMerge data with resume, size and MD5 checks (deepmerge1: size
+    and FITS structure; MAST publishes no checksum).
 
     SURVEY is one of: illustris, sdss, all, deepmerge1. Servers: GALMERGE_ZENODO_URL and
     GALMERGE_MAST_URL (default zenodo.org and archive.stsci.edu).

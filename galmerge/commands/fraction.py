@@ -13,8 +13,9 @@ import click
 @click.command("fraction")
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--model", required=True,
-              help="Run directory of the model that classified RESULTS (its source validation "
-                   "split gives the error rates).")
+              help="Run directory of the model that classified RESULTS (its best.pt; its "
+                   "source validation split gives the error rates), or RUN_DIR/last.pt if "
+                   "classify was given that.")
 @click.option("--by", help="Column to bin by (e.g. redshift or stellar mass).")
 @click.option("--bins", help="With --by: increasing edges (0,0.1,0.2) or a number of "
                              "equal-count bins (4).")

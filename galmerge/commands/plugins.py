@@ -14,8 +14,8 @@ from galmerge.plugin.manager import KINDS, get_plugin_manager
 def plugins_cmd(as_json: bool) -> None:
     """List installed plugins: name, components, distribution, version, built-in or not.
 
-    More plugins: PyPI packages with the keyword `galmerge-plugin`; install one with
-    `galmerge install NAME`.
+    More plugins: PyPI packages with the keyword `galmerge-plugin` (none is published yet);
+    install one with `galmerge install NAME`, or a local one with `galmerge install PATH`.
     """
     infos = get_plugin_manager().plugin_infos()
     if as_json:
@@ -41,7 +41,8 @@ def plugins_cmd(as_json: bool) -> None:
     Console().print(table)
     from galmerge.commands.install import PLUGIN_INDEX_URL
 
-    click.echo(f"More plugins: {PLUGIN_INDEX_URL}  (install one with `galmerge install NAME`)")
+    click.echo(f"More plugins: {PLUGIN_INDEX_URL}  (none is published yet; install one with "
+               "`galmerge install NAME`, a local one with `galmerge install PATH`)")
 
 
 @click.command("list")

@@ -9,7 +9,10 @@ import click
 
 
 def _default_output(spec: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-") or "survey"
+    from galmerge.io.provenance import shown_spec
+
+    # named after the spec as shown: no URL's user name or password in a file name
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", shown_spec(spec)).strip("-") or "survey"
     return Path(f"preview-{slug}.png")
 
 

@@ -31,7 +31,7 @@ from galmerge.surveys.deepmerge.reproduce import BACKBONES, PAPERS
 @click.option("--tl-source", help="With --tl: replace the source data spec of the sim-sim runs "
               "it starts from (e.g. 'synthetic:pristine?n=2000&seed=0').")
 @click.option("--tl-target", help="With --tl: replace the target data spec of those sim-sim runs.")
-@click.option("--device", help="auto (default), cpu, cuda or mps.")
+@click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps.")
 @click.option("--evaluate/--no-evaluate", default=True, show_default=True,
               help="Write each run's report/ (galmerge evaluate).")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True,
@@ -58,7 +58,7 @@ def reproduce(
     quiet: bool,
 ) -> None:
     """Train PAPER's method grid with its presets, evaluate each run and write the paper-style
-    table (mean ± std over seeds, gain over source-only) to OUT/EXPERIMENT/table.md. Needs the
+    table (mean ± std over seeds, gain over source-only) to OUT/EXPERIMENT/table.md and table.csv. Needs the
     data of `galmerge fetch illustris` and `galmerge fetch sdss`. Rerun the same command after a kill: finished runs
     are skipped, interrupted ones resumed."""
     from galmerge.errors import GalmergeError

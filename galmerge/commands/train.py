@@ -22,7 +22,7 @@ def _help(text: str, key: str) -> str:
 @click.option("--batch-size", type=int, help=_help("Images per domain per step (global over processes).", "batch_size"))
 @click.option("--lr", type=float, help=_help("Peak learning rate of the one-cycle schedule.", "lr"))
 @click.option("--seed", type=int, help=_help("Seed for splits, initialisation and batch order.", "seed"))
-@click.option("--device", help=_help("auto (CUDA, then MPS, then CPU), cpu, cuda or mps.", "device"))
+@click.option("--device", help=_help("auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", "device"))
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Output run directory.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML config (e.g. a run's config.toml); flags override it.")
@@ -31,17 +31,19 @@ def _help(text: str, key: str) -> str:
 @click.option("--init-from", help="Start from the weights of a run directory or checkpoint.")
 @click.option("--patience", type=int, help=_help("Early-stopping patience in epochs (0 = off).", "patience"))
 @click.option("--weight-decay", type=float, help=_help("Adam weight decay.", "weight_decay"))
-@click.option("--select-by", help=_help("Model selection: auto (im with its own target encoder, else source_val_loss), source_val_loss or a label-free score.", "select_by"))
-@click.option("--set", "sets", multiple=True, metavar="NAME.OPTION=VALUE",
-              help="Strategy/optimizer/schedule option, e.g. --set fisher.intra_weight=0.01 "
-              "(each strategy's options: galmerge list strategies).")
+@click.option("--select-by", help=_help("Which epoch becomes best.pt: auto (im with its own target encoder, else source_val_loss), source_val_loss, source_val_accuracy, source_val_batch_loss, or a label-free score: im, im_src, snd, dev, entropy.", "select_by"))
+@click.option("--set", "sets", multiple=True, metavar="[SECTION.]OPTION=VALUE",
+              help="A setting, e.g. --set domain_batchnorm=joint, or a strategy, optimizer or "
+              "schedule option, e.g. --set fisher.intra_weight=0.01 (every setting: the docs' "
+              "Settings page; each strategy's options: galmerge list strategies).")
 @click.option("--backbone-option", "backbone_options", multiple=True, metavar="KEY=VALUE",
               help="Backbone option, e.g. --backbone-option dropout=0.3 (each backbone's "
               "options: galmerge list backbones).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option("--max-steps-per-epoch", type=int, help=_help("Cap on steps per epoch (0 = a full pass).", "max_steps_per_epoch"))
 @click.option("--checkpoint-every", type=int, help=_help("Also write last.pt every N steps (0 = at each epoch's end only).", "checkpoint_every"))
-@click.option("--quiet", is_flag=True, help="No progress display or results table.")
+@click.option("--quiet", is_flag=True, help="No progress display or results table (the closing "
+              "collapse warning still goes to stderr).")
 def train(
     source: str | None,
     target: str | None,

@@ -35,9 +35,10 @@ SCORE_HELP = (
 @click.option("--backbone", help="Backbone name.")
 @click.option("--batch-size", type=int, help="Images per domain per step.")
 @click.option("--max-steps-per-epoch", type=int, help="Cap on steps per epoch.")
-@click.option("--device", help="auto, cpu, cuda or mps.")
-@click.option("--set", "sets", multiple=True, metavar="NAME.OPTION=VALUE",
-              help="Fixed option of every trial, e.g. --set fisher.form=tr.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--set", "sets", multiple=True, metavar="[SECTION.]OPTION=VALUE",
+              help="Fixed setting or option of every trial, e.g. --set epoch_steps=ceil or "
+              "--set fisher.form=tr.")
 @click.option("--max-source-drop", type=float, metavar="POINTS",
               help="Source guard: the best trial must keep source validation accuracy within "
               "POINTS of a source-only reference run; milder variants of the defaults are tried "

@@ -77,6 +77,7 @@ was made take the values it trained with: ``galmerge.config.legacy``)::
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import tomllib
 from collections.abc import Mapping
@@ -210,6 +211,15 @@ def cli_overrides(
         if not dot and key in TOP_KEYS and not isinstance(DEFAULTS[key], Mapping):
             layer[key] = value  # a plain setting without its own flag, e.g. stop_by
             continue
+        if not dot and key not in TOP_KEYS:  # a misspelt setting, not a missing SECTION.
+            plain = sorted(k for k in TOP_KEYS if not isinstance(DEFAULTS[k], Mapping))
+            hint = difflib.get_close_matches(key, plain, n=1)
+            raise GalmergeError(
+                f"--set '{text}': unknown setting '{key}'"
+                + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                + f"; settings: {', '.join(plain)}; or SECTION.OPTION=VALUE, e.g. --set "
+                "mmd.weight=0.5"
+            )
         if not dot or not option:
             raise GalmergeError(
                 f"--set '{text}' needs SECTION.OPTION=VALUE, e.g. --set mmd.weight=0.5"
@@ -520,4 +530,5 @@ def _validate_values(config: Mapping[str, Any]) -> None:
     _check_observe(config["observe"])
     for key in ("source", "target"):
         if not config[key]:
-            raise GalmergeError(f"no --{key} given; e.g. --{key} synthetic:illustris")
+            example = "synthetic:illustris" if key == "source" else "'synthetic:sdss?seed=1'"
+            raise GalmergeError(f"no --{key} given; e.g. --{key} {example}")

@@ -21,7 +21,7 @@ from galmerge.config.resolve import read_toml, write_toml
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.io.private import check_private
-from galmerge.io.provenance import redact
+from galmerge.io.provenance import hide_userinfo, shown_spec
 
 CONFIG, ENV, METRICS, SUMMARY, BEST, LAST = (
     "config.toml",
@@ -57,6 +57,19 @@ def default_run_dir(
         n += 1
         path = Path(root) / f"{name}-{n}"
     return path
+
+
+def refuse_credentials(spec: Any, what: str) -> None:
+    """A one-line `GalmergeError` when a labelled-data spec (``--source``/``--target``) holds a
+    URL with a user name or password: a run records its specs (config.toml, checkpoints,
+    metrics) and reads them back to resume, evaluate, compare and reproduce, so the
+    credentials would have to be kept there; they belong in the survey's URL variable."""
+    if isinstance(spec, str) and shown_spec(spec) != spec:
+        raise GalmergeError(
+            f"{what} {shown_spec(spec)}: a URL in it holds a user name or password, which a run "
+            "would record (config.toml, checkpoints) and need again to resume or evaluate it; "
+            "put the credentials in the survey's URL environment variable instead (e.g. "
+            "GALMERGE_SDSS_SAS_URL=https://user:pass@host/sas) and drop them from the spec")
 
 
 def _bare(spec: str) -> str:
@@ -281,7 +294,8 @@ def environment(device: Any) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "git_dirty": _git_dirty(),  # True: the commit does not describe the code that ran
         "packages": _versions(),
-        "argv": [redact(arg) for arg in sys.argv],  # no database password in env.json
+        # no URL's user info in env.json (a database's or a survey option's password)
+        "argv": [hide_userinfo(arg) for arg in sys.argv],
     }
 
 

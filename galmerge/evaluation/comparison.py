@@ -377,6 +377,7 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(file=sys.stdout)
     shown = [("source_test", "accuracy", "source\nacc"),
@@ -386,13 +387,17 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
         groups.setdefault((r["source"], r["target"], r["backbone"]), []).append(r)
     for (source, target, backbone), members in groups.items():
         t = Table(
-            # names read from summary.json files: text, not markup
-            title=escape(f"{source} → {target}, {backbone}: test metrics, mean ± std over seeds"),
-            box=box.SIMPLE_HEAD,
+            # names read from summary.json files: plain text, folded rather than cut where a
+            # long data spec has no space to wrap at
+            title=Text(f"{source} → {target}, {backbone}: test metrics, mean ± std over seeds",
+                       overflow="fold"),
+            box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True,
         )
         t.add_column("strategy", overflow="fold")
+        # no edge and shared padding leave the names room for "mmd+fisher+entropy" and
+        # "synthetic-sim-real" in 80 columns; a longer name folds, never cut
         t.add_column("runs", justify="right")
-        t.add_column("epochs,\npreset", overflow="fold", min_width=18)
+        t.add_column("epochs,\npreset", overflow="fold")
         for _, _, header in shown:
             t.add_column(header, justify="right", min_width=6)
         t.add_column("target\ngain", justify="right", min_width=6)

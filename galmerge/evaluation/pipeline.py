@@ -84,6 +84,7 @@ def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str,
         spec = given or config.get(role)
         if not spec:
             raise GalmergeError(f"config.toml has no '{role}' spec; pass --{role} SPEC")
+        rundir.refuse_credentials(str(spec), f"--{role}")  # metrics.json records it
         try:
             imageset = load_imageset(str(spec))
         except GalmergeError as exc:

@@ -63,12 +63,11 @@ def training_prior(model: str | os.PathLike[str]) -> tuple[float, str]:
     from galmerge.config import rundir
 
     path = Path(model)
-    if path.is_file() and path.suffix == ".pt":
-        path = path.parent
-    if (path / rundir.CONFIG).is_file():
+    run = path.parent if path.is_file() and path.suffix == ".pt" else path
+    if (run / rundir.CONFIG).is_file():
         from galmerge.fractions.validation_stats import load_validation
 
-        try:
+        try:  # the checkpoint classify used: RUN_DIR/last.pt of a run without best.pt too
             val = load_validation(path)
         except GalmergeError as exc:  # e.g. the source data is not on this machine
             return DEFAULT_TRAINING_PRIOR, f"default 0.5 (the run's statistics: {exc})"

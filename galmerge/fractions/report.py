@@ -508,8 +508,9 @@ def _check_same_model(results: str | os.PathLike[str], checkpoint: Path,
         if Path(recorded[0]).name != checkpoint.name:  # e.g. classified with RUN/last.pt
             raise GalmergeError(
                 f"{results} was classified with {recorded[0]}, while fraction scores the run's "
-                f"{checkpoint.name}; classify again with --model {checkpoint.parent} (its "
-                f"{checkpoint.name}) to estimate fractions")
+                f"{checkpoint.name}; pass --model {checkpoint.parent / Path(recorded[0]).name} "
+                f"(the checkpoint that wrote p_merger), or classify again with --model "
+                f"{checkpoint.parent}")
         raise GalmergeError(
             f"{results} was classified with {recorded[0]}, not with --model's {checkpoint} "
             f"(SHA-256 {checkpoint_sha256[:12]}... is not the one recorded); the error rates "

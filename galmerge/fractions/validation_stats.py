@@ -28,15 +28,25 @@ FILE = "validation_predictions.npz"
 FORMAT = "galmerge-validation/1"
 
 
-def _checkpoint(run: Path) -> Path:
+def _locate(model: Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint) of ``--model``: a run directory means its best.pt, as for
+    classify (`galmerge.models.model.resolve_checkpoint`), never last.pt in its place unasked;
+    a checkpoint file inside a run directory (``RUN_DIR/last.pt``) is taken as it is."""
+    run = model.parent if model.is_file() and model.suffix == ".pt" else model
     if not (run / rundir.CONFIG).is_file():
         raise GalmergeError(
-            f"--model {run} is not a run directory (no {rundir.CONFIG}); the error rates come "
+            f"--model {model} is not a run directory (no {rundir.CONFIG}); the error rates come "
             "from the run's source validation split, so pass the run directory of galmerge train"
         )
-    for name in (rundir.BEST, rundir.LAST):
-        if (run / name).is_file():
-            return run / name
+    if run is not model:
+        return run, model
+    if (run / rundir.BEST).is_file():
+        return run, run / rundir.BEST
+    if (run / rundir.LAST).is_file():
+        raise GalmergeError(
+            f"run directory {run} has no best.pt (its training stopped before it kept one); "
+            f"finish it with galmerge train --resume {run}, or pass {run / rundir.LAST} to use "
+            "its latest weights (the ones classify used with it)")
     raise GalmergeError(f"run directory {run} has no best.pt or last.pt; train it first")
 
 
@@ -45,8 +55,13 @@ def _stamp(path: Path) -> dict[str, Any]:
     return {"checkpoint": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def read_cached(run: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
-    """(meta, labels, logit) from the cache file if it is there, readable and current."""
+def read_cached(model: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
+    """(meta, labels, logit) from the cache file if it is there, readable and current (written
+    for ``model``'s checkpoint as it is now)."""
+    try:
+        run, ckpt = _locate(model)
+    except GalmergeError:
+        return None
     path = run / FILE
     if not path.is_file():
         return None
@@ -59,16 +74,13 @@ def read_cached(run: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | No
         return None
     if meta.get("format") != FORMAT or len(labels) != len(logit):
         return None
-    try:
-        current = _stamp(_checkpoint(run))
-    except GalmergeError:
-        return None
+    current = _stamp(ckpt)
     if any(meta.get(k) != v for k, v in current.items()):
         return None
     return meta, labels, logit
 
 
-def compute(run: Path, source: str | None = None, device: str = "cpu",
+def compute(model: Path, source: str | None = None, device: str = "cpu",
             target: str | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Run the checkpoint over the source validation split; write and return the cache.
     ``target``: the run's target spec, read only where its source was observed with the
@@ -82,7 +94,7 @@ def compute(run: Path, source: str | None = None, device: str = "cpu",
     from galmerge.models.model import load_model
     from galmerge.runtime.devices import resolve_device
 
-    ckpt = _checkpoint(run)
+    run, ckpt = _locate(model)
     config = rundir.read_config(run)
     dev = resolve_device(device)
     loaded = load_model(ckpt, dev)
@@ -130,11 +142,14 @@ def load_validation(run: str | os.PathLike[str], source: str | None = None,
                     target: str | None = None) -> Validation:
     """The run's source validation predictions as `fraction.Validation` (p at the checkpoint's
     temperature, as classify writes it); computed once, then read from the cache. ``source``
-    and ``target`` replace config.toml's specs where those cannot be reloaded here."""
-    run = Path(run)
-    _checkpoint(run)
-    cached = None if refresh else read_cached(run)
-    meta, labels, logit = cached if cached is not None else compute(run, source, device, target)
+    and ``target`` replace config.toml's specs where those cannot be reloaded here. ``run``: a
+    run directory (its best.pt; one without is refused, as by classify) or a checkpoint in
+    one (``RUN_DIR/last.pt``)."""
+    model = Path(run)
+    _locate(model)
+    cached = None if refresh else read_cached(model)
+    meta, labels, logit = (cached if cached is not None
+                           else compute(model, source, device, target))
     t = float(meta.get("temperature", 1.0)) or 1.0
     p = 1.0 / (1.0 + np.exp(-np.clip(logit / t, -40, 40)))
     return Validation(p, labels, float(meta.get("train_prior", math.nan)), meta)

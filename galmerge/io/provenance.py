@@ -44,6 +44,46 @@ def redact(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1***@", text)
 
 
+# a URL's user info (``user:password@`` or a bare ``token@``): up to the '@' before the host;
+# no '/', '?', '#', '&' (a survey spec's option separator) or white space in it
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@?#&]+@")
+#: what a URL's user info is shown as: ``http://***@host/path``
+HIDDEN_USERINFO = "***"
+
+
+def hide_userinfo(text: str) -> str:
+    """``text`` with the user info (user name and password) of every URL in it replaced by
+    ``***`` (``http://***@host/sas``): what galmerge prints or records of a survey spec, an
+    error line or a command line."""
+    return _URL_USERINFO.sub(rf"\1{HIDDEN_USERINFO}@", text)
+
+
+def shown_spec(spec: str) -> str:
+    """A survey spec (``NAME[:ARG][?key=value&...]``) as galmerge prints and records it: the
+    user info of every URL in it, percent-encoded ones included, is ``***``. The spec still
+    names the same survey, data and options; the credentials it needs come from the command
+    line (pass the option again) or the survey's URL environment variable."""
+    from urllib.parse import unquote
+
+    text = hide_userinfo(str(spec))
+    body, sep, query = text.partition("?")
+    if not sep:
+        return text
+    parts = []
+    for part in query.split("&"):
+        key, eq, value = part.partition("=")
+        plain = unquote(value)
+        hidden = hide_userinfo(plain)
+        parts.append(f"{key}{eq}{hidden}" if hidden != plain else part)
+    return f"{body}?{'&'.join(parts)}"
+
+
+def has_hidden_userinfo(spec: str) -> bool:
+    """Whether a recorded spec had user info hidden by `shown_spec` (it cannot be used as it
+    is: the credentials are not in it)."""
+    return f"://{HIDDEN_USERINFO}@" in str(spec)
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -39,7 +39,9 @@ def spectral_penalty(features: torch.Tensor, k: int = 1, form: str = "ratio") ->
     f = features.flatten(1)
     if f.shape[0] == 0:
         return f.new_zeros(())
-    f64 = f.double()
+    # MPS has no float64 (``.double()`` raises there): its batches go through the CPU, a 32 x D
+    # copy per step (not run here: no Apple GPU on the machines this was written on)
+    f64 = (f.cpu() if f.device.type == "mps" else f).double()
     if not bool(torch.isfinite(f64).all()):
         # NaN, as the trainer's non-finite guard expects (it names the step and the last good
         # checkpoint); eigvalsh would raise a LinAlgError on such a matrix instead
@@ -47,11 +49,11 @@ def spectral_penalty(features: torch.Tensor, k: int = 1, form: str = "ratio") ->
     eig = torch.linalg.eigvalsh(f64 @ f64.T).clamp_min(0.0)  # ascending
     top = eig[-min(k, eig.shape[0]) :].sum()
     if form == "raw":
-        return top.to(f.dtype)
+        return top.to(f.device, f.dtype)
     total = eig.sum()
     if not bool(total > 0):
         return f.new_zeros(())
-    return (top / total).to(f.dtype)
+    return (top / total).to(f.device, f.dtype)
 
 
 class BSPLoss(nn.Module):

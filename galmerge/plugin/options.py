@@ -160,9 +160,11 @@ def _coerce(what: str, key: str, value: Any, kind: type | None, bounds: str = ""
     ):
         return value
     try:
-        if kind is bool:
+        if kind is bool:  # 0 and 1 too: a spec's ?check_finite=0 arrives as the int 0
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
                 return value.lower() in ("true", "1")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
             raise ValueError
         if kind in (int, float):
             if isinstance(value, bool):
@@ -177,6 +179,8 @@ def _coerce(what: str, key: str, value: Any, kind: type | None, bounds: str = ""
     except (TypeError, ValueError):
         pass
     valid = f"; valid: {kind.__name__} {bounds}" if bounds else ""  # the range too, if any
+    if kind is bool:
+        valid = "; use true or false (or 1 or 0)"
     raise GalmergeError(f"option '{key}' of {what} must be {kind.__name__}, got {value!r}{valid}")
 
 

@@ -160,8 +160,11 @@ def _f(row: Mapping[str, Any], key: str, spec: str) -> str:
 
 def results_table(summary: Mapping[str, Any], quiet: bool) -> None:
     """The final table: test metrics for source and target, the surveys named; collapse
-    warnings; the run directory last, on its own unwrapped line."""
+    warnings; the run directory last, on its own unwrapped line. ``quiet``: the warnings only,
+    on stderr (a collapsed run is never silent)."""
     if quiet:
+        for warning in summary.get("warnings") or []:
+            print(warning, file=sys.stderr)
         return
     from rich.console import Console
     from rich.table import Table

@@ -113,6 +113,9 @@ def train(
             )
         )
         resume_state = resumed_from = None
+    for role in ("source", "target"):  # before any folder is made
+        if role not in sets_given:
+            rundir.refuse_credentials(cfg.get(role), f"--{role}")
     _check_rules(cfg)
     return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch, resumed_from)
 
@@ -269,23 +272,32 @@ def _resume_config(
             f"that trained at least one checkpoint"
         )
     rundir.check_resumable(out_dir)  # before anything in it is read
-    changed = [
-        k for k, v in flags.items() if v is not None and k not in ("device", "source", "target")
-    ]
+    # the same --source, --target or --init-from as the run's, however spelt, is no change
+    changed = [k for k, v in flags.items()
+               if v is not None and k not in ("device", "source", "target", "init_from")]
     if changed or extras:
         raise GalmergeError(
             f"--resume continues a run with its saved config; drop "
-            f"{', '.join(changed) or 'the extra settings'} (only --device and --quiet may "
-            f"change)"
+            f"{', '.join('--' + k.replace('_', '-') for k in changed) or 'the extra settings'} "
+            f"(only --device and --quiet may change)"
         )
     saved = rundir.read_config(out_dir)
     device = flags.get("device")
     cfg = resolve_config(cli={"device": device} if device is not None else {}, file=saved,
                          legacy=True)
     for role in ("source", "target"):
-        if role not in sets_given and flags.get(role) not in (None, cfg[role]):
+        if role not in sets_given and flags.get(role) is not None \
+                and not _same_spec(flags[role], cfg[role]):
             raise GalmergeError(f"--resume: the run's {role} is {cfg[role]}, not "
                                 f"{flags[role]}; drop --{role} (a resumed run keeps its data)")
+    init = flags.get("init_from")
+    if init is not None and not (cfg["init_from"] and _same_checkpoint(init, cfg["init_from"])):
+        started = (f"started from {cfg['init_from']}" if cfg["init_from"]
+                   else "started without --init-from")
+        raise GalmergeError(
+            f"--resume {out_dir}: the run {started}, not --init-from {init}; drop --init-from "
+            "(a resumed run continues from its last.pt; to start from another checkpoint, "
+            "train a new run with --run-dir NEW)")
     try:
         state = read_checkpoint(out_dir / rundir.LAST)
     except GalmergeError as exc:  # its advice (another run directory, best.pt) is for --model
@@ -304,6 +316,35 @@ def _resume_config(
                 f"{diff[0]} back, or start a new run (--config {out_dir / rundir.CONFIG} "
                 "--run-dir NEW)")
     return cfg, out_dir, state
+
+
+def _same_spec(given: str, recorded: str) -> bool:
+    """Whether a survey spec names the data the run recorded: the same text, or the same
+    survey and options with a path argument naming the same existing file (``hdf5:data/x.h5``
+    and ``hdf5:/abs/data/x.h5`` from here)."""
+    if given == recorded:
+        return True
+    from galmerge.data.datasets import parse_survey_spec
+
+    try:
+        (name, arg, options), (name2, arg2, options2) = (parse_survey_spec(given),
+                                                         parse_survey_spec(recorded))
+    except GalmergeError:
+        return False
+    if name != name2 or options != options2 or arg is None or arg2 is None:
+        return arg == arg2 and name == name2 and options == options2
+    a, b = Path(arg).expanduser(), Path(arg2).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def _same_checkpoint(given: str, recorded: str) -> bool:
+    """Whether ``--init-from`` names the checkpoint the run recorded as its start: the same
+    file, however spelt (relative or absolute; a run directory means its best.pt)."""
+    def path(text: str) -> Path:
+        p = Path(text).expanduser()
+        return (p / rundir.BEST if p.is_dir() else p).resolve()
+
+    return given == recorded or path(given) == path(recorded)
 
 
 def _note_legacy(config: Path, cli_layer: Mapping[str, Any], cfg: Mapping[str, Any],

@@ -8,7 +8,8 @@ Retries, backoff and ``Retry-After`` follow `galmerge.io.http`, like every other
 client in galmerge; a try that got further into the file does not use up the retries.
 
 Environment: ``GALMERGE_ZENODO_URL`` (default https://zenodo.org) and ``GALMERGE_MAST_URL``
-(default https://archive.stsci.edu) set the servers, so tests can use a loopback server.
+(default https://archive.stsci.edu) set the servers, so tests can use a loopback server; a
+user name and password in them are used, and shown as ``***`` in every message.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from galmerge.io import atomic
 from galmerge.io.http import (
     FetchError,
     GuardedSession,
+    HeadersDeadline,
     RateGuard,
     RedirectPolicy,
     RetryingClient,
@@ -39,6 +41,7 @@ from galmerge.io.http import (
     http_status_error,
     read_body,
 )
+from galmerge.io.provenance import hide_userinfo
 from galmerge.surveys.deepmerge import data as deepmerge_data
 
 ZENODO_ENV = "GALMERGE_ZENODO_URL"
@@ -185,13 +188,15 @@ class Downloader:
 
         def once() -> Any:
             started = time.monotonic()
-            with self.session.get(url, timeout=self.timeout, stream=True) as resp:
+            resp = self._send(url, timeout=self.timeout, stream=True)
+            with resp:
                 if resp.status_code != 200:
                     err = http_status_error(resp)
                     if err.retryable:
                         raise err
                     raise GalmergeError(
-                        f"{what}: HTTP {resp.status_code} from {url}; check the record id or {env}"
+                        f"{what}: HTTP {resp.status_code} from {hide_userinfo(url)}; check the record id "
+                        f"or {env}"
                     )
                 # whole within the transfer deadline, and of a sane size
                 body = read_body(resp, self.client.policy.transfer_deadline, started,
@@ -199,19 +204,31 @@ class Downloader:
             try:
                 return json.loads(body)
             except ValueError:
-                raise GalmergeError(f"{what}: {url} did not return JSON; check {env}") from None
+                raise GalmergeError(f"{what}: {hide_userinfo(url)} did not return JSON; check "
+                                    f"{env}") from None
 
         try:
             return self.client.call(once, what, on_retry=self._announce(what))
         except FetchError as err:
             raise GalmergeError(
-                f"{what}: cannot reach {url} ({_reason(err)}); check the network or set {env}"
+                f"{what}: cannot reach {hide_userinfo(url)} ({_reason(err)}); check the network "
+                f"or set {env}"
             ) from None
+
+    def _send(self, url: str, method: str = "GET", **kwargs: Any) -> requests.Response:
+        """One request whose answer's headers must come within the transfer deadline
+        (`HeadersDeadline`): a server dripping them cannot hold the fetch; a retryable
+        `FetchError` when it cut the request off."""
+        with HeadersDeadline(self.client.policy.transfer_deadline) as waited:
+            resp = self.session.request(method, url, **kwargs)
+            if waited.cut:
+                resp.close()
+        return resp
 
     def head_size(self, url: str) -> int | None:
         try:
-            resp = self.session.head(url, timeout=self.timeout, allow_redirects=True)
-        except (requests.ConnectionError, requests.Timeout):
+            resp = self._send(url, "HEAD", timeout=self.timeout, allow_redirects=True)
+        except (requests.ConnectionError, requests.Timeout, FetchError):
             return None
         length = resp.headers.get("Content-Length")
         return int(length) if resp.ok and length and length.isdigit() else None
@@ -309,7 +326,8 @@ class Downloader:
         if offset and validator.is_file():
             # the rest only if the file is still the one the part began with, else all of it
             headers["If-Range"] = validator.read_text().strip()
-        with self.session.get(remote.url, headers=headers, stream=True, timeout=self.timeout) as r:
+        r = self._send(remote.url, headers=headers, stream=True, timeout=self.timeout)
+        with r:
             if r.status_code == 416:
                 match = _RANGE_TOTAL.search(r.headers.get("Content-Range", ""))
                 if match and int(match.group(1)) == offset:
@@ -322,8 +340,9 @@ class Downloader:
                 if err.retryable:
                     raise err
                 raise GalmergeError(
-                    f"{remote.name}: HTTP {r.status_code} from {remote.url}; the file may have "
-                    "moved, check the server URL variables (GALMERGE_ZENODO_URL/GALMERGE_MAST_URL)"
+                    f"{remote.name}: HTTP {r.status_code} from {hide_userinfo(remote.url)}; the "
+                    "file may have moved, check the server URL variables "
+                    "(GALMERGE_ZENODO_URL/GALMERGE_MAST_URL)"
                 )
             mode = "ab"
             if r.status_code == 206:
@@ -507,7 +526,8 @@ def zenodo_files(
         entries = entries.get("entries") or {}
         entries = list(entries.values()) if isinstance(entries, dict) else None
     if not isinstance(entries, list):
-        raise GalmergeError(f"Zenodo record {record}: {url} lists no files; check {ZENODO_ENV}")
+        raise GalmergeError(f"Zenodo record {record}: {hide_userinfo(url)} lists no files; "
+                            f"check {ZENODO_ENV}")
     by_name: dict[str, RemoteFile] = {}
     for entry in entries:
         remote = _zenodo_entry(entry, base, record, url)
@@ -529,7 +549,8 @@ def _zenodo_entry(entry: Any, base: str, record: str, url: str) -> RemoteFile | 
     GalmergeError for one that is not the documented shape."""
 
     def bad(what: str) -> GalmergeError:
-        return GalmergeError(f"Zenodo record {record}: {url} lists a file with {what}; the "
+        return GalmergeError(f"Zenodo record {record}: {hide_userinfo(url)} lists a file with "
+                             f"{what}; the "
                              f"record's format changed or {ZENODO_ENV} is not Zenodo")
 
     if not isinstance(entry, dict):

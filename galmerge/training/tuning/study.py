@@ -70,7 +70,31 @@ def _settings(config: Mapping[str, Any], score: str, space: Mapping[str, Any],
     }
     if guard is not None:  # (absent without a guard: studies from before stop 25 still resume)
         settings["guard"] = dict(guard)
+    start = _init_identity(config)
+    if start is not None:  # (absent without init_from: such studies resume as before)
+        settings["init"] = start
     return settings
+
+
+def _init_identity(config: Mapping[str, Any]) -> dict[str, str] | None:
+    """The checkpoint every trial starts from (``init_from``): its path, resolved, and its
+    SHA-256; None without one, or where it cannot be read (the first trial says why)."""
+    init = str(config.get("init_from") or "")
+    if not init:
+        return None
+    from galmerge.io.provenance import sha256_file
+    from galmerge.models.model import resolve_checkpoint
+
+    try:
+        path = resolve_checkpoint(init)
+        return {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    except (GalmergeError, OSError):
+        return None
+
+
+def _without_init_from(settings: Mapping[str, Any]) -> dict[str, Any]:
+    base = {k: v for k, v in dict(settings.get("base") or {}).items() if k != "init_from"}
+    return {**{k: v for k, v in settings.items() if k != "init"}, "base": base}
 
 
 def _check_same_study(study: Any, settings: Mapping[str, Any], study_dir: Path) -> None:
@@ -78,6 +102,20 @@ def _check_same_study(study: Any, settings: Mapping[str, Any], study_dir: Path) 
     if saved is None:
         study.set_user_attr("settings", dict(settings))
         return
+    then, now = saved.get("init"), settings.get("init")
+    if isinstance(then, dict) and now is not None:
+        # the start is its content: init_from may be spelt otherwise (relative or absolute, a
+        # run directory or its best.pt; another machine's path to the same file)
+        if then.get("sha256") != now["sha256"]:
+            given = settings["base"].get("init_from")
+            raise GalmergeError(
+                f"{study_dir} holds a study whose trials start from {then.get('path')} (SHA-256 "
+                f"{str(then.get('sha256'))[:12]}...), but init_from {given} is another "
+                f"checkpoint ({now['sha256'][:12]}..., changed or replaced); give init_from the "
+                "study's checkpoint as it was to resume, or use another --study-dir")
+        saved, settings = _without_init_from(saved), _without_init_from(settings)
+    elif now is not None:  # a study from before the record (or its start unreadable then)
+        settings = {k: v for k, v in settings.items() if k != "init"}
     diff = [k for k in settings if saved.get(k) != settings[k]]
     if diff:
         k, then, now = diff[0], saved.get(diff[0]), settings[diff[0]]
@@ -174,6 +212,8 @@ def tune(
         raise GalmergeError(f"unknown --sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise GalmergeError(f"--seed must be a whole number >= 0, got {seed!r}")
+    for role, spec in (("source", source), ("target", target)):  # before the study folder
+        rundir.refuse_credentials(spec, f"--{role}")
     source_guard.check_guard(max_source_drop, reference)
     if reference is not None and not Path(reference).is_dir():
         raise GalmergeError(f"--reference {reference}: no such run directory")
@@ -267,6 +307,10 @@ def tune(
                     for params in source_guard.ladder(start, dims):
                         study.enqueue_trial(params, user_attrs={"ladder": True})
         start_from = _stage_start(study_dir, base_layer, reference, storage, say)
+        if start_from is not None:
+            start_from = _one_stage(study, start_from, study_dir)
+            if reference is not None:
+                start_from()  # another --reference than the study's is refused before any trial
         objective = _objective(optuna, study_dir, base_layer, dims, score, guard, start_from)
         _optimize(optuna, study, objective, n_trials, timeout, say, quiet)
         return write_outputs(study_dir, study, score, quiet=quiet, guard=guard)
@@ -346,6 +390,34 @@ def _stage_start(
         return str(path.resolve() / rundir.BEST)
 
     return start
+
+
+STAGE_ATTR = "stage_sha256"  # the source stage's best.pt that separate-encoder trials start from
+
+
+def _one_stage(study: Any, start: Callable[[], str], study_dir: Path) -> Callable[[], str]:
+    """``start`` that records the SHA-256 of the source stage the study's trials start from the
+    first time it is resolved, and refuses another one later (a resumed study given another
+    ``--reference``, or the first run's own reference replaced): its trials would have started
+    from other weights unnoticed. Studies from before the record adopt the first one seen."""
+
+    @functools.cache
+    def checked() -> str:
+        from galmerge.io.provenance import sha256_file
+
+        path = start()
+        digest = sha256_file(Path(path))
+        then = study.user_attrs.get(STAGE_ATTR)
+        if then is None:
+            study.set_user_attr(STAGE_ATTR, digest)
+        elif then != digest:
+            raise GalmergeError(
+                f"{study_dir} holds a study whose trials start from a source stage with SHA-256 "
+                f"{str(then)[:12]}..., but {path} is another ({digest[:12]}...); give the study's "
+                "--reference (or none, for its own) to resume, or use another --study-dir")
+        return path
+
+    return checked
 
 
 def _objective(

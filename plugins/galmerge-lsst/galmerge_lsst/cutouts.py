@@ -12,8 +12,9 @@ nanomaggies (1 nanomaggy = 3631 nJy), the unit of galmerge's SDSS and Legacy Sur
 unless ``units=nJy``.
 
 Every request goes through galmerge's ``RetryingClient`` (bounded concurrency, timeouts,
-backoff, 429/503 ``Retry-After``). The token (env ``GALMERGE_RSP_TOKEN``, else the RSP's own
-``ACCESS_TOKEN``) travels only as ``Authorization: Bearer`` to the configured service host; it is
+backoff, 429/503 ``Retry-After``); the transfer deadline (option ``deadline``) runs from sending
+a request to its body's last byte, the wait for its headers included (``HeadersDeadline``).
+The token (env ``GALMERGE_RSP_TOKEN``, else the RSP's own ``ACCESS_TOKEN``) travels only as ``Authorization: Bearer`` to the configured service host; it is
 never logged, never part of an error, repr or option. A refused token (HTTP 401/403) stops the
 run with one line, since every later row would fail the same way.
 
@@ -53,6 +54,7 @@ from galmerge import (
     FetchError,
     GalmergeError,
     GuardedSession,
+    HeadersDeadline,
     PreprocessSpec,
     RedirectPolicy,
     RetryingClient,
@@ -63,6 +65,7 @@ from galmerge import (
     http_status_error,
     read_body,
     shown_host,
+    shown_url,
 )
 
 DEFAULT_URL = "https://data.lsst.cloud/api"
@@ -227,7 +230,7 @@ class LsstCutouts(ClientStatus):
         self.base = str(base).rstrip("/")
         parts = urlsplit(self.base)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"url '{self.base}' is not an http(s) URL")
+            raise ValueError(f"url '{shown_url(self.base)}' is not an http(s) URL")
         self._origin = (parts.scheme, parts.netloc)
         hosts = str(options.get("redirect_hosts", DEFAULT_REDIRECT_HOSTS) or "")
         self.redirects = RedirectPolicy(
@@ -258,8 +261,9 @@ class LsstCutouts(ClientStatus):
             f"{scale:.4f}arcsec:{self.units}{edge}:v2"
         )
 
-    def __repr__(self) -> str:  # no token here, ever
-        return f"LsstCutouts({self.base!r}, bands={''.join(self.bands)}, {self.size}px)"
+    def __repr__(self) -> str:  # no token here, ever, nor the URL's user info
+        return (f"LsstCutouts({shown_url(self.base)!r}, bands={''.join(self.bands)}, "
+                f"{self.size}px)")
 
     # -- sessions: one per thread, since requests.Session is not documented thread-safe --------
     def _session(self) -> _RspSession:
@@ -308,7 +312,13 @@ class LsstCutouts(ClientStatus):
         session = self._session()
         started = time.monotonic()
         args = {"data": dict(params)} if method == "POST" else {"params": dict(params)}
-        with session.request(method, url, stream=True, **args) as response:
+        # one deadline from sending to the last body byte: HeadersDeadline until the headers
+        # came (a server dripping them), then read_body's, counted from the same start
+        with HeadersDeadline(self.policy.transfer_deadline) as waited:
+            response = session.request(method, url, stream=True, **args)
+            if waited.cut:
+                response.close()
+        with response:
             if response.status_code in (401, 403):
                 raise auth_error(response.status_code, self._token_env, response.url)
             if response.status_code != 200:
@@ -430,7 +440,11 @@ class LsstCutouts(ClientStatus):
             # submit() and our own status check instead of execute_stream(): the response's
             # Retry-After (429/503) and a short body must reach the retry policy.
             started = time.monotonic()
-            with soda.submit() as response:
+            with HeadersDeadline(self.policy.transfer_deadline) as waited:
+                response = soda.submit()  # through this thread's _RspSession
+                if waited.cut:
+                    response.close()
+            with response:
                 if response.status_code in (401, 403):
                     raise auth_error(response.status_code, self._token_env, response.url)
                 if response.status_code != 200:

@@ -14,7 +14,8 @@ redirect to a signed-URL-like address under ``{results_to.url}/results/`` (no to
 there, like an object store).
 
 Faults: ``server.add_fault(match, kind, times=1, retry_after="1")`` with kind one of
-``500 503 429 truncate drop drip nodata queryerror`` (drip: 64 bytes every 0.05 s), matched against the path plus the query text (the ADQL
+``500 503 429 truncate drop drip headerdrip nodata queryerror`` (drip: 64 bytes every 0.05 s;
+headerdrip: the status line, then one endless header line a byte every 0.1 s), matched against the path plus the query text (the ADQL
 for TAP; ``a|b`` needs both a and b); ``server.count(part)`` counts requests whose path contains ``part``.
 """
 
@@ -317,6 +318,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(401, b"Unauthorized", "text/plain",
                               {"WWW-Authenticate": 'Bearer realm="rsp"'})
         fault = fake.take_fault(path + "?" + " ".join(f"{k}={v}" for k, v in q.items()))
+        if fault and fault.kind == "headerdrip":  # each byte in time, the headers never end
+            self.close_connection = True
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(300):  # 30 s, then it gives up itself
+                    self.wfile.write(b"X")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the client gave up and closed the connection
+                pass
+            return None
         if fault and fault.kind in ("500", "503"):
             return self._send(int(fault.kind), b"error", "text/plain",
                               {"Retry-After": fault.retry_after} if fault.kind == "503" else None)

@@ -533,6 +533,32 @@ def test_a_tap_or_datalink_answer_dripping_in_is_given_up_at_the_deadline(survey
     assert time.monotonic() - t0 < 10
 
 
+@pytest.mark.parametrize("where", ["tap/sync", "datalink|coadd-5063-14-g",
+                                   "cutout/sync|coadd-5063-14-g"])
+def test_headers_dripping_in_are_given_up_at_the_deadline(survey, rsp, options, where):
+    """A server dripping its headers (each byte within the read timeout) is cut off at the
+    transfer deadline, which runs from sending the request, for TAP, DataLink and SODA."""
+    rsp.add_fault(where, "headerdrip", times=-1)
+    t0 = time.monotonic()
+    with survey.cutouts(PRE, {**options, "attempts": 1, "timeout": 2.0, "deadline": 0.5,
+                              "workers": 1}) as svc:
+        results = _fetch(svc, [_req(rsp, 0)])
+    assert results[0].status == "fetch-failed: timeout (headers not complete after 0.5 s)"
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_password_in_the_url_option_is_in_no_message_and_no_repr(survey, rsp, options):
+    # the url option may carry a proxy's or mirror's user info: what the plugin shows (its
+    # repr, a refusal of the option) does not
+    with survey.cutouts(PRE, {**options, "url": rsp.url.replace("://", "://al:s3cretPW@")}) \
+            as svc:
+        assert "s3cretPW" not in repr(svc) and "al:" not in repr(svc)
+        assert rsp.url.split("://")[1] in repr(svc)
+    with pytest.raises(GalmergeError) as refused:
+        survey.cutouts(PRE, {**options, "url": "ftp://al:s3cretPW@127.0.0.1/api"})
+    assert "s3cretPW" not in str(refused.value) and "not an http(s) URL" in str(refused.value)
+
+
 def _obscore_votable(cols: list[str], row: list[str]) -> bytes:
     fields = "".join(f'<FIELD name="{c}" datatype="char" arraysize="*"/>' for c in cols)
     cells = "".join(f"<TD>{v}</TD>" for v in row)
