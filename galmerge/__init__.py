@@ -154,6 +154,11 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
+
+# The three jobs' signatures are written out again here, not forwarded by functools.wraps:
+# `import galmerge` must not import torch (the jobs' modules do), and the API pages read the
+# signature from this source (mkdocstrings, statically). tests/test_public_api.py checks that
+# each matches its job's, parameter by parameter.
 def train(
     source: str | ImageSet | None = None,
     target: str | ImageSet | None = None,

@@ -600,6 +600,41 @@ def test_hdf5_image_file_input(env):
     assert not log.exists()  # nothing fetched
 
 
+def test_a_full_disk_while_writing_results_is_one_line_naming_the_output(env):
+    """pyarrow's error on a full disk (or at the file-size limit) names no file, so the CLI
+    showed a traceback instead of its one-line error. Here a file-size limit of 1 KB makes the
+    first result segment fail as a full disk does; the earlier output is kept."""
+    import resource
+
+    import torch
+
+    from galmerge.io.hdf5 import write_imageset
+    from galmerge.plugin.imageset import ImageSet
+
+    tmp, ckpt, log = env
+    n = 40
+    imgs = np.stack([stamp_for(float(i), float(i)) for i in range(n)])
+    write_imageset(tmp / "stamps.h5", ImageSet(
+        images=torch.from_numpy(imgs), labels=torch.full((n,), -1),
+        ids=np.array([f"obj{i}" for i in range(n)]), bands=("g", "r", "i"), survey="test",
+        ra=np.arange(float(n)), dec=np.arange(float(n))))
+    (tmp / "out.csv").write_text("id,p_merger,is_merger,status\n")  # an earlier output
+    earlier = (tmp / "out.csv").read_bytes()
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    done = subprocess.run([sys.executable, str(_script(tmp)), "classify", str(tmp / "stamps.h5"),
+                           "--model", str(ckpt), "--quiet", "--chunk-rows", "2", "--output",
+                           str(tmp / "out.csv")], env=_sub_env(log), preexec_fn=limit,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines[-20:]
+    assert str(tmp / "out.csv") in lines[0] and "no space" in lines[0], lines
+    assert (tmp / "out.csv").read_bytes() == earlier
+
+
 def test_an_image_file_with_non_finite_pixels_gives_those_stamps_a_row_status(env):
     """One NaN pixel in an HDF5 image file refused the whole file (the training-time NaN/inf
     scan), so no row was classified; now each such stamp is its own row, bad-image, and the
@@ -1184,6 +1219,133 @@ def test_damaged_short_segment_followed_by_others_is_redone_in_order(env, monkey
     assert (tmp / "out.csv").read_bytes() == (tmp / "ref.csv").read_bytes()
 
 
+def _stop_at(monkeypatch, name: str, when) -> None:
+    """Ctrl-C (KeyboardInterrupt) inside pathlib.Path.``name`` when ``when(path)``, after the
+    real call (``name`` unlink) or instead of it (rmdir)."""
+    real = getattr(Path, name)
+
+    def stop(self, *a, **k):
+        if not when(self):
+            return real(self, *a, **k)
+        if name == "unlink":
+            real(self, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, name, stop)
+
+
+@pytest.mark.parametrize("moment", ["after-first-segment", "before-rmdir"])
+def test_a_kill_while_the_merge_removes_the_journal_never_shortens_the_output(
+        env, monkeypatch, moment):
+    """Ctrl-C while a finished run removed its result segments (out.csv already complete): the
+    .done marker, removed last, outlived them, and the same command then replaced out.csv by
+    an empty file with exit 0 (or failed, asking to delete the segments, after which it did).
+    The rerun now writes every row once."""
+    tmp, ckpt, log = env
+    rows = _catalog(tmp / "cat.csv", 40)
+    args = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--cache", str(tmp / "c.h5"), "--output", str(tmp / "out.csv"),
+            "--chunk-rows", "2"]
+    if moment == "after-first-segment":
+        _stop_at(monkeypatch, "unlink", lambda p: p.name.startswith("seg-"))
+    else:
+        _stop_at(monkeypatch, "rmdir", lambda p: p.parent.name == "out.csv.parts")
+    assert run_cli(*args).exit_code != 0
+    monkeypatch.undo()
+    complete = (tmp / "out.csv").read_bytes()
+    assert len(read_csv(tmp / "out.csv")[1]) == 40  # published before the removal
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    assert (tmp / "out.csv").read_bytes() == complete
+    _, out = read_csv(tmp / "out.csv")
+    assert [r[:3] for r in out] == rows
+    assert not (tmp / "out.csv.parts").exists()
+
+
+def test_a_kill_while_a_finished_share_retries_its_failed_fetches_never_shortens_the_output(
+        env, monkeypatch):
+    """Ctrl-C while a rerun took a fetch-failed chunk out of a finished share (its segment held
+    aside, its other chunks being rewritten): the .done marker, removed only at the end, made
+    the next run merge the share without the held segment's chunks, a 32-row output of 40
+    with exit 0. The next run now redoes them: the output is an uninterrupted run's."""
+    from galmerge.classification import pipeline
+
+    tmp, ckpt, log = env
+    rows = _catalog(tmp / "cat.csv", 40)
+    rows[36][0] = "flaky-36"  # chunk 18, in the last segment (chunks 16-19)
+    with open(tmp / "cat.csv", "w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows([["objid", "ra", "dec"], *rows])
+    base = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--chunk-rows", "2"]
+    assert run_cli(*base, "--cache", str(tmp / "ref.h5"), "--output", str(tmp / "ref.csv")
+                   ).exit_code == 0
+    args = [*base, "--cache", str(tmp / "c.h5"), "--output", str(tmp / "out.csv")]
+    # run 1: row 36 fails to fetch; stopped once its share is complete, before the merge
+    monkeypatch.setenv("GALMERGE_TEST_FLAKY", "1")
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "merge_parts", stop)
+    assert run_cli(*args).exit_code != 0
+    assert len(list((tmp / "out.csv.parts").glob("*.done"))) == 1
+    monkeypatch.undo()
+    monkeypatch.delenv("GALMERGE_TEST_FLAKY", raising=False)
+    # run 2: the service is healthy; stopped when the first kept chunks of the held-aside
+    # segment are committed again
+    from galmerge.classification.outputs import ResultJournal
+
+    real_commit = ResultJournal.commit
+
+    def commit(self):
+        if self._pending and any(self.folder.glob(".*.retry.tmp")):
+            raise KeyboardInterrupt
+        return real_commit(self)
+
+    monkeypatch.setattr(ResultJournal, "commit", commit)
+    assert run_cli(*args).exit_code != 0
+    monkeypatch.undo()
+    res = run_cli(*args)  # run 3: the same command
+    assert res.exit_code == 0, res.output
+    _, out = read_csv(tmp / "out.csv")
+    assert [r[:3] for r in out] == rows
+    assert (tmp / "out.csv").read_bytes() == (tmp / "ref.csv").read_bytes()
+
+
+def test_rank0_refuses_to_merge_a_share_that_lost_chunks_after_its_marker(env, monkeypatch):
+    """A rank's share whose segments hold fewer chunks than its .done marker counts (damaged
+    or removed from outside after it finished): rank 0 merged up to the first missing chunk
+    and published a shorter output with exit 0. It now refuses in one line naming the parts
+    folder; the same command, run again by every rank, redoes the missing chunks."""
+    tmp, ckpt, log = env
+    rows = _catalog(tmp / "cat.csv", 36)
+    args = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--cache", str(tmp / "c-{rank}.h5"), "--output", str(tmp / "out.csv"),
+            "--chunk-rows", "2"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_cli(*args).exit_code == 0  # rank 1's share: chunks 1, 3, ..., 17
+    segments = sorted((tmp / "out.csv.parts").glob("rank00001-*/seg-*.arrow"))
+    assert len(segments) == 2  # chunks 1-15, then 17: the catalog's last
+    segments[-1].unlink()
+    monkeypatch.setenv("RANK", "0")
+    res = run_cli(*args)
+    assert res.exit_code != 0
+    error = res.output.strip().splitlines()
+    assert len(error) == 1 and "rank 1's result segments in" in error[0], res.output
+    assert f"{tmp / 'out.csv.parts'}" in error[0] and "run the same command again" in error[0]
+    assert not (tmp / "out.csv").exists()
+    monkeypatch.setenv("RANK", "1")
+    n = len(fetch_lines(log))
+    assert run_cli(*args).exit_code == 0
+    assert len(fetch_lines(log)) == n  # (its stamps are cached: the 2 chunks are redone)
+    monkeypatch.setenv("RANK", "0")
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    _, out = read_csv(tmp / "out.csv")
+    assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
+
+
 # -- sharded runs: rank 0 gives up on a dead or hung rank, loses nothing, and a re-run finishes --
 
 def _rank_env(log: Path, rank: int, **extra: str) -> dict[str, str]:
@@ -1268,6 +1430,40 @@ def test_rank0_gives_up_on_a_live_but_unfinished_rank_after_shard_timeout(env, m
     assert not (tmp / "out.csv").exists()
     bad = run_cli(*args, "--shard-timeout", "0")
     assert bad.exit_code != 0 and "--shard-timeout must be a number of seconds" in bad.output
+
+
+def test_a_launch_of_another_process_count_on_a_busy_output_is_refused(env, monkeypatch):
+    """A single process held `.out.csv.lock`, rank 0 of a torchrun launch
+    `.out.csv.rank00000.lock`: rank 0 of a 2-process launch on the output a single process was
+    writing was not refused, and removed that run's result journal as stale under it. Rank 0
+    of any launch now takes the single process's lock and is refused in one line."""
+    tmp, ckpt, log = env
+    rows = _catalog(tmp / "cat.csv", 20)
+    args = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--output", str(tmp / "out.csv"), "--chunk-rows", "2"]
+    gate = tmp / "go"
+    env_ = {**_sub_env(log), "GALMERGE_TEST_FETCH_GATE": str(gate)}
+    single = subprocess.Popen([sys.executable, str(_script(tmp)), *args, "--cache",
+                               str(tmp / "a.h5")], env=env_, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_fetches(single, log, 3)  # held at its 4th fetch, its journal folder open
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("GALMERGE_SHARD_HEARTBEAT_TIMEOUT", "1")  # (no rank 1 here)
+        monkeypatch.setenv("GALMERGE_TEST_FETCH_LOG", str(tmp / "b.log"))
+        res = run_cli(*args, "--cache", str(tmp / "b.h5"))
+        assert res.exit_code != 0
+        error = res.output.strip().splitlines()
+        assert len(error) == 1 and "another galmerge classify is writing" in error[0], error
+        assert not (tmp / "b.log").exists()  # refused before any work
+        assert [p.name for p in (tmp / "out.csv.parts").iterdir() if p.is_dir()] == [
+            p.name for p in (tmp / "out.csv.parts").glob("rank00000-of-00001-*")]
+    finally:
+        gate.touch()
+        _, err = single.communicate(timeout=120)
+    assert single.returncode == 0, err[-2000:]
+    _, out = read_csv(tmp / "out.csv")
+    assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
 
 
 def test_an_offline_run_says_what_was_asked_of_which_service_and_what_to_check(env):

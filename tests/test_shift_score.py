@@ -406,6 +406,46 @@ def test_calibrating_a_run_keeps_its_shift_scores_and_summary_hash(run, tmp_path
     assert "shift_score" in _csv(tmp_path / "o.csv")[0]
 
 
+@pytest.mark.parametrize("killed_at", ["shift_stats.npz", "summary.json"])
+def test_calibrating_again_repairs_a_run_killed_between_its_writes(run, tmp_path, monkeypatch,
+                                                                   killed_at):
+    """evaluate --calibrate writes best.pt, then shift_stats.npz, then summary.json. Killed
+    before either of the last two, the run stayed inconsistent for good: the same command fitted
+    the same temperature and returned early, so classify dropped the shift score ("fitted for
+    another checkpoint") or refused the run ("shift_stats.npz is damaged"). It is repaired now."""
+    from galmerge.config import rundir
+    from galmerge.models.model import read_checkpoint
+
+    cal = tmp_path / "cal"
+    shutil.copytree(run["run"], cal)
+    args = ["evaluate", str(cal), "--calibrate", "--device", "cpu", "--bootstrap", "10",
+            "--embedding-points", "20", "--quiet"]
+    real_save, real_write_json = shift_score.save, rundir.write_json
+
+    def stop_at(path, *a, **k):  # Ctrl-C just before this file is written
+        if Path(path).name == killed_at:
+            raise KeyboardInterrupt
+        return (real_save if Path(path).name == shift_score.STATS_FILE
+                else real_write_json)(path, *a, **k)
+
+    monkeypatch.setattr(shift_score, "save", stop_at)
+    monkeypatch.setattr(rundir, "write_json", stop_at)
+    assert CliRunner().invoke(cli, args).exit_code != 0
+    monkeypatch.undo()
+    best = read_checkpoint(cal / "best.pt")
+    assert best["temperature"] != 1.0  # best.pt was calibrated, the rest not
+    res = CliRunner().invoke(cli, args)  # the same command
+    assert res.exit_code == 0, res.output
+    assert read_checkpoint(cal / "best.pt")["sha256"] == best["sha256"]  # the same temperature
+    summary = json.loads((cal / "summary.json").read_text())
+    data = (cal / shift_score.STATS_FILE).read_bytes()
+    assert summary["best_sha256"] == best["sha256"]
+    assert summary[shift_score.SUMMARY_KEY] == hashlib.sha256(data).hexdigest()
+    code, text = _classify(cal, run["target"], tmp_path / "o.csv")
+    assert code == 0 and "fitted for another checkpoint" not in text, text
+    assert "shift_score" in _csv(tmp_path / "o.csv")[0]
+
+
 def test_a_run_directory_means_best_pt_and_its_last_pt_must_be_asked_for(run, tmp_path):
     """A run directory without best.pt was classified with its last.pt without a word, and
     the only message then said the shift statistics were for 'another checkpoint'."""

@@ -84,6 +84,50 @@ def test_resume_after_sigkill_matches_uninterrupted_run(toys, tmp_path):
     assert resumed["epochs_run"] == 4
 
 
+def test_a_second_train_on_a_live_runs_directory_is_refused(toys, tmp_path):
+    """A run in its first epoch holds only config.toml, env.json and event files, which a
+    second `train --run-dir` took for a start that died: it deleted them and trained into the
+    same folder, both exiting 0. The training process now holds the folder's lock: a second
+    train, or a `--resume` once the run has a last.pt, is refused in one line, and the first
+    run finishes as it would alone."""
+    from galmerge.errors import GalmergeError
+
+    run, hold = tmp_path / "run", tmp_path / "hold"
+    hold.mkdir()
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(run), "2", "--hold", str(hold)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        for epoch in (1, 2):
+            deadline = time.monotonic() + 120
+            while not (hold / f"at-{epoch}").exists():  # the first run is in this epoch
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            before = {p.name: p.read_bytes() for p in run.iterdir()}
+            assert (run / "last.pt").exists() == (epoch == 2)
+            with pytest.raises(GalmergeError) as refused:
+                if epoch == 1:  # another run into the same folder: it took the folder over
+                    _reference(tmp_path, "run", epochs=2, lr=0.01)
+                else:
+                    galmerge.train(resume=run, quiet=True)
+            text = str(refused.value)
+            assert len(text.splitlines()) == 1 and "another galmerge train is writing" in text
+            assert str(run) in text
+            assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # untouched
+            (hold / f"go-{epoch}").touch()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        for epoch in (1, 2):
+            (hold / f"go-{epoch}").touch()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, out
+    assert "seed = 3" in (run / "config.toml").read_text()  # the first run's, throughout
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name(
     "torchrun").exists(), reason="torchrun not installed")

@@ -146,7 +146,7 @@ def toy_sets(
 
 if __name__ == "__main__":  # pragma: no cover - used by subprocess tests
     # usage: python train_toys.py RUN_DIR EPOCHS [--resume] [--checkpoint-every N] [--nodrop]
-    #        [--slow] [--record-rng FOLDER] [--exit-after-save N]
+    #        [--slow] [--record-rng FOLDER] [--exit-after-save N] [--hold FOLDER]
     import galmerge
 
     register()
@@ -209,5 +209,21 @@ if __name__ == "__main__":  # pragma: no cover - used by subprocess tests
                 os._exit(3)
 
         Trainer.save_last = save_then_exit
+    if "--hold" in extra:  # epoch n starts once FOLDER/go-n exists (FOLDER/at-n: waiting)
+        import time
+        from pathlib import Path
+
+        from galmerge.training.trainer import Trainer
+
+        hold, run_epoch, epoch = Path(extra[extra.index("--hold") + 1]), Trainer.run_epoch, [0]
+
+        def held(self, progress):
+            epoch[0] += 1
+            (hold / f"at-{epoch[0]}").touch()
+            while not (hold / f"go-{epoch[0]}").exists():
+                time.sleep(0.02)
+            return run_epoch(self, progress)
+
+        Trainer.run_epoch = held
     summary = galmerge.train(source=source, target=target, **kwargs)
     print("SUMMARY", summary["metrics"]["source_test"]["accuracy"])

@@ -18,6 +18,7 @@ import csv
 import glob
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -575,7 +576,9 @@ class ResultJournal:
     chunks those segments hold (``done``), so neither fetching nor inference is repeated
     (except for the chunks holding a `fetch-failed` row: with ``reopen_failed``, see
     `_reopen_failed`).
-    ``finish()`` writes a ``.done`` marker next to the folder: the rank's share is complete.
+    ``finish()`` writes a ``.done`` marker next to the folder: the rank's share is complete. The
+    marker records how many chunks the share holds and the catalog has; one that disagrees with
+    the segments (a kill while they were removed or rewritten) is not trusted (`finished`).
     Segments are checksummed Arrow IPC files (`galmerge.classification.segments`), never pickles; the folder
     and the parts folder above it must be the user's own and not writable by others.
     """
@@ -623,7 +626,22 @@ class ResultJournal:
 
     @property
     def finished(self) -> bool:
-        return self.marker.exists()
+        """Whether the marker says the share is complete and the segments hold all its chunks
+        (a marker without counts, from an older galmerge, is not trusted: the share is redone
+        from the segments, which costs reading the catalog again)."""
+        return self.marker_counts() is not None
+
+    def marker_counts(self) -> tuple[int, int] | None:
+        """(the share's chunks, the catalog's chunks) as ``finish`` recorded them, when they
+        agree with the committed segments; else None."""
+        try:
+            text = self.marker.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        found = _MARKER.fullmatch(text.strip())
+        if found is None or int(found[1]) != len(self.done):
+            return None
+        return int(found[1]), int(found[2])
 
     def segments(self) -> list[Path]:
         from galmerge.classification.segments import SUFFIX
@@ -663,9 +681,11 @@ class ResultJournal:
         self.done.update(self._pending)
         self._pending = []
 
-    def finish(self) -> None:
+    def finish(self, catalog_chunks: int) -> None:
+        """Commit, then mark the share complete: it holds ``len(done)`` of the catalog's
+        ``catalog_chunks`` chunks (written whole, so a rank merging never reads half of it)."""
         self.commit()
-        self.marker.write_text("done\n")
+        atomic.write_text(self.marker, f"done {len(self.done)} of {catalog_chunks} chunks\n")
 
     def _reopen_failed(self, seg: Path, blocks: list[tuple[int, ResultBlock]],
                        failed: set[int]) -> None:
@@ -677,6 +697,8 @@ class ResultJournal:
         The segment is moved to a temporary name first: a kill midway leaves no chunk twice (the
         temporary file is removed on the next open and its chunks not yet rewritten are redone).
         """
+        # first: a marker must never outlive a chunk it counts
+        self.marker.unlink(missing_ok=True)
         held = seg.with_name(f".{seg.name}.retry.tmp")
         os.replace(seg, held)
         for index, block in blocks:
@@ -694,11 +716,15 @@ class ResultJournal:
             yield from read_part(seg)
 
     def remove(self) -> None:
+        self.marker.unlink(missing_ok=True)  # first: a kill midway leaves an unfinished share
         for seg in self.segments():
             seg.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.folder.rmdir()
-        self.marker.unlink(missing_ok=True)
+
+
+#: a `ResultJournal` marker's text: its share's chunks and the catalog's
+_MARKER = re.compile(r"done (\d+) of (\d+) chunks")
 
 
 def _fetch_failed(block: ResultBlock) -> bool:

@@ -514,7 +514,8 @@ def classify(
         check_cache(rank_cache(cache, dist.rank), out_path, cat_path)
     check_output(out_path, cat_path)
     show = not quiet and dist.is_main
-    with output_lock(out_path, dist.rank, dist.world), _terminate_cleanly():
+    with _no_space_names(out_path), output_lock(out_path, dist.rank, dist.world), \
+            _terminate_cleanly():
         return _classify_locked(
             cat_path, model, out_path, dist, show, t0, survey=survey, cache=cache,
             ra_col=ra_col, dec_col=dec_col, id_col=id_col, batch_size=batch_size, device=device,
@@ -523,6 +524,25 @@ def classify(
             heartbeat_timeout=heartbeat_timeout, cache_keepbits=cache_keepbits, prior=prior,
             prior_from=prior_from, quiet=quiet, mc_dropout=int(mc_dropout or 0),
             prior_rule=prior_rule, member=_member)
+
+
+@contextlib.contextmanager
+def _no_space_names(out_path: Path) -> Iterator[None]:
+    """A full disk, a quota or the file-size limit met while writing the output or its result
+    segments is one line naming them: the error from pyarrow or a file's write() carries no
+    file name, which the CLI needs to say it in one line instead of a traceback."""
+    import errno
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise GalmergeError(
+            f"cannot write {out_path} or its result segments in {out_path.name}.parts: "
+            f"{os.strerror(exc.errno)} (disk full / no space left, a quota or the file-size "
+            "limit); free space and run the same command again: finished chunks are kept"
+        ) from None
 
 
 def _check_kinds(cat_path: Path, output: Any, cache: Any) -> None:
@@ -703,8 +723,12 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
             if show:
                 progress.console.print(f"rank {dist.rank}: its share was already complete")
         else:
-            done = 0
+            # a marker that disagrees with the segments (a kill while they were removed) must
+            # not tell rank 0 this share is complete while it is redone
+            journal.marker.unlink(missing_ok=True)
+            done = catalog_chunks = 0
             for index, chunk in enumerate(source.chunks(chunk_rows)):
+                catalog_chunks = index + 1
                 if index % dist.world != dist.rank:
                     continue
                 if index not in journal.done:  # else: finished before a kill, kept
@@ -716,7 +740,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                 progress.update(done, tally.failed)
             if heartbeat is not None:  # stopped first: rank 0 removes the file after merging
                 heartbeat.stop()
-            journal.finish()
+            journal.finish(catalog_chunks)
     finally:
         if heartbeat is not None:
             heartbeat.stop()

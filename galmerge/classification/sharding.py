@@ -41,15 +41,17 @@ HEARTBEAT_SECONDS = 10.0  # at most; a fifth of the heartbeat timeout when that 
 
 
 def output_lock_path(out_path: Path, rank: int, world: int) -> Path:
-    """The lock file `output_lock` holds for ``out_path`` (one per rank under torchrun)."""
-    suffix = f".rank{rank:05d}" if world > 1 else ""
+    """The lock file `output_lock` holds for ``out_path``: ``.NAME.lock`` for a single process
+    and for rank 0 of any launch (so launches of different process counts exclude each other:
+    rank 0 removes other counts' journals as stale), ``.NAME.rankNNNNN.lock`` for rank r ≥ 1."""
+    suffix = f".rank{rank:05d}" if world > 1 and rank > 0 else ""
     return out_path.with_name(f".{out_path.name}{suffix}.lock")
 
 
 @contextlib.contextmanager
 def output_lock(out_path: Path, rank: int, world: int) -> Iterator[None]:
-    """One run per output (per rank under torchrun): a second one is refused in one line
-    instead of both writing the same result segments."""
+    """One run per output (rank 0's lock is a single process's): a second one is refused in one
+    line instead of both writing the same result segments."""
     lock_path = output_lock_path(out_path, rank, world)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.exclusive_lock(
@@ -183,6 +185,26 @@ def wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, show
         time.sleep(PART_POLL_SECONDS)
 
 
+def _expected_chunks(journals: list[ResultJournal], parts_dir: Path) -> int:
+    """The catalog's chunk count, as every rank's marker states it (checked against the rank's
+    segments): what the merge must write, or a one-line error."""
+    again = ("run the same command again (every rank) to redo its missing chunks, or delete "
+             f"the folder {parts_dir} and run again")
+    totals = set()
+    for rank, journal in enumerate(journals):
+        counts = journal.marker_counts()
+        # (rank r's share: chunks r, r + W, r + 2W, ... of the catalog's)
+        if counts is None or counts[0] != len(range(rank, counts[1], len(journals))):
+            raise GalmergeError(f"rank {rank}'s result segments in {parts_dir} are incomplete "
+                                f"(they lack chunks its .done marker counts); {again}")
+        totals.add(counts[1])
+    if len(totals) != 1:
+        raise GalmergeError(f"the ranks' result segments in {parts_dir} disagree on the "
+                            f"catalog's length ({', '.join(map(str, sorted(totals)))} chunks); "
+                            f"{again}")
+    return totals.pop()
+
+
 def merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
                 show: bool, shard_timeout: float = DEFAULT_SHARD_TIMEOUT,
                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
@@ -197,6 +219,7 @@ def merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: 
     wait_for_ranks(markers, [beat_path(f) for f in folders], parts_dir, show, shard_timeout,
                     heartbeat_timeout)
     journals = [ResultJournal(f) for f in folders]
+    expected = _expected_chunks(journals, parts_dir)
     writer = open_writer(out_path, columns, arrow_types=arrow_types, provenance=provenance,
                          extra=extra or ())
     try:
@@ -209,12 +232,15 @@ def merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: 
             chunk_index, block = item
             if chunk_index != index:
                 raise GalmergeError(f"result segments in {parts_dir} are inconsistent (chunk "
-                                    f"{chunk_index} where {index} was expected); delete them")
+                                    f"{chunk_index} where {index} was expected); delete the "
+                                    f"folder {parts_dir} and run again")
             writer.write(block)
             index += 1
-        if any(next(r, None) is not None for r in readers):
-            raise GalmergeError(f"result segments in {parts_dir} are incomplete; delete the "
-                                "folder and run again")
+        if index != expected or any(next(r, None) is not None for r in readers):
+            # never a shorter output than the catalog (its earlier, complete one is kept)
+            raise GalmergeError(f"result segments in {parts_dir} are incomplete ({index} of "
+                                f"the catalog's {expected} chunks); delete the folder "
+                                f"{parts_dir} and run again")
         writer.commit()
     except BaseException:
         writer.abort()

@@ -7,12 +7,13 @@ import contextlib
 import csv
 import json
 import math
+import os
 import platform
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,8 @@ def _dead_start(run_dir: Path) -> list[Path] | None:
         name = path.name
         if name == SOURCE_STAGE and path.is_dir() and not path.is_symlink():
             continue  # the run's own source-only stage: kept, the run starts from it
+        if name == lock_path(path.parent / SOURCE_STAGE).name and path.is_file():
+            continue  # that stage's lock (`writing`, a resume of the stage alone): kept
         if not path.is_file() or path.is_symlink():
             return None
         if name in _STARTED_ONLY or name.startswith("events.out.tfevents.") or (
@@ -114,11 +117,44 @@ def check_name(run_dir: Path) -> None:
             break
 
 
+def lock_path(run_dir: Path) -> Path:
+    """The file `writing` locks for ``run_dir``: ``.NAME.train.lock`` beside it (not in it, so
+    a folder refused as not empty is left as it was)."""
+    path = Path(os.path.abspath(run_dir))
+    return path.with_name(f".{path.name}.train.lock")
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s exclusive lock for the block (a training process, rank 0 under DDP,
+    from the check of the folder to the end of training): a second ``train`` or ``train
+    --resume`` of the folder is refused in one line, and a start that died is known dead
+    before `prepare_new` takes it over. The OS releases the lock when its holder dies."""
+    lock = lock_path(run_dir)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.exclusive_lock(
+        lock,
+        f"another galmerge train is writing {run_dir} (it holds {lock}); wait for it to "
+        "finish, or choose another --run-dir",
+    ):
+        yield
+
+
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of a file, None when absent: whether it was replaced."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def prepare_new(run_dir: Path) -> Path:
     """Create a fresh run directory; refuse one that already holds a run (never overwrite).
 
     A folder left by a run killed before its first checkpoint (config.toml, env.json, event
-    files, nothing else) cannot be resumed, so it is taken over: its files are removed.
+    files, nothing else) cannot be resumed, so it is taken over: its files are removed. The
+    caller holds the folder's lock (`writing`), so that run is known to be dead.
     """
     for path in check_new(run_dir):
         path.unlink(missing_ok=True)

@@ -852,19 +852,27 @@ def _write_temperature(ckpt: Path, temperature: float) -> None:
     """Store the temperature in the checkpoint, and keep what names the checkpoint by its
     SHA-256 in step (the hash covers the temperature; the weights and features do not change):
     the run's shift statistics, which classify and export refuse for another checkpoint, and
-    summary.json's ``best_sha256``."""
+    summary.json's ``best_sha256``.
+
+    The three files are written one after the other, so the last two are re-pointed on every
+    call, even when the temperature is unchanged: a run killed between the writes is repaired
+    by the same command. The checkpoint lists the hashes it had at earlier temperatures
+    (``calibrated_from``): only a file naming one of those is re-pointed, never one fitted for
+    other weights."""
     from galmerge.config import rundir
     from galmerge.models import shift
 
     payload = read_checkpoint(ckpt)
     old = payload.get("sha256")
     payload.pop("format", None)
+    earlier = [h for h in payload.get("calibrated_from") or [] if isinstance(h, str)]
+    if old and payload.get("temperature") != float(temperature) and old not in earlier:
+        payload["calibrated_from"] = earlier = [*earlier, old]
     payload["temperature"] = float(temperature)
     new = save_checkpoint(ckpt, payload)
-    if not old or old == new:
-        return
-    renamed = {old: new}  # old hash -> new, for summary.json
+    ours = {*earlier, old, new} - {None}  # this checkpoint's weights, at any temperature
     stats_file = shift.stats_path(ckpt)
+    stats_sha = None  # the statistics' file hash, when they are fitted for best.pt as it is now
     if stats_file.is_file():
         try:
             data = stats_file.read_bytes()
@@ -873,19 +881,22 @@ def _write_temperature(ckpt: Path, temperature: float) -> None:
             meta = json.loads(str(arrays.pop("meta")))
         except Exception:  # unreadable: classify says so itself, one line, as before
             meta = None
-        if isinstance(meta, dict) and meta.get("checkpoint_sha256") == old:
-            fresh = shift.save(stats_file, arrays, {**meta, "checkpoint_sha256": new})
-            renamed[hashlib.sha256(data).hexdigest()] = fresh
+        if isinstance(meta, dict) and meta.get("checkpoint_sha256") == new:
+            stats_sha = hashlib.sha256(data).hexdigest()
+        elif isinstance(meta, dict) and meta.get("checkpoint_sha256") in ours:
+            stats_sha = shift.save(stats_file, arrays, {**meta, "checkpoint_sha256": new})
     summary_file = ckpt.parent / rundir.SUMMARY
     if ckpt.name == rundir.BEST and summary_file.is_file():
         try:
             summary = json.loads(summary_file.read_text())
         except (OSError, ValueError):
             return
-        if isinstance(summary, dict) and summary.get("best_sha256") == old:
-            keys = ("best_sha256", "shift_stats_sha256")
-            rundir.write_json(summary_file, {**summary, **{
-                k: renamed.get(summary[k], summary[k]) for k in keys if k in summary}})
+        if isinstance(summary, dict) and summary.get("best_sha256") in ours:
+            fresh = {**summary, "best_sha256": new}
+            if stats_sha is not None and shift.SUMMARY_KEY in summary:
+                fresh[shift.SUMMARY_KEY] = stats_sha
+            if fresh != summary:
+                rundir.write_json(summary_file, fresh)
 
 
 def _gradcam_caption(facts: dict[str, Any] | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -88,6 +89,7 @@ def train(
             raise GalmergeError(f"--resume {resume} continues that run in its own folder; drop "
                                 f"--run-dir {run_dir} (or copy the run there and resume the "
                                 "copy)")
+        resumed_from = rundir.file_stamp(Path(resume) / rundir.LAST)  # (checked under the lock)
         cfg, out_dir, resume_state = _resume_config(Path(resume), flags, extras, source, sets_given)
     else:
         cli_layer = cli_overrides(flags, sets)
@@ -110,12 +112,12 @@ def train(
                 cfg["source"], cfg["target"], cfg["strategy"], seed=int(cfg["seed"])
             )
         )
-        resume_state = None
+        resume_state = resumed_from = None
     for role in ("source", "target"):  # before any folder is made
         if role not in sets_given:
             rundir.refuse_credentials(cfg.get(role), f"--{role}")
     _check_rules(cfg)
-    return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch)
+    return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch, resumed_from)
 
 
 # what a run writes into its config.toml beyond the settings it was given (the device it ran on,
@@ -397,6 +399,7 @@ def _check_rules(cfg: Mapping[str, Any]) -> None:
 def _run(
     cfg: dict[str, Any], out_dir: Path, sets_given: Mapping[str, ImageSet], quiet: bool,
     resume_state: dict[str, Any] | None, on_epoch: OnEpoch | None,
+    resumed_from: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
     from galmerge.runtime.devices import resolve_device
 
@@ -406,11 +409,24 @@ def _run(
     # one run directory for all ranks (a default name holds a timestamp that may differ)
     out_dir = Path(str(ddp.broadcast_object(str(out_dir), dist)))
     try:
-        if resume_state is None:  # one process group for both stages (it cannot re-form)
-            cfg = _source_stage(cfg, out_dir, sets_given, quiet, dist, device)
-        return _fit(cfg, out_dir, sets_given, quiet, resume_state, on_epoch, dist, device)
+        with contextlib.ExitStack() as held:
+            # rank 0 holds the run directory's lock from its check (check_new, prepare_new)
+            # to the end of training; its refusal ends every rank
+            ddp.on_main(lambda: held.enter_context(rundir.writing(out_dir)), dist)
+            if resume_state is not None:
+                ddp.on_main(lambda: _check_unchanged(out_dir, resumed_from), dist)
+            if resume_state is None:  # one process group for both stages (it cannot re-form)
+                cfg = _source_stage(cfg, out_dir, sets_given, quiet, dist, device)
+            return _fit(cfg, out_dir, sets_given, quiet, resume_state, on_epoch, dist, device)
     finally:
         ddp.teardown(dist)
+
+
+def _check_unchanged(out_dir: Path, resumed_from: tuple[int, int, int] | None) -> None:
+    """--resume: last.pt as read before the lock was taken, not one another train wrote since."""
+    if rundir.file_stamp(out_dir / rundir.LAST) != resumed_from:
+        raise GalmergeError(f"--resume {out_dir}: its last.pt changed while this command read "
+                            "it (another galmerge train was writing the run); run it again")
 
 
 def _fit(
