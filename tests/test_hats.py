@@ -331,6 +331,20 @@ def test_a_wrong_column_option_is_one_line_and_leaves_no_folder(env, option):
     assert not (tmp / "out_hats").exists() and not (tmp / "out_hats.cache").exists()
 
 
+def test_one_column_for_ra_and_dec_is_one_line_and_leaves_no_folder(env):
+    """--ra-col dec: every row at RA = Dec, classified without a word."""
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, _ = _hats(tmp, n=12)
+    res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+                  "--ra-col", "dec", "--output", str(tmp / "out_hats"))
+    assert res.exit_code != 0, res.output
+    assert "--ra-col and --dec-col both name column 'dec'" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert not (tmp / "out_hats").exists() and not (tmp / "out_hats.cache").exists()
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs CPU affinity and two usable CPUs")
 def test_the_local_cluster_has_one_worker_per_usable_cpu(env, monkeypatch):

@@ -292,12 +292,11 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
     # a collection's margin would be classified (and its rows fetched) a second time by
     # map_partitions and written as a margin catalog: its rows are in their own partitions
     cat.margin = None
-    from galmerge.classification.catalogs import DEC_NAMES, ID_NAMES, RA_NAMES, _pick
+    from galmerge.classification.catalogs import ID_NAMES, _pick, _pick_position
 
     # here, in one line, before any folder is made: the workers would fail with a traceback
     names = list(cat.columns)
-    ra_col = _pick(names, ra_col, RA_NAMES, "RA", src, "--ra-col", True)
-    dec_col = _pick(names, dec_col, DEC_NAMES, "Dec", src, "--dec-col", True)
+    ra_col, dec_col = _pick_position(names, ra_col, dec_col, src)
     id_col = _pick(names, id_col, ID_NAMES, "id", src, "--id-col", False)
     keep = list(columns) if columns else None
     if keep:
