@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -105,12 +107,47 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
     """Write atomically (`galmerge.io.atomic`) with the content's SHA-256; returns that hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": CHECKPOINT_FORMAT, **payload}
+    payload = _plain({"format": CHECKPOINT_FORMAT, **payload}, "")
     payload.pop("sha256", None)
     payload["sha256"] = content_sha256(payload)
     with atomic.atomic_open(path, "wb") as fh:
         torch.save(payload, fh)
     return str(payload["sha256"])
+
+
+#: what a checkpoint holds besides containers, tensors and plain scalars (weights-only loadable)
+_TORCH_VALUES = (torch.dtype, torch.device, torch.memory_format, torch.layout)
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """``obj`` with numpy scalars and arrays as plain Python values, which the weights-only
+    loader reads (a survey plugin's ``np.str_`` band or ``np.float64`` pixel scale would make
+    a checkpoint no command can open). Containers are rebuilt only where a value changed, so
+    a state_dict keeps its type and metadata. Any other object is refused here, naming its
+    place, rather than written into a file that cannot be read back."""
+    if obj is None or isinstance(obj, (torch.Tensor, bool, int, float, str, bytes, *_TORCH_VALUES)):
+        if isinstance(obj, np.generic):  # np.str_ and np.float64 subclass str and float
+            return obj.item()
+        return obj
+    if isinstance(obj, np.generic | np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, dict):
+        items = {key: _plain(value, f"{where}.{key}" if where else str(key))
+                 for key, value in obj.items()}
+        if all(items[key] is value for key, value in obj.items()) and \
+                not any(isinstance(key, np.generic) for key in obj):
+            return obj
+        return {(key.item() if isinstance(key, np.generic) else key): value
+                for key, value in items.items()}
+    if isinstance(obj, list | tuple):
+        values = [_plain(value, f"{where}[{i}]") for i, value in enumerate(obj)]
+        if all(new is old for new, old in zip(values, obj, strict=True)):
+            return obj
+        return values if isinstance(obj, list) else tuple(values)
+    raise GalmergeError(
+        f"checkpoint entry '{where}' is a {type(obj).__module__}.{type(obj).__qualname__} "
+        f"({_shorten(repr(obj), 60)}), which a galmerge checkpoint cannot hold; a plugin "
+        "(survey, backbone or strategy) must give plain Python values there")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -144,6 +181,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (PermissionError, FileNotFoundError, IsADirectoryError) as exc:
         raise GalmergeError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
     except Exception as exc:
+        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if unsupported:  # written by a version or plugin that stored an object, not damage
+            raise GalmergeError(
+                f"{p} holds a {unsupported.group(1)} object, which galmerge does not load from a "
+                "checkpoint (the weights-only loader refuses it; the file is not damaged): "
+                "it was written by a galmerge version or plugin that stored a non-plain value, "
+                "e.g. a survey plugin's numpy string or scalar; train again with this version, "
+                "which stores plain values") from None
         # torch's text names a byte value, or suggests weights_only=False: never the advice
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         why = (type(exc).__name__ if "weights_only" in str(exc) or len(first) < 8
