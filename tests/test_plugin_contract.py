@@ -96,3 +96,91 @@ def test_save_checkpoint_stores_plain_values_or_names_the_value_it_cannot_store(
     else:
         raise AssertionError("an object in a checkpoint was written")
     assert not (tmp_path / "b.pt").exists()
+
+
+# -- classify and a survey's cutout service ------------------------------------------------
+
+CATALOG = "objID,ra,dec\n1,150.0,2.0\n2,151.0,2.0\n3,152.0,2.0\n"
+
+
+class StampService:
+    cache_key = "contract:g,r,i:16px"
+
+    def __init__(self, options):
+        self.options = dict(options)
+        self.mode = options.get("mode") or "ok"
+
+    def fetch(self, requests_):
+        from test_classify import stamp_for
+
+        from galmerge import CutoutResult
+
+        for req in requests_:
+            image = stamp_for(req.ra, req.dec)
+            if self.mode == "skip" and req.id == "2":
+                continue
+            if self.mode == "small" and req.id == "2":
+                image = image[:, :8, :8]
+            row = req.row + 1000 if self.mode == "offrow" else req.row
+            yield CutoutResult(row, image, "ok")
+
+    def summary(self):
+        return ""
+
+    def close(self):
+        pass
+
+
+class StampSurvey:
+    """A survey that declares its cutout options, as docs/plugins.md asks, without workers."""
+
+    seen: list[dict] = []
+
+    @hookimpl
+    def register_surveys(self):
+        from galmerge import Option
+
+        def cutouts(preprocess, options):
+            StampSurvey.seen.append(dict(options))
+            return StampService(options)
+
+        return [Survey(name="stampsurv", description="declares its cutout options",
+                       cutouts=cutouts,
+                       cutout_options={"mode": Option("ok", "what the toy does")})]
+
+
+def _classify_stamps(tmp_path, spec):
+    from test_classify import make_checkpoint
+
+    (tmp_path / "cat.csv").write_text(CATALOG)
+    ckpt = tmp_path / "run" / "best.pt"
+    if not ckpt.exists():
+        make_checkpoint(ckpt)
+    return CliRunner().invoke(cli, [
+        "classify", str(tmp_path / "cat.csv"), "--model", str(ckpt), "--survey", spec,
+        "--output", str(tmp_path / "out.csv"), "--cache", str(tmp_path / "stamps.h5"),
+        "--workers", "3"])
+
+
+def test_classify_gives_workers_only_to_a_survey_that_takes_it(register_plugin, tmp_path,
+                                                               monkeypatch):
+    # classify added workers to every survey's options, so a survey declaring its own schema
+    # (without workers) always failed: "unknown option 'workers'", an option nobody typed
+    monkeypatch.chdir(tmp_path)
+    register_plugin(StampSurvey(), "stampsurv-plugin")
+    StampSurvey.seen.clear()
+    res = _classify_stamps(tmp_path, "stampsurv?mode=ok")
+    assert res.exit_code == 0, res.output
+    assert StampSurvey.seen and all(seen == {"mode": "ok"} for seen in StampSurvey.seen)
+    # a survey with no schema checks its own options, and is still given workers
+    from test_classify_plugins import ToySurveyPlugin
+
+    register_plugin(ToySurveyPlugin(), "toy-plugin")
+    import test_classify_plugins
+
+    opened = []
+    monkeypatch.setattr(test_classify_plugins, "ToyService",
+                        lambda options: opened.append(dict(options)) or StampService({}))
+    res = _classify_stamps(tmp_path, "toy")
+    assert res.exit_code == 0, res.output
+    assert opened and opened[0]["workers"] == 3

@@ -211,6 +211,17 @@ def survey_record(name: str, arg: str | None = None) -> Any:
     return record
 
 
+def cutout_options(record: Any, workers: int, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a survey's ``cutouts`` gets: ``options`` plus classify's ``workers``
+    (``--workers``) when the survey takes it, i.e. declares no ``cutout_options`` schema (it
+    checks its own options) or declares ``workers`` in it; a survey whose schema leaves
+    ``workers`` out is not handed an option it would refuse."""
+    schema = getattr(record, "cutout_options", None)
+    if not schema or "workers" in schema:
+        return {"workers": int(workers), **options}
+    return dict(options)
+
+
 def fetch_stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
                  service: SurveyService, store: CutoutCache, fetched: Counter,
                  shape: tuple[int, int, int]) -> dict[str, str]:

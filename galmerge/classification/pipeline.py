@@ -37,6 +37,7 @@ from galmerge.classification.cutout_cache import STATUS_OK, CutoutCache, keepbit
 from galmerge.classification.inputs import (
     ImageFileInput,
     SurveyService,
+    cutout_options,
     default_cache,
     fetch_stamps,
     is_image_file,
@@ -658,7 +659,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         # "sdss?workers=8&frame_cache_gb=20": options after '?' go to the cutout service
         survey_name, arg, spec_options = parse_survey_spec(survey)
         record = survey_record(survey_name, arg)
-        options = {"workers": int(workers), **spec_options, **dict(survey_options or {})}
+        options = cutout_options(record, workers, {**spec_options, **dict(survey_options or {})})
         survey_service = SurveyService.open(survey_name, record, infer.spec, options, shown)
         service = survey_service.service
         key = str(getattr(service, "cache_key", "")
