@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 from train_toys import ToyPlugin, _NoNone, toy_sets
@@ -184,3 +185,111 @@ def test_classify_gives_workers_only_to_a_survey_that_takes_it(register_plugin, 
     res = _classify_stamps(tmp_path, "toy")
     assert res.exit_code == 0, res.output
     assert opened and opened[0]["workers"] == 3
+
+
+# -- a plugin's build and load: bugs named as the plugin's ---------------------------------
+
+
+class _Four(torch.nn.Module):
+    def __init__(self, out_features):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+        if out_features is not None:
+            self.out_features = out_features
+
+    def forward(self, x):
+        return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 1), 1)
+
+
+def _explode(*args, **kwargs):
+    raise ValueError("plugin build exploded")
+
+
+class BrokenComponents:
+    @hookimpl
+    def register_backbones(self):
+        from galmerge import Backbone
+
+        return [
+            Backbone(name="fnnet", description="", build=lambda c, s: (lambda x: x)),
+            Backbone(name="nowidth", description="", build=lambda c, s: _Four(None)),
+            Backbone(name="wrongwidth", description="", build=lambda c, s: _Four(7)),
+            Backbone(name="boomnet", description="", build=_explode),
+        ]
+
+    @hookimpl
+    def register_strategies(self):
+        from galmerge import Strategy
+
+        return [
+            Strategy(name="fnstrat", description="", build=lambda ctx, o: (lambda step: {})),
+            Strategy(name="boomstrat", description="", build=_explode),
+        ]
+
+    @hookimpl
+    def register_surveys(self):
+        def keyload(arg, options):
+            return {}["images"]
+
+        return [
+            Survey(name="dictload", description="", load=lambda arg, o: {"images": None}),
+            Survey(name="keyload", description="", load=keyload),
+            Survey(name="nofile", description="",
+                   load=lambda arg, o: np.load(arg)),
+            Survey(name="nosvc", description="", cutouts=lambda spec, o: object()),
+        ]
+
+
+@pytest.mark.parametrize(("args", "component", "says"), [
+    (["--backbone", "fnnet"], "backbone 'fnnet'", "returns a torch.nn.Module"),
+    (["--backbone", "nowidth"], "backbone 'nowidth'", "out_features is None"),
+    (["--backbone", "wrongwidth"], "backbone 'wrongwidth'",
+     "features of shape (2, 4) for 2 images, but its out_features says 7"),
+    (["--backbone", "boomnet"], "backbone 'boomnet'", "raised ValueError: plugin build exploded"),
+    (["--strategy", "fnstrat"], "strategy 'fnstrat'", "returns a torch.nn.Module"),
+    (["--strategy", "boomstrat"], "strategy 'boomstrat'",
+     "raised ValueError: plugin build exploded"),
+    (["--target", "dictload"], "survey 'dictload'", "load returned a dict"),
+    (["--target", "keyload"], "survey 'keyload'", "load raised KeyError"),
+])
+def test_a_plugins_broken_build_or_load_is_a_plugin_bug_naming_it(
+        args, component, says, register_plugin, plugin_manager, tmp_path):
+    # these ended in a 50-line traceback through core frames ("'function' object has no
+    # attribute 'to'", "mat1 and mat2 shapes cannot be multiplied") that named no plugin
+    from galmerge.errors import PluginBug
+
+    _toys(register_plugin, plugin_manager)
+    register_plugin(BrokenComponents(), "brk-plugin")
+    base = {"--source": "toy:source", "--target": "toy:target", "--backbone": "tiny",
+            "--strategy": "meangap"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    argv = [a for a in TRAIN if a not in ("--backbone", "tiny", "--strategy", "meangap")]
+    for flag, value in base.items():
+        argv += [flag, value]
+    res = CliRunner().invoke(cli, [*argv, "--run-dir", str(tmp_path / "r")])
+    assert isinstance(res.exception, PluginBug), (res.output, res.exception)
+    text = str(res.exception)
+    assert f"{component} (plugin 'brk-plugin'" in text and says in text, text
+
+
+def test_a_file_a_survey_cannot_read_is_a_one_line_error(register_plugin, plugin_manager,
+                                                         tmp_path):
+    _toys(register_plugin, plugin_manager)
+    register_plugin(BrokenComponents(), "brk-plugin")
+    res = CliRunner().invoke(cli, [*TRAIN, "--source", "toy:source",
+                                   "--target", f"nofile:{tmp_path / 'missing.npz'}",
+                                   "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "nofile:" in res.output and "cannot read it (FileNotFoundError" in res.output
+
+
+def test_a_cutouts_that_returns_no_service_is_a_plugin_bug_naming_it(register_plugin, tmp_path,
+                                                                     monkeypatch):
+    from galmerge.errors import PluginBug
+
+    monkeypatch.chdir(tmp_path)
+    register_plugin(BrokenComponents(), "brk-plugin")
+    res = _classify_stamps(tmp_path, "nosvc")
+    assert isinstance(res.exception, PluginBug), res.output
+    assert "survey 'nosvc' (plugin 'brk-plugin'" in str(res.exception)
+    assert "has no fetch() or close()" in str(res.exception)

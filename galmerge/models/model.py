@@ -60,6 +60,7 @@ def build_model(
     """Build a classifier from a registered backbone name."""
     record = get_plugin_manager().get("backbones", backbone)
     net = record.build(in_channels, image_size, **(options or {}))  # checked by the record
+    _check_features(backbone, net, in_channels, image_size)
     if record.build_head is not None:
         head = record.build_head(int(net.out_features), num_classes)
     else:
@@ -69,6 +70,39 @@ def build_model(
     if callable(init_head):
         init_head(head)
     return GalaxyClassifier(net, head)
+
+
+def _check_features(name: str, net: nn.Module, in_channels: int, image_size: int) -> None:
+    """One forward pass on zeros (2, C, H, W), in eval mode without gradients (no running
+    statistic moves): the features must be (2, out_features), else the head built on
+    ``out_features`` fails later with a shape error deep in training. A plugin's bug here is
+    a `PluginBug` naming it."""
+    from galmerge.errors import PluginBug
+
+    def bug(what: str) -> PluginBug:
+        owner = get_plugin_manager().describe_owner("backbones", name)
+        return PluginBug(f"backbone '{name}' ({owner}): {what}; that is a bug in the plugin: "
+                         "report it to the plugin's authors")
+
+    width = int(net.out_features)
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            features = net(torch.zeros(2, in_channels, image_size, image_size))
+    except GalmergeError:
+        raise
+    except Exception as exc:
+        raise bug(f"its module failed on a ({2}, {in_channels}, {image_size}, {image_size}) "
+                  f"batch of zeros: {type(exc).__name__}: {exc}".splitlines()[0][:300]) from exc
+    finally:
+        net.train(was_training)
+    shape = tuple(features.shape) if isinstance(features, torch.Tensor) else None
+    if shape != (2, width):
+        got = f"features of shape {shape}" if shape is not None else \
+            f"a {type(features).__name__}, not a tensor"
+        raise bug(f"its module gives {got} for 2 images, but its out_features says {width}; "
+                  f"forward must return (N, out_features)")
 
 
 def content_sha256(payload: Any) -> str:
