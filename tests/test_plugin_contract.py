@@ -293,3 +293,81 @@ def test_a_cutouts_that_returns_no_service_is_a_plugin_bug_naming_it(register_pl
     assert isinstance(res.exception, PluginBug), res.output
     assert "survey 'nosvc' (plugin 'brk-plugin'" in str(res.exception)
     assert "has no fetch() or close()" in str(res.exception)
+
+
+# -- name clashes ---------------------------------------------------------------------------
+
+
+class ClashesWithBuiltin:
+    """A third-party plugin registering strategy 'coral' (a built-in's) beside its own."""
+
+    @hookimpl
+    def register_strategies(self):
+        from galmerge import Strategy
+
+        return [Strategy(name="coral", description="not the built-in", build=_explode),
+                Strategy(name="ownstrat", description="its own", build=_explode)]
+
+    @hookimpl
+    def register_backbones(self):
+        from galmerge import Backbone
+
+        return [Backbone(name="ownnet", description="its own", build=lambda c, s: _Four(4))]
+
+
+def test_a_third_party_name_owned_by_a_builtin_skips_only_that_component(
+        register_plugin, plugin_manager, tmp_path, capsys):
+    # one such plugin made every train and `galmerge list` fail, showed the built-in plugin
+    # as failed and hid every plugin's strategies and backbones in `galmerge plugins --json`
+    import json
+
+    _toys(register_plugin, plugin_manager)
+    register_plugin(ClashesWithBuiltin(), "clash-plugin")
+    coral = plugin_manager.get("strategies", "coral")
+    assert coral.description != "not the built-in"
+    assert plugin_manager.describe_owner("strategies", "coral").startswith(
+        "plugin 'da_strategies'")
+    assert "ownstrat" in plugin_manager.components("strategies")
+    err = capsys.readouterr().err
+    assert err.count("plugin 'clash-plugin'") == 1, err
+    assert "registers strategy 'coral', which galmerge's built-in plugin 'da_strategies' " \
+           "owns; its strategy 'coral' was skipped" in err
+    res = CliRunner().invoke(cli, [*TRAIN, "--source", "toy:source", "--target", "toy:target",
+                                   "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["da_strategies"]["error"] is None
+    assert "coral" in rows["da_strategies"]["components"]["strategies"]
+    assert rows["clash-plugin"]["components"]["strategies"] == ["ownstrat"]
+    assert rows["clash-plugin"]["components"]["backbones"] == ["ownnet"]
+    assert rows["toys"]["components"]["backbones"] == ["tiny"]
+
+
+def test_two_third_party_plugins_clashing_leave_everything_else_working(
+        register_plugin, plugin_manager, tmp_path):
+    import json
+
+    class Other:
+        @hookimpl
+        def register_strategies(self):
+            from galmerge import Strategy
+
+            return [Strategy(name="ownstrat", description="the other's", build=_explode)]
+
+    _toys(register_plugin, plugin_manager)
+    register_plugin(ClashesWithBuiltin(), "clash-plugin")
+    register_plugin(Other(), "other-plugin")
+    res = CliRunner().invoke(cli, [*TRAIN, "--source", "toy:source", "--target", "toy:target",
+                                   "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, [*TRAIN, "--source", "toy:source", "--target", "toy:target",
+                                   "--strategy", "ownstrat", "--run-dir", str(tmp_path / "r2")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert ("strategy name 'ownstrat' is registered by two plugins: 'clash-plugin' "
+            "(no distribution) and 'other-plugin'") in res.output
+    rows = {r["name"]: r for r in json.loads(
+        CliRunner().invoke(cli, ["plugins", "--json"]).stdout)}
+    assert rows["clash-plugin"]["components"]["backbones"] == ["ownnet"]
+    assert "ownstrat" in rows["other-plugin"]["error"]
