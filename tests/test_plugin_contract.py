@@ -371,3 +371,47 @@ def test_two_third_party_plugins_clashing_leave_everything_else_working(
         CliRunner().invoke(cli, ["plugins", "--json"]).stdout)}
     assert rows["clash-plugin"]["components"]["backbones"] == ["ownnet"]
     assert "ownstrat" in rows["other-plugin"]["error"]
+
+
+# -- a cutout service that breaks the fetch protocol -----------------------------------------
+
+
+def _statuses(path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return {row["objID"]: row["status"] for row in csv.DictReader(fh)}
+
+
+@pytest.mark.parametrize(("mode", "status"), [
+    ("skip", "plugin-error: no result from the survey's fetch"),
+    ("small", "plugin-error: stamp shape (3, 8, 8), model needs (3, 16, 16)"),
+])
+def test_a_stamp_the_plugin_got_wrong_is_a_plugin_error_not_network_trouble(
+        mode, status, register_plugin, tmp_path, monkeypatch):
+    # these rows were 'fetch-failed', and the run said "check the network (proxy, firewall)
+    # ... run the same command again", which can never help
+    monkeypatch.chdir(tmp_path)
+    register_plugin(StampSurvey(), "stampsurv-plugin")
+    res = _classify_stamps(tmp_path, f"stampsurv?mode={mode}")
+    assert res.exit_code == 0, res.output
+    assert _statuses(tmp_path / "out.csv") == {"1": "ok", "2": status, "3": "ok"}
+    assert "check the network" not in res.output
+    assert "broke the cutout protocol" in res.output and "not network trouble" in res.output
+    # fixed, the same command fetches that row again
+    res = _classify_stamps(tmp_path, "stampsurv?mode=ok")
+    assert res.exit_code == 0, res.output
+    assert _statuses(tmp_path / "out.csv") == {"1": "ok", "2": "ok", "3": "ok"}
+
+
+def test_a_result_for_a_row_not_asked_for_is_a_plugin_bug_naming_it(register_plugin, tmp_path,
+                                                                    monkeypatch):
+    from galmerge.errors import PluginBug
+
+    monkeypatch.chdir(tmp_path)
+    register_plugin(StampSurvey(), "stampsurv-plugin")
+    res = _classify_stamps(tmp_path, "stampsurv?mode=offrow")
+    assert isinstance(res.exception, PluginBug), res.output
+    text = str(res.exception)
+    assert "survey 'stampsurv' (plugin 'stampsurv-plugin'" in text
+    assert "a result for row 1000, which it was not asked for" in text
