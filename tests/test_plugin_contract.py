@@ -415,3 +415,94 @@ def test_a_result_for_a_row_not_asked_for_is_a_plugin_bug_naming_it(register_plu
     text = str(res.exception)
     assert "survey 'stampsurv' (plugin 'stampsurv-plugin'" in text
     assert "a result for row 1000, which it was not asked for" in text
+
+
+# -- smaller parts of the contract ------------------------------------------------------------
+
+
+def test_a_hookimpl_with_pluggys_specname_is_accepted(register_plugin, plugin_manager):
+    # @hookimpl(specname="register_surveys") on a method of another name was taken for a
+    # misspelt hook, and the whole plugin was dropped
+    class Named:
+        @hookimpl(specname="register_surveys")
+        def more_surveys(self):
+            return [Survey(name="specnamed", description="via specname",
+                           load=lambda arg, o: toy_sets()[0])]
+
+    register_plugin(Named(), "specname-plugin")
+    assert "specnamed" in plugin_manager.components("surveys")
+
+
+def test_a_plugins_own_bad_search_space_is_named_as_the_plugins(register_plugin, plugin_manager,
+                                                               capsys):
+    # a misspelt option in a record's search_space reached the user only at tune time, as
+    # "narrow the range or drop that choice", naming no plugin
+    from galmerge import Strategy
+
+    class BadSpace:
+        @hookimpl
+        def register_strategies(self):
+            return [Strategy(name="badspace", description="", build=_explode,
+                             defaults={"weight": 1.0},
+                             search_space={"wieght": {"type": "float", "low": 0.1,
+                                                      "high": 1.0}})]
+
+    register_plugin(BadSpace(), "badspace-plugin")
+    assert "badspace" not in plugin_manager.components("strategies")
+    err = capsys.readouterr().err
+    assert "plugin 'badspace-plugin'" in err and "skipped" in err
+    assert "strategy 'badspace' has search_space option(s) wieght, which it does not declare " \
+           "(did you mean 'weight'?)" in err
+
+
+def test_a_misspelt_survey_option_gets_a_hint(register_plugin, plugin_manager, tmp_path):
+    from galmerge import Option
+
+    class Opts:
+        @hookimpl
+        def register_surveys(self):
+            return [Survey(name="optsurv", description="", load=lambda arg, o: toy_sets()[0],
+                           options={"limit": Option(3, "rows"), "npscale": Option(False, "")})]
+
+    register_plugin(Opts(), "opts-plugin")
+    res = CliRunner().invoke(cli, ["preview", "optsurv?limt=3", "--output",
+                                   str(tmp_path / "p.png")])
+    assert res.exit_code == 1
+    assert "optsurv: unknown option 'limt' (did you mean 'limit'?)" in res.output, res.output
+
+
+def test_a_plugin_command_named_like_a_builtin_is_ignored_with_a_warning(register_plugin,
+                                                                          capsys):
+    import click
+
+    from galmerge.cli import LazyGroup
+    from galmerge.cli import cli as group
+
+    class Cmd:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command(name="train")
+            def train():
+                """Not the built-in."""
+                click.echo("plugin train")
+
+            @cli.command(name="hello-contract")
+            def hello():
+                click.echo("hello")
+
+    register_plugin(Cmd(), "cmd-plugin")
+    group._plugin_commands_loaded = False
+    try:
+        res = CliRunner().invoke(group, ["--help"])
+        assert res.exit_code == 0
+        assert "hello-contract" in res.output
+        assert "a built-in command; the plugin's command was ignored" in res.output
+        assert "plugin 'cmd-plugin'" in res.output
+        res = CliRunner().invoke(group, ["train", "--help"])
+        assert "plugin train" not in res.output and "Not the built-in" not in res.output
+        assert "train" not in group.commands
+    finally:
+        group.commands.pop("hello-contract", None)
+        group.commands.pop("train", None)
+        LazyGroup._plugin_commands_loaded = False
+        group._plugin_commands_loaded = False

@@ -205,10 +205,15 @@ class PluginManager:
         known = {n for n in dir(hookspecs) if n.startswith("register_")}
         for attr in dir(plugin):
             func = getattr(plugin, attr, None)
-            if callable(func) and hasattr(func, f"{hookspecs.PROJECT}_impl") and attr not in known:
-                hint = _closest(attr, known)
+            if not callable(func) or not hasattr(func, f"{hookspecs.PROJECT}_impl"):
+                continue
+            # pluggy's @hookimpl(specname="register_surveys") implements the hook it names
+            opts = getattr(func, f"{hookspecs.PROJECT}_impl", None)
+            hook = (opts.get("specname") if isinstance(opts, dict) else None) or attr
+            if hook not in known:
+                hint = _closest(hook, known)
                 raise PluginError(
-                    f"plugin '{name}' implements '{attr}', which is no galmerge hook"
+                    f"plugin '{name}' implements '{hook}', which is no galmerge hook"
                     + (f" (did you mean '{hint}'?)" if hint else "")
                     + f"; known hooks: {', '.join(sorted(known))}"
                 )
@@ -347,9 +352,27 @@ class PluginManager:
                         self._clashed.add(name)
         return sorted([*self.infos.values(), *self.failed], key=lambda i: (not i.builtin, i.name))
 
-    def add_commands(self, cli: Any) -> None:
+    def add_commands(self, cli: Any, reserved: Iterable[str] = ()) -> None:
+        """Let each plugin add its commands to ``cli`` (a click group). A command named like
+        one in ``reserved`` (the built-in commands) is taken out again with one warning
+        naming the plugin: the built-in always runs."""
+        reserved = set(reserved)
+        commands = getattr(cli, "commands", None)
         for impl in self.pm.hook.register_commands.get_hookimpls():
+            before = dict(commands) if isinstance(commands, dict) else {}
             self._call(impl, cli=cli)
+            if not isinstance(commands, dict):
+                continue
+            for name in [n for n, c in commands.items() if before.get(n) is not c]:
+                if name not in reserved:
+                    continue
+                if name in before:
+                    commands[name] = before[name]
+                else:
+                    del commands[name]
+                self._warn_once(impl.plugin_name, "commands", name,
+                                f"adds command '{name}', which is a built-in command; the "
+                                "plugin's command was ignored")
 
     def _describe(self, plugin_name: str) -> str:
         info = self.infos.get(plugin_name)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from galmerge.errors import GalmergeError, PluginBug
+from galmerge.errors import GalmergeError, PluginBug, PluginError
 from galmerge.plugin.options import Option, check_options, schema_from_defaults
 
 if TYPE_CHECKING:
@@ -204,6 +204,19 @@ def _schema(record: Any, implied: Mapping[str, Option] | None = None) -> None:
             options[key] = replace(current, min=option.min, help=current.help or option.help)
     object.__setattr__(record, "options", options)
     object.__setattr__(record, "defaults", {k: o.default for k, o in options.items()})
+    # the plugin's own search space names its own options: a typo there is the plugin's, found
+    # when it registers (the plugin is skipped with a warning), not at tune time as the user's
+    unknown = [k for k in dict(record.search_space or {}) if k not in options]
+    if unknown:
+        import difflib
+
+        hint = difflib.get_close_matches(str(unknown[0]), list(options), n=1)
+        kind = type(record).__name__.lower()
+        raise PluginError(
+            f"{kind} '{record.name}' has search_space option(s) "
+            f"{', '.join(map(str, unknown))}, which it does not declare"
+            + (f" (did you mean '{hint[0]}'?)" if hint else "")
+            + f"; its options: {', '.join(options) or 'none'}")
 
 
 def _owner(kind: str, name: str) -> str:
