@@ -471,6 +471,17 @@ def test_a_misspelt_survey_option_gets_a_hint(register_plugin, plugin_manager, t
     assert "optsurv: unknown option 'limt' (did you mean 'limit'?)" in res.output, res.output
 
 
+def test_plugin_tests_reset_the_manager_through_the_public_api(monkeypatch):
+    import galmerge
+    from galmerge.plugin import manager
+
+    assert {"reset_plugin_manager", "PluginBug"} <= set(galmerge.__all__)
+    before = manager.get_plugin_manager()
+    galmerge.reset_plugin_manager()
+    assert manager.get_plugin_manager() is not before
+    assert galmerge.PluginBug is __import__("galmerge.errors").errors.PluginBug
+
+
 def test_a_plugin_command_named_like_a_builtin_is_ignored_with_a_warning(register_plugin,
                                                                           capsys):
     import click
