@@ -205,6 +205,10 @@ def _explode(*args, **kwargs):
     raise ValueError("plugin build exploded")
 
 
+def _offline(*args, **kwargs):
+    raise ConnectionError("cannot download pretrained weights")  # an OSError
+
+
 class BrokenComponents:
     @hookimpl
     def register_backbones(self):
@@ -215,6 +219,7 @@ class BrokenComponents:
             Backbone(name="nowidth", description="", build=lambda c, s: _Four(None)),
             Backbone(name="wrongwidth", description="", build=lambda c, s: _Four(7)),
             Backbone(name="boomnet", description="", build=_explode),
+            Backbone(name="offline", description="", build=_offline),
         ]
 
     @hookimpl
@@ -270,6 +275,17 @@ def test_a_plugins_broken_build_or_load_is_a_plugin_bug_naming_it(
     assert isinstance(res.exception, PluginBug), (res.output, res.exception)
     text = str(res.exception)
     assert f"{component} (plugin 'brk-plugin'" in text and says in text, text
+
+
+def test_a_build_that_cannot_fetch_its_weights_is_a_one_line_error_not_a_bug(
+        register_plugin, plugin_manager, tmp_path):
+    _toys(register_plugin, plugin_manager)
+    register_plugin(BrokenComponents(), "brk-plugin")
+    res = CliRunner().invoke(cli, [*TRAIN, "--source", "toy:source", "--target", "toy:target",
+                                   "--backbone", "offline", "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "backbone 'offline' (plugin 'brk-plugin'" in res.output
+    assert "ConnectionError: cannot download pretrained weights" in res.output
 
 
 def test_a_file_a_survey_cannot_read_is_a_one_line_error(register_plugin, plugin_manager,

@@ -247,16 +247,17 @@ def _plugin_call(kind: str, name: str, what: str, func: Callable[..., Any], *arg
                  reading: str | None = None, **kwargs: Any) -> Any:
     """``func(*args, **kwargs)``, a plugin's build or load: a GalmergeError (a one-line user
     error) passes; any other exception is a `PluginBug` naming the component and its plugin,
-    with the plugin's traceback as its cause. ``reading``: the spec a load reads, whose
-    OSError (no such file, no permission) is a one-line error naming it."""
+    with the plugin's traceback as its cause. An OSError (no such file, no network) is no
+    bug: a one-line error naming the spec a load reads (``reading``), else the component."""
     try:
         return func(*args, **kwargs)
     except (GalmergeError, PluginBug):
         raise
     except OSError as exc:
-        if reading is None:
-            raise _bug(kind, name, f"{what} raised {type(exc).__name__}: {exc}"
-                       .splitlines()[0][:300]) from exc
+        if reading is None:  # e.g. pretrained weights that could not be downloaded or read
+            raise GalmergeError(f"{kind} '{name}' ({_owner(kind, name)}): {what} could not "
+                                f"read or fetch what it needs ({type(exc).__name__}: {exc})"
+                                .splitlines()[0][:300]) from None
         raise GalmergeError(f"{reading}: cannot read it ({type(exc).__name__}: {exc})"
                             .splitlines()[0][:300]) from None
     except Exception as exc:
