@@ -533,3 +533,29 @@ def test_a_plugin_command_named_like_a_builtin_is_ignored_with_a_warning(registe
         group.commands.pop("train", None)
         LazyGroup._plugin_commands_loaded = False
         group._plugin_commands_loaded = False
+
+
+def test_a_plugin_skipped_after_one_kind_lists_no_components(register_plugin, plugin_manager):
+    # `galmerge plugins --json` listed the backbones of a plugin skipped when its strategies
+    # hook failed later, though they were gone with it
+    import json
+
+    class HalfBroken:
+        @hookimpl
+        def register_backbones(self):
+            from galmerge import Backbone
+
+            return [Backbone(name="halfnet", description="", build=lambda c, s: _Four(4))]
+
+        @hookimpl
+        def register_strategies(self):
+            raise RuntimeError("strategies hook broken")
+
+    register_plugin(HalfBroken(), "half-plugin")
+    assert "halfnet" in plugin_manager.components("backbones")
+    plugin_manager.components("strategies")
+    res = CliRunner().invoke(cli, ["plugins", "--json"])
+    row = {r["name"]: r for r in json.loads(res.stdout)}["half-plugin"]
+    assert "strategies hook broken" in row["error"]
+    assert not any(row["components"].values()), row
+    assert "halfnet" not in plugin_manager.components("backbones")

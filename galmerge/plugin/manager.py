@@ -163,6 +163,7 @@ class PluginManager:
         info = self.infos.pop(name, None) or PluginInfo(
             name=name, distribution=None, version=None, builtin=False)
         info.error = error
+        info.components = {}  # what it registered before this hook failed is gone with it
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
         self.failed.append(info)
