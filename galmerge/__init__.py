@@ -13,7 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from galmerge import _moved
-from galmerge.errors import GalmergeError, PluginError
+from galmerge.errors import GalmergeError, PluginBug, PluginError
 from galmerge.plugin.hookspecs import hookimpl
 from galmerge.plugin.options import RETRY_OPTIONS, Option, resolve_options
 from galmerge.plugin.records import Backbone, Strategy, Survey
@@ -109,10 +109,12 @@ __all__ = [
     "Survey",
     "GalmergeError",
     "PluginError",
+    "PluginBug",
     "resolve_options",
     "Option",
     "RETRY_OPTIONS",
     "register_plugin",
+    "reset_plugin_manager",
     "StepInputs",
     "StrategyContext",
     "ImageSet",
@@ -369,3 +371,13 @@ def register_plugin(plugin: object, name: str) -> None:
     from galmerge.plugin.manager import get_plugin_manager
 
     get_plugin_manager().register(plugin, name=name)
+
+
+def reset_plugin_manager() -> None:
+    """Forget the loaded plugins, so the next use loads them again from the environment
+    (``GALMERGE_LOAD_PLUGINS``, ``GALMERGE_DISABLE_PLUGINS``): for a plugin's tests, e.g. a
+    fixture that sets ``GALMERGE_LOAD_PLUGINS=myplugin``, calls it, and calls it again after
+    the test. Plugins registered with `register_plugin` are forgotten too."""
+    from galmerge.plugin.manager import reset_plugin_manager as reset
+
+    reset()

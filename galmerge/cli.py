@@ -115,7 +115,7 @@ class LazyGroup(click.Group):
         self._plugin_commands_loaded = True
         from galmerge.plugin.manager import get_plugin_manager
 
-        get_plugin_manager().add_commands(self)
+        get_plugin_manager().add_commands(self, reserved=set(COMMANDS))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands()

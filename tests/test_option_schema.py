@@ -112,8 +112,8 @@ def test_backbone_and_survey_options_are_checked_by_the_core(manager):
 
     with pytest.raises(GalmergeError, match="backbone 'typed-bb-test': option width must be"):
         build_model("typed-bb-test", 3, 16, options={"width": 0})
-    with pytest.raises(GalmergeError, match="typed-sv-test:x: unknown option 'dept'; valid "
-                                            "options: depth"):
+    with pytest.raises(GalmergeError, match=r"typed-sv-test:x: unknown option 'dept' \(did you "
+                                            r"mean 'depth'\?\); valid options: depth"):
         load_imageset("typed-sv-test:x?dept=2")
     with pytest.raises(GalmergeError, match="loaded"):
         load_imageset("typed-sv-test:x?depth=21")

@@ -114,12 +114,17 @@ def test_conflicting_names_name_both_plugins(register_plugin, plugin_manager):
 
     register_plugin(make("a"), "lsst-a")
     register_plugin(make("b"), "lsst-b")
+    # the clash takes only that name out: every other survey still works
+    surveys = plugin_manager.components("surveys")
+    assert "lsst" not in surveys and "sdss" in surveys
     with pytest.raises(PluginError) as err:
-        plugin_manager.components("surveys")
+        plugin_manager.get("surveys", "lsst")
     message = str(err.value)
     assert "'lsst'" in message and "lsst-a" in message and "lsst-b" in message
-    # the CLI turns it into one line and a non-zero exit, no traceback
     result = CliRunner().invoke(cli, ["list", "surveys"])
+    assert result.exit_code == 0 and "sdss" in result.stdout and "lsst" not in result.stdout
+    # using the name: one line and a non-zero exit, no traceback
+    result = CliRunner().invoke(cli, ["preview", "lsst"])
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert "lsst-a" in result.output and "lsst-b" in result.output
@@ -141,7 +146,7 @@ def test_galmerge_plugins_shows_a_name_clash_on_both_plugins(register_plugin, pl
     register_plugin(make("b"), "lsst-b")
     result = CliRunner().invoke(cli, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
-    rows = {r["name"]: r for r in json.loads(result.output)}
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
     for name in ("lsst-a", "lsst-b"):
         error = rows[name]["error"]
         assert error and "survey name 'lsst' is registered by two plugins" in error
@@ -168,9 +173,11 @@ def test_alias_conflict_is_detected(register_plugin, plugin_manager):
 
     register_plugin(make("adv-one"), "alias-one")
     register_plugin(make("adv-two"), "alias-two")
-    with pytest.raises(PluginError, match="'zz'.*alias-one.*alias-two"):
-        plugin_manager.components("strategies")
-    assert plugin_manager.get is not None
+    strategies = plugin_manager.components("strategies")
+    assert "adv-one" not in strategies and "adv-two" not in strategies and "dann" in strategies
+    for name in ("zz", "adv-one", "adv-two"):  # each name of a record in the clash
+        with pytest.raises(PluginError, match="'zz'.*alias-one.*alias-two"):
+            plugin_manager.get("strategies", name)
 
 
 def test_hookimpl_typo_fails_loudly(register_plugin):

@@ -58,13 +58,14 @@ def _cutout_provenance(survey: str, spec: Any, keepbits: int | None) -> tuple[st
     """(data release, cutout kind) as the workers' cutout service states them, for the
     output's provenance: the service is opened here once and closed (no request is made)."""
     from galmerge.classification.cutout_cache import keepbits_key
-    from galmerge.classification.inputs import SurveyService, survey_record
+    from galmerge.classification.inputs import SurveyService, cutout_options, survey_record
     from galmerge.data.datasets import parse_survey_spec
     from galmerge.io.provenance import data_release
 
     name, arg, options = parse_survey_spec(survey)
-    service = SurveyService.open(name, survey_record(name, arg), spec,
-                                 {"workers": 1, **options}, shown_spec(survey)).service
+    record = survey_record(name, arg)
+    service = SurveyService.open(name, record, spec, cutout_options(record, 1, options),
+                                 shown_spec(survey)).service
     try:
         key = str(getattr(service, "cache_key", "") or name)
         return data_release(service, options, key), keepbits_key(key, keepbits)
@@ -180,7 +181,12 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
 
     from galmerge.classification.catalogs import DEC_NAMES, ID_NAMES, RA_NAMES, Catalog, _pick
     from galmerge.classification.cutout_cache import CutoutCache, keepbits_key
-    from galmerge.classification.inputs import SurveyService, default_cache, survey_record
+    from galmerge.classification.inputs import (
+        SurveyService,
+        cutout_options,
+        default_cache,
+        survey_record,
+    )
     from galmerge.classification.parquet import arrow_to_numpy
     from galmerge.classification.pipeline import _classify_chunk
     from galmerge.data.datasets import parse_survey_spec
@@ -195,8 +201,9 @@ def classify_partition(df: Any, pixel: Any = None, *, model: str, survey: str = 
         return out
     infer = _inference(model, domain, device, batch_size, checkpoint_sha256)
     name, arg, spec_options = parse_survey_spec(survey)
-    survey_service = SurveyService.open(name, survey_record(name, arg), infer.spec,
-                                        {"workers": int(workers), **spec_options},
+    record = survey_record(name, arg)
+    survey_service = SurveyService.open(name, record, infer.spec,
+                                        cutout_options(record, workers, spec_options),
                                         shown_spec(survey))
     service = survey_service.service
     key = str(getattr(service, "cache_key", "") or name)

@@ -211,6 +211,22 @@ def survey_record(name: str, arg: str | None = None) -> Any:
     return record
 
 
+#: a row's status when the survey plugin broke the fetch protocol (a stamp of the wrong
+#: shape, no result for the row): no network trouble, so no retry advice; retried by a rerun
+STATUS_PLUGIN_ERROR = "plugin-error"
+
+
+def cutout_options(record: Any, workers: int, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a survey's ``cutouts`` gets: ``options`` plus classify's ``workers``
+    (``--workers``) when the survey takes it, i.e. declares no ``cutout_options`` schema (it
+    checks its own options) or declares ``workers`` in it; a survey whose schema leaves
+    ``workers`` out is not handed an option it would refuse."""
+    schema = getattr(record, "cutout_options", None)
+    if not schema or "workers" in schema:
+        return {"workers": int(workers), **options}
+    return dict(options)
+
+
 def fetch_stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
                  service: SurveyService, store: CutoutCache, fetched: Counter,
                  shape: tuple[int, int, int]) -> dict[str, str]:
@@ -227,16 +243,28 @@ def fetch_stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
                                       id=str(chunk.ids[i])))
     try:
         for result in service.fetch(requests):
-            if not 0 <= result.row < len(todo) or todo[result.row] in out:
-                continue
-            key = todo[result.row]
-            req = requests[result.row]
+            row = getattr(result, "row", None)
+            if not isinstance(row, int | np.integer) or not 0 <= row < len(todo) \
+                    or todo[row] in out:
+                what = ("a result that is no CutoutResult" if row is None else
+                        f"a second result for row {row}" if isinstance(row, int | np.integer)
+                        and 0 <= row < len(todo) else
+                        f"a result for row {row!r}, which it was not asked for (rows 0 to "
+                        f"{len(todo) - 1})")
+                raise PluginBug(
+                    f"survey '{service.survey}' ({service.plugin}): its fetch returned {what}; "
+                    "a CutoutService.fetch yields one CutoutResult per request, with the "
+                    "request's row; that is a bug in the plugin: report it to the plugin's "
+                    "authors (rows classified so far are kept)")
+            row = int(row)
+            key = todo[row]
+            req = requests[row]
             st = str(result.status or "fetch-failed: no status")
             image = result.image
             if st == STATUS_OK:
                 if image is None or tuple(np.shape(image)) != shape:
                     got = None if image is None else tuple(np.shape(image))
-                    st = f"fetch-failed: stamp shape {got}, model needs {shape}"
+                    st = f"{STATUS_PLUGIN_ERROR}: stamp shape {got}, model needs {shape}"
                 elif not np.isfinite(image).all():
                     st = "fetch-failed: non-finite pixels"
             out[key] = st
@@ -248,14 +276,14 @@ def fetch_stamps(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
         raise
     except Exception as exc:  # a failing service must not lose the rows: they get a status
         unanswered = f"fetch-failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
-    else:
-        unanswered = "fetch-failed: no result from the survey"
+    else:  # the service ended without a result for these rows: it broke the protocol
+        unanswered = f"{STATUS_PLUGIN_ERROR}: no result from the survey's fetch"
     for key in todo:
         if key not in out:
             out[key] = unanswered
             # asked for, and failed: counted, so that a run in which every row failed exits
             # non-zero (_fail_if_nothing_fetched)
-            fetched["fetch-failed"] += 1
+            fetched[unanswered.split(":", 1)[0]] += 1
     store.flush()
     return out
 

@@ -728,8 +728,9 @@ _MARKER = re.compile(r"done (\d+) of (\d+) chunks")
 
 
 def _fetch_failed(block: ResultBlock) -> bool:
-    """Whether a block has a row whose stamp could not be fetched (never cached: retried)."""
-    return any(_reason(status) == "fetch-failed" for status in block.status)
+    """Whether a block has a row whose stamp could not be fetched, or came broken from the
+    survey's plugin (never cached: retried)."""
+    return any(_reason(status) in ("fetch-failed", "plugin-error") for status in block.status)
 
 
 def read_part(path: Path) -> Iterator[tuple[int, ResultBlock]]:

@@ -9,7 +9,8 @@ run: a run killed at any point (SIGKILL included) and started again fetches only
 had not arrived (at most the 2 x workers requests in flight), then rewrites the output.
 
 Rows with the same (id, RA, Dec) share one stamp and get the same probability (status ``ok``);
-rows with unusable positions get ``bad-coordinates``, malformed CSV lines ``bad-row: ...``.
+rows with unusable positions get ``bad-coordinates``, malformed CSV lines ``bad-row: ...``;
+a stamp the survey's plugin got wrong (wrong shape, no result) ``plugin-error: ...``.
 
 Where rows and stamps come from is `galmerge.classification.inputs` (catalogs, HDF5 image files,
 the survey's service behind the cutout cache); how a run is shared between processes and merged
@@ -35,8 +36,10 @@ import numpy as np
 from galmerge.classification.catalogs import CatalogChunk, open_catalog
 from galmerge.classification.cutout_cache import STATUS_OK, CutoutCache, keepbits_key, make_key
 from galmerge.classification.inputs import (
+    STATUS_PLUGIN_ERROR,
     ImageFileInput,
     SurveyService,
+    cutout_options,
     default_cache,
     fetch_stamps,
     is_image_file,
@@ -661,7 +664,7 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         # "sdss?workers=8&frame_cache_gb=20": options after '?' go to the cutout service
         survey_name, arg, spec_options = parse_survey_spec(survey)
         record = survey_record(survey_name, arg)
-        options = {"workers": int(workers), **spec_options, **dict(survey_options or {})}
+        options = cutout_options(record, workers, {**spec_options, **dict(survey_options or {})})
         survey_service = SurveyService.open(survey_name, record, infer.spec, options, shown)
         service = survey_service.service
         key = str(getattr(service, "cache_key", "")
@@ -849,7 +852,15 @@ def _fail_if_nothing_fetched(summary: ClassifySummary, survey: str, unreachable:
             f"in {summary.output} and the rest are marked 'fetch-failed: service failing'; once "
             "the service works again run the same command to fetch them (stamps already "
             "fetched are cached), or raise the survey option max_failed_requests (0: never stop)")
+    broken = fetched.get(STATUS_PLUGIN_ERROR, 0)
     failed = fetched.get("fetch-failed", 0)  # answers of this run's fetches, by reason
+    if broken and failed + broken == sum(fetched.values()) and summary.ok == 0:
+        example = summary.examples.get(STATUS_PLUGIN_ERROR, STATUS_PLUGIN_ERROR)
+        raise GalmergeError(
+            f"survey {survey}: no stamp came back usable ({broken + failed} rows; {broken} broke "
+            f"the cutout protocol, e.g. '{example}'); that is a bug in the survey's plugin, "
+            "not network trouble: report it to the plugin's authors; "
+            f"{summary.output} lists each row's status")
     if failed and failed == sum(fetched.values()) and summary.ok == 0:
         example = summary.examples.get("fetch-failed", "fetch-failed")
         raise GalmergeError(
@@ -984,6 +995,16 @@ def _print_summary(summary: ClassifySummary) -> None:
             f"{summary.survey or 'the survey'}" + (f" (e.g. '{example}')" if example else "")
             + "; check the network (proxy, firewall) and the survey's service URL, then run the "
             "same command again: cached stamps are not fetched twice",
+            style="yellow", soft_wrap=True, markup=False, highlight=False,
+        )
+    broken = summary.statuses.get(STATUS_PLUGIN_ERROR, 0)
+    if broken:
+        example = summary.examples.get(STATUS_PLUGIN_ERROR, "")
+        console.print(
+            f"warning: {broken} {_plural(broken, 'stamp')} from {summary.survey or 'the survey'} "
+            "broke the cutout protocol" + (f" (e.g. '{example}')" if example else "")
+            + "; that is a bug in the survey's plugin, not network trouble: report it to the "
+            "plugin's authors (`galmerge plugins` names it)",
             style="yellow", soft_wrap=True, markup=False, highlight=False,
         )
     for name, line in summary.services.items():

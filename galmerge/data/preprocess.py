@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,7 @@ class PreprocessSpec(Mapping[str, Any]):
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._plain()
         if self.stretch not in STRETCHES:
             raise GalmergeError(f"preprocessing stretch must be {' or '.join(STRETCHES)}, "
                                 f"not {self.stretch!r}")
@@ -95,6 +97,28 @@ class PreprocessSpec(Mapping[str, Any]):
             raise GalmergeError(f"preprocessing spec has {len(self.mean)} means but "
                                 f"{len(self.std or ())} stds")
         object.__setattr__(self, "_raw", self._canonical())
+
+    def _plain(self) -> None:
+        """Plain Python values in place of numpy strings and scalars (what np.load, h5py and
+        FITS headers give): a checkpoint holding one is refused by the weights-only loader."""
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("bands", tuple(str(b) for b in self.bands))
+        for name, kind in (("image_size", int), ("channels", int), ("pixel_scale_arcsec", float),
+                           ("survey", str)):
+            value = getattr(self, name)
+            if value is not None and type(value) is not kind:
+                put(name, kind(value))
+        for name in ("stretch", "image_source"):
+            if isinstance(getattr(self, name), str):
+                put(name, str(getattr(self, name)))
+        if (isinstance(self.stretch_scale, numbers.Real) and not isinstance(self.stretch_scale, bool)
+                and type(self.stretch_scale) is not float):
+            put("stretch_scale", float(self.stretch_scale))
+        for name in ("mean", "std"):
+            if getattr(self, name) is not None:
+                put(name, tuple(float(v) for v in getattr(self, name)))
 
     # -- the stored dict form ------------------------------------------------------------------
     def _canonical(self) -> dict[str, Any]:

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -58,6 +60,7 @@ def build_model(
     """Build a classifier from a registered backbone name."""
     record = get_plugin_manager().get("backbones", backbone)
     net = record.build(in_channels, image_size, **(options or {}))  # checked by the record
+    _check_features(backbone, net, in_channels, image_size)
     if record.build_head is not None:
         head = record.build_head(int(net.out_features), num_classes)
     else:
@@ -67,6 +70,39 @@ def build_model(
     if callable(init_head):
         init_head(head)
     return GalaxyClassifier(net, head)
+
+
+def _check_features(name: str, net: nn.Module, in_channels: int, image_size: int) -> None:
+    """One forward pass on zeros (2, C, H, W), in eval mode without gradients (no running
+    statistic moves): the features must be (2, out_features), else the head built on
+    ``out_features`` fails later with a shape error deep in training. A plugin's bug here is
+    a `PluginBug` naming it."""
+    from galmerge.errors import PluginBug
+
+    def bug(what: str) -> PluginBug:
+        owner = get_plugin_manager().describe_owner("backbones", name)
+        return PluginBug(f"backbone '{name}' ({owner}): {what}; that is a bug in the plugin: "
+                         "report it to the plugin's authors")
+
+    width = int(net.out_features)
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            features = net(torch.zeros(2, in_channels, image_size, image_size))
+    except GalmergeError:
+        raise
+    except Exception as exc:
+        raise bug(f"its module failed on a ({2}, {in_channels}, {image_size}, {image_size}) "
+                  f"batch of zeros: {type(exc).__name__}: {exc}".splitlines()[0][:300]) from exc
+    finally:
+        net.train(was_training)
+    shape = tuple(features.shape) if isinstance(features, torch.Tensor) else None
+    if shape != (2, width):
+        got = f"features of shape {shape}" if shape is not None else \
+            f"a {type(features).__name__}, not a tensor"
+        raise bug(f"its module gives {got} for 2 images, but its out_features says {width}; "
+                  f"forward must return (N, out_features)")
 
 
 def content_sha256(payload: Any) -> str:
@@ -105,12 +141,47 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
     """Write atomically (`galmerge.io.atomic`) with the content's SHA-256; returns that hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": CHECKPOINT_FORMAT, **payload}
+    payload = _plain({"format": CHECKPOINT_FORMAT, **payload}, "")
     payload.pop("sha256", None)
     payload["sha256"] = content_sha256(payload)
     with atomic.atomic_open(path, "wb") as fh:
         torch.save(payload, fh)
     return str(payload["sha256"])
+
+
+#: what a checkpoint holds besides containers, tensors and plain scalars (weights-only loadable)
+_TORCH_VALUES = (torch.dtype, torch.device, torch.memory_format, torch.layout)
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """``obj`` with numpy scalars and arrays as plain Python values, which the weights-only
+    loader reads (a survey plugin's ``np.str_`` band or ``np.float64`` pixel scale would make
+    a checkpoint no command can open). Containers are rebuilt only where a value changed, so
+    a state_dict keeps its type and metadata. Any other object is refused here, naming its
+    place, rather than written into a file that cannot be read back."""
+    if obj is None or isinstance(obj, (torch.Tensor, bool, int, float, str, bytes, *_TORCH_VALUES)):
+        if isinstance(obj, np.generic):  # np.str_ and np.float64 subclass str and float
+            return obj.item()
+        return obj
+    if isinstance(obj, np.generic | np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, dict):
+        items = {key: _plain(value, f"{where}.{key}" if where else str(key))
+                 for key, value in obj.items()}
+        if all(items[key] is value for key, value in obj.items()) and \
+                not any(isinstance(key, np.generic) for key in obj):
+            return obj
+        return {(key.item() if isinstance(key, np.generic) else key): value
+                for key, value in items.items()}
+    if isinstance(obj, list | tuple):
+        values = [_plain(value, f"{where}[{i}]") for i, value in enumerate(obj)]
+        if all(new is old for new, old in zip(values, obj, strict=True)):
+            return obj
+        return values if isinstance(obj, list) else tuple(values)
+    raise GalmergeError(
+        f"checkpoint entry '{where}' is a {type(obj).__module__}.{type(obj).__qualname__} "
+        f"({_shorten(repr(obj), 60)}), which a galmerge checkpoint cannot hold; a plugin "
+        "(survey, backbone or strategy) must give plain Python values there")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -144,6 +215,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (PermissionError, FileNotFoundError, IsADirectoryError) as exc:
         raise GalmergeError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
     except Exception as exc:
+        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if unsupported:  # written by a version or plugin that stored an object, not damage
+            raise GalmergeError(
+                f"{p} holds a {unsupported.group(1)} object, which galmerge does not load from a "
+                "checkpoint (the weights-only loader refuses it; the file is not damaged): "
+                "it was written by a galmerge version or plugin that stored a non-plain value, "
+                "e.g. a survey plugin's numpy string or scalar; train again with this version, "
+                "which stores plain values") from None
         # torch's text names a byte value, or suggests weights_only=False: never the advice
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         why = (type(exc).__name__ if "weights_only" in str(exc) or len(first) < 8

@@ -25,7 +25,7 @@ class CutoutResult:
 
     row: int
     image: np.ndarray | None
-    status: str  # "ok", "no-coverage", "fetch-failed: <reason>"
+    status: str  # "ok", "no-coverage", "fetch-failed: <reason>"  (classify adds "plugin-error")
 
 
 class CutoutService(Protocol):
@@ -35,7 +35,10 @@ class CutoutService(Protocol):
     cache_key: str
 
     def fetch(self, requests: Sequence[CutoutRequest]) -> Iterator[CutoutResult]:
-        """Yield one result per request, in any order."""
+        """Yield one result per request, in any order, with the request's ``row``; an "ok"
+        one with a (C, size, size) float32 stamp. A row without a result or an "ok" stamp of
+        another shape becomes ``plugin-error: ...``; a row not asked for, or answered twice,
+        fails classify with ``PluginBug`` naming the plugin."""
         ...
 
     def summary(self) -> str:

@@ -76,4 +76,5 @@ def register_commands(cli: click.Group) -> None:
     """Add click commands to the `galmerge` command group.
 
     Called when the command group lists its commands or meets a name that is not built in.
+    A command named like a built-in one is ignored, with a warning naming the plugin.
     """

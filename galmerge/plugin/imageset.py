@@ -60,8 +60,16 @@ class ImageSet:
                 value = self.meta.pop(key)
                 if getattr(self, key) == _DEFAULTS[key]:
                     setattr(self, key, value)
+        # plain Python values: np.load, h5py and FITS headers give numpy strings and scalars
+        # (subclasses of str and float), which a checkpoint's weights-only loader refuses
+        self.bands = tuple(str(b) for b in self.bands)
+        if self.pixel_scale_arcsec is not None:
+            self.pixel_scale_arcsec = float(self.pixel_scale_arcsec)
         if self.stretch_scale is not None:
             self.stretch_scale = float(self.stretch_scale)
+        for key in ("survey", "image_source", "stretch", "storage_dtype"):
+            if isinstance(getattr(self, key), str):  # np.str_ -> str; anything else as given
+                setattr(self, key, str(getattr(self, key)))
         n = len(self.images)
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
         self.ids = np.asarray(self.ids)

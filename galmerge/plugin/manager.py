@@ -8,7 +8,9 @@ Environment:
 A plugin that fails — raises anything at import (``sys.exit`` and ``KeyboardInterrupt``
 included), or whose registration hook raises or returns something that is not a list of
 records with usable names (docs/DESIGN.md "Names (contract)") — is skipped with one warning
-naming it and how to block it; everything else works.
+naming it and how to block it; everything else works. A component name (or alias) registered
+twice takes out only that name: a built-in's wins over a third-party plugin's (skipped with one
+warning); two third-party plugins' clash is an error when the name is used (`NameClash`).
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ class PluginManager:
         self._cache: dict[str, dict[str, Any]] = {}
         self._owner: dict[str, dict[str, str]] = {}
         self._clashed: set[str] = set()  # plugins whose error is a name clash
+        self._clashes: dict[str, dict[str, NameClash]] = {}  # kind -> name -> its clash
+        self._warned: set[tuple[str, str, str]] = set()  # (plugin, kind, name) warned about
         if load_entrypoints:
             self._load_entrypoints()
 
@@ -159,6 +163,7 @@ class PluginManager:
         info = self.infos.pop(name, None) or PluginInfo(
             name=name, distribution=None, version=None, builtin=False)
         info.error = error
+        info.components = {}  # what it registered before this hook failed is gone with it
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
         self.failed.append(info)
@@ -201,22 +206,32 @@ class PluginManager:
         known = {n for n in dir(hookspecs) if n.startswith("register_")}
         for attr in dir(plugin):
             func = getattr(plugin, attr, None)
-            if callable(func) and hasattr(func, f"{hookspecs.PROJECT}_impl") and attr not in known:
-                hint = _closest(attr, known)
+            if not callable(func) or not hasattr(func, f"{hookspecs.PROJECT}_impl"):
+                continue
+            # pluggy's @hookimpl(specname="register_surveys") implements the hook it names
+            opts = getattr(func, f"{hookspecs.PROJECT}_impl", None)
+            hook = (opts.get("specname") if isinstance(opts, dict) else None) or attr
+            if hook not in known:
+                hint = _closest(hook, known)
                 raise PluginError(
-                    f"plugin '{name}' implements '{attr}', which is no galmerge hook"
+                    f"plugin '{name}' implements '{hook}', which is no galmerge hook"
                     + (f" (did you mean '{hint}'?)" if hint else "")
                     + f"; known hooks: {', '.join(sorted(known))}"
                 )
 
     # -- components --------------------------------------------------------------------
     def components(self, kind: str) -> dict[str, Any]:
-        """All records of one kind (``backbones``, ``strategies``, ``surveys``) by name."""
+        """All records of one kind (``backbones``, ``strategies``, ``surveys``) by name.
+
+        A name (or alias) registered twice never takes the other components down: where a
+        built-in owns it, the built-in wins and the third-party record is skipped with a
+        one-line warning; where two third-party plugins (or two built-ins) register it, both
+        records are left out and looking up any of their names raises `NameClash`, naming
+        both plugins (`galmerge plugins` shows it as both plugins' error)."""
         if kind in self._cache:
             return self._cache[kind]
         hook_name, record_type = KINDS[kind]
-        found: dict[str, Any] = {}
-        owner: dict[str, str] = {}
+        claims: list[tuple[str, Any]] = []
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             called, result = self._call(impl)
             records, error = _records(result, record_type) if called else (None, "")
@@ -224,25 +239,74 @@ class PluginManager:
                 if called:
                     self._skip(impl.plugin_name, f"failed in {hook_name}", error)
                 return self.components(kind)  # again, without that plugin
-            for record in records:
-                names = [record.name, *getattr(record, "aliases", ())]
+            claims += [(impl.plugin_name, record) for record in records]
+        by_name: dict[str, list[tuple[str, Any]]] = {}
+        for plugin, record in claims:
+            for n in dict.fromkeys([record.name, *getattr(record, "aliases", ())]):
+                by_name.setdefault(n, []).append((plugin, record))
+        dropped: set[int] = set()  # id() of records left out
+        clash_of: dict[int, NameClash] = {}  # id() of a record left out in a clash -> it
+        singular = SINGULAR.get(kind, kind)
+        for n, owners in by_name.items():
+            if len(owners) < 2:
+                continue
+            plugins = list(dict.fromkeys(p for p, _ in owners))
+            builtins = [p for p in plugins if self._builtin(p)]
+            if len(builtins) == 1 and len(plugins) > 1:
+                for plugin, record in owners:
+                    if plugin != builtins[0] and id(record) not in dropped:
+                        dropped.add(id(record))
+                        self._warn_once(plugin, kind, record.name,
+                                        f"registers {singular} '{n}', which galmerge's "
+                                        f"built-in plugin '{builtins[0]}' owns; its {singular} "
+                                        f"'{record.name}' was skipped")
+                continue
+            who = (f"two plugins: {self._describe(plugins[0])} and {self._describe(plugins[1])}"
+                   if len(plugins) > 1 else f"plugin {self._describe(plugins[0])} twice")
+            clash = NameClash(f"{singular} name '{n}' is registered by {who}; uninstall one or "
+                              "block it with GALMERGE_DISABLE_PLUGINS=<name>", tuple(plugins[:2]))
+            for _plugin, record in owners:
+                dropped.add(id(record))
+                clash_of.setdefault(id(record), clash)
+            for plugin in plugins[:2]:
+                others = " and ".join(self._describe(p) for p in plugins if p != plugin)
+                self._warn_once(plugin, kind, n,
+                                f"registers {singular} '{n}' as {others or 'it'} does too; "
+                                "that name is left out (using it is an error)")
+        found: dict[str, Any] = {}
+        owner: dict[str, str] = {}
+        clashes: dict[str, NameClash] = {}
+        for plugin, record in claims:
+            names = [record.name, *getattr(record, "aliases", ())]
+            if id(record) in clash_of:  # each of its names answers with the clash
                 for n in names:
-                    if n in owner:
-                        raise NameClash(
-                            f"{SINGULAR.get(kind, kind)} name '{n}' is registered by two plugins: "
-                            f"{self._describe(owner[n])} and {self._describe(impl.plugin_name)}; "
-                            f"uninstall one or block it with GALMERGE_DISABLE_PLUGINS=<name>",
-                            (owner[n], impl.plugin_name),
-                        )
-                    owner[n] = impl.plugin_name
-                found[record.name] = record
+                    clashes.setdefault(n, clash_of[id(record)])
+            if id(record) in dropped:
+                continue
+            for n in names:
+                owner[n] = plugin
+            found[record.name] = record
         for plugin_name, info in self.infos.items():
             info.components[kind] = sorted(
                 n for n, p in owner.items() if p == plugin_name and n in found
             )
         self._cache[kind] = dict(sorted(found.items()))
         self._owner[kind] = owner
+        self._clashes[kind] = clashes
         return self._cache[kind]
+
+    def _builtin(self, plugin: str) -> bool:
+        info = self.infos.get(plugin)
+        return bool(info and info.builtin)
+
+    def _warn_once(self, plugin: str, kind: str, name: str, what: str) -> None:
+        if (plugin, kind, name) in self._warned:
+            return
+        self._warned.add((plugin, kind, name))
+        info = self.infos.get(plugin)
+        dist = info.distribution if info else None
+        print(f"galmerge: warning: plugin '{plugin}' ({dist or 'unknown distribution'}) {what}; "
+              f"block it with GALMERGE_DISABLE_PLUGINS={plugin}", file=sys.stderr)
 
     def owner(self, kind: str, name: str) -> PluginInfo | None:
         self.components(kind)
@@ -259,6 +323,8 @@ class PluginManager:
         records = self.components(kind)
         if name in records:
             return records[name]
+        if name in self._clashes.get(kind, {}) and name not in self._owner.get(kind, {}):
+            raise self._clashes[kind][name]
         for record in records.values():
             if name in getattr(record, "aliases", ()):
                 return record
@@ -277,19 +343,37 @@ class PluginManager:
         for kind in KINDS:
             try:
                 self.components(kind)
-            except NameClash as exc:
-                for name in exc.plugins:
+            except PluginError:
+                continue
+            for clash in self._clashes.get(kind, {}).values():
+                for name in clash.plugins:
                     info = self.infos.get(name)
                     if info is not None and info.error is None:
-                        info.error = str(exc)
+                        info.error = str(clash)
                         self._clashed.add(name)
-            except PluginError:
-                pass
         return sorted([*self.infos.values(), *self.failed], key=lambda i: (not i.builtin, i.name))
 
-    def add_commands(self, cli: Any) -> None:
+    def add_commands(self, cli: Any, reserved: Iterable[str] = ()) -> None:
+        """Let each plugin add its commands to ``cli`` (a click group). A command named like
+        one in ``reserved`` (the built-in commands) is taken out again with one warning
+        naming the plugin: the built-in always runs."""
+        reserved = set(reserved)
+        commands = getattr(cli, "commands", None)
         for impl in self.pm.hook.register_commands.get_hookimpls():
+            before = dict(commands) if isinstance(commands, dict) else {}
             self._call(impl, cli=cli)
+            if not isinstance(commands, dict):
+                continue
+            for name in [n for n, c in commands.items() if before.get(n) is not c]:
+                if name not in reserved:
+                    continue
+                if name in before:
+                    commands[name] = before[name]
+                else:
+                    del commands[name]
+                self._warn_once(impl.plugin_name, "commands", name,
+                                f"adds command '{name}', which is a built-in command; the "
+                                "plugin's command was ignored")
 
     def _describe(self, plugin_name: str) -> str:
         info = self.infos.get(plugin_name)

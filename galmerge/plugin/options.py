@@ -114,8 +114,10 @@ def check_options(kind: str, name: str, schema: Mapping[str, Option],
     what = label or f"{kind} '{name}'"
     unknown = sorted(set(given) - set(schema))
     if unknown and label is not None:  # a survey spec: "hdf5:x.h5: unknown option 'y'"
-        raise GalmergeError(f"{label}: unknown option {unknown[0]!r}; valid options: "
-                            f"{', '.join(schema)}")
+        hint = difflib.get_close_matches(unknown[0], list(schema), n=1)
+        raise GalmergeError(f"{label}: unknown option {unknown[0]!r}"
+                            + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                            + f"; valid options: {', '.join(schema)}")
     if unknown:
         hint = difflib.get_close_matches(unknown[0], list(schema), n=1)
         raise GalmergeError(

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from galmerge.errors import GalmergeError, PluginBug, PluginError
 from galmerge.plugin.options import Option, check_options, schema_from_defaults
 
 if TYPE_CHECKING:
@@ -52,7 +53,17 @@ class Backbone:
         plugin_build = self.build
 
         def build(in_channels: int, image_size: int, **options: Any) -> nn.Module:
-            return plugin_build(in_channels, image_size, **self.check(options))
+            checked = self.check(options)
+            net = _plugin_call("backbone", self.name, "build", plugin_build,
+                               in_channels, image_size, **checked)
+            _expect_module("backbone", self.name, net)
+            width = getattr(net, "out_features", None)
+            if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+                raise _bug("backbone", self.name,
+                           f"build returned a {type(net).__name__} whose out_features is "
+                           f"{_shown(width)}; a backbone module exposes out_features, the "
+                           "width of its features (an int >= 1)")
+            return net
 
         object.__setattr__(self, "build", build)
 
@@ -104,7 +115,10 @@ class Strategy:
         plugin_build = self.build
 
         def build(context: StrategyContext, options: Mapping[str, Any]) -> nn.Module:
-            return plugin_build(context, self.check(options))
+            checked = self.check(options)
+            module = _plugin_call("strategy", self.name, "build", plugin_build, context, checked)
+            _expect_module("strategy", self.name, module)
+            return module
 
         object.__setattr__(self, "build", build)
 
@@ -133,16 +147,36 @@ class Survey:
 
     def __post_init__(self) -> None:
         plugin_load, plugin_cutouts = self.load, self.cutouts
-        if plugin_load is not None and self.options:
+        if plugin_load is not None:
             def load(arg: str | None, options: Mapping[str, Any]) -> ImageSet:
+                from galmerge.plugin.imageset import ImageSet
+
                 label = f"{self.name}:{arg}" if arg else self.name
-                return plugin_load(arg, self.check(options, label))
+                checked = self.check(options, label)
+                # a file the user named that cannot be read is their mistake, not a bug
+                imageset = _plugin_call("survey", self.name, "load", plugin_load, arg, checked,
+                                        reading=label)
+                if not isinstance(imageset, ImageSet):
+                    raise _bug("survey", self.name, f"load returned {_shown(imageset)}; "
+                               "a survey's load returns a galmerge.ImageSet")
+                return imageset
 
             object.__setattr__(self, "load", load)
-        if plugin_cutouts is not None and self.cutout_options:
+        if plugin_cutouts is not None:
             def cutouts(preprocess: Mapping[str, Any], options: Mapping[str, Any]
                         ) -> CutoutService:
-                return plugin_cutouts(preprocess, self.check(options, self.name, cutouts=True))
+                # TypeError and ValueError stay as they are: classify reports them as a bad
+                # option value (e.g. RetryPolicy.from_options refusing timeout=0)
+                service = plugin_cutouts(preprocess, self.check(options, self.name,
+                                                                cutouts=True))
+                missing = [m for m in ("fetch", "close")
+                           if not callable(getattr(service, m, None))]
+                if missing:
+                    raise _bug("survey", self.name,
+                               f"cutouts returned {_shown(service)}, which has no "
+                               f"{' or '.join(f'{m}()' for m in missing)}; a survey's cutouts "
+                               "returns a galmerge.CutoutService")
+                return service
 
             object.__setattr__(self, "cutouts", cutouts)
 
@@ -170,3 +204,69 @@ def _schema(record: Any, implied: Mapping[str, Option] | None = None) -> None:
             options[key] = replace(current, min=option.min, help=current.help or option.help)
     object.__setattr__(record, "options", options)
     object.__setattr__(record, "defaults", {k: o.default for k, o in options.items()})
+    # the plugin's own search space names its own options: a typo there is the plugin's, found
+    # when it registers (the plugin is skipped with a warning), not at tune time as the user's
+    unknown = [k for k in dict(record.search_space or {}) if k not in options]
+    if unknown:
+        import difflib
+
+        hint = difflib.get_close_matches(str(unknown[0]), list(options), n=1)
+        kind = type(record).__name__.lower()
+        raise PluginError(
+            f"{kind} '{record.name}' has search_space option(s) "
+            f"{', '.join(map(str, unknown))}, which it does not declare"
+            + (f" (did you mean '{hint[0]}'?)" if hint else "")
+            + f"; its options: {', '.join(options) or 'none'}")
+
+
+def _owner(kind: str, name: str) -> str:
+    """``plugin 'NAME' (distribution)`` that registered a component, for messages."""
+    from galmerge.plugin.manager import get_plugin_manager
+
+    try:
+        return get_plugin_manager().describe_owner(f"{_KINDS[kind]}", name)
+    except Exception:  # noqa: BLE001 - a message must not fail on its way out
+        return "an unknown plugin"
+
+
+_KINDS = {"backbone": "backbones", "strategy": "strategies", "survey": "surveys"}
+
+
+def _shown(value: Any) -> str:
+    if value is None or isinstance(value, bool | int | float) and len(repr(value)) <= 40:
+        return repr(value)
+    return f"a {type(value).__module__}.{type(value).__qualname__}".replace("builtins.", "")
+
+
+def _bug(kind: str, name: str, what: str) -> PluginBug:
+    return PluginBug(f"{kind} '{name}' ({_owner(kind, name)}): {what}; that is a bug in the "
+                     "plugin: report it to the plugin's authors")
+
+
+def _plugin_call(kind: str, name: str, what: str, func: Callable[..., Any], *args: Any,
+                 reading: str | None = None, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)``, a plugin's build or load: a GalmergeError (a one-line user
+    error) passes; any other exception is a `PluginBug` naming the component and its plugin,
+    with the plugin's traceback as its cause. An OSError (no such file, no network) is no
+    bug: a one-line error naming the spec a load reads (``reading``), else the component."""
+    try:
+        return func(*args, **kwargs)
+    except (GalmergeError, PluginBug):
+        raise
+    except OSError as exc:
+        if reading is None:  # e.g. pretrained weights that could not be downloaded or read
+            raise GalmergeError(f"{kind} '{name}' ({_owner(kind, name)}): {what} could not "
+                                f"read or fetch what it needs ({type(exc).__name__}: {exc})"
+                                .splitlines()[0][:300]) from None
+        raise GalmergeError(f"{reading}: cannot read it ({type(exc).__name__}: {exc})"
+                            .splitlines()[0][:300]) from None
+    except Exception as exc:
+        raise _bug(kind, name, f"{what} raised {type(exc).__name__}: {exc}"
+                   .splitlines()[0][:300] + " (its traceback is above)") from exc
+
+
+def _expect_module(kind: str, name: str, value: Any) -> None:
+    from torch import nn
+
+    if not isinstance(value, nn.Module):
+        raise _bug(kind, name, f"build returned {_shown(value)}; it returns a torch.nn.Module")

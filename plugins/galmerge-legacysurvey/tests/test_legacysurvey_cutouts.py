@@ -250,7 +250,8 @@ def test_impossible_models_are_refused_in_one_line(survey, preprocess, options_,
 @pytest.mark.parametrize(
     ("spec", "words"),
     [
-        ("legacysurvey?layr=ls-dr9", "legacysurvey: unknown option 'layr'; valid options: layer"),
+        ("legacysurvey?layr=ls-dr9",
+         "legacysurvey: unknown option 'layr' (did you mean 'layer'?); valid options: layer"),
         ("legacysurvey?timout=5", "legacysurvey: unknown option 'timout'"),
         ("legacysurvey?sleep=1", "legacysurvey: unknown option 'sleep'"),
         ("legacysurvey?workers=0", "legacysurvey: option workers must be >= 1, got 0"),

@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Only this third-party plugin loads; no token or URL leaks in from the caller's shell."""
-    from galmerge.plugin.manager import reset_plugin_manager
+    from galmerge import reset_plugin_manager
 
     monkeypatch.setenv("GALMERGE_LOAD_PLUGINS", "lsst")
     monkeypatch.delenv("GALMERGE_DISABLE_PLUGINS", raising=False)

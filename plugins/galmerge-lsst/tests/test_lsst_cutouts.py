@@ -376,7 +376,8 @@ def test_impossible_models_are_refused_in_one_line(survey, rsp, preprocess, opti
 @pytest.mark.parametrize(
     ("spec", "words"),
     [
-        ("lsst?timout=5", "lsst: unknown option 'timout'; valid options: collection"),
+        ("lsst?timout=5",
+         "lsst: unknown option 'timout' (did you mean 'timeout'?); valid options: collection"),
         ("lsst?wokers=64", "lsst: unknown option 'wokers'"),
         ("lsst?sleep=1", "lsst: unknown option 'sleep'"),
         ("lsst?workers=0", "lsst: option workers must be >= 1, got 0"),
