@@ -214,8 +214,8 @@ def test_mc_dropout_mean_and_spread(run, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--mc-dropout", "1"], "at least 2"),
-    (["--mc-dropout", "0"], "at least 2"),
+    (["--mc-dropout", "1"], "from 2 to 1000"),
+    (["--mc-dropout", "0"], "from 2 to 1000"),
     (["--mc-dropout", "3", "--model", "{run2}"], "not both"),
 ])
 def test_mc_dropout_user_errors_are_one_line(run, tmp_path, args, message):
