@@ -398,11 +398,15 @@ def find_baseline(run_dir: Path) -> Path | None:
     return None if base is None else base.path
 
 
-def given_baseline(given: Path, config: Mapping[str, Any]) -> Baseline:
+def given_baseline(given: Path, config: Mapping[str, Any], evaluated: Path) -> Baseline:
     """``evaluate --baseline``: a run directory (its best.pt) or a checkpoint file. Refused when
-    its data, backbone or backbone options are not the run's; a run of another strategy is
-    kept and named by its strategy (not "source only"), and every difference is recorded."""
+    it is the checkpoint ``evaluated`` itself, or its data, backbone or backbone options are
+    not the run's; a run of another strategy is kept and named by its strategy (not "source
+    only"), and every difference is recorded."""
     ckpt = given / rundir.BEST if given.is_dir() else given
+    if ckpt.resolve() == evaluated.resolve():
+        raise GalmergeError(f"--baseline {given} is the model evaluated itself; pass a "
+                            "`none` run of the same data, or leave --baseline out")
     if not ckpt.is_file():
         raise GalmergeError(f"--baseline {given}: no best.pt there; pass a `none` run")
     other = _read_run_config(ckpt.parent) if (ckpt.parent / rundir.CONFIG).is_file() else None
@@ -649,10 +653,6 @@ def evaluate(
         )
     if bootstrap < 0:
         raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
-    if baseline is not None and (Path(baseline) / rundir.BEST if Path(baseline).is_dir()
-                                 else Path(baseline)).resolve() == ckpt.resolve():
-        raise GalmergeError(f"--baseline {baseline} is the model evaluated itself; pass a "
-                            "`none` run of the same data, or leave --baseline out")
     if embedding_points < 1:
         raise GalmergeError(f"--embedding-points {embedding_points}: use a positive count "
                             f"(default {EMBEDDING_POINTS})")
@@ -661,7 +661,7 @@ def evaluate(
     config = rundir.read_config(run)
     summary = _read_json(run / rundir.SUMMARY)
     # the embedding's "before" model, checked before any work
-    base = (given_baseline(Path(baseline), config) if baseline is not None
+    base = (given_baseline(Path(baseline), config, ckpt) if baseline is not None
             else choose_baseline(run, config))
     rows = rundir.read_metrics(run) if (run / rundir.METRICS).is_file() else []
     loaded = load_model(ckpt, dev)
