@@ -32,6 +32,7 @@ from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.models import domain_norm
 from galmerge.plugin.manager import get_plugin_manager
+from galmerge.plugin.records import plugin_bug
 
 CHECKPOINT_FORMAT = "galmerge-checkpoint/1"
 
@@ -77,13 +78,6 @@ def _check_features(name: str, net: nn.Module, in_channels: int, image_size: int
     statistic moves): the features must be (2, out_features), else the head built on
     ``out_features`` fails later with a shape error deep in training. A plugin's bug here is
     a `PluginBug` naming it."""
-    from galmerge.errors import PluginBug
-
-    def bug(what: str) -> PluginBug:
-        owner = get_plugin_manager().describe_owner("backbones", name)
-        return PluginBug(f"backbone '{name}' ({owner}): {what}; that is a bug in the plugin: "
-                         "report it to the plugin's authors")
-
     width = int(net.out_features)
     was_training = net.training
     try:
@@ -93,16 +87,19 @@ def _check_features(name: str, net: nn.Module, in_channels: int, image_size: int
     except GalmergeError:
         raise
     except Exception as exc:
-        raise bug(f"its module failed on a ({2}, {in_channels}, {image_size}, {image_size}) "
-                  f"batch of zeros: {type(exc).__name__}: {exc}".splitlines()[0][:300]) from exc
+        raise plugin_bug("backbone", name,
+                         f"its module failed on a (2, {in_channels}, {image_size}, {image_size}) "
+                         f"batch of zeros: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+                         ) from exc
     finally:
         net.train(was_training)
     shape = tuple(features.shape) if isinstance(features, torch.Tensor) else None
     if shape != (2, width):
         got = f"features of shape {shape}" if shape is not None else \
             f"a {type(features).__name__}, not a tensor"
-        raise bug(f"its module gives {got} for 2 images, but its out_features says {width}; "
-                  f"forward must return (N, out_features)")
+        raise plugin_bug("backbone", name,
+                         f"its module gives {got} for 2 images, but its out_features says "
+                         f"{width}; forward must return (N, out_features)")
 
 
 def content_sha256(payload: Any) -> str:

@@ -59,7 +59,7 @@ class Backbone:
             _expect_module("backbone", self.name, net)
             width = getattr(net, "out_features", None)
             if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-                raise _bug("backbone", self.name,
+                raise plugin_bug("backbone", self.name,
                            f"build returned a {type(net).__name__} whose out_features is "
                            f"{_shown(width)}; a backbone module exposes out_features, the "
                            "width of its features (an int >= 1)")
@@ -157,7 +157,7 @@ class Survey:
                 imageset = _plugin_call("survey", self.name, "load", plugin_load, arg, checked,
                                         reading=label)
                 if not isinstance(imageset, ImageSet):
-                    raise _bug("survey", self.name, f"load returned {_shown(imageset)}; "
+                    raise plugin_bug("survey", self.name, f"load returned {_shown(imageset)}; "
                                "a survey's load returns a galmerge.ImageSet")
                 return imageset
 
@@ -172,7 +172,7 @@ class Survey:
                 missing = [m for m in ("fetch", "close")
                            if not callable(getattr(service, m, None))]
                 if missing:
-                    raise _bug("survey", self.name,
+                    raise plugin_bug("survey", self.name,
                                f"cutouts returned {_shown(service)}, which has no "
                                f"{' or '.join(f'{m}()' for m in missing)}; a survey's cutouts "
                                "returns a galmerge.CutoutService")
@@ -238,7 +238,9 @@ def _shown(value: Any) -> str:
     return f"a {type(value).__module__}.{type(value).__qualname__}".replace("builtins.", "")
 
 
-def _bug(kind: str, name: str, what: str) -> PluginBug:
+def plugin_bug(kind: str, name: str, what: str) -> PluginBug:
+    """A `PluginBug` for ``kind`` ``name`` (``"backbone"``, ``"strategy"``, ``"survey"``) that
+    names the plugin which registered it: ``what`` went wrong, and it is the plugin's to fix."""
     return PluginBug(f"{kind} '{name}' ({_owner(kind, name)}): {what}; that is a bug in the "
                      "plugin: report it to the plugin's authors")
 
@@ -261,7 +263,7 @@ def _plugin_call(kind: str, name: str, what: str, func: Callable[..., Any], *arg
         raise GalmergeError(f"{reading}: cannot read it ({type(exc).__name__}: {exc})"
                             .splitlines()[0][:300]) from None
     except Exception as exc:
-        raise _bug(kind, name, f"{what} raised {type(exc).__name__}: {exc}"
+        raise plugin_bug(kind, name, f"{what} raised {type(exc).__name__}: {exc}"
                    .splitlines()[0][:300] + " (its traceback is above)") from exc
 
 
@@ -269,4 +271,4 @@ def _expect_module(kind: str, name: str, value: Any) -> None:
     from torch import nn
 
     if not isinstance(value, nn.Module):
-        raise _bug(kind, name, f"build returned {_shown(value)}; it returns a torch.nn.Module")
+        raise plugin_bug(kind, name, f"build returned {_shown(value)}; it returns a torch.nn.Module")
