@@ -68,6 +68,9 @@ CONFIG_CASES = [
     ("epochs = true\n", "epochs"),
     ("lr_multipliers = [1]\n", "lr_multipliers must be a table"),
     ("device = \"xpu\"\n", "unknown --device 'xpu'"),
+    # an empty device was taken as auto, unsaid
+    ("device = \"\"\n", "--device '': give auto, cpu"),
+    ("device = \" \"\n", "--device ' ': give auto, cpu"),
     ("lr = 1e308\n", "lr must be at most 10"),
     ("[observe]\nfield_rate = 0.5\n",
      "observe.field_rate applies with observe.field = \"target\" only"),
@@ -243,6 +246,28 @@ def test_other_commands_refuse_bad_values_in_one_line(tmp_path, monkeypatch):
         # the only trace a refused classify may leave is its output's (hidden) lock file
         new = {n for n in after - before if not (n.startswith(".") and n.endswith(".lock"))}
         assert not new, (args, sorted(new))
+
+
+def _device_cases(tmp: Path) -> list[list[str]]:
+    """Every command that takes --device, otherwise valid enough to reach it; its files need
+    not exist, as the device is refused before anything is read."""
+    return [
+        ["train", *SRC, "--run-dir", str(tmp / "run"), "--quiet"],
+        ["tune", *SRC, "--strategy", "none", "--n-trials", "1", "--study-dir", str(tmp / "s")],
+        ["classify", str(tmp / "cat.csv"), "--model", str(tmp / "run"), "--quiet"],
+        ["evaluate", str(tmp / "run")],
+        ["fraction", str(tmp / "o.csv"), "--model", str(tmp / "run")],
+        ["reproduce", "deepmerge2", "--experiment", "sim-sim", "--out", str(tmp / "rp")],
+    ]
+
+
+@pytest.mark.parametrize("device", ["", "  "])
+def test_every_command_refuses_an_empty_device_in_one_line(tmp_path, device):
+    """Once only train refused --device ''; the others took it as auto, unsaid."""
+    for args in _device_cases(tmp_path):
+        result = CliRunner().invoke(cli, [*args, "--device", device])
+        _one_line_failure(result, f"--device {device!r}: give auto, cpu, cuda")
+        assert not any(tmp_path.iterdir()), (args, sorted(tmp_path.rglob("*")))
 
 
 def _fetch_cases(tmp: Path, closed_port: int) -> list[tuple[list[str], dict[str, str], str]]:

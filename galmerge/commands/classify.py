@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from galmerge.commands.device_option import checked_device
+
 
 @click.command("classify")
 @click.argument("catalog", type=click.Path())
@@ -24,7 +26,8 @@ import click
 @click.option("--id-col", help="Id column (default: objID, objid, specobjid, id, ...).")
 @click.option("--batch-size", type=int, default=256, show_default=True,
               help="Images per forward pass.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--device", callback=checked_device, default="auto", show_default=True,
+              help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--workers", type=int, default=4, show_default=True,
               help="Concurrent downloads.")
 @click.option("--threshold", type=float, default=0.5, show_default=True,

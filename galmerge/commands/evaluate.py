@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from galmerge.commands.device_option import checked_device
+
 
 @click.command("evaluate")
 @click.argument("run_dir", type=click.Path(file_okay=False))
@@ -15,7 +17,8 @@ import click
     show_default=True,
     help="Which checkpoint of the run to evaluate.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--device", callback=checked_device, default="auto", show_default=True,
+              help="auto, cpu, cuda, cuda:N or mps.")
 @click.option(
     "--bootstrap",
     type=int,

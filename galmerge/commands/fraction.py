@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from galmerge.commands.device_option import checked_device
+
 
 @click.command("fraction")
 @click.argument("results", type=click.Path(dir_okay=False))
@@ -33,7 +35,7 @@ import click
 @click.option("--target", help="Target data spec if the run's config.toml's cannot be "
                                "reloaded here (read only by runs whose source was observed "
                                "with the target's field sources, observe.field).")
-@click.option("--device", default="cpu", show_default=True,
+@click.option("--device", callback=checked_device, default="cpu", show_default=True,
               help="Device for scoring the validation split (once; cached in the run).")
 @click.option("--labels", type=click.Path(dir_okay=False),
               help="A labelled random sample of the survey (CSV, FITS or Parquet: an "

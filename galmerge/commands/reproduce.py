@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from galmerge.commands.device_option import checked_device
 from galmerge.config.presets import PAPER_METHODS
 from galmerge.surveys.deepmerge.reproduce import BACKBONES, PAPERS
 
@@ -31,7 +32,7 @@ from galmerge.surveys.deepmerge.reproduce import BACKBONES, PAPERS
 @click.option("--tl-source", help="With --tl: replace the source data spec of the sim-sim runs "
               "it starts from (e.g. 'synthetic:pristine?n=2000&seed=0').")
 @click.option("--tl-target", help="With --tl: replace the target data spec of those sim-sim runs.")
-@click.option("--device", help="auto (default), cpu, cuda, cuda:N or mps.")
+@click.option("--device", callback=checked_device, help="auto (default), cpu, cuda, cuda:N or mps.")
 @click.option("--evaluate/--no-evaluate", default=True, show_default=True,
               help="Write each run's report/ (galmerge evaluate).")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=200, show_default=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from galmerge.commands.device_option import checked_device
 from galmerge.config.resolve import DEFAULTS
 
 
@@ -22,7 +23,7 @@ def _help(text: str, key: str) -> str:
 @click.option("--batch-size", type=int, help=_help("Images per domain per step (global over processes).", "batch_size"))
 @click.option("--lr", type=float, help=_help("Peak learning rate of the one-cycle schedule.", "lr"))
 @click.option("--seed", type=int, help=_help("Seed for splits, initialisation and batch order.", "seed"))
-@click.option("--device", help=_help("auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", "device"))
+@click.option("--device", callback=checked_device, help=_help("auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", "device"))
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Output run directory.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML config (e.g. a run's config.toml); flags override it.")
@@ -78,9 +79,6 @@ def train(
     if preset is not None and not preset.strip():
         raise GalmergeError(f"--preset {preset!r}: give a preset name (`galmerge presets` lists "
                             "them) or leave --preset out")
-    if device is not None and not device.strip():
-        raise GalmergeError(f"--device {device!r}: give auto, cpu, cuda, cuda:N or mps, or "
-                            "leave --device out")
     bopts = dict(parse_assignment(text, "--backbone-option") for text in backbone_options)
     if preset and strategy and not quiet:
         from galmerge.config.presets import borrowed_note

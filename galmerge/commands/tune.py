@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from galmerge.commands.device_option import checked_device
+
 SCORE_HELP = (
     "Label-free objective: im_src (default: information maximisation + source val loss), im, "
     "snd, dev, entropy or source_val_loss. Target labels are never used."
@@ -35,7 +37,7 @@ SCORE_HELP = (
 @click.option("--backbone", help="Backbone name.")
 @click.option("--batch-size", type=int, help="Images per domain per step.")
 @click.option("--max-steps-per-epoch", type=int, help="Cap on steps per epoch.")
-@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--device", callback=checked_device, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--set", "sets", multiple=True, metavar="[SECTION.]OPTION=VALUE",
               help="Fixed setting or option of every trial, e.g. --set epoch_steps=ceil or "
               "--set fisher.form=tr.")

@@ -15,16 +15,21 @@ CHOICES = "auto, cpu, cuda, cuda:N (N a GPU index) or mps"
 _NAME = re.compile(r"auto|cpu|mps(?::0)?|cuda(?::(\d+))?")  # mps:0, torch's name of mps
 
 
-def check_device_name(name: str) -> str:
-    """``name`` in lower case (empty: ``auto``) when it is one of `CHOICES`, else a one-line
+def check_device_name(name: str | None) -> str:
+    """``name`` in lower case (None: ``auto``) when it is one of `CHOICES`, else a one-line
     error; without torch, so that configs are checked before any work."""
-    low = (name or "auto").lower()
+    if name is None:
+        return "auto"
+    # an empty --device or device = "" was once taken as auto, unsaid: a value left out is None
+    if not name.strip():
+        raise GalmergeError(f"--device {name!r}: give {CHOICES}, or leave it out (auto)")
+    low = name.lower()
     if _NAME.fullmatch(low) is None:
         raise GalmergeError(f"unknown --device '{name}'; use {CHOICES}")
     return low
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str | None = "auto") -> torch.device:
     """``auto`` -> CUDA, then Apple MPS, then CPU; an explicit device that is missing, or a
     name outside `CHOICES`, is an error."""
     import torch
