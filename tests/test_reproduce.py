@@ -253,3 +253,31 @@ def test_tl_runs_are_found_again_however_out_is_spelt(tmp_path, monkeypatch):
     old = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "rep")])
     assert old.exit_code == 0, old.output
     assert old.output.count("finished earlier, skipped") == 2
+
+
+def test_a_plugin_backbone_through_the_cli(tmp_path, monkeypatch, register_plugin):
+    """--backbone takes any installed backbone, as train's does (it took the paper's two only);
+    an unknown one is one line naming those installed."""
+    from train_toys import ToyPlugin
+
+    monkeypatch.setenv("GALMERGE_DATA", str(tmp_path / "data"))
+    if LEGACY:
+        pytest.skip("needs the trainer's select_by = source_val_accuracy")
+    register_plugin(ToyPlugin(), "toys-test")  # its backbone: tiny
+    out = tmp_path / "out"
+    args = ["reproduce", "deepmerge2", "--experiment", "sim-real", "--seeds", "1",
+            "--method", "none", "--out", str(out), "--epochs", "1",
+            "--max-steps-per-epoch", "1", "--batch-size", "8", "--device", "cpu",
+            "--no-evaluate", "--source", "synthetic:illustris?n=30&seed=0",
+            "--target", "synthetic:sdss?n=30&seed=1"]
+    bad = CliRunner().invoke(cli, [*args, "--backbone", "nosuch"])
+    assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1, bad.output
+    assert "unknown backbone 'nosuch'; available: deepmerge, resnet18, tiny" in bad.output
+    assert not out.exists()
+    result = CliRunner().invoke(cli, [*args, "--backbone", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert "note: backbone tiny is not in the paper" in result.output
+    config = tomllib.loads((out / "sim-real/tiny/none/seed1/config.toml").read_text())
+    assert config["backbone"] == "tiny"
+    assert config["backbone_options"] == {"width": 4, "dropout": 0.1}
+    assert (out / "sim-real/tiny/none/seed1/summary.json").is_file()

@@ -17,8 +17,9 @@ from galmerge.surveys.deepmerge.reproduce import BACKBONES, PAPERS
               help="sim-real with transfer learning from the sim-sim run of each method "
               "(trained first when missing).")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds 1..N per method.")
-@click.option("--backbone", "backbones", multiple=True, type=click.Choice(BACKBONES),
-              default=("deepmerge",), show_default=True, help="Repeat for both.")
+@click.option("--backbone", "backbones", multiple=True, default=("deepmerge",), show_default=True,
+              help=f"Backbone, repeatable: the paper's {' and '.join(BACKBONES)}, or any "
+              "installed one (galmerge list backbones).")
 @click.option("--method", "methods", multiple=True, type=click.Choice(PAPER_METHODS),
               help="Only these methods (repeatable; default all five).")
 @click.option("--epochs", type=int, help="Fewer epochs than the paper's 200, for a quick look.")

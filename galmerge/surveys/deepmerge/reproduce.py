@@ -25,6 +25,7 @@ from galmerge.config import rundir
 from galmerge.config.presets import PAPER_METHODS
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.plugin.manager import get_plugin_manager
 from galmerge.runtime.devices import check_device_name
 
 # experiment -> (source spec, target spec, preset); the specs read `galmerge fetch` files
@@ -34,6 +35,7 @@ EXPERIMENTS: dict[str, tuple[str, str, str]] = {
     "sim-real-tl": ("illustris:sim-real", "sdss", "deepmerge2-sim-real-tl"),
 }
 PAPERS = ("deepmerge2",)
+# the backbones the paper trained; `--backbone` takes any installed one
 BACKBONES = ("deepmerge", "resnet18")
 # what identifies a run: a finished directory that differs in one of these is not this run
 IDENTITY = ("source", "target", "strategy", "backbone", "seed", "preset", "epochs",
@@ -198,11 +200,9 @@ def reproduce(
         )
     if seeds < 1:
         raise GalmergeError(f"--seeds {seeds}: use 1 or more")
-    for backbone in backbones:
-        if backbone not in BACKBONES:
-            raise GalmergeError(
-                f"--backbone {backbone}: the paper trained {' and '.join(BACKBONES)}"
-            )
+    # any installed backbone, a plugin's too; an unknown name lists them (`galmerge list`)
+    pm = get_plugin_manager()
+    backbones = list(dict.fromkeys(pm.get("backbones", b).name for b in backbones))
     for method in methods:
         if method not in PAPER_METHODS:
             raise GalmergeError(
@@ -216,6 +216,10 @@ def reproduce(
     out = Path(out).resolve()
     runs = plan(experiment, range(1, seeds + 1), backbones, methods, out, data)
     _check_data(runs)
+    for backbone in (b for b in backbones if b not in BACKBONES):
+        _say(quiet, f"note: backbone {backbone} is not in the paper ({' and '.join(BACKBONES)}): "
+                    "its runs take the preset's deepmerge values and the backbone's own option "
+                    "defaults")
     for i, run in enumerate(runs, 1):
         label = f"[{i}/{len(runs)}] {run.experiment} {run.backbone} {run.method} seed {run.seed}"
         state = run_state(run.run_dir)
