@@ -4,7 +4,9 @@ backbone (galmerge/config/presets.py cites each), and the synthetic preset to th
 from __future__ import annotations
 
 import pytest
+from torch import nn
 
+from galmerge import Option, Strategy, hookimpl
 from galmerge.config.resolve import resolve_config
 from galmerge.errors import GalmergeError
 
@@ -281,3 +283,38 @@ def test_presets_command_prints_what_synthetic_sim_real_sets():
     every = CliRunner().invoke(cli, ["presets", "synthetic-sim-real"]).output
     assert "strategies.dann.feature_loss = 'inverted'" in every
     assert "domain_batchnorm = 'joint'" in every and "batch_size = 32" in every
+
+
+class _TauPlugin:
+    """A third-party strategy no preset knows: its values are its record's defaults."""
+
+    @hookimpl
+    def register_strategies(self):
+        return [Strategy(name="tau-test", description="a plugin strategy",
+                         build=lambda context, options: nn.Identity(),
+                         options={"weight": Option(0.4, "term weight", min=0.0),
+                                  "tau": Option(0.7, "a temperature")})]
+
+
+@pytest.mark.parametrize("preset", ["deepmerge2-sim-real", "synthetic-sim-real"])
+def test_presets_command_shows_a_plugin_strategys_values_and_their_source(register_plugin,
+                                                                         preset):
+    """Its lines were left out: `presets NAME --strategy mmd+PLUGIN` showed mmd's values only."""
+    from click.testing import CliRunner
+
+    from galmerge.cli import cli
+
+    register_plugin(_TauPlugin(), "tau-plugin")
+    shown = CliRunner().invoke(cli, ["presets", preset, "--strategy", "mmd+tau-test"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    cfg = resolve_config(cli={**BASE, "strategy": "mmd+tau-test", "preset": preset})
+    for key in ("weight", "tau"):
+        [line] = [ln for ln in lines if f"strategies.tau-test.{key} = " in ln]
+        value = cfg["strategies"]["tau-test"][key]
+        assert f"strategies.tau-test.{key} = {value!r}" in line  # what the run trains with
+    source = "default of strategy tau-test, from plugin 'tau-plugin'"
+    assert source in shown.output
+    # in the cited table, on each value's own line; in the tuned one, once after them
+    assert (sum(source in ln for ln in lines) == 2) == (preset != "synthetic-sim-real")
+    assert "strategies.mmd.kernel = 'deepmerge'" in shown.output  # the preset's own, as before

@@ -8,13 +8,22 @@ import click
 
 @click.command("presets")
 @click.argument("name", required=False)
-@click.option("--strategy", help="Show the values for this strategy expression only.")
+@click.option("--strategy", help="Show the values for this strategy expression only, e.g. "
+              "mmd+mcc (any installed strategies; one the preset sets nothing for shows its own "
+              "defaults). Without it: the paper's five methods, or a few examples.")
 @click.option("--backbone", help="Backbone name.  [default: deepmerge]")
 def presets_cmd(name: str | None, strategy: str | None, backbone: str | None) -> None:
-    """List presets; with NAME, every value the preset sets and its source. Lines marked "!"
-    (DeepMerge II presets) were not found for this exact experiment, method or backbone, or their
-    sources disagree."""
-    from galmerge.config.presets import PAPER_METHODS, PRESETS, SOURCES, cited_values, preset_names
+    """List presets; with NAME, every value the preset sets and its source, and the defaults
+    of a strategy it sets nothing for (a plugin's). Lines marked "!" (DeepMerge II presets) were
+    not found for this exact experiment, method or backbone, or their sources disagree."""
+    from galmerge.config.presets import (
+        PAPER_METHODS,
+        PRESETS,
+        SOURCES,
+        cited_values,
+        preset_names,
+        unset_strategy_options,
+    )
     from galmerge.plugin.manager import get_plugin_manager
     from galmerge.plugin.strategy_api import canonical_strategies
 
@@ -39,7 +48,8 @@ def presets_cmd(name: str | None, strategy: str | None, backbone: str | None) ->
     borrowed = 0
     for expression in expressions:
         names = canonical_strategies(expression)
-        rows = cited_values(name, names, bname)
+        # a strategy the preset has no values for (a plugin's) runs with its own defaults
+        rows = cited_values(name, names, bname) + unset_strategy_options(name, names, bname)
         click.echo(f"{name}  --strategy {'+'.join(names)}  --backbone {bname}")
         width = max(len(f"{k} = {c.value!r}") for k, c in rows)
         for key, cited in rows:
@@ -77,7 +87,7 @@ def _flat(layer: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def _show_tuned(name: str, strategy: str | None, bname: str) -> None:
     """Every value a preset without paper sources sets, per strategy expression."""
-    from galmerge.config.presets import PRESETS, preset_values
+    from galmerge.config.presets import PRESETS, preset_values, unset_strategy_options
     from galmerge.plugin.strategy_api import canonical_strategies
 
     # checked before any line is printed: a refused --strategy is the only line
@@ -89,5 +99,15 @@ def _show_tuned(name: str, strategy: str | None, bname: str) -> None:
         click.echo(f"\n{name}  --strategy {'+'.join(names)}  --backbone {bname}")
         for key, value in _flat(preset_values(name, names, bname)):
             click.echo(f"   {key} = {value!r}")
+        # a strategy the preset has no values for (a plugin's) runs with its own defaults;
+        # the source on a line of its own, as these lines carry none
+        shown = None
+        for key, cited in unset_strategy_options(name, names, bname):
+            if shown not in (None, cited.source):
+                click.echo(f"     ({shown})")
+            click.echo(f"   {key} = {cited.value!r}")
+            shown = cited.source
+        if shown is not None:
+            click.echo(f"     ({shown})")
     click.echo("\nOptions given on the command line override these; the run's config.toml "
                "records every value.")

@@ -448,6 +448,28 @@ def preset_values(name: str, strategies: list[str], backbone: str) -> dict[str, 
     return layer
 
 
+def unset_strategy_options(name: str, strategies: list[str],
+                           backbone: str) -> list[tuple[str, Cited]]:
+    """(dotted key, Cited) for the options of each strategy in the expression that preset
+    ``name`` sets none of (a plugin's strategy, or one the preset has no values for): the
+    strategy record's defaults, which the run takes, cited as such."""
+    from galmerge.plugin.manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    pinned = preset_values(name, strategies, backbone).get("strategies", {})
+    rows = []
+    for strategy in strategies:
+        # none adds no term: its weight is no value a run trains with
+        if strategy == "none" or pinned.get(strategy):
+            continue
+        record = pm.get("strategies", strategy)
+        source = (f"default of strategy {record.name}, from "
+                  f"{pm.describe_owner('strategies', record.name)}; {name} sets none of its options")
+        rows += [(f"strategies.{record.name}.{key}", Cited(value, source))
+                 for key, value in record.defaults.items()]
+    return rows
+
+
 def borrowed_note(name: str, strategy: str, backbone: str) -> str | None:
     """One line for `galmerge train` when a DeepMerge II preset borrows values for this run."""
     from galmerge.plugin.manager import get_plugin_manager
