@@ -92,3 +92,46 @@ def test_settings_page_lists_every_setting() -> None:
     missing = [n for n in names if f"`{n}`" not in text and f".{n}`" not in text
                and f"`{n}," not in text and f", `{n}`" not in text]
     assert not missing, missing
+
+
+PLUGIN_MARKER = "<!-- docs-test: backbone-options -->"
+PLUGIN_BLOCK = re.compile(r"^" + re.escape(PLUGIN_MARKER) + r"\n```(\w+)\n(.*?)^```$", re.S | re.M)
+QUICK = ["--source", "synthetic:illustris?n=30&seed=0", "--target", "synthetic:sdss?n=30&seed=1",
+         "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8", "--device", "cpu",
+         "--quiet"]
+
+
+def test_plugin_guide_backbone_options_work_as_written(tmp_path, register_plugin) -> None:
+    """docs/plugins.md's backbone, command lines and config file: the options reach the run."""
+    import json
+    import shlex
+    import tomllib
+
+    from click.testing import CliRunner
+
+    from galmerge.cli import cli
+
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    blocks = dict(PLUGIN_BLOCK.findall(text))
+    assert set(blocks) == {"python", "bash", "toml"} and text.count(PLUGIN_MARKER) == 3
+    namespace: dict = {}
+    exec(compile(blocks["python"], "docs/plugins.md", "exec"), namespace)  # noqa: S102
+    register_plugin(namespace["SmallCNNPlugin"](), "smallcnn-docs")
+    commands = [shlex.split(line, comments=True)
+                for line in blocks["bash"].replace("\\\n", " ").splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["galmerge", "list"], ["galmerge", "train"]]
+    listed = CliRunner().invoke(cli, [*commands[0][1:], "--json"])
+    assert listed.exit_code == 0, listed.output
+    [row] = [r for r in json.loads(listed.output) if r["name"] == "smallcnn"]
+    assert row["options"] == {"width": 16, "dropout": 0.0}
+    (tmp_path / "smallcnn.toml").write_text(blocks["toml"])
+    # the page's train line and its config file, each with a quick-look tail (flags given
+    # twice: the later wins) on a few synthetic images
+    for name, args in (("flags", commands[1][1:]),
+                       ("file", ["train", "--config", str(tmp_path / "smallcnn.toml")])):
+        run = tmp_path / name
+        result = CliRunner().invoke(cli, [*args, *QUICK, "--run-dir", str(run)])
+        assert result.exit_code == 0, (name, result.output)
+        config = tomllib.loads((run / "config.toml").read_text())
+        assert config["backbone"] == "smallcnn"
+        assert config["backbone_options"] == {"width": 32, "dropout": 0.2}, name
