@@ -271,3 +271,20 @@ def test_a_metric_some_runs_lack_says_over_how_many_runs(tmp_path) -> None:
     assert runner.invoke(cli, ["compare", str(tmp_path / "runs"), "--output", str(md)]
                          ).exit_code == 0
     assert "0.800 (1 of 3 runs)" in md.read_text()
+
+
+def test_credentials_in_runs_made_before_they_were_hidden_are_not_shown(tmp_path) -> None:
+    """Runs of older releases recorded a survey URL's user name and password in summary.json:
+    no table, CSV or terminal line of `compare` repeats them."""
+    _fake_summary(tmp_path / "a", "none", "deepmerge", 0, 0.6)
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    summary["target"] = "sdss?sas_url=https://ann:s3cret@sas.example.org/dr17"
+    (tmp_path / "a" / "summary.json").write_text(json.dumps(summary))
+    out, md = tmp_path / "t.csv", tmp_path / "t.md"
+    written = ""
+    for table in (out, md):
+        result = CliRunner().invoke(cli, ["compare", str(tmp_path), "--output", str(table)])
+        assert result.exit_code == 0, result.output
+        written += table.read_text() + result.output
+    assert "s3cret" not in written and "ann:" not in written
+    assert "***@sas.example.org" in out.read_text()

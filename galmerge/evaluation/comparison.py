@@ -21,6 +21,7 @@ import numpy as np
 
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.io.provenance import shown_spec
 from galmerge.scores.metrics import METRIC_NAMES
 
 SPLITS = ("source_test", "target_test")
@@ -159,8 +160,10 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
         s = read_summary(Path(run))
         epochs, preset, exact = _setup(Path(run))
         settings = _grouping(exact)
-        visible = (str(s["strategy"]), str(s["backbone"]), str(s["source"]), str(s["target"]),
-                   epochs, preset)
+        # runs written before specs were recorded with their URL user info hidden still hold
+        # it: the table, its CSV and the terminal show it as `***@` all the same
+        visible = (str(s["strategy"]), str(s["backbone"]), shown_spec(str(s["source"])),
+                   shown_spec(str(s["target"])), epochs, preset)
         key = (*visible, json.dumps(settings, sort_keys=True))
         groups.setdefault(key, []).append(s)
         found[key] = settings
