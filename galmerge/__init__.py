@@ -88,7 +88,7 @@ _LAZY: dict[str, str] = {
     "read_body": "galmerge.io.http",
     # host[:port] of a URL for a message: never its user name or password
     "shown_host": "galmerge.io.http",
-    # a URL for a message: no user name, password or query
+    # a URL for a message: user info as ***, no query
     "shown_url": "galmerge.io.http",
     # resample a survey image around (ra, dec) onto a model's pixel grid (north up, flux kept)
     "cut_stamp_with_edge": "galmerge.surveys.sdss.cutouts",

@@ -994,7 +994,8 @@ def test_a_password_in_a_survey_url_is_never_shown(tmp_path, monkeypatch):
         host = fake.sas_url.split("://", 1)[1].split("/", 1)[0]
     assert res.exit_code != 0 and "fetching stopped" in res.output, res.output
     assert f"{host}: 1 requests in a row failed" in res.output  # the host, and only it
-    assert f"asked of survey 'sdss' (http://{host}" in res.output
+    # shown as every recorded URL is: its user info as *** (galmerge.shown_url)
+    assert f"asked of survey 'sdss' (http://***@{host}" in res.output
     assert "s3cret" not in res.output and "al:" not in res.output
     client = RetryingClient(RetryPolicy(attempts=1, timeout=2, max_connection_failures=1),
                             name="sdss", sleep=lambda s: None)

@@ -974,3 +974,51 @@ def test_a_storage_study_resumes_with_its_database_however_spelt(toys, tmp_path,
     assert "holds the study of another database" in result.output
     assert "pass that --storage to continue it" in result.output
     assert len(_trials(study)) == 3
+
+
+def test_storage_json_records_the_database_with_its_user_info_as_stars(tmp_path):
+    """A --storage URL's user info is recorded as ``***`` (galmerge's one form; the user name was
+    kept before), and the same database under another user name is still the folder's."""
+    import json
+
+    from galmerge.errors import GalmergeError
+    from galmerge.training.tuning.storage import check_one_study, record_storage
+
+    study = tmp_path / "s"
+    study.mkdir()
+    record_storage(study, "postgresql://me:p&ss@db.example:5432/studies")
+    text = (study / "storage.json").read_text()
+    assert json.loads(text) == {"storage": "postgresql://***@db.example:5432/studies"}
+    assert "me:" not in text and "p&ss" not in text
+    check_one_study(study, "postgresql://me:p&ss@db.example:5432/studies")
+    check_one_study(study, "postgresql://you:other@db.example:5432/studies")
+    with pytest.raises(GalmergeError, match="holds the study of another database"):
+        check_one_study(study, "postgresql://me:p&ss@db.example:5432/other")
+
+
+@pytest.mark.parametrize("recorded", ["postgresql://me:***@127.0.0.1:1/studies",
+                                      "postgresql://me@127.0.0.1:1/studies"])
+def test_a_study_folder_recorded_with_the_old_password_form_still_resumes(toys, tmp_path,
+                                                                          recorded):
+    """Folders written before the ``***@`` form hold ``user:***@`` (a URL without a password as
+    it was): the same --storage continues them (here it gets as far as opening the database,
+    which is not there), another database is still refused."""
+    import json
+
+    source, target = _write_pair(tmp_path / "data")
+    study = tmp_path / "s"
+    study.mkdir()
+    # as galmerge wrote it before (storage.record_storage)
+    (study / "storage.json").write_text(json.dumps({"storage": recorded}) + "\n")
+    same = recorded.replace("me:***@", "me:s3cret@")
+    result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "1",
+                                           "--storage", same))
+    assert result.exit_code == 1 and "another database" not in result.output, result.output
+    assert "--storage postgresql://***@127.0.0.1:1/studies: cannot open it" in result.output
+    assert "s3cret" not in result.output
+    for other in ("postgresql://you:s3cret@127.0.0.1:1/studies",
+                  "postgresql://me:s3cret@127.0.0.1:1/other"):
+        result = CliRunner().invoke(cli, _args(source, target, study, "--n-trials", "1",
+                                               "--storage", other))
+        assert result.exit_code == 1 and "holds the study of another database" in result.output
+    assert json.loads((study / "storage.json").read_text()) == {"storage": recorded}

@@ -50,13 +50,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
 from galmerge.errors import GalmergeError
+from galmerge.io.provenance import hide_userinfo
 from galmerge.plugin.options import RETRY_OPTIONS
 
 T = TypeVar("T")
@@ -179,10 +180,11 @@ class RedirectPolicy:
 
 
 def shown_url(url: str) -> str:
-    """A URL for a message: no user name or password, no query (it may hold a signature)."""
+    """One URL for a message: its user info as ``***`` (`galmerge.io.provenance.hide_userinfo`,
+    ``http://***@host/path``), its query as ``?...`` (it may hold a signature)."""
     parts = urlsplit(url)
     query = "?..." if parts.query else ""
-    return f"{parts.scheme}://{shown_host(url)}{parts.path}{query}"
+    return hide_userinfo(urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))) + query
 
 
 def shown_host(url: str) -> str:

@@ -34,27 +34,21 @@ FITS_KEYWORDS = {
 }
 
 
-# the password of a URL's user info (postgresql://user:PASSWORD@host/db)
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@/\s]+@")
-
-
-def redact(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***``: what galmerge
-    records or prints of a command line (``--storage postgresql://user:pw@host/db``)."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
-
-
-# a URL's user info (``user:password@`` or a bare ``token@``): up to the '@' before the host;
-# no '/', '?', '#', '&' (a survey spec's option separator) or white space in it
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@?#&]+@")
+# A URL's user info (``user:password@`` or a bare ``token@``): from ``scheme://`` to the last
+# '@' before the host, as urlsplit reads it. It may hold '&', ':', '=' and '@' (a password may:
+# ``--storage postgresql://me:p&ss@host/db``); it ends before '/', '?', '#', white space or a
+# quote, so an '@' in a path is no user info. Where in doubt it hides too much, never too
+# little: in ``x?url=http://host&mail=me@example.org`` it takes ``host&mail=me`` for user info.
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#'\"<>]+@")
 #: what a URL's user info is shown as: ``http://***@host/path``
 HIDDEN_USERINFO = "***"
 
 
 def hide_userinfo(text: str) -> str:
-    """``text`` with the user info (user name and password) of every URL in it replaced by
-    ``***`` (``http://***@host/sas``): what galmerge prints or records of a survey spec, an
-    error line or a command line."""
+    """``text`` (one URL, or any text holding URLs) with the user info of every URL in it, user
+    name and password, as ``***`` (``http://***@host/sas``): galmerge's one way to hide URL
+    credentials in what it prints or records (a survey spec, an error line, a command line, a
+    tune study's database). `galmerge.io.http.shown_url` shows one URL for a message with it."""
     return _URL_USERINFO.sub(rf"\1{HIDDEN_USERINFO}@", text)
 
 

@@ -5,6 +5,7 @@ one folder holds one study."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from galmerge.config import rundir
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.io.private import check_private
-from galmerge.io.provenance import redact
+from galmerge.io.provenance import hide_userinfo
 
 STUDY_NAME = "galmerge-tune"
 
@@ -21,7 +22,8 @@ STUDY_NAME = "galmerge-tune"
 STORAGE_FILE = "study.db"
 
 
-#: which database holds the folder's study (a redacted URL), written on its first start
+#: which database holds the folder's study (its URL with user info as ``***``), written on its
+#: first start
 STORAGE_RECORD = "storage.json"
 
 
@@ -96,8 +98,8 @@ def open_storage(optuna: Any, study_dir: Path, url: str | None) -> tuple[Any, bo
             f"{study_dir / STORAGE_FILE}: the study's database cannot be opened ({first}); "
             "restore it from a copy, or start the study in a new --study-dir")
     raise GalmergeError(
-        f"--storage {redact(url)}: cannot open it ({redact(first)}); e.g. sqlite:///DIR/study.db or "
-        f"postgresql://USER:PASSWORD@HOST/DB"
+        f"--storage {hide_userinfo(url)}: cannot open it ({hide_userinfo(first)}); e.g. "
+        "sqlite:///DIR/study.db or postgresql://USER:PASSWORD@HOST/DB"
     )
 
 
@@ -119,12 +121,25 @@ def lock_study(study_dir: Path, embedded: bool) -> Any:
 
 
 def _storage_identity(study_dir: Path, storage: str | None) -> str:
-    """The database a study lives in, as recorded: its URL without password, SQLite paths
-    resolved (the embedded database is ``sqlite:///STUDY_DIR/study.db``)."""
+    """The database a study lives in, as recorded: its URL with user info as ``***``
+    (`hide_userinfo`), SQLite paths resolved (the embedded database is
+    ``sqlite:///STUDY_DIR/study.db``)."""
     url = storage if storage is not None else f"sqlite:///{study_dir / STORAGE_FILE}"
     if url.startswith("sqlite:///"):
         return "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).resolve())
-    return redact(url)
+    return hide_userinfo(url)
+
+
+# Folders written before the ``***@`` form recorded a URL with only its password hidden
+# (``postgresql://me:***@host/db``; a URL without a password as it was): still theirs.
+_OLD_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@/\s]+@")
+
+
+def _old_storage_identity(study_dir: Path, storage: str | None) -> str:
+    identity = _storage_identity(study_dir, storage)
+    if storage is None or identity.startswith("sqlite:///"):
+        return identity
+    return _OLD_PASSWORD.sub(r"\1***@", storage)
 
 
 def check_one_study(study_dir: Path, storage: str | None) -> None:
@@ -139,7 +154,7 @@ def check_one_study(study_dir: Path, storage: str | None) -> None:
             recorded = json.loads(record.read_text()).get("storage")
         except (OSError, ValueError, AttributeError):
             recorded = None
-        if recorded != identity:
+        if recorded not in (identity, _old_storage_identity(study_dir, storage)):
             raise GalmergeError(
                 f"--study-dir {study_dir} holds the study of another database ({recorded}); "
                 "pass that --storage to continue it (or none, if it is the folder's own "
