@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         RetryingClient,
         RetryPolicy,
         bounded_map,
+        check_service_url,
         classify_exception,
         http_status_error,
         read_body,
@@ -90,6 +91,8 @@ _LAZY: dict[str, str] = {
     "shown_host": "galmerge.io.http",
     # a URL for a message: user info as ***, no query
     "shown_url": "galmerge.io.http",
+    # a service's base URL checked (http(s), host, port) in one line naming its option or variable
+    "check_service_url": "galmerge.io.http",
     # resample a survey image around (ra, dec) onto a model's pixel grid (north up, flux kept)
     "cut_stamp_with_edge": "galmerge.surveys.sdss.cutouts",
 }
@@ -138,6 +141,7 @@ __all__ = [
     "read_body",
     "shown_host",
     "shown_url",
+    "check_service_url",
     "cut_stamp_with_edge",
 ]
 

@@ -410,6 +410,10 @@ def test_images_that_are_not_square_channels_first_stamps_are_refused(tmp_path, 
     ({"GALMERGE_SDSS_SAS_URL": "http://127.0.0.1:99999"}, "sdss", "GALMERGE_SDSS_SAS_URL = "),
     ({}, "sdss?skyserver_url=notaurl", "survey option skyserver_url = 'notaurl'"),
     ({}, "sdss?sas_url=https://", "survey option sas_url = 'https://'"),
+    # a malformed IPv6 host made urlsplit raise: a traceback
+    ({}, "sdss?sas_url=http://[::1/sas", "survey option sas_url = 'http://[::1/sas': give an"),
+    ({"GALMERGE_SDSS_SAS_URL": "http://me:s3cret@:80/sas"}, "sdss",
+     "GALMERGE_SDSS_SAS_URL = 'http://***@:80/sas': give an http(s) address with a host"),
 ])
 def test_bad_sdss_service_urls_are_one_line_before_any_row(tmp_path, monkeypatch, env, survey,
                                                             needle):

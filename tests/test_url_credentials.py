@@ -47,3 +47,22 @@ def test_shown_url_hides_user_info_as_everything_else_does_and_cuts_the_query(ur
 
     assert galmerge.shown_url(url) == shown
     assert hide_userinfo(url.split("?")[0]) == shown.split("?")[0]
+
+
+@pytest.mark.parametrize(("value", "base"), [
+    (" https://host.example/sas/ ", "https://host.example/sas"),
+    ("http://me:pw@127.0.0.1:8080", "http://me:pw@127.0.0.1:8080"),  # user info is the caller's
+])
+def test_check_service_url_returns_the_base_it_checked(value, base):
+    assert galmerge.check_service_url(value, "X_URL", "https://example.org") == base
+
+
+@pytest.mark.parametrize("value", ["notaurl", "ftp://me:s3cret@host/x", "https://", "http://[::1",
+                                   "http://host:99999", "http://host:0", "http://host:port"])
+def test_check_service_url_refuses_in_one_line_naming_where_it_came_from(value):
+    with pytest.raises(galmerge.GalmergeError) as refused:
+        galmerge.check_service_url(value, "X_URL", "https://example.org")
+    line = str(refused.value)
+    assert line.startswith("X_URL = '") and "give an http(s) address with a host" in line
+    assert "e.g. https://example.org, or unset it" in line
+    assert "s3cret" not in line and "\n" not in line

@@ -187,6 +187,24 @@ def shown_url(url: str) -> str:
     return hide_userinfo(urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))) + query
 
 
+def check_service_url(value: str, where: str, example: str) -> str:
+    """A service's base URL as given (``where``: the option or environment variable it came
+    from), stripped and without a trailing '/', once it has an http(s) scheme, a host and a
+    valid port; else a one-line `GalmergeError` naming ``where`` and an ``example``. Checked
+    before any request: unchecked, a typo made every row `fetch-failed`, blaming the fetches."""
+    text = str(value).strip()
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and (
+            parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is no number or past 65535, a malformed [IPv6] host
+        ok = False
+    if not ok:
+        raise GalmergeError(f"{where} = {hide_userinfo(str(value))!r}: give an http(s) address "
+                            f"with a host (and a valid port), e.g. {example}, or unset it")
+    return text.rstrip("/")
+
+
 def shown_host(url: str) -> str:
     """``host[:port]`` of ``url`` for a message or a count: never its user name or password."""
     parts = urlsplit(url)

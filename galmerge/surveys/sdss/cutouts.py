@@ -65,6 +65,7 @@ from galmerge.io.http import (
     RetryingClient,
     RetryPolicy,
     bounded_map,
+    check_service_url,
 )
 from galmerge.io.paths import data_dir
 from galmerge.plugin.cutouts import ClientStatus, CutoutRequest, CutoutResult
@@ -154,27 +155,12 @@ class Settings:
 
 def service_url(options: Mapping[str, Any], key: str, env: str, default: str) -> str:
     """A service's base URL: option ``key``, else env ``env``, else ``default``; checked before
-    any work (an http(s) scheme, a host, a valid port), in one line naming where it came from.
-    Unchecked, a typo made every row `fetch-failed: MissingSchema`, blaming the fetches."""
-    from urllib.parse import urlsplit
-
-    from galmerge.io.provenance import hide_userinfo
-
+    any work by `galmerge.io.http.check_service_url`, in one line naming where it came from."""
     if options.get(key):
-        value, where = str(options[key]), f"survey option {key}"
-    elif os.environ.get(env):
-        value, where = str(os.environ[env]), env
-    else:
-        return default.rstrip("/")
-    parts = urlsplit(value.strip())
-    try:
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # not a number, or past 65535
-        port_ok = False
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or not port_ok:
-        raise GalmergeError(f"{where} = {hide_userinfo(value)!r}: give an http(s) address with "
-                            f"a host (and a valid port), e.g. {default}, or unset it")
-    return value.strip().rstrip("/")
+        return check_service_url(str(options[key]), f"survey option {key}", default)
+    if os.environ.get(env):
+        return check_service_url(os.environ[env], env, default)
+    return default.rstrip("/")
 
 
 def frame_cache_bytes(options: Mapping[str, Any]) -> float:

@@ -25,8 +25,9 @@ host and to the hosts of option ``redirect_hosts`` (default that one; comma-sepa
 or ``host:port``), never from https to http; anything else stops the run with one line naming
 the target. The token never follows a redirect to another host.
 
-Base URL: env ``GALMERGE_LSST_URL`` (default ``https://data.lsst.cloud/api``); TAP is
-``{base}/tap``.
+Base URL: option ``url``, else env ``GALMERGE_LSST_URL`` (default
+``https://data.lsst.cloud/api``); TAP is ``{base}/tap``. One with user info is refused: requests
+would send it as basic auth in place of the token.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from galmerge import (
     RetryingClient,
     RetryPolicy,
     bounded_map,
+    check_service_url,
     classify_exception,
     cut_stamp_with_edge,
     http_status_error,
@@ -131,6 +133,26 @@ def make_cutout_service(preprocess: Mapping[str, Any], options: Mapping[str, Any
             f"bad lsst option ({exc}); numeric options: workers, attempts, retries, timeout, "
             f"backoff, max_retry_after, max_edge_fraction, datalink_cache, tap_batch"
         ) from None
+
+
+def service_base(options: Mapping[str, Any]) -> str:
+    """The API base: option ``url``, else `URL_ENV`, else `DEFAULT_URL`; an http(s) address
+    with a host and no user info, else one line naming the option or variable."""
+    if options.get("url"):
+        value, where = str(options["url"]), "lsst option url"
+    elif os.environ.get(URL_ENV):
+        value, where = os.environ[URL_ENV], URL_ENV
+    else:
+        return DEFAULT_URL
+    base = check_service_url(value, where, DEFAULT_URL)
+    # requests sends a URL's user info as basic auth, which replaces the token's
+    # "Authorization: Bearer" header: the RSP would refuse every request, blaming the token
+    if "@" in urlsplit(base).netloc:
+        raise GalmergeError(
+            f"{where} = {shown_url(base)!r}: its user name or password would be sent in place "
+            f"of the RSP token (as basic auth); remove the 'USER:PASSWORD@' part (the token "
+            f"comes from {' or '.join(TOKEN_ENVS)})")
+    return base
 
 
 class _RspSession(GuardedSession):
@@ -226,11 +248,8 @@ class LsstCutouts(ClientStatus):
         self.max_edge_fraction = float(options.get("max_edge_fraction",
                                                    DEFAULTS["max_edge_fraction"]))
         self.workers = max(1, int(options.get("workers", 4)))
-        base = options.get("url") or os.environ.get(URL_ENV) or DEFAULT_URL
-        self.base = str(base).rstrip("/")
+        self.base = service_base(options)
         parts = urlsplit(self.base)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"url '{shown_url(self.base)}' is not an http(s) URL")
         self._origin = (parts.scheme, parts.netloc)
         hosts = str(options.get("redirect_hosts", DEFAULT_REDIRECT_HOSTS) or "")
         self.redirects = RedirectPolicy(

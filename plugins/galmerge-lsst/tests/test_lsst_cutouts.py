@@ -548,16 +548,51 @@ def test_headers_dripping_in_are_given_up_at_the_deadline(survey, rsp, options, 
     assert time.monotonic() - t0 < 10
 
 
-def test_a_password_in_the_url_option_is_in_no_message_and_no_repr(survey, rsp, options):
-    # the url option may carry a proxy's or mirror's user info: what the plugin shows (its
-    # repr, a refusal of the option) does not
-    with survey.cutouts(PRE, {**options, "url": rsp.url.replace("://", "://al:s3cretPW@")}) \
-            as svc:
-        assert "s3cretPW" not in repr(svc) and "al:" not in repr(svc)
-        assert rsp.url.split("://")[1] in repr(svc)
+@pytest.mark.parametrize("where", ["lsst option url", "GALMERGE_LSST_URL"])
+def test_a_url_with_user_info_is_refused_before_any_request(survey, rsp, options, monkeypatch,
+                                                             where):
+    """requests sends a URL's user info as basic auth in place of the Bearer token: every
+    request was refused (HTTP 401) and the run blamed the token. The URL is refused in one line
+    naming where it came from and the fix, never showing the password."""
+    secret = rsp.url.replace("://", "://al:s3cretPW@")
+    given = {**options, "url": secret} if where == "lsst option url" else options
+    if where == "GALMERGE_LSST_URL":
+        monkeypatch.setenv("GALMERGE_LSST_URL", secret)
     with pytest.raises(GalmergeError) as refused:
-        survey.cutouts(PRE, {**options, "url": "ftp://al:s3cretPW@127.0.0.1/api"})
-    assert "s3cretPW" not in str(refused.value) and "not an http(s) URL" in str(refused.value)
+        survey.cutouts(PRE, given)
+    message = str(refused.value)
+    shown = rsp.url.replace("://", "://***@")
+    assert message.startswith(f"{where} = '{shown}': its user name or password would be sent "
+                              "in place of the RSP token"), message
+    assert "remove the 'USER:PASSWORD@' part" in message and "GALMERGE_RSP_TOKEN" in message
+    assert "s3cretPW" not in message and "al:" not in message and "\n" not in message
+    assert rsp.count() == 0
+    # the same address without the user info: the server gets the token, and answers
+    monkeypatch.setenv("GALMERGE_LSST_URL", rsp.url)
+    with survey.cutouts(PRE, {**options, "url": rsp.url}) as svc:
+        assert _fetch(svc, [_req(rsp, 3)])[3].status == "ok"
+        assert "al:" not in repr(svc) and rsp.url.split("://")[1] in repr(svc)
+    assert {auth for *_, auth in rsp.seen} == {f"Bearer {rsp.token}"}
+
+
+@pytest.mark.parametrize(("given", "env", "words"), [
+    ({"url": "ftp://al:s3cretPW@127.0.0.1/api"}, None,
+     "lsst option url = 'ftp://***@127.0.0.1/api': give an http(s) address with a host (and a "
+     "valid port), e.g. https://data.lsst.cloud/api, or unset it"),
+    ({"url": "https://127.0.0.1:99999/api"}, None, "lsst option url = 'https://127.0.0.1:99999"),
+    ({}, "notaurl", "GALMERGE_LSST_URL = 'notaurl': give an http(s) address with a host"),
+    ({}, "https://:443/api", "GALMERGE_LSST_URL = 'https://:443/api': give an http(s) address"),
+])
+def test_a_url_that_is_no_http_address_is_one_line_naming_its_option_or_variable(
+        survey, rsp, options, monkeypatch, given, env, words):
+    """The same check, and the same line, as sdss's skyserver_url and sas_url
+    (galmerge.check_service_url); it named neither the option nor the variable before."""
+    if env is not None:
+        monkeypatch.setenv("GALMERGE_LSST_URL", env)
+    with pytest.raises(GalmergeError) as refused:
+        survey.cutouts(PRE, {**options, **given})
+    assert words in str(refused.value) and "\n" not in str(refused.value)
+    assert "s3cretPW" not in str(refused.value) and rsp.count() == 0
 
 
 def _obscore_votable(cols: list[str], row: list[str]) -> bytes:
