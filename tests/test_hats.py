@@ -524,3 +524,127 @@ def test_a_password_in_a_survey_option_is_in_no_hats_output_file(env, cluster):
     record = (tmp / "out_hats" / "galmerge_run.json").read_text()
     assert "stamps?mirror=http://***@127.0.0.1:9/x" in record
     assert len(lsdb.open_catalog(tmp / "out_hats").compute()) == len(df)
+
+
+# -- one run per output; a rerun continues: only partitions not verified complete are redone --
+
+def _partition_files(out: Path) -> list[Path]:
+    return sorted((out / out.name / "dataset").rglob("Npix=*.parquet"))
+
+
+def _files_state(files: list[Path]) -> dict[Path, tuple[int, int]]:
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files}
+
+
+def _read_back(out: Path):
+    return lsdb.open_catalog(out).compute().sort_values("objid").reset_index(drop=True)
+
+
+def _ids(log: Path, start: int) -> Counter:
+    return Counter(line.split("|", 1)[0] for line in fetch_lines(log)[start:])
+
+
+def test_a_rerun_recomputes_only_the_partitions_missing_or_damaged(env, cluster):
+    """A rerun on a finished HATS output classified every partition again (LSDB's resume
+    keeps nothing once a write has finished); it now checks each partition file against the
+    record of the run that wrote it and redoes only a deleted or truncated one."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from distributed import Client
+    from test_classify import run_cli
+
+    tmp, ckpt, log = env
+    src, df = _hats(tmp)
+    out, cache = tmp / "out_hats", tmp / "hcache"
+    with Client(cluster) as client:
+        client.run(lambda path: os.environ.update(GALMERGE_TEST_FETCH_LOG=path), str(log))
+    args = ["classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+            "--scheduler", cluster.scheduler_address, "--output", str(out), "--cache", str(cache)]
+    assert run_cli(*args).exit_code == 0
+    clean, first = _read_back(out), set(_ids(log, 0))
+    files = _partition_files(out)
+    assert len(files) >= 3
+    before = _files_state(files)
+    import shutil
+
+    shutil.rmtree(cache)  # whatever is classified again now must fetch its stamps again
+    n = len(fetch_lines(log))
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    assert len(fetch_lines(log)) == n and _files_state(files) == before  # nothing redone
+    gone, torn = files[0], files[-1]
+    damaged = {str(i) for f in (gone, torn) for i in pq.read_table(f)["objid"].to_pylist()}
+    gone.unlink()
+    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    again = _ids(log, n)
+    assert set(again) == damaged & first and max(again.values()) == 1  # their rows, once
+    assert {p: s for p, s in _files_state(files).items() if p not in (gone, torn)} == {
+        p: s for p, s in before.items() if p not in (gone, torn)}
+    pd.testing.assert_frame_equal(_read_back(out), clean)
+
+
+def test_a_rerun_killed_midway_never_leaves_an_output_that_reads_as_complete(
+        env, cluster, monkeypatch):
+    """A rerun that was redoing a damaged partition kept the finished run's hats.properties
+    and partition_info.csv: killed there, the output read as a complete catalog with a torn
+    partition. The folder now reads as a catalog only once the write has finished."""
+    import importlib
+
+    import hats
+    import pandas as pd
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, _ = _hats(tmp, n=30)
+    out = tmp / "out_hats"
+    args = ["classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+            "--scheduler", cluster.scheduler_address, "--output", str(out)]
+    assert run_cli(*args).exit_code == 0
+    clean = _read_back(out)
+    torn = _partition_files(out)[0]
+    torn.write_bytes(torn.read_bytes()[:100])
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # as if the run were stopped before LSDB wrote a partition
+
+    # (the module: lsdb.io's attribute of that name is its function)
+    monkeypatch.setattr(importlib.import_module("lsdb.io.to_hats"), "write_partitions", killed)
+    assert run_cli(*args).exit_code != 0
+    monkeypatch.undo()
+    for path in (out, out / out.name):
+        with pytest.raises((FileNotFoundError, ValueError)):
+            hats.read_hats(path)
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    pd.testing.assert_frame_equal(_read_back(out), clean)
+
+
+def test_a_hats_output_another_run_is_writing_is_refused_in_one_line(env, cluster):
+    """Two classify runs could write the same HATS output at once (the other formats take
+    `.OUTPUT.lock`; a HATS output took none). The second is now refused before any work."""
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, _ = _hats(tmp, n=12)
+    out = tmp / "out_hats"
+    holder = subprocess.Popen(  # another process holding the output's lock, as a run does
+        [sys.executable, "-c", "import sys; from galmerge.io.atomic import exclusive_lock\n"
+         "with exclusive_lock(sys.argv[1], 'busy'):\n print('held', flush=True)\n"
+         " sys.stdin.read()", str(tmp / ".out_hats.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(TESTS.parent)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+                "--scheduler", cluster.scheduler_address, "--output", str(out)]
+        res = run_cli(*args)
+        assert res.exit_code != 0
+        error = res.output.strip().splitlines()
+        assert len(error) == 1 and f"another galmerge classify is writing {out}" in error[0]
+        assert "Traceback" not in res.output and not out.exists()
+    finally:
+        holder.communicate("", timeout=60)
+    assert run_cli(*args).exit_code == 0  # released: the same command runs
+    assert len(lsdb.open_catalog(out).compute()) == 12

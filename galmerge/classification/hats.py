@@ -8,10 +8,12 @@ partition's rows, and the ``extra`` columns asked for (`result_columns`: ``shift
 with stamps from a cutout cache of that partition alone
 (``<cache_dir>/Norder=K/Dir=D/Npix=N.h5``): sky locality is frame reuse, and no process needs
 the whole cache. `classify_hats` runs it over a catalog on a local Dask cluster (or
-``scheduler``) and writes a new HATS catalog with LSDB's `write_catalog`; a killed run started
-again resumes that write (``resume=True``): partitions already written are not computed again, the
-others find the stamps they had fetched in their caches. It resumes only with the settings recorded
-in the output's ``galmerge_run.json`` (`RUN_RECORD`), so results of two settings never mix.
+``scheduler``) and writes a new HATS catalog with LSDB's `write_catalog`, holding
+``.OUTPUT.lock`` beside the output (`sharding.output_lock`: one run per output). A run started
+again on a killed or finished output continues it: partitions verified complete are not computed
+again (`galmerge.classification.hats_progress`), the others find the stamps they had fetched in
+their caches. It continues only with the settings recorded in the output's ``galmerge_run.json``
+(`RUN_RECORD`), so results of two settings never mix.
 
 Partition borders: every row is classified from its own cutout, centred on it, which shows its
 companions whichever partition their catalog rows fall in; results therefore do not depend on
@@ -272,12 +274,13 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
     (rows, statuses, mergers).
     """
     try:
+        import dask.distributed  # noqa: F401  (here: one line where it is missing)
         import lsdb
-        from dask.distributed import Client, LocalCluster
     except ImportError:
         raise GalmergeError("classifying a HATS catalog needs LSDB and Dask: pip install "
                             "'galmerge[lsdb]'") from None
     from galmerge.classification.segments import check_private_folder
+    from galmerge.classification.sharding import output_lock
 
     src = Path(catalog)
     out = Path(output) if output is not None else Path.cwd() / f"{src.name}_galmerge"
@@ -332,19 +335,44 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
                       keepbits=keepbits, columns=keep, ra_col=ra_col, dec_col=dec_col,
                       id_col=id_col, shift_stats_sha256=record.get("shift_stats_sha256"),
                       input=str(src.resolve()), input_sha256=_catalog_sha256(cat))
-    _check_resumable(out, run)
     result = cat.map_partitions(
         classify_partition, include_pixel=True, meta=result_meta(cat.meta, keep, extra),
         model=str(model), survey=survey, cache_dir=str(cache_dir), keep=keep, ra_col=ra_col,
         dec_col=dec_col, id_col=id_col, threshold=float(threshold), domain=domain,
         device=device, batch_size=batch_size, workers=workers, keepbits=keepbits, extra=extra,
         checkpoint_sha256=run["checkpoint_sha256"])
+    # one run per output, as for the other formats (`.OUT.lock` beside it): two runs would
+    # write the same partitions and progress files
+    with output_lock(out, 0, 1):
+        _check_resumable(out, run)
+        _write(result, out, run, cache_dir, scheduler=scheduler, n_workers=n_workers,
+               quiet=quiet, props=props)
+    inputs = list(keep) if keep else list(cat.meta.columns)
+    return _counts(out, _names(inputs, extra)[0])
+
+
+def _write(result: Any, out: Path, run: dict[str, Any], cache_dir: Path, *,
+           scheduler: str | None, n_workers: int | None, quiet: bool,
+           props: dict[str, str]) -> None:
+    """Write ``result`` (the classified catalog) into ``out`` on Dask, continuing an earlier
+    run of the same settings: only partitions not verified complete are computed
+    (`galmerge.classification.hats_progress`)."""
+    from dask.distributed import Client, LocalCluster
+
+    from galmerge.classification import hats_progress
+
+    run_fp = hats_progress.fingerprint(run)
+    pixels = result.get_healpix_pixels()
+    resume = out.is_dir() and any(out.iterdir())
+    progress = hats_progress.verify(out, run_fp, pixels) if resume else None
+    if progress is not None and progress.complete:
+        return  # a finished output of these settings, every partition as recorded
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(n_workers=n_workers or _usable_cpus(),
                                threads_per_worker=1, processes=True, dashboard_address=None)
     try:
-        try:  # connected before any folder is made
+        try:  # connected before any folder is made or changed
             client = Client(scheduler or cluster)
         except (OSError, TimeoutError) as exc:
             raise GalmergeError(f"--scheduler {scheduler}: no Dask scheduler answers there "
@@ -356,9 +384,8 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
                                 "local cluster".splitlines()[0]) from None
         with client:
             cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            resume = out.is_dir() and any(out.iterdir())
-            if resume:
-                _repair_progress(out)
+            if progress is not None:
+                hats_progress.resume(out, progress, hats_progress.histogram_order(result))
             else:  # before LSDB writes: a folder with partitions always has its record
                 from galmerge.io import atomic
 
@@ -369,8 +396,8 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
     finally:
         if cluster is not None:
             cluster.close()
-    inputs = list(keep) if keep else list(cat.meta.columns)
-    return _counts(out, _names(inputs, extra)[0])
+    # last: the record of a finished output (a rerun keeps the partitions it lists)
+    hats_progress.write_record(out, run_fp, pixels, progress.kept if progress else {})
 
 
 #: in a HATS output folder: the settings that wrote it (a rerun resumes only with the same)
@@ -429,37 +456,6 @@ def _check_resumable(out: Path, run: dict[str, Any]) -> None:
                 f"--output {out} holds a run with other settings ({_OPTIONS.get(key, key)}: "
                 f"{before!r} there, {value!r} now), which a rerun would mix with this "
                 "one's; choose another --output, or delete the folder to start again")
-
-
-def _repair_progress(out: Path) -> None:
-    """Drop the progress files LSDB's resume would refuse, so those partitions are redone.
-
-    LSDB (``lsdb.io.to_hats``) writes each finished partition's histogram, then its ``done``
-    marker; at the end it removes ``hists/``, then ``done/``. A kill between a histogram and
-    its marker, or during the histogram, leaves a histogram without a marker (or a torn file);
-    a kill between the two removals leaves markers without histograms. ``write_catalog(
-    resume=True)`` then stops with "histogram files do not match the done pixels" or
-    ``EOFError``; no LSDB option repairs that."""
-    import zipfile
-
-    for folder in [out, *(d for d in out.iterdir() if d.is_dir())]:
-        hists, done_dir = folder / "hists", folder / "done"
-        done = {f.name.removesuffix("_done") for f in done_dir.glob("*_done")}
-        kept = set()
-        for hist in hists.glob("*_histogram.npz"):
-            pixel = hist.name.removesuffix("_histogram.npz")
-            try:
-                with np.load(hist, allow_pickle=False) as npz:  # data only, never code
-                    npz.files  # noqa: B018  (reads the zip directory: a torn file fails here)
-                readable = True
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-                readable = False
-            if pixel in done and readable:
-                kept.add(pixel)
-            else:
-                hist.unlink(missing_ok=True)
-        for pixel in done - kept:  # also where hists/ is gone
-            (done_dir / f"{pixel}_done").unlink(missing_ok=True)
 
 
 def _counts(out: Path, names: tuple[str, str, str] = ("p_merger", "is_merger", "status")
