@@ -1346,6 +1346,40 @@ def test_rank0_refuses_to_merge_a_share_that_lost_chunks_after_its_marker(env, m
     assert [r[:3] for r in out] == rows and all(r[-1] == "ok" for r in out)
 
 
+def test_the_merge_decodes_each_result_segment_once_and_writes_the_same_bytes(env, monkeypatch):
+    """Rank 0's merge opened every rank's journal, which decoded each segment to list its
+    chunks, then decoded them all again to write them. It now decodes each segment once; the
+    output is byte for byte a single process's."""
+    from galmerge.classification import segments
+
+    tmp, ckpt, log = env
+    _catalog(tmp / "cat.csv", 36)
+    base = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--chunk-rows", "2"]
+    assert run_cli(*base, "--cache", str(tmp / "ref.h5"), "--output", str(tmp / "ref.csv")
+                   ).exit_code == 0
+    args = [*base, "--cache", str(tmp / "c-{rank}.h5"), "--output", str(tmp / "out.csv")]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_cli(*args).exit_code == 0  # rank 1's share: 9 chunks, two segments
+    rank1 = set((tmp / "out.csv.parts").glob("rank00001-*/seg-*.arrow"))
+    assert len(rank1) == 2
+    real, decoded = segments.read_segment, []
+
+    def counting(path):
+        decoded.append(path)
+        return real(path)
+
+    monkeypatch.setattr(segments, "read_segment", counting)
+    monkeypatch.setenv("RANK", "0")
+    res = run_cli(*args)  # rank 0: its share (two segments), then the merge
+    assert res.exit_code == 0, res.output
+    assert max(Counter(decoded).values()) == 1 and len(decoded) == 4
+    assert {p for p in decoded if p.parent.name.startswith("rank00001-")} == rank1
+    assert (tmp / "out.csv").read_bytes() == (tmp / "ref.csv").read_bytes()
+    assert not (tmp / "out.csv.parts").exists()
+
+
 # -- sharded runs: rank 0 gives up on a dead or hung rank, loses nothing, and a re-run finishes --
 
 def _rank_env(log: Path, rank: int, **extra: str) -> dict[str, str]:

@@ -82,6 +82,11 @@ def _has_extension(ty: Any) -> bool:
     return any(_has_extension(ty.field(i).type) for i in range(ty.num_fields))
 
 
+def segment_files(folder: Path) -> list[Path]:
+    """A journal folder's committed segments, in chunk order (their names sort so)."""
+    return sorted(folder.glob(f"seg-*{SUFFIX}"))
+
+
 def segment_name(first_chunk: int, digest: str) -> str:
     return f"seg-{first_chunk:012d}-{digest[:32]}{SUFFIX}"
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from galmerge.classification.outputs import ResultJournal, Tally, open_writer
+from galmerge.classification.outputs import Tally, open_writer
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 
@@ -185,24 +185,73 @@ def wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, show
         time.sleep(PART_POLL_SECONDS)
 
 
-def _expected_chunks(journals: list[ResultJournal], parts_dir: Path) -> int:
-    """The catalog's chunk count, as every rank's marker states it (checked against the rank's
-    segments): what the merge must write, or a one-line error."""
-    again = ("run the same command again (every rank) to redo its missing chunks, or delete "
-             f"the folder {parts_dir} and run again")
+def _marker_counts(marker: Path) -> tuple[int, int] | None:
+    """(the share's chunks, the catalog's chunks) a rank's ``.done`` marker states; None if
+    it states none (read as text: no segment is decoded for it)."""
+    from galmerge.classification.outputs import _MARKER
+
+    try:
+        found = _MARKER.fullmatch(marker.read_text(encoding="utf-8", errors="replace").strip())
+    except OSError:
+        return None
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def _expected_chunks(markers: list[Path], parts_dir: Path) -> int:
+    """The catalog's chunk count, as every rank's marker states it (each share the size its
+    rank's chunks r, r + W, ... make; the segments are checked against it as they are merged):
+    what the merge must write, or a one-line error."""
     totals = set()
-    for rank, journal in enumerate(journals):
-        counts = journal.marker_counts()
-        # (rank r's share: chunks r, r + W, r + 2W, ... of the catalog's)
-        if counts is None or counts[0] != len(range(rank, counts[1], len(journals))):
-            raise GalmergeError(f"rank {rank}'s result segments in {parts_dir} are incomplete "
-                                f"(they lack chunks its .done marker counts); {again}")
+    for rank, marker in enumerate(markers):
+        counts = _marker_counts(marker)
+        if counts is None or counts[0] != len(range(rank, counts[1], len(markers))):
+            raise _incomplete(rank, parts_dir)
         totals.add(counts[1])
     if len(totals) != 1:
         raise GalmergeError(f"the ranks' result segments in {parts_dir} disagree on the "
                             f"catalog's length ({', '.join(map(str, sorted(totals)))} chunks); "
-                            f"{again}")
+                            "run the same command again (every rank) to redo its missing "
+                            f"chunks, or delete the folder {parts_dir} and run again")
     return totals.pop()
+
+
+def _incomplete(rank: int, parts_dir: Path) -> GalmergeError:
+    return GalmergeError(
+        f"rank {rank}'s result segments in {parts_dir} are incomplete (they lack chunks its "
+        ".done marker counts); run the same command again (every rank) to redo its missing "
+        f"chunks, or delete the folder {parts_dir} and run again")
+
+
+def _share_blocks(folder: Path, rank: int, parts_dir: Path) -> Iterator[tuple[int, Any]]:
+    """A finished share's blocks in chunk order, each segment decoded once. A damaged segment
+    is removed (its rank redoes its chunks when run again, as on opening its journal) and the
+    merge stops with one line."""
+    from galmerge.classification.outputs import read_part
+    from galmerge.classification.segments import segment_files
+
+    for seg in segment_files(folder):
+        try:  # (a segment is decoded whole before its first block is given)
+            blocks = list(read_part(seg))
+        except ValueError as exc:
+            seg.unlink(missing_ok=True)
+            print(f"galmerge: result segment {seg} was unreadable ({exc}); its rows will be "
+                  "classified again", file=sys.stderr)
+            raise _incomplete(rank, parts_dir) from None
+        yield from blocks
+        del blocks  # one segment's rows held at a time
+
+
+def _remove_share(folder: Path) -> None:
+    """A merged share's files: its marker first (a kill midway leaves an unfinished share),
+    then its segments, its folder and its heartbeat."""
+    from galmerge.classification.segments import segment_files
+
+    folder.with_name(folder.name + ".done").unlink(missing_ok=True)
+    for seg in segment_files(folder):
+        seg.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+    beat_path(folder).unlink(missing_ok=True)
 
 
 def merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: list[str],
@@ -211,43 +260,50 @@ def merge_parts(parts_dir: Path, sig: str, world: int, out_path: Path, columns: 
                 arrow_types: dict[str, Any] | None = None,
                 provenance: dict[str, Any] | None = None,
                 extra: list[str] | None = None) -> Tally:
-    """Rank 0: wait until every rank's share is complete, then write them in input order."""
+    """Rank 0: wait until every rank's share is complete, then write them in input order,
+    decoding each result segment once (the markers give the counts to check it against)."""
+    from galmerge.classification.segments import check_private_folder, refuse_pickled_segments
+
     folders = [parts_dir / f"rank{r:05d}-of-{world:05d}-{sig}" for r in range(world)]
-    # Wait on the .done markers alone: opening another rank's journal before it has finished
-    # would clear its in-flight temporary segment under its feet.
+    # Wait on the .done markers alone: reading another rank's folder before it has finished
+    # would race with its in-flight segment.
     markers = [f.with_name(f.name + ".done") for f in folders]
     wait_for_ranks(markers, [beat_path(f) for f in folders], parts_dir, show, shard_timeout,
-                    heartbeat_timeout)
-    journals = [ResultJournal(f) for f in folders]
-    expected = _expected_chunks(journals, parts_dir)
+                   heartbeat_timeout)
+    for folder in [parts_dir, *folders]:  # as a journal checks them, before anything is read
+        check_private_folder(folder)
+    for folder in folders:
+        refuse_pickled_segments(folder)
+    expected = _expected_chunks(markers, parts_dir)
     writer = open_writer(out_path, columns, arrow_types=arrow_types, provenance=provenance,
                          extra=extra or ())
+    again = f"delete the folder {parts_dir} and run again"
     try:
-        readers = [j.blocks() for j in journals]
+        readers = [_share_blocks(f, r, parts_dir) for r, f in enumerate(folders)]
         index = 0
-        while True:
-            item = next(readers[index % world], None)
-            if item is None:
-                break
+        while index < expected:
+            rank = index % world
+            item = next(readers[rank], None)
+            if item is None:  # the share ends before the chunks its marker counts
+                raise _incomplete(rank, parts_dir)
             chunk_index, block = item
             if chunk_index != index:
+                if chunk_index > index and chunk_index % world == rank:  # a chunk missing
+                    raise _incomplete(rank, parts_dir)
                 raise GalmergeError(f"result segments in {parts_dir} are inconsistent (chunk "
-                                    f"{chunk_index} where {index} was expected); delete the "
-                                    f"folder {parts_dir} and run again")
+                                    f"{chunk_index} where {index} was expected); {again}")
             writer.write(block)
             index += 1
-        if index != expected or any(next(r, None) is not None for r in readers):
-            # never a shorter output than the catalog (its earlier, complete one is kept)
-            raise GalmergeError(f"result segments in {parts_dir} are incomplete ({index} of "
-                                f"the catalog's {expected} chunks); delete the folder "
-                                f"{parts_dir} and run again")
+        if any(next(r, None) is not None for r in readers):
+            # never an output that leaves out rows a share holds (its earlier one is kept)
+            raise GalmergeError(f"result segments in {parts_dir} hold more than the catalog's "
+                                f"{expected} chunks; {again}")
         writer.commit()
     except BaseException:
         writer.abort()
         raise
-    for j in journals:
-        j.remove()
-        beat_path(j.folder).unlink(missing_ok=True)
+    for folder in folders:
+        _remove_share(folder)
     with contextlib.suppress(OSError):  # another run may share the folder
         parts_dir.rmdir()
     return writer.tally
