@@ -585,6 +585,34 @@ def test_a_rerun_recomputes_only_the_partitions_missing_or_damaged(env, cluster)
     pd.testing.assert_frame_equal(_read_back(out), clean)
 
 
+def test_a_rerun_under_an_lsdb_without_its_progress_writers_redoes_every_partition(
+        env, cluster, monkeypatch):
+    """Keeping a finished partition uses LSDB 0.11's progress-file writers
+    (``lsdb.io.to_hats``); an LSDB without them must not fail the rerun: it classifies every
+    partition again, as before the record existed, and the catalog reads back the same."""
+    import importlib
+
+    import pandas as pd
+    from test_classify import run_cli
+
+    writers = importlib.import_module("lsdb.io.to_hats")  # (lsdb.io.to_hats is a function)
+    tmp, ckpt, _ = env
+    src, _ = _hats(tmp, n=30)
+    out = tmp / "out_hats"
+    args = ["classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+            "--scheduler", cluster.scheduler_address, "--output", str(out)]
+    assert run_cli(*args).exit_code == 0
+    clean = _read_back(out)
+    files = _partition_files(out)
+    files[0].write_bytes(files[0].read_bytes()[:100])  # one partition to redo at least
+    before = {f: f.stat().st_mtime_ns for f in files[1:]}
+    monkeypatch.delattr(writers, "write_done_pixel")
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    assert all(f.stat().st_mtime_ns != t for f, t in before.items())  # every one rewritten
+    pd.testing.assert_frame_equal(_read_back(out), clean)
+
+
 def test_a_rerun_killed_midway_never_leaves_an_output_that_reads_as_complete(
         env, cluster, monkeypatch):
     """A rerun that was redoing a damaged partition kept the finished run's hats.properties

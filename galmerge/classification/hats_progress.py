@@ -185,6 +185,15 @@ def _give_back_progress(out: Path, pixel: Any, order: int) -> None:
     write_done_pixel(base, pixel)  # after the histogram, as LSDB writes them
 
 
+def _can_give_back() -> bool:
+    """Whether this LSDB has the progress-file writers `_give_back_progress` uses."""
+    try:
+        from lsdb.io.to_hats import write_done_pixel, write_histogram  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def histogram_order(catalog: Any) -> int:
     """The order LSDB's writer counts a catalog's rows at (``lsdb.io.to_hats``: the catalog's
     skymap order, else its deepest partition's and at least 8)."""
@@ -200,7 +209,10 @@ def verify(out: Path, run_fp: str, pixels: list[Any]) -> Progress:
     keeps; a killed run's LSDB progress files of any other partition are removed (see the
     module). Reads every recorded partition file once (its SHA-256)."""
     progress = Progress(kept=_lsdb_progress(out, pixels))
-    recorded = _read_record(out, run_fp)
+    # partitions kept from the record get LSDB's progress files back (`resume`) through LSDB's
+    # own writers, internals of lsdb 0.11: an LSDB without them redoes every such partition
+    # (as before this record existed) rather than failing the run
+    recorded = _read_record(out, run_fp) if _can_give_back() else {}
     for pixel in pixels:
         name = pixel_name(pixel)
         if name not in progress.kept and _matches(_partition_file(out, pixel),
