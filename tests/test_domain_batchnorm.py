@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -409,10 +410,14 @@ def test_a_runs_config_with_another_seed_trains_its_own_source_stage(pair, tmp_p
     assert (tmp_path / "pct" / "source_only" / "best.pt").is_file()
 
 
-def test_a_runs_config_read_from_another_folder_trains_its_own_stage(pair, tmp_path,
-                                                                     monkeypatch):
-    """config.toml's init_from is relative to where the run was started: read from elsewhere
-    (or after the run moved) the stage is not there, and the run trains its own."""
+def test_a_runs_config_read_from_another_folder_starts_from_its_stage_until_the_run_moves(
+        pair, tmp_path, monkeypatch):
+    """config.toml records the stage as an absolute init_from (a relative --run-dir made it
+    relative to where the run was started, so that read from elsewhere the run trained a stage
+    of its own): read from another folder the run starts from it; after the run moved, the
+    stage is not where config.toml says, and the run trains its own."""
+    import shutil
+
     src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
     monkeypatch.chdir(tmp_path)
     tiny_run(Path("rel"), src, tgt, "dann", epochs=1, max_steps_per_epoch=2,
@@ -422,7 +427,14 @@ def test_a_runs_config_read_from_another_folder_trains_its_own_stage(pair, tmp_p
     res = CliRunner().invoke(cli, ["train", "--config", "../rel/config.toml", "--run-dir",
                                    "out", "--quiet"])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "sub" / "out" / "source_only" / "best.pt").is_file()
+    assert not (tmp_path / "sub" / "out" / "source_only").exists()
+    assert tomllib.loads((tmp_path / "sub" / "out" / "config.toml").read_text())[
+        "init_from"] == str(tmp_path / "rel" / "source_only" / "best.pt")
+    shutil.move(tmp_path / "rel", tmp_path / "sub" / "rel")
+    res = CliRunner().invoke(cli, ["train", "--config", "rel/config.toml", "--run-dir",
+                                   "out2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "sub" / "out2" / "source_only" / "best.pt").is_file()
 
 
 def test_alignment_strategies_default_to_their_own_target_encoder_and_others_keep_one():

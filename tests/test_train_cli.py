@@ -290,15 +290,15 @@ def test_resume_takes_the_same_init_from_and_data_however_spelt_and_refuses_othe
               "--batch-size", "8", "--max-steps-per-epoch", "2", "--strategy", "meangap"]
     assert invoke(*common, "--run-dir", "a").exit_code == 0
     assert invoke(*common, "--run-dir", "b", "--init-from", "a").exit_code == 0
-    assert config_of(tmp_path / "b")["init_from"] == "a"
+    assert config_of(tmp_path / "b")["init_from"] == str(tmp_path / "a")  # recorded absolute
     for extra in (["--init-from", f"{tmp_path / 'a'}/"], ["--init-from", "a/best.pt"],
                   ["--source", f"hdf5:{tmp_path / 'data' / 'source.h5'}"],
                   ["--target", "hdf5:./data/target.h5", "--device", "cpu"]):
         result = CliRunner().invoke(cli, ["train", "--resume", "b", "--quiet", *extra])
         assert result.exit_code == 0, (extra, result.output)
     for run, extra, words in (
-            ("b", ["--init-from", "b"], "the run started from a, not --init-from b; drop "
-                                        "--init-from"),
+            ("b", ["--init-from", "b"], f"the run started from {tmp_path / 'a'}, not "
+                                        "--init-from b; drop --init-from"),
             ("a", ["--init-from", "b"], "the run started without --init-from, not --init-from "
                                         "b; drop --init-from"),
             ("b", ["--source", "hdf5:data/target.h5"], "drop --source"),

@@ -129,14 +129,26 @@ def writing(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir``'s exclusive lock for the block (a training process, rank 0 under DDP,
     from the check of the folder to the end of training): a second ``train`` or ``train
     --resume`` of the folder is refused in one line, and a start that died is known dead
-    before `prepare_new` takes it over. The OS releases the lock when its holder dies."""
-    lock = lock_path(run_dir)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.exclusive_lock(
-        lock,
-        f"another galmerge train is writing {run_dir} (it holds {lock}); wait for it to "
-        "finish, or choose another --run-dir",
-    ):
+    before `prepare_new` takes it over. The OS releases the lock when its holder dies.
+
+    A run's source-only stage (``RUN/source_only``, continued by hand with ``train --resume``)
+    is part of its run, which trains or continues it itself: its run's lock is held too."""
+    with contextlib.ExitStack() as held:
+        path = Path(os.path.abspath(run_dir))
+        if path.name == SOURCE_STAGE:
+            run = lock_path(path.parent)
+            run.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(atomic.exclusive_lock(
+                run, f"{run_dir} is the source-only stage of {path.parent}, which another "
+                f"galmerge train is writing (it holds {run}) and continues the stage itself; "
+                "wait for it to finish"))
+        lock = lock_path(run_dir)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        held.enter_context(atomic.exclusive_lock(
+            lock,
+            f"another galmerge train is writing {run_dir} (it holds {lock}); wait for it to "
+            "finish, or choose another --run-dir",
+        ))
         yield
 
 
@@ -210,7 +222,11 @@ def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    return read_toml(run_dir / CONFIG)
+    """A run's config.toml; relative paths that a run from before paths were recorded absolute
+    wrote become what its own files say they named (`paths.with_recorded_files`)."""
+    from galmerge.config.paths import with_recorded_files
+
+    return with_recorded_files(read_toml(run_dir / CONFIG), run_dir)
 
 
 def _git(*args: str) -> str | None:

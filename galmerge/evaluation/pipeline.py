@@ -24,6 +24,7 @@ import torch
 from galmerge import __version__
 from galmerge.config import rundir
 from galmerge.config.legacy import with_legacy_values
+from galmerge.config.paths import absolute_spec, missing_relative
 from galmerge.errors import GalmergeError
 from galmerge.evaluation import plots
 from galmerge.evaluation.report import (
@@ -85,6 +86,12 @@ def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str,
         if not spec:
             raise GalmergeError(f"config.toml has no '{role}' spec; pass --{role} SPEC")
         rundir.refuse_credentials(str(spec), f"--{role}")  # metrics.json records it
+        part = None if given else missing_relative(config, role)
+        if part is not None:  # a run from before specs were recorded absolute
+            raise GalmergeError(
+                f"cannot reload the {role} data '{spec}': its path is relative to the folder "
+                f"the run was started in, and there is no {part} here; run from that folder, "
+                f"or pass --{role} SPEC")
         try:
             imageset = load_imageset(str(spec))
         except GalmergeError as exc:
@@ -338,10 +345,8 @@ def baseline_differences(config: Mapping[str, Any], other: Mapping[str, Any]) ->
 
 def _read_run_config(folder: Path) -> dict[str, Any] | None:
     """A run's config.toml, settings it predates at the values its run trained with."""
-    from galmerge.config.resolve import read_toml
-
     try:
-        return with_legacy_values(read_toml(folder / rundir.CONFIG))
+        return with_legacy_values(rundir.read_config(folder))
     except (GalmergeError, OSError):
         return None
 
@@ -798,7 +803,7 @@ def _spec_used(given: ImageSet | str | None, config: Mapping[str, Any], domain: 
     else the run's."""
     if given is None:
         return config.get(domain)
-    return given if isinstance(given, str) else f"ImageSet {given.survey}"
+    return absolute_spec(given) if isinstance(given, str) else f"ImageSet {given.survey}"
 
 
 def _steps(quiet: bool) -> Any:

@@ -134,6 +134,11 @@ class Survey:
     ``load(arg, options)`` returns a labelled ``ImageSet`` (``arg`` is the part after the colon
     in ``NAME:ARG``, or None). ``cutouts(preprocess, options)`` returns a ``CutoutService`` that
     fetches stamps for catalog positions, for surveys with an image service.
+
+    ``arg_is_path``: ``ARG`` names a file or folder (``hdf5:PATH``). A run then records it as
+    an absolute path (``~`` expanded, resolved against the folder galmerge runs in) in its
+    config.toml, so that the run resumes, evaluates and is reused from any folder; ``load``
+    gets the absolute path too.
     """
 
     name: str
@@ -144,6 +149,7 @@ class Survey:
     #: schemas of ``load``'s and ``cutouts``' options; empty: the survey checks its own
     options: Mapping[str, Option] = field(default_factory=dict)
     cutout_options: Mapping[str, Option] = field(default_factory=dict)
+    arg_is_path: bool = False
 
     def __post_init__(self) -> None:
         plugin_load, plugin_cutouts = self.load, self.cutouts

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from galmerge.config import rundir
+from galmerge.config import paths, rundir
 from galmerge.config.legacy import config_path, fill_legacy, setting_name
 from galmerge.config.resolve import cli_overrides, resolve_config
 from galmerge.errors import GalmergeError
@@ -101,6 +101,12 @@ def train(
         cfg = resolve_config(cli=cli_layer, file=config, legacy=record)
         if record:  # a run's config.toml: what it lacks takes the values its run trained with
             _note_legacy(Path(str(config)), cli_layer, cfg, quiet)
+        typed = cfg["source"], cfg["target"]  # a default run directory's name: as typed
+        if isinstance(config, str | Path):
+            cfg = _paths_read_back(cfg, Path(config), cli_layer, record)
+        # recorded absolute: the run resumes, evaluates and is reused from any folder
+        cfg = paths.absolute(cfg, (*(r for r in paths.SPEC_KEYS if r not in sets_given),
+                                   "init_from"))
         if flags["init_from"] is None and isinstance(config, str | Path):
             cfg = _other_runs_stage(cfg, Path(config), quiet)  # a run's config.toml reused
             cfg = _study_stage(cfg, Path(config), quiet)  # a tune study's best.toml reused
@@ -108,9 +114,7 @@ def train(
             rundir.note_rerun_environment(Path(config).parent, cfg.get("seed"), quiet)
         out_dir = (
             Path(run_dir) if run_dir is not None
-            else rundir.default_run_dir(
-                cfg["source"], cfg["target"], cfg["strategy"], seed=int(cfg["seed"])
-            )
+            else rundir.default_run_dir(*typed, cfg["strategy"], seed=int(cfg["seed"]))
         )
         resume_state = resumed_from = None
     for role in ("source", "target"):  # before any folder is made
@@ -146,10 +150,12 @@ def _stage_difference(stage: Path, cfg: Mapping[str, Any],
     `STAGE_KEYS` first, what runs fill in not compared), or None when it is that run. With
     ``kept_from`` (the config file ``cfg`` was read from), only settings in which ``cfg``'s
     stage differs from that file's are compared."""
-    earlier = resolve_config(file=rundir.read_config(stage), legacy=True)
+    # paths that older runs recorded as typed compare as they read from here (absolute)
+    earlier = resolve_config(file=paths.absolute(rundir.read_config(stage)), legacy=True)
     expected = resolve_config(file=source_only_layer(dict(cfg, init_from="")))
     if kept_from is not None:
-        before = resolve_config(file=source_only_layer(dict(kept_from, init_from="")))
+        before = resolve_config(file=source_only_layer(dict(paths.absolute(kept_from),
+                                                            init_from="")))
         earlier = {k: earlier.get(k) if expected.get(k) != before.get(k) else expected.get(k)
                    for k in {*earlier, *expected}}
     return _first_difference(earlier, expected)
@@ -188,6 +194,36 @@ def _other_runs_stage(cfg: dict[str, Any], config: Path, quiet: bool) -> dict[st
     if why is None:
         return cfg
     return _drop_stage(cfg, init, why, quiet)
+
+
+def _paths_read_back(cfg: dict[str, Any], config: Path, cli_layer: Mapping[str, Any],
+                     record: bool) -> dict[str, Any]:
+    """``cfg`` with the relative paths it took from the file ``config`` (not those given here)
+    made what the run's files say they named (`paths.with_recorded_files`, a run's config.toml
+    from before paths were recorded absolute); one still relative and not there from here is a
+    one-line error naming the folder it is relative to, except the run's own source-only stage
+    (`_other_runs_stage` trains this run's own instead). A config file of the user's own keeps
+    its paths relative to the folder galmerge runs in."""
+    from galmerge.training.tuning import BEST_TOML
+
+    if not record and config.name != BEST_TOML:  # a file of the user's: paths from here
+        return cfg
+    from_file = [k for k in (*paths.SPEC_KEYS, "init_from") if k not in cli_layer]
+    if record:
+        cfg = {**cfg, **paths.with_recorded_files({k: cfg[k] for k in from_file},
+                                                  config.parent)}
+    own = (config.resolve().parent.name, rundir.SOURCE_STAGE, rundir.BEST)
+    for key in from_file:
+        part = paths.missing_relative(cfg, key)
+        if part is None or key == "init_from" and Path(part).parts[-3:] == own:
+            continue
+        started = "its run was started in" if record else "its study was started in"
+        flag = "--" + key.replace("_", "-")
+        raise GalmergeError(
+            f"--config {config}: {key} = {cfg[key]!r} is a path relative to the folder "
+            f"{started}, and there is no {part} here; run from that folder, or pass {flag} "
+            "with the path from here")
+    return cfg
 
 
 def _drop_stage(cfg: dict[str, Any], init: str, why: str, quiet: bool) -> dict[str, Any]:
@@ -248,7 +284,7 @@ def _source_stage(
         else:
             layer = source_only_layer(cfg)
             _fit(resolve_config(file=layer), stage, sets_given, quiet, None, None, dist, device)
-    return dict(cfg, init_from=str(stage / rundir.BEST))
+    return dict(cfg, init_from=paths.absolute_path(str(stage / rundir.BEST)))
 
 
 def _resume_config(
@@ -285,6 +321,13 @@ def _resume_config(
     device = flags.get("device")
     cfg = resolve_config(cli={"device": device} if device is not None else {}, file=saved,
                          legacy=True)
+    for role in paths.SPEC_KEYS:
+        part = None if role in sets_given else paths.missing_relative(cfg, role)
+        if part is not None:  # a run from before specs were recorded absolute
+            raise GalmergeError(
+                f"--resume {out_dir}: its {role} {cfg[role]} is a path relative to the folder "
+                f"the run was started in, and there is no {part} here; run the same --resume "
+                "from that folder")
     for role in ("source", "target"):
         if role not in sets_given and flags.get(role) is not None \
                 and not _same_spec(flags[role], cfg[role]):
@@ -307,6 +350,7 @@ def _resume_config(
             f"{out_dir / rundir.CONFIG} --run-dir NEW)") from None
     trained = state.get("config")
     if isinstance(trained, Mapping):  # config.toml edited since: it would train another run
+        trained = paths.with_recorded_files(trained, out_dir)  # read as config.toml is
         diff = _first_difference(resolve_config(file=saved, legacy=True),
                                  resolve_config(file=dict(trained), legacy=True))
         if diff is not None:

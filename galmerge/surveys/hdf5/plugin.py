@@ -70,5 +70,6 @@ def register_surveys():
             description="Any HDF5 image file in the galmerge schema: hdf5:PATH[?in_memory=false]",
             load=_load,
             options=OPTIONS,
+            arg_is_path=True,  # a run records the file's absolute path
         )
     ]

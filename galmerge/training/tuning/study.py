@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from galmerge.config import rundir
+from galmerge.config import paths, rundir
 from galmerge.config.legacy import with_legacy_values
 from galmerge.config.resolve import deep_merge, read_toml, resolve_config
 from galmerge.errors import GalmergeError
@@ -98,17 +98,30 @@ def _without_init_from(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in settings.items() if k != "init"}, "base": base}
 
 
-def _check_same_study(study: Any, settings: Mapping[str, Any], study_dir: Path) -> None:
+def _absolute_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A study's recorded settings with relative paths (a study from before they were recorded
+    absolute, resumed from the folder it was started in) absolute from here."""
+    out = paths.absolute(settings, paths.SPEC_KEYS)
+    if isinstance(out.get("base"), Mapping):
+        out["base"] = paths.absolute(out["base"])
+    return out
+
+
+def _check_same_study(study: Any, settings: Mapping[str, Any], study_dir: Path,
+                      init_given: Any = None) -> None:
+    """Refuse a study folder whose study has other settings; ``init_given``: init_from as the
+    user spelt it, for the message."""
     saved = study.user_attrs.get("settings")
     if saved is None:
         study.set_user_attr("settings", dict(settings))
         return
+    as_written, saved = saved, _absolute_settings(saved)
     then, now = saved.get("init"), settings.get("init")
     if isinstance(then, dict) and now is not None:
         # the start is its content: init_from may be spelt otherwise (relative or absolute, a
         # run directory or its best.pt; another machine's path to the same file)
         if then.get("sha256") != now["sha256"]:
-            given = settings["base"].get("init_from")
+            given = init_given or settings["base"].get("init_from")
             raise GalmergeError(
                 f"{study_dir} holds a study whose trials start from {then.get('path')} (SHA-256 "
                 f"{str(then.get('sha256'))[:12]}...), but init_from {given} is another "
@@ -120,13 +133,17 @@ def _check_same_study(study: Any, settings: Mapping[str, Any], study_dir: Path) 
     diff = [k for k in settings if saved.get(k) != settings[k]]
     if diff:
         k, then, now = diff[0], saved.get(diff[0]), settings[diff[0]]
+        written = as_written.get(k)
         if isinstance(then, dict) and isinstance(now, dict):  # name the first differing entry
             sub = sorted(j for j in {*then, *now} if then.get(j) != now.get(j))[0]
             k, then, now = f"{k}.{sub}", then.get(sub), now.get(sub)
+            written = written.get(sub) if isinstance(written, Mapping) else then
+        relative = written != then  # a path recorded as typed, by a study from before
         raise GalmergeError(
-            f"{study_dir} holds a study with other settings ({k}: {then!r} there, "
-            f"{now!r} now); rerun with the same settings to resume, or use another "
-            f"--study-dir"
+            f"{study_dir} holds a study with other settings ({k}: {written!r} there, "
+            f"{now!r} now); rerun with the same settings to resume"
+            + (" (from the folder the study was started in: its paths are relative to it)"
+               if relative else "") + ", or use another --study-dir"
         )
 
 
@@ -215,6 +232,9 @@ def tune(
         raise GalmergeError(f"--seed must be a whole number >= 0, got {seed!r}")
     for role, spec in (("source", source), ("target", target)):  # before the study folder
         rundir.refuse_credentials(spec, f"--{role}")
+    # recorded absolute (the study's settings, its trials' config.toml, best.toml): read from
+    # any folder, and one study resumed from any folder however its paths are spelt
+    source, target = paths.absolute_spec(source), paths.absolute_spec(target)
     source_guard.check_guard(max_source_drop, reference)
     if reference is not None and not Path(reference).is_dir():
         raise GalmergeError(f"--reference {reference}: no such run directory")
@@ -234,9 +254,13 @@ def tune(
     if config is not None:
         file_layer = dict(config) if isinstance(config, Mapping) else read_toml(config)
         if not isinstance(config, Mapping) and rundir.is_run_record(Path(config)):
-            # a run's own record: the settings it predates at the values it trained with
-            file_layer = with_legacy_values(file_layer)
+            # a run's own record: the settings it predates at the values it trained with, its
+            # relative paths as its own files say (a run from before they were absolute)
+            file_layer = with_legacy_values(paths.with_recorded_files(
+                file_layer, Path(config).parent))
     base_layer = deep_merge(file_layer, base_layer)
+    init_given = base_layer.get("init_from")  # as spelt, for messages
+    base_layer = paths.absolute(base_layer)
     base = resolve_config(file=base_layer)  # validates every name and value up front
     _check_label_free(base, score)
     dims, fixed = resolve_space(base, space)
@@ -296,7 +320,8 @@ def tune(
         # the reference's accuracy, not its path (machines sharing a study see other paths)
         stored_guard = None if guard is None else {k: v for k, v in guard.items()
                                                    if k != "reference"}  # fmt: skip
-        _check_same_study(study, _settings(base, score, dims, fixed, stored_guard), study_dir)
+        _check_same_study(study, _settings(base, score, dims, fixed, stored_guard), study_dir,
+                          init_given)
         if embedded:
             _requeue_interrupted(optuna, study, say)
         if not study.trials:
