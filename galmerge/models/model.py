@@ -8,6 +8,8 @@ A checkpoint is a dict that loads with ``torch.load(weights_only=True)``::
      "preprocess": {"source": spec, "target": spec},   # see galmerge.data.preprocess
      "config": dict,                                   # the resolved run config
      "epoch": int, "training_state": dict | None,      # optimiser etc., for --resume
+     "plugin_versions": {"backbone"|"strategy"|"survey": {name: {"plugin": str,
+                         "distribution": str, "version": str}}},  # galmerge.plugin.versions
      "sha256": str}                                    # of all the above: see content_sha256
 
 ``sha256`` is checked on every load: a damaged file (a flipped byte in the weights) is refused
@@ -28,9 +30,10 @@ import torch
 from torch import nn
 
 from galmerge.data.preprocess import PreprocessSpec
-from galmerge.errors import GalmergeError
+from galmerge.errors import GalmergeError, PluginBug
 from galmerge.io import atomic
 from galmerge.models import domain_norm
+from galmerge.plugin import versions
 from galmerge.plugin.manager import get_plugin_manager
 from galmerge.plugin.records import plugin_bug
 
@@ -266,6 +269,29 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     """Rebuild the classifier of a run directory or checkpoint, in eval mode."""
     p = resolve_checkpoint(path)
     payload = read_checkpoint(p)
+    # a plugin's error names the backbone version the checkpoint was trained with and the one
+    # installed now where they differ (`galmerge.plugin.versions`); a changed one that loads warns
+    with versions.trained_with(payload, f"checkpoint {p}", ("backbone",)):
+        model, specs = _rebuild(payload, p)
+    bad = [name for name, t in payload["model"].items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise GalmergeError(f"checkpoint {p} has non-finite (NaN/inf) weights in {bad[0]}; "
+                            "use a checkpoint from before training diverged, or retrain")
+    model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        preprocess=specs,
+        config=dict(payload.get("config") or {}),
+        temperature=_temperature(payload.get("temperature", 1.0), p),
+        path=p,
+        sha256=payload.get("sha256") if isinstance(payload.get("sha256"), str) else None,
+    )
+
+
+def _rebuild(payload: dict[str, Any], p: Path
+             ) -> tuple[GalaxyClassifier, dict[str, PreprocessSpec]]:
+    """The checkpoint's model with its weights, and its preprocessing specs."""
     try:
         model = build_model(
             payload["backbone"],
@@ -285,7 +311,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         specs = {str(domain): PreprocessSpec.from_dict(spec, f"checkpoint {p}: {domain} "
                                                        "preprocessing")
                  for domain, spec in dict(payload["preprocess"]).items()}
-    except GalmergeError:
+    except (GalmergeError, PluginBug):  # one line already (a plugin's bug: its traceback too)
         raise
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         what = f"no '{exc.args[0]}' entry" if isinstance(exc, KeyError) else \
@@ -293,20 +319,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise GalmergeError(f"checkpoint {p} does not hold a model its backbone "
                             f"'{payload.get('backbone')}' can load ({what}); pass a checkpoint "
                             "written by galmerge train") from None
-    bad = [name for name, t in payload["model"].items()
-           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise GalmergeError(f"checkpoint {p} has non-finite (NaN/inf) weights in {bad[0]}; "
-                            "use a checkpoint from before training diverged, or retrain")
-    model.to(device).eval()
-    return LoadedModel(
-        model=model,
-        preprocess=specs,
-        config=dict(payload.get("config") or {}),
-        temperature=_temperature(payload.get("temperature", 1.0), p),
-        path=p,
-        sha256=payload.get("sha256") if isinstance(payload.get("sha256"), str) else None,
-    )
+    return model, specs
 
 
 def _temperature(value: Any, path: Path) -> float:

@@ -17,6 +17,7 @@ from galmerge.config.legacy import config_path, fill_legacy, setting_name
 from galmerge.config.resolve import cli_overrides, resolve_config
 from galmerge.errors import GalmergeError
 from galmerge.models.model import read_checkpoint
+from galmerge.plugin import versions
 from galmerge.plugin.imageset import ImageSet
 from galmerge.plugin.strategy_api import StrategyOutputError
 from galmerge.runtime import distributed as ddp
@@ -319,8 +320,9 @@ def _resume_config(
         )
     saved = rundir.read_config(out_dir)
     device = flags.get("device")
-    cfg = resolve_config(cli={"device": device} if device is not None else {}, file=saved,
-                         legacy=True)
+    with checkpoints.hint_from(out_dir / rundir.LAST):  # which plugin versions trained it
+        cfg = resolve_config(cli={"device": device} if device is not None else {}, file=saved,
+                             legacy=True)
     for role in paths.SPEC_KEYS:
         part = None if role in sets_given else paths.missing_relative(cfg, role)
         if part is not None:  # a run from before specs were recorded absolute
@@ -543,7 +545,7 @@ def _build(
         specs = checkpoints.init_specs(init, source_set.channels, cfg["init_from"])
     source, target = prepare_domains(cfg, source_set, target_set, device, specs)
     plan = make_plan(cfg, out_dir, device, dist, len(source.splits["train"]), needs_target(cfg))
-    trainer = Trainer(plan, source, target, init)
+    trainer = Trainer(plan, source, target, init, resume_state)
     if resume_state is not None:
         trainer.load(resume_state)
     else:  # rank 0's refusal (a run directory not empty) ends every rank
@@ -560,6 +562,7 @@ def _train(
             rundir.write_config(plan.out_dir, plan.config)
         env = rundir.environment(plan.device)
         env["world_size"] = plan.dist.world
+        env[versions.KEY] = trainer.plugin_versions  # as in each checkpoint
         # what the data specs resolved to here (e.g. the synthetic renderer's version, a file)
         env["data"] = {role: _data_record(domain.imageset)
                        for role, domain in (("source", trainer.source), ("target", trainer.target))}

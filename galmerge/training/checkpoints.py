@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from galmerge.data.preprocess import PreprocessSpec
-from galmerge.errors import GalmergeError
+from galmerge.errors import GalmergeError, PluginBug
 from galmerge.models import domain_norm
-from galmerge.models.model import GalaxyClassifier
+from galmerge.models.model import GalaxyClassifier, read_checkpoint
+from galmerge.plugin import versions
 
 
 def payload(
     config: Mapping[str, Any], model: GalaxyClassifier, strategies: nn.Module,
     preprocess: Mapping[str, PreprocessSpec], shape: tuple[int, int], epoch: int,
-    training_state: dict[str, Any] | None,
+    training_state: dict[str, Any] | None, plugin_versions: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A checkpoint (see ``galmerge.models.model``); ``strategy_state`` holds the strategy modules'
     weights (a DANN discriminator, Fisher centres) for ``init_from``; ``shape`` is
-    (in_channels, image_size)."""
+    (in_channels, image_size); ``plugin_versions``: `plugin_record`'s (None: no record)."""
     from galmerge import __version__
 
     return {
@@ -38,7 +40,40 @@ def payload(
         "config": config,
         "epoch": epoch,
         "training_state": training_state,
+        versions.KEY: dict(plugin_versions or {}),
     }
+
+
+def plugin_record(config: Mapping[str, Any]) -> dict[str, dict[str, dict[str, str]]]:
+    """Which distribution and version provide the run's backbone, each strategy of its
+    expression and each survey its data specs name (`galmerge.plugin.versions`)."""
+    from galmerge.data.datasets import parse_survey_spec
+
+    surveys = []
+    for role in ("source", "target"):
+        try:  # an image set given in-process records its survey's name, maybe no plugin's
+            surveys.append(parse_survey_spec(str(config[role]))[0])
+        except GalmergeError:
+            continue
+    return versions.record(str(config["backbone"]), [str(s) for s in config["strategies"]],
+                           surveys)
+
+
+@contextmanager
+def hint_from(path: Path) -> Iterator[None]:
+    """Around resolving the config of the run whose checkpoint ``path`` is (``--resume``): a
+    plugin's error (an option a newer release renamed, a component gone) gets the plugin
+    versions that checkpoint was trained with and those installed now added to its one line.
+    The checkpoint is read only then; unreadable, it adds nothing."""
+    try:
+        yield
+    except (GalmergeError, PluginBug) as exc:
+        try:
+            recorded = read_checkpoint(path).get(versions.KEY)
+        except GalmergeError:  # its own error comes later, where it is read for its weights
+            recorded = None
+        versions.add_hint(exc, recorded)
+        raise
 
 
 def load_init_weights(model: GalaxyClassifier, init: Mapping[str, Any], source: str,

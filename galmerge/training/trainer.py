@@ -8,6 +8,7 @@ they are only reported (``target_val_accuracy`` and the target test metrics).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from galmerge.errors import GalmergeError
 from galmerge.models import domain_norm
 from galmerge.models import shift as shift_score
 from galmerge.models.model import build_model, read_checkpoint, save_checkpoint
+from galmerge.plugin import versions
 from galmerge.runtime import distributed as ddp
 from galmerge.runtime.progress import Progress
 from galmerge.scores.collapse import collapse_warning, run_warnings
@@ -41,11 +43,17 @@ class Trainer:
     """Model, strategies, optimiser, schedule, batch streams and state of one run."""
 
     def __init__(
-        self, plan: Plan, source: Domain, target: Domain, init: dict[str, Any] | None = None
+        self, plan: Plan, source: Domain, target: Domain, init: dict[str, Any] | None = None,
+        resume: dict[str, Any] | None = None,
     ) -> None:
+        """``init``: the ``init_from`` checkpoint; ``resume``: the last.pt this run continues
+        (`load` takes its state), whose plugin versions a failing build names."""
         self.plan, self.source, self.target = plan, source, target
         self.state = TrainingState()
-        self._build_modules(init)
+        # which plugin versions build this run: written into each checkpoint and env.json
+        self.plugin_versions = checkpoints.plugin_record(plan.config)
+        with self._trained_with(resume, init):
+            self._build_modules(init)
         imageset = source.imageset
         # per process: each rank forwards its share of the batch
         check_batch_fits(
@@ -108,6 +116,18 @@ class Trainer:
             joint=plan.joint_batchnorm, source_head=cfg["target_encoder"] == "separate",
             frozen_source=frozen_source,
         )
+
+    def _trained_with(self, resume: dict[str, Any] | None, init: dict[str, Any] | None
+                      ) -> contextlib.AbstractContextManager[None]:
+        """`versions.trained_with` for the checkpoint this run continues or starts from: a
+        resumed run was built by every kind of component, an ``init_from`` one gives only its
+        model's and strategies' weights."""
+        if resume is not None:
+            return versions.trained_with(resume, str(self.plan.out_dir / rundir.LAST))
+        if init is not None:
+            return versions.trained_with(init, str(self.plan.config["init_from"]),
+                                         ("backbone", "strategy"))
+        return contextlib.nullcontext()
 
     def _build_optimiser(self) -> None:
         plan, cfg = self.plan, self.plan.config
@@ -175,6 +195,22 @@ class Trainer:
 
     def load(self, checkpoint: dict[str, Any]) -> None:
         """Continue from a last.pt payload (written by this or an earlier galmerge)."""
+        with self._trained_with(checkpoint, None):
+            ts = self._load_state(checkpoint)
+        self.state = TrainingState.from_dict(ts, self.plan.device)
+        self.term_keys = {k[5:] for r in self.state.rows for k in r if k.startswith("loss_")}
+        self.term_keys.discard("total")
+        set_rng_state(ts["rng"], self.plan.device)
+        rank, ranks = self.plan.dist.rank, ts.get("rng_ranks")
+        if rank > 0:  # its own stream; a last.pt without it (one process, older): a fresh one
+            if isinstance(ranks, list) and rank < len(ranks):
+                set_rng_state(ranks[rank], self.plan.device)
+            else:
+                seed_rank(self.plan.seed, rank)
+        self.resumed = True
+
+    def _load_state(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """Weights and training state of a last.pt into this run; returns its training state."""
         try:  # a last.pt of another model (replaced, or another galmerge) is one line
             ts = checkpoint["training_state"]
             # a last.pt of a "separate" run from before per-domain statistics: one set, both
@@ -189,23 +225,14 @@ class Trainer:
                 f"--resume: {self.plan.out_dir / rundir.LAST} does not fit this run's model and "
                 f"training state ({_mismatch(exc)}); restore it, or start the run afresh"
             ) from None
-        self.state = TrainingState.from_dict(ts, self.plan.device)
-        self.term_keys = {k[5:] for r in self.state.rows for k in r if k.startswith("loss_")}
-        self.term_keys.discard("total")
-        set_rng_state(ts["rng"], self.plan.device)
-        rank, ranks = self.plan.dist.rank, ts.get("rng_ranks")
-        if rank > 0:  # its own stream; a last.pt without it (one process, older): a fresh one
-            if isinstance(ranks, list) and rank < len(ranks):
-                set_rng_state(ranks[rank], self.plan.device)
-            else:
-                seed_rank(self.plan.seed, rank)
-        self.resumed = True
+        return ts
 
     def _payload(self, epoch: int, training_state: dict[str, Any] | None) -> dict[str, Any]:
         imageset = self.source.imageset
         return checkpoints.payload(
             self.plan.config, self.model, self.strategies, self.preprocess,
             (imageset.channels, imageset.image_size), epoch, training_state,
+            self.plugin_versions,
         )
 
     def save_last(self) -> None:
