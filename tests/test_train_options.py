@@ -399,3 +399,38 @@ def test_an_optimizer_step_that_overflows_stops_with_the_non_finite_message(
     with pytest.raises(GalmergeError, match=r"training stopped: the loss became non-finite .* "
                                             r"epoch 1, step 1; .*try a lower --lr"):
         _run(tmp_path, "huge", backbone="hugelr", epochs=1)
+
+
+def test_the_overflow_is_recognised_by_its_numbers_whatever_torch_calls_it(
+        toys, register_plugin, tmp_path, monkeypatch):
+    """Another torch release may word the refusal of a step size past float32 otherwise: the
+    trainer tells it by Adam's numbers (lr / (1 - beta1^t) past the dtype), not by the text."""
+    register_plugin(HugeLrPlugin(), "hugelr")
+    step = torch.optim.Adam.step
+
+    def reworded(self, *args, **kwargs):
+        try:
+            return step(self, *args, **kwargs)
+        except RuntimeError as exc:
+            raise RuntimeError("scalar out of range for dtype float32") from exc
+
+    monkeypatch.setattr(torch.optim.Adam, "step", reworded)
+    with pytest.raises(GalmergeError, match=r"the loss became non-finite .* epoch 1, step 1"):
+        _run(tmp_path, "huge", backbone="hugelr", epochs=1)
+
+
+def test_an_optimizer_error_of_finite_numbers_is_no_non_finite_loss(toys, tmp_path):
+    """An error in the optimiser step at an ordinary lr is not reported as a diverged loss,
+    even where its text says 'overflow': it propagates as raised."""
+
+    def fails(optimizer, args, kwargs):
+        raise RuntimeError("stack overflow in an optimizer hook")
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(fails)
+    try:
+        with pytest.raises(RuntimeError, match="stack overflow in an optimizer hook"):
+            _run(tmp_path, "hook", epochs=1)
+    finally:
+        handle.remove()

@@ -272,8 +272,8 @@ class Trainer:
             total.backward()
         try:
             self.optimizer.step()
-        except RuntimeError as exc:  # a step size past float32 (huge lr x multipliers)
-            if "overflow" not in str(exc):
+        except RuntimeError:  # a step size past float32 (huge lr x multipliers)? asked of the
+            if not _step_size_overflows(self.optimizer):  # numbers, never of torch's wording
                 raise
             _non_finite(plan, state.epoch, state.step_in_epoch + 1)
         if plan.dist.enabled and not plan.cuda:  # the whole batch's running statistics
@@ -450,6 +450,23 @@ def _mismatch(exc: Exception) -> str:
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     return next((ln.strip() for ln in lines if "size mismatch" in ln or "Missing key" in ln
                  or "Unexpected key" in ln), lines[0])[:160]
+
+
+def _step_size_overflows(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether Adam's step size for some group, lr / (1 - beta1^t) at the step t that just
+    failed, lies past what its parameters' dtype holds: torch refuses to convert that scalar
+    (a RuntimeError). Asked only after a step raised, so training pays nothing for it."""
+    for group in optimizer.param_groups:
+        beta1 = float(group.get("betas", (0.0,))[0])
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if step is None:  # no gradient yet: this group made no step
+                continue
+            size = abs(float(group["lr"])) / (1.0 - beta1 ** max(1.0, float(step)))
+            if not size <= torch.finfo(param.dtype).max:
+                return True
+            break  # one step count per group: its parameters step together
+    return False
 
 
 def _stop_message(plan: Plan, best_epoch: int) -> str:
