@@ -209,3 +209,29 @@ def test_a_checkpoint_without_the_record_loads_as_before(install, data, tmp_path
         load_model(tmp_path / "old.pt")
     # as before: no versions to name
     assert str(info.value) == "unknown option(s) width for backbone 'vbb'; known: channels"
+
+
+def test_a_galmerge_upgrade_does_not_warn_but_a_failing_build_names_it(
+        install, data, tmp_path, capsys):
+    """Built-ins change with galmerge, which has its own upgrade notes: a checkpoint of another
+    galmerge release loads without a warning; a build that fails says so, with pip (not
+    `galmerge install`, which adds plugins) as the way back."""
+    install("0.2.0")
+    run = tmp_path / "run"
+    _train(run, data)
+    old = read_checkpoint(run / "best.pt")
+    for kind in old["plugin_versions"].values():
+        for entry in kind.values():
+            if entry["distribution"] == "galmerge":
+                entry["version"] = "0.0.9"
+    save_checkpoint(tmp_path / "old.pt", old)
+    capsys.readouterr()
+    load_model(tmp_path / "old.pt")
+    assert "warning" not in capsys.readouterr().err
+    # a build that fails names galmerge's release too, with pip as the way back
+    from galmerge.plugin.versions import Change, describe
+
+    assert describe([Change(DIST, "0.2.0", "0.3.0"), Change("galmerge", "0.0.9", "0.1.0")]) == (
+        f"trained with {DIST} 0.2.0, galmerge 0.0.9; installed: {DIST} 0.3.0, galmerge 0.1.0; "
+        f"`galmerge install {DIST}==0.2.0` restores it; `pip install galmerge==0.0.9` restores "
+        "galmerge's own")

@@ -22,6 +22,7 @@ from importlib import metadata
 from typing import Any
 
 from galmerge.errors import GalmergeError, PluginBug
+from galmerge.plugin.manager import OWN_DISTRIBUTION as OWN
 from galmerge.plugin.manager import get_plugin_manager
 
 KEY = "plugin_versions"
@@ -113,9 +114,14 @@ def describe(found: list[Change]) -> str:
         installed = found[0].installed
     else:
         installed = ", ".join(f"{c.distribution} {c.installed}" for c in found)
-    pins = " ".join(f"{c.distribution}=={c.trained}" for c in found if c.trained)
-    restore = (f"; `galmerge install {pins}` restores {'it' if len(found) == 1 else 'them'}"
-               if pins else "")
+    # `galmerge install` adds plugins to galmerge's environment; galmerge itself is pip's job
+    pins = [f"{c.distribution}=={c.trained}" for c in found
+            if c.trained and c.distribution != OWN]
+    restore = (f"; `galmerge install {' '.join(pins)}` restores "
+               f"{'it' if len(pins) == 1 else 'them'}" if pins else "")
+    own = [c for c in found if c.distribution == OWN and c.trained]
+    if own:
+        restore += f"; `pip install {OWN}=={own[0].trained}` restores {OWN}'s own"
     return f"trained with {trained}; installed: {installed}{restore}"
 
 
@@ -134,7 +140,9 @@ def add_hint(exc: BaseException, recorded: Any, kinds: Iterable[str] = KINDS) ->
 def warn_changes(recorded: Any, what: str, kinds: Iterable[str] = KINDS) -> None:
     """One warning line on stderr (once per process) when ``what`` (a checkpoint) loaded but
     was trained with other plugin versions than those installed."""
-    found = changes(recorded, kinds)
+    # galmerge's own built-ins change with galmerge, whose upgrade notes say how: a warning on
+    # every checkpoint after each upgrade would be noise (a build that fails still names it)
+    found = [c for c in changes(recorded, kinds) if c.distribution != OWN]
     if not found:
         return
     line = (f"galmerge: warning: {what} was {describe(found)}; it loaded with the installed "
