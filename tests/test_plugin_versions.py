@@ -185,6 +185,15 @@ def test_a_load_that_works_under_another_version_warns_once(install, data, tmp_p
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
     assert len(warnings) == 1, warnings
     assert f"was trained with {DIST} 0.2.0; installed: 0.2.1;" in warnings[0]
+    from galmerge.plugin import versions
+
+    versions._warned.clear()  # a fresh process, as each torchrun rank is: rank 1 says nothing
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RANK", "1")
+        load_model(run)
+    assert "warning" not in capsys.readouterr().err
+    load_model(run)  # rank 0 (no RANK) says it
+    assert "warning" in capsys.readouterr().err
 
     # --init-from reads its weights and strategy state: the same warning for that checkpoint
     _train(tmp_path / "next", data, init_from=str(run / "last.pt"))

@@ -14,6 +14,7 @@ written before the record existed has none and loads as before.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -147,7 +148,9 @@ def warn_changes(recorded: Any, what: str, kinds: Iterable[str] = KINDS) -> None
         return
     line = (f"galmerge: warning: {what} was {describe(found)}; it loaded with the installed "
             f"{'version' if len(found) == 1 else 'versions'}, whose results may differ")
-    if line not in _warned:
+    # under torchrun every process loads the checkpoint: rank 0 alone says it (torchrun's RANK,
+    # read here because galmerge.plugin sits beside galmerge.runtime, not above it)
+    if line not in _warned and os.environ.get("RANK", "0").strip() in ("", "0"):
         _warned.add(line)
         print(line, file=sys.stderr)
 
