@@ -288,3 +288,38 @@ def test_credentials_in_runs_made_before_they_were_hidden_are_not_shown(tmp_path
         written += table.read_text() + result.output
     assert "s3cret" not in written and "ann:" not in written
     assert "***@sas.example.org" in out.read_text()
+
+
+def test_runs_from_before_and_after_paths_were_recorded_absolute_share_a_row(
+        tmp_path, monkeypatch) -> None:
+    """A run from before recorded `hdf5:data/s.h5` as typed; one from after records the same
+    file absolute. Both are one data set: `compare` puts them in one group (so the gain over
+    `none` is found) and shows the path as typed from the project folder."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    for name in ("s.h5", "t.h5"):
+        (project / "data" / name).write_bytes(b"")
+    monkeypatch.chdir(project)
+    full = {k: f"hdf5:{project / 'data' / n}" for k, n in (("source", "s.h5"), ("target", "t.h5"))}
+    for folder, strategy, specs in (("old", "none", {"source": "hdf5:data/s.h5",
+                                                     "target": "hdf5:data/t.h5"}),
+                                    ("new", "mmd", full)):
+        _fake_summary(project / "runs" / folder, strategy, "deepmerge", 0, 0.6)
+        summary_path = project / "runs" / folder / "summary.json"
+        summary = json.loads(summary_path.read_text())
+        summary.update(specs)
+        summary_path.write_text(json.dumps(summary))
+        (project / "runs" / folder / "config.toml").write_text(
+            f'source = "{specs["source"]}"\ntarget = "{specs["target"]}"\nepochs = 1\n')
+        # the files the run read, as env.json records them (the hdf5 survey's meta.file)
+        (project / "runs" / folder / "env.json").write_text(json.dumps({"data": {
+            role: {"meta": {"file": full[role].removeprefix("hdf5:")}}
+            for role in ("source", "target")}}))
+    out = project / "t.csv"
+    result = CliRunner().invoke(cli, ["compare", "runs", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["source"], r["target"]) for r in rows} == {("hdf5:data/s.h5", "hdf5:data/t.h5")}
+    mmd = next(r for r in rows if r["strategy"] == "mmd")
+    assert _float(mmd["target_accuracy_gain_over_none"]) == pytest.approx(0.0)

@@ -131,3 +131,21 @@ def _recorded_data(run_dir: Path) -> dict[str, str]:
         if isinstance(read, str) and read:
             out[role] = read
     return out
+
+
+def display_spec(spec: str) -> str:
+    """``spec`` for a table: an absolute path argument under the current folder shown relative
+    to it (``hdf5:/home/me/proj/data/x.h5`` -> ``hdf5:data/x.h5`` from ``/home/me/proj``);
+    anything else unchanged. For display only, never recorded."""
+    parts = _path_arg(spec)
+    if parts is None:
+        return spec
+    name, arg, query = parts
+    path = Path(arg)
+    if not path.is_absolute():
+        return spec
+    try:
+        shown = path.relative_to(Path.cwd().resolve())
+    except ValueError:  # not under the current folder
+        return spec
+    return f"{name}:{shown.as_posix()}{query}"

@@ -93,6 +93,20 @@ MEASURED = ("observe.sky_sigma", "observe.field_rate", "observe.field_scale")
 MEASURED_MARK = "numbers"
 
 
+def _data_specs(run: Path, summary: Mapping[str, Any]) -> tuple[str, str]:
+    """The run's source and target specs as the table shows and groups them: a path argument
+    of a run from before paths were recorded absolute made absolute from its env.json (so its
+    runs and later ones of the same files share a row), one under the current folder shown
+    relative to it; URL user info, which runs from before it was hidden still hold, as
+    `***@`."""
+    from galmerge.config import paths
+
+    specs = paths.with_recorded_files(
+        {"source": str(summary["source"]), "target": str(summary["target"])}, run)
+    return (shown_spec(paths.display_spec(specs["source"])),
+            shown_spec(paths.display_spec(specs["target"])))
+
+
 def _setup(run: Path) -> tuple[int | None, str, dict[str, str]]:
     """Planned epochs, preset and every other setting (flattened ``a.b`` -> its TOML text) from
     the run's config.toml (None, "", {} when it has none); settings the record predates at the
@@ -159,11 +173,11 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
     for run in runs:
         s = read_summary(Path(run))
         epochs, preset, exact = _setup(Path(run))
+        source, target = _data_specs(Path(run), s)
         settings = _grouping(exact)
-        # runs written before specs were recorded with their URL user info hidden still hold
-        # it: the table, its CSV and the terminal show it as `***@` all the same
-        visible = (str(s["strategy"]), str(s["backbone"]), shown_spec(str(s["source"])),
-                   shown_spec(str(s["target"])), epochs, preset)
+        settings.update({k: json.dumps(v) for k, v in (("source", source), ("target", target))
+                         if k in settings})
+        visible = (str(s["strategy"]), str(s["backbone"]), source, target, epochs, preset)
         key = (*visible, json.dumps(settings, sort_keys=True))
         groups.setdefault(key, []).append(s)
         found[key] = settings
