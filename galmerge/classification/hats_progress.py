@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from galmerge.io import atomic
+from galmerge.io.provenance import sha256_file
 
 #: in a HATS output folder: the partitions a finished run wrote (absent while one is unfinished)
 RECORD = "galmerge_partitions.json"
@@ -47,14 +48,6 @@ def fingerprint(run: dict[str, Any]) -> str:
 def pixel_name(pixel: Any) -> str:
     """A partition as LSDB names its progress files: ``<order>_<pixel>``."""
     return f"{int(pixel.order)}_{int(pixel.pixel)}"
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _footer_rows(path: Path) -> int | None:
@@ -76,7 +69,7 @@ def _entry(path: Path) -> dict[str, Any] | None:
     rows = _footer_rows(path)
     if rows is None:
         return None
-    return {"rows": rows, "bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+    return {"rows": rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 @dataclass
@@ -121,7 +114,7 @@ def _matches(path: Path, entry: Any) -> bool:
         if entry.get("rows") == 0:  # an empty partition: no file
             return not path.exists()
         return (path.stat().st_size == entry.get("bytes")
-                and _file_sha256(path) == entry.get("sha256"))
+                and sha256_file(path) == entry.get("sha256"))
     except OSError:
         return False
 

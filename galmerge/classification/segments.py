@@ -29,6 +29,7 @@ import numpy as np
 
 from galmerge.errors import GalmergeError
 from galmerge.io.private import check_private
+from galmerge.io.provenance import sha256_file
 
 SEGMENT_FORMAT = "galmerge-result-segment/1"
 SUFFIX = ".arrow"
@@ -92,11 +93,8 @@ def segment_name(first_chunk: int, digest: str) -> str:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """A segment's SHA-256 (hex), which its name carries."""
+    return sha256_file(path)
 
 
 class SegmentWriter:
