@@ -69,7 +69,7 @@ def refuse_credentials(spec: Any, what: str) -> None:
             f"{what} {shown_spec(spec)}: a URL in it holds a user name or password, which a run "
             "would record (config.toml, checkpoints) and need again to resume or evaluate it; "
             "put the credentials in the survey's URL environment variable instead (e.g. "
-            "GALMERGE_SDSS_SAS_URL=https://user:pass@host/sas) and drop them from the spec")
+            "GALMERGE_SDSS_SAS_URL=https://USER:PASSWORD@host/sas) and drop them from the spec")
 
 
 def _bare(spec: str) -> str:

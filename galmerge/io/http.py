@@ -182,9 +182,10 @@ class RedirectPolicy:
 def shown_url(url: str) -> str:
     """One URL for a message: its user info as ``***`` (`galmerge.io.provenance.hide_userinfo`,
     ``http://***@host/path``), its query as ``?...`` (it may hold a signature)."""
-    parts = urlsplit(url)
+    # hidden before it is split: a password holding '#' or '?' would end the split's netloc
+    parts = urlsplit(hide_userinfo(url))
     query = "?..." if parts.query else ""
-    return hide_userinfo(urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))) + query
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) + query
 
 
 def check_service_url(value: str, where: str, example: str) -> str:

@@ -34,12 +34,17 @@ FITS_KEYWORDS = {
 }
 
 
-# A URL's user info (``user:password@`` or a bare ``token@``): from ``scheme://`` to the last
-# '@' before the host, as urlsplit reads it. It may hold '&', ':', '=' and '@' (a password may:
-# ``--storage postgresql://me:p&ss@host/db``); it ends before '/', '?', '#', white space or a
-# quote, so an '@' in a path is no user info. Where in doubt it hides too much, never too
-# little: in ``x?url=http://host&mail=me@example.org`` it takes ``host&mail=me`` for user info.
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#'\"<>]+@")
+# A URL's user info: ``scheme://`` then a user name (no '/', ':', '@' or white space) and
+# optionally ':' and a password, then '@'. The password may hold anything but '/' and white
+# space, '@' too (it runs to the last '@'): what SQLAlchemy and urlsplit take unencoded
+# (``postgresql://me:s3cr#t@host/db``, ``http://me:p&ss@host``, quotes, '?', '<'). Where in
+# doubt it hides too much, never too little: in free text ``http://host:80?mail=me@x.org``
+# loses ``host:80?mail=me``. A survey spec is hidden option by option (`shown_spec`), so an
+# '@' in another option (``contact=me@uni.edu``) is never taken for user info there.
+# The placeholder ``USER:PASSWORD@`` of galmerge's own examples (``postgresql://USER:PASSWORD@
+# HOST/DB``) is shown as it is: a message must still show where the credentials go.
+_URL_USERINFO = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.-]*://)(?!USER:PASSWORD@)[^\s/@:]*(?::[^\s/]*)?@")
 #: what a URL's user info is shown as: ``http://***@host/path``
 HIDDEN_USERINFO = "***"
 
@@ -59,16 +64,19 @@ def shown_spec(spec: str) -> str:
     line (pass the option again) or the survey's URL environment variable."""
     from urllib.parse import unquote
 
-    text = hide_userinfo(str(spec))
+    # part by part, as the spec is parsed: '&' ends an option, so it is never in a password
+    # here, and another option's '@' is no user info
+    text = str(spec)
     body, sep, query = text.partition("?")
+    body = hide_userinfo(body)
     if not sep:
-        return text
+        return body
     parts = []
     for part in query.split("&"):
         key, eq, value = part.partition("=")
         plain = unquote(value)
         hidden = hide_userinfo(plain)
-        parts.append(f"{key}{eq}{hidden}" if hidden != plain else part)
+        parts.append(f"{key}{eq}{hidden}" if hidden != plain else hide_userinfo(part))
     return f"{body}?{'&'.join(parts)}"
 
 
