@@ -1380,6 +1380,35 @@ def test_the_merge_decodes_each_result_segment_once_and_writes_the_same_bytes(en
     assert not (tmp / "out.csv.parts").exists()
 
 
+def test_a_segment_that_cannot_be_opened_stops_the_merge_in_one_line(env, monkeypatch):
+    """A rank's segment replaced by a dangling link (gone, unopenable) made the merge end in a
+    FileNotFoundError traceback: it is one line, and the same command redoes that chunk."""
+    tmp, ckpt, _ = env
+    rows = _catalog(tmp / "cat.csv", 36)
+    args = ["classify", str(tmp / "cat.csv"), "--model", str(ckpt), "--survey", "stamps",
+            "--quiet", "--cache", str(tmp / "c-{rank}.h5"), "--output", str(tmp / "out.csv"),
+            "--chunk-rows", "2"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_cli(*args).exit_code == 0
+    segment = sorted((tmp / "out.csv.parts").glob("rank00001-*/seg-*.arrow"))[-1]
+    segment.unlink()
+    segment.symlink_to(tmp / "nowhere.arrow")
+    monkeypatch.setenv("RANK", "0")
+    res = run_cli(*args)
+    assert res.exit_code != 0
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    error = [ln for ln in res.output.strip().splitlines() if ln.startswith("Error")]
+    assert len(error) == 1 and "rank 1's result segments in" in error[0], res.output
+    assert "Traceback" not in res.output
+    monkeypatch.setenv("RANK", "1")
+    assert run_cli(*args).exit_code == 0
+    monkeypatch.setenv("RANK", "0")
+    assert run_cli(*args).exit_code == 0
+    _, out = read_csv(tmp / "out.csv")
+    assert [r[:3] for r in out] == rows
+
+
 # -- sharded runs: rank 0 gives up on a dead or hung rank, loses nothing, and a re-run finishes --
 
 def _rank_env(log: Path, rank: int, **extra: str) -> dict[str, str]:

@@ -585,6 +585,81 @@ def test_a_rerun_recomputes_only_the_partitions_missing_or_damaged(env, cluster)
     pd.testing.assert_frame_equal(_read_back(out), clean)
 
 
+def test_a_kill_after_lsdb_finished_and_before_the_record_keeps_every_partition(
+        env, cluster, monkeypatch):
+    """A kill after LSDB finished writing (while it cleaned up, the cluster closed or the new
+    files were hashed) left no `galmerge_partitions.json`: the next run classified every
+    partition again. It keeps them (the folder reads as a catalog: LSDB writes that last) and
+    writes the record. A rerun of a finished output reads no partition file at all."""
+    import pandas as pd
+    from test_classify import run_cli
+
+    from galmerge.classification import hats_progress
+
+    tmp, ckpt, log = env
+    src, _ = _hats(tmp, n=30)
+    out = tmp / "out_hats"
+    args = ["classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+            "--scheduler", cluster.scheduler_address, "--output", str(out)]
+    assert run_cli(*args).exit_code == 0
+    clean, files = _read_back(out), _partition_files(out)
+    before = _files_state(files)
+    (out / hats_progress.RECORD).unlink()  # as that kill leaves it
+    n = len(fetch_lines(log))
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.output
+    assert len(fetch_lines(log)) == n and _files_state(files) == before  # nothing redone
+    assert (out / hats_progress.RECORD).is_file()
+    hashed = []
+    monkeypatch.setattr(hats_progress, "sha256_file", lambda p: hashed.append(p) or "")
+    assert run_cli(*args).exit_code == 0
+    assert hashed == [] and _files_state(files) == before  # size and time match: not read
+    pd.testing.assert_frame_equal(_read_back(out), clean)
+
+
+def test_a_full_disk_while_workers_write_is_one_line(env, cluster, monkeypatch):
+    """LSDB hands a worker's `[Errno 28] No space left on device` on as a RuntimeError, which
+    reached the user as a traceback; it is one line saying what to do."""
+    import lsdb.catalog
+    from test_classify import run_cli
+
+    tmp, ckpt, _ = env
+    src, _ = _hats(tmp, n=12)
+
+    def full(self, *a, **k):
+        raise RuntimeError("Error applying function perform_write to partition 3: "
+                           "[Errno 28] No space left on device")
+
+    monkeypatch.setattr(lsdb.catalog.Catalog, "write_catalog", full)
+    res = run_cli("classify", str(src), "--model", str(ckpt), "--survey", "stamps", "--quiet",
+                  "--scheduler", cluster.scheduler_address, "--output", str(tmp / "out_hats"))
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0], res.output
+    assert "free space and run the same command again" in lines[0]
+
+
+@pytest.mark.parametrize("device", ["AUTO", "Auto", None])
+def test_any_spelling_of_auto_puts_the_hats_workers_on_the_cpu(env, monkeypatch, device):
+    """Only the exact string "auto" became "cpu" for the Dask workers; `--device AUTO` or
+    `device=None` from Python let each worker pick a GPU for itself."""
+    import galmerge
+    from galmerge.classification import hats
+
+    tmp, ckpt, _ = env
+    src, _ = _hats(tmp, n=12)
+    seen = {}
+
+    def record(catalog, model, **kw):
+        seen["device"] = kw["device"]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(hats, "classify_hats", record)
+    with pytest.raises(SystemExit):
+        galmerge.classify(str(src), str(ckpt), survey="stamps", device=device, quiet=True)
+    assert seen["device"] == "cpu"
+
+
 def test_a_rerun_under_an_lsdb_without_its_progress_writers_redoes_every_partition(
         env, cluster, monkeypatch):
     """Keeping a finished partition uses LSDB 0.11's progress-file writers

@@ -33,6 +33,7 @@ import numpy as np
 
 from galmerge.errors import GalmergeError
 from galmerge.io.provenance import shown_spec
+from galmerge.runtime.devices import check_device_name
 
 RESULT_COLUMNS = ("p_merger", "is_merger", "status")
 # a worker process's one loaded model: (key, inference), the key naming the checkpoint by
@@ -366,6 +367,8 @@ def _write(result: Any, out: Path, run: dict[str, Any], cache_dir: Path, *,
     resume = out.is_dir() and any(out.iterdir())
     progress = hats_progress.verify(out, run_fp, pixels) if resume else None
     if progress is not None and progress.complete:
+        if progress.unrecorded:  # finished by LSDB, killed before its record was written
+            hats_progress.write_record(out, run_fp, pixels, progress.kept)
         return  # a finished output of these settings, every partition as recorded
     cluster = None
     if scheduler is None:
@@ -391,13 +394,32 @@ def _write(result: Any, out: Path, run: dict[str, Any], cache_dir: Path, *,
 
                 out.mkdir(mode=0o700, parents=True, exist_ok=True)
                 atomic.write_text(out / RUN_RECORD, json.dumps(run, indent=1) + "\n")
-            result.write_catalog(out, catalog_name=out.name, resume=resume,
-                                 progress_bar=not quiet, addl_hats_properties=props)
+            try:
+                result.write_catalog(out, catalog_name=out.name, resume=resume,
+                                     progress_bar=not quiet, addl_hats_properties=props)
+            except RuntimeError as exc:  # a worker's OSError, as LSDB hands it on: as text
+                _no_space(exc, out)
+                raise
     finally:
         if cluster is not None:
             cluster.close()
     # last: the record of a finished output (a rerun keeps the partitions it lists)
     hats_progress.write_record(out, run_fp, pixels, progress.kept if progress else {})
+
+
+def _no_space(exc: RuntimeError, out: Path) -> None:
+    """A full disk, a quota or the file-size limit met by a Dask worker writing a partition is
+    one line: LSDB hands the worker's OSError on as a RuntimeError holding its text, which the
+    CLI's own handler of a full disk does not see."""
+    import errno
+
+    text = str(exc)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if f"[Errno {code}]" in text:
+            raise GalmergeError(
+                f"cannot write the HATS catalog {out}: {os.strerror(code)} (disk full / no "
+                "space left, a quota or the file-size limit); free space and run the same "
+                "command again: finished partitions are kept") from None
 
 
 #: in a HATS output folder: the settings that wrote it (a rerun resumes only with the same)
@@ -507,7 +529,9 @@ def classify_hats_summary(catalog: Path, model: str | os.PathLike[str], *, t0: f
                   data_release=release, cutout_kind=kind, domain=domain,
                   preprocessing=loaded.preprocess[domain], temperature=loaded.temperature,
                   threshold=float(options["threshold"]))
-    device = options.pop("device", "auto")
+    # any spelling of auto (None from the Python API, AUTO): the workers' device is the CPU,
+    # never what each worker would pick for itself
+    device = check_device_name(options.pop("device", None))
     counts = classify_hats(catalog, loaded.path, device="cpu" if device == "auto" else device,
                            provenance=prov, checkpoint_sha256=loaded.sha256, **options)
     statuses = counts["statuses"]

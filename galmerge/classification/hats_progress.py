@@ -69,7 +69,9 @@ def _entry(path: Path) -> dict[str, Any] | None:
     rows = _footer_rows(path)
     if rows is None:
         return None
-    return {"rows": rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    stat = path.stat()
+    return {"rows": rows, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "sha256": sha256_file(path)}
 
 
 @dataclass
@@ -81,6 +83,8 @@ class Progress:
     kept: dict[str, dict[str, Any]] = field(default_factory=dict)
     from_record: list[Any] = field(default_factory=list)
     complete: bool = False
+    #: complete, but killed after LSDB finished and before the record was written
+    unrecorded: bool = False
 
 
 def catalog_dir(out: Path) -> Path:
@@ -107,14 +111,19 @@ def _read_record(out: Path, run_fp: str) -> dict[str, Any]:
 
 
 def _matches(path: Path, entry: Any) -> bool:
-    """Whether a partition file is, byte for byte, the one its record entry describes."""
+    """Whether a partition file is the one its record entry describes: the same size and
+    modification time (nothing read: a rerun of a finished survey-scale output must not read
+    it all), else the same size and SHA-256 (a copy, `cp` without ``-p``)."""
     if not isinstance(entry, dict):
         return False
     try:
         if entry.get("rows") == 0:  # an empty partition: no file
             return not path.exists()
-        return (path.stat().st_size == entry.get("bytes")
-                and sha256_file(path) == entry.get("sha256"))
+        stat = path.stat()
+        if stat.st_size != entry.get("bytes"):
+            return False
+        return (stat.st_mtime_ns == entry.get("mtime_ns")
+                or sha256_file(path) == entry.get("sha256"))
     except OSError:
         return False
 
@@ -200,7 +209,7 @@ def histogram_order(catalog: Any) -> int:
 def verify(out: Path, run_fp: str, pixels: list[Any]) -> Progress:
     """The partitions of ``out`` (whose run record matches, fingerprint ``run_fp``) that a rerun
     keeps; a killed run's LSDB progress files of any other partition are removed (see the
-    module). Reads every recorded partition file once (its SHA-256)."""
+    module). A recorded partition file is read only when its size or time changed (`_matches`)."""
     progress = Progress(kept=_lsdb_progress(out, pixels))
     # partitions kept from the record get LSDB's progress files back (`resume`) through LSDB's
     # own writers, internals of lsdb 0.11: an LSDB without them redoes every such partition
@@ -213,6 +222,16 @@ def verify(out: Path, run_fp: str, pixels: list[Any]) -> Progress:
             progress.kept[name] = dict(recorded[name])
             progress.from_record.append(pixel)
     progress.complete = len(progress.from_record) == len(pixels) and _reads_as_catalog(out)
+    if not progress.complete and not recorded and _can_give_back() and _reads_as_catalog(out):
+        # LSDB writes the catalog's description last, and a rerun removes it before writing:
+        # a folder that reads as a catalog without its record was finished by LSDB and killed
+        # before `write_record` (while LSDB cleaned up, the cluster closed or the new files
+        # were hashed). Its partitions are kept when every footer reads, not computed again.
+        entries = {pixel_name(p): _entry(_partition_file(out, p)) for p in pixels}
+        if all(e is not None for e in entries.values()):
+            progress.kept = {k: e for k, e in entries.items() if e is not None}
+            progress.from_record = list(pixels)
+            progress.complete = progress.unrecorded = True
     return progress
 
 

@@ -232,7 +232,7 @@ def _share_blocks(folder: Path, rank: int, parts_dir: Path) -> Iterator[tuple[in
     for seg in segment_files(folder):
         try:  # (a segment is decoded whole before its first block is given)
             blocks = list(read_part(seg))
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # damaged, or gone / unopenable (a dead link)
             seg.unlink(missing_ok=True)
             print(f"galmerge: result segment {seg} was unreadable ({exc}); its rows will be "
                   "classified again", file=sys.stderr)
