@@ -132,12 +132,14 @@ def writing(run_dir: Path) -> Iterator[None]:
     before `prepare_new` takes it over. The OS releases the lock when its holder dies.
 
     A run's source-only stage (``RUN/source_only``, continued by hand with ``train --resume``)
-    is part of its run, which trains or continues it itself: its run's lock is held too."""
+    is part of its run, which trains or continues it itself: its run's lock is held too. A
+    folder that is only named so (``--run-dir source_only`` in a project folder) is no stage:
+    its parent, not a run, keeps no lock (none is made beside it, outside the project)."""
     with contextlib.ExitStack() as held:
         path = Path(os.path.abspath(run_dir))
-        if path.name == SOURCE_STAGE:
-            run = lock_path(path.parent)
-            run.parent.mkdir(parents=True, exist_ok=True)
+        run = lock_path(path.parent)
+        # a run's folder: its record, or its lock (taken when it started, before its stage)
+        if path.name == SOURCE_STAGE and ((path.parent / CONFIG).is_file() or run.is_file()):
             held.enter_context(atomic.exclusive_lock(
                 run, f"{run_dir} is the source-only stage of {path.parent}, which another "
                 f"galmerge train is writing (it holds {run}) and continues the stage itself; "
