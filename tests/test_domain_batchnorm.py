@@ -410,12 +410,12 @@ def test_a_runs_config_with_another_seed_trains_its_own_source_stage(pair, tmp_p
     assert (tmp_path / "pct" / "source_only" / "best.pt").is_file()
 
 
-def test_a_runs_config_read_from_another_folder_starts_from_its_stage_until_the_run_moves(
+def test_a_runs_config_read_from_another_folder_starts_from_its_stage_also_after_a_move(
         pair, tmp_path, monkeypatch):
     """config.toml records the stage as an absolute init_from (a relative --run-dir made it
     relative to where the run was started, so that read from elsewhere the run trained a stage
-    of its own): read from another folder the run starts from it; after the run moved, the
-    stage is not where config.toml says, and the run trains its own."""
+    of its own): read from another folder the run starts from it; after the run moved, its own
+    stage is where it is now (env.json's run_dir says where it was)."""
     import shutil
 
     src, tgt = f"hdf5:{pair['source']}", f"hdf5:{pair['target']}"
@@ -434,7 +434,9 @@ def test_a_runs_config_read_from_another_folder_starts_from_its_stage_until_the_
     res = CliRunner().invoke(cli, ["train", "--config", "rel/config.toml", "--run-dir",
                                    "out2", "--quiet"])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "sub" / "out2" / "source_only" / "best.pt").is_file()
+    assert not (tmp_path / "sub" / "out2" / "source_only").exists()
+    assert tomllib.loads((tmp_path / "sub" / "out2" / "config.toml").read_text())[
+        "init_from"] == str(tmp_path / "sub" / "rel" / "source_only" / "best.pt")
 
 
 def test_alignment_strategies_default_to_their_own_target_encoder_and_others_keep_one():

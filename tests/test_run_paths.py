@@ -7,6 +7,8 @@ and say in one line, elsewhere, which folder their paths are relative to."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -61,14 +63,14 @@ def _stopped_run(run: str, **kw) -> None:
                        **{**TRAIN, **kw})
 
 
-def _make_old(run: Path) -> None:
-    """config.toml and last.pt's config with the paths as typed, as galmerge recorded them
-    before they were recorded absolute."""
+def _make_old(run: Path, specs: dict = SPECS) -> None:
+    """config.toml and last.pt's config with the paths as typed (``specs``), as galmerge
+    recorded them before they were recorded absolute."""
     config = _config(run)
-    config.update(SPECS)
+    config.update(specs)
     (run / "config.toml").write_text(tomli_w.dumps(config))
     state = read_checkpoint(run / "last.pt")
-    state["config"] = {**state["config"], **SPECS}
+    state["config"] = {**state["config"], **specs}
     save_checkpoint(run / "last.pt", state)
 
 
@@ -209,3 +211,102 @@ def test_a_study_records_absolute_paths_and_resumes_from_another_folder(launch, 
     result = _invoke("train", "--config", "../launch/study/best.toml", "--run-dir", "r",
                      "--quiet")
     assert result.exit_code == 0, result.output
+
+
+def _move(launch: Path, to: str) -> Path:
+    """``launch`` moved (with its data and runs) to ``to`` beside it; the current folder."""
+    moved = launch.parent / to
+    shutil.move(launch, moved)
+    os.chdir(moved)
+    return moved
+
+
+def test_a_project_moved_with_its_data_resumes_evaluates_and_reuses_its_runs(launch):
+    _stopped_run("runs/a")
+    moved = _move(launch, "moved")
+    assert galmerge.train(resume="runs/a", quiet=True)["epochs_run"] == 2
+    metrics = galmerge.evaluate("runs/a", bootstrap=0, embedding_points=10, quiet=True)
+    assert metrics["source"] == f"hdf5:{moved / 'data' / 'source.h5'}"
+    result = _invoke("train", "--config", "runs/a/config.toml", "--seed", "1", "--epochs", "1",
+                     "--run-dir", "again", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert _config(moved / "again")["source"] == f"hdf5:{moved / 'data' / 'source.h5'}"
+
+
+def test_a_copied_run_starts_from_its_own_source_only_stage(launch, monkeypatch):
+    galmerge.train(**SPECS, strategy="dann", epochs=1, run_dir="runs/d", **TRAIN)
+    copy = launch.parent / "copy"
+    shutil.copytree(launch, copy, symlinks=True)  # the original stays
+    monkeypatch.chdir(copy)
+    result = _invoke("train", "--config", "runs/d/config.toml", "--run-dir", "again",
+                     "--quiet")
+    assert result.exit_code == 0, result.output
+    assert _config(copy / "again")["init_from"] == str(copy / "runs/d/source_only/best.pt")
+
+
+def test_a_run_whose_data_moved_apart_resumes_with_the_same_data_given(launch):
+    _stopped_run("runs/a")
+    recorded = f"hdf5:{launch / 'data' / 'source.h5'}"
+    moved = _move(launch, "moved")
+    store = moved.parent / "store"
+    store.mkdir()
+    shutil.move(moved / "data" / "source.h5", store / "source.h5")
+    shutil.copy(moved / "data" / "target.h5", moved / "data" / "source.h5")  # not the data
+    refused = []
+    for source in (None, "hdf5:data/target.h5"):
+        with pytest.raises(GalmergeError) as err:
+            galmerge.train(resume="runs/a", source=source, quiet=True)
+        refused.append(str(err.value))
+    for text in refused:
+        assert len(text.splitlines()) == 1, text
+        assert recorded in text and "--source" in text, text
+    assert "no such file" in refused[0] and "SHA-256" in refused[1]
+    summary = galmerge.train(resume="runs/a", source="hdf5:../store/source.h5", quiet=True)
+    assert summary["epochs_run"] == 2
+
+
+def test_tilde_of_no_home_is_one_line(launch, monkeypatch):
+    for args in (["train", *_specs(), "--init-from", "~nosuchuser/run"],
+                 ["train", "--source", "hdf5:~nosuchuser/x.h5", "--target", SPECS["target"]],
+                 ["tune", "--source", "hdf5:~nosuchuser/x.h5", "--target", SPECS["target"],
+                  "--strategy", "mmd", "--n-trials", "1", "--study-dir", "st"]):
+        result = _invoke(*args, "--quiet")
+        assert result.exit_code != 0
+        text = result.output.strip()
+        assert len(text.splitlines()) == 1 and "~nosuchuser" in text and "in full" in text, text
+    assert not Path("st").exists()
+
+
+def _specs() -> list[str]:
+    return ["--source", SPECS["source"], "--target", SPECS["target"]]
+
+
+def test_a_run_folder_named_source_only_takes_no_lock_beside_its_parent(launch):
+    galmerge.train(**SPECS, strategy="none", epochs=1, run_dir="source_only", **TRAIN)
+    assert (launch / "source_only" / "summary.json").is_file()
+    assert not (launch.parent / f".{launch.name}.train.lock").exists()
+
+
+def test_data_behind_a_symlink_is_recorded_by_the_links_name(launch, monkeypatch):
+    (launch / "data" / "current.h5").symlink_to("source.h5")
+    link = {"source": "hdf5:data/current.h5", "target": SPECS["target"]}
+    with pytest.raises(Stop):
+        galmerge.train(**link, epochs=2, run_dir="runs/a", on_epoch=_stop_after_first,
+                       **TRAIN)
+    assert _config(launch / "runs" / "a")["source"] == f"hdf5:{launch / 'data' / 'current.h5'}"
+    _make_old(launch / "runs" / "a", link)  # an older run: read back through env.json
+    monkeypatch.chdir(launch.parent / "elsewhere")
+    assert galmerge.train(resume="../launch/runs/a", quiet=True)["epochs_run"] == 2
+
+
+def test_a_study_moved_with_its_data_resumes(launch):
+    pytest.importorskip("optuna")
+    common = ["tune", "--strategy", "mmd", "--backbone", "deepmerge", "--epochs", "1",
+              "--batch-size", "8", "--max-steps-per-epoch", "2", "--device", "cpu", "--quiet",
+              "--sampler", "random", "--pruner", "none", *_specs(), "--study-dir", "study"]
+    result = _invoke(*common, "--n-trials", "1")
+    assert result.exit_code == 0, result.output
+    _move(launch, "moved")
+    result = _invoke(*common, "--n-trials", "2")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in Path("study/trials").glob("[0-9]*")) == ["0000", "0001"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -330,11 +331,27 @@ def _resume_config(
                 f"--resume {out_dir}: its {role} {cfg[role]} is a path relative to the folder "
                 f"the run was started in, and there is no {part} here; run the same --resume "
                 "from that folder")
-    for role in ("source", "target"):
-        if role not in sets_given and flags.get(role) is not None \
-                and not _same_spec(flags[role], cfg[role]):
-            raise GalmergeError(f"--resume: the run's {role} is {cfg[role]}, not "
-                                f"{flags[role]}; drop --{role} (a resumed run keeps its data)")
+    moved: dict[str, str] = {}  # role -> the data at its new place, given with --ROLE
+    for role in paths.SPEC_KEYS:
+        if role in sets_given:
+            continue
+        given, gone = flags.get(role), paths.missing_absolute(cfg, role)
+        if given is not None and not _same_spec(given, cfg[role]):
+            if gone is None or not _same_data(given, cfg[role], out_dir, role):
+                raise GalmergeError(
+                    f"--resume: the run's {role} is {cfg[role]}, not {given}"
+                    + (f" (whose SHA-256 is not the one {out_dir / rundir.ENV} records); pass "
+                       f"the run's own data at its new place as --{role}, or drop --{role}"
+                       if gone is not None else f"; drop --{role} (a resumed run keeps its "
+                       "data)"))
+            moved[role] = paths.absolute_spec(given)
+        elif given is None and gone is not None:
+            raise GalmergeError(
+                f"--resume {out_dir}: its {role} {cfg[role]}: no such file (the data moved "
+                f"apart from the run); pass --{role} with the run's data at its new place "
+                f"(checked against the SHA-256 {out_dir / rundir.ENV} records)")
+    cfg.update(moved)
+    saved = {**saved, **moved}
     init = flags.get("init_from")
     if init is not None and not (cfg["init_from"] and _same_checkpoint(init, cfg["init_from"])):
         started = (f"started from {cfg['init_from']}" if cfg["init_from"]
@@ -353,6 +370,10 @@ def _resume_config(
     trained = state.get("config")
     if isinstance(trained, Mapping):  # config.toml edited since: it would train another run
         trained = paths.with_recorded_files(trained, out_dir)  # read as config.toml is
+        # a path that is not there is where the data was before the project moved (last.pt
+        # of a resume from there): config.toml, read as above, says where it is now
+        trained = {k: saved.get(k) if k in saved and paths.missing_absolute(trained, k)
+                   else v for k, v in trained.items()}
         diff = _first_difference(resolve_config(file=saved, legacy=True),
                                  resolve_config(file=dict(trained), legacy=True))
         if diff is not None:
@@ -379,15 +400,33 @@ def _same_spec(given: str, recorded: str) -> bool:
         return False
     if name != name2 or options != options2 or arg is None or arg2 is None:
         return arg == arg2 and name == name2 and options == options2
-    a, b = Path(arg).expanduser(), Path(arg2).expanduser()
+    a, b = Path(paths.expand(arg)), Path(paths.expand(arg2))
     return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def _same_data(given: str, recorded: str, run_dir: Path, role: str) -> bool:
+    """Whether spec ``given`` names the run's ``role`` data moved elsewhere: the same survey
+    and options as ``recorded``, and a file whose SHA-256 is the one the run's env.json
+    records it read (a run without that record: never)."""
+    from galmerge.data.datasets import parse_survey_spec
+
+    try:
+        (name, arg, options), (name2, _, options2) = (parse_survey_spec(given),
+                                                      parse_survey_spec(recorded))
+    except GalmergeError:
+        return False
+    sha = paths.recorded_sha256(run_dir, role)
+    if name != name2 or options != options2 or arg is None or sha is None:
+        return False
+    path = paths.expand(arg)
+    return os.path.isfile(path) and paths.file_sha256(path) == sha
 
 
 def _same_checkpoint(given: str, recorded: str) -> bool:
     """Whether ``--init-from`` names the checkpoint the run recorded as its start: the same
     file, however spelt (relative or absolute; a run directory means its best.pt)."""
     def path(text: str) -> Path:
-        p = Path(text).expanduser()
+        p = Path(paths.expand(text))
         return (p / rundir.BEST if p.is_dir() else p).resolve()
 
     return given == recorded or path(given) == path(recorded)
@@ -566,6 +605,9 @@ def _train(
         # what the data specs resolved to here (e.g. the synthetic renderer's version, a file)
         env["data"] = {role: _data_record(domain.imageset)
                        for role, domain in (("source", trainer.source), ("target", trainer.target))}
+        # where the run's folder is as config.toml records its absolute paths: read back after
+        # the project moved or was copied, they are found relative to it (paths.rebased)
+        env["run_dir"] = os.path.abspath(plan.out_dir)
         if not trainer.resumed or not (plan.out_dir / rundir.ENV).exists():
             rundir.write_json(plan.out_dir / rundir.ENV, env)
         else:  # each resume is recorded: another thread count or CPU rounds sums differently
