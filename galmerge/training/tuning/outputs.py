@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from galmerge.config import rundir
+from galmerge.config import paths, rundir
 from galmerge.io import atomic
 from galmerge.scores import selection
 from galmerge.training import source_guard
@@ -116,7 +116,8 @@ def add_agreement(study_dir: Path, rows: list[dict[str, Any]]) -> None:
     for r in done:
         run_dir = study_dir / r["run_dir"]
         loaded = load_model(run_dir, "cpu")
-        spec = str(loaded.config["target"])
+        # where the trial's data is now (a study moved with its data: `paths.rebased`)
+        spec = str(paths.with_recorded_files(dict(loaded.config), run_dir)["target"])
         if spec not in sets:
             sets[spec] = load_imageset(spec)
         target = sets[spec]

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,6 +30,8 @@ from galmerge.training.tuning.space import (
 )
 from galmerge.training.tuning.storage import (
     CONFIG_ATTR,
+    STORAGE_FILE,
+    STORAGE_RECORD,
     STUDY_NAME,
     check_one_study,
     lock_study,
@@ -107,6 +110,49 @@ def _absolute_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: the study's user attribute recording where its folder was when it started (absolute)
+STUDY_DIR_ATTR = "study_dir"
+
+
+def _moved(saved: Mapping[str, Any], settings: Mapping[str, Any], then: Any,
+           study_dir: Path) -> dict[str, Any]:
+    """``saved`` with each data spec (``source``, ``target``, and the base settings') whose
+    file is gone replaced by the one in ``settings`` when that names the same file after the
+    study folder moved with its data (`paths.same_moved_spec`: the recorded path from where
+    the folder was, ``then``, rebased to ``study_dir``): identity by place, not spelling."""
+    then = then if isinstance(then, str) else None
+
+    def moved(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(old)
+        for key in paths.SPEC_KEYS:
+            if out.get(key) != new.get(key) and paths.same_moved_spec(
+                    out.get(key), new.get(key), then, study_dir):
+                out[key] = new[key]
+        return out
+
+    out = moved(saved, settings)
+    if isinstance(out.get("base"), Mapping) and isinstance(settings.get("base"), Mapping):
+        out["base"] = moved(out["base"], settings["base"])
+    return out
+
+
+def _check_storage(study_dir: Path, storage: str | None) -> None:
+    """`check_one_study`, except that a folder holding its own embedded database (study.db,
+    no --storage) is its own study's folder after a move or copy too: its record names
+    study.db where the folder was first (an absolute path)."""
+    if storage is None and (study_dir / STORAGE_FILE).is_file():
+        try:
+            recorded = json.loads((study_dir / STORAGE_RECORD).read_text()).get("storage")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        # `check_one_study` refuses --storage beside an own study.db, and a plain tune in a
+        # folder bound to a database: a folder with study.db recorded it as its own
+        if isinstance(recorded, str) and recorded.startswith("sqlite:///") \
+                and recorded.endswith("/" + STORAGE_FILE):
+            return
+    check_one_study(study_dir, storage)
+
+
 def _check_same_study(study: Any, settings: Mapping[str, Any], study_dir: Path,
                       init_given: Any = None) -> None:
     """Refuse a study folder whose study has other settings; ``init_given``: init_from as the
@@ -114,8 +160,11 @@ def _check_same_study(study: Any, settings: Mapping[str, Any], study_dir: Path,
     saved = study.user_attrs.get("settings")
     if saved is None:
         study.set_user_attr("settings", dict(settings))
+        # where the folder was as its settings record their absolute paths (`_moved`)
+        study.set_user_attr(STUDY_DIR_ATTR, os.path.abspath(study_dir))
         return
     as_written, saved = saved, _absolute_settings(saved)
+    saved = _moved(saved, settings, study.user_attrs.get(STUDY_DIR_ATTR), study_dir)
     then, now = saved.get("init"), settings.get("init")
     if isinstance(then, dict) and now is not None:
         # the start is its content: init_from may be spelt otherwise (relative or absolute, a
@@ -272,7 +321,7 @@ def tune(
 
     study_dir = Path(study_dir)
     prepare_dir(study_dir)
-    check_one_study(study_dir, storage)
+    _check_storage(study_dir, storage)
     lock = contextlib.ExitStack()
     lock.enter_context(lock_study(study_dir, storage is None))
     console = None
