@@ -18,6 +18,7 @@ from galmerge.cli import cli
 from galmerge.data.field import FieldLibrary, field_library
 from galmerge.data.observe import observed
 from galmerge.errors import GalmergeError
+from galmerge.io.hdf5 import write_imageset
 from galmerge.plugin.imageset import ImageSet
 
 
@@ -98,8 +99,15 @@ def test_bad_observe_settings_are_one_line_errors(toys, tmp_path):
                            run_dir=tmp_path / "bad", sets=[setting])
         assert "\n" not in str(info.value)
     blank = replace(target, images=torch.full_like(target.images, float("nan")))
-    with pytest.raises(GalmergeError, match="have no finite pixels in some band"):
+    with pytest.raises(GalmergeError, match=r"target ImageSet .*\(NaN/inf\) in 60 of 60"):
         galmerge.train(source=source, target=blank, strategy="none", backbone="tiny", epochs=1,
+                       batch_size=8, device="cpu", quiet=True, run_dir=tmp_path / "nan",
+                       sets=["observe.sky_sigma=auto"])
+    # a file read without its finite check (an ImageSet given in Python is always checked)
+    write_imageset(tmp_path / "blank.h5", blank)
+    with pytest.raises(GalmergeError, match="have no finite pixels in some band"):
+        galmerge.train(source=source, target=f"hdf5:{tmp_path / 'blank.h5'}?check_finite=0",
+                       strategy="none", backbone="tiny", epochs=1,
                        batch_size=8, device="cpu", quiet=True, run_dir=tmp_path / "nan",
                        sets=["observe.sky_sigma=auto"])
     result = CliRunner().invoke(cli, ["train", "--source", "synthetic:illustris?n=50",

@@ -86,6 +86,7 @@ from typing import Any
 
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
+from galmerge.plugin.options import plain
 from galmerge.runtime.devices import check_device_name
 
 DEFAULTS: dict[str, Any] = {
@@ -285,12 +286,12 @@ def resolve_config(
     from galmerge.plugin.manager import get_plugin_manager
     from galmerge.plugin.strategy_api import canonical_strategies
 
-    cli = dict(cli or {})
+    cli = plain(dict(cli or {}))  # np.int64(1) from a notebook: the number it holds
     if file is None:
         file_layer: dict[str, Any] = {}
         where = "the config"
     elif isinstance(file, Mapping):
-        file_layer, where = dict(file), "the config"
+        file_layer, where = plain(dict(file)), "the config"
     else:
         file_layer, where = read_toml(file), f"config file {file}"
     if legacy:

@@ -33,6 +33,7 @@ from galmerge.evaluation.report import (
 from galmerge.io.provenance import sha256_file
 from galmerge.models.model import LoadedModel, load_model, read_checkpoint, save_checkpoint
 from galmerge.plugin.imageset import ImageSet
+from galmerge.runtime.rng import keeps_caller_rng
 from galmerge.scores import selection
 from galmerge.scores.calibration import expected_calibration_error, fit_temperature, nll
 from galmerge.scores.metrics import METRIC_NAMES, binary_metrics
@@ -80,7 +81,7 @@ def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str,
     if isinstance(given, ImageSet):
         imageset = given
     else:
-        from galmerge.data.datasets import load_imageset
+        from galmerge.data.datasets import in_memory_advice, load_imageset, names_no_survey
 
         spec = given or config.get(role)
         if not spec:
@@ -92,6 +93,9 @@ def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str,
                 f"cannot reload the {role} data '{spec}': its path is relative to the folder "
                 f"the run was started in, and there is no {part} here; run from that folder, "
                 f"or pass --{role} SPEC")
+        if not given and names_no_survey(str(spec)):
+            raise GalmergeError(f"cannot reload the {role} data: "
+                                f"{in_memory_advice(str(spec), role)}")
         try:
             imageset = load_imageset(str(spec))
         except GalmergeError as exc:
@@ -627,6 +631,7 @@ def _embedding(
 # the command
 
 
+@keeps_caller_rng  # evaluation draws from torch's generator; the caller's is restored
 def evaluate(
     run_dir: str | Path,
     checkpoint: str = "best",

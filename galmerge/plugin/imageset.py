@@ -9,6 +9,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from galmerge.errors import GalmergeError
+
 
 class LazyImages(Protocol):
     """Images that stay on disk (an HDF5 dataset): indexable by sorted integer arrays."""
@@ -24,6 +26,67 @@ class LazyImages(Protocol):
 LEGACY_META_KEYS = ("image_source", "stretch", "stretch_scale", "storage_dtype")
 _DEFAULTS: dict[str, Any] = {"image_source": "frames", "stretch": None, "stretch_scale": None,
                              "storage_dtype": None}
+
+
+def _check_images(images: Any) -> None:
+    """``images`` is (N, C, H, W) with square stamps, or a one-line GalmergeError saying how to
+    make it so (the wording of the HDF5 file checks, `galmerge.io.hdf5.validate_imageset_file`):
+    anything else fails deep inside the model or preprocessing."""
+    shape = getattr(images, "shape", None)
+    if shape is None:
+        raise GalmergeError(f"ImageSet images must be an array or tensor (N, C, H, W), got "
+                            f"{type(images).__name__}; e.g. images=numpy.stack(stamps)")
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 3:
+        raise GalmergeError(f"ImageSet images have shape {shape}; expected (N, C, H, W): add "
+                            "the channel axis, e.g. images[:, None] for one band")
+    if len(shape) != 4:
+        raise GalmergeError(f"ImageSet images have shape {shape}; expected (N, C, H, W)")
+    _, c, h, w = shape
+    if w <= 4 < c and c == h:
+        raise GalmergeError(f"ImageSet images have shape {shape}, which looks channels-last "
+                            "(N, H, W, C); give them as (N, C, H, W), e.g. "
+                            "numpy.moveaxis(images, -1, 1)")
+    if h != w:
+        raise GalmergeError(f"ImageSet images are {h}x{w} pixels; galmerge needs square stamps "
+                            "(N, C, H, H): cut them square")
+
+
+def _checked_labels(labels: Any) -> torch.Tensor:
+    """``labels`` as int64, each 1 (merger), 0 (non-merger) or -1 (unknown); anything else
+    (a fraction, NaN, 2, a string) is a one-line GalmergeError, never cast silently (0.7 was
+    0, NaN -2**63) or left to fail inside torch."""
+    if isinstance(labels, torch.Tensor) and labels.dtype == torch.int64:
+        values = labels  # the usual case (and every subset): no copy
+    else:
+        try:
+            if isinstance(labels, torch.Tensor):
+                labels = labels.detach().cpu()
+                labels = labels.double() if labels.is_floating_point() else labels
+            array = np.asarray(labels)
+        except (TypeError, ValueError, RuntimeError):
+            array = np.asarray(None)
+        if array.dtype.kind not in "biuf":
+            raise GalmergeError(
+                f"ImageSet labels must be numbers (1 merger, 0 non-merger, -1 unknown), got "
+                f"{_shown(labels)}; e.g. labels=(names == 'merger').astype(int)")
+        values = torch.from_numpy(np.ascontiguousarray(array))
+    if values.dim() != 1:
+        raise GalmergeError(f"ImageSet labels must be one per image, shape (N,), got shape "
+                            f"{tuple(values.shape)}; e.g. labels.ravel()")
+    bad = ~((values == -1) | (values == 0) | (values == 1))
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad)[0, 0])
+        raise GalmergeError(
+            f"ImageSet labels must be 1 (merger), 0 (non-merger) or -1 (unknown); label "
+            f"{first} is {values[first].item()!r}: map the others to these (a missing label "
+            "or NaN: -1)")
+    return values.to(torch.int64)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass
@@ -70,13 +133,14 @@ class ImageSet:
         for key in ("survey", "image_source", "stretch", "storage_dtype"):
             if isinstance(getattr(self, key), str):  # np.str_ -> str; anything else as given
                 setattr(self, key, str(getattr(self, key)))
+        _check_images(self.images)
         n = len(self.images)
-        self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
+        self.labels = _checked_labels(self.labels)
         self.ids = np.asarray(self.ids)
         if len(self.labels) != n or len(self.ids) != n:
-            raise ValueError(
+            raise GalmergeError(
                 f"ImageSet sizes disagree: {n} images, {len(self.labels)} labels, "
-                f"{len(self.ids)} ids"
+                f"{len(self.ids)} ids; give one label and one id per image"
             )
 
     def __len__(self) -> int:

@@ -180,9 +180,20 @@ class PluginManager:
             return False, None
 
     def register(self, plugin: object, name: str, info: PluginInfo | None = None) -> None:
-        """Register a plugin object in-process; a hookimpl that matches no hook is an error."""
+        """Register a plugin object in-process; a hookimpl that matches no hook is an error.
+
+        A name registered before (a notebook cell run again, edited or not) is replaced: the
+        old plugin and what it registered are gone. A built-in plugin's name is refused (the
+        built-ins always win)."""
         if self.pm.is_blocked(name):
             return
+        old = self.infos.get(name)
+        if old is not None and old.builtin:
+            raise PluginError(f"plugin name '{name}' is one of galmerge's built-in plugins; "
+                              "register yours under another name")
+        if self.pm.has_plugin(name):
+            self.unregister(name)
+        self.failed = [f for f in self.failed if f.name != name]  # an earlier try's error
         self.pm.register(plugin, name=name)
         try:
             self._check_hook_names(name, plugin)

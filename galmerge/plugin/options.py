@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,27 @@ RETRY_OPTIONS: dict[str, Option] = {
 }
 
 
+def plain(value: Any) -> Any:
+    """``value`` with numpy (or other `numbers`) scalars as plain ``int``/``float``/``bool``, in
+    nested mappings and lists too: a notebook's ``np.int64(1)`` or ``np.float32(1e-3)`` is the
+    number it holds, and config.toml (tomli_w) and the checks here take only plain ones."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
+        return bool(value)
+    return value
+
+
 def schema_from_defaults(defaults: Mapping[str, Any]) -> dict[str, Option]:
     """The schema of a record that declares only default values."""
     return {k: v if isinstance(v, Option) else Option(v) for k, v in defaults.items()}
@@ -126,7 +148,7 @@ def check_options(kind: str, name: str, schema: Mapping[str, Option],
             + f"; known: {', '.join(sorted(schema)) or 'none'}")
     out = {k: o.default for k, o in schema.items()} if fill else {}
     for key, value in given.items():
-        out[key] = _check(what, key, value, schema[key])
+        out[key] = _check(what, key, plain(value), schema[key])
     return out
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from galmerge.errors import GalmergeError, PluginBug, PluginError
-from galmerge.plugin.options import Option, check_options, schema_from_defaults
+from galmerge.plugin.options import Option, check_options, plain, schema_from_defaults
 
 if TYPE_CHECKING:
     from torch import nn
@@ -194,7 +194,7 @@ class Survey:
         messages."""
         schema = self.cutout_options if cutouts else self.options
         if not schema:
-            return dict(options or {})
+            return plain(dict(options or {}))
         return check_options("survey", self.name, schema, options, fill=False, label=label)
 
 

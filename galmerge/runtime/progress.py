@@ -18,6 +18,12 @@ from typing import Any
 BAR_WIDTH = 24  # leaves room for "epoch 200/200", steps, elapsed and ETA within 80 columns
 
 
+def _has_ipywidgets() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
 def print_path(console: Any, label: str, path: object) -> None:
     """``label`` and a path on one line that rich never wraps or crops (copy-paste safe)."""
     console.print(f"{label} {path}", soft_wrap=True, markup=False, highlight=False)
@@ -55,6 +61,10 @@ class Progress:
                     yield Text(info, overflow="fold")
 
         self.console = console if console is not None else Console(stderr=True)
+        if self.console.is_jupyter and not _has_ipywidgets():
+            # rich's live bar in Jupyter needs ipywidgets (not a dependency): without it every
+            # refresh printed a UserWarning; epoch lines alone, printed as they come, instead
+            return
         self._progress = _WithTerms(
             TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
             BarColumn(bar_width=BAR_WIDTH),
@@ -110,11 +120,14 @@ class Progress:
         self._progress.update(self._task, **fields)
 
     def epoch_done(self, row: Mapping[str, Any], improved: bool) -> None:
-        if self._progress is None:
+        if self.quiet:
             return
-        self._progress.update(self._task, completed=int(row["epoch"]) * self.steps_per_epoch)
+        if self._progress is not None:
+            self._progress.update(self._task,
+                                  completed=int(row["epoch"]) * self.steps_per_epoch)
+        target = self._progress.console if self._progress is not None else self.console
         for line in epoch_lines(row, self.total_epochs, improved):
-            self._progress.console.print(line, soft_wrap=True, markup=False, highlight=False)
+            target.print(line, soft_wrap=True, markup=False, highlight=False)
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -16,6 +16,7 @@ import torch
 from galmerge.config import paths, rundir
 from galmerge.config.legacy import config_path, fill_legacy, setting_name
 from galmerge.config.resolve import cli_overrides, resolve_config
+from galmerge.data.datasets import spec_text
 from galmerge.errors import GalmergeError
 from galmerge.models.model import read_checkpoint
 from galmerge.plugin import versions
@@ -23,9 +24,10 @@ from galmerge.plugin.imageset import ImageSet
 from galmerge.plugin.strategy_api import StrategyOutputError
 from galmerge.runtime import distributed as ddp
 from galmerge.runtime.progress import Progress, results_table
+from galmerge.runtime.rng import keeps_caller_rng
 from galmerge.scores import selection
 from galmerge.training import checkpoints
-from galmerge.training.data import load_imageset, prepare_domains
+from galmerge.training.data import check_finite, load_imageset, prepare_domains
 from galmerge.training.plan import make_plan
 from galmerge.training.state import seed_everything
 from galmerge.training.step import needs_source_stage, needs_target, source_only_layer
@@ -33,6 +35,7 @@ from galmerge.training.stopping import RULES
 from galmerge.training.trainer import OnEpoch, Trainer
 
 
+@keeps_caller_rng  # the run seeds the global generators; the caller's are restored after it
 def train(
     source: str | ImageSet | None = None,
     target: str | ImageSet | None = None,
@@ -69,6 +72,7 @@ def train(
     ``on_epoch(row)`` is called on rank 0 after each epoch's metrics row is written; an
     exception it raises ends the run (files closed, last.pt resumable) and propagates.
     """
+    _check_arguments(strategy, strategy_options, backbone_options, sets, on_epoch)
     flags: dict[str, Any] = {
         "strategy": strategy, "backbone": backbone, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "seed": seed, "device": device, "preset": preset,
@@ -79,9 +83,10 @@ def train(
     sets_given: dict[str, ImageSet] = {}
     for role, value in (("source", source), ("target", target)):
         if isinstance(value, ImageSet):
+            check_finite(value, role)  # else "loss became non-finite ... lower --lr"
             sets_given[role], flags[role] = value, value.survey
         elif value is not None:
-            flags[role] = str(value)
+            flags[role] = spec_text(value, role)
     extras = bool(sets or strategy_options or backbone_options or config or preset)
     for folder in (run_dir, resume):
         if folder is not None:
@@ -124,6 +129,34 @@ def train(
             rundir.refuse_credentials(cfg.get(role), f"--{role}")
     _check_rules(cfg)
     return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch, resumed_from)
+
+
+def _check_arguments(strategy: str | None, strategy_options: Any, backbone_options: Any,
+                     sets: Any, on_epoch: Any) -> None:
+    """Arguments of the wrong shape, each a one-line error before any work (else a TypeError
+    deep inside, a string split into characters, or a failure after a whole epoch)."""
+    if strategy_options is not None:
+        if not isinstance(strategy_options, Mapping):
+            raise GalmergeError(f"strategy_options must map strategy names to their options, "
+                                f"e.g. {{'mmd': {{'weight': 0.5}}}}; got {strategy_options!r}")
+        for name, options in strategy_options.items():
+            if not isinstance(options, Mapping):
+                first = str(strategy or "dann").split("+")[0]
+                raise GalmergeError(
+                    f"strategy_options maps each strategy name to its options, got {name!r}: "
+                    f"{options!r}; nest them under the strategy, e.g. strategy_options="
+                    f"{{{first!r}: {dict(strategy_options)!r}}}")
+    if backbone_options is not None and not isinstance(backbone_options, Mapping):
+        raise GalmergeError(f"backbone_options must be a dict of options, e.g. "
+                            f"{{'dropout': 0.3}}; got {backbone_options!r}")
+    if isinstance(sets, str) or not isinstance(sets, list | tuple) or not all(
+            isinstance(text, str) for text in sets):
+        example = [sets] if isinstance(sets, str) else ["mmd.weight=0.5"]
+        raise GalmergeError(f"sets must be a list of 'KEY=VALUE' strings, e.g. sets={example!r}; "
+                            f"got {sets!r}")
+    if on_epoch is not None and not callable(on_epoch):
+        raise GalmergeError(f"on_epoch must be a function called with each epoch's metrics row, "
+                            f"e.g. on_epoch=print; got {on_epoch!r}")
 
 
 # what a run writes into its config.toml beyond the settings it was given (the device it ran on,
@@ -572,8 +605,12 @@ def _build(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     with ddp.loading_together(dist):  # every rank loads both: rank 0 hashes files
-        source_set = load_imageset(sets_given.get("source"), cfg["source"])
-        target_set = load_imageset(sets_given.get("target"), cfg["target"])
+        # a resumed run may have trained on in-memory sets: its error says to pass them
+        again = resume_state is not None
+        source_set = load_imageset(sets_given.get("source"), cfg["source"],
+                                   "source" if again else "")
+        target_set = load_imageset(sets_given.get("target"), cfg["target"],
+                                   "target" if again else "")
     init = None
     if cfg["init_from"] and resume_state is None:
         init = read_checkpoint(cfg["init_from"])

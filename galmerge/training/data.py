@@ -36,12 +36,41 @@ class Domain:
         return self.spec.apply(self.imageset.batch(idx).to(device))
 
 
-def load_imageset(spec: str | ImageSet | None, name: str) -> ImageSet:
+def load_imageset(spec: str | ImageSet | None, name: str, role: str = "") -> ImageSet:
+    """The set given in Python, else the one the spec ``name`` loads. A name that is no
+    survey's (an in-memory set's own name, recorded by a run trained on it) says how to pass
+    the sets again, not only "unknown survey"."""
     if isinstance(spec, ImageSet):
         return spec
+    from galmerge.data.datasets import in_memory_advice, names_no_survey
     from galmerge.data.datasets import load_imageset as load
 
+    if role and names_no_survey(name):
+        raise GalmergeError(in_memory_advice(name, role))
     return load(name)
+
+
+#: BLOCK images at a time are checked for NaN/inf pixels (bounded extra memory)
+FINITE_BLOCK = 1024
+
+
+def check_finite(imageset: ImageSet, role: str) -> None:
+    """A one-line error when an ImageSet given in Python holds NaN/inf pixels, which would
+    else surface as a non-finite loss blamed on the learning rate (files are checked by
+    their survey, e.g. `galmerge.io.hdf5.validate_imageset_file`)."""
+    n, bad, first = len(imageset), 0, -1
+    for start in range(0, n, FINITE_BLOCK):
+        stop = min(start + FINITE_BLOCK, n)
+        block = (imageset.images[start:stop] if imageset.in_memory
+                 else imageset.batch(np.arange(start, stop)))
+        finite = torch.isfinite(torch.as_tensor(block)).reshape(stop - start, -1).all(dim=1)
+        if not bool(finite.all()):
+            bad += int((~finite).sum())
+            first = start + int(torch.nonzero(~finite)[0, 0]) if first < 0 else first
+    if bad:
+        raise GalmergeError(
+            f"{role} ImageSet '{imageset.survey}' has non-finite pixels (NaN/inf) in {bad} of "
+            f"{n} images (first: image {first}); replace or drop those images")
 
 
 def _prepare(
