@@ -231,13 +231,35 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return with_recorded_files(read_toml(run_dir / CONFIG), run_dir)
 
 
-def _git(*args: str) -> str | None:
-    here = Path(__file__).resolve().parent
+def _run_git(cwd: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _own_checkout() -> Path | None:
+    """The top folder of the git checkout that tracks this very galmerge package; None when
+    galmerge is not in one. A galmerge installed into a ``.venv`` inside a user's own
+    repository is inside that repository's folder but not tracked by it: its commit and dirty
+    state would describe the user's project, not the code that ran."""
+    package = Path(__file__).resolve().parent.parent
+    top = _run_git(package, "rev-parse", "--show-toplevel")
+    if not top:
+        return None
+    try:
+        init = (package / "__init__.py").relative_to(Path(top).resolve())
+    except ValueError:
+        return None
+    tracked = _run_git(Path(top), "ls-files", "--error-unmatch", "--", init.as_posix())
+    return None if tracked is None else Path(top)
+
+
+def _git(*args: str) -> str | None:
+    """``git ARGS`` in galmerge's own checkout (`_own_checkout`); None without one."""
+    top = _own_checkout()
+    return None if top is None else _run_git(top, *args)
 
 
 def _git_commit() -> str | None:
