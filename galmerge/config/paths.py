@@ -176,6 +176,39 @@ def file_sha256(path: str) -> str | None:
         return None
 
 
+def spec_file(spec: Any) -> str | None:
+    """The file a spec's path argument names (``~`` expanded; ``hdf5:data/x.h5`` ->
+    ``data/x.h5``); None for a spec whose survey takes no path."""
+    parts = _path_arg(spec)
+    return None if parts is None else expand(parts[1])
+
+
+def changed_sha256(run_dir: Path, role: str, sha: str | None) -> bool:
+    """Whether ``sha``, the SHA-256 of the file read today for ``role``, is not the one run
+    ``run_dir``'s env.json records it trained on (False when either is unknown)."""
+    recorded = recorded_sha256(run_dir, role)
+    return bool(recorded and sha and sha != recorded)
+
+
+def changed_file(run_dir: Path, role: str, spec: Any) -> str | None:
+    """The file ``spec`` names when it is there and its SHA-256 is not the one run ``run_dir``
+    records it read for ``role``: the same path holding other data since. Hashed once per
+    process (`file_sha256`), so loading the file after this reads it no second time."""
+    path = spec_file(spec)
+    if path is None or recorded_sha256(run_dir, role) is None or not os.path.isfile(path):
+        return None
+    return path if changed_sha256(run_dir, role, file_sha256(path)) else None
+
+
+def data_changed_warning(command: str, run_dir: Path, role: str, file: str) -> str:
+    """The one-line warning of ``galmerge COMMAND`` that reads run ``run_dir``'s ``role`` data
+    from ``file``, whose content is not what the run trained on."""
+    return (f"galmerge {command}: warning: {file} changed since {run_dir} trained on it as its "
+            f"{role} data (its SHA-256 is not the one {Path(run_dir) / 'env.json'} records); "
+            "these numbers are of the file as it is now: restore the run's data to reproduce "
+            "its results")
+
+
 def with_recorded_files(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     """A config that run ``run_dir`` recorded (its config.toml, or last.pt's copy), with its
     paths as they are to be read now:

@@ -24,7 +24,12 @@ import torch
 from galmerge import __version__
 from galmerge.config import rundir
 from galmerge.config.legacy import with_legacy_values
-from galmerge.config.paths import absolute_spec, missing_relative
+from galmerge.config.paths import (
+    absolute_spec,
+    changed_sha256,
+    data_changed_warning,
+    missing_relative,
+)
 from galmerge.errors import GalmergeError
 from galmerge.evaluation import plots
 from galmerge.evaluation.report import (
@@ -71,10 +76,13 @@ class DomainData:
 
 
 def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str,
-              target: ImageSet | None = None) -> ImageSet:
+              target: ImageSet | None = None, *, run: tuple[Path, str] | None = None
+              ) -> ImageSet:  # fmt: skip
     """The run's ``role`` set as it trained on it (the source observed as its config's
     ``[observe]`` section says, `galmerge.data.observe`; with ``field = "target"`` the field
-    sources are cut again from ``target``'s training split, the run's target by default)."""
+    sources are cut again from ``target``'s training split, the run's target by default).
+    ``run``: (run directory, command name): a file whose SHA-256 is not the one the run's
+    env.json records it trained on is read with a one-line warning on stderr."""
     from galmerge.data.field import field_library
     from galmerge.data.observe import needs_target, observed
 
@@ -102,6 +110,10 @@ def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str,
             raise GalmergeError(
                 f"cannot reload the {role} data '{spec}' ({exc}); pass --{role} SPEC"
             ) from exc
+        # the survey hashed the file as it read it (hdf5: meta.file_sha256): no second read
+        if run is not None and changed_sha256(run[0], role, imageset.meta.get("file_sha256")):
+            print(data_changed_warning(run[1], run[0], role,
+                                       str(imageset.meta.get("file") or spec)), file=sys.stderr)
     if role != "source":
         return imageset
     field = None
@@ -109,7 +121,7 @@ def _load_set(given: ImageSet | str | None, config: dict[str, Any], role: str,
         # the field sources come from the target's training split, as in training
         from galmerge.data.splits import domain_splits
 
-        trained_on = target if target is not None else _load_set(None, config, "target")
+        trained_on = target if target is not None else _load_set(None, config, "target", run=run)
         rows = domain_splits(len(imageset), len(trained_on), int(config.get("seed", 0)),
                              (f"source {spec}", f"target {config.get('target')}")
                              if not isinstance(given, ImageSet) else ("source", "target"))
@@ -675,8 +687,9 @@ def evaluate(
             else choose_baseline(run, config))
     rows = rundir.read_metrics(run) if (run / rundir.METRICS).is_file() else []
     loaded = load_model(ckpt, dev)
-    target_set = _load_set(target, config, "target")
-    sets = {"source": _load_set(source, config, "source", target_set), "target": target_set}
+    target_set = _load_set(target, config, "target", run=(run, "evaluate"))
+    sets = {"source": _load_set(source, config, "source", target_set, run=(run, "evaluate")),
+            "target": target_set}
     say("the model's outputs on the validation and test splits")  # after every user check
     names = (f"source {source if isinstance(source, str) else config.get('source')}",
              f"target {target if isinstance(target, str) else config.get('target')}")
@@ -773,6 +786,9 @@ def evaluate(
         "epoch": int(read_checkpoint(ckpt).get("epoch", 0)),
         "source": _spec_used(source, config, "source"),  # the data these metrics are on
         "target": _spec_used(target, config, "target"),
+        # the content of each file these metrics read (a path names whatever it holds today)
+        "source_sha256": sets["source"].meta.get("file_sha256"),
+        "target_sha256": sets["target"].meta.get("file_sha256"),
         "strategy": config.get("strategy"),
         "backbone": config.get("backbone"),
         "seed": config.get("seed"),

@@ -3,8 +3,9 @@
 ``RUN_DIR/validation_predictions.npz`` (``np.load(allow_pickle=False)``; no pickle) holds
 ``labels`` (int8, 0/1), ``logit`` (float64, logit(merger) - logit(non-merger) at temperature 1)
 and ``meta``, a JSON string: format, checkpoint name, size and mtime (a changed checkpoint makes
-the file stale), the checkpoint's temperature, the seed, the source spec, the source training
-split's merger fraction (``train_prior``) and its size. The split is the trainer's
+the file stale), the checkpoint's temperature, the seed, the source spec (and, where its survey
+reads one file, that file and its SHA-256: ``source_file``, ``source_sha256``), the source
+training split's merger fraction (``train_prior``) and its size. The split is the trainer's
 (`galmerge.data.splits.domain_splits` with the run's seed: the source part depends only on the
 source size and the seed), with the source preprocessing, exactly as `evaluate` does.
 """
@@ -14,12 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from galmerge.config import rundir
+from galmerge.config import paths, rundir
 from galmerge.errors import GalmergeError
 from galmerge.fractions.estimators import Validation
 from galmerge.io import atomic
@@ -98,8 +100,10 @@ def compute(model: Path, source: str | None = None, device: str = "cpu",
     config = rundir.read_config(run)
     dev = resolve_device(device)
     loaded = load_model(ckpt, dev)
+    run_check = (run, "fraction")  # data changed since training: a warning
     src = _load_set(source, config, "source",
-                    None if target is None else _load_set(target, config, "target"))
+                    None if target is None else _load_set(target, config, "target",
+                                                          run=run_check), run=run_check)
     spec = loaded.preprocess.get("source")
     if spec is None or src.channels != int(spec["channels"]):
         raise GalmergeError(
@@ -125,6 +129,8 @@ def compute(model: Path, source: str | None = None, device: str = "cpu",
         "temperature": float(loaded.temperature),
         "seed": seed,
         "source": str(source or config.get("source")),
+        "source_file": src.meta.get("file"),
+        "source_sha256": src.meta.get("file_sha256"),  # the file these were computed from
         "domain": "source",
         "split": "val",
         "n": int(len(val)),
@@ -146,8 +152,13 @@ def load_validation(run: str | os.PathLike[str], source: str | None = None,
     run directory (its best.pt; one without is refused, as by classify) or a checkpoint in
     one (``RUN_DIR/last.pt``)."""
     model = Path(run)
-    _locate(model)
+    run_dir, _ = _locate(model)
     cached = None if refresh else read_cached(model)
+    if cached is not None:
+        sha = cached[0].get("source_sha256")
+        if paths.changed_sha256(run_dir, "source", sha):  # cached from the changed file
+            print(paths.data_changed_warning("fraction", run_dir, "source", str(
+                cached[0].get("source_file") or cached[0].get("source"))), file=sys.stderr)
     meta, labels, logit = (cached if cached is not None
                            else compute(model, source, device, target))
     t = float(meta.get("temperature", 1.0)) or 1.0

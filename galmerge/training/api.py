@@ -385,6 +385,14 @@ def _resume_config(
                 f"(checked against the SHA-256 {out_dir / rundir.ENV} records)")
     cfg.update(moved)
     saved = {**saved, **moved}
+    for role in paths.SPEC_KEYS:  # the same path with other data in it: another run's data
+        changed = (None if role in sets_given or role in moved
+                   else paths.changed_file(out_dir, role, cfg[role]))
+        if changed is not None:
+            raise GalmergeError(
+                f"--resume {out_dir}: its {role} data {changed} changed since the run started "
+                f"(its SHA-256 is not the one {out_dir / rundir.ENV} records); restore that "
+                f"file, or train afresh on it (--config {out_dir / rundir.CONFIG} --run-dir NEW)")
     init = flags.get("init_from")
     if init is not None and not (cfg["init_from"] and _same_checkpoint(init, cfg["init_from"])):
         started = (f"started from {cfg['init_from']}" if cfg["init_from"]
