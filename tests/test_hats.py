@@ -106,6 +106,10 @@ def test_hats_catalog_classified_partition_by_partition_on_two_workers(env, clus
     assert len(caches) == len(inp.get_healpix_pixels()) - 0  # one cache per partition
     props = next((tmp / "out_hats").rglob("hats.properties")).read_text()
     assert "galmerge_checkpoint_sha256" in props
+    record = dict(ln.split("=", 1) for ln in props.splitlines() if ln.startswith("galmerge_"))
+    # the input as the other formats record it: absolute, and a hash of its description
+    assert record["galmerge_input"].strip() == str(src.resolve())
+    assert len(record["galmerge_input_sha256"].strip()) == 64
     # the cutout kind the workers cached under, as the other formats record it
     kind = next(ln.split("=", 1)[1].strip() for ln in props.splitlines()
                 if ln.startswith("galmerge_cutout_kind"))

@@ -44,7 +44,8 @@ def _provenance(path):
                 "config_sha256": h["CFGSHA"], "survey": h["SURVEY"], "data_release": h["DATAREL"],
                 "threshold": h["THRESH"], "selection_score": h["SELECTBY"],
                 "created_utc": h["DATE"], "preprocessing": h["PREPROC"],
-                "domain": h["DOMAIN"], "cutout_kind": h["CUTKIND"]}
+                "domain": h["DOMAIN"], "cutout_kind": h["CUTKIND"], "checkpoint": h["CKPTFILE"],
+                "input": h["INPUT"], "input_sha256": h["INPUTSHA"]}
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".h5", ".fits", ".parquet"])
@@ -55,13 +56,17 @@ def test_every_output_format_records_its_provenance(env, suffix):
     (tmp / "cat.csv").write_text(CASJOBS)
     out = tmp / f"out{suffix}"
     before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    res = run_cli("classify", str(tmp / "cat.csv"), "--model", str(ckpt.parent), "--survey",
+    # paths as typed, relative to the current folder (tmp): recorded absolute
+    res = run_cli("classify", "cat.csv", "--model", "run", "--survey",
                   "stamps?data_release=7", "--quiet", "--threshold", "0.4", "--output", str(out),
                   "--cache", str(tmp / "c.h5"))
     assert res.exit_code == 0, res.output
     prov = _provenance(out)
     payload = torch.load(ckpt, weights_only=True)
     assert prov["galmerge_version"] == galmerge.__version__
+    assert prov["checkpoint"] == str(ckpt)  # the checkpoint, from any folder
+    assert prov["input"] == str(tmp / "cat.csv")  # the catalog classified, and its content
+    assert prov["input_sha256"] == hashlib.sha256((tmp / "cat.csv").read_bytes()).hexdigest()
     assert prov["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert prov["config_sha256"] == config_hash(payload["config"])
     assert prov["survey"] == "stamps?data_release=7" and prov["data_release"] == "dr7"

@@ -118,3 +118,9 @@ def test_fraction_warns_of_changed_data(changed) -> None:
         assert len(lines) == 1 and changed["file"] in lines[0], res.stderr
         assert "galmerge fraction" in lines[0] and "changed since" in lines[0], lines[0]
 
+
+def test_classify_of_an_image_file_records_its_path_and_sha256(changed) -> None:
+    prov = json.loads(changed["out"].with_name("out.csv.provenance.json").read_text())
+    target = changed["root"] / "data" / "target.h5"
+    assert prov["input"] == str(target) and prov["input_sha256"] == _sha(target)
+    assert prov["checkpoint"] == str(changed["run"] / "best.pt")

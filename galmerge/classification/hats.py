@@ -325,6 +325,8 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
     from galmerge.io.provenance import stamped
 
     record = stamped(provenance) if provenance else {}  # created_utc: the time of this write
+    if provenance:  # a folder's input_sha256: the hash of its description (`_catalog_sha256`)
+        record.update(input=str(src.resolve()), input_sha256=_catalog_sha256(cat))
     if stats is not None:
         record["shift_threshold"] = float(stats["threshold"])
         record["shift_stats_sha256"] = stats["meta"].get("sha256", "")
@@ -335,7 +337,8 @@ def classify_hats(catalog: str | os.PathLike[str], model: str | os.PathLike[str]
                       survey=shown_spec(survey),
                       keepbits=keepbits, columns=keep, ra_col=ra_col, dec_col=dec_col,
                       id_col=id_col, shift_stats_sha256=record.get("shift_stats_sha256"),
-                      input=str(src.resolve()), input_sha256=_catalog_sha256(cat))
+                      input=str(src.resolve()),
+                      input_sha256=record.get("input_sha256") or _catalog_sha256(cat))
     result = cat.map_partitions(
         classify_partition, include_pixel=True, meta=result_meta(cat.meta, keep, extra),
         model=str(model), survey=survey, cache_dir=str(cache_dir), keep=keep, ra_col=ra_col,

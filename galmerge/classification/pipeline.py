@@ -64,7 +64,7 @@ from galmerge.classification.sharding import (
 )
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
-from galmerge.io.provenance import data_release, shown_spec
+from galmerge.io.provenance import data_release, sha256_file_once, shown_spec
 from galmerge.io.provenance import record as provenance_record
 from galmerge.runtime.devices import check_device_name
 
@@ -759,11 +759,16 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
     services = {asked: service_summary} if asked and service_summary else {}
     if not dist.is_main:
         return _summary(out_path, tally, fetched, t0, store, asked, services)
+    # the input's content, so the output leads back to the data it came from. The readers
+    # (pandas, pyarrow, astropy, h5py) read by chunk, column or seek, not the file's bytes in
+    # order, so the hash cannot ride along: it is one more read of the file at disk speed
+    # (~1 s per GB; by rank 0 alone, once per process for an unchanged file: sha256_file_once)
     prov = provenance_record(
         checkpoint=infer.loaded.path, config=infer.loaded.config,
         survey=shown if store is not None else f"hdf5 image file {cat_path.name}",
         data_release=release, cutout_kind=kind, domain=domain, preprocessing=dict(infer.spec),
-        temperature=infer.loaded.temperature, threshold=float(threshold))
+        temperature=infer.loaded.temperature, threshold=float(threshold), input=cat_path,
+        input_sha256=sha256_file_once(cat_path) if cat_path.is_file() else "")
     exported_from = getattr(infer, "exported_from", None)
     if exported_from is not None:  # an ONNX export: checkpoint_sha256 is the .onnx file's
         prov["exported_from_checkpoint_sha256"] = exported_from

@@ -2,7 +2,8 @@
 
 One flat record of strings and numbers: galmerge version, the checkpoint's SHA-256 (of the file's
 bytes), a hash of the run's resolved configuration, survey and data release, the cutout kind,
-the preprocessing applied, threshold, the score that selected the checkpoint, and the time.
+the preprocessing applied, threshold, the score that selected the checkpoint, the input file
+(absolute) and its SHA-256, and the time.
 Parquet keeps it as schema metadata ``galmerge_provenance`` (JSON), HDF5 as file attributes,
 FITS as header keywords of the table HDU, CSV as ``<output>.provenance.json``.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +32,7 @@ FITS_KEYWORDS = {
     "temperature": "TEMPERAT", "threshold": "THRESH", "selection_score": "SELECTBY",
     "created_utc": "DATE", "format": "GMPROVFM",
     "shift_threshold": "SHIFTTHR", "shift_stats_sha256": "SHIFTSHA", "mc_dropout": "MCDROP",
-    "exported_from_checkpoint_sha256": "EXPCKSHA",
+    "exported_from_checkpoint_sha256": "EXPCKSHA", "input": "INPUT", "input_sha256": "INPUTSHA",
 }
 
 
@@ -135,14 +137,17 @@ def data_release(service: Any, options: Mapping[str, Any], cache_key: str) -> st
 
 def record(*, checkpoint: Path, config: Mapping[str, Any], survey: str, data_release: str,
            cutout_kind: str, domain: str, preprocessing: Mapping[str, Any], temperature: float,
-           threshold: float) -> dict[str, Any]:
-    """The provenance record of one classify run (``created_utc`` is filled in when written)."""
+           threshold: float, input: str | Path = "", input_sha256: str = "") -> dict[str, Any]:
+    """The provenance record of one classify run (``created_utc`` is filled in when written).
+    ``input``: the catalog or image file classified (recorded absolute), ``input_sha256`` its
+    content; paths are recorded absolute so the record leads back from any folder."""
     from galmerge import __version__
 
     return {
         "format": PROVENANCE_FORMAT,
         "galmerge_version": __version__,
-        "checkpoint": str(checkpoint),
+        # absolute, link names kept (as run paths are): "toyrun/best.pt" names nothing elsewhere
+        "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
         "config_sha256": config_hash(config),
         "survey": survey,
@@ -153,6 +158,8 @@ def record(*, checkpoint: Path, config: Mapping[str, Any], survey: str, data_rel
         "temperature": float(temperature),
         "threshold": float(threshold),
         "selection_score": str(config.get("select_by") or DEFAULT_SELECT),
+        "input": os.path.abspath(input) if input else "",
+        "input_sha256": input_sha256,
         "created_utc": "",
     }
 
