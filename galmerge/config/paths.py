@@ -89,18 +89,23 @@ def absolute(config: Mapping[str, Any], keys: tuple[str, ...] = (*SPEC_KEYS, "in
     return out
 
 
-def relative_part(config: Mapping[str, Any], key: str) -> str | None:
-    """The relative path in setting ``key`` (a spec's path argument, or ``init_from``) as
-    written, None when it holds none."""
+def _path_in(config: Mapping[str, Any], key: str) -> str | None:
+    """The path in setting ``key`` as written: a spec's path argument, or ``init_from``; None
+    when it holds none."""
     value = config.get(key)
     if not isinstance(value, str) or not value:
         return None
     if key != "init_from":
         parts = _path_arg(value)
-        if parts is None:
-            return None
-        value = parts[1]
-    return None if Path(expand(value)).is_absolute() else value
+        return None if parts is None else parts[1]
+    return value
+
+
+def relative_part(config: Mapping[str, Any], key: str) -> str | None:
+    """The relative path in setting ``key`` (a spec's path argument, or ``init_from``) as
+    written, None when it holds none."""
+    value = _path_in(config, key)
+    return None if value is None or Path(expand(value)).is_absolute() else value
 
 
 def missing_relative(config: Mapping[str, Any], key: str) -> str | None:
@@ -113,15 +118,8 @@ def missing_relative(config: Mapping[str, Any], key: str) -> str | None:
 def missing_absolute(config: Mapping[str, Any], key: str) -> str | None:
     """The absolute path in setting ``key`` (a spec's path argument, or ``init_from``) when no
     file is there: a run's data or start moved without the run, or not as it was."""
-    value = config.get(key)
-    if not isinstance(value, str) or not value:
-        return None
-    if key != "init_from":
-        parts = _path_arg(value)
-        if parts is None:
-            return None
-        value = parts[1]
-    return value if Path(value).is_absolute() and not os.path.exists(value) else None
+    value = _path_in(config, key)
+    return value if value and Path(value).is_absolute() and not os.path.exists(value) else None
 
 
 def rebased(path: str, recorded_dir: str | None, folder: Path) -> str | None:
