@@ -211,6 +211,31 @@ def test_a_nan_or_inf_pixel_in_an_imageset_is_named_before_training(tmp_path: Pa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_set_that_stays_on_disk_is_not_read_again_for_nan(tmp_path: Path, monkeypatch) -> None:
+    """A survey's lazy HDF5 set (too big for memory, or `in_memory=false`) is checked by the
+    survey on loading, and `check_finite=false` skips that for huge files: `train` given such
+    a set in Python must not read the whole file again for the same check (training reads
+    batches and splits, never all 40 images at once)."""
+    from eval_helpers import write_pair
+
+    from galmerge.plugin.imageset import ImageSet
+
+    src, tgt = write_pair(tmp_path / "data", n=40)
+    source = galmerge.load_imageset(src + "?in_memory=false&check_finite=false")
+    target = galmerge.load_imageset(tgt + "?in_memory=false&check_finite=false")
+    assert not source.in_memory and not target.in_memory
+    reads = []
+    real = ImageSet.batch
+
+    def counting(self, idx):
+        reads.append(len(idx))
+        return real(self, idx)
+
+    monkeypatch.setattr(ImageSet, "batch", counting)
+    galmerge.train(source, target, run_dir=tmp_path / "run", **FAST)
+    assert reads and max(reads) < 40, reads
+
+
 # ---- 9. runs trained on in-memory sets ------------------------------------------------------
 
 def test_reusing_an_in_memory_run_without_its_sets_says_to_pass_them(tmp_path: Path) -> None:

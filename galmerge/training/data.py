@@ -57,12 +57,15 @@ FINITE_BLOCK = 1024
 def check_finite(imageset: ImageSet, role: str) -> None:
     """A one-line error when an ImageSet given in Python holds NaN/inf pixels, which would
     else surface as a non-finite loss blamed on the learning rate (files are checked by
-    their survey, e.g. `galmerge.io.hdf5.validate_imageset_file`)."""
+    their survey, e.g. `galmerge.io.hdf5.validate_imageset_file`). A set that stays on disk
+    (a survey's lazy HDF5 images) is its survey's to check, which it did on loading unless told
+    not to (``?check_finite=false``, for huge files): it is not read again here."""
+    if not imageset.in_memory:
+        return
     n, bad, first = len(imageset), 0, -1
     for start in range(0, n, FINITE_BLOCK):
         stop = min(start + FINITE_BLOCK, n)
-        block = (imageset.images[start:stop] if imageset.in_memory
-                 else imageset.batch(np.arange(start, stop)))
+        block = imageset.images[start:stop]
         finite = torch.isfinite(torch.as_tensor(block)).reshape(stop - start, -1).all(dim=1)
         if not bool(finite.all()):
             bad += int((~finite).sum())
