@@ -50,6 +50,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
 _NAME_RULE = "a name is a non-empty lower-case string without spaces, ':', '?' or '+'"
 
 SINGULAR = {"backbones": "backbone", "strategies": "strategy", "surveys": "survey"}
+#: ``"backbone"`` -> ``"backbones"``: a component kind as `components` names it
+PLURAL = {one: many for many, one in SINGULAR.items()}
 
 KINDS = {
     "backbones": ("register_backbones", Backbone),

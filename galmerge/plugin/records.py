@@ -227,15 +227,12 @@ def _schema(record: Any, implied: Mapping[str, Option] | None = None) -> None:
 
 def _owner(kind: str, name: str) -> str:
     """``plugin 'NAME' (distribution)`` that registered a component, for messages."""
-    from galmerge.plugin.manager import get_plugin_manager
+    from galmerge.plugin.manager import PLURAL, get_plugin_manager
 
     try:
-        return get_plugin_manager().describe_owner(f"{_KINDS[kind]}", name)
+        return get_plugin_manager().describe_owner(PLURAL[kind], name)
     except Exception:  # noqa: BLE001 - a message must not fail on its way out
         return "an unknown plugin"
-
-
-_KINDS = {"backbone": "backbones", "strategy": "strategies", "survey": "surveys"}
 
 
 def _shown(value: Any) -> str:

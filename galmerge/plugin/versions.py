@@ -24,11 +24,10 @@ from typing import Any
 
 from galmerge.errors import GalmergeError, PluginBug
 from galmerge.plugin.manager import OWN_DISTRIBUTION as OWN
-from galmerge.plugin.manager import get_plugin_manager
+from galmerge.plugin.manager import PLURAL, get_plugin_manager
 
 KEY = "plugin_versions"
 KINDS = ("backbone", "strategy", "survey")
-_PLURAL = {"backbone": "backbones", "strategy": "strategies", "survey": "surveys"}
 
 _warned: set[str] = set()  # warning lines printed by this process
 
@@ -37,10 +36,10 @@ def provider(kind: str, name: str) -> dict[str, str] | None:
     """ENTRY of the plugin that provides ``kind`` ``name`` now; None when none does."""
     manager = get_plugin_manager()
     try:
-        manager.get(_PLURAL[kind], name)
+        manager.get(PLURAL[kind], name)
     except GalmergeError:  # unknown, or in a name clash
         return None
-    info = manager.owner(_PLURAL[kind], name)  # aliases too
+    info = manager.owner(PLURAL[kind], name)  # aliases too
     if info is None:
         return None
     return {"plugin": str(info.name), "distribution": str(info.distribution or ""),
