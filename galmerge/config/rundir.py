@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
@@ -239,6 +240,7 @@ def _run_git(cwd: Path, *args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+@functools.cache  # where this package lives, and whether git tracks it, is fixed per process
 def _own_checkout() -> Path | None:
     """The top folder of the git checkout that tracks this very galmerge package; None when
     galmerge is not in one. A galmerge installed into a ``.venv`` inside a user's own
