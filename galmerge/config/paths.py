@@ -150,10 +150,9 @@ def same_moved_spec(recorded: Any, given: Any, recorded_dir: str | None, folder:
         return False
 
 
-def recorded_run_dir(run_dir: Path) -> str | None:
-    """Where run ``run_dir`` was when it wrote its config.toml (env.json's ``run_dir``); None
-    for a run from before it was recorded."""
-    env = _read_env(run_dir)
+def _env_run_dir(env: Mapping[str, Any]) -> str | None:
+    """Where the run was when it wrote its config.toml (env.json's ``run_dir``); None for a
+    run from before it was recorded."""
     value = env.get("run_dir")
     return value if isinstance(value, str) and os.path.isabs(value) else None
 
@@ -161,7 +160,7 @@ def recorded_run_dir(run_dir: Path) -> str | None:
 def recorded_sha256(run_dir: Path, role: str) -> str | None:
     """The SHA-256 of the file run ``run_dir`` read for ``role`` (env.json's
     ``data.ROLE.meta.file_sha256``, which the hdf5 survey records); None when unrecorded."""
-    return _recorded_data(run_dir).get(role, (None, None))[1]
+    return _env_data(_read_env(run_dir)).get(role, (None, None))[1]
 
 
 def file_sha256(path: str) -> str | None:
@@ -193,9 +192,11 @@ def changed_file(run_dir: Path, role: str, spec: Any) -> str | None:
     records it read for ``role``: the same path holding other data since. Hashed once per
     process (`file_sha256`), so loading the file after this reads it no second time."""
     path = spec_file(spec)
-    if path is None or recorded_sha256(run_dir, role) is None or not os.path.isfile(path):
+    recorded = recorded_sha256(run_dir, role)
+    if path is None or recorded is None or not os.path.isfile(path):
         return None
-    return path if changed_sha256(run_dir, role, file_sha256(path)) else None
+    sha = file_sha256(path)
+    return path if sha and sha != recorded else None
 
 
 def data_changed_warning(command: str, run_dir: Path, role: str, file: str) -> str:
@@ -227,8 +228,9 @@ def with_recorded_files(config: Mapping[str, Any], run_dir: Path) -> dict[str, A
     Anything else stays as written (and reading it says it is not there)."""
     out = dict(config)
     here = Path(os.path.abspath(run_dir))
-    then = recorded_run_dir(run_dir)
-    data = _recorded_data(run_dir)
+    env = _read_env(run_dir)  # read once: where the run was, and the files it read
+    then = _env_run_dir(env)
+    data = _env_data(env)
     for role in SPEC_KEYS:
         parts = _path_arg(config.get(role))
         if parts is None:
@@ -285,9 +287,9 @@ def _read_env(run_dir: Path) -> dict[str, Any]:
     return env if isinstance(env, dict) else {}
 
 
-def _recorded_data(run_dir: Path) -> dict[str, tuple[str | None, str | None]]:
+def _env_data(env: Mapping[str, Any]) -> dict[str, tuple[str | None, str | None]]:
     """role -> (the file env.json says the run read for it, its SHA-256), where recorded."""
-    data = _read_env(run_dir).get("data")
+    data = env.get("data")
     out: dict[str, tuple[str | None, str | None]] = {}
     for role in SPEC_KEYS:
         record = data.get(role) if isinstance(data, dict) else None
