@@ -145,8 +145,10 @@ def _old_storage_identity(study_dir: Path, storage: str | None) -> str:
 def check_one_study(study_dir: Path, storage: str | None) -> None:
     """One study per folder: its trials, best.toml and report would be overwritten by another
     study's. The folder records the database of its first start (`STORAGE_RECORD`, written by
-    `record_storage` once that database opened); a start with another is refused. Folders from before the record: an embedded ``study.db`` beside a
-    ``--storage`` study, or the trials of a ``--storage`` study under a plain tune, refused."""
+    `record_storage` once that database opened); a start with another is refused, but a folder
+    holding its own ``study.db`` is its study's after a move or copy too. Folders from before
+    the record: an embedded ``study.db`` beside a ``--storage`` study, or the trials of a
+    ``--storage`` study under a plain tune, refused."""
     identity = _storage_identity(study_dir, storage)
     record = study_dir / STORAGE_RECORD
     if record.is_file():
@@ -154,7 +156,13 @@ def check_one_study(study_dir: Path, storage: str | None) -> None:
             recorded = json.loads(record.read_text()).get("storage")
         except (OSError, ValueError, AttributeError):
             recorded = None
-        if recorded not in (identity, _old_storage_identity(study_dir, storage)):
+        # the folder's own embedded database, recorded where the folder was first (its path
+        # absolute): the same study after the folder moved or was copied
+        moved_own = (storage is None and (study_dir / STORAGE_FILE).is_file()
+                     and isinstance(recorded, str) and recorded.startswith("sqlite:///")
+                     and recorded.endswith("/" + STORAGE_FILE))
+        if recorded not in (identity, _old_storage_identity(study_dir, storage)) \
+                and not moved_own:
             raise GalmergeError(
                 f"--study-dir {study_dir} holds the study of another database ({recorded}); "
                 "pass that --storage to continue it (or none, if it is the folder's own "

@@ -30,8 +30,6 @@ from galmerge.training.tuning.space import (
 )
 from galmerge.training.tuning.storage import (
     CONFIG_ATTR,
-    STORAGE_FILE,
-    STORAGE_RECORD,
     STUDY_NAME,
     check_one_study,
     lock_study,
@@ -134,23 +132,6 @@ def _moved(saved: Mapping[str, Any], settings: Mapping[str, Any], then: Any,
     if isinstance(out.get("base"), Mapping) and isinstance(settings.get("base"), Mapping):
         out["base"] = moved(out["base"], settings["base"])
     return out
-
-
-def _check_storage(study_dir: Path, storage: str | None) -> None:
-    """`check_one_study`, except that a folder holding its own embedded database (study.db,
-    no --storage) is its own study's folder after a move or copy too: its record names
-    study.db where the folder was first (an absolute path)."""
-    if storage is None and (study_dir / STORAGE_FILE).is_file():
-        try:
-            recorded = json.loads((study_dir / STORAGE_RECORD).read_text()).get("storage")
-        except (OSError, ValueError, AttributeError):
-            recorded = None
-        # `check_one_study` refuses --storage beside an own study.db, and a plain tune in a
-        # folder bound to a database: a folder with study.db recorded it as its own
-        if isinstance(recorded, str) and recorded.startswith("sqlite:///") \
-                and recorded.endswith("/" + STORAGE_FILE):
-            return
-    check_one_study(study_dir, storage)
 
 
 def _check_same_study(study: Any, settings: Mapping[str, Any], study_dir: Path,
@@ -321,7 +302,7 @@ def tune(
 
     study_dir = Path(study_dir)
     prepare_dir(study_dir)
-    _check_storage(study_dir, storage)
+    check_one_study(study_dir, storage)
     lock = contextlib.ExitStack()
     lock.enter_context(lock_study(study_dir, storage is None))
     console = None
