@@ -634,19 +634,13 @@ class ResultJournal:
     def marker_counts(self) -> tuple[int, int] | None:
         """(the share's chunks, the catalog's chunks) as ``finish`` recorded them, when they
         agree with the committed segments; else None."""
-        try:
-            text = self.marker.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-        found = _MARKER.fullmatch(text.strip())
-        if found is None or int(found[1]) != len(self.done):
-            return None
-        return int(found[1]), int(found[2])
+        counts = read_marker(self.marker)
+        return counts if counts is not None and counts[0] == len(self.done) else None
 
     def segments(self) -> list[Path]:
-        from galmerge.classification.segments import SUFFIX
+        from galmerge.classification.segments import segment_files
 
-        return sorted(self.folder.glob(f"seg-*{SUFFIX}"))
+        return segment_files(self.folder)
 
     def add(self, index: int, block: ResultBlock) -> None:
         """Append a block to the open segment (streamed, not held); commit it now and then."""
@@ -725,6 +719,16 @@ class ResultJournal:
 
 #: a `ResultJournal` marker's text: its share's chunks and the catalog's
 _MARKER = re.compile(r"done (\d+) of (\d+) chunks")
+
+
+def read_marker(marker: Path) -> tuple[int, int] | None:
+    """(the share's chunks, the catalog's chunks) a rank's ``.done`` marker states (`finish`),
+    read as text; None when it is absent or states none."""
+    try:
+        found = _MARKER.fullmatch(marker.read_text(encoding="utf-8", errors="replace").strip())
+    except OSError:
+        return None
+    return (int(found[1]), int(found[2])) if found else None
 
 
 def _fetch_failed(block: ResultBlock) -> bool:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from galmerge.classification.outputs import Tally, open_writer
+from galmerge.classification.outputs import Tally, open_writer, read_marker
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 
@@ -185,25 +185,13 @@ def wait_for_ranks(markers: list[Path], beats: list[Path], parts_dir: Path, show
         time.sleep(PART_POLL_SECONDS)
 
 
-def _marker_counts(marker: Path) -> tuple[int, int] | None:
-    """(the share's chunks, the catalog's chunks) a rank's ``.done`` marker states; None if
-    it states none (read as text: no segment is decoded for it)."""
-    from galmerge.classification.outputs import _MARKER
-
-    try:
-        found = _MARKER.fullmatch(marker.read_text(encoding="utf-8", errors="replace").strip())
-    except OSError:
-        return None
-    return (int(found[1]), int(found[2])) if found else None
-
-
 def _expected_chunks(markers: list[Path], parts_dir: Path) -> int:
     """The catalog's chunk count, as every rank's marker states it (each share the size its
     rank's chunks r, r + W, ... make; the segments are checked against it as they are merged):
     what the merge must write, or a one-line error."""
     totals = set()
     for rank, marker in enumerate(markers):
-        counts = _marker_counts(marker)
+        counts = read_marker(marker)
         if counts is None or counts[0] != len(range(rank, counts[1], len(markers))):
             raise _incomplete(rank, parts_dir)
         totals.add(counts[1])
