@@ -675,10 +675,8 @@ class CutoutCache:
                 f"{free / 1e6:.1f} MB free"))
 
     def _room_error(self, exc: BaseException) -> BaseException:
-        text = str(exc)
-        errno_ = getattr(exc, "errno", None) or next(
-            (e for e in (27, 28, 122) if f"errno = {e}" in text), None)
-        if errno_ not in (27, 28, 122):  # EFBIG, ENOSPC, EDQUOT
+        errno_ = atomic.no_space_errno(exc)
+        if errno_ is None:
             return exc
         return GalmergeError(self._room_message(os.strerror(errno_)))
 
@@ -832,9 +830,8 @@ def _disk_errors(where: Path) -> Any:
     try:
         yield
     except OSError as exc:
-        text = str(exc)
-        errno_ = exc.errno or next((e for e in (27, 28, 122) if f"errno = {e}" in text), None)
-        if errno_ not in (27, 28, 122):  # EFBIG, ENOSPC, EDQUOT
+        errno_ = atomic.no_space_errno(exc)
+        if errno_ is None:
             raise
         why = os.strerror(errno_)
         raise GalmergeError(

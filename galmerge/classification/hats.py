@@ -414,15 +414,14 @@ def _no_space(exc: RuntimeError, out: Path) -> None:
     """A full disk, a quota or the file-size limit met by a Dask worker writing a partition is
     one line: LSDB hands the worker's OSError on as a RuntimeError holding its text, which the
     CLI's own handler of a full disk does not see."""
-    import errno
+    from galmerge.io.atomic import no_space_errno
 
-    text = str(exc)
-    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        if f"[Errno {code}]" in text:
-            raise GalmergeError(
-                f"cannot write the HATS catalog {out}: {os.strerror(code)} (disk full / no "
-                "space left, a quota or the file-size limit); free space and run the same "
-                "command again: finished partitions are kept") from None
+    code = no_space_errno(exc)
+    if code is not None:
+        raise GalmergeError(
+            f"cannot write the HATS catalog {out}: {os.strerror(code)} (disk full / no "
+            "space left, a quota or the file-size limit); free space and run the same "
+            "command again: finished partitions are kept") from None
 
 
 #: in a HATS output folder: the settings that wrote it (a rerun resumes only with the same)

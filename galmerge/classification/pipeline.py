@@ -534,12 +534,10 @@ def _no_space_names(out_path: Path) -> Iterator[None]:
     """A full disk, a quota or the file-size limit met while writing the output or its result
     segments is one line naming them: the error from pyarrow or a file's write() carries no
     file name, which the CLI needs to say it in one line instead of a traceback."""
-    import errno
-
     try:
         yield
     except OSError as exc:
-        if exc.filename or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if exc.filename or exc.errno not in atomic.NO_SPACE_ERRNOS:
             raise
         raise GalmergeError(
             f"cannot write {out_path} or its result segments in {out_path.name}.parts: "

@@ -36,6 +36,23 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()
+
+#: a full disk, a quota or the file-size limit: errors that freeing space fixes
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def no_space_errno(exc: BaseException) -> int | None:
+    """The errno of a full disk, quota or file-size limit behind ``exc``: its ``errno``, else
+    one its text states (h5py says ``errno = 28``; LSDB hands a Dask worker's OSError on as a
+    RuntimeError saying ``[Errno 28]``); None for any other error."""
+    code = getattr(exc, "errno", None)
+    if code in NO_SPACE_ERRNOS:
+        return int(code)
+    if code:  # an errno of its own, of another kind
+        return None
+    text = str(exc)
+    return next((c for c in sorted(NO_SPACE_ERRNOS)
+                 if f"errno = {c}" in text or f"[Errno {c}]" in text), None)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 

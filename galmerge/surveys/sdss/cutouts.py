@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import bz2
 import contextlib
-import errno
 import io
 import math
 import os
@@ -676,7 +675,7 @@ class FrameStore:
         root = self._settings.frame_cache_dir
         why = exc.strerror or type(exc).__name__
         fix = (f"free space there or lower {FRAME_CACHE_ENV} (option frame_cache_gb)"
-               if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+               if exc.errno in atomic.NO_SPACE_ERRNOS
                else "make it writable or set the sdss option frame_cache_dir")
         self._warn(f"sdss: cannot write frames to the frame cache {root} ({why}); this run "
                    f"keeps them in memory only; {fix} (frame_cache_dir=none: no disk cache)")
