@@ -106,15 +106,35 @@ def apply_prior_counted(output: str | os.PathLike[str], model: str | os.PathLike
     that the rule fits on (not by reading it back)."""
     from galmerge.fractions.report import read_results
 
-    rule = parse_rule(rule)
     out = Path(output)
-    run_prior, run_where = training if training is not None else training_prior(model)
-    old, where = run_prior, run_where
     p = read_results(out).p
+    record = prior_record(p, model, prior, threshold, training, rule, where=str(out))
+    new, old, clip = record["prior"], record["training_prior"], record["prior_rule"] == "match"
+    _rewrite(out, new, old, threshold, record, clip=clip)
+    from galmerge.io.provenance import sha256_file
+
+    # binds the sidecar to this version of the output: `fraction` refuses a stale one
+    side = dict(record, output_sha256=sha256_file(out))
+    atomic.write_text(out.with_name(out.name + ".prior.json"), json.dumps(side, indent=2) + "\n")
+    mergers = int((rescale(p, new, old, clip=clip) >= threshold).sum())
+    return record, mergers
+
+
+def prior_record(p: np.ndarray, model: str | os.PathLike[str], prior: str | float,
+                 threshold: float, training: tuple[float, str] | None = None,
+                 rule: str = RULES[0], where: str = "the output") -> dict[str, Any]:
+    """The record of rescaling the probabilities ``p`` (a survey's ok rows) to ``prior``
+    (or the EM estimate for ``"auto"``): ``prior`` is the new prior, ``training_prior`` the one
+    the rule shifts from (matched on ``p`` for ``rule="match"``, else ``training``, by default
+    `training_prior` of ``model``), ``prior_rule`` the rule applied (``em`` for auto).
+    `rescale` (``clip`` for the match rule) applies it; ``where`` names ``p`` in errors."""
+    rule = parse_rule(rule)
+    run_prior, run_where = training if training is not None else training_prior(model)
+    old, where_from = run_prior, run_where
     if prior == "auto":
         if len(p) == 0:
-            raise GalmergeError(f"--prior auto: {out} has no rows with a p_merger to estimate "
-                                "the survey's merger fraction from; give --prior VALUE")
+            raise GalmergeError(f"--prior auto: {where} has no rows with a p_merger to "
+                                "estimate the survey's merger fraction from; give --prior VALUE")
         new = float(ml_prior(p, old)[0])
         new = min(max(new, 1e-6), 1 - 1e-6)  # keep Bayes' rule finite
         how, rule = "auto: EM (Saerens et al. 2002) on this output's probabilities", "em"
@@ -122,14 +142,14 @@ def apply_prior_counted(output: str | os.PathLike[str], model: str | os.PathLike
         new, how = float(prior), "given"
         if rule == "match":
             if len(p) == 0:
-                raise GalmergeError(f"--prior {new:g}: {out} has no rows with a p_merger to "
+                raise GalmergeError(f"--prior {new:g}: {where} has no rows with a p_merger to "
                                     "match the merger fraction on; give --prior-rule bayes")
             old = matched_prior(p, new)  # in [P_EPS, 1 - P_EPS]: Bayes' rule stays finite
-            where = (f"matched: the mean rescaled p_merger of the output's {len(p)} rows equals "
-                     "the given prior")
+            where_from = (f"matched: the mean rescaled p_merger of the output's {len(p)} rows "
+                          "equals the given prior")
     rows = {"matched_rows": int(len(p))} if rule == "match" else {}
     record = {"prior": new, "prior_from": how, "prior_rule": rule, **rows, "training_prior": old,
-              "training_prior_from": where, "run_training_prior": run_prior,
+              "training_prior_from": where_from, "run_training_prior": run_prior,
               "run_training_prior_from": run_where, "threshold": threshold,
               "rule": "p' = r p / (r p + s (1 - p)), r = prior / training_prior, "
                       "s = (1 - prior) / (1 - training_prior)"}
@@ -140,14 +160,7 @@ def apply_prior_counted(output: str | os.PathLike[str], model: str | os.PathLike
         check = adaptation_check(run.parent if run.suffix == ".pt" else run, old, new)
         if check is not None:  # EM inherits the pull of an adapted model toward `old`
             record["adaptation_check"] = check
-    _rewrite(out, new, old, threshold, record, clip=rule == "match")
-    from galmerge.io.provenance import sha256_file
-
-    # binds the sidecar to this version of the output: `fraction` refuses a stale one
-    side = dict(record, output_sha256=sha256_file(out))
-    atomic.write_text(out.with_name(out.name + ".prior.json"), json.dumps(side, indent=2) + "\n")
-    mergers = int((rescale(p, new, old, clip=rule == "match") >= threshold).sum())
-    return record, mergers
+    return record
 
 
 def _columns(names: list[str]) -> tuple[str, str]:
