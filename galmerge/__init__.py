@@ -25,8 +25,10 @@ _moved.install()
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
+
+    from astropy.table import Table
 
     from galmerge.classification.pipeline import ClassifySummary
     from galmerge.data.datasets import load_imageset
@@ -102,6 +104,7 @@ __all__ = [
     # running the pipeline from Python
     "train",
     "classify",
+    "predict",
     "evaluate",
     "load_imageset",
     "export_model",
@@ -325,6 +328,53 @@ def classify(
     from galmerge.classification.pipeline import classify as _classify
 
     return _classify(**arguments)
+
+
+def predict(
+    images: ImageSet | Any,
+    model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    ids: Sequence[Any] | None = None,
+    domain: str = "target",
+    device: str = "auto",
+    batch_size: int = 256,
+    threshold: float = 0.5,
+    prior: str | float | None = None,
+    prior_rule: str | None = None,
+    mc_dropout: int | None = None,
+) -> Table:
+    """Classify images held in memory (a notebook's cutouts) with a trained model; no file is
+    written. The same model code, ensemble rule and prior rescaling as `classify` of an HDF5
+    image file, so the values are the ones ``galmerge classify`` gives for the same images.
+
+    :param images: a `galmerge.ImageSet` (its bands and pixel scale are checked against the
+        model's, as for an image file), or a numpy array or torch tensor of shape (N, C, H, W)
+        of raw fluxes, preprocessed by the model's own spec as in training.
+    :param model: a run directory (its ``best.pt``), a checkpoint file or an exported ``.onnx``
+        file; a list of several: an ensemble (mean ``p_merger`` and ``p_merger_std``).
+    :param ids: one identifier per image for the ``id`` column (default: the ImageSet's ids,
+        else 0..N-1).
+    :param domain: ``"target"`` or ``"source"``: whose preprocessing (and, for a model with
+        per-domain BatchNorm statistics, whose statistics) to apply.
+    :param device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    :param batch_size: images per forward pass.
+    :param threshold: ``is_merger`` is 1 where ``p_merger >= threshold``.
+    :param prior: rescale ``p_merger`` to the survey's merger fraction: a value (e.g. 0.05) or
+        ``"auto"`` (EM estimate), fitted on these images; default unchanged.
+    :param prior_rule: how ``prior=VALUE`` rescales: ``"match"`` (default) or ``"bayes"``.
+    :param mc_dropout: N >= 2: ``p_merger`` is the mean of N passes with the dropout layers
+        active, ``p_merger_std`` their spread (not with several models).
+    :returns: an astropy ``Table``, one row per image in input order: ``id`` (and an
+        ImageSet's ``ra``, ``dec``, ``label``), ``p_merger``, ``is_merger`` (-1 where there is no
+        value), ``status`` (``ok``, ``bad-image: non-finite pixels`` or ``model-failed: ...``),
+        and, as classify writes them, ``shift_score``/``shift_flag`` and ``p_merger_std``.
+        ``table.meta["galmerge"]`` holds classify's provenance record; its ``input_sha256`` is
+        the SHA-256 of the images as float32 C-order bytes.
+    """
+    arguments = dict(locals())  # before the import below adds a name
+    from galmerge.classification.predict import predict as _predict
+
+    return _predict(**arguments)
 
 
 def evaluate(

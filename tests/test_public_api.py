@@ -170,6 +170,7 @@ def test_the_typed_spec_and_option_schema_are_public() -> None:
 WRAPPED = [
     ("train", "galmerge.training", "train"),
     ("classify", "galmerge.classification.pipeline", "classify"),
+    ("predict", "galmerge.classification.predict", "predict"),
     ("evaluate", "galmerge.evaluation.pipeline", "evaluate"),
 ]
 
