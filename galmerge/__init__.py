@@ -10,8 +10,19 @@ load on first use, so a plugin module that imports only ``hookimpl`` and the rec
 from __future__ import annotations
 
 import importlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# This package itself, by its own name: the public functions' annotations name the classes that
+# cost torch to import as ``galmerge.ImageSet`` and ``galmerge.ClassifySummary``, so that
+# `typing.get_type_hints` resolves them. It evaluates each annotation in this module's globals
+# dict, where a lazy name is absent until first use (and the PEP 562 `__getattr__` below is
+# not consulted for a bare name), while ``galmerge.ImageSet`` is an attribute lookup on the
+# module, which goes through `__getattr__` and imports the class then, not at `import galmerge`.
+# The other names the annotations use are stdlib imports above, cheap and present at run time.
+import galmerge
 from galmerge import _moved
 from galmerge.errors import GalmergeError, PluginBug, PluginError
 from galmerge.plugin.hookspecs import hookimpl
@@ -24,12 +35,6 @@ __version__ = "0.1.0"
 _moved.install()
 
 if TYPE_CHECKING:
-    import os
-    from collections.abc import Callable, Mapping, Sequence
-    from pathlib import Path
-
-    from astropy.table import Table
-
     from galmerge.classification.pipeline import ClassifySummary
     from galmerge.data.datasets import load_imageset
     from galmerge.data.preprocess import PreprocessSpec
@@ -97,6 +102,12 @@ _LAZY: dict[str, str] = {
     "check_service_url": "galmerge.io.http",
     # resample a survey image around (ra, dec) onto a model's pixel grid (north up, flux kept)
     "cut_stamp_with_edge": "galmerge.surveys.sdss.cutouts",
+    # what `classify` returns
+    "ClassifySummary": "galmerge.classification.pipeline",
+    # what `predict` returns: astropy's class, named here only so that its annotation
+    # (``galmerge.Table``) resolves in `typing.get_type_hints` without importing astropy at
+    # `import galmerge` (not in __all__: it is astropy's)
+    "Table": "astropy.table",
 }
 
 __all__ = [
@@ -105,6 +116,7 @@ __all__ = [
     "train",
     "classify",
     "predict",
+    "ClassifySummary",
     "evaluate",
     "load_imageset",
     "export_model",
@@ -169,8 +181,8 @@ def __dir__() -> list[str]:
 # signature from this source (mkdocstrings, statically). tests/test_public_api.py checks that
 # each matches its job's, parameter by parameter.
 def train(
-    source: str | ImageSet | None = None,
-    target: str | ImageSet | None = None,
+    source: str | galmerge.ImageSet | None = None,
+    target: str | galmerge.ImageSet | None = None,
     *,
     strategy: str | None = None,
     backbone: str | None = None,
@@ -276,7 +288,7 @@ def classify(
     prior: str | float | None = None,
     mc_dropout: int | None = None,
     prior_rule: str | None = None,
-) -> ClassifySummary:
+) -> galmerge.ClassifySummary:
     """Classify every row of a catalog, as ``galmerge classify`` does.
 
     Writes ``output`` with every input column plus ``p_merger``, ``is_merger`` and ``status``
@@ -331,7 +343,7 @@ def classify(
 
 
 def predict(
-    images: ImageSet | Any,
+    images: galmerge.ImageSet | Any,
     model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     ids: Sequence[Any] | None = None,
@@ -342,7 +354,7 @@ def predict(
     prior: str | float | None = None,
     prior_rule: str | None = None,
     mc_dropout: int | None = None,
-) -> Table:
+) -> galmerge.Table:
     """Classify images held in memory (a notebook's cutouts) with a trained model; no file is
     written. The same model code, ensemble rule and prior rescaling as `classify` of an HDF5
     image file, so the values are the ones ``galmerge classify`` gives for the same images.
@@ -384,8 +396,8 @@ def evaluate(
     bootstrap: int = 200,
     baseline: str | Path | None = None,
     calibrate: bool = False,
-    source: ImageSet | str | None = None,
-    target: ImageSet | str | None = None,
+    source: galmerge.ImageSet | str | None = None,
+    target: galmerge.ImageSet | str | None = None,
     embedding_points: int = 400,
     quiet: bool = False,
     seed: int = 0,

@@ -194,6 +194,34 @@ def test_pipeline_wrappers_carry_the_real_signature(name: str, module: str, attr
     assert not missing, f"galmerge.{name}'s docstring does not document {missing}"
 
 
+def test_type_hints_of_the_public_functions_resolve_in_a_fresh_interpreter() -> None:
+    """`typing.get_type_hints` on each public function, right after a cheap `import galmerge`
+    (torch not loaded, no lazy name used before): real classes, no NameError."""
+    code = (
+        "import sys, types, typing\n"
+        "import galmerge\n"
+        "assert not {'torch', 'numpy', 'requests'} & set(sys.modules)\n"
+        "names = sorted(n for n, v in vars(galmerge).items() if n in galmerge.__all__\n"
+        "               and isinstance(v, types.FunctionType) and v.__module__ == 'galmerge')\n"
+        "hints = {n: typing.get_type_hints(getattr(galmerge, n)) for n in names}\n"
+        "from galmerge.plugin.imageset import ImageSet\n"
+        "from galmerge.classification.pipeline import ClassifySummary\n"
+        "assert hints['train']['source'] == str | ImageSet | None, hints['train']\n"
+        "assert hints['evaluate']['target'] == ImageSet | str | None, hints['evaluate']\n"
+        "assert hints['classify']['return'] is ClassifySummary, hints['classify']\n"
+        "assert hints['register_plugin'] == {'plugin': object, 'name': str, 'return': type(None)}\n"
+        "print(' '.join(names))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {"train", "classify", "evaluate", "register_plugin",
+            "reset_plugin_manager"} <= set(out.stdout.split()), out.stdout
+
+
 def test_train_signature_names_its_arguments() -> None:
     import inspect
 
