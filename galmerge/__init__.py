@@ -118,6 +118,7 @@ __all__ = [
     "predict",
     "ClassifySummary",
     "evaluate",
+    "fraction",
     "load_imageset",
     "export_model",
     # the plugin contract
@@ -176,7 +177,7 @@ def __dir__() -> list[str]:
 
 
 
-# The three jobs' signatures are written out again here, not forwarded by functools.wraps:
+# The four jobs' signatures are written out again here, not forwarded by functools.wraps:
 # `import galmerge` must not import torch (the jobs' modules do), and the API pages read the
 # signature from this source (mkdocstrings, statically). tests/test_public_api.py checks that
 # each matches its job's, parameter by parameter.
@@ -426,6 +427,68 @@ def evaluate(
     from galmerge.evaluation.pipeline import evaluate as _evaluate
 
     return _evaluate(**arguments)
+
+
+def fraction(
+    results: str | os.PathLike[str],
+    model: str | os.PathLike[str],
+    *,
+    by: str | None = None,
+    bins: str | int | Sequence[float] | None = None,
+    threshold: float = 0.5,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    source: str | None = None,
+    target: str | None = None,
+    device: str = "cpu",
+    plot: str | os.PathLike[str] | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    id_col: str | None = None,
+    label_col: str | None = None,
+) -> dict[str, Any]:
+    """The merger fraction of a `classify` output with 68% and 95% bootstrap intervals, as
+    ``galmerge fraction --json``.
+
+    Four estimators side by side: ``naive`` (classify and count), ``acc`` (adjusted count,
+    error rates from the run's source validation split), ``em`` (EM prior adjustment) and
+    ``bbse`` (black-box shift estimation); with ``labels``, a fifth, ``ppi``. The corrections
+    assume label shift (see the "Merger fractions" page). The first call scores the run's
+    source validation split and caches it in the run directory.
+
+    :param results: a `classify` output (CSV, HDF5, FITS or Parquet); rows whose status is not
+        ``ok`` are left out and counted by reason.
+    :param model: the run directory of the model that classified ``results`` (its
+        ``best.pt``), or ``RUN_DIR/last.pt`` if `classify` was given that.
+    :param by: a column to bin by (e.g. redshift or stellar mass); needs ``bins``.
+    :param bins: with ``by``: increasing edges (a list, tuple or array, e.g. ``[0, 0.1, 0.2]``,
+        or the text ``"0,0.1,0.2"``) or a number of equal-count bins (``4`` or ``"4"``); the
+        bins are ``[lo, hi)``, the last one ``[lo, hi]``.
+    :param threshold: ``p_merger >= threshold`` counts as a merger (``naive`` and ``acc``).
+    :param bootstrap: bootstrap resamples of the survey rows and the validation images: 0 for
+        no intervals, else at least 10.
+    :param seed: bootstrap seed.
+    :param source: source data spec, if the one the run's ``config.toml`` names cannot be
+        loaded here (needed once, to score its validation split).
+    :param target: target data spec, likewise (read only by runs whose source was observed
+        with the target's field sources).
+    :param device: device for scoring the validation split (once; cached in the run):
+        ``"cpu"``, ``"auto"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    :param plot: also write a figure (``.png``, ``.pdf`` or ``.svg``), one panel per bin.
+    :param labels: a labelled random sample of the survey (CSV, FITS or Parquet: an
+        identifier and a 0/1 merger column): adds the ``ppi`` estimator, unbiased under
+        domain shift.
+    :param id_col: with ``labels``: the identifier column both files have (default: the first
+        common catalog id name, e.g. ``objid``).
+    :param label_col: with ``labels``: its 0/1 column (default ``merger``).
+    :returns: the ``galmerge fraction --json`` payload: ``{"estimators": {name: {"fraction",
+        "ci68", "ci95"}}, "recommended": name, "n", "excluded", "validation", ...}``, or with
+        ``by`` ``{"by": column, "bins": [{"lo", "hi", "n", "estimators", "recommended"}, ...],
+        ...}``; a fraction or interval is None where its estimator is undefined.
+    """
+    arguments = dict(locals())  # before the import below adds a name
+    from galmerge.fractions.report import fraction as _fraction
+
+    return _fraction(**arguments)
 
 
 def register_plugin(plugin: object, name: str) -> None:

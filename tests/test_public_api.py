@@ -165,13 +165,14 @@ def test_the_typed_spec_and_option_schema_are_public() -> None:
     assert {"PreprocessSpec", "Option"} <= set(galmerge.__all__)
 
 
-# galmerge.train/classify/evaluate: each wrapper's own signature and docstring are what
+# galmerge.train/classify/evaluate/fraction: each wrapper's own signature and docstring are what
 # help() and the API reference page show, so they must be the job's, argument for argument
 WRAPPED = [
     ("train", "galmerge.training", "train"),
     ("classify", "galmerge.classification.pipeline", "classify"),
     ("predict", "galmerge.classification.predict", "predict"),
     ("evaluate", "galmerge.evaluation.pipeline", "evaluate"),
+    ("fraction", "galmerge.fractions.report", "fraction"),
 ]
 
 
@@ -218,7 +219,7 @@ def test_type_hints_of_the_public_functions_resolve_in_a_fresh_interpreter() -> 
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert {"train", "classify", "evaluate", "register_plugin",
+    assert {"train", "classify", "evaluate", "fraction", "register_plugin",
             "reset_plugin_manager"} <= set(out.stdout.split()), out.stdout
 
 

@@ -33,9 +33,12 @@ import contextlib
 import csv
 import json
 import math
+import numbers as numbers_abc
 import os
 import re
+import reprlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,14 +287,30 @@ def _csv_columns(path: Path) -> tuple[list[str], Any]:
 # bins
 
 
-def parse_bins(text: str, values: np.ndarray, column: str) -> np.ndarray:
-    """``"0,0.5,1"`` (edges, increasing) or ``"4"`` (that many equal-count bins) -> edges."""
+def _bin_numbers(text: str) -> list[float]:
+    """The numbers of a ``--bins`` text (none where one of them is no number)."""
     parts = [t.strip() for t in str(text).split(",") if t.strip()]
     try:
-        numbers = [float(t) for t in parts]
+        return [float(t) for t in parts]
     except ValueError:
-        numbers = []
-    if len(numbers) == 1 and numbers[0].is_integer() and numbers[0] >= 1:
+        return []
+
+
+def _is_count(numbers: list[float]) -> bool:
+    """One whole number from 1 up: that many equal-count bins."""
+    return len(numbers) == 1 and numbers[0].is_integer() and numbers[0] >= 1
+
+
+def _are_edges(numbers: list[float]) -> bool:
+    """At least two finite numbers, each above the one before."""
+    return len(numbers) >= 2 and all(math.isfinite(v) for v in numbers) and all(
+        b > a for a, b in zip(numbers, numbers[1:], strict=False))
+
+
+def parse_bins(text: str, values: np.ndarray, column: str) -> np.ndarray:
+    """``"0,0.5,1"`` (edges, increasing) or ``"4"`` (that many equal-count bins) -> edges."""
+    numbers = _bin_numbers(text)
+    if _is_count(numbers):
         if len(values) == 0:
             raise GalmergeError(f"no ok rows with a value of {column}; nothing to bin")
         k = int(numbers[0])
@@ -304,8 +323,7 @@ def parse_bins(text: str, values: np.ndarray, column: str) -> np.ndarray:
             raise GalmergeError(f"--bins {text}: {column} has too few distinct values for "
                                 f"{k} equal-count bins; give the edges, e.g. --bins 0,0.5,1")
         return edges
-    if len(numbers) < 2 or not all(math.isfinite(v) for v in numbers) or any(
-            b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
+    if not _are_edges(numbers):
         raise GalmergeError(f"--bins {text}: give increasing edges (e.g. --bins 0,0.5,1) or a "
                             "number of equal-count bins (e.g. --bins 4)")
     return np.array(numbers)
@@ -443,6 +461,60 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
     payload["provenance"] = _provenance(results, model, checkpoint_sha256, seed, source,
                                         target, labels)
     return payload
+
+
+# --------------------------------------------------------------------------------------------
+# the Python API (galmerge.fraction)
+
+
+def bins_text(bins: str | int | Sequence[float] | None) -> str | None:
+    """``bins`` as Python gives it -> the ``--bins`` text `survey_fraction` reads: a string as
+    it is, an int (that many equal-count bins) or increasing edges as a sequence or a 1-d array
+    (numpy, pandas...), each edge written so that it reads back as the same float. Anything
+    else (a bool, a float, a set), or a value that is no valid ``--bins``, is a one-line error
+    in Python's terms, before any work."""
+    if bins is None:
+        return None
+    if isinstance(bins, str):
+        numbers = _bin_numbers(bins)
+        if _is_count(numbers) or _are_edges(numbers):
+            return bins
+    elif isinstance(bins, numbers_abc.Integral) and not isinstance(bins, bool | np.bool_):
+        if bins >= 1:
+            return str(int(bins))
+    elif (isinstance(bins, Sequence) and not isinstance(bins, bytes)) or hasattr(bins,
+                                                                                "__array__"):
+        try:  # a set has no order: it is neither
+            values = list(bins if isinstance(bins, Sequence) else np.asarray(bins))
+        except TypeError:  # a 0-d array
+            values = []
+        if all(isinstance(v, numbers_abc.Real) and not isinstance(v, bool | np.bool_)
+               for v in values):
+            edges = [float(v) for v in values]
+            if _are_edges(edges):
+                return ",".join(repr(v) for v in edges)
+    shown = " ".join(reprlib.repr(bins).split())  # an array's repr spans lines
+    raise GalmergeError(f"bins={shown}: give increasing edges (e.g. bins=[0, 0.5, 1]) or a "
+                        "number of equal-count bins (e.g. bins=4)")
+
+
+def fraction(results: str | os.PathLike[str], model: str | os.PathLike[str], *,
+             by: str | None = None, bins: str | int | Sequence[float] | None = None,
+             threshold: float = 0.5, bootstrap: int = 1000, seed: int = 0,
+             source: str | None = None, target: str | None = None, device: str = "cpu",
+             plot: str | os.PathLike[str] | None = None,
+             labels: str | os.PathLike[str] | None = None, id_col: str | None = None,
+             label_col: str | None = None) -> dict[str, Any]:
+    """`galmerge.fraction`: `survey_fraction` as ``galmerge fraction --json`` runs it, with
+    ``bins`` also as a Python int or sequence of edges (`bins_text`) and ``device`` checked
+    before any work, as the command's option is."""
+    from galmerge.runtime.devices import check_device_name
+
+    check_device_name(device)
+    return survey_fraction(results, model, by=by, bins=bins_text(bins), threshold=threshold,
+                           bootstrap=bootstrap, seed=seed, source=source, target=target,
+                           device=device, plot=plot, labels=labels, id_col=id_col,
+                           label_col=label_col)
 
 
 def recorded_checkpoint(results: str | os.PathLike[str]) -> tuple[str, set[str]] | None:
