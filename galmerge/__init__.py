@@ -104,11 +104,12 @@ _LAZY: dict[str, str] = {
     "cut_stamp_with_edge": "galmerge.surveys.sdss.cutouts",
     # what `classify` returns
     "ClassifySummary": "galmerge.classification.pipeline",
-    # what `predict` returns: astropy's class, named here only so that its annotation
-    # (``galmerge.Table``) resolves in `typing.get_type_hints` without importing astropy at
-    # `import galmerge` (not in __all__: it is astropy's)
-    "Table": "astropy.table",
 }
+
+#: names the annotations use that are not galmerge's own, loaded on first use like `_LAZY`'s:
+#: `predict` returns astropy's Table, written ``galmerge.Table`` so that `typing.get_type_hints`
+#: resolves it without importing astropy at `import galmerge` (not public: it is astropy's)
+_HINT_ONLY: dict[str, str] = {"Table": "astropy.table"}
 
 __all__ = [
     "__version__",
@@ -163,7 +164,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _LAZY.get(name) or _HINT_ONLY.get(name)
     if module is None:
         # not ours: lets `from galmerge import hdf5io` fall back to importing the submodule
         raise AttributeError(f"module 'galmerge' has no attribute {name!r}")

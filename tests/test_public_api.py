@@ -210,6 +210,8 @@ def test_type_hints_of_the_public_functions_resolve_in_a_fresh_interpreter() -> 
         "assert hints['train']['source'] == str | ImageSet | None, hints['train']\n"
         "assert hints['evaluate']['target'] == ImageSet | str | None, hints['evaluate']\n"
         "assert hints['classify']['return'] is ClassifySummary, hints['classify']\n"
+        "from astropy.table import Table\n"
+        "assert hints['predict']['return'] is Table, hints['predict']\n"
         "assert hints['register_plugin'] == {'plugin': object, 'name': str, 'return': type(None)}\n"
         "print(' '.join(names))\n"
     )
@@ -219,7 +221,7 @@ def test_type_hints_of_the_public_functions_resolve_in_a_fresh_interpreter() -> 
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert {"train", "classify", "evaluate", "fraction", "register_plugin",
+    assert {"train", "classify", "predict", "evaluate", "fraction", "register_plugin",
             "reset_plugin_manager"} <= set(out.stdout.split()), out.stdout
 
 
