@@ -345,10 +345,29 @@ def environment(device: Any) -> dict[str, Any]:
 _REPEATABLE = ("cpu_threads", "cpu", "torch", "device", "device_name", "world_size")
 
 
-def record_resume(run_dir: Path, env: Mapping[str, Any], quiet: bool = False) -> None:
+def record_moved_data(run_dir: Path, moved: Mapping[str, str]) -> dict[str, Any]:
+    """config.toml of run ``run_dir`` with its ``source``/``target`` specs replaced by
+    ``moved``'s (the run's own data, the SHA-256 its env.json records, given at a new place to
+    ``train --resume``), every other setting as written; returns the move as env.json records
+    it (role -> ``{"from": SPEC_BEFORE, "to": SPEC}``). One atomic rewrite: a kill leaves the
+    old file or the new one."""
+    from galmerge.config.resolve import read_toml
+
+    config = read_toml(run_dir / CONFIG)
+    record = {role: {"from": config.get(role), "to": spec} for role, spec in moved.items()}
+    write_toml(run_dir / CONFIG, {**config, **moved})
+    return record
+
+
+def record_resume(run_dir: Path, env: Mapping[str, Any], quiet: bool = False,
+                  data_moved: Mapping[str, Any] | None = None) -> None:
     """Append ``env`` (this process's environment) to env.json's ``resumed`` list, and say in
     one line when it differs from the start's in what makes runs repeatable (thread count, CPU,
-    torch, device, process count): the run goes on, but no longer bit for bit."""
+    torch, device, process count): the run goes on, but no longer bit for bit.
+
+    ``data_moved`` (`record_moved_data`'s record): the run's data read from a new place;
+    env.json's ``data`` records the files read now for those roles (the same SHA-256), and the
+    resume's entry records the move as ``data_moved``."""
     path = run_dir / ENV
     try:
         start = json.loads(path.read_text())
@@ -356,9 +375,15 @@ def record_resume(run_dir: Path, env: Mapping[str, Any], quiet: bool = False) ->
         start = {}
     changed = [k for k in _REPEATABLE if k in start and start.get(k) != env.get(k)]
     record = dict(start)
-    record["resumed"] = [*start.get("resumed", []),
-                         {**dict(env), "changed": changed,
-                          "resumed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+    entry = {**dict(env), "changed": changed,
+             "resumed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if data_moved:
+        now = env.get("data") if isinstance(env.get("data"), Mapping) else {}
+        data = dict(start["data"]) if isinstance(start.get("data"), Mapping) else {}
+        data.update({role: now[role] for role in data_moved if role in now})
+        record["data"] = data
+        entry["data_moved"] = dict(data_moved)
+    record["resumed"] = [*start.get("resumed", []), entry]
     write_json(path, record)
     if changed and not quiet:
         what = ", ".join(f"{k} {start.get(k)!r} -> {env.get(k)!r}" for k in changed)

@@ -97,7 +97,8 @@ def train(
                                 f"--run-dir {run_dir} (or copy the run there and resume the "
                                 "copy)")
         resumed_from = rundir.file_stamp(Path(resume) / rundir.LAST)  # (checked under the lock)
-        cfg, out_dir, resume_state = _resume_config(Path(resume), flags, extras, source, sets_given)
+        cfg, out_dir, resume_state, moved = _resume_config(Path(resume), flags, extras,
+                                                           source, sets_given)
     else:
         cli_layer = cli_overrides(flags, sets)
         for name, opts in (strategy_options or {}).items():
@@ -124,11 +125,12 @@ def train(
             else rundir.default_run_dir(*typed, cfg["strategy"], seed=int(cfg["seed"]))
         )
         resume_state = resumed_from = None
+        moved = {}
     for role in ("source", "target"):  # before any folder is made
         if role not in sets_given:
             rundir.refuse_credentials(cfg.get(role), f"--{role}")
     _check_rules(cfg)
-    return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch, resumed_from)
+    return _run(cfg, out_dir, sets_given, quiet, resume_state, on_epoch, resumed_from, moved)
 
 
 def _check_arguments(strategy: str | None, strategy_options: Any, backbone_options: Any,
@@ -314,7 +316,7 @@ def _source_stage(
             f"{diff[2]!r}; pick another --run-dir, or remove {stage} to train the stage again")
     if not (stage / rundir.SUMMARY).is_file():
         if (stage / rundir.LAST).is_file():  # killed during the stage: continue it
-            scfg, _, state = _resume_config(stage, {}, False, None, sets_given)
+            scfg, _, state, _ = _resume_config(stage, {}, False, None, sets_given)
             _fit(scfg, stage, sets_given, quiet, state, None, dist, device)
         else:
             layer = source_only_layer(cfg)
@@ -325,7 +327,10 @@ def _source_stage(
 def _resume_config(
     out_dir: Path, flags: Mapping[str, Any], extras: bool, source: Any,
     sets_given: Mapping[str, ImageSet],
-) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+) -> tuple[dict[str, Any], Path, dict[str, Any], dict[str, str]]:
+    """The config, folder and last.pt of run ``out_dir`` to continue, and the data specs
+    given with ``--source``/``--target`` that name its data at a new place (role -> spec,
+    absolute), which config.toml and env.json are to record once the run is locked."""
     if (out_dir / rundir.CONFIG).is_file() and not (out_dir / rundir.LAST).is_file():
         raise GalmergeError(
             f"--resume {out_dir}: the run stopped before its first checkpoint (no last.pt), "
@@ -423,7 +428,7 @@ def _resume_config(
                 f"was trained with {diff[2]!r}; a resumed run keeps its settings: put "
                 f"{diff[0]} back, or start a new run (--config {out_dir / rundir.CONFIG} "
                 "--run-dir NEW)")
-    return cfg, out_dir, state
+    return cfg, out_dir, state, moved
 
 
 def _same_spec(given: str, recorded: str) -> bool:
@@ -525,7 +530,7 @@ def _check_rules(cfg: Mapping[str, Any]) -> None:
 def _run(
     cfg: dict[str, Any], out_dir: Path, sets_given: Mapping[str, ImageSet], quiet: bool,
     resume_state: dict[str, Any] | None, on_epoch: OnEpoch | None,
-    resumed_from: tuple[int, int, int] | None = None,
+    resumed_from: tuple[int, int, int] | None = None, moved: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     from galmerge.runtime.devices import resolve_device
 
@@ -543,7 +548,8 @@ def _run(
                 ddp.on_main(lambda: _check_unchanged(out_dir, resumed_from), dist)
             if resume_state is None:  # one process group for both stages (it cannot re-form)
                 cfg = _source_stage(cfg, out_dir, sets_given, quiet, dist, device)
-            return _fit(cfg, out_dir, sets_given, quiet, resume_state, on_epoch, dist, device)
+            return _fit(cfg, out_dir, sets_given, quiet, resume_state, on_epoch, dist, device,
+                        moved)
     finally:
         ddp.teardown(dist)
 
@@ -558,7 +564,7 @@ def _check_unchanged(out_dir: Path, resumed_from: tuple[int, int, int] | None) -
 def _fit(
     cfg: dict[str, Any], out_dir: Path, sets_given: Mapping[str, ImageSet], quiet: bool,
     resume_state: dict[str, Any] | None, on_epoch: OnEpoch | None, dist: ddp.DistInfo,
-    device: torch.device,
+    device: torch.device, moved: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     t_start = time.time()
     try:
@@ -582,7 +588,7 @@ def _fit(
                       f"(synthetic seed {seed} both): adaptation looks better than it will on a "
                       f"survey; give the target another seed, e.g. "
                       f"'synthetic:sdss?seed={int(seed) + 1}'", file=sys.stderr)
-        return _train(trainer, quiet, on_epoch, t_start)
+        return _train(trainer, quiet, on_epoch, t_start, moved)
     except StrategyOutputError:
         if resume_state is None and dist.is_main:
             rundir.discard_new(out_dir)  # first step: nothing worth keeping was written
@@ -638,11 +644,12 @@ def _build(
 
 
 def _train(
-    trainer: Trainer, quiet: bool, on_epoch: OnEpoch | None, t_start: float
+    trainer: Trainer, quiet: bool, on_epoch: OnEpoch | None, t_start: float,
+    moved: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     plan = trainer.plan
     if plan.dist.is_main:
-        if not trainer.resumed:  # a resumed run keeps its config.toml as written
+        if not trainer.resumed:  # a resumed run keeps its config.toml (but data moved, below)
             rundir.write_config(plan.out_dir, plan.config)
         env = rundir.environment(plan.device)
         env["world_size"] = plan.dist.world
@@ -653,10 +660,13 @@ def _train(
         # where the run's folder is as config.toml records its absolute paths: read back after
         # the project moved or was copied, they are found relative to it (paths.rebased)
         env["run_dir"] = os.path.abspath(plan.out_dir)
+        # --resume with the run's data given at a new place: config.toml names it from now on,
+        # written before training, as each last.pt from here on records it
+        data_moved = rundir.record_moved_data(plan.out_dir, moved) if moved else {}
         if not trainer.resumed or not (plan.out_dir / rundir.ENV).exists():
             rundir.write_json(plan.out_dir / rundir.ENV, env)
         else:  # each resume is recorded: another thread count or CPU rounds sums differently
-            rundir.record_resume(plan.out_dir, env, quiet)
+            rundir.record_resume(plan.out_dir, env, quiet, data_moved)
     progress = Progress(quiet, plan.epochs, plan.steps_per_epoch)
     source, target = trainer.source.imageset, trainer.target.imageset
     progress.info(

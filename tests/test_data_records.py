@@ -1,0 +1,143 @@
+"""What a run records of its data, read again: ``train --resume RUN --source NEW`` (the run's
+data moved apart from it, the same SHA-256) makes config.toml and env.json name NEW, so that
+``evaluate RUN`` and a later ``--resume`` without ``--source`` find it, and the run trains on
+bit for bit as if the data had stayed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from eval_helpers import write_pair
+
+import galmerge
+from galmerge.cli import cli
+from galmerge.models.model import read_checkpoint
+
+SPECS = {"source": "hdf5:data/source.h5", "target": "hdf5:data/target.h5"}
+TRAIN = dict(backbone="deepmerge", batch_size=8, device="cpu", quiet=True, patience=0,
+             max_steps_per_epoch=2)
+
+
+class Stop(Exception):
+    """Ends a run after an epoch, leaving a last.pt to resume."""
+
+
+def _stop(row: dict) -> None:
+    raise Stop
+
+
+@pytest.fixture
+def launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The current folder, holding data/source.h5 and data/target.h5; ``store`` beside it is
+    where data moves to."""
+    folder = tmp_path / "launch"
+    write_pair(folder / "data", n=40)
+    (tmp_path / "store").mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def _stopped_run(run: str, epochs: int = 2) -> None:
+    """A run of ``epochs`` epochs stopped after its first (last.pt written, no summary)."""
+    with pytest.raises(Stop):
+        galmerge.train(**SPECS, epochs=epochs, run_dir=run, on_epoch=_stop, **TRAIN)
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def _config(run: Path) -> dict:
+    return tomllib.loads((run / "config.toml").read_text())
+
+
+def _env(run: Path) -> dict:
+    return json.loads((run / "env.json").read_text())
+
+
+def _move(launch: Path, role: str) -> Path:
+    """The run's ``role`` file moved apart from the project; its new path."""
+    new = launch.parent / "store" / f"{role}.h5"
+    shutil.move(launch / "data" / f"{role}.h5", new)
+    return new
+
+
+def _evaluate(run: str):
+    return _invoke("evaluate", run, "--device", "cpu", "--bootstrap", "0",
+                   "--embedding-points", "8", "--quiet")
+
+
+@pytest.mark.parametrize("role", ["source", "target"])
+def test_resume_with_the_data_at_its_new_place_records_it(launch, role):
+    _stopped_run("runs/a")
+    run = launch / "runs" / "a"
+    before, env_before = _config(run), _env(run)
+    new = _move(launch, role)
+    other = launch.parent / "store" / "other.h5"  # other data: refused as before, nothing kept
+    shutil.copy(launch / "data" / ("target.h5" if role == "source" else "source.h5"), other)
+    config_bytes, env_bytes = (run / "config.toml").read_bytes(), (run / "env.json").read_bytes()
+    result = _invoke("train", "--resume", "runs/a", f"--{role}", f"hdf5:{other}", "--quiet")
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert "\n" not in line and "SHA-256" in line and f"--{role}" in line, line
+    assert (run / "config.toml").read_bytes() == config_bytes
+    assert (run / "env.json").read_bytes() == env_bytes
+
+    result = _invoke("train", "--resume", "runs/a", f"--{role}", f"hdf5:../store/{role}.h5",
+                     "--quiet")
+    assert result.exit_code == 0, result.output
+    after = _config(run)
+    assert after[role] == f"hdf5:{new}"  # absolute, as a run records its paths
+    assert {k: v for k, v in after.items() if k != role} == \
+        {k: v for k, v in before.items() if k != role}  # nothing else rewritten
+    env = _env(run)
+    meta = env["data"][role]["meta"]
+    assert meta["file"] == str(new)
+    assert meta["file_sha256"] == env_before["data"][role]["meta"]["file_sha256"]
+    assert env["resumed"][-1]["data_moved"] == {
+        role: {"from": before[role], "to": f"hdf5:{new}"}}
+    assert env["run_dir"] == env_before["run_dir"]
+
+    result = _evaluate("runs/a")  # no --source: config.toml names the data's new place
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr, result.stderr
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert metrics[role] == f"hdf5:{new}"
+    result = _invoke("train", "--resume", "runs/a", "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def _metrics(run: Path) -> list[dict[str, str]]:
+    """metrics.csv without its timings (images/s), which no two runs share."""
+    with (run / "metrics.csv").open(newline="") as fh:
+        return [{k: v for k, v in row.items() if not k.endswith("per_s")}
+                for row in csv.DictReader(fh)]
+
+
+def test_a_run_resumed_with_its_data_moved_trains_on_bit_for_bit(launch):
+    _stopped_run("runs/a", epochs=3)
+    shutil.copytree(launch / "runs" / "a", launch / "runs" / "b")  # the same run, twice
+    # a: resumed with its data where it was, stopped again after epoch 2, then finished
+    with pytest.raises(Stop):
+        galmerge.train(resume="runs/a", quiet=True, on_epoch=_stop)
+    assert _invoke("train", "--resume", "runs/a", "--quiet").exit_code == 0
+    # b: its data moved; resumed with --source at the new place, stopped after epoch 2, then
+    # finished with no --source: config.toml names the new place
+    new = _move(launch, "source")
+    with pytest.raises(Stop):
+        galmerge.train(resume="runs/b", source=f"hdf5:{new}", quiet=True, on_epoch=_stop)
+    assert _config(launch / "runs" / "b")["source"] == f"hdf5:{new}"
+    result = _invoke("train", "--resume", "runs/b", "--quiet")
+    assert result.exit_code == 0, result.output
+    a, b = launch / "runs" / "a", launch / "runs" / "b"
+    assert len(_metrics(a)) == 3 and _metrics(a) == _metrics(b)
+    weights_a, weights_b = (read_checkpoint(r / "last.pt")["model"] for r in (a, b))
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
