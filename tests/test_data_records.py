@@ -1,7 +1,8 @@
 """What a run records of its data, read again: ``train --resume RUN --source NEW`` (the run's
 data moved apart from it, the same SHA-256) makes config.toml and env.json name NEW, so that
 ``evaluate RUN`` and a later ``--resume`` without ``--source`` find it, and the run trains on
-bit for bit as if the data had stayed."""
+bit for bit as if the data had stayed; ``train --config RUN/config.toml`` says in one warning
+line when a data file RUN trained on holds other data now."""
 
 from __future__ import annotations
 
@@ -141,3 +142,33 @@ def test_a_run_resumed_with_its_data_moved_trains_on_bit_for_bit(launch):
     weights_a, weights_b = (read_checkpoint(r / "last.pt")["model"] for r in (a, b))
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def _warnings(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if "warning" in line]
+
+
+def test_config_of_a_run_whose_data_changed_warns_in_one_line_and_trains(launch):
+    galmerge.train(**SPECS, epochs=1, run_dir="runs/a", **TRAIN)
+    again = ["train", "--config", "runs/a/config.toml", "--quiet"]
+    result = _invoke(*again, "--run-dir", "runs/same")  # the run's own data: nothing to say
+    assert result.exit_code == 0, result.output
+    assert _warnings(result) == [], result.stderr
+
+    file = launch / "data" / "source.h5"
+    write_pair(launch / "other", n=40, seed=5)
+    shutil.copyfile(launch / "other" / "source.h5", file)  # other data under the same name
+    result = _invoke(*again, "--run-dir", "runs/changed")
+    assert result.exit_code == 0, result.output
+    lines = _warnings(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("galmerge train: warning: ") and str(file) in lines[0], lines[0]
+    assert "changed since" in lines[0] and "SHA-256" in lines[0], lines[0]
+    recorded = _env(launch / "runs" / "a")["data"]["source"]["meta"]["file_sha256"]
+    now = _env(launch / "runs" / "changed")["data"]["source"]["meta"]["file_sha256"]
+    assert now != recorded and (launch / "runs" / "changed" / "summary.json").is_file()
+
+    # the file given here on purpose is the user's choice, not the run's data read again
+    result = _invoke(*again, "--run-dir", "runs/given", "--source", "hdf5:data/source.h5")
+    assert result.exit_code == 0, result.output
+    assert _warnings(result) == [], result.stderr

@@ -199,13 +199,14 @@ def changed_file(run_dir: Path, role: str, spec: Any) -> str | None:
     return path if sha and sha != recorded else None
 
 
-def data_changed_warning(command: str, run_dir: Path, role: str, file: str) -> str:
+def data_changed_warning(command: str, run_dir: Path, role: str, file: str,
+                         now: str = "these numbers are of the file as it is now") -> str:
     """The one-line warning of ``galmerge COMMAND`` that reads run ``run_dir``'s ``role`` data
-    from ``file``, whose content is not what the run trained on."""
+    from ``file``, whose content is not what the run trained on; ``now`` says what that means
+    for what the command makes (evaluate's numbers, train's new run)."""
     return (f"galmerge {command}: warning: {file} changed since {run_dir} trained on it as its "
             f"{role} data (its SHA-256 is not the one {Path(run_dir) / 'env.json'} records); "
-            "these numbers are of the file as it is now: restore the run's data to reproduce "
-            "its results")
+            f"{now}: restore the run's data to reproduce its results")
 
 
 def with_recorded_files(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:

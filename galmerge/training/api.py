@@ -120,6 +120,8 @@ def train(
             cfg = _study_stage(cfg, Path(config), quiet)  # a tune study's best.toml reused
         if isinstance(config, str | Path) and Path(config).name == rundir.CONFIG:
             rundir.note_rerun_environment(Path(config).parent, cfg.get("seed"), quiet)
+        if record:  # the data its run trained on, read again: other data under the same name?
+            _warn_changed_data(Path(str(config)).parent, cfg, cli_layer)
         out_dir = (
             Path(run_dir) if run_dir is not None
             else rundir.default_run_dir(*typed, cfg["strategy"], seed=int(cfg["seed"]))
@@ -466,6 +468,24 @@ def _same_data(given: str, recorded: str, run_dir: Path, role: str) -> bool:
         return False
     path = paths.expand(arg)
     return os.path.isfile(path) and paths.file_sha256(path) == sha
+
+
+def _warn_changed_data(run: Path, cfg: Mapping[str, Any], cli_layer: Mapping[str, Any]
+                       ) -> None:  # fmt: skip
+    """``train --config RUN/config.toml``: one warning line on stderr for each data spec taken
+    from RUN's record whose file holds other data now than the SHA-256 RUN's env.json records
+    (`paths.changed_file`). Not an error: a run's config is also a template, trained again on
+    purpose on data changed since; the new run's env.json records the file as it is now. A spec
+    given here (``--source``/``--target``) is the user's choice, not RUN's data. Rank 0 alone
+    hashes the file (the survey shares its digest with the other ranks as it loads it)."""
+    if not ddp.from_environment().is_main:
+        return
+    for role in paths.SPEC_KEYS:
+        changed = None if role in cli_layer else paths.changed_file(run, role, cfg.get(role))
+        if changed is not None:
+            print(paths.data_changed_warning("train", run, role, changed,
+                                             "this run trains on the file as it is now"),
+                  file=sys.stderr)
 
 
 def _same_checkpoint(given: str, recorded: str) -> bool:
