@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import json
 import math
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +21,7 @@ from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.io.private import check_private
 from galmerge.io.provenance import hide_userinfo, shown_spec
+from galmerge.runtime import code
 
 CONFIG, ENV, METRICS, SUMMARY, BEST, LAST = (
     "config.toml",
@@ -232,48 +231,6 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return with_recorded_files(read_toml(run_dir / CONFIG), run_dir)
 
 
-def _run_git(cwd: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-@functools.cache  # where this package lives, and whether git tracks it, is fixed per process
-def _own_checkout() -> Path | None:
-    """The top folder of the git checkout that tracks this very galmerge package; None when
-    galmerge is not in one. A galmerge installed into a ``.venv`` inside a user's own
-    repository is inside that repository's folder but not tracked by it: its commit and dirty
-    state would describe the user's project, not the code that ran."""
-    package = Path(__file__).resolve().parent.parent
-    top = _run_git(package, "rev-parse", "--show-toplevel")
-    if not top:
-        return None
-    try:
-        init = (package / "__init__.py").relative_to(Path(top).resolve())
-    except ValueError:
-        return None
-    tracked = _run_git(Path(top), "ls-files", "--error-unmatch", "--", init.as_posix())
-    return None if tracked is None else Path(top)
-
-
-def _git(*args: str) -> str | None:
-    """``git ARGS`` in galmerge's own checkout (`_own_checkout`); None without one."""
-    top = _own_checkout()
-    return None if top is None else _run_git(top, *args)
-
-
-def _git_commit() -> str | None:
-    return _git("rev-parse", "HEAD") or None
-
-
-def _git_dirty() -> bool | None:
-    """Whether galmerge's checkout has uncommitted changes to tracked files (None: no git)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return None if status is None else bool(status)
-
-
 def _versions() -> dict[str, str]:
     """Versions of the libraries whose arithmetic or data reading a run depends on."""
     from importlib import metadata
@@ -333,8 +290,8 @@ def environment(device: Any) -> dict[str, Any]:
         "cpu": cpu_description(),
         "galmerge": __version__,
         "plugins": plugins,
-        "git_commit": _git_commit(),
-        "git_dirty": _git_dirty(),  # True: the commit does not describe the code that ran
+        "git_commit": code.git_commit(),
+        "git_dirty": code.git_dirty(),  # True: the commit does not describe the code that ran
         "packages": _versions(),
         # no URL's user info in env.json (a database's or a survey option's password)
         "argv": [hide_userinfo(arg) for arg in sys.argv],
