@@ -127,7 +127,7 @@ def test_tune_cli_writes_the_study_folder_and_best_toml_trains(toys, tmp_path):
     assert "oracle" in (study / "report.md").read_text().lower()
     import galmerge
 
-    assert (f"by galmerge {galmerge.__version__} (Optuna " in (study / "report.md").read_text()
+    assert (f"by galmerge {galmerge.__version__}" in (study / "report.md").read_text()
             and "TPESampler, MedianPruner, study seed " in (study / "report.md").read_text())
     again = CliRunner().invoke(
         cli, ["train", "--config", str(study / "best.toml"), "--run-dir", str(tmp_path / "r"),

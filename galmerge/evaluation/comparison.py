@@ -13,6 +13,8 @@ import glob
 import io
 import json
 import math
+import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -179,7 +181,7 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
                          if k in settings})
         visible = (str(s["strategy"]), str(s["backbone"]), source, target, epochs, preset)
         key = (*visible, json.dumps(settings, sort_keys=True))
-        groups.setdefault(key, []).append(s)
+        groups.setdefault(key, []).append({**s, "_run_dir": os.path.abspath(run)})
         found[key] = settings
         measured.setdefault(key, []).append({k: exact[k] for k in MEASURED if k in exact})
     # the settings that tell apart groups the table's own columns show alike
@@ -206,6 +208,9 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
             "repeated_seeds": sorted({x for x in seeds if seeds.count(x) > 1}),
             # measured (or hand-given) [observe] numbers that differ between the row's runs
             "varying": _differing(measured[key]),
+            # where each number comes from: the runs, and the best.pt each summary names
+            "run_dirs": [m["_run_dir"] for m in members],
+            "best_sha256": [str(m.get("best_sha256") or "") for m in members],
         }
         for split in SPLITS:
             for name in METRIC_NAMES:
@@ -347,7 +352,19 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     text = ("\n".join(lines)
             + "\n\nMean ± sample standard deviation over seeds (test splits; one seed: mean "
             "only).\n")
-    return text + "".join(f"\n{line}\n" for line in notes(rows))
+    return text + "".join(f"\n{line}\n" for line in [*notes(rows), made_by(rows)])
+
+
+def made_by(rows: Sequence[dict[str, Any]]) -> str:
+    """The table's provenance line: when, by which galmerge code, from how many runs (the
+    CSV lists each run folder and its best.pt SHA-256)."""
+    from galmerge.io.provenance import code_identity, describe_code
+
+    n = sum(len(r["run_dirs"]) for r in rows)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return (f"Made {when} by {describe_code(code_identity())} from {n} run"
+            f"{'s' if n != 1 else ''} (`--output TABLE.csv` lists their folders and best.pt "
+            "SHA-256).")
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from galmerge import __version__
 from galmerge.config import rundir
 from galmerge.config.legacy import with_legacy_values
 from galmerge.config.paths import (
@@ -35,7 +34,7 @@ from galmerge.evaluation import plots
 from galmerge.evaluation.report import (
     write_evaluation_report,
 )
-from galmerge.io.provenance import sha256_file
+from galmerge.io.provenance import code_identity, sha256_file
 from galmerge.models.model import LoadedModel, load_model, read_checkpoint, save_checkpoint
 from galmerge.plugin.imageset import ImageSet
 from galmerge.runtime.rng import keeps_caller_rng
@@ -793,7 +792,7 @@ def evaluate(
         "backbone": config.get("backbone"),
         "seed": config.get("seed"),
         "evaluate_seed": int(seed),  # bootstrap, embedding and domain classifier
-        "galmerge_version": __version__,
+        **code_identity(),  # galmerge_version, galmerge_commit, galmerge_dirty
         "checkpoint_sha256": sha256_file(ckpt),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "temperature_used": t_used,

@@ -595,11 +595,15 @@ def _provenance(results: str | os.PathLike[str], model: str | os.PathLike[str],
                 target: str | None, labels: str | os.PathLike[str] | None) -> dict[str, Any]:
     """What this estimate was made from: the files (with SHA-256), the checkpoint whose source
     validation split gave the error rates, the bootstrap seed, and when and by which galmerge."""
-    from galmerge import __version__
-    from galmerge.io.provenance import sha256_file, sha256_file_once, stamped
+    from galmerge.io.provenance import (
+        code_identity,
+        sha256_file,
+        sha256_file_once,
+        stamped,
+    )
 
     out: dict[str, Any] = {
-        "galmerge_version": __version__, "results": str(results),
+        **code_identity(), "results": str(results),
         "results_sha256": sha256_file_once(results), "model": str(model),
         "checkpoint_sha256": checkpoint_sha256,
         "seed": int(seed), "source": source, "target": target, "created_utc": ""}

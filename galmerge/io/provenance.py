@@ -26,7 +26,8 @@ DEFAULT_SELECT = "source_val_loss"
 
 # FITS keywords (8 characters at most) for the record's keys
 FITS_KEYWORDS = {
-    "galmerge_version": "GMVERSN", "checkpoint_sha256": "CKPTSHA", "checkpoint": "CKPTFILE",
+    "galmerge_version": "GMVERSN", "galmerge_commit": "GMCOMMIT", "galmerge_dirty": "GMDIRTY",
+    "checkpoint_sha256": "CKPTSHA", "checkpoint": "CKPTFILE",
     "config_sha256": "CFGSHA", "survey": "SURVEY", "data_release": "DATAREL",
     "cutout_kind": "CUTKIND", "domain": "DOMAIN", "preprocessing": "PREPROC",
     "temperature": "TEMPERAT", "threshold": "THRESH", "selection_score": "SELECTBY",
@@ -135,17 +136,36 @@ def data_release(service: Any, options: Mapping[str, Any], cache_key: str) -> st
     return m.group(1) if m else ""
 
 
+def code_identity() -> dict[str, Any]:
+    """What every output records about the code that wrote it: ``galmerge_version``, and
+    ``galmerge_commit`` / ``galmerge_dirty`` where galmerge runs from its own git checkout
+    (None otherwise: an installed release is named by its version alone)."""
+    from galmerge import __version__
+    from galmerge.runtime import code
+
+    return {"galmerge_version": __version__, "galmerge_commit": code.git_commit(),
+            "galmerge_dirty": code.git_dirty()}
+
+
+def describe_code(record: dict[str, Any]) -> str:
+    """``galmerge 0.1.0 (commit 0123456789ab, with uncommitted changes)`` from an `code_identity`
+    record, for a line of a report."""
+    commit = record.get("galmerge_commit")
+    if not commit:
+        return f"galmerge {record.get('galmerge_version', '?')}"
+    dirty = ", with uncommitted changes" if record.get("galmerge_dirty") else ""
+    return f"galmerge {record.get('galmerge_version', '?')} (commit {str(commit)[:12]}{dirty})"
+
+
 def record(*, checkpoint: Path, config: Mapping[str, Any], survey: str, data_release: str,
            cutout_kind: str, domain: str, preprocessing: Mapping[str, Any], temperature: float,
            threshold: float, input: str | Path = "", input_sha256: str = "") -> dict[str, Any]:
     """The provenance record of one classify run (``created_utc`` is filled in when written).
     ``input``: the catalog or image file classified (recorded absolute), ``input_sha256`` its
     content; paths are recorded absolute so the record leads back from any folder."""
-    from galmerge import __version__
-
     return {
         "format": PROVENANCE_FORMAT,
-        "galmerge_version": __version__,
+        **code_identity(),  # galmerge_version, galmerge_commit, galmerge_dirty
         # absolute, link names kept (as run paths are): "toyrun/best.pt" names nothing elsewhere
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),

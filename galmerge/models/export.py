@@ -33,7 +33,7 @@ from galmerge import __version__
 from galmerge.data.preprocess import LN2, PreprocessSpec
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
-from galmerge.io.provenance import sha256_file
+from galmerge.io.provenance import code_identity, sha256_file
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -101,7 +101,7 @@ def describe(loaded: Any, domain: str) -> dict[str, Any]:
     spec = dict(loaded.preprocess[domain])
     return {
         "format": "galmerge-export/1",
-        "galmerge_version": __version__,
+        **code_identity(),  # galmerge_version, galmerge_commit, galmerge_dirty
         "domain": domain,
         "temperature": float(loaded.temperature),
         "preprocess": spec,

@@ -3,6 +3,7 @@
 A checkpoint is a dict that loads with ``torch.load(weights_only=True)``::
 
     {"format": "galmerge-checkpoint/1", "galmerge_version": str,
+     "galmerge_commit": str | None, "galmerge_dirty": bool | None,  # io.provenance.code_identity
      "backbone": str, "backbone_options": dict, "in_channels": int, "image_size": int,
      "num_classes": int, "model": state_dict, "temperature": float,
      "preprocess": {"source": spec, "target": spec},   # see galmerge.data.preprocess

@@ -24,10 +24,10 @@ def payload(
     """A checkpoint (see ``galmerge.models.model``); ``strategy_state`` holds the strategy modules'
     weights (a DANN discriminator, Fisher centres) for ``init_from``; ``shape`` is
     (in_channels, image_size); ``plugin_versions``: `plugin_record`'s (None: no record)."""
-    from galmerge import __version__
+    from galmerge.io.provenance import code_identity
 
     return {
-        "galmerge_version": __version__,
+        **code_identity(),  # galmerge_version, galmerge_commit, galmerge_dirty
         "backbone": config["backbone"],
         "backbone_options": dict(config["backbone_options"]),
         "in_channels": shape[0],

@@ -263,10 +263,10 @@ def _provenance(study: Any) -> dict[str, Any]:
     study's seed, and the time."""
     import optuna
 
-    from galmerge import __version__
+    from galmerge.io.provenance import code_identity
 
     settings = study.user_attrs.get("settings") or {}
-    return {"galmerge_version": __version__, "optuna_version": optuna.__version__,
+    return {**code_identity(), "optuna_version": optuna.__version__,
             "sampler": type(study.sampler).__name__, "pruner": type(study.pruner).__name__,
             "seed": settings.get("seed"),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -358,9 +358,11 @@ def _report(study_dir: Path, summary: Mapping[str, Any], rows: list[dict[str, An
     ]
     prov = summary.get("provenance")
     if prov:
-        lines += [f"Written {prov['created_utc']} by galmerge {prov['galmerge_version']} "
-                  f"(Optuna {prov['optuna_version']}, {prov['sampler']}, {prov['pruner']}, "
-                  f"study seed {prov['seed']}).", ""]
+        from galmerge.io.provenance import describe_code
+
+        lines += [f"Written {prov['created_utc']} by {describe_code(prov)}; Optuna "
+                  f"{prov['optuna_version']}, {prov['sampler']}, {prov['pruner']}, study seed "
+                  f"{prov['seed']}.", ""]
     guard = summary.get("guard")
     if guard is not None:
         lines += [
