@@ -84,6 +84,43 @@ def _checked_labels(labels: Any) -> torch.Tensor:
     return values.to(torch.int64)
 
 
+def _checked_bands(bands: Any) -> tuple[str, ...]:
+    """``bands`` as a tuple of plain strings (numpy strings from np.load, h5py or FITS headers
+    are subclasses of str), or a one-line GalmergeError when it is no sequence of names."""
+    if bands is None or isinstance(bands, bytes) or not hasattr(bands, "__iter__"):
+        raise GalmergeError(f"ImageSet bands must be one name per channel, e.g. "
+                            f"bands=('g', 'r', 'i'); got {_shown(bands)}")
+    return tuple(str(b) for b in bands)
+
+
+def _check_band_count(bands: tuple[str, ...], channels: int) -> None:
+    """One band name per image channel, or a one-line GalmergeError: the names are what a
+    checkpoint records and `classify` cuts stamps in, so a mismatch went unnoticed until a
+    model met a survey (or never, recorded wrong)."""
+    if len(bands) == channels:
+        return
+    guess: tuple[str, ...] = ()
+    if any("," in b for b in bands):  # "g,r,i", the HDF5 attribute's form, read letter by letter
+        guess = tuple(b.strip() for b in "".join(bands).split(",") if b.strip())
+    elif len(bands) == 1:  # ("gri",): one name for the three channels of a colour image
+        guess = tuple(bands[0])
+    if len(guess) == channels:
+        hint = f", e.g. bands={guess!r}"
+    elif not bands:
+        hint = f", e.g. bands={tuple(f'ch{i}' for i in range(channels))!r} if they have none"
+    else:
+        hint = ""
+    raise GalmergeError(
+        f"ImageSet has {channels} channel{'s' if channels != 1 else ''} but {len(bands)} "
+        f"band{'s' if len(bands) != 1 else ''} ({_shown_names(bands)}); give one band name per "
+        f"channel{hint}")
+
+
+def _shown_names(bands: tuple[str, ...]) -> str:
+    text = ", ".join(map(repr, bands))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _shown(value: Any) -> str:
     text = repr(value).replace("\n", " ")
     return text if len(text) <= 80 else text[:77] + "..."
@@ -125,7 +162,7 @@ class ImageSet:
                     setattr(self, key, value)
         # plain Python values: np.load, h5py and FITS headers give numpy strings and scalars
         # (subclasses of str and float), which a checkpoint's weights-only loader refuses
-        self.bands = tuple(str(b) for b in self.bands)
+        self.bands = _checked_bands(self.bands)
         if self.pixel_scale_arcsec is not None:
             self.pixel_scale_arcsec = float(self.pixel_scale_arcsec)
         if self.stretch_scale is not None:
@@ -134,6 +171,7 @@ class ImageSet:
             if isinstance(getattr(self, key), str):  # np.str_ -> str; anything else as given
                 setattr(self, key, str(getattr(self, key)))
         _check_images(self.images)
+        _check_band_count(self.bands, int(self.images.shape[1]))
         n = len(self.images)
         self.labels = _checked_labels(self.labels)
         self.ids = np.asarray(self.ids)
