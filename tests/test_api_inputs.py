@@ -1,4 +1,5 @@
-"""Input checks of the Python API: an ImageSet's band names against its channels.
+"""Input checks of the Python API: an ImageSet's band names against its channels (in memory and
+in an HDF5 file).
 
 Each mistake is one GalmergeError naming the thing and the fix, before any work."""
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import galmerge
+from galmerge.io import hdf5 as hdf5io
 
 
 def _imageset(channels: int = 3, **kw: Any) -> galmerge.ImageSet:
@@ -60,3 +62,43 @@ def test_imageset_bands_that_are_no_names_are_a_galmerge_error() -> None:
 def test_one_band_name_per_channel_is_taken_as_plain_strings() -> None:
     imageset = _imageset(1, bands=np.array(["r"]))
     assert imageset.bands == ("r",) and type(imageset.bands[0]) is str
+
+
+# ---- 2. an HDF5 file's bands attribute -------------------------------------------------------
+
+def _file(path: Path, bands: Any, channels: int = 3) -> Path:
+    """An image file as h5py (or an older galmerge) writes it, with this ``bands`` attribute."""
+    with h5py.File(path, "w") as f:
+        f["images"] = np.zeros((4, channels, 8, 8), np.float32)
+        f["labels"] = np.array([0, 1, 0, 1], np.int8)
+        if bands is not None:
+            f.attrs["bands"] = bands
+    return path
+
+
+@pytest.mark.parametrize("bands, fix", [
+    ("g,r", "attrs['bands'] = 'ch0,ch1,ch2'"),
+    ("gri", "attrs['bands'] = 'g,r,i'"),  # one name for three channels: the fix splits it
+])
+def test_a_file_whose_bands_disagree_with_its_channels_names_the_file_and_the_fix(
+        tmp_path: Path, bands: str, fix: str) -> None:
+    path = _file(tmp_path / "old.h5", bands)
+    with pytest.raises(galmerge.GalmergeError) as err:
+        galmerge.load_imageset(f"hdf5:{path}")
+    message = str(err.value)
+    assert message.startswith(f"{path}: dataset 'images' has 3 channels but attribute 'bands'")
+    assert fix in message and "or delete the attribute" in message and "\n" not in message
+
+
+def test_an_empty_bands_attribute_declares_no_names(tmp_path: Path) -> None:
+    """What galmerge wrote for an ImageSet without band names: the file loads, its channels
+    named as in a file without the attribute."""
+    path = _file(tmp_path / "unnamed.h5", "")
+    assert galmerge.load_imageset(f"hdf5:{path}").bands == ("ch0", "ch1", "ch2")
+    hdf5io.validate_imageset_file(path)
+
+
+def test_the_writer_refuses_bands_that_disagree_with_the_images(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="2 bands .* 3 channels"), \
+            hdf5io.ImageSetWriter(tmp_path / "w.h5", bands=("g", "r")) as writer:
+        writer.append(np.zeros((1, 3, 8, 8), np.float32))

@@ -98,6 +98,9 @@ class ImageSetWriter:
 
     def _create(self, images: np.ndarray, ids: np.ndarray | None) -> None:
         _, c, h, w = images.shape
+        if self._bands and len(self._bands) != c:  # else a file the reader refuses
+            raise ValueError(f"{len(self._bands)} bands ({','.join(self._bands)}) for images of "
+                             f"{c} channels; give one band name per channel")
         if self._dtype is not None:
             dtype = self._dtype
         else:
@@ -412,14 +415,7 @@ def validate_imageset_file(path: str | os.PathLike[str], *, check_finite: bool =
             raise _fail(
                 path, f"dataset 'images' has dtype {images.dtype}; expected float32 or uint8"
             )
-        if "bands" in f.attrs:
-            bands = _parse_bands(f.attrs["bands"])
-            if len(bands) != c:
-                raise _fail(
-                    path,
-                    f"dataset 'images' has {c} channels but attribute 'bands' lists "
-                    f"{len(bands)} ({','.join(bands)})",
-                )
+        declared_bands(f, path)
         if "labels" in f:
             labels = f["labels"]
             if labels.shape != (n,):
@@ -463,7 +459,32 @@ def _parse_bands(value: Any) -> tuple[str, ...]:
         value = value.decode()
     if isinstance(value, str):
         return tuple(b.strip() for b in value.split(",") if b.strip())
-    return tuple(str(v.decode() if isinstance(v, bytes) else v) for v in value)
+    if not isinstance(value, np.ndarray | list | tuple):  # a number: one name, as text
+        return (str(value.item() if isinstance(value, np.generic) else value),)
+    return tuple(str(v.decode() if isinstance(v, bytes) else v) for v in np.ravel(value))
+
+
+def declared_bands(f: h5py.File, path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The band names the file's ``bands`` attribute gives, one per channel of ``images``; ()
+    when it gives none (no attribute, or an empty one: what galmerge wrote for an ImageSet
+    without band names). Names that disagree with the channel count are a one-line
+    GalmergeError naming the file and the fix: a model trained on them would record wrong
+    bands, and `classify` cut stamps in them."""
+    bands = _parse_bands(f.attrs["bands"]) if "bands" in f.attrs else ()
+    c = int(f["images"].shape[1])
+    if bands and len(bands) != c:
+        names = ",".join(bands)
+        names = names if len(names) <= 60 else names[:57] + "..."
+        example = ",".join(bands[0]) if len(bands) == 1 and len(bands[0]) == c else \
+            ",".join(f"ch{i}" for i in range(min(c, 6))) + (",..." if c > 6 else "")
+        raise _fail(
+            Path(path),
+            f"dataset 'images' has {c} channels but attribute 'bands' lists {len(bands)} "
+            f"({names}); give one name per channel, comma-separated (e.g. "
+            f"h5py.File(FILE, 'r+').attrs['bands'] = '{example}'), or delete the attribute "
+            "(the channels are then named ch0, ch1, ...)",
+        )
+    return bands
 
 
 def _attr_str(attrs: h5py.AttributeManager, name: str) -> str | None:
@@ -517,10 +538,7 @@ def read_imageset(
             ids = np.arange(n, dtype=np.int64)
         ra = f["ra"][()].astype(np.float64) if "ra" in f else None
         dec = f["dec"][()].astype(np.float64) if "dec" in f else None
-        bands_attr = f.attrs.get("bands")
-        bands = _parse_bands(bands_attr) if bands_attr is not None else ()
-        if len(bands) != c:
-            bands = tuple(f"ch{i}" for i in range(c))
+        bands = declared_bands(f, path) or tuple(f"ch{i}" for i in range(c))
         survey = _attr_str(f.attrs, "survey") or f"hdf5:{path}"
         scale = f.attrs.get("pixel_scale_arcsec")
         pixel_scale = None if scale is None or not np.isfinite(scale) else float(scale)
