@@ -1,16 +1,20 @@
 """Input checks of the Python API: an ImageSet's band names against its channels (in memory and
-in an HDF5 file).
+in an HDF5 file), and numpy numbers in `evaluate` and `classify` arguments.
 
 Each mistake is one GalmergeError naming the thing and the fix, before any work."""
 
 from __future__ import annotations
 
+import csv
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import pytest
+from eval_helpers import tiny_run, write_pair
 
 import galmerge
 from galmerge.io import hdf5 as hdf5io
@@ -102,3 +106,87 @@ def test_the_writer_refuses_bands_that_disagree_with_the_images(tmp_path: Path) 
     with pytest.raises(ValueError, match="2 bands .* 3 channels"), \
             hdf5io.ImageSetWriter(tmp_path / "w.h5", bands=("g", "r")) as writer:
         writer.append(np.zeros((1, 3, 8, 8), np.float32))
+
+
+# ---- 3. evaluate and classify: numpy numbers, wrong types -----------------------------------
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A one-epoch run (two steps) and its target's image file."""
+    root = tmp_path_factory.mktemp("api-inputs")
+    source, target = write_pair(root / "data", n=40)
+    tiny_run(root / "run", source, target, epochs=1, max_steps_per_epoch=2)
+    return root / "run", Path(target.removeprefix("hdf5:"))
+
+
+def test_evaluate_takes_numpy_numbers(run: tuple[Path, Path]) -> None:
+    run_dir, _ = run
+    metrics = galmerge.evaluate(run_dir, device="cpu", quiet=True, bootstrap=np.int64(3),
+                                seed=np.int64(1), embedding_points=np.int32(8))
+    assert metrics["evaluate_seed"] == 1
+    written = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert written["evaluate_seed"] == 1
+
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(bootstrap="50"), "bootstrap must be a whole number, got '50'; give the number "
+                           "itself, bootstrap=50"),
+    (dict(bootstrap=2.5), "bootstrap must be a whole number, got 2.5"),
+    (dict(seed=True), "seed must be a whole number, got True"),
+    (dict(embedding_points=np.float64(100.0)), "embedding_points must be a whole number"),
+    (dict(embedding_points=np.bool_(True)), "embedding_points must be a whole number"),
+])
+def test_evaluate_refuses_arguments_that_are_no_whole_numbers(
+        run: tuple[Path, Path], tmp_path: Path, kw: dict[str, Any], says: str) -> None:
+    run_dir, _ = run
+    with pytest.raises(galmerge.GalmergeError) as err:
+        galmerge.evaluate(run_dir, device="cpu", quiet=True, **kw)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_classify_takes_numpy_numbers(run: tuple[Path, Path], tmp_path: Path) -> None:
+    run_dir, images = run
+    out = tmp_path / "out.csv"
+    summary = galmerge.classify(
+        images, run_dir, output=out, device="cpu", quiet=True, batch_size=np.int64(16),
+        threshold=np.float32(0.4), workers=np.int64(2), chunk_rows=np.int64(16),
+        flush_rows=np.int32(8), prior=np.float64(0.1), mc_dropout=np.int64(3),
+        shard_timeout=np.float32(60))
+    assert summary.rows == summary.ok == 40
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 40 and "p_merger_std" in rows[0]  # the 3 MC-dropout passes
+    assert all((float(r["p_merger"]) >= 0.4) == (r["is_merger"] == "1") for r in rows)
+
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(batch_size="64"), "batch_size must be a whole number, got '64'; give the number "
+                            "itself, batch_size=64"),
+    (dict(batch_size=2.5), "batch_size must be a whole number, got 2.5"),
+    (dict(chunk_rows=16.0), "chunk_rows must be a whole number, got 16.0; give it as an int, "
+                            "chunk_rows=16"),
+    (dict(workers=True), "workers must be a whole number, got True"),
+    (dict(mc_dropout=np.float64(3.5)), "mc_dropout must be a whole number or None"),
+    (dict(threshold="0.4"), "threshold must be a number, got '0.4'; give the number itself, "
+                            "threshold=0.4"),
+    (dict(threshold=np.bool_(True)), "threshold must be a number, got np.True_"),
+    (dict(prior=True), "prior must be a number or None, got True"),
+])
+def test_classify_refuses_arguments_of_the_wrong_type_before_any_work(
+        run: tuple[Path, Path], tmp_path: Path, kw: dict[str, Any], says: str) -> None:
+    run_dir, images = run
+    out = tmp_path / "out.csv"
+    with pytest.raises(galmerge.GalmergeError) as err:
+        galmerge.classify(images, run_dir, output=out, device="cpu", quiet=True, **kw)
+    assert says in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_classify_of_a_file_whose_bands_disagree_names_the_file(
+        run: tuple[Path, Path], tmp_path: Path) -> None:
+    run_dir, _ = run
+    path = _file(tmp_path / "stamps.h5", "g,r", channels=3)
+    with pytest.raises(galmerge.GalmergeError, match=rf"^{re.escape(str(path))}: .*3 channels "
+                                                     r"but attribute 'bands' lists 2 .*attrs"):
+        galmerge.classify(path, run_dir, output=tmp_path / "out.csv", device="cpu", quiet=True)
+    assert not (tmp_path / "out.csv").exists()

@@ -66,6 +66,7 @@ from galmerge.errors import GalmergeError
 from galmerge.io import atomic
 from galmerge.io.provenance import data_release, sha256_file_once, shown_spec
 from galmerge.io.provenance import record as provenance_record
+from galmerge.plugin.options import plain_number
 from galmerge.runtime.devices import check_device_name
 
 DEFAULT_CHUNK_ROWS = 4096
@@ -457,8 +458,20 @@ def classify(
     ``_member`` (internal, set by the ensemble): ``(i, n)``, model i of n: its progress is
     labelled so and it prints no closing summary (the ensemble prints one for its output).
     """
-    if mc_dropout is not None and (isinstance(mc_dropout, bool) or not isinstance(mc_dropout, int)
-                                   or not 2 <= mc_dropout <= 1000):  # a typo ran for days
+    # numpy numbers from a notebook are the numbers they hold; other types, one line naming
+    # the argument (assignments only: the ensemble branch passes on locals())
+    batch_size = plain_number("batch_size", batch_size, whole=True)
+    workers = plain_number("workers", workers, whole=True)
+    chunk_rows = plain_number("chunk_rows", chunk_rows, whole=True)
+    flush_rows = plain_number("flush_rows", flush_rows, whole=True)
+    cache_keepbits = plain_number("cache_keepbits", cache_keepbits, whole=True, optional=True)
+    mc_dropout = plain_number("mc_dropout", mc_dropout, whole=True, optional=True)
+    threshold = plain_number("threshold", threshold)
+    shard_timeout = plain_number("shard_timeout", shard_timeout, optional=True)
+    heartbeat_timeout = plain_number("heartbeat_timeout", heartbeat_timeout, optional=True)
+    if not isinstance(prior, str):  # "auto" or a fraction, as text or a number
+        prior = plain_number("prior", prior, optional=True)
+    if mc_dropout is not None and not 2 <= mc_dropout <= 1000:  # a typo ran for days
         raise GalmergeError(f"--mc-dropout must be a whole number of passes from 2 to 1000 "
                             f"(10 to 100 is usual), got {mc_dropout!r}")
     if mc_dropout and not isinstance(model, str | os.PathLike) and len(list(model)) > 1:

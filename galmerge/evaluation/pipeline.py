@@ -37,6 +37,7 @@ from galmerge.evaluation.report import (
 from galmerge.io.provenance import code_identity, sha256_file
 from galmerge.models.model import LoadedModel, load_model, read_checkpoint, save_checkpoint
 from galmerge.plugin.imageset import ImageSet
+from galmerge.plugin.options import plain_number
 from galmerge.runtime.rng import keeps_caller_rng
 from galmerge.scores import selection
 from galmerge.scores.calibration import expected_calibration_error, fit_temperature, nll
@@ -659,6 +660,10 @@ def evaluate(
     """Evaluate a run directory; writes ``RUN_DIR/report/`` and returns the metrics.json payload."""
     from galmerge.runtime.devices import resolve_device
 
+    # numpy numbers from a notebook are the numbers they hold; other types, one line
+    bootstrap = plain_number("bootstrap", bootstrap, whole=True)
+    embedding_points = plain_number("embedding_points", embedding_points, whole=True)
+    seed = plain_number("seed", seed, whole=True)
     run = Path(run_dir)
     if not (run / rundir.CONFIG).is_file():
         raise GalmergeError(

@@ -117,6 +117,32 @@ def plain(value: Any) -> Any:
     return value
 
 
+def plain_number(name: str, value: Any, *, whole: bool = False, optional: bool = False) -> Any:
+    """A Python API argument that takes a number (``whole``: a whole number; ``optional``: or
+    None) as a plain ``int``/``float``: numpy numbers through `plain`, as `train` takes them.
+    Anything else (a string, a bool, a fraction or a float where a whole number is due) is a
+    one-line GalmergeError naming the argument, worded as `train`'s (``epochs must be a whole
+    number``); the CLI's typed options always pass this check."""
+    number = plain(value)
+    if number is None and optional:
+        return None
+    if not isinstance(number, bool) and (
+            isinstance(number, int) or not whole and isinstance(number, float)):
+        return number
+    kind = "a whole number" if whole else "a number"
+    hint = ""
+    if isinstance(number, str):  # "64": text of a number, e.g. read from a file or a widget
+        try:
+            parsed = int(number) if whole else float(number)
+            hint = f"; give the number itself, {name}={parsed!r}"
+        except ValueError:
+            pass
+    elif whole and isinstance(number, float) and number.is_integer():
+        hint = f"; give it as an int, {name}={int(number)}"
+    raise GalmergeError(f"{name} must be {kind}{' or None' if optional else ''}, got "
+                        f"{value!r}{hint}")
+
+
 def schema_from_defaults(defaults: Mapping[str, Any]) -> dict[str, Option]:
     """The schema of a record that declares only default values."""
     return {k: v if isinstance(v, Option) else Option(v) for k, v in defaults.items()}
