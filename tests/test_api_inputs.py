@@ -63,11 +63,6 @@ def test_imageset_bands_that_are_no_names_are_a_galmerge_error() -> None:
         _imageset(bands=None)
 
 
-def test_one_band_name_per_channel_is_taken_as_plain_strings() -> None:
-    imageset = _imageset(1, bands=np.array(["r"]))
-    assert imageset.bands == ("r",) and type(imageset.bands[0]) is str
-
-
 # ---- 2. an HDF5 file's bands attribute -------------------------------------------------------
 
 def _file(path: Path, bands: Any, channels: int = 3) -> Path:
