@@ -637,6 +637,38 @@ def _terminate_cleanly() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def open_inference(model: Any, domain: str, device: str, batch_size: int, local_rank: int = 0,
+                   mc_dropout: int = 0) -> tuple[Any, str]:
+    """The model as classify applies it, and a note for the user ("" if none): a ``.onnx``
+    file (`galmerge export`) through ONNX Runtime on the CPU (the note names a ``device`` it
+    does not use), else the checkpoint or run directory (`_Inference`)."""
+    if str(model).lower().endswith(".onnx"):  # `galmerge export` output: ONNX Runtime, CPU
+        from galmerge.models.export import OnnxInference
+
+        if mc_dropout:
+            raise GalmergeError(f"--mc-dropout: {model} is an exported ONNX model, whose dropout "
+                                "is folded away; pass the run directory instead")
+        note = ""
+        if check_device_name(device) not in ("auto", "cpu"):
+            note = f"{model} runs on the CPU (ONNX Runtime); --device {device} is not used"
+        return OnnxInference(model, domain, batch_size), note
+    return _Inference(model, domain, device, batch_size, local_rank, mc_dropout), ""
+
+
+def add_inference_record(prov: dict[str, Any], infer: Any, mc_dropout: int = 0) -> None:
+    """What the provenance record says of the model as applied: the checkpoint an ONNX export
+    came from, the shift statistics, the MC-dropout passes."""
+    exported_from = getattr(infer, "exported_from", None)
+    if exported_from is not None:  # an ONNX export: checkpoint_sha256 is the .onnx file's
+        prov["exported_from_checkpoint_sha256"] = exported_from
+    shift = getattr(infer, "shift", None)
+    if shift is not None:
+        prov["shift_threshold"] = float(shift["threshold"])
+        prov["shift_stats_sha256"] = shift["meta"].get("sha256", "")
+    if mc_dropout:
+        prov["mc_dropout"] = int(mc_dropout)
+
+
 def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show: bool,
                      t0: float, *, survey: str, cache: Any, ra_col: str | None,
                      dec_col: str | None, id_col: str | None, batch_size: int, device: str,
@@ -647,18 +679,10 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
                      prior_from: Any, quiet: bool, mc_dropout: int = 0,
                      prior_rule: str = "match",
                      member: tuple[int, int] | None = None) -> ClassifySummary:
-    if str(model).lower().endswith(".onnx"):  # `galmerge export` output: ONNX Runtime, CPU
-        from galmerge.models.export import OnnxInference
-
-        if mc_dropout:
-            raise GalmergeError(f"--mc-dropout: {model} is an exported ONNX model, whose dropout "
-                                "is folded away; pass the run directory instead")
-        infer: Any = OnnxInference(model, domain, batch_size)
-        if check_device_name(device) not in ("auto", "cpu") and dist.is_main and not quiet:
-            print(f"galmerge: {model} runs on the CPU (ONNX Runtime); --device {device} is not "
-                  "used", file=sys.stderr)
-    else:
-        infer = _Inference(model, domain, device, batch_size, dist.local_rank, mc_dropout)
+    infer, device_note = open_inference(model, domain, device, batch_size, dist.local_rank,
+                                        mc_dropout)
+    if device_note and dist.is_main and not quiet:
+        print(f"galmerge: {device_note}", file=sys.stderr)
     extra = list(getattr(infer, "extra", []))
     # the spec as printed and recorded: no URL's user info (the request itself uses `survey`)
     shown = shown_spec(survey)
@@ -780,15 +804,8 @@ def _classify_locked(cat_path: Path, model: Any, out_path: Path, dist: Any, show
         data_release=release, cutout_kind=kind, domain=domain, preprocessing=dict(infer.spec),
         temperature=infer.loaded.temperature, threshold=float(threshold), input=cat_path,
         input_sha256=sha256_file_once(cat_path) if cat_path.is_file() else "")
-    exported_from = getattr(infer, "exported_from", None)
-    if exported_from is not None:  # an ONNX export: checkpoint_sha256 is the .onnx file's
-        prov["exported_from_checkpoint_sha256"] = exported_from
+    add_inference_record(prov, infer, mc_dropout)
     shift = getattr(infer, "shift", None)
-    if shift is not None:
-        prov["shift_threshold"] = float(shift["threshold"])
-        prov["shift_stats_sha256"] = shift["meta"].get("sha256", "")
-    if mc_dropout:
-        prov["mc_dropout"] = int(mc_dropout)
     tally = merge_parts(parts_dir, sig, dist.world, out_path, source.columns, show,
                         shard_timeout, heartbeat_timeout,
                         arrow_types=getattr(source, "arrow_types", None), provenance=prov,
@@ -893,15 +910,7 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: SurveyService | N
     names = list(getattr(infer, "extra", []))
     extra = {name: np.full(n, np.nan) for name in names}
     if store is None:  # an HDF5 image file: the stamps are already here
-        images = source.read(chunk)
-        finite = np.isfinite(images.reshape(n, -1)).all(axis=1)
-        status[~finite] = "bad-image: non-finite pixels"
-        good = np.flatnonzero(status == "")
-        if len(good):
-            p[good], more = infer.predict(images[good])
-            for name in names:
-                extra[name][good] = more[name]
-        status[good] = STATUS_OK
+        classify_stamps(source.read(chunk), infer, status, p, extra)
     else:
         rows = np.flatnonzero(status == "")
         keys = [make_key(chunk.ids[i], chunk.ra[i], chunk.dec[i]) for i in rows]
@@ -923,17 +932,41 @@ def _classify_chunk(chunk: CatalogChunk, source: Any, service: SurveyService | N
                 p[i] = key_p[key][0]
                 for name, value in zip(names, key_p[key][1:], strict=True):
                     extra[name][i] = value
+    flag = finish_stamps(p, extra, status, threshold)
+    return ResultBlock(chunk.columns, p, flag, status, extra)
+
+
+def classify_stamps(images: np.ndarray, infer: Any, status: np.ndarray, p: np.ndarray,
+                    extra: dict[str, np.ndarray]) -> None:
+    """Stamps in hand (an HDF5 image file's, or `galmerge.predict`'s): ``p`` and ``extra``
+    filled in place for the rows whose ``status`` is "" and whose pixels are all finite, which
+    become ``ok``; a stamp with NaN/inf pixels gets ``bad-image``."""
+    finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+    status[~finite & (status == "")] = "bad-image: non-finite pixels"
+    good = np.flatnonzero(status == "")
+    if len(good):
+        p[good], more = infer.predict(images[good])
+        for name in extra:
+            extra[name][good] = more[name]
+    status[good] = STATUS_OK
+
+
+def finish_stamps(p: np.ndarray, extra: dict[str, np.ndarray], status: np.ndarray,
+                  threshold: float) -> np.ndarray:
+    """The ``is_merger`` column (-1 where there is no p_merger); a row ``ok`` whose model
+    output is not finite becomes ``model-failed``, and its extra values NaN (``shift_flag``
+    -1), in place."""
     # 'ok' promises a probability in [0, 1]: a model whose output overflowed does not get it
     status[(status == STATUS_OK) & ~np.isfinite(p)] = "model-failed: non-finite output"
     flag = np.where(np.isfinite(p), (p >= threshold).astype(np.int8), -1).astype(np.int8)
     bad = ~np.isfinite(p)
-    for name in names:
+    for name in list(extra):
         values = extra[name]
         if name == "shift_flag":  # int8: -1 where there is no score
             extra[name] = np.where(bad | ~np.isfinite(values), -1, values).astype(np.int8)
         else:
             values[bad] = np.nan
-    return ResultBlock(chunk.columns, p, flag, status, extra)
+    return flag
 
 
 def _infer_keys(keys: list[str], first: dict[str, int], chunk: CatalogChunk,
