@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -348,7 +348,7 @@ def predict(
     images: galmerge.ImageSet | Any,
     model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
-    ids: Sequence[Any] | None = None,
+    ids: Iterable[Any] | None = None,
     domain: str = "target",
     device: str = "auto",
     batch_size: int = 256,
@@ -361,11 +361,14 @@ def predict(
     written. The same model code, ensemble rule and prior rescaling as `classify` of an HDF5
     image file, so the values are the ones ``galmerge classify`` gives for the same images.
 
-    :param images: a `galmerge.ImageSet` (its bands and pixel scale are checked against the
-        model's, as for an image file), or a numpy array or torch tensor of shape (N, C, H, W)
-        of raw fluxes, preprocessed by the model's own spec as in training.
+    :param images: a `galmerge.ImageSet` (its bands, pixel scale and ``image_source`` are
+        checked against the model's, as for an image file), or a numpy array or torch tensor
+        (any float type, any device) of shape (N, C, H, W) of raw fluxes, preprocessed by the
+        model's own spec as in training. 8-bit pixels for a model of calibrated fluxes, and
+        boolean, complex or text pixels, are refused.
     :param model: a run directory (its ``best.pt``), a checkpoint file or an exported ``.onnx``
-        file; a list of several: an ensemble (mean ``p_merger`` and ``p_merger_std``).
+        file; a list of several: an ensemble (mean ``p_merger`` and ``p_merger_std``), whose
+        members must take the same stamps (checked before any classifies).
     :param ids: one identifier per image for the ``id`` column (default: the ImageSet's ids,
         else 0..N-1).
     :param domain: ``"target"`` or ``"source"``: whose preprocessing (and, for a model with
@@ -374,16 +377,20 @@ def predict(
     :param batch_size: images per forward pass.
     :param threshold: ``is_merger`` is 1 where ``p_merger >= threshold``.
     :param prior: rescale ``p_merger`` to the survey's merger fraction: a value (e.g. 0.05) or
-        ``"auto"`` (EM estimate), fitted on these images; default unchanged.
-    :param prior_rule: how ``prior=VALUE`` rescales: ``"match"`` (default) or ``"bayes"``.
-    :param mc_dropout: N >= 2: ``p_merger`` is the mean of N passes with the dropout layers
-        active, ``p_merger_std`` their spread (not with several models).
+        ``"auto"`` (the EM estimate on these images); default unchanged.
+    :param prior_rule: how ``prior=VALUE`` rescales: ``"match"`` (default: one logit offset so
+        the mean ``p_merger`` of these images equals VALUE) or ``"bayes"`` (Bayes' rule from
+        the training set's merger fraction).
+    :param mc_dropout: N from 2 to 1000: ``p_merger`` is the mean of N passes with the dropout
+        layers active, ``p_merger_std`` their spread (not with several models).
     :returns: an astropy ``Table``, one row per image in input order: ``id`` (and an
         ImageSet's ``ra``, ``dec``, ``label``), ``p_merger``, ``is_merger`` (-1 where there is no
         value), ``status`` (``ok``, ``bad-image: non-finite pixels`` or ``model-failed: ...``),
         and, as classify writes them, ``shift_score``/``shift_flag`` and ``p_merger_std``.
         ``table.meta["galmerge"]`` holds classify's provenance record; its ``input_sha256`` is
-        the SHA-256 of the images as float32 C-order bytes.
+        the SHA-256 of the images as float32 C-order bytes, its ``notes`` what was printed on
+        stderr (e.g. a run without shift statistics). ECSV, Parquet and HDF5 (with
+        ``serialize_meta=True``) keep that record; FITS drops it with a warning.
     """
     arguments = dict(locals())  # before the import below adds a name
     from galmerge.classification.predict import predict as _predict

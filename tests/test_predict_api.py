@@ -4,6 +4,7 @@ prior, MC-dropout), and one-line errors for what is not a stack of the model's s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -12,10 +13,11 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from eval_helpers import tiny_run, write_pair
 
 import galmerge
-from galmerge.io.hdf5 import read_imageset
+from galmerge.io.hdf5 import read_imageset, write_imageset
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tiny_run(a, source, target, epochs=1, backbone_options={"dropout": 0.2})
     tiny_run(b, source, target, epochs=1, seed=1, backbone_options={"dropout": 0})
     path = Path(target.removeprefix("hdf5:"))
-    return {"a": a, "b": b, "file": path, "set": read_imageset(path)}
+    # the same stamps named as other bands at another pixel scale: a model of other images
+    other = root / "other"
+    for name in ("source", "target"):
+        s = read_imageset(root / "data" / f"{name}.h5")
+        write_imageset(other / f"{name}.h5", dataclasses.replace(
+            s, bands=("u", "g", "r"), pixel_scale_arcsec=0.2))
+    tiny_run(root / "ugr", f"hdf5:{other / 'source.h5'}", f"hdf5:{other / 'target.h5'}",
+             epochs=1)
+    return {"a": a, "b": b, "ugr": root / "ugr", "file": path, "set": read_imageset(path)}
 
 
 def _classified(runs: dict[str, Any], tmp_path: Path, model: Any, **kw: Any) -> dict[str, Any]:
@@ -189,3 +199,75 @@ def test_the_table_writes_to_fits_and_ecsv(runs: dict[str, Any], tmp_path: Path)
     with pytest.warns(AstropyUserWarning, match="galmerge"):  # a header takes no nested record
         table.write(tmp_path / "p.fits")
     np.testing.assert_array_equal(Table.read(tmp_path / "p.fits")["status"], table["status"])
+
+
+def test_stamps_any_model_of_the_ensemble_refuses_are_refused_before_any_work(
+        runs: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members taking other bands, and stamps classify refuses in a file (another image
+    source, 8-bit pixels for a model of fluxes), are one line before a model classifies."""
+    from galmerge.classification import pipeline
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("classified before the refusal")
+
+    monkeypatch.setattr(pipeline, "classify_stamps", never)
+    s = runs["set"]
+    cases = [
+        (s.images.numpy(), [runs["a"], runs["ugr"]], "take different stamps"),
+        (s, [runs["a"], runs["ugr"]], "bands g,r,i but the model takes u,g,r"),
+        (dataclasses.replace(s, image_source="jpeg"), runs["a"], "image_source 'jpeg'"),
+        (np.zeros((2, 3, 16, 16), np.uint8), runs["a"], "8-bit pixels"),
+        (np.zeros((2, 3, 16, 16), np.complex64), runs["a"], "dtype complex64"),
+        (torch.zeros((2, 3, 16, 16), dtype=torch.bool), runs["a"], "dtype bool"),
+        (np.zeros((2, 16, 16, 3), np.float32), runs["a"], r"numpy.moveaxis\(images, -1, 1\)"),
+        ([np.zeros((3, 16, 16))], runs["a"], r"numpy.stack\(images\)"),
+    ]
+    for images, model, says in cases:
+        with pytest.raises(galmerge.GalmergeError, match=says) as info:
+            galmerge.predict(images, model, device="cpu")
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("model", [None, 3, {"run": 1}])
+def test_a_model_that_is_no_path_is_one_line(runs: dict[str, Any], model: Any) -> None:
+    with pytest.raises(galmerge.GalmergeError, match="give a run directory") as info:
+        galmerge.predict(np.zeros((2, 3, 16, 16), np.float32), model)
+    assert "\n" not in str(info.value)
+
+
+def test_any_float_tensor_is_classified_as_float32(runs: dict[str, Any]) -> None:
+    """bfloat16 (no numpy type), a tensor that needs its gradient, ids from a generator."""
+    pixels = runs["set"].images
+    expected = galmerge.predict(pixels.to(torch.bfloat16).float(), runs["a"], device="cpu")
+    got = galmerge.predict(pixels.to(torch.bfloat16), runs["a"], device="cpu")
+    np.testing.assert_array_equal(got["p_merger"], expected["p_merger"])
+    grad = pixels.clone().requires_grad_(True)
+    table = galmerge.predict(grad, runs["a"], device="cpu", ids=(f"g{i}" for i in
+                                                                   range(len(pixels))))
+    np.testing.assert_array_equal(
+        table["p_merger"], galmerge.predict(pixels, runs["a"], device="cpu")["p_merger"])
+    assert table["id"][0] == "g0"
+
+
+def test_classifys_notes_are_printed_and_recorded(runs: dict[str, Any], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A run without shift statistics, and an export whose checkpoint changed since: what
+    classify prints goes to stderr and into the record."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(runs["b"], bare)
+    (bare / "shift_stats.npz").unlink()
+    table = galmerge.predict(runs["set"], bare, device="cpu")
+    err = capsys.readouterr().err
+    assert "shift" in err and "shift_score" not in table.colnames
+    assert table.meta["galmerge"]["notes"] == [err.strip().removeprefix("galmerge: ")]
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    shutil.copytree(runs["a"], run)
+    onnx = galmerge.export_model(run, "onnx", tmp_path / "m.onnx")
+    galmerge.predict(runs["set"], onnx, device="cuda")  # ONNX Runtime runs on the CPU
+    assert "--device cuda is not used" in capsys.readouterr().err
+    shutil.copyfile(runs["b"] / "best.pt", run / "best.pt")  # best.pt changed since the export
+    galmerge.predict(runs["set"], onnx)
+    assert "export it again" in capsys.readouterr().err

@@ -12,6 +12,8 @@
 - ``parquet``: Parquet catalogs and outputs.
 - ``hats``: HATS catalogs classified partition by partition on Dask.
 - ``ensemble``: ``--model RUN_A --model RUN_B``, several models as one.
+- ``predict``: ``galmerge.predict``, stamps held in memory classified by the same code, into an
+  astropy Table.
 
 May import: ``fractions``, ``models``, ``data``, ``io``, ``runtime``, ``plugin``, ``errors``;
 never training, evaluation or surveys (a survey comes through its plugin record).

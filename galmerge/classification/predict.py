@@ -1,20 +1,24 @@
 """`galmerge.predict`: classify images held in memory (a notebook's arrays), no files written.
 
-The same model code as `galmerge classify` of an HDF5 image file (`_Inference`: the run's
-preprocessing, BatchNorm statistics of the chosen domain, temperature, shift score, MC-dropout;
-an exported ``.onnx`` file through ONNX Runtime), the same ensemble rule
-(`galmerge.classification.ensemble`: mean ``p_merger``, ``p_merger_std``, the shift score
-relative to each member's threshold) and the same prior rescaling (`galmerge.fractions.prior`),
-so a set classified here and written to HDF5 and classified by ``classify`` gets the same
-values. The result is an astropy `~astropy.table.Table` with classify's columns and its
-provenance record in ``table.meta["galmerge"]``.
+The same code as `galmerge classify` of an HDF5 image file: the model as classify opens it
+(`pipeline.open_inference`: the run's preprocessing, BatchNorm statistics of the chosen domain,
+temperature, shift score, MC-dropout; an exported ``.onnx`` file through ONNX Runtime), the
+stamps' checks (`inputs.check_stamps_fit`), the rows' statuses (`pipeline.classify_stamps`,
+`pipeline.finish_stamps`), the ensemble rule (`galmerge.classification.ensemble`: mean
+``p_merger``, ``p_merger_std``, the shift score relative to each member's threshold) and the
+prior rescaling (`galmerge.fractions.prior`). A set classified here, and written to HDF5 and
+classified by ``classify``, gets the same values. The result is an astropy
+`~astropy.table.Table` with classify's columns and its provenance record in
+``table.meta["galmerge"]``; what classify prints as notes (a stale export, missing shift
+statistics) goes to stderr and to the record's ``notes``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +28,13 @@ from galmerge.errors import GalmergeError
 
 #: images read, checked and classified per step (a lazy ImageSet's memory stays flat)
 CHUNK_ROWS = 4096
-BAD_IMAGE = "bad-image: non-finite pixels"
-MODEL_FAILED = "model-failed: non-finite output"
 
 
 def predict(
     images: Any,
-    model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    model: Any,
     *,
-    ids: Sequence[Any] | np.ndarray | None = None,
+    ids: Iterable[Any] | None = None,
     domain: str = "target",
     device: str = "auto",
     batch_size: int = 256,
@@ -43,66 +45,77 @@ def predict(
 ) -> Any:
     """``p_merger`` of every image; see `galmerge.predict` for the arguments."""
     from galmerge.classification.pipeline import _parse_prior_options, _refuse_torchscript
-    from galmerge.plugin.options import plain
+    from galmerge.plugin.options import plain_number
     from galmerge.runtime.devices import check_device_name
 
-    batch_size = _whole(plain(batch_size), "batch_size", 1)
-    threshold = _number(plain(threshold), "threshold")
+    batch_size = plain_number("batch_size", batch_size, whole=True)
+    threshold = plain_number("threshold", threshold)
+    mc = plain_number("mc_dropout", mc_dropout, whole=True, optional=True) or 0
+    if batch_size < 1:
+        raise GalmergeError(f"batch_size must be at least 1, got {batch_size}")
     if not 0.0 <= threshold <= 1.0:
         raise GalmergeError(f"threshold must be in [0, 1], got {threshold}")
     if domain not in ("source", "target"):
         raise GalmergeError(f"domain must be 'source' or 'target', got {domain!r}")
-    mc = 0 if mc_dropout is None else _whole(plain(mc_dropout), "mc_dropout", 2)
-    if mc > 1000:
+    if mc and not 2 <= mc <= 1000:
         raise GalmergeError(f"mc_dropout must be a whole number of passes from 2 to 1000 "
                             f"(10 to 100 is usual), got {mc}")
-    prior, rule = _parse_prior_options(plain(prior), prior_rule)
+    prior, rule = _parse_prior_options(
+        prior if prior is None or isinstance(prior, str) else plain_number("prior", prior),
+        prior_rule)
     check_device_name(device)
-    models = [model] if isinstance(model, str | os.PathLike) else list(model)
-    if not models or not all(isinstance(m, str | os.PathLike) for m in models):
-        raise GalmergeError("model: give a run directory, a checkpoint or an .onnx file (or a "
-                            f"list of them for an ensemble), got {model!r}")
-    models = [str(m) for m in models]
-    if len(set(models)) != len(models):
-        raise GalmergeError("model: the same run given twice; an ensemble needs distinct models")
+    models = _models(model)
     if mc and len(models) > 1:
         raise GalmergeError("mc_dropout with several models: not supported (both would fill "
                             "p_merger_std); use an ensemble or MC-dropout, not both")
     _refuse_torchscript(models)
     columns, n = _input_columns(images, ids)
+    _check_pixels(images)
+    specs = [_member_spec(m, domain) for m in models]  # every refusal before any work
+    for member, spec in zip(models, specs, strict=True):
+        _check_images(images, spec, member)
+    _check_members(models, specs)
 
     members: list[dict[str, Any]] = []
-    inputs_sha, first_shape = "", None
-    for member in models:  # one model in memory at a time
-        infer = _inference(member, domain, device, batch_size, mc)
-        if first_shape is not None and infer.shape != first_shape:
-            raise GalmergeError(
-                f"model: {models[0]} takes {_shape(first_shape)} stamps but {member} takes "
-                f"{_shape(infer.shape)}; an ensemble needs models trained on the same kind of "
-                "images")
-        first_shape = infer.shape
-        _check_images(images, infer)
-        p, extra, status, inputs_sha = _classify_all(images, n, infer)
+    notes: list[str] = []
+    inputs_sha = ""
+    for i, member in enumerate(models):  # one model in memory at a time
+        infer, device_note = _open(member, domain, device, batch_size, mc)
+        if specs[i] is None:  # not read up front: checked now, before it classifies
+            _check_images(images, infer.spec, member)
+        for note in (device_note, getattr(infer, "stale_note", ""),
+                     getattr(infer, "shift_note", "") if i == 0 else ""):
+            if note and note not in notes:  # as classify prints them (an ensemble: once)
+                notes.append(note)
+                print(f"galmerge: {note}", file=sys.stderr)
+        p, extra, status, digest = _classify_all(images, n, infer, threshold, hashed=i == 0)
+        inputs_sha = inputs_sha or digest
         members.append({"p": p, "extra": extra, "status": status,
-                        "record": _member_record(infer, member, domain, threshold)})
+                        "record": _member_record(infer, member, domain, threshold, mc)})
         del infer
-    return _table(columns, members, models, threshold, prior, rule, inputs_sha)
+    return _table(columns, members, models, threshold, prior, rule, inputs_sha, notes)
 
 
-def _whole(value: Any, name: str, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise GalmergeError(f"{name} must be a whole number of at least {least}, got {value!r}")
-    return int(value)
+def _models(model: Any) -> list[str]:
+    """``model`` as a list of paths: one run, checkpoint or export, or several (an ensemble)."""
+    fix = ("model: give a run directory, a checkpoint or an .onnx file (or a list of them for an "
+           "ensemble)")
+    if isinstance(model, str | os.PathLike):
+        models = [model]
+    elif isinstance(model, Mapping) or not isinstance(model, Iterable):
+        raise GalmergeError(f"{fix}, got {type(model).__name__} {model!r}"[:300])
+    else:
+        models = list(model)
+    if not models or not all(isinstance(m, str | os.PathLike) for m in models):
+        raise GalmergeError(f"{fix}, got {model!r}"[:300])
+    names = [str(m) for m in models]
+    if len(set(names)) != len(names):
+        raise GalmergeError("model: the same run given twice; an ensemble needs distinct models")
+    return names
 
 
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise GalmergeError(f"{name} must be a number, got {value!r}")
-    return float(value)
-
-
-def _shape(shape: tuple[int, int, int]) -> str:
-    return f"{shape[0]}x{shape[1]}x{shape[2]}"
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(int(s)) for s in shape)
 
 
 def _input_columns(images: Any, ids: Any) -> tuple[dict[str, np.ndarray], int]:
@@ -122,119 +135,185 @@ def _input_columns(images: Any, ids: Any) -> tuple[dict[str, np.ndarray], int]:
     else:
         shape = getattr(images, "shape", None)
         if shape is None or not hasattr(images, "__getitem__"):
+            hint = (" (a list of stamps: numpy.stack(images))"
+                    if isinstance(images, list | tuple) else "")
             raise GalmergeError(f"images: give a galmerge.ImageSet or an array of shape (N, C, "
-                                f"H, W), got {type(images).__name__}")
+                                f"H, W), got {type(images).__name__}{hint}")
         if len(shape) != 4:
-            hint = (" (one image: images[None])" if len(shape) == 3 else "")
+            hint = " (one image: images[None])" if len(shape) == 3 else ""
             raise GalmergeError(f"images: an array of shape (N, C, H, W) is needed, got shape "
-                                f"{tuple(shape)}{hint}")
+                                f"{tuple(int(s) for s in shape)}{hint}")
         n = int(shape[0])
         columns = {"id": np.arange(n)}
     if ids is not None:
-        given = np.asarray(ids)
+        given = np.asarray(ids if hasattr(ids, "__len__") and not isinstance(ids, Mapping)
+                           else list(ids))
         if given.ndim != 1 or len(given) != n:
             raise GalmergeError(f"ids: one identifier per image is needed ({n}), got "
-                                f"{given.shape[0] if given.ndim == 1 else given.shape}")
+                                f"{len(given) if given.ndim == 1 else given.shape}")
         columns["id"] = given
     if n == 0:
         raise GalmergeError("images: no images to classify")
     return columns, n
 
 
-def _inference(model: str, domain: str, device: str, batch_size: int, mc: int) -> Any:
-    if model.lower().endswith(".onnx"):  # `galmerge export` output: ONNX Runtime, CPU
-        from galmerge.models.export import OnnxInference
+def _dtype(images: Any) -> str:
+    """The pixels' dtype name as numpy writes it ("float32", "uint8", "bfloat16"...)."""
+    from galmerge.plugin.imageset import ImageSet
 
-        if mc:
-            raise GalmergeError(f"mc_dropout: {model} is an exported ONNX model, whose dropout "
-                                "is folded away; pass the run directory instead")
-        return OnnxInference(model, domain, batch_size)
-    from galmerge.classification.pipeline import _Inference
-
-    return _Inference(model, domain, device, batch_size, 0, mc)
+    data = images.images if isinstance(images, ImageSet) else images
+    return str(getattr(data, "dtype", "")).removeprefix("torch.")
 
 
-def _check_images(images: Any, infer: Any) -> None:
-    """Stamps of the model's shape; an ImageSet's declared bands and pixel scale checked as
-    for an HDF5 image file (`check_stamps_fit`)."""
+def _check_pixels(images: Any) -> None:
+    """Pixels that are numbers: booleans, complex numbers, text and objects are refused in one
+    line (a cast would drop the imaginary part or read True as a flux of 1)."""
+    from galmerge.plugin.imageset import ImageSet
+
+    data = images.images if isinstance(images, ImageSet) else images
+    dtype = getattr(data, "dtype", None)
+    if hasattr(dtype, "is_complex"):  # a torch dtype
+        bad = dtype.is_complex or str(dtype) == "torch.bool"
+    else:
+        bad = getattr(dtype, "kind", "f") in "bcOUSVMm"
+    if bad:
+        raise GalmergeError(f"images: pixels of dtype {_dtype(images)}; give fluxes as floats "
+                            "(e.g. images.astype(numpy.float32))")
+
+
+def _member_spec(model: str, domain: str) -> Any:
+    """The preprocessing spec a model applies to ``domain`` images, read without building it
+    (a checkpoint's payload, an export's metadata), so every member is checked before any
+    classifies."""
+    from galmerge.data.preprocess import PreprocessSpec
+
+    if model.lower().endswith(".onnx"):
+        from galmerge.models.export import export_metadata
+
+        try:
+            meta = export_metadata(model, "onnx")
+        except GalmergeError:  # no onnx package to read it: checked once ONNX Runtime has it
+            return None
+        if meta is None:  # OnnxInference says what is wrong with the file, in one line
+            return None
+        return PreprocessSpec.from_dict(meta.get("preprocess") or {}, f"{model}: preprocessing")
+    from galmerge.models.model import read_checkpoint
+
+    payload = read_checkpoint(model)
+    spec = dict((payload.get("preprocess") or {}).get(domain) or {})
+    if not spec:  # _Inference names the domains the model has
+        return None
+    spec.setdefault("image_size", int(payload.get("image_size", 75)))
+    return PreprocessSpec.from_dict(spec, f"{model}: preprocessing")
+
+
+def _stamp_shape(spec: Any) -> tuple[int, int, int]:
+    size = int(spec.image_size or 75)
+    return (int(spec.n_channels), size, size)
+
+
+def _check_images(images: Any, spec: Any, model: str) -> None:
+    """Stamps of the model's shape; an ImageSet's declared bands, pixel scale and image source
+    checked as for an HDF5 image file (`check_stamps_fit`); 8-bit pixels refused for a model of
+    calibrated fluxes, as there."""
     from galmerge.classification.inputs import check_stamps_fit
     from galmerge.plugin.imageset import ImageSet
 
-    got = tuple(int(s) for s in images.shape[1:]) if not isinstance(images, ImageSet) else (
-        images.channels, int(images.images.shape[-2]), images.image_size)
-    if got != infer.shape:
-        raise GalmergeError(f"images are {_shape(got)} (C x H x W) but the model takes "
-                            f"{_shape(infer.shape)}; cut stamps the way the model was trained")
+    if spec is None:
+        return
+    want = _stamp_shape(spec)
     if isinstance(images, ImageSet):
-        check_stamps_fit("images", images, infer.spec)
+        got = (images.channels, int(images.images.shape[-2]), images.image_size)
+    else:
+        got = tuple(int(s) for s in images.shape[1:])
+    if got != want:
+        hint = (" (channels last? numpy.moveaxis(images, -1, 1))"
+                if got[-1] == want[0] and got[0] != want[0] else "")
+        raise GalmergeError(f"images are {_shape(got)} (C x H x W) but the model {model} takes "
+                            f"{_shape(want)}{hint}; cut stamps the way the model was trained")
+    if isinstance(images, ImageSet):
+        check_stamps_fit(Path("images"), images, spec, images.image_source)
+    if _dtype(images) == "uint8" and spec.stretch == "arcsinh":
+        raise GalmergeError("images: 8-bit pixels, but the model takes calibrated fluxes "
+                            "(arcsinh-stretched); cut stamps the way the model was trained")
 
 
-def _classify_all(images: Any, n: int, infer: Any
-                  ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, str]:
-    """p_merger, the extra columns and the status of every image, and the SHA-256 of the
-    images as float32 C-order bytes (the provenance's ``input_sha256``)."""
-    from galmerge.classification.cutout_cache import STATUS_OK
-    from galmerge.models import shift as shift_score
+def _check_members(models: list[str], specs: list[Any]) -> None:
+    """An ensemble's members take the same stamps (bands, size, pixel scale), as classify's
+    ensemble requires."""
+    seen = [(m, s) for m, s in zip(models, specs, strict=True) if s is not None]
+
+    def stamps(spec: Any) -> tuple[Any, ...]:
+        return (*_stamp_shape(spec), tuple(spec.bands), spec.pixel_scale_arcsec)
+
+    if len({stamps(s) for _, s in seen}) > 1:
+        raise GalmergeError(
+            "model: the runs take different stamps (bands, size or pixel scale: "
+            + "; ".join(f"{m}: {_shape(_stamp_shape(s))}px {','.join(map(str, s.bands)) or '?'}"
+                        for m, s in seen)
+            + "); an ensemble needs models trained on the same kind of images")
+
+
+def _open(model: str, domain: str, device: str, batch_size: int, mc: int) -> tuple[Any, str]:
+    from galmerge.classification.pipeline import open_inference
+
+    return open_inference(model, domain, device, batch_size, 0, mc)
+
+
+def _block(images: Any, start: int, stop: int) -> np.ndarray:
+    """Images ``start:stop`` as float32 C-order numpy (a tensor on any device, with or without
+    autograd, in any float type; an ImageSet lazy or not)."""
     from galmerge.plugin.imageset import ImageSet
 
+    block = images.batch(np.arange(start, stop)) if isinstance(images, ImageSet) \
+        else images[start:stop]
+    if hasattr(block, "detach"):  # torch: bfloat16 has no numpy type, so float32 first
+        import torch
+
+        block = block.detach().to(device="cpu", dtype=torch.float32).numpy()
+    return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def _classify_all(images: Any, n: int, infer: Any, threshold: float, hashed: bool
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, str]:
+    """p_merger, the extra columns and the status of every image, and (``hashed``) the
+    SHA-256 of the images as float32 C-order bytes (the provenance's ``input_sha256``)."""
+    from galmerge.classification.pipeline import classify_stamps, finish_stamps
+
     p = np.full(n, np.nan)
-    names = list(getattr(infer, "extra", []))
-    extra = {name: np.full(n, np.nan) for name in names}
-    status = np.full(n, STATUS_OK, dtype=object)
+    extra = {name: np.full(n, np.nan) for name in getattr(infer, "extra", [])}
+    status = np.full(n, "", dtype=object)
     digest = hashlib.sha256()
     for start in range(0, n, CHUNK_ROWS):
         stop = min(n, start + CHUNK_ROWS)
-        if isinstance(images, ImageSet):
-            block = images.batch(np.arange(start, stop)).numpy()
-        else:
-            block = images[start:stop]
-            block = block.detach().cpu().numpy() if hasattr(block, "detach") else block
-            block = np.asarray(block, dtype=np.float32)
-        block = np.ascontiguousarray(block, dtype=np.float32)
-        digest.update(block.tobytes())
-        finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
-        good = np.flatnonzero(finite)
-        status[start + np.flatnonzero(~finite)] = BAD_IMAGE
-        if len(good):
-            values, more = infer.predict(block[good])
-            p[start + good] = values
-            for name in names:
-                extra[name][start + good] = more[name]
-    # 'ok' promises a probability in [0, 1], as classify's does
-    status[(status == STATUS_OK) & ~np.isfinite(p)] = MODEL_FAILED
-    bad = ~np.isfinite(p)
-    for name in names:
-        if name == shift_score.FLAG_COLUMN:  # int8: -1 where there is no score
-            extra[name] = np.where(bad | ~np.isfinite(extra[name]), -1,
-                                   extra[name]).astype(np.int8)
-        else:
-            extra[name][bad] = np.nan
-    return p, extra, status, digest.hexdigest()
+        block = _block(images, start, stop)
+        if hashed:
+            digest.update(block.tobytes())
+        rows = slice(start, stop)
+        part = {name: values[rows] for name, values in extra.items()}  # views: filled in place
+        classify_stamps(block, infer, status[rows], p[rows], part)
+    finish_stamps(p, extra, status, threshold)  # is_merger is made again after any prior
+    return p, extra, status, digest.hexdigest() if hashed else ""
 
 
-def _member_record(infer: Any, model: str, domain: str, threshold: float) -> dict[str, Any]:
+def _member_record(infer: Any, model: str, domain: str, threshold: float, mc: int
+                   ) -> dict[str, Any]:
     """classify's provenance record for one model, and its shift threshold."""
+    from galmerge.classification.pipeline import add_inference_record
     from galmerge.io.provenance import record
 
     prov = record(checkpoint=Path(infer.loaded.path), config=infer.loaded.config,
                   survey="in-memory images", data_release="", cutout_kind="", domain=domain,
                   preprocessing=dict(infer.spec), temperature=infer.loaded.temperature,
                   threshold=threshold)
-    exported_from = getattr(infer, "exported_from", None)
-    if exported_from is not None:
-        prov["exported_from_checkpoint_sha256"] = exported_from
+    add_inference_record(prov, infer, mc)
     shift = getattr(infer, "shift", None)
-    if shift is not None:
-        prov["shift_threshold"] = float(shift["threshold"])
-        prov["shift_stats_sha256"] = shift["meta"].get("sha256", "")
-    if getattr(infer, "mc_dropout", 0):
-        prov["mc_dropout"] = int(infer.mc_dropout)
     return {"provenance": prov, "model": model,
             "shift": None if shift is None else float(shift["threshold"])}
 
 
 def _table(columns: dict[str, np.ndarray], members: list[dict[str, Any]], models: list[str],
-           threshold: float, prior: Any, rule: str, inputs_sha: str) -> Any:
+           threshold: float, prior: Any, rule: str, inputs_sha: str, notes: list[str]) -> Any:
     """The astropy Table: ``columns``, p_merger, is_merger, status and the extra columns
     (one model: its own; an ensemble: `galmerge.classification.ensemble`'s rule)."""
     from astropy.table import Table
@@ -255,6 +334,8 @@ def _table(columns: dict[str, np.ndarray], members: list[dict[str, Any]], models
         ok = np.isfinite(probs[0])  # the rows keep the first model's status
         p, std = np.where(ok, mean, np.nan), np.where(ok, std, np.nan)
         extra = {}
+        for key in ("shift_threshold", "shift_stats_sha256"):
+            prov.pop(key, None)
         scored = [m for m in members if m["record"]["shift"] is not None]
         if scored:
             with np.errstate(invalid="ignore"), _quiet_nan():
@@ -263,17 +344,12 @@ def _table(columns: dict[str, np.ndarray], members: list[dict[str, Any]], models
             relative = np.where(ok, relative, np.nan)
             extra[shift_score.SCORE_COLUMN] = relative
             extra[shift_score.FLAG_COLUMN] = shift_score.flags(relative, 1.0)
+            stats = [m["record"]["provenance"].get("shift_stats_sha256", "") for m in scored]
             prov.update({"shift_threshold": 1.0, "shift_ensemble_rule": SHIFT_RULE,
                          "shift_members": [
                              {"model": m["record"]["model"], "threshold": m["record"]["shift"],
-                              "stats_sha256": m["record"]["provenance"].get(
-                                  "shift_stats_sha256", "")} for m in scored],
-                         "shift_stats_sha256": ",".join(
-                             m["record"]["provenance"].get("shift_stats_sha256", "")
-                             for m in scored)})
-        else:
-            for key in ("shift_threshold", "shift_stats_sha256"):
-                prov.pop(key, None)
+                              "stats_sha256": sha} for m, sha in zip(scored, stats, strict=True)],
+                         "shift_stats_sha256": ",".join(stats)})
         extra[STD_COLUMN] = std
         prov["ensemble"] = [{"model": m["record"]["model"],
                              "checkpoint_sha256": m["record"]["provenance"]["checkpoint_sha256"]}
@@ -283,11 +359,13 @@ def _table(columns: dict[str, np.ndarray], members: list[dict[str, Any]], models
 
         ok = np.isfinite(p)
         rec = prior_record(p[ok], models[0], prior, threshold, training_prior(models[0]), rule,
-                           where="the images")
+                           where="the set of images")
         p = p.copy()
         p[ok] = rescale(p[ok], rec["prior"], rec["training_prior"],
                         clip=rec["prior_rule"] == "match")
         prov["prior"] = rec
+    if notes:
+        prov["notes"] = list(notes)
     flag = np.where(np.isfinite(p), (p >= threshold).astype(np.int8), -1).astype(np.int8)
     table = Table()
     for name, values in columns.items():
