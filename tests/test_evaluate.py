@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from eval_helpers import tiny_run, write_pair
 from PIL import Image
 
+import galmerge
 from galmerge.cli import cli
 from galmerge.models.model import build_model, load_model, read_checkpoint
 
@@ -184,6 +185,14 @@ def test_user_errors_are_one_line(runs, tmp_path) -> None:
         assert needle in result.output, result.output
         assert "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_scikit_learn_refuses_is_one_line_before_any_work(runs, seed) -> None:
+    """evaluate's seed also seeds t-SNE and the domain classifier (0 to 2**32 - 1): it was a
+    traceback from inside numpy or scikit-learn."""
+    with pytest.raises(galmerge.GalmergeError, match=r"seed=.*from 0 to 2\*\*32 - 1"):
+        galmerge.evaluate(runs["none"], device="cpu", seed=seed, bootstrap=2, quiet=True)
 
 
 @pytest.mark.parametrize("backbone", ["deepmerge", "resnet18"])

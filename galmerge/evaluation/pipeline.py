@@ -679,6 +679,8 @@ def evaluate(
         )
     if bootstrap < 0:
         raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
+    if not 0 <= seed < 2**32:  # scikit-learn's random_state (t-SNE, the domain classifier)
+        raise GalmergeError(f"seed={seed}: give a whole number from 0 to 2**32 - 1")
     if embedding_points < 1:
         raise GalmergeError(f"--embedding-points {embedding_points}: use a positive count "
                             f"(default {EMBEDDING_POINTS})")
