@@ -90,7 +90,8 @@ def test_compare_tables_name_the_commit_and_their_runs(run: dict[str, Any],
     assert "from 1 run " in line
     row = next(csv.DictReader(io.StringIO(table.read_text())))
     summary = json.loads((run["run"] / "summary.json").read_text())
-    assert row["run_dirs"] == str(run["run"]) and row["best_sha256"] == summary["best_sha256"]
+    assert json.loads(row["run_dirs"]) == [str(run["run"])]
+    assert json.loads(row["best_sha256"]) == [summary["best_sha256"]]
 
 
 def test_an_export_names_the_commit(run: dict[str, Any], code: dict[str, Any]) -> None:
@@ -121,3 +122,70 @@ def test_outside_a_checkout_the_version_alone_is_recorded(tmp_path: Path) -> Non
     assert record == {"galmerge_version": galmerge.__version__, "galmerge_commit": None,
                       "galmerge_dirty": None}
     assert line == f"galmerge {galmerge.__version__}"
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".fits", ".parquet", ".csv"])
+def test_every_output_format_is_written_without_a_commit(run: dict[str, Any], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         suffix: str) -> None:
+    """An installed release has no commit to record: HDF5 (no null attribute) and FITS (no
+    null card) leave the key out, the JSON records hold null, and nothing fails."""
+    from galmerge.runtime import code
+
+    monkeypatch.setattr(code, "git_commit", lambda: None)
+    monkeypatch.setattr(code, "git_dirty", lambda: None)
+    out = tmp_path / f"out{suffix}"
+    galmerge.classify(run["target"], run["run"], output=out, device="cpu", quiet=True)
+    if suffix == ".h5":
+        import h5py
+
+        with h5py.File(out) as f:
+            assert "galmerge_commit" not in f.attrs
+            assert json.loads(f.attrs["galmerge_provenance"])["galmerge_commit"] is None
+    elif suffix == ".fits":
+        from astropy.io import fits
+
+        header = fits.getheader(out, 1)
+        assert "GMCOMMIT" not in header and header["GMVERSN"] == galmerge.__version__
+    elif suffix == ".parquet":
+        prov = json.loads(pq.read_schema(out).metadata[b"galmerge_provenance"])
+        assert prov["galmerge_commit"] is None and prov["galmerge_dirty"] is None
+    else:
+        prov = json.loads((tmp_path / "out.csv.provenance.json").read_text())
+        assert prov["galmerge_commit"] is None
+
+
+def test_a_process_names_the_code_it_imported_though_the_checkout_moves_on(tmp_path: Path
+                                                                           ) -> None:
+    """A commit or an edit in galmerge's checkout while a run trains does not change the code
+    that runs: its later checkpoints name the commit its env.json named."""
+    import shutil
+    import sys
+
+    repo = tmp_path / "checkout"
+    shutil.copytree(ROOT / "galmerge", repo / "galmerge",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org",
+                               *args], cwd=repo, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "galmerge")
+    git("commit", "-q", "-m", "first")
+    first = git("rev-parse", "HEAD")
+    probe = (
+        "import json, subprocess, sys; sys.path.insert(0, sys.argv[1]); "
+        "from galmerge.io.provenance import code_identity; before = code_identity(); "
+        "open(sys.argv[1] + '/galmerge/errors.py', 'a').write('\\n# edited\\n'); "
+        "g = ['git', '-c', 'user.name=t', '-c', 'user.email=t@example.org']; "
+        "subprocess.run(g + ['commit', '-qam', 'second'], cwd=sys.argv[1], check=True); "
+        "print(json.dumps([before, code_identity()]))")
+    out = subprocess.run([sys.executable, "-c", probe, str(repo)], cwd=tmp_path,
+                         capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""})
+    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before["galmerge_commit"] == after["galmerge_commit"] == first
+    assert before["galmerge_dirty"] is after["galmerge_dirty"] is False
+    assert git("rev-parse", "HEAD") != first  # the checkout did move on

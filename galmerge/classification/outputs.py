@@ -314,7 +314,8 @@ class Hdf5Writer(OutputWriter):
                 prov = stamped(self.provenance)
                 self._f.attrs["galmerge_provenance"] = json.dumps(prov)
                 for key, value in prov.items():
-                    self._f.attrs[key] = value
+                    if value is not None:  # HDF5 has no null: absent, as in the JSON's null
+                        self._f.attrs[key] = value
             self._f.close()
 
 

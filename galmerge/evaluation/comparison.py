@@ -208,9 +208,10 @@ def compare(runs: Iterable[str | Path]) -> list[dict[str, Any]]:
             "repeated_seeds": sorted({x for x in seeds if seeds.count(x) > 1}),
             # measured (or hand-given) [observe] numbers that differ between the row's runs
             "varying": _differing(measured[key]),
-            # where each number comes from: the runs, and the best.pt each summary names
-            "run_dirs": [m["_run_dir"] for m in members],
-            "best_sha256": [str(m.get("best_sha256") or "") for m in members],
+            # where each number comes from: the runs, and the best.pt each summary names (JSON
+            # lists: a folder name may hold the ';' that joins other lists in the CSV)
+            "run_dirs": json.dumps([m["_run_dir"] for m in members]),
+            "best_sha256": json.dumps([str(m.get("best_sha256") or "") for m in members]),
         }
         for split in SPLITS:
             for name in METRIC_NAMES:
@@ -360,10 +361,10 @@ def made_by(rows: Sequence[dict[str, Any]]) -> str:
     CSV lists each run folder and its best.pt SHA-256)."""
     from galmerge.io.provenance import code_identity, describe_code
 
-    n = sum(len(r["run_dirs"]) for r in rows)
+    n = sum(int(r["runs"]) for r in rows)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return (f"Made {when} by {describe_code(code_identity())} from {n} run"
-            f"{'s' if n != 1 else ''} (`--output TABLE.csv` lists their folders and best.pt "
+            f"{'s' if n != 1 else ''} (the table as CSV lists their folders and best.pt "
             "SHA-256).")
 
 

@@ -196,7 +196,7 @@ def fits_cards(prov: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
     cards = []
     for key, value in prov.items():
         word = FITS_KEYWORDS.get(key)
-        if word is None:
+        if word is None or value is None:  # no commit outside a git checkout: no card
             continue
         if isinstance(value, str):
             value = value.encode("ascii", "backslashreplace").decode()

@@ -4,13 +4,17 @@ changes, read from the git checkout that tracks this very package (None outside 
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from pathlib import Path
 
 
 def _run_git(cwd: Path, *args: str) -> str | None:
+    # GIT_OPTIONAL_LOCKS=0: `git status` does not refresh (and lock) the checkout's index
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5,
+                             env=env)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -40,11 +44,13 @@ def _git(*args: str) -> str | None:
     return None if top is None else _run_git(top, *args)
 
 
+@functools.cache  # the code this process runs: read once, so every record of it agrees
 def git_commit() -> str | None:
     """The commit of galmerge's own checkout (None: not run from one)."""
     return _git("rev-parse", "HEAD") or None
 
 
+@functools.cache  # as git_commit: the state when first asked, not a later edit's
 def git_dirty() -> bool | None:
     """Whether galmerge's checkout has uncommitted changes to tracked files (None: no git)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
