@@ -172,3 +172,60 @@ def test_config_of_a_run_whose_data_changed_warns_in_one_line_and_trains(launch)
     result = _invoke(*again, "--run-dir", "runs/given", "--source", "hdf5:data/source.h5")
     assert result.exit_code == 0, result.output
     assert _warnings(result) == [], result.stderr
+
+
+def test_a_recorded_move_is_found_again_after_the_project_moves(tmp_path, monkeypatch):
+    """Project p moved to q, then its data moved apart inside q and the resume recorded it:
+    the run is re-anchored at q (config.toml's paths and env.json's run_dir), so after the
+    whole project moves on to r the run resumes and evaluates without --source."""
+    p = tmp_path / "p"
+    write_pair(p / "data", n=40)
+    monkeypatch.chdir(p)
+    _stopped_run("runs/a", epochs=3)
+    shutil.move(p, tmp_path / "q")
+    q = tmp_path / "q"
+    monkeypatch.chdir(q)
+    (q / "store").mkdir()
+    shutil.move(q / "data" / "source.h5", q / "store" / "source.h5")
+    with pytest.raises(Stop):
+        galmerge.train(resume="runs/a", source="hdf5:store/source.h5", quiet=True,
+                       on_epoch=_stop)
+    assert _env(q / "runs" / "a")["run_dir"] == str(q / "runs" / "a")
+    assert _config(q / "runs" / "a")["target"] == f"hdf5:{q / 'data' / 'target.h5'}"
+    shutil.move(q, tmp_path / "r")
+    monkeypatch.chdir(tmp_path / "r")
+    assert _evaluate("runs/a").exit_code == 0
+    result = _invoke("train", "--resume", "runs/a", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "runs" / "a" / "summary.json").is_file()
+
+
+def test_a_recorded_move_keeps_the_runs_source_only_stage_its_own(launch):
+    """dann's layout: the run's source_only/ stage read the same data; it records the move
+    too, so the stage evaluates, and `--config RUN/config.toml` still starts from it."""
+    _stop_after = dict(strategy="dann", sets=["target_encoder=separate"])
+    with pytest.raises(Stop):
+        galmerge.train(**SPECS, epochs=2, run_dir="runs/a", on_epoch=_stop, **TRAIN,
+                       **_stop_after)
+    new = _move(launch, "source")
+    result = _invoke("train", "--resume", "runs/a", "--source", f"hdf5:{new}", "--quiet")
+    assert result.exit_code == 0, result.output
+    stage = launch / "runs" / "a" / "source_only"
+    assert _config(stage)["source"] == f"hdf5:{new}"
+    assert _env(stage)["data"]["source"]["meta"]["file"] == str(new)
+    assert _evaluate("runs/a/source_only").exit_code == 0
+    result = _invoke("train", "--config", "runs/a/config.toml", "--run-dir", "runs/b",
+                     "--quiet", "--max-steps-per-epoch", "2")
+    assert result.exit_code == 0, result.output
+    assert _config(launch / "runs" / "b")["init_from"] == str(stage / "best.pt")
+    assert not (launch / "runs" / "b" / "source_only").exists()
+
+
+def test_one_changed_file_read_as_both_roles_is_one_warning(launch):
+    specs = {"source": "hdf5:data/source.h5", "target": "hdf5:data/source.h5"}
+    galmerge.train(**specs, epochs=1, run_dir="runs/a", **TRAIN)
+    write_pair(launch / "other", n=40, seed=5)
+    shutil.copyfile(launch / "other" / "source.h5", launch / "data" / "source.h5")
+    result = _invoke("train", "--config", "runs/a/config.toml", "--quiet", "--run-dir", "runs/b")
+    assert result.exit_code == 0, result.output
+    assert len(_warnings(result)) == 1, result.stderr

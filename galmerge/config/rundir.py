@@ -305,15 +305,61 @@ _REPEATABLE = ("cpu_threads", "cpu", "torch", "device", "device_name", "world_si
 def record_moved_data(run_dir: Path, moved: Mapping[str, str]) -> dict[str, Any]:
     """config.toml of run ``run_dir`` with its ``source``/``target`` specs replaced by
     ``moved``'s (the run's own data, the SHA-256 its env.json records, given at a new place to
-    ``train --resume``), every other setting as written; returns the move as env.json records
-    it (role -> ``{"from": SPEC_BEFORE, "to": SPEC}``). One atomic rewrite: a kill leaves the
-    old file or the new one."""
-    from galmerge.config.resolve import read_toml
+    ``train --resume``); returns the move as env.json records it (role -> ``{"from":
+    SPEC_BEFORE, "to": SPEC}``, and ``"anchored"``: whether the run is re-anchored here).
 
-    config = read_toml(run_dir / CONFIG)
-    record = {role: {"from": config.get(role), "to": spec} for role, spec in moved.items()}
-    write_toml(run_dir / CONFIG, {**config, **moved})
-    return record
+    Re-anchored: where every other path of the config is found now (`paths.with_recorded_files`:
+    after the project moved, the same place relative to the run), config.toml records it so,
+    and `record_resume` sets env.json's ``run_dir`` to where the run is now; a later move of
+    the whole project then finds the data relative to this place. Where another path is found
+    nowhere now, the other paths stay as written and ``run_dir`` as recorded. The run's own
+    ``source_only/`` stage, which read the same data, records the move too. Each file is one
+    atomic rewrite."""
+    record: dict[str, Any] = {role: {"from": read_toml(run_dir / CONFIG).get(role), "to": spec}
+                              for role, spec in moved.items()}
+    anchored = _record_moved(run_dir, moved)
+    stage = run_dir / SOURCE_STAGE
+    staged: list[str] = []
+    if (stage / CONFIG).is_file():
+        theirs = read_toml(stage / CONFIG)
+        same = {role: spec for role, spec in moved.items()
+                if theirs.get(role) == record[role]["from"]}
+        if same and _record_moved(stage, same):
+            staged = sorted(same)  # its env.json follows the run's (`record_resume`)
+    return {**record, "anchored": anchored, "stage": staged} if record else record
+
+
+def _record_moved(folder: Path, moved: Mapping[str, str]) -> bool:
+    """``folder``'s config.toml with ``moved``'s specs, and its other paths where they are
+    found now when all are (True: re-anchored here), else as written."""
+    from galmerge.config import paths
+
+    config = read_toml(folder / CONFIG)
+    now = paths.with_recorded_files(config, folder)
+    keys = [k for k in (*paths.SPEC_KEYS, "init_from") if k not in moved and config.get(k)]
+    found = {k: now[k] for k in keys}
+
+    def there(key: str) -> bool:
+        value = str(found[key])
+        path = value if key == "init_from" else paths.spec_file(value)
+        return path is None or os.path.isfile(path)
+
+    anchored = all(there(k) for k in keys)
+    write_toml(folder / CONFIG, {**config, **(found if anchored else {}), **moved})
+    return anchored
+
+
+def _anchor_env(stage: Path, moved: list[str], run_dir: Path) -> None:
+    """The stage's env.json: the ``moved`` roles' files as the run's env.json records them
+    now, and ``run_dir`` where the stage is now."""
+    try:
+        env = json.loads((stage / ENV).read_text())
+        run_data = json.loads((run_dir / ENV).read_text()).get("data") or {}
+    except (OSError, ValueError):
+        return
+    data = dict(env.get("data") or {})
+    data.update({role: run_data[role] for role in moved if role in run_data})
+    write_json(stage / ENV, {**env, "data": data, "run_dir": os.path.abspath(stage)})
 
 
 def record_resume(run_dir: Path, env: Mapping[str, Any], quiet: bool = False,
@@ -335,13 +381,18 @@ def record_resume(run_dir: Path, env: Mapping[str, Any], quiet: bool = False,
     entry = {**dict(env), "changed": changed,
              "resumed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if data_moved:
+        moved = {k: v for k, v in data_moved.items() if k not in ("anchored", "stage")}
         now = env.get("data") if isinstance(env.get("data"), Mapping) else {}
         data = dict(start["data"]) if isinstance(start.get("data"), Mapping) else {}
-        data.update({role: now[role] for role in data_moved if role in now})
+        data.update({role: now[role] for role in moved if role in now})
         record["data"] = data
-        entry["data_moved"] = dict(data_moved)
+        entry["data_moved"] = moved
+        if data_moved.get("anchored") and env.get("run_dir"):  # config.toml's paths are here
+            record["run_dir"] = env["run_dir"]
     record["resumed"] = [*start.get("resumed", []), entry]
     write_json(path, record)
+    if data_moved and data_moved.get("stage"):
+        _anchor_env(run_dir / SOURCE_STAGE, data_moved["stage"], run_dir)
     if changed and not quiet:
         what = ", ".join(f"{k} {start.get(k)!r} -> {env.get(k)!r}" for k in changed)
         print(f"galmerge train: note: resumed with another {what}; the run goes on, but will "

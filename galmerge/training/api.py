@@ -480,9 +480,11 @@ def _warn_changed_data(run: Path, cfg: Mapping[str, Any], cli_layer: Mapping[str
     hashes the file (the survey shares its digest with the other ranks as it loads it)."""
     if not ddp.from_environment().is_main:
         return
+    said: set[str] = set()
     for role in paths.SPEC_KEYS:
         changed = None if role in cli_layer else paths.changed_file(run, role, cfg.get(role))
-        if changed is not None:
+        if changed is not None and changed not in said:  # one file for both roles: one line
+            said.add(changed)
             print(paths.data_changed_warning("train", run, role, changed,
                                              "this run trains on the file as it is now"),
                   file=sys.stderr)
