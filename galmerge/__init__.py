@@ -174,7 +174,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    # what tab completion offers: the public names and the module's own dunders, not the
+    # helpers the annotations need (os, Path, this package by its own name, ...)
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
 
 
 
@@ -446,8 +448,8 @@ def fraction(
     threshold: float = 0.5,
     bootstrap: int = 1000,
     seed: int = 0,
-    source: str | None = None,
-    target: str | None = None,
+    source: str | galmerge.ImageSet | None = None,
+    target: str | galmerge.ImageSet | None = None,
     device: str = "cpu",
     plot: str | os.PathLike[str] | None = None,
     labels: str | os.PathLike[str] | None = None,
@@ -475,10 +477,11 @@ def fraction(
     :param bootstrap: bootstrap resamples of the survey rows and the validation images: 0 for
         no intervals, else at least 10.
     :param seed: bootstrap seed.
-    :param source: source data spec, if the one the run's ``config.toml`` names cannot be
-        loaded here (needed once, to score its validation split).
-    :param target: target data spec, likewise (read only by runs whose source was observed
-        with the target's field sources).
+    :param source: source data spec or `ImageSet` (a run trained on in-memory sets), if the
+        one the run's ``config.toml`` names cannot be loaded here (needed once, to score its
+        validation split).
+    :param target: target data spec or `ImageSet`, likewise (read only by runs whose source
+        was observed with the target's field sources).
     :param device: device for scoring the validation split (once; cached in the run):
         ``"cpu"``, ``"auto"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
     :param plot: also write a figure (``.png``, ``.pdf`` or ``.svg``), one panel per bin.

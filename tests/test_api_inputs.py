@@ -36,9 +36,11 @@ def _imageset(channels: int = 3, **kw: Any) -> galmerge.ImageSet:
     # a colour image's bands named as one string
     (3, ("gri",), "but 1 band ('gri'); give one band name per channel, e.g. "
                   "bands=('g', 'r', 'i')"),
-    # the HDF5 attribute's text given as it is: read letter by letter, commas too
-    (3, "g,r,i", "but 5 bands ('g', ',', 'r', ',', 'i'); give one band name per channel, e.g. "
-                 "bands=('g', 'r', 'i')"),
+    # one filter name for five channels is one name, not five letters
+    (5, "F814W", "ImageSet has 5 channels but 1 band ('F814W')"),
+    (3, "gri", "but 1 band ('gri'); give one band name per channel, e.g. bands=('g', 'r', 'i')"),
+    # a set has no order: the channels' names would be recorded in hash order
+    (3, {"g", "r", "i"}, "one name per channel, in channel order"),
     (2, (), "ImageSet has 2 channels but 0 bands (); give one band name per channel, e.g. "
             "bands=('ch0', 'ch1')"),
 ])
@@ -47,6 +49,15 @@ def test_an_imageset_needs_one_band_name_per_channel(channels: int, bands: Any,
     with pytest.raises(galmerge.GalmergeError) as err:
         _imageset(channels, bands=bands)
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bands, names", [
+    ("g,r,i", ("g", "r", "i")), ("g r i", ("g", "r", "i")), (" g, r ,i ", ("g", "r", "i")),
+    (np.array(["g", "r", "i"]), ("g", "r", "i")),
+])
+def test_band_names_as_text_are_split_at_commas_and_spaces(bands: Any, names: tuple) -> None:
+    assert _imageset(bands=bands).bands == names
+    assert _imageset(1, bands="F814W").bands == ("F814W",)
 
 
 def test_a_lazy_imageset_is_checked_against_its_shape(tmp_path: Path) -> None:
@@ -58,8 +69,9 @@ def test_a_lazy_imageset_is_checked_against_its_shape(tmp_path: Path) -> None:
 
 
 def test_imageset_bands_that_are_no_names_are_a_galmerge_error() -> None:
-    with pytest.raises(galmerge.GalmergeError, match=r"bands must be one name per channel, "
-                                                     r"e\.g\. bands=\('g', 'r', 'i'\); got None"):
+    with pytest.raises(galmerge.GalmergeError, match=r"bands must be one name per channel, in "
+                                                     r"channel order, e\.g\. bands=\('g', 'r', "
+                                                     r"'i'\); got None"):
         _imageset(bands=None)
 
 
@@ -185,3 +197,23 @@ def test_classify_of_a_file_whose_bands_disagree_names_the_file(
                                                      r"but attribute 'bands' lists 2 .*attrs"):
         galmerge.classify(path, run_dir, output=tmp_path / "out.csv", device="cpu", quiet=True)
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_model_whose_record_names_other_bands_than_channels_still_classifies(
+        run: tuple[Path, Path], tmp_path: Path) -> None:
+    """A run trained before band names were checked may record 3 channels as ('g', 'r'): no
+    stamps could match that record, so it is not held against correctly named ones."""
+    import torch
+
+    from galmerge.models.model import save_checkpoint
+
+    model, target = run
+    payload = torch.load(model / "best.pt", weights_only=True)
+    for spec in payload["preprocess"].values():
+        spec["bands"] = ["g", "r"]
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, payload)
+    out = tmp_path / "out.csv"
+    galmerge.classify(target, old, output=out, device="cpu", quiet=True)
+    rows = list(csv.DictReader(out.open()))
+    assert rows and {r["status"] for r in rows} == {"ok"}

@@ -126,3 +126,35 @@ def test_type_hints_of_every_public_job_resolve() -> None:
     assert hints["results"] == str | os.PathLike[str]
     assert hints["return"] == dict[str, Any]
     assert typing.get_type_hints(galmerge.classify)["return"] is galmerge.ClassifySummary
+
+
+def test_numpy_numbers_give_the_commands_payload_and_wrong_types_one_line(classified) -> None:
+    """As `evaluate` and `classify` take them (`plain_number`): the payload stays JSON."""
+    run, csv = classified["run"], classified["csv"]
+    payload = galmerge.fraction(csv, run, bootstrap=np.int64(30), seed=np.int64(3),
+                                threshold=np.float32(0.25))
+    json.dumps(payload)
+    _same(payload, galmerge.fraction(csv, run, bootstrap=30, seed=3, threshold=0.25))
+    for kw, says in [({"bootstrap": 20.0}, "bootstrap must be a whole number"),
+                     ({"seed": "3"}, "seed must be a whole number, got '3'; give the number"),
+                     ({"seed": True}, "seed must be a whole number"),
+                     ({"threshold": None}, "threshold must be a number")]:
+        with pytest.raises(galmerge.GalmergeError, match=says) as info:
+            galmerge.fraction(csv, run, **kw)
+        assert "\n" not in str(info.value)
+    with pytest.raises(galmerge.GalmergeError, match=r"device 0: give a name.*'cuda:0'"):
+        galmerge.fraction(csv, run, device=0)
+
+
+def test_a_run_of_in_memory_sets_is_given_its_sets_again(tmp_path: Path) -> None:
+    """The provenance names an ImageSet by its survey (its pixels stay out of the JSON)."""
+    from train_toys import toy_sets
+
+    source, target = toy_sets(n_source=40, n_target=40, channels=3, size=16)
+    galmerge.train(source, target, strategy="none", epochs=1, batch_size=8, device="cpu",
+                   quiet=True, run_dir=tmp_path / "run", max_steps_per_epoch=2)
+    out = tmp_path / "out.csv"
+    galmerge.predict(target, tmp_path / "run", device="cpu").write(out)
+    payload = galmerge.fraction(out, tmp_path / "run", source=source, bootstrap=0)
+    assert payload["provenance"]["source"] == f"ImageSet {source.survey}"
+    json.dumps(payload)

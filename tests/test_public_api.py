@@ -81,6 +81,14 @@ def test_the_check_passes_public_imports() -> None:
     assert not private_imports("from galmerge import hookimpl, ImageSet\nimport numpy", "p.py")
 
 
+def test_tab_completion_offers_the_public_names_only() -> None:
+    """dir() (what IPython and rlcompleter list) holds the public API and the module's dunders,
+    not the names the annotations need at run time (os, Path, the package itself...)."""
+    shown = dir(galmerge)
+    assert set(galmerge.__all__) <= set(shown)
+    assert not {"os", "Path", "Any", "Mapping", "galmerge", "Table", "importlib"} & set(shown)
+
+
 def test_every_public_name_resolves_to_its_definition() -> None:
     from galmerge.io import http as http_retry
     from galmerge.plugin import cutouts, imageset, records, strategy_api

@@ -95,5 +95,5 @@ def in_memory_advice(spec: str, role: str) -> str:
     """How to give a run's ``role`` data again when its recorded ``spec`` names no survey."""
     return (f"the run's {role} '{spec}' names no installed survey: the run was trained on "
             f"in-memory sets, so pass source=/target= ImageSets again (galmerge.train(..., "
-            f"resume=...), galmerge.evaluate(...)), or --{role} SPEC (or install the survey's "
+            f"resume=...), galmerge.evaluate(...), galmerge.fraction(...)), or --{role} SPEC (or install the survey's "
             f"plugin)")

@@ -501,15 +501,21 @@ def bins_text(bins: str | int | Sequence[float] | None) -> str | None:
 def fraction(results: str | os.PathLike[str], model: str | os.PathLike[str], *,
              by: str | None = None, bins: str | int | Sequence[float] | None = None,
              threshold: float = 0.5, bootstrap: int = 1000, seed: int = 0,
-             source: str | None = None, target: str | None = None, device: str = "cpu",
+             source: Any = None, target: Any = None, device: str = "cpu",
              plot: str | os.PathLike[str] | None = None,
              labels: str | os.PathLike[str] | None = None, id_col: str | None = None,
              label_col: str | None = None) -> dict[str, Any]:
     """`galmerge.fraction`: `survey_fraction` as ``galmerge fraction --json`` runs it, with
     ``bins`` also as a Python int or sequence of edges (`bins_text`) and ``device`` checked
     before any work, as the command's option is."""
+    from galmerge.plugin.options import plain_number
     from galmerge.runtime.devices import check_device_name
 
+    # numpy numbers from a notebook are the numbers they hold (the payload stays JSON); other
+    # types, one line naming the argument, as `evaluate` and `classify` take them
+    threshold = plain_number("threshold", threshold)
+    bootstrap = plain_number("bootstrap", bootstrap, whole=True)
+    seed = plain_number("seed", seed, whole=True)
     check_device_name(device)
     return survey_fraction(results, model, by=by, bins=bins_text(bins), threshold=threshold,
                            bootstrap=bootstrap, seed=seed, source=source, target=target,
@@ -590,9 +596,15 @@ def _check_same_model(results: str | os.PathLike[str], checkpoint: Path,
             "must come from the model that wrote p_merger: pass that run as --model")
 
 
+def _shown_data(given: Any) -> str | None:
+    """A data spec as the record holds it; an in-memory ImageSet by its survey name, as
+    evaluate's metrics.json names one (its pixels stay out of the JSON)."""
+    return given if given is None or isinstance(given, str) else f"ImageSet {given.survey}"
+
+
 def _provenance(results: str | os.PathLike[str], model: str | os.PathLike[str],
-                checkpoint_sha256: str | None, seed: int, source: str | None,
-                target: str | None, labels: str | os.PathLike[str] | None) -> dict[str, Any]:
+                checkpoint_sha256: str | None, seed: int, source: Any,
+                target: Any, labels: str | os.PathLike[str] | None) -> dict[str, Any]:
     """What this estimate was made from: the files (with SHA-256), the checkpoint whose source
     validation split gave the error rates, the bootstrap seed, and when and by which galmerge."""
     from galmerge.io.provenance import (
@@ -606,7 +618,8 @@ def _provenance(results: str | os.PathLike[str], model: str | os.PathLike[str],
         **code_identity(), "results": str(results),
         "results_sha256": sha256_file_once(results), "model": str(model),
         "checkpoint_sha256": checkpoint_sha256,
-        "seed": int(seed), "source": source, "target": target, "created_utc": ""}
+        "seed": int(seed), "source": _shown_data(source), "target": _shown_data(target),
+        "created_utc": ""}
     if labels is not None:
         out.update(labels=str(labels), labels_sha256=sha256_file(labels))
     return stamped(out)

@@ -87,9 +87,13 @@ def _checked_labels(labels: Any) -> torch.Tensor:
 def _checked_bands(bands: Any) -> tuple[str, ...]:
     """``bands`` as a tuple of plain strings (numpy strings from np.load, h5py or FITS headers
     are subclasses of str), or a one-line GalmergeError when it is no sequence of names."""
-    if bands is None or isinstance(bands, bytes) or not hasattr(bands, "__iter__"):
-        raise GalmergeError(f"ImageSet bands must be one name per channel, e.g. "
-                            f"bands=('g', 'r', 'i'); got {_shown(bands)}")
+    if (bands is None or isinstance(bands, bytes | set | frozenset | dict)
+            or not hasattr(bands, "__iter__")):
+        # a set has no order: its names would be recorded in an order that changes per process
+        raise GalmergeError(f"ImageSet bands must be one name per channel, in channel order, "
+                            f"e.g. bands=('g', 'r', 'i'); got {_shown(bands)}")
+    if isinstance(bands, str):  # "g,r,i" or "g r i" as an HDF5 attribute writes them; "F814W"
+        return tuple(b for b in bands.replace(",", " ").split()) if bands.strip() else ()
     return tuple(str(b) for b in bands)
 
 
@@ -131,6 +135,9 @@ class ImageSet:
     """N images (C, H, W), labels (1 merger, 0 non-merger, -1 unknown), ids and metadata.
 
     ``images`` is a float32 tensor when the set fits in memory, else a `LazyImages` reader.
+    ``bands`` names each channel, in channel order, one name per channel (a string such as
+    ``"g,r,i"`` or ``"g r i"`` is split at commas and spaces; a set, having no order, is
+    refused); ``("ch0", "ch1", ...)`` where the channels have no names.
     What preprocessing needs are fields: ``image_source`` ("frames" for calibrated FITS frames,
     "jpeg" for 8-bit colour cutouts), ``stretch`` ("arcsinh", "none", or None when the source
     declares none: treated as "none"), ``stretch_scale`` (None: undeclared) and ``storage_dtype`` (how a file

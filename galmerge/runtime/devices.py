@@ -20,6 +20,10 @@ def check_device_name(name: str | None) -> str:
     error; without torch, so that configs are checked before any work."""
     if name is None:
         return "auto"
+    if not isinstance(name, str):  # device=0 from Python: the name of a device is text
+        raise GalmergeError(f"device {name!r}: give a name, {CHOICES} (e.g. 'cuda:{name}' for "
+                            "a GPU's number)" if isinstance(name, int) and not isinstance(
+                                name, bool) else f"device {name!r}: give a name, {CHOICES}")
     # an empty --device or device = "" was once taken as auto, unsaid: a value left out is None
     if not name.strip():
         raise GalmergeError(f"--device {name!r}: give {CHOICES}, or leave it out (auto)")
