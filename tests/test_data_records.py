@@ -229,3 +229,27 @@ def test_one_changed_file_read_as_both_roles_is_one_warning(launch):
     result = _invoke("train", "--config", "runs/a/config.toml", "--quiet", "--run-dir", "runs/b")
     assert result.exit_code == 0, result.output
     assert len(_warnings(result)) == 1, result.stderr
+
+
+def test_a_copy_beside_its_original_keeps_its_record_of_where_it_was(tmp_path, monkeypatch):
+    """A project copied (the original kept), the copy's data then moved apart and given on
+    resume: the copy is not re-anchored (its other paths still name the original's files),
+    so it still finds them once the original is gone."""
+    p = tmp_path / "p"
+    write_pair(p / "data", n=40)
+    monkeypatch.chdir(p)
+    _stopped_run("runs/a", epochs=3)
+    q = tmp_path / "q"
+    shutil.copytree(p, q)
+    monkeypatch.chdir(q)
+    (q / "store").mkdir()
+    shutil.move(q / "data" / "source.h5", q / "store" / "source.h5")
+    (p / "data" / "source.h5").unlink()  # the original's too: the recorded file is gone
+    with pytest.raises(Stop):
+        galmerge.train(resume="runs/a", source="hdf5:store/source.h5", quiet=True,
+                       on_epoch=_stop)
+    assert _env(q / "runs" / "a")["run_dir"] == str(p / "runs" / "a")
+    shutil.rmtree(p)
+    assert _evaluate("runs/a").exit_code == 0
+    result = _invoke("train", "--resume", "runs/a", "--quiet")
+    assert result.exit_code == 0, result.output

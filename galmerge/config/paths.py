@@ -150,6 +150,17 @@ def same_moved_spec(recorded: Any, given: Any, recorded_dir: str | None, folder:
         return False
 
 
+def moved_from(folder: Path) -> str | None:
+    """Where run ``folder`` was when it recorded its paths (env.json's ``run_dir``) if it was
+    moved from there: that folder is gone and is not this one. None for a run still where it
+    was, one whose original is still there (a copy: its recorded paths may name the
+    original's files, which stay), or one that recorded no place."""
+    then = _env_run_dir(_read_env(folder))
+    if then is None or os.path.exists(then):
+        return None
+    return then
+
+
 def _env_run_dir(env: Mapping[str, Any]) -> str | None:
     """Where the run was when it wrote its config.toml (env.json's ``run_dir``); None for a
     run from before it was recorded."""

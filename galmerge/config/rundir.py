@@ -308,33 +308,38 @@ def record_moved_data(run_dir: Path, moved: Mapping[str, str]) -> dict[str, Any]
     ``train --resume``); returns the move as env.json records it (role -> ``{"from":
     SPEC_BEFORE, "to": SPEC}``, and ``"anchored"``: whether the run is re-anchored here).
 
-    Re-anchored: where every other path of the config is found now (`paths.with_recorded_files`:
-    after the project moved, the same place relative to the run), config.toml records it so,
-    and `record_resume` sets env.json's ``run_dir`` to where the run is now; a later move of
-    the whole project then finds the data relative to this place. Where another path is found
-    nowhere now, the other paths stay as written and ``run_dir`` as recorded. The run's own
+    Re-anchored, when the run was moved from the folder it recorded (gone now) and every other
+    path of the config is found now (`paths.with_recorded_files`: the same place relative to
+    the run): config.toml records them where they are, and `record_resume` sets env.json's
+    ``run_dir`` to where the run is now, so a later move of the whole project finds the data
+    relative to this place. Otherwise (not moved, a copy beside its original, a path found
+    nowhere) the other paths stay as written and ``run_dir`` as recorded. The run's own
     ``source_only/`` stage, which read the same data, records the move too. Each file is one
     atomic rewrite."""
     record: dict[str, Any] = {role: {"from": read_toml(run_dir / CONFIG).get(role), "to": spec}
                               for role, spec in moved.items()}
     anchored = _record_moved(run_dir, moved)
     stage = run_dir / SOURCE_STAGE
-    staged: list[str] = []
+    staged: dict[str, Any] = {}
     if (stage / CONFIG).is_file():
         theirs = read_toml(stage / CONFIG)
         same = {role: spec for role, spec in moved.items()
                 if theirs.get(role) == record[role]["from"]}
-        if same and _record_moved(stage, same):
-            staged = sorted(same)  # its env.json follows the run's (`record_resume`)
+        if same:  # its env.json follows the run's (`record_resume`)
+            staged = {"roles": sorted(same), "anchored": _record_moved(stage, same)}
     return {**record, "anchored": anchored, "stage": staged} if record else record
 
 
 def _record_moved(folder: Path, moved: Mapping[str, str]) -> bool:
-    """``folder``'s config.toml with ``moved``'s specs, and its other paths where they are
-    found now when all are (True: re-anchored here), else as written."""
+    """``folder``'s config.toml with ``moved``'s specs; when the run was moved from where it
+    recorded its paths (`paths.moved_from`: that folder gone) and all its other paths are
+    found now, those too, where they are found (True: re-anchored here), else as written."""
     from galmerge.config import paths
 
     config = read_toml(folder / CONFIG)
+    if paths.moved_from(folder) is None:  # not moved, or a copy beside its original
+        write_toml(folder / CONFIG, {**config, **moved})
+        return False
     now = paths.with_recorded_files(config, folder)
     keys = [k for k in (*paths.SPEC_KEYS, "init_from") if k not in moved and config.get(k)]
     found = {k: now[k] for k in keys}
@@ -349,9 +354,9 @@ def _record_moved(folder: Path, moved: Mapping[str, str]) -> bool:
     return anchored
 
 
-def _anchor_env(stage: Path, moved: list[str], run_dir: Path) -> None:
+def _anchor_env(stage: Path, moved: list[str], run_dir: Path, anchored: bool) -> None:
     """The stage's env.json: the ``moved`` roles' files as the run's env.json records them
-    now, and ``run_dir`` where the stage is now."""
+    now, and (``anchored``) ``run_dir`` where the stage is now."""
     try:
         env = json.loads((stage / ENV).read_text())
         run_data = json.loads((run_dir / ENV).read_text()).get("data") or {}
@@ -359,7 +364,8 @@ def _anchor_env(stage: Path, moved: list[str], run_dir: Path) -> None:
         return
     data = dict(env.get("data") or {})
     data.update({role: run_data[role] for role in moved if role in run_data})
-    write_json(stage / ENV, {**env, "data": data, "run_dir": os.path.abspath(stage)})
+    where = {"run_dir": os.path.abspath(stage)} if anchored else {}
+    write_json(stage / ENV, {**env, "data": data, **where})
 
 
 def record_resume(run_dir: Path, env: Mapping[str, Any], quiet: bool = False,
@@ -391,8 +397,9 @@ def record_resume(run_dir: Path, env: Mapping[str, Any], quiet: bool = False,
             record["run_dir"] = env["run_dir"]
     record["resumed"] = [*start.get("resumed", []), entry]
     write_json(path, record)
-    if data_moved and data_moved.get("stage"):
-        _anchor_env(run_dir / SOURCE_STAGE, data_moved["stage"], run_dir)
+    staged = (data_moved or {}).get("stage")
+    if staged:
+        _anchor_env(run_dir / SOURCE_STAGE, staged["roles"], run_dir, staged["anchored"])
     if changed and not quiet:
         what = ", ".join(f"{k} {start.get(k)!r} -> {env.get(k)!r}" for k in changed)
         print(f"galmerge train: note: resumed with another {what}; the run goes on, but will "
