@@ -6,6 +6,7 @@ Each mistake is one GalmergeError naming the thing and the fix, before any work.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -199,21 +200,38 @@ def test_classify_of_a_file_whose_bands_disagree_names_the_file(
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_a_model_whose_record_names_other_bands_than_channels_still_classifies(
-        run: tuple[Path, Path], tmp_path: Path) -> None:
-    """A run trained before band names were checked may record 3 channels as ('g', 'r'): no
-    stamps could match that record, so it is not held against correctly named ones."""
+def _recorded_as(model: Path, bands: list[str], path: Path) -> Path:
     import torch
 
     from galmerge.models.model import save_checkpoint
 
-    model, target = run
     payload = torch.load(model / "best.pt", weights_only=True)
     for spec in payload["preprocess"].values():
-        spec["bands"] = ["g", "r"]
-    old = tmp_path / "old.pt"
-    save_checkpoint(old, payload)
+        spec["bands"] = list(bands)
+    save_checkpoint(path, payload)
+    return path
+
+
+def test_a_model_whose_record_names_other_bands_than_channels_still_classifies(
+        run: tuple[Path, Path], tmp_path: Path) -> None:
+    """A run trained before band names were checked may record 3 channels as ('g', 'r'): no
+    stamps could match that record, so it is not held against correctly named ones."""
+    model, target = run
+    old = _recorded_as(model, ["g", "r"], tmp_path / "old.pt")
     out = tmp_path / "out.csv"
     galmerge.classify(target, old, output=out, device="cpu", quiet=True)
     rows = list(csv.DictReader(out.open()))
     assert rows and {r["status"] for r in rows} == {"ok"}
+
+
+@pytest.mark.parametrize("recorded", [["g", ",", "r", ",", "i"], ["gri"], ["g,r,i"]])
+def test_an_old_record_that_meant_its_bands_is_still_held_against_stamps(
+        run: tuple[Path, Path], tmp_path: Path, recorded: list[str]) -> None:
+    """("g", ",", "r", ",", "i") is "g,r,i" read letter by letter: the model takes g, r, i, and
+    stamps in other bands or another order are refused as before."""
+    model, target = run
+    old = _recorded_as(model, recorded, tmp_path / "old.pt")
+    s = galmerge.load_imageset(f"hdf5:{target}")
+    galmerge.predict(s, old, device="cpu")  # its own bands, g,r,i
+    with pytest.raises(galmerge.GalmergeError, match="the same bands in another order"):
+        galmerge.predict(dataclasses.replace(s, bands=("i", "r", "g")), old, device="cpu")

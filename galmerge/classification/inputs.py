@@ -23,6 +23,7 @@ from galmerge.errors import GalmergeError, PluginBug
 from galmerge.io.http import shown_url
 from galmerge.io.paths import data_dir
 from galmerge.plugin.cutouts import CutoutRequest
+from galmerge.plugin.imageset import guess_band_names
 
 if TYPE_CHECKING:
     from galmerge.data.preprocess import PreprocessSpec
@@ -63,9 +64,12 @@ def check_stamps_fit(path: Path, images: ImageSet, spec: PreprocessSpec,
     fix = "cut stamps the way the model was trained"
     have, want = [str(b) for b in images.bands], [str(b) for b in spec.bands]
     # a model trained before band names were checked against the channels may record other
-    # names than channels (3 channels as ('g', 'r')): no stamps could match such a record
-    trusted = len(want) == int(spec.n_channels)
-    if trusted and _named(have) and _named(want) and have != want:
+    # names than channels: what they meant where that is clear (('g', ',', 'r', ',', 'i'),
+    # ('gri',)), else (3 channels as ('g', 'r')) nothing stamps could match, so no check
+    if len(want) != int(spec.n_channels):
+        meant = guess_band_names(want, int(spec.n_channels))
+        want = list(meant) if meant is not None else []
+    if want and _named(have) and _named(want) and have != want:
         order = " (the same bands in another order)" if sorted(have) == sorted(want) else ""
         raise GalmergeError(f"{path}: stamps in bands {','.join(have)} but the model takes "
                             f"{','.join(want)}{order}; {fix}")

@@ -97,18 +97,27 @@ def _checked_bands(bands: Any) -> tuple[str, ...]:
     return tuple(str(b) for b in bands)
 
 
+def guess_band_names(bands: Sequence[str], channels: int) -> tuple[str, ...] | None:
+    """What band names that are not one per channel most likely meant for ``channels``
+    channels: ``("g", ",", "r", ",", "i")`` or ``("g,r,i",)`` (the HDF5 attribute's text read
+    letter by letter, or whole) split at the commas, ``("gri",)`` letter by letter; None when
+    neither gives one name per channel."""
+    guess: tuple[str, ...] = ()
+    if any("," in b for b in bands):
+        guess = tuple(b.strip() for b in "".join(bands).split(",") if b.strip())
+    elif len(bands) == 1:  # ("gri",): one name for the three channels of a colour image
+        guess = tuple(bands[0])
+    return guess if len(guess) == channels else None
+
+
 def _check_band_count(bands: tuple[str, ...], channels: int) -> None:
     """One band name per image channel, or a one-line GalmergeError: the names are what a
     checkpoint records and `classify` cuts stamps in, so a mismatch went unnoticed until a
     model met a survey (or never, recorded wrong)."""
     if len(bands) == channels:
         return
-    guess: tuple[str, ...] = ()
-    if any("," in b for b in bands):  # "g,r,i", the HDF5 attribute's form, read letter by letter
-        guess = tuple(b.strip() for b in "".join(bands).split(",") if b.strip())
-    elif len(bands) == 1:  # ("gri",): one name for the three channels of a colour image
-        guess = tuple(bands[0])
-    if len(guess) == channels:
+    guess = guess_band_names(bands, channels)
+    if guess is not None:
         hint = f", e.g. bands={guess!r}"
     elif not bands:
         hint = f", e.g. bands={tuple(f'ch{i}' for i in range(channels))!r} if they have none"
