@@ -174,9 +174,14 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    # what tab completion offers: the public names and the module's own dunders, not the
-    # helpers the annotations need (os, Path, this package by its own name, ...)
-    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
+    # what tab completion offers: the public names, the module's own dunders and the
+    # subpackages loaded so far, not the helpers the annotations need (os, Path, this package
+    # by its own name, ...)
+    subpackages = (name for name, value in globals().items()
+                   if getattr(value, "__name__", "").startswith(f"{__name__}.")
+                   and type(value).__name__ == "module")
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__")),
+                   *subpackages})
 
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from eval_helpers import tiny_run, write_pair
 
@@ -142,8 +143,12 @@ def test_numpy_numbers_give_the_commands_payload_and_wrong_types_one_line(classi
         with pytest.raises(galmerge.GalmergeError, match=says) as info:
             galmerge.fraction(csv, run, **kw)
         assert "\n" not in str(info.value)
-    with pytest.raises(galmerge.GalmergeError, match=r"device 0: give a name.*'cuda:0'"):
-        galmerge.fraction(csv, run, device=0)
+    for device, says in [(0, r"device 0: give a name.*'cuda:0'"),
+                         (np.int64(2), r"give a name.*'cuda:2'"),
+                         (torch.device("cpu"), r"give a name.*\(e\.g\. 'cpu'\)"),
+                         (-1, r"device -1: give a name, .* or mps$")]:
+        with pytest.raises(galmerge.GalmergeError, match=says):
+            galmerge.fraction(csv, run, device=device)
 
 
 def test_a_run_of_in_memory_sets_is_given_its_sets_again(tmp_path: Path) -> None:

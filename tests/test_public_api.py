@@ -7,6 +7,7 @@ The two plugins under plugins/ are the reference users: they may import only nam
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import subprocess
 import sys
@@ -87,6 +88,8 @@ def test_tab_completion_offers_the_public_names_only() -> None:
     shown = dir(galmerge)
     assert set(galmerge.__all__) <= set(shown)
     assert not {"os", "Path", "Any", "Mapping", "galmerge", "Table", "importlib"} & set(shown)
+    importlib.import_module("galmerge.plugin")  # a loaded subpackage is offered, as dir() does
+    assert "plugin" in dir(galmerge)
 
 
 def test_every_public_name_resolves_to_its_definition() -> None:

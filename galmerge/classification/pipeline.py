@@ -64,7 +64,7 @@ from galmerge.classification.sharding import (
 )
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
-from galmerge.io.provenance import data_release, sha256_file_once, shown_spec
+from galmerge.io.provenance import code_identity, data_release, sha256_file_once, shown_spec
 from galmerge.io.provenance import record as provenance_record
 from galmerge.plugin.options import plain_number
 from galmerge.runtime.devices import check_device_name
@@ -458,6 +458,7 @@ def classify(
     ``_member`` (internal, set by the ensemble): ``(i, n)``, model i of n: its progress is
     labelled so and it prints no closing summary (the ensemble prints one for its output).
     """
+    code_identity()  # the code this job runs, read as it starts (a commit made meanwhile is not it)
     # numpy numbers from a notebook are the numbers they hold; other types, one line naming
     # the argument (assignments only: the ensemble branch passes on locals())
     batch_size = plain_number("batch_size", batch_size, whole=True)

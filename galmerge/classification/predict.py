@@ -45,9 +45,11 @@ def predict(
 ) -> Any:
     """``p_merger`` of every image; see `galmerge.predict` for the arguments."""
     from galmerge.classification.pipeline import _parse_prior_options, _refuse_torchscript
+    from galmerge.io.provenance import code_identity
     from galmerge.plugin.options import plain_number
     from galmerge.runtime.devices import check_device_name
 
+    code_identity()  # the code this job runs, read as it starts (a commit made meanwhile is not it)
     batch_size = plain_number("batch_size", batch_size, whole=True)
     threshold = plain_number("threshold", threshold)
     mc = plain_number("mc_dropout", mc_dropout, whole=True, optional=True) or 0

@@ -660,6 +660,7 @@ def evaluate(
     """Evaluate a run directory; writes ``RUN_DIR/report/`` and returns the metrics.json payload."""
     from galmerge.runtime.devices import resolve_device
 
+    code_identity()  # the code this job runs, read as it starts (a commit made meanwhile is not it)
     # numpy numbers from a notebook are the numbers they hold; other types, one line
     bootstrap = plain_number("bootstrap", bootstrap, whole=True)
     embedding_points = plain_number("embedding_points", embedding_points, whole=True)

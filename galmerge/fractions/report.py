@@ -356,7 +356,9 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
     which adds the ``ppi`` estimator."""
     from galmerge.fractions import labelled
     from galmerge.fractions.validation_stats import load_validation
+    from galmerge.io.provenance import code_identity
 
+    code_identity()  # the code this job runs, read as it starts (a commit made meanwhile is not it)
     if (by is None) != (bins is None):
         raise GalmergeError("--by and --bins go together: e.g. --by z --bins 0,0.1,0.2")
     if not 0 <= seed < 2**63:  # numpy's generators take non-negative seeds

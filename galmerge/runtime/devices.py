@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from typing import TYPE_CHECKING
 
@@ -21,9 +22,12 @@ def check_device_name(name: str | None) -> str:
     if name is None:
         return "auto"
     if not isinstance(name, str):  # device=0 from Python: the name of a device is text
-        raise GalmergeError(f"device {name!r}: give a name, {CHOICES} (e.g. 'cuda:{name}' for "
-                            "a GPU's number)" if isinstance(name, int) and not isinstance(
-                                name, bool) else f"device {name!r}: give a name, {CHOICES}")
+        hint = ""
+        if isinstance(name, numbers.Integral) and not isinstance(name, bool) and int(name) >= 0:
+            hint = f" (e.g. 'cuda:{int(name)}' for a GPU's number)"
+        elif type(name).__name__ == "device":  # a torch.device: its text names it
+            hint = f" (e.g. {str(name)!r})"
+        raise GalmergeError(f"device {name!r}: give a name, {CHOICES}{hint}")
     # an empty --device or device = "" was once taken as auto, unsaid: a value left out is None
     if not name.strip():
         raise GalmergeError(f"--device {name!r}: give {CHOICES}, or leave it out (auto)")
