@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from galmerge import __version__
-from galmerge.errors import GalmergeError
+from galmerge.errors import GalmergeError, from_cli
 
 # name -> ("module:attribute", one-line help shown without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -172,7 +172,8 @@ class LazyGroup(click.Group):
 
     def _invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with from_cli():  # messages name the command's options, not Python's arguments
+                return super().invoke(ctx)
         except GalmergeError as exc:
             # a last guard: no line shows a URL's user info (a survey option's password)
             from galmerge.io.provenance import hide_userinfo

@@ -235,3 +235,44 @@ def test_an_old_record_that_meant_its_bands_is_still_held_against_stamps(
     galmerge.predict(s, old, device="cpu")  # its own bands, g,r,i
     with pytest.raises(galmerge.GalmergeError, match="the same bands in another order"):
         galmerge.predict(dataclasses.replace(s, bands=("i", "r", "g")), old, device="cpu")
+
+
+# ---- 4. messages name what the caller typed -------------------------------------------------
+
+@pytest.mark.parametrize("call, cli_args, python_says, cli_says", [
+    ("classify", ["--threshold", "2"], "threshold must be in [0, 1]",
+     "--threshold must be in [0, 1]"),
+    ("classify", ["--prior", "1.5"], "prior=1.5: give auto", "--prior 1.5: give auto"),
+    ("classify", ["--prior-rule", "bayes"], "prior_rule='bayes' needs prior=VALUE",
+     "--prior-rule bayes needs --prior VALUE"),
+    ("classify", ["--device", "gpu"], "unknown device 'gpu'", "unknown --device 'gpu'"),
+    ("evaluate", ["--bootstrap", "-1"], "bootstrap=-1: use 0", "--bootstrap -1: use 0"),
+])
+def test_a_python_call_names_arguments_and_the_command_its_options(
+        run: tuple[Path, Path], tmp_path: Path, call: str, cli_args: list[str],
+        python_says: str, cli_says: str) -> None:
+    """The same check says `threshold` to a notebook and `--threshold` to a shell."""
+    from click.testing import CliRunner
+
+    from galmerge.cli import cli
+
+    model, target = run
+    python_kw = {cli_args[0][2:].replace("-", "_"): _typed(cli_args[1])}
+    first = [str(target), "--model", str(model)] if call == "classify" else [str(model)]
+    with pytest.raises(galmerge.GalmergeError) as info:
+        if call == "classify":
+            galmerge.classify(target, model, output=tmp_path / "o.csv", **python_kw)
+        else:
+            galmerge.evaluate(model, **python_kw)
+    assert python_says in str(info.value) and "--" not in str(info.value)
+    result = CliRunner().invoke(cli, [call, *first, *cli_args])
+    assert result.exit_code != 0 and cli_says in result.output, result.output
+
+
+def _typed(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

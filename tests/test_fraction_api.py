@@ -110,9 +110,9 @@ def test_bad_bins_are_one_line_before_any_work(classified, tmp_path, bins: Any) 
 
 def test_the_commands_checks_hold_for_python_too(classified) -> None:
     run, csv = classified["run"], classified["csv"]
-    with pytest.raises(galmerge.GalmergeError, match="unknown --device 'gpu'"):
+    with pytest.raises(galmerge.GalmergeError, match="unknown device 'gpu'"):
         galmerge.fraction(csv, run, device="gpu")
-    with pytest.raises(galmerge.GalmergeError, match="--by and --bins go together"):
+    with pytest.raises(galmerge.GalmergeError, match="by and bins go together"):
         galmerge.fraction(csv, run, bins=[0, 1])
     with pytest.raises(galmerge.GalmergeError, match="too few for 1000 equal-count bins"):
         galmerge.fraction(csv, run, by="id", bins=1000, bootstrap=0)

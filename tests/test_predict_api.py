@@ -148,7 +148,7 @@ def _wrong_bands(runs: dict[str, Any]) -> galmerge.ImageSet:
     (lambda r: np.zeros((2, 3, 16, 16), np.float32), {"batch_size": "8"}, "batch_size must be"),
     (lambda r: np.zeros((2, 3, 16, 16), np.float32), {"threshold": 2}, r"threshold must be in"),
     (lambda r: np.zeros((2, 3, 16, 16), np.float32), {"domain": "sdss"}, "domain must be"),
-    (lambda r: np.zeros((2, 3, 16, 16), np.float32), {"prior": 1.5}, "--prior 1.5"),
+    (lambda r: np.zeros((2, 3, 16, 16), np.float32), {"prior": 1.5}, "prior=1.5: give auto"),
     (lambda r: np.zeros((2, 3, 16, 16), np.float32), {"mc_dropout": 1}, "mc_dropout must be"),
     (_wrong_bands, {}, "the same bands in another order"),
 ])

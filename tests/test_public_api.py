@@ -265,7 +265,7 @@ def test_pipeline_wrappers_reach_the_real_jobs(tmp_path: Path) -> None:
     """Called for real, each wrapper gets to its job's own checks (no stray keyword)."""
     with pytest.raises(galmerge.GalmergeError, match="not a run directory"):
         galmerge.evaluate(tmp_path)
-    with pytest.raises(galmerge.GalmergeError, match="mc-dropout"):
+    with pytest.raises(galmerge.GalmergeError, match="mc_dropout must be"):
         galmerge.classify(tmp_path / "cat.csv", tmp_path, mc_dropout=1)
     with pytest.raises(galmerge.GalmergeError, match="unknown preset"):
         galmerge.train("synthetic:illustris", "synthetic:sdss", preset="nosuch")

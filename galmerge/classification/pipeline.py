@@ -62,7 +62,7 @@ from galmerge.classification.sharding import (
     remove_stale_parts,
     timeout_seconds,
 )
-from galmerge.errors import GalmergeError
+from galmerge.errors import GalmergeError, named
 from galmerge.io import atomic
 from galmerge.io.provenance import code_identity, data_release, sha256_file_once, shown_spec
 from galmerge.io.provenance import record as provenance_record
@@ -215,10 +215,11 @@ class _Inference:
         self.dropouts = _dropout_layers(self.loaded.model) if self.mc_dropout else []
         if self.mc_dropout and not self.dropouts:
             raise GalmergeError(
-                f"--mc-dropout: model {self.loaded.path} (backbone "
+                f"{named('mc_dropout')}: model {self.loaded.path} (backbone "
                 f"'{self.loaded.config.get('backbone', '?')}') has no dropout layer with p > 0 "
                 "(nn.Dropout or Dropout1d/2d/3d; AlphaDropout is not drawn per stamp); "
-                "drop --mc-dropout, or train with a dropout option (deepmerge: dropout=0.1)")
+                f"drop {named('mc_dropout')}, or train with a dropout option (deepmerge: "
+                "dropout=0.1)")
         self.shift, self.shift_note = shift_score.load(model_path, self.loaded.sha256)
         self.extra = ([shift_score.SCORE_COLUMN, shift_score.FLAG_COLUMN]
                       if self.shift is not None else [])
@@ -473,18 +474,19 @@ def classify(
     if not isinstance(prior, str):  # "auto" or a fraction, as text or a number
         prior = plain_number("prior", prior, optional=True)
     if mc_dropout is not None and not 2 <= mc_dropout <= 1000:  # a typo ran for days
-        raise GalmergeError(f"--mc-dropout must be a whole number of passes from 2 to 1000 "
+        raise GalmergeError(f"{named('mc_dropout')} must be a whole number of passes from 2 to "
+                            "1000 "
                             f"(10 to 100 is usual), got {mc_dropout!r}")
     if mc_dropout and not isinstance(model, str | os.PathLike) and len(list(model)) > 1:
-        raise GalmergeError("--mc-dropout with several --model: not supported (both would fill "
-                            "p_merger_std); use an ensemble or MC-dropout, not both")
+        raise GalmergeError(f"{named('mc_dropout')} with several models: not supported (both "
+                            "would fill p_merger_std); use an ensemble or MC-dropout, not both")
     prior, prior_rule = _parse_prior_options(prior, prior_rule)  # one line, before any work
     # before any branch: a HATS run checks it only in its Dask workers, an ONNX model never
     check_device_name(device)
     model = _refuse_torchscript(model)  # (a function: the ensemble below passes on locals())
     _refuse_on_hats(catalog, model, prior, mc_dropout)
     if not Path(catalog).is_dir() and (scheduler is not None or columns):
-        raise GalmergeError(f"--{'scheduler' if scheduler is not None else 'columns'} applies "
+        raise GalmergeError(f"{named('scheduler' if scheduler is not None else 'columns')} applies "
                             f"to a HATS catalog folder only, and {catalog} is a file (every "
                             "column of a file catalog is kept, and it is classified here); "
                             "drop the option")
@@ -507,15 +509,16 @@ def classify(
     if not cat_path.is_file() and not cat_path.is_dir():
         raise GalmergeError(f"catalog {cat_path} does not exist")
     if not 0.0 <= float(threshold) <= 1.0:
-        raise GalmergeError(f"--threshold must be in [0, 1], got {threshold}")
+        raise GalmergeError(f"{named('threshold')} must be in [0, 1], got {threshold}")
     if domain not in ("source", "target"):
-        raise GalmergeError(f"--domain must be source or target, got {domain}")
+        raise GalmergeError(f"{named('domain')} must be source or target, got {domain}")
     from galmerge.fractions.prior import training_prior
 
     # before the work: the run's statistics may take a pass over its source validation split
     prior_from = training_prior(model) if prior is not None else None
     if chunk_rows < 1 or batch_size < 1 or workers < 1:
-        raise GalmergeError("--batch-size, --workers and --chunk-rows must be at least 1")
+        raise GalmergeError(f"{named('batch_size')}, {named('workers')} and "
+                            f"{named('chunk_rows')} must be at least 1")
     _check_kinds(cat_path, output, cache)
     if cat_path.is_dir():  # a HATS catalog: partition by partition on Dask
         from galmerge.classification.hats import classify_hats_summary
@@ -588,9 +591,10 @@ def _parse_prior_options(prior: Any, rule: Any) -> tuple[str | float | None, str
 
     value = parse_prior(prior)
     if rule is not None and (value is None or value == "auto"):
-        raise GalmergeError(f"--prior-rule {rule} needs --prior VALUE (a merger fraction, e.g. "
-                            "--prior 0.05; with --prior auto both rules agree); give --prior "
-                            "VALUE or drop --prior-rule")
+        value_ = named("prior", "VALUE", literal=True)
+        raise GalmergeError(f"{named('prior_rule', rule)} needs {value_} (a merger fraction, "
+                            f"e.g. {named('prior', 0.05)}; with {named('prior', 'auto')} both "
+                            f"rules agree); give {value_} or drop {named('prior_rule')}")
     return value, parse_rule(rule)
 
 
@@ -647,8 +651,8 @@ def open_inference(model: Any, domain: str, device: str, batch_size: int, local_
         from galmerge.models.export import OnnxInference
 
         if mc_dropout:
-            raise GalmergeError(f"--mc-dropout: {model} is an exported ONNX model, whose dropout "
-                                "is folded away; pass the run directory instead")
+            raise GalmergeError(f"{named('mc_dropout')}: {model} is an exported ONNX model, "
+                                "whose dropout is folded away; pass the run directory instead")
         note = ""
         if check_device_name(device) not in ("auto", "cpu"):
             note = f"{model} runs on the CPU (ONNX Runtime); --device {device} is not used"

@@ -29,7 +29,7 @@ from galmerge.config.paths import (
     data_changed_warning,
     missing_relative,
 )
-from galmerge.errors import GalmergeError
+from galmerge.errors import GalmergeError, named
 from galmerge.evaluation import plots
 from galmerge.evaluation.report import (
     write_evaluation_report,
@@ -671,7 +671,7 @@ def evaluate(
             f"{run} is not a run directory (no {rundir.CONFIG}); pass one from galmerge train"
         )
     if checkpoint not in ("best", "last"):
-        raise GalmergeError(f"--checkpoint {checkpoint}: use best or last")
+        raise GalmergeError(f"{named('checkpoint', checkpoint)}: use best or last")
     ckpt = run / f"{checkpoint}.pt"
     if not ckpt.is_file():
         raise GalmergeError(
@@ -679,11 +679,12 @@ def evaluate(
             f"{'last' if checkpoint == 'best' else 'best'}"
         )
     if bootstrap < 0:
-        raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or a positive count")
+        raise GalmergeError(f"{named('bootstrap', bootstrap)}: use 0 (no intervals) or a "
+                            "positive count")
     if not 0 <= seed < 2**32:  # scikit-learn's random_state (t-SNE, the domain classifier)
-        raise GalmergeError(f"seed={seed}: give a whole number from 0 to 2**32 - 1")
+        raise GalmergeError(f"{named('seed', seed)}: give a whole number from 0 to 2**32 - 1")
     if embedding_points < 1:
-        raise GalmergeError(f"--embedding-points {embedding_points}: use a positive count "
+        raise GalmergeError(f"{named('embedding_points', embedding_points)}: use a positive count "
                             f"(default {EMBEDDING_POINTS})")
     dev = resolve_device(device)
     say = _steps(quiet)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from galmerge.errors import GalmergeError
+from galmerge.errors import GalmergeError, named
 from galmerge.fractions.estimators import P_EPS, matched_prior, ml_prior, prior_shift
 from galmerge.io import atomic
 
@@ -53,8 +53,8 @@ def parse_prior(value: str | float | None) -> str | float | None:
     except (TypeError, ValueError):
         number = math.nan
     if not 0 < number < 1:
-        raise GalmergeError(f"--prior {value}: give auto or the survey's merger fraction, a "
-                            "number between 0 and 1 (e.g. --prior 0.05)")
+        raise GalmergeError(f"{named('prior', value)}: give auto or the survey's merger "
+                            f"fraction, a number between 0 and 1 (e.g. {named('prior', 0.05)})")
     return number
 
 
@@ -80,9 +80,9 @@ def parse_rule(value: str | None) -> str:
     """``match`` (the default, also for None) or ``bayes`` (one-line error otherwise)."""
     rule = RULES[0] if value is None else str(value).strip().lower()
     if rule not in RULES:
-        raise GalmergeError(f"--prior-rule {value}: give match (fit the offset so the mean "
-                            "p_merger equals --prior) or bayes (Bayes' rule from the training "
-                            "prior)")
+        raise GalmergeError(f"{named('prior_rule', value)}: give match (fit the offset so the "
+                            f"mean p_merger equals {named('prior')}) or bayes (Bayes' rule from "
+                            "the training prior)")
     return rule
 
 
@@ -133,8 +133,9 @@ def prior_record(p: np.ndarray, model: str | os.PathLike[str], prior: str | floa
     old, where_from = run_prior, run_where
     if prior == "auto":
         if len(p) == 0:
-            raise GalmergeError(f"--prior auto: {where} has no rows with a p_merger to "
-                                "estimate the survey's merger fraction from; give --prior VALUE")
+            raise GalmergeError(f"{named('prior', 'auto')}: {where} has no rows with a p_merger "
+                                "to estimate the survey's merger fraction from; give "
+                                f"{named('prior', 'VALUE', literal=True)}")
         new = float(ml_prior(p, old)[0])
         new = min(max(new, 1e-6), 1 - 1e-6)  # keep Bayes' rule finite
         how, rule = "auto: EM (Saerens et al. 2002) on this output's probabilities", "em"
@@ -142,8 +143,9 @@ def prior_record(p: np.ndarray, model: str | os.PathLike[str], prior: str | floa
         new, how = float(prior), "given"
         if rule == "match":
             if len(p) == 0:
-                raise GalmergeError(f"--prior {new:g}: {where} has no rows with a p_merger to "
-                                    "match the merger fraction on; give --prior-rule bayes")
+                raise GalmergeError(f"{named('prior', new)}: {where} has no rows with a "
+                                    "p_merger to match the merger fraction on; give "
+                                    f"{named('prior_rule', 'bayes')}")
             old = matched_prior(p, new)  # in [P_EPS, 1 - P_EPS]: Bayes' rule stays finite
             where_from = (f"matched: the mean rescaled p_merger of the output's {len(p)} rows "
                           "equals the given prior")

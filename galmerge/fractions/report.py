@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from galmerge.errors import GalmergeError
+from galmerge.errors import GalmergeError, named
 from galmerge.fractions.adaptation import adaptation_check
 from galmerge.fractions.estimators import (
     ESTIMATORS,
@@ -315,17 +315,19 @@ def parse_bins(text: str, values: np.ndarray, column: str) -> np.ndarray:
             raise GalmergeError(f"no ok rows with a value of {column}; nothing to bin")
         k = int(numbers[0])
         if k > len(values):
-            raise GalmergeError(f"--bins {text}: {column} has {len(values)} ok rows, too few "
-                                f"for {k} equal-count bins; give fewer bins or the edges, "
-                                "e.g. --bins 0,0.5,1")
+            raise GalmergeError(f"{named('bins', text)}: {column} has {len(values)} ok rows, "
+                                f"too few for {k} equal-count bins; give fewer bins or the "
+                                f"edges, e.g. {named('bins', '0,0.5,1')}")
         edges = np.quantile(values, np.linspace(0, 1, k + 1))
         if len(np.unique(edges)) != len(edges):
-            raise GalmergeError(f"--bins {text}: {column} has too few distinct values for "
-                                f"{k} equal-count bins; give the edges, e.g. --bins 0,0.5,1")
+            raise GalmergeError(f"{named('bins', text)}: {column} has too few distinct values "
+                                f"for {k} equal-count bins; give the edges, e.g. "
+                                f"{named('bins', '0,0.5,1')}")
         return edges
     if not _are_edges(numbers):
-        raise GalmergeError(f"--bins {text}: give increasing edges (e.g. --bins 0,0.5,1) or a "
-                            "number of equal-count bins (e.g. --bins 4)")
+        raise GalmergeError(f"{named('bins', text)}: give increasing edges (e.g. "
+                            f"{named('bins', '0,0.5,1')}) or a number of equal-count bins (e.g. "
+                            f"{named('bins', '4')})")
     return np.array(numbers)
 
 
@@ -360,22 +362,23 @@ def survey_fraction(results: str | os.PathLike[str], model: str | os.PathLike[st
 
     code_identity()  # the code this job runs, read as it starts (a commit made meanwhile is not it)
     if (by is None) != (bins is None):
-        raise GalmergeError("--by and --bins go together: e.g. --by z --bins 0,0.1,0.2")
+        raise GalmergeError(f"{named('by')} and {named('bins')} go together: e.g. "
+                            f"{named('by', 'z')} {named('bins', '0,0.1,0.2')}")
     if not 0 <= seed < 2**63:  # numpy's generators take non-negative seeds
-        raise GalmergeError(f"--seed {seed}: give a whole number from 0 to 2**63 - 1")
+        raise GalmergeError(f"{named('seed', seed)}: give a whole number from 0 to 2**63 - 1")
     if bootstrap < 0 or 0 < bootstrap < MIN_BOOTSTRAP:
-        raise GalmergeError(f"--bootstrap {bootstrap}: use 0 (no intervals) or at least "
+        raise GalmergeError(f"{named('bootstrap', bootstrap)}: use 0 (no intervals) or at least "
                             f"{MIN_BOOTSTRAP} resamples (fewer give no interval)")
     if not 0 < threshold < 1:
-        raise GalmergeError(f"--threshold must be between 0 and 1, got {threshold}")
+        raise GalmergeError(f"{named('threshold')} must be between 0 and 1, got {threshold}")
     from galmerge.fractions.prior import read_record, undo
 
     if plot is not None:  # before any work
         check_plot(Path(plot))
     sample = None
     if labels is None and (id_col is not None or label_col is not None):
-        raise GalmergeError("--id-col and --label-col name columns of --labels FILE; pass the "
-                            "labelled sample too")
+        raise GalmergeError(f"{named('id_col')} and {named('label_col')} name columns of the "
+                            f"{named('labels')} file; pass the labelled sample too")
     if labels is not None and Path(results).is_file():
         sample = labelled.read_labels(labels, output_columns(Path(results))[0], id_col=id_col,
                                       label_col=label_col or labelled.DEFAULT_LABEL_COLUMN)

@@ -6,7 +6,7 @@ import numbers
 import re
 from typing import TYPE_CHECKING
 
-from galmerge.errors import GalmergeError
+from galmerge.errors import GalmergeError, named
 
 if TYPE_CHECKING:
     import torch
@@ -30,10 +30,10 @@ def check_device_name(name: str | None) -> str:
         raise GalmergeError(f"device {name!r}: give a name, {CHOICES}{hint}")
     # an empty --device or device = "" was once taken as auto, unsaid: a value left out is None
     if not name.strip():
-        raise GalmergeError(f"--device {name!r}: give {CHOICES}, or leave it out (auto)")
+        raise GalmergeError(f"{named('device', name)}: give {CHOICES}, or leave it out (auto)")
     low = name.lower()
     if _NAME.fullmatch(low) is None:
-        raise GalmergeError(f"unknown --device '{name}'; use {CHOICES}")
+        raise GalmergeError(f"unknown {named('device')} '{name}'; use {CHOICES}")
     return low
 
 
@@ -53,14 +53,16 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     if name == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise GalmergeError("--device mps asked for, but MPS is not available; use cpu or auto")
+            raise GalmergeError(f"{named('device', 'mps')} asked for, but MPS is not available; "
+                                "use cpu or auto")
     elif name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise GalmergeError(f"--device {name} asked for, but PyTorch sees no CUDA GPU here; "
-                                "use --device cpu or auto")
+            raise GalmergeError(f"{named('device', name)} asked for, but PyTorch sees no CUDA "
+                                "GPU here; use cpu or auto")
         count, index = torch.cuda.device_count(), name.partition(":")[2]
         if index and int(index) >= count:
-            raise GalmergeError(f"--device {name}: PyTorch sees {count} CUDA GPU(s) here, cuda:0 "
+            raise GalmergeError(f"{named('device', name)}: PyTorch sees {count} CUDA GPU(s) "
+                                f"here, cuda:0 "
                                 f"to cuda:{count - 1}; pick one of them, or cuda")
     return torch.device(name)
 
