@@ -86,13 +86,7 @@ def classify_ensemble(catalog: str | os.PathLike[str], models: list[str], **kwar
                                           _member=(i, len(models)), **kwargs))
             if not is_main:
                 return summaries[0]
-            probs = np.stack([_all_p(t) for t in temps])
-            with np.errstate(invalid="ignore"), _quiet_nan():
-                mean = np.nanmean(probs, axis=0)
-                std = np.nanstd(probs, axis=0)
-            # the rows keep the first model's status: values only where it has one
-            first = np.isfinite(probs[0])
-            mean, std = np.where(first, mean, np.nan), np.where(first, std, np.nan)
+            mean, std, first = mean_and_spread(np.stack([_all_p(t) for t in temps]))
             shift = _ensemble_shift(temps, models, first, summaries)
             _write_combined(temps[0], out, mean, std, threshold,
                             {"ensemble": _members(models)}, shift)
@@ -153,26 +147,42 @@ def _shift_column(path: Path) -> np.ndarray | None:
     return _floats(get(names[at]))
 
 
+def mean_and_spread(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ensemble's p_merger and p_merger_std from its members' (rows of ``probs``): mean and
+    standard deviation (ddof 0) over the members that gave a value, where the first member
+    has one (the rows keep its status), NaN elsewhere; and that mask."""
+    with np.errstate(invalid="ignore"), _quiet_nan():
+        mean, std = np.nanmean(probs, axis=0), np.nanstd(probs, axis=0)
+    first = np.isfinite(probs[0])
+    return np.where(first, mean, np.nan), np.where(first, std, np.nan), first
+
+
 def _ensemble_shift(temps: list[Path], models: list[str], rows: np.ndarray,
                     summaries: list[Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
-    """(shift_score, shift_flag, provenance) of the ensemble (`SHIFT_RULE`), or None when no
-    member has shift statistics; values only in ``rows``. Each member's threshold is the one
-    its own classify scored with (its summary), not a second read of the statistics file."""
+    """`shift_of_members` of the members' outputs. Each member's threshold is the one its own
+    classify scored with (its summary), not a second read of the statistics file."""
+    scores = [_shift_column(path) if summary.shift_threshold is not None else None
+              for path, summary in zip(temps, summaries, strict=True)]
+    members = [{"model": str(model), "threshold": summary.shift_threshold,
+                "stats_sha256": str(summary.shift_stats_sha256 or "")}
+               for model, summary in zip(models, summaries, strict=True)]
+    return shift_of_members(scores, members, rows)
+
+
+def shift_of_members(scores: list[np.ndarray | None], members: list[dict[str, Any]],
+                     rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """(shift_score, shift_flag, provenance) of the ensemble (`SHIFT_RULE`) from each member's
+    ``shift_score`` (None: no shift statistics) and ``{"model", "threshold", "stats_sha256"}``,
+    or None when no member has statistics; values only in ``rows``."""
     from galmerge.models import shift as shift_score
 
-    relative, members = [], []
-    for path, model, summary in zip(temps, models, summaries, strict=True):
-        score = _shift_column(path)
-        threshold = summary.shift_threshold
-        if score is None or threshold is None:
-            continue
-        relative.append(score / float(threshold))
-        members.append({"model": str(model), "threshold": float(threshold),
-                        "stats_sha256": str(summary.shift_stats_sha256 or "")})
-    if not relative:
+    scored = [(score / float(m["threshold"]), {**m, "threshold": float(m["threshold"])})
+              for score, m in zip(scores, members, strict=True) if score is not None]
+    if not scored:
         return None
+    members = [m for _, m in scored]
     with np.errstate(invalid="ignore"), _quiet_nan():
-        mean = np.nanmean(np.stack(relative), axis=0)
+        mean = np.nanmean(np.stack([relative for relative, _ in scored]), axis=0)
     mean = np.where(rows, mean, np.nan)
     record = {"shift_threshold": 1.0, "shift_ensemble_rule": SHIFT_RULE,
               "shift_members": members,

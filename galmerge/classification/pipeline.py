@@ -473,13 +473,7 @@ def classify(
     heartbeat_timeout = plain_number("heartbeat_timeout", heartbeat_timeout, optional=True)
     if not isinstance(prior, str):  # "auto" or a fraction, as text or a number
         prior = plain_number("prior", prior, optional=True)
-    if mc_dropout is not None and not 2 <= mc_dropout <= 1000:  # a typo ran for days
-        raise GalmergeError(f"{named('mc_dropout')} must be a whole number of passes from 2 to "
-                            "1000 "
-                            f"(10 to 100 is usual), got {mc_dropout!r}")
-    if mc_dropout and not isinstance(model, str | os.PathLike) and len(list(model)) > 1:
-        raise GalmergeError(f"{named('mc_dropout')} with several models: not supported (both "
-                            "would fill p_merger_std); use an ensemble or MC-dropout, not both")
+    check_passes(mc_dropout, not isinstance(model, str | os.PathLike) and len(list(model)) > 1)
     prior, prior_rule = _parse_prior_options(prior, prior_rule)  # one line, before any work
     # before any branch: a HATS run checks it only in its Dask workers, an ONNX model never
     check_device_name(device)
@@ -508,10 +502,7 @@ def classify(
     cat_path = Path(catalog)
     if not cat_path.is_file() and not cat_path.is_dir():
         raise GalmergeError(f"catalog {cat_path} does not exist")
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise GalmergeError(f"{named('threshold')} must be in [0, 1], got {threshold}")
-    if domain not in ("source", "target"):
-        raise GalmergeError(f"{named('domain')} must be source or target, got {domain}")
+    check_threshold_domain(threshold, domain)
     from galmerge.fractions.prior import training_prior
 
     # before the work: the run's statistics may take a pass over its source validation split
@@ -582,6 +573,26 @@ def _check_kinds(cat_path: Path, output: Any, cache: Any) -> None:
                     else "an HDF5 file")
             raise GalmergeError(f"{option} {path} is a folder; for a catalog file {option} "
                                 f"names {what}: give a file name")
+
+
+def check_passes(mc_dropout: int | None, several_models: bool) -> None:
+    """``mc_dropout`` (None: off) from 2 to 1000 passes, and not with an ensemble (both
+    would fill p_merger_std); one line each (`classify`, `galmerge.predict`)."""
+    if mc_dropout is not None and not 2 <= mc_dropout <= 1000:  # a typo ran for days
+        raise GalmergeError(f"{named('mc_dropout')} must be a whole number of passes from 2 to "
+                            f"1000 (10 to 100 is usual), got {mc_dropout!r}")
+    if mc_dropout and several_models:
+        raise GalmergeError(f"{named('mc_dropout')} with several models: not supported (both "
+                            "would fill p_merger_std); use an ensemble or MC-dropout, not both")
+
+
+def check_threshold_domain(threshold: float, domain: str) -> None:
+    """``threshold`` in [0, 1] and ``domain`` source or target; one line each (`classify`,
+    `galmerge.predict`)."""
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise GalmergeError(f"{named('threshold')} must be in [0, 1], got {threshold}")
+    if domain not in ("source", "target"):
+        raise GalmergeError(f"{named('domain')} must be source or target, got {domain}")
 
 
 def _parse_prior_options(prior: Any, rule: Any) -> tuple[str | float | None, str]:

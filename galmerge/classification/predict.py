@@ -44,7 +44,13 @@ def predict(
     mc_dropout: int | None = None,
 ) -> Any:
     """``p_merger`` of every image; see `galmerge.predict` for the arguments."""
-    from galmerge.classification.pipeline import _parse_prior_options, _refuse_torchscript
+    from galmerge.classification.pipeline import (
+        _parse_prior_options,
+        _refuse_torchscript,
+        check_passes,
+        check_threshold_domain,
+        open_inference,
+    )
     from galmerge.io.provenance import code_identity
     from galmerge.plugin.options import plain_number
     from galmerge.runtime.devices import check_device_name
@@ -55,25 +61,19 @@ def predict(
     mc = plain_number("mc_dropout", mc_dropout, whole=True, optional=True) or 0
     if batch_size < 1:
         raise GalmergeError(f"batch_size must be at least 1, got {batch_size}")
-    if not 0.0 <= threshold <= 1.0:
-        raise GalmergeError(f"threshold must be in [0, 1], got {threshold}")
-    if domain not in ("source", "target"):
-        raise GalmergeError(f"domain must be 'source' or 'target', got {domain!r}")
-    if mc and not 2 <= mc <= 1000:
-        raise GalmergeError(f"mc_dropout must be a whole number of passes from 2 to 1000 "
-                            f"(10 to 100 is usual), got {mc}")
+    check_threshold_domain(threshold, domain)
     prior, rule = _parse_prior_options(
         prior if prior is None or isinstance(prior, str) else plain_number("prior", prior),
         prior_rule)
     check_device_name(device)
     models = _models(model)
-    if mc and len(models) > 1:
-        raise GalmergeError("mc_dropout with several models: not supported (both would fill "
-                            "p_merger_std); use an ensemble or MC-dropout, not both")
+    check_passes(mc or None, len(models) > 1)  # mc_dropout=0: off, as None
     _refuse_torchscript(models)
     columns, n = _input_columns(images, ids)
     _check_pixels(images)
-    specs = [_member_spec(m, domain) for m in models]  # every refusal before any work
+    # an ensemble's members are all checked before the first classifies (a second read of each
+    # checkpoint); one model is checked as it is opened, before it classifies
+    specs = [_member_spec(m, domain) for m in models] if len(models) > 1 else [None]
     for member, spec in zip(models, specs, strict=True):
         _check_images(images, spec, member)
     _check_members(models, specs)
@@ -82,7 +82,7 @@ def predict(
     notes: list[str] = []
     inputs_sha = ""
     for i, member in enumerate(models):  # one model in memory at a time
-        infer, device_note = _open(member, domain, device, batch_size, mc)
+        infer, device_note = open_inference(member, domain, device, batch_size, 0, mc)
         if specs[i] is None:  # not read up front: checked now, before it classifies
             _check_images(images, infer.spec, member)
         for note in (device_note, getattr(infer, "stale_note", ""),
@@ -159,21 +159,22 @@ def _input_columns(images: Any, ids: Any) -> tuple[dict[str, np.ndarray], int]:
     return columns, n
 
 
-def _dtype(images: Any) -> str:
-    """The pixels' dtype name as numpy writes it ("float32", "uint8", "bfloat16"...)."""
+def _pixel_dtype(images: Any) -> Any:
+    """The dtype of the pixels (an ImageSet's images, or the array or tensor itself)."""
     from galmerge.plugin.imageset import ImageSet
 
-    data = images.images if isinstance(images, ImageSet) else images
-    return str(getattr(data, "dtype", "")).removeprefix("torch.")
+    return getattr(images.images if isinstance(images, ImageSet) else images, "dtype", None)
+
+
+def _dtype(images: Any) -> str:
+    """The pixels' dtype name as numpy writes it ("float32", "uint8", "bfloat16"...)."""
+    return str(_pixel_dtype(images) or "").removeprefix("torch.")
 
 
 def _check_pixels(images: Any) -> None:
     """Pixels that are numbers: booleans, complex numbers, text and objects are refused in one
     line (a cast would drop the imaginary part or read True as a flux of 1)."""
-    from galmerge.plugin.imageset import ImageSet
-
-    data = images.images if isinstance(images, ImageSet) else images
-    dtype = getattr(data, "dtype", None)
+    dtype = _pixel_dtype(images)
     if hasattr(dtype, "is_complex"):  # a torch dtype
         bad = dtype.is_complex or str(dtype) == "torch.bool"
     else:
@@ -256,12 +257,6 @@ def _check_members(models: list[str], specs: list[Any]) -> None:
             + "); an ensemble needs models trained on the same kind of images")
 
 
-def _open(model: str, domain: str, device: str, batch_size: int, mc: int) -> tuple[Any, str]:
-    from galmerge.classification.pipeline import open_inference
-
-    return open_inference(model, domain, device, batch_size, 0, mc)
-
-
 def _block(images: Any, start: int, stop: int) -> np.ndarray:
     """Images ``start:stop`` as float32 C-order numpy (a tensor on any device, with or without
     autograd, in any float type; an ImageSet lazy or not)."""
@@ -320,7 +315,7 @@ def _table(columns: dict[str, np.ndarray], members: list[dict[str, Any]], models
     (one model: its own; an ensemble: `galmerge.classification.ensemble`'s rule)."""
     from astropy.table import Table
 
-    from galmerge.classification.ensemble import SHIFT_RULE, STD_COLUMN, _quiet_nan
+    from galmerge.classification.ensemble import STD_COLUMN, mean_and_spread, shift_of_members
     from galmerge.io.provenance import stamped
     from galmerge.models import shift as shift_score
 
@@ -330,28 +325,18 @@ def _table(columns: dict[str, np.ndarray], members: list[dict[str, Any]], models
     extra = dict(first["extra"])
     p = first["p"]
     if len(members) > 1:
-        probs = np.stack([m["p"] for m in members])
-        with np.errstate(invalid="ignore"), _quiet_nan():
-            mean, std = np.nanmean(probs, axis=0), np.nanstd(probs, axis=0)
-        ok = np.isfinite(probs[0])  # the rows keep the first model's status
-        p, std = np.where(ok, mean, np.nan), np.where(ok, std, np.nan)
+        p, std, ok = mean_and_spread(np.stack([m["p"] for m in members]))
         extra = {}
         for key in ("shift_threshold", "shift_stats_sha256"):
             prov.pop(key, None)
-        scored = [m for m in members if m["record"]["shift"] is not None]
-        if scored:
-            with np.errstate(invalid="ignore"), _quiet_nan():
-                relative = np.nanmean(np.stack([m["extra"][shift_score.SCORE_COLUMN]
-                                                / m["record"]["shift"] for m in scored]), axis=0)
-            relative = np.where(ok, relative, np.nan)
-            extra[shift_score.SCORE_COLUMN] = relative
-            extra[shift_score.FLAG_COLUMN] = shift_score.flags(relative, 1.0)
-            stats = [m["record"]["provenance"].get("shift_stats_sha256", "") for m in scored]
-            prov.update({"shift_threshold": 1.0, "shift_ensemble_rule": SHIFT_RULE,
-                         "shift_members": [
-                             {"model": m["record"]["model"], "threshold": m["record"]["shift"],
-                              "stats_sha256": sha} for m, sha in zip(scored, stats, strict=True)],
-                         "shift_stats_sha256": ",".join(stats)})
+        shift = shift_of_members(
+            [m["extra"].get(shift_score.SCORE_COLUMN) for m in members],
+            [{"model": m["record"]["model"], "threshold": m["record"]["shift"],
+              "stats_sha256": m["record"]["provenance"].get("shift_stats_sha256", "")}
+             for m in members], ok)
+        if shift is not None:
+            extra[shift_score.SCORE_COLUMN], extra[shift_score.FLAG_COLUMN] = shift[:2]
+            prov.update(shift[2])
         extra[STD_COLUMN] = std
         prov["ensemble"] = [{"model": m["record"]["model"],
                              "checkpoint_sha256": m["record"]["provenance"]["checkpoint_sha256"]}
