@@ -471,8 +471,6 @@ def classify(
     threshold = plain_number("threshold", threshold)
     shard_timeout = plain_number("shard_timeout", shard_timeout, optional=True)
     heartbeat_timeout = plain_number("heartbeat_timeout", heartbeat_timeout, optional=True)
-    if not isinstance(prior, str):  # "auto" or a fraction, as text or a number
-        prior = plain_number("prior", prior, optional=True)
     check_passes(mc_dropout, not isinstance(model, str | os.PathLike) and len(list(model)) > 1)
     prior, prior_rule = _parse_prior_options(prior, prior_rule)  # one line, before any work
     # before any branch: a HATS run checks it only in its Dask workers, an ONNX model never
@@ -600,6 +598,8 @@ def _parse_prior_options(prior: Any, rule: Any) -> tuple[str | float | None, str
     ensemble branch's ``locals()`` holds only the values."""
     from galmerge.fractions.prior import parse_prior, parse_rule
 
+    if not isinstance(prior, str):  # "auto" or a fraction, as text or a (numpy) number
+        prior = plain_number("prior", prior, optional=True)
     value = parse_prior(prior)
     if rule is not None and (value is None or value == "auto"):
         value_ = named("prior", "VALUE", literal=True)

@@ -62,9 +62,7 @@ def predict(
     if batch_size < 1:
         raise GalmergeError(f"batch_size must be at least 1, got {batch_size}")
     check_threshold_domain(threshold, domain)
-    prior, rule = _parse_prior_options(
-        prior if prior is None or isinstance(prior, str) else plain_number("prior", prior),
-        prior_rule)
+    prior, rule = _parse_prior_options(prior, prior_rule)
     check_device_name(device)
     models = _models(model)
     check_passes(mc or None, len(models) > 1)  # mc_dropout=0: off, as None
