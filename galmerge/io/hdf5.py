@@ -19,7 +19,7 @@ import numpy as np
 
 from galmerge.errors import GalmergeError
 from galmerge.io import atomic
-from galmerge.plugin.imageset import ImageSet
+from galmerge.plugin.imageset import ImageSet, guess_band_names
 
 META_ATTR = "galmerge_meta"
 #: images read per block when checking or copying a file (bounded memory for huge files)
@@ -475,7 +475,8 @@ def declared_bands(f: h5py.File, path: str | os.PathLike[str]) -> tuple[str, ...
     if bands and len(bands) != c:
         names = ",".join(bands)
         names = names if len(names) <= 60 else names[:57] + "..."
-        example = ",".join(bands[0]) if len(bands) == 1 and len(bands[0]) == c else \
+        meant = guess_band_names(bands, c)  # ('gri',) on 3 channels: g,r,i
+        example = ",".join(meant) if meant is not None else \
             ",".join(f"ch{i}" for i in range(min(c, 6))) + (",..." if c > 6 else "")
         raise _fail(
             Path(path),

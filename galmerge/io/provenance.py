@@ -148,8 +148,8 @@ def code_identity() -> dict[str, Any]:
 
 
 def describe_code(record: dict[str, Any]) -> str:
-    """``galmerge 0.1.0 (commit 0123456789ab, with uncommitted changes)`` from an `code_identity`
-    record, for a line of a report."""
+    """``galmerge 0.1.0 (commit 0123456789ab, with uncommitted changes)`` from a
+    `code_identity` record, for a line of a report."""
     commit = record.get("galmerge_commit")
     if not commit:
         return f"galmerge {record.get('galmerge_version', '?')}"
