@@ -316,9 +316,10 @@ def record_moved_data(run_dir: Path, moved: Mapping[str, str]) -> dict[str, Any]
     nowhere) the other paths stay as written and ``run_dir`` as recorded. The run's own
     ``source_only/`` stage, which read the same data, records the move too. Each file is one
     atomic rewrite."""
-    record: dict[str, Any] = {role: {"from": read_toml(run_dir / CONFIG).get(role), "to": spec}
+    config = read_toml(run_dir / CONFIG)
+    record: dict[str, Any] = {role: {"from": config.get(role), "to": spec}
                               for role, spec in moved.items()}
-    anchored = _record_moved(run_dir, moved)
+    anchored = _record_moved(run_dir, config, moved)
     stage = run_dir / SOURCE_STAGE
     staged: dict[str, Any] = {}
     if (stage / CONFIG).is_file():
@@ -326,17 +327,17 @@ def record_moved_data(run_dir: Path, moved: Mapping[str, str]) -> dict[str, Any]
         same = {role: spec for role, spec in moved.items()
                 if theirs.get(role) == record[role]["from"]}
         if same:  # its env.json follows the run's (`record_resume`)
-            staged = {"roles": sorted(same), "anchored": _record_moved(stage, same)}
+            staged = {"roles": sorted(same), "anchored": _record_moved(stage, theirs, same)}
     return {**record, "anchored": anchored, "stage": staged} if record else record
 
 
-def _record_moved(folder: Path, moved: Mapping[str, str]) -> bool:
-    """``folder``'s config.toml with ``moved``'s specs; when the run was moved from where it
-    recorded its paths (`paths.moved_from`: that folder gone) and all its other paths are
-    found now, those too, where they are found (True: re-anchored here), else as written."""
+def _record_moved(folder: Path, config: Mapping[str, Any], moved: Mapping[str, str]) -> bool:
+    """``folder``'s config.toml (``config``, as read) with ``moved``'s specs; when the run was
+    moved from where it recorded its paths (`paths.moved_from`: that folder gone) and all its
+    other paths are found now, those too, where they are found (True: re-anchored here), else
+    as written."""
     from galmerge.config import paths
 
-    config = read_toml(folder / CONFIG)
     if paths.moved_from(folder) is None:  # not moved, or a copy beside its original
         write_toml(folder / CONFIG, {**config, **moved})
         return False
